@@ -1,0 +1,488 @@
+//! Decoding: file / bytes / stdin -> planar f32 PCM at the file's own rate.
+//!
+//! The format is found from the content, never from the file name. WAV,
+//! FLAC, MP3 and Ogg Vorbis go through symphonia; Ogg Opus goes through the
+//! `ogg` demuxer and `unsafe-libopus` (see [`opus`]). Sample values follow
+//! libsndfile's float conversion (integer PCM divided by 2^(bits-1)), so WAV
+//! and FLAC decode bit-exactly like python-soundfile.
+
+mod opus;
+
+use std::io::{Cursor, Read};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use symphonia::core::audio::{AudioBuffer, Signal};
+use symphonia::core::codecs::{self, CodecType, DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::FormatOptions;
+use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
+use symphonia::core::meta::MetadataOptions;
+use symphonia::core::probe::Hint;
+
+use crate::AudioError;
+
+/// Name used in errors for audio read from standard input.
+pub const STDIN_NAME: &str = "<stdin>";
+/// Name used in errors for audio passed in memory without a name.
+pub const MEMORY_NAME: &str = "<memory>";
+
+/// Decoded audio: one `Vec<f32>` per channel (planar), all the same length,
+/// samples nominally in [-1, 1], at `sample_rate` Hz.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedAudio {
+    /// Sample rate in Hz (the file's own rate; no resampling happened).
+    pub sample_rate: u32,
+    /// Planar samples: `channels[c][frame]`.
+    pub channels: Vec<Vec<f32>>,
+}
+
+impl DecodedAudio {
+    /// Number of channels.
+    pub fn n_channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Number of frames (samples per channel).
+    pub fn n_frames(&self) -> usize {
+        self.channels.first().map_or(0, Vec::len)
+    }
+
+    /// Duration in seconds.
+    pub fn duration_s(&self) -> f64 {
+        self.n_frames() as f64 / self.sample_rate.max(1) as f64
+    }
+}
+
+/// Decode the audio file at `path`.
+pub fn decode_file(path: impl AsRef<Path>) -> Result<DecodedAudio, AudioError> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let data = std::fs::read(path).map_err(|source| AudioError::Unreadable {
+        name: name.clone(),
+        source,
+    })?;
+    decode_owned(data, &name)
+}
+
+/// Decode all of standard input (e.g. `voxide transcribe -`).
+pub fn decode_stdin() -> Result<DecodedAudio, AudioError> {
+    let mut data = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut data)
+        .map_err(|source| AudioError::Unreadable {
+            name: STDIN_NAME.to_string(),
+            source,
+        })?;
+    decode_owned(data, STDIN_NAME)
+}
+
+/// Decode an in-memory encoded file; `name` is only used in error messages.
+pub fn decode_bytes(data: &[u8], name: &str) -> Result<DecodedAudio, AudioError> {
+    decode_owned(data.to_vec(), name)
+}
+
+/// Decode owned bytes. Any panic inside a third-party decoder on hostile
+/// input is caught and reported as corrupt data: this function never panics.
+pub(crate) fn decode_owned(data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioError> {
+    if data.is_empty() {
+        return Err(AudioError::Empty {
+            name: name.to_string(),
+        });
+    }
+    let audio = catch_unwind(AssertUnwindSafe(|| decode_inner(data, name))).unwrap_or_else(|_| {
+        Err(AudioError::Corrupt {
+            name: name.to_string(),
+            detail: "the decoder failed on malformed data".to_string(),
+        })
+    })?;
+    if audio.n_frames() == 0 || audio.n_channels() == 0 {
+        return Err(AudioError::Empty {
+            name: name.to_string(),
+        });
+    }
+    Ok(audio)
+}
+
+/// What the first bytes say the content is.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    OggOpus,
+    /// Something symphonia should open (WAV, FLAC, MP3, Ogg).
+    Symphonia,
+    /// A recognised container/codec we do not decode, with its name.
+    Unsupported(String),
+    NotAudio,
+}
+
+fn sniff(data: &[u8]) -> Sniffed {
+    if opus::is_ogg_opus(data) {
+        return Sniffed::OggOpus;
+    }
+    if data.len() >= 12 && &data[..4] == b"RIFF" && &data[8..12] == b"WAVE" {
+        return match wav_format_problem(data) {
+            Some(codec) => Sniffed::Unsupported(codec),
+            None => Sniffed::Symphonia,
+        };
+    }
+    if data.len() >= 12 && (&data[..4] == b"RF64" || &data[..4] == b"BW64") {
+        return Sniffed::Unsupported("RF64/BW64 WAV container".into());
+    }
+    if data.starts_with(b"fLaC") {
+        return Sniffed::Symphonia;
+    }
+    if data.starts_with(b"OggS") {
+        let body = 27 + *data.get(26).unwrap_or(&0) as usize;
+        let payload = data.get(body..).unwrap_or(&[]);
+        if payload.starts_with(b"Speex   ") {
+            return Sniffed::Unsupported("Speex (Ogg)".into());
+        }
+        return Sniffed::Symphonia;
+    }
+    if data.len() >= 12 && &data[..4] == b"FORM" && (&data[8..12] == b"AIFF" || &data[8..12] == b"AIFC")
+    {
+        return Sniffed::Unsupported("AIFF".into());
+    }
+    if data.len() >= 12 && &data[4..8] == b"ftyp" {
+        return Sniffed::Unsupported("MP4/M4A container (AAC/ALAC)".into());
+    }
+    if data.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]) {
+        return Sniffed::Unsupported("Matroska/WebM container".into());
+    }
+    if data.starts_with(b"caff") {
+        return Sniffed::Unsupported("Core Audio Format (CAF)".into());
+    }
+    // MP3: optional ID3v2 tag, then a valid MPEG audio frame header.
+    let mut pos = 0;
+    if data.len() >= 10 && data.starts_with(b"ID3") {
+        let size = data[6..10]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 7) | (b & 0x7F) as usize);
+        let footer = if data[5] & 0x10 != 0 { 10 } else { 0 };
+        pos = 10 + size + footer;
+        // Some writers pad between the tag and the first frame.
+        while pos < data.len() && data[pos] == 0 && pos < 10 + size + footer + 4096 {
+            pos += 1;
+        }
+    }
+    match data.get(pos..).and_then(mpeg_frame) {
+        Some(MpegFrame::Layer3) => Sniffed::Symphonia,
+        Some(MpegFrame::Aac) => Sniffed::Unsupported("AAC (ADTS)".into()),
+        Some(MpegFrame::Layer12(l)) => Sniffed::Unsupported(format!("MPEG audio layer {l}")),
+        None if pos > 0 => Sniffed::Unsupported("ID3-tagged data without an MP3 frame".into()),
+        None => Sniffed::NotAudio,
+    }
+}
+
+enum MpegFrame {
+    Layer3,
+    Layer12(u8),
+    Aac,
+}
+
+/// Checks for an MPEG audio frame header at the start of `d` and, when the
+/// data is long enough, a second one where the first frame ends: one valid
+/// header in random bytes is plausible, two chained ones are not.
+fn mpeg_frame(d: &[u8]) -> Option<MpegFrame> {
+    let hdr = |d: &[u8]| -> Option<(u8, usize)> {
+        if d.len() < 4 || d[0] != 0xFF || d[1] & 0xE0 != 0xE0 {
+            return None;
+        }
+        let version = (d[1] >> 3) & 3; // 0: MPEG2.5, 1: reserved, 2: MPEG2, 3: MPEG1
+        let layer = (d[1] >> 1) & 3; // 1: III, 2: II, 3: I
+        let br_idx = (d[2] >> 4) as usize;
+        let sr_idx = ((d[2] >> 2) & 3) as usize;
+        let padding = ((d[2] >> 1) & 1) as usize;
+        if version == 1 || layer == 0 || br_idx == 0 || br_idx == 15 || sr_idx == 3 {
+            return None;
+        }
+        let layer_no = 4 - layer;
+        let base = [44100usize, 48000, 32000][sr_idx];
+        // MPEG-1 at the base rate, MPEG-2 at half, MPEG-2.5 at a quarter.
+        let sr = match version {
+            3 => base,
+            2 => base / 2,
+            _ => base / 4,
+        };
+        // Bit rate tables (kbit/s) for layer III; layers I/II only need a
+        // plausible length for the chain check.
+        const V1_L3: [usize; 15] = [
+            0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+        ];
+        const V2_L3: [usize; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+        let len = if layer_no == 3 {
+            if version == 3 {
+                144 * V1_L3[br_idx] * 1000 / sr + padding
+            } else {
+                72 * V2_L3[br_idx] * 1000 / sr + padding
+            }
+        } else {
+            0
+        };
+        Some((layer_no, len))
+    };
+    // ADTS AAC: sync 0xFFF, layer bits 00.
+    if d.len() >= 7 && d[0] == 0xFF && d[1] & 0xF6 == 0xF0 {
+        return Some(MpegFrame::Aac);
+    }
+    let (layer, len) = hdr(d)?;
+    if layer != 3 {
+        return Some(MpegFrame::Layer12(layer));
+    }
+    if len < 4 {
+        return None;
+    }
+    if d.len() >= len + 4 && hdr(&d[len..]).is_none() {
+        return None;
+    }
+    Some(MpegFrame::Layer3)
+}
+
+/// Returns the name of the codec if a RIFF/WAVE file declares a format tag
+/// that symphonia cannot decode (symphonia itself would only say
+/// "unsupported wave format").
+fn wav_format_problem(data: &[u8]) -> Option<String> {
+    let mut pos = 12usize;
+    while pos + 8 <= data.len() {
+        let id = &data[pos..pos + 4];
+        let size = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().ok()?) as usize;
+        if id == b"fmt " {
+            let body = data.get(pos + 8..pos + 8 + size.min(40))?;
+            if body.len() < 2 {
+                return None;
+            }
+            let mut tag = u16::from_le_bytes([body[0], body[1]]);
+            if tag == 0xFFFE && body.len() >= 26 {
+                // WAVE_FORMAT_EXTENSIBLE: the real tag is the first two bytes
+                // of the sub-format GUID.
+                tag = u16::from_le_bytes([body[24], body[25]]);
+            }
+            return match tag {
+                1 | 3 | 6 | 7 | 0xFFFE => None,
+                _ => Some(format!("WAV format code 0x{tag:04X} ({})", wav_tag_name(tag))),
+            };
+        }
+        pos = pos.checked_add(8 + size + (size & 1))?;
+    }
+    None
+}
+
+fn wav_tag_name(tag: u16) -> &'static str {
+    match tag {
+        0x0002 => "Microsoft ADPCM",
+        0x0011 => "IMA ADPCM",
+        0x0031 => "GSM 6.10",
+        0x0050 => "MPEG audio",
+        0x0055 => "MPEG Layer III",
+        0x0161..=0x0163 => "Windows Media Audio",
+        0x00FF | 0x1600 | 0x1610 => "AAC",
+        0x2000 => "AC-3",
+        0x0000 => "unknown",
+        _ => "not PCM or IEEE float",
+    }
+}
+
+fn codec_name(codec: CodecType) -> String {
+    if let Some(d) = symphonia::default::get_codecs().get_codec(codec) {
+        return d.long_name.to_string();
+    }
+    let known: &[(CodecType, &str)] = &[
+        (codecs::CODEC_TYPE_AAC, "AAC"),
+        (codecs::CODEC_TYPE_ALAC, "ALAC"),
+        (codecs::CODEC_TYPE_OPUS, "Opus"),
+        (codecs::CODEC_TYPE_MP1, "MPEG audio layer 1"),
+        (codecs::CODEC_TYPE_MP2, "MPEG audio layer 2"),
+        (codecs::CODEC_TYPE_ADPCM_MS, "Microsoft ADPCM"),
+        (codecs::CODEC_TYPE_ADPCM_IMA_WAV, "IMA ADPCM"),
+        (codecs::CODEC_TYPE_SPEEX, "Speex"),
+        (codecs::CODEC_TYPE_WAVPACK, "WavPack"),
+    ];
+    known
+        .iter()
+        .find(|(c, _)| *c == codec)
+        .map_or_else(|| format!("codec id {codec}"), |(_, n)| n.to_string())
+}
+
+fn decode_inner(data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioError> {
+    match sniff(&data) {
+        Sniffed::OggOpus => opus::decode_ogg_opus(&data, name),
+        Sniffed::Symphonia => decode_symphonia(data, name),
+        Sniffed::Unsupported(codec) => Err(AudioError::UnsupportedCodec {
+            name: name.to_string(),
+            codec,
+        }),
+        Sniffed::NotAudio => Err(AudioError::NotAudio {
+            name: name.to_string(),
+        }),
+    }
+}
+
+fn sym_err(e: SymError, name: &str, context: &str) -> AudioError {
+    let name = name.to_string();
+    match e {
+        SymError::Unsupported(what) => AudioError::UnsupportedCodec {
+            name,
+            codec: what.to_string(),
+        },
+        SymError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            AudioError::Corrupt {
+                name,
+                detail: format!("{context}: unexpected end of data"),
+            }
+        }
+        other => AudioError::Corrupt {
+            name,
+            detail: format!("{context}: {other}"),
+        },
+    }
+}
+
+fn decode_symphonia(data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioError> {
+    let mss = MediaSourceStream::new(
+        Box::new(Cursor::new(data)),
+        MediaSourceStreamOptions::default(),
+    );
+    // Gapless: MP3 encoder delay/padding (LAME/Xing header) is trimmed, as
+    // mpg123 (libsndfile's MP3 backend) does.
+    let fmt_opts = FormatOptions {
+        enable_gapless: true,
+        ..Default::default()
+    };
+    // An empty hint: the format is probed from the content only.
+    let probed = symphonia::default::get_probe()
+        .format(&Hint::new(), mss, &fmt_opts, &MetadataOptions::default())
+        .map_err(|e| match e {
+            SymError::Unsupported(_) => AudioError::NotAudio {
+                name: name.to_string(),
+            },
+            e => sym_err(e, name, "reading the header"),
+        })?;
+    let mut format = probed.format;
+    let track = format
+        .tracks()
+        .iter()
+        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+        .ok_or_else(|| AudioError::Corrupt {
+            name: name.to_string(),
+            detail: "no audio track".to_string(),
+        })?;
+    let track_id = track.id;
+    let params = track.codec_params.clone();
+    let mut decoder = symphonia::default::get_codecs()
+        .make(&params, &DecoderOptions::default())
+        .map_err(|e| match e {
+            SymError::Unsupported(_) => AudioError::UnsupportedCodec {
+                name: name.to_string(),
+                codec: codec_name(params.codec),
+            },
+            e => sym_err(e, name, "opening the decoder"),
+        })?;
+
+    let mut channels: Vec<Vec<f32>> = Vec::new();
+    let mut sample_rate = params.sample_rate.unwrap_or(0);
+    let mut first_error: Option<String> = None;
+    let mut scratch: Option<AudioBuffer<f32>> = None;
+    loop {
+        let packet = match format.next_packet() {
+            Ok(p) => p,
+            // symphonia signals the end of the stream with UnexpectedEof.
+            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            // A new chained stream: we keep the first one.
+            Err(SymError::ResetRequired) => break,
+            Err(e) => {
+                if channels.first().is_some_and(|c| !c.is_empty()) {
+                    // Damage after valid audio: keep what decoded, as
+                    // libsndfile and ffmpeg do for truncated files.
+                    break;
+                }
+                return Err(sym_err(e, name, "reading packets"));
+            }
+        };
+        if packet.track_id() != track_id {
+            continue;
+        }
+        let decoded = match decoder.decode(&packet) {
+            Ok(d) => d,
+            // A damaged packet: skip it (symphonia's documented policy).
+            Err(SymError::DecodeError(e)) => {
+                first_error.get_or_insert_with(|| e.to_string());
+                continue;
+            }
+            Err(SymError::IoError(e)) => {
+                first_error.get_or_insert_with(|| e.to_string());
+                continue;
+            }
+            Err(e) => return Err(sym_err(e, name, "decoding")),
+        };
+        let spec = *decoded.spec();
+        let n_ch = spec.channels.count();
+        if channels.is_empty() {
+            if n_ch == 0 {
+                return Err(AudioError::Corrupt {
+                    name: name.to_string(),
+                    detail: "zero channels".to_string(),
+                });
+            }
+            channels = vec![Vec::new(); n_ch];
+            sample_rate = spec.rate;
+        } else if n_ch != channels.len() || spec.rate != sample_rate {
+            return Err(AudioError::Corrupt {
+                name: name.to_string(),
+                detail: "channel count or sample rate changes mid-stream".to_string(),
+            });
+        }
+        if decoded.frames() == 0 {
+            continue;
+        }
+        let buf = match &mut scratch {
+            Some(b) if b.capacity() >= decoded.capacity() && b.spec() == &spec => b,
+            _ => scratch.insert(decoded.make_equivalent::<f32>()),
+        };
+        decoded.convert(buf);
+        for (c, out) in channels.iter_mut().enumerate() {
+            out.extend_from_slice(buf.chan(c));
+        }
+    }
+    if channels.first().is_none_or(|c| c.is_empty()) {
+        if let Some(e) = first_error {
+            return Err(AudioError::Corrupt {
+                name: name.to_string(),
+                detail: e,
+            });
+        }
+        return Err(AudioError::Empty {
+            name: name.to_string(),
+        });
+    }
+    if sample_rate == 0 {
+        return Err(AudioError::Corrupt {
+            name: name.to_string(),
+            detail: "sample rate is 0".to_string(),
+        });
+    }
+    Ok(DecodedAudio {
+        sample_rate,
+        channels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniff_rejects_text() {
+        assert_eq!(sniff(b"hello world, this is text\n"), Sniffed::NotAudio);
+    }
+
+    #[test]
+    fn wav_unknown_tag_is_named() {
+        let mut d = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0".to_vec();
+        d.extend_from_slice(&[0x02, 0x00, 1, 0, 0x40, 0x1f, 0, 0, 0, 0, 0, 0, 2, 0, 16, 0]);
+        match sniff(&d) {
+            Sniffed::Unsupported(s) => assert!(s.contains("ADPCM"), "{s}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

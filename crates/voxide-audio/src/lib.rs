@@ -1,0 +1,26 @@
+//! Audio front end of voxide: decode any supported input, downmix, resample,
+//! and compute Whisper's log-mel features.
+//!
+//! Stages (one module each):
+//! * [`decode`]: file / bytes / stdin -> planar f32 PCM at the file's rate
+//!   (WAV, FLAC, MP3, Ogg Vorbis via symphonia; Ogg Opus via `ogg` +
+//!   `unsafe-libopus`), sample-exact with python-soundfile for WAV/FLAC;
+//! * [`resample`]: mono downmix and band-limited, delay-compensated
+//!   resampling;
+//! * [`load_mono`]: the runtime's one-call entry point;
+//! * [`mel`]: openai-whisper's `log_mel_spectrogram`.
+//!
+//! All errors are [`AudioError`]; nothing here panics on bad input.
+#![deny(missing_docs)]
+
+pub mod decode;
+mod error;
+mod load;
+pub mod mel;
+pub mod resample;
+
+pub use decode::{decode_bytes, decode_file, decode_stdin, DecodedAudio};
+pub use error::AudioError;
+pub use load::{load_mono, mono_at_rate, AudioInput};
+pub use mel::{mel_filters, LogMel, WhisperMel, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
+pub use resample::{downmix_mono, resample, resampled_len};

@@ -1,0 +1,308 @@
+//! Whisper's log-mel spectrogram (openai-whisper `log_mel_spectrogram`).
+//!
+//! 16 kHz mono input; STFT with n_fft 400, hop 160, periodic Hann window,
+//! centred with reflect padding, last frame dropped; power spectrum; Slaney
+//! mel filter bank (computed here exactly as librosa does, so it matches
+//! `mel_filters.npz`); `log10(max(x, 1e-10))`; clamp to `max - 8` with the
+//! max over the whole input; `(x + 4) / 4`.
+//!
+//! The FFT, power and mel products run in f64 and only the result is rounded
+//! to f32, so the output is closer to the exact value than torch's f32 path;
+//! the remaining difference to openai-whisper is torch's rounding.
+
+use std::sync::Arc;
+
+use realfft::{RealFftPlanner, RealToComplex};
+
+/// Whisper's input rate in Hz.
+pub const SAMPLE_RATE: u32 = 16_000;
+/// FFT size (25 ms).
+pub const N_FFT: usize = 400;
+/// Hop between frames (10 ms).
+pub const HOP_LENGTH: usize = 160;
+/// Number of FFT bins kept (`N_FFT / 2 + 1`).
+pub const N_FREQS: usize = N_FFT / 2 + 1;
+/// Samples in one 30 s window.
+pub const N_SAMPLES: usize = 480_000;
+/// Frames in one 30 s window (the encoder's input width).
+pub const N_FRAMES: usize = 3000;
+
+/// Slaney-style mel filter bank for 16 kHz, `n_fft` 400, 0–8000 Hz, as
+/// `librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels)` (htk=False,
+/// norm='slaney', float32) — the arrays openai-whisper ships in
+/// `mel_filters.npz`. Row-major `[n_mels][N_FREQS]`.
+///
+/// librosa builds the triangles in f64, stores them into an f32 array, then
+/// multiplies by the Slaney area normalisation in f64 and stores f32 again;
+/// the two roundings are reproduced here.
+pub fn mel_filters(n_mels: usize) -> Vec<f32> {
+    let sr = SAMPLE_RATE as f64;
+    // np.fft.rfftfreq(400, 1/16000): k * (1 / (n * d)).
+    let df = 1.0 / (N_FFT as f64 * (1.0 / sr));
+    let fftfreqs: Vec<f64> = (0..N_FREQS).map(|k| k as f64 * df).collect();
+    // np.linspace(hz_to_mel(0), hz_to_mel(8000), n_mels + 2), then mel_to_hz.
+    let n_pts = n_mels + 2;
+    let (lo, hi) = (hz_to_mel(0.0), hz_to_mel(sr / 2.0));
+    let step = (hi - lo) / (n_pts - 1) as f64;
+    let mel_f: Vec<f64> = (0..n_pts)
+        .map(|i| {
+            if i == n_pts - 1 {
+                mel_to_hz(hi)
+            } else {
+                mel_to_hz(i as f64 * step + lo)
+            }
+        })
+        .collect();
+    let mut w = vec![0f32; n_mels * N_FREQS];
+    for i in 0..n_mels {
+        let fdiff_lo = mel_f[i + 1] - mel_f[i];
+        let fdiff_hi = mel_f[i + 2] - mel_f[i + 1];
+        let enorm = 2.0 / (mel_f[i + 2] - mel_f[i]);
+        for (k, &f) in fftfreqs.iter().enumerate() {
+            // ramps[j] = mel_f[j] - f
+            let lower = -(mel_f[i] - f) / fdiff_lo;
+            let upper = (mel_f[i + 2] - f) / fdiff_hi;
+            let tri = lower.min(upper).max(0.0) as f32;
+            w[i * N_FREQS + k] = (tri as f64 * enorm) as f32;
+        }
+    }
+    w
+}
+
+/// librosa `hz_to_mel` (Slaney): linear below 1 kHz, logarithmic above.
+fn hz_to_mel(f: f64) -> f64 {
+    let f_sp = 200.0 / 3.0;
+    let min_log_hz = 1000.0;
+    let min_log_mel = min_log_hz / f_sp;
+    let logstep = 6.4f64.ln() / 27.0;
+    if f >= min_log_hz {
+        min_log_mel + (f / min_log_hz).ln() / logstep
+    } else {
+        f / f_sp
+    }
+}
+
+/// librosa `mel_to_hz` (Slaney).
+fn mel_to_hz(m: f64) -> f64 {
+    let f_sp = 200.0 / 3.0;
+    let min_log_hz = 1000.0;
+    let min_log_mel = min_log_hz / f_sp;
+    let logstep = 6.4f64.ln() / 27.0;
+    if m >= min_log_mel {
+        min_log_hz * (logstep * (m - min_log_mel)).exp()
+    } else {
+        f_sp * m
+    }
+}
+
+/// A log-mel spectrogram, row-major `[n_mels][n_frames]` (one row per mel
+/// bin, 100 frames per second), values in Whisper's normalised domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogMel {
+    /// Number of mel bins (rows).
+    pub n_mels: usize,
+    /// Number of frames (columns).
+    pub n_frames: usize,
+    /// `data[m * n_frames + t]`.
+    pub data: Vec<f32>,
+}
+
+impl LogMel {
+    /// Value of mel bin `m` at frame `t`.
+    pub fn get(&self, m: usize, t: usize) -> f32 {
+        self.data[m * self.n_frames + t]
+    }
+
+    /// Cut `n_frames` frames starting at `start_frame`; frames past the end
+    /// are 0.0 (openai-whisper's `pad_or_trim` on the mel, which pads in the
+    /// normalised domain). Use `n_frames = N_FRAMES` for an encoder window.
+    pub fn window(&self, start_frame: usize, n_frames: usize) -> LogMel {
+        let mut data = vec![0f32; self.n_mels * n_frames];
+        let avail = self.n_frames.saturating_sub(start_frame).min(n_frames);
+        if avail > 0 {
+            for m in 0..self.n_mels {
+                let src = &self.data[m * self.n_frames + start_frame..][..avail];
+                data[m * n_frames..][..avail].copy_from_slice(src);
+            }
+        }
+        LogMel {
+            n_mels: self.n_mels,
+            n_frames,
+            data,
+        }
+    }
+}
+
+/// Whisper feature extractor: mel filters, window and FFT plan, built once
+/// and reusable (and shareable across threads) for any number of inputs.
+pub struct WhisperMel {
+    n_mels: usize,
+    /// `[n_mels][N_FREQS]`, f32 like `mel_filters.npz`.
+    filters: Vec<f32>,
+    /// Per mel row, the range of bins where the filter is non-zero (each
+    /// triangle covers a few bins; skipping zeros makes the product ~20x
+    /// cheaper than the dense matmul).
+    support: Vec<(usize, usize)>,
+    /// Periodic Hann window of N_FFT samples (torch.hann_window(400)).
+    window: Vec<f64>,
+    fft: Arc<dyn RealToComplex<f64>>,
+}
+
+impl std::fmt::Debug for WhisperMel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperMel")
+            .field("n_mels", &self.n_mels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WhisperMel {
+    /// Feature extractor with `n_mels` bins (80 for Whisper v1/v2, 128 for
+    /// large-v3 and Voxtral). Panics if `n_mels` is 0.
+    pub fn new(n_mels: usize) -> Self {
+        assert!(n_mels > 0, "n_mels must be > 0");
+        let filters = mel_filters(n_mels);
+        let support = (0..n_mels)
+            .map(|m| {
+                let row = &filters[m * N_FREQS..(m + 1) * N_FREQS];
+                let lo = row.iter().position(|&v| v != 0.0).unwrap_or(0);
+                let hi = row.iter().rposition(|&v| v != 0.0).map_or(lo, |i| i + 1);
+                (lo, hi)
+            })
+            .collect();
+        let window = (0..N_FFT)
+            .map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos())
+            .map(|w| w as f32 as f64) // torch builds the window in f32
+            .collect();
+        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(N_FFT);
+        Self {
+            n_mels,
+            filters,
+            support,
+            window,
+            fft,
+        }
+    }
+
+    /// Number of mel bins.
+    pub fn n_mels(&self) -> usize {
+        self.n_mels
+    }
+
+    /// The mel filter bank, row-major `[n_mels][N_FREQS]`.
+    pub fn filters(&self) -> &[f32] {
+        &self.filters
+    }
+
+    /// Log-mel spectrogram of 16 kHz mono `samples` with `padding_samples`
+    /// zeros appended first, as openai-whisper's
+    /// `log_mel_spectrogram(audio, n_mels, padding)`.
+    ///
+    /// Returns `(len + padding) / 160` frames (the centred STFT yields one
+    /// more; Whisper drops it). The clamp to `max - 8` uses the maximum over
+    /// all returned frames. `transcribe` calls it with
+    /// `padding_samples = N_SAMPLES` and then cuts [`LogMel::window`]s.
+    pub fn log_mel(&self, samples: &[f32], padding_samples: usize) -> LogMel {
+        let total = samples.len() + padding_samples;
+        let n_frames = total / HOP_LENGTH;
+        let n_mels = self.n_mels;
+        if n_frames == 0 {
+            return LogMel {
+                n_mels,
+                n_frames: 0,
+                data: Vec::new(),
+            };
+        }
+        // Centred frames: reflect-pad N_FFT/2 on both sides of
+        // samples ++ zeros(padding).
+        let half = N_FFT / 2;
+        let at = |j: usize| samples.get(j).copied().unwrap_or(0.0);
+        let mut padded = Vec::with_capacity(total + N_FFT);
+        for i in 0..total + 2 * half {
+            let j = reflect(i as i64 - half as i64, total);
+            padded.push(at(j));
+        }
+
+        let mut out = vec![0f32; n_mels * n_frames];
+        let mut frame = self.fft.make_input_vec();
+        let mut spec = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut power = vec![0f64; N_FREQS];
+        let mut max = f64::NEG_INFINITY;
+        for t in 0..n_frames {
+            let src = &padded[t * HOP_LENGTH..t * HOP_LENGTH + N_FFT];
+            for ((d, &s), &w) in frame.iter_mut().zip(src).zip(&self.window) {
+                *d = s as f64 * w;
+            }
+            // Lengths come from the plan itself, so this cannot fail.
+            self.fft
+                .process_with_scratch(&mut frame, &mut spec, &mut scratch)
+                .expect("FFT buffers sized by the plan");
+            for (p, c) in power.iter_mut().zip(&spec) {
+                *p = c.norm_sqr();
+            }
+            for m in 0..n_mels {
+                let (lo, hi) = self.support[m];
+                let row = &self.filters[m * N_FREQS..];
+                let mut acc = 0f64;
+                for k in lo..hi {
+                    acc += row[k] as f64 * power[k];
+                }
+                let v = acc.max(1e-10).log10();
+                max = max.max(v);
+                out[m * n_frames + t] = v as f32;
+            }
+        }
+        let floor = (max - 8.0) as f32;
+        for v in &mut out {
+            *v = (v.max(floor) + 4.0) / 4.0;
+        }
+        LogMel {
+            n_mels,
+            n_frames,
+            data: out,
+        }
+    }
+}
+
+/// numpy/torch "reflect" padding index (edge not repeated) for any offset,
+/// folding repeatedly so even inputs shorter than the pad stay in range.
+fn reflect(mut i: i64, n: usize) -> usize {
+    let n = n as i64;
+    if n <= 1 {
+        return 0;
+    }
+    let period = 2 * (n - 1);
+    i = i.rem_euclid(period);
+    if i >= n {
+        i = period - i;
+    }
+    i as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_count_and_window() {
+        let mel = WhisperMel::new(80);
+        let x = vec![0.01f32; 16000];
+        let lm = mel.log_mel(&x, 0);
+        assert_eq!(lm.n_frames, 100);
+        let lm = mel.log_mel(&x, N_SAMPLES);
+        assert_eq!(lm.n_frames, 3100);
+        let w = lm.window(3000, N_FRAMES);
+        assert_eq!(w.n_frames, N_FRAMES);
+        assert_eq!(w.get(0, 99), lm.get(0, 3099));
+        assert_eq!(w.get(5, 100), 0.0);
+        assert!(mel.log_mel(&[0.0; 10], 0).data.is_empty());
+    }
+
+    #[test]
+    fn reflect_matches_numpy() {
+        // np.pad(np.arange(5), 3, mode="reflect") -> 3 2 1 0 1 2 3 4 3 2 1
+        let idx: Vec<usize> = (-3..8).map(|i| reflect(i, 5)).collect();
+        assert_eq!(idx, vec![3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]);
+    }
+}

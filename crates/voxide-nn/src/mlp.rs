@@ -1,0 +1,88 @@
+//! Feed-forward blocks: the GELU MLP of Whisper-style encoders/decoders and the SwiGLU of
+//! Llama-style decoders.
+
+use crate::linear::Linear;
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// `fc2(gelu_erf(fc1(x)))` with biases (Whisper: fc1 [ffn, d], fc2 [d, ffn]).
+#[derive(Clone, Debug)]
+pub struct GeluMlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl GeluMlp {
+    /// Loads `fc1` and `fc2` (both with bias) from `vb`.
+    pub fn load(vb: VarBuilder, dim: usize, ffn_dim: usize) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::load(vb.pp("fc1"), dim, ffn_dim, true)?,
+            fc2: Linear::load(vb.pp("fc2"), ffn_dim, dim, true)?,
+        })
+    }
+
+    /// x: (..., d) -> (..., d). GELU is the exact erf form, as in the references.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// `down(silu(gate(x)) * up(x))`, no biases (Llama / Mistral: gate_proj, up_proj, down_proj).
+#[derive(Clone, Debug)]
+pub struct SwiGlu {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl SwiGlu {
+    /// Loads the three projections under the given checkpoint names (e.g. `gate_proj`, `up_proj`,
+    /// `down_proj` for HF layouts, `w1`, `w3`, `w2` for Mistral's).
+    pub fn load(
+        vb: VarBuilder,
+        dim: usize,
+        hidden: usize,
+        [gate, up, down]: [&str; 3],
+    ) -> Result<Self> {
+        Ok(Self {
+            gate: Linear::load(vb.pp(gate), dim, hidden, false)?,
+            up: Linear::load(vb.pp(up), dim, hidden, false)?,
+            down: Linear::load(vb.pp(down), hidden, dim, false)?,
+        })
+    }
+
+    /// x: (..., d) -> (..., d).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gated = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(gated * self.up.forward(x)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+
+    #[test]
+    fn swiglu_matches_definition() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut ts = HashMap::new();
+        ts.insert("w1.weight".to_string(), Tensor::new(&[[1.0f32, 0.0], [0.5, -1.0]], &dev)?);
+        ts.insert("w3.weight".to_string(), Tensor::new(&[[2.0f32, 1.0], [0.0, 1.0]], &dev)?);
+        ts.insert("w2.weight".to_string(), Tensor::new(&[[1.0f32, 1.0], [-1.0, 2.0]], &dev)?);
+        let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
+        let mlp = SwiGlu::load(vb, 2, 2, ["w1", "w3", "w2"])?;
+        let x = [0.3f32, -0.7];
+        let got = mlp.forward(&Tensor::new(&[x], &dev)?)?.to_vec2::<f32>()?;
+        let silu = |v: f32| v / (1.0 + (-v).exp());
+        let g = [silu(x[0]), silu(0.5 * x[0] - x[1])];
+        let u = [2.0 * x[0] + x[1], x[1]];
+        let h = [g[0] * u[0], g[1] * u[1]];
+        let want = [h[0] + h[1], -h[0] + 2.0 * h[1]];
+        for i in 0..2 {
+            assert!((got[0][i] - want[i]).abs() < 1e-6);
+        }
+        Ok(())
+    }
+}

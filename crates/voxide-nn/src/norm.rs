@@ -1,0 +1,100 @@
+//! Normalisation layers, computed in f32 like the references.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// LayerNorm with `weight` and `bias` [dim] (Whisper: eps 1e-5).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` of shape [dim].
+    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps: eps as f32,
+        })
+    }
+
+    /// x: (..., dim) -> (..., dim).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// RMSNorm with a learned scale `weight` [dim] (Llama-style decoders).
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Loads `weight` of shape [dim].
+    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps: eps as f32,
+        })
+    }
+
+    /// x: (..., dim) -> (..., dim).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn layer_norm_matches_definition() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1.0f32, 2.0, 4.0, 8.0], [-1.0, 0.5, 0.0, 3.0]], &dev)?;
+        let w = Tensor::new(&[1.0f32, 0.5, 2.0, -1.0], &dev)?;
+        let b = Tensor::new(&[0.1f32, 0.2, 0.3, 0.4], &dev)?;
+        let ln = LayerNorm {
+            weight: w.clone(),
+            bias: b.clone(),
+            eps: 1e-5,
+        };
+        let got = ln.forward(&x)?.to_vec2::<f32>()?;
+        for (row, out) in x.to_vec2::<f32>()?.iter().zip(&got) {
+            let mean = row.iter().sum::<f32>() / 4.0;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 4.0;
+            for i in 0..4 {
+                let want = (row[i] - mean) / (var + 1e-5).sqrt() * w.to_vec1::<f32>()?[i]
+                    + b.to_vec1::<f32>()?[i];
+                assert!((out[i] - want).abs() < 1e-5, "{} vs {want}", out[i]);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rms_norm_matches_definition() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1.0f32, -2.0, 3.0, 0.5]], &dev)?;
+        let w = Tensor::new(&[2.0f32, 1.0, 0.5, 1.5], &dev)?;
+        let got = RmsNorm {
+            weight: w.clone(),
+            eps: 1e-6,
+        }
+        .forward(&x)?
+        .to_vec2::<f32>()?;
+        let row = [1.0f32, -2.0, 3.0, 0.5];
+        let rms = (row.iter().map(|v| v * v).sum::<f32>() / 4.0 + 1e-6).sqrt();
+        for i in 0..4 {
+            let want = row[i] / rms * w.to_vec1::<f32>()?[i];
+            assert!((got[0][i] - want).abs() < 1e-5);
+        }
+        Ok(())
+    }
+}

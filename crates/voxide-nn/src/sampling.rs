@@ -1,0 +1,149 @@
+//! Token selection on host logits: argmax, log-softmax, temperature sampling with top-k/top-p.
+//!
+//! Logits arrive as one f32 row per sequence; model families apply their own logit rules
+//! (e.g. Whisper's timestamp rules) to the row before calling these.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Index of the largest finite value (the first one on ties, as torch.argmax).
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_v {
+            best_v = v;
+            best = i;
+        }
+    }
+    best
+}
+
+/// log(sum(exp(x))) computed stably; -inf for an empty or all -inf slice.
+pub fn log_sum_exp(x: &[f32]) -> f32 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    max + sum.ln() as f32
+}
+
+/// Writes log_softmax(logits) into `out` (same length).
+pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
+    let lse = log_sum_exp(logits);
+    for (o, &v) in out.iter_mut().zip(logits) {
+        *o = v - lse;
+    }
+}
+
+/// Parameters of stochastic sampling.
+#[derive(Clone, Copy, Debug)]
+pub struct SamplingParams {
+    /// Softmax temperature (> 0).
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1.0 = all).
+    pub top_p: f32,
+}
+
+/// A seeded sampler; it reuses its scratch buffers, so sampling allocates nothing per token.
+#[derive(Debug)]
+pub struct Sampler {
+    rng: StdRng,
+    probs: Vec<f32>,
+    order: Vec<u32>,
+}
+
+impl Sampler {
+    /// A sampler whose draws are reproducible for a given seed.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            probs: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Draws a token from softmax(logits / temperature), restricted by top-k / top-p.
+    pub fn sample(&mut self, logits: &[f32], params: SamplingParams) -> usize {
+        let inv_t = 1.0 / params.temperature.max(1e-6);
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        self.probs.clear();
+        self.probs
+            .extend(logits.iter().map(|&v| ((v - max) * inv_t).exp()));
+        let restrict = params.top_k > 0 || params.top_p < 1.0;
+        if restrict {
+            self.order.clear();
+            self.order
+                .extend((0..logits.len() as u32).filter(|&i| self.probs[i as usize] > 0.0));
+            let probs = &self.probs;
+            self.order
+                .sort_unstable_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]));
+            let total: f32 = self.order.iter().map(|&i| probs[i as usize]).sum();
+            let mut keep = if params.top_k > 0 { params.top_k.min(self.order.len()) } else { self.order.len() };
+            let mut acc = 0.0;
+            for (n, &i) in self.order.iter().enumerate().take(keep) {
+                acc += probs[i as usize] / total;
+                if acc >= params.top_p {
+                    keep = n + 1;
+                    break;
+                }
+            }
+            for &i in &self.order[keep..] {
+                self.probs[i as usize] = 0.0;
+            }
+        }
+        let total: f32 = self.probs.iter().sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for (i, &p) in self.probs.iter().enumerate() {
+            if p > 0.0 {
+                if r < p {
+                    return i;
+                }
+                r -= p;
+            }
+        }
+        argmax(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -5.0]), 1);
+    }
+
+    #[test]
+    fn log_softmax_normalises() {
+        let mut out = [0.0; 3];
+        log_softmax(&[1.0, 2.0, 3.0], &mut out);
+        let total: f32 = out.iter().map(|v| v.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!((out[2] - out[1] - 1.0).abs() < 1e-6);
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 2]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn sampling_respects_masks_top_k_and_seed() {
+        let logits = [0.0, 5.0, f32::NEG_INFINITY, 4.9, -3.0];
+        let params = SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0 };
+        let mut a = Sampler::new(7);
+        let mut b = Sampler::new(7);
+        let mut seen = [0usize; 5];
+        for _ in 0..400 {
+            let t = a.sample(&logits, params);
+            assert_eq!(t, b.sample(&logits, params), "same seed, same draws");
+            seen[t] += 1;
+        }
+        assert_eq!(seen[0] + seen[2] + seen[4], 0, "only the top 2 are drawn: {seen:?}");
+        assert!(seen[1] > 100 && seen[3] > 100, "{seen:?}");
+        let greedyish = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.1 };
+        assert_eq!(a.sample(&logits, greedyish), 1);
+    }
+}
