@@ -91,12 +91,13 @@ pub(crate) fn decode_owned(data: Vec<u8>, name: &str) -> Result<DecodedAudio, Au
             name: name.to_string(),
         });
     }
-    let audio = catch_unwind(AssertUnwindSafe(|| decode_inner(data, name))).unwrap_or_else(|_| {
-        Err(AudioError::Corrupt {
-            name: name.to_string(),
-            detail: "the decoder failed on malformed data".to_string(),
-        })
-    })?;
+    let audio =
+        catch_unwind(AssertUnwindSafe(|| decode_inner(data, name))).unwrap_or_else(|_| {
+            Err(AudioError::Corrupt {
+                name: name.to_string(),
+                detail: "the decoder failed on malformed data".to_string(),
+            })
+        })?;
     if audio.n_frames() == 0 || audio.n_channels() == 0 {
         return Err(AudioError::Empty {
             name: name.to_string(),
@@ -140,7 +141,9 @@ fn sniff(data: &[u8]) -> Sniffed {
         }
         return Sniffed::Symphonia;
     }
-    if data.len() >= 12 && &data[..4] == b"FORM" && (&data[8..12] == b"AIFF" || &data[8..12] == b"AIFC")
+    if data.len() >= 12
+        && &data[..4] == b"FORM"
+        && (&data[8..12] == b"AIFF" || &data[8..12] == b"AIFC")
     {
         return Sniffed::Unsupported("AIFF".into());
     }
@@ -260,7 +263,10 @@ fn wav_format_problem(data: &[u8]) -> Option<String> {
             }
             return match tag {
                 1 | 3 | 6 | 7 | 0xFFFE => None,
-                _ => Some(format!("WAV format code 0x{tag:04X} ({})", wav_tag_name(tag))),
+                _ => Some(format!(
+                    "WAV format code 0x{tag:04X} ({})",
+                    wav_tag_name(tag)
+                )),
             };
         }
         pos = pos.checked_add(8 + size + (size & 1))?;

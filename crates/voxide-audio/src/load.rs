@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::decode::{decode_file, decode_owned, decode_stdin, DecodedAudio, MEMORY_NAME, STDIN_NAME};
+use crate::decode::{
+    decode_file, decode_owned, decode_stdin, DecodedAudio, MEMORY_NAME, STDIN_NAME,
+};
 use crate::resample::{downmix_mono, resample};
 use crate::AudioError;
 
@@ -60,7 +62,11 @@ pub fn load_mono(input: &AudioInput, target_rate: u32) -> Result<Vec<f32>, Audio
 
 /// The part of [`load_mono`] after decoding: downmix, silence check,
 /// resample. `name` is used in error messages.
-pub fn mono_at_rate(audio: &DecodedAudio, target_rate: u32, name: &str) -> Result<Vec<f32>, AudioError> {
+pub fn mono_at_rate(
+    audio: &DecodedAudio,
+    target_rate: u32,
+    name: &str,
+) -> Result<Vec<f32>, AudioError> {
     if audio.n_frames() == 0 {
         return Err(AudioError::Empty {
             name: name.to_string(),

@@ -1,1 +1,11 @@
-//! placeholder
+//! Model families of voxide.
+//!
+//! Each family lives in its own module (`config`, `model`, `tokenizer`, decoding) and is built
+//! from the shared blocks in `voxide-nn`; families never import each other.
+
+pub mod error;
+pub mod transcript;
+pub mod whisper;
+
+pub use error::{Error, Result};
+pub use transcript::{Segment, Timings, Transcript};

@@ -14,8 +14,9 @@ use std::io::Cursor;
 
 use unsafe_libopus::{
     opus_multistream_decode_float, opus_multistream_decoder_create,
-    opus_multistream_decoder_ctl_impl, opus_multistream_decoder_destroy, opus_packet_get_nb_samples,
-    opus_strerror, varargs, OpusMSDecoder, OPUS_OK, OPUS_SET_GAIN_REQUEST,
+    opus_multistream_decoder_ctl_impl, opus_multistream_decoder_destroy,
+    opus_packet_get_nb_samples, opus_strerror, varargs, OpusMSDecoder, OPUS_OK,
+    OPUS_SET_GAIN_REQUEST,
 };
 
 use super::DecodedAudio;
@@ -165,7 +166,9 @@ fn read_pages(data: &[u8], name: &str) -> Result<(Vec<u8>, Vec<Page>), AudioErro
         let pkt = match reader.read_packet() {
             Ok(Some(p)) => p,
             Ok(None) => break,
-            Err(ogg::OggReadError::ReadError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(ogg::OggReadError::ReadError(e))
+                if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
                 // Truncated final page: keep what was complete.
                 break;
             }

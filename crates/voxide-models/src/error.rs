@@ -1,0 +1,72 @@
+//! Errors of model loading and inference, each a one-line message for the user.
+
+use std::path::PathBuf;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A required file is missing from the model directory.
+    #[error("model directory {dir} has no {file}{hint}")]
+    MissingFile {
+        /// The model directory.
+        dir: PathBuf,
+        /// What is missing.
+        file: String,
+        /// How to fix it (may be empty).
+        hint: String,
+    },
+    /// A file exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A JSON file does not parse or lacks a field.
+    #[error("invalid {path}: {message}")]
+    InvalidJson {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The weights do not load: corrupt or truncated file, missing tensor, or a shape that does
+    /// not match the configuration.
+    #[error("cannot load weights from {path}: {message}")]
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tokenizer files do not load.
+    #[error("cannot load tokenizer from {path}: {message}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A request the model cannot serve (unknown language, prompt too long, ...).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A tensor operation failed during inference.
+    #[error("inference failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Result of model operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Reads and parses a JSON file into `T`, with file-named errors.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}

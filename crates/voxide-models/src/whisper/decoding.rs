@@ -1,0 +1,563 @@
+//! Decoding one 30 s window, as openai-whisper's `DecodingTask` does: the initial tokens
+//! (previous-text prompt, SOT sequence, prefix), the logit filters in order (suppress blank,
+//! suppress tokens, timestamp rules), greedy / sampled / beam search, and ranking.
+
+use super::model::{DecoderState, Whisper};
+use super::tokenizer::{SpecialTokens, Tokenizer};
+use crate::error::{Error, Result};
+use candle_core::{IndexOp, Tensor};
+use std::collections::HashMap;
+use std::io::Write;
+use voxide_nn::sampling::{argmax, log_softmax, log_sum_exp, Sampler, SamplingParams};
+
+/// What the decoder writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Task {
+    /// Text in the spoken language.
+    #[default]
+    Transcribe,
+    /// English text.
+    Translate,
+}
+
+/// Options of one window's decode (openai-whisper `DecodingOptions`).
+#[derive(Clone, Debug)]
+pub struct DecodingOptions {
+    /// Transcribe or translate.
+    pub task: Task,
+    /// Language code; `None` detects it (multilingual models).
+    pub language: Option<String>,
+    /// 0 = greedy (or beam search); > 0 samples.
+    pub temperature: f32,
+    /// Maximum tokens to sample (default: half the text context, 224).
+    pub sample_len: Option<usize>,
+    /// Independent samples at temperature > 0, best one kept.
+    pub best_of: Option<usize>,
+    /// Beams at temperature 0.
+    pub beam_size: Option<usize>,
+    /// Beam-search patience (finished candidates = round(beam_size × patience)).
+    pub patience: Option<f32>,
+    /// Ranking length penalty α: score = logprob / ((5 + len) / 6)^α; `None` divides by length.
+    pub length_penalty: Option<f32>,
+    /// Previous-text tokens, placed after `<|startofprev|>`.
+    pub prompt: Vec<u32>,
+    /// Tokens forced after the SOT sequence.
+    pub prefix: Vec<u32>,
+    /// Forbid a blank or end-of-text as the first sampled token.
+    pub suppress_blank: bool,
+    /// Forbid the non-speech symbol set (openai-whisper's `suppress_tokens="-1"`).
+    pub suppress_tokens: bool,
+    /// Decode text only (`<|notimestamps|>`).
+    pub without_timestamps: bool,
+    /// Latest first timestamp, seconds.
+    pub max_initial_timestamp: Option<f32>,
+    /// Seed of the sampler used at temperature > 0.
+    pub seed: u64,
+}
+
+impl Default for DecodingOptions {
+    fn default() -> Self {
+        Self {
+            task: Task::Transcribe,
+            language: None,
+            temperature: 0.0,
+            sample_len: None,
+            best_of: None,
+            beam_size: None,
+            patience: None,
+            length_penalty: None,
+            prompt: Vec::new(),
+            prefix: Vec::new(),
+            suppress_blank: true,
+            suppress_tokens: true,
+            without_timestamps: false,
+            max_initial_timestamp: Some(1.0),
+            seed: 0,
+        }
+    }
+}
+
+/// Result of one window's decode (openai-whisper `DecodingResult`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodingResult {
+    /// Language used.
+    pub language: String,
+    /// Sampled tokens, end-of-text excluded.
+    pub tokens: Vec<u32>,
+    /// Whether the decode stopped on end-of-text (rather than on the length limit).
+    pub ended_with_eot: bool,
+    /// Decoded text (timestamps dropped), trimmed.
+    pub text: String,
+    /// Sum of token log-probabilities / (tokens + 1).
+    pub avg_logprob: f32,
+    /// Probability of `<|nospeech|>` at the SOT position.
+    pub no_speech_prob: f32,
+    /// Temperature of this decode.
+    pub temperature: f32,
+    /// UTF-8 bytes / zlib-compressed bytes of `text`.
+    pub compression_ratio: f32,
+    /// Decoder forward passes (1 prefill + steps).
+    pub decoder_calls: usize,
+}
+
+/// UTF-8 length over zlib-compressed length, as openai-whisper's `compression_ratio`.
+pub fn compression_ratio(text: &str) -> f32 {
+    let bytes = text.as_bytes();
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+    enc.write_all(bytes).expect("writing to memory");
+    let compressed = enc.finish().expect("writing to memory");
+    bytes.len() as f32 / compressed.len() as f32
+}
+
+/// The decode-time constants of a model + tokenizer, computed once and shared by requests.
+#[derive(Clone, Debug)]
+pub struct LogitRules {
+    special: SpecialTokens,
+    /// Always suppressed: the non-speech set and the task/SOT/prompt tokens.
+    suppress: Vec<u32>,
+    /// Suppressed at the first sampled position: " " and end-of-text.
+    begin_suppress: Vec<u32>,
+    n_vocab: usize,
+    n_text_ctx: usize,
+}
+
+impl LogitRules {
+    /// Builds the suppress lists: openai-whisper's non-speech set computed from the tokenizer,
+    /// united with the checkpoint's `suppress_tokens`, plus the special tokens it always
+    /// forbids.
+    pub fn new(model: &Whisper, tokenizer: &Tokenizer, checkpoint_suppress: &[u32], begin_suppress: Option<&[u32]>) -> Result<Self> {
+        let s = *tokenizer.special();
+        let n_vocab = model.config().vocab_size;
+        let mut suppress = tokenizer.non_speech_tokens()?;
+        suppress.extend_from_slice(checkpoint_suppress);
+        suppress.extend([s.transcribe, s.translate, s.sot, s.sot_prev, s.sot_lm, s.no_speech]);
+        suppress.retain(|&t| (t as usize) < n_vocab);
+        suppress.sort_unstable();
+        suppress.dedup();
+        let begin_suppress = match begin_suppress {
+            Some(list) => list.to_vec(),
+            None => {
+                let mut list = tokenizer.encode(" ")?;
+                list.push(s.eot);
+                list
+            }
+        };
+        Ok(Self {
+            special: s,
+            suppress,
+            begin_suppress,
+            n_vocab,
+            n_text_ctx: model.config().max_target_positions,
+        })
+    }
+
+    /// The special-token layout.
+    pub fn special(&self) -> &SpecialTokens {
+        &self.special
+    }
+
+    /// Applies the filters to one row of logits; `sampled` are the tokens after the initial ones.
+    fn apply(&self, logits: &mut [f32], sampled: &[u32], opts: &DecodingOptions, scratch: &mut [f32]) {
+        let s = &self.special;
+        let first = sampled.is_empty();
+        if opts.suppress_blank && first {
+            for &t in &self.begin_suppress {
+                logits[t as usize] = f32::NEG_INFINITY;
+            }
+        }
+        if opts.suppress_tokens {
+            for &t in &self.suppress {
+                logits[t as usize] = f32::NEG_INFINITY;
+            }
+        }
+        if opts.without_timestamps {
+            return;
+        }
+        let ts = s.timestamp_begin as usize;
+        logits[s.no_timestamps as usize] = f32::NEG_INFINITY;
+        let is_ts = |t: u32| t >= s.timestamp_begin;
+        let n = sampled.len();
+        let last_was_ts = n >= 1 && is_ts(sampled[n - 1]);
+        let penultimate_was_ts = n < 2 || is_ts(sampled[n - 2]);
+        if last_was_ts {
+            if penultimate_was_ts {
+                logits[ts..].fill(f32::NEG_INFINITY);
+            } else {
+                logits[..s.eot as usize].fill(f32::NEG_INFINITY);
+            }
+        }
+        if let Some(&last_ts) = sampled.iter().rev().find(|&&t| is_ts(t)) {
+            // Timestamps never decrease, and a segment has a nonzero length.
+            let bound = if last_was_ts && !penultimate_was_ts { last_ts } else { last_ts + 1 };
+            logits[ts..bound as usize].fill(f32::NEG_INFINITY);
+        }
+        if first {
+            logits[..ts].fill(f32::NEG_INFINITY);
+            if let Some(max_t) = opts.max_initial_timestamp {
+                let last_allowed = ts + (max_t / 0.02).round() as usize;
+                if last_allowed + 1 < logits.len() {
+                    logits[last_allowed + 1..].fill(f32::NEG_INFINITY);
+                }
+            }
+        }
+        // If the timestamps together are likelier than any text token, sample a timestamp.
+        log_softmax(logits, scratch);
+        let timestamp_logprob = log_sum_exp(&scratch[ts..]);
+        let max_text_logprob = scratch[..ts].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if timestamp_logprob > max_text_logprob {
+            logits[..ts].fill(f32::NEG_INFINITY);
+        }
+    }
+}
+
+/// Beam-search bookkeeping for one audio (openai-whisper `BeamSearchDecoder`).
+struct BeamSearch {
+    beam_size: usize,
+    max_candidates: usize,
+    /// Finished sequences with their sum log-probability, in insertion order.
+    finished: Vec<(Vec<u32>, f32)>,
+}
+
+impl BeamSearch {
+    /// One step: expands each beam by its beam_size + 1 best tokens, keeps the best beam_size
+    /// unfinished sequences and collects finished ones. Returns (new rows, source rows, done).
+    fn update(
+        &mut self,
+        rows: &[Vec<u32>],
+        logprobs: &[Vec<f32>],
+        sum_logprobs: &mut [f32],
+        eot: u32,
+    ) -> (Vec<Vec<u32>>, Vec<u32>, bool) {
+        // Candidates in first-seen order; a repeated sequence keeps its place but takes the
+        // later score and source, exactly as the reference's dict updates do.
+        let mut candidates: Vec<(Vec<u32>, f32, u32)> = Vec::new();
+        let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
+        for (j, (prefix, lp)) in rows.iter().zip(logprobs).enumerate() {
+            for token in top_k(lp, self.beam_size + 1) {
+                let mut seq = prefix.clone();
+                seq.push(token as u32);
+                let score = sum_logprobs[j] + lp[token];
+                match index.get(&seq) {
+                    Some(&k) => {
+                        candidates[k].1 = score;
+                        candidates[k].2 = j as u32;
+                    }
+                    None => {
+                        index.insert(seq.clone(), candidates.len());
+                        candidates.push((seq, score, j as u32));
+                    }
+                }
+            }
+        }
+        // Stable sort, best first (Python's sorted(..., reverse=True) keeps ties in order).
+        candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut next = Vec::new();
+        let mut sources = Vec::new();
+        let mut newly_finished = Vec::new();
+        for (seq, score, source) in candidates {
+            if *seq.last().expect("non-empty") == eot {
+                newly_finished.push((seq, score));
+            } else {
+                sum_logprobs[next.len()] = score;
+                next.push(seq);
+                sources.push(source);
+                if next.len() == self.beam_size {
+                    break;
+                }
+            }
+        }
+        for (seq, score) in newly_finished {
+            if self.finished.len() >= self.max_candidates {
+                break;
+            }
+            if let Some(existing) = self.finished.iter_mut().find(|(s, _)| *s == seq) {
+                existing.1 = score;
+            } else {
+                self.finished.push((seq, score));
+            }
+        }
+        let done = self.finished.len() >= self.max_candidates;
+        (next, sources, done)
+    }
+
+    /// Adds the best unfinished beams when too few sequences finished.
+    fn finalize(mut self, rows: &[Vec<u32>], sum_logprobs: &[f32], eot: u32) -> Vec<(Vec<u32>, f32)> {
+        if self.finished.len() < self.beam_size {
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            // np.argsort(...)[::-1]: descending, ties in reverse index order.
+            order.sort_by(|&a, &b| sum_logprobs[a].total_cmp(&sum_logprobs[b]).then(a.cmp(&b)));
+            for j in order.into_iter().rev() {
+                let mut seq = rows[j].clone();
+                seq.push(eot);
+                if let Some(existing) = self.finished.iter_mut().find(|(s, _)| *s == seq) {
+                    existing.1 = sum_logprobs[j];
+                } else {
+                    self.finished.push((seq, sum_logprobs[j]));
+                }
+                if self.finished.len() >= self.beam_size {
+                    break;
+                }
+            }
+        }
+        self.finished
+    }
+}
+
+/// The decoder state for `batch` rows over `audio`, created on first use, with no tokens.
+fn state_for<'s>(
+    states: &'s mut HashMap<usize, DecoderState>,
+    model: &Whisper,
+    audio: Option<&Tensor>,
+    batch: usize,
+) -> Result<&'s mut DecoderState> {
+    let audio = audio.ok_or_else(|| Error::InvalidRequest("no audio set".into()))?;
+    let state = match states.entry(batch) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let mut state = model.new_state(batch)?;
+            model.set_audio(&mut state, audio)?;
+            e.insert(state)
+        }
+    };
+    state.reset_tokens();
+    Ok(state)
+}
+
+/// Indices of the k largest values, largest first.
+fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    for (i, &v) in values.iter().enumerate() {
+        if best.len() == k && values[best[k - 1]] >= v {
+            continue;
+        }
+        let pos = best.partition_point(|&b| values[b] >= v);
+        best.insert(pos, i);
+        best.truncate(k);
+    }
+    best
+}
+
+/// Decodes windows of one model; holds a decoder state per batch size so that decoding
+/// many windows allocates no new caches.
+pub struct WindowDecoder<'a> {
+    model: &'a Whisper,
+    tokenizer: &'a Tokenizer,
+    rules: &'a LogitRules,
+    states: HashMap<usize, DecoderState>,
+    audio: Option<Tensor>,
+    sampler: Sampler,
+}
+
+impl<'a> WindowDecoder<'a> {
+    /// A decoder over `model`; call [`Self::set_audio`] before decoding.
+    pub fn new(model: &'a Whisper, tokenizer: &'a Tokenizer, rules: &'a LogitRules, seed: u64) -> Self {
+        Self {
+            model,
+            tokenizer,
+            rules,
+            states: HashMap::new(),
+            audio: None,
+            sampler: Sampler::new(seed),
+        }
+    }
+
+    /// Sets the encoder output (1, 1500, d) of the window to decode.
+    pub fn set_audio(&mut self, audio_features: Tensor) -> Result<()> {
+        // The caches are kept; only the cross-attention K/V change.
+        for state in self.states.values_mut() {
+            self.model.set_audio(state, &audio_features)?;
+        }
+        self.audio = Some(audio_features);
+        Ok(())
+    }
+
+    /// Language probabilities from one decoder step on `[sot]` (openai `detect_language`):
+    /// returns (code, probability) sorted by token id.
+    pub fn detect_language(&mut self) -> Result<Vec<(&'static str, f32)>> {
+        let s = *self.rules.special();
+        if !s.multilingual {
+            return Err(Error::InvalidRequest(
+                "language detection needs a multilingual model; this one is English-only".into(),
+            ));
+        }
+        let model = self.model;
+        let state = state_for(&mut self.states, model, self.audio.as_ref(), 1)?;
+        let sot = Tensor::new(&[[s.sot]], model.device())?;
+        let hidden = model.decode(&sot, state, None)?;
+        let logits = model.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
+        let langs = s.language_tokens();
+        let max = langs.clone().map(|t| logits[t as usize]).fold(f32::NEG_INFINITY, f32::max);
+        let total: f64 = langs.clone().map(|t| ((logits[t as usize] - max) as f64).exp()).sum();
+        Ok(langs
+            .map(|t| {
+                let p = ((logits[t as usize] - max) as f64).exp() / total;
+                (s.language_of(t).expect("language token"), p as f32)
+            })
+            .collect())
+    }
+
+    /// The tokens that start the decode: `[<|startofprev|> prompt…] sot [lang task] [notimestamps] prefix…`.
+    pub fn initial_tokens(&self, opts: &DecodingOptions, language: &str) -> Result<Vec<u32>> {
+        let s = self.rules.special();
+        let mut tokens = Vec::new();
+        if !opts.prompt.is_empty() {
+            let keep = self.rules.n_text_ctx / 2 - 1;
+            let start = opts.prompt.len().saturating_sub(keep);
+            tokens.push(s.sot_prev);
+            tokens.extend_from_slice(&opts.prompt[start..]);
+        }
+        tokens.push(s.sot);
+        if s.multilingual {
+            let lang = s.language_token(language).ok_or_else(|| {
+                Error::InvalidRequest(format!("unknown language code {language:?}"))
+            })?;
+            tokens.push(lang);
+            tokens.push(match opts.task {
+                Task::Transcribe => s.transcribe,
+                Task::Translate => s.translate,
+            });
+        }
+        if opts.without_timestamps {
+            tokens.push(s.no_timestamps);
+        }
+        if !opts.prefix.is_empty() {
+            let keep = self.rules.n_text_ctx / 2;
+            let start = opts.prefix.len().saturating_sub(keep);
+            tokens.extend_from_slice(&opts.prefix[start..]);
+        }
+        Ok(tokens)
+    }
+
+    /// Decodes the current window with `opts`; `language` must be resolved.
+    pub fn decode(&mut self, opts: &DecodingOptions, language: &str) -> Result<DecodingResult> {
+        let s = *self.rules.special();
+        let initial = self.initial_tokens(opts, language)?;
+        let sample_begin = initial.len();
+        let sot_index = initial.iter().position(|&t| t == s.sot).expect("sot is always present");
+        let sample_len = opts.sample_len.unwrap_or(self.rules.n_text_ctx / 2);
+        if sample_begin >= self.rules.n_text_ctx {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt ({sample_begin} tokens) leaves no room in the {}-token context",
+                self.rules.n_text_ctx
+            )));
+        }
+        let beam_size = if opts.temperature == 0.0 { opts.beam_size } else { None };
+        let best_of = if opts.temperature > 0.0 { opts.best_of } else { None };
+        let n_group = beam_size.or(best_of).unwrap_or(1).max(1);
+        let mut beam = beam_size.map(|b| BeamSearch {
+            beam_size: b,
+            max_candidates: (b as f32 * opts.patience.unwrap_or(1.0)).round() as usize,
+            finished: Vec::new(),
+        });
+        let model = self.model;
+        let rules = self.rules;
+        let mut rows: Vec<Vec<u32>> = vec![initial.clone(); n_group];
+        let mut sum_logprobs = vec![0f32; n_group];
+        let mut no_speech_prob = f32::NAN;
+        let mut scratch = vec![0f32; rules.n_vocab];
+        let mut calls = 0;
+        let device = model.device().clone();
+        let sampler = &mut self.sampler;
+        let state = state_for(&mut self.states, model, self.audio.as_ref(), n_group)?;
+        for i in 0..sample_len {
+            let input: Vec<u32> = if i == 0 {
+                rows.iter().flatten().copied().collect()
+            } else {
+                rows.iter().map(|r| *r.last().expect("non-empty")).collect()
+            };
+            let t = if i == 0 { sample_begin } else { 1 };
+            let input = Tensor::from_vec(input, (n_group, t), &device)?;
+            let hidden = model.decode(&input, state, None)?;
+            calls += 1;
+            if i == 0 {
+                let at_sot = model.logits(&hidden.i((0, sot_index))?)?.to_vec1::<f32>()?;
+                let lse = log_sum_exp(&at_sot);
+                no_speech_prob = (at_sot[s.no_speech as usize] - lse).exp();
+            }
+            let last = hidden.narrow(1, t - 1, 1)?;
+            let mut logits = model.logits(&last)?.squeeze(1)?.to_vec2::<f32>()?;
+            for (row, l) in rows.iter().zip(logits.iter_mut()) {
+                rules.apply(l, &row[sample_begin..], opts, &mut scratch);
+            }
+            let completed = match beam.as_mut() {
+                None => {
+                    for (k, l) in logits.iter().enumerate() {
+                        let prev = *rows[k].last().expect("non-empty");
+                        let next = if prev == s.eot {
+                            s.eot
+                        } else if opts.temperature == 0.0 {
+                            argmax(l) as u32
+                        } else {
+                            sampler.sample(l, SamplingParams { temperature: opts.temperature, top_k: 0, top_p: 1.0 }) as u32
+                        };
+                        log_softmax(l, &mut scratch);
+                        if prev != s.eot {
+                            sum_logprobs[k] += scratch[next as usize];
+                        }
+                        rows[k].push(next);
+                    }
+                    rows.iter().all(|r| *r.last().expect("non-empty") == s.eot)
+                }
+                Some(search) => {
+                    let logprobs: Vec<Vec<f32>> = logits
+                        .iter()
+                        .map(|l| {
+                            let mut lp = vec![0f32; l.len()];
+                            log_softmax(l, &mut lp);
+                            lp
+                        })
+                        .collect();
+                    let (next, sources, done) = search.update(&rows, &logprobs, &mut sum_logprobs, s.eot);
+                    if next.len() < n_group {
+                        // Every candidate ended: nothing left to extend.
+                        rows = next;
+                        break;
+                    }
+                    rows = next;
+                    state.reorder(&sources)?;
+                    done
+                }
+            };
+            if completed || rows[0].len() > rules.n_text_ctx {
+                break;
+            }
+        }
+        // Candidates: each sequence cut at its first end-of-text.
+        let candidates: Vec<(Vec<u32>, f32)> = match beam {
+            None => rows.into_iter().zip(sum_logprobs).collect(),
+            Some(search) => search.finalize(&rows, &sum_logprobs, s.eot),
+        };
+        let cut = |seq: &[u32]| -> (Vec<u32>, bool) {
+            let sampled = &seq[sample_begin.min(seq.len())..];
+            match sampled.iter().position(|&t| t == s.eot) {
+                Some(p) => (sampled[..p].to_vec(), true),
+                None => (sampled.to_vec(), false),
+            }
+        };
+        let mut best: Option<(f32, Vec<u32>, bool, f32)> = None;
+        for (seq, logprob) in &candidates {
+            let (tokens, eot) = cut(seq);
+            let penalty = match opts.length_penalty {
+                None => tokens.len() as f32,
+                Some(alpha) => ((5.0 + tokens.len() as f32) / 6.0).powf(alpha),
+            };
+            let score = logprob / penalty;
+            if best.as_ref().is_none_or(|b| score > b.0) {
+                best = Some((score, tokens, eot, *logprob));
+            }
+        }
+        let (_, tokens, ended_with_eot, sum_logprob) = best.expect("at least one candidate");
+        let text = self.tokenizer.decode_with_specials(&tokens)?.trim().to_string();
+        Ok(DecodingResult {
+            language: language.to_string(),
+            avg_logprob: sum_logprob / (tokens.len() as f32 + 1.0),
+            compression_ratio: compression_ratio(&text),
+            text,
+            tokens,
+            ended_with_eot,
+            no_speech_prob,
+            temperature: opts.temperature,
+            decoder_calls: calls,
+        })
+    }
+}

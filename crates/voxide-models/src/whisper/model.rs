@@ -1,0 +1,381 @@
+//! Whisper's encoder and decoder, composed from voxide-nn blocks; weight names are the
+//! Hugging Face checkpoint names (`model.encoder.layers.N.self_attn.q_proj.weight`, ...).
+//!
+//! The model handle is immutable and can serve many requests; everything a request changes
+//! (self-attention caches, cross-attention K/V, position) lives in a [`DecoderState`].
+
+use super::config::Config;
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::path::{Path, PathBuf};
+use voxide_nn::attention::KvSource;
+use voxide_nn::conv::ConvStem;
+use voxide_nn::{Attention, AttentionConfig, CrossKv, GeluMlp, KvCache, LayerNorm, Linear};
+
+const LN_EPS: f64 = 1e-5;
+
+fn attention_config(cfg: &Config, heads: usize) -> AttentionConfig {
+    AttentionConfig {
+        dim: cfg.d_model,
+        n_heads: heads,
+        n_kv_heads: heads,
+        head_dim: cfg.d_model / heads,
+        // Whisper's key projection has no bias.
+        bias: [true, false, true, true],
+        names: ["q_proj", "k_proj", "v_proj", "out_proj"],
+    }
+}
+
+/// Pre-LN encoder block: self-attention then MLP, each with a residual.
+#[derive(Clone, Debug)]
+struct EncoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    mlp: GeluMlp,
+    final_layer_norm: LayerNorm,
+}
+
+impl EncoderLayer {
+    fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        let attn = attention_config(cfg, cfg.encoder_attention_heads);
+        Ok(Self {
+            self_attn: Attention::load(vb.pp("self_attn"), attn)?,
+            self_attn_layer_norm: LayerNorm::load(vb.pp("self_attn_layer_norm"), cfg.d_model, LN_EPS)?,
+            mlp: GeluMlp::load(vb.clone(), cfg.d_model, cfg.encoder_ffn_dim)?,
+            final_layer_norm: LayerNorm::load(vb.pp("final_layer_norm"), cfg.d_model, LN_EPS)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.self_attn_layer_norm.forward(x)?;
+        let x = (x + self.self_attn.forward(&h, KvSource::Own, false, None)?)?;
+        let h = self.final_layer_norm.forward(&x)?;
+        x + self.mlp.forward(&h)?
+    }
+}
+
+/// Every intermediate of one encoder pass, for parity tests against the reference dumps.
+#[derive(Debug)]
+pub struct EncoderTrace {
+    /// After conv1 + GELU: (batch, d, 3000).
+    pub conv1: Tensor,
+    /// After conv2 + GELU: (batch, d, 1500).
+    pub conv2: Tensor,
+    /// transformers' `hidden_states`: [after positions, after layer 0, ..., after ln_post].
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// Audio encoder: conv stem, sinusoidal positions, pre-LN blocks, final LayerNorm.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    stem: ConvStem,
+    embed_positions: Tensor,
+    layers: Vec<EncoderLayer>,
+    layer_norm: LayerNorm,
+}
+
+impl Encoder {
+    fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        Ok(Self {
+            stem: ConvStem::load(vb.clone(), cfg.num_mel_bins, cfg.d_model)?,
+            embed_positions: vb.get((cfg.max_source_positions, cfg.d_model), "embed_positions.weight")?,
+            layers: (0..cfg.encoder_layers)
+                .map(|i| EncoderLayer::load(vb.pp(format!("layers.{i}")), cfg))
+                .collect::<candle_core::Result<_>>()?,
+            layer_norm: LayerNorm::load(vb.pp("layer_norm"), cfg.d_model, LN_EPS)?,
+        })
+    }
+
+    /// mel (batch, n_mels, 3000) -> trace whose last hidden state is (batch, 1500, d).
+    fn forward(&self, mel: &Tensor, keep_all: bool) -> candle_core::Result<EncoderTrace> {
+        let [conv1, conv2] = self.stem.forward_stages(mel)?;
+        let frames = conv2.dim(2)?;
+        let mut x = conv2
+            .transpose(1, 2)?
+            .broadcast_add(&self.embed_positions.narrow(0, 0, frames)?)?;
+        let mut hidden_states = Vec::new();
+        for layer in &self.layers {
+            if keep_all {
+                hidden_states.push(x.clone());
+            }
+            x = layer.forward(&x)?;
+        }
+        hidden_states.push(self.layer_norm.forward(&x)?);
+        Ok(EncoderTrace {
+            conv1,
+            conv2,
+            hidden_states,
+        })
+    }
+}
+
+/// Decoder block: causal self-attention, cross-attention over the audio, MLP.
+#[derive(Clone, Debug)]
+struct DecoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    encoder_attn: Attention,
+    encoder_attn_layer_norm: LayerNorm,
+    mlp: GeluMlp,
+    final_layer_norm: LayerNorm,
+}
+
+impl DecoderLayer {
+    fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        let attn = attention_config(cfg, cfg.decoder_attention_heads);
+        Ok(Self {
+            self_attn: Attention::load(vb.pp("self_attn"), attn)?,
+            self_attn_layer_norm: LayerNorm::load(vb.pp("self_attn_layer_norm"), cfg.d_model, LN_EPS)?,
+            encoder_attn: Attention::load(vb.pp("encoder_attn"), attn)?,
+            encoder_attn_layer_norm: LayerNorm::load(
+                vb.pp("encoder_attn_layer_norm"),
+                cfg.d_model,
+                LN_EPS,
+            )?,
+            mlp: GeluMlp::load(vb.clone(), cfg.d_model, cfg.decoder_ffn_dim)?,
+            final_layer_norm: LayerNorm::load(vb.pp("final_layer_norm"), cfg.d_model, LN_EPS)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut KvCache, cross: &CrossKv) -> candle_core::Result<Tensor> {
+        let h = self.self_attn_layer_norm.forward(x)?;
+        let x = (x + self.self_attn.forward(&h, KvSource::Cached(cache), true, None)?)?;
+        let h = self.encoder_attn_layer_norm.forward(&x)?;
+        let x = (&x + self.encoder_attn.forward(&h, KvSource::Cross(cross), false, None)?)?;
+        let h = self.final_layer_norm.forward(&x)?;
+        x + self.mlp.forward(&h)?
+    }
+}
+
+/// Text decoder: token + learned positional embeddings, blocks, final LayerNorm, tied head.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    embed_tokens: Tensor,
+    embed_positions: Tensor,
+    layers: Vec<DecoderLayer>,
+    layer_norm: LayerNorm,
+    head: Linear,
+}
+
+impl Decoder {
+    fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        let embed_tokens = vb.get((cfg.vocab_size, cfg.d_model), "embed_tokens.weight")?;
+        Ok(Self {
+            head: Linear::from_weights(embed_tokens.clone(), None),
+            embed_tokens,
+            embed_positions: vb.get((cfg.max_target_positions, cfg.d_model), "embed_positions.weight")?,
+            layers: (0..cfg.decoder_layers)
+                .map(|i| DecoderLayer::load(vb.pp(format!("layers.{i}")), cfg))
+                .collect::<candle_core::Result<_>>()?,
+            layer_norm: LayerNorm::load(vb.pp("layer_norm"), cfg.d_model, LN_EPS)?,
+        })
+    }
+}
+
+/// Per-request decoder state: one self-attention cache per layer (preallocated for the full
+/// 448-token context) and the cross-attention K/V of the current audio window.
+#[derive(Debug)]
+pub struct DecoderState {
+    caches: Vec<KvCache>,
+    cross: Vec<CrossKv>,
+}
+
+impl DecoderState {
+    /// Tokens consumed since the last reset.
+    pub fn position(&self) -> usize {
+        self.caches.first().map_or(0, KvCache::len)
+    }
+
+    /// Batch rows (beams) the caches hold.
+    pub fn batch(&self) -> usize {
+        self.caches.first().map_or(0, KvCache::batch)
+    }
+
+    /// Keeps the caches of the given rows (beam search).
+    pub fn reorder(&mut self, rows: &[u32]) -> Result<()> {
+        for cache in &mut self.caches {
+            cache.reorder(rows)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every decoded token; the audio stays.
+    pub fn reset_tokens(&mut self) {
+        self.caches.iter_mut().for_each(KvCache::reset);
+    }
+}
+
+/// A loaded Whisper model (immutable; share it between requests).
+#[derive(Clone, Debug)]
+pub struct Whisper {
+    config: Config,
+    encoder: Encoder,
+    decoder: Decoder,
+    device: Device,
+}
+
+/// The safetensors files of a checkpoint directory: `model.safetensors`, or the shards listed
+/// in `model.safetensors.index.json`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let json: serde_json::Value = crate::error::read_json(&index)?;
+        let mut files: Vec<PathBuf> = json["weight_map"]
+            .as_object()
+            .ok_or_else(|| Error::InvalidJson {
+                path: index.clone(),
+                message: "no weight_map object".into(),
+            })?
+            .values()
+            .filter_map(|v| v.as_str().map(|f| dir.join(f)))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    Err(Error::MissingFile {
+        dir: dir.to_owned(),
+        file: "model.safetensors".into(),
+        hint: " (nor model.safetensors.index.json); expected a Hugging Face checkpoint directory"
+            .into(),
+    })
+}
+
+impl Whisper {
+    /// Builds the model from tensors named as in the Hugging Face checkpoint.
+    pub fn load(vb: VarBuilder, config: Config) -> candle_core::Result<Self> {
+        let device = vb.device().clone();
+        let vb = vb.pp("model");
+        Ok(Self {
+            encoder: Encoder::load(vb.pp("encoder"), &config)?,
+            decoder: Decoder::load(vb.pp("decoder"), &config)?,
+            config,
+            device,
+        })
+    }
+
+    /// Loads `config.json` and the safetensors weights of a checkpoint directory (f32).
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(Error::MissingFile {
+                dir: dir.to_owned(),
+                file: "config.json".into(),
+                hint: String::new(),
+            });
+        }
+        let config = Config::from_file(&config_path)?;
+        let files = weight_files(dir)?;
+        let weights_error = |e: candle_core::Error| Error::Weights {
+            path: files[0].clone(),
+            message: e.to_string().lines().next().unwrap_or_default().to_string(),
+        };
+        // SAFETY: the files are memory-mapped read-only; voxide never writes to them and a user
+        // who rewrites a checkpoint while it is being loaded gets garbage weights, not UB in Rust
+        // data structures (tensors are copied out of the map before use).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
+            .map_err(weights_error)?;
+        Self::load(vb, config).map_err(weights_error)
+    }
+
+    /// The checkpoint's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// mel (batch, n_mels, 3000) -> audio features (batch, 1500, d).
+    pub fn encode(&self, mel: &Tensor) -> Result<Tensor> {
+        let mut trace = self.encoder.forward(mel, false)?;
+        Ok(trace.hidden_states.pop().expect("the encoder always yields its output"))
+    }
+
+    /// Like [`Self::encode`] but keeps every intermediate.
+    pub fn encode_traced(&self, mel: &Tensor) -> Result<EncoderTrace> {
+        Ok(self.encoder.forward(mel, true)?)
+    }
+
+    /// A fresh decoder state for `batch` rows (1, or the beam size).
+    pub fn new_state(&self, batch: usize) -> Result<DecoderState> {
+        let cfg = &self.config;
+        let caches = (0..cfg.decoder_layers)
+            .map(|_| {
+                KvCache::new(
+                    batch,
+                    cfg.decoder_attention_heads,
+                    cfg.max_target_positions,
+                    cfg.head_dim(),
+                    DType::F32,
+                    &self.device,
+                )
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(DecoderState {
+            caches,
+            cross: Vec::new(),
+        })
+    }
+
+    /// Computes the cross-attention K/V of one window's audio features (1, 1500, d), once per
+    /// window, and forgets previously decoded tokens.
+    pub fn set_audio(&self, state: &mut DecoderState, audio_features: &Tensor) -> Result<()> {
+        state.cross = self
+            .decoder
+            .layers
+            .iter()
+            .map(|l| l.encoder_attn.cross_kv(audio_features))
+            .collect::<candle_core::Result<_>>()?;
+        state.reset_tokens();
+        Ok(())
+    }
+
+    /// Runs tokens (batch, t) through the decoder at the state's position and returns the hidden
+    /// states after the final LayerNorm, (batch, t, d). With `trace`, also collects transformers'
+    /// `hidden_states` list (embeddings, each layer but the last, final).
+    pub fn decode(
+        &self,
+        tokens: &Tensor,
+        state: &mut DecoderState,
+        mut trace: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let (_, t) = tokens.dims2()?;
+        let position = state.position();
+        if position + t > self.config.max_target_positions {
+            return Err(Error::InvalidRequest(format!(
+                "decoder context exceeded: {position} + {t} tokens > {}",
+                self.config.max_target_positions
+            )));
+        }
+        if state.cross.is_empty() {
+            return Err(Error::InvalidRequest("decode called before set_audio".into()));
+        }
+        let d = &self.decoder;
+        let tok = d.embed_tokens.embedding(&tokens.flatten_all()?)?.reshape(tokens.dims2().map(|(b, t)| (b, t, self.config.d_model))?)?;
+        let mut x = tok.broadcast_add(&d.embed_positions.narrow(0, position, t)?)?;
+        for (i, layer) in d.layers.iter().enumerate() {
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push(x.clone());
+            }
+            x = layer.forward(&x, &mut state.caches[i], &state.cross[i])?;
+        }
+        let out = d.layer_norm.forward(&x)?;
+        if let Some(trace) = trace {
+            trace.push(out.clone());
+        }
+        Ok(out)
+    }
+
+    /// hidden (..., d) -> logits (..., vocab) through the tied token embedding.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.decoder.head.forward(hidden)?)
+    }
+}

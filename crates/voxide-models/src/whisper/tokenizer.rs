@@ -1,0 +1,230 @@
+//! Whisper's tokenizer: GPT-2 byte-level BPE for text (from `tokenizer.json`, or
+//! `vocab.json` + `merges.txt`) and the special tokens, whose ids follow from the vocabulary
+//! size exactly as openai-whisper lays them out (see specs/whisper.md §5).
+
+use crate::error::{Error, Result};
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+
+/// Language codes in token order (openai-whisper `LANGUAGES`); v3 vocabularies add `yue`.
+pub const LANGUAGES: [&str; 100] = [
+    "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it",
+    "id", "hi", "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur",
+    "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn",
+    "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si",
+    "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo",
+    "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln", "ha",
+    "ba", "jw", "su", "yue",
+];
+
+/// Ids of the special tokens of one vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// Vocabulary size.
+    pub n_vocab: u32,
+    /// Multilingual (language and task tokens are meaningful).
+    pub multilingual: bool,
+    /// Number of language tokens (99, or 100 for v3).
+    pub n_languages: u32,
+    /// `<|endoftext|>`.
+    pub eot: u32,
+    /// `<|startoftranscript|>`.
+    pub sot: u32,
+    /// `<|translate|>`.
+    pub translate: u32,
+    /// `<|transcribe|>`.
+    pub transcribe: u32,
+    /// `<|startoflm|>`.
+    pub sot_lm: u32,
+    /// `<|startofprev|>`.
+    pub sot_prev: u32,
+    /// `<|nospeech|>`.
+    pub no_speech: u32,
+    /// `<|notimestamps|>`.
+    pub no_timestamps: u32,
+    /// `<|0.00|>`; timestamp t means (t − timestamp_begin) × 20 ms.
+    pub timestamp_begin: u32,
+}
+
+impl SpecialTokens {
+    /// The layout for a vocabulary of `n_vocab` tokens (51864 .en, 51865 v1/v2, 51866 v3).
+    pub fn for_vocab(n_vocab: usize) -> Self {
+        let n_vocab = n_vocab as u32;
+        let multilingual = n_vocab >= 51865;
+        let n_languages = n_vocab - 51765 - multilingual as u32;
+        let eot = 50256 + multilingual as u32;
+        let sot = eot + 1;
+        let translate = sot + 1 + n_languages;
+        Self {
+            n_vocab,
+            multilingual,
+            n_languages,
+            eot,
+            sot,
+            translate,
+            transcribe: translate + 1,
+            sot_lm: translate + 2,
+            sot_prev: translate + 3,
+            no_speech: translate + 4,
+            no_timestamps: translate + 5,
+            timestamp_begin: translate + 6,
+        }
+    }
+
+    /// Token of a language code, if this vocabulary has it.
+    pub fn language_token(&self, code: &str) -> Option<u32> {
+        let index = LANGUAGES.iter().position(|&l| l == code)? as u32;
+        (index < self.n_languages).then_some(self.sot + 1 + index)
+    }
+
+    /// Language code of a language token.
+    pub fn language_of(&self, token: u32) -> Option<&'static str> {
+        let index = token.checked_sub(self.sot + 1)?;
+        (index < self.n_languages).then(|| LANGUAGES[index as usize])
+    }
+
+    /// All language tokens, in id order.
+    pub fn language_tokens(&self) -> std::ops::Range<u32> {
+        self.sot + 1..self.sot + 1 + self.n_languages
+    }
+}
+
+/// Text ↔ token ids for one Whisper vocabulary.
+pub struct Tokenizer {
+    bpe: tokenizers::Tokenizer,
+    special: SpecialTokens,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("special", &self.special).finish()
+    }
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json`, or `vocab.json` + `merges.txt`, from a checkpoint directory.
+    pub fn from_dir(dir: &Path, n_vocab: usize) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let bpe = if json.is_file() {
+            tokenizers::Tokenizer::from_file(&json).map_err(|e| Error::Tokenizer {
+                path: json.clone(),
+                message: e.to_string(),
+            })?
+        } else if vocab.is_file() && merges.is_file() {
+            let model = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+                .build()
+                .map_err(|e| Error::Tokenizer {
+                    path: vocab.clone(),
+                    message: e.to_string(),
+                })?;
+            let mut tok = tokenizers::Tokenizer::new(model);
+            tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+            tok.with_decoder(Some(ByteLevelDecoder::default()));
+            tok
+        } else {
+            return Err(Error::MissingFile {
+                dir: dir.to_owned(),
+                file: "tokenizer.json".into(),
+                hint: " (nor vocab.json + merges.txt)".into(),
+            });
+        };
+        Ok(Self {
+            bpe,
+            special: SpecialTokens::for_vocab(n_vocab),
+        })
+    }
+
+    /// The special-token layout.
+    pub fn special(&self) -> &SpecialTokens {
+        &self.special
+    }
+
+    /// Text → ids (no special tokens added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.bpe.encode(text, false).map_err(|e| {
+            Error::InvalidRequest(format!("cannot tokenize {text:?}: {e}"))
+        })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Ids → text. Special and timestamp tokens are dropped; bytes that do not form valid UTF-8
+    /// become U+FFFD, as openai-whisper's `errors="replace"`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let text: Vec<u32> = ids.iter().copied().filter(|&t| t < self.special.eot).collect();
+        self.bpe
+            .decode(&text, false)
+            .map_err(|e| Error::InvalidRequest(format!("cannot detokenize: {e}")))
+    }
+
+    /// Ids → text as openai-whisper's `Tokenizer.decode`: timestamps are dropped, other special
+    /// tokens are written by name (`<|en|>`, ...). Used for a decode's text and compression ratio.
+    pub fn decode_with_specials(&self, ids: &[u32]) -> Result<String> {
+        let mut out = String::new();
+        let mut run = Vec::new();
+        for &t in ids.iter().filter(|&&t| t < self.special.timestamp_begin) {
+            if t < self.special.eot {
+                run.push(t);
+                continue;
+            }
+            out.push_str(&self.decode(&run)?);
+            run.clear();
+            out.push_str(&self.special_name(t));
+        }
+        out.push_str(&self.decode(&run)?);
+        Ok(out)
+    }
+
+    /// Name of a special token as openai-whisper writes it.
+    pub fn special_name(&self, t: u32) -> String {
+        let s = &self.special;
+        if let Some(code) = s.language_of(t) {
+            return format!("<|{code}|>");
+        }
+        let name = match t {
+            t if t == s.eot => "endoftext",
+            t if t == s.sot => "startoftranscript",
+            t if t == s.translate => "translate",
+            t if t == s.transcribe => "transcribe",
+            t if t == s.sot_lm => "startoflm",
+            t if t == s.sot_prev => "startofprev",
+            t if t == s.no_speech => "nospeech",
+            t if t == s.no_timestamps => "notimestamps",
+            t if t >= s.timestamp_begin => {
+                return format!("<|{:.2}|>", (t - s.timestamp_begin) as f32 * 0.02)
+            }
+            // Unused slots between the language tokens and <|translate|> (.en vocabularies).
+            _ => return format!("<|{t}|>"),
+        };
+        format!("<|{name}|>")
+    }
+
+    /// The tokens openai-whisper suppresses as non-speech (`suppress_tokens = "-1"`): symbols
+    /// and music signs, with and without a leading space, plus the first tokens of " -" and " '".
+    pub fn non_speech_tokens(&self) -> Result<Vec<u32>> {
+        let mut symbols: Vec<String> = "\"#()*+/:;<=>@[\\]^_`{|}~「」『』"
+            .chars()
+            .map(String::from)
+            .collect();
+        symbols.extend(
+            "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪"
+                .split(' ')
+                .map(String::from),
+        );
+        let misc = ["♩", "♪", "♫", "♬", "♭", "♮", "♯"];
+        let mut result = vec![self.encode(" -")?[0], self.encode(" '")?[0]];
+        for symbol in symbols.iter().map(String::as_str).chain(misc) {
+            for text in [symbol.to_string(), format!(" {symbol}")] {
+                let tokens = self.encode(&text)?;
+                if tokens.len() == 1 || misc.contains(&symbol) {
+                    result.push(tokens[0]);
+                }
+            }
+        }
+        result.sort_unstable();
+        result.dedup();
+        Ok(result)
+    }
+}

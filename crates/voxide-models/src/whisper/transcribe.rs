@@ -1,0 +1,327 @@
+//! Long-form transcription as openai-whisper's `transcribe()`: the log-mel of the whole input
+//! (plus 30 s of padding), language detection on the first window, 30 s windows that seek on
+//! the decoded timestamps, temperature fallback on repetitive or improbable output, the
+//! no-speech skip, and previous-text conditioning.
+
+use super::config::GenerationConfig;
+use super::decoding::{DecodingOptions, DecodingResult, LogitRules, WindowDecoder};
+use super::model::Whisper;
+use super::tokenizer::Tokenizer;
+use super::{HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
+use crate::error::Result;
+use crate::transcript::{Segment, Timings, Transcript};
+use candle_core::{Device, Tensor};
+use std::path::Path;
+use std::time::Instant;
+use voxide_audio::{LogMel, WhisperMel};
+
+/// Options of a whole transcription (openai-whisper `transcribe` keyword arguments).
+#[derive(Clone, Debug)]
+pub struct TranscribeOptions {
+    /// Per-window decoding options (their `temperature` and `prompt` are set per window).
+    pub decode: DecodingOptions,
+    /// Temperatures tried in order until a decode passes the thresholds.
+    pub temperatures: Vec<f32>,
+    /// Retry when the text's gzip compression ratio is above this (too repetitive).
+    pub compression_ratio_threshold: Option<f32>,
+    /// Retry when the mean token log-probability is below this.
+    pub logprob_threshold: Option<f32>,
+    /// Skip a window as silence when `<|nospeech|>` is likelier than this and the log-probability
+    /// is below `logprob_threshold`.
+    pub no_speech_threshold: Option<f32>,
+    /// Feed the previous windows' text as the prompt of the next.
+    pub condition_on_previous_text: bool,
+    /// Text placed before the first window's tokens (spelling, style, vocabulary hints).
+    pub initial_prompt: Option<String>,
+}
+
+impl Default for TranscribeOptions {
+    fn default() -> Self {
+        Self {
+            decode: DecodingOptions::default(),
+            temperatures: vec![0.0],
+            compression_ratio_threshold: Some(2.4),
+            logprob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            condition_on_previous_text: true,
+            initial_prompt: None,
+        }
+    }
+}
+
+/// A loaded Whisper checkpoint ready to transcribe: model, tokenizer, feature extractor and
+/// logit rules. Immutable; one pipeline serves any number of concurrent requests.
+pub struct WhisperPipeline {
+    model: Whisper,
+    tokenizer: Tokenizer,
+    rules: LogitRules,
+    mel: WhisperMel,
+}
+
+impl WhisperPipeline {
+    /// Loads a Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer,
+    /// optional generation_config.json).
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let model = Whisper::from_dir(dir, device)?;
+        let tokenizer = Tokenizer::from_dir(dir, model.config().vocab_size)?;
+        let gen_path = dir.join("generation_config.json");
+        let generation = if gen_path.is_file() {
+            GenerationConfig::from_file(&gen_path)?
+        } else {
+            GenerationConfig::default()
+        };
+        let cfg = model.config();
+        let suppress = generation
+            .suppress_tokens
+            .as_ref()
+            .or(cfg.suppress_tokens.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        let begin = generation
+            .begin_suppress_tokens
+            .as_ref()
+            .or(cfg.begin_suppress_tokens.as_ref())
+            .cloned();
+        let rules = LogitRules::new(&model, &tokenizer, &suppress, begin.as_deref())?;
+        let mel = WhisperMel::new(cfg.num_mel_bins);
+        Ok(Self {
+            model,
+            tokenizer,
+            rules,
+            mel,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Whisper {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The logit rules (suppress lists and special tokens).
+    pub fn rules(&self) -> &LogitRules {
+        &self.rules
+    }
+
+    /// A decoder over this pipeline's model, for window-level work (tests, benchmarks).
+    pub fn window_decoder(&self, seed: u64) -> WindowDecoder<'_> {
+        WindowDecoder::new(&self.model, &self.tokenizer, &self.rules, seed)
+    }
+
+    /// A (1, n_mels, 3000) tensor of one window.
+    pub fn window_tensor(&self, window: &LogMel) -> Result<Tensor> {
+        Ok(Tensor::from_slice(
+            &window.data,
+            (1, window.n_mels, window.n_frames),
+            self.model.device(),
+        )?)
+    }
+
+    /// Transcribes 16 kHz mono samples. `progress` receives the fraction of audio done.
+    pub fn transcribe(
+        &self,
+        samples: &[f32],
+        opts: &TranscribeOptions,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<(Transcript, Timings)> {
+        let mut timings = Timings::default();
+        let clock = Instant::now();
+        let mel = self.mel.log_mel(samples, N_SAMPLES);
+        timings.mel_ms = ms(clock);
+        let content_frames = mel.n_frames - N_FRAMES;
+        let special = *self.rules.special();
+        let mut decoder = self.window_decoder(opts.decode.seed);
+
+        let encode = |window: &LogMel, timings: &mut Timings| -> Result<Tensor> {
+            let clock = Instant::now();
+            let features = self.model.encode(&self.window_tensor(window)?)?;
+            timings.encoder_ms += ms(clock);
+            timings.encoder_calls += 1;
+            Ok(features)
+        };
+
+        let language = match &opts.decode.language {
+            Some(code) => code.clone(),
+            None if !special.multilingual => "en".to_string(),
+            None => {
+                // As openai-whisper: the first 3000 frames of the padded log-mel, not a
+                // zero-padded segment.
+                decoder.set_audio(encode(&mel.window(0, N_FRAMES), &mut timings)?)?;
+                let clock = Instant::now();
+                let probs = decoder.detect_language()?;
+                timings.decode_ms += ms(clock);
+                timings.decoder_calls += 1;
+                let best = probs
+                    .iter()
+                    .fold(None::<(&str, f32)>, |b, &(c, p)| match b {
+                        Some((_, bp)) if bp >= p => b,
+                        _ => Some((c, p)),
+                    })
+                    .expect("at least one language");
+                best.0.to_string()
+            }
+        };
+
+        let initial_prompt = match &opts.initial_prompt {
+            Some(text) => self.tokenizer.encode(&format!(" {}", text.trim()))?,
+            None => Vec::new(),
+        };
+        let mut all_tokens: Vec<u32> = initial_prompt.clone();
+        let mut token_ids = Vec::new();
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut prompt_reset_since = 0;
+        let mut seek = 0usize;
+        let input_stride = N_FRAMES / self.model.config().max_source_positions;
+        let time_precision = (input_stride * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+
+        while seek < content_frames {
+            let window_seek = seek;
+            let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+            let segment_size = N_FRAMES.min(content_frames - seek);
+            let segment_duration = (segment_size * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+            let window = mel.window(seek, segment_size).window(0, N_FRAMES);
+            decoder.set_audio(encode(&window, &mut timings)?)?;
+
+            let mut window_opts = opts.decode.clone();
+            window_opts.prompt = all_tokens[prompt_reset_since..].to_vec();
+            let clock = Instant::now();
+            let result = self.decode_with_fallback(&mut decoder, &mut window_opts, opts, &language)?;
+            timings.decode_ms += ms(clock);
+            timings.decoder_calls += result.decoder_calls;
+
+            if let Some(threshold) = opts.no_speech_threshold {
+                let mut skip = result.no_speech_prob > threshold;
+                if opts.logprob_threshold.is_some_and(|lp| result.avg_logprob > lp) {
+                    skip = false;
+                }
+                if skip {
+                    seek += segment_size;
+                    progress(seek.min(content_frames) as f64 / content_frames as f64);
+                    continue;
+                }
+            }
+
+            token_ids.extend_from_slice(&result.tokens);
+            if result.ended_with_eot {
+                token_ids.push(special.eot);
+            }
+            let tokens = &result.tokens;
+            let is_ts: Vec<bool> = tokens.iter().map(|&t| t >= special.timestamp_begin).collect();
+            let n = tokens.len();
+            let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1];
+            let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
+            let ts_pos = |t: u32| (t - special.timestamp_begin) as f64;
+            let mut current: Vec<(f64, f64, &[u32])> = Vec::new();
+            if !consecutive.is_empty() {
+                let mut slices = consecutive.clone();
+                if single_timestamp_ending {
+                    slices.push(n);
+                }
+                let mut last_slice = 0;
+                for &slice in &slices {
+                    let part = &tokens[last_slice..slice];
+                    let start = time_offset + ts_pos(part[0]) * time_precision;
+                    let end = time_offset + ts_pos(*part.last().expect("non-empty")) * time_precision;
+                    current.push((start, end, part));
+                    last_slice = slice;
+                }
+                if single_timestamp_ending {
+                    seek += segment_size;
+                } else {
+                    let last_timestamp_pos = tokens[last_slice - 1] - special.timestamp_begin;
+                    seek += last_timestamp_pos as usize * input_stride;
+                }
+            } else {
+                let mut duration = segment_duration;
+                if let Some(&last) = tokens.iter().rev().find(|&&t| t >= special.timestamp_begin) {
+                    if last != special.timestamp_begin {
+                        duration = ts_pos(last) * time_precision;
+                    }
+                }
+                current.push((time_offset, time_offset + duration, tokens));
+                seek += segment_size;
+            }
+
+            for (start, end, part) in current {
+                let mut text = self.tokenizer.decode(part)?;
+                let mut part = part.to_vec();
+                if start == end || text.trim().is_empty() {
+                    text.clear();
+                    part.clear();
+                }
+                all_tokens.extend_from_slice(&part);
+                segments.push(Segment {
+                    id: segments.len(),
+                    seek: window_seek,
+                    start,
+                    end,
+                    text,
+                    tokens: part,
+                    temperature: result.temperature,
+                    avg_logprob: result.avg_logprob,
+                    compression_ratio: result.compression_ratio,
+                    no_speech_prob: result.no_speech_prob,
+                });
+            }
+            if !opts.condition_on_previous_text || result.temperature > 0.5 {
+                prompt_reset_since = all_tokens.len();
+            }
+            progress(seek.min(content_frames) as f64 / content_frames as f64);
+        }
+
+        let text = self
+            .tokenizer
+            .decode_with_specials(&all_tokens[initial_prompt.len()..])?;
+        Ok((
+            Transcript {
+                language,
+                duration: samples.len() as f64 / SAMPLE_RATE as f64,
+                text,
+                segments,
+                token_ids,
+            },
+            timings,
+        ))
+    }
+
+    /// Decodes the current window at each temperature in turn until the result is neither too
+    /// repetitive nor too improbable (or looks like silence).
+    fn decode_with_fallback(
+        &self,
+        decoder: &mut WindowDecoder<'_>,
+        window_opts: &mut DecodingOptions,
+        opts: &TranscribeOptions,
+        language: &str,
+    ) -> Result<DecodingResult> {
+        if opts.temperatures.is_empty() {
+            return Err(crate::Error::InvalidRequest("no decoding temperature given".into()));
+        }
+        let mut result = None;
+        for &t in &opts.temperatures {
+            window_opts.temperature = t;
+            let r = decoder.decode(window_opts, language)?;
+            let mut needs_fallback = opts
+                .compression_ratio_threshold
+                .is_some_and(|c| r.compression_ratio > c)
+                || opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp);
+            if opts.no_speech_threshold.is_some_and(|ns| r.no_speech_prob > ns)
+                && opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp)
+            {
+                needs_fallback = false;
+            }
+            result = Some(r);
+            if !needs_fallback {
+                break;
+            }
+        }
+        Ok(result.expect("at least one temperature"))
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
