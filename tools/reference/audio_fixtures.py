@@ -13,6 +13,9 @@ It reads `../shared` (corpus and Whisper assets) and writes small files to
   rate, channels, frame count, per-channel sum of squares (float64), and three
   2048-frame excerpts per channel (start, middle, end) as float32 tensors
   named `<path>/<start|mid|end>` with shape [channels, 2048].
+  Three small synthetic clips (`synth_*.ogg`, written here by libsndfile:
+  Ogg Vorbis 44.1 kHz stereo, Opus 48 kHz stereo, Opus 8 kHz mono) are
+  decoded the same way; their fixture paths are `fixtures:<file name>`.
 * `mel_filters.safetensors`: `mel_80` [80, 201] and `mel_128` [128, 201] from
   `assets/whisper/mel_filters.npz`.
 * `mel.json` + `mel.safetensors`: openai-whisper `log_mel_spectrogram` of
@@ -71,18 +74,45 @@ def versions() -> dict[str, str]:
     }
 
 
+def synth_files() -> list[str]:
+    """Small encoded files for formats/layouts the corpus lacks: Ogg Vorbis,
+    stereo 48 kHz Opus, 8 kHz Opus. Written by libsndfile itself from a
+    seeded test signal (two tones + a chirp + noise); returns their names."""
+    rng = np.random.default_rng(0)
+    made = []
+    for name, sr, ch, fmt, sub in (
+        ("synth_vorbis_44k_stereo.ogg", 44100, 2, "OGG", "VORBIS"),
+        ("synth_opus_48k_stereo.ogg", 48000, 2, "OGG", "OPUS"),
+        ("synth_opus_8k_mono.ogg", 8000, 1, "OGG", "OPUS"),
+    ):
+        t = np.arange(int(1.5 * sr)) / sr
+        chans = []
+        for c in range(ch):
+            f0 = 220.0 * (c + 1)
+            x = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.2 * np.sin(2 * np.pi * (300 + 1000 * t) * t)
+            x += 0.02 * rng.standard_normal(len(t))
+            chans.append(x)
+        sf.write(str(OUT / name), np.stack(chans, axis=1), sr, format=fmt, subtype=sub)
+        os.chmod(OUT / name, 0o644)
+        made.append(name)
+    return made
+
+
 def decode_fixtures() -> None:
     with open(CORPUS / "transcripts.tsv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
+    sources = [(row["path"], CORPUS / row["path"]) for row in rows]
+    # Synthetic clips live in the fixtures folder; their paths start with
+    # "fixtures:" so the tests know where to look.
+    sources += [(f"fixtures:{n}", OUT / n) for n in synth_files()]
     entries = []
     tensors: dict[str, np.ndarray] = {}
-    for row in rows:
-        rel = row["path"]
-        info = sf.info(str(CORPUS / rel))
+    for rel, path in sources:
+        info = sf.info(str(path))
         # float64 for the sums (exact accumulation); float32 for the excerpts,
         # which is exactly what libsndfile produces for <= 24-bit PCM and Opus.
-        data64, sr = sf.read(str(CORPUS / rel), dtype="float64", always_2d=True)
-        data32, _ = sf.read(str(CORPUS / rel), dtype="float32", always_2d=True)
+        data64, sr = sf.read(str(path), dtype="float64", always_2d=True)
+        data32, _ = sf.read(str(path), dtype="float32", always_2d=True)
         frames, channels = data64.shape
         assert frames == info.frames, (rel, frames, info.frames)
         offs = excerpt_offsets(frames)
@@ -219,6 +249,8 @@ def main() -> None:
     mel_filter_fixtures()
     resampled = resample_fixtures()
     mel_fixtures(resampled)
+    for p in OUT.iterdir():
+        os.chmod(p, 0o644)  # safetensors writes 0600
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"wrote {OUT} ({total / 1e6:.2f} MB)")
 

@@ -2,7 +2,7 @@
 //!
 //! The format is found from the content, never from the file name. WAV,
 //! FLAC, MP3 and Ogg Vorbis go through symphonia; Ogg Opus goes through the
-//! `ogg` demuxer and `unsafe-libopus` (see [`opus`]). Sample values follow
+//! `ogg` demuxer and `unsafe-libopus` (see the `opus` submodule). Sample values follow
 //! libsndfile's float conversion (integer PCM divided by 2^(bits-1)), so WAV
 //! and FLAC decode bit-exactly like python-soundfile.
 

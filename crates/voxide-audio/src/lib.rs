@@ -5,7 +5,7 @@
 //! * [`decode`]: file / bytes / stdin -> planar f32 PCM at the file's rate
 //!   (WAV, FLAC, MP3, Ogg Vorbis via symphonia; Ogg Opus via `ogg` +
 //!   `unsafe-libopus`), sample-exact with python-soundfile for WAV/FLAC;
-//! * [`resample`]: mono downmix and band-limited, delay-compensated
+//! * [`mod@resample`]: mono downmix and band-limited, delay-compensated
 //!   resampling;
 //! * [`load_mono`]: the runtime's one-call entry point;
 //! * [`mel`]: openai-whisper's `log_mel_spectrogram`.

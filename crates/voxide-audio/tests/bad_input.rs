@@ -176,8 +176,14 @@ fn hostile_input_never_panics() {
         "fleurs/fleurs-en-000.ogg",
         "faster-whisper/stereo_diarization.wav",
     ];
-    for rel in files {
-        let full = std::fs::read(corpus(rel)).unwrap();
+    let vorbis = fixtures_dir().join("synth_vorbis_44k_stereo.ogg");
+    let paths = files
+        .iter()
+        .map(|r| (r.to_string(), corpus(r)))
+        .chain([("synth vorbis".to_string(), vorbis)]);
+    for (rel, path) in paths {
+        let rel = rel.as_str();
+        let full = std::fs::read(path).unwrap();
         let full_frames = decode_bytes(&full, rel).unwrap().n_frames();
         let len = full.len();
         for n in [

@@ -13,8 +13,8 @@ use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
 
 const MODELS: [&str; 3] = ["tiny-random", "v3-random", "en-random"];
-/// Hidden states and logits, fp32 (reference-parity.md §3).
-const HIDDEN_TOL: f32 = 1e-4;
+/// Hidden states and logits, fp32 (reference-parity.md §3 allows 1e-4 to 1e-5; we measure ~1e-6).
+const HIDDEN_TOL: f32 = 1e-5;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper")

@@ -1,1 +1,14 @@
-//! placeholder
+//! voxide's runtime: finding a model (local directory or Hugging Face hub), loading it as a
+//! shared [`Transcriber`], and formatting results. The CLI and the server are thin layers on
+//! top of this crate.
+
+pub mod error;
+pub mod format;
+pub mod resolve;
+pub mod transcriber;
+
+pub use error::{Error, Result};
+pub use format::{render, OutputFormat};
+pub use resolve::{resolve_model, ModelSource};
+pub use transcriber::{load_transcriber, TranscribeRequest, Transcriber};
+pub use voxide_models::{Segment, Timings, Transcript};

@@ -19,6 +19,126 @@ pub const LANGUAGES: [&str; 100] = [
     "ba", "jw", "su", "yue",
 ];
 
+/// English names of [`LANGUAGES`], in the same order (openai-whisper's, lowercase).
+pub const LANGUAGE_NAMES: [&str; 100] = [
+    "english",
+    "chinese",
+    "german",
+    "spanish",
+    "russian",
+    "korean",
+    "french",
+    "japanese",
+    "portuguese",
+    "turkish",
+    "polish",
+    "catalan",
+    "dutch",
+    "arabic",
+    "swedish",
+    "italian",
+    "indonesian",
+    "hindi",
+    "finnish",
+    "vietnamese",
+    "hebrew",
+    "ukrainian",
+    "greek",
+    "malay",
+    "czech",
+    "romanian",
+    "danish",
+    "hungarian",
+    "tamil",
+    "norwegian",
+    "thai",
+    "urdu",
+    "croatian",
+    "bulgarian",
+    "lithuanian",
+    "latin",
+    "maori",
+    "malayalam",
+    "welsh",
+    "slovak",
+    "telugu",
+    "persian",
+    "latvian",
+    "bengali",
+    "serbian",
+    "azerbaijani",
+    "slovenian",
+    "kannada",
+    "estonian",
+    "macedonian",
+    "breton",
+    "basque",
+    "icelandic",
+    "armenian",
+    "nepali",
+    "mongolian",
+    "bosnian",
+    "kazakh",
+    "albanian",
+    "swahili",
+    "galician",
+    "marathi",
+    "punjabi",
+    "sinhala",
+    "khmer",
+    "shona",
+    "yoruba",
+    "somali",
+    "afrikaans",
+    "occitan",
+    "georgian",
+    "belarusian",
+    "tajik",
+    "sindhi",
+    "gujarati",
+    "amharic",
+    "yiddish",
+    "lao",
+    "uzbek",
+    "faroese",
+    "haitian creole",
+    "pashto",
+    "turkmen",
+    "nynorsk",
+    "maltese",
+    "sanskrit",
+    "luxembourgish",
+    "myanmar",
+    "tibetan",
+    "tagalog",
+    "malagasy",
+    "assamese",
+    "tatar",
+    "hawaiian",
+    "lingala",
+    "hausa",
+    "bashkir",
+    "javanese",
+    "sundanese",
+    "cantonese",
+];
+
+/// English name of a language code (`"en"` → `"english"`).
+pub fn language_name(code: &str) -> Option<&'static str> {
+    LANGUAGES.iter().position(|&c| c == code).map(|i| LANGUAGE_NAMES[i])
+}
+
+/// The code of a language given by code or by English name, case-insensitively
+/// (`"English"` → `"en"`); openai-whisper's aliases such as "castilian" are not accepted.
+pub fn language_code(code_or_name: &str) -> Option<&'static str> {
+    let wanted = code_or_name.to_lowercase();
+    LANGUAGES
+        .iter()
+        .zip(LANGUAGE_NAMES)
+        .find(|(code, name)| **code == wanted || *name == wanted)
+        .map(|(code, _)| *code)
+}
+
 /// Ids of the special tokens of one vocabulary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpecialTokens {

@@ -1,0 +1,224 @@
+//! `voxide transcribe`: files (or stdin) in, text, JSON or subtitles out.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+use voxide_audio::{load_mono, AudioInput};
+use voxide_runtime::{load_transcriber, render, resolve_model, OutputFormat, TranscribeRequest};
+
+/// Inputs longer than this get a progress bar.
+const PROGRESS_MIN_SECONDS: f64 = 30.0;
+
+#[derive(Args, Debug)]
+pub struct TranscribeArgs {
+    /// Audio files (WAV, FLAC, MP3, Ogg Vorbis, Ogg Opus); `-` reads standard input.
+    #[arg(required = true)]
+    files: Vec<String>,
+    /// Model: a local Hugging Face checkpoint directory, or a hub id such as openai/whisper-tiny.
+    #[arg(short, long, env = "VOXIDE_MODEL")]
+    model: String,
+    /// Spoken language: a code (en, de, …), an English name, or `auto` to detect it.
+    #[arg(short, long, default_value = "auto")]
+    language: String,
+    /// `transcribe`, or `translate` into English.
+    #[arg(long, default_value = "transcribe", value_parser = ["transcribe", "translate"])]
+    task: String,
+    /// Decode text only, without segment timestamps.
+    #[arg(long)]
+    without_timestamps: bool,
+    /// Initial prompt: spelling, vocabulary or style to follow.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Beam search with N beams at temperature 0 (default: greedy).
+    #[arg(long, value_name = "N")]
+    beam_size: Option<usize>,
+    /// Candidates sampled at temperature > 0 (openai-whisper's CLI uses 5).
+    #[arg(long, value_name = "N")]
+    best_of: Option<usize>,
+    /// Beam-search patience.
+    #[arg(long)]
+    patience: Option<f32>,
+    /// Length penalty α for ranking candidates (default: divide by length).
+    #[arg(long)]
+    length_penalty: Option<f32>,
+    /// First decoding temperature.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Temperature fallback step: retry a window at +INC up to 1.0 when its output is too
+    /// repetitive or improbable. 0 (the default) keeps decoding deterministic; openai-whisper and
+    /// whisper.cpp use 0.2.
+    #[arg(long, value_name = "INC", default_value_t = 0.0)]
+    temperature_increment: f32,
+    /// Fallback when the text's compression ratio is above this.
+    #[arg(long, default_value_t = 2.4)]
+    compression_ratio_threshold: f32,
+    /// Fallback when the mean token log-probability is below this.
+    #[arg(long, default_value_t = -1.0, allow_hyphen_values = true)]
+    logprob_threshold: f32,
+    /// Skip a window as silence when the no-speech probability is above this (and the
+    /// log-probability below its threshold).
+    #[arg(long, default_value_t = 0.6)]
+    no_speech_threshold: f32,
+    /// Do not prompt each window with the text of the previous ones.
+    #[arg(long)]
+    no_condition_on_previous_text: bool,
+    /// At most N tokens per 30 s window (tests and benchmarks).
+    #[arg(long, value_name = "N")]
+    max_new_tokens: Option<usize>,
+    /// Seed for sampling at temperature > 0.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output format: txt, json, verbose_json, srt, vtt.
+    #[arg(short, long, default_value = "txt")]
+    format: OutputFormat,
+    /// Write FILE.<ext> here instead of printing to stdout.
+    #[arg(short, long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// CPU threads (default: all cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Print timings (mel, encoder, decoder ms/step, real-time factor) to stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+impl TranscribeArgs {
+    fn request(&self) -> TranscribeRequest {
+        TranscribeRequest {
+            language: Some(self.language.clone()),
+            translate: self.task == "translate",
+            timestamps: !self.without_timestamps,
+            prompt: self.prompt.clone(),
+            beam_size: self.beam_size,
+            best_of: self.best_of,
+            patience: self.patience,
+            length_penalty: self.length_penalty,
+            temperature: self.temperature,
+            temperature_increment: self.temperature_increment,
+            compression_ratio_threshold: Some(self.compression_ratio_threshold),
+            logprob_threshold: Some(self.logprob_threshold),
+            no_speech_threshold: Some(self.no_speech_threshold),
+            condition_on_previous_text: !self.no_condition_on_previous_text,
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Caps the threads of candle's matmuls (read from RAYON_NUM_THREADS) and of rayon's pool.
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    Ok(())
+}
+
+pub fn run(args: TranscribeArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create output directory {}: {e}", dir.display()))?;
+    }
+    let request = args.request();
+    let clock = Instant::now();
+    let source = resolve_model(&args.model)?;
+    let device = candle_core::Device::Cpu;
+    let model = load_transcriber(&source, &device)?;
+    let load_ms = clock.elapsed().as_secs_f64() * 1e3;
+    if args.verbose {
+        eprintln!("model: {} loaded in {load_ms:.0} ms", source.dir().display());
+    }
+    let task = if request.translate { "translate" } else { "transcribe" };
+    let mut failures = 0;
+    let single = args.files.len() == 1;
+    for file in &args.files {
+        let input = AudioInput::from_arg(file);
+        let result = (|| -> Result<()> {
+            let clock = Instant::now();
+            let samples = load_mono(&input, model.sample_rate())?;
+            let decode_ms = clock.elapsed().as_secs_f64() * 1e3;
+            let duration = samples.len() as f64 / model.sample_rate() as f64;
+            let bar = progress_bar(duration);
+            let clock = Instant::now();
+            let (transcript, timings) = model.transcribe(&samples, &request, &mut |done| {
+                if let Some(bar) = &bar {
+                    bar.set_position((done * 1000.0) as u64);
+                }
+            })?;
+            let wall = clock.elapsed().as_secs_f64();
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let text = render(&transcript, args.format, task);
+            match &args.output_dir {
+                Some(dir) => {
+                    let stem = match &input {
+                        AudioInput::File(path) => path
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_else(|| "audio".into()),
+                        _ => "stdin".into(),
+                    };
+                    let path = dir.join(format!("{stem}.{}", args.format.extension()));
+                    std::fs::write(&path, text)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(text.as_bytes())
+                        .and_then(|_| out.flush())
+                        .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
+                }
+            }
+            if args.verbose {
+                let steps = timings.decoder_calls.max(1);
+                eprintln!(
+                    "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | mel {:.0} ms | encoder {:.0} ms ({} passes) | decoder {:.0} ms, {} calls, {:.2} ms/call | wall {:.0} ms | RTF {:.3}",
+                    input.name(),
+                    timings.mel_ms,
+                    timings.encoder_ms,
+                    timings.encoder_calls,
+                    timings.decode_ms,
+                    timings.decoder_calls,
+                    timings.decode_ms / steps as f64,
+                    wall * 1e3,
+                    wall / duration.max(1e-9),
+                );
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // Audio errors name their input; others get it prefixed.
+            let name = input.name();
+            let message = e.to_string();
+            let message = if message.contains(&name) { message } else { format!("{name}: {message}") };
+            if single {
+                bail!(message);
+            }
+            eprintln!("error: {message}");
+            failures += 1;
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} of {} inputs failed", args.files.len());
+    }
+    Ok(())
+}
+
+fn progress_bar(duration: f64) -> Option<ProgressBar> {
+    if duration < PROGRESS_MIN_SECONDS {
+        return None;
+    }
+    let bar = ProgressBar::new(1000);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% (eta {eta})")
+            .expect("valid template"),
+    );
+    Some(bar)
+}

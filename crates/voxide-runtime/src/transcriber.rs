@@ -1,0 +1,196 @@
+//! The speech-to-text interface shared by model families, and loading a model by its
+//! checkpoint's `model_type`.
+
+use crate::error::{Error, Result};
+use crate::resolve::ModelSource;
+use candle_core::Device;
+use voxide_models::whisper::decoding::{DecodingOptions, Task};
+use voxide_models::whisper::tokenizer::language_code;
+use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
+use voxide_models::{Timings, Transcript};
+
+/// A transcription request, independent of the model family.
+#[derive(Clone, Debug)]
+pub struct TranscribeRequest {
+    /// Language code or English name; `None` detects it.
+    pub language: Option<String>,
+    /// Translate into English instead of transcribing.
+    pub translate: bool,
+    /// Produce segment timestamps.
+    pub timestamps: bool,
+    /// Initial prompt (vocabulary, spelling, style).
+    pub prompt: Option<String>,
+    /// Beam search width at temperature 0 (`None` = greedy).
+    pub beam_size: Option<usize>,
+    /// Candidates sampled at temperature > 0.
+    pub best_of: Option<usize>,
+    /// Beam-search patience.
+    pub patience: Option<f32>,
+    /// Ranking length penalty.
+    pub length_penalty: Option<f32>,
+    /// First decoding temperature.
+    pub temperature: f32,
+    /// Fallback step: temperatures are `temperature, +inc, …, ≤ 1.0`; 0 disables fallback.
+    pub temperature_increment: f32,
+    /// Fallback when the compression ratio exceeds this.
+    pub compression_ratio_threshold: Option<f32>,
+    /// Fallback when the mean log-probability is below this.
+    pub logprob_threshold: Option<f32>,
+    /// Treat a window as silence above this no-speech probability.
+    pub no_speech_threshold: Option<f32>,
+    /// Condition each window on the text of the previous ones.
+    pub condition_on_previous_text: bool,
+    /// Maximum tokens per window (default: the model's limit).
+    pub max_new_tokens: Option<usize>,
+    /// Seed for sampling at temperature > 0.
+    pub seed: u64,
+}
+
+impl Default for TranscribeRequest {
+    fn default() -> Self {
+        Self {
+            language: None,
+            translate: false,
+            timestamps: true,
+            prompt: None,
+            beam_size: None,
+            best_of: None,
+            patience: None,
+            length_penalty: None,
+            temperature: 0.0,
+            temperature_increment: 0.0,
+            compression_ratio_threshold: Some(2.4),
+            logprob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            condition_on_previous_text: true,
+            max_new_tokens: None,
+            seed: 0,
+        }
+    }
+}
+
+impl TranscribeRequest {
+    /// The temperature schedule: `temperature` then steps of `temperature_increment` up to 1.0.
+    pub fn temperatures(&self) -> Vec<f32> {
+        let mut out = vec![self.temperature];
+        if self.temperature_increment > 0.0 {
+            let mut i = 1;
+            loop {
+                let t = self.temperature + i as f32 * self.temperature_increment;
+                if t > 1.0 + 1e-6 {
+                    break;
+                }
+                out.push((t * 1e4).round() / 1e4);
+                i += 1;
+            }
+        }
+        out
+    }
+}
+
+/// A loaded speech-to-text model. Immutable and thread-safe: one instance serves any number
+/// of requests; each call keeps its own decoding state.
+pub trait Transcriber: Send + Sync {
+    /// Sample rate the model's input must have.
+    fn sample_rate(&self) -> u32;
+    /// Transcribes mono samples at [`Self::sample_rate`]; `progress` gets the fraction done.
+    fn transcribe(
+        &self,
+        samples: &[f32],
+        request: &TranscribeRequest,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<(Transcript, Timings)>;
+}
+
+impl Transcriber for WhisperPipeline {
+    fn sample_rate(&self) -> u32 {
+        voxide_models::whisper::SAMPLE_RATE
+    }
+
+    fn transcribe(
+        &self,
+        samples: &[f32],
+        request: &TranscribeRequest,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<(Transcript, Timings)> {
+        let special = *self.rules().special();
+        let language = match request.language.as_deref() {
+            None | Some("auto") => None,
+            Some(lang) => {
+                let code = language_code(lang).ok_or_else(|| {
+                    Error::InvalidRequest(format!("unknown language {lang:?}; use a code such as en, de, fr, or auto"))
+                })?;
+                if special.language_token(code).is_none() {
+                    return Err(Error::InvalidRequest(format!("this model has no language {code:?}")));
+                }
+                if !special.multilingual && code != "en" {
+                    return Err(Error::InvalidRequest(format!(
+                        "this model is English-only; it cannot transcribe {code:?}"
+                    )));
+                }
+                Some(code.to_string())
+            }
+        };
+        if request.translate && !special.multilingual {
+            return Err(Error::InvalidRequest("this model is English-only; it cannot translate".into()));
+        }
+        if request.beam_size == Some(0) || request.best_of == Some(0) {
+            return Err(Error::InvalidRequest("--beam-size and --best-of must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&request.temperature) || request.temperature_increment < 0.0 {
+            return Err(Error::InvalidRequest("temperatures must lie in [0, 1]".into()));
+        }
+        let opts = TranscribeOptions {
+            decode: DecodingOptions {
+                task: if request.translate { Task::Translate } else { Task::Transcribe },
+                language,
+                sample_len: request.max_new_tokens,
+                beam_size: request.beam_size,
+                best_of: request.best_of,
+                patience: request.patience,
+                length_penalty: request.length_penalty,
+                without_timestamps: !request.timestamps,
+                seed: request.seed,
+                ..Default::default()
+            },
+            temperatures: request.temperatures(),
+            compression_ratio_threshold: request.compression_ratio_threshold,
+            logprob_threshold: request.logprob_threshold,
+            no_speech_threshold: request.no_speech_threshold,
+            condition_on_previous_text: request.condition_on_previous_text,
+            initial_prompt: request.prompt.clone(),
+        };
+        Ok(WhisperPipeline::transcribe(self, samples, &opts, progress)?)
+    }
+}
+
+/// Loads the model in `source` by the `model_type` of its config.json.
+pub fn load_transcriber(source: &ModelSource, device: &Device) -> Result<Box<dyn Transcriber>> {
+    let dir = source.dir();
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).map_err(|e| {
+        Error::Resolve(format!("{} has no readable config.json: {e}", dir.display()))
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Resolve(format!("invalid {}: {e}", config.display())))?;
+    match json["model_type"].as_str() {
+        Some("whisper") => Ok(Box::new(WhisperPipeline::from_dir(dir, device)?)),
+        Some(other) => Err(Error::Resolve(format!(
+            "{}: model_type {other:?} is not supported yet (supported: whisper)",
+            config.display()
+        ))),
+        None => Err(Error::Resolve(format!("{}: no model_type field", config.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_schedule_matches_openai_whisper() {
+        let r = TranscribeRequest { temperature_increment: 0.2, ..Default::default() };
+        assert_eq!(r.temperatures(), vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+        assert_eq!(TranscribeRequest::default().temperatures(), vec![0.0]);
+    }
+}
