@@ -280,26 +280,29 @@ impl BeamSearch {
         (next, sources, done)
     }
 
-    /// Adds the best unfinished beams when too few sequences finished.
-    fn finalize(mut self, rows: &[Vec<u32>], sum_logprobs: &[f32], eot: u32) -> Vec<(Vec<u32>, f32)> {
-        if self.finished.len() < self.beam_size {
+    /// Adds the best unfinished beams when too few sequences finished. Returns (sequence,
+    /// sum log-probability, ended on a sampled end-of-text); added beams get a synthetic one.
+    fn finalize(mut self, rows: &[Vec<u32>], sum_logprobs: &[f32], eot: u32) -> Vec<(Vec<u32>, f32, bool)> {
+        let mut out: Vec<(Vec<u32>, f32, bool)> =
+            self.finished.drain(..).map(|(seq, score)| (seq, score, true)).collect();
+        if out.len() < self.beam_size {
             let mut order: Vec<usize> = (0..rows.len()).collect();
             // np.argsort(...)[::-1]: descending, ties in reverse index order.
             order.sort_by(|&a, &b| sum_logprobs[a].total_cmp(&sum_logprobs[b]).then(a.cmp(&b)));
             for j in order.into_iter().rev() {
                 let mut seq = rows[j].clone();
                 seq.push(eot);
-                if let Some(existing) = self.finished.iter_mut().find(|(s, _)| *s == seq) {
+                if let Some(existing) = out.iter_mut().find(|(s, _, _)| *s == seq) {
                     existing.1 = sum_logprobs[j];
                 } else {
-                    self.finished.push((seq, sum_logprobs[j]));
+                    out.push((seq, sum_logprobs[j], false));
                 }
-                if self.finished.len() >= self.beam_size {
+                if out.len() >= self.beam_size {
                     break;
                 }
             }
         }
-        self.finished
+        out
     }
 }
 
@@ -523,20 +526,20 @@ impl<'a> WindowDecoder<'a> {
             }
         }
         // Candidates: each sequence cut at its first end-of-text.
-        let candidates: Vec<(Vec<u32>, f32)> = match beam {
-            None => rows.into_iter().zip(sum_logprobs).collect(),
+        let candidates: Vec<(Vec<u32>, f32, bool)> = match beam {
+            None => rows.into_iter().zip(sum_logprobs).map(|(seq, lp)| (seq, lp, true)).collect(),
             Some(search) => search.finalize(&rows, &sum_logprobs, s.eot),
         };
-        let cut = |seq: &[u32]| -> (Vec<u32>, bool) {
+        let cut = |seq: &[u32], sampled_eot: bool| -> (Vec<u32>, bool) {
             let sampled = &seq[sample_begin.min(seq.len())..];
             match sampled.iter().position(|&t| t == s.eot) {
-                Some(p) => (sampled[..p].to_vec(), true),
+                Some(p) => (sampled[..p].to_vec(), sampled_eot),
                 None => (sampled.to_vec(), false),
             }
         };
         let mut best: Option<(f32, Vec<u32>, bool, f32)> = None;
-        for (seq, logprob) in &candidates {
-            let (tokens, eot) = cut(seq);
+        for (seq, logprob, sampled_eot) in &candidates {
+            let (tokens, eot) = cut(seq, *sampled_eot);
             let penalty = match opts.length_penalty {
                 None => tokens.len() as f32,
                 Some(alpha) => ((5.0 + tokens.len() as f32) / 6.0).powf(alpha),

