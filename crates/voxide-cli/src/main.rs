@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "voxide", version, about = "Fast speech models on your own hardware")]
+#[command(
+    name = "voxide",
+    version,
+    about = "Fast speech models on your own hardware"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -122,8 +122,9 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 pub fn run(args: TranscribeArgs) -> Result<()> {
     set_threads(args.threads)?;
     if let Some(dir) = &args.output_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create output directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            anyhow::anyhow!("cannot create output directory {}: {e}", dir.display())
+        })?;
     }
     let request = args.request();
     let clock = Instant::now();
@@ -132,9 +133,16 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     let model = load_transcriber(&source, &device)?;
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     if args.verbose {
-        eprintln!("model: {} loaded in {load_ms:.0} ms", source.dir().display());
+        eprintln!(
+            "model: {} loaded in {load_ms:.0} ms",
+            source.dir().display()
+        );
     }
-    let task = if request.translate { "translate" } else { "transcribe" };
+    let task = if request.translate {
+        "translate"
+    } else {
+        "transcribe"
+    };
     let mut failures = 0;
     let single = args.files.len() == 1;
     for file in &args.files {
@@ -197,7 +205,11 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             // Audio errors name their input; others get it prefixed.
             let name = input.name();
             let message = e.to_string();
-            let message = if message.contains(&name) { message } else { format!("{name}: {message}") };
+            let message = if message.contains(&name) {
+                message
+            } else {
+                format!("{name}: {message}")
+            };
             if single {
                 bail!(message);
             }
@@ -217,8 +229,10 @@ fn progress_bar(duration: f64) -> Option<ProgressBar> {
     }
     let bar = ProgressBar::new(1000);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% (eta {eta})")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% (eta {eta})",
+        )
+        .expect("valid template"),
     );
     Some(bar)
 }

@@ -35,23 +35,45 @@ fn s(p: &Path) -> &str {
 fn fails(args: &[&str], expect: &str) -> String {
     let out = voxide(args);
     let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert!(!out.status.success(), "{args:?} should fail; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "{args:?} should fail; stderr: {stderr}"
+    );
     assert_eq!(out.status.code(), Some(1), "{args:?}: exit code");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{args:?}: one-line error expected, got:\n{stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?}: one-line error expected, got:\n{stderr}"
+    );
     assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(stderr.contains(expect), "{args:?}: expected {expect:?} in {stderr:?}");
+    assert!(
+        stderr.contains(expect),
+        "{args:?}: expected {expect:?} in {stderr:?}"
+    );
     stderr
 }
 
 /// The acceptance command: verbose_json whose token_ids are openai-whisper's.
 #[test]
 fn verbose_json_token_ids_equal_the_reference() {
-    let out = voxide(&["transcribe", "--model", s(&tiny()), s(&jfk()), "--format", "verbose_json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = voxide(&[
+        "transcribe",
+        "--model",
+        s(&tiny()),
+        s(&jfk()),
+        "--format",
+        "verbose_json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.reference.json")).unwrap(),
+        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.reference.json"))
+            .unwrap(),
     )
     .unwrap();
     let want: Vec<Value> = reference["transcribe_jfk"]["windows"]
@@ -62,12 +84,32 @@ fn verbose_json_token_ids_equal_the_reference() {
         .collect();
     assert_eq!(got["token_ids"].as_array().unwrap(), &want);
     assert_eq!(got["task"], "transcribe");
-    assert_eq!(got["language"], "marathi", "random weights detect mr, as openai-whisper");
+    assert_eq!(
+        got["language"], "marathi",
+        "random weights detect mr, as openai-whisper"
+    );
     assert_eq!(got["duration"], 11.0);
     assert_eq!(got["text"], reference["transcribe_jfk"]["text"]);
     let segments = got["segments"].as_array().unwrap();
-    assert_eq!(segments.len(), reference["transcribe_jfk"]["segments"].as_array().unwrap().len());
-    for key in ["id", "seek", "start", "end", "text", "tokens", "avg_logprob", "compression_ratio", "no_speech_prob", "temperature"] {
+    assert_eq!(
+        segments.len(),
+        reference["transcribe_jfk"]["segments"]
+            .as_array()
+            .unwrap()
+            .len()
+    );
+    for key in [
+        "id",
+        "seek",
+        "start",
+        "end",
+        "text",
+        "tokens",
+        "avg_logprob",
+        "compression_ratio",
+        "no_speech_prob",
+        "temperature",
+    ] {
         assert!(segments[0].get(key).is_some(), "segment field {key}");
     }
 }
@@ -78,19 +120,41 @@ fn every_format_is_written_to_the_output_dir() {
     for format in ["txt", "json", "srt", "vtt", "verbose_json"] {
         let sub = dir.path().join(format);
         let out = voxide(&[
-            "transcribe", "--model", s(&tiny()), s(&jfk()), "--format", format,
-            "--output-dir", s(&sub), "--max-new-tokens", "24", "--language", "en",
+            "transcribe",
+            "--model",
+            s(&tiny()),
+            s(&jfk()),
+            "--format",
+            format,
+            "--output-dir",
+            s(&sub),
+            "--max-new-tokens",
+            "24",
+            "--language",
+            "en",
         ]);
-        assert!(out.status.success(), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.stdout.is_empty(), "{format}: nothing on stdout");
-        let ext = if format == "verbose_json" { "json" } else { format };
+        let ext = if format == "verbose_json" {
+            "json"
+        } else {
+            format
+        };
         let text = std::fs::read_to_string(sub.join(format!("jfk.{ext}"))).unwrap();
         match format {
             "json" => assert!(serde_json::from_str::<Value>(&text).unwrap()["text"].is_string()),
             "verbose_json" => {
                 let v: Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(v["language"], "english");
-                assert_eq!(v["token_ids"].as_array().unwrap().len(), 24, "--max-new-tokens caps the window");
+                assert_eq!(
+                    v["token_ids"].as_array().unwrap().len(),
+                    24,
+                    "--max-new-tokens caps the window"
+                );
             }
             "srt" => assert!(text.starts_with("1\n00:00:"), "{text}"),
             "vtt" => assert!(text.starts_with("WEBVTT\n\n00:"), "{text}"),
@@ -102,16 +166,40 @@ fn every_format_is_written_to_the_output_dir() {
 #[test]
 fn stdin_beam_search_and_text_only_decoding_run() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
-        .args(["transcribe", "--model", s(&tiny()), "-", "--format", "verbose_json", "--without-timestamps",
-               "--beam-size", "2", "--max-new-tokens", "8", "--language", "de", "--task", "translate"])
+        .args([
+            "transcribe",
+            "--model",
+            s(&tiny()),
+            "-",
+            "--format",
+            "verbose_json",
+            "--without-timestamps",
+            "--beam-size",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--language",
+            "de",
+            "--task",
+            "translate",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(&std::fs::read(jfk()).unwrap()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(jfk()).unwrap())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["task"], "translate");
     assert_eq!(v["language"], "german");
@@ -158,7 +246,10 @@ fn bad_audio_gets_a_one_line_error() {
     let real = std::fs::read(jfk()).unwrap();
     let cases: Vec<(PathBuf, &str)> = vec![
         (write(d, "garbage.wav", &[0x5a; 4096]), "not an audio file"),
-        (write(d, "notes.wav", b"these are my meeting notes, not audio\n"), "not an audio file"),
+        (
+            write(d, "notes.wav", b"these are my meeting notes, not audio\n"),
+            "not an audio file",
+        ),
         (write(d, "truncated.wav", &real[..30]), "garbage"),
         (write(d, "empty.wav", b""), "empty"),
         (write(d, "silent.wav", &wav(&[0; 16000])), "digital silence"),
@@ -179,9 +270,18 @@ fn bad_audio_gets_a_one_line_error() {
         assert!(line.contains(name), "{line} names the input");
         // The expected words, or (for truncation) any of the corruption messages.
         if *expect == "garbage" {
-            assert!(line.contains("corrupt") || line.contains("truncated") || line.contains("no audio") || line.contains("empty"), "{line}");
+            assert!(
+                line.contains("corrupt")
+                    || line.contains("truncated")
+                    || line.contains("no audio")
+                    || line.contains("empty"),
+                "{line}"
+            );
         } else {
-            assert!(line.to_lowercase().contains(&expect.to_lowercase()), "{name}: expected {expect:?} in {line}");
+            assert!(
+                line.to_lowercase().contains(&expect.to_lowercase()),
+                "{name}: expected {expect:?} in {line}"
+            );
         }
     }
 }
@@ -202,8 +302,14 @@ fn bad_models_get_a_one_line_error() {
     let dir = tempfile::tempdir().unwrap();
     let audio = jfk();
     let a = s(&audio);
-    fails(&["transcribe", "--model", "/no/such/model", a], "does not exist");
-    fails(&["transcribe", "--model", "openai/whisper-tiny", a], "not in the Hugging Face cache");
+    fails(
+        &["transcribe", "--model", "/no/such/model", a],
+        "does not exist",
+    );
+    fails(
+        &["transcribe", "--model", "openai/whisper-tiny", a],
+        "not in the Hugging Face cache",
+    );
 
     let m = model_copy(dir.path());
     let weights = m.join("model.safetensors");
@@ -217,14 +323,26 @@ fn bad_models_get_a_one_line_error() {
 
     let config_path = m.join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
-    std::fs::write(&config_path, config.replace("\"decoder_ffn_dim\": 256", "\"decoder_ffn_dim\": 512")).unwrap();
+    std::fs::write(
+        &config_path,
+        config.replace("\"decoder_ffn_dim\": 256", "\"decoder_ffn_dim\": 512"),
+    )
+    .unwrap();
     let line = fails(&["transcribe", "--model", s(&m), a], "shape mismatch");
     assert!(line.contains("fc1"), "{line} names the tensor");
-    std::fs::write(&config_path, config.replace("\"decoder_layers\": 2", "\"decoder_layers\": 3")).unwrap();
+    std::fs::write(
+        &config_path,
+        config.replace("\"decoder_layers\": 2", "\"decoder_layers\": 3"),
+    )
+    .unwrap();
     fails(&["transcribe", "--model", s(&m), a], "layers.2");
     std::fs::write(&config_path, "{ not json").unwrap();
     fails(&["transcribe", "--model", s(&m), a], "config.json");
-    std::fs::write(&config_path, config.replace("\"model_type\": \"whisper\"", "\"model_type\": \"bert\"")).unwrap();
+    std::fs::write(
+        &config_path,
+        config.replace("\"model_type\": \"whisper\"", "\"model_type\": \"bert\""),
+    )
+    .unwrap();
     fails(&["transcribe", "--model", s(&m), a], "not supported");
     std::fs::write(&config_path, &config).unwrap();
 
@@ -233,5 +351,15 @@ fn bad_models_get_a_one_line_error() {
     std::fs::remove_file(&weights).unwrap();
     fails(&["transcribe", "--model", s(&m), a], "model.safetensors");
 
-    fails(&["transcribe", "--model", s(&tiny()), a, "--language", "klingon"], "unknown language");
+    fails(
+        &[
+            "transcribe",
+            "--model",
+            s(&tiny()),
+            a,
+            "--language",
+            "klingon",
+        ],
+        "unknown language",
+    );
 }

@@ -34,43 +34,89 @@ struct Fixture {
 fn load(name: &'static str) -> Fixture {
     let dir = fixtures();
     let pipeline = WhisperPipeline::from_dir(&dir.join(name), &Device::Cpu).expect("model loads");
-    let tensors =
-        candle_core::safetensors::load(dir.join(format!("{name}.reference.safetensors")), &Device::Cpu)
-            .expect("reference tensors");
+    let tensors = candle_core::safetensors::load(
+        dir.join(format!("{name}.reference.safetensors")),
+        &Device::Cpu,
+    )
+    .expect("reference tensors");
     let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join(format!("{name}.reference.json"))).expect("reference json"),
+        &std::fs::read_to_string(dir.join(format!("{name}.reference.json")))
+            .expect("reference json"),
     )
     .expect("valid json");
-    Fixture { name, pipeline, tensors, json }
+    Fixture {
+        name,
+        pipeline,
+        tensors,
+        json,
+    }
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn check(name: &str, stage: &str, diff: f32, tol: f32) {
     println!("{name:12} {stage:32} max |diff| = {diff:.3e}");
-    assert!(diff <= tol, "{name} {stage}: max |diff| {diff:.3e} > {tol:.0e}");
+    assert!(
+        diff <= tol,
+        "{name} {stage}: max |diff| {diff:.3e} > {tol:.0e}"
+    );
 }
 
 #[test]
 fn encoder_stages_match_transformers() {
     for name in MODELS {
         let f = load(name);
-        let trace = f.pipeline.model().encode_traced(&f.tensors["input_features"]).unwrap();
-        check(name, "conv1 + gelu", max_abs_diff(&trace.conv1, &f.tensors["conv1_out"]), HIDDEN_TOL);
-        check(name, "conv2 + gelu", max_abs_diff(&trace.conv2, &f.tensors["conv2_out"]), HIDDEN_TOL);
+        let trace = f
+            .pipeline
+            .model()
+            .encode_traced(&f.tensors["input_features"])
+            .unwrap();
+        check(
+            name,
+            "conv1 + gelu",
+            max_abs_diff(&trace.conv1, &f.tensors["conv1_out"]),
+            HIDDEN_TOL,
+        );
+        check(
+            name,
+            "conv2 + gelu",
+            max_abs_diff(&trace.conv2, &f.tensors["conv2_out"]),
+            HIDDEN_TOL,
+        );
         for (i, h) in trace.hidden_states.iter().enumerate() {
             let want = &f.tensors[&format!("encoder_hidden_states.{i}")];
-            check(name, &format!("encoder hidden state {i}"), max_abs_diff(h, want), HIDDEN_TOL);
+            check(
+                name,
+                &format!("encoder hidden state {i}"),
+                max_abs_diff(h, want),
+                HIDDEN_TOL,
+            );
         }
         let last = trace.hidden_states.last().unwrap();
-        check(name, "encoder output", max_abs_diff(last, &f.tensors["encoder_last_hidden_state"]), HIDDEN_TOL);
+        check(
+            name,
+            "encoder output",
+            max_abs_diff(last, &f.tensors["encoder_last_hidden_state"]),
+            HIDDEN_TOL,
+        );
     }
 }
 
@@ -80,31 +126,67 @@ fn decoder_states_and_logits_match_transformers() {
         let f = load(name);
         let model = f.pipeline.model();
         let mut state = model.new_state(1).unwrap();
-        model.set_audio(&mut state, &f.tensors["encoder_last_hidden_state"]).unwrap();
+        model
+            .set_audio(&mut state, &f.tensors["encoder_last_hidden_state"])
+            .unwrap();
         let prompt = f.tensors["decoder_input_ids"].to_dtype(DType::U32).unwrap();
         let mut trace = Vec::new();
         let hidden = model.decode(&prompt, &mut state, Some(&mut trace)).unwrap();
         for (i, h) in trace.iter().enumerate() {
             let want = &f.tensors[&format!("decoder_hidden_states.{i}")];
-            check(name, &format!("decoder hidden state {i}"), max_abs_diff(h, want), HIDDEN_TOL);
+            check(
+                name,
+                &format!("decoder hidden state {i}"),
+                max_abs_diff(h, want),
+                HIDDEN_TOL,
+            );
         }
         let logits = model.logits(&hidden).unwrap();
-        check(name, "logits (teacher-forced prompt)", max_abs_diff(&logits, &f.tensors["decoder_logits_prompt"]), HIDDEN_TOL);
+        check(
+            name,
+            "logits (teacher-forced prompt)",
+            max_abs_diff(&logits, &f.tensors["decoder_logits_prompt"]),
+            HIDDEN_TOL,
+        );
 
         // The first prompt token alone, through a fresh cache.
-        model.set_audio(&mut state, &f.tensors["encoder_last_hidden_state"]).unwrap();
+        model
+            .set_audio(&mut state, &f.tensors["encoder_last_hidden_state"])
+            .unwrap();
         let sot = prompt.narrow(1, 0, 1).unwrap();
-        let logits = model.logits(&model.decode(&sot, &mut state, None).unwrap()).unwrap();
-        check(name, "logits step 0", max_abs_diff(&logits, &f.tensors["decoder_logits_step0"]), HIDDEN_TOL);
+        let logits = model
+            .logits(&model.decode(&sot, &mut state, None).unwrap())
+            .unwrap();
+        check(
+            name,
+            "logits step 0",
+            max_abs_diff(&logits, &f.tensors["decoder_logits_step0"]),
+            HIDDEN_TOL,
+        );
 
         // Feeding the prompt one token at a time gives the teacher-forced logits.
-        model.set_audio(&mut state, &f.tensors["encoder_last_hidden_state"]).unwrap();
+        model
+            .set_audio(&mut state, &f.tensors["encoder_last_hidden_state"])
+            .unwrap();
         let n = prompt.dim(1).unwrap();
         let steps: Vec<Tensor> = (0..n)
-            .map(|i| model.logits(&model.decode(&prompt.narrow(1, i, 1).unwrap(), &mut state, None).unwrap()).unwrap())
+            .map(|i| {
+                model
+                    .logits(
+                        &model
+                            .decode(&prompt.narrow(1, i, 1).unwrap(), &mut state, None)
+                            .unwrap(),
+                    )
+                    .unwrap()
+            })
             .collect();
         let stepped = Tensor::cat(&steps, 1).unwrap();
-        check(name, "logits, cached steps", max_abs_diff(&stepped, &f.tensors["decoder_logits_prompt"]), HIDDEN_TOL);
+        check(
+            name,
+            "logits, cached steps",
+            max_abs_diff(&stepped, &f.tensors["decoder_logits_prompt"]),
+            HIDDEN_TOL,
+        );
     }
 }
 
@@ -115,33 +197,60 @@ fn tokenizer_matches_openai_whisper() {
         let tok = f.pipeline.tokenizer();
         let want = &f.json["tokenizer"];
         for (text, ids_want) in want["encodings"].as_object().unwrap() {
-            assert_eq!(tok.encode(text).unwrap(), ids(ids_want), "{name}: encode {text:?}");
+            assert_eq!(
+                tok.encode(text).unwrap(),
+                ids(ids_want),
+                "{name}: encode {text:?}"
+            );
             assert_eq!(&tok.decode(&ids(ids_want)).unwrap(), text, "{name}: decode");
         }
         let s = tok.special();
         let sp = &want["special"];
         for (field, got) in [
-            ("sot", s.sot), ("eot", s.eot), ("transcribe", s.transcribe), ("translate", s.translate),
-            ("sot_prev", s.sot_prev), ("sot_lm", s.sot_lm), ("no_speech", s.no_speech),
-            ("no_timestamps", s.no_timestamps), ("timestamp_begin", s.timestamp_begin),
-            ("first_language", s.language_tokens().start), ("last_language", s.language_tokens().end - 1),
+            ("sot", s.sot),
+            ("eot", s.eot),
+            ("transcribe", s.transcribe),
+            ("translate", s.translate),
+            ("sot_prev", s.sot_prev),
+            ("sot_lm", s.sot_lm),
+            ("no_speech", s.no_speech),
+            ("no_timestamps", s.no_timestamps),
+            ("timestamp_begin", s.timestamp_begin),
+            ("first_language", s.language_tokens().start),
+            ("last_language", s.language_tokens().end - 1),
         ] {
             assert_eq!(got as u64, sp[field].as_u64().unwrap(), "{name}: {field}");
         }
-        assert_eq!(s.n_languages as u64, want["num_languages"].as_u64().unwrap());
-        let codes: Vec<&str> = want["language_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+        assert_eq!(
+            s.n_languages as u64,
+            want["num_languages"].as_u64().unwrap()
+        );
+        let codes: Vec<&str> = want["language_codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
         for code in &codes {
             assert!(s.language_token(code).is_some(), "{name}: language {code}");
         }
         assert_eq!(codes.len(), s.n_languages as usize);
-        assert_eq!(tok.non_speech_tokens().unwrap(), ids(&want["non_speech_tokens"]), "{name}: non-speech set");
+        assert_eq!(
+            tok.non_speech_tokens().unwrap(),
+            ids(&want["non_speech_tokens"]),
+            "{name}: non-speech set"
+        );
     }
 }
 
 fn window_decode(f: &Fixture, key: &str) {
     let Some(want) = f.json.get(key) else { return };
     let o = &want["options"];
-    let features = f.pipeline.model().encode(&f.tensors["input_features"]).unwrap();
+    let features = f
+        .pipeline
+        .model()
+        .encode(&f.tensors["input_features"])
+        .unwrap();
     let mut decoder = f.pipeline.window_decoder(0);
     decoder.set_audio(features).unwrap();
     let special = *f.pipeline.rules().special();
@@ -149,14 +258,27 @@ fn window_decode(f: &Fixture, key: &str) {
         without_timestamps: o["without_timestamps"].as_bool().unwrap_or(false),
         sample_len: o["sample_len"].as_u64().map(|n| n as usize),
         beam_size: o["beam_size"].as_u64().map(|n| n as usize),
-        task: if o["task"].as_str() == Some("translate") { Task::Translate } else { Task::Transcribe },
+        task: if o["task"].as_str() == Some("translate") {
+            Task::Translate
+        } else {
+            Task::Transcribe
+        },
         ..Default::default()
     };
     if let Some(prompt) = o["prompt"].as_str() {
-        opts.prompt = f.pipeline.tokenizer().encode(&format!(" {}", prompt.trim())).unwrap();
+        opts.prompt = f
+            .pipeline
+            .tokenizer()
+            .encode(&format!(" {}", prompt.trim()))
+            .unwrap();
     }
     let language = o["language"].as_str().unwrap_or("en");
-    assert_eq!(decoder.initial_tokens(&opts, language).unwrap(), ids(&want["initial_tokens"]), "{} {key}: initial tokens", f.name);
+    assert_eq!(
+        decoder.initial_tokens(&opts, language).unwrap(),
+        ids(&want["initial_tokens"]),
+        "{} {key}: initial tokens",
+        f.name
+    );
     let got = decoder.decode(&opts, language).unwrap();
     let name = f.name;
     println!(
@@ -165,11 +287,25 @@ fn window_decode(f: &Fixture, key: &str) {
         want["no_speech_prob"].as_f64().unwrap(), got.compression_ratio, want["compression_ratio"].as_f64().unwrap()
     );
     assert_eq!(got.tokens, ids(&want["tokens"]), "{name} {key}: token ids");
-    assert_eq!(got.text, want["text"].as_str().unwrap(), "{name} {key}: text");
-    assert!((got.avg_logprob as f64 - want["avg_logprob"].as_f64().unwrap()).abs() < 1e-3, "{name} {key}: avg_logprob");
-    assert!((got.no_speech_prob as f64 - want["no_speech_prob"].as_f64().unwrap()).abs() < 1e-5, "{name} {key}: no_speech_prob");
-    let ratio_err = (got.compression_ratio as f64 - want["compression_ratio"].as_f64().unwrap()).abs();
-    assert!(ratio_err < 1e-4, "{name} {key}: compression ratio off by {ratio_err}");
+    assert_eq!(
+        got.text,
+        want["text"].as_str().unwrap(),
+        "{name} {key}: text"
+    );
+    assert!(
+        (got.avg_logprob as f64 - want["avg_logprob"].as_f64().unwrap()).abs() < 1e-3,
+        "{name} {key}: avg_logprob"
+    );
+    assert!(
+        (got.no_speech_prob as f64 - want["no_speech_prob"].as_f64().unwrap()).abs() < 1e-5,
+        "{name} {key}: no_speech_prob"
+    );
+    let ratio_err =
+        (got.compression_ratio as f64 - want["compression_ratio"].as_f64().unwrap()).abs();
+    assert!(
+        ratio_err < 1e-4,
+        "{name} {key}: compression ratio off by {ratio_err}"
+    );
     assert!(got.tokens.iter().all(|&t| t != special.eot));
 }
 
@@ -194,7 +330,11 @@ fn language_detection_matches_openai_whisper() {
     for name in ["tiny-random", "v3-random"] {
         let f = load(name);
         let want = &f.json["detect_language"];
-        let features = f.pipeline.model().encode(&f.tensors["input_features"]).unwrap();
+        let features = f
+            .pipeline
+            .model()
+            .encode(&f.tensors["input_features"])
+            .unwrap();
         let mut decoder = f.pipeline.window_decoder(0);
         decoder.set_audio(features).unwrap();
         let probs = decoder.detect_language().unwrap();
@@ -205,32 +345,72 @@ fn language_detection_matches_openai_whisper() {
             worst = worst.max((*p as f64 - want["probs"][*code].as_f64().unwrap()).abs());
         }
         println!("{name:12} language probabilities max |diff| = {worst:.3e}");
-        assert!(worst < 1e-5, "{name}: language probabilities differ by {worst}");
+        assert!(
+            worst < 1e-5,
+            "{name}: language probabilities differ by {worst}"
+        );
     }
 }
 
 fn transcribe_matches(f: &Fixture, key: &str, audio: &Path, language: Option<&str>) {
     let want = &f.json[key];
-    let samples = voxide_audio::load_mono(&voxide_audio::AudioInput::File(audio.to_owned()), 16_000).unwrap();
+    let samples =
+        voxide_audio::load_mono(&voxide_audio::AudioInput::File(audio.to_owned()), 16_000).unwrap();
     let mut opts = TranscribeOptions::default();
     opts.decode.language = language.map(String::from);
     let (got, _) = f.pipeline.transcribe(&samples, &opts, &mut |_| {}).unwrap();
     let name = f.name;
-    assert_eq!(got.language, want["language"].as_str().unwrap(), "{name} {key}: language");
+    assert_eq!(
+        got.language,
+        want["language"].as_str().unwrap(),
+        "{name} {key}: language"
+    );
     let windows = want["windows"].as_array().unwrap();
     let want_ids: Vec<u32> = windows.iter().flat_map(|w| ids(&w["tokens"])).collect();
-    assert_eq!(got.token_ids, want_ids, "{name} {key}: generated ids of {} windows", windows.len());
+    assert_eq!(
+        got.token_ids,
+        want_ids,
+        "{name} {key}: generated ids of {} windows",
+        windows.len()
+    );
     let segs = want["segments"].as_array().unwrap();
     assert_eq!(got.segments.len(), segs.len(), "{name} {key}: segments");
     for (g, w) in got.segments.iter().zip(segs) {
         assert_eq!(g.seek as u64, w["seek"].as_u64().unwrap());
-        assert!((g.start - w["start"].as_f64().unwrap()).abs() < 1e-9, "{name} {key}: segment {} start", g.id);
-        assert!((g.end - w["end"].as_f64().unwrap()).abs() < 1e-9, "{name} {key}: segment {} end", g.id);
-        assert_eq!(g.tokens, ids(&w["tokens"]), "{name} {key}: segment {} tokens", g.id);
-        assert_eq!(g.text, w["text"].as_str().unwrap(), "{name} {key}: segment {} text", g.id);
+        assert!(
+            (g.start - w["start"].as_f64().unwrap()).abs() < 1e-9,
+            "{name} {key}: segment {} start",
+            g.id
+        );
+        assert!(
+            (g.end - w["end"].as_f64().unwrap()).abs() < 1e-9,
+            "{name} {key}: segment {} end",
+            g.id
+        );
+        assert_eq!(
+            g.tokens,
+            ids(&w["tokens"]),
+            "{name} {key}: segment {} tokens",
+            g.id
+        );
+        assert_eq!(
+            g.text,
+            w["text"].as_str().unwrap(),
+            "{name} {key}: segment {} text",
+            g.id
+        );
     }
-    assert_eq!(got.text, want["text"].as_str().unwrap(), "{name} {key}: text");
-    println!("{name:12} {key:32} {} windows, {} segments, {} ids identical", windows.len(), segs.len(), want_ids.len());
+    assert_eq!(
+        got.text,
+        want["text"].as_str().unwrap(),
+        "{name} {key}: text"
+    );
+    println!(
+        "{name:12} {key:32} {} windows, {} segments, {} ids identical",
+        windows.len(),
+        segs.len(),
+        want_ids.len()
+    );
 }
 
 #[test]
@@ -244,5 +424,10 @@ fn transcribe_jfk_matches_openai_whisper() {
 #[test]
 fn long_form_transcription_matches_openai_whisper() {
     let audio = shared().join("corpus/longform/fleurs_en_concat.wav");
-    transcribe_matches(&load("tiny-random"), "transcribe_longform", &audio, Some("en"));
+    transcribe_matches(
+        &load("tiny-random"),
+        "transcribe_longform",
+        &audio,
+        Some("en"),
+    );
 }

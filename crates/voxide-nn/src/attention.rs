@@ -187,10 +187,14 @@ mod tests {
 
     fn random(shape: &[usize], seed: u64, dev: &Device) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let data: Vec<f32> = (0..n)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
             })
             .collect();
@@ -200,11 +204,18 @@ mod tests {
     fn layer(dim: usize, heads: usize, kv_heads: usize, dev: &Device) -> Result<Attention> {
         let hd = dim / heads;
         let mut ts = HashMap::new();
-        for (i, (name, out)) in [("q", heads * hd), ("k", kv_heads * hd), ("v", kv_heads * hd)]
-            .into_iter()
-            .enumerate()
+        for (i, (name, out)) in [
+            ("q", heads * hd),
+            ("k", kv_heads * hd),
+            ("v", kv_heads * hd),
+        ]
+        .into_iter()
+        .enumerate()
         {
-            ts.insert(format!("{name}.weight"), random(&[out, dim], i as u64, dev)?);
+            ts.insert(
+                format!("{name}.weight"),
+                random(&[out, dim], i as u64, dev)?,
+            );
         }
         ts.insert("o.weight".into(), random(&[dim, heads * hd], 9, dev)?);
         let vb = VarBuilder::from_tensors(ts, DType::F32, dev);
@@ -230,7 +241,12 @@ mod tests {
         let x = random(&[1, 5, 16], 42, &dev)?;
         let full = attn.forward(&x, KvSource::Own, true, None)?;
         let mut cache = KvCache::new(1, 2, 8, 4, DType::F32, &dev)?;
-        let head = attn.forward(&x.narrow(1, 0, 2)?, KvSource::Cached(&mut cache), true, None)?;
+        let head = attn.forward(
+            &x.narrow(1, 0, 2)?,
+            KvSource::Cached(&mut cache),
+            true,
+            None,
+        )?;
         let mut steps = vec![head];
         for i in 2..5 {
             let xi = x.narrow(1, i, 1)?;

@@ -73,10 +73,15 @@ impl KvCache {
                 self.capacity()
             );
         }
-        self.k.slice_set(&k.to_dtype(self.k.dtype())?, 2, self.len)?;
-        self.v.slice_set(&v.to_dtype(self.v.dtype())?, 2, self.len)?;
+        self.k
+            .slice_set(&k.to_dtype(self.k.dtype())?, 2, self.len)?;
+        self.v
+            .slice_set(&v.to_dtype(self.v.dtype())?, 2, self.len)?;
         self.len += t;
-        Ok((self.k.narrow(2, 0, self.len)?, self.v.narrow(2, 0, self.len)?))
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
     }
 
     /// Reorders the batch rows (beam search keeps the caches of the surviving beams).
@@ -103,7 +108,10 @@ mod tests {
         let (k, _) = cache.append(&b, &b)?;
         assert_eq!(k.dims(), &[1, 2, 3, 4]);
         let first_head = k.narrow(1, 0, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        assert_eq!(first_head, vec![1., 1., 1., 1., 1., 1., 1., 1., 2., 2., 2., 2.]);
+        assert_eq!(
+            first_head,
+            vec![1., 1., 1., 1., 1., 1., 1., 1., 2., 2., 2., 2.]
+        );
         assert!(cache.append(&b, &b).is_err());
         Ok(())
     }

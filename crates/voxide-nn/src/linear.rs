@@ -36,7 +36,9 @@ impl Linear {
     /// x: (..., in) -> (..., out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let in_dim = *dims.last().expect("linear input has at least one dimension");
+        let in_dim = *dims
+            .last()
+            .expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim;
         let y = x
             .contiguous()?

@@ -68,9 +68,18 @@ mod tests {
     fn swiglu_matches_definition() -> Result<()> {
         let dev = Device::Cpu;
         let mut ts = HashMap::new();
-        ts.insert("w1.weight".to_string(), Tensor::new(&[[1.0f32, 0.0], [0.5, -1.0]], &dev)?);
-        ts.insert("w3.weight".to_string(), Tensor::new(&[[2.0f32, 1.0], [0.0, 1.0]], &dev)?);
-        ts.insert("w2.weight".to_string(), Tensor::new(&[[1.0f32, 1.0], [-1.0, 2.0]], &dev)?);
+        ts.insert(
+            "w1.weight".to_string(),
+            Tensor::new(&[[1.0f32, 0.0], [0.5, -1.0]], &dev)?,
+        );
+        ts.insert(
+            "w3.weight".to_string(),
+            Tensor::new(&[[2.0f32, 1.0], [0.0, 1.0]], &dev)?,
+        );
+        ts.insert(
+            "w2.weight".to_string(),
+            Tensor::new(&[[1.0f32, 1.0], [-1.0, 2.0]], &dev)?,
+        );
         let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
         let mlp = SwiGlu::load(vb, 2, 2, ["w1", "w3", "w2"])?;
         let x = [0.3f32, -0.7];

@@ -67,7 +67,11 @@ mod tests {
         for i in 0..d / 2 {
             let a = pos as f64 / theta.powf(2.0 * i as f64 / d as f64);
             let (c, s) = (a.cos() as f32, a.sin() as f32);
-            let (p, q) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + d / 2) };
+            let (p, q) = if interleaved {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + d / 2)
+            };
             out[p] = x[p] * c - x[q] * s;
             out[q] = x[q] * c + x[p] * s;
         }
@@ -78,7 +82,10 @@ mod tests {
     fn both_layouts_match_the_definition() -> Result<()> {
         let dev = Device::Cpu;
         let x: Vec<f32> = (0..8).map(|i| (i as f32 * 0.37).sin()).collect();
-        for (layout, interleaved) in [(RopeLayout::Interleaved, true), (RopeLayout::RotateHalf, false)] {
+        for (layout, interleaved) in [
+            (RopeLayout::Interleaved, true),
+            (RopeLayout::RotateHalf, false),
+        ] {
             let rope = RotaryEmbedding::new(8, 16, 10000.0, layout, &dev)?;
             let xt = Tensor::new(x.as_slice(), &dev)?.reshape((1, 1, 1, 8))?;
             let got = rope.apply(&xt, 5)?.flatten_all()?.to_vec1::<f32>()?;

@@ -82,7 +82,11 @@ impl Sampler {
             self.order
                 .sort_unstable_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]));
             let total: f32 = self.order.iter().map(|&i| probs[i as usize]).sum();
-            let mut keep = if params.top_k > 0 { params.top_k.min(self.order.len()) } else { self.order.len() };
+            let mut keep = if params.top_k > 0 {
+                params.top_k.min(self.order.len())
+            } else {
+                self.order.len()
+            };
             let mut acc = 0.0;
             for (n, &i) in self.order.iter().enumerate().take(keep) {
                 acc += probs[i as usize] / total;
@@ -132,7 +136,11 @@ mod tests {
     #[test]
     fn sampling_respects_masks_top_k_and_seed() {
         let logits = [0.0, 5.0, f32::NEG_INFINITY, 4.9, -3.0];
-        let params = SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0 };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+        };
         let mut a = Sampler::new(7);
         let mut b = Sampler::new(7);
         let mut seen = [0usize; 5];
@@ -141,9 +149,17 @@ mod tests {
             assert_eq!(t, b.sample(&logits, params), "same seed, same draws");
             seen[t] += 1;
         }
-        assert_eq!(seen[0] + seen[2] + seen[4], 0, "only the top 2 are drawn: {seen:?}");
+        assert_eq!(
+            seen[0] + seen[2] + seen[4],
+            0,
+            "only the top 2 are drawn: {seen:?}"
+        );
         assert!(seen[1] > 100 && seen[3] > 100, "{seen:?}");
-        let greedyish = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.1 };
+        let greedyish = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.1,
+        };
         assert_eq!(a.sample(&logits, greedyish), 1);
     }
 }

@@ -135,7 +135,11 @@ mod tests {
             language: "en".into(),
             duration: 3725.5,
             text: " Hello. --> World".into(),
-            segments: vec![seg(0, 0.0, 1.5, " Hello."), seg(1, 1.5, 1.5, ""), seg(2, 3661.25, 3725.5, " --> World")],
+            segments: vec![
+                seg(0, 0.0, 1.5, " Hello."),
+                seg(1, 1.5, 1.5, ""),
+                seg(2, 3661.25, 3725.5, " --> World"),
+            ],
             token_ids: vec![50364, 1, 2, 50439],
         }
     }
@@ -151,19 +155,30 @@ mod tests {
             render(&t, OutputFormat::Vtt, "transcribe"),
             "WEBVTT\n\n00:00.000 --> 00:01.500\nHello.\n\n01:01:01.250 --> 01:02:05.500\n-> World\n\n"
         );
-        assert_eq!(render(&t, OutputFormat::Txt, "transcribe"), "Hello.\n--> World\n");
+        assert_eq!(
+            render(&t, OutputFormat::Txt, "transcribe"),
+            "Hello.\n--> World\n"
+        );
     }
 
     #[test]
     fn verbose_json_is_openai_shaped_with_token_ids() {
-        let v: serde_json::Value =
-            serde_json::from_str(&render(&transcript(), OutputFormat::VerboseJson, "transcribe")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&render(
+            &transcript(),
+            OutputFormat::VerboseJson,
+            "transcribe",
+        ))
+        .unwrap();
         assert_eq!(v["language"], "english");
         assert_eq!(v["duration"], 3725.5);
         assert_eq!(v["segments"][2]["start"], 3661.25);
-        assert_eq!(v["segments"][0]["no_speech_prob"].as_f64().unwrap() as f32, 0.01);
+        assert_eq!(
+            v["segments"][0]["no_speech_prob"].as_f64().unwrap() as f32,
+            0.01
+        );
         assert_eq!(v["token_ids"], serde_json::json!([50364, 1, 2, 50439]));
-        let j: serde_json::Value = serde_json::from_str(&render(&transcript(), OutputFormat::Json, "x")).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&transcript(), OutputFormat::Json, "x")).unwrap();
         assert_eq!(j, serde_json::json!({"text": " Hello. --> World"}));
         assert!("xml".parse::<OutputFormat>().is_err());
     }

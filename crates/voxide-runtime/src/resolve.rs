@@ -33,14 +33,19 @@ impl ModelSource {
 const REQUIRED: &[&str] = &["config.json"];
 const WEIGHTS: &[&str] = &["model.safetensors", "model.safetensors.index.json"];
 const TOKENIZER: &[&str] = &["tokenizer.json", "vocab.json"];
-const OPTIONAL: &[&str] = &["generation_config.json", "preprocessor_config.json", "merges.txt"];
+const OPTIONAL: &[&str] = &[
+    "generation_config.json",
+    "preprocessor_config.json",
+    "merges.txt",
+];
 
 fn looks_like_hub_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
     parts.len() == 2
         && parts.iter().all(|p| {
             !p.is_empty()
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 && !p.starts_with('.')
         })
 }
@@ -63,7 +68,10 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
         )));
     }
     if let Some(dir) = cached_snapshot(spec) {
-        return Ok(ModelSource::Hub { id: spec.into(), dir });
+        return Ok(ModelSource::Hub {
+            id: spec.into(),
+            dir,
+        });
     }
     if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
         return Err(Error::Resolve(format!(
@@ -72,7 +80,10 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
             Cache::from_env().path().display()
         )));
     }
-    download(spec).map(|dir| ModelSource::Hub { id: spec.into(), dir })
+    download(spec).map(|dir| ModelSource::Hub {
+        id: spec.into(),
+        dir,
+    })
 }
 
 /// The snapshot directory if the cache holds every file the model needs.
@@ -103,10 +114,9 @@ fn download(id: &str) -> Result<PathBuf> {
     let weights = first_available(WEIGHTS)
         .ok_or_else(|| Error::Resolve(format!("{id} on the hub has no model.safetensors")))?;
     if weights.ends_with("model.safetensors.index.json") {
-        let index: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&weights).map_err(|e| offline(&e))?,
-        )
-        .map_err(|e| offline(&e))?;
+        let index: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&weights).map_err(|e| offline(&e))?)
+                .map_err(|e| offline(&e))?;
         let mut shards: Vec<&str> = index["weight_map"]
             .as_object()
             .map(|m| m.values().filter_map(|v| v.as_str()).collect())
@@ -117,13 +127,19 @@ fn download(id: &str) -> Result<PathBuf> {
             repo.get(shard).map_err(|e| offline(&e))?;
         }
     }
-    first_available(TOKENIZER)
-        .ok_or_else(|| Error::Resolve(format!("{id} on the hub has no tokenizer.json or vocab.json")))?;
+    first_available(TOKENIZER).ok_or_else(|| {
+        Error::Resolve(format!(
+            "{id} on the hub has no tokenizer.json or vocab.json"
+        ))
+    })?;
     for name in OPTIONAL {
         // Optional files: absence is fine.
         let _ = repo.get(name);
     }
-    Ok(config.parent().expect("a file in a snapshot directory").to_owned())
+    Ok(config
+        .parent()
+        .expect("a file in a snapshot directory")
+        .to_owned())
 }
 
 #[cfg(test)]
@@ -142,7 +158,9 @@ mod tests {
 
     #[test]
     fn missing_directory_is_a_clear_error() {
-        let err = resolve_model("./no/such/model-dir").unwrap_err().to_string();
+        let err = resolve_model("./no/such/model-dir")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not exist"), "{err}");
     }
 
@@ -163,8 +181,13 @@ mod tests {
         std::env::set_var("HF_HUB_OFFLINE", "1");
         let source = resolve_model("voxide/tiny-random").unwrap();
         assert_eq!(source.dir(), snapshot.as_path());
-        let err = resolve_model("openai/whisper-tiny").unwrap_err().to_string();
-        assert!(err.contains("not in the Hugging Face cache") && err.contains("HF_HUB_OFFLINE"), "{err}");
+        let err = resolve_model("openai/whisper-tiny")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not in the Hugging Face cache") && err.contains("HF_HUB_OFFLINE"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&home).unwrap();
     }
 }

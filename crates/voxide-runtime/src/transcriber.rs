@@ -118,10 +118,14 @@ impl Transcriber for WhisperPipeline {
             None | Some("auto") => None,
             Some(lang) => {
                 let code = language_code(lang).ok_or_else(|| {
-                    Error::InvalidRequest(format!("unknown language {lang:?}; use a code such as en, de, fr, or auto"))
+                    Error::InvalidRequest(format!(
+                        "unknown language {lang:?}; use a code such as en, de, fr, or auto"
+                    ))
                 })?;
                 if special.language_token(code).is_none() {
-                    return Err(Error::InvalidRequest(format!("this model has no language {code:?}")));
+                    return Err(Error::InvalidRequest(format!(
+                        "this model has no language {code:?}"
+                    )));
                 }
                 if !special.multilingual && code != "en" {
                     return Err(Error::InvalidRequest(format!(
@@ -132,17 +136,27 @@ impl Transcriber for WhisperPipeline {
             }
         };
         if request.translate && !special.multilingual {
-            return Err(Error::InvalidRequest("this model is English-only; it cannot translate".into()));
+            return Err(Error::InvalidRequest(
+                "this model is English-only; it cannot translate".into(),
+            ));
         }
         if request.beam_size == Some(0) || request.best_of == Some(0) {
-            return Err(Error::InvalidRequest("--beam-size and --best-of must be at least 1".into()));
+            return Err(Error::InvalidRequest(
+                "--beam-size and --best-of must be at least 1".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&request.temperature) || request.temperature_increment < 0.0 {
-            return Err(Error::InvalidRequest("temperatures must lie in [0, 1]".into()));
+            return Err(Error::InvalidRequest(
+                "temperatures must lie in [0, 1]".into(),
+            ));
         }
         let opts = TranscribeOptions {
             decode: DecodingOptions {
-                task: if request.translate { Task::Translate } else { Task::Transcribe },
+                task: if request.translate {
+                    Task::Translate
+                } else {
+                    Task::Transcribe
+                },
                 language,
                 sample_len: request.max_new_tokens,
                 beam_size: request.beam_size,
@@ -169,7 +183,10 @@ pub fn load_transcriber(source: &ModelSource, device: &Device) -> Result<Box<dyn
     let dir = source.dir();
     let config = dir.join("config.json");
     let text = std::fs::read_to_string(&config).map_err(|e| {
-        Error::Resolve(format!("{} has no readable config.json: {e}", dir.display()))
+        Error::Resolve(format!(
+            "{} has no readable config.json: {e}",
+            dir.display()
+        ))
     })?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Resolve(format!("invalid {}: {e}", config.display())))?;
@@ -179,7 +196,10 @@ pub fn load_transcriber(source: &ModelSource, device: &Device) -> Result<Box<dyn
             "{}: model_type {other:?} is not supported yet (supported: whisper)",
             config.display()
         ))),
-        None => Err(Error::Resolve(format!("{}: no model_type field", config.display()))),
+        None => Err(Error::Resolve(format!(
+            "{}: no model_type field",
+            config.display()
+        ))),
     }
 }
 
@@ -189,7 +209,10 @@ mod tests {
 
     #[test]
     fn temperature_schedule_matches_openai_whisper() {
-        let r = TranscribeRequest { temperature_increment: 0.2, ..Default::default() };
+        let r = TranscribeRequest {
+            temperature_increment: 0.2,
+            ..Default::default()
+        };
         assert_eq!(r.temperatures(), vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
         assert_eq!(TranscribeRequest::default().temperatures(), vec![0.0]);
     }

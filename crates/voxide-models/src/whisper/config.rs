@@ -62,7 +62,10 @@ impl Config {
             ("decoder_attention_heads", self.decoder_attention_heads),
         ] {
             if heads == 0 || self.d_model % heads != 0 {
-                return Err(format!("d_model {} is not divisible by {name} {heads}", self.d_model));
+                return Err(format!(
+                    "d_model {} is not divisible by {name} {heads}",
+                    self.d_model
+                ));
             }
         }
         if !(51864..=51866).contains(&self.vocab_size) {

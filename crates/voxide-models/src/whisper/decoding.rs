@@ -125,12 +125,24 @@ impl LogitRules {
     /// Builds the suppress lists: openai-whisper's non-speech set computed from the tokenizer,
     /// united with the checkpoint's `suppress_tokens`, plus the special tokens it always
     /// forbids.
-    pub fn new(model: &Whisper, tokenizer: &Tokenizer, checkpoint_suppress: &[u32], begin_suppress: Option<&[u32]>) -> Result<Self> {
+    pub fn new(
+        model: &Whisper,
+        tokenizer: &Tokenizer,
+        checkpoint_suppress: &[u32],
+        begin_suppress: Option<&[u32]>,
+    ) -> Result<Self> {
         let s = *tokenizer.special();
         let n_vocab = model.config().vocab_size;
         let mut suppress = tokenizer.non_speech_tokens()?;
         suppress.extend_from_slice(checkpoint_suppress);
-        suppress.extend([s.transcribe, s.translate, s.sot, s.sot_prev, s.sot_lm, s.no_speech]);
+        suppress.extend([
+            s.transcribe,
+            s.translate,
+            s.sot,
+            s.sot_prev,
+            s.sot_lm,
+            s.no_speech,
+        ]);
         suppress.retain(|&t| (t as usize) < n_vocab);
         suppress.sort_unstable();
         suppress.dedup();
@@ -157,7 +169,13 @@ impl LogitRules {
     }
 
     /// Applies the filters to one row of logits; `sampled` are the tokens after the initial ones.
-    fn apply(&self, logits: &mut [f32], sampled: &[u32], opts: &DecodingOptions, scratch: &mut [f32]) {
+    fn apply(
+        &self,
+        logits: &mut [f32],
+        sampled: &[u32],
+        opts: &DecodingOptions,
+        scratch: &mut [f32],
+    ) {
         let s = &self.special;
         let first = sampled.is_empty();
         if opts.suppress_blank && first {
@@ -188,7 +206,11 @@ impl LogitRules {
         }
         if let Some(&last_ts) = sampled.iter().rev().find(|&&t| is_ts(t)) {
             // Timestamps never decrease, and a segment has a nonzero length.
-            let bound = if last_was_ts && !penultimate_was_ts { last_ts } else { last_ts + 1 };
+            let bound = if last_was_ts && !penultimate_was_ts {
+                last_ts
+            } else {
+                last_ts + 1
+            };
             logits[ts..bound as usize].fill(f32::NEG_INFINITY);
         }
         if first {
@@ -203,7 +225,10 @@ impl LogitRules {
         // If the timestamps together are likelier than any text token, sample a timestamp.
         log_softmax(logits, scratch);
         let timestamp_logprob = log_sum_exp(&scratch[ts..]);
-        let max_text_logprob = scratch[..ts].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max_text_logprob = scratch[..ts]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         if timestamp_logprob > max_text_logprob {
             logits[..ts].fill(f32::NEG_INFINITY);
         }
@@ -282,9 +307,17 @@ impl BeamSearch {
 
     /// Adds the best unfinished beams when too few sequences finished. Returns (sequence,
     /// sum log-probability, ended on a sampled end-of-text); added beams get a synthetic one.
-    fn finalize(mut self, rows: &[Vec<u32>], sum_logprobs: &[f32], eot: u32) -> Vec<(Vec<u32>, f32, bool)> {
-        let mut out: Vec<(Vec<u32>, f32, bool)> =
-            self.finished.drain(..).map(|(seq, score)| (seq, score, true)).collect();
+    fn finalize(
+        mut self,
+        rows: &[Vec<u32>],
+        sum_logprobs: &[f32],
+        eot: u32,
+    ) -> Vec<(Vec<u32>, f32, bool)> {
+        let mut out: Vec<(Vec<u32>, f32, bool)> = self
+            .finished
+            .drain(..)
+            .map(|(seq, score)| (seq, score, true))
+            .collect();
         if out.len() < self.beam_size {
             let mut order: Vec<usize> = (0..rows.len()).collect();
             // np.argsort(...)[::-1]: descending, ties in reverse index order.
@@ -353,7 +386,12 @@ pub struct WindowDecoder<'a> {
 
 impl<'a> WindowDecoder<'a> {
     /// A decoder over `model`; call [`Self::set_audio`] before decoding.
-    pub fn new(model: &'a Whisper, tokenizer: &'a Tokenizer, rules: &'a LogitRules, seed: u64) -> Self {
+    pub fn new(
+        model: &'a Whisper,
+        tokenizer: &'a Tokenizer,
+        rules: &'a LogitRules,
+        seed: u64,
+    ) -> Self {
         Self {
             model,
             tokenizer,
@@ -389,8 +427,14 @@ impl<'a> WindowDecoder<'a> {
         let hidden = model.decode(&sot, state, None)?;
         let logits = model.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
         let langs = s.language_tokens();
-        let max = langs.clone().map(|t| logits[t as usize]).fold(f32::NEG_INFINITY, f32::max);
-        let total: f64 = langs.clone().map(|t| ((logits[t as usize] - max) as f64).exp()).sum();
+        let max = langs
+            .clone()
+            .map(|t| logits[t as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let total: f64 = langs
+            .clone()
+            .map(|t| ((logits[t as usize] - max) as f64).exp())
+            .sum();
         Ok(langs
             .map(|t| {
                 let p = ((logits[t as usize] - max) as f64).exp() / total;
@@ -436,7 +480,10 @@ impl<'a> WindowDecoder<'a> {
         let s = *self.rules.special();
         let initial = self.initial_tokens(opts, language)?;
         let sample_begin = initial.len();
-        let sot_index = initial.iter().position(|&t| t == s.sot).expect("sot is always present");
+        let sot_index = initial
+            .iter()
+            .position(|&t| t == s.sot)
+            .expect("sot is always present");
         let sample_len = opts.sample_len.unwrap_or(self.rules.n_text_ctx / 2);
         if sample_begin >= self.rules.n_text_ctx {
             return Err(Error::InvalidRequest(format!(
@@ -444,8 +491,16 @@ impl<'a> WindowDecoder<'a> {
                 self.rules.n_text_ctx
             )));
         }
-        let beam_size = if opts.temperature == 0.0 { opts.beam_size } else { None };
-        let best_of = if opts.temperature > 0.0 { opts.best_of } else { None };
+        let beam_size = if opts.temperature == 0.0 {
+            opts.beam_size
+        } else {
+            None
+        };
+        let best_of = if opts.temperature > 0.0 {
+            opts.best_of
+        } else {
+            None
+        };
         let n_group = beam_size.or(best_of).unwrap_or(1).max(1);
         let mut beam = beam_size.map(|b| BeamSearch {
             beam_size: b,
@@ -491,7 +546,14 @@ impl<'a> WindowDecoder<'a> {
                         } else if opts.temperature == 0.0 {
                             argmax(l) as u32
                         } else {
-                            sampler.sample(l, SamplingParams { temperature: opts.temperature, top_k: 0, top_p: 1.0 }) as u32
+                            sampler.sample(
+                                l,
+                                SamplingParams {
+                                    temperature: opts.temperature,
+                                    top_k: 0,
+                                    top_p: 1.0,
+                                },
+                            ) as u32
                         };
                         log_softmax(l, &mut scratch);
                         if prev != s.eot {
@@ -510,7 +572,8 @@ impl<'a> WindowDecoder<'a> {
                             lp
                         })
                         .collect();
-                    let (next, sources, done) = search.update(&rows, &logprobs, &mut sum_logprobs, s.eot);
+                    let (next, sources, done) =
+                        search.update(&rows, &logprobs, &mut sum_logprobs, s.eot);
                     if next.len() < n_group {
                         // Every candidate ended: nothing left to extend.
                         rows = next;
@@ -527,7 +590,11 @@ impl<'a> WindowDecoder<'a> {
         }
         // Candidates: each sequence cut at its first end-of-text.
         let candidates: Vec<(Vec<u32>, f32, bool)> = match beam {
-            None => rows.into_iter().zip(sum_logprobs).map(|(seq, lp)| (seq, lp, true)).collect(),
+            None => rows
+                .into_iter()
+                .zip(sum_logprobs)
+                .map(|(seq, lp)| (seq, lp, true))
+                .collect(),
             Some(search) => search.finalize(&rows, &sum_logprobs, s.eot),
         };
         let cut = |seq: &[u32], sampled_eot: bool| -> (Vec<u32>, bool) {
@@ -550,7 +617,11 @@ impl<'a> WindowDecoder<'a> {
             }
         }
         let (_, tokens, ended_with_eot, sum_logprob) = best.expect("at least one candidate");
-        let text = self.tokenizer.decode_with_specials(&tokens)?.trim().to_string();
+        let text = self
+            .tokenizer
+            .decode_with_specials(&tokens)?
+            .trim()
+            .to_string();
         Ok(DecodingResult {
             language: language.to_string(),
             avg_logprob: sum_logprob / (tokens.len() as f32 + 1.0),

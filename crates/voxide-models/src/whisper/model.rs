@@ -41,7 +41,11 @@ impl EncoderLayer {
         let attn = attention_config(cfg, cfg.encoder_attention_heads);
         Ok(Self {
             self_attn: Attention::load(vb.pp("self_attn"), attn)?,
-            self_attn_layer_norm: LayerNorm::load(vb.pp("self_attn_layer_norm"), cfg.d_model, LN_EPS)?,
+            self_attn_layer_norm: LayerNorm::load(
+                vb.pp("self_attn_layer_norm"),
+                cfg.d_model,
+                LN_EPS,
+            )?,
             mlp: GeluMlp::load(vb.clone(), cfg.d_model, cfg.encoder_ffn_dim)?,
             final_layer_norm: LayerNorm::load(vb.pp("final_layer_norm"), cfg.d_model, LN_EPS)?,
         })
@@ -79,7 +83,10 @@ impl Encoder {
     fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         Ok(Self {
             stem: ConvStem::load(vb.clone(), cfg.num_mel_bins, cfg.d_model)?,
-            embed_positions: vb.get((cfg.max_source_positions, cfg.d_model), "embed_positions.weight")?,
+            embed_positions: vb.get(
+                (cfg.max_source_positions, cfg.d_model),
+                "embed_positions.weight",
+            )?,
             layers: (0..cfg.encoder_layers)
                 .map(|i| EncoderLayer::load(vb.pp(format!("layers.{i}")), cfg))
                 .collect::<candle_core::Result<_>>()?,
@@ -126,7 +133,11 @@ impl DecoderLayer {
         let attn = attention_config(cfg, cfg.decoder_attention_heads);
         Ok(Self {
             self_attn: Attention::load(vb.pp("self_attn"), attn)?,
-            self_attn_layer_norm: LayerNorm::load(vb.pp("self_attn_layer_norm"), cfg.d_model, LN_EPS)?,
+            self_attn_layer_norm: LayerNorm::load(
+                vb.pp("self_attn_layer_norm"),
+                cfg.d_model,
+                LN_EPS,
+            )?,
             encoder_attn: Attention::load(vb.pp("encoder_attn"), attn)?,
             encoder_attn_layer_norm: LayerNorm::load(
                 vb.pp("encoder_attn_layer_norm"),
@@ -138,11 +149,21 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut KvCache, cross: &CrossKv) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        cross: &CrossKv,
+    ) -> candle_core::Result<Tensor> {
         let h = self.self_attn_layer_norm.forward(x)?;
-        let x = (x + self.self_attn.forward(&h, KvSource::Cached(cache), true, None)?)?;
+        let x = (x + self
+            .self_attn
+            .forward(&h, KvSource::Cached(cache), true, None)?)?;
         let h = self.encoder_attn_layer_norm.forward(&x)?;
-        let x = (&x + self.encoder_attn.forward(&h, KvSource::Cross(cross), false, None)?)?;
+        let x = (&x
+            + self
+                .encoder_attn
+                .forward(&h, KvSource::Cross(cross), false, None)?)?;
         let h = self.final_layer_norm.forward(&x)?;
         x + self.mlp.forward(&h)?
     }
@@ -164,7 +185,10 @@ impl Decoder {
         Ok(Self {
             head: Linear::from_weights(embed_tokens.clone(), None),
             embed_tokens,
-            embed_positions: vb.get((cfg.max_target_positions, cfg.d_model), "embed_positions.weight")?,
+            embed_positions: vb.get(
+                (cfg.max_target_positions, cfg.d_model),
+                "embed_positions.weight",
+            )?,
             layers: (0..cfg.decoder_layers)
                 .map(|i| DecoderLayer::load(vb.pp(format!("layers.{i}")), cfg))
                 .collect::<candle_core::Result<_>>()?,
@@ -296,7 +320,10 @@ impl Whisper {
     /// mel (batch, n_mels, 3000) -> audio features (batch, 1500, d).
     pub fn encode(&self, mel: &Tensor) -> Result<Tensor> {
         let mut trace = self.encoder.forward(mel, false)?;
-        Ok(trace.hidden_states.pop().expect("the encoder always yields its output"))
+        Ok(trace
+            .hidden_states
+            .pop()
+            .expect("the encoder always yields its output"))
     }
 
     /// Like [`Self::encode`] but keeps every intermediate.
@@ -356,10 +383,15 @@ impl Whisper {
             )));
         }
         if state.cross.is_empty() {
-            return Err(Error::InvalidRequest("decode called before set_audio".into()));
+            return Err(Error::InvalidRequest(
+                "decode called before set_audio".into(),
+            ));
         }
         let d = &self.decoder;
-        let tok = d.embed_tokens.embedding(&tokens.flatten_all()?)?.reshape(tokens.dims2().map(|(b, t)| (b, t, self.config.d_model))?)?;
+        let tok = d
+            .embed_tokens
+            .embedding(&tokens.flatten_all()?)?
+            .reshape(tokens.dims2().map(|(b, t)| (b, t, self.config.d_model))?)?;
         let mut x = tok.broadcast_add(&d.embed_positions.narrow(0, position, t)?)?;
         for (i, layer) in d.layers.iter().enumerate() {
             if let Some(trace) = trace.as_deref_mut() {

@@ -15,8 +15,8 @@ pub const LANGUAGES: [&str; 100] = [
     "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn",
     "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si",
     "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo",
-    "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln", "ha",
-    "ba", "jw", "su", "yue",
+    "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln",
+    "ha", "ba", "jw", "su", "yue",
 ];
 
 /// English names of [`LANGUAGES`], in the same order (openai-whisper's, lowercase).
@@ -125,7 +125,10 @@ pub const LANGUAGE_NAMES: [&str; 100] = [
 
 /// English name of a language code (`"en"` → `"english"`).
 pub fn language_name(code: &str) -> Option<&'static str> {
-    LANGUAGES.iter().position(|&c| c == code).map(|i| LANGUAGE_NAMES[i])
+    LANGUAGES
+        .iter()
+        .position(|&c| c == code)
+        .map(|i| LANGUAGE_NAMES[i])
 }
 
 /// The code of a language given by code or by English name, case-insensitively
@@ -219,7 +222,9 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("special", &self.special).finish()
+        f.debug_struct("Tokenizer")
+            .field("special", &self.special)
+            .finish()
     }
 }
 
@@ -264,16 +269,21 @@ impl Tokenizer {
 
     /// Text → ids (no special tokens added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.bpe.encode(text, false).map_err(|e| {
-            Error::InvalidRequest(format!("cannot tokenize {text:?}: {e}"))
-        })?;
+        let enc = self
+            .bpe
+            .encode(text, false)
+            .map_err(|e| Error::InvalidRequest(format!("cannot tokenize {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Ids → text. Special and timestamp tokens are dropped; bytes that do not form valid UTF-8
     /// become U+FFFD, as openai-whisper's `errors="replace"`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let text: Vec<u32> = ids.iter().copied().filter(|&t| t < self.special.eot).collect();
+        let text: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&t| t < self.special.eot)
+            .collect();
         self.bpe
             .decode(&text, false)
             .map_err(|e| Error::InvalidRequest(format!("cannot detokenize: {e}")))

@@ -189,13 +189,17 @@ impl WhisperPipeline {
             let mut window_opts = opts.decode.clone();
             window_opts.prompt = all_tokens[prompt_reset_since..].to_vec();
             let clock = Instant::now();
-            let result = self.decode_with_fallback(&mut decoder, &mut window_opts, opts, &language)?;
+            let result =
+                self.decode_with_fallback(&mut decoder, &mut window_opts, opts, &language)?;
             timings.decode_ms += ms(clock);
             timings.decoder_calls += result.decoder_calls;
 
             if let Some(threshold) = opts.no_speech_threshold {
                 let mut skip = result.no_speech_prob > threshold;
-                if opts.logprob_threshold.is_some_and(|lp| result.avg_logprob > lp) {
+                if opts
+                    .logprob_threshold
+                    .is_some_and(|lp| result.avg_logprob > lp)
+                {
                     skip = false;
                 }
                 if skip {
@@ -210,7 +214,10 @@ impl WhisperPipeline {
                 token_ids.push(special.eot);
             }
             let tokens = &result.tokens;
-            let is_ts: Vec<bool> = tokens.iter().map(|&t| t >= special.timestamp_begin).collect();
+            let is_ts: Vec<bool> = tokens
+                .iter()
+                .map(|&t| t >= special.timestamp_begin)
+                .collect();
             let n = tokens.len();
             let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1];
             let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
@@ -225,7 +232,8 @@ impl WhisperPipeline {
                 for &slice in &slices {
                     let part = &tokens[last_slice..slice];
                     let start = time_offset + ts_pos(part[0]) * time_precision;
-                    let end = time_offset + ts_pos(*part.last().expect("non-empty")) * time_precision;
+                    let end =
+                        time_offset + ts_pos(*part.last().expect("non-empty")) * time_precision;
                     current.push((start, end, part));
                     last_slice = slice;
                 }
@@ -298,7 +306,9 @@ impl WhisperPipeline {
         language: &str,
     ) -> Result<DecodingResult> {
         if opts.temperatures.is_empty() {
-            return Err(crate::Error::InvalidRequest("no decoding temperature given".into()));
+            return Err(crate::Error::InvalidRequest(
+                "no decoding temperature given".into(),
+            ));
         }
         let mut result = None;
         for &t in &opts.temperatures {
@@ -308,7 +318,9 @@ impl WhisperPipeline {
                 .compression_ratio_threshold
                 .is_some_and(|c| r.compression_ratio > c)
                 || opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp);
-            if opts.no_speech_threshold.is_some_and(|ns| r.no_speech_prob > ns)
+            if opts
+                .no_speech_threshold
+                .is_some_and(|ns| r.no_speech_prob > ns)
                 && opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp)
             {
                 needs_fallback = false;
