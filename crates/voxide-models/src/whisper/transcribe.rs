@@ -189,10 +189,14 @@ impl WhisperPipeline {
             let mut window_opts = opts.decode.clone();
             window_opts.prompt = all_tokens[prompt_reset_since..].to_vec();
             let clock = Instant::now();
-            let result =
-                self.decode_with_fallback(&mut decoder, &mut window_opts, opts, &language)?;
+            let result = self.decode_with_fallback(
+                &mut decoder,
+                &mut window_opts,
+                opts,
+                &language,
+                &mut timings,
+            )?;
             timings.decode_ms += ms(clock);
-            timings.decoder_calls += result.decoder_calls;
 
             if let Some(threshold) = opts.no_speech_threshold {
                 let mut skip = result.no_speech_prob > threshold;
@@ -304,6 +308,7 @@ impl WhisperPipeline {
         window_opts: &mut DecodingOptions,
         opts: &TranscribeOptions,
         language: &str,
+        timings: &mut Timings,
     ) -> Result<DecodingResult> {
         if opts.temperatures.is_empty() {
             return Err(crate::Error::InvalidRequest(
@@ -314,6 +319,7 @@ impl WhisperPipeline {
         for &t in &opts.temperatures {
             window_opts.temperature = t;
             let r = decoder.decode(window_opts, language)?;
+            timings.decoder_calls += r.decoder_calls;
             let mut needs_fallback = opts
                 .compression_ratio_threshold
                 .is_some_and(|c| r.compression_ratio > c)
