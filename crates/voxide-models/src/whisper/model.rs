@@ -27,33 +27,59 @@ fn attention_config(cfg: &Config, heads: usize) -> AttentionConfig {
     }
 }
 
-/// Pre-LN encoder block: self-attention then MLP, each with a residual.
+/// Pre-LN residual block (openai-whisper's `ResidualAttentionBlock`): self-attention, then, in
+/// the decoder, cross-attention over the audio, then the MLP, each with a residual.
 #[derive(Clone, Debug)]
-struct EncoderLayer {
+struct Block {
     self_attn: Attention,
     self_attn_layer_norm: LayerNorm,
+    /// `encoder_attn` and `encoder_attn_layer_norm` (decoder blocks only).
+    cross: Option<(Attention, LayerNorm)>,
     mlp: GeluMlp,
     final_layer_norm: LayerNorm,
 }
 
-impl EncoderLayer {
-    fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
-        let attn = attention_config(cfg, cfg.encoder_attention_heads);
+impl Block {
+    fn load(
+        vb: VarBuilder,
+        cfg: &Config,
+        heads: usize,
+        ffn_dim: usize,
+        cross: bool,
+    ) -> candle_core::Result<Self> {
+        let attn = attention_config(cfg, heads);
+        let norm = |name: &str| LayerNorm::load(vb.pp(name), cfg.d_model, LN_EPS);
         Ok(Self {
             self_attn: Attention::load(vb.pp("self_attn"), attn)?,
-            self_attn_layer_norm: LayerNorm::load(
-                vb.pp("self_attn_layer_norm"),
-                cfg.d_model,
-                LN_EPS,
-            )?,
-            mlp: GeluMlp::load(vb.clone(), cfg.d_model, cfg.encoder_ffn_dim)?,
-            final_layer_norm: LayerNorm::load(vb.pp("final_layer_norm"), cfg.d_model, LN_EPS)?,
+            self_attn_layer_norm: norm("self_attn_layer_norm")?,
+            cross: if cross {
+                Some((
+                    Attention::load(vb.pp("encoder_attn"), attn)?,
+                    norm("encoder_attn_layer_norm")?,
+                ))
+            } else {
+                None
+            },
+            mlp: GeluMlp::load(vb.clone(), cfg.d_model, ffn_dim)?,
+            final_layer_norm: norm("final_layer_norm")?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// x (batch, t, d) -> (batch, t, d). Decoder blocks attend causally through their cache and
+    /// then over `audio`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        source: KvSource<'_>,
+        audio: Option<&CrossKv>,
+    ) -> candle_core::Result<Tensor> {
+        let causal = matches!(source, KvSource::Cached(_));
         let h = self.self_attn_layer_norm.forward(x)?;
-        let x = (x + self.self_attn.forward(&h, KvSource::Own, false, None)?)?;
+        let mut x = (x + self.self_attn.forward(&h, source, causal, None)?)?;
+        if let (Some((attn, norm)), Some(audio)) = (&self.cross, audio) {
+            let h = norm.forward(&x)?;
+            x = (&x + attn.forward(&h, KvSource::Cross(audio), false, None)?)?;
+        }
         let h = self.final_layer_norm.forward(&x)?;
         x + self.mlp.forward(&h)?
     }
@@ -75,7 +101,7 @@ pub struct EncoderTrace {
 pub struct Encoder {
     stem: ConvStem,
     embed_positions: Tensor,
-    layers: Vec<EncoderLayer>,
+    layers: Vec<Block>,
     layer_norm: LayerNorm,
 }
 
@@ -88,7 +114,16 @@ impl Encoder {
                 "embed_positions.weight",
             )?,
             layers: (0..cfg.encoder_layers)
-                .map(|i| EncoderLayer::load(vb.pp(format!("layers.{i}")), cfg))
+                .map(|i| {
+                    let vb = vb.pp(format!("layers.{i}"));
+                    Block::load(
+                        vb,
+                        cfg,
+                        cfg.encoder_attention_heads,
+                        cfg.encoder_ffn_dim,
+                        false,
+                    )
+                })
                 .collect::<candle_core::Result<_>>()?,
             layer_norm: LayerNorm::load(vb.pp("layer_norm"), cfg.d_model, LN_EPS)?,
         })
@@ -106,7 +141,7 @@ impl Encoder {
             if keep_all {
                 hidden_states.push(x.clone());
             }
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, KvSource::Own, None)?;
         }
         hidden_states.push(self.layer_norm.forward(&x)?);
         Ok(EncoderTrace {
@@ -117,64 +152,12 @@ impl Encoder {
     }
 }
 
-/// Decoder block: causal self-attention, cross-attention over the audio, MLP.
-#[derive(Clone, Debug)]
-struct DecoderLayer {
-    self_attn: Attention,
-    self_attn_layer_norm: LayerNorm,
-    encoder_attn: Attention,
-    encoder_attn_layer_norm: LayerNorm,
-    mlp: GeluMlp,
-    final_layer_norm: LayerNorm,
-}
-
-impl DecoderLayer {
-    fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
-        let attn = attention_config(cfg, cfg.decoder_attention_heads);
-        Ok(Self {
-            self_attn: Attention::load(vb.pp("self_attn"), attn)?,
-            self_attn_layer_norm: LayerNorm::load(
-                vb.pp("self_attn_layer_norm"),
-                cfg.d_model,
-                LN_EPS,
-            )?,
-            encoder_attn: Attention::load(vb.pp("encoder_attn"), attn)?,
-            encoder_attn_layer_norm: LayerNorm::load(
-                vb.pp("encoder_attn_layer_norm"),
-                cfg.d_model,
-                LN_EPS,
-            )?,
-            mlp: GeluMlp::load(vb.clone(), cfg.d_model, cfg.decoder_ffn_dim)?,
-            final_layer_norm: LayerNorm::load(vb.pp("final_layer_norm"), cfg.d_model, LN_EPS)?,
-        })
-    }
-
-    fn forward(
-        &self,
-        x: &Tensor,
-        cache: &mut KvCache,
-        cross: &CrossKv,
-    ) -> candle_core::Result<Tensor> {
-        let h = self.self_attn_layer_norm.forward(x)?;
-        let x = (x + self
-            .self_attn
-            .forward(&h, KvSource::Cached(cache), true, None)?)?;
-        let h = self.encoder_attn_layer_norm.forward(&x)?;
-        let x = (&x
-            + self
-                .encoder_attn
-                .forward(&h, KvSource::Cross(cross), false, None)?)?;
-        let h = self.final_layer_norm.forward(&x)?;
-        x + self.mlp.forward(&h)?
-    }
-}
-
 /// Text decoder: token + learned positional embeddings, blocks, final LayerNorm, tied head.
 #[derive(Clone, Debug)]
 pub struct Decoder {
     embed_tokens: Tensor,
     embed_positions: Tensor,
-    layers: Vec<DecoderLayer>,
+    layers: Vec<Block>,
     layer_norm: LayerNorm,
     head: Linear,
 }
@@ -190,7 +173,16 @@ impl Decoder {
                 "embed_positions.weight",
             )?,
             layers: (0..cfg.decoder_layers)
-                .map(|i| DecoderLayer::load(vb.pp(format!("layers.{i}")), cfg))
+                .map(|i| {
+                    let vb = vb.pp(format!("layers.{i}"));
+                    Block::load(
+                        vb,
+                        cfg,
+                        cfg.decoder_attention_heads,
+                        cfg.decoder_ffn_dim,
+                        true,
+                    )
+                })
                 .collect::<candle_core::Result<_>>()?,
             layer_norm: LayerNorm::load(vb.pp("layer_norm"), cfg.d_model, LN_EPS)?,
         })
@@ -359,7 +351,10 @@ impl Whisper {
             .decoder
             .layers
             .iter()
-            .map(|l| l.encoder_attn.cross_kv(audio_features))
+            .map(|l| match &l.cross {
+                Some((attn, _)) => attn.cross_kv(audio_features),
+                None => candle_core::bail!("decoder block without cross-attention"),
+            })
             .collect::<candle_core::Result<_>>()?;
         state.reset_tokens();
         Ok(())
@@ -397,7 +392,11 @@ impl Whisper {
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push(x.clone());
             }
-            x = layer.forward(&x, &mut state.caches[i], &state.cross[i])?;
+            x = layer.forward(
+                &x,
+                KvSource::Cached(&mut state.caches[i]),
+                Some(&state.cross[i]),
+            )?;
         }
         let out = d.layer_norm.forward(&x)?;
         if let Some(trace) = trace {
