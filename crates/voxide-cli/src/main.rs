@@ -1,5 +1,6 @@
 //! `voxide`: speech-to-text (and, later, text-to-speech) from the command line.
 
+mod bench;
 mod transcribe;
 
 use clap::{Parser, Subcommand};
@@ -20,12 +21,15 @@ struct Cli {
 enum Command {
     /// Transcribe (or translate) audio files.
     Transcribe(transcribe::TranscribeArgs),
+    /// Time transcriptions: RTF, encoder, decoder ms/step, first token, peak memory.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -104,12 +104,13 @@ impl TranscribeArgs {
             condition_on_previous_text: !self.no_condition_on_previous_text,
             max_new_tokens: self.max_new_tokens,
             seed: self.seed,
+            ignore_eot: false,
         }
     }
 }
 
 /// Caps the threads of candle's matmuls (read from RAYON_NUM_THREADS) and of rayon's pool.
-fn set_threads(threads: Option<usize>) -> Result<()> {
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         if n == 0 {
             bail!("--threads must be at least 1");
@@ -185,16 +186,17 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
                 }
             }
             if args.verbose {
-                let steps = timings.decoder_calls.max(1);
                 eprintln!(
-                    "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | mel {:.0} ms | encoder {:.0} ms ({} passes) | decoder {:.0} ms, {} calls, {:.2} ms/call | wall {:.0} ms | RTF {:.3}",
+                    "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | mel {:.0} ms | encoder {:.0} ms ({} passes) | prefill {:.0} ms ({}) | decoder {:.2} ms/step ({} steps) | first token {:.0} ms | wall {:.0} ms | RTF {:.3}",
                     input.name(),
                     timings.mel_ms,
                     timings.encoder_ms,
                     timings.encoder_calls,
-                    timings.decode_ms,
-                    timings.decoder_calls,
-                    timings.decode_ms / steps as f64,
+                    timings.prefill_ms,
+                    timings.prefills,
+                    timings.ms_per_step(),
+                    timings.steps,
+                    timings.first_token_ms.unwrap_or(0.0),
                     wall * 1e3,
                     wall / duration.max(1e-9),
                 );

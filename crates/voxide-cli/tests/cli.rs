@@ -363,3 +363,106 @@ fn bad_models_get_a_one_line_error() {
         "unknown language",
     );
 }
+
+/// `voxide bench`: a JSON report, a Chrome trace with the pipeline's spans, and a baseline
+/// comparison that fails on a planted regression and passes against a slower baseline.
+#[test]
+fn bench_reports_traces_and_catches_a_planted_regression() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let trace = dir.path().join("trace.json");
+    let model = tiny();
+    let common = [
+        "bench",
+        "--model",
+        s(&model),
+        "--suite",
+        "jfk",
+        "--corpus",
+        "../../../shared/corpus",
+        "-n",
+        "1",
+        "--warmup",
+        "0",
+        "--fixed-steps",
+        "6",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--json", s(&report), "--trace", s(&trace)]);
+    let out = voxide(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("weighted ms/step"), "{stdout}");
+    let mut r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["files"][0]["name"], "jfk.wav");
+    assert_eq!(
+        r["files"][0]["steps"], 5.0,
+        "6 tokens: a prefill and 5 steps"
+    );
+    assert!(r["totals"]["encoder_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["totals"]["peak_rss_mb"].as_f64().unwrap() > 10.0);
+
+    let events: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for span in [
+        "load",
+        "decode_audio",
+        "mel",
+        "encoder",
+        "prefill",
+        "decoder_step",
+        "sampling",
+    ] {
+        assert!(names.contains(&span), "trace lacks {span}: {names:?}");
+    }
+
+    // A baseline twice as fast: every component regressed by 100 %.
+    let scale = |r: &mut Value, k: f64| {
+        for key in [
+            "mel_ms",
+            "encoder_ms",
+            "prefill_ms",
+            "weighted_ms_per_step",
+            "wall_ms",
+        ] {
+            let v = r["totals"][key].as_f64().unwrap();
+            r["totals"][key] = serde_json::json!(v * k + if k < 1.0 { 0.0 } else { 100.0 });
+        }
+    };
+    let baseline = dir.path().join("baseline.json");
+    scale(&mut r, 0.5);
+    std::fs::write(&baseline, r.to_string()).unwrap();
+    let mut args = common.to_vec();
+    args.extend(["--compare", s(&baseline)]);
+    let out = voxide(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a planted regression must fail: {stderr}"
+    );
+    assert!(
+        stderr.contains("compare: FAIL") && stderr.contains("encoder"),
+        "{stderr}"
+    );
+
+    // A much slower baseline passes.
+    scale(&mut r, 4.0);
+    std::fs::write(&baseline, r.to_string()).unwrap();
+    let out = voxide(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("compare: PASS"));
+}

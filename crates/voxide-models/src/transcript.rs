@@ -42,17 +42,36 @@ pub struct Transcript {
     pub token_ids: Vec<u32>,
 }
 
-/// Where the time of one transcription went.
+/// Where the time of one transcription went (all durations in ms).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Timings {
-    /// Feature extraction, ms.
+    /// Feature extraction.
     pub mel_ms: f64,
-    /// Encoder passes, ms.
+    /// Encoder passes (windows, language detection and nothing else).
     pub encoder_ms: f64,
-    /// Decoding (decoder passes, logit rules, search), ms.
-    pub decode_ms: f64,
-    /// Decoder forward passes (one prefill per decode plus one per sampled token).
-    pub decoder_calls: usize,
-    /// Encoder passes (windows, language detection and fallbacks included).
+    /// Number of encoder passes.
     pub encoder_calls: usize,
+    /// Language detection's decoder pass.
+    pub language_ms: f64,
+    /// Prefills: the initial tokens of each decode, up to its first sampled token.
+    pub prefill_ms: f64,
+    /// Number of prefills (one per decode, fallbacks included).
+    pub prefills: usize,
+    /// Single-token decoder steps (decoder, logit rules, search).
+    pub steps_ms: f64,
+    /// Number of steps.
+    pub steps: usize,
+    /// From the start of the transcription to its first sampled token.
+    pub first_token_ms: Option<f64>,
+}
+
+impl Timings {
+    /// Mean time of one decoder step, ms (0 without steps).
+    pub fn ms_per_step(&self) -> f64 {
+        if self.steps == 0 {
+            0.0
+        } else {
+            self.steps_ms / self.steps as f64
+        }
+    }
 }

@@ -44,6 +44,8 @@ pub struct TranscribeRequest {
     pub max_new_tokens: Option<usize>,
     /// Seed for sampling at temperature > 0.
     pub seed: u64,
+    /// Never stop on end-of-text: decode `max_new_tokens` per window (benchmarks).
+    pub ignore_eot: bool,
 }
 
 impl Default for TranscribeRequest {
@@ -65,6 +67,7 @@ impl Default for TranscribeRequest {
             condition_on_previous_text: true,
             max_new_tokens: None,
             seed: 0,
+            ignore_eot: false,
         }
     }
 }
@@ -165,6 +168,7 @@ impl Transcriber for WhisperPipeline {
                 length_penalty: request.length_penalty,
                 without_timestamps: !request.timestamps,
                 seed: request.seed,
+                ignore_eot: request.ignore_eot,
                 ..Default::default()
             },
             temperatures: request.temperatures(),

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use candle_core::{IndexOp, Tensor};
 use std::collections::HashMap;
 use std::io::Write;
+use std::time::Instant;
 use voxide_nn::sampling::{argmax, log_softmax, log_sum_exp, Sampler, SamplingParams};
 
 /// What the decoder writes.
@@ -53,6 +54,8 @@ pub struct DecodingOptions {
     pub max_initial_timestamp: Option<f32>,
     /// Seed of the sampler used at temperature > 0.
     pub seed: u64,
+    /// Never sample end-of-text, so every decode runs `sample_len` steps (benchmarks).
+    pub ignore_eot: bool,
 }
 
 impl Default for DecodingOptions {
@@ -73,6 +76,7 @@ impl Default for DecodingOptions {
             without_timestamps: false,
             max_initial_timestamp: Some(1.0),
             seed: 0,
+            ignore_eot: false,
         }
     }
 }
@@ -96,8 +100,14 @@ pub struct DecodingResult {
     pub temperature: f32,
     /// UTF-8 bytes / zlib-compressed bytes of `text`.
     pub compression_ratio: f32,
-    /// Decoder forward passes (1 prefill + steps).
-    pub decoder_calls: usize,
+    /// Time of the prefill (all initial tokens, up to the first sampled token), ms.
+    pub prefill_ms: f64,
+    /// When the first token was sampled.
+    pub first_token_at: Option<Instant>,
+    /// Single-token decoder steps after the prefill.
+    pub steps: usize,
+    /// Time of those steps (decoder, logit rules, search), ms.
+    pub steps_ms: f64,
 }
 
 /// UTF-8 length over zlib-compressed length, as openai-whisper's `compression_ratio`.
@@ -513,11 +523,19 @@ impl<'a> WindowDecoder<'a> {
         let mut sum_logprobs = vec![0f32; n_group];
         let mut no_speech_prob = f32::NAN;
         let mut scratch = vec![0f32; rules.n_vocab];
-        let mut calls = 0;
+        let (mut prefill_ms, mut steps_ms, mut steps) = (0.0, 0.0, 0);
+        let mut first_token_at = None;
         let device = model.device().clone();
         let sampler = &mut self.sampler;
         let state = state_for(&mut self.states, model, self.audio.as_ref(), n_group)?;
         for i in 0..sample_len {
+            let clock = Instant::now();
+            let _span = if i == 0 {
+                tracing::trace_span!("prefill", tokens = sample_begin * n_group)
+            } else {
+                tracing::trace_span!("decoder_step", step = i)
+            }
+            .entered();
             let input: Vec<u32> = if i == 0 {
                 rows.iter().flatten().copied().collect()
             } else {
@@ -526,7 +544,6 @@ impl<'a> WindowDecoder<'a> {
             let t = if i == 0 { sample_begin } else { 1 };
             let input = Tensor::from_vec(input, (n_group, t), &device)?;
             let hidden = model.decode(&input, state, None)?;
-            calls += 1;
             if i == 0 {
                 let at_sot = model.logits(&hidden.i((0, sot_index))?)?.to_vec1::<f32>()?;
                 let lse = log_sum_exp(&at_sot);
@@ -534,7 +551,11 @@ impl<'a> WindowDecoder<'a> {
             }
             let last = hidden.narrow(1, t - 1, 1)?;
             let mut logits = model.logits(&last)?.squeeze(1)?.to_vec2::<f32>()?;
+            let _sampling = tracing::trace_span!("sampling").entered();
             for (row, l) in rows.iter().zip(logits.iter_mut()) {
+                if opts.ignore_eot {
+                    l[s.eot as usize] = f32::NEG_INFINITY;
+                }
                 rules.apply(l, &row[sample_begin..], opts, &mut scratch);
             }
             let completed = match beam.as_mut() {
@@ -584,6 +605,14 @@ impl<'a> WindowDecoder<'a> {
                     done
                 }
             };
+            let elapsed = clock.elapsed().as_secs_f64() * 1e3;
+            if i == 0 {
+                prefill_ms = elapsed;
+                first_token_at = Some(Instant::now());
+            } else {
+                steps_ms += elapsed;
+                steps += 1;
+            }
             if completed || rows[0].len() > rules.n_text_ctx {
                 break;
             }
@@ -631,7 +660,10 @@ impl<'a> WindowDecoder<'a> {
             ended_with_eot,
             no_speech_prob,
             temperature: opts.temperature,
-            decoder_calls: calls,
+            prefill_ms,
+            first_token_at,
+            steps,
+            steps_ms,
         })
     }
 }

@@ -129,15 +129,19 @@ impl WhisperPipeline {
         progress: &mut dyn FnMut(f64),
     ) -> Result<(Transcript, Timings)> {
         let mut timings = Timings::default();
-        let clock = Instant::now();
-        let mel = self.mel.log_mel(samples, N_SAMPLES);
-        timings.mel_ms = ms(clock);
+        let start = Instant::now();
+        let mel = {
+            let _span = tracing::trace_span!("mel", samples = samples.len()).entered();
+            self.mel.log_mel(samples, N_SAMPLES)
+        };
+        timings.mel_ms = ms(start);
         let content_frames = mel.n_frames - N_FRAMES;
         let special = *self.rules.special();
         let mut decoder = self.window_decoder(opts.decode.seed);
 
         let encode = |window: &LogMel, timings: &mut Timings| -> Result<Tensor> {
             let clock = Instant::now();
+            let _span = tracing::trace_span!("encoder").entered();
             let features = self.model.encode(&self.window_tensor(window)?)?;
             timings.encoder_ms += ms(clock);
             timings.encoder_calls += 1;
@@ -153,8 +157,7 @@ impl WhisperPipeline {
                 decoder.set_audio(encode(&mel.window(0, N_FRAMES), &mut timings)?)?;
                 let clock = Instant::now();
                 let probs = decoder.detect_language()?;
-                timings.decode_ms += ms(clock);
-                timings.decoder_calls += 1;
+                timings.language_ms += ms(clock);
                 let best = probs
                     .iter()
                     .fold(None::<(&str, f32)>, |b, &(c, p)| match b {
@@ -188,7 +191,6 @@ impl WhisperPipeline {
 
             let mut window_opts = opts.decode.clone();
             window_opts.prompt = all_tokens[prompt_reset_since..].to_vec();
-            let clock = Instant::now();
             let result = self.decode_with_fallback(
                 &mut decoder,
                 &mut window_opts,
@@ -196,7 +198,11 @@ impl WhisperPipeline {
                 &language,
                 &mut timings,
             )?;
-            timings.decode_ms += ms(clock);
+            if timings.first_token_ms.is_none() {
+                timings.first_token_ms = result
+                    .first_token_at
+                    .map(|t| t.duration_since(start).as_secs_f64() * 1e3);
+            }
 
             if let Some(threshold) = opts.no_speech_threshold {
                 let mut skip = result.no_speech_prob > threshold;
@@ -319,7 +325,10 @@ impl WhisperPipeline {
         for &t in &opts.temperatures {
             window_opts.temperature = t;
             let r = decoder.decode(window_opts, language)?;
-            timings.decoder_calls += r.decoder_calls;
+            timings.prefills += 1;
+            timings.prefill_ms += r.prefill_ms;
+            timings.steps += r.steps;
+            timings.steps_ms += r.steps_ms;
             let mut needs_fallback = opts
                 .compression_ratio_threshold
                 .is_some_and(|c| r.compression_ratio > c)

@@ -1,0 +1,248 @@
+//! `voxide bench`: timed transcriptions of files or named suites, with medians over repeats,
+//! totals in antirez/voxtral.c's protocol, baselines, and Chrome traces.
+
+mod report;
+mod suite;
+
+use crate::transcribe::set_threads;
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use report::{compare, FileReport, Report, Run, Totals, Verdict};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use suite::{suite, BenchInput, SUITES};
+use voxide_audio::{load_mono, AudioInput};
+use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Audio files to time (or use --suite).
+    files: Vec<String>,
+    /// Model: a checkpoint directory or hub id.
+    #[arg(short, long, env = "VOXIDE_MODEL")]
+    model: String,
+    /// A named suite of corpus files: jfk, mini (5, 45 and 60 s clips), full (the long-form files).
+    #[arg(long)]
+    suite: Option<String>,
+    /// The shared corpus (for --suite).
+    #[arg(long, default_value = "../shared/corpus")]
+    corpus: PathBuf,
+    /// Measured runs per input.
+    #[arg(short = 'n', long, default_value_t = 3)]
+    repeats: usize,
+    /// Unmeasured runs per input first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// CPU threads (default: all cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Decode exactly N tokens per 30 s window, end-of-text ignored (random weights never
+    /// emit it; fixed counts make timings comparable).
+    #[arg(long, value_name = "N")]
+    fixed_steps: Option<usize>,
+    /// Language (detection costs an extra encoder pass).
+    #[arg(short, long, default_value = "en")]
+    language: String,
+    /// Write the report as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Save the report as a baseline for --compare.
+    #[arg(long, value_name = "FILE")]
+    save_baseline: Option<PathBuf>,
+    /// Compare with a baseline: a component more than 20 % slower fails (exit 1), a total more
+    /// than 10 % slower warns.
+    #[arg(long, value_name = "FILE")]
+    compare: Option<PathBuf>,
+    /// Write a Chrome trace (open in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE.json")]
+    trace: Option<PathBuf>,
+}
+
+/// Peak resident memory since the last reset, MB (Linux; 0 elsewhere).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Restarts the peak-RSS counter (Linux ≥ 4.0), so each input reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    if args.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let _trace = match &args.trace {
+        Some(path) => Some(start_trace(path)?),
+        None => None,
+    };
+    let mut inputs: Vec<BenchInput> = args.files.iter().map(|f| BenchInput::file(f)).collect();
+    if let Some(name) = &args.suite {
+        inputs.extend(suite(name, &args.corpus)?);
+    }
+    if inputs.is_empty() {
+        bail!(
+            "nothing to benchmark: give audio files or --suite ({})",
+            SUITES.join(", ")
+        );
+    }
+    let baseline = match &args.compare {
+        Some(path) => Some(read_report(path)?),
+        None => None,
+    };
+
+    let clock = Instant::now();
+    let model = {
+        let _span = tracing::info_span!("load").entered();
+        load_transcriber(&resolve_model(&args.model)?, &candle_core::Device::Cpu)?
+    };
+    let load_ms = clock.elapsed().as_secs_f64() * 1e3;
+    let request = TranscribeRequest {
+        language: Some(args.language.clone()),
+        max_new_tokens: args.fixed_steps,
+        ignore_eot: args.fixed_steps.is_some(),
+        ..Default::default()
+    };
+    let rate = model.sample_rate();
+    let mut files = Vec::new();
+    for input in &inputs {
+        let samples = {
+            let _span = tracing::info_span!("decode_audio", file = %input.name).entered();
+            input.cut(
+                load_mono(&AudioInput::File(input.path.clone()), rate)?,
+                rate,
+            )?
+        };
+        let audio_s = samples.len() as f64 / rate as f64;
+        reset_peak_rss();
+        let mut runs = Vec::new();
+        for i in 0..args.warmup + args.repeats {
+            let _span = tracing::info_span!("transcribe", file = %input.name, run = i).entered();
+            let clock = Instant::now();
+            let (_, t) = model.transcribe(&samples, &request, &mut |_| {})?;
+            let run = Run {
+                wall_ms: clock.elapsed().as_secs_f64() * 1e3,
+                mel_ms: t.mel_ms,
+                encoder_ms: t.encoder_ms,
+                prefill_ms: t.prefill_ms,
+                steps: t.steps,
+                steps_ms: t.steps_ms,
+                first_token_ms: t.first_token_ms.unwrap_or(0.0),
+            };
+            if i >= args.warmup {
+                runs.push(run);
+            }
+        }
+        files.push(FileReport::new(&input.name, audio_s, &runs, peak_rss_mb()));
+    }
+    let totals = Totals::of(&files);
+    let report = Report {
+        model: args.model.clone(),
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        repeats: args.repeats,
+        warmup: args.warmup,
+        fixed_steps: args.fixed_steps,
+        load_ms,
+        files,
+        totals,
+    };
+    print_table(&report);
+    let json = serde_json::to_string_pretty(&report)? + "\n";
+    for path in [&args.json, &args.save_baseline].into_iter().flatten() {
+        std::fs::write(path, &json).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(baseline) = baseline {
+        match compare(&report.totals, &baseline.totals) {
+            Verdict::Pass => {
+                println!("compare: PASS (no component > 20 % slower, total within 10 %)")
+            }
+            Verdict::Warn(why) => println!("compare: WARN: {}", why.join("; ")),
+            Verdict::Fail(why) => bail!("compare: FAIL: {}", why.join("; ")),
+        }
+    }
+    Ok(())
+}
+
+fn read_report(path: &Path) -> Result<Report> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read baseline {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{} is not a voxide bench report: {e}", path.display()))
+}
+
+/// Installs a Chrome-trace subscriber; the returned guard writes the file when dropped.
+fn start_trace(path: &Path) -> Result<tracing_chrome::FlushGuard> {
+    use tracing_subscriber::layer::SubscriberExt;
+    let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
+        .file(path)
+        .include_args(true)
+        .build();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+        .map_err(|e| anyhow!("cannot install the trace writer: {e}"))?;
+    Ok(guard)
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "model {} | {} threads | {} runs after {} warm-up | fixed steps {} | load {:.0} ms",
+        r.model,
+        r.threads,
+        r.repeats,
+        r.warmup,
+        r.fixed_steps.map_or("no".into(), |n| n.to_string()),
+        r.load_ms
+    );
+    println!(
+        "{:<28} {:>7} {:>9} {:>6} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8}",
+        "input",
+        "audio s",
+        "wall ms",
+        "RTF",
+        "mel ms",
+        "enc ms",
+        "prefill",
+        "steps",
+        "ms/step",
+        "tok/s",
+        "1st tok",
+        "RSS MB"
+    );
+    for f in &r.files {
+        println!(
+            "{:<28} {:>7.1} {:>9.0} {:>6.3} {:>7.1} {:>8.0} {:>8.1} {:>6.0} {:>8.2} {:>8.0} {:>8.0} {:>8.0}",
+            f.name, f.audio_s, f.wall_ms.median, f.rtf.median, f.mel_ms.median, f.encoder_ms.median,
+            f.prefill_ms.median, f.steps, f.ms_per_step.median, f.tokens_per_s.median,
+            f.first_token_ms.median, f.peak_rss_mb
+        );
+        println!(
+            "{:<28} {:>7} {:>9} {:>6} {:>7} {:>8} {:>8} {:>6} {:>8}",
+            "  (min..max)",
+            "",
+            format!("{:.0}..{:.0}", f.wall_ms.min, f.wall_ms.max),
+            "",
+            "",
+            format!("{:.0}..{:.0}", f.encoder_ms.min, f.encoder_ms.max),
+            "",
+            "",
+            format!("{:.2}..{:.2}", f.ms_per_step.min, f.ms_per_step.max)
+        );
+    }
+    let t = &r.totals;
+    let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    println!(
+        "total: audio {:.1} s | wall {:.0} ms | RTF {:.3} | encoder {:.0} ms | weighted ms/step {:.2} | short-clip ms/step {} | long-clip ms/step {} | peak RSS {:.0} MB",
+        t.audio_s, t.wall_ms, t.rtf, t.encoder_ms, t.weighted_ms_per_step, opt(t.short_ms_per_step), opt(t.long_ms_per_step), t.peak_rss_mb
+    );
+}

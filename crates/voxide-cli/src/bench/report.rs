@@ -1,0 +1,347 @@
+//! Benchmark statistics and reports: medians with min and max over repeats, totals in the
+//! protocol of antirez/voxtral.c's benchmark, and the comparison with a saved baseline.
+
+use serde::{Deserialize, Serialize};
+
+/// Median, min and max of one metric over the repeats.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stat {
+    /// Median (mean of the two middle values for an even count).
+    pub median: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Stat {
+    /// Statistics of `values` (all zero when empty).
+    pub fn of(values: &[f64]) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+}
+
+/// The measurements of one run over one input.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Run {
+    /// Whole transcription, ms.
+    pub wall_ms: f64,
+    /// Log-mel, ms.
+    pub mel_ms: f64,
+    /// Encoder, ms.
+    pub encoder_ms: f64,
+    /// Prefills, ms.
+    pub prefill_ms: f64,
+    /// Decoder steps.
+    pub steps: usize,
+    /// Decoder steps, ms.
+    pub steps_ms: f64,
+    /// Start to first sampled token, ms.
+    pub first_token_ms: f64,
+}
+
+/// Per-input results.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FileReport {
+    /// Input name.
+    pub name: String,
+    /// Audio length, s.
+    pub audio_s: f64,
+    /// Wall time, ms.
+    pub wall_ms: Stat,
+    /// Wall / audio.
+    pub rtf: Stat,
+    /// Log-mel, ms.
+    pub mel_ms: Stat,
+    /// Encoder, ms.
+    pub encoder_ms: Stat,
+    /// Prefills, ms.
+    pub prefill_ms: Stat,
+    /// Decoder steps per run (median).
+    pub steps: f64,
+    /// Decoder steps, ms (median run).
+    pub steps_ms: Stat,
+    /// ms per decoder step.
+    pub ms_per_step: Stat,
+    /// Decoded tokens per second of decoder-step time.
+    pub tokens_per_s: Stat,
+    /// Start to first token, ms.
+    pub first_token_ms: Stat,
+    /// Peak resident memory of the process while this input ran, MB.
+    pub peak_rss_mb: f64,
+}
+
+impl FileReport {
+    /// Summarises the runs over one input.
+    pub fn new(name: &str, audio_s: f64, runs: &[Run], peak_rss_mb: f64) -> Self {
+        let stat = |f: &dyn Fn(&Run) -> f64| Stat::of(&runs.iter().map(f).collect::<Vec<_>>());
+        let per_step = |r: &Run| {
+            if r.steps == 0 {
+                0.0
+            } else {
+                r.steps_ms / r.steps as f64
+            }
+        };
+        Self {
+            name: name.to_string(),
+            audio_s,
+            wall_ms: stat(&|r| r.wall_ms),
+            rtf: stat(&|r| r.wall_ms / 1e3 / audio_s),
+            mel_ms: stat(&|r| r.mel_ms),
+            encoder_ms: stat(&|r| r.encoder_ms),
+            prefill_ms: stat(&|r| r.prefill_ms),
+            steps: stat(&|r| r.steps as f64).median,
+            steps_ms: stat(&|r| r.steps_ms),
+            ms_per_step: stat(&per_step),
+            tokens_per_s: stat(&|r| {
+                if r.steps_ms > 0.0 {
+                    r.steps as f64 * 1e3 / r.steps_ms
+                } else {
+                    0.0
+                }
+            }),
+            first_token_ms: stat(&|r| r.first_token_ms),
+            peak_rss_mb,
+        }
+    }
+}
+
+/// Totals over all inputs, from the per-input medians (antirez/voxtral.c's protocol).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    /// Audio, s.
+    pub audio_s: f64,
+    /// Wall, ms.
+    pub wall_ms: f64,
+    /// Total wall / total audio.
+    pub rtf: f64,
+    /// Log-mel, ms.
+    pub mel_ms: f64,
+    /// Encoder, ms.
+    pub encoder_ms: f64,
+    /// Prefills, ms.
+    pub prefill_ms: f64,
+    /// Total decoder-step time / total steps.
+    pub weighted_ms_per_step: f64,
+    /// Mean ms/step over clips shorter than 60 s.
+    pub short_ms_per_step: Option<f64>,
+    /// Mean ms/step over clips of 59 s or more.
+    pub long_ms_per_step: Option<f64>,
+    /// Highest peak resident memory, MB.
+    pub peak_rss_mb: f64,
+}
+
+impl Totals {
+    /// Totals of the per-input reports.
+    pub fn of(files: &[FileReport]) -> Self {
+        let sum = |f: &dyn Fn(&FileReport) -> f64| files.iter().map(f).sum::<f64>();
+        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let audio_s = sum(&|f| f.audio_s);
+        let wall_ms = sum(&|f| f.wall_ms.median);
+        let steps = sum(&|f| f.steps);
+        Self {
+            audio_s,
+            wall_ms,
+            rtf: if audio_s > 0.0 {
+                wall_ms / 1e3 / audio_s
+            } else {
+                0.0
+            },
+            mel_ms: sum(&|f| f.mel_ms.median),
+            encoder_ms: sum(&|f| f.encoder_ms.median),
+            prefill_ms: sum(&|f| f.prefill_ms.median),
+            weighted_ms_per_step: if steps > 0.0 {
+                sum(&|f| f.steps_ms.median) / steps
+            } else {
+                0.0
+            },
+            short_ms_per_step: mean(
+                files
+                    .iter()
+                    .filter(|f| f.audio_s < 60.0)
+                    .map(|f| f.ms_per_step.median)
+                    .collect(),
+            ),
+            long_ms_per_step: mean(
+                files
+                    .iter()
+                    .filter(|f| f.audio_s >= 59.0)
+                    .map(|f| f.ms_per_step.median)
+                    .collect(),
+            ),
+            peak_rss_mb: files.iter().map(|f| f.peak_rss_mb).fold(0.0, f64::max),
+        }
+    }
+}
+
+/// A whole benchmark: what ran, per input and in total.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Model directory.
+    pub model: String,
+    /// CPU threads.
+    pub threads: usize,
+    /// Measured runs per input.
+    pub repeats: usize,
+    /// Unmeasured runs per input.
+    pub warmup: usize,
+    /// Decoder steps per window when fixed.
+    pub fixed_steps: Option<usize>,
+    /// Model load, ms.
+    pub load_ms: f64,
+    /// Per input.
+    pub files: Vec<FileReport>,
+    /// Totals.
+    pub totals: Totals,
+}
+
+/// Outcome of a comparison with a baseline.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Within bounds.
+    Pass,
+    /// The total is more than 10 % slower.
+    Warn(Vec<String>),
+    /// A component is more than 20 % slower.
+    Fail(Vec<String>),
+}
+
+/// A component must be slower by more than this fraction (and than its noise floor) to fail.
+const COMPONENT_LIMIT: f64 = 0.20;
+/// The total must be slower by more than this fraction to warn.
+const TOTAL_LIMIT: f64 = 0.10;
+
+/// Compares `now` with `baseline` component by component (log-mel, encoder, prefill,
+/// ms/step) and in total (wall).
+pub fn compare(now: &Totals, baseline: &Totals) -> Verdict {
+    // (name, now, baseline, noise floor in ms: differences below it pass whatever their ratio;
+    // a 5 s clip's log-mel takes ~2 ms).
+    let components = [
+        ("mel", now.mel_ms, baseline.mel_ms, 1.0),
+        ("encoder", now.encoder_ms, baseline.encoder_ms, 1.0),
+        ("prefill", now.prefill_ms, baseline.prefill_ms, 1.0),
+        (
+            "decoder ms/step",
+            now.weighted_ms_per_step,
+            baseline.weighted_ms_per_step,
+            0.05,
+        ),
+    ];
+    let slower = |now: f64, base: f64, limit: f64, floor: f64| {
+        now > base * (1.0 + limit) && now - base > floor
+    };
+    let failures: Vec<String> = components
+        .iter()
+        .filter(|(_, n, b, floor)| slower(*n, *b, COMPONENT_LIMIT, *floor))
+        .map(|(name, n, b, _)| {
+            format!(
+                "{name} {n:.2} ms vs baseline {b:.2} ms (+{:.0} %)",
+                (n / b - 1.0) * 100.0
+            )
+        })
+        .collect();
+    if !failures.is_empty() {
+        return Verdict::Fail(failures);
+    }
+    if slower(now.wall_ms, baseline.wall_ms, TOTAL_LIMIT, 1.0) {
+        return Verdict::Warn(vec![format!(
+            "total {:.0} ms vs baseline {:.0} ms (+{:.0} %)",
+            now.wall_ms,
+            baseline.wall_ms,
+            (now.wall_ms / baseline.wall_ms - 1.0) * 100.0
+        )]);
+    }
+    Verdict::Pass
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_take_the_median() {
+        assert_eq!(
+            Stat::of(&[3.0, 1.0, 2.0]),
+            Stat {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            }
+        );
+        assert_eq!(Stat::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+
+    fn file(name: &str, audio_s: f64, wall: f64, steps: f64, steps_ms: f64) -> FileReport {
+        let run = Run {
+            wall_ms: wall,
+            steps: steps as usize,
+            steps_ms,
+            ..Default::default()
+        };
+        FileReport::new(name, audio_s, &[run], 100.0)
+    }
+
+    #[test]
+    fn totals_follow_the_voxtral_c_protocol() {
+        let files = [
+            file("a", 5.0, 1000.0, 10.0, 100.0),
+            file("b", 120.0, 9000.0, 90.0, 1800.0),
+        ];
+        let t = Totals::of(&files);
+        assert_eq!(t.audio_s, 125.0);
+        assert_eq!(t.rtf, 10.0 / 125.0);
+        assert_eq!(
+            t.weighted_ms_per_step,
+            1900.0 / 100.0,
+            "total step time / total steps"
+        );
+        assert_eq!(t.short_ms_per_step, Some(10.0));
+        assert_eq!(t.long_ms_per_step, Some(20.0));
+    }
+
+    #[test]
+    fn a_planted_regression_fails_and_noise_passes() {
+        let base = Totals {
+            mel_ms: 50.0,
+            encoder_ms: 700.0,
+            prefill_ms: 30.0,
+            weighted_ms_per_step: 3.0,
+            wall_ms: 2000.0,
+            ..Default::default()
+        };
+        assert_eq!(compare(&base, &base), Verdict::Pass);
+        let noisy = Totals {
+            encoder_ms: 770.0,
+            wall_ms: 2100.0,
+            ..base.clone()
+        };
+        assert_eq!(compare(&noisy, &base), Verdict::Pass);
+        let slow_step = Totals {
+            weighted_ms_per_step: 3.9,
+            ..base.clone()
+        };
+        assert!(
+            matches!(compare(&slow_step, &base), Verdict::Fail(v) if v[0].starts_with("decoder ms/step"))
+        );
+        let slow_total = Totals {
+            wall_ms: 2300.0,
+            ..base.clone()
+        };
+        assert!(matches!(compare(&slow_total, &base), Verdict::Warn(_)));
+    }
+}
