@@ -80,6 +80,9 @@ pub struct TranscribeArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
+    /// Decoder weight precision: auto (the checkpoint's), f32 or f16.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16"])]
+    precision: String,
     /// Print timings (mel, encoder, decoder ms/step, real-time factor) to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -109,6 +112,15 @@ impl TranscribeArgs {
     }
 }
 
+/// The `--precision` value as a dtype (`None`: the checkpoint's).
+pub fn precision(value: &str) -> Option<candle_core::DType> {
+    match value {
+        "f32" => Some(candle_core::DType::F32),
+        "f16" => Some(candle_core::DType::F16),
+        _ => None,
+    }
+}
+
 /// Caps the threads of candle's matmuls (read from RAYON_NUM_THREADS) and of rayon's pool.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
@@ -131,7 +143,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     let clock = Instant::now();
     let source = resolve_model(&args.model)?;
     let device = candle_core::Device::Cpu;
-    let model = load_transcriber(&source, &device)?;
+    let model = load_transcriber(&source, &device, precision(&args.precision))?;
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     if args.verbose {
         eprintln!(

@@ -9,7 +9,7 @@ use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
 fn pipeline() -> WhisperPipeline {
     let dir =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper/tiny-random");
-    WhisperPipeline::from_dir(&dir, &Device::Cpu).unwrap()
+    WhisperPipeline::from_dir(&dir, &Device::Cpu, None).unwrap()
 }
 
 fn jfk() -> Vec<f32> {

@@ -30,7 +30,12 @@ impl Conv1d {
     /// Loads `weight` and `bias` from `vb`.
     pub fn load(vb: VarBuilder, spec: Conv1dSpec) -> Result<Self> {
         let weight = vb.get((spec.out_channels, spec.in_channels, spec.kernel), "weight")?;
-        let bias = vb.get(spec.out_channels, "bias")?;
+        let bias = vb.get_with_hints_dtype(
+            spec.out_channels,
+            "bias",
+            candle_nn::Init::Const(0.),
+            candle_core::DType::F32,
+        )?;
         Ok(Self { weight, bias, spec })
     }
 

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod kernels;
 pub mod kv_cache;
 pub mod linear;
 pub mod mlp;

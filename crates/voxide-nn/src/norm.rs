@@ -1,7 +1,12 @@
 //! Normalisation layers, computed in f32 like the references.
 
-use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// Norm parameters are vectors: always f32, whatever the dtype of the matrices.
+fn vector(vb: &VarBuilder, dim: usize, name: &str) -> Result<Tensor> {
+    vb.get_with_hints_dtype(dim, name, Init::Const(1.), DType::F32)
+}
 
 /// LayerNorm with `weight` and `bias` [dim] (Whisper: eps 1e-5).
 #[derive(Clone, Debug)]
@@ -15,8 +20,8 @@ impl LayerNorm {
     /// Loads `weight` and `bias` of shape [dim].
     pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
+            weight: vector(&vb, dim, "weight")?,
+            bias: vector(&vb, dim, "bias")?,
             eps: eps as f32,
         })
     }
@@ -38,7 +43,7 @@ impl RmsNorm {
     /// Loads `weight` of shape [dim].
     pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
+            weight: vector(&vb, dim, "weight")?,
             eps: eps as f32,
         })
     }

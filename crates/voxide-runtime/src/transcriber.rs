@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::resolve::ModelSource;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::tokenizer::language_code;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
@@ -182,8 +182,13 @@ impl Transcriber for WhisperPipeline {
     }
 }
 
-/// Loads the model in `source` by the `model_type` of its config.json.
-pub fn load_transcriber(source: &ModelSource, device: &Device) -> Result<Box<dyn Transcriber>> {
+/// Loads the model in `source` by the `model_type` of its config.json. `precision` sets the
+/// dtype of the decoder's weight matrices (default: the checkpoint's own).
+pub fn load_transcriber(
+    source: &ModelSource,
+    device: &Device,
+    precision: Option<DType>,
+) -> Result<Box<dyn Transcriber>> {
     let dir = source.dir();
     let config = dir.join("config.json");
     let text = std::fs::read_to_string(&config).map_err(|e| {
@@ -195,7 +200,7 @@ pub fn load_transcriber(source: &ModelSource, device: &Device) -> Result<Box<dyn
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Resolve(format!("invalid {}: {e}", config.display())))?;
     match json["model_type"].as_str() {
-        Some("whisper") => Ok(Box::new(WhisperPipeline::from_dir(dir, device)?)),
+        Some("whisper") => Ok(Box::new(WhisperPipeline::from_dir(dir, device, precision)?)),
         Some(other) => Err(Error::Resolve(format!(
             "{}: model_type {other:?} is not supported yet (supported: whisper)",
             config.display()

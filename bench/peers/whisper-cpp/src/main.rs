@@ -419,8 +419,13 @@ fn run_full(
                 )));
             }
         }
-        let timings = (layout_ok && after.n_encode - before.n_encode == encoder_calls)
-            .then(|| timings_delta(before, after));
+        let timings = (layout_ok && after.n_encode - before.n_encode == encoder_calls).then(|| {
+            let mut t = timings_delta(before, after);
+            // whisper.cpp 1.8.3 does not count n_sample: per decoded token instead.
+            let sample_ms = t["sample_ms"].as_f64().unwrap_or(0.0);
+            t["sample_ms_per_token"] = json!(sample_ms / tokens.max(1) as f64);
+            t
+        });
         Ok(FullRun {
             wall_ms,
             segments,

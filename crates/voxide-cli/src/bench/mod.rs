@@ -4,7 +4,7 @@
 mod report;
 mod suite;
 
-use crate::transcribe::set_threads;
+use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use report::{compare, FileReport, Report, Run, Totals, Verdict};
@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
+    /// Decoder weight precision: auto (the checkpoint's), f32 or f16.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16"])]
+    precision: String,
     /// Decode exactly N tokens per 30 s window, end-of-text ignored (random weights never
     /// emit it; fixed counts make timings comparable).
     #[arg(long, value_name = "N")]
@@ -104,7 +107,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let clock = Instant::now();
     let model = {
         let _span = tracing::info_span!("load").entered();
-        load_transcriber(&resolve_model(&args.model)?, &candle_core::Device::Cpu)?
+        let source = resolve_model(&args.model)?;
+        load_transcriber(
+            &source,
+            &candle_core::Device::Cpu,
+            precision(&args.precision),
+        )?
     };
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     let request = TranscribeRequest {

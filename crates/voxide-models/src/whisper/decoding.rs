@@ -127,7 +127,6 @@ pub struct LogitRules {
     suppress: Vec<u32>,
     /// Suppressed at the first sampled position: " " and end-of-text.
     begin_suppress: Vec<u32>,
-    n_vocab: usize,
     n_text_ctx: usize,
 }
 
@@ -168,7 +167,6 @@ impl LogitRules {
             special: s,
             suppress,
             begin_suppress,
-            n_vocab,
             n_text_ctx: model.config().max_target_positions,
         })
     }
@@ -179,13 +177,7 @@ impl LogitRules {
     }
 
     /// Applies the filters to one row of logits; `sampled` are the tokens after the initial ones.
-    fn apply(
-        &self,
-        logits: &mut [f32],
-        sampled: &[u32],
-        opts: &DecodingOptions,
-        scratch: &mut [f32],
-    ) {
+    fn apply(&self, logits: &mut [f32], sampled: &[u32], opts: &DecodingOptions) {
         let s = &self.special;
         let first = sampled.is_empty();
         if opts.suppress_blank && first {
@@ -233,13 +225,15 @@ impl LogitRules {
             }
         }
         // If the timestamps together are likelier than any text token, sample a timestamp.
-        log_softmax(logits, scratch);
-        let timestamp_logprob = log_sum_exp(&scratch[ts..]);
-        let max_text_logprob = scratch[..ts]
+        // (openai-whisper compares log-probabilities; both sides share the normaliser, so
+        // comparing the timestamps' log-sum-exp with the best text logit is the same test
+        // without a log-softmax over the whole vocabulary.)
+        let timestamp_lse = log_sum_exp(&logits[ts..]);
+        let max_text = logits[..ts]
             .iter()
             .copied()
             .fold(f32::NEG_INFINITY, f32::max);
-        if timestamp_logprob > max_text_logprob {
+        if timestamp_lse > max_text {
             logits[..ts].fill(f32::NEG_INFINITY);
         }
     }
@@ -522,7 +516,6 @@ impl<'a> WindowDecoder<'a> {
         let mut rows: Vec<Vec<u32>> = vec![initial.clone(); n_group];
         let mut sum_logprobs = vec![0f32; n_group];
         let mut no_speech_prob = f32::NAN;
-        let mut scratch = vec![0f32; rules.n_vocab];
         let (mut prefill_ms, mut steps_ms, mut steps) = (0.0, 0.0, 0);
         let mut first_token_at = None;
         let device = model.device().clone();
@@ -556,7 +549,7 @@ impl<'a> WindowDecoder<'a> {
                 if opts.ignore_eot {
                     l[s.eot as usize] = f32::NEG_INFINITY;
                 }
-                rules.apply(l, &row[sample_begin..], opts, &mut scratch);
+                rules.apply(l, &row[sample_begin..], opts);
             }
             let completed = match beam.as_mut() {
                 None => {
@@ -576,9 +569,8 @@ impl<'a> WindowDecoder<'a> {
                                 },
                             ) as u32
                         };
-                        log_softmax(l, &mut scratch);
                         if prev != s.eot {
-                            sum_logprobs[k] += scratch[next as usize];
+                            sum_logprobs[k] += l[next as usize] - log_sum_exp(l);
                         }
                         rows[k].push(next);
                     }

@@ -164,13 +164,16 @@ pub struct Decoder {
 
 impl Decoder {
     fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        // The token table is also the output head: it keeps the matrices' dtype.
         let embed_tokens = vb.get((cfg.vocab_size, cfg.d_model), "embed_tokens.weight")?;
         Ok(Self {
             head: Linear::from_weights(embed_tokens.clone(), None),
             embed_tokens,
-            embed_positions: vb.get(
+            embed_positions: vb.get_with_hints_dtype(
                 (cfg.max_target_positions, cfg.d_model),
                 "embed_positions.weight",
+                candle_nn::Init::Const(0.),
+                DType::F32,
             )?,
             layers: (0..cfg.decoder_layers)
                 .map(|i| {
@@ -263,20 +266,24 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl Whisper {
-    /// Builds the model from tensors named as in the Hugging Face checkpoint.
-    pub fn load(vb: VarBuilder, config: Config) -> candle_core::Result<Self> {
+    /// Builds the model from tensors named as in the Hugging Face checkpoint. The encoder
+    /// computes in f32 (its GEMMs are compute-bound); the decoder's matrices are held in
+    /// `decoder_dtype` (f16 halves the bytes each token reads).
+    pub fn load(vb: VarBuilder, config: Config, decoder_dtype: DType) -> candle_core::Result<Self> {
         let device = vb.device().clone();
         let vb = vb.pp("model");
         Ok(Self {
-            encoder: Encoder::load(vb.pp("encoder"), &config)?,
-            decoder: Decoder::load(vb.pp("decoder"), &config)?,
+            encoder: Encoder::load(vb.pp("encoder").set_dtype(DType::F32), &config)?,
+            decoder: Decoder::load(vb.pp("decoder").set_dtype(decoder_dtype), &config)?,
             config,
             device,
         })
     }
 
-    /// Loads `config.json` and the safetensors weights of a checkpoint directory (f32).
-    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+    /// Loads `config.json` and the safetensors weights of a checkpoint directory. The decoder's
+    /// matrices take `precision`, or by default the checkpoint's own precision (f16 for f16 and
+    /// bf16 checkpoints, f32 for f32 ones).
+    pub fn from_dir(dir: &Path, device: &Device, precision: Option<DType>) -> Result<Self> {
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             return Err(Error::MissingFile {
@@ -294,9 +301,20 @@ impl Whisper {
         // SAFETY: the files are memory-mapped read-only; voxide never writes to them and a user
         // who rewrites a checkpoint while it is being loaded gets garbage weights, not UB in Rust
         // data structures (tensors are copied out of the map before use).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
+        let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
             .map_err(weights_error)?;
-        Self::load(vb, config).map_err(weights_error)
+        let decoder_dtype = precision.unwrap_or_else(|| {
+            let stored = tensors
+                .get("model.decoder.embed_tokens.weight")
+                .ok()
+                .map(|t| t.dtype());
+            match stored.and_then(|d| DType::try_from(d).ok()) {
+                Some(DType::F16 | DType::BF16) => DType::F16,
+                _ => DType::F32,
+            }
+        });
+        let vb = VarBuilder::from_backend(Box::new(tensors), DType::F32, device.clone());
+        Self::load(vb, config, decoder_dtype).map_err(weights_error)
     }
 
     /// The checkpoint's configuration.
@@ -386,7 +404,8 @@ impl Whisper {
         let tok = d
             .embed_tokens
             .embedding(&tokens.flatten_all()?)?
-            .reshape(tokens.dims2().map(|(b, t)| (b, t, self.config.d_model))?)?;
+            .to_dtype(DType::F32)?
+            .reshape((tokens.dim(0)?, t, self.config.d_model))?;
         let mut x = tok.broadcast_add(&d.embed_positions.narrow(0, position, t)?)?;
         for (i, layer) in d.layers.iter().enumerate() {
             if let Some(trace) = trace.as_deref_mut() {

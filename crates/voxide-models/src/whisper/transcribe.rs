@@ -10,7 +10,7 @@ use super::tokenizer::Tokenizer;
 use super::{HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
 use crate::error::Result;
 use crate::transcript::{Segment, Timings, Transcript};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 use std::time::Instant;
 use voxide_audio::{LogMel, WhisperMel};
@@ -60,9 +60,9 @@ pub struct WhisperPipeline {
 
 impl WhisperPipeline {
     /// Loads a Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer,
-    /// optional generation_config.json).
-    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let model = Whisper::from_dir(dir, device)?;
+    /// optional generation_config.json); `precision` as [`Whisper::from_dir`].
+    pub fn from_dir(dir: &Path, device: &Device, precision: Option<DType>) -> Result<Self> {
+        let model = Whisper::from_dir(dir, device, precision)?;
         let tokenizer = Tokenizer::from_dir(dir, model.config().vocab_size)?;
         let gen_path = dir.join("generation_config.json");
         let generation = if gen_path.is_file() {
