@@ -99,8 +99,8 @@ mod x86 {
             let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
             let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
             let mut total = _mm_cvtss_f32(q);
-            for jj in j..k {
-                total += *xp.add(i * k + jj) * w[jj].to_f32();
+            for (jj, wv) in w.iter().enumerate().skip(j) {
+                total += *xp.add(i * k + jj) * wv.to_f32();
             }
             *a = total;
         }
