@@ -153,22 +153,45 @@ impl Attention {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch_kv, kv_heads, rows, hd))?;
-        let scores = (q.matmul(&k.transpose(2, 3)?)? * self.scale)?;
-        let scores = match mask {
-            Some(mask) => scores
-                .reshape((batch_kv, kv_heads, beams * rep, t, s))?
-                .broadcast_add(mask)?
-                .reshape((batch_kv, kv_heads, rows, s))?,
-            None => scores,
+        // Scale the queries, not the scores: (rows × hd) values instead of (rows × s).
+        let q = (q * self.scale)?;
+        let v = v.contiguous()?;
+        // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
+        // scores never exist for all heads at once.
+        let heads_per_chunk = (SCORES_PER_CHUNK / (rows * s).max(1)).clamp(1, kv_heads);
+        let mut chunks = Vec::with_capacity(kv_heads.div_ceil(heads_per_chunk));
+        for h0 in (0..kv_heads).step_by(heads_per_chunk) {
+            let n = heads_per_chunk.min(kv_heads - h0);
+            let (q, k, v) = (
+                q.narrow(1, h0, n)?,
+                k.narrow(1, h0, n)?,
+                v.narrow(1, h0, n)?,
+            );
+            let scores = q.matmul(&k.transpose(2, 3)?)?;
+            let scores = match mask {
+                Some(mask) => scores
+                    .reshape((batch_kv, n, beams * rep, t, s))?
+                    .broadcast_add(mask)?
+                    .reshape((batch_kv, n, rows, s))?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            chunks.push(probs.matmul(&v)?); // (batch_kv, n, rows, hd)
+        }
+        let out = if chunks.len() == 1 {
+            chunks.pop().expect("one chunk")
+        } else {
+            Tensor::cat(&chunks, 1)?
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?; // (batch_kv, kv_heads, rows, hd)
         out.reshape((batch_kv, kv_heads, beams, rep * t * hd))?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch, heads, t, hd))
     }
 }
+
+/// Attention scores computed at once at most (4 M f32 = 16 MB).
+const SCORES_PER_CHUNK: usize = 1 << 22;
 
 /// Additive mask (t, past + t): query i sees keys 0..=past + i.
 fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {

@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
 use voxide_nn::attention::KvSource;
 use voxide_nn::conv::ConvStem;
+use voxide_nn::weights::SafetensorsFiles;
 use voxide_nn::{Attention, AttentionConfig, CrossKv, GeluMlp, KvCache, LayerNorm, Linear};
 
 const LN_EPS: f64 = 1e-5;
@@ -298,21 +299,12 @@ impl Whisper {
             path: files[0].clone(),
             message: e.to_string().lines().next().unwrap_or_default().to_string(),
         };
-        // SAFETY: the files are memory-mapped read-only; voxide never writes to them and a user
-        // who rewrites a checkpoint while it is being loaded gets garbage weights, not UB in Rust
-        // data structures (tensors are copied out of the map before use).
-        let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-            .map_err(weights_error)?;
-        let decoder_dtype = precision.unwrap_or_else(|| {
-            let stored = tensors
-                .get("model.decoder.embed_tokens.weight")
-                .ok()
-                .map(|t| t.dtype());
-            match stored.and_then(|d| DType::try_from(d).ok()) {
+        let tensors = SafetensorsFiles::open(&files).map_err(weights_error)?;
+        let decoder_dtype =
+            precision.unwrap_or(match tensors.dtype("model.decoder.embed_tokens.weight") {
                 Some(DType::F16 | DType::BF16) => DType::F16,
                 _ => DType::F32,
-            }
-        });
+            });
         let vb = VarBuilder::from_backend(Box::new(tensors), DType::F32, device.clone());
         Self::load(vb, config, decoder_dtype).map_err(weights_error)
     }

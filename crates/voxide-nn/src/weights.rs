@@ -1,0 +1,267 @@
+//! Safetensors checkpoints read tensor by tensor.
+//!
+//! candle's loader memory-maps whole files; every page it touches stays in the resident set
+//! until the map is dropped, so a model's peak memory was its checkpoint plus its tensors.
+//! Here each tensor is read with one positioned read straight into its own buffer: the peak
+//! is the model plus the largest tensor being converted.
+
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Where one tensor lives.
+#[derive(Clone, Debug)]
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte offset of the data.
+    offset: u64,
+}
+
+/// The tensors of one or more safetensors files (shards), read on demand.
+#[derive(Debug)]
+pub struct SafetensorsFiles {
+    paths: Vec<PathBuf>,
+    files: Vec<Mutex<File>>,
+    entries: HashMap<String, Entry>,
+}
+
+fn parse_dtype(s: &str) -> Option<DType> {
+    Some(match s {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "I32" => DType::I32,
+        "I16" => DType::I16,
+        "U32" => DType::U32,
+        "U8" | "BOOL" => DType::U8,
+        _ => return None,
+    })
+}
+
+impl SafetensorsFiles {
+    /// Opens the files and validates their headers: every tensor's bytes must lie inside its
+    /// file and match its dtype and shape (a truncated download fails here, naming a tensor).
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut entries = HashMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            let fail =
+                |what: String| candle_core::Error::Msg(format!("{}: {what}", path.display()));
+            let mut file = File::open(path).map_err(|e| fail(e.to_string()))?;
+            let file_len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
+            let mut len = [0u8; 8];
+            file.read_exact(&mut len)
+                .map_err(|_| fail("not a safetensors file (shorter than its header)".into()))?;
+            let header_len = u64::from_le_bytes(len);
+            if header_len > 100 << 20 || 8 + header_len > file_len {
+                return Err(fail(format!(
+                    "not a safetensors file (header length {header_len})"
+                )));
+            }
+            let mut header = vec![0u8; header_len as usize];
+            file.read_exact(&mut header)
+                .map_err(|e| fail(e.to_string()))?;
+            let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+                .map_err(|e| fail(format!("not a safetensors file (header: {e})")))?;
+            let data_start = 8 + header_len;
+            for (name, info) in json.iter().filter(|(n, _)| *n != "__metadata__") {
+                let bad = || fail(format!("malformed header entry for {name}"));
+                let dtype_name = info["dtype"].as_str().ok_or_else(bad)?;
+                let dtype = parse_dtype(dtype_name)
+                    .ok_or_else(|| fail(format!("{name} has unsupported dtype {dtype_name}")))?;
+                let shape: Vec<usize> = info["shape"]
+                    .as_array()
+                    .ok_or_else(bad)?
+                    .iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect::<Option<_>>()
+                    .ok_or_else(bad)?;
+                let offsets = info["data_offsets"].as_array().ok_or_else(bad)?;
+                let (start, end) = match (
+                    offsets.first().and_then(|v| v.as_u64()),
+                    offsets.get(1).and_then(|v| v.as_u64()),
+                ) {
+                    (Some(s), Some(e)) if e >= s => (s, e),
+                    _ => return Err(bad()),
+                };
+                let bytes = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+                if end - start != bytes {
+                    return Err(fail(format!(
+                        "{name}: {} bytes stored for {bytes} expected",
+                        end - start
+                    )));
+                }
+                if data_start + end > file_len {
+                    return Err(fail(format!(
+                        "truncated: {name} ends at byte {} but the file has {file_len} bytes",
+                        data_start + end
+                    )));
+                }
+                entries.insert(
+                    name.clone(),
+                    Entry {
+                        file: index,
+                        dtype,
+                        shape,
+                        offset: data_start + start,
+                    },
+                );
+            }
+            files.push(Mutex::new(file));
+        }
+        Ok(Self {
+            paths: paths.to_vec(),
+            files,
+            entries,
+        })
+    }
+
+    /// Stored dtype of a tensor.
+    pub fn dtype(&self, name: &str) -> Option<DType> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
+    /// Reads one tensor in its stored dtype.
+    pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let entry = self.entries.get(name).ok_or_else(|| {
+            candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt()
+        })?;
+        let numel: usize = entry.shape.iter().product();
+        let read = |bytes: &mut [u8]| -> Result<()> {
+            let mut file = self.files[entry.file].lock().expect("a reader panicked");
+            file.seek(SeekFrom::Start(entry.offset))
+                .and_then(|_| file.read_exact(bytes))
+                .map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "{}: reading {name}: {e}",
+                        self.paths[entry.file].display()
+                    ))
+                })
+        };
+        fn typed<T: candle_core::WithDType + Default + Copy>(
+            numel: usize,
+            shape: &[usize],
+            device: &Device,
+            read: impl Fn(&mut [u8]) -> Result<()>,
+        ) -> Result<Tensor> {
+            let mut data = vec![T::default(); numel];
+            // SAFETY: plain numeric types with no invalid bit patterns; safetensors stores them
+            // little-endian, as this target reads them.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(
+                    data.as_mut_ptr() as *mut u8,
+                    std::mem::size_of_val(data.as_slice()),
+                )
+            };
+            read(bytes)?;
+            Tensor::from_vec(data, shape, device)
+        }
+        match entry.dtype {
+            DType::F32 => typed::<f32>(numel, &entry.shape, device, read),
+            DType::F16 => typed::<half::f16>(numel, &entry.shape, device, read),
+            DType::BF16 => typed::<half::bf16>(numel, &entry.shape, device, read),
+            DType::F64 => typed::<f64>(numel, &entry.shape, device, read),
+            DType::I64 => typed::<i64>(numel, &entry.shape, device, read),
+            DType::I32 => typed::<i32>(numel, &entry.shape, device, read),
+            DType::I16 => typed::<i16>(numel, &entry.shape, device, read),
+            DType::U32 => typed::<u32>(numel, &entry.shape, device, read),
+            _ => typed::<u8>(numel, &entry.shape, device, read),
+        }
+    }
+}
+
+impl SimpleBackend for SafetensorsFiles {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let tensor = self.load(name, dev)?;
+        if tensor.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: tensor.shape().clone(),
+            }
+            .bt());
+        }
+        tensor.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.load(name, dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn write(path: &Path, header: &str, data: &[u8]) {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn reads_tensors_and_rejects_damage() {
+        let dir = std::env::temp_dir().join(format!("voxide-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.safetensors");
+        let data: Vec<u8> = [1.0f32, -2.0, 3.5, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let header = r#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
+        write(&path, header, &data);
+        let files = SafetensorsFiles::open(&[path.clone()]).unwrap();
+        let w = files.load("w", &Device::Cpu).unwrap();
+        assert_eq!(
+            w.to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, -2.0], vec![3.5, 4.0]]
+        );
+        assert_eq!(files.dtype("w"), Some(DType::F32));
+        let vb = candle_nn::VarBuilder::from_backend(Box::new(files), DType::F16, Device::Cpu);
+        assert_eq!(vb.get((2, 2), "w").unwrap().dtype(), DType::F16);
+        assert!(vb
+            .get((4, 1), "w")
+            .unwrap_err()
+            .to_string()
+            .contains("shape mismatch for w"));
+        assert!(vb.get((2, 2), "missing").is_err());
+
+        write(&path, header, &data[..10]);
+        let err = SafetensorsFiles::open(&[path.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("truncated: w ends at byte"), "{err}");
+        std::fs::write(&path, b"definitely not safetensors").unwrap();
+        assert!(SafetensorsFiles::open(&[path.clone()])
+            .unwrap_err()
+            .to_string()
+            .contains("not a safetensors file"));
+        std::fs::write(&path, b"abc").unwrap();
+        assert!(SafetensorsFiles::open(&[path]).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
