@@ -234,7 +234,7 @@ mod tests {
             .collect();
         let header = r#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
         write(&path, header, &data);
-        let files = SafetensorsFiles::open(&[path.clone()]).unwrap();
+        let files = SafetensorsFiles::open(std::slice::from_ref(&path)).unwrap();
         let w = files.load("w", &Device::Cpu).unwrap();
         assert_eq!(
             w.to_vec2::<f32>().unwrap(),
@@ -251,12 +251,12 @@ mod tests {
         assert!(vb.get((2, 2), "missing").is_err());
 
         write(&path, header, &data[..10]);
-        let err = SafetensorsFiles::open(&[path.clone()])
+        let err = SafetensorsFiles::open(std::slice::from_ref(&path))
             .unwrap_err()
             .to_string();
         assert!(err.contains("truncated: w ends at byte"), "{err}");
         std::fs::write(&path, b"definitely not safetensors").unwrap();
-        assert!(SafetensorsFiles::open(&[path.clone()])
+        assert!(SafetensorsFiles::open(std::slice::from_ref(&path))
             .unwrap_err()
             .to_string()
             .contains("not a safetensors file"));
