@@ -1,10 +1,11 @@
 //! Multi-head attention with grouped-query heads, used for encoder self-attention, cached
 //! decoder self-attention and cross-attention.
 
+use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
 use crate::rope::RotaryEmbedding;
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Shape and checkpoint naming of one attention layer.
@@ -155,6 +156,19 @@ impl Attention {
             .reshape((batch_kv, kv_heads, rows, hd))?;
         // Scale the queries, not the scores: (rows × hd) values instead of (rows × s).
         let q = (q * self.scale)?;
+        if mask.is_none()
+            && rows <= MAX_QUERY_ROWS
+            && q.device().is_cpu()
+            && q.dtype() == DType::F32
+        {
+            // Decoder steps: a matrix-vector walk per head, no GEMM set-up.
+            let out = q.apply_op3_no_bwd(k, v, &DecodeAttention)?;
+            return out
+                .reshape((batch_kv, kv_heads, beams, rep * t * hd))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((batch, heads, t, hd));
+        }
         let v = v.contiguous()?;
         // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
         // scores never exist for all heads at once.
@@ -205,7 +219,6 @@ fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::DType;
     use std::collections::HashMap;
 
     fn random(shape: &[usize], seed: u64, dev: &Device) -> Result<Tensor> {
