@@ -43,6 +43,16 @@ pub enum KvSource<'a> {
     Cross(&'a CrossKv),
 }
 
+impl CrossKv {
+    /// The same keys and values stored as `dtype` (f16 halves what each decoder step reads).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            k: self.k.to_dtype(dtype)?,
+            v: self.v.to_dtype(dtype)?,
+        })
+    }
+}
+
 /// One attention layer: projections plus the scaled-dot-product core.
 #[derive(Clone, Debug)]
 pub struct Attention {
@@ -169,7 +179,8 @@ impl Attention {
                 .contiguous()?
                 .reshape((batch, heads, t, hd));
         }
-        let v = v.contiguous()?;
+        let k = k.to_dtype(q.dtype())?;
+        let v = v.to_dtype(q.dtype())?.contiguous()?;
         // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
         // scores never exist for all heads at once.
         let heads_per_chunk = (SCORES_PER_CHUNK / (rows * s).max(1)).clamp(1, kv_heads);
@@ -311,6 +322,24 @@ mod tests {
                 .max_all()?
                 .to_scalar::<f32>()?;
             assert!(diff < 1e-6, "row {b}: {diff}");
+        }
+        Ok(())
+    }
+
+    /// f16 cross-attention keys/values (decode-step kernel and GEMM path) stay within f16
+    /// rounding of the f32 result.
+    #[test]
+    fn f16_cross_source_matches_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        let attn = layer(16, 4, 4, &dev)?;
+        let kv = attn.cross_kv(&random(&[1, 7, 16], 3, &dev)?)?;
+        let half = kv.to_dtype(DType::F16)?;
+        for t in [1, 12] {
+            let x = random(&[1, t, 16], 5, &dev)?;
+            let want = attn.forward(&x, KvSource::Cross(&kv), false, None)?;
+            let got = attn.forward(&x, KvSource::Cross(&half), false, None)?;
+            let diff = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 5e-3, "t={t}: {diff}");
         }
         Ok(())
     }

@@ -46,6 +46,12 @@ pub struct BenchArgs {
     /// Language (detection costs an extra encoder pass).
     #[arg(short, long, default_value = "en")]
     language: String,
+    /// Decode text only (as whisper.cpp's `no_timestamps`): every window runs its full steps.
+    #[arg(long)]
+    without_timestamps: bool,
+    /// Do not prompt each window with the previous text (whisper.cpp's `no_context`).
+    #[arg(long)]
+    no_condition_on_previous_text: bool,
     /// Write the report as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -119,6 +125,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         language: Some(args.language.clone()),
         max_new_tokens: args.fixed_steps,
         ignore_eot: args.fixed_steps.is_some(),
+        timestamps: !args.without_timestamps,
+        condition_on_previous_text: !args.no_condition_on_previous_text,
         ..Default::default()
     };
     let rate = model.sample_rate();

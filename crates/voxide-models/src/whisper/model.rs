@@ -230,6 +230,8 @@ impl DecoderState {
 #[derive(Clone, Debug)]
 pub struct Whisper {
     config: Config,
+    /// Dtype of the decoder's matrices and of its cross-attention keys/values.
+    decoder_dtype: DType,
     encoder: Encoder,
     decoder: Decoder,
     device: Device,
@@ -276,6 +278,7 @@ impl Whisper {
         Ok(Self {
             encoder: Encoder::load(vb.pp("encoder").set_dtype(DType::F32), &config)?,
             decoder: Decoder::load(vb.pp("decoder").set_dtype(decoder_dtype), &config)?,
+            decoder_dtype,
             config,
             device,
         })
@@ -362,7 +365,7 @@ impl Whisper {
             .layers
             .iter()
             .map(|l| match &l.cross {
-                Some((attn, _)) => attn.cross_kv(audio_features),
+                Some((attn, _)) => attn.cross_kv(audio_features)?.to_dtype(self.decoder_dtype),
                 None => candle_core::bail!("decoder block without cross-attention"),
             })
             .collect::<candle_core::Result<_>>()?;
