@@ -66,6 +66,34 @@ impl CustomOp3 for DecodeAttention {
     }
 }
 
+/// One head's keys and values: the storage and where each row starts.
+#[derive(Clone, Copy)]
+struct HeadKv<'a, T> {
+    k: &'a [T],
+    v: &'a [T],
+    at: Walk,
+}
+
+/// Where row j of one head's keys and values starts.
+#[derive(Clone, Copy)]
+struct Walk {
+    k0: usize,
+    k_step: usize,
+    v0: usize,
+    v_step: usize,
+}
+
+impl Walk {
+    #[inline(always)]
+    fn key(&self, j: usize) -> usize {
+        self.k0 + j * self.k_step
+    }
+    #[inline(always)]
+    fn value(&self, j: usize) -> usize {
+        self.v0 + j * self.v_step
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Dims {
     b: usize,
@@ -76,94 +104,130 @@ struct Dims {
 }
 
 /// Keys and values are stored as f32, or as f16 (halving the bytes each step reads).
-trait KvElement: Copy + Send + Sync {
-    /// q · k.
-    fn dot(q: &[f32], k: &[Self]) -> f32;
-    /// out += p · v.
-    fn axpy(p: f32, v: &[Self], out: &mut [f32]);
+trait KvElement: Copy + Send + Sync + Sized {
+    /// out (rows × d) = softmax(q·Kᵀ)·V for one head; `scores` is scratch of length s.
+    fn head(q: &[f32], kv: HeadKv<'_, Self>, dims: Dims, out: &mut [f32], scores: &mut [f32]);
+}
+
+/// The per-head loop, written once; `dot` and `axpy` read one key / value row.
+#[inline(always)]
+fn head_with<T>(
+    q: &[f32],
+    kv: HeadKv<'_, T>,
+    dims: Dims,
+    out: &mut [f32],
+    scores: &mut [f32],
+    dot: impl Fn(&[f32], &[T]) -> f32,
+    axpy: impl Fn(f32, &[T], &mut [f32]),
+) {
+    let Dims { rows, d, .. } = dims;
+    for r in 0..rows {
+        let qr = &q[r * d..(r + 1) * d];
+        for (j, score) in scores.iter_mut().enumerate() {
+            *score = dot(qr, &kv.k[kv.at.key(j)..][..d]);
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in scores.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        let o = &mut out[r * d..(r + 1) * d];
+        for (j, p) in scores.iter().enumerate() {
+            axpy(p * inv, &kv.v[kv.at.value(j)..][..d], o);
+        }
+    }
 }
 
 impl KvElement for f32 {
-    fn dot(q: &[f32], k: &[f32]) -> f32 {
-        dot(q, k)
-    }
-    fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
-        for (o, v) in out.iter_mut().zip(v) {
-            *o += p * v;
-        }
+    fn head(q: &[f32], kv: HeadKv<'_, f32>, dims: Dims, out: &mut [f32], scores: &mut [f32]) {
+        head_with(q, kv, dims, out, scores, dot, |p, v, o| {
+            for (o, v) in o.iter_mut().zip(v) {
+                *o += p * v;
+            }
+        });
     }
 }
 
 impl KvElement for f16 {
-    fn dot(q: &[f32], k: &[f16]) -> f32 {
+    fn head(q: &[f32], kv: HeadKv<'_, f16>, dims: Dims, out: &mut [f32], scores: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if has_f16c() {
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
             // SAFETY: the features were detected at run time.
-            return unsafe { x86::dot_f16(q, k) };
+            return unsafe { x86::head_f16(q, kv, dims, out, scores) };
         }
-        q.iter().zip(k).map(|(q, k)| q * k.to_f32()).sum()
+        head_with(
+            q,
+            kv,
+            dims,
+            out,
+            scores,
+            |q, k| q.iter().zip(k).map(|(q, k)| q * k.to_f32()).sum(),
+            |p, v, o| {
+                for (o, v) in o.iter_mut().zip(v) {
+                    *o += p * v.to_f32();
+                }
+            },
+        );
     }
-    fn axpy(p: f32, v: &[f16], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_f16c() {
-            // SAFETY: the features were detected at run time.
-            return unsafe { x86::axpy_f16(p, v, out) };
-        }
-        for (o, v) in out.iter_mut().zip(v) {
-            *o += p * v.to_f32();
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_f16c() -> bool {
-    std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{head_with, Dims, HeadKv};
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// The per-head loop compiled with F16C/FMA, so the row reads below inline into it
+    /// (`d` is a multiple of 8 in every model voxide runs; a tail is handled anyway).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
-        let n = q.len().min(k.len());
-        let (qp, kp) = (q.as_ptr(), k.as_ptr() as *const u16);
-        let mut acc = _mm256_setzero_ps();
-        let mut j = 0;
-        while j + 8 <= n {
-            let kv = _mm256_cvtph_ps(_mm_loadu_si128(kp.add(j) as *const __m128i));
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(j)), kv, acc);
-            j += 8;
-        }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        let mut total: f32 = lanes.iter().sum();
-        for jj in j..n {
-            total += q[jj] * k[jj].to_f32();
-        }
-        total
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy_f16(p: f32, v: &[f16], out: &mut [f32]) {
-        let n = out.len().min(v.len());
-        let (vp, op) = (v.as_ptr() as *const u16, out.as_mut_ptr());
-        let pv = _mm256_set1_ps(p);
-        let mut j = 0;
-        while j + 8 <= n {
-            let vv = _mm256_cvtph_ps(_mm_loadu_si128(vp.add(j) as *const __m128i));
-            _mm256_storeu_ps(
-                op.add(j),
-                _mm256_fmadd_ps(pv, vv, _mm256_loadu_ps(op.add(j))),
-            );
-            j += 8;
-        }
-        for jj in j..n {
-            out[jj] += p * v[jj].to_f32();
-        }
+    pub unsafe fn head_f16(
+        q: &[f32],
+        kv: HeadKv<'_, f16>,
+        dims: Dims,
+        out: &mut [f32],
+        scores: &mut [f32],
+    ) {
+        let dot = |q: &[f32], k: &[f16]| {
+            let n = q.len();
+            let (qp, kp) = (q.as_ptr(), k.as_ptr() as *const u16);
+            let mut acc = _mm256_setzero_ps();
+            let mut j = 0;
+            while j + 8 <= n {
+                let kv = _mm256_cvtph_ps(_mm_loadu_si128(kp.add(j) as *const __m128i));
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(j)), kv, acc);
+                j += 8;
+            }
+            let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let mut total = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+            for jj in j..n {
+                total += q[jj] * k[jj].to_f32();
+            }
+            total
+        };
+        let axpy = |p: f32, v: &[f16], out: &mut [f32]| {
+            let n = out.len();
+            let (vp, op) = (v.as_ptr() as *const u16, out.as_mut_ptr());
+            let pv = _mm256_set1_ps(p);
+            let mut j = 0;
+            while j + 8 <= n {
+                let vv = _mm256_cvtph_ps(_mm_loadu_si128(vp.add(j) as *const __m128i));
+                _mm256_storeu_ps(
+                    op.add(j),
+                    _mm256_fmadd_ps(pv, vv, _mm256_loadu_ps(op.add(j))),
+                );
+                j += 8;
+            }
+            for jj in j..n {
+                out[jj] += p * v[jj].to_f32();
+            }
+        };
+        head_with(q, kv, dims, out, scores, dot, axpy);
     }
 }
 
@@ -176,34 +240,24 @@ fn attend<T: KvElement>(
     vl: &Layout,
     dims: Dims,
 ) -> Vec<f32> {
-    let Dims {
-        b: _,
-        h,
-        rows,
-        d,
-        s,
-    } = dims;
+    let Dims { h, rows, d, s, .. } = dims;
     let mut out = vec![0f32; dims.b * h * rows * d];
     let head = |bh: usize, out: &mut [f32]| {
         let (bi, hi) = (bh / h, bh % h);
+        let at = Walk {
+            k0: offset(kl, bi, hi, 0),
+            k_step: kl.stride()[2],
+            v0: offset(vl, bi, hi, 0),
+            v_step: vl.stride()[2],
+        };
         let mut scores = vec![0f32; s];
-        for r in 0..rows {
-            let qr = &q[(bh * rows + r) * d..][..d];
-            for (j, score) in scores.iter_mut().enumerate() {
-                *score = T::dot(qr, &k[offset(kl, bi, hi, j)..][..d]);
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in scores.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            let o = &mut out[r * d..(r + 1) * d];
-            for (j, p) in scores.iter().enumerate() {
-                T::axpy(p * inv, &v[offset(vl, bi, hi, j)..][..d], o);
-            }
-        }
+        T::head(
+            &q[bh * rows * d..(bh + 1) * rows * d],
+            HeadKv { k, v, at },
+            dims,
+            out,
+            &mut scores,
+        );
     };
     if dims.b * h * s * d < PARALLEL_MIN {
         out.chunks_mut(rows * d)

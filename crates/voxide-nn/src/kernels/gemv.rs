@@ -18,6 +18,9 @@ pub const MAX_ROWS: usize = 8;
 /// one thread, 18 µs on two).
 const PARALLEL_MIN: usize = 1 << 20;
 
+/// From this many weights (16 MB of f16) reads bypass the caches (non-temporal prefetch).
+const STREAM_MIN: usize = 8 << 20;
+
 /// Output rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
@@ -26,9 +29,12 @@ pub fn gemv_f16(x: &[f32], w: &[f16], y: &mut [f32], m: usize, k: usize, n: usiz
     assert!(m <= MAX_ROWS && x.len() == m * k && w.len() == n * k && y.len() == m * n);
     // Tasks own consecutive weight rows and write outputs as [row][m]; for m > 1 that is
     // transposed into y afterwards (m × n is tiny next to the weights).
+    // Matrices too big for the cache are streamed past it, so the rest of the step's weights
+    // stay cached between tokens.
+    let stream = n * k >= STREAM_MIN;
     let compute = |first: usize, out: &mut [f32]| {
         for (r, o) in out.chunks_mut(m).enumerate() {
-            dot_rows(x, &w[(first + r) * k..(first + r + 1) * k], o, k);
+            dot_rows(x, &w[(first + r) * k..(first + r + 1) * k], o, k, stream);
         }
     };
     let mut transposed = (m > 1).then(|| vec![0f32; m * n]);
@@ -53,9 +59,20 @@ pub fn gemv_f16(x: &[f32], w: &[f16], y: &mut [f32], m: usize, k: usize, n: usiz
 }
 
 /// acc[i] = x[i] · w for each of the m rows of x.
-fn dot_rows(x: &[f32], w: &[f16], acc: &mut [f32], k: usize) {
+fn dot_rows(x: &[f32], w: &[f16], acc: &mut [f32], k: usize, stream: bool) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") && k.is_multiple_of(32) {
+            // SAFETY: the feature was detected at run time.
+            unsafe {
+                if stream {
+                    x86::dot_rows_avx512::<true>(x, w, acc, k)
+                } else {
+                    x86::dot_rows_avx512::<false>(x, w, acc, k)
+                }
+            };
+            return;
+        }
         if std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
@@ -75,6 +92,38 @@ fn dot_rows(x: &[f32], w: &[f16], acc: &mut [f32], k: usize) {
 mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
+
+    /// 32 weights per iteration (two 16-wide conversions), every row of x against them;
+    /// `k` must be a multiple of 32.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_rows_avx512<const STREAM: bool>(
+        x: &[f32],
+        w: &[f16],
+        acc: &mut [f32],
+        k: usize,
+    ) {
+        let m = acc.len();
+        let mut sums = [[_mm512_setzero_ps(); 2]; super::MAX_ROWS];
+        let wp = w.as_ptr() as *const u16;
+        let xp = x.as_ptr();
+        let mut j = 0;
+        while j < k {
+            if STREAM {
+                _mm_prefetch::<_MM_HINT_NTA>(wp.add(j + 2048) as *const i8);
+            }
+            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(j) as *const __m256i));
+            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(j + 16) as *const __m256i));
+            for (i, s) in sums.iter_mut().enumerate().take(m) {
+                let xr = xp.add(i * k + j);
+                s[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xr), w0, s[0]);
+                s[1] = _mm512_fmadd_ps(_mm512_loadu_ps(xr.add(16)), w1, s[1]);
+            }
+            j += 32;
+        }
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_reduce_add_ps(_mm512_add_ps(sums[i][0], sums[i][1]));
+        }
+    }
 
     /// 16 weights per iteration (two F16C conversions), every row of x against them.
     #[target_feature(enable = "avx2,fma,f16c")]
