@@ -61,7 +61,7 @@ impl Config {
             ("encoder_attention_heads", self.encoder_attention_heads),
             ("decoder_attention_heads", self.decoder_attention_heads),
         ] {
-            if heads == 0 || self.d_model % heads != 0 {
+            if heads == 0 || !self.d_model.is_multiple_of(heads) {
                 return Err(format!(
                     "d_model {} is not divisible by {name} {heads}",
                     self.d_model
