@@ -57,13 +57,13 @@ impl AudioInput {
 /// transcribe.
 pub fn load_mono(input: &AudioInput, target_rate: u32) -> Result<Vec<f32>, AudioError> {
     let audio = input.decode()?;
-    mono_at_rate(&audio, target_rate, &input.name())
+    mono_at_rate(audio, target_rate, &input.name())
 }
 
 /// The part of [`load_mono`] after decoding: downmix, silence check,
 /// resample. `name` is used in error messages.
 pub fn mono_at_rate(
-    audio: &DecodedAudio,
+    audio: DecodedAudio,
     target_rate: u32,
     name: &str,
 ) -> Result<Vec<f32>, AudioError> {
@@ -77,6 +77,14 @@ pub fn mono_at_rate(
             name: name.to_string(),
         });
     }
-    let mono = downmix_mono(&audio.channels);
-    resample(&mono, audio.sample_rate, target_rate)
+    // Long inputs are tens of MB: move rather than copy where nothing changes.
+    let rate = audio.sample_rate;
+    let mono = match audio.channels.len() {
+        1 => audio.channels.into_iter().next().expect("one channel"),
+        _ => downmix_mono(&audio.channels),
+    };
+    if rate == target_rate {
+        return Ok(mono);
+    }
+    resample(&mono, rate, target_rate)
 }

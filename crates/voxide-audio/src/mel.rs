@@ -213,16 +213,13 @@ impl WhisperMel {
                 data: Vec::new(),
             };
         }
-        // Centred frames: reflect-pad N_FFT/2 on both sides of
-        // samples ++ zeros(padding).
+        // Centred frames over samples ++ zeros(padding), reflect-padded by N_FFT/2 on both
+        // sides; read in place (a padded copy of a long input would be tens of MB).
         let half = N_FFT / 2;
-        let at = |j: usize| samples.get(j).copied().unwrap_or(0.0);
-        let mut padded = Vec::with_capacity(total + N_FFT);
-        for i in 0..total + 2 * half {
+        let at = |i: usize| {
             let j = reflect(i as i64 - half as i64, total);
-            padded.push(at(j));
-        }
-
+            samples.get(j).copied().unwrap_or(0.0)
+        };
         let mut out = vec![0f32; n_mels * n_frames];
         let mut frame = self.fft.make_input_vec();
         let mut spec = self.fft.make_output_vec();
@@ -230,9 +227,16 @@ impl WhisperMel {
         let mut power = vec![0f64; N_FREQS];
         let mut max = f64::NEG_INFINITY;
         for t in 0..n_frames {
-            let src = &padded[t * HOP_LENGTH..t * HOP_LENGTH + N_FFT];
-            for ((d, &s), &w) in frame.iter_mut().zip(src).zip(&self.window) {
-                *d = s as f64 * w;
+            let first = t * HOP_LENGTH;
+            if first >= half && first - half + N_FFT <= samples.len() {
+                let src = &samples[first - half..first - half + N_FFT];
+                for ((d, &s), &w) in frame.iter_mut().zip(src).zip(&self.window) {
+                    *d = s as f64 * w;
+                }
+            } else {
+                for (i, (d, &w)) in frame.iter_mut().zip(&self.window).enumerate() {
+                    *d = at(first + i) as f64 * w;
+                }
             }
             // Lengths come from the plan itself, so this cannot fail.
             self.fft

@@ -19,12 +19,12 @@ fn main() {
         let mut y = vec![0f32; n];
         let reps = (200_000_000 / (n * k)).max(10);
         for _ in 0..3 {
-            gemv_f16(&x, &w, &mut y, 1, k, n);
+            gemv_f16(&x, &w, None, &mut y, 1, k, n);
         }
         let mut times: Vec<f64> = (0..reps)
             .map(|_| {
                 let t = Instant::now();
-                gemv_f16(&x, &w, &mut y, 1, k, n);
+                gemv_f16(&x, &w, None, &mut y, 1, k, n);
                 t.elapsed().as_secs_f64()
             })
             .collect();

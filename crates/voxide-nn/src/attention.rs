@@ -63,7 +63,6 @@ pub struct Attention {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    scale: f64,
 }
 
 impl Attention {
@@ -74,14 +73,16 @@ impl Attention {
         let q_dim = cfg.n_heads * cfg.head_dim;
         let kv_dim = cfg.n_kv_heads * cfg.head_dim;
         Ok(Self {
-            q: Linear::load(vb.pp(qn), cfg.dim, q_dim, qb)?,
+            // The softmax scale 1/√head_dim is folded into the query projection (exact for
+            // the power-of-two scales of 64- and 256-wide heads).
+            q: Linear::load(vb.pp(qn), cfg.dim, q_dim, qb)?
+                .scaled(1.0 / (cfg.head_dim as f64).sqrt())?,
             k: Linear::load(vb.pp(kn), cfg.dim, kv_dim, kb)?,
             v: Linear::load(vb.pp(vn), cfg.dim, kv_dim, vb_)?,
             o: Linear::load(vb.pp(on), q_dim, cfg.dim, ob)?,
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
             head_dim: cfg.head_dim,
-            scale: 1.0 / (cfg.head_dim as f64).sqrt(),
         })
     }
 
@@ -164,8 +165,6 @@ impl Attention {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch_kv, kv_heads, rows, hd))?;
-        // Scale the queries, not the scores: (rows × hd) values instead of (rows × s).
-        let q = (q * self.scale)?;
         if mask.is_none()
             && rows <= MAX_QUERY_ROWS
             && q.device().is_cpu()

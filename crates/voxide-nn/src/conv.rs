@@ -29,7 +29,14 @@ pub struct Conv1d {
 impl Conv1d {
     /// Loads `weight` and `bias` from `vb`.
     pub fn load(vb: VarBuilder, spec: Conv1dSpec) -> Result<Self> {
-        let weight = vb.get((spec.out_channels, spec.in_channels, spec.kernel), "weight")?;
+        // Conv kernels stay f32 whatever the matrices' dtype: they are small and candle's
+        // conv needs one dtype.
+        let weight = vb.get_with_hints_dtype(
+            (spec.out_channels, spec.in_channels, spec.kernel),
+            "weight",
+            candle_nn::Init::Const(0.),
+            candle_core::DType::F32,
+        )?;
         let bias = vb.get_with_hints_dtype(
             spec.out_channels,
             "bias",

@@ -34,6 +34,14 @@ impl Linear {
         Self { weight, bias }
     }
 
+    /// Multiplies weight and bias by `factor` (folding a constant scale into the layer).
+    pub fn scaled(self, factor: f64) -> Result<Self> {
+        Ok(Self {
+            weight: (self.weight * factor)?,
+            bias: self.bias.map(|b| b * factor).transpose()?,
+        })
+    }
+
     /// The weight, [out, in].
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -52,15 +60,20 @@ impl Linear {
             && x.device().is_cpu()
             && rows <= MAX_ROWS
         {
-            x.apply_op2_no_bwd(&self.weight, &GemvF16)?
-        } else if self.weight.dtype() != x.dtype() {
-            x.matmul(&self.weight.to_dtype(x.dtype())?.t()?)?
+            match &self.bias {
+                Some(b) => x.apply_op3_no_bwd(&self.weight, b, &GemvF16)?,
+                None => x.apply_op2_no_bwd(&self.weight, &GemvF16)?,
+            }
         } else {
-            x.matmul(&self.weight.t()?)?
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            let y = if self.weight.dtype() != x.dtype() {
+                x.matmul(&self.weight.to_dtype(x.dtype())?.t()?)?
+            } else {
+                x.matmul(&self.weight.t()?)?
+            };
+            match &self.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
         };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;

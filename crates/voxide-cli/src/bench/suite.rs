@@ -31,6 +31,9 @@ impl BenchInput {
 
     /// Cuts this input's clip out of 16 kHz samples.
     pub fn cut(&self, samples: Vec<f32>, rate: u32) -> Result<Vec<f32>> {
+        if self.start_s == 0.0 && self.duration_s.is_none() {
+            return Ok(samples);
+        }
         let start = (self.start_s * rate as f64).round() as usize;
         let end = match self.duration_s {
             Some(d) => start + (d * rate as f64).round() as usize,

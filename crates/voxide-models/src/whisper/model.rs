@@ -110,9 +110,11 @@ impl Encoder {
     fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         Ok(Self {
             stem: ConvStem::load(vb.clone(), cfg.num_mel_bins, cfg.d_model)?,
-            embed_positions: vb.get(
+            embed_positions: vb.get_with_hints_dtype(
                 (cfg.max_source_positions, cfg.d_model),
                 "embed_positions.weight",
+                candle_nn::Init::Const(0.),
+                DType::F32,
             )?,
             layers: (0..cfg.encoder_layers)
                 .map(|i| {
@@ -230,8 +232,8 @@ impl DecoderState {
 #[derive(Clone, Debug)]
 pub struct Whisper {
     config: Config,
-    /// Dtype of the decoder's matrices and of its cross-attention keys/values.
-    decoder_dtype: DType,
+    /// Dtype of the weight matrices and of the cross-attention keys/values.
+    dtype: DType,
     encoder: Encoder,
     decoder: Decoder,
     device: Device,
@@ -269,22 +271,23 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl Whisper {
-    /// Builds the model from tensors named as in the Hugging Face checkpoint. The encoder
-    /// computes in f32 (its GEMMs are compute-bound); the decoder's matrices are held in
-    /// `decoder_dtype` (f16 halves the bytes each token reads).
-    pub fn load(vb: VarBuilder, config: Config, decoder_dtype: DType) -> candle_core::Result<Self> {
+    /// Builds the model from tensors named as in the Hugging Face checkpoint. Weight matrices
+    /// are held in `dtype` (f16 halves the bytes each decoder step reads and the memory);
+    /// activations, norms, biases and convolutions are f32, and the encoder's GEMMs convert an
+    /// f16 matrix to f32 per call (they are compute-bound).
+    pub fn load(vb: VarBuilder, config: Config, dtype: DType) -> candle_core::Result<Self> {
         let device = vb.device().clone();
         let vb = vb.pp("model");
         Ok(Self {
-            encoder: Encoder::load(vb.pp("encoder").set_dtype(DType::F32), &config)?,
-            decoder: Decoder::load(vb.pp("decoder").set_dtype(decoder_dtype), &config)?,
-            decoder_dtype,
+            encoder: Encoder::load(vb.pp("encoder").set_dtype(dtype), &config)?,
+            decoder: Decoder::load(vb.pp("decoder").set_dtype(dtype), &config)?,
+            dtype,
             config,
             device,
         })
     }
 
-    /// Loads `config.json` and the safetensors weights of a checkpoint directory. The decoder's
+    /// Loads `config.json` and the safetensors weights of a checkpoint directory. Weight
     /// matrices take `precision`, or by default the checkpoint's own precision (f16 for f16 and
     /// bf16 checkpoints, f32 for f32 ones).
     pub fn from_dir(dir: &Path, device: &Device, precision: Option<DType>) -> Result<Self> {
@@ -303,13 +306,12 @@ impl Whisper {
             message: e.to_string().lines().next().unwrap_or_default().to_string(),
         };
         let tensors = SafetensorsFiles::open(&files).map_err(weights_error)?;
-        let decoder_dtype =
-            precision.unwrap_or(match tensors.dtype("model.decoder.embed_tokens.weight") {
-                Some(DType::F16 | DType::BF16) => DType::F16,
-                _ => DType::F32,
-            });
+        let dtype = precision.unwrap_or(match tensors.dtype("model.decoder.embed_tokens.weight") {
+            Some(DType::F16 | DType::BF16) => DType::F16,
+            _ => DType::F32,
+        });
         let vb = VarBuilder::from_backend(Box::new(tensors), DType::F32, device.clone());
-        Self::load(vb, config, decoder_dtype).map_err(weights_error)
+        Self::load(vb, config, dtype).map_err(weights_error)
     }
 
     /// The checkpoint's configuration.
@@ -365,7 +367,7 @@ impl Whisper {
             .layers
             .iter()
             .map(|l| match &l.cross {
-                Some((attn, _)) => attn.cross_kv(audio_features)?.to_dtype(self.decoder_dtype),
+                Some((attn, _)) => attn.cross_kv(audio_features)?.to_dtype(self.dtype),
                 None => candle_core::bail!("decoder block without cross-attention"),
             })
             .collect::<candle_core::Result<_>>()?;

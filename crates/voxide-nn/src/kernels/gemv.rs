@@ -6,7 +6,7 @@
 //! (AVX2), on all threads for large matrices. candle converts f16 weights on every call
 //! instead (~25 GB/s against ~33 GB/s of read bandwidth here).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 use half::f16;
 use rayon::prelude::*;
 
@@ -24,8 +24,16 @@ const STREAM_MIN: usize = 8 << 20;
 /// Output rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
-/// y (m × n) = x (m × k) · wᵀ, w (n × k) in f16.
-pub fn gemv_f16(x: &[f32], w: &[f16], y: &mut [f32], m: usize, k: usize, n: usize) {
+/// y (m × n) = x (m × k) · wᵀ (+ bias), w (n × k) in f16.
+pub fn gemv_f16(
+    x: &[f32],
+    w: &[f16],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
     assert!(m <= MAX_ROWS && x.len() == m * k && w.len() == n * k && y.len() == m * n);
     // Tasks own consecutive weight rows and write outputs as [row][m]; for m > 1 that is
     // transposed into y afterwards (m × n is tiny next to the weights).
@@ -35,6 +43,9 @@ pub fn gemv_f16(x: &[f32], w: &[f16], y: &mut [f32], m: usize, k: usize, n: usiz
     let compute = |first: usize, out: &mut [f32]| {
         for (r, o) in out.chunks_mut(m).enumerate() {
             dot_rows(x, &w[(first + r) * k..(first + r + 1) * k], o, k, stream);
+            if let Some(b) = bias {
+                o.iter_mut().for_each(|v| *v += b[first + r]);
+            }
         }
     };
     let mut transposed = (m > 1).then(|| vec![0f32; m * n]);
@@ -158,8 +169,45 @@ mod x86 {
     }
 }
 
-/// candle op: x (rows, k) f32 × w (n, k) f16 → (rows, n) f32.
+/// candle op: x (rows, k) f32 × w (n, k) f16 (+ bias (n) f32, as the third operand) →
+/// (rows, n) f32.
 pub struct GemvF16;
+
+type Operand<'a> = (&'a CpuStorage, &'a Layout);
+
+impl GemvF16 {
+    fn run(&self, x: Operand, w: Operand, bias: Option<Operand>) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = x.1.shape().dims2()?;
+        let (n, k2) = w.1.shape().dims2()?;
+        if k != k2 || m > MAX_ROWS {
+            candle_core::bail!(
+                "gemv-f16: x {:?} and w {:?} do not fit",
+                x.1.shape(),
+                w.1.shape()
+            );
+        }
+        let (Some((x0, x1)), Some((w0, w1))) = (x.1.contiguous_offsets(), w.1.contiguous_offsets())
+        else {
+            candle_core::bail!("gemv-f16 needs contiguous inputs");
+        };
+        let (CpuStorage::F32(xs), CpuStorage::F16(ws)) = (x.0, w.0) else {
+            candle_core::bail!("gemv-f16 takes f32 activations and f16 weights");
+        };
+        let bias = match bias {
+            None => None,
+            Some((CpuStorage::F32(b), l)) if l.shape().elem_count() == n => {
+                match l.contiguous_offsets() {
+                    Some((b0, b1)) => Some(&b[b0..b1]),
+                    None => candle_core::bail!("gemv-f16 needs a contiguous bias"),
+                }
+            }
+            Some(_) => candle_core::bail!("gemv-f16 takes an f32 bias of {n} values"),
+        };
+        let mut y = vec![0f32; m * n];
+        gemv_f16(&xs[x0..x1], &ws[w0..w1], bias, &mut y, m, k, n);
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+}
 
 impl CustomOp2 for GemvF16 {
     fn name(&self) -> &'static str {
@@ -173,25 +221,25 @@ impl CustomOp2 for GemvF16 {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = l1.shape().dims2()?;
-        let (n, k2) = l2.shape().dims2()?;
-        if k != k2 || m > MAX_ROWS {
-            candle_core::bail!(
-                "gemv-f16: x {:?} and w {:?} do not fit",
-                l1.shape(),
-                l2.shape()
-            );
-        }
-        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("gemv-f16 needs contiguous inputs");
-        };
-        let (CpuStorage::F32(x), CpuStorage::F16(w)) = (s1, s2) else {
-            candle_core::bail!("gemv-f16 takes f32 activations and f16 weights");
-        };
-        let mut y = vec![0f32; m * n];
-        gemv_f16(&x[x0..x1], &w[w0..w1], &mut y, m, k, n);
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        self.run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for GemvF16 {
+    fn name(&self) -> &'static str {
+        "gemv-f16-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
     }
 }
 
@@ -219,12 +267,14 @@ mod tests {
             let x = data(m * k, 1);
             let w: Vec<f16> = data(n * k, 2).into_iter().map(f16::from_f32).collect();
             let mut y = vec![0f32; m * n];
-            gemv_f16(&x, &w, &mut y, m, k, n);
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+            gemv_f16(&x, &w, Some(&bias), &mut y, m, k, n);
             for i in 0..m {
                 for r in (0..n).step_by(1 + n / 97) {
                     let want: f64 = (0..k)
                         .map(|j| x[i * k + j] as f64 * w[r * k + j].to_f64())
-                        .sum();
+                        .sum::<f64>()
+                        + bias[r] as f64;
                     let got = y[i * n + r] as f64;
                     assert!(
                         (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
