@@ -25,6 +25,19 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Hands memory freed while loading a model back to the system. Converting weights (f32 read
+/// buffers → f16) frees tens of MB in the middle of glibc's heap, which it keeps otherwise;
+/// trimming once after the load lowers the peak by as much, at no cost per token (a fixed
+/// mmap threshold did the same but made every large activation a fresh mapping: the encoder
+/// ran 70 % slower).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heap to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

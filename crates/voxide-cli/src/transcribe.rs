@@ -144,6 +144,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     let source = resolve_model(&args.model)?;
     let device = candle_core::Device::Cpu;
     let model = load_transcriber(&source, &device, precision(&args.precision))?;
+    crate::release_freed_memory();
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     if args.verbose {
         eprintln!(

@@ -183,24 +183,37 @@ impl Attention {
         // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
         // scores never exist for all heads at once.
         let heads_per_chunk = (SCORES_PER_CHUNK / (rows * s).max(1)).clamp(1, kv_heads);
-        let mut chunks = Vec::with_capacity(kv_heads.div_ceil(heads_per_chunk));
+        // Without a mask, one head's rows can also be split (an encoder window's 1500 × 1500).
+        let rows_per_chunk = match mask {
+            None => (SCORES_PER_CHUNK / s.max(1)).clamp(1, rows),
+            Some(_) => rows,
+        };
+        let mut chunks = Vec::new();
         for h0 in (0..kv_heads).step_by(heads_per_chunk) {
             let n = heads_per_chunk.min(kv_heads - h0);
-            let (q, k, v) = (
-                q.narrow(1, h0, n)?,
-                k.narrow(1, h0, n)?,
-                v.narrow(1, h0, n)?,
-            );
-            let scores = q.matmul(&k.transpose(2, 3)?)?;
-            let scores = match mask {
-                Some(mask) => scores
-                    .reshape((batch_kv, n, beams * rep, t, s))?
-                    .broadcast_add(mask)?
-                    .reshape((batch_kv, n, rows, s))?,
-                None => scores,
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            chunks.push(probs.matmul(&v)?); // (batch_kv, n, rows, hd)
+            let (k, v) = (k.narrow(1, h0, n)?, v.narrow(1, h0, n)?);
+            let kt = k.transpose(2, 3)?;
+            let mut blocks = Vec::new();
+            for r0 in (0..rows).step_by(rows_per_chunk) {
+                let q = q
+                    .narrow(1, h0, n)?
+                    .narrow(2, r0, rows_per_chunk.min(rows - r0))?;
+                let scores = q.matmul(&kt)?;
+                let scores = match mask {
+                    Some(mask) => scores
+                        .reshape((batch_kv, n, beams * rep, t, s))?
+                        .broadcast_add(mask)?
+                        .reshape((batch_kv, n, rows, s))?,
+                    None => scores,
+                };
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                blocks.push(probs.matmul(&v)?); // (batch_kv, n, block rows, hd)
+            }
+            chunks.push(if blocks.len() == 1 {
+                blocks.pop().expect("one block")
+            } else {
+                Tensor::cat(&blocks, 2)?
+            });
         }
         let out = if chunks.len() == 1 {
             chunks.pop().expect("one chunk")
@@ -214,8 +227,8 @@ impl Attention {
     }
 }
 
-/// Attention scores computed at once at most (4 M f32 = 16 MB).
-const SCORES_PER_CHUNK: usize = 1 << 22;
+/// Attention scores computed at once at most (1 M f32 = 4 MB; the probabilities take as much).
+const SCORES_PER_CHUNK: usize = 1 << 20;
 
 /// Additive mask (t, past + t): query i sees keys 0..=past + i.
 fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {

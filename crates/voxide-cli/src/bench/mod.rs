@@ -120,6 +120,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             precision(&args.precision),
         )?
     };
+    crate::release_freed_memory();
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     let request = TranscribeRequest {
         language: Some(args.language.clone()),
