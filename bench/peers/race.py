@@ -82,9 +82,15 @@ def main():
          med(v_file(o, 0)["wall_ms"]["median"] for o in ours), med(w_file(t, 0)["wall_ms"] for t in theirs)),
         ("long-form 151.5 s end to end (ms)",
          med(v_file(o, 1)["wall_ms"]["median"] for o in ours), med(w_file(t, 1)["wall_ms"] for t in theirs)),
-        ("peak RSS, transcription (MB)",
-         med(o["totals"]["peak_rss_mb"] for o in ours), med(t["peak_rss_mb_after"]["e2e"] for t in theirs)),
     ]
+    # Memory: whisper.cpp end to end only (its micro-benchmarks allocate more), one file per
+    # process, against voxide's peak while that file ran (model included).
+    for i, f in enumerate(FILES):
+        mj = out / f"race-whispercpp-rss-{i}.json"
+        run(["target/release/voxide-peer-whispercpp", "--model", ggml, "--threads", str(args.threads),
+             "--skip-micro", "--json", mj, f], stdout=subprocess.DEVNULL)
+        rows.append((f"peak RSS, {f.name} (MB)", med(v_file(o, i)["peak_rss_mb"] for o in ours),
+                     json.loads(mj.read_text())["peak_rss_mb"]))
     print(f"\nwhisper-{args.size}, {args.threads} threads, f16 weights, {args.rounds} alternating rounds "
           f"(whisper.cpp {theirs[0]['whisper_cpp_version']})")
     print(f"{'':36} {'voxide':>10} {'whisper.cpp':>12} {'ratio':>7}")
