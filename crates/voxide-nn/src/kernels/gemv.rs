@@ -120,7 +120,8 @@ mod x86 {
         let mut j = 0;
         while j < k {
             if STREAM {
-                _mm_prefetch::<_MM_HINT_NTA>(wp.add(j + 2048) as *const i8);
+                // wrapping: near the end the hint points past the slice (a prefetch never faults).
+                _mm_prefetch::<_MM_HINT_NTA>(wp.wrapping_add(j + 2048) as *const i8);
             }
             let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(j) as *const __m256i));
             let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(j + 16) as *const __m256i));
