@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use voxide_models::whisper::decoding::{DecodingOptions, Task};
-use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
+use voxide_models::whisper::{TranscribeOptions, Whisper, WhisperPipeline};
 
 const MODELS: [&str; 3] = ["tiny-random", "v3-random", "en-random"];
 /// Hidden states and logits, fp32 (reference-parity.md §3 allows 1e-4 to 1e-5; we measure ~1e-6).
@@ -63,6 +63,21 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Logits of `tokens` (1, t) fed one at a time through a fresh cache: (1, t, vocab).
+fn stepped_logits(model: &Whisper, audio: &Tensor, tokens: &Tensor) -> Tensor {
+    let mut state = model.new_state(1).unwrap();
+    model.set_audio(&mut state, audio).unwrap();
+    let steps: Vec<Tensor> = (0..tokens.dim(1).unwrap())
+        .map(|i| {
+            let hidden = model
+                .decode(&tokens.narrow(1, i, 1).unwrap(), &mut state, None)
+                .unwrap();
+            model.logits(&hidden).unwrap()
+        })
+        .collect();
+    Tensor::cat(&steps, 1).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -166,22 +181,7 @@ fn decoder_states_and_logits_match_transformers() {
         );
 
         // Feeding the prompt one token at a time gives the teacher-forced logits.
-        model
-            .set_audio(&mut state, &f.tensors["encoder_last_hidden_state"])
-            .unwrap();
-        let n = prompt.dim(1).unwrap();
-        let steps: Vec<Tensor> = (0..n)
-            .map(|i| {
-                model
-                    .logits(
-                        &model
-                            .decode(&prompt.narrow(1, i, 1).unwrap(), &mut state, None)
-                            .unwrap(),
-                    )
-                    .unwrap()
-            })
-            .collect();
-        let stepped = Tensor::cat(&steps, 1).unwrap();
+        let stepped = stepped_logits(model, &f.tensors["encoder_last_hidden_state"], &prompt);
         check(
             name,
             "logits, cached steps",
@@ -453,21 +453,7 @@ fn f16_decoder_weights_stay_close_to_the_reference() {
     let prefill = model
         .logits(&model.decode(&prompt, &mut state, None).unwrap())
         .unwrap();
-    model
-        .set_audio(&mut state, &tensors["encoder_last_hidden_state"])
-        .unwrap();
-    let steps: Vec<Tensor> = (0..prompt.dim(1).unwrap())
-        .map(|i| {
-            model
-                .logits(
-                    &model
-                        .decode(&prompt.narrow(1, i, 1).unwrap(), &mut state, None)
-                        .unwrap(),
-                )
-                .unwrap()
-        })
-        .collect();
-    let stepped = Tensor::cat(&steps, 1).unwrap();
+    let stepped = stepped_logits(model, &tensors["encoder_last_hidden_state"], &prompt);
     let scale = want
         .abs()
         .unwrap()
