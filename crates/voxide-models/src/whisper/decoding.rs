@@ -406,6 +406,13 @@ impl<'a> WindowDecoder<'a> {
         }
     }
 
+    /// Releases the current window's audio features and cross-attention K/V; call it before
+    /// encoding the next window so its activations do not stack on top of them.
+    pub fn clear_audio(&mut self) {
+        self.audio = None;
+        self.states.values_mut().for_each(DecoderState::clear_audio);
+    }
+
     /// Sets the encoder output (1, 1500, d) of the window to decode.
     pub fn set_audio(&mut self, audio_features: Tensor) -> Result<()> {
         // The caches are kept; only the cross-attention K/V change.

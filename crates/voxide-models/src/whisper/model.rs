@@ -222,6 +222,12 @@ impl DecoderState {
         Ok(())
     }
 
+    /// Drops the cross-attention K/V of the current window (before the next window is encoded,
+    /// so the two never coexist).
+    pub fn clear_audio(&mut self) {
+        self.cross = Vec::new();
+    }
+
     /// Forgets every decoded token; the audio stays.
     pub fn reset_tokens(&mut self) {
         self.caches.iter_mut().for_each(KvCache::reset);

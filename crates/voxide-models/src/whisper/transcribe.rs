@@ -187,6 +187,7 @@ impl WhisperPipeline {
             let segment_size = N_FRAMES.min(content_frames - seek);
             let segment_duration = (segment_size * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let window = mel.window(seek, segment_size).window(0, N_FRAMES);
+            decoder.clear_audio();
             decoder.set_audio(encode(&window, &mut timings)?)?;
 
             let mut window_opts = opts.decode.clone();
