@@ -112,13 +112,16 @@ impl WhisperPipeline {
         WindowDecoder::new(&self.model, &self.tokenizer, &self.rules, seed)
     }
 
-    /// A (1, n_mels, 3000) tensor of one window.
-    pub fn window_tensor(&self, window: &LogMel) -> Result<Tensor> {
-        Ok(Tensor::from_slice(
-            &window.data,
-            (1, window.n_mels, window.n_frames),
-            self.model.device(),
-        )?)
+    /// The encoder input for `frames` mel frames from `start`, zero-padded (in the normalised
+    /// domain, as openai-whisper's `pad_or_trim`) to a 30 s window: (1, n_mels, 3000), built
+    /// in one buffer that the tensor takes over.
+    pub fn window_tensor(&self, mel: &LogMel, start: usize, frames: usize) -> Result<Tensor> {
+        let mut data = vec![0f32; mel.n_mels * N_FRAMES];
+        let take = frames.min(N_FRAMES).min(mel.n_frames.saturating_sub(start));
+        for (m, row) in data.chunks_mut(N_FRAMES).enumerate() {
+            row[..take].copy_from_slice(&mel.data[m * mel.n_frames + start..][..take]);
+        }
+        Ok(Tensor::from_vec(data, (1, mel.n_mels, N_FRAMES), self.model.device())?)
     }
 
     /// Transcribes 16 kHz mono samples. `progress` receives the fraction of audio done.
@@ -139,10 +142,10 @@ impl WhisperPipeline {
         let special = *self.rules.special();
         let mut decoder = self.window_decoder(opts.decode.seed);
 
-        let encode = |window: &LogMel, timings: &mut Timings| -> Result<Tensor> {
+        let encode = |start: usize, frames: usize, timings: &mut Timings| -> Result<Tensor> {
             let clock = Instant::now();
             let _span = tracing::trace_span!("encoder").entered();
-            let features = self.model.encode(&self.window_tensor(window)?)?;
+            let features = self.model.encode(&self.window_tensor(&mel, start, frames)?)?;
             timings.encoder_ms += ms(clock);
             timings.encoder_calls += 1;
             Ok(features)
@@ -154,7 +157,7 @@ impl WhisperPipeline {
             None => {
                 // As openai-whisper: the first 3000 frames of the padded log-mel, not a
                 // zero-padded segment.
-                decoder.set_audio(encode(&mel.window(0, N_FRAMES), &mut timings)?)?;
+                decoder.set_audio(encode(0, N_FRAMES, &mut timings)?)?;
                 let clock = Instant::now();
                 let probs = decoder.detect_language()?;
                 timings.language_ms += ms(clock);
@@ -186,9 +189,8 @@ impl WhisperPipeline {
             let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let segment_size = N_FRAMES.min(content_frames - seek);
             let segment_duration = (segment_size * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
-            let window = mel.window(seek, segment_size).window(0, N_FRAMES);
             decoder.clear_audio();
-            decoder.set_audio(encode(&window, &mut timings)?)?;
+            decoder.set_audio(encode(seek, segment_size, &mut timings)?)?;
 
             let mut window_opts = opts.decode.clone();
             window_opts.prompt = all_tokens[prompt_reset_since..].to_vec();
