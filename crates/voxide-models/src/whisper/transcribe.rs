@@ -121,7 +121,11 @@ impl WhisperPipeline {
         for (m, row) in data.chunks_mut(N_FRAMES).enumerate() {
             row[..take].copy_from_slice(&mel.data[m * mel.n_frames + start..][..take]);
         }
-        Ok(Tensor::from_vec(data, (1, mel.n_mels, N_FRAMES), self.model.device())?)
+        Ok(Tensor::from_vec(
+            data,
+            (1, mel.n_mels, N_FRAMES),
+            self.model.device(),
+        )?)
     }
 
     /// Transcribes 16 kHz mono samples. `progress` receives the fraction of audio done.
@@ -145,7 +149,9 @@ impl WhisperPipeline {
         let encode = |start: usize, frames: usize, timings: &mut Timings| -> Result<Tensor> {
             let clock = Instant::now();
             let _span = tracing::trace_span!("encoder").entered();
-            let features = self.model.encode(&self.window_tensor(&mel, start, frames)?)?;
+            let features = self
+                .model
+                .encode(&self.window_tensor(&mel, start, frames)?)?;
             timings.encoder_ms += ms(clock);
             timings.encoder_calls += 1;
             Ok(features)
