@@ -47,19 +47,9 @@ impl KvCache {
         self.k.dim(2).unwrap_or(0)
     }
 
-    /// Batch size the cache was allocated for.
-    pub fn batch(&self) -> usize {
-        self.k.dim(0).unwrap_or(0)
-    }
-
     /// Forgets every cached position (the buffers are kept).
     pub fn reset(&mut self) {
         self.len = 0;
-    }
-
-    /// Keeps only the first `len` positions.
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
     }
 
     /// Appends k, v of shape (batch, kv_heads, t, head_dim) and returns views of all cached

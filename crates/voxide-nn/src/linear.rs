@@ -42,11 +42,6 @@ impl Linear {
         })
     }
 
-    /// The weight, [out, in].
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
     /// x: (..., in) -> (..., out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();

@@ -209,11 +209,6 @@ impl DecoderState {
         self.caches.first().map_or(0, KvCache::len)
     }
 
-    /// Batch rows (beams) the caches hold.
-    pub fn batch(&self) -> usize {
-        self.caches.first().map_or(0, KvCache::batch)
-    }
-
     /// Keeps the caches of the given rows (beam search).
     pub fn reorder(&mut self, rows: &[u32]) -> Result<()> {
         for cache in &mut self.caches {
