@@ -23,6 +23,6 @@ pub use decode::{decode_bytes, decode_file, decode_stdin, DecodedAudio};
 pub use error::AudioError;
 pub use load::{load_mono, mono_at_rate, AudioInput};
 pub use mel::{
-    mel_filters, LogMel, WhisperMel, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE,
+    mel_filters, LogMel, MelStream, WhisperMel, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE,
 };
 pub use resample::{downmix_mono, resample, resampled_len};

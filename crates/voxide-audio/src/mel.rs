@@ -203,16 +203,25 @@ impl WhisperMel {
     /// all returned frames. `transcribe` calls it with
     /// `padding_samples = N_SAMPLES` and then cuts [`LogMel::window`]s.
     pub fn log_mel(&self, samples: &[f32], padding_samples: usize) -> LogMel {
+        let (mut mel, max) = self.log10_mel(samples, padding_samples);
+        normalise(&mut mel.data, max - 8.0);
+        mel
+    }
+
+    /// Voxtral Realtime's features (transformers `VoxtralRealtimeFeatureExtractor`, centred):
+    /// as [`Self::log_mel`] without padding, but clamped at the fixed `global_log_mel_max − 8`
+    /// instead of the input's own maximum.
+    pub fn log_mel_fixed_max(&self, samples: &[f32], global_log_mel_max: f32) -> LogMel {
+        let (mut mel, _) = self.log10_mel(samples, 0);
+        normalise(&mut mel.data, global_log_mel_max as f64 - 8.0);
+        mel
+    }
+
+    /// `log10(max(mel, 1e-10))` of every frame, and the largest value.
+    fn log10_mel(&self, samples: &[f32], padding_samples: usize) -> (LogMel, f64) {
         let total = samples.len() + padding_samples;
         let n_frames = total / HOP_LENGTH;
         let n_mels = self.n_mels;
-        if n_frames == 0 {
-            return LogMel {
-                n_mels,
-                n_frames: 0,
-                data: Vec::new(),
-            };
-        }
         // Centred frames over samples ++ zeros(padding), reflect-padded by N_FFT/2 on both
         // sides; read in place (a padded copy of a long input would be tens of MB).
         let half = N_FFT / 2;
@@ -221,51 +230,170 @@ impl WhisperMel {
             samples.get(j).copied().unwrap_or(0.0)
         };
         let mut out = vec![0f32; n_mels * n_frames];
-        let mut frame = self.fft.make_input_vec();
-        let mut spec = self.fft.make_output_vec();
-        let mut scratch = self.fft.make_scratch_vec();
-        let mut power = vec![0f64; N_FREQS];
+        let mut frame = vec![0f32; N_FFT];
+        let mut scratch = FrameScratch::new(self);
+        let mut column = vec![0f32; n_mels];
         let mut max = f64::NEG_INFINITY;
         for t in 0..n_frames {
             let first = t * HOP_LENGTH;
-            if first >= half && first - half + N_FFT <= samples.len() {
-                let src = &samples[first - half..first - half + N_FFT];
-                for ((d, &s), &w) in frame.iter_mut().zip(src).zip(&self.window) {
-                    *d = s as f64 * w;
-                }
+            let src = if first >= half && first - half + N_FFT <= samples.len() {
+                &samples[first - half..first - half + N_FFT]
             } else {
-                for (i, (d, &w)) in frame.iter_mut().zip(&self.window).enumerate() {
-                    *d = at(first + i) as f64 * w;
+                for (i, d) in frame.iter_mut().enumerate() {
+                    *d = at(first + i);
                 }
-            }
-            // Lengths come from the plan itself, so this cannot fail.
-            self.fft
-                .process_with_scratch(&mut frame, &mut spec, &mut scratch)
-                .expect("FFT buffers sized by the plan");
-            for (p, c) in power.iter_mut().zip(&spec) {
-                *p = c.norm_sqr();
-            }
-            for m in 0..n_mels {
-                let (lo, hi) = self.support[m];
-                let row = &self.filters[m * N_FREQS..];
-                let mut acc = 0f64;
-                for k in lo..hi {
-                    acc += row[k] as f64 * power[k];
-                }
-                let v = acc.max(1e-10).log10();
-                max = max.max(v);
-                out[m * n_frames + t] = v as f32;
+                &frame[..]
+            };
+            max = max.max(self.frame_log10(src, &mut scratch, &mut column));
+            for (m, &v) in column.iter().enumerate() {
+                out[m * n_frames + t] = v;
             }
         }
-        let floor = (max - 8.0) as f32;
-        for v in &mut out {
-            *v = (v.max(floor) + 4.0) / 4.0;
-        }
-        LogMel {
+        let mel = LogMel {
             n_mels,
             n_frames,
             data: out,
+        };
+        (mel, max)
+    }
+
+    /// `log10(max(mel, 1e-10))` of one frame of N_FFT samples into `out` (n_mels values);
+    /// returns their maximum (before rounding to f32).
+    fn frame_log10(&self, samples: &[f32], scratch: &mut FrameScratch, out: &mut [f32]) -> f64 {
+        let FrameScratch {
+            frame,
+            spec,
+            fft,
+            power,
+        } = scratch;
+        for ((d, &s), &w) in frame.iter_mut().zip(samples).zip(&self.window) {
+            *d = s as f64 * w;
         }
+        // Lengths come from the plan itself, so this cannot fail.
+        self.fft
+            .process_with_scratch(frame, spec, fft)
+            .expect("FFT buffers sized by the plan");
+        for (p, c) in power.iter_mut().zip(spec.iter()) {
+            *p = c.norm_sqr();
+        }
+        let mut max = f64::NEG_INFINITY;
+        for (m, o) in out.iter_mut().enumerate() {
+            let (lo, hi) = self.support[m];
+            let row = &self.filters[m * N_FREQS..];
+            let mut acc = 0f64;
+            for k in lo..hi {
+                acc += row[k] as f64 * power[k];
+            }
+            let v = acc.max(1e-10).log10();
+            max = max.max(v);
+            *o = v as f32;
+        }
+        max
+    }
+}
+
+/// FFT buffers for [`WhisperMel::frame_log10`], allocated once per input or stream.
+struct FrameScratch {
+    frame: Vec<f64>,
+    spec: Vec<realfft::num_complex::Complex<f64>>,
+    fft: Vec<realfft::num_complex::Complex<f64>>,
+    power: Vec<f64>,
+}
+
+impl FrameScratch {
+    fn new(mel: &WhisperMel) -> Self {
+        Self {
+            frame: mel.fft.make_input_vec(),
+            spec: mel.fft.make_output_vec(),
+            fft: mel.fft.make_scratch_vec(),
+            power: vec![0f64; N_FREQS],
+        }
+    }
+}
+
+/// Whisper's normalisation: clamp below at `floor`, then `(x + 4) / 4`.
+fn normalise(values: &mut [f32], floor: f64) {
+    let floor = floor as f32;
+    for v in values {
+        *v = (v.max(floor) + 4.0) / 4.0;
+    }
+}
+
+/// Incremental log-mel features with a fixed global maximum (Voxtral Realtime): feed samples
+/// in chunks of any size and get each frame as soon as its window is complete.
+///
+/// The stream is assumed to start and end with at least N_FFT/2 zeros (Voxtral pads 2.56 s
+/// of silence before the audio and 1.4 s after), so the centring's reflect padding is zeros
+/// and every frame equals the offline [`WhisperMel::log_mel_fixed_max`] frame bit for bit.
+/// Consumed samples are dropped, so an endless stream holds only the current window.
+pub struct MelStream {
+    /// Samples not yet consumed; `pending[0]` is sample `160 · next_frame − N_FFT/2` of the
+    /// centred stream.
+    pending: Vec<f32>,
+    next_frame: usize,
+    /// Samples pushed, excluding the centring pad.
+    pushed: usize,
+    floor: f64,
+    scratch: FrameScratch,
+}
+
+impl std::fmt::Debug for MelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MelStream")
+            .field("next_frame", &self.next_frame)
+            .field("pushed", &self.pushed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MelStream {
+    /// A new stream for `mel`'s geometry, clamping at `global_log_mel_max − 8`.
+    pub fn new(mel: &WhisperMel, global_log_mel_max: f32) -> Self {
+        Self {
+            pending: vec![0.0; N_FFT / 2],
+            next_frame: 0,
+            pushed: 0,
+            floor: global_log_mel_max as f64 - 8.0,
+            scratch: FrameScratch::new(mel),
+        }
+    }
+
+    /// Frames produced so far.
+    pub fn frames(&self) -> usize {
+        self.next_frame
+    }
+
+    /// Appends samples; returns the newly complete frames, time-major `[t][n_mels]`.
+    pub fn push(&mut self, mel: &WhisperMel, samples: &[f32]) -> Vec<f32> {
+        self.pending.extend_from_slice(samples);
+        self.pushed += samples.len();
+        self.drain(mel, usize::MAX)
+    }
+
+    /// Ends the stream: the last frames, up to `pushed / 160` in all as offline (the centred
+    /// STFT's extra frame is dropped), reading zeros past the end.
+    pub fn finish(&mut self, mel: &WhisperMel) -> Vec<f32> {
+        self.pending.extend(std::iter::repeat_n(0.0, N_FFT / 2));
+        self.drain(mel, self.pushed / HOP_LENGTH)
+    }
+
+    fn drain(&mut self, mel: &WhisperMel, frame_limit: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        let mut column = vec![0f32; mel.n_mels];
+        let mut used = 0;
+        while self.next_frame < frame_limit && used + N_FFT <= self.pending.len() {
+            mel.frame_log10(
+                &self.pending[used..used + N_FFT],
+                &mut self.scratch,
+                &mut column,
+            );
+            normalise(&mut column, self.floor);
+            out.extend_from_slice(&column);
+            used += HOP_LENGTH;
+            self.next_frame += 1;
+        }
+        self.pending.drain(..used);
+        out
     }
 }
 
@@ -301,6 +429,39 @@ mod tests {
         assert_eq!(w.get(0, 99), lm.get(0, 3099));
         assert_eq!(w.get(5, 100), 0.0);
         assert!(mel.log_mel(&[0.0; 10], 0).data.is_empty());
+    }
+
+    /// Streaming frames equal the offline fixed-max frames bit for bit, for any chunking,
+    /// when the signal starts and ends with silence.
+    #[test]
+    fn mel_stream_equals_offline() {
+        let mel = WhisperMel::new(128);
+        let mut x = vec![0f32; 9000];
+        for (i, v) in x.iter_mut().enumerate().skip(1000).take(6000) {
+            *v = (i as f32 * 0.05).sin() * 0.3 + ((i * 7919) % 13) as f32 * 0.01;
+        }
+        let offline = mel.log_mel_fixed_max(&x, 1.5);
+        assert_eq!(offline.n_frames, 9000 / HOP_LENGTH);
+        for chunk in [40, 1280, 3001, 9000] {
+            let mut stream = MelStream::new(&mel, 1.5);
+            let mut frames = Vec::new();
+            for c in x.chunks(chunk) {
+                frames.extend(stream.push(&mel, c));
+            }
+            frames.extend(stream.finish(&mel));
+            assert_eq!(frames.len(), offline.n_frames * 128, "chunk {chunk}");
+            for t in 0..offline.n_frames {
+                for m in 0..128 {
+                    assert_eq!(
+                        frames[t * 128 + m],
+                        offline.get(m, t),
+                        "chunk {chunk} t {t}"
+                    );
+                }
+            }
+        }
+        // Digital silence is (1.5 - 8 + 4) / 4.
+        assert_eq!(offline.get(0, 0), -0.625);
     }
 
     #[test]

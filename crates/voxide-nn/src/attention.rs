@@ -97,7 +97,8 @@ impl Attention {
     /// x: (batch, t, dim) -> (batch, t, dim).
     ///
     /// `rope` rotates queries and keys at positions `offset..offset + t`; `causal` masks keys
-    /// after each query's position (the cached prefix is always visible). With
+    /// after each query's position (the cached prefix is visible, within the cache's sliding
+    /// window if it has one). With
     /// [`KvSource::Cross`] a cross-attention output of batch 1 serves every row of `x` (beams).
     pub fn forward(
         &self,
@@ -108,8 +109,8 @@ impl Attention {
     ) -> Result<Tensor> {
         let (batch, t, _) = x.dims3()?;
         let mut q = self.heads(&self.q.forward(x)?, self.n_heads)?;
-        let (k, v, past) = match source {
-            KvSource::Cross(kv) => (kv.k.clone(), kv.v.clone(), 0),
+        let (k, v, past, window) = match source {
+            KvSource::Cross(kv) => (kv.k.clone(), kv.v.clone(), 0, None),
             own_or_cached => {
                 let mut k = self.heads(&self.k.forward(x)?, self.n_kv_heads)?;
                 let v = self.heads(&self.v.forward(x)?, self.n_kv_heads)?;
@@ -119,16 +120,15 @@ impl Attention {
                 }
                 match own_or_cached {
                     KvSource::Cached(cache) => {
-                        let past = cache.len();
-                        let (k, v) = cache.append(&k, &v)?;
-                        (k, v, past)
+                        let view = cache.append(&k, &v)?;
+                        (view.k, view.v, view.past, view.window)
                     }
-                    _ => (k, v, 0),
+                    _ => (k, v, 0, None),
                 }
             }
         };
         let mask = if causal && t > 1 {
-            Some(causal_mask(t, past, x.device())?.to_dtype(x.dtype())?)
+            Some(causal_mask(t, past, window, x.device())?.to_dtype(x.dtype())?)
         } else {
             None
         };
@@ -230,11 +230,22 @@ impl Attention {
 /// Attention scores computed at once at most (1 M f32 = 4 MB; the probabilities take as much).
 const SCORES_PER_CHUNK: usize = 1 << 20;
 
-/// Additive mask (t, past + t): query i sees keys 0..=past + i.
-fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
+/// Additive mask (t, past + t): query i sees keys 0..=past + i, and with a sliding window
+/// only the last `window` of them (HF: `q - window < k <= q`).
+fn causal_mask(t: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
     let s = past + t;
+    let window = window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            let q = past + i;
+            (0..s).map(move |j| {
+                if j > q || q - j >= window {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (t, s), device)
 }
@@ -314,6 +325,40 @@ mod tests {
         let stepped = Tensor::cat(&steps, 1)?;
         let diff = (full - stepped)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "max diff {diff}");
+        Ok(())
+    }
+
+    /// Blocks of any size through a sliding-window cache equal one masked pass.
+    #[test]
+    fn sliding_window_blocks_equal_one_masked_pass() -> Result<()> {
+        let dev = Device::Cpu;
+        let attn = layer(16, 4, 2, &dev)?;
+        let x = random(&[1, 13, 16], 7, &dev)?;
+        let mut whole = KvCache::sliding(2, 4, 16, 4, DType::F32, &dev)?;
+        let full = attn.forward(&x, KvSource::Cached(&mut whole), true, None)?;
+        let mut cache = KvCache::sliding(2, 4, 8, 4, DType::F32, &dev)?;
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for n in [3, 1, 1, 4, 2, 1, 1] {
+            let xi = x.narrow(1, at, n)?;
+            parts.push(attn.forward(&xi, KvSource::Cached(&mut cache), true, None)?);
+            at += n;
+        }
+        let diff = (full - Tensor::cat(&parts, 1)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "max diff {diff}");
+        // And the window matters: a plain causal pass differs.
+        let plain = attn.forward(&x, KvSource::Own, true, None)?;
+        let full = attn.forward(
+            &x,
+            KvSource::Cached(&mut KvCache::sliding(2, 4, 16, 4, DType::F32, &dev)?),
+            true,
+            None,
+        )?;
+        let diff = (plain - full)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff > 1e-3, "window had no effect");
         Ok(())
     }
 

@@ -53,12 +53,22 @@ impl Conv1d {
     }
 }
 
-/// `gelu(conv2(gelu(conv1(x))))`: conv1 keeps the frame rate (k 3, s 1, p 1), conv2 halves it
-/// (k 3, s 2, p 1). Whisper's encoder and Voxtral's audio encoders start this way.
+/// `gelu(conv2(gelu(conv1(x))))`: conv1 keeps the frame rate (k 3, s 1), conv2 halves it
+/// (k 3, s 2). Whisper's encoder and Voxtral's audio encoders start this way: Whisper pads one
+/// frame on both sides, Voxtral Realtime's causal stem pads `k − s` frames on the left only.
 #[derive(Clone, Debug)]
 pub struct ConvStem {
     conv1: Conv1d,
     conv2: Conv1d,
+    causal: bool,
+}
+
+/// Streaming state of a causal [`ConvStem`]: the input frames each convolution has not used
+/// up yet, (1, channels, n), starting with its left padding. Any split of the input into
+/// chunks gives the same frames as one pass, and the stride-2 phase is kept by construction.
+#[derive(Clone, Debug, Default)]
+pub struct ConvStemState {
+    pending: [Option<Tensor>; 2],
 }
 
 impl ConvStem {
@@ -74,14 +84,50 @@ impl ConvStem {
         Ok(Self {
             conv1: Conv1d::load(vb.pp("conv1"), spec(n_mels, 1))?,
             conv2: Conv1d::load(vb.pp("conv2"), spec(dim, 2))?,
+            causal: false,
+        })
+    }
+
+    /// The causal stem: `conv1` and `conv2` loaded from their own prefixes (checkpoints name
+    /// them differently), padded on the left only.
+    pub fn load_causal(
+        conv1: VarBuilder,
+        conv2: VarBuilder,
+        n_mels: usize,
+        dim: usize,
+    ) -> Result<Self> {
+        let spec = |in_channels, stride| Conv1dSpec {
+            in_channels,
+            out_channels: dim,
+            kernel: 3,
+            stride,
+            padding: 0,
+        };
+        Ok(Self {
+            conv1: Conv1d::load(conv1, spec(n_mels, 1))?,
+            conv2: Conv1d::load(conv2, spec(dim, 2))?,
+            causal: true,
         })
     }
 
     /// mel (batch, n_mels, frames) -> both activations: (batch, dim, frames) after conv1 and
     /// (batch, dim, frames / 2) after conv2.
     pub fn forward_stages(&self, mel: &Tensor) -> Result<[Tensor; 2]> {
+        if self.causal {
+            return self.push(&mut ConvStemState::default(), mel);
+        }
         let a1 = self.conv1.forward(mel)?.gelu_erf()?;
         let a2 = self.conv2.forward(&a1)?.gelu_erf()?;
+        Ok([a1, a2])
+    }
+
+    /// Causal stem, streaming: feeds mel frames (1, n_mels, t) and returns the activations
+    /// that became computable, (1, dim, n1) after conv1 and (1, dim, n2) after conv2 (n2 may
+    /// be 0).
+    pub fn push(&self, state: &mut ConvStemState, mel: &Tensor) -> Result<[Tensor; 2]> {
+        debug_assert!(self.causal, "push is for the causal stem");
+        let a1 = causal_step(&self.conv1, &mut state.pending[0], mel)?;
+        let a2 = causal_step(&self.conv2, &mut state.pending[1], &a1)?;
         Ok([a1, a2])
     }
 
@@ -89,5 +135,92 @@ impl ConvStem {
     pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
         let [_, out] = self.forward_stages(mel)?;
         Ok(out)
+    }
+}
+
+/// One causal convolution over `pending ++ x`, then GELU: emits every output whose kernel
+/// window is complete and keeps the inputs later outputs still need.
+fn causal_step(conv: &Conv1d, pending: &mut Option<Tensor>, x: &Tensor) -> Result<Tensor> {
+    let Conv1dSpec { kernel, stride, .. } = conv.spec;
+    let (batch, channels, _) = x.dims3()?;
+    let buffered = match pending.take() {
+        Some(p) => Tensor::cat(&[&p, x], 2)?,
+        // A fresh stream starts with `kernel − stride` zero frames of left padding.
+        None => Tensor::cat(
+            &[
+                &Tensor::zeros((batch, channels, kernel - stride), x.dtype(), x.device())?,
+                x,
+            ],
+            2,
+        )?,
+    };
+    let len = buffered.dim(2)?;
+    let outputs = if len >= kernel {
+        (len - kernel) / stride + 1
+    } else {
+        0
+    };
+    let used = outputs * stride;
+    *pending = Some(buffered.narrow(2, used, len - used)?.contiguous()?);
+    if outputs == 0 {
+        return Tensor::zeros((batch, conv.spec.out_channels, 0), x.dtype(), x.device());
+    }
+    let window = buffered.narrow(2, 0, (outputs - 1) * stride + kernel)?;
+    conv.forward(&window)?.gelu_erf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+
+    /// The causal stem fed in chunks of any size equals one pass, which equals the
+    /// definition: left padding only and stride-2 outputs at even conv1 frames.
+    #[test]
+    fn causal_stem_chunks_equal_one_pass() -> Result<()> {
+        let dev = Device::Cpu;
+        let (mels, dim, frames) = (3, 4, 23);
+        let val = |i: usize| ((i * 7919 % 101) as f32 / 50.0) - 1.0;
+        let mut ts = HashMap::new();
+        let tensor = |n: usize, shape: &[usize], off: usize| {
+            Tensor::from_vec((0..n).map(|i| val(i + off)).collect(), shape, &dev)
+        };
+        ts.insert(
+            "a.weight".into(),
+            tensor(dim * mels * 3, &[dim, mels, 3], 0)?,
+        );
+        ts.insert("a.bias".into(), tensor(dim, &[dim], 5)?);
+        ts.insert("b.weight".into(), tensor(dim * dim * 3, &[dim, dim, 3], 9)?);
+        ts.insert("b.bias".into(), tensor(dim, &[dim], 13)?);
+        let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
+        let stem = ConvStem::load_causal(vb.pp("a"), vb.pp("b"), mels, dim)?;
+        let mel = tensor(mels * frames, &[1, mels, frames], 17)?;
+        let [a1, a2] = stem.forward_stages(&mel)?;
+        assert_eq!(a1.dims(), &[1, dim, frames]);
+        assert_eq!(a2.dims(), &[1, dim, frames / 2]);
+        // Definition: a1 from left-padded mel, a2 from left-padded a1 with stride 2.
+        let padded = Tensor::cat(&[&Tensor::zeros((1, mels, 2), DType::F32, &dev)?, &mel], 2)?;
+        let want1 = stem.conv1.forward(&padded)?.gelu_erf()?;
+        let padded1 = Tensor::cat(&[&Tensor::zeros((1, dim, 1), DType::F32, &dev)?, &want1], 2)?;
+        let want2 = stem.conv2.forward(&padded1)?.gelu_erf()?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert!(diff(&a1, &want1)? < 1e-6);
+        assert!(diff(&a2, &want2)? < 1e-6);
+        for sizes in [[1, 1, 1, 20], [5, 2, 7, 9], [2, 3, 18, 0]] {
+            let mut state = ConvStemState::default();
+            let (mut parts1, mut parts2, mut at) = (Vec::new(), Vec::new(), 0);
+            for n in sizes {
+                let [p1, p2] = stem.push(&mut state, &mel.narrow(2, at, n)?)?;
+                parts1.push(p1);
+                parts2.push(p2);
+                at += n;
+            }
+            assert!(diff(&Tensor::cat(&parts1, 2)?, &a1)? < 1e-6, "{sizes:?}");
+            assert!(diff(&Tensor::cat(&parts2, 2)?, &a2)? < 1e-6, "{sizes:?}");
+        }
+        Ok(())
     }
 }

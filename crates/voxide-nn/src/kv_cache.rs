@@ -3,6 +3,12 @@
 //! Layout (batch, kv_heads, capacity, head_dim), allocated once per session; appending writes
 //! in place, so a decoder step allocates nothing large (whisper.cpp does the same with its
 //! `kv_self` buffers).
+//!
+//! A sliding-window cache (Mistral-style attention, where a query sees only the last `window`
+//! positions including itself) keeps counting positions forever in bounded memory: when the
+//! buffer is full, the last `window - 1` entries move to the front (voxtral.c compacts its
+//! encoder and decoder caches the same way), so the copy happens once every
+//! `capacity - window + 1` positions instead of every step.
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -12,6 +18,18 @@ pub struct KvCache {
     k: Tensor,
     v: Tensor,
     len: usize,
+    window: Option<usize>,
+}
+
+/// What one [`KvCache::append`] call returns: the keys and values a query block attends to,
+/// (batch, kv_heads, past + t, head_dim), and how many of them precede the new block.
+#[derive(Clone, Debug)]
+pub struct KvView {
+    pub k: Tensor,
+    pub v: Tensor,
+    pub past: usize,
+    /// The sliding window, when the cache has one: the caller masks keys older than it.
+    pub window: Option<usize>,
 }
 
 impl KvCache {
@@ -29,7 +47,26 @@ impl KvCache {
             k: Tensor::zeros(shape, dtype, device)?,
             v: Tensor::zeros(shape, dtype, device)?,
             len: 0,
+            window: None,
         })
+    }
+
+    /// A cache whose queries see only the last `window` positions (themselves included).
+    /// `capacity` must exceed `window - 1` by at least the largest block appended at once.
+    pub fn sliding(
+        kv_heads: usize,
+        window: usize,
+        capacity: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if window == 0 || capacity < window {
+            candle_core::bail!("sliding KV cache: capacity {capacity} < window {window}");
+        }
+        let mut cache = Self::new(1, kv_heads, capacity, head_dim, dtype, device)?;
+        cache.window = Some(window);
+        Ok(cache)
     }
 
     /// Number of cached positions.
@@ -52,10 +89,16 @@ impl KvCache {
         self.len = 0;
     }
 
-    /// Appends k, v of shape (batch, kv_heads, t, head_dim) and returns views of all cached
-    /// positions, (batch, kv_heads, len, head_dim).
-    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Appends k, v of shape (batch, kv_heads, t, head_dim) and returns the keys and values
+    /// the new block attends to: all cached positions, or with a sliding window the last
+    /// `window - 1` older ones plus the block.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<KvView> {
         let t = k.dim(2)?;
+        if let Some(window) = self.window {
+            if self.len + t > self.capacity() {
+                self.compact(window - 1)?;
+            }
+        }
         if self.len + t > self.capacity() {
             candle_core::bail!(
                 "KV cache overflow: {} cached + {t} new positions exceed its capacity of {}",
@@ -68,10 +111,35 @@ impl KvCache {
         self.v
             .slice_set(&v.to_dtype(self.v.dtype())?, 2, self.len)?;
         self.len += t;
-        Ok((
-            self.k.narrow(2, 0, self.len)?,
-            self.v.narrow(2, 0, self.len)?,
-        ))
+        let visible = match self.window {
+            Some(window) => self.len.min(window - 1 + t),
+            None => self.len,
+        };
+        let first = self.len - visible;
+        Ok(KvView {
+            k: self.k.narrow(2, first, visible)?,
+            v: self.v.narrow(2, first, visible)?,
+            past: visible - t,
+            window: self.window,
+        })
+    }
+
+    /// Keeps only the newest `keep` positions, moved to the front of the buffers.
+    fn compact(&mut self, keep: usize) -> Result<()> {
+        let keep = keep.min(self.len);
+        // Copied out first: source and destination ranges of the same buffer may overlap.
+        let k = self
+            .k
+            .narrow(2, self.len - keep, keep)?
+            .force_contiguous()?;
+        let v = self
+            .v
+            .narrow(2, self.len - keep, keep)?
+            .force_contiguous()?;
+        self.k.slice_set(&k, 2, 0)?;
+        self.v.slice_set(&v, 2, 0)?;
+        self.len = keep;
+        Ok(())
     }
 
     /// Reorders the batch rows (beam search keeps the caches of the surviving beams).
@@ -95,7 +163,7 @@ mod tests {
         let a = Tensor::ones((1, 2, 2, 4), DType::F32, &dev)?;
         let b = (Tensor::ones((1, 2, 1, 4), DType::F32, &dev)? * 2.0)?;
         cache.append(&a, &a)?;
-        let (k, _) = cache.append(&b, &b)?;
+        let k = cache.append(&b, &b)?.k;
         assert_eq!(k.dims(), &[1, 2, 3, 4]);
         let first_head = k.narrow(1, 0, 1)?.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(
@@ -113,8 +181,33 @@ mod tests {
         let k = Tensor::new(&[10f32, 20.], &dev)?.reshape((2, 1, 1, 1))?;
         cache.append(&k, &k)?;
         cache.reorder(&[1, 1])?;
-        let (k, _) = cache.append(&k, &k)?;
+        let k = cache.append(&k, &k)?.k;
         assert_eq!(k.flatten_all()?.to_vec1::<f32>()?, vec![20., 10., 20., 20.]);
+        Ok(())
+    }
+
+    /// A sliding cache shows each block the last `window - 1` older positions, compacts when
+    /// full and keeps working forever.
+    #[test]
+    fn sliding_window_compacts_and_shows_the_window() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::sliding(1, 3, 5, 1, DType::F32, &dev)?;
+        let block = |from: usize, n: usize| {
+            let vals: Vec<f32> = (from..from + n).map(|i| i as f32).collect();
+            Tensor::from_vec(vals, (1, 1, n, 1), &dev)
+        };
+        let mut next = 0;
+        for n in [2, 1, 2, 1, 1, 2, 1, 3, 1] {
+            let b = block(next, n)?;
+            let view = cache.append(&b, &b)?;
+            let got = view.k.flatten_all()?.to_vec1::<f32>()?;
+            let first = next.saturating_sub(2);
+            let want: Vec<f32> = (first..next + n).map(|i| i as f32).collect();
+            assert_eq!(got, want, "block at {next}");
+            assert_eq!(view.past, next - first);
+            next += n;
+        }
+        assert!(cache.append(&block(0, 4)?, &block(0, 4)?).is_err());
         Ok(())
     }
 }

@@ -17,8 +17,8 @@ pub mod sampling;
 pub mod weights;
 
 pub use attention::{Attention, AttentionConfig, CrossKv, KvSource};
-pub use conv::{Conv1d, Conv1dSpec, ConvStem};
-pub use kv_cache::KvCache;
+pub use conv::{Conv1d, Conv1dSpec, ConvStem, ConvStemState};
+pub use kv_cache::{KvCache, KvView};
 pub use linear::Linear;
 pub use mlp::{GeluMlp, SwiGlu};
 pub use norm::{LayerNorm, RmsNorm};

@@ -27,7 +27,8 @@ impl GeluMlp {
     }
 }
 
-/// `down(silu(gate(x)) * up(x))`, no biases (Llama / Mistral: gate_proj, up_proj, down_proj).
+/// `down(silu(gate(x)) * up(x))`: no biases in Llama / Mistral decoders; Voxtral's encoder has
+/// one on `down` only.
 #[derive(Clone, Debug)]
 pub struct SwiGlu {
     gate: Linear,
@@ -37,17 +38,18 @@ pub struct SwiGlu {
 
 impl SwiGlu {
     /// Loads the three projections under the given checkpoint names (e.g. `gate_proj`, `up_proj`,
-    /// `down_proj` for HF layouts, `w1`, `w3`, `w2` for Mistral's).
+    /// `down_proj` for HF layouts, `w1`, `w3`, `w2` for Mistral's), `down` with a bias if asked.
     pub fn load(
         vb: VarBuilder,
         dim: usize,
         hidden: usize,
         [gate, up, down]: [&str; 3],
+        down_bias: bool,
     ) -> Result<Self> {
         Ok(Self {
             gate: Linear::load(vb.pp(gate), dim, hidden, false)?,
             up: Linear::load(vb.pp(up), dim, hidden, false)?,
-            down: Linear::load(vb.pp(down), hidden, dim, false)?,
+            down: Linear::load(vb.pp(down), hidden, dim, down_bias)?,
         })
     }
 
@@ -81,7 +83,7 @@ mod tests {
             Tensor::new(&[[1.0f32, 1.0], [-1.0, 2.0]], &dev)?,
         );
         let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
-        let mlp = SwiGlu::load(vb, 2, 2, ["w1", "w3", "w2"])?;
+        let mlp = SwiGlu::load(vb, 2, 2, ["w1", "w3", "w2"], false)?;
         let x = [0.3f32, -0.7];
         let got = mlp.forward(&Tensor::new(&[x], &dev)?)?.to_vec2::<f32>()?;
         let silu = |v: f32| v / (1.0 + (-v).exp());

@@ -16,6 +16,8 @@ pub enum RopeLayout {
 pub struct RotaryEmbedding {
     cos: Tensor,
     sin: Tensor,
+    /// θ^(−2i/d) in f32, for positions past the table (an endless stream keeps counting).
+    inv_freq: Vec<f32>,
     layout: RopeLayout,
 }
 
@@ -32,6 +34,7 @@ impl RotaryEmbedding {
         let inv: Vec<f32> = (0..half)
             .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
             .collect();
+        let inv_freq = inv.clone();
         let inv = Tensor::new(inv.as_slice(), device)?.reshape((1, half))?;
         let pos = Tensor::arange(0u32, max_positions as u32, device)?
             .to_dtype(DType::F32)?
@@ -40,6 +43,7 @@ impl RotaryEmbedding {
         Ok(Self {
             cos: angles.cos()?,
             sin: angles.sin()?,
+            inv_freq,
             layout,
         })
     }
@@ -47,8 +51,23 @@ impl RotaryEmbedding {
     /// Rotates x: (batch, heads, t, head_dim) for positions offset..offset+t.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let t = x.dim(2)?;
-        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
-        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let (cos, sin) = if offset + t <= self.cos.dim(0)? {
+            (
+                self.cos.narrow(0, offset, t)?,
+                self.sin.narrow(0, offset, t)?,
+            )
+        } else {
+            // Same f32 arithmetic as the table: angle = position · inv_freq.
+            let angles: Vec<f32> = (offset..offset + t)
+                .flat_map(|p| self.inv_freq.iter().map(move |f| p as f32 * f))
+                .collect();
+            let shape = (t, self.inv_freq.len());
+            (
+                Tensor::from_vec(angles.iter().map(|a| a.cos()).collect(), shape, x.device())?,
+                Tensor::from_vec(angles.iter().map(|a| a.sin()).collect(), shape, x.device())?,
+            )
+        };
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         let x = x.contiguous()?;
         match self.layout {
             RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin),
@@ -88,10 +107,13 @@ mod tests {
         ] {
             let rope = RotaryEmbedding::new(8, 16, 10000.0, layout, &dev)?;
             let xt = Tensor::new(x.as_slice(), &dev)?.reshape((1, 1, 1, 8))?;
-            let got = rope.apply(&xt, 5)?.flatten_all()?.to_vec1::<f32>()?;
-            let want = rotate(&x, 5, 10000.0, interleaved);
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-5, "{layout:?}: {g} vs {w}");
+            // Inside the table and past it.
+            for pos in [5, 40] {
+                let got = rope.apply(&xt, pos)?.flatten_all()?.to_vec1::<f32>()?;
+                let want = rotate(&x, pos, 10000.0, interleaved);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-5, "{layout:?} at {pos}: {g} vs {w}");
+                }
             }
         }
         Ok(())
