@@ -19,7 +19,6 @@ Offline: needs no hub access (HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 are set be
 """
 
 import argparse
-import hashlib
 import inspect
 import json
 import os
@@ -37,7 +36,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 import safetensors  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 from transformers import (  # noqa: E402
     AddedToken,
     GenerationConfig,
@@ -51,6 +49,9 @@ import whisper  # noqa: E402
 import whisper.decoding  # noqa: E402
 from whisper.model import ModelDimensions, Whisper, sinusoids  # noqa: E402
 from whisper.tokenizer import LANGUAGES, get_tokenizer  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import dir_size, maxdiff, perturb_constants, save_reference, sha256  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SHARED = os.environ.get("VOXIDE_SHARED", "/work/shared")
@@ -122,33 +123,6 @@ def token_ids(n_vocab):
 
 # --------------------------------------------------------------------------------------
 # helpers
-
-
-def perturb_constants(model, seed=0):
-    """reference-parity.md section 2: constant float tensors -> c(1+0.1N) or 0.05N."""
-    g = torch.Generator().manual_seed(seed)
-    seen = set()
-    n = 0
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    with torch.no_grad():
-        for _name, t in tensors:
-            if not t.is_floating_point() or t.numel() == 0:
-                continue
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen:  # tied / shared storage
-                continue
-            seen.add(ptr)
-            flat = t.reshape(-1)
-            c = flat[0].item()
-            if not bool((flat == flat[0]).all()):
-                continue
-            noise = torch.randn(t.shape, generator=g, dtype=torch.float32).to(t.dtype)
-            if abs(c) >= 1e-3:
-                t.copy_(c * (1.0 + 0.1 * noise))
-            else:
-                t.copy_(0.05 * noise)
-            n += 1
-    return n
 
 
 _BLOCK_MAP = {
@@ -243,17 +217,6 @@ def generation_config_dict(tid, n_layers, n_heads):
                            for i, code in enumerate(list(LANGUAGES)[: tid["n_langs"]])}
         g["task_to_id"] = {"transcribe": tid["transcribe"], "translate": tid["translate"]}
     return g
-
-
-def maxdiff(a, b):
-    return float((a.detach().double() - b.detach().double()).abs().max().item())
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read())
-    return h.hexdigest()
 
 
 def result_dict(r):
@@ -448,12 +411,7 @@ def make_fixture(spec, out_root, audio, longform_audio):
         mel_diff_hf_torch = None
 
     ref_path = os.path.join(out_root, f"{name}.reference.safetensors")
-    tensors = {}
-    for k, v in ref.items():
-        v = v.detach().contiguous()
-        assert v.dtype in (torch.float32, torch.int64), (k, v.dtype)
-        tensors[k] = v.clone()
-    save_file(tensors, ref_path, metadata={"seed": str(spec["seed"]), "generator": GENERATOR})
+    tensors = save_reference(ref, ref_path, spec["seed"], GENERATOR)
 
     # ---------------- openai-whisper model from the same weights
     dims = ModelDimensions(n_mels=n_mels, n_audio_ctx=1500, n_audio_state=d, n_audio_head=H,
@@ -622,12 +580,6 @@ def make_fixture(spec, out_root, audio, longform_audio):
         f.write("\n")
     doc["_seconds"] = time.time() - t0
     return doc
-
-
-def dir_size(p):
-    if os.path.isfile(p):
-        return os.path.getsize(p)
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(p) for f in fs)
 
 
 def main():

@@ -4,7 +4,9 @@
 //! from the shared blocks in `voxide-nn`; families never import each other.
 
 pub mod error;
+pub mod tekken;
 pub mod transcript;
+pub mod voxtral_realtime;
 pub mod whisper;
 
 pub use error::{Error, Result};

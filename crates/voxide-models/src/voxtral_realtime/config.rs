@@ -1,0 +1,328 @@
+//! Configuration of Voxtral Mini 4B Realtime, read from either published layout:
+//! Mistral's `params.json` (next to `consolidated.safetensors`) or Hugging Face's
+//! `config.json` (next to `model.safetensors`). Both become one [`Config`].
+
+use crate::error::read_json;
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+/// Which checkpoint layout a directory holds; it fixes the tensor names and the RoPE pairing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `consolidated.safetensors` + `params.json`: Mistral names, RoPE on interleaved pairs.
+    Mistral,
+    /// `model.safetensors` + `config.json`: HF names, q/k rows permuted for rotate-half RoPE.
+    Hf,
+}
+
+/// One transformer stack (the causal audio encoder or the text decoder).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackConfig {
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// SwiGLU hidden width.
+    pub hidden_dim: usize,
+    pub rope_theta: f64,
+    pub norm_eps: f64,
+    /// A query sees the last `sliding_window` positions, itself included.
+    pub sliding_window: usize,
+}
+
+/// The whole model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub layout: Layout,
+    /// Audio encoder (1280 wide, 32 layers, window 750 frames).
+    pub encoder: StackConfig,
+    /// Text decoder (3072 wide, 26 layers, GQA 32/8, window 8192 positions).
+    pub decoder: StackConfig,
+    pub vocab_size: usize,
+    pub num_mel_bins: usize,
+    /// Encoder frames stacked into one adapter input (4).
+    pub downsample_factor: usize,
+    /// Width of the delay-conditioning bottleneck (32).
+    pub t_cond_dim: usize,
+    /// Fixed maximum of the log-mel clamp (1.5).
+    pub global_log_mel_max: f32,
+}
+
+// --- params.json (Mistral) ---------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct Params {
+    dim: usize,
+    n_layers: usize,
+    head_dim: usize,
+    hidden_dim: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    rope_theta: f64,
+    norm_eps: f64,
+    vocab_size: usize,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    tied_embeddings: Option<bool>,
+    #[serde(default)]
+    ada_rms_norm_t_cond: bool,
+    #[serde(default)]
+    ada_rms_norm_t_cond_dim: Option<usize>,
+    multimodal: Multimodal,
+}
+
+#[derive(Deserialize)]
+struct Multimodal {
+    whisper_model_args: WhisperModelArgs,
+}
+
+#[derive(Deserialize)]
+struct WhisperModelArgs {
+    encoder_args: EncoderArgs,
+    #[serde(default)]
+    downsample_args: Option<DownsampleArgs>,
+    /// Some files keep the audio arguments here rather than inside `encoder_args`.
+    #[serde(default)]
+    audio_encoding_args: Option<AudioEncodingArgs>,
+}
+
+#[derive(Deserialize)]
+struct EncoderArgs {
+    dim: usize,
+    n_layers: usize,
+    head_dim: usize,
+    hidden_dim: usize,
+    n_heads: usize,
+    #[serde(default)]
+    n_kv_heads: Option<usize>,
+    rope_theta: f64,
+    norm_eps: f64,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    audio_encoding_args: Option<AudioEncodingArgs>,
+}
+
+#[derive(Deserialize)]
+struct AudioEncodingArgs {
+    num_mel_bins: usize,
+    #[serde(default)]
+    global_log_mel_max: Option<f32>,
+}
+
+#[derive(Deserialize)]
+struct DownsampleArgs {
+    downsample_factor: usize,
+}
+
+// --- config.json (HF) --------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: String,
+    audio_config: HfStack,
+    text_config: HfStack,
+    #[serde(default = "default_downsample")]
+    downsample_factor: usize,
+}
+
+fn default_downsample() -> usize {
+    4
+}
+
+#[derive(Deserialize)]
+struct HfStack {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default)]
+    rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_parameters: Option<HfRope>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    vocab_size: Option<usize>,
+    #[serde(default)]
+    num_mel_bins: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct HfRope {
+    rope_theta: f64,
+}
+
+#[derive(Deserialize)]
+struct HfPreprocessor {
+    #[serde(default)]
+    global_log_mel_max: Option<f32>,
+}
+
+/// transformers hard-codes the ada-norm bottleneck at 32.
+const HF_T_COND_DIM: usize = 32;
+
+impl Config {
+    /// Reads the configuration of the checkpoint in `dir`: `params.json` when the directory
+    /// has `consolidated.safetensors`, else `config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let (path, config) = if dir.join("consolidated.safetensors").exists() {
+            let path = require(dir, "params.json")?;
+            let config = Self::from_params(read_json(&path)?);
+            (path, config)
+        } else {
+            let path = require(dir, "config.json")?;
+            let pre = dir.join("preprocessor_config.json");
+            let max = if pre.exists() {
+                read_json::<HfPreprocessor>(&pre)?.global_log_mel_max
+            } else {
+                None
+            };
+            let config = Self::from_hf(read_json(&path)?, max);
+            (path, config)
+        };
+        let invalid = |message: String| Error::InvalidJson {
+            path: path.clone(),
+            message,
+        };
+        let config = config.map_err(invalid)?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn from_params(p: Params) -> std::result::Result<Self, String> {
+        let w = p.multimodal.whisper_model_args;
+        let audio = w
+            .encoder_args
+            .audio_encoding_args
+            .as_ref()
+            .or(w.audio_encoding_args.as_ref())
+            .ok_or("no audio_encoding_args")?;
+        if p.tied_embeddings == Some(false) {
+            return Err("Voxtral Realtime ties its output head to the embeddings".into());
+        }
+        if !p.ada_rms_norm_t_cond {
+            return Err("not a Voxtral Realtime checkpoint (no ada_rms_norm_t_cond)".into());
+        }
+        let e = &w.encoder_args;
+        Ok(Self {
+            layout: Layout::Mistral,
+            encoder: StackConfig {
+                dim: e.dim,
+                n_layers: e.n_layers,
+                n_heads: e.n_heads,
+                n_kv_heads: e.n_kv_heads.unwrap_or(e.n_heads),
+                head_dim: e.head_dim,
+                hidden_dim: e.hidden_dim,
+                rope_theta: e.rope_theta,
+                norm_eps: e.norm_eps,
+                sliding_window: e.sliding_window.unwrap_or(750),
+            },
+            decoder: StackConfig {
+                dim: p.dim,
+                n_layers: p.n_layers,
+                n_heads: p.n_heads,
+                n_kv_heads: p.n_kv_heads,
+                head_dim: p.head_dim,
+                hidden_dim: p.hidden_dim,
+                rope_theta: p.rope_theta,
+                norm_eps: p.norm_eps,
+                sliding_window: p.sliding_window.unwrap_or(8192),
+            },
+            vocab_size: p.vocab_size,
+            num_mel_bins: audio.num_mel_bins,
+            downsample_factor: w.downsample_args.map_or(4, |d| d.downsample_factor),
+            t_cond_dim: p.ada_rms_norm_t_cond_dim.unwrap_or(32),
+            global_log_mel_max: audio.global_log_mel_max.unwrap_or(1.5),
+        })
+    }
+
+    fn from_hf(hf: HfConfig, global_log_mel_max: Option<f32>) -> std::result::Result<Self, String> {
+        if hf.model_type != "voxtral_realtime" {
+            return Err(format!(
+                "model_type {:?} is not voxtral_realtime",
+                hf.model_type
+            ));
+        }
+        let stack = |s: &HfStack, what: &str, window: usize| -> std::result::Result<_, String> {
+            let theta = s
+                .rope_parameters
+                .as_ref()
+                .map(|r| r.rope_theta)
+                .or(s.rope_theta)
+                .ok_or_else(|| format!("{what} has no rope_theta"))?;
+            Ok(StackConfig {
+                dim: s.hidden_size,
+                n_layers: s.num_hidden_layers,
+                n_heads: s.num_attention_heads,
+                n_kv_heads: s.num_key_value_heads.unwrap_or(s.num_attention_heads),
+                head_dim: s
+                    .head_dim
+                    .unwrap_or(s.hidden_size / s.num_attention_heads.max(1)),
+                hidden_dim: s.intermediate_size,
+                rope_theta: theta,
+                norm_eps: s.rms_norm_eps.unwrap_or(1e-5),
+                sliding_window: s.sliding_window.unwrap_or(window),
+            })
+        };
+        Ok(Self {
+            layout: Layout::Hf,
+            encoder: stack(&hf.audio_config, "audio_config", 750)?,
+            decoder: stack(&hf.text_config, "text_config", 8192)?,
+            vocab_size: hf.text_config.vocab_size.unwrap_or(131_072),
+            num_mel_bins: hf.audio_config.num_mel_bins.unwrap_or(128),
+            downsample_factor: hf.downsample_factor,
+            t_cond_dim: HF_T_COND_DIM,
+            global_log_mel_max: global_log_mel_max.unwrap_or(1.5),
+        })
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (what, s) in [("encoder", &self.encoder), ("decoder", &self.decoder)] {
+            let dims = [
+                s.dim,
+                s.n_layers,
+                s.n_heads,
+                s.n_kv_heads,
+                s.head_dim,
+                s.hidden_dim,
+            ];
+            if dims.contains(&0) || s.sliding_window == 0 {
+                return Err(format!("{what}: a dimension is 0 in {s:?}"));
+            }
+            if s.n_heads % s.n_kv_heads != 0 || s.head_dim % 2 != 0 {
+                return Err(format!(
+                    "{what}: {} heads cannot share {} key/value heads of width {}",
+                    s.n_heads, s.n_kv_heads, s.head_dim
+                ));
+            }
+        }
+        if self.vocab_size == 0 || self.num_mel_bins == 0 || self.downsample_factor == 0 {
+            return Err("vocab_size, num_mel_bins and downsample_factor must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// `dir/file`, or a missing-file error naming the directory.
+pub(crate) fn require(dir: &Path, file: &str) -> Result<std::path::PathBuf> {
+    let path = dir.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingFile {
+            dir: dir.to_owned(),
+            file: file.into(),
+            hint: String::new(),
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! Voxtral Mini 4B Realtime (Mistral, 2602): streaming speech-to-text, one decoder step per
+//! 80 ms of audio.
+//!
+//! * [`config`]: `params.json` (Mistral layout) or `config.json` (HF layout) → [`Config`];
+//! * [`model`]: the network (causal conv stem, sliding-window encoder, adapter, delay-
+//!   conditioned decoder with tied head), built from `voxide-nn` blocks;
+//! * [`stream`]: the incremental engine ([`RealtimeStream`]); offline transcription is one
+//!   stream fed the whole input.
+//!
+//! [`VoxtralRealtime`] is the loaded model (weights, tokenizer, mel tables), shared by any
+//! number of streams, each with its own [`RealtimeStream`] state (whisper.cpp's split of
+//! `whisper_context` and `whisper_state`).
+
+pub mod config;
+pub mod model;
+pub mod stream;
+
+pub use config::{Config, Layout};
+pub use model::VoxtralRealtimeModel;
+pub use stream::{RealtimeStream, StreamOptions, StreamToken};
+
+use crate::error::Error;
+use crate::tekken::Tekken;
+use crate::{Result, Segment, Timings, Transcript};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use config::require;
+use std::path::Path;
+use voxide_audio::WhisperMel;
+use voxide_nn::weights::SafetensorsFiles;
+
+/// Input sample rate.
+pub const SAMPLE_RATE: u32 = 16_000;
+
+/// Seconds of audio per decoder position.
+pub const SECONDS_PER_TOKEN: f64 = 0.08;
+
+/// Token arithmetic of the streaming schedule (tekken.json's `audio` section).
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// Silence tokens before the audio (32).
+    pub left_pad_tokens: usize,
+    /// Samples per decoder position (1280).
+    pub samples_per_token: usize,
+    /// Default delay, ms (480).
+    pub default_delay_ms: u32,
+}
+
+/// A loaded Voxtral Realtime model.
+pub struct VoxtralRealtime {
+    network: VoxtralRealtimeModel,
+    tokenizer: Tekken,
+    streaming_pad: u32,
+    mel: WhisperMel,
+    schedule: Schedule,
+}
+
+impl VoxtralRealtime {
+    /// Loads a checkpoint directory in either layout: `consolidated.safetensors` +
+    /// `params.json` + `tekken.json` (Mistral) or `model.safetensors` + `config.json` +
+    /// `tekken.json` (HF). Matrices stay in the checkpoint's precision unless `precision`
+    /// says otherwise; norms, biases and convolutions are f32.
+    pub fn from_dir(dir: &Path, device: &Device, precision: Option<DType>) -> Result<Self> {
+        let config = Config::from_dir(dir)?;
+        let weights = match config.layout {
+            Layout::Mistral => require(dir, "consolidated.safetensors")?,
+            Layout::Hf => require(dir, "model.safetensors")?,
+        };
+        let tokenizer = Tekken::from_file(require(dir, "tekken.json")?)?;
+        let weights_error = |e: candle_core::Error| Error::Weights {
+            path: weights.clone(),
+            message: e.to_string().lines().next().unwrap_or_default().to_string(),
+        };
+        let tensors =
+            SafetensorsFiles::open(std::slice::from_ref(&weights)).map_err(weights_error)?;
+        let dtype = precision.unwrap_or_else(|| {
+            let probe = match config.layout {
+                Layout::Mistral => "mm_streams_embeddings.embedding_module.tok_embeddings.weight",
+                Layout::Hf => "language_model.model.embed_tokens.weight",
+            };
+            tensors.dtype(probe).unwrap_or(DType::F32)
+        });
+        let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
+        let network = VoxtralRealtimeModel::load(vb, config).map_err(weights_error)?;
+        Self::new(network, tokenizer)
+    }
+
+    /// Pairs a network with its tokenizer, checking they agree.
+    pub fn new(network: VoxtralRealtimeModel, tokenizer: Tekken) -> Result<Self> {
+        let invalid = |message: String| Error::Tokenizer {
+            path: tokenizer.path().to_owned(),
+            message,
+        };
+        if tokenizer.vocab_size() != network.config().vocab_size {
+            return Err(invalid(format!(
+                "{} tokens, but the model has {}",
+                tokenizer.vocab_size(),
+                network.config().vocab_size
+            )));
+        }
+        let streaming_pad = tokenizer.streaming_pad()?;
+        let audio = tokenizer
+            .audio()
+            .ok_or_else(|| invalid("no audio section: not a Voxtral tokenizer".into()))?;
+        if audio.sampling_rate != SAMPLE_RATE || !audio.is_streaming() {
+            return Err(invalid(format!(
+                "audio section is for {} Hz, {:?} transcription; Voxtral Realtime needs 16000 Hz streaming",
+                audio.sampling_rate, audio.transcription_format
+            )));
+        }
+        let schedule = Schedule {
+            left_pad_tokens: audio.streaming_n_left_pad_tokens.unwrap_or(32) as usize,
+            samples_per_token: audio.samples_per_token() as usize,
+            default_delay_ms: audio.transcription_delay_ms.map_or(480, |ms| ms as u32),
+        };
+        if schedule.samples_per_token != 1280 {
+            return Err(invalid(format!(
+                "{} samples per token; the model takes 1280 (80 ms)",
+                schedule.samples_per_token
+            )));
+        }
+        let mel = WhisperMel::new(network.config().num_mel_bins);
+        Ok(Self {
+            network,
+            tokenizer,
+            streaming_pad,
+            mel,
+            schedule,
+        })
+    }
+
+    /// Starts a stream.
+    pub fn stream(&self, options: StreamOptions) -> Result<RealtimeStream<'_>> {
+        RealtimeStream::new(self, options)
+    }
+
+    /// Transcribes a whole input: one stream fed `samples` in chunks, then finished.
+    /// Segments break at sentence ends and at pauses of a second or more; their times come
+    /// from the positions of their tokens (80 ms each).
+    pub fn transcribe(
+        &self,
+        samples: &[f32],
+        options: StreamOptions,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<(Transcript, Timings)> {
+        let mut stream = self.stream(options)?;
+        // 30 s chunks keep the conv stem's activations small on long inputs.
+        const CHUNK: usize = 30 * SAMPLE_RATE as usize;
+        for (i, chunk) in samples.chunks(CHUNK).enumerate() {
+            stream.push(chunk)?;
+            progress(((i + 1) * CHUNK).min(samples.len()) as f64 / samples.len().max(1) as f64);
+        }
+        stream.finish()?;
+        let tokens = stream.tokens().to_vec();
+        let timings = stream.timings().clone();
+        let duration = samples.len() as f64 / SAMPLE_RATE as f64;
+        let segments = self.segments(&tokens, duration);
+        let text = self
+            .tokenizer
+            .decode(&tokens.iter().map(|t| t.id).collect::<Vec<_>>());
+        Ok((
+            Transcript {
+                language: String::new(),
+                duration,
+                text: text.trim().to_string(),
+                segments,
+                token_ids: tokens.iter().map(|t| t.id).collect(),
+            },
+            timings,
+        ))
+    }
+
+    /// Groups tokens into timed segments.
+    fn segments(&self, tokens: &[StreamToken], duration: f64) -> Vec<Segment> {
+        const PAUSE_TOKENS: usize = 12; // ~1 s of streaming pads ends a segment
+        let mut segments = Vec::new();
+        let mut current: Vec<&StreamToken> = Vec::new();
+        let mut silent = 0;
+        let flush = |current: &mut Vec<&StreamToken>, segments: &mut Vec<Segment>| {
+            let ids: Vec<u32> = current.iter().map(|t| t.id).collect();
+            let text = self.tokenizer.decode(&ids);
+            if let (Some(first), Some(last)) = (current.first(), current.last()) {
+                if !text.trim().is_empty() {
+                    segments.push(Segment {
+                        id: segments.len(),
+                        seek: 0,
+                        start: (first.time - SECONDS_PER_TOKEN).clamp(0.0, duration),
+                        end: last.time.min(duration),
+                        text,
+                        tokens: ids,
+                        temperature: 0.0,
+                        avg_logprob: 0.0,
+                        compression_ratio: 0.0,
+                        no_speech_prob: 0.0,
+                    });
+                }
+            }
+            current.clear();
+        };
+        for token in tokens {
+            if self.tokenizer.is_text(token.id) {
+                silent = 0;
+                current.push(token);
+                let piece = self.tokenizer.token_bytes(token.id);
+                if matches!(piece.last(), Some(b'.' | b'?' | b'!')) {
+                    flush(&mut current, &mut segments);
+                }
+            } else {
+                silent += 1;
+                if silent == PAUSE_TOKENS {
+                    flush(&mut current, &mut segments);
+                }
+            }
+        }
+        flush(&mut current, &mut segments);
+        segments
+    }
+
+    /// Decoder positions of delay for `delay_ms` (80 … 2400 ms in steps of 80).
+    pub fn delay_tokens(&self, delay_ms: u32) -> Result<usize> {
+        if !(80..=2400).contains(&delay_ms) || delay_ms % 80 != 0 {
+            return Err(Error::InvalidRequest(format!(
+                "delay {delay_ms} ms: use 80 to 2400 ms in steps of 80 (the model was trained at 480)"
+            )));
+        }
+        Ok((delay_ms / 80) as usize)
+    }
+
+    /// Audio time (s from the input's start) that the token produced at `position` covers up
+    /// to (vLLM's timestamp rule: (position + 1 − left pad − delay) · 80 ms).
+    pub fn token_end_time(&self, position: usize, delay_tokens: usize) -> f64 {
+        (position + 1) as f64 * SECONDS_PER_TOKEN
+            - (self.schedule.left_pad_tokens + delay_tokens) as f64 * SECONDS_PER_TOKEN
+    }
+
+    pub fn network(&self) -> &VoxtralRealtimeModel {
+        &self.network
+    }
+
+    pub fn tokenizer(&self) -> &Tekken {
+        &self.tokenizer
+    }
+
+    pub fn mel(&self) -> &WhisperMel {
+        &self.mel
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+
+    fn streaming_pad(&self) -> u32 {
+        self.streaming_pad
+    }
+}

@@ -1,0 +1,492 @@
+//! The Voxtral Realtime network: causal conv stem and encoder (1280 wide, 32 layers, window
+//! 750 frames), 4× adapter, and a 26-layer Ministral decoder whose FFN norm is conditioned on
+//! the transcription delay. Blocks come from `voxide-nn`; this file only wires them.
+//!
+//! Shapes (real model): mel (1, 128, 8·N) → stem (1, 4·N, 1280) → encoder (1, 4·N, 1280) →
+//! stack 4 frames (1, N, 5120) → adapter (1, N, 3072) → summed with token embeddings →
+//! decoder (1, N, 3072) → tied head (131 072).
+
+use super::config::{Config, Layout, StackConfig};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use voxide_nn::{
+    Attention, AttentionConfig, ConvStem, ConvStemState, KvCache, KvSource, Linear, RmsNorm,
+    RopeLayout, RotaryEmbedding, SwiGlu,
+};
+
+/// Encoder frames processed at once (bounds the attention scores and the KV-cache headroom:
+/// voxtral.c keeps 750 + 256 encoder positions too).
+pub const ENCODER_BLOCK: usize = 256;
+
+/// Largest decoder block (the prompt prefill is 39 positions at the default delay, 63 at the
+/// longest) and the decoder KV cache's headroom past its window.
+pub const DECODER_BLOCK: usize = 256;
+
+/// RoPE table length; later positions are computed on the fly.
+const ROPE_TABLE: usize = 4096;
+
+/// Tensor names of one checkpoint layout (spec §12.3 / §12.4).
+struct Names {
+    encoder: &'static str,
+    conv: [&'static str; 2],
+    encoder_layers: &'static str,
+    encoder_norm: &'static str,
+    adapter: [&'static str; 2],
+    embeddings: &'static str,
+    decoder_layers: &'static str,
+    decoder_norm: &'static str,
+    attention: &'static str,
+    qkvo: [&'static str; 4],
+    /// (attention norm, FFN norm) of encoder and decoder layers.
+    encoder_norms: [&'static str; 2],
+    decoder_norms: [&'static str; 2],
+    mlp: &'static str,
+    gate_up_down: [&'static str; 3],
+    ada: [&'static str; 3],
+    rope: RopeLayout,
+}
+
+impl Layout {
+    fn names(self) -> Names {
+        match self {
+            Layout::Mistral => Names {
+                encoder: "mm_streams_embeddings.embedding_module.whisper_encoder",
+                conv: ["conv_layers.0.conv", "conv_layers.1.conv"],
+                encoder_layers: "transformer.layers",
+                encoder_norm: "transformer.norm",
+                adapter: [
+                    "mm_streams_embeddings.embedding_module.audio_language_projection.0",
+                    "mm_streams_embeddings.embedding_module.audio_language_projection.2",
+                ],
+                embeddings: "mm_streams_embeddings.embedding_module.tok_embeddings",
+                decoder_layers: "layers",
+                decoder_norm: "norm",
+                attention: "attention",
+                qkvo: ["wq", "wk", "wv", "wo"],
+                encoder_norms: ["attention_norm", "ffn_norm"],
+                decoder_norms: ["attention_norm", "ffn_norm"],
+                mlp: "feed_forward",
+                gate_up_down: ["w1", "w3", "w2"],
+                ada: ["ada_rms_norm_t_cond", "0", "2"],
+                rope: RopeLayout::Interleaved,
+            },
+            Layout::Hf => Names {
+                encoder: "audio_tower",
+                conv: ["embedder.conv1", "embedder.conv2"],
+                encoder_layers: "layers",
+                encoder_norm: "norm",
+                adapter: [
+                    "multi_modal_projector.linear_1",
+                    "multi_modal_projector.linear_2",
+                ],
+                embeddings: "language_model.model.embed_tokens",
+                decoder_layers: "language_model.model.layers",
+                decoder_norm: "language_model.model.norm",
+                attention: "self_attn",
+                qkvo: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                encoder_norms: ["self_attn_layer_norm", "final_layer_norm"],
+                decoder_norms: ["input_layernorm", "post_attention_layernorm"],
+                mlp: "mlp",
+                gate_up_down: ["gate_proj", "up_proj", "down_proj"],
+                ada: ["ada_rms_norm", "linear1", "linear2"],
+                rope: RopeLayout::RotateHalf,
+            },
+        }
+    }
+}
+
+/// `1 + up(gelu(down(t_cond)))`: the per-layer FFN-norm gain for a given delay.
+#[derive(Clone, Debug)]
+struct AdaNorm {
+    down: Linear,
+    up: Linear,
+}
+
+impl AdaNorm {
+    fn gain(&self, t_cond: &Tensor) -> Result<Tensor> {
+        self.up.forward(&self.down.forward(t_cond)?.gelu_erf()?)? + 1.0
+    }
+}
+
+/// A pre-norm transformer layer; the decoder's carries the delay conditioning.
+#[derive(Clone, Debug)]
+struct Block {
+    attention_norm: RmsNorm,
+    attention: Attention,
+    ffn_norm: RmsNorm,
+    ada: Option<AdaNorm>,
+    mlp: SwiGlu,
+}
+
+impl Block {
+    fn load(
+        vb: VarBuilder,
+        s: &StackConfig,
+        names: &Names,
+        encoder: bool,
+        t_cond_dim: usize,
+    ) -> Result<Self> {
+        let norms = if encoder {
+            names.encoder_norms
+        } else {
+            names.decoder_norms
+        };
+        let ada = if encoder {
+            None
+        } else {
+            let [prefix, down, up] = names.ada;
+            let vb = vb.pp(prefix);
+            Some(AdaNorm {
+                down: Linear::load(vb.pp(down), s.dim, t_cond_dim, false)?,
+                up: Linear::load(vb.pp(up), t_cond_dim, s.dim, false)?,
+            })
+        };
+        Ok(Self {
+            attention_norm: RmsNorm::load(vb.pp(norms[0]), s.dim, s.norm_eps)?,
+            attention: Attention::load(
+                vb.pp(names.attention),
+                AttentionConfig {
+                    dim: s.dim,
+                    n_heads: s.n_heads,
+                    n_kv_heads: s.n_kv_heads,
+                    head_dim: s.head_dim,
+                    // The encoder has biases on q, v and out (not k); the decoder on none.
+                    bias: [encoder, false, encoder, encoder],
+                    names: names.qkvo,
+                },
+            )?,
+            ffn_norm: RmsNorm::load(vb.pp(norms[1]), s.dim, s.norm_eps)?,
+            ada,
+            mlp: SwiGlu::load(
+                vb.pp(names.mlp),
+                s.dim,
+                s.hidden_dim,
+                names.gate_up_down,
+                encoder,
+            )?,
+        })
+    }
+
+    /// x: (1, t, dim) at positions `offset..offset + t` -> (1, t, dim).
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        rope: &RotaryEmbedding,
+        offset: usize,
+        gain: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = (x + self.attention.forward(
+            &self.attention_norm.forward(x)?,
+            KvSource::Cached(cache),
+            true,
+            Some((rope, offset)),
+        )?)?;
+        let mut n = self.ffn_norm.forward(&h)?;
+        if let Some(gain) = gain {
+            n = n.broadcast_mul(gain)?;
+        }
+        h + self.mlp.forward(&n)?
+    }
+}
+
+/// A stack of blocks with its final norm and rotary table.
+#[derive(Clone, Debug)]
+struct Stack {
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    rope: RotaryEmbedding,
+    config: StackConfig,
+}
+
+/// Per-stream state of a [`Stack`]: sliding KV caches and the next position.
+#[derive(Clone, Debug)]
+pub struct StackState {
+    caches: Vec<KvCache>,
+    position: usize,
+}
+
+impl Stack {
+    fn load(
+        vb: VarBuilder,
+        layers: VarBuilder,
+        s: &StackConfig,
+        names: &Names,
+        encoder: bool,
+        t_cond_dim: usize,
+        norm: &str,
+        rope: RopeLayout,
+    ) -> Result<Self> {
+        let blocks = (0..s.n_layers)
+            .map(|i| Block::load(layers.pp(i), s, names, encoder, t_cond_dim))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            blocks,
+            norm: RmsNorm::load(vb.pp(norm), s.dim, s.norm_eps)?,
+            rope: RotaryEmbedding::new(s.head_dim, ROPE_TABLE, s.rope_theta, rope, vb.device())?,
+            config: s.clone(),
+        })
+    }
+
+    fn new_state(&self, headroom: usize, kv_dtype: DType, device: &Device) -> Result<StackState> {
+        let s = &self.config;
+        let caches = (0..s.n_layers)
+            .map(|_| {
+                KvCache::sliding(
+                    s.n_kv_heads,
+                    s.sliding_window,
+                    headroom,
+                    s.head_dim,
+                    kv_dtype,
+                    device,
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(StackState {
+            caches,
+            position: 0,
+        })
+    }
+
+    /// x: (1, t, dim) -> final-norm output (1, t, dim); every layer's output is pushed to
+    /// `hidden` when given (HF's `hidden_states[1..]`, before the final norm).
+    fn forward(
+        &self,
+        x: &Tensor,
+        state: &mut StackState,
+        gains: Option<&[Tensor]>,
+        mut hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, (block, cache)) in self.blocks.iter().zip(&mut state.caches).enumerate() {
+            x = block.forward(&x, cache, &self.rope, state.position, gains.map(|g| &g[i]))?;
+            if let Some(h) = hidden.as_deref_mut() {
+                h.push(x.clone());
+            }
+        }
+        state.position += x.dim(1)?;
+        self.norm.forward(&x)
+    }
+}
+
+/// Weights of Voxtral Mini 4B Realtime (immutable; streams keep their own state).
+#[derive(Clone, Debug)]
+pub struct VoxtralRealtimeModel {
+    config: Config,
+    stem: ConvStem,
+    encoder: Stack,
+    adapter: [Linear; 2],
+    /// Token embeddings (vocab, dim), also the output head.
+    embeddings: Tensor,
+    head: Linear,
+    decoder: Stack,
+    device: Device,
+}
+
+/// Per-stream network state: conv stem, encoder and decoder caches, and the decoder's FFN
+/// gains for this stream's delay.
+#[derive(Clone, Debug)]
+pub struct NetworkState {
+    pub(crate) stem: ConvStemState,
+    pub(crate) encoder: StackState,
+    pub(crate) decoder: StackState,
+    gains: Vec<Tensor>,
+}
+
+impl NetworkState {
+    /// Decoder positions consumed so far.
+    pub fn decoder_position(&self) -> usize {
+        self.decoder.position
+    }
+}
+
+impl VoxtralRealtimeModel {
+    /// Builds the model from `vb` (matrices in `vb`'s dtype; norms, biases and convolutions
+    /// in f32), with the RoPE pairing that belongs to the checkpoint's layout.
+    pub fn load(vb: VarBuilder, config: Config) -> Result<Self> {
+        let rope = config.layout.names().rope;
+        Self::load_with_rope(vb, config, rope)
+    }
+
+    /// [`Self::load`] with an explicit RoPE pairing: a checkpoint whose q/k rows were not
+    /// permuted to match its names (wrong pairing gives wrong attention and no error).
+    pub fn load_with_rope(vb: VarBuilder, config: Config, rope: RopeLayout) -> Result<Self> {
+        let names = config.layout.names();
+        let enc = vb.pp(names.encoder);
+        let stem = ConvStem::load_causal(
+            enc.pp(names.conv[0]),
+            enc.pp(names.conv[1]),
+            config.num_mel_bins,
+            config.encoder.dim,
+        )?;
+        let encoder = Stack::load(
+            enc.clone(),
+            enc.pp(names.encoder_layers),
+            &config.encoder,
+            &names,
+            true,
+            0,
+            names.encoder_norm,
+            rope,
+        )?;
+        let stacked = config.encoder.dim * config.downsample_factor;
+        let adapter = [
+            Linear::load(vb.pp(names.adapter[0]), stacked, config.decoder.dim, false)?,
+            Linear::load(
+                vb.pp(names.adapter[1]),
+                config.decoder.dim,
+                config.decoder.dim,
+                false,
+            )?,
+        ];
+        let embeddings = vb
+            .pp(names.embeddings)
+            .get((config.vocab_size, config.decoder.dim), "weight")?;
+        let head = Linear::from_weights(embeddings.clone(), None);
+        let decoder = Stack::load(
+            vb.clone(),
+            vb.pp(names.decoder_layers),
+            &config.decoder,
+            &names,
+            false,
+            config.t_cond_dim,
+            names.decoder_norm,
+            rope,
+        )?;
+        Ok(Self {
+            device: vb.device().clone(),
+            config,
+            stem,
+            encoder,
+            adapter,
+            embeddings,
+            head,
+            decoder,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Fresh state for a stream transcribed with `delay_tokens` tokens of delay, caches in
+    /// `kv_dtype`.
+    pub fn new_state(&self, delay_tokens: usize, kv_dtype: DType) -> Result<NetworkState> {
+        let t_cond = self.t_cond(delay_tokens)?;
+        let gains = self
+            .decoder
+            .blocks
+            .iter()
+            .map(|b| {
+                b.ada
+                    .as_ref()
+                    .expect("decoder blocks carry ada norms")
+                    .gain(&t_cond)
+            })
+            .collect::<Result<_>>()?;
+        Ok(NetworkState {
+            stem: ConvStemState::default(),
+            encoder: self
+                .encoder
+                .new_state(ENCODER_BLOCK, kv_dtype, &self.device)?,
+            decoder: self
+                .decoder
+                .new_state(DECODER_BLOCK, kv_dtype, &self.device)?,
+            gains,
+        })
+    }
+
+    /// Sinusoidal delay embedding (1, dim): cos(t·f) then sin(t·f), f_i = 10000^(−i/(dim/2)),
+    /// in f32 like transformers' `VoxtralRealtimeTimeEmbedding`.
+    pub fn t_cond(&self, delay_tokens: usize) -> Result<Tensor> {
+        let half = self.config.decoder.dim / 2;
+        let ln_theta = -(10_000f64.ln()) as f32;
+        let angles: Vec<f32> = (0..half)
+            .map(|i| delay_tokens as f32 * (ln_theta * i as f32 / half as f32).exp())
+            .collect();
+        let values: Vec<f32> = angles
+            .iter()
+            .map(|a| a.cos())
+            .chain(angles.iter().map(|a| a.sin()))
+            .collect();
+        Tensor::from_vec(values, (1, 2 * half), &self.device)
+    }
+
+    /// Causal conv stem, streaming: mel (1, n_mels, t) -> the newly complete activations of
+    /// conv1 (1, enc_dim, t1) and conv2 (1, enc_dim, t2), channel-major like HF's hooks.
+    pub fn stem(&self, state: &mut NetworkState, mel: &Tensor) -> Result<[Tensor; 2]> {
+        self.stem.push(&mut state.stem, mel)
+    }
+
+    /// Encoder on conv frames (1, t, enc_dim), in blocks of at most [`ENCODER_BLOCK`] ->
+    /// (1, t, enc_dim) after the final norm. `hidden` collects each layer's output.
+    pub fn encode(
+        &self,
+        state: &mut NetworkState,
+        frames: &Tensor,
+        mut hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let t = frames.dim(1)?;
+        let mut out = Vec::new();
+        for start in (0..t).step_by(ENCODER_BLOCK) {
+            let block = frames.narrow(1, start, ENCODER_BLOCK.min(t - start))?;
+            out.push(self.encoder.forward(
+                &block,
+                &mut state.encoder,
+                None,
+                hidden.as_deref_mut(),
+            )?);
+        }
+        match out.len() {
+            0 => Tensor::zeros((1, 0, self.config.encoder.dim), DType::F32, &self.device),
+            1 => Ok(out.pop().expect("one block")),
+            _ => Tensor::cat(&out, 1),
+        }
+    }
+
+    /// Adapter on groups of `downsample_factor` encoder frames: (1, 4·n, enc_dim) ->
+    /// (1, n, dec_dim).
+    pub fn adapt(&self, frames: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = frames.dims3()?;
+        let stacked = frames.reshape((
+            b,
+            t / self.config.downsample_factor,
+            d * self.config.downsample_factor,
+        ))?;
+        self.adapter[1].forward(&self.adapter[0].forward(&stacked)?.gelu_erf()?)
+    }
+
+    /// Token embeddings (1, t, dec_dim) in f32.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, &self.device)?;
+        self.embeddings
+            .index_select(&ids, 0)?
+            .to_dtype(DType::F32)?
+            .unsqueeze(0)
+    }
+
+    /// Decoder on summed audio + token embeddings (1, t, dec_dim) -> final-norm hidden states.
+    pub fn decode(
+        &self,
+        state: &mut NetworkState,
+        x: &Tensor,
+        hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        self.decoder
+            .forward(x, &mut state.decoder, Some(&state.gains), hidden)
+    }
+
+    /// Logits (…, vocab) of final-norm hidden states (…, dec_dim).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.head.forward(hidden)
+    }
+
+    /// The decoder's FFN gains of a stream (1 + scale per layer), for tests.
+    pub fn gains<'a>(&self, state: &'a NetworkState) -> &'a [Tensor] {
+        &state.gains
+    }
+}

@@ -1,0 +1,327 @@
+//! Numerical parity of Voxtral Realtime with transformers' `VoxtralRealtimeForConditionalGeneration`,
+//! on the seeded random-weight checkpoint in tests/fixtures/voxtral-realtime (both layouts:
+//! HF `model.safetensors` + `config.json`, and Mistral `consolidated.safetensors` +
+//! `params.json` made by inverting the published conversion), made by
+//! tools/reference/voxtral_realtime_fixtures.py.
+//!
+//! The fixture's windows are small (encoder 20 frames, decoder 24 positions) so the sliding
+//! masks, cache compaction and rolling are exercised by a 3 s input.
+
+use candle_core::{DType, Device, Tensor, D};
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use voxide_audio::{MelStream, WhisperMel};
+use voxide_models::voxtral_realtime::{
+    Config, StreamOptions, VoxtralRealtime, VoxtralRealtimeModel,
+};
+use voxide_nn::{RopeLayout, VarBuilder};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/voxtral-realtime")
+}
+
+const LAYOUTS: [&str; 2] = ["tiny-random-hf", "tiny-random-mistral"];
+
+fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixtures().join("tiny-random.reference.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("reference tensors")
+}
+
+fn load(layout: &str) -> VoxtralRealtime {
+    VoxtralRealtime::from_dir(&fixtures().join(layout), &Device::Cpu, None).expect("model loads")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Largest |value| (tolerances scale with it: the fixture's weights are large, logits ~30).
+fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// `|a − b| ≤ tol · (1 + max|b|)`, printed for the closing note.
+fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    let diff = max_abs_diff(got, want);
+    let scale = 1.0 + max_abs(want);
+    println!("{what}: max |diff| {diff:.3e} (scale {scale:.1})");
+    assert!(diff <= tol * scale, "{what}: {diff} > {tol} · {scale}");
+}
+
+fn ids(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
+}
+
+fn samples(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Stream mel frames (time-major) -> (1, n_mels, t).
+fn stream_mel(audio: &[f32], left_pad: usize, right_pad: usize) -> Tensor {
+    let mel = WhisperMel::new(128);
+    let mut stream = MelStream::new(&mel, 1.5);
+    let mut frames = stream.push(&mel, &vec![0.0; left_pad]);
+    frames.extend(stream.push(&mel, audio));
+    frames.extend(stream.push(&mel, &vec![0.0; right_pad]));
+    frames.extend(stream.finish(&mel));
+    let t = frames.len() / 128;
+    Tensor::from_vec(frames, (t, 128), &Device::Cpu)
+        .unwrap()
+        .t()
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
+
+/// Features: real speech without padding (centred STFT, reflect at both ends), and the
+/// offline schedule's padded inputs through the streaming extractor.
+#[test]
+fn frontend_matches_transformers() {
+    let r = reference();
+    let mel = WhisperMel::new(128);
+    let got = mel.log_mel_fixed_max(&samples(&r["frontend_audio"]), 1.5);
+    let got = Tensor::from_vec(got.data, (1, 128, got.n_frames), &Device::Cpu).unwrap();
+    assert_close(
+        "features, 2 s LibriSpeech",
+        &got,
+        &r["frontend_features"],
+        5e-5,
+    );
+    for (audio, features, n) in [
+        ("audio", "offline_input_features", 48000),
+        ("speech_audio", "speech_input_features", 64000),
+    ] {
+        let audio = samples(&r[audio]);
+        let audio = &audio[..n];
+        let right = n.div_ceil(1280) * 1280 - n + 17 * 1280;
+        let got = stream_mel(audio, 32 * 1280, right);
+        assert_close(features, &got, &r[features], 5e-5);
+    }
+}
+
+/// Every stage of the raw forward (304 mel frames, 38 positions, random input ids) in both
+/// layouts: conv stem, each encoder layer, adapter, t_cond and the ada gains, each decoder
+/// layer, logits.
+#[test]
+fn stages_match_transformers() {
+    let r = reference();
+    for layout in LAYOUTS {
+        let model = load(layout);
+        let net = model.network();
+        let mut state = net.new_state(6, DType::F32).unwrap();
+        let [conv1, conv2] = net.stem(&mut state, &r["input_features"]).unwrap();
+        assert_close(&format!("{layout} conv1"), &conv1, &r["conv1_out"], 1e-5);
+        assert_close(&format!("{layout} conv2"), &conv2, &r["conv2_out"], 1e-5);
+        let frames = conv2.transpose(1, 2).unwrap().contiguous().unwrap();
+        assert_close(
+            &format!("{layout} encoder hidden 0"),
+            &frames,
+            &r["encoder_hidden_states.0"],
+            1e-5,
+        );
+        let mut hidden = Vec::new();
+        let encoded = net.encode(&mut state, &frames, Some(&mut hidden)).unwrap();
+        assert_close(
+            &format!("{layout} encoder hidden 1"),
+            &hidden[0],
+            &r["encoder_hidden_states.1"],
+            1e-5,
+        );
+        assert_close(
+            &format!("{layout} encoder output"),
+            &encoded,
+            &r["encoder_last_hidden_state"],
+            1e-5,
+        );
+        let audio = net.adapt(&encoded).unwrap();
+        assert_close(
+            &format!("{layout} adapter"),
+            &audio,
+            &r["audio_embeds"],
+            1e-5,
+        );
+        let t_cond = net.t_cond(6).unwrap().flatten_all().unwrap();
+        assert_close(&format!("{layout} t_cond"), &t_cond, &r["t_cond"], 1e-6);
+        for (i, gain) in net.gains(&state).iter().enumerate() {
+            let want = (&r[&format!("ada_scale.{i}")] + 1.0).unwrap();
+            assert_close(
+                &format!("{layout} ada gain {i}"),
+                &gain.flatten_all().unwrap(),
+                &want,
+                1e-5,
+            );
+        }
+        let x = (net.embed(&ids(&r["input_ids"])).unwrap() + &r["audio_embeds"]).unwrap();
+        assert_close(
+            &format!("{layout} decoder input"),
+            &x,
+            &r["text_hidden_states.0"],
+            1e-5,
+        );
+        let mut hidden = Vec::new();
+        let out = net.decode(&mut state, &x, Some(&mut hidden)).unwrap();
+        assert_close(
+            &format!("{layout} decoder hidden 1"),
+            &hidden[0],
+            &r["text_hidden_states.1"],
+            1e-5,
+        );
+        assert_close(
+            &format!("{layout} decoder output"),
+            &out,
+            &r["text_hidden_states.2"],
+            1e-5,
+        );
+        let logits = net.logits(&out).unwrap();
+        assert_close(&format!("{layout} logits"), &logits, &r["logits"], 1e-5);
+    }
+}
+
+/// Negative control: the Mistral weights with HF's rotate-half pairing load without error
+/// and give clearly wrong logits, so a layout/RoPE mix-up cannot pass the test above.
+#[test]
+fn wrong_rope_pairing_is_detected() {
+    let r = reference();
+    let dir = fixtures().join("tiny-random-mistral");
+    let config = Config::from_dir(&dir).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("consolidated.safetensors"), &Device::Cpu).unwrap();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let net = VoxtralRealtimeModel::load_with_rope(vb, config, RopeLayout::RotateHalf).unwrap();
+    let mut state = net.new_state(6, DType::F32).unwrap();
+    let [_, conv2] = net.stem(&mut state, &r["input_features"]).unwrap();
+    let frames = conv2.transpose(1, 2).unwrap().contiguous().unwrap();
+    let encoded = net.encode(&mut state, &frames, None).unwrap();
+    let diff = max_abs_diff(&encoded, &r["encoder_last_hidden_state"]);
+    println!("wrong pairing: encoder output off by {diff:.3}");
+    assert!(diff > 0.1, "the RoPE pairing made no difference: {diff}");
+}
+
+/// Greedy ids of the offline schedule equal transformers' `generate`, both layouts, on the
+/// 3 s synthetic input and on 4 s of real speech; the logits of every step match too.
+#[test]
+fn offline_ids_match_transformers() {
+    let r = reference();
+    for layout in LAYOUTS {
+        let model = load(layout);
+        for (audio, n, want) in [
+            ("audio", 48000, "offline_generated_ids"),
+            ("speech_audio", 64000, "speech_generated_ids"),
+        ] {
+            let audio = samples(&r[audio]);
+            let (transcript, timings) = model
+                .transcribe(&audio[..n], StreamOptions::default(), &mut |_| {})
+                .unwrap();
+            assert_eq!(transcript.token_ids, ids(&r[want]), "{layout} {want}");
+            assert_eq!(timings.prefills, 1);
+        }
+    }
+}
+
+/// Logits of every step of the offline schedule equal transformers' (teacher-forced with the
+/// reference ids; the decoder's window is 24 positions, so 87 positions roll it).
+#[test]
+fn offline_step_logits_match_transformers() {
+    let r = reference();
+    for layout in LAYOUTS {
+        let model = load(layout);
+        let net = model.network();
+        let mut state = net.new_state(6, DType::F32).unwrap();
+        let [_, conv] = net.stem(&mut state, &r["offline_input_features"]).unwrap();
+        let frames = conv.transpose(1, 2).unwrap().contiguous().unwrap();
+        let vectors = net
+            .adapt(&net.encode(&mut state, &frames, None).unwrap())
+            .unwrap();
+        let prompt = ids(&r["offline_input_ids"]);
+        let generated = ids(&r["offline_generated_ids"]);
+        let x = (net.embed(&prompt).unwrap() + vectors.narrow(1, 0, 39).unwrap()).unwrap();
+        let hidden = net.decode(&mut state, &x, None).unwrap();
+        let mut logits = vec![net.logits(&hidden.narrow(1, 38, 1).unwrap()).unwrap()];
+        for (k, &id) in generated[..generated.len() - 1].iter().enumerate() {
+            let x = (net.embed(&[id]).unwrap() + vectors.narrow(1, 39 + k, 1).unwrap()).unwrap();
+            let hidden = net.decode(&mut state, &x, None).unwrap();
+            logits.push(net.logits(&hidden).unwrap());
+        }
+        let logits = Tensor::cat(&logits, 1).unwrap().squeeze(0).unwrap();
+        assert_close(
+            &format!("{layout} offline step logits"),
+            &logits,
+            &r["offline_logits"],
+            1e-5,
+        );
+        let argmax = logits
+            .argmax(D::Minus1)
+            .unwrap()
+            .to_dtype(DType::I64)
+            .unwrap();
+        assert_eq!(ids(&argmax), generated);
+    }
+}
+
+/// Streaming in chunks of 40, 1280 and 3000 samples and of random sizes gives exactly the
+/// offline ids, in both layouts.
+#[test]
+fn streaming_chunks_give_the_offline_ids() {
+    let r = reference();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for layout in LAYOUTS {
+        let model = load(layout);
+        for (audio, n, want) in [
+            ("audio", 48000, "offline_generated_ids"),
+            ("speech_audio", 64000, "speech_generated_ids"),
+        ] {
+            let audio = samples(&r[audio]);
+            let audio = &audio[..n];
+            let want = ids(&r[want]);
+            let random: Vec<usize> = (0..400).map(|_| rng.random_range(1..5000)).collect();
+            for sizes in [vec![40], vec![1280], vec![3000], random] {
+                let mut stream = model
+                    .stream(StreamOptions {
+                        encoder_min_frames: 1,
+                        ..StreamOptions::default()
+                    })
+                    .unwrap();
+                let mut at = 0;
+                for &size in sizes.iter().cycle() {
+                    if at >= audio.len() {
+                        break;
+                    }
+                    let end = (at + size).min(audio.len());
+                    stream.push(&audio[at..end]).unwrap();
+                    at = end;
+                }
+                stream.finish().unwrap();
+                let got: Vec<u32> = stream.tokens().iter().map(|t| t.id).collect();
+                assert_eq!(
+                    got,
+                    want,
+                    "{layout}, chunks {:?}…",
+                    &sizes[..sizes.len().min(3)]
+                );
+            }
+        }
+    }
+}
