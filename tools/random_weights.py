@@ -4,29 +4,45 @@
     random_weights.py whisper --size {tiny,base,small,medium,large-v2,large-v3,large-v3-turbo} \
         --out DIR [--dtype f32|f16] [--seed N] [--ggml FILE]
     random_weights.py check-ggml FILE DIR      # every ggml tensor == the safetensors one
+    random_weights.py voxtral-realtime --out DIR [--seed N] [--layout mistral|hf]
 
-Writes a Hugging Face layout directory that voxide loads (config.json, generation_config.json,
-preprocessor_config.json, tokenizer.json, tokenizer_config.json, model.safetensors) with the real
-shapes of that size, and optionally the same weights in whisper.cpp's legacy ggml format
-(ftype 1: 2-D and 3-D weights f16; 1-D tensors, conv biases [n, 1] and both positional
-embeddings f32).
+whisper: writes a Hugging Face layout directory that voxide loads (config.json,
+generation_config.json, preprocessor_config.json, tokenizer.json, tokenizer_config.json,
+model.safetensors) with the real shapes of that size, and optionally the same weights in
+whisper.cpp's legacy ggml format (ftype 1: 2-D and 3-D weights f16; 1-D tensors, conv biases
+[n, 1] and both positional embeddings f32). Every value is rounded to f16 before it is written,
+so the f32 and f16 safetensors and the ggml file hold exactly the same numbers.
 
-Every value is rounded to f16 before it is written, so the f32 and f16 safetensors and the ggml
-file hold exactly the same numbers. Tensors are generated one at a time (in row chunks) and
-streamed to disk, so large-v3 needs well under 1 GB of memory.
+voxtral-realtime (Voxtral Mini 4B Realtime 2602, specs/voxtral-realtime.md): bf16 weights at
+the real shapes, 4.43 B parameters (8.86 GB), plus a full-size synthetic tekken.json (150 000
+vocab entries: ranks 0-255 the single bytes, then unique random 2-6 byte pieces, some not
+UTF-8; default_vocab_size 131 072; 1000 special tokens with the ids of spec section 11, the
+rest <SPECIAL_n>; the section 10.1 audio section). Suggested DIR: target/models/voxtral-realtime.
+  --layout mistral (default): consolidated.safetensors (711 tensors, Mistral names, spec 12.3),
+      params.json (spec 12.2), tekken.json.
+  --layout hf: model.safetensors (712 tensors, HF names, spec 12.4: the same values as the
+      Mistral layout with the rows of every q/k weight and of the encoder q bias permuted to
+      rotate-half order, plus language_model.lm_head.weight = the embedding), config.json
+      (transformers' VoxtralRealtimeConfig, real values), generation_config.json, tekken.json.
+bf16 is the top 16 bits of f32, rounded to nearest even (as torch's conversion).
+
+Tensors are generated one at a time (in row chunks of about 16 M values) and streamed to disk,
+so even the 8.86 GB checkpoint needs under 0.5 GB of memory (about 2 minutes on 2 cores).
 
 Values (chosen so activations stay O(1) through every layer):
-  linear / conv weights  N(0, (0.5 / sqrt(fan_in))^2)
+  linear / conv weights  N(0, (0.5 / sqrt(fan_in))^2)   (fan_in = in x kernel for convs;
+                         Voxtral's ada_rms_norm_t_cond MLP too, so 1 + scale stays near 1)
   biases                 N(0, 0.02^2)
-  LayerNorm weight       1 + N(0, 0.02^2), bias N(0, 0.02^2)
-  token embedding        N(0, 0.02^2)
-  encoder positions      the real sinusoid table (openai-whisper `sinusoids`)
-  decoder positions      N(0, 0.01^2)
+  LayerNorm / RMSNorm    weight 1 + N(0, 0.02^2); LayerNorm bias N(0, 0.02^2)
+  token embedding        N(0, 0.02^2)  (tied LM head: logits have std about 0.02 sqrt(d) ~ 1)
+  Whisper positions      encoder: the real sinusoid table (openai-whisper `sinusoids`);
+                         decoder: N(0, 0.01^2)
 Each tensor has its own generator seeded with (seed, crc32(name)), so a tensor's values do not
-depend on which other tensors exist or on the order they are written.
+depend on which other tensors exist or on the order they are written (Voxtral's HF layout seeds
+by the Mistral name, hence the identical values).
 
-Random Whisper weights never emit end-of-text: compare per-window encoder time and per-token
-decoder time with greedy decoding, no temperature fallback and a fixed number of steps.
+Random weights never emit end-of-text: compare per-window encoder time and per-token decoder
+time with greedy decoding, no temperature fallback and a fixed number of steps.
 """
 
 from __future__ import annotations
@@ -151,9 +167,9 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
     return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
 
 
-def tensor_chunks(name, shape, kind, seed):
-    """Yield the tensor's values as f16-rounded f32 arrays, row chunks of the flattened tensor
-    (C order), so the concatenation is the whole tensor."""
+def tensor_chunks(name, shape, kind, seed, round_f16=True):
+    """Yield the tensor's values as f32 arrays (rounded to f16 unless `round_f16` is false), row
+    chunks of the flattened tensor (C order), so the concatenation is the whole tensor."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     if kind == "sinusoid":
         yield sinusoids(*shape).astype(np.float16).astype(np.float32)
@@ -179,30 +195,44 @@ def tensor_chunks(name, shape, kind, seed):
         x *= np.float32(std)
         if mean:
             x += np.float32(mean)
-        yield x.astype(np.float16).astype(np.float32)
+        yield x.astype(np.float16).astype(np.float32) if round_f16 else x
 
 
 # ---------------------------------------------------------------------------------------------
 # writers (streaming)
 
 
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns of finite f32 values: the top 16 bits, rounded to nearest even."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    u = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
+    return (u >> np.uint32(16)).astype(np.uint16)
+
+
+# --dtype name: (safetensors dtype, bytes per value, f32 chunk -> bytes)
+ST_DTYPES = {
+    "f32": ("F32", 4, lambda c: c.astype("<f4").tobytes()),
+    "f16": ("F16", 2, lambda c: c.astype("<f2").tobytes()),
+    "bf16": ("BF16", 2, lambda c: f32_to_bf16_bits(c).astype("<u2").tobytes()),
+}
+
+
 class SafetensorsWriter:
-    """Streams tensors into a .safetensors file; the header (all names/shapes) is written first."""
+    """Streams tensors into a .safetensors file; the header (all names/shapes) is written first.
+    `specs` holds (name, shape, ...) tuples; tensors may then be written in any order."""
 
     def __init__(self, path: Path, specs, dtype: str):
-        self.dtype = dtype
-        self.np_dtype = np.float16 if dtype == "f16" else np.float32
-        st_dtype = "F16" if dtype == "f16" else "F32"
-        itemsize = np.dtype(self.np_dtype).itemsize
+        st_dtype, itemsize, self.encode = ST_DTYPES[dtype]
         header = {"__metadata__": {"format": "pt"}}
-        self.order = sorted(name for name, _, _ in specs)  # data laid out in name order
-        shapes = {name: shape for name, shape, _ in specs}
+        self.order = sorted(spec[0] for spec in specs)  # data laid out in name order
+        assert len(set(self.order)) == len(self.order), "duplicate tensor names"
+        shapes = {spec[0]: spec[1] for spec in specs}
         off = 0
         for name in self.order:
             nbytes = int(np.prod(shapes[name], dtype=np.int64)) * itemsize
             header[name] = {"dtype": st_dtype, "shape": list(shapes[name]), "data_offsets": [off, off + nbytes]}
             off += nbytes
-        self.offsets = {name: header[name]["data_offsets"][0] for name in self.order}
+        self.ranges = {name: header[name]["data_offsets"] for name in self.order}
         self.total = off
         hb = json.dumps(header, separators=(",", ":")).encode()
         hb += b" " * ((8 - len(hb) % 8) % 8)
@@ -213,9 +243,15 @@ class SafetensorsWriter:
         self.f.truncate(self.base + self.total)
 
     def write(self, name, chunks):
-        self.f.seek(self.base + self.offsets[name])
+        start, end = self.ranges[name]
+        self.f.seek(self.base + start)
+        n = 0
         for c in chunks:
-            self.f.write(c.astype(self.np_dtype).tobytes())
+            b = self.encode(c)
+            self.f.write(b)
+            n += len(b)
+        if n != end - start:
+            raise SystemExit(f"{name}: wrote {n} bytes, expected {end - start}")
 
     def close(self):
         self.f.close()
@@ -378,6 +414,393 @@ def write_whisper(args):
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Voxtral Mini 4B Realtime (specs/voxtral-realtime.md)
+
+VXR = {
+    # decoder (§6, §12.2)
+    "dim": 3072, "n_layers": 26, "head_dim": 128, "hidden_dim": 9216, "n_heads": 32, "n_kv_heads": 8,
+    "vocab_size": 131072, "ada_dim": 32,
+    # encoder (§3, §4)
+    "enc_dim": 1280, "enc_layers": 32, "enc_head_dim": 64, "enc_hidden_dim": 5120, "enc_heads": 32,
+    "n_mels": 128, "downsample": 4,
+}
+VXR_ENC = "mm_streams_embeddings.embedding_module.whisper_encoder."
+VXR_EMB = "mm_streams_embeddings.embedding_module."
+
+# tekken's pre-tokenizer regex (as in mistral-common's tekken files)
+TEKKEN_PATTERN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"
+    r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Special tokens: 0-19 as mistral-common's DEPRECATED_SPECIAL_TOKENS, 24/25/32/33/34 from spec
+# §11 (33 and 34 unconfirmed there); every other rank below 1000 is <SPECIAL_{rank}>.
+TEKKEN_SPECIALS = {
+    0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]", 5: "[AVAILABLE_TOOLS]",
+    6: "[/AVAILABLE_TOOLS]", 7: "[TOOL_RESULTS]", 8: "[/TOOL_RESULTS]", 9: "[TOOL_CALLS]",
+    10: "[IMG]", 11: "<pad>", 12: "[IMG_BREAK]", 13: "[IMG_END]", 14: "[PREFIX]", 15: "[MIDDLE]",
+    16: "[SUFFIX]", 17: "[SYSTEM_PROMPT]", 18: "[/SYSTEM_PROMPT]", 19: "[TOOL_CONTENT]",
+    24: "[AUDIO]", 25: "[BEGIN_AUDIO]", 32: "[STREAMING_PAD]", 33: "[STREAMING_WORD]",
+    34: "[TRANSCRIBE]",
+}
+TEKKEN_AUDIO = {  # spec §10.1
+    "sampling_rate": 16000,
+    "frame_rate": 12.5,
+    "audio_encoding_config": {"num_mel_bins": 128, "hop_length": 160, "window_size": 400},
+    "transcription_delay_ms": 480,
+    "streaming_look_ahead_ms": 2.5,
+    "streaming_look_back_ms": 52.5,
+    "streaming_n_left_pad_tokens": 32,
+    "transcription_format": "streaming",
+}
+
+
+def vxr_tensors(enc_layers, dec_layers):
+    """(Mistral name, shape, kind) of consolidated.safetensors (spec §12.3); kind selects the
+    initialiser (see tensor_chunks)."""
+    c = VXR
+    d, e = c["dim"], c["enc_dim"]
+    eq, ekv = c["enc_heads"] * c["enc_head_dim"], c["enc_heads"] * c["enc_head_dim"]
+    q, kv = c["n_heads"] * c["head_dim"], c["n_kv_heads"] * c["head_dim"]
+    out = [
+        (f"{VXR_ENC}conv_layers.0.conv.weight", (e, c["n_mels"], 3), "w"),
+        (f"{VXR_ENC}conv_layers.0.conv.bias", (e,), "b"),
+        (f"{VXR_ENC}conv_layers.1.conv.weight", (e, e, 3), "w"),
+        (f"{VXR_ENC}conv_layers.1.conv.bias", (e,), "b"),
+    ]
+    for i in range(enc_layers):
+        p = f"{VXR_ENC}transformer.layers.{i}."
+        out += [
+            (f"{p}attention.wq.weight", (eq, e), "w"),
+            (f"{p}attention.wq.bias", (eq,), "b"),
+            (f"{p}attention.wk.weight", (ekv, e), "w"),
+            (f"{p}attention.wv.weight", (ekv, e), "w"),
+            (f"{p}attention.wv.bias", (ekv,), "b"),
+            (f"{p}attention.wo.weight", (e, eq), "w"),
+            (f"{p}attention.wo.bias", (e,), "b"),
+            (f"{p}attention_norm.weight", (e,), "ln_w"),
+            (f"{p}ffn_norm.weight", (e,), "ln_w"),
+            (f"{p}feed_forward.w1.weight", (c["enc_hidden_dim"], e), "w"),
+            (f"{p}feed_forward.w3.weight", (c["enc_hidden_dim"], e), "w"),
+            (f"{p}feed_forward.w2.weight", (e, c["enc_hidden_dim"]), "w"),
+            (f"{p}feed_forward.w2.bias", (e,), "b"),
+        ]
+    out += [
+        (f"{VXR_ENC}transformer.norm.weight", (e,), "ln_w"),
+        (f"{VXR_EMB}audio_language_projection.0.weight", (d, e * c["downsample"]), "w"),
+        (f"{VXR_EMB}audio_language_projection.2.weight", (d, d), "w"),
+        (f"{VXR_EMB}tok_embeddings.weight", (c["vocab_size"], d), "emb"),
+    ]
+    for i in range(dec_layers):
+        p = f"layers.{i}."
+        out += [
+            (f"{p}attention_norm.weight", (d,), "ln_w"),
+            (f"{p}ffn_norm.weight", (d,), "ln_w"),
+            (f"{p}attention.wq.weight", (q, d), "w"),
+            (f"{p}attention.wk.weight", (kv, d), "w"),
+            (f"{p}attention.wv.weight", (kv, d), "w"),
+            (f"{p}attention.wo.weight", (d, q), "w"),
+            (f"{p}feed_forward.w1.weight", (c["hidden_dim"], d), "w"),
+            (f"{p}feed_forward.w3.weight", (c["hidden_dim"], d), "w"),
+            (f"{p}feed_forward.w2.weight", (d, c["hidden_dim"]), "w"),
+            (f"{p}ada_rms_norm_t_cond.0.weight", (c["ada_dim"], d), "w"),
+            (f"{p}ada_rms_norm_t_cond.2.weight", (d, c["ada_dim"]), "w"),
+        ]
+    out.append(("norm.weight", (d,), "ln_w"))
+    return out
+
+
+def vxr_hf_name(name: str):
+    """Mistral name -> (HF name, RoPE row permutation (heads, head_dim) or None) (spec §12.4)."""
+    c = VXR
+    if name.startswith(VXR_ENC):
+        n = name[len(VXR_ENC):]
+        n = n.replace("conv_layers.0.conv.", "embedder.conv1.").replace("conv_layers.1.conv.", "embedder.conv2.")
+        n = n.replace("transformer.layers.", "layers.").replace("transformer.norm.", "norm.")
+        perm = (c["enc_heads"], c["enc_head_dim"]) if ".attention.wq." in n or ".attention.wk." in n else None
+        prefix = "audio_tower."
+    elif name.startswith(VXR_EMB):
+        n = name[len(VXR_EMB):]
+        n = n.replace("audio_language_projection.0.", "multi_modal_projector.linear_1.")
+        n = n.replace("audio_language_projection.2.", "multi_modal_projector.linear_2.")
+        n = n.replace("tok_embeddings.", "language_model.model.embed_tokens.")
+        return n, None
+    else:
+        n = name
+        perm = None
+        if ".attention.wq." in n:
+            perm = (c["n_heads"], c["head_dim"])
+        elif ".attention.wk." in n:
+            perm = (c["n_kv_heads"], c["head_dim"])
+        n = n.replace("attention_norm.", "input_layernorm.").replace("ffn_norm.", "post_attention_layernorm.")
+        n = n.replace("ada_rms_norm_t_cond.0.", "ada_rms_norm.linear1.")
+        n = n.replace("ada_rms_norm_t_cond.2.", "ada_rms_norm.linear2.")
+        prefix = "language_model.model."
+    n = n.replace("attention_norm.", "self_attn_layer_norm.").replace("ffn_norm.", "final_layer_norm.")
+    for m, h in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
+        n = n.replace(f"attention.{m}.", f"self_attn.{h}.")
+    for m, h in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+        n = n.replace(f"feed_forward.{m}.", f"mlp.{h}.")
+    return prefix + n, perm
+
+
+def vxr_hf_tensors(enc_layers, dec_layers):
+    """(HF name, shape, kind, Mistral source name, permutation) of model.safetensors: the same
+    values as the Mistral layout, q/k rows (and the encoder q bias) in rotate-half order, plus
+    `language_model.lm_head.weight`, a copy of the embedding."""
+    out = []
+    for name, shape, kind in vxr_tensors(enc_layers, dec_layers):
+        hf, perm = vxr_hf_name(name)
+        out.append((hf, shape, kind, name, perm))
+        if name.endswith("tok_embeddings.weight"):
+            out.append(("language_model.lm_head.weight", shape, kind, name, None))
+    return out
+
+
+def vxr_chunks(src, shape, kind, perm, seed):
+    """f32 row chunks of one tensor (values of the Mistral tensor `src`); with `perm` =
+    (heads, head_dim) the rows of each head go from interleaved to rotate-half order: view as
+    [heads, head_dim/2, 2, in] and swap the middle axes (spec §12.4). Permuted tensors are at
+    most 4096 x 3072, so they are generated whole."""
+    if perm is None:
+        yield from tensor_chunks(src, shape, kind, seed, round_f16=False)
+        return
+    heads, hd = perm
+    x = np.concatenate(list(tensor_chunks(src, shape, kind, seed, round_f16=False)))
+    inner = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    yield np.ascontiguousarray(x.reshape(heads, hd // 2, 2, inner).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def vxr_params(enc_layers, dec_layers):
+    """params.json (spec §12.2; audio_encoding_args sits inside encoder_args as in the hub file)."""
+    c = VXR
+    return {
+        "dim": c["dim"],
+        "n_layers": dec_layers,
+        "head_dim": c["head_dim"],
+        "hidden_dim": c["hidden_dim"],
+        "n_heads": c["n_heads"],
+        "n_kv_heads": c["n_kv_heads"],
+        "use_biases": False,
+        "causal": True,
+        "rope_theta": 1000000.0,
+        "norm_eps": 1e-05,
+        "vocab_size": c["vocab_size"],
+        "model_parallel": 1,
+        "tied_embeddings": True,
+        "sliding_window": 8192,
+        "model_max_length": 131072,
+        "multimodal": {
+            "whisper_model_args": {
+                "encoder_args": {
+                    "audio_encoding_args": {
+                        "sampling_rate": 16000,
+                        "frame_rate": 12.5,
+                        "num_mel_bins": c["n_mels"],
+                        "hop_length": 160,
+                        "window_size": 400,
+                        "chunk_length_s": None,
+                        "global_log_mel_max": 1.5,
+                        "transcription_format": "streaming",
+                    },
+                    "dim": c["enc_dim"],
+                    "n_layers": enc_layers,
+                    "head_dim": c["enc_head_dim"],
+                    "hidden_dim": c["enc_hidden_dim"],
+                    "n_heads": c["enc_heads"],
+                    "vocab_size": c["vocab_size"],
+                    "n_kv_heads": c["enc_heads"],
+                    "use_biases": True,
+                    "use_cache": False,
+                    "rope_theta": 1000000.0,
+                    "causal": True,
+                    "norm_eps": 1e-05,
+                    "pos_embed": "rope",
+                    "max_source_positions": None,
+                    "ffn_type": "swiglu",
+                    "norm_type": "rms_norm",
+                    "sliding_window": 750,
+                },
+                "downsample_args": {"downsample_factor": c["downsample"]},
+            }
+        },
+        "ada_rms_norm_t_cond": True,
+        "ada_rms_norm_t_cond_dim": c["ada_dim"],
+    }
+
+
+def vxr_hf_config(enc_layers, dec_layers):
+    """config.json for transformers' VoxtralRealtimeConfig (real values) and generation_config.json."""
+    c = VXR
+    cfg = {
+        "architectures": ["VoxtralRealtimeForConditionalGeneration"],
+        "model_type": "voxtral_realtime",
+        "audio_config": {
+            "model_type": "voxtral_realtime_encoder",
+            "activation_function": "gelu",
+            "attention_dropout": 0.0,
+            "head_dim": c["enc_head_dim"],
+            "hidden_act": "silu",
+            "hidden_size": c["enc_dim"],
+            "initializer_range": 0.02,
+            "intermediate_size": c["enc_hidden_dim"],
+            "max_position_embeddings": 1500,
+            "num_attention_heads": c["enc_heads"],
+            "num_hidden_layers": enc_layers,
+            "num_key_value_heads": c["enc_heads"],
+            "num_mel_bins": c["n_mels"],
+            "rms_norm_eps": 1e-05,
+            "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+            "sliding_window": 750,
+            "vocab_size": c["vocab_size"],
+        },
+        "text_config": {
+            "model_type": "voxtral_realtime_text",
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "head_dim": c["head_dim"],
+            "hidden_act": "silu",
+            "hidden_size": c["dim"],
+            "initializer_range": 0.02,
+            "intermediate_size": c["hidden_dim"],
+            "max_position_embeddings": 131072,
+            "num_attention_heads": c["n_heads"],
+            "num_hidden_layers": dec_layers,
+            "num_key_value_heads": c["n_kv_heads"],
+            "rms_norm_eps": 1e-05,
+            "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+            "sliding_window": 8192,
+            "tie_word_embeddings": True,
+            "use_cache": True,
+            "vocab_size": c["vocab_size"],
+        },
+        "audio_length_per_tok": 8,
+        "default_num_delay_tokens": 6,
+        "downsample_factor": c["downsample"],
+        "hidden_size": c["dim"],
+        "projector_hidden_act": "gelu",
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "dtype": "bfloat16",
+    }
+    gen = {"bos_token_id": 1, "eos_token_id": 2, "do_sample": False}
+    return cfg, gen
+
+
+def vxr_tekken(seed):
+    """A full-size synthetic tekken.json (spec §13): 150 000 vocab entries (ranks 0-255 the single
+    bytes, then unique 2-6 byte pieces: ASCII words, non-ASCII letters, some raw bytes that are
+    not UTF-8), default_vocab_size 131 072, 1000 special tokens, the §10.1 audio section."""
+    import random
+
+    rnd = random.Random(zlib.crc32(b"tekken") ^ seed)
+    lower = "abcdefghijklmnopqrstuvwxyz"
+    accented = "éèàüöäßçñøåłśźżčšžőűαβγδεπστωабвгдежзийклмнопрстуфхцчшщыэюя"
+    cjk = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长知民样现分将外但身些与高意进把法此实回二理美点月明其种声全工己话儿者向情部正"
+    seen = set()
+    vocab = []
+    for r in range(256):
+        b = bytes([r])
+        seen.add(b)
+        vocab.append(b)
+    while len(vocab) < 150000:
+        u = rnd.random()
+        if u < 0.6:
+            word = "".join(rnd.choice(lower) for _ in range(rnd.randint(2, 5)))
+            if rnd.random() < 0.5:
+                word = " " + word
+            if rnd.random() < 0.2:
+                word = word.replace(word.strip()[0], word.strip()[0].upper(), 1)
+            b = word.encode()
+        elif u < 0.75:
+            b = "".join(rnd.choice(accented) for _ in range(rnd.randint(1, 3))).encode()
+        elif u < 0.85:
+            b = rnd.choice(cjk).encode() + (rnd.choice(cjk).encode() if rnd.random() < 0.5 else b"")
+        else:
+            b = bytes(rnd.randrange(256) for _ in range(rnd.randint(2, 4)))
+        if not 2 <= len(b) <= 6 or b in seen:
+            continue
+        seen.add(b)
+        vocab.append(b)
+
+    def token_str(b):
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    return {
+        "config": {
+            "pattern": TEKKEN_PATTERN,
+            "num_vocab_tokens": len(vocab),
+            "default_vocab_size": VXR["vocab_size"],
+            "default_num_special_tokens": 1000,
+            "version": "v7",
+        },
+        "vocab": [
+            {"rank": r, "token_bytes": base64.b64encode(b).decode(), "token_str": token_str(b)}
+            for r, b in enumerate(vocab)
+        ],
+        "special_tokens": [
+            {"rank": i, "token_str": TEKKEN_SPECIALS.get(i, f"<SPECIAL_{i}>"), "is_control": True}
+            for i in range(1000)
+        ],
+        "audio": TEKKEN_AUDIO,
+    }
+
+
+def write_voxtral_realtime(args):
+    import time
+
+    t0 = time.time()
+    enc_layers = min(VXR["enc_layers"], args.max_layers) if args.max_layers else VXR["enc_layers"]
+    dec_layers = min(VXR["n_layers"], args.max_layers) if args.max_layers else VXR["n_layers"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.layout == "mistral":
+        specs = [(n, s, k, n, None) for n, s, k in vxr_tensors(enc_layers, dec_layers)]
+        st_name = "consolidated.safetensors"
+        (out / "params.json").write_text(json.dumps(vxr_params(enc_layers, dec_layers), indent=2) + "\n")
+    else:
+        specs = vxr_hf_tensors(enc_layers, dec_layers)
+        st_name = "model.safetensors"
+        cfg, gen = vxr_hf_config(enc_layers, dec_layers)
+        (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        (out / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+    tekken = vxr_tekken(args.seed)
+    with open(out / "tekken.json", "w", encoding="utf-8") as f:
+        json.dump(tekken, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+    n_params = sum(int(np.prod(s, dtype=np.int64)) for _, s, *_ in specs)
+    tmp = out / (st_name + ".partial")
+    st = SafetensorsWriter(tmp, specs, "bf16")
+    done = 0
+    for name, shape, kind, src, perm in specs:
+
+        def chunks():
+            for c in vxr_chunks(src, shape, kind, perm, args.seed):
+                if not np.isfinite(c).all():
+                    raise SystemExit(f"non-finite value generated in {name}")
+                yield c
+
+        st.write(name, chunks())
+        done += int(np.prod(shape, dtype=np.int64))
+        if not args.quiet:
+            print(f"\r{done / n_params * 100:5.1f}%  {name:<90}", end="", file=sys.stderr, flush=True)
+    if not args.quiet:
+        print(file=sys.stderr)
+    st.close()
+    os.replace(tmp, out / st_name)
+    size = (out / st_name).stat().st_size
+    print(
+        f"voxtral-realtime ({args.layout}): {n_params / 1e9:.3f} B parameters, {len(specs)} tensors, "
+        f"{size / 1e9:.2f} GB -> {out / st_name} ({time.time() - t0:.0f} s)"
+    )
+
+
 def read_ggml(path: Path):
     """Parse a legacy whisper ggml file: (hparams, mel filters, vocab, {name: array in PyTorch order})."""
     import mmap
@@ -461,6 +884,13 @@ def main(argv=None):
     w.add_argument("--ggml", help="also write whisper.cpp's legacy ggml file (ftype 1) with the same values")
     w.add_argument("--assets", default=str(SHARED_ASSETS), help="folder with mel_filters.npz and multilingual.tiktoken")
     w.add_argument("--quiet", action="store_true")
+    v = sub.add_parser("voxtral-realtime", help="random-weight Voxtral Mini 4B Realtime checkpoint at real shapes (bf16)")
+    v.add_argument("--out", required=True, help="output directory (suggested: target/models/voxtral-realtime)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--layout", choices=["mistral", "hf"], default="mistral",
+                   help="mistral: consolidated.safetensors + params.json; hf: model.safetensors + config.json")
+    v.add_argument("--max-layers", type=int, default=0, help=argparse.SUPPRESS)  # testing: cap both layer counts
+    v.add_argument("--quiet", action="store_true")
     c = sub.add_parser("check-ggml", help="compare a ggml file with a generated directory, tensor by tensor")
     c.add_argument("ggml")
     c.add_argument("dir")
@@ -468,6 +898,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.model == "whisper":
         write_whisper(args)
+    elif args.model == "voxtral-realtime":
+        write_voxtral_realtime(args)
     else:
         check_ggml(args)
 

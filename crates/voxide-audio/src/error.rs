@@ -61,6 +61,9 @@ pub enum AudioError {
         /// Target rate in Hz.
         to: u32,
     },
+    /// A live PCM stream (stdin) is malformed: wrong rate or format, truncated.
+    #[error("stdin: {0}")]
+    Stream(String),
 }
 
 impl AudioError {
@@ -73,7 +76,7 @@ impl AudioError {
             | AudioError::UnsupportedCodec { name, .. }
             | AudioError::Empty { name }
             | AudioError::DigitalSilence { name } => Some(name),
-            AudioError::InvalidRate { .. } => None,
+            AudioError::InvalidRate { .. } | AudioError::Stream(_) => None,
         }
     }
 }

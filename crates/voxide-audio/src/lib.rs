@@ -8,7 +8,8 @@
 //! * [`mod@resample`]: mono downmix and band-limited, delay-compensated
 //!   resampling;
 //! * [`load_mono`]: the runtime's one-call entry point;
-//! * [`mel`]: openai-whisper's `log_mel_spectrogram`.
+//! * [`mel`]: openai-whisper's `log_mel_spectrogram`, and Voxtral's fixed-max, streaming one;
+//! * [`PcmStream`]: live 16 kHz PCM from a pipe (raw s16le or WAV).
 //!
 //! All errors are [`AudioError`]; nothing here panics on bad input.
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ pub mod decode;
 mod error;
 mod load;
 pub mod mel;
+mod pcm_stream;
 pub mod resample;
 
 pub use decode::{decode_bytes, decode_file, decode_stdin, DecodedAudio};
@@ -25,4 +27,5 @@ pub use load::{load_mono, mono_at_rate, AudioInput};
 pub use mel::{
     mel_filters, LogMel, MelStream, WhisperMel, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE,
 };
+pub use pcm_stream::{PcmFormat, PcmStream};
 pub use resample::{downmix_mono, resample, resampled_len};

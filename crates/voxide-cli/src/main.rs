@@ -1,6 +1,7 @@
 //! `voxide`: speech-to-text (and, later, text-to-speech) from the command line.
 
 mod bench;
+mod stream;
 mod transcribe;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Transcribe (or translate) audio files.
     Transcribe(transcribe::TranscribeArgs),
+    /// Transcribe live audio from standard input as it arrives (streaming models).
+    Stream(stream::StreamArgs),
     /// Time transcriptions: RTF, encoder, decoder ms/step, first token, peak memory.
     Bench(bench::BenchArgs),
 }
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Stream(args) => stream::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

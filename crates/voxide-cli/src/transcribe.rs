@@ -80,9 +80,16 @@ pub struct TranscribeArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// Decoder weight precision: auto (the checkpoint's), f32 or f16.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16"])]
+    /// Weight precision: auto (the checkpoint's), f32, f16 or bf16.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16"])]
     precision: String,
+    /// Streaming models (Voxtral Realtime): transcription delay in ms, 80 to 2400 in steps
+    /// of 80 (default: the model's, 480).
+    #[arg(long)]
+    delay_ms: Option<u32>,
+    /// Streaming models: KV-cache precision, f32, f16 or bf16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    kv_precision: String,
     /// Print timings (mel, encoder, decoder ms/step, real-time factor) to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -108,6 +115,8 @@ impl TranscribeArgs {
             max_new_tokens: self.max_new_tokens,
             seed: self.seed,
             ignore_eot: false,
+            delay_ms: self.delay_ms,
+            kv_dtype: Some(kv_precision(&self.kv_precision)),
         }
     }
 }
@@ -117,8 +126,14 @@ pub fn precision(value: &str) -> Option<candle_core::DType> {
     match value {
         "f32" => Some(candle_core::DType::F32),
         "f16" => Some(candle_core::DType::F16),
+        "bf16" => Some(candle_core::DType::BF16),
         _ => None,
     }
+}
+
+/// The `--kv-precision` value as a dtype.
+pub fn kv_precision(value: &str) -> candle_core::DType {
+    precision(value).unwrap_or(candle_core::DType::F32)
 }
 
 /// Caps the threads of candle's matmuls (read from RAYON_NUM_THREADS) and of rayon's pool.

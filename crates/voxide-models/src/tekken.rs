@@ -49,6 +49,9 @@ pub const BEGIN_AUDIO: &str = "[BEGIN_AUDIO]";
 /// `[TRANSCRIBE]`: transcription request of the offline Voxtral models.
 pub const TRANSCRIBE: &str = "[TRANSCRIBE]";
 
+/// Sanity bound on `default_num_special_tokens` (real files have 1000).
+const MAX_SPECIAL: u64 = 1 << 20;
+
 /// What the in-memory constructors name in their errors.
 const IN_MEMORY: &str = "<in-memory tekken.json>";
 
@@ -110,18 +113,18 @@ impl AudioSection {
 
     /// Mel frames per audio token: `samples_per_token / hop_length` (8).
     pub fn frames_per_token(&self) -> u32 {
-        self.samples_per_token() / self.audio_encoding_config.hop_length
+        self.samples_per_token() / self.audio_encoding_config.hop_length.max(1)
     }
 
     /// Audio tokens covering `delay_ms` of delay, by mistral-common's arithmetic
     /// (`AudioConfig.get_num_delay_tokens`): 480 ms → 6.
     pub fn num_delay_tokens(&self, delay_ms: f64) -> u32 {
         let samples = (delay_ms / 1000.0 * f64::from(self.sampling_rate)) as u64;
-        let hop = u64::from(self.audio_encoding_config.hop_length);
-        let frames = if samples % hop != 0 {
-            (samples as f64 / hop as f64 - 1.0).ceil() as u64
-        } else {
+        let hop = u64::from(self.audio_encoding_config.hop_length.max(1));
+        let frames = if samples.is_multiple_of(hop) {
             samples / hop
+        } else {
+            (samples as f64 / hop as f64 - 1.0).ceil() as u64
         };
         frames.div_ceil(u64::from(self.frames_per_token().max(1))) as u32
     }
@@ -294,6 +297,11 @@ impl Tekken {
         if vocab_size > u64::from(u32::MAX) {
             return Err(format!(
                 "config.default_vocab_size {vocab_size} is too large"
+            ));
+        }
+        if n_special > MAX_SPECIAL {
+            return Err(format!(
+                "config.default_num_special_tokens {n_special} is implausibly large"
             ));
         }
         if vocab_size <= n_special {
@@ -751,6 +759,13 @@ mod tests {
             m.insert(p.to_vec(), 256 + i as u32);
         }
         m
+    }
+
+    #[test]
+    fn shareable_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Tekken>();
+        send_sync::<TekkenDecoder>();
     }
 
     #[test]

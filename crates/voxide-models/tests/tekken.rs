@@ -433,6 +433,11 @@ fn vocab_smaller_than_declared_is_an_error() {
     assert!(msg.contains("fewer than") && msg.contains("265"), "{msg}");
     v["config"]["default_vocab_size"] = json!(1000);
     assert!(error_of_value(&v).contains("must exceed"));
+    v["config"]["default_num_special_tokens"] = json!(4_000_000_000u64);
+    v["config"]["default_vocab_size"] = json!(4_000_000_300u64);
+    assert!(error_of_value(&v).contains("implausibly large"));
+    v["config"]["default_num_special_tokens"] = json!(-1);
+    assert!(error_of_value(&v).contains("not a tekken.json file"));
 }
 
 #[test]

@@ -33,6 +33,9 @@ impl ModelSource {
 const REQUIRED: &[&str] = &["config.json"];
 const WEIGHTS: &[&str] = &["model.safetensors", "model.safetensors.index.json"];
 const TOKENIZER: &[&str] = &["tokenizer.json", "vocab.json"];
+/// Mistral's native layout (Voxtral Realtime), fetched instead of the HF files when a repository
+/// has both: it is all the engine needs, and half the download.
+const MISTRAL: &[&str] = &["params.json", "consolidated.safetensors", "tekken.json"];
 const OPTIONAL: &[&str] = &[
     "generation_config.json",
     "preprocessor_config.json",
@@ -59,7 +62,7 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
     }
     if path.exists() {
         return Err(Error::Resolve(format!(
-            "--model {spec} is a file; pass the directory that holds config.json and model.safetensors"
+            "--model {spec} is a file; pass the directory that holds config.json and model.safetensors (or params.json and consolidated.safetensors)"
         )));
     }
     if !looks_like_hub_id(spec) {
@@ -89,6 +92,13 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
 /// The snapshot directory if the cache holds every file the model needs.
 fn cached_snapshot(id: &str) -> Option<PathBuf> {
     let repo = Cache::from_env().repo(Repo::model(id.to_string()));
+    if let Some(files) = MISTRAL
+        .iter()
+        .map(|n| repo.get(n))
+        .collect::<Option<Vec<_>>>()
+    {
+        return files[0].parent().map(Path::to_owned);
+    }
     let config = repo.get(REQUIRED[0])?;
     let dir = config.parent()?.to_owned();
     let has_any = |names: &[&str]| names.iter().any(|n| repo.get(n).is_some());
@@ -109,6 +119,15 @@ fn download(id: &str) -> Result<PathBuf> {
         .build()
         .map_err(|e| offline(&e))?;
     let repo = api.model(id.to_string());
+    if let Ok(params) = repo.get(MISTRAL[0]) {
+        for name in &MISTRAL[1..] {
+            repo.get(name).map_err(|e| offline(&e))?;
+        }
+        return Ok(params
+            .parent()
+            .expect("a downloaded file lives in a snapshot directory")
+            .to_owned());
+    }
     let config = repo.get(REQUIRED[0]).map_err(|e| offline(&e))?;
     let first_available = |names: &[&str]| names.iter().find_map(|n| repo.get(n).ok());
     let weights = first_available(WEIGHTS)

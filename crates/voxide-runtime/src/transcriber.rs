@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::resolve::ModelSource;
 use candle_core::{DType, Device};
+use voxide_models::voxtral_realtime::{StreamOptions, VoxtralRealtime};
 use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::tokenizer::language_code;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
@@ -46,6 +47,11 @@ pub struct TranscribeRequest {
     pub seed: u64,
     /// Never stop on end-of-text: decode `max_new_tokens` per window (benchmarks).
     pub ignore_eot: bool,
+    /// Streaming models: transcription delay in ms (default: the model's, 480 for Voxtral
+    /// Realtime).
+    pub delay_ms: Option<u32>,
+    /// Streaming models: precision of the KV caches (default f32).
+    pub kv_dtype: Option<DType>,
 }
 
 impl Default for TranscribeRequest {
@@ -68,6 +74,8 @@ impl Default for TranscribeRequest {
             max_new_tokens: None,
             seed: 0,
             ignore_eot: false,
+            delay_ms: None,
+            kv_dtype: None,
         }
     }
 }
@@ -182,32 +190,116 @@ impl Transcriber for WhisperPipeline {
     }
 }
 
-/// Loads the model in `source` by the `model_type` of its config.json. `precision` sets the
-/// dtype of the decoder's weight matrices (default: the checkpoint's own).
+impl Transcriber for VoxtralRealtime {
+    fn sample_rate(&self) -> u32 {
+        voxide_models::voxtral_realtime::SAMPLE_RATE
+    }
+
+    fn transcribe(
+        &self,
+        samples: &[f32],
+        request: &TranscribeRequest,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<(Transcript, Timings)> {
+        let unsupported = |what: &str| {
+            Err(Error::InvalidRequest(format!(
+                "Voxtral Realtime does not support {what}: it transcribes greedily, in the language spoken"
+            )))
+        };
+        if request.translate {
+            return unsupported("translation");
+        }
+        if request.prompt.is_some() {
+            return unsupported("prompts");
+        }
+        if request.beam_size.is_some() || request.best_of.is_some() || request.temperature > 0.0 {
+            return unsupported("beam search or sampling");
+        }
+        if request.language.as_deref().is_some_and(|l| l != "auto") {
+            return unsupported("--language");
+        }
+        let defaults = self.default_options();
+        let options = StreamOptions {
+            delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
+            kv_dtype: request.kv_dtype.unwrap_or(defaults.kv_dtype),
+            ..defaults
+        };
+        Ok(VoxtralRealtime::transcribe(
+            self, samples, options, progress,
+        )?)
+    }
+}
+
+/// What kind of checkpoint a directory holds.
+enum Family {
+    Whisper,
+    VoxtralRealtime,
+}
+
+fn family(dir: &std::path::Path) -> Result<Family> {
+    // Mistral's native layout: consolidated.safetensors + params.json.
+    if dir.join("consolidated.safetensors").is_file() {
+        let params = dir.join("params.json");
+        let json = read_json(&params)?;
+        return if json["ada_rms_norm_t_cond"].as_bool() == Some(true) {
+            Ok(Family::VoxtralRealtime)
+        } else {
+            Err(Error::Resolve(format!(
+                "{}: this Mistral checkpoint is not supported yet (supported: Voxtral Mini 4B Realtime)",
+                params.display()
+            )))
+        };
+    }
+    let config = dir.join("config.json");
+    let json = read_json(&config)?;
+    match json["model_type"].as_str() {
+        Some("whisper") => Ok(Family::Whisper),
+        Some("voxtral_realtime") => Ok(Family::VoxtralRealtime),
+        Some(other) => Err(Error::Resolve(format!(
+            "{}: model_type {other:?} is not supported yet (supported: whisper, voxtral_realtime)",
+            config.display()
+        ))),
+        None => Err(Error::Resolve(format!(
+            "{}: no model_type field",
+            config.display()
+        ))),
+    }
+}
+
+fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Resolve(format!("{} is not readable: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Resolve(format!("invalid {}: {e}", path.display())))
+}
+
+/// Loads the model in `source` by its checkpoint's kind (`model_type` of config.json, or
+/// Mistral's params.json). `precision` sets the dtype of the weight matrices (default: the
+/// checkpoint's own).
 pub fn load_transcriber(
     source: &ModelSource,
     device: &Device,
     precision: Option<DType>,
 ) -> Result<Box<dyn Transcriber>> {
     let dir = source.dir();
-    let config = dir.join("config.json");
-    let text = std::fs::read_to_string(&config).map_err(|e| {
-        Error::Resolve(format!(
-            "{} has no readable config.json: {e}",
+    Ok(match family(dir)? {
+        Family::Whisper => Box::new(WhisperPipeline::from_dir(dir, device, precision)?),
+        Family::VoxtralRealtime => Box::new(VoxtralRealtime::from_dir(dir, device, precision)?),
+    })
+}
+
+/// Loads a streaming model (Voxtral Realtime); other kinds are an error.
+pub fn load_streaming(
+    source: &ModelSource,
+    device: &Device,
+    precision: Option<DType>,
+) -> Result<VoxtralRealtime> {
+    let dir = source.dir();
+    match family(dir)? {
+        Family::VoxtralRealtime => Ok(VoxtralRealtime::from_dir(dir, device, precision)?),
+        Family::Whisper => Err(Error::Resolve(format!(
+            "{} is a Whisper model, which does not stream; use `voxide transcribe`, or a Voxtral Realtime model",
             dir.display()
-        ))
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Resolve(format!("invalid {}: {e}", config.display())))?;
-    match json["model_type"].as_str() {
-        Some("whisper") => Ok(Box::new(WhisperPipeline::from_dir(dir, device, precision)?)),
-        Some(other) => Err(Error::Resolve(format!(
-            "{}: model_type {other:?} is not supported yet (supported: whisper)",
-            config.display()
-        ))),
-        None => Err(Error::Resolve(format!(
-            "{}: no model_type field",
-            config.display()
         ))),
     }
 }

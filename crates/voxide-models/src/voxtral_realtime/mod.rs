@@ -129,6 +129,14 @@ impl VoxtralRealtime {
         })
     }
 
+    /// The default stream options, with the delay this model's tokenizer names.
+    pub fn default_options(&self) -> StreamOptions {
+        StreamOptions {
+            delay_ms: self.schedule.default_delay_ms,
+            ..StreamOptions::default()
+        }
+    }
+
     /// Starts a stream.
     pub fn stream(&self, options: StreamOptions) -> Result<RealtimeStream<'_>> {
         RealtimeStream::new(self, options)
@@ -184,8 +192,8 @@ impl VoxtralRealtime {
                     segments.push(Segment {
                         id: segments.len(),
                         seek: 0,
-                        start: (first.time - SECONDS_PER_TOKEN).clamp(0.0, duration),
-                        end: last.time.min(duration),
+                        start: round_ms((first.time - SECONDS_PER_TOKEN).clamp(0.0, duration)),
+                        end: round_ms(last.time.min(duration)),
                         text,
                         tokens: ids,
                         temperature: 0.0,
@@ -252,4 +260,9 @@ impl VoxtralRealtime {
     fn streaming_pad(&self) -> u32 {
         self.streaming_pad
     }
+}
+
+/// Seconds rounded to whole milliseconds (token times are multiples of 80 ms).
+fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1e3).round() / 1e3
 }

@@ -1,0 +1,309 @@
+//! Live PCM input: 16 kHz mono samples read from a pipe as they arrive, either raw s16le or a
+//! WAV stream (a header, then PCM; the data size may be unknown: 0 or 0xFFFFFFFF, as ffmpeg
+//! and arecord write when piping).
+
+use crate::error::AudioError;
+use std::io::Read;
+
+/// Sample encoding of a [`PcmStream`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PcmFormat {
+    /// Sniff: a RIFF/WAVE header means WAV, anything else raw s16le.
+    Auto,
+    /// Headerless signed 16-bit little-endian mono at the expected rate.
+    S16le,
+    /// A WAV stream: 16-bit PCM or 32-bit float, any channel count (downmixed).
+    Wav,
+}
+
+/// Reads 16 kHz mono f32 samples from a byte stream, chunk by chunk.
+pub struct PcmStream<R: Read> {
+    reader: R,
+    /// Bytes read but not yet converted (a partial frame).
+    pending: Vec<u8>,
+    encoding: Encoding,
+    /// Data bytes the WAV header announced, if it knew.
+    declared: Option<u64>,
+    consumed: u64,
+    done: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Encoding {
+    I16 { channels: usize },
+    F32 { channels: usize },
+}
+
+impl Encoding {
+    fn frame_bytes(self) -> usize {
+        match self {
+            Encoding::I16 { channels } => 2 * channels,
+            Encoding::F32 { channels } => 4 * channels,
+        }
+    }
+}
+
+const CHUNK_BYTES: usize = 8192;
+
+impl<R: Read> PcmStream<R> {
+    /// Opens the stream; a WAV header is read (and checked) here. `rate` is the sample rate
+    /// the caller needs: a WAV at another rate is an error, not silently wrong text.
+    pub fn open(mut reader: R, format: PcmFormat, rate: u32) -> Result<Self, AudioError> {
+        let mut head = Vec::new();
+        let wav = match format {
+            PcmFormat::S16le => false,
+            PcmFormat::Wav => true,
+            PcmFormat::Auto => {
+                read_up_to(&mut reader, &mut head, 12)?;
+                head.len() == 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WAVE"
+            }
+        };
+        if !wav {
+            return Ok(Self {
+                reader,
+                pending: head,
+                encoding: Encoding::I16 { channels: 1 },
+                declared: None,
+                consumed: 0,
+                done: false,
+            });
+        }
+        let missing = 12 - head.len();
+        read_up_to(&mut reader, &mut head, missing)?;
+        if head.len() < 12 || &head[..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+            return Err(stream_error(
+                "input is not a WAV stream (no RIFF/WAVE header)",
+            ));
+        }
+        let mut encoding = None;
+        loop {
+            let mut chunk = [0u8; 8];
+            let mut buf = Vec::new();
+            read_up_to(&mut reader, &mut buf, 8)?;
+            if buf.len() < 8 {
+                return Err(stream_error(
+                    "WAV stream ended before its data chunk (truncated header)",
+                ));
+            }
+            chunk.copy_from_slice(&buf);
+            let size = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+            match &chunk[..4] {
+                b"fmt " => {
+                    let mut fmt = Vec::new();
+                    read_up_to(&mut reader, &mut fmt, size as usize + (size as usize & 1))?;
+                    if fmt.len() < 16 {
+                        return Err(stream_error("truncated WAV fmt chunk"));
+                    }
+                    let tag = u16::from_le_bytes([fmt[0], fmt[1]]);
+                    let channels = u16::from_le_bytes([fmt[2], fmt[3]]) as usize;
+                    let sample_rate = u32::from_le_bytes([fmt[4], fmt[5], fmt[6], fmt[7]]);
+                    let bits = u16::from_le_bytes([fmt[14], fmt[15]]);
+                    // WAVE_FORMAT_EXTENSIBLE keeps the real tag in its sub-format GUID.
+                    let tag = if tag == 0xFFFE && fmt.len() >= 26 {
+                        u16::from_le_bytes([fmt[24], fmt[25]])
+                    } else {
+                        tag
+                    };
+                    if sample_rate != rate {
+                        return Err(stream_error(&format!(
+                            "WAV stream is {sample_rate} Hz; streaming needs {rate} Hz (resample first, e.g. `ffmpeg -i IN -ar {rate} -ac 1 -f wav -`)"
+                        )));
+                    }
+                    if channels == 0 {
+                        return Err(stream_error("WAV stream has 0 channels"));
+                    }
+                    encoding = Some(match (tag, bits) {
+                        (1, 16) => Encoding::I16 { channels },
+                        (3, 32) => Encoding::F32 { channels },
+                        _ => {
+                            return Err(stream_error(&format!(
+                                "WAV stream format {tag} with {bits}-bit samples is not supported (use 16-bit PCM or 32-bit float)"
+                            )))
+                        }
+                    });
+                }
+                b"data" => {
+                    let encoding = encoding
+                        .ok_or_else(|| stream_error("WAV data chunk before its fmt chunk"))?;
+                    let declared = (size != 0 && size != u32::MAX).then_some(size as u64);
+                    return Ok(Self {
+                        reader,
+                        pending: Vec::new(),
+                        encoding,
+                        declared,
+                        consumed: 0,
+                        done: false,
+                    });
+                }
+                _ => {
+                    // Skip LIST, fact, … chunks.
+                    let mut skip = Vec::new();
+                    read_up_to(&mut reader, &mut skip, size as usize + (size as usize & 1))?;
+                }
+            }
+        }
+    }
+
+    /// The next samples (mono, f32 in [-1, 1]); `None` at the end of the stream. A stream
+    /// that ends inside a sample, or before the data size its WAV header announced, is an
+    /// error (after all complete samples were returned).
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<f32>>, AudioError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let mut buf = [0u8; CHUNK_BYTES];
+            let n = loop {
+                match self.reader.read(&mut buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(stream_error(&format!("cannot read the stream: {e}"))),
+                }
+            };
+            if n == 0 {
+                self.done = true;
+                if !self.pending.is_empty() {
+                    return Err(stream_error(&format!(
+                        "stream ended inside a sample ({} stray bytes): truncated stream",
+                        self.pending.len()
+                    )));
+                }
+                if let Some(declared) = self.declared {
+                    if self.consumed < declared {
+                        return Err(stream_error(&format!(
+                            "WAV stream ended after {} of the {declared} data bytes its header announced: truncated stream",
+                            self.consumed
+                        )));
+                    }
+                }
+                return Ok(None);
+            }
+            let mut take = n;
+            if let Some(declared) = self.declared {
+                // Bytes after the data chunk (trailing chunks) are not audio.
+                let left = declared.saturating_sub(self.consumed + self.pending.len() as u64);
+                take = take.min(left as usize);
+            }
+            self.pending.extend_from_slice(&buf[..take]);
+            let frame = self.encoding.frame_bytes();
+            let whole = self.pending.len() / frame * frame;
+            if whole == 0 {
+                continue;
+            }
+            let samples = self.convert(&self.pending[..whole]);
+            self.consumed += whole as u64;
+            self.pending.drain(..whole);
+            return Ok(Some(samples));
+        }
+    }
+
+    fn convert(&self, bytes: &[u8]) -> Vec<f32> {
+        match self.encoding {
+            Encoding::I16 { channels } => bytes
+                .chunks_exact(2 * channels)
+                .map(|f| {
+                    f.chunks_exact(2)
+                        .map(|s| i16::from_le_bytes([s[0], s[1]]) as f32 / 32768.0)
+                        .sum::<f32>()
+                        / channels as f32
+                })
+                .collect(),
+            Encoding::F32 { channels } => bytes
+                .chunks_exact(4 * channels)
+                .map(|f| {
+                    f.chunks_exact(4)
+                        .map(|s| f32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+                        .sum::<f32>()
+                        / channels as f32
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Appends up to `n` more bytes (fewer only at the end of the stream).
+fn read_up_to<R: Read>(reader: &mut R, out: &mut Vec<u8>, n: usize) -> Result<(), AudioError> {
+    let start = out.len();
+    out.resize(start + n, 0);
+    let mut got = 0;
+    while got < n {
+        match reader.read(&mut out[start + got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(stream_error(&format!("cannot read the stream: {e}"))),
+        }
+    }
+    out.truncate(start + got);
+    Ok(())
+}
+
+fn stream_error(message: &str) -> AudioError {
+    AudioError::Stream(message.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(rate: u32, samples: &[i16], declared: Option<u32>) -> Vec<u8> {
+        let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut out = b"RIFF\0\0\0\0WAVEfmt ".to_vec();
+        out.extend(16u32.to_le_bytes());
+        out.extend(1u16.to_le_bytes());
+        out.extend(1u16.to_le_bytes());
+        out.extend(rate.to_le_bytes());
+        out.extend((rate * 2).to_le_bytes());
+        out.extend(2u16.to_le_bytes());
+        out.extend(16u16.to_le_bytes());
+        out.extend(b"data");
+        out.extend(declared.unwrap_or(data.len() as u32).to_le_bytes());
+        out.extend(data);
+        out
+    }
+
+    fn read_all<R: Read>(mut s: PcmStream<R>) -> Result<Vec<f32>, AudioError> {
+        let mut all = Vec::new();
+        while let Some(chunk) = s.next_chunk()? {
+            all.extend(chunk);
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn raw_and_wav_streams_decode_the_same_samples() {
+        let samples: Vec<i16> = (0..10_000)
+            .map(|i| ((i * 37) % 65536 - 32768) as i16)
+            .collect();
+        let raw: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let want: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
+        let from_raw =
+            read_all(PcmStream::open(&raw[..], PcmFormat::Auto, 16000).unwrap()).unwrap();
+        assert_eq!(from_raw, want);
+        for declared in [None, Some(0), Some(u32::MAX)] {
+            let bytes = wav(16000, &samples, declared);
+            let s = PcmStream::open(&bytes[..], PcmFormat::Auto, 16000).unwrap();
+            assert_eq!(read_all(s).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn bad_streams_are_errors() {
+        let bytes = wav(44100, &[0; 100], None);
+        let e = PcmStream::open(&bytes[..], PcmFormat::Auto, 16000)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("44100 Hz"), "{e}");
+        let mut bytes = wav(16000, &[0; 100], Some(400));
+        bytes.truncate(bytes.len() - 10);
+        let e = read_all(PcmStream::open(&bytes[..], PcmFormat::Auto, 16000).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        let odd = [1u8, 2, 3];
+        let e = read_all(PcmStream::open(&odd[..], PcmFormat::S16le, 16000).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("inside a sample"), "{e}");
+        let e = PcmStream::open(&b"RIFF\0\0\0\0WAVE"[..], PcmFormat::Auto, 16000)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("truncated header"), "{e}");
+    }
+}
