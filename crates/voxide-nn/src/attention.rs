@@ -334,9 +334,9 @@ mod tests {
         let dev = Device::Cpu;
         let attn = layer(16, 4, 2, &dev)?;
         let x = random(&[1, 13, 16], 7, &dev)?;
-        let mut whole = KvCache::sliding(2, 4, 16, 4, DType::F32, &dev)?;
+        let mut whole = KvCache::sliding(2, 4, 13, 4, DType::F32, &dev)?;
         let full = attn.forward(&x, KvSource::Cached(&mut whole), true, None)?;
-        let mut cache = KvCache::sliding(2, 4, 8, 4, DType::F32, &dev)?;
+        let mut cache = KvCache::sliding(2, 4, 5, 4, DType::F32, &dev)?;
         let mut parts = Vec::new();
         let mut at = 0;
         for n in [3, 1, 1, 4, 2, 1, 1] {
@@ -353,7 +353,7 @@ mod tests {
         let plain = attn.forward(&x, KvSource::Own, true, None)?;
         let full = attn.forward(
             &x,
-            KvSource::Cached(&mut KvCache::sliding(2, 4, 16, 4, DType::F32, &dev)?),
+            KvSource::Cached(&mut KvCache::sliding(2, 4, 13, 4, DType::F32, &dev)?),
             true,
             None,
         )?;

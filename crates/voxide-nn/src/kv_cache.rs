@@ -12,6 +12,9 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+/// Positions a sliding cache allocates before it first grows.
+const INITIAL_SLIDING: usize = 512;
+
 /// Keys and values of one attention layer for up to `capacity` positions.
 #[derive(Clone, Debug)]
 pub struct KvCache {
@@ -19,6 +22,8 @@ pub struct KvCache {
     v: Tensor,
     len: usize,
     window: Option<usize>,
+    /// The buffers grow up to this many positions (sliding caches start small).
+    max_capacity: usize,
 }
 
 /// What one [`KvCache::append`] call returns: the keys and values a query block attends to,
@@ -48,24 +53,35 @@ impl KvCache {
             v: Tensor::zeros(shape, dtype, device)?,
             len: 0,
             window: None,
+            max_capacity: capacity,
         })
     }
 
-    /// A cache whose queries see only the last `window` positions (themselves included).
-    /// `capacity` must exceed `window - 1` by at least the largest block appended at once.
+    /// A cache whose queries see only the last `window` positions (themselves included),
+    /// taking blocks of up to `headroom` positions. It starts small and grows up to
+    /// `window − 1 + headroom` positions, so a short stream never allocates the whole window.
     pub fn sliding(
         kv_heads: usize,
         window: usize,
-        capacity: usize,
+        headroom: usize,
         head_dim: usize,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        if window == 0 || capacity < window {
-            candle_core::bail!("sliding KV cache: capacity {capacity} < window {window}");
+        if window == 0 || headroom == 0 {
+            candle_core::bail!("sliding KV cache: window {window} and headroom {headroom}");
         }
-        let mut cache = Self::new(1, kv_heads, capacity, head_dim, dtype, device)?;
+        let max_capacity = window - 1 + headroom;
+        let mut cache = Self::new(
+            1,
+            kv_heads,
+            max_capacity.min(INITIAL_SLIDING),
+            head_dim,
+            dtype,
+            device,
+        )?;
         cache.window = Some(window);
+        cache.max_capacity = max_capacity;
         Ok(cache)
     }
 
@@ -94,6 +110,13 @@ impl KvCache {
     /// `window - 1` older ones plus the block.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<KvView> {
         let t = k.dim(2)?;
+        if self.len + t > self.capacity() && self.capacity() < self.max_capacity {
+            self.grow(
+                (self.len + t)
+                    .max(2 * self.capacity())
+                    .min(self.max_capacity),
+            )?;
+        }
         if let Some(window) = self.window {
             if self.len + t > self.capacity() {
                 self.compact(window - 1)?;
@@ -122,6 +145,17 @@ impl KvCache {
             past: visible - t,
             window: self.window,
         })
+    }
+
+    /// Reallocates the buffers for `capacity` positions, keeping what is cached.
+    fn grow(&mut self, capacity: usize) -> Result<()> {
+        let (b, h, _, d) = self.k.dims4()?;
+        for buf in [&mut self.k, &mut self.v] {
+            let bigger = Tensor::zeros((b, h, capacity, d), buf.dtype(), buf.device())?;
+            bigger.slice_set(&buf.narrow(2, 0, self.len)?.force_contiguous()?, 2, 0)?;
+            *buf = bigger;
+        }
+        Ok(())
     }
 
     /// Keeps only the newest `keep` positions, moved to the front of the buffers.
@@ -187,11 +221,11 @@ mod tests {
     }
 
     /// A sliding cache shows each block the last `window - 1` older positions, compacts when
-    /// full and keeps working forever.
+    /// full (capacity window − 1 + headroom = 5) and keeps working forever.
     #[test]
     fn sliding_window_compacts_and_shows_the_window() -> Result<()> {
         let dev = Device::Cpu;
-        let mut cache = KvCache::sliding(1, 3, 5, 1, DType::F32, &dev)?;
+        let mut cache = KvCache::sliding(1, 3, 3, 1, DType::F32, &dev)?;
         let block = |from: usize, n: usize| {
             let vals: Vec<f32> = (from..from + n).map(|i| i as f32).collect();
             Tensor::from_vec(vals, (1, 1, n, 1), &dev)
