@@ -9,7 +9,9 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
+#[cfg(not(unix))]
+use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -138,33 +140,28 @@ impl SafetensorsFiles {
             .bt()
         })?;
         let numel: usize = entry.shape.iter().product();
-        let read = |bytes: &mut [u8]| -> Result<()> {
-            let mut file = self.files[entry.file].lock().expect("a reader panicked");
-            file.seek(SeekFrom::Start(entry.offset))
-                .and_then(|_| file.read_exact(bytes))
-                .map_err(|e| {
-                    candle_core::Error::Msg(format!(
-                        "{}: reading {name}: {e}",
-                        self.paths[entry.file].display()
-                    ))
-                })
+        let file = &self.files[entry.file];
+        let path = &self.paths[entry.file];
+        let read = |dst: *mut u8, len: usize| -> Result<()> {
+            let file = file.lock().expect("a reader panicked");
+            read_at(&file, dst, len, entry.offset).map_err(|e| {
+                candle_core::Error::Msg(format!("{}: reading {name}: {e}", path.display()))
+            })
         };
         fn typed<T: candle_core::WithDType + Default + Copy>(
             numel: usize,
             shape: &[usize],
             device: &Device,
-            read: impl Fn(&mut [u8]) -> Result<()>,
+            read: impl Fn(*mut u8, usize) -> Result<()>,
         ) -> Result<Tensor> {
-            let mut data = vec![T::default(); numel];
-            // SAFETY: plain numeric types with no invalid bit patterns; safetensors stores them
-            // little-endian, as this target reads them.
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(
-                    data.as_mut_ptr() as *mut u8,
-                    std::mem::size_of_val(data.as_slice()),
-                )
-            };
-            read(bytes)?;
+            let mut data: Vec<T> = Vec::with_capacity(numel);
+            let len = numel * std::mem::size_of::<T>();
+            // The bytes go straight from the file into the final buffer: no zero fill first
+            // (a second pass over every page of a 9 GB checkpoint).
+            read(data.as_mut_ptr() as *mut u8, len)?;
+            // SAFETY: `read` initialised all `len` bytes; the types are plain numbers with no
+            // invalid bit patterns, stored little-endian as this target reads them.
+            unsafe { data.set_len(numel) };
             Tensor::from_vec(data, shape, device)
         }
         match entry.dtype {
@@ -179,6 +176,47 @@ impl SafetensorsFiles {
             _ => typed::<u8>(numel, &entry.shape, device, read),
         }
     }
+}
+
+/// Reads `len` bytes at `offset` into `dst` (uninitialised memory: no reference to it is formed).
+#[cfg(unix)]
+fn read_at(file: &File, dst: *mut u8, len: usize, offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0;
+    while done < len {
+        // SAFETY: dst..dst + len is writable memory owned by the caller.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                dst.add(done) as *mut libc::c_void,
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => done += n as usize,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn read_at(file: &File, dst: *mut u8, len: usize, offset: u64) -> std::io::Result<()> {
+    // SAFETY: zero the buffer first so a slice over it is initialised memory.
+    let bytes = unsafe {
+        std::ptr::write_bytes(dst, 0, len);
+        std::slice::from_raw_parts_mut(dst, len)
+    };
+    let mut file = file;
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(bytes)
 }
 
 impl SimpleBackend for SafetensorsFiles {

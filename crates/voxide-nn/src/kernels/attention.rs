@@ -6,7 +6,7 @@
 //! arithmetic (measured ~1/5 of a Whisper-tiny decoder step).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// At most this many query rows per head take the kernel.
@@ -15,7 +15,7 @@ pub const MAX_QUERY_ROWS: usize = 8;
 /// Below this many K/V elements per call, heads run on one thread.
 const PARALLEL_MIN: usize = 1 << 16;
 
-/// candle op: q (b, h, rows, d) f32 contiguous, pre-scaled; k, v (b, h, s, d) f32 or f16 with
+/// candle op: q (b, h, rows, d) f32 contiguous, pre-scaled; k, v (b, h, s, d) f32, f16 or bf16 with
 /// unit stride along d (cache views allowed) → (b, h, rows, d) f32.
 pub struct DecodeAttention;
 
@@ -60,7 +60,8 @@ impl CustomOp3 for DecodeAttention {
         let out = match (ks, vs) {
             (CpuStorage::F32(k), CpuStorage::F32(v)) => attend(q, k, kl, v, vl, dims),
             (CpuStorage::F16(k), CpuStorage::F16(v)) => attend(q, k, kl, v, vl, dims),
-            _ => candle_core::bail!("decode-attention takes f32 or f16 keys and values"),
+            (CpuStorage::BF16(k), CpuStorage::BF16(v)) => attend(q, k, kl, v, vl, dims),
+            _ => candle_core::bail!("decode-attention takes f32, f16 or bf16 keys and values"),
         };
         Ok((CpuStorage::F32(out), Shape::from((b, h, rows, d))))
     }
@@ -103,7 +104,7 @@ struct Dims {
     s: usize,
 }
 
-/// Keys and values are stored as f32, or as f16 (halving the bytes each step reads).
+/// Keys and values are stored as f32, or as f16 / bf16 (halving the bytes each step reads).
 trait KvElement: Copy + Send + Sync + Sized {
     /// out (rows × d) = softmax(q·Kᵀ)·V for one head; `scores` is scratch of length s.
     fn head(q: &[f32], kv: HeadKv<'_, Self>, dims: Dims, out: &mut [f32], scores: &mut [f32]);
@@ -150,40 +151,101 @@ impl KvElement for f32 {
     }
 }
 
-impl KvElement for f16 {
-    fn head(q: &[f32], kv: HeadKv<'_, f16>, dims: Dims, out: &mut [f32], scores: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the features were detected at run time.
-            return unsafe { x86::head_f16(q, kv, dims, out, scores) };
-        }
-        head_with(
-            q,
-            kv,
-            dims,
-            out,
-            scores,
-            |q, k| q.iter().zip(k).map(|(q, k)| q * k.to_f32()).sum(),
-            |p, v, o| {
-                for (o, v) in o.iter_mut().zip(v) {
-                    *o += p * v.to_f32();
+/// Half-precision keys and values: the SIMD loop where AVX2/FMA exist, else scalar.
+macro_rules! half_kv_element {
+    ($t:ty, $simd:ident) => {
+        impl KvElement for $t {
+            fn head(
+                q: &[f32],
+                kv: HeadKv<'_, $t>,
+                dims: Dims,
+                out: &mut [f32],
+                scores: &mut [f32],
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c")
+                {
+                    // SAFETY: the features were detected at run time.
+                    return unsafe { x86::$simd(q, kv, dims, out, scores) };
                 }
-            },
-        );
-    }
+                head_with(
+                    q,
+                    kv,
+                    dims,
+                    out,
+                    scores,
+                    |q, k| q.iter().zip(k).map(|(q, k)| q * k.to_f32()).sum(),
+                    |p, v, o| {
+                        for (o, v) in o.iter_mut().zip(v) {
+                            *o += p * v.to_f32();
+                        }
+                    },
+                );
+            }
+        }
+    };
 }
+
+half_kv_element!(f16, head_f16);
+half_kv_element!(bf16, head_bf16);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{head_with, Dims, HeadKv};
-    use half::f16;
+    use half::{bf16, f16};
     use std::arch::x86_64::*;
 
-    /// The per-head loop compiled with F16C/FMA, so the row reads below inline into it
-    /// (`d` is a multiple of 8 in every model voxide runs; a tail is handled anyway).
+    /// The per-head loop compiled with AVX2/FMA, so the row reads inline into it; `load8`
+    /// widens 8 stored values to f32 (`d` is a multiple of 8 in every model voxide runs; a
+    /// tail is handled anyway).
+    #[inline(always)]
+    unsafe fn head_simd<T: Copy>(
+        q: &[f32],
+        kv: HeadKv<'_, T>,
+        dims: Dims,
+        out: &mut [f32],
+        scores: &mut [f32],
+        load8: impl Fn(*const u16) -> __m256,
+        to_f32: impl Fn(T) -> f32,
+    ) {
+        let dot = |q: &[f32], k: &[T]| {
+            let n = q.len();
+            let (qp, kp) = (q.as_ptr(), k.as_ptr() as *const u16);
+            let mut acc = _mm256_setzero_ps();
+            let mut j = 0;
+            while j + 8 <= n {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(j)), load8(kp.add(j)), acc);
+                j += 8;
+            }
+            let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let mut total = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+            for jj in j..n {
+                total += q[jj] * to_f32(k[jj]);
+            }
+            total
+        };
+        let axpy = |p: f32, v: &[T], out: &mut [f32]| {
+            let n = out.len();
+            let (vp, op) = (v.as_ptr() as *const u16, out.as_mut_ptr());
+            let pv = _mm256_set1_ps(p);
+            let mut j = 0;
+            while j + 8 <= n {
+                _mm256_storeu_ps(
+                    op.add(j),
+                    _mm256_fmadd_ps(pv, load8(vp.add(j)), _mm256_loadu_ps(op.add(j))),
+                );
+                j += 8;
+            }
+            for jj in j..n {
+                out[jj] += p * to_f32(v[jj]);
+            }
+        };
+        head_with(q, kv, dims, out, scores, dot, axpy);
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn head_f16(
         q: &[f32],
@@ -192,42 +254,38 @@ mod x86 {
         out: &mut [f32],
         scores: &mut [f32],
     ) {
-        let dot = |q: &[f32], k: &[f16]| {
-            let n = q.len();
-            let (qp, kp) = (q.as_ptr(), k.as_ptr() as *const u16);
-            let mut acc = _mm256_setzero_ps();
-            let mut j = 0;
-            while j + 8 <= n {
-                let kv = _mm256_cvtph_ps(_mm_loadu_si128(kp.add(j) as *const __m128i));
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(j)), kv, acc);
-                j += 8;
-            }
-            let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            let mut total = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
-            for jj in j..n {
-                total += q[jj] * k[jj].to_f32();
-            }
-            total
-        };
-        let axpy = |p: f32, v: &[f16], out: &mut [f32]| {
-            let n = out.len();
-            let (vp, op) = (v.as_ptr() as *const u16, out.as_mut_ptr());
-            let pv = _mm256_set1_ps(p);
-            let mut j = 0;
-            while j + 8 <= n {
-                let vv = _mm256_cvtph_ps(_mm_loadu_si128(vp.add(j) as *const __m128i));
-                _mm256_storeu_ps(
-                    op.add(j),
-                    _mm256_fmadd_ps(pv, vv, _mm256_loadu_ps(op.add(j))),
-                );
-                j += 8;
-            }
-            for jj in j..n {
-                out[jj] += p * v[jj].to_f32();
-            }
-        };
-        head_with(q, kv, dims, out, scores, dot, axpy);
+        head_simd(
+            q,
+            kv,
+            dims,
+            out,
+            scores,
+            |p| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            f16::to_f32,
+        )
+    }
+
+    /// bf16 is the top half of an f32: widen and shift.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn head_bf16(
+        q: &[f32],
+        kv: HeadKv<'_, bf16>,
+        dims: Dims,
+        out: &mut [f32],
+        scores: &mut [f32],
+    ) {
+        head_simd(
+            q,
+            kv,
+            dims,
+            out,
+            scores,
+            |p| {
+                let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+                _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
+            },
+            bf16::to_f32,
+        )
     }
 }
 
