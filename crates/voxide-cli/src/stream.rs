@@ -52,6 +52,7 @@ pub fn run(args: StreamArgs) -> Result<()> {
         delay_ms: args.delay_ms,
         kv_dtype: kv_precision(&args.kv_precision),
         encoder_min_frames: args.encoder_frames.max(1),
+        restart_on_eos: true,
     };
     let mut stream = model.stream(options)?;
     let clock = Instant::now();

@@ -325,3 +325,52 @@ fn streaming_chunks_give_the_offline_ids() {
         }
     }
 }
+
+/// An endless stream runs in bounded memory: 5 minutes of audio (3750 positions, against
+/// windows of 20 encoder frames and 24 decoder positions) leave every cache at most its
+/// window plus headroom, and every position is decoded.
+#[test]
+fn long_streams_stay_bounded() {
+    let model = load("tiny-random-mistral");
+    let mut stream = model
+        .stream(StreamOptions {
+            restart_on_eos: true,
+            ..StreamOptions::default()
+        })
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let second: Vec<f32> = (0..16000).map(|_| rng.random_range(-0.3..0.3)).collect();
+    for _ in 0..300 {
+        stream.push(&second).unwrap();
+    }
+    let (encoder, decoder) = stream.cached_positions();
+    println!("after 300 s: encoder cache {encoder}, decoder cache {decoder} positions");
+    assert!(encoder <= 20 - 1 + 256 && decoder <= 24 - 1 + 256);
+    // Every complete 80 ms position up to the encoder's batching lag was decoded.
+    let positions = stream.positions();
+    assert!(positions + 16 >= 32 + 3750, "{positions}");
+}
+
+/// f16 and bf16 KV caches: logits drift, ids of the fixture do not change.
+#[test]
+fn half_precision_kv_caches_keep_the_ids() {
+    let r = reference();
+    let model = load("tiny-random-hf");
+    let audio = samples(&r["speech_audio"]);
+    let want = ids(&r["speech_generated_ids"]);
+    for kv_dtype in [DType::F16, DType::BF16] {
+        let options = StreamOptions {
+            kv_dtype,
+            ..StreamOptions::default()
+        };
+        let (transcript, _) = model.transcribe(&audio, options, &mut |_| {}).unwrap();
+        let same = transcript
+            .token_ids
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a == b)
+            .count();
+        println!("{kv_dtype:?} KV cache: {same} of {} ids as f32", want.len());
+        assert_eq!(transcript.token_ids, want, "{kv_dtype:?}");
+    }
+}

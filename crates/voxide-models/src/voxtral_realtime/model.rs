@@ -298,6 +298,20 @@ impl NetworkState {
     pub fn decoder_position(&self) -> usize {
         self.decoder.position
     }
+
+    /// Forgets the decoder's context (the audio side keeps going): a live stream starts a
+    /// new prompt after end-of-stream.
+    pub fn reset_decoder(&mut self) {
+        self.decoder.caches.iter_mut().for_each(KvCache::reset);
+        self.decoder.position = 0;
+    }
+
+    /// Positions held by the largest encoder and decoder KV caches (bounded by their
+    /// windows plus headroom, however long the stream runs).
+    pub fn cached_positions(&self) -> (usize, usize) {
+        let most = |s: &StackState| s.caches.iter().map(KvCache::capacity).max().unwrap_or(0);
+        (most(&self.encoder), most(&self.decoder))
+    }
 }
 
 impl VoxtralRealtimeModel {

@@ -33,6 +33,10 @@ pub struct StreamOptions {
     /// Run the encoder once this many conv frames (20 ms each) are waiting: larger batches
     /// read the encoder weights fewer times (each pass reads all of them).
     pub encoder_min_frames: usize,
+    /// Live streams: after end-of-stream, start a new prompt on the following audio instead
+    /// of stopping (voxtral.c restarts its decoder the same way). Offline transcription
+    /// stops, as transformers does.
+    pub restart_on_eos: bool,
 }
 
 impl Default for StreamOptions {
@@ -41,6 +45,7 @@ impl Default for StreamOptions {
             delay_ms: 480,
             kv_dtype: DType::F32,
             encoder_min_frames: 48,
+            restart_on_eos: false,
         }
     }
 }
@@ -49,7 +54,8 @@ impl Default for StreamOptions {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StreamToken {
     pub id: u32,
-    /// Decoder position that produced it (the first output comes from position 38).
+    /// Audio position (80 ms each, left padding included) that produced it; the first
+    /// output comes from position 38.
     pub position: usize,
     /// Audio time it covers up to, seconds from the start of the input.
     pub time: f64,
@@ -75,8 +81,10 @@ pub struct RealtimeStream<'m> {
     text: TekkenDecoder,
     /// Real samples pushed (without padding).
     samples: usize,
-    /// Decoder positions allowed in all (set by `finish`).
-    position_limit: Option<usize>,
+    /// Audio vectors the decoder consumed before its current prompt (restarts).
+    vectors_before: usize,
+    /// Audio vectors in all (set by `finish`); the last one is never fed.
+    vector_limit: Option<usize>,
     stopped: bool,
     timings: Timings,
     started: Instant,
@@ -108,7 +116,8 @@ impl<'m> RealtimeStream<'m> {
             tokens: Vec::new(),
             text: model.tokenizer().stream_decoder(),
             samples: 0,
-            position_limit: None,
+            vectors_before: 0,
+            vector_limit: None,
             stopped: false,
             timings: Timings::default(),
             started,
@@ -131,19 +140,20 @@ impl<'m> RealtimeStream<'m> {
         let real_tokens = self.samples.div_ceil(per_token);
         let pad_to_token = real_tokens * per_token - self.samples;
         let right = (self.delay_tokens + 1 + RIGHT_PAD_BUFFER_TOKENS) * per_token;
-        let positions = self.model.schedule().left_pad_tokens
+        let vectors = self.model.schedule().left_pad_tokens
             + real_tokens
             + self.delay_tokens
             + 1
             + RIGHT_PAD_BUFFER_TOKENS;
-        self.position_limit = Some(positions - 1);
+        self.vector_limit = Some(vectors - 1);
         let mut text = self.feed(&vec![0f32; pad_to_token + right], true)?;
         text.push_str(&self.text.finish());
         self.stopped = true;
         Ok(text)
     }
 
-    /// Tokens produced so far (special tokens included; EOS ends the list).
+    /// Tokens produced so far (special tokens included; EOS ends the list unless the stream
+    /// restarts after it).
     pub fn tokens(&self) -> &[StreamToken] {
         &self.tokens
     }
@@ -153,9 +163,14 @@ impl<'m> RealtimeStream<'m> {
         &self.timings
     }
 
-    /// Decoder positions fed so far.
+    /// Audio vectors (80 ms positions) the decoder consumed so far.
     pub fn positions(&self) -> usize {
-        self.net.decoder_position()
+        self.vectors_before + self.net.decoder_position()
+    }
+
+    /// Positions held by the largest encoder and decoder KV caches.
+    pub fn cached_positions(&self) -> (usize, usize) {
+        self.net.cached_positions()
     }
 
     fn feed(&mut self, samples: &[f32], last: bool) -> Result<String> {
@@ -262,7 +277,8 @@ impl<'m> RealtimeStream<'m> {
         let mut text = String::new();
         while !self.stopped {
             let position = self.net.decoder_position();
-            if self.position_limit.is_some_and(|limit| position >= limit) {
+            let vector = self.vectors_before + position;
+            if self.vector_limit.is_some_and(|limit| vector >= limit) {
                 self.stopped = true;
                 break;
             }
@@ -291,15 +307,19 @@ impl<'m> RealtimeStream<'m> {
                 self.timings.steps_ms += elapsed;
                 self.timings.steps += 1;
             }
-            let produced_at = position + n - 1;
+            let produced_at = vector + n - 1;
             self.tokens.push(StreamToken {
                 id,
                 position: produced_at,
                 time: self.model.token_end_time(produced_at, self.delay_tokens),
             });
             if id == self.model.tokenizer().eos() {
-                self.stopped = true;
-                break;
+                if !self.options.restart_on_eos || self.vector_limit.is_some() {
+                    self.stopped = true;
+                    break;
+                }
+                self.vectors_before += position + n;
+                self.net.reset_decoder();
             }
             text.push_str(&self.text.push(id));
         }
