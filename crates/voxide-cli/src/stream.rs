@@ -22,8 +22,9 @@ pub struct StreamArgs {
     /// Standard input's encoding: auto (WAV if it has a RIFF header, else raw), wav, s16le.
     #[arg(long, default_value = "auto", value_parser = ["auto", "wav", "s16le"])]
     input_format: String,
-    /// Weight precision: auto (the checkpoint's), f32, f16 or bf16.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16"])]
+    /// Weight precision: auto (the checkpoint's), f32, f16, bf16, or int8 (the decoder's
+    /// matrices, quantized per row at load).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
     precision: String,
     /// KV-cache precision: f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]

@@ -7,7 +7,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 use voxide_audio::{load_mono, AudioInput};
-use voxide_runtime::{load_transcriber, render, resolve_model, OutputFormat, TranscribeRequest};
+use voxide_runtime::{
+    load_transcriber, render, resolve_model, OutputFormat, TranscribeRequest, WeightFormat,
+};
 
 /// Inputs longer than this get a progress bar.
 const PROGRESS_MIN_SECONDS: f64 = 30.0;
@@ -80,8 +82,9 @@ pub struct TranscribeArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// Weight precision: auto (the checkpoint's), f32, f16 or bf16.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16"])]
+    /// Weight precision: auto (the checkpoint's), f32, f16, bf16, or int8 (Voxtral Realtime:
+    /// the decoder's matrices, quantized per row at load).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
     precision: String,
     /// Streaming models (Voxtral Realtime): transcription delay in ms, 80 to 2400 in steps
     /// of 80 (default: the model's, 480).
@@ -121,19 +124,24 @@ impl TranscribeArgs {
     }
 }
 
-/// The `--precision` value as a dtype (`None`: the checkpoint's).
-pub fn precision(value: &str) -> Option<candle_core::DType> {
+/// The `--precision` value (`None`: the checkpoint's).
+pub fn precision(value: &str) -> Option<WeightFormat> {
     match value {
-        "f32" => Some(candle_core::DType::F32),
-        "f16" => Some(candle_core::DType::F16),
-        "bf16" => Some(candle_core::DType::BF16),
+        "f32" => Some(WeightFormat::F32),
+        "f16" => Some(WeightFormat::F16),
+        "bf16" => Some(WeightFormat::Bf16),
+        "int8" => Some(WeightFormat::Int8),
         _ => None,
     }
 }
 
 /// The `--kv-precision` value as a dtype.
 pub fn kv_precision(value: &str) -> candle_core::DType {
-    precision(value).unwrap_or(candle_core::DType::F32)
+    match value {
+        "f16" => candle_core::DType::F16,
+        "bf16" => candle_core::DType::BF16,
+        _ => candle_core::DType::F32,
+    }
 }
 
 /// Caps the threads of candle's matmuls (read from RAYON_NUM_THREADS) and of rayon's pool.

@@ -15,6 +15,7 @@ use voxide_audio::{MelStream, WhisperMel};
 use voxide_models::voxtral_realtime::{
     Config, StreamOptions, VoxtralRealtime, VoxtralRealtimeModel,
 };
+use voxide_nn::linear::WeightFormat;
 use voxide_nn::{RopeLayout, VarBuilder};
 
 fn fixtures() -> PathBuf {
@@ -373,4 +374,68 @@ fn half_precision_kv_caches_keep_the_ids() {
         println!("{kv_dtype:?} KV cache: {same} of {} ids as f32", want.len());
         assert_eq!(transcript.token_ids, want, "{kv_dtype:?}");
     }
+}
+
+/// int8 decoder weights (per-row scales): the logits of the offline schedule drift by a
+/// bounded amount relative to their range (reported for PERFORMANCE.md), in both layouts.
+#[test]
+fn int8_decoder_drift_is_bounded() {
+    let r = reference();
+    let model = VoxtralRealtime::from_dir(
+        &fixtures().join("tiny-random-mistral"),
+        &Device::Cpu,
+        Some(WeightFormat::Int8),
+    )
+    .unwrap();
+    let audio = samples(&r["speech_audio"]);
+    let want = ids(&r["speech_generated_ids"]);
+    let (transcript, _) = model
+        .transcribe(&audio, StreamOptions::default(), &mut |_| {})
+        .unwrap();
+    let same = transcript
+        .token_ids
+        .iter()
+        .zip(&want)
+        .take_while(|(a, b)| a == b)
+        .count();
+    println!("int8 decoder: first {same} of {} ids as f32", want.len());
+    // Teacher-forced logits, so one flipped id does not change the inputs after it.
+    let net = model.network();
+    let mut state = net.new_state(6, DType::F32).unwrap();
+    let [_, conv] = net.stem(&mut state, &r["speech_input_features"]).unwrap();
+    let frames = conv.transpose(1, 2).unwrap().contiguous().unwrap();
+    let vectors = net
+        .adapt(&net.encode(&mut state, &frames, None).unwrap())
+        .unwrap();
+    let prompt = ids(&r["offline_input_ids"]);
+    let x = (net.embed(&prompt).unwrap() + vectors.narrow(1, 0, 39).unwrap()).unwrap();
+    let hidden = net.decode(&mut state, &x, None).unwrap();
+    let mut logits = vec![net.logits(&hidden.narrow(1, 38, 1).unwrap()).unwrap()];
+    for (k, &id) in want[..want.len() - 1].iter().enumerate() {
+        let x = (net.embed(&[id]).unwrap() + vectors.narrow(1, 39 + k, 1).unwrap()).unwrap();
+        logits.push(
+            net.logits(&net.decode(&mut state, &x, None).unwrap())
+                .unwrap(),
+        );
+    }
+    let logits = Tensor::cat(&logits, 1).unwrap().squeeze(0).unwrap();
+    let reference = &r["speech_logits"];
+    let drift = max_abs_diff(&logits, reference) / max_abs(reference);
+    let argmax = logits
+        .argmax(D::Minus1)
+        .unwrap()
+        .to_dtype(DType::I64)
+        .unwrap();
+    let agree = ids(&argmax)
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a == b)
+        .count();
+    println!(
+        "int8 decoder: logits drift {:.2} % of their range; teacher-forced argmax agrees on {agree} of {}",
+        drift * 100.0,
+        want.len()
+    );
+    assert!(drift < 0.05, "int8 logits drift {drift}");
+    assert!(agree * 10 >= want.len() * 8, "{agree} of {}", want.len());
 }

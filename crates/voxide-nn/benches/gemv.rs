@@ -1,39 +1,536 @@
-//! Throughput of the f16 GEMV kernel on Whisper-tiny decoder shapes, in GB/s of weights read
-//! (compare with the machine's read bandwidth: ~26 GB/s on 1 thread, ~33 GB/s on 2 here).
-//! `cargo bench -p voxide-nn --bench gemv`
+//! Throughput of the narrow-weight kernels at Voxtral Mini 4B Realtime decoder shapes, in GB/s
+//! of weights read, against the machine's measured read bandwidth (~26 GB/s on 1 thread, ~33 on
+//! 2 here), and a synthetic decoder step (26 layers × 7 matrices + the 131072×3072 head) against
+//! its floor (bytes / bandwidth).
+//!
+//! `RAYON_NUM_THREADS=2 cargo bench -p voxide-nn --bench gemv [-- SECTION...]`
+//! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`, `rows`,
+//! `step`,
+//! `step-int8`
+//! (all by default). Figures: median [min–max] of the timed repetitions after a warm-up.
 
-use half::f16;
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
 use std::time::Instant;
-use voxide_nn::kernels::gemv::gemv_f16;
+use voxide_nn::kernels::bandwidth::{measure_read_gbps, ReadProbe};
+use voxide_nn::kernels::convert::{quantize_int8, to_f32};
+use voxide_nn::kernels::gemv::{gemv, gemv_on, WeightMatrix};
+use voxide_nn::kernels::ops::WidenToF32;
+use voxide_nn::kernels::simd::{Isa, WeightElem};
+use voxide_nn::kernels::small_m::{matmul_small, matmul_small_on};
+use voxide_nn::linear::WeightFormat;
+use voxide_nn::Linear;
 
-fn main() {
-    for &(name, n, k) in &[
-        ("lm head 51865x384", 51865usize, 384usize),
-        ("mlp fc1 1536x384", 1536, 384),
-        ("attn 384x384", 384, 384),
-    ] {
-        let w: Vec<f16> = (0..n * k)
-            .map(|i| f16::from_f32((i % 97) as f32 / 97.0 - 0.5))
-            .collect();
-        let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 / 13.0).collect();
-        let mut y = vec![0f32; n];
-        let reps = (200_000_000 / (n * k)).max(10);
-        for _ in 0..3 {
-            gemv_f16(&x, &w, None, &mut y, 1, k, n);
+/// (median, min, max) seconds of `reps` calls after `warm` untimed ones.
+fn time(warm: usize, reps: usize, mut f: impl FnMut()) -> (f64, f64, f64) {
+    for _ in 0..warm {
+        f();
+    }
+    let mut t: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    (t[t.len() / 2], t[0], t[t.len() - 1])
+}
+
+fn report(name: &str, bytes: usize, (med, min, max): (f64, f64, f64)) {
+    println!(
+        "{name:44} {:9.3} ms [{:.3}–{:.3}]  {:6.1} GB/s",
+        med * 1e3,
+        min * 1e3,
+        max * 1e3,
+        bytes as f64 / med / 1e9
+    );
+}
+
+/// Deterministic normal-range values in [-0.5, 0.5).
+fn value(i: usize) -> f32 {
+    ((i.wrapping_mul(2654435761) >> 7) % 1000) as f32 / 1000.0 - 0.5
+}
+
+fn filled<E: Copy + Send + Sync>(len: usize, f: impl Fn(f32) -> E + Sync) -> Vec<E> {
+    let mut v = Vec::with_capacity(len);
+    v.par_extend((0..len).into_par_iter().map(|i| f(value(i))));
+    v
+}
+
+/// One matrix in the three formats.
+struct Formats {
+    f16: Vec<f16>,
+    bf16: Vec<bf16>,
+    q: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Formats {
+    fn new(n: usize, k: usize) -> Self {
+        let (q, scales) = quantize_int8(n, k, value);
+        Self {
+            f16: filled(n * k, f16::from_f32),
+            bf16: filled(n * k, bf16::from_f32),
+            q,
+            scales,
         }
-        let mut times: Vec<f64> = (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                gemv_f16(&x, &w, None, &mut y, 1, k, n);
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
-        println!(
-            "{name:20} {:8.1} us  {:6.1} GB/s",
-            median * 1e6,
-            (n * k * 2) as f64 / median / 1e9
+    }
+}
+
+const SHAPES: &[(&str, usize, usize)] = &[
+    ("wo/attn 3072x3072", 3072, 3072),
+    ("w1/w3 9216x3072", 9216, 3072),
+    ("w2 3072x9216", 3072, 9216),
+    ("head 131072x3072", 131072, 3072),
+];
+
+fn reps_for(bytes: usize) -> usize {
+    (4_000_000_000 / bytes).clamp(5, 200)
+}
+
+/// m = 1 on each shape and format. The timed calls rotate over copies of the matrix that
+/// together exceed the 32 MB L3, so that every call reads its weights from DRAM as in a
+/// decoder step.
+fn bench_gemv(isa: Option<Isa>, shapes: &[(&str, usize, usize)]) {
+    for &(name, n, k) in shapes {
+        let copies = if name.starts_with("l2") {
+            1
+        } else {
+            ((256 << 20) / (n * k)).max(1)
+        };
+        let f: Vec<Formats> = (0..copies).map(|_| Formats::new(n, k)).collect();
+        let x: Vec<f32> = (0..k).map(value).collect();
+        let mut y = vec![0f32; n];
+        let tag = isa.map_or(String::new(), |i| format!(" {i:?}"));
+        let mut run = |fmt: &str, bytes: usize, g: &mut dyn FnMut(usize, &mut [f32])| {
+            let mut c = 0;
+            report(
+                &format!("gemv m=1 {fmt}{tag} {name}"),
+                bytes,
+                time(copies.max(3), reps_for(bytes).max(copies), || {
+                    g(c % copies, &mut y);
+                    c += 1;
+                }),
+            )
+        };
+        fn go<E: WeightElem>(isa: Option<Isa>, x: &[f32], w: &WeightMatrix<E>, y: &mut [f32]) {
+            match isa {
+                Some(i) => gemv_on(i, x, w, None, y, 1),
+                None => gemv(x, w, None, y, 1),
+            }
+        }
+        run("f16 ", n * k * 2, &mut |c, y| {
+            go(isa, &x, &WeightMatrix::new(&f[c].f16, n, k), y)
+        });
+        run("bf16", n * k * 2, &mut |c, y| {
+            go(isa, &x, &WeightMatrix::new(&f[c].bf16, n, k), y)
+        });
+        run("int8", n * k + n * 4, &mut |c, y| {
+            go(
+                isa,
+                &x,
+                &WeightMatrix::with_scales(&f[c].q, &f[c].scales, n, k),
+                y,
+            )
+        });
+    }
+}
+
+/// candle's own paths, as Linear ran them before the narrow kernels: a bf16 weight widened to
+/// f32 by `to_dtype` on every call, then candle's f32 matmul; candle's f16 matmul.
+fn bench_candle() -> candle_core::Result<()> {
+    let (n, k) = (9216, 3072);
+    let dev = Device::Cpu;
+    let w = Tensor::from_vec(filled(n * k, |v| v), (n, k), &dev)?;
+    let wb = w.to_dtype(DType::BF16)?;
+    let wh = w.to_dtype(DType::F16)?;
+    let x = Tensor::from_vec((0..k).map(value).collect::<Vec<f32>>(), (1, k), &dev)?;
+    let bytes = n * k * 2;
+    report(
+        "candle bf16: to_dtype(f32) + matmul, m=1",
+        bytes,
+        time(1, 5, || {
+            x.matmul(&wb.to_dtype(DType::F32).unwrap().t().unwrap())
+                .unwrap();
+        }),
+    );
+    let xh = x.to_dtype(DType::F16)?;
+    report(
+        "candle f16 matmul (x in f16), m=1",
+        bytes,
+        time(2, 10, || {
+            xh.matmul(&wh.t().unwrap()).unwrap();
+        }),
+    );
+    for (fmt, tag) in [
+        (WeightFormat::Bf16, "bf16"),
+        (WeightFormat::F16, "f16 "),
+        (WeightFormat::Int8, "int8"),
+    ] {
+        let layer = Linear::from_weights(w.clone(), None).to_format(fmt)?;
+        let b = if fmt == WeightFormat::Int8 {
+            n * k
+        } else {
+            bytes
+        };
+        report(
+            &format!("Linear::forward {tag}, m=1"),
+            b,
+            time(3, 20, || {
+                layer.forward(&x).unwrap();
+            }),
         );
     }
+    Ok(())
+}
+
+/// Small-M kernel against widen + GEMM (the path above SMALL_M_MAX_ROWS) at 9216×3072.
+fn bench_small(ms: &[usize]) -> candle_core::Result<()> {
+    let (n, k) = (9216, 3072);
+    let f = Formats::new(n, k);
+    let dev = Device::Cpu;
+    for &m in ms {
+        let x: Vec<f32> = (0..m * k).map(|i| value(i + 7)).collect();
+        let mut y = vec![0f32; m * n];
+        let flops = 2.0 * (m * n * k) as f64;
+        let show = |name: &str, bytes: usize, t: (f64, f64, f64)| {
+            report(name, bytes, t);
+            println!("{:44} {:9.1} GFLOP/s", "", flops / t.0 / 1e9);
+        };
+        let wf = WeightMatrix::new(&f.f16, n, k);
+        show(
+            &format!("small-M m={m} f16 9216x3072"),
+            n * k * 2,
+            time(2, 10, || matmul_small(&x, &wf, None, &mut y, m)),
+        );
+        let wb = WeightMatrix::new(&f.bf16, n, k);
+        show(
+            &format!("small-M m={m} bf16 9216x3072"),
+            n * k * 2,
+            time(2, 10, || matmul_small(&x, &wb, None, &mut y, m)),
+        );
+        let wi = WeightMatrix::with_scales(&f.q, &f.scales, n, k);
+        show(
+            &format!("small-M m={m} int8 9216x3072"),
+            n * k,
+            time(2, 10, || matmul_small(&x, &wi, None, &mut y, m)),
+        );
+        // What Linear runs above SMALL_M_MAX_ROWS: widen (kernel, all threads, into a fresh
+        // buffer) + candle's f32 GEMM; and before this work: candle's to_dtype + GEMM.
+        let xt = Tensor::from_vec(x.clone(), (m, k), &dev)?;
+        let tb = Tensor::from_slice(&f.bf16, (n, k), &dev)?;
+        show(
+            &format!("widen+GEMM m={m} bf16 9216x3072"),
+            n * k * 2,
+            time(1, 5, || {
+                let wt = tb.apply_op1_no_bwd(&WidenToF32).unwrap();
+                xt.matmul(&wt.t().unwrap()).unwrap();
+            }),
+        );
+        show(
+            &format!("to_dtype+GEMM m={m} bf16 (before)"),
+            n * k * 2,
+            time(1, 3, || {
+                xt.matmul(&tb.to_dtype(DType::F32).unwrap().t().unwrap())
+                    .unwrap();
+            }),
+        );
+        let wt = tb.to_dtype(DType::F32)?;
+        show(
+            &format!("  GEMM alone m={m} (f32 weights)"),
+            n * k * 4,
+            time(1, 5, || {
+                xt.matmul(&wt.t().unwrap()).unwrap();
+            }),
+        );
+        let layer = Linear::from_weights(tb.clone(), None);
+        show(
+            &format!("Linear::forward m={m} bf16"),
+            n * k * 2,
+            time(1, 5, || {
+                layer.forward(&xt).unwrap();
+            }),
+        );
+    }
+    // The widening alone: kernel vs candle's to_dtype.
+    let mut wide = vec![0f32; n * k];
+    let wb = WeightMatrix::new(&f.bf16, n, k);
+    report(
+        "widen bf16→f32 (kernel) 9216x3072",
+        n * k * 6,
+        time(2, 10, || to_f32(&wb, &mut wide)),
+    );
+    let tb = Tensor::from_slice(&f.bf16, (n, k), &dev)?;
+    report(
+        "widen bf16→f32 (candle to_dtype) 9216x3072",
+        n * k * 6,
+        time(1, 5, || {
+            tb.to_dtype(DType::F32).unwrap();
+        }),
+    );
+    Ok(())
+}
+
+/// Small-M kernel against widen + GEMM at Whisper encoder shapes (f16, k = 384 / 1536).
+fn bench_whisper() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for &(n, k) in &[(384usize, 384usize), (1536, 384), (384, 1536), (2048, 512)] {
+        let w: Vec<f16> = filled(n * k, f16::from_f32);
+        let wm = WeightMatrix::new(&w, n, k);
+        let tw = Tensor::from_slice(&w, (n, k), &dev)?;
+        for m in [64usize, 256, 1500] {
+            let x: Vec<f32> = (0..m * k).map(value).collect();
+            let mut y = vec![0f32; m * n];
+            let flops = 2.0 * (m * n * k) as f64;
+            let reps = (2e10 / flops).clamp(5.0, 200.0) as usize;
+            let t = time(2, reps, || matmul_small(&x, &wm, None, &mut y, m));
+            let xt = Tensor::from_vec(x.clone(), (m, k), &dev)?;
+            let g = time(2, reps, || {
+                let wt = tw.apply_op1_no_bwd(&WidenToF32).unwrap();
+                xt.matmul(&wt.t().unwrap()).unwrap();
+            });
+            println!(
+                "f16 {n:5}x{k:<5} m={m:5}: small-M {:8.3} ms ({:5.1} GFLOP/s), widen+GEMM {:8.3} ms ({:5.1} GFLOP/s)",
+                t.0 * 1e3,
+                flops / t.0 / 1e9,
+                g.0 * 1e3,
+                flops / g.0 / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+/// GEMV against the small-M kernel at the GEMV's row counts (bf16 9216×3072).
+fn bench_rows() {
+    let (n, k) = (9216, 3072);
+    let w: Vec<bf16> = filled(n * k, bf16::from_f32);
+    let wb = WeightMatrix::new(&w, n, k);
+    for m in [1usize, 2, 4, 8, 9] {
+        let x: Vec<f32> = (0..m * k).map(value).collect();
+        let mut y = vec![0f32; m * n];
+        if m <= 8 {
+            report(
+                &format!("gemv    m={m} bf16 9216x3072"),
+                n * k * 2,
+                time(3, 30, || gemv(&x, &wb, None, &mut y, m)),
+            );
+        }
+        report(
+            &format!("small-M m={m} bf16 9216x3072"),
+            n * k * 2,
+            time(3, 30, || matmul_small(&x, &wb, None, &mut y, m)),
+        );
+    }
+}
+
+/// Voxtral Mini 4B Realtime's decoder: per layer wq, wk, wv, wo, w1, w3, w2 (n, k).
+const LAYER: &[(usize, usize)] = &[
+    (4096, 3072),
+    (1024, 3072),
+    (1024, 3072),
+    (3072, 4096),
+    (9216, 3072),
+    (9216, 3072),
+    (3072, 9216),
+];
+const LAYERS: usize = 26;
+const HEAD: (usize, usize) = (131072, 3072);
+
+/// One synthetic decoder step (GEMVs only, m = 1) over all matrices, against the floor.
+fn bench_step(int8: bool) {
+    let mut shapes: Vec<(usize, usize)> = (0..LAYERS).flat_map(|_| LAYER.iter().copied()).collect();
+    shapes.push(HEAD);
+    enum M {
+        B(Vec<bf16>),
+        Q(Vec<i8>, Vec<f32>),
+    }
+    let t = Instant::now();
+    let mats: Vec<(M, usize, usize)> = shapes
+        .iter()
+        .map(|&(n, k)| {
+            let m = if int8 {
+                let (q, s) = quantize_int8(n, k, value);
+                M::Q(q, s)
+            } else {
+                M::B(filled(n * k, bf16::from_f32))
+            };
+            (m, n, k)
+        })
+        .collect();
+    let bytes: usize = mats
+        .iter()
+        .map(|(m, n, k)| match m {
+            M::B(_) => n * k * 2,
+            M::Q(..) => n * k + n * 4,
+        })
+        .sum();
+    eprintln!("(weights built in {:.1} s)", t.elapsed().as_secs_f64());
+    let xs: Vec<Vec<f32>> = mats
+        .iter()
+        .map(|(_, _, k)| (0..*k).map(value).collect())
+        .collect();
+    let mut ys: Vec<Vec<f32>> = mats.iter().map(|(_, n, _)| vec![0f32; *n]).collect();
+    let one = |i: usize, y: &mut [f32]| {
+        let (m, n, k) = &mats[i];
+        match m {
+            M::B(w) => gemv(&xs[i], &WeightMatrix::new(w, *n, *k), None, y, 1),
+            M::Q(q, s) => gemv(&xs[i], &WeightMatrix::with_scales(q, s, *n, *k), None, y, 1),
+        }
+    };
+    let step = |ys: &mut Vec<Vec<f32>>| {
+        for (i, y) in ys.iter_mut().enumerate() {
+            one(i, y);
+        }
+    };
+    // Where the time goes: each kind of matrix timed inside whole steps.
+    let mut per = vec![0f64; LAYER.len() + 1];
+    for _ in 0..3 {
+        for (i, y) in ys.iter_mut().enumerate() {
+            let t = Instant::now();
+            one(i, y);
+            per[if i == mats.len() - 1 {
+                LAYER.len()
+            } else {
+                i % LAYER.len()
+            }] += t.elapsed().as_secs_f64();
+        }
+    }
+    for (j, t) in per.iter().enumerate() {
+        let (n, k) = if j == LAYER.len() { HEAD } else { LAYER[j] };
+        let count = if j == LAYER.len() { 3 } else { 3 * LAYERS };
+        let b = if int8 { n * k + 4 * n } else { 2 * n * k } * count;
+        println!(
+            "  in-step {n:6}x{k:<5} {:8.3} ms per step {:6.1} GB/s",
+            t / 3.0 * 1e3,
+            b as f64 / t / 1e9
+        );
+    }
+    // Steps alternate with bandwidth passes: the floor moves with the neighbours' load.
+    let probe = ReadProbe::new(rayon::current_num_threads(), 1 << 30);
+    probe.pass_gbps();
+    step(&mut ys);
+    let (mut steps, mut gbps, mut ratios) = (vec![], vec![], vec![]);
+    for _ in 0..9 {
+        let g = probe.pass_gbps();
+        let t = Instant::now();
+        step(&mut ys);
+        let t = t.elapsed().as_secs_f64();
+        ratios.push(t / (bytes as f64 / (g * 1e9)));
+        steps.push(t);
+        gbps.push(g);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let tm = med(&mut steps);
+    let g = med(&mut gbps);
+    let r = med(&mut ratios);
+    report(
+        &format!(
+            "decoder step {} ({:.3} GB)",
+            if int8 { "int8" } else { "bf16" },
+            bytes as f64 / 1e9
+        ),
+        bytes,
+        tm,
+    );
+    println!(
+        "{:44} bandwidth {:.1} GB/s [{:.1}–{:.1}] → floor {:.1} ms; step / floor {:.3} [{:.3}–{:.3}]",
+        "",
+        g.0,
+        g.1,
+        g.2,
+        bytes as f64 / (g.0 * 1e9) * 1e3,
+        r.0,
+        r.1,
+        r.2
+    );
+}
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let on = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let threads = rayon::current_num_threads();
+    println!("threads: {threads}, isa: {:?}", Isa::detect());
+    if on("bandwidth") {
+        // Read bandwidth with and without software prefetch, passes alternating.
+        let probe = ReadProbe::new(threads, 1 << 30);
+        let plain = ReadProbe::new(threads, 1 << 30).without_prefetch();
+        probe.pass_gbps();
+        plain.pass_gbps();
+        let (mut a, mut b) = (vec![], vec![]);
+        for _ in 0..7 {
+            a.push(probe.pass_gbps());
+            b.push(plain.pass_gbps());
+        }
+        a.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        println!(
+            "read bandwidth, {threads} threads, 1 GiB, median of 7: {:.1} GB/s [{:.1}–{:.1}] with prefetch, {:.1} [{:.1}–{:.1}] plain loads",
+            a[3], a[0], a[6], b[3], b[0], b[6]
+        );
+        drop((probe, plain));
+        println!(
+            "measure_read_gbps({threads}): {:.1} GB/s",
+            measure_read_gbps(threads)
+        );
+    }
+    if on("gemv") {
+        bench_gemv(None, SHAPES);
+    }
+    if on("isa") {
+        for isa in Isa::available() {
+            bench_gemv(Some(isa), &SHAPES[1..2]);
+        }
+        let (n, k, m) = (9216, 3072, 39);
+        let f = Formats::new(n, k);
+        let x: Vec<f32> = (0..m * k).map(value).collect();
+        let mut y = vec![0f32; m * n];
+        let flops = 2.0 * (m * n * k) as f64;
+        for isa in Isa::available() {
+            let wb = WeightMatrix::new(&f.bf16, n, k);
+            let reps = if isa == Isa::Scalar { 2 } else { 10 };
+            let t = time(1, reps, || matmul_small_on(isa, &x, &wb, None, &mut y, m));
+            println!(
+                "small-M m={m} bf16 {isa:?} 9216x3072: {:.3} ms, {:.1} GFLOP/s",
+                t.0 * 1e3,
+                flops / t.0 / 1e9
+            );
+        }
+    }
+    if on("l2") {
+        // Cache-resident: the kernels' arithmetic throughput.
+        for isa in Isa::available() {
+            bench_gemv(Some(isa), &[("l2 256x1024", 256, 1024)]);
+        }
+    }
+    if on("candle") {
+        bench_candle()?;
+    }
+    if on("small") {
+        bench_small(&[39])?;
+    }
+    if on("crossover") {
+        bench_small(&[9, 16, 64, 65, 128, 256, 512])?;
+    }
+    if on("whisper") {
+        bench_whisper()?;
+    }
+    if on("rows") {
+        bench_rows();
+    }
+    if on("step") {
+        bench_step(false);
+    }
+    if on("step-int8") {
+        bench_step(true);
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
 use crate::kv_cache::KvCache;
-use crate::linear::Linear;
+use crate::linear::{Linear, WeightFormat};
 use crate::rope::RotaryEmbedding;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -84,6 +84,26 @@ impl Attention {
             n_kv_heads: cfg.n_kv_heads,
             head_dim: cfg.head_dim,
         })
+    }
+
+    /// The layer with its four projections stored as `format` (e.g. int8 for a decoder whose
+    /// steps are bound by the bytes they read).
+    pub fn to_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(Self {
+            q: self.q.to_format(format)?,
+            k: self.k.to_format(format)?,
+            v: self.v.to_format(format)?,
+            o: self.o.to_format(format)?,
+            ..self
+        })
+    }
+
+    /// Bytes of the four projection matrices (what one step reads).
+    pub fn weight_bytes(&self) -> usize {
+        [&self.q, &self.k, &self.v, &self.o]
+            .iter()
+            .map(|l| l.weight_bytes())
+            .sum()
     }
 
     /// Projects an encoder output (batch, source_len, dim) to cross-attention keys/values.

@@ -1,19 +1,41 @@
 //! Linear layer `y = x Wᵀ + b` with checkpoint-style `weight` [out, in] and optional `bias` [out].
 
-use crate::kernels::gemv::{GemvF16, MAX_ROWS};
-use candle_core::{DType, Result, Tensor};
+use crate::kernels::convert::quantize_int8;
+use crate::kernels::ops::{NarrowMatmul, WidenToF32};
+use crate::kernels::small_m::SMALL_M_MAX_ROWS;
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
+
+/// How a layer stores its weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    Bf16,
+    /// Symmetric int8 with one f32 scale per output row (w ≈ q · scale): half the bytes of
+    /// bf16, ~1 % relative error per product on Gaussian-like weights.
+    Int8,
+}
 
 /// A dense layer. Inputs of any rank are flattened to one GEMM: a batched matmul against a
 /// broadcast weight is several times slower on CPU.
 ///
-/// The weight keeps the dtype of its VarBuilder (f32, or f16 to halve the bytes a decoder step
-/// reads); the bias and the activations are f32. An f16 weight times at most [`MAX_ROWS`] rows
-/// (a decoder step) runs the f16 GEMV kernel; larger inputs convert the weight for one GEMM.
+/// The weight keeps the dtype of its VarBuilder (f32, f16 or bf16) or is quantized to int8
+/// ([`Linear::quantize_int8`]); the bias and the activations are f32. On CPU, narrow weights
+/// (f16, bf16, int8) times f32 inputs run the crate's kernels: at most
+/// [`MAX_ROWS`](crate::kernels::gemv::MAX_ROWS) rows (a
+/// decoder step) the streaming GEMV, at most [`SMALL_M_MAX_ROWS`] the small-M kernel, larger
+/// inputs widen the weight once (SIMD, all threads) for one GEMM.
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// [out, in]: F32, F16, BF16, or U8 holding int8 bytes when `scales` is set.
     weight: Tensor,
+    /// Int8 per-row scales [out], F32.
+    scales: Option<Tensor>,
     bias: Option<Tensor>,
+    /// What the CPU kernels take besides x and w: `[scales][bias]` (f32), each part when present
+    /// (the bias only when it is f32).
+    epilogue: Option<Tensor>,
 }
 
 impl Linear {
@@ -26,20 +48,153 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self::from_weights(weight, bias))
     }
 
     /// Builds a layer from existing tensors (e.g. a tied embedding used as the output head).
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        let epilogue = bias
+            .as_ref()
+            .filter(|b| b.dtype() == DType::F32)
+            .map(|b| b.flatten_all())
+            .transpose()
+            .ok()
+            .flatten();
+        Self {
+            weight,
+            scales: None,
+            bias,
+            epilogue,
+        }
     }
 
-    /// Multiplies weight and bias by `factor` (folding a constant scale into the layer).
-    pub fn scaled(self, factor: f64) -> Result<Self> {
+    /// An int8 layer from its parts.
+    fn int8(weight: Tensor, scales: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let epilogue = match bias.as_ref().filter(|b| b.dtype() == DType::F32) {
+            Some(b) => Tensor::cat(&[&scales, &b.flatten_all()?], 0)?,
+            None => scales.clone(),
+        };
         Ok(Self {
-            weight: (self.weight * factor)?,
-            bias: self.bias.map(|b| b * factor).transpose()?,
+            weight,
+            scales: Some(scales),
+            bias,
+            epilogue: Some(epilogue),
         })
+    }
+
+    /// How the weight is stored.
+    pub fn weight_format(&self) -> WeightFormat {
+        match (self.scales.is_some(), self.weight.dtype()) {
+            (true, _) => WeightFormat::Int8,
+            (false, DType::F16) => WeightFormat::F16,
+            (false, DType::BF16) => WeightFormat::Bf16,
+            _ => WeightFormat::F32,
+        }
+    }
+
+    /// Bytes of weights a forward pass reads: the weight matrix and, for int8, its scales (not
+    /// the bias).
+    pub fn weight_bytes(&self) -> usize {
+        let w = self.weight.elem_count() * self.weight.dtype().size_in_bytes();
+        w + self.scales.as_ref().map_or(0, |s| s.elem_count() * 4)
+    }
+
+    /// The layer with its weight stored as `format` (int8: quantized per output row; from
+    /// int8: dequantized). The bias is unchanged.
+    pub fn to_format(self, format: WeightFormat) -> Result<Self> {
+        if format == self.weight_format() {
+            return Ok(self);
+        }
+        let dtype = match format {
+            WeightFormat::Int8 => return self.quantize_int8(),
+            WeightFormat::F32 => DType::F32,
+            WeightFormat::F16 => DType::F16,
+            WeightFormat::Bf16 => DType::BF16,
+        };
+        let weight = match &self.scales {
+            Some(_) => self.dequantized(DType::F32)?.to_dtype(dtype)?,
+            None => self.weight.to_dtype(dtype)?,
+        };
+        Ok(Self::from_weights(weight, self.bias))
+    }
+
+    /// Quantizes the weight to symmetric int8 with an f32 scale per output row
+    /// (scale = max|w| / 127), stored as a U8 tensor of the int8 bytes and an F32 tensor of
+    /// scales on the weight's device. Idempotent.
+    pub fn quantize_int8(self) -> Result<Self> {
+        if self.scales.is_some() {
+            return Ok(self);
+        }
+        let device = self.weight.device().clone();
+        let (n, k) = self.weight.dims2()?;
+        let w = self.weight.to_device(&Device::Cpu)?.contiguous()?;
+        let (q, scales) = {
+            let (storage, layout) = w.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("quantize-int8: weight not on the CPU");
+            };
+            let Some((a, b)) = layout.contiguous_offsets() else {
+                candle_core::bail!("quantize-int8: weight not contiguous");
+            };
+            match cpu {
+                CpuStorage::F32(v) => {
+                    let v = &v[a..b];
+                    quantize_int8(n, k, |i| v[i])
+                }
+                CpuStorage::F16(v) => {
+                    let v = &v[a..b];
+                    quantize_int8(n, k, |i| v[i].to_f32())
+                }
+                CpuStorage::BF16(v) => {
+                    let v = &v[a..b];
+                    quantize_int8(n, k, |i| v[i].to_f32())
+                }
+                CpuStorage::F64(v) => {
+                    let v = &v[a..b];
+                    quantize_int8(n, k, |i| v[i] as f32)
+                }
+                _ => candle_core::bail!("quantize-int8: {:?} weights", w.dtype()),
+            }
+        };
+        // In place (same size and alignment): no second copy of a large matrix.
+        let bytes: Vec<u8> = q.into_iter().map(|v| v as u8).collect();
+        let weight = Tensor::from_vec(bytes, (n, k), &device)?;
+        let scales = Tensor::from_vec(scales, n, &device)?;
+        Self::int8(weight, scales, self.bias)
+    }
+
+    /// Multiplies weight and bias by `factor` (folding a constant scale into the layer). Int8
+    /// layers scale their per-row scales (exact up to one f32 rounding).
+    pub fn scaled(self, factor: f64) -> Result<Self> {
+        let bias = self.bias.map(|b| b * factor).transpose()?;
+        match self.scales {
+            Some(s) => Self::int8(self.weight, (s * factor)?, bias),
+            None => Ok(Self::from_weights((self.weight * factor)?, bias)),
+        }
+    }
+
+    /// The weight as f32 (int8: q · scale), widened by the crate's kernels on CPU.
+    fn widened(&self) -> Result<Tensor> {
+        match (&self.scales, self.weight.device().is_cpu()) {
+            (Some(s), true) => self.weight.apply_op2_no_bwd(s, &WidenToF32),
+            (None, true) if matches!(self.weight.dtype(), DType::F16 | DType::BF16) => {
+                self.weight.apply_op1_no_bwd(&WidenToF32)
+            }
+            (Some(_), false) => self.dequantized(DType::F32),
+            (None, _) => self.weight.to_dtype(DType::F32),
+        }
+    }
+
+    /// Int8 weight as `dtype` with candle ops (any device): bytes ≥ 128 are negative.
+    fn dequantized(&self, dtype: DType) -> Result<Tensor> {
+        let scales = self.scales.as_ref().expect("int8 layer");
+        if self.weight.device().is_cpu() {
+            return self.widened()?.to_dtype(dtype);
+        }
+        let v = self.weight.to_dtype(DType::F32)?;
+        let negative = v.ge(128f64)?.to_dtype(DType::F32)?;
+        let q = (v - (negative * 256f64)?)?;
+        q.broadcast_mul(&scales.unsqueeze(1)?)?.to_dtype(dtype)
     }
 
     /// x: (..., in) -> (..., out).
@@ -50,28 +205,138 @@ impl Linear {
             .expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim;
         let x = x.contiguous()?.reshape((rows, in_dim))?;
-        let y = if self.weight.dtype() == DType::F16
-            && x.dtype() == DType::F32
-            && x.device().is_cpu()
-            && rows <= MAX_ROWS
-        {
-            match &self.bias {
-                Some(b) => x.apply_op3_no_bwd(&self.weight, b, &GemvF16)?,
-                None => x.apply_op2_no_bwd(&self.weight, &GemvF16)?,
+        let narrow = self.weight_format() != WeightFormat::F32;
+        let y = if narrow && x.dtype() == DType::F32 && x.device().is_cpu() {
+            if rows <= SMALL_M_MAX_ROWS {
+                let fused_bias = self.bias.is_some() && self.bias_fused();
+                let op = NarrowMatmul {
+                    int8: self.scales.is_some(),
+                    bias: fused_bias,
+                };
+                let y = match &self.epilogue {
+                    Some(e) => x.apply_op3_no_bwd(&self.weight, e, &op)?,
+                    None => x.apply_op2_no_bwd(&self.weight, &op)?,
+                };
+                match &self.bias {
+                    Some(b) if !fused_bias => y.broadcast_add(b)?,
+                    _ => y,
+                }
+            } else {
+                self.add_bias(x.matmul(&self.widened()?.t()?)?)?
             }
         } else {
-            let y = if self.weight.dtype() != x.dtype() {
-                x.matmul(&self.weight.to_dtype(x.dtype())?.t()?)?
-            } else {
-                x.matmul(&self.weight.t()?)?
+            let w = match (&self.scales, self.weight.dtype() == x.dtype()) {
+                (Some(_), _) => self.dequantized(x.dtype())?,
+                (None, true) => self.weight.clone(),
+                (None, false) => self.weight.to_dtype(x.dtype())?,
             };
-            match &self.bias {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            }
+            self.add_bias(x.matmul(&w.t()?)?)?
         };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(out_dims)
+    }
+
+    /// Whether the CPU kernels add the bias (f32 bias in the epilogue).
+    fn bias_fused(&self) -> bool {
+        self.bias.as_ref().is_some_and(|b| b.dtype() == DType::F32) && self.epilogue.is_some()
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let h = (i as u32 ^ seed.wrapping_mul(0x9e3779b9)).wrapping_mul(2654435761);
+                ((h >> 8) % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let m = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        d / m
+    }
+
+    /// Every format × every dispatch branch (GEMV, small-M, widen + GEMM) against the f32
+    /// layer on the same rounded weights; inputs of rank 3.
+    #[test]
+    fn formats_and_branches_match_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        let (k, n) = (67, 45);
+        let w = Tensor::from_vec(det(n * k, 1), (n, k), &dev)?;
+        let b = Tensor::from_vec(det(n, 2), n, &dev)?;
+        for fmt in [WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Int8] {
+            for bias in [None, Some(b.clone())] {
+                let layer = Linear::from_weights(w.clone(), bias.clone()).to_format(fmt)?;
+                assert_eq!(layer.weight_format(), fmt);
+                let reference = Linear::from_weights(layer.widened()?, bias.clone());
+                assert_eq!(reference.weight_format(), WeightFormat::F32);
+                for rows in [1usize, 5, 8, 9, 39, 64, 65, 130, SMALL_M_MAX_ROWS + 1] {
+                    let x = Tensor::from_vec(det(rows * k, rows as u32), (1, rows, k), &dev)?;
+                    let got = layer.forward(&x)?;
+                    let want = reference.forward(&x)?;
+                    assert_eq!(got.dims(), &[1, rows, n]);
+                    let err = max_rel(&got, &want);
+                    assert!(
+                        err < 1e-5,
+                        "{fmt:?} rows {rows} bias {}: {err}",
+                        bias.is_some()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Scaling folds into every format; int8 round-trips to within its quantization error.
+    #[test]
+    fn scaled_and_quantized() -> Result<()> {
+        let dev = Device::Cpu;
+        let (k, n) = (300, 40);
+        let w = Tensor::from_vec(det(n * k, 5), (n, k), &dev)?;
+        let b = Tensor::from_vec(det(n, 6), n, &dev)?;
+        let x = Tensor::from_vec(det(3 * k, 7), (3, k), &dev)?;
+        let want = Linear::from_weights(w.clone(), Some(b.clone()))
+            .scaled(0.5)?
+            .forward(&x)?;
+        for dtype in [DType::F16, DType::BF16] {
+            let layer = Linear::from_weights(w.to_dtype(dtype)?, Some(b.clone())).scaled(0.5)?;
+            let err = max_rel(&layer.forward(&x)?, &want);
+            assert!(err < 1e-2, "{dtype:?}: {err}");
+        }
+        let q = Linear::from_weights(w.clone(), Some(b.clone())).quantize_int8()?;
+        let q = q.quantize_int8()?.scaled(0.5)?;
+        assert_eq!(q.weight_format(), WeightFormat::Int8);
+        let err = max_rel(&q.forward(&x)?, &want);
+        assert!(err < 2e-2, "int8: {err}");
+        let back = q.to_format(WeightFormat::F32)?;
+        let err = max_rel(&back.forward(&x)?, &want);
+        assert!(err < 2e-2, "int8 → f32: {err}");
+        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Feed-forward blocks: the GELU MLP of Whisper-style encoders/decoders and the SwiGLU of
 //! Llama-style decoders.
 
-use crate::linear::Linear;
+use crate::linear::{Linear, WeightFormat};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -51,6 +51,23 @@ impl SwiGlu {
             up: Linear::load(vb.pp(up), dim, hidden, false)?,
             down: Linear::load(vb.pp(down), hidden, dim, down_bias)?,
         })
+    }
+
+    /// The block with its three matrices stored as `format`.
+    pub fn to_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(Self {
+            gate: self.gate.to_format(format)?,
+            up: self.up.to_format(format)?,
+            down: self.down.to_format(format)?,
+        })
+    }
+
+    /// Bytes of the three matrices (what one step reads).
+    pub fn weight_bytes(&self) -> usize {
+        [&self.gate, &self.up, &self.down]
+            .iter()
+            .map(|l| l.weight_bytes())
+            .sum()
     }
 
     /// x: (..., d) -> (..., d).

@@ -10,5 +10,7 @@ pub mod transcriber;
 pub use error::{Error, Result};
 pub use format::{render, OutputFormat};
 pub use resolve::{resolve_model, ModelSource};
-pub use transcriber::{load_streaming, load_transcriber, TranscribeRequest, Transcriber};
+pub use transcriber::{
+    load_streaming, load_transcriber, TranscribeRequest, Transcriber, WeightFormat,
+};
 pub use voxide_models::{Segment, Timings, Transcript};

@@ -9,6 +9,7 @@ use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::tokenizer::language_code;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
 use voxide_models::{Timings, Transcript};
+pub use voxide_nn::linear::WeightFormat;
 
 /// A transcription request, independent of the model family.
 #[derive(Clone, Debug)]
@@ -111,6 +112,12 @@ pub trait Transcriber: Send + Sync {
         request: &TranscribeRequest,
         progress: &mut dyn FnMut(f64),
     ) -> Result<(Transcript, Timings)>;
+
+    /// Bytes of weights one decoder step reads, where the model knows it (the bandwidth
+    /// floor of a step is this over the memory's read bandwidth).
+    fn decoder_step_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Transcriber for WhisperPipeline {
@@ -203,7 +210,7 @@ impl Transcriber for VoxtralRealtime {
     ) -> Result<(Transcript, Timings)> {
         let unsupported = |what: &str| {
             Err(Error::InvalidRequest(format!(
-                "Voxtral Realtime does not support {what}: it transcribes greedily, in the language spoken"
+                "Voxtral Realtime does not support {what}: it transcribes greedily, in the language spoken (a language hint is ignored)"
             )))
         };
         if request.translate {
@@ -214,9 +221,6 @@ impl Transcriber for VoxtralRealtime {
         }
         if request.beam_size.is_some() || request.best_of.is_some() || request.temperature > 0.0 {
             return unsupported("beam search or sampling");
-        }
-        if request.language.as_deref().is_some_and(|l| l != "auto") {
-            return unsupported("--language");
         }
         let defaults = self.default_options();
         let options = StreamOptions {
@@ -274,17 +278,36 @@ fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
 }
 
 /// Loads the model in `source` by its checkpoint's kind (`model_type` of config.json, or
-/// Mistral's params.json). `precision` sets the dtype of the weight matrices (default: the
-/// checkpoint's own).
+/// Mistral's params.json). `weights` sets how the weight matrices are stored (default: the
+/// checkpoint's precision).
 pub fn load_transcriber(
     source: &ModelSource,
     device: &Device,
-    precision: Option<DType>,
+    weights: Option<WeightFormat>,
 ) -> Result<Box<dyn Transcriber>> {
     let dir = source.dir();
     Ok(match family(dir)? {
-        Family::Whisper => Box::new(WhisperPipeline::from_dir(dir, device, precision)?),
-        Family::VoxtralRealtime => Box::new(VoxtralRealtime::from_dir(dir, device, precision)?),
+        Family::Whisper => Box::new(WhisperPipeline::from_dir(
+            dir,
+            device,
+            whisper_dtype(weights)?,
+        )?),
+        Family::VoxtralRealtime => Box::new(VoxtralRealtime::from_dir(dir, device, weights)?),
+    })
+}
+
+/// Whisper keeps its matrices as f32, f16 or bf16.
+fn whisper_dtype(weights: Option<WeightFormat>) -> Result<Option<DType>> {
+    Ok(match weights {
+        None => None,
+        Some(WeightFormat::F32) => Some(DType::F32),
+        Some(WeightFormat::F16) => Some(DType::F16),
+        Some(WeightFormat::Bf16) => Some(DType::BF16),
+        Some(WeightFormat::Int8) => {
+            return Err(Error::InvalidRequest(
+                "int8 weights are not supported for Whisper yet (use f16)".into(),
+            ))
+        }
     })
 }
 
@@ -292,11 +315,11 @@ pub fn load_transcriber(
 pub fn load_streaming(
     source: &ModelSource,
     device: &Device,
-    precision: Option<DType>,
+    weights: Option<WeightFormat>,
 ) -> Result<VoxtralRealtime> {
     let dir = source.dir();
     match family(dir)? {
-        Family::VoxtralRealtime => Ok(VoxtralRealtime::from_dir(dir, device, precision)?),
+        Family::VoxtralRealtime => Ok(VoxtralRealtime::from_dir(dir, device, weights)?),
         Family::Whisper => Err(Error::Resolve(format!(
             "{} is a Whisper model, which does not stream; use `voxide transcribe`, or a Voxtral Realtime model",
             dir.display()

@@ -7,11 +7,12 @@ mod suite;
 use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use report::{compare, FileReport, Report, Run, Totals, Verdict};
+use report::{compare, FileReport, Report, Run, Stat, Totals, Verdict};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
+use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
 
 #[derive(Args, Debug)]
@@ -36,8 +37,8 @@ pub struct BenchArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// Decoder weight precision: auto (the checkpoint's), f32 or f16.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16"])]
+    /// Weight precision: auto (the checkpoint's), f32, f16, bf16 or int8 (Voxtral Realtime).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
     precision: String,
     /// Decode exactly N tokens per 30 s window, end-of-text ignored (random weights never
     /// emit it; fixed counts make timings comparable).
@@ -131,6 +132,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ..Default::default()
     };
     let rate = model.sample_rate();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // The floor of a decoder step: its bytes over the read bandwidth, measured next to the
+    // runs (a shared machine's bandwidth moves with its neighbours).
+    let probe = model
+        .decoder_step_bytes()
+        .map(|bytes| (bytes, ReadProbe::new(threads, 1 << 30)));
+    let mut bandwidth = Vec::new();
     let mut files = Vec::new();
     for input in &inputs {
         let samples = {
@@ -158,16 +168,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
             };
             if i >= args.warmup {
                 runs.push(run);
+                if let Some((_, probe)) = &probe {
+                    bandwidth.push(probe.median_gbps(3));
+                }
             }
         }
         files.push(FileReport::new(&input.name, audio_s, &runs, peak_rss_mb()));
     }
-    let totals = Totals::of(&files);
+    let mut totals = Totals::of(&files);
+    if let Some((bytes, _)) = probe {
+        totals.set_floor(bytes, Stat::of(&bandwidth).median);
+    }
     let report = Report {
         model: args.model.clone(),
-        threads: args
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        threads,
         repeats: args.repeats,
         warmup: args.warmup,
         fixed_steps: args.fixed_steps,
@@ -259,7 +273,13 @@ fn print_table(r: &Report) {
     let t = &r.totals;
     let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     println!(
-        "total: audio {:.1} s | wall {:.0} ms | RTF {:.3} | encoder {:.0} ms | weighted ms/step {:.2} | short-clip ms/step {} | long-clip ms/step {} | peak RSS {:.0} MB",
-        t.audio_s, t.wall_ms, t.rtf, t.encoder_ms, t.weighted_ms_per_step, opt(t.short_ms_per_step), opt(t.long_ms_per_step), t.peak_rss_mb
+        "total: audio {:.1} s | wall {:.0} ms | RTF {:.3} | encoder {:.0} ms ({:.0} ms per audio s) | weighted ms/step {:.2} | short-clip ms/step {} | long-clip ms/step {} | peak RSS {:.0} MB",
+        t.audio_s, t.wall_ms, t.rtf, t.encoder_ms, t.encoder_ms / t.audio_s.max(1e-9), t.weighted_ms_per_step, opt(t.short_ms_per_step), opt(t.long_ms_per_step), t.peak_rss_mb
     );
+    if let Some(f) = &t.floor {
+        println!(
+            "decoder floor: a step reads {:.3} GB; read bandwidth {:.1} GB/s (median of probes between runs) -> {:.1} ms; measured {:.1} ms/step = {:.2}x the floor",
+            f.step_bytes as f64 / 1e9, f.read_gbps, f.floor_ms, t.weighted_ms_per_step, f.ratio
+        );
+    }
 }

@@ -144,9 +144,36 @@ pub struct Totals {
     pub long_ms_per_step: Option<f64>,
     /// Highest peak resident memory, MB.
     pub peak_rss_mb: f64,
+    /// The decoder step's bandwidth floor, for models that report their step's bytes.
+    #[serde(default)]
+    pub floor: Option<Floor>,
+}
+
+/// A decoder step against the memory-bandwidth limit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Floor {
+    /// Bytes of weights one step reads.
+    pub step_bytes: usize,
+    /// Measured read bandwidth, GB/s.
+    pub read_gbps: f64,
+    /// step_bytes / bandwidth, ms.
+    pub floor_ms: f64,
+    /// Weighted ms/step over the floor.
+    pub ratio: f64,
 }
 
 impl Totals {
+    /// Adds the bandwidth floor of a step reading `step_bytes` at `read_gbps`.
+    pub fn set_floor(&mut self, step_bytes: usize, read_gbps: f64) {
+        let floor_ms = step_bytes as f64 / (read_gbps * 1e9) * 1e3;
+        self.floor = Some(Floor {
+            step_bytes,
+            read_gbps,
+            floor_ms,
+            ratio: self.weighted_ms_per_step / floor_ms,
+        });
+    }
+
     /// Totals of the per-input reports.
     pub fn of(files: &[FileReport]) -> Self {
         let sum = |f: &dyn Fn(&FileReport) -> f64| files.iter().map(f).sum::<f64>();
@@ -185,6 +212,7 @@ impl Totals {
                     .collect(),
             ),
             peak_rss_mb: files.iter().map(|f| f.peak_rss_mb).fold(0.0, f64::max),
+            floor: None,
         }
     }
 }

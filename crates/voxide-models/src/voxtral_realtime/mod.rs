@@ -27,6 +27,7 @@ use candle_nn::VarBuilder;
 use config::require;
 use std::path::Path;
 use voxide_audio::WhisperMel;
+use voxide_nn::linear::WeightFormat;
 use voxide_nn::weights::SafetensorsFiles;
 
 /// Input sample rate.
@@ -58,10 +59,12 @@ pub struct VoxtralRealtime {
 impl VoxtralRealtime {
     /// Loads a checkpoint directory in either layout: `consolidated.safetensors` +
     /// `params.json` + `tekken.json` (Mistral) or `model.safetensors` + `config.json` +
-    /// `tekken.json` (HF). Matrices stay in the checkpoint's precision unless `precision`
-    /// says otherwise; norms, biases and convolutions are f32.
-    pub fn from_dir(dir: &Path, device: &Device, precision: Option<DType>) -> Result<Self> {
+    /// `tekken.json` (HF). Matrices stay in the checkpoint's precision unless `weights` says
+    /// otherwise (int8: the decoder's matrices and head, quantized per row at load); norms,
+    /// biases and convolutions are f32.
+    pub fn from_dir(dir: &Path, device: &Device, weights: Option<WeightFormat>) -> Result<Self> {
         let config = Config::from_dir(dir)?;
+        let format = weights;
         let weights = match config.layout {
             Layout::Mistral => require(dir, "consolidated.safetensors")?,
             Layout::Hf => require(dir, "model.safetensors")?,
@@ -73,15 +76,24 @@ impl VoxtralRealtime {
         };
         let tensors =
             SafetensorsFiles::open(std::slice::from_ref(&weights)).map_err(weights_error)?;
-        let dtype = precision.unwrap_or_else(|| {
-            let probe = match config.layout {
-                Layout::Mistral => "mm_streams_embeddings.embedding_module.tok_embeddings.weight",
-                Layout::Hf => "language_model.model.embed_tokens.weight",
-            };
-            tensors.dtype(probe).unwrap_or(DType::F32)
-        });
+        let probe = match config.layout {
+            Layout::Mistral => "mm_streams_embeddings.embedding_module.tok_embeddings.weight",
+            Layout::Hf => "language_model.model.embed_tokens.weight",
+        };
+        let stored = tensors.dtype(probe).unwrap_or(DType::F32);
+        let dtype = match format {
+            None | Some(WeightFormat::Int8) => stored,
+            Some(WeightFormat::F32) => DType::F32,
+            Some(WeightFormat::F16) => DType::F16,
+            Some(WeightFormat::Bf16) => DType::BF16,
+        };
         let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-        let network = VoxtralRealtimeModel::load(vb, config).map_err(weights_error)?;
+        let mut network = VoxtralRealtimeModel::load(vb, config).map_err(weights_error)?;
+        if format == Some(WeightFormat::Int8) {
+            network = network
+                .with_decoder_format(WeightFormat::Int8)
+                .map_err(weights_error)?;
+        }
         Self::new(network, tokenizer)
     }
 

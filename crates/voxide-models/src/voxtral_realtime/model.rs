@@ -9,6 +9,7 @@
 use super::config::{Config, Layout, StackConfig};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use voxide_nn::linear::WeightFormat;
 use voxide_nn::{
     Attention, AttentionConfig, ConvStem, ConvStemState, KvCache, KvSource, Linear, RmsNorm,
     RopeLayout, RotaryEmbedding, SwiGlu,
@@ -164,6 +165,15 @@ impl Block {
                 names.gate_up_down,
                 encoder,
             )?,
+        })
+    }
+
+    /// The layer with its attention and MLP matrices stored as `format`.
+    fn into_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(Self {
+            attention: self.attention.to_format(format)?,
+            mlp: self.mlp.to_format(format)?,
+            ..self
         })
     }
 
@@ -364,6 +374,37 @@ impl VoxtralRealtimeModel {
             head,
             decoder,
         })
+    }
+
+    /// The model with the decoder's matrices and output head stored as `format` (int8 halves
+    /// what a step reads; the encoder, compute-bound, keeps its precision). Token lookups keep
+    /// the embeddings' own precision.
+    pub fn with_decoder_format(self, format: WeightFormat) -> Result<Self> {
+        let blocks = self
+            .decoder
+            .blocks
+            .into_iter()
+            .map(|b| b.into_format(format))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            decoder: Stack {
+                blocks,
+                ..self.decoder
+            },
+            head: self.head.to_format(format)?,
+            ..self
+        })
+    }
+
+    /// Bytes of weights one decoder step reads: every layer's matrices and the output head.
+    pub fn decoder_step_bytes(&self) -> usize {
+        let layers: usize = self
+            .decoder
+            .blocks
+            .iter()
+            .map(|b| b.attention.weight_bytes() + b.mlp.weight_bytes())
+            .sum();
+        layers + self.head.weight_bytes()
     }
 
     pub fn config(&self) -> &Config {

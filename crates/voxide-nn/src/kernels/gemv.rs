@@ -1,288 +1,424 @@
-//! Half-precision matrix × few-vectors products: y[m][n] = Σ_k x[m][k] · w[n][k], with w in
-//! f16 [n][k] (checkpoint layout), x and y in f32, m ≤ [`MAX_ROWS`].
+//! Matrix × few-vectors products with narrow weights: y[m][n] = Σ_k x[m][k] · w[n][k] (+ bias),
+//! with w in f16, bf16 or int8 (per-row scale) in the checkpoint's [n][k] layout, x and y in
+//! f32, m ≤ [`MAX_ROWS`].
 //!
 //! A decoder step is bandwidth-bound: each weight is read once per token, so the kernel
-//! streams w exactly once for all m rows, converting with F16C and accumulating with FMA
-//! (AVX2), on all threads for large matrices. candle converts f16 weights on every call
-//! instead (~25 GB/s against ~33 GB/s of read bandwidth here).
+//! streams w exactly once for all m rows, widening it to f32 in registers and accumulating
+//! with FMA, on all threads for large matrices. candle converts narrow weights to f32 on every
+//! call instead (f16 ~25 GB/s, bf16 ~0.9 GB/s against ~33 GB/s of read bandwidth here).
+//!
+//! One generic body ([`WeightElem`] × [`Simd`]) serves every element type and instruction set
+//! (AVX-512F, AVX2+FMA+F16C, NEON, portable).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
-use half::f16;
+use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
 
-/// Most rows (tokens × beams) the kernel takes; larger batches go through GEMM.
+/// Most rows (tokens × beams) the kernel takes; larger batches go through
+/// [`super::small_m`] or GEMM.
 pub const MAX_ROWS: usize = 8;
 
-/// Below this many weights (2 MB of f16) a matrix is done on one thread: it is cache-resident
-/// between tokens and rayon's fork-join costs more than it saves (measured: 384×384 in 8 µs on
+/// Below this many weight bytes a matrix is done on one thread: it is cache-resident between
+/// tokens and rayon's fork-join costs more than it saves (measured on f16: 384×384 in 8 µs on
 /// one thread, 18 µs on two).
-const PARALLEL_MIN: usize = 1 << 20;
+const PARALLEL_MIN_BYTES: usize = 2 << 20;
 
-/// From this many weights (16 MB of f16) reads bypass the caches (non-temporal prefetch).
-const STREAM_MIN: usize = 8 << 20;
+/// From this many weight bytes reads bypass the caches (non-temporal prefetch), so that a
+/// matrix too big for the cache does not evict the rest of the step's data.
+const STREAM_MIN_BYTES: usize = 16 << 20;
+
+/// From this many weight bytes (and below [`STREAM_MIN_BYTES`]) rows are prefetched into the
+/// caches ahead of the loads: more reads in flight for matrices that come from DRAM (Voxtral's
+/// 6 MB wk/wv in bf16, its 12 MB wq/wo in int8), harmless for cache-resident ones.
+const PREFETCH_MIN_BYTES: usize = 2 << 20;
+
+/// How far ahead of the loads the prefetches run (2 / 4 / 8 KB measured: 4 KB best or equal).
+const PREFETCH_BYTES: usize = 4096;
+
+const PREFETCH_NONE: u8 = 0;
+const PREFETCH_KEEP: u8 = 1;
+const PREFETCH_STREAM: u8 = 2;
 
 /// Output rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
-/// y (m × n) = x (m × k) · wᵀ (+ bias), w (n × k) in f16.
-pub fn gemv_f16(
+/// A weight matrix as the kernels read it: `rows` × `cols` elements, row-major (the
+/// checkpoint's [out][in] layout), and for int8 one f32 scale per row (w = q · scale).
+#[derive(Clone, Copy, Debug)]
+pub struct WeightMatrix<'a, E> {
+    pub data: &'a [E],
+    pub scales: Option<&'a [f32]>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<'a, E: WeightElem> WeightMatrix<'a, E> {
+    /// A matrix without scales (f16, bf16).
+    pub fn new(data: &'a [E], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "weight matrix of {rows}×{cols}");
+        Self {
+            data,
+            scales: None,
+            rows,
+            cols,
+        }
+    }
+
+    /// A matrix with one scale per row (int8).
+    pub fn with_scales(data: &'a [E], scales: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(scales.len(), rows, "one scale per row");
+        Self {
+            scales: Some(scales),
+            ..Self::new(data, rows, cols)
+        }
+    }
+
+    /// Bytes of weight data.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.data)
+    }
+}
+
+/// Output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub *mut f32);
+// SAFETY: tasks write disjoint elements of the buffer, which outlives them.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// y (m × n) = x (m × k) · wᵀ (+ bias), on the best instruction set of this CPU.
+pub fn gemv<E: WeightElem>(
     x: &[f32],
-    w: &[f16],
+    w: &WeightMatrix<E>,
     bias: Option<&[f32]>,
     y: &mut [f32],
     m: usize,
-    k: usize,
-    n: usize,
 ) {
-    assert!(m <= MAX_ROWS && x.len() == m * k && w.len() == n * k && y.len() == m * n);
-    // Tasks own consecutive weight rows and write outputs as [row][m]; for m > 1 that is
-    // transposed into y afterwards (m × n is tiny next to the weights).
+    gemv_on(Isa::detect(), x, w, bias, y, m)
+}
+
+/// [`gemv`] on a given instruction set (panics if this CPU lacks it).
+pub fn gemv_on<E: WeightElem>(
+    isa: Isa,
+    x: &[f32],
+    w: &WeightMatrix<E>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    assert!(m <= MAX_ROWS && x.len() == m * k && y.len() == m * n);
+    assert!(bias.is_none_or(|b| b.len() == n));
+    if m == 0 || n == 0 {
+        return;
+    }
     // Matrices too big for the cache are streamed past it, so the rest of the step's weights
     // stay cached between tokens.
-    let stream = n * k >= STREAM_MIN;
-    let compute = |first: usize, out: &mut [f32]| {
-        for (r, o) in out.chunks_mut(m).enumerate() {
-            dot_rows(x, &w[(first + r) * k..(first + r + 1) * k], o, k, stream);
-            if let Some(b) = bias {
-                o.iter_mut().for_each(|v| *v += b[first + r]);
-            }
-        }
-    };
-    let mut transposed = (m > 1).then(|| vec![0f32; m * n]);
-    let out: &mut [f32] = match transposed.as_deref_mut() {
-        Some(t) => t,
-        None => y,
-    };
-    if n * k < PARALLEL_MIN || rayon::current_num_threads() == 1 {
-        compute(0, out);
+    let prefetch = if w.bytes() >= STREAM_MIN_BYTES {
+        PREFETCH_STREAM
+    } else if w.bytes() >= PREFETCH_MIN_BYTES {
+        PREFETCH_KEEP
     } else {
-        out.par_chunks_mut(ROWS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(t, chunk)| compute(t * ROWS_PER_TASK, chunk));
-    }
-    if let Some(t) = transposed {
-        for (r, row) in t.chunks(m).enumerate() {
-            for (i, v) in row.iter().enumerate() {
-                y[i * n + r] = *v;
-            }
-        }
-    }
-}
-
-/// acc[i] = x[i] · w for each of the m rows of x.
-fn dot_rows(x: &[f32], w: &[f16], acc: &mut [f32], k: usize, stream: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") && k.is_multiple_of(32) {
-            // SAFETY: the feature was detected at run time.
-            unsafe {
-                if stream {
-                    x86::dot_rows_avx512::<true>(x, w, acc, k)
-                } else {
-                    x86::dot_rows_avx512::<false>(x, w, acc, k)
-                }
-            };
-            return;
-        }
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the features were detected at run time.
-            unsafe { x86::dot_rows_avx2(x, w, acc, k) };
-            return;
-        }
-    }
-    for (i, a) in acc.iter_mut().enumerate() {
-        let xi = &x[i * k..(i + 1) * k];
-        *a = xi.iter().zip(w).map(|(x, w)| x * w.to_f32()).sum();
+        PREFETCH_NONE
+    };
+    let out = OutPtr(y.as_mut_ptr());
+    let task = |r0: usize, r1: usize| rows_on(isa, x, *w, bias, out, m, r0, r1, prefetch);
+    if w.bytes() < PARALLEL_MIN_BYTES || rayon::current_num_threads() == 1 {
+        task(0, n);
+    } else {
+        (0..n.div_ceil(ROWS_PER_TASK))
+            .into_par_iter()
+            .for_each(|t| task(t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n)));
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use half::f16;
-    use std::arch::x86_64::*;
-
-    /// 32 weights per iteration (two 16-wide conversions), every row of x against them;
-    /// `k` must be a multiple of 32.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_rows_avx512<const STREAM: bool>(
+isa_entries! {
+    /// Rows r0..r1 of the output for all m rows of x.
+    fn rows_on<E: WeightElem>(
         x: &[f32],
-        w: &[f16],
-        acc: &mut [f32],
-        k: usize,
-    ) {
-        let m = acc.len();
-        let mut sums = [[_mm512_setzero_ps(); 2]; super::MAX_ROWS];
-        let wp = w.as_ptr() as *const u16;
-        let xp = x.as_ptr();
-        let mut j = 0;
-        while j < k {
-            if STREAM {
-                // wrapping: near the end the hint points past the slice (a prefetch never faults).
-                _mm_prefetch::<_MM_HINT_NTA>(wp.wrapping_add(j + 2048) as *const i8);
-            }
-            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(j) as *const __m256i));
-            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(j + 16) as *const __m256i));
-            for (i, s) in sums.iter_mut().enumerate().take(m) {
-                let xr = xp.add(i * k + j);
-                s[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xr), w0, s[0]);
-                s[1] = _mm512_fmadd_ps(_mm512_loadu_ps(xr.add(16)), w1, s[1]);
-            }
-            j += 32;
-        }
-        for (i, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_reduce_add_ps(_mm512_add_ps(sums[i][0], sums[i][1]));
-        }
-    }
+        w: WeightMatrix<E>,
+        bias: Option<&[f32]>,
+        y: OutPtr,
+        m: usize,
+        r0: usize,
+        r1: usize,
+        prefetch: u8,
+    ) => rows_body
+}
 
-    /// 16 weights per iteration (two F16C conversions), every row of x against them.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_rows_avx2(x: &[f32], w: &[f16], acc: &mut [f32], k: usize) {
-        let m = acc.len();
-        let mut sums = [[_mm256_setzero_ps(); 2]; super::MAX_ROWS];
-        let wp = w.as_ptr() as *const u16;
-        let xp = x.as_ptr();
-        let mut j = 0;
-        while j + 16 <= k {
-            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(j) as *const __m128i));
-            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(j + 8) as *const __m128i));
-            for (i, s) in sums.iter_mut().enumerate().take(m) {
-                let xr = xp.add(i * k + j);
-                s[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, s[0]);
-                s[1] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(8)), w1, s[1]);
+/// Dispatches to the body for m rows of x: accumulators per x row (U vectors, so that short
+/// batches still have independent FMA chains) and whether to prefetch non-temporally.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_body<S: Simd, E: WeightElem>(
+    x: &[f32],
+    w: WeightMatrix<E>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    m: usize,
+    r0: usize,
+    r1: usize,
+    prefetch: u8,
+) {
+    macro_rules! go {
+        ($m:literal, $u:literal) => {
+            match prefetch {
+                PREFETCH_STREAM => rows_m::<S, E, $m, $u, PREFETCH_STREAM>(x, w, bias, y, r0, r1),
+                PREFETCH_KEEP => rows_m::<S, E, $m, $u, PREFETCH_KEEP>(x, w, bias, y, r0, r1),
+                _ => rows_m::<S, E, $m, $u, PREFETCH_NONE>(x, w, bias, y, r0, r1),
             }
-            j += 16;
-        }
-        for (i, a) in acc.iter_mut().enumerate() {
-            let v = _mm256_add_ps(sums[i][0], sums[i][1]);
-            let hi = _mm256_extractf128_ps(v, 1);
-            let q = _mm_add_ps(_mm256_castps256_ps128(v), hi);
-            let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-            let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-            let mut total = _mm_cvtss_f32(q);
-            for (jj, wv) in w.iter().enumerate().skip(j) {
-                total += *xp.add(i * k + jj) * wv.to_f32();
-            }
-            *a = total;
-        }
+        };
+    }
+    match m {
+        1 => go!(1, 4),
+        2 => go!(2, 4),
+        3 => go!(3, 2),
+        4 => go!(4, 2),
+        5 => go!(5, 1),
+        6 => go!(6, 1),
+        7 => go!(7, 1),
+        8 => go!(8, 1),
+        _ => unreachable!("gemv takes at most {MAX_ROWS} rows"),
     }
 }
 
-/// candle op: x (rows, k) f32 × w (n, k) f16 (+ bias (n) f32, as the third operand) →
-/// (rows, n) f32.
-pub struct GemvF16;
-
-type Operand<'a> = (&'a CpuStorage, &'a Layout);
-
-impl GemvF16 {
-    fn run(&self, x: Operand, w: Operand, bias: Option<Operand>) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = x.1.shape().dims2()?;
-        let (n, k2) = w.1.shape().dims2()?;
-        if k != k2 || m > MAX_ROWS {
-            candle_core::bail!(
-                "gemv-f16: x {:?} and w {:?} do not fit",
-                x.1.shape(),
-                w.1.shape()
-            );
-        }
-        let (Some((x0, x1)), Some((w0, w1))) = (x.1.contiguous_offsets(), w.1.contiguous_offsets())
-        else {
-            candle_core::bail!("gemv-f16 needs contiguous inputs");
-        };
-        let (CpuStorage::F32(xs), CpuStorage::F16(ws)) = (x.0, w.0) else {
-            candle_core::bail!("gemv-f16 takes f32 activations and f16 weights");
-        };
-        let bias = match bias {
-            None => None,
-            Some((CpuStorage::F32(b), l)) if l.shape().elem_count() == n => {
-                match l.contiguous_offsets() {
-                    Some((b0, b1)) => Some(&b[b0..b1]),
-                    None => candle_core::bail!("gemv-f16 needs a contiguous bias"),
+/// One weight row at a time, `U` vectors of it per step against every row of x.
+///
+/// (Two or four weight rows per pass, sharing the loads of x, measured no faster in a
+/// decoder step: the loop is memory-bound.)
+#[inline(always)]
+unsafe fn rows_m<S: Simd, E: WeightElem, const M: usize, const U: usize, const PF: u8>(
+    x: &[f32],
+    w: WeightMatrix<E>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    r0: usize,
+    r1: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    let step = U * S::LANES;
+    let step_bytes = step * std::mem::size_of::<E>();
+    let xp = x.as_ptr();
+    for r in r0..r1 {
+        let wp = w.data.as_ptr().add(r * k);
+        let mut sums = [[S::zero(); U]; M];
+        let mut j = 0;
+        while j + step <= k {
+            if PF != PREFETCH_NONE {
+                // wrapping: near the end the hint points past the slice (a prefetch never faults).
+                let p = (wp.add(j) as *const u8).wrapping_add(PREFETCH_BYTES);
+                let mut off = 0;
+                while off < step_bytes {
+                    if PF == PREFETCH_STREAM {
+                        S::prefetch_stream(p.wrapping_add(off));
+                    } else {
+                        S::prefetch_keep(p.wrapping_add(off));
+                    }
+                    off += 64;
                 }
             }
-            Some(_) => candle_core::bail!("gemv-f16 takes an f32 bias of {n} values"),
-        };
-        let mut y = vec![0f32; m * n];
-        gemv_f16(&xs[x0..x1], &ws[w0..w1], bias, &mut y, m, k, n);
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
-    }
-}
-
-impl CustomOp2 for GemvF16 {
-    fn name(&self) -> &'static str {
-        "gemv-f16"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), None)
-    }
-}
-
-impl CustomOp3 for GemvF16 {
-    fn name(&self) -> &'static str {
-        "gemv-f16-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+            let mut wv = [S::zero(); U];
+            for (u, v) in wv.iter_mut().enumerate() {
+                *v = S::load_w(wp.add(j + u * S::LANES));
+            }
+            for (i, s) in sums.iter_mut().enumerate() {
+                let xr = xp.add(i * k + j);
+                for u in 0..U {
+                    s[u] = S::fma(S::load(xr.add(u * S::LANES)), wv[u], s[u]);
+                }
+            }
+            j += step;
+        }
+        for (i, s) in sums.iter().enumerate() {
+            let mut v = s[0];
+            for su in &s[1..] {
+                v = S::add(v, *su);
+            }
+            let mut total = S::sum(v);
+            for jj in j..k {
+                total += *xp.add(i * k + jj) * (*wp.add(jj)).to_f32();
+            }
+            if let Some(sc) = w.scales {
+                total *= sc[r];
+            }
+            if let Some(b) = bias {
+                total += b[r];
+            }
+            *y.0.add(i * n + r) = total;
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use half::{bf16, f16};
 
-    fn data(len: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-1, 1).
+    pub(crate) fn data(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
-            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
+            .map(|i| {
+                let h = (i as u32 ^ seed.wrapping_mul(0x9e3779b9)).wrapping_mul(2654435761);
+                ((h >> 8) % 2000) as f32 / 1000.0 - 1.0
+            })
             .collect()
     }
 
-    /// Against an f64 reference on the same f16-rounded weights, for every row count, odd
-    /// widths (the scalar tail) and matrices large enough to run on several threads.
+    /// Σ_k x·w in f64 on the weights as the kernel sees them (rounded, dequantized).
+    pub(crate) fn reference(
+        x: &[f32],
+        wf: &[f32],
+        bias: Option<&[f32]>,
+        m: usize,
+        k: usize,
+    ) -> Vec<f64> {
+        let n = wf.len() / k;
+        let mut y = vec![0f64; m * n];
+        for i in 0..m {
+            for r in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|j| x[i * k + j] as f64 * wf[r * k + j] as f64)
+                    .sum();
+                y[i * n + r] = dot + bias.map_or(0.0, |b| b[r] as f64);
+            }
+        }
+        y
+    }
+
+    /// Relative tolerance of f32 accumulation against the f64 reference: scaled by the sum of
+    /// |x·w| (what rounding errors are proportional to), not by the possibly cancelling result.
+    pub(crate) fn check(
+        got: &[f32],
+        want: &[f64],
+        x: &[f32],
+        wf: &[f32],
+        m: usize,
+        k: usize,
+        what: &str,
+    ) {
+        let n = wf.len() / k;
+        for i in 0..m {
+            for r in 0..n {
+                let mag: f64 = (0..k)
+                    .map(|j| (x[i * k + j] as f64 * wf[r * k + j] as f64).abs())
+                    .sum();
+                let (g, w) = (got[i * n + r] as f64, want[i * n + r]);
+                assert!(
+                    (g - w).abs() <= 2e-6 * (1.0 + mag),
+                    "{what} [{i},{r}]: {g} vs {w} (|x·w| sum {mag})"
+                );
+            }
+        }
+    }
+
+    /// Weight rows as the three element types, plus their f32 values (what the kernels see).
+    pub(crate) struct TestWeights {
+        pub f16: Vec<f16>,
+        pub bf16: Vec<bf16>,
+        pub i8: Vec<i8>,
+        pub scales: Vec<f32>,
+        pub f16_f32: Vec<f32>,
+        pub bf16_f32: Vec<f32>,
+        pub i8_f32: Vec<f32>,
+    }
+
+    pub(crate) fn weights(n: usize, k: usize, seed: u32) -> TestWeights {
+        let w = data(n * k, seed);
+        let f16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let bf16: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let i8: Vec<i8> = w
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| ((v * 127.0).round() as i32 + (i % 3) as i32 - 1).clamp(-127, 127) as i8)
+            .collect();
+        let scales: Vec<f32> = (0..n).map(|r| 0.01 + (r % 7) as f32 * 0.003).collect();
+        TestWeights {
+            f16_f32: f16.iter().map(|v| v.to_f32()).collect(),
+            bf16_f32: bf16.iter().map(|v| v.to_f32()).collect(),
+            i8_f32: i8
+                .iter()
+                .enumerate()
+                .map(|(i, &q)| q as f32 * scales[i / k])
+                .collect(),
+            f16,
+            bf16,
+            i8,
+            scales,
+        }
+    }
+
+    /// Every element type × every instruction set of this CPU × row counts × odd widths (the
+    /// scalar tail) × matrices large enough to run on several threads and to stream.
     #[test]
-    fn matches_the_f32_product() {
-        for &(m, k, n) in &[
-            (1, 384, 51865),
-            (3, 384, 384),
-            (5, 1536, 384),
-            (8, 37, 70),
-            (2, 16, 1),
-        ] {
-            let x = data(m * k, 1);
-            let w: Vec<f16> = data(n * k, 2).into_iter().map(f16::from_f32).collect();
-            let mut y = vec![0f32; m * n];
+    fn matches_the_f64_reference() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        // (k, n): odd width with a tail; a wide one to run on several threads (≥ 2 MB of f16);
+        // a 16 MB one to stream; tiny ones.
+        let shapes = [(37, 70), (16, 1), (384, 51), (1031, 1100), (2048, 4100)];
+        for &(k, n) in &shapes {
+            let tw = weights(n, k, 7);
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
-            gemv_f16(&x, &w, Some(&bias), &mut y, m, k, n);
-            for i in 0..m {
-                for r in (0..n).step_by(1 + n / 97) {
-                    let want: f64 = (0..k)
-                        .map(|j| x[i * k + j] as f64 * w[r * k + j].to_f64())
-                        .sum::<f64>()
-                        + bias[r] as f64;
-                    let got = y[i * n + r] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "m{m} k{k} n{n} [{i},{r}]: {got} vs {want}"
+            for &m in &[1usize, 2, 3, 5, 8] {
+                if k * n > 1 << 21 && !matches!(m, 1 | 8) {
+                    continue;
+                }
+                let x = data(m * k, m as u32);
+                let want_f16 = reference(&x, &tw.f16_f32, Some(&bias), m, k);
+                let want_bf16 = reference(&x, &tw.bf16_f32, Some(&bias), m, k);
+                let want_i8 = reference(&x, &tw.i8_f32, Some(&bias), m, k);
+                for isa in Isa::available() {
+                    let what = format!("{isa:?} m{m} k{k} n{n}");
+                    let mut y = vec![0f32; m * n];
+                    pool.install(|| {
+                        gemv_on(
+                            isa,
+                            &x,
+                            &WeightMatrix::new(&tw.f16, n, k),
+                            Some(&bias),
+                            &mut y,
+                            m,
+                        )
+                    });
+                    check(&y, &want_f16, &x, &tw.f16_f32, m, k, &format!("f16 {what}"));
+                    pool.install(|| {
+                        gemv_on(
+                            isa,
+                            &x,
+                            &WeightMatrix::new(&tw.bf16, n, k),
+                            Some(&bias),
+                            &mut y,
+                            m,
+                        )
+                    });
+                    check(
+                        &y,
+                        &want_bf16,
+                        &x,
+                        &tw.bf16_f32,
+                        m,
+                        k,
+                        &format!("bf16 {what}"),
                     );
+                    let wi = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
+                    pool.install(|| gemv_on(isa, &x, &wi, Some(&bias), &mut y, m));
+                    check(&y, &want_i8, &x, &tw.i8_f32, m, k, &format!("int8 {what}"));
                 }
             }
         }
+    }
+
+    #[test]
+    fn without_bias_and_empty() {
+        let (k, n) = (33, 5);
+        let tw = weights(n, k, 3);
+        let x = data(2 * k, 9);
+        let mut y = vec![0f32; 2 * n];
+        gemv(&x, &WeightMatrix::new(&tw.bf16, n, k), None, &mut y, 2);
+        let want = reference(&x, &tw.bf16_f32, None, 2, k);
+        check(&y, &want, &x, &tw.bf16_f32, 2, k, "bf16 no bias");
+        gemv(&[], &WeightMatrix::new(&tw.bf16, n, k), None, &mut [], 0);
     }
 }

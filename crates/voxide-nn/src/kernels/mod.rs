@@ -2,4 +2,9 @@
 //! dispatch and a portable fallback.
 
 pub mod attention;
+pub mod bandwidth;
+pub mod convert;
 pub mod gemv;
+pub mod ops;
+pub mod simd;
+pub mod small_m;

@@ -1,0 +1,202 @@
+//! candle operations over the narrow-weight kernels: the products ([`super::gemv`],
+//! [`super::small_m`]) and the widening to f32 ([`super::convert`]).
+//!
+//! Narrow weights are candle tensors of dtype F16, BF16, or U8 holding the bytes of int8
+//! values (candle has no i8 dtype) with a separate F32 tensor of per-row scales.
+
+use super::convert::to_f32;
+use super::gemv::{gemv, WeightMatrix, MAX_ROWS};
+use super::simd::WeightElem;
+use super::small_m::matmul_small;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
+
+type Operand<'a> = (&'a CpuStorage, &'a Layout);
+
+fn contiguous<'a, T>(name: &str, v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{name}: needs contiguous inputs"),
+    }
+}
+
+/// The bytes of an int8 matrix stored as U8.
+fn as_i8(v: &[u8]) -> &[i8] {
+    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const i8, v.len()) }
+}
+
+/// A narrow weight operand as the kernels read it.
+enum Narrow<'a> {
+    F16(WeightMatrix<'a, half::f16>),
+    Bf16(WeightMatrix<'a, half::bf16>),
+    I8(WeightMatrix<'a, i8>),
+}
+
+impl<'a> Narrow<'a> {
+    fn new(name: &str, w: Operand<'a>, scales: Option<&'a [f32]>) -> Result<Self> {
+        let (n, k) = w.1.shape().dims2()?;
+        Ok(match (w.0, scales) {
+            (CpuStorage::F16(v), None) => Narrow::F16(WeightMatrix::new(contiguous(name, v, w.1)?, n, k)),
+            (CpuStorage::BF16(v), None) => {
+                Narrow::Bf16(WeightMatrix::new(contiguous(name, v, w.1)?, n, k))
+            }
+            (CpuStorage::U8(v), Some(s)) if s.len() == n => Narrow::I8(WeightMatrix::with_scales(
+                as_i8(contiguous(name, v, w.1)?),
+                s,
+                n,
+                k,
+            )),
+            _ => candle_core::bail!(
+                "{name}: weights must be f16, bf16, or u8 (int8 bytes) with {n} f32 scales, got {:?}",
+                w.0.dtype()
+            ),
+        })
+    }
+}
+
+/// candle op: x (m, k) f32 × w (n, k) narrow → (m, n) f32, for m ≤
+/// [`super::small_m::SMALL_M_MAX_ROWS`] (any m works; beyond, a GEMM is faster). With a third
+/// operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
+#[derive(Clone, Copy, Debug)]
+pub struct NarrowMatmul {
+    pub int8: bool,
+    pub bias: bool,
+}
+
+impl NarrowMatmul {
+    fn run(
+        &self,
+        x: Operand,
+        w: Operand,
+        epilogue: Option<Operand>,
+    ) -> Result<(CpuStorage, Shape)> {
+        const NAME: &str = "narrow-matmul";
+        let (m, k) = x.1.shape().dims2()?;
+        let (n, k2) = w.1.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!(
+                "{NAME}: x {:?} and w {:?} do not fit",
+                x.1.shape(),
+                w.1.shape()
+            );
+        }
+        let CpuStorage::F32(xs) = x.0 else {
+            candle_core::bail!("{NAME}: takes f32 activations");
+        };
+        let xs = contiguous(NAME, xs, x.1)?;
+        let parts = self.int8 as usize + self.bias as usize;
+        let epi = match epilogue {
+            None if parts == 0 => &[][..],
+            Some((CpuStorage::F32(e), l)) if l.shape().elem_count() == parts * n => {
+                contiguous(NAME, e, l)?
+            }
+            _ => candle_core::bail!("{NAME}: needs an f32 epilogue of {parts} × {n} values"),
+        };
+        let scales = self.int8.then(|| &epi[..n]);
+        let bias = self.bias.then(|| &epi[epi.len() - n..]);
+        let mut y = vec![0f32; m * n];
+        fn product<E: WeightElem>(
+            x: &[f32],
+            w: &WeightMatrix<E>,
+            bias: Option<&[f32]>,
+            y: &mut [f32],
+            m: usize,
+        ) {
+            if m <= MAX_ROWS {
+                gemv(x, w, bias, y, m)
+            } else {
+                matmul_small(x, w, bias, y, m)
+            }
+        }
+        match Narrow::new(NAME, w, scales)? {
+            Narrow::F16(w) => product(xs, &w, bias, &mut y, m),
+            Narrow::Bf16(w) => product(xs, &w, bias, &mut y, m),
+            Narrow::I8(w) => product(xs, &w, bias, &mut y, m),
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+}
+
+impl CustomOp2 for NarrowMatmul {
+    fn name(&self) -> &'static str {
+        "narrow-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for NarrowMatmul {
+    fn name(&self) -> &'static str {
+        "narrow-matmul-epilogue"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+/// candle op: a narrow weight (n, k) → f32 (n, k), on all threads; int8 takes its scales (n)
+/// as the second operand.
+#[derive(Clone, Copy, Debug)]
+pub struct WidenToF32;
+
+impl WidenToF32 {
+    fn run(&self, w: Operand, scales: Option<Operand>) -> Result<(CpuStorage, Shape)> {
+        const NAME: &str = "widen-to-f32";
+        let scales = match scales {
+            None => None,
+            Some((CpuStorage::F32(s), l)) => Some(contiguous(NAME, s, l)?),
+            Some(_) => candle_core::bail!("{NAME}: scales must be f32"),
+        };
+        let mut out = vec![0f32; w.1.shape().elem_count()];
+        match Narrow::new(NAME, w, scales)? {
+            Narrow::F16(w) => to_f32(&w, &mut out),
+            Narrow::Bf16(w) => to_f32(&w, &mut out),
+            Narrow::I8(w) => to_f32(&w, &mut out),
+        }
+        Ok((CpuStorage::F32(out), w.1.shape().clone()))
+    }
+}
+
+impl CustomOp1 for WidenToF32 {
+    fn name(&self) -> &'static str {
+        "widen-to-f32"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run((s, l), None)
+    }
+}
+
+impl CustomOp2 for WidenToF32 {
+    fn name(&self) -> &'static str {
+        "dequantize-int8"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), Some((s2, l2)))
+    }
+}

@@ -1,0 +1,534 @@
+//! The vocabulary the matrix kernels are written in once: an instruction set ([`Isa`]), its
+//! f32 vector operations ([`Simd`]), and how each weight element type is widened to f32 on
+//! it ([`WeightElem`]).
+//!
+//! A kernel is an `#[inline(always)]` body generic over `S: Simd` and `E: WeightElem`, and a
+//! thin `#[target_feature]` entry per instruction set instantiates it, so the intrinsics inline
+//! into code compiled for that set (the pattern of the `memchr` crate). The instruction set is
+//! chosen at run time ([`Isa::detect`]); tests and benches can force any available one.
+//!
+//! Weight widening is exact for every type: f16 → f32 (F16C / AVX-512F `vcvtph2ps`, NEON
+//! `fcvtl`), bf16 → f32 (a 16-bit shift of the bits), i8 → f32 (sign extension and an integer
+//! conversion). Activations stay f32 and products accumulate in f32 with FMA: no operand is
+//! rounded to a narrower type (AVX-512 BF16's `vdpbf16ps` would round x to bf16).
+
+use half::{bf16, f16};
+
+/// An instruction set the kernels have a path for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust (auto-vectorised at the crate's baseline target features).
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C, 8 lanes.
+    Avx2,
+    /// x86-64 AVX-512F, 16 lanes.
+    Avx512,
+    /// AArch64 Advanced SIMD, 4 lanes.
+    Neon,
+}
+
+impl Isa {
+    /// The widest instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if Isa::Avx512.is_available() {
+                return Isa::Avx512;
+            }
+            if Isa::Avx2.is_available() {
+                return Isa::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            return Isa::Neon;
+        }
+        #[allow(unreachable_code)]
+        Isa::Scalar
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every path this CPU can run, portable first.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for i8 {}
+}
+
+/// A weight element type the kernels read: f16, bf16 or i8 (int8 weights carry an f32 scale
+/// per output row, applied by the kernels).
+///
+/// The per-instruction-set loads widen consecutive elements to f32 exactly; they are
+/// implementation details of the kernels (sealed trait).
+pub trait WeightElem: Copy + Send + Sync + 'static + sealed::Sealed {
+    /// Name for messages.
+    const NAME: &'static str;
+
+    /// The element as f32 (exact).
+    fn to_f32(self) -> f32;
+
+    /// 16 elements at `p` as f32.
+    ///
+    /// # Safety
+    /// AVX-512F must be available (callers are `#[target_feature(enable = "avx512f")]`) and
+    /// `p` must be valid for 16 elements.
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16_avx512(p: *const Self) -> std::arch::x86_64::__m512;
+
+    /// 8 elements at `p` as f32.
+    ///
+    /// # Safety
+    /// AVX2 and F16C must be available and `p` valid for 8 elements.
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8_avx2(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// 4 elements at `p` as f32.
+    ///
+    /// # Safety
+    /// `p` must be valid for 4 elements.
+    #[doc(hidden)]
+    #[cfg(target_arch = "aarch64")]
+    unsafe fn load4_neon(p: *const Self) -> std::arch::aarch64::float32x4_t;
+}
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+#[cfg(target_arch = "aarch64")]
+use std::arch::aarch64::*;
+
+impl WeightElem for f16 {
+    const NAME: &'static str = "f16";
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16_avx512(p: *const Self) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8_avx2(p: *const Self) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4_neon(p: *const Self) -> float32x4_t {
+        // `fcvtl` (half → single) is base ARMv8 floating point; the f16 vector types of the
+        // intrinsics are not stable, hence the one instruction of assembly.
+        let h = vld1_u16(p as *const u16);
+        let out: float32x4_t;
+        core::arch::asm!(
+            "fcvtl {out:v}.4s, {h:v}.4h",
+            out = lateout(vreg) out,
+            h = in(vreg) h,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        out
+    }
+}
+
+impl WeightElem for bf16 {
+    const NAME: &'static str = "bf16";
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16_avx512(p: *const Self) -> __m512 {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8_avx2(p: *const Self) -> __m256 {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4_neon(p: *const Self) -> float32x4_t {
+        vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p as *const u16)))
+    }
+}
+
+impl WeightElem for i8 {
+    const NAME: &'static str = "int8";
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16_avx512(p: *const Self) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8_avx2(p: *const Self) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4_neon(p: *const Self) -> float32x4_t {
+        // Exactly 4 bytes (an 8-byte load could cross the end of the matrix).
+        let b = vreinterpret_s8_u32(vdup_n_u32((p as *const u32).read_unaligned()));
+        vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b))))
+    }
+}
+
+/// f32 vector operations of one instruction set. Every function is `unsafe`: callers run
+/// inside a `#[target_feature]` entry for that set, with pointers valid for `LANES` elements.
+pub(crate) trait Simd: Copy {
+    type V: Copy;
+    const LANES: usize;
+    /// Register block of the small-M kernel: rows of x and rows of w per micro-kernel call.
+    const MR: usize;
+    const NR: usize;
+
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(v: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// a · b + c
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Sum of the lanes.
+    unsafe fn sum(v: Self::V) -> f32;
+    /// `LANES` weights at `p` widened to f32.
+    unsafe fn load_w<E: WeightElem>(p: *const E) -> Self::V;
+    /// Prefetch a cache line that will be read once (bypassing the caches where possible).
+    unsafe fn prefetch_stream(p: *const u8);
+    /// Prefetch a cache line into all cache levels.
+    unsafe fn prefetch_keep(p: *const u8);
+}
+
+/// Portable fallback: 8-lane arrays the compiler may vectorise at the baseline features.
+#[derive(Clone, Copy)]
+pub(crate) struct Scalar;
+
+impl Simd for Scalar {
+    type V = [f32; 8];
+    const LANES: usize = 8;
+    const MR: usize = 4;
+    const NR: usize = 2;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        [v; 8]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        (p as *const [f32; 8]).read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        (p as *mut [f32; 8]).write_unaligned(v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] * b[i])
+    }
+    #[inline(always)]
+    unsafe fn sum(v: Self::V) -> f32 {
+        ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+    }
+    #[inline(always)]
+    unsafe fn load_w<E: WeightElem>(p: *const E) -> Self::V {
+        std::array::from_fn(|i| p.add(i).read().to_f32())
+    }
+    #[inline(always)]
+    unsafe fn prefetch_stream(_p: *const u8) {}
+    #[inline(always)]
+    unsafe fn prefetch_keep(_p: *const u8) {}
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    type V = __m256;
+    const LANES: usize = 8;
+    const MR: usize = 4;
+    const NR: usize = 2;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        _mm256_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sum(v: Self::V) -> f32 {
+        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+        _mm_cvtss_f32(q)
+    }
+    #[inline(always)]
+    unsafe fn load_w<E: WeightElem>(p: *const E) -> Self::V {
+        E::load8_avx2(p)
+    }
+    #[inline(always)]
+    unsafe fn prefetch_stream(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_NTA>(p as *const i8)
+    }
+    #[inline(always)]
+    unsafe fn prefetch_keep(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    type V = __m512;
+    const LANES: usize = 16;
+    const MR: usize = 4;
+    const NR: usize = 4;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sum(v: Self::V) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn load_w<E: WeightElem>(p: *const E) -> Self::V {
+        E::load16_avx512(p)
+    }
+    #[inline(always)]
+    unsafe fn prefetch_stream(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_NTA>(p as *const i8)
+    }
+    #[inline(always)]
+    unsafe fn prefetch_keep(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Neon;
+
+#[cfg(target_arch = "aarch64")]
+impl Simd for Neon {
+    type V = float32x4_t;
+    const LANES: usize = 4;
+    const MR: usize = 4;
+    const NR: usize = 4;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        vdupq_n_f32(0.0)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        vdupq_n_f32(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        vld1q_f32(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        vst1q_f32(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        vfmaq_f32(c, a, b)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        vaddq_f32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+        vmulq_f32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sum(v: Self::V) -> f32 {
+        vaddvq_f32(v)
+    }
+    #[inline(always)]
+    unsafe fn load_w<E: WeightElem>(p: *const E) -> Self::V {
+        E::load4_neon(p)
+    }
+    #[inline(always)]
+    unsafe fn prefetch_stream(p: *const u8) {
+        core::arch::asm!(
+            "prfm pldl1strm, [{p}]",
+            p = in(reg) p,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    #[inline(always)]
+    unsafe fn prefetch_keep(p: *const u8) {
+        core::arch::asm!(
+            "prfm pldl1keep, [{p}]",
+            p = in(reg) p,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+}
+
+/// Instantiates `$body::<S, ...>($args)` for the instruction set `$isa` inside a function
+/// compiled for it. `$body` must be `#[inline(always)]` so that the intrinsics inline.
+macro_rules! isa_entries {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident<$($g:ident : $b:path),*>($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?
+        => $body:ident
+    ) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name<$($g: $b),*>(isa: $crate::kernels::simd::Isa, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: forwarded from the caller.
+                unsafe { $body::<$crate::kernels::simd::Avx512, $($g),*>($($arg),*) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: forwarded from the caller.
+                unsafe { $body::<$crate::kernels::simd::Avx2, $($g),*>($($arg),*) }
+            }
+            #[cfg(target_arch = "aarch64")]
+            #[target_feature(enable = "neon")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn neon<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: forwarded from the caller.
+                unsafe { $body::<$crate::kernels::simd::Neon, $($g),*>($($arg),*) }
+            }
+            assert!(isa.is_available(), "{isa:?} is not available on this CPU");
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the instruction set is available (checked above).
+                $crate::kernels::simd::Isa::Avx512 => unsafe { avx512::<$($g),*>($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                $crate::kernels::simd::Isa::Avx2 => unsafe { avx2::<$($g),*>($($arg),*) },
+                #[cfg(target_arch = "aarch64")]
+                // SAFETY: as above.
+                $crate::kernels::simd::Isa::Neon => unsafe { neon::<$($g),*>($($arg),*) },
+                // SAFETY: the portable body needs no instruction set.
+                _ => unsafe { $body::<$crate::kernels::simd::Scalar, $($g),*>($($arg),*) },
+            }
+        }
+    };
+}
+pub(crate) use isa_entries;
