@@ -179,9 +179,28 @@ impl SafetensorsFiles {
     }
 }
 
-/// Reads `len` bytes at `offset` into `dst` (uninitialised memory: no reference to it is formed).
+/// Reads `len` bytes at `offset` into `dst` (uninitialised memory: no reference to it is
+/// formed). Large tensors are read in parallel parts: copying from the page cache and
+/// faulting in the destination pages both scale with threads.
 #[cfg(unix)]
 fn read_at(file: &File, dst: *mut u8, len: usize, offset: u64) -> std::io::Result<()> {
+    use rayon::prelude::*;
+    /// Bytes per parallel part.
+    const PART: usize = 32 << 20;
+    if len <= PART {
+        return read_part(file, dst, len, offset);
+    }
+    // Addresses cross threads as integers; each part writes its own disjoint range.
+    let base = dst as usize;
+    (0..len.div_ceil(PART)).into_par_iter().try_for_each(|i| {
+        let start = i * PART;
+        let n = PART.min(len - start);
+        read_part(file, (base + start) as *mut u8, n, offset + start as u64)
+    })
+}
+
+#[cfg(unix)]
+fn read_part(file: &File, dst: *mut u8, len: usize, offset: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut done = 0;
     while done < len {
