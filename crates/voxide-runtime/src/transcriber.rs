@@ -232,6 +232,10 @@ impl Transcriber for VoxtralRealtime {
             self, samples, options, progress,
         )?)
     }
+
+    fn decoder_step_bytes(&self) -> Option<usize> {
+        Some(self.network().decoder_step_bytes())
+    }
 }
 
 /// What kind of checkpoint a directory holds.
