@@ -68,6 +68,9 @@ pub struct BenchArgs {
     trace: Option<PathBuf>,
 }
 
+/// Buffer of the bandwidth probe (larger than any cache).
+const PROBE_BYTES: usize = 1 << 30;
+
 /// Peak resident memory since the last reset, MB (Linux; 0 elsewhere).
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -139,7 +142,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // runs (a shared machine's bandwidth moves with its neighbours).
     let probe = model
         .decoder_step_bytes()
-        .map(|bytes| (bytes, ReadProbe::new(threads, 1 << 30)));
+        .map(|bytes| (bytes, ReadProbe::new(threads, PROBE_BYTES)));
     let mut bandwidth = Vec::new();
     let mut files = Vec::new();
     for input in &inputs {
@@ -173,7 +176,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 }
             }
         }
-        files.push(FileReport::new(&input.name, audio_s, &runs, peak_rss_mb()));
+        // The probe's buffer stays resident through the runs: not the model's memory.
+        let probe_mb = probe
+            .as_ref()
+            .map_or(0.0, |(_, p)| p.bytes() as f64 / (1 << 20) as f64);
+        files.push(FileReport::new(
+            &input.name,
+            audio_s,
+            &runs,
+            peak_rss_mb() - probe_mb,
+        ));
     }
     let mut totals = Totals::of(&files);
     if let Some((bytes, _)) = probe {

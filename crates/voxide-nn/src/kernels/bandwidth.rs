@@ -73,6 +73,11 @@ impl ReadProbe {
         self
     }
 
+    /// Bytes of the probe's (resident) buffer.
+    pub fn bytes(&self) -> usize {
+        self.buf.len() * 4
+    }
+
     /// GB/s of one pass over the buffer.
     pub fn pass_gbps(&self) -> f64 {
         let t = Instant::now();
