@@ -242,6 +242,32 @@ fn offline_ids_match_transformers() {
     }
 }
 
+/// Logits (steps, vocab) of the offline schedule over `features` (the whole padded input),
+/// each step fed the reference's previous id: prefill of `prompt`, then one position per id.
+fn teacher_forced_logits(
+    net: &VoxtralRealtimeModel,
+    features: &Tensor,
+    prompt: &[u32],
+    generated: &[u32],
+) -> Tensor {
+    let mut state = net.new_state(6, DType::F32).unwrap();
+    let [_, conv] = net.stem(&mut state, features).unwrap();
+    let frames = conv.transpose(1, 2).unwrap().contiguous().unwrap();
+    let vectors = net
+        .adapt(&net.encode(&mut state, &frames, None).unwrap())
+        .unwrap();
+    let n = prompt.len();
+    let x = (net.embed(prompt).unwrap() + vectors.narrow(1, 0, n).unwrap()).unwrap();
+    let hidden = net.decode(&mut state, &x, None).unwrap();
+    let mut logits = vec![net.logits(&hidden.narrow(1, n - 1, 1).unwrap()).unwrap()];
+    for (k, &id) in generated[..generated.len() - 1].iter().enumerate() {
+        let x = (net.embed(&[id]).unwrap() + vectors.narrow(1, n + k, 1).unwrap()).unwrap();
+        let hidden = net.decode(&mut state, &x, None).unwrap();
+        logits.push(net.logits(&hidden).unwrap());
+    }
+    Tensor::cat(&logits, 1).unwrap().squeeze(0).unwrap()
+}
+
 /// Logits of every step of the offline schedule equal transformers' (teacher-forced with the
 /// reference ids; the decoder's window is 24 positions, so 87 positions roll it).
 #[test]
@@ -249,24 +275,13 @@ fn offline_step_logits_match_transformers() {
     let r = reference();
     for layout in LAYOUTS {
         let model = load(layout);
-        let net = model.network();
-        let mut state = net.new_state(6, DType::F32).unwrap();
-        let [_, conv] = net.stem(&mut state, &r["offline_input_features"]).unwrap();
-        let frames = conv.transpose(1, 2).unwrap().contiguous().unwrap();
-        let vectors = net
-            .adapt(&net.encode(&mut state, &frames, None).unwrap())
-            .unwrap();
-        let prompt = ids(&r["offline_input_ids"]);
         let generated = ids(&r["offline_generated_ids"]);
-        let x = (net.embed(&prompt).unwrap() + vectors.narrow(1, 0, 39).unwrap()).unwrap();
-        let hidden = net.decode(&mut state, &x, None).unwrap();
-        let mut logits = vec![net.logits(&hidden.narrow(1, 38, 1).unwrap()).unwrap()];
-        for (k, &id) in generated[..generated.len() - 1].iter().enumerate() {
-            let x = (net.embed(&[id]).unwrap() + vectors.narrow(1, 39 + k, 1).unwrap()).unwrap();
-            let hidden = net.decode(&mut state, &x, None).unwrap();
-            logits.push(net.logits(&hidden).unwrap());
-        }
-        let logits = Tensor::cat(&logits, 1).unwrap().squeeze(0).unwrap();
+        let logits = teacher_forced_logits(
+            model.network(),
+            &r["offline_input_features"],
+            &ids(&r["offline_input_ids"]),
+            &generated,
+        );
         assert_close(
             &format!("{layout} offline step logits"),
             &logits,
@@ -400,25 +415,9 @@ fn int8_decoder_drift_is_bounded() {
         .count();
     println!("int8 decoder: first {same} of {} ids as f32", want.len());
     // Teacher-forced logits, so one flipped id does not change the inputs after it.
-    let net = model.network();
-    let mut state = net.new_state(6, DType::F32).unwrap();
-    let [_, conv] = net.stem(&mut state, &r["speech_input_features"]).unwrap();
-    let frames = conv.transpose(1, 2).unwrap().contiguous().unwrap();
-    let vectors = net
-        .adapt(&net.encode(&mut state, &frames, None).unwrap())
-        .unwrap();
     let prompt = ids(&r["offline_input_ids"]);
-    let x = (net.embed(&prompt).unwrap() + vectors.narrow(1, 0, 39).unwrap()).unwrap();
-    let hidden = net.decode(&mut state, &x, None).unwrap();
-    let mut logits = vec![net.logits(&hidden.narrow(1, 38, 1).unwrap()).unwrap()];
-    for (k, &id) in want[..want.len() - 1].iter().enumerate() {
-        let x = (net.embed(&[id]).unwrap() + vectors.narrow(1, 39 + k, 1).unwrap()).unwrap();
-        logits.push(
-            net.logits(&net.decode(&mut state, &x, None).unwrap())
-                .unwrap(),
-        );
-    }
-    let logits = Tensor::cat(&logits, 1).unwrap().squeeze(0).unwrap();
+    let logits =
+        teacher_forced_logits(model.network(), &r["speech_input_features"], &prompt, &want);
     let reference = &r["speech_logits"];
     let drift = max_abs_diff(&logits, reference) / max_abs(reference);
     let argmax = logits
