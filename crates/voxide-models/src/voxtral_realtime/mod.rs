@@ -114,10 +114,12 @@ impl VoxtralRealtime {
         let audio = tokenizer
             .audio()
             .ok_or_else(|| invalid("no audio section: not a Voxtral tokenizer".into()))?;
-        if audio.sampling_rate != SAMPLE_RATE || !audio.is_streaming() {
+        // The checkpoint's config already says this is the realtime model; the tokenizer's
+        // `transcription_format` is not required (third-party copies differ).
+        if audio.sampling_rate != SAMPLE_RATE {
             return Err(invalid(format!(
-                "audio section is for {} Hz, {:?} transcription; Voxtral Realtime needs 16000 Hz streaming",
-                audio.sampling_rate, audio.transcription_format
+                "audio section is for {} Hz; Voxtral Realtime needs 16000 Hz",
+                audio.sampling_rate
             )));
         }
         let schedule = Schedule {
