@@ -160,24 +160,6 @@ impl<R: Read> PcmStream<R> {
                     Err(e) => return Err(stream_error(&format!("cannot read the stream: {e}"))),
                 }
             };
-            if n == 0 {
-                self.done = true;
-                if !self.pending.is_empty() {
-                    return Err(stream_error(&format!(
-                        "stream ended inside a sample ({} stray bytes): truncated stream",
-                        self.pending.len()
-                    )));
-                }
-                if let Some(declared) = self.declared {
-                    if self.consumed < declared {
-                        return Err(stream_error(&format!(
-                            "WAV stream ended after {} of the {declared} data bytes its header announced: truncated stream",
-                            self.consumed
-                        )));
-                    }
-                }
-                return Ok(None);
-            }
             let mut take = n;
             if let Some(declared) = self.declared {
                 // Bytes after the data chunk (trailing chunks) are not audio.
@@ -187,7 +169,27 @@ impl<R: Read> PcmStream<R> {
             self.pending.extend_from_slice(&buf[..take]);
             let frame = self.encoding.frame_bytes();
             let whole = self.pending.len() / frame * frame;
+            if n == 0 {
+                self.done = true;
+                if self.pending.len() > whole {
+                    return Err(stream_error(&format!(
+                        "stream ended inside a sample ({} stray bytes): truncated stream",
+                        self.pending.len() - whole
+                    )));
+                }
+                if let Some(declared) = self.declared {
+                    if self.consumed + (whole as u64) < declared {
+                        return Err(stream_error(&format!(
+                            "WAV stream ended after {} of the {declared} data bytes its header announced: truncated stream",
+                            self.consumed + whole as u64
+                        )));
+                    }
+                }
+            }
             if whole == 0 {
+                if self.done {
+                    return Ok(None);
+                }
                 continue;
             }
             let samples = self.convert(&self.pending[..whole]);
@@ -285,6 +287,13 @@ mod tests {
             let s = PcmStream::open(&bytes[..], PcmFormat::Auto, 16000).unwrap();
             assert_eq!(read_all(s).unwrap(), want);
         }
+    }
+
+    /// A stream shorter than the format sniff (one sample) still decodes.
+    #[test]
+    fn a_single_sample_is_read() {
+        let s = PcmStream::open(&[0u8, 0x40][..], PcmFormat::Auto, 16000).unwrap();
+        assert_eq!(read_all(s).unwrap(), vec![0.5]);
     }
 
     #[test]
