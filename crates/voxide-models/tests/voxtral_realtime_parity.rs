@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use voxide_audio::{MelStream, WhisperMel};
+use voxide_models::tekken::Tekken;
 use voxide_models::voxtral_realtime::{
     Config, StreamOptions, VoxtralRealtime, VoxtralRealtimeModel,
 };
@@ -365,6 +366,11 @@ fn long_streams_stay_bounded() {
     // Every complete 80 ms position up to the encoder's batching lag was decoded.
     let positions = stream.positions();
     assert!(positions + 16 >= 32 + 3750, "{positions}");
+    let eos = stream.tokens().iter().filter(|t| t.id == 2).count();
+    println!(
+        "{eos} end-of-stream tokens, {} tokens",
+        stream.tokens().len()
+    );
 }
 
 /// f16 and bf16 KV caches: logits drift, ids of the fixture do not change.
@@ -437,4 +443,65 @@ fn int8_decoder_drift_is_bounded() {
     );
     assert!(drift < 0.05, "int8 logits drift {drift}");
     assert!(agree * 10 >= want.len() * 8, "{agree} of {}", want.len());
+}
+
+/// End-of-stream: offline decoding stops at it; a live stream starts a new prompt on the
+/// following audio (its next token comes one prompt later) and keeps going. The fixture never
+/// emits EOS, so its embedding row (also its output-head row) is scaled up until it does.
+#[test]
+fn live_streams_restart_after_end_of_stream() {
+    let dir = fixtures().join("tiny-random-mistral");
+    let mut tensors =
+        candle_core::safetensors::load(dir.join("consolidated.safetensors"), &Device::Cpu).unwrap();
+    let name = "mm_streams_embeddings.embedding_module.tok_embeddings.weight";
+    let e = &tensors[name];
+    let scale: Vec<f32> = (0..e.dim(0).unwrap())
+        .map(|i| if i == 2 { 40.0 } else { 1.0 })
+        .collect();
+    let scale = Tensor::from_vec(scale, (e.dim(0).unwrap(), 1), &Device::Cpu).unwrap();
+    let scaled = e.broadcast_mul(&scale).unwrap();
+    tensors.insert(name.to_string(), scaled);
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let net = VoxtralRealtimeModel::load(vb, Config::from_dir(&dir).unwrap()).unwrap();
+    let model =
+        VoxtralRealtime::new(net, Tekken::from_file(dir.join("tekken.json")).unwrap()).unwrap();
+    let audio = samples(&reference()["speech_audio"]);
+    let eos = model.tokenizer().eos();
+
+    let (offline, _) = model
+        .transcribe(&audio, StreamOptions::default(), &mut |_| {})
+        .unwrap();
+    assert_eq!(
+        offline.token_ids.last(),
+        Some(&eos),
+        "the scaled head emits EOS"
+    );
+    assert_eq!(offline.token_ids.iter().filter(|&&t| t == eos).count(), 1);
+
+    let mut live = model
+        .stream(StreamOptions {
+            restart_on_eos: true,
+            ..StreamOptions::default()
+        })
+        .unwrap();
+    for _ in 0..4 {
+        live.push(&audio).unwrap();
+    }
+    let tokens = live.tokens();
+    let ends: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i].id == eos).collect();
+    println!("{} tokens, EOS at {ends:?}", tokens.len());
+    assert!(ends.len() >= 2, "the stream restarted and ended again");
+    for &i in &ends {
+        if let Some(next) = tokens.get(i + 1) {
+            // A new prompt of 39 positions starts right after the EOS position.
+            assert_eq!(next.position, tokens[i].position + 39, "{next:?}");
+        }
+    }
+    // And it kept decoding the audio it was given, up to a prompt's worth still being
+    // gathered after the last EOS (plus the encoder's batching lag).
+    assert!(
+        live.positions() + 39 + 16 >= 32 + 4 * 50,
+        "{}",
+        live.positions()
+    );
 }
