@@ -20,7 +20,7 @@ pub use model::VoxtralRealtimeModel;
 pub use stream::{RealtimeStream, StreamOptions, StreamToken};
 
 use crate::error::Error;
-use crate::tekken::Tekken;
+use crate::tekken::{AudioSection, Tekken};
 use crate::{Result, Segment, Timings, Transcript};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -54,6 +54,8 @@ pub struct VoxtralRealtime {
     streaming_pad: u32,
     mel: WhisperMel,
     schedule: Schedule,
+    /// tekken.json's audio section (mistral-common's token arithmetic).
+    audio: AudioSection,
 }
 
 impl VoxtralRealtime {
@@ -113,7 +115,8 @@ impl VoxtralRealtime {
         let streaming_pad = tokenizer.streaming_pad()?;
         let audio = tokenizer
             .audio()
-            .ok_or_else(|| invalid("no audio section: not a Voxtral tokenizer".into()))?;
+            .ok_or_else(|| invalid("no audio section: not a Voxtral tokenizer".into()))?
+            .clone();
         // The checkpoint's config already says this is the realtime model; the tokenizer's
         // `transcription_format` is not required (third-party copies differ).
         if audio.sampling_rate != SAMPLE_RATE {
@@ -140,6 +143,7 @@ impl VoxtralRealtime {
             streaming_pad,
             mel,
             schedule,
+            audio,
         })
     }
 
@@ -245,7 +249,7 @@ impl VoxtralRealtime {
                 "delay {delay_ms} ms: use 80 to 2400 ms in steps of 80 (the model was trained at 480)"
             )));
         }
-        Ok((delay_ms / 80) as usize)
+        Ok(self.audio.num_delay_tokens(delay_ms as f64) as usize)
     }
 
     /// Audio time (s from the input's start) that the token produced at `position` covers up
