@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::time::Instant;
-use voxide_nn::kernels::bandwidth::{measure_read_gbps, ReadProbe};
+use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::convert::{quantize_int8, to_f32};
 use voxide_nn::kernels::gemv::{gemv, gemv_on, WeightMatrix};
 use voxide_nn::kernels::ops::WidenToF32;
@@ -409,12 +409,11 @@ fn bench_step(int8: bool) {
         );
     }
     // Steps alternate with bandwidth passes: the floor moves with the neighbours' load.
-    let probe = ReadProbe::new(rayon::current_num_threads(), 1 << 30);
-    probe.pass_gbps();
+    let probe = ReadProbe::for_machine(rayon::current_num_threads());
     step(&mut ys);
     let (mut steps, mut gbps, mut ratios) = (vec![], vec![], vec![]);
     for _ in 0..9 {
-        let g = probe.pass_gbps();
+        let g = probe.pass_gbps(probe.best());
         let t = Instant::now();
         step(&mut ys);
         let t = t.elapsed().as_secs_f64();
@@ -460,26 +459,19 @@ fn main() -> candle_core::Result<()> {
     let threads = rayon::current_num_threads();
     println!("threads: {threads}, isa: {:?}", Isa::detect());
     if on("bandwidth") {
-        // Read bandwidth with and without software prefetch, passes alternating.
-        let probe = ReadProbe::new(threads, 1 << 30);
-        let plain = ReadProbe::new(threads, 1 << 30).without_prefetch();
-        probe.pass_gbps();
-        plain.pass_gbps();
-        let (mut a, mut b) = (vec![], vec![]);
-        for _ in 0..7 {
-            a.push(probe.pass_gbps());
-            b.push(plain.pass_gbps());
-        }
-        a.sort_by(f64::total_cmp);
-        b.sort_by(f64::total_cmp);
+        // Every variant of the probe, then the best one again.
+        let probe = ReadProbe::for_machine(threads);
         println!(
-            "read bandwidth, {threads} threads, 1 GiB, median of 7: {:.1} GB/s [{:.1}–{:.1}] with prefetch, {:.1} [{:.1}–{:.1}] plain loads",
-            a[3], a[0], a[6], b[3], b[0], b[6]
+            "read bandwidth, {threads} threads, {} MB buffers, median of 3 per variant:",
+            probe.bytes() / 2 / 1_000_000
         );
-        drop((probe, plain));
+        for (v, gbps) in probe.variants() {
+            println!("  {gbps:6.1} GB/s  {v}");
+        }
         println!(
-            "measure_read_gbps({threads}): {:.1} GB/s",
-            measure_read_gbps(threads)
+            "best ({}), median of 7: {:.1} GB/s",
+            probe.best(),
+            probe.median_gbps(7)
         );
     }
     if on("gemv") {

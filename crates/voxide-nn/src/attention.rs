@@ -98,6 +98,11 @@ impl Attention {
         })
     }
 
+    /// The q, k, v and output projections (for a model to plan how its steps read them).
+    pub fn projections_mut(&mut self) -> [&mut Linear; 4] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o]
+    }
+
     /// Bytes of the four projection matrices (what one step reads).
     pub fn weight_bytes(&self) -> usize {
         [&self.q, &self.k, &self.v, &self.o]

@@ -1,6 +1,7 @@
 //! Linear layer `y = x Wᵀ + b` with checkpoint-style `weight` [out, in] and optional `bias` [out].
 
 use crate::kernels::convert::quantize_int8;
+use crate::kernels::machine::{machine, plan_residency, Residency};
 use crate::kernels::ops::{NarrowMatmul, WidenToF32};
 use crate::kernels::small_m::SMALL_M_MAX_ROWS;
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
@@ -36,6 +37,8 @@ pub struct Linear {
     /// What the CPU kernels take besides x and w: `[scales][bias]` (f32), each part when present
     /// (the bias only when it is f32).
     epilogue: Option<Tensor>,
+    /// How a decoder step reads the weight, when a model planned it ([`Linear::plan_residency`]).
+    residency: Option<Residency>,
 }
 
 impl Linear {
@@ -65,6 +68,7 @@ impl Linear {
             scales: None,
             bias,
             epilogue,
+            residency: None,
         }
     }
 
@@ -79,7 +83,24 @@ impl Linear {
             scales: Some(scales),
             bias,
             epilogue: Some(epilogue),
+            residency: None,
         })
+    }
+
+    /// Plans how a decoder step reads `layers` (every matrix it multiplies once per token) when
+    /// it must also keep `other_bytes` cached (K/V): [`plan_residency`] against this machine's
+    /// cache budget. Call it once the layers have their final format.
+    pub fn plan_residency(layers: &mut [&mut Linear], other_bytes: usize) {
+        let bytes: Vec<usize> = layers.iter().map(|l| l.weight_bytes()).collect();
+        let plan = plan_residency(&bytes, other_bytes, machine().cache_budget());
+        for (layer, r) in layers.iter_mut().zip(plan) {
+            layer.residency = Some(r);
+        }
+    }
+
+    /// The planned residency, if any.
+    pub fn residency(&self) -> Option<Residency> {
+        self.residency
     }
 
     /// How the weight is stored.
@@ -212,6 +233,7 @@ impl Linear {
                 let op = NarrowMatmul {
                     int8: self.scales.is_some(),
                     bias: fused_bias,
+                    residency: self.residency,
                 };
                 let y = match &self.epilogue {
                     Some(e) => x.apply_op3_no_bwd(&self.weight, e, &op)?,

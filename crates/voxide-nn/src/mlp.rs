@@ -21,6 +21,11 @@ impl GeluMlp {
         })
     }
 
+    /// fc1 and fc2.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.fc1, &mut self.fc2]
+    }
+
     /// x: (..., d) -> (..., d). GELU is the exact erf form, as in the references.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
@@ -60,6 +65,11 @@ impl SwiGlu {
             up: self.up.to_format(format)?,
             down: self.down.to_format(format)?,
         })
+    }
+
+    /// gate, up and down.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 3] {
+        [&mut self.gate, &mut self.up, &mut self.down]
     }
 
     /// Bytes of the three matrices (what one step reads).

@@ -7,12 +7,15 @@ mod suite;
 use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use report::{compare, FileReport, Report, Run, Stat, Totals, Verdict};
+use report::{compare, FileReport, MachineReport, Report, Run, Stat, Totals, Verdict};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
 use voxide_nn::kernels::bandwidth::ReadProbe;
+use voxide_nn::kernels::fma_peak::measure_fma_gflops;
+use voxide_nn::kernels::machine::machine;
+use voxide_nn::kernels::simd::Isa;
 use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
 
 #[derive(Args, Debug)]
@@ -67,9 +70,6 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE.json")]
     trace: Option<PathBuf>,
 }
-
-/// Buffer of the bandwidth probe (larger than any cache).
-const PROBE_BYTES: usize = 1 << 30;
 
 /// Peak resident memory since the last reset, MB (Linux; 0 elsewhere).
 fn peak_rss_mb() -> f64 {
@@ -138,11 +138,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // The floor of a decoder step: its bytes over the read bandwidth, measured next to the
-    // runs (a shared machine's bandwidth moves with its neighbours).
-    let probe = model
-        .decoder_step_bytes()
-        .map(|bytes| (bytes, ReadProbe::new(threads, PROBE_BYTES)));
+    // The machine's limits, measured with the bench's threads: read bandwidth (the floor of a
+    // decoder step: its bytes over the bandwidth, probed again between runs, since a shared
+    // machine's bandwidth moves with its neighbours) and the FMA peak.
+    let probe = ReadProbe::for_machine(threads);
+    let fma_gflops = measure_fma_gflops(threads, 5);
+    let step_bytes = model.decoder_step_bytes();
     let mut bandwidth = Vec::new();
     let mut files = Vec::new();
     for input in &inputs {
@@ -171,15 +172,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             };
             if i >= args.warmup {
                 runs.push(run);
-                if let Some((_, probe)) = &probe {
+                if step_bytes.is_some() {
                     bandwidth.push(probe.median_gbps(3));
                 }
             }
         }
-        // The probe's buffer stays resident through the runs: not the model's memory.
-        let probe_mb = probe
-            .as_ref()
-            .map_or(0.0, |(_, p)| p.bytes() as f64 / (1 << 20) as f64);
+        // The probe's buffers stay resident through the runs: not the model's memory.
+        let probe_mb = probe.bytes() as f64 / (1 << 20) as f64;
         files.push(FileReport::new(
             &input.name,
             audio_s,
@@ -187,10 +186,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
             peak_rss_mb() - probe_mb,
         ));
     }
-    let mut totals = Totals::of(&files);
-    if let Some((bytes, _)) = probe {
-        totals.set_floor(bytes, Stat::of(&bandwidth).median);
+    if bandwidth.is_empty() {
+        bandwidth.push(probe.median_gbps(3));
     }
+    let read_gbps = Stat::of(&bandwidth).median;
+    let mut totals = Totals::of(&files);
+    if let Some(bytes) = step_bytes {
+        totals.set_floor(bytes, read_gbps);
+    }
+    let m = machine();
+    let machine = MachineReport {
+        cpu_model: m.cpu_model.clone(),
+        cores: m.cores,
+        isa: format!("{:?}", Isa::detect()),
+        l2_bytes: m.caches.l2_per_core,
+        l3_bytes: m.caches.l3,
+        cache_budget_bytes: m.cache_budget(),
+        read_gbps,
+        read_variants: probe
+            .variants()
+            .iter()
+            .map(|(v, g)| (v.to_string(), *g))
+            .collect(),
+        fma_gflops,
+    };
+    drop(probe);
     let report = Report {
         model: args.model.clone(),
         threads,
@@ -198,6 +218,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         fixed_steps: args.fixed_steps,
         load_ms,
+        machine,
         files,
         totals,
     };
@@ -288,10 +309,32 @@ fn print_table(r: &Report) {
         "total: audio {:.1} s | wall {:.0} ms | RTF {:.3} | encoder {:.0} ms ({:.0} ms per audio s) | weighted ms/step {:.2} | short-clip ms/step {} | long-clip ms/step {} | peak RSS {:.0} MB",
         t.audio_s, t.wall_ms, t.rtf, t.encoder_ms, t.encoder_ms / t.audio_s.max(1e-9), t.weighted_ms_per_step, opt(t.short_ms_per_step), opt(t.long_ms_per_step), t.peak_rss_mb
     );
+    let m = &r.machine;
+    println!(
+        "machine: {} | {} cores | {} | L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s",
+        m.cpu_model,
+        m.cores,
+        m.isa,
+        m.l2_bytes >> 10,
+        m.l3_bytes >> 20,
+        m.cache_budget_bytes >> 20,
+        m.fma_gflops
+    );
+    println!(
+        "read bandwidth, {} threads: {:.1} GB/s (fastest probe variant, median of the probes between runs); variants at start:",
+        r.threads, m.read_gbps
+    );
+    for (v, gbps) in &m.read_variants {
+        println!("  {gbps:6.1} GB/s  {v}");
+    }
     if let Some(f) = &t.floor {
+        let verdict = match f.ratio {
+            Some(ratio) => format!("{ratio:.2}x the floor"),
+            None => "FASTER THAN THE FLOOR: a measurement error (the probe under-reads or the step's bytes are wrong), no ratio reported".into(),
+        };
         println!(
-            "decoder floor: a step reads {:.3} GB; read bandwidth {:.1} GB/s (median of probes between runs) -> {:.1} ms; measured {:.1} ms/step = {:.2}x the floor",
-            f.step_bytes as f64 / 1e9, f.read_gbps, f.floor_ms, t.weighted_ms_per_step, f.ratio
+            "decoder floor: a step reads {:.3} GB; at {:.1} GB/s -> {:.1} ms; measured {:.1} ms/step = {verdict}",
+            f.step_bytes as f64 / 1e9, f.read_gbps, f.floor_ms, t.weighted_ms_per_step
         );
     }
 }

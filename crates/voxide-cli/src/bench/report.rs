@@ -158,8 +158,34 @@ pub struct Floor {
     pub read_gbps: f64,
     /// step_bytes / bandwidth, ms.
     pub floor_ms: f64,
-    /// Weighted ms/step over the floor.
-    pub ratio: f64,
+    /// Weighted ms/step over the floor; `None` when the step measured faster than its floor,
+    /// which cannot be: a measurement error (the probe under-reads, or the step's bytes are
+    /// wrong), not a figure to report.
+    pub ratio: Option<f64>,
+}
+
+/// The machine a report was measured on, and its limits measured in the same run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineReport {
+    /// CPU model name.
+    pub cpu_model: String,
+    /// Usable cores (affinity, cgroup quota).
+    pub cores: usize,
+    /// Instruction set of the kernels.
+    pub isa: String,
+    /// Private L2 per core, bytes.
+    pub l2_bytes: usize,
+    /// Last-level cache of the usable cores, bytes.
+    pub l3_bytes: usize,
+    /// What a decoder step may keep cached ([`voxide_nn::kernels::machine::cache_budget`]).
+    pub cache_budget_bytes: usize,
+    /// Read bandwidth with the bench's threads, GB/s: the fastest variant's median over the
+    /// probes between runs (or at start when none ran between).
+    pub read_gbps: f64,
+    /// Every variant the probe tried at start, fastest first: (description, GB/s).
+    pub read_variants: Vec<(String, f64)>,
+    /// f32 FMA peak with the bench's threads, GFLOP/s.
+    pub fma_gflops: f64,
 }
 
 impl Totals {
@@ -170,7 +196,7 @@ impl Totals {
             step_bytes,
             read_gbps,
             floor_ms,
-            ratio: self.weighted_ms_per_step / floor_ms,
+            ratio: Some(self.weighted_ms_per_step / floor_ms).filter(|r| *r >= 1.0),
         });
     }
 
@@ -232,6 +258,9 @@ pub struct Report {
     pub fixed_steps: Option<usize>,
     /// Model load, ms.
     pub load_ms: f64,
+    /// The machine and its measured limits.
+    #[serde(default)]
+    pub machine: MachineReport,
     /// Per input.
     pub files: Vec<FileReport>,
     /// Totals.
@@ -340,6 +369,22 @@ mod tests {
         );
         assert_eq!(t.short_ms_per_step, Some(10.0));
         assert_eq!(t.long_ms_per_step, Some(20.0));
+    }
+
+    #[test]
+    fn a_step_faster_than_its_floor_has_no_ratio() {
+        let mut t = Totals {
+            weighted_ms_per_step: 150.0,
+            ..Default::default()
+        };
+        // 3 GB at 20 GB/s: 150 ms.
+        t.set_floor(3_000_000_000, 20.0);
+        let f = t.floor.clone().unwrap();
+        assert!((f.floor_ms - 150.0).abs() < 1e-9);
+        assert_eq!(f.ratio, Some(1.0));
+        // At a probed 10 GB/s the floor is 300 ms: 150 ms/step is a measurement error.
+        t.set_floor(3_000_000_000, 10.0);
+        assert_eq!(t.floor.unwrap().ratio, None);
     }
 
     #[test]

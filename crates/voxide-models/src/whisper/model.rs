@@ -169,7 +169,7 @@ impl Decoder {
     fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         // The token table is also the output head: it keeps the matrices' dtype.
         let embed_tokens = vb.get((cfg.vocab_size, cfg.d_model), "embed_tokens.weight")?;
-        Ok(Self {
+        let mut decoder = Self {
             head: Linear::from_weights(embed_tokens.clone(), None),
             embed_tokens,
             embed_positions: vb.get_with_hints_dtype(
@@ -191,7 +191,30 @@ impl Decoder {
                 })
                 .collect::<candle_core::Result<_>>()?,
             layer_norm: LayerNorm::load(vb.pp("layer_norm"), cfg.d_model, LN_EPS)?,
-        })
+        };
+        decoder.plan_residency(cfg, vb.dtype());
+        Ok(decoder)
+    }
+
+    /// Decides which matrices a step streams past the cache and which stay cached between
+    /// tokens: a step reads the head, each layer's self-attention projections, the
+    /// cross-attention q and out projections and the MLP, plus the window's cross-attention
+    /// K/V (in the matrices' dtype) and the self-attention cache (f32, half full on average).
+    fn plan_residency(&mut self, cfg: &Config, dtype: DType) {
+        let d = cfg.d_model;
+        let layers = cfg.decoder_layers;
+        let cross_kv = layers * 2 * cfg.max_source_positions * d * dtype.size_in_bytes();
+        let self_kv = layers * 2 * (cfg.max_target_positions / 2) * d * 4;
+        let mut step: Vec<&mut Linear> = vec![&mut self.head];
+        for block in &mut self.layers {
+            step.extend(block.self_attn.projections_mut());
+            if let Some((attn, _)) = &mut block.cross {
+                let [q, _, _, o] = attn.projections_mut();
+                step.extend([q, o]);
+            }
+            step.extend(block.mlp.linears_mut());
+        }
+        Linear::plan_residency(&mut step, cross_kv + self_kv);
     }
 }
 

@@ -10,6 +10,7 @@
 //! One generic body ([`WeightElem`] × [`Simd`]) serves every element type and instruction set
 //! (AVX-512F, AVX2+FMA+F16C, NEON, portable).
 
+use super::machine::{machine, Residency};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
 
@@ -21,15 +22,6 @@ pub const MAX_ROWS: usize = 8;
 /// tokens and rayon's fork-join costs more than it saves (measured on f16: 384×384 in 8 µs on
 /// one thread, 18 µs on two).
 const PARALLEL_MIN_BYTES: usize = 2 << 20;
-
-/// From this many weight bytes reads bypass the caches (non-temporal prefetch), so that a
-/// matrix too big for the cache does not evict the rest of the step's data.
-const STREAM_MIN_BYTES: usize = 16 << 20;
-
-/// From this many weight bytes (and below [`STREAM_MIN_BYTES`]) rows are prefetched into the
-/// caches ahead of the loads: more reads in flight for matrices that come from DRAM (Voxtral's
-/// 6 MB wk/wv in bf16, its 12 MB wq/wo in int8), harmless for cache-resident ones.
-const PREFETCH_MIN_BYTES: usize = 2 << 20;
 
 /// How far ahead of the loads the prefetches run (2 / 4 / 8 KB measured: 4 KB best or equal).
 const PREFETCH_BYTES: usize = 4096;
@@ -49,18 +41,32 @@ pub struct WeightMatrix<'a, E> {
     pub scales: Option<&'a [f32]>,
     pub rows: usize,
     pub cols: usize,
+    /// How the GEMV reads it ([`super::machine::plan_residency`]); by default streamed only
+    /// when the matrix alone exceeds the cache budget.
+    pub residency: Residency,
 }
 
 impl<'a, E: WeightElem> WeightMatrix<'a, E> {
     /// A matrix without scales (f16, bf16).
     pub fn new(data: &'a [E], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "weight matrix of {rows}×{cols}");
+        let bytes = std::mem::size_of_val(data);
         Self {
             data,
             scales: None,
             rows,
             cols,
+            residency: if bytes > machine().cache_budget() {
+                Residency::Streamed
+            } else {
+                Residency::Cached
+            },
         }
+    }
+
+    /// The matrix read as `residency` says (a model's plan for its decoder step).
+    pub fn with_residency(self, residency: Residency) -> Self {
+        Self { residency, ..self }
     }
 
     /// A matrix with one scale per row (int8).
@@ -112,14 +118,13 @@ pub fn gemv_on<E: WeightElem>(
     if m == 0 || n == 0 {
         return;
     }
-    // Matrices too big for the cache are streamed past it, so the rest of the step's weights
-    // stay cached between tokens.
-    let prefetch = if w.bytes() >= STREAM_MIN_BYTES {
-        PREFETCH_STREAM
-    } else if w.bytes() >= PREFETCH_MIN_BYTES {
-        PREFETCH_KEEP
-    } else {
-        PREFETCH_NONE
+    // Streamed matrices bypass the caches so that the rest of the step's weights stay cached
+    // between tokens; cached ones larger than a core's L2 come from L3 or DRAM, so their rows
+    // are prefetched ahead of the loads (more reads in flight; harmless when they hit).
+    let prefetch = match w.residency {
+        Residency::Streamed => PREFETCH_STREAM,
+        Residency::Cached if w.bytes() > machine().caches.l2_per_core => PREFETCH_KEEP,
+        Residency::Cached => PREFETCH_NONE,
     };
     let out = OutPtr(y.as_mut_ptr());
     let task = |r0: usize, r1: usize| rows_on(isa, x, *w, bias, out, m, r0, r1, prefetch);

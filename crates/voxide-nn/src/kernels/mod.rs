@@ -4,7 +4,9 @@
 pub mod attention;
 pub mod bandwidth;
 pub mod convert;
+pub mod fma_peak;
 pub mod gemv;
+pub mod machine;
 pub mod ops;
 pub mod simd;
 pub mod small_m;

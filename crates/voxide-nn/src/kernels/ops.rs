@@ -6,6 +6,7 @@
 
 use super::convert::to_f32;
 use super::gemv::{gemv, WeightMatrix, MAX_ROWS};
+use super::machine::Residency;
 use super::simd::WeightElem;
 use super::small_m::matmul_small;
 use candle_core::backend::BackendStorage;
@@ -62,6 +63,8 @@ impl<'a> Narrow<'a> {
 pub struct NarrowMatmul {
     pub int8: bool,
     pub bias: bool,
+    /// How the GEMV reads the weight (None: the matrix's own default).
+    pub residency: Option<Residency>,
 }
 
 impl NarrowMatmul {
@@ -99,20 +102,23 @@ impl NarrowMatmul {
         fn product<E: WeightElem>(
             x: &[f32],
             w: &WeightMatrix<E>,
+            residency: Option<Residency>,
             bias: Option<&[f32]>,
             y: &mut [f32],
             m: usize,
         ) {
             if m <= MAX_ROWS {
-                gemv(x, w, bias, y, m)
+                let w = residency.map_or(*w, |r| w.with_residency(r));
+                gemv(x, &w, bias, y, m)
             } else {
                 matmul_small(x, w, bias, y, m)
             }
         }
+        let r = self.residency;
         match Narrow::new(NAME, w, scales)? {
-            Narrow::F16(w) => product(xs, &w, bias, &mut y, m),
-            Narrow::Bf16(w) => product(xs, &w, bias, &mut y, m),
-            Narrow::I8(w) => product(xs, &w, bias, &mut y, m),
+            Narrow::F16(w) => product(xs, &w, r, bias, &mut y, m),
+            Narrow::Bf16(w) => product(xs, &w, r, bias, &mut y, m),
+            Narrow::I8(w) => product(xs, &w, r, bias, &mut y, m),
         }
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
