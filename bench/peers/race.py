@@ -60,23 +60,43 @@ def log(*a):
 
 
 def run(cmd, **kw):
+    """Runs a build step; its output goes to stderr, stdout is the race's."""
     log("+", " ".join(shlex.quote(str(c)) for c in cmd))
-    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kw)
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, stdout=sys.stderr, **kw)
+
+
+def machine_busy_s():
+    """Busy CPU seconds of the whole machine (/proc/stat: all but idle and iowait)."""
+    try:
+        f = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")
+
+
+CONTENTION = []  # (command, seconds of CPU other processes used while it ran)
 
 
 def timed(cmd, **kw):
-    """Runs cmd as a child; returns (wall ms, peak RSS MiB from wait4's rusage, stderr text)."""
+    """Runs cmd as a child; returns (wall ms, peak RSS MiB from wait4's rusage, stderr text).
+    Notes in CONTENTION when other processes used more than 5 % of a core meanwhile."""
     log("+", " ".join(shlex.quote(str(c)) for c in cmd))
-    t = time.perf_counter()
+    busy0, t = machine_busy_s(), time.perf_counter()
     p = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True, errors="replace", **kw)
     err = p.stderr.read()
     _, status, ru = os.wait4(p.pid, 0)
     wall = (time.perf_counter() - t) * 1e3
+    busy1 = machine_busy_s()
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         log(err[-3000:])
         raise SystemExit(f"{cmd[0]} failed ({p.returncode})")
+    if busy0 is not None and busy1 is not None:
+        other = busy1 - busy0 - ru.ru_utime - ru.ru_stime
+        if other > 0.05 * wall / 1e3:
+            CONTENTION.append((Path(str(cmd[0])).name, round(other, 2), round(wall / 1e3, 2)))
+            log(f"  note: other processes used {other:.1f} CPU s during these {wall / 1e3:.1f} s")
     return wall, ru.ru_maxrss / 1024, err  # ru_maxrss: KiB on Linux
 
 
@@ -106,8 +126,10 @@ def machine_info(vox):
     """The machine: voxide's bench `machine` object where present, else read here / env."""
     m, src = dict(vox.get("machine") or {}), {}
     for k in ("cpu_model", "l2_bytes", "l3_bytes", "cores", "read_gbps", "fma_gflops"):
-        if m.get(k) is not None:
-            src[k] = "voxide bench (machine)"
+        if m.get(k):  # absent, or zero / empty (not measured)
+            src[k] = "voxide bench machine" + (", measured" if k in ("read_gbps", "fma_gflops") else "")
+        else:
+            m[k] = None
     if m.get("cpu_model") is None:
         models = [l.split(":", 1)[1].strip() for l in (read_first("/proc/cpuinfo") or "").splitlines()
                   if l.startswith("model name")]
@@ -134,8 +156,14 @@ def machine_info(vox):
     return m
 
 
+BUILD_KEYS = re.compile(r"CMAKE_BUILD_TYPE|CMAKE_C_COMPILER|CMAKE_CXX_COMPILER|CMAKE_C_FLAGS|CMAKE_CXX_FLAGS"
+                        r"|BUILD_SHARED_LIBS|GGML_(NATIVE|OPENMP|OPENMP_ENABLED|AVAILABLE_BACKENDS|CPU_REPACK"
+                        r"|CPU_ALL_VARIANTS|BACKEND_DL|LLAMAFILE|BLAS|BLAS_VENDOR|CUDA|VULKAN|METAL|AVX\w*|AMX\w*"
+                        r"|FMA|F16C|BMI2|SSE42|AVX_VNNI)")
+
+
 def cmake_flags(cache):
-    """Build flags from a CMakeCache.txt: the GGML_* options, build type, compiler."""
+    """Build flags from a CMakeCache.txt: build type, compilers, the x86 CPU backend's options."""
     flags = {}
     try:
         text = Path(cache).read_text()
@@ -143,11 +171,9 @@ def cmake_flags(cache):
         return flags
     for line in text.splitlines():
         m = re.match(r"([A-Z0-9_]+):[A-Z]+=(.*)$", line)
-        if m and (m[1].startswith(("GGML_", "WHISPER_")) or m[1] in (
-                "CMAKE_BUILD_TYPE", "CMAKE_C_COMPILER", "CMAKE_CXX_COMPILER", "CMAKE_C_FLAGS",
-                "CMAKE_CXX_FLAGS", "BUILD_SHARED_LIBS", "OpenMP_C_FLAGS", "OpenMP_gomp_LIBRARY")):
-            if m[1].startswith(("GGML_", "WHISPER_")) and m[2] in ("", "OFF") and m[1] not in ("GGML_OPENMP", "GGML_NATIVE"):
-                continue  # only what is on (and OpenMP / native either way)
+        if m and BUILD_KEYS.fullmatch(m[1]):
+            if m[1].startswith("GGML_") and m[2] in ("", "OFF") and m[1] not in ("GGML_OPENMP", "GGML_NATIVE"):
+                continue  # options that are on (and OpenMP / native either way)
             flags[m[1]] = m[2]
     return flags
 
@@ -157,7 +183,7 @@ def ldd_gomp(binary):
         out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
     except OSError:
         return None
-    libs = [l.strip() for l in out.splitlines() if "gomp" in l or "libomp" in l]
+    libs = [re.sub(r"\s*\(0x[0-9a-f]+\)$", "", l.strip()) for l in out.splitlines() if "gomp" in l or "libomp" in l]
     return libs[0] if libs else ""
 
 
@@ -242,9 +268,10 @@ def run_cli(peer, ggml, files, args):
             wall, rss, err = timed([peer["binary"], "-m", ggml, "-f", f, "-t", args.threads, *CLI_FLAGS])
             t = parse_cli(err)
             peer["system_info"] = t.pop("system_info") or peer.get("system_info")
-            # Tokens sampled: one per prompt pass (each window's first) and one per single-token
-            # decode; n_sample where whisper.cpp counts it.
-            sampled = max(t.get("n_sample", 0), t.get("n_decode", 0) + t.get("n_prompt", 0), 1)
+            # Tokens sampled: each window's first (after its prompt pass, counted as batchd or
+            # prompt) and one per single-token decode; n_sample where whisper.cpp counts it
+            # (the printed run counts are at least 1).
+            sampled = max(t.get("n_sample", 0), t.get("n_decode", 0) + t.get("n_encode", 0), 1)
             runs.append({**t, "process_wall_ms": wall, "peak_rss_mib": rss, "tokens": sampled,
                          "e2e_ms": t["total_ms"] - t["load_ms"],
                          "encode_ms_per_run": t["encode_ms"] / max(t.get("n_encode", 1), 1),
@@ -440,8 +467,8 @@ def main():
     for r in rows:
         lines.append(f"{r['metric']:36} {fmt(r['voxide']):>10}" + "".join(f"{fmt(r['peers'][n]):>{w}}" for n in names)
                      + f"  {r['best'] or '-':>6} {fmt(r['ratio'], 3):>11}")
-    lines.append("decoded tokens (windows): " + "; ".join(
-        f"{c['file']}: voxide {c['voxide_steps']}, " + ", ".join(f"{n} {c[n + '_tokens']} ({c[n + '_windows']})" for n in names)
+    lines.append("decoded tokens (windows); voxide counts steps, its first token per window comes from the prompt: " + "; ".join(
+        f"{c['file']}: voxide {c['voxide_steps']:.0f}, " + ", ".join(f"{n} {c[n + '_tokens']} ({c[n + '_windows']})" for n in names)
         for c in counts))
     best_dec, best_enc = rows[1], rows[0]
     lines += ["", f"limits ({bw:.1f} GB/s read: {limits['read_gbps_source']}; {peak:.0f} GFLOP/s f32 FMA: "
@@ -450,6 +477,11 @@ def main():
               + (f", best whisper.cpp ({best_dec['best']}) {best_dec['best_value'] / dec_floor:.2f}x" if best_dec["best"] else ""),
               f"  encoder window {enc_flops / 1e9:.1f} GFLOP -> floor {enc_floor:.0f} ms; voxide {vm['enc'] / enc_floor:.2f}x"
               + (f", best whisper.cpp ({best_enc['best']}) {best_enc['best_value'] / enc_floor:.2f}x" if best_enc["best"] else "")]
+    if CONTENTION:
+        lines += ["", f"WARNING: other processes competed for the CPU during {len(CONTENTION)} run(s) "
+                      "(their CPU s during the program's wall s): "
+                  + ", ".join(f"{n} {o:.1f} in {w:.1f}" for n, o, w in CONTENTION[:8])
+                  + (" ..." if len(CONTENTION) > 8 else "") + ": figures are unreliable, run again on an idle machine"]
     print("\n".join(lines))
 
     md = [f"# race: whisper-{args.size}", "", f"**Machine:** {head}  ", f"**Command:** `{command}`  ",
@@ -470,6 +502,8 @@ def main():
     md += ["", f"Limits: decoder step {step_bytes / 1e6:.1f} MB at {bw:.1f} GB/s ({limits['read_gbps_source']}) -> "
                f"{dec_floor:.2f} ms; encoder window {enc_flops / 1e9:.1f} GFLOP at {peak:.0f} GFLOP/s "
                f"({limits['fma_gflops_source']}) -> {enc_floor:.0f} ms.", "",
+           *([f"**Warning:** other processes competed for the CPU during {len(CONTENTION)} run(s); "
+              "figures unreliable.", ""] if CONTENTION else []),
            "End to end excludes model load everywhere: voxide's in-process wall per transcription (after a "
            "warm-up); the crate's `whisper_full_with_state` wall; whisper-cli's `total time - load time` "
            "(one process per run: includes state allocation and reading the WAV). Peak RSS: voxide's VmHWM "
@@ -478,7 +512,7 @@ def main():
     (out / f"race-{args.size}.json").write_text(json.dumps(
         {"schema": "voxide-race/2", "date": date, "command": command, "size": args.size, "threads": args.threads,
          "rounds": args.rounds, "repeats": args.repeats, "files": [str(f) for f in files], "tokens_per_window": TOKENS,
-         "machine": machine, "peers": peers, "rows": rows, "token_counts": counts, "limits": limits,
+         "machine": machine, "contention": CONTENTION, "peers": peers, "rows": rows, "token_counts": counts, "limits": limits,
          "step_bytes": step_bytes, "encoder_flops": enc_flops}, indent=1))
     log(f"wrote {out / f'race-{args.size}.json'} and {out / f'race-{args.size}.md'}")
 
