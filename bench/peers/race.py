@@ -79,7 +79,7 @@ CONTENTION = []  # (command, seconds of CPU other processes used while it ran)
 
 def timed(cmd, **kw):
     """Runs cmd as a child; returns (wall ms, peak RSS MiB from wait4's rusage, stderr text).
-    Notes in CONTENTION when other processes used more than 5 % of a core meanwhile."""
+    Notes in CONTENTION when other processes used more than 10 % of a core meanwhile."""
     log("+", " ".join(shlex.quote(str(c)) for c in cmd))
     busy0, t = machine_busy_s(), time.perf_counter()
     p = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -94,7 +94,7 @@ def timed(cmd, **kw):
         raise SystemExit(f"{cmd[0]} failed ({p.returncode})")
     if busy0 is not None and busy1 is not None:
         other = busy1 - busy0 - ru.ru_utime - ru.ru_stime
-        if other > 0.05 * wall / 1e3:
+        if other > 0.1 * wall / 1e3:
             CONTENTION.append((Path(str(cmd[0])).name, round(other, 2), round(wall / 1e3, 2)))
             log(f"  note: other processes used {other:.1f} CPU s during these {wall / 1e3:.1f} s")
     return wall, ru.ru_maxrss / 1024, err  # ru_maxrss: KiB on Linux
@@ -512,7 +512,10 @@ def main():
     (out / f"race-{args.size}.json").write_text(json.dumps(
         {"schema": "voxide-race/2", "date": date, "command": command, "size": args.size, "threads": args.threads,
          "rounds": args.rounds, "repeats": args.repeats, "files": [str(f) for f in files], "tokens_per_window": TOKENS,
-         "machine": machine, "contention": CONTENTION, "peers": peers, "rows": rows, "token_counts": counts, "limits": limits,
+         "machine": machine, "contention": CONTENTION, "peers": peers,
+         # whisper-cli's parsed timings per round, file and repeat (the crates' reports are
+         # target/bench/race-<config>-<round>.json)
+         "cli_runs": {p["name"]: theirs[p["name"]] for p in peers if p["kind"] == "cli"}, "rows": rows, "token_counts": counts, "limits": limits,
          "step_bytes": step_bytes, "encoder_flops": enc_flops}, indent=1))
     log(f"wrote {out / f'race-{args.size}.json'} and {out / f'race-{args.size}.md'}")
 
