@@ -344,6 +344,9 @@ def main():
         peers.append(build_cli(args.peer_src))
     elif args.peer_src:
         log("--peer-src given but cli not in --peers: ignored")
+    else:
+        log("note: no --peer-src: whisper.cpp is raced only as the bundled 1.8.3; upstream's whisper-cli "
+            "may be faster (pass --peer-src DIR, a whisper.cpp checkout)")
     if not peers:
         raise SystemExit("no whisper.cpp configuration to race")
     for f in [model / "model.safetensors", ggml]:
