@@ -4,8 +4,8 @@
 //! its floor (bytes / bandwidth).
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench -p voxide-nn --bench gemv [-- SECTION...]`
-//! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`, `rows`,
-//! `step`,
+//! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`,
+//! `whisper-step`, `rows`, `step`,
 //! `step-int8`
 //! (all by default). Figures: median [min–max] of the timed repetitions after a warm-up.
 
@@ -303,6 +303,80 @@ fn bench_whisper() -> candle_core::Result<()> {
     Ok(())
 }
 
+/// The GEMVs of a Whisper decoder step in f16 (tiny, base, small, large-v3-turbo shapes:
+/// head, then per layer 4 self- and 2 cross-attention projections and fc1/fc2), read as the
+/// machine's residency plan says and, for comparison, all cached / all streamed; plus the
+/// head alone and the layers alone.
+fn bench_whisper_step() {
+    use voxide_nn::kernels::machine::{machine, plan_residency, Residency};
+    let budget = machine().cache_budget();
+    println!(
+        "cache budget {} MB (L2 {} KB/core, L3 {} MB, {} cores)",
+        budget >> 20,
+        machine().caches.l2_per_core >> 10,
+        machine().caches.l3 >> 20,
+        machine().cores
+    );
+    for (name, d, layers, vocab) in [
+        ("tiny", 384usize, 4usize, 51865usize),
+        ("base", 512, 6, 51865),
+        ("small", 768, 12, 51865),
+        ("turbo", 1280, 4, 51866),
+    ] {
+        let mut shapes = vec![(vocab, d)];
+        for _ in 0..layers {
+            shapes.extend([(d, d); 6]);
+            shapes.extend([(4 * d, d), (d, 4 * d)]);
+        }
+        let ws: Vec<Vec<f16>> = shapes
+            .iter()
+            .map(|&(n, k)| filled(n * k, f16::from_f32))
+            .collect();
+        let bytes: Vec<usize> = shapes.iter().map(|&(n, k)| 2 * n * k).collect();
+        let kv = layers * 2 * 1500 * d * 2;
+        let plan = plan_residency(&bytes, kv, budget);
+        let total: usize = bytes.iter().sum();
+        let x: Vec<f32> = (0..4 * d).map(value).collect();
+        let mut y = vec![0f32; vocab];
+        let mut run = |which: &dyn Fn(usize) -> bool, res: &dyn Fn(usize) -> Residency| {
+            time(3, 20, || {
+                for (i, &(n, k)) in shapes.iter().enumerate() {
+                    if which(i) {
+                        let w = WeightMatrix::new(&ws[i], n, k).with_residency(res(i));
+                        gemv(&x[..k], &w, None, &mut y[..n], 1);
+                    }
+                }
+            })
+        };
+        let streamed: usize = bytes
+            .iter()
+            .zip(&plan)
+            .filter(|(_, r)| **r == Residency::Streamed)
+            .map(|(b, _)| b)
+            .sum();
+        println!(
+            "whisper-{name}: step GEMVs {:.1} MB (+{:.1} MB K/V), plan streams {:.1} MB",
+            total as f64 / 1e6,
+            kv as f64 / 1e6,
+            streamed as f64 / 1e6
+        );
+        let all = |_: usize| true;
+        report("  step, planned", total, run(&all, &|i| plan[i]));
+        report("  step, all cached", total, run(&all, &|_| Residency::Cached));
+        report(
+            "  step, all streamed",
+            total,
+            run(&all, &|_| Residency::Streamed),
+        );
+        report("  head alone, planned", bytes[0], run(&|i| i == 0, &|i| plan[i]));
+        report(
+            "  layers alone, planned",
+            total - bytes[0],
+            run(&|i| i > 0, &|i| plan[i]),
+        );
+    }
+}
+
 /// GEMV against the small-M kernel at the GEMV's row counts (bf16 9216×3072).
 fn bench_rows() {
     let (n, k) = (9216, 3072);
@@ -514,6 +588,9 @@ fn main() -> candle_core::Result<()> {
     }
     if on("whisper") {
         bench_whisper()?;
+    }
+    if on("whisper-step") {
+        bench_whisper_step();
     }
     if on("rows") {
         bench_rows();

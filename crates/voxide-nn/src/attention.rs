@@ -2,6 +2,7 @@
 //! decoder self-attention and cross-attention.
 
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
+use crate::kernels::ops::SoftmaxLastDimInPlace;
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, WeightFormat};
 use crate::rope::RotaryEmbedding;
@@ -231,7 +232,7 @@ impl Attention {
                         .reshape((batch_kv, n, rows, s))?,
                     None => scores,
                 };
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let probs = softmax_last_dim(scores)?;
                 blocks.push(probs.matmul(&v)?); // (batch_kv, n, block rows, hd)
             }
             chunks.push(if blocks.len() == 1 {
@@ -249,6 +250,18 @@ impl Attention {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch, heads, t, hd))
+    }
+}
+
+/// Softmax over the last dimension: in place with the crate's vectorised kernel for the
+/// contiguous f32 scores of CPU attention (the scores are a fresh tensor, used once), candle's
+/// otherwise.
+fn softmax_last_dim(scores: Tensor) -> Result<Tensor> {
+    if scores.device().is_cpu() && scores.dtype() == DType::F32 && scores.is_contiguous() {
+        scores.inplace_op1(&SoftmaxLastDimInPlace)?;
+        Ok(scores)
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)
     }
 }
 

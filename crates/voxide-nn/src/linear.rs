@@ -3,7 +3,7 @@
 use crate::kernels::convert::quantize_int8;
 use crate::kernels::machine::{machine, plan_residency, Residency};
 use crate::kernels::ops::{NarrowMatmul, WidenToF32};
-use crate::kernels::small_m::SMALL_M_MAX_ROWS;
+use crate::kernels::small_m::small_m_max_rows;
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -25,7 +25,7 @@ pub enum WeightFormat {
 /// ([`Linear::quantize_int8`]); the bias and the activations are f32. On CPU, narrow weights
 /// (f16, bf16, int8) times f32 inputs run the crate's kernels: at most
 /// [`MAX_ROWS`](crate::kernels::gemv::MAX_ROWS) rows (a
-/// decoder step) the streaming GEMV, at most [`SMALL_M_MAX_ROWS`] the small-M kernel, larger
+/// decoder step) the streaming GEMV, at most [`small_m_max_rows`] the small-M kernel, larger
 /// inputs widen the weight once (SIMD, all threads) for one GEMM.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -228,7 +228,7 @@ impl Linear {
         let x = x.contiguous()?.reshape((rows, in_dim))?;
         let narrow = self.weight_format() != WeightFormat::F32;
         let y = if narrow && x.dtype() == DType::F32 && x.device().is_cpu() {
-            if rows <= SMALL_M_MAX_ROWS {
+            if rows <= small_m_max_rows() {
                 let fused_bias = self.bias.is_some() && self.bias_fused();
                 let op = NarrowMatmul {
                     int8: self.scales.is_some(),
@@ -275,6 +275,7 @@ impl Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::small_m::SMALL_M_MAX_ROWS;
 
     fn det(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
@@ -318,7 +319,7 @@ mod tests {
                 assert_eq!(layer.weight_format(), fmt);
                 let reference = Linear::from_weights(layer.widened()?, bias.clone());
                 assert_eq!(reference.weight_format(), WeightFormat::F32);
-                for rows in [1usize, 5, 8, 9, 39, 64, 65, 130, SMALL_M_MAX_ROWS + 1] {
+                for rows in [1, 5, 8, 9, 39, 64, 65, 130, small_m_max_rows() + 1, SMALL_M_MAX_ROWS + 1] {
                     let x = Tensor::from_vec(det(rows * k, rows as u32), (1, rows, k), &dev)?;
                     let got = layer.forward(&x)?;
                     let want = reference.forward(&x)?;

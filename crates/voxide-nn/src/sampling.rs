@@ -22,79 +22,14 @@ pub fn argmax(logits: &[f32]) -> usize {
 /// log(sum(exp(x))) computed stably; -inf for an empty or all -inf slice.
 ///
 /// Called on every decoder step over the whole vocabulary (51 865 logits for Whisper), so the
-/// exponentials are computed 8 at a time where AVX2 is available.
+/// exponentials are vectorised ([`crate::kernels::softmax`]).
 pub fn log_sum_exp(x: &[f32]) -> f32 {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return max;
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were detected at run time.
-        return max + unsafe { x86::sum_exp_shifted(x, max) }.ln() as f32;
-    }
     // exp in f32 (its argument is ≤ 0, its result in [0, 1]), sum in f64.
-    let sum: f64 = x.iter().map(|&v| (v - max).exp() as f64).sum();
-    max + sum.ln() as f32
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    /// e^x for x ≤ 0, 8 lanes: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial
-    /// (relative error ~2e-7, as Cephes' expf), 2^n through the exponent bits; below −87 → 0.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp_neg(x: __m256) -> __m256 {
-        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.0));
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let p = _mm256_fmadd_ps(
-            _mm256_mul_ps(p, r),
-            r,
-            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
-        );
-        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvtps_epi32(n),
-            _mm256_set1_epi32(127),
-        )));
-        _mm256_andnot_ps(tiny, _mm256_mul_ps(p, scale))
-    }
-
-    /// Σ e^(x − max), accumulated in f64.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn sum_exp_shifted(x: &[f32], max: f32) -> f64 {
-        let m = _mm256_set1_ps(max);
-        let mut acc = _mm256_setzero_pd();
-        let chunks = x.chunks_exact(8);
-        let tail: f64 = chunks
-            .remainder()
-            .iter()
-            .map(|&v| (v - max).exp() as f64)
-            .sum();
-        for c in chunks {
-            let e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
-            acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-            acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-        }
-        let mut lanes = [0f64; 4];
-        _mm256_storeu_pd(lanes.as_mut_ptr(), acc);
-        lanes.iter().sum::<f64>() + tail
-    }
+    max + crate::kernels::softmax::sum_exp_shifted(x, max).ln() as f32
 }
 
 /// Writes log_softmax(logits) into `out` (same length).

@@ -18,10 +18,22 @@ use rayon::prelude::*;
 /// [`super::small_m`] or GEMM.
 pub const MAX_ROWS: usize = 8;
 
-/// Below this many weight bytes a matrix is done on one thread: it is cache-resident between
-/// tokens and rayon's fork-join costs more than it saves (measured on f16: 384×384 in 8 µs on
-/// one thread, 18 µs on two).
-const PARALLEL_MIN_BYTES: usize = 2 << 20;
+/// Where the L2 size is unknown, matrices from this many bytes run on all threads.
+const PARALLEL_MIN_BYTES_UNKNOWN_L2: usize = 1 << 20;
+
+/// Whether a matrix of `bytes` is read on all threads: when it does not fit a core's L2. A
+/// matrix that fits is read from L2 at tens of GB/s (f16 384×384 in 8 µs on one thread, 18 µs
+/// on two: rayon's fork-join costs more than it saves); a larger one comes from L3 or DRAM,
+/// where a second core's loads add bandwidth (on a 512 KB-L2 Zen 3, whisper-small's
+/// 768×768 layers from DRAM: 19–23 ms per step's layers on one thread, 12–14 ms on two).
+pub fn runs_parallel(bytes: usize, l2_per_core: usize) -> bool {
+    let min = if l2_per_core == 0 {
+        PARALLEL_MIN_BYTES_UNKNOWN_L2
+    } else {
+        l2_per_core
+    };
+    bytes > min
+}
 
 /// How far ahead of the loads the prefetches run (2 / 4 / 8 KB measured: 4 KB best or equal).
 const PREFETCH_BYTES: usize = 4096;
@@ -128,7 +140,8 @@ pub fn gemv_on<E: WeightElem>(
     };
     let out = OutPtr(y.as_mut_ptr());
     let task = |r0: usize, r1: usize| rows_on(isa, x, *w, bias, out, m, r0, r1, prefetch);
-    if w.bytes() < PARALLEL_MIN_BYTES || rayon::current_num_threads() == 1 {
+    if !runs_parallel(w.bytes(), machine().caches.l2_per_core) || rayon::current_num_threads() == 1
+    {
         task(0, n);
     } else {
         (0..n.div_ceil(ROWS_PER_TASK))
@@ -413,6 +426,19 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn matrices_larger_than_a_core_l2_run_parallel() {
+        const KB: usize = 1 << 10;
+        // Whisper tiny's 384×384 f16 (288 KB) fits a 512 KB L2; its 384×1536 (1.1 MB) does not.
+        assert!(!runs_parallel(384 * 384 * 2, 512 * KB));
+        assert!(runs_parallel(384 * 1536 * 2, 512 * KB));
+        // On a 2 MB L2 both stay on one thread.
+        assert!(!runs_parallel(384 * 1536 * 2, 2048 * KB));
+        // Unknown L2: 1 MB.
+        assert!(!runs_parallel(1 << 20, 0));
+        assert!(runs_parallel((1 << 20) + 1, 0));
     }
 
     #[test]

@@ -10,3 +10,4 @@ pub mod machine;
 pub mod ops;
 pub mod simd;
 pub mod small_m;
+pub mod softmax;

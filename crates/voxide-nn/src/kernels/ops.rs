@@ -206,3 +206,28 @@ impl CustomOp2 for WidenToF32 {
         self.run((s1, l1), Some((s2, l2)))
     }
 }
+
+/// candle op: softmax over the last dimension of a contiguous f32 tensor, in place, with the
+/// vectorised exponential ([`super::softmax`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SoftmaxLastDimInPlace;
+
+impl candle_core::InplaceOp1 for SoftmaxLastDimInPlace {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim-in-place"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        const NAME: &str = "softmax-last-dim-in-place";
+        let cols = l.dims().last().copied().unwrap_or(1);
+        let (a, b) = match l.contiguous_offsets() {
+            Some(ab) => ab,
+            None => candle_core::bail!("{NAME}: needs a contiguous tensor"),
+        };
+        match s {
+            CpuStorage::F32(v) => super::softmax::softmax_rows(&mut v[a..b], cols),
+            _ => candle_core::bail!("{NAME}: takes f32, got {:?}", s.dtype()),
+        }
+        Ok(())
+    }
+}

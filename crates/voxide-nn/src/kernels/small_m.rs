@@ -16,10 +16,30 @@ use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
 
 /// Most rows of x the dispatch in [`crate::Linear`] sends here; beyond, the weight is widened
-/// to f32 for one candle GEMM. Measured (PERFORMANCE.md #21–23) faster than widen + GEMM at every
-/// size tried, m = 9…1500 on Voxtral and Whisper shapes, 1 and 2 threads (1.1–2.4×; it also
-/// allocates no f32 copy of the weight); the cap only keeps untried sizes on the GEMM.
+/// to f32 for one candle GEMM. With AVX-512's 32 registers (4 × 4 register block) measured
+/// (PERFORMANCE.md #21–23) faster than widen + GEMM at every size tried, m = 9…1500 on Voxtral
+/// and Whisper shapes, 1 and 2 threads (1.1–2.4×; it also allocates no f32 copy of the weight);
+/// the cap only keeps untried sizes on the GEMM.
 pub const SMALL_M_MAX_ROWS: usize = 4096;
+
+/// The cap on an instruction set whose register block is small (AVX2's 16 registers hold a
+/// 4 × 2 block: 6 loads per 8 FMAs): measured on AMD EPYC Zen 3, 2 threads, f16 Whisper shapes,
+/// small-M is faster at m = 64 (1.1–1.3×), even at m = 256 and slower at m = 1500 (62–90
+/// against 91–134 GFLOP/s for widen + GEMM; PERFORMANCE.md #38).
+const SMALL_BLOCK_MAX_ROWS: usize = 128;
+
+/// Most rows of x the small-M kernel takes on this CPU (see [`SMALL_M_MAX_ROWS`]).
+pub fn small_m_max_rows() -> usize {
+    small_m_max_rows_for(Isa::detect())
+}
+
+/// [`small_m_max_rows`] for an instruction set.
+pub fn small_m_max_rows_for(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx2 => SMALL_BLOCK_MAX_ROWS,
+        Isa::Avx512 | Isa::Neon | Isa::Scalar => SMALL_M_MAX_ROWS,
+    }
+}
 
 /// Output rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
