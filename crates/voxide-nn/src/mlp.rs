@@ -1,8 +1,9 @@
 //! Feed-forward blocks: the GELU MLP of Whisper-style encoders/decoders and the SwiGLU of
 //! Llama-style decoders.
 
+use crate::kernels::ops::GeluErfInPlace;
 use crate::linear::{Linear, WeightFormat};
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// `fc2(gelu_erf(fc1(x)))` with biases (Whisper: fc1 [ffn, d], fc2 [d, ffn]).
@@ -26,9 +27,17 @@ impl GeluMlp {
         [&mut self.fc1, &mut self.fc2]
     }
 
-    /// x: (..., d) -> (..., d). GELU is the exact erf form, as in the references.
+    /// x: (..., d) -> (..., d). GELU is the exact erf form, as in the references; on CPU it
+    /// runs in place on fc1's fresh output (no second copy of the widest activation).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        let h = self.fc1.forward(x)?;
+        let h = if h.device().is_cpu() && h.dtype() == DType::F32 && h.is_contiguous() {
+            h.inplace_op1(&GeluErfInPlace)?;
+            h
+        } else {
+            h.gelu_erf()?
+        };
+        self.fc2.forward(&h)
     }
 }
 
@@ -92,6 +101,18 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use std::collections::HashMap;
+
+    #[test]
+    fn in_place_gelu_equals_candles() -> Result<()> {
+        let dev = Device::Cpu;
+        let v: Vec<f32> = (0..70_001).map(|i| (i as f32 - 35_000.0) * 2e-4).collect();
+        let x = Tensor::from_vec(v, (7, 10_001), &dev)?;
+        let want = x.gelu_erf()?.flatten_all()?.to_vec1::<f32>()?;
+        let y = x.copy()?;
+        y.inplace_op1(&GeluErfInPlace)?;
+        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, want);
+        Ok(())
+    }
 
     #[test]
     fn swiglu_matches_definition() -> Result<()> {
