@@ -362,13 +362,21 @@ fn bench_whisper_step() {
         );
         let all = |_: usize| true;
         report("  step, planned", total, run(&all, &|i| plan[i]));
-        report("  step, all cached", total, run(&all, &|_| Residency::Cached));
+        report(
+            "  step, all cached",
+            total,
+            run(&all, &|_| Residency::Cached),
+        );
         report(
             "  step, all streamed",
             total,
             run(&all, &|_| Residency::Streamed),
         );
-        report("  head alone, planned", bytes[0], run(&|i| i == 0, &|i| plan[i]));
+        report(
+            "  head alone, planned",
+            bytes[0],
+            run(&|i| i == 0, &|i| plan[i]),
+        );
         report(
             "  layers alone, planned",
             total - bytes[0],

@@ -319,7 +319,18 @@ mod tests {
                 assert_eq!(layer.weight_format(), fmt);
                 let reference = Linear::from_weights(layer.widened()?, bias.clone());
                 assert_eq!(reference.weight_format(), WeightFormat::F32);
-                for rows in [1, 5, 8, 9, 39, 64, 65, 130, small_m_max_rows() + 1, SMALL_M_MAX_ROWS + 1] {
+                for rows in [
+                    1,
+                    5,
+                    8,
+                    9,
+                    39,
+                    64,
+                    65,
+                    130,
+                    small_m_max_rows() + 1,
+                    SMALL_M_MAX_ROWS + 1,
+                ] {
                     let x = Tensor::from_vec(det(rows * k, rows as u32), (1, rows, k), &dev)?;
                     let got = layer.forward(&x)?;
                     let want = reference.forward(&x)?;

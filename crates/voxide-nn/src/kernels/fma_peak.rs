@@ -77,7 +77,10 @@ mod tests {
         let want = fma_loop(Isa::Scalar, 1.0, 1000);
         for isa in Isa::available() {
             let got = fma_loop(isa, 1.0, 1000);
-            assert!((got - want).abs() <= 1e-3 * want.abs(), "{isa:?}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs(),
+                "{isa:?}: {got} vs {want}"
+            );
         }
     }
 }

@@ -196,11 +196,7 @@ fn sizes_of(mut caches: Vec<SysfsCache>) -> Option<CacheSizes> {
         .map(|c| c.size)
         .min()
         .unwrap_or(0);
-    let l3 = caches
-        .iter()
-        .filter(|c| c.level >= 3)
-        .map(|c| c.size)
-        .sum();
+    let l3 = caches.iter().filter(|c| c.level >= 3).map(|c| c.size).sum();
     Some(CacheSizes { l2_per_core, l3 })
 }
 
