@@ -3,7 +3,6 @@
 use crate::kernels::convert::quantize_int8;
 use crate::kernels::machine::{machine, plan_residency, Residency};
 use crate::kernels::ops::{NarrowMatmul, WidenToF32};
-use crate::kernels::small_m::small_m_max_rows;
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -25,8 +24,9 @@ pub enum WeightFormat {
 /// ([`Linear::quantize_int8`]); the bias and the activations are f32. On CPU, narrow weights
 /// (f16, bf16, int8) times f32 inputs run the crate's kernels: at most
 /// [`MAX_ROWS`](crate::kernels::gemv::MAX_ROWS) rows (a
-/// decoder step) the streaming GEMV, at most [`small_m_max_rows`] the small-M kernel, larger
-/// inputs widen the weight once (SIMD, all threads) for one GEMM.
+/// decoder step) the streaming GEMV, at most
+/// [`small_m_max_rows`](crate::kernels::small_m::small_m_max_rows) the small-M kernel, larger
+/// inputs a GEMM on blocks of widened weight rows (no f32 copy of the whole matrix).
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// [out, in]: F32, F16, BF16, or U8 holding int8 bytes when `scales` is set.
@@ -228,23 +228,19 @@ impl Linear {
         let x = x.contiguous()?.reshape((rows, in_dim))?;
         let narrow = self.weight_format() != WeightFormat::F32;
         let y = if narrow && x.dtype() == DType::F32 && x.device().is_cpu() {
-            if rows <= small_m_max_rows() {
-                let fused_bias = self.bias.is_some() && self.bias_fused();
-                let op = NarrowMatmul {
-                    int8: self.scales.is_some(),
-                    bias: fused_bias,
-                    residency: self.residency,
-                };
-                let y = match &self.epilogue {
-                    Some(e) => x.apply_op3_no_bwd(&self.weight, e, &op)?,
-                    None => x.apply_op2_no_bwd(&self.weight, &op)?,
-                };
-                match &self.bias {
-                    Some(b) if !fused_bias => y.broadcast_add(b)?,
-                    _ => y,
-                }
-            } else {
-                self.add_bias(x.matmul(&self.widened()?.t()?)?)?
+            let fused_bias = self.bias.is_some() && self.bias_fused();
+            let op = NarrowMatmul {
+                int8: self.scales.is_some(),
+                bias: fused_bias,
+                residency: self.residency,
+            };
+            let y = match &self.epilogue {
+                Some(e) => x.apply_op3_no_bwd(&self.weight, e, &op)?,
+                None => x.apply_op2_no_bwd(&self.weight, &op)?,
+            };
+            match &self.bias {
+                Some(b) if !fused_bias => y.broadcast_add(b)?,
+                _ => y,
             }
         } else {
             let w = match (&self.scales, self.weight.dtype() == x.dtype()) {
@@ -275,7 +271,7 @@ impl Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::small_m::SMALL_M_MAX_ROWS;
+    use crate::kernels::small_m::{small_m_max_rows, SMALL_M_MAX_ROWS};
 
     fn det(len: usize, seed: u32) -> Vec<f32> {
         (0..len)

@@ -11,3 +11,4 @@ pub mod ops;
 pub mod simd;
 pub mod small_m;
 pub mod softmax;
+pub mod widen_gemm;

@@ -8,7 +8,8 @@ use super::convert::to_f32;
 use super::gemv::{gemv, WeightMatrix, MAX_ROWS};
 use super::machine::Residency;
 use super::simd::WeightElem;
-use super::small_m::matmul_small;
+use super::small_m::{matmul_small, small_m_max_rows};
+use super::widen_gemm::matmul_widened;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
 
@@ -56,8 +57,9 @@ impl<'a> Narrow<'a> {
     }
 }
 
-/// candle op: x (m, k) f32 × w (n, k) narrow → (m, n) f32, for m ≤
-/// [`super::small_m::SMALL_M_MAX_ROWS`] (any m works; beyond, a GEMM is faster). With a third
+/// candle op: x (m, k) f32 × w (n, k) narrow → (m, n) f32, any m: the GEMV up to
+/// [`MAX_ROWS`], the small-M kernel up to [`small_m_max_rows`], beyond a GEMM on blocks of
+/// widened weight rows ([`matmul_widened`]). With a third
 /// operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
 #[derive(Clone, Copy, Debug)]
 pub struct NarrowMatmul {
@@ -110,8 +112,10 @@ impl NarrowMatmul {
             if m <= MAX_ROWS {
                 let w = residency.map_or(*w, |r| w.with_residency(r));
                 gemv(x, &w, bias, y, m)
-            } else {
+            } else if m <= small_m_max_rows() {
                 matmul_small(x, w, bias, y, m)
+            } else {
+                matmul_widened(x, w, bias, y, m)
             }
         }
         let r = self.residency;
