@@ -98,11 +98,6 @@ impl Linear {
         }
     }
 
-    /// The planned residency, if any.
-    pub fn residency(&self) -> Option<Residency> {
-        self.residency
-    }
-
     /// How the weight is stored.
     pub fn weight_format(&self) -> WeightFormat {
         match (self.scales.is_some(), self.weight.dtype()) {

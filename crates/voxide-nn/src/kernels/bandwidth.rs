@@ -91,13 +91,6 @@ impl ReadVariant {
     }
 }
 
-/// Median read bandwidth in GB/s (10⁹ bytes per second) of `threads` threads over a buffer of
-/// `bytes`: the best variant's median over `passes` passes.
-pub fn measure_read_gbps_with(threads: usize, bytes: usize, passes: usize) -> f64 {
-    let probe = ReadProbe::new(threads, bytes);
-    probe.median_gbps(passes)
-}
-
 /// A buffer on huge pages and one on 4 kB pages, a thread pool, and the variant that read
 /// fastest when the probe was made.
 pub struct ReadProbe {
@@ -268,7 +261,6 @@ mod tests {
             let gbps = probe.median_gbps(2);
             assert!(gbps.is_finite() && gbps > 0.0, "{threads} threads: {gbps}");
         }
-        assert!(measure_read_gbps_with(2, 1 << 20, 1) > 0.0);
     }
 
     #[test]

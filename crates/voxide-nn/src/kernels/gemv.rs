@@ -96,6 +96,23 @@ impl<'a, E: WeightElem> WeightMatrix<'a, E> {
     }
 }
 
+/// Panics unless x is m × k, y is m × n and the bias (if any) has n values for w (n × k): the
+/// contract of every product kernel.
+pub(crate) fn check_operands<E>(
+    x: &[f32],
+    w: &WeightMatrix<E>,
+    bias: Option<&[f32]>,
+    y: &[f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    assert!(
+        x.len() == m * k && y.len() == m * n,
+        "x, y and w do not fit"
+    );
+    assert!(bias.is_none_or(|b| b.len() == n), "one bias per output");
+}
+
 /// Output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr(pub *mut f32);
@@ -124,9 +141,9 @@ pub fn gemv_on<E: WeightElem>(
     y: &mut [f32],
     m: usize,
 ) {
-    let (n, k) = (w.rows, w.cols);
-    assert!(m <= MAX_ROWS && x.len() == m * k && y.len() == m * n);
-    assert!(bias.is_none_or(|b| b.len() == n));
+    let n = w.rows;
+    assert!(m <= MAX_ROWS, "gemv takes at most {MAX_ROWS} rows");
+    check_operands(x, w, bias, y, m);
     if m == 0 || n == 0 {
         return;
     }

@@ -211,6 +211,17 @@ impl CustomOp2 for WidenToF32 {
     }
 }
 
+/// The elements of a contiguous f32 tensor, for an in-place op.
+fn contiguous_f32_mut<'a>(name: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{name}: needs a contiguous tensor");
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("{name}: takes f32, got {:?}", s.dtype()),
+    }
+}
+
 /// candle op: softmax over the last dimension of a contiguous f32 tensor, in place, with the
 /// vectorised exponential ([`super::softmax`]).
 #[derive(Clone, Copy, Debug)]
@@ -222,16 +233,8 @@ impl candle_core::InplaceOp1 for SoftmaxLastDimInPlace {
     }
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        const NAME: &str = "softmax-last-dim-in-place";
         let cols = l.dims().last().copied().unwrap_or(1);
-        let (a, b) = match l.contiguous_offsets() {
-            Some(ab) => ab,
-            None => candle_core::bail!("{NAME}: needs a contiguous tensor"),
-        };
-        match s {
-            CpuStorage::F32(v) => super::softmax::softmax_rows(&mut v[a..b], cols),
-            _ => candle_core::bail!("{NAME}: takes f32, got {:?}", s.dtype()),
-        }
+        super::softmax::softmax_rows(contiguous_f32_mut(self.name(), s, l)?, cols);
         Ok(())
     }
 }
@@ -249,24 +252,19 @@ impl candle_core::InplaceOp1 for GeluErfInPlace {
     }
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        const NAME: &str = "gelu-erf-in-place";
         /// Elements per parallel task.
         const CHUNK: usize = 1 << 14;
-        let (a, b) = match l.contiguous_offsets() {
-            Some(ab) => ab,
-            None => candle_core::bail!("{NAME}: needs a contiguous tensor"),
-        };
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("{NAME}: takes f32, got {:?}", s.dtype());
-        };
         use rayon::prelude::*;
-        v[a..b].par_chunks_mut(CHUNK).for_each(|c| {
-            for x in c {
-                *x = (candle_core::cpu::erf::erf_f32(*x * std::f32::consts::FRAC_1_SQRT_2) + 1.)
-                    * 0.5
-                    * *x;
-            }
-        });
+        contiguous_f32_mut(self.name(), s, l)?
+            .par_chunks_mut(CHUNK)
+            .for_each(|c| {
+                for x in c {
+                    *x = (candle_core::cpu::erf::erf_f32(*x * std::f32::consts::FRAC_1_SQRT_2)
+                        + 1.)
+                        * 0.5
+                        * *x;
+                }
+            });
         Ok(())
     }
 }

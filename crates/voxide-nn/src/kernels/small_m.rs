@@ -11,7 +11,7 @@
 //! panels. It beats widening the matrix for candle's f32 GEMM at every size measured.
 
 use super::convert::convert_row;
-use super::gemv::{OutPtr, WeightMatrix};
+use super::gemv::{check_operands, OutPtr, WeightMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
 
@@ -30,12 +30,7 @@ const SMALL_BLOCK_MAX_ROWS: usize = 128;
 
 /// Most rows of x the small-M kernel takes on this CPU (see [`SMALL_M_MAX_ROWS`]).
 pub fn small_m_max_rows() -> usize {
-    small_m_max_rows_for(Isa::detect())
-}
-
-/// [`small_m_max_rows`] for an instruction set.
-pub fn small_m_max_rows_for(isa: Isa) -> usize {
-    match isa {
+    match Isa::detect() {
         Isa::Avx2 => SMALL_BLOCK_MAX_ROWS,
         Isa::Avx512 | Isa::Neon | Isa::Scalar => SMALL_M_MAX_ROWS,
     }
@@ -75,8 +70,7 @@ pub fn matmul_small_on<E: WeightElem>(
     m: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
-    assert!(x.len() == m * k && y.len() == m * n);
-    assert!(bias.is_none_or(|b| b.len() == n));
+    check_operands(x, w, bias, y, m);
     if m == 0 || n == 0 {
         return;
     }

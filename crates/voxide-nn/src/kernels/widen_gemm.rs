@@ -7,7 +7,7 @@
 //! block stays cache-resident between its widening and its product.
 
 use super::convert::to_f32;
-use super::gemv::WeightMatrix;
+use super::gemv::{check_operands, WeightMatrix};
 use super::simd::WeightElem;
 
 /// Widened weight rows per block (f32 bytes).
@@ -22,8 +22,7 @@ pub fn matmul_widened<E: WeightElem>(
     m: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
-    assert!(x.len() == m * k && y.len() == m * n);
-    assert!(bias.is_none_or(|b| b.len() == n));
+    check_operands(x, w, bias, y, m);
     if m == 0 || n == 0 {
         return;
     }
