@@ -181,8 +181,9 @@ isa_entries! {
     ) => rows_body
 }
 
-/// Dispatches to the body for m rows of x: accumulators per x row (U vectors, so that short
-/// batches still have independent FMA chains) and whether to prefetch non-temporally.
+/// Dispatches to the body for m rows of x: weight rows per pass (R, sharing each load of x),
+/// accumulators per x row and weight row (U vectors, so that short batches still have
+/// independent FMA chains: R · M · U ≥ 8 where registers allow) and the prefetch mode.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows_body<S: Simd, E: WeightElem>(
@@ -196,33 +197,39 @@ unsafe fn rows_body<S: Simd, E: WeightElem>(
     prefetch: u8,
 ) {
     macro_rules! go {
-        ($m:literal, $u:literal) => {
+        ($m:literal, $r:literal, $u:literal) => {
             match prefetch {
-                PREFETCH_STREAM => rows_m::<S, E, $m, $u, PREFETCH_STREAM>(x, w, bias, y, r0, r1),
-                PREFETCH_KEEP => rows_m::<S, E, $m, $u, PREFETCH_KEEP>(x, w, bias, y, r0, r1),
-                _ => rows_m::<S, E, $m, $u, PREFETCH_NONE>(x, w, bias, y, r0, r1),
+                PREFETCH_STREAM => {
+                    rows_m::<S, E, $m, $r, $u, PREFETCH_STREAM>(x, w, bias, y, r0, r1)
+                }
+                PREFETCH_KEEP => rows_m::<S, E, $m, $r, $u, PREFETCH_KEEP>(x, w, bias, y, r0, r1),
+                _ => rows_m::<S, E, $m, $r, $u, PREFETCH_NONE>(x, w, bias, y, r0, r1),
             }
         };
     }
     match m {
-        1 => go!(1, 4),
-        2 => go!(2, 4),
-        3 => go!(3, 2),
-        4 => go!(4, 2),
-        5 => go!(5, 1),
-        6 => go!(6, 1),
-        7 => go!(7, 1),
-        8 => go!(8, 1),
+        1 => go!(1, 4, 2),
+        2 => go!(2, 2, 2),
+        3 => go!(3, 1, 2),
+        4 => go!(4, 1, 2),
+        5 => go!(5, 1, 1),
+        6 => go!(6, 1, 1),
+        7 => go!(7, 1, 1),
+        8 => go!(8, 1, 1),
         _ => unreachable!("gemv takes at most {MAX_ROWS} rows"),
     }
 }
 
-/// One weight row at a time, `U` vectors of it per step against every row of x.
-///
-/// (Two or four weight rows per pass, sharing the loads of x, measured no faster in a
-/// decoder step: the loop is memory-bound.)
+/// Rows r0..r1 of the output, `R` weight rows at a time (the rest one by one).
 #[inline(always)]
-unsafe fn rows_m<S: Simd, E: WeightElem, const M: usize, const U: usize, const PF: u8>(
+unsafe fn rows_m<
+    S: Simd,
+    E: WeightElem,
+    const M: usize,
+    const R: usize,
+    const U: usize,
+    const PF: u8,
+>(
     x: &[f32],
     w: WeightMatrix<E>,
     bias: Option<&[f32]>,
@@ -230,18 +237,48 @@ unsafe fn rows_m<S: Simd, E: WeightElem, const M: usize, const U: usize, const P
     r0: usize,
     r1: usize,
 ) {
+    let mut r = r0;
+    while r + R <= r1 {
+        row_block::<S, E, M, R, U, PF>(x, w, bias, y, r);
+        r += R;
+    }
+    while r < r1 {
+        row_block::<S, E, M, 1, U, PF>(x, w, bias, y, r);
+        r += 1;
+    }
+}
+
+/// Weight rows r..r+R against every row of x, `U` vectors per step. Each vector of x is
+/// loaded once for the R rows: at m = 1 the loads of x, not of w, would otherwise fill the
+/// load ports (one x load per weight load).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // u and i index the inner dimensions of `sums`
+unsafe fn row_block<
+    S: Simd,
+    E: WeightElem,
+    const M: usize,
+    const R: usize,
+    const U: usize,
+    const PF: u8,
+>(
+    x: &[f32],
+    w: WeightMatrix<E>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    r: usize,
+) {
     let (n, k) = (w.rows, w.cols);
     let step = U * S::LANES;
     let step_bytes = step * std::mem::size_of::<E>();
     let xp = x.as_ptr();
-    for r in r0..r1 {
-        let wp = w.data.as_ptr().add(r * k);
-        let mut sums = [[S::zero(); U]; M];
-        let mut j = 0;
-        while j + step <= k {
-            if PF != PREFETCH_NONE {
+    let wp: [*const E; R] = std::array::from_fn(|ri| w.data.as_ptr().add((r + ri) * k));
+    let mut sums = [[[S::zero(); U]; M]; R];
+    let mut j = 0;
+    while j + step <= k {
+        if PF != PREFETCH_NONE {
+            for row in wp {
                 // wrapping: near the end the hint points past the slice (a prefetch never faults).
-                let p = (wp.add(j) as *const u8).wrapping_add(PREFETCH_BYTES);
+                let p = (row.add(j) as *const u8).wrapping_add(PREFETCH_BYTES);
                 let mut off = 0;
                 while off < step_bytes {
                     if PF == PREFETCH_STREAM {
@@ -252,34 +289,35 @@ unsafe fn rows_m<S: Simd, E: WeightElem, const M: usize, const U: usize, const P
                     off += 64;
                 }
             }
-            let mut wv = [S::zero(); U];
-            for (u, v) in wv.iter_mut().enumerate() {
-                *v = S::load_w(wp.add(j + u * S::LANES));
-            }
-            for (i, s) in sums.iter_mut().enumerate() {
-                let xr = xp.add(i * k + j);
-                for u in 0..U {
-                    s[u] = S::fma(S::load(xr.add(u * S::LANES)), wv[u], s[u]);
+        }
+        for u in 0..U {
+            let xv: [S::V; M] = std::array::from_fn(|i| S::load(xp.add(i * k + j + u * S::LANES)));
+            for (ri, row) in wp.iter().enumerate() {
+                let wv = S::load_w(row.add(j + u * S::LANES));
+                for i in 0..M {
+                    sums[ri][i][u] = S::fma(xv[i], wv, sums[ri][i][u]);
                 }
             }
-            j += step;
         }
-        for (i, s) in sums.iter().enumerate() {
+        j += step;
+    }
+    for (ri, row) in wp.iter().enumerate() {
+        for (i, s) in sums[ri].iter().enumerate() {
             let mut v = s[0];
             for su in &s[1..] {
                 v = S::add(v, *su);
             }
             let mut total = S::sum(v);
             for jj in j..k {
-                total += *xp.add(i * k + jj) * (*wp.add(jj)).to_f32();
+                total += *xp.add(i * k + jj) * (*row.add(jj)).to_f32();
             }
             if let Some(sc) = w.scales {
-                total *= sc[r];
+                total *= sc[r + ri];
             }
             if let Some(b) = bias {
-                total += b[r];
+                total += b[r + ri];
             }
-            *y.0.add(i * n + r) = total;
+            *y.0.add(i * n + r + ri) = total;
         }
     }
 }
