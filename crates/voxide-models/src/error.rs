@@ -1,6 +1,6 @@
 //! Errors of model loading and inference, each a one-line message for the user.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -69,4 +69,18 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) 
         path: path.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// `dir/file`, or a missing-file error naming the directory.
+pub(crate) fn require(dir: &Path, file: &str) -> Result<std::path::PathBuf> {
+    let path = dir.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingFile {
+            dir: dir.to_owned(),
+            file: file.into(),
+            hint: String::new(),
+        })
+    }
 }

@@ -4,6 +4,7 @@
 //! from the shared blocks in `voxide-nn`; families never import each other.
 
 pub mod error;
+pub mod qwen3_tts;
 pub mod tekken;
 pub mod transcript;
 pub mod voxtral_realtime;

@@ -5,6 +5,7 @@ use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
 use crate::kernels::ops::SoftmaxLastDimInPlace;
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, WeightFormat};
+use crate::norm::RmsNorm;
 use crate::rope::RotaryEmbedding;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -24,6 +25,9 @@ pub struct AttentionConfig {
     pub bias: [bool; 4],
     /// Checkpoint names of the q, k, v and output projections.
     pub names: [&'static str; 4],
+    /// Qwen3's per-head RMSNorm of queries and keys (`q_norm`, `k_norm`, [head_dim]) before
+    /// RoPE, with this epsilon; `None` for Whisper, Llama, Mistral.
+    pub qk_norm_eps: Option<f64>,
 }
 
 /// Cross-attention keys and values, computed once per encoder output:
@@ -61,6 +65,8 @@ pub struct Attention {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// Per-head query and key norms (Qwen3), the query's carrying the softmax scale.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -73,14 +79,28 @@ impl Attention {
         let [qb, kb, vb_, ob] = cfg.bias;
         let q_dim = cfg.n_heads * cfg.head_dim;
         let kv_dim = cfg.n_kv_heads * cfg.head_dim;
+        // The softmax scale 1/√head_dim is folded into whatever produces the queries last:
+        // the query norm's weight where there is one (a scale before an RMSNorm would cancel),
+        // else the query projection (exact for the power-of-two scales of 64- and 256-wide
+        // heads).
+        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let q = Linear::load(vb.pp(qn), cfg.dim, q_dim, qb)?;
+        let (q, qk_norm) = match cfg.qk_norm_eps {
+            Some(eps) => (
+                q,
+                Some((
+                    RmsNorm::load(vb.pp("q_norm"), cfg.head_dim, eps)?.scaled(scale)?,
+                    RmsNorm::load(vb.pp("k_norm"), cfg.head_dim, eps)?,
+                )),
+            ),
+            None => (q.scaled(scale)?, None),
+        };
         Ok(Self {
-            // The softmax scale 1/√head_dim is folded into the query projection (exact for
-            // the power-of-two scales of 64- and 256-wide heads).
-            q: Linear::load(vb.pp(qn), cfg.dim, q_dim, qb)?
-                .scaled(1.0 / (cfg.head_dim as f64).sqrt())?,
+            q,
             k: Linear::load(vb.pp(kn), cfg.dim, kv_dim, kb)?,
             v: Linear::load(vb.pp(vn), cfg.dim, kv_dim, vb_)?,
             o: Linear::load(vb.pp(on), q_dim, cfg.dim, ob)?,
+            qk_norm,
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
             head_dim: cfg.head_dim,
@@ -140,6 +160,10 @@ impl Attention {
             own_or_cached => {
                 let mut k = self.heads(&self.k.forward(x)?, self.n_kv_heads)?;
                 let v = self.heads(&self.v.forward(x)?, self.n_kv_heads)?;
+                if let Some((q_norm, k_norm)) = &self.qk_norm {
+                    q = q_norm.forward(&q)?;
+                    k = k_norm.forward(&k)?;
+                }
                 if let Some((rope, offset)) = rope {
                     q = rope.apply(&q, offset)?;
                     k = rope.apply(&k, offset)?;
@@ -336,6 +360,7 @@ mod tests {
                 head_dim: hd,
                 bias: [false; 4],
                 names: ["q", "k", "v", "o"],
+                qk_norm_eps: None,
             },
         )
     }

@@ -14,6 +14,7 @@ pub mod mlp;
 pub mod norm;
 pub mod rope;
 pub mod sampling;
+pub mod transformer;
 pub mod weights;
 
 pub use attention::{Attention, AttentionConfig, CrossKv, KvSource};

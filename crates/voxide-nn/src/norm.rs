@@ -48,6 +48,14 @@ impl RmsNorm {
         })
     }
 
+    /// The norm with its output multiplied by `factor` (folded into the weight).
+    pub fn scaled(self, factor: f64) -> Result<Self> {
+        Ok(Self {
+            weight: (self.weight * factor)?,
+            ..self
+        })
+    }
+
     /// x: (..., dim) -> (..., dim).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)

@@ -40,6 +40,23 @@ pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
     }
 }
 
+/// transformers' `RepetitionPenaltyLogitsProcessor`: every id that occurs in `history` has its
+/// logit divided by `penalty` when positive, multiplied when negative (once per id, however
+/// often it occurs). `penalty` 1.0 changes nothing.
+pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = vec![false; logits.len()];
+    for &id in history {
+        let id = id as usize;
+        if id < logits.len() && !std::mem::replace(&mut seen[id], true) {
+            let v = logits[id];
+            logits[id] = if v < 0.0 { v * penalty } else { v / penalty };
+        }
+    }
+}
+
 /// Parameters of stochastic sampling.
 #[derive(Clone, Copy, Debug)]
 pub struct SamplingParams {
@@ -119,6 +136,15 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repetition_penalty_scales_each_seen_id_once() {
+        let mut logits = [2.0f32, -2.0, 3.0, 0.5];
+        apply_repetition_penalty(&mut logits, &[0, 1, 0, 7], 2.0);
+        assert_eq!(logits, [1.0, -4.0, 3.0, 0.5]);
+        apply_repetition_penalty(&mut logits, &[2], 1.0);
+        assert_eq!(logits[2], 3.0);
+    }
 
     #[test]
     fn argmax_takes_the_first_maximum() {

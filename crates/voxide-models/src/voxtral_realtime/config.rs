@@ -2,7 +2,7 @@
 //! Mistral's `params.json` (next to `consolidated.safetensors`) or Hugging Face's
 //! `config.json` (next to `model.safetensors`). Both become one [`Config`].
 
-use crate::error::read_json;
+use crate::error::{read_json, require};
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -310,19 +310,5 @@ impl Config {
             return Err("vocab_size, num_mel_bins and downsample_factor must be positive".into());
         }
         Ok(())
-    }
-}
-
-/// `dir/file`, or a missing-file error naming the directory.
-pub(crate) fn require(dir: &Path, file: &str) -> Result<std::path::PathBuf> {
-    let path = dir.join(file);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(Error::MissingFile {
-            dir: dir.to_owned(),
-            file: file.into(),
-            hint: String::new(),
-        })
     }
 }

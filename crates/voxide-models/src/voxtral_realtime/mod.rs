@@ -19,12 +19,12 @@ pub use config::{Config, Layout};
 pub use model::VoxtralRealtimeModel;
 pub use stream::{RealtimeStream, StreamOptions, StreamToken};
 
+use crate::error::require;
 use crate::error::Error;
 use crate::tekken::{AudioSection, Tekken};
 use crate::{Result, Segment, Timings, Transcript};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use config::require;
 use std::path::Path;
 use voxide_audio::WhisperMel;
 use voxide_nn::linear::WeightFormat;

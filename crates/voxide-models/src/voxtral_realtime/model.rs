@@ -10,10 +10,8 @@ use super::config::{Config, Layout, StackConfig};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::{
-    Attention, AttentionConfig, ConvStem, ConvStemState, KvCache, KvSource, Linear, RmsNorm,
-    RopeLayout, RotaryEmbedding, SwiGlu,
-};
+use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
+use voxide_nn::{ConvStem, ConvStemState, KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
 /// Encoder frames processed at once (bounds the attention scores and the KV-cache headroom:
 /// voxtral.c keeps 750 + 256 encoder positions too).
@@ -120,11 +118,8 @@ enum Role {
 /// A pre-norm transformer layer; the decoder's carries the delay conditioning.
 #[derive(Clone, Debug)]
 struct Block {
-    attention_norm: RmsNorm,
-    attention: Attention,
-    ffn_norm: RmsNorm,
+    layer: PreNormLayer,
     ada: Option<AdaNorm>,
-    mlp: SwiGlu,
 }
 
 impl Block {
@@ -142,61 +137,38 @@ impl Block {
             }
         };
         let encoder = role == Role::Encoder;
+        let layer = LayerConfig {
+            dim: s.dim,
+            hidden_dim: s.hidden_dim,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: s.head_dim,
+            norm_eps: s.norm_eps,
+            // The encoder has biases on q, v and out (not k) and on the MLP's down
+            // projection; the decoder on none.
+            attention_bias: [encoder, false, encoder, encoder],
+            down_bias: encoder,
+            qk_norm: false,
+        };
+        let layer_names = LayerNames {
+            norms,
+            attention: names.attention,
+            qkvo: names.qkvo,
+            mlp: names.mlp,
+            gate_up_down: names.gate_up_down,
+        };
         Ok(Self {
-            attention_norm: RmsNorm::load(vb.pp(norms[0]), s.dim, s.norm_eps)?,
-            attention: Attention::load(
-                vb.pp(names.attention),
-                AttentionConfig {
-                    dim: s.dim,
-                    n_heads: s.n_heads,
-                    n_kv_heads: s.n_kv_heads,
-                    head_dim: s.head_dim,
-                    // The encoder has biases on q, v and out (not k); the decoder on none.
-                    bias: [encoder, false, encoder, encoder],
-                    names: names.qkvo,
-                },
-            )?,
-            ffn_norm: RmsNorm::load(vb.pp(norms[1]), s.dim, s.norm_eps)?,
+            layer: PreNormLayer::load(vb, &layer, &layer_names)?,
             ada,
-            mlp: SwiGlu::load(
-                vb.pp(names.mlp),
-                s.dim,
-                s.hidden_dim,
-                names.gate_up_down,
-                encoder,
-            )?,
         })
     }
 
     /// The layer with its attention and MLP matrices stored as `format`.
     fn into_format(self, format: WeightFormat) -> Result<Self> {
         Ok(Self {
-            attention: self.attention.to_format(format)?,
-            mlp: self.mlp.to_format(format)?,
+            layer: self.layer.into_format(format)?,
             ..self
         })
-    }
-
-    /// x: (1, t, dim) at positions `offset..offset + t` -> (1, t, dim).
-    fn forward(
-        &self,
-        x: &Tensor,
-        cache: &mut KvCache,
-        rope: &RotaryEmbedding,
-        offset: usize,
-        gain: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let h = (x + self.attention.forward(
-            &self.attention_norm.forward(x)?,
-            KvSource::Cached(cache),
-            true,
-            Some((rope, offset)),
-        )?)?;
-        let mut n = self.ffn_norm.forward(&h)?;
-        if let Some(gain) = gain {
-            n = n.broadcast_mul(gain)?;
-        }
-        h + self.mlp.forward(&n)?
     }
 }
 
@@ -271,7 +243,9 @@ impl Stack {
     ) -> Result<Tensor> {
         let mut x = x.clone();
         for (i, (block, cache)) in self.blocks.iter().zip(&mut state.caches).enumerate() {
-            x = block.forward(&x, cache, &self.rope, state.position, gains.map(|g| &g[i]))?;
+            x = block
+                .layer
+                .forward(&x, cache, &self.rope, state.position, gains.map(|g| &g[i]))?;
             if let Some(h) = hidden.as_deref_mut() {
                 h.push(x.clone());
             }
@@ -384,8 +358,7 @@ impl VoxtralRealtimeModel {
     fn with_planned_residency(mut self) -> Self {
         let mut step: Vec<&mut Linear> = vec![&mut self.head];
         for block in &mut self.decoder.blocks {
-            step.extend(block.attention.projections_mut());
-            step.extend(block.mlp.linears_mut());
+            step.extend(block.layer.linears_mut());
         }
         Linear::plan_residency(&mut step, 0);
         self
@@ -418,7 +391,7 @@ impl VoxtralRealtimeModel {
             .decoder
             .blocks
             .iter()
-            .map(|b| b.attention.weight_bytes() + b.mlp.weight_bytes())
+            .map(|b| b.layer.weight_bytes())
             .sum();
         layers + self.head.weight_bytes()
     }

@@ -25,6 +25,7 @@ fn attention_config(cfg: &Config, heads: usize) -> AttentionConfig {
         // Whisper's key projection has no bias.
         bias: [true, false, true, true],
         names: ["q_proj", "k_proj", "v_proj", "out_proj"],
+        qk_norm_eps: None,
     }
 }
 

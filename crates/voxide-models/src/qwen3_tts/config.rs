@@ -1,0 +1,200 @@
+//! `config.json` of a Qwen3-TTS checkpoint (qwen-tts `Qwen3TTSConfig`), field for field.
+//!
+//! The Python defaults are placeholders (20 layers, 32 code groups, codec EOS 4198): every
+//! value is read from the checkpoint; only fields the real configs may omit have defaults.
+
+use crate::error::{read_json, Error, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Which conditioning a checkpoint was trained for (`tts_model_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelType {
+    /// Voice clone from a reference clip (has a speaker encoder).
+    Base,
+    /// Preset speakers (`spk_id`), optional instruction.
+    CustomVoice,
+    /// A voice described by an instruction; no speaker slot.
+    VoiceDesign,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    pub talker_config: TalkerConfig,
+    pub tts_model_type: ModelType,
+    #[serde(default)]
+    pub tts_model_size: Option<String>,
+    #[serde(default)]
+    pub tokenizer_type: Option<String>,
+    pub im_start_token_id: u32,
+    pub im_end_token_id: u32,
+    pub tts_pad_token_id: u32,
+    pub tts_bos_token_id: u32,
+    pub tts_eos_token_id: u32,
+}
+
+/// A dialect flag of `spk_is_dialect`: `false`, or the language key that replaces the
+/// requested language for that speaker.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Dialect {
+    None(bool),
+    Language(String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TalkerConfig {
+    /// Codec vocabulary (codes 0..2048, then control, language and speaker ids).
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub hidden_act: candle_nn::Activation,
+    #[serde(default)]
+    pub attention_bias: bool,
+    pub num_code_groups: usize,
+    pub text_hidden_size: usize,
+    pub text_vocab_size: usize,
+    pub codec_eos_token_id: u32,
+    pub codec_think_id: u32,
+    pub codec_nothink_id: u32,
+    pub codec_think_bos_id: u32,
+    pub codec_think_eos_id: u32,
+    pub codec_pad_id: u32,
+    pub codec_bos_id: u32,
+    #[serde(default)]
+    pub spk_id: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub spk_is_dialect: BTreeMap<String, Dialect>,
+    #[serde(default)]
+    pub codec_language_id: BTreeMap<String, u32>,
+    pub code_predictor_config: CodePredictorConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CodePredictorConfig {
+    /// Entries per acoustic codebook (2048).
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub hidden_act: candle_nn::Activation,
+    #[serde(default)]
+    pub attention_bias: bool,
+    pub num_code_groups: usize,
+}
+
+impl TalkerConfig {
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+}
+
+impl CodePredictorConfig {
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+}
+
+impl Config {
+    /// Reads and checks `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let config: Config = read_json(path)?;
+        config.validate().map_err(|message| Error::InvalidJson {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Shapes the model code relies on; the message says what is wrong.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.talker_config;
+        let p = &t.code_predictor_config;
+        let bad = Err;
+        if t.num_code_groups < 2 || p.num_code_groups != t.num_code_groups {
+            return bad(format!(
+                "talker has {} code groups, code predictor {}",
+                t.num_code_groups, p.num_code_groups
+            ));
+        }
+        for (what, heads, kv, hidden) in [
+            (
+                "talker",
+                t.num_attention_heads,
+                t.num_key_value_heads,
+                t.hidden_size,
+            ),
+            (
+                "code predictor",
+                p.num_attention_heads,
+                p.num_key_value_heads,
+                p.hidden_size,
+            ),
+        ] {
+            if heads == 0 || kv == 0 || heads % kv != 0 || hidden == 0 {
+                return bad(format!(
+                    "{what}: {heads} heads over {kv} key/value heads, hidden {hidden}"
+                ));
+            }
+        }
+        let codec_ids = [
+            t.codec_eos_token_id,
+            t.codec_think_id,
+            t.codec_nothink_id,
+            t.codec_think_bos_id,
+            t.codec_think_eos_id,
+            t.codec_pad_id,
+            t.codec_bos_id,
+        ];
+        let all = codec_ids
+            .iter()
+            .chain(t.spk_id.values())
+            .chain(t.codec_language_id.values());
+        if let Some(id) = all.into_iter().find(|&&id| id as usize >= t.vocab_size) {
+            return bad(format!(
+                "codec id {id} outside the vocabulary of {}",
+                t.vocab_size
+            ));
+        }
+        if p.vocab_size > t.vocab_size {
+            return bad(format!(
+                "codebook of {} entries exceeds the codec vocabulary {}",
+                p.vocab_size, t.vocab_size
+            ));
+        }
+        let text_ids = [
+            self.im_start_token_id,
+            self.im_end_token_id,
+            self.tts_pad_token_id,
+            self.tts_bos_token_id,
+            self.tts_eos_token_id,
+        ];
+        if let Some(id) = text_ids
+            .iter()
+            .find(|&&id| id as usize >= t.text_vocab_size)
+        {
+            return bad(format!(
+                "text id {id} outside the text vocabulary of {}",
+                t.text_vocab_size
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! The frame loop (qwen-tts `generate` with its defaults, specs/qwen3-tts.md §4, §8): per
+//! 80 ms frame one talker step gives code 0 (repetition penalty, the control ids ≥ vocab − 1024
+//! suppressed but EOS, EOS barred before `min_frames`), then the code predictor, its cache
+//! reset, gives codes 1..15 from [talker hidden state, embedding of code 0], one group per
+//! step. The next talker input is the sum of the 16 code embeddings plus the next text-track
+//! embedding.
+
+use super::prompt::Prompt;
+use super::talker::Talker;
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use voxide_nn::sampling::{apply_repetition_penalty, argmax, Sampler, SamplingParams};
+
+/// How codes are chosen; `None` sampling parameters mean greedy.
+#[derive(Clone, Copy, Debug)]
+pub struct GenerationParams {
+    pub talker: Option<SamplingParams>,
+    pub predictor: Option<SamplingParams>,
+    /// On code 0 over the codes generated so far (1.0 = none).
+    pub repetition_penalty: f32,
+    /// Most frames produced (80 ms each).
+    pub max_frames: usize,
+    /// Frames before EOS is allowed (qwen-tts: 2).
+    pub min_frames: usize,
+}
+
+impl Default for GenerationParams {
+    /// qwen-tts' defaults: sampling at T 0.9, top-k 50, top-p 1.0 for both, penalty 1.05.
+    fn default() -> Self {
+        let sampling = SamplingParams {
+            temperature: 0.9,
+            top_k: 50,
+            top_p: 1.0,
+        };
+        Self {
+            talker: Some(sampling),
+            predictor: Some(sampling),
+            repetition_penalty: 1.05,
+            max_frames: 2048,
+            min_frames: 2,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The talker produced codec EOS.
+    Eos,
+    /// `max_frames` frames were produced.
+    MaxFrames,
+    /// The frame callback asked to stop.
+    Cancelled,
+}
+
+fn pick(logits: &[f32], params: Option<SamplingParams>, sampler: &mut Sampler) -> u32 {
+    match params {
+        Some(p) if p.temperature > 0.0 => sampler.sample(logits, p) as u32,
+        _ => argmax(logits) as u32,
+    }
+}
+
+/// Generates frames of `num_code_groups` codes for `prompt`, handing each to `on_frame` as
+/// soon as it exists (return `false` to stop). Returns the frames and why it stopped.
+pub fn generate(
+    talker: &Talker,
+    prompt: &Prompt,
+    params: &GenerationParams,
+    sampler: &mut Sampler,
+    on_frame: &mut dyn FnMut(&[u32]) -> Result<bool>,
+) -> Result<(Vec<Vec<u32>>, Stop)> {
+    if params.max_frames == 0 {
+        return Err(Error::InvalidRequest(
+            "at least one frame must be allowed".into(),
+        ));
+    }
+    let cfg = talker.config();
+    let predictor = talker.predictor();
+    let device = talker.device();
+    let eos = cfg.codec_eos_token_id as usize;
+    let suppressed = cfg.vocab_size.saturating_sub(1024)..cfg.vocab_size;
+    let prefill_len = prompt.prefill.dim(1)?;
+    let trailing = prompt.trailing_text.dim(1)?;
+
+    let mut state = talker.new_state(prefill_len + params.max_frames)?;
+    let mut predictor_state = predictor.new_state(device)?;
+    let mut hidden = talker.forward(&prompt.prefill, &mut state)?;
+    hidden = hidden.narrow(1, prefill_len - 1, 1)?;
+    let mut history: Vec<u32> = Vec::new();
+    let mut frames: Vec<Vec<u32>> = Vec::new();
+    let mut frame = vec![0u32; predictor.groups() + 1];
+    for index in 0..params.max_frames {
+        let mut logits = talker.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
+        apply_repetition_penalty(&mut logits, &history, params.repetition_penalty);
+        for id in suppressed.clone().filter(|&id| id != eos) {
+            logits[id] = f32::NEG_INFINITY;
+        }
+        if index < params.min_frames {
+            logits[eos] = f32::NEG_INFINITY;
+        }
+        let code0 = pick(&logits, params.talker, sampler);
+        history.push(code0);
+        if code0 as usize == eos {
+            return Ok((frames, Stop::Eos));
+        }
+        frame[0] = code0;
+
+        // Codes 1..G−1: prefill [hidden, embed(code 0)], then one step per group.
+        predictor_state.reset();
+        let code0_embedding = talker.embed_codec(&[code0])?;
+        let mut input = Tensor::cat(&[&hidden, &code0_embedding], 1)?;
+        let mut sum = code0_embedding;
+        for (group, slot) in frame.iter_mut().enumerate().skip(1) {
+            let logits = predictor
+                .step(&input, &mut predictor_state, group)?
+                .to_vec1::<f32>()?;
+            let code = pick(&logits, params.predictor, sampler);
+            *slot = code;
+            input = predictor.embed(group, code)?;
+            sum = (sum + &input)?;
+        }
+        frames.push(frame.clone());
+        if !on_frame(&frame)? {
+            return Ok((frames, Stop::Cancelled));
+        }
+        if index + 1 == params.max_frames {
+            break;
+        }
+        let text = if index < trailing {
+            prompt.trailing_text.narrow(1, index, 1)?
+        } else {
+            prompt.tts_pad.clone()
+        };
+        hidden = talker.forward(&(sum + text)?, &mut state)?;
+    }
+    Ok((frames, Stop::MaxFrames))
+}

@@ -1,0 +1,61 @@
+//! Qwen3-TTS 12 Hz (specs/qwen3-tts.md): text → 16 codes per 80 ms frame → 24 kHz audio.
+//!
+//! - `config`: the checkpoint's `config.json` (variant, talker, code predictor, special ids);
+//! - `talker`: the talker and code predictor networks (Qwen3 layers from `voxide-nn`);
+//! - `prompt`: the dual-track prompt for preset voices, instructions and speaker embeddings;
+//! - `generate`: the frame loop with qwen-tts' sampling and stopping rules.
+//!
+//! Proven against the official `qwen-tts` package on seeded random weights
+//! (`tools/reference/qwen3_tts_fixtures.py`).
+
+pub mod config;
+pub mod generate;
+pub mod prompt;
+pub mod talker;
+
+pub use config::{Config, ModelType};
+pub use generate::{generate, GenerationParams, Stop};
+pub use prompt::{Prompt, PromptRequest, Voice};
+pub use talker::Talker;
+
+use crate::error::{require, Error, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use std::path::Path;
+use voxide_nn::weights::SafetensorsFiles;
+
+/// A loaded Qwen3-TTS checkpoint (talker and code predictor); requests keep their own state.
+#[derive(Clone, Debug)]
+pub struct Qwen3Tts {
+    config: Config,
+    talker: Talker,
+}
+
+impl Qwen3Tts {
+    /// Loads `config.json` and `model.safetensors` from a checkpoint directory; matrices stay
+    /// in the checkpoint's precision, norms and biases are f32.
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let config = Config::from_file(&require(dir, "config.json")?)?;
+        let weights = require(dir, "model.safetensors")?;
+        let weights_error = |e: candle_core::Error| Error::Weights {
+            path: weights.clone(),
+            message: e.to_string().lines().next().unwrap_or_default().to_string(),
+        };
+        let tensors =
+            SafetensorsFiles::open(std::slice::from_ref(&weights)).map_err(weights_error)?;
+        let dtype = tensors
+            .dtype("talker.codec_head.weight")
+            .unwrap_or(DType::F32);
+        let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
+        let talker = Talker::load(vb, &config.talker_config).map_err(weights_error)?;
+        Ok(Self { config, talker })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn talker(&self) -> &Talker {
+        &self.talker
+    }
+}

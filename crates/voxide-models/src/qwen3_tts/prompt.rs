@@ -1,0 +1,190 @@
+//! The talker's dual-track prompt, exactly as qwen-tts `Qwen3TTSForConditionalGeneration.
+//! generate` builds it (specs/qwen3-tts.md §6). "a ⊕ b" is text-track embedding plus
+//! codec-track embedding:
+//!
+//! ```text
+//! [instruction]                       text only (`<|im_start|>user\n…<|im_end|>\n`)
+//! <|im_start|> assistant \n           text only
+//! tts_pad ⊕ think | nothink           think when a language is given
+//! tts_pad ⊕ think_bos
+//! tts_pad ⊕ language                  omitted for auto
+//! tts_pad ⊕ think_eos
+//! tts_pad ⊕ speaker                   preset id or x-vector; omitted without one
+//! tts_bos ⊕ codec_pad
+//! text[0] ⊕ codec_bos                 streaming text; the rest of the text, then tts_eos,
+//!                                     rides on the generated frames ("trailing text")
+//! ```
+//!
+//! In non-streaming mode the whole text (⊕ codec_pad) and tts_eos (⊕ codec_pad) are in the
+//! prompt, closed by tts_pad ⊕ codec_bos, and every frame gets tts_pad.
+
+use super::config::{Config, Dialect};
+use super::talker::Talker;
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+
+/// Whose voice speaks.
+#[derive(Clone, Debug)]
+pub enum Voice {
+    /// No speaker slot (VoiceDesign: the instruction describes the voice).
+    Unspecified,
+    /// A preset speaker of `talker_config.spk_id` (CustomVoice), by name.
+    Preset(String),
+    /// A speaker embedding (1, 1, H) or (H,), e.g. the x-vector of a reference clip (Base).
+    Embedding(Tensor),
+}
+
+/// One synthesis request at the token level.
+#[derive(Clone, Debug)]
+pub struct PromptRequest<'a> {
+    /// `<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n`, tokenised.
+    pub text_ids: &'a [u32],
+    /// `<|im_start|>user\n{instruction}<|im_end|>\n`, tokenised.
+    pub instruct_ids: Option<&'a [u32]>,
+    /// A key of `codec_language_id` (lowercase), or `None` for auto.
+    pub language: Option<&'a str>,
+    pub voice: Voice,
+    /// Whole text in the prompt instead of streamed alongside the frames.
+    pub non_streaming: bool,
+}
+
+/// The talker's prompt: prefill embeddings and what each generated frame adds.
+#[derive(Clone, Debug)]
+pub struct Prompt {
+    /// (1, P, H)
+    pub prefill: Tensor,
+    /// Text-track embeddings added to frames 0, 1, … (1, T, H); then `tts_pad`.
+    pub trailing_text: Tensor,
+    /// (1, 1, H)
+    pub tts_pad: Tensor,
+}
+
+/// Tokens of the template around the text: `<|im_start|> assistant \n` before it,
+/// `<|im_end|> \n <|im_start|> assistant \n` after it.
+const ROLE_TOKENS: usize = 3;
+const TAIL_TOKENS: usize = 5;
+
+impl Prompt {
+    /// Builds the prompt of `request` for `talker` (ids and speakers checked against
+    /// `config`).
+    pub fn build(talker: &Talker, config: &Config, request: &PromptRequest<'_>) -> Result<Self> {
+        let t = &config.talker_config;
+        let ids = request.text_ids;
+        if ids.len() <= ROLE_TOKENS + TAIL_TOKENS {
+            return Err(Error::InvalidRequest(
+                "nothing to say: the text is empty".into(),
+            ));
+        }
+        let speaker = match &request.voice {
+            Voice::Preset(name) => {
+                let key = name.to_lowercase();
+                let id = t.spk_id.get(&key).ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "unknown voice {name:?}; this model has: {}",
+                        t.spk_id.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                Some((talker.embed_codec(&[*id])?, Some(key)))
+            }
+            Voice::Embedding(e) => Some((e.reshape((1, 1, t.hidden_size))?, None)),
+            Voice::Unspecified => None,
+        };
+        let mut language = match request.language {
+            None => None,
+            Some(lang) => {
+                let key = lang.to_lowercase();
+                Some(*t.codec_language_id.get(&key).ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "unknown language {lang:?}; this model has: auto, {}",
+                        languages(config).join(", ")
+                    ))
+                })?)
+            }
+        };
+        // Dialect speakers replace the language when it is Chinese or auto.
+        if let Some((_, Some(key))) = &speaker {
+            let chinese_or_auto = request
+                .language
+                .is_none_or(|l| l.eq_ignore_ascii_case("chinese"));
+            if let (true, Some(Dialect::Language(dialect))) =
+                (chinese_or_auto, t.spk_is_dialect.get(key))
+            {
+                language = Some(*t.codec_language_id.get(dialect).ok_or_else(|| {
+                    Error::InvalidRequest(format!("dialect {dialect:?} has no language id"))
+                })?);
+            }
+        }
+
+        let specials = talker.embed_text(&[
+            config.tts_bos_token_id,
+            config.tts_eos_token_id,
+            config.tts_pad_token_id,
+        ])?;
+        let (tts_bos, tts_eos, tts_pad) = (
+            specials.narrow(1, 0, 1)?,
+            specials.narrow(1, 1, 1)?,
+            specials.narrow(1, 2, 1)?,
+        );
+        let tags = match language {
+            None => vec![
+                t.codec_nothink_id,
+                t.codec_think_bos_id,
+                t.codec_think_eos_id,
+            ],
+            Some(lang) => vec![
+                t.codec_think_id,
+                t.codec_think_bos_id,
+                lang,
+                t.codec_think_eos_id,
+            ],
+        };
+        let mut codec = vec![talker.embed_codec(&tags)?];
+        if let Some((embedding, _)) = speaker {
+            codec.push(embedding);
+        }
+        codec.push(talker.embed_codec(&[t.codec_pad_id, t.codec_bos_id])?);
+        let codec = Tensor::cat(&codec, 1)?;
+        let n = codec.dim(1)?;
+
+        // tts_pad × (n − 2), tts_bos over every codec position but the last (codec_bos).
+        let text_track = Tensor::cat(&[tts_pad.repeat((1, n - 2, 1))?, tts_bos], 1)?;
+        let mut parts = Vec::new();
+        if let Some(instruct) = request.instruct_ids {
+            parts.push(talker.embed_text(instruct)?);
+        }
+        parts.push(talker.embed_text(&ids[..ROLE_TOKENS])?);
+        parts.push((text_track + codec.narrow(1, 0, n - 1)?)?);
+        let codec_bos = codec.narrow(1, n - 1, 1)?;
+        let text = &ids[ROLE_TOKENS..ids.len() - TAIL_TOKENS];
+        let trailing_text = if request.non_streaming {
+            let track = Tensor::cat(&[talker.embed_text(text)?, tts_eos], 1)?;
+            let pads = vec![t.codec_pad_id; text.len() + 1];
+            parts.push((track + talker.embed_codec(&pads)?)?);
+            parts.push((&tts_pad + codec_bos)?);
+            tts_pad.clone()
+        } else {
+            parts.push((talker.embed_text(&text[..1])? + codec_bos)?);
+            if text.len() > 1 {
+                Tensor::cat(&[talker.embed_text(&text[1..])?, tts_eos], 1)?
+            } else {
+                tts_eos
+            }
+        };
+        Ok(Self {
+            prefill: Tensor::cat(&parts, 1)?,
+            trailing_text,
+            tts_pad,
+        })
+    }
+}
+
+/// The languages a checkpoint offers (dialect entries are reached through their speakers).
+pub fn languages(config: &Config) -> Vec<String> {
+    config
+        .talker_config
+        .codec_language_id
+        .keys()
+        .filter(|k| !k.contains("dialect"))
+        .cloned()
+        .collect()
+}

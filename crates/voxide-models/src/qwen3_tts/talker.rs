@@ -1,0 +1,347 @@
+//! The talker (a Qwen3 decoder over summed text and codec embeddings that predicts each
+//! frame's first, "semantic" code) and the code predictor (a small Qwen3 decoder that
+//! predicts the frame's 15 acoustic codes one after another). Blocks come from `voxide-nn`.
+//!
+//! Shapes (1.7B): text ids → text_embedding [151 936, 2048] → text_projection 2048 → 2048 → H;
+//! codec ids → codec_embedding [3072, H]; 28 layers of H = 2048 (16 q heads, 8 kv heads × 128,
+//! per-head q/k RMSNorm); codec_head [3072, H]. Code predictor: small_to_mtp_projection
+//! H → 1024 (1.7B only), 5 layers of 1024, 15 embeddings [2048, H] and 15 heads [2048, 1024].
+//! M-RoPE with three equal position streams is plain RoPE (rotate-half pairs).
+
+use super::config::{CodePredictorConfig, TalkerConfig};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
+use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
+
+/// RoPE table length; later positions are computed on the fly.
+const ROPE_TABLE: usize = 4096;
+
+/// A Qwen3 decoder stack: layers, final norm, rotary table.
+#[derive(Clone, Debug)]
+struct Stack {
+    layers: Vec<PreNormLayer>,
+    norm: RmsNorm,
+    rope: RotaryEmbedding,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Per-request KV caches of one [`Stack`] and its next position.
+#[derive(Clone, Debug)]
+pub struct StackState {
+    caches: Vec<KvCache>,
+    position: usize,
+}
+
+impl StackState {
+    /// Positions decoded so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Forgets every position (the caches keep their memory).
+    pub fn reset(&mut self) {
+        self.caches.iter_mut().for_each(KvCache::reset);
+        self.position = 0;
+    }
+}
+
+impl Stack {
+    fn load(vb: VarBuilder, layer: &LayerConfig, n_layers: usize, rope_theta: f64) -> Result<Self> {
+        let layers = (0..n_layers)
+            .map(|i| PreNormLayer::load(vb.pp("layers").pp(i), layer, &LayerNames::HF))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            layers,
+            norm: RmsNorm::load(vb.pp("norm"), layer.dim, layer.norm_eps)?,
+            rope: RotaryEmbedding::new(
+                layer.head_dim,
+                ROPE_TABLE,
+                rope_theta,
+                RopeLayout::RotateHalf,
+                vb.device(),
+            )?,
+            n_kv_heads: layer.n_kv_heads,
+            head_dim: layer.head_dim,
+        })
+    }
+
+    fn new_state(&self, capacity: usize, device: &Device) -> Result<StackState> {
+        let caches = (0..self.layers.len())
+            .map(|_| {
+                KvCache::new(
+                    1,
+                    self.n_kv_heads,
+                    capacity,
+                    self.head_dim,
+                    DType::F32,
+                    device,
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(StackState {
+            caches,
+            position: 0,
+        })
+    }
+
+    /// x: (1, t, dim) at the state's position → final-norm hidden states (1, t, dim).
+    fn forward(&self, x: &Tensor, state: &mut StackState) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (layer, cache) in self.layers.iter().zip(&mut state.caches) {
+            x = layer.forward(&x, cache, &self.rope, state.position, None)?;
+        }
+        state.position += x.dim(1)?;
+        self.norm.forward(&x)
+    }
+
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.layers.iter_mut().flat_map(PreNormLayer::linears_mut)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.layers.iter().map(PreNormLayer::weight_bytes).sum()
+    }
+}
+
+/// Rows `ids` of an embedding table as f32: (1, ids, dim).
+fn lookup(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    let ids = Tensor::new(ids, table.device())?;
+    table
+        .index_select(&ids, 0)?
+        .to_dtype(DType::F32)?
+        .unsqueeze(0)
+}
+
+fn layer_config(
+    dim: usize,
+    hidden_dim: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+    bias: bool,
+) -> LayerConfig {
+    LayerConfig {
+        dim,
+        hidden_dim,
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim,
+        norm_eps: eps,
+        attention_bias: [bias; 4],
+        down_bias: false,
+        qk_norm: true,
+    }
+}
+
+/// The code predictor (`talker.code_predictor`).
+#[derive(Clone, Debug)]
+pub struct CodePredictor {
+    /// `small_to_mtp_projection`, where the predictor is narrower than the talker.
+    projection: Option<Linear>,
+    /// Embeddings of acoustic codes 1..G−1 (talker width).
+    codec_embedding: Vec<Tensor>,
+    stack: Stack,
+    /// Heads predicting codes 1..G−1.
+    lm_head: Vec<Linear>,
+}
+
+impl CodePredictor {
+    fn load(vb: VarBuilder, cfg: &CodePredictorConfig, talker_dim: usize) -> Result<Self> {
+        let groups = cfg.num_code_groups - 1;
+        let projection = if cfg.hidden_size != talker_dim {
+            Some(Linear::load(
+                vb.pp("small_to_mtp_projection"),
+                talker_dim,
+                cfg.hidden_size,
+                true,
+            )?)
+        } else {
+            None
+        };
+        let model = vb.pp("model");
+        let codec_embedding = (0..groups)
+            .map(|g| {
+                model
+                    .pp("codec_embedding")
+                    .pp(g)
+                    .get((cfg.vocab_size, talker_dim), "weight")
+            })
+            .collect::<Result<_>>()?;
+        let layer = layer_config(
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+            cfg.rms_norm_eps,
+            cfg.attention_bias,
+        );
+        let lm_head = (0..groups)
+            .map(|g| {
+                Linear::load(
+                    vb.pp("lm_head").pp(g),
+                    cfg.hidden_size,
+                    cfg.vocab_size,
+                    false,
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            projection,
+            codec_embedding,
+            stack: Stack::load(model, &layer, cfg.num_hidden_layers, cfg.rope_theta)?,
+            lm_head,
+        })
+    }
+
+    /// Acoustic groups predicted per frame (G − 1 = 15).
+    pub fn groups(&self) -> usize {
+        self.lm_head.len()
+    }
+
+    /// A fresh state for one frame (G + 1 positions at most; the cache is reset each frame).
+    pub fn new_state(&self, device: &Device) -> Result<StackState> {
+        self.stack.new_state(self.groups() + 2, device)
+    }
+
+    /// Embedding of acoustic code `code` of group `group` (1-based, 1..G−1): (1, 1, H).
+    pub fn embed(&self, group: usize, code: u32) -> Result<Tensor> {
+        lookup(&self.codec_embedding[group - 1], &[code])
+    }
+
+    /// Runs talker-width inputs (1, t, H) and returns the logits of acoustic group `group`
+    /// (1-based) at the last position: (vocab,).
+    pub fn step(&self, x: &Tensor, state: &mut StackState, group: usize) -> Result<Tensor> {
+        let x = match &self.projection {
+            Some(p) => p.forward(x)?,
+            None => x.clone(),
+        };
+        let h = self.stack.forward(&x, state)?;
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
+        self.lm_head[group - 1].forward(&last)?.flatten_all()
+    }
+
+    /// Bytes of weights the 15 steps of one frame read.
+    pub fn frame_bytes(&self) -> usize {
+        let heads: usize = self.lm_head.iter().map(Linear::weight_bytes).sum();
+        let projection = self.projection.as_ref().map_or(0, Linear::weight_bytes);
+        self.groups() * (self.stack.weight_bytes() + projection) + heads
+    }
+}
+
+/// The talker with its code predictor (`talker.*` of the checkpoint).
+#[derive(Clone, Debug)]
+pub struct Talker {
+    text_embedding: Tensor,
+    text_projection: [Linear; 2],
+    activation: candle_nn::Activation,
+    codec_embedding: Tensor,
+    stack: Stack,
+    codec_head: Linear,
+    predictor: CodePredictor,
+    config: TalkerConfig,
+}
+
+impl Talker {
+    /// Loads `talker.*` (`vb` at the checkpoint root).
+    pub fn load(vb: VarBuilder, cfg: &TalkerConfig) -> Result<Self> {
+        let vb = vb.pp("talker");
+        let model = vb.pp("model");
+        let h = cfg.hidden_size;
+        let layer = layer_config(
+            h,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+            cfg.rms_norm_eps,
+            cfg.attention_bias,
+        );
+        let tp = vb.pp("text_projection");
+        let mut talker = Self {
+            text_embedding: model
+                .pp("text_embedding")
+                .get((cfg.text_vocab_size, cfg.text_hidden_size), "weight")?,
+            text_projection: [
+                Linear::load(
+                    tp.pp("linear_fc1"),
+                    cfg.text_hidden_size,
+                    cfg.text_hidden_size,
+                    true,
+                )?,
+                Linear::load(tp.pp("linear_fc2"), cfg.text_hidden_size, h, true)?,
+            ],
+            activation: cfg.hidden_act,
+            codec_embedding: model
+                .pp("codec_embedding")
+                .get((cfg.vocab_size, h), "weight")?,
+            stack: Stack::load(model, &layer, cfg.num_hidden_layers, cfg.rope_theta)?,
+            codec_head: Linear::load(vb.pp("codec_head"), h, cfg.vocab_size, false)?,
+            predictor: CodePredictor::load(vb.pp("code_predictor"), &cfg.code_predictor_config, h)?,
+            config: cfg.clone(),
+        };
+        talker.plan_residency();
+        Ok(talker)
+    }
+
+    /// Which matrices of a frame stay cached: the predictor's, read 15 times per frame, are
+    /// counted first, so that the talker's (read once) are the ones streamed.
+    fn plan_residency(&mut self) {
+        let mut frame: Vec<&mut Linear> = vec![&mut self.codec_head];
+        frame.extend(self.stack.linears_mut());
+        frame.extend(self.predictor.stack.linears_mut());
+        frame.extend(self.predictor.lm_head.iter_mut());
+        frame.extend(self.predictor.projection.iter_mut());
+        Linear::plan_residency(&mut frame, 0);
+    }
+
+    pub fn config(&self) -> &TalkerConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.text_embedding.device()
+    }
+
+    pub fn predictor(&self) -> &CodePredictor {
+        &self.predictor
+    }
+
+    /// Text ids → projected text-track embeddings (1, t, H).
+    pub fn embed_text(&self, ids: &[u32]) -> Result<Tensor> {
+        let x = lookup(&self.text_embedding, ids)?;
+        let x = self
+            .activation
+            .forward(&self.text_projection[0].forward(&x)?)?;
+        self.text_projection[1].forward(&x)
+    }
+
+    /// Codec ids → codec-track embeddings (1, t, H).
+    pub fn embed_codec(&self, ids: &[u32]) -> Result<Tensor> {
+        lookup(&self.codec_embedding, ids)
+    }
+
+    /// A fresh talker state for `capacity` positions (prompt + frames).
+    pub fn new_state(&self, capacity: usize) -> Result<StackState> {
+        self.stack.new_state(capacity, self.device())
+    }
+
+    /// Runs embeddings (1, t, H) and returns the final-norm hidden states (1, t, H).
+    pub fn forward(&self, x: &Tensor, state: &mut StackState) -> Result<Tensor> {
+        self.stack.forward(x, state)
+    }
+
+    /// codec_head over hidden states (…, H) → (…, vocab).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.codec_head.forward(hidden)
+    }
+
+    /// Bytes of weights one frame reads: a talker step (layers and head) plus the predictor's
+    /// 15 steps.
+    pub fn frame_bytes(&self) -> usize {
+        self.stack.weight_bytes() + self.codec_head.weight_bytes() + self.predictor.frame_bytes()
+    }
+}

@@ -1,0 +1,206 @@
+//! Numerical parity of the Qwen3-TTS talker and code predictor with the official `qwen-tts`
+//! package (`Qwen3TTSForConditionalGeneration.generate`), on the seeded random-weight
+//! checkpoints in tests/fixtures/qwen3-tts made by tools/reference/qwen3_tts_fixtures.py:
+//! `tiny-random` (predictor as wide as the talker) and `tiny-random-proj` (a narrower
+//! predictor behind `small_to_mtp_projection`, the 1.7B layout).
+//!
+//! Cases: a preset speaker with a language, auto language with an instruction and no speaker,
+//! a dialect speaker (its dialect replaces auto), and non-streaming text.
+
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use voxide_models::qwen3_tts::{
+    generate, GenerationParams, Prompt, PromptRequest, Qwen3Tts, Voice,
+};
+use voxide_nn::sampling::Sampler;
+
+const MODELS: [&str; 2] = ["tiny-random", "tiny-random-proj"];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen3-tts")
+}
+
+fn reference(model: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixtures().join(format!("{model}.reference.safetensors")),
+        &Device::Cpu,
+    )
+    .expect("reference tensors")
+}
+
+fn ids(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
+}
+
+/// max |a − b| relative to max |b|.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len(), "sizes differ");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+struct Case {
+    name: &'static str,
+    voice: Voice,
+    language: Option<&'static str>,
+    instruct: bool,
+    non_streaming: bool,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "voice",
+            voice: Voice::Preset("tester".into()),
+            language: Some("english"),
+            instruct: false,
+            non_streaming: false,
+        },
+        Case {
+            name: "auto",
+            voice: Voice::Unspecified,
+            language: None,
+            instruct: true,
+            non_streaming: false,
+        },
+        Case {
+            name: "dialect",
+            voice: Voice::Preset("dylan".into()),
+            language: None,
+            instruct: false,
+            non_streaming: false,
+        },
+        Case {
+            name: "nonstream",
+            voice: Voice::Preset("tester".into()),
+            language: Some("english"),
+            instruct: false,
+            non_streaming: true,
+        },
+    ]
+}
+
+fn greedy(max_frames: usize) -> GenerationParams {
+    GenerationParams {
+        talker: None,
+        predictor: None,
+        repetition_penalty: 1.05,
+        max_frames,
+        min_frames: 2,
+    }
+}
+
+#[test]
+fn prompt_logits_and_greedy_codes_match_qwen_tts() {
+    for model in MODELS {
+        let tts = Qwen3Tts::from_dir(&fixtures().join(model), &Device::Cpu).expect("model loads");
+        let r = reference(model);
+        for case in cases() {
+            let what = format!("{model} {}", case.name);
+            let get = |k: &str| {
+                r.get(&format!("{}.{k}", case.name))
+                    .unwrap_or_else(|| panic!("{what}: reference has no {k}"))
+            };
+            let text_ids = ids(get("input_ids"));
+            let instruct_ids = case.instruct.then(|| ids(get("instruct_ids")));
+            let request = PromptRequest {
+                text_ids: &text_ids,
+                instruct_ids: instruct_ids.as_deref(),
+                language: case.language,
+                voice: case.voice.clone(),
+                non_streaming: case.non_streaming,
+            };
+            let prompt = Prompt::build(tts.talker(), tts.config(), &request).expect("prompt");
+            let d = rel_diff(&prompt.prefill.squeeze(0).unwrap(), get("prefill_embeds"));
+            assert!(d < 1e-5, "{what}: prefill embeddings differ by {d}");
+            let d = rel_diff(
+                &prompt.trailing_text.squeeze(0).unwrap(),
+                get("trailing_text"),
+            );
+            assert!(d < 1e-5, "{what}: trailing text differs by {d}");
+
+            // The talker over the whole prompt: hidden states and logits.
+            let talker = tts.talker();
+            let mut state = talker.new_state(256).unwrap();
+            let hidden = talker.forward(&prompt.prefill, &mut state).unwrap();
+            let d = rel_diff(&hidden.squeeze(0).unwrap(), get("prefill_hidden"));
+            assert!(d < 1e-4, "{what}: talker hidden states differ by {d}");
+            let logits = talker.logits(&hidden).unwrap();
+            let d = rel_diff(&logits.squeeze(0).unwrap(), get("prefill_logits"));
+            assert!(d < 1e-4, "{what}: talker logits differ by {d}");
+
+            // Greedy generation: the reference's frames, code for code.
+            let want = get("codes");
+            let want_frames = want.dim(0).unwrap();
+            let want = ids(want);
+            let mut streamed = Vec::new();
+            let (frames, _) = generate(
+                talker,
+                &prompt,
+                &greedy(want_frames),
+                &mut Sampler::new(0),
+                &mut |f| {
+                    streamed.push(f.to_vec());
+                    Ok(true)
+                },
+            )
+            .expect("generation");
+            assert_eq!(frames, streamed, "{what}: streamed frames differ");
+            let got: Vec<u32> = frames.concat();
+            assert_eq!(got, want, "{what}: greedy codes differ");
+        }
+    }
+}
+
+#[test]
+fn unknown_voice_and_language_are_clear_errors() {
+    let tts = Qwen3Tts::from_dir(&fixtures().join("tiny-random"), &Device::Cpu).unwrap();
+    let text = [1010, 77, 10, 101, 102, 1011, 10, 1010, 77, 10];
+    let request = |voice: Voice, language: Option<&'static str>| PromptRequest {
+        text_ids: &text,
+        instruct_ids: None,
+        language,
+        voice,
+        non_streaming: false,
+    };
+    let err = Prompt::build(
+        tts.talker(),
+        tts.config(),
+        &request(Voice::Preset("nobody".into()), Some("english")),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nobody") && err.contains("tester"), "{err}");
+    let err = Prompt::build(
+        tts.talker(),
+        tts.config(),
+        &request(Voice::Unspecified, Some("klingon")),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("klingon") && err.contains("english"), "{err}");
+    let empty = [1010, 77, 10, 1011, 10, 1010, 77, 10];
+    let err = Prompt::build(
+        tts.talker(),
+        tts.config(),
+        &PromptRequest {
+            text_ids: &empty,
+            ..request(Voice::Unspecified, None)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("empty"), "{err}");
+}

@@ -1,0 +1,135 @@
+//! The pre-norm decoder layer of Llama-family models, written once: Mistral/Ministral
+//! (Voxtral's encoder and decoder) and Qwen3 (the Qwen3-TTS talker and code predictor).
+//!
+//! x → x + attention(norm₁(x)) → h + mlp(norm₂(h) [· gain]), with a KV cache and RoPE.
+
+use crate::attention::{Attention, AttentionConfig, KvSource};
+use crate::kv_cache::KvCache;
+use crate::linear::{Linear, WeightFormat};
+use crate::mlp::SwiGlu;
+use crate::norm::RmsNorm;
+use crate::rope::RotaryEmbedding;
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Checkpoint names inside one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNames {
+    /// Attention norm and FFN norm (`input_layernorm`, `post_attention_layernorm`).
+    pub norms: [&'static str; 2],
+    /// The attention module (`self_attn`) and its q, k, v, o projections.
+    pub attention: &'static str,
+    pub qkvo: [&'static str; 4],
+    /// The MLP module (`mlp`) and its gate, up, down projections.
+    pub mlp: &'static str,
+    pub gate_up_down: [&'static str; 3],
+}
+
+impl LayerNames {
+    /// Hugging Face's Llama / Qwen names.
+    pub const HF: LayerNames = LayerNames {
+        norms: ["input_layernorm", "post_attention_layernorm"],
+        attention: "self_attn",
+        qkvo: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        mlp: "mlp",
+        gate_up_down: ["gate_proj", "up_proj", "down_proj"],
+    };
+}
+
+/// Shape of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerConfig {
+    pub dim: usize,
+    pub hidden_dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub norm_eps: f64,
+    /// Biases on q, k, v, o and on the MLP's down projection (Voxtral's encoder).
+    pub attention_bias: [bool; 4],
+    pub down_bias: bool,
+    /// Qwen3's per-head q/k RMSNorm.
+    pub qk_norm: bool,
+}
+
+/// One pre-norm layer: RMSNorm → GQA attention (cached, RoPE) → RMSNorm → SwiGLU.
+#[derive(Clone, Debug)]
+pub struct PreNormLayer {
+    attention_norm: RmsNorm,
+    attention: Attention,
+    ffn_norm: RmsNorm,
+    mlp: SwiGlu,
+}
+
+impl PreNormLayer {
+    pub fn load(vb: VarBuilder, cfg: &LayerConfig, names: &LayerNames) -> Result<Self> {
+        Ok(Self {
+            attention_norm: RmsNorm::load(vb.pp(names.norms[0]), cfg.dim, cfg.norm_eps)?,
+            attention: Attention::load(
+                vb.pp(names.attention),
+                AttentionConfig {
+                    dim: cfg.dim,
+                    n_heads: cfg.n_heads,
+                    n_kv_heads: cfg.n_kv_heads,
+                    head_dim: cfg.head_dim,
+                    bias: cfg.attention_bias,
+                    names: names.qkvo,
+                    qk_norm_eps: cfg.qk_norm.then_some(cfg.norm_eps),
+                },
+            )?,
+            ffn_norm: RmsNorm::load(vb.pp(names.norms[1]), cfg.dim, cfg.norm_eps)?,
+            mlp: SwiGlu::load(
+                vb.pp(names.mlp),
+                cfg.dim,
+                cfg.hidden_dim,
+                names.gate_up_down,
+                cfg.down_bias,
+            )?,
+        })
+    }
+
+    /// The layer with its attention and MLP matrices stored as `format`.
+    pub fn into_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(Self {
+            attention: self.attention.to_format(format)?,
+            mlp: self.mlp.to_format(format)?,
+            ..self
+        })
+    }
+
+    /// The seven matrices a step reads (for residency planning).
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.attention
+            .projections_mut()
+            .into_iter()
+            .chain(self.mlp.linears_mut())
+    }
+
+    /// Bytes of the layer's matrices.
+    pub fn weight_bytes(&self) -> usize {
+        self.attention.weight_bytes() + self.mlp.weight_bytes()
+    }
+
+    /// x: (batch, t, dim) at positions `offset..offset + t` → (batch, t, dim); `ffn_gain`
+    /// multiplies the FFN norm's output (Voxtral Realtime's delay conditioning).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        rope: &RotaryEmbedding,
+        offset: usize,
+        ffn_gain: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = (x + self.attention.forward(
+            &self.attention_norm.forward(x)?,
+            KvSource::Cached(cache),
+            true,
+            Some((rope, offset)),
+        )?)?;
+        let mut n = self.ffn_norm.forward(&h)?;
+        if let Some(gain) = ffn_gain {
+            n = n.broadcast_mul(gain)?;
+        }
+        h + self.mlp.forward(&n)?
+    }
+}
