@@ -7,6 +7,7 @@ use crate::error::{read_json, Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use voxide_nn::transformer::LayerConfig;
 
 /// Which conditioning a checkpoint was trained for (`tts_model_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -44,9 +45,11 @@ pub enum Dialect {
     Language(String),
 }
 
+/// The fields the talker and the code predictor configs share: a Qwen3 decoder's shape.
 #[derive(Clone, Debug, Deserialize)]
-pub struct TalkerConfig {
-    /// Codec vocabulary (codes 0..2048, then control, language and speaker ids).
+pub struct DecoderDims {
+    /// Talker: the codec vocabulary (codes 0..2048, then control, language and speaker ids);
+    /// code predictor: entries per acoustic codebook (2048).
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -61,6 +64,12 @@ pub struct TalkerConfig {
     #[serde(default)]
     pub attention_bias: bool,
     pub num_code_groups: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TalkerConfig {
+    #[serde(flatten)]
+    pub dims: DecoderDims,
     pub text_hidden_size: usize,
     pub text_vocab_size: usize,
     pub codec_eos_token_id: u32,
@@ -81,34 +90,29 @@ pub struct TalkerConfig {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct CodePredictorConfig {
-    /// Entries per acoustic codebook (2048).
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_key_value_heads: usize,
-    #[serde(default)]
-    pub head_dim: Option<usize>,
-    pub rms_norm_eps: f64,
-    pub rope_theta: f64,
-    pub hidden_act: candle_nn::Activation,
-    #[serde(default)]
-    pub attention_bias: bool,
-    pub num_code_groups: usize,
+    #[serde(flatten)]
+    pub dims: DecoderDims,
 }
 
-impl TalkerConfig {
+impl DecoderDims {
     pub fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
-}
 
-impl CodePredictorConfig {
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    /// One layer of the stack: Qwen3's (per-head q/k norm, no MLP bias).
+    pub fn layer(&self) -> LayerConfig {
+        LayerConfig {
+            dim: self.hidden_size,
+            hidden_dim: self.intermediate_size,
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim(),
+            norm_eps: self.rms_norm_eps,
+            attention_bias: [self.attention_bias; 4],
+            down_bias: false,
+            qk_norm: true,
+        }
     }
 }
 
@@ -126,20 +130,20 @@ impl Config {
     /// Shapes the model code relies on; the message says what is wrong.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.talker_config;
-        let p = &t.code_predictor_config;
+        let (td, p) = (&t.dims, &t.code_predictor_config.dims);
         let bad = Err;
-        if t.num_code_groups < 2 || p.num_code_groups != t.num_code_groups {
+        if td.num_code_groups < 2 || p.num_code_groups != td.num_code_groups {
             return bad(format!(
                 "talker has {} code groups, code predictor {}",
-                t.num_code_groups, p.num_code_groups
+                td.num_code_groups, p.num_code_groups
             ));
         }
         for (what, heads, kv, hidden) in [
             (
                 "talker",
-                t.num_attention_heads,
-                t.num_key_value_heads,
-                t.hidden_size,
+                td.num_attention_heads,
+                td.num_key_value_heads,
+                td.hidden_size,
             ),
             (
                 "code predictor",
@@ -167,16 +171,16 @@ impl Config {
             .iter()
             .chain(t.spk_id.values())
             .chain(t.codec_language_id.values());
-        if let Some(id) = all.into_iter().find(|&&id| id as usize >= t.vocab_size) {
+        if let Some(id) = all.into_iter().find(|&&id| id as usize >= td.vocab_size) {
             return bad(format!(
                 "codec id {id} outside the vocabulary of {}",
-                t.vocab_size
+                td.vocab_size
             ));
         }
-        if p.vocab_size > t.vocab_size {
+        if p.vocab_size > td.vocab_size {
             return bad(format!(
                 "codebook of {} entries exceeds the codec vocabulary {}",
-                p.vocab_size, t.vocab_size
+                p.vocab_size, td.vocab_size
             ));
         }
         let text_ids = [

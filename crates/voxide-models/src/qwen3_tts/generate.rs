@@ -78,7 +78,7 @@ pub fn generate(
     let predictor = talker.predictor();
     let device = talker.device();
     let eos = cfg.codec_eos_token_id as usize;
-    let suppressed = cfg.vocab_size.saturating_sub(1024)..cfg.vocab_size;
+    let suppressed = cfg.dims.vocab_size.saturating_sub(1024)..cfg.dims.vocab_size;
     let prefill_len = prompt.prefill.dim(1)?;
     let trailing = prompt.trailing_text.dim(1)?;
 

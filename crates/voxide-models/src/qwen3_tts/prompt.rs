@@ -86,7 +86,7 @@ impl Prompt {
                 })?;
                 Some((talker.embed_codec(&[*id])?, Some(key)))
             }
-            Voice::Embedding(e) => Some((e.reshape((1, 1, t.hidden_size))?, None)),
+            Voice::Embedding(e) => Some((e.reshape((1, 1, t.dims.hidden_size))?, None)),
             Voice::Unspecified => None,
         };
         let mut language = match request.language {

@@ -8,10 +8,10 @@
 //! H → 1024 (1.7B only), 5 layers of 1024, 15 embeddings [2048, H] and 15 heads [2048, 1024].
 //! M-RoPE with three equal position streams is plain RoPE (rotate-half pairs).
 
-use super::config::{CodePredictorConfig, TalkerConfig};
+use super::config::{CodePredictorConfig, DecoderDims, TalkerConfig};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
+use voxide_nn::transformer::{LayerNames, PreNormLayer};
 use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
 /// RoPE table length; later positions are computed on the fly.
@@ -35,11 +35,6 @@ pub struct StackState {
 }
 
 impl StackState {
-    /// Positions decoded so far.
-    pub fn position(&self) -> usize {
-        self.position
-    }
-
     /// Forgets every position (the caches keep their memory).
     pub fn reset(&mut self) {
         self.caches.iter_mut().for_each(KvCache::reset);
@@ -48,9 +43,10 @@ impl StackState {
 }
 
 impl Stack {
-    fn load(vb: VarBuilder, layer: &LayerConfig, n_layers: usize, rope_theta: f64) -> Result<Self> {
-        let layers = (0..n_layers)
-            .map(|i| PreNormLayer::load(vb.pp("layers").pp(i), layer, &LayerNames::HF))
+    fn load(vb: VarBuilder, dims: &DecoderDims) -> Result<Self> {
+        let layer = dims.layer();
+        let layers = (0..dims.num_hidden_layers)
+            .map(|i| PreNormLayer::load(vb.pp("layers").pp(i), &layer, &LayerNames::HF))
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
@@ -58,7 +54,7 @@ impl Stack {
             rope: RotaryEmbedding::new(
                 layer.head_dim,
                 ROPE_TABLE,
-                rope_theta,
+                dims.rope_theta,
                 RopeLayout::RotateHalf,
                 vb.device(),
             )?,
@@ -99,10 +95,6 @@ impl Stack {
     fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
         self.layers.iter_mut().flat_map(PreNormLayer::linears_mut)
     }
-
-    fn weight_bytes(&self) -> usize {
-        self.layers.iter().map(PreNormLayer::weight_bytes).sum()
-    }
 }
 
 /// Rows `ids` of an embedding table as f32: (1, ids, dim).
@@ -112,28 +104,6 @@ fn lookup(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
         .index_select(&ids, 0)?
         .to_dtype(DType::F32)?
         .unsqueeze(0)
-}
-
-fn layer_config(
-    dim: usize,
-    hidden_dim: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    eps: f64,
-    bias: bool,
-) -> LayerConfig {
-    LayerConfig {
-        dim,
-        hidden_dim,
-        n_heads: heads,
-        n_kv_heads: kv_heads,
-        head_dim,
-        norm_eps: eps,
-        attention_bias: [bias; 4],
-        down_bias: false,
-        qk_norm: true,
-    }
 }
 
 /// The code predictor (`talker.code_predictor`).
@@ -150,12 +120,13 @@ pub struct CodePredictor {
 
 impl CodePredictor {
     fn load(vb: VarBuilder, cfg: &CodePredictorConfig, talker_dim: usize) -> Result<Self> {
-        let groups = cfg.num_code_groups - 1;
-        let projection = if cfg.hidden_size != talker_dim {
+        let d = &cfg.dims;
+        let groups = d.num_code_groups - 1;
+        let projection = if d.hidden_size != talker_dim {
             Some(Linear::load(
                 vb.pp("small_to_mtp_projection"),
                 talker_dim,
-                cfg.hidden_size,
+                d.hidden_size,
                 true,
             )?)
         } else {
@@ -167,32 +138,16 @@ impl CodePredictor {
                 model
                     .pp("codec_embedding")
                     .pp(g)
-                    .get((cfg.vocab_size, talker_dim), "weight")
+                    .get((d.vocab_size, talker_dim), "weight")
             })
             .collect::<Result<_>>()?;
-        let layer = layer_config(
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim(),
-            cfg.rms_norm_eps,
-            cfg.attention_bias,
-        );
         let lm_head = (0..groups)
-            .map(|g| {
-                Linear::load(
-                    vb.pp("lm_head").pp(g),
-                    cfg.hidden_size,
-                    cfg.vocab_size,
-                    false,
-                )
-            })
+            .map(|g| Linear::load(vb.pp("lm_head").pp(g), d.hidden_size, d.vocab_size, false))
             .collect::<Result<_>>()?;
         Ok(Self {
             projection,
             codec_embedding,
-            stack: Stack::load(model, &layer, cfg.num_hidden_layers, cfg.rope_theta)?,
+            stack: Stack::load(model, d)?,
             lm_head,
         })
     }
@@ -223,13 +178,6 @@ impl CodePredictor {
         let last = h.narrow(1, h.dim(1)? - 1, 1)?;
         self.lm_head[group - 1].forward(&last)?.flatten_all()
     }
-
-    /// Bytes of weights the 15 steps of one frame read.
-    pub fn frame_bytes(&self) -> usize {
-        let heads: usize = self.lm_head.iter().map(Linear::weight_bytes).sum();
-        let projection = self.projection.as_ref().map_or(0, Linear::weight_bytes);
-        self.groups() * (self.stack.weight_bytes() + projection) + heads
-    }
 }
 
 /// The talker with its code predictor (`talker.*` of the checkpoint).
@@ -250,16 +198,8 @@ impl Talker {
     pub fn load(vb: VarBuilder, cfg: &TalkerConfig) -> Result<Self> {
         let vb = vb.pp("talker");
         let model = vb.pp("model");
-        let h = cfg.hidden_size;
-        let layer = layer_config(
-            h,
-            cfg.intermediate_size,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim(),
-            cfg.rms_norm_eps,
-            cfg.attention_bias,
-        );
+        let d = &cfg.dims;
+        let h = d.hidden_size;
         let tp = vb.pp("text_projection");
         let mut talker = Self {
             text_embedding: model
@@ -274,12 +214,12 @@ impl Talker {
                 )?,
                 Linear::load(tp.pp("linear_fc2"), cfg.text_hidden_size, h, true)?,
             ],
-            activation: cfg.hidden_act,
+            activation: d.hidden_act,
             codec_embedding: model
                 .pp("codec_embedding")
-                .get((cfg.vocab_size, h), "weight")?,
-            stack: Stack::load(model, &layer, cfg.num_hidden_layers, cfg.rope_theta)?,
-            codec_head: Linear::load(vb.pp("codec_head"), h, cfg.vocab_size, false)?,
+                .get((d.vocab_size, h), "weight")?,
+            stack: Stack::load(model, d)?,
+            codec_head: Linear::load(vb.pp("codec_head"), h, d.vocab_size, false)?,
             predictor: CodePredictor::load(vb.pp("code_predictor"), &cfg.code_predictor_config, h)?,
             config: cfg.clone(),
         };
@@ -337,11 +277,5 @@ impl Talker {
     /// codec_head over hidden states (…, H) → (…, vocab).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.codec_head.forward(hidden)
-    }
-
-    /// Bytes of weights one frame reads: a talker step (layers and head) plus the predictor's
-    /// 15 steps.
-    pub fn frame_bytes(&self) -> usize {
-        self.stack.weight_bytes() + self.codec_head.weight_bytes() + self.predictor.frame_bytes()
     }
 }
