@@ -1,4 +1,5 @@
-//! 1-D convolutions and the two-convolution audio stem shared by Whisper-style encoders.
+//! 1-D convolutions (plain, causal and streaming, transposed) and the two-convolution audio
+//! stem shared by Whisper-style encoders.
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -16,6 +17,30 @@ pub struct Conv1dSpec {
     pub stride: usize,
     /// Zero padding on both sides.
     pub padding: usize,
+    /// Spacing of the kernel taps.
+    pub dilation: usize,
+    /// Channel groups (`in_channels` for a depthwise convolution).
+    pub groups: usize,
+}
+
+impl Conv1dSpec {
+    /// Stride 1, no padding, no dilation, one group.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+
+    /// Input frames one output reads: (kernel − 1) · dilation + 1.
+    pub fn receptive_field(&self) -> usize {
+        (self.kernel - 1) * self.dilation + 1
+    }
 }
 
 /// Conv1d with `weight` [out, in, kernel] and `bias` [out].
@@ -32,7 +57,11 @@ impl Conv1d {
         // Conv kernels stay f32 whatever the matrices' dtype: they are small and candle's
         // conv needs one dtype.
         let weight = vb.get_with_hints_dtype(
-            (spec.out_channels, spec.in_channels, spec.kernel),
+            (
+                spec.out_channels,
+                spec.in_channels / spec.groups,
+                spec.kernel,
+            ),
             "weight",
             candle_nn::Init::Const(0.),
             candle_core::DType::F32,
@@ -46,10 +75,103 @@ impl Conv1d {
         Ok(Self { weight, bias, spec })
     }
 
-    /// x: (batch, in, t) -> (batch, out, (t + 2·padding − kernel) / stride + 1).
+    /// x: (batch, in, t) -> (batch, out, (t + 2·padding − receptive field) / stride + 1).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv1d(&self.weight, self.spec.padding, self.spec.stride, 1, 1)?;
+        let s = &self.spec;
+        let y = x.conv1d(&self.weight, s.padding, s.stride, s.dilation, s.groups)?;
         y.broadcast_add(&self.bias.reshape((1, (), 1))?)
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        self.weight.device()
+    }
+
+    /// Causal convolution, streaming: runs over `pending ++ x` (a fresh stream starts with
+    /// `receptive field − stride` zero frames of left padding), emits every output whose
+    /// window is complete and keeps in `pending` the inputs later outputs still need. Any split
+    /// of the input into chunks gives the outputs of one pass.
+    pub fn push_causal(&self, pending: &mut Option<Tensor>, x: &Tensor) -> Result<Tensor> {
+        let (field, stride) = (self.spec.receptive_field(), self.spec.stride);
+        let (batch, channels, _) = x.dims3()?;
+        let buffered = match pending.take() {
+            Some(p) => Tensor::cat(&[&p, x], 2)?,
+            None => Tensor::cat(
+                &[
+                    &Tensor::zeros((batch, channels, field - stride), x.dtype(), x.device())?,
+                    x,
+                ],
+                2,
+            )?,
+        };
+        let len = buffered.dim(2)?;
+        let outputs = if len >= field {
+            (len - field) / stride + 1
+        } else {
+            0
+        };
+        let used = outputs * stride;
+        *pending = Some(buffered.narrow(2, used, len - used)?.contiguous()?);
+        if outputs == 0 {
+            return Tensor::zeros((batch, self.spec.out_channels, 0), x.dtype(), x.device());
+        }
+        self.forward(&buffered.narrow(2, 0, (outputs - 1) * stride + field)?)
+    }
+}
+
+/// Transposed convolution with `weight` [in, out, kernel] and `bias` [out], made causal by
+/// dropping the last `kernel − stride` outputs: t inputs give exactly t · stride outputs.
+#[derive(Clone, Debug)]
+pub struct CausalConvTranspose1d {
+    weight: Tensor,
+    bias: Tensor,
+    kernel: usize,
+    stride: usize,
+}
+
+impl CausalConvTranspose1d {
+    pub fn load(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        let f32 = candle_core::DType::F32;
+        let init = candle_nn::Init::Const(0.);
+        Ok(Self {
+            weight: vb.get_with_hints_dtype(
+                (in_channels, out_channels, kernel),
+                "weight",
+                init,
+                f32,
+            )?,
+            bias: vb.get_with_hints_dtype(out_channels, "bias", init, f32)?,
+            kernel,
+            stride,
+        })
+    }
+
+    /// Streaming: x (batch, in, t) → (batch, out, t · stride). `tail` carries the overlap
+    /// (`kernel − stride` outputs, without bias) that the next inputs add to; a fresh stream
+    /// starts with none. Any split of the input gives the outputs of one pass.
+    pub fn push(&self, tail: &mut Option<Tensor>, x: &Tensor) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        let overlap = self.kernel - self.stride;
+        if t == 0 {
+            let (batch, _, _) = x.dims3()?;
+            return Tensor::zeros((batch, self.bias.dim(0)?, 0), x.dtype(), x.device());
+        }
+        // (batch, out, (t − 1) · stride + kernel) = t · stride + overlap
+        let mut y = x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
+        if let Some(prev) = tail.take() {
+            let head = (y.narrow(2, 0, overlap)? + prev)?;
+            y = Tensor::cat(&[head, y.narrow(2, overlap, t * self.stride)?], 2)?;
+        }
+        if overlap > 0 {
+            *tail = Some(y.narrow(2, t * self.stride, overlap)?.contiguous()?);
+        }
+        y.narrow(2, 0, t * self.stride)?
+            .broadcast_add(&self.bias.reshape((1, (), 1))?)
     }
 }
 
@@ -75,11 +197,9 @@ impl ConvStem {
     /// Loads `conv1` (n_mels → dim) and `conv2` (dim → dim) from `vb`.
     pub fn load(vb: VarBuilder, n_mels: usize, dim: usize) -> Result<Self> {
         let spec = |in_channels, stride| Conv1dSpec {
-            in_channels,
-            out_channels: dim,
-            kernel: 3,
             stride,
             padding: 1,
+            ..Conv1dSpec::new(in_channels, dim, 3)
         };
         Ok(Self {
             conv1: Conv1d::load(vb.pp("conv1"), spec(n_mels, 1))?,
@@ -97,11 +217,8 @@ impl ConvStem {
         dim: usize,
     ) -> Result<Self> {
         let spec = |in_channels, stride| Conv1dSpec {
-            in_channels,
-            out_channels: dim,
-            kernel: 3,
             stride,
-            padding: 0,
+            ..Conv1dSpec::new(in_channels, dim, 3)
         };
         Ok(Self {
             conv1: Conv1d::load(conv1, spec(n_mels, 1))?,
@@ -138,35 +255,9 @@ impl ConvStem {
     }
 }
 
-/// One causal convolution over `pending ++ x`, then GELU: emits every output whose kernel
-/// window is complete and keeps the inputs later outputs still need.
+/// One causal convolution over `pending ++ x`, then GELU.
 fn causal_step(conv: &Conv1d, pending: &mut Option<Tensor>, x: &Tensor) -> Result<Tensor> {
-    let Conv1dSpec { kernel, stride, .. } = conv.spec;
-    let (batch, channels, _) = x.dims3()?;
-    let buffered = match pending.take() {
-        Some(p) => Tensor::cat(&[&p, x], 2)?,
-        // A fresh stream starts with `kernel − stride` zero frames of left padding.
-        None => Tensor::cat(
-            &[
-                &Tensor::zeros((batch, channels, kernel - stride), x.dtype(), x.device())?,
-                x,
-            ],
-            2,
-        )?,
-    };
-    let len = buffered.dim(2)?;
-    let outputs = if len >= kernel {
-        (len - kernel) / stride + 1
-    } else {
-        0
-    };
-    let used = outputs * stride;
-    *pending = Some(buffered.narrow(2, used, len - used)?.contiguous()?);
-    if outputs == 0 {
-        return Tensor::zeros((batch, conv.spec.out_channels, 0), x.dtype(), x.device());
-    }
-    let window = buffered.narrow(2, 0, (outputs - 1) * stride + kernel)?;
-    conv.forward(&window)?.gelu_erf()
+    conv.push_causal(pending, x)?.gelu_erf()
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The pre-norm decoder layer of Llama-family models, written once: Mistral/Ministral
 //! (Voxtral's encoder and decoder) and Qwen3 (the Qwen3-TTS talker and code predictor).
 //!
-//! x → x + attention(norm₁(x)) → h + mlp(norm₂(h) [· gain]), with a KV cache and RoPE.
+//! x → h = x + [s₁ ·] attention(norm₁(x)) → h + [s₂ ·] mlp(norm₂(h) [· gain]), with a KV
+//! cache (full or sliding window) and RoPE.
 
 use crate::attention::{Attention, AttentionConfig, KvSource};
 use crate::kv_cache::KvCache;
@@ -50,6 +51,9 @@ pub struct LayerConfig {
     pub down_bias: bool,
     /// Qwen3's per-head q/k RMSNorm.
     pub qk_norm: bool,
+    /// Learned per-channel scales on both residual branches (`self_attn_layer_scale.scale`,
+    /// `mlp_layer_scale.scale`: Mimi-style codec transformers).
+    pub layer_scale: bool,
 }
 
 /// One pre-norm layer: RMSNorm → GQA attention (cached, RoPE) → RMSNorm → SwiGLU.
@@ -59,11 +63,27 @@ pub struct PreNormLayer {
     attention: Attention,
     ffn_norm: RmsNorm,
     mlp: SwiGlu,
+    /// Layer scales of the attention and MLP branches.
+    scales: Option<[Tensor; 2]>,
 }
 
 impl PreNormLayer {
     pub fn load(vb: VarBuilder, cfg: &LayerConfig, names: &LayerNames) -> Result<Self> {
+        let scale = |name: &str| {
+            vb.pp(name).get_with_hints_dtype(
+                cfg.dim,
+                "scale",
+                candle_nn::Init::Const(1.),
+                candle_core::DType::F32,
+            )
+        };
+        let scales = if cfg.layer_scale {
+            Some([scale("self_attn_layer_scale")?, scale("mlp_layer_scale")?])
+        } else {
+            None
+        };
         Ok(Self {
+            scales,
             attention_norm: RmsNorm::load(vb.pp(names.norms[0]), cfg.dim, cfg.norm_eps)?,
             attention: Attention::load(
                 vb.pp(names.attention),
@@ -120,16 +140,24 @@ impl PreNormLayer {
         offset: usize,
         ffn_gain: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let h = (x + self.attention.forward(
+        let mut a = self.attention.forward(
             &self.attention_norm.forward(x)?,
             KvSource::Cached(cache),
             true,
             Some((rope, offset)),
-        )?)?;
+        )?;
+        if let Some([scale, _]) = &self.scales {
+            a = a.broadcast_mul(scale)?;
+        }
+        let h = (x + a)?;
         let mut n = self.ffn_norm.forward(&h)?;
         if let Some(gain) = ffn_gain {
             n = n.broadcast_mul(gain)?;
         }
-        h + self.mlp.forward(&n)?
+        let mut m = self.mlp.forward(&n)?;
+        if let Some([_, scale]) = &self.scales {
+            m = m.broadcast_mul(scale)?;
+        }
+        h + m
     }
 }

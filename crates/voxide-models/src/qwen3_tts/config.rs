@@ -112,6 +112,7 @@ impl DecoderDims {
             attention_bias: [self.attention_bias; 4],
             down_bias: false,
             qk_norm: true,
+            layer_scale: false,
         }
     }
 }

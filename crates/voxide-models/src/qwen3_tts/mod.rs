@@ -3,11 +3,13 @@
 //! - `config`: the checkpoint's `config.json` (variant, talker, code predictor, special ids);
 //! - `talker`: the talker and code predictor networks (Qwen3 layers from `voxide-nn`);
 //! - `prompt`: the dual-track prompt for preset voices, instructions and speaker embeddings;
-//! - `generate`: the frame loop with qwen-tts' sampling and stopping rules.
+//! - `generate`: the frame loop with qwen-tts' sampling and stopping rules;
+//! - `codec`: the 12 Hz speech tokenizer's decoder, frames → 24 kHz samples, incremental.
 //!
 //! Proven against the official `qwen-tts` package on seeded random weights
 //! (`tools/reference/qwen3_tts_fixtures.py`).
 
+pub mod codec;
 pub mod config;
 pub mod generate;
 pub mod prompt;

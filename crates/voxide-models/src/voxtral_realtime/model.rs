@@ -149,6 +149,7 @@ impl Block {
             attention_bias: [encoder, false, encoder, encoder],
             down_bias: encoder,
             qk_norm: false,
+            layer_scale: false,
         };
         let layer_names = LayerNames {
             norms,
