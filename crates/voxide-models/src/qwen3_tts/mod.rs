@@ -14,6 +14,7 @@ pub mod config;
 pub mod generate;
 pub mod prompt;
 pub mod talker;
+pub mod tokenizer;
 
 pub use config::{Config, ModelType};
 pub use generate::{generate, GenerationParams, Stop};
