@@ -9,7 +9,8 @@
 //!   resampling;
 //! * [`load_mono`]: the runtime's one-call entry point;
 //! * [`mel`]: openai-whisper's `log_mel_spectrogram`, and Voxtral's fixed-max, streaming one;
-//! * [`PcmStream`]: live 16 kHz PCM from a pipe (raw s16le or WAV).
+//! * [`PcmStream`]: live 16 kHz PCM from a pipe (raw s16le or WAV);
+//! * [`PcmWriter`]: 16-bit WAV / s16le output, written chunk by chunk (speech synthesis).
 //!
 //! All errors are [`AudioError`]; nothing here panics on bad input.
 #![deny(missing_docs)]
@@ -20,6 +21,7 @@ mod load;
 pub mod mel;
 mod pcm_stream;
 pub mod resample;
+mod wav_out;
 
 pub use decode::{decode_bytes, decode_file, decode_stdin, DecodedAudio};
 pub use error::AudioError;
@@ -29,3 +31,4 @@ pub use mel::{
 };
 pub use pcm_stream::{PcmFormat, PcmStream};
 pub use resample::{downmix_mono, resample, resampled_len};
+pub use wav_out::{PcmOutFormat, PcmWriter};

@@ -1,6 +1,7 @@
-//! `voxide`: speech-to-text (and, later, text-to-speech) from the command line.
+//! `voxide`: speech-to-text and text-to-speech from the command line.
 
 mod bench;
+mod speak;
 mod stream;
 mod transcribe;
 
@@ -26,6 +27,8 @@ enum Command {
     Stream(stream::StreamArgs),
     /// Time transcriptions: RTF, encoder, decoder ms/step, first token, peak memory.
     Bench(bench::BenchArgs),
+    /// Say text aloud (Qwen3-TTS), streaming audio out as it is synthesised.
+    Speak(speak::SpeakArgs),
 }
 
 /// Hands memory freed while loading a model back to the system. Converting weights (f32 read
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Transcribe(args) => transcribe::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Stream(args) => stream::run(args),
+        Command::Speak(args) => speak::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,6 +40,10 @@ const OPTIONAL: &[&str] = &[
     "generation_config.json",
     "preprocessor_config.json",
     "merges.txt",
+    // Qwen3-TTS: the text tokenizer's added tokens and the codec.
+    "tokenizer_config.json",
+    "speech_tokenizer/config.json",
+    "speech_tokenizer/model.safetensors",
 ];
 
 fn looks_like_hub_id(spec: &str) -> bool {

@@ -72,7 +72,7 @@ pub struct BenchArgs {
 }
 
 /// Peak resident memory since the last reset, MB (Linux; 0 elsewhere).
-fn peak_rss_mb() -> f64 {
+pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -4,7 +4,9 @@
 //! - `talker`: the talker and code predictor networks (Qwen3 layers from `voxide-nn`);
 //! - `prompt`: the dual-track prompt for preset voices, instructions and speaker embeddings;
 //! - `generate`: the frame loop with qwen-tts' sampling and stopping rules;
-//! - `codec`: the 12 Hz speech tokenizer's decoder, frames → 24 kHz samples, incremental.
+//! - `codec`: the 12 Hz speech tokenizer's decoder, frames → 24 kHz samples, incremental;
+//! - `tokenizer`: Qwen2's BPE text tokenizer;
+//! - `synthesizer`: text → PCM chunks for one request, on a shared loaded checkpoint.
 //!
 //! Proven against the official `qwen-tts` package on seeded random weights
 //! (`tools/reference/qwen3_tts_fixtures.py`).
@@ -13,12 +15,14 @@ pub mod codec;
 pub mod config;
 pub mod generate;
 pub mod prompt;
+pub mod synthesizer;
 pub mod talker;
 pub mod tokenizer;
 
 pub use config::{Config, ModelType};
 pub use generate::{generate, GenerationParams, Stop};
 pub use prompt::{Prompt, PromptRequest, Voice};
+pub use synthesizer::{SpeechRequest, SpeechStats, Synthesizer};
 pub use talker::Talker;
 
 use crate::error::{require, Error, Result};

@@ -4,8 +4,8 @@
 //! Without `tokenizer.json` the tokenizer is assembled exactly as transformers' converter
 //! builds `Qwen2TokenizerFast`: NFC normalisation, Qwen2's split regex (isolated pieces), byte
 //! level without prefix space, BPE without unknown token, and the added tokens of
-//! `tokenizer_config.json`'s `added_tokens_decoder` at their own ids (the real vocabulary has
-//! gaps between them).
+//! `tokenizer_config.json`'s `added_tokens_decoder` at their own ids (entered into the BPE
+//! vocabulary, so that gaps between them keep every id).
 
 use crate::error::{Error, Result};
 use serde_json::{json, Map, Value};
@@ -104,11 +104,11 @@ fn assemble(vocab: &Path, merges: &Path, config: &Path) -> Result<String> {
         path: path.to_owned(),
         message,
     };
-    let vocab_json: Value =
+    let mut vocab_json: Value =
         serde_json::from_str(&read(vocab)?).map_err(|e| invalid(vocab, e.to_string()))?;
-    if !vocab_json.is_object() {
+    let Some(vocab_map) = vocab_json.as_object_mut() else {
         return Err(invalid(vocab, "not a token → id map".into()));
-    }
+    };
     let merges_list: Vec<Value> = read(merges)?
         .lines()
         .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
@@ -132,6 +132,12 @@ fn assemble(vocab: &Path, merges: &Path, config: &Path) -> Result<String> {
             .get("content")
             .and_then(Value::as_str)
             .ok_or_else(|| invalid(config, format!("added token {id} has no content")))?;
+        // The model's vocabulary holds each added token at its id: the `tokenizers` crate
+        // numbers added tokens it does not find there consecutively after the vocabulary,
+        // which would shift every id after a gap.
+        vocab_map
+            .entry(content.to_string())
+            .or_insert_with(|| Value::from(id));
         added.push(json!({
             "id": id,
             "content": content,

@@ -1,0 +1,186 @@
+//! `voxide speak`: text to speech with Qwen3-TTS. Audio is written as each chunk is decoded,
+//! so `voxide speak … | aplay` (or `| ffplay -`) starts playing before synthesis ends.
+
+use crate::transcribe::set_threads;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
+use voxide_audio::{PcmOutFormat, PcmWriter};
+use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest, Synthesizer};
+use voxide_nn::sampling::SamplingParams;
+use voxide_runtime::resolve_model;
+
+#[derive(Args, Debug)]
+pub struct SpeakArgs {
+    /// Text to say; `-` or nothing reads standard input.
+    text: Option<String>,
+    /// Qwen3-TTS checkpoint directory (with `speech_tokenizer/`) or hub id.
+    #[arg(short, long, env = "VOXIDE_TTS_MODEL")]
+    model: String,
+    /// Preset speaker (CustomVoice checkpoints); `--list-voices` shows them.
+    #[arg(long)]
+    voice: Option<String>,
+    /// How to speak, or (VoiceDesign) the voice itself, in words.
+    #[arg(long)]
+    instruct: Option<String>,
+    /// Reference clip to clone (Base checkpoints).
+    #[arg(long, value_name = "FILE")]
+    ref_audio: Option<PathBuf>,
+    /// Transcript of the reference clip.
+    #[arg(long, requires = "ref_audio")]
+    ref_text: Option<String>,
+    /// Language of the text: auto or one of the checkpoint's (`--list-voices`).
+    #[arg(short, long, default_value = "auto")]
+    language: String,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Sampling temperature for every code; 0 is greedy.
+    #[arg(long, default_value_t = 0.9)]
+    temperature: f32,
+    /// Keep the K most likely codes (0: all).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Keep the most likely codes up to probability P.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Penalty on first codes already generated (1: none).
+    #[arg(long, default_value_t = 1.05)]
+    repetition_penalty: f32,
+    /// Most frames (80 ms each) to generate.
+    #[arg(long, default_value_t = 2048)]
+    max_frames: usize,
+    /// Feed the text alongside the frames (on, qwen-tts' default) or all in the prompt (off).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    text_streaming: String,
+    /// Frames decoded to audio at a time (80 ms each): fewer is an earlier first sound.
+    #[arg(long, default_value_t = 2)]
+    chunk_frames: usize,
+    /// Output file (WAV); without it, audio goes to standard output.
+    #[arg(short, long, value_name = "FILE.wav")]
+    output: Option<PathBuf>,
+    /// Standard output's encoding: a WAV stream or raw 16-bit little-endian PCM.
+    #[arg(long, default_value = "wav", value_parser = ["wav", "pcm"])]
+    output_format: String,
+    /// Print the checkpoint's voices and languages and exit.
+    #[arg(long)]
+    list_voices: bool,
+    /// CPU threads (default: all cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Print time to first audio, frames/s, RTF and peak memory to stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn read_text(arg: Option<String>) -> Result<String> {
+    match arg.as_deref() {
+        Some(t) if t != "-" => Ok(t.to_string()),
+        _ => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the text from standard input")?;
+            Ok(text)
+        }
+    }
+}
+
+pub fn run(args: SpeakArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let source = resolve_model(&args.model)?;
+    let synthesizer = Synthesizer::from_dir(source.dir(), &candle_core::Device::Cpu)?;
+    crate::release_freed_memory();
+    if args.list_voices {
+        let list = |v: Vec<String>| {
+            if v.is_empty() {
+                "none".into()
+            } else {
+                v.join(", ")
+            }
+        };
+        println!("model type: {:?}", synthesizer.model_type());
+        println!("voices: {}", list(synthesizer.voices()));
+        println!("languages: auto, {}", list(synthesizer.languages()));
+        return Ok(());
+    }
+    if args.ref_audio.is_some() {
+        bail!("voice cloning from a reference clip is not implemented yet (it needs the speaker encoder and the codec encoder)");
+    }
+    if !(args.temperature >= 0.0 && args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
+    }
+    if args.repetition_penalty <= 0.0 {
+        bail!("--repetition-penalty must be positive");
+    }
+    let sampling = (args.temperature > 0.0).then_some(SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+    });
+    let request = SpeechRequest {
+        text: read_text(args.text)?,
+        voice: args.voice,
+        instruct: args.instruct,
+        language: Some(args.language),
+        params: GenerationParams {
+            talker: sampling,
+            predictor: sampling,
+            repetition_penalty: args.repetition_penalty,
+            max_frames: args.max_frames,
+            min_frames: GenerationParams::default().min_frames,
+        },
+        seed: args.seed,
+        non_streaming_text: args.text_streaming == "off",
+        chunk_frames: args.chunk_frames,
+    };
+    let rate = synthesizer.sample_rate();
+    let stats = match &args.output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let mut writer = PcmWriter::new(BufWriter::new(file), PcmOutFormat::Wav, rate);
+            let stats = synthesizer.synthesize(&request, &mut |pcm| {
+                writer.write(pcm).map_err(io_error)?;
+                Ok(true)
+            })?;
+            writer
+                .finish_seekable()
+                .and_then(|mut w| w.flush())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            stats
+        }
+        None => {
+            let format = match args.output_format.as_str() {
+                "pcm" => PcmOutFormat::S16le,
+                _ => PcmOutFormat::Wav,
+            };
+            let mut writer = PcmWriter::new(std::io::stdout().lock(), format, rate);
+            // A closed pipe (the player quit) stops synthesis quietly.
+            let stats =
+                synthesizer.synthesize(&request, &mut |pcm| Ok(writer.write(pcm).is_ok()))?;
+            let _ = writer.finish();
+            stats
+        }
+    };
+    if args.verbose {
+        let frames_per_s = stats.frames as f64 / (stats.wall_ms / 1e3).max(1e-9);
+        eprintln!(
+            "{} frames, {:.2} s of audio in {:.0} ms: {:.1} frames/s, RTF {:.3}, first audio {:.0} ms, {}, peak RSS {:.0} MB",
+            stats.frames,
+            stats.audio_s,
+            stats.wall_ms,
+            frames_per_s,
+            stats.wall_ms / 1e3 / stats.audio_s.max(1e-9),
+            stats.first_audio_ms.unwrap_or(0.0),
+            if stats.finished { "ended on end of speech" } else { "stopped at the frame limit" },
+            crate::bench::peak_rss_mb(),
+        );
+    }
+    Ok(())
+}
+
+fn io_error(e: std::io::Error) -> voxide_models::Error {
+    voxide_models::Error::InvalidRequest(format!("cannot write the audio: {e}"))
+}

@@ -1,0 +1,258 @@
+//! Text in, 24 kHz PCM out, chunk by chunk: the loaded checkpoint ([`Synthesizer`], shared by
+//! any number of requests) and one request ([`SpeechRequest`]).
+//!
+//! The text is wrapped in Qwen's chat template as qwen-tts does
+//! (`<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n`, the instruction as
+//! `<|im_start|>user\n{instruction}<|im_end|>\n`). Frames are decoded as they are generated,
+//! `chunk_frames` at a time, by the incremental codec: the concatenated chunks are exactly the
+//! whole clip decoded at once (qwen-tts re-decodes 25 frames of left context per 300-frame
+//! chunk instead, which equals a whole-clip decode only up to 300 frames).
+
+use super::codec::{load_codec, CodecConfig, CodecDecoder};
+use super::config::ModelType;
+use super::generate::{generate, GenerationParams, Stop};
+use super::prompt::{languages, Prompt, PromptRequest, Voice};
+use super::tokenizer::TextTokenizer;
+use super::Qwen3Tts;
+use crate::error::{Error, Result};
+use candle_core::Device;
+use std::path::Path;
+use std::time::Instant;
+use voxide_nn::sampling::Sampler;
+
+/// One synthesis request.
+#[derive(Clone, Debug)]
+pub struct SpeechRequest {
+    pub text: String,
+    /// A preset speaker (CustomVoice checkpoints).
+    pub voice: Option<String>,
+    /// A description of the voice or the delivery (VoiceDesign; 1.7B CustomVoice).
+    pub instruct: Option<String>,
+    /// A language of the checkpoint, or `None` for auto.
+    pub language: Option<String>,
+    pub params: GenerationParams,
+    pub seed: u64,
+    /// The whole text in the prompt instead of streamed alongside the frames.
+    pub non_streaming_text: bool,
+    /// Frames decoded to audio at a time (1 frame = 80 ms).
+    pub chunk_frames: usize,
+}
+
+/// What one request took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpeechStats {
+    pub frames: usize,
+    pub audio_s: f64,
+    pub wall_ms: f64,
+    /// Time to the first audio chunk.
+    pub first_audio_ms: Option<f64>,
+    /// Ended on the model's end of speech (not on the frame limit or a cancel).
+    pub finished: bool,
+}
+
+/// A loaded Qwen3-TTS checkpoint: talker, code predictor, text tokenizer and codec decoder.
+#[derive(Debug)]
+pub struct Synthesizer {
+    model: Qwen3Tts,
+    tokenizer: TextTokenizer,
+    codec_config: CodecConfig,
+    codec: CodecDecoder,
+}
+
+impl Synthesizer {
+    /// Loads a checkpoint directory: `config.json`, `model.safetensors`, the text tokenizer
+    /// and the codec in `speech_tokenizer/`.
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+        let model = Qwen3Tts::from_dir(dir, device)?;
+        let tokenizer = TextTokenizer::from_dir(dir)?;
+        let speech = dir.join("speech_tokenizer");
+        if !speech.is_dir() {
+            return Err(Error::MissingFile {
+                dir: dir.to_owned(),
+                file: "speech_tokenizer/".into(),
+                hint: " (the codec: Qwen/Qwen3-TTS-Tokenizer-12Hz)".into(),
+            });
+        }
+        let (codec_config, codec) = load_codec(&speech, device)?;
+        let synthesizer = Self {
+            model,
+            tokenizer,
+            codec_config,
+            codec,
+        };
+        synthesizer.check_tokenizer()?;
+        Ok(synthesizer)
+    }
+
+    /// The tokenizer's template tokens must be the ids the model was trained with.
+    fn check_tokenizer(&self) -> Result<()> {
+        let c = self.model.config();
+        for (token, id) in [
+            ("<|im_start|>", c.im_start_token_id),
+            ("<|im_end|>", c.im_end_token_id),
+        ] {
+            if self.tokenizer.token_id(token) != Some(id) {
+                return Err(Error::Tokenizer {
+                    path: self.tokenizer.path().to_owned(),
+                    message: format!(
+                        "{token} is {:?} here but {id} in the model's config: not this model's tokenizer",
+                        self.tokenizer.token_id(token)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.codec_config.output_sample_rate
+    }
+
+    pub fn model_type(&self) -> ModelType {
+        self.model.config().tts_model_type
+    }
+
+    /// Preset speakers (CustomVoice), sorted.
+    pub fn voices(&self) -> Vec<String> {
+        self.model
+            .config()
+            .talker_config
+            .spk_id
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Languages besides auto, sorted.
+    pub fn languages(&self) -> Vec<String> {
+        languages(self.model.config())
+    }
+
+    fn voice(&self, request: &SpeechRequest) -> Result<Voice> {
+        let list = |v: Vec<String>| {
+            if v.is_empty() {
+                "none".into()
+            } else {
+                v.join(", ")
+            }
+        };
+        match (self.model_type(), &request.voice) {
+            (ModelType::CustomVoice, Some(name)) => Ok(Voice::Preset(name.clone())),
+            (ModelType::CustomVoice, None) => Err(Error::InvalidRequest(format!(
+                "this CustomVoice model needs a voice: {}",
+                list(self.voices())
+            ))),
+            (ModelType::VoiceDesign, Some(_)) => Err(Error::InvalidRequest(
+                "this VoiceDesign model has no preset voices; describe the voice with an instruction".into(),
+            )),
+            (ModelType::VoiceDesign, None) => Ok(Voice::Unspecified),
+            (ModelType::Base, _) => Err(Error::InvalidRequest(
+                "this Base (voice clone) model needs a reference clip; voice cloning (speaker encoder, codec encoder) is not implemented yet".into(),
+            )),
+        }
+    }
+
+    /// Synthesises `request`, handing each chunk of PCM (mono, [−1, 1], [`Self::sample_rate`])
+    /// to `on_audio` as soon as it is decoded; `on_audio` returns `false` to stop.
+    pub fn synthesize(
+        &self,
+        request: &SpeechRequest,
+        on_audio: &mut dyn FnMut(&[f32]) -> Result<bool>,
+    ) -> Result<SpeechStats> {
+        let start = Instant::now();
+        let text = request.text.trim();
+        if text.is_empty() {
+            return Err(Error::InvalidRequest(
+                "nothing to say: the text is empty".into(),
+            ));
+        }
+        if request.chunk_frames == 0 {
+            return Err(Error::InvalidRequest(
+                "chunks must hold at least one frame".into(),
+            ));
+        }
+        let voice = self.voice(request)?;
+        let text_ids = self.tokenizer.encode(&format!(
+            "<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
+        ))?;
+        // As qwen-tts: the 0.6B CustomVoice model takes no instruction.
+        let instruct = match (
+            &request.instruct,
+            self.model.config().tts_model_size.as_deref(),
+        ) {
+            (Some(_), Some("0b6")) if self.model_type() == ModelType::CustomVoice => None,
+            (Some(i), _) if !i.trim().is_empty() => Some(i.trim()),
+            _ => None,
+        };
+        let instruct_ids = instruct
+            .map(|i| {
+                self.tokenizer
+                    .encode(&format!("<|im_start|>user\n{i}<|im_end|>\n"))
+            })
+            .transpose()?;
+        let text_vocab = self.model.config().talker_config.text_vocab_size;
+        if let Some(&id) = text_ids
+            .iter()
+            .chain(instruct_ids.iter().flatten())
+            .find(|&&id| id as usize >= text_vocab)
+        {
+            return Err(Error::InvalidRequest(format!(
+                "token {id} is outside the model's text vocabulary of {text_vocab}: wrong tokenizer"
+            )));
+        }
+        let language = request
+            .language
+            .as_deref()
+            .filter(|l| !l.eq_ignore_ascii_case("auto"));
+        let prompt = Prompt::build(
+            self.model.talker(),
+            self.model.config(),
+            &PromptRequest {
+                text_ids: &text_ids,
+                instruct_ids: instruct_ids.as_deref(),
+                language,
+                voice,
+                non_streaming: request.non_streaming_text,
+            },
+        )?;
+
+        let device = self.model.talker().device().clone();
+        let mut codec_state = self.codec.new_state(&device)?;
+        let mut pending: Vec<Vec<u32>> = Vec::with_capacity(request.chunk_frames);
+        let mut stats = SpeechStats::default();
+        let mut cancelled = false;
+        let mut emit = |frames: &[Vec<u32>], stats: &mut SpeechStats| -> Result<bool> {
+            let pcm = self.codec.push(&mut codec_state, frames)?;
+            stats
+                .first_audio_ms
+                .get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
+            stats.frames += frames.len();
+            on_audio(&pcm)
+        };
+        let mut sampler = Sampler::new(request.seed);
+        let (_, stop) = generate(
+            self.model.talker(),
+            &prompt,
+            &request.params,
+            &mut sampler,
+            &mut |frame| {
+                pending.push(frame.to_vec());
+                if pending.len() == request.chunk_frames {
+                    let go_on = emit(&pending, &mut stats)?;
+                    pending.clear();
+                    cancelled = !go_on;
+                    return Ok(go_on);
+                }
+                Ok(true)
+            },
+        )?;
+        if !cancelled && !pending.is_empty() {
+            emit(&pending, &mut stats)?;
+        }
+        stats.finished = stop == Stop::Eos;
+        stats.audio_s = (stats.frames * self.codec.config().samples_per_frame()) as f64
+            / self.sample_rate() as f64;
+        stats.wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok(stats)
+    }
+}
