@@ -13,11 +13,13 @@ on exactly the stored values. Needs the qwen environment of requirements-qwen.tx
 
 Writes, under tests/fixtures/qwen3-tts/ (relative to the repository root):
 
-    codec/config.json             Qwen3TTSTokenizerV2Config (model_type qwen3_tts_tokenizer_12hz,
+    tiny-random/speech_tokenizer/config.json
+                                             Qwen3TTSTokenizerV2Config (model_type qwen3_tts_tokenizer_12hz,
                                   architectures [Qwen3TTSTokenizerV2Model]) with the tiny
                                   `decoder_config` nested and MimiConfig defaults as
                                   `encoder_config` (the encoder has NO weights in this fixture)
-    codec/model.safetensors       the decoder's state_dict under the real checkpoint's names
+    tiny-random/speech_tokenizer/model.safetensors
+                                   the decoder's state_dict under the real checkpoint's names
                                   (`decoder.` + Qwen3TTSTokenizerV2Decoder state_dict keys; checked
                                   against a meta-device Qwen3TTSTokenizerV2Model); BF16 except
                                   `*._codebook.{embedding_sum,cluster_usage}` (F32)
@@ -100,6 +102,8 @@ from common import dir_size, maxdiff, perturb_constants, save_reference  # noqa:
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GENERATOR = "tools/reference/qwen3_tts_codec_fixtures.py"
 NAME = "codec"
+# The decoder lives where a checkpoint keeps its codec: the talker fixture's speech_tokenizer/.
+MODEL_DIR = os.path.join("tiny-random", "speech_tokenizer")
 SEED = 4401
 CODES_SEED = 0
 CLUSTER_USAGE_SEED = 1
@@ -393,7 +397,7 @@ def make_fixture(out_root):
     n_params = sum(p.numel() for p in model.parameters())
 
     # --- save
-    model_dir = os.path.join(out_root, NAME)
+    model_dir = os.path.join(out_root, MODEL_DIR)
     os.makedirs(model_dir, exist_ok=True)
     cfg.save_pretrained(model_dir)
     # save_pretrained writes `"model_type": ""` into decoder_config (a PretrainedConfig without a
@@ -617,7 +621,7 @@ def main():
         print(f"  {k}: {doc['stage_stats'][k]}")
     for sub in (NAME, NAME + ".reference.safetensors", NAME + ".reference.json"):
         print(f"  {sub}: {dir_size(os.path.join(args.out, sub))} B")
-    print(f"  {NAME}/model.safetensors: {dir_size(os.path.join(args.out, NAME, 'model.safetensors'))} B")
+    print(f"  {MODEL_DIR}/model.safetensors: {dir_size(os.path.join(args.out, MODEL_DIR, 'model.safetensors'))} B")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ Writes, under tests/fixtures/qwen3-tts/ (relative to the repository root), for e
                                      generation_config.json (qwen3_tts_model.py
                                      _merge_generate_kwargs hard defaults; max_new_tokens 2048)
     NAME/model.safetensors           BF16 weights, `talker.*` names (the list is in the README)
+    NAME/vocab.json, merges.txt, tokenizer_config.json
+                                     a byte-level tokenizer (one token per UTF-8 byte) in Qwen2's
+                                     layout, added tokens at the fixture's special ids
     NAME.reference.safetensors       reference tensors (F32 / I64, metadata {seed, generator})
     NAME.reference.json              facts: versions, config, tensor list, per-case ids, codes,
                                      cross-checks, logits-processor order, greedy top-2 gaps
@@ -402,6 +405,37 @@ def run_case(model, cap, cname, case, ref, facts):
 
 
 @torch.no_grad()
+def bytes_to_unicode():
+    """GPT-2's byte -> printable character map (the byte-level BPE alphabet)."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_byte_tokenizer(model_dir):
+    """A byte-level tokenizer in Qwen2's file layout whose added tokens carry the fixture's
+    special ids: every UTF-8 byte is one token (ids 0..255, all inside the 1024-row text
+    vocabulary), so the checkpoint speaks any text end to end."""
+    vocab = {c: b for b, c in sorted(bytes_to_unicode().items())}
+    with open(os.path.join(model_dir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(model_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    added = {IM_START: "<|im_start|>", IM_END: "<|im_end|>", TTS_PAD: "<tts_pad>",
+             TTS_BOS: "<tts_text_bos>", TTS_EOS: "<tts_text_eod>"}
+    config = {"tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": {
+        str(i): dict(content=c, lstrip=False, normalized=False, rstrip=False, single_word=False,
+                     special=True) for i, c in sorted(added.items())}}
+    with open(os.path.join(model_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+
+
 def make_fixture(name, spec, out_root):
     t0 = time.time()
     seed = spec["seed"]
@@ -439,6 +473,7 @@ def make_fixture(name, spec, out_root):
     with open(os.path.join(model_dir, "generation_config.json"), "w", encoding="utf-8") as f:
         json.dump(GENERATION_CONFIG, f, indent=2)
         f.write("\n")
+    write_byte_tokenizer(model_dir)
     st_path = os.path.join(model_dir, "model.safetensors")
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(st_path).items()},
               st_path, metadata={"format": "pt"})

@@ -51,8 +51,9 @@ pub struct SpeakArgs {
     /// Most frames (80 ms each) to generate.
     #[arg(long, default_value_t = 2048)]
     max_frames: usize,
-    /// Feed the text alongside the frames (on, qwen-tts' default) or all in the prompt (off).
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    /// Feed the text alongside the frames (on) or all in the prompt (off); auto: as qwen-tts
+    /// per variant (off for CustomVoice and VoiceDesign, on for voice clone).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     text_streaming: String,
     /// Frames decoded to audio at a time (80 ms each): fewer is an earlier first sound.
     #[arg(long, default_value_t = 2)]
@@ -132,7 +133,11 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             min_frames: GenerationParams::default().min_frames,
         },
         seed: args.seed,
-        non_streaming_text: args.text_streaming == "off",
+        non_streaming_text: match args.text_streaming.as_str() {
+            "on" => Some(false),
+            "off" => Some(true),
+            _ => None,
+        },
         chunk_frames: args.chunk_frames,
     };
     let rate = synthesizer.sample_rate();

@@ -1,5 +1,6 @@
 //! Parity of the Qwen3-TTS 12 Hz codec decoder with qwen-tts' `Qwen3TTSTokenizerV2Decoder`,
-//! on the seeded random decoder in tests/fixtures/qwen3-tts/codec (BF16 weights, F32
+//! on the seeded random decoder in tests/fixtures/qwen3-tts/tiny-random/speech_tokenizer (BF16
+//! weights, F32
 //! codebooks, sliding window 8 so 23 frames exercise it) made by
 //! tools/reference/qwen3_tts_codec_fixtures.py, and the exactness of incremental decoding.
 
@@ -22,9 +23,12 @@ fn reference(key: &str) -> Tensor {
 }
 
 fn decoder() -> CodecDecoder {
-    load_codec(&fixtures().join("codec"), &Device::Cpu)
-        .expect("codec loads")
-        .1
+    load_codec(
+        &fixtures().join("tiny-random/speech_tokenizer"),
+        &Device::Cpu,
+    )
+    .expect("codec loads")
+    .1
 }
 
 /// The reference codes (1, 16, T) as frames of 16 codes.

@@ -32,8 +32,10 @@ pub struct SpeechRequest {
     pub language: Option<String>,
     pub params: GenerationParams,
     pub seed: u64,
-    /// The whole text in the prompt instead of streamed alongside the frames.
-    pub non_streaming_text: bool,
+    /// The whole text in the prompt (`true`) or streamed alongside the frames (`false`);
+    /// `None`: as qwen-tts' `Qwen3TTSModel` per variant (whole text for CustomVoice and
+    /// VoiceDesign, streamed for voice clone).
+    pub non_streaming_text: Option<bool>,
     /// Frames decoded to audio at a time (1 frame = 80 ms).
     pub chunk_frames: usize,
 }
@@ -212,7 +214,9 @@ impl Synthesizer {
                 instruct_ids: instruct_ids.as_deref(),
                 language,
                 voice,
-                non_streaming: request.non_streaming_text,
+                non_streaming: request
+                    .non_streaming_text
+                    .unwrap_or(self.model_type() != ModelType::Base),
             },
         )?;
 
