@@ -1,7 +1,7 @@
 //! `voxide speak`: text to speech with Qwen3-TTS. Audio is written as each chunk is decoded,
 //! so `voxide speak … | aplay` (or `| ffplay -`) starts playing before synthesis ends.
 
-use crate::transcribe::set_threads;
+use crate::transcribe::{precision, set_threads};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::{BufWriter, Read, Write};
@@ -67,6 +67,10 @@ pub struct SpeakArgs {
     /// Print the checkpoint's voices and languages and exit.
     #[arg(long)]
     list_voices: bool,
+    /// Weight precision of the talker and code predictor: auto (the checkpoint's), f32, f16,
+    /// bf16, or int8 (quantized per row at load).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
+    precision: String,
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
@@ -91,7 +95,11 @@ fn read_text(arg: Option<String>) -> Result<String> {
 pub fn run(args: SpeakArgs) -> Result<()> {
     set_threads(args.threads)?;
     let source = resolve_model(&args.model)?;
-    let synthesizer = Synthesizer::from_dir(source.dir(), &candle_core::Device::Cpu)?;
+    let synthesizer = Synthesizer::from_dir(
+        source.dir(),
+        &candle_core::Device::Cpu,
+        precision(&args.precision),
+    )?;
     crate::release_freed_memory();
     if args.list_voices {
         let list = |v: Vec<String>| {

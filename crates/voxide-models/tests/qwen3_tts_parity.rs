@@ -105,7 +105,8 @@ fn greedy(max_frames: usize) -> GenerationParams {
 #[test]
 fn prompt_logits_and_greedy_codes_match_qwen_tts() {
     for model in MODELS {
-        let tts = Qwen3Tts::from_dir(&fixtures().join(model), &Device::Cpu).expect("model loads");
+        let tts =
+            Qwen3Tts::from_dir(&fixtures().join(model), &Device::Cpu, None).expect("model loads");
         let r = reference(model);
         for case in cases() {
             let what = format!("{model} {}", case.name);
@@ -146,7 +147,7 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
             let want_frames = want.dim(0).unwrap();
             let want = ids(want);
             let mut streamed = Vec::new();
-            let (frames, _) = generate(
+            let frames = generate(
                 talker,
                 &prompt,
                 &greedy(want_frames),
@@ -156,7 +157,8 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
                     Ok(true)
                 },
             )
-            .expect("generation");
+            .expect("generation")
+            .frames;
             assert_eq!(frames, streamed, "{what}: streamed frames differ");
             let got: Vec<u32> = frames.concat();
             assert_eq!(got, want, "{what}: greedy codes differ");
@@ -166,7 +168,7 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
 
 #[test]
 fn unknown_voice_and_language_are_clear_errors() {
-    let tts = Qwen3Tts::from_dir(&fixtures().join("tiny-random"), &Device::Cpu).unwrap();
+    let tts = Qwen3Tts::from_dir(&fixtures().join("tiny-random"), &Device::Cpu, None).unwrap();
     let text = [1010, 77, 10, 101, 102, 1011, 10, 1010, 77, 10];
     let request = |voice: Voice, language: Option<&'static str>| PromptRequest {
         text_ids: &text,

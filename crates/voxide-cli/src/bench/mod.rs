@@ -3,6 +3,7 @@
 
 mod report;
 mod suite;
+mod tts;
 
 use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
@@ -66,6 +67,10 @@ pub struct BenchArgs {
     /// than 10 % slower warns.
     #[arg(long, value_name = "FILE")]
     compare: Option<PathBuf>,
+    /// Time text-to-speech (Qwen3-TTS) on short, medium and long texts instead of
+    /// transcriptions.
+    #[arg(long)]
+    tts: bool,
     /// Write a Chrome trace (open in Perfetto or chrome://tracing).
     #[arg(long, value_name = "FILE.json")]
     trace: Option<PathBuf>,
@@ -86,7 +91,7 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 /// Restarts the peak-RSS counter (Linux ≥ 4.0), so each input reports its own peak.
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
@@ -99,6 +104,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(path) => Some(start_trace(path)?),
         None => None,
     };
+    if args.tts {
+        return tts::run(&args);
+    }
     let mut inputs: Vec<BenchInput> = args.files.iter().map(|f| BenchInput::file(f)).collect();
     if let Some(name) = &args.suite {
         inputs.extend(suite(name, &args.corpus)?);
@@ -194,22 +202,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(bytes) = step_bytes {
         totals.set_floor(bytes, read_gbps);
     }
-    let m = machine();
-    let machine = MachineReport {
-        cpu_model: m.cpu_model.clone(),
-        cores: m.cores,
-        isa: format!("{:?}", Isa::detect()),
-        l2_bytes: m.caches.l2_per_core,
-        l3_bytes: m.caches.l3,
-        cache_budget_bytes: m.cache_budget(),
-        read_gbps,
-        read_variants: probe
-            .variants()
-            .iter()
-            .map(|(v, g)| (v.to_string(), *g))
-            .collect(),
-        fma_gflops,
-    };
+    let machine = machine_report(&probe, read_gbps, fma_gflops);
     drop(probe);
     let report = Report {
         model: args.model.clone(),
@@ -239,6 +232,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The machine and its limits measured with the bench's threads.
+fn machine_report(probe: &ReadProbe, read_gbps: f64, fma_gflops: f64) -> MachineReport {
+    let m = machine();
+    MachineReport {
+        cpu_model: m.cpu_model.clone(),
+        cores: m.cores,
+        isa: format!("{:?}", Isa::detect()),
+        l2_bytes: m.caches.l2_per_core,
+        l3_bytes: m.caches.l3,
+        cache_budget_bytes: m.cache_budget(),
+        read_gbps,
+        read_variants: probe
+            .variants()
+            .iter()
+            .map(|(v, g)| (v.to_string(), *g))
+            .collect(),
+        fma_gflops,
+    }
+}
+
 fn read_report(path: &Path) -> Result<Report> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read baseline {}: {e}", path.display()))?;
@@ -256,6 +269,27 @@ fn start_trace(path: &Path) -> Result<tracing_chrome::FlushGuard> {
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
         .map_err(|e| anyhow!("cannot install the trace writer: {e}"))?;
     Ok(guard)
+}
+
+/// The machine line and every probe variant.
+fn print_machine(m: &MachineReport, threads: usize) {
+    println!(
+        "machine: {} | {} cores | {} | L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s",
+        m.cpu_model,
+        m.cores,
+        m.isa,
+        m.l2_bytes >> 10,
+        m.l3_bytes >> 20,
+        m.cache_budget_bytes >> 20,
+        m.fma_gflops
+    );
+    println!(
+        "read bandwidth, {threads} threads: {:.1} GB/s (fastest probe variant, median of the probes between runs); variants at start:",
+        m.read_gbps
+    );
+    for (v, gbps) in &m.read_variants {
+        println!("  {gbps:6.1} GB/s  {v}");
+    }
 }
 
 fn print_table(r: &Report) {
@@ -309,24 +343,7 @@ fn print_table(r: &Report) {
         "total: audio {:.1} s | wall {:.0} ms | RTF {:.3} | encoder {:.0} ms ({:.0} ms per audio s) | weighted ms/step {:.2} | short-clip ms/step {} | long-clip ms/step {} | peak RSS {:.0} MB",
         t.audio_s, t.wall_ms, t.rtf, t.encoder_ms, t.encoder_ms / t.audio_s.max(1e-9), t.weighted_ms_per_step, opt(t.short_ms_per_step), opt(t.long_ms_per_step), t.peak_rss_mb
     );
-    let m = &r.machine;
-    println!(
-        "machine: {} | {} cores | {} | L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s",
-        m.cpu_model,
-        m.cores,
-        m.isa,
-        m.l2_bytes >> 10,
-        m.l3_bytes >> 20,
-        m.cache_budget_bytes >> 20,
-        m.fma_gflops
-    );
-    println!(
-        "read bandwidth, {} threads: {:.1} GB/s (fastest probe variant, median of the probes between runs); variants at start:",
-        r.threads, m.read_gbps
-    );
-    for (v, gbps) in &m.read_variants {
-        println!("  {gbps:6.1} GB/s  {v}");
-    }
+    print_machine(&r.machine, r.threads);
     if let Some(f) = &t.floor {
         let verdict = match f.ratio {
             Some(ratio) => format!("{ratio:.2}x the floor"),

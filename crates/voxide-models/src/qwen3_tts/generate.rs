@@ -9,6 +9,7 @@ use super::prompt::Prompt;
 use super::talker::Talker;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
+use std::time::Instant;
 use voxide_nn::sampling::{apply_repetition_penalty, argmax, Sampler, SamplingParams};
 
 /// How codes are chosen; `None` sampling parameters mean greedy.
@@ -42,6 +43,20 @@ impl Default for GenerationParams {
     }
 }
 
+/// What a generation produced and where its time went.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    /// Frames of `num_code_groups` codes.
+    pub frames: Vec<Vec<u32>>,
+    pub stop: Stop,
+    /// Talker forward passes (prompt and steps) with the codec head.
+    pub talker_ms: f64,
+    /// Code-predictor passes with their heads.
+    pub predictor_ms: f64,
+    /// Logit rules and code choice, both models.
+    pub sampling_ms: f64,
+}
+
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
@@ -61,14 +76,14 @@ fn pick(logits: &[f32], params: Option<SamplingParams>, sampler: &mut Sampler) -
 }
 
 /// Generates frames of `num_code_groups` codes for `prompt`, handing each to `on_frame` as
-/// soon as it exists (return `false` to stop). Returns the frames and why it stopped.
+/// soon as it exists (return `false` to stop; its own time is not counted).
 pub fn generate(
     talker: &Talker,
     prompt: &Prompt,
     params: &GenerationParams,
     sampler: &mut Sampler,
     on_frame: &mut dyn FnMut(&[u32]) -> Result<bool>,
-) -> Result<(Vec<Vec<u32>>, Stop)> {
+) -> Result<Generated> {
     if params.max_frames == 0 {
         return Err(Error::InvalidRequest(
             "at least one frame must be allowed".into(),
@@ -82,15 +97,26 @@ pub fn generate(
     let prefill_len = prompt.prefill.dim(1)?;
     let trailing = prompt.trailing_text.dim(1)?;
 
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let mut out = Generated {
+        frames: Vec::new(),
+        stop: Stop::MaxFrames,
+        talker_ms: 0.0,
+        predictor_ms: 0.0,
+        sampling_ms: 0.0,
+    };
+    // Started before each talker pass, read once its logits are on the host.
+    let mut talker_clock = Instant::now();
     let mut state = talker.new_state(prefill_len + params.max_frames)?;
     let mut predictor_state = predictor.new_state(device)?;
     let mut hidden = talker.forward(&prompt.prefill, &mut state)?;
     hidden = hidden.narrow(1, prefill_len - 1, 1)?;
     let mut history: Vec<u32> = Vec::new();
-    let mut frames: Vec<Vec<u32>> = Vec::new();
     let mut frame = vec![0u32; predictor.groups() + 1];
     for index in 0..params.max_frames {
         let mut logits = talker.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
+        out.talker_ms += ms(talker_clock);
+        let clock = Instant::now();
         apply_repetition_penalty(&mut logits, &history, params.repetition_penalty);
         for id in suppressed.clone().filter(|&id| id != eos) {
             logits[id] = f32::NEG_INFINITY;
@@ -99,9 +125,11 @@ pub fn generate(
             logits[eos] = f32::NEG_INFINITY;
         }
         let code0 = pick(&logits, params.talker, sampler);
+        out.sampling_ms += ms(clock);
         history.push(code0);
         if code0 as usize == eos {
-            return Ok((frames, Stop::Eos));
+            out.stop = Stop::Eos;
+            return Ok(out);
         }
         frame[0] = code0;
 
@@ -111,17 +139,22 @@ pub fn generate(
         let mut input = Tensor::cat(&[&hidden, &code0_embedding], 1)?;
         let mut sum = code0_embedding;
         for (group, slot) in frame.iter_mut().enumerate().skip(1) {
+            let clock = Instant::now();
             let logits = predictor
                 .step(&input, &mut predictor_state, group)?
                 .to_vec1::<f32>()?;
+            out.predictor_ms += ms(clock);
+            let clock = Instant::now();
             let code = pick(&logits, params.predictor, sampler);
+            out.sampling_ms += ms(clock);
             *slot = code;
             input = predictor.embed(group, code)?;
             sum = (sum + &input)?;
         }
-        frames.push(frame.clone());
+        out.frames.push(frame.clone());
         if !on_frame(&frame)? {
-            return Ok((frames, Stop::Cancelled));
+            out.stop = Stop::Cancelled;
+            return Ok(out);
         }
         if index + 1 == params.max_frames {
             break;
@@ -131,7 +164,8 @@ pub fn generate(
         } else {
             prompt.tts_pad.clone()
         };
+        talker_clock = Instant::now();
         hidden = talker.forward(&(sum + text)?, &mut state)?;
     }
-    Ok((frames, Stop::MaxFrames))
+    Ok(out)
 }

@@ -20,7 +20,7 @@ pub mod talker;
 pub mod tokenizer;
 
 pub use config::{Config, ModelType};
-pub use generate::{generate, GenerationParams, Stop};
+pub use generate::{generate, Generated, GenerationParams, Stop};
 pub use prompt::{Prompt, PromptRequest, Voice};
 pub use synthesizer::{SpeechRequest, SpeechStats, Synthesizer};
 pub use talker::Talker;
@@ -29,6 +29,7 @@ use crate::error::{require, Error, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use std::path::Path;
+use voxide_nn::linear::WeightFormat;
 use voxide_nn::weights::SafetensorsFiles;
 
 /// A loaded Qwen3-TTS checkpoint (talker and code predictor); requests keep their own state.
@@ -40,8 +41,9 @@ pub struct Qwen3Tts {
 
 impl Qwen3Tts {
     /// Loads `config.json` and `model.safetensors` from a checkpoint directory; matrices stay
-    /// in the checkpoint's precision, norms and biases are f32.
-    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+    /// in the checkpoint's precision unless `format` says otherwise (int8: quantized per row at
+    /// load), norms and biases are f32.
+    pub fn from_dir(dir: &Path, device: &Device, format: Option<WeightFormat>) -> Result<Self> {
         let config = Config::from_file(&require(dir, "config.json")?)?;
         let weights = require(dir, "model.safetensors")?;
         let weights_error = |e: candle_core::Error| Error::Weights {
@@ -54,7 +56,10 @@ impl Qwen3Tts {
             .dtype("talker.codec_head.weight")
             .unwrap_or(DType::F32);
         let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-        let talker = Talker::load(vb, &config.talker_config).map_err(weights_error)?;
+        let mut talker = Talker::load(vb, &config.talker_config).map_err(weights_error)?;
+        if let Some(format) = format {
+            talker = talker.into_format(format).map_err(weights_error)?;
+        }
         Ok(Self { config, talker })
     }
 

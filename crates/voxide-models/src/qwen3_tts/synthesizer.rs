@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use candle_core::Device;
 use std::path::Path;
 use std::time::Instant;
+use voxide_nn::linear::WeightFormat;
 use voxide_nn::sampling::Sampler;
 
 /// One synthesis request.
@@ -50,6 +51,11 @@ pub struct SpeechStats {
     pub first_audio_ms: Option<f64>,
     /// Ended on the model's end of speech (not on the frame limit or a cancel).
     pub finished: bool,
+    /// Where the time went: talker passes, code-predictor passes, sampling, codec decoding.
+    pub talker_ms: f64,
+    pub predictor_ms: f64,
+    pub sampling_ms: f64,
+    pub codec_ms: f64,
 }
 
 /// A loaded Qwen3-TTS checkpoint: talker, code predictor, text tokenizer and codec decoder.
@@ -63,9 +69,10 @@ pub struct Synthesizer {
 
 impl Synthesizer {
     /// Loads a checkpoint directory: `config.json`, `model.safetensors`, the text tokenizer
-    /// and the codec in `speech_tokenizer/`.
-    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let model = Qwen3Tts::from_dir(dir, device)?;
+    /// and the codec in `speech_tokenizer/`; `format` converts the talker's and predictor's
+    /// matrices (e.g. int8).
+    pub fn from_dir(dir: &Path, device: &Device, format: Option<WeightFormat>) -> Result<Self> {
+        let model = Qwen3Tts::from_dir(dir, device, format)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
         let speech = dir.join("speech_tokenizer");
         if !speech.is_dir() {
@@ -104,6 +111,12 @@ impl Synthesizer {
             }
         }
         Ok(())
+    }
+
+    /// Bytes of weights one frame reads: a talker step and the code predictor's steps.
+    pub fn frame_bytes(&self) -> usize {
+        let talker = self.model.talker();
+        talker.step_bytes() + talker.predictor().frame_bytes()
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -226,7 +239,9 @@ impl Synthesizer {
         let mut stats = SpeechStats::default();
         let mut cancelled = false;
         let mut emit = |frames: &[Vec<u32>], stats: &mut SpeechStats| -> Result<bool> {
+            let clock = Instant::now();
             let pcm = self.codec.push(&mut codec_state, frames)?;
+            stats.codec_ms += clock.elapsed().as_secs_f64() * 1e3;
             stats
                 .first_audio_ms
                 .get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
@@ -234,7 +249,7 @@ impl Synthesizer {
             on_audio(&pcm)
         };
         let mut sampler = Sampler::new(request.seed);
-        let (_, stop) = generate(
+        let generated = generate(
             self.model.talker(),
             &prompt,
             &request.params,
@@ -253,7 +268,10 @@ impl Synthesizer {
         if !cancelled && !pending.is_empty() {
             emit(&pending, &mut stats)?;
         }
-        stats.finished = stop == Stop::Eos;
+        stats.finished = generated.stop == Stop::Eos;
+        stats.talker_ms = generated.talker_ms;
+        stats.predictor_ms = generated.predictor_ms;
+        stats.sampling_ms = generated.sampling_ms;
         stats.audio_s = (stats.frames * self.codec.config().samples_per_frame()) as f64
             / self.sample_rate() as f64;
         stats.wall_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -11,6 +11,7 @@
 use super::config::{CodePredictorConfig, DecoderDims, TalkerConfig};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::{LayerNames, PreNormLayer};
 use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
@@ -95,6 +96,21 @@ impl Stack {
     fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
         self.layers.iter_mut().flat_map(PreNormLayer::linears_mut)
     }
+
+    fn weight_bytes(&self) -> usize {
+        self.layers.iter().map(PreNormLayer::weight_bytes).sum()
+    }
+
+    fn into_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(Self {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| l.into_format(format))
+                .collect::<Result<_>>()?,
+            ..self
+        })
+    }
 }
 
 /// Rows `ids` of an embedding table as f32: (1, ids, dim).
@@ -150,6 +166,27 @@ impl CodePredictor {
             stack: Stack::load(model, d)?,
             lm_head,
         })
+    }
+
+    fn into_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(Self {
+            projection: self.projection.map(|p| p.to_format(format)).transpose()?,
+            stack: self.stack.into_format(format)?,
+            lm_head: self
+                .lm_head
+                .into_iter()
+                .map(|h| h.to_format(format))
+                .collect::<Result<_>>()?,
+            ..self
+        })
+    }
+
+    /// Bytes of weights the acoustic steps of one frame read (each step reads the whole
+    /// stack, and its own head).
+    pub fn frame_bytes(&self) -> usize {
+        let heads: usize = self.lm_head.iter().map(Linear::weight_bytes).sum();
+        let projection = self.projection.as_ref().map_or(0, Linear::weight_bytes);
+        self.groups() * (self.stack.weight_bytes() + projection) + heads
     }
 
     /// Acoustic groups predicted per frame (G − 1 = 15).
@@ -225,6 +262,24 @@ impl Talker {
         };
         talker.plan_residency();
         Ok(talker)
+    }
+
+    /// The talker and predictor matrices stored as `format` (int8 halves what a frame reads);
+    /// embeddings and the text projection keep the checkpoint's precision.
+    pub fn into_format(self, format: WeightFormat) -> Result<Self> {
+        let mut talker = Self {
+            stack: self.stack.into_format(format)?,
+            codec_head: self.codec_head.to_format(format)?,
+            predictor: self.predictor.into_format(format)?,
+            ..self
+        };
+        talker.plan_residency();
+        Ok(talker)
+    }
+
+    /// Bytes of weights a talker step reads (layers and codec head).
+    pub fn step_bytes(&self) -> usize {
+        self.stack.weight_bytes() + self.codec_head.weight_bytes()
     }
 
     /// Which matrices of a frame stay cached: the predictor's, read 15 times per frame, are

@@ -1,0 +1,222 @@
+//! `voxide bench --tts`: Qwen3-TTS on short, medium and long texts with a fixed number of
+//! frames (end of speech barred: random weights never stop on their own, and fixed counts make
+//! runs comparable): RTF, frames/s, ms per frame by part (talker, code predictor, sampling,
+//! codec), time to first audio, peak RSS, and the frame's weights against the bandwidth floor.
+
+use super::report::{MachineReport, Stat};
+use super::{machine_report, peak_rss_mb, print_machine, reset_peak_rss, BenchArgs};
+use crate::transcribe::precision;
+use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
+use std::time::Instant;
+use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest, Synthesizer};
+use voxide_nn::kernels::bandwidth::ReadProbe;
+use voxide_nn::kernels::fma_peak::measure_fma_gflops;
+use voxide_runtime::resolve_model;
+
+/// (name, text, frames): 1.3 s, 3.8 s and 7.7 s of audio.
+const TEXTS: [(&str, &str, usize); 3] = [
+    ("short", "Hello world.", 16),
+    (
+        "medium",
+        "The quick brown fox jumps over the lazy dog, then runs home before the rain starts.",
+        48,
+    ),
+    (
+        "long",
+        "Speech synthesis on a laptop used to sound robotic. Modern codec language models \
+         predict a few dozen discrete audio tokens per second, and a small decoder turns them \
+         back into a waveform, one eighty-millisecond frame at a time.",
+        96,
+    ),
+];
+
+#[derive(Serialize)]
+struct TtsRow {
+    name: String,
+    frames: usize,
+    audio_s: f64,
+    wall_ms: Stat,
+    rtf: f64,
+    frames_per_s: f64,
+    talker_ms_per_frame: f64,
+    predictor_ms_per_frame: f64,
+    sampling_ms_per_frame: f64,
+    codec_ms_per_frame: f64,
+    first_audio_ms: Stat,
+    peak_rss_mb: f64,
+}
+
+#[derive(Serialize)]
+struct TtsReport {
+    model: String,
+    precision: String,
+    threads: usize,
+    repeats: usize,
+    load_ms: f64,
+    machine: MachineReport,
+    rows: Vec<TtsRow>,
+    /// Weights one frame reads (a talker step + the predictor's steps), bytes.
+    frame_bytes: usize,
+    /// frame_bytes at the measured bandwidth, ms.
+    floor_ms: f64,
+    /// (talker + predictor ms per frame) over the floor, over all texts; `None` below 1.0 (a
+    /// measurement error, not a figure).
+    ratio: Option<f64>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if !args.files.is_empty() || args.suite.is_some() {
+        bail!("--tts times its own texts: give no audio files or --suite");
+    }
+    let clock = Instant::now();
+    let source = resolve_model(&args.model)?;
+    let synthesizer = Synthesizer::from_dir(
+        source.dir(),
+        &candle_core::Device::Cpu,
+        precision(&args.precision),
+    )?;
+    crate::release_freed_memory();
+    let load_ms = clock.elapsed().as_secs_f64() * 1e3;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let probe = ReadProbe::for_machine(threads);
+    let fma_gflops = measure_fma_gflops(threads, 5);
+    let voice = synthesizer.voices().into_iter().next();
+    let mut bandwidth = Vec::new();
+    let mut rows = Vec::new();
+    let (mut model_ms, mut all_frames) = (0.0, 0usize);
+    for (name, text, frames) in TEXTS {
+        let request = SpeechRequest {
+            text: text.into(),
+            voice: voice.clone(),
+            instruct: None,
+            language: None,
+            params: GenerationParams {
+                max_frames: frames,
+                min_frames: frames,
+                ..GenerationParams::default()
+            },
+            seed: 0,
+            non_streaming_text: None,
+            chunk_frames: 2,
+        };
+        reset_peak_rss();
+        let mut runs = Vec::new();
+        for i in 0..args.warmup + args.repeats {
+            let stats = synthesizer.synthesize(&request, &mut |_| Ok(true))?;
+            if i >= args.warmup {
+                runs.push(stats);
+                bandwidth.push(probe.median_gbps(3));
+            }
+        }
+        let n = runs.len() as f64;
+        let per_frame = |f: fn(&voxide_models::qwen3_tts::SpeechStats) -> f64| {
+            runs.iter().map(f).sum::<f64>() / n / frames as f64
+        };
+        let wall = Stat::of(&runs.iter().map(|r| r.wall_ms).collect::<Vec<_>>());
+        let audio_s = runs[0].audio_s;
+        model_ms += runs
+            .iter()
+            .map(|r| r.talker_ms + r.predictor_ms)
+            .sum::<f64>()
+            / n;
+        all_frames += frames;
+        rows.push(TtsRow {
+            name: name.into(),
+            frames,
+            audio_s,
+            rtf: wall.median / 1e3 / audio_s,
+            frames_per_s: frames as f64 / (wall.median / 1e3),
+            talker_ms_per_frame: per_frame(|r| r.talker_ms),
+            predictor_ms_per_frame: per_frame(|r| r.predictor_ms),
+            sampling_ms_per_frame: per_frame(|r| r.sampling_ms),
+            codec_ms_per_frame: per_frame(|r| r.codec_ms),
+            first_audio_ms: Stat::of(
+                &runs
+                    .iter()
+                    .map(|r| r.first_audio_ms.unwrap_or(0.0))
+                    .collect::<Vec<_>>(),
+            ),
+            wall_ms: wall,
+            // The probe's buffers stay resident: not the model's memory.
+            peak_rss_mb: peak_rss_mb() - probe.bytes() as f64 / (1 << 20) as f64,
+        });
+    }
+    let read_gbps = Stat::of(&bandwidth).median;
+    let frame_bytes = synthesizer.frame_bytes();
+    let floor_ms = frame_bytes as f64 / (read_gbps * 1e9) * 1e3;
+    let ms_per_frame = model_ms / all_frames as f64;
+    let report = TtsReport {
+        model: args.model.clone(),
+        precision: args.precision.clone(),
+        threads,
+        repeats: args.repeats,
+        load_ms,
+        machine: machine_report(&probe, read_gbps, fma_gflops),
+        rows,
+        frame_bytes,
+        floor_ms,
+        ratio: Some(ms_per_frame / floor_ms).filter(|r| *r >= 1.0),
+    };
+    drop(probe);
+    print_report(&report, ms_per_frame);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)? + "\n";
+        std::fs::write(path, json).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_report(r: &TtsReport, ms_per_frame: f64) {
+    println!(
+        "model {} | {} | {} threads | {} runs | load {:.0} ms",
+        r.model, r.precision, r.threads, r.repeats, r.load_ms
+    );
+    println!(
+        "{:8} {:>6} {:>7} {:>9} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "text",
+        "frames",
+        "audio s",
+        "wall ms",
+        "RTF",
+        "frames/s",
+        "talker",
+        "predictor",
+        "sampling",
+        "codec",
+        "1st audio",
+        "RSS MB"
+    );
+    for row in &r.rows {
+        println!(
+            "{:8} {:>6} {:>7.2} {:>9.0} {:>6.3} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.0} {:>7.0}",
+            row.name,
+            row.frames,
+            row.audio_s,
+            row.wall_ms.median,
+            row.rtf,
+            row.frames_per_s,
+            row.talker_ms_per_frame,
+            row.predictor_ms_per_frame,
+            row.sampling_ms_per_frame,
+            row.codec_ms_per_frame,
+            row.first_audio_ms.median,
+            row.peak_rss_mb
+        );
+    }
+    println!("(talker … codec: ms per frame; a frame is 80 ms of audio)");
+    print_machine(&r.machine, r.threads);
+    let verdict = match r.ratio {
+        Some(ratio) => format!("{ratio:.2}x the floor"),
+        None => "FASTER THAN THE FLOOR: a measurement error, no ratio reported".into(),
+    };
+    println!(
+        "frame floor: a frame reads {:.3} GB (a talker step + the code predictor's steps); at {:.1} GB/s -> {:.1} ms; measured talker + predictor {:.1} ms/frame = {verdict}",
+        r.frame_bytes as f64 / 1e9,
+        r.machine.read_gbps,
+        r.floor_ms,
+        ms_per_frame
+    );
+}
