@@ -5,6 +5,7 @@
         --out DIR [--dtype f32|f16] [--seed N] [--ggml FILE]
     random_weights.py check-ggml FILE DIR      # every ggml tensor == the safetensors one
     random_weights.py voxtral-realtime --out DIR [--seed N] [--layout mistral|hf]
+    random_weights.py qwen3-tts --size {0.6b,1.7b} --out DIR [--seed N]
 
 whisper: writes a Hugging Face layout directory that voxide loads (config.json,
 generation_config.json, preprocessor_config.json, tokenizer.json, tokenizer_config.json,
@@ -26,6 +27,22 @@ rest <SPECIAL_n>; the section 10.1 audio section). Suggested DIR: target/models/
       (transformers' VoxtralRealtimeConfig, real values), generation_config.json, tekken.json.
 bf16 is the top 16 bits of f32, rounded to nearest even (as torch's conversion).
 
+qwen3-tts (Qwen3-TTS-12Hz-{0.6B,1.7B}-CustomVoice, specs/qwen3-tts.md): the layout of the tiny
+fixture tests/fixtures/qwen3-tts/tiny-random (same tensor names, config.json keys and dtypes)
+at the real sizes. model.safetensors: talker + code predictor, all bf16 (0.6B: 0.906 B
+parameters, 402 tensors, 1.81 GB; 1.7B: 1.917 B, 404 tensors with small_to_mtp_projection,
+3.83 GB); config.json (real shapes, spec section 7 ids; language and speaker ids partly
+approximate), the fixture's generation_config.json; speech_tokenizer/ holds the codec decoder
+(`decoder.*` only, 114 M parameters, 271 tensors, 0.25 GB: codebooks F32, the rest bf16) and
+its config.json. The text tokenizer (vocab.json, merges.txt, tokenizer_config.json) is
+byte-level with no merges: every UTF-8 byte is one token (byte b = id b), plus the real added
+tokens at their real ids (151643-151645, 151671-151673). A text is about 4 times as many tokens
+as with Qwen2's real BPE (one a byte), so prompts and text tracks are longer than the real
+model's. That is close enough for a benchmark, which needs only roughly the right counts. Random
+weights sample code 0 = EOS about as often as any code (about 1/2049 a frame), so fix the number
+of frames when timing. 0.6B takes about 30 s and 1.7B about 65 s on 2 cores.
+Suggested DIR: target/models/qwen3-tts-<size>.
+
 Tensors are generated one at a time (in row chunks of about 16 M values) and streamed to disk,
 so even the 8.86 GB checkpoint needs under 0.5 GB of memory (about 2 minutes on 2 cores).
 
@@ -37,6 +54,12 @@ Values (chosen so activations stay O(1) through every layer):
   token embedding        N(0, 0.02^2)  (tied LM head: logits have std about 0.02 sqrt(d) ~ 1)
   Whisper positions      encoder: the real sinusoid table (openai-whisper `sinusoids`);
                          decoder: N(0, 0.01^2)
+  Qwen3-TTS codec        codebook embedding_sum N(0, 1) and cluster_usage 1 + 0.5 U(0, 1) (F32);
+                         SnakeBeta log-scale alpha / beta N(0, 0.02^2) (exp ~ 1); layer scales
+                         and ConvNeXt gamma 0.01 (1 + N(0, 0.02^2)); transposed convs
+                         ([in, out, k], stride s) fan_in = in k / s, the inputs one output sums.
+                         (A numpy pass of the decoder gives waveform std ~0.007, peak ~0.03:
+                         quiet, never clipped.)
 Each tensor has its own generator seeded with (seed, crc32(name)), so a tensor's values do not
 depend on which other tensors exist or on the order they are written (Voxtral's HF layout seeds
 by the Mistral name, hence the identical values).
@@ -167,31 +190,39 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
     return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
 
 
-def tensor_chunks(name, shape, kind, seed, round_f16=True):
+def tensor_chunks(name, shape, kind, seed, round_f16=True, fan_in=None):
     """Yield the tensor's values as f32 arrays (rounded to f16 unless `round_f16` is false), row
-    chunks of the flattened tensor (C order), so the concatenation is the whole tensor."""
+    chunks of the flattened tensor (C order), so the concatenation is the whole tensor.
+    `fan_in` overrides the product of the trailing dimensions for kind "w" (transposed convs)."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     if kind == "sinusoid":
         yield sinusoids(*shape).astype(np.float16).astype(np.float32)
         return
     rows = shape[0]
     row_elems = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    uniform = False
     if kind == "w":
-        std, mean = 0.5 / math.sqrt(row_elems), 0.0
+        std, mean = 0.5 / math.sqrt(fan_in or row_elems), 0.0
     elif kind == "emb":
         std, mean = 0.02, 0.0
     elif kind == "dec_pos":
         std, mean = 0.01, 0.0
-    elif kind == "b":
+    elif kind in ("b", "snake"):  # snake: SnakeBeta's log-scale alpha / beta (exp ~ 1)
         std, mean = 0.02, 0.0
     elif kind == "ln_w":
         std, mean = 0.02, 1.0
+    elif kind == "scale":  # layer scale / ConvNeXt gamma: 0.01 (1 + N(0, 0.02^2))
+        std, mean = 0.0002, 0.01
+    elif kind == "codebook":  # codec codebook embedding_sum: N(0, 1)
+        std, mean = 1.0, 0.0
+    elif kind == "usage":  # codec codebook cluster_usage: 1 + 0.5 U(0, 1)
+        std, mean, uniform = 0.5, 1.0, True
     else:
         raise ValueError(kind)
     step = max(1, CHUNK_ELEMS // row_elems)
     for r0 in range(0, rows, step):
         n = min(step, rows - r0) * row_elems
-        x = rng.standard_normal(n, dtype=np.float32)
+        x = rng.random(n, dtype=np.float32) if uniform else rng.standard_normal(n, dtype=np.float32)
         x *= np.float32(std)
         if mean:
             x += np.float32(mean)
@@ -219,16 +250,19 @@ ST_DTYPES = {
 
 class SafetensorsWriter:
     """Streams tensors into a .safetensors file; the header (all names/shapes) is written first.
-    `specs` holds (name, shape, ...) tuples; tensors may then be written in any order."""
+    `specs` holds (name, shape, ...) tuples; tensors may then be written in any order. Every
+    tensor has `dtype` unless `dtypes` ({name: dtype}) names another for it."""
 
-    def __init__(self, path: Path, specs, dtype: str):
-        st_dtype, itemsize, self.encode = ST_DTYPES[dtype]
+    def __init__(self, path: Path, specs, dtype: str, dtypes=None):
+        dtypes = dtypes or {}
         header = {"__metadata__": {"format": "pt"}}
         self.order = sorted(spec[0] for spec in specs)  # data laid out in name order
         assert len(set(self.order)) == len(self.order), "duplicate tensor names"
         shapes = {spec[0]: spec[1] for spec in specs}
+        self.encoders = {}
         off = 0
         for name in self.order:
+            st_dtype, itemsize, self.encoders[name] = ST_DTYPES[dtypes.get(name, dtype)]
             nbytes = int(np.prod(shapes[name], dtype=np.int64)) * itemsize
             header[name] = {"dtype": st_dtype, "shape": list(shapes[name]), "data_offsets": [off, off + nbytes]}
             off += nbytes
@@ -246,8 +280,9 @@ class SafetensorsWriter:
         start, end = self.ranges[name]
         self.f.seek(self.base + start)
         n = 0
+        encode = self.encoders[name]
         for c in chunks:
-            b = self.encode(c)
+            b = encode(c)
             self.f.write(b)
             n += len(b)
         if n != end - start:
@@ -801,6 +836,346 @@ def write_voxtral_realtime(args):
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Qwen3-TTS 12 Hz (specs/qwen3-tts.md): talker + code predictor, codec decoder, tokenizer
+
+Q3_FIXTURES = REPO / "tests" / "fixtures" / "qwen3-tts"
+# --size: (talker hidden H, talker intermediate, tts_model_size)
+Q3_SIZES = {"0.6b": (1024, 3072, "0b6"), "1.7b": (2048, 6144, "1b7")}
+Q3 = {
+    # talker (§2) and code predictor (§3)
+    "layers": 28, "heads": 16, "kv_heads": 8, "head_dim": 128, "codec_vocab": 3072,
+    "text_vocab": 151936, "text_hidden": 2048, "groups": 16,
+    "cp_hidden": 1024, "cp_inter": 3072, "cp_layers": 5, "cp_vocab": 2048,
+    # codec decoder (§5.2)
+    "cb_size": 2048, "cb_dim": 512, "latent": 1024, "c_hidden": 512, "c_inter": 1024,
+    "c_layers": 8, "c_heads": 16, "c_kv_heads": 16, "c_head_dim": 64, "decoder_dim": 1536,
+    "upsample_rates": [8, 5, 4, 3], "upsampling_ratios": [2, 2],
+}
+# Text ids (§7) of the added tokens written into tokenizer_config.json.
+Q3_ADDED_TOKENS = {
+    151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>",
+    151671: "<tts_pad>", 151672: "<tts_text_bos>", 151673: "<tts_text_eod>",
+}
+# Codec control, language and speaker ids (§7; the language and speaker ids not quoted in the
+# spec are approximate: distinct and inside the 3072-entry codec vocabulary is what matters).
+Q3_CODEC_IDS = {
+    "codec_pad_id": 2148, "codec_bos_id": 2149, "codec_eos_token_id": 2150, "codec_think_id": 2154,
+    "codec_nothink_id": 2155, "codec_think_bos_id": 2156, "codec_think_eos_id": 2157,
+}
+Q3_LANGUAGES = {
+    "chinese": 2055, "english": 2050, "german": 2053, "italian": 2070, "portuguese": 2071,
+    "spanish": 2054, "japanese": 2058, "korean": 2064, "french": 2061, "russian": 2069,
+    "beijing_dialect": 2074, "sichuan_dialect": 2062,
+}
+Q3_SPEAKERS = {
+    "vivian": 3065, "serena": 3066, "uncle_fu": 3010, "dylan": 2878, "eric": 2875, "ryan": 3061,
+    "aiden": 2861, "ono_anna": 2873, "sohee": 2864,
+}
+Q3_DIALECTS = {"dylan": "beijing_dialect", "eric": "sichuan_dialect"}
+
+
+def q3_layer(p, d, inter, heads, kv_heads, hd, qk_norm):
+    """(name, shape, kind, fan_in) of one pre-norm decoder layer (HF names, no biases):
+    per-head q/k RMSNorm for Qwen3 (talker, predictor), layer scales for the codec."""
+    out = [
+        (f"{p}.input_layernorm.weight", (d,), "ln_w", None),
+        (f"{p}.post_attention_layernorm.weight", (d,), "ln_w", None),
+        (f"{p}.self_attn.q_proj.weight", (heads * hd, d), "w", None),
+        (f"{p}.self_attn.k_proj.weight", (kv_heads * hd, d), "w", None),
+        (f"{p}.self_attn.v_proj.weight", (kv_heads * hd, d), "w", None),
+        (f"{p}.self_attn.o_proj.weight", (d, heads * hd), "w", None),
+        (f"{p}.mlp.gate_proj.weight", (inter, d), "w", None),
+        (f"{p}.mlp.up_proj.weight", (inter, d), "w", None),
+        (f"{p}.mlp.down_proj.weight", (d, inter), "w", None),
+    ]
+    if qk_norm:
+        out += [(f"{p}.self_attn.q_norm.weight", (hd,), "ln_w", None),
+                (f"{p}.self_attn.k_norm.weight", (hd,), "ln_w", None)]
+    else:
+        out += [(f"{p}.self_attn_layer_scale.scale", (d,), "scale", None),
+                (f"{p}.mlp_layer_scale.scale", (d,), "scale", None)]
+    return out
+
+
+def q3_talker_tensors(size, max_layers=0):
+    """(name, shape, kind, fan_in) of model.safetensors (spec §10, CustomVoice: no speaker
+    encoder); the predictor's input projection exists only where it is narrower than the talker."""
+    c = Q3
+    h, inter, _ = Q3_SIZES[size]
+    cp = c["cp_hidden"]
+    n_layers = min(c["layers"], max_layers) if max_layers else c["layers"]
+    n_cp = min(c["cp_layers"], max_layers) if max_layers else c["cp_layers"]
+    out = [
+        ("talker.model.text_embedding.weight", (c["text_vocab"], c["text_hidden"]), "emb", None),
+        ("talker.text_projection.linear_fc1.weight", (c["text_hidden"], c["text_hidden"]), "w", None),
+        ("talker.text_projection.linear_fc1.bias", (c["text_hidden"],), "b", None),
+        ("talker.text_projection.linear_fc2.weight", (h, c["text_hidden"]), "w", None),
+        ("talker.text_projection.linear_fc2.bias", (h,), "b", None),
+        ("talker.model.codec_embedding.weight", (c["codec_vocab"], h), "emb", None),
+        ("talker.model.norm.weight", (h,), "ln_w", None),
+        ("talker.codec_head.weight", (c["codec_vocab"], h), "w", None),
+    ]
+    for i in range(n_layers):
+        out += q3_layer(f"talker.model.layers.{i}", h, inter, c["heads"], c["kv_heads"], c["head_dim"], True)
+    p = "talker.code_predictor"
+    if cp != h:
+        out += [(f"{p}.small_to_mtp_projection.weight", (cp, h), "w", None),
+                (f"{p}.small_to_mtp_projection.bias", (cp,), "b", None)]
+    for g in range(c["groups"] - 1):
+        out += [(f"{p}.model.codec_embedding.{g}.weight", (c["cp_vocab"], h), "emb", None),
+                (f"{p}.lm_head.{g}.weight", (c["cp_vocab"], cp), "w", None)]
+    for i in range(n_cp):
+        out += q3_layer(f"{p}.model.layers.{i}", cp, c["cp_inter"], c["heads"], c["kv_heads"], c["head_dim"], True)
+    out.append((f"{p}.model.norm.weight", (cp,), "ln_w", None))
+    return out
+
+
+def q3_codec_tensors():
+    """(name, shape, kind, fan_in) of speech_tokenizer/model.safetensors: the decoder only
+    (`decoder.*`, as the fixture's codec; spec §5.2). Transposed convs ([in, out, k], stride s) get
+    fan_in = in k / s, the inputs one output sample sums; plain convs in/groups x k."""
+    c = Q3
+    d, lat, cb = c["c_hidden"], c["latent"], c["cb_dim"]
+    out = []
+    for grp, n_books in (("rvq_first", 1), ("rvq_rest", c["groups"] - 1)):
+        q = f"decoder.quantizer.{grp}"
+        out += [(f"{q}.input_proj.weight", (cb // 2, cb, 1), "w", None),
+                (f"{q}.output_proj.weight", (cb, cb // 2, 1), "w", None)]
+        for i in range(n_books):
+            book = f"{q}.vq.layers.{i}._codebook"
+            out += [(f"{book}.embedding_sum", (c["cb_size"], cb // 2), "codebook", None),
+                    (f"{book}.cluster_usage", (c["cb_size"],), "usage", None)]
+    t = "decoder.pre_transformer"
+    out += [
+        ("decoder.pre_conv.conv.weight", (lat, cb, 3), "w", None),
+        ("decoder.pre_conv.conv.bias", (lat,), "b", None),
+        (f"{t}.input_proj.weight", (d, lat), "w", None),
+        (f"{t}.input_proj.bias", (d,), "b", None),
+        (f"{t}.norm.weight", (d,), "ln_w", None),
+        (f"{t}.output_proj.weight", (lat, d), "w", None),
+        (f"{t}.output_proj.bias", (lat,), "b", None),
+    ]
+    for i in range(c["c_layers"]):
+        out += q3_layer(f"{t}.layers.{i}", d, c["c_inter"], c["c_heads"], c["c_kv_heads"], c["c_head_dim"], False)
+    for i, f in enumerate(c["upsampling_ratios"]):
+        u = f"decoder.upsample.{i}"
+        out += [
+            (f"{u}.0.conv.weight", (lat, lat, f), "w", lat),  # transposed, stride = kernel
+            (f"{u}.0.conv.bias", (lat,), "b", None),
+            (f"{u}.1.dwconv.conv.weight", (lat, 1, 7), "w", None),  # depthwise
+            (f"{u}.1.dwconv.conv.bias", (lat,), "b", None),
+            (f"{u}.1.norm.weight", (lat,), "ln_w", None),
+            (f"{u}.1.norm.bias", (lat,), "b", None),
+            (f"{u}.1.pwconv1.weight", (4 * lat, lat), "w", None),
+            (f"{u}.1.pwconv1.bias", (4 * lat,), "b", None),
+            (f"{u}.1.pwconv2.weight", (lat, 4 * lat), "w", None),
+            (f"{u}.1.pwconv2.bias", (lat,), "b", None),
+            (f"{u}.1.gamma", (lat,), "scale", None),
+        ]
+    dd = c["decoder_dim"]
+    out += [("decoder.decoder.0.conv.weight", (dd, lat, 7), "w", None),
+            ("decoder.decoder.0.conv.bias", (dd,), "b", None)]
+    for i, r in enumerate(c["upsample_rates"]):
+        b = f"decoder.decoder.{1 + i}.block"
+        cin, cout = dd >> i, dd >> (i + 1)
+        out += [
+            (f"{b}.0.alpha", (cin,), "snake", None),
+            (f"{b}.0.beta", (cin,), "snake", None),
+            (f"{b}.1.conv.weight", (cin, cout, 2 * r), "w", 2 * cin),  # transposed, stride r
+            (f"{b}.1.conv.bias", (cout,), "b", None),
+        ]
+        for j in range(2, 5):  # residual units, dilations 1, 3, 9
+            out += [
+                (f"{b}.{j}.act1.alpha", (cout,), "snake", None),
+                (f"{b}.{j}.act1.beta", (cout,), "snake", None),
+                (f"{b}.{j}.conv1.conv.weight", (cout, cout, 7), "w", None),
+                (f"{b}.{j}.conv1.conv.bias", (cout,), "b", None),
+                (f"{b}.{j}.act2.alpha", (cout,), "snake", None),
+                (f"{b}.{j}.act2.beta", (cout,), "snake", None),
+                (f"{b}.{j}.conv2.conv.weight", (cout, cout, 1), "w", None),
+                (f"{b}.{j}.conv2.conv.bias", (cout,), "b", None),
+            ]
+    n = len(c["upsample_rates"])
+    last = dd >> n
+    out += [
+        (f"decoder.decoder.{1 + n}.alpha", (last,), "snake", None),
+        (f"decoder.decoder.{1 + n}.beta", (last,), "snake", None),
+        (f"decoder.decoder.{2 + n}.conv.weight", (1, last, 7), "w", None),
+        (f"decoder.decoder.{2 + n}.conv.bias", (1,), "b", None),
+    ]
+    return out
+
+
+def q3_configs(size, max_layers=0):
+    """config.json (the tiny fixture's layout, real values), generation_config.json (the
+    fixture's) and speech_tokenizer/config.json (the fixture's codec, real decoder values)."""
+    c = Q3
+    h, inter, size_tag = Q3_SIZES[size]
+    n_layers = min(c["layers"], max_layers) if max_layers else c["layers"]
+    n_cp = min(c["cp_layers"], max_layers) if max_layers else c["cp_layers"]
+    ids = list(Q3_CODEC_IDS.values()) + list(Q3_LANGUAGES.values()) + list(Q3_SPEAKERS.values())
+    assert len(set(ids)) == len(ids) and all(c["cp_vocab"] <= i < c["codec_vocab"] for i in ids)
+
+    cfg = json.loads((Q3_FIXTURES / "tiny-random" / "config.json").read_text())
+    gen = json.loads((Q3_FIXTURES / "tiny-random" / "generation_config.json").read_text())
+    cfg.update({
+        "dtype": "bfloat16",
+        "initializer_range": 0.02,
+        "im_start_token_id": 151644,
+        "im_end_token_id": 151645,
+        "tts_pad_token_id": 151671,
+        "tts_bos_token_id": 151672,
+        "tts_eos_token_id": 151673,
+        "tts_model_size": size_tag,
+        "tts_model_type": "custom_voice",
+    })
+    cfg["speaker_encoder_config"]["enc_dim"] = h  # the x-vector fills a talker position (§2)
+    t = cfg["talker_config"]
+    t.update({
+        "head_dim": c["head_dim"],
+        "hidden_size": h,
+        "initializer_range": 0.02,
+        "intermediate_size": inter,
+        "max_position_embeddings": 32768,
+        "num_attention_heads": c["heads"],
+        "num_code_groups": c["groups"],
+        "num_hidden_layers": n_layers,
+        "num_key_value_heads": c["kv_heads"],
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": {"interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
+        "rope_theta": 1000000,
+        "text_hidden_size": c["text_hidden"],
+        "text_vocab_size": c["text_vocab"],
+        "vocab_size": c["codec_vocab"],
+        "codec_language_id": dict(Q3_LANGUAGES),
+        "spk_id": dict(Q3_SPEAKERS),
+        "spk_is_dialect": {name: Q3_DIALECTS.get(name, False) for name in Q3_SPEAKERS},
+        **Q3_CODEC_IDS,
+    })
+    t["code_predictor_config"].update({
+        "head_dim": c["head_dim"],
+        "hidden_size": c["cp_hidden"],
+        "initializer_range": 0.02,
+        "intermediate_size": c["cp_inter"],
+        "layer_types": ["full_attention"] * n_cp,
+        "max_position_embeddings": 65536,
+        "num_attention_heads": c["heads"],
+        "num_code_groups": c["groups"],
+        "num_hidden_layers": n_cp,
+        "num_key_value_heads": c["kv_heads"],
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000,
+        "vocab_size": c["cp_vocab"],
+    })
+
+    codec = json.loads((Q3_FIXTURES / "tiny-random" / "speech_tokenizer" / "config.json").read_text())
+    codec["decoder_config"].update({
+        "codebook_dim": c["cb_dim"],
+        "codebook_size": c["cb_size"],
+        "decoder_dim": c["decoder_dim"],
+        "head_dim": c["c_head_dim"],
+        "hidden_size": c["c_hidden"],
+        "initializer_range": 0.02,
+        "intermediate_size": c["c_inter"],
+        "latent_dim": c["latent"],
+        "layer_scale_initial_scale": 0.01,
+        "num_attention_heads": c["c_heads"],
+        "num_hidden_layers": c["c_layers"],
+        "num_key_value_heads": c["c_kv_heads"],
+        "num_quantizers": c["groups"],
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 10000,
+        "sliding_window": 72,
+        "upsample_rates": list(c["upsample_rates"]),
+        "upsampling_ratios": list(c["upsampling_ratios"]),
+        "vector_quantization_hidden_dimension": c["cb_dim"],
+    })
+    return cfg, gen, codec
+
+
+def bytes_to_unicode():
+    """GPT-2's byte -> printable character map (the byte-level BPE alphabet)."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def q3_tokenizer_files(out: Path):
+    """A byte-level tokenizer in Qwen2's file layout (as the tiny fixture's, written by
+    tools/reference/qwen3_tts_fixtures.py): no merges, so every UTF-8 byte is one token (byte b
+    has id b), plus the real added tokens at their real ids."""
+    vocab = {ch: b for b, ch in sorted(bytes_to_unicode().items())}
+    assert sorted(vocab.values()) == list(range(256))
+    with open(out / "vocab.json", "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    tok = {"tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": {
+        str(i): {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
+                 "single_word": False, "special": True}
+        for i, content in sorted(Q3_ADDED_TOKENS.items())}}
+    (out / "tokenizer_config.json").write_text(json.dumps(tok, indent=2) + "\n")
+
+
+def q3_write_safetensors(path: Path, specs, seed, label, quiet, f32_kinds=()):
+    """Streams `specs` (name, shape, kind, fan_in) into `path` (bf16; kinds in `f32_kinds` F32)."""
+    dtypes = {name: "f32" for name, _, kind, _ in specs if kind in f32_kinds}
+    n_params = sum(int(np.prod(s, dtype=np.int64)) for _, s, *_ in specs)
+    tmp = path.with_name(path.name + ".partial")
+    st = SafetensorsWriter(tmp, specs, "bf16", dtypes)
+    done = 0
+    for name, shape, kind, fan_in in specs:
+
+        def chunks():
+            for ch in tensor_chunks(name, shape, kind, seed, round_f16=False, fan_in=fan_in):
+                if not np.isfinite(ch).all():
+                    raise SystemExit(f"non-finite value generated in {name}")
+                yield ch
+
+        st.write(name, chunks())
+        done += int(np.prod(shape, dtype=np.int64))
+        if not quiet:
+            print(f"\r{label}: {done / n_params * 100:5.1f}%  {name:<72}", end="", file=sys.stderr, flush=True)
+    if not quiet:
+        print(file=sys.stderr)
+    st.close()
+    os.replace(tmp, path)
+    return n_params
+
+
+def write_qwen3_tts(args):
+    import time
+
+    t0 = time.time()
+    out = Path(args.out)
+    (out / "speech_tokenizer").mkdir(parents=True, exist_ok=True)
+    cfg, gen, codec = q3_configs(args.size, args.max_layers)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    (out / "speech_tokenizer" / "config.json").write_text(json.dumps(codec, indent=2, sort_keys=True) + "\n")
+    q3_tokenizer_files(out)
+
+    talker = q3_talker_tensors(args.size, args.max_layers)
+    n_talker = q3_write_safetensors(out / "model.safetensors", talker, args.seed, "model", args.quiet)
+    t1 = time.time()
+    codec_specs = q3_codec_tensors()
+    n_codec = q3_write_safetensors(out / "speech_tokenizer" / "model.safetensors", codec_specs, args.seed,
+                                   "speech_tokenizer", args.quiet, f32_kinds=("codebook", "usage"))
+    t2 = time.time()
+    gb = lambda p: p.stat().st_size / 1e9  # noqa: E731
+    print(
+        f"qwen3-tts-{args.size}: {n_talker / 1e9:.3f} B parameters, {len(talker)} tensors, "
+        f"{gb(out / 'model.safetensors'):.2f} GB ({t1 - t0:.0f} s); speech tokenizer decoder "
+        f"{n_codec / 1e6:.1f} M parameters, {len(codec_specs)} tensors, "
+        f"{gb(out / 'speech_tokenizer' / 'model.safetensors'):.3f} GB ({t2 - t1:.0f} s) -> {out}"
+    )
+
+
 def read_ggml(path: Path):
     """Parse a legacy whisper ggml file: (hparams, mel filters, vocab, {name: array in PyTorch order})."""
     import mmap
@@ -891,6 +1266,12 @@ def main(argv=None):
                    help="mistral: consolidated.safetensors + params.json; hf: model.safetensors + config.json")
     v.add_argument("--max-layers", type=int, default=0, help=argparse.SUPPRESS)  # testing: cap both layer counts
     v.add_argument("--quiet", action="store_true")
+    q = sub.add_parser("qwen3-tts", help="random-weight Qwen3-TTS 12 Hz CustomVoice checkpoint at real shapes (bf16)")
+    q.add_argument("--size", required=True, choices=sorted(Q3_SIZES))
+    q.add_argument("--out", required=True, help="output directory (suggested: target/models/qwen3-tts-<size>)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--max-layers", type=int, default=0, help=argparse.SUPPRESS)  # testing: cap both layer counts
+    q.add_argument("--quiet", action="store_true")
     c = sub.add_parser("check-ggml", help="compare a ggml file with a generated directory, tensor by tensor")
     c.add_argument("ggml")
     c.add_argument("dir")
@@ -900,6 +1281,8 @@ def main(argv=None):
         write_whisper(args)
     elif args.model == "voxtral-realtime":
         write_voxtral_realtime(args)
+    elif args.model == "qwen3-tts":
+        write_qwen3_tts(args)
     else:
         check_ggml(args)
 
