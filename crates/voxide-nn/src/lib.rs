@@ -5,6 +5,7 @@
 //! stem, sampling) and the families differ only in how they wire them and in their weight names.
 //! Tensors come from `candle`; hot paths that candle serves poorly get their own kernels here.
 
+pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod kernels;

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
+use voxide_nn::activation::SnakeBeta;
 use voxide_nn::conv::{CausalConvTranspose1d, Conv1d, Conv1dSpec};
 use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
 use voxide_nn::weights::SafetensorsFiles;
@@ -93,32 +94,6 @@ impl CodecDecoderConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// `x + sin²(x · eᵅ) / (eᵝ + 1e-9)` per channel (BigVGAN's SnakeBeta, log-scale parameters).
-#[derive(Clone, Debug)]
-struct SnakeBeta {
-    /// eᵅ and 1 / (eᵝ + 1e-9), (1, C, 1).
-    alpha: Tensor,
-    inv_beta: Tensor,
-}
-
-impl SnakeBeta {
-    fn load(vb: VarBuilder, channels: usize) -> candle_core::Result<Self> {
-        let get = |name| {
-            vb.get_with_hints_dtype(channels, name, candle_nn::Init::Const(0.), DType::F32)?
-                .reshape((1, channels, 1))
-        };
-        Ok(Self {
-            alpha: get("alpha")?.exp()?,
-            inv_beta: (get("beta")?.exp()? + 1e-9)?.recip()?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let s = x.broadcast_mul(&self.alpha)?.sin()?.sqr()?;
-        x + s.broadcast_mul(&self.inv_beta)?
     }
 }
 

@@ -1,0 +1,91 @@
+//! Activations with learned parameters.
+
+use crate::kernels::ops::SnakeBetaOp;
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// SnakeBeta (BigVGAN): `x + sin²(x · eᵅ) / (eᵝ + 1e-9)` per channel of (batch, channels,
+/// time), with `alpha` and `beta` stored in log scale. On CPU one fused pass with a
+/// polynomial sin² ([`crate::kernels::ops::sin_squared`]): codec decoders apply it to
+/// millions of samples per second of audio.
+#[derive(Clone, Debug)]
+pub struct SnakeBeta {
+    /// eᵅ and 1 / (eᵝ + 1e-9), on the host for the fused kernel and as (1, C, 1) tensors.
+    a: Vec<f32>,
+    b: Vec<f32>,
+    a_t: Tensor,
+    b_t: Tensor,
+}
+
+impl SnakeBeta {
+    /// Loads `alpha` and `beta` [channels].
+    pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
+        let get =
+            |name| vb.get_with_hints_dtype(channels, name, candle_nn::Init::Const(0.), DType::F32);
+        let a_t = get("alpha")?.exp()?;
+        let b_t = (get("beta")?.exp()? + 1e-9)?.recip()?;
+        Ok(Self {
+            a: a_t.to_vec1()?,
+            b: b_t.to_vec1()?,
+            a_t: a_t.reshape((1, channels, 1))?,
+            b_t: b_t.reshape((1, channels, 1))?,
+        })
+    }
+
+    /// x: (batch, channels, time) → the same shape.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let x = x.contiguous()?;
+            return x.apply_op1_no_bwd(&SnakeBetaOp {
+                a: &self.a,
+                b: &self.b,
+            });
+        }
+        let s = x.broadcast_mul(&self.a_t)?.sin()?.sqr()?;
+        x + s.broadcast_mul(&self.b_t)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::ops::sin_squared;
+    use candle_core::Device;
+    use std::collections::HashMap;
+
+    #[test]
+    fn sin_squared_matches_f64() {
+        for i in -600_000..=600_000 {
+            let x = i as f32 * 1e-4;
+            let want = (x as f64).sin().powi(2);
+            let got = sin_squared(x) as f64;
+            assert!((got - want).abs() < 3e-7, "sin²({x}) = {got}, want {want}");
+        }
+    }
+
+    #[test]
+    fn fused_kernel_equals_the_definition() -> Result<()> {
+        let dev = Device::Cpu;
+        let (c, t) = (5, 37);
+        let mut ts = HashMap::new();
+        ts.insert(
+            "alpha".to_string(),
+            Tensor::new(&[0.0f32, 0.5, -0.3, 1.2, -1.0], &dev)?,
+        );
+        ts.insert(
+            "beta".to_string(),
+            Tensor::new(&[0.1f32, -0.2, 0.0, 0.7, -1.5], &dev)?,
+        );
+        let act = SnakeBeta::load(VarBuilder::from_tensors(ts, DType::F32, &dev), c)?;
+        let x = Tensor::arange(0u32, (2 * c * t) as u32, &dev)?
+            .to_dtype(DType::F32)?
+            .affine(0.013, -2.4)?
+            .reshape((2, c, t))?;
+        let got = act.forward(&x)?;
+        let s = x.broadcast_mul(&act.a_t)?.sin()?.sqr()?;
+        let want = (&x + s.broadcast_mul(&act.b_t)?)?;
+        let d = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "fused SnakeBeta differs by {d}");
+        Ok(())
+    }
+}
