@@ -151,18 +151,18 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     let rate = synthesizer.sample_rate();
     let stats = match &args.output {
         Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            let mut writer = PcmWriter::new(BufWriter::new(file), PcmOutFormat::Wav, rate);
-            let stats = synthesizer.synthesize(&request, &mut |pcm| {
-                writer.write(pcm).map_err(io_error)?;
-                Ok(true)
-            })?;
-            writer
-                .finish_seekable()
-                .and_then(|mut w| w.flush())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            stats
+            // Written beside the target and renamed at the end: a failed run leaves no partial
+            // file (nor clobbers an earlier one).
+            let partial = path.with_extension("wav.partial");
+            let result = write_file(&synthesizer, &request, &partial, rate).and_then(|stats| {
+                std::fs::rename(&partial, path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(stats)
+            });
+            if result.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            result?
         }
         None => {
             let format = match args.output_format.as_str() {
@@ -192,6 +192,27 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Synthesises into a WAV file at `path`.
+fn write_file(
+    synthesizer: &Synthesizer,
+    request: &SpeechRequest,
+    path: &std::path::Path,
+    rate: u32,
+) -> Result<voxide_models::qwen3_tts::SpeechStats> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut writer = PcmWriter::new(BufWriter::new(file), PcmOutFormat::Wav, rate);
+    let stats = synthesizer.synthesize(request, &mut |pcm| {
+        writer.write(pcm).map_err(io_error)?;
+        Ok(true)
+    })?;
+    writer
+        .finish_seekable()
+        .and_then(|mut w| w.flush())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(stats)
 }
 
 fn io_error(e: std::io::Error) -> voxide_models::Error {

@@ -147,6 +147,42 @@ fn bad_requests_get_a_one_line_error() {
         stdout.contains("voices: dylan, tester") && stdout.contains("english"),
         "{stdout}"
     );
+    // A config that does not match the weights: the error names the tensor; no file is left.
+    let dir = fixture_copy("mismatch");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replacen(
+        "\"intermediate_size\": 128",
+        "\"intermediate_size\": 130",
+        1,
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    std::fs::create_dir_all(dir.join("speech_tokenizer")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            fixture().join("speech_tokenizer").join(f),
+            dir.join("speech_tokenizer").join(f),
+        )
+        .unwrap();
+    }
+    let wav = dir.join("out.wav");
+    let out = voxide(&[
+        "speak",
+        "--model",
+        s(&dir),
+        "--voice",
+        "tester",
+        "-o",
+        s(&wav),
+        "hi",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("mlp.gate_proj"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!wav.exists() && !dir.join("out.wav.partial").exists());
+    std::fs::remove_dir_all(dir).ok();
     // Without its codec (the copy takes the top-level files only).
     let dir = fixture_copy("no-codec");
     let out = voxide(&["speak", "--model", s(&dir), "--voice", "tester", "hi"]);
