@@ -271,8 +271,8 @@ impl candle_core::InplaceOp1 for GeluErfInPlace {
 
 /// sin²(x) in f32 without libm (its sign is not needed): Cody-Waite reduction by π in three
 /// parts (the first two exact for |x / π| < 2¹²), then an odd minimax polynomial on
-/// [−π/2, π/2]. |error| ≤ 2.6e-7 for |x| ≤ 60 (measured against f64); branch-free, so loops of
-/// it vectorise.
+/// [−π/2, π/2]. |error| ≤ 2.6e-7 for |x| ≤ 60 (measured against f64); branch-free and
+/// call-free, so loops of it vectorise.
 #[inline(always)]
 pub fn sin_squared(x: f32) -> f32 {
     const PI_A: f32 = 3.140625;
@@ -285,7 +285,10 @@ pub fn sin_squared(x: f32) -> f32 {
         2.753_647_8e-6,
         -2.408_046e-8,
     ];
-    let k = (x * std::f32::consts::FRAC_1_PI).round();
+    // Round to nearest by adding and removing 1.5 · 2²³ (exact for |x / π| < 2²²; `round`
+    // is a libm call that keeps the loop scalar).
+    const ROUND: f32 = 12_582_912.0;
+    let k = (x * std::f32::consts::FRAC_1_PI + ROUND) - ROUND;
     let r = ((x - k * PI_A) - k * PI_B) - k * PI_C;
     let z = r * r;
     let p = (((S[4] * z + S[3]) * z + S[2]) * z + S[1]) * z + S[0];
