@@ -55,8 +55,9 @@ pub struct SpeakArgs {
     /// per variant (off for CustomVoice and VoiceDesign, on for voice clone).
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     text_streaming: String,
-    /// Frames decoded to audio at a time (80 ms each): fewer is an earlier first sound.
-    #[arg(long, default_value_t = 2)]
+    /// Most frames decoded to audio at a time (80 ms each): the first chunk is one frame, then
+    /// chunks double up to this (longer chunks decode faster).
+    #[arg(long, default_value_t = 16)]
     chunk_frames: usize,
     /// Output file (WAV); without it, audio goes to standard output.
     #[arg(short, long, value_name = "FILE.wav")]

@@ -100,7 +100,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             },
             seed: 0,
             non_streaming_text: None,
-            chunk_frames: 2,
+            chunk_frames: 16,
         };
         reset_peak_rss();
         let mut runs = Vec::new();
