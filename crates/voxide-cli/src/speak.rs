@@ -93,15 +93,21 @@ fn read_text(arg: Option<String>) -> Result<String> {
     }
 }
 
-pub fn run(args: SpeakArgs) -> Result<()> {
-    set_threads(args.threads)?;
-    let source = resolve_model(&args.model)?;
+/// Resolves `--model` and loads the checkpoint on the CPU at `--precision`.
+pub fn load_synthesizer(model: &str, precision_arg: &str) -> Result<Synthesizer> {
+    let source = resolve_model(model)?;
     let synthesizer = Synthesizer::from_dir(
         source.dir(),
         &candle_core::Device::Cpu,
-        precision(&args.precision),
+        precision(precision_arg),
     )?;
     crate::release_freed_memory();
+    Ok(synthesizer)
+}
+
+pub fn run(args: SpeakArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let synthesizer = load_synthesizer(&args.model, &args.precision)?;
     if args.list_voices {
         let list = |v: Vec<String>| {
             if v.is_empty() {

@@ -5,14 +5,12 @@
 
 use super::report::{MachineReport, Stat};
 use super::{machine_report, peak_rss_mb, print_machine, reset_peak_rss, BenchArgs};
-use crate::transcribe::precision;
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::time::Instant;
-use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest, Synthesizer};
+use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest};
 use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
-use voxide_runtime::resolve_model;
 
 /// (name, text, frames): 1.3 s, 3.8 s and 7.7 s of audio.
 const TEXTS: [(&str, &str, usize); 3] = [
@@ -70,13 +68,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--tts times its own texts: give no audio files or --suite");
     }
     let clock = Instant::now();
-    let source = resolve_model(&args.model)?;
-    let synthesizer = Synthesizer::from_dir(
-        source.dir(),
-        &candle_core::Device::Cpu,
-        precision(&args.precision),
-    )?;
-    crate::release_freed_memory();
+    let synthesizer = crate::speak::load_synthesizer(&args.model, &args.precision)?;
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     let threads = args
         .threads

@@ -64,6 +64,11 @@ fn default_rate() -> u32 {
 }
 
 impl CodecDecoderConfig {
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
     /// Output samples per frame (1920 for the real model).
     pub fn samples_per_frame(&self) -> usize {
         self.upsampling_ratios
@@ -325,9 +330,7 @@ impl CodecDecoder {
         let vb = vb.pp("decoder");
         let q = vb.pp("quantizer");
         let t = vb.pp("pre_transformer");
-        let head_dim = cfg
-            .head_dim
-            .unwrap_or(cfg.hidden_size / cfg.num_attention_heads);
+        let head_dim = cfg.head_dim();
         let layer = LayerConfig {
             dim: cfg.hidden_size,
             hidden_dim: cfg.intermediate_size,
@@ -402,9 +405,7 @@ impl CodecDecoder {
     /// A fresh stream.
     pub fn new_state(&self, device: &Device) -> candle_core::Result<CodecState> {
         let cfg = &self.config;
-        let head_dim = cfg
-            .head_dim
-            .unwrap_or(cfg.hidden_size / cfg.num_attention_heads);
+        let head_dim = cfg.head_dim();
         let caches = (0..cfg.num_hidden_layers)
             .map(|_| {
                 KvCache::sliding(
