@@ -235,3 +235,51 @@ fn sampled_speech_to_a_file_equals_stdout() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A VoiceDesign checkpoint (the fixture's weights under `tts_model_type: voice_design`): no
+/// preset voices, the instruction describes the voice (qwen-tts' prompt without a speaker slot,
+/// the `auto` case of the talker parity test).
+#[test]
+fn voice_design_takes_an_instruction_not_a_voice() {
+    let dir = fixture_copy("design");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert!(config.contains("\"tts_model_type\": \"custom_voice\""));
+    let config = config.replace(
+        "\"tts_model_type\": \"custom_voice\"",
+        "\"tts_model_type\": \"voice_design\"",
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    std::fs::create_dir_all(dir.join("speech_tokenizer")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            fixture().join("speech_tokenizer").join(f),
+            dir.join("speech_tokenizer").join(f),
+        )
+        .unwrap();
+    }
+    let out = voxide(&["speak", "--model", s(&dir), "--voice", "tester", "hi"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no preset voices"),
+        "{stderr}"
+    );
+    let out = voxide(&[
+        "speak",
+        "--model",
+        s(&dir),
+        "--instruct",
+        "A calm, low voice.",
+        "--max-frames",
+        "3",
+        "--output-format",
+        "pcm",
+        "hi",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), 3 * 1920 * 2);
+    std::fs::remove_dir_all(dir).ok();
+}
