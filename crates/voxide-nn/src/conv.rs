@@ -1,7 +1,8 @@
 //! 1-D convolutions (plain, causal and streaming, transposed) and the two-convolution audio
 //! stem shared by Whisper-style encoders.
 
-use candle_core::{Result, Tensor};
+use crate::kernels::conv_gemm::ConvTaps;
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Geometry of a 1-D convolution.
@@ -49,6 +50,9 @@ pub struct Conv1d {
     weight: Tensor,
     bias: Tensor,
     spec: Conv1dSpec,
+    /// For stride 1, one group and no padding on the CPU (causal convolutions): the weight
+    /// tap-major and the bias, for [`ConvTaps`] (one GEMM per tap, no im2col copy).
+    taps: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Conv1d {
@@ -72,12 +76,37 @@ impl Conv1d {
             candle_nn::Init::Const(0.),
             candle_core::DType::F32,
         )?;
-        Ok(Self { weight, bias, spec })
+        let direct = spec.stride == 1 && spec.groups == 1 && spec.padding == 0;
+        let taps = if direct && weight.device().is_cpu() {
+            let w = weight.flatten_all()?.to_vec1::<f32>()?;
+            Some((
+                ConvTaps::taps_of(&w, spec.out_channels, spec.in_channels, spec.kernel),
+                bias.to_vec1::<f32>()?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            spec,
+            taps,
+        })
     }
 
     /// x: (batch, in, t) -> (batch, out, (t + 2·padding − receptive field) / stride + 1).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = &self.spec;
+        if let (Some((taps, bias)), DType::F32) = (&self.taps, x.dtype()) {
+            return x.contiguous()?.apply_op1_no_bwd(&ConvTaps {
+                taps,
+                bias,
+                out_channels: s.out_channels,
+                in_channels: s.in_channels,
+                kernel: s.kernel,
+                dilation: s.dilation,
+            });
+        }
         let y = x.conv1d(&self.weight, s.padding, s.stride, s.dilation, s.groups)?;
         y.broadcast_add(&self.bias.reshape((1, (), 1))?)
     }

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod bandwidth;
+pub mod conv_gemm;
 pub mod convert;
 pub mod fma_peak;
 pub mod gemv;

@@ -1,0 +1,158 @@
+//! 1-D convolution (stride 1, no padding, one group) as one GEMM per kernel tap, accumulated
+//! in place: y (O × T) = bias + Σₖ Wₖ (O × C) · x[:, k·d .. k·d + T] (C × T).
+//!
+//! candle's CPU convolution copies the input into an im2col matrix K times its size, multiplies,
+//! and transposes the product back to channels-first; here each tap reads a strided window of
+//! the input in place and the product lands in channels-first order. Codec decoders run
+//! millions of such output samples per second of audio.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+
+/// candle op over a contiguous f32 (batch, C, L) input.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvTaps<'a> {
+    /// Kernel taps, tap-major: `taps[k][o][c]` = weight[o][c][k].
+    pub taps: &'a [f32],
+    pub bias: &'a [f32],
+    pub out_channels: usize,
+    pub in_channels: usize,
+    pub kernel: usize,
+    pub dilation: usize,
+}
+
+impl ConvTaps<'_> {
+    /// weight [O, C, K] (row-major) → tap-major [K, O, C].
+    pub fn taps_of(
+        weight: &[f32],
+        out_channels: usize,
+        in_channels: usize,
+        kernel: usize,
+    ) -> Vec<f32> {
+        let mut taps = vec![0f32; weight.len()];
+        for o in 0..out_channels {
+            for c in 0..in_channels {
+                for k in 0..kernel {
+                    taps[(k * out_channels + o) * in_channels + c] =
+                        weight[(o * in_channels + c) * kernel + k];
+                }
+            }
+        }
+        taps
+    }
+}
+
+impl CustomOp1 for ConvTaps<'_> {
+    fn name(&self) -> &'static str {
+        "conv1d-taps"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
+            candle_core::bail!("conv1d-taps: takes a contiguous f32 tensor");
+        };
+        let (batch, c, len) = l.shape().dims3()?;
+        let (o, k, d) = (self.out_channels, self.kernel, self.dilation);
+        if c != self.in_channels || self.taps.len() != k * o * c || self.bias.len() != o {
+            candle_core::bail!("conv1d-taps: shapes do not match the kernel");
+        }
+        let field = (k - 1) * d + 1;
+        let t = (len + 1).saturating_sub(field);
+        let x = &v[start..end];
+        let mut y = vec![0f32; batch * o * t];
+        if t > 0 {
+            let threads = rayon::current_num_threads();
+            let parallelism = if threads > 1 && o * c * t >= 1 << 16 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            for (yb, xb) in y.chunks_mut(o * t).zip(x.chunks(c * len)) {
+                for (row, &b) in yb.chunks_mut(t).zip(self.bias) {
+                    row.fill(b);
+                }
+                for tap in 0..k {
+                    let w = &self.taps[tap * o * c..(tap + 1) * o * c];
+                    // SAFETY: dst is yb (o × t, row stride t); lhs is the tap (o × c, row
+                    // stride c); rhs is xb's columns tap·d .. tap·d + t of each of its c rows
+                    // (row stride len), in bounds since tap·d + t ≤ (k − 1)·d + t = len.
+                    unsafe {
+                        gemm::gemm(
+                            o,
+                            t,
+                            c,
+                            yb.as_mut_ptr(),
+                            1,
+                            t as isize,
+                            true,
+                            w.as_ptr(),
+                            1,
+                            c as isize,
+                            xb.as_ptr().add(tap * d),
+                            1,
+                            len as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            parallelism,
+                        );
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((batch, o, t))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Against candle's convolution: batches, dilation, a kernel of one tap, an input shorter
+    /// than the receptive field (no output), sizes large enough to run in parallel.
+    #[test]
+    fn equals_candles_convolution() -> Result<()> {
+        let dev = Device::Cpu;
+        for &(batch, c, o, k, d, len) in &[
+            (2, 5, 3, 7, 3, 40),
+            (1, 64, 96, 7, 1, 700),
+            (1, 8, 4, 1, 1, 9),
+            (1, 4, 4, 7, 9, 20),
+        ] {
+            let x = Tensor::arange(0u32, (batch * c * len) as u32, &dev)?
+                .to_dtype(candle_core::DType::F32)?
+                .affine(0.37, 0.0)?
+                .sin()?
+                .reshape((batch, c, len))?;
+            let w = Tensor::arange(0u32, (o * c * k) as u32, &dev)?
+                .to_dtype(candle_core::DType::F32)?
+                .affine(0.11, 1.0)?
+                .cos()?
+                .reshape((o, c, k))?;
+            let bias: Vec<f32> = (0..o).map(|i| i as f32 * 0.1 - 0.2).collect();
+            let taps = ConvTaps::taps_of(&w.flatten_all()?.to_vec1()?, o, c, k);
+            let got = x.apply_op1_no_bwd(&ConvTaps {
+                taps: &taps,
+                bias: &bias,
+                out_channels: o,
+                in_channels: c,
+                kernel: k,
+                dilation: d,
+            })?;
+            let field = (k - 1) * d + 1;
+            if len < field {
+                assert_eq!(got.dims(), &[batch, o, 0]);
+                continue;
+            }
+            let want = x
+                .conv1d(&w, 0, 1, d, 1)?
+                .broadcast_add(&Tensor::new(bias.as_slice(), &dev)?.reshape((1, o, 1))?)?;
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "({batch}, {c}, {o}, {k}, {d}, {len}): {diff}");
+        }
+        Ok(())
+    }
+}
