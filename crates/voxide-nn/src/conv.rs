@@ -50,8 +50,8 @@ pub struct Conv1d {
     weight: Tensor,
     bias: Tensor,
     spec: Conv1dSpec,
-    /// For stride 1, one group and no padding on the CPU (causal convolutions): the weight
-    /// tap-major and the bias, for [`ConvTaps`] (one GEMM per tap, no im2col copy).
+    /// For one group on the CPU: the weight tap-major and the bias, for [`ConvTaps`] (one GEMM
+    /// per tap, no im2col copy).
     taps: Option<(Vec<f32>, Vec<f32>)>,
 }
 
@@ -76,8 +76,7 @@ impl Conv1d {
             candle_nn::Init::Const(0.),
             candle_core::DType::F32,
         )?;
-        let direct = spec.stride == 1 && spec.groups == 1 && spec.padding == 0;
-        let taps = if direct && weight.device().is_cpu() {
+        let taps = if spec.groups == 1 && weight.device().is_cpu() {
             let w = weight.flatten_all()?.to_vec1::<f32>()?;
             Some((
                 ConvTaps::taps_of(&w, spec.out_channels, spec.in_channels, spec.kernel),
@@ -105,6 +104,8 @@ impl Conv1d {
                 in_channels: s.in_channels,
                 kernel: s.kernel,
                 dilation: s.dilation,
+                stride: s.stride,
+                padding: s.padding,
             });
         }
         let y = x.conv1d(&self.weight, s.padding, s.stride, s.dilation, s.groups)?;

@@ -1,5 +1,5 @@
-//! 1-D convolution (stride 1, no padding, one group) as one GEMM per kernel tap, accumulated
-//! in place: y (O × T) = bias + Σₖ Wₖ (O × C) · x[:, k·d .. k·d + T] (C × T).
+//! 1-D convolution (one group) as one GEMM per kernel tap, accumulated in place:
+//! y (O × T) = bias + Σₖ Wₖ (O × C) · x[:, k·d + s·t] (C × T, a strided view of the input).
 //!
 //! candle's CPU convolution copies the input into an im2col matrix K times its size, multiplies,
 //! and transposes the product back to channels-first; here each tap reads a strided window of
@@ -18,6 +18,9 @@ pub struct ConvTaps<'a> {
     pub in_channels: usize,
     pub kernel: usize,
     pub dilation: usize,
+    pub stride: usize,
+    /// Zeros on both sides of the input.
+    pub padding: usize,
 }
 
 impl ConvTaps<'_> {
@@ -50,14 +53,36 @@ impl CustomOp1 for ConvTaps<'_> {
         let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
             candle_core::bail!("conv1d-taps: takes a contiguous f32 tensor");
         };
-        let (batch, c, len) = l.shape().dims3()?;
-        let (o, k, d) = (self.out_channels, self.kernel, self.dilation);
+        let (batch, c, unpadded) = l.shape().dims3()?;
+        let (o, k, d, stride, pad) = (
+            self.out_channels,
+            self.kernel,
+            self.dilation,
+            self.stride.max(1),
+            self.padding,
+        );
         if c != self.in_channels || self.taps.len() != k * o * c || self.bias.len() != o {
             candle_core::bail!("conv1d-taps: shapes do not match the kernel");
         }
         let field = (k - 1) * d + 1;
-        let t = (len + 1).saturating_sub(field);
-        let x = &v[start..end];
+        let len = unpadded + 2 * pad;
+        let t = if len >= field {
+            (len - field) / stride + 1
+        } else {
+            0
+        };
+        // Padding: one zero-bordered copy of the input (not a K-fold im2col matrix).
+        let padded;
+        let x = if pad == 0 {
+            &v[start..end]
+        } else {
+            let mut p = vec![0f32; batch * c * len];
+            for (dst, src) in p.chunks_mut(len).zip(v[start..end].chunks(unpadded)) {
+                dst[pad..pad + unpadded].copy_from_slice(src);
+            }
+            padded = p;
+            &padded[..]
+        };
         let mut y = vec![0f32; batch * o * t];
         if t > 0 {
             let threads = rayon::current_num_threads();
@@ -73,8 +98,9 @@ impl CustomOp1 for ConvTaps<'_> {
                 for tap in 0..k {
                     let w = &self.taps[tap * o * c..(tap + 1) * o * c];
                     // SAFETY: dst is yb (o × t, row stride t); lhs is the tap (o × c, row
-                    // stride c); rhs is xb's columns tap·d .. tap·d + t of each of its c rows
-                    // (row stride len), in bounds since tap·d + t ≤ (k − 1)·d + t = len.
+                    // stride c); rhs is xb's columns tap·d + stride·j (j < t) of each of its c
+                    // rows (row stride len), in bounds since the last one is
+                    // (k − 1)·d + stride·(t − 1) ≤ len − 1.
                     unsafe {
                         gemm::gemm(
                             o,
@@ -88,7 +114,7 @@ impl CustomOp1 for ConvTaps<'_> {
                             1,
                             c as isize,
                             xb.as_ptr().add(tap * d),
-                            1,
+                            stride as isize,
                             len as isize,
                             1.0,
                             1.0,
@@ -115,11 +141,14 @@ mod tests {
     #[test]
     fn equals_candles_convolution() -> Result<()> {
         let dev = Device::Cpu;
-        for &(batch, c, o, k, d, len) in &[
-            (2, 5, 3, 7, 3, 40),
-            (1, 64, 96, 7, 1, 700),
-            (1, 8, 4, 1, 1, 9),
-            (1, 4, 4, 7, 9, 20),
+        for &(batch, c, o, k, d, stride, pad, len) in &[
+            (2, 5, 3, 7, 3, 1, 0, 40),
+            (1, 64, 96, 7, 1, 1, 0, 700),
+            (1, 8, 4, 1, 1, 1, 0, 9),
+            (1, 4, 4, 7, 9, 1, 0, 20),
+            (2, 6, 5, 3, 1, 1, 1, 31),
+            (1, 6, 5, 3, 1, 2, 1, 31),
+            (1, 6, 5, 4, 2, 3, 2, 30),
         ] {
             let x = Tensor::arange(0u32, (batch * c * len) as u32, &dev)?
                 .to_dtype(candle_core::DType::F32)?
@@ -140,18 +169,23 @@ mod tests {
                 in_channels: c,
                 kernel: k,
                 dilation: d,
+                stride,
+                padding: pad,
             })?;
             let field = (k - 1) * d + 1;
-            if len < field {
+            if len + 2 * pad < field {
                 assert_eq!(got.dims(), &[batch, o, 0]);
                 continue;
             }
             let want = x
-                .conv1d(&w, 0, 1, d, 1)?
+                .conv1d(&w, pad, stride, d, 1)?
                 .broadcast_add(&Tensor::new(bias.as_slice(), &dev)?.reshape((1, o, 1))?)?;
             assert_eq!(got.dims(), want.dims());
             let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-4, "({batch}, {c}, {o}, {k}, {d}, {len}): {diff}");
+            assert!(
+                diff < 1e-4,
+                "({batch}, {c}, {o}, {k}, {d}, {stride}, {pad}, {len}): {diff}"
+            );
         }
         Ok(())
     }
