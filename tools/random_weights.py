@@ -5,7 +5,8 @@
         --out DIR [--dtype f32|f16] [--seed N] [--ggml FILE]
     random_weights.py check-ggml FILE DIR      # every ggml tensor == the safetensors one
     random_weights.py voxtral-realtime --out DIR [--seed N] [--layout mistral|hf]
-    random_weights.py qwen3-tts --size {0.6b,1.7b} --out DIR [--seed N]
+    random_weights.py qwen3-tts --size {0.6b,1.7b} --out DIR [--seed N] \
+        [--variant {custom_voice,voice_design,base}]
 
 whisper: writes a Hugging Face layout directory that voxide loads (config.json,
 generation_config.json, preprocessor_config.json, tokenizer.json, tokenizer_config.json,
@@ -27,21 +28,45 @@ rest <SPECIAL_n>; the section 10.1 audio section). Suggested DIR: target/models/
       (transformers' VoxtralRealtimeConfig, real values), generation_config.json, tekken.json.
 bf16 is the top 16 bits of f32, rounded to nearest even (as torch's conversion).
 
-qwen3-tts (Qwen3-TTS-12Hz-{0.6B,1.7B}-CustomVoice, specs/qwen3-tts.md): the layout of the tiny
-fixture tests/fixtures/qwen3-tts/tiny-random (same tensor names, config.json keys and dtypes)
-at the real sizes. model.safetensors: talker + code predictor, all bf16 (0.6B: 0.906 B
-parameters, 402 tensors, 1.81 GB; 1.7B: 1.917 B, 404 tensors with small_to_mtp_projection,
-3.83 GB); config.json (real shapes, spec section 7 ids; language and speaker ids partly
-approximate), the fixture's generation_config.json; speech_tokenizer/ holds the codec decoder
-(`decoder.*` only, 114 M parameters, 271 tensors, 0.25 GB: codebooks F32, the rest bf16) and
-its config.json. The text tokenizer (vocab.json, merges.txt, tokenizer_config.json) is
-byte-level with no merges: every UTF-8 byte is one token (byte b = id b), plus the real added
-tokens at their real ids (151643-151645, 151671-151673). A text is about 4 times as many tokens
+qwen3-tts (Qwen3-TTS-12Hz-{0.6B,1.7B}-{CustomVoice,VoiceDesign,Base}, specs/qwen3-tts.md): the
+layout of the tiny fixtures tests/fixtures/qwen3-tts/tiny-random (CustomVoice) and
+tiny-random-base (Base) (same tensor names, config.json keys and dtypes) at the real sizes.
+--variant (config.json tts_model_type; default custom_voice) picks what is written:
+  custom_voice  model.safetensors: talker + code predictor, all bf16 (0.6B: 0.906 B parameters,
+                402 tensors, 1.81 GB; 1.7B: 1.917 B, 404 tensors with small_to_mtp_projection,
+                3.83 GB); config.json (real shapes, spec section 7 ids; language and the 9 preset
+                speaker ids (spk_id / spk_is_dialect) partly approximate), the fixture's
+                generation_config.json; speech_tokenizer/ holds the codec decoder (`decoder.*`
+                only, 114 M parameters, 271 tensors, 0.25 GB: codebooks F32, the rest bf16) and its
+                config.json (encoder_config: MimiConfig's defaults, `_frame_rate` null,
+                encoder_valid_num_quantizers 16). The same bytes as before --variant existed.
+  voice_design  the same files and tensors (the same values), config.json with no preset speakers
+                (spk_id, spk_is_dialect empty). Only 1.7B exists on the hub; 0.6B is allowed.
+  base          (voice clone) config.json as voice_design's, plus
+                - model.safetensors: the ECAPA-TDNN speaker encoder `speaker_encoder.*` (76 Conv1d
+                  weights + biases, bf16; 0.6B: 8.9 M parameters, 1.83 GB in all; 1.7B: 12.0 M),
+                  from config.json speaker_encoder_config (qwen-tts defaults: mel_dim 128,
+                  enc_channels [512, 512, 512, 512, 1536], kernels [5, 3, 3, 3, 1], dilations
+                  [1, 2, 3, 4, 1], attention 128, res2net_scale 8, se 128, sample_rate 24000,
+                  enc_dim = talker hidden: 1024 / 2048);
+                - speech_tokenizer/model.safetensors: the codec ENCODER `encoder.*` (transformers'
+                  MimiModel encoder half: SEANet, 8-layer transformer, stride-2 downsample, split
+                  RVQ of 1 semantic + 31 acoustic quantizers; 56.2 M parameters, 225 tensors;
+                  codebook buffers embed_sum / cluster_usage / initialized F32, the rest bf16)
+                  beside the decoder (0.39 GB), from speech_tokenizer/config.json encoder_config
+                  (MimiConfig defaults: hidden 512, num_filters 64, ratios [8, 6, 5, 4], 8 layers
+                  x 8 heads, intermediate 2048, codebook 2048 x 256, 32 quantizers, 1 semantic,
+                  sliding_window 250; `_frame_rate` 12.5 as the real checkpoint) and
+                  encoder_valid_num_quantizers 16.
+                The talker, predictor and decoder tensors are those of custom_voice (same values).
+Every variant: the text tokenizer (vocab.json, merges.txt, tokenizer_config.json) is byte-level
+with no merges: every UTF-8 byte is one token (byte b = id b), plus the real added tokens at
+their real ids (151643-151645, 151671-151673). A text is about 4 times as many tokens
 as with Qwen2's real BPE (one a byte), so prompts and text tracks are longer than the real
 model's. That is close enough for a benchmark, which needs only roughly the right counts. Random
 weights sample code 0 = EOS about as often as any code (about 1/2049 a frame), so fix the number
-of frames when timing. 0.6B takes about 30 s and 1.7B about 65 s on 2 cores.
-Suggested DIR: target/models/qwen3-tts-<size>.
+of frames when timing. 0.6B takes about 30 s and 1.7B about 65 s on 2 cores (base a few s more).
+Suggested DIR: target/models/qwen3-tts-<size>[-voice-design|-base].
 
 Tensors are generated one at a time (in row chunks of about 16 M values) and streamed to disk,
 so even the 8.86 GB checkpoint needs under 0.5 GB of memory (about 2 minutes on 2 cores).
@@ -60,6 +85,15 @@ Values (chosen so activations stay O(1) through every layer):
                          ([in, out, k], stride s) fan_in = in k / s, the inputs one output sums.
                          (A numpy pass of the decoder gives waveform std ~0.007, peak ~0.03:
                          quiet, never clipped.)
+                         Encoder (base): SEANet / downsample / RVQ projection convs
+                         N(0, 1/fan_in) (gain 1: ELU is near-linear at these levels, so the
+                         signal keeps its level, std ~0.25 at the RVQ for speech at 0.18, above
+                         the biases; at gain 0.5 the biases' constant dominates and every frame
+                         gets the same codes); transformer as above; LayerNorm weight 1 +
+                         N(0, 0.02^2), bias N(0, 0.02^2); codebook embed_sum N(0, 0.25^2) (entries
+                         about the residual's scale, so codes vary frame to frame), cluster_usage
+                         1 + 0.5 U(0, 1), initialized 1.0 (F32).
+  Qwen3-TTS speaker enc. conv weights and biases as above (base; x-vector std ~0.13-0.3).
 Each tensor has its own generator seeded with (seed, crc32(name)), so a tensor's values do not
 depend on which other tensors exist or on the order they are written (Voxtral's HF layout seeds
 by the Mistral name, hence the identical values).
@@ -203,6 +237,8 @@ def tensor_chunks(name, shape, kind, seed, round_f16=True, fan_in=None):
     uniform = False
     if kind == "w":
         std, mean = 0.5 / math.sqrt(fan_in or row_elems), 0.0
+    elif kind == "w_unit":  # Qwen3-TTS codec encoder convolutions
+        std, mean = 1.0 / math.sqrt(fan_in or row_elems), 0.0
     elif kind == "emb":
         std, mean = 0.02, 0.0
     elif kind == "dec_pos":
@@ -217,6 +253,10 @@ def tensor_chunks(name, shape, kind, seed, round_f16=True, fan_in=None):
         std, mean = 1.0, 0.0
     elif kind == "usage":  # codec codebook cluster_usage: 1 + 0.5 U(0, 1)
         std, mean, uniform = 0.5, 1.0, True
+    elif kind == "enc_codebook":  # codec encoder codebook embed_sum (see Q3_ENC_CODEBOOK_STD)
+        std, mean = Q3_ENC_CODEBOOK_STD, 0.0
+    elif kind == "one":  # codebook `initialized` flag
+        std, mean = 0.0, 1.0
     else:
         raise ValueError(kind)
     step = max(1, CHUNK_ELEMS // row_elems)
@@ -873,6 +913,29 @@ Q3_SPEAKERS = {
     "aiden": 2861, "ono_anna": 2873, "sohee": 2864,
 }
 Q3_DIALECTS = {"dylan": "beijing_dialect", "eric": "sichuan_dialect"}
+Q3_VARIANTS = ("custom_voice", "voice_design", "base")  # --variant = config.json tts_model_type
+# speaker_encoder_config (qwen-tts Qwen3TTSSpeakerEncoderConfig defaults; enc_dim = talker hidden)
+Q3_SPEAKER_ENCODER = {
+    "mel_dim": 128, "enc_channels": [512, 512, 512, 512, 1536], "enc_kernel_sizes": [5, 3, 3, 3, 1],
+    "enc_dilations": [1, 2, 3, 4, 1], "enc_attention_channels": 128, "enc_res2net_scale": 8,
+    "enc_se_channels": 128, "sample_rate": 24000,
+}
+# The structural fields of the speech tokenizer's encoder_config (transformers' MimiConfig
+# defaults, as Qwen/Qwen3-TTS-Tokenizer-12Hz): SEANet convs, 8-layer transformer, split RVQ.
+Q3_MIMI = {
+    "sampling_rate": 24000, "audio_channels": 1, "hidden_size": 512, "num_filters": 64,
+    "num_residual_layers": 1, "upsampling_ratios": [8, 6, 5, 4], "kernel_size": 7,
+    "last_kernel_size": 3, "residual_kernel_size": 3, "dilation_growth_rate": 2, "compress": 2,
+    "use_conv_shortcut": False, "num_hidden_layers": 8, "num_attention_heads": 8,
+    "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 2048, "codebook_size": 2048,
+    "codebook_dim": 256, "vector_quantization_hidden_dimension": 256, "num_quantizers": 32,
+    "num_semantic_quantizers": 1, "sliding_window": 250,
+}
+Q3_ENCODER_VALID_QUANTIZERS = 16
+# Codec encoder codebook embed_sum std: entries (embed_sum / cluster_usage, std ~0.2) about the
+# scale of the residual the RVQ sees (std ~0.25 for speech at std 0.18), so codes vary frame to
+# frame (N(0, 1) entries would dwarf it and every stage would add to it instead).
+Q3_ENC_CODEBOOK_STD = 0.25
 
 
 def q3_layer(p, d, inter, heads, kv_heads, hd, qk_norm):
@@ -1007,7 +1070,121 @@ def q3_codec_tensors():
     return out
 
 
-def q3_configs(size, max_layers=0):
+def q3_conv(name, c_out, c_in, k, bias=True, kind="w"):
+    """(name, shape, kind, fan_in) of a Conv1d's weight [out, in, k] (`kind`) and bias [out]."""
+    out = [(f"{name}.weight", (c_out, c_in, k), kind, None)]
+    return out + [(f"{name}.bias", (c_out,), "b", None)] if bias else out
+
+
+def q3_speaker_encoder_tensors(sec):
+    """(name, shape, kind, fan_in) of the Base model's ECAPA-TDNN speaker encoder
+    (`speaker_encoder.*`, qwen-tts Qwen3TTSSpeakerEncoder) from `speaker_encoder_config` `sec`:
+    every layer a Conv1d with bias (no norms): blocks.0 a TDNN mel_dim -> C0 (k0); blocks.i
+    (i = 1 .. n-2) SE-Res2Net blocks (tdnn1 C(i-1) -> Ci k1, res2net_block.blocks.0..scale-2
+    Ci/scale -> Ci/scale (ki), tdnn2 Ci -> Ci k1, se_block conv1 Ci -> se, conv2 se -> Ci);
+    mfa C(n-1) -> C(n-1) (k(n-1); it reads the concatenated blocks 1..n-2, whose channels sum to
+    C(n-1)); asp.tdnn 3 C(n-1) -> attention, asp.conv attention -> C(n-1); fc 2 C(n-1) -> enc_dim."""
+    ch, ks = sec["enc_channels"], sec["enc_kernel_sizes"]
+    scale, se, att = sec["enc_res2net_scale"], sec["enc_se_channels"], sec["enc_attention_channels"]
+    assert len(ch) == len(ks) == len(sec["enc_dilations"]) and sum(ch[1:-1]) == ch[-1]
+    p = "speaker_encoder"
+    out = q3_conv(f"{p}.blocks.0.conv", ch[0], sec["mel_dim"], ks[0])
+    for i in range(1, len(ch) - 1):
+        b, c = f"{p}.blocks.{i}", ch[i]
+        assert ch[i - 1] == c and c % scale == 0  # the block adds its input back
+        out += q3_conv(f"{b}.tdnn1.conv", c, ch[i - 1], 1)
+        for j in range(scale - 1):
+            out += q3_conv(f"{b}.res2net_block.blocks.{j}.conv", c // scale, c // scale, ks[i])
+        out += q3_conv(f"{b}.tdnn2.conv", c, c, 1)
+        out += q3_conv(f"{b}.se_block.conv1", se, c, 1)
+        out += q3_conv(f"{b}.se_block.conv2", c, se, 1)
+    out += q3_conv(f"{p}.mfa.conv", ch[-1], ch[-1], ks[-1])
+    out += q3_conv(f"{p}.asp.tdnn.conv", att, 3 * ch[-1], 1)
+    out += q3_conv(f"{p}.asp.conv", ch[-1], att, 1)
+    out += q3_conv(f"{p}.fc", sec["enc_dim"], 2 * ch[-1], 1)
+    return out
+
+
+def q3_mimi_frame_rates(enc):
+    """(frame_rate, encodec_frame_rate) of a MimiConfig dict: the SEANet output rate
+    ceil(sampling_rate / prod(ratios)) and `_frame_rate` or sampling_rate / (2 prod(ratios))."""
+    hop = math.prod(enc["upsampling_ratios"])
+    encodec = math.ceil(enc["sampling_rate"] / hop)
+    return enc.get("_frame_rate") or enc["sampling_rate"] / (2 * hop), encodec
+
+
+def q3_codec_encoder_tensors(enc):
+    """(name, shape, kind, fan_in) of the speech tokenizer's ENCODER (`encoder.*`: qwen-tts
+    Qwen3TTSTokenizerV2Encoder, transformers' MimiModel without its decoder parts) from
+    `encoder_config` `enc` (a MimiConfig dict). SEANet (encoder.encoder.layers.N, the module list
+    counted with its ELUs): conv audio -> F (kernel_size); per ratio r of reversed
+    upsampling_ratios at width D = F, 2F, ..: residual blocks (block.1 D -> D/compress
+    residual_kernel_size, block.3 D/compress -> D k1), ELU, conv D -> 2D (k 2r, stride r); ELU,
+    conv -> hidden (last_kernel_size). encoder_transformer.layers.i: LayerNorms with bias, q/k/v/o,
+    mlp fc1/fc2 (no biases), two layer scales. downsample hidden -> hidden (k 2 encodec/frame
+    rate, stride 2, no bias). quantizer.{semantic,acoustic}_residual_vector_quantizer: input_proj
+    / output_proj (k1, no bias) and per layer codebook.{embed_sum [size, dim], cluster_usage
+    [size], initialized [1]} (buffers, F32). The convolutions (SEANet, downsample, projections)
+    are "w_unit" (N(0, 1/fan_in)): ELU is near-linear at these levels, so the signal keeps its
+    level and stays above the biases (at "w"'s 0.5 gain it shrinks ~50 x over the SEANet, the
+    biases' constant dominates and every frame gets the same codes)."""
+    e = enc
+    conv = lambda *a, **k: q3_conv(*a, kind="w_unit", **k)  # noqa: E731
+    for key, ok in (("use_conv_shortcut", False), ("audio_channels", 1)):
+        if e[key] != ok:
+            raise SystemExit(f"encoder_config {key} = {e[key]!r} is not supported")
+    s = "encoder.encoder.layers"
+    nf, d = e["num_filters"], e["hidden_size"]
+    out = conv(f"{s}.0.conv", nf, e["audio_channels"], e["kernel_size"])
+    idx, width = 1, nf
+    for ratio in reversed(e["upsampling_ratios"]):
+        for _ in range(e["num_residual_layers"]):
+            hid = width // e["compress"]
+            out += conv(f"{s}.{idx}.block.1.conv", hid, width, e["residual_kernel_size"])
+            out += conv(f"{s}.{idx}.block.3.conv", width, hid, 1)
+            idx += 1
+        idx += 1  # ELU
+        out += conv(f"{s}.{idx}.conv", 2 * width, width, 2 * ratio)
+        idx += 1
+        width *= 2
+    idx += 1  # ELU
+    out += conv(f"{s}.{idx}.conv", d, width, e["last_kernel_size"])
+    heads, kv, hd, inter = e["num_attention_heads"], e["num_key_value_heads"], e["head_dim"], e["intermediate_size"]
+    for i in range(e["num_hidden_layers"]):
+        p = f"encoder.encoder_transformer.layers.{i}"
+        out += [
+            (f"{p}.input_layernorm.weight", (d,), "ln_w", None),
+            (f"{p}.input_layernorm.bias", (d,), "b", None),
+            (f"{p}.post_attention_layernorm.weight", (d,), "ln_w", None),
+            (f"{p}.post_attention_layernorm.bias", (d,), "b", None),
+            (f"{p}.self_attn.q_proj.weight", (heads * hd, d), "w", None),
+            (f"{p}.self_attn.k_proj.weight", (kv * hd, d), "w", None),
+            (f"{p}.self_attn.v_proj.weight", (kv * hd, d), "w", None),
+            (f"{p}.self_attn.o_proj.weight", (d, heads * hd), "w", None),
+            (f"{p}.mlp.fc1.weight", (inter, d), "w", None),
+            (f"{p}.mlp.fc2.weight", (d, inter), "w", None),
+            (f"{p}.self_attn_layer_scale.scale", (d,), "scale", None),
+            (f"{p}.mlp_layer_scale.scale", (d,), "scale", None),
+        ]
+    frame_rate, encodec_rate = q3_mimi_frame_rates(e)
+    if frame_rate != encodec_rate:
+        out += conv("encoder.downsample.conv", d, d, 2 * int(encodec_rate / frame_rate), bias=False)
+    vq = e["vector_quantization_hidden_dimension"]
+    n_sem = e["num_semantic_quantizers"]
+    for grp, n in (("semantic", n_sem), ("acoustic", e["num_quantizers"] - n_sem)):
+        q = f"encoder.quantizer.{grp}_residual_vector_quantizer"
+        if vq != d:
+            out += conv(f"{q}.input_proj", vq, d, 1, bias=False)
+            out += conv(f"{q}.output_proj", d, vq, 1, bias=False)
+        for i in range(n):
+            book = f"{q}.layers.{i}.codebook"
+            out += [(f"{book}.embed_sum", (e["codebook_size"], e["codebook_dim"]), "enc_codebook", None),
+                    (f"{book}.cluster_usage", (e["codebook_size"],), "usage", None),
+                    (f"{book}.initialized", (1,), "one", None)]
+    return out
+
+
+def q3_configs(size, max_layers=0, variant="custom_voice"):
     """config.json (the tiny fixture's layout, real values), generation_config.json (the
     fixture's) and speech_tokenizer/config.json (the fixture's codec, real decoder values)."""
     c = Q3
@@ -1028,9 +1205,10 @@ def q3_configs(size, max_layers=0):
         "tts_bos_token_id": 151672,
         "tts_eos_token_id": 151673,
         "tts_model_size": size_tag,
-        "tts_model_type": "custom_voice",
+        "tts_model_type": variant,
     })
-    cfg["speaker_encoder_config"]["enc_dim"] = h  # the x-vector fills a talker position (§2)
+    # the speaker encoder's x-vector fills a talker position (§2): enc_dim = talker hidden
+    cfg["speaker_encoder_config"].update({**Q3_SPEAKER_ENCODER, "enc_dim": h})
     t = cfg["talker_config"]
     t.update({
         "head_dim": c["head_dim"],
@@ -1049,8 +1227,10 @@ def q3_configs(size, max_layers=0):
         "text_vocab_size": c["text_vocab"],
         "vocab_size": c["codec_vocab"],
         "codec_language_id": dict(Q3_LANGUAGES),
-        "spk_id": dict(Q3_SPEAKERS),
-        "spk_is_dialect": {name: Q3_DIALECTS.get(name, False) for name in Q3_SPEAKERS},
+        # preset speakers exist only in CustomVoice checkpoints (VoiceDesign and Base: empty)
+        "spk_id": dict(Q3_SPEAKERS) if variant == "custom_voice" else {},
+        "spk_is_dialect": ({name: Q3_DIALECTS.get(name, False) for name in Q3_SPEAKERS}
+                           if variant == "custom_voice" else {}),
         **Q3_CODEC_IDS,
     })
     t["code_predictor_config"].update({
@@ -1091,6 +1271,10 @@ def q3_configs(size, max_layers=0):
         "upsampling_ratios": list(c["upsampling_ratios"]),
         "vector_quantization_hidden_dimension": c["cb_dim"],
     })
+    codec["encoder_config"].update(Q3_MIMI)
+    codec["encoder_valid_num_quantizers"] = Q3_ENCODER_VALID_QUANTIZERS
+    if variant == "base":  # the encoder is used: its frame rate as the real checkpoint saves it
+        codec["encoder_config"]["_frame_rate"] = 12.5
     return cfg, gen, codec
 
 
@@ -1153,25 +1337,39 @@ def write_qwen3_tts(args):
 
     t0 = time.time()
     out = Path(args.out)
+    variant = args.variant
     (out / "speech_tokenizer").mkdir(parents=True, exist_ok=True)
-    cfg, gen, codec = q3_configs(args.size, args.max_layers)
+    cfg, gen, codec = q3_configs(args.size, args.max_layers, variant)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     (out / "speech_tokenizer" / "config.json").write_text(json.dumps(codec, indent=2, sort_keys=True) + "\n")
     q3_tokenizer_files(out)
 
     talker = q3_talker_tensors(args.size, args.max_layers)
-    n_talker = q3_write_safetensors(out / "model.safetensors", talker, args.seed, "model", args.quiet)
+    speaker = q3_speaker_encoder_tensors(cfg["speaker_encoder_config"]) if variant == "base" else []
+    n_model = q3_write_safetensors(out / "model.safetensors", talker + speaker, args.seed, "model", args.quiet)
     t1 = time.time()
-    codec_specs = q3_codec_tensors()
-    n_codec = q3_write_safetensors(out / "speech_tokenizer" / "model.safetensors", codec_specs, args.seed,
-                                   "speech_tokenizer", args.quiet, f32_kinds=("codebook", "usage"))
+    decoder = q3_codec_tensors()
+    encoder = q3_codec_encoder_tensors(codec["encoder_config"]) if variant == "base" else []
+    n_codec = q3_write_safetensors(out / "speech_tokenizer" / "model.safetensors", encoder + decoder, args.seed,
+                                   "speech_tokenizer", args.quiet,
+                                   f32_kinds=("codebook", "usage", "enc_codebook", "one"))
     t2 = time.time()
+    n_params = lambda specs: sum(int(np.prod(s, dtype=np.int64)) for _, s, *_ in specs)  # noqa: E731
     gb = lambda p: p.stat().st_size / 1e9  # noqa: E731
+    name = f"qwen3-tts-{args.size}" + ("" if variant == "custom_voice" else "-" + variant.replace("_", "-"))
+    if speaker:
+        model_what = (f"talker {n_params(talker) / 1e9:.3f} B + speaker encoder {n_params(speaker) / 1e6:.1f} M "
+                      f"parameters, {len(talker)} + {len(speaker)} tensors")
+    else:
+        model_what = f"{n_model / 1e9:.3f} B parameters, {len(talker)} tensors"
+    if encoder:
+        codec_what = (f"speech tokenizer encoder {n_params(encoder) / 1e6:.1f} M + decoder "
+                      f"{n_params(decoder) / 1e6:.1f} M parameters, {len(encoder)} + {len(decoder)} tensors")
+    else:
+        codec_what = f"speech tokenizer decoder {n_codec / 1e6:.1f} M parameters, {len(decoder)} tensors"
     print(
-        f"qwen3-tts-{args.size}: {n_talker / 1e9:.3f} B parameters, {len(talker)} tensors, "
-        f"{gb(out / 'model.safetensors'):.2f} GB ({t1 - t0:.0f} s); speech tokenizer decoder "
-        f"{n_codec / 1e6:.1f} M parameters, {len(codec_specs)} tensors, "
+        f"{name}: {model_what}, {gb(out / 'model.safetensors'):.2f} GB ({t1 - t0:.0f} s); {codec_what}, "
         f"{gb(out / 'speech_tokenizer' / 'model.safetensors'):.3f} GB ({t2 - t1:.0f} s) -> {out}"
     )
 
@@ -1266,9 +1464,13 @@ def main(argv=None):
                    help="mistral: consolidated.safetensors + params.json; hf: model.safetensors + config.json")
     v.add_argument("--max-layers", type=int, default=0, help=argparse.SUPPRESS)  # testing: cap both layer counts
     v.add_argument("--quiet", action="store_true")
-    q = sub.add_parser("qwen3-tts", help="random-weight Qwen3-TTS 12 Hz CustomVoice checkpoint at real shapes (bf16)")
+    q = sub.add_parser("qwen3-tts", help="random-weight Qwen3-TTS 12 Hz checkpoint at real shapes (bf16)")
     q.add_argument("--size", required=True, choices=sorted(Q3_SIZES))
-    q.add_argument("--out", required=True, help="output directory (suggested: target/models/qwen3-tts-<size>)")
+    q.add_argument("--variant", choices=Q3_VARIANTS, default="custom_voice",
+                   help="custom_voice (preset speakers), voice_design (no speakers) or base (voice clone: "
+                        "speaker encoder + speech tokenizer encoder); default custom_voice")
+    q.add_argument("--out", required=True,
+                   help="output directory (suggested: target/models/qwen3-tts-<size>[-voice-design|-base])")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--max-layers", type=int, default=0, help=argparse.SUPPRESS)  # testing: cap both layer counts
     q.add_argument("--quiet", action="store_true")

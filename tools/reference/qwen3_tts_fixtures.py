@@ -144,7 +144,7 @@ MODELS = {
 }
 
 
-def make_config(cp_hidden, tts_model_size):
+def make_config(cp_hidden, tts_model_size, tts_model_type="custom_voice", speaker_encoder_config=None):
     code_predictor = dict(
         initializer_range=INIT_RANGE,
         vocab_size=2048, hidden_size=cp_hidden, intermediate_size=96, num_hidden_layers=2,
@@ -173,7 +173,8 @@ def make_config(cp_hidden, tts_model_size):
         spk_is_dialect={"tester": False, "dylan": "beijing_dialect"},
     )
     cfg = Qwen3TTSConfig(
-        talker_config=talker, tts_model_type="custom_voice", tts_model_size=tts_model_size,
+        talker_config=talker, tts_model_type=tts_model_type, tts_model_size=tts_model_size,
+        speaker_encoder_config=speaker_encoder_config,
         tokenizer_type="qwen3_tts_tokenizer_12hz",
         im_start_token_id=IM_START, im_end_token_id=IM_END,
         tts_pad_token_id=TTS_PAD, tts_bos_token_id=TTS_BOS, tts_eos_token_id=TTS_EOS,

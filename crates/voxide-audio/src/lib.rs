@@ -8,7 +8,8 @@
 //! * [`mod@resample`]: mono downmix and band-limited, delay-compensated
 //!   resampling;
 //! * [`load_mono`]: the runtime's one-call entry point;
-//! * [`mel`]: openai-whisper's `log_mel_spectrogram`, and Voxtral's fixed-max, streaming one;
+//! * [`mel`]: openai-whisper's `log_mel_spectrogram`, Voxtral's fixed-max, streaming one, and
+//!   qwen-tts' log-magnitude mel (the Qwen3-TTS speaker encoder's input);
 //! * [`PcmStream`]: live 16 kHz PCM from a pipe (raw s16le or WAV);
 //! * [`PcmWriter`]: 16-bit WAV / s16le output, written chunk by chunk (speech synthesis).
 //!
@@ -27,7 +28,8 @@ pub use decode::{decode_bytes, decode_file, decode_stdin, DecodedAudio};
 pub use error::AudioError;
 pub use load::{load_mono, mono_at_rate, AudioInput};
 pub use mel::{
-    mel_filters, LogMel, MelStream, WhisperMel, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE,
+    mel_filters, slaney_mel_filters, LogMagnitudeMel, LogMel, MelGeometry, MelStream, WhisperMel,
+    HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE,
 };
 pub use pcm_stream::{PcmFormat, PcmStream};
 pub use resample::{downmix_mono, resample, resampled_len};

@@ -1,5 +1,7 @@
-//! Whisper's log-mel spectrogram (openai-whisper `log_mel_spectrogram`).
+//! Mel spectrograms: Whisper's log-mel (openai-whisper `log_mel_spectrogram`) and, at the end,
+//! qwen-tts' log-magnitude mel ([`LogMagnitudeMel`], the Qwen3-TTS speaker encoder's input).
 //!
+//! Whisper:
 //! 16 kHz mono input; STFT with n_fft 400, hop 160, periodic Hann window,
 //! centred with reflect padding, last frame dropped; power spectrum; Slaney
 //! mel filter bank (computed here exactly as librosa does, so it matches
@@ -31,18 +33,32 @@ pub const N_FRAMES: usize = 3000;
 /// `librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels)` (htk=False,
 /// norm='slaney', float32) — the arrays openai-whisper ships in
 /// `mel_filters.npz`. Row-major `[n_mels][N_FREQS]`.
+pub fn mel_filters(n_mels: usize) -> Vec<f32> {
+    let sr = SAMPLE_RATE as f64;
+    slaney_mel_filters(sr, N_FFT, n_mels, 0.0, sr / 2.0)
+}
+
+/// Slaney-style mel filter bank, as `librosa.filters.mel(sr=sample_rate, n_fft=n_fft,
+/// n_mels=n_mels, fmin=fmin, fmax=fmax)` (htk=False, norm='slaney', float32). Row-major
+/// `[n_mels][n_fft / 2 + 1]`.
 ///
 /// librosa builds the triangles in f64, stores them into an f32 array, then
 /// multiplies by the Slaney area normalisation in f64 and stores f32 again;
 /// the two roundings are reproduced here.
-pub fn mel_filters(n_mels: usize) -> Vec<f32> {
-    let sr = SAMPLE_RATE as f64;
-    // np.fft.rfftfreq(400, 1/16000): k * (1 / (n * d)).
-    let df = 1.0 / (N_FFT as f64 * (1.0 / sr));
-    let fftfreqs: Vec<f64> = (0..N_FREQS).map(|k| k as f64 * df).collect();
-    // np.linspace(hz_to_mel(0), hz_to_mel(8000), n_mels + 2), then mel_to_hz.
+pub fn slaney_mel_filters(
+    sample_rate: f64,
+    n_fft: usize,
+    n_mels: usize,
+    fmin: f64,
+    fmax: f64,
+) -> Vec<f32> {
+    let n_freqs = n_fft / 2 + 1;
+    // np.fft.rfftfreq(n_fft, 1/sr): k * (1 / (n * d)).
+    let df = 1.0 / (n_fft as f64 * (1.0 / sample_rate));
+    let fftfreqs: Vec<f64> = (0..n_freqs).map(|k| k as f64 * df).collect();
+    // np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2), then mel_to_hz.
     let n_pts = n_mels + 2;
-    let (lo, hi) = (hz_to_mel(0.0), hz_to_mel(sr / 2.0));
+    let (lo, hi) = (hz_to_mel(fmin), hz_to_mel(fmax));
     let step = (hi - lo) / (n_pts - 1) as f64;
     let mel_f: Vec<f64> = (0..n_pts)
         .map(|i| {
@@ -53,7 +69,7 @@ pub fn mel_filters(n_mels: usize) -> Vec<f32> {
             }
         })
         .collect();
-    let mut w = vec![0f32; n_mels * N_FREQS];
+    let mut w = vec![0f32; n_mels * n_freqs];
     for i in 0..n_mels {
         let fdiff_lo = mel_f[i + 1] - mel_f[i];
         let fdiff_hi = mel_f[i + 2] - mel_f[i + 1];
@@ -63,10 +79,24 @@ pub fn mel_filters(n_mels: usize) -> Vec<f32> {
             let lower = -(mel_f[i] - f) / fdiff_lo;
             let upper = (mel_f[i + 2] - f) / fdiff_hi;
             let tri = lower.min(upper).max(0.0) as f32;
-            w[i * N_FREQS + k] = (tri as f64 * enorm) as f32;
+            w[i * n_freqs + k] = (tri as f64 * enorm) as f32;
         }
     }
     w
+}
+
+/// Per mel row of `filters` (`[n_mels][n_freqs]`), the range of bins where the filter is
+/// non-zero: each triangle covers a few bins, and skipping the zeros makes the product ~20x
+/// cheaper than the dense matmul.
+fn filter_support(filters: &[f32], n_mels: usize, n_freqs: usize) -> Vec<(usize, usize)> {
+    (0..n_mels)
+        .map(|m| {
+            let row = &filters[m * n_freqs..(m + 1) * n_freqs];
+            let lo = row.iter().position(|&v| v != 0.0).unwrap_or(0);
+            let hi = row.iter().rposition(|&v| v != 0.0).map_or(lo, |i| i + 1);
+            (lo, hi)
+        })
+        .collect()
 }
 
 /// librosa `hz_to_mel` (Slaney): linear below 1 kHz, logarithmic above.
@@ -139,9 +169,7 @@ pub struct WhisperMel {
     n_mels: usize,
     /// `[n_mels][N_FREQS]`, f32 like `mel_filters.npz`.
     filters: Vec<f32>,
-    /// Per mel row, the range of bins where the filter is non-zero (each
-    /// triangle covers a few bins; skipping zeros makes the product ~20x
-    /// cheaper than the dense matmul).
+    /// Per mel row, the range of bins where the filter is non-zero.
     support: Vec<(usize, usize)>,
     /// Periodic Hann window of N_FFT samples (torch.hann_window(400)).
     window: Vec<f64>,
@@ -162,14 +190,7 @@ impl WhisperMel {
     pub fn new(n_mels: usize) -> Self {
         assert!(n_mels > 0, "n_mels must be > 0");
         let filters = mel_filters(n_mels);
-        let support = (0..n_mels)
-            .map(|m| {
-                let row = &filters[m * N_FREQS..(m + 1) * N_FREQS];
-                let lo = row.iter().position(|&v| v != 0.0).unwrap_or(0);
-                let hi = row.iter().rposition(|&v| v != 0.0).map_or(lo, |i| i + 1);
-                (lo, hi)
-            })
-            .collect();
+        let support = filter_support(&filters, n_mels, N_FREQS);
         let window = (0..N_FFT)
             .map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos())
             .map(|w| w as f32 as f64) // torch builds the window in f32
@@ -397,6 +418,154 @@ impl MelStream {
     }
 }
 
+/// Geometry of a [`LogMagnitudeMel`] (the window is `n_fft` samples long).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MelGeometry {
+    /// Input rate in Hz.
+    pub sample_rate: u32,
+    /// FFT size and window length.
+    pub n_fft: usize,
+    /// Hop between frames.
+    pub hop_length: usize,
+    /// Number of mel bins.
+    pub n_mels: usize,
+    /// Lowest filter edge in Hz.
+    pub fmin: f64,
+    /// Highest filter edge in Hz.
+    pub fmax: f64,
+}
+
+impl MelGeometry {
+    /// qwen-tts `extract_speaker_embedding` (the Base checkpoints' speaker encoder input):
+    /// 24 kHz, n_fft and window 1024, hop 256, 128 mels over 0–12 kHz.
+    pub const QWEN3_TTS_SPEAKER: Self = Self {
+        sample_rate: 24_000,
+        n_fft: 1024,
+        hop_length: 256,
+        n_mels: 128,
+        fmin: 0.0,
+        fmax: 12_000.0,
+    };
+
+    /// Samples of reflect padding on each side: `(n_fft − hop) / 2`.
+    fn pad(&self) -> usize {
+        (self.n_fft - self.hop_length) / 2
+    }
+}
+
+/// The HiFi-GAN-style log-magnitude mel spectrogram of qwen-tts `mel_spectrogram` (the
+/// speaker encoder's features): reflect padding of `(n_fft − hop) / 2` samples on both sides,
+/// an uncentred STFT with the periodic Hann window, magnitude `sqrt(re² + im² + 1e-9)`,
+/// Slaney mel filters, `ln(max(x, 1e-5))`.
+///
+/// Like [`WhisperMel`], the FFT and the products run in f64 and only the result is rounded to
+/// f32; torch's f32 STFT misses that exact value by up to ~2e-4 in the quietest bins (near the
+/// 1e-5 floor, where the FFT's rounding error is large relative to the bin) and by ~1e-6 on
+/// average.
+pub struct LogMagnitudeMel {
+    geometry: MelGeometry,
+    /// `[n_mels][n_fft / 2 + 1]`, f32 like librosa's.
+    filters: Vec<f32>,
+    support: Vec<(usize, usize)>,
+    /// torch.hann_window(n_fft) (periodic), as torch rounds it in f32.
+    window: Vec<f64>,
+    fft: Arc<dyn RealToComplex<f64>>,
+}
+
+impl std::fmt::Debug for LogMagnitudeMel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogMagnitudeMel")
+            .field("geometry", &self.geometry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogMagnitudeMel {
+    /// Feature extractor for `geometry`. Panics unless `0 < hop_length ≤ n_fft`,
+    /// `n_mels > 0` and `0 ≤ fmin < fmax` (a programming error: geometries are constants).
+    pub fn new(geometry: MelGeometry) -> Self {
+        let g = geometry;
+        assert!(
+            g.hop_length > 0 && g.hop_length <= g.n_fft && g.n_mels > 0,
+            "invalid mel geometry {g:?}"
+        );
+        assert!(0.0 <= g.fmin && g.fmin < g.fmax, "invalid mel band {g:?}");
+        let n_freqs = g.n_fft / 2 + 1;
+        let filters = slaney_mel_filters(g.sample_rate as f64, g.n_fft, g.n_mels, g.fmin, g.fmax);
+        let support = filter_support(&filters, g.n_mels, n_freqs);
+        // torch.hann_window in f32: arange · (2π / n), cos, · −0.5 + 0.5. The f64 cosine of the
+        // f32 argument, rounded, is within one ulp of torch's f32 cosine.
+        let step = (2.0 * std::f64::consts::PI / g.n_fft as f64) as f32;
+        let window = (0..g.n_fft)
+            .map(|n| {
+                let c = ((n as f32 * step) as f64).cos() as f32;
+                (c * -0.5 + 0.5) as f64
+            })
+            .collect();
+        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(g.n_fft);
+        Self {
+            geometry,
+            filters,
+            support,
+            window,
+            fft,
+        }
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &MelGeometry {
+        &self.geometry
+    }
+
+    /// The fewest samples that give at least `frames` frames (and at least one): torch's
+    /// reflect padding needs more samples than the pad, the STFT one full window.
+    pub fn min_samples(&self, frames: usize) -> usize {
+        let g = &self.geometry;
+        let pad = g.pad();
+        let for_frames = (frames.max(1) - 1) * g.hop_length + g.n_fft;
+        (pad + 1).max(for_frames.saturating_sub(2 * pad))
+    }
+
+    /// Log-mel spectrogram of mono `samples` at the geometry's rate, time-major
+    /// `[frames][n_mels]` with `frames = (len + 2·pad − n_fft) / hop + 1`; `None` when there
+    /// are fewer than [`Self::min_samples`]`(1)` samples (torch raises there).
+    pub fn log_mel(&self, samples: &[f32]) -> Option<Vec<f32>> {
+        if samples.len() < self.min_samples(1) {
+            return None;
+        }
+        let g = &self.geometry;
+        let (pad, n_fft) = (g.pad(), g.n_fft);
+        let n_frames = (samples.len() + 2 * pad - n_fft) / g.hop_length + 1;
+        let mut out = Vec::with_capacity(n_frames * g.n_mels);
+        let mut frame = self.fft.make_input_vec();
+        let mut spec = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut magnitude = vec![0f64; spec.len()];
+        let n_freqs = spec.len();
+        for t in 0..n_frames {
+            // Frame t covers padded samples t·hop .. t·hop + n_fft, i.e. input offsets from
+            // t·hop − pad; the pad is shorter than the input, so one reflection suffices.
+            let first = (t * g.hop_length) as i64 - pad as i64;
+            for (i, (d, &w)) in frame.iter_mut().zip(&self.window).enumerate() {
+                *d = samples[reflect(first + i as i64, samples.len())] as f64 * w;
+            }
+            // Lengths come from the plan itself, so this cannot fail.
+            self.fft
+                .process_with_scratch(&mut frame, &mut spec, &mut scratch)
+                .expect("FFT buffers sized by the plan");
+            for (m, c) in magnitude.iter_mut().zip(&spec) {
+                *m = (c.norm_sqr() + 1e-9).sqrt();
+            }
+            for (m, &(lo, hi)) in self.support.iter().enumerate() {
+                let row = &self.filters[m * n_freqs..];
+                let acc: f64 = (lo..hi).map(|k| row[k] as f64 * magnitude[k]).sum();
+                out.push(acc.max(1e-5).ln() as f32);
+            }
+        }
+        Some(out)
+    }
+}
+
 /// numpy/torch "reflect" padding index (edge not repeated) for any offset,
 /// folding repeatedly so even inputs shorter than the pad stay in range.
 fn reflect(mut i: i64, n: usize) -> usize {
@@ -462,6 +631,24 @@ mod tests {
         }
         // Digital silence is (1.5 - 8 + 4) / 4.
         assert_eq!(offline.get(0, 0), -0.625);
+    }
+
+    /// Frame counts and the shortest accepted input of the speaker geometry (pad 384).
+    #[test]
+    fn log_magnitude_mel_frames() {
+        let mel = LogMagnitudeMel::new(MelGeometry::QWEN3_TTS_SPEAKER);
+        assert_eq!(mel.min_samples(1), 385);
+        assert_eq!(mel.min_samples(5), 1280);
+        let x: Vec<f32> = (0..72_000).map(|i| (i as f32 * 0.01).sin() * 0.1).collect();
+        assert_eq!(mel.log_mel(&x).unwrap().len(), 281 * 128);
+        assert_eq!(mel.log_mel(&x[..1280]).unwrap().len(), 5 * 128);
+        assert_eq!(mel.log_mel(&x[..1279]).unwrap().len(), 4 * 128);
+        assert_eq!(mel.log_mel(&x[..385]).unwrap().len(), 128);
+        assert!(mel.log_mel(&x[..384]).is_none());
+        // Digital silence: each bin's magnitude is sqrt(1e-9), and no filter sums to the 1e-5
+        // floor over that (each sums to about 1024 / 24000), so every value is ln(1e-5).
+        let silence = mel.log_mel(&[0.0; 4096]).unwrap();
+        assert!(silence.iter().all(|&v| v == 1e-5f64.ln() as f32));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
-use voxide_audio::{PcmOutFormat, PcmWriter};
-use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest, Synthesizer};
+use voxide_audio::{load_mono, AudioError, AudioInput, PcmOutFormat, PcmWriter};
+use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest, Synthesizer, VoiceReference};
 use voxide_nn::sampling::SamplingParams;
 use voxide_runtime::resolve_model;
 
@@ -24,10 +24,11 @@ pub struct SpeakArgs {
     /// How to speak, or (VoiceDesign) the voice itself, in words.
     #[arg(long)]
     instruct: Option<String>,
-    /// Reference clip to clone (Base checkpoints).
+    /// Reference clip whose voice to clone (Base checkpoints), any format voxide reads.
     #[arg(long, value_name = "FILE")]
     ref_audio: Option<PathBuf>,
-    /// Transcript of the reference clip.
+    /// Transcript of the reference clip: clones in context (the clip's codes join the prompt);
+    /// without it only the speaker embedding is used.
     #[arg(long, requires = "ref_audio")]
     ref_text: Option<String>,
     /// Language of the text: auto or one of the checkpoint's (`--list-voices`).
@@ -121,9 +122,6 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         println!("languages: auto, {}", list(synthesizer.languages()));
         return Ok(());
     }
-    if args.ref_audio.is_some() {
-        bail!("voice cloning from a reference clip is not implemented yet (it needs the speaker encoder and the codec encoder)");
-    }
     if !(args.temperature >= 0.0 && args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
     }
@@ -135,10 +133,27 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         top_k: args.top_k,
         top_p: args.top_p,
     });
+    let reference = args
+        .ref_audio
+        .map(|path| -> Result<VoiceReference> {
+            let input = AudioInput::File(path);
+            let samples = load_mono(&input, synthesizer.sample_rate()).map_err(|e| match e {
+                AudioError::DigitalSilence { name } => anyhow::anyhow!(
+                    "reference clip {name}: only digital silence, no voice to clone"
+                ),
+                e => anyhow::anyhow!("reference clip {e}"),
+            })?;
+            Ok(VoiceReference {
+                samples,
+                text: args.ref_text,
+            })
+        })
+        .transpose()?;
     let request = SpeechRequest {
         text: read_text(args.text)?,
         voice: args.voice,
         instruct: args.instruct,
+        reference,
         language: Some(args.language),
         params: GenerationParams {
             talker: sampling,
@@ -187,10 +202,11 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     if args.verbose {
         let frames_per_s = stats.frames as f64 / (stats.wall_ms / 1e3).max(1e-9);
         eprintln!(
-            "{} frames, {:.2} s of audio in {:.0} ms: {:.1} frames/s, RTF {:.3}, first audio {:.0} ms, {}, peak RSS {:.0} MB",
+            "{} frames, {:.2} s of audio in {:.0} ms (reference clip {:.0} ms): {:.1} frames/s, RTF {:.3}, first audio {:.0} ms, {}, peak RSS {:.0} MB",
             stats.frames,
             stats.audio_s,
             stats.wall_ms,
+            stats.reference_ms,
             frames_per_s,
             stats.wall_ms / 1e3 / stats.audio_s.max(1e-9),
             stats.first_audio_ms.unwrap_or(0.0),

@@ -6,12 +6,17 @@
 //!
 //! Cases: a preset speaker with a language, auto language with an instruction and no speaker,
 //! a dialect speaker (its dialect replaces auto), and non-streaming text.
+//!
+//! Voice clone (tools/reference/qwen3_tts_voice_clone_fixtures.py, `tiny-random-base`): the
+//! prompt from the reference's x-vector and reference codes — in-context with the text track
+//! shorter and longer than the codec track, non-streaming, and x-vector only — and its greedy
+//! codes.
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use voxide_models::qwen3_tts::{
-    generate, GenerationParams, Prompt, PromptRequest, Qwen3Tts, Voice,
+    generate, GenerationParams, Prompt, PromptRequest, Qwen3Tts, Reference, Voice,
 };
 use voxide_nn::sampling::Sampler;
 
@@ -122,6 +127,7 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
                 language: case.language,
                 voice: case.voice.clone(),
                 non_streaming: case.non_streaming,
+                reference: None,
             };
             let prompt = Prompt::build(tts.talker(), tts.config(), &request).expect("prompt");
             let d = rel_diff(&prompt.prefill.squeeze(0).unwrap(), get("prefill_embeds"));
@@ -166,6 +172,74 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
     }
 }
 
+/// Greedy frames of `prompt`, checked against the reference's codes.
+fn assert_greedy_codes(
+    what: &str,
+    talker: &voxide_models::qwen3_tts::Talker,
+    prompt: &Prompt,
+    want: &Tensor,
+) {
+    let frames = generate(
+        talker,
+        prompt,
+        &greedy(want.dim(0).unwrap()),
+        &mut Sampler::new(0),
+        &mut |_| Ok(true),
+    )
+    .expect("generation")
+    .frames;
+    assert_eq!(frames.concat(), ids(want), "{what}: greedy codes differ");
+}
+
+fn frames_of(t: &Tensor) -> Vec<Vec<u32>> {
+    let groups = t.dim(1).unwrap();
+    ids(t).chunks(groups).map(<[u32]>::to_vec).collect()
+}
+
+#[test]
+fn voice_clone_prompts_and_greedy_codes_match_qwen_tts() {
+    let tts = Qwen3Tts::from_dir(&fixtures().join("tiny-random-base"), &Device::Cpu, None)
+        .expect("model loads");
+    let r = reference("voice-clone");
+    let ref_codes = frames_of(&r["ref_codes"]);
+    // (case, language, non-streaming, in-context)
+    let cases = [
+        ("icl", Some("english"), false, true),
+        ("icl_long", None, false, true),
+        ("icl_nonstream", Some("english"), true, true),
+        ("xvec", Some("english"), false, false),
+        ("e2e", Some("english"), false, true),
+    ];
+    for (name, language, non_streaming, icl) in cases {
+        let get = |k: &str| {
+            r.get(&format!("{name}.{k}"))
+                .unwrap_or_else(|| panic!("{name}: reference has no {k}"))
+        };
+        let text_ids = ids(get("input_ids"));
+        let ref_ids = icl.then(|| ids(get("ref_ids")));
+        let request = PromptRequest {
+            text_ids: &text_ids,
+            instruct_ids: None,
+            language,
+            voice: Voice::Embedding(r["xvector"].clone()),
+            non_streaming,
+            reference: ref_ids.as_deref().map(|text_ids| Reference {
+                text_ids,
+                codes: &ref_codes,
+            }),
+        };
+        let prompt = Prompt::build(tts.talker(), tts.config(), &request).expect("prompt");
+        let d = rel_diff(&prompt.prefill.squeeze(0).unwrap(), get("prefill_embeds"));
+        assert!(d < 1e-5, "{name}: prefill embeddings differ by {d}");
+        let d = rel_diff(
+            &prompt.trailing_text.squeeze(0).unwrap(),
+            get("trailing_text"),
+        );
+        assert!(d < 1e-5, "{name}: trailing text differs by {d}");
+        assert_greedy_codes(name, tts.talker(), &prompt, get("codes"));
+    }
+}
+
 #[test]
 fn unknown_voice_and_language_are_clear_errors() {
     let tts = Qwen3Tts::from_dir(&fixtures().join("tiny-random"), &Device::Cpu, None).unwrap();
@@ -176,6 +250,7 @@ fn unknown_voice_and_language_are_clear_errors() {
         language,
         voice,
         non_streaming: false,
+        reference: None,
     };
     let err = Prompt::build(
         tts.talker(),

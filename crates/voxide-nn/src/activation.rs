@@ -1,7 +1,8 @@
-//! Activations with learned parameters.
+//! Activations: SnakeBeta (learned parameters) and the ELU of SEANet encoders, each one fused
+//! CPU pass.
 
 use crate::kernels::ops::SnakeBetaOp;
-use candle_core::{DType, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 
 /// SnakeBeta (BigVGAN): `x + sin²(x · eᵅ) / (eᵝ + 1e-9)` per channel of (batch, channels,
@@ -46,6 +47,83 @@ impl SnakeBeta {
     }
 }
 
+/// ELU (α = 1, `torch.nn.ELU()`: x for x > 0, eˣ − 1 otherwise) of x (batch, channels, time)
+/// with `left` and `right` zero frames added on the time axis: the input of a zero-padded
+/// convolution after an ELU (ELU(0) = 0, so padding before or after is the same). On CPU one
+/// parallel pass with a polynomial eˣ that vectorises (|error| ≤ 2e-7): Mimi's encoder applies
+/// it to 15 M values per second of audio, where candle's scalar ELU and a separate padding copy
+/// took most of the encoder's time.
+pub fn elu_padded(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1_no_bwd(&EluPadded { left, right });
+    }
+    x.pad_with_zeros(D::Minus1, left, right)?.elu(1.0)
+}
+
+struct EluPadded {
+    left: usize,
+    right: usize,
+}
+
+impl CustomOp1 for EluPadded {
+    fn name(&self) -> &'static str {
+        "elu-padded"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
+            candle_core::bail!("elu-padded: takes a contiguous f32 tensor");
+        };
+        let mut dims = l.dims().to_vec();
+        let time = dims.pop().unwrap_or(1);
+        let width = self.left + time + self.right;
+        let x = &v[start..end];
+        let mut y = vec![0f32; x.len() / time.max(1) * width];
+        if time > 0 {
+            y.par_chunks_mut(width)
+                .zip(x.par_chunks(time))
+                .with_min_len((1 << 14) / time + 1)
+                .for_each(|(y, x)| {
+                    for (y, &x) in y[self.left..self.left + time].iter_mut().zip(x) {
+                        *y = if x > 0.0 {
+                            x
+                        } else {
+                            exp_non_positive(x) - 1.0
+                        };
+                    }
+                });
+        }
+        dims.push(width);
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+}
+
+/// eˣ in f32 for x ≤ 0 without libm (Cephes' expf): x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in
+/// two parts), eʳ by a degree-6 polynomial, 2ⁿ through the exponent bits; clamped at −87
+/// (e⁻⁸⁷ ≈ 1.6e-38). Relative error ~2e-7; branch-free and call-free, so loops vectorise.
+#[inline(always)]
+fn exp_non_positive(x: f32) -> f32 {
+    const LN2_A: f32 = 0.693_359_4;
+    const LN2_B: f32 = -2.121_944_4e-4;
+    const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_2e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ];
+    // Round to nearest by adding and removing 1.5 · 2²³ (`round` is a libm call).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (x - n * LN2_A) - n * LN2_B;
+    let p = ((((P[0] * r + P[1]) * r + P[2]) * r + P[3]) * r + P[4]) * r + P[5];
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +139,39 @@ mod tests {
             let got = sin_squared(x) as f64;
             assert!((got - want).abs() < 3e-7, "sin²({x}) = {got}, want {want}");
         }
+    }
+
+    #[test]
+    fn exp_matches_f64() {
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let want = (x as f64).exp();
+            let got = exp_non_positive(x) as f64;
+            assert!(
+                (got - want).abs() <= 2.5e-7 * want,
+                "e^{x} = {got}, want {want}"
+            );
+        }
+        assert!(exp_non_positive(-200.0) < 1e-37);
+    }
+
+    #[test]
+    fn padded_elu_equals_candles() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0u32, 2 * 3 * 37, &dev)?
+            .to_dtype(DType::F32)?
+            .affine(0.173, -9.0)?
+            .sin()?
+            .affine(12.0, 0.0)?
+            .reshape((2, 3, 37))?;
+        for (left, right) in [(0, 0), (2, 0), (5, 3)] {
+            let got = elu_padded(&x, left, right)?;
+            let want = x.pad_with_zeros(2, left, right)?.elu(1.0)?;
+            assert_eq!(got.dims(), want.dims());
+            let d = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 3e-7, "({left}, {right}): {d}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! 1-D convolutions (plain, causal and streaming, transposed) and the two-convolution audio
-//! stem shared by Whisper-style encoders.
+//! 1-D convolutions (plain, causal and streaming, reflect-padded "same", transposed) and the
+//! two-convolution audio stem shared by Whisper-style encoders.
 
 use crate::kernels::conv_gemm::ConvTaps;
 use candle_core::{DType, Result, Tensor};
@@ -146,6 +146,72 @@ impl Conv1d {
         }
         self.forward(&buffered.narrow(2, 0, (outputs - 1) * stride + field)?)
     }
+}
+
+/// Stride-1 convolution with PyTorch's `padding="same", padding_mode="reflect"`: the input is
+/// reflect-padded (edge frame not repeated) by `(kernel − 1) · dilation / 2` frames on the left
+/// and the rest on the right, so the output keeps the input's length. ECAPA-TDNN (the Qwen3-TTS
+/// speaker encoder) pads every convolution this way.
+#[derive(Clone, Debug)]
+pub struct ReflectSameConv1d {
+    conv: Conv1d,
+    left: usize,
+    right: usize,
+}
+
+impl ReflectSameConv1d {
+    /// Loads `weight` [out, in, kernel] and `bias` [out] from `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        dilation: usize,
+    ) -> Result<Self> {
+        let spec = Conv1dSpec {
+            dilation,
+            ..Conv1dSpec::new(in_channels, out_channels, kernel)
+        };
+        // torch: total = dilation · (kernel − 1), left = total / 2 (rounded down).
+        let total = spec.receptive_field() - 1;
+        Ok(Self {
+            conv: Conv1d::load(vb, spec)?,
+            left: total / 2,
+            right: total - total / 2,
+        })
+    }
+
+    /// Frames the input needs at least: torch's reflect padding must be shorter than the input.
+    pub fn min_frames(&self) -> usize {
+        self.right + 1
+    }
+
+    /// x: (batch, in, t) → (batch, out, t); an error unless t ≥ [`Self::min_frames`].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.right == 0 {
+            return self.conv.forward(x);
+        }
+        self.conv.forward(&pad_reflect(x, self.left, self.right)?)
+    }
+}
+
+/// `F.pad(x, (left, right), mode="reflect")` on the last dimension of x (batch, channels, t):
+/// one gather, an error unless both pads are shorter than t (as in torch).
+fn pad_reflect(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
+    let t = x.dim(2)?;
+    if left >= t || right >= t {
+        candle_core::bail!(
+            "reflect padding of {left} + {right} frames needs more than that many frames, got {t}"
+        );
+    }
+    let index: Vec<u32> = (0..left + t + right)
+        .map(|j| {
+            let i = j.abs_diff(left); // |j − left| reflects the left edge
+            (if i < t { i } else { 2 * (t - 1) - i }) as u32
+        })
+        .collect();
+    let index = Tensor::from_vec(index, left + t + right, x.device())?;
+    x.index_select(&index, 2)
 }
 
 /// Transposed convolution with `weight` [in, out, kernel] and `bias` [out], made causal by
@@ -295,6 +361,36 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use std::collections::HashMap;
+
+    /// Reflect padding as numpy/torch (edge not repeated), refused when a pad reaches the
+    /// length; the "same" convolution keeps the length and splits an odd total pad
+    /// left-short, as torch does.
+    #[test]
+    fn reflect_same_padding() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 5., &dev)?.reshape((1, 1, 5))?;
+        // np.pad(np.arange(5), (3, 2), mode="reflect")
+        let want = [3f32, 2., 1., 0., 1., 2., 3., 4., 3., 2.];
+        assert_eq!(
+            pad_reflect(&x, 3, 2)?.flatten_all()?.to_vec1::<f32>()?,
+            want
+        );
+        assert!(pad_reflect(&x, 5, 0).is_err() && pad_reflect(&x, 0, 5).is_err());
+        // kernel 2: total pad 1 goes right; weights [1, 10] read x[i] and x[i + 1].
+        let mut ts = HashMap::new();
+        ts.insert(
+            "weight".into(),
+            Tensor::new(&[[[1f32, 10.]]], &dev)?.reshape((1, 1, 2))?,
+        );
+        ts.insert("bias".into(), Tensor::new(&[0.5f32], &dev)?);
+        let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
+        let conv = ReflectSameConv1d::load(vb, 1, 1, 2, 1)?;
+        assert_eq!(conv.min_frames(), 2);
+        let y = conv.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(y, [10.5, 21.5, 32.5, 43.5, 34.5]);
+        assert!(conv.forward(&x.narrow(2, 0, 1)?).is_err());
+        Ok(())
+    }
 
     /// The causal stem fed in chunks of any size equals one pass, which equals the
     /// definition: left padding only and stride-2 outputs at even conv1 frames.

@@ -16,15 +16,33 @@ pub struct GeluMlp {
 impl GeluMlp {
     /// Loads `fc1` and `fc2` (both with bias) from `vb`.
     pub fn load(vb: VarBuilder, dim: usize, ffn_dim: usize) -> Result<Self> {
+        Self::load_with_bias(vb, dim, ffn_dim, true)
+    }
+
+    /// Loads `fc1` and `fc2`, both with or both without a bias (Mimi's transformer: without).
+    pub fn load_with_bias(vb: VarBuilder, dim: usize, ffn_dim: usize, bias: bool) -> Result<Self> {
         Ok(Self {
-            fc1: Linear::load(vb.pp("fc1"), dim, ffn_dim, true)?,
-            fc2: Linear::load(vb.pp("fc2"), ffn_dim, dim, true)?,
+            fc1: Linear::load(vb.pp("fc1"), dim, ffn_dim, bias)?,
+            fc2: Linear::load(vb.pp("fc2"), ffn_dim, dim, bias)?,
+        })
+    }
+
+    /// The block with its two matrices stored as `format`.
+    pub fn to_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(Self {
+            fc1: self.fc1.to_format(format)?,
+            fc2: self.fc2.to_format(format)?,
         })
     }
 
     /// fc1 and fc2.
     pub fn linears_mut(&mut self) -> [&mut Linear; 2] {
         [&mut self.fc1, &mut self.fc2]
+    }
+
+    /// Bytes of the two matrices (what one step reads).
+    pub fn weight_bytes(&self) -> usize {
+        self.fc1.weight_bytes() + self.fc2.weight_bytes()
     }
 
     /// x: (..., d) -> (..., d). GELU is the exact erf form, as in the references; on CPU it

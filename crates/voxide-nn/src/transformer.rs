@@ -1,5 +1,6 @@
 //! The pre-norm decoder layer of Llama-family models, written once: Mistral/Ministral
-//! (Voxtral's encoder and decoder) and Qwen3 (the Qwen3-TTS talker and code predictor).
+//! (Voxtral's encoder and decoder), Qwen3 (the Qwen3-TTS talker and code predictor) and, with
+//! LayerNorm and a GELU MLP ([`LayerKind::LayerNormGelu`]), Mimi's codec transformer.
 //!
 //! x → h = x + [s₁ ·] attention(norm₁(x)) → h + [s₂ ·] mlp(norm₂(h) [· gain]), with a KV
 //! cache (full or sliding window) and RoPE.
@@ -7,8 +8,8 @@
 use crate::attention::{Attention, AttentionConfig, KvSource};
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, WeightFormat};
-use crate::mlp::SwiGlu;
-use crate::norm::RmsNorm;
+use crate::mlp::{GeluMlp, SwiGlu};
+use crate::norm::{LayerNorm, RmsNorm};
 use crate::rope::RotaryEmbedding;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -56,19 +57,79 @@ pub struct LayerConfig {
     pub layer_scale: bool,
 }
 
-/// One pre-norm layer: RMSNorm → GQA attention (cached, RoPE) → RMSNorm → SwiGLU.
+/// The norms and the feed-forward block of a [`PreNormLayer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// RMSNorm and SwiGLU (`LayerNames::gate_up_down`): Llama, Mistral, Qwen3.
+    RmsSwiGlu,
+    /// LayerNorm with weight and bias, and a GELU (erf) MLP `fc1` → `fc2` without biases (the
+    /// MLP module is still `LayerNames::mlp`): Mimi's transformer (Kyutai; the Qwen3-TTS codec
+    /// encoder).
+    LayerNormGelu,
+}
+
+#[derive(Clone, Debug)]
+enum Norm {
+    Rms(RmsNorm),
+    Layer(LayerNorm),
+}
+
+impl Norm {
+    fn load(vb: VarBuilder, kind: LayerKind, dim: usize, eps: f64) -> Result<Self> {
+        Ok(match kind {
+            LayerKind::RmsSwiGlu => Self::Rms(RmsNorm::load(vb, dim, eps)?),
+            LayerKind::LayerNormGelu => Self::Layer(LayerNorm::load(vb, dim, eps)?),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Rms(n) => n.forward(x),
+            Self::Layer(n) => n.forward(x),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Ffn {
+    SwiGlu(SwiGlu),
+    Gelu(GeluMlp),
+}
+
+impl Ffn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::SwiGlu(m) => m.forward(x),
+            Self::Gelu(m) => m.forward(x),
+        }
+    }
+}
+
+/// One pre-norm layer: norm → GQA attention (cached, RoPE) → norm → MLP; RMSNorm and SwiGLU
+/// unless loaded as another [`LayerKind`].
 #[derive(Clone, Debug)]
 pub struct PreNormLayer {
-    attention_norm: RmsNorm,
+    attention_norm: Norm,
     attention: Attention,
-    ffn_norm: RmsNorm,
-    mlp: SwiGlu,
+    ffn_norm: Norm,
+    mlp: Ffn,
     /// Layer scales of the attention and MLP branches.
     scales: Option<[Tensor; 2]>,
 }
 
 impl PreNormLayer {
+    /// A [`LayerKind::RmsSwiGlu`] layer.
     pub fn load(vb: VarBuilder, cfg: &LayerConfig, names: &LayerNames) -> Result<Self> {
+        Self::load_kind(vb, cfg, names, LayerKind::RmsSwiGlu)
+    }
+
+    /// A layer of the given kind (`cfg.down_bias` applies to SwiGLU only).
+    pub fn load_kind(
+        vb: VarBuilder,
+        cfg: &LayerConfig,
+        names: &LayerNames,
+        kind: LayerKind,
+    ) -> Result<Self> {
         let scale = |name: &str| {
             vb.pp(name).get_with_hints_dtype(
                 cfg.dim,
@@ -84,7 +145,7 @@ impl PreNormLayer {
         };
         Ok(Self {
             scales,
-            attention_norm: RmsNorm::load(vb.pp(names.norms[0]), cfg.dim, cfg.norm_eps)?,
+            attention_norm: Norm::load(vb.pp(names.norms[0]), kind, cfg.dim, cfg.norm_eps)?,
             attention: Attention::load(
                 vb.pp(names.attention),
                 AttentionConfig {
@@ -97,14 +158,22 @@ impl PreNormLayer {
                     qk_norm_eps: cfg.qk_norm.then_some(cfg.norm_eps),
                 },
             )?,
-            ffn_norm: RmsNorm::load(vb.pp(names.norms[1]), cfg.dim, cfg.norm_eps)?,
-            mlp: SwiGlu::load(
-                vb.pp(names.mlp),
-                cfg.dim,
-                cfg.hidden_dim,
-                names.gate_up_down,
-                cfg.down_bias,
-            )?,
+            ffn_norm: Norm::load(vb.pp(names.norms[1]), kind, cfg.dim, cfg.norm_eps)?,
+            mlp: match kind {
+                LayerKind::RmsSwiGlu => Ffn::SwiGlu(SwiGlu::load(
+                    vb.pp(names.mlp),
+                    cfg.dim,
+                    cfg.hidden_dim,
+                    names.gate_up_down,
+                    cfg.down_bias,
+                )?),
+                LayerKind::LayerNormGelu => Ffn::Gelu(GeluMlp::load_with_bias(
+                    vb.pp(names.mlp),
+                    cfg.dim,
+                    cfg.hidden_dim,
+                    false,
+                )?),
+            },
         })
     }
 
@@ -112,22 +181,31 @@ impl PreNormLayer {
     pub fn into_format(self, format: WeightFormat) -> Result<Self> {
         Ok(Self {
             attention: self.attention.to_format(format)?,
-            mlp: self.mlp.to_format(format)?,
+            mlp: match self.mlp {
+                Ffn::SwiGlu(m) => Ffn::SwiGlu(m.to_format(format)?),
+                Ffn::Gelu(m) => Ffn::Gelu(m.to_format(format)?),
+            },
             ..self
         })
     }
 
-    /// The seven matrices a step reads (for residency planning).
+    /// The matrices a step reads (for residency planning): q, k, v, o and the MLP's (gate, up,
+    /// down or fc1, fc2).
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
-        self.attention
-            .projections_mut()
-            .into_iter()
-            .chain(self.mlp.linears_mut())
+        let mlp: Vec<&mut Linear> = match &mut self.mlp {
+            Ffn::SwiGlu(m) => m.linears_mut().into(),
+            Ffn::Gelu(m) => m.linears_mut().into(),
+        };
+        self.attention.projections_mut().into_iter().chain(mlp)
     }
 
     /// Bytes of the layer's matrices.
     pub fn weight_bytes(&self) -> usize {
-        self.attention.weight_bytes() + self.mlp.weight_bytes()
+        self.attention.weight_bytes()
+            + match &self.mlp {
+                Ffn::SwiGlu(m) => m.weight_bytes(),
+                Ffn::Gelu(m) => m.weight_bytes(),
+            }
     }
 
     /// x: (batch, t, dim) at positions `offset..offset + t` → (batch, t, dim); `ffn_gain`

@@ -84,6 +84,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             text: text.into(),
             voice: voice.clone(),
             instruct: None,
+            reference: None,
             language: None,
             params: GenerationParams {
                 max_frames: frames,

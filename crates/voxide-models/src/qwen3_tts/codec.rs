@@ -16,6 +16,7 @@
 //! the reference's `chunked_decode`, which is exact only while its context covers the stacked
 //! receptive field).
 
+use super::codec_encoder::CodecEncoderConfig;
 use crate::error::{read_json, require, Error, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -51,16 +52,36 @@ pub struct CodecDecoderConfig {
     pub decoder_dim: usize,
 }
 
-/// The speech tokenizer's `config.json` (only what decoding needs).
+/// The speech tokenizer's `config.json` (`Qwen3TTSTokenizerV2Config`; the encoder fields
+/// default to the package's values, so decoder-only files read too).
 #[derive(Clone, Debug, Deserialize)]
 pub struct CodecConfig {
     pub decoder_config: CodecDecoderConfig,
     #[serde(default = "default_rate")]
     pub output_sample_rate: u32,
+    /// The encoder's `MimiConfig` (absent: decoding only).
+    #[serde(default)]
+    pub encoder_config: Option<CodecEncoderConfig>,
+    /// Quantizers of the encoder kept per frame (the first 16 of Mimi's 32).
+    #[serde(default = "default_valid_quantizers")]
+    pub encoder_valid_num_quantizers: usize,
+    #[serde(default = "default_rate")]
+    pub input_sample_rate: u32,
+    /// Input samples per code frame (the encoder's output is cut to ceil(samples / rate)).
+    #[serde(default = "default_hop")]
+    pub encode_downsample_rate: usize,
 }
 
 fn default_rate() -> u32 {
     24_000
+}
+
+fn default_valid_quantizers() -> usize {
+    16
+}
+
+fn default_hop() -> usize {
+    1920
 }
 
 impl CodecDecoderConfig {
@@ -238,6 +259,21 @@ impl DecoderBlock {
     }
 }
 
+/// A Euclidean codebook's entries (size, dim) in f32: `sum` / max(`cluster_usage`, 1e-5) per
+/// row (the decoder names the sum `embedding_sum`, Mimi's encoder `embed_sum`).
+pub(crate) fn codebook_vectors(
+    vb: VarBuilder,
+    sum: &str,
+    size: usize,
+    dim: usize,
+) -> candle_core::Result<Tensor> {
+    let f32 = |name: &str, shape: &[usize]| {
+        vb.get_with_hints_dtype(shape, name, candle_nn::Init::Const(1.), DType::F32)
+    };
+    let usage = f32("cluster_usage", &[size])?.clamp(1e-5, f32::MAX)?;
+    f32(sum, &[size, dim])?.broadcast_div(&usage.unsqueeze(1)?)
+}
+
 /// One split-RVQ group (`rvq_first` or `rvq_rest`): codebooks (embedding_sum / usage) summed,
 /// then a 1×1 projection to codebook_dim.
 #[derive(Clone, Debug)]
@@ -252,11 +288,7 @@ impl RvqGroup {
         let codebooks = (0..layers)
             .map(|i| {
                 let cb = vb.pp("vq").pp("layers").pp(i).pp("_codebook");
-                let f32 = |name: &str, shape: &[usize]| {
-                    cb.get_with_hints_dtype(shape, name, candle_nn::Init::Const(1.), DType::F32)
-                };
-                let usage = f32("cluster_usage", &[cfg.codebook_size])?.clamp(1e-5, f32::MAX)?;
-                f32("embedding_sum", &[cfg.codebook_size, dim])?.broadcast_div(&usage.unsqueeze(1)?)
+                codebook_vectors(cb, "embedding_sum", cfg.codebook_size, dim)
             })
             .collect::<candle_core::Result<_>>()?;
         let output_proj = vb

@@ -3,6 +3,7 @@
 //! The Python defaults are placeholders (20 layers, 32 code groups, codec EOS 4198): every
 //! value is read from the checkpoint; only fields the real configs may omit have defaults.
 
+use super::speaker_encoder::SpeakerEncoderConfig;
 use crate::error::{read_json, Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -34,6 +35,9 @@ pub struct Config {
     pub tts_pad_token_id: u32,
     pub tts_bos_token_id: u32,
     pub tts_eos_token_id: u32,
+    /// The x-vector network (Base checkpoints; qwen-tts writes defaults into every config).
+    #[serde(default)]
+    pub speaker_encoder_config: Option<SpeakerEncoderConfig>,
 }
 
 /// A dialect flag of `spk_is_dialect`: `false`, or the language key that replaces the
@@ -177,6 +181,18 @@ impl Config {
                 "codec id {id} outside the vocabulary of {}",
                 td.vocab_size
             ));
+        }
+        if self.tts_model_type == ModelType::Base {
+            match &self.speaker_encoder_config {
+                None => return bad("a Base model needs speaker_encoder_config".into()),
+                Some(s) if s.enc_dim != td.hidden_size => {
+                    return bad(format!(
+                        "speaker embedding of {} values for a talker of width {}",
+                        s.enc_dim, td.hidden_size
+                    ))
+                }
+                Some(s) => s.validate()?,
+            }
         }
         if p.vocab_size > td.vocab_size {
             return bad(format!(

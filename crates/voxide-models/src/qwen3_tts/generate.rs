@@ -148,7 +148,7 @@ pub fn generate(
             let code = pick(&logits, params.predictor, sampler);
             out.sampling_ms += ms(clock);
             *slot = code;
-            input = predictor.embed(group, code)?;
+            input = predictor.embed(group, &[code])?;
             sum = (sum + &input)?;
         }
         out.frames.push(frame.clone());

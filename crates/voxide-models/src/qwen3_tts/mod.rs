@@ -5,6 +5,8 @@
 //! - `prompt`: the dual-track prompt for preset voices, instructions and speaker embeddings;
 //! - `generate`: the frame loop with qwen-tts' sampling and stopping rules;
 //! - `codec`: the 12 Hz speech tokenizer's decoder, frames → 24 kHz samples, incremental;
+//! - `codec_encoder`: its encoder (Mimi), a reference clip → frames of codes (voice clone);
+//! - `speaker_encoder`: ECAPA-TDNN, a reference clip → x-vector (voice clone);
 //! - `tokenizer`: Qwen2's BPE text tokenizer;
 //! - `synthesizer`: text → PCM chunks for one request, on a shared loaded checkpoint.
 //!
@@ -12,17 +14,20 @@
 //! (`tools/reference/qwen3_tts_fixtures.py`).
 
 pub mod codec;
+pub mod codec_encoder;
 pub mod config;
 pub mod generate;
 pub mod prompt;
+pub mod speaker_encoder;
 pub mod synthesizer;
 pub mod talker;
 pub mod tokenizer;
 
 pub use config::{Config, ModelType};
 pub use generate::{generate, Generated, GenerationParams, Stop};
-pub use prompt::{Prompt, PromptRequest, Voice};
-pub use synthesizer::{SpeechRequest, SpeechStats, Synthesizer};
+pub use prompt::{Prompt, PromptRequest, Reference, Voice};
+pub use speaker_encoder::SpeakerEncoder;
+pub use synthesizer::{SpeechRequest, SpeechStats, Synthesizer, VoiceReference};
 pub use talker::Talker;
 
 use crate::error::{require, Error, Result};
@@ -32,11 +37,13 @@ use std::path::Path;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::weights::SafetensorsFiles;
 
-/// A loaded Qwen3-TTS checkpoint (talker and code predictor); requests keep their own state.
+/// A loaded Qwen3-TTS checkpoint (talker and code predictor, and the speaker encoder of Base
+/// checkpoints); requests keep their own state.
 #[derive(Clone, Debug)]
 pub struct Qwen3Tts {
     config: Config,
     talker: Talker,
+    speaker_encoder: Option<SpeakerEncoder>,
 }
 
 impl Qwen3Tts {
@@ -56,11 +63,21 @@ impl Qwen3Tts {
             .dtype("talker.codec_head.weight")
             .unwrap_or(DType::F32);
         let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
+        let speaker_encoder = match (config.tts_model_type, &config.speaker_encoder_config) {
+            (ModelType::Base, Some(cfg)) => {
+                Some(SpeakerEncoder::load(vb.clone(), cfg).map_err(weights_error)?)
+            }
+            _ => None,
+        };
         let mut talker = Talker::load(vb, &config.talker_config).map_err(weights_error)?;
         if let Some(format) = format {
             talker = talker.into_format(format).map_err(weights_error)?;
         }
-        Ok(Self { config, talker })
+        Ok(Self {
+            config,
+            talker,
+            speaker_encoder,
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -69,5 +86,10 @@ impl Qwen3Tts {
 
     pub fn talker(&self) -> &Talker {
         &self.talker
+    }
+
+    /// The x-vector network of a Base checkpoint.
+    pub fn speaker_encoder(&self) -> Option<&SpeakerEncoder> {
+        self.speaker_encoder.as_ref()
     }
 }

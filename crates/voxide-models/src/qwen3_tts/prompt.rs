@@ -17,6 +17,13 @@
 //!
 //! In non-streaming mode the whole text (⊕ codec_pad) and tts_eos (⊕ codec_pad) are in the
 //! prompt, closed by tts_pad ⊕ codec_bos, and every frame gets tts_pad.
+//!
+//! Voice clone with a reference transcript (in-context learning, `generate_icl_prompt`)
+//! replaces the last position by two tracks: text = reference text, target text, tts_eos;
+//! codec = codec_bos, then the Σ16 code embeddings of each reference frame. Streaming zips them
+//! position by position (surplus text trails on the frames, a shortage is padded with
+//! tts_pad); non-streaming puts the text track (⊕ codec_pad) first, then the codec track
+//! (⊕ tts_pad).
 
 use super::config::{Config, Dialect};
 use super::talker::Talker;
@@ -46,6 +53,17 @@ pub struct PromptRequest<'a> {
     pub voice: Voice,
     /// Whole text in the prompt instead of streamed alongside the frames.
     pub non_streaming: bool,
+    /// A reference clip's transcript and codes for in-context voice cloning.
+    pub reference: Option<Reference<'a>>,
+}
+
+/// The in-context part of a voice-clone request.
+#[derive(Clone, Copy, Debug)]
+pub struct Reference<'a> {
+    /// `<|im_start|>assistant\n{ref_text}<|im_end|>\n`, tokenised.
+    pub text_ids: &'a [u32],
+    /// The reference clip's frames of G codes (the codec encoder's output).
+    pub codes: &'a [Vec<u32>],
 }
 
 /// The talker's prompt: prefill embeddings and what each generated frame adds.
@@ -63,6 +81,8 @@ pub struct Prompt {
 /// `<|im_end|> \n <|im_start|> assistant \n` after it.
 const ROLE_TOKENS: usize = 3;
 const TAIL_TOKENS: usize = 5;
+/// After a reference transcript: `<|im_end|> \n`.
+const REFERENCE_TAIL_TOKENS: usize = 2;
 
 impl Prompt {
     /// Builds the prompt of `request` for `talker` (ids and speakers checked against
@@ -156,18 +176,34 @@ impl Prompt {
         parts.push((text_track + codec.narrow(1, 0, n - 1)?)?);
         let codec_bos = codec.narrow(1, n - 1, 1)?;
         let text = &ids[ROLE_TOKENS..ids.len() - TAIL_TOKENS];
-        let trailing_text = if request.non_streaming {
-            let track = Tensor::cat(&[talker.embed_text(text)?, tts_eos], 1)?;
-            let pads = vec![t.codec_pad_id; text.len() + 1];
-            parts.push((track + talker.embed_codec(&pads)?)?);
-            parts.push((&tts_pad + codec_bos)?);
-            tts_pad.clone()
-        } else {
-            parts.push((talker.embed_text(&text[..1])? + codec_bos)?);
-            if text.len() > 1 {
-                Tensor::cat(&[talker.embed_text(&text[1..])?, tts_eos], 1)?
-            } else {
-                tts_eos
+        let trailing_text = match &request.reference {
+            Some(reference) => {
+                let (part, trailing) = in_context(
+                    talker,
+                    reference,
+                    text,
+                    &codec_bos,
+                    &tts_eos,
+                    &tts_pad,
+                    request.non_streaming,
+                )?;
+                parts.push(part);
+                trailing
+            }
+            None if request.non_streaming => {
+                let track = Tensor::cat(&[talker.embed_text(text)?, tts_eos], 1)?;
+                let pads = vec![t.codec_pad_id; text.len() + 1];
+                parts.push((track + talker.embed_codec(&pads)?)?);
+                parts.push((&tts_pad + codec_bos)?);
+                tts_pad.clone()
+            }
+            None => {
+                parts.push((talker.embed_text(&text[..1])? + codec_bos)?);
+                if text.len() > 1 {
+                    Tensor::cat(&[talker.embed_text(&text[1..])?, tts_eos], 1)?
+                } else {
+                    tts_eos
+                }
             }
         };
         Ok(Self {
@@ -175,6 +211,67 @@ impl Prompt {
             trailing_text,
             tts_pad,
         })
+    }
+}
+
+/// The in-context positions of a voice-clone prompt and the trailing text track, as
+/// qwen-tts `generate_icl_prompt`.
+fn in_context(
+    talker: &Talker,
+    reference: &Reference<'_>,
+    text: &[u32],
+    codec_bos: &Tensor,
+    tts_eos: &Tensor,
+    tts_pad: &Tensor,
+    non_streaming: bool,
+) -> Result<(Tensor, Tensor)> {
+    let ref_ids = reference.text_ids;
+    if ref_ids.len() <= ROLE_TOKENS + REFERENCE_TAIL_TOKENS {
+        return Err(Error::InvalidRequest(
+            "the reference transcript is empty".into(),
+        ));
+    }
+    if reference.codes.is_empty() {
+        return Err(Error::InvalidRequest(
+            "the reference clip gave no frames".into(),
+        ));
+    }
+    let groups = talker.predictor().groups() + 1;
+    if let Some(f) = reference.codes.iter().find(|f| f.len() != groups) {
+        return Err(Error::InvalidRequest(format!(
+            "a reference frame has {} codes, the model {groups}",
+            f.len()
+        )));
+    }
+    let ids: Vec<u32> = ref_ids[ROLE_TOKENS..ref_ids.len() - REFERENCE_TAIL_TOKENS]
+        .iter()
+        .chain(text)
+        .copied()
+        .collect();
+    let text_track = Tensor::cat(&[talker.embed_text(&ids)?, tts_eos.clone()], 1)?;
+    let codec_track = Tensor::cat(
+        &[codec_bos.clone(), talker.embed_frames(reference.codes)?],
+        1,
+    )?;
+    let (text_len, codec_len) = (text_track.dim(1)?, codec_track.dim(1)?);
+    if non_streaming {
+        let pads = talker.embed_codec(&vec![talker.config().codec_pad_id; text_len])?;
+        let part = Tensor::cat(
+            &[(text_track + pads)?, codec_track.broadcast_add(tts_pad)?],
+            1,
+        )?;
+        return Ok((part, tts_pad.clone()));
+    }
+    if text_len > codec_len {
+        let part = (text_track.narrow(1, 0, codec_len)? + codec_track)?;
+        let trailing = text_track.narrow(1, codec_len, text_len - codec_len)?;
+        Ok((part, trailing))
+    } else {
+        let padded = Tensor::cat(
+            &[text_track, tts_pad.repeat((1, codec_len - text_len, 1))?],
+            1,
+        )?;
+        Ok(((padded + codec_track)?, tts_pad.clone()))
     }
 }
 

@@ -7,11 +7,18 @@
 //! in chunks of 1, 2, 4, … up to `chunk_frames`, by the incremental codec: the concatenated chunks are exactly the
 //! whole clip decoded at once (qwen-tts re-decodes 25 frames of left context per 300-frame
 //! chunk instead, which equals a whole-clip decode only up to 300 frames).
+//!
+//! Voice clone (Base checkpoints): the reference clip's x-vector from the speaker encoder
+//! fills the speaker slot; with its transcript, the clip's codes from the codec encoder go into
+//! the prompt too (in-context), and they are pushed through the codec decoder before the
+//! first generated frame, their audio dropped — qwen-tts decodes reference and generated
+//! codes as one clip and cuts the reference's samples off.
 
 use super::codec::{load_codec, CodecConfig, CodecDecoder};
+use super::codec_encoder::{load_codec_encoder, CodecEncoder};
 use super::config::ModelType;
 use super::generate::{generate, GenerationParams, Stop};
-use super::prompt::{languages, Prompt, PromptRequest, Voice};
+use super::prompt::{languages, Prompt, PromptRequest, Reference, Voice};
 use super::tokenizer::TextTokenizer;
 use super::Qwen3Tts;
 use crate::error::{Error, Result};
@@ -29,6 +36,8 @@ pub struct SpeechRequest {
     pub voice: Option<String>,
     /// A description of the voice or the delivery (VoiceDesign; 1.7B CustomVoice).
     pub instruct: Option<String>,
+    /// A clip whose voice to clone (Base checkpoints).
+    pub reference: Option<VoiceReference>,
     /// A language of the checkpoint, or `None` for auto.
     pub language: Option<String>,
     pub params: GenerationParams,
@@ -43,6 +52,16 @@ pub struct SpeechRequest {
     pub chunk_frames: usize,
 }
 
+/// A voice to clone: a clip of it and, optionally, what it says.
+#[derive(Clone, Debug)]
+pub struct VoiceReference {
+    /// Mono samples at [`Synthesizer::sample_rate`] (24 kHz).
+    pub samples: Vec<f32>,
+    /// The clip's transcript. With it the clip's codes join the prompt (in-context cloning);
+    /// without it only the speaker embedding (x-vector) is used.
+    pub text: Option<String>,
+}
+
 /// What one request took.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SpeechStats {
@@ -53,20 +72,24 @@ pub struct SpeechStats {
     pub first_audio_ms: Option<f64>,
     /// Ended on the model's end of speech (not on the frame limit or a cancel).
     pub finished: bool,
-    /// Where the time went: talker passes, code-predictor passes, sampling, codec decoding.
+    /// Where the time went: the reference clip's encoders (voice clone), talker passes,
+    /// code-predictor passes, sampling, codec decoding.
+    pub reference_ms: f64,
     pub talker_ms: f64,
     pub predictor_ms: f64,
     pub sampling_ms: f64,
     pub codec_ms: f64,
 }
 
-/// A loaded Qwen3-TTS checkpoint: talker, code predictor, text tokenizer and codec decoder.
+/// A loaded Qwen3-TTS checkpoint: talker, code predictor, text tokenizer and codec decoder;
+/// for Base checkpoints also the codec encoder (the speaker encoder is in [`Qwen3Tts`]).
 #[derive(Debug)]
 pub struct Synthesizer {
     model: Qwen3Tts,
     tokenizer: TextTokenizer,
     codec_config: CodecConfig,
     codec: CodecDecoder,
+    codec_encoder: Option<CodecEncoder>,
 }
 
 impl Synthesizer {
@@ -85,11 +108,16 @@ impl Synthesizer {
             });
         }
         let (codec_config, codec) = load_codec(&speech, device)?;
+        let codec_encoder = match model.config().tts_model_type {
+            ModelType::Base => Some(load_codec_encoder(&speech, device)?),
+            _ => None,
+        };
         let synthesizer = Self {
             model,
             tokenizer,
             codec_config,
             codec,
+            codec_encoder,
         };
         synthesizer.check_tokenizer()?;
         Ok(synthesizer)
@@ -153,7 +181,14 @@ impl Synthesizer {
                 v.join(", ")
             }
         };
-        match (self.model_type(), &request.voice) {
+        let model_type = self.model_type();
+        if request.reference.is_some() && model_type != ModelType::Base {
+            return Err(Error::InvalidRequest(format!(
+                "this {model_type:?} model cannot clone a voice from a reference clip (a Base model can); its voices: {}",
+                list(self.voices())
+            )));
+        }
+        match (model_type, &request.voice) {
             (ModelType::CustomVoice, Some(name)) => Ok(Voice::Preset(name.clone())),
             (ModelType::CustomVoice, None) => Err(Error::InvalidRequest(format!(
                 "this CustomVoice model needs a voice: {}",
@@ -163,9 +198,26 @@ impl Synthesizer {
                 "this VoiceDesign model has no preset voices; describe the voice with an instruction".into(),
             )),
             (ModelType::VoiceDesign, None) => Ok(Voice::Unspecified),
-            (ModelType::Base, _) => Err(Error::InvalidRequest(
-                "this Base (voice clone) model needs a reference clip; voice cloning (speaker encoder, codec encoder) is not implemented yet".into(),
+            (ModelType::Base, Some(_)) => Err(Error::InvalidRequest(
+                "this Base model has no preset voices; give a reference clip to clone".into(),
             )),
+            (ModelType::Base, None) => {
+                let reference = request.reference.as_ref().ok_or_else(|| {
+                    Error::InvalidRequest(
+                        "this Base (voice clone) model needs a reference clip of the voice".into(),
+                    )
+                })?;
+                let encoder = self.model.speaker_encoder().ok_or_else(|| {
+                    Error::InvalidRequest("this Base model has no speaker encoder".into())
+                })?;
+                let xvector = encoder.embed(&reference.samples)?;
+                let n = xvector.len();
+                Ok(Voice::Embedding(candle_core::Tensor::from_vec(
+                    xvector,
+                    n,
+                    self.model.talker().device(),
+                )?))
+            }
         }
     }
 
@@ -188,7 +240,36 @@ impl Synthesizer {
                 "chunks must hold at least one frame".into(),
             ));
         }
+        if self.model_type() == ModelType::Base
+            && request
+                .instruct
+                .as_deref()
+                .is_some_and(|i| !i.trim().is_empty())
+        {
+            return Err(Error::InvalidRequest(
+                "a Base (voice clone) model takes no instruction".into(),
+            ));
+        }
+        let clock = Instant::now();
         let voice = self.voice(request)?;
+        // In-context cloning: the clip's codes and its transcript's tokens.
+        let in_context = match (&request.reference, &self.codec_encoder) {
+            (
+                Some(VoiceReference {
+                    samples,
+                    text: Some(text),
+                }),
+                Some(encoder),
+            ) if !text.trim().is_empty() => {
+                let ids = self.tokenizer.encode(&format!(
+                    "<|im_start|>assistant\n{}<|im_end|>\n",
+                    text.trim()
+                ))?;
+                Some((ids, encoder.encode(samples)?))
+            }
+            _ => None,
+        };
+        let reference_ms = clock.elapsed().as_secs_f64() * 1e3;
         let text_ids = self.tokenizer.encode(&format!(
             "<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
         ))?;
@@ -211,6 +292,7 @@ impl Synthesizer {
         if let Some(&id) = text_ids
             .iter()
             .chain(instruct_ids.iter().flatten())
+            .chain(in_context.iter().flat_map(|(ids, _)| ids))
             .find(|&&id| id as usize >= text_vocab)
         {
             return Err(Error::InvalidRequest(format!(
@@ -229,6 +311,9 @@ impl Synthesizer {
                 instruct_ids: instruct_ids.as_deref(),
                 language,
                 voice,
+                reference: in_context
+                    .as_ref()
+                    .map(|(text_ids, codes)| Reference { text_ids, codes }),
                 non_streaming: request
                     .non_streaming_text
                     .unwrap_or(self.model_type() != ModelType::Base),
@@ -237,9 +322,18 @@ impl Synthesizer {
 
         let device = self.model.talker().device().clone();
         let mut codec_state = self.codec.new_state(&device)?;
+        let mut stats = SpeechStats {
+            reference_ms,
+            ..SpeechStats::default()
+        };
+        if let Some((_, codes)) = &in_context {
+            // The reference's audio is the generated audio's left context; it is not emitted.
+            let clock = Instant::now();
+            self.codec.push(&mut codec_state, codes)?;
+            stats.codec_ms += clock.elapsed().as_secs_f64() * 1e3;
+        }
         let mut pending: Vec<Vec<u32>> = Vec::with_capacity(request.chunk_frames);
         let mut chunk = 1;
-        let mut stats = SpeechStats::default();
         let mut cancelled = false;
         let mut emit = |frames: &[Vec<u32>], stats: &mut SpeechStats| -> Result<bool> {
             let clock = Instant::now();

@@ -199,9 +199,9 @@ impl CodePredictor {
         self.stack.new_state(self.groups() + 2, device)
     }
 
-    /// Embedding of acoustic code `code` of group `group` (1-based, 1..G−1): (1, 1, H).
-    pub fn embed(&self, group: usize, code: u32) -> Result<Tensor> {
-        lookup(&self.codec_embedding[group - 1], &[code])
+    /// Embeddings of acoustic codes `codes` of group `group` (1-based, 1..G−1): (1, n, H).
+    pub fn embed(&self, group: usize, codes: &[u32]) -> Result<Tensor> {
+        lookup(&self.codec_embedding[group - 1], codes)
     }
 
     /// Runs talker-width inputs (1, t, H) and returns the logits of acoustic group `group`
@@ -317,6 +317,18 @@ impl Talker {
     /// Codec ids → codec-track embeddings (1, t, H).
     pub fn embed_codec(&self, ids: &[u32]) -> Result<Tensor> {
         lookup(&self.codec_embedding, ids)
+    }
+
+    /// Frames of G codes → the sum of their G code embeddings, the talker's input for the
+    /// next position (1, n, H): code 0 from the talker's table, codes 1..G−1 from the
+    /// predictor's.
+    pub fn embed_frames(&self, frames: &[Vec<u32>]) -> Result<Tensor> {
+        let group = |g: usize| frames.iter().map(|f| f[g]).collect::<Vec<_>>();
+        let mut sum = self.embed_codec(&group(0))?;
+        for g in 1..=self.predictor.groups() {
+            sum = (sum + self.predictor.embed(g, &group(g))?)?;
+        }
+        Ok(sum)
     }
 
     /// A fresh talker state for `capacity` positions (prompt + frames).

@@ -1,0 +1,102 @@
+//! Voice clone end to end through the library's [`Synthesizer`] on the committed random Base
+//! checkpoint (tests/fixtures/qwen3-tts/tiny-random-base, made by
+//! tools/reference/qwen3_tts_voice_clone_fixtures.py): strings in, the reference clip's 24 kHz
+//! samples, greedy decoding; our speaker encoder, codec encoder, prompt, talker and codec
+//! decoder together must give qwen-tts' `generate_voice_clone` audio (the `e2e` case), in any
+//! chunking.
+
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest, Synthesizer, VoiceReference};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen3-tts")
+}
+
+fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixtures().join("voice-clone.reference.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("reference tensors")
+}
+
+fn samples(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn request(r: &HashMap<String, Tensor>, chunk_frames: usize) -> SpeechRequest {
+    SpeechRequest {
+        text: "Hi there.".into(),
+        voice: None,
+        instruct: None,
+        reference: Some(VoiceReference {
+            samples: samples(&r["wav24k"]),
+            text: Some("He hoped.".into()),
+        }),
+        language: Some("english".into()),
+        params: GenerationParams {
+            talker: None,
+            predictor: None,
+            max_frames: r["e2e.codes"].dim(0).unwrap(),
+            ..GenerationParams::default()
+        },
+        seed: 0,
+        non_streaming_text: None,
+        chunk_frames,
+    }
+}
+
+#[test]
+fn cloned_speech_equals_qwen_tts() {
+    let synthesizer =
+        Synthesizer::from_dir(&fixtures().join("tiny-random-base"), &Device::Cpu, None)
+            .expect("Base checkpoint loads");
+    let r = reference();
+    let want = samples(&r["e2e.wav"]);
+    for chunk_frames in [1, 2, 5, 16] {
+        let mut got = Vec::new();
+        let stats = synthesizer
+            .synthesize(&request(&r, chunk_frames), &mut |pcm| {
+                got.extend_from_slice(pcm);
+                Ok(true)
+            })
+            .expect("synthesis");
+        assert_eq!(got.len(), want.len(), "chunks of {chunk_frames}: length");
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-5,
+            "chunks of {chunk_frames}: {worst} from qwen-tts' waveform"
+        );
+        assert!(stats.reference_ms > 0.0);
+    }
+}
+
+#[test]
+fn a_clip_too_short_or_a_reference_on_the_wrong_model_is_an_error() {
+    let base =
+        Synthesizer::from_dir(&fixtures().join("tiny-random-base"), &Device::Cpu, None).unwrap();
+    let r = reference();
+    let mut short = request(&r, 16);
+    short.reference.as_mut().unwrap().samples.truncate(100);
+    let err = base.synthesize(&short, &mut |_| Ok(true)).unwrap_err();
+    assert!(err.to_string().contains("short"), "{err}");
+
+    let mut no_clip = request(&r, 16);
+    no_clip.reference = None;
+    let err = base.synthesize(&no_clip, &mut |_| Ok(true)).unwrap_err();
+    assert!(err.to_string().contains("reference clip"), "{err}");
+
+    let custom =
+        Synthesizer::from_dir(&fixtures().join("tiny-random"), &Device::Cpu, None).unwrap();
+    let mut on_custom = request(&r, 16);
+    on_custom.voice = Some("tester".into());
+    let err = custom
+        .synthesize(&on_custom, &mut |_| Ok(true))
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot clone"), "{err}");
+}
