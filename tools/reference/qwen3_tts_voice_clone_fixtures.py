@@ -55,6 +55,14 @@ max_new_tokens 12; input ids as qwen3_tts_fixtures.py; the reference text's temp
                   reference transcript E2E_REF_TEXT, english; its codes decoded as
                   generate_voice_clone does (e2e.wav)
 
+VoiceDesign end to end (voice-design.reference.safetensors / .json): the committed tiny-random
+weights and codec (qwen3_tts_fixtures.py, qwen3_tts_codec_fixtures.py) loaded strictly, the
+config's tts_model_type switched to "voice_design" (the Rust test makes the same copy), ids from
+strings with the byte-level tokenizer (DESIGN_TEXT, DESIGN_INSTRUCT, english), no speaker,
+non_streaming_mode=True as Qwen3TTSModel.generate_voice_design defaults, greedy:
+    codes   [F,16] i64   greedy codes of model.generate
+    wav     [F*1920]     the speech tokenizer's decode of them (generate_voice_design's output)
+
 Run:  HF_HUB_OFFLINE=1 /work/venv/tts/bin/python tools/reference/qwen3_tts_voice_clone_fixtures.py
 """
 
@@ -109,6 +117,7 @@ DECODER_CONFIG = os.path.join(OUT, "tiny-random", "speech_tokenizer", "config.js
 REF_SHORT = [121, 122, 123, 124]
 REF_LONG = [131 + i for i in range(40)]
 E2E_TEXT, E2E_REF_TEXT = "Hi there.", "He hoped."
+DESIGN_TEXT, DESIGN_INSTRUCT = "Good morning.", "A calm, low voice."
 
 
 def byte_ids(template):
@@ -320,5 +329,46 @@ def main():
     print("sizes", dir_size(model_dir), dir_size(os.path.join(OUT, "voice-clone.reference.safetensors")))
 
 
+@torch.no_grad()
+def voice_design():
+    """generate_voice_design's path on the CustomVoice fixture's weights as a VoiceDesign model."""
+    from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig
+    src = os.path.join(OUT, "tiny-random")
+    cfg = Qwen3TTSConfig.from_pretrained(src)
+    cfg.tts_model_type = "voice_design"
+    tts.set_attn(cfg)
+    model = Qwen3TTSForConditionalGeneration(cfg).float().eval()
+    missing, unexpected = model.load_state_dict(
+        {k: v.float() for k, v in load_file(os.path.join(src, "model.safetensors")).items()}, strict=True)
+    assert not missing and not unexpected
+    codec_cfg = Qwen3TTSTokenizerV2Config.from_pretrained(os.path.join(src, "speech_tokenizer"))
+    codec_cfg.decoder_config._attn_implementation = "eager"
+    codec = Qwen3TTSTokenizerV2Model(codec_cfg).float().eval()
+    weights = load_file(os.path.join(src, "speech_tokenizer", "model.safetensors"))
+    missing, unexpected = codec.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+    assert not unexpected and all(k.startswith("encoder.") for k in missing)
+    text_ids = torch.tensor([byte_ids(f"<|im_start|>assistant\n{DESIGN_TEXT}<|im_end|>\n"
+                                      "<|im_start|>assistant\n")], dtype=torch.int64)
+    instruct_ids = torch.tensor([byte_ids(f"<|im_start|>user\n{DESIGN_INSTRUCT}<|im_end|>\n")],
+                                dtype=torch.int64)
+    codes_list, _ = model.generate(input_ids=[text_ids], instruct_ids=[instruct_ids], languages=["english"],
+                                   speakers=[None], non_streaming_mode=True, **tts.GREEDY)
+    codes = codes_list[0]
+    wav = codec.decode(codes.unsqueeze(0)).audio_values[0].reshape(-1)
+    assert wav.shape[0] == codes.shape[0] * 1920
+    ref = dict(codes=codes, wav=wav, input_ids=text_ids[0], instruct_ids=instruct_ids[0])
+    tensors = save_reference(ref, os.path.join(OUT, "voice-design.reference.safetensors"), 0, GENERATOR)
+    doc = dict(generator=GENERATOR, weights="tests/fixtures/qwen3-tts/tiny-random (tts_model_type -> voice_design)",
+               text=DESIGN_TEXT, instruct=DESIGN_INSTRUCT, language="english", non_streaming_mode=True,
+               greedy=tts.GREEDY, codes=codes.tolist(),
+               reference_tensors={k: dict(dtype=str(v.dtype).replace("torch.", ""), shape=list(v.shape))
+                                  for k, v in tensors.items()})
+    with open(os.path.join(OUT, "voice-design.reference.json"), "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print("voice design", codes.shape, "wav std", float(wav.std()))
+
+
 if __name__ == "__main__":
     main()
+    voice_design()

@@ -3,7 +3,7 @@
 //! tools/reference/qwen3_tts_voice_clone_fixtures.py): strings in, the reference clip's 24 kHz
 //! samples, greedy decoding; our speaker encoder, codec encoder, prompt, talker and codec
 //! decoder together must give qwen-tts' `generate_voice_clone` audio (the `e2e` case), in any
-//! chunking.
+//! chunking; and VoiceDesign the same way (`voice-design.reference.*`).
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
@@ -99,4 +99,73 @@ fn a_clip_too_short_or_a_reference_on_the_wrong_model_is_an_error() {
         .synthesize(&on_custom, &mut |_| Ok(true))
         .unwrap_err();
     assert!(err.to_string().contains("cannot clone"), "{err}");
+}
+
+/// VoiceDesign end to end: the CustomVoice fixture's weights as a VoiceDesign checkpoint (a
+/// copy with `tts_model_type` switched, as the reference generator does), an instruction and
+/// no speaker, the whole text in the prompt (qwen-tts' `generate_voice_design` default): the
+/// reference's codes decoded, sample for sample.
+#[test]
+fn designed_voice_equals_qwen_tts() {
+    let src = fixtures().join("tiny-random");
+    let dir = std::env::temp_dir().join(format!("voxide-voice-design-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("speech_tokenizer")).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            src.join("speech_tokenizer").join(f),
+            dir.join("speech_tokenizer").join(f),
+        )
+        .unwrap();
+    }
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let switched = config.replace(
+        "\"tts_model_type\": \"custom_voice\"",
+        "\"tts_model_type\": \"voice_design\"",
+    );
+    assert_ne!(switched, config);
+    std::fs::write(dir.join("config.json"), switched).unwrap();
+
+    let synthesizer = Synthesizer::from_dir(&dir, &Device::Cpu, None).expect("loads");
+    let r = candle_core::safetensors::load(
+        fixtures().join("voice-design.reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let request = SpeechRequest {
+        text: "Good morning.".into(),
+        voice: None,
+        instruct: Some("A calm, low voice.".into()),
+        reference: None,
+        language: Some("english".into()),
+        params: GenerationParams {
+            talker: None,
+            predictor: None,
+            max_frames: r["codes"].dim(0).unwrap(),
+            ..GenerationParams::default()
+        },
+        seed: 0,
+        non_streaming_text: None,
+        chunk_frames: 4,
+    };
+    let mut got = Vec::new();
+    synthesizer
+        .synthesize(&request, &mut |pcm| {
+            got.extend_from_slice(pcm);
+            Ok(true)
+        })
+        .expect("synthesis");
+    let want = samples(&r["wav"]);
+    assert_eq!(got.len(), want.len());
+    let worst = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 1e-5, "{worst} from qwen-tts' waveform");
+    std::fs::remove_dir_all(dir).ok();
 }
