@@ -8,7 +8,10 @@
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest, Synthesizer, VoiceReference};
+use std::sync::Arc;
+use voxide_models::qwen3_tts::{
+    ClonedVoice, GenerationParams, SpeechRequest, Synthesizer, VoiceReference,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen3-tts")
@@ -26,15 +29,24 @@ fn samples(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-fn request(r: &HashMap<String, Tensor>, chunk_frames: usize) -> SpeechRequest {
+fn clip(r: &HashMap<String, Tensor>) -> VoiceReference {
+    VoiceReference {
+        samples: samples(&r["wav24k"]),
+        text: Some("He hoped.".into()),
+        context_frames: None,
+    }
+}
+
+fn request(
+    r: &HashMap<String, Tensor>,
+    cloned_voice: Option<Arc<ClonedVoice>>,
+    chunk_frames: usize,
+) -> SpeechRequest {
     SpeechRequest {
         text: "Hi there.".into(),
         voice: None,
         instruct: None,
-        reference: Some(VoiceReference {
-            samples: samples(&r["wav24k"]),
-            text: Some("He hoped.".into()),
-        }),
+        cloned_voice,
         language: Some("english".into()),
         params: GenerationParams {
             talker: None,
@@ -48,20 +60,30 @@ fn request(r: &HashMap<String, Tensor>, chunk_frames: usize) -> SpeechRequest {
     }
 }
 
+fn base() -> Synthesizer {
+    Synthesizer::from_dir(&fixtures().join("tiny-random-base"), &Device::Cpu, None)
+        .expect("Base checkpoint loads")
+}
+
+/// One cloned voice serves several requests (each forks the codec state the clip left): every
+/// one, in any chunking, is qwen-tts' clip.
 #[test]
 fn cloned_speech_equals_qwen_tts() {
-    let synthesizer =
-        Synthesizer::from_dir(&fixtures().join("tiny-random-base"), &Device::Cpu, None)
-            .expect("Base checkpoint loads");
+    let synthesizer = base();
     let r = reference();
+    let cloned = Arc::new(synthesizer.clone_voice(&clip(&r)).expect("voice clones"));
+    assert_eq!(cloned.reference_frames(), r["ref_codes"].dim(0).unwrap());
     let want = samples(&r["e2e.wav"]);
     for chunk_frames in [1, 2, 5, 16] {
         let mut got = Vec::new();
-        let stats = synthesizer
-            .synthesize(&request(&r, chunk_frames), &mut |pcm| {
-                got.extend_from_slice(pcm);
-                Ok(true)
-            })
+        synthesizer
+            .synthesize(
+                &request(&r, Some(cloned.clone()), chunk_frames),
+                &mut |pcm| {
+                    got.extend_from_slice(pcm);
+                    Ok(true)
+                },
+            )
             .expect("synthesis");
         assert_eq!(got.len(), want.len(), "chunks of {chunk_frames}: length");
         let worst = got
@@ -72,28 +94,59 @@ fn cloned_speech_equals_qwen_tts() {
             worst <= 1e-5,
             "chunks of {chunk_frames}: {worst} from qwen-tts' waveform"
         );
-        assert!(stats.reference_ms > 0.0);
     }
+}
+
+/// A shorter left context for the codec: all the clip's frames is the exact clip; fewer
+/// changes the audio, not its length.
+#[test]
+fn codec_context_of_the_clip_can_be_shortened() {
+    let synthesizer = base();
+    let r = reference();
+    let frames = r["ref_codes"].dim(0).unwrap();
+    let speak = |context_frames| {
+        let cloned = synthesizer
+            .clone_voice(&VoiceReference {
+                context_frames,
+                ..clip(&r)
+            })
+            .unwrap();
+        let mut pcm = Vec::new();
+        synthesizer
+            .synthesize(&request(&r, Some(Arc::new(cloned)), 16), &mut |p| {
+                pcm.extend_from_slice(p);
+                Ok(true)
+            })
+            .unwrap();
+        pcm
+    };
+    let exact = speak(None);
+    assert_eq!(speak(Some(frames)), exact);
+    let short = speak(Some(2));
+    assert_eq!(short.len(), exact.len());
+    assert_ne!(short, exact);
 }
 
 #[test]
 fn a_clip_too_short_or_a_reference_on_the_wrong_model_is_an_error() {
-    let base =
-        Synthesizer::from_dir(&fixtures().join("tiny-random-base"), &Device::Cpu, None).unwrap();
+    let base = base();
     let r = reference();
-    let mut short = request(&r, 16);
-    short.reference.as_mut().unwrap().samples.truncate(100);
-    let err = base.synthesize(&short, &mut |_| Ok(true)).unwrap_err();
+    let mut short = clip(&r);
+    short.samples.truncate(100);
+    let err = base.clone_voice(&short).unwrap_err();
     assert!(err.to_string().contains("short"), "{err}");
 
-    let mut no_clip = request(&r, 16);
-    no_clip.reference = None;
-    let err = base.synthesize(&no_clip, &mut |_| Ok(true)).unwrap_err();
+    let err = base
+        .synthesize(&request(&r, None, 16), &mut |_| Ok(true))
+        .unwrap_err();
     assert!(err.to_string().contains("reference clip"), "{err}");
 
     let custom =
         Synthesizer::from_dir(&fixtures().join("tiny-random"), &Device::Cpu, None).unwrap();
-    let mut on_custom = request(&r, 16);
+    let err = custom.clone_voice(&clip(&r)).unwrap_err();
+    assert!(err.to_string().contains("cannot clone"), "{err}");
+    let cloned = Arc::new(base.clone_voice(&clip(&r)).unwrap());
+    let mut on_custom = request(&r, Some(cloned), 16);
     on_custom.voice = Some("tester".into());
     let err = custom
         .synthesize(&on_custom, &mut |_| Ok(true))
@@ -141,7 +194,7 @@ fn designed_voice_equals_qwen_tts() {
         text: "Good morning.".into(),
         voice: None,
         instruct: Some("A calm, low voice.".into()),
-        reference: None,
+        cloned_voice: None,
         language: Some("english".into()),
         params: GenerationParams {
             talker: None,

@@ -100,6 +100,15 @@ impl KvCache {
         self.k.dim(2).unwrap_or(0)
     }
 
+    /// An independent copy: the buffers are written in place, so a `clone` would share them.
+    pub fn fork(&self) -> Result<Self> {
+        Ok(Self {
+            k: self.k.copy()?,
+            v: self.v.copy()?,
+            ..self.clone()
+        })
+    }
+
     /// Forgets every cached position (the buffers are kept).
     pub fn reset(&mut self) {
         self.len = 0;

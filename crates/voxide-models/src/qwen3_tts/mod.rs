@@ -27,7 +27,7 @@ pub use config::{Config, ModelType};
 pub use generate::{generate, Generated, GenerationParams, Stop};
 pub use prompt::{Prompt, PromptRequest, Reference, Voice};
 pub use speaker_encoder::SpeakerEncoder;
-pub use synthesizer::{SpeechRequest, SpeechStats, Synthesizer, VoiceReference};
+pub use synthesizer::{ClonedVoice, SpeechRequest, SpeechStats, Synthesizer, VoiceReference};
 pub use talker::Talker;
 
 use crate::error::{require, Error, Result};

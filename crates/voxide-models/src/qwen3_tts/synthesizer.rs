@@ -8,12 +8,15 @@
 //! whole clip decoded at once (qwen-tts re-decodes 25 frames of left context per 300-frame
 //! chunk instead, which equals a whole-clip decode only up to 300 frames).
 //!
-//! Voice clone (Base checkpoints): the reference clip's x-vector from the speaker encoder
-//! fills the speaker slot; with its transcript, the clip's codes from the codec encoder go into
-//! the prompt too (in-context), and they are pushed through the codec decoder before the
-//! first generated frame, their audio dropped — qwen-tts decodes reference and generated
-//! codes as one clip and cuts the reference's samples off.
+//! Voice clone (Base checkpoints): [`Synthesizer::clone_voice`] turns a reference clip into a
+//! [`ClonedVoice`] that any number of requests share (qwen-tts' `create_voice_clone_prompt`):
+//! the clip's x-vector from the speaker encoder fills the speaker slot; with its transcript,
+//! the clip's codes from the codec encoder go into the prompt too (in-context), and the codec
+//! decoder's state after decoding them is kept, so each request's audio continues from the
+//! clip's — qwen-tts decodes reference and generated codes as one clip and cuts the
+//! reference's samples off.
 
+use super::codec::CodecState;
 use super::codec::{load_codec, CodecConfig, CodecDecoder};
 use super::codec_encoder::{load_codec_encoder, CodecEncoder};
 use super::config::ModelType;
@@ -22,8 +25,9 @@ use super::prompt::{languages, Prompt, PromptRequest, Reference, Voice};
 use super::tokenizer::TextTokenizer;
 use super::Qwen3Tts;
 use crate::error::{Error, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::sampling::Sampler;
@@ -36,8 +40,8 @@ pub struct SpeechRequest {
     pub voice: Option<String>,
     /// A description of the voice or the delivery (VoiceDesign; 1.7B CustomVoice).
     pub instruct: Option<String>,
-    /// A clip whose voice to clone (Base checkpoints).
-    pub reference: Option<VoiceReference>,
+    /// A voice cloned from a reference clip (Base checkpoints; [`Synthesizer::clone_voice`]).
+    pub cloned_voice: Option<Arc<ClonedVoice>>,
     /// A language of the checkpoint, or `None` for auto.
     pub language: Option<String>,
     pub params: GenerationParams,
@@ -60,6 +64,39 @@ pub struct VoiceReference {
     /// The clip's transcript. With it the clip's codes join the prompt (in-context cloning);
     /// without it only the speaker embedding (x-vector) is used.
     pub text: Option<String>,
+    /// In context, how many of the clip's last frames the codec decoder runs through as the
+    /// left context of the generated audio: `None`, all of them (the audio is exactly
+    /// qwen-tts' whole-clip decode); fewer is faster to clone (qwen-tts' own chunked decode
+    /// keeps 25 frames of left context between chunks).
+    pub context_frames: Option<usize>,
+}
+
+/// A voice cloned from a reference clip, ready for any number of requests.
+#[derive(Debug)]
+pub struct ClonedVoice {
+    /// The speaker encoder's x-vector (H,).
+    xvector: Tensor,
+    in_context: Option<InContext>,
+    /// What cloning took: speaker encoder, codec encoder, decoding the clip's codes.
+    pub clone_ms: f64,
+}
+
+/// The in-context part of a cloned voice.
+#[derive(Debug)]
+struct InContext {
+    /// `<|im_start|>assistant\n{transcript}<|im_end|>\n`, tokenised.
+    text_ids: Vec<u32>,
+    /// The clip's frames of codes.
+    codes: Vec<Vec<u32>>,
+    /// The codec decoder after the clip's frames: each request forks it.
+    codec_state: CodecState,
+}
+
+impl ClonedVoice {
+    /// Frames of the reference clip in the prompt (0 without a transcript).
+    pub fn reference_frames(&self) -> usize {
+        self.in_context.as_ref().map_or(0, |c| c.codes.len())
+    }
 }
 
 /// What one request took.
@@ -72,9 +109,7 @@ pub struct SpeechStats {
     pub first_audio_ms: Option<f64>,
     /// Ended on the model's end of speech (not on the frame limit or a cancel).
     pub finished: bool,
-    /// Where the time went: the reference clip's encoders (voice clone), talker passes,
-    /// code-predictor passes, sampling, codec decoding.
-    pub reference_ms: f64,
+    /// Where the time went: talker passes, code-predictor passes, sampling, codec decoding.
     pub talker_ms: f64,
     pub predictor_ms: f64,
     pub sampling_ms: f64,
@@ -182,7 +217,7 @@ impl Synthesizer {
             }
         };
         let model_type = self.model_type();
-        if request.reference.is_some() && model_type != ModelType::Base {
+        if request.cloned_voice.is_some() && model_type != ModelType::Base {
             return Err(Error::InvalidRequest(format!(
                 "this {model_type:?} model cannot clone a voice from a reference clip (a Base model can); its voices: {}",
                 list(self.voices())
@@ -201,23 +236,66 @@ impl Synthesizer {
             (ModelType::Base, Some(_)) => Err(Error::InvalidRequest(
                 "this Base model has no preset voices; give a reference clip to clone".into(),
             )),
-            (ModelType::Base, None) => {
-                let reference = request.reference.as_ref().ok_or_else(|| {
-                    Error::InvalidRequest(
-                        "this Base (voice clone) model needs a reference clip of the voice".into(),
-                    )
-                })?;
-                let encoder = self.model.speaker_encoder().ok_or_else(|| {
-                    Error::InvalidRequest("this Base model has no speaker encoder".into())
-                })?;
-                let xvector = encoder.embed(&reference.samples)?;
-                let n = xvector.len();
-                Ok(Voice::Embedding(candle_core::Tensor::from_vec(
-                    xvector,
-                    n,
-                    self.model.talker().device(),
-                )?))
+            (ModelType::Base, None) => match &request.cloned_voice {
+                Some(cloned) => Ok(Voice::Embedding(cloned.xvector.clone())),
+                None => Err(Error::InvalidRequest(
+                    "this Base (voice clone) model needs a reference clip of the voice".into(),
+                )),
+            },
+        }
+    }
+
+    /// Clones the voice of `reference` (Base checkpoints): its x-vector and, when its
+    /// transcript is given, its codes and the codec decoder's state after them.
+    pub fn clone_voice(&self, reference: &VoiceReference) -> Result<ClonedVoice> {
+        let start = Instant::now();
+        let (Some(speaker_encoder), Some(codec_encoder)) =
+            (self.model.speaker_encoder(), &self.codec_encoder)
+        else {
+            return Err(Error::InvalidRequest(format!(
+                "this {:?} model cannot clone a voice from a reference clip (a Base model can)",
+                self.model_type()
+            )));
+        };
+        let xvector = speaker_encoder.embed(&reference.samples)?;
+        let n = xvector.len();
+        let device = self.model.talker().device();
+        let xvector = Tensor::from_vec(xvector, n, device)?;
+        let in_context = match reference.text.as_deref().map(str::trim) {
+            Some(text) if !text.is_empty() => {
+                let text_ids = self
+                    .tokenizer
+                    .encode(&format!("<|im_start|>assistant\n{text}<|im_end|>\n"))?;
+                self.check_text_ids(&text_ids)?;
+                let codes = codec_encoder.encode(&reference.samples)?;
+                let mut codec_state = self.codec.new_state(device)?;
+                let skip = reference
+                    .context_frames
+                    .map_or(0, |n| codes.len().saturating_sub(n));
+                self.codec.push(&mut codec_state, &codes[skip..])?;
+                Some(InContext {
+                    text_ids,
+                    codes,
+                    codec_state,
+                })
             }
+            _ => None,
+        };
+        Ok(ClonedVoice {
+            xvector,
+            in_context,
+            clone_ms: start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Every id must index the talker's text embedding.
+    fn check_text_ids(&self, ids: &[u32]) -> Result<()> {
+        let text_vocab = self.model.config().talker_config.text_vocab_size;
+        match ids.iter().find(|&&id| id as usize >= text_vocab) {
+            Some(id) => Err(Error::InvalidRequest(format!(
+                "token {id} is outside the model's text vocabulary of {text_vocab}: wrong tokenizer"
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -250,26 +328,11 @@ impl Synthesizer {
                 "a Base (voice clone) model takes no instruction".into(),
             ));
         }
-        let clock = Instant::now();
         let voice = self.voice(request)?;
-        // In-context cloning: the clip's codes and its transcript's tokens.
-        let in_context = match (&request.reference, &self.codec_encoder) {
-            (
-                Some(VoiceReference {
-                    samples,
-                    text: Some(text),
-                }),
-                Some(encoder),
-            ) if !text.trim().is_empty() => {
-                let ids = self.tokenizer.encode(&format!(
-                    "<|im_start|>assistant\n{}<|im_end|>\n",
-                    text.trim()
-                ))?;
-                Some((ids, encoder.encode(samples)?))
-            }
-            _ => None,
-        };
-        let reference_ms = clock.elapsed().as_secs_f64() * 1e3;
+        let in_context = request
+            .cloned_voice
+            .as_ref()
+            .and_then(|c| c.in_context.as_ref());
         let text_ids = self.tokenizer.encode(&format!(
             "<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
         ))?;
@@ -288,17 +351,8 @@ impl Synthesizer {
                     .encode(&format!("<|im_start|>user\n{i}<|im_end|>\n"))
             })
             .transpose()?;
-        let text_vocab = self.model.config().talker_config.text_vocab_size;
-        if let Some(&id) = text_ids
-            .iter()
-            .chain(instruct_ids.iter().flatten())
-            .chain(in_context.iter().flat_map(|(ids, _)| ids))
-            .find(|&&id| id as usize >= text_vocab)
-        {
-            return Err(Error::InvalidRequest(format!(
-                "token {id} is outside the model's text vocabulary of {text_vocab}: wrong tokenizer"
-            )));
-        }
+        self.check_text_ids(&text_ids)?;
+        self.check_text_ids(instruct_ids.as_deref().unwrap_or_default())?;
         let language = request
             .language
             .as_deref()
@@ -311,9 +365,10 @@ impl Synthesizer {
                 instruct_ids: instruct_ids.as_deref(),
                 language,
                 voice,
-                reference: in_context
-                    .as_ref()
-                    .map(|(text_ids, codes)| Reference { text_ids, codes }),
+                reference: in_context.map(|c| Reference {
+                    text_ids: &c.text_ids,
+                    codes: &c.codes,
+                }),
                 non_streaming: request
                     .non_streaming_text
                     .unwrap_or(self.model_type() != ModelType::Base),
@@ -321,17 +376,12 @@ impl Synthesizer {
         )?;
 
         let device = self.model.talker().device().clone();
-        let mut codec_state = self.codec.new_state(&device)?;
-        let mut stats = SpeechStats {
-            reference_ms,
-            ..SpeechStats::default()
+        // In context, the reference clip's audio is the left context of this request's.
+        let mut codec_state = match in_context {
+            Some(c) => c.codec_state.fork()?,
+            None => self.codec.new_state(&device)?,
         };
-        if let Some((_, codes)) = &in_context {
-            // The reference's audio is the generated audio's left context; it is not emitted.
-            let clock = Instant::now();
-            self.codec.push(&mut codec_state, codes)?;
-            stats.codec_ms += clock.elapsed().as_secs_f64() * 1e3;
-        }
+        let mut stats = SpeechStats::default();
         let mut pending: Vec<Vec<u32>> = Vec::with_capacity(request.chunk_frames);
         let mut chunk = 1;
         let mut cancelled = false;
