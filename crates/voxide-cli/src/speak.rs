@@ -157,8 +157,11 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             })?;
             if args.verbose {
                 eprintln!(
-                    "voice cloned in {:.0} ms ({} reference frames in context)",
-                    cloned.clone_ms,
+                    "voice cloned in {:.0} ms: speaker encoder {:.0}, codec encoder {:.0}, codec decoder {:.0} ({} reference frames in context)",
+                    cloned.clone_ms(),
+                    cloned.speaker_encoder_ms,
+                    cloned.codec_encoder_ms,
+                    cloned.codec_decoder_ms,
                     cloned.reference_frames()
                 );
             }

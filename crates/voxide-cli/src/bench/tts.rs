@@ -45,8 +45,10 @@ struct Cloning {
     clip: String,
     clip_s: f64,
     reference_frames: usize,
-    /// Speaker encoder, codec encoder and decoding the clip's codes, once.
-    clone_ms: f64,
+    /// Once per voice: the speaker encoder, the codec encoder, decoding the clip's codes.
+    speaker_encoder_ms: f64,
+    codec_encoder_ms: f64,
+    codec_decoder_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -209,7 +211,9 @@ fn clone_corpus_voice(
         clip: input.name(),
         clip_s,
         reference_frames: cloned.reference_frames(),
-        clone_ms: cloned.clone_ms,
+        speaker_encoder_ms: cloned.speaker_encoder_ms,
+        codec_encoder_ms: cloned.codec_encoder_ms,
+        codec_decoder_ms: cloned.codec_decoder_ms,
     };
     Ok((Arc::new(cloned), cloning))
 }
@@ -221,8 +225,8 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
     );
     if let Some(c) = &r.cloning {
         println!(
-            "voice cloned from {} ({:.1} s, {} frames in context) in {:.0} ms",
-            c.clip, c.clip_s, c.reference_frames, c.clone_ms
+            "voice cloned from {} ({:.1} s, {} frames in context): speaker encoder {:.0} ms, codec encoder {:.0} ms, codec decoder {:.0} ms",
+            c.clip, c.clip_s, c.reference_frames, c.speaker_encoder_ms, c.codec_encoder_ms, c.codec_decoder_ms
         );
     }
     println!(

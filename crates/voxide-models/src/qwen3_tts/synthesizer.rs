@@ -77,8 +77,10 @@ pub struct ClonedVoice {
     /// The speaker encoder's x-vector (H,).
     xvector: Tensor,
     in_context: Option<InContext>,
-    /// What cloning took: speaker encoder, codec encoder, decoding the clip's codes.
-    pub clone_ms: f64,
+    /// What cloning took: the speaker encoder, the codec encoder, decoding the clip's codes.
+    pub speaker_encoder_ms: f64,
+    pub codec_encoder_ms: f64,
+    pub codec_decoder_ms: f64,
 }
 
 /// The in-context part of a cloned voice.
@@ -93,6 +95,11 @@ struct InContext {
 }
 
 impl ClonedVoice {
+    /// What cloning took in all.
+    pub fn clone_ms(&self) -> f64 {
+        self.speaker_encoder_ms + self.codec_encoder_ms + self.codec_decoder_ms
+    }
+
     /// Frames of the reference clip in the prompt (0 without a transcript).
     pub fn reference_frames(&self) -> usize {
         self.in_context.as_ref().map_or(0, |c| c.codes.len())
@@ -248,7 +255,8 @@ impl Synthesizer {
     /// Clones the voice of `reference` (Base checkpoints): its x-vector and, when its
     /// transcript is given, its codes and the codec decoder's state after them.
     pub fn clone_voice(&self, reference: &VoiceReference) -> Result<ClonedVoice> {
-        let start = Instant::now();
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+        let clock = Instant::now();
         let (Some(speaker_encoder), Some(codec_encoder)) =
             (self.model.speaker_encoder(), &self.codec_encoder)
         else {
@@ -261,18 +269,24 @@ impl Synthesizer {
         let n = xvector.len();
         let device = self.model.talker().device();
         let xvector = Tensor::from_vec(xvector, n, device)?;
+        let speaker_encoder_ms = ms(clock);
+        let (mut codec_encoder_ms, mut codec_decoder_ms) = (0.0, 0.0);
         let in_context = match reference.text.as_deref().map(str::trim) {
             Some(text) if !text.is_empty() => {
                 let text_ids = self
                     .tokenizer
                     .encode(&format!("<|im_start|>assistant\n{text}<|im_end|>\n"))?;
                 self.check_text_ids(&text_ids)?;
+                let clock = Instant::now();
                 let codes = codec_encoder.encode(&reference.samples)?;
+                codec_encoder_ms = ms(clock);
+                let clock = Instant::now();
                 let mut codec_state = self.codec.new_state(device)?;
                 let skip = reference
                     .context_frames
                     .map_or(0, |n| codes.len().saturating_sub(n));
                 self.codec.push(&mut codec_state, &codes[skip..])?;
+                codec_decoder_ms = ms(clock);
                 Some(InContext {
                     text_ids,
                     codes,
@@ -284,7 +298,9 @@ impl Synthesizer {
         Ok(ClonedVoice {
             xvector,
             in_context,
-            clone_ms: start.elapsed().as_secs_f64() * 1e3,
+            speaker_encoder_ms,
+            codec_encoder_ms,
+            codec_decoder_ms,
         })
     }
 
