@@ -62,6 +62,13 @@ impl Qwen3Tts {
         let dtype = tensors
             .dtype("talker.codec_head.weight")
             .unwrap_or(DType::F32);
+        let t = &config.talker_config;
+        let text_embedding = tensors
+            .row_table(
+                "talker.model.text_embedding.weight",
+                (t.text_vocab_size, t.text_hidden_size),
+            )
+            .map_err(weights_error)?;
         let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
         let speaker_encoder = match (config.tts_model_type, &config.speaker_encoder_config) {
             (ModelType::Base, Some(cfg)) => {
@@ -69,7 +76,8 @@ impl Qwen3Tts {
             }
             _ => None,
         };
-        let mut talker = Talker::load(vb, &config.talker_config).map_err(weights_error)?;
+        let mut talker =
+            Talker::load(vb, &config.talker_config, text_embedding).map_err(weights_error)?;
         if let Some(format) = format {
             talker = talker.into_format(format).map_err(weights_error)?;
         }

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::{LayerNames, PreNormLayer};
+use voxide_nn::weights::RowTable;
 use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
 /// RoPE table length; later positions are computed on the fly.
@@ -220,7 +221,8 @@ impl CodePredictor {
 /// The talker with its code predictor (`talker.*` of the checkpoint).
 #[derive(Clone, Debug)]
 pub struct Talker {
-    text_embedding: Tensor,
+    /// Left in the checkpoint file (see [`RowTable`]): a request reads a few hundred rows.
+    text_embedding: RowTable,
     text_projection: [Linear; 2],
     activation: candle_nn::Activation,
     codec_embedding: Tensor,
@@ -231,17 +233,16 @@ pub struct Talker {
 }
 
 impl Talker {
-    /// Loads `talker.*` (`vb` at the checkpoint root).
-    pub fn load(vb: VarBuilder, cfg: &TalkerConfig) -> Result<Self> {
+    /// Loads `talker.*` (`vb` at the checkpoint root); the text embedding
+    /// (`talker.model.text_embedding.weight`) comes as a [`RowTable`] of the same file.
+    pub fn load(vb: VarBuilder, cfg: &TalkerConfig, text_embedding: RowTable) -> Result<Self> {
         let vb = vb.pp("talker");
         let model = vb.pp("model");
         let d = &cfg.dims;
         let h = d.hidden_size;
         let tp = vb.pp("text_projection");
         let mut talker = Self {
-            text_embedding: model
-                .pp("text_embedding")
-                .get((cfg.text_vocab_size, cfg.text_hidden_size), "weight")?,
+            text_embedding,
             text_projection: [
                 Linear::load(
                     tp.pp("linear_fc1"),
@@ -298,7 +299,7 @@ impl Talker {
     }
 
     pub fn device(&self) -> &Device {
-        self.text_embedding.device()
+        self.codec_embedding.device()
     }
 
     pub fn predictor(&self) -> &CodePredictor {
@@ -307,7 +308,10 @@ impl Talker {
 
     /// Text ids → projected text-track embeddings (1, t, H).
     pub fn embed_text(&self, ids: &[u32]) -> Result<Tensor> {
-        let x = lookup(&self.text_embedding, ids)?;
+        let x = self
+            .text_embedding
+            .lookup(ids, self.device())?
+            .unsqueeze(0)?;
         let x = self
             .activation
             .forward(&self.text_projection[0].forward(&x)?)?;
