@@ -423,3 +423,47 @@ fn voice_clone_from_a_reference_clip() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `voxide bench --tts` on the Base fixture: the corpus clip is cloned once (its frames in
+/// context), every text runs its fixed frame count, and the JSON report says so.
+#[test]
+fn bench_tts_clones_a_voice_for_a_base_model() {
+    let dir = std::env::temp_dir().join(format!("voxide-bench-tts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("tts.json");
+    let base = root().join("tests/fixtures/qwen3-tts/tiny-random-base");
+    let corpus = root().join("../shared/corpus");
+    let out = voxide(&[
+        "bench",
+        "--tts",
+        "--model",
+        s(&base),
+        "--corpus",
+        s(&corpus),
+        "-n",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        s(&json),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("voice cloned from"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // jfk.wav: 11.0 s → ⌈176 000 · 1.5 / 1920⌉ = 138 frames of codes.
+    assert_eq!(report["cloning"]["reference_frames"], 138);
+    let frames: Vec<u64> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["frames"].as_u64().unwrap())
+        .collect();
+    assert_eq!(frames, [16, 48, 96]);
+    std::fs::remove_dir_all(dir).ok();
+}
