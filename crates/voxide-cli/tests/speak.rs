@@ -17,15 +17,25 @@ fn fixture() -> PathBuf {
     root().join("tests/fixtures/qwen3-tts/tiny-random")
 }
 
-/// A copy of the fixture in a fresh temp dir (to break).
-fn fixture_copy(name: &str) -> PathBuf {
+/// A copy of the fixture in a fresh temp dir (to break): its top-level files, and its codec
+/// (`speech_tokenizer/`) when `with_codec`.
+fn fixture_copy(name: &str, with_codec: bool) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("voxide-speak-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    let copy_files = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+            }
         }
+    };
+    copy_files(&fixture(), &dir);
+    if with_codec {
+        copy_files(
+            &fixture().join("speech_tokenizer"),
+            &dir.join("speech_tokenizer"),
+        );
     }
     dir
 }
@@ -148,7 +158,7 @@ fn bad_requests_get_a_one_line_error() {
         "{stdout}"
     );
     // A config that does not match the weights: the error names the tensor; no file is left.
-    let dir = fixture_copy("mismatch");
+    let dir = fixture_copy("mismatch", true);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let config = config.replacen(
         "\"intermediate_size\": 128",
@@ -156,14 +166,6 @@ fn bad_requests_get_a_one_line_error() {
         1,
     );
     std::fs::write(dir.join("config.json"), config).unwrap();
-    std::fs::create_dir_all(dir.join("speech_tokenizer")).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(
-            fixture().join("speech_tokenizer").join(f),
-            dir.join("speech_tokenizer").join(f),
-        )
-        .unwrap();
-    }
     let wav = dir.join("out.wav");
     let out = voxide(&[
         "speak",
@@ -184,7 +186,7 @@ fn bad_requests_get_a_one_line_error() {
     assert!(!wav.exists() && !dir.join("out.wav.partial").exists());
     std::fs::remove_dir_all(dir).ok();
     // Without its codec (the copy takes the top-level files only).
-    let dir = fixture_copy("no-codec");
+    let dir = fixture_copy("no-codec", false);
     let out = voxide(&["speak", "--model", s(&dir), "--voice", "tester", "hi"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -241,7 +243,7 @@ fn sampled_speech_to_a_file_equals_stdout() {
 /// the `auto` case of the talker parity test).
 #[test]
 fn voice_design_takes_an_instruction_not_a_voice() {
-    let dir = fixture_copy("design");
+    let dir = fixture_copy("design", true);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     assert!(config.contains("\"tts_model_type\": \"custom_voice\""));
     let config = config.replace(
@@ -249,14 +251,6 @@ fn voice_design_takes_an_instruction_not_a_voice() {
         "\"tts_model_type\": \"voice_design\"",
     );
     std::fs::write(dir.join("config.json"), config).unwrap();
-    std::fs::create_dir_all(dir.join("speech_tokenizer")).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(
-            fixture().join("speech_tokenizer").join(f),
-            dir.join("speech_tokenizer").join(f),
-        )
-        .unwrap();
-    }
     let out = voxide(&["speak", "--model", s(&dir), "--voice", "tester", "hi"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

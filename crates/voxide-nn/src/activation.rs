@@ -2,6 +2,7 @@
 //! CPU pass.
 
 use crate::kernels::ops::SnakeBetaOp;
+use crate::kernels::softmax::exp_non_positive;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -99,31 +100,6 @@ impl CustomOp1 for EluPadded {
     }
 }
 
-/// eˣ in f32 for x ≤ 0 without libm (Cephes' expf): x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in
-/// two parts), eʳ by a degree-6 polynomial, 2ⁿ through the exponent bits; clamped at −87
-/// (e⁻⁸⁷ ≈ 1.6e-38). Relative error ~2e-7; branch-free and call-free, so loops vectorise.
-#[inline(always)]
-fn exp_non_positive(x: f32) -> f32 {
-    const LN2_A: f32 = 0.693_359_4;
-    const LN2_B: f32 = -2.121_944_4e-4;
-    const P: [f32; 6] = [
-        1.987_569_1e-4,
-        1.398_2e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ];
-    // Round to nearest by adding and removing 1.5 · 2²³ (`round` is a libm call).
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 0.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = (x - n * LN2_A) - n * LN2_B;
-    let p = ((((P[0] * r + P[1]) * r + P[2]) * r + P[3]) * r + P[4]) * r + P[5];
-    let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,20 +115,6 @@ mod tests {
             let got = sin_squared(x) as f64;
             assert!((got - want).abs() < 3e-7, "sin²({x}) = {got}, want {want}");
         }
-    }
-
-    #[test]
-    fn exp_matches_f64() {
-        for i in 0..=870_000 {
-            let x = -(i as f32) * 1e-4;
-            let want = (x as f64).exp();
-            let got = exp_non_positive(x) as f64;
-            assert!(
-                (got - want).abs() <= 2.5e-7 * want,
-                "e^{x} = {got}, want {want}"
-            );
-        }
-        assert!(exp_non_positive(-200.0) < 1e-37);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! An encoder window's attention takes exp of heads × 1500 × 1500 scores per layer (54 M for
 //! Whisper tiny): libm's scalar `expf` made that ~15 % of the encoder. Here e^x is computed 8
 //! lanes at a time (AVX2 + FMA) with a Cephes-style polynomial, relative error ~2e-7 (as
-//! `expf`), elsewhere with `f32::exp`.
+//! `expf`), elsewhere with `f32::exp`; [`exp_non_positive`] is the same polynomial in scalar
+//! code that loops vectorise (the SEANet ELU).
 
 use rayon::prelude::*;
 
@@ -61,6 +62,34 @@ pub fn sum_exp_shifted(x: &[f32], max: f32) -> f64 {
     x.iter().map(|&v| (v - max).exp() as f64).sum()
 }
 
+/// Cephes' expf polynomial for eʳ, |r| ≤ ln 2 / 2: eʳ ≈ 1 + r + r² · P(r), P's coefficients
+/// from the highest degree down (shared by the scalar and the AVX2 forms).
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// eˣ in f32 for x ≤ 0 without libm (Cephes' expf): x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in
+/// two parts), eʳ by a degree-6 polynomial, 2ⁿ through the exponent bits; clamped at −87
+/// (e⁻⁸⁷ ≈ 1.6e-38). Relative error ~2e-7; branch-free and call-free, so loops vectorise.
+#[inline(always)]
+pub(crate) fn exp_non_positive(x: f32) -> f32 {
+    const LN2_A: f32 = 0.693_359_4;
+    const LN2_B: f32 = -2.121_944_4e-4;
+    // Round to nearest by adding and removing 1.5 · 2²³ (`round` is a libm call).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (x - n * LN2_A) - n * LN2_B;
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| p * r + c);
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
@@ -81,14 +110,8 @@ mod x86 {
         );
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
+        let mut p = _mm256_set1_ps(super::EXP_POLY[0]);
+        for &c in &super::EXP_POLY[1..] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
         let p = _mm256_fmadd_ps(
@@ -140,6 +163,20 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_matches_f64() {
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let want = (x as f64).exp();
+            let got = exp_non_positive(x) as f64;
+            assert!(
+                (got - want).abs() <= 2.5e-7 * want,
+                "e^{x} = {got}, want {want}"
+            );
+        }
+        assert!(exp_non_positive(-200.0) < 1e-37);
+    }
 
     fn want(row: &[f32]) -> Vec<f64> {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
