@@ -231,6 +231,10 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             if stats.finished { "ended on end of speech" } else { "stopped at the frame limit" },
             crate::bench::peak_rss_mb(),
         );
+        eprintln!(
+            "time by part: talker {:.0} ms, code predictor {:.0} ms, sampling {:.0} ms, codec decoder {:.0} ms",
+            stats.talker_ms, stats.predictor_ms, stats.sampling_ms, stats.codec_ms
+        );
     }
     Ok(())
 }

@@ -556,6 +556,12 @@ fn main() -> candle_core::Result<()> {
             probe.median_gbps(7)
         );
     }
+    if on("fma") {
+        for t in [1, threads] {
+            let gflops = voxide_nn::kernels::fma_peak::measure_fma_gflops(t, 5);
+            println!("f32 FMA peak, {t} threads: {gflops:.1} GFLOP/s");
+        }
+    }
     if on("gemv") {
         bench_gemv(None, SHAPES);
     }

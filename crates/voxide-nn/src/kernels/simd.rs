@@ -66,6 +66,15 @@ impl Isa {
         }
     }
 
+    /// f32 lanes of one vector ([`Simd::LANES`] of the path).
+    pub(crate) fn lanes(self) -> usize {
+        match self {
+            Isa::Scalar | Isa::Avx2 => 8,
+            Isa::Avx512 => 16,
+            Isa::Neon => 4,
+        }
+    }
+
     /// Every path this CPU can run, portable first.
     pub fn available() -> Vec<Isa> {
         [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon]
@@ -226,9 +235,6 @@ impl WeightElem for i8 {
 pub(crate) trait Simd: Copy {
     type V: Copy;
     const LANES: usize;
-    /// Register block of the small-M kernel: rows of x and rows of w per micro-kernel call.
-    const MR: usize;
-    const NR: usize;
 
     unsafe fn zero() -> Self::V;
     unsafe fn splat(v: f32) -> Self::V;
@@ -255,8 +261,6 @@ pub(crate) struct Scalar;
 impl Simd for Scalar {
     type V = [f32; 8];
     const LANES: usize = 8;
-    const MR: usize = 4;
-    const NR: usize = 2;
 
     #[inline(always)]
     unsafe fn zero() -> Self::V {
@@ -308,8 +312,6 @@ pub(crate) struct Avx2;
 impl Simd for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
-    const MR: usize = 4;
-    const NR: usize = 2;
 
     #[inline(always)]
     unsafe fn zero() -> Self::V {
@@ -368,8 +370,6 @@ pub(crate) struct Avx512;
 impl Simd for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
-    const MR: usize = 4;
-    const NR: usize = 4;
 
     #[inline(always)]
     unsafe fn zero() -> Self::V {
@@ -425,8 +425,6 @@ pub(crate) struct Neon;
 impl Simd for Neon {
     type V = float32x4_t;
     const LANES: usize = 4;
-    const MR: usize = 4;
-    const NR: usize = 4;
 
     #[inline(always)]
     unsafe fn zero() -> Self::V {
