@@ -3,8 +3,12 @@
 
 use crate::kernels::ops::GeluErfInPlace;
 use crate::linear::{Linear, WeightFormat};
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
+
+/// Most rows of x per pass through [`GeluMlp`]: fc1's output is then ≤ 256 × ffn (1.5 MB for
+/// Whisper tiny, 5 MB for large-v3, against 9 and 30 MB for a whole window).
+const ROWS_PER_PASS: usize = 256;
 
 /// `fc2(gelu_erf(fc1(x)))` with biases (Whisper: fc1 [ffn, d], fc2 [d, ffn]).
 #[derive(Clone, Debug)]
@@ -46,8 +50,24 @@ impl GeluMlp {
     }
 
     /// x: (..., d) -> (..., d). GELU is the exact erf form, as in the references; on CPU it
-    /// runs in place on fc1's fresh output (no second copy of the widest activation).
+    /// runs in place on fc1's fresh output (no second copy of the widest activation). More than
+    /// [`ROWS_PER_PASS`] rows run in passes, so that fc1's output, the widest activation of a
+    /// layer (an encoder window's: 1500 × ffn), is never whole.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / d.max(1);
+        if rows <= ROWS_PER_PASS {
+            return self.forward_rows(x);
+        }
+        let flat = x.reshape((rows, d))?;
+        let passes = (0..rows)
+            .step_by(ROWS_PER_PASS)
+            .map(|r0| self.forward_rows(&flat.narrow(0, r0, ROWS_PER_PASS.min(rows - r0))?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&passes, 0)?.reshape(x.shape())
+    }
+
+    fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.fc1.forward(x)?;
         let h = if h.device().is_cpu() && h.dtype() == DType::F32 && h.is_contiguous() {
             h.inplace_op1(&GeluErfInPlace)?;
@@ -129,6 +149,45 @@ mod tests {
         let y = x.copy()?;
         y.inplace_op1(&GeluErfInPlace)?;
         assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, want);
+        Ok(())
+    }
+
+    /// More rows than a pass (and a last, shorter pass): the same as all rows at once.
+    #[test]
+    fn gelu_mlp_in_passes_equals_one_pass() -> Result<()> {
+        let dev = Device::Cpu;
+        let (d, ffn, rows) = (8, 24, 2 * ROWS_PER_PASS + 37);
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i as f32 * 0.37 + seed).sin()) * 0.5)
+                .collect()
+        };
+        let mut ts = HashMap::new();
+        ts.insert(
+            "fc1.weight".to_string(),
+            Tensor::from_vec(values(ffn * d, 1.0), (ffn, d), &dev)?,
+        );
+        ts.insert(
+            "fc1.bias".to_string(),
+            Tensor::from_vec(values(ffn, 2.0), ffn, &dev)?,
+        );
+        ts.insert(
+            "fc2.weight".to_string(),
+            Tensor::from_vec(values(d * ffn, 3.0), (d, ffn), &dev)?,
+        );
+        ts.insert(
+            "fc2.bias".to_string(),
+            Tensor::from_vec(values(d, 4.0), d, &dev)?,
+        );
+        let mlp = GeluMlp::load(VarBuilder::from_tensors(ts, DType::F32, &dev), d, ffn)?;
+        let x = Tensor::from_vec(values(rows * d, 5.0), (1, rows, d), &dev)?;
+        let got = mlp.forward(&x)?;
+        assert_eq!(got.dims(), &[1, rows, d]);
+        let want = mlp.forward_rows(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        let got = got.flatten_all()?.to_vec1::<f32>()?;
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+        }
         Ok(())
     }
 
