@@ -1,9 +1,11 @@
 //! `voxide`: speech-to-text and text-to-speech from the command line.
 
 mod bench;
+mod serve;
 mod speak;
 mod stream;
 mod transcribe;
+mod vad;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +31,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Say text aloud (Qwen3-TTS), streaming audio out as it is synthesised.
     Speak(speak::SpeakArgs),
+    /// Find the speech in audio files (Silero VAD): segments as text or JSON.
+    Vad(vad::VadArgs),
+    /// Serve the models over HTTP: OpenAI's audio API and realtime transcription.
+    Serve(serve::ServeArgs),
 }
 
 /// Hands memory freed while loading a model back to the system. Converting weights (f32 read
@@ -51,6 +57,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Stream(args) => stream::run(args),
         Command::Speak(args) => speak::run(args),
+        Command::Vad(args) => vad::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod qwen3_tts;
+pub mod silero_vad;
 pub mod tekken;
 pub mod transcript;
 pub mod voxtral_realtime;

@@ -1,0 +1,90 @@
+//! `voxide serve`: loads each `--model` once and serves them over HTTP with OpenAI's audio API
+//! (voxide-server), until SIGINT or SIGTERM.
+
+use crate::transcribe::{precision, set_threads};
+use anyhow::Result;
+use clap::Args;
+use std::time::{Duration, Instant};
+use voxide_server::{Limits, ModelSpec, Registry, ServerConfig};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A model to serve: a checkpoint directory or a hub id, served under the directory's name
+    /// (a hub model under its id); `ID=MODEL` serves it as ID (e.g. whisper-1=openai/whisper-tiny).
+    /// Repeat for more models: speech-to-text (Whisper, Voxtral Realtime) and text-to-speech
+    /// (Qwen3-TTS) alike.
+    #[arg(short, long = "model", value_name = "[ID=]MODEL", required = true)]
+    models: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the address is printed once listening).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1 requests (OpenAI clients send their api_key).
+    #[arg(long, env = "VOXIDE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Requests running a model at once (each already uses every core).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_concurrency)]
+    max_concurrency: usize,
+    /// Requests waiting for a slot; more are answered 429 at once.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_queue)]
+    max_queue: usize,
+    /// Largest audio upload, in MB (2^20 bytes); larger is answered 413.
+    #[arg(long, value_name = "N", default_value_t = 25)]
+    max_upload_mb: usize,
+    /// Longest audio to transcribe, and to synthesise, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 3600.0)]
+    max_audio_s: f64,
+    /// Seconds a request may take from its arrival to its end, queue included (504 after; a
+    /// stream already started is cut off); 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 600)]
+    request_timeout_s: u64,
+    /// Weight precision of every model: auto (the checkpoint's), f32, f16, bf16, or int8
+    /// (Voxtral Realtime's decoder and Qwen3-TTS' talker and code predictor).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
+    precision: String,
+    /// CPU threads (default: all cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let config = ServerConfig {
+        host: args.host,
+        port: args.port,
+        api_key: args.api_key,
+        limits: Limits {
+            max_concurrency: args.max_concurrency,
+            max_queue: args.max_queue,
+            max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
+            max_audio_s: args.max_audio_s,
+            request_timeout: (args.request_timeout_s > 0)
+                .then(|| Duration::from_secs(args.request_timeout_s)),
+        },
+    };
+    // Flags first: a typo should not wait for the models to load.
+    config.limits.validate()?;
+    let specs = args
+        .models
+        .iter()
+        .map(|m| m.parse::<ModelSpec>())
+        .collect::<Result<Vec<_>>>()?;
+    let mut models = Registry::new();
+    for spec in &specs {
+        let clock = Instant::now();
+        let model = models
+            .load(spec, precision(&args.precision))
+            .map_err(|e| anyhow::anyhow!("--model {}: {e}", spec.source))?;
+        eprintln!(
+            "model {} ({}): {} loaded in {:.0} ms",
+            model.id,
+            model.engine.kind(),
+            model.dir.display(),
+            clock.elapsed().as_secs_f64() * 1e3
+        );
+        crate::release_freed_memory();
+    }
+    voxide_server::serve(config, models)
+}

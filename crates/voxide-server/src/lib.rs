@@ -1,0 +1,284 @@
+//! `voxide serve`: the loaded models behind OpenAI's audio API, so that the official clients
+//! (and anything speaking their protocol) work against a local server.
+//!
+//! - `GET /health`, `GET /v1/models`, `GET /v1/models/{id}`;
+//! - `POST /v1/audio/transcriptions` and `/v1/audio/translations`:
+//!   a multipart upload in, text, JSON or subtitles out (exactly `voxide transcribe`'s), or
+//!   server-sent text events;
+//! - `POST /v1/audio/speech` ([`speech`]): JSON in, WAV or PCM streamed out as it is
+//!   synthesised, or server-sent audio events.
+//!
+//! Model work runs on blocking threads, a few requests at a time ([`limits`]); errors are
+//! OpenAI's error objects ([`error`]).
+
+mod auth;
+pub mod error;
+pub mod limits;
+pub mod models;
+pub mod speech;
+mod transcriptions;
+
+use anyhow::{Context, Result};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub use error::ApiError;
+pub use limits::{Admission, Limits};
+pub use models::{Engine, LoadedModel, ModelSpec, Registry};
+
+/// Where to listen and what to accept.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address or host name to listen on.
+    pub host: String,
+    /// Port; 0 picks a free one ([`Server::local_addr`] tells which).
+    pub port: u16,
+    /// When set, `/v1` requests must send `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Concurrency, sizes and time limits.
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            api_key: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct Shared {
+    pub models: Registry,
+    pub admission: Admission,
+    pub limits: Limits,
+    pub api_key: Option<String>,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+impl Shared {
+    /// When a request starting now must end.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.limits.request_timeout.map(|t| Instant::now() + t)
+    }
+
+    /// Runs `work` until `deadline` (504 after it).
+    pub async fn until<T>(
+        &self,
+        deadline: Option<Instant>,
+        work: impl Future<Output = T>,
+    ) -> Result<T, ApiError> {
+        match deadline {
+            Some(at) => tokio::time::timeout_at(at, work)
+                .await
+                .map_err(|_| ApiError::timeout(self.limits.request_timeout.unwrap_or_default())),
+            None => Ok(work.await),
+        }
+    }
+
+    /// A slot to run a model: at once, after the queue (504 past the deadline), or 429.
+    pub async fn admit(&self, deadline: Option<Instant>) -> Result<limits::Permit, ApiError> {
+        self.until(deadline, self.admission.enter())
+            .await?
+            .map_err(|_| ApiError::busy())
+    }
+
+    /// The model served as `id`, or 404.
+    pub fn model(&self, id: &str) -> Result<&Arc<LoadedModel>, ApiError> {
+        self.models
+            .get(id)
+            .ok_or_else(|| ApiError::unknown_model(id, &self.models.ids()))
+    }
+}
+
+/// Room for a multipart form's fields and boundaries besides the audio file itself.
+const FORM_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// The application: every route, on `models`, with `config`'s key and limits.
+fn router(config: &ServerConfig, models: Registry, admission: Admission) -> Router {
+    let state: AppState = Arc::new(Shared {
+        models,
+        admission,
+        limits: config.limits.clone(),
+        api_key: config.api_key.clone(),
+    });
+    let uploads = Router::new()
+        .route(
+            "/v1/audio/transcriptions",
+            post(transcriptions::transcriptions),
+        )
+        .route("/v1/audio/translations", post(transcriptions::translations))
+        .layer(DefaultBodyLimit::max(
+            config.limits.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            transcriptions::refuse_large_uploads,
+        ));
+    let v1 = Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/v1/audio/speech", post(speech::speech))
+        .merge(uploads)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(v1)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+fn model_object(model: &LoadedModel) -> Value {
+    json!({
+        "id": model.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "voxide",
+    })
+}
+
+async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = state.models.iter().map(|m| model_object(m)).collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(model_object(state.model(&id)?)))
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "unknown endpoint {method} {}; this server has /health, /v1/models, /v1/audio/transcriptions, /v1/audio/translations and /v1/audio/speech",
+        uri.path()
+    ))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(format!("{} does not take {method}", uri.path()))
+}
+
+/// One server-sent event carrying `value` as its data.
+pub(crate) fn sse_event(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    admission: Admission,
+}
+
+impl Server {
+    /// Listens on `config`'s address, serving `models`.
+    pub async fn bind(config: &ServerConfig, models: Registry) -> Result<Self> {
+        config.limits.validate()?;
+        if models.is_empty() {
+            anyhow::bail!("no model to serve; pass --model DIR (or a hub id) at least once");
+        }
+        if config.api_key.as_deref().is_some_and(str::is_empty) {
+            anyhow::bail!("--api-key must not be empty");
+        }
+        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+        let admission = Admission::new(config.limits.max_concurrency, config.limits.max_queue);
+        let router = router(config, models, admission.clone());
+        Ok(Self {
+            listener,
+            router,
+            admission,
+        })
+    }
+
+    /// The address it listens on (the port chosen when 0 was asked for).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .context("cannot read the listening address")
+    }
+
+    /// The slots and queue its requests go through (to watch, or to hold a slot in tests).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Serves until `shutdown` resolves, then lets the requests in flight finish.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("the server failed")
+    }
+}
+
+/// Runs a server on its own runtime until SIGINT or SIGTERM, printing
+/// `listening on http://ADDR` to stderr once bound.
+pub fn serve(config: ServerConfig, models: Registry) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("voxide-serve")
+        .build()
+        .context("cannot start the server's runtime")?;
+    let result = runtime.block_on(async {
+        let server = Server::bind(&config, models).await?;
+        eprintln!("listening on http://{}", server.local_addr()?);
+        server.run_until(shutdown_signal()).await
+    });
+    // A transcription that outlived its request (504) cannot be interrupted; do not wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    eprintln!("shutting down: finishing the requests in flight");
+}

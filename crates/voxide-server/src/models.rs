@@ -1,0 +1,208 @@
+//! The models a server holds: each `--model` is loaded once, by the kind of its checkpoint
+//! (Qwen3-TTS: text to speech; Whisper, Voxtral Realtime: speech to text), and served under an
+//! id that requests name in their `model` field.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use voxide_models::qwen3_tts::Synthesizer;
+use voxide_runtime::{load_transcriber, resolve_model, ModelSource, Transcriber, WeightFormat};
+
+/// One `--model` argument: `PATH`, `HUB_ID`, or `ID=PATH` / `ID=HUB_ID` to choose the id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// The id requests use; `None`: the directory's name (a hub id for hub models).
+    pub id: Option<String>,
+    /// A checkpoint directory or a Hugging Face hub id.
+    pub source: String,
+}
+
+impl FromStr for ModelSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        // `ID=…` renames, unless the whole argument is an existing path (which may hold `=`).
+        match s.split_once('=') {
+            Some((id, source)) if !Path::new(s).exists() => {
+                check_id(id)?;
+                if source.is_empty() {
+                    bail!("--model {s}: nothing after `=`; use --model ID=PATH");
+                }
+                Ok(Self {
+                    id: Some(id.to_string()),
+                    source: source.to_string(),
+                })
+            }
+            _ if s.is_empty() => bail!("--model needs a checkpoint directory or a hub id"),
+            _ => Ok(Self {
+                id: None,
+                source: s.to_string(),
+            }),
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("model id {id:?} must be a non-empty name without spaces (--model ID=PATH)");
+    }
+    Ok(())
+}
+
+/// What a loaded model does.
+#[derive(Clone)]
+pub enum Engine {
+    /// Speech to text (`/v1/audio/transcriptions`, `/v1/audio/translations`).
+    Transcriber(Arc<dyn Transcriber>),
+    /// Text to speech (`/v1/audio/speech`).
+    Synthesizer(Arc<Synthesizer>),
+}
+
+impl Engine {
+    /// In words, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Engine::Transcriber(_) => "speech-to-text",
+            Engine::Synthesizer(_) => "text-to-speech",
+        }
+    }
+}
+
+/// A model as served.
+#[derive(Clone)]
+pub struct LoadedModel {
+    /// The id requests name.
+    pub id: String,
+    /// Unix time of its loading (`created` in `/v1/models`).
+    pub created: u64,
+    /// The checkpoint directory.
+    pub dir: std::path::PathBuf,
+    /// The loaded model.
+    pub engine: Engine,
+}
+
+/// The models of one server, in `--model` order; clones share the models.
+#[derive(Clone, Default)]
+pub struct Registry {
+    models: Vec<Arc<LoadedModel>>,
+}
+
+impl Registry {
+    /// No models yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Resolves and loads `spec` (on the CPU; `precision` converts the weight matrices) and
+    /// serves it under its id, which must be new.
+    pub fn load(
+        &mut self,
+        spec: &ModelSpec,
+        precision: Option<WeightFormat>,
+    ) -> Result<&LoadedModel> {
+        let source = resolve_model(&spec.source)?;
+        let id = match &spec.id {
+            Some(id) => id.clone(),
+            None => default_id(&source)?,
+        };
+        if self.get(&id).is_some() {
+            bail!(
+                "two models would be served as {id:?}; name one with --model ID={}",
+                spec.source
+            );
+        }
+        let dir = source.dir();
+        let device = candle_core::Device::Cpu;
+        let engine = if is_speech_synthesis(dir) {
+            Engine::Synthesizer(Arc::new(Synthesizer::from_dir(dir, &device, precision)?))
+        } else {
+            Engine::Transcriber(Arc::from(load_transcriber(&source, &device, precision)?))
+        };
+        self.add(id, dir, engine);
+        Ok(self.models.last().expect("just added"))
+    }
+
+    fn add(&mut self, id: String, dir: &Path, engine: Engine) {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.models.push(Arc::new(LoadedModel {
+            id,
+            created,
+            dir: dir.to_owned(),
+            engine,
+        }));
+    }
+
+    /// The model served as `id`.
+    pub fn get(&self, id: &str) -> Option<&Arc<LoadedModel>> {
+        self.models.iter().find(|m| m.id == id)
+    }
+
+    /// Every model, in loading order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<LoadedModel>> {
+        self.models.iter()
+    }
+
+    /// The ids served.
+    pub fn ids(&self) -> Vec<&str> {
+        self.models.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    /// No model at all.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
+/// A hub model's id as given; a directory's name otherwise.
+fn default_id(source: &ModelSource) -> Result<String> {
+    match source {
+        ModelSource::Hub { id, .. } => Ok(id.clone()),
+        ModelSource::Local(dir) => {
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("cannot read {}", dir.display()))?;
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            check_id(&name).with_context(|| {
+                format!(
+                    "{} gives no usable model id; name it with --model ID={}",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
+            Ok(name)
+        }
+    }
+}
+
+/// Qwen3-TTS checkpoints say `"model_type": "qwen3_tts"` in config.json; anything else is
+/// left to the speech-to-text loader (which names what it does not support).
+fn is_speech_synthesis(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|config| config["model_type"] == "qwen3_tts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_take_an_optional_id() {
+        let spec: ModelSpec = "whisper-1=openai/whisper-tiny".parse().unwrap();
+        assert_eq!(spec.id.as_deref(), Some("whisper-1"));
+        assert_eq!(spec.source, "openai/whisper-tiny");
+        let spec: ModelSpec = "models/tiny".parse().unwrap();
+        assert_eq!((spec.id, spec.source.as_str()), (None, "models/tiny"));
+        assert!("=models/tiny".parse::<ModelSpec>().is_err());
+        assert!("tiny=".parse::<ModelSpec>().is_err());
+        assert!("my model=x".parse::<ModelSpec>().is_err());
+    }
+}

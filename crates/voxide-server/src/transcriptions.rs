@@ -1,0 +1,354 @@
+//! `POST /v1/audio/transcriptions` and `/v1/audio/translations`: OpenAI's multipart form
+//! (`file`, `model`, `language`, `prompt`, `response_format`, `temperature`,
+//! `timestamp_granularities[]`, `stream`) in; the transcript out, rendered exactly as
+//! `voxide transcribe --format …` writes it (same decoding settings: greedy at the given
+//! temperature without fallback, segment timestamps), or as server-sent
+//! `transcript.text.delta` events, one per segment, and a `transcript.text.done`.
+
+use crate::{sse_event, ApiError, AppState, Engine};
+use axum::body::Body;
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::{Multipart, Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use voxide_audio::{decode_bytes, mono_at_rate};
+use voxide_runtime::{render, OutputFormat, TranscribeRequest, Transcriber, Transcript};
+
+/// The name audio errors use when the upload has no file name.
+const UPLOAD_NAME: &str = "<upload>";
+
+/// `POST /v1/audio/transcriptions`.
+pub(crate) async fn transcriptions(
+    state: State<AppState>,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    handle(state, form, false).await
+}
+
+/// `POST /v1/audio/translations`: the speech translated into English.
+pub(crate) async fn translations(
+    state: State<AppState>,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    handle(state, form, true).await
+}
+
+/// 413 before reading a body whose declared length is over the limit (the client learns at
+/// once, and no upload is buffered); bodies without a length are cut off as they arrive.
+pub(crate) async fn refuse_large_uploads(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = state.limits.max_upload_bytes + crate::FORM_OVERHEAD_BYTES;
+    match declared {
+        Some(length) if length > limit as u64 => {
+            too_large(state.limits.max_upload_bytes).into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::too_large(format!(
+        "the upload is larger than this server accepts: {} (--max-upload-mb)",
+        megabytes(limit)
+    ))
+    .with_param("file")
+}
+
+fn megabytes(bytes: usize) -> String {
+    format!("{:.0} MB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The uploaded audio file.
+struct Upload {
+    /// Its file name, for messages.
+    name: String,
+    bytes: Vec<u8>,
+}
+
+/// The form's fields, as sent.
+#[derive(Default)]
+struct Form {
+    file: Option<Upload>,
+    model: Option<String>,
+    language: Option<String>,
+    prompt: Option<String>,
+    response_format: Option<String>,
+    temperature: Option<String>,
+    timestamp_granularities: Vec<String>,
+    stream: Option<String>,
+}
+
+/// A request, checked.
+struct Options {
+    request: TranscribeRequest,
+    format: OutputFormat,
+    stream: bool,
+}
+
+async fn handle(
+    State(state): State<AppState>,
+    form: Result<Multipart, MultipartRejection>,
+    translate: bool,
+) -> Result<Response, ApiError> {
+    let form = form.map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected a multipart/form-data body with the audio in `file`: {}",
+            e.body_text()
+        ))
+    })?;
+    let mut form = read_form(form, state.limits.max_upload_bytes).await?;
+    let upload = form.file.take().ok_or_else(|| {
+        ApiError::invalid_param("file", "no `file` field: upload the audio as `file`")
+    })?;
+    if upload.bytes.is_empty() {
+        return Err(ApiError::invalid_param(
+            "file",
+            format!("{}: the uploaded file is empty", upload.name),
+        ));
+    }
+    let model_id = form
+        .model
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::invalid_param("model", "no `model` field: name the model"))?;
+    let model = state.model(model_id)?;
+    let Engine::Transcriber(transcriber) = &model.engine else {
+        return Err(ApiError::invalid_param(
+            "model",
+            format!(
+                "{model_id} is a {} model; POST /v1/audio/speech to use it",
+                model.engine.kind()
+            ),
+        ));
+    };
+    let options = options(&form, translate)?;
+    let task = if translate { "translate" } else { "transcribe" };
+
+    let deadline = state.deadline();
+    let permit = state.admit(deadline).await?;
+    let transcriber = transcriber.clone();
+    let max_audio_s = state.limits.max_audio_s;
+    let request = options.request;
+    let work = tokio::task::spawn_blocking(move || {
+        let _slot = permit;
+        transcribe(transcriber.as_ref(), &upload, &request, max_audio_s)
+    });
+    // Past the deadline the answer is 504; the decoding itself cannot be interrupted and runs
+    // to its end in its slot.
+    let transcript = state
+        .until(deadline, work)
+        .await?
+        .map_err(|e| ApiError::internal(format!("the transcription failed: {e}")))??;
+    Ok(if options.stream {
+        events(&transcript)
+    } else {
+        let content_type = match options.format {
+            OutputFormat::Json | OutputFormat::VerboseJson => "application/json",
+            OutputFormat::Txt | OutputFormat::Srt | OutputFormat::Vtt => {
+                "text/plain; charset=utf-8"
+            }
+        };
+        (
+            [(CONTENT_TYPE, content_type)],
+            render(&transcript, options.format, task),
+        )
+            .into_response()
+    })
+}
+
+/// Reads every field; the file is cut off at `max_upload` bytes (413).
+async fn read_form(mut form: Multipart, max_upload: usize) -> Result<Form, ApiError> {
+    let mut out = Form::default();
+    while let Some(field) = form.next_field().await.map_err(form_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "file" => {
+                let file_name = field
+                    .file_name()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or(UPLOAD_NAME)
+                    .to_string();
+                out.file = Some(Upload {
+                    name: file_name,
+                    bytes: read_file(field, max_upload).await?,
+                });
+            }
+            "model" => out.model = Some(text(field).await?),
+            "language" => out.language = Some(text(field).await?),
+            "prompt" => out.prompt = Some(text(field).await?),
+            "response_format" => out.response_format = Some(text(field).await?),
+            "temperature" => out.temperature = Some(text(field).await?),
+            "timestamp_granularities[]" | "timestamp_granularities" => {
+                out.timestamp_granularities.push(text(field).await?)
+            }
+            "stream" => out.stream = Some(text(field).await?),
+            // Fields of other models (`chunking_strategy`, `include[]`, …) do not apply.
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+async fn read_file(mut field: Field<'_>, max_upload: usize) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(form_error)? {
+        if bytes.len() + chunk.len() > max_upload {
+            return Err(too_large(max_upload));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+async fn text(field: Field<'_>) -> Result<String, ApiError> {
+    Ok(field.text().await.map_err(form_error)?.trim().to_string())
+}
+
+fn form_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(format!(
+            "the upload is larger than this server accepts (--max-upload-mb): {}",
+            e.body_text()
+        ))
+    } else {
+        ApiError::bad_request(format!("cannot read the multipart form: {}", e.body_text()))
+    }
+}
+
+/// Checks the form's options and turns them into the CLI's request.
+fn options(form: &Form, translate: bool) -> Result<Options, ApiError> {
+    let format = match form.response_format.as_deref().unwrap_or("json") {
+        "json" | "" => OutputFormat::Json,
+        "text" => OutputFormat::Txt,
+        "srt" => OutputFormat::Srt,
+        "vtt" => OutputFormat::Vtt,
+        "verbose_json" => OutputFormat::VerboseJson,
+        other => {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                format!(
+                    "response_format {other:?} is not supported; use json, text, srt, vtt or verbose_json"
+                ),
+            ))
+        }
+    };
+    let temperature = match form.temperature.as_deref() {
+        None | Some("") => 0.0,
+        Some(t) => t
+            .parse::<f32>()
+            .ok()
+            .filter(|t| (0.0..=1.0).contains(t))
+            .ok_or_else(|| {
+                ApiError::invalid_param(
+                    "temperature",
+                    format!("temperature {t:?} must be a number from 0 to 1"),
+                )
+            })?,
+    };
+    for granularity in &form.timestamp_granularities {
+        match granularity.as_str() {
+            "segment" => {}
+            "word" => return Err(ApiError::invalid_param(
+                "timestamp_granularities",
+                "word timestamps are not supported yet; ask for timestamp_granularities[]=segment",
+            )),
+            other => {
+                return Err(ApiError::invalid_param(
+                    "timestamp_granularities",
+                    format!("unknown timestamp granularity {other:?}; use segment"),
+                ))
+            }
+        }
+    }
+    let stream = match form.stream.as_deref() {
+        None | Some("") => false,
+        Some(s) if s.eq_ignore_ascii_case("true") || s == "1" => true,
+        Some(s) if s.eq_ignore_ascii_case("false") || s == "0" => false,
+        Some(s) => {
+            return Err(ApiError::invalid_param(
+                "stream",
+                format!("stream {s:?} must be true or false"),
+            ))
+        }
+    };
+    if stream && !matches!(format, OutputFormat::Json | OutputFormat::Txt) {
+        return Err(ApiError::invalid_param(
+            "response_format",
+            "stream=true sends text events; use response_format json or text with it",
+        ));
+    }
+    let language = form
+        .language
+        .clone()
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "auto".into());
+    let request = TranscribeRequest {
+        language: Some(language),
+        translate,
+        prompt: form.prompt.clone().filter(|p| !p.is_empty()),
+        temperature,
+        // As `voxide transcribe` (its --kv-precision default).
+        kv_dtype: Some(candle_core::DType::F32),
+        ..TranscribeRequest::default()
+    };
+    Ok(Options {
+        request,
+        format,
+        stream,
+    })
+}
+
+/// Decodes the upload and transcribes it (on a blocking thread).
+fn transcribe(
+    model: &dyn Transcriber,
+    upload: &Upload,
+    request: &TranscribeRequest,
+    max_audio_s: f64,
+) -> Result<Transcript, ApiError> {
+    let audio = decode_bytes(&upload.bytes, &upload.name)?;
+    let duration = audio.duration_s();
+    if duration > max_audio_s {
+        return Err(ApiError::invalid_param(
+            "file",
+            format!(
+                "{}: {duration:.1} s of audio; this server transcribes at most {max_audio_s} s (--max-audio-s)",
+                upload.name
+            ),
+        ));
+    }
+    let samples = mono_at_rate(audio, model.sample_rate(), &upload.name)?;
+    let (transcript, _) = model.transcribe(&samples, request, &mut |_| {})?;
+    Ok(transcript)
+}
+
+/// The transcript as OpenAI's stream: a delta per segment, then the whole text.
+fn events(transcript: &Transcript) -> Response {
+    let mut body = Vec::new();
+    for segment in &transcript.segments {
+        body.extend_from_slice(&sse_event(
+            &json!({ "type": "transcript.text.delta", "delta": segment.text }),
+        ));
+    }
+    body.extend_from_slice(&sse_event(
+        &json!({ "type": "transcript.text.done", "text": transcript.text }),
+    ));
+    (
+        [
+            (CONTENT_TYPE, "text/event-stream"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from(body),
+    )
+        .into_response()
+}

@@ -1,0 +1,79 @@
+"""The official `openai` Python client against a running `voxide serve`.
+
+Usage: python openai_client.py BASE_URL API_KEY AUDIO OUT_DIR
+
+BASE_URL is the server's `http://HOST:PORT/v1`; it must serve a speech-to-text model as
+`whisper-1` and the Qwen3-TTS CustomVoice fixture (voice `tester`) as `tts-1`. Prints one
+JSON object with what the client got; writes the speech it received to OUT_DIR/speech.wav and
+OUT_DIR/speech.pcm. Exits non-zero (with a traceback) when the client fails or raises the
+wrong error.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import openai
+
+
+def main() -> None:
+    base_url, api_key, audio, out_dir = sys.argv[1:5]
+    out = Path(out_dir)
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+    result = {"openai_version": openai.__version__}
+
+    result["models"] = [m.id for m in client.models.list().data]
+
+    with open(audio, "rb") as f:
+        result["json"] = client.audio.transcriptions.create(model="whisper-1", file=f).text
+    with open(audio, "rb") as f:
+        result["srt"] = client.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="srt"
+        )
+    with open(audio, "rb") as f:
+        verbose = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            response_format="verbose_json",
+            timestamp_granularities=["segment"],
+        )
+        result["verbose_segments"] = len(verbose.segments or [])
+        result["verbose_duration"] = verbose.duration
+    with open(audio, "rb") as f:
+        events = client.audio.transcriptions.create(model="whisper-1", file=f, stream=True)
+        result["stream"] = [(e.type, getattr(e, "delta", None) or getattr(e, "text", None)) for e in events]
+
+    seeded = {"seed": 3, "max_frames": 6}
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="tester", input="Hello there.", response_format="wav", extra_body=seeded
+    ) as response:
+        result["speech_content_type"] = response.headers.get("content-type")
+        with open(out / "speech.wav", "wb") as f:
+            for chunk in response.iter_bytes():
+                f.write(chunk)
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="tester", input="Hello there.", response_format="pcm", extra_body=seeded
+    ) as response:
+        response.stream_to_file(out / "speech.pcm")
+
+    errors = {}
+    try:
+        client.audio.speech.create(model="tts-1", voice="tester", input="Hi.", response_format="mp3")
+    except openai.BadRequestError as e:
+        errors["mp3"] = [e.status_code, e.body.get("message") if isinstance(e.body, dict) else str(e.body)]
+    try:
+        with open(audio, "rb") as f:
+            client.audio.transcriptions.create(model="whisper-9", file=f)
+    except openai.NotFoundError as e:
+        errors["unknown_model"] = [e.status_code, e.code]
+    try:
+        openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0).models.list()
+    except openai.AuthenticationError as e:
+        errors["bad_key"] = [e.status_code, e.code]
+    result["errors"] = errors
+
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+//! Concurrency: with every slot busy, a request waits in the queue while it has room and is
+//! answered 429 at once when it has none; one that waits past the deadline gets 504, and a
+//! stream still going at the deadline is cut off. The tests hold the slot themselves (as a
+//! long request would), so the overlap is deterministic.
+
+use super::{Form, TestServer};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use voxide_server::ServerConfig;
+
+fn speech() -> serde_json::Value {
+    json!({"model": "tts-1", "input": "Hi.", "voice": "tester", "max_frames": 2})
+}
+
+#[test]
+fn a_full_queue_answers_429_at_once() {
+    let server = TestServer::with(ServerConfig::default(), |c| {
+        c.limits.max_concurrency = 1;
+        c.limits.max_queue = 0;
+    });
+    let slot = server.hold_slot();
+    let clock = Instant::now();
+    let error = server.post_json("/v1/audio/speech", &speech()).error(429);
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    server
+        .post_form("/v1/audio/transcriptions", &Form::jfk())
+        .error(429);
+    assert!(clock.elapsed() < Duration::from_secs(5), "answered at once");
+    // Model-free routes do not queue.
+    assert_eq!(server.get("/v1/models").status, 200);
+    drop(slot);
+    assert_eq!(server.post_json("/v1/audio/speech", &speech()).status, 200);
+}
+
+#[test]
+fn a_queued_request_runs_when_the_slot_frees() {
+    let server = TestServer::with(ServerConfig::default(), |c| {
+        c.limits.max_concurrency = 1;
+        c.limits.max_queue = 1;
+    });
+    let slot = server.hold_slot();
+    let addr = server.addr;
+    let queued = std::thread::spawn(move || {
+        super::request(
+            addr,
+            "POST",
+            "/v1/audio/speech",
+            &[("Content-Type", "application/json")],
+            speech().to_string().as_bytes(),
+        )
+    });
+    let clock = Instant::now();
+    while server.admission.waiting() == 0 {
+        assert!(clock.elapsed() < Duration::from_secs(30), "never queued");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Slot busy, queue full: the second overlapping request is turned away.
+    server.post_json("/v1/audio/speech", &speech()).error(429);
+    drop(slot);
+    let reply = queued.join().unwrap();
+    assert_eq!((reply.status, &reply.body[..4]), (200, &b"RIFF"[..]));
+}
+
+#[test]
+fn waiting_past_the_deadline_answers_504() {
+    let server = TestServer::with(ServerConfig::default(), |c| {
+        c.limits.max_queue = 4;
+        c.limits.request_timeout = Some(Duration::from_millis(300));
+    });
+    let _slot = server.hold_slot();
+    let error = server.post_json("/v1/audio/speech", &speech()).error(504);
+    assert_eq!(error["code"], "timeout");
+    server
+        .post_form("/v1/audio/transcriptions", &Form::jfk())
+        .error(504);
+    assert_eq!(
+        server.admission.waiting(),
+        0,
+        "timed-out requests left the queue"
+    );
+}
+
+#[test]
+fn a_stream_past_the_deadline_is_cut_off() {
+    let server = TestServer::with(ServerConfig::default(), |c| {
+        c.limits.request_timeout = Some(Duration::from_millis(800));
+    });
+    // The random model never ends on its own: 20 000 frames would take minutes.
+    let body = json!({"model": "tts-1", "input": "A long text.", "voice": "tester",
+        "response_format": "pcm", "max_frames": 20_000})
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        &super::head(
+            "POST",
+            "/v1/audio/speech",
+            &[("Content-Type", "application/json")],
+            body.len(),
+        ),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut stream, body.as_bytes()).unwrap();
+    let clock = Instant::now();
+    let mut raw = Vec::new();
+    // The server aborts the connection: the read ends, cleanly or with a reset.
+    let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
+    assert!(clock.elapsed() < Duration::from_secs(30));
+    assert!(raw.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        !raw.ends_with(b"\r\n0\r\n\r\n"),
+        "the chunked body must not end as if complete"
+    );
+    while server.admission.available() == 0 {
+        assert!(
+            clock.elapsed() < Duration::from_secs(30),
+            "the slot stays taken"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,74 @@
+//! Opt-in: the official `openai` Python client (tests/openai_client.py) against the server.
+//! Runs when `VOXIDE_OPENAI_PYTHON` names a Python that has the `openai` package, e.g.
+//! `VOXIDE_OPENAI_PYTHON=/work/venv/openai/bin/python cargo test -p voxide-server openai`.
+
+use super::speech::library_wav;
+use super::transcriptions::library_transcript;
+use super::{jfk, TestServer};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use voxide_runtime::{render, OutputFormat};
+use voxide_server::ServerConfig;
+
+#[test]
+fn the_official_python_client_works() {
+    let Some(python) = std::env::var_os("VOXIDE_OPENAI_PYTHON") else {
+        eprintln!("skipped: set VOXIDE_OPENAI_PYTHON to a Python with the openai package");
+        return;
+    };
+    let server = TestServer::with(ServerConfig::default(), |c| {
+        c.api_key = Some("sk-voxide".into());
+    });
+    let out = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let run = Command::new(python)
+        .arg(script)
+        .arg(format!("http://{}/v1", server.addr))
+        .arg("sk-voxide")
+        .arg(jfk())
+        .arg(out.path())
+        .output()
+        .expect("python runs");
+    assert!(
+        run.status.success(),
+        "the client failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got: Value = serde_json::from_slice(&run.stdout).unwrap();
+    eprintln!("openai client: {got}");
+    let want = library_transcript();
+    assert_eq!(got["models"], serde_json::json!(["whisper-1", "tts-1"]));
+    assert_eq!(got["json"], want.text.as_str());
+    assert_eq!(
+        got["srt"],
+        render(want, OutputFormat::Srt, "transcribe").as_str()
+    );
+    assert_eq!(got["verbose_segments"], want.segments.len());
+    assert_eq!(got["verbose_duration"], 11.0);
+    let stream = got["stream"].as_array().unwrap();
+    assert_eq!(stream.len(), want.segments.len() + 1);
+    assert_eq!(
+        stream.last().unwrap(),
+        &serde_json::json!(["transcript.text.done", want.text])
+    );
+    assert_eq!(got["speech_content_type"], "audio/wav");
+    let wav = std::fs::read(out.path().join("speech.wav")).unwrap();
+    let pcm = std::fs::read(out.path().join("speech.pcm")).unwrap();
+    let offline = library_wav(3, 6);
+    assert!(
+        wav == offline,
+        "the client's WAV differs from the offline synthesis"
+    );
+    assert!(pcm == offline[44..], "the client's PCM differs");
+    let errors = &got["errors"];
+    assert_eq!(errors["mp3"][0], 400);
+    assert_eq!(
+        errors["unknown_model"],
+        serde_json::json!([404, "model_not_found"])
+    );
+    assert_eq!(
+        errors["bad_key"],
+        serde_json::json!([401, "invalid_api_key"])
+    );
+}

@@ -1,0 +1,158 @@
+//! Speech: the streamed WAV, PCM and server-sent events carry exactly the library's offline
+//! synthesis for the same text, voice and seed; a client that hangs up frees its slot.
+
+use super::{head, models, TestServer};
+use base64::Engine as _;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use voxide_audio::{PcmOutFormat, PcmWriter};
+use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest};
+use voxide_server::speech::CHUNK_FRAMES;
+use voxide_server::Engine;
+
+const TEXT: &str = "Hello there.";
+const SEED: u64 = 7;
+const FRAMES: usize = 6;
+
+/// The library's synthesis of TEXT by `tester` with the server's settings (qwen-tts' sampling defaults, chunks of
+/// up to CHUNK_FRAMES frames), as a WAV stream.
+pub fn library_wav(seed: u64, frames: usize) -> Vec<u8> {
+    let models = models();
+    let Engine::Synthesizer(synthesizer) = &models.get("tts-1").unwrap().engine else {
+        panic!("tts-1 is a synthesizer");
+    };
+    let request = SpeechRequest {
+        text: TEXT.into(),
+        voice: Some("tester".into()),
+        instruct: None,
+        cloned_voice: None,
+        language: Some("auto".into()),
+        params: GenerationParams {
+            max_frames: frames,
+            ..GenerationParams::default()
+        },
+        seed,
+        non_streaming_text: None,
+        chunk_frames: CHUNK_FRAMES,
+    };
+    let mut writer = PcmWriter::new(Vec::new(), PcmOutFormat::Wav, synthesizer.sample_rate());
+    synthesizer
+        .synthesize(&request, &mut |pcm| {
+            writer.write(pcm).unwrap();
+            Ok(true)
+        })
+        .unwrap();
+    writer.finish().unwrap()
+}
+
+fn body(format: &str) -> serde_json::Value {
+    json!({
+        "model": "tts-1",
+        "input": TEXT,
+        "voice": "tester",
+        "response_format": format,
+        "seed": SEED,
+        "max_frames": FRAMES,
+    })
+}
+
+#[test]
+fn wav_pcm_and_events_equal_the_offline_synthesis() {
+    let want = library_wav(SEED, FRAMES);
+    assert!(want.len() > 44 && want[44..].iter().any(|&b| b != 0));
+    let server = TestServer::start();
+
+    let wav = server.post_json("/v1/audio/speech", &body("wav"));
+    assert_eq!(wav.status, 200, "{}", String::from_utf8_lossy(&wav.body));
+    assert_eq!(wav.header("content-type"), Some("audio/wav"));
+    // Streamed as synthesised: chunked, no length known up front.
+    assert_eq!(wav.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(&wav.body[..4], b"RIFF");
+    assert_eq!(&wav.body[8..16], b"WAVEfmt ");
+    assert_eq!(u16::from_le_bytes([wav.body[22], wav.body[23]]), 1, "mono");
+    assert_eq!(
+        u32::from_le_bytes(wav.body[24..28].try_into().unwrap()),
+        24_000
+    );
+    assert_eq!(u16::from_le_bytes([wav.body[34], wav.body[35]]), 16, "bits");
+    assert_eq!(&wav.body[40..44], &u32::MAX.to_le_bytes(), "unknown length");
+    assert!(
+        wav.body == want,
+        "the WAV differs from the offline synthesis"
+    );
+
+    let pcm = server.post_json("/v1/audio/speech", &body("pcm"));
+    assert_eq!(pcm.status, 200);
+    assert_eq!(pcm.header("content-type"), Some("audio/pcm"));
+    assert!(
+        pcm.body == want[44..],
+        "the PCM differs from the offline synthesis"
+    );
+
+    let mut sse = body("pcm");
+    sse["stream_format"] = "sse".into();
+    let events = server.post_json("/v1/audio/speech", &sse).events();
+    let (done, deltas) = events.split_last().unwrap();
+    assert_eq!(done["type"], "speech.audio.done");
+    let mut audio = Vec::new();
+    for delta in deltas {
+        assert_eq!(delta["type"], "speech.audio.delta");
+        audio.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(delta["audio"].as_str().unwrap())
+                .unwrap(),
+        );
+    }
+    assert!(deltas.len() > 1, "one event per chunk");
+    assert!(audio == want[44..], "the events' audio differs");
+
+    // Another seed, other audio; OpenAI's defaults (no format: WAV) work as well.
+    let mut other = body("wav");
+    other["seed"] = 8.into();
+    assert!(server.post_json("/v1/audio/speech", &other).body != want);
+    let plain = server.post_json(
+        "/v1/audio/speech",
+        &json!({"model": "tts-1", "input": "Hi.", "voice": "dylan", "max_frames": 3, "speed": 1.0}),
+    );
+    assert_eq!((plain.status, &plain.body[..4]), (200, &b"RIFF"[..]));
+}
+
+#[test]
+fn a_client_that_hangs_up_frees_its_slot() {
+    let server = TestServer::with(Default::default(), |c| c.limits.max_queue = 0);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let body = json!({"model": "tts-1", "input": "A long text to say.", "voice": "tester",
+        "response_format": "pcm", "max_frames": 20_000})
+    .to_string();
+    stream
+        .write_all(&head(
+            "POST",
+            "/v1/audio/speech",
+            &[("Content-Type", "application/json")],
+            body.len(),
+        ))
+        .unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut first = [0u8; 512];
+    let n = stream.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(stream);
+    // The random model never ends on its own: all 20 000 frames would take minutes (about
+    // 100 frames/s); the next chunk after the hang-up stops it.
+    let clock = Instant::now();
+    while server.admission.available() == 0 {
+        assert!(
+            clock.elapsed() < Duration::from_secs(30),
+            "synthesis went on after the client left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("slot freed {:?} after the hang-up", clock.elapsed());
+    let reply = server.post_json(
+        "/v1/audio/speech",
+        &json!({"model": "tts-1", "input": "Hi.", "voice": "tester", "max_frames": 2}),
+    );
+    assert_eq!(reply.status, 200);
+}

@@ -1,0 +1,142 @@
+//! Transcriptions: every response format equals `voxide transcribe --format …` on the same
+//! file (the library call with the CLI's default settings), and the stream carries the same
+//! text.
+
+use super::{jfk, models, root, Form, TestServer};
+use serde_json::Value;
+use std::sync::OnceLock;
+use voxide_audio::{load_mono, AudioInput};
+use voxide_runtime::{render, OutputFormat, TranscribeRequest, Transcript};
+use voxide_server::Engine;
+
+/// `voxide transcribe --model tests/fixtures/whisper/tiny-random jfk.wav`'s request: its
+/// flags' defaults.
+fn cli_request() -> TranscribeRequest {
+    TranscribeRequest {
+        language: Some("auto".into()),
+        translate: false,
+        timestamps: true,
+        prompt: None,
+        beam_size: None,
+        best_of: None,
+        patience: None,
+        length_penalty: None,
+        temperature: 0.0,
+        temperature_increment: 0.0,
+        compression_ratio_threshold: Some(2.4),
+        logprob_threshold: Some(-1.0),
+        no_speech_threshold: Some(0.6),
+        condition_on_previous_text: true,
+        max_new_tokens: None,
+        seed: 0,
+        ignore_eot: false,
+        delay_ms: None,
+        kv_dtype: Some(candle_core::DType::F32),
+    }
+}
+
+/// The library's transcript of jfk.wav, as the CLI computes it.
+pub fn library_transcript() -> &'static Transcript {
+    static TRANSCRIPT: OnceLock<Transcript> = OnceLock::new();
+    TRANSCRIPT.get_or_init(|| {
+        let models = models();
+        let Engine::Transcriber(model) = &models.get("whisper-1").unwrap().engine else {
+            panic!("whisper-1 is a transcriber");
+        };
+        let samples = load_mono(&AudioInput::File(jfk()), model.sample_rate()).unwrap();
+        model
+            .transcribe(&samples, &cli_request(), &mut |_| {})
+            .unwrap()
+            .0
+    })
+}
+
+#[test]
+fn every_format_equals_the_cli_output() {
+    let want = library_transcript();
+    // The CLI's own test pins these token ids to openai-whisper's.
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let reference_ids: Vec<u32> = reference["transcribe_jfk"]["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["tokens"].as_array().unwrap().clone())
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(want.token_ids, reference_ids);
+
+    let server = TestServer::start();
+    for (format, rendered, content_type) in [
+        ("json", OutputFormat::Json, "application/json"),
+        ("text", OutputFormat::Txt, "text/plain; charset=utf-8"),
+        (
+            "verbose_json",
+            OutputFormat::VerboseJson,
+            "application/json",
+        ),
+        ("srt", OutputFormat::Srt, "text/plain; charset=utf-8"),
+    ] {
+        let mut form = Form::jfk().field("response_format", format);
+        if format == "verbose_json" {
+            form = form.field("timestamp_granularities[]", "segment");
+        }
+        let reply = server.post_form("/v1/audio/transcriptions", &form);
+        assert_eq!(reply.status, 200, "{format}: {}", reply.text());
+        assert_eq!(reply.header("content-type"), Some(content_type), "{format}");
+        assert_eq!(
+            reply.text(),
+            render(want, rendered, "transcribe"),
+            "{format}"
+        );
+    }
+    // The form's defaults are the CLI's; json is OpenAI's default format.
+    let reply = server.post_form(
+        "/v1/audio/transcriptions",
+        &Form::jfk().field("language", ""),
+    );
+    assert_eq!(reply.json(), serde_json::json!({ "text": want.text }));
+    let verbose = server.post_form(
+        "/v1/audio/transcriptions",
+        &Form::jfk().field("response_format", "verbose_json"),
+    );
+    let verbose = verbose.json();
+    assert_eq!(verbose["token_ids"], serde_json::json!(reference_ids));
+    assert_eq!(verbose["task"], "transcribe");
+    assert_eq!(verbose["duration"], 11.0);
+}
+
+#[test]
+fn streamed_events_carry_the_segments_then_the_text() {
+    let want = library_transcript();
+    let server = TestServer::start();
+    let reply = server.post_form(
+        "/v1/audio/transcriptions",
+        &Form::jfk().field("stream", "true"),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let events = reply.events();
+    let (done, deltas) = events.split_last().unwrap();
+    assert_eq!(deltas.len(), want.segments.len());
+    for (event, segment) in deltas.iter().zip(&want.segments) {
+        assert_eq!(event["type"], "transcript.text.delta");
+        assert_eq!(event["delta"], segment.text.as_str());
+    }
+    assert_eq!(done["type"], "transcript.text.done");
+    assert_eq!(done["text"], want.text.as_str());
+}
+
+#[test]
+fn translations_take_the_same_form() {
+    let server = TestServer::start();
+    let reply = server.post_form(
+        "/v1/audio/translations",
+        &Form::jfk().field("response_format", "verbose_json"),
+    );
+    // The random Whisper fixture is multilingual: it translates (into noise).
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["task"], "translate");
+}
