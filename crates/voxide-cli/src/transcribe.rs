@@ -180,66 +180,74 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     } else {
         "transcribe"
     };
+    for_each_input(&args.files, |input| {
+        let clock = Instant::now();
+        let samples = load_mono(input, model.sample_rate())?;
+        let decode_ms = clock.elapsed().as_secs_f64() * 1e3;
+        let duration = samples.len() as f64 / model.sample_rate() as f64;
+        let bar = progress_bar(duration);
+        let clock = Instant::now();
+        let (transcript, timings) = model.transcribe(&samples, &request, &mut |done| {
+            if let Some(bar) = &bar {
+                bar.set_position((done * 1000.0) as u64);
+            }
+        })?;
+        let wall = clock.elapsed().as_secs_f64();
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let text = render(&transcript, args.format, task);
+        match &args.output_dir {
+            Some(dir) => {
+                let stem = match input {
+                    AudioInput::File(path) => path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "audio".into()),
+                    _ => "stdin".into(),
+                };
+                let path = dir.join(format!("{stem}.{}", args.format.extension()));
+                std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes())
+                    .and_then(|_| out.flush())
+                    .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
+            }
+        }
+        if args.verbose {
+            eprintln!(
+                "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | mel {:.0} ms | encoder {:.0} ms ({} passes) | prefill {:.0} ms ({}) | decoder {:.2} ms/step ({} steps) | first token {:.0} ms | wall {:.0} ms | RTF {:.3}",
+                input.name(),
+                timings.mel_ms,
+                timings.encoder_ms,
+                timings.encoder_calls,
+                timings.prefill_ms,
+                timings.prefills,
+                timings.ms_per_step(),
+                timings.steps,
+                timings.first_token_ms.unwrap_or(0.0),
+                wall * 1e3,
+                wall / duration.max(1e-9),
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Runs `work` on each input in turn: with one input its error is the command's; with several
+/// each failure is printed (naming its input) and the others still run, then the command
+/// fails if any did.
+pub fn for_each_input(
+    files: &[String],
+    mut work: impl FnMut(&AudioInput) -> Result<()>,
+) -> Result<()> {
     let mut failures = 0;
-    let single = args.files.len() == 1;
-    for file in &args.files {
+    for file in files {
         let input = AudioInput::from_arg(file);
-        let result = (|| -> Result<()> {
-            let clock = Instant::now();
-            let samples = load_mono(&input, model.sample_rate())?;
-            let decode_ms = clock.elapsed().as_secs_f64() * 1e3;
-            let duration = samples.len() as f64 / model.sample_rate() as f64;
-            let bar = progress_bar(duration);
-            let clock = Instant::now();
-            let (transcript, timings) = model.transcribe(&samples, &request, &mut |done| {
-                if let Some(bar) = &bar {
-                    bar.set_position((done * 1000.0) as u64);
-                }
-            })?;
-            let wall = clock.elapsed().as_secs_f64();
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            let text = render(&transcript, args.format, task);
-            match &args.output_dir {
-                Some(dir) => {
-                    let stem = match &input {
-                        AudioInput::File(path) => path
-                            .file_stem()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_else(|| "audio".into()),
-                        _ => "stdin".into(),
-                    };
-                    let path = dir.join(format!("{stem}.{}", args.format.extension()));
-                    std::fs::write(&path, text)
-                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-                }
-                None => {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(text.as_bytes())
-                        .and_then(|_| out.flush())
-                        .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
-                }
-            }
-            if args.verbose {
-                eprintln!(
-                    "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | mel {:.0} ms | encoder {:.0} ms ({} passes) | prefill {:.0} ms ({}) | decoder {:.2} ms/step ({} steps) | first token {:.0} ms | wall {:.0} ms | RTF {:.3}",
-                    input.name(),
-                    timings.mel_ms,
-                    timings.encoder_ms,
-                    timings.encoder_calls,
-                    timings.prefill_ms,
-                    timings.prefills,
-                    timings.ms_per_step(),
-                    timings.steps,
-                    timings.first_token_ms.unwrap_or(0.0),
-                    wall * 1e3,
-                    wall / duration.max(1e-9),
-                );
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        if let Err(e) = work(&input) {
             // Audio errors name their input; others get it prefixed.
             let name = input.name();
             let message = e.to_string();
@@ -248,7 +256,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             } else {
                 format!("{name}: {message}")
             };
-            if single {
+            if files.len() == 1 {
                 bail!(message);
             }
             eprintln!("error: {message}");
@@ -256,7 +264,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         }
     }
     if failures > 0 {
-        bail!("{failures} of {} inputs failed", args.files.len());
+        bail!("{failures} of {} inputs failed", files.len());
     }
     Ok(())
 }

@@ -108,54 +108,31 @@ pub fn run(args: VadArgs) -> Result<()> {
         );
     }
     let single = args.files.len() == 1;
-    let mut failures = 0;
-    for file in &args.files {
-        let input = AudioInput::from_arg(file);
-        let result = (|| -> Result<()> {
-            let clock = Instant::now();
-            let samples = load_16k(&input)?;
-            let decode_ms = clock.elapsed().as_secs_f64() * 1e3;
-            let clock = Instant::now();
-            let probs = vad.probabilities(&samples)?;
-            let segments = speech_segments(&probs, samples.len(), &params);
-            let vad_s = clock.elapsed().as_secs_f64();
-            let duration = samples.len() as f64 / 16_000.0;
-            let text = render(&input.name(), duration, &segments, args.format, single);
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())
-                .and_then(|_| out.flush())
-                .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
-            if args.verbose {
-                eprintln!(
-                    "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | vad {:.0} ms ({:.0}× real time) | {} segments",
-                    input.name(),
-                    vad_s * 1e3,
-                    duration / vad_s.max(1e-9),
-                    segments.len()
-                );
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            // Audio errors name their input; others get it prefixed.
-            let name = input.name();
-            let message = e.to_string();
-            let message = if message.contains(&name) {
-                message
-            } else {
-                format!("{name}: {message}")
-            };
-            if single {
-                bail!(message);
-            }
-            eprintln!("error: {message}");
-            failures += 1;
+    crate::transcribe::for_each_input(&args.files, |input| {
+        let clock = Instant::now();
+        let samples = load_16k(input)?;
+        let decode_ms = clock.elapsed().as_secs_f64() * 1e3;
+        let clock = Instant::now();
+        let probs = vad.probabilities(&samples)?;
+        let segments = speech_segments(&probs, samples.len(), &params);
+        let vad_s = clock.elapsed().as_secs_f64();
+        let duration = samples.len() as f64 / 16_000.0;
+        let text = render(&input.name(), duration, &segments, args.format, single);
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
+        if args.verbose {
+            eprintln!(
+                "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | vad {:.0} ms ({:.0}× real time) | {} segments",
+                input.name(),
+                vad_s * 1e3,
+                duration / vad_s.max(1e-9),
+                segments.len()
+            );
         }
-    }
-    if failures > 0 {
-        bail!("{failures} of {} inputs failed", args.files.len());
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Mono 16 kHz samples. Digital silence is no error here (it is audio without speech):

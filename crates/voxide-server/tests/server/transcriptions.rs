@@ -14,24 +14,8 @@ use voxide_server::Engine;
 fn cli_request() -> TranscribeRequest {
     TranscribeRequest {
         language: Some("auto".into()),
-        translate: false,
-        timestamps: true,
-        prompt: None,
-        beam_size: None,
-        best_of: None,
-        patience: None,
-        length_penalty: None,
-        temperature: 0.0,
-        temperature_increment: 0.0,
-        compression_ratio_threshold: Some(2.4),
-        logprob_threshold: Some(-1.0),
-        no_speech_threshold: Some(0.6),
-        condition_on_previous_text: true,
-        max_new_tokens: None,
-        seed: 0,
-        ignore_eot: false,
-        delay_ms: None,
         kv_dtype: Some(candle_core::DType::F32),
+        ..TranscribeRequest::default()
     }
 }
 
