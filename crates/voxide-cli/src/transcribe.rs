@@ -7,6 +7,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 use voxide_audio::{load_mono, AudioInput};
+use voxide_models::silero_vad::{detect_speech, SileroVad, SpeechChunks, VadParams, SAMPLE_RATE};
+use voxide_models::{Timings, Transcript};
 use voxide_runtime::{
     load_transcriber, render, resolve_model, OutputFormat, TranscribeRequest, WeightFormat,
 };
@@ -31,6 +33,13 @@ pub struct TranscribeArgs {
     /// Decode text only, without segment timestamps.
     #[arg(long)]
     without_timestamps: bool,
+    /// Transcribe only the speech Silero VAD finds (faster-whisper's `vad_filter`, its
+    /// defaults: silences under 2 s kept, 400 ms padding); times stay those of the file.
+    #[arg(long)]
+    vad: bool,
+    /// Silero VAD weights for --vad (ggml or ONNX; default: ../shared/assets/silero-vad's).
+    #[arg(long, value_name = "PATH", requires = "vad")]
+    vad_model: Option<PathBuf>,
     /// Initial prompt: spelling, vocabulary or style to follow.
     #[arg(long)]
     prompt: Option<String>,
@@ -175,6 +184,17 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             source.dir().display()
         );
     }
+    let vad = if args.vad {
+        if model.sample_rate() != SAMPLE_RATE {
+            bail!("--vad needs a 16 kHz model");
+        }
+        Some(SileroVad::load(&crate::vad::model_path(
+            args.vad_model.as_deref(),
+            "--vad-model",
+        )?)?)
+    } else {
+        None
+    };
     let task = if request.translate {
         "translate"
     } else {
@@ -187,11 +207,41 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         let duration = samples.len() as f64 / model.sample_rate() as f64;
         let bar = progress_bar(duration);
         let clock = Instant::now();
-        let (transcript, timings) = model.transcribe(&samples, &request, &mut |done| {
-            if let Some(bar) = &bar {
-                bar.set_position((done * 1000.0) as u64);
+        let chunks = match &vad {
+            Some(vad) => Some(SpeechChunks::new(&detect_speech(
+                vad,
+                &samples,
+                &VadParams::faster_whisper(),
+            )?)),
+            None => None,
+        };
+        let speech = chunks.as_ref().map(|c| c.collect(&samples));
+        let (mut transcript, timings) = match &speech {
+            // Nothing but silence: nothing to say.
+            Some(speech) if speech.is_empty() => (
+                Transcript {
+                    language: request.language.clone().unwrap_or_default(),
+                    ..Transcript::default()
+                },
+                Timings::default(),
+            ),
+            _ => model.transcribe(
+                speech.as_deref().unwrap_or(&samples),
+                &request,
+                &mut |done| {
+                    if let Some(bar) = &bar {
+                        bar.set_position((done * 1000.0) as u64);
+                    }
+                },
+            )?,
+        };
+        if let Some(chunks) = &chunks {
+            for segment in &mut transcript.segments {
+                segment.start = chunks.original_time(segment.start, false);
+                segment.end = chunks.original_time(segment.end, true);
             }
-        })?;
+            transcript.duration = duration;
+        }
         let wall = clock.elapsed().as_secs_f64();
         if let Some(bar) = bar {
             bar.finish_and_clear();

@@ -87,16 +87,21 @@ impl VadArgs {
     }
 }
 
-pub fn run(args: VadArgs) -> Result<()> {
-    let params = args.params()?;
-    let path = match &args.model {
-        Some(path) => path.clone(),
-        None if Path::new(DEFAULT_MODEL).is_file() => PathBuf::from(DEFAULT_MODEL),
+/// The Silero weights to load: `given`, else the default file beside the repository.
+pub fn model_path(given: Option<&Path>, flag: &str) -> Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path.to_path_buf()),
+        None if Path::new(DEFAULT_MODEL).is_file() => Ok(PathBuf::from(DEFAULT_MODEL)),
         None => bail!(
-            "no Silero VAD model: pass --model PATH (whisper.cpp's ggml-silero-v6.2.0.bin or \
+            "no Silero VAD model: pass {flag} PATH (whisper.cpp's ggml-silero-v6.2.0.bin or \
              an .onnx file); the default {DEFAULT_MODEL} does not exist"
         ),
-    };
+    }
+}
+
+pub fn run(args: VadArgs) -> Result<()> {
+    let params = args.params()?;
+    let path = model_path(args.model.as_deref(), "--model")?;
     let clock = Instant::now();
     let vad = SileroVad::load(&path)?;
     if args.verbose {

@@ -466,3 +466,85 @@ fn bench_reports_traces_and_catches_a_planted_regression() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("compare: PASS"));
 }
+
+/// `--vad`: 3 s of silence around jfk.wav are not transcribed, and the times stay those of the
+/// file (faster-whisper's `vad_filter`); silence alone gives no segments; a missing VAD model
+/// is a one-line error.
+#[test]
+fn vad_skips_silence_and_keeps_the_files_times() {
+    let vad = root().join("../shared/assets/silero-vad/for-tests-silero-v6.2.0-ggml.bin");
+    if !vad.is_file() {
+        eprintln!("skipped: {} is missing", vad.display());
+        return;
+    }
+    let real = std::fs::read(jfk()).unwrap();
+    // jfk.wav: a 44-byte header, then 16 kHz mono s16le.
+    let speech: Vec<i16> = real[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let pad = vec![0i16; 3 * 16000];
+    let padded: Vec<i16> = [&pad[..], &speech[..], &pad[..]].concat();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "padded.wav", &wav(&padded));
+    let model = tiny();
+    let run = |extra: &[&str], file: &Path| -> serde_json::Value {
+        let mut args = vec![
+            "transcribe",
+            "--model",
+            s(&model),
+            "--format",
+            "verbose_json",
+        ];
+        args.extend_from_slice(extra);
+        args.push(s(file));
+        let out = voxide(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let vad_arg = ["--vad", "--vad-model", s(&vad)];
+    let v = run(&vad_arg, &file);
+    let segments = v["segments"].as_array().unwrap();
+    assert!(!segments.is_empty());
+    let duration = padded.len() as f64 / 16000.0;
+    assert!(
+        (v["duration"].as_f64().unwrap() - duration).abs() < 1e-6,
+        "{v}"
+    );
+    // The speech starts 3 s in, padded by at most 400 ms.
+    let first = segments[0]["start"].as_f64().unwrap();
+    assert!(first >= 2.5, "first segment at {first} s");
+    // (Random weights place timestamps anywhere, past the audio's end too: only the order.)
+    for s in segments {
+        let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+        assert!(first <= start && start <= end, "{s}");
+    }
+    // Without --vad the same model's first segment is in the leading silence.
+    let plain = run(&[], &file);
+    let plain_first = plain["segments"][0]["start"].as_f64().unwrap();
+    assert!(plain_first < 2.5, "{plain}");
+    // Only quiet noise: no speech, no segments.
+    let noise: Vec<i16> = (0..2 * 16000)
+        .map(|i| ((i * 7919) % 7) as i16 - 3)
+        .collect();
+    let quiet = write(dir.path(), "quiet.wav", &wav(&noise));
+    let v = run(&vad_arg, &quiet);
+    assert_eq!(v["segments"].as_array().map(Vec::len), Some(0), "{v}");
+    let missing = dir.path().join("missing.bin");
+    fails(
+        &[
+            "transcribe",
+            "--model",
+            s(&model),
+            "--vad",
+            "--vad-model",
+            s(&missing),
+            s(&file),
+        ],
+        "missing.bin",
+    );
+}

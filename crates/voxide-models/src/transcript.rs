@@ -28,7 +28,7 @@ pub struct Segment {
 }
 
 /// The result of transcribing one input.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Transcript {
     /// Language code (detected or requested).
     pub language: String,

@@ -5,15 +5,19 @@
 //!   on one core), loaded from whisper.cpp's ggml file or an ONNX file; [`SileroVad`] holds
 //!   the weights, [`VadState`] one stream's LSTM state and context.
 //! - [`segments`]: the silero-vad package's `get_speech_timestamps` on the probabilities.
+//! - [`chunks`]: the speech joined for transcription and its times mapped back
+//!   (faster-whisper's `vad_filter`).
 //!
 //! Only the 16 kHz branch: the available checkpoints (faster-whisper's `silero_vad_v6.onnx`,
 //! whisper.cpp's `ggml-silero-v6.2.0.bin`) hold no 8 kHz weights.
 
+pub mod chunks;
 mod ggml;
 pub mod model;
 mod onnx;
 pub mod segments;
 
+pub use chunks::SpeechChunks;
 pub use model::{SileroVad, VadState};
 pub use segments::{speech_segments, SpeechSegment, VadParams};
 

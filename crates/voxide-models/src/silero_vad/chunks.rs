@@ -1,0 +1,124 @@
+//! Transcribing only the speech: the segments' audio joined into one clip, and times in that
+//! clip mapped back to the original, as faster-whisper's `vad_filter` does (`collect_chunks`,
+//! `SpeechTimestampsMap`, `restore_speech_timestamps` in its `vad.py` / `transcribe.py`).
+
+use super::segments::{SpeechSegment, VadParams};
+use super::SAMPLE_RATE;
+
+impl VadParams {
+    /// faster-whisper's `VadOptions` defaults: no minimum speech length, silences under 2 s
+    /// kept, 400 ms of padding (wide, so that words are not clipped).
+    pub fn faster_whisper() -> Self {
+        Self {
+            min_speech_duration_ms: 0,
+            min_silence_duration_ms: 2000,
+            speech_pad_ms: 400,
+            ..Self::default()
+        }
+    }
+}
+
+/// The speech segments of a clip, joined: [`Self::collect`] builds the joined audio and
+/// [`Self::original_time`] maps a time in it back to the clip.
+#[derive(Clone, Debug, Default)]
+pub struct SpeechChunks {
+    segments: Vec<SpeechSegment>,
+    /// Per segment: its end in the joined audio, in samples.
+    joined_end: Vec<usize>,
+    /// Per segment: the silence removed before it, in seconds.
+    silence_before_s: Vec<f64>,
+}
+
+impl SpeechChunks {
+    /// `segments` in order, without overlaps (as [`super::speech_segments`] returns them).
+    pub fn new(segments: &[SpeechSegment]) -> Self {
+        let (mut previous_end, mut silence) = (0, 0);
+        let mut joined_end = Vec::with_capacity(segments.len());
+        let mut silence_before_s = Vec::with_capacity(segments.len());
+        for s in segments {
+            silence += s.start.saturating_sub(previous_end);
+            previous_end = s.end;
+            joined_end.push(s.end - silence);
+            silence_before_s.push(silence as f64 / SAMPLE_RATE as f64);
+        }
+        Self {
+            segments: segments.to_vec(),
+            joined_end,
+            silence_before_s,
+        }
+    }
+
+    /// The speech of `samples` (16 kHz), joined.
+    pub fn collect(&self, samples: &[f32]) -> Vec<f32> {
+        self.segments
+            .iter()
+            .flat_map(|s| &samples[s.start.min(samples.len())..s.end.min(samples.len())])
+            .copied()
+            .collect()
+    }
+
+    /// Seconds of speech kept.
+    pub fn duration_s(&self) -> f64 {
+        self.joined_end.last().copied().unwrap_or(0) as f64 / SAMPLE_RATE as f64
+    }
+
+    /// The time in the clip of `time` (seconds) in the joined audio, rounded to 10 ms as
+    /// faster-whisper rounds it. A segment's end (`is_end`) that falls exactly on a join
+    /// belongs to the chunk before it, not the one after.
+    pub fn original_time(&self, time: f64, is_end: bool) -> f64 {
+        if self.joined_end.is_empty() {
+            return time;
+        }
+        let sample = (time * SAMPLE_RATE as f64) as usize;
+        let chunk = match self.joined_end.iter().position(|&e| e == sample) {
+            Some(i) if is_end => i,
+            // bisect_right: the first chunk ending after `sample`.
+            _ => self
+                .joined_end
+                .partition_point(|&e| e <= sample)
+                .min(self.joined_end.len() - 1),
+        };
+        ((self.silence_before_s[chunk] + time) * 100.0).round() / 100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start_s: f64, end_s: f64) -> SpeechSegment {
+        let at = |s: f64| (s * SAMPLE_RATE as f64) as usize;
+        SpeechSegment {
+            start: at(start_s),
+            end: at(end_s),
+        }
+    }
+
+    /// Speech at 1–3 s and 5–6 s of a 7 s clip: 2 s of joined audio, then 1 s.
+    #[test]
+    fn joins_speech_and_maps_times_back() {
+        let segments = [seg(1.0, 3.0), seg(5.0, 6.0)];
+        let chunks = SpeechChunks::new(&segments);
+        let samples: Vec<f32> = (0..7 * SAMPLE_RATE as usize).map(|i| i as f32).collect();
+        let joined = chunks.collect(&samples);
+        assert_eq!(joined.len(), 3 * SAMPLE_RATE as usize);
+        assert_eq!(joined[0], SAMPLE_RATE as f32);
+        assert_eq!(joined[2 * SAMPLE_RATE as usize], 5.0 * SAMPLE_RATE as f32);
+        assert_eq!(chunks.duration_s(), 3.0);
+        assert_eq!(chunks.original_time(0.0, false), 1.0);
+        assert_eq!(chunks.original_time(1.5, false), 2.5);
+        // On the join: a start belongs to the second chunk, an end to the first.
+        assert_eq!(chunks.original_time(2.0, false), 5.0);
+        assert_eq!(chunks.original_time(2.0, true), 3.0);
+        assert_eq!(chunks.original_time(2.5, true), 5.5);
+        // Past the end: the last chunk's offset.
+        assert_eq!(chunks.original_time(3.2, true), 6.2);
+    }
+
+    #[test]
+    fn no_speech_keeps_nothing() {
+        let chunks = SpeechChunks::new(&[]);
+        assert!(chunks.collect(&[0.5; 100]).is_empty());
+        assert_eq!(chunks.duration_s(), 0.0);
+    }
+}
