@@ -165,7 +165,7 @@ fn probabilities_equal_onnxruntime() {
             let mut state = vad.state();
             let got: Vec<f32> = samples
                 .chunks(WINDOW)
-                .map(|w| state.probability(w))
+                .map(|w| state.probability(w).unwrap())
                 .collect();
             let (i, diff) = max_diff(&got, &want);
             println!("  window by window: max |Δp| {diff:.2e} (window {i})");
@@ -189,17 +189,20 @@ fn streaming_state_and_reset() {
     let mut state = vad.state();
     let first: Vec<f32> = samples
         .chunks(WINDOW)
-        .map(|w| state.probability(w))
+        .map(|w| state.probability(w).unwrap())
         .collect();
     state.reset();
     let again: Vec<f32> = samples
         .chunks(WINDOW)
-        .map(|w| state.probability(w))
+        .map(|w| state.probability(w).unwrap())
         .collect();
     assert_eq!(first, again);
     // Without the reset, the state and context carry over: the start differs.
-    let carried = state.probability(&samples[..WINDOW]);
+    let carried = state.probability(&samples[..WINDOW]).unwrap();
     assert_ne!(carried, first[0]);
+    // A window longer than the model's is refused, not truncated.
+    let err = state.probability(&samples[..WINDOW + 1]).unwrap_err();
+    assert!(err.to_string().contains("512 samples"), "{err}");
 }
 
 #[test]

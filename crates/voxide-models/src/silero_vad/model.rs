@@ -624,12 +624,16 @@ pub struct VadState<'m> {
 
 impl VadState<'_> {
     /// The speech probability of the next window of 16 kHz audio: 512 samples (a shorter
-    /// last window is zero-padded, as `get_speech_timestamps` pads it).
-    ///
-    /// # Panics
-    /// If `window` is longer than 512 samples.
-    pub fn probability(&mut self, window: &[f32]) -> f32 {
-        self.stream.step(self.model, window)
+    /// last window is zero-padded, as `get_speech_timestamps` pads it); a longer one is an
+    /// error.
+    pub fn probability(&mut self, window: &[f32]) -> Result<f32> {
+        if window.len() > WINDOW {
+            return Err(Error::InvalidRequest(format!(
+                "Silero VAD windows are {WINDOW} samples, got {}",
+                window.len()
+            )));
+        }
+        Ok(self.stream.step(self.model, window))
     }
 
     /// Forgets the stream: zero state and context, as for a new file.
