@@ -1,7 +1,8 @@
 //! `voxide serve`: the loaded models behind OpenAI's audio API, so that the official clients
 //! (and anything speaking their protocol) work against a local server.
 //!
-//! - `GET /health`, `GET /v1/models`, `GET /v1/models/{id}`;
+//! - `GET /health`, `GET /metrics` (Prometheus text, [`metrics`]), `GET /v1/models`,
+//!   `GET /v1/models/{id}`;
 //! - `POST /v1/audio/transcriptions` and `/v1/audio/translations`:
 //!   a multipart upload in, text, JSON or subtitles out (exactly `voxide transcribe`'s), or
 //!   server-sent text events;
@@ -14,6 +15,7 @@
 mod auth;
 pub mod error;
 pub mod limits;
+mod metrics;
 pub mod models;
 pub mod speech;
 mod transcriptions;
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
 /// What every handler shares.
 pub(crate) struct Shared {
     pub models: Registry,
+    pub metrics: metrics::Metrics,
     pub admission: Admission,
     pub limits: Limits,
     pub api_key: Option<String>,
@@ -111,6 +114,7 @@ const FORM_OVERHEAD_BYTES: usize = 64 * 1024;
 fn router(config: &ServerConfig, models: Registry, admission: Admission) -> Router {
     let state: AppState = Arc::new(Shared {
         models,
+        metrics: metrics::Metrics::default(),
         admission,
         limits: config.limits.clone(),
         api_key: config.api_key.clone(),
@@ -139,9 +143,14 @@ fn router(config: &ServerConfig, models: Registry, admission: Admission) -> Rout
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics::metrics))
         .merge(v1)
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
         .with_state(state)
 }
 
@@ -172,7 +181,7 @@ async fn get_model(
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!(
-        "unknown endpoint {method} {}; this server has /health, /v1/models, /v1/audio/transcriptions, /v1/audio/translations and /v1/audio/speech",
+        "unknown endpoint {method} {}; this server has /health, /metrics, /v1/models, /v1/audio/transcriptions, /v1/audio/translations and /v1/audio/speech",
         uri.path()
     ))
 }

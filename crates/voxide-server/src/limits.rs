@@ -62,6 +62,7 @@ pub struct Admission {
 #[derive(Debug)]
 struct Inner {
     slots: Arc<Semaphore>,
+    slots_total: usize,
     waiting: AtomicUsize,
     max_queue: usize,
 }
@@ -93,6 +94,7 @@ impl Admission {
         Self {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(slots)),
+                slots_total: slots,
                 waiting: AtomicUsize::new(0),
                 max_queue,
             }),
@@ -121,6 +123,11 @@ impl Admission {
             .await
             .map_err(|_| Busy)?;
         Ok(Permit { _slot: slot })
+    }
+
+    /// Requests holding a slot now.
+    pub fn running(&self) -> usize {
+        self.inner.slots_total - self.inner.slots.available_permits()
     }
 
     /// Requests waiting for a slot now.

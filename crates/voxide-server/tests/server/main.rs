@@ -365,4 +365,22 @@ fn health_and_models_list() {
         (200, Some("tts-1"))
     );
     server.get("/v1/models/nope").error(404);
+    // /metrics counts what came before it, under route patterns, and names the models.
+    server.get("/no/such/route").error(404);
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body.clone()).unwrap();
+    for line in [
+        "voxide_requests_total{route=\"/health\",status=\"200\"} 1",
+        "voxide_requests_total{route=\"/v1/models/{id}\",status=\"200\"} 1",
+        "voxide_requests_total{route=\"/v1/models/{id}\",status=\"404\"} 1",
+        "voxide_requests_total{route=\"other\",status=\"404\"} 1",
+        "voxide_request_duration_seconds_count{route=\"/v1/models\"} 1",
+        "voxide_queue_depth 0",
+        "voxide_requests_running 0",
+        "voxide_model_loaded{id=\"whisper-1\",kind=\"speech-to-text\"} 1",
+        "voxide_model_loaded{id=\"tts-1\",kind=\"text-to-speech\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
 }
