@@ -1,6 +1,7 @@
 //! `GET /metrics`: Prometheus text exposition of what the server did and is doing — requests
 //! by route and status, their latency (to the response's head: a streamed reply's first
-//! bytes), requests running and waiting, and the models served.
+//! bytes), seconds of audio transcribed and synthesised and the model time they took (their
+//! ratio is the real-time factor), requests running and waiting, and the models served.
 
 use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
@@ -28,6 +29,8 @@ struct Counters {
     requests: BTreeMap<(String, u16), u64>,
     /// route → latency histogram.
     latency: BTreeMap<String, Histogram>,
+    /// work ("transcription", "speech") → (seconds of audio, seconds of model time).
+    audio: BTreeMap<&'static str, (f64, f64)>,
 }
 
 #[derive(Default)]
@@ -50,71 +53,102 @@ impl Metrics {
         h.sum_s += seconds;
     }
 
+    /// One finished piece of model work: `audio_s` of audio in `wall_s`.
+    pub(crate) fn add_audio(&self, work: &'static str, audio_s: f64, wall_s: f64) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let totals = c.audio.entry(work).or_default();
+        totals.0 += audio_s;
+        totals.1 += wall_s;
+    }
+
     /// The exposition text: counters, histograms and the gauges passed in.
     fn render(&self, running: usize, waiting: usize, models: &[(String, &str)]) -> String {
         let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP voxide_requests_total HTTP requests answered, by route and status."
+        // Writing to a String cannot fail.
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<String>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for sample in samples {
+                let _ = writeln!(out, "{sample}");
+            }
+        };
+        family(
+            "voxide_requests_total",
+            "counter",
+            "HTTP requests answered, by route and status.",
+            c.requests
+                .iter()
+                .map(|((route, status), n)| {
+                    format!("voxide_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}")
+                })
+                .collect(),
         );
-        let _ = writeln!(out, "# TYPE voxide_requests_total counter");
-        for ((route, status), n) in &c.requests {
-            let _ = writeln!(
-                out,
-                "voxide_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP voxide_request_duration_seconds Time to the response's head, by route."
-        );
-        let _ = writeln!(out, "# TYPE voxide_request_duration_seconds histogram");
+        let name = "voxide_request_duration_seconds";
+        let mut histograms = Vec::new();
         for (route, h) in &c.latency {
             let mut cumulative = 0;
             for (bound, n) in BUCKETS.iter().zip(h.buckets) {
                 cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "voxide_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
-                );
+                histograms.push(format!(
+                    "{name}_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+                ));
             }
-            let _ = writeln!(
-                out,
-                "voxide_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+            histograms.push(format!(
+                "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
                 h.count
-            );
-            let _ = writeln!(
-                out,
-                "voxide_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                h.sum_s
-            );
-            let _ = writeln!(
-                out,
-                "voxide_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count
-            );
+            ));
+            histograms.push(format!("{name}_sum{{route=\"{route}\"}} {}", h.sum_s));
+            histograms.push(format!("{name}_count{{route=\"{route}\"}} {}", h.count));
         }
-        let _ = writeln!(
-            out,
-            "# HELP voxide_requests_running Requests holding a model slot."
+        family(
+            name,
+            "histogram",
+            "Time to the response's head, by route.",
+            histograms,
         );
-        let _ = writeln!(out, "# TYPE voxide_requests_running gauge");
-        let _ = writeln!(out, "voxide_requests_running {running}");
-        let _ = writeln!(
-            out,
-            "# HELP voxide_queue_depth Requests waiting for a model slot."
+        family(
+            "voxide_audio_seconds_total",
+            "counter",
+            "Seconds of audio transcribed or synthesised.",
+            c.audio
+                .iter()
+                .map(|(work, (audio_s, _))| {
+                    format!("voxide_audio_seconds_total{{work=\"{work}\"}} {audio_s}")
+                })
+                .collect(),
         );
-        let _ = writeln!(out, "# TYPE voxide_queue_depth gauge");
-        let _ = writeln!(out, "voxide_queue_depth {waiting}");
-        let _ = writeln!(
-            out,
-            "# HELP voxide_model_loaded The models served (1 each), by id and kind."
+        family(
+            "voxide_model_seconds_total",
+            "counter",
+            "Model time spent on that audio (over the audio seconds: the real-time factor).",
+            c.audio
+                .iter()
+                .map(|(work, (_, wall_s))| {
+                    format!("voxide_model_seconds_total{{work=\"{work}\"}} {wall_s}")
+                })
+                .collect(),
         );
-        let _ = writeln!(out, "# TYPE voxide_model_loaded gauge");
-        for (id, kind) in models {
-            let _ = writeln!(out, "voxide_model_loaded{{id=\"{id}\",kind=\"{kind}\"}} 1");
-        }
+        family(
+            "voxide_requests_running",
+            "gauge",
+            "Requests holding a model slot.",
+            vec![format!("voxide_requests_running {running}")],
+        );
+        family(
+            "voxide_queue_depth",
+            "gauge",
+            "Requests waiting for a model slot.",
+            vec![format!("voxide_queue_depth {waiting}")],
+        );
+        family(
+            "voxide_model_loaded",
+            "gauge",
+            "The models served (1 each), by id and kind.",
+            models
+                .iter()
+                .map(|(id, kind)| format!("voxide_model_loaded{{id=\"{id}\",kind=\"{kind}\"}} 1"))
+                .collect(),
+        );
         out
     }
 }
@@ -170,6 +204,8 @@ mod tests {
         m.record("/v1/models", 200, 0.002);
         m.record("/v1/models", 200, 0.3);
         m.record("/v1/audio/speech", 404, 0.001);
+        m.add_audio("transcription", 11.0, 0.5);
+        m.add_audio("transcription", 4.0, 0.25);
         let text = m.render(1, 2, &[("whisper-1".into(), "speech-to-text")]);
         assert!(
             text.contains("voxide_requests_total{route=\"/v1/models\",status=\"200\"} 2"),
@@ -182,6 +218,8 @@ mod tests {
         assert!(text
             .contains("voxide_request_duration_seconds_bucket{route=\"/v1/models\",le=\"0.5\"} 2"));
         assert!(text.contains("voxide_request_duration_seconds_count{route=\"/v1/models\"} 2"));
+        assert!(text.contains("voxide_audio_seconds_total{work=\"transcription\"} 15"));
+        assert!(text.contains("voxide_model_seconds_total{work=\"transcription\"} 0.75"));
         assert!(text.contains("voxide_requests_running 1"));
         assert!(text.contains("voxide_queue_depth 2"));
         assert!(text.contains("voxide_model_loaded{id=\"whisper-1\",kind=\"speech-to-text\"} 1"));

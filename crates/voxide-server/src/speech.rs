@@ -27,7 +27,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use voxide_audio::{PcmOutFormat, PcmWriter};
-use voxide_models::qwen3_tts::{GenerationParams, ModelType, SpeechRequest, Synthesizer};
+use voxide_models::qwen3_tts::{
+    GenerationParams, ModelType, SpeechRequest, SpeechStats, Synthesizer,
+};
 
 /// Most frames decoded to audio at a time (as `voxide speak`'s default): the first chunk is
 /// one frame, then chunks double up to this.
@@ -130,9 +132,15 @@ pub(crate) async fn speech(
         let synthesizer = synthesizer.clone();
         let completed = completed.clone();
         let timeout = state.limits.request_timeout.unwrap_or_default();
+        let shared = state.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = permit;
-            synthesize(&synthesizer, &request, format, sink, &completed, timeout);
+            let stats = synthesize(&synthesizer, &request, format, sink, &completed, timeout);
+            if let Some(stats) = stats {
+                shared
+                    .metrics
+                    .add_audio("speech", stats.audio_s, stats.wall_ms / 1e3);
+            }
         });
     }
     // Errors before the first sound (an unknown voice, …) are answered with their status.
@@ -254,7 +262,7 @@ enum Stop {
 }
 
 /// Runs one synthesis on a blocking thread, sending its audio through `sink`; marks
-/// `completed` when all of it went out.
+/// `completed` when all of it went out. Returns what it took when it ran to its end.
 fn synthesize(
     synthesizer: &Synthesizer,
     request: &SpeechRequest,
@@ -262,7 +270,7 @@ fn synthesize(
     sink: Sink,
     completed: &AtomicBool,
     timeout: std::time::Duration,
-) {
+) -> Option<SpeechStats> {
     let framing = sink.framing;
     let tx = sink.tx.clone();
     let deadline = sink.deadline;
@@ -287,7 +295,7 @@ fn synthesize(
     });
     let failure = match (result, stop) {
         (Err(e), _) => ApiError::from(e),
-        (Ok(_), Some(Stop::ClientGone)) => return,
+        (Ok(_), Some(Stop::ClientGone)) => return None,
         (Ok(_), Some(Stop::Deadline)) => ApiError::timeout(timeout),
         (Ok(stats), None) => {
             let ended = writer.finish().and_then(|mut sink| {
@@ -305,11 +313,12 @@ fn synthesize(
                 wall_ms = stats.wall_ms,
                 "speech done"
             );
-            return;
+            return Some(stats);
         }
     };
     // The client may no longer read; it then sees the stream cut off.
     let _ = tx.try_send(Err(failure));
+    None
 }
 
 /// The audio's way to the response: what [`PcmWriter`] writes between two flushes (one chunk)

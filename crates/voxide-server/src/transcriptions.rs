@@ -140,9 +140,16 @@ async fn handle(
     let transcriber = transcriber.clone();
     let max_audio_s = state.limits.max_audio_s;
     let request = options.request;
+    let shared = state.clone();
     let work = tokio::task::spawn_blocking(move || {
         let _slot = permit;
-        transcribe(transcriber.as_ref(), &upload, &request, max_audio_s)
+        let clock = std::time::Instant::now();
+        let transcript = transcribe(transcriber.as_ref(), &upload, &request, max_audio_s)?;
+        let wall_s = clock.elapsed().as_secs_f64();
+        shared
+            .metrics
+            .add_audio("transcription", transcript.duration, wall_s);
+        Ok::<_, ApiError>(transcript)
     });
     // Past the deadline the answer is 504; the decoding itself cannot be interrupted and runs
     // to its end in its slot.

@@ -123,4 +123,19 @@ fn translations_take_the_same_form() {
     // The random Whisper fixture is multilingual: it translates (into noise).
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["task"], "translate");
+    // /metrics counts the 11 s of audio and the model time they took.
+    let metrics = server.get("/metrics").text();
+    let seconds = |name: &str| -> f64 {
+        let prefix = format!("{name}{{work=\"transcription\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+    };
+    assert!(
+        (seconds("voxide_audio_seconds_total") - 11.0).abs() < 0.01,
+        "{metrics}"
+    );
+    assert!(seconds("voxide_model_seconds_total") > 0.0, "{metrics}");
 }
