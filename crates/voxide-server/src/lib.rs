@@ -99,6 +99,14 @@ impl Shared {
             .map_err(|_| ApiError::busy())
     }
 
+    /// The model a request's `model` field names: 400 without one, 404 for an unknown id.
+    pub fn requested_model(&self, field: Option<&str>) -> Result<&Arc<LoadedModel>, ApiError> {
+        let id = field
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| ApiError::invalid_param("model", "no `model` field: name the model"))?;
+        self.model(id)
+    }
+
     /// The model served as `id`, or 404.
     pub fn model(&self, id: &str) -> Result<&Arc<LoadedModel>, ApiError> {
         self.models

@@ -72,17 +72,13 @@ pub(crate) async fn speech(
 ) -> Result<Response, ApiError> {
     let body: SpeechBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body is not the JSON expected: {e}")))?;
-    let model_id = body
-        .model
-        .as_deref()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::invalid_param("model", "no `model` field: name the model"))?;
-    let model = state.model(model_id)?;
+    let model = state.requested_model(body.model.as_deref())?;
     let Engine::Synthesizer(synthesizer) = &model.engine else {
         return Err(ApiError::invalid_param(
             "model",
             format!(
-                "{model_id} is a {} model; POST /v1/audio/transcriptions to use it",
+                "{} is a {} model; POST /v1/audio/transcriptions to use it",
+                model.id,
                 model.engine.kind()
             ),
         ));

@@ -117,17 +117,13 @@ async fn handle(
             format!("{}: the uploaded file is empty", upload.name),
         ));
     }
-    let model_id = form
-        .model
-        .as_deref()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::invalid_param("model", "no `model` field: name the model"))?;
-    let model = state.model(model_id)?;
+    let model = state.requested_model(form.model.as_deref())?;
     let Engine::Transcriber(transcriber) = &model.engine else {
         return Err(ApiError::invalid_param(
             "model",
             format!(
-                "{model_id} is a {} model; POST /v1/audio/speech to use it",
+                "{} is a {} model; POST /v1/audio/speech to use it",
+                model.id,
                 model.engine.kind()
             ),
         ));

@@ -33,6 +33,7 @@ use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
+use voxide_nn::kernels::simd::dot;
 
 /// LSTM input and hidden size.
 const HIDDEN: usize = 128;
@@ -654,31 +655,6 @@ fn matvec(w: &[f32], x: &[f32], b: &[f32], y: &mut [f32]) {
     for ((row, yi), bi) in w.chunks_exact(n).zip(y.iter_mut()).zip(b) {
         *yi = bi + dot(row, x);
     }
-}
-
-/// Dot product with eight independent accumulators, which the compiler keeps in vector
-/// registers (a single running sum would serialise every add).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let s = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (s[0] + s[2]) + (s[1] + s[3]) + tail
 }
 
 #[cfg(test)]

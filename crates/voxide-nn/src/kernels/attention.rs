@@ -5,6 +5,7 @@
 //! through a general GEMM whose per-call set-up and thread hand-offs cost more than the
 //! arithmetic (measured ~1/5 of a Whisper-tiny decoder step).
 
+use super::simd::dot;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -327,22 +328,4 @@ fn attend<T: KvElement>(
             .for_each(|(bh, o)| head(bh, o));
     }
     out
-}
-
-/// Dot product in 8 lanes (auto-vectorised).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }

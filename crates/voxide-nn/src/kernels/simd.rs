@@ -230,6 +230,26 @@ impl WeightElem for i8 {
     }
 }
 
+/// Σ a[i] · b[i] with eight independent accumulators, which the compiler keeps in one vector
+/// register at any baseline (a single running sum would serialise every add): for short dot
+/// products where a dispatched kernel would not pay (attention rows, small recurrent cells).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// f32 vector operations of one instruction set. Every function is `unsafe`: callers run
 /// inside a `#[target_feature]` entry for that set, with pointers valid for `LANES` elements.
 pub(crate) trait Simd: Copy {
