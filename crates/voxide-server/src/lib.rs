@@ -19,6 +19,7 @@ mod metrics;
 pub mod models;
 pub mod speech;
 mod transcriptions;
+mod web;
 
 use anyhow::{Context, Result};
 use axum::body::Bytes;
@@ -150,6 +151,7 @@ fn router(config: &ServerConfig, models: Registry, admission: Admission) -> Rout
             auth::require_api_key,
         ));
     Router::new()
+        .route("/", get(web::index))
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
         .merge(v1)

@@ -3,6 +3,7 @@
 //! `tests/fixtures/qwen3-tts/tiny-random` as `tts-1`): each test starts a server in-process
 //! on a free port and speaks plain HTTP/1.1 to it over a `TcpStream`.
 
+mod browser;
 mod errors;
 mod limits;
 mod openai_client;

@@ -1,0 +1,1 @@
+//! The web page at `/` in a real headless browser.
