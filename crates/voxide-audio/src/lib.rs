@@ -6,7 +6,8 @@
 //!   (WAV, FLAC, MP3, Ogg Vorbis via symphonia; Ogg Opus via `ogg` +
 //!   `unsafe-libopus`), sample-exact with python-soundfile for WAV/FLAC;
 //! * [`mod@resample`]: mono downmix and band-limited, delay-compensated
-//!   resampling;
+//!   resampling, whole or streamed ([`StreamResampler`]);
+//! * [`g711`]: μ-law and A-law telephone samples to linear;
 //! * [`load_mono`]: the runtime's one-call entry point;
 //! * [`mel`]: openai-whisper's `log_mel_spectrogram`, Voxtral's fixed-max, streaming one, and
 //!   qwen-tts' log-magnitude mel (the Qwen3-TTS speaker encoder's input);
@@ -18,6 +19,7 @@
 
 pub mod decode;
 mod error;
+pub mod g711;
 mod load;
 pub mod mel;
 mod pcm_stream;
@@ -32,5 +34,5 @@ pub use mel::{
     HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE,
 };
 pub use pcm_stream::{PcmFormat, PcmStream};
-pub use resample::{downmix_mono, resample, resampled_len};
+pub use resample::{downmix_mono, resample, resampled_len, StreamResampler};
 pub use wav_out::{PcmOutFormat, PcmWriter};

@@ -74,91 +74,172 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 /// [`resampled_len`]`(samples.len(), from, to)`; output sample `k` sits at
 /// input time `k * from / to`. Errors only on a zero rate.
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioError> {
-    if from == 0 || to == 0 {
-        return Err(AudioError::InvalidRate { from, to });
-    }
     if from == to || samples.is_empty() {
+        if from == 0 || to == 0 {
+            return Err(AudioError::InvalidRate { from, to });
+        }
         return Ok(samples.to_vec());
     }
-    let g = gcd(from as u64, to as u64);
-    let q = to as u64 / g;
-    // With p/q = from/to reduced, output k lands at input time k * p / q, so its fractional part is a
-    // multiple of 1/q: with q table phases the "Nearest" mode is exact.
-    let factor = (q as usize).clamp(1, MAX_OVERSAMPLING);
-    let ratio = to as f64 / from as f64;
-    let t_ratio = 1.0 / ratio;
+    let mut stream = StreamResampler::with_chunk(from, to, CHUNK)?;
+    let mut out = stream.push(samples)?;
+    out.extend(stream.finish()?);
+    Ok(out)
+}
 
-    // Where rubato puts its outputs. With `last_index` starting at
-    // -SINC_LEN/2, output n is computed at idx_n = -SINC_LEN/2 + (n+1)*t,
-    // and its table row for sub-phase s is a sinc centred at
-    // SINC_LEN/2 - 1 + (s+1)/factor within the window. Together: output n
-    // estimates the input at time n*t + off, with off = t - 1 + 1/factor.
-    let off = t_ratio - 1.0 + 1.0 / factor as f64;
-    // Prepend `pad` zeros and drop the first `skip` outputs so that output
-    // `skip` lands on input time 0: pad = skip*t + off must be an integer.
-    // For exact rational ratios a solution with skip < q exists; otherwise
-    // take the best one within the search range (error < 1/search range).
-    let search = (q as usize).clamp(1, 8192);
-    let mut best = (f64::INFINITY, 0usize, 0usize);
-    for skip in 0..=search {
-        let pos = skip as f64 * t_ratio + off;
-        let pad = pos.round();
-        if pad < 0.0 {
-            continue;
+/// [`resample`] on audio that arrives in pieces: the same filter and alignment, so the
+/// concatenated output of [`Self::push`] and [`Self::finish`] is [`resample`]'s output for the
+/// whole input. Each piece's output lags its input by the filter's half length (160 input
+/// samples) plus at most one processing block (20 ms).
+pub struct StreamResampler {
+    /// `None` when the rates are equal (samples pass through).
+    sinc: Option<Sinc>,
+    /// Input samples received.
+    received: usize,
+    /// Output samples returned.
+    returned: usize,
+    from: u32,
+    to: u32,
+}
+
+struct Sinc {
+    rubato: SincFixedIn<f32>,
+    /// Input not yet processed (a block is processed once complete).
+    pending: Vec<f32>,
+    block: usize,
+    /// Leading outputs still to drop (they precede input time 0).
+    skip: usize,
+    output: Vec<Vec<f32>>,
+}
+
+impl StreamResampler {
+    /// From `from` Hz to `to` Hz, in blocks of 20 ms of input.
+    pub fn new(from: u32, to: u32) -> Result<Self, AudioError> {
+        Self::with_chunk(from, to, (from as usize / 50).max(1))
+    }
+
+    fn with_chunk(from: u32, to: u32, block: usize) -> Result<Self, AudioError> {
+        if from == 0 || to == 0 {
+            return Err(AudioError::InvalidRate { from, to });
         }
-        let err = (pos - pad).abs();
-        if err < best.0 - 1e-9 {
-            best = (err, skip, pad as usize);
-            if err < 1e-9 {
-                break;
+        let sinc = (from != to)
+            .then(|| Sinc::new(from, to, block))
+            .transpose()?;
+        Ok(Self {
+            sinc,
+            received: 0,
+            returned: 0,
+            from,
+            to,
+        })
+    }
+
+    /// Appends input; returns the output it completes.
+    pub fn push(&mut self, samples: &[f32]) -> Result<Vec<f32>, AudioError> {
+        self.received += samples.len();
+        let out = match &mut self.sinc {
+            None => samples.to_vec(),
+            Some(sinc) => {
+                sinc.pending.extend_from_slice(samples);
+                sinc.process(self.from, self.to)?
+            }
+        };
+        self.returned += out.len();
+        Ok(out)
+    }
+
+    /// Ends the input: the remaining output, up to [`resampled_len`] of all the input.
+    pub fn finish(&mut self) -> Result<Vec<f32>, AudioError> {
+        let total = resampled_len(self.received, self.from, self.to);
+        let mut out = Vec::new();
+        if let Some(sinc) = &mut self.sinc {
+            // Zeros after the end, a block at a time, until every output is computed.
+            while self.returned + out.len() < total {
+                let missing = sinc.block - sinc.pending.len() % sinc.block;
+                sinc.pending.resize(sinc.pending.len() + missing, 0.0);
+                out.extend(sinc.process(self.from, self.to)?);
             }
         }
+        out.truncate(total.saturating_sub(self.returned));
+        self.returned += out.len();
+        Ok(out)
     }
-    let (_, skip, pad) = best;
+}
 
-    let out_len = resampled_len(samples.len(), from, to);
-    let params = SincInterpolationParameters {
-        sinc_len: SINC_LEN,
-        f_cutoff: calculate_cutoff(SINC_LEN, WindowFunction::BlackmanHarris2),
-        interpolation: SincInterpolationType::Nearest,
-        oversampling_factor: factor,
-        window: WindowFunction::BlackmanHarris2,
-    };
-    let mut rs = SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1)
-        .map_err(|_| AudioError::InvalidRate { from, to })?;
+impl Sinc {
+    fn new(from: u32, to: u32, block: usize) -> Result<Self, AudioError> {
+        let g = gcd(from as u64, to as u64);
+        let q = to as u64 / g;
+        // With p/q = from/to reduced, output k lands at input time k * p / q, so its
+        // fractional part is a multiple of 1/q: with q table phases the "Nearest" mode is
+        // exact.
+        let factor = (q as usize).clamp(1, MAX_OVERSAMPLING);
+        let ratio = to as f64 / from as f64;
+        let t_ratio = 1.0 / ratio;
 
-    let needed = skip + out_len;
-    let mut out: Vec<f32> = Vec::with_capacity(needed + rs.output_frames_max());
-    let mut chunk_out = vec![vec![0f32; rs.output_frames_max()]];
-    let mut chunk_in = vec![vec![0f32; CHUNK]];
-    // Virtual input stream: `pad` zeros, the samples, then zeros forever.
-    let total_in = pad + samples.len();
-    let mut consumed = 0usize;
-    // Every chunk yields about CHUNK * ratio outputs; bound the loop anyway.
-    let max_chunks = needed / ((CHUNK as f64 * ratio).floor().max(1.0) as usize) + 4 + SINC_LEN;
-    for _ in 0..max_chunks {
-        if out.len() >= needed {
-            break;
+        // Where rubato puts its outputs. With `last_index` starting at
+        // -SINC_LEN/2, output n is computed at idx_n = -SINC_LEN/2 + (n+1)*t,
+        // and its table row for sub-phase s is a sinc centred at
+        // SINC_LEN/2 - 1 + (s+1)/factor within the window. Together: output n
+        // estimates the input at time n*t + off, with off = t - 1 + 1/factor.
+        let off = t_ratio - 1.0 + 1.0 / factor as f64;
+        // Prepend `pad` zeros and drop the first `skip` outputs so that output
+        // `skip` lands on input time 0: pad = skip*t + off must be an integer.
+        // For exact rational ratios a solution with skip < q exists; otherwise
+        // take the best one within the search range (error < 1/search range).
+        let search = (q as usize).clamp(1, 8192);
+        let mut best = (f64::INFINITY, 0usize, 0usize);
+        for skip in 0..=search {
+            let pos = skip as f64 * t_ratio + off;
+            let pad = pos.round();
+            if pad < 0.0 {
+                continue;
+            }
+            let err = (pos - pad).abs();
+            if err < best.0 - 1e-9 {
+                best = (err, skip, pad as usize);
+                if err < 1e-9 {
+                    break;
+                }
+            }
         }
-        let buf = &mut chunk_in[0];
-        for (i, v) in buf.iter_mut().enumerate() {
-            let pos = consumed + i;
-            *v = if pos >= pad && pos < total_in {
-                samples[pos - pad]
-            } else {
-                0.0
-            };
-        }
-        consumed += CHUNK;
-        let (_, n_out) = rs
-            .process_into_buffer(&chunk_in, &mut chunk_out, None)
+        let (_, skip, pad) = best;
+        let params = SincInterpolationParameters {
+            sinc_len: SINC_LEN,
+            f_cutoff: calculate_cutoff(SINC_LEN, WindowFunction::BlackmanHarris2),
+            interpolation: SincInterpolationType::Nearest,
+            oversampling_factor: factor,
+            window: WindowFunction::BlackmanHarris2,
+        };
+        let rubato = SincFixedIn::<f32>::new(ratio, 1.0, params, block, 1)
             .map_err(|_| AudioError::InvalidRate { from, to })?;
-        out.extend_from_slice(&chunk_out[0][..n_out]);
+        let output = vec![vec![0f32; rubato.output_frames_max()]];
+        Ok(Self {
+            rubato,
+            pending: vec![0.0; pad],
+            block,
+            skip,
+            output,
+        })
     }
-    out.truncate(needed);
-    out.drain(..skip.min(out.len()));
-    out.resize(out_len, 0.0);
-    Ok(out)
+
+    /// Runs every complete block of pending input.
+    fn process(&mut self, from: u32, to: u32) -> Result<Vec<f32>, AudioError> {
+        let mut out = Vec::new();
+        let mut used = 0;
+        while self.pending.len() - used >= self.block {
+            let input = [&self.pending[used..used + self.block]];
+            let (_, n) = self
+                .rubato
+                .process_into_buffer(&input, &mut self.output, None)
+                .map_err(|_| AudioError::InvalidRate { from, to })?;
+            let dropped = self.skip.min(n);
+            self.skip -= dropped;
+            out.extend_from_slice(&self.output[0][dropped..n]);
+            used += self.block;
+        }
+        self.pending.drain(..used);
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -241,5 +322,31 @@ mod tests {
     fn downmix_is_mean() {
         let m = downmix_mono(&[vec![1.0, 0.5], vec![0.0, -0.5]]);
         assert_eq!(m, vec![0.5, 0.0]);
+    }
+
+    #[test]
+    fn streaming_in_pieces_equals_resampling_at_once() {
+        for &(from, to) in &[
+            (24000u32, 16000u32),
+            (8000, 16000),
+            (44100, 16000),
+            (16000, 16000),
+        ] {
+            let x = sine(from, 12_345, 440.0, 0.3);
+            let whole = resample(&x, from, to).unwrap();
+            let mut stream = StreamResampler::new(from, to).unwrap();
+            let mut pieces = Vec::new();
+            for piece in x.chunks(777) {
+                pieces.extend(stream.push(piece).unwrap());
+            }
+            pieces.extend(stream.finish().unwrap());
+            assert_eq!(pieces.len(), whole.len(), "{from}->{to}");
+            let worst = pieces
+                .iter()
+                .zip(&whole)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{from}->{to}: {worst}");
+        }
     }
 }

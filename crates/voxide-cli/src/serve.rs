@@ -4,6 +4,7 @@
 use crate::transcribe::{precision, set_threads};
 use anyhow::Result;
 use clap::Args;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use voxide_server::{Limits, ModelSpec, Registry, ServerConfig};
 
@@ -40,6 +41,14 @@ pub struct ServeArgs {
     /// stream already started is cut off); 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 600)]
     request_timeout_s: u64,
+    /// Realtime WebSocket sessions at once; more are answered 429.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_realtime_sessions)]
+    max_realtime_sessions: usize,
+    /// Silero VAD weights for server VAD in realtime sessions: whisper.cpp's ggml file or an
+    /// ONNX file (default, where it exists: ../shared/assets/silero-vad/for-tests-silero-v6.2.0-ggml.bin;
+    /// without one, realtime clients commit their audio themselves).
+    #[arg(long, value_name = "PATH", env = "VOXIDE_VAD_MODEL")]
+    vad_model: Option<PathBuf>,
     /// Weight precision of every model: auto (the checkpoint's), f32, f16, bf16, or int8
     /// (Voxtral Realtime's decoder and Qwen3-TTS' talker and code predictor).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
@@ -62,6 +71,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_audio_s: args.max_audio_s,
             request_timeout: (args.request_timeout_s > 0)
                 .then(|| Duration::from_secs(args.request_timeout_s)),
+            max_realtime_sessions: args.max_realtime_sessions,
         },
     };
     // Flags first: a typo should not wait for the models to load.
@@ -72,6 +82,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .map(|m| m.parse::<ModelSpec>())
         .collect::<Result<Vec<_>>>()?;
     let mut models = Registry::new();
+    match crate::vad::model_path(args.vad_model.as_deref(), "--vad-model") {
+        Ok(path) => {
+            let vad = models.load_vad(&path)?;
+            eprintln!("server VAD: {} ({})", vad.description(), path.display());
+        }
+        Err(_) => {
+            eprintln!("no Silero VAD model (--vad-model): realtime sessions run without server VAD")
+        }
+    }
     for spec in &specs {
         let clock = Instant::now();
         let model = models

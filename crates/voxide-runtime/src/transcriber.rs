@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::resolve::ModelSource;
 use candle_core::{DType, Device};
-use voxide_models::voxtral_realtime::{StreamOptions, VoxtralRealtime};
+use voxide_models::voxtral_realtime::{RealtimeStream, StreamOptions, VoxtralRealtime};
 use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::tokenizer::language_code;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
@@ -117,6 +117,37 @@ pub trait Transcriber: Send + Sync {
     /// floor of a step is this over the memory's read bandwidth).
     fn decoder_step_bytes(&self) -> Option<usize> {
         None
+    }
+
+    /// A live stream that decodes as audio arrives, for models that stream natively
+    /// (Voxtral Realtime); `None` for models that need the whole clip (Whisper).
+    fn stream(&self, _request: &TranscribeRequest) -> Option<Result<Box<dyn SpeechStream + '_>>> {
+        None
+    }
+}
+
+/// Live transcription of one stretch of audio (see [`Transcriber::stream`]).
+pub trait SpeechStream: Send {
+    /// Appends mono samples at the model's rate; returns the text decoded because of them
+    /// (often empty).
+    fn push(&mut self, samples: &[f32]) -> Result<String>;
+    /// Ends the input and returns the rest of the text.
+    fn finish(&mut self) -> Result<String>;
+    /// Seconds of the input that the text so far covers.
+    fn decoded_until_s(&self) -> f64;
+}
+
+impl SpeechStream for RealtimeStream<'_> {
+    fn push(&mut self, samples: &[f32]) -> Result<String> {
+        Ok(RealtimeStream::push(self, samples)?)
+    }
+
+    fn finish(&mut self) -> Result<String> {
+        Ok(RealtimeStream::finish(self)?)
+    }
+
+    fn decoded_until_s(&self) -> f64 {
+        self.tokens().last().map_or(0.0, |t| t.time)
     }
 }
 
@@ -235,6 +266,22 @@ impl Transcriber for VoxtralRealtime {
 
     fn decoder_step_bytes(&self) -> Option<usize> {
         Some(self.network().decoder_step_bytes())
+    }
+
+    /// As `voxide stream`: greedy, restarting after end-of-stream on the audio that follows.
+    fn stream(&self, request: &TranscribeRequest) -> Option<Result<Box<dyn SpeechStream + '_>>> {
+        let defaults = self.default_options();
+        let options = StreamOptions {
+            delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
+            kv_dtype: request.kv_dtype.unwrap_or(defaults.kv_dtype),
+            restart_on_eos: true,
+            ..defaults
+        };
+        Some(
+            VoxtralRealtime::stream(self, options)
+                .map(|s| Box::new(s) as Box<dyn SpeechStream + '_>)
+                .map_err(Error::from),
+        )
     }
 }
 

@@ -1,5 +1,6 @@
 //! `--api-key`: `/v1` requests must carry `Authorization: Bearer <key>`, as OpenAI's clients
-//! send their `api_key`.
+//! send their `api_key`; browsers, which cannot set headers on a WebSocket, offer the key as
+//! the subprotocol `openai-insecure-api-key.<key>` instead (OpenAI's convention).
 
 use crate::{ApiError, AppState};
 use axum::extract::{Request, State};
@@ -16,6 +17,15 @@ pub(crate) async fn require_api_key(
     let Some(key) = state.api_key.as_deref() else {
         return next.run(request).await;
     };
+    let offered = crate::realtime::offered_protocols(request.headers())
+        .find_map(|p| p.strip_prefix("openai-insecure-api-key."));
+    if let Some(token) = offered {
+        return if same_key(token.as_bytes(), key.as_bytes()) {
+            next.run(request).await
+        } else {
+            ApiError::unauthorized("incorrect API key").into_response()
+        };
+    }
     let Some(header) = request.headers().get(AUTHORIZATION) else {
         return ApiError::unauthorized(
             "missing API key: send the header `Authorization: Bearer KEY` with the key given to --api-key",

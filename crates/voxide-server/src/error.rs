@@ -97,6 +97,18 @@ impl ApiError {
         .with_code("rate_limit_exceeded")
     }
 
+    /// 429: every realtime session slot is taken.
+    pub fn sessions_full(limit: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            format!(
+                "the server runs at most {limit} realtime sessions at once (--max-realtime-sessions); retry when one ends"
+            ),
+        )
+        .with_code("rate_limit_exceeded")
+    }
+
     /// 504: the request did not finish within `--request-timeout-s`.
     pub fn timeout(limit: std::time::Duration) -> Self {
         Self::new(

@@ -7,7 +7,10 @@
 //!   a multipart upload in, text, JSON or subtitles out (exactly `voxide transcribe`'s), or
 //!   server-sent text events;
 //! - `POST /v1/audio/speech` ([`speech`]): JSON in, WAV or PCM streamed out as it is
-//!   synthesised, or server-sent audio events.
+//!   synthesised, or server-sent audio events;
+//! - `GET /v1/realtime?intent=transcription` (`realtime`): OpenAI's Realtime transcription
+//!   sessions over a WebSocket, with server VAD (Silero) or client commits;
+//! - `GET /`: a page to try it all from a browser.
 //!
 //! Model work runs on blocking threads, a few requests at a time ([`limits`]); errors are
 //! OpenAI's error objects ([`error`]).
@@ -17,6 +20,7 @@ pub mod error;
 pub mod limits;
 mod metrics;
 pub mod models;
+mod realtime;
 pub mod speech;
 mod transcriptions;
 mod web;
@@ -69,6 +73,8 @@ pub(crate) struct Shared {
     pub admission: Admission,
     pub limits: Limits,
     pub api_key: Option<String>,
+    /// Realtime session slots (`--max-realtime-sessions`).
+    pub sessions: Arc<tokio::sync::Semaphore>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -127,6 +133,9 @@ fn router(config: &ServerConfig, models: Registry, admission: Admission) -> Rout
         admission,
         limits: config.limits.clone(),
         api_key: config.api_key.clone(),
+        sessions: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_realtime_sessions,
+        )),
     });
     let uploads = Router::new()
         .route(
@@ -145,6 +154,7 @@ fn router(config: &ServerConfig, models: Registry, admission: Admission) -> Rout
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/v1/audio/speech", post(speech::speech))
+        .route("/v1/realtime", get(realtime::realtime))
         .merge(uploads)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -191,7 +201,7 @@ async fn get_model(
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!(
-        "unknown endpoint {method} {}; this server has /health, /metrics, /v1/models, /v1/audio/transcriptions, /v1/audio/translations and /v1/audio/speech",
+        "unknown endpoint {method} {}; this server has /health, /metrics, /v1/models, /v1/audio/transcriptions, /v1/audio/translations, /v1/audio/speech and /v1/realtime (WebSocket)",
         uri.path()
     ))
 }

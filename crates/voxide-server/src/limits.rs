@@ -19,13 +19,16 @@ pub struct Limits {
     pub max_upload_bytes: usize,
     /// Longest audio, in seconds, to transcribe or to synthesise (`--max-audio-s`).
     pub max_audio_s: f64,
-    /// Time from a request's start to its end; `None`: no limit (`--request-timeout-s`).
+    /// Time from a request's start to its end, and the longest silence of a realtime
+    /// client; `None`: no limit (`--request-timeout-s`).
     pub request_timeout: Option<Duration>,
+    /// Realtime WebSocket sessions at once (`--max-realtime-sessions`); more get 429.
+    pub max_realtime_sessions: usize,
 }
 
 impl Default for Limits {
     /// One slot (a model already uses every core), a queue of 16, OpenAI's 25 MB uploads, an
-    /// hour of audio, ten minutes a request.
+    /// hour of audio, ten minutes a request, eight realtime sessions.
     fn default() -> Self {
         Self {
             max_concurrency: 1,
@@ -33,6 +36,7 @@ impl Default for Limits {
             max_upload_bytes: 25 * 1024 * 1024,
             max_audio_s: 3600.0,
             request_timeout: Some(Duration::from_secs(600)),
+            max_realtime_sessions: 8,
         }
     }
 }
@@ -42,6 +46,9 @@ impl Limits {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.max_concurrency == 0 {
             anyhow::bail!("--max-concurrency must be at least 1");
+        }
+        if self.max_realtime_sessions == 0 {
+            anyhow::bail!("--max-realtime-sessions must be at least 1");
         }
         if self.max_upload_bytes == 0 {
             anyhow::bail!("--max-upload-mb must be positive");

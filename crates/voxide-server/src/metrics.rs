@@ -1,7 +1,8 @@
 //! `GET /metrics`: Prometheus text exposition of what the server did and is doing — requests
 //! by route and status, their latency (to the response's head: a streamed reply's first
 //! bytes), seconds of audio transcribed and synthesised and the model time they took (their
-//! ratio is the real-time factor), requests running and waiting, and the models served.
+//! ratio is the real-time factor), requests running and waiting, realtime sessions open, and
+//! the models served.
 
 use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
@@ -62,7 +63,13 @@ impl Metrics {
     }
 
     /// The exposition text: counters, histograms and the gauges passed in.
-    fn render(&self, running: usize, waiting: usize, models: &[(String, &str)]) -> String {
+    fn render(&self, gauges: &Gauges) -> String {
+        let Gauges {
+            running,
+            waiting,
+            realtime_sessions,
+            models,
+        } = gauges;
         let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -141,6 +148,12 @@ impl Metrics {
             vec![format!("voxide_queue_depth {waiting}")],
         );
         family(
+            "voxide_realtime_sessions",
+            "gauge",
+            "Realtime WebSocket sessions open.",
+            vec![format!("voxide_realtime_sessions {realtime_sessions}")],
+        );
+        family(
             "voxide_model_loaded",
             "gauge",
             "The models served (1 each), by id and kind.",
@@ -151,6 +164,15 @@ impl Metrics {
         );
         out
     }
+}
+
+/// What is going on now.
+struct Gauges {
+    running: usize,
+    waiting: usize,
+    realtime_sessions: usize,
+    /// (id, kind) of each model served.
+    models: Vec<(String, &'static str)>,
 }
 
 /// Middleware: counts every request under its route pattern (unknown paths as "other", so
@@ -175,16 +197,17 @@ pub(crate) async fn record(
 }
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let models: Vec<(String, &str)> = state
-        .models
-        .iter()
-        .map(|m| (m.id.clone(), m.engine.kind()))
-        .collect();
-    let text = state.metrics.render(
-        state.admission.running(),
-        state.admission.waiting(),
-        &models,
-    );
+    let gauges = Gauges {
+        running: state.admission.running(),
+        waiting: state.admission.waiting(),
+        realtime_sessions: state.limits.max_realtime_sessions - state.sessions.available_permits(),
+        models: state
+            .models
+            .iter()
+            .map(|m| (m.id.clone(), m.engine.kind()))
+            .collect(),
+    };
+    let text = state.metrics.render(&gauges);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -206,7 +229,12 @@ mod tests {
         m.record("/v1/audio/speech", 404, 0.001);
         m.add_audio("transcription", 11.0, 0.5);
         m.add_audio("transcription", 4.0, 0.25);
-        let text = m.render(1, 2, &[("whisper-1".into(), "speech-to-text")]);
+        let text = m.render(&Gauges {
+            running: 1,
+            waiting: 2,
+            realtime_sessions: 3,
+            models: vec![("whisper-1".into(), "speech-to-text")],
+        });
         assert!(
             text.contains("voxide_requests_total{route=\"/v1/models\",status=\"200\"} 2"),
             "{text}"
@@ -222,6 +250,7 @@ mod tests {
         assert!(text.contains("voxide_model_seconds_total{work=\"transcription\"} 0.75"));
         assert!(text.contains("voxide_requests_running 1"));
         assert!(text.contains("voxide_queue_depth 2"));
+        assert!(text.contains("voxide_realtime_sessions 3"));
         assert!(text.contains("voxide_model_loaded{id=\"whisper-1\",kind=\"speech-to-text\"} 1"));
     }
 }

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use voxide_models::qwen3_tts::Synthesizer;
+use voxide_models::silero_vad::SileroVad;
 use voxide_runtime::{load_transcriber, resolve_model, ModelSource, Transcriber, WeightFormat};
 
 /// One `--model` argument: `PATH`, `HUB_ID`, or `ID=PATH` / `ID=HUB_ID` to choose the id.
@@ -83,10 +84,12 @@ pub struct LoadedModel {
     pub engine: Engine,
 }
 
-/// The models of one server, in `--model` order; clones share the models.
+/// The models of one server, in `--model` order, and the voice activity detector of its
+/// realtime sessions; clones share the models.
 #[derive(Clone, Default)]
 pub struct Registry {
     models: Vec<Arc<LoadedModel>>,
+    vad: Option<Arc<SileroVad>>,
 }
 
 impl Registry {
@@ -154,6 +157,18 @@ impl Registry {
     /// No model at all.
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
+    }
+
+    /// Loads Silero VAD weights (ggml or ONNX) for server VAD in realtime sessions.
+    pub fn load_vad(&mut self, path: &Path) -> Result<&SileroVad> {
+        let vad =
+            SileroVad::load(path).with_context(|| format!("--vad-model {}", path.display()))?;
+        Ok(self.vad.insert(Arc::new(vad)))
+    }
+
+    /// The voice activity detector, when one is loaded.
+    pub fn vad(&self) -> Option<&SileroVad> {
+        self.vad.as_deref()
     }
 }
 

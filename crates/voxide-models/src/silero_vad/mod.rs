@@ -5,6 +5,7 @@
 //!   on one core), loaded from whisper.cpp's ggml file or an ONNX file; [`SileroVad`] holds
 //!   the weights, [`VadState`] one stream's LSTM state and context.
 //! - [`segments`]: the silero-vad package's `get_speech_timestamps` on the probabilities.
+//! - [`turns`]: turns of a live stream (OpenAI Realtime's `server_vad`).
 //! - [`chunks`]: the speech joined for transcription and its times mapped back
 //!   (faster-whisper's `vad_filter`).
 //!
@@ -16,10 +17,12 @@ mod ggml;
 pub mod model;
 mod onnx;
 pub mod segments;
+pub mod turns;
 
 pub use chunks::SpeechChunks;
 pub use model::{SileroVad, VadState};
 pub use segments::{speech_segments, SpeechSegment, VadParams};
+pub use turns::{TurnDetector, TurnEvent, TurnParams};
 
 /// The only sample rate of the model.
 pub const SAMPLE_RATE: u32 = 16_000;

