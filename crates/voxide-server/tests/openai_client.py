@@ -9,8 +9,10 @@ OUT_DIR/speech.pcm. Exits non-zero (with a traceback) when the client fails or r
 wrong error.
 """
 
+import base64
 import json
 import sys
+import wave
 from pathlib import Path
 
 import openai
@@ -72,7 +74,45 @@ def main() -> None:
         errors["bad_key"] = [e.status_code, e.code]
     result["errors"] = errors
 
+    result["realtime"] = realtime(client, audio)
+
     print(json.dumps(result))
+
+
+def realtime(client: openai.OpenAI, audio: str) -> dict:
+    """A GA Realtime transcription session: the 16 kHz WAV appended in 100 ms pieces, then
+    committed; returns the event types and the transcript."""
+    with wave.open(audio, "rb") as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        pcm = w.readframes(w.getnframes())
+    got = {"types": []}
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
+        got["types"].append(connection.recv().type)
+        connection.session.update(
+            session={
+                "type": "transcription",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 16000},
+                        "transcription": {"model": "whisper-1"},
+                        "turn_detection": None,
+                    }
+                },
+            }
+        )
+        piece = 3200  # bytes: 100 ms
+        for at in range(0, len(pcm), piece):
+            connection.input_audio_buffer.append(audio=base64.b64encode(pcm[at : at + piece]).decode())
+        connection.input_audio_buffer.commit()
+        for event in connection:
+            got["types"].append(event.type)
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                got["transcript"] = event.transcript
+                break
+            if event.type == "error":
+                got["error"] = event.error.message
+                break
+    return got
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ fn the_official_python_client_works() {
     let got: Value = serde_json::from_slice(&run.stdout).unwrap();
     eprintln!("openai client: {got}");
     let want = library_transcript();
-    assert_eq!(got["models"], serde_json::json!(["whisper-1", "tts-1"]));
+    assert_eq!(
+        got["models"],
+        serde_json::json!(["whisper-1", "tts-1", "voxtral"])
+    );
     assert_eq!(got["json"], want.text.as_str());
     assert_eq!(
         got["srt"],
@@ -70,5 +73,19 @@ fn the_official_python_client_works() {
     assert_eq!(
         errors["bad_key"],
         serde_json::json!([401, "invalid_api_key"])
+    );
+    // The whole file committed as one item: the same text as the transcription route's.
+    let realtime = &got["realtime"];
+    assert_eq!(realtime["transcript"], want.text.trim(), "{realtime}");
+    assert_eq!(
+        realtime["types"],
+        serde_json::json!([
+            "session.created",
+            "session.updated",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.input_audio_transcription.delta",
+            "conversation.item.input_audio_transcription.completed"
+        ])
     );
 }
