@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub api_key: Option<String>,
     /// Realtime session slots (`--max-realtime-sessions`).
     pub sessions: Arc<tokio::sync::Semaphore>,
+    /// Turns true when the server begins to shut down (realtime sessions then close).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -126,16 +128,21 @@ impl Shared {
 const FORM_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// The application: every route, on `models`, with `config`'s key and limits.
-fn router(config: &ServerConfig, models: Registry, admission: Admission) -> Router {
+fn router(
+    config: &ServerConfig,
+    models: Registry,
+    admission: Admission,
+    sessions: Arc<tokio::sync::Semaphore>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Router {
     let state: AppState = Arc::new(Shared {
         models,
         metrics: metrics::Metrics::default(),
         admission,
         limits: config.limits.clone(),
         api_key: config.api_key.clone(),
-        sessions: Arc::new(tokio::sync::Semaphore::new(
-            config.limits.max_realtime_sessions,
-        )),
+        sessions,
+        stopping,
     });
     let uploads = Router::new()
         .route(
@@ -215,11 +222,17 @@ pub(crate) fn sse_event(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
 }
 
+/// How long a shutdown waits for realtime sessions to close.
+const SESSIONS_CLOSING: Duration = Duration::from_secs(5);
+
 /// A bound server, ready to run.
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
     admission: Admission,
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// The realtime session slots, and how many there are.
+    sessions: (Arc<tokio::sync::Semaphore>, usize),
 }
 
 impl Server {
@@ -236,11 +249,22 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let admission = Admission::new(config.limits.max_concurrency, config.limits.max_queue);
-        let router = router(config, models, admission.clone());
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        let max_sessions = config.limits.max_realtime_sessions;
+        let sessions = Arc::new(tokio::sync::Semaphore::new(max_sessions));
+        let router = router(
+            config,
+            models,
+            admission.clone(),
+            sessions.clone(),
+            stopping_rx,
+        );
         Ok(Self {
             listener,
             router,
             admission,
+            stopping,
+            sessions: (sessions, max_sessions),
         })
     }
 
@@ -256,15 +280,30 @@ impl Server {
         &self.admission
     }
 
-    /// Serves until `shutdown` resolves, then lets the requests in flight finish.
+    /// Serves until `shutdown` resolves, then lets the requests in flight finish (realtime
+    /// sessions are told and closed).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
+        let stopping = self.stopping;
+        let shutdown = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        };
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("the server failed")
+            .context("the server failed")?;
+        // Upgraded connections outlive the HTTP server: give the sessions a moment to send
+        // their closing events (a session in the middle of a transcription may not make it).
+        let (sessions, all) = self.sessions;
+        let _ = tokio::time::timeout(
+            SESSIONS_CLOSING,
+            sessions.acquire_many(u32::try_from(all).unwrap_or(u32::MAX)),
+        )
+        .await;
+        Ok(())
     }
 }
 

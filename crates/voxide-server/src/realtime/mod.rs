@@ -187,8 +187,8 @@ impl Outbox {
 /// Ids of sessions since the server started.
 static SESSIONS: AtomicU64 = AtomicU64::new(0);
 
-/// One connection, until the client closes it, goes silent for `--request-timeout-s`, or
-/// the socket fails.
+/// One connection, until the client closes it, goes silent for `--request-timeout-s`, the
+/// server shuts down, or the socket fails.
 async fn connection(socket: WebSocket, state: AppState, settings: Settings, dialect: Dialect) {
     let (mut sink, mut source) = socket.split();
     let (events, mut outgoing) = mpsc::channel::<Value>(OUTBOX_EVENTS);
@@ -233,21 +233,38 @@ async fn connection(socket: WebSocket, state: AppState, settings: Settings, dial
         out,
         commands,
     };
+    let mut stopping = client.state.stopping.clone();
     loop {
-        let next = match idle {
-            Some(idle) => match tokio::time::timeout(idle, source.next()).await {
-                Ok(next) => next,
-                Err(_) => {
+        let message = async {
+            match idle {
+                Some(idle) => tokio::time::timeout(idle, source.next()).await.ok(),
+                None => Some(source.next().await),
+            }
+        };
+        let next = tokio::select! {
+            next = message => match next {
+                Some(next) => next,
+                None => {
                     let message = format!(
                         "no message for {} s (--request-timeout-s): closing the session",
-                        idle.as_secs()
+                        idle.unwrap_or_default().as_secs()
                     );
                     let error = ProtocolError::new("session_idle_timeout", message);
                     client.out.send_error(&error, None).await;
                     break;
                 }
             },
-            None => source.next().await,
+            () = async {
+                // An error: the server is gone already.
+                let _ = stopping.wait_for(|&stop| stop).await;
+            } => {
+                let error = ProtocolError::new(
+                    "server_shutting_down",
+                    "the server is shutting down: closing the session",
+                );
+                client.out.send_error(&error, None).await;
+                break;
+            }
         };
         match next {
             Some(Ok(Message::Text(text))) => {

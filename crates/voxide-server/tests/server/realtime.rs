@@ -447,3 +447,14 @@ fn the_upgrade_checks_intent_key_and_session_slots() {
     };
     assert_eq!(next(&mut second)["type"], "session.created");
 }
+
+#[test]
+fn a_shutdown_tells_open_sessions_before_closing_them() {
+    let server = TestServer::start();
+    let mut socket = connect(&server, "?intent=transcription", &[]);
+    next(&mut socket);
+    drop(server);
+    let event = next(&mut socket);
+    assert_eq!(event["error"]["code"], "server_shutting_down", "{event}");
+    assert!(matches!(socket.read(), Ok(Message::Close(_)) | Err(_)));
+}
