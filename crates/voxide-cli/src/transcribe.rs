@@ -230,7 +230,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
                 &request,
                 &mut |done| {
                     if let Some(bar) = &bar {
-                        bar.set_position((done * 1000.0) as u64);
+                        bar.set_position((done.fraction * 1000.0) as u64);
                     }
                 },
             )?,

@@ -2,6 +2,15 @@
 
 use serde::Serialize;
 
+/// How far a transcription has got: the fraction of the audio done, and the segments found
+/// so far (each call sees the earlier ones again; models that segment only at the end pass
+/// none until then).
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    pub fraction: f64,
+    pub segments: &'a [Segment],
+}
+
 /// One timed stretch of text.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Segment {

@@ -84,7 +84,9 @@ fn windows_that_look_silent_are_skipped() {
     let mut o = options(&[0.0], 0);
     o.no_speech_threshold = Some(1e-5);
     let mut seen = Vec::new();
-    let (t, _) = p.transcribe(&audio, &o, &mut |f| seen.push(f)).unwrap();
+    let (t, _) = p
+        .transcribe(&audio, &o, &mut |f| seen.push(f.fraction))
+        .unwrap();
     assert!(
         t.segments.is_empty() && t.text.is_empty() && t.token_ids.is_empty(),
         "{t:?}"

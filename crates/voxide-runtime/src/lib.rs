@@ -13,4 +13,4 @@ pub use resolve::{resolve_model, ModelSource};
 pub use transcriber::{
     load_streaming, load_transcriber, SpeechStream, TranscribeRequest, Transcriber, WeightFormat,
 };
-pub use voxide_models::{Segment, Timings, Transcript};
+pub use voxide_models::{Progress, Segment, Timings, Transcript};

@@ -8,7 +8,7 @@ use voxide_models::voxtral_realtime::{RealtimeStream, StreamOptions, VoxtralReal
 use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::tokenizer::language_code;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
-use voxide_models::{Timings, Transcript};
+use voxide_models::{Progress, Timings, Transcript};
 pub use voxide_nn::linear::WeightFormat;
 
 /// A transcription request, independent of the model family.
@@ -105,12 +105,12 @@ impl TranscribeRequest {
 pub trait Transcriber: Send + Sync {
     /// Sample rate the model's input must have.
     fn sample_rate(&self) -> u32;
-    /// Transcribes mono samples at [`Self::sample_rate`]; `progress` gets the fraction done.
+    /// Transcribes mono samples at [`Self::sample_rate`]; `progress` hears how far it got.
     fn transcribe(
         &self,
         samples: &[f32],
         request: &TranscribeRequest,
-        progress: &mut dyn FnMut(f64),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(Transcript, Timings)>;
 
     /// Bytes of weights one decoder step reads, where the model knows it (the bandwidth
@@ -160,7 +160,7 @@ impl Transcriber for WhisperPipeline {
         &self,
         samples: &[f32],
         request: &TranscribeRequest,
-        progress: &mut dyn FnMut(f64),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(Transcript, Timings)> {
         let special = *self.rules().special();
         let language = match request.language.as_deref() {
@@ -237,7 +237,7 @@ impl Transcriber for VoxtralRealtime {
         &self,
         samples: &[f32],
         request: &TranscribeRequest,
-        progress: &mut dyn FnMut(f64),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(Transcript, Timings)> {
         let unsupported = |what: &str| {
             Err(Error::InvalidRequest(format!(

@@ -3,10 +3,11 @@
 //! `timestamp_granularities[]`, `stream`) in; the transcript out, rendered exactly as
 //! `voxide transcribe --format …` writes it (same decoding settings: greedy at the given
 //! temperature without fallback, segment timestamps), or as server-sent
-//! `transcript.text.delta` events, one per segment, and a `transcript.text.done`.
+//! `transcript.text.delta` events, one per segment as soon as it is decoded, and a
+//! `transcript.text.done`.
 
 use crate::{sse_event, ApiError, AppState, Engine};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
@@ -14,8 +15,12 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use voxide_audio::{decode_bytes, mono_at_rate};
-use voxide_runtime::{render, OutputFormat, TranscribeRequest, Transcriber, Transcript};
+use voxide_runtime::{
+    render, OutputFormat, Progress, Segment, TranscribeRequest, Transcriber, Transcript,
+};
 
 /// The name audio errors use when the upload has no file name.
 const UPLOAD_NAME: &str = "<upload>";
@@ -137,37 +142,126 @@ async fn handle(
     let max_audio_s = state.limits.max_audio_s;
     let request = options.request;
     let shared = state.clone();
-    let work = tokio::task::spawn_blocking(move || {
+    // Segments go out as they are decoded when streaming; the transcript comes at the end.
+    let (tx, mut rx) = mpsc::channel::<Result<Piece, ApiError>>(PIECES);
+    let stream = options.stream;
+    tokio::task::spawn_blocking(move || {
         let _slot = permit;
         let clock = std::time::Instant::now();
-        let transcript = transcribe(transcriber.as_ref(), &upload, &request, max_audio_s)?;
-        let wall_s = clock.elapsed().as_secs_f64();
-        shared
-            .metrics
-            .add_audio("transcription", transcript.duration, wall_s);
-        Ok::<_, ApiError>(transcript)
-    });
-    // Past the deadline the answer is 504; the decoding itself cannot be interrupted and runs
-    // to its end in its slot.
-    let transcript = state
-        .until(deadline, work)
-        .await?
-        .map_err(|e| ApiError::internal(format!("the transcription failed: {e}")))??;
-    Ok(if options.stream {
-        events(&transcript)
-    } else {
-        let content_type = match options.format {
-            OutputFormat::Json | OutputFormat::VerboseJson => "application/json",
-            OutputFormat::Txt | OutputFormat::Srt | OutputFormat::Vtt => {
-                "text/plain; charset=utf-8"
+        let mut sent = 0;
+        let mut send_new = |segments: &[Segment]| {
+            if stream {
+                for segment in segments.get(sent..).unwrap_or_default() {
+                    let _ = tx.blocking_send(Ok(Piece::Segment(segment.text.clone())));
+                }
+                sent = sent.max(segments.len());
             }
         };
-        (
-            [(CONTENT_TYPE, content_type)],
-            render(&transcript, options.format, task),
-        )
-            .into_response()
+        let result = transcribe(
+            transcriber.as_ref(),
+            &upload,
+            &request,
+            max_audio_s,
+            &mut |p| send_new(p.segments),
+        );
+        let piece = result.map(|transcript| {
+            send_new(&transcript.segments);
+            let wall_s = clock.elapsed().as_secs_f64();
+            shared
+                .metrics
+                .add_audio("transcription", transcript.duration, wall_s);
+            Piece::Done(transcript)
+        });
+        let _ = tx.blocking_send(piece);
+    });
+    // Errors before the first piece (bad audio, …) are answered with their status; past the
+    // deadline the answer is 504 (the decoding itself cannot be interrupted and runs to its
+    // end in its slot).
+    let first = match state.until(deadline, rx.recv()).await? {
+        Some(piece) => piece?,
+        None => return Err(ApiError::internal("the transcription stopped unexpectedly")),
+    };
+    Ok(match first {
+        Piece::Done(transcript) if !stream => {
+            let content_type = match options.format {
+                OutputFormat::Json | OutputFormat::VerboseJson => "application/json",
+                OutputFormat::Txt | OutputFormat::Srt | OutputFormat::Vtt => {
+                    "text/plain; charset=utf-8"
+                }
+            };
+            (
+                [(CONTENT_TYPE, content_type)],
+                render(&transcript, options.format, task),
+            )
+                .into_response()
+        }
+        first => events(first, rx, deadline, state.limits.request_timeout),
     })
+}
+
+/// Pieces waiting for a streamed reply.
+const PIECES: usize = 64;
+
+/// What the decoding thread hands the reply.
+enum Piece {
+    /// A segment's text (streaming).
+    Segment(String),
+    /// The whole transcript.
+    Done(Transcript),
+}
+
+impl Piece {
+    /// The server-sent event of OpenAI's transcription stream.
+    fn event(&self) -> Bytes {
+        sse_event(&match self {
+            Piece::Segment(text) => json!({ "type": "transcript.text.delta", "delta": text }),
+            Piece::Done(transcript) => {
+                json!({ "type": "transcript.text.done", "text": transcript.text })
+            }
+        })
+    }
+}
+
+/// OpenAI's stream: a delta per segment as it is decoded, then the whole text; an error
+/// (or the deadline) after the first event ends it with an `error` event.
+fn events(
+    first: Piece,
+    rx: mpsc::Receiver<Result<Piece, ApiError>>,
+    deadline: Option<Instant>,
+    timeout: Option<std::time::Duration>,
+) -> Response {
+    let done = matches!(first, Piece::Done(_));
+    let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first.event()) });
+    let rest = futures_util::stream::unfold((rx, done), move |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        let next = match deadline {
+            Some(at) => tokio::time::timeout_at(at, rx.recv())
+                .await
+                .unwrap_or_else(|_| Some(Err(ApiError::timeout(timeout.unwrap_or_default())))),
+            None => rx.recv().await,
+        };
+        match next? {
+            Ok(piece) => {
+                let done = matches!(piece, Piece::Done(_));
+                Some((Ok(piece.event()), (rx, done)))
+            }
+            Err(e) => {
+                let mut event = e.body();
+                event["type"] = "error".into();
+                Some((Ok(sse_event(&event)), (rx, true)))
+            }
+        }
+    });
+    (
+        [
+            (CONTENT_TYPE, "text/event-stream"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(futures_util::StreamExt::chain(first, rest)),
+    )
+        .into_response()
 }
 
 /// Reads every field; the file is cut off at `max_upload` bytes (413).
@@ -318,6 +412,7 @@ fn transcribe(
     upload: &Upload,
     request: &TranscribeRequest,
     max_audio_s: f64,
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Transcript, ApiError> {
     let audio = decode_bytes(&upload.bytes, &upload.name)?;
     let duration = audio.duration_s();
@@ -331,27 +426,6 @@ fn transcribe(
         ));
     }
     let samples = mono_at_rate(audio, model.sample_rate(), &upload.name)?;
-    let (transcript, _) = model.transcribe(&samples, request, &mut |_| {})?;
+    let (transcript, _) = model.transcribe(&samples, request, progress)?;
     Ok(transcript)
-}
-
-/// The transcript as OpenAI's stream: a delta per segment, then the whole text.
-fn events(transcript: &Transcript) -> Response {
-    let mut body = Vec::new();
-    for segment in &transcript.segments {
-        body.extend_from_slice(&sse_event(
-            &json!({ "type": "transcript.text.delta", "delta": segment.text }),
-        ));
-    }
-    body.extend_from_slice(&sse_event(
-        &json!({ "type": "transcript.text.done", "text": transcript.text }),
-    ));
-    (
-        [
-            (CONTENT_TYPE, "text/event-stream"),
-            (CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from(body),
-    )
-        .into_response()
 }

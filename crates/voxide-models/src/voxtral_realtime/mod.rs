@@ -22,7 +22,7 @@ pub use stream::{RealtimeStream, StreamOptions, StreamToken};
 use crate::error::require;
 use crate::error::Error;
 use crate::tekken::{AudioSection, Tekken};
-use crate::{Result, Segment, Timings, Transcript};
+use crate::{Progress, Result, Segment, Timings, Transcript};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use std::path::Path;
@@ -167,14 +167,17 @@ impl VoxtralRealtime {
         &self,
         samples: &[f32],
         options: StreamOptions,
-        progress: &mut dyn FnMut(f64),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(Transcript, Timings)> {
         let mut stream = self.stream(options)?;
         // 30 s chunks keep the conv stem's activations small on long inputs.
         const CHUNK: usize = 30 * SAMPLE_RATE as usize;
         for (i, chunk) in samples.chunks(CHUNK).enumerate() {
             stream.push(chunk)?;
-            progress(((i + 1) * CHUNK).min(samples.len()) as f64 / samples.len().max(1) as f64);
+            progress(Progress {
+                fraction: ((i + 1) * CHUNK).min(samples.len()) as f64 / samples.len().max(1) as f64,
+                segments: &[],
+            });
         }
         stream.finish()?;
         let tokens = stream.tokens().to_vec();

@@ -9,7 +9,7 @@ use super::model::Whisper;
 use super::tokenizer::Tokenizer;
 use super::{HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
 use crate::error::Result;
-use crate::transcript::{Segment, Timings, Transcript};
+use crate::transcript::{Progress, Segment, Timings, Transcript};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 use std::time::Instant;
@@ -128,12 +128,12 @@ impl WhisperPipeline {
         )?)
     }
 
-    /// Transcribes 16 kHz mono samples. `progress` receives the fraction of audio done.
+    /// Transcribes 16 kHz mono samples. `progress` hears of each window decoded.
     pub fn transcribe(
         &self,
         samples: &[f32],
         opts: &TranscribeOptions,
-        progress: &mut dyn FnMut(f64),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(Transcript, Timings)> {
         let mut timings = Timings::default();
         let start = Instant::now();
@@ -223,7 +223,10 @@ impl WhisperPipeline {
                 }
                 if skip {
                     seek += segment_size;
-                    progress(seek.min(content_frames) as f64 / content_frames as f64);
+                    progress(Progress {
+                        fraction: seek.min(content_frames) as f64 / content_frames as f64,
+                        segments: &segments,
+                    });
                     continue;
                 }
             }
@@ -297,7 +300,10 @@ impl WhisperPipeline {
             if !opts.condition_on_previous_text || result.temperature > 0.5 {
                 prompt_reset_since = all_tokens.len();
             }
-            progress(seek.min(content_frames) as f64 / content_frames as f64);
+            progress(Progress {
+                fraction: seek.min(content_frames) as f64 / content_frames as f64,
+                segments: &segments,
+            });
         }
 
         let text = self
