@@ -232,6 +232,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
                     if let Some(bar) = &bar {
                         bar.set_position((done.fraction * 1000.0) as u64);
                     }
+                    true
                 },
             )?,
         };

@@ -51,6 +51,9 @@ pub enum Error {
     /// A request the model cannot serve (unknown language, prompt too long, ...).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The caller stopped the work (its progress callback returned `false`).
+    #[error("cancelled")]
+    Cancelled,
     /// A tensor operation failed during inference.
     #[error("inference failed: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -4,7 +4,8 @@ use serde::Serialize;
 
 /// How far a transcription has got: the fraction of the audio done, and the segments found
 /// so far (each call sees the earlier ones again; models that segment only at the end pass
-/// none until then).
+/// none until then). The callback that receives it returns whether to go on: `false` stops
+/// the transcription at that point with [`crate::Error::Cancelled`] (a client that went away).
 #[derive(Clone, Copy, Debug)]
 pub struct Progress<'a> {
     pub fraction: f64,

@@ -237,7 +237,7 @@ fn offline_ids_match_transformers() {
         ] {
             let audio = samples(&r[audio]);
             let (transcript, timings) = model
-                .transcribe(&audio[..n], StreamOptions::default(), &mut |_| {})
+                .transcribe(&audio[..n], StreamOptions::default(), &mut |_| true)
                 .unwrap();
             assert_eq!(transcript.token_ids, ids(&r[want]), "{layout} {want}");
             assert_eq!(timings.prefills, 1);
@@ -387,7 +387,7 @@ fn half_precision_kv_caches_keep_the_ids() {
             kv_dtype,
             ..StreamOptions::default()
         };
-        let (transcript, _) = model.transcribe(&audio, options, &mut |_| {}).unwrap();
+        let (transcript, _) = model.transcribe(&audio, options, &mut |_| true).unwrap();
         let same = transcript
             .token_ids
             .iter()
@@ -413,7 +413,7 @@ fn int8_decoder_drift_is_bounded() {
     let audio = samples(&r["speech_audio"]);
     let want = ids(&r["speech_generated_ids"]);
     let (transcript, _) = model
-        .transcribe(&audio, StreamOptions::default(), &mut |_| {})
+        .transcribe(&audio, StreamOptions::default(), &mut |_| true)
         .unwrap();
     let same = transcript
         .token_ids
@@ -471,7 +471,7 @@ fn live_streams_restart_after_end_of_stream() {
     let eos = model.tokenizer().eos();
 
     let (offline, _) = model
-        .transcribe(&audio, StreamOptions::default(), &mut |_| {})
+        .transcribe(&audio, StreamOptions::default(), &mut |_| true)
         .unwrap();
     assert_eq!(
         offline.token_ids.last(),

@@ -32,7 +32,7 @@ fn fallback_climbs_the_temperatures_and_sampling_is_seeded() {
     let p = pipeline();
     let audio = jfk();
     let greedy = p
-        .transcribe(&audio, &options(&[0.0], 0), &mut |_| {})
+        .transcribe(&audio, &options(&[0.0], 0), &mut |_| true)
         .unwrap()
         .0;
     assert!(greedy.segments.iter().all(|s| s.temperature == 0.0));
@@ -42,7 +42,7 @@ fn fallback_climbs_the_temperatures_and_sampling_is_seeded() {
     );
 
     let fallback = options(&[0.0, 0.5, 1.0], 7);
-    let (a, timings) = p.transcribe(&audio, &fallback, &mut |_| {}).unwrap();
+    let (a, timings) = p.transcribe(&audio, &fallback, &mut |_| true).unwrap();
     // Every decode stays below the log-probability threshold, so the last temperature is kept.
     assert!(
         a.segments.iter().all(|s| s.temperature == 1.0),
@@ -59,10 +59,10 @@ fn fallback_climbs_the_temperatures_and_sampling_is_seeded() {
         a.token_ids, greedy.token_ids,
         "sampling at T=1 differs from greedy"
     );
-    let b = p.transcribe(&audio, &fallback, &mut |_| {}).unwrap().0;
+    let b = p.transcribe(&audio, &fallback, &mut |_| true).unwrap().0;
     assert_eq!(a, b, "same seed, same transcript");
     let c = p
-        .transcribe(&audio, &options(&[0.0, 0.5, 1.0], 8), &mut |_| {})
+        .transcribe(&audio, &options(&[0.0, 0.5, 1.0], 8), &mut |_| true)
         .unwrap()
         .0;
     assert_ne!(a.token_ids, c.token_ids, "another seed, another sample");
@@ -71,7 +71,7 @@ fn fallback_climbs_the_temperatures_and_sampling_is_seeded() {
     let mut lenient = options(&[0.0, 1.0], 7);
     lenient.logprob_threshold = None;
     lenient.compression_ratio_threshold = None;
-    let d = p.transcribe(&audio, &lenient, &mut |_| {}).unwrap().0;
+    let d = p.transcribe(&audio, &lenient, &mut |_| true).unwrap().0;
     assert_eq!(d.token_ids, greedy.token_ids);
 }
 
@@ -85,7 +85,10 @@ fn windows_that_look_silent_are_skipped() {
     o.no_speech_threshold = Some(1e-5);
     let mut seen = Vec::new();
     let (t, _) = p
-        .transcribe(&audio, &o, &mut |f| seen.push(f.fraction))
+        .transcribe(&audio, &o, &mut |f| {
+            seen.push(f.fraction);
+            true
+        })
         .unwrap();
     assert!(
         t.segments.is_empty() && t.text.is_empty() && t.token_ids.is_empty(),
@@ -95,7 +98,7 @@ fn windows_that_look_silent_are_skipped() {
     // Above it, the window is kept.
     o.no_speech_threshold = Some(1e-4);
     assert!(!p
-        .transcribe(&audio, &o, &mut |_| {})
+        .transcribe(&audio, &o, &mut |_| true)
         .unwrap()
         .0
         .segments
@@ -107,12 +110,12 @@ fn initial_prompt_conditions_the_first_window() {
     let p = pipeline();
     let audio = jfk();
     let plain = p
-        .transcribe(&audio, &options(&[0.0], 0), &mut |_| {})
+        .transcribe(&audio, &options(&[0.0], 0), &mut |_| true)
         .unwrap()
         .0;
     let mut o = options(&[0.0], 0);
     o.initial_prompt = Some("Ask not what your country can do for you".into());
-    let prompted = p.transcribe(&audio, &o, &mut |_| {}).unwrap().0;
+    let prompted = p.transcribe(&audio, &o, &mut |_| true).unwrap().0;
     assert_ne!(
         plain.token_ids, prompted.token_ids,
         "the prompt changes the decode"

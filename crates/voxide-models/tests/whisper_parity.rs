@@ -359,7 +359,10 @@ fn transcribe_matches(f: &Fixture, key: &str, audio: &Path, language: Option<&st
         voxide_audio::load_mono(&voxide_audio::AudioInput::File(audio.to_owned()), 16_000).unwrap();
     let mut opts = TranscribeOptions::default();
     opts.decode.language = language.map(String::from);
-    let (got, _) = f.pipeline.transcribe(&samples, &opts, &mut |_| {}).unwrap();
+    let (got, _) = f
+        .pipeline
+        .transcribe(&samples, &opts, &mut |_| true)
+        .unwrap();
     let name = f.name;
     assert_eq!(
         got.language,

@@ -110,7 +110,7 @@ pub trait Transcriber: Send + Sync {
         &self,
         samples: &[f32],
         request: &TranscribeRequest,
-        progress: &mut dyn FnMut(Progress<'_>),
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)>;
 
     /// Bytes of weights one decoder step reads, where the model knows it (the bandwidth
@@ -160,7 +160,7 @@ impl Transcriber for WhisperPipeline {
         &self,
         samples: &[f32],
         request: &TranscribeRequest,
-        progress: &mut dyn FnMut(Progress<'_>),
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         let special = *self.rules().special();
         let language = match request.language.as_deref() {
@@ -237,7 +237,7 @@ impl Transcriber for VoxtralRealtime {
         &self,
         samples: &[f32],
         request: &TranscribeRequest,
-        progress: &mut dyn FnMut(Progress<'_>),
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         let unsupported = |what: &str| {
             Err(Error::InvalidRequest(format!(

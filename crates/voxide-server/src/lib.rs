@@ -320,7 +320,7 @@ pub fn serve(config: ServerConfig, models: Registry) -> Result<()> {
         eprintln!("listening on http://{}", server.local_addr()?);
         server.run_until(shutdown_signal()).await
     });
-    // A transcription that outlived its request (504) cannot be interrupted; do not wait for it.
+    // Work stops at its next window or chunk once its client is gone; do not wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }

@@ -15,6 +15,8 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use voxide_audio::{decode_bytes, mono_at_rate};
@@ -145,17 +147,28 @@ async fn handle(
     // Segments go out as they are decoded when streaming; the transcript comes at the end.
     let (tx, mut rx) = mpsc::channel::<Result<Piece, ApiError>>(PIECES);
     let stream = options.stream;
+    // A client that goes away stops the decoding at its next window: a streamed reply's
+    // receiver is dropped with the body, a plain one's handler future with this guard.
+    let client_gone = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = SetOnDrop(client_gone.clone());
     tokio::task::spawn_blocking(move || {
         let _slot = permit;
         let clock = std::time::Instant::now();
         let mut sent = 0;
         let mut send_new = |segments: &[Segment]| {
-            if stream {
-                for segment in segments.get(sent..).unwrap_or_default() {
-                    let _ = tx.blocking_send(Ok(Piece::Segment(segment.text.clone())));
-                }
-                sent = sent.max(segments.len());
+            if !stream {
+                return !client_gone.load(Ordering::Relaxed);
             }
+            for segment in segments.get(sent..).unwrap_or_default() {
+                if tx
+                    .blocking_send(Ok(Piece::Segment(segment.text.clone())))
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            sent = sent.max(segments.len());
+            true
         };
         let result = transcribe(
             transcriber.as_ref(),
@@ -165,7 +178,9 @@ async fn handle(
             &mut |p| send_new(p.segments),
         );
         let piece = result.map(|transcript| {
-            send_new(&transcript.segments);
+            if stream {
+                send_new(&transcript.segments);
+            }
             let wall_s = clock.elapsed().as_secs_f64();
             shared
                 .metrics
@@ -175,8 +190,7 @@ async fn handle(
         let _ = tx.blocking_send(piece);
     });
     // Errors before the first piece (bad audio, …) are answered with their status; past the
-    // deadline the answer is 504 (the decoding itself cannot be interrupted and runs to its
-    // end in its slot).
+    // deadline the answer is 504 (and the decoding stops at its next window).
     let first = match state.until(deadline, rx.recv()).await? {
         Some(piece) => piece?,
         None => return Err(ApiError::internal("the transcription stopped unexpectedly")),
@@ -197,6 +211,15 @@ async fn handle(
         }
         first => events(first, rx, deadline, state.limits.request_timeout),
     })
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Pieces waiting for a streamed reply.
@@ -412,7 +435,7 @@ fn transcribe(
     upload: &Upload,
     request: &TranscribeRequest,
     max_audio_s: f64,
-    progress: &mut dyn FnMut(Progress<'_>),
+    progress: &mut dyn FnMut(Progress<'_>) -> bool,
 ) -> Result<Transcript, ApiError> {
     let audio = decode_bytes(&upload.bytes, &upload.name)?;
     let duration = audio.duration_s();

@@ -167,17 +167,21 @@ impl VoxtralRealtime {
         &self,
         samples: &[f32],
         options: StreamOptions,
-        progress: &mut dyn FnMut(Progress<'_>),
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         let mut stream = self.stream(options)?;
         // 30 s chunks keep the conv stem's activations small on long inputs.
         const CHUNK: usize = 30 * SAMPLE_RATE as usize;
         for (i, chunk) in samples.chunks(CHUNK).enumerate() {
             stream.push(chunk)?;
-            progress(Progress {
-                fraction: ((i + 1) * CHUNK).min(samples.len()) as f64 / samples.len().max(1) as f64,
+            let fraction =
+                ((i + 1) * CHUNK).min(samples.len()) as f64 / samples.len().max(1) as f64;
+            if !progress(Progress {
+                fraction,
                 segments: &[],
-            });
+            }) {
+                return Err(Error::Cancelled);
+            }
         }
         stream.finish()?;
         let tokens = stream.tokens().to_vec();

@@ -8,7 +8,7 @@ use super::decoding::{DecodingOptions, DecodingResult, LogitRules, WindowDecoder
 use super::model::Whisper;
 use super::tokenizer::Tokenizer;
 use super::{HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::transcript::{Progress, Segment, Timings, Transcript};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
@@ -133,7 +133,7 @@ impl WhisperPipeline {
         &self,
         samples: &[f32],
         opts: &TranscribeOptions,
-        progress: &mut dyn FnMut(Progress<'_>),
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         let mut timings = Timings::default();
         let start = Instant::now();
@@ -223,10 +223,12 @@ impl WhisperPipeline {
                 }
                 if skip {
                     seek += segment_size;
-                    progress(Progress {
+                    if !progress(Progress {
                         fraction: seek.min(content_frames) as f64 / content_frames as f64,
                         segments: &segments,
-                    });
+                    }) {
+                        return Err(Error::Cancelled);
+                    }
                     continue;
                 }
             }
@@ -300,10 +302,12 @@ impl WhisperPipeline {
             if !opts.condition_on_previous_text || result.temperature > 0.5 {
                 prompt_reset_since = all_tokens.len();
             }
-            progress(Progress {
+            if !progress(Progress {
                 fraction: seek.min(content_frames) as f64 / content_frames as f64,
                 segments: &segments,
-            });
+            }) {
+                return Err(Error::Cancelled);
+            }
         }
 
         let text = self

@@ -22,7 +22,7 @@ use protocol::{error_event, event, Dialect, ProtocolError, Settings};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use session::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -125,6 +125,8 @@ pub(crate) struct Outbox {
     events: mpsc::Sender<Value>,
     next_id: Arc<AtomicU64>,
     dialect: Dialect,
+    /// Set when the connection ends: the session's work stops at its next window.
+    closed: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -175,6 +177,11 @@ impl Outbox {
         );
     }
 
+    /// Whether the client is gone.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     /// The event announcing a committed item.
     fn item_created(&self) -> &'static str {
         match self.dialect {
@@ -208,6 +215,7 @@ async fn connection(socket: WebSocket, state: AppState, settings: Settings, dial
         events,
         next_id: Arc::new(AtomicU64::new(0)),
         dialect,
+        closed: Arc::new(AtomicBool::new(false)),
     };
     let session_id = format!("sess_{:06}", SESSIONS.fetch_add(1, Ordering::Relaxed) + 1);
     let created = match dialect {
@@ -283,7 +291,9 @@ async fn connection(socket: WebSocket, state: AppState, settings: Settings, dial
             Some(Ok(_)) => {}
         }
     }
-    // Dropping the sender ends the session's thread; the writer ends with the last sender.
+    // Dropping the sender ends the session's thread (its work stops at the next window);
+    // the writer ends with the last sender.
+    client.out.closed.store(true, Ordering::Relaxed);
     drop(client);
     let _ = worker.await;
     let _ = writer.await;

@@ -41,6 +41,9 @@ pub(super) fn run(
 ) {
     let mut session = Session::new(shared, settings, out, runtime);
     while let Some(command) = inbox.blocking_recv() {
+        if session.out.is_closed() {
+            break;
+        }
         session.handle(command);
     }
 }
@@ -437,7 +440,7 @@ impl<'a> Session<'a> {
             .map_err(|e| e.message)?;
         let clock = Instant::now();
         let (transcript, _) = model
-            .transcribe(audio, request, &mut |_| {})
+            .transcribe(audio, request, &mut |_| !self.out.is_closed())
             .map_err(|e| format!("the transcription failed: {e}"))?;
         shared.metrics.add_audio(
             "realtime",

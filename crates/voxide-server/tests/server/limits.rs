@@ -119,3 +119,61 @@ fn a_stream_past_the_deadline_is_cut_off() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `seconds` of jfk.wav repeated, as a 16-bit 16 kHz mono WAV file.
+fn long_wav(seconds: usize) -> Vec<u8> {
+    let raw = std::fs::read(super::jfk()).unwrap();
+    // jfk.wav: a 44-byte header, then 16-bit 16 kHz mono samples.
+    let clip = &raw[44..];
+    let data: Vec<u8> = clip.iter().copied().cycle().take(seconds * 32000).collect();
+    let mut wav = Vec::with_capacity(44 + data.len());
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    for field in [16u32, 1 | (1 << 16), 16000, 32000, 2 | (16 << 16)] {
+        wav.extend_from_slice(&field.to_le_bytes());
+    }
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&data);
+    wav
+}
+
+#[test]
+fn a_transcription_whose_client_leaves_stops_at_its_next_window() {
+    let server = TestServer::start();
+    let form = Form::new("whisper-1", "long.wav", long_wav(600));
+    let body = form.body();
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let content_type = form.content_type();
+    std::io::Write::write_all(
+        &mut stream,
+        &super::head(
+            "POST",
+            "/v1/audio/transcriptions",
+            &[("Content-Type", content_type.as_str())],
+            body.len(),
+        ),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut stream, &body).unwrap();
+    let clock = Instant::now();
+    while server.admission.running() == 0 {
+        assert!(clock.elapsed() < Duration::from_secs(30), "never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stream);
+    while server.admission.available() == 0 {
+        assert!(
+            clock.elapsed() < Duration::from_secs(120),
+            "the slot stays taken"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // It stopped before its end: no transcription was counted.
+    let metrics = server.get("/metrics").text();
+    assert!(
+        !metrics.contains("voxide_audio_seconds_total{work=\"transcription\"}"),
+        "{metrics}"
+    );
+}

@@ -206,7 +206,7 @@ fn server_vad_turns_on_whisper_equal_the_vad_and_the_model_on_the_same_audio() {
         assert_eq!(events[1]["audio_end_ms"], end / 16);
         assert_eq!(events[2]["previous_item_id"], previous);
         let (text, _) = whisper
-            .transcribe(&heard[start..end], &request, &mut |_| {})
+            .transcribe(&heard[start..end], &request, &mut |_| true)
             .unwrap();
         let completed = &events[5];
         assert_eq!(completed["transcript"], text.text.trim());
@@ -317,7 +317,7 @@ fn twenty_four_khz_pcm16_is_resampled_as_a_whole_file_would_be() {
         ..TranscribeRequest::default()
     };
     let (text, _) = transcriber("whisper-1")
-        .transcribe(heard, &request, &mut |_| {})
+        .transcribe(heard, &request, &mut |_| true)
         .unwrap();
     assert_eq!(completed["transcript"], text.text.trim());
 }

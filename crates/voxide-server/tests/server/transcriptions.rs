@@ -29,7 +29,7 @@ pub fn library_transcript() -> &'static Transcript {
         };
         let samples = load_mono(&AudioInput::File(jfk()), model.sample_rate()).unwrap();
         model
-            .transcribe(&samples, &cli_request(), &mut |_| {})
+            .transcribe(&samples, &cli_request(), &mut |_| true)
             .unwrap()
             .0
     })
