@@ -286,4 +286,12 @@ fn bad_flags_get_a_one_line_error() {
         "two models would be served as \"tiny-random\"",
     );
     fails(&["--model", "=x"], "model id \"\"");
+    fails(
+        &["--model", s(&whisper()), "--max-realtime-sessions", "0"],
+        "--max-realtime-sessions must be at least 1",
+    );
+    fails(
+        &["--model", s(&whisper()), "--vad-model", "./no/such/vad.bin"],
+        "--vad-model ./no/such/vad.bin",
+    );
 }
