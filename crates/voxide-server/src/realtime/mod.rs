@@ -167,6 +167,18 @@ impl Outbox {
         );
     }
 
+    /// An item's whole transcript.
+    fn completed(&self, item_id: &str, transcript: &str, seconds: f64) {
+        self.send_blocking(
+            "conversation.item.input_audio_transcription.completed",
+            json!({
+                "item_id": item_id, "content_index": 0,
+                "transcript": transcript.trim(),
+                "usage": { "type": "duration", "seconds": seconds },
+            }),
+        );
+    }
+
     /// The model could not transcribe an item.
     fn failed(&self, item_id: &str, message: &str) {
         self.send_blocking(

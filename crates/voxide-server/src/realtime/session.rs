@@ -7,8 +7,9 @@
 
 use super::protocol::{ProtocolError, Settings};
 use super::Outbox;
-use crate::{Engine, Shared};
+use crate::{AppState, Engine};
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -33,7 +34,7 @@ const MIN_COMMIT_SAMPLES: usize = SAMPLE_RATE as usize / 10;
 
 /// Runs a session until the connection drops its sender.
 pub(super) fn run(
-    shared: &Shared,
+    shared: &AppState,
     settings: Settings,
     mut inbox: mpsc::Receiver<Command>,
     out: Outbox,
@@ -49,7 +50,7 @@ pub(super) fn run(
 }
 
 struct Session<'a> {
-    shared: &'a Shared,
+    shared: &'a AppState,
     settings: Settings,
     out: Outbox,
     runtime: Handle,
@@ -83,7 +84,7 @@ struct Item<'a> {
 enum Work<'a> {
     /// A clip model: the audio, transcribed at the end.
     Clip {
-        model: &'a dyn Transcriber,
+        model: Arc<dyn Transcriber>,
         request: TranscribeRequest,
         audio: Vec<f32>,
     },
@@ -99,7 +100,7 @@ enum Work<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(shared: &'a Shared, settings: Settings, out: Outbox, runtime: Handle) -> Self {
+    fn new(shared: &'a AppState, settings: Settings, out: Outbox, runtime: Handle) -> Self {
         let mut session = Self {
             shared,
             resampler: resampler(&settings),
@@ -283,7 +284,7 @@ impl<'a> Session<'a> {
                 busy_s: 0.0,
             },
             None => Work::Clip {
-                model: model.as_ref(),
+                model: model.clone(),
                 request,
                 audio: Vec::new(),
             },
@@ -408,50 +409,68 @@ impl<'a> Session<'a> {
                 model,
                 request,
                 audio,
-            } => match self.transcribe_clip(model, &request, &audio) {
-                Ok(text) => {
-                    self.out.delta(&item.id, &text, ms(self.consumed_until));
-                    text
-                }
-                Err(message) => return self.out.failed(&item.id, &message),
-            },
+            } => {
+                // Off this thread, so that the turns of the audio still arriving are found
+                // on time while the item waits for a slot and is transcribed.
+                let clip = Clip {
+                    shared: Arc::clone(self.shared),
+                    out: self.out.clone(),
+                    item_id: item.id,
+                    end_ms: ms(self.consumed_until),
+                    model,
+                    request,
+                    audio,
+                };
+                let runtime = self.runtime.clone();
+                self.runtime
+                    .spawn_blocking(move || clip.transcribe(&runtime));
+                return;
+            }
         };
-        self.out.send_blocking(
-            "conversation.item.input_audio_transcription.completed",
-            json!({
-                "item_id": item.id, "content_index": 0,
-                "transcript": transcript.trim(),
-                "usage": { "type": "duration", "seconds": seconds },
-            }),
-        );
-    }
-
-    /// A clip model's transcript of `audio`, in a model slot like any request.
-    fn transcribe_clip(
-        &self,
-        model: &dyn Transcriber,
-        request: &TranscribeRequest,
-        audio: &[f32],
-    ) -> Result<String, String> {
-        let shared = self.shared;
-        let _slot = self
-            .runtime
-            .block_on(shared.admit(shared.deadline()))
-            .map_err(|e| e.message)?;
-        let clock = Instant::now();
-        let (transcript, _) = model
-            .transcribe(audio, request, &mut |_| !self.out.is_closed())
-            .map_err(|e| format!("the transcription failed: {e}"))?;
-        shared.metrics.add_audio(
-            "realtime",
-            audio.len() as f64 / SAMPLE_RATE as f64,
-            clock.elapsed().as_secs_f64(),
-        );
-        Ok(transcript.text)
+        self.out.completed(&item.id, &transcript, seconds);
     }
 
     fn error(&self, error: ProtocolError, client_event: Option<&str>) {
         self.out.send_error_blocking(&error, client_event);
+    }
+}
+
+/// A clip model's item, transcribed in a model slot like any request.
+struct Clip {
+    shared: AppState,
+    out: Outbox,
+    item_id: String,
+    /// Where the item ends on the session's timeline.
+    end_ms: u64,
+    model: Arc<dyn Transcriber>,
+    request: TranscribeRequest,
+    audio: Vec<f32>,
+}
+
+impl Clip {
+    fn transcribe(self, runtime: &Handle) {
+        let shared = &self.shared;
+        let Ok(_slot) = runtime.block_on(shared.admit(shared.deadline())) else {
+            let message = "the server is busy: every model slot is in use and the queue is full";
+            return self.out.failed(&self.item_id, message);
+        };
+        let clock = Instant::now();
+        let transcribed = self
+            .model
+            .transcribe(&self.audio, &self.request, &mut |_| !self.out.is_closed());
+        let transcript = match transcribed {
+            Ok((transcript, _)) => transcript,
+            Err(e) => {
+                let message = format!("the transcription failed: {e}");
+                return self.out.failed(&self.item_id, &message);
+            }
+        };
+        let seconds = self.audio.len() as f64 / SAMPLE_RATE as f64;
+        shared
+            .metrics
+            .add_audio("realtime", seconds, clock.elapsed().as_secs_f64());
+        self.out.delta(&self.item_id, &transcript.text, self.end_ms);
+        self.out.completed(&self.item_id, &transcript.text, seconds);
     }
 }
 
