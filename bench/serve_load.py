@@ -4,6 +4,7 @@
     bench/serve_load.py http     [--clients 1,4,16,64] [--requests 64] [--files GLOB ...]
     bench/serve_load.py soak     [--clients 4] [--duration-s 600]
     bench/serve_load.py realtime [--streams 1,4] [--files ../shared/corpus/longform/X.wav]
+    bench/serve_load.py bad      [--rounds 100]
 
     common: [--voxide target/release/voxide] --model ID=DIR ... [--serve-arg='--max-queue 16']
             | --url http://127.0.0.1:PORT [--server-pid PID] [--limits C,Q]
@@ -40,6 +41,13 @@ Modes
             includes the VAD's silence_duration_ms), speech_stopped event -> `completed`
             (transcription alone); per delta carrying voxide's `audio_end_ms`: the wall time
             that audio was sent -> the delta's arrival.
+  bad       --rounds R rounds of bad input, each answered with its error: a garbage upload,
+            an empty file, a wrong field type, an unknown model, an oversized upload (413),
+            an unknown route; on the realtime socket, malformed base64, audio before the
+            session names a model, an unknown event, and a socket dropped mid-session. Every
+            answer must carry its status (or `error` event) and the server's RSS after the
+            last round must be within --soak-tolerance-pct of its RSS after --warmup-rounds
+            (default: half of the rounds).
 
 Output: a markdown table on stdout (the CPU's model name and core count in the header), the
 raw numbers with --json FILE; exit status 1 when a check fails (a 5xx, a transport error or
@@ -994,7 +1002,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 2)[2])
-    p.add_argument("mode", choices=["http", "soak", "realtime"])
+    p.add_argument("mode", choices=["http", "soak", "realtime", "bad"])
     g = p.add_argument_group("server")
     g.add_argument("--voxide", default=os.path.join(REPO, "target", "release", "voxide"),
                    help="the voxide binary to start (default: target/release/voxide)")
@@ -1044,6 +1052,12 @@ def parse_args(argv):
     g.add_argument("--prefix-padding-ms", type=int, default=300)
     g.add_argument("--silence-duration-ms", type=int, default=500)
     g.add_argument("--rt-preselect", action="store_true", help="also pass &model=ID on the URL")
+    g = p.add_argument_group("bad")
+    g.add_argument("--rounds", type=int, default=100, help="rounds of bad input")
+    g.add_argument("--warmup-rounds", type=int,
+                   help="the RSS baseline is taken after this many rounds (default: half of them; the "
+                        "first oversized uploads leave the allocator holding pages, a leak keeps growing)")
+    g.add_argument("--max-upload-mb", type=int, default=25, help="the server's --max-upload-mb")
     g = p.add_argument_group("output")
     g.add_argument("--json", help="write the raw numbers (every request, RSS samples) here")
     return p.parse_args(argv)
@@ -1103,6 +1117,8 @@ def main(argv):
                 raise SetupError(f"{f}: the realtime mode reads WAV files (PCM16)")
             pcm = read_wav_pcm16(f, args.input_rate, args.max_audio_s)
             audios.append((os.path.relpath(f, CORPUS) if f.startswith(CORPUS) else f, pcm))
+    elif args.mode == "bad":
+        jobs, tjobs = [], []
     else:
         files = expand_files(args.files or DEFAULT_HTTP_FILES, "audio") if args.stt_model else []
         jobs = stt_jobs(files, args.stt_model, args.response_format, args.language) if args.stt_model else []
@@ -1113,7 +1129,7 @@ def main(argv):
             raise SetupError("nothing to send: --stt-model is empty and no --tts-model")
 
     default_deadline = {"http": 3600.0, "soak": args.duration_s + 2 * args.timeout_s + 120,
-                        "realtime": 3600.0}[args.mode]
+                        "realtime": 3600.0, "bad": 3600.0}[args.mode]
     deadline = args.deadline_s or default_deadline
 
     server = None
@@ -1189,6 +1205,9 @@ def main(argv):
                                      f"(at least one per client), after {args.warmup} warm-up"))
             out_parts.append(header(args, "http", target, server, meta))
             run_http(args, target, jobs, tjobs, limit, sampler, result, out_parts)
+        elif args.mode == "bad":
+            out_parts.append(header(args, "bad", target, server, meta))
+            run_bad(args, target, sampler, result, out_parts)
         elif args.mode == "soak":
             out_parts.append(header(args, "soak", target, server, meta))
             run_soak(args, target, jobs or tjobs, limit, sampler, result, out_parts, rss_idle)
@@ -1245,6 +1264,117 @@ def main(argv):
             json.dump(result, f, indent=1, default=str)
         log(f"wrote {args.json}")
     return status
+
+
+def bad_http_cases(args):
+    """(name, method, path, body, content type, expected status) of each bad HTTP request."""
+    m = args.stt_model
+    garbage, ct = multipart([("model", m)], "noise.wav", os.urandom(4096))
+    empty, ct_empty = multipart([("model", m)], "empty.wav", b"")
+    unknown, ct_unknown = multipart([("model", "no-such-model")], "x.wav", b"RIFF")
+    wrong, ct_wrong = multipart([("model", m), ("temperature", "hot")], "x.wav", b"RIFF")
+    big, ct_big = multipart([("model", m)], "big.wav", bytes(args.max_upload_mb * 1024 * 1024 + 1))
+    return [
+        ("garbage upload", "POST", "/v1/audio/transcriptions", garbage, ct, 400),
+        ("empty file", "POST", "/v1/audio/transcriptions", empty, ct_empty, 400),
+        ("unknown model", "POST", "/v1/audio/transcriptions", unknown, ct_unknown, 404),
+        ("wrong field type", "POST", "/v1/audio/transcriptions", wrong, ct_wrong, 400),
+        ("oversized upload", "POST", "/v1/audio/transcriptions", big, ct_big, 413),
+        ("speech without input", "POST", "/v1/audio/speech", b'{"model": "x", "input": 3}',
+         "application/json", None),
+        ("unknown route", "GET", "/v1/nothing", b"", "text/plain", 404),
+    ]
+
+
+async def bad_realtime_round(target, model):
+    """One session of bad events and a dropped socket: the error codes it got, in order."""
+    from websockets.asyncio.client import connect
+
+    url = f"ws://{target.host}:{target.port}{target.base}/v1/realtime?intent=transcription"
+    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+    codes = []
+    ws = await connect(url, additional_headers=headers, open_timeout=30)
+    await asyncio.wait_for(ws.recv(), 30)  # session created
+    audio = base64.b64encode(bytes(32000)).decode()
+    events = [  # (event, whether the server answers it)
+        ({"type": "input_audio_buffer.append", "audio": audio}, True),  # no model named yet
+        ({"type": "no.such.event"}, True),
+        ({"type": "transcription_session.update",
+          "session": {"input_audio_transcription": {"model": model}, "turn_detection": None}}, True),
+        ({"type": "input_audio_buffer.append", "audio": "%%% not base64"}, True),
+        ({"type": "input_audio_buffer.append", "audio": audio}, False),
+    ]
+    for event, answered in events:
+        await ws.send(json.dumps(event))
+        if answered:
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            codes.append(reply.get("error", {}).get("code") or reply["type"])
+    # Dropped mid-session, with audio uncommitted: no close frame.
+    ws.transport.abort()
+    return codes
+
+
+def run_bad(args, target, sampler, result, out_parts):
+    cases = bad_http_cases(args)
+    want_ws = ["session_not_configured", "unknown_event", "transcription_session.updated", "invalid_value"]
+    counts = {name: collections.Counter() for name, *_ in cases}
+    counts["realtime session"] = collections.Counter()
+    failures = []
+    rss_after_first = None
+    warmup = min(args.warmup_rounds or max(1, args.rounds // 2), args.rounds)
+    t0 = time.monotonic()
+    for r in range(args.rounds):
+        if STOP.is_set():
+            break
+        for name, method, path, body, ct, want in cases:
+            conn = http.client.HTTPConnection(target.host, target.port, timeout=args.timeout_s)
+            try:
+                conn.request(method, target.base + path, body=body,
+                             headers=target.headers({"Content-Type": ct}))
+                resp = conn.getresponse()
+                reply = resp.read()
+                status = resp.status
+            except OSError as e:  # an early 413 may close before the upload ends
+                status, reply = (413, b"") if want == 413 else (f"transport: {e}", b"")
+            finally:
+                conn.close()
+            ok = status == want if want else isinstance(status, int) and 400 <= status < 500
+            if ok and reply:  # every answer is OpenAI's error object
+                ok = b'"error"' in reply
+            counts[name]["ok" if ok else f"got {status}"] += 1
+            if not ok and len(failures) < 10:
+                failures.append(f"{name}: {status} {reply[:120]!r}")
+        try:
+            codes = asyncio.run(bad_realtime_round(target, args.stt_model))
+            ok = codes == want_ws
+        except Exception as e:  # noqa: BLE001 - any failure is reported
+            codes, ok = [repr(e)], False
+        counts["realtime session"]["ok" if ok else "wrong"] += 1
+        if not ok and len(failures) < 10:
+            failures.append(f"realtime session: {codes}")
+        if r + 1 == warmup:
+            time.sleep(1.0)
+            sampler.sample()
+            rss_after_first = sampler.last()
+    time.sleep(2.0)  # let dropped sessions close
+    sampler.sample()
+    rss_end = sampler.last()
+    code, _ = target.get("/health")
+    growth = (rss_end - rss_after_first) / rss_after_first * 100 if rss_after_first and rss_end else None
+    flat = growth is not None and growth <= args.soak_tolerance_pct
+    all_ok = all(set(c) == {"ok"} for c in counts.values()) and code == 200
+    check = "pass" if all_ok and flat else "FAIL"
+    result["bad"] = {"counts": {k: dict(v) for k, v in counts.items()}, "failures": failures,
+                     "rss_after_first_kib": rss_after_first, "rss_end_kib": rss_end, "growth_pct": growth,
+                     "health_after": code, "wall_s": time.monotonic() - t0}
+    result["soak_check"] = check
+    rows = ["| input | answers as expected |", "|---|---:|"]
+    for name, c in counts.items():
+        rows.append(f"| {name} | {c['ok']}/{sum(c.values())} |")
+    out_parts.append(f"\n**bad input, {args.rounds} rounds**\n\n" + "\n".join(rows) + "\n\n"
+                     f"RSS after {warmup} rounds {fmt_mib(rss_after_first)} MiB, after the last "
+                     f"{fmt_mib(rss_end)} MiB ({growth:+.1f} %); /health afterwards: {code}; check: {check}\n"
+                     + ("".join(f"\n- {f}" for f in failures) + "\n" if failures else ""))
 
 
 def warm_up(args, target, jobs, n):

@@ -32,6 +32,13 @@ def main() -> None:
         result["srt"] = client.audio.transcriptions.create(
             model="whisper-1", file=f, response_format="srt"
         )
+    for response_format in ("text", "vtt"):
+        with open(audio, "rb") as f:
+            result[response_format] = client.audio.transcriptions.create(
+                model="whisper-1", file=f, response_format=response_format
+            )
+    with open(audio, "rb") as f:
+        result["translation"] = client.audio.translations.create(model="whisper-1", file=f).text
     with open(audio, "rb") as f:
         verbose = client.audio.transcriptions.create(
             model="whisper-1",

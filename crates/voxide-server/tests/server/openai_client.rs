@@ -47,6 +47,15 @@ fn the_official_python_client_works() {
         got["srt"],
         render(want, OutputFormat::Srt, "transcribe").as_str()
     );
+    assert_eq!(
+        got["text"],
+        render(want, OutputFormat::Txt, "transcribe").as_str()
+    );
+    assert_eq!(
+        got["vtt"],
+        render(want, OutputFormat::Vtt, "transcribe").as_str()
+    );
+    assert!(got["translation"].is_string());
     assert_eq!(got["verbose_segments"], want.segments.len());
     assert_eq!(got["verbose_duration"], 11.0);
     let stream = got["stream"].as_array().unwrap();
