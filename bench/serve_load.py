@@ -1036,7 +1036,8 @@ def parse_args(argv):
     g.add_argument("--warmup", type=int, default=1, help="requests before the measurement (not counted)")
     g = p.add_argument_group("soak")
     g.add_argument("--duration-s", type=float, default=600.0)
-    g.add_argument("--warmup-s", type=float, default=60.0, help="RSS baseline taken after this much soak")
+    g.add_argument("--warmup-s", type=float, default=150.0,
+                   help="RSS baseline taken after this much soak (the blocking threads' allocator arenas fill in the first two minutes)")
     g.add_argument("--soak-tolerance-pct", type=float, default=5.0, help="allowed RSS growth after the warm-up")
     g = p.add_argument_group("realtime")
     g.add_argument("--streams", default="1,4", help="concurrent realtime sessions per level")
