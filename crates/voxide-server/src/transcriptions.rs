@@ -11,7 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -30,17 +30,27 @@ const UPLOAD_NAME: &str = "<upload>";
 /// `POST /v1/audio/transcriptions`.
 pub(crate) async fn transcriptions(
     state: State<AppState>,
+    headers: HeaderMap,
     form: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    handle(state, form, false).await
+    handle(state, &headers, form, false).await
 }
 
 /// `POST /v1/audio/translations`: the speech translated into English.
 pub(crate) async fn translations(
     state: State<AppState>,
+    headers: HeaderMap,
     form: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    handle(state, form, true).await
+    handle(state, &headers, form, true).await
+}
+
+/// The body's declared length, if any.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// 413 before reading a body whose declared length is over the limit (the client learns at
@@ -50,11 +60,7 @@ pub(crate) async fn refuse_large_uploads(
     request: Request,
     next: Next,
 ) -> Response {
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(request.headers());
     let limit = state.limits.max_upload_bytes + crate::FORM_OVERHEAD_BYTES;
     match declared {
         Some(length) if length > limit as u64 => {
@@ -105,6 +111,7 @@ struct Options {
 
 async fn handle(
     State(state): State<AppState>,
+    headers: &HeaderMap,
     form: Result<Multipart, MultipartRejection>,
     translate: bool,
 ) -> Result<Response, ApiError> {
@@ -114,7 +121,11 @@ async fn handle(
             e.body_text()
         ))
     })?;
-    let mut form = read_form(form, state.limits.max_upload_bytes).await?;
+    // The file takes most of the body: room for it at once, not by doubling (a 25 MB upload
+    // would otherwise peak at 16 + 32 MB while its buffer grows).
+    let max_upload = state.limits.max_upload_bytes;
+    let expected = declared_length(headers).map_or(0, |n| (n as usize).min(max_upload));
+    let mut form = read_form(form, max_upload, expected).await?;
     let upload = form.file.take().ok_or_else(|| {
         ApiError::invalid_param("file", "no `file` field: upload the audio as `file`")
     })?;
@@ -287,8 +298,13 @@ fn events(
         .into_response()
 }
 
-/// Reads every field; the file is cut off at `max_upload` bytes (413).
-async fn read_form(mut form: Multipart, max_upload: usize) -> Result<Form, ApiError> {
+/// Reads every field; the file is cut off at `max_upload` bytes (413); `expected`: the room
+/// to make for it.
+async fn read_form(
+    mut form: Multipart,
+    max_upload: usize,
+    expected: usize,
+) -> Result<Form, ApiError> {
     let mut out = Form::default();
     while let Some(field) = form.next_field().await.map_err(form_error)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -301,7 +317,7 @@ async fn read_form(mut form: Multipart, max_upload: usize) -> Result<Form, ApiEr
                     .to_string();
                 out.file = Some(Upload {
                     name: file_name,
-                    bytes: read_file(field, max_upload).await?,
+                    bytes: read_file(field, max_upload, expected).await?,
                 });
             }
             "model" => out.model = Some(text(field).await?),
@@ -320,8 +336,12 @@ async fn read_form(mut form: Multipart, max_upload: usize) -> Result<Form, ApiEr
     Ok(out)
 }
 
-async fn read_file(mut field: Field<'_>, max_upload: usize) -> Result<Vec<u8>, ApiError> {
-    let mut bytes = Vec::new();
+async fn read_file(
+    mut field: Field<'_>,
+    max_upload: usize,
+    expected: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::with_capacity(expected);
     while let Some(chunk) = field.chunk().await.map_err(form_error)? {
         if bytes.len() + chunk.len() > max_upload {
             return Err(too_large(max_upload));
