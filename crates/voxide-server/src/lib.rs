@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub api_key: Option<String>,
     /// Realtime session slots (`--max-realtime-sessions`).
     pub sessions: Arc<tokio::sync::Semaphore>,
+    /// Uploads held at once: as many as run and wait (`--max-concurrency` + `--max-queue`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// Turns true when the server begins to shut down (realtime sessions then close).
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -142,6 +144,9 @@ fn router(
         limits: config.limits.clone(),
         api_key: config.api_key.clone(),
         sessions,
+        uploads: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_concurrency + config.limits.max_queue,
+        )),
         stopping,
     });
     let uploads = Router::new()

@@ -121,6 +121,13 @@ async fn handle(
             e.body_text()
         ))
     })?;
+    // At most as many uploads are held in memory as can run or wait: a request beyond them
+    // is turned away before its body is read.
+    let upload_slot = state
+        .uploads
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::busy())?;
     // The file takes most of the body: room for it at once, not by doubling (a 25 MB upload
     // would otherwise peak at 16 + 32 MB while its buffer grows).
     let max_upload = state.limits.max_upload_bytes;
@@ -163,7 +170,7 @@ async fn handle(
     let client_gone = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = SetOnDrop(client_gone.clone());
     tokio::task::spawn_blocking(move || {
-        let _slot = permit;
+        let _slots = (permit, upload_slot);
         let clock = std::time::Instant::now();
         let mut sent = 0;
         let mut send_new = |segments: &[Segment]| {

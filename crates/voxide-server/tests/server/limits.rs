@@ -139,10 +139,8 @@ fn long_wav(seconds: usize) -> Vec<u8> {
     wav
 }
 
-#[test]
-fn a_transcription_whose_client_leaves_stops_at_its_next_window() {
-    let server = TestServer::start();
-    let form = Form::new("whisper-1", "long.wav", long_wav(600));
+/// Sends a transcription request and returns the connection without reading the answer.
+fn start_transcription(server: &TestServer, form: &Form) -> std::net::TcpStream {
     let body = form.body();
     let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
     let content_type = form.content_type();
@@ -157,23 +155,69 @@ fn a_transcription_whose_client_leaves_stops_at_its_next_window() {
     )
     .unwrap();
     std::io::Write::write_all(&mut stream, &body).unwrap();
+    stream
+}
+
+/// Waits (at most 30 s) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
     let clock = Instant::now();
-    while server.admission.running() == 0 {
-        assert!(clock.elapsed() < Duration::from_secs(30), "never started");
+    while !done() {
+        assert!(clock.elapsed() < Duration::from_secs(30), "{what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+#[test]
+fn a_transcription_whose_client_leaves_stops_at_its_next_window() {
+    let server = TestServer::start();
+    let stream = start_transcription(&server, &Form::new("whisper-1", "long.wav", long_wav(600)));
+    wait_until("never started", || server.admission.running() == 1);
     drop(stream);
-    while server.admission.available() == 0 {
-        assert!(
-            clock.elapsed() < Duration::from_secs(120),
-            "the slot stays taken"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the slot stays taken", || server.admission.available() == 1);
     // It stopped before its end: no transcription was counted.
     let metrics = server.get("/metrics").text();
     assert!(
         !metrics.contains("voxide_audio_seconds_total{work=\"transcription\"}"),
         "{metrics}"
     );
+}
+
+#[test]
+fn uploads_beyond_those_running_and_waiting_are_refused_before_their_body() {
+    let server = TestServer::with(ServerConfig::default(), |c| {
+        c.limits.max_concurrency = 1;
+        c.limits.max_queue = 1;
+    });
+    let long = Form::new("whisper-1", "long.wav", long_wav(600));
+    let running = start_transcription(&server, &long);
+    wait_until("the first never started", || {
+        server.admission.running() == 1
+    });
+    let waiting = start_transcription(&server, &long);
+    wait_until("the second never queued", || {
+        server.admission.waiting() == 1
+    });
+    // A third sends its head and a few bytes of its body: the answer comes without the rest.
+    let body = long.body();
+    let mut third = std::net::TcpStream::connect(server.addr).unwrap();
+    let content_type = long.content_type();
+    std::io::Write::write_all(
+        &mut third,
+        &super::head(
+            "POST",
+            "/v1/audio/transcriptions",
+            &[("Content-Type", content_type.as_str())],
+            body.len(),
+        ),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut third, &body[..1000]).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut third, &mut head).expect("an answer before the body");
+    assert_eq!(&head, b"HTTP/1.1 429");
+    drop((running, waiting));
+    wait_until("the slots stay taken", || server.admission.available() == 1);
 }
