@@ -187,7 +187,7 @@ impl<'a> Session<'a> {
             // Without turn detection every window belongs to the open item.
             _ => {
                 if self.item.is_none() {
-                    self.open(start, &[]);
+                    self.open(start);
                 }
                 None
             }
@@ -196,11 +196,13 @@ impl<'a> Session<'a> {
             Some(TurnEvent::Started { start: from }) if self.item.is_none() => {
                 let from = from.max(self.consumed_until).max(self.recent_start);
                 let prefix = self.recent[from - self.recent_start..].to_vec();
-                let id = self.open(from, &prefix);
+                let id = self.open(from);
+                // Announced before its audio goes in: a streaming model may answer at once.
                 self.out.send_blocking(
                     "input_audio_buffer.speech_started",
                     json!({ "audio_start_ms": ms(from), "item_id": id }),
                 );
+                self.feed(&prefix);
             }
             _ => self.feed(window),
         }
@@ -240,8 +242,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Opens an item at `start` with `audio` as its first samples; returns its id.
-    fn open(&mut self, start: usize, audio: &[f32]) -> String {
+    /// Opens an item at `start`; returns its id.
+    fn open(&mut self, start: usize) -> String {
         self.items += 1;
         let id = format!("item_{:06}", self.items);
         let work = self.work_for_settings().unwrap_or_else(|e| {
@@ -254,7 +256,6 @@ impl<'a> Session<'a> {
             samples: 0,
             work,
         });
-        self.feed(audio);
         id
     }
 
@@ -337,10 +338,9 @@ impl<'a> Session<'a> {
             let start = self.position;
             self.position += pending.len();
             if self.item.is_none() && self.turns.is_none() {
-                self.open(start, &pending);
-            } else {
-                self.feed(&pending);
+                self.open(start);
             }
+            self.feed(&pending);
         }
         let samples = self.item.as_ref().map_or(0, |item| item.samples);
         if samples < MIN_COMMIT_SAMPLES {
