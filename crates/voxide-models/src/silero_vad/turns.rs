@@ -54,11 +54,6 @@ impl TurnDetector {
         }
     }
 
-    /// Whether a turn is under way.
-    pub fn in_turn(&self) -> bool {
-        self.last_speech_end.is_some()
-    }
-
     /// Takes the speech probability of the next window, which starts at sample `start`;
     /// says whether a turn started or stopped.
     pub fn push(&mut self, start: usize, probability: f32) -> Option<TurnEvent> {
@@ -159,7 +154,6 @@ mod tests {
             Some(TurnEvent::Started { .. })
         ));
         detector.end_turn();
-        assert!(!detector.in_turn());
         assert_eq!(
             detector.push(WINDOW, 0.9),
             Some(TurnEvent::Started { start: 0 })

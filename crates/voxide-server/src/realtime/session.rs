@@ -163,12 +163,15 @@ impl<'a> Session<'a> {
 
     fn audio(&mut self, samples: &[f32]) {
         self.pending.extend_from_slice(samples);
-        let windows = self.pending.len() / WINDOW;
-        let pending = std::mem::take(&mut self.pending);
-        for window in pending.chunks_exact(WINDOW) {
+        let whole = self.pending.len() / WINDOW * WINDOW;
+        // Taken for the loop (window() borrows self), then given back: one buffer for the
+        // whole session.
+        let mut pending = std::mem::take(&mut self.pending);
+        for window in pending[..whole].chunks_exact(WINDOW) {
             self.window(window);
         }
-        self.pending = pending[windows * WINDOW..].to_vec();
+        pending.drain(..whole);
+        self.pending = pending;
     }
 
     /// One 512-sample window: the turns it changes, and the item it belongs to.

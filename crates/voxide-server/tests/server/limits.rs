@@ -89,18 +89,13 @@ fn a_stream_past_the_deadline_is_cut_off() {
     let body = json!({"model": "tts-1", "input": "A long text.", "voice": "tester",
         "response_format": "pcm", "max_frames": 20_000})
     .to_string();
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        &super::head(
-            "POST",
-            "/v1/audio/speech",
-            &[("Content-Type", "application/json")],
-            body.len(),
-        ),
-    )
-    .unwrap();
-    std::io::Write::write_all(&mut stream, body.as_bytes()).unwrap();
+    let mut stream = start_post(
+        &server,
+        "/v1/audio/speech",
+        "application/json",
+        body.as_bytes(),
+        body.len(),
+    );
     let clock = Instant::now();
     let mut raw = Vec::new();
     // The server aborts the connection: the read ends, cleanly or with a reset.
@@ -139,23 +134,32 @@ fn long_wav(seconds: usize) -> Vec<u8> {
     wav
 }
 
-/// Sends a transcription request and returns the connection without reading the answer.
+/// Sends a POST's head (declaring all of `body`) and the first `sent` bytes of `body`; returns
+/// the connection without reading the answer.
+fn start_post(
+    server: &TestServer,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    sent: usize,
+) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let head = super::head("POST", path, &[("Content-Type", content_type)], body.len());
+    std::io::Write::write_all(&mut stream, &head).unwrap();
+    std::io::Write::write_all(&mut stream, &body[..sent]).unwrap();
+    stream
+}
+
+/// Sends a whole transcription request without reading the answer.
 fn start_transcription(server: &TestServer, form: &Form) -> std::net::TcpStream {
     let body = form.body();
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    let content_type = form.content_type();
-    std::io::Write::write_all(
-        &mut stream,
-        &super::head(
-            "POST",
-            "/v1/audio/transcriptions",
-            &[("Content-Type", content_type.as_str())],
-            body.len(),
-        ),
+    start_post(
+        server,
+        "/v1/audio/transcriptions",
+        &form.content_type(),
+        &body,
+        body.len(),
     )
-    .unwrap();
-    std::io::Write::write_all(&mut stream, &body).unwrap();
-    stream
 }
 
 /// Waits (at most 30 s) until `done` holds.
@@ -198,20 +202,13 @@ fn uploads_beyond_those_running_and_waiting_are_refused_before_their_body() {
         server.admission.waiting() == 1
     });
     // A third sends its head and a few bytes of its body: the answer comes without the rest.
-    let body = long.body();
-    let mut third = std::net::TcpStream::connect(server.addr).unwrap();
-    let content_type = long.content_type();
-    std::io::Write::write_all(
-        &mut third,
-        &super::head(
-            "POST",
-            "/v1/audio/transcriptions",
-            &[("Content-Type", content_type.as_str())],
-            body.len(),
-        ),
-    )
-    .unwrap();
-    std::io::Write::write_all(&mut third, &body[..1000]).unwrap();
+    let mut third = start_post(
+        &server,
+        "/v1/audio/transcriptions",
+        &long.content_type(),
+        &long.body(),
+        1000,
+    );
     third
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
