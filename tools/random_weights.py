@@ -5,6 +5,7 @@
         --out DIR [--dtype f32|f16] [--seed N] [--ggml FILE]
     random_weights.py check-ggml FILE DIR      # every ggml tensor == the safetensors one
     random_weights.py voxtral-realtime --out DIR [--seed N] [--layout mistral|hf]
+    random_weights.py voxtral --out DIR [--seed N] [--layout mistral|hf] [--layers N]
     random_weights.py qwen3-tts --size {0.6b,1.7b} --out DIR [--seed N] \
         [--variant {custom_voice,voice_design,base}]
 
@@ -27,6 +28,26 @@ rest <SPECIAL_n>; the section 10.1 audio section). Suggested DIR: target/models/
       rotate-half order, plus language_model.lm_head.weight = the embedding), config.json
       (transformers' VoxtralRealtimeConfig, real values), generation_config.json, tekken.json.
 bf16 is the top 16 bits of f32, rounded to nearest even (as torch's conversion).
+
+voxtral (Voxtral Mini 3B 2507, specs/voxtral-mini-3b.md): bf16 weights at the real shapes,
+4.674 B parameters with the separate output head (9.35 GB, about 2.5 minutes and 0.35 GB of
+memory on 2 cores): Whisper-large-v3-like encoder (32 layers, 1280 wide, 20 heads, LayerNorms
+with bias, k without bias), projector 5120 -> 3072 -> 3072, 30-layer Llama decoder (32 / 8 heads,
+FFN 8192, rope_theta 1e8), output head separate from the embedding. tekken.json as
+voxtral-realtime's (same vocabulary) with the offline audio section (sampling_rate, frame_rate,
+audio_encoding_config, chunk_length_s 30; no streaming fields) and no streaming specials
+([AUDIO] 24, [BEGIN_AUDIO] 25, [TRANSCRIBE] 34). Suggested DIR: target/models/voxtral-mini-3b
+(mistral) and target/models/voxtral-mini-3b-hf (hf).
+  --layout mistral (default): consolidated.safetensors (761 tensors, names the inverse of
+      transformers' convert_voxtral_weights_to_hf.py: tok_embeddings, output, layers.N.*,
+      mm_whisper_embeddings.{whisper_encoder.*, audio_language_projection.{0,2}}; no positional
+      table; decoder q/k rows interleaved), params.json, tekken.json.
+  --layout hf: model.safetensors (762 tensors: the same values, decoder q/k rows permuted to
+      rotate-half (the encoder never is), plus audio_tower.embed_positions.weight, the exact
+      Whisper sinusoids in F32), config.json (VoxtralConfig; text_config has rope_theta and
+      rope_parameters; loads in transformers 4.57 and 5.x), generation_config.json,
+      preprocessor_config.json (WhisperFeatureExtractor, 128 mels), tekken.json.
+  --layers N caps both layer counts (quick tests; the configs say N).
 
 qwen3-tts (Qwen3-TTS-12Hz-{0.6B,1.7B}-{CustomVoice,VoiceDesign,Base}, specs/qwen3-tts.md): the
 layout of the tiny fixtures tests/fixtures/qwen3-tts/tiny-random (CustomVoice) and
@@ -96,7 +117,7 @@ Values (chosen so activations stay O(1) through every layer):
   Qwen3-TTS speaker enc. conv weights and biases as above (base; x-vector std ~0.13-0.3).
 Each tensor has its own generator seeded with (seed, crc32(name)), so a tensor's values do not
 depend on which other tensors exist or on the order they are written (Voxtral's HF layout seeds
-by the Mistral name, hence the identical values).
+by the Mistral name, hence the identical values; so does Voxtral Mini 3B's).
 
 Random weights never emit end-of-text: compare per-window encoder time and per-token decoder
 time with greedy decoding, no temperature fallback and a fixed number of steps.
@@ -230,7 +251,8 @@ def tensor_chunks(name, shape, kind, seed, round_f16=True, fan_in=None):
     `fan_in` overrides the product of the trailing dimensions for kind "w" (transposed convs)."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     if kind == "sinusoid":
-        yield sinusoids(*shape).astype(np.float16).astype(np.float32)
+        table = sinusoids(*shape)
+        yield table.astype(np.float16).astype(np.float32) if round_f16 else table
         return
     rows = shape[0]
     row_elems = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
@@ -531,13 +553,49 @@ TEKKEN_AUDIO = {  # spec §10.1
 }
 
 
+def vx_decoder_layer(c, i):
+    """(Mistral name, shape, kind) of decoder layer i (Llama / Mistral, no biases), shared by
+    Voxtral Realtime and Voxtral Mini 3B; `c` holds dim, n_heads, n_kv_heads, head_dim, hidden_dim."""
+    d = c["dim"]
+    q, kv = c["n_heads"] * c["head_dim"], c["n_kv_heads"] * c["head_dim"]
+    p = f"layers.{i}."
+    return [
+        (f"{p}attention_norm.weight", (d,), "ln_w"),
+        (f"{p}ffn_norm.weight", (d,), "ln_w"),
+        (f"{p}attention.wq.weight", (q, d), "w"),
+        (f"{p}attention.wk.weight", (kv, d), "w"),
+        (f"{p}attention.wv.weight", (kv, d), "w"),
+        (f"{p}attention.wo.weight", (d, q), "w"),
+        (f"{p}feed_forward.w1.weight", (c["hidden_dim"], d), "w"),
+        (f"{p}feed_forward.w3.weight", (c["hidden_dim"], d), "w"),
+        (f"{p}feed_forward.w2.weight", (d, c["hidden_dim"]), "w"),
+    ]
+
+
+def vx_decoder_hf_name(c, name: str):
+    """Mistral decoder name (`layers.N.*`, `norm.weight`) -> (HF name under
+    `language_model.model.`, RoPE row permutation (heads, head_dim) of q/k or None)."""
+    perm = None
+    if ".attention.wq." in name:
+        perm = (c["n_heads"], c["head_dim"])
+    elif ".attention.wk." in name:
+        perm = (c["n_kv_heads"], c["head_dim"])
+    n = name.replace("attention_norm.", "input_layernorm.").replace("ffn_norm.", "post_attention_layernorm.")
+    n = n.replace("ada_rms_norm_t_cond.0.", "ada_rms_norm.linear1.")
+    n = n.replace("ada_rms_norm_t_cond.2.", "ada_rms_norm.linear2.")
+    for m, h in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
+        n = n.replace(f"attention.{m}.", f"self_attn.{h}.")
+    for m, h in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+        n = n.replace(f"feed_forward.{m}.", f"mlp.{h}.")
+    return "language_model.model." + n, perm
+
+
 def vxr_tensors(enc_layers, dec_layers):
     """(Mistral name, shape, kind) of consolidated.safetensors (spec §12.3); kind selects the
     initialiser (see tensor_chunks)."""
     c = VXR
     d, e = c["dim"], c["enc_dim"]
     eq, ekv = c["enc_heads"] * c["enc_head_dim"], c["enc_heads"] * c["enc_head_dim"]
-    q, kv = c["n_heads"] * c["head_dim"], c["n_kv_heads"] * c["head_dim"]
     out = [
         (f"{VXR_ENC}conv_layers.0.conv.weight", (e, c["n_mels"], 3), "w"),
         (f"{VXR_ENC}conv_layers.0.conv.bias", (e,), "b"),
@@ -569,16 +627,7 @@ def vxr_tensors(enc_layers, dec_layers):
     ]
     for i in range(dec_layers):
         p = f"layers.{i}."
-        out += [
-            (f"{p}attention_norm.weight", (d,), "ln_w"),
-            (f"{p}ffn_norm.weight", (d,), "ln_w"),
-            (f"{p}attention.wq.weight", (q, d), "w"),
-            (f"{p}attention.wk.weight", (kv, d), "w"),
-            (f"{p}attention.wv.weight", (kv, d), "w"),
-            (f"{p}attention.wo.weight", (d, q), "w"),
-            (f"{p}feed_forward.w1.weight", (c["hidden_dim"], d), "w"),
-            (f"{p}feed_forward.w3.weight", (c["hidden_dim"], d), "w"),
-            (f"{p}feed_forward.w2.weight", (d, c["hidden_dim"]), "w"),
+        out += vx_decoder_layer(c, i) + [
             (f"{p}ada_rms_norm_t_cond.0.weight", (c["ada_dim"], d), "w"),
             (f"{p}ada_rms_norm_t_cond.2.weight", (d, c["ada_dim"]), "w"),
         ]
@@ -602,16 +651,7 @@ def vxr_hf_name(name: str):
         n = n.replace("tok_embeddings.", "language_model.model.embed_tokens.")
         return n, None
     else:
-        n = name
-        perm = None
-        if ".attention.wq." in n:
-            perm = (c["n_heads"], c["head_dim"])
-        elif ".attention.wk." in n:
-            perm = (c["n_kv_heads"], c["head_dim"])
-        n = n.replace("attention_norm.", "input_layernorm.").replace("ffn_norm.", "post_attention_layernorm.")
-        n = n.replace("ada_rms_norm_t_cond.0.", "ada_rms_norm.linear1.")
-        n = n.replace("ada_rms_norm_t_cond.2.", "ada_rms_norm.linear2.")
-        prefix = "language_model.model."
+        return vx_decoder_hf_name(c, name)
     n = n.replace("attention_norm.", "self_attn_layer_norm.").replace("ffn_norm.", "final_layer_norm.")
     for m, h in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
         n = n.replace(f"attention.{m}.", f"self_attn.{h}.")
@@ -764,10 +804,14 @@ def vxr_hf_config(enc_layers, dec_layers):
     return cfg, gen
 
 
-def vxr_tekken(seed):
+def vxr_tekken(seed, audio=None, specials=None):
     """A full-size synthetic tekken.json (spec §13): 150 000 vocab entries (ranks 0-255 the single
     bytes, then unique 2-6 byte pieces: ASCII words, non-ASCII letters, some raw bytes that are
-    not UTF-8), default_vocab_size 131 072, 1000 special tokens, the §10.1 audio section."""
+    not UTF-8), default_vocab_size 131 072, 1000 special tokens (`specials`: {rank: str}, the rest
+    <SPECIAL_n>; default TEKKEN_SPECIALS) and the `audio` section (default TEKKEN_AUDIO, the
+    realtime §10.1 one). The vocabulary depends on `seed` only."""
+    audio = TEKKEN_AUDIO if audio is None else audio
+    specials = TEKKEN_SPECIALS if specials is None else specials
     import random
 
     rnd = random.Random(zlib.crc32(b"tekken") ^ seed)
@@ -819,11 +863,53 @@ def vxr_tekken(seed):
             for r, b in enumerate(vocab)
         ],
         "special_tokens": [
-            {"rank": i, "token_str": TEKKEN_SPECIALS.get(i, f"<SPECIAL_{i}>"), "is_control": True}
+            {"rank": i, "token_str": specials.get(i, f"<SPECIAL_{i}>"), "is_control": True}
             for i in range(1000)
         ],
-        "audio": TEKKEN_AUDIO,
+        "audio": audio,
     }
+
+
+def vx_write_json(path: Path, obj, sort_keys=False):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=sort_keys)
+        f.write("\n")
+
+
+def vx_write_safetensors(path: Path, specs, seed, quiet, dtypes=None):
+    """Streams `specs` (name, shape, kind, Mistral source name, RoPE permutation or None) into
+    `path` (bf16 unless `dtypes` ({name: dtype}) says otherwise), tensor by tensor in row chunks,
+    through `path`.partial. Returns the parameter count."""
+    n_params = sum(int(np.prod(s, dtype=np.int64)) for _, s, *_ in specs)
+    tmp = path.with_name(path.name + ".partial")
+    st = SafetensorsWriter(tmp, specs, "bf16", dtypes)
+    done = 0
+    for name, shape, kind, src, perm in specs:
+
+        def chunks():
+            for c in vxr_chunks(src, shape, kind, perm, seed):
+                if not np.isfinite(c).all():
+                    raise SystemExit(f"non-finite value generated in {name}")
+                yield c
+
+        st.write(name, chunks())
+        done += int(np.prod(shape, dtype=np.int64))
+        if not quiet:
+            print(f"\r{done / n_params * 100:5.1f}%  {name:<90}", end="", file=sys.stderr, flush=True)
+    if not quiet:
+        print(file=sys.stderr)
+    st.close()
+    os.replace(tmp, path)
+    return n_params
+
+
+def vx_report(label, layout, n_params, specs, path: Path, t0):
+    import time
+
+    print(
+        f"{label} ({layout}): {n_params / 1e9:.3f} B parameters, {len(specs)} tensors, "
+        f"{path.stat().st_size / 1e9:.2f} GB -> {path} ({time.time() - t0:.0f} s)"
+    )
 
 
 def write_voxtral_realtime(args):
@@ -844,36 +930,257 @@ def write_voxtral_realtime(args):
         cfg, gen = vxr_hf_config(enc_layers, dec_layers)
         (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         (out / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
-    tekken = vxr_tekken(args.seed)
-    with open(out / "tekken.json", "w", encoding="utf-8") as f:
-        json.dump(tekken, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    vx_write_json(out / "tekken.json", vxr_tekken(args.seed))
+    n_params = vx_write_safetensors(out / st_name, specs, args.seed, args.quiet)
+    vx_report("voxtral-realtime", args.layout, n_params, specs, out / st_name, t0)
 
-    n_params = sum(int(np.prod(s, dtype=np.int64)) for _, s, *_ in specs)
-    tmp = out / (st_name + ".partial")
-    st = SafetensorsWriter(tmp, specs, "bf16")
-    done = 0
-    for name, shape, kind, src, perm in specs:
 
-        def chunks():
-            for c in vxr_chunks(src, shape, kind, perm, args.seed):
-                if not np.isfinite(c).all():
-                    raise SystemExit(f"non-finite value generated in {name}")
-                yield c
+# ---------------------------------------------------------------------------------------------
+# Voxtral Mini 3B 2507 (specs/voxtral-mini-3b.md): Whisper-large-v3-like encoder (LayerNorm,
+# GELU MLP, sinusoid positions, never RoPE-permuted), the realtime projector, a 30-layer Llama
+# decoder with its own output head. Reuses the realtime decoder / tekken / writer helpers.
 
-        st.write(name, chunks())
-        done += int(np.prod(shape, dtype=np.int64))
-        if not args.quiet:
-            print(f"\r{done / n_params * 100:5.1f}%  {name:<90}", end="", file=sys.stderr, flush=True)
-    if not args.quiet:
-        print(file=sys.stderr)
-    st.close()
-    os.replace(tmp, out / st_name)
-    size = (out / st_name).stat().st_size
-    print(
-        f"voxtral-realtime ({args.layout}): {n_params / 1e9:.3f} B parameters, {len(specs)} tensors, "
-        f"{size / 1e9:.2f} GB -> {out / st_name} ({time.time() - t0:.0f} s)"
-    )
+VX3 = {
+    # decoder (§5)
+    "dim": 3072, "n_layers": 30, "head_dim": 128, "hidden_dim": 8192, "n_heads": 32, "n_kv_heads": 8,
+    "vocab_size": 131072,
+    # encoder (§3, §4, §7)
+    "enc_dim": 1280, "enc_layers": 32, "enc_head_dim": 64, "enc_hidden_dim": 5120, "enc_heads": 20,
+    "n_mels": 128, "downsample": 4, "max_source_positions": 1500, "enc_vocab_size": 51866,
+}
+VX3_EMB = "mm_whisper_embeddings."
+VX3_ENC = VX3_EMB + "whisper_encoder."
+VX3_POSITIONS = "audio_tower.embed_positions.weight"  # HF layout only, F32
+# The offline model's tekken audio section (no streaming fields).
+TEKKEN_AUDIO_OFFLINE = {
+    "sampling_rate": 16000,
+    "frame_rate": 12.5,
+    "audio_encoding_config": {"num_mel_bins": 128, "hop_length": 160, "window_size": 400},
+    "chunk_length_s": 30.0,
+}
+# [AUDIO] 24, [BEGIN_AUDIO] 25, [TRANSCRIBE] 34 (spec §6); no streaming tokens (32, 33 are
+# <SPECIAL_32>, <SPECIAL_33>).
+TEKKEN_SPECIALS_OFFLINE = {k: v for k, v in TEKKEN_SPECIALS.items() if k not in (32, 33)}
+
+
+def vx3_tensors(enc_layers, dec_layers):
+    """(Mistral name, shape, kind) of consolidated.safetensors: the inverse of transformers'
+    convert_voxtral_weights_to_hf.py mapping (no embed_positions in this layout)."""
+    c = VX3
+    d, e, ff = c["dim"], c["enc_dim"], c["enc_hidden_dim"]
+    eq = c["enc_heads"] * c["enc_head_dim"]
+    out = [
+        (f"{VX3_ENC}conv_layers.0.weight", (e, c["n_mels"], 3), "w"),
+        (f"{VX3_ENC}conv_layers.0.bias", (e,), "b"),
+        (f"{VX3_ENC}conv_layers.1.weight", (e, e, 3), "w"),
+        (f"{VX3_ENC}conv_layers.1.bias", (e,), "b"),
+    ]
+    for i in range(enc_layers):
+        p = f"{VX3_ENC}transformer.layers.{i}."
+        out += [
+            (f"{p}attention.wq.weight", (eq, e), "w"),
+            (f"{p}attention.wq.bias", (eq,), "b"),
+            (f"{p}attention.wk.weight", (eq, e), "w"),
+            (f"{p}attention.wv.weight", (eq, e), "w"),
+            (f"{p}attention.wv.bias", (eq,), "b"),
+            (f"{p}attention.wo.weight", (e, eq), "w"),
+            (f"{p}attention.wo.bias", (e,), "b"),
+            (f"{p}attention_norm.weight", (e,), "ln_w"),
+            (f"{p}attention_norm.bias", (e,), "b"),
+            (f"{p}feed_forward.w1.weight", (ff, e), "w"),
+            (f"{p}feed_forward.w1.bias", (ff,), "b"),
+            (f"{p}feed_forward.w2.weight", (e, ff), "w"),
+            (f"{p}feed_forward.w2.bias", (e,), "b"),
+            (f"{p}ffn_norm.weight", (e,), "ln_w"),
+            (f"{p}ffn_norm.bias", (e,), "b"),
+        ]
+    out += [
+        (f"{VX3_ENC}transformer.norm.weight", (e,), "ln_w"),
+        (f"{VX3_ENC}transformer.norm.bias", (e,), "b"),
+        (f"{VX3_EMB}audio_language_projection.0.weight", (d, e * c["downsample"]), "w"),
+        (f"{VX3_EMB}audio_language_projection.2.weight", (d, d), "w"),
+        ("tok_embeddings.weight", (c["vocab_size"], d), "emb"),
+    ]
+    for i in range(dec_layers):
+        out += vx_decoder_layer(c, i)
+    # A separate head at the embedding's scale: logits std about 0.02 sqrt(3072) ~ 1.
+    out += [("norm.weight", (d,), "ln_w"), ("output.weight", (c["vocab_size"], d), "emb")]
+    return out
+
+
+def vx3_hf_name(name: str):
+    """Mistral name -> (HF name, RoPE row permutation or None): decoder q/k only."""
+    if name.startswith(VX3_ENC):
+        n = name[len(VX3_ENC):]
+        n = n.replace("conv_layers.0.", "conv1.").replace("conv_layers.1.", "conv2.")
+        n = n.replace("transformer.layers.", "layers.").replace("transformer.norm.", "layer_norm.")
+        n = n.replace("attention_norm.", "self_attn_layer_norm.").replace("ffn_norm.", "final_layer_norm.")
+        for m, h in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "out_proj")):
+            n = n.replace(f"attention.{m}.", f"self_attn.{h}.")
+        n = n.replace("feed_forward.w1.", "fc1.").replace("feed_forward.w2.", "fc2.")
+        return "audio_tower." + n, None
+    if name.startswith(VX3_EMB):
+        n = name[len(VX3_EMB):]
+        n = n.replace("audio_language_projection.0.", "multi_modal_projector.linear_1.")
+        return n.replace("audio_language_projection.2.", "multi_modal_projector.linear_2."), None
+    if name == "tok_embeddings.weight":
+        return "language_model.model.embed_tokens.weight", None
+    if name == "output.weight":
+        return "language_model.lm_head.weight", None
+    return vx_decoder_hf_name(VX3, name)
+
+
+def vx3_hf_tensors(enc_layers, dec_layers):
+    """(HF name, shape, kind, Mistral source name, permutation) of model.safetensors: the Mistral
+    tensors' values (decoder q/k rows in rotate-half order) plus the F32 sinusoid table."""
+    out = [(VX3_POSITIONS, (VX3["max_source_positions"], VX3["enc_dim"]), "sinusoid", VX3_POSITIONS, None)]
+    for name, shape, kind in vx3_tensors(enc_layers, dec_layers):
+        hf, perm = vx3_hf_name(name)
+        out.append((hf, shape, kind, name, perm))
+    return out
+
+
+def vx3_params(enc_layers, dec_layers):
+    """params.json (as the hub file; audio_encoding_args inside encoder_args)."""
+    c = VX3
+    return {
+        "dim": c["dim"],
+        "n_layers": dec_layers,
+        "head_dim": c["head_dim"],
+        "hidden_dim": c["hidden_dim"],
+        "n_heads": c["n_heads"],
+        "n_kv_heads": c["n_kv_heads"],
+        "rope_theta": 100000000.0,
+        "norm_eps": 1e-05,
+        "vocab_size": c["vocab_size"],
+        "max_seq_len": 32768,
+        "multimodal": {
+            "whisper_model_args": {
+                "encoder_args": {
+                    "audio_encoding_args": {
+                        "sampling_rate": 16000,
+                        "frame_rate": 12.5,
+                        "num_mel_bins": c["n_mels"],
+                        "hop_length": 160,
+                        "window_size": 400,
+                        "chunk_length_s": 30.0,
+                    },
+                    "dim": c["enc_dim"],
+                    "n_layers": enc_layers,
+                    "head_dim": c["enc_head_dim"],
+                    "hidden_dim": c["enc_hidden_dim"],
+                    "n_heads": c["enc_heads"],
+                    "vocab_size": c["enc_vocab_size"],
+                    "max_source_positions": c["max_source_positions"],
+                },
+                "downsample_args": {"downsample_factor": c["downsample"]},
+            }
+        },
+    }
+
+
+def vx3_hf_config(enc_layers, dec_layers):
+    """config.json (transformers' VoxtralConfig, real values; rope_theta both as the v4 field and
+    as v5's rope_parameters), generation_config.json and preprocessor_config.json."""
+    c = VX3
+    rope = 100000000.0
+    cfg = {
+        "architectures": ["VoxtralForConditionalGeneration"],
+        "model_type": "voxtral",
+        "audio_config": {
+            "model_type": "voxtral_encoder",
+            "activation_dropout": 0.0,
+            "activation_function": "gelu",
+            "attention_dropout": 0.0,
+            "dropout": 0.0,
+            "head_dim": c["enc_head_dim"],
+            "hidden_size": c["enc_dim"],
+            "initializer_range": 0.02,
+            "intermediate_size": c["enc_hidden_dim"],
+            "layerdrop": 0.0,
+            "max_source_positions": c["max_source_positions"],
+            "num_attention_heads": c["enc_heads"],
+            "num_hidden_layers": enc_layers,
+            "num_key_value_heads": c["enc_heads"],
+            "num_mel_bins": c["n_mels"],
+            "scale_embedding": False,
+            "vocab_size": c["enc_vocab_size"],
+        },
+        "text_config": {
+            "model_type": "llama",
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "head_dim": c["head_dim"],
+            "hidden_act": "silu",
+            "hidden_size": c["dim"],
+            "initializer_range": 0.02,
+            "intermediate_size": c["hidden_dim"],
+            "max_position_embeddings": 131072,
+            "mlp_bias": False,
+            "num_attention_heads": c["n_heads"],
+            "num_hidden_layers": dec_layers,
+            "num_key_value_heads": c["n_kv_heads"],
+            "pretraining_tp": 1,
+            "rms_norm_eps": 1e-05,
+            "rope_scaling": None,
+            "rope_theta": rope,
+            "rope_parameters": {"rope_theta": rope, "rope_type": "default"},
+            "tie_word_embeddings": False,
+            "use_cache": True,
+            "vocab_size": c["vocab_size"],
+        },
+        "audio_token_id": 24,
+        "hidden_size": c["dim"],
+        "projector_hidden_act": "gelu",
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
+        "torch_dtype": "bfloat16",
+    }
+    gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 11, "do_sample": False}
+    pre = {
+        "chunk_length": 30,
+        "dither": 0.0,
+        "feature_extractor_type": "WhisperFeatureExtractor",
+        "feature_size": c["n_mels"],
+        "hop_length": 160,
+        "n_fft": 400,
+        "n_samples": 480000,
+        "nb_max_frames": 3000,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "processor_class": "VoxtralProcessor",
+        "return_attention_mask": False,
+        "sampling_rate": 16000,
+    }
+    return cfg, gen, pre
+
+
+def write_voxtral(args):
+    import time
+
+    t0 = time.time()
+    enc_layers = min(VX3["enc_layers"], args.max_layers) if args.max_layers else VX3["enc_layers"]
+    dec_layers = min(VX3["n_layers"], args.max_layers) if args.max_layers else VX3["n_layers"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtypes = {}
+    if args.layout == "mistral":
+        specs = [(n, s, k, n, None) for n, s, k in vx3_tensors(enc_layers, dec_layers)]
+        st_name = "consolidated.safetensors"
+        vx_write_json(out / "params.json", vx3_params(enc_layers, dec_layers))
+    else:
+        specs = vx3_hf_tensors(enc_layers, dec_layers)
+        dtypes = {VX3_POSITIONS: "f32"}
+        st_name = "model.safetensors"
+        cfg, gen, pre = vx3_hf_config(enc_layers, dec_layers)
+        vx_write_json(out / "config.json", cfg, sort_keys=True)
+        vx_write_json(out / "generation_config.json", gen, sort_keys=True)
+        vx_write_json(out / "preprocessor_config.json", pre, sort_keys=True)
+    vx_write_json(out / "tekken.json", vxr_tekken(args.seed, TEKKEN_AUDIO_OFFLINE, TEKKEN_SPECIALS_OFFLINE))
+    n_params = vx_write_safetensors(out / st_name, specs, args.seed, args.quiet, dtypes)
+    vx_report("voxtral", args.layout, n_params, specs, out / st_name, t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1464,6 +1771,15 @@ def main(argv=None):
                    help="mistral: consolidated.safetensors + params.json; hf: model.safetensors + config.json")
     v.add_argument("--max-layers", type=int, default=0, help=argparse.SUPPRESS)  # testing: cap both layer counts
     v.add_argument("--quiet", action="store_true")
+    v3 = sub.add_parser("voxtral", help="random-weight Voxtral Mini 3B 2507 checkpoint at real shapes (bf16)")
+    v3.add_argument("--out", required=True,
+                    help="output directory (suggested: target/models/voxtral-mini-3b, -hf for --layout hf)")
+    v3.add_argument("--seed", type=int, default=0)
+    v3.add_argument("--layout", choices=["mistral", "hf"], default="mistral",
+                    help="mistral: consolidated.safetensors + params.json; hf: model.safetensors + config.json")
+    v3.add_argument("--layers", "--max-layers", dest="max_layers", metavar="N", type=int, default=0,
+                    help="cap both layer counts (encoder and decoder; quick tests); 0 = real counts")
+    v3.add_argument("--quiet", action="store_true")
     q = sub.add_parser("qwen3-tts", help="random-weight Qwen3-TTS 12 Hz checkpoint at real shapes (bf16)")
     q.add_argument("--size", required=True, choices=sorted(Q3_SIZES))
     q.add_argument("--variant", choices=Q3_VARIANTS, default="custom_voice",
@@ -1483,6 +1799,8 @@ def main(argv=None):
         write_whisper(args)
     elif args.model == "voxtral-realtime":
         write_voxtral_realtime(args)
+    elif args.model == "voxtral":
+        write_voxtral(args)
     elif args.model == "qwen3-tts":
         write_qwen3_tts(args)
     else:

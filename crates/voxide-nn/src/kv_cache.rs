@@ -12,8 +12,8 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// Positions a sliding cache allocates before it first grows.
-const INITIAL_SLIDING: usize = 512;
+/// Positions a growing cache allocates before it first grows.
+const INITIAL_CAPACITY: usize = 512;
 
 /// Keys and values of one attention layer for up to `capacity` positions.
 #[derive(Clone, Debug)]
@@ -75,12 +75,33 @@ impl KvCache {
         let mut cache = Self::new(
             1,
             kv_heads,
-            max_capacity.min(INITIAL_SLIDING),
+            max_capacity.min(INITIAL_CAPACITY),
             head_dim,
             dtype,
             device,
         )?;
         cache.window = Some(window);
+        cache.max_capacity = max_capacity;
+        Ok(cache)
+    }
+
+    /// A full-attention cache for a single sequence whose length is known only as it goes
+    /// (a long prompt of audio tokens): it starts small and doubles up to `max_capacity`.
+    pub fn growable(
+        kv_heads: usize,
+        max_capacity: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut cache = Self::new(
+            1,
+            kv_heads,
+            max_capacity.min(INITIAL_CAPACITY),
+            head_dim,
+            dtype,
+            device,
+        )?;
         cache.max_capacity = max_capacity;
         Ok(cache)
     }
@@ -251,6 +272,28 @@ mod tests {
             next += n;
         }
         assert!(cache.append(&block(0, 4)?, &block(0, 4)?).is_err());
+        Ok(())
+    }
+
+    /// A growable cache keeps every position across reallocations and stops at its limit.
+    #[test]
+    fn growable_cache_keeps_everything_up_to_its_limit() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::growable(1, 1200, 1, DType::F32, &dev)?;
+        assert_eq!(cache.capacity(), INITIAL_CAPACITY);
+        let mut next = 0;
+        for n in [300, 300, 1, 599] {
+            let vals: Vec<f32> = (next..next + n).map(|i| i as f32).collect();
+            let b = Tensor::from_vec(vals, (1, 1, n, 1), &dev)?;
+            let view = cache.append(&b, &b)?;
+            assert_eq!(view.past, next);
+            let want: Vec<f32> = (0..next + n).map(|i| i as f32).collect();
+            assert_eq!(view.v.flatten_all()?.to_vec1::<f32>()?, want);
+            next += n;
+        }
+        assert_eq!(cache.capacity(), 1200);
+        let one = Tensor::zeros((1, 1, 1, 1), DType::F32, &dev)?;
+        assert!(cache.append(&one, &one).is_err());
         Ok(())
     }
 }

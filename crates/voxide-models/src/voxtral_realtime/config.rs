@@ -7,30 +7,7 @@ use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
 
-/// Which checkpoint layout a directory holds; it fixes the tensor names and the RoPE pairing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// `consolidated.safetensors` + `params.json`: Mistral names, RoPE on interleaved pairs.
-    Mistral,
-    /// `model.safetensors` + `config.json`: HF names, q/k rows permuted for rotate-half RoPE.
-    Hf,
-}
-
-/// One transformer stack (the causal audio encoder or the text decoder).
-#[derive(Clone, Debug, PartialEq)]
-pub struct StackConfig {
-    pub dim: usize,
-    pub n_layers: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    /// SwiGLU hidden width.
-    pub hidden_dim: usize,
-    pub rope_theta: f64,
-    pub norm_eps: f64,
-    /// A query sees the last `sliding_window` positions, itself included.
-    pub sliding_window: usize,
-}
+pub use crate::mistral_stack::{Layout, StackConfig};
 
 /// The whole model.
 #[derive(Clone, Debug, PartialEq)]
@@ -225,7 +202,7 @@ impl Config {
                 hidden_dim: e.hidden_dim,
                 rope_theta: e.rope_theta,
                 norm_eps: e.norm_eps,
-                sliding_window: e.sliding_window.unwrap_or(750),
+                sliding_window: Some(e.sliding_window.unwrap_or(750)),
             },
             decoder: StackConfig {
                 dim: p.dim,
@@ -236,7 +213,7 @@ impl Config {
                 hidden_dim: p.hidden_dim,
                 rope_theta: p.rope_theta,
                 norm_eps: p.norm_eps,
-                sliding_window: p.sliding_window.unwrap_or(8192),
+                sliding_window: Some(p.sliding_window.unwrap_or(8192)),
             },
             vocab_size: p.vocab_size,
             num_mel_bins: audio.num_mel_bins,
@@ -271,7 +248,7 @@ impl Config {
                 hidden_dim: s.intermediate_size,
                 rope_theta: theta,
                 norm_eps: s.rms_norm_eps.unwrap_or(1e-5),
-                sliding_window: s.sliding_window.unwrap_or(window),
+                sliding_window: Some(s.sliding_window.unwrap_or(window)),
             })
         };
         Ok(Self {
@@ -287,25 +264,8 @@ impl Config {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        for (what, s) in [("encoder", &self.encoder), ("decoder", &self.decoder)] {
-            let dims = [
-                s.dim,
-                s.n_layers,
-                s.n_heads,
-                s.n_kv_heads,
-                s.head_dim,
-                s.hidden_dim,
-            ];
-            if dims.contains(&0) || s.sliding_window == 0 {
-                return Err(format!("{what}: a dimension is 0 in {s:?}"));
-            }
-            if s.n_heads % s.n_kv_heads != 0 || s.head_dim % 2 != 0 {
-                return Err(format!(
-                    "{what}: {} heads cannot share {} key/value heads of width {}",
-                    s.n_heads, s.n_kv_heads, s.head_dim
-                ));
-            }
-        }
+        self.encoder.validate("encoder")?;
+        self.decoder.validate("decoder")?;
         if self.vocab_size == 0 || self.num_mel_bins == 0 || self.downsample_factor == 0 {
             return Err("vocab_size, num_mel_bins and downsample_factor must be positive".into());
         }

@@ -6,12 +6,13 @@
 //! stack 4 frames (1, N, 5120) → adapter (1, N, 3072) → summed with token embeddings →
 //! decoder (1, N, 3072) → tied head (131 072).
 
-use super::config::{Config, Layout, StackConfig};
+use super::config::{Config, Layout};
+use crate::mistral_stack::{Extras, Stack, StackNames, StackState, MISTRAL_LAYER};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
-use voxide_nn::{ConvStem, ConvStemState, KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
+use voxide_nn::transformer::LayerNames;
+use voxide_nn::{ConvStem, ConvStemState, Linear, RopeLayout};
 
 /// Encoder frames processed at once (bounds the attention scores and the KV-cache headroom:
 /// voxtral.c keeps 750 + 256 encoder positions too).
@@ -21,26 +22,16 @@ pub const ENCODER_BLOCK: usize = 256;
 /// longest) and the decoder KV cache's headroom past its window.
 pub const DECODER_BLOCK: usize = 256;
 
-/// RoPE table length; later positions are computed on the fly.
-const ROPE_TABLE: usize = 4096;
-
 /// Tensor names of one checkpoint layout (spec §12.3 / §12.4).
 struct Names {
     encoder: &'static str,
     conv: [&'static str; 2],
-    encoder_layers: &'static str,
-    encoder_norm: &'static str,
+    /// Relative to `encoder`.
+    encoder_stack: StackNames,
     adapter: [&'static str; 2],
     embeddings: &'static str,
-    decoder_layers: &'static str,
-    decoder_norm: &'static str,
-    attention: &'static str,
-    qkvo: [&'static str; 4],
-    /// (attention norm, FFN norm) of encoder and decoder layers.
-    encoder_norms: [&'static str; 2],
-    decoder_norms: [&'static str; 2],
-    mlp: &'static str,
-    gate_up_down: [&'static str; 3],
+    decoder_stack: StackNames,
+    /// The decoder's delay-conditioning module and its down and up projections.
     ada: [&'static str; 3],
     rope: RopeLayout,
 }
@@ -51,208 +42,49 @@ impl Layout {
             Layout::Mistral => Names {
                 encoder: "mm_streams_embeddings.embedding_module.whisper_encoder",
                 conv: ["conv_layers.0.conv", "conv_layers.1.conv"],
-                encoder_layers: "transformer.layers",
-                encoder_norm: "transformer.norm",
+                encoder_stack: StackNames {
+                    layers: "transformer.layers",
+                    norm: "transformer.norm",
+                    layer: MISTRAL_LAYER,
+                },
                 adapter: [
                     "mm_streams_embeddings.embedding_module.audio_language_projection.0",
                     "mm_streams_embeddings.embedding_module.audio_language_projection.2",
                 ],
                 embeddings: "mm_streams_embeddings.embedding_module.tok_embeddings",
-                decoder_layers: "layers",
-                decoder_norm: "norm",
-                attention: "attention",
-                qkvo: ["wq", "wk", "wv", "wo"],
-                encoder_norms: ["attention_norm", "ffn_norm"],
-                decoder_norms: ["attention_norm", "ffn_norm"],
-                mlp: "feed_forward",
-                gate_up_down: ["w1", "w3", "w2"],
+                decoder_stack: StackNames {
+                    layers: "layers",
+                    norm: "norm",
+                    layer: MISTRAL_LAYER,
+                },
                 ada: ["ada_rms_norm_t_cond", "0", "2"],
                 rope: RopeLayout::Interleaved,
             },
             Layout::Hf => Names {
                 encoder: "audio_tower",
                 conv: ["embedder.conv1", "embedder.conv2"],
-                encoder_layers: "layers",
-                encoder_norm: "norm",
+                encoder_stack: StackNames {
+                    layers: "layers",
+                    norm: "norm",
+                    layer: LayerNames {
+                        norms: ["self_attn_layer_norm", "final_layer_norm"],
+                        ..LayerNames::HF
+                    },
+                },
                 adapter: [
                     "multi_modal_projector.linear_1",
                     "multi_modal_projector.linear_2",
                 ],
                 embeddings: "language_model.model.embed_tokens",
-                decoder_layers: "language_model.model.layers",
-                decoder_norm: "language_model.model.norm",
-                attention: "self_attn",
-                qkvo: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                encoder_norms: ["self_attn_layer_norm", "final_layer_norm"],
-                decoder_norms: ["input_layernorm", "post_attention_layernorm"],
-                mlp: "mlp",
-                gate_up_down: ["gate_proj", "up_proj", "down_proj"],
+                decoder_stack: StackNames {
+                    layers: "language_model.model.layers",
+                    norm: "language_model.model.norm",
+                    layer: LayerNames::HF,
+                },
                 ada: ["ada_rms_norm", "linear1", "linear2"],
                 rope: RopeLayout::RotateHalf,
             },
         }
-    }
-}
-
-/// `1 + up(gelu(down(t_cond)))`: the per-layer FFN-norm gain for a given delay.
-#[derive(Clone, Debug)]
-struct AdaNorm {
-    down: Linear,
-    up: Linear,
-}
-
-impl AdaNorm {
-    fn gain(&self, t_cond: &Tensor) -> Result<Tensor> {
-        self.up.forward(&self.down.forward(t_cond)?.gelu_erf()?)? + 1.0
-    }
-}
-
-/// Which stack a layer belongs to: the encoder's have biases, the decoder's the delay
-/// conditioning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    Encoder,
-    Decoder { t_cond_dim: usize },
-}
-
-/// A pre-norm transformer layer; the decoder's carries the delay conditioning.
-#[derive(Clone, Debug)]
-struct Block {
-    layer: PreNormLayer,
-    ada: Option<AdaNorm>,
-}
-
-impl Block {
-    fn load(vb: VarBuilder, s: &StackConfig, names: &Names, role: Role) -> Result<Self> {
-        let (norms, ada) = match role {
-            Role::Encoder => (names.encoder_norms, None),
-            Role::Decoder { t_cond_dim } => {
-                let [prefix, down, up] = names.ada;
-                let ada = vb.pp(prefix);
-                let ada = AdaNorm {
-                    down: Linear::load(ada.pp(down), s.dim, t_cond_dim, false)?,
-                    up: Linear::load(ada.pp(up), t_cond_dim, s.dim, false)?,
-                };
-                (names.decoder_norms, Some(ada))
-            }
-        };
-        let encoder = role == Role::Encoder;
-        let layer = LayerConfig {
-            dim: s.dim,
-            hidden_dim: s.hidden_dim,
-            n_heads: s.n_heads,
-            n_kv_heads: s.n_kv_heads,
-            head_dim: s.head_dim,
-            norm_eps: s.norm_eps,
-            // The encoder has biases on q, v and out (not k) and on the MLP's down
-            // projection; the decoder on none.
-            attention_bias: [encoder, false, encoder, encoder],
-            down_bias: encoder,
-            qk_norm: false,
-            layer_scale: false,
-        };
-        let layer_names = LayerNames {
-            norms,
-            attention: names.attention,
-            qkvo: names.qkvo,
-            mlp: names.mlp,
-            gate_up_down: names.gate_up_down,
-        };
-        Ok(Self {
-            layer: PreNormLayer::load(vb, &layer, &layer_names)?,
-            ada,
-        })
-    }
-
-    /// The layer with its attention and MLP matrices stored as `format`.
-    fn into_format(self, format: WeightFormat) -> Result<Self> {
-        Ok(Self {
-            layer: self.layer.into_format(format)?,
-            ..self
-        })
-    }
-}
-
-/// A stack of blocks with its final norm and rotary table.
-#[derive(Clone, Debug)]
-struct Stack {
-    blocks: Vec<Block>,
-    norm: RmsNorm,
-    rope: RotaryEmbedding,
-    config: StackConfig,
-}
-
-/// Per-stream state of a [`Stack`]: sliding KV caches and the next position.
-#[derive(Clone, Debug)]
-pub struct StackState {
-    caches: Vec<KvCache>,
-    position: usize,
-}
-
-impl Stack {
-    /// Loads the stack under `vb` (the encoder's prefix, or the checkpoint root).
-    fn load(
-        vb: VarBuilder,
-        s: &StackConfig,
-        names: &Names,
-        role: Role,
-        rope: RopeLayout,
-    ) -> Result<Self> {
-        let (layers, norm) = match role {
-            Role::Encoder => (names.encoder_layers, names.encoder_norm),
-            Role::Decoder { .. } => (names.decoder_layers, names.decoder_norm),
-        };
-        let blocks = (0..s.n_layers)
-            .map(|i| Block::load(vb.pp(layers).pp(i), s, names, role))
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            blocks,
-            norm: RmsNorm::load(vb.pp(norm), s.dim, s.norm_eps)?,
-            rope: RotaryEmbedding::new(s.head_dim, ROPE_TABLE, s.rope_theta, rope, vb.device())?,
-            config: s.clone(),
-        })
-    }
-
-    fn new_state(&self, headroom: usize, kv_dtype: DType, device: &Device) -> Result<StackState> {
-        let s = &self.config;
-        let caches = (0..s.n_layers)
-            .map(|_| {
-                KvCache::sliding(
-                    s.n_kv_heads,
-                    s.sliding_window,
-                    headroom,
-                    s.head_dim,
-                    kv_dtype,
-                    device,
-                )
-            })
-            .collect::<Result<_>>()?;
-        Ok(StackState {
-            caches,
-            position: 0,
-        })
-    }
-
-    /// x: (1, t, dim) -> final-norm output (1, t, dim); every layer's output is pushed to
-    /// `hidden` when given (HF's `hidden_states[1..]`, before the final norm).
-    fn forward(
-        &self,
-        x: &Tensor,
-        state: &mut StackState,
-        gains: Option<&[Tensor]>,
-        mut hidden: Option<&mut Vec<Tensor>>,
-    ) -> Result<Tensor> {
-        let mut x = x.clone();
-        for (i, (block, cache)) in self.blocks.iter().zip(&mut state.caches).enumerate() {
-            x = block
-                .layer
-                .forward(&x, cache, &self.rope, state.position, gains.map(|g| &g[i]))?;
-            if let Some(h) = hidden.as_deref_mut() {
-                h.push(x.clone());
-            }
-        }
-        state.position += x.dim(1)?;
-        self.norm.forward(&x)
     }
 }
 
@@ -283,21 +115,22 @@ pub struct NetworkState {
 impl NetworkState {
     /// Decoder positions consumed so far.
     pub fn decoder_position(&self) -> usize {
-        self.decoder.position
+        self.decoder.position()
     }
 
     /// Forgets the decoder's context (the audio side keeps going): a live stream starts a
     /// new prompt after end-of-stream.
     pub fn reset_decoder(&mut self) {
-        self.decoder.caches.iter_mut().for_each(KvCache::reset);
-        self.decoder.position = 0;
+        self.decoder.reset();
     }
 
     /// Positions held by the largest encoder and decoder KV caches (bounded by their
     /// windows plus headroom, however long the stream runs).
     pub fn cached_positions(&self) -> (usize, usize) {
-        let most = |s: &StackState| s.caches.iter().map(KvCache::capacity).max().unwrap_or(0);
-        (most(&self.encoder), most(&self.decoder))
+        (
+            self.encoder.cached_positions(),
+            self.decoder.cached_positions(),
+        )
     }
 }
 
@@ -320,7 +153,13 @@ impl VoxtralRealtimeModel {
             config.num_mel_bins,
             config.encoder.dim,
         )?;
-        let encoder = Stack::load(enc, &config.encoder, &names, Role::Encoder, rope)?;
+        let encoder = Stack::load(
+            enc,
+            &config.encoder,
+            &names.encoder_stack,
+            Extras::Biases,
+            rope,
+        )?;
         let stacked = config.encoder.dim * config.downsample_factor;
         let adapter = [
             Linear::load(vb.pp(names.adapter[0]), stacked, config.decoder.dim, false)?,
@@ -335,10 +174,17 @@ impl VoxtralRealtimeModel {
             .pp(names.embeddings)
             .get((config.vocab_size, config.decoder.dim), "weight")?;
         let head = Linear::from_weights(embeddings.clone(), None);
-        let role = Role::Decoder {
+        let conditioning = Extras::DelayConditioning {
+            names: names.ada,
             t_cond_dim: config.t_cond_dim,
         };
-        let decoder = Stack::load(vb.clone(), &config.decoder, &names, role, rope)?;
+        let decoder = Stack::load(
+            vb.clone(),
+            &config.decoder,
+            &names.decoder_stack,
+            conditioning,
+            rope,
+        )?;
         Ok(Self {
             device: vb.device().clone(),
             config,
@@ -358,9 +204,7 @@ impl VoxtralRealtimeModel {
     /// counted.
     fn with_planned_residency(mut self) -> Self {
         let mut step: Vec<&mut Linear> = vec![&mut self.head];
-        for block in &mut self.decoder.blocks {
-            step.extend(block.layer.linears_mut());
-        }
+        step.extend(self.decoder.linears_mut());
         Linear::plan_residency(&mut step, 0);
         self
     }
@@ -369,17 +213,8 @@ impl VoxtralRealtimeModel {
     /// what a step reads; the encoder, compute-bound, keeps its precision). Token lookups keep
     /// the embeddings' own precision.
     pub fn with_decoder_format(self, format: WeightFormat) -> Result<Self> {
-        let blocks = self
-            .decoder
-            .blocks
-            .into_iter()
-            .map(|b| b.into_format(format))
-            .collect::<Result<_>>()?;
         Ok(Self {
-            decoder: Stack {
-                blocks,
-                ..self.decoder
-            },
+            decoder: self.decoder.into_format(format)?,
             head: self.head.to_format(format)?,
             ..self
         }
@@ -388,13 +223,7 @@ impl VoxtralRealtimeModel {
 
     /// Bytes of weights one decoder step reads: every layer's matrices and the output head.
     pub fn decoder_step_bytes(&self) -> usize {
-        let layers: usize = self
-            .decoder
-            .blocks
-            .iter()
-            .map(|b| b.layer.weight_bytes())
-            .sum();
-        layers + self.head.weight_bytes()
+        self.decoder.weight_bytes() + self.head.weight_bytes()
     }
 
     pub fn config(&self) -> &Config {
@@ -409,17 +238,7 @@ impl VoxtralRealtimeModel {
     /// `kv_dtype`.
     pub fn new_state(&self, delay_tokens: usize, kv_dtype: DType) -> Result<NetworkState> {
         let t_cond = self.t_cond(delay_tokens)?;
-        let gains = self
-            .decoder
-            .blocks
-            .iter()
-            .map(|b| {
-                b.ada
-                    .as_ref()
-                    .expect("decoder blocks carry ada norms")
-                    .gain(&t_cond)
-            })
-            .collect::<Result<_>>()?;
+        let gains = self.decoder.gains(&t_cond)?;
         Ok(NetworkState {
             stem: ConvStemState::default(),
             encoder: self

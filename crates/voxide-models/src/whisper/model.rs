@@ -16,12 +16,12 @@ use voxide_nn::{Attention, AttentionConfig, CrossKv, GeluMlp, KvCache, LayerNorm
 
 const LN_EPS: f64 = 1e-5;
 
-fn attention_config(cfg: &Config, heads: usize) -> AttentionConfig {
+fn attention_config(d_model: usize, heads: usize) -> AttentionConfig {
     AttentionConfig {
-        dim: cfg.d_model,
+        dim: d_model,
         n_heads: heads,
         n_kv_heads: heads,
-        head_dim: cfg.d_model / heads,
+        head_dim: d_model / heads,
         // Whisper's key projection has no bias.
         bias: [true, false, true, true],
         names: ["q_proj", "k_proj", "v_proj", "out_proj"],
@@ -44,13 +44,13 @@ struct Block {
 impl Block {
     fn load(
         vb: VarBuilder,
-        cfg: &Config,
+        d_model: usize,
         heads: usize,
         ffn_dim: usize,
         cross: bool,
     ) -> candle_core::Result<Self> {
-        let attn = attention_config(cfg, heads);
-        let norm = |name: &str| LayerNorm::load(vb.pp(name), cfg.d_model, LN_EPS);
+        let attn = attention_config(d_model, heads);
+        let norm = |name: &str| LayerNorm::load(vb.pp(name), d_model, LN_EPS);
         Ok(Self {
             self_attn: Attention::load(vb.pp("self_attn"), attn)?,
             self_attn_layer_norm: norm("self_attn_layer_norm")?,
@@ -62,7 +62,7 @@ impl Block {
             } else {
                 None
             },
-            mlp: GeluMlp::load(vb.clone(), cfg.d_model, ffn_dim)?,
+            mlp: GeluMlp::load(vb.clone(), d_model, ffn_dim)?,
             final_layer_norm: norm("final_layer_norm")?,
         })
     }
@@ -98,6 +98,47 @@ pub struct EncoderTrace {
     pub hidden_states: Vec<Tensor>,
 }
 
+/// Shape of Whisper's audio encoder (also Voxtral Mini 3B's audio tower).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncoderConfig {
+    pub num_mel_bins: usize,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ffn_dim: usize,
+    /// Output frames of one 30 s window (1500).
+    pub max_source_positions: usize,
+}
+
+impl Config {
+    /// The encoder's part of the configuration.
+    pub fn encoder(&self) -> EncoderConfig {
+        EncoderConfig {
+            num_mel_bins: self.num_mel_bins,
+            d_model: self.d_model,
+            layers: self.encoder_layers,
+            heads: self.encoder_attention_heads,
+            ffn_dim: self.encoder_ffn_dim,
+            max_source_positions: self.max_source_positions,
+        }
+    }
+}
+
+/// Whisper's positional table (openai-whisper's `sinusoids`): row p is
+/// [sin(p·inv), cos(p·inv)] with inv_i = exp(−i·ln(10000)/(channels/2 − 1)), in f32.
+pub fn sinusoids(length: usize, channels: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let half = channels / 2;
+    let step = 10_000f64.ln() / (half.max(2) - 1) as f64;
+    let inv: Vec<f32> = (0..half).map(|i| (-step * i as f64).exp() as f32).collect();
+    let mut table = Vec::with_capacity(length * channels);
+    for p in 0..length {
+        let angles = inv.iter().map(|&f| p as f32 * f);
+        table.extend(angles.clone().map(f32::sin));
+        table.extend(angles.map(f32::cos));
+    }
+    Tensor::from_vec(table, (length, channels), device)
+}
+
 /// Audio encoder: conv stem, sinusoidal positions, pre-LN blocks, final LayerNorm.
 #[derive(Clone, Debug)]
 pub struct Encoder {
@@ -108,33 +149,37 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
-        Ok(Self {
-            stem: ConvStem::load(vb.clone(), cfg.num_mel_bins, cfg.d_model)?,
-            embed_positions: vb.get_with_hints_dtype(
-                (cfg.max_source_positions, cfg.d_model),
+    /// Loads `conv1`, `conv2`, `layers.N.*` and `layer_norm` from `vb`, and the positional
+    /// table `embed_positions.weight` where the checkpoint stores it (Mistral's Voxtral files
+    /// do not; it is then computed, as transformers' converter does).
+    pub fn load(vb: VarBuilder, cfg: &EncoderConfig) -> candle_core::Result<Self> {
+        let shape = (cfg.max_source_positions, cfg.d_model);
+        let embed_positions = if vb.contains_tensor("embed_positions.weight") {
+            vb.get_with_hints_dtype(
+                shape,
                 "embed_positions.weight",
                 candle_nn::Init::Const(0.),
                 DType::F32,
-            )?,
-            layers: (0..cfg.encoder_layers)
+            )?
+        } else {
+            sinusoids(shape.0, shape.1, vb.device())?
+        };
+        Ok(Self {
+            stem: ConvStem::load(vb.clone(), cfg.num_mel_bins, cfg.d_model)?,
+            embed_positions,
+            layers: (0..cfg.layers)
                 .map(|i| {
                     let vb = vb.pp(format!("layers.{i}"));
-                    Block::load(
-                        vb,
-                        cfg,
-                        cfg.encoder_attention_heads,
-                        cfg.encoder_ffn_dim,
-                        false,
-                    )
+                    Block::load(vb, cfg.d_model, cfg.heads, cfg.ffn_dim, false)
                 })
                 .collect::<candle_core::Result<_>>()?,
             layer_norm: LayerNorm::load(vb.pp("layer_norm"), cfg.d_model, LN_EPS)?,
         })
     }
 
-    /// mel (batch, n_mels, 3000) -> trace whose last hidden state is (batch, 1500, d).
-    fn forward(&self, mel: &Tensor, keep_all: bool) -> candle_core::Result<EncoderTrace> {
+    /// mel (batch, n_mels, 3000) -> trace whose last hidden state is (batch, 1500, d); with
+    /// `keep_all`, every intermediate.
+    pub fn forward(&self, mel: &Tensor, keep_all: bool) -> candle_core::Result<EncoderTrace> {
         let [conv1, conv2] = self.stem.forward_stages(mel)?;
         let frames = conv2.dim(2)?;
         let mut x = conv2
@@ -184,7 +229,7 @@ impl Decoder {
                     let vb = vb.pp(format!("layers.{i}"));
                     Block::load(
                         vb,
-                        cfg,
+                        cfg.d_model,
                         cfg.decoder_attention_heads,
                         cfg.decoder_ffn_dim,
                         true,
@@ -304,7 +349,7 @@ impl Whisper {
         let device = vb.device().clone();
         let vb = vb.pp("model");
         Ok(Self {
-            encoder: Encoder::load(vb.pp("encoder").set_dtype(dtype), &config)?,
+            encoder: Encoder::load(vb.pp("encoder").set_dtype(dtype), &config.encoder())?,
             decoder: Decoder::load(vb.pp("decoder").set_dtype(dtype), &config)?,
             dtype,
             config,

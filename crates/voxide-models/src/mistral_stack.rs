@@ -1,0 +1,283 @@
+//! The Mistral transformer stack, written once for both Voxtrals: pre-norm layers (RMSNorm,
+//! GQA attention with RoPE, SwiGLU) under a final RMSNorm. Voxtral Realtime runs its causal
+//! audio encoder (biases, sliding window) and its decoder (delay-conditioned FFN norm) on it;
+//! Voxtral Mini 3B its Llama decoder (no biases, full attention).
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use voxide_nn::linear::WeightFormat;
+use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
+use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
+
+/// RoPE table length; later positions are computed on the fly.
+const ROPE_TABLE: usize = 4096;
+
+/// Which checkpoint layout a directory holds; it fixes the tensor names and the RoPE pairing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `consolidated.safetensors` + `params.json`: Mistral names, RoPE on interleaved pairs.
+    Mistral,
+    /// `model.safetensors` + `config.json`: HF names, q/k rows permuted for rotate-half RoPE.
+    Hf,
+}
+
+/// Mistral's names inside a layer (`layers.N.attention.wq`, `feed_forward.w1`, ...).
+pub(crate) const MISTRAL_LAYER: LayerNames = LayerNames {
+    norms: ["attention_norm", "ffn_norm"],
+    attention: "attention",
+    qkvo: ["wq", "wk", "wv", "wo"],
+    mlp: "feed_forward",
+    gate_up_down: ["w1", "w3", "w2"],
+};
+
+/// Shape of one stack.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackConfig {
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// SwiGLU hidden width.
+    pub hidden_dim: usize,
+    pub rope_theta: f64,
+    pub norm_eps: f64,
+    /// A query sees the last `sliding_window` positions, itself included; `None`: all of them.
+    pub sliding_window: Option<usize>,
+}
+
+impl StackConfig {
+    /// Rejects shapes the layers cannot be built with.
+    pub(crate) fn validate(&self, what: &str) -> std::result::Result<(), String> {
+        let dims = [
+            self.dim,
+            self.n_layers,
+            self.n_heads,
+            self.n_kv_heads,
+            self.head_dim,
+            self.hidden_dim,
+        ];
+        if dims.contains(&0) || self.sliding_window == Some(0) {
+            return Err(format!("{what}: a dimension is 0 in {self:?}"));
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) || !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "{what}: {} heads cannot share {} key/value heads of width {}",
+                self.n_heads, self.n_kv_heads, self.head_dim
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoint names of a stack.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StackNames {
+    /// The layers' prefix (`layers`, `language_model.model.layers`).
+    pub layers: &'static str,
+    /// The final norm (`norm`, `language_model.model.norm`).
+    pub norm: &'static str,
+    pub layer: LayerNames,
+}
+
+/// What a stack's layers carry beyond the Llama layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Extras {
+    None,
+    /// Biases on q, v and out (not k) and on the MLP's down projection (Realtime's encoder).
+    Biases,
+    /// An FFN-norm gain computed from the transcription delay (Realtime's decoder): the
+    /// module's name, its down and up projections, and the bottleneck width.
+    DelayConditioning {
+        names: [&'static str; 3],
+        t_cond_dim: usize,
+    },
+}
+
+/// `1 + up(gelu(down(t_cond)))`: the per-layer FFN-norm gain for a given delay.
+#[derive(Clone, Debug)]
+struct AdaNorm {
+    down: Linear,
+    up: Linear,
+}
+
+impl AdaNorm {
+    fn gain(&self, t_cond: &Tensor) -> Result<Tensor> {
+        self.up.forward(&self.down.forward(t_cond)?.gelu_erf()?)? + 1.0
+    }
+}
+
+/// A pre-norm transformer layer, with the delay conditioning where the stack has it.
+#[derive(Clone, Debug)]
+struct Block {
+    layer: PreNormLayer,
+    ada: Option<AdaNorm>,
+}
+
+impl Block {
+    fn load(vb: VarBuilder, s: &StackConfig, names: &StackNames, extras: Extras) -> Result<Self> {
+        let ada = match extras {
+            Extras::DelayConditioning { names, t_cond_dim } => {
+                let [prefix, down, up] = names;
+                let ada = vb.pp(prefix);
+                Some(AdaNorm {
+                    down: Linear::load(ada.pp(down), s.dim, t_cond_dim, false)?,
+                    up: Linear::load(ada.pp(up), t_cond_dim, s.dim, false)?,
+                })
+            }
+            Extras::None | Extras::Biases => None,
+        };
+        let biases = extras == Extras::Biases;
+        let layer = LayerConfig {
+            dim: s.dim,
+            hidden_dim: s.hidden_dim,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: s.head_dim,
+            norm_eps: s.norm_eps,
+            attention_bias: [biases, false, biases, biases],
+            down_bias: biases,
+            qk_norm: false,
+            layer_scale: false,
+        };
+        Ok(Self {
+            layer: PreNormLayer::load(vb, &layer, &names.layer)?,
+            ada,
+        })
+    }
+}
+
+/// A stack of layers with its final norm and rotary table.
+#[derive(Clone, Debug)]
+pub(crate) struct Stack {
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    rope: RotaryEmbedding,
+    config: StackConfig,
+}
+
+/// Per-sequence state of a [`Stack`]: one KV cache per layer and the next position.
+#[derive(Clone, Debug)]
+pub struct StackState {
+    caches: Vec<KvCache>,
+    position: usize,
+}
+
+impl StackState {
+    /// Positions consumed so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Forgets every position (the buffers are kept).
+    pub fn reset(&mut self) {
+        self.caches.iter_mut().for_each(KvCache::reset);
+        self.position = 0;
+    }
+
+    /// Positions held by the largest cache.
+    pub fn cached_positions(&self) -> usize {
+        self.caches.iter().map(KvCache::capacity).max().unwrap_or(0)
+    }
+}
+
+impl Stack {
+    /// Loads the stack under `vb` (the checkpoint root, or the encoder's prefix).
+    pub(crate) fn load(
+        vb: VarBuilder,
+        s: &StackConfig,
+        names: &StackNames,
+        extras: Extras,
+        rope: RopeLayout,
+    ) -> Result<Self> {
+        let blocks = (0..s.n_layers)
+            .map(|i| Block::load(vb.pp(names.layers).pp(i), s, names, extras))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            blocks,
+            norm: RmsNorm::load(vb.pp(names.norm), s.dim, s.norm_eps)?,
+            rope: RotaryEmbedding::new(s.head_dim, ROPE_TABLE, s.rope_theta, rope, vb.device())?,
+            config: s.clone(),
+        })
+    }
+
+    /// Fresh state. A sliding-window stack takes blocks of up to `block` positions at once;
+    /// a full-attention one holds up to `block` positions in all (its caches grow to that).
+    pub(crate) fn new_state(
+        &self,
+        block: usize,
+        kv_dtype: DType,
+        device: &Device,
+    ) -> Result<StackState> {
+        let s = &self.config;
+        let caches = (0..s.n_layers)
+            .map(|_| match s.sliding_window {
+                Some(window) => {
+                    KvCache::sliding(s.n_kv_heads, window, block, s.head_dim, kv_dtype, device)
+                }
+                None => KvCache::growable(s.n_kv_heads, block, s.head_dim, kv_dtype, device),
+            })
+            .collect::<Result<_>>()?;
+        Ok(StackState {
+            caches,
+            position: 0,
+        })
+    }
+
+    /// The FFN gains of each layer for the delay embedding `t_cond` (1, dim); empty when the
+    /// stack has no delay conditioning.
+    pub(crate) fn gains(&self, t_cond: &Tensor) -> Result<Vec<Tensor>> {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.ada.as_ref())
+            .map(|ada| ada.gain(t_cond))
+            .collect()
+    }
+
+    /// x: (1, t, dim) -> final-norm output (1, t, dim); every layer's output is pushed to
+    /// `hidden` when given (HF's `hidden_states[1..]`, before the final norm).
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        state: &mut StackState,
+        gains: Option<&[Tensor]>,
+        mut hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, (block, cache)) in self.blocks.iter().zip(&mut state.caches).enumerate() {
+            x = block
+                .layer
+                .forward(&x, cache, &self.rope, state.position, gains.map(|g| &g[i]))?;
+            if let Some(h) = hidden.as_deref_mut() {
+                h.push(x.clone());
+            }
+        }
+        state.position += x.dim(1)?;
+        self.norm.forward(&x)
+    }
+
+    /// The stack with its attention and MLP matrices stored as `format`.
+    pub(crate) fn into_format(self, format: WeightFormat) -> Result<Self> {
+        let blocks = self
+            .blocks
+            .into_iter()
+            .map(|b| {
+                Ok(Block {
+                    layer: b.layer.into_format(format)?,
+                    ..b
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { blocks, ..self })
+    }
+
+    /// Every matrix a step reads, for residency planning.
+    pub(crate) fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.blocks.iter_mut().flat_map(|b| b.layer.linears_mut())
+    }
+
+    /// Bytes of the layers' matrices.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        self.blocks.iter().map(|b| b.layer.weight_bytes()).sum()
+    }
+}

@@ -1,0 +1,283 @@
+//! Configuration of Voxtral Mini 3B (2507), read from either published layout: Mistral's
+//! `params.json` (next to `consolidated.safetensors`) or Hugging Face's `config.json` (next to
+//! `model*.safetensors`). Both become one [`Config`].
+
+use crate::error::{read_json, require};
+use crate::whisper::model::EncoderConfig;
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+pub use crate::mistral_stack::{Layout, StackConfig};
+
+/// The whole model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub layout: Layout,
+    /// Whisper-style audio encoder (large-v3 shape: 1280 wide, 32 layers, 20 heads).
+    pub audio: EncoderConfig,
+    /// Llama text decoder (3072 wide, 30 layers, GQA 32/8, full attention).
+    pub text: StackConfig,
+    pub vocab_size: usize,
+    /// Longest prompt plus generated tokens the decoder takes.
+    pub max_positions: usize,
+    /// Encoder frames stacked into one projector input (4).
+    pub downsample_factor: usize,
+    /// The `[AUDIO]` placeholder whose rows the projected audio replaces (24).
+    pub audio_token_id: u32,
+}
+
+// --- params.json (Mistral) ---------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct Params {
+    dim: usize,
+    n_layers: usize,
+    head_dim: usize,
+    hidden_dim: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    rope_theta: f64,
+    norm_eps: f64,
+    vocab_size: usize,
+    #[serde(default)]
+    max_seq_len: Option<usize>,
+    #[serde(default)]
+    ada_rms_norm_t_cond: bool,
+    multimodal: Multimodal,
+}
+
+#[derive(Deserialize)]
+struct Multimodal {
+    whisper_model_args: WhisperModelArgs,
+}
+
+#[derive(Deserialize)]
+struct WhisperModelArgs {
+    encoder_args: EncoderArgs,
+    #[serde(default)]
+    downsample_args: Option<DownsampleArgs>,
+}
+
+#[derive(Deserialize)]
+struct EncoderArgs {
+    dim: usize,
+    n_layers: usize,
+    hidden_dim: usize,
+    n_heads: usize,
+    #[serde(default)]
+    max_source_positions: Option<usize>,
+    audio_encoding_args: AudioEncodingArgs,
+}
+
+#[derive(Deserialize)]
+struct AudioEncodingArgs {
+    num_mel_bins: usize,
+}
+
+#[derive(Deserialize)]
+struct DownsampleArgs {
+    downsample_factor: usize,
+}
+
+// --- config.json (HF) --------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: String,
+    audio_config: HfAudio,
+    text_config: HfText,
+    #[serde(default)]
+    audio_token_id: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct HfAudio {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_mel_bins: Option<usize>,
+    #[serde(default)]
+    max_source_positions: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct HfText {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default)]
+    rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_parameters: Option<HfRope>,
+    #[serde(default)]
+    vocab_size: Option<usize>,
+    #[serde(default)]
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct HfRope {
+    rope_theta: f64,
+}
+
+/// transformers' `VoxtralConfig` default for the placeholder id.
+const AUDIO_TOKEN_ID: u32 = 24;
+
+/// Encoder output frames per 30 s window (Whisper's 1500).
+const SOURCE_POSITIONS: usize = 1500;
+
+impl Config {
+    /// Reads the configuration of the checkpoint in `dir`: `params.json` when the directory
+    /// has `consolidated.safetensors`, else `config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let (path, config) = if dir.join("consolidated.safetensors").exists() {
+            let path = require(dir, "params.json")?;
+            let config = Self::from_params(read_json(&path)?);
+            (path, config)
+        } else {
+            let path = require(dir, "config.json")?;
+            let config = Self::from_hf(read_json(&path)?);
+            (path, config)
+        };
+        let invalid = |message: String| Error::InvalidJson {
+            path: path.clone(),
+            message,
+        };
+        let config = config.map_err(invalid)?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn from_params(p: Params) -> std::result::Result<Self, String> {
+        if p.ada_rms_norm_t_cond {
+            return Err(
+                "this is Voxtral Realtime (ada_rms_norm_t_cond), not Voxtral Mini 3B".into(),
+            );
+        }
+        let w = p.multimodal.whisper_model_args;
+        let e = &w.encoder_args;
+        Ok(Self {
+            layout: Layout::Mistral,
+            audio: EncoderConfig {
+                num_mel_bins: e.audio_encoding_args.num_mel_bins,
+                d_model: e.dim,
+                layers: e.n_layers,
+                heads: e.n_heads,
+                ffn_dim: e.hidden_dim,
+                max_source_positions: e.max_source_positions.unwrap_or(SOURCE_POSITIONS),
+            },
+            text: StackConfig {
+                dim: p.dim,
+                n_layers: p.n_layers,
+                n_heads: p.n_heads,
+                n_kv_heads: p.n_kv_heads,
+                head_dim: p.head_dim,
+                hidden_dim: p.hidden_dim,
+                rope_theta: p.rope_theta,
+                norm_eps: p.norm_eps,
+                sliding_window: None,
+            },
+            vocab_size: p.vocab_size,
+            // transformers' converter reads `max_seq_len`, defaulting to 131 072.
+            max_positions: p.max_seq_len.unwrap_or(131_072),
+            downsample_factor: w.downsample_args.map_or(4, |d| d.downsample_factor),
+            audio_token_id: AUDIO_TOKEN_ID,
+        })
+    }
+
+    fn from_hf(hf: HfConfig) -> std::result::Result<Self, String> {
+        if hf.model_type != "voxtral" {
+            return Err(format!("model_type {:?} is not voxtral", hf.model_type));
+        }
+        let (a, t) = (&hf.audio_config, &hf.text_config);
+        if t.sliding_window.is_some() {
+            return Err("text_config.sliding_window: Voxtral Mini attends to all positions".into());
+        }
+        let rope_theta = t
+            .rope_parameters
+            .as_ref()
+            .map(|r| r.rope_theta)
+            .or(t.rope_theta)
+            .ok_or("text_config has no rope_theta")?;
+        if a.hidden_size == 0 || a.intermediate_size % a.hidden_size != 0 {
+            return Err(format!(
+                "audio_config.intermediate_size {} is not a multiple of hidden_size {} \
+                 (transformers stacks intermediate_size / hidden_size frames per audio token)",
+                a.intermediate_size, a.hidden_size
+            ));
+        }
+        Ok(Self {
+            layout: Layout::Hf,
+            audio: EncoderConfig {
+                num_mel_bins: a.num_mel_bins.unwrap_or(128),
+                d_model: a.hidden_size,
+                layers: a.num_hidden_layers,
+                heads: a.num_attention_heads,
+                ffn_dim: a.intermediate_size,
+                max_source_positions: a.max_source_positions.unwrap_or(SOURCE_POSITIONS),
+            },
+            text: StackConfig {
+                dim: t.hidden_size,
+                n_layers: t.num_hidden_layers,
+                n_heads: t.num_attention_heads,
+                n_kv_heads: t.num_key_value_heads.unwrap_or(t.num_attention_heads),
+                head_dim: t
+                    .head_dim
+                    .unwrap_or(t.hidden_size / t.num_attention_heads.max(1)),
+                hidden_dim: t.intermediate_size,
+                rope_theta,
+                norm_eps: t.rms_norm_eps.unwrap_or(1e-5),
+                sliding_window: None,
+            },
+            vocab_size: t.vocab_size.unwrap_or(131_072),
+            max_positions: t.max_position_embeddings.unwrap_or(131_072),
+            downsample_factor: a.intermediate_size / a.hidden_size,
+            audio_token_id: hf.audio_token_id.unwrap_or(AUDIO_TOKEN_ID),
+        })
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        self.text.validate("text decoder")?;
+        let a = &self.audio;
+        let dims = [a.num_mel_bins, a.d_model, a.layers, a.heads, a.ffn_dim];
+        if dims.contains(&0) || !a.d_model.is_multiple_of(a.heads) {
+            return Err(format!(
+                "audio encoder: {a:?} needs positive sizes and a width divisible by its heads"
+            ));
+        }
+        if self.downsample_factor == 0
+            || !a
+                .max_source_positions
+                .is_multiple_of(self.downsample_factor)
+        {
+            return Err(format!(
+                "{} encoder frames per window cannot be stacked in groups of {}",
+                a.max_source_positions, self.downsample_factor
+            ));
+        }
+        if self.vocab_size == 0 || self.audio_token_id as usize >= self.vocab_size {
+            return Err(format!(
+                "audio token {} outside a vocabulary of {}",
+                self.audio_token_id, self.vocab_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Audio tokens per 30 s window (375).
+    pub fn tokens_per_window(&self) -> usize {
+        self.audio.max_source_positions / self.downsample_factor
+    }
+}

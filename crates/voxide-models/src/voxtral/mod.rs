@@ -1,0 +1,400 @@
+//! Voxtral Mini 3B (Mistral, 2507): offline transcription, translation and questions about
+//! audio.
+//!
+//! * [`config`]: `params.json` (Mistral layout) or `config.json` (HF layout) → [`Config`];
+//! * [`model`]: the network — Whisper's encoder, the projector, the shared Mistral decoder;
+//! * [`prompt`]: transcription and chat prompts as mistral-common builds them.
+//!
+//! [`Voxtral`] is the loaded model (weights, tokenizer, mel tables), shared by any number of
+//! requests; each [`Voxtral::generate`] call keeps its own decoder state.
+
+pub mod config;
+pub mod model;
+pub mod prompt;
+
+pub use config::{Config, Layout};
+pub use model::VoxtralModel;
+pub use prompt::{Content, Message, Role};
+
+use crate::error::{require, Error};
+use crate::tekken::{Tekken, TekkenDecoder};
+use crate::whisper::model::weight_files;
+use crate::{Progress, Result, Segment, Timings, Transcript};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::path::Path;
+use std::time::Instant;
+use voxide_audio::WhisperMel;
+use voxide_nn::linear::WeightFormat;
+use voxide_nn::sampling::{argmax, Sampler, SamplingParams};
+use voxide_nn::weights::SafetensorsFiles;
+
+/// Input sample rate.
+pub const SAMPLE_RATE: u32 = 16_000;
+
+/// Samples per encoder window (30 s).
+pub const WINDOW_SAMPLES: usize = 30 * SAMPLE_RATE as usize;
+
+/// Mel frames per encoder window.
+const WINDOW_FRAMES: usize = 3000;
+
+/// Prompt positions run through the decoder at once: a block is a GEMM, and the attention
+/// scores of a block stay small however long the prompt (30 min of audio is 22 500 tokens).
+pub const PREFILL_BLOCK: usize = 512;
+
+/// How tokens are chosen.
+#[derive(Clone, Copy, Debug)]
+pub struct GenerateOptions {
+    /// Tokens generated at most (the prompt excluded).
+    pub max_new_tokens: usize,
+    /// 0 = greedy; otherwise softmax temperature.
+    pub temperature: f32,
+    /// Nucleus sampling (1.0 = off).
+    pub top_p: f32,
+    pub seed: u64,
+    /// Keep going past end-of-sequence (benchmarks on random weights).
+    pub ignore_eos: bool,
+    /// Precision of the KV cache.
+    pub kv_dtype: DType,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 1024,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            ignore_eos: false,
+            kv_dtype: DType::F32,
+        }
+    }
+}
+
+/// What [`Voxtral::generate`] produced.
+#[derive(Clone, Debug, Default)]
+pub struct Generation {
+    /// Generated ids, the prompt excluded (end-of-sequence excluded too).
+    pub ids: Vec<u32>,
+    pub timings: Timings,
+}
+
+/// A loaded Voxtral Mini 3B.
+pub struct Voxtral {
+    network: VoxtralModel,
+    tokenizer: Tekken,
+    mel: WhisperMel,
+}
+
+impl Voxtral {
+    /// Loads a checkpoint directory in either layout: `consolidated.safetensors` +
+    /// `params.json` + `tekken.json` (Mistral) or `model.safetensors` (or shards) +
+    /// `config.json` + `tekken.json` (HF). Matrices stay in the checkpoint's precision unless
+    /// `weights` says otherwise (int8: the decoder's matrices and head, quantized per row at
+    /// load); norms, biases, convolutions and positions are f32.
+    pub fn from_dir(dir: &Path, device: &Device, weights: Option<WeightFormat>) -> Result<Self> {
+        let config = Config::from_dir(dir)?;
+        let files = match config.layout {
+            Layout::Mistral => vec![require(dir, "consolidated.safetensors")?],
+            Layout::Hf => weight_files(dir)?,
+        };
+        let tokenizer = Tekken::from_file(require(dir, "tekken.json")?)?;
+        let weights_error = |e: candle_core::Error| Error::Weights {
+            path: files[0].clone(),
+            message: e.to_string().lines().next().unwrap_or_default().to_string(),
+        };
+        let tensors = SafetensorsFiles::open(&files).map_err(weights_error)?;
+        let probe = match config.layout {
+            Layout::Mistral => "tok_embeddings.weight",
+            Layout::Hf => "language_model.model.embed_tokens.weight",
+        };
+        let stored = tensors.dtype(probe).unwrap_or(DType::F32);
+        let dtype = match weights {
+            None | Some(WeightFormat::Int8) => stored,
+            Some(WeightFormat::F32) => DType::F32,
+            Some(WeightFormat::F16) => DType::F16,
+            Some(WeightFormat::Bf16) => DType::BF16,
+        };
+        let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
+        let mut network = VoxtralModel::load(vb, config).map_err(weights_error)?;
+        if weights == Some(WeightFormat::Int8) {
+            network = network
+                .with_decoder_format(WeightFormat::Int8)
+                .map_err(weights_error)?;
+        }
+        Self::new(network, tokenizer)
+    }
+
+    /// Pairs a network with its tokenizer, checking they agree.
+    pub fn new(network: VoxtralModel, tokenizer: Tekken) -> Result<Self> {
+        let invalid = |message: String| Error::Tokenizer {
+            path: tokenizer.path().to_owned(),
+            message,
+        };
+        if tokenizer.vocab_size() != network.config().vocab_size {
+            return Err(invalid(format!(
+                "{} tokens, but the model has {}",
+                tokenizer.vocab_size(),
+                network.config().vocab_size
+            )));
+        }
+        let audio = tokenizer.require_special("[AUDIO]")?;
+        if audio != network.config().audio_token_id {
+            return Err(invalid(format!(
+                "[AUDIO] is token {audio}, but the model's audio_token_id is {}",
+                network.config().audio_token_id
+            )));
+        }
+        for name in ["[INST]", "[/INST]", "[BEGIN_AUDIO]", "[TRANSCRIBE]"] {
+            tokenizer.require_special(name)?;
+        }
+        let mel = WhisperMel::new(network.config().audio.num_mel_bins);
+        Ok(Self {
+            network,
+            tokenizer,
+            mel,
+        })
+    }
+
+    pub fn network(&self) -> &VoxtralModel {
+        &self.network
+    }
+
+    pub fn tokenizer(&self) -> &Tekken {
+        &self.tokenizer
+    }
+
+    /// Audio tokens per 30 s window (375).
+    pub fn tokens_per_window(&self) -> usize {
+        self.network.config().tokens_per_window()
+    }
+
+    /// Encoder windows a clip of `samples` takes (at least one).
+    pub fn windows(samples: usize) -> usize {
+        samples.div_ceil(WINDOW_SAMPLES).max(1)
+    }
+
+    /// Log-mel windows (k, n_mels, 3000) of 16 kHz `samples`, as transformers' processor
+    /// computes them: the clip is zero-padded to whole 30 s windows, the spectrogram is taken
+    /// over the whole padded clip (one clamp at its maximum − 8) and cut into windows.
+    pub fn features(&self, samples: &[f32]) -> Result<Tensor> {
+        if samples.is_empty() {
+            return Err(Error::InvalidRequest("the audio is empty".into()));
+        }
+        let windows = Self::windows(samples.len());
+        let mel = self
+            .mel
+            .log_mel(samples, windows * WINDOW_SAMPLES - samples.len());
+        let mut data = Vec::with_capacity(windows * mel.n_mels * WINDOW_FRAMES);
+        for w in 0..windows {
+            data.extend(mel.window(w * WINDOW_FRAMES, WINDOW_FRAMES).data);
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (windows, mel.n_mels, WINDOW_FRAMES),
+            self.network.device(),
+        )?)
+    }
+
+    /// Audio embeddings (375·k, dim) of 16 kHz `samples`: features, encoder, projector.
+    pub fn audio_embeddings(&self, samples: &[f32], timings: &mut Timings) -> Result<Tensor> {
+        let t0 = Instant::now();
+        let features = self.features(samples)?;
+        timings.mel_ms += ms(t0);
+        let t0 = Instant::now();
+        let mut trace = self.network.encode(&features, false)?;
+        let frames = trace
+            .hidden_states
+            .pop()
+            .expect("the encoder yields its output");
+        let embeds = self.network.project(&frames)?;
+        timings.encoder_ms += ms(t0);
+        timings.encoder_calls += features.dim(0)?;
+        Ok(embeds)
+    }
+
+    /// Generates after `prompt`, whose `[AUDIO]` placeholders take the rows of `audio`
+    /// (375·k, dim) in order. The prompt is prefilled in blocks of [`PREFILL_BLOCK`]; each
+    /// generated id goes to `on_token` as soon as it exists (return `false` to stop).
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        audio: &Tensor,
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Generation> {
+        let started = Instant::now();
+        let limit = self.network.config().max_positions;
+        let positions = prompt.len() + options.max_new_tokens;
+        if positions > limit {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt ({} tokens, {} of them audio at 12.5 per second) plus {} new tokens \
+                 exceed the model's context of {limit} positions; shorten the audio or --max-new-tokens",
+                prompt.len(),
+                audio.dim(0)?,
+                options.max_new_tokens
+            )));
+        }
+        let network = &self.network;
+        let embeds = network.merge(prompt, audio)?;
+        let mut state = network.new_state(positions, options.kv_dtype)?;
+        let mut timings = Timings::default();
+        let t0 = Instant::now();
+        let mut last = None;
+        for start in (0..prompt.len()).step_by(PREFILL_BLOCK) {
+            let block = embeds.narrow(1, start, PREFILL_BLOCK.min(prompt.len() - start))?;
+            last = Some(network.decode(&mut state, &block, None)?);
+        }
+        let last = last.ok_or_else(|| Error::InvalidRequest("the prompt is empty".into()))?;
+        let mut hidden = last.narrow(1, last.dim(1)? - 1, 1)?;
+        timings.prefill_ms = ms(t0);
+        timings.prefills = 1;
+        let sampling = (options.temperature > 0.0).then_some(SamplingParams {
+            temperature: options.temperature,
+            top_k: 0,
+            top_p: options.top_p,
+        });
+        let mut sampler = Sampler::new(options.seed);
+        let eos = self.tokenizer.eos();
+        let mut ids = Vec::new();
+        while ids.len() < options.max_new_tokens {
+            let t0 = Instant::now();
+            let logits = network.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
+            let id = match sampling {
+                Some(p) => sampler.sample(&logits, p) as u32,
+                None => argmax(&logits) as u32,
+            };
+            if timings.first_token_ms.is_none() {
+                timings.first_token_ms = Some(ms(started));
+            }
+            if id == eos && !options.ignore_eos {
+                break;
+            }
+            ids.push(id);
+            if !on_token(id) {
+                return Err(Error::Cancelled);
+            }
+            if ids.len() == options.max_new_tokens {
+                break;
+            }
+            hidden = network.decode(&mut state, &network.embed(&[id])?, None)?;
+            timings.steps_ms += ms(t0);
+            timings.steps += 1;
+        }
+        Ok(Generation { ids, timings })
+    }
+
+    /// Transcribes 16 kHz `samples` in `language` (ISO 639-1) or the language spoken (`None`),
+    /// greedily. One segment per 30 s window would need timestamps the model does not emit,
+    /// so the transcript is one segment spanning the clip.
+    pub fn transcribe(
+        &self,
+        samples: &[f32],
+        language: Option<&str>,
+        options: &GenerateOptions,
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<(Transcript, Timings)> {
+        let mut timings = Timings::default();
+        let audio = self.audio_embeddings(samples, &mut timings)?;
+        let windows = Self::windows(samples.len());
+        let prompt =
+            prompt::transcription(&self.tokenizer, windows, self.tokens_per_window(), language)?;
+        let mut cancelled = false;
+        let generation = self.generate(&prompt, &audio, options, &mut |_| {
+            cancelled = !progress(Progress {
+                fraction: 0.0,
+                segments: &[],
+            });
+            !cancelled
+        })?;
+        let timings = Timings {
+            mel_ms: timings.mel_ms,
+            encoder_ms: timings.encoder_ms,
+            encoder_calls: timings.encoder_calls,
+            ..generation.timings
+        };
+        let duration = samples.len() as f64 / SAMPLE_RATE as f64;
+        let text = self.tokenizer.decode(&generation.ids).trim().to_string();
+        let segments = if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![Segment {
+                id: 0,
+                seek: 0,
+                start: 0.0,
+                end: duration,
+                text: text.clone(),
+                tokens: generation.ids.clone(),
+                temperature: options.temperature,
+                avg_logprob: 0.0,
+                compression_ratio: 0.0,
+                no_speech_prob: 0.0,
+            }]
+        };
+        Ok((
+            Transcript {
+                language: language.unwrap_or_default().to_string(),
+                duration,
+                text,
+                segments,
+                token_ids: generation.ids,
+            },
+            timings,
+        ))
+    }
+
+    /// Answers the conversation `messages`, whose audio chunks take `clips` (16 kHz samples)
+    /// in order; the answer's text goes to `on_text` piece by piece as it decodes.
+    pub fn ask(
+        &self,
+        messages: &[Message],
+        clips: &[Vec<f32>],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(String, Generation)> {
+        let mut timings = Timings::default();
+        let mut audio = Vec::new();
+        let mut messages = messages.to_vec();
+        let mut clip = clips.iter();
+        for content in messages.iter_mut().flat_map(|m| m.content.iter_mut()) {
+            if let Content::Audio { windows } = content {
+                let samples = clip.next().ok_or_else(|| {
+                    Error::InvalidRequest(
+                        "the conversation has more audio chunks than clips".into(),
+                    )
+                })?;
+                *windows = Self::windows(samples.len());
+                audio.push(self.audio_embeddings(samples, &mut timings)?);
+            }
+        }
+        if clip.next().is_some() {
+            return Err(Error::InvalidRequest(
+                "more clips than audio chunks in the conversation".into(),
+            ));
+        }
+        if audio.is_empty() {
+            return Err(Error::InvalidRequest(
+                "Voxtral answers questions about audio: give at least one --audio FILE".into(),
+            ));
+        }
+        let audio = Tensor::cat(&audio, 0)?;
+        let prompt = prompt::chat(&self.tokenizer, &messages, self.tokens_per_window())?;
+        let mut decoder = TekkenDecoder::new(&self.tokenizer);
+        let mut generation = self.generate(&prompt, &audio, options, &mut |id| {
+            let piece = decoder.push(id);
+            piece.is_empty() || on_text(&piece)
+        })?;
+        let rest = decoder.finish();
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+        generation.timings.mel_ms = timings.mel_ms;
+        generation.timings.encoder_ms = timings.encoder_ms;
+        generation.timings.encoder_calls = timings.encoder_calls;
+        Ok((self.tokenizer.decode(&generation.ids), generation))
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

@@ -1,0 +1,168 @@
+//! Prompts of Voxtral Mini 3B, token for token as mistral-common builds them (checked against
+//! its output in the parity fixtures):
+//!
+//! * transcription: `<s> [INST] [BEGIN_AUDIO] [AUDIO]×375·k [/INST] lang:xx [TRANSCRIBE]`
+//!   (`lang:xx` left out when the language is detected);
+//! * chat: `<s>`, then per user turn `[INST]`, its chunks in order (audio: `[BEGIN_AUDIO]` +
+//!   `[AUDIO]`×375·k; text: its tokens) and `[/INST]`; per assistant turn its tokens and `</s>`.
+
+use crate::tekken::Tekken;
+use crate::{Error, Result};
+
+/// Who speaks a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// One piece of a user turn.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    /// A clip of `windows` 30 s windows (375 audio tokens each).
+    Audio {
+        windows: usize,
+    },
+    Text(String),
+}
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<Content>,
+}
+
+/// The control tokens a prompt uses, looked up by name in tekken.json.
+struct Controls {
+    bos: u32,
+    eos: u32,
+    inst: u32,
+    inst_end: u32,
+    begin_audio: u32,
+    audio: u32,
+    transcribe: u32,
+}
+
+impl Controls {
+    fn of(tekken: &Tekken) -> Result<Self> {
+        Ok(Self {
+            bos: tekken.bos(),
+            eos: tekken.eos(),
+            inst: tekken.require_special("[INST]")?,
+            inst_end: tekken.require_special("[/INST]")?,
+            begin_audio: tekken.require_special("[BEGIN_AUDIO]")?,
+            audio: tekken.require_special("[AUDIO]")?,
+            transcribe: tekken.require_special("[TRANSCRIBE]")?,
+        })
+    }
+
+    fn push_audio(&self, ids: &mut Vec<u32>, tokens: usize) {
+        ids.push(self.begin_audio);
+        ids.extend(std::iter::repeat_n(self.audio, tokens));
+    }
+}
+
+/// The transcription request for a clip of `windows` 30 s windows of `tokens_per_window`
+/// audio tokens, in `language` (an ISO 639-1 code) or detected (`None`).
+pub fn transcription(
+    tekken: &Tekken,
+    windows: usize,
+    tokens_per_window: usize,
+    language: Option<&str>,
+) -> Result<Vec<u32>> {
+    let c = Controls::of(tekken)?;
+    let mut ids = vec![c.bos, c.inst];
+    c.push_audio(&mut ids, windows * tokens_per_window);
+    ids.push(c.inst_end);
+    if let Some(language) = language {
+        ids.extend(tekken.encode(&format!("lang:{language}"))?);
+    }
+    ids.push(c.transcribe);
+    Ok(ids)
+}
+
+/// The chat prompt of `messages`, ending with the last user turn's `[/INST]` (the model
+/// answers next).
+pub fn chat(tekken: &Tekken, messages: &[Message], tokens_per_window: usize) -> Result<Vec<u32>> {
+    let c = Controls::of(tekken)?;
+    let invalid = |m: &str| Err(Error::InvalidRequest(m.into()));
+    match messages.last() {
+        None => return invalid("a conversation needs at least one message"),
+        Some(m) if m.role != Role::User => {
+            return invalid("the last message must be the user's: the model answers it")
+        }
+        _ => {}
+    }
+    let mut ids = vec![c.bos];
+    for message in messages {
+        match message.role {
+            Role::User => {
+                if message.content.is_empty() {
+                    return invalid("a user message has no content");
+                }
+                ids.push(c.inst);
+                for content in &message.content {
+                    match content {
+                        Content::Audio { windows } => {
+                            c.push_audio(&mut ids, windows * tokens_per_window)
+                        }
+                        Content::Text(text) => ids.extend(tekken.encode(text)?),
+                    }
+                }
+                ids.push(c.inst_end);
+            }
+            Role::Assistant => {
+                for content in &message.content {
+                    match content {
+                        Content::Text(text) => ids.extend(tekken.encode(text)?),
+                        Content::Audio { .. } => {
+                            return invalid("an assistant message cannot hold audio")
+                        }
+                    }
+                }
+                ids.push(c.eos);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The instruction `--task translate --language xx` sends after the audio: "Translate this
+/// audio into French." (English language names, as mistral-common's validation uses).
+pub fn translation_instruction(language: &str) -> Result<String> {
+    let name = language_name(language).ok_or_else(|| {
+        Error::InvalidRequest(format!(
+            "unknown target language {language:?}; use an ISO 639-1 code such as en, fr, de"
+        ))
+    })?;
+    Ok(format!("Translate this audio into {name}."))
+}
+
+/// English names of the languages Voxtral was trained on (the model card's eight) and a few
+/// more ISO 639-1 codes it is commonly asked for.
+pub fn language_name(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "en" => "English",
+        "fr" => "French",
+        "de" => "German",
+        "es" => "Spanish",
+        "pt" => "Portuguese",
+        "hi" => "Hindi",
+        "nl" => "Dutch",
+        "it" => "Italian",
+        "ar" => "Arabic",
+        "zh" => "Chinese",
+        "ja" => "Japanese",
+        "ko" => "Korean",
+        "ru" => "Russian",
+        "pl" => "Polish",
+        "tr" => "Turkish",
+        "uk" => "Ukrainian",
+        "sv" => "Swedish",
+        "cs" => "Czech",
+        "ro" => "Romanian",
+        "el" => "Greek",
+        _ => return None,
+    })
+}

@@ -1,0 +1,396 @@
+//! Numerical parity of Voxtral Mini 3B with transformers' `VoxtralForConditionalGeneration`
+//! and mistral-common's request builder, on the seeded random-weight checkpoint in
+//! tests/fixtures/voxtral (both layouts: HF `model.safetensors` + `config.json`, and Mistral
+//! `consolidated.safetensors` + `params.json` made by inverting transformers' converter),
+//! made by tools/reference/voxtral_fixtures.py. Two clips: 3 s (one window) and 40 s (two).
+
+use candle_core::{Device, Tensor, D};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use voxide_models::voxtral::{prompt, Content, GenerateOptions, Message, Role, Voxtral};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/voxtral")
+}
+
+const LAYOUTS: [&str; 2] = ["tiny-random-hf", "tiny-random-mistral"];
+const CLIPS: [&str; 2] = ["short", "long"];
+
+fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixtures().join("tiny-random.reference.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("reference tensors")
+}
+
+fn facts() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("tiny-random.reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn load(layout: &str) -> Voxtral {
+    Voxtral::from_dir(&fixtures().join(layout), &Device::Cpu, None).expect("model loads")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// `|a − b| ≤ tol · (1 + max|b|)`, printed for the closing note.
+fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    let diff = max_abs_diff(got, want);
+    let scale = 1.0
+        + want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+    println!("{what}: max |diff| {diff:.3e} (scale {scale:.1})");
+    assert!(diff <= tol * scale, "{what}: {diff} > {tol} · {scale}");
+}
+
+fn ids(t: &Tensor) -> Vec<u32> {
+    let values = t.flatten_all().unwrap().to_vec1::<i64>().unwrap();
+    values.into_iter().map(|v| v as u32).collect()
+}
+
+fn samples(t: &Tensor) -> Vec<f32> {
+    t.to_vec1::<f32>().unwrap()
+}
+
+/// A prompt stored as pieces: literal id lists and `{"audio": n}` runs of `[AUDIO]` (24).
+fn expand(pieces: &Value) -> Vec<u32> {
+    let mut out = Vec::new();
+    for piece in pieces.as_array().unwrap() {
+        match piece {
+            Value::Array(literal) => out.extend(literal.iter().map(|v| v.as_u64().unwrap() as u32)),
+            Value::Object(run) => {
+                let n = run["audio"].as_u64().unwrap() as usize;
+                out.extend(std::iter::repeat_n(24, n));
+            }
+            other => panic!("unexpected piece {other}"),
+        }
+    }
+    out
+}
+
+/// transformers' features: padded to whole 30 s windows, one spectrogram over the clip.
+#[test]
+fn features_match_the_processor() {
+    let r = reference();
+    let model = load(LAYOUTS[0]);
+    for clip in CLIPS {
+        let got = model
+            .features(&samples(&r[&format!("{clip}.audio")]))
+            .unwrap();
+        assert_close(
+            &format!("{clip} features"),
+            &got,
+            &r[&format!("{clip}.input_features")],
+            2e-5,
+        );
+    }
+}
+
+/// Every stage on the reference features and prompt: encoder layers, projector, the merged
+/// sequence, decoder layers (in prefill blocks as `generate` runs them), logits.
+#[test]
+fn every_stage_matches_transformers() {
+    let r = reference();
+    for layout in LAYOUTS {
+        let model = load(layout);
+        let net = model.network();
+        for clip in CLIPS {
+            let tag = |what: &str| format!("{layout} {clip} {what}");
+            let trace = net
+                .encode(&r[&format!("{clip}.input_features")], true)
+                .unwrap();
+            for (i, h) in trace.hidden_states.iter().enumerate() {
+                assert_close(
+                    &tag(&format!("encoder hidden {i}")),
+                    h,
+                    &r[&format!("{clip}.encoder_hidden_states.{i}")],
+                    2e-5,
+                );
+            }
+            let audio = net.project(trace.hidden_states.last().unwrap()).unwrap();
+            assert_close(
+                &tag("audio embeds"),
+                &audio,
+                &r[&format!("{clip}.audio_embeds")],
+                2e-5,
+            );
+
+            let prompt = ids(&r[&format!("{clip}.transcribe.input_ids")]);
+            let x = net.merge(&prompt, &audio).unwrap();
+            let key = |what: &str| format!("{clip}.transcribe.{what}");
+            assert_close(&tag("inputs embeds"), &x, &r[&key("inputs_embeds")], 2e-5);
+
+            let mut state = net
+                .new_state(prompt.len(), candle_core::DType::F32)
+                .unwrap();
+            let mut hidden = Vec::new();
+            let mut outs = Vec::new();
+            for start in (0..prompt.len()).step_by(voxide_models::voxtral::PREFILL_BLOCK) {
+                let n = voxide_models::voxtral::PREFILL_BLOCK.min(prompt.len() - start);
+                let mut layers = Vec::new();
+                outs.push(
+                    net.decode(
+                        &mut state,
+                        &x.narrow(1, start, n).unwrap(),
+                        Some(&mut layers),
+                    )
+                    .unwrap(),
+                );
+                hidden.push(layers);
+            }
+            let layers = hidden[0].len();
+            for i in 0..layers - 1 {
+                let per_block: Vec<&Tensor> = hidden.iter().map(|h| &h[i]).collect();
+                let got = Tensor::cat(&per_block, 1).unwrap();
+                assert_close(
+                    &tag(&format!("decoder hidden {}", i + 1)),
+                    &got,
+                    &r[&key(&format!("text_hidden_states.{}", i + 1))],
+                    5e-5,
+                );
+            }
+            let out = Tensor::cat(&outs, 1).unwrap();
+            assert_close(
+                &tag("decoder output (final norm)"),
+                &out,
+                &r[&key(&format!("text_hidden_states.{layers}"))],
+                5e-5,
+            );
+            let logits = net.logits(&out).unwrap();
+            let t = prompt.len();
+            let tail = logits.squeeze(0).unwrap().narrow(0, t - 16, 16).unwrap();
+            assert_close(
+                &tag("logits (last 16)"),
+                &tail,
+                &r[&key("logits_tail")],
+                5e-5,
+            );
+            if let Some(full) = r.get(&key("logits")) {
+                assert_close(&tag("logits"), &logits, full, 5e-5);
+            }
+        }
+    }
+}
+
+/// Greedy decoding through the KV cache: the ids, and every step's logits (teacher-forced
+/// on the reference ids, so a near tie cannot hide a drift).
+#[test]
+fn greedy_ids_and_cached_steps_match() {
+    let r = reference();
+    for layout in LAYOUTS {
+        let model = load(layout);
+        let net = model.network();
+        for case in ["short.transcribe", "long.transcribe", "short.chat"] {
+            let clip = case.split('.').next().unwrap();
+            let features = &r[&format!("{clip}.input_features")];
+            let frames = net
+                .encode(features, false)
+                .unwrap()
+                .hidden_states
+                .pop()
+                .unwrap();
+            let audio = net.project(&frames).unwrap();
+            let prompt = ids(&r[&format!("{case}.input_ids")]);
+            let want = ids(&r[&format!("{case}.greedy_ids")]);
+            let options = GenerateOptions {
+                max_new_tokens: want.len(),
+                ..Default::default()
+            };
+            let mut streamed = Vec::new();
+            let got = model
+                .generate(&prompt, &audio, &options, &mut |id| {
+                    streamed.push(id);
+                    true
+                })
+                .unwrap();
+            assert_eq!(got.ids, want, "{layout} {case} greedy ids");
+            assert_eq!(streamed, want, "{layout} {case} streamed ids");
+
+            let x = net.merge(&prompt, &audio).unwrap();
+            let mut state = net
+                .new_state(prompt.len() + want.len(), candle_core::DType::F32)
+                .unwrap();
+            let mut h = net.decode(&mut state, &x, None).unwrap();
+            let mut steps = Vec::new();
+            for &id in &want {
+                let last = h.narrow(1, h.dim(1).unwrap() - 1, 1).unwrap();
+                steps.push(
+                    net.logits(&last)
+                        .unwrap()
+                        .flatten_to(D::Minus1)
+                        .unwrap()
+                        .squeeze(0)
+                        .unwrap(),
+                );
+                h = net
+                    .decode(&mut state, &net.embed(&[id]).unwrap(), None)
+                    .unwrap();
+            }
+            let steps = Tensor::stack(&steps, 0).unwrap();
+            assert_close(
+                &format!("{layout} {case} step logits"),
+                &steps,
+                &r[&format!("{case}.greedy_scores")],
+                5e-5,
+            );
+        }
+    }
+}
+
+/// The whole path from samples: features, encoder, prompt, generation.
+#[test]
+fn transcribe_from_samples_gives_the_reference_ids() {
+    let r = reference();
+    for layout in LAYOUTS {
+        let model = load(layout);
+        for clip in CLIPS {
+            let want = ids(&r[&format!("{clip}.transcribe.greedy_ids")]);
+            let options = GenerateOptions {
+                max_new_tokens: want.len(),
+                ..Default::default()
+            };
+            let audio = samples(&r[&format!("{clip}.audio")]);
+            let (transcript, timings) = model
+                .transcribe(&audio, Some("en"), &options, &mut |_| true)
+                .unwrap();
+            assert_eq!(transcript.token_ids, want, "{layout} {clip}");
+            assert_eq!(transcript.text, model.tokenizer().decode(&want).trim());
+            assert_eq!(timings.encoder_calls, Voxtral::windows(audio.len()));
+        }
+    }
+}
+
+/// `ask` streams the text it returns, and answers the reference chat request.
+#[test]
+fn ask_streams_the_reference_answer() {
+    let r = reference();
+    let model = load(LAYOUTS[1]);
+    let want = ids(&r["short.chat.greedy_ids"]);
+    let messages = [Message {
+        role: Role::User,
+        content: vec![
+            Content::Audio { windows: 1 },
+            Content::Text("What is said in this recording?".into()),
+        ],
+    }];
+    let options = GenerateOptions {
+        max_new_tokens: want.len(),
+        ..Default::default()
+    };
+    let mut streamed = String::new();
+    let (text, generation) = model
+        .ask(
+            &messages,
+            &[samples(&r["short.audio"])],
+            &options,
+            &mut |piece| {
+                streamed.push_str(piece);
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!(generation.ids, want);
+    assert_eq!(streamed, text);
+    assert_eq!(text, model.tokenizer().decode(&want));
+}
+
+/// Prompt ids equal mistral-common's: transcription in nine language settings, chat with
+/// one and two clips, multi-turn, and the translation instruction.
+#[test]
+fn prompts_equal_mistral_common() {
+    let facts = facts();
+    let prompts = &facts["prompts"];
+    let model = load(LAYOUTS[0]);
+    let tekken = model.tokenizer();
+    let per_window = model.tokens_per_window();
+    for (name, case) in prompts["transcribe"].as_object().unwrap() {
+        let language = case["language"].as_str();
+        let got = prompt::transcription(tekken, 1, per_window, language).unwrap();
+        assert_eq!(got, expand(&case["pieces"]), "transcribe {name}");
+    }
+    let long = &facts["long"]["layout"]["pieces"];
+    assert_eq!(
+        prompt::transcription(tekken, 2, per_window, Some("en")).unwrap(),
+        expand(long),
+        "two windows"
+    );
+    for (name, case) in prompts["chat"].as_object().unwrap() {
+        let messages: Vec<Message> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let role = match m["role"].as_str().unwrap() {
+                    "user" => Role::User,
+                    _ => Role::Assistant,
+                };
+                let content = match &m["content"] {
+                    Value::String(text) => vec![Content::Text(text.clone())],
+                    Value::Array(chunks) => chunks
+                        .iter()
+                        .map(|c| match c["type"].as_str().unwrap() {
+                            "input_audio" => Content::Audio { windows: 1 },
+                            _ => Content::Text(c["text"].as_str().unwrap().into()),
+                        })
+                        .collect(),
+                    other => panic!("content {other}"),
+                };
+                Message { role, content }
+            })
+            .collect();
+        let got = prompt::chat(tekken, &messages, per_window).unwrap();
+        assert_eq!(got, expand(&case["pieces"]), "chat {name}");
+    }
+    let translate = &prompts["chat"]["d_translate_fr"]["messages"][0]["content"][1]["text"];
+    assert_eq!(
+        prompt::translation_instruction("fr").unwrap(),
+        translate.as_str().unwrap()
+    );
+}
+
+/// Bad requests fail with a message, not a panic.
+#[test]
+fn bad_requests_are_errors() {
+    let model = load(LAYOUTS[0]);
+    let options = GenerateOptions::default();
+    let err = |e: voxide_models::Error| e.to_string();
+    let e = model
+        .transcribe(&[], None, &options, &mut |_| true)
+        .unwrap_err();
+    assert!(err(e).contains("empty"));
+    let question = [Message {
+        role: Role::User,
+        content: vec![Content::Text("Hello?".into())],
+    }];
+    let e = model
+        .ask(&question, &[], &options, &mut |_| true)
+        .unwrap_err();
+    assert!(err(e).contains("--audio"), "question without audio");
+    let long = GenerateOptions {
+        max_new_tokens: 200_000,
+        ..Default::default()
+    };
+    let e = model
+        .transcribe(&[0.1; 16_000], None, &long, &mut |_| true)
+        .unwrap_err();
+    assert!(err(e).contains("context of 131072"), "context limit");
+    assert!(prompt::translation_instruction("xx").is_err());
+}
