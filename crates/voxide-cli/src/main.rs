@@ -1,5 +1,6 @@
 //! `voxide`: speech-to-text and text-to-speech from the command line.
 
+mod ask;
 mod bench;
 mod serve;
 mod speak;
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Transcribe (or translate) audio files.
     Transcribe(transcribe::TranscribeArgs),
+    /// Ask questions about audio (Voxtral Mini 3B), the answer streamed as it decodes.
+    Ask(ask::AskArgs),
     /// Transcribe live audio from standard input as it arrives (streaming models).
     Stream(stream::StreamArgs),
     /// Time transcriptions: RTF, encoder, decoder ms/step, first token, peak memory.
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),
+        Command::Ask(args) => ask::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Stream(args) => stream::run(args),
         Command::Speak(args) => speak::run(args),

@@ -27,7 +27,8 @@ pub struct TranscribeArgs {
     /// Spoken language: a code (en, de, …), an English name, or `auto` to detect it.
     #[arg(short, long, default_value = "auto")]
     language: String,
-    /// `transcribe`, or `translate` into English.
+    /// `transcribe`, or `translate` into English (Voxtral Mini 3B: into --language, default
+    /// English, through its chat prompt).
     #[arg(long, default_value = "transcribe", value_parser = ["transcribe", "translate"])]
     task: String,
     /// Decode text only, without segment timestamps.
@@ -76,7 +77,7 @@ pub struct TranscribeArgs {
     /// Do not prompt each window with the text of the previous ones.
     #[arg(long)]
     no_condition_on_previous_text: bool,
-    /// At most N tokens per 30 s window (tests and benchmarks).
+    /// At most N tokens per 30 s window (Voxtral Mini 3B: in all; default 64 + 10 per second).
     #[arg(long, value_name = "N")]
     max_new_tokens: Option<usize>,
     /// Seed for sampling at temperature > 0.
@@ -91,15 +92,15 @@ pub struct TranscribeArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// Weight precision: auto (the checkpoint's), f32, f16, bf16, or int8 (Voxtral Realtime:
-    /// the decoder's matrices, quantized per row at load).
+    /// Weight precision: auto (the checkpoint's), f32, f16, bf16, or int8 (Voxtral: the
+    /// decoder's matrices, quantized per row at load).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
     precision: String,
     /// Streaming models (Voxtral Realtime): transcription delay in ms, 80 to 2400 in steps
     /// of 80 (default: the model's, 480).
     #[arg(long)]
     delay_ms: Option<u32>,
-    /// Streaming models: KV-cache precision, f32, f16 or bf16.
+    /// Voxtral: KV-cache precision, f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     kv_precision: String,
     /// Print timings (mel, encoder, decoder ms/step, real-time factor) to stderr.

@@ -11,6 +11,7 @@ pub use error::{Error, Result};
 pub use format::{render, OutputFormat};
 pub use resolve::{resolve_model, ModelSource};
 pub use transcriber::{
-    load_streaming, load_transcriber, SpeechStream, TranscribeRequest, Transcriber, WeightFormat,
+    load_streaming, load_transcriber, load_voxtral, SpeechStream, TranscribeRequest, Transcriber,
+    WeightFormat,
 };
 pub use voxide_models::{Progress, Segment, Timings, Transcript};

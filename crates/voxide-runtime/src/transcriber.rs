@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::resolve::ModelSource;
 use candle_core::{DType, Device};
+use voxide_models::voxtral::{self, GenerateOptions, Voxtral};
 use voxide_models::voxtral_realtime::{RealtimeStream, StreamOptions, VoxtralRealtime};
 use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::tokenizer::language_code;
@@ -285,10 +286,84 @@ impl Transcriber for VoxtralRealtime {
     }
 }
 
+/// Voxtral Mini 3B: one prompt for the whole clip (30 s windows encoded separately), greedy
+/// or sampled. Translation goes through the chat prompt: "Translate this audio into
+/// {language}." with `language` the target (default English).
+impl Transcriber for Voxtral {
+    fn sample_rate(&self) -> u32 {
+        voxtral::SAMPLE_RATE
+    }
+
+    fn transcribe(
+        &self,
+        samples: &[f32],
+        request: &TranscribeRequest,
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<(Transcript, Timings)> {
+        let unsupported = |what: &str| {
+            Err(Error::InvalidRequest(format!(
+                "Voxtral Mini 3B does not support {what}"
+            )))
+        };
+        if request.prompt.is_some() {
+            return unsupported("prompts (ask it questions with `voxide ask`)");
+        }
+        if request.beam_size.is_some() || request.best_of.is_some() {
+            return unsupported("beam search or best-of sampling");
+        }
+        if !(0.0..=2.0).contains(&request.temperature) {
+            return Err(Error::InvalidRequest(
+                "temperature must lie in [0, 2]".into(),
+            ));
+        }
+        let language = match request.language.as_deref() {
+            None | Some("auto") => None,
+            Some(lang) => Some(language_code(lang).ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "unknown language {lang:?}; use a code such as en, de, fr, or auto"
+                ))
+            })?),
+        };
+        let seconds = samples.len() as f64 / voxtral::SAMPLE_RATE as f64;
+        let options = GenerateOptions {
+            max_new_tokens: request
+                .max_new_tokens
+                .unwrap_or_else(|| voxtral::default_max_new_tokens(seconds)),
+            temperature: request.temperature,
+            seed: request.seed,
+            ignore_eos: request.ignore_eot,
+            kv_dtype: request.kv_dtype.unwrap_or(DType::F32),
+            ..GenerateOptions::default()
+        };
+        let result = if request.translate {
+            Voxtral::translate(self, samples, language.unwrap_or("en"), &options, progress)
+        } else {
+            Voxtral::transcribe(self, samples, language, &options, progress)
+        };
+        Ok(result?)
+    }
+
+    fn decoder_step_bytes(&self) -> Option<usize> {
+        Some(self.network().decoder_step_bytes())
+    }
+}
+
 /// What kind of checkpoint a directory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
     Whisper,
     VoxtralRealtime,
+    Voxtral,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Whisper => "a Whisper model",
+            Family::VoxtralRealtime => "Voxtral Mini 4B Realtime",
+            Family::Voxtral => "Voxtral Mini 3B",
+        }
+    }
 }
 
 fn family(dir: &std::path::Path) -> Result<Family> {
@@ -298,9 +373,11 @@ fn family(dir: &std::path::Path) -> Result<Family> {
         let json = read_json(&params)?;
         return if json["ada_rms_norm_t_cond"].as_bool() == Some(true) {
             Ok(Family::VoxtralRealtime)
+        } else if json["multimodal"]["whisper_model_args"].is_object() {
+            Ok(Family::Voxtral)
         } else {
             Err(Error::Resolve(format!(
-                "{}: this Mistral checkpoint is not supported yet (supported: Voxtral Mini 4B Realtime)",
+                "{}: this Mistral checkpoint is not supported (supported: Voxtral Mini 3B, Voxtral Mini 4B Realtime)",
                 params.display()
             )))
         };
@@ -310,8 +387,9 @@ fn family(dir: &std::path::Path) -> Result<Family> {
     match json["model_type"].as_str() {
         Some("whisper") => Ok(Family::Whisper),
         Some("voxtral_realtime") => Ok(Family::VoxtralRealtime),
+        Some("voxtral") => Ok(Family::Voxtral),
         Some(other) => Err(Error::Resolve(format!(
-            "{}: model_type {other:?} is not supported yet (supported: whisper, voxtral_realtime)",
+            "{}: model_type {other:?} is not supported yet (supported: whisper, voxtral, voxtral_realtime)",
             config.display()
         ))),
         None => Err(Error::Resolve(format!(
@@ -344,7 +422,26 @@ pub fn load_transcriber(
             whisper_dtype(weights)?,
         )?),
         Family::VoxtralRealtime => Box::new(VoxtralRealtime::from_dir(dir, device, weights)?),
+        Family::Voxtral => Box::new(Voxtral::from_dir(dir, device, weights)?),
     })
+}
+
+/// Loads a model that answers questions about audio (Voxtral Mini 3B); other kinds are an
+/// error.
+pub fn load_voxtral(
+    source: &ModelSource,
+    device: &Device,
+    weights: Option<WeightFormat>,
+) -> Result<Voxtral> {
+    let dir = source.dir();
+    match family(dir)? {
+        Family::Voxtral => Ok(Voxtral::from_dir(dir, device, weights)?),
+        other => Err(Error::Resolve(format!(
+            "{} is {}, which only transcribes; `voxide ask` needs Voxtral Mini 3B (mistralai/Voxtral-Mini-3B-2507)",
+            dir.display(),
+            other.name()
+        ))),
+    }
 }
 
 /// Whisper keeps its matrices as f32, f16 or bf16.
@@ -371,9 +468,10 @@ pub fn load_streaming(
     let dir = source.dir();
     match family(dir)? {
         Family::VoxtralRealtime => Ok(VoxtralRealtime::from_dir(dir, device, weights)?),
-        Family::Whisper => Err(Error::Resolve(format!(
-            "{} is a Whisper model, which does not stream; use `voxide transcribe`, or a Voxtral Realtime model",
-            dir.display()
+        other => Err(Error::Resolve(format!(
+            "{} is {}, which does not stream; use `voxide transcribe`, or a Voxtral Realtime model",
+            dir.display(),
+            other.name()
         ))),
     }
 }

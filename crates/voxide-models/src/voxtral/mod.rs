@@ -42,6 +42,12 @@ const WINDOW_FRAMES: usize = 3000;
 /// scores of a block stay small however long the prompt (30 min of audio is 22 500 tokens).
 pub const PREFILL_BLOCK: usize = 512;
 
+/// Default token budget for a clip of `seconds`: speech runs at 2–5 tokens per second, so
+/// 10 per second (plus a margin for short clips) never cuts a transcript short.
+pub fn default_max_new_tokens(seconds: f64) -> usize {
+    64 + (10.0 * seconds).ceil() as usize
+}
+
 /// How tokens are chosen.
 #[derive(Clone, Copy, Debug)]
 pub struct GenerateOptions {
@@ -284,9 +290,8 @@ impl Voxtral {
         Ok(Generation { ids, timings })
     }
 
-    /// Transcribes 16 kHz `samples` in `language` (ISO 639-1) or the language spoken (`None`),
-    /// greedily. One segment per 30 s window would need timestamps the model does not emit,
-    /// so the transcript is one segment spanning the clip.
+    /// Transcribes 16 kHz `samples` in `language` (ISO 639-1) or the language spoken (`None`).
+    /// The model emits no timestamps, so the transcript is one segment spanning the clip.
     pub fn transcribe(
         &self,
         samples: &[f32],
@@ -294,25 +299,61 @@ impl Voxtral {
         options: &GenerateOptions,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
-        let mut timings = Timings::default();
-        let audio = self.audio_embeddings(samples, &mut timings)?;
         let windows = Self::windows(samples.len());
         let prompt =
             prompt::transcription(&self.tokenizer, windows, self.tokens_per_window(), language)?;
+        self.transcript(
+            samples,
+            &prompt,
+            language.unwrap_or_default(),
+            options,
+            progress,
+        )
+    }
+
+    /// Translates the speech in `samples` into `target` (ISO 639-1) through the chat prompt
+    /// `[INST][BEGIN_AUDIO][AUDIO]… Translate this audio into {Language}.[/INST]`.
+    pub fn translate(
+        &self,
+        samples: &[f32],
+        target: &str,
+        options: &GenerateOptions,
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<(Transcript, Timings)> {
+        let messages = [Message {
+            role: Role::User,
+            content: vec![
+                Content::Audio {
+                    windows: Self::windows(samples.len()),
+                },
+                Content::Text(prompt::translation_instruction(target)?),
+            ],
+        }];
+        let prompt = prompt::chat(&self.tokenizer, &messages, self.tokens_per_window())?;
+        self.transcript(samples, &prompt, target, options, progress)
+    }
+
+    /// Runs `prompt` over the clip's audio and wraps the answer as a transcript.
+    fn transcript(
+        &self,
+        samples: &[f32],
+        prompt: &[u32],
+        language: &str,
+        options: &GenerateOptions,
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<(Transcript, Timings)> {
+        let mut timings = Timings::default();
+        let audio = self.audio_embeddings(samples, &mut timings)?;
+
         let mut cancelled = false;
-        let generation = self.generate(&prompt, &audio, options, &mut |_| {
+        let generation = self.generate(prompt, &audio, options, &mut |_| {
             cancelled = !progress(Progress {
                 fraction: 0.0,
                 segments: &[],
             });
             !cancelled
         })?;
-        let timings = Timings {
-            mel_ms: timings.mel_ms,
-            encoder_ms: timings.encoder_ms,
-            encoder_calls: timings.encoder_calls,
-            ..generation.timings
-        };
+        let timings = with_audio_timings(generation.timings, &timings);
         let duration = samples.len() as f64 / SAMPLE_RATE as f64;
         let text = self.tokenizer.decode(&generation.ids).trim().to_string();
         let segments = if text.is_empty() {
@@ -333,7 +374,7 @@ impl Voxtral {
         };
         Ok((
             Transcript {
-                language: language.unwrap_or_default().to_string(),
+                language: language.to_string(),
                 duration,
                 text,
                 segments,
@@ -388,10 +429,21 @@ impl Voxtral {
         if !rest.is_empty() {
             on_text(&rest);
         }
-        generation.timings.mel_ms = timings.mel_ms;
-        generation.timings.encoder_ms = timings.encoder_ms;
-        generation.timings.encoder_calls = timings.encoder_calls;
+        generation.timings = with_audio_timings(generation.timings, &timings);
         Ok((self.tokenizer.decode(&generation.ids), generation))
+    }
+}
+
+/// A generation's timings with the audio's (mel, encoder) added: the first token then
+/// counts from the start of the request.
+fn with_audio_timings(generation: Timings, audio: &Timings) -> Timings {
+    let before = audio.mel_ms + audio.encoder_ms;
+    Timings {
+        mel_ms: audio.mel_ms,
+        encoder_ms: audio.encoder_ms,
+        encoder_calls: audio.encoder_calls,
+        first_token_ms: generation.first_token_ms.map(|t| t + before),
+        ..generation
     }
 }
 

@@ -1,0 +1,230 @@
+//! End-to-end tests of Voxtral Mini 3B through the CLI, on the committed random-weight
+//! checkpoints (both layouts): `voxide transcribe` prints transformers' greedy ids, `voxide
+//! ask` streams the library's answer (one question, or a multi-turn --messages file), and bad
+//! input is a one-line error with exit 1.
+
+use candle_core::Device;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use voxide_models::voxtral::{Content, GenerateOptions, Message, Role, Voxtral};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(layout: &str) -> PathBuf {
+    root().join("tests/fixtures/voxtral").join(layout)
+}
+
+const LAYOUTS: [&str; 2] = ["tiny-random-hf", "tiny-random-mistral"];
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn voxide(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_voxide"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("voxide runs")
+}
+
+fn stdout(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "voxide failed: {stderr}");
+    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
+}
+
+/// The single stderr line of a run that must fail with exit 1.
+fn error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line expected:\n{stderr}");
+    stderr
+}
+
+fn reference() -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(
+        root().join("tests/fixtures/voxtral/tiny-random.reference.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("reference tensors")
+}
+
+fn ids(t: &candle_core::Tensor) -> Vec<u32> {
+    let values = t.flatten_all().unwrap().to_vec1::<i64>().unwrap();
+    values.into_iter().map(|v| v as u32).collect()
+}
+
+/// The reference's 3 s clip as a 16-bit WAV: it lies on the 16-bit grid, so the file holds it
+/// exactly.
+fn short_clip(dir: &Path) -> (PathBuf, Vec<f32>) {
+    let samples = reference()["short.audio"].to_vec1::<f32>().unwrap();
+    let data: Vec<u8> = samples
+        .iter()
+        .flat_map(|&x| ((x * 32768.0).round() as i16).to_le_bytes())
+        .collect();
+    let mut wav = b"RIFF".to_vec();
+    wav.extend((36 + data.len() as u32).to_le_bytes());
+    wav.extend(b"WAVEfmt ");
+    wav.extend(16u32.to_le_bytes());
+    wav.extend(1u16.to_le_bytes());
+    wav.extend(1u16.to_le_bytes());
+    wav.extend(16_000u32.to_le_bytes());
+    wav.extend(32_000u32.to_le_bytes());
+    wav.extend(2u16.to_le_bytes());
+    wav.extend(16u16.to_le_bytes());
+    wav.extend(b"data");
+    wav.extend((data.len() as u32).to_le_bytes());
+    wav.extend(data);
+    let path = dir.join("short.wav");
+    std::fs::write(&path, wav).unwrap();
+    (path, samples)
+}
+
+#[test]
+fn transcribe_prints_the_reference_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wav, _) = short_clip(dir.path());
+    let want = ids(&reference()["short.transcribe.greedy_ids"]);
+    for layout in LAYOUTS {
+        let model = fixture(layout);
+        let out = voxide(&[
+            "transcribe",
+            "-m",
+            s(&model),
+            "-l",
+            "en",
+            "--max-new-tokens",
+            "24",
+            "-f",
+            "verbose_json",
+            s(&wav),
+        ]);
+        let json: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let got: Vec<u32> = json["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(got, want, "{layout}");
+        let library = Voxtral::from_dir(&model, &Device::Cpu, None).unwrap();
+        assert_eq!(json["text"], library.tokenizer().decode(&want).trim());
+    }
+}
+
+/// `ask` prints what the library answers, streamed, for a question and for a conversation.
+#[test]
+fn ask_prints_the_library_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wav, samples) = short_clip(dir.path());
+    let model = fixture(LAYOUTS[1]);
+    let library = Voxtral::from_dir(&model, &Device::Cpu, None).unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    let answer = |messages: &[Message], clips: usize| {
+        let clips = vec![samples.clone(); clips];
+        let (text, _) = library
+            .ask(messages, &clips, &options, &mut |_| true)
+            .unwrap();
+        text
+    };
+    let question = "What is said in this recording?";
+    let one = [Message {
+        role: Role::User,
+        content: vec![
+            Content::Audio { windows: 1 },
+            Content::Text(question.into()),
+        ],
+    }];
+    let want = answer(&one, 1);
+    assert_eq!(
+        want,
+        library
+            .tokenizer()
+            .decode(&ids(&reference()["short.chat.greedy_ids"]))
+    );
+    let args = ["ask", "-m", s(&model), "--max-new-tokens", "24"];
+    let out = voxide(&[&args[..], &["--audio", s(&wav), question]].concat());
+    assert_eq!(stdout(&out), format!("{want}\n"));
+
+    let conversation = json!([
+        {"role": "user", "content": [{"type": "audio", "path": "short.wav"}, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": "A tone and a rising chirp."},
+    ]);
+    let file = dir.path().join("messages.json");
+    std::fs::write(&file, conversation.to_string()).unwrap();
+    let turns = [
+        one[0].clone(),
+        Message {
+            role: Role::Assistant,
+            content: vec![Content::Text("A tone and a rising chirp.".into())],
+        },
+        Message {
+            role: Role::User,
+            content: vec![Content::Text("Describe it in one word.".into())],
+        },
+    ];
+    let out = voxide(
+        &[
+            &args[..],
+            &["--messages", s(&file), "Describe it in one word."],
+        ]
+        .concat(),
+    );
+    assert_eq!(stdout(&out), format!("{}\n", answer(&turns, 1)));
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wav, _) = short_clip(dir.path());
+    let model = fixture(LAYOUTS[0]);
+    let ask =
+        |model: &Path, extra: &[&str]| voxide(&[&["ask", "-m", s(model)][..], extra].concat());
+    let e = error_line(&ask(&model, &["Is anyone there?"]));
+    assert!(e.contains("at least one --audio"), "{e}");
+    let e = error_line(&ask(&model, &["--audio", s(&wav)]));
+    assert!(e.contains("needs a question"), "{e}");
+    let realtime = root().join("tests/fixtures/voxtral-realtime/tiny-random-mistral");
+    let e = error_line(&ask(&realtime, &["--audio", s(&wav), "Hi?"]));
+    assert!(
+        e.contains("Voxtral Mini 4B Realtime, which only transcribes"),
+        "{e}"
+    );
+    let whisper = root().join("tests/fixtures/whisper/tiny-random");
+    let e = error_line(&ask(&whisper, &["--audio", s(&wav), "Hi?"]));
+    assert!(e.contains("a Whisper model"), "{e}");
+    let e = error_line(&ask(
+        &model,
+        &["--audio", s(&wav), "--max-new-tokens", "200000", "Hi?"],
+    ));
+    assert!(e.contains("exceed the model's context of 131072"), "{e}");
+
+    // Broken checkpoints: a copy of the Mistral layout, damaged one file at a time.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for name in ["consolidated.safetensors", "params.json", "tekken.json"] {
+        std::fs::copy(fixture(LAYOUTS[1]).join(name), broken.join(name)).unwrap();
+    }
+    let transcribe = || voxide(&["transcribe", "-m", s(&broken), s(&wav)]);
+    let params = std::fs::read_to_string(broken.join("params.json")).unwrap();
+    std::fs::write(broken.join("params.json"), "{\"dim\": 64").unwrap();
+    let e = error_line(&transcribe());
+    assert!(e.contains("params.json"), "{e}");
+    let mut wrong: Value = serde_json::from_str(&params).unwrap();
+    wrong["n_layers"] = json!(3);
+    std::fs::write(broken.join("params.json"), wrong.to_string()).unwrap();
+    let e = error_line(&transcribe());
+    assert!(e.contains("layers.2."), "names the missing tensor: {e}");
+    std::fs::write(broken.join("params.json"), &params).unwrap();
+    std::fs::remove_file(broken.join("tekken.json")).unwrap();
+    let e = error_line(&transcribe());
+    assert!(e.contains("tekken.json"), "{e}");
+}
