@@ -35,7 +35,8 @@ pub fn vad_model() -> PathBuf {
     root().join("../shared/assets/silero-vad/for-tests-silero-v6.2.0-ggml.bin")
 }
 
-/// The fixtures, loaded once for every test: `whisper-1`, `tts-1`, `voxtral` and the VAD.
+/// The fixtures, loaded once for every test: `whisper-1`, `tts-1`, `voxtral`, `voxtral-mini`
+/// and the VAD.
 pub fn models() -> Registry {
     static MODELS: OnceLock<Registry> = OnceLock::new();
     MODELS
@@ -45,6 +46,7 @@ pub fn models() -> Registry {
                 "whisper-1=tests/fixtures/whisper/tiny-random",
                 "tts-1=tests/fixtures/qwen3-tts/tiny-random",
                 "voxtral=tests/fixtures/voxtral-realtime/tiny-random-hf",
+                "voxtral-mini=tests/fixtures/voxtral/tiny-random-mistral",
             ] {
                 let (id, path) = spec.split_once('=').unwrap();
                 let spec = format!("{id}={}", root().join(path).display());
@@ -369,7 +371,7 @@ fn health_and_models_list() {
             m["id"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(ids, ["whisper-1", "tts-1", "voxtral"]);
+    assert_eq!(ids, ["whisper-1", "tts-1", "voxtral", "voxtral-mini"]);
     let one = server.get("/v1/models/tts-1");
     assert_eq!(
         (one.status, one.json()["id"].as_str()),

@@ -93,6 +93,40 @@ fn every_format_equals_the_cli_output() {
     assert_eq!(verbose["duration"], 11.0);
 }
 
+/// Voxtral Mini 3B is served like any transcription model: the reply equals the library's
+/// transcript with the CLI's defaults, and translation goes through its chat prompt.
+#[test]
+fn voxtral_mini_is_served_like_the_cli() {
+    let models = models();
+    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
+        panic!("voxtral-mini is a transcriber");
+    };
+    let samples = load_mono(&AudioInput::File(jfk()), model.sample_rate()).unwrap();
+    let server = TestServer::start();
+    for (path, translate) in [
+        ("/v1/audio/transcriptions", false),
+        ("/v1/audio/translations", true),
+    ] {
+        let request = TranscribeRequest {
+            translate,
+            ..cli_request()
+        };
+        let (want, _) = model.transcribe(&samples, &request, &mut |_| true).unwrap();
+        assert!(!want.token_ids.is_empty());
+        let form = Form::new("voxtral-mini", "jfk.wav", std::fs::read(jfk()).unwrap())
+            .field("response_format", "verbose_json");
+        let reply = server.post_form(path, &form);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        let got = reply.json();
+        assert_eq!(got["text"], want.text.as_str(), "{path}");
+        assert_eq!(
+            got["token_ids"],
+            serde_json::json!(want.token_ids),
+            "{path}"
+        );
+    }
+}
+
 #[test]
 fn streamed_events_carry_the_segments_then_the_text() {
     let want = library_transcript();
