@@ -41,7 +41,7 @@ pub struct BenchArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// Weight precision: auto (the checkpoint's), f32, f16, bf16 or int8 (Voxtral Realtime).
+    /// Weight precision: auto (the checkpoint's), f32, f16, bf16 or int8 (Voxtral).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
     precision: String,
     /// Decode exactly N tokens per 30 s window, end-of-text ignored (random weights never
