@@ -1,12 +1,16 @@
 //! The Mistral transformer stack, written once for both Voxtrals: pre-norm layers (RMSNorm,
 //! GQA attention with RoPE, SwiGLU) under a final RMSNorm. Voxtral Realtime runs its causal
 //! audio encoder (biases, sliding window) and its decoder (delay-conditioned FFN norm) on it;
-//! Voxtral Mini 3B its Llama decoder (no biases, full attention).
+//! Voxtral Mini 3B its Llama decoder (no biases, full attention). [`TextDecoder`] adds the
+//! token embeddings and the output head; [`load_network`] opens either checkpoint.
 
+use crate::error::Error;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::path::PathBuf;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
+use voxide_nn::weights::SafetensorsFiles;
 use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
 /// RoPE table length; later positions are computed on the fly.
@@ -280,4 +284,121 @@ impl Stack {
     pub(crate) fn weight_bytes(&self) -> usize {
         self.blocks.iter().map(|b| b.layer.weight_bytes()).sum()
     }
+}
+
+/// Checkpoint names of a text decoder.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DecoderNames {
+    /// Token embeddings (`tok_embeddings`, `language_model.model.embed_tokens`).
+    pub embeddings: &'static str,
+    /// The output head (`output`, `language_model.lm_head`), used when stored.
+    pub head: &'static str,
+    pub stack: StackNames,
+}
+
+/// A text decoder: token embeddings, the stack, and the output head — the checkpoint's own, or
+/// the embeddings when it stores none (tied).
+#[derive(Clone, Debug)]
+pub(crate) struct TextDecoder {
+    /// (vocab, dim), in the checkpoint's precision.
+    embeddings: Tensor,
+    head: Linear,
+    pub stack: Stack,
+}
+
+impl TextDecoder {
+    pub(crate) fn load(
+        vb: VarBuilder,
+        config: &StackConfig,
+        vocab_size: usize,
+        names: &DecoderNames,
+        extras: Extras,
+        rope: RopeLayout,
+    ) -> Result<Self> {
+        let embeddings = vb
+            .pp(names.embeddings)
+            .get((vocab_size, config.dim), "weight")?;
+        let head = if vb.pp(names.head).contains_tensor("weight") {
+            Linear::load(vb.pp(names.head), config.dim, vocab_size, false)?
+        } else {
+            Linear::from_weights(embeddings.clone(), None)
+        };
+        let stack = Stack::load(vb, config, &names.stack, extras, rope)?;
+        Ok(Self {
+            embeddings,
+            head,
+            stack,
+        }
+        .with_planned_residency())
+    }
+
+    /// Decides which matrices a step streams past the cache and which stay cached between
+    /// tokens (a multi-GB step fits no cache: the plan keeps the smallest matrices that fit and
+    /// streams the rest). The KV caches, which grow with the sequence, are not counted.
+    fn with_planned_residency(mut self) -> Self {
+        let mut step: Vec<&mut Linear> = vec![&mut self.head];
+        step.extend(self.stack.linears_mut());
+        Linear::plan_residency(&mut step, 0);
+        self
+    }
+
+    /// The decoder with its layers' matrices and head stored as `format` (int8 halves what a
+    /// step reads). Token lookups keep the embeddings' own precision.
+    pub(crate) fn into_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(Self {
+            stack: self.stack.into_format(format)?,
+            head: self.head.to_format(format)?,
+            ..self
+        }
+        .with_planned_residency())
+    }
+
+    /// Bytes of weights one step reads: every layer's matrices and the head.
+    pub(crate) fn step_bytes(&self) -> usize {
+        self.stack.weight_bytes() + self.head.weight_bytes()
+    }
+
+    /// Token embeddings (1, t, dim) in f32.
+    pub(crate) fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, self.embeddings.device())?;
+        self.embeddings
+            .index_select(&ids, 0)?
+            .to_dtype(DType::F32)?
+            .unsqueeze(0)
+    }
+
+    /// Logits (…, vocab) of final-norm hidden states (…, dim).
+    pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.head.forward(hidden)
+    }
+}
+
+/// Loads a network from safetensors `files`: matrices in the precision `format` names, or in
+/// the one `probe` (the token embeddings) is stored in; with int8, `to_int8` then quantizes
+/// what the network quantizes. Errors name the file and the tensor.
+pub(crate) fn load_network<M>(
+    files: &[PathBuf],
+    probe: &str,
+    format: Option<WeightFormat>,
+    device: &Device,
+    load: impl FnOnce(VarBuilder<'static>) -> Result<M>,
+    to_int8: impl FnOnce(M) -> Result<M>,
+) -> crate::Result<M> {
+    let weights_error = |e: candle_core::Error| Error::Weights {
+        path: files[0].clone(),
+        message: e.to_string().lines().next().unwrap_or_default().to_string(),
+    };
+    let tensors = SafetensorsFiles::open(files).map_err(weights_error)?;
+    let dtype = match format {
+        None | Some(WeightFormat::Int8) => tensors.dtype(probe).unwrap_or(DType::F32),
+        Some(WeightFormat::F32) => DType::F32,
+        Some(WeightFormat::F16) => DType::F16,
+        Some(WeightFormat::Bf16) => DType::BF16,
+    };
+    let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
+    let network = load(vb).map_err(weights_error)?;
+    if format == Some(WeightFormat::Int8) {
+        return to_int8(network).map_err(weights_error);
+    }
+    Ok(network)
 }

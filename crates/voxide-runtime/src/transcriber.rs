@@ -152,6 +152,18 @@ impl SpeechStream for RealtimeStream<'_> {
     }
 }
 
+/// The request's language as an ISO 639-1 code; `None` (or `auto`) detects it.
+fn requested_language(request: &TranscribeRequest) -> Result<Option<&'static str>> {
+    match request.language.as_deref() {
+        None | Some("auto") => Ok(None),
+        Some(lang) => language_code(lang).map(Some).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "unknown language {lang:?}; use a code such as en, de, fr, or auto"
+            ))
+        }),
+    }
+}
+
 impl Transcriber for WhisperPipeline {
     fn sample_rate(&self) -> u32 {
         voxide_models::whisper::SAMPLE_RATE
@@ -164,14 +176,9 @@ impl Transcriber for WhisperPipeline {
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         let special = *self.rules().special();
-        let language = match request.language.as_deref() {
-            None | Some("auto") => None,
-            Some(lang) => {
-                let code = language_code(lang).ok_or_else(|| {
-                    Error::InvalidRequest(format!(
-                        "unknown language {lang:?}; use a code such as en, de, fr, or auto"
-                    ))
-                })?;
+        let language = match requested_language(request)? {
+            None => None,
+            Some(code) => {
                 if special.language_token(code).is_none() {
                     return Err(Error::InvalidRequest(format!(
                         "this model has no language {code:?}"
@@ -316,14 +323,7 @@ impl Transcriber for Voxtral {
                 "temperature must lie in [0, 2]".into(),
             ));
         }
-        let language = match request.language.as_deref() {
-            None | Some("auto") => None,
-            Some(lang) => Some(language_code(lang).ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "unknown language {lang:?}; use a code such as en, de, fr, or auto"
-                ))
-            })?),
-        };
+        let language = requested_language(request)?;
         let seconds = samples.len() as f64 / voxtral::SAMPLE_RATE as f64;
         let options = GenerateOptions {
             max_new_tokens: request

@@ -17,17 +17,16 @@ pub use model::VoxtralModel;
 pub use prompt::{Content, Message, Role};
 
 use crate::error::{require, Error};
+use crate::mistral_stack::load_network;
 use crate::tekken::{Tekken, TekkenDecoder};
 use crate::whisper::model::weight_files;
 use crate::{Progress, Result, Segment, Timings, Transcript};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use std::path::Path;
 use std::time::Instant;
 use voxide_audio::WhisperMel;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::sampling::{argmax, Sampler, SamplingParams};
-use voxide_nn::weights::SafetensorsFiles;
 
 /// Input sample rate.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -105,29 +104,18 @@ impl Voxtral {
             Layout::Hf => weight_files(dir)?,
         };
         let tokenizer = Tekken::from_file(require(dir, "tekken.json")?)?;
-        let weights_error = |e: candle_core::Error| Error::Weights {
-            path: files[0].clone(),
-            message: e.to_string().lines().next().unwrap_or_default().to_string(),
-        };
-        let tensors = SafetensorsFiles::open(&files).map_err(weights_error)?;
         let probe = match config.layout {
             Layout::Mistral => "tok_embeddings.weight",
             Layout::Hf => "language_model.model.embed_tokens.weight",
         };
-        let stored = tensors.dtype(probe).unwrap_or(DType::F32);
-        let dtype = match weights {
-            None | Some(WeightFormat::Int8) => stored,
-            Some(WeightFormat::F32) => DType::F32,
-            Some(WeightFormat::F16) => DType::F16,
-            Some(WeightFormat::Bf16) => DType::BF16,
-        };
-        let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-        let mut network = VoxtralModel::load(vb, config).map_err(weights_error)?;
-        if weights == Some(WeightFormat::Int8) {
-            network = network
-                .with_decoder_format(WeightFormat::Int8)
-                .map_err(weights_error)?;
-        }
+        let network = load_network(
+            &files,
+            probe,
+            weights,
+            device,
+            |vb| VoxtralModel::load(vb, config),
+            |network| network.with_decoder_format(WeightFormat::Int8),
+        )?;
         Self::new(network, tokenizer)
     }
 

@@ -7,7 +7,9 @@
 //! prompt's token embeddings (1, T, 3072) → decoder (1, T, 3072) → head (131 072).
 
 use super::config::{Config, Layout};
-use crate::mistral_stack::{Extras, Stack, StackNames, StackState, MISTRAL_LAYER};
+use crate::mistral_stack::{
+    DecoderNames, Extras, StackNames, StackState, TextDecoder, MISTRAL_LAYER,
+};
 use crate::whisper::model::{Encoder, EncoderTrace};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -20,10 +22,7 @@ struct Names {
     /// The audio encoder's prefix.
     encoder: &'static str,
     projector: [&'static str; 2],
-    embeddings: &'static str,
-    /// The separate output head, when the checkpoint has one.
-    head: &'static str,
-    decoder: StackNames,
+    decoder: DecoderNames,
     rope: RopeLayout,
 }
 
@@ -36,12 +35,14 @@ impl Layout {
                     "mm_whisper_embeddings.audio_language_projection.0",
                     "mm_whisper_embeddings.audio_language_projection.2",
                 ],
-                embeddings: "tok_embeddings",
-                head: "output",
-                decoder: StackNames {
-                    layers: "layers",
-                    norm: "norm",
-                    layer: MISTRAL_LAYER,
+                decoder: DecoderNames {
+                    embeddings: "tok_embeddings",
+                    head: "output",
+                    stack: StackNames {
+                        layers: "layers",
+                        norm: "norm",
+                        layer: MISTRAL_LAYER,
+                    },
                 },
                 rope: RopeLayout::Interleaved,
             },
@@ -51,12 +52,14 @@ impl Layout {
                     "multi_modal_projector.linear_1",
                     "multi_modal_projector.linear_2",
                 ],
-                embeddings: "language_model.model.embed_tokens",
-                head: "language_model.lm_head",
-                decoder: StackNames {
-                    layers: "language_model.model.layers",
-                    norm: "language_model.model.norm",
-                    layer: LayerNames::HF,
+                decoder: DecoderNames {
+                    embeddings: "language_model.model.embed_tokens",
+                    head: "language_model.lm_head",
+                    stack: StackNames {
+                        layers: "language_model.model.layers",
+                        norm: "language_model.model.norm",
+                        layer: LayerNames::HF,
+                    },
                 },
                 rope: RopeLayout::RotateHalf,
             },
@@ -112,10 +115,9 @@ pub struct VoxtralModel {
     config: Config,
     encoder: Encoder,
     projector: [Linear; 2],
-    /// Token embeddings (vocab, dim).
-    embeddings: Tensor,
-    head: Linear,
-    decoder: Stack,
+    /// Token embeddings, the stack and the head (the checkpoint's, else tied: the spec
+    /// reports tying inconsistently).
+    decoder: TextDecoder,
     device: Device,
 }
 
@@ -142,35 +144,21 @@ impl VoxtralModel {
             Linear::load(vb.pp(names.projector[0]), stacked, dim, false)?,
             Linear::load(vb.pp(names.projector[1]), dim, dim, false)?,
         ];
-        let embeddings = vb
-            .pp(names.embeddings)
-            .get((config.vocab_size, dim), "weight")?;
-        // The spec reports head tying inconsistently: use the stored head, else the embeddings.
-        let head = if vb.pp(names.head).contains_tensor("weight") {
-            Linear::load(vb.pp(names.head), dim, config.vocab_size, false)?
-        } else {
-            Linear::from_weights(embeddings.clone(), None)
-        };
-        let decoder = Stack::load(vb.clone(), &config.text, &names.decoder, Extras::None, rope)?;
+        let decoder = TextDecoder::load(
+            vb.clone(),
+            &config.text,
+            config.vocab_size,
+            &names.decoder,
+            Extras::None,
+            rope,
+        )?;
         Ok(Self {
             device: vb.device().clone(),
             config,
             encoder,
             projector,
-            embeddings,
-            head,
             decoder,
-        }
-        .with_planned_residency())
-    }
-
-    /// Decides which decoder matrices a step streams past the cache and which stay cached
-    /// between tokens; the KV cache, which grows with the prompt, is not counted.
-    fn with_planned_residency(mut self) -> Self {
-        let mut step: Vec<&mut Linear> = vec![&mut self.head];
-        step.extend(self.decoder.linears_mut());
-        Linear::plan_residency(&mut step, 0);
-        self
+        })
     }
 
     /// The model with the decoder's matrices and output head stored as `format` (int8 halves
@@ -178,15 +166,13 @@ impl VoxtralModel {
     pub fn with_decoder_format(self, format: WeightFormat) -> Result<Self> {
         Ok(Self {
             decoder: self.decoder.into_format(format)?,
-            head: self.head.to_format(format)?,
             ..self
-        }
-        .with_planned_residency())
+        })
     }
 
     /// Bytes of weights one decoder step reads: every layer's matrices and the output head.
     pub fn decoder_step_bytes(&self) -> usize {
-        self.decoder.weight_bytes() + self.head.weight_bytes()
+        self.decoder.step_bytes()
     }
 
     pub fn config(&self) -> &Config {
@@ -250,17 +236,15 @@ impl VoxtralModel {
 
     /// Token embeddings (1, t, dim) in f32.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let ids = Tensor::new(ids, &self.device)?;
-        self.embeddings
-            .index_select(&ids, 0)?
-            .to_dtype(DType::F32)?
-            .unsqueeze(0)
+        self.decoder.embed(ids)
     }
 
     /// A fresh decoder state for up to `positions` positions (prompt and generated tokens),
     /// caches in `kv_dtype`; they grow as the sequence does.
     pub fn new_state(&self, positions: usize, kv_dtype: DType) -> Result<StackState> {
-        self.decoder.new_state(positions, kv_dtype, &self.device)
+        self.decoder
+            .stack
+            .new_state(positions, kv_dtype, &self.device)
     }
 
     /// Decoder on embeddings (1, t, dim) at the state's position → final-norm hidden states;
@@ -271,12 +255,12 @@ impl VoxtralModel {
         x: &Tensor,
         hidden: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
-        self.decoder.forward(x, state, None, hidden)
+        self.decoder.stack.forward(x, state, None, hidden)
     }
 
     /// Logits (…, vocab) of final-norm hidden states (…, dim).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.head.forward(hidden)
+        self.decoder.logits(hidden)
     }
 }
 

@@ -21,14 +21,13 @@ pub use stream::{RealtimeStream, StreamOptions, StreamToken};
 
 use crate::error::require;
 use crate::error::Error;
+use crate::mistral_stack::load_network;
 use crate::tekken::{AudioSection, Tekken};
 use crate::{Progress, Result, Segment, Timings, Transcript};
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 use std::path::Path;
 use voxide_audio::WhisperMel;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::weights::SafetensorsFiles;
 
 /// Input sample rate.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -72,30 +71,18 @@ impl VoxtralRealtime {
             Layout::Hf => require(dir, "model.safetensors")?,
         };
         let tokenizer = Tekken::from_file(require(dir, "tekken.json")?)?;
-        let weights_error = |e: candle_core::Error| Error::Weights {
-            path: weights.clone(),
-            message: e.to_string().lines().next().unwrap_or_default().to_string(),
-        };
-        let tensors =
-            SafetensorsFiles::open(std::slice::from_ref(&weights)).map_err(weights_error)?;
         let probe = match config.layout {
             Layout::Mistral => "mm_streams_embeddings.embedding_module.tok_embeddings.weight",
             Layout::Hf => "language_model.model.embed_tokens.weight",
         };
-        let stored = tensors.dtype(probe).unwrap_or(DType::F32);
-        let dtype = match format {
-            None | Some(WeightFormat::Int8) => stored,
-            Some(WeightFormat::F32) => DType::F32,
-            Some(WeightFormat::F16) => DType::F16,
-            Some(WeightFormat::Bf16) => DType::BF16,
-        };
-        let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-        let mut network = VoxtralRealtimeModel::load(vb, config).map_err(weights_error)?;
-        if format == Some(WeightFormat::Int8) {
-            network = network
-                .with_decoder_format(WeightFormat::Int8)
-                .map_err(weights_error)?;
-        }
+        let network = load_network(
+            std::slice::from_ref(&weights),
+            probe,
+            format,
+            device,
+            |vb| VoxtralRealtimeModel::load(vb, config),
+            |network| network.with_decoder_format(WeightFormat::Int8),
+        )?;
         Self::new(network, tokenizer)
     }
 

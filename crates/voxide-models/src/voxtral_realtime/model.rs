@@ -7,7 +7,9 @@
 //! decoder (1, N, 3072) → tied head (131 072).
 
 use super::config::{Config, Layout};
-use crate::mistral_stack::{Extras, Stack, StackNames, StackState, MISTRAL_LAYER};
+use crate::mistral_stack::{
+    DecoderNames, Extras, Stack, StackNames, StackState, TextDecoder, MISTRAL_LAYER,
+};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::linear::WeightFormat;
@@ -29,8 +31,7 @@ struct Names {
     /// Relative to `encoder`.
     encoder_stack: StackNames,
     adapter: [&'static str; 2],
-    embeddings: &'static str,
-    decoder_stack: StackNames,
+    decoder: DecoderNames,
     /// The decoder's delay-conditioning module and its down and up projections.
     ada: [&'static str; 3],
     rope: RopeLayout,
@@ -51,11 +52,14 @@ impl Layout {
                     "mm_streams_embeddings.embedding_module.audio_language_projection.0",
                     "mm_streams_embeddings.embedding_module.audio_language_projection.2",
                 ],
-                embeddings: "mm_streams_embeddings.embedding_module.tok_embeddings",
-                decoder_stack: StackNames {
-                    layers: "layers",
-                    norm: "norm",
-                    layer: MISTRAL_LAYER,
+                decoder: DecoderNames {
+                    embeddings: "mm_streams_embeddings.embedding_module.tok_embeddings",
+                    head: "output",
+                    stack: StackNames {
+                        layers: "layers",
+                        norm: "norm",
+                        layer: MISTRAL_LAYER,
+                    },
                 },
                 ada: ["ada_rms_norm_t_cond", "0", "2"],
                 rope: RopeLayout::Interleaved,
@@ -75,11 +79,14 @@ impl Layout {
                     "multi_modal_projector.linear_1",
                     "multi_modal_projector.linear_2",
                 ],
-                embeddings: "language_model.model.embed_tokens",
-                decoder_stack: StackNames {
-                    layers: "language_model.model.layers",
-                    norm: "language_model.model.norm",
-                    layer: LayerNames::HF,
+                decoder: DecoderNames {
+                    embeddings: "language_model.model.embed_tokens",
+                    head: "language_model.lm_head",
+                    stack: StackNames {
+                        layers: "language_model.model.layers",
+                        norm: "language_model.model.norm",
+                        layer: LayerNames::HF,
+                    },
                 },
                 ada: ["ada_rms_norm", "linear1", "linear2"],
                 rope: RopeLayout::RotateHalf,
@@ -95,10 +102,8 @@ pub struct VoxtralRealtimeModel {
     stem: ConvStem,
     encoder: Stack,
     adapter: [Linear; 2],
-    /// Token embeddings (vocab, dim), also the output head.
-    embeddings: Tensor,
-    head: Linear,
-    decoder: Stack,
+    /// Token embeddings, the stack, and the head (tied to the embeddings).
+    decoder: TextDecoder,
     device: Device,
 }
 
@@ -170,18 +175,15 @@ impl VoxtralRealtimeModel {
                 false,
             )?,
         ];
-        let embeddings = vb
-            .pp(names.embeddings)
-            .get((config.vocab_size, config.decoder.dim), "weight")?;
-        let head = Linear::from_weights(embeddings.clone(), None);
         let conditioning = Extras::DelayConditioning {
             names: names.ada,
             t_cond_dim: config.t_cond_dim,
         };
-        let decoder = Stack::load(
+        let decoder = TextDecoder::load(
             vb.clone(),
             &config.decoder,
-            &names.decoder_stack,
+            config.vocab_size,
+            &names.decoder,
             conditioning,
             rope,
         )?;
@@ -191,22 +193,8 @@ impl VoxtralRealtimeModel {
             stem,
             encoder,
             adapter,
-            embeddings,
-            head,
             decoder,
-        }
-        .with_planned_residency())
-    }
-
-    /// Decides which decoder matrices a step streams past the cache and which stay cached
-    /// between tokens (the 6.9 GB bf16 step fits no cache: the plan keeps the smallest matrices
-    /// that fit and streams the rest). The K/V caches, which grow with the stream, are not
-    /// counted.
-    fn with_planned_residency(mut self) -> Self {
-        let mut step: Vec<&mut Linear> = vec![&mut self.head];
-        step.extend(self.decoder.linears_mut());
-        Linear::plan_residency(&mut step, 0);
-        self
+        })
     }
 
     /// The model with the decoder's matrices and output head stored as `format` (int8 halves
@@ -215,15 +203,13 @@ impl VoxtralRealtimeModel {
     pub fn with_decoder_format(self, format: WeightFormat) -> Result<Self> {
         Ok(Self {
             decoder: self.decoder.into_format(format)?,
-            head: self.head.to_format(format)?,
             ..self
-        }
-        .with_planned_residency())
+        })
     }
 
     /// Bytes of weights one decoder step reads: every layer's matrices and the output head.
     pub fn decoder_step_bytes(&self) -> usize {
-        self.decoder.weight_bytes() + self.head.weight_bytes()
+        self.decoder.step_bytes()
     }
 
     pub fn config(&self) -> &Config {
@@ -238,7 +224,7 @@ impl VoxtralRealtimeModel {
     /// `kv_dtype`.
     pub fn new_state(&self, delay_tokens: usize, kv_dtype: DType) -> Result<NetworkState> {
         let t_cond = self.t_cond(delay_tokens)?;
-        let gains = self.decoder.gains(&t_cond)?;
+        let gains = self.decoder.stack.gains(&t_cond)?;
         Ok(NetworkState {
             stem: ConvStemState::default(),
             encoder: self
@@ -246,6 +232,7 @@ impl VoxtralRealtimeModel {
                 .new_state(ENCODER_BLOCK, kv_dtype, &self.device)?,
             decoder: self
                 .decoder
+                .stack
                 .new_state(DECODER_BLOCK, kv_dtype, &self.device)?,
             gains,
         })
@@ -313,11 +300,7 @@ impl VoxtralRealtimeModel {
 
     /// Token embeddings (1, t, dec_dim) in f32.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let ids = Tensor::new(ids, &self.device)?;
-        self.embeddings
-            .index_select(&ids, 0)?
-            .to_dtype(DType::F32)?
-            .unsqueeze(0)
+        self.decoder.embed(ids)
     }
 
     /// Decoder on summed audio + token embeddings (1, t, dec_dim) -> final-norm hidden states.
@@ -328,12 +311,13 @@ impl VoxtralRealtimeModel {
         hidden: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         self.decoder
+            .stack
             .forward(x, &mut state.decoder, Some(&state.gains), hidden)
     }
 
     /// Logits (…, vocab) of final-norm hidden states (…, dec_dim).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.head.forward(hidden)
+        self.decoder.logits(hidden)
     }
 
     /// The decoder's FFN gains of a stream (1 + scale per layer), for tests.
