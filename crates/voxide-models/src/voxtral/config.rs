@@ -281,3 +281,66 @@ impl Config {
         self.audio.max_source_positions / self.downsample_factor
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(layout: &str, file: &str) -> serde_json::Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/voxtral")
+            .join(layout)
+            .join(file);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn from_hf(json: serde_json::Value) -> std::result::Result<Config, String> {
+        let config = Config::from_hf(serde_json::from_value(json).unwrap())?;
+        config.validate().map(|_| config)
+    }
+
+    fn from_params(json: serde_json::Value) -> std::result::Result<Config, String> {
+        let config = Config::from_params(serde_json::from_value(json).unwrap())?;
+        config.validate().map(|_| config)
+    }
+
+    /// Both layouts of one checkpoint describe the same model.
+    #[test]
+    fn both_layouts_read_the_same_shapes() {
+        let hf = from_hf(fixture("tiny-random-hf", "config.json")).unwrap();
+        let mistral = from_params(fixture("tiny-random-mistral", "params.json")).unwrap();
+        assert_eq!(
+            Config {
+                layout: Layout::Hf,
+                ..mistral.clone()
+            },
+            hf
+        );
+        assert_eq!(hf.tokens_per_window(), 375);
+        assert_eq!(hf.text.sliding_window, None);
+        assert_eq!(hf.downsample_factor, 4);
+    }
+
+    /// Configurations the model cannot be built from are refused with the reason.
+    #[test]
+    fn inconsistent_configs_are_refused() {
+        let mut hf = fixture("tiny-random-hf", "config.json");
+        hf["audio_config"]["intermediate_size"] = 250.into();
+        assert!(from_hf(hf)
+            .unwrap_err()
+            .contains("not a multiple of hidden_size"));
+        let mut hf = fixture("tiny-random-hf", "config.json");
+        hf["model_type"] = "voxtral_realtime".into();
+        assert!(from_hf(hf).unwrap_err().contains("not voxtral"));
+        let mut hf = fixture("tiny-random-hf", "config.json");
+        hf["text_config"]["num_key_value_heads"] = 3.into();
+        assert!(from_hf(hf).unwrap_err().contains("key/value heads"));
+        let mut params = fixture("tiny-random-mistral", "params.json");
+        params["ada_rms_norm_t_cond"] = true.into();
+        assert!(from_params(params).unwrap_err().contains("Realtime"));
+        let mut params = fixture("tiny-random-mistral", "params.json");
+        params["multimodal"]["whisper_model_args"]["downsample_args"]["downsample_factor"] =
+            7.into();
+        assert!(from_params(params).unwrap_err().contains("groups of 7"));
+    }
+}
