@@ -393,4 +393,15 @@ fn bad_requests_are_errors() {
         .unwrap_err();
     assert!(err(e).contains("context of 131072"), "context limit");
     assert!(prompt::translation_instruction("xx").is_err());
+    // A caller that stops listening (a closed connection) stops the decoding at once.
+    let mut calls = 0;
+    let e = model
+        .transcribe(&[0.1; 16_000], None, &options, &mut |p| {
+            calls += 1;
+            assert!(p.fraction > 0.0 && p.fraction <= 1.0);
+            false
+        })
+        .unwrap_err();
+    assert!(matches!(e, voxide_models::Error::Cancelled), "{e}");
+    assert_eq!(calls, 1);
 }

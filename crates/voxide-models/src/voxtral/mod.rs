@@ -332,14 +332,14 @@ impl Voxtral {
     ) -> Result<(Transcript, Timings)> {
         let mut timings = Timings::default();
         let audio = self.audio_embeddings(samples, &mut timings)?;
-
-        let mut cancelled = false;
+        // The answer's length is unknown until `</s>`: progress counts against the budget.
+        let mut generated = 0;
         let generation = self.generate(prompt, &audio, options, &mut |_| {
-            cancelled = !progress(Progress {
-                fraction: 0.0,
+            generated += 1;
+            progress(Progress {
+                fraction: generated as f64 / options.max_new_tokens.max(1) as f64,
                 segments: &[],
-            });
-            !cancelled
+            })
         })?;
         let timings = with_audio_timings(generation.timings, &timings);
         let duration = samples.len() as f64 / SAMPLE_RATE as f64;
