@@ -12,7 +12,10 @@
 //! shorter and longer than the codec track, non-streaming, and x-vector only — and its greedy
 //! codes.
 
+mod common;
+
 use candle_core::{Device, Tensor};
+use common::ids;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use voxide_models::qwen3_tts::{
@@ -32,16 +35,6 @@ fn reference(model: &str) -> HashMap<String, Tensor> {
         &Device::Cpu,
     )
     .expect("reference tensors")
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
 }
 
 /// max |a − b| relative to max |b|.

@@ -4,6 +4,10 @@
 //! `consolidated.safetensors` + `params.json` made by inverting transformers' converter),
 //! made by tools/reference/voxtral_fixtures.py. Two clips: 3 s (one window) and 40 s (two).
 
+mod common;
+
+use common::{assert_close, ids, samples};
+
 use candle_core::{Device, Tensor, D};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -32,42 +36,6 @@ fn facts() -> Value {
 
 fn load(layout: &str) -> Voxtral {
     Voxtral::from_dir(&fixtures().join(layout), &Device::Cpu, None).expect("model loads")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// `|a − b| ≤ tol · (1 + max|b|)`, printed for the closing note.
-fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
-    let diff = max_abs_diff(got, want);
-    let scale = 1.0
-        + want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-    println!("{what}: max |diff| {diff:.3e} (scale {scale:.1})");
-    assert!(diff <= tol * scale, "{what}: {diff} > {tol} · {scale}");
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    let values = t.flatten_all().unwrap().to_vec1::<i64>().unwrap();
-    values.into_iter().map(|v| v as u32).collect()
-}
-
-fn samples(t: &Tensor) -> Vec<f32> {
-    t.to_vec1::<f32>().unwrap()
 }
 
 /// A prompt stored as pieces: literal id lists and `{"audio": n}` runs of `[AUDIO]` (24).

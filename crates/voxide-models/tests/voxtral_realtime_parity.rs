@@ -7,6 +7,10 @@
 //! The fixture's windows are small (encoder 20 frames, decoder 24 positions) so the sliding
 //! masks, cache compaction and rolling are exercised by a 3 s input.
 
+mod common;
+
+use common::{assert_close, ids, max_abs, max_abs_diff, samples};
+
 use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -35,50 +39,6 @@ fn reference() -> HashMap<String, Tensor> {
 
 fn load(layout: &str) -> VoxtralRealtime {
     VoxtralRealtime::from_dir(&fixtures().join(layout), &Device::Cpu, None).expect("model loads")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// Largest |value| (tolerances scale with it: the fixture's weights are large, logits ~30).
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// `|a − b| ≤ tol · (1 + max|b|)`, printed for the closing note.
-fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
-    let diff = max_abs_diff(got, want);
-    let scale = 1.0 + max_abs(want);
-    println!("{what}: max |diff| {diff:.3e} (scale {scale:.1})");
-    assert!(diff <= tol * scale, "{what}: {diff} > {tol} · {scale}");
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
-}
-
-fn samples(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 /// Stream mel frames (time-major) -> (1, n_mels, t).

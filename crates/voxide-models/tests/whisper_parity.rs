@@ -5,7 +5,10 @@
 //! specs/reference-parity.md §3), then token ids of greedy, beam, prompted, translated and
 //! long-form decodes, which must be identical.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::max_abs_diff;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,18 +54,6 @@ fn load(name: &'static str) -> Fixture {
         tensors,
         json,
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Logits of `tokens` (1, t) fed one at a time through a fresh cache: (1, t, vocab).

@@ -1,0 +1,51 @@
+//! Helpers shared by the voxide-models parity tests: comparing tensors with the reference
+//! dumps, reading ids and samples out of them.
+#![allow(dead_code)]
+
+use candle_core::Tensor;
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Largest |value| (tolerances scale with it: the fixtures' weights are large, logits ~30).
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// `|a − b| ≤ tol · (1 + max|b|)`, printed for the closing note.
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    let diff = max_abs_diff(got, want);
+    let scale = 1.0 + max_abs(want);
+    println!("{what}: max |diff| {diff:.3e} (scale {scale:.1})");
+    assert!(diff <= tol * scale, "{what}: {diff} > {tol} · {scale}");
+}
+
+/// Token ids stored as i64.
+pub fn ids(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
+}
+
+/// Samples stored as f32.
+pub fn samples(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
