@@ -74,6 +74,71 @@ impl StackConfig {
     }
 }
 
+/// One stack's section of an HF `config.json` (`audio_config`, `text_config`); the fields a
+/// model does not have are absent.
+#[derive(serde::Deserialize)]
+pub(crate) struct HfStack {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default)]
+    pub rms_norm_eps: Option<f64>,
+    /// transformers 4 writes `rope_theta`, transformers 5 `rope_parameters.rope_theta`.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<HfRope>,
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pub num_mel_bins: Option<usize>,
+    #[serde(default)]
+    pub max_source_positions: Option<usize>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct HfRope {
+    pub rope_theta: f64,
+}
+
+impl HfStack {
+    /// The stack's shape, with `sliding_window` (`what` names the section in errors).
+    pub(crate) fn stack_config(
+        &self,
+        what: &str,
+        sliding_window: Option<usize>,
+    ) -> std::result::Result<StackConfig, String> {
+        let rope_theta = self
+            .rope_parameters
+            .as_ref()
+            .map(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .ok_or_else(|| format!("{what} has no rope_theta"))?;
+        Ok(StackConfig {
+            dim: self.hidden_size,
+            n_layers: self.num_hidden_layers,
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
+            hidden_dim: self.intermediate_size,
+            rope_theta,
+            norm_eps: self.rms_norm_eps.unwrap_or(1e-5),
+            sliding_window,
+        })
+    }
+}
+
 /// Checkpoint names of a stack.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StackNames {

@@ -437,6 +437,20 @@ impl Tekken {
         self.inner.vocab_size as usize
     }
 
+    /// Fails unless the tokenizer has exactly the model's `vocab_size` tokens.
+    pub fn require_vocab_size(&self, vocab_size: usize) -> Result<()> {
+        if self.vocab_size() == vocab_size {
+            return Ok(());
+        }
+        Err(Error::Tokenizer {
+            path: self.inner.path.clone(),
+            message: format!(
+                "{} tokens, but the model has {vocab_size}",
+                self.vocab_size()
+            ),
+        })
+    }
+
     /// Number of special tokens, `config.default_num_special_tokens` (1000): ids below it are
     /// special.
     pub fn num_special_tokens(&self) -> usize {

@@ -361,6 +361,10 @@ fn bad_requests_are_errors() {
         .unwrap_err();
     assert!(err(e).contains("context of 131072"), "context limit");
     assert!(prompt::translation_instruction("xx").is_err());
+    let tekken = model.tokenizer();
+    assert!(tekken.require_vocab_size(2048).is_ok());
+    let e = tekken.require_vocab_size(131_072).unwrap_err().to_string();
+    assert!(e.contains("2048 tokens, but the model has 131072"), "{e}");
     // A caller that stops listening (a closed connection) stops the decoding at once.
     let mut calls = 0;
     let e = model

@@ -8,6 +8,7 @@ use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
 
+use crate::mistral_stack::HfStack;
 pub use crate::mistral_stack::{Layout, StackConfig};
 
 /// The whole model.
@@ -85,51 +86,10 @@ struct DownsampleArgs {
 #[derive(Deserialize)]
 struct HfConfig {
     model_type: String,
-    audio_config: HfAudio,
-    text_config: HfText,
+    audio_config: HfStack,
+    text_config: HfStack,
     #[serde(default)]
     audio_token_id: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct HfAudio {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    #[serde(default)]
-    num_mel_bins: Option<usize>,
-    #[serde(default)]
-    max_source_positions: Option<usize>,
-}
-
-#[derive(Deserialize)]
-struct HfText {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    #[serde(default)]
-    num_key_value_heads: Option<usize>,
-    #[serde(default)]
-    head_dim: Option<usize>,
-    #[serde(default)]
-    rms_norm_eps: Option<f64>,
-    #[serde(default)]
-    rope_theta: Option<f64>,
-    #[serde(default)]
-    rope_parameters: Option<HfRope>,
-    #[serde(default)]
-    vocab_size: Option<usize>,
-    #[serde(default)]
-    max_position_embeddings: Option<usize>,
-    #[serde(default)]
-    sliding_window: Option<usize>,
-}
-
-#[derive(Deserialize)]
-struct HfRope {
-    rope_theta: f64,
 }
 
 /// transformers' `VoxtralConfig` default for the placeholder id.
@@ -205,12 +165,6 @@ impl Config {
         if t.sliding_window.is_some() {
             return Err("text_config.sliding_window: Voxtral Mini attends to all positions".into());
         }
-        let rope_theta = t
-            .rope_parameters
-            .as_ref()
-            .map(|r| r.rope_theta)
-            .or(t.rope_theta)
-            .ok_or("text_config has no rope_theta")?;
         if a.hidden_size == 0 || a.intermediate_size % a.hidden_size != 0 {
             return Err(format!(
                 "audio_config.intermediate_size {} is not a multiple of hidden_size {} \
@@ -228,19 +182,7 @@ impl Config {
                 ffn_dim: a.intermediate_size,
                 max_source_positions: a.max_source_positions.unwrap_or(SOURCE_POSITIONS),
             },
-            text: StackConfig {
-                dim: t.hidden_size,
-                n_layers: t.num_hidden_layers,
-                n_heads: t.num_attention_heads,
-                n_kv_heads: t.num_key_value_heads.unwrap_or(t.num_attention_heads),
-                head_dim: t
-                    .head_dim
-                    .unwrap_or(t.hidden_size / t.num_attention_heads.max(1)),
-                hidden_dim: t.intermediate_size,
-                rope_theta,
-                norm_eps: t.rms_norm_eps.unwrap_or(1e-5),
-                sliding_window: None,
-            },
+            text: t.stack_config("text_config", None)?,
             vocab_size: t.vocab_size.unwrap_or(131_072),
             max_positions: t.max_position_embeddings.unwrap_or(131_072),
             downsample_factor: a.intermediate_size / a.hidden_size,

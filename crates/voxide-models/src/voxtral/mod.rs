@@ -125,13 +125,7 @@ impl Voxtral {
             path: tokenizer.path().to_owned(),
             message,
         };
-        if tokenizer.vocab_size() != network.config().vocab_size {
-            return Err(invalid(format!(
-                "{} tokens, but the model has {}",
-                tokenizer.vocab_size(),
-                network.config().vocab_size
-            )));
-        }
+        tokenizer.require_vocab_size(network.config().vocab_size)?;
         let audio = tokenizer.require_special("[AUDIO]")?;
         if audio != network.config().audio_token_id {
             return Err(invalid(format!(

@@ -7,6 +7,7 @@ use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
 
+use crate::mistral_stack::HfStack;
 pub use crate::mistral_stack::{Layout, StackConfig};
 
 /// The whole model.
@@ -111,35 +112,6 @@ fn default_downsample() -> usize {
 }
 
 #[derive(Deserialize)]
-struct HfStack {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    #[serde(default)]
-    num_key_value_heads: Option<usize>,
-    #[serde(default)]
-    head_dim: Option<usize>,
-    #[serde(default)]
-    rms_norm_eps: Option<f64>,
-    #[serde(default)]
-    rope_theta: Option<f64>,
-    #[serde(default)]
-    rope_parameters: Option<HfRope>,
-    #[serde(default)]
-    sliding_window: Option<usize>,
-    #[serde(default)]
-    vocab_size: Option<usize>,
-    #[serde(default)]
-    num_mel_bins: Option<usize>,
-}
-
-#[derive(Deserialize)]
-struct HfRope {
-    rope_theta: f64,
-}
-
-#[derive(Deserialize)]
 struct HfPreprocessor {
     #[serde(default)]
     global_log_mel_max: Option<f32>,
@@ -230,26 +202,8 @@ impl Config {
                 hf.model_type
             ));
         }
-        let stack = |s: &HfStack, what: &str, window: usize| -> std::result::Result<_, String> {
-            let theta = s
-                .rope_parameters
-                .as_ref()
-                .map(|r| r.rope_theta)
-                .or(s.rope_theta)
-                .ok_or_else(|| format!("{what} has no rope_theta"))?;
-            Ok(StackConfig {
-                dim: s.hidden_size,
-                n_layers: s.num_hidden_layers,
-                n_heads: s.num_attention_heads,
-                n_kv_heads: s.num_key_value_heads.unwrap_or(s.num_attention_heads),
-                head_dim: s
-                    .head_dim
-                    .unwrap_or(s.hidden_size / s.num_attention_heads.max(1)),
-                hidden_dim: s.intermediate_size,
-                rope_theta: theta,
-                norm_eps: s.rms_norm_eps.unwrap_or(1e-5),
-                sliding_window: Some(s.sliding_window.unwrap_or(window)),
-            })
+        let stack = |s: &HfStack, what: &str, window: usize| {
+            s.stack_config(what, Some(s.sliding_window.unwrap_or(window)))
         };
         Ok(Self {
             layout: Layout::Hf,

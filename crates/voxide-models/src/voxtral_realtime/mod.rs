@@ -92,13 +92,7 @@ impl VoxtralRealtime {
             path: tokenizer.path().to_owned(),
             message,
         };
-        if tokenizer.vocab_size() != network.config().vocab_size {
-            return Err(invalid(format!(
-                "{} tokens, but the model has {}",
-                tokenizer.vocab_size(),
-                network.config().vocab_size
-            )));
-        }
+        tokenizer.require_vocab_size(network.config().vocab_size)?;
         let streaming_pad = tokenizer.streaming_pad()?;
         let audio = tokenizer
             .audio()
