@@ -13,6 +13,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod quant;
 pub mod rope;
 pub mod sampling;
 pub mod transformer;
