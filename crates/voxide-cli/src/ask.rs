@@ -44,7 +44,7 @@ pub struct AskArgs {
     threads: Option<usize>,
     /// Weight precision: auto (the checkpoint's), f32, f16, bf16, or int8 (the decoder's
     /// matrices, quantized per row at load).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
+    #[arg(long, default_value = "auto", value_parser = crate::transcribe::PRECISIONS)]
     precision: String,
     /// KV-cache precision, f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
@@ -159,7 +159,7 @@ pub fn run(args: AskArgs) -> Result<()> {
     if args.verbose {
         eprintln!(
             "model: {} loaded in {:.0} ms",
-            source.dir().display(),
+            source.path().display(),
             clock.elapsed().as_secs_f64() * 1e3
         );
     }

@@ -2,6 +2,7 @@
 
 mod ask;
 mod bench;
+mod quantize;
 mod serve;
 mod speak;
 mod stream;
@@ -38,6 +39,10 @@ enum Command {
     Vad(vad::VadArgs),
     /// Serve the models over HTTP: OpenAI's audio API and realtime transcription.
     Serve(serve::ServeArgs),
+    /// Write a Whisper model as a quantized whisper.cpp file (q8_0, q5_1, q4_K, ...).
+    Quantize(quantize::QuantizeArgs),
+    /// Write a Whisper checkpoint as a whisper.cpp file (f16 or f32), or GGUF.
+    Convert(quantize::ConvertArgs),
 }
 
 /// Hands memory freed while loading a model back to the system. Converting weights (f32 read
@@ -63,6 +68,8 @@ fn main() -> ExitCode {
         Command::Speak(args) => speak::run(args),
         Command::Vad(args) => vad::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Quantize(args) => quantize::run_quantize(args),
+        Command::Convert(args) => quantize::run_convert(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

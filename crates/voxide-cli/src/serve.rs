@@ -51,7 +51,7 @@ pub struct ServeArgs {
     vad_model: Option<PathBuf>,
     /// Weight precision of every model: auto (the checkpoint's), f32, f16, bf16, or int8
     /// (Voxtral Realtime's decoder and Qwen3-TTS' talker and code predictor).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
+    #[arg(long, default_value = "auto", value_parser = crate::transcribe::PRECISIONS)]
     precision: String,
     /// CPU threads (default: all cores).
     #[arg(short, long)]

@@ -78,7 +78,7 @@ pub struct SpeakArgs {
     list_voices: bool,
     /// Weight precision of the talker and code predictor: auto (the checkpoint's), f32, f16,
     /// bf16, or int8 (quantized per row at load).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
+    #[arg(long, default_value = "auto", value_parser = crate::transcribe::PRECISIONS)]
     precision: String,
     /// CPU threads (default: all cores).
     #[arg(short, long)]
@@ -105,7 +105,7 @@ fn read_text(arg: Option<String>) -> Result<String> {
 pub fn load_synthesizer(model: &str, precision_arg: &str) -> Result<Synthesizer> {
     let source = resolve_model(model)?;
     let synthesizer = Synthesizer::from_dir(
-        source.dir(),
+        source.path(),
         &candle_core::Device::Cpu,
         precision(precision_arg),
     )?;

@@ -92,9 +92,10 @@ pub struct TranscribeArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// Weight precision: auto (the checkpoint's), f32, f16, bf16, or int8 (Voxtral: the
-    /// decoder's matrices, quantized per row at load).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
+    /// Weight precision: auto (the checkpoint's), f32, f16, bf16, int8 (per-row scales), or a
+    /// ggml block type (q8_0, q5_1, q4_k, ...). Whisper: every matrix; Voxtral: the decoder's.
+    /// Quantized types are applied at load.
+    #[arg(long, default_value = "auto", value_parser = crate::transcribe::PRECISIONS)]
     precision: String,
     /// Streaming models (Voxtral Realtime): transcription delay in ms, 80 to 2400 in steps
     /// of 80 (default: the model's, 480).
@@ -134,15 +135,15 @@ impl TranscribeArgs {
     }
 }
 
+/// The `--precision` values: the checkpoint's, float types, int8 per row, ggml block types.
+pub const PRECISIONS: [&str; 15] = [
+    "auto", "f32", "f16", "bf16", "int8", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k",
+    "q4_k", "q3_k", "q2_k",
+];
+
 /// The `--precision` value (`None`: the checkpoint's).
 pub fn precision(value: &str) -> Option<WeightFormat> {
-    match value {
-        "f32" => Some(WeightFormat::F32),
-        "f16" => Some(WeightFormat::F16),
-        "bf16" => Some(WeightFormat::Bf16),
-        "int8" => Some(WeightFormat::Int8),
-        _ => None,
-    }
+    WeightFormat::from_name(value)
 }
 
 /// The `--kv-precision` value as a dtype.
@@ -182,7 +183,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     if args.verbose {
         eprintln!(
             "model: {} loaded in {load_ms:.0} ms",
-            source.dir().display()
+            source.path().display()
         );
     }
     let vad = if args.vad {

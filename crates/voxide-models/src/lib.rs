@@ -6,6 +6,7 @@
 //! encoder and decoder also run on.
 
 pub mod error;
+pub mod ggml;
 mod mistral_stack;
 pub mod qwen3_tts;
 pub mod silero_vad;

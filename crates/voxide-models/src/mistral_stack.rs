@@ -439,31 +439,31 @@ impl TextDecoder {
 }
 
 /// Loads a network from safetensors `files`: matrices in the precision `format` names, or in
-/// the one `probe` (the token embeddings) is stored in; with int8, `to_int8` then quantizes
-/// what the network quantizes. Errors name the file and the tensor.
+/// the one `probe` (the token embeddings) is stored in; with a quantized format (int8, a ggml
+/// block type), `quantize` then converts what the network quantizes. Errors name the file and
+/// the tensor.
 pub(crate) fn load_network<M>(
     files: &[PathBuf],
     probe: &str,
     format: Option<WeightFormat>,
     device: &Device,
     load: impl FnOnce(VarBuilder<'static>) -> Result<M>,
-    to_int8: impl FnOnce(M) -> Result<M>,
+    quantize: impl FnOnce(M, WeightFormat) -> Result<M>,
 ) -> crate::Result<M> {
     let weights_error = |e: candle_core::Error| Error::Weights {
         path: files[0].clone(),
         message: e.to_string().lines().next().unwrap_or_default().to_string(),
     };
     let tensors = SafetensorsFiles::open(files).map_err(weights_error)?;
-    let dtype = match format {
-        None | Some(WeightFormat::Int8) => tensors.dtype(probe).unwrap_or(DType::F32),
-        Some(WeightFormat::F32) => DType::F32,
-        Some(WeightFormat::F16) => DType::F16,
-        Some(WeightFormat::Bf16) => DType::BF16,
-    };
+    let dtype = format
+        .and_then(WeightFormat::dtype)
+        .unwrap_or_else(|| tensors.dtype(probe).unwrap_or(DType::F32));
     let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
     let network = load(vb).map_err(weights_error)?;
-    if format == Some(WeightFormat::Int8) {
-        return to_int8(network).map_err(weights_error);
+    match format {
+        Some(quantized) if quantized.dtype().is_none() => {
+            quantize(network, quantized).map_err(weights_error)
+        }
+        _ => Ok(network),
     }
-    Ok(network)
 }

@@ -6,8 +6,8 @@
 //! `RAYON_NUM_THREADS=2 cargo bench -p voxide-nn --bench gemv [-- SECTION...]`
 //! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`,
 //! `whisper-step`, `rows`, `step`,
-//! `step-int8`
-//! (all by default). Figures: median [min–max] of the timed repetitions after a warm-up.
+//! `step-int8`, `quant`, `quant-l2`
+//! (all by default; `quant` and `quant-l2` take extra words: ggml type names to run, e.g. `quant q4_0 q4_K`). Figures: median [min–max] of the timed repetitions after a warm-up.
 
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
@@ -17,9 +17,11 @@ use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::convert::{quantize_int8, to_f32};
 use voxide_nn::kernels::gemv::{gemv, gemv_on, WeightMatrix};
 use voxide_nn::kernels::ops::WidenToF32;
+use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, QuantMatrix};
 use voxide_nn::kernels::simd::{Isa, WeightElem};
 use voxide_nn::kernels::small_m::{matmul_small, matmul_small_on};
 use voxide_nn::linear::WeightFormat;
+use voxide_nn::quant::{quantize_row, GgmlType};
 use voxide_nn::Linear;
 
 /// (median, min, max) seconds of `reps` calls after `warm` untimed ones.
@@ -532,12 +534,99 @@ fn bench_step(int8: bool) {
     );
 }
 
+/// The block-quantized GEMV (m = 1) at Whisper base shapes (attention, MLP, the 51865-token
+/// head) and a 4096×14336 MLP matrix, in GB/s of weight bytes read. As in `gemv`, the timed
+/// calls rotate over copies that together exceed the L3, so weights come from DRAM; the read
+/// bandwidth and the f16 / bf16 / int8 GEMV on the big matrix alongside.
+fn bench_quant(types: &[GgmlType]) {
+    let probe = ReadProbe::for_machine(rayon::current_num_threads());
+    println!(
+        "read bandwidth ({}), median of 5: {:.1} GB/s",
+        probe.best(),
+        probe.median_gbps(5)
+    );
+    for &(name, n, k) in &[
+        ("512x512", 512, 512),
+        ("2048x512", 2048, 512),
+        ("51865x512", 51865, 512),
+        ("4096x14336", 4096, 14336),
+    ] {
+        let w: Vec<f32> = filled(n * k, |v| v);
+        let x: Vec<f32> = (0..k).map(value).collect();
+        let mut y = vec![0f32; n];
+        for &ty in types {
+            let rb = ty.row_bytes(k).expect("whole blocks");
+            let mut q = vec![0u8; n * rb];
+            q.par_chunks_mut(rb)
+                .zip(w.par_chunks(k))
+                .for_each(|(dst, src)| quantize_row(ty, src, dst));
+            let bytes = q.len();
+            let copies = ((256 << 20) / bytes).max(1);
+            let qs: Vec<Vec<u8>> = (0..copies).map(|_| q.clone()).collect();
+            let mut c = 0;
+            report(
+                &format!("quant m=1 {:5} {name}", ty.name()),
+                bytes,
+                time(copies.max(3), reps_for(bytes).max(copies), || {
+                    let w = QuantMatrix::new(&qs[c % copies], ty, n, k).expect("sizes");
+                    quant_gemv(&x, &w, None, &mut y, 1);
+                    c += 1;
+                }),
+            );
+        }
+    }
+    bench_gemv(None, &[("4096x14336", 4096, 14336)]);
+    println!(
+        "read bandwidth ({}), median of 5: {:.1} GB/s",
+        probe.best(),
+        probe.median_gbps(5)
+    );
+}
+
+/// The block-quantized GEMV's arithmetic throughput: one thread, m = 1, a 256×1024 matrix
+/// that stays in L2, per type and instruction set.
+fn bench_quant_l2(types: &[GgmlType]) {
+    let (n, k) = (256, 1024);
+    let w: Vec<f32> = filled(n * k, |v| v);
+    let x: Vec<f32> = (0..k).map(value).collect();
+    let mut y = vec![0f32; n];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    for &ty in types {
+        let rb = ty.row_bytes(k).expect("whole blocks");
+        let mut q = vec![0u8; n * rb];
+        q.chunks_mut(rb)
+            .zip(w.chunks(k))
+            .for_each(|(dst, src)| quantize_row(ty, src, dst));
+        let qm = QuantMatrix::new(&q, ty, n, k).expect("sizes");
+        for isa in Isa::available() {
+            report(
+                &format!("quant l2 1 thread {:5} {isa:?}", ty.name()),
+                q.len(),
+                pool.install(|| time(20, 500, || quant_gemv_on(isa, &x, &qm, None, &mut y, 1))),
+            );
+        }
+    }
+}
+
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let on = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    // Type names select the types of `quant` (default: the ones with an integer path).
+    let mut types: Vec<GgmlType> = args.iter().filter_map(|a| GgmlType::from_name(a)).collect();
+    let args: Vec<&String> = args
+        .iter()
+        .filter(|a| GgmlType::from_name(a).is_none())
+        .collect();
+    if types.is_empty() {
+        use GgmlType::*;
+        types = vec![Q8_0, Q6K, Q5_1, Q5_0, Q5K, Q4_1, Q4_0, Q4K];
+    }
+    let on = |s: &str| args.is_empty() || args.iter().any(|a| *a == s);
     let threads = rayon::current_num_threads();
     println!("threads: {threads}, isa: {:?}", Isa::detect());
     if on("bandwidth") {
@@ -614,6 +703,12 @@ fn main() -> candle_core::Result<()> {
     }
     if on("step-int8") {
         bench_step(true);
+    }
+    if on("quant") {
+        bench_quant(&types);
+    }
+    if on("quant-l2") {
+        bench_quant_l2(&types);
     }
     Ok(())
 }

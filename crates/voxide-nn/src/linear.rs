@@ -2,9 +2,11 @@
 
 use crate::kernels::convert::quantize_int8;
 use crate::kernels::machine::{machine, plan_residency, Residency};
-use crate::kernels::ops::{NarrowMatmul, WidenToF32};
+use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
+use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
+use rayon::prelude::*;
 
 /// How a layer stores its weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -15,6 +17,35 @@ pub enum WeightFormat {
     /// Symmetric int8 with one f32 scale per output row (w ≈ q · scale): half the bytes of
     /// bf16, ~1 % relative error per product on Gaussian-like weights.
     Int8,
+    /// A ggml block format (q8_0, q5_1, q4_K, ...): as whisper.cpp / llama.cpp files store
+    /// matrices, with a scale per block of 32 or 256 values.
+    Ggml(GgmlType),
+}
+
+impl WeightFormat {
+    /// The candle dtype of a plain float format; `None` for the quantized ones.
+    pub fn dtype(self) -> Option<DType> {
+        match self {
+            WeightFormat::F32 => Some(DType::F32),
+            WeightFormat::F16 => Some(DType::F16),
+            WeightFormat::Bf16 => Some(DType::BF16),
+            WeightFormat::Int8 | WeightFormat::Ggml(_) => None,
+        }
+    }
+
+    /// The format called `name`: f32, f16, bf16, int8, or a ggml type name (q8_0, q4_K, ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "f32" => WeightFormat::F32,
+            "f16" => WeightFormat::F16,
+            "bf16" => WeightFormat::Bf16,
+            "int8" => WeightFormat::Int8,
+            other => match GgmlType::from_name(other)? {
+                t if t.is_quantized() => WeightFormat::Ggml(t),
+                _ => return None,
+            },
+        })
+    }
 }
 
 /// A dense layer. Inputs of any rank are flattened to one GEMM: a batched matmul against a
@@ -29,8 +60,11 @@ pub enum WeightFormat {
 /// inputs a GEMM on blocks of widened weight rows (no f32 copy of the whole matrix).
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// [out, in]: F32, F16, BF16, or U8 holding int8 bytes when `scales` is set.
+    /// [out, in]: F32, F16, BF16, or U8 holding int8 bytes when `scales` is set; with `blocks`,
+    /// U8 [out, row bytes] holding each row's ggml blocks.
     weight: Tensor,
+    /// The ggml block type of `weight`, when block-quantized.
+    blocks: Option<GgmlType>,
     /// Int8 per-row scales [out], F32.
     scales: Option<Tensor>,
     bias: Option<Tensor>,
@@ -43,15 +77,35 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `weight` [out_dim, in_dim] in `vb`'s dtype and, when `bias` is set, `bias`
-    /// [out_dim] in f32.
+    /// [out_dim] in f32. A backend that holds the weight in ggml blocks (it answers
+    /// `weight` + [`BLOCKS_SUFFIX`]) hands them over as they are.
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
             Some(vb.get_with_hints_dtype(out_dim, "bias", Init::Const(0.), DType::F32)?)
         } else {
             None
         };
-        Ok(Self::from_weights(weight, bias))
+        let blocks_name = format!("weight{BLOCKS_SUFFIX}");
+        if vb.contains_tensor(&blocks_name) {
+            let raw = vb.get_unchecked_dtype(&blocks_name, DType::U8)?;
+            let (rows, n_blocks, block_bytes) = raw.dims3()?;
+            let ty = GgmlType::ALL
+                .into_iter()
+                .find(|t| t.is_quantized() && t.block_bytes() == block_bytes)
+                .filter(|t| rows == out_dim && n_blocks * t.block_size() == in_dim)
+                .ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "{}: blocks {:?} do not hold a {out_dim}×{in_dim} matrix",
+                        vb.prefix(),
+                        raw.dims()
+                    ))
+                })?;
+            return Self::ggml(raw.reshape((rows, n_blocks * block_bytes))?, ty, bias);
+        }
+        Ok(Self::from_weights(
+            vb.get((out_dim, in_dim), "weight")?,
+            bias,
+        ))
     }
 
     /// Builds a layer from existing tensors (e.g. a tied embedding used as the output head).
@@ -65,6 +119,7 @@ impl Linear {
             .flatten();
         Self {
             weight,
+            blocks: None,
             scales: None,
             bias,
             epilogue,
@@ -80,10 +135,19 @@ impl Linear {
         };
         Ok(Self {
             weight,
+            blocks: None,
             scales: Some(scales),
             bias,
             epilogue: Some(epilogue),
             residency: None,
+        })
+    }
+
+    /// A layer whose weight is U8 [out, row bytes] of `ty` blocks.
+    fn ggml(weight: Tensor, ty: GgmlType, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            blocks: Some(ty),
+            ..Self::from_weights(weight, bias)
         })
     }
 
@@ -100,6 +164,9 @@ impl Linear {
 
     /// How the weight is stored.
     pub fn weight_format(&self) -> WeightFormat {
+        if let Some(ty) = self.blocks {
+            return WeightFormat::Ggml(ty);
+        }
         match (self.scales.is_some(), self.weight.dtype()) {
             (true, _) => WeightFormat::Int8,
             (false, DType::F16) => WeightFormat::F16,
@@ -115,23 +182,69 @@ impl Linear {
         w + self.scales.as_ref().map_or(0, |s| s.elem_count() * 4)
     }
 
-    /// The layer with its weight stored as `format` (int8: quantized per output row; from
-    /// int8: dequantized). The bias is unchanged.
+    /// The layer with its weight stored as `format` (int8: quantized per output row; a ggml
+    /// type: with ggml's reference quantizer; from a quantized format: dequantized first). The
+    /// bias is unchanged. A matrix whose rows are not whole blocks of the ggml type keeps its
+    /// format (as whisper.cpp's `quantize` leaves such tensors).
     pub fn to_format(self, format: WeightFormat) -> Result<Self> {
         if format == self.weight_format() {
             return Ok(self);
         }
         let dtype = match format {
-            WeightFormat::Int8 => return self.quantize_int8(),
-            WeightFormat::F32 => DType::F32,
-            WeightFormat::F16 => DType::F16,
-            WeightFormat::Bf16 => DType::BF16,
+            WeightFormat::Int8 => return self.to_format(WeightFormat::F32)?.quantize_int8(),
+            WeightFormat::Ggml(ty) => return self.quantize_ggml(ty),
+            float => float.dtype().expect("a float format"),
         };
-        let weight = match &self.scales {
-            Some(_) => self.dequantized(DType::F32)?.to_dtype(dtype)?,
-            None => self.weight.to_dtype(dtype)?,
+        let weight = match self.weight_format() {
+            WeightFormat::Int8 | WeightFormat::Ggml(_) => self.dequantized(DType::F32)?,
+            _ => self.weight,
         };
-        Ok(Self::from_weights(weight, self.bias))
+        Ok(Self::from_weights(weight.to_dtype(dtype)?, self.bias))
+    }
+
+    /// The weight quantized to `ty` row by row with ggml's reference quantizer.
+    fn quantize_ggml(self, ty: GgmlType) -> Result<Self> {
+        let (n, k) = self.weight_dims()?;
+        let Some(row_bytes) = ty.row_bytes(k) else {
+            return Ok(self);
+        };
+        let device = self.weight.device().clone();
+        let w = self.dequantized(DType::F32)?.to_device(&Device::Cpu)?;
+        let values = w.flatten_all()?.to_vec1::<f32>()?;
+        let mut bytes = vec![0u8; n * row_bytes];
+        if k > 0 {
+            // ggml's k-quant searches run at ~10 M values/s per core: rows in parallel.
+            values
+                .par_chunks_exact(k)
+                .zip(bytes.par_chunks_exact_mut(row_bytes))
+                .for_each(|(src, dst)| quantize_row(ty, src, dst));
+        }
+        let weight = Tensor::from_vec(bytes, (n, row_bytes), &device)?;
+        Self::ggml(weight, ty, self.bias)
+    }
+
+    /// (out, in) of the matrix, whatever its storage.
+    fn weight_dims(&self) -> Result<(usize, usize)> {
+        let (n, cols) = self.weight.dims2()?;
+        Ok(match self.blocks {
+            Some(ty) => (n, cols / ty.block_bytes() * ty.block_size()),
+            None => (n, cols),
+        })
+    }
+
+    /// Rows `ids` (u32, any shape flattened) of the weight as f32 (len, in): a tied output
+    /// head read as the token table, without a second copy of it.
+    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let ids = ids.flatten_all()?;
+        let picked = self.weight.embedding(&ids)?;
+        match (&self.scales, self.blocks) {
+            (_, Some(ty)) if picked.device().is_cpu() => {
+                picked.apply_op1_no_bwd(&DequantizeToF32 { ty })
+            }
+            (Some(s), _) => Self::int8(picked, s.embedding(&ids)?, None)?.dequantized(DType::F32),
+            (None, Some(_)) => candle_core::bail!("ggml blocks are read on the CPU only"),
+            (None, None) => picked.to_dtype(DType::F32),
+        }
     }
 
     /// Quantizes the weight to symmetric int8 with an f32 scale per output row
@@ -182,15 +295,34 @@ impl Linear {
     /// Multiplies weight and bias by `factor` (folding a constant scale into the layer). Int8
     /// layers scale their per-row scales (exact up to one f32 rounding).
     pub fn scaled(self, factor: f64) -> Result<Self> {
-        let bias = self.bias.map(|b| b * factor).transpose()?;
+        let bias = self.bias.as_ref().map(|b| b * factor).transpose()?;
+        if let Some(ty) = self.blocks {
+            // Exact through the block scales for powers of two (Whisper's 1/√64); otherwise
+            // the values are quantized again after scaling.
+            let mut bytes = self.weight.flatten_all()?.to_vec1::<u8>()?;
+            if scale_blocks_exactly(ty, &mut bytes, factor as f32) {
+                let weight = Tensor::from_vec(bytes, self.weight.shape(), self.weight.device())?;
+                return Self::ggml(weight, ty, bias);
+            }
+            let w = (self.dequantized(DType::F32)? * factor)?;
+            return Self::from_weights(w, bias).quantize_ggml(ty);
+        }
         match self.scales {
             Some(s) => Self::int8(self.weight, (s * factor)?, bias),
             None => Ok(Self::from_weights((self.weight * factor)?, bias)),
         }
     }
 
-    /// The weight as f32 (int8: q · scale), widened by the crate's kernels on CPU.
+    /// The weight as f32 (int8: q · scale; ggml blocks: dequantized), widened by the crate's
+    /// kernels on CPU.
     fn widened(&self) -> Result<Tensor> {
+        if let Some(ty) = self.blocks {
+            return self
+                .weight
+                .to_device(&Device::Cpu)?
+                .apply_op1_no_bwd(&DequantizeToF32 { ty })?
+                .to_device(self.weight.device());
+        }
         match (&self.scales, self.weight.device().is_cpu()) {
             (Some(s), true) => self.weight.apply_op2_no_bwd(s, &WidenToF32),
             (None, true) if matches!(self.weight.dtype(), DType::F16 | DType::BF16) => {
@@ -201,9 +333,11 @@ impl Linear {
         }
     }
 
-    /// Int8 weight as `dtype` with candle ops (any device): bytes ≥ 128 are negative.
+    /// The weight as `dtype` (int8 with candle ops on any device: bytes ≥ 128 are negative).
     fn dequantized(&self, dtype: DType) -> Result<Tensor> {
-        let scales = self.scales.as_ref().expect("int8 layer");
+        let Some(scales) = self.scales.as_ref() else {
+            return self.widened()?.to_dtype(dtype);
+        };
         if self.weight.device().is_cpu() {
             return self.widened()?.to_dtype(dtype);
         }
@@ -222,7 +356,19 @@ impl Linear {
         let rows = x.elem_count() / in_dim;
         let x = x.contiguous()?.reshape((rows, in_dim))?;
         let narrow = self.weight_format() != WeightFormat::F32;
-        let y = if narrow && x.dtype() == DType::F32 && x.device().is_cpu() {
+        let cpu_f32 = x.dtype() == DType::F32 && x.device().is_cpu();
+        let y = if let (Some(ty), true) = (self.blocks, cpu_f32) {
+            let op = QuantMatmul {
+                ty,
+                bias: self.bias_fused(),
+                residency: self.residency,
+            };
+            match (&self.epilogue, &self.bias) {
+                (Some(e), _) => x.apply_op3_no_bwd(&self.weight, e, &op)?,
+                (None, Some(b)) => x.apply_op2_no_bwd(&self.weight, &op)?.broadcast_add(b)?,
+                (None, None) => x.apply_op2_no_bwd(&self.weight, &op)?,
+            }
+        } else if narrow && cpu_f32 {
             let fused_bias = self.bias.is_some() && self.bias_fused();
             let op = NarrowMatmul {
                 int8: self.scales.is_some(),
@@ -238,10 +384,10 @@ impl Linear {
                 _ => y,
             }
         } else {
-            let w = match (&self.scales, self.weight.dtype() == x.dtype()) {
-                (Some(_), _) => self.dequantized(x.dtype())?,
-                (None, true) => self.weight.clone(),
-                (None, false) => self.weight.to_dtype(x.dtype())?,
+            let w = match self.weight_format() {
+                WeightFormat::Int8 | WeightFormat::Ggml(_) => self.dequantized(x.dtype())?,
+                _ if self.weight.dtype() == x.dtype() => self.weight.clone(),
+                _ => self.weight.to_dtype(x.dtype())?,
             };
             self.add_bias(x.matmul(&w.t()?)?)?
         };

@@ -156,6 +156,18 @@ impl SafetensorsFiles {
         })
     }
 
+    /// Every tensor's name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names.into_iter()
+    }
+
+    /// Stored shape of a tensor.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.entries.get(name).map(|e| e.shape.clone())
+    }
+
     /// Stored dtype of a tensor.
     pub fn dtype(&self, name: &str) -> Option<DType> {
         self.entries.get(name).map(|e| e.dtype)

@@ -1,15 +1,17 @@
-//! Model resolution: a local directory in Hugging Face layout, or a hub id (`openai/whisper-tiny`)
-//! found in the standard Hugging Face cache (`$HF_HOME/hub`) or downloaded into it.
+//! Model resolution: a local directory in Hugging Face layout, a whisper.cpp model file (legacy
+//! ggml `.bin` or GGUF), or a hub id (`openai/whisper-tiny`) found in the standard Hugging Face
+//! cache (`$HF_HOME/hub`) or downloaded into it.
 
 use crate::error::{Error, Result};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Where a model came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSource {
-    /// A directory given by the user.
+    /// A directory or a model file given by the user.
     Local(PathBuf),
     /// A hub repository, materialised in the cache snapshot directory.
     Hub {
@@ -21,10 +23,10 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// The directory holding the checkpoint files.
-    pub fn dir(&self) -> &Path {
+    /// The directory holding the checkpoint files, or the single model file.
+    pub fn path(&self) -> &Path {
         match self {
-            ModelSource::Local(dir) | ModelSource::Hub { dir, .. } => dir,
+            ModelSource::Local(path) | ModelSource::Hub { dir: path, .. } => path,
         }
     }
 }
@@ -57,16 +59,22 @@ fn looks_like_hub_id(spec: &str) -> bool {
         })
 }
 
-/// Resolves `--model`: an existing directory is used as is; `owner/name` is looked up in the
+/// Resolves `--model`: an existing directory is used as is, or the one ggml / GGUF file it
+/// holds when it has no checkpoint; a ggml / GGUF file as is; `owner/name` is looked up in the
 /// Hugging Face cache and downloaded when missing (unless `HF_HUB_OFFLINE=1`).
 pub fn resolve_model(spec: &str) -> Result<ModelSource> {
     let path = Path::new(spec);
     if path.is_dir() {
-        return Ok(ModelSource::Local(path.to_owned()));
+        return Ok(ModelSource::Local(
+            single_model_file(path)?.unwrap_or_else(|| path.to_owned()),
+        ));
     }
     if path.exists() {
+        if is_ggml_file(path) {
+            return Ok(ModelSource::Local(path.to_owned()));
+        }
         return Err(Error::Resolve(format!(
-            "--model {spec} is a file; pass the directory that holds config.json and model.safetensors (or params.json and consolidated.safetensors)"
+            "--model {spec} is a file but not a whisper.cpp model (ggml .bin or GGUF); pass such a file, or the directory that holds config.json and model.safetensors (or params.json and consolidated.safetensors)"
         )));
     }
     if !looks_like_hub_id(spec) {
@@ -91,6 +99,44 @@ pub fn resolve_model(spec: &str) -> Result<ModelSource> {
         id: spec.into(),
         dir,
     })
+}
+
+/// Whether `path` starts with the magic of whisper.cpp's legacy ggml format or of GGUF.
+fn is_ggml_file(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|_| &magic == b"lmgg" || &magic == b"GGUF")
+}
+
+/// The model file of a directory that holds no checkpoint (no config.json / params.json) but
+/// one ggml or GGUF file; an error when it holds several.
+fn single_model_file(dir: &Path) -> Result<Option<PathBuf>> {
+    if ["config.json", "params.json"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
+    {
+        return Ok(None);
+    }
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::Resolve(format!("cannot list {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_ggml_file(p))
+        .collect();
+    files.sort();
+    match files.len() {
+        0 | 1 => Ok(files.pop()),
+        _ => Err(Error::Resolve(format!(
+            "{} holds several model files ({}); pass one of them to --model",
+            dir.display(),
+            files
+                .iter()
+                .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// The snapshot directory if the cache holds every file the model needs.
@@ -203,7 +249,7 @@ mod tests {
         std::env::set_var("HF_HOME", &home);
         std::env::set_var("HF_HUB_OFFLINE", "1");
         let source = resolve_model("voxide/tiny-random").unwrap();
-        assert_eq!(source.dir(), snapshot.as_path());
+        assert_eq!(source.path(), snapshot.as_path());
         let err = resolve_model("openai/whisper-tiny")
             .unwrap_err()
             .to_string();

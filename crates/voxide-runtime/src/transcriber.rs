@@ -352,6 +352,8 @@ impl Transcriber for Voxtral {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
     Whisper,
+    /// A whisper.cpp model file (legacy ggml or GGUF).
+    WhisperGgml,
     VoxtralRealtime,
     Voxtral,
 }
@@ -359,7 +361,7 @@ enum Family {
 impl Family {
     fn name(self) -> &'static str {
         match self {
-            Family::Whisper => "a Whisper model",
+            Family::Whisper | Family::WhisperGgml => "a Whisper model",
             Family::VoxtralRealtime => "Voxtral Mini 4B Realtime",
             Family::Voxtral => "Voxtral Mini 3B",
         }
@@ -367,6 +369,10 @@ impl Family {
 }
 
 fn family(dir: &std::path::Path) -> Result<Family> {
+    // resolve_model passes files only when they carry the ggml or GGUF magic.
+    if dir.is_file() {
+        return Ok(Family::WhisperGgml);
+    }
     // Mistral's native layout: consolidated.safetensors + params.json.
     if dir.join("consolidated.safetensors").is_file() {
         let params = dir.join("params.json");
@@ -414,13 +420,10 @@ pub fn load_transcriber(
     device: &Device,
     weights: Option<WeightFormat>,
 ) -> Result<Box<dyn Transcriber>> {
-    let dir = source.dir();
+    let dir = source.path();
     Ok(match family(dir)? {
-        Family::Whisper => Box::new(WhisperPipeline::from_dir(
-            dir,
-            device,
-            whisper_dtype(weights)?,
-        )?),
+        Family::Whisper => Box::new(WhisperPipeline::from_dir(dir, device, weights)?),
+        Family::WhisperGgml => Box::new(WhisperPipeline::from_ggml(dir, device, weights)?),
         Family::VoxtralRealtime => Box::new(VoxtralRealtime::from_dir(dir, device, weights)?),
         Family::Voxtral => Box::new(Voxtral::from_dir(dir, device, weights)?),
     })
@@ -433,7 +436,7 @@ pub fn load_voxtral(
     device: &Device,
     weights: Option<WeightFormat>,
 ) -> Result<Voxtral> {
-    let dir = source.dir();
+    let dir = source.path();
     match family(dir)? {
         Family::Voxtral => Ok(Voxtral::from_dir(dir, device, weights)?),
         other => Err(Error::Resolve(format!(
@@ -444,28 +447,13 @@ pub fn load_voxtral(
     }
 }
 
-/// Whisper keeps its matrices as f32, f16 or bf16.
-fn whisper_dtype(weights: Option<WeightFormat>) -> Result<Option<DType>> {
-    Ok(match weights {
-        None => None,
-        Some(WeightFormat::F32) => Some(DType::F32),
-        Some(WeightFormat::F16) => Some(DType::F16),
-        Some(WeightFormat::Bf16) => Some(DType::BF16),
-        Some(WeightFormat::Int8) => {
-            return Err(Error::InvalidRequest(
-                "int8 weights are not supported for Whisper yet (use f16)".into(),
-            ))
-        }
-    })
-}
-
 /// Loads a streaming model (Voxtral Realtime); other kinds are an error.
 pub fn load_streaming(
     source: &ModelSource,
     device: &Device,
     weights: Option<WeightFormat>,
 ) -> Result<VoxtralRealtime> {
-    let dir = source.dir();
+    let dir = source.path();
     match family(dir)? {
         Family::VoxtralRealtime => Ok(VoxtralRealtime::from_dir(dir, device, weights)?),
         other => Err(Error::Resolve(format!(

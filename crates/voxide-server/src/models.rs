@@ -116,7 +116,7 @@ impl Registry {
                 spec.source
             );
         }
-        let dir = source.dir();
+        let dir = source.path();
         let device = candle_core::Device::Cpu;
         let engine = if is_speech_synthesis(dir) {
             Engine::Synthesizer(Arc::new(Synthesizer::from_dir(dir, &device, precision)?))
@@ -180,10 +180,14 @@ fn default_id(source: &ModelSource) -> Result<String> {
             let dir = dir
                 .canonicalize()
                 .with_context(|| format!("cannot read {}", dir.display()))?;
-            let name = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            // A model file is named without its extension (ggml-base.en.bin → ggml-base.en).
+            let name = if dir.is_file() {
+                dir.file_stem()
+            } else {
+                dir.file_name()
+            }
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
             check_id(&name).with_context(|| {
                 format!(
                     "{} gives no usable model id; name it with --model ID={}",

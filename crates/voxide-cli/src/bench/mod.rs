@@ -41,8 +41,9 @@ pub struct BenchArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// Weight precision: auto (the checkpoint's), f32, f16, bf16 or int8 (Voxtral).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
+    /// Weight precision: auto (the checkpoint's), f32, f16, bf16, int8 or a ggml block type
+    /// (q8_0, q5_1, q4_k, ...), as `voxide transcribe --precision`.
+    #[arg(long, default_value = "auto", value_parser = crate::transcribe::PRECISIONS)]
     precision: String,
     /// Decode exactly N tokens per 30 s window, end-of-text ignored (random weights never
     /// emit it; fixed counts make timings comparable).

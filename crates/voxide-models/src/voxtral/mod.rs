@@ -114,7 +114,7 @@ impl Voxtral {
             weights,
             device,
             |vb| VoxtralModel::load(vb, config),
-            |network| network.with_decoder_format(WeightFormat::Int8),
+            |network, format| network.with_decoder_format(format),
         )?;
         Self::new(network, tokenizer)
     }

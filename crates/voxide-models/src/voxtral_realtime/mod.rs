@@ -81,7 +81,7 @@ impl VoxtralRealtime {
             format,
             device,
             |vb| VoxtralRealtimeModel::load(vb, config),
-            |network| network.with_decoder_format(WeightFormat::Int8),
+            |network, format| network.with_decoder_format(format),
         )?;
         Self::new(network, tokenizer)
     }

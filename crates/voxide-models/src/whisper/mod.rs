@@ -6,7 +6,9 @@
 //! temperature fallback) → [`tokenizer`].
 
 pub mod config;
+pub mod convert;
 pub mod decoding;
+pub mod ggml;
 pub mod model;
 pub mod tokenizer;
 pub mod transcribe;

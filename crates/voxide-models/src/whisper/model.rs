@@ -5,12 +5,15 @@
 //! (self-attention caches, cross-attention K/V, position) lives in a [`DecoderState`].
 
 use super::config::Config;
+use super::ggml::{GgmlWeights, ModelFile};
 use crate::error::{Error, Result};
+use crate::ggml::GgmlType;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
 use voxide_nn::attention::KvSource;
 use voxide_nn::conv::ConvStem;
+use voxide_nn::linear::WeightFormat;
 use voxide_nn::weights::SafetensorsFiles;
 use voxide_nn::{Attention, AttentionConfig, CrossKv, GeluMlp, KvCache, LayerNorm, Linear};
 
@@ -64,6 +67,19 @@ impl Block {
             },
             mlp: GeluMlp::load(vb.clone(), d_model, ffn_dim)?,
             final_layer_norm: norm("final_layer_norm")?,
+        })
+    }
+
+    /// The block with its matrices stored as `format`.
+    fn into_format(self, format: WeightFormat) -> candle_core::Result<Self> {
+        Ok(Self {
+            self_attn: self.self_attn.to_format(format)?,
+            cross: self
+                .cross
+                .map(|(attn, norm)| Ok::<_, candle_core::Error>((attn.to_format(format)?, norm)))
+                .transpose()?,
+            mlp: self.mlp.to_format(format)?,
+            ..self
         })
     }
 
@@ -177,6 +193,18 @@ impl Encoder {
         })
     }
 
+    /// The encoder with its block matrices stored as `format`.
+    pub fn into_format(self, format: WeightFormat) -> candle_core::Result<Self> {
+        Ok(Self {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|b| b.into_format(format))
+                .collect::<candle_core::Result<_>>()?,
+            ..self
+        })
+    }
+
     /// mel (batch, n_mels, 3000) -> trace whose last hidden state is (batch, 1500, d); with
     /// `keep_all`, every intermediate.
     pub fn forward(&self, mel: &Tensor, keep_all: bool) -> candle_core::Result<EncoderTrace> {
@@ -204,20 +232,18 @@ impl Encoder {
 /// Text decoder: token + learned positional embeddings, blocks, final LayerNorm, tied head.
 #[derive(Clone, Debug)]
 pub struct Decoder {
-    embed_tokens: Tensor,
+    /// `embed_tokens` [vocab, d]: the output head, and the token table its rows are read from.
+    head: Linear,
     embed_positions: Tensor,
     layers: Vec<Block>,
     layer_norm: LayerNorm,
-    head: Linear,
 }
 
 impl Decoder {
     fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
-        // The token table is also the output head: it keeps the matrices' dtype.
-        let embed_tokens = vb.get((cfg.vocab_size, cfg.d_model), "embed_tokens.weight")?;
+        // The token table is also the output head: it keeps the matrices' format.
         let mut decoder = Self {
-            head: Linear::from_weights(embed_tokens.clone(), None),
-            embed_tokens,
+            head: Linear::load(vb.pp("embed_tokens"), cfg.d_model, cfg.vocab_size, false)?,
             embed_positions: vb.get_with_hints_dtype(
                 (cfg.max_target_positions, cfg.d_model),
                 "embed_positions.weight",
@@ -239,6 +265,27 @@ impl Decoder {
             layer_norm: LayerNorm::load(vb.pp("layer_norm"), cfg.d_model, LN_EPS)?,
         };
         decoder.plan_residency(cfg, vb.dtype());
+        Ok(decoder)
+    }
+
+    /// The decoder with its matrices (head included) stored as `format`, its residency planned
+    /// again; cross-attention K/V stay in `kv_dtype`.
+    fn into_format(
+        self,
+        format: WeightFormat,
+        cfg: &Config,
+        kv_dtype: DType,
+    ) -> candle_core::Result<Self> {
+        let mut decoder = Self {
+            head: self.head.to_format(format)?,
+            layers: self
+                .layers
+                .into_iter()
+                .map(|b| b.into_format(format))
+                .collect::<candle_core::Result<_>>()?,
+            ..self
+        };
+        decoder.plan_residency(cfg, kv_dtype);
         Ok(decoder)
     }
 
@@ -360,7 +407,7 @@ impl Whisper {
     /// Loads `config.json` and the safetensors weights of a checkpoint directory. Weight
     /// matrices take `precision`, or by default the checkpoint's own precision (f16 for f16 and
     /// bf16 checkpoints, f32 for f32 ones).
-    pub fn from_dir(dir: &Path, device: &Device, precision: Option<DType>) -> Result<Self> {
+    pub fn from_dir(dir: &Path, device: &Device, precision: Option<WeightFormat>) -> Result<Self> {
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             return Err(Error::MissingFile {
@@ -376,12 +423,65 @@ impl Whisper {
             message: e.to_string().lines().next().unwrap_or_default().to_string(),
         };
         let tensors = SafetensorsFiles::open(&files).map_err(weights_error)?;
-        let dtype = precision.unwrap_or(match tensors.dtype("model.decoder.embed_tokens.weight") {
+        let stored = match tensors.dtype("model.decoder.embed_tokens.weight") {
             Some(DType::F16 | DType::BF16) => DType::F16,
             _ => DType::F32,
-        });
+        };
         let vb = VarBuilder::from_backend(Box::new(tensors), DType::F32, device.clone());
-        Self::load(vb, config, dtype).map_err(weights_error)
+        Self::load_as(vb, config, stored, precision).map_err(weights_error)
+    }
+
+    /// Loads a whisper.cpp model file (legacy ggml `.bin`, GGUF). Quantized matrices stay in
+    /// their blocks and f16 ones in f16, unless `precision` says otherwise.
+    pub fn from_ggml(
+        file: &ModelFile,
+        device: &Device,
+        precision: Option<WeightFormat>,
+    ) -> Result<Self> {
+        let config = Config::from_hparams(file.hparams(), file.path())?;
+        let stored = match file.weight_type() {
+            GgmlType::F32 => DType::F32,
+            _ => DType::F16,
+        };
+        let vb = VarBuilder::from_backend(
+            Box::new(GgmlWeights::new(file.clone())),
+            DType::F32,
+            device.clone(),
+        );
+        Self::load_as(vb, config, stored, precision).map_err(|e| Error::Weights {
+            path: file.path().to_owned(),
+            message: e.to_string().lines().next().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// Loads with float matrices in `stored` (or `precision` when it is a float type), then
+    /// converts them to `precision` when it is not.
+    fn load_as(
+        vb: VarBuilder,
+        config: Config,
+        stored: DType,
+        precision: Option<WeightFormat>,
+    ) -> candle_core::Result<Self> {
+        let dtype = match precision {
+            Some(WeightFormat::F32) => DType::F32,
+            Some(WeightFormat::F16) => DType::F16,
+            Some(WeightFormat::Bf16) => DType::BF16,
+            _ => stored,
+        };
+        let model = Self::load(vb, config, dtype)?;
+        match precision {
+            Some(format) if format.dtype().is_none() => model.into_format(format),
+            _ => Ok(model),
+        }
+    }
+
+    /// The model with its encoder and decoder matrices stored as `format`.
+    pub fn into_format(self, format: WeightFormat) -> candle_core::Result<Self> {
+        Ok(Self {
+            encoder: self.encoder.into_format(format)?,
+            decoder: self.decoder.into_format(format, &self.config, self.dtype)?,
+            ..self
+        })
     }
 
     /// The checkpoint's configuration.
@@ -468,11 +568,11 @@ impl Whisper {
             ));
         }
         let d = &self.decoder;
-        let tok = d
-            .embed_tokens
-            .embedding(&tokens.flatten_all()?)?
-            .to_dtype(DType::F32)?
-            .reshape((tokens.dim(0)?, t, self.config.d_model))?;
+        let tok = d.head.rows(&tokens.flatten_all()?)?.reshape((
+            tokens.dim(0)?,
+            t,
+            self.config.d_model,
+        ))?;
         let mut x = tok.broadcast_add(&d.embed_positions.narrow(0, position, t)?)?;
         for (i, layer) in d.layers.iter().enumerate() {
             if let Some(trace) = trace.as_deref_mut() {

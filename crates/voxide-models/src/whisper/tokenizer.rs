@@ -1,12 +1,15 @@
 //! Whisper's tokenizer: GPT-2 byte-level BPE for text (from `tokenizer.json`, or
-//! `vocab.json` + `merges.txt`) and the special tokens, whose ids follow from the vocabulary
+//! `vocab.json` + `merges.txt`, or the token bytes of a whisper.cpp model file) and the special
+//! tokens, whose ids follow from the vocabulary
 //! size exactly as openai-whisper lays them out (see specs/whisper.md §5).
 
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::Model;
 
 /// Language codes in token order (openai-whisper `LANGUAGES`); v3 vocabularies add `yue`.
 pub const LANGUAGES: [&str; 100] = [
@@ -262,6 +265,87 @@ impl Tokenizer {
         })
     }
 
+    /// Builds the tokenizer from the token bytes of a whisper.cpp model file (id = BPE rank, as
+    /// in openai-whisper's tiktoken files). Such files carry no merge list; it is derived from
+    /// the ranks as transformers' tiktoken converter does: every split of a token into two
+    /// lower-ranked tokens is a merge, ordered by the token's rank, then by the parts' ranks.
+    /// Byte-level BPE with these merges encodes as tiktoken does. Special tokens (ids from the
+    /// end-of-text id on) are left out of the BPE; their ids come from the vocabulary size.
+    pub fn from_token_bytes(tokens: &[Vec<u8>], n_vocab: usize, source: &Path) -> Result<Self> {
+        let special = SpecialTokens::for_vocab(n_vocab);
+        let fail = |message: String| Error::Tokenizer {
+            path: source.to_owned(),
+            message,
+        };
+        if tokens.len() < 256 {
+            return Err(fail(format!(
+                "the vocabulary has {} tokens; a byte-level BPE needs at least the 256 bytes",
+                tokens.len()
+            )));
+        }
+        let byte_char = gpt2_byte_chars();
+        let to_string =
+            |bytes: &[u8]| -> String { bytes.iter().map(|&b| byte_char[b as usize]).collect() };
+        let ranks: HashMap<&[u8], u32> = tokens
+            .iter()
+            .take(special.eot as usize)
+            .enumerate()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(id, t)| (t.as_slice(), id as u32))
+            .collect();
+        let mut merges = Vec::new();
+        let mut ordered: Vec<(&[u8], u32)> = ranks.iter().map(|(t, r)| (*t, *r)).collect();
+        ordered.sort_unstable_by_key(|&(_, r)| r);
+        for (token, rank) in ordered.iter().filter(|(t, _)| t.len() > 1) {
+            let mut local: Vec<(u32, u32, usize)> = (1..token.len())
+                .filter_map(|i| {
+                    let left = *ranks.get(&token[..i])?;
+                    let right = *ranks.get(&token[i..])?;
+                    (left < *rank && right < *rank).then_some((left, right, i))
+                })
+                .collect();
+            local.sort_unstable();
+            merges.extend(
+                local
+                    .into_iter()
+                    .map(|(_, _, i)| (to_string(&token[..i]), to_string(&token[i..]))),
+            );
+        }
+        let vocab: Vocab = ranks.iter().map(|(t, &r)| (to_string(t), r)).collect();
+        let model = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let mut bpe = tokenizers::Tokenizer::new(model);
+        bpe.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        bpe.with_decoder(Some(ByteLevelDecoder::default()));
+        Ok(Self { bpe, special })
+    }
+
+    /// The BPE tokens' bytes by id (special tokens excluded), as whisper.cpp files store the
+    /// vocabulary: the inverse of [`Tokenizer::from_token_bytes`].
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let char_byte: HashMap<char, u8> = gpt2_byte_chars()
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let vocab = self.bpe.get_model().get_vocab();
+        let mut tokens =
+            vec![Vec::new(); vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0)];
+        for (piece, id) in vocab {
+            // Pieces outside the byte alphabet (none in Whisper's) keep their UTF-8 bytes.
+            tokens[id as usize] = piece
+                .chars()
+                .flat_map(|c| match char_byte.get(&c) {
+                    Some(&b) => vec![b],
+                    None => c.to_string().into_bytes(),
+                })
+                .collect();
+        }
+        tokens
+    }
+
     /// The special-token layout.
     pub fn special(&self) -> &SpecialTokens {
         &self.special
@@ -357,4 +441,21 @@ impl Tokenizer {
         result.dedup();
         Ok(result)
     }
+}
+
+/// GPT-2's byte → printable character table (`bytes_to_unicode`): printable Latin-1 bytes map
+/// to themselves, the others to U+0100 onwards in byte order.
+pub(crate) fn gpt2_byte_chars() -> [char; 256] {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        table[b as usize] = if printable(b) {
+            b as char
+        } else {
+            next += 1;
+            char::from_u32(next - 1).expect("below the surrogates")
+        };
+    }
+    table
 }

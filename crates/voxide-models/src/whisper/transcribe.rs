@@ -5,15 +5,17 @@
 
 use super::config::GenerationConfig;
 use super::decoding::{DecodingOptions, DecodingResult, LogitRules, WindowDecoder};
+use super::ggml::ModelFile;
 use super::model::Whisper;
 use super::tokenizer::Tokenizer;
 use super::{HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
 use crate::error::{Error, Result};
 use crate::transcript::{Progress, Segment, Timings, Transcript};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::path::Path;
 use std::time::Instant;
 use voxide_audio::{LogMel, WhisperMel};
+use voxide_nn::linear::WeightFormat;
 
 /// Options of a whole transcription (openai-whisper `transcribe` keyword arguments).
 #[derive(Clone, Debug)]
@@ -61,7 +63,7 @@ pub struct WhisperPipeline {
 impl WhisperPipeline {
     /// Loads a Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer,
     /// optional generation_config.json); `precision` as [`Whisper::from_dir`].
-    pub fn from_dir(dir: &Path, device: &Device, precision: Option<DType>) -> Result<Self> {
+    pub fn from_dir(dir: &Path, device: &Device, precision: Option<WeightFormat>) -> Result<Self> {
         let model = Whisper::from_dir(dir, device, precision)?;
         let tokenizer = Tokenizer::from_dir(dir, model.config().vocab_size)?;
         let gen_path = dir.join("generation_config.json");
@@ -70,6 +72,23 @@ impl WhisperPipeline {
         } else {
             GenerationConfig::default()
         };
+        Self::new(model, tokenizer, &generation)
+    }
+
+    /// Loads a whisper.cpp model file (legacy ggml `.bin` or GGUF): the tokenizer comes from
+    /// its token bytes, the suppress lists from the vocabulary (openai-whisper's defaults).
+    pub fn from_ggml(
+        path: &Path,
+        device: &Device,
+        precision: Option<WeightFormat>,
+    ) -> Result<Self> {
+        let file = ModelFile::open(path)?;
+        let model = Whisper::from_ggml(&file, device, precision)?;
+        let tokenizer = Tokenizer::from_token_bytes(file.vocab(), model.config().vocab_size, path)?;
+        Self::new(model, tokenizer, &GenerationConfig::default())
+    }
+
+    fn new(model: Whisper, tokenizer: Tokenizer, generation: &GenerationConfig) -> Result<Self> {
         let cfg = model.config();
         let suppress = generation
             .suppress_tokens

@@ -1,15 +1,19 @@
-//! candle operations over the narrow-weight kernels: the products ([`super::gemv`],
-//! [`super::small_m`]) and the widening to f32 ([`super::convert`]).
+//! candle operations over the narrow-weight and block-quantized kernels: the products
+//! ([`super::gemv`], [`super::small_m`], [`super::quant_matmul`], [`super::widen_gemm`]) and
+//! the widening to f32 ([`super::convert`], [`crate::quant::dequantize_row`]).
 //!
 //! Narrow weights are candle tensors of dtype F16, BF16, or U8 holding the bytes of int8
 //! values (candle has no i8 dtype) with a separate F32 tensor of per-row scales.
+//! Block-quantized weights are U8 tensors (n, row bytes) holding ggml blocks as stored in
+//! GGUF / ggml files, their [`GgmlType`] a parameter of the op.
 
-use super::convert::to_f32;
 use super::gemv::{gemv, WeightMatrix, MAX_ROWS};
 use super::machine::Residency;
+use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::WeightElem;
 use super::small_m::{matmul_small, small_m_max_rows};
-use super::widen_gemm::matmul_widened;
+use super::widen_gemm::{matmul_widened, WidenRows};
+use crate::quant::GgmlType;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
 
@@ -26,6 +30,33 @@ fn contiguous<'a, T>(name: &str, v: &'a [T], l: &Layout) -> Result<&'a [T]> {
 fn as_i8(v: &[u8]) -> &[i8] {
     // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const i8, v.len()) }
+}
+
+/// The f32 activations x (m, k) of a product, with m and k.
+fn activations<'a>(name: &str, x: Operand<'a>) -> Result<(&'a [f32], usize, usize)> {
+    let (m, k) = x.1.shape().dims2()?;
+    let CpuStorage::F32(xs) = x.0 else {
+        candle_core::bail!("{name}: takes f32 activations");
+    };
+    Ok((contiguous(name, xs, x.1)?, m, k))
+}
+
+/// A product's F32 epilogue operand: `parts` vectors of n values (none without the operand).
+fn epilogue<'a>(name: &str, e: Option<Operand<'a>>, parts: usize, n: usize) -> Result<&'a [f32]> {
+    match e {
+        None if parts == 0 => Ok(&[]),
+        Some((CpuStorage::F32(v), l)) if l.shape().elem_count() == parts * n => {
+            contiguous(name, v, l)
+        }
+        _ => candle_core::bail!("{name}: needs an f32 epilogue of {parts} × {n} values"),
+    }
+}
+
+/// The whole of w as an f32 (n, k) tensor.
+fn widened(w: &impl WidenRows) -> (CpuStorage, Shape) {
+    let mut out = vec![0f32; w.rows() * w.cols()];
+    w.widen(0, w.rows(), &mut out);
+    (CpuStorage::F32(out), Shape::from((w.rows(), w.cols())))
 }
 
 /// A narrow weight operand as the kernels read it.
@@ -74,10 +105,10 @@ impl NarrowMatmul {
         &self,
         x: Operand,
         w: Operand,
-        epilogue: Option<Operand>,
+        epilogue_op: Option<Operand>,
     ) -> Result<(CpuStorage, Shape)> {
         const NAME: &str = "narrow-matmul";
-        let (m, k) = x.1.shape().dims2()?;
+        let (xs, m, k) = activations(NAME, x)?;
         let (n, k2) = w.1.shape().dims2()?;
         if k != k2 {
             candle_core::bail!(
@@ -86,18 +117,8 @@ impl NarrowMatmul {
                 w.1.shape()
             );
         }
-        let CpuStorage::F32(xs) = x.0 else {
-            candle_core::bail!("{NAME}: takes f32 activations");
-        };
-        let xs = contiguous(NAME, xs, x.1)?;
         let parts = self.int8 as usize + self.bias as usize;
-        let epi = match epilogue {
-            None if parts == 0 => &[][..],
-            Some((CpuStorage::F32(e), l)) if l.shape().elem_count() == parts * n => {
-                contiguous(NAME, e, l)?
-            }
-            _ => candle_core::bail!("{NAME}: needs an f32 epilogue of {parts} × {n} values"),
-        };
+        let epi = epilogue(NAME, epilogue_op, parts, n)?;
         let scales = self.int8.then(|| &epi[..n]);
         let bias = self.bias.then(|| &epi[epi.len() - n..]);
         let mut y = vec![0f32; m * n];
@@ -175,13 +196,11 @@ impl WidenToF32 {
             Some((CpuStorage::F32(s), l)) => Some(contiguous(NAME, s, l)?),
             Some(_) => candle_core::bail!("{NAME}: scales must be f32"),
         };
-        let mut out = vec![0f32; w.1.shape().elem_count()];
-        match Narrow::new(NAME, w, scales)? {
-            Narrow::F16(w) => to_f32(&w, &mut out),
-            Narrow::Bf16(w) => to_f32(&w, &mut out),
-            Narrow::I8(w) => to_f32(&w, &mut out),
-        }
-        Ok((CpuStorage::F32(out), w.1.shape().clone()))
+        Ok(match Narrow::new(NAME, w, scales)? {
+            Narrow::F16(w) => widened(&w),
+            Narrow::Bf16(w) => widened(&w),
+            Narrow::I8(w) => widened(&w),
+        })
     }
 }
 
@@ -208,6 +227,119 @@ impl CustomOp2 for WidenToF32 {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         self.run((s1, l1), Some((s2, l2)))
+    }
+}
+
+/// A U8 tensor (n, row bytes) of ggml blocks of `ty` as a matrix of n rows of `cols` values.
+fn quant_operand<'a>(
+    name: &str,
+    ty: GgmlType,
+    w: Operand<'a>,
+    cols: usize,
+) -> Result<QuantMatrix<'a>> {
+    let (n, row_bytes) = w.1.shape().dims2()?;
+    let CpuStorage::U8(v) = w.0 else {
+        candle_core::bail!(
+            "{name}: {ty} weights must be u8 bytes, got {:?}",
+            w.0.dtype()
+        );
+    };
+    if ty.row_bytes(cols) != Some(row_bytes) {
+        candle_core::bail!("{name}: rows of {row_bytes} bytes are not {cols} {ty} values");
+    }
+    QuantMatrix::new(contiguous(name, v, w.1)?, ty, n, cols)
+        .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))
+}
+
+/// candle op: x (m, k) f32 × w (n, row bytes) U8 of ggml blocks of `ty` → (m, n) f32: the
+/// integer GEMV ([`quant_gemv`]) up to [`MAX_ROWS`], beyond a GEMM on blocks of dequantized
+/// weight rows ([`matmul_widened`]). With a third operand, the F32 bias (n).
+#[derive(Clone, Copy, Debug)]
+pub struct QuantMatmul {
+    pub ty: GgmlType,
+    pub bias: bool,
+    /// How the GEMV reads the weight (None: the matrix's own default).
+    pub residency: Option<Residency>,
+}
+
+impl QuantMatmul {
+    fn run(&self, x: Operand, w: Operand, bias: Option<Operand>) -> Result<(CpuStorage, Shape)> {
+        const NAME: &str = "quant-matmul";
+        let (xs, m, k) = activations(NAME, x)?;
+        let w = quant_operand(NAME, self.ty, w, k)?;
+        let n = w.rows;
+        let bias = self
+            .bias
+            .then_some(epilogue(NAME, bias, self.bias as usize, n)?);
+        let mut y = vec![0f32; m * n];
+        if m <= MAX_ROWS {
+            let w = self.residency.map_or(w, |r| w.with_residency(r));
+            quant_gemv(xs, &w, bias, &mut y, m)
+        } else {
+            matmul_widened(xs, &w, bias, &mut y, m)
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+}
+
+impl CustomOp2 for QuantMatmul {
+    fn name(&self) -> &'static str {
+        "quant-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for QuantMatmul {
+    fn name(&self) -> &'static str {
+        "quant-matmul-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+/// candle op: a U8 tensor (n, row bytes) of ggml blocks of `ty` → its values as f32 (n, k),
+/// on all threads (exactly ggml's dequantization).
+#[derive(Clone, Copy, Debug)]
+pub struct DequantizeToF32 {
+    pub ty: GgmlType,
+}
+
+impl CustomOp1 for DequantizeToF32 {
+    fn name(&self) -> &'static str {
+        "dequantize-to-f32"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, row_bytes) = l.shape().dims2()?;
+        let (values, bytes) = (self.ty.block_size(), self.ty.block_bytes());
+        if row_bytes % bytes != 0 {
+            candle_core::bail!(
+                "{}: rows of {row_bytes} bytes are not whole {} blocks",
+                self.name(),
+                self.ty
+            );
+        }
+        let cols = row_bytes / bytes * values;
+        Ok(widened(&quant_operand(self.name(), self.ty, (s, l), cols)?))
     }
 }
 

@@ -5,6 +5,13 @@
 //! (scales as f16, then packed integers); a row of `n` values (n a multiple of the block size)
 //! is `n / block_size` blocks. Layouts and ids are ggml's (`ggml/src/ggml-common.h`,
 //! `ggml.h`: `enum ggml_type`), credited to the ggml authors.
+//!
+//! [`dequantize_row`] / [`quantize_row`] convert one row, bit-exact with ggml's C code.
+
+mod blocks;
+mod kquants;
+
+pub use blocks::{dequantize_row, quantize_row};
 
 use std::fmt;
 
@@ -31,6 +38,12 @@ pub enum GgmlType {
 
 /// Values per super-block of the k-quants (`QK_K`).
 pub const QK_K: usize = 256;
+
+/// A weight backend that holds a matrix `name` in ggml blocks also answers `name` + this
+/// suffix with the raw blocks, U8 (rows, blocks per row, block bytes): the block size names
+/// the type (every ggml block type has its own). [`crate::Linear::load`] takes them as they
+/// are, so a quantized file is neither dequantized nor quantized again.
+pub const BLOCKS_SUFFIX: &str = "#ggml-blocks";
 
 impl GgmlType {
     /// Every type this crate reads.
@@ -147,6 +160,43 @@ impl GgmlType {
     }
 }
 
+/// Multiplies every value of `data` (whole blocks of `ty`) by `factor` in place, by scaling
+/// the blocks' scale fields (d, and the min terms). Exact when `factor` is a power of two and
+/// no field leaves the normal f16 range; returns `false` (and leaves `data` unchanged) when it
+/// would not be exact. Folds Whisper's 1/√64 softmax scale into a quantized query projection.
+pub fn scale_blocks_exactly(ty: GgmlType, data: &mut [u8], factor: f32) -> bool {
+    // Byte offsets of the f16 scale fields in a block (ggml-common.h's block structs).
+    let fields: &[usize] = match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 => &[0, 2],
+        GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q2K => &[80, 82],
+        GgmlType::Q3K => &[108],
+        GgmlType::Q6K => &[208],
+        _ => return false,
+    };
+    let pow2 = factor.is_finite() && factor != 0.0 && factor.abs().log2().fract() == 0.0;
+    if !pow2 || !data.len().is_multiple_of(ty.block_bytes()) {
+        return false;
+    }
+    let scaled = |bytes: [u8; 2]| {
+        let v = half::f16::from_le_bytes(bytes).to_f32();
+        let s = half::f16::from_f32(v * factor);
+        (s.to_f32() == v * factor && (s.is_normal() || v == 0.0)).then(|| s.to_le_bytes())
+    };
+    let mut out = data.to_vec();
+    for block in out.chunks_exact_mut(ty.block_bytes()) {
+        for &f in fields {
+            match scaled([block[f], block[f + 1]]) {
+                Some(b) => block[f..f + 2].copy_from_slice(&b),
+                None => return false,
+            }
+        }
+    }
+    data.copy_from_slice(&out);
+    true
+}
+
 impl fmt::Display for GgmlType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -184,5 +234,15 @@ mod tests {
             assert_eq!(GgmlType::from_name(&t.name().to_uppercase()), Some(t));
         }
         assert_eq!(GgmlType::from_id(4), None);
+        // BLOCKS_SUFFIX tensors name their type by block size alone.
+        let mut sizes: Vec<usize> = GgmlType::ALL
+            .into_iter()
+            .filter(|t| t.is_quantized())
+            .map(GgmlType::block_bytes)
+            .collect();
+        let n = sizes.len();
+        sizes.sort_unstable();
+        sizes.dedup();
+        assert_eq!(sizes.len(), n, "two block types of one size");
     }
 }

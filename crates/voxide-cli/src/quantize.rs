@@ -1,0 +1,85 @@
+//! `voxide quantize` and `voxide convert`: Whisper checkpoints (Hugging Face directories or
+//! whisper.cpp files) written as whisper.cpp model files, quantized or float.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+use voxide_models::ggml::GgmlType;
+use voxide_models::whisper::convert::convert;
+
+/// Block types a whisper.cpp file can hold.
+const BLOCK_TYPES: [&str; 10] = [
+    "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k", "q4_k", "q3_k", "q2_k",
+];
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// A Whisper checkpoint directory (config.json + model.safetensors) or a whisper.cpp
+    /// model file (ggml .bin or GGUF).
+    input: PathBuf,
+    /// The file to write: whisper.cpp's ggml format, or GGUF when it ends in .gguf.
+    output: PathBuf,
+    /// The block type of the matrices.
+    #[arg(long = "type", value_parser = BLOCK_TYPES)]
+    ty: String,
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// A Whisper checkpoint directory (config.json + model.safetensors) or a whisper.cpp
+    /// model file (ggml .bin or GGUF).
+    input: PathBuf,
+    /// The file to write: whisper.cpp's ggml format, or GGUF when it ends in .gguf.
+    output: PathBuf,
+    /// The type of the matrices (whisper.cpp's converter writes f16).
+    #[arg(long = "type", default_value = "f16", value_parser = ["f16", "f32"])]
+    ty: String,
+}
+
+pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
+    write(args.input, args.output, &args.ty)
+}
+
+pub fn run_convert(args: ConvertArgs) -> Result<()> {
+    write(args.input, args.output, &args.ty)
+}
+
+fn write(input: PathBuf, output: PathBuf, ty: &str) -> Result<()> {
+    let Some(ty) = GgmlType::from_name(ty) else {
+        bail!("unknown type {ty}");
+    };
+    if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {
+        bail!("{} is the input; write to another file", output.display());
+    }
+    let start = Instant::now();
+    // Written beside the target and renamed at the end: a failed run leaves no partial file
+    // under the name a user would load.
+    let partial = output.with_file_name(format!(
+        "{}.partial",
+        output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let report = match convert(&input, &partial, ty) {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
+    std::fs::rename(&partial, &output)?;
+    eprintln!(
+        "wrote {}: {} tensors, {} matrices in {ty}, {:.1} MB of weights, in {:.1} s",
+        output.display(),
+        report.tensors,
+        report.quantized,
+        report.bytes as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
+    for (name, took) in &report.fallbacks {
+        eprintln!("  {name}: rows are not whole {ty} blocks; stored as {took}");
+    }
+    Ok(())
+}

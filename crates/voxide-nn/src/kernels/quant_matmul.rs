@@ -1,0 +1,1445 @@
+//! Matrix × few-vectors products with ggml block-quantized weights (the decoder step of a
+//! quantized Whisper or Voxtral): y[m][n] = Σ_k x[m][k] · w[n][k] (+ bias), w in a
+//! [`GgmlType`] block format row by row as ggml stores it, x and y in f32, m ≤ [`MAX_ROWS`].
+//!
+//! A Q4_0 block is 18 bytes for 32 weights. Widening each weight to f32 for an FMA, as
+//! [`super::gemv`] does for f16 / bf16 / int8, costs more instructions per byte than two cores
+//! retire at memory speed. So this kernel uses the integer-dot technique of llama.cpp / ggml
+//! (credit to their authors: `ggml_vec_dot_q4_0_q8_0` and its siblings in
+//! `ggml-cpu/arch/*/quants.c`). Each row of x is quantized once per call to 8-bit blocks of 32
+//! values with an f32 scale each (and the block's integer sum). Then each 32-weight block meets
+//! its block of x in an exact integer dot product, followed by one f32 FMA with the product of
+//! the two scales.
+//!
+//! The integer dot product per instruction set: AVX2 `vpmaddubsw` (unsigned × signed bytes,
+//! pairs summed to i16) then `vpmaddwd` (pairs to i32); AVX-512 VNNI `vpdpbusd` (both in one,
+//! on 256-bit vectors); NEON `sdot` where the CPU has it, else `smull` + `sadalp`; and a
+//! portable path. Weights stored with an offset (Q4_0's q − 8, Q5_0's q − 16) enter as their
+//! unsigned codes, and the offset is removed exactly with x's block sum (`dot − 8 · Σq_x`).
+//! That is one instruction where ggml's sign trick needs three. Signed weights (Q8_0, and Q6_K
+//! after its offset) use the sign trick: |w| · sign(x, w). Minimum terms (Q4_1, Q5_1, Q4_K,
+//! Q5_K: w = d · q + m) add m · d_x · Σq_x per block in f32.
+//!
+//! Integer paths: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K ([`has_integer_path`]). The
+//! other types (Q2_K, Q3_K, Q8_1, Q8_K, and f32 / f16 / bf16 stored this way) are correct
+//! but not fast: each chunk of a row is dequantized into an f32 stack buffer
+//! ([`dequantize_row`]) and dotted with x.
+//!
+//! Precision: the products and the offsets are exact integers, and the scales and the
+//! accumulation are f32. The one approximation is x's quantization: each value moves by at
+//! most half its block's step d_x = max|x_block| / 127. So |y − Σ x · w| ≤ Σ_blocks d_x / 2 ·
+//! Σ_block |w| (plus f32 rounding). Relative to Σ |x · w| that is at most ~1/127 per block in
+//! the worst case and ~10⁻³ on typical data (the test checks the bound).
+
+use super::bandwidth::Prefetch;
+use super::gemv::{runs_parallel, OutPtr, MAX_ROWS};
+use super::machine::{machine, Residency};
+use super::simd::{self, Isa, Simd};
+use super::widen_gemm::{check_product, WidenRows};
+use crate::quant::{dequantize_row, GgmlType};
+use rayon::prelude::*;
+use std::marker::PhantomData;
+
+/// Output rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// How far ahead of the loads the prefetches run (as in the f16 / bf16 GEMV).
+const PREFETCH_BYTES: usize = 4096;
+
+/// Values per block of quantized x (and per integer dot product).
+const QX: usize = 32;
+
+/// Weights per stack buffer of the dequantizing path: one k-quant block, eight 32-blocks.
+const DEQUANT_CHUNK: usize = 256;
+
+/// A block-quantized weight matrix: `rows` × `cols` values, row r in ggml's blocks at
+/// `r * ty.row_bytes(cols)` of `data` (a GGUF / ggml tensor's bytes as stored).
+#[derive(Clone, Copy, Debug)]
+pub struct QuantMatrix<'a> {
+    pub data: &'a [u8],
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    /// How the GEMV reads it ([`super::machine::plan_residency`]); by default streamed only
+    /// when the matrix alone exceeds the cache budget.
+    pub residency: Residency,
+}
+
+impl<'a> QuantMatrix<'a> {
+    /// The matrix in `data`, which must hold exactly `rows` rows of `cols` values of `ty`
+    /// (`cols` a whole number of blocks).
+    pub fn new(data: &'a [u8], ty: GgmlType, rows: usize, cols: usize) -> Result<Self, String> {
+        let Some(row_bytes) = ty.row_bytes(cols) else {
+            return Err(format!(
+                "{cols} columns are not whole {ty} blocks of {}",
+                ty.block_size()
+            ));
+        };
+        if data.len() != rows * row_bytes {
+            return Err(format!(
+                "{rows}×{cols} {ty} takes {} bytes, got {}",
+                rows * row_bytes,
+                data.len()
+            ));
+        }
+        Ok(Self {
+            data,
+            ty,
+            rows,
+            cols,
+            residency: if data.len() > machine().cache_budget() {
+                Residency::Streamed
+            } else {
+                Residency::Cached
+            },
+        })
+    }
+
+    /// The matrix read as `residency` says (a model's plan for its decoder step).
+    pub fn with_residency(self, residency: Residency) -> Self {
+        Self { residency, ..self }
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.ty
+            .row_bytes(self.cols)
+            .expect("columns are whole blocks (checked by new)")
+    }
+
+    /// Bytes of weight data.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn row(&self, r: usize) -> &'a [u8] {
+        let b = self.row_bytes();
+        &self.data[r * b..(r + 1) * b]
+    }
+}
+
+impl WidenRows for QuantMatrix<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn widen(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), (r1 - r0) * self.cols);
+        if self.cols == 0 {
+            return;
+        }
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(i, dst)| dequantize_row(self.ty, self.row(r0 + i), dst));
+    }
+}
+
+/// Whether `ty` has an integer path (fast); the other types are dequantized a chunk at a time.
+pub fn has_integer_path(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+    )
+}
+
+/// y (m × n) = x (m × k) · wᵀ (+ bias), on the best instruction set of this CPU.
+pub fn quant_gemv(x: &[f32], w: &QuantMatrix, bias: Option<&[f32]>, y: &mut [f32], m: usize) {
+    quant_gemv_on(Isa::detect(), x, w, bias, y, m)
+}
+
+/// [`quant_gemv`] on a given instruction set (panics if this CPU lacks it). `Isa::Avx512`
+/// runs the AVX-512 VNNI path where the CPU has VNNI, else the AVX2 one; `Isa::Neon` uses
+/// `sdot` where the CPU has it.
+pub fn quant_gemv_on(
+    isa: Isa,
+    x: &[f32],
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+) {
+    assert!(isa.is_available(), "{isa:?} is not available on this CPU");
+    gemv_path(Path::of(isa), x, w, bias, y, m)
+}
+
+fn gemv_path(
+    path: Path,
+    x: &[f32],
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+) {
+    let n = w.rows;
+    assert!(m <= MAX_ROWS, "quant_gemv takes at most {MAX_ROWS} rows");
+    check_product(x, y, bias, m, n, w.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // As in the f16 GEMV: streamed matrices bypass the caches; cached ones larger than a core's
+    // L2 come from L3 or DRAM, so their rows are prefetched ahead of the loads.
+    let prefetch = match w.residency {
+        Residency::Streamed => Prefetch::Stream,
+        Residency::Cached if w.bytes() > machine().caches.l2_per_core => Prefetch::Keep,
+        Residency::Cached => Prefetch::None,
+    };
+    let integer = has_integer_path(w.ty);
+    let xq = if integer {
+        path.run(QuantizeX(x))
+    } else {
+        Vec::new()
+    };
+    let out = OutPtr(y.as_mut_ptr());
+    let task = |r0: usize, r1: usize| {
+        let t = Task {
+            x,
+            xq: &xq,
+            w: *w,
+            bias,
+            y: out,
+            m,
+            r0,
+            r1,
+            prefetch,
+        };
+        match w.ty {
+            GgmlType::Q4_0 => rows_of::<fmt::Q4_0>(path, t),
+            GgmlType::Q4_1 => rows_of::<fmt::Q4_1>(path, t),
+            GgmlType::Q5_0 => rows_of::<fmt::Q5_0>(path, t),
+            GgmlType::Q5_1 => rows_of::<fmt::Q5_1>(path, t),
+            GgmlType::Q8_0 => rows_of::<fmt::Q8_0>(path, t),
+            GgmlType::Q4K => rows_of::<fmt::Q4K>(path, t),
+            GgmlType::Q5K => rows_of::<fmt::Q5K>(path, t),
+            GgmlType::Q6K => rows_of::<fmt::Q6K>(path, t),
+            _ => rows_dequantized(t),
+        }
+    };
+    if !runs_parallel(w.bytes(), machine().caches.l2_per_core) || rayon::current_num_threads() == 1
+    {
+        task(0, n);
+    } else {
+        (0..n.div_ceil(ROWS_PER_TASK))
+            .into_par_iter()
+            .for_each(|t| task(t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n)));
+    }
+}
+
+/// What a task of output rows reads and writes.
+#[derive(Clone, Copy)]
+struct Task<'a> {
+    x: &'a [f32],
+    /// x quantized (integer paths): `m` rows of `cols / 32` blocks.
+    xq: &'a [XBlock],
+    w: QuantMatrix<'a>,
+    bias: Option<&'a [f32]>,
+    y: OutPtr,
+    m: usize,
+    r0: usize,
+    r1: usize,
+    prefetch: Prefetch,
+}
+
+impl Task<'_> {
+    /// y[i][r] = total (+ bias[r]).
+    ///
+    /// # Safety
+    /// i < m and r < n (y is m × n), and no other task writes element (i, r).
+    #[inline(always)]
+    unsafe fn store(&self, i: usize, r: usize, total: f32) {
+        *self.y.0.add(i * self.w.rows + r) = total + self.bias.map_or(0.0, |b| b[r]);
+    }
+}
+
+/// 32 values of a row of x as d · q: the integer sum of q (offsets) and d times it (minimum
+/// terms) alongside.
+#[derive(Clone, Copy)]
+struct XBlock {
+    q: [i8; QX],
+    d: f32,
+    sum: i32,
+    ds: f32,
+}
+
+/// x quantized per block of 32: d = max|x| / 127, q = round(x / d) (ties to even). A block
+/// with a non-finite value gets d = NaN, so that it poisons its outputs as it would in f32.
+#[inline(always)]
+fn quantize_block(v: &[f32; QX]) -> XBlock {
+    let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+    // x − x is 0 for finite x, NaN for ±∞ and NaN.
+    let finite = v.iter().map(|&x| x - x).sum::<f32>() == 0.0;
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    let mut q = [0i8; QX];
+    let mut sum = 0i32;
+    for (q, &x) in q.iter_mut().zip(v) {
+        // Round to nearest even via the 1.5 · 2²³ trick (vectorises without SSE4.1).
+        *q = (((x * inv).clamp(-127.0, 127.0) + 12582912.0) - 12582912.0) as i8;
+        sum += *q as i32;
+    }
+    let d = if finite { amax / 127.0 } else { f32::NAN };
+    XBlock {
+        q,
+        d,
+        sum,
+        ds: d * sum as f32,
+    }
+}
+
+/// Quantizes all of x (rows of whole 32-blocks) on the path's instruction set.
+struct QuantizeX<'a>(&'a [f32]);
+
+impl Job for QuantizeX<'_> {
+    type Out = Vec<XBlock>;
+
+    #[inline(always)]
+    unsafe fn run<L: Lanes>(self) -> Vec<XBlock> {
+        let mut out = Vec::with_capacity(self.0.len() / QX);
+        for c in self.0.chunks_exact(QX) {
+            out.push(quantize_block(c.try_into().expect("32 values")));
+        }
+        out
+    }
+}
+
+/// The rows of a task for an integer format, on `path`, with the row count of x as a
+/// constant.
+fn rows_of<F: Format>(path: Path, t: Task) {
+    macro_rules! by_m {
+        ($($m:literal)*) => {
+            match t.m {
+                $($m => path.run(Rows::<F, $m>(t, PhantomData)),)*
+                _ => unreachable!("quant_gemv takes at most {MAX_ROWS} rows"),
+            }
+        };
+    }
+    by_m!(1 2 3 4 5 6 7 8)
+}
+
+struct Rows<'a, F, const M: usize>(Task<'a>, PhantomData<F>);
+
+impl<F: Format, const M: usize> Job for Rows<'_, F, M> {
+    type Out = ();
+
+    #[inline(always)]
+    unsafe fn run<L: Lanes>(self) {
+        rows_body::<L, F, M>(self.0)
+    }
+}
+
+/// Rows r0..r1 of the output for the M rows of x, one weight row at a time (a row's blocks are
+/// contiguous, so the reads are one sequential stream per task).
+#[inline(always)]
+unsafe fn rows_body<L: Lanes, F: Format, const M: usize>(t: Task) {
+    let k = t.w.cols;
+    let (block_bytes, subs) = (F::TYPE.block_bytes(), F::SUBS);
+    let blocks = k / F::TYPE.block_size();
+    let row_bytes = blocks * block_bytes;
+    let xs: [*const XBlock; M] = std::array::from_fn(|i| t.xq.as_ptr().add(i * (k / QX)));
+    for r in t.r0..t.r1 {
+        let row = t.w.data.as_ptr().add(r * row_bytes);
+        let mut acc = Acc::<L, M>::new();
+        if subs == 1 {
+            // Blocks in pairs, on alternating accumulators.
+            let mut b = 0;
+            while b + 2 <= blocks {
+                let p = row.add(b * block_bytes);
+                prefetch::<L::S>(t.prefetch, p, 2 * block_bytes);
+                acc.add::<F, 0>(F::sub::<L>(p, &F::head::<L>(p), 0), &xs, b);
+                let p = p.add(block_bytes);
+                acc.add::<F, 1>(F::sub::<L>(p, &F::head::<L>(p), 0), &xs, b + 1);
+                b += 2;
+            }
+            if b < blocks {
+                let p = row.add(b * block_bytes);
+                acc.add::<F, 0>(F::sub::<L>(p, &F::head::<L>(p), 0), &xs, b);
+            }
+        } else {
+            for b in 0..blocks {
+                let p = row.add(b * block_bytes);
+                prefetch::<L::S>(t.prefetch, p, block_bytes);
+                let h = F::head::<L>(p);
+                for s in (0..subs).step_by(2) {
+                    acc.add::<F, 0>(F::sub::<L>(p, &h, s), &xs, b * subs + s);
+                    acc.add::<F, 1>(F::sub::<L>(p, &h, s + 1), &xs, b * subs + s + 1);
+                }
+            }
+        }
+        for i in 0..M {
+            t.store(i, r, acc.total(i));
+        }
+    }
+}
+
+/// Prefetches the `bytes` at p + [`PREFETCH_BYTES`], a cache line at a time.
+#[inline(always)]
+unsafe fn prefetch<S: Simd>(mode: Prefetch, p: *const u8, bytes: usize) {
+    // wrapping: near the end the hint points past the matrix (a prefetch never faults).
+    let ahead = p.wrapping_add(PREFETCH_BYTES);
+    for off in (0..bytes).step_by(64) {
+        match mode {
+            Prefetch::Stream => S::prefetch_stream(ahead.wrapping_add(off)),
+            Prefetch::Keep => S::prefetch_keep(ahead.wrapping_add(off)),
+            Prefetch::None => {}
+        }
+    }
+}
+
+/// The f32 accumulators of one weight row against M rows of x: two per row of x (alternate
+/// 32-blocks) while M ≤ 2, so that the FMAs' latency does not bound a single chain; with more
+/// rows the chains of the rows are independent already (and two each would not fit AVX2's 16
+/// registers).
+struct Acc<L: Lanes, const M: usize> {
+    v: [[<L::S as Simd>::V; 2]; M],
+    mins: [[f32; 2]; M],
+}
+
+impl<L: Lanes, const M: usize> Acc<L, M> {
+    #[inline(always)]
+    unsafe fn new() -> Self {
+        Self {
+            v: [[L::S::zero(); 2]; M],
+            mins: [[0.0; 2]; M],
+        }
+    }
+
+    /// Adds weight sub-block `sub` times 32-block `g` of each row of x.
+    #[inline(always)]
+    unsafe fn add<F: Format, const P: usize>(
+        &mut self,
+        sub: Sub<L::B>,
+        xs: &[*const XBlock; M],
+        g: usize,
+    ) {
+        let p = if M <= 2 { P } else { 0 };
+        for (i, x) in xs.iter().enumerate() {
+            let xb = &*x.add(g);
+            let dot = match F::DOT {
+                Dot::Unsigned { offset: 0 } => L::dot(sub.q, &xb.q),
+                Dot::Unsigned { offset } => L::add(L::dot(sub.q, &xb.q), -offset * xb.sum),
+                Dot::Signed => L::dot_signed(sub.q, &xb.q),
+                Dot::SignedHalves => L::dot_halves(sub.q, &xb.q, sub.halves),
+            };
+            self.v[i][p] = L::fma(self.v[i][p], dot, sub.scale * xb.d);
+            if F::HAS_MIN {
+                self.mins[i][p] += sub.min * xb.ds;
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn total(&self, i: usize) -> f32 {
+        L::S::sum(L::S::add(self.v[i][0], self.v[i][1])) + (self.mins[i][0] + self.mins[i][1])
+    }
+}
+
+/// How a format's 32 decoded codes meet x in the integer dot product.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dot {
+    /// Codes in [0, 63]; the weight is scale · (code − offset) + min.
+    Unsigned { offset: i32 },
+    /// Codes are signed; the weight is scale · code.
+    Signed,
+    /// Signed codes, each 16 with its own integer scale ([`Sub::halves`]): the weight is
+    /// scale · half scale · code.
+    SignedHalves,
+}
+
+/// 32 weights of a row, decoded: the codes and what turns them into weights ([`Dot`]).
+#[derive(Clone, Copy)]
+struct Sub<B> {
+    q: B,
+    scale: f32,
+    /// Added to every weight of the block (formats with a minimum).
+    min: f32,
+    /// Integer scales of the two halves ([`Dot::SignedHalves`]).
+    halves: [i16; 2],
+}
+
+impl<B> Sub<B> {
+    #[inline(always)]
+    fn new(q: B, scale: f32) -> Self {
+        Self {
+            q,
+            scale,
+            min: 0.0,
+            halves: [1, 1],
+        }
+    }
+}
+
+/// A ggml block format with an integer path: how its blocks decode into 32-weight sub-blocks.
+trait Format {
+    const TYPE: GgmlType;
+    /// 32-weight sub-blocks per block: 1, or an even number.
+    const SUBS: usize;
+    const DOT: Dot;
+    /// Whether [`Sub::min`] is used.
+    const HAS_MIN: bool;
+    /// What a block's sub-blocks share (decoded scales).
+    type Head;
+    /// # Safety
+    /// `p` points at a whole block.
+    unsafe fn head<L: Lanes>(p: *const u8) -> Self::Head;
+    /// # Safety
+    /// `p` points at a whole block and `s` < SUBS.
+    unsafe fn sub<L: Lanes>(p: *const u8, head: &Self::Head, s: usize) -> Sub<L::B>;
+}
+
+/// The little-endian u32 at p.
+#[inline(always)]
+unsafe fn u32_at(p: *const u8) -> u32 {
+    u32::from_le((p as *const u32).read_unaligned())
+}
+
+/// The formats' block layouts (`ggml-common.h`; see [`GgmlType`]).
+mod fmt {
+    use super::*;
+
+    pub(super) struct Q4_0;
+    pub(super) struct Q4_1;
+    pub(super) struct Q5_0;
+    pub(super) struct Q5_1;
+    pub(super) struct Q8_0;
+    pub(super) struct Q4K;
+    pub(super) struct Q5K;
+    pub(super) struct Q6K;
+
+    /// d (f16), 16 bytes of nibbles; w = d · (q − 8).
+    impl Format for Q4_0 {
+        const TYPE: GgmlType = GgmlType::Q4_0;
+        const SUBS: usize = 1;
+        const DOT: Dot = Dot::Unsigned { offset: 8 };
+        const HAS_MIN: bool = false;
+        type Head = ();
+        #[inline(always)]
+        unsafe fn head<L: Lanes>(_: *const u8) {}
+        #[inline(always)]
+        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
+            Sub::new(L::nibbles(p.add(2)), L::f16(p))
+        }
+    }
+
+    /// d, m (f16), nibbles; w = d · q + m.
+    impl Format for Q4_1 {
+        const TYPE: GgmlType = GgmlType::Q4_1;
+        const SUBS: usize = 1;
+        const DOT: Dot = Dot::Unsigned { offset: 0 };
+        const HAS_MIN: bool = true;
+        type Head = ();
+        #[inline(always)]
+        unsafe fn head<L: Lanes>(_: *const u8) {}
+        #[inline(always)]
+        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
+            Sub {
+                min: L::f16(p.add(2)),
+                ..Sub::new(L::nibbles(p.add(4)), L::f16(p))
+            }
+        }
+    }
+
+    /// d (f16), the 5th bits (u32: bit j for value j), nibbles; w = d · (q − 16).
+    impl Format for Q5_0 {
+        const TYPE: GgmlType = GgmlType::Q5_0;
+        const SUBS: usize = 1;
+        const DOT: Dot = Dot::Unsigned { offset: 16 };
+        const HAS_MIN: bool = false;
+        type Head = ();
+        #[inline(always)]
+        unsafe fn head<L: Lanes>(_: *const u8) {}
+        #[inline(always)]
+        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
+            let q = L::or(L::nibbles(p.add(6)), L::bits(u32_at(p.add(2))));
+            Sub::new(q, L::f16(p))
+        }
+    }
+
+    /// d, m (f16), the 5th bits, nibbles; w = d · q + m.
+    impl Format for Q5_1 {
+        const TYPE: GgmlType = GgmlType::Q5_1;
+        const SUBS: usize = 1;
+        const DOT: Dot = Dot::Unsigned { offset: 0 };
+        const HAS_MIN: bool = true;
+        type Head = ();
+        #[inline(always)]
+        unsafe fn head<L: Lanes>(_: *const u8) {}
+        #[inline(always)]
+        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
+            let q = L::or(L::nibbles(p.add(8)), L::bits(u32_at(p.add(4))));
+            Sub {
+                min: L::f16(p.add(2)),
+                ..Sub::new(q, L::f16(p))
+            }
+        }
+    }
+
+    /// d (f16), 32 signed bytes; w = d · q.
+    impl Format for Q8_0 {
+        const TYPE: GgmlType = GgmlType::Q8_0;
+        const SUBS: usize = 1;
+        const DOT: Dot = Dot::Signed;
+        const HAS_MIN: bool = false;
+        type Head = ();
+        #[inline(always)]
+        unsafe fn head<L: Lanes>(_: *const u8) {}
+        #[inline(always)]
+        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
+            Sub::new(L::load(p.add(2)), L::f16(p))
+        }
+    }
+
+    /// The per-sub-block scales and minimums of a Q4_K / Q5_K block: d · sc and −dmin · m.
+    pub(super) struct KHead {
+        scale: [f32; 8],
+        min: [f32; 8],
+    }
+
+    /// Decodes d, dmin (f16) and the 12 bytes of 6-bit scales and minimums at p
+    /// (`get_scale_min_k4`: the first four in the low 6 bits of bytes 0–3 / 4–7, the last four
+    /// in nibbles of bytes 8–11 with their top 2 bits in the top bits of bytes 0–7).
+    #[inline(always)]
+    unsafe fn k_head<L: Lanes>(p: *const u8) -> KHead {
+        let (d, dmin) = (L::f16(p), L::f16(p.add(2)));
+        let q = &*(p.add(4) as *const [u8; 12]);
+        let mut h = KHead {
+            scale: [0.0; 8],
+            min: [0.0; 8],
+        };
+        for j in 0..8 {
+            let (sc, m) = if j < 4 {
+                (q[j] & 63, q[j + 4] & 63)
+            } else {
+                (
+                    (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                )
+            };
+            h.scale[j] = d * sc as f32;
+            h.min[j] = -(dmin * m as f32);
+        }
+        h
+    }
+
+    /// d, dmin, 12 scale bytes, 128 bytes of nibbles: sub-blocks 2j and 2j + 1 are the low and
+    /// high nibbles of bytes 32j..32j + 32; w = d · sc · q − dmin · m.
+    impl Format for Q4K {
+        const TYPE: GgmlType = GgmlType::Q4K;
+        const SUBS: usize = 8;
+        const DOT: Dot = Dot::Unsigned { offset: 0 };
+        const HAS_MIN: bool = true;
+        type Head = KHead;
+        #[inline(always)]
+        unsafe fn head<L: Lanes>(p: *const u8) -> KHead {
+            k_head::<L>(p)
+        }
+        #[inline(always)]
+        unsafe fn sub<L: Lanes>(p: *const u8, h: &KHead, s: usize) -> Sub<L::B> {
+            let b = L::load(p.add(16 + 32 * (s / 2)));
+            let q = if s % 2 == 0 { L::low4(b) } else { L::high4(b) };
+            Sub {
+                min: h.min[s],
+                ..Sub::new(q, h.scale[s])
+            }
+        }
+    }
+
+    /// Q4_K's layout with 32 bytes of 5th bits after the scales (bit s of byte j: value j of
+    /// sub-block s).
+    impl Format for Q5K {
+        const TYPE: GgmlType = GgmlType::Q5K;
+        const SUBS: usize = 8;
+        const DOT: Dot = Dot::Unsigned { offset: 0 };
+        const HAS_MIN: bool = true;
+        type Head = KHead;
+        #[inline(always)]
+        unsafe fn head<L: Lanes>(p: *const u8) -> KHead {
+            k_head::<L>(p)
+        }
+        #[inline(always)]
+        unsafe fn sub<L: Lanes>(p: *const u8, h: &KHead, s: usize) -> Sub<L::B> {
+            let b = L::load(p.add(48 + 32 * (s / 2)));
+            let q = if s % 2 == 0 { L::low4(b) } else { L::high4(b) };
+            let q = L::or(q, L::field(L::load(p.add(16)), s as u32, 1));
+            Sub {
+                min: h.min[s],
+                ..Sub::new(q, h.scale[s])
+            }
+        }
+    }
+
+    /// Two halves of 128 values, each 64 bytes of low nibbles (at 0), 32 bytes of 2-bit high
+    /// parts (at 128), 8 signed scales of 16 values (at 192); d (f16) at 208. Sub-block g of a
+    /// half: nibbles of bytes 32 · (g % 2).. (low for g < 2), high bits 2g of its qh bytes,
+    /// scales 2g and 2g + 1; w = d · sc · (q − 32).
+    impl Format for Q6K {
+        const TYPE: GgmlType = GgmlType::Q6K;
+        const SUBS: usize = 8;
+        const DOT: Dot = Dot::SignedHalves;
+        const HAS_MIN: bool = false;
+        type Head = f32;
+        #[inline(always)]
+        unsafe fn head<L: Lanes>(p: *const u8) -> f32 {
+            L::f16(p.add(208))
+        }
+        #[inline(always)]
+        unsafe fn sub<L: Lanes>(p: *const u8, d: &f32, s: usize) -> Sub<L::B> {
+            let (half, g) = (s / 4, s % 4);
+            let b = L::load(p.add(64 * half + 32 * (g % 2)));
+            let low = if g < 2 { L::low4(b) } else { L::high4(b) };
+            let high = L::field(L::load(p.add(128 + 32 * half)), 2 * g as u32, 3);
+            let sc = p.add(192 + 8 * half + 2 * g) as *const i8;
+            Sub {
+                halves: [*sc as i16, *sc.add(1) as i16],
+                ..Sub::new(L::sub(L::or(low, high), 32), *d)
+            }
+        }
+    }
+}
+
+/// Rows r0..r1 for the types without an integer path: each chunk of a weight row is
+/// dequantized into a stack buffer and dotted with every row of x in f32.
+fn rows_dequantized(t: Task) {
+    let (k, ty) = (t.w.cols, t.w.ty);
+    let (bs, bb) = (ty.block_size(), ty.block_bytes());
+    let mut buf = [0f32; DEQUANT_CHUNK];
+    for r in t.r0..t.r1 {
+        let row = t.w.row(r);
+        let mut sums = [0f32; MAX_ROWS];
+        // Every block size divides the chunk, so chunks are whole blocks.
+        for c0 in (0..k).step_by(DEQUANT_CHUNK) {
+            let len = DEQUANT_CHUNK.min(k - c0);
+            let wb = &mut buf[..len];
+            dequantize_row(ty, &row[c0 / bs * bb..(c0 + len) / bs * bb], wb);
+            for (i, s) in sums[..t.m].iter_mut().enumerate() {
+                *s += simd::dot(wb, &t.x[i * k + c0..i * k + c0 + len]);
+            }
+        }
+        for (i, &s) in sums[..t.m].iter().enumerate() {
+            // SAFETY: i < m, r < n, and the task owns row r of the output.
+            unsafe { t.store(i, r, s) };
+        }
+    }
+}
+
+/// The integer operations of one instruction set on 32 codes at a time (`B`), a dot product's
+/// partial sums (`I`), and the f32 operations of [`Simd`] for the accumulators. Every
+/// function is `unsafe`: callers run inside the [`Path`]'s `#[target_feature]` entry, with
+/// pointers valid for what they read.
+trait Lanes {
+    type S: Simd;
+    type B: Copy;
+    type I: Copy;
+    /// The 32 bytes at p.
+    unsafe fn load(p: *const u8) -> Self::B;
+    /// The 32 nibbles of the 16 bytes at p: value j in the low nibble of byte j, value j + 16
+    /// in its high nibble (ggml's order).
+    unsafe fn nibbles(p: *const u8) -> Self::B;
+    /// Each byte's low nibble.
+    unsafe fn low4(b: Self::B) -> Self::B;
+    /// Each byte's high nibble.
+    unsafe fn high4(b: Self::B) -> Self::B;
+    /// Byte j: 16 if bit j of `bits` is set, else 0.
+    unsafe fn bits(bits: u32) -> Self::B;
+    /// Byte j: the bits `mask << shift` of byte j of b, moved to start at bit 4 (mask ≤ 3).
+    unsafe fn field(b: Self::B, shift: u32, mask: u8) -> Self::B;
+    unsafe fn or(a: Self::B, b: Self::B) -> Self::B;
+    /// Each byte minus c.
+    unsafe fn sub(a: Self::B, c: i8) -> Self::B;
+    /// Σ w_j · x_j for codes w_j in [0, 127].
+    unsafe fn dot(w: Self::B, x: &[i8; QX]) -> Self::I;
+    /// Σ w_j · x_j for signed codes.
+    unsafe fn dot_signed(w: Self::B, x: &[i8; QX]) -> Self::I;
+    /// s₀ · Σ_{j<16} w_j · x_j + s₁ · Σ_{j≥16} w_j · x_j for signed codes.
+    unsafe fn dot_halves(w: Self::B, x: &[i8; QX], s: [i16; 2]) -> Self::I;
+    /// The sum plus c.
+    unsafe fn add(i: Self::I, c: i32) -> Self::I;
+    /// acc + i · s, lane by lane (the sum of i's lanes scaled into the sum of acc's).
+    unsafe fn fma(acc: <Self::S as Simd>::V, i: Self::I, s: f32) -> <Self::S as Simd>::V;
+    /// The little-endian f16 at p as f32.
+    unsafe fn f16(p: *const u8) -> f32;
+}
+
+/// Work generic over the integer instruction set, run by [`Path::run`] inside a function
+/// compiled for it (everything it calls must be `#[inline(always)]`).
+trait Job {
+    type Out;
+    /// # Safety
+    /// The instruction set of `L` is available (the caller's `#[target_feature]`).
+    unsafe fn run<L: Lanes>(self) -> Self::Out;
+}
+
+/// An integer code path: an [`Isa`] refined by the integer extensions it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Portable,
+    /// AVX2 `vpmaddubsw` + `vpmaddwd`.
+    Avx2,
+    /// AVX-512 VNNI `vpdpbusd` on 256-bit vectors (with AVX-512VL / BW).
+    Vnni,
+    /// NEON `smull` + `sadalp`.
+    Neon,
+    /// NEON `sdot` (ARMv8.2 dot product).
+    NeonDot,
+}
+
+impl Path {
+    /// Every path, portable first.
+    #[cfg(test)]
+    const ALL: [Path; 5] = [
+        Path::Portable,
+        Path::Avx2,
+        Path::Vnni,
+        Path::Neon,
+        Path::NeonDot,
+    ];
+
+    fn is_available(self) -> bool {
+        match self {
+            Path::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => Isa::Avx2.is_available(),
+            #[cfg(target_arch = "x86_64")]
+            Path::Vnni => {
+                Isa::Avx2.is_available()
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            Path::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The path for an instruction set (available where `isa` is).
+    fn of(isa: Isa) -> Path {
+        let best = |fast: Path, base: Path| if fast.is_available() { fast } else { base };
+        match isa {
+            Isa::Scalar => Path::Portable,
+            Isa::Avx2 => Path::Avx2,
+            Isa::Avx512 => best(Path::Vnni, Path::Avx2),
+            Isa::Neon => best(Path::NeonDot, Path::Neon),
+        }
+    }
+
+    /// Runs `job` on this path (panics if this CPU lacks it).
+    fn run<J: Job>(self, job: J) -> J::Out {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn avx2<J: Job>(job: J) -> J::Out {
+            // SAFETY: forwarded from the caller.
+            unsafe { job.run::<X86<false>>() }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn vnni<J: Job>(job: J) -> J::Out {
+            // SAFETY: forwarded from the caller.
+            unsafe { job.run::<X86<true>>() }
+        }
+        #[cfg(target_arch = "aarch64")]
+        #[target_feature(enable = "neon")]
+        unsafe fn neon<J: Job>(job: J) -> J::Out {
+            // SAFETY: forwarded from the caller.
+            unsafe { job.run::<Arm<false>>() }
+        }
+        #[cfg(target_arch = "aarch64")]
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn neon_dot<J: Job>(job: J) -> J::Out {
+            // SAFETY: forwarded from the caller.
+            unsafe { job.run::<Arm<true>>() }
+        }
+        assert!(self.is_available(), "{self:?} is not available on this CPU");
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the instruction set is available (checked above).
+            Path::Avx2 => unsafe { avx2(job) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Path::Vnni => unsafe { vnni(job) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above.
+            Path::Neon => unsafe { neon(job) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above.
+            Path::NeonDot => unsafe { neon_dot(job) },
+            // SAFETY: the portable body needs no instruction set.
+            _ => unsafe { job.run::<Portable>() },
+        }
+    }
+}
+
+/// Portable: byte and lane arrays the compiler may vectorise.
+struct Portable;
+
+impl Lanes for Portable {
+    type S = simd::Scalar;
+    type B = [u8; QX];
+    type I = [i32; 8];
+
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Self::B {
+        (p as *const [u8; QX]).read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> Self::B {
+        std::array::from_fn(|j| {
+            let b = *p.add(j % 16);
+            if j < 16 {
+                b & 15
+            } else {
+                b >> 4
+            }
+        })
+    }
+    #[inline(always)]
+    unsafe fn low4(b: Self::B) -> Self::B {
+        b.map(|v| v & 15)
+    }
+    #[inline(always)]
+    unsafe fn high4(b: Self::B) -> Self::B {
+        b.map(|v| v >> 4)
+    }
+    #[inline(always)]
+    unsafe fn bits(bits: u32) -> Self::B {
+        std::array::from_fn(|j| ((bits >> j) as u8 & 1) << 4)
+    }
+    #[inline(always)]
+    unsafe fn field(b: Self::B, shift: u32, mask: u8) -> Self::B {
+        b.map(|v| ((v >> shift) & mask) << 4)
+    }
+    #[inline(always)]
+    unsafe fn or(a: Self::B, b: Self::B) -> Self::B {
+        std::array::from_fn(|j| a[j] | b[j])
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self::B, c: i8) -> Self::B {
+        a.map(|v| v.wrapping_sub(c as u8))
+    }
+    #[inline(always)]
+    unsafe fn dot(w: Self::B, x: &[i8; QX]) -> Self::I {
+        std::array::from_fn(|l| (4 * l..4 * l + 4).map(|j| w[j] as i32 * x[j] as i32).sum())
+    }
+    #[inline(always)]
+    unsafe fn dot_signed(w: Self::B, x: &[i8; QX]) -> Self::I {
+        Self::dot_halves(w, x, [1, 1])
+    }
+    #[inline(always)]
+    unsafe fn dot_halves(w: Self::B, x: &[i8; QX], s: [i16; 2]) -> Self::I {
+        std::array::from_fn(|l| {
+            let d: i32 = (4 * l..4 * l + 4)
+                .map(|j| w[j] as i8 as i32 * x[j] as i32)
+                .sum();
+            d * s[l / 4] as i32
+        })
+    }
+    #[inline(always)]
+    unsafe fn add(mut i: Self::I, c: i32) -> Self::I {
+        i[0] += c;
+        i
+    }
+    #[inline(always)]
+    unsafe fn fma(acc: [f32; 8], i: Self::I, s: f32) -> [f32; 8] {
+        std::array::from_fn(|l| i[l] as f32 * s + acc[l])
+    }
+    #[inline(always)]
+    unsafe fn f16(p: *const u8) -> f32 {
+        half::f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// x86-64 AVX2 (+ FMA, F16C), with `vpdpbusd` for the unsigned × signed byte products when
+/// `VNNI` (an entry compiled for AVX-512 VNNI / VL).
+#[cfg(target_arch = "x86_64")]
+struct X86<const VNNI: bool>;
+
+#[cfg(target_arch = "x86_64")]
+impl<const VNNI: bool> X86<VNNI> {
+    #[inline(always)]
+    unsafe fn x(x: &[i8; QX]) -> __m256i {
+        _mm256_loadu_si256(x.as_ptr() as *const __m256i)
+    }
+
+    /// Σ u_j · x_j in eight partial sums, u unsigned.
+    #[inline(always)]
+    unsafe fn products(u: __m256i, x: __m256i) -> __m256i {
+        if VNNI {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
+        } else {
+            // The i16 pairs cannot saturate: u ≤ 128 and |x| ≤ 127.
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const VNNI: bool> Lanes for X86<VNNI> {
+    type S = simd::Avx2;
+    type B = __m256i;
+    type I = __m256i;
+
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let v = _mm_loadu_si128(p as *const __m128i);
+        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+        _mm256_and_si256(both, _mm256_set1_epi8(15))
+    }
+    #[inline(always)]
+    unsafe fn low4(b: __m256i) -> __m256i {
+        _mm256_and_si256(b, _mm256_set1_epi8(15))
+    }
+    #[inline(always)]
+    unsafe fn high4(b: __m256i) -> __m256i {
+        _mm256_and_si256(_mm256_srli_epi16::<4>(b), _mm256_set1_epi8(15))
+    }
+    #[inline(always)]
+    unsafe fn bits(bits: u32) -> __m256i {
+        // ggml's bytes_from_bits_32: byte j takes byte j / 8 of the word; all its bits but
+        // j % 8 are then set, so it is all ones exactly when bit j was.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits as i32),
+            _mm256_set_epi64x(
+                0x0303030303030303,
+                0x0202020202020202,
+                0x0101010101010101,
+                0,
+            ),
+        );
+        let set = _mm256_cmpeq_epi8(
+            _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+            _mm256_set1_epi64x(-1),
+        );
+        _mm256_and_si256(set, _mm256_set1_epi8(16))
+    }
+    #[inline(always)]
+    unsafe fn field(b: __m256i, shift: u32, mask: u8) -> __m256i {
+        // Masked first, so that the 16-bit shifts move no bits across bytes.
+        let f = _mm256_and_si256(b, _mm256_set1_epi8((mask << shift) as i8));
+        if shift <= 4 {
+            _mm256_sll_epi16(f, _mm_cvtsi32_si128(4 - shift as i32))
+        } else {
+            _mm256_srl_epi16(f, _mm_cvtsi32_si128(shift as i32 - 4))
+        }
+    }
+    #[inline(always)]
+    unsafe fn or(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_or_si256(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256i, c: i8) -> __m256i {
+        _mm256_sub_epi8(a, _mm256_set1_epi8(c))
+    }
+    #[inline(always)]
+    unsafe fn dot(w: __m256i, x: &[i8; QX]) -> __m256i {
+        Self::products(w, Self::x(x))
+    }
+    #[inline(always)]
+    unsafe fn dot_signed(w: __m256i, x: &[i8; QX]) -> __m256i {
+        // The sign trick: |w| · (x with w's sign), an unsigned × signed product.
+        Self::products(_mm256_sign_epi8(w, w), _mm256_sign_epi8(Self::x(x), w))
+    }
+    #[inline(always)]
+    unsafe fn dot_halves(w: __m256i, x: &[i8; QX], s: [i16; 2]) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(Self::x(x), w));
+        // vpmaddubsw works within 128-bit lanes: i16 lanes 0–7 hold bytes 0–15.
+        _mm256_madd_epi16(
+            pairs,
+            _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0])),
+        )
+    }
+    #[inline(always)]
+    unsafe fn add(i: __m256i, c: i32) -> __m256i {
+        _mm256_add_epi32(i, _mm256_setr_epi32(c, 0, 0, 0, 0, 0, 0, 0))
+    }
+    #[inline(always)]
+    unsafe fn fma(acc: __m256, i: __m256i, s: f32) -> __m256 {
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(s), acc)
+    }
+    #[inline(always)]
+    unsafe fn f16(p: *const u8) -> f32 {
+        let h = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+use std::arch::aarch64::*;
+
+/// AArch64 NEON; `sdot` for the byte products when `DOTPROD` (an entry compiled for it).
+#[cfg(target_arch = "aarch64")]
+struct Arm<const DOTPROD: bool>;
+
+#[cfg(target_arch = "aarch64")]
+impl<const DOTPROD: bool> Arm<DOTPROD> {
+    /// The four partial sums of 16 byte products.
+    #[inline(always)]
+    unsafe fn dot16(w: int8x16_t, x: int8x16_t) -> int32x4_t {
+        if DOTPROD {
+            // `vdotq_s32` is not stable on the crate's minimum Rust: one instruction of
+            // assembly.
+            let mut acc = vdupq_n_s32(0);
+            core::arch::asm!(
+                "sdot {acc:v}.4s, {w:v}.16b, {x:v}.16b",
+                acc = inout(vreg) acc,
+                w = in(vreg) w,
+                x = in(vreg) x,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            acc
+        } else {
+            // Byte products fit i16 exactly; pairs of them are summed into i32.
+            let lo = vmull_s8(vget_low_s8(w), vget_low_s8(x));
+            vpadalq_s16(vpaddlq_s16(lo), vmull_high_s8(w, x))
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+impl<const DOTPROD: bool> Lanes for Arm<DOTPROD> {
+    type S = simd::Neon;
+    type B = [int8x16_t; 2];
+    type I = int32x4_t;
+
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Self::B {
+        [vld1q_s8(p as *const i8), vld1q_s8(p.add(16) as *const i8)]
+    }
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> Self::B {
+        let v = vld1q_u8(p);
+        [
+            vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15))),
+            vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn low4(b: Self::B) -> Self::B {
+        b.map(|h| vandq_s8(h, vdupq_n_s8(15)))
+    }
+    #[inline(always)]
+    unsafe fn high4(b: Self::B) -> Self::B {
+        b.map(|h| vreinterpretq_s8_u8(vshrq_n_u8::<4>(vreinterpretq_u8_s8(h))))
+    }
+    #[inline(always)]
+    unsafe fn bits(bits: u32) -> Self::B {
+        const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+        let bit = vld1q_u8(BIT.as_ptr());
+        let b = bits.to_le_bytes();
+        let half = |lo: u8, hi: u8| {
+            let set = vtstq_u8(vcombine_u8(vdup_n_u8(lo), vdup_n_u8(hi)), bit);
+            vreinterpretq_s8_u8(vandq_u8(set, vdupq_n_u8(16)))
+        };
+        [half(b[0], b[1]), half(b[2], b[3])]
+    }
+    #[inline(always)]
+    unsafe fn field(b: Self::B, shift: u32, mask: u8) -> Self::B {
+        b.map(|h| {
+            let down = vshlq_u8(vreinterpretq_u8_s8(h), vdupq_n_s8(-(shift as i8)));
+            vreinterpretq_s8_u8(vshlq_n_u8::<4>(vandq_u8(down, vdupq_n_u8(mask))))
+        })
+    }
+    #[inline(always)]
+    unsafe fn or(a: Self::B, b: Self::B) -> Self::B {
+        [vorrq_s8(a[0], b[0]), vorrq_s8(a[1], b[1])]
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self::B, c: i8) -> Self::B {
+        a.map(|h| vsubq_s8(h, vdupq_n_s8(c)))
+    }
+    #[inline(always)]
+    unsafe fn dot(w: Self::B, x: &[i8; QX]) -> int32x4_t {
+        Self::dot_signed(w, x)
+    }
+    #[inline(always)]
+    unsafe fn dot_signed(w: Self::B, x: &[i8; QX]) -> int32x4_t {
+        let (x0, x1) = (vld1q_s8(x.as_ptr()), vld1q_s8(x.as_ptr().add(16)));
+        vaddq_s32(Self::dot16(w[0], x0), Self::dot16(w[1], x1))
+    }
+    #[inline(always)]
+    unsafe fn dot_halves(w: Self::B, x: &[i8; QX], s: [i16; 2]) -> int32x4_t {
+        let (x0, x1) = (vld1q_s8(x.as_ptr()), vld1q_s8(x.as_ptr().add(16)));
+        let first = vmulq_n_s32(Self::dot16(w[0], x0), s[0] as i32);
+        vmlaq_n_s32(first, Self::dot16(w[1], x1), s[1] as i32)
+    }
+    #[inline(always)]
+    unsafe fn add(i: int32x4_t, c: i32) -> int32x4_t {
+        vaddq_s32(i, vsetq_lane_s32::<0>(c, vdupq_n_s32(0)))
+    }
+    #[inline(always)]
+    unsafe fn fma(acc: float32x4_t, i: int32x4_t, s: f32) -> float32x4_t {
+        vfmaq_n_f32(acc, vcvtq_f32_s32(i), s)
+    }
+    #[inline(always)]
+    unsafe fn f16(p: *const u8) -> f32 {
+        // `fcvt` (half → single) is base ARMv8 floating point.
+        let h = vdup_n_u16(u16::from_le_bytes([*p, *p.add(1)]));
+        let out: f32;
+        core::arch::asm!(
+            "fcvt {out:s}, {h:h}",
+            out = lateout(vreg) out,
+            h = in(vreg) h,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemv::tests::{check, data, reference};
+    use crate::kernels::widen_gemm::matmul_widened;
+    use crate::quant::quantize_row;
+
+    /// n × k weights quantized to `ty` by ggml's reference quantizer, and their exact values.
+    /// Rows and blocks get different magnitudes, so that the scales differ.
+    fn quantized(ty: GgmlType, n: usize, k: usize, seed: u32) -> (Vec<u8>, Vec<f32>) {
+        let mut w = data(n * k, seed);
+        for (i, v) in w.iter_mut().enumerate() {
+            *v *= 0.05 + ((i / 32) % 7) as f32 * 0.3 + (i / k % 3) as f32;
+        }
+        let rb = ty.row_bytes(k).unwrap();
+        let mut q = vec![0u8; n * rb];
+        let mut wf = vec![0f32; n * k];
+        if k > 0 {
+            for ((src, dst), back) in w.chunks(k).zip(q.chunks_mut(rb)).zip(wf.chunks_mut(k)) {
+                quantize_row(ty, src, dst);
+                dequantize_row(ty, dst, back);
+            }
+        }
+        (q, wf)
+    }
+
+    /// The error bound of the integer paths (and far above that of the dequantizing one): x is
+    /// quantized per block of 32 with step d = max|x| / 127, each value rounded to the nearest
+    /// step, so
+    ///
+    ///   |y − Σ x·w| ≤ Σ_blocks d / 2 · Σ_block |w|  +  f32 rounding (≤ 4·10⁻⁶ · Σ |x·w|)
+    ///
+    /// against the exact product of x and the dequantized weights. Returns the largest error
+    /// relative to Σ |x·w| (for the report).
+    fn check_bound(
+        got: &[f32],
+        want: &[f64],
+        x: &[f32],
+        wf: &[f32],
+        m: usize,
+        k: usize,
+        what: &str,
+    ) -> f64 {
+        let n = wf.len() / k.max(1);
+        let mut worst = 0f64;
+        for i in 0..m {
+            let xr = &x[i * k..(i + 1) * k];
+            let steps: Vec<f64> = xr
+                .chunks(QX)
+                .map(|b| b.iter().fold(0f64, |a, v| a.max(v.abs() as f64)) / 127.0)
+                .collect();
+            for r in 0..n {
+                let wr = &wf[r * k..(r + 1) * k];
+                let (mut quant, mut mag) = (0f64, 0f64);
+                for j in 0..k {
+                    quant += steps[j / QX] / 2.0 * (wr[j] as f64).abs();
+                    mag += (xr[j] as f64 * wr[j] as f64).abs();
+                }
+                let (g, w) = (got[i * n + r] as f64, want[i * n + r]);
+                let err = (g - w).abs();
+                assert!(
+                    err <= quant * (1.0 + 1e-5) + 4e-6 * mag + 1e-6 * w.abs(),
+                    "{what} [{i},{r}]: {g} vs {w} (bound {quant}, |x·w| sum {mag})"
+                );
+                worst = worst.max(err / mag.max(f64::MIN_POSITIVE));
+            }
+        }
+        worst
+    }
+
+    fn paths() -> Vec<Path> {
+        Path::ALL.into_iter().filter(|p| p.is_available()).collect()
+    }
+
+    /// Every type × every path of this CPU × row counts × shapes: one block, rows not a
+    /// multiple of the task, a matrix large enough to run on several threads (streamed).
+    #[test]
+    fn matches_the_f64_reference_within_the_activation_bound() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for ty in GgmlType::ALL {
+            let b = ty.block_size().max(QX);
+            let mut worst = 0f64;
+            for &(k, n) in &[(b, 3), (3 * b, 70), (2048, 1100)] {
+                let (q, wf) = quantized(ty, n, k, 7);
+                let mut w = QuantMatrix::new(&q, ty, n, k).unwrap();
+                if n > 1000 {
+                    assert!(runs_parallel(w.bytes(), 512 << 10), "{ty} {n}x{k}");
+                    w = w.with_residency(Residency::Streamed);
+                }
+                let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+                for &m in &[1usize, 2, 3, 5, 8] {
+                    if n > 1000 && !matches!(m, 1 | 8) {
+                        continue;
+                    }
+                    let x = data(m * k, m as u32 + 1);
+                    let want = reference(&x, &wf, Some(&bias), m, k);
+                    for path in paths() {
+                        let mut y = vec![f32::NAN; m * n];
+                        pool.install(|| gemv_path(path, &x, &w, Some(&bias), &mut y, m));
+                        let what = format!("{ty} {path:?} m{m} k{k} n{n}");
+                        worst = worst.max(check_bound(&y, &want, &x, &wf, m, k, &what));
+                    }
+                }
+            }
+            println!("{ty}: largest error / Σ|x·w| {worst:.2e}");
+            if !has_integer_path(ty) {
+                assert!(worst < 1e-5, "{ty}: {worst}");
+            }
+        }
+    }
+
+    /// The public entry on every instruction set of this CPU, without a bias.
+    #[test]
+    fn every_isa_runs_without_bias() {
+        let (k, n, m) = (512, 40, 2);
+        for ty in [GgmlType::Q4_0, GgmlType::Q6K] {
+            let (q, wf) = quantized(ty, n, k, 3);
+            let w = QuantMatrix::new(&q, ty, n, k).unwrap();
+            let x = data(m * k, 5);
+            let want = reference(&x, &wf, None, m, k);
+            for isa in Isa::available() {
+                let mut y = vec![0f32; m * n];
+                quant_gemv_on(isa, &x, &w, None, &mut y, m);
+                check_bound(&y, &want, &x, &wf, m, k, &format!("{ty} {isa:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_activations_poison_their_outputs() {
+        let (k, n) = (64, 5);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q2K] {
+            let k = k.max(ty.block_size());
+            let (q, _) = quantized(ty, n, k, 1);
+            let w = QuantMatrix::new(&q, ty, n, k).unwrap();
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut x = data(2 * k, 2);
+                x[k + 3] = bad;
+                for path in paths() {
+                    let mut y = vec![0f32; 2 * n];
+                    gemv_path(path, &x, &w, None, &mut y, 2);
+                    assert!(y[..n].iter().all(|v| v.is_finite()), "{ty} {path:?}");
+                    assert!(y[n..].iter().all(|v| !v.is_finite()), "{ty} {path:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_are_validated_and_empty_products_work() {
+        assert!(QuantMatrix::new(&[0; 18], GgmlType::Q4_0, 1, 32).is_ok());
+        assert!(QuantMatrix::new(&[0; 18], GgmlType::Q4_0, 1, 48).is_err());
+        assert!(QuantMatrix::new(&[0; 17], GgmlType::Q4_0, 1, 32).is_err());
+        let w = QuantMatrix::new(&[], GgmlType::Q4K, 0, 256).unwrap();
+        quant_gemv(&[0.0; 256], &w, None, &mut [], 1);
+        let w = QuantMatrix::new(&[0; 18], GgmlType::Q4_0, 1, 32).unwrap();
+        quant_gemv(&[], &w, None, &mut [], 0);
+    }
+
+    /// Many rows (the GEMM on widened blocks): the product of x and the dequantized weights to
+    /// f32 accuracy.
+    #[test]
+    fn widened_products_match_the_f64_reference() {
+        // k = 4096: 256 rows per 4 MB block, so n = 600 takes three blocks (the last partial).
+        for &(ty, k, n, m) in &[
+            (GgmlType::Q4_0, 4096usize, 600usize, 9usize),
+            (GgmlType::Q5_1, 96, 70, 40),
+            (GgmlType::Q4K, 512, 33, 17),
+            (GgmlType::Q6K, 256, 5, 12),
+            (GgmlType::Q2K, 256, 9, 9),
+        ] {
+            let (q, wf) = quantized(ty, n, k, 9);
+            let w = QuantMatrix::new(&q, ty, n, k).unwrap();
+            let bias: Vec<f32> = (0..n).map(|i| 0.5 - i as f32 * 0.01).collect();
+            let x = data(m * k, 4);
+            let mut y = vec![0f32; m * n];
+            matmul_widened(&x, &w, Some(&bias), &mut y, m);
+            let want = reference(&x, &wf, Some(&bias), m, k);
+            check(&y, &want, &x, &wf, m, k, &format!("{ty} m{m}"));
+        }
+    }
+
+    /// The candle ops: the GEMV and the GEMM by row count, with and without bias, and the
+    /// dequantization to f32.
+    #[test]
+    fn candle_ops() -> candle_core::Result<()> {
+        use crate::kernels::ops::{DequantizeToF32, QuantMatmul};
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let (ty, k, n) = (GgmlType::Q5_0, 128, 24);
+        let (q, wf) = quantized(ty, n, k, 6);
+        let rb = ty.row_bytes(k).unwrap();
+        let wt = Tensor::from_vec(q.clone(), (n, rb), &dev)?;
+        let deq = wt.apply_op1_no_bwd(&DequantizeToF32 { ty })?;
+        assert_eq!(deq.dims(), [n, k]);
+        assert_eq!(deq.flatten_all()?.to_vec1::<f32>()?, wf);
+        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        let bt = Tensor::from_vec(bias.clone(), n, &dev)?;
+        for m in [1usize, 8, 9, 30] {
+            let x = data(m * k, 8);
+            let xt = Tensor::from_vec(x.clone(), (m, k), &dev)?;
+            let op = QuantMatmul {
+                ty,
+                bias: true,
+                residency: Some(Residency::Cached),
+            };
+            let y = xt.apply_op3_no_bwd(&wt, &bt, &op)?;
+            assert_eq!(y.dims(), [m, n]);
+            let y = y.flatten_all()?.to_vec1::<f32>()?;
+            let want = reference(&x, &wf, Some(&bias), m, k);
+            check_bound(&y, &want, &x, &wf, m, k, &format!("op m{m}"));
+            let op = QuantMatmul {
+                bias: false,
+                residency: None,
+                ..op
+            };
+            let y = xt
+                .apply_op2_no_bwd(&wt, &op)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let want = reference(&x, &wf, None, m, k);
+            check_bound(&y, &want, &x, &wf, m, k, &format!("op m{m} no bias"));
+        }
+        // Mismatched shapes are errors, not panics.
+        let x = Tensor::zeros((1, 96), candle_core::DType::F32, &dev)?;
+        let op = QuantMatmul {
+            ty,
+            bias: false,
+            residency: None,
+        };
+        assert!(x.apply_op2_no_bwd(&wt, &op).is_err());
+        assert!(wt
+            .apply_op1_no_bwd(&DequantizeToF32 { ty: GgmlType::Q8_0 })
+            .is_err());
+        Ok(())
+    }
+}
