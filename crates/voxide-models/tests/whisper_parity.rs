@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::{TranscribeOptions, Whisper, WhisperPipeline};
+use voxide_nn::linear::WeightFormat;
 
 const MODELS: [&str; 3] = ["tiny-random", "v3-random", "en-random"];
 /// Hidden states and logits, fp32 (reference-parity.md §3 allows 1e-4 to 1e-5; we measure ~1e-6).
@@ -436,7 +437,7 @@ fn f16_decoder_weights_stay_close_to_the_reference() {
     let tensors =
         candle_core::safetensors::load(dir.with_extension("reference.safetensors"), &Device::Cpu)
             .unwrap();
-    let f16 = WhisperPipeline::from_dir(&dir, &Device::Cpu, Some(DType::F16)).unwrap();
+    let f16 = WhisperPipeline::from_dir(&dir, &Device::Cpu, Some(WeightFormat::F16)).unwrap();
     let model = f16.model();
     let prompt = tensors["decoder_input_ids"].to_dtype(DType::U32).unwrap();
     let want = &tensors["decoder_logits_prompt"];

@@ -114,8 +114,14 @@ pub fn convert(source: &Path, out: &Path, ty: GgmlType) -> Result<ConvertReport>
         Writer::Legacy(LegacyWriter::create(out, &hparams, &mel_filters, &vocab)?)
     };
     for p in &plan {
-        let values = values(&src, &p.source_name)?;
-        let data = encode(&values, &p.spec);
+        let data = match &src {
+            // A tensor already stored as wanted is copied: no second rounding.
+            Source::Ggml(file) => match file.tensor(&p.source_name) {
+                Some(t) if t.ty == p.spec.ty => file.data(t).to_vec(),
+                _ => encode(&values(&src, &p.source_name)?, &p.spec),
+            },
+            Source::Hf(..) => encode(&values(&src, &p.source_name)?, &p.spec),
+        };
         report.bytes += data.len();
         match &mut writer {
             Writer::Legacy(w) => w.write_tensor(&p.spec, &data)?,

@@ -221,6 +221,9 @@ impl SpecialTokens {
 pub struct Tokenizer {
     bpe: tokenizers::Tokenizer,
     special: SpecialTokens,
+    /// Each text token's bytes, when built from a whisper.cpp file (decoding reads them: its
+    /// lossy tokens are not in the BPE).
+    id_bytes: Option<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -262,6 +265,7 @@ impl Tokenizer {
         Ok(Self {
             bpe,
             special: SpecialTokens::for_vocab(n_vocab),
+            id_bytes: None,
         })
     }
 
@@ -271,6 +275,14 @@ impl Tokenizer {
     /// lower-ranked tokens is a merge, ordered by the token's rank, then by the parts' ranks.
     /// Byte-level BPE with these merges encodes as tiktoken does. Special tokens (ids from the
     /// end-of-text id on) are left out of the BPE; their ids come from the vocabulary size.
+    ///
+    /// whisper.cpp's converted files are lossy: every token that is not valid UTF-8 on its own
+    /// (1476 of the multilingual vocabulary's, 344 of GPT-2's) was stored as U+FFFD. The 256
+    /// single-byte tokens are restored (their ranks are GPT-2's byte order); the other lossy
+    /// tokens (duplicated byte strings) stay out of the BPE and decode to U+FFFD, as in
+    /// whisper.cpp. A `tokenizer.json` beside the file avoids both ([`WhisperPipeline`]).
+    ///
+    /// [`WhisperPipeline`]: super::WhisperPipeline
     pub fn from_token_bytes(tokens: &[Vec<u8>], n_vocab: usize, source: &Path) -> Result<Self> {
         let special = SpecialTokens::for_vocab(n_vocab);
         let fail = |message: String| Error::Tokenizer {
@@ -286,11 +298,19 @@ impl Tokenizer {
         let byte_char = gpt2_byte_chars();
         let to_string =
             |bytes: &[u8]| -> String { bytes.iter().map(|&b| byte_char[b as usize]).collect() };
-        let ranks: HashMap<&[u8], u32> = tokens
+        let mut id_bytes: Vec<Vec<u8>> = tokens.to_vec();
+        for (id, b) in gpt2_byte_order().into_iter().enumerate() {
+            id_bytes[id] = vec![b];
+        }
+        let mut seen: HashMap<&[u8], usize> = HashMap::new();
+        for t in id_bytes.iter().take(special.eot as usize) {
+            *seen.entry(t.as_slice()).or_default() += 1;
+        }
+        let ranks: HashMap<&[u8], u32> = id_bytes
             .iter()
             .take(special.eot as usize)
             .enumerate()
-            .filter(|(_, t)| !t.is_empty())
+            .filter(|(_, t)| !t.is_empty() && seen[t.as_slice()] == 1)
             .map(|(id, t)| (t.as_slice(), id as u32))
             .collect();
         let mut merges = Vec::new();
@@ -319,7 +339,12 @@ impl Tokenizer {
         let mut bpe = tokenizers::Tokenizer::new(model);
         bpe.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         bpe.with_decoder(Some(ByteLevelDecoder::default()));
-        Ok(Self { bpe, special })
+        id_bytes.truncate(special.eot as usize);
+        Ok(Self {
+            bpe,
+            special,
+            id_bytes: Some(id_bytes),
+        })
     }
 
     /// The BPE tokens' bytes by id (special tokens excluded), as whisper.cpp files store the
@@ -330,6 +355,9 @@ impl Tokenizer {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
+        if let Some(table) = &self.id_bytes {
+            return table.clone();
+        }
         let vocab = self.bpe.get_model().get_vocab();
         let mut tokens =
             vec![Vec::new(); vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0)];
@@ -368,6 +396,13 @@ impl Tokenizer {
             .copied()
             .filter(|&t| t < self.special.eot)
             .collect();
+        if let Some(table) = &self.id_bytes {
+            let bytes: Vec<u8> = text
+                .iter()
+                .flat_map(|&t| table.get(t as usize).into_iter().flatten().copied())
+                .collect();
+            return Ok(String::from_utf8_lossy(&bytes).into_owned());
+        }
         self.bpe
             .decode(&text, false)
             .map_err(|e| Error::InvalidRequest(format!("cannot detokenize: {e}")))
@@ -418,6 +453,15 @@ impl Tokenizer {
     /// The tokens openai-whisper suppresses as non-speech (`suppress_tokens = "-1"`): symbols
     /// and music signs, with and without a leading space, plus the first tokens of " -" and " '".
     pub fn non_speech_tokens(&self) -> Result<Vec<u32>> {
+        if self.id_bytes.is_some() {
+            // A whisper.cpp vocabulary cannot encode the music signs exactly (its partial-UTF-8
+            // tokens are lost); the set is a constant of each Whisper vocabulary.
+            return Ok(if self.special.multilingual {
+                NON_SPEECH_MULTILINGUAL.to_vec()
+            } else {
+                NON_SPEECH_GPT2.to_vec()
+            });
+        }
         let mut symbols: Vec<String> = "\"#()*+/:;<=>@[\\]^_`{|}~「」『』"
             .chars()
             .map(String::from)
@@ -443,10 +487,47 @@ impl Tokenizer {
     }
 }
 
+/// openai-whisper's non-speech tokens of the multilingual vocabulary (v1–v3), as its
+/// `non_speech_tokens` derives them (checked against the reference in the tests).
+const NON_SPEECH_MULTILINGUAL: [u32; 82] = [
+    1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60, 61, 62, 63, 90, 91, 92, 93, 359,
+    503, 522, 542, 873, 893, 902, 918, 922, 931, 1350, 1853, 1982, 2460, 2627, 3246, 3253, 3268,
+    3536, 3846, 3961, 4183, 4667, 6585, 6647, 7273, 9061, 9383, 10428, 10929, 11938, 12033, 12331,
+    12562, 13793, 14157, 14635, 15265, 15618, 16553, 16604, 18362, 18956, 20075, 21675, 22520,
+    26130, 26161, 26435, 28279, 29464, 31650, 32302, 32470, 36865, 42863, 47425, 49870, 50254,
+];
+
+/// The same for the English-only (GPT-2) vocabulary.
+const NON_SPEECH_GPT2: [u32; 84] = [
+    1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60, 61, 62, 63, 90, 91, 92, 93, 357,
+    366, 438, 532, 685, 705, 796, 930, 1058, 1220, 1267, 1279, 1303, 1343, 1377, 1391, 1635, 1782,
+    1875, 2162, 2361, 2488, 3467, 4008, 4211, 4600, 4808, 5299, 5855, 6329, 7203, 9609, 9959,
+    10563, 10786, 11420, 11709, 11907, 13163, 13697, 13700, 14808, 15306, 16410, 16791, 17992,
+    19203, 19510, 20724, 22305, 22935, 27007, 30109, 30420, 33409, 34949, 40283, 40493, 40549,
+    47282, 49146,
+];
+
+/// Whether GPT-2's byte alphabet keeps byte `b` as its own character.
+fn printable(b: u8) -> bool {
+    matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF)
+}
+
+/// The bytes of ranks 0..256 of GPT-2's (and Whisper's) vocabularies: the printable bytes,
+/// then the others, each in byte order (`bytes_to_unicode`'s order).
+fn gpt2_byte_order() -> [u8; 256] {
+    let mut order = [0u8; 256];
+    let bytes = (0..=255u8)
+        .filter(|&b| printable(b))
+        .chain((0..=255u8).filter(|&b| !printable(b)));
+    for (slot, b) in order.iter_mut().zip(bytes) {
+        *slot = b;
+    }
+    order
+}
+
 /// GPT-2's byte → printable character table (`bytes_to_unicode`): printable Latin-1 bytes map
 /// to themselves, the others to U+0100 onwards in byte order.
 pub(crate) fn gpt2_byte_chars() -> [char; 256] {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     let mut table = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..=255u8 {

@@ -76,7 +76,8 @@ impl WhisperPipeline {
     }
 
     /// Loads a whisper.cpp model file (legacy ggml `.bin` or GGUF): the tokenizer comes from
-    /// its token bytes, the suppress lists from the vocabulary (openai-whisper's defaults).
+    /// a `tokenizer.json` (or vocab.json + merges.txt) beside it, else from the file's token
+    /// bytes; the suppress lists from the vocabulary (openai-whisper's defaults).
     pub fn from_ggml(
         path: &Path,
         device: &Device,
@@ -84,7 +85,14 @@ impl WhisperPipeline {
     ) -> Result<Self> {
         let file = ModelFile::open(path)?;
         let model = Whisper::from_ggml(&file, device, precision)?;
-        let tokenizer = Tokenizer::from_token_bytes(file.vocab(), model.config().vocab_size, path)?;
+        let n_vocab = model.config().vocab_size;
+        // whisper.cpp's vocabularies are lossy (see from_token_bytes): a Hugging Face
+        // tokenizer beside the file is exact.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tokenizer = match Tokenizer::from_dir(dir, n_vocab) {
+            Ok(exact) => exact,
+            Err(_) => Tokenizer::from_token_bytes(file.vocab(), n_vocab, path)?,
+        };
         Self::new(model, tokenizer, &GenerationConfig::default())
     }
 

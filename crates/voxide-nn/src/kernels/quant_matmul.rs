@@ -196,7 +196,7 @@ fn gemv_path(
     };
     let integer = has_integer_path(w.ty);
     let xq = if integer {
-        path.run(QuantizeX(x))
+        path.run(QuantizeX { x, k: w.cols })
     } else {
         Vec::new()
     };
@@ -239,8 +239,8 @@ fn gemv_path(
 #[derive(Clone, Copy)]
 struct Task<'a> {
     x: &'a [f32],
-    /// x quantized (integer paths): `m` rows of `cols / 32` blocks.
-    xq: &'a [XBlock],
+    /// x quantized (integer paths): `m` rows of `cols.div_ceil(64)` pairs of blocks.
+    xq: &'a [XPair],
     w: QuantMatrix<'a>,
     bias: Option<&'a [f32]>,
     y: OutPtr,
@@ -261,20 +261,22 @@ impl Task<'_> {
     }
 }
 
-/// 32 values of a row of x as d · q: the integer sum of q (offsets) and d times it (minimum
-/// terms) alongside.
+/// Two consecutive 32-blocks A and B of a row of x as d · q, in the order the kernels read
+/// them: the first 16 values of A, of B, then the last 16 of A, of B. So each 128-bit lane of
+/// an AVX2 register (each NEON register) holds values of one block, and one `vpmaddwd` +
+/// conversion + FMA serves both. The steps d and d · Σq (for offsets and minimums) alongside;
+/// a row with an odd number of blocks ends with B all zeros.
 #[derive(Clone, Copy)]
-struct XBlock {
-    q: [i8; QX],
-    d: f32,
-    sum: i32,
-    ds: f32,
+struct XPair {
+    q: [i8; 2 * QX],
+    d: [f32; 2],
+    ds: [f32; 2],
 }
 
-/// x quantized per block of 32: d = max|x| / 127, q = round(x / d) (ties to even). A block
-/// with a non-finite value gets d = NaN, so that it poisons its outputs as it would in f32.
+/// One block of x as (q, d, d · Σq): d = max|x| / 127, q = round(x / d) (ties to even). A
+/// block with a non-finite value gets d = NaN, so that it poisons its outputs as in f32.
 #[inline(always)]
-fn quantize_block(v: &[f32; QX]) -> XBlock {
+fn quantize_block(v: &[f32]) -> ([i8; QX], f32, f32) {
     let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
     // x − x is 0 for finite x, NaN for ±∞ and NaN.
     let finite = v.iter().map(|&x| x - x).sum::<f32>() == 0.0;
@@ -287,25 +289,41 @@ fn quantize_block(v: &[f32; QX]) -> XBlock {
         sum += *q as i32;
     }
     let d = if finite { amax / 127.0 } else { f32::NAN };
-    XBlock {
+    (q, d, d * sum as f32)
+}
+
+#[inline(always)]
+fn quantize_pair(a: &[f32], b: Option<&[f32]>) -> XPair {
+    let (qa, da, sa) = quantize_block(a);
+    let (qb, db, sb) = b.map_or(([0; QX], 0.0, 0.0), quantize_block);
+    let mut q = [0i8; 2 * QX];
+    for (j, v) in q.iter_mut().enumerate() {
+        let (half, lane, i) = (j / QX, j / 16 % 2, j % 16);
+        *v = [qa, qb][lane][16 * half + i];
+    }
+    XPair {
         q,
-        d,
-        sum,
-        ds: d * sum as f32,
+        d: [da, db],
+        ds: [sa, sb],
     }
 }
 
-/// Quantizes all of x (rows of whole 32-blocks) on the path's instruction set.
-struct QuantizeX<'a>(&'a [f32]);
+/// Quantizes x (m rows of k values, whole 32-blocks) on the path's instruction set.
+struct QuantizeX<'a> {
+    x: &'a [f32],
+    k: usize,
+}
 
 impl Job for QuantizeX<'_> {
-    type Out = Vec<XBlock>;
+    type Out = Vec<XPair>;
 
     #[inline(always)]
-    unsafe fn run<L: Lanes>(self) -> Vec<XBlock> {
-        let mut out = Vec::with_capacity(self.0.len() / QX);
-        for c in self.0.chunks_exact(QX) {
-            out.push(quantize_block(c.try_into().expect("32 values")));
+    unsafe fn run<L: Lanes>(self) -> Vec<XPair> {
+        let mut out = Vec::with_capacity(self.x.len().div_ceil(2 * QX));
+        for row in self.x.chunks_exact(self.k) {
+            for c in row.chunks(2 * QX) {
+                out.push(quantize_pair(&c[..QX], c.get(QX..)));
+            }
         }
         out
     }
@@ -337,45 +355,41 @@ impl<F: Format, const M: usize> Job for Rows<'_, F, M> {
 }
 
 /// Rows r0..r1 of the output for the M rows of x, one weight row at a time (a row's blocks are
-/// contiguous, so the reads are one sequential stream per task).
+/// contiguous, so the reads are one sequential stream per task), a pair of 32-blocks at a
+/// time.
 #[inline(always)]
 unsafe fn rows_body<L: Lanes, F: Format, const M: usize>(t: Task) {
     let k = t.w.cols;
-    let (block_bytes, subs) = (F::TYPE.block_bytes(), F::SUBS);
+    let bb = F::TYPE.block_bytes();
     let blocks = k / F::TYPE.block_size();
-    let row_bytes = blocks * block_bytes;
-    let xs: [*const XBlock; M] = std::array::from_fn(|i| t.xq.as_ptr().add(i * (k / QX)));
+    let row_bytes = blocks * bb;
+    let pairs = k.div_ceil(2 * QX);
+    let xs: [*const XPair; M] = std::array::from_fn(|i| t.xq.as_ptr().add(i * pairs));
     for r in t.r0..t.r1 {
         let row = t.w.data.as_ptr().add(r * row_bytes);
         let mut acc = Acc::<L, M>::new();
-        if subs == 1 {
-            // Blocks in pairs, on alternating accumulators.
-            let mut b = 0;
-            while b + 2 <= blocks {
-                let p = row.add(b * block_bytes);
-                prefetch::<L::S>(t.prefetch, p, 2 * block_bytes);
-                acc.add::<F, 0>(F::sub::<L>(p, &F::head::<L>(p), 0), &xs, b);
-                let p = p.add(block_bytes);
-                acc.add::<F, 1>(F::sub::<L>(p, &F::head::<L>(p), 0), &xs, b + 1);
-                b += 2;
-            }
-            if b < blocks {
-                let p = row.add(b * block_bytes);
-                acc.add::<F, 0>(F::sub::<L>(p, &F::head::<L>(p), 0), &xs, b);
+        if F::TYPE.block_size() == QX {
+            for g in 0..pairs {
+                let a = row.add(2 * g * bb);
+                // An odd last block pairs with itself, against zeros in x.
+                let b = if 2 * g + 1 < blocks { a.add(bb) } else { a };
+                prefetch::<L::S>(t.prefetch, a, 2 * bb);
+                acc.add::<F>(F::pair::<L, 0>(a, b, &F::head::<L>(a)), &xs, g);
             }
         } else {
-            for b in 0..blocks {
-                let p = row.add(b * block_bytes);
-                prefetch::<L::S>(t.prefetch, p, block_bytes);
-                let h = F::head::<L>(p);
-                for s in (0..subs).step_by(2) {
-                    acc.add::<F, 0>(F::sub::<L>(p, &h, s), &xs, b * subs + s);
-                    acc.add::<F, 1>(F::sub::<L>(p, &h, s + 1), &xs, b * subs + s + 1);
-                }
+            // k-quants: four pairs of 32-blocks per 256-value block.
+            for blk in 0..blocks {
+                let p = row.add(blk * bb);
+                prefetch::<L::S>(t.prefetch, p, bb);
+                let (h, g) = (F::head::<L>(p), 4 * blk);
+                acc.add::<F>(F::pair::<L, 0>(p, p, &h), &xs, g);
+                acc.add::<F>(F::pair::<L, 2>(p, p, &h), &xs, g + 1);
+                acc.add::<F>(F::pair::<L, 4>(p, p, &h), &xs, g + 2);
+                acc.add::<F>(F::pair::<L, 6>(p, p, &h), &xs, g + 3);
             }
         }
         for i in 0..M {
-            t.store(i, r, acc.total(i));
+            t.store(i, r, acc.total::<F>(i));
         }
     }
 }
@@ -394,105 +408,115 @@ unsafe fn prefetch<S: Simd>(mode: Prefetch, p: *const u8, bytes: usize) {
     }
 }
 
-/// The f32 accumulators of one weight row against M rows of x: two per row of x (alternate
-/// 32-blocks) while M ≤ 2, so that the FMAs' latency does not bound a single chain; with more
-/// rows the chains of the rows are independent already (and two each would not fit AVX2's 16
-/// registers).
+/// The accumulators of one weight row against M rows of x: the scaled integer dot products
+/// (a vector each) and the offset or minimum terms (a pair of lanes each).
 struct Acc<L: Lanes, const M: usize> {
-    v: [[<L::S as Simd>::V; 2]; M],
-    mins: [[f32; 2]; M],
+    v: [<L::S as Simd>::V; M],
+    corr: [L::P; M],
 }
 
 impl<L: Lanes, const M: usize> Acc<L, M> {
     #[inline(always)]
     unsafe fn new() -> Self {
         Self {
-            v: [[L::S::zero(); 2]; M],
-            mins: [[0.0; 2]; M],
+            v: [L::S::zero(); M],
+            corr: [L::pzero(); M],
         }
     }
 
-    /// Adds weight sub-block `sub` times 32-block `g` of each row of x.
+    /// Adds a decoded pair of weight blocks times pair `g` of each row of x.
     #[inline(always)]
-    unsafe fn add<F: Format, const P: usize>(
-        &mut self,
-        sub: Sub<L::B>,
-        xs: &[*const XBlock; M],
-        g: usize,
-    ) {
-        let p = if M <= 2 { P } else { 0 };
+    unsafe fn add<F: Format>(&mut self, w: Pair<L>, xs: &[*const XPair; M], g: usize) {
         for (i, x) in xs.iter().enumerate() {
-            let xb = &*x.add(g);
+            let x = &*x.add(g);
             let dot = match F::DOT {
-                Dot::Unsigned { offset: 0 } => L::dot(sub.q, &xb.q),
-                Dot::Unsigned { offset } => L::add(L::dot(sub.q, &xb.q), -offset * xb.sum),
-                Dot::Signed => L::dot_signed(sub.q, &xb.q),
-                Dot::SignedHalves => L::dot_halves(sub.q, &xb.q, sub.halves),
+                Dot::Unsigned => L::dot(w.q, &x.q),
+                Dot::Signed => L::dot_signed(w.q, &x.q),
+                Dot::SignedHalves => L::dot_halves(w.q, &x.q, w.halves),
             };
-            self.v[i][p] = L::fma(self.v[i][p], dot, sub.scale * xb.d);
-            if F::HAS_MIN {
-                self.mins[i][p] += sub.min * xb.ds;
+            self.v[i] = L::fma(self.v[i], dot, L::pmul(w.scale, L::pload(&x.d)));
+            if F::CORR != Corr::None {
+                self.corr[i] = L::pfma(w.corr, L::pload(&x.ds), self.corr[i]);
             }
         }
     }
 
     #[inline(always)]
-    unsafe fn total(&self, i: usize) -> f32 {
-        L::S::sum(L::S::add(self.v[i][0], self.v[i][1])) + (self.mins[i][0] + self.mins[i][1])
+    unsafe fn total<F: Format>(&self, i: usize) -> f32 {
+        let corr = match F::CORR {
+            Corr::None => 0.0,
+            Corr::Offset(o) => -(o as f32) * L::psum(self.corr[i]),
+            Corr::Min => L::psum(self.corr[i]),
+        };
+        L::S::sum(self.v[i]) + corr
     }
 }
 
-/// How a format's 32 decoded codes meet x in the integer dot product.
+/// How a format's decoded codes meet x in the integer dot product.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dot {
-    /// Codes in [0, 63]; the weight is scale · (code − offset) + min.
-    Unsigned { offset: i32 },
-    /// Codes are signed; the weight is scale · code.
+    /// Codes in [0, 63].
+    Unsigned,
+    /// Signed codes.
     Signed,
-    /// Signed codes, each 16 with its own integer scale ([`Sub::halves`]): the weight is
-    /// scale · half scale · code.
+    /// Signed codes, each 16 with its own integer scale ([`Pair::halves`]).
     SignedHalves,
 }
 
-/// 32 weights of a row, decoded: the codes and what turns them into weights ([`Dot`]).
-#[derive(Clone, Copy)]
-struct Sub<B> {
-    q: B,
-    scale: f32,
-    /// Added to every weight of the block (formats with a minimum).
-    min: f32,
-    /// Integer scales of the two halves ([`Dot::SignedHalves`]).
-    halves: [i16; 2],
+/// The term a format adds to scale · Σ code · x per block ([`Pair::corr`] times d_x · Σq_x).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Corr {
+    None,
+    /// Codes carry an offset: w = scale · (code − offset); `corr` is the scale.
+    Offset(i32),
+    /// w = scale · code + min; `corr` is the min.
+    Min,
 }
 
-impl<B> Sub<B> {
+/// Two blocks of 32 weights, decoded: the codes in [`XPair`]'s order (two registers: the
+/// first and the last 16 of A and of B) and, per block, what turns them into weights.
+struct Pair<L: Lanes> {
+    q: [L::B; 2],
+    scale: L::P,
+    corr: L::P,
+    /// Integer scales of each register's A and B halves ([`Dot::SignedHalves`]).
+    halves: [[i16; 2]; 2],
+}
+
+impl<L: Lanes> Pair<L> {
     #[inline(always)]
-    fn new(q: B, scale: f32) -> Self {
+    unsafe fn new(q: [L::B; 2], scale: L::P) -> Self {
         Self {
             q,
             scale,
-            min: 0.0,
-            halves: [1, 1],
+            corr: scale,
+            halves: [[1; 2]; 2],
         }
     }
 }
 
-/// A ggml block format with an integer path: how its blocks decode into 32-weight sub-blocks.
+/// A ggml block format with an integer path: how its blocks decode into pairs of 32-weight
+/// blocks.
 trait Format {
+    /// Its type: 32-value blocks, or 256-value k-quant blocks of four pairs.
     const TYPE: GgmlType;
-    /// 32-weight sub-blocks per block: 1, or an even number.
-    const SUBS: usize;
     const DOT: Dot;
-    /// Whether [`Sub::min`] is used.
-    const HAS_MIN: bool;
-    /// What a block's sub-blocks share (decoded scales).
+    const CORR: Corr;
+    /// What a k-quant block's pairs share (decoded scales).
     type Head;
     /// # Safety
     /// `p` points at a whole block.
     unsafe fn head<L: Lanes>(p: *const u8) -> Self::Head;
+    /// 32-value blocks: blocks `a` and `b`. k-quants: 32-blocks S and S + 1 of block `a`
+    /// (`b` = `a`).
+    ///
     /// # Safety
-    /// `p` points at a whole block and `s` < SUBS.
-    unsafe fn sub<L: Lanes>(p: *const u8, head: &Self::Head, s: usize) -> Sub<L::B>;
+    /// `a` and `b` point at whole blocks.
+    unsafe fn pair<L: Lanes, const S: usize>(
+        a: *const u8,
+        b: *const u8,
+        head: &Self::Head,
+    ) -> Pair<L>;
 }
 
 /// The little-endian u32 at p.
@@ -517,32 +541,32 @@ mod fmt {
     /// d (f16), 16 bytes of nibbles; w = d · (q − 8).
     impl Format for Q4_0 {
         const TYPE: GgmlType = GgmlType::Q4_0;
-        const SUBS: usize = 1;
-        const DOT: Dot = Dot::Unsigned { offset: 8 };
-        const HAS_MIN: bool = false;
+        const DOT: Dot = Dot::Unsigned;
+        const CORR: Corr = Corr::Offset(8);
         type Head = ();
         #[inline(always)]
         unsafe fn head<L: Lanes>(_: *const u8) {}
         #[inline(always)]
-        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
-            Sub::new(L::nibbles(p.add(2)), L::f16(p))
+        unsafe fn pair<L: Lanes, const S: usize>(a: *const u8, b: *const u8, _: &()) -> Pair<L> {
+            let q = L::two(a.add(2), b.add(2));
+            Pair::new([L::low4(q), L::high4(q)], L::pf16(a, b))
         }
     }
 
     /// d, m (f16), nibbles; w = d · q + m.
     impl Format for Q4_1 {
         const TYPE: GgmlType = GgmlType::Q4_1;
-        const SUBS: usize = 1;
-        const DOT: Dot = Dot::Unsigned { offset: 0 };
-        const HAS_MIN: bool = true;
+        const DOT: Dot = Dot::Unsigned;
+        const CORR: Corr = Corr::Min;
         type Head = ();
         #[inline(always)]
         unsafe fn head<L: Lanes>(_: *const u8) {}
         #[inline(always)]
-        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
-            Sub {
-                min: L::f16(p.add(2)),
-                ..Sub::new(L::nibbles(p.add(4)), L::f16(p))
+        unsafe fn pair<L: Lanes, const S: usize>(a: *const u8, b: *const u8, _: &()) -> Pair<L> {
+            let q = L::two(a.add(4), b.add(4));
+            Pair {
+                corr: L::pf16(a.add(2), b.add(2)),
+                ..Pair::new([L::low4(q), L::high4(q)], L::pf16(a, b))
             }
         }
     }
@@ -550,34 +574,36 @@ mod fmt {
     /// d (f16), the 5th bits (u32: bit j for value j), nibbles; w = d · (q − 16).
     impl Format for Q5_0 {
         const TYPE: GgmlType = GgmlType::Q5_0;
-        const SUBS: usize = 1;
-        const DOT: Dot = Dot::Unsigned { offset: 16 };
-        const HAS_MIN: bool = false;
+        const DOT: Dot = Dot::Unsigned;
+        const CORR: Corr = Corr::Offset(16);
         type Head = ();
         #[inline(always)]
         unsafe fn head<L: Lanes>(_: *const u8) {}
         #[inline(always)]
-        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
-            let q = L::or(L::nibbles(p.add(6)), L::bits(u32_at(p.add(2))));
-            Sub::new(q, L::f16(p))
+        unsafe fn pair<L: Lanes, const S: usize>(a: *const u8, b: *const u8, _: &()) -> Pair<L> {
+            let q = L::two(a.add(6), b.add(6));
+            let h = L::bits(u32_at(a.add(2)), u32_at(b.add(2)));
+            let q = [L::or(L::low4(q), h[0]), L::or(L::high4(q), h[1])];
+            Pair::new(q, L::pf16(a, b))
         }
     }
 
     /// d, m (f16), the 5th bits, nibbles; w = d · q + m.
     impl Format for Q5_1 {
         const TYPE: GgmlType = GgmlType::Q5_1;
-        const SUBS: usize = 1;
-        const DOT: Dot = Dot::Unsigned { offset: 0 };
-        const HAS_MIN: bool = true;
+        const DOT: Dot = Dot::Unsigned;
+        const CORR: Corr = Corr::Min;
         type Head = ();
         #[inline(always)]
         unsafe fn head<L: Lanes>(_: *const u8) {}
         #[inline(always)]
-        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
-            let q = L::or(L::nibbles(p.add(8)), L::bits(u32_at(p.add(4))));
-            Sub {
-                min: L::f16(p.add(2)),
-                ..Sub::new(q, L::f16(p))
+        unsafe fn pair<L: Lanes, const S: usize>(a: *const u8, b: *const u8, _: &()) -> Pair<L> {
+            let q = L::two(a.add(8), b.add(8));
+            let h = L::bits(u32_at(a.add(4)), u32_at(b.add(4)));
+            let q = [L::or(L::low4(q), h[0]), L::or(L::high4(q), h[1])];
+            Pair {
+                corr: L::pf16(a.add(2), b.add(2)),
+                ..Pair::new(q, L::pf16(a, b))
             }
         }
     }
@@ -585,19 +611,19 @@ mod fmt {
     /// d (f16), 32 signed bytes; w = d · q.
     impl Format for Q8_0 {
         const TYPE: GgmlType = GgmlType::Q8_0;
-        const SUBS: usize = 1;
         const DOT: Dot = Dot::Signed;
-        const HAS_MIN: bool = false;
+        const CORR: Corr = Corr::None;
         type Head = ();
         #[inline(always)]
         unsafe fn head<L: Lanes>(_: *const u8) {}
         #[inline(always)]
-        unsafe fn sub<L: Lanes>(p: *const u8, _: &(), _: usize) -> Sub<L::B> {
-            Sub::new(L::load(p.add(2)), L::f16(p))
+        unsafe fn pair<L: Lanes, const S: usize>(a: *const u8, b: *const u8, _: &()) -> Pair<L> {
+            let q = [L::two(a.add(2), b.add(2)), L::two(a.add(18), b.add(18))];
+            Pair::new(q, L::pf16(a, b))
         }
     }
 
-    /// The per-sub-block scales and minimums of a Q4_K / Q5_K block: d · sc and −dmin · m.
+    /// The per-32-block scales and minimums of a Q4_K / Q5_K block: d · sc and −dmin · m.
     pub(super) struct KHead {
         scale: [f32; 8],
         min: [f32; 8],
@@ -629,77 +655,98 @@ mod fmt {
         h
     }
 
-    /// d, dmin, 12 scale bytes, 128 bytes of nibbles: sub-blocks 2j and 2j + 1 are the low and
+    /// Entries s and s + 1 of a head's scales or minimums.
+    #[inline(always)]
+    fn two_at(v: &[f32; 8], s: usize) -> &[f32; 2] {
+        v[s..s + 2].try_into().expect("s < 7")
+    }
+
+    /// Lanes A and B: the low and the high nibbles of the 16 bytes at p.
+    #[inline(always)]
+    unsafe fn nibble_pair<L: Lanes>(p: *const u8) -> L::B {
+        L::fields(L::one(p), [0, 4], 0xF, 0)
+    }
+
+    /// d, dmin, 12 scale bytes, 128 bytes of nibbles: 32-blocks 2j and 2j + 1 are the low and
     /// high nibbles of bytes 32j..32j + 32; w = d · sc · q − dmin · m.
     impl Format for Q4K {
         const TYPE: GgmlType = GgmlType::Q4K;
-        const SUBS: usize = 8;
-        const DOT: Dot = Dot::Unsigned { offset: 0 };
-        const HAS_MIN: bool = true;
+        const DOT: Dot = Dot::Unsigned;
+        const CORR: Corr = Corr::Min;
         type Head = KHead;
         #[inline(always)]
         unsafe fn head<L: Lanes>(p: *const u8) -> KHead {
             k_head::<L>(p)
         }
         #[inline(always)]
-        unsafe fn sub<L: Lanes>(p: *const u8, h: &KHead, s: usize) -> Sub<L::B> {
-            let b = L::load(p.add(16 + 32 * (s / 2)));
-            let q = if s % 2 == 0 { L::low4(b) } else { L::high4(b) };
-            Sub {
-                min: h.min[s],
-                ..Sub::new(q, h.scale[s])
+        unsafe fn pair<L: Lanes, const S: usize>(p: *const u8, _: *const u8, h: &KHead) -> Pair<L> {
+            let q = p.add(16 + 16 * S);
+            Pair {
+                corr: L::pload(two_at(&h.min, S)),
+                ..Pair::new(
+                    [nibble_pair::<L>(q), nibble_pair::<L>(q.add(16))],
+                    L::pload(two_at(&h.scale, S)),
+                )
             }
         }
     }
 
     /// Q4_K's layout with 32 bytes of 5th bits after the scales (bit s of byte j: value j of
-    /// sub-block s).
+    /// 32-block s); nibbles from byte 48.
     impl Format for Q5K {
         const TYPE: GgmlType = GgmlType::Q5K;
-        const SUBS: usize = 8;
-        const DOT: Dot = Dot::Unsigned { offset: 0 };
-        const HAS_MIN: bool = true;
+        const DOT: Dot = Dot::Unsigned;
+        const CORR: Corr = Corr::Min;
         type Head = KHead;
         #[inline(always)]
         unsafe fn head<L: Lanes>(p: *const u8) -> KHead {
             k_head::<L>(p)
         }
         #[inline(always)]
-        unsafe fn sub<L: Lanes>(p: *const u8, h: &KHead, s: usize) -> Sub<L::B> {
-            let b = L::load(p.add(48 + 32 * (s / 2)));
-            let q = if s % 2 == 0 { L::low4(b) } else { L::high4(b) };
-            let q = L::or(q, L::field(L::load(p.add(16)), s as u32, 1));
-            Sub {
-                min: h.min[s],
-                ..Sub::new(q, h.scale[s])
+        unsafe fn pair<L: Lanes, const S: usize>(p: *const u8, _: *const u8, h: &KHead) -> Pair<L> {
+            let (q, qh) = (p.add(48 + 16 * S), p.add(16));
+            let high = |at: usize| L::fields(L::one(qh.add(at)), [S as u32, S as u32 + 1], 1, 4);
+            Pair {
+                corr: L::pload(two_at(&h.min, S)),
+                ..Pair::new(
+                    [
+                        L::or(nibble_pair::<L>(q), high(0)),
+                        L::or(nibble_pair::<L>(q.add(16)), high(16)),
+                    ],
+                    L::pload(two_at(&h.scale, S)),
+                )
             }
         }
     }
 
     /// Two halves of 128 values, each 64 bytes of low nibbles (at 0), 32 bytes of 2-bit high
-    /// parts (at 128), 8 signed scales of 16 values (at 192); d (f16) at 208. Sub-block g of a
-    /// half: nibbles of bytes 32 · (g % 2).. (low for g < 2), high bits 2g of its qh bytes,
+    /// parts (at 128), 8 signed scales of 16 values (at 192); d (f16) at 208. 32-block g of a
+    /// half: nibbles of bytes 32 · (g % 2).. (low for g < 2), bits 2g.. of its qh bytes,
     /// scales 2g and 2g + 1; w = d · sc · (q − 32).
     impl Format for Q6K {
         const TYPE: GgmlType = GgmlType::Q6K;
-        const SUBS: usize = 8;
         const DOT: Dot = Dot::SignedHalves;
-        const HAS_MIN: bool = false;
+        const CORR: Corr = Corr::None;
         type Head = f32;
         #[inline(always)]
         unsafe fn head<L: Lanes>(p: *const u8) -> f32 {
             L::f16(p.add(208))
         }
         #[inline(always)]
-        unsafe fn sub<L: Lanes>(p: *const u8, d: &f32, s: usize) -> Sub<L::B> {
-            let (half, g) = (s / 4, s % 4);
-            let b = L::load(p.add(64 * half + 32 * (g % 2)));
-            let low = if g < 2 { L::low4(b) } else { L::high4(b) };
-            let high = L::field(L::load(p.add(128 + 32 * half)), 2 * g as u32, 3);
-            let sc = p.add(192 + 8 * half + 2 * g) as *const i8;
-            Sub {
-                halves: [*sc as i16, *sc.add(1) as i16],
-                ..Sub::new(L::sub(L::or(low, high), 32), *d)
+        unsafe fn pair<L: Lanes, const S: usize>(p: *const u8, _: *const u8, d: &f32) -> Pair<L> {
+            // 32-blocks g and g + 1 of half S / 4.
+            let (half, g) = (S / 4, S % 4);
+            let (ql, qh) = (p.add(64 * half), p.add(128 + 32 * half));
+            let low = |q: L::B| if g == 0 { L::low4(q) } else { L::high4(q) };
+            let shifts = [2 * g as u32, 2 * g as u32 + 2];
+            let code = |at: usize| {
+                let lo = low(L::two(ql.add(at), ql.add(32 + at)));
+                L::sub(L::or(lo, L::fields(L::one(qh.add(at)), shifts, 3, 4)), 32)
+            };
+            let sc = |j: usize| *(p.add(192 + 8 * half + j) as *const i8) as i16;
+            Pair {
+                halves: [[sc(2 * g), sc(2 * g + 2)], [sc(2 * g + 1), sc(2 * g + 3)]],
+                ..Pair::new([code(0), code(16)], L::psplat(*d))
             }
         }
     }
@@ -730,42 +777,56 @@ fn rows_dequantized(t: Task) {
     }
 }
 
-/// The integer operations of one instruction set on 32 codes at a time (`B`), a dot product's
-/// partial sums (`I`), and the f32 operations of [`Simd`] for the accumulators. Every
-/// function is `unsafe`: callers run inside the [`Path`]'s `#[target_feature]` entry, with
-/// pointers valid for what they read.
+/// The integer operations of one instruction set on a pair of 32-blocks (see [`XPair`]):
+/// `B` holds 32 codes, 16 of block A then 16 of block B; `I` a dot product's partial sums,
+/// A's in the first half of the lanes and B's in the second; `P` one f32 per block. The f32
+/// vector operations of [`Simd`] serve the accumulators. Every function is `unsafe`: callers
+/// run inside the [`Path`]'s `#[target_feature]` entry, with pointers valid for what they
+/// read.
 trait Lanes {
     type S: Simd;
     type B: Copy;
     type I: Copy;
-    /// The 32 bytes at p.
-    unsafe fn load(p: *const u8) -> Self::B;
-    /// The 32 nibbles of the 16 bytes at p: value j in the low nibble of byte j, value j + 16
-    /// in its high nibble (ggml's order).
-    unsafe fn nibbles(p: *const u8) -> Self::B;
+    type P: Copy;
+    /// The 16 bytes at a, then the 16 at b.
+    unsafe fn two(a: *const u8, b: *const u8) -> Self::B;
+    /// The 16 bytes at p, twice.
+    unsafe fn one(p: *const u8) -> Self::B {
+        Self::two(p, p)
+    }
     /// Each byte's low nibble.
     unsafe fn low4(b: Self::B) -> Self::B;
     /// Each byte's high nibble.
     unsafe fn high4(b: Self::B) -> Self::B;
-    /// Byte j: 16 if bit j of `bits` is set, else 0.
-    unsafe fn bits(bits: u32) -> Self::B;
-    /// Byte j: the bits `mask << shift` of byte j of b, moved to start at bit 4 (mask ≤ 3).
-    unsafe fn field(b: Self::B, shift: u32, mask: u8) -> Self::B;
+    /// Each byte of half h: ((byte >> shift[h]) & mask) << up (mask << up and mask << shift
+    /// within a byte).
+    unsafe fn fields(b: Self::B, shift: [u32; 2], mask: u8, up: u32) -> Self::B;
+    /// The 5th bits of blocks A and B (bit j of a / b for value j) as 16 or 0 per byte, in
+    /// the order of the two registers of a pair.
+    unsafe fn bits(a: u32, b: u32) -> [Self::B; 2];
     unsafe fn or(a: Self::B, b: Self::B) -> Self::B;
     /// Each byte minus c.
     unsafe fn sub(a: Self::B, c: i8) -> Self::B;
-    /// Σ w_j · x_j for codes w_j in [0, 127].
-    unsafe fn dot(w: Self::B, x: &[i8; QX]) -> Self::I;
-    /// Σ w_j · x_j for signed codes.
-    unsafe fn dot_signed(w: Self::B, x: &[i8; QX]) -> Self::I;
-    /// s₀ · Σ_{j<16} w_j · x_j + s₁ · Σ_{j≥16} w_j · x_j for signed codes.
-    unsafe fn dot_halves(w: Self::B, x: &[i8; QX], s: [i16; 2]) -> Self::I;
-    /// The sum plus c.
-    unsafe fn add(i: Self::I, c: i32) -> Self::I;
-    /// acc + i · s, lane by lane (the sum of i's lanes scaled into the sum of acc's).
-    unsafe fn fma(acc: <Self::S as Simd>::V, i: Self::I, s: f32) -> <Self::S as Simd>::V;
+    /// Σ w_j · x_j over the pair, codes w_j in [0, 63].
+    unsafe fn dot(w: [Self::B; 2], x: &[i8; 2 * QX]) -> Self::I;
+    /// Σ w_j · x_j over the pair, signed codes.
+    unsafe fn dot_signed(w: [Self::B; 2], x: &[i8; 2 * QX]) -> Self::I;
+    /// Σ s[r][h] · w_j · x_j, for signed codes w_j of register r, half h.
+    unsafe fn dot_halves(w: [Self::B; 2], x: &[i8; 2 * QX], s: [[i16; 2]; 2]) -> Self::I;
+    /// acc + i · s, i's A lanes scaled by s's A and its B lanes by s's B.
+    unsafe fn fma(acc: <Self::S as Simd>::V, i: Self::I, s: Self::P) -> <Self::S as Simd>::V;
     /// The little-endian f16 at p as f32.
     unsafe fn f16(p: *const u8) -> f32;
+    /// The f16s at a and b.
+    unsafe fn pf16(a: *const u8, b: *const u8) -> Self::P;
+    unsafe fn pload(v: &[f32; 2]) -> Self::P;
+    unsafe fn psplat(v: f32) -> Self::P;
+    unsafe fn pzero() -> Self::P;
+    unsafe fn pmul(a: Self::P, b: Self::P) -> Self::P;
+    /// a · b + c
+    unsafe fn pfma(a: Self::P, b: Self::P, c: Self::P) -> Self::P;
+    /// A + B.
+    unsafe fn psum(p: Self::P) -> f32;
 }
 
 /// Work generic over the integer instruction set, run by [`Path::run`] inside a function
@@ -888,21 +949,11 @@ impl Lanes for Portable {
     type S = simd::Scalar;
     type B = [u8; QX];
     type I = [i32; 8];
+    type P = [f32; 2];
 
     #[inline(always)]
-    unsafe fn load(p: *const u8) -> Self::B {
-        (p as *const [u8; QX]).read_unaligned()
-    }
-    #[inline(always)]
-    unsafe fn nibbles(p: *const u8) -> Self::B {
-        std::array::from_fn(|j| {
-            let b = *p.add(j % 16);
-            if j < 16 {
-                b & 15
-            } else {
-                b >> 4
-            }
-        })
+    unsafe fn two(a: *const u8, b: *const u8) -> Self::B {
+        std::array::from_fn(|j| if j < 16 { *a.add(j) } else { *b.add(j - 16) })
     }
     #[inline(always)]
     unsafe fn low4(b: Self::B) -> Self::B {
@@ -913,12 +964,16 @@ impl Lanes for Portable {
         b.map(|v| v >> 4)
     }
     #[inline(always)]
-    unsafe fn bits(bits: u32) -> Self::B {
-        std::array::from_fn(|j| ((bits >> j) as u8 & 1) << 4)
+    unsafe fn fields(b: Self::B, shift: [u32; 2], mask: u8, up: u32) -> Self::B {
+        std::array::from_fn(|j| ((b[j] >> shift[j / 16]) & mask) << up)
     }
     #[inline(always)]
-    unsafe fn field(b: Self::B, shift: u32, mask: u8) -> Self::B {
-        b.map(|v| ((v >> shift) & mask) << 4)
+    unsafe fn bits(a: u32, b: u32) -> [Self::B; 2] {
+        let bit = |w: u32, j: usize| ((w >> j) as u8 & 1) << 4;
+        [
+            std::array::from_fn(|j| if j < 16 { bit(a, j) } else { bit(b, j - 16) }),
+            std::array::from_fn(|j| if j < 16 { bit(a, j + 16) } else { bit(b, j) }),
+        ]
     }
     #[inline(always)]
     unsafe fn or(a: Self::B, b: Self::B) -> Self::B {
@@ -929,34 +984,64 @@ impl Lanes for Portable {
         a.map(|v| v.wrapping_sub(c as u8))
     }
     #[inline(always)]
-    unsafe fn dot(w: Self::B, x: &[i8; QX]) -> Self::I {
-        std::array::from_fn(|l| (4 * l..4 * l + 4).map(|j| w[j] as i32 * x[j] as i32).sum())
-    }
-    #[inline(always)]
-    unsafe fn dot_signed(w: Self::B, x: &[i8; QX]) -> Self::I {
-        Self::dot_halves(w, x, [1, 1])
-    }
-    #[inline(always)]
-    unsafe fn dot_halves(w: Self::B, x: &[i8; QX], s: [i16; 2]) -> Self::I {
+    unsafe fn dot(w: [Self::B; 2], x: &[i8; 2 * QX]) -> Self::I {
+        // Lane l: bytes 4l..4l + 4 of both registers (lanes 0–3 block A, 4–7 block B).
         std::array::from_fn(|l| {
-            let d: i32 = (4 * l..4 * l + 4)
-                .map(|j| w[j] as i8 as i32 * x[j] as i32)
-                .sum();
-            d * s[l / 4] as i32
+            (4 * l..4 * l + 4)
+                .map(|j| w[0][j] as i32 * x[j] as i32 + w[1][j] as i32 * x[QX + j] as i32)
+                .sum()
         })
     }
     #[inline(always)]
-    unsafe fn add(mut i: Self::I, c: i32) -> Self::I {
-        i[0] += c;
-        i
+    unsafe fn dot_signed(w: [Self::B; 2], x: &[i8; 2 * QX]) -> Self::I {
+        Self::dot_halves(w, x, [[1; 2]; 2])
     }
     #[inline(always)]
-    unsafe fn fma(acc: [f32; 8], i: Self::I, s: f32) -> [f32; 8] {
-        std::array::from_fn(|l| i[l] as f32 * s + acc[l])
+    unsafe fn dot_halves(w: [Self::B; 2], x: &[i8; 2 * QX], s: [[i16; 2]; 2]) -> Self::I {
+        std::array::from_fn(|l| {
+            let part = |r: usize| -> i32 {
+                (4 * l..4 * l + 4)
+                    .map(|j| w[r][j] as i8 as i32 * x[QX * r + j] as i32)
+                    .sum()
+            };
+            part(0) * s[0][l / 4] as i32 + part(1) * s[1][l / 4] as i32
+        })
+    }
+    #[inline(always)]
+    unsafe fn fma(acc: [f32; 8], i: Self::I, s: [f32; 2]) -> [f32; 8] {
+        std::array::from_fn(|l| i[l] as f32 * s[l / 4] + acc[l])
     }
     #[inline(always)]
     unsafe fn f16(p: *const u8) -> f32 {
         half::f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32()
+    }
+    #[inline(always)]
+    unsafe fn pf16(a: *const u8, b: *const u8) -> [f32; 2] {
+        [Self::f16(a), Self::f16(b)]
+    }
+    #[inline(always)]
+    unsafe fn pload(v: &[f32; 2]) -> [f32; 2] {
+        *v
+    }
+    #[inline(always)]
+    unsafe fn psplat(v: f32) -> [f32; 2] {
+        [v; 2]
+    }
+    #[inline(always)]
+    unsafe fn pzero() -> [f32; 2] {
+        [0.0; 2]
+    }
+    #[inline(always)]
+    unsafe fn pmul(a: [f32; 2], b: [f32; 2]) -> [f32; 2] {
+        [a[0] * b[0], a[1] * b[1]]
+    }
+    #[inline(always)]
+    unsafe fn pfma(a: [f32; 2], b: [f32; 2], c: [f32; 2]) -> [f32; 2] {
+        [a[0] * b[0] + c[0], a[1] * b[1] + c[1]]
+    }
+    #[inline(always)]
+    unsafe fn psum(p: [f32; 2]) -> f32 {
+        p[0] + p[1]
     }
 }
 
@@ -964,26 +1049,34 @@ impl Lanes for Portable {
 use std::arch::x86_64::*;
 
 /// x86-64 AVX2 (+ FMA, F16C), with `vpdpbusd` for the unsigned × signed byte products when
-/// `VNNI` (an entry compiled for AVX-512 VNNI / VL).
+/// `VNNI` (an entry compiled for AVX-512 VNNI / VL). One 128-bit lane per block of a pair.
 #[cfg(target_arch = "x86_64")]
 struct X86<const VNNI: bool>;
 
 #[cfg(target_arch = "x86_64")]
 impl<const VNNI: bool> X86<VNNI> {
+    /// The two registers of x.
     #[inline(always)]
-    unsafe fn x(x: &[i8; QX]) -> __m256i {
-        _mm256_loadu_si256(x.as_ptr() as *const __m256i)
+    unsafe fn x(x: &[i8; 2 * QX]) -> [__m256i; 2] {
+        let p = x.as_ptr() as *const __m256i;
+        [_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))]
     }
 
-    /// Σ u_j · x_j in eight partial sums, u unsigned.
+    /// Σ u_j · x_j in eight partial sums (by 128-bit lane), u unsigned: `vpdpbusd`, or
+    /// `vpmaddubsw` + `vpmaddwd` (the i16 pairs cannot saturate: u ≤ 128, |x| ≤ 127).
     #[inline(always)]
     unsafe fn products(u: __m256i, x: __m256i) -> __m256i {
         if VNNI {
             _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
         } else {
-            // The i16 pairs cannot saturate: u ≤ 128 and |x| ≤ 127.
             _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
         }
+    }
+
+    /// The sign trick: |w| · (x with w's sign), an unsigned × signed product in i16 pairs.
+    #[inline(always)]
+    unsafe fn signed_pairs(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
     }
 }
 
@@ -992,16 +1085,18 @@ impl<const VNNI: bool> Lanes for X86<VNNI> {
     type S = simd::Avx2;
     type B = __m256i;
     type I = __m256i;
+    type P = __m128;
 
     #[inline(always)]
-    unsafe fn load(p: *const u8) -> __m256i {
-        _mm256_loadu_si256(p as *const __m256i)
+    unsafe fn two(a: *const u8, b: *const u8) -> __m256i {
+        _mm256_set_m128i(
+            _mm_loadu_si128(b as *const __m128i),
+            _mm_loadu_si128(a as *const __m128i),
+        )
     }
     #[inline(always)]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
-        let v = _mm_loadu_si128(p as *const __m128i);
-        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
-        _mm256_and_si256(both, _mm256_set1_epi8(15))
+    unsafe fn one(p: *const u8) -> __m256i {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i))
     }
     #[inline(always)]
     unsafe fn low4(b: __m256i) -> __m256i {
@@ -1012,33 +1107,37 @@ impl<const VNNI: bool> Lanes for X86<VNNI> {
         _mm256_and_si256(_mm256_srli_epi16::<4>(b), _mm256_set1_epi8(15))
     }
     #[inline(always)]
-    unsafe fn bits(bits: u32) -> __m256i {
-        // ggml's bytes_from_bits_32: byte j takes byte j / 8 of the word; all its bits but
-        // j % 8 are then set, so it is all ones exactly when bit j was.
-        let spread = _mm256_shuffle_epi8(
-            _mm256_set1_epi32(bits as i32),
-            _mm256_set_epi64x(
-                0x0303030303030303,
-                0x0202020202020202,
-                0x0101010101010101,
-                0,
-            ),
+    unsafe fn fields(b: __m256i, shift: [u32; 2], mask: u8, up: u32) -> __m256i {
+        // Bits shifted in from the next byte are masked off; masked values shifted up stay
+        // within their byte.
+        let counts = _mm256_set_m128i(
+            _mm_set1_epi32(shift[1] as i32),
+            _mm_set1_epi32(shift[0] as i32),
         );
-        let set = _mm256_cmpeq_epi8(
-            _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
-            _mm256_set1_epi64x(-1),
-        );
-        _mm256_and_si256(set, _mm256_set1_epi8(16))
+        let f = _mm256_and_si256(_mm256_srlv_epi32(b, counts), _mm256_set1_epi8(mask as i8));
+        _mm256_sll_epi16(f, _mm_cvtsi32_si128(up as i32))
     }
     #[inline(always)]
-    unsafe fn field(b: __m256i, shift: u32, mask: u8) -> __m256i {
-        // Masked first, so that the 16-bit shifts move no bits across bytes.
-        let f = _mm256_and_si256(b, _mm256_set1_epi8((mask << shift) as i8));
-        if shift <= 4 {
-            _mm256_sll_epi16(f, _mm_cvtsi32_si128(4 - shift as i32))
-        } else {
-            _mm256_srl_epi16(f, _mm_cvtsi32_si128(shift as i32 - 4))
+    unsafe fn bits(a: u32, b: u32) -> [__m256i; 2] {
+        // ggml's bytes_from_bits_32, for two words at once: each byte takes the byte of a / b
+        // holding its bit; all its bits but that one are then set, so it is all ones exactly
+        // when the bit was.
+        let w = _mm256_set1_epi64x((a as u64 | (b as u64) << 32) as i64);
+        let expand = |select: __m256i| {
+            let spread = _mm256_shuffle_epi8(w, select);
+            let set = _mm256_cmpeq_epi8(
+                _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+                _mm256_set1_epi64x(-1),
+            );
+            _mm256_and_si256(set, _mm256_set1_epi8(16))
+        };
+        const fn bytes(i: i64) -> i64 {
+            i * 0x0101010101010101
         }
+        [
+            expand(_mm256_set_epi64x(bytes(5), bytes(4), bytes(1), bytes(0))),
+            expand(_mm256_set_epi64x(bytes(7), bytes(6), bytes(3), bytes(2))),
+        ]
     }
     #[inline(always)]
     unsafe fn or(a: __m256i, b: __m256i) -> __m256i {
@@ -1049,54 +1148,98 @@ impl<const VNNI: bool> Lanes for X86<VNNI> {
         _mm256_sub_epi8(a, _mm256_set1_epi8(c))
     }
     #[inline(always)]
-    unsafe fn dot(w: __m256i, x: &[i8; QX]) -> __m256i {
-        Self::products(w, Self::x(x))
+    unsafe fn dot(w: [__m256i; 2], x: &[i8; 2 * QX]) -> __m256i {
+        let x = Self::x(x);
+        if VNNI {
+            _mm256_dpbusd_epi32(Self::products(w[0], x[0]), w[1], x[1])
+        } else {
+            // Codes ≤ 63: the sum of the two registers' i16 pairs stays below 2¹⁵.
+            let pairs = _mm256_add_epi16(
+                _mm256_maddubs_epi16(w[0], x[0]),
+                _mm256_maddubs_epi16(w[1], x[1]),
+            );
+            _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+        }
     }
     #[inline(always)]
-    unsafe fn dot_signed(w: __m256i, x: &[i8; QX]) -> __m256i {
-        // The sign trick: |w| · (x with w's sign), an unsigned × signed product.
-        Self::products(_mm256_sign_epi8(w, w), _mm256_sign_epi8(Self::x(x), w))
+    unsafe fn dot_signed(w: [__m256i; 2], x: &[i8; 2 * QX]) -> __m256i {
+        let x = Self::x(x);
+        let abs = |w: __m256i| _mm256_sign_epi8(w, w);
+        let part = |r: usize| Self::products(abs(w[r]), _mm256_sign_epi8(x[r], w[r]));
+        _mm256_add_epi32(part(0), part(1))
     }
     #[inline(always)]
-    unsafe fn dot_halves(w: __m256i, x: &[i8; QX], s: [i16; 2]) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(Self::x(x), w));
-        // vpmaddubsw works within 128-bit lanes: i16 lanes 0–7 hold bytes 0–15.
-        _mm256_madd_epi16(
-            pairs,
-            _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0])),
-        )
+    unsafe fn dot_halves(w: [__m256i; 2], x: &[i8; 2 * QX], s: [[i16; 2]; 2]) -> __m256i {
+        let x = Self::x(x);
+        let part = |r: usize| {
+            let scales = _mm256_set_m128i(_mm_set1_epi16(s[r][1]), _mm_set1_epi16(s[r][0]));
+            _mm256_madd_epi16(Self::signed_pairs(w[r], x[r]), scales)
+        };
+        _mm256_add_epi32(part(0), part(1))
     }
     #[inline(always)]
-    unsafe fn add(i: __m256i, c: i32) -> __m256i {
-        _mm256_add_epi32(i, _mm256_setr_epi32(c, 0, 0, 0, 0, 0, 0, 0))
-    }
-    #[inline(always)]
-    unsafe fn fma(acc: __m256, i: __m256i, s: f32) -> __m256 {
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(s), acc)
+    unsafe fn fma(acc: __m256, i: __m256i, s: __m128) -> __m256 {
+        let s = _mm256_permutevar8x32_ps(
+            _mm256_castps128_ps256(s),
+            _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+        );
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, acc)
     }
     #[inline(always)]
     unsafe fn f16(p: *const u8) -> f32 {
-        let h = (p as *const u16).read_unaligned();
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+        _mm_cvtss_f32(Self::pf16(p, p))
+    }
+    #[inline(always)]
+    unsafe fn pf16(a: *const u8, b: *const u8) -> __m128 {
+        let (a, b) = (
+            (a as *const u16).read_unaligned(),
+            (b as *const u16).read_unaligned(),
+        );
+        _mm_cvtph_ps(_mm_cvtsi32_si128((a as u32 | (b as u32) << 16) as i32))
+    }
+    #[inline(always)]
+    unsafe fn pload(v: &[f32; 2]) -> __m128 {
+        _mm_castsi128_ps(_mm_loadl_epi64(v.as_ptr() as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn psplat(v: f32) -> __m128 {
+        _mm_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn pzero() -> __m128 {
+        _mm_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn pmul(a: __m128, b: __m128) -> __m128 {
+        _mm_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn pfma(a: __m128, b: __m128, c: __m128) -> __m128 {
+        _mm_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn psum(p: __m128) -> f32 {
+        _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)))
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 use std::arch::aarch64::*;
 
-/// AArch64 NEON; `sdot` for the byte products when `DOTPROD` (an entry compiled for it).
+/// AArch64 NEON, one register per block of a pair; `sdot` for the byte products when
+/// `DOTPROD` (an entry compiled for it).
 #[cfg(target_arch = "aarch64")]
 struct Arm<const DOTPROD: bool>;
 
 #[cfg(target_arch = "aarch64")]
 impl<const DOTPROD: bool> Arm<DOTPROD> {
-    /// The four partial sums of 16 byte products.
+    /// acc plus the four partial sums of 16 byte products.
     #[inline(always)]
-    unsafe fn dot16(w: int8x16_t, x: int8x16_t) -> int32x4_t {
+    unsafe fn dot16(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
         if DOTPROD {
             // `vdotq_s32` is not stable on the crate's minimum Rust: one instruction of
             // assembly.
-            let mut acc = vdupq_n_s32(0);
+            let mut acc = acc;
             core::arch::asm!(
                 "sdot {acc:v}.4s, {w:v}.16b, {x:v}.16b",
                 acc = inout(vreg) acc,
@@ -1108,8 +1251,29 @@ impl<const DOTPROD: bool> Arm<DOTPROD> {
         } else {
             // Byte products fit i16 exactly; pairs of them are summed into i32.
             let lo = vmull_s8(vget_low_s8(w), vget_low_s8(x));
-            vpadalq_s16(vpaddlq_s16(lo), vmull_high_s8(w, x))
+            vpadalq_s16(vpadalq_s16(acc, lo), vmull_high_s8(w, x))
         }
+    }
+
+    /// x's registers: [first 16 of A, of B], [last 16 of A, of B].
+    #[inline(always)]
+    unsafe fn x(x: &[i8; 2 * QX]) -> [[int8x16_t; 2]; 2] {
+        let p = x.as_ptr();
+        [
+            [vld1q_s8(p), vld1q_s8(p.add(16))],
+            [vld1q_s8(p.add(32)), vld1q_s8(p.add(48))],
+        ]
+    }
+
+    /// 16 bits as 16 or 0 per byte.
+    #[inline(always)]
+    unsafe fn bits16(lo: u8, hi: u8) -> int8x16_t {
+        const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+        let set = vtstq_u8(
+            vcombine_u8(vdup_n_u8(lo), vdup_n_u8(hi)),
+            vld1q_u8(BIT.as_ptr()),
+        );
+        vreinterpretq_s8_u8(vandq_u8(set, vdupq_n_u8(16)))
     }
 }
 
@@ -1118,18 +1282,11 @@ impl<const DOTPROD: bool> Lanes for Arm<DOTPROD> {
     type S = simd::Neon;
     type B = [int8x16_t; 2];
     type I = int32x4_t;
+    type P = float32x2_t;
 
     #[inline(always)]
-    unsafe fn load(p: *const u8) -> Self::B {
-        [vld1q_s8(p as *const i8), vld1q_s8(p.add(16) as *const i8)]
-    }
-    #[inline(always)]
-    unsafe fn nibbles(p: *const u8) -> Self::B {
-        let v = vld1q_u8(p);
-        [
-            vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15))),
-            vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)),
-        ]
+    unsafe fn two(a: *const u8, b: *const u8) -> Self::B {
+        [vld1q_s8(a as *const i8), vld1q_s8(b as *const i8)]
     }
     #[inline(always)]
     unsafe fn low4(b: Self::B) -> Self::B {
@@ -1140,22 +1297,21 @@ impl<const DOTPROD: bool> Lanes for Arm<DOTPROD> {
         b.map(|h| vreinterpretq_s8_u8(vshrq_n_u8::<4>(vreinterpretq_u8_s8(h))))
     }
     #[inline(always)]
-    unsafe fn bits(bits: u32) -> Self::B {
-        const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
-        let bit = vld1q_u8(BIT.as_ptr());
-        let b = bits.to_le_bytes();
-        let half = |lo: u8, hi: u8| {
-            let set = vtstq_u8(vcombine_u8(vdup_n_u8(lo), vdup_n_u8(hi)), bit);
-            vreinterpretq_s8_u8(vandq_u8(set, vdupq_n_u8(16)))
+    unsafe fn fields(b: Self::B, shift: [u32; 2], mask: u8, up: u32) -> Self::B {
+        let f = |h: int8x16_t, s: u32| {
+            let down = vshlq_u8(vreinterpretq_u8_s8(h), vdupq_n_s8(-(s as i8)));
+            let field = vandq_u8(down, vdupq_n_u8(mask));
+            vreinterpretq_s8_u8(vshlq_u8(field, vdupq_n_s8(up as i8)))
         };
-        [half(b[0], b[1]), half(b[2], b[3])]
+        [f(b[0], shift[0]), f(b[1], shift[1])]
     }
     #[inline(always)]
-    unsafe fn field(b: Self::B, shift: u32, mask: u8) -> Self::B {
-        b.map(|h| {
-            let down = vshlq_u8(vreinterpretq_u8_s8(h), vdupq_n_s8(-(shift as i8)));
-            vreinterpretq_s8_u8(vshlq_n_u8::<4>(vandq_u8(down, vdupq_n_u8(mask))))
-        })
+    unsafe fn bits(a: u32, b: u32) -> [Self::B; 2] {
+        let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
+        [
+            [Self::bits16(a[0], a[1]), Self::bits16(b[0], b[1])],
+            [Self::bits16(a[2], a[3]), Self::bits16(b[2], b[3])],
+        ]
     }
     #[inline(always)]
     unsafe fn or(a: Self::B, b: Self::B) -> Self::B {
@@ -1166,40 +1322,85 @@ impl<const DOTPROD: bool> Lanes for Arm<DOTPROD> {
         a.map(|h| vsubq_s8(h, vdupq_n_s8(c)))
     }
     #[inline(always)]
-    unsafe fn dot(w: Self::B, x: &[i8; QX]) -> int32x4_t {
+    unsafe fn dot(w: [Self::B; 2], x: &[i8; 2 * QX]) -> int32x4_t {
         Self::dot_signed(w, x)
     }
     #[inline(always)]
-    unsafe fn dot_signed(w: Self::B, x: &[i8; QX]) -> int32x4_t {
-        let (x0, x1) = (vld1q_s8(x.as_ptr()), vld1q_s8(x.as_ptr().add(16)));
-        vaddq_s32(Self::dot16(w[0], x0), Self::dot16(w[1], x1))
+    unsafe fn dot_signed(w: [Self::B; 2], x: &[i8; 2 * QX]) -> int32x4_t {
+        let x = Self::x(x);
+        let block = |h: usize| {
+            Self::dot16(
+                Self::dot16(vdupq_n_s32(0), w[0][h], x[0][h]),
+                w[1][h],
+                x[1][h],
+            )
+        };
+        // [A, A, B, B]
+        vpaddq_s32(block(0), block(1))
     }
     #[inline(always)]
-    unsafe fn dot_halves(w: Self::B, x: &[i8; QX], s: [i16; 2]) -> int32x4_t {
-        let (x0, x1) = (vld1q_s8(x.as_ptr()), vld1q_s8(x.as_ptr().add(16)));
-        let first = vmulq_n_s32(Self::dot16(w[0], x0), s[0] as i32);
-        vmlaq_n_s32(first, Self::dot16(w[1], x1), s[1] as i32)
+    unsafe fn dot_halves(w: [Self::B; 2], x: &[i8; 2 * QX], s: [[i16; 2]; 2]) -> int32x4_t {
+        let x = Self::x(x);
+        let block = |h: usize| {
+            let part = |r: usize| Self::dot16(vdupq_n_s32(0), w[r][h], x[r][h]);
+            vmlaq_n_s32(
+                vmulq_n_s32(part(0), s[0][h] as i32),
+                part(1),
+                s[1][h] as i32,
+            )
+        };
+        vpaddq_s32(block(0), block(1))
     }
     #[inline(always)]
-    unsafe fn add(i: int32x4_t, c: i32) -> int32x4_t {
-        vaddq_s32(i, vsetq_lane_s32::<0>(c, vdupq_n_s32(0)))
-    }
-    #[inline(always)]
-    unsafe fn fma(acc: float32x4_t, i: int32x4_t, s: f32) -> float32x4_t {
-        vfmaq_n_f32(acc, vcvtq_f32_s32(i), s)
+    unsafe fn fma(acc: float32x4_t, i: int32x4_t, s: float32x2_t) -> float32x4_t {
+        let s = vcombine_f32(vdup_lane_f32::<0>(s), vdup_lane_f32::<1>(s));
+        vfmaq_f32(acc, vcvtq_f32_s32(i), s)
     }
     #[inline(always)]
     unsafe fn f16(p: *const u8) -> f32 {
-        // `fcvt` (half → single) is base ARMv8 floating point.
-        let h = vdup_n_u16(u16::from_le_bytes([*p, *p.add(1)]));
-        let out: f32;
+        vget_lane_f32::<0>(Self::pf16(p, p))
+    }
+    #[inline(always)]
+    unsafe fn pf16(a: *const u8, b: *const u8) -> float32x2_t {
+        let (a, b) = (
+            u16::from_le_bytes([*a, *a.add(1)]),
+            u16::from_le_bytes([*b, *b.add(1)]),
+        );
+        let h = vcreate_u16(a as u64 | (b as u64) << 16);
+        // `fcvtl` (half → single) is base ARMv8 floating point; the f16 vector types of the
+        // intrinsics are not stable, hence the one instruction of assembly.
+        let out: float32x4_t;
         core::arch::asm!(
-            "fcvt {out:s}, {h:h}",
+            "fcvtl {out:v}.4s, {h:v}.4h",
             out = lateout(vreg) out,
             h = in(vreg) h,
             options(pure, nomem, nostack, preserves_flags)
         );
-        out
+        vget_low_f32(out)
+    }
+    #[inline(always)]
+    unsafe fn pload(v: &[f32; 2]) -> float32x2_t {
+        vld1_f32(v.as_ptr())
+    }
+    #[inline(always)]
+    unsafe fn psplat(v: f32) -> float32x2_t {
+        vdup_n_f32(v)
+    }
+    #[inline(always)]
+    unsafe fn pzero() -> float32x2_t {
+        vdup_n_f32(0.0)
+    }
+    #[inline(always)]
+    unsafe fn pmul(a: float32x2_t, b: float32x2_t) -> float32x2_t {
+        vmul_f32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn pfma(a: float32x2_t, b: float32x2_t, c: float32x2_t) -> float32x2_t {
+        vfma_f32(c, a, b)
+    }
+    #[inline(always)]
+    unsafe fn psum(p: float32x2_t) -> f32 {
+        vpadds_f32(p)
     }
 }
 
