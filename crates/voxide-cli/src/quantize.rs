@@ -23,6 +23,11 @@ pub struct QuantizeArgs {
     /// The block type of the matrices.
     #[arg(long = "type", value_parser = BLOCK_TYPES)]
     ty: String,
+    /// Store matrices whose rows are not whole blocks of a k-quant (whisper-tiny's 384
+    /// columns) in llama.cpp's fallback type (q4_K → q5_0, ...); whisper.cpp cannot load the
+    /// result, voxide can.
+    #[arg(long)]
+    allow_fallback: bool,
 }
 
 #[derive(Args)]
@@ -38,14 +43,14 @@ pub struct ConvertArgs {
 }
 
 pub fn run_quantize(args: QuantizeArgs) -> Result<()> {
-    write(args.input, args.output, &args.ty)
+    write(args.input, args.output, &args.ty, args.allow_fallback)
 }
 
 pub fn run_convert(args: ConvertArgs) -> Result<()> {
-    write(args.input, args.output, &args.ty)
+    write(args.input, args.output, &args.ty, false)
 }
 
-fn write(input: PathBuf, output: PathBuf, ty: &str) -> Result<()> {
+fn write(input: PathBuf, output: PathBuf, ty: &str, allow_fallback: bool) -> Result<()> {
     let Some(ty) = GgmlType::from_name(ty) else {
         bail!("unknown type {ty}");
     };
@@ -62,7 +67,7 @@ fn write(input: PathBuf, output: PathBuf, ty: &str) -> Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    let report = match convert(&input, &partial, ty) {
+    let report = match convert(&input, &partial, ty, allow_fallback) {
         Ok(report) => report,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
@@ -71,10 +76,10 @@ fn write(input: PathBuf, output: PathBuf, ty: &str) -> Result<()> {
     };
     std::fs::rename(&partial, &output)?;
     eprintln!(
-        "wrote {}: {} tensors, {} matrices in {ty}, {:.1} MB of weights, in {:.1} s",
+        "wrote {}: {} tensors ({} matrices as {ty}), {:.1} MB of weights, in {:.1} s",
         output.display(),
         report.tensors,
-        report.quantized,
+        report.matrices,
         report.bytes as f64 / 1e6,
         start.elapsed().as_secs_f64()
     );

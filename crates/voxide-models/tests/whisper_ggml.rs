@@ -175,7 +175,7 @@ fn run(pipeline: &WhisperPipeline) -> Run {
 fn converted(ty: GgmlType, ext: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("ggml-tiny-random-{ty}.{ext}"));
-    convert(&tiny_random(), &path, ty).unwrap();
+    convert(&tiny_random(), &path, ty, ty == GgmlType::Q4K).unwrap();
     (dir, path)
 }
 
@@ -264,12 +264,12 @@ fn quantized_files_convert_to_float_and_gguf() {
     let want = run(&WhisperPipeline::from_ggml(&q8, &Device::Cpu, None).unwrap());
     let out = tempfile::tempdir().unwrap();
     let gguf = out.path().join("tiny-q8_0.gguf");
-    convert(&q8, &gguf, GgmlType::Q8_0).unwrap();
+    convert(&q8, &gguf, GgmlType::Q8_0, false).unwrap();
     let got = run(&WhisperPipeline::from_ggml(&gguf, &Device::Cpu, None).unwrap());
     assert_eq!(got.tokens, want.tokens);
     assert_eq!(max_abs_diff(&got.logits, &want.logits), 0.0);
     let f32 = out.path().join("tiny-from-q8_0.bin");
-    convert(&q8, &f32, GgmlType::F32).unwrap();
+    convert(&q8, &f32, GgmlType::F32, false).unwrap();
     // The same weights, but f32 activations where the q8_0 kernel quantizes them.
     let got = run(&WhisperPipeline::from_ggml(&f32, &Device::Cpu, None).unwrap());
     assert!(max_abs_diff(&got.logits, &want.logits) / max_abs(&want.logits) < 2e-2);
@@ -294,8 +294,19 @@ fn bad_files_are_clear_errors() {
         .unwrap()
         .to_string();
     assert!(err.contains("cut.bin") && !err.contains('\n'), "{err}");
-    let err = convert(&path, &dir.path().join("x.bin"), GgmlType::Bf16)
+    let err = convert(&path, &dir.path().join("x.bin"), GgmlType::Bf16, false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("bf16"), "{err}");
+    // Without the fallback, a k-quant that does not fit the rows is refused, as whisper.cpp's
+    // quantize refuses it.
+    let err = convert(
+        &tiny_random(),
+        &dir.path().join("k.bin"),
+        GgmlType::Q4K,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not whole q4_K blocks"), "{err}");
 }

@@ -5,8 +5,10 @@
 //! 1-D tensors, the conv biases (as (d, 1)) and both positional tables in f32 and the other
 //! matrices in f16; `quantize` turns every 2-D matrix but the positional tables into the
 //! block type and copies the rest. A matrix whose rows are not whole blocks of a k-quant
-//! (whisper-tiny's 384 columns against 256-value blocks, which whisper.cpp's `quantize`
-//! refuses) takes llama.cpp's fallback type instead, and the report lists it.
+//! (whisper-tiny's 384 columns against 256-value blocks) is refused, as whisper.cpp's
+//! `quantize` refuses it: whisper.cpp loads only files whose matrices all share one type.
+//! With `allow_fallback`, such matrices take llama.cpp's fallback type instead (a file voxide
+//! loads and whisper.cpp does not), and the report lists them.
 //!
 //! The output is the legacy ggml format, or GGUF when the file name ends in `.gguf`
 //! (see [`super::ggml`] for that layout).
@@ -28,8 +30,8 @@ use voxide_nn::weights::SafetensorsFiles;
 pub struct ConvertReport {
     /// Tensors written.
     pub tensors: usize,
-    /// Matrices stored in the requested block type.
-    pub quantized: usize,
+    /// Matrices stored in the requested type.
+    pub matrices: usize,
     /// Matrices whose rows do not fit the requested type, with the type they took instead.
     pub fallbacks: Vec<(String, GgmlType)>,
     /// Bytes of tensor data written.
@@ -54,7 +56,12 @@ struct Planned {
 /// Writes `source` (a Hugging Face checkpoint directory or a whisper.cpp file) to `out` with
 /// its matrices in `ty`: f32 or f16 (whisper.cpp's converter layout) or a block type
 /// (whisper.cpp's `quantize` layout).
-pub fn convert(source: &Path, out: &Path, ty: GgmlType) -> Result<ConvertReport> {
+pub fn convert(
+    source: &Path,
+    out: &Path,
+    ty: GgmlType,
+    allow_fallback: bool,
+) -> Result<ConvertReport> {
     if ty == GgmlType::Bf16 || (ty.is_quantized() && ftype_of(ty).is_none()) {
         return Err(Error::InvalidRequest(format!(
             "whisper.cpp files cannot hold {ty} models (f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K)"
@@ -96,6 +103,16 @@ pub fn convert(source: &Path, out: &Path, ty: GgmlType) -> Result<ConvertReport>
     };
     let mut report = ConvertReport::default();
     let plan = plan(&src, ty, &mut report)?;
+    if let (false, Some((name, took))) = (allow_fallback, report.fallbacks.first()) {
+        return Err(Error::InvalidRequest(format!(
+            "{name} has rows that are not whole {ty} blocks of {} values (so have {} more); \
+             whisper.cpp cannot hold such a model in {ty}. Pick q8_0, q5_1, q5_0, q4_1 or \
+             q4_0, or allow the fallback ({name} and the others as {took}: voxide loads \
+             the file, whisper.cpp does not)",
+            ty.block_size(),
+            report.fallbacks.len() - 1
+        )));
+    }
     let mut hparams = hparams;
     hparams.ftype = ftype_of(ty).expect("checked above");
     hparams.qnt_version = if ty.is_quantized() { QNT_VERSION } else { 0 };
@@ -231,13 +248,17 @@ fn plan(src: &Source, ty: GgmlType, report: &mut ConvertReport) -> Result<Vec<Pl
                 }
                 report.fallbacks.push((name.clone(), t));
             } else {
-                report.quantized += 1;
+                report.matrices += 1;
             }
             t
-        } else if ty == GgmlType::F32 {
-            GgmlType::F32
         } else {
-            GgmlType::F16
+            let float = if ty == GgmlType::F32 {
+                ty
+            } else {
+                GgmlType::F16
+            };
+            report.matrices += usize::from(float == ty && dims.len() >= 2);
+            float
         };
         plan.push(Planned {
             spec: TensorSpec::new(name, &dims, out_ty),

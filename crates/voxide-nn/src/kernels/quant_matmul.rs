@@ -350,7 +350,14 @@ impl<F: Format, const M: usize> Job for Rows<'_, F, M> {
 
     #[inline(always)]
     unsafe fn run<L: Lanes>(self) {
-        rows_body::<L, F, M>(self.0)
+        const STREAM: u8 = Prefetch::Stream as u8;
+        const KEEP: u8 = Prefetch::Keep as u8;
+        const NONE: u8 = Prefetch::None as u8;
+        match self.0.prefetch {
+            Prefetch::Stream => rows_body::<L, F, M, STREAM>(self.0),
+            Prefetch::Keep => rows_body::<L, F, M, KEEP>(self.0),
+            Prefetch::None => rows_body::<L, F, M, NONE>(self.0),
+        }
     }
 }
 
@@ -358,7 +365,7 @@ impl<F: Format, const M: usize> Job for Rows<'_, F, M> {
 /// contiguous, so the reads are one sequential stream per task), a pair of 32-blocks at a
 /// time.
 #[inline(always)]
-unsafe fn rows_body<L: Lanes, F: Format, const M: usize>(t: Task) {
+unsafe fn rows_body<L: Lanes, F: Format, const M: usize, const PF: u8>(t: Task) {
     let k = t.w.cols;
     let bb = F::TYPE.block_bytes();
     let blocks = k / F::TYPE.block_size();
@@ -369,18 +376,21 @@ unsafe fn rows_body<L: Lanes, F: Format, const M: usize>(t: Task) {
         let row = t.w.data.as_ptr().add(r * row_bytes);
         let mut acc = Acc::<L, M>::new();
         if F::TYPE.block_size() == QX {
-            for g in 0..pairs {
+            for g in 0..blocks / 2 {
                 let a = row.add(2 * g * bb);
-                // An odd last block pairs with itself, against zeros in x.
-                let b = if 2 * g + 1 < blocks { a.add(bb) } else { a };
-                prefetch::<L::S>(t.prefetch, a, 2 * bb);
-                acc.add::<F>(F::pair::<L, 0>(a, b, &F::head::<L>(a)), &xs, g);
+                prefetch::<L::S, PF>(a, 2 * bb);
+                acc.add::<F>(F::pair::<L, 0>(a, a.add(bb), &F::head::<L>(a)), &xs, g);
+            }
+            if blocks % 2 == 1 {
+                // The odd last block pairs with itself, against zeros in x.
+                let a = row.add((blocks - 1) * bb);
+                acc.add::<F>(F::pair::<L, 0>(a, a, &F::head::<L>(a)), &xs, pairs - 1);
             }
         } else {
             // k-quants: four pairs of 32-blocks per 256-value block.
             for blk in 0..blocks {
                 let p = row.add(blk * bb);
-                prefetch::<L::S>(t.prefetch, p, bb);
+                prefetch::<L::S, PF>(p, bb);
                 let (h, g) = (F::head::<L>(p), 4 * blk);
                 acc.add::<F>(F::pair::<L, 0>(p, p, &h), &xs, g);
                 acc.add::<F>(F::pair::<L, 2>(p, p, &h), &xs, g + 1);
@@ -394,16 +404,17 @@ unsafe fn rows_body<L: Lanes, F: Format, const M: usize>(t: Task) {
     }
 }
 
-/// Prefetches the `bytes` at p + [`PREFETCH_BYTES`], a cache line at a time.
+/// Prefetches the `bytes` at p + [`PREFETCH_BYTES`], a cache line at a time, as `PF` (a
+/// [`Prefetch`]) says.
 #[inline(always)]
-unsafe fn prefetch<S: Simd>(mode: Prefetch, p: *const u8, bytes: usize) {
+unsafe fn prefetch<S: Simd, const PF: u8>(p: *const u8, bytes: usize) {
     // wrapping: near the end the hint points past the matrix (a prefetch never faults).
     let ahead = p.wrapping_add(PREFETCH_BYTES);
     for off in (0..bytes).step_by(64) {
-        match mode {
-            Prefetch::Stream => S::prefetch_stream(ahead.wrapping_add(off)),
-            Prefetch::Keep => S::prefetch_keep(ahead.wrapping_add(off)),
-            Prefetch::None => {}
+        if PF == Prefetch::Stream as u8 {
+            S::prefetch_stream(ahead.wrapping_add(off))
+        } else if PF == Prefetch::Keep as u8 {
+            S::prefetch_keep(ahead.wrapping_add(off))
         }
     }
 }
@@ -631,28 +642,33 @@ mod fmt {
 
     /// Decodes d, dmin (f16) and the 12 bytes of 6-bit scales and minimums at p
     /// (`get_scale_min_k4`: the first four in the low 6 bits of bytes 0–3 / 4–7, the last four
-    /// in nibbles of bytes 8–11 with their top 2 bits in the top bits of bytes 0–7).
+    /// in nibbles of bytes 8–11 with their top 2 bits in the top bits of bytes 0–7), four at a
+    /// time in u32 words.
     #[inline(always)]
     unsafe fn k_head<L: Lanes>(p: *const u8) -> KHead {
         let (d, dmin) = (L::f16(p), L::f16(p.add(2)));
-        let q = &*(p.add(4) as *const [u8; 12]);
-        let mut h = KHead {
-            scale: [0.0; 8],
-            min: [0.0; 8],
-        };
-        for j in 0..8 {
-            let (sc, m) = if j < 4 {
-                (q[j] & 63, q[j + 4] & 63)
-            } else {
-                (
-                    (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-                )
-            };
-            h.scale[j] = d * sc as f32;
-            h.min[j] = -(dmin * m as f32);
+        let [w0, w1, w2] = [0, 4, 8].map(|at| u32_at(p.add(4 + at)));
+        const LOW6: u32 = 0x3f3f3f3f;
+        const LOW4: u32 = 0x0f0f0f0f;
+        const TOP2: u32 = 0x03030303;
+        let scales = [w0 & LOW6, (w2 & LOW4) | ((w0 >> 6) & TOP2) << 4];
+        let mins = [w1 & LOW6, ((w2 >> 4) & LOW4) | ((w1 >> 6) & TOP2) << 4];
+        KHead {
+            scale: widen8::<L::S>(scales, d),
+            min: widen8::<L::S>(mins, -dmin),
         }
-        h
+    }
+
+    /// The 8 bytes of two little-endian words (each < 128), times f.
+    #[inline(always)]
+    unsafe fn widen8<S: Simd>(words: [u32; 2], f: f32) -> [f32; 8] {
+        let bytes: [i8; 8] = std::mem::transmute([words[0].to_le(), words[1].to_le()]);
+        let mut out = [0f32; 8];
+        for c in (0..8).step_by(S::LANES) {
+            let v = S::mul(S::load_w(bytes.as_ptr().add(c)), S::splat(f));
+            S::store(out.as_mut_ptr().add(c), v);
+        }
+        out
     }
 
     /// Entries s and s + 1 of a head's scales or minimums.
@@ -705,18 +721,30 @@ mod fmt {
         #[inline(always)]
         unsafe fn pair<L: Lanes, const S: usize>(p: *const u8, _: *const u8, h: &KHead) -> Pair<L> {
             let (q, qh) = (p.add(48 + 16 * S), p.add(16));
-            let high = |at: usize| L::fields(L::one(qh.add(at)), [S as u32, S as u32 + 1], 1, 4);
+            let shifts = [S as u32, S as u32 + 1];
+            let code = [
+                L::or(nibble_pair::<L>(q), L::fields(L::one(qh), shifts, 1, 4)),
+                L::or(
+                    nibble_pair::<L>(q.add(16)),
+                    L::fields(L::one(qh.add(16)), shifts, 1, 4),
+                ),
+            ];
             Pair {
                 corr: L::pload(two_at(&h.min, S)),
-                ..Pair::new(
-                    [
-                        L::or(nibble_pair::<L>(q), high(0)),
-                        L::or(nibble_pair::<L>(q.add(16)), high(16)),
-                    ],
-                    L::pload(two_at(&h.scale, S)),
-                )
+                ..Pair::new(code, L::pload(two_at(&h.scale, S)))
             }
         }
+    }
+
+    /// One register of Q6_K codes of pair S (see [`Q6K`]): low nibbles from ql and ql + 32,
+    /// 2-bit high parts from qh, less the offset 32.
+    #[inline(always)]
+    unsafe fn q6_code<L: Lanes, const S: usize>(ql: *const u8, qh: *const u8) -> L::B {
+        let g = S % 4;
+        let q = L::two(ql, ql.add(32));
+        let low = if g == 0 { L::low4(q) } else { L::high4(q) };
+        let high = L::fields(L::one(qh), [2 * g as u32, 2 * g as u32 + 2], 3, 4);
+        L::sub(L::or(low, high), 32)
     }
 
     /// Two halves of 128 values, each 64 bytes of low nibbles (at 0), 32 bytes of 2-bit high
@@ -737,16 +765,16 @@ mod fmt {
             // 32-blocks g and g + 1 of half S / 4.
             let (half, g) = (S / 4, S % 4);
             let (ql, qh) = (p.add(64 * half), p.add(128 + 32 * half));
-            let low = |q: L::B| if g == 0 { L::low4(q) } else { L::high4(q) };
-            let shifts = [2 * g as u32, 2 * g as u32 + 2];
-            let code = |at: usize| {
-                let lo = low(L::two(ql.add(at), ql.add(32 + at)));
-                L::sub(L::or(lo, L::fields(L::one(qh.add(at)), shifts, 3, 4)), 32)
-            };
-            let sc = |j: usize| *(p.add(192 + 8 * half + j) as *const i8) as i16;
+            let sc = (*(p.add(192 + 8 * half + 2 * g) as *const [i8; 4])).map(i16::from);
             Pair {
-                halves: [[sc(2 * g), sc(2 * g + 2)], [sc(2 * g + 1), sc(2 * g + 3)]],
-                ..Pair::new([code(0), code(16)], L::psplat(*d))
+                halves: [[sc[0], sc[2]], [sc[1], sc[3]]],
+                ..Pair::new(
+                    [
+                        q6_code::<L, S>(ql, qh),
+                        q6_code::<L, S>(ql.add(16), qh.add(16)),
+                    ],
+                    L::psplat(*d),
+                )
             }
         }
     }
@@ -817,7 +845,7 @@ trait Lanes {
     unsafe fn fma(acc: <Self::S as Simd>::V, i: Self::I, s: Self::P) -> <Self::S as Simd>::V;
     /// The little-endian f16 at p as f32.
     unsafe fn f16(p: *const u8) -> f32;
-    /// The f16s at a and b.
+    /// The f16s at a and b (both at least 4 bytes before the end of their block).
     unsafe fn pf16(a: *const u8, b: *const u8) -> Self::P;
     unsafe fn pload(v: &[f32; 2]) -> Self::P;
     unsafe fn psplat(v: f32) -> Self::P;
@@ -1078,6 +1106,31 @@ impl<const VNNI: bool> X86<VNNI> {
     unsafe fn signed_pairs(w: __m256i, x: __m256i) -> __m256i {
         _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
     }
+
+    /// Σ w_j · x_j in eight partial sums (by 128-bit lane), w signed.
+    #[inline(always)]
+    unsafe fn signed_products(w: __m256i, x: __m256i) -> __m256i {
+        Self::products(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+    }
+
+    /// s₀ · Σ w_j · x_j over the low 128-bit lane plus s₁ · over the high one, w signed.
+    #[inline(always)]
+    unsafe fn scaled_products(w: __m256i, x: __m256i, s: [i16; 2]) -> __m256i {
+        let scales = _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0]));
+        _mm256_madd_epi16(Self::signed_pairs(w, x), scales)
+    }
+
+    /// 16 or 0 per byte: the byte of w that `select` picks, tested for bit j % 8 (byte j):
+    /// all its other bits are set, so it is all ones exactly when that bit was.
+    #[inline(always)]
+    unsafe fn expand(w: __m256i, select: __m256i) -> __m256i {
+        let spread = _mm256_shuffle_epi8(w, select);
+        let set = _mm256_cmpeq_epi8(
+            _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+            _mm256_set1_epi64x(-1),
+        );
+        _mm256_and_si256(set, _mm256_set1_epi8(16))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1119,24 +1172,14 @@ impl<const VNNI: bool> Lanes for X86<VNNI> {
     }
     #[inline(always)]
     unsafe fn bits(a: u32, b: u32) -> [__m256i; 2] {
-        // ggml's bytes_from_bits_32, for two words at once: each byte takes the byte of a / b
-        // holding its bit; all its bits but that one are then set, so it is all ones exactly
-        // when the bit was.
+        // ggml's bytes_from_bits_32, for two words at once.
         let w = _mm256_set1_epi64x((a as u64 | (b as u64) << 32) as i64);
-        let expand = |select: __m256i| {
-            let spread = _mm256_shuffle_epi8(w, select);
-            let set = _mm256_cmpeq_epi8(
-                _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
-                _mm256_set1_epi64x(-1),
-            );
-            _mm256_and_si256(set, _mm256_set1_epi8(16))
-        };
         const fn bytes(i: i64) -> i64 {
             i * 0x0101010101010101
         }
         [
-            expand(_mm256_set_epi64x(bytes(5), bytes(4), bytes(1), bytes(0))),
-            expand(_mm256_set_epi64x(bytes(7), bytes(6), bytes(3), bytes(2))),
+            Self::expand(w, _mm256_set_epi64x(bytes(5), bytes(4), bytes(1), bytes(0))),
+            Self::expand(w, _mm256_set_epi64x(bytes(7), bytes(6), bytes(3), bytes(2))),
         ]
     }
     #[inline(always)]
@@ -1164,18 +1207,18 @@ impl<const VNNI: bool> Lanes for X86<VNNI> {
     #[inline(always)]
     unsafe fn dot_signed(w: [__m256i; 2], x: &[i8; 2 * QX]) -> __m256i {
         let x = Self::x(x);
-        let abs = |w: __m256i| _mm256_sign_epi8(w, w);
-        let part = |r: usize| Self::products(abs(w[r]), _mm256_sign_epi8(x[r], w[r]));
-        _mm256_add_epi32(part(0), part(1))
+        _mm256_add_epi32(
+            Self::signed_products(w[0], x[0]),
+            Self::signed_products(w[1], x[1]),
+        )
     }
     #[inline(always)]
     unsafe fn dot_halves(w: [__m256i; 2], x: &[i8; 2 * QX], s: [[i16; 2]; 2]) -> __m256i {
         let x = Self::x(x);
-        let part = |r: usize| {
-            let scales = _mm256_set_m128i(_mm_set1_epi16(s[r][1]), _mm_set1_epi16(s[r][0]));
-            _mm256_madd_epi16(Self::signed_pairs(w[r], x[r]), scales)
-        };
-        _mm256_add_epi32(part(0), part(1))
+        _mm256_add_epi32(
+            Self::scaled_products(w[0], x[0], s[0]),
+            Self::scaled_products(w[1], x[1], s[1]),
+        )
     }
     #[inline(always)]
     unsafe fn fma(acc: __m256, i: __m256i, s: __m128) -> __m256 {
@@ -1187,15 +1230,16 @@ impl<const VNNI: bool> Lanes for X86<VNNI> {
     }
     #[inline(always)]
     unsafe fn f16(p: *const u8) -> f32 {
-        _mm_cvtss_f32(Self::pf16(p, p))
+        let h = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
     }
     #[inline(always)]
     unsafe fn pf16(a: *const u8, b: *const u8) -> __m128 {
-        let (a, b) = (
-            (a as *const u16).read_unaligned(),
-            (b as *const u16).read_unaligned(),
-        );
-        _mm_cvtph_ps(_mm_cvtsi32_si128((a as u32 | (b as u32) << 16) as i32))
+        // a's word and the next (don't-care lanes 2, 3: every block has more bytes), b's
+        // word into lane 1.
+        let v = _mm_cvtsi32_si128((a as *const i32).read_unaligned());
+        let v = _mm_insert_epi16::<1>(v, (b as *const u16).read_unaligned() as i32);
+        _mm_cvtph_ps(v)
     }
     #[inline(always)]
     unsafe fn pload(v: &[f32; 2]) -> __m128 {
@@ -1265,6 +1309,27 @@ impl<const DOTPROD: bool> Arm<DOTPROD> {
         ]
     }
 
+    /// ((byte >> shift) & mask) << up, per byte.
+    #[inline(always)]
+    unsafe fn field(h: int8x16_t, shift: u32, mask: u8, up: u32) -> int8x16_t {
+        let down = vshlq_u8(vreinterpretq_u8_s8(h), vdupq_n_s8(-(shift as i8)));
+        let field = vandq_u8(down, vdupq_n_u8(mask));
+        vreinterpretq_s8_u8(vshlq_u8(field, vdupq_n_s8(up as i8)))
+    }
+
+    /// Block h's s[0][h] · Σ (first register) + s[1][h] · Σ (second), in four partial sums.
+    #[inline(always)]
+    unsafe fn scaled16(
+        w: [[int8x16_t; 2]; 2],
+        x: [[int8x16_t; 2]; 2],
+        s: [[i16; 2]; 2],
+        h: usize,
+    ) -> int32x4_t {
+        let zero = vdupq_n_s32(0);
+        let first = vmulq_n_s32(Self::dot16(zero, w[0][h], x[0][h]), s[0][h] as i32);
+        vmlaq_n_s32(first, Self::dot16(zero, w[1][h], x[1][h]), s[1][h] as i32)
+    }
+
     /// 16 bits as 16 or 0 per byte.
     #[inline(always)]
     unsafe fn bits16(lo: u8, hi: u8) -> int8x16_t {
@@ -1298,12 +1363,10 @@ impl<const DOTPROD: bool> Lanes for Arm<DOTPROD> {
     }
     #[inline(always)]
     unsafe fn fields(b: Self::B, shift: [u32; 2], mask: u8, up: u32) -> Self::B {
-        let f = |h: int8x16_t, s: u32| {
-            let down = vshlq_u8(vreinterpretq_u8_s8(h), vdupq_n_s8(-(s as i8)));
-            let field = vandq_u8(down, vdupq_n_u8(mask));
-            vreinterpretq_s8_u8(vshlq_u8(field, vdupq_n_s8(up as i8)))
-        };
-        [f(b[0], shift[0]), f(b[1], shift[1])]
+        [
+            Self::field(b[0], shift[0], mask, up),
+            Self::field(b[1], shift[1], mask, up),
+        ]
     }
     #[inline(always)]
     unsafe fn bits(a: u32, b: u32) -> [Self::B; 2] {
@@ -1328,28 +1391,18 @@ impl<const DOTPROD: bool> Lanes for Arm<DOTPROD> {
     #[inline(always)]
     unsafe fn dot_signed(w: [Self::B; 2], x: &[i8; 2 * QX]) -> int32x4_t {
         let x = Self::x(x);
-        let block = |h: usize| {
-            Self::dot16(
-                Self::dot16(vdupq_n_s32(0), w[0][h], x[0][h]),
-                w[1][h],
-                x[1][h],
-            )
-        };
+        let zero = vdupq_n_s32(0);
+        let a = Self::dot16(Self::dot16(zero, w[0][0], x[0][0]), w[1][0], x[1][0]);
+        let b = Self::dot16(Self::dot16(zero, w[0][1], x[0][1]), w[1][1], x[1][1]);
         // [A, A, B, B]
-        vpaddq_s32(block(0), block(1))
+        vpaddq_s32(a, b)
     }
     #[inline(always)]
     unsafe fn dot_halves(w: [Self::B; 2], x: &[i8; 2 * QX], s: [[i16; 2]; 2]) -> int32x4_t {
         let x = Self::x(x);
-        let block = |h: usize| {
-            let part = |r: usize| Self::dot16(vdupq_n_s32(0), w[r][h], x[r][h]);
-            vmlaq_n_s32(
-                vmulq_n_s32(part(0), s[0][h] as i32),
-                part(1),
-                s[1][h] as i32,
-            )
-        };
-        vpaddq_s32(block(0), block(1))
+        let a = Self::scaled16(w, x, s, 0);
+        let b = Self::scaled16(w, x, s, 1);
+        vpaddq_s32(a, b)
     }
     #[inline(always)]
     unsafe fn fma(acc: float32x4_t, i: int32x4_t, s: float32x2_t) -> float32x4_t {

@@ -153,10 +153,13 @@ impl GgmlType {
         self.block_size() > 1
     }
 
-    /// Bytes of a row of `n` values; `None` when `n` is not a whole number of blocks.
+    /// Bytes of a row of `n` values; `None` when `n` is not a whole number of blocks (or the
+    /// size overflows).
     pub fn row_bytes(self, n: usize) -> Option<usize> {
-        n.is_multiple_of(self.block_size())
-            .then(|| n / self.block_size() * self.block_bytes())
+        if !n.is_multiple_of(self.block_size()) {
+            return None;
+        }
+        (n / self.block_size()).checked_mul(self.block_bytes())
     }
 }
 
