@@ -321,6 +321,9 @@ def main():
     ap.add_argument("--peers", default="noomp,omp,cli",
                     help="configurations to race, comma-separated (default all; cli needs --peer-src)")
     ap.add_argument("--no-build-voxide", action="store_true", help="use target/release/voxide as it is")
+    ap.add_argument("--type", default="f16", choices=["f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"],
+                    help="weights of both engines: f16 (voxide reads the safetensors checkpoint, whisper.cpp "
+                         "its ggml file), or a block type: one ggml file written by `voxide quantize`, run by both")
     args = ap.parse_args()
     if args.rounds < 1 or args.repeats < 1:
         ap.error("--rounds and --repeats must be at least 1")
@@ -339,6 +342,13 @@ def main():
         run([py, "tools/random_weights.py", "whisper", "--size", args.size, "--dtype", dtype, "--out", model, "--ggml", ggml])
     if not args.no_build_voxide:
         run(["cargo", "build", "--release", "-p", "voxide-cli"])
+    # voxide's model: the checkpoint in f16, or the very file whisper.cpp runs.
+    vox_model, vox_precision = model, ["--precision", "f16"]
+    if args.type != "f16":
+        ggml = model / f"ggml-model-{args.type}.bin"
+        if not ggml.is_file():
+            run(["target/release/voxide", "quantize", model, ggml, "--type", args.type])
+        vox_model, vox_precision = ggml, []
     peers = [build_crate(*c) for c in CRATE_CONFIGS if c[0] in wanted]
     if "cli" in wanted and args.peer_src:
         peers.append(build_cli(args.peer_src))
@@ -355,7 +365,7 @@ def main():
     ours, theirs = [], {p["name"]: [] for p in peers}
     for r in range(args.rounds):
         vj = out / f"race-voxide-{r}.json"
-        timed(["target/release/voxide", "bench", "--model", model, "--precision", "f16", "--threads", args.threads,
+        timed(["target/release/voxide", "bench", "--model", vox_model, *vox_precision, "--threads", args.threads,
                "-n", args.repeats, "--warmup", "1", "--fixed-steps", TOKENS, "--without-timestamps",
                "--no-condition-on-previous-text", "--json", vj, *files])
         ours.append(json.loads(vj.read_text()))
@@ -439,8 +449,10 @@ def main():
     # Limits: a decoder step's bytes over the read bandwidth, the encoder's FLOPs over the FMA peak.
     cfg = json.loads((model / "config.json").read_text())
     d, v, L = cfg["d_model"], cfg["vocab_size"], cfg["decoder_layers"]
-    # f16 head + per layer (4 self + 2 cross projections + MLP) + cross-attention K/V (f16, 1500 positions).
-    step_bytes = 2 * (v * d + L * (6 * d * d + 2 * d * cfg["decoder_ffn_dim"]) + L * 2 * 1500 * d)
+    # Head + per layer (4 self + 2 cross projections + MLP) in the weights' type (bytes per weight: the
+    # block bytes over the block values), + cross-attention K/V (f16, 1500 positions).
+    per_weight = {"f16": 2, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32, "q4_1": 20 / 32, "q4_0": 18 / 32}[args.type]
+    step_bytes = int(per_weight * (v * d + L * (6 * d * d + 2 * d * cfg["decoder_ffn_dim"])) + 2 * L * 2 * 1500 * d)
     enc_flops = 2 * 1500 * cfg["encoder_layers"] * (4 * d * d + 2 * d * cfg["encoder_ffn_dim"] + 2 * 1500 * d) \
         + 2 * 3000 * 3 * d * (cfg["num_mel_bins"] + d / 2)
     bw, peak = machine["read_gbps"], machine["fma_gflops"]
@@ -455,7 +467,7 @@ def main():
     head = (f"{machine['cpu_model']}, L3 {human_bytes(machine.get('l3_bytes'))}, {machine['cores']} cores, "
             f"{bw:.1f} GB/s read ({machine['sources']['read_gbps']}), "
             f"{peak:.0f} GFLOP/s FMA ({machine['sources']['fma_gflops']}), {date}")
-    setting = (f"whisper-{args.size}, {args.threads} threads, f16 weights, {args.rounds} alternating rounds x "
+    setting = (f"whisper-{args.size}, {args.threads} threads, {args.type} weights, {args.rounds} alternating rounds x "
                f"{args.repeats} repeats, greedy, no fallback, no timestamps, {TOKENS} tokens/window")
     lines = ["", head, f"command: {command}", setting, "", "peers:"]
     for p in peers:
@@ -487,7 +499,7 @@ def main():
                   + (" ..." if len(CONTENTION) > 8 else "") + ": figures are unreliable, run again on an idle machine"]
     print("\n".join(lines))
 
-    md = [f"# race: whisper-{args.size}", "", f"**Machine:** {head}  ", f"**Command:** `{command}`  ",
+    md = [f"# race: whisper-{args.size} {args.type}", "", f"**Machine:** {head}  ", f"**Command:** `{command}`  ",
           f"**Settings:** {setting}", "",
           "| figure | voxide | " + " | ".join(names) + " | best | voxide / best |",
           "|---|---:|" + "---:|" * len(names) + "---|---:|"]
@@ -511,8 +523,9 @@ def main():
            "warm-up); the crate's `whisper_full_with_state` wall; whisper-cli's `total time - load time` "
            "(one process per run: includes state allocation and reading the WAV). Peak RSS: voxide's VmHWM "
            "while the file ran (model loaded); whisper.cpp's whole process (wait4 ru_maxrss), MiB."]
-    (out / f"race-{args.size}.md").write_text("\n".join(md) + "\n")
-    (out / f"race-{args.size}.json").write_text(json.dumps(
+    tag = args.size if args.type == "f16" else f"{args.size}-{args.type}"
+    (out / f"race-{tag}.md").write_text("\n".join(md) + "\n")
+    (out / f"race-{tag}.json").write_text(json.dumps(
         {"schema": "voxide-race/2", "date": date, "command": command, "size": args.size, "threads": args.threads,
          "rounds": args.rounds, "repeats": args.repeats, "files": [str(f) for f in files], "tokens_per_window": TOKENS,
          "machine": machine, "contention": CONTENTION, "peers": peers,
@@ -520,7 +533,7 @@ def main():
          # target/bench/race-<config>-<round>.json)
          "cli_runs": {p["name"]: theirs[p["name"]] for p in peers if p["kind"] == "cli"}, "rows": rows, "token_counts": counts, "limits": limits,
          "step_bytes": step_bytes, "encoder_flops": enc_flops}, indent=1))
-    log(f"wrote {out / f'race-{args.size}.json'} and {out / f'race-{args.size}.md'}")
+    log(f"wrote {out / f'race-{tag}.json'} and {out / f'race-{tag}.md'}")
 
 
 if __name__ == "__main__":

@@ -119,7 +119,12 @@ impl Attention {
         })
     }
 
-    /// The q, k, v and output projections (for a model to plan how its steps read them).
+    /// The q, k, v and output projections (for a model to count what its steps read).
+    pub fn projections(&self) -> [&Linear; 4] {
+        [&self.q, &self.k, &self.v, &self.o]
+    }
+
+    /// The projections, mutably (for a model to plan how its steps read them).
     pub fn projections_mut(&mut self) -> [&mut Linear; 4] {
         [&mut self.q, &mut self.k, &mut self.v, &mut self.o]
     }

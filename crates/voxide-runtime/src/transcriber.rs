@@ -169,6 +169,10 @@ impl Transcriber for WhisperPipeline {
         voxide_models::whisper::SAMPLE_RATE
     }
 
+    fn decoder_step_bytes(&self) -> Option<usize> {
+        Some(self.model().decoder_step_bytes())
+    }
+
     fn transcribe(
         &self,
         samples: &[f32],

@@ -346,8 +346,14 @@ fn print_table(r: &Report) {
     );
     print_machine(&r.machine, r.threads);
     if let Some(f) = &t.floor {
+        let budget = voxide_nn::kernels::machine::machine().cache_budget();
         let verdict = match f.ratio {
             Some(ratio) => format!("{ratio:.2}x the floor"),
+            // A step that stays in the caches between tokens is not bounded by DRAM.
+            None if f.step_bytes <= budget => format!(
+                "below the DRAM floor: the step fits the caches ({:.0} MB of budget), no ratio reported",
+                budget as f64 / 1e6
+            ),
             None => "FASTER THAN THE FLOOR: a measurement error (the probe under-reads or the step's bytes are wrong), no ratio reported".into(),
         };
         println!(

@@ -591,6 +591,26 @@ impl Whisper {
         Ok(out)
     }
 
+    /// Bytes one decoder step reads: the head, each layer's self-attention projections,
+    /// cross-attention q and out projections and MLP, and the window's cross-attention K/V.
+    pub fn decoder_step_bytes(&self) -> usize {
+        let d = &self.decoder;
+        let layers: usize = d
+            .layers
+            .iter()
+            .map(|b| {
+                let cross = b.cross.as_ref().map_or(0, |(attn, _)| {
+                    let [q, _, _, o] = attn.projections();
+                    q.weight_bytes() + o.weight_bytes()
+                });
+                b.self_attn.weight_bytes() + cross + b.mlp.weight_bytes()
+            })
+            .sum();
+        let cfg = &self.config;
+        let cross_kv = d.layers.len() * 2 * cfg.max_source_positions * cfg.d_model;
+        d.head.weight_bytes() + layers + cross_kv * self.dtype.size_in_bytes()
+    }
+
     /// hidden (..., d) -> logits (..., vocab) through the tied token embedding.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(self.decoder.head.forward(hidden)?)
