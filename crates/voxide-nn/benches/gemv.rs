@@ -583,13 +583,13 @@ fn bench_quant(types: &[GgmlType]) {
     );
 }
 
-/// The block-quantized GEMV's arithmetic throughput: one thread, m = 1, a 256×1024 matrix
-/// that stays in L2, per type and instruction set.
+/// The block-quantized GEMV's arithmetic throughput: one thread, a 256×1024 matrix that
+/// stays in L2, per type, instruction set and row count of x (GB/s of weights per call).
 fn bench_quant_l2(types: &[GgmlType]) {
     let (n, k) = (256, 1024);
     let w: Vec<f32> = filled(n * k, |v| v);
-    let x: Vec<f32> = (0..k).map(value).collect();
-    let mut y = vec![0f32; n];
+    let x: Vec<f32> = (0..8 * k).map(value).collect();
+    let mut y = vec![0f32; 8 * n];
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -602,11 +602,14 @@ fn bench_quant_l2(types: &[GgmlType]) {
             .for_each(|(dst, src)| quantize_row(ty, src, dst));
         let qm = QuantMatrix::new(&q, ty, n, k).expect("sizes");
         for isa in Isa::available() {
-            report(
-                &format!("quant l2 1 thread {:5} {isa:?}", ty.name()),
-                q.len(),
-                pool.install(|| time(20, 500, || quant_gemv_on(isa, &x, &qm, None, &mut y, 1))),
-            );
+            for m in [1, 2, 4, 5, 8] {
+                let (x, y) = (&x[..m * k], &mut y[..m * n]);
+                report(
+                    &format!("quant l2 1 thread {:5} {isa:?} m={m}", ty.name()),
+                    q.len(),
+                    pool.install(|| time(20, 500, || quant_gemv_on(isa, x, &qm, None, y, m))),
+                );
+            }
         }
     }
 }
