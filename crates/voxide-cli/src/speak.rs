@@ -77,7 +77,8 @@ pub struct SpeakArgs {
     #[arg(long)]
     list_voices: bool,
     /// Weight precision of the talker and code predictor: auto (the checkpoint's), f32, f16,
-    /// bf16, or int8 (quantized per row at load).
+    /// bf16, int8 (a scale per row), or a ggml block type (q8_0, q5_1, q4_k, ...), quantized
+    /// at load.
     #[arg(long, default_value = "auto", value_parser = crate::transcribe::PRECISIONS)]
     precision: String,
     /// CPU threads (default: all cores).
