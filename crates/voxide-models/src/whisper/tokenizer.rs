@@ -350,11 +350,7 @@ impl Tokenizer {
     /// The BPE tokens' bytes by id (special tokens excluded), as whisper.cpp files store the
     /// vocabulary: the inverse of [`Tokenizer::from_token_bytes`].
     pub fn token_bytes(&self) -> Vec<Vec<u8>> {
-        let char_byte: HashMap<char, u8> = gpt2_byte_chars()
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
+        let char_byte = gpt2_char_bytes();
         if let Some(table) = &self.id_bytes {
             return table.clone();
         }
@@ -539,4 +535,13 @@ pub(crate) fn gpt2_byte_chars() -> [char; 256] {
         };
     }
     table
+}
+
+/// The inverse of [`gpt2_byte_chars`]: character → byte.
+pub(crate) fn gpt2_char_bytes() -> HashMap<char, u8> {
+    gpt2_byte_chars()
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect()
 }
