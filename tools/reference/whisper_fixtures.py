@@ -92,10 +92,15 @@ HF_NOTE = (
     "(first_mismatch_index indexes the generated tokens)."
 )
 
+# alignment_heads of generation_config.json: "default" writes openai-whisper's default list
+# (every head of the second half of the decoder), None writes none, a list writes itself.
 MODELS = [
-    dict(name="tiny-random", n_vocab=51865, n_mels=80, d=64, layers=2, heads=4, ffn=256, seed=1234),
-    dict(name="v3-random", n_vocab=51866, n_mels=128, d=32, layers=2, heads=2, ffn=128, seed=1235),
-    dict(name="en-random", n_vocab=51864, n_mels=80, d=32, layers=2, heads=2, ffn=128, seed=1236),
+    dict(name="tiny-random", n_vocab=51865, n_mels=80, d=64, layers=2, heads=4, ffn=256, seed=1234,
+         alignment_heads="default"),
+    dict(name="v3-random", n_vocab=51866, n_mels=128, d=32, layers=2, heads=2, ffn=128, seed=1235,
+         alignment_heads=[[0, 1], [1, 0]]),
+    dict(name="en-random", n_vocab=51864, n_mels=80, d=32, layers=2, heads=2, ffn=128, seed=1236,
+         alignment_heads=None),
 ]
 
 
@@ -190,15 +195,16 @@ def build_hf_tokenizer(tid, save_dir):
     return tok
 
 
-def generation_config_dict(tid, n_layers, n_heads):
+def generation_config_dict(tid, n_layers, n_heads, alignment_heads):
     if tid["multilingual"]:
         suppress = SUPPRESS_MULTI if tid["n_langs"] == 99 else SUPPRESS_V3
     else:
         suppress = SUPPRESS_EN
-    g = {
+    if alignment_heads == "default":
         # the real checkpoints' alignment heads index 4+ decoder layers; use openai-whisper's
         # default for unnamed models instead: all heads of the second half of the decoder
-        "alignment_heads": [[l, h] for l in range(n_layers // 2, n_layers) for h in range(n_heads)],
+        alignment_heads = [[l, h] for l in range(n_layers // 2, n_layers) for h in range(n_heads)]
+    g = {
         "begin_suppress_tokens": [220, tid["eot"]],
         "bos_token_id": tid["bos"],
         "decoder_start_token_id": tid["sot"],
@@ -212,6 +218,8 @@ def generation_config_dict(tid, n_layers, n_heads):
         "return_timestamps": False,
         "suppress_tokens": list(suppress),
     }
+    if alignment_heads is not None:
+        g["alignment_heads"] = alignment_heads
     if tid["multilingual"]:
         g["lang_to_id"] = {f"<|{code}|>": tid["first_lang"] + i
                            for i, code in enumerate(list(LANGUAGES)[: tid["n_langs"]])}
@@ -306,7 +314,10 @@ def run_transcribe(om, audio, **kw):
                  text=s["text"], tokens=[int(t) for t in s["tokens"]],
                  temperature=float(s["temperature"]), avg_logprob=float(s["avg_logprob"]),
                  compression_ratio=float(s["compression_ratio"]),
-                 no_speech_prob=float(s["no_speech_prob"])) for s in res["segments"]]
+                 no_speech_prob=float(s["no_speech_prob"]),
+                 **({"words": [dict(word=w["word"], start=float(w["start"]), end=float(w["end"]),
+                                    probability=float(w["probability"])) for w in s["words"]]}
+                    if "words" in s else {})) for s in res["segments"]]
     return dict(options=dict(temperature=0.0, fp16=False, **kw), n_windows=len(windows),
                 windows=windows, language=res["language"], text=res["text"], segments=segs)
 
@@ -323,7 +334,7 @@ def make_fixture(spec, out_root, audio, longform_audio):
     shutil.rmtree(model_dir, ignore_errors=True)
     os.makedirs(model_dir)
 
-    gen = generation_config_dict(tid, L, H)
+    gen = generation_config_dict(tid, L, H, spec["alignment_heads"])
     cfg = WhisperConfig(
         vocab_size=n_vocab, num_mel_bins=n_mels, d_model=d,
         encoder_layers=L, decoder_layers=L,

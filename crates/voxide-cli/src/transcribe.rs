@@ -10,7 +10,8 @@ use voxide_audio::{load_mono, AudioInput};
 use voxide_models::silero_vad::{detect_speech, SileroVad, SpeechChunks, VadParams, SAMPLE_RATE};
 use voxide_models::{Timings, Transcript};
 use voxide_runtime::{
-    load_transcriber, render, resolve_model, OutputFormat, TranscribeRequest, WeightFormat,
+    load_transcriber, render_with, resolve_model, OutputFormat, SubtitleOptions, TranscribeRequest,
+    WeightFormat,
 };
 
 /// Inputs longer than this get a progress bar.
@@ -34,6 +35,29 @@ pub struct TranscribeArgs {
     /// Decode text only, without segment timestamps.
     #[arg(long)]
     without_timestamps: bool,
+    /// Whisper: time every word (openai-whisper's `--word_timestamps`): verbose_json gets
+    /// `words`, subtitles can break lines and highlight words; windows seek to the last word.
+    #[arg(long)]
+    word_timestamps: bool,
+    /// With --word-timestamps: punctuation merged into the following word.
+    #[arg(long, value_name = "CHARS", requires = "word_timestamps")]
+    prepend_punctuations: Option<String>,
+    /// With --word-timestamps: punctuation merged into the preceding word.
+    #[arg(long, value_name = "CHARS", requires = "word_timestamps")]
+    append_punctuations: Option<String>,
+    /// Subtitles: at most N characters per line (needs --word-timestamps).
+    #[arg(long, value_name = "N", requires = "word_timestamps")]
+    max_line_width: Option<usize>,
+    /// Subtitles: at most N lines per cue (needs --word-timestamps).
+    #[arg(long, value_name = "N", requires = "word_timestamps")]
+    max_line_count: Option<usize>,
+    /// Subtitles: at most N words per line (needs --word-timestamps; ignored with
+    /// --max-line-width, as openai-whisper).
+    #[arg(long, value_name = "N", requires = "word_timestamps")]
+    max_words_per_line: Option<usize>,
+    /// Subtitles: underline each word as it is spoken (needs --word-timestamps).
+    #[arg(long, requires = "word_timestamps")]
+    highlight_words: bool,
     /// Transcribe only the speech Silero VAD finds (faster-whisper's `vad_filter`, its
     /// defaults: silences under 2 s kept, 400 ms padding); times stay those of the file.
     #[arg(long)]
@@ -115,6 +139,9 @@ impl TranscribeArgs {
             language: Some(self.language.clone()),
             translate: self.task == "translate",
             timestamps: !self.without_timestamps,
+            word_timestamps: self.word_timestamps,
+            prepend_punctuations: self.prepend_punctuations.clone(),
+            append_punctuations: self.append_punctuations.clone(),
             prompt: self.prompt.clone(),
             beam_size: self.beam_size,
             best_of: self.best_of,
@@ -131,6 +158,15 @@ impl TranscribeArgs {
             ignore_eot: false,
             delay_ms: self.delay_ms,
             kv_dtype: Some(kv_precision(&self.kv_precision)),
+        }
+    }
+
+    fn subtitles(&self) -> SubtitleOptions {
+        SubtitleOptions {
+            max_line_width: self.max_line_width,
+            max_line_count: self.max_line_count,
+            max_words_per_line: self.max_words_per_line,
+            highlight_words: self.highlight_words,
         }
     }
 }
@@ -242,6 +278,10 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             for segment in &mut transcript.segments {
                 segment.start = chunks.original_time(segment.start, false);
                 segment.end = chunks.original_time(segment.end, true);
+                for word in segment.words.iter_mut().flatten() {
+                    word.start = chunks.original_time(word.start, false);
+                    word.end = chunks.original_time(word.end, true);
+                }
             }
             transcript.duration = duration;
         }
@@ -249,7 +289,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        let text = render(&transcript, args.format, task);
+        let text = render_with(&transcript, args.format, task, &args.subtitles());
         match &args.output_dir {
             Some(dir) => {
                 let stem = match input {

@@ -114,6 +114,74 @@ fn verbose_json_token_ids_equal_the_reference() {
     }
 }
 
+/// The word-timestamp acceptance command: `--word-timestamps --format verbose_json` gives
+/// openai-whisper's words (tools/reference/whisper_word_fixtures.py) in each segment and all of
+/// them, trimmed, in the top-level `words`; the subtitle options need the flag.
+#[test]
+fn word_timestamps_equal_the_reference() {
+    let out = voxide(&[
+        "transcribe",
+        "--model",
+        s(&tiny()),
+        "--word-timestamps",
+        "--format",
+        "verbose_json",
+        s(&jfk()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.words.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let want = reference["jfk"]["segments"].as_array().unwrap();
+    let segments = got["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), want.len());
+    let mut all = Vec::new();
+    for (g, w) in segments.iter().zip(want) {
+        let (gw, ww) = (
+            g["words"].as_array().unwrap(),
+            w["words"].as_array().unwrap(),
+        );
+        assert_eq!(gw.len(), ww.len(), "words of segment {}", g["id"]);
+        for (a, b) in gw.iter().zip(ww) {
+            assert_eq!(a["word"], b["word"]);
+            for key in ["start", "end"] {
+                let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 0.01 + 1e-9,
+                    "{}: {key} {x} vs {y}",
+                    a["word"]
+                );
+            }
+            all.push(b["word"].as_str().unwrap().trim().to_string());
+        }
+    }
+    assert!(!all.is_empty(), "the reference has words");
+    let top: Vec<&str> = got["words"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["word"].as_str().unwrap())
+        .collect();
+    assert_eq!(top, all);
+    let usage = voxide(&[
+        "transcribe",
+        "--model",
+        s(&tiny()),
+        "--max-line-width",
+        "20",
+        s(&jfk()),
+    ]);
+    assert!(!usage.status.success());
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("--word-timestamps"));
+}
+
 #[test]
 fn every_format_is_written_to_the_output_dir() {
     let dir = tempfile::tempdir().unwrap();

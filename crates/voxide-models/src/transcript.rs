@@ -35,6 +35,23 @@ pub struct Segment {
     pub compression_ratio: f32,
     /// Probability that the window holds no speech.
     pub no_speech_prob: f32,
+    /// The segment's words with their times, when word timestamps were asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub words: Option<Vec<Word>>,
+}
+
+/// One word and when it was spoken (openai-whisper's `word_timestamps=True`): the text keeps
+/// its leading space and attached punctuation, as openai-whisper returns it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Word {
+    /// Text of the word.
+    pub word: String,
+    /// Start, seconds.
+    pub start: f64,
+    /// End, seconds.
+    pub end: f64,
+    /// Mean probability of the word's tokens.
+    pub probability: f64,
 }
 
 /// The result of transcribing one input.
@@ -71,6 +88,10 @@ pub struct Timings {
     pub steps_ms: f64,
     /// Number of steps.
     pub steps: usize,
+    /// Word alignment: the teacher-forced pass over each window's text and the time warping.
+    pub alignment_ms: f64,
+    /// Number of windows aligned.
+    pub alignments: usize,
     /// From the start of the transcription to its first sampled token.
     pub first_token_ms: Option<f64>,
 }

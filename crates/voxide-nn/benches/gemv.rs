@@ -17,9 +17,10 @@ use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::convert::{quantize_int8, to_f32};
 use voxide_nn::kernels::gemv::{gemv, gemv_on, WeightMatrix};
 use voxide_nn::kernels::ops::WidenToF32;
-use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, QuantMatrix};
+use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, quant_matmul, QuantMatrix};
 use voxide_nn::kernels::simd::{Isa, WeightElem};
 use voxide_nn::kernels::small_m::{matmul_small, matmul_small_on};
+use voxide_nn::kernels::widen_gemm::matmul_widened;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::quant::{quantize_row, GgmlType};
 use voxide_nn::Linear;
@@ -583,6 +584,43 @@ fn bench_quant(types: &[GgmlType]) {
     );
 }
 
+/// The block-quantized GEMM at Whisper encoder shapes (m = 1500: one window; tiny, base and
+/// small widths): the integer kernels against dequantized blocks + f32 GEMM, in GFLOP/s.
+fn bench_quant_encoder(types: &[GgmlType]) {
+    for &(n, k) in &[
+        (384usize, 384usize),
+        (1536, 384),
+        (512, 512),
+        (2048, 512),
+        (768, 3072),
+    ] {
+        let m = 1500;
+        let w: Vec<f32> = filled(n * k, |v| v);
+        let x: Vec<f32> = (0..m * k).map(value).collect();
+        let mut y = vec![0f32; m * n];
+        let flops = 2.0 * (m * n * k) as f64;
+        let reps = (2e10 / flops).clamp(5.0, 50.0) as usize;
+        for &ty in types {
+            let rb = ty.row_bytes(k).expect("whole blocks");
+            let mut q = vec![0u8; n * rb];
+            q.par_chunks_mut(rb)
+                .zip(w.par_chunks(k))
+                .for_each(|(dst, src)| quantize_row(ty, src, dst));
+            let qm = QuantMatrix::new(&q, ty, n, k).expect("sizes");
+            let int = time(2, reps, || quant_matmul(&x, &qm, None, &mut y, m));
+            let wide = time(2, reps, || matmul_widened(&x, &qm, None, &mut y, m));
+            println!(
+                "quant {:5} {n:5}x{k:<5} m={m}: integer {:7.2} ms ({:5.1} GFLOP/s), widened f32 {:7.2} ms ({:5.1} GFLOP/s)",
+                ty.name(),
+                int.0 * 1e3,
+                flops / int.0 / 1e9,
+                wide.0 * 1e3,
+                flops / wide.0 / 1e9
+            );
+        }
+    }
+}
+
 /// The block-quantized GEMV's arithmetic throughput: one thread, a 256×1024 matrix that
 /// stays in L2, per type, instruction set and row count of x (GB/s of weights per call).
 fn bench_quant_l2(types: &[GgmlType]) {
@@ -709,6 +747,9 @@ fn main() -> candle_core::Result<()> {
     }
     if on("quant") {
         bench_quant(&types);
+    }
+    if on("quant-encoder") {
+        bench_quant_encoder(&types);
     }
     if on("quant-l2") {
         bench_quant_l2(&types);

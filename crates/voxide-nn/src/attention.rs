@@ -195,6 +195,31 @@ impl Attention {
         self.o.forward(&out)
     }
 
+    /// Cross-attention scores before the softmax, q·k / √head_dim, of the query heads `heads`
+    /// for x (1, t, dim) over `kv`: (heads.len(), t, source_len), f32. What word-level
+    /// alignment reads from a model's alignment heads; not on any decoding path.
+    pub fn cross_scores(&self, x: &Tensor, kv: &CrossKv, heads: &[usize]) -> Result<Tensor> {
+        // The queries carry the softmax scale (see `load`).
+        let q = self.heads(&self.q.forward(x)?, self.n_heads)?.squeeze(0)?;
+        let rep = self.n_heads / self.n_kv_heads;
+        let kv_heads: Vec<u32> = heads.iter().map(|&h| (h / rep) as u32).collect();
+        let kv_heads = Tensor::new(kv_heads.as_slice(), x.device())?;
+        let heads = Tensor::new(
+            heads
+                .iter()
+                .map(|&h| h as u32)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            x.device(),
+        )?;
+        let q = q.index_select(&heads, 0)?.to_dtype(DType::F32)?;
+        let k =
+            kv.k.squeeze(0)?
+                .index_select(&kv_heads, 0)?
+                .to_dtype(DType::F32)?;
+        q.matmul(&k.transpose(1, 2)?)
+    }
+
     /// (batch, t, heads * head_dim) -> (batch, heads, t, head_dim), contiguous.
     fn heads(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;

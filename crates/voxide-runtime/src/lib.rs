@@ -8,7 +8,7 @@ pub mod resolve;
 pub mod transcriber;
 
 pub use error::{Error, Result};
-pub use format::{render, OutputFormat};
+pub use format::{render, render_with, OutputFormat, SubtitleOptions};
 pub use resolve::{resolve_model, ModelSource};
 pub use transcriber::{
     load_streaming, load_transcriber, load_voxtral, SpeechStream, TranscribeRequest, Transcriber,

@@ -21,6 +21,13 @@ pub struct TranscribeRequest {
     pub translate: bool,
     /// Produce segment timestamps.
     pub timestamps: bool,
+    /// Time every word (Whisper; openai-whisper's `word_timestamps`).
+    pub word_timestamps: bool,
+    /// With word timestamps: punctuation merged into the following word (default
+    /// openai-whisper's).
+    pub prepend_punctuations: Option<String>,
+    /// With word timestamps: punctuation merged into the preceding word.
+    pub append_punctuations: Option<String>,
     /// Initial prompt (vocabulary, spelling, style).
     pub prompt: Option<String>,
     /// Beam search width at temperature 0 (`None` = greedy).
@@ -62,6 +69,9 @@ impl Default for TranscribeRequest {
             language: None,
             translate: false,
             timestamps: true,
+            word_timestamps: false,
+            prepend_punctuations: None,
+            append_punctuations: None,
             prompt: None,
             beam_size: None,
             best_of: None,
@@ -211,7 +221,7 @@ impl Transcriber for WhisperPipeline {
                 "temperatures must lie in [0, 1]".into(),
             ));
         }
-        let opts = TranscribeOptions {
+        let mut opts = TranscribeOptions {
             decode: DecodingOptions {
                 task: if request.translate {
                     Task::Translate
@@ -235,7 +245,15 @@ impl Transcriber for WhisperPipeline {
             no_speech_threshold: request.no_speech_threshold,
             condition_on_previous_text: request.condition_on_previous_text,
             initial_prompt: request.prompt.clone(),
+            word_timestamps: request.word_timestamps,
+            ..TranscribeOptions::default()
         };
+        if let Some(p) = &request.prepend_punctuations {
+            opts.prepend_punctuations = p.clone();
+        }
+        if let Some(p) = &request.append_punctuations {
+            opts.append_punctuations = p.clone();
+        }
         Ok(WhisperPipeline::transcribe(self, samples, &opts, progress)?)
     }
 }
@@ -258,6 +276,9 @@ impl Transcriber for VoxtralRealtime {
         };
         if request.translate {
             return unsupported("translation");
+        }
+        if request.word_timestamps {
+            return unsupported("word timestamps (Whisper models do)");
         }
         if request.prompt.is_some() {
             return unsupported("prompts");
@@ -318,6 +339,9 @@ impl Transcriber for Voxtral {
         };
         if request.prompt.is_some() {
             return unsupported("prompts (ask it questions with `voxide ask`)");
+        }
+        if request.word_timestamps {
+            return unsupported("word timestamps (Whisper models do)");
         }
         if request.beam_size.is_some() || request.best_of.is_some() {
             return unsupported("beam search or best-of sampling");

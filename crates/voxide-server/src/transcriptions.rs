@@ -403,20 +403,24 @@ fn options(form: &Form, translate: bool) -> Result<Options, ApiError> {
                 )
             })?,
     };
+    let mut word_timestamps = false;
     for granularity in &form.timestamp_granularities {
         match granularity.as_str() {
             "segment" => {}
-            "word" => return Err(ApiError::invalid_param(
-                "timestamp_granularities",
-                "word timestamps are not supported yet; ask for timestamp_granularities[]=segment",
-            )),
+            "word" => word_timestamps = true,
             other => {
                 return Err(ApiError::invalid_param(
                     "timestamp_granularities",
-                    format!("unknown timestamp granularity {other:?}; use segment"),
+                    format!("unknown timestamp granularity {other:?}; use segment or word"),
                 ))
             }
         }
+    }
+    if word_timestamps && format != OutputFormat::VerboseJson {
+        return Err(ApiError::invalid_param(
+            "timestamp_granularities",
+            "word timestamps come in verbose_json: set response_format=verbose_json",
+        ));
     }
     let stream = match form.stream.as_deref() {
         None | Some("") => false,
@@ -445,6 +449,7 @@ fn options(form: &Form, translate: bool) -> Result<Options, ApiError> {
         translate,
         prompt: form.prompt.clone().filter(|p| !p.is_empty()),
         temperature,
+        word_timestamps,
         // As `voxide transcribe` (its --kv-precision default).
         kv_dtype: Some(candle_core::DType::F32),
         ..TranscribeRequest::default()

@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// Do not prompt each window with the previous text (whisper.cpp's `no_context`).
     #[arg(long)]
     no_condition_on_previous_text: bool,
+    /// Whisper: also time every word, and report what the alignment adds per window.
+    #[arg(long)]
+    word_timestamps: bool,
     /// Write the report as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -140,6 +143,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         max_new_tokens: args.fixed_steps,
         ignore_eot: args.fixed_steps.is_some(),
         timestamps: !args.without_timestamps,
+        word_timestamps: args.word_timestamps,
         condition_on_previous_text: !args.no_condition_on_previous_text,
         ..Default::default()
     };
@@ -178,6 +182,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 steps: t.steps,
                 steps_ms: t.steps_ms,
                 first_token_ms: t.first_token_ms.unwrap_or(0.0),
+                alignment_ms: t.alignment_ms,
+                alignments: t.alignments,
             };
             if i >= args.warmup {
                 runs.push(run);
@@ -336,6 +342,18 @@ fn print_table(r: &Report) {
             "",
             "",
             format!("{:.2}..{:.2}", f.ms_per_step.min, f.ms_per_step.max)
+        );
+    }
+    for f in r.files.iter().filter(|f| f.alignments > 0.0) {
+        let decode_ms = f.prefill_ms.median + f.steps_ms.median;
+        println!(
+            "{}: word timestamps add {:.1} ms per window ({:.0} windows): {:.1} % of the windows' decoding (prefill + steps {:.0} ms), {:.1} % with the encoder",
+            f.name,
+            f.alignment_ms.median / f.alignments,
+            f.alignments,
+            100.0 * f.alignment_ms.median / decode_ms.max(1e-9),
+            decode_ms,
+            100.0 * f.alignment_ms.median / (decode_ms + f.encoder_ms.median).max(1e-9),
         );
     }
     let t = &r.totals;

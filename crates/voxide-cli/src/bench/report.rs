@@ -53,6 +53,10 @@ pub struct Run {
     pub steps_ms: f64,
     /// Start to first sampled token, ms.
     pub first_token_ms: f64,
+    /// Word alignment, ms (with --word-timestamps).
+    pub alignment_ms: f64,
+    /// Windows aligned.
+    pub alignments: usize,
 }
 
 /// Per-input results.
@@ -84,6 +88,12 @@ pub struct FileReport {
     pub first_token_ms: Stat,
     /// Peak resident memory of the process while this input ran, MB.
     pub peak_rss_mb: f64,
+    /// Word alignment, ms (zero without --word-timestamps).
+    #[serde(default)]
+    pub alignment_ms: Stat,
+    /// Windows aligned per run (median).
+    #[serde(default)]
+    pub alignments: f64,
 }
 
 impl FileReport {
@@ -117,6 +127,8 @@ impl FileReport {
             }),
             first_token_ms: stat(&|r| r.first_token_ms),
             peak_rss_mb,
+            alignment_ms: stat(&|r| r.alignment_ms),
+            alignments: stat(&|r| r.alignments as f64).median,
         }
     }
 }

@@ -352,6 +352,7 @@ impl Voxtral {
                 avg_logprob: 0.0,
                 compression_ratio: 0.0,
                 no_speech_prob: 0.0,
+                words: None,
             }]
         };
         Ok((

@@ -206,6 +206,7 @@ impl VoxtralRealtime {
                         avg_logprob: 0.0,
                         compression_ratio: 0.0,
                         no_speech_prob: 0.0,
+                        words: None,
                     });
                 }
             }

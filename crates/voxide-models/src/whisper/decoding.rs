@@ -3,6 +3,7 @@
 //! suppress tokens, timestamp rules), greedy / sampled / beam search, and ranking.
 
 use super::model::{DecoderState, Whisper};
+use super::timing::{self, Matrix, WordTiming, MEDIAN_FILTER_WIDTH};
 use super::tokenizer::{SpecialTokens, Tokenizer};
 use crate::error::{Error, Result};
 use candle_core::{IndexOp, Tensor};
@@ -484,6 +485,68 @@ impl<'a> WindowDecoder<'a> {
             tokens.extend_from_slice(&opts.prefix[start..]);
         }
         Ok(tokens)
+    }
+
+    /// Word timings of `text_tokens` in the current window, as openai-whisper's
+    /// `find_alignment`: one teacher-forced pass over `sot sequence, <|notimestamps|>, text,
+    /// <|endoftext|>` (no previous-text prompt) keeps the cross-attention scores of `heads`
+    /// ([layer, head]) over the first `frames / 2` audio positions (`frames`: mel frames of the
+    /// window's content) and each text token's probability; see [`super::timing`].
+    pub fn align(
+        &mut self,
+        text_tokens: &[u32],
+        language: &str,
+        task: Task,
+        frames: usize,
+        heads: &[[usize; 2]],
+    ) -> Result<Vec<WordTiming>> {
+        if text_tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = *self.rules.special();
+        let opts = DecodingOptions {
+            task,
+            without_timestamps: true,
+            ..DecodingOptions::default()
+        };
+        let mut tokens = self.initial_tokens(&opts, language)?;
+        // The row of <|notimestamps|>, which predicts the first text token.
+        let first_row = tokens.len() - 1;
+        tokens.extend_from_slice(text_tokens);
+        tokens.push(s.eot);
+        let model = self.model;
+        let state = state_for(&mut self.states, model, self.audio.as_ref(), 1)?;
+        let input = Tensor::new(tokens.as_slice(), model.device())?.unsqueeze(0)?;
+        let (hidden, scores) = model.decode_with_cross_scores(&input, state, heads)?;
+
+        // Probability of each text token among the text tokens (openai: logits[:, :eot]).
+        let rows = hidden.narrow(1, first_row, text_tokens.len())?;
+        let logits = model.logits(&rows)?.squeeze(0)?.to_vec2::<f32>()?;
+        let probs: Vec<f32> = logits
+            .iter()
+            .zip(text_tokens)
+            .map(|(row, &t)| {
+                let text = &row[..s.eot as usize];
+                let max = text.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = text.iter().map(|&l| ((l - max) as f64).exp()).sum();
+                (((row[t as usize] - max) as f64).exp() / sum) as f32
+            })
+            .collect();
+
+        let heads: Vec<Matrix> = scores
+            .to_vec3::<f32>()?
+            .into_iter()
+            .map(|rows| Matrix {
+                rows: rows.len(),
+                cols: rows.first().map_or(0, Vec::len),
+                data: rows.concat(),
+            })
+            .collect();
+        let cost = timing::alignment_cost(&heads, frames / 2, first_row, MEDIAN_FILTER_WIDTH);
+        let mut with_eot = text_tokens.to_vec();
+        with_eot.push(s.eot);
+        let words = self.tokenizer.split_to_word_tokens(&with_eot, language);
+        Ok(timing::words_from_cost(&cost, words, &probs))
     }
 
     /// Decodes the current window with `opts`; `language` must be resolved.

@@ -3,13 +3,14 @@
 //! Pipeline: log-mel (voxide-audio) → [`model::Encoder`] → [`model::Decoder`] with a preallocated
 //! self-attention cache and per-window cross-attention K/V → [`decoding`] (openai-whisper's
 //! logit rules, greedy and beam search) → [`transcribe`] (30 s windows, seek on timestamps,
-//! temperature fallback) → [`tokenizer`].
+//! temperature fallback) → [`tokenizer`]; [`timing`] aligns words to the audio.
 
 pub mod config;
 pub mod convert;
 pub mod decoding;
 pub mod ggml;
 pub mod model;
+pub mod timing;
 pub mod tokenizer;
 pub mod transcribe;
 

@@ -84,22 +84,28 @@ impl Block {
     }
 
     /// x (batch, t, d) -> (batch, t, d). Decoder blocks attend causally through their cache and
-    /// then over `audio`.
+    /// then over `audio`; with `cross_heads`, they also return those heads' cross-attention
+    /// scores (see [`Attention::cross_scores`]).
     fn forward(
         &self,
         x: &Tensor,
         source: KvSource<'_>,
         audio: Option<&CrossKv>,
-    ) -> candle_core::Result<Tensor> {
+        cross_heads: &[usize],
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let causal = matches!(source, KvSource::Cached(_));
         let h = self.self_attn_layer_norm.forward(x)?;
         let mut x = (x + self.self_attn.forward(&h, source, causal, None)?)?;
+        let mut scores = None;
         if let (Some((attn, norm)), Some(audio)) = (&self.cross, audio) {
             let h = norm.forward(&x)?;
+            if !cross_heads.is_empty() {
+                scores = Some(attn.cross_scores(&h, audio, cross_heads)?);
+            }
             x = (&x + attn.forward(&h, KvSource::Cross(audio), false, None)?)?;
         }
         let h = self.final_layer_norm.forward(&x)?;
-        x + self.mlp.forward(&h)?
+        Ok(((&x + self.mlp.forward(&h)?)?, scores))
     }
 }
 
@@ -218,7 +224,7 @@ impl Encoder {
             if keep_all {
                 hidden_states.push(x.clone());
             }
-            x = layer.forward(&x, KvSource::Own, None)?;
+            x = layer.forward(&x, KvSource::Own, None, &[])?.0;
         }
         hidden_states.push(self.layer_norm.forward(&x)?);
         Ok(EncoderTrace {
@@ -552,8 +558,46 @@ impl Whisper {
         &self,
         tokens: &Tensor,
         state: &mut DecoderState,
-        mut trace: Option<&mut Vec<Tensor>>,
+        trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
+        Ok(self.run_decoder(tokens, state, trace, &[])?.0)
+    }
+
+    /// Like [`Self::decode`] for one row, and also returns the cross-attention scores of the
+    /// `heads` ([layer, head] pairs) before their softmax: (heads.len(), t, 1500). Word-level
+    /// timestamps read them (openai-whisper's `find_alignment`).
+    pub fn decode_with_cross_scores(
+        &self,
+        tokens: &Tensor,
+        state: &mut DecoderState,
+        heads: &[[usize; 2]],
+    ) -> Result<(Tensor, Tensor)> {
+        let (hidden, scores) = self.run_decoder(tokens, state, None, heads)?;
+        let scores = heads
+            .iter()
+            .map(|&[layer, head]| {
+                // Each layer's scores hold its requested heads in the order asked.
+                let in_layer = heads[..]
+                    .iter()
+                    .filter(|h| h[0] == layer)
+                    .position(|h| h[1] == head)
+                    .expect("a requested head");
+                scores[layer]
+                    .as_ref()
+                    .expect("scores of a requested layer")
+                    .get(in_layer)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok((hidden, Tensor::stack(&scores, 0)?))
+    }
+
+    fn run_decoder(
+        &self,
+        tokens: &Tensor,
+        state: &mut DecoderState,
+        mut trace: Option<&mut Vec<Tensor>>,
+        cross_heads: &[[usize; 2]],
+    ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
         let (_, t) = tokens.dims2()?;
         let position = state.position();
         if position + t > self.config.max_target_positions {
@@ -574,21 +618,30 @@ impl Whisper {
             self.config.d_model,
         ))?;
         let mut x = tok.broadcast_add(&d.embed_positions.narrow(0, position, t)?)?;
+        let mut scores = Vec::with_capacity(d.layers.len());
         for (i, layer) in d.layers.iter().enumerate() {
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push(x.clone());
             }
-            x = layer.forward(
+            let heads: Vec<usize> = cross_heads
+                .iter()
+                .filter(|h| h[0] == i)
+                .map(|h| h[1])
+                .collect();
+            let (out, layer_scores) = layer.forward(
                 &x,
                 KvSource::Cached(&mut state.caches[i]),
                 Some(&state.cross[i]),
+                &heads,
             )?;
+            x = out;
+            scores.push(layer_scores);
         }
         let out = d.layer_norm.forward(&x)?;
         if let Some(trace) = trace {
             trace.push(out.clone());
         }
-        Ok(out)
+        Ok((out, scores))
     }
 
     /// Bytes one decoder step reads: the head, each layer's self-attention projections,

@@ -422,6 +422,78 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// The bytes of `ids`, special and timestamp tokens written by name (openai-whisper's
+    /// `decode_with_timestamps` before its UTF-8 decoding).
+    fn bytes_with_specials(&self, ids: &[u32], char_byte: &HashMap<char, u8>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &t in ids {
+            if t >= self.special.eot {
+                out.extend_from_slice(self.special_name(t).as_bytes());
+            } else if let Some(table) = &self.id_bytes {
+                out.extend_from_slice(table.get(t as usize).map_or(&[][..], Vec::as_slice));
+            } else if let Some(piece) = self.bpe.id_to_token(t) {
+                for c in piece.chars() {
+                    match char_byte.get(&c) {
+                        Some(&b) => out.push(b),
+                        None => out.extend_from_slice(c.to_string().as_bytes()),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Splits tokens into words as openai-whisper's `split_to_word_tokens`: at every token
+    /// that completes valid UTF-8 for languages written without spaces (zh, ja, th, lo, my,
+    /// yue), else at leading spaces, punctuation and special tokens. Returns (word, tokens).
+    pub fn split_to_word_tokens(&self, tokens: &[u32], language: &str) -> Vec<(String, Vec<u32>)> {
+        let subwords = self.split_tokens_on_unicode(tokens);
+        if ["zh", "ja", "th", "lo", "my", "yue"].contains(&language) {
+            return subwords;
+        }
+        let mut words: Vec<(String, Vec<u32>)> = Vec::new();
+        for (subword, subword_tokens) in subwords {
+            let special = subword_tokens[0] >= self.special.eot;
+            let with_space = subword.starts_with(' ');
+            // Python's `subword.strip() in string.punctuation` is a substring test.
+            let punctuation = PUNCTUATION.contains(subword.trim());
+            match words.last_mut() {
+                Some((word, word_tokens)) if !(special || with_space || punctuation) => {
+                    word.push_str(&subword);
+                    word_tokens.extend(subword_tokens);
+                }
+                _ => words.push((subword, subword_tokens)),
+            }
+        }
+        words
+    }
+
+    /// openai-whisper's `split_tokens_on_unicode`: a token ends a piece when the text so far
+    /// decodes without U+FFFD, or when its U+FFFD is one of the full text's own.
+    fn split_tokens_on_unicode(&self, tokens: &[u32]) -> Vec<(String, Vec<u32>)> {
+        let char_byte = gpt2_char_bytes();
+        let decode = |ids: &[u32]| {
+            String::from_utf8_lossy(&self.bytes_with_specials(ids, &char_byte)).into_owned()
+        };
+        let full: Vec<char> = decode(tokens).chars().collect();
+        let mut pieces = Vec::new();
+        let mut current = Vec::new();
+        let mut offset = 0;
+        for &t in tokens {
+            current.push(t);
+            let decoded = decode(&current);
+            let complete = match decoded.chars().position(|c| c == '\u{fffd}') {
+                None => true,
+                Some(i) => full.get(offset + i) == Some(&'\u{fffd}'),
+            };
+            if complete {
+                offset += decoded.chars().count();
+                pieces.push((decoded, std::mem::take(&mut current)));
+            }
+        }
+        pieces
+    }
+
     /// Name of a special token as openai-whisper writes it.
     pub fn special_name(&self, t: u32) -> String {
         let s = &self.special;
@@ -485,6 +557,9 @@ impl Tokenizer {
 
 /// openai-whisper's non-speech tokens of the multilingual vocabulary (v1–v3), as its
 /// `non_speech_tokens` derives them (checked against the reference in the tests).
+/// Python's `string.punctuation`.
+const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+
 const NON_SPEECH_MULTILINGUAL: [u32; 82] = [
     1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60, 61, 62, 63, 90, 91, 92, 93, 359,
     503, 522, 542, 873, 893, 902, 918, 922, 931, 1350, 1853, 1982, 2460, 2627, 3246, 3253, 3268,

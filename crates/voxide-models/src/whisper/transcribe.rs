@@ -7,6 +7,7 @@ use super::config::GenerationConfig;
 use super::decoding::{DecodingOptions, DecodingResult, LogitRules, WindowDecoder};
 use super::ggml::ModelFile;
 use super::model::Whisper;
+use super::timing::{self, TimedSegment, APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS};
 use super::tokenizer::Tokenizer;
 use super::{HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
 use crate::error::{Error, Result};
@@ -35,6 +36,12 @@ pub struct TranscribeOptions {
     pub condition_on_previous_text: bool,
     /// Text placed before the first window's tokens (spelling, style, vocabulary hints).
     pub initial_prompt: Option<String>,
+    /// Time every word ([`super::timing`]); windows then seek to the last word's end.
+    pub word_timestamps: bool,
+    /// With word timestamps: punctuation merged into the following word.
+    pub prepend_punctuations: String,
+    /// With word timestamps: punctuation merged into the preceding word.
+    pub append_punctuations: String,
 }
 
 impl Default for TranscribeOptions {
@@ -47,6 +54,9 @@ impl Default for TranscribeOptions {
             no_speech_threshold: Some(0.6),
             condition_on_previous_text: true,
             initial_prompt: None,
+            word_timestamps: false,
+            prepend_punctuations: PREPEND_PUNCTUATIONS.into(),
+            append_punctuations: APPEND_PUNCTUATIONS.into(),
         }
     }
 }
@@ -58,6 +68,8 @@ pub struct WhisperPipeline {
     tokenizer: Tokenizer,
     rules: LogitRules,
     mel: WhisperMel,
+    /// [layer, head] pairs whose cross-attention follows the audio (word timestamps).
+    alignment_heads: Vec<[usize; 2]>,
 }
 
 impl WhisperPipeline {
@@ -87,13 +99,20 @@ impl WhisperPipeline {
         let model = Whisper::from_ggml(&file, device, precision)?;
         let n_vocab = model.config().vocab_size;
         // whisper.cpp's vocabularies are lossy (see from_token_bytes): a Hugging Face
-        // tokenizer beside the file is exact.
+        // tokenizer beside the file is exact, and a generation_config.json there names the
+        // alignment heads.
         let dir = path.parent().unwrap_or(Path::new("."));
         let tokenizer = match Tokenizer::from_dir(dir, n_vocab) {
             Ok(exact) => exact,
             Err(_) => Tokenizer::from_token_bytes(file.vocab(), n_vocab, path)?,
         };
-        Self::new(model, tokenizer, &GenerationConfig::default())
+        let gen_path = dir.join("generation_config.json");
+        let generation = if gen_path.is_file() {
+            GenerationConfig::from_file(&gen_path)?
+        } else {
+            GenerationConfig::default()
+        };
+        Self::new(model, tokenizer, &generation)
     }
 
     fn new(model: Whisper, tokenizer: Tokenizer, generation: &GenerationConfig) -> Result<Self> {
@@ -111,11 +130,29 @@ impl WhisperPipeline {
             .cloned();
         let rules = LogitRules::new(&model, &tokenizer, &suppress, begin.as_deref())?;
         let mel = WhisperMel::new(cfg.num_mel_bins);
+        // openai-whisper's default without a list: every head of the second half of the
+        // decoder layers.
+        let (layers, heads) = (cfg.decoder_layers, cfg.decoder_attention_heads);
+        let alignment_heads = match &generation.alignment_heads {
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|[l, h]| *l >= layers || *h >= heads) {
+                    return Err(Error::InvalidRequest(format!(
+                        "generation_config.json: alignment head {bad:?} is outside the decoder \
+                         ({layers} layers of {heads} heads)"
+                    )));
+                }
+                list.clone()
+            }
+            None => (layers / 2..layers)
+                .flat_map(|l| (0..heads).map(move |h| [l, h]))
+                .collect(),
+        };
         Ok(Self {
             model,
             tokenizer,
             rules,
             mel,
+            alignment_heads,
         })
     }
 
@@ -127,6 +164,11 @@ impl WhisperPipeline {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The [layer, head] pairs word timestamps align with.
+    pub fn alignment_heads(&self) -> &[[usize; 2]] {
+        &self.alignment_heads
     }
 
     /// The logit rules (suppress lists and special tokens).
@@ -214,6 +256,7 @@ impl WhisperPipeline {
         let mut segments: Vec<Segment> = Vec::new();
         let mut prompt_reset_since = 0;
         let mut seek = 0usize;
+        let mut last_speech_timestamp = 0.0;
         let input_stride = N_FRAMES / self.model.config().max_source_positions;
         let time_precision = (input_stride * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
 
@@ -273,7 +316,8 @@ impl WhisperPipeline {
             let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1];
             let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
             let ts_pos = |t: u32| (t - special.timestamp_begin) as f64;
-            let mut current: Vec<(f64, f64, &[u32])> = Vec::new();
+            // Each segment's span and all its tokens (timestamps included).
+            let mut spans: Vec<(f64, f64, &[u32])> = Vec::new();
             if !consecutive.is_empty() {
                 let mut slices = consecutive.clone();
                 if single_timestamp_ending {
@@ -285,7 +329,7 @@ impl WhisperPipeline {
                     let start = time_offset + ts_pos(part[0]) * time_precision;
                     let end =
                         time_offset + ts_pos(*part.last().expect("non-empty")) * time_precision;
-                    current.push((start, end, part));
+                    spans.push((start, end, part));
                     last_slice = slice;
                 }
                 if single_timestamp_ending {
@@ -301,29 +345,81 @@ impl WhisperPipeline {
                         duration = ts_pos(last) * time_precision;
                     }
                 }
-                current.push((time_offset, time_offset + duration, tokens));
+                spans.push((time_offset, time_offset + duration, tokens));
                 seek += segment_size;
             }
+            let (mut current, parts): (Vec<TimedSegment>, Vec<&[u32]>) = spans
+                .into_iter()
+                .map(|(start, end, part)| {
+                    let text_tokens = part.iter().copied().filter(|&t| t < special.eot).collect();
+                    let segment = TimedSegment {
+                        start,
+                        end,
+                        text_tokens,
+                        words: Vec::new(),
+                    };
+                    (segment, part)
+                })
+                .unzip();
 
-            for (start, end, part) in current {
+            if opts.word_timestamps {
+                let clock = Instant::now();
+                let _span = tracing::trace_span!("alignment").entered();
+                let text_tokens: Vec<u32> = current
+                    .iter()
+                    .flat_map(|s| s.text_tokens.iter().copied())
+                    .collect();
+                let alignment = decoder.align(
+                    &text_tokens,
+                    &language,
+                    opts.decode.task,
+                    segment_size,
+                    &self.alignment_heads,
+                )?;
+                timing::add_word_timestamps(
+                    &mut current,
+                    alignment,
+                    time_offset,
+                    last_speech_timestamp,
+                    &opts.prepend_punctuations,
+                    &opts.append_punctuations,
+                );
+                let last_word_end = timing::last_end(&current);
+                if let Some(end) = last_word_end.filter(|_| !single_timestamp_ending) {
+                    if end > time_offset {
+                        // Python's round(): halves to even.
+                        seek = (end * FRAMES_PER_SECOND).round_ties_even() as usize;
+                    }
+                }
+                if let Some(end) = last_word_end {
+                    last_speech_timestamp = end;
+                }
+                timings.alignment_ms += ms(clock);
+                timings.alignments += 1;
+            }
+
+            for (segment, part) in current.into_iter().zip(parts) {
                 let mut text = self.tokenizer.decode(part)?;
                 let mut part = part.to_vec();
-                if start == end || text.trim().is_empty() {
+                let mut words = opts.word_timestamps.then_some(segment.words);
+                if segment.start == segment.end || text.trim().is_empty() {
                     text.clear();
                     part.clear();
+                    words = words.map(|_| Vec::new());
                 }
                 all_tokens.extend_from_slice(&part);
                 segments.push(Segment {
                     id: segments.len(),
                     seek: window_seek,
-                    start,
-                    end,
+                    start: segment.start,
+                    end: segment.end,
                     text,
                     tokens: part,
                     temperature: result.temperature,
                     avg_logprob: result.avg_logprob,
                     compression_ratio: result.compression_ratio,
                     no_speech_prob: result.no_speech_prob,
+                    words,
                 });
             }
             if !opts.condition_on_previous_text || result.temperature > 0.5 {
@@ -394,6 +490,9 @@ impl WhisperPipeline {
         Ok(result.expect("at least one temperature"))
     }
 }
+
+/// Mel frames per second (openai-whisper's `FRAMES_PER_SECOND`).
+const FRAMES_PER_SECOND: f64 = (SAMPLE_RATE as usize / HOP_LENGTH) as f64;
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3

@@ -121,6 +121,17 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer `count` elements further (taking `self` whole keeps closures from capturing
+    /// the bare, non-`Send` pointer field).
+    ///
+    /// # Safety
+    /// The result must stay within the buffer.
+    pub(crate) unsafe fn add(self, count: usize) -> Self {
+        Self(self.0.add(count))
+    }
+}
+
 /// y (m × n) = x (m × k) · wᵀ (+ bias), on the best instruction set of this CPU.
 pub fn gemv<E: WeightElem>(
     x: &[f32],

@@ -9,6 +9,7 @@ pub mod fma_peak;
 pub mod gemv;
 pub mod machine;
 pub mod ops;
+pub mod quant_gemm;
 pub mod quant_matmul;
 pub mod simd;
 pub mod small_m;

@@ -9,7 +9,7 @@
 
 use super::gemv::{gemv, WeightMatrix, MAX_ROWS};
 use super::machine::Residency;
-use super::quant_matmul::{quant_gemv, QuantMatrix};
+use super::quant_matmul::{has_integer_path, quant_gemv, quant_matmul, QuantMatrix};
 use super::simd::WeightElem;
 use super::small_m::{matmul_small, small_m_max_rows};
 use super::widen_gemm::{matmul_widened, WidenRows};
@@ -252,7 +252,8 @@ fn quant_operand<'a>(
 }
 
 /// candle op: x (m, k) f32 × w (n, row bytes) U8 of ggml blocks of `ty` → (m, n) f32: the
-/// integer GEMV ([`quant_gemv`]) up to [`MAX_ROWS`], beyond a GEMM on blocks of dequantized
+/// integer GEMV ([`quant_gemv`]) up to [`MAX_ROWS`], beyond the integer GEMM
+/// ([`quant_matmul`]), or for types without integer kernels a GEMM on blocks of dequantized
 /// weight rows ([`matmul_widened`]). With a third operand, the F32 bias (n).
 #[derive(Clone, Copy, Debug)]
 pub struct QuantMatmul {
@@ -275,6 +276,8 @@ impl QuantMatmul {
         if m <= MAX_ROWS {
             let w = self.residency.map_or(w, |r| w.with_residency(r));
             quant_gemv(xs, &w, bias, &mut y, m)
+        } else if has_integer_path(self.ty) {
+            quant_matmul(xs, &w, bias, &mut y, m)
         } else {
             matmul_widened(xs, &w, bias, &mut y, m)
         }

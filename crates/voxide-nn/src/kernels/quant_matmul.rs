@@ -58,7 +58,7 @@ const GROUP_BYTES: usize = 64 << 10;
 const PREFETCH_BYTES: usize = 4096;
 
 /// Values per block of quantized x (and per integer dot product).
-const QX: usize = 32;
+pub(super) const QX: usize = 32;
 
 /// Weights per stack buffer of the dequantizing path: one k-quant block, eight 32-blocks.
 const DEQUANT_CHUNK: usize = 256;
@@ -231,17 +231,7 @@ fn gemv_path(
             r1,
             prefetch,
         };
-        match w.ty {
-            GgmlType::Q4_0 => rows_of::<fmt::Q4_0>(path, t),
-            GgmlType::Q4_1 => rows_of::<fmt::Q4_1>(path, t),
-            GgmlType::Q5_0 => rows_of::<fmt::Q5_0>(path, t),
-            GgmlType::Q5_1 => rows_of::<fmt::Q5_1>(path, t),
-            GgmlType::Q8_0 => rows_of::<fmt::Q8_0>(path, t),
-            GgmlType::Q4K => rows_of::<fmt::Q4K>(path, t),
-            GgmlType::Q5K => rows_of::<fmt::Q5K>(path, t),
-            GgmlType::Q6K => rows_of::<fmt::Q6K>(path, t),
-            _ => rows_dequantized(t),
-        }
+        rows_of_type(path, t)
     };
     if !runs_parallel(w.bytes(), machine().caches.l2_per_core) || rayon::current_num_threads() == 1
     {
@@ -251,6 +241,77 @@ fn gemv_path(
             .into_par_iter()
             .for_each(|t| task(t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n)));
     }
+}
+
+/// A task's output rows for its weight type.
+fn rows_of_type(path: Path, t: Task) {
+    match t.w.ty {
+        GgmlType::Q4_0 => rows_of::<fmt::Q4_0>(path, t),
+        GgmlType::Q4_1 => rows_of::<fmt::Q4_1>(path, t),
+        GgmlType::Q5_0 => rows_of::<fmt::Q5_0>(path, t),
+        GgmlType::Q5_1 => rows_of::<fmt::Q5_1>(path, t),
+        GgmlType::Q8_0 => rows_of::<fmt::Q8_0>(path, t),
+        GgmlType::Q4K => rows_of::<fmt::Q4K>(path, t),
+        GgmlType::Q5K => rows_of::<fmt::Q5K>(path, t),
+        GgmlType::Q6K => rows_of::<fmt::Q6K>(path, t),
+        _ => rows_dequantized(t),
+    }
+}
+
+/// x rows per parallel task of [`quant_matmul`].
+const MATMUL_ROWS_PER_TASK: usize = 32;
+
+/// y (m × n) = x (m × k) · wᵀ (+ bias) for any m, by the integer kernels (types with
+/// [`has_integer_path`]): x is quantized once; the threads take [`MATMUL_ROWS_PER_TASK`] rows
+/// of x each and walk the matrix in blocks of [`GROUP_BYTES`] of weight rows, every group of
+/// [`GROUP_ROWS`] rows of x meeting a block while it is in L1 / L2. The same technique as
+/// ggml's quantized `mul_mat` (activations to 8-bit blocks, integer dot products), without its
+/// repacked weight layouts.
+pub fn quant_matmul(x: &[f32], w: &QuantMatrix, bias: Option<&[f32]>, y: &mut [f32], m: usize) {
+    let path = Path::of(Isa::detect());
+    let (n, k) = (w.rows, w.cols);
+    assert!(has_integer_path(w.ty), "{} has no integer kernel", w.ty);
+    check_product(x, y, bias, m, n, k);
+    assert_eq!(
+        w.data.len(),
+        n * w.row_bytes(),
+        "{n} rows of {} bytes",
+        w.row_bytes()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let xq = path.run(QuantizeX { x, k });
+    let pairs = k.div_ceil(2 * QX);
+    let out = OutPtr(y.as_mut_ptr());
+    let block = (GROUP_BYTES / w.row_bytes().max(1)).max(1);
+    let task = |i0: usize| {
+        let rows = MATMUL_ROWS_PER_TASK.min(m - i0);
+        for r0 in (0..n).step_by(block) {
+            for g0 in (i0..i0 + rows).step_by(GROUP_ROWS) {
+                rows_of_type(
+                    path,
+                    Task {
+                        x: &x[g0 * k..],
+                        xq: &xq[g0 * pairs..],
+                        w: *w,
+                        bias,
+                        // SAFETY: row g0 of y (m × n) is in bounds; tasks own disjoint rows.
+                        y: unsafe { out.add(g0 * n) },
+                        m: GROUP_ROWS.min(i0 + rows - g0),
+                        r0,
+                        r1: (r0 + block).min(n),
+                        prefetch: Prefetch::None,
+                    },
+                );
+            }
+        }
+    };
+    (0..m)
+        .step_by(MATMUL_ROWS_PER_TASK)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .for_each(task);
 }
 
 /// What a task of output rows reads and writes.
@@ -839,7 +900,7 @@ fn rows_dequantized(t: Task) {
 /// vector operations of [`Simd`] serve the accumulators. Every function is `unsafe`: callers
 /// run inside the [`Path`]'s `#[target_feature]` entry, with pointers valid for what they
 /// read.
-trait Lanes {
+pub(super) trait Lanes {
     type S: Simd;
     /// Whether [`Simd::prefetch_stream`] / [`Simd::prefetch_keep`] of `S` do anything.
     const PREFETCHES: bool = true;
@@ -895,7 +956,7 @@ trait Lanes {
 
 /// Work generic over the integer instruction set, run by [`Path::run`] inside a function
 /// compiled for it (everything it calls must be `#[inline(always)]`).
-trait Job {
+pub(super) trait Job {
     type Out;
     /// # Safety
     /// The instruction set of `L` is available (the caller's `#[target_feature]`).
@@ -904,7 +965,7 @@ trait Job {
 
 /// An integer code path: an [`Isa`] refined by the integer extensions it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Path {
+pub(super) enum Path {
     Portable,
     /// AVX2 `vpmaddubsw` + `vpmaddwd`.
     Avx2,
@@ -961,7 +1022,7 @@ impl Path {
     }
 
     /// Runs `job` on this path (panics if this CPU lacks it).
-    fn run<J: Job>(self, job: J) -> J::Out {
+    pub(super) fn run<J: Job>(self, job: J) -> J::Out {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn avx2<J: Job>(job: J) -> J::Out {
@@ -1613,7 +1674,7 @@ impl<const DOTPROD: bool> Lanes for Arm<DOTPROD> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::gemv::tests::{check, data, reference};
     use crate::kernels::widen_gemm::matmul_widened;
@@ -1621,7 +1682,7 @@ mod tests {
 
     /// n × k weights quantized to `ty` by ggml's reference quantizer, and their exact values.
     /// Rows and blocks get different magnitudes, so that the scales differ.
-    fn quantized(ty: GgmlType, n: usize, k: usize, seed: u32) -> (Vec<u8>, Vec<f32>) {
+    pub(crate) fn quantized(ty: GgmlType, n: usize, k: usize, seed: u32) -> (Vec<u8>, Vec<f32>) {
         let mut w = data(n * k, seed);
         for (i, v) in w.iter_mut().enumerate() {
             *v *= 0.05 + ((i / 32) % 7) as f32 * 0.3 + (i / k % 3) as f32;
@@ -1646,7 +1707,7 @@ mod tests {
     ///
     /// against the exact product of x and the dequantized weights. Returns the largest error
     /// relative to Σ |x·w| (for the report).
-    fn check_bound(
+    pub(crate) fn check_bound(
         got: &[f32],
         want: &[f64],
         x: &[f32],

@@ -85,7 +85,7 @@ enum Work<'a> {
     /// A clip model: the audio, transcribed at the end.
     Clip {
         model: Arc<dyn Transcriber>,
-        request: TranscribeRequest,
+        request: Box<TranscribeRequest>,
         audio: Vec<f32>,
     },
     /// A streaming model: the text so far.
@@ -289,7 +289,7 @@ impl<'a> Session<'a> {
             },
             None => Work::Clip {
                 model: model.clone(),
-                request,
+                request: Box::new(request),
                 audio: Vec::new(),
             },
         })
@@ -446,7 +446,7 @@ struct Clip {
     /// Where the item ends on the session's timeline.
     end_ms: u64,
     model: Arc<dyn Transcriber>,
-    request: TranscribeRequest,
+    request: Box<TranscribeRequest>,
     audio: Vec<f32>,
 }
 

@@ -54,7 +54,12 @@ fn bad_uploads_and_parameters() {
     fails(
         post(&Form::jfk().field("timestamp_granularities[]", "word")),
         400,
-        "word timestamps are not supported",
+        "set response_format=verbose_json",
+    );
+    fails(
+        post(&Form::jfk().field("timestamp_granularities[]", "phoneme")),
+        400,
+        "unknown timestamp granularity",
     );
     fails(
         post(&Form::jfk().field("temperature", "hot")),

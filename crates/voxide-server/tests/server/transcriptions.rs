@@ -93,6 +93,44 @@ fn every_format_equals_the_cli_output() {
     assert_eq!(verbose["duration"], 11.0);
 }
 
+/// `timestamp_granularities[]=word` returns the words of `--word-timestamps`, per segment and
+/// in OpenAI's top-level `words`.
+#[test]
+fn word_granularity_returns_the_cli_words() {
+    let models = models();
+    let Engine::Transcriber(model) = &models.get("whisper-1").unwrap().engine else {
+        panic!("whisper-1 is a transcriber");
+    };
+    let samples = load_mono(&AudioInput::File(jfk()), model.sample_rate()).unwrap();
+    let request = TranscribeRequest {
+        word_timestamps: true,
+        ..cli_request()
+    };
+    let (want, _) = model.transcribe(&samples, &request, &mut |_| true).unwrap();
+    assert!(want
+        .segments
+        .iter()
+        .any(|s| !s.words.as_ref().unwrap().is_empty()));
+    let server = TestServer::start();
+    let form = Form::jfk()
+        .field("response_format", "verbose_json")
+        .field("timestamp_granularities[]", "word")
+        .field("timestamp_granularities[]", "segment");
+    let reply = server.post_form("/v1/audio/transcriptions", &form);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.text(),
+        render(&want, OutputFormat::VerboseJson, "transcribe")
+    );
+    let got = reply.json();
+    let words: usize = want
+        .segments
+        .iter()
+        .map(|s| s.words.as_ref().unwrap().len())
+        .sum();
+    assert_eq!(got["words"].as_array().unwrap().len(), words);
+}
+
 /// Voxtral Mini 3B is served like any transcription model: the reply equals the library's
 /// transcript with the CLI's defaults, and translation goes through its chat prompt.
 #[test]

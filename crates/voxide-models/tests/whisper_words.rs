@@ -1,0 +1,162 @@
+//! Word-level timestamps against openai-whisper's `transcribe(word_timestamps=True)` on the
+//! random-weight fixtures (tools/reference/whisper_word_fixtures.py): identical ids per window,
+//! identical segments and words, word times within 0.01 s.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn shared() -> PathBuf {
+    std::env::var_os("VOXIDE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"))
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an id list")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+fn fixture(name: &str) -> (WhisperPipeline, Value) {
+    let dir = root().join("tests/fixtures/whisper");
+    let pipeline =
+        WhisperPipeline::from_dir(&dir.join(name), &candle_core::Device::Cpu, None).unwrap();
+    let json = std::fs::read_to_string(dir.join(format!("{name}.words.json"))).unwrap();
+    (pipeline, serde_json::from_str(&json).unwrap())
+}
+
+/// Transcribes the case's audio with the reference's options and compares everything.
+fn words_match(name: &str, key: &str) {
+    let (pipeline, json) = fixture(name);
+    let want = &json[key];
+    let heads: Vec<[usize; 2]> = json["alignment_heads_used"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            [
+                p[0].as_u64().unwrap() as usize,
+                p[1].as_u64().unwrap() as usize,
+            ]
+        })
+        .collect();
+    let mut used = pipeline.alignment_heads().to_vec();
+    used.sort_unstable();
+    assert_eq!(used, heads, "{name}: alignment heads");
+
+    let audio = shared().join(want["audio"].as_str().unwrap());
+    let samples = voxide_audio::load_mono(&voxide_audio::AudioInput::File(audio), 16_000).unwrap();
+    let mut opts = TranscribeOptions {
+        word_timestamps: true,
+        ..TranscribeOptions::default()
+    };
+    let options = &want["options"];
+    opts.decode.language = options["language"].as_str().map(String::from);
+    opts.decode.beam_size = options["beam_size"].as_u64().map(|b| b as usize);
+    opts.decode.without_timestamps = options["without_timestamps"].as_bool() == Some(true);
+    let (got, _) = pipeline.transcribe(&samples, &opts, &mut |_| true).unwrap();
+
+    let windows = want["windows"].as_array().unwrap();
+    let want_ids: Vec<u32> = windows.iter().flat_map(|w| ids(&w["tokens"])).collect();
+    assert_eq!(got.token_ids, want_ids, "{name} {key}: ids of the windows");
+    let segments = want["segments"].as_array().unwrap();
+    assert_eq!(got.segments.len(), segments.len(), "{name} {key}: segments");
+    let (mut n_words, mut worst_time, mut worst_prob) = (0, 0f64, 0f64);
+    for (g, w) in got.segments.iter().zip(segments) {
+        let id = g.id;
+        assert_eq!(
+            g.seek as u64,
+            w["seek"].as_u64().unwrap(),
+            "{name} {key}: seek {id}"
+        );
+        assert_eq!(g.tokens, ids(&w["tokens"]), "{name} {key}: tokens {id}");
+        assert_eq!(
+            g.text,
+            w["text"].as_str().unwrap(),
+            "{name} {key}: text {id}"
+        );
+        for (a, b) in [(g.start, &w["start"]), (g.end, &w["end"])] {
+            let diff = (a - b.as_f64().unwrap()).abs();
+            assert!(
+                diff <= 0.01 + 1e-9,
+                "{name} {key}: segment {id} times {a} vs {b}"
+            );
+            worst_time = worst_time.max(diff);
+        }
+        let words = g.words.as_ref().expect("words asked for");
+        let want_words = w["words"].as_array().unwrap();
+        let text = |ws: &mut dyn Iterator<Item = String>| ws.collect::<Vec<_>>();
+        assert_eq!(
+            text(&mut words.iter().map(|x| x.word.clone())),
+            text(
+                &mut want_words
+                    .iter()
+                    .map(|x| x["word"].as_str().unwrap().to_string())
+            ),
+            "{name} {key}: words of segment {id}"
+        );
+        for (a, b) in words.iter().zip(want_words) {
+            for (x, y) in [(a.start, &b["start"]), (a.end, &b["end"])] {
+                let diff = (x - y.as_f64().unwrap()).abs();
+                assert!(
+                    diff <= 0.01 + 1e-9,
+                    "{name} {key}: {:?} in segment {id}: {x} vs {y}",
+                    a.word
+                );
+                worst_time = worst_time.max(diff);
+            }
+            let dp = (a.probability - b["probability"].as_f64().unwrap()).abs();
+            assert!(dp < 1e-4, "{name} {key}: probability of {:?}", a.word);
+            worst_prob = worst_prob.max(dp);
+        }
+        n_words += words.len();
+    }
+    assert_eq!(
+        got.text,
+        want["text"].as_str().unwrap(),
+        "{name} {key}: text"
+    );
+    println!(
+        "{name:12} {key:10} {} windows, {} segments, {n_words} words; max |time diff| \
+         {worst_time:.3} s, max |probability diff| {worst_prob:.1e}",
+        windows.len(),
+        segments.len()
+    );
+}
+
+#[test]
+fn words_of_jfk_match_openai_whisper_with_default_alignment_heads() {
+    words_match("tiny-random", "jfk");
+}
+
+#[test]
+fn words_of_jfk_with_beam_search_match_openai_whisper() {
+    words_match("tiny-random", "jfk_beam5");
+}
+
+#[test]
+fn words_of_a_long_form_file_match_openai_whisper() {
+    words_match("tiny-random", "longform");
+}
+
+#[test]
+fn words_of_whole_windows_without_timestamps_match_openai_whisper() {
+    words_match("tiny-random", "longform_notimestamps");
+}
+
+#[test]
+fn configured_alignment_heads_are_used() {
+    words_match("v3-random", "jfk");
+}
+
+#[test]
+fn models_without_alignment_heads_take_the_second_half_of_the_decoder() {
+    words_match("en-random", "jfk");
+}
