@@ -160,3 +160,25 @@ fn configured_alignment_heads_are_used() {
 fn models_without_alignment_heads_take_the_second_half_of_the_decoder() {
     words_match("en-random", "jfk");
 }
+
+#[test]
+fn alignment_heads_outside_the_decoder_are_a_clear_error() {
+    let src = root().join("tests/fixtures/whisper/en-random");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let gen = dir.path().join("generation_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&gen).unwrap()).unwrap();
+    config["alignment_heads"] = serde_json::json!([[1, 0], [2, 1]]);
+    std::fs::write(&gen, config.to_string()).unwrap();
+    let error = WhisperPipeline::from_dir(dir.path(), &candle_core::Device::Cpu, None)
+        .err()
+        .expect("a head in a third layer of two")
+        .to_string();
+    assert!(
+        error.contains("alignment head [2, 1] is outside the decoder (2 layers of 2 heads)"),
+        "{error}"
+    );
+}

@@ -120,4 +120,14 @@ impl GenerationConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         read_json(path)
     }
+
+    /// The `generation_config.json` of a directory, or the defaults where there is none.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("generation_config.json");
+        if path.is_file() {
+            Self::from_file(&path)
+        } else {
+            Ok(Self::default())
+        }
+    }
 }

@@ -78,13 +78,7 @@ impl WhisperPipeline {
     pub fn from_dir(dir: &Path, device: &Device, precision: Option<WeightFormat>) -> Result<Self> {
         let model = Whisper::from_dir(dir, device, precision)?;
         let tokenizer = Tokenizer::from_dir(dir, model.config().vocab_size)?;
-        let gen_path = dir.join("generation_config.json");
-        let generation = if gen_path.is_file() {
-            GenerationConfig::from_file(&gen_path)?
-        } else {
-            GenerationConfig::default()
-        };
-        Self::new(model, tokenizer, &generation)
+        Self::new(model, tokenizer, &GenerationConfig::from_dir(dir)?)
     }
 
     /// Loads a whisper.cpp model file (legacy ggml `.bin` or GGUF): the tokenizer comes from
@@ -106,13 +100,7 @@ impl WhisperPipeline {
             Ok(exact) => exact,
             Err(_) => Tokenizer::from_token_bytes(file.vocab(), n_vocab, path)?,
         };
-        let gen_path = dir.join("generation_config.json");
-        let generation = if gen_path.is_file() {
-            GenerationConfig::from_file(&gen_path)?
-        } else {
-            GenerationConfig::default()
-        };
-        Self::new(model, tokenizer, &generation)
+        Self::new(model, tokenizer, &GenerationConfig::from_dir(dir)?)
     }
 
     fn new(model: Whisper, tokenizer: Tokenizer, generation: &GenerationConfig) -> Result<Self> {
