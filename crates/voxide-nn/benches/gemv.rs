@@ -17,7 +17,8 @@ use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::convert::{quantize_int8, to_f32};
 use voxide_nn::kernels::gemv::{gemv, gemv_on, WeightMatrix};
 use voxide_nn::kernels::ops::WidenToF32;
-use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, quant_matmul, QuantMatrix};
+use voxide_nn::kernels::quant_gemm::{has_gemm_kernel, quant_gemm};
+use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, QuantMatrix};
 use voxide_nn::kernels::simd::{Isa, WeightElem};
 use voxide_nn::kernels::small_m::{matmul_small, matmul_small_on};
 use voxide_nn::kernels::widen_gemm::matmul_widened;
@@ -584,15 +585,22 @@ fn bench_quant(types: &[GgmlType]) {
     );
 }
 
-/// The block-quantized GEMM at Whisper encoder shapes (m = 1500: one window; tiny, base and
-/// small widths): the integer kernels against dequantized blocks + f32 GEMM, in GFLOP/s.
+/// The block-quantized GEMM at Whisper encoder shapes (m = 1500: one window; tiny, base,
+/// small and large-v3 widths): the integer GEMM on repacked weights (types it has on this
+/// CPU) against dequantized blocks + f32 GEMM, in GFLOP/s (medians).
 fn bench_quant_encoder(types: &[GgmlType]) {
+    // Whisper's encoder matrices (n × k) at base, small and large-v3, 1500 rows of x.
     for &(n, k) in &[
         (384usize, 384usize),
         (1536, 384),
         (512, 512),
         (2048, 512),
+        (768, 768),
+        (3072, 768),
         (768, 3072),
+        (1280, 1280),
+        (5120, 1280),
+        (1280, 5120),
     ] {
         let m = 1500;
         let w: Vec<f32> = filled(n * k, |v| v);
@@ -600,6 +608,7 @@ fn bench_quant_encoder(types: &[GgmlType]) {
         let mut y = vec![0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
         let reps = (2e10 / flops).clamp(5.0, 50.0) as usize;
+        let gflops = |t: (f64, f64, f64)| flops / t.0 / 1e9;
         for &ty in types {
             let rb = ty.row_bytes(k).expect("whole blocks");
             let mut q = vec![0u8; n * rb];
@@ -607,16 +616,24 @@ fn bench_quant_encoder(types: &[GgmlType]) {
                 .zip(w.par_chunks(k))
                 .for_each(|(dst, src)| quantize_row(ty, src, dst));
             let qm = QuantMatrix::new(&q, ty, n, k).expect("sizes");
-            let int = time(2, reps, || quant_matmul(&x, &qm, None, &mut y, m));
             let wide = time(2, reps, || matmul_widened(&x, &qm, None, &mut y, m));
-            println!(
-                "quant {:5} {n:5}x{k:<5} m={m}: integer {:7.2} ms ({:5.1} GFLOP/s), widened f32 {:7.2} ms ({:5.1} GFLOP/s)",
+            let line = format!(
+                "quant {:5} {n:5}x{k:<5} m={m}: widened f32 {:7.2} ms ({:5.1} GFLOP/s)",
                 ty.name(),
-                int.0 * 1e3,
-                flops / int.0 / 1e9,
                 wide.0 * 1e3,
-                flops / wide.0 / 1e9
+                gflops(wide)
             );
+            if has_gemm_kernel(ty) {
+                let int = time(2, reps, || quant_gemm(&x, &qm, None, &mut y, m));
+                println!(
+                    "{line}, integer GEMM {:7.2} ms ({:5.1} GFLOP/s, {:.2}x)",
+                    int.0 * 1e3,
+                    gflops(int),
+                    wide.0 / int.0
+                );
+            } else {
+                println!("{line}");
+            }
         }
     }
 }

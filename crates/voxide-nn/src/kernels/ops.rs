@@ -1,5 +1,6 @@
 //! candle operations over the narrow-weight and block-quantized kernels: the products
-//! ([`super::gemv`], [`super::small_m`], [`super::quant_matmul`], [`super::widen_gemm`]) and
+//! ([`super::gemv`], [`super::small_m`], [`super::quant_matmul`], [`super::quant_gemm`],
+//! [`super::widen_gemm`]) and
 //! the widening to f32 ([`super::convert`], [`crate::quant::dequantize_row`]).
 //!
 //! Narrow weights are candle tensors of dtype F16, BF16, or U8 holding the bytes of int8
@@ -9,7 +10,8 @@
 
 use super::gemv::{gemv, WeightMatrix, MAX_ROWS};
 use super::machine::Residency;
-use super::quant_matmul::{has_integer_path, quant_gemv, quant_matmul, QuantMatrix};
+use super::quant_gemm::{has_gemm_kernel, quant_gemm};
+use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::WeightElem;
 use super::small_m::{matmul_small, small_m_max_rows};
 use super::widen_gemm::{matmul_widened, WidenRows};
@@ -252,9 +254,10 @@ fn quant_operand<'a>(
 }
 
 /// candle op: x (m, k) f32 × w (n, row bytes) U8 of ggml blocks of `ty` → (m, n) f32: the
-/// integer GEMV ([`quant_gemv`]) up to [`MAX_ROWS`], beyond the integer GEMM
-/// ([`quant_matmul`]), or for types without integer kernels a GEMM on blocks of dequantized
-/// weight rows ([`matmul_widened`]). With a third operand, the F32 bias (n).
+/// integer GEMV ([`quant_gemv`]) up to [`MAX_ROWS`], beyond the integer GEMM on repacked
+/// weights ([`quant_gemm`]) where this CPU has its SIMD kernel for the type
+/// ([`has_gemm_kernel`]), else a GEMM on blocks of dequantized weight rows
+/// ([`matmul_widened`]). With a third operand, the F32 bias (n).
 #[derive(Clone, Copy, Debug)]
 pub struct QuantMatmul {
     pub ty: GgmlType,
@@ -276,8 +279,8 @@ impl QuantMatmul {
         if m <= MAX_ROWS {
             let w = self.residency.map_or(w, |r| w.with_residency(r));
             quant_gemv(xs, &w, bias, &mut y, m)
-        } else if has_integer_path(self.ty) {
-            quant_matmul(xs, &w, bias, &mut y, m)
+        } else if has_gemm_kernel(self.ty) {
+            quant_gemm(xs, &w, bias, &mut y, m)
         } else {
             matmul_widened(xs, &w, bias, &mut y, m)
         }

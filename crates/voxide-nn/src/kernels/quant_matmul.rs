@@ -258,62 +258,6 @@ fn rows_of_type(path: Path, t: Task) {
     }
 }
 
-/// x rows per parallel task of [`quant_matmul`].
-const MATMUL_ROWS_PER_TASK: usize = 32;
-
-/// y (m × n) = x (m × k) · wᵀ (+ bias) for any m, by the integer kernels (types with
-/// [`has_integer_path`]): x is quantized once; the threads take [`MATMUL_ROWS_PER_TASK`] rows
-/// of x each and walk the matrix in blocks of [`GROUP_BYTES`] of weight rows, every group of
-/// [`GROUP_ROWS`] rows of x meeting a block while it is in L1 / L2. The same technique as
-/// ggml's quantized `mul_mat` (activations to 8-bit blocks, integer dot products), without its
-/// repacked weight layouts.
-pub fn quant_matmul(x: &[f32], w: &QuantMatrix, bias: Option<&[f32]>, y: &mut [f32], m: usize) {
-    let path = Path::of(Isa::detect());
-    let (n, k) = (w.rows, w.cols);
-    assert!(has_integer_path(w.ty), "{} has no integer kernel", w.ty);
-    check_product(x, y, bias, m, n, k);
-    assert_eq!(
-        w.data.len(),
-        n * w.row_bytes(),
-        "{n} rows of {} bytes",
-        w.row_bytes()
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    let xq = path.run(QuantizeX { x, k });
-    let pairs = k.div_ceil(2 * QX);
-    let out = OutPtr(y.as_mut_ptr());
-    let block = (GROUP_BYTES / w.row_bytes().max(1)).max(1);
-    let task = |i0: usize| {
-        let rows = MATMUL_ROWS_PER_TASK.min(m - i0);
-        for r0 in (0..n).step_by(block) {
-            for g0 in (i0..i0 + rows).step_by(GROUP_ROWS) {
-                rows_of_type(
-                    path,
-                    Task {
-                        x: &x[g0 * k..],
-                        xq: &xq[g0 * pairs..],
-                        w: *w,
-                        bias,
-                        // SAFETY: row g0 of y (m × n) is in bounds; tasks own disjoint rows.
-                        y: unsafe { out.add(g0 * n) },
-                        m: GROUP_ROWS.min(i0 + rows - g0),
-                        r0,
-                        r1: (r0 + block).min(n),
-                        prefetch: Prefetch::None,
-                    },
-                );
-            }
-        }
-    };
-    (0..m)
-        .step_by(MATMUL_ROWS_PER_TASK)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .for_each(task);
-}
-
 /// What a task of output rows reads and writes.
 #[derive(Clone, Copy)]
 struct Task<'a> {
