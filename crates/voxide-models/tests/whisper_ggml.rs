@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs, max_abs_diff};
+use common::{json_ids as ids, max_abs, max_abs_diff, root};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use voxide_models::ggml::{GgmlType, LegacyHeader};
@@ -14,10 +14,6 @@ use voxide_models::whisper::decoding::DecodingOptions;
 use voxide_models::whisper::ggml::ModelFile;
 use voxide_models::whisper::{Tokenizer, TranscribeOptions, Whisper, WhisperPipeline};
 use voxide_nn::linear::WeightFormat;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn tiny_random() -> PathBuf {
     root().join("tests/fixtures/whisper/tiny-random")
@@ -28,14 +24,6 @@ fn ggml_header(name: &str) -> LegacyHeader {
         "../shared/assets/whisper-cpp-test-models/for-tests-ggml-{name}.bin"
     )))
     .expect("whisper.cpp's test header reads")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
 }
 
 /// whisper.cpp's files carry token bytes, no merges: the tokenizer rebuilt from them encodes

@@ -8,7 +8,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::max_abs_diff;
+use common::{json_ids as ids, max_abs_diff, root, shared};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,11 +21,7 @@ const MODELS: [&str; 3] = ["tiny-random", "v3-random", "en-random"];
 const HIDDEN_TOL: f32 = 1e-5;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper")
-}
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+    root().join("tests/fixtures/whisper")
 }
 
 struct Fixture {
@@ -70,14 +66,6 @@ fn stepped_logits(model: &Whisper, audio: &Tensor, tokens: &Tensor) -> Tensor {
         })
         .collect();
     Tensor::cat(&steps, 1).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
 }
 
 fn check(name: &str, stage: &str, diff: f32, tol: f32) {

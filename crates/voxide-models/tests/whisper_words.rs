@@ -2,27 +2,11 @@
 //! random-weight fixtures (tools/reference/whisper_word_fixtures.py): identical ids per window,
 //! identical segments and words, word times within 0.01 s.
 
+mod common;
+
+use common::{json_ids as ids, root, shared};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn shared() -> PathBuf {
-    std::env::var_os("VOXIDE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared"))
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an id list")
-        .iter()
-        .map(|x| x.as_u64().expect("an id") as u32)
-        .collect()
-}
 
 fn fixture(name: &str) -> (WhisperPipeline, Value) {
     let dir = root().join("tests/fixtures/whisper");

@@ -564,31 +564,18 @@ impl Whisper {
     }
 
     /// Like [`Self::decode`] for one row, and also returns the cross-attention scores of the
-    /// `heads` ([layer, head] pairs) before their softmax: (heads.len(), t, 1500). Word-level
-    /// timestamps read them (openai-whisper's `find_alignment`).
+    /// `heads` ([layer, head] pairs) before their softmax: (heads.len(), t, 1500), layer by
+    /// layer (within a layer in the order asked). Word-level timestamps average them
+    /// (openai-whisper's `find_alignment`).
     pub fn decode_with_cross_scores(
         &self,
         tokens: &Tensor,
         state: &mut DecoderState,
         heads: &[[usize; 2]],
     ) -> Result<(Tensor, Tensor)> {
-        let (hidden, scores) = self.run_decoder(tokens, state, None, heads)?;
-        let scores = heads
-            .iter()
-            .map(|&[layer, head]| {
-                // Each layer's scores hold its requested heads in the order asked.
-                let in_layer = heads[..]
-                    .iter()
-                    .filter(|h| h[0] == layer)
-                    .position(|h| h[1] == head)
-                    .expect("a requested head");
-                scores[layer]
-                    .as_ref()
-                    .expect("scores of a requested layer")
-                    .get(in_layer)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok((hidden, Tensor::stack(&scores, 0)?))
+        let (hidden, by_layer) = self.run_decoder(tokens, state, None, heads)?;
+        let scores: Vec<Tensor> = by_layer.into_iter().map(|(_, s)| s).collect();
+        Ok((hidden, Tensor::cat(&scores, 0)?))
     }
 
     fn run_decoder(
@@ -597,7 +584,7 @@ impl Whisper {
         state: &mut DecoderState,
         mut trace: Option<&mut Vec<Tensor>>,
         cross_heads: &[[usize; 2]],
-    ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+    ) -> Result<(Tensor, Vec<(usize, Tensor)>)> {
         let (_, t) = tokens.dims2()?;
         let position = state.position();
         if position + t > self.config.max_target_positions {
@@ -618,7 +605,8 @@ impl Whisper {
             self.config.d_model,
         ))?;
         let mut x = tok.broadcast_add(&d.embed_positions.narrow(0, position, t)?)?;
-        let mut scores = Vec::with_capacity(d.layers.len());
+        // Filled only for requested heads: a decoder step allocates nothing here.
+        let mut scores = Vec::new();
         for (i, layer) in d.layers.iter().enumerate() {
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push(x.clone());
@@ -635,7 +623,9 @@ impl Whisper {
                 &heads,
             )?;
             x = out;
-            scores.push(layer_scores);
+            if let Some(layer_scores) = layer_scores {
+                scores.push((i, layer_scores));
+            }
         }
         let out = d.layer_norm.forward(&x)?;
         if let Some(trace) = trace {

@@ -53,7 +53,6 @@ use super::gemv::OutPtr;
 use super::quant_matmul::{Job, Lanes, Path, QuantMatrix, QX};
 #[cfg(target_arch = "x86_64")]
 use super::simd::Isa;
-use super::widen_gemm::check_product;
 use crate::quant::GgmlType;
 use half::f16;
 use rayon::prelude::*;
@@ -166,14 +165,7 @@ fn gemm<F: Format>(
     m: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
-    check_product(x, y, bias, m, n, k);
-    // The fields are public: the repacking reads rows by offset, so the size must hold.
-    assert_eq!(
-        w.data.len(),
-        n * w.row_bytes(),
-        "{n} rows of {} bytes",
-        w.row_bytes()
-    );
+    w.check_product(x, y, bias, m);
     if m == 0 || n == 0 {
         return;
     }

@@ -123,6 +123,19 @@ impl<'a> QuantMatrix<'a> {
         self.data.len()
     }
 
+    /// Panics unless x (m × cols), y (m × rows) and the bias fit this matrix, and its data
+    /// holds exactly its rows (the fields are public; the kernels read rows by offset).
+    pub(super) fn check_product(&self, x: &[f32], y: &[f32], bias: Option<&[f32]>, m: usize) {
+        check_product(x, y, bias, m, self.rows, self.cols);
+        assert_eq!(
+            self.data.len(),
+            self.rows * self.row_bytes(),
+            "{} rows of {} bytes",
+            self.rows,
+            self.row_bytes()
+        );
+    }
+
     fn row(&self, r: usize) -> &'a [u8] {
         let b = self.row_bytes();
         &self.data[r * b..(r + 1) * b]
@@ -194,14 +207,7 @@ fn gemv_path(
 ) {
     let n = w.rows;
     assert!(m <= MAX_ROWS, "quant_gemv takes at most {MAX_ROWS} rows");
-    check_product(x, y, bias, m, n, w.cols);
-    // The fields are public: the kernels read rows by pointer, so the size must hold.
-    assert_eq!(
-        w.data.len(),
-        n * w.row_bytes(),
-        "{n} rows of {} bytes",
-        w.row_bytes()
-    );
+    w.check_product(x, y, bias, m);
     if m == 0 || n == 0 {
         return;
     }
