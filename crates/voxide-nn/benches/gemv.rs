@@ -16,6 +16,7 @@ use std::time::Instant;
 use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::convert::{quantize_int8, to_f32};
 use voxide_nn::kernels::gemv::{gemv, gemv_on, WeightMatrix};
+use voxide_nn::kernels::machine::Residency;
 use voxide_nn::kernels::ops::WidenToF32;
 use voxide_nn::kernels::quant_gemm::{has_gemm_kernel, quant_gemm};
 use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, QuantMatrix};
@@ -312,7 +313,7 @@ fn bench_whisper() -> candle_core::Result<()> {
 /// machine's residency plan says and, for comparison, all cached / all streamed; plus the
 /// head alone and the layers alone.
 fn bench_whisper_step() {
-    use voxide_nn::kernels::machine::{machine, plan_residency, Residency};
+    use voxide_nn::kernels::machine::{machine, plan_residency};
     let budget = machine().cache_budget();
     println!(
         "cache budget {} MB (L2 {} KB/core, L3 {} MB, {} cores)",
@@ -459,16 +460,23 @@ fn bench_step(int8: bool) {
         .map(|(_, _, k)| (0..*k).map(value).collect())
         .collect();
     let mut ys: Vec<Vec<f32>> = mats.iter().map(|(_, n, _)| vec![0f32; *n]).collect();
-    let one = |i: usize, y: &mut [f32]| {
+    let one = |i: usize, y: &mut [f32], res: Option<Residency>| {
         let (m, n, k) = &mats[i];
+        let with = |r: Residency| res.unwrap_or(r);
         match m {
-            M::B(w) => gemv(&xs[i], &WeightMatrix::new(w, *n, *k), None, y, 1),
-            M::Q(q, s) => gemv(&xs[i], &WeightMatrix::with_scales(q, s, *n, *k), None, y, 1),
+            M::B(w) => {
+                let w = WeightMatrix::new(w, *n, *k);
+                gemv(&xs[i], &w.with_residency(with(w.residency)), None, y, 1)
+            }
+            M::Q(q, s) => {
+                let w = WeightMatrix::with_scales(q, s, *n, *k);
+                gemv(&xs[i], &w.with_residency(with(w.residency)), None, y, 1)
+            }
         }
     };
-    let step = |ys: &mut Vec<Vec<f32>>| {
+    let step = |ys: &mut Vec<Vec<f32>>, res: Option<Residency>| {
         for (i, y) in ys.iter_mut().enumerate() {
-            one(i, y);
+            one(i, y, res);
         }
     };
     // Where the time goes: each kind of matrix timed inside whole steps.
@@ -476,7 +484,7 @@ fn bench_step(int8: bool) {
     for _ in 0..3 {
         for (i, y) in ys.iter_mut().enumerate() {
             let t = Instant::now();
-            one(i, y);
+            one(i, y, None);
             per[if i == mats.len() - 1 {
                 LAYER.len()
             } else {
@@ -494,46 +502,57 @@ fn bench_step(int8: bool) {
             b as f64 / t / 1e9
         );
     }
-    // Steps alternate with bandwidth passes: the floor moves with the neighbours' load.
+    // Steps alternate with bandwidth passes: the floor moves with the neighbours' load. Each
+    // round also times the step with every matrix streamed and with every matrix cached.
     let probe = ReadProbe::for_machine(rayon::current_num_threads());
-    step(&mut ys);
-    let (mut steps, mut gbps, mut ratios) = (vec![], vec![], vec![]);
+    let variants = [
+        ("", None),
+        (", all streamed", Some(Residency::Streamed)),
+        (", all cached", Some(Residency::Cached)),
+    ];
+    step(&mut ys, None);
+    let mut runs = vec![(vec![], vec![]); variants.len()];
+    let mut gbps = vec![];
     for _ in 0..9 {
         let g = probe.pass_gbps(probe.best());
-        let t = Instant::now();
-        step(&mut ys);
-        let t = t.elapsed().as_secs_f64();
-        ratios.push(t / (bytes as f64 / (g * 1e9)));
-        steps.push(t);
         gbps.push(g);
+        for ((_, res), (steps, ratios)) in variants.iter().zip(&mut runs) {
+            let t = Instant::now();
+            step(&mut ys, *res);
+            let t = t.elapsed().as_secs_f64();
+            ratios.push(t / (bytes as f64 / (g * 1e9)));
+            steps.push(t);
+        }
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[v.len() / 2], v[0], v[v.len() - 1])
     };
-    let tm = med(&mut steps);
     let g = med(&mut gbps);
-    let r = med(&mut ratios);
-    report(
-        &format!(
-            "decoder step {} ({:.3} GB)",
-            if int8 { "int8" } else { "bf16" },
-            bytes as f64 / 1e9
-        ),
-        bytes,
-        tm,
-    );
-    println!(
-        "{:44} bandwidth {:.1} GB/s [{:.1}–{:.1}] → floor {:.1} ms; step / floor {:.3} [{:.3}–{:.3}]",
-        "",
-        g.0,
-        g.1,
-        g.2,
-        bytes as f64 / (g.0 * 1e9) * 1e3,
-        r.0,
-        r.1,
-        r.2
-    );
+    for ((name, _), (steps, ratios)) in variants.iter().zip(&mut runs) {
+        let tm = med(steps);
+        let r = med(ratios);
+        report(
+            &format!(
+                "decoder step {} ({:.3} GB){name}",
+                if int8 { "int8" } else { "bf16" },
+                bytes as f64 / 1e9
+            ),
+            bytes,
+            tm,
+        );
+        println!(
+            "{:44} bandwidth {:.1} GB/s [{:.1}–{:.1}] → floor {:.1} ms; step / floor {:.3} [{:.3}–{:.3}]",
+            "",
+            g.0,
+            g.1,
+            g.2,
+            bytes as f64 / (g.0 * 1e9) * 1e3,
+            r.0,
+            r.1,
+            r.2
+        );
+    }
 }
 
 /// The block-quantized GEMV (m = 1) at Whisper base shapes (attention, MLP, the 51865-token
@@ -735,7 +754,10 @@ fn main() -> candle_core::Result<()> {
     if on("l2") {
         // Cache-resident: the kernels' arithmetic throughput.
         for isa in Isa::available() {
-            bench_gemv(Some(isa), &[("l2 256x1024", 256, 1024)]);
+            bench_gemv(
+                Some(isa),
+                &[("l2 256x1024", 256, 1024), ("l2 128x3072", 128, 3072)],
+            );
         }
     }
     if on("candle") {

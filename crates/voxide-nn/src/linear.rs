@@ -473,8 +473,15 @@ mod tests {
                     let want = reference.forward(&x)?;
                     assert_eq!(got.dims(), &[1, rows, n]);
                     let err = max_rel(&got, &want);
+                    // Up to 8 rows, int8 multiplies x's int16 codes (`gemv_int8`): each
+                    // value within 1.5e-5 of its block's largest.
+                    let tol = if fmt == WeightFormat::Int8 && rows <= 8 {
+                        1e-4
+                    } else {
+                        1e-5
+                    };
                     assert!(
-                        err < 1e-5,
+                        err < tol,
                         "{fmt:?} rows {rows} bias {}: {err}",
                         bias.is_some()
                     );

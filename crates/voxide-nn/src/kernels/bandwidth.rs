@@ -4,7 +4,8 @@
 //! A floor must be one the code cannot beat, so the probe reads the way the best simple reader
 //! on the machine does: it tries several ways ([`ReadVariant`]: with and without software
 //! prefetch, cache-bypassing or not, on huge pages or 4 kB pages, each thread on one contiguous
-//! part or on interleaved chunks) and keeps the fastest. Which one wins depends on the CPU: on
+//! part or on interleaved chunks, one stream or four side by side as the GEMV reads weight
+//! rows) and keeps the fastest. Which one wins depends on the CPU: on
 //! an Intel Xeon non-temporal prefetches read ~40 % slower than plain loads (they skip the L2
 //! streamer), on AMD EPYC they do not.
 //!
@@ -54,7 +55,13 @@ pub struct ReadVariant {
     pub prefetch: Prefetch,
     pub huge_pages: bool,
     pub split: Split,
+    /// Parts of each task read side by side, as the GEMV reads [`SIDE_BY_SIDE`] weight rows
+    /// at once (more misses in flight than one stream).
+    pub side_by_side: bool,
 }
+
+/// Streams a side-by-side reader interleaves.
+pub const SIDE_BY_SIDE: usize = 4;
 
 impl std::fmt::Display for ReadVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,7 +75,8 @@ impl std::fmt::Display for ReadVariant {
             Split::Chunks => "8 MB chunks",
             Split::Contiguous => "contiguous",
         };
-        write!(f, "{prefetch}, {pages} pages, {split}")
+        let streams = if self.side_by_side { ", 4 streams" } else { "" };
+        write!(f, "{prefetch}, {pages} pages, {split}{streams}")
     }
 }
 
@@ -79,11 +87,14 @@ impl ReadVariant {
         for prefetch in [Prefetch::None, Prefetch::Keep, Prefetch::Stream] {
             for huge_pages in [true, false] {
                 for split in [Split::Contiguous, Split::Chunks] {
-                    v.push(ReadVariant {
-                        prefetch,
-                        huge_pages,
-                        split,
-                    });
+                    for side_by_side in [false, true] {
+                        v.push(ReadVariant {
+                            prefetch,
+                            huge_pages,
+                            split,
+                            side_by_side,
+                        });
+                    }
                 }
             }
         }
@@ -181,12 +192,19 @@ impl ReadProbe {
             Split::Chunks => (CHUNK_BYTES / 4).min(buf.len().div_ceil(self.threads)),
             Split::Contiguous => buf.len().div_ceil(self.threads),
         };
-        let prefetch = variant.prefetch;
+        let (prefetch, streams) = (
+            variant.prefetch,
+            if variant.side_by_side {
+                SIDE_BY_SIDE
+            } else {
+                1
+            },
+        );
         let t = Instant::now();
         let total: f32 = self.pool.install(|| {
             buf.par_chunks(chunk)
                 .with_max_len(1)
-                .map(|c| read_on(self.isa, c, prefetch))
+                .map(|c| read_on(self.isa, c, prefetch, streams))
                 .sum()
         });
         std::hint::black_box(total);
@@ -208,31 +226,48 @@ impl ReadProbe {
 }
 
 isa_entries! {
-    /// Sum of the slice (so that the loads are not optimised away).
-    fn read_on<>(c: &[f32], prefetch: Prefetch) -> f32 => read_body
+    /// Sum of the slice (so that the loads are not optimised away), read as `streams` parts
+    /// side by side.
+    fn read_on<>(c: &[f32], prefetch: Prefetch, streams: usize) -> f32 => read_streams
 }
 
 #[inline(always)]
-unsafe fn read_body<S: Simd>(c: &[f32], prefetch: Prefetch) -> f32 {
-    let p = c.as_ptr();
+unsafe fn read_streams<S: Simd>(c: &[f32], prefetch: Prefetch, streams: usize) -> f32 {
+    if streams == SIDE_BY_SIDE {
+        read_body::<S, SIDE_BY_SIDE>(c, prefetch)
+    } else {
+        read_body::<S, 1>(c, prefetch)
+    }
+}
+
+/// `N` equal parts of `c` read side by side (8 accumulators in all), the rest after them.
+#[inline(always)]
+unsafe fn read_body<S: Simd, const N: usize>(c: &[f32], prefetch: Prefetch) -> f32 {
+    let part = c.len() / N;
+    let parts: [*const f32; N] = std::array::from_fn(|s| c.as_ptr().add(s * part));
     let mut acc = [S::zero(); 8];
-    let step = acc.len() * S::LANES;
+    let per = acc.len() / N;
+    let step = per * S::LANES;
     let mut j = 0;
-    while j + step <= c.len() {
-        if prefetch != Prefetch::None {
-            let a = (p.add(j) as *const u8).wrapping_add(PREFETCH_BYTES);
-            let mut off = 0;
-            while off < step * 4 {
-                if prefetch == Prefetch::Stream {
-                    S::prefetch_stream(a.wrapping_add(off));
-                } else {
-                    S::prefetch_keep(a.wrapping_add(off));
+    while j + step <= part {
+        for p in parts {
+            if prefetch != Prefetch::None {
+                let a = (p.add(j) as *const u8).wrapping_add(PREFETCH_BYTES);
+                let mut off = 0;
+                while off < step * 4 {
+                    if prefetch == Prefetch::Stream {
+                        S::prefetch_stream(a.wrapping_add(off));
+                    } else {
+                        S::prefetch_keep(a.wrapping_add(off));
+                    }
+                    off += 64;
                 }
-                off += 64;
             }
         }
-        for (u, a) in acc.iter_mut().enumerate() {
-            *a = S::add(*a, S::load(p.add(j + u * S::LANES)));
+        for (s, p) in parts.iter().enumerate() {
+            for u in 0..per {
+                acc[s * per + u] = S::add(acc[s * per + u], S::load(p.add(j + u * S::LANES)));
+            }
         }
         j += step;
     }
@@ -240,7 +275,10 @@ unsafe fn read_body<S: Simd>(c: &[f32], prefetch: Prefetch) -> f32 {
     for a in &acc[1..] {
         v = S::add(v, *a);
     }
-    S::sum(v) + c[j..].iter().sum::<f32>()
+    let rest: f32 = (0..N)
+        .map(|s| c[s * part + j..(s + 1) * part].iter().sum::<f32>())
+        .sum();
+    S::sum(v) + rest + c[N * part..].iter().sum::<f32>()
 }
 
 #[cfg(test)]
@@ -269,7 +307,10 @@ mod tests {
         let want: f32 = v.iter().sum();
         for isa in Isa::available() {
             for prefetch in [Prefetch::None, Prefetch::Keep, Prefetch::Stream] {
-                assert_eq!(read_on(isa, &v, prefetch), want, "{isa:?} {prefetch:?}");
+                for streams in [1, SIDE_BY_SIDE] {
+                    let got = read_on(isa, &v, prefetch, streams);
+                    assert_eq!(got, want, "{isa:?} {prefetch:?} {streams}");
+                }
             }
         }
     }

@@ -10,6 +10,7 @@
 //! One generic body ([`WeightElem`] × [`Simd`]) serves every element type and instruction set
 //! (AVX-512F, AVX2+FMA+F16C, NEON, portable).
 
+use super::gemv_int8::{self, QuantizedX};
 use super::machine::{machine, Residency};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
@@ -38,9 +39,9 @@ pub fn runs_parallel(bytes: usize, l2_per_core: usize) -> bool {
 /// How far ahead of the loads the prefetches run (2 / 4 / 8 KB measured: 4 KB best or equal).
 const PREFETCH_BYTES: usize = 4096;
 
-const PREFETCH_NONE: u8 = 0;
-const PREFETCH_KEEP: u8 = 1;
-const PREFETCH_STREAM: u8 = 2;
+pub(crate) const PREFETCH_NONE: u8 = 0;
+pub(crate) const PREFETCH_KEEP: u8 = 1;
+pub(crate) const PREFETCH_STREAM: u8 = 2;
 
 /// Output rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
@@ -167,9 +168,31 @@ pub fn gemv_on<E: WeightElem>(
         Residency::Cached => PREFETCH_NONE,
     };
     let out = OutPtr(y.as_mut_ptr());
-    let task = |r0: usize, r1: usize| rows_on(isa, x, *w, bias, out, m, r0, r1, prefetch);
-    if !runs_parallel(w.bytes(), machine().caches.l2_per_core) || rayon::current_num_threads() == 1
-    {
+    if let Some(data) = E::as_int8(w.data) {
+        // int8 takes the integer path: x quantized once, to int16 (see `gemv_int8`).
+        let w = WeightMatrix {
+            data,
+            scales: w.scales,
+            rows: w.rows,
+            cols: w.cols,
+            residency: w.residency,
+        };
+        let xq = QuantizedX::new(x, m, w.cols);
+        for_rows(n, w.bytes(), |r0, r1| {
+            gemv_int8::rows(isa, &xq, w, bias, out, m, r0, r1, prefetch)
+        });
+        xq.recycle();
+    } else {
+        for_rows(n, w.bytes(), |r0, r1| {
+            rows_on(isa, x, *w, bias, out, m, r0, r1, prefetch)
+        });
+    }
+}
+
+/// Runs `task` over output rows 0..n: in tasks of [`ROWS_PER_TASK`] on all threads when a
+/// matrix of `bytes` is worth it ([`runs_parallel`]), else at once.
+fn for_rows(n: usize, bytes: usize, task: impl Fn(usize, usize) + Sync) {
+    if !runs_parallel(bytes, machine().caches.l2_per_core) || rayon::current_num_threads() == 1 {
         task(0, n);
     } else {
         (0..n.div_ceil(ROWS_PER_TASK))
@@ -286,27 +309,12 @@ unsafe fn row_block<
 ) {
     let (n, k) = (w.rows, w.cols);
     let step = U * S::LANES;
-    let step_bytes = step * std::mem::size_of::<E>();
     let xp = x.as_ptr();
     let wp: [*const E; R] = std::array::from_fn(|ri| w.data.as_ptr().add((r + ri) * k));
     let mut sums = [[[S::zero(); U]; M]; R];
     let mut j = 0;
     while j + step <= k {
-        if PF != PREFETCH_NONE {
-            for row in wp {
-                // wrapping: near the end the hint points past the slice (a prefetch never faults).
-                let p = (row.add(j) as *const u8).wrapping_add(PREFETCH_BYTES);
-                let mut off = 0;
-                while off < step_bytes {
-                    if PF == PREFETCH_STREAM {
-                        S::prefetch_stream(p.wrapping_add(off));
-                    } else {
-                        S::prefetch_keep(p.wrapping_add(off));
-                    }
-                    off += 64;
-                }
-            }
-        }
+        prefetch_rows::<S, E, R, PF>(&wp, j, step, k);
         for u in 0..U {
             let xv: [S::V; M] = std::array::from_fn(|i| S::load(xp.add(i * k + j + u * S::LANES)));
             for (ri, row) in wp.iter().enumerate() {
@@ -335,6 +343,45 @@ unsafe fn row_block<
                 total += b[r + ri];
             }
             *y.0.add(i * n + r + ri) = total;
+        }
+    }
+}
+
+/// Prefetches (mode `PF`) the bytes that rows `wp` (R consecutive rows of `k` elements, read
+/// side by side) will need [`PREFETCH_BYTES`] after the `step` elements from column `j`.
+/// Past a row's end the hint moves on to the same row of the next blocks (R rows further
+/// each): the rows after this one are being read already, and without the jump every block
+/// would start on R − 1 rows that were never prefetched (9 % more time per Voxtral bf16 step,
+/// 12 % in int8, on Zen 3).
+#[inline(always)]
+pub(crate) unsafe fn prefetch_rows<S: Simd, E, const R: usize, const PF: u8>(
+    wp: &[*const E; R],
+    j: usize,
+    step: usize,
+    k: usize,
+) {
+    if PF == PREFETCH_NONE {
+        return;
+    }
+    let (size, row_bytes) = (std::mem::size_of::<E>(), k * std::mem::size_of::<E>());
+    // The byte column PREFETCH_BYTES ahead, `blocks` blocks of R rows further down.
+    let mut ahead = j * size + PREFETCH_BYTES;
+    let mut blocks = 0;
+    while ahead >= row_bytes {
+        ahead -= row_bytes;
+        blocks += 1;
+    }
+    for row in wp {
+        // wrapping: near the end the hint points past the slice (a prefetch never faults).
+        let p = (*row as *const u8).wrapping_add(blocks * R * row_bytes + ahead);
+        let mut off = 0;
+        while off < step * size {
+            if PF == PREFETCH_STREAM {
+                S::prefetch_stream(p.wrapping_add(off));
+            } else {
+                S::prefetch_keep(p.wrapping_add(off));
+            }
+            off += 64;
         }
     }
 }
@@ -458,7 +505,9 @@ pub(crate) mod tests {
                 let x = data(m * k, m as u32);
                 let want_f16 = reference(&x, &tw.f16_f32, Some(&bias), m, k);
                 let want_bf16 = reference(&x, &tw.bf16_f32, Some(&bias), m, k);
-                let want_i8 = reference(&x, &tw.i8_f32, Some(&bias), m, k);
+                // int8 multiplies x as its int16 codes stand for it (`gemv_int8`).
+                let xq = QuantizedX::new(&x, m, k).dequantized();
+                let want_i8 = reference(&xq, &tw.i8_f32, Some(&bias), m, k);
                 for isa in Isa::available() {
                     let what = format!("{isa:?} m{m} k{k} n{n}");
                     let mut y = vec![0f32; m * n];
@@ -494,7 +543,7 @@ pub(crate) mod tests {
                     );
                     let wi = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
                     pool.install(|| gemv_on(isa, &x, &wi, Some(&bias), &mut y, m));
-                    check(&y, &want_i8, &x, &tw.i8_f32, m, k, &format!("int8 {what}"));
+                    check(&y, &want_i8, &xq, &tw.i8_f32, m, k, &format!("int8 {what}"));
                 }
             }
         }

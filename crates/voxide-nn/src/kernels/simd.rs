@@ -103,6 +103,13 @@ pub trait WeightElem: Copy + Send + Sync + 'static + sealed::Sealed {
     /// The element as f32 (exact).
     fn to_f32(self) -> f32;
 
+    /// The elements as int8 codes, for the kernels' integer paths (int8 only).
+    #[doc(hidden)]
+    fn as_int8(data: &[Self]) -> Option<&[i8]> {
+        let _ = data;
+        None
+    }
+
     /// 16 elements at `p` as f32.
     ///
     /// # Safety
@@ -207,6 +214,10 @@ impl WeightElem for i8 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self as f32
+    }
+
+    fn as_int8(data: &[Self]) -> Option<&[i8]> {
+        Some(data)
     }
 
     #[cfg(target_arch = "x86_64")]
