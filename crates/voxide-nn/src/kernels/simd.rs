@@ -9,8 +9,10 @@
 //!
 //! Weight widening is exact for every type: f16 → f32 (F16C / AVX-512F `vcvtph2ps`, NEON
 //! `fcvtl`), bf16 → f32 (a 16-bit shift of the bits), i8 → f32 (sign extension and an integer
-//! conversion). Activations stay f32 and products accumulate in f32 with FMA: no operand is
-//! rounded to a narrower type (AVX-512 BF16's `vdpbf16ps` would round x to bf16).
+//! conversion). With f16 and bf16 weights, activations stay f32 and products accumulate in f32
+//! with FMA: no operand is rounded to a narrower type (AVX-512 BF16's `vdpbf16ps` would round
+//! x to bf16). The int8 GEMV is the exception: it rounds x to 16 bits per block and multiplies
+//! in integers ([`super::gemv_int8`]); the small-M kernel widens int8 like the others.
 
 use half::{bf16, f16};
 
