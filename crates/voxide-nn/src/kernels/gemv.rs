@@ -277,13 +277,29 @@ unsafe fn rows_m<
     r0: usize,
     r1: usize,
 ) {
+    in_row_blocks::<R>(
+        r0,
+        r1,
+        |r| row_block::<S, E, M, R, U, PF>(x, w, bias, y, r),
+        |r| row_block::<S, E, M, 1, U, PF>(x, w, bias, y, r),
+    );
+}
+
+/// Rows r0..r1 as blocks of R (`block(r)` for rows r..r + R), the rest one by one.
+#[inline(always)]
+pub(crate) fn in_row_blocks<const R: usize>(
+    r0: usize,
+    r1: usize,
+    mut block: impl FnMut(usize),
+    mut single: impl FnMut(usize),
+) {
     let mut r = r0;
     while r + R <= r1 {
-        row_block::<S, E, M, R, U, PF>(x, w, bias, y, r);
+        block(r);
         r += R;
     }
     while r < r1 {
-        row_block::<S, E, M, 1, U, PF>(x, w, bias, y, r);
+        single(r);
         r += 1;
     }
 }

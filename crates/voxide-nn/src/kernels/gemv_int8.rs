@@ -12,7 +12,7 @@
 //!
 //! NEON (`vmovl_s8` + `vmlal_s16`) and the portable body compute the same block sums.
 
-use super::gemv::{prefetch_rows, OutPtr, WeightMatrix};
+use super::gemv::{in_row_blocks, prefetch_rows, OutPtr, WeightMatrix};
 use super::simd::{Isa, Scalar, Simd};
 use std::cell::Cell;
 
@@ -303,15 +303,12 @@ unsafe fn rows_m<S: IntDot, const M: usize, const R: usize, const PF: u8>(
     r0: usize,
     r1: usize,
 ) {
-    let mut r = r0;
-    while r + R <= r1 {
-        row_block::<S, M, R, PF>(x, w, bias, y, r);
-        r += R;
-    }
-    while r < r1 {
-        row_block::<S, M, 1, PF>(x, w, bias, y, r);
-        r += 1;
-    }
+    in_row_blocks::<R>(
+        r0,
+        r1,
+        |r| row_block::<S, M, R, PF>(x, w, bias, y, r),
+        |r| row_block::<S, M, 1, PF>(x, w, bias, y, r),
+    );
 }
 
 /// Multiplies per pass over a row: one 64-byte cache line of int8 weights.
