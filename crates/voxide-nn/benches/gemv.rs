@@ -5,7 +5,7 @@
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench -p voxide-nn --bench gemv [-- SECTION...]`
 //! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`,
-//! `whisper-step`, `rows`, `step`,
+//! `whisper-step`, `rows`, `row-bytes`, `step`,
 //! `step-int8`, `quant`, `quant-l2`
 //! (all by default; `quant` and `quant-l2` take extra words: ggml type names to run, e.g. `quant q4_0 q4_K`). Figures: median [min–max] of the timed repetitions after a warm-up.
 
@@ -413,6 +413,53 @@ fn bench_rows() {
     }
 }
 
+/// bf16 and int8 GEMVs (m = 1, streamed, 2 threads) over 201 MB matrices with rows of 3, 6 and
+/// 12 KB, calls alternating over 11 rounds: does an int8 step read slower for its type or for
+/// its shorter rows (3 KB at k = 3072, where bf16's are 6 KB)?
+fn bench_row_bytes() {
+    const BYTES: usize = 3 << 26;
+    const ROW_BYTES: [usize; 3] = [3 << 10, 6 << 10, 12 << 10];
+    let bf: Vec<(Vec<bf16>, usize, usize)> = ROW_BYTES
+        .iter()
+        .map(|&rb| (filled(BYTES / 2, bf16::from_f32), BYTES / rb, rb / 2))
+        .collect();
+    let q: Vec<(Vec<i8>, Vec<f32>, usize, usize)> = ROW_BYTES
+        .iter()
+        .map(|&rb| {
+            let (q, s) = quantize_int8(BYTES / rb, rb, value);
+            (q, s, BYTES / rb, rb)
+        })
+        .collect();
+    let x: Vec<f32> = (0..12 << 10).map(value).collect();
+    let mut y = vec![0f32; BYTES / ROW_BYTES[0]];
+    let mut gbps = vec![vec![]; 2 * ROW_BYTES.len()];
+    for _ in 0..11 {
+        for (i, g) in gbps.iter_mut().enumerate() {
+            let t = Instant::now();
+            if let Some((w, n, k)) = bf.get(i) {
+                let w = WeightMatrix::new(w, *n, *k).with_residency(Residency::Streamed);
+                gemv(&x[..*k], &w, None, &mut y[..*n], 1);
+            } else {
+                let (w, s, n, k) = &q[i - bf.len()];
+                let w = WeightMatrix::with_scales(w, s, *n, *k).with_residency(Residency::Streamed);
+                gemv(&x[..*k], &w, None, &mut y[..*n], 1);
+            }
+            g.push(BYTES as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+    }
+    for (i, mut g) in gbps.into_iter().enumerate() {
+        g.sort_by(f64::total_cmp);
+        println!(
+            "row bytes {:5} {:4}: {:5.1} GB/s [{:.1}–{:.1}]",
+            ROW_BYTES[i % ROW_BYTES.len()],
+            if i < ROW_BYTES.len() { "bf16" } else { "int8" },
+            g[g.len() / 2],
+            g[0],
+            g[g.len() - 1]
+        );
+    }
+}
+
 /// Voxtral Mini 4B Realtime's decoder: per layer wq, wk, wv, wo, w1, w3, w2 (n, k).
 const LAYER: &[(usize, usize)] = &[
     (4096, 3072),
@@ -774,6 +821,9 @@ fn main() -> candle_core::Result<()> {
     }
     if on("whisper-step") {
         bench_whisper_step();
+    }
+    if on("row-bytes") {
+        bench_row_bytes();
     }
     if on("rows") {
         bench_rows();
