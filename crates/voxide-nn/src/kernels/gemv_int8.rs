@@ -4,11 +4,12 @@
 //! y = scale_row · Σ_b d_b · Σ_{j∈b} q_j · w_j.
 //!
 //! Widening every int8 weight to f32 (sign extension, integer conversion, FMA: three
-//! operations per 8 weights) capped one Zen 3 core at ~17.5 GB/s of weights from L2, below
-//! what two cores must sustain to keep up with DRAM; the integer products take one
-//! multiply per 16. The int16 activations keep ~15 bits per block (relative error ≤ 1.6e-5
-//! of the block's largest |x|), far below the weights' own 8-bit rounding; llama.cpp's
-//! q8_0 × q8_0 scheme rounds x to 8 bits instead.
+//! operations per 8 weights) capped one Zen 3 core at ~17.5 GB/s of weights from L2 (bf16:
+//! ~37); the integer products, one multiply per 16 weights, read 33.5 (PERFORMANCE.md #65:
+//! from DRAM the Zen 3 step is no faster, the gain is for CPUs and caches where the
+//! arithmetic was the limit). The int16 activations keep ~15 bits per block (relative error
+//! ≤ 1.6e-5 of the block's largest |x|), far below the weights' own 8-bit rounding;
+//! llama.cpp's q8_0 × q8_0 scheme rounds x to 8 bits instead.
 //!
 //! NEON (`vmovl_s8` + `vmlal_s16`) and the portable body compute the same block sums.
 
