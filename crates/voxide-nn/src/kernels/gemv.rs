@@ -280,33 +280,35 @@ unsafe fn rows_m<
     in_row_blocks::<R>(
         r0,
         r1,
-        |r| row_block::<S, E, M, R, U, PF>(x, w, bias, y, r),
-        |r| row_block::<S, E, M, 1, U, PF>(x, w, bias, y, r),
+        |r, gap| row_block::<S, E, M, R, U, PF>(x, w, bias, y, r, gap),
+        |r| row_block::<S, E, M, 1, U, PF>(x, w, bias, y, r, 0),
     );
 }
 
-/// Rows r0..r1 as blocks of R (`block(r)` for rows r..r + R), the rest one by one.
+/// Rows r0..r1 in passes of R rows read side by side, `block(r, gap)` reading rows r + q · gap
+/// (q < R), the rest one by one (`single(r)`). The R rows of a pass lie `gap` = (r1 − r0) / R
+/// rows apart, so that each of the R read streams runs through a contiguous span of its own:
+/// from DRAM, R streams of adjacent rows (a few kB apart) read 15–30 % slower than streams
+/// tens of kB apart on Zen 3, whatever the arithmetic (PERFORMANCE.md #69).
 #[inline(always)]
 pub(crate) fn in_row_blocks<const R: usize>(
     r0: usize,
     r1: usize,
-    mut block: impl FnMut(usize),
+    mut block: impl FnMut(usize, usize),
     mut single: impl FnMut(usize),
 ) {
-    let mut r = r0;
-    while r + R <= r1 {
-        block(r);
-        r += R;
+    let gap = (r1 - r0) / R;
+    for r in r0..r0 + gap {
+        block(r, gap);
     }
-    while r < r1 {
+    for r in r0 + R * gap..r1 {
         single(r);
-        r += 1;
     }
 }
 
-/// Weight rows r..r+R against every row of x, `U` vectors per step. Each vector of x is
-/// loaded once for the R rows: at m = 1 the loads of x, not of w, would otherwise fill the
-/// load ports (one x load per weight load).
+/// Weight rows r + q · gap (q < R) against every row of x, `U` vectors per step. Each vector
+/// of x is loaded once for the R rows: at m = 1 the loads of x, not of w, would otherwise fill
+/// the load ports (one x load per weight load).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // u and i index the inner dimensions of `sums`
 unsafe fn row_block<
@@ -322,15 +324,17 @@ unsafe fn row_block<
     bias: Option<&[f32]>,
     y: OutPtr,
     r: usize,
+    gap: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
     let step = U * S::LANES;
     let xp = x.as_ptr();
-    let wp: [*const E; R] = std::array::from_fn(|ri| w.data.as_ptr().add((r + ri) * k));
+    let row_of: [usize; R] = std::array::from_fn(|ri| r + ri * gap);
+    let wp: [*const E; R] = row_of.map(|row| w.data.as_ptr().add(row * k));
     let mut sums = [[[S::zero(); U]; M]; R];
     let mut j = 0;
     while j + step <= k {
-        prefetch_rows::<S, E, R, PF>(&wp, j, step, k);
+        prefetch_rows::<S, E, R, PF>(&wp, j, step);
         for u in 0..U {
             let xv: [S::V; M] = std::array::from_fn(|i| S::load(xp.add(i * k + j + u * S::LANES)));
             for (ri, row) in wp.iter().enumerate() {
@@ -353,43 +357,32 @@ unsafe fn row_block<
                 total += *xp.add(i * k + jj) * (*row.add(jj)).to_f32();
             }
             if let Some(sc) = w.scales {
-                total *= sc[r + ri];
+                total *= sc[row_of[ri]];
             }
             if let Some(b) = bias {
-                total += b[r + ri];
+                total += b[row_of[ri]];
             }
-            *y.0.add(i * n + r + ri) = total;
+            *y.0.add(i * n + row_of[ri]) = total;
         }
     }
 }
 
-/// Prefetches (mode `PF`) the bytes that rows `wp` (R consecutive rows of `k` elements, read
-/// side by side) will need [`PREFETCH_BYTES`] after the `step` elements from column `j`.
-/// Past a row's end the hint moves on to the same row of the next blocks (R rows further
-/// each): the rows after this one are being read already, and without the jump every block
-/// would start on R − 1 rows that were never prefetched (9 % more time per Voxtral bf16 step,
-/// 12 % in int8, on Zen 3).
+/// Prefetches (mode `PF`) the bytes that rows `wp` (read side by side, each the start of a
+/// contiguous span of rows: [`in_row_blocks`]) will need [`PREFETCH_BYTES`] after the `step`
+/// elements from column `j`: past a row's end that is the next row of the same span.
 #[inline(always)]
 pub(crate) unsafe fn prefetch_rows<S: Simd, E, const R: usize, const PF: u8>(
     wp: &[*const E; R],
     j: usize,
     step: usize,
-    k: usize,
 ) {
     if PF == PREFETCH_NONE {
         return;
     }
-    let (size, row_bytes) = (std::mem::size_of::<E>(), k * std::mem::size_of::<E>());
-    // The byte column PREFETCH_BYTES ahead, `blocks` blocks of R rows further down.
-    let mut ahead = j * size + PREFETCH_BYTES;
-    let mut blocks = 0;
-    while ahead >= row_bytes {
-        ahead -= row_bytes;
-        blocks += 1;
-    }
+    let size = std::mem::size_of::<E>();
     for row in wp {
         // wrapping: near the end the hint points past the slice (a prefetch never faults).
-        let p = (*row as *const u8).wrapping_add(blocks * R * row_bytes + ahead);
+        let p = (*row as *const u8).wrapping_add(j * size + PREFETCH_BYTES);
         let mut off = 0;
         while off < step * size {
             if PF == PREFETCH_STREAM {
@@ -502,6 +495,36 @@ pub(crate) mod tests {
 
     /// Every element type × every instruction set of this CPU × row counts × odd widths (the
     /// scalar tail) × matrices large enough to run on several threads and to stream.
+    #[test]
+    fn row_blocks_read_each_row_once_in_spans_a_gap_apart() {
+        fn visits<const R: usize>(r0: usize, r1: usize) -> (Vec<usize>, Vec<usize>) {
+            let (mut rows, mut gaps, mut singles) = (vec![], vec![], vec![]);
+            let mut blocks = vec![];
+            in_row_blocks::<R>(
+                r0,
+                r1,
+                |r, gap| {
+                    blocks.push(r);
+                    gaps.push(gap);
+                    rows.extend((0..R).map(|q| r + q * gap));
+                },
+                |r| singles.push(r),
+            );
+            rows.extend(singles);
+            // Consecutive passes start on consecutive rows: every stream reads one span.
+            assert!(blocks.windows(2).all(|b| b[1] == b[0] + 1), "{blocks:?}");
+            (rows, gaps)
+        }
+        for (r0, r1) in [(0, 0), (0, 3), (5, 69), (64, 128), (0, 4100)] {
+            let (mut rows, gaps) = visits::<4>(r0, r1);
+            assert!(gaps.iter().all(|&g| g == (r1 - r0) / 4));
+            rows.sort_unstable();
+            assert_eq!(rows, (r0..r1).collect::<Vec<_>>(), "{r0}..{r1}");
+            let (rows, _) = visits::<1>(r0, r1);
+            assert_eq!(rows, (r0..r1).collect::<Vec<_>>());
+        }
+    }
+
     #[test]
     fn matches_the_f64_reference() {
         let pool = rayon::ThreadPoolBuilder::new()

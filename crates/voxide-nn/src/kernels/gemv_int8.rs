@@ -307,15 +307,15 @@ unsafe fn rows_m<S: IntDot, const M: usize, const R: usize, const PF: u8>(
     in_row_blocks::<R>(
         r0,
         r1,
-        |r| row_block::<S, M, R, PF>(x, w, bias, y, r),
-        |r| row_block::<S, M, 1, PF>(x, w, bias, y, r),
+        |r, gap| row_block::<S, M, R, PF>(x, w, bias, y, r, gap),
+        |r| row_block::<S, M, 1, PF>(x, w, bias, y, r, 0),
     );
 }
 
 /// Multiplies per pass over a row: one 64-byte cache line of int8 weights.
 const UNROLL: usize = 4;
 
-/// Weight rows r..r+R against every row of x.
+/// Weight rows r + q · gap (q < R) against every row of x.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // ri and i index the inner dimensions of the sums
 unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
@@ -324,10 +324,12 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
     bias: Option<&[f32]>,
     y: OutPtr,
     r: usize,
+    gap: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
     let per_row = k.div_ceil(X_BLOCK);
-    let wp: [*const i8; R] = std::array::from_fn(|ri| w.data.as_ptr().add((r + ri) * k));
+    let row_of: [usize; R] = std::array::from_fn(|ri| r + ri * gap);
+    let wp: [*const i8; R] = row_of.map(|row| w.data.as_ptr().add(row * k));
     let xp: [*const i16; M] = std::array::from_fn(|i| x.codes.as_ptr().add(i * k));
     let mut sums = [[S::zero(); M]; R];
     let mut tails = [[0f32; M]; R];
@@ -337,7 +339,7 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
         let mut acc = [[S::izero(); M]; R];
         let mut j = j0;
         while j + UNROLL * S::PAIRS <= j1 {
-            prefetch_rows::<S, i8, R, PF>(&wp, j, UNROLL * S::PAIRS, k);
+            prefetch_rows::<S, i8, R, PF>(&wp, j, UNROLL * S::PAIRS);
             for u in 0..UNROLL {
                 let xv: [S::X; M] = std::array::from_fn(|i| S::load_x(xp[i].add(j + u * S::PAIRS)));
                 for ri in 0..R {
@@ -373,12 +375,12 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
         for i in 0..M {
             let mut total = S::sum(sums[ri][i]) + tails[ri][i];
             if let Some(sc) = w.scales {
-                total *= sc[r + ri];
+                total *= sc[row_of[ri]];
             }
             if let Some(b) = bias {
-                total += b[r + ri];
+                total += b[row_of[ri]];
             }
-            *y.0.add(i * n + r + ri) = total;
+            *y.0.add(i * n + row_of[ri]) = total;
         }
     }
 }
