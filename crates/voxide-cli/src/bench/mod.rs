@@ -152,7 +152,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // The machine's limits, measured with the bench's threads: read bandwidth (the floor of a
-    // decoder step: its bytes over the bandwidth, probed again between runs, since a shared
+    // decoder step: its bytes over the bandwidth, probed again before and after each run, since a shared
     // machine's bandwidth moves with its neighbours) and the FMA peak.
     let probe = ReadProbe::for_machine(threads);
     let fma_gflops = measure_fma_gflops(threads, 5);
@@ -171,6 +171,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         reset_peak_rss();
         let mut runs = Vec::new();
         for i in 0..args.warmup + args.repeats {
+            // Probed just before and after each measured run: the floor of that run's steps.
+            if i >= args.warmup && step_bytes.is_some() {
+                bandwidth.push(probe.median_gbps(3));
+            }
             let _span = tracing::info_span!("transcribe", file = %input.name, run = i).entered();
             let clock = Instant::now();
             let (_, t) = model.transcribe(&samples, &request, &mut |_| true)?;
@@ -291,7 +295,7 @@ fn print_machine(m: &MachineReport, threads: usize) {
         m.fma_gflops
     );
     println!(
-        "read bandwidth, {threads} threads: {:.1} GB/s (fastest probe variant, median of the probes between runs); variants at start:",
+        "read bandwidth, {threads} threads: {:.1} GB/s (fastest probe variant, median of the probes before and after each run); variants at start:",
         m.read_gbps
     );
     for (v, gbps) in &m.read_variants {
