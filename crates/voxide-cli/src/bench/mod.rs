@@ -152,7 +152,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // The machine's limits, measured with the bench's threads: read bandwidth (the floor of a
-    // decoder step: its bytes over the bandwidth, probed again before and after each run, since a shared
+    // decoder step: its bytes over the bandwidth, probed again around the runs, since a shared
     // machine's bandwidth moves with its neighbours) and the FMA peak.
     let probe = ReadProbe::for_machine(threads);
     let fma_gflops = measure_fma_gflops(threads, 5);
@@ -171,8 +171,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         reset_peak_rss();
         let mut runs = Vec::new();
         for i in 0..args.warmup + args.repeats {
-            // Probed just before and after each measured run: the floor of that run's steps.
-            if i >= args.warmup && step_bytes.is_some() {
+            // Probed just before the first measured run and after each: the floor of the runs.
+            if i == args.warmup && step_bytes.is_some() {
                 bandwidth.push(probe.median_gbps(3));
             }
             let _span = tracing::info_span!("transcribe", file = %input.name, run = i).entered();
@@ -295,7 +295,7 @@ fn print_machine(m: &MachineReport, threads: usize) {
         m.fma_gflops
     );
     println!(
-        "read bandwidth, {threads} threads: {:.1} GB/s (fastest probe variant, median of the probes before and after each run); variants at start:",
+        "read bandwidth, {threads} threads: {:.1} GB/s (fastest probe variant, median of the probes before and after the runs); variants at start:",
         m.read_gbps
     );
     for (v, gbps) in &m.read_variants {

@@ -192,7 +192,7 @@ pub struct MachineReport {
     /// What a decoder step may keep cached ([`voxide_nn::kernels::machine::cache_budget`]).
     pub cache_budget_bytes: usize,
     /// Read bandwidth with the bench's threads, GB/s: the fastest variant's median over the
-    /// probes just before and after each measured run.
+    /// probes just before the first measured run and after each.
     pub read_gbps: f64,
     /// Every variant the probe tried at start, fastest first: (description, GB/s).
     pub read_variants: Vec<(String, f64)>,

@@ -128,8 +128,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         reset_peak_rss();
         let mut runs = Vec::new();
         for i in 0..args.warmup + args.repeats {
-            // Probed just before and after each measured run, as for transcriptions.
-            if i >= args.warmup {
+            // Probed just before the first measured run and after each, as for transcriptions.
+            if i == args.warmup {
                 bandwidth.push(probe.median_gbps(3));
             }
             let stats = synthesizer.synthesize(&request, &mut |_| Ok(true))?;

@@ -493,8 +493,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// Every element type × every instruction set of this CPU × row counts × odd widths (the
-    /// scalar tail) × matrices large enough to run on several threads and to stream.
     #[test]
     fn row_blocks_read_each_row_once_in_spans_a_gap_apart() {
         fn visits<const R: usize>(r0: usize, r1: usize) -> (Vec<usize>, Vec<usize>) {
@@ -525,6 +523,8 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every element type × every instruction set of this CPU × row counts × odd widths (the
+    /// scalar tail) × matrices large enough to run on several threads and to stream.
     #[test]
     fn matches_the_f64_reference() {
         let pool = rayon::ThreadPoolBuilder::new()
