@@ -12,8 +12,9 @@
 
 use super::gemv_int8::{self, QuantizedX};
 use super::machine::{machine, Residency};
-use super::simd::{isa_entries, Isa, Simd, WeightElem};
+use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// Most rows (tokens × beams) the kernel takes; larger batches go through
 /// [`super::small_m`] or GEMM.
@@ -182,11 +183,26 @@ pub fn gemv_on<E: WeightElem>(
             gemv_int8::rows(isa, &xq, w, bias, out, m, r0, r1, prefetch)
         });
         xq.recycle();
+    } else if isa.splits_pairs::<E>() {
+        // x in the order the weights widen (even and odd elements of each block), in this
+        // thread's spare buffer so that a decoder step allocates nothing.
+        let mut paired = PAIRED_X.take();
+        deinterleave_pairs(&x[..m * w.cols], w.cols, isa.lanes(), &mut paired);
+        for_rows(n, w.bytes(), |r0, r1| {
+            rows_on(isa, x, &paired, *w, bias, out, m, r0, r1, prefetch)
+        });
+        PAIRED_X.set(paired);
     } else {
         for_rows(n, w.bytes(), |r0, r1| {
-            rows_on(isa, x, *w, bias, out, m, r0, r1, prefetch)
+            rows_on(isa, x, x, *w, bias, out, m, r0, r1, prefetch)
         });
     }
+}
+
+thread_local! {
+    /// The last call's deinterleaved x. Taken, not borrowed: a rayon thread that runs another
+    /// GEMV while waiting finds it empty.
+    static PAIRED_X: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `task` over output rows 0..n: in tasks of [`ROWS_PER_TASK`] on all threads when a
@@ -202,9 +218,11 @@ fn for_rows(n: usize, bytes: usize, task: impl Fn(usize, usize) + Sync) {
 }
 
 isa_entries! {
-    /// Rows r0..r1 of the output for all m rows of x.
+    /// Rows r0..r1 of the output for all m rows of x (`x_load`: x in the order the vector
+    /// loop widens the weights, [`Simd::splits_pairs`]; the tail of each row reads `x`).
     fn rows_on<E: WeightElem>(
         x: &[f32],
+        x_load: &[f32],
         w: WeightMatrix<E>,
         bias: Option<&[f32]>,
         y: OutPtr,
@@ -222,6 +240,7 @@ isa_entries! {
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows_body<S: Simd, E: WeightElem>(
     x: &[f32],
+    x_load: &[f32],
     w: WeightMatrix<E>,
     bias: Option<&[f32]>,
     y: OutPtr,
@@ -234,10 +253,12 @@ unsafe fn rows_body<S: Simd, E: WeightElem>(
         ($m:literal, $r:literal, $u:literal) => {
             match prefetch {
                 PREFETCH_STREAM => {
-                    rows_m::<S, E, $m, $r, $u, PREFETCH_STREAM>(x, w, bias, y, r0, r1)
+                    rows_m::<S, E, $m, $r, $u, PREFETCH_STREAM>(x, x_load, w, bias, y, r0, r1)
                 }
-                PREFETCH_KEEP => rows_m::<S, E, $m, $r, $u, PREFETCH_KEEP>(x, w, bias, y, r0, r1),
-                _ => rows_m::<S, E, $m, $r, $u, PREFETCH_NONE>(x, w, bias, y, r0, r1),
+                PREFETCH_KEEP => {
+                    rows_m::<S, E, $m, $r, $u, PREFETCH_KEEP>(x, x_load, w, bias, y, r0, r1)
+                }
+                _ => rows_m::<S, E, $m, $r, $u, PREFETCH_NONE>(x, x_load, w, bias, y, r0, r1),
             }
         };
     }
@@ -271,6 +292,7 @@ unsafe fn rows_m<
     const PF: u8,
 >(
     x: &[f32],
+    x_load: &[f32],
     w: WeightMatrix<E>,
     bias: Option<&[f32]>,
     y: OutPtr,
@@ -280,8 +302,8 @@ unsafe fn rows_m<
     in_row_blocks::<R>(
         r0,
         r1,
-        |r, gap| row_block::<S, E, M, R, U, PF>(x, w, bias, y, r, gap),
-        |r| row_block::<S, E, M, 1, U, PF>(x, w, bias, y, r, 0),
+        |r, gap| row_block::<S, E, M, R, U, PF>(x, x_load, w, bias, y, r, gap),
+        |r| row_block::<S, E, M, 1, U, PF>(x, x_load, w, bias, y, r, 0),
     );
 }
 
@@ -320,6 +342,7 @@ unsafe fn row_block<
     const PF: u8,
 >(
     x: &[f32],
+    x_load: &[f32],
     w: WeightMatrix<E>,
     bias: Option<&[f32]>,
     y: OutPtr,
@@ -327,24 +350,49 @@ unsafe fn row_block<
     gap: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
-    let step = U * S::LANES;
-    let xp = x.as_ptr();
+    let (xp, xl) = (x.as_ptr(), x_load.as_ptr());
     let row_of: [usize; R] = std::array::from_fn(|ri| r + ri * gap);
     let wp: [*const E; R] = row_of.map(|row| w.data.as_ptr().add(row * k));
     let mut sums = [[[S::zero(); U]; M]; R];
     let mut j = 0;
-    while j + step <= k {
-        prefetch_rows::<S, E, R, PF>(&wp, j, step);
-        for u in 0..U {
-            let xv: [S::V; M] = std::array::from_fn(|i| S::load(xp.add(i * k + j + u * S::LANES)));
-            for (ri, row) in wp.iter().enumerate() {
-                let wv = S::load_w(row.add(j + u * S::LANES));
-                for i in 0..M {
-                    sums[ri][i][u] = S::fma(xv[i], wv, sums[ri][i][u]);
+    if S::splits_pairs::<E>() {
+        // Blocks of 2 · LANES weights widened as even and odd elements, against x in that
+        // order; the two halves go to two accumulators (one where U = 1).
+        let pairs = U.div_ceil(2);
+        let step = 2 * pairs * S::LANES;
+        while j + step <= k {
+            prefetch_rows::<S, E, R, PF>(&wp, j, step);
+            for p in 0..pairs {
+                let at = j + 2 * p * S::LANES;
+                let xe: [S::V; M] = std::array::from_fn(|i| S::load(xl.add(i * k + at)));
+                let xo: [S::V; M] = std::array::from_fn(|i| S::load(xl.add(i * k + at + S::LANES)));
+                let (ue, uo) = ((2 * p) % U, (2 * p + 1) % U);
+                for (ri, row) in wp.iter().enumerate() {
+                    let (we, wo) = S::load_w2(row.add(at));
+                    for i in 0..M {
+                        sums[ri][i][ue] = S::fma(xe[i], we, sums[ri][i][ue]);
+                        sums[ri][i][uo] = S::fma(xo[i], wo, sums[ri][i][uo]);
+                    }
                 }
             }
+            j += step;
         }
-        j += step;
+    } else {
+        let step = U * S::LANES;
+        while j + step <= k {
+            prefetch_rows::<S, E, R, PF>(&wp, j, step);
+            for u in 0..U {
+                let xv: [S::V; M] =
+                    std::array::from_fn(|i| S::load(xl.add(i * k + j + u * S::LANES)));
+                for (ri, row) in wp.iter().enumerate() {
+                    let wv = S::load_w(row.add(j + u * S::LANES));
+                    for i in 0..M {
+                        sums[ri][i][u] = S::fma(xv[i], wv, sums[ri][i][u]);
+                    }
+                }
+            }
+            j += step;
+        }
     }
     for (ri, row) in wp.iter().enumerate() {
         for (i, s) in sums[ri].iter().enumerate() {
