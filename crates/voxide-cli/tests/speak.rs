@@ -458,6 +458,9 @@ fn bench_tts_clones_a_voice_for_a_base_model() {
         .iter()
         .map(|r| r["frames"].as_u64().unwrap())
         .collect();
-    assert_eq!(frames, [16, 48, 96]);
+    assert_eq!(frames, [16, 48, 96, 16]);
+    // The last row repeats the short text with the text streamed alongside the frames.
+    assert_eq!(report["rows"][3]["text_streaming"], true);
+    assert_eq!(report["rows"][0]["text_streaming"], serde_json::Value::Null);
     std::fs::remove_dir_all(dir).ok();
 }

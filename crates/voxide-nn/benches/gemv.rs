@@ -391,6 +391,28 @@ fn bench_whisper_step() {
 }
 
 /// GEMV against the small-M kernel at the GEMV's row counts (bf16 9216×3072).
+fn bench_int8_chunks() {
+    for (n, k) in [(9216usize, 3072usize), (3072, 1024), (1024, 3072)] {
+        let (q, sc) = quantize_int8(n, k, value);
+        let wq = WeightMatrix::with_scales(&q, &sc, n, k);
+        for m in [9usize, 16, 24, 32, 40, 48, 64, 96, 128] {
+            let x: Vec<f32> = (0..m * k).map(value).collect();
+            let mut y = vec![0f32; m * n];
+            let a = time(3, 20, || matmul_small(&x, &wq, None, &mut y, m));
+            let b = time(3, 20, || {
+                for (xc, yc) in x.chunks(8 * k).zip(y.chunks_mut(8 * n)) {
+                    gemv(xc, &wq, None, yc, xc.len() / k)
+                }
+            });
+            println!(
+                "int8 {n}x{k} m={m}: small-M {:.3} ms, gemv×8 {:.3} ms",
+                a.0 * 1e3,
+                b.0 * 1e3
+            );
+        }
+    }
+}
+
 fn bench_rows() {
     let (n, k) = (9216, 3072);
     let w: Vec<bf16> = filled(n * k, bf16::from_f32);
@@ -824,6 +846,9 @@ fn main() -> candle_core::Result<()> {
     }
     if on("row-bytes") {
         bench_row_bytes();
+    }
+    if on("int8-chunks") {
+        bench_int8_chunks();
     }
     if on("rows") {
         bench_rows();

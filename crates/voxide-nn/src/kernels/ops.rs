@@ -90,8 +90,16 @@ impl<'a> Narrow<'a> {
     }
 }
 
+/// Most rows of x an int8 product runs through the GEMV, in chunks of [`MAX_ROWS`]. The integer
+/// GEMV's cost grows with the rows (x's int16 codes against each widened weight) and the
+/// small-M kernel's with its panels of 2 vectors of rows (16 on AVX2, 32 on AVX-512), so a
+/// prompt of 9–16 positions is mostly padding there: AMD EPYC Zen 3, 2 threads, int8 9216 ×
+/// 3072 at m = 9: 3.8 ms in chunks against 7.0 ms (3072 × 1024: 0.45 against 0.72), level at
+/// m = 16–24, small-M ahead from m = 32 (PERFORMANCE.md #72).
+const INT8_GEMV_MAX_ROWS: usize = 2 * MAX_ROWS;
+
 /// candle op: x (m, k) f32 × w (n, k) narrow → (m, n) f32, any m: the GEMV up to
-/// [`MAX_ROWS`], the small-M kernel up to [`small_m_max_rows`], beyond a GEMM on blocks of
+/// [`MAX_ROWS`] (int8: [`INT8_GEMV_MAX_ROWS`]), the small-M kernel up to [`small_m_max_rows`], beyond a GEMM on blocks of
 /// widened weight rows ([`matmul_widened`]). With a third
 /// operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
 #[derive(Clone, Copy, Debug)]
@@ -132,9 +140,14 @@ impl NarrowMatmul {
             y: &mut [f32],
             m: usize,
         ) {
+            let w_gemv = residency.map_or(*w, |r| w.with_residency(r));
             if m <= MAX_ROWS {
-                let w = residency.map_or(*w, |r| w.with_residency(r));
-                gemv(x, &w, bias, y, m)
+                gemv(x, &w_gemv, bias, y, m)
+            } else if m <= INT8_GEMV_MAX_ROWS && E::as_int8(w.data).is_some() {
+                let (n, k) = (w.rows, w.cols);
+                for (xc, yc) in x.chunks(MAX_ROWS * k).zip(y.chunks_mut(MAX_ROWS * n)) {
+                    gemv(xc, &w_gemv, bias, yc, xc.len() / k)
+                }
             } else if m <= small_m_max_rows() {
                 matmul_small(x, w, bias, y, m)
             } else {
