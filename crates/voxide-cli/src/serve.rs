@@ -1,7 +1,7 @@
 //! `voxide serve`: loads each `--model` once and serves them over HTTP with OpenAI's audio API
 //! (voxide-server), until SIGINT or SIGTERM.
 
-use crate::transcribe::{precision, set_threads};
+use crate::transcribe::{cap_threads, precision};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -59,7 +59,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    cap_threads(args.threads)?;
     let config = ServerConfig {
         host: args.host,
         port: args.port,

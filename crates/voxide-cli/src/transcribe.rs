@@ -191,8 +191,27 @@ pub fn kv_precision(value: &str) -> candle_core::DType {
     }
 }
 
-/// Caps the threads of candle's matmuls (read from RAYON_NUM_THREADS) and of rayon's pool.
+/// Caps the threads of candle's matmuls (read from RAYON_NUM_THREADS) and of rayon's pool, and
+/// makes the calling (main) thread one of the pool's, for the commands that run the models on
+/// it. A kernel's fork-join from outside the pool injects a job and sleeps until a pool thread
+/// has run it (two wake-ups per call); from a pool thread it pushes half the work to its own
+/// deque and runs the other half. The calls are short in a decoder step (Qwen3-TTS 0.6B int8
+/// reads 1–3 MB per GEMV, ~230 per frame): RTF 1.63–1.70 → 1.46–1.50 (PERFORMANCE.md #73).
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    cap_threads(threads)?;
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Fails only when the pool already runs (a library caller's): then it is used as it is.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .use_current_thread()
+        .build_global()
+        .ok();
+    Ok(())
+}
+
+/// Caps the threads as [`set_threads`] does, leaving the calling thread out of the pool (the
+/// server runs requests on other threads).
+pub fn cap_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         if n == 0 {
             bail!("--threads must be at least 1");
