@@ -219,7 +219,7 @@ fn for_rows(n: usize, bytes: usize, task: impl Fn(usize, usize) + Sync) {
 
 isa_entries! {
     /// Rows r0..r1 of the output for all m rows of x (`x_load`: x in the order the vector
-    /// loop widens the weights, [`Simd::splits_pairs`]; the tail of each row reads `x`).
+    /// loop widens the weights, [`Isa::splits_pairs`]; the tail of each row reads `x`).
     fn rows_on<E: WeightElem>(
         x: &[f32],
         x_load: &[f32],
@@ -328,7 +328,7 @@ pub(crate) fn in_row_blocks<const R: usize>(
     }
 }
 
-/// Weight rows r + q · gap (q < R) against every row of x, `U` vectors per step. Each vector
+/// Weight rows r + q · gap (q < R) against every row of x, `U` accumulators each. Each vector
 /// of x is loaded once for the R rows: at m = 1 the loads of x, not of w, would otherwise fill
 /// the load ports (one x load per weight load).
 #[inline(always)]
@@ -355,44 +355,27 @@ unsafe fn row_block<
     let wp: [*const E; R] = row_of.map(|row| w.data.as_ptr().add(row * k));
     let mut sums = [[[S::zero(); U]; M]; R];
     let mut j = 0;
-    if S::splits_pairs::<E>() {
-        // Blocks of 2 · LANES weights widened as even and odd elements, against x in that
-        // order; the two halves go to two accumulators (one where U = 1).
-        let pairs = U.div_ceil(2);
-        let step = 2 * pairs * S::LANES;
-        while j + step <= k {
-            prefetch_rows::<S, E, R, PF>(&wp, j, step);
-            for p in 0..pairs {
-                let at = j + 2 * p * S::LANES;
-                let xe: [S::V; M] = std::array::from_fn(|i| S::load(xl.add(i * k + at)));
-                let xo: [S::V; M] = std::array::from_fn(|i| S::load(xl.add(i * k + at + S::LANES)));
-                let (ue, uo) = ((2 * p) % U, (2 * p + 1) % U);
-                for (ri, row) in wp.iter().enumerate() {
-                    let (we, wo) = S::load_w2(row.add(at));
-                    for i in 0..M {
-                        sums[ri][i][ue] = S::fma(xe[i], we, sums[ri][i][ue]);
-                        sums[ri][i][uo] = S::fma(xo[i], wo, sums[ri][i][uo]);
-                    }
+    // Blocks of 2 · LANES weights: two vectors per load pair, in order or, where the type
+    // splits pairs, its even and odd elements against x in that order (`x_load`). The two
+    // vectors go to two accumulators (the same one where U = 1).
+    let pairs = U.div_ceil(2);
+    let step = 2 * pairs * S::LANES;
+    while j + step <= k {
+        prefetch_rows::<S, E, R, PF>(&wp, j, step);
+        for p in 0..pairs {
+            let at = j + 2 * p * S::LANES;
+            let xe: [S::V; M] = std::array::from_fn(|i| S::load(xl.add(i * k + at)));
+            let xo: [S::V; M] = std::array::from_fn(|i| S::load(xl.add(i * k + at + S::LANES)));
+            let (ue, uo) = ((2 * p) % U, (2 * p + 1) % U);
+            for (ri, row) in wp.iter().enumerate() {
+                let (we, wo) = S::load_w2(row.add(at));
+                for i in 0..M {
+                    sums[ri][i][ue] = S::fma(xe[i], we, sums[ri][i][ue]);
+                    sums[ri][i][uo] = S::fma(xo[i], wo, sums[ri][i][uo]);
                 }
             }
-            j += step;
         }
-    } else {
-        let step = U * S::LANES;
-        while j + step <= k {
-            prefetch_rows::<S, E, R, PF>(&wp, j, step);
-            for u in 0..U {
-                let xv: [S::V; M] =
-                    std::array::from_fn(|i| S::load(xl.add(i * k + j + u * S::LANES)));
-                for (ri, row) in wp.iter().enumerate() {
-                    let wv = S::load_w(row.add(j + u * S::LANES));
-                    for i in 0..M {
-                        sums[ri][i][u] = S::fma(xv[i], wv, sums[ri][i][u]);
-                    }
-                }
-            }
-            j += step;
-        }
+        j += step;
     }
     for (ri, row) in wp.iter().enumerate() {
         for (i, s) in sums[ri].iter().enumerate() {

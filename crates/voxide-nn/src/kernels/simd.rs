@@ -77,7 +77,7 @@ impl Isa {
         }
     }
 
-    /// Whether this path's kernels widen `E` weights in even/odd pairs ([`Simd::splits_pairs`]).
+    /// Whether this path's [`Simd::load_w2`] widens `E` weights as even and odd elements.
     pub(crate) fn splits_pairs<E: WeightElem>(self) -> bool {
         matches!(self, Isa::Avx2 | Isa::Avx512) && E::SPLITS_PAIRS_X86
     }
@@ -143,7 +143,7 @@ pub trait WeightElem: Copy + Send + Sync + 'static + sealed::Sealed {
     unsafe fn load4_neon(p: *const Self) -> std::arch::aarch64::float32x4_t;
 
     /// Whether the x86 pair loads return the even and the odd elements of a block rather than
-    /// its two halves in order ([`Simd::load_w2`]).
+    /// its two halves in order ([`Simd::load_w2`], [`Isa::splits_pairs`]).
     #[doc(hidden)]
     const SPLITS_PAIRS_X86: bool = false;
 
@@ -363,13 +363,9 @@ pub(crate) trait Simd: Copy {
     unsafe fn sum(v: Self::V) -> f32;
     /// `LANES` weights at `p` widened to f32.
     unsafe fn load_w<E: WeightElem>(p: *const E) -> Self::V;
-    /// Whether [`Self::load_w2`] splits a block of `E` into its even and odd elements, so that
-    /// x must be read in that order ([`deinterleave_pairs`]).
-    fn splits_pairs<E: WeightElem>() -> bool {
-        false
-    }
     /// 2 · `LANES` weights at `p` widened to f32: the two halves in order, or the even and the
-    /// odd elements where [`Self::splits_pairs`].
+    /// odd elements where [`Isa::splits_pairs`] (x must then be read in that order:
+    /// [`deinterleave_pairs`]).
     #[inline(always)]
     unsafe fn load_w2<E: WeightElem>(p: *const E) -> (Self::V, Self::V) {
         (Self::load_w(p), Self::load_w(p.add(Self::LANES)))
@@ -478,9 +474,6 @@ impl Simd for Avx2 {
     unsafe fn load_w<E: WeightElem>(p: *const E) -> Self::V {
         E::load8_avx2(p)
     }
-    fn splits_pairs<E: WeightElem>() -> bool {
-        E::SPLITS_PAIRS_X86
-    }
     #[inline(always)]
     unsafe fn load_w2<E: WeightElem>(p: *const E) -> (Self::V, Self::V) {
         E::load16_pairs_avx2(p)
@@ -539,9 +532,6 @@ impl Simd for Avx512 {
     #[inline(always)]
     unsafe fn load_w<E: WeightElem>(p: *const E) -> Self::V {
         E::load16_avx512(p)
-    }
-    fn splits_pairs<E: WeightElem>() -> bool {
-        E::SPLITS_PAIRS_X86
     }
     #[inline(always)]
     unsafe fn load_w2<E: WeightElem>(p: *const E) -> (Self::V, Self::V) {
