@@ -196,7 +196,7 @@ pub fn kv_precision(value: &str) -> candle_core::DType {
 /// it. A kernel's fork-join from outside the pool injects a job and sleeps until a pool thread
 /// has run it (two wake-ups per call); from a pool thread it pushes half the work to its own
 /// deque and runs the other half. The calls are short in a decoder step (Qwen3-TTS 0.6B int8
-/// reads 1–3 MB per GEMV, ~230 per frame): RTF 1.63–1.70 → 1.46–1.50 (PERFORMANCE.md #73).
+/// reads 1–3 MB per GEMV, ~230 per frame): RTF 8 % lower on Zen 3 (PERFORMANCE.md #73).
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     cap_threads(threads)?;
     let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -390,7 +390,8 @@ fn bench_whisper_step() {
     }
 }
 
-/// GEMV against the small-M kernel at the GEMV's row counts (bf16 9216×3072).
+/// int8 products of 9–128 rows: the small-M kernel against the GEMV in chunks of 8 rows (the
+/// dispatch's `INT8_GEMV_MAX_ROWS`).
 fn bench_int8_chunks() {
     for (n, k) in [(9216usize, 3072usize), (3072, 1024), (1024, 3072)] {
         let (q, sc) = quantize_int8(n, k, value);
@@ -413,6 +414,7 @@ fn bench_int8_chunks() {
     }
 }
 
+/// GEMV against the small-M kernel at the GEMV's row counts (bf16 9216×3072).
 fn bench_rows() {
     let (n, k) = (9216, 3072);
     let w: Vec<bf16> = filled(n * k, bf16::from_f32);

@@ -412,6 +412,7 @@ impl Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::ops::INT8_GEMV_MAX_ROWS;
     use crate::kernels::small_m::{small_m_max_rows, SMALL_M_MAX_ROWS};
 
     fn det(len: usize, seed: u32) -> Vec<f32> {
@@ -461,8 +462,8 @@ mod tests {
                     5,
                     8,
                     9,
-                    16,
-                    17,
+                    INT8_GEMV_MAX_ROWS,
+                    INT8_GEMV_MAX_ROWS + 1,
                     39,
                     64,
                     65,
@@ -475,9 +476,9 @@ mod tests {
                     let want = reference.forward(&x)?;
                     assert_eq!(got.dims(), &[1, rows, n]);
                     let err = max_rel(&got, &want);
-                    // Up to 16 rows, int8 multiplies x's int16 codes (`gemv_int8`): each
-                    // value within 1.5e-5 of its block's largest.
-                    let tol = if fmt == WeightFormat::Int8 && rows <= 16 {
+                    // Where int8 runs on the GEMV, it multiplies x's int16 codes
+                    // (`gemv_int8`): each value within 1.5e-5 of its block's largest.
+                    let tol = if fmt == WeightFormat::Int8 && rows <= INT8_GEMV_MAX_ROWS {
                         1e-4
                     } else {
                         1e-5

@@ -96,12 +96,12 @@ impl<'a> Narrow<'a> {
 /// prompt of 9–16 positions is mostly padding there: AMD EPYC Zen 3, 2 threads, int8 9216 ×
 /// 3072 at m = 9: 3.8 ms in chunks against 7.0 ms (3072 × 1024: 0.45 against 0.72), level at
 /// m = 16–24, small-M ahead from m = 32 (PERFORMANCE.md #72).
-const INT8_GEMV_MAX_ROWS: usize = 2 * MAX_ROWS;
+pub const INT8_GEMV_MAX_ROWS: usize = 2 * MAX_ROWS;
 
 /// candle op: x (m, k) f32 × w (n, k) narrow → (m, n) f32, any m: the GEMV up to
-/// [`MAX_ROWS`] (int8: [`INT8_GEMV_MAX_ROWS`]), the small-M kernel up to [`small_m_max_rows`], beyond a GEMM on blocks of
-/// widened weight rows ([`matmul_widened`]). With a third
-/// operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
+/// [`MAX_ROWS`] (int8: [`INT8_GEMV_MAX_ROWS`]), the small-M kernel up to
+/// [`small_m_max_rows`], beyond a GEMM on blocks of widened weight rows ([`matmul_widened`]).
+/// With a third operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
 #[derive(Clone, Copy, Debug)]
 pub struct NarrowMatmul {
     pub int8: bool,
