@@ -46,8 +46,9 @@ pub struct AskArgs {
     /// matrices, quantized per row at load).
     #[arg(long, default_value = "auto", value_parser = crate::transcribe::PRECISIONS)]
     precision: String,
-    /// KV-cache precision, f32, f16 or bf16.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    /// KV-cache precision: auto (f16 beside bf16, f16 or quantized weights, f32 beside
+    /// f32 ones), f32, f16 or bf16.
+    #[arg(long, default_value = "auto", value_parser = crate::transcribe::KV_PRECISIONS)]
     kv_precision: String,
     /// Print timings (encoder, prefill, decoder ms/step, first token) to stderr.
     #[arg(short, long)]

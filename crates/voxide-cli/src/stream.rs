@@ -26,8 +26,9 @@ pub struct StreamArgs {
     /// matrices, quantized per row at load).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "int8"])]
     precision: String,
-    /// KV-cache precision: f32, f16 or bf16.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    /// KV-cache precision: auto (f16 beside bf16, f16 or quantized weights, f32 beside
+    /// f32 ones), f32, f16 or bf16.
+    #[arg(long, default_value = "auto", value_parser = crate::transcribe::KV_PRECISIONS)]
     kv_precision: String,
     /// Run the encoder once this many 20 ms frames are waiting (lower: less latency, more
     /// passes over the encoder weights).

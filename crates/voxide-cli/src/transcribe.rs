@@ -125,8 +125,9 @@ pub struct TranscribeArgs {
     /// of 80 (default: the model's, 480).
     #[arg(long)]
     delay_ms: Option<u32>,
-    /// Voxtral: KV-cache precision, f32, f16 or bf16.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    /// Voxtral: KV-cache precision: auto (f16 beside bf16, f16 or quantized weights, f32 beside
+    /// f32 ones), f32, f16 or bf16.
+    #[arg(long, default_value = "auto", value_parser = crate::transcribe::KV_PRECISIONS)]
     kv_precision: String,
     /// Print timings (mel, encoder, decoder ms/step, real-time factor) to stderr.
     #[arg(short, long)]
@@ -157,7 +158,7 @@ impl TranscribeArgs {
             seed: self.seed,
             ignore_eot: false,
             delay_ms: self.delay_ms,
-            kv_dtype: Some(kv_precision(&self.kv_precision)),
+            kv_dtype: kv_precision(&self.kv_precision),
         }
     }
 
@@ -182,12 +183,16 @@ pub fn precision(value: &str) -> Option<WeightFormat> {
     WeightFormat::from_name(value)
 }
 
-/// The `--kv-precision` value as a dtype.
-pub fn kv_precision(value: &str) -> candle_core::DType {
+/// The values `--kv-precision` takes.
+pub const KV_PRECISIONS: [&str; 4] = ["auto", "f32", "f16", "bf16"];
+
+/// The `--kv-precision` value as a dtype (`None`: the model's default).
+pub fn kv_precision(value: &str) -> Option<candle_core::DType> {
     match value {
-        "f16" => candle_core::DType::F16,
-        "bf16" => candle_core::DType::BF16,
-        _ => candle_core::DType::F32,
+        "f32" => Some(candle_core::DType::F32),
+        "f16" => Some(candle_core::DType::F16),
+        "bf16" => Some(candle_core::DType::BF16),
+        _ => None,
     }
 }
 

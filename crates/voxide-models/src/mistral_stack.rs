@@ -418,6 +418,16 @@ impl TextDecoder {
         .with_planned_residency())
     }
 
+    /// The precision of the KV caches when a request names none: f32 beside f32 weights (the
+    /// parity fixtures), else f16, half the bytes that attention reads per step at every
+    /// position (llama.cpp's default too; f16 keeps 3 more mantissa bits than bf16).
+    pub(crate) fn default_kv_dtype(&self) -> DType {
+        match self.head.weight_format() {
+            WeightFormat::F32 => DType::F32,
+            _ => DType::F16,
+        }
+    }
+
     /// Bytes of weights one step reads: every layer's matrices and the head.
     pub(crate) fn step_bytes(&self) -> usize {
         self.stack.weight_bytes() + self.head.weight_bytes()

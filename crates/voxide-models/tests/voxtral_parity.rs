@@ -8,11 +8,12 @@ mod common;
 
 use common::{assert_close, ids, samples};
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use voxide_models::voxtral::{prompt, Content, GenerateOptions, Message, Role, Voxtral};
+use voxide_nn::linear::WeightFormat;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/voxtral")
@@ -106,9 +107,7 @@ fn every_stage_matches_transformers() {
             let key = |what: &str| format!("{clip}.transcribe.{what}");
             assert_close(&tag("inputs embeds"), &x, &r[&key("inputs_embeds")], 2e-5);
 
-            let mut state = net
-                .new_state(prompt.len(), candle_core::DType::F32)
-                .unwrap();
+            let mut state = net.new_state(prompt.len(), DType::F32).unwrap();
             let mut hidden = Vec::new();
             let mut outs = Vec::new();
             for start in (0..prompt.len()).step_by(voxide_models::voxtral::PREFILL_BLOCK) {
@@ -194,7 +193,7 @@ fn greedy_ids_and_cached_steps_match() {
 
             let x = net.merge(&prompt, &audio).unwrap();
             let mut state = net
-                .new_state(prompt.len() + want.len(), candle_core::DType::F32)
+                .new_state(prompt.len() + want.len(), DType::F32)
                 .unwrap();
             let mut h = net.decode(&mut state, &x, None).unwrap();
             let mut steps = Vec::new();
@@ -376,4 +375,15 @@ fn bad_requests_are_errors() {
         .unwrap_err();
     assert!(matches!(e, voxide_models::Error::Cancelled), "{e}");
     assert_eq!(calls, 1);
+}
+
+/// Without a request's precision the KV cache follows the weights: f32 beside the f32
+/// fixture, f16 beside int8 ones.
+#[test]
+fn kv_cache_defaults_to_f16_beside_narrow_weights() {
+    let dir = fixtures().join(LAYOUTS[0]);
+    let f32_model = Voxtral::from_dir(&dir, &Device::Cpu, None).unwrap();
+    assert_eq!(f32_model.network().default_kv_dtype(), DType::F32);
+    let int8 = Voxtral::from_dir(&dir, &Device::Cpu, Some(WeightFormat::Int8)).unwrap();
+    assert_eq!(int8.network().default_kv_dtype(), DType::F16);
 }

@@ -344,7 +344,7 @@ fn half_precision_kv_caches_keep_the_ids() {
     let want = ids(&r["speech_generated_ids"]);
     for kv_dtype in [DType::F16, DType::BF16] {
         let options = StreamOptions {
-            kv_dtype,
+            kv_dtype: Some(kv_dtype),
             ..StreamOptions::default()
         };
         let (transcript, _) = model.transcribe(&audio, options, &mut |_| true).unwrap();
@@ -466,4 +466,19 @@ fn live_streams_restart_after_end_of_stream() {
         "{}",
         live.positions()
     );
+}
+
+/// Without a request's precision the KV caches follow the weights: f32 beside the f32
+/// fixture (the parity above), f16 beside bf16 or int8 weights.
+#[test]
+fn kv_caches_default_to_f16_beside_narrow_weights() {
+    let dir = fixtures().join("tiny-random-mistral");
+    for (format, want) in [
+        (None, DType::F32),
+        (Some(WeightFormat::Bf16), DType::F16),
+        (Some(WeightFormat::Int8), DType::F16),
+    ] {
+        let model = VoxtralRealtime::from_dir(&dir, &Device::Cpu, format).unwrap();
+        assert_eq!(model.network().default_kv_dtype(), want, "{format:?}");
+    }
 }

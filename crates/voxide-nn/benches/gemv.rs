@@ -5,7 +5,7 @@
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench -p voxide-nn --bench gemv [-- SECTION...]`
 //! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`,
-//! `whisper-step`, `rows`, `row-bytes`, `step`,
+//! `whisper-step`, `rows`, `row-bytes`, `attention`, `step`,
 //! `step-int8`, `quant`, `quant-l2`
 //! (all by default; `quant` and `quant-l2` take extra words: ggml type names to run, e.g. `quant q4_0 q4_K`). Figures: median [min–max] of the timed repetitions after a warm-up.
 
@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::time::Instant;
+use voxide_nn::kernels::attention::DecodeAttention;
 use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::convert::{quantize_int8, to_f32};
 use voxide_nn::kernels::gemv::{gemv, gemv_on, WeightMatrix};
@@ -855,6 +856,9 @@ fn main() -> candle_core::Result<()> {
     if on("rows") {
         bench_rows();
     }
+    if on("attention") {
+        bench_attention()?;
+    }
     if on("step") {
         bench_step(false);
     }
@@ -869,6 +873,99 @@ fn main() -> candle_core::Result<()> {
     }
     if on("quant-l2") {
         bench_quant_l2(&types);
+    }
+    Ok(())
+}
+
+/// A decoder step's attention over its caches: every layer's K/V (views into caches of 2048
+/// positions, as the KV cache hands them out), one call per layer, in GB/s of K/V read.
+fn bench_attention() -> candle_core::Result<()> {
+    // (name, layers, kv heads, query rows per kv head, head dim, positions, K/V dtype)
+    let cases = [
+        (
+            "voxtral-3b  30 L, 475 pos, f32",
+            30,
+            8,
+            4,
+            128,
+            475,
+            DType::F32,
+        ),
+        (
+            "voxtral-3b  30 L, 475 pos, f16",
+            30,
+            8,
+            4,
+            128,
+            475,
+            DType::F16,
+        ),
+        (
+            "realtime    26 L, 140 pos, f32",
+            26,
+            8,
+            4,
+            128,
+            140,
+            DType::F32,
+        ),
+        (
+            "realtime    26 L, 140 pos, f16",
+            26,
+            8,
+            4,
+            128,
+            140,
+            DType::F16,
+        ),
+        (
+            "whisper-tiny cross 4 L, 1500, f16",
+            4,
+            6,
+            1,
+            64,
+            1500,
+            DType::F16,
+        ),
+        (
+            "whisper-base cross 6 L, 1500, f16",
+            6,
+            8,
+            1,
+            64,
+            1500,
+            DType::F16,
+        ),
+    ];
+    for (name, layers, heads, rows, d, s, dtype) in cases {
+        let dev = Device::Cpu;
+        let cap = 2048.max(s);
+        let caches: Vec<(Tensor, Tensor)> = (0..layers)
+            .map(|l| {
+                let kv = |o: usize| -> candle_core::Result<Tensor> {
+                    let data: Vec<f32> = (0..heads * cap * d).map(|i| value(i + o)).collect();
+                    Tensor::from_vec(data, (1, heads, cap, d), &dev)?
+                        .to_dtype(dtype)?
+                        .narrow(2, 0, s)
+                };
+                Ok((kv(2 * l)?, kv(2 * l + 1)?))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let q = Tensor::from_vec(
+            (0..heads * rows * d)
+                .map(|i| value(i) * 0.1)
+                .collect::<Vec<f32>>(),
+            (1, heads, rows, d),
+            &dev,
+        )?;
+        let bytes = layers * 2 * heads * s * d * dtype.size_in_bytes();
+        let t = time(2, 15, || {
+            for (k, v) in &caches {
+                q.apply_op3_no_bwd(k, v, &DecodeAttention)
+                    .expect("attention");
+            }
+        });
+        report(&format!("attention {name}"), bytes, t);
     }
     Ok(())
 }

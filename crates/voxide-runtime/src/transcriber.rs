@@ -59,7 +59,8 @@ pub struct TranscribeRequest {
     /// Streaming models: transcription delay in ms (default: the model's, 480 for Voxtral
     /// Realtime).
     pub delay_ms: Option<u32>,
-    /// Streaming models: precision of the KV caches (default f32).
+    /// Voxtral models: precision of the KV caches (default: the model's, f16 beside narrow or
+    /// quantized weights, f32 beside f32 ones).
     pub kv_dtype: Option<DType>,
 }
 
@@ -289,7 +290,7 @@ impl Transcriber for VoxtralRealtime {
         let defaults = self.default_options();
         let options = StreamOptions {
             delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
-            kv_dtype: request.kv_dtype.unwrap_or(defaults.kv_dtype),
+            kv_dtype: request.kv_dtype.or(defaults.kv_dtype),
             ..defaults
         };
         Ok(VoxtralRealtime::transcribe(
@@ -306,7 +307,7 @@ impl Transcriber for VoxtralRealtime {
         let defaults = self.default_options();
         let options = StreamOptions {
             delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
-            kv_dtype: request.kv_dtype.unwrap_or(defaults.kv_dtype),
+            kv_dtype: request.kv_dtype.or(defaults.kv_dtype),
             restart_on_eos: true,
             ..defaults
         };
@@ -360,7 +361,7 @@ impl Transcriber for Voxtral {
             temperature: request.temperature,
             seed: request.seed,
             ignore_eos: request.ignore_eot,
-            kv_dtype: request.kv_dtype.unwrap_or(DType::F32),
+            kv_dtype: request.kv_dtype,
             ..GenerateOptions::default()
         };
         let result = if request.translate {

@@ -450,8 +450,6 @@ fn options(form: &Form, translate: bool) -> Result<Options, ApiError> {
         prompt: form.prompt.clone().filter(|p| !p.is_empty()),
         temperature,
         word_timestamps,
-        // As `voxide transcribe` (its --kv-precision default).
-        kv_dtype: Some(candle_core::DType::F32),
         ..TranscribeRequest::default()
     };
     Ok(Options {

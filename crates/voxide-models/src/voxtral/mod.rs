@@ -59,8 +59,8 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Keep going past end-of-sequence (benchmarks on random weights).
     pub ignore_eos: bool,
-    /// Precision of the KV cache.
-    pub kv_dtype: DType,
+    /// Precision of the KV cache (`None`: the model's, [`VoxtralModel::default_kv_dtype`]).
+    pub kv_dtype: Option<DType>,
 }
 
 impl Default for GenerateOptions {
@@ -71,7 +71,7 @@ impl Default for GenerateOptions {
             top_p: 1.0,
             seed: 0,
             ignore_eos: false,
-            kv_dtype: DType::F32,
+            kv_dtype: None,
         }
     }
 }
@@ -225,7 +225,10 @@ impl Voxtral {
         }
         let network = &self.network;
         let embeds = network.merge(prompt, audio)?;
-        let mut state = network.new_state(positions, options.kv_dtype)?;
+        let kv_dtype = options
+            .kv_dtype
+            .unwrap_or_else(|| network.default_kv_dtype());
+        let mut state = network.new_state(positions, kv_dtype)?;
         let mut timings = Timings::default();
         let t0 = Instant::now();
         let mut last = None;

@@ -239,6 +239,12 @@ impl VoxtralModel {
         self.decoder.embed(ids)
     }
 
+    /// The KV caches' precision when a request names none (f16 beside narrow or quantized
+    /// weights, f32 beside f32 ones).
+    pub fn default_kv_dtype(&self) -> DType {
+        self.decoder.default_kv_dtype()
+    }
+
     /// A fresh decoder state for up to `positions` positions (prompt and generated tokens),
     /// caches in `kv_dtype`; they grow as the sequence does.
     pub fn new_state(&self, positions: usize, kv_dtype: DType) -> Result<StackState> {

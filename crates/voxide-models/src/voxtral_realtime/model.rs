@@ -220,6 +220,12 @@ impl VoxtralRealtimeModel {
         &self.device
     }
 
+    /// The KV caches' precision when a request names none (f16 beside narrow or quantized
+    /// decoder weights, f32 beside f32 ones), for the encoder's caches too.
+    pub fn default_kv_dtype(&self) -> DType {
+        self.decoder.default_kv_dtype()
+    }
+
     /// Fresh state for a stream transcribed with `delay_tokens` tokens of delay, caches in
     /// `kv_dtype`.
     pub fn new_state(&self, delay_tokens: usize, kv_dtype: DType) -> Result<NetworkState> {

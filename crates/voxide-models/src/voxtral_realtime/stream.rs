@@ -28,8 +28,9 @@ const RIGHT_PAD_BUFFER_TOKENS: usize = 10;
 pub struct StreamOptions {
     /// Transcription delay in ms: 80 … 2400 in steps of 80 (the model was trained at 480).
     pub delay_ms: u32,
-    /// Precision of the encoder and decoder KV caches (f32, f16 or bf16).
-    pub kv_dtype: DType,
+    /// Precision of the encoder and decoder KV caches (f32, f16 or bf16; `None`: the model's,
+    /// [`default_kv_dtype`](super::model::VoxtralRealtimeModel::default_kv_dtype)).
+    pub kv_dtype: Option<DType>,
     /// Run the encoder once this many conv frames (20 ms each) are waiting: larger batches
     /// read the encoder weights fewer times (each pass reads all of them).
     pub encoder_min_frames: usize,
@@ -43,7 +44,7 @@ impl Default for StreamOptions {
     fn default() -> Self {
         Self {
             delay_ms: 480,
-            kv_dtype: DType::F32,
+            kv_dtype: None,
             encoder_min_frames: 48,
             restart_on_eos: false,
         }
@@ -95,7 +96,10 @@ impl<'m> RealtimeStream<'m> {
         let delay_tokens = model.delay_tokens(options.delay_ms)?;
         let started = Instant::now();
         let network = model.network();
-        let net = network.new_state(delay_tokens, options.kv_dtype)?;
+        let kv_dtype = options
+            .kv_dtype
+            .unwrap_or_else(|| network.default_kv_dtype());
+        let net = network.new_state(delay_tokens, kv_dtype)?;
         let left = model.schedule().left_pad_tokens;
         let mut prompt = vec![model.tokenizer().bos()];
         prompt.extend(std::iter::repeat_n(

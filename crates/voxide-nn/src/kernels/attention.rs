@@ -4,17 +4,41 @@
 //! At one query per head the product is a matrix-vector walk over K and V; candle runs it
 //! through a general GEMM whose per-call set-up and thread hand-offs cost more than the
 //! arithmetic (measured ~1/5 of a Whisper-tiny decoder step).
+//!
+//! The walk has to keep up with the memory that feeds it (a Voxtral Mini 3B step reads 60–120
+//! MB of K/V at its ~475-position prompt). A dot product per key is one chain of dependent
+//! FMAs, latency-bound at a quarter of the FMA rate: here [`KEYS_PER_PASS`] keys run side by
+//! side (independent chains; their rows are re-read from L1 by the other query rows of the
+//! head), and each output row keeps [`OUT_VECTORS`] vectors of its sum in registers over a
+//! block of values instead of a load, an FMA and a store per value and vector.
 
-use super::simd::dot;
+use super::simd::{isa_entries, Isa, Simd, WeightElem};
+use super::softmax::exp_shifted_in_place;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
-use half::{bf16, f16};
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// At most this many query rows per head take the kernel.
 pub const MAX_QUERY_ROWS: usize = 8;
 
 /// Below this many K/V elements per call, heads run on one thread.
 const PARALLEL_MIN: usize = 1 << 16;
+
+/// Keys whose dot products with a query row run side by side.
+const KEYS_PER_PASS: usize = 4;
+
+/// Keys per block of the value pass: the block's V rows (64 × 128 f32 = 32 KB) stay in the
+/// near caches while every query row of the head reads them.
+const VALUE_BLOCK: usize = 64;
+
+/// Vectors of an output row summed in registers at once.
+const OUT_VECTORS: usize = 8;
+
+thread_local! {
+    /// The scores of the head being computed (rows × s), reused so that a step allocates only
+    /// its output. Taken, not borrowed.
+    static SCORES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
 
 /// candle op: q (b, h, rows, d) f32 contiguous, pre-scaled; k, v (b, h, s, d) f32, f16 or bf16 with
 /// unit stride along d (cache views allowed) → (b, h, rows, d) f32.
@@ -58,10 +82,11 @@ impl CustomOp3 for DecodeAttention {
         };
         let q = &q[ql.start_offset()..];
         let dims = Dims { b, h, rows, d, s };
+        let isa = Isa::detect();
         let out = match (ks, vs) {
-            (CpuStorage::F32(k), CpuStorage::F32(v)) => attend(q, k, kl, v, vl, dims),
-            (CpuStorage::F16(k), CpuStorage::F16(v)) => attend(q, k, kl, v, vl, dims),
-            (CpuStorage::BF16(k), CpuStorage::BF16(v)) => attend(q, k, kl, v, vl, dims),
+            (CpuStorage::F32(k), CpuStorage::F32(v)) => attend(isa, q, k, kl, v, vl, dims),
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => attend(isa, q, k, kl, v, vl, dims),
+            (CpuStorage::BF16(k), CpuStorage::BF16(v)) => attend(isa, q, k, kl, v, vl, dims),
             _ => candle_core::bail!("decode-attention takes f32, f16 or bf16 keys and values"),
         };
         Ok((CpuStorage::F32(out), Shape::from((b, h, rows, d))))
@@ -105,193 +130,118 @@ struct Dims {
     s: usize,
 }
 
-/// Keys and values are stored as f32, or as f16 / bf16 (halving the bytes each step reads).
-trait KvElement: Copy + Send + Sync + Sized {
-    /// out (rows × d) = softmax(q·Kᵀ)·V for one head; `scores` is scratch of length s.
-    fn head(q: &[f32], kv: HeadKv<'_, Self>, dims: Dims, out: &mut [f32], scores: &mut [f32]);
+isa_entries! {
+    /// out (rows × d, zeroed) = softmax(q·Kᵀ)·V for one head; `scores` is scratch of rows × s.
+    fn head_on<E: WeightElem>(
+        q: &[f32],
+        kv: HeadKv<'_, E>,
+        dims: Dims,
+        out: &mut [f32],
+        scores: &mut [f32],
+    ) => head_body
 }
 
-/// The per-head loop, written once; `dot` and `axpy` read one key / value row.
+/// Keys and values of any element type (f32, or f16 / bf16 to halve the bytes a step reads),
+/// widened to f32 as they are read; q, the scores and the sums stay f32.
 #[inline(always)]
-fn head_with<T>(
+unsafe fn head_body<S: Simd, E: WeightElem>(
     q: &[f32],
-    kv: HeadKv<'_, T>,
+    kv: HeadKv<'_, E>,
     dims: Dims,
     out: &mut [f32],
     scores: &mut [f32],
-    dot: impl Fn(&[f32], &[T]) -> f32,
-    axpy: impl Fn(f32, &[T], &mut [f32]),
 ) {
-    let Dims { rows, d, .. } = dims;
-    for r in 0..rows {
-        let qr = &q[r * d..(r + 1) * d];
-        for (j, score) in scores.iter_mut().enumerate() {
-            *score = dot(qr, &kv.k[kv.at.key(j)..][..d]);
+    let Dims { rows, d, s, .. } = dims;
+    let full = d - d % S::LANES;
+    let (k, v) = (kv.k.as_ptr(), kv.v.as_ptr());
+    // q·Kᵀ, KEYS_PER_PASS keys at a time (a last pass of fewer repeats its last key).
+    for j in (0..s).step_by(KEYS_PER_PASS) {
+        let n = KEYS_PER_PASS.min(s - j);
+        let keys: [*const E; KEYS_PER_PASS] =
+            std::array::from_fn(|i| k.add(kv.at.key(j + i.min(n - 1))));
+        for r in 0..rows {
+            let qr = q.as_ptr().add(r * d);
+            // Four named accumulators: an array of them was kept in memory, a store and a
+            // reload per FMA.
+            let [k0, k1, k2, k3] = keys;
+            let (mut a0, mut a1, mut a2, mut a3) = (S::zero(), S::zero(), S::zero(), S::zero());
+            let mut c = 0;
+            while c < full {
+                let qv = S::load(qr.add(c));
+                a0 = S::fma(qv, S::load_w(k0.add(c)), a0);
+                a1 = S::fma(qv, S::load_w(k1.add(c)), a1);
+                a2 = S::fma(qv, S::load_w(k2.add(c)), a2);
+                a3 = S::fma(qv, S::load_w(k3.add(c)), a3);
+                c += S::LANES;
+            }
+            let acc = [a0, a1, a2, a3];
+            for (i, (a, key)) in acc.iter().zip(&keys).take(n).enumerate() {
+                let tail: f32 = (full..d).map(|c| *qr.add(c) * (*key.add(c)).to_f32()).sum();
+                scores[r * s + j + i] = S::sum(*a) + tail;
+            }
         }
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in scores.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        let o = &mut out[r * d..(r + 1) * d];
-        for (j, p) in scores.iter().enumerate() {
-            axpy(p * inv, &kv.v[kv.at.value(j)..][..d], o);
+    }
+    for row in scores.chunks_exact_mut(s) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv = (1.0 / exp_shifted_in_place(row, max)) as f32;
+        row.iter_mut().for_each(|p| *p *= inv);
+    }
+    // Σ_j p_j · V_j, a block of keys at a time, each row's sum in registers along the block.
+    for j0 in (0..s).step_by(VALUE_BLOCK) {
+        let block = VALUE_BLOCK.min(s - j0);
+        for r in 0..rows {
+            let p = &scores[r * s + j0..][..block];
+            let o = out.as_mut_ptr().add(r * d);
+            let mut c = 0;
+            while c + OUT_VECTORS * S::LANES <= full {
+                accumulate::<S, E, OUT_VECTORS>(p, v, kv.at, j0, c, o);
+                c += OUT_VECTORS * S::LANES;
+            }
+            while c + 4 * S::LANES <= full {
+                accumulate::<S, E, 4>(p, v, kv.at, j0, c, o);
+                c += 4 * S::LANES;
+            }
+            while c < full {
+                accumulate::<S, E, 1>(p, v, kv.at, j0, c, o);
+                c += S::LANES;
+            }
+            for c in full..d {
+                *o.add(c) += p
+                    .iter()
+                    .enumerate()
+                    .map(|(jj, pj)| pj * (*v.add(kv.at.value(j0 + jj) + c)).to_f32())
+                    .sum::<f32>();
+            }
         }
     }
 }
 
-impl KvElement for f32 {
-    fn head(q: &[f32], kv: HeadKv<'_, f32>, dims: Dims, out: &mut [f32], scores: &mut [f32]) {
-        head_with(q, kv, dims, out, scores, dot, |p, v, o| {
-            for (o, v) in o.iter_mut().zip(v) {
-                *o += p * v;
-            }
-        });
-    }
-}
-
-/// Half-precision keys and values: the SIMD loop where AVX2/FMA exist, else scalar.
-macro_rules! half_kv_element {
-    ($t:ty, $simd:ident) => {
-        impl KvElement for $t {
-            fn head(
-                q: &[f32],
-                kv: HeadKv<'_, $t>,
-                dims: Dims,
-                out: &mut [f32],
-                scores: &mut [f32],
-            ) {
-                #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx2")
-                    && std::is_x86_feature_detected!("fma")
-                    && std::is_x86_feature_detected!("f16c")
-                {
-                    // SAFETY: the features were detected at run time.
-                    return unsafe { x86::$simd(q, kv, dims, out, scores) };
-                }
-                head_with(
-                    q,
-                    kv,
-                    dims,
-                    out,
-                    scores,
-                    |q, k| q.iter().zip(k).map(|(q, k)| q * k.to_f32()).sum(),
-                    |p, v, o| {
-                        for (o, v) in o.iter_mut().zip(v) {
-                            *o += p * v.to_f32();
-                        }
-                    },
-                );
-            }
+/// o[c .. c + N · LANES] += Σ_jj p[jj] · V[j0 + jj][c ..], the N vectors held in registers.
+#[inline(always)]
+unsafe fn accumulate<S: Simd, E: WeightElem, const N: usize>(
+    p: &[f32],
+    v: *const E,
+    at: Walk,
+    j0: usize,
+    c: usize,
+    o: *mut f32,
+) {
+    let mut acc: [S::V; N] = std::array::from_fn(|i| S::load(o.add(c + i * S::LANES)));
+    for (jj, &pj) in p.iter().enumerate() {
+        let pv = S::splat(pj);
+        let row = v.add(at.value(j0 + jj) + c);
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = S::fma(pv, S::load_w(row.add(i * S::LANES)), *a);
         }
-    };
-}
-
-half_kv_element!(f16, head_f16);
-half_kv_element!(bf16, head_bf16);
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{head_with, Dims, HeadKv};
-    use half::{bf16, f16};
-    use std::arch::x86_64::*;
-
-    /// The per-head loop compiled with AVX2/FMA, so the row reads inline into it; `load8`
-    /// widens 8 stored values to f32 (`d` is a multiple of 8 in every model voxide runs; a
-    /// tail is handled anyway).
-    #[inline(always)]
-    unsafe fn head_simd<T: Copy>(
-        q: &[f32],
-        kv: HeadKv<'_, T>,
-        dims: Dims,
-        out: &mut [f32],
-        scores: &mut [f32],
-        load8: impl Fn(*const u16) -> __m256,
-        to_f32: impl Fn(T) -> f32,
-    ) {
-        let dot = |q: &[f32], k: &[T]| {
-            let n = q.len();
-            let (qp, kp) = (q.as_ptr(), k.as_ptr() as *const u16);
-            let mut acc = _mm256_setzero_ps();
-            let mut j = 0;
-            while j + 8 <= n {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(j)), load8(kp.add(j)), acc);
-                j += 8;
-            }
-            let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            let mut total = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
-            for jj in j..n {
-                total += q[jj] * to_f32(k[jj]);
-            }
-            total
-        };
-        let axpy = |p: f32, v: &[T], out: &mut [f32]| {
-            let n = out.len();
-            let (vp, op) = (v.as_ptr() as *const u16, out.as_mut_ptr());
-            let pv = _mm256_set1_ps(p);
-            let mut j = 0;
-            while j + 8 <= n {
-                _mm256_storeu_ps(
-                    op.add(j),
-                    _mm256_fmadd_ps(pv, load8(vp.add(j)), _mm256_loadu_ps(op.add(j))),
-                );
-                j += 8;
-            }
-            for jj in j..n {
-                out[jj] += p * to_f32(v[jj]);
-            }
-        };
-        head_with(q, kv, dims, out, scores, dot, axpy);
     }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn head_f16(
-        q: &[f32],
-        kv: HeadKv<'_, f16>,
-        dims: Dims,
-        out: &mut [f32],
-        scores: &mut [f32],
-    ) {
-        head_simd(
-            q,
-            kv,
-            dims,
-            out,
-            scores,
-            |p| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
-            f16::to_f32,
-        )
-    }
-
-    /// bf16 is the top half of an f32: widen and shift.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn head_bf16(
-        q: &[f32],
-        kv: HeadKv<'_, bf16>,
-        dims: Dims,
-        out: &mut [f32],
-        scores: &mut [f32],
-    ) {
-        head_simd(
-            q,
-            kv,
-            dims,
-            out,
-            scores,
-            |p| {
-                let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
-                _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
-            },
-            bf16::to_f32,
-        )
+    for (i, a) in acc.iter().enumerate() {
+        S::store(o.add(c + i * S::LANES), *a);
     }
 }
 
 /// softmax(q·Kᵀ)·V for every (batch, head), heads in parallel when the walk is long.
-fn attend<T: KvElement>(
+fn attend<T: WeightElem>(
+    isa: Isa,
     q: &[f32],
     k: &[T],
     kl: &Layout,
@@ -309,14 +259,17 @@ fn attend<T: KvElement>(
             v0: offset(vl, bi, hi, 0),
             v_step: vl.stride()[2],
         };
-        let mut scores = vec![0f32; s];
-        T::head(
+        let mut scores = SCORES.take();
+        scores.resize(rows * s, 0.0);
+        head_on(
+            isa,
             &q[bh * rows * d..(bh + 1) * rows * d],
             HeadKv { k, v, at },
             dims,
             out,
             &mut scores,
         );
+        SCORES.set(scores);
     };
     if dims.b * h * s * d < PARALLEL_MIN {
         out.chunks_mut(rows * d)
@@ -328,4 +281,85 @@ fn attend<T: KvElement>(
             .for_each(|(bh, o)| head(bh, o));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use half::{bf16, f16};
+
+    /// softmax(q·Kᵀ)·V in f64 for one head, K and V rows as f32 values.
+    fn reference(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>]) -> Vec<f64> {
+        let scores: Vec<f64> = k
+            .iter()
+            .map(|k| q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum())
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        (0..q.len())
+            .map(|c| e.iter().zip(v).map(|(p, v)| p / sum * v[c] as f64).sum())
+            .collect()
+    }
+
+    /// Every instruction set, element type, head width (vector multiples and tails) and key
+    /// count (partial key passes and value blocks) against the f64 reference, with K and V
+    /// as views into longer caches (row stride ≠ d, start offset ≠ 0).
+    fn check<T: WeightElem + candle_core::WithDType>(from_f32: fn(f32) -> T) -> Result<()> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let (b, h, cap) = (2, 3, 140);
+        for isa in Isa::available() {
+            for d in [4, 64, 72, 128, 136] {
+                for (s, rows) in [(1, 1), (3, 4), (5, 8), (70, 1), (131, 3), (133, 4)] {
+                    let dims = Dims { b, h, rows, d, s };
+                    let q: Vec<f32> = (0..b * h * rows * d).map(|_| rand()).collect();
+                    let mut cache = || -> Result<(Vec<T>, Tensor)> {
+                        let data: Vec<T> = (0..b * h * cap * d).map(|_| from_f32(rand())).collect();
+                        let view = Tensor::from_vec(data.clone(), (b, h, cap, d), &Device::Cpu)?
+                            .narrow(2, cap - s - 2, s)?;
+                        Ok((data, view))
+                    };
+                    let (k, kt) = cache()?;
+                    let (v, vt) = cache()?;
+                    let out = attend(isa, &q, &k, kt.layout(), &v, vt.layout(), dims);
+                    for bh in 0..b * h {
+                        let (bi, hi) = (bh / h, bh % h);
+                        let row_of = |data: &[T], l: &Layout, j| -> Vec<f32> {
+                            let at = offset(l, bi, hi, j);
+                            data[at..at + d].iter().map(|x| x.to_f32()).collect()
+                        };
+                        let ks: Vec<_> = (0..s).map(|j| row_of(&k, kt.layout(), j)).collect();
+                        let vs: Vec<_> = (0..s).map(|j| row_of(&v, vt.layout(), j)).collect();
+                        for r in 0..rows {
+                            let at = (bh * rows + r) * d;
+                            let want = reference(&q[at..at + d], &ks, &vs);
+                            for (c, w) in want.iter().enumerate() {
+                                let got = out[at + c] as f64;
+                                assert!(
+                                    (got - w).abs() < 1e-5,
+                                    "{isa:?} {} d {d} s {s} rows {rows}: head {bh} row {r} [{c}] {got} vs {w}",
+                                    T::NAME
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn decode_attention_matches_f64_for_every_isa_and_kv_type() -> Result<()> {
+        check::<f32>(|x| x)?;
+        check::<f16>(f16::from_f32)?;
+        check::<bf16>(bf16::from_f32)
+    }
 }

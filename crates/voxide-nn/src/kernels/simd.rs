@@ -93,13 +93,14 @@ impl Isa {
 
 mod sealed {
     pub trait Sealed {}
+    impl Sealed for f32 {}
     impl Sealed for half::f16 {}
     impl Sealed for half::bf16 {}
     impl Sealed for i8 {}
 }
 
-/// A weight element type the kernels read: f16, bf16 or i8 (int8 weights carry an f32 scale
-/// per output row, applied by the kernels).
+/// An element type the kernels read: f16, bf16 or i8 weights (int8 weights carry an f32
+/// scale per output row, applied by the kernels), or f32 (a KV cache kept in full precision).
 ///
 /// The per-instruction-set loads widen consecutive elements to f32 exactly; they are
 /// implementation details of the kernels (sealed trait).
@@ -180,6 +181,33 @@ use std::arch::x86_64::*;
 
 #[cfg(target_arch = "aarch64")]
 use std::arch::aarch64::*;
+
+impl WeightElem for f32 {
+    const NAME: &'static str = "f32";
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16_avx512(p: *const Self) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8_avx2(p: *const Self) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4_neon(p: *const Self) -> float32x4_t {
+        vld1q_f32(p)
+    }
+}
 
 impl WeightElem for f16 {
     const NAME: &'static str = "f16";

@@ -38,7 +38,7 @@ fn softmax_row(row: &mut [f32]) {
 }
 
 /// x ← e^(x − max) for every element (max ≥ every element), returning Σ in f64.
-fn exp_shifted_in_place(x: &mut [f32], max: f32) -> f64 {
+pub(crate) fn exp_shifted_in_place(x: &mut [f32], max: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the features were detected at run time; x is valid for writes.

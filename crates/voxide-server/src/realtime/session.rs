@@ -277,8 +277,6 @@ impl<'a> Session<'a> {
                     .unwrap_or_else(|| "auto".into()),
             ),
             prompt: self.settings.prompt.clone(),
-            // As `voxide transcribe` (its --kv-precision default).
-            kv_dtype: Some(candle_core::DType::F32),
             ..TranscribeRequest::default()
         };
         Ok(match model.stream(&request) {

@@ -177,7 +177,6 @@ fn server_vad_turns_on_whisper_equal_the_vad_and_the_model_on_the_same_audio() {
     let whisper = transcriber("whisper-1");
     let request = TranscribeRequest {
         language: Some("en".into()),
-        kv_dtype: Some(candle_core::DType::F32),
         ..TranscribeRequest::default()
     };
     // Turns keep being found while earlier ones are transcribed: the events of items may
@@ -264,7 +263,6 @@ fn voxtral_streams_deltas_that_add_up_to_its_own_stream() {
     // The same audio through the model's own stream, in the server's 512-sample windows.
     let voxtral = transcriber("voxtral");
     let request = TranscribeRequest {
-        kv_dtype: Some(candle_core::DType::F32),
         ..TranscribeRequest::default()
     };
     let mut stream = voxtral.stream(&request).unwrap().unwrap();
@@ -326,7 +324,6 @@ fn twenty_four_khz_pcm16_is_resampled_as_a_whole_file_would_be() {
     let heard = &resampled[..(seconds * 16000.0).round() as usize];
     let request = TranscribeRequest {
         language: Some("en".into()),
-        kv_dtype: Some(candle_core::DType::F32),
         ..TranscribeRequest::default()
     };
     let (text, _) = transcriber("whisper-1")

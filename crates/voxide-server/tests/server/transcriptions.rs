@@ -14,7 +14,6 @@ use voxide_server::Engine;
 fn cli_request() -> TranscribeRequest {
     TranscribeRequest {
         language: Some("auto".into()),
-        kv_dtype: Some(candle_core::DType::F32),
         ..TranscribeRequest::default()
     }
 }
