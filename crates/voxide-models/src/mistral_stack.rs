@@ -244,6 +244,11 @@ impl StackState {
         self.position = 0;
     }
 
+    /// Bytes of keys and values the newest position's attention read, over every layer.
+    pub fn attended_bytes(&self) -> usize {
+        self.caches.iter().map(KvCache::attended_bytes).sum()
+    }
+
     /// Positions held by the largest cache.
     pub fn cached_positions(&self) -> usize {
         self.caches.iter().map(KvCache::capacity).max().unwrap_or(0)

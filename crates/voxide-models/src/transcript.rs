@@ -88,6 +88,9 @@ pub struct Timings {
     pub steps_ms: f64,
     /// Number of steps.
     pub steps: usize,
+    /// Bytes of keys and values the steps' self-attention read, summed over the steps (models
+    /// whose caches grow with the sequence; a bandwidth floor counts them beside the weights).
+    pub steps_kv_bytes: usize,
     /// Word alignment: the teacher-forced pass over each window's text and the time warping.
     pub alignment_ms: f64,
     /// Number of windows aligned.

@@ -116,6 +116,14 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Bytes of keys and values a query at the newest position reads: the positions it sees
+    /// (all cached ones, or the last `window`), as stored.
+    pub fn attended_bytes(&self) -> usize {
+        let dims = self.k.dims();
+        let visible = self.window.map_or(self.len, |w| self.len.min(w));
+        2 * dims[0] * dims[1] * visible * dims[3] * self.k.dtype().size_in_bytes()
+    }
+
     /// Maximum number of positions.
     pub fn capacity(&self) -> usize {
         self.k.dim(2).unwrap_or(0)
@@ -269,6 +277,8 @@ mod tests {
             let want: Vec<f32> = (first..next + n).map(|i| i as f32).collect();
             assert_eq!(got, want, "block at {next}");
             assert_eq!(view.past, next - first);
+            // The newest position sees the window: K and V, 4 bytes each.
+            assert_eq!(cache.attended_bytes(), 2 * (next + n).min(3) * 4);
             next += n;
         }
         assert!(cache.append(&block(0, 4)?, &block(0, 4)?).is_err());
@@ -289,6 +299,7 @@ mod tests {
             assert_eq!(view.past, next);
             let want: Vec<f32> = (0..next + n).map(|i| i as f32).collect();
             assert_eq!(view.v.flatten_all()?.to_vec1::<f32>()?, want);
+            assert_eq!(cache.attended_bytes(), 2 * (next + n) * 4);
             next += n;
         }
         assert_eq!(cache.capacity(), 1200);

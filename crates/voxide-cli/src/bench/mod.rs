@@ -185,6 +185,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 prefill_ms: t.prefill_ms,
                 steps: t.steps,
                 steps_ms: t.steps_ms,
+                kv_bytes: t.steps_kv_bytes,
                 first_token_ms: t.first_token_ms.unwrap_or(0.0),
                 alignment_ms: t.alignment_ms,
                 alignments: t.alignments,
@@ -378,8 +379,13 @@ fn print_table(r: &Report) {
             ),
             None => "FASTER THAN THE FLOOR: a measurement error (the probe under-reads or the step's bytes are wrong), no ratio reported".into(),
         };
+        let kv = if f.kv_bytes > 0 {
+            format!(" of weights + {:.3} GB of K/V", f.kv_bytes as f64 / 1e9)
+        } else {
+            String::new()
+        };
         println!(
-            "decoder floor: a step reads {:.3} GB; at {:.1} GB/s -> {:.1} ms; measured {:.1} ms/step = {verdict}",
+            "decoder floor: a step reads {:.3} GB{kv}; at {:.1} GB/s -> {:.1} ms; measured {:.1} ms/step = {verdict}",
             f.step_bytes as f64 / 1e9, f.read_gbps, f.floor_ms, t.weighted_ms_per_step
         );
     }

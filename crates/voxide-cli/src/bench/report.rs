@@ -51,6 +51,8 @@ pub struct Run {
     pub steps: usize,
     /// Decoder steps, ms.
     pub steps_ms: f64,
+    /// Bytes of keys and values the steps' attention read, summed over the steps.
+    pub kv_bytes: usize,
     /// Start to first sampled token, ms.
     pub first_token_ms: f64,
     /// Word alignment, ms (with --word-timestamps).
@@ -94,6 +96,9 @@ pub struct FileReport {
     /// Windows aligned per run (median).
     #[serde(default)]
     pub alignments: f64,
+    /// Bytes of keys and values a decoder step's attention read (median run's mean).
+    #[serde(default)]
+    pub kv_bytes_per_step: f64,
 }
 
 impl FileReport {
@@ -129,6 +134,7 @@ impl FileReport {
             peak_rss_mb,
             alignment_ms: stat(&|r| r.alignment_ms),
             alignments: stat(&|r| r.alignments as f64).median,
+            kv_bytes_per_step: stat(&|r| r.kv_bytes as f64 / r.steps.max(1) as f64).median,
         }
     }
 }
@@ -156,6 +162,9 @@ pub struct Totals {
     pub long_ms_per_step: Option<f64>,
     /// Highest peak resident memory, MB.
     pub peak_rss_mb: f64,
+    /// Bytes of keys and values a decoder step's attention read, over all steps.
+    #[serde(default)]
+    pub kv_bytes_per_step: f64,
     /// The decoder step's bandwidth floor, for models that report their step's bytes.
     #[serde(default)]
     pub floor: Option<Floor>,
@@ -166,9 +175,13 @@ pub struct Totals {
 pub struct Floor {
     /// Bytes of weights one step reads.
     pub step_bytes: usize,
+    /// Bytes of keys and values one step reads on average (models whose caches grow with the
+    /// sequence: they are part of what a step must read).
+    #[serde(default)]
+    pub kv_bytes: usize,
     /// Measured read bandwidth, GB/s.
     pub read_gbps: f64,
-    /// step_bytes / bandwidth, ms.
+    /// (step_bytes + kv_bytes) / bandwidth, ms.
     pub floor_ms: f64,
     /// Weighted ms/step over the floor; `None` when the step measured faster than its floor,
     /// which cannot be: a measurement error (the probe under-reads, or the step's bytes are
@@ -201,11 +214,14 @@ pub struct MachineReport {
 }
 
 impl Totals {
-    /// Adds the bandwidth floor of a step reading `step_bytes` at `read_gbps`.
+    /// Adds the bandwidth floor of a step reading `step_bytes` of weights and its mean K/V
+    /// bytes at `read_gbps`.
     pub fn set_floor(&mut self, step_bytes: usize, read_gbps: f64) {
-        let floor_ms = step_bytes as f64 / (read_gbps * 1e9) * 1e3;
+        let kv_bytes = self.kv_bytes_per_step.round() as usize;
+        let floor_ms = (step_bytes + kv_bytes) as f64 / (read_gbps * 1e9) * 1e3;
         self.floor = Some(Floor {
             step_bytes,
+            kv_bytes,
             read_gbps,
             floor_ms,
             ratio: Some(self.weighted_ms_per_step / floor_ms).filter(|r| *r >= 1.0),
@@ -250,6 +266,11 @@ impl Totals {
                     .collect(),
             ),
             peak_rss_mb: files.iter().map(|f| f.peak_rss_mb).fold(0.0, f64::max),
+            kv_bytes_per_step: if steps > 0.0 {
+                sum(&|f| f.kv_bytes_per_step * f.steps) / steps
+            } else {
+                0.0
+            },
             floor: None,
         }
     }
@@ -397,6 +418,28 @@ mod tests {
         // At a probed 10 GB/s the floor is 300 ms: 150 ms/step is a measurement error.
         t.set_floor(3_000_000_000, 10.0);
         assert_eq!(t.floor.unwrap().ratio, None);
+    }
+
+    #[test]
+    fn the_floor_counts_the_steps_kv_bytes() {
+        // 10 steps reading 20 MB of K/V each, 90 steps reading 40 MB each: 38 MB per step.
+        let runs = |steps: usize, kv: usize| Run {
+            steps,
+            steps_ms: steps as f64 * 160.0,
+            kv_bytes: steps * kv,
+            ..Default::default()
+        };
+        let files = [
+            FileReport::new("a", 5.0, &[runs(10, 20_000_000)], 100.0),
+            FileReport::new("b", 60.0, &[runs(90, 40_000_000)], 100.0),
+        ];
+        let mut t = Totals::of(&files);
+        assert_eq!(t.kv_bytes_per_step, 38_000_000.0);
+        // (3 GB + 38 MB) at 20 GB/s: 151.9 ms.
+        t.set_floor(3_000_000_000, 20.0);
+        let f = t.floor.unwrap();
+        assert_eq!(f.kv_bytes, 38_000_000);
+        assert!((f.floor_ms - 151.9).abs() < 1e-9, "{}", f.floor_ms);
     }
 
     #[test]

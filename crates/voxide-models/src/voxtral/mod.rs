@@ -271,6 +271,7 @@ impl Voxtral {
             hidden = network.decode(&mut state, &network.embed(&[id])?, None)?;
             timings.steps_ms += ms(t0);
             timings.steps += 1;
+            timings.steps_kv_bytes += state.attended_bytes();
         }
         Ok(Generation { ids, timings })
     }

@@ -310,6 +310,7 @@ impl<'m> RealtimeStream<'m> {
             } else {
                 self.timings.steps_ms += elapsed;
                 self.timings.steps += 1;
+                self.timings.steps_kv_bytes += self.net.decoder.attended_bytes();
             }
             let produced_at = vector + n - 1;
             self.tokens.push(StreamToken {
