@@ -191,7 +191,13 @@ impl Linear {
             return Ok(self);
         }
         let dtype = match format {
-            WeightFormat::Int8 => return self.to_format(WeightFormat::F32)?.quantize_int8(),
+            // Float weights are quantized as stored (no f32 copy of the matrix first).
+            WeightFormat::Int8 => {
+                return match self.weight_format() {
+                    WeightFormat::Ggml(_) => self.to_format(WeightFormat::F32)?.quantize_int8(),
+                    _ => self.quantize_int8(),
+                }
+            }
             WeightFormat::Ggml(ty) => return self.quantize_ggml(ty),
             float => float.dtype().expect("a float format"),
         };

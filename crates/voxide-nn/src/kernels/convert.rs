@@ -122,8 +122,12 @@ where
             let inv = 127.0 / max;
             for (qv, v) in qr.iter_mut().zip(buf.iter()) {
                 // Round to nearest even via the 1.5·2²³ trick (vectorises without SSE4.1).
+                // A NaN weight becomes 0, as a saturating `as` would make it.
                 let t = (v * inv).clamp(-127.0, 127.0);
-                *qv = ((t + 12582912.0) - 12582912.0) as i8;
+                let t = if t.is_nan() { 0.0 } else { t };
+                // SAFETY: t rounds to a whole number in [-127, 127], so the unchecked
+                // conversion is exact; `as`'s saturating one does not vectorise.
+                *qv = unsafe { ((t + 12582912.0) - 12582912.0).to_int_unchecked::<i32>() } as i8;
             }
         });
     (q, scales)
@@ -157,7 +161,11 @@ mod tests {
         let mut w = data(rows * cols, 3);
         w[cols..2 * cols].iter_mut().for_each(|v| *v = 0.0);
         w[2 * cols + 7] = 4.0;
+        // A NaN among finite weights quantizes to 0 (the row keeps its finite scale).
+        w[3 * cols + 11] = f32::NAN;
         let (q, s) = quantize_int8(rows, cols, |i| w[i]);
+        assert_eq!(q[3 * cols + 11], 0);
+        w[3 * cols + 11] = 0.0;
         assert_eq!(s[1], 0.0);
         assert_eq!(s[2], 4.0 / 127.0);
         assert_eq!(q[2 * cols + 7], 127);
