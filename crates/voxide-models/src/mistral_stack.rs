@@ -8,6 +8,7 @@ use crate::error::Error;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::path::PathBuf;
+use voxide_nn::kv_cache::default_kv_dtype;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
 use voxide_nn::weights::SafetensorsFiles;
@@ -423,14 +424,9 @@ impl TextDecoder {
         .with_planned_residency())
     }
 
-    /// The precision of the KV caches when a request names none: f32 beside f32 weights (the
-    /// parity fixtures), else f16, half the bytes that attention reads per step at every
-    /// position (llama.cpp's default too; f16 keeps 3 more mantissa bits than bf16).
+    /// The precision of the KV caches when a request names none ([`default_kv_dtype`]).
     pub(crate) fn default_kv_dtype(&self) -> DType {
-        match self.head.weight_format() {
-            WeightFormat::F32 => DType::F32,
-            _ => DType::F16,
-        }
+        default_kv_dtype(self.head.weight_format())
     }
 
     /// Bytes of weights one step reads: every layer's matrices and the head.

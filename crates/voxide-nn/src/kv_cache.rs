@@ -10,10 +10,21 @@
 //! encoder and decoder caches the same way), so the copy happens once every
 //! `capacity - window + 1` positions instead of every step.
 
+use crate::linear::WeightFormat;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Positions a growing cache allocates before it first grows.
 const INITIAL_CAPACITY: usize = 512;
+
+/// The precision a decoder's KV caches take by default beside weights stored as `weights`: f32
+/// beside f32 (the parity fixtures), else f16 — half the bytes attention reads per step at
+/// every position (llama.cpp's default too; f16 keeps three more mantissa bits than bf16).
+pub fn default_kv_dtype(weights: WeightFormat) -> DType {
+    match weights {
+        WeightFormat::F32 => DType::F32,
+        _ => DType::F16,
+    }
+}
 
 /// Keys and values of one attention layer for up to `capacity` positions.
 #[derive(Clone, Debug)]
@@ -227,6 +238,19 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caches_are_f32_only_beside_f32_weights() {
+        assert_eq!(default_kv_dtype(WeightFormat::F32), DType::F32);
+        for w in [
+            WeightFormat::F16,
+            WeightFormat::Bf16,
+            WeightFormat::Int8,
+            WeightFormat::Ggml(crate::quant::GgmlType::Q4_0),
+        ] {
+            assert_eq!(default_kv_dtype(w), DType::F16, "{w:?}");
+        }
+    }
 
     #[test]
     fn append_returns_all_positions_and_rejects_overflow() -> Result<()> {
