@@ -286,6 +286,7 @@ fn attend<T: WeightElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::gemv::tests::data;
     use candle_core::{Device, Tensor};
     use half::{bf16, f16};
 
@@ -307,21 +308,20 @@ mod tests {
     /// count (partial key passes and value blocks) against the f64 reference, with K and V
     /// as views into longer caches (row stride ≠ d, start offset ≠ 0).
     fn check<T: WeightElem + candle_core::WithDType>(from_f32: fn(f32) -> T) -> Result<()> {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
         let (b, h, cap) = (2, 3, 140);
+        let mut seed = 0;
+        let mut values = |len: usize| {
+            seed += 1;
+            data(len, seed)
+        };
         for isa in Isa::available() {
             for d in [4, 64, 72, 128, 136] {
                 for (s, rows) in [(1, 1), (3, 4), (5, 8), (70, 1), (131, 3), (133, 4)] {
                     let dims = Dims { b, h, rows, d, s };
-                    let q: Vec<f32> = (0..b * h * rows * d).map(|_| rand()).collect();
+                    let q = values(b * h * rows * d);
                     let mut cache = || -> Result<(Vec<T>, Tensor)> {
-                        let data: Vec<T> = (0..b * h * cap * d).map(|_| from_f32(rand())).collect();
+                        let data: Vec<T> =
+                            values(b * h * cap * d).into_iter().map(from_f32).collect();
                         let view = Tensor::from_vec(data.clone(), (b, h, cap, d), &Device::Cpu)?
                             .narrow(2, cap - s - 2, s)?;
                         Ok((data, view))

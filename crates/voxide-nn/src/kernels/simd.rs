@@ -355,7 +355,7 @@ pub(crate) fn deinterleave_pairs(x: &[f32], k: usize, lanes: usize, out: &mut Ve
 
 /// Σ a[i] · b[i] with eight independent accumulators, which the compiler keeps in one vector
 /// register at any baseline (a single running sum would serialise every add): for short dot
-/// products where a dispatched kernel would not pay (attention rows, small recurrent cells).
+/// products where a dispatched kernel would not pay (small recurrent cells, block sums).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
