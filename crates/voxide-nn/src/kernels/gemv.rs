@@ -44,8 +44,16 @@ pub(crate) const PREFETCH_NONE: u8 = 0;
 pub(crate) const PREFETCH_KEEP: u8 = 1;
 pub(crate) const PREFETCH_STREAM: u8 = 2;
 
-/// Output rows per parallel task.
-const ROWS_PER_TASK: usize = 64;
+/// Weight bytes per parallel task. A task reads its rows as R streams side by side
+/// ([`in_row_blocks`]), and longer streams amortise each stream's start (the hardware
+/// prefetcher's training, the first misses): in the synthetic Voxtral step, 512 KB tasks read
+/// 2–7 % faster than the 64-row tasks before them (192 KB of int8 at k = 3072, 384 KB of bf16),
+/// 256 KB and 1 MB in between (PERFORMANCE.md #78).
+const TASK_BYTES: usize = 512 << 10;
+
+/// Fewest tasks per thread: a matrix of a few MB still splits evenly over the threads (and
+/// over a neighbour's interruptions).
+const MIN_TASKS_PER_THREAD: usize = 4;
 
 /// A weight matrix as the kernels read it: `rows` × `cols` elements, row-major (the
 /// checkpoint's [out][in] layout), and for int8 one f32 scale per row (w = q · scale).
@@ -205,16 +213,27 @@ thread_local! {
     static PAIRED_X: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Runs `task` over output rows 0..n: in tasks of [`ROWS_PER_TASK`] on all threads when a
+/// Runs `task` over output rows 0..n: in tasks of [`rows_per_task`] on all threads when a
 /// matrix of `bytes` is worth it ([`runs_parallel`]), else at once.
 fn for_rows(n: usize, bytes: usize, task: impl Fn(usize, usize) + Sync) {
-    if !runs_parallel(bytes, machine().caches.l2_per_core) || rayon::current_num_threads() == 1 {
+    let threads = rayon::current_num_threads();
+    if !runs_parallel(bytes, machine().caches.l2_per_core) || threads == 1 {
         task(0, n);
     } else {
-        (0..n.div_ceil(ROWS_PER_TASK))
+        let rows = rows_per_task(n, bytes, threads);
+        (0..n.div_ceil(rows))
             .into_par_iter()
-            .for_each(|t| task(t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n)));
+            .for_each(|t| task(t * rows, ((t + 1) * rows).min(n)));
     }
+}
+
+/// Output rows per task for a matrix of n rows and `bytes` on `threads` threads: about
+/// [`TASK_BYTES`] of weights, but at least [`MIN_TASKS_PER_THREAD`] tasks per thread.
+fn rows_per_task(n: usize, bytes: usize, threads: usize) -> usize {
+    let row_bytes = (bytes / n.max(1)).max(1);
+    (TASK_BYTES / row_bytes)
+        .min(n.div_ceil(threads * MIN_TASKS_PER_THREAD))
+        .max(1)
 }
 
 isa_entries! {
@@ -522,6 +541,19 @@ pub(crate) mod tests {
             i8,
             scales,
         }
+    }
+
+    #[test]
+    fn tasks_hold_a_fixed_share_of_bytes_and_split_every_matrix() {
+        // Voxtral's w1 in int8 (3 KB rows) and bf16 (6 KB rows): ~512 KB per task.
+        assert_eq!(rows_per_task(9216, 9216 * 3072, 2), 170);
+        assert_eq!(rows_per_task(9216, 9216 * 3072 * 2, 2), 85);
+        // A 3 MB matrix still gives every thread four tasks.
+        assert_eq!(rows_per_task(1024, 1024 * 3072, 2), 128);
+        assert_eq!(rows_per_task(1024, 1024 * 3072, 16), 16);
+        // Rows longer than a task, and fewer rows than tasks: one row each.
+        assert_eq!(rows_per_task(6, 6 << 20, 2), 1);
+        assert_eq!(rows_per_task(3, 3 << 10, 8), 1);
     }
 
     #[test]
