@@ -44,12 +44,17 @@ pub(crate) const PREFETCH_NONE: u8 = 0;
 pub(crate) const PREFETCH_KEEP: u8 = 1;
 pub(crate) const PREFETCH_STREAM: u8 = 2;
 
-/// Weight bytes per parallel task. A task reads its rows as R streams side by side
-/// ([`in_row_blocks`]), and longer streams amortise each stream's start (the hardware
-/// prefetcher's training, the first misses): in the synthetic Voxtral step, 512 KB tasks read
-/// 2–7 % faster than the 64-row tasks before them (192 KB of int8 at k = 3072, 384 KB of bf16),
+/// Weight bytes per parallel task of a streamed matrix. A task reads its rows as R streams side
+/// by side ([`in_row_blocks`]), and from DRAM longer streams amortise each stream's start (the
+/// hardware prefetcher's training, the first misses): in the synthetic Voxtral step, 512 KB
+/// tasks read 2–7 % faster than 64-row tasks (192 KB of int8 at k = 3072, 384 KB of bf16),
 /// 256 KB and 1 MB in between (PERFORMANCE.md #78).
 const TASK_BYTES: usize = 512 << 10;
+
+/// Output rows per task of a cached matrix: its reads hit the caches, so there is no stream
+/// start to amortise and smaller tasks balance better (Whisper base's cached layers read ~7 %
+/// slower in 512 KB tasks).
+const CACHED_ROWS_PER_TASK: usize = 64;
 
 /// Fewest tasks per thread: a matrix of a few MB still splits evenly over the threads (and
 /// over a neighbour's interruptions).
@@ -187,7 +192,7 @@ pub fn gemv_on<E: WeightElem>(
             residency: w.residency,
         };
         let xq = QuantizedX::new(x, m, w.cols);
-        for_rows(n, w.bytes(), |r0, r1| {
+        for_rows(n, w.bytes(), w.residency, |r0, r1| {
             gemv_int8::rows(isa, &xq, w, bias, out, m, r0, r1, prefetch)
         });
         xq.recycle();
@@ -196,12 +201,12 @@ pub fn gemv_on<E: WeightElem>(
         // thread's spare buffer so that a decoder step allocates nothing.
         let mut paired = PAIRED_X.take();
         deinterleave_pairs(&x[..m * w.cols], w.cols, isa.lanes(), &mut paired);
-        for_rows(n, w.bytes(), |r0, r1| {
+        for_rows(n, w.bytes(), w.residency, |r0, r1| {
             rows_on(isa, x, &paired, *w, bias, out, m, r0, r1, prefetch)
         });
         PAIRED_X.set(paired);
     } else {
-        for_rows(n, w.bytes(), |r0, r1| {
+        for_rows(n, w.bytes(), w.residency, |r0, r1| {
             rows_on(isa, x, x, *w, bias, out, m, r0, r1, prefetch)
         });
     }
@@ -215,20 +220,23 @@ thread_local! {
 
 /// Runs `task` over output rows 0..n: in tasks of [`rows_per_task`] on all threads when a
 /// matrix of `bytes` is worth it ([`runs_parallel`]), else at once.
-fn for_rows(n: usize, bytes: usize, task: impl Fn(usize, usize) + Sync) {
+fn for_rows(n: usize, bytes: usize, residency: Residency, task: impl Fn(usize, usize) + Sync) {
     let threads = rayon::current_num_threads();
     if !runs_parallel(bytes, machine().caches.l2_per_core) || threads == 1 {
         task(0, n);
     } else {
-        let rows = rows_per_task(n, bytes, threads);
+        let rows = match residency {
+            Residency::Streamed => rows_per_task(n, bytes, threads),
+            Residency::Cached => CACHED_ROWS_PER_TASK,
+        };
         (0..n.div_ceil(rows))
             .into_par_iter()
             .for_each(|t| task(t * rows, ((t + 1) * rows).min(n)));
     }
 }
 
-/// Output rows per task for a matrix of n rows and `bytes` on `threads` threads: about
-/// [`TASK_BYTES`] of weights, but at least [`MIN_TASKS_PER_THREAD`] tasks per thread.
+/// Output rows per task for a streamed matrix of n rows and `bytes` on `threads` threads:
+/// about [`TASK_BYTES`] of weights, but at least [`MIN_TASKS_PER_THREAD`] tasks per thread.
 fn rows_per_task(n: usize, bytes: usize, threads: usize) -> usize {
     let row_bytes = (bytes / n.max(1)).max(1);
     (TASK_BYTES / row_bytes)
