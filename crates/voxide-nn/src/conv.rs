@@ -47,13 +47,22 @@ impl Conv1dSpec {
 /// Conv1d with `weight` [out, in, kernel] and `bias` [out].
 #[derive(Clone, Debug)]
 pub struct Conv1d {
-    weight: Tensor,
-    bias: Tensor,
+    kernel: ConvKernel,
     spec: Conv1dSpec,
-    /// For one group or depthwise on the CPU: the weight tap-major and the bias, for
-    /// [`ConvTaps`] (one GEMM per tap, no im2col copy; one multiply-add per tap and channel).
-    taps: Option<(Vec<f32>, Vec<f32>)>,
 }
+
+/// A convolution's weights, kept once: tap-major for [`ConvTaps`] (one group or depthwise, on
+/// the CPU: one GEMM per tap, no im2col copy; one multiply-add per tap and channel), else as
+/// stored for candle's convolution. Keeping both doubled a codec's f32 convolutions (Qwen3-TTS:
+/// 59 M weights, 234 MB).
+#[derive(Clone, Debug)]
+enum ConvKernel {
+    Taps { taps: Vec<f32>, bias: Vec<f32> },
+    Candle { weight: Tensor, bias: Tensor },
+}
+
+/// The device of tap-major kernels.
+static CPU: candle_core::Device = candle_core::Device::Cpu;
 
 impl Conv1d {
     /// Loads `weight` and `bias` from `vb`.
@@ -78,50 +87,57 @@ impl Conv1d {
         )?;
         let depthwise =
             spec.groups == spec.in_channels && spec.groups == spec.out_channels && spec.groups > 1;
-        let taps = if (spec.groups == 1 || depthwise) && weight.device().is_cpu() {
+        let kernel = if (spec.groups == 1 || depthwise) && weight.device().is_cpu() {
             let w = weight.flatten_all()?.to_vec1::<f32>()?;
-            Some((
-                ConvTaps::taps_of(
+            ConvKernel::Taps {
+                taps: ConvTaps::taps_of(
                     &w,
                     spec.out_channels,
                     spec.in_channels / spec.groups,
                     spec.kernel,
                 ),
-                bias.to_vec1::<f32>()?,
-            ))
+                bias: bias.to_vec1::<f32>()?,
+            }
         } else {
-            None
+            ConvKernel::Candle { weight, bias }
         };
-        Ok(Self {
-            weight,
-            bias,
-            spec,
-            taps,
-        })
+        Ok(Self { kernel, spec })
     }
 
     /// x: (batch, in, t) -> (batch, out, (t + 2·padding − receptive field) / stride + 1).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = &self.spec;
-        if let (Some((taps, bias)), DType::F32) = (&self.taps, x.dtype()) {
-            return x.contiguous()?.apply_op1_no_bwd(&ConvTaps {
-                taps,
-                bias,
-                out_channels: s.out_channels,
-                in_channels: s.in_channels,
-                groups: s.groups,
-                kernel: s.kernel,
-                dilation: s.dilation,
-                stride: s.stride,
-                padding: s.padding,
-            });
+        match &self.kernel {
+            ConvKernel::Taps { taps, bias } => {
+                let op = ConvTaps {
+                    taps,
+                    bias,
+                    out_channels: s.out_channels,
+                    in_channels: s.in_channels,
+                    groups: s.groups,
+                    kernel: s.kernel,
+                    dilation: s.dilation,
+                    stride: s.stride,
+                    padding: s.padding,
+                };
+                // The kernels are f32 (see `load`): other inputs convert on the way.
+                x.to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(&op)?
+                    .to_dtype(x.dtype())
+            }
+            ConvKernel::Candle { weight, bias } => {
+                let y = x.conv1d(weight, s.padding, s.stride, s.dilation, s.groups)?;
+                y.broadcast_add(&bias.reshape((1, (), 1))?)
+            }
         }
-        let y = x.conv1d(&self.weight, s.padding, s.stride, s.dilation, s.groups)?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1))?)
     }
 
     pub fn device(&self) -> &candle_core::Device {
-        self.weight.device()
+        match &self.kernel {
+            ConvKernel::Taps { .. } => &CPU,
+            ConvKernel::Candle { weight, .. } => weight.device(),
+        }
     }
 
     /// Causal convolution, streaming: runs over `pending ++ x` (a fresh stream starts with
