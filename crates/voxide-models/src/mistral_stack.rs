@@ -215,6 +215,14 @@ impl Block {
             ada,
         })
     }
+
+    /// The block with its attention and MLP matrices stored as `format`.
+    fn into_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(Self {
+            layer: self.layer.into_format(format)?,
+            ..self
+        })
+    }
 }
 
 /// A stack of layers with its final norm and rotary table.
@@ -257,16 +265,25 @@ impl StackState {
 }
 
 impl Stack {
-    /// Loads the stack under `vb` (the checkpoint root, or the encoder's prefix).
+    /// Loads the stack under `vb` (the checkpoint root, or the encoder's prefix); with
+    /// `quantize`, each layer's matrices are converted as soon as the layer is read, so that
+    /// loading never holds more than one layer in the stored precision.
     pub(crate) fn load(
         vb: VarBuilder,
         s: &StackConfig,
         names: &StackNames,
         extras: Extras,
         rope: RopeLayout,
+        quantize: Option<WeightFormat>,
     ) -> Result<Self> {
         let blocks = (0..s.n_layers)
-            .map(|i| Block::load(vb.pp(names.layers).pp(i), s, names, extras))
+            .map(|i| {
+                let block = Block::load(vb.pp(names.layers).pp(i), s, names, extras)?;
+                match quantize {
+                    Some(format) => block.into_format(format),
+                    None => Ok(block),
+                }
+            })
             .collect::<Result<_>>()?;
         Ok(Self {
             blocks,
@@ -336,12 +353,7 @@ impl Stack {
         let blocks = self
             .blocks
             .into_iter()
-            .map(|b| {
-                Ok(Block {
-                    layer: b.layer.into_format(format)?,
-                    ..b
-                })
-            })
+            .map(|b| b.into_format(format))
             .collect::<Result<_>>()?;
         Ok(Self { blocks, ..self })
     }
@@ -378,6 +390,8 @@ pub(crate) struct TextDecoder {
 }
 
 impl TextDecoder {
+    /// Loads the decoder; with `quantize`, its layers' matrices and head are stored as that
+    /// format, each converted as it is read ([`Stack::load`]).
     pub(crate) fn load(
         vb: VarBuilder,
         config: &StackConfig,
@@ -385,6 +399,7 @@ impl TextDecoder {
         names: &DecoderNames,
         extras: Extras,
         rope: RopeLayout,
+        quantize: Option<WeightFormat>,
     ) -> Result<Self> {
         let embeddings = vb
             .pp(names.embeddings)
@@ -394,7 +409,11 @@ impl TextDecoder {
         } else {
             Linear::from_weights(embeddings.clone(), None)
         };
-        let stack = Stack::load(vb, config, &names.stack, extras, rope)?;
+        let head = match quantize {
+            Some(format) => head.to_format(format)?,
+            None => head,
+        };
+        let stack = Stack::load(vb, config, &names.stack, extras, rope, quantize)?;
         Ok(Self {
             embeddings,
             head,
@@ -451,15 +470,14 @@ impl TextDecoder {
 
 /// Loads a network from safetensors `files`: matrices in the precision `format` names, or in
 /// the one `probe` (the token embeddings) is stored in; with a quantized format (int8, a ggml
-/// block type), `quantize` then converts what the network quantizes. Errors name the file and
-/// the tensor.
+/// block type), `load` receives it and converts what the network quantizes as it reads it.
+/// Errors name the file and the tensor.
 pub(crate) fn load_network<M>(
     files: &[PathBuf],
     probe: &str,
     format: Option<WeightFormat>,
     device: &Device,
-    load: impl FnOnce(VarBuilder<'static>) -> Result<M>,
-    quantize: impl FnOnce(M, WeightFormat) -> Result<M>,
+    load: impl FnOnce(VarBuilder<'static>, Option<WeightFormat>) -> Result<M>,
 ) -> crate::Result<M> {
     let weights_error = |e: candle_core::Error| Error::Weights {
         path: files[0].clone(),
@@ -470,11 +488,6 @@ pub(crate) fn load_network<M>(
         .and_then(WeightFormat::dtype)
         .unwrap_or_else(|| tensors.dtype(probe).unwrap_or(DType::F32));
     let vb = VarBuilder::from_backend(Box::new(tensors), dtype, device.clone());
-    let network = load(vb).map_err(weights_error)?;
-    match format {
-        Some(quantized) if quantized.dtype().is_none() => {
-            quantize(network, quantized).map_err(weights_error)
-        }
-        _ => Ok(network),
-    }
+    let quantize = format.filter(|f| f.dtype().is_none());
+    load(vb, quantize).map_err(weights_error)
 }

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use voxide_models::qwen3_tts::{
     generate, GenerationParams, Prompt, PromptRequest, Qwen3Tts, Reference, Voice,
 };
+use voxide_nn::linear::WeightFormat;
 use voxide_nn::sampling::Sampler;
 
 const MODELS: [&str; 2] = ["tiny-random", "tiny-random-proj"];
@@ -230,6 +231,32 @@ fn voice_clone_prompts_and_greedy_codes_match_qwen_tts() {
         );
         assert!(d < 1e-5, "{name}: trailing text differs by {d}");
         assert_greedy_codes(name, tts.talker(), &prompt, get("codes"));
+    }
+}
+
+/// int8 converted as the talker loads (`from_dir` with a format: loading never holds a whole
+/// stack twice) stores every matrix that converting the loaded talker does, in both fixtures
+/// (the second has the predictor's projection).
+#[test]
+fn int8_while_loading_converts_what_int8_after_loading_does() {
+    for model in MODELS {
+        let dir = fixtures().join(model);
+        let while_loading =
+            Qwen3Tts::from_dir(&dir, &Device::Cpu, Some(WeightFormat::Int8)).expect("int8 loads");
+        let loaded = Qwen3Tts::from_dir(&dir, &Device::Cpu, None).expect("model loads");
+        let after_loading = loaded
+            .talker()
+            .clone()
+            .into_format(WeightFormat::Int8)
+            .unwrap();
+        let (a, b) = (while_loading.talker(), &after_loading);
+        assert_eq!(a.step_bytes(), b.step_bytes(), "{model}");
+        assert_eq!(
+            a.predictor().frame_bytes(),
+            b.predictor().frame_bytes(),
+            "{model}"
+        );
+        assert!(a.step_bytes() < loaded.talker().step_bytes(), "{model}");
     }
 }
 

@@ -407,6 +407,35 @@ fn int8_decoder_drift_is_bounded() {
     assert!(agree * 10 >= want.len() * 8, "{agree} of {}", want.len());
 }
 
+/// Quantizing each decoder layer as it loads (`from_dir` with int8: loading never holds the
+/// whole decoder twice) gives the very model that quantizing the loaded one does.
+#[test]
+fn int8_while_loading_equals_int8_after_loading() {
+    let r = reference();
+    let dir = fixtures().join("tiny-random-mistral");
+    let while_loading =
+        VoxtralRealtime::from_dir(&dir, &Device::Cpu, Some(WeightFormat::Int8)).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("consolidated.safetensors"), &Device::Cpu).unwrap();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let after_loading = VoxtralRealtimeModel::load(vb, Config::from_dir(&dir).unwrap())
+        .unwrap()
+        .with_decoder_format(WeightFormat::Int8)
+        .unwrap();
+    assert_eq!(
+        while_loading.network().decoder_step_bytes(),
+        after_loading.decoder_step_bytes()
+    );
+    let (prompt, want) = (
+        ids(&r["offline_input_ids"]),
+        ids(&r["speech_generated_ids"]),
+    );
+    let features = &r["speech_input_features"];
+    let a = teacher_forced_logits(while_loading.network(), features, &prompt, &want);
+    let b = teacher_forced_logits(&after_loading, features, &prompt, &want);
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
 /// End-of-stream: offline decoding stops at it; a live stream starts a new prompt on the
 /// following audio (its next token comes one prompt later) and keeps going. The fixture never
 /// emits EOS, so its embedding row (also its output-head row) is scaled up until it does.

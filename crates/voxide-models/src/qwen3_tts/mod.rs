@@ -76,11 +76,8 @@ impl Qwen3Tts {
             }
             _ => None,
         };
-        let mut talker =
-            Talker::load(vb, &config.talker_config, text_embedding).map_err(weights_error)?;
-        if let Some(format) = format {
-            talker = talker.into_format(format).map_err(weights_error)?;
-        }
+        let talker = Talker::load(vb, &config.talker_config, text_embedding, format)
+            .map_err(weights_error)?;
         Ok(Self {
             config,
             talker,

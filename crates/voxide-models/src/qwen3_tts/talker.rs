@@ -45,10 +45,18 @@ impl StackState {
 }
 
 impl Stack {
-    fn load(vb: VarBuilder, dims: &DecoderDims) -> Result<Self> {
+    /// Loads the layers, each converted to `format` as soon as it is read (loading never holds
+    /// the whole stack in the stored precision beside its converted copy).
+    fn load(vb: VarBuilder, dims: &DecoderDims, format: Option<WeightFormat>) -> Result<Self> {
         let layer = dims.layer();
         let layers = (0..dims.num_hidden_layers)
-            .map(|i| PreNormLayer::load(vb.pp("layers").pp(i), &layer, &LayerNames::HF))
+            .map(|i| {
+                let l = PreNormLayer::load(vb.pp("layers").pp(i), &layer, &LayerNames::HF)?;
+                match format {
+                    Some(f) => l.into_format(f),
+                    None => Ok(l),
+                }
+            })
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
@@ -114,6 +122,14 @@ impl Stack {
     }
 }
 
+/// `linear` stored as `format`, if one is given.
+fn in_format(linear: Linear, format: Option<WeightFormat>) -> Result<Linear> {
+    match format {
+        Some(f) => linear.to_format(f),
+        None => Ok(linear),
+    }
+}
+
 /// Rows `ids` of an embedding table as f32: (1, ids, dim).
 fn lookup(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let ids = Tensor::new(ids, table.device())?;
@@ -136,15 +152,24 @@ pub struct CodePredictor {
 }
 
 impl CodePredictor {
-    fn load(vb: VarBuilder, cfg: &CodePredictorConfig, talker_dim: usize) -> Result<Self> {
+    /// Loads the predictor, its matrices converted to `format` as they are read.
+    fn load(
+        vb: VarBuilder,
+        cfg: &CodePredictorConfig,
+        talker_dim: usize,
+        format: Option<WeightFormat>,
+    ) -> Result<Self> {
         let d = &cfg.dims;
         let groups = d.num_code_groups - 1;
         let projection = if d.hidden_size != talker_dim {
-            Some(Linear::load(
-                vb.pp("small_to_mtp_projection"),
-                talker_dim,
-                d.hidden_size,
-                true,
+            Some(in_format(
+                Linear::load(
+                    vb.pp("small_to_mtp_projection"),
+                    talker_dim,
+                    d.hidden_size,
+                    true,
+                )?,
+                format,
             )?)
         } else {
             None
@@ -159,12 +184,17 @@ impl CodePredictor {
             })
             .collect::<Result<_>>()?;
         let lm_head = (0..groups)
-            .map(|g| Linear::load(vb.pp("lm_head").pp(g), d.hidden_size, d.vocab_size, false))
+            .map(|g| {
+                in_format(
+                    Linear::load(vb.pp("lm_head").pp(g), d.hidden_size, d.vocab_size, false)?,
+                    format,
+                )
+            })
             .collect::<Result<_>>()?;
         Ok(Self {
             projection,
             codec_embedding,
-            stack: Stack::load(model, d)?,
+            stack: Stack::load(model, d, format)?,
             lm_head,
         })
     }
@@ -234,8 +264,14 @@ pub struct Talker {
 
 impl Talker {
     /// Loads `talker.*` (`vb` at the checkpoint root); the text embedding
-    /// (`talker.model.text_embedding.weight`) comes as a [`RowTable`] of the same file.
-    pub fn load(vb: VarBuilder, cfg: &TalkerConfig, text_embedding: RowTable) -> Result<Self> {
+    /// (`talker.model.text_embedding.weight`) comes as a [`RowTable`] of the same file. With
+    /// `format`, the matrices [`Self::into_format`] converts are converted as they are read.
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &TalkerConfig,
+        text_embedding: RowTable,
+        format: Option<WeightFormat>,
+    ) -> Result<Self> {
         let vb = vb.pp("talker");
         let model = vb.pp("model");
         let d = &cfg.dims;
@@ -256,9 +292,17 @@ impl Talker {
             codec_embedding: model
                 .pp("codec_embedding")
                 .get((d.vocab_size, h), "weight")?,
-            stack: Stack::load(model, d)?,
-            codec_head: Linear::load(vb.pp("codec_head"), h, d.vocab_size, false)?,
-            predictor: CodePredictor::load(vb.pp("code_predictor"), &cfg.code_predictor_config, h)?,
+            stack: Stack::load(model, d, format)?,
+            codec_head: in_format(
+                Linear::load(vb.pp("codec_head"), h, d.vocab_size, false)?,
+                format,
+            )?,
+            predictor: CodePredictor::load(
+                vb.pp("code_predictor"),
+                &cfg.code_predictor_config,
+                h,
+                format,
+            )?,
             config: cfg.clone(),
         };
         talker.plan_residency();

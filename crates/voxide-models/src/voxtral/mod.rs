@@ -108,14 +108,9 @@ impl Voxtral {
             Layout::Mistral => "tok_embeddings.weight",
             Layout::Hf => "language_model.model.embed_tokens.weight",
         };
-        let network = load_network(
-            &files,
-            probe,
-            weights,
-            device,
-            |vb| VoxtralModel::load(vb, config),
-            |network, format| network.with_decoder_format(format),
-        )?;
+        let network = load_network(&files, probe, weights, device, |vb, quantize| {
+            VoxtralModel::load_in_format(vb, config, quantize)
+        })?;
         Self::new(network, tokenizer)
     }
 

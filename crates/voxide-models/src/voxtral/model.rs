@@ -125,13 +125,33 @@ impl VoxtralModel {
     /// Builds the model from `vb` (matrices in `vb`'s dtype; norms, biases, convolutions and
     /// the positional table in f32), with the RoPE pairing of the checkpoint's layout.
     pub fn load(vb: VarBuilder, config: Config) -> Result<Self> {
+        Self::load_in_format(vb, config, None)
+    }
+
+    /// [`Self::load`] with the decoder's matrices and output head stored as `decoder_format`
+    /// (int8 halves what a step reads), each layer converted as it is read: loading holds one
+    /// layer in the stored precision, not the whole decoder beside its quantized copy.
+    pub fn load_in_format(
+        vb: VarBuilder,
+        config: Config,
+        decoder_format: Option<WeightFormat>,
+    ) -> Result<Self> {
         let rope = config.layout.voxtral_names().rope;
-        Self::load_with_rope(vb, config, rope)
+        Self::load_as(vb, config, rope, decoder_format)
     }
 
     /// [`Self::load`] with an explicit RoPE pairing for the decoder (a checkpoint whose q/k
     /// rows do not match its names gives wrong attention and no error).
     pub fn load_with_rope(vb: VarBuilder, config: Config, rope: RopeLayout) -> Result<Self> {
+        Self::load_as(vb, config, rope, None)
+    }
+
+    fn load_as(
+        vb: VarBuilder,
+        config: Config,
+        rope: RopeLayout,
+        decoder_format: Option<WeightFormat>,
+    ) -> Result<Self> {
         let names = config.layout.voxtral_names();
         let encoder_vb = match config.layout {
             Layout::Hf => vb.pp(names.encoder),
@@ -151,6 +171,7 @@ impl VoxtralModel {
             &names.decoder,
             Extras::None,
             rope,
+            decoder_format,
         )?;
         Ok(Self {
             device: vb.device().clone(),

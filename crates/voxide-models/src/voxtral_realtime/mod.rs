@@ -80,8 +80,7 @@ impl VoxtralRealtime {
             probe,
             format,
             device,
-            |vb| VoxtralRealtimeModel::load(vb, config),
-            |network, format| network.with_decoder_format(format),
+            |vb, quantize| VoxtralRealtimeModel::load_in_format(vb, config, quantize),
         )?;
         Self::new(network, tokenizer)
     }

@@ -143,13 +143,33 @@ impl VoxtralRealtimeModel {
     /// Builds the model from `vb` (matrices in `vb`'s dtype; norms, biases and convolutions
     /// in f32), with the RoPE pairing that belongs to the checkpoint's layout.
     pub fn load(vb: VarBuilder, config: Config) -> Result<Self> {
+        Self::load_in_format(vb, config, None)
+    }
+
+    /// [`Self::load`] with the decoder's matrices and output head stored as `decoder_format`
+    /// (int8 halves what a step reads), each layer converted as it is read: loading holds one
+    /// layer in the stored precision, not the whole decoder beside its quantized copy.
+    pub fn load_in_format(
+        vb: VarBuilder,
+        config: Config,
+        decoder_format: Option<WeightFormat>,
+    ) -> Result<Self> {
         let rope = config.layout.names().rope;
-        Self::load_with_rope(vb, config, rope)
+        Self::load_as(vb, config, rope, decoder_format)
     }
 
     /// [`Self::load`] with an explicit RoPE pairing: a checkpoint whose q/k rows were not
     /// permuted to match its names (wrong pairing gives wrong attention and no error).
     pub fn load_with_rope(vb: VarBuilder, config: Config, rope: RopeLayout) -> Result<Self> {
+        Self::load_as(vb, config, rope, None)
+    }
+
+    fn load_as(
+        vb: VarBuilder,
+        config: Config,
+        rope: RopeLayout,
+        decoder_format: Option<WeightFormat>,
+    ) -> Result<Self> {
         let names = config.layout.names();
         let enc = vb.pp(names.encoder);
         let stem = ConvStem::load_causal(
@@ -164,6 +184,7 @@ impl VoxtralRealtimeModel {
             &names.encoder_stack,
             Extras::Biases,
             rope,
+            None,
         )?;
         let stacked = config.encoder.dim * config.downsample_factor;
         let adapter = [
@@ -186,6 +207,7 @@ impl VoxtralRealtimeModel {
             &names.decoder,
             conditioning,
             rope,
+            decoder_format,
         )?;
         Ok(Self {
             device: vb.device().clone(),
