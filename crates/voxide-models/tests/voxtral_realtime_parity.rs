@@ -174,7 +174,8 @@ fn wrong_rope_pairing_is_detected() {
     let tensors =
         candle_core::safetensors::load(dir.join("consolidated.safetensors"), &Device::Cpu).unwrap();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-    let net = VoxtralRealtimeModel::load_with_rope(vb, config, RopeLayout::RotateHalf).unwrap();
+    let net =
+        VoxtralRealtimeModel::load_with_rope(vb, config, RopeLayout::RotateHalf, None).unwrap();
     let mut state = net.new_state(6, DType::F32).unwrap();
     let [_, conv2] = net.stem(&mut state, &r["input_features"]).unwrap();
     let frames = conv2.transpose(1, 2).unwrap().contiguous().unwrap();

@@ -137,16 +137,13 @@ impl VoxtralModel {
         decoder_format: Option<WeightFormat>,
     ) -> Result<Self> {
         let rope = config.layout.voxtral_names().rope;
-        Self::load_as(vb, config, rope, decoder_format)
+        Self::load_with_rope(vb, config, rope, decoder_format)
     }
 
     /// [`Self::load`] with an explicit RoPE pairing for the decoder (a checkpoint whose q/k
-    /// rows do not match its names gives wrong attention and no error).
-    pub fn load_with_rope(vb: VarBuilder, config: Config, rope: RopeLayout) -> Result<Self> {
-        Self::load_as(vb, config, rope, None)
-    }
-
-    fn load_as(
+    /// rows do not match its names gives wrong attention and no error), and `decoder_format` as
+    /// in [`Self::load_in_format`].
+    pub fn load_with_rope(
         vb: VarBuilder,
         config: Config,
         rope: RopeLayout,
