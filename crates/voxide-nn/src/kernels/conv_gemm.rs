@@ -1,6 +1,7 @@
 //! 1-D convolution (one group) as one GEMM per kernel tap, accumulated in place:
 //! y (O × T) = bias + Σₖ Wₖ (O × C) · x[:, k·d + s·t] (C × T, a strided view of the input);
-//! depthwise (one group per channel) as one multiply-add per tap and channel row.
+//! depthwise (one group per channel) as one multiply-add per tap and channel row; transposed
+//! (causal, streaming) as one GEMM per tap into a strided view of the output.
 //!
 //! candle's CPU convolution copies the input into an im2col matrix K times its size, multiplies,
 //! and transposes the product back to channels-first; here each tap reads a strided window of
@@ -119,12 +120,7 @@ impl CustomOp1 for ConvTaps<'_> {
                 y.chunks_mut(t).enumerate().for_each(row);
             }
         } else if t > 0 {
-            let threads = rayon::current_num_threads();
-            let parallelism = if threads > 1 && o * c * t >= 1 << 16 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            };
+            let parallelism = gemm_parallelism(o * c * t);
             for (yb, xb) in y.chunks_mut(o * t).zip(x.chunks(c * len)) {
                 for (row, &b) in yb.chunks_mut(t).zip(self.bias) {
                     row.fill(b);
@@ -162,6 +158,132 @@ impl CustomOp1 for ConvTaps<'_> {
             }
         }
         Ok((CpuStorage::F32(y), Shape::from((batch, o, t))))
+    }
+}
+
+/// Whether a product of this many multiply-adds is worth splitting over the threads.
+fn gemm_parallelism(macs: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && macs >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// One step of a causal transposed convolution (stride s, weight [C, O, K]) over a stream.
+///
+/// Tap k = q·s + r sends input frame j to output (j + q)·s + r, so its product Wₖ (O × C) ·
+/// x (C × t) lands in the columns q·s + r, q·s + r + s, … of y: one GEMM per tap written in
+/// place through a strided view of y (was: one GEMM into a (t, taps · O) buffer, then a
+/// shuffle, pad and add per block of taps — six passes over an output 8× the input). Outputs
+/// past t·s go to the tail, which the next step adds to its first outputs.
+#[derive(Clone, Copy, Debug)]
+pub struct TransposedConvTaps<'a> {
+    /// Kernel taps, tap-major: `taps[k][o][c]` = weight[c][o][k].
+    pub taps: &'a [f32],
+    pub bias: &'a [f32],
+    pub out_channels: usize,
+    pub in_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+impl TransposedConvTaps<'_> {
+    /// weight [C, O, K] (row-major) → tap-major [K, O, C].
+    pub fn taps_of(
+        weight: &[f32],
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+    ) -> Vec<f32> {
+        let mut taps = vec![0f32; weight.len()];
+        for c in 0..in_channels {
+            for o in 0..out_channels {
+                for k in 0..kernel {
+                    taps[(k * out_channels + o) * in_channels + c] =
+                        weight[(c * out_channels + o) * kernel + k];
+                }
+            }
+        }
+        taps
+    }
+
+    /// Outputs one step hands to the next: (⌈K / s⌉ − 1) · s.
+    pub fn overlap(&self) -> usize {
+        (self.kernel.div_ceil(self.stride) - 1) * self.stride
+    }
+
+    /// x (C × t, row-major) → y (O × t·s) = bias + the tail's share + this step's. `tail`
+    /// (O × [`Self::overlap`]) comes in with the previous step's overflow and leaves with this
+    /// one's (zeros for a fresh stream).
+    pub fn push(&self, x: &[f32], t: usize, tail: &mut [f32], y: &mut [f32]) {
+        let (o, c, s) = (self.out_channels, self.in_channels, self.stride);
+        let (len, overlap) = (t * s, self.overlap());
+        debug_assert!(x.len() == c * t && y.len() == o * len && tail.len() == o * overlap);
+        if len == 0 {
+            return;
+        }
+        for (row, &b) in y.chunks_mut(len).zip(self.bias) {
+            row.fill(b);
+        }
+        if overlap > 0 {
+            // The old tail's first outputs are y's; the rest stays in the tail, moved left.
+            let n = overlap.min(len);
+            for (yr, tr) in y.chunks_mut(len).zip(tail.chunks_mut(overlap)) {
+                for (a, b) in yr.iter_mut().zip(&tr[..n]) {
+                    *a += b;
+                }
+                tr.copy_within(n.., 0);
+                tr[overlap - n..].fill(0.0);
+            }
+        }
+        let parallelism = gemm_parallelism(o * c * t);
+        for k in 0..self.kernel {
+            let (q, r) = (k / s, k % s);
+            let w = &self.taps[k * o * c..(k + 1) * o * c];
+            let inside = t.saturating_sub(q);
+            if inside > 0 {
+                // SAFETY: dst is y's columns q·s + r + s·j (j < t − q) of its o rows (row
+                // stride len), the last (t − 1)·s + r < len; lhs is the tap (o × c, row stride
+                // c); rhs is x (c × t − q of its t columns, row stride t).
+                unsafe {
+                    gemm::gemm(
+                        o,
+                        inside,
+                        c,
+                        y.as_mut_ptr().add(q * s + r),
+                        s as isize,
+                        len as isize,
+                        true,
+                        w.as_ptr(),
+                        1,
+                        c as isize,
+                        x.as_ptr(),
+                        1,
+                        t as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+            }
+            // The last min(q, t) inputs reach past t·s: into the tail.
+            for j in inside..t {
+                let at = (j + q) * s + r - len;
+                for (oo, wr) in w.chunks(c).enumerate() {
+                    let dot: f32 = wr
+                        .iter()
+                        .enumerate()
+                        .map(|(ch, &wv)| wv * x[ch * t + j])
+                        .sum();
+                    tail[oo * overlap + at] += dot;
+                }
+            }
+        }
     }
 }
 
