@@ -16,3 +16,4 @@ pub mod simd;
 pub mod small_m;
 pub mod softmax;
 pub mod widen_gemm;
+pub mod winograd;
