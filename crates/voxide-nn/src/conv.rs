@@ -274,7 +274,7 @@ fn pad_reflect(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
 /// Transposed convolution with `weight` [in, out, kernel] and `bias` [out], made causal by
 /// dropping the last `kernel − stride` outputs: t inputs give exactly t · stride outputs.
 ///
-/// On the CPU one GEMM per tap into a strided view of the output ([`TransposedConvTaps`]);
+/// On the CPU one GEMM per output phase ([`TransposedConvTaps`]);
 /// elsewhere one GEMM and shifted adds (candle's CPU `conv_transpose1d` is a direct loop, ~40
 /// ms for a 1024 → 1024 k2 layer on one frame): with the kernel zero-padded to
 /// `blocks · stride` taps, z = x · W (t × taps·out) holds every tap's contribution, and tap
@@ -291,7 +291,7 @@ pub struct CausalConvTranspose1d {
 /// A transposed convolution's weights, kept once (as [`ConvKernel`]).
 #[derive(Clone, Debug)]
 enum TransposedKernel {
-    /// Tap-major [kernel, out, in] for [`TransposedConvTaps`].
+    /// Phase-major [stride, blocks, out, in] for [`TransposedConvTaps`].
     Taps { taps: Vec<f32>, bias: Vec<f32> },
     /// (in, blocks · stride · out): column (q · stride + r) · out + o is weight[:, o, q · stride + r].
     Candle { taps: Tensor, bias: Tensor },
@@ -322,6 +322,7 @@ impl CausalConvTranspose1d {
                     in_channels,
                     out_channels,
                     kernel,
+                    stride,
                 ),
                 bias: bias.to_vec1()?,
             }

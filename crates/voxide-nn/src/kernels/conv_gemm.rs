@@ -1,7 +1,7 @@
 //! 1-D convolution (one group) as one GEMM per kernel tap, accumulated in place:
 //! y (O × T) = bias + Σₖ Wₖ (O × C) · x[:, k·d + s·t] (C × T, a strided view of the input);
 //! depthwise (one group per channel) as one multiply-add per tap and channel row; transposed
-//! (causal, streaming) as one GEMM per tap into a strided view of the output.
+//! (causal, streaming) as one GEMM per output phase.
 //!
 //! candle's CPU convolution copies the input into an im2col matrix K times its size, multiplies,
 //! and transposes the product back to channels-first; here each tap reads a strided window of
@@ -173,14 +173,16 @@ fn gemm_parallelism(macs: usize) -> gemm::Parallelism {
 
 /// One step of a causal transposed convolution (stride s, weight [C, O, K]) over a stream.
 ///
-/// Tap k = q·s + r sends input frame j to output (j + q)·s + r, so its product Wₖ (O × C) ·
-/// x (C × t) lands in the columns q·s + r, q·s + r + s, … of y: one GEMM per tap written in
-/// place through a strided view of y (was: one GEMM into a (t, taps · O) buffer, then a
-/// shuffle, pad and add per block of taps — six passes over an output 8× the input). Outputs
-/// past t·s go to the tail, which the next step adds to its first outputs.
+/// Tap k = q·s + r sends input frame j to output (j + q)·s + r. Per phase r, one GEMM of the
+/// phase's taps stacked (blocks·O × C, blocks = ⌈K / s⌉) by x (C × t) gives every
+/// contribution to the outputs ≡ r mod s in a contiguous scratch, and one pass adds them into
+/// y (was: one GEMM into a (t, taps · O) buffer, then a shuffle, pad and add per block of taps;
+/// then one GEMM per tap written through a strided view of y, which ran at half the GEMM rate).
+/// Outputs past t·s go to the tail, which the next step adds to its first outputs.
 #[derive(Clone, Copy, Debug)]
 pub struct TransposedConvTaps<'a> {
-    /// Kernel taps, tap-major: `taps[k][o][c]` = weight[c][o][k].
+    /// Kernel taps, phase-major: `taps[r][q][o][c]` = weight[c][o][q·s + r] (zero past the
+    /// kernel), see [`Self::taps_of`].
     pub taps: &'a [f32],
     pub bias: &'a [f32],
     pub out_channels: usize,
@@ -190,18 +192,21 @@ pub struct TransposedConvTaps<'a> {
 }
 
 impl TransposedConvTaps<'_> {
-    /// weight [C, O, K] (row-major) → tap-major [K, O, C].
+    /// weight [C, O, K] (row-major) → phase-major [s, ⌈K / s⌉, O, C], zero-padded.
     pub fn taps_of(
         weight: &[f32],
         in_channels: usize,
         out_channels: usize,
         kernel: usize,
+        stride: usize,
     ) -> Vec<f32> {
-        let mut taps = vec![0f32; weight.len()];
+        let blocks = kernel.div_ceil(stride);
+        let mut taps = vec![0f32; stride * blocks * out_channels * in_channels];
         for c in 0..in_channels {
             for o in 0..out_channels {
                 for k in 0..kernel {
-                    taps[(k * out_channels + o) * in_channels + c] =
+                    let (q, r) = (k / stride, k % stride);
+                    taps[((r * blocks + q) * out_channels + o) * in_channels + c] =
                         weight[(c * out_channels + o) * kernel + k];
                 }
             }
@@ -209,18 +214,29 @@ impl TransposedConvTaps<'_> {
         taps
     }
 
+    fn blocks(&self) -> usize {
+        self.kernel.div_ceil(self.stride)
+    }
+
     /// Outputs one step hands to the next: (⌈K / s⌉ − 1) · s.
     pub fn overlap(&self) -> usize {
-        (self.kernel.div_ceil(self.stride) - 1) * self.stride
+        (self.blocks() - 1) * self.stride
     }
 
     /// x (C × t, row-major) → y (O × t·s) = bias + the tail's share + this step's. `tail`
     /// (O × [`Self::overlap`]) comes in with the previous step's overflow and leaves with this
     /// one's (zeros for a fresh stream).
     pub fn push(&self, x: &[f32], t: usize, tail: &mut [f32], y: &mut [f32]) {
-        let (o, c, s) = (self.out_channels, self.in_channels, self.stride);
+        use rayon::prelude::*;
+        let (o, c, s, blocks) = (
+            self.out_channels,
+            self.in_channels,
+            self.stride,
+            self.blocks(),
+        );
         let (len, overlap) = (t * s, self.overlap());
-        debug_assert!(x.len() == c * t && y.len() == o * len && tail.len() == o * overlap);
+        assert!(x.len() == c * t && y.len() == o * len && tail.len() == o * overlap);
+        assert_eq!(self.taps.len(), s * blocks * o * c);
         if len == 0 {
             return;
         }
@@ -238,50 +254,62 @@ impl TransposedConvTaps<'_> {
                 tr[overlap - n..].fill(0.0);
             }
         }
-        let parallelism = gemm_parallelism(o * c * t);
-        for k in 0..self.kernel {
-            let (q, r) = (k / s, k % s);
-            let w = &self.taps[k * o * c..(k + 1) * o * c];
-            let inside = t.saturating_sub(q);
-            if inside > 0 {
-                // SAFETY: dst is y's columns q·s + r + s·j (j < t − q) of its o rows (row
-                // stride len), the last (t − 1)·s + r < len; lhs is the tap (o × c, row stride
-                // c); rhs is x (c × t − q of its t columns, row stride t).
-                unsafe {
-                    gemm::gemm(
-                        o,
-                        inside,
-                        c,
-                        y.as_mut_ptr().add(q * s + r),
-                        s as isize,
-                        len as isize,
-                        true,
-                        w.as_ptr(),
-                        1,
-                        c as isize,
-                        x.as_ptr(),
-                        1,
-                        t as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    );
-                }
+        let parallelism = gemm_parallelism(blocks * o * c * t);
+        let mut z = vec![0f32; blocks * o * t];
+        for r in 0..s {
+            let w = &self.taps[r * blocks * o * c..(r + 1) * blocks * o * c];
+            // SAFETY: dst is z (blocks·o × t, row stride t); lhs is the phase's taps
+            // (blocks·o × c, row stride c); rhs is x (c × t, row stride t).
+            unsafe {
+                gemm::gemm(
+                    blocks * o,
+                    t,
+                    c,
+                    z.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    false,
+                    w.as_ptr(),
+                    1,
+                    c as isize,
+                    x.as_ptr(),
+                    1,
+                    t as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
             }
-            // The last min(q, t) inputs reach past t·s: into the tail.
-            for j in inside..t {
-                let at = (j + q) * s + r - len;
-                for (oo, wr) in w.chunks(c).enumerate() {
-                    let dot: f32 = wr
-                        .iter()
-                        .enumerate()
-                        .map(|(ch, &wv)| wv * x[ch * t + j])
-                        .sum();
-                    tail[oo * overlap + at] += dot;
+            // z[q][o][j] lands at output (j + q)·s + r: in y, or past it in the tail.
+            let add = |(channel, (yr, tr)): (usize, (&mut [f32], &mut [f32]))| {
+                for q in 0..blocks {
+                    let zr = &z[(q * o + channel) * t..(q * o + channel + 1) * t];
+                    let inside = t.saturating_sub(q);
+                    if inside > 0 {
+                        let outputs = yr[q * s + r..].iter_mut().step_by(s);
+                        for (yv, &zv) in outputs.zip(&zr[..inside]) {
+                            *yv += zv;
+                        }
+                    }
+                    for (j, &zv) in zr.iter().enumerate().skip(inside) {
+                        tr[(j + q) * s + r - len] += zv;
+                    }
                 }
+            };
+            if overlap == 0 {
+                y.par_chunks_mut(len)
+                    .enumerate()
+                    .with_min_len(8)
+                    .for_each(|(ch, yr)| add((ch, (yr, &mut []))));
+            } else {
+                y.par_chunks_mut(len)
+                    .zip(tail.par_chunks_mut(overlap))
+                    .enumerate()
+                    .with_min_len(8)
+                    .for_each(add);
             }
         }
     }
