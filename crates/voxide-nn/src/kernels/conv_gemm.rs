@@ -9,6 +9,7 @@
 //! millions of such output samples per second of audio. candle runs a depthwise convolution
 //! as one convolution per group: ~80 ms for Qwen3-TTS's 1024-channel ConvNeXt on one frame.
 
+use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 
 /// candle op over a contiguous f32 (batch, C, L) input.
@@ -132,25 +133,15 @@ impl CustomOp1 for ConvTaps<'_> {
                     // rows (row stride len), in bounds since the last one is
                     // (k − 1)·d + stride·(t − 1) ≤ len − 1.
                     unsafe {
-                        gemm::gemm(
-                            o,
-                            t,
-                            c,
+                        gemm_f32(
+                            (o, t, c),
                             yb.as_mut_ptr(),
-                            1,
-                            t as isize,
+                            t,
                             true,
                             w.as_ptr(),
-                            1,
-                            c as isize,
+                            c,
                             xb.as_ptr().add(tap * d),
-                            stride as isize,
-                            len as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
+                            (len, stride),
                             parallelism,
                         );
                     }
@@ -158,16 +149,6 @@ impl CustomOp1 for ConvTaps<'_> {
             }
         }
         Ok((CpuStorage::F32(y), Shape::from((batch, o, t))))
-    }
-}
-
-/// Whether a product of this many multiply-adds is worth splitting over the threads.
-fn gemm_parallelism(macs: usize) -> gemm::Parallelism {
-    let threads = rayon::current_num_threads();
-    if threads > 1 && macs >= 1 << 16 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
     }
 }
 
@@ -261,25 +242,15 @@ impl TransposedConvTaps<'_> {
             // SAFETY: dst is z (blocks·o × t, row stride t); lhs is the phase's taps
             // (blocks·o × c, row stride c); rhs is x (c × t, row stride t).
             unsafe {
-                gemm::gemm(
-                    blocks * o,
-                    t,
-                    c,
+                gemm_f32(
+                    (blocks * o, t, c),
                     z.as_mut_ptr(),
-                    1,
-                    t as isize,
+                    t,
                     false,
                     w.as_ptr(),
-                    1,
-                    c as isize,
+                    c,
                     x.as_ptr(),
-                    1,
-                    t as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    (t, 1),
                     parallelism,
                 );
             }

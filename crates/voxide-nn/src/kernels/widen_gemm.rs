@@ -94,25 +94,15 @@ pub fn matmul_widened<W: WidenRows + ?Sized>(
         // row-major); rhs is the block read as k × nb (element (kk, j) at j·k + kk). All in
         // bounds of their slices.
         unsafe {
-            gemm::gemm(
-                m,
-                nb,
-                k,
+            super::gemm_f32(
+                (m, nb, k),
                 y.as_mut_ptr().add(r0),
-                1,
-                n as isize,
+                n,
                 false,
                 x.as_ptr(),
-                1,
-                k as isize,
+                k,
                 wb.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+                (1, k),
                 parallelism,
             );
         }

@@ -18,6 +18,7 @@
 //! the full-size Qwen3-TTS codec decoder the waveform moves by ≤ 2.3e-7 (peak 0.03).
 
 use super::simd::{isa_entries, Isa, Simd};
+use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
@@ -258,36 +259,21 @@ impl WinogradConv {
     /// products[o][f][col] = Σ_c U_f[o][c] · v[c][f][col], one GEMM per f.
     fn multiply(&self, v: &[f32], n: usize, products: &mut [f32]) {
         let (o, c, alpha) = (self.out_channels, self.in_channels, self.alpha);
-        let threads = rayon::current_num_threads();
-        let parallelism = if threads > 1 && o * c * n >= 1 << 16 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
+        let parallelism = gemm_parallelism(o * c * n);
         for f in 0..alpha {
             // SAFETY: dst is column block f of products (o rows of stride α·n, n columns);
             // lhs is U_f (o × c, row stride c); rhs is column block f of v (c rows of stride
             // α·n, n columns); all in bounds.
             unsafe {
-                gemm::gemm(
-                    o,
-                    n,
-                    c,
+                gemm_f32(
+                    (o, n, c),
                     products.as_mut_ptr().add(f * n),
-                    1,
-                    (alpha * n) as isize,
+                    alpha * n,
                     false,
                     self.u.as_ptr().add(f * o * c),
-                    1,
-                    c as isize,
+                    c,
                     v.as_ptr().add(f * n),
-                    1,
-                    (alpha * n) as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    (alpha * n, 1),
                     parallelism,
                 );
             }
