@@ -179,7 +179,15 @@ impl Conv1d {
     /// of the input into chunks gives the outputs of one pass.
     pub fn push_causal(&self, pending: &mut Option<Tensor>, x: &Tensor) -> Result<Tensor> {
         let (field, stride) = (self.spec.receptive_field(), self.spec.stride);
-        let (batch, channels, _) = x.dims3()?;
+        let (batch, channels, frames) = x.dims3()?;
+        let nothing_pending = pending
+            .as_ref()
+            .is_none_or(|p| p.dim(2).is_ok_and(|n| n == 0));
+        if field == stride && frames.is_multiple_of(stride) && nothing_pending {
+            // Windows of one stride (a 1×1 convolution) never reach back: no copy of x.
+            *pending = None;
+            return self.forward(x);
+        }
         let buffered = match pending.take() {
             Some(p) => Tensor::cat(&[&p, x], 2)?,
             None => Tensor::cat(
@@ -546,7 +554,7 @@ mod tests {
 
     /// Every path `Conv1d::load` picks equals candle's convolution, in one pass and fed in
     /// chunks: a long filter over many channels (Winograd), a short one (one GEMM per tap),
-    /// a depthwise one, a strided one, batches of two.
+    /// a depthwise one, strided ones, 1×1, batches of two.
     #[test]
     fn every_convolution_path_equals_candles() -> Result<()> {
         let dev = Device::Cpu;
@@ -556,6 +564,9 @@ mod tests {
             (24, 32, 3, 1, 1, 1),
             (24, 24, 7, 1, 24, 1),
             (24, 32, 4, 1, 1, 2),
+            // Windows of one stride: streamed without copying the input while chunks allow.
+            (24, 32, 1, 1, 1, 1),
+            (24, 32, 2, 1, 1, 2),
         ] {
             let spec = Conv1dSpec {
                 dilation,
