@@ -179,8 +179,17 @@ impl WinogradConv {
             self.dilation,
             self.alpha,
         );
-        let t = len - (self.taps - 1) * d;
-        debug_assert!(x.len() == c * len && y.len() == o * t && t > 0);
+        let field = (self.taps - 1) * d + 1;
+        assert!(
+            len >= field && x.len() == c * len,
+            "winograd: x must be {c} rows of at least {field} frames"
+        );
+        let t = len + 1 - field;
+        assert_eq!(
+            y.len(),
+            o * t,
+            "winograd: y must be {o} rows of {t} outputs"
+        );
         // Phase p (< d) has the outputs p + d·n, n < outputs[p], in tiles of TILE; the tiles
         // of all phases are the columns, phase by phase.
         let outputs: Vec<usize> = (0..d.min(t)).map(|p| (t - p).div_ceil(d)).collect();
