@@ -34,6 +34,11 @@ impl SnakeBeta {
         })
     }
 
+    /// eᵅ and 1 / (eᵝ + ε) per channel, for kernels that fuse the activation.
+    pub(crate) fn params(&self) -> (&[f32], &[f32]) {
+        (&self.a, &self.b)
+    }
+
     /// x: (batch, channels, time) → the same shape.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {

@@ -1,7 +1,8 @@
 //! 1-D convolutions (plain, causal and streaming, reflect-padded "same", transposed) and the
 //! two-convolution audio stem shared by Whisper-style encoders.
 
-use crate::kernels::conv_gemm::{ConvTaps, TransposedConvTaps};
+use crate::activation::SnakeBeta;
+use crate::kernels::conv_gemm::{ConvTaps, SnakePointwiseResidual, TransposedConvTaps};
 use crate::kernels::winograd::{self, WinogradConv};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -163,6 +164,36 @@ impl Conv1d {
                 let y = x.conv1d(weight, s.padding, s.stride, s.dilation, s.groups)?;
                 y.broadcast_add(&bias.reshape((1, (), 1))?)
             }
+        }
+    }
+
+    /// `residual + self(act(x))` for a 1×1 convolution (no streaming state): a codec residual
+    /// unit's second half, on the CPU in one pass ([`SnakePointwiseResidual`]).
+    pub fn forward_snake_residual(
+        &self,
+        act: &SnakeBeta,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let s = &self.spec;
+        if s.kernel != 1 || s.stride != 1 || s.padding != 0 || s.groups != 1 {
+            candle_core::bail!("forward_snake_residual takes a 1x1 convolution");
+        }
+        match &self.kernel {
+            ConvKernel::Taps { taps, bias }
+                if x.dtype() == DType::F32 && residual.dtype() == DType::F32 =>
+            {
+                let (alpha, inv_beta) = act.params();
+                let op = SnakePointwiseResidual {
+                    weight: taps,
+                    bias,
+                    alpha,
+                    inv_beta,
+                };
+                x.contiguous()?
+                    .apply_op2_no_bwd(&residual.contiguous()?, &op)
+            }
+            _ => residual + self.forward(&act.forward(x)?)?,
         }
     }
 
@@ -607,6 +638,48 @@ mod tests {
             let d = diff(&Tensor::cat(&parts, 2)?)?;
             assert!(d < 1e-4, "{what}, streamed: {d}");
         }
+        Ok(())
+    }
+
+    /// residual + conv(SnakeBeta(x)) in one pass equals the three ops, for lengths below,
+    /// at and across time blocks (96 channels: blocks of 341 samples) and a batch of two; a
+    /// filter wider than 1×1 is refused.
+    #[test]
+    fn snake_pointwise_residual_equals_the_three_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let val = |i: usize| ((i * 7919 % 101) as f32 / 50.0) - 1.0;
+        let (cin, cout) = (96, 40);
+        let mut ts = HashMap::new();
+        let w: Vec<f32> = (0..cout * cin).map(|i| val(i) * 0.1).collect();
+        ts.insert("weight".into(), Tensor::from_vec(w, (cout, cin, 1), &dev)?);
+        let b: Vec<f32> = (0..cout).map(|i| val(i + 7)).collect();
+        ts.insert("bias".into(), Tensor::from_vec(b, cout, &dev)?);
+        let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
+        let conv = Conv1d::load(vb, Conv1dSpec::new(cin, cout, 1))?;
+        let mut params = HashMap::new();
+        let alpha: Vec<f32> = (0..cin).map(|i| val(i + 1) * 0.5).collect();
+        let beta: Vec<f32> = (0..cin).map(|i| val(i + 2) * 0.5).collect();
+        params.insert("alpha".into(), Tensor::from_vec(alpha, cin, &dev)?);
+        params.insert("beta".into(), Tensor::from_vec(beta, cin, &dev)?);
+        let act = SnakeBeta::load(VarBuilder::from_tensors(params, DType::F32, &dev), cin)?;
+        for frames in [1, 17, 341, 700] {
+            let x: Vec<f32> = (0..2 * cin * frames).map(|i| val(i + 3) * 3.0).collect();
+            let x = Tensor::from_vec(x, (2, cin, frames), &dev)?;
+            let r: Vec<f32> = (0..2 * cout * frames).map(|i| val(i + 5)).collect();
+            let residual = Tensor::from_vec(r, (2, cout, frames), &dev)?;
+            let want = (&residual + conv.forward(&act.forward(&x)?)?)?;
+            let got = conv.forward_snake_residual(&act, &x, &residual)?;
+            assert_eq!(got.dims(), want.dims());
+            let d = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "{frames} frames: {d}");
+        }
+        let wide = Conv1d::load(
+            VarBuilder::zeros(DType::F32, &dev),
+            Conv1dSpec::new(cin, cout, 3),
+        )?;
+        let x = Tensor::zeros((1, cin, 8), DType::F32, &dev)?;
+        let residual = Tensor::zeros((1, cout, 6), DType::F32, &dev)?;
+        assert!(wide.forward_snake_residual(&act, &x, &residual).is_err());
         Ok(())
     }
 

@@ -210,10 +210,8 @@ impl ResidualUnit {
         let h = self
             .conv1
             .push_causal(slots.take(), &self.act1.forward(x)?)?;
-        let h = self
-            .conv2
-            .push_causal(slots.take(), &self.act2.forward(&h)?)?;
-        x + h
+        // conv2 is 1×1: it keeps no stream state.
+        self.conv2.forward_snake_residual(&self.act2, &h, x)
     }
 }
 

@@ -21,6 +21,7 @@ use super::simd::{isa_entries, Isa, Simd};
 use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// Interpolation points after 0: magnitudes close to 1 keep the transforms' entries, and the
 /// rounding they amplify, small (this order measured best for F(4, 7)).
@@ -115,6 +116,12 @@ fn inverse(a: &[f64], n: usize) -> Vec<f64> {
     inv
 }
 
+thread_local! {
+    /// The last call's transformed inputs and products. Taken, not borrowed: a rayon thread
+    /// that runs another convolution while waiting finds them empty.
+    static SCRATCH: Cell<(Vec<f32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
 impl WinogradConv {
     /// From tap-major weights `taps[k][o][c]` (as [`super::conv_gemm::ConvTaps`]) and a bias;
     /// `None` for filters longer than [`MAX_TAPS`].
@@ -199,8 +206,9 @@ impl WinogradConv {
         }
         let columns = *first_column.last().unwrap();
         let per_pass = (PASS_BYTES / (alpha * (c + o) * 4)).max(MIN_COLUMNS);
-        let mut v = Vec::new();
-        let mut products = Vec::new();
+        // This thread's scratch from the last call: fresh 4 MB buffers cost a page fault per
+        // 4 kB and a zero fill on every call (the codec runs 13 of these convolutions per chunk).
+        let (mut v, mut products) = SCRATCH.take();
         for start in (0..columns).step_by(per_pass) {
             let n = per_pass.min(columns - start);
             // The phases' tile ranges inside columns start..start + n: (phase, first tile,
@@ -218,6 +226,7 @@ impl WinogradConv {
             self.multiply(&v, n, &mut products);
             self.transform_outputs(&products, &segments, &outputs, n, t, y);
         }
+        SCRATCH.set((v, products));
     }
 
     /// v[c][f][col] = Σₖ Bᵀ[f][k] · x[c][p + d·(tile·m + k)] (0 past the input).
@@ -240,16 +249,20 @@ impl WinogradConv {
                     // is residues[k mod m][i + k / m], so every input row is contiguous (rows
                     // padded with zeros for whole vectors).
                     let span = tiles.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE;
-                    residues.clear();
                     residues.resize(TILE * span, 0f32);
                     let first = p + d * tile0 * TILE;
-                    for (q, &value) in xc[first.min(len)..]
-                        .iter()
-                        .step_by(d)
-                        .take(TILE * span)
-                        .enumerate()
-                    {
-                        residues[(q % TILE) * span + q / TILE] = value;
+                    // One strided copy per residue (index arithmetic hoisted out of the
+                    // element loop), zeros past the input.
+                    for (rho, row) in residues.chunks_mut(span).enumerate() {
+                        let start = first + d * rho;
+                        let inside = len.saturating_sub(start).div_ceil(TILE * d).min(span);
+                        if inside > 0 {
+                            let src = xc[start..].iter().step_by(TILE * d);
+                            for (r, &value) in row[..inside].iter_mut().zip(src) {
+                                *r = value;
+                            }
+                        }
+                        row[inside..].fill(0.0);
                     }
                     input_tiles(
                         isa,
@@ -315,13 +328,12 @@ impl WinogradConv {
                     output_tiles(isa, &self.at, alpha, &po[col..], n, tiles, b, rows, span);
                     let first = tile0 * TILE;
                     let count = (outputs[p] - first).min(tiles * TILE);
-                    for (q, y) in yo[p + d * first..]
-                        .iter_mut()
-                        .step_by(d)
-                        .take(count)
-                        .enumerate()
-                    {
-                        *y = rows[(q % TILE) * span + q / TILE];
+                    // Output i of each tile is every (TILE·d)-th sample from its first.
+                    for (i, row) in rows.chunks(span).enumerate().take(count) {
+                        let dst = yo[p + d * (first + i)..].iter_mut().step_by(TILE * d);
+                        for (y, &value) in dst.zip(&row[..(count - i).div_ceil(TILE)]) {
+                            *y = value;
+                        }
                     }
                 }
             });
