@@ -111,6 +111,7 @@ pub fn load_synthesizer(model: &str, precision_arg: &str) -> Result<Synthesizer>
         precision(precision_arg),
     )?;
     crate::release_freed_memory();
+    crate::reuse_freed_memory();
     Ok(synthesizer)
 }
 
