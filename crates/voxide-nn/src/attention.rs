@@ -4,10 +4,10 @@
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
 use crate::kernels::ops::SoftmaxLastDimInPlace;
 use crate::kv_cache::KvCache;
-use crate::linear::{Linear, WeightFormat};
+use crate::linear::{Linear, LinearStack, WeightFormat};
 use crate::norm::RmsNorm;
 use crate::rope::RotaryEmbedding;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 /// Shape and checkpoint naming of one attention layer.
@@ -61,9 +61,7 @@ impl CrossKv {
 /// One attention layer: projections plus the scaled-dot-product core.
 #[derive(Clone, Debug)]
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    input: InputProjections,
     o: Linear,
     /// Per-head query and key norms (Qwen3), the query's carrying the softmax scale.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
@@ -72,9 +70,49 @@ pub struct Attention {
     head_dim: usize,
 }
 
+/// The q, k and v projections, stacked ([`LinearStack`]) as the layer's inputs are used:
+/// self-attention projects one input to all three in one product; cross-attention projects
+/// the decoder's token to q on every step and the encoder output to k and v once.
+#[derive(Clone, Debug)]
+enum InputProjections {
+    /// [q; k; v].
+    Own(LinearStack),
+    /// q, and [k; v].
+    Cross { q: Linear, kv: LinearStack },
+}
+
+impl InputProjections {
+    fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Self::Own(qkv) => qkv.linears().iter().collect(),
+            Self::Cross { q, kv } => std::iter::once(q).chain(kv.linears()).collect(),
+        }
+    }
+
+    fn into_format(self, format: WeightFormat) -> Result<Self> {
+        Ok(match self {
+            Self::Own(qkv) => Self::Own(qkv.to_format(format)?),
+            Self::Cross { q, kv } => Self::Cross {
+                q: q.to_format(format)?,
+                kv: kv.to_format(format)?,
+            },
+        })
+    }
+}
+
 impl Attention {
-    /// Loads the four projections named in `cfg` from `vb`.
+    /// Loads the four projections named in `cfg` from `vb`, for self-attention.
     pub fn load(vb: VarBuilder, cfg: AttentionConfig) -> Result<Self> {
+        Self::load_as(vb, cfg, false)
+    }
+
+    /// Loads a cross-attention layer: its keys and values come from another sequence
+    /// ([`Attention::cross_kv`]).
+    pub fn load_cross(vb: VarBuilder, cfg: AttentionConfig) -> Result<Self> {
+        Self::load_as(vb, cfg, true)
+    }
+
+    fn load_as(vb: VarBuilder, cfg: AttentionConfig, cross: bool) -> Result<Self> {
         let [qn, kn, vn, on] = cfg.names;
         let [qb, kb, vb_, ob] = cfg.bias;
         let q_dim = cfg.n_heads * cfg.head_dim;
@@ -95,10 +133,18 @@ impl Attention {
             ),
             None => (q.scaled(scale)?, None),
         };
+        let k = Linear::load(vb.pp(kn), cfg.dim, kv_dim, kb)?;
+        let v = Linear::load(vb.pp(vn), cfg.dim, kv_dim, vb_)?;
+        let input = if cross {
+            InputProjections::Cross {
+                q,
+                kv: LinearStack::new(vec![k, v])?,
+            }
+        } else {
+            InputProjections::Own(LinearStack::new(vec![q, k, v])?)
+        };
         Ok(Self {
-            q,
-            k: Linear::load(vb.pp(kn), cfg.dim, kv_dim, kb)?,
-            v: Linear::load(vb.pp(vn), cfg.dim, kv_dim, vb_)?,
+            input,
             o: Linear::load(vb.pp(on), q_dim, cfg.dim, ob)?,
             qk_norm,
             n_heads: cfg.n_heads,
@@ -111,37 +157,90 @@ impl Attention {
     /// steps are bound by the bytes they read).
     pub fn to_format(self, format: WeightFormat) -> Result<Self> {
         Ok(Self {
-            q: self.q.to_format(format)?,
-            k: self.k.to_format(format)?,
-            v: self.v.to_format(format)?,
+            input: self.input.into_format(format)?,
             o: self.o.to_format(format)?,
             ..self
         })
     }
 
-    /// The q, k, v and output projections (for a model to count what its steps read).
-    pub fn projections(&self) -> [&Linear; 4] {
-        [&self.q, &self.k, &self.v, &self.o]
+    /// The matrices one decoder step multiplies (for a model to count what its steps read):
+    /// all of them for self-attention; q and the output for cross-attention, whose keys and
+    /// values are projected once per source.
+    pub fn step_projections(&self) -> Vec<&Linear> {
+        match &self.input {
+            InputProjections::Own(qkv) => qkv.linears().iter().chain([&self.o]).collect(),
+            InputProjections::Cross { q, .. } => vec![q, &self.o],
+        }
     }
 
-    /// The projections, mutably (for a model to plan how its steps read them).
-    pub fn projections_mut(&mut self) -> [&mut Linear; 4] {
-        [&mut self.q, &mut self.k, &mut self.v, &mut self.o]
+    /// The same, mutably (for a model to plan how its steps read them).
+    pub fn step_projections_mut(&mut self) -> Vec<&mut Linear> {
+        match &mut self.input {
+            InputProjections::Own(qkv) => {
+                qkv.linears_mut().iter_mut().chain([&mut self.o]).collect()
+            }
+            InputProjections::Cross { q, .. } => vec![q, &mut self.o],
+        }
     }
 
-    /// Bytes of the four projection matrices (what one step reads).
+    /// Bytes of all projection matrices.
     pub fn weight_bytes(&self) -> usize {
-        [&self.q, &self.k, &self.v, &self.o]
-            .iter()
+        self.input
+            .linears()
+            .into_iter()
+            .chain([&self.o])
             .map(|l| l.weight_bytes())
             .sum()
     }
 
+    /// x (batch, t, dim) → queries (batch, t, heads · head_dim).
+    fn queries(&self, x: &Tensor) -> Result<Tensor> {
+        let q_dim = self.n_heads * self.head_dim;
+        match &self.input {
+            InputProjections::Own(qkv) => qkv.forward(x)?.narrow(D::Minus1, 0, q_dim),
+            InputProjections::Cross { q, .. } => q.forward(x),
+        }
+    }
+
+    /// x (batch, t, dim) → queries, keys and values (batch, t, width) each.
+    fn queries_keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q_dim, kv_dim) = (
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
+        let (q, kv, kv_offset) = match &self.input {
+            InputProjections::Own(qkv) => {
+                let all = qkv.forward(x)?;
+                (all.narrow(D::Minus1, 0, q_dim)?, all, q_dim)
+            }
+            InputProjections::Cross { q, kv } => (q.forward(x)?, kv.forward(x)?, 0),
+        };
+        Ok((
+            q,
+            kv.narrow(D::Minus1, kv_offset, kv_dim)?,
+            kv.narrow(D::Minus1, kv_offset + kv_dim, kv_dim)?,
+        ))
+    }
+
     /// Projects an encoder output (batch, source_len, dim) to cross-attention keys/values.
     pub fn cross_kv(&self, source: &Tensor) -> Result<CrossKv> {
+        let (k, v) = match &self.input {
+            InputProjections::Cross { kv, .. } => {
+                let kv_dim = self.n_kv_heads * self.head_dim;
+                let kv = kv.forward(source)?;
+                (
+                    kv.narrow(D::Minus1, 0, kv_dim)?,
+                    kv.narrow(D::Minus1, kv_dim, kv_dim)?,
+                )
+            }
+            InputProjections::Own(_) => {
+                let (_, k, v) = self.queries_keys_values(source)?;
+                (k, v)
+            }
+        };
         Ok(CrossKv {
-            k: self.heads(&self.k.forward(source)?, self.n_kv_heads)?,
-            v: self.heads(&self.v.forward(source)?, self.n_kv_heads)?,
+            k: self.heads(&k, self.n_kv_heads)?,
+            v: self.heads(&v, self.n_kv_heads)?,
         })
     }
 
@@ -159,12 +258,19 @@ impl Attention {
         rope: Option<(&RotaryEmbedding, usize)>,
     ) -> Result<Tensor> {
         let (batch, t, _) = x.dims3()?;
-        let mut q = self.heads(&self.q.forward(x)?, self.n_heads)?;
-        let (k, v, past, window) = match source {
-            KvSource::Cross(kv) => (kv.k.clone(), kv.v.clone(), 0, None),
+        let (q, k, v, past, window) = match source {
+            KvSource::Cross(kv) => (
+                self.heads(&self.queries(x)?, self.n_heads)?,
+                kv.k.clone(),
+                kv.v.clone(),
+                0,
+                None,
+            ),
             own_or_cached => {
-                let mut k = self.heads(&self.k.forward(x)?, self.n_kv_heads)?;
-                let v = self.heads(&self.v.forward(x)?, self.n_kv_heads)?;
+                let (q, k, v) = self.queries_keys_values(x)?;
+                let mut q = self.heads(&q, self.n_heads)?;
+                let mut k = self.heads(&k, self.n_kv_heads)?;
+                let v = self.heads(&v, self.n_kv_heads)?;
                 if let Some((q_norm, k_norm)) = &self.qk_norm {
                     q = q_norm.forward(&q)?;
                     k = k_norm.forward(&k)?;
@@ -176,9 +282,9 @@ impl Attention {
                 match own_or_cached {
                     KvSource::Cached(cache) => {
                         let view = cache.append(&k, &v)?;
-                        (view.k, view.v, view.past, view.window)
+                        (q, view.k, view.v, view.past, view.window)
                     }
-                    _ => (k, v, 0, None),
+                    _ => (q, k, v, 0, None),
                 }
             }
         };
@@ -200,7 +306,7 @@ impl Attention {
     /// alignment reads from a model's alignment heads; not on any decoding path.
     pub fn cross_scores(&self, x: &Tensor, kv: &CrossKv, heads: &[usize]) -> Result<Tensor> {
         // The queries carry the softmax scale (see `load`).
-        let q = self.heads(&self.q.forward(x)?, self.n_heads)?.squeeze(0)?;
+        let q = self.heads(&self.queries(x)?, self.n_heads)?.squeeze(0)?;
         let rep = self.n_heads / self.n_kv_heads;
         let kv_heads: Vec<u32> = heads.iter().map(|&h| (h / rep) as u32).collect();
         let kv_heads = Tensor::new(kv_heads.as_slice(), x.device())?;

@@ -2,7 +2,7 @@
 //! Llama-style decoders.
 
 use crate::kernels::ops::GeluErfInPlace;
-use crate::linear::{Linear, WeightFormat};
+use crate::linear::{Linear, LinearStack, WeightFormat};
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -80,12 +80,13 @@ impl GeluMlp {
 }
 
 /// `down(silu(gate(x)) * up(x))`: no biases in Llama / Mistral decoders; Voxtral's encoder has
-/// one on `down` only.
+/// one on `down` only. gate and up run as one product ([`LinearStack`]).
 #[derive(Clone, Debug)]
 pub struct SwiGlu {
-    gate: Linear,
-    up: Linear,
+    /// [gate; up].
+    gate_up: LinearStack,
     down: Linear,
+    hidden: usize,
 }
 
 impl SwiGlu {
@@ -98,39 +99,43 @@ impl SwiGlu {
         [gate, up, down]: [&str; 3],
         down_bias: bool,
     ) -> Result<Self> {
+        let gate = Linear::load(vb.pp(gate), dim, hidden, false)?;
+        let up = Linear::load(vb.pp(up), dim, hidden, false)?;
         Ok(Self {
-            gate: Linear::load(vb.pp(gate), dim, hidden, false)?,
-            up: Linear::load(vb.pp(up), dim, hidden, false)?,
+            gate_up: LinearStack::new(vec![gate, up])?,
             down: Linear::load(vb.pp(down), hidden, dim, down_bias)?,
+            hidden,
         })
     }
 
-    /// The block with its three matrices stored as `format`.
+    /// The block with its matrices stored as `format`.
     pub fn to_format(self, format: WeightFormat) -> Result<Self> {
         Ok(Self {
-            gate: self.gate.to_format(format)?,
-            up: self.up.to_format(format)?,
+            gate_up: self.gate_up.to_format(format)?,
             down: self.down.to_format(format)?,
+            hidden: self.hidden,
         })
     }
 
-    /// gate, up and down.
-    pub fn linears_mut(&mut self) -> [&mut Linear; 3] {
-        [&mut self.gate, &mut self.up, &mut self.down]
+    /// [gate; up] (one matrix, or two of different formats) and down.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.gate_up
+            .linears_mut()
+            .iter_mut()
+            .chain([&mut self.down])
     }
 
-    /// Bytes of the three matrices (what one step reads).
+    /// Bytes of the matrices (what one step reads).
     pub fn weight_bytes(&self) -> usize {
-        [&self.gate, &self.up, &self.down]
-            .iter()
-            .map(|l| l.weight_bytes())
-            .sum()
+        self.gate_up.weight_bytes() + self.down.weight_bytes()
     }
 
     /// x: (..., d) -> (..., d).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gated = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(gated * self.up.forward(x)?)?)
+        let gate_up = self.gate_up.forward(x)?;
+        let gated = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, self.hidden)?)?;
+        let up = gate_up.narrow(D::Minus1, self.hidden, self.hidden)?;
+        self.down.forward(&(gated * up)?)
     }
 }
 

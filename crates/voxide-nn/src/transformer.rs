@@ -193,10 +193,10 @@ impl PreNormLayer {
     /// down or fc1, fc2).
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
         let mlp: Vec<&mut Linear> = match &mut self.mlp {
-            Ffn::SwiGlu(m) => m.linears_mut().into(),
+            Ffn::SwiGlu(m) => m.linears_mut().collect(),
             Ffn::Gelu(m) => m.linears_mut().into(),
         };
-        self.attention.projections_mut().into_iter().chain(mlp)
+        self.attention.step_projections_mut().into_iter().chain(mlp)
     }
 
     /// Bytes of the layer's matrices.

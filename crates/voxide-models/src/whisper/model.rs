@@ -59,7 +59,7 @@ impl Block {
             self_attn_layer_norm: norm("self_attn_layer_norm")?,
             cross: if cross {
                 Some((
-                    Attention::load(vb.pp("encoder_attn"), attn)?,
+                    Attention::load_cross(vb.pp("encoder_attn"), attn)?,
                     norm("encoder_attn_layer_norm")?,
                 ))
             } else {
@@ -306,10 +306,9 @@ impl Decoder {
         let self_kv = layers * 2 * (cfg.max_target_positions / 2) * d * 4;
         let mut step: Vec<&mut Linear> = vec![&mut self.head];
         for block in &mut self.layers {
-            step.extend(block.self_attn.projections_mut());
+            step.extend(block.self_attn.step_projections_mut());
             if let Some((attn, _)) = &mut block.cross {
-                let [q, _, _, o] = attn.projections_mut();
-                step.extend([q, o]);
+                step.extend(attn.step_projections_mut());
             }
             step.extend(block.mlp.linears_mut());
         }
@@ -643,8 +642,10 @@ impl Whisper {
             .iter()
             .map(|b| {
                 let cross = b.cross.as_ref().map_or(0, |(attn, _)| {
-                    let [q, _, _, o] = attn.projections();
-                    q.weight_bytes() + o.weight_bytes()
+                    attn.step_projections()
+                        .iter()
+                        .map(|l| l.weight_bytes())
+                        .sum()
                 });
                 b.self_attn.weight_bytes() + cross + b.mlp.weight_bytes()
             })
