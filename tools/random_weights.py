@@ -82,9 +82,12 @@ tiny-random-base (Base) (same tensor names, config.json keys and dtypes) at the 
                 The talker, predictor and decoder tensors are those of custom_voice (same values).
 Every variant: the text tokenizer (vocab.json, merges.txt, tokenizer_config.json) is byte-level
 with no merges: every UTF-8 byte is one token (byte b = id b), plus the real added tokens at
-their real ids (151643-151645, 151671-151673). A text is about 4 times as many tokens
+their real ids (151643-151645, 151671-151673). A text is then about 4 times as many tokens
 as with Qwen2's real BPE (one a byte), so prompts and text tracks are longer than the real
-model's. That is close enough for a benchmark, which needs only roughly the right counts. Random
+model's. With --qwen-tiktoken FILE (Qwen's qwen.tiktoken, in the dashscope wheel on PyPI:
+`pip download dashscope==2.0.2 --no-deps`, then unzip dashscope/resources/qwen.tiktoken) the
+vocabulary and merges are the real ones, converted from the ranks, and prompts have real lengths;
+--tokenizer-only rewrites just the config and tokenizer files of a generated model. Random
 weights sample code 0 = EOS about as often as any code (about 1/2049 a frame), so fix the number
 of frames when timing. 0.6B takes about 30 s and 1.7B about 65 s on 2 cores (base a few s more).
 Suggested DIR: target/models/qwen3-tts-<size>[-voice-design|-base].
@@ -1597,15 +1600,50 @@ def bytes_to_unicode():
     return dict(zip(bs, map(chr, cs)))
 
 
-def q3_tokenizer_files(out: Path):
-    """A byte-level tokenizer in Qwen2's file layout (as the tiny fixture's, written by
-    tools/reference/qwen3_tts_fixtures.py): no merges, so every UTF-8 byte is one token (byte b
-    has id b), plus the real added tokens at their real ids."""
-    vocab = {ch: b for b, ch in sorted(bytes_to_unicode().items())}
-    assert sorted(vocab.values()) == list(range(256))
+def qwen_bpe_from_tiktoken(path: Path):
+    """Qwen's byte-level BPE (vocab: token string -> id, merges in rank order) from its tiktoken
+    ranks file (`qwen.tiktoken`: base64 token and rank per line; Qwen2's vocab.json holds the same
+    151643 tokens at the same ids). Each token's merge is the split of it into two tokens of
+    lower rank, the way transformers converts tiktoken files (`TikTokenConverter`)."""
+    import base64
+
+    ranks = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    to_str = bytes_to_unicode()
+
+    def text(b: bytes) -> str:
+        return "".join(to_str[c] for c in b)
+
+    merges = []
+    for token, rank in ranks.items():
+        splits = [(token[:i], token[i:]) for i in range(1, len(token))
+                  if token[:i] in ranks and token[i:] in ranks]
+        splits.sort(key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
+        merges.extend((rank, left, right) for left, right in splits)
+    merges.sort(key=lambda m: m[0])
+    vocab = {text(t): r for t, r in ranks.items()}
+    return vocab, [f"{text(l)} {text(r)}" for _, l, r in merges]
+
+
+def q3_tokenizer_files(out: Path, tiktoken: Path | None = None):
+    """The text tokenizer in Qwen2's file layout. With `tiktoken` (Qwen's `qwen.tiktoken`, e.g.
+    from the dashscope wheel: `pip download dashscope==2.0.2 --no-deps`), the real vocabulary
+    and merges, so prompts have the real model's lengths. Without, byte-level as the tiny
+    fixture's (tools/reference/qwen3_tts_fixtures.py): no merges, every UTF-8 byte one token
+    (byte b has id b). Either way the real added tokens at their real ids."""
+    if tiktoken is None:
+        vocab = {ch: b for b, ch in sorted(bytes_to_unicode().items())}
+        assert sorted(vocab.values()) == list(range(256))
+        merges = []
+    else:
+        vocab, merges = qwen_bpe_from_tiktoken(tiktoken)
+        assert max(vocab.values()) < min(Q3_ADDED_TOKENS), "regular ids below the added tokens"
     with open(out / "vocab.json", "w", encoding="utf-8") as f:
         json.dump(vocab, f, ensure_ascii=False)
-    (out / "merges.txt").write_text("#version: 0.2\n")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
     tok = {"tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": {
         str(i): {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
                  "single_word": False, "special": True}
@@ -1650,7 +1688,9 @@ def write_qwen3_tts(args):
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     (out / "speech_tokenizer" / "config.json").write_text(json.dumps(codec, indent=2, sort_keys=True) + "\n")
-    q3_tokenizer_files(out)
+    q3_tokenizer_files(out, Path(args.qwen_tiktoken) if args.qwen_tiktoken else None)
+    if args.tokenizer_only:
+        return
 
     talker = q3_talker_tensors(args.size, args.max_layers)
     speaker = q3_speaker_encoder_tensors(cfg["speaker_encoder_config"]) if variant == "base" else []
@@ -1789,6 +1829,11 @@ def main(argv=None):
                    help="output directory (suggested: target/models/qwen3-tts-<size>[-voice-design|-base])")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--max-layers", type=int, default=0, help=argparse.SUPPRESS)  # testing: cap both layer counts
+    q.add_argument("--qwen-tiktoken", metavar="FILE",
+                   help="Qwen's qwen.tiktoken ranks: write the real BPE vocabulary and merges (real prompt "
+                        "lengths) instead of the byte-level tokenizer")
+    q.add_argument("--tokenizer-only", action="store_true",
+                   help="write the config and tokenizer files only (e.g. to add --qwen-tiktoken to a generated model)")
     q.add_argument("--quiet", action="store_true")
     c = sub.add_parser("check-ggml", help="compare a ggml file with a generated directory, tensor by tensor")
     c.add_argument("ggml")
