@@ -14,6 +14,7 @@ use super::quant_gemm::{has_gemm_kernel, quant_gemm};
 use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use super::small_m::{matmul_small, small_m_max_rows};
+use super::softmax::exp_non_positive;
 use super::widen_gemm::{matmul_widened, WidenRows};
 use crate::quant::GgmlType;
 use candle_core::backend::BackendStorage;
@@ -417,6 +418,65 @@ impl candle_core::InplaceOp1 for GeluErfInPlace {
                 }
             });
         Ok(())
+    }
+}
+
+/// candle op: the SwiGLU product silu(g) · u of a contiguous f32 (..., 2h) tensor holding
+/// [gate; up] side by side ([`crate::linear::LinearStack`]) → (..., h), in one vectorised pass
+/// with the crate's polynomial eˣ (relative error ~2e-7). candle's SiLU calls libm's expf per
+/// element (~9 µs for a 3072-wide decoder step, ten times the rest of the product), then the
+/// multiply is a second pass.
+#[derive(Clone, Copy, Debug)]
+pub struct SiluMul;
+
+isa_entries! {
+    /// One row: y[j] = silu(g[j]) · u[j].
+    fn silu_mul_row<>(g: &[f32], u: &[f32], y: &mut [f32]) => silu_mul_body
+}
+
+#[inline(always)]
+unsafe fn silu_mul_body<S: Simd>(g: &[f32], u: &[f32], y: &mut [f32]) {
+    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+        // σ(g) from e^(−|g|) ≤ 1, which never overflows: 1 / (1 + e) for g ≥ 0, e / (1 + e) below.
+        let e = exp_non_positive(-g.abs());
+        let s = 1.0 / (1.0 + e);
+        let sigma = if g >= 0.0 { s } else { e * s };
+        *y = g * sigma * u;
+    }
+}
+
+impl CustomOp1 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        /// Output elements per parallel task (a decoder step's row runs at once).
+        const CHUNK: usize = 1 << 14;
+        let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
+            candle_core::bail!("silu-mul: takes a contiguous f32 tensor");
+        };
+        let mut dims = l.dims().to_vec();
+        let width = dims.pop().unwrap_or(0);
+        if width % 2 != 0 {
+            candle_core::bail!("silu-mul: the last dimension ({width}) must hold gate and up");
+        }
+        let h = width / 2;
+        dims.push(h);
+        let x = &v[start..end];
+        let mut y = vec![0f32; x.len() / 2];
+        if h > 0 {
+            let isa = Isa::detect();
+            y.par_chunks_mut(h)
+                .zip(x.par_chunks(width))
+                .with_min_len(CHUNK / h + 1)
+                .for_each(|(y, x)| {
+                    let (g, u) = x.split_at(h);
+                    silu_mul_row(isa, g, u, y);
+                });
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 }
 
