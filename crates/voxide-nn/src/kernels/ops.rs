@@ -459,7 +459,7 @@ impl CustomOp1 for SiluMul {
         };
         let mut dims = l.dims().to_vec();
         let width = dims.pop().unwrap_or(0);
-        if width % 2 != 0 {
+        if !width.is_multiple_of(2) {
             candle_core::bail!("silu-mul: the last dimension ({width}) must hold gate and up");
         }
         let h = width / 2;
