@@ -223,6 +223,14 @@ impl ReadProbe {
     pub fn median_gbps(&self, passes: usize) -> f64 {
         self.median_of(self.best(), passes)
     }
+
+    /// Fastest of `passes` passes of the fastest variant: what a bandwidth floor divides by,
+    /// so that a run during a quieter moment of a shared machine cannot read faster than it.
+    pub fn fastest_gbps(&self, passes: usize) -> f64 {
+        (0..passes.max(1))
+            .map(|_| self.pass_gbps(self.best()))
+            .fold(0.0, f64::max)
+    }
 }
 
 isa_entries! {
