@@ -128,8 +128,8 @@ impl Linear {
     }
 
     /// One layer computing `parts` side by side, their weights stacked by rows (biases too,
-    /// zeros where a part has none). The parts must share the input width and the weight
-    /// format.
+    /// zeros where a part has none). The parts share one weight format ([`LinearStack::new`]
+    /// stacks only those) and must share the input width.
     fn stacked(parts: &[Linear]) -> Result<Self> {
         let Some(first) = parts.first() else {
             candle_core::bail!("stacked: no layers");
@@ -138,11 +138,8 @@ impl Linear {
         let mut rows = Vec::with_capacity(parts.len());
         for part in parts {
             let (out, cols) = part.weight_dims()?;
-            if part.weight_format() != format || cols != in_dim {
-                candle_core::bail!(
-                    "stacked: a {:?} {out}×{cols} matrix beside a {format:?} one of {in_dim} columns",
-                    part.weight_format()
-                );
+            if cols != in_dim {
+                candle_core::bail!("stacked: a {out}×{cols} matrix beside one of {in_dim} columns");
             }
             rows.push(out);
         }

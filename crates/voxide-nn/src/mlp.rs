@@ -206,10 +206,9 @@ mod tests {
     fn fused_silu_mul_equals_candles() -> Result<()> {
         let dev = Device::Cpu;
         for (rows, h) in [(1, 3072), (3, 5), (40, 700)] {
-            let v: Vec<f32> = (0..rows * 2 * h)
+            let mut v: Vec<f32> = (0..rows * 2 * h)
                 .map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 40.0)
                 .collect();
-            let mut v = v;
             v[0] = -95.0;
             v[1] = 95.0;
             let x = Tensor::from_vec(v, (rows, 2 * h), &dev)?;

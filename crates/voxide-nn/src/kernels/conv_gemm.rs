@@ -288,9 +288,11 @@ impl TransposedConvTaps<'_> {
     }
 }
 
-/// Bytes of activated input per block of [`SnakePointwiseResidual`]: the block, its
-/// products' slice of y and the weights stay in a core's L2.
+/// Bytes of activated input per block of [`SnakePointwiseResidual`], so that the block and
+/// its slice of y stay in a core's L2; blocks keep at least [`POINTWISE_MIN_BLOCK`] samples
+/// (narrower GEMMs run below their rate: 768 channels take 768 KB blocks).
 const POINTWISE_BLOCK_BYTES: usize = 128 << 10;
+const POINTWISE_MIN_BLOCK: usize = 256;
 
 /// y = residual + bias + W · SnakeBeta(x) for a 1×1 convolution (W: O × C): the second half of
 /// a codec residual unit in one pass over time blocks that stay in L2. Run as three ops
@@ -327,10 +329,10 @@ impl CustomOp2 for SnakePointwiseResidual<'_> {
             candle_core::bail!("snake-pointwise-residual: takes contiguous f32 tensors");
         };
         let (batch, c, t) = xl.shape().dims3()?;
-        let (o, c_alpha) = (self.bias.len(), self.alpha.len());
+        let o = self.bias.len();
         if rl.shape().dims3()? != (batch, o, t)
             || self.weight.len() != o * c
-            || c_alpha != c
+            || self.alpha.len() != c
             || self.inv_beta.len() != c
         {
             candle_core::bail!(
@@ -342,7 +344,8 @@ impl CustomOp2 for SnakePointwiseResidual<'_> {
         }
         let (x, residual) = (&x[x0..x1], &r[r0..r1]);
         let mut y = vec![0f32; batch * o * t];
-        let block = (POINTWISE_BLOCK_BYTES / 4 / c.max(1)).clamp(256, t.max(256));
+        let block = (POINTWISE_BLOCK_BYTES / 4 / c.max(1))
+            .clamp(POINTWISE_MIN_BLOCK, t.max(POINTWISE_MIN_BLOCK));
         let blocks = t.div_ceil(block);
         let out = super::gemv::OutPtr(y.as_mut_ptr());
         let isa = Isa::detect();
