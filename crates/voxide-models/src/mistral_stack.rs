@@ -428,7 +428,7 @@ impl TextDecoder {
     fn with_planned_residency(mut self) -> Self {
         let mut step: Vec<&mut Linear> = vec![&mut self.head];
         step.extend(self.stack.linears_mut());
-        Linear::plan_residency(&mut step, 0);
+        Linear::plan_residency(step, 0);
         self
     }
 

@@ -314,7 +314,7 @@ fn bench_whisper() -> candle_core::Result<()> {
 /// machine's residency plan says and, for comparison, all cached / all streamed; plus the
 /// head alone and the layers alone.
 fn bench_whisper_step() {
-    use voxide_nn::kernels::machine::{machine, plan_residency};
+    use voxide_nn::kernels::machine::{machine, plan_residency, CycleRead};
     let budget = machine().cache_budget();
     println!(
         "cache budget {} MB (L2 {} KB/core, L3 {} MB, {} cores)",
@@ -340,7 +340,8 @@ fn bench_whisper_step() {
             .collect();
         let bytes: Vec<usize> = shapes.iter().map(|&(n, k)| 2 * n * k).collect();
         let kv = layers * 2 * 1500 * d * 2;
-        let plan = plan_residency(&bytes, kv, budget);
+        let reads: Vec<CycleRead> = bytes.iter().map(|&b| CycleRead::once(b)).collect();
+        let plan = plan_residency(&reads, kv, budget);
         let total: usize = bytes.iter().sum();
         let x: Vec<f32> = (0..4 * d).map(value).collect();
         let mut y = vec![0f32; vocab];
@@ -631,6 +632,79 @@ fn bench_step(int8: bool) {
 /// head) and a 4096×14336 MLP matrix, in GB/s of weight bytes read. As in `gemv`, the timed
 /// calls rotate over copies that together exceed the L3, so weights come from DRAM; the read
 /// bandwidth and the f16 / bf16 / int8 GEMV on the big matrix alongside.
+/// A Qwen3-TTS 0.6B frame's int8 GEMVs: a talker step (28 layers of q/k/v, o, gate/up, down
+/// stacked as the model runs them, and the 3072-row codec head), then 15 code predictor steps
+/// (5 layers of the same shapes, and one 2048-row head per step), read as the machine's plan
+/// for the frame says (the predictor's stack read 15 times, the rest once), as the plan that
+/// counts every matrix once would, and all streamed.
+fn bench_tts_frame() {
+    use voxide_nn::kernels::machine::{machine, plan_residency, CycleRead};
+    const LAYER: [(usize, usize); 4] = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072)];
+    const GROUPS: usize = 15;
+    let mut shapes = vec![(3072, 1024)];
+    shapes.extend((0..28).flat_map(|_| LAYER));
+    let predictor = shapes.len()..shapes.len() + 5 * LAYER.len();
+    shapes.extend((0..5).flat_map(|_| LAYER));
+    let heads = shapes.len();
+    shapes.extend([(2048, 1024); GROUPS]);
+    let mats: Vec<(Vec<i8>, Vec<f32>)> = shapes
+        .iter()
+        .map(|&(n, k)| quantize_int8(n, k, value))
+        .collect();
+    let bytes = |i: usize| shapes[i].0 * shapes[i].1 + 4 * shapes[i].0;
+    let reads = |i: usize| if predictor.contains(&i) { GROUPS } else { 1 };
+    let frame_bytes: usize = (0..shapes.len()).map(|i| bytes(i) * reads(i)).sum();
+    let budget = machine().cache_budget();
+    let cycle: Vec<CycleRead> = (0..shapes.len())
+        .map(|i| CycleRead {
+            bytes: bytes(i),
+            reads: reads(i),
+        })
+        .collect();
+    let once: Vec<CycleRead> = (0..shapes.len())
+        .map(|i| CycleRead::once(bytes(i)))
+        .collect();
+    let x: Vec<f32> = (0..3072).map(value).collect();
+    let mut y = vec![0f32; 6144];
+    let mut one = |i: usize, r: Residency| {
+        let (n, k) = shapes[i];
+        let (q, s) = &mats[i];
+        let w = WeightMatrix::with_scales(q, s, n, k).with_residency(r);
+        gemv(&x[..k], &w, None, &mut y[..n], 1);
+    };
+    println!(
+        "tts-frame: {:.1} MB per frame, cache budget {} MB",
+        frame_bytes as f64 / 1e6,
+        budget >> 20
+    );
+    for (name, plan) in [
+        ("planned per cycle", plan_residency(&cycle, 0, budget)),
+        ("planned once each", plan_residency(&once, 0, budget)),
+        ("all streamed", vec![Residency::Streamed; shapes.len()]),
+    ] {
+        let cached: usize = (0..shapes.len())
+            .filter(|&i| plan[i] == Residency::Cached)
+            .map(bytes)
+            .sum();
+        let stats = time(2, 12, || {
+            for i in 0..predictor.start {
+                one(i, plan[i]);
+            }
+            for g in 0..GROUPS {
+                for i in predictor.clone() {
+                    one(i, plan[i]);
+                }
+                one(heads + g, plan[heads + g]);
+            }
+        });
+        report(
+            &format!("  {name} ({:.1} MB cached)", cached as f64 / 1e6),
+            frame_bytes,
+            stats,
+        );
+    }
+}
+
 fn bench_quant(types: &[GgmlType]) {
     let probe = ReadProbe::for_machine(rayon::current_num_threads());
     println!(
@@ -864,6 +938,9 @@ fn main() -> candle_core::Result<()> {
     }
     if on("step-int8") {
         bench_step(true);
+    }
+    if on("tts-frame") {
+        bench_tts_frame();
     }
     if on("quant") {
         bench_quant(&types);

@@ -1,7 +1,7 @@
 //! Linear layer `y = x Wᵀ + b` with checkpoint-style `weight` [out, in] and optional `bias` [out].
 
 use crate::kernels::convert::quantize_int8;
-use crate::kernels::machine::{machine, plan_residency, Residency};
+use crate::kernels::machine::{machine, plan_residency, CycleRead, Residency};
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
@@ -197,10 +197,21 @@ impl Linear {
     /// Plans how a decoder step reads `layers` (every matrix it multiplies once per token) when
     /// it must also keep `other_bytes` cached (K/V): [`plan_residency`] against this machine's
     /// cache budget. Call it once the layers have their final format.
-    pub fn plan_residency(layers: &mut [&mut Linear], other_bytes: usize) {
-        let bytes: Vec<usize> = layers.iter().map(|l| l.weight_bytes()).collect();
-        let plan = plan_residency(&bytes, other_bytes, machine().cache_budget());
-        for (layer, r) in layers.iter_mut().zip(plan) {
+    pub fn plan_residency(layers: Vec<&mut Linear>, other_bytes: usize) {
+        Self::plan_cycle_residency(layers.into_iter().map(|l| (l, 1)).collect(), other_bytes);
+    }
+
+    /// The same for a cycle that reads some matrices more than once: `(layer, reads per cycle)`.
+    pub fn plan_cycle_residency(layers: Vec<(&mut Linear, usize)>, other_bytes: usize) {
+        let reads: Vec<CycleRead> = layers
+            .iter()
+            .map(|(l, reads)| CycleRead {
+                bytes: l.weight_bytes(),
+                reads: *reads,
+            })
+            .collect();
+        let plan = plan_residency(&reads, other_bytes, machine().cache_budget());
+        for ((layer, _), r) in layers.into_iter().zip(plan) {
             layer.residency = Some(r);
         }
     }

@@ -327,15 +327,16 @@ impl Talker {
         self.stack.weight_bytes() + self.codec_head.weight_bytes()
     }
 
-    /// Which matrices of a frame stay cached: the predictor's, read 15 times per frame, are
-    /// counted first, so that the talker's (read once) are the ones streamed.
+    /// Which matrices of a frame stay cached: the predictor's stack (and projection), read
+    /// once per acoustic group, before the talker's and the heads, read once per frame.
     fn plan_residency(&mut self) {
-        let mut frame: Vec<&mut Linear> = vec![&mut self.codec_head];
-        frame.extend(self.stack.linears_mut());
-        frame.extend(self.predictor.stack.linears_mut());
-        frame.extend(self.predictor.lm_head.iter_mut());
-        frame.extend(self.predictor.projection.iter_mut());
-        Linear::plan_residency(&mut frame, 0);
+        let groups = self.predictor.groups();
+        let mut frame: Vec<(&mut Linear, usize)> = vec![(&mut self.codec_head, 1)];
+        frame.extend(self.stack.linears_mut().map(|l| (l, 1)));
+        frame.extend(self.predictor.stack.linears_mut().map(|l| (l, groups)));
+        frame.extend(self.predictor.lm_head.iter_mut().map(|l| (l, 1)));
+        frame.extend(self.predictor.projection.iter_mut().map(|l| (l, groups)));
+        Linear::plan_cycle_residency(frame, 0);
     }
 
     pub fn config(&self) -> &TalkerConfig {

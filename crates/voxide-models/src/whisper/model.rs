@@ -312,7 +312,7 @@ impl Decoder {
             }
             step.extend(block.mlp.linears_mut());
         }
-        Linear::plan_residency(&mut step, cross_kv + self_kv);
+        Linear::plan_residency(step, cross_kv + self_kv);
     }
 }
 
