@@ -687,8 +687,8 @@ fn bench_tts_frame() {
             .map(bytes)
             .sum();
         let stats = time(2, 12, || {
-            for i in 0..predictor.start {
-                one(i, plan[i]);
+            for (i, &r) in plan[..predictor.start].iter().enumerate() {
+                one(i, r);
             }
             for g in 0..GROUPS {
                 for i in predictor.clone() {
