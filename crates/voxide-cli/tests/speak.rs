@@ -462,5 +462,10 @@ fn bench_tts_clones_a_voice_for_a_base_model() {
     // The last row repeats the short text with the text streamed alongside the frames.
     assert_eq!(report["rows"][3]["text_streaming"], true);
     assert_eq!(report["rows"][0]["text_streaming"], serde_json::Value::Null);
+    // The talker's pass over the prompt is reported apart from its later steps.
+    for row in report["rows"].as_array().unwrap() {
+        assert!(row["prompt_ms"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["talker_ms_per_step"].as_f64().unwrap() > 0.0, "{row}");
+    }
     std::fs::remove_dir_all(dir).ok();
 }

@@ -49,7 +49,9 @@ pub struct Generated {
     /// Frames of `num_code_groups` codes.
     pub frames: Vec<Vec<u32>>,
     pub stop: Stop,
-    /// Talker forward passes (prompt and steps) with the codec head.
+    /// The talker's pass over the prompt, with the first frame's codec head.
+    pub prompt_ms: f64,
+    /// The talker's steps after the prompt (one per frame after the first), with the codec head.
     pub talker_ms: f64,
     /// Code-predictor passes with their heads.
     pub predictor_ms: f64,
@@ -101,6 +103,7 @@ pub fn generate(
     let mut out = Generated {
         frames: Vec::new(),
         stop: Stop::MaxFrames,
+        prompt_ms: 0.0,
         talker_ms: 0.0,
         predictor_ms: 0.0,
         sampling_ms: 0.0,
@@ -115,7 +118,11 @@ pub fn generate(
     let mut frame = vec![0u32; predictor.groups() + 1];
     for index in 0..params.max_frames {
         let mut logits = talker.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
-        out.talker_ms += ms(talker_clock);
+        if index == 0 {
+            out.prompt_ms = ms(talker_clock);
+        } else {
+            out.talker_ms += ms(talker_clock);
+        }
         let clock = Instant::now();
         apply_repetition_penalty(&mut logits, &history, params.repetition_penalty);
         for id in suppressed.clone().filter(|&id| id != eos) {

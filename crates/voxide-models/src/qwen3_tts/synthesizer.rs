@@ -116,7 +116,9 @@ pub struct SpeechStats {
     pub first_audio_ms: Option<f64>,
     /// Ended on the model's end of speech (not on the frame limit or a cancel).
     pub finished: bool,
-    /// Where the time went: talker passes, code-predictor passes, sampling, codec decoding.
+    /// Where the time went: the talker's pass over the prompt, its steps (one per frame after
+    /// the first), code-predictor passes, sampling, codec decoding.
+    pub prompt_ms: f64,
     pub talker_ms: f64,
     pub predictor_ms: f64,
     pub sampling_ms: f64,
@@ -433,6 +435,7 @@ impl Synthesizer {
             emit(&pending, &mut stats)?;
         }
         stats.finished = generated.stop == Stop::Eos;
+        stats.prompt_ms = generated.prompt_ms;
         stats.talker_ms = generated.talker_ms;
         stats.predictor_ms = generated.predictor_ms;
         stats.sampling_ms = generated.sampling_ms;
