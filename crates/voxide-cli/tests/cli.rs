@@ -473,6 +473,21 @@ fn bench_reports_traces_and_catches_a_planted_regression() {
     );
     assert!(r["totals"]["encoder_ms"].as_f64().unwrap() > 0.0);
     assert!(r["totals"]["peak_rss_mb"].as_f64().unwrap() > 10.0);
+    // The floor's bandwidth is the fastest of the probes taken around the runs (one before,
+    // one after the single run), each of which is reported.
+    let probes: Vec<f64> = r["machine"]["read_probes_gbps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_f64().unwrap())
+        .collect();
+    assert_eq!(probes.len(), 2, "{probes:?}");
+    let fastest = probes.iter().copied().fold(0.0, f64::max);
+    assert_eq!(r["machine"]["read_gbps"].as_f64().unwrap(), fastest);
+    assert!(
+        stdout.contains("the slowest of those probes read"),
+        "{stdout}"
+    );
 
     let events: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     let names: Vec<&str> = events

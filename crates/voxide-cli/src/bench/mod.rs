@@ -214,7 +214,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(bytes) = step_bytes {
         totals.set_floor(bytes, read_gbps);
     }
-    let machine = machine_report(&probe, read_gbps, fma_gflops);
+    let machine = machine_report(&probe, &bandwidth, fma_gflops);
     drop(probe);
     let report = Report {
         model: args.model.clone(),
@@ -244,8 +244,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The machine and its limits measured with the bench's threads.
-fn machine_report(probe: &ReadProbe, read_gbps: f64, fma_gflops: f64) -> MachineReport {
+/// The machine and its limits measured with the bench's threads; `bandwidth`: the fastest pass
+/// of each probe during the command (the floor uses the fastest).
+fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> MachineReport {
     let m = machine();
     MachineReport {
         cpu_model: m.cpu_model.clone(),
@@ -254,7 +255,8 @@ fn machine_report(probe: &ReadProbe, read_gbps: f64, fma_gflops: f64) -> Machine
         l2_bytes: m.caches.l2_per_core,
         l3_bytes: m.caches.l3,
         cache_budget_bytes: m.cache_budget(),
-        read_gbps,
+        read_gbps: Stat::of(bandwidth).max,
+        read_probes_gbps: bandwidth.to_vec(),
         read_variants: probe
             .variants()
             .iter()
@@ -295,8 +297,13 @@ fn print_machine(m: &MachineReport, threads: usize) {
         m.cache_budget_bytes >> 20,
         m.fma_gflops
     );
+    let slowest = m
+        .read_probes_gbps
+        .iter()
+        .copied()
+        .fold(m.read_gbps, f64::min);
     println!(
-        "read bandwidth, {threads} threads: {:.1} GB/s (fastest probe variant, fastest pass of the probes before and after the runs); variants at start:",
+        "read bandwidth, {threads} threads: {:.1} GB/s (fastest probe variant, fastest pass of the probes before and after the runs; the slowest of those probes read {slowest:.1}); variants at start:",
         m.read_gbps
     );
     for (v, gbps) in &m.read_variants {

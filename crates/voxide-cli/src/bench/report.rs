@@ -204,9 +204,14 @@ pub struct MachineReport {
     pub l3_bytes: usize,
     /// What a decoder step may keep cached ([`voxide_nn::kernels::machine::cache_budget`]).
     pub cache_budget_bytes: usize,
-    /// Read bandwidth with the bench's threads, GB/s: the fastest variant's median over the
-    /// probes just before the first measured run and after each.
+    /// Read bandwidth with the bench's threads, GB/s: the fastest pass of the fastest variant
+    /// over the probes just before the first measured run and after each.
     pub read_gbps: f64,
+    /// Each of those probes' fastest pass, GB/s, in order: how far the machine's bandwidth
+    /// moved during the command (a floor taken in a quiet moment overstates a ratio measured
+    /// in a busy one).
+    #[serde(default)]
+    pub read_probes_gbps: Vec<f64>,
     /// Every variant the probe tried at start, fastest first: (description, GB/s).
     pub read_variants: Vec<(String, f64)>,
     /// f32 FMA peak with the bench's threads, GFLOP/s.

@@ -196,7 +196,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         repeats: args.repeats,
         load_ms,
         cloning,
-        machine: machine_report(&probe, read_gbps, fma_gflops),
+        machine: machine_report(&probe, &bandwidth, fma_gflops),
         rows,
         frame_bytes,
         floor_ms,
