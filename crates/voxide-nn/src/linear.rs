@@ -1,6 +1,6 @@
 //! Linear layer `y = x Wᵀ + b` with checkpoint-style `weight` [out, in] and optional `bias` [out].
 
-use crate::kernels::convert::quantize_int8;
+use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
 use crate::kernels::machine::{machine, plan_residency, CycleRead, Residency};
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
@@ -326,18 +326,9 @@ impl Linear {
                 candle_core::bail!("quantize-int8: weight not contiguous");
             };
             match cpu {
-                CpuStorage::F32(v) => {
-                    let v = &v[a..b];
-                    quantize_int8(n, k, |i| v[i])
-                }
-                CpuStorage::F16(v) => {
-                    let v = &v[a..b];
-                    quantize_int8(n, k, |i| v[i].to_f32())
-                }
-                CpuStorage::BF16(v) => {
-                    let v = &v[a..b];
-                    quantize_int8(n, k, |i| v[i].to_f32())
-                }
+                CpuStorage::F32(v) => quantize_int8_rows(&v[a..b], n, k),
+                CpuStorage::F16(v) => quantize_int8_rows(&v[a..b], n, k),
+                CpuStorage::BF16(v) => quantize_int8_rows(&v[a..b], n, k),
                 CpuStorage::F64(v) => {
                     let v = &v[a..b];
                     quantize_int8(n, k, |i| v[i] as f32)
