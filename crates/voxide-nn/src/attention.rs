@@ -193,12 +193,14 @@ impl Attention {
             .sum()
     }
 
-    /// x (batch, t, dim) → queries (batch, t, heads · head_dim).
-    fn queries(&self, x: &Tensor) -> Result<Tensor> {
-        let q_dim = self.n_heads * self.head_dim;
+    /// The query and key/value projections of a cross-attention layer
+    /// ([`Attention::load_cross`]); a self-attention layer has no source to attend to.
+    fn cross_projections(&self) -> Result<(&Linear, &LinearStack)> {
         match &self.input {
-            InputProjections::Own(qkv) => qkv.forward(x)?.narrow(D::Minus1, 0, q_dim),
-            InputProjections::Cross { q, .. } => q.forward(x),
+            InputProjections::Cross { q, kv } => Ok((q, kv)),
+            InputProjections::Own(_) => candle_core::bail!(
+                "a self-attention layer attends to no other sequence (load it with Attention::load_cross)"
+            ),
         }
     }
 
@@ -224,23 +226,11 @@ impl Attention {
 
     /// Projects an encoder output (batch, source_len, dim) to cross-attention keys/values.
     pub fn cross_kv(&self, source: &Tensor) -> Result<CrossKv> {
-        let (k, v) = match &self.input {
-            InputProjections::Cross { kv, .. } => {
-                let kv_dim = self.n_kv_heads * self.head_dim;
-                let kv = kv.forward(source)?;
-                (
-                    kv.narrow(D::Minus1, 0, kv_dim)?,
-                    kv.narrow(D::Minus1, kv_dim, kv_dim)?,
-                )
-            }
-            InputProjections::Own(_) => {
-                let (_, k, v) = self.queries_keys_values(source)?;
-                (k, v)
-            }
-        };
+        let kv_dim = self.n_kv_heads * self.head_dim;
+        let kv = self.cross_projections()?.1.forward(source)?;
         Ok(CrossKv {
-            k: self.heads(&k, self.n_kv_heads)?,
-            v: self.heads(&v, self.n_kv_heads)?,
+            k: self.heads(&kv.narrow(D::Minus1, 0, kv_dim)?, self.n_kv_heads)?,
+            v: self.heads(&kv.narrow(D::Minus1, kv_dim, kv_dim)?, self.n_kv_heads)?,
         })
     }
 
@@ -260,7 +250,7 @@ impl Attention {
         let (batch, t, _) = x.dims3()?;
         let (q, k, v, past, window) = match source {
             KvSource::Cross(kv) => (
-                self.heads(&self.queries(x)?, self.n_heads)?,
+                self.heads(&self.cross_projections()?.0.forward(x)?, self.n_heads)?,
                 kv.k.clone(),
                 kv.v.clone(),
                 0,
@@ -306,7 +296,9 @@ impl Attention {
     /// alignment reads from a model's alignment heads; not on any decoding path.
     pub fn cross_scores(&self, x: &Tensor, kv: &CrossKv, heads: &[usize]) -> Result<Tensor> {
         // The queries carry the softmax scale (see `load`).
-        let q = self.heads(&self.queries(x)?, self.n_heads)?.squeeze(0)?;
+        let q = self
+            .heads(&self.cross_projections()?.0.forward(x)?, self.n_heads)?
+            .squeeze(0)?;
         let rep = self.n_heads / self.n_kv_heads;
         let kv_heads: Vec<u32> = heads.iter().map(|&h| (h / rep) as u32).collect();
         let kv_heads = Tensor::new(kv_heads.as_slice(), x.device())?;
@@ -470,6 +462,21 @@ mod tests {
     }
 
     fn layer(dim: usize, heads: usize, kv_heads: usize, dev: &Device) -> Result<Attention> {
+        layer_as(dim, heads, kv_heads, false, dev)
+    }
+
+    /// A cross-attention layer of the same shapes.
+    fn cross_layer(dim: usize, heads: usize, kv_heads: usize, dev: &Device) -> Result<Attention> {
+        layer_as(dim, heads, kv_heads, true, dev)
+    }
+
+    fn layer_as(
+        dim: usize,
+        heads: usize,
+        kv_heads: usize,
+        cross: bool,
+        dev: &Device,
+    ) -> Result<Attention> {
         let hd = dim / heads;
         let mut ts = HashMap::new();
         for (i, (name, out)) in [
@@ -487,18 +494,20 @@ mod tests {
         }
         ts.insert("o.weight".into(), random(&[dim, heads * hd], 9, dev)?);
         let vb = VarBuilder::from_tensors(ts, DType::F32, dev);
-        Attention::load(
-            vb,
-            AttentionConfig {
-                dim,
-                n_heads: heads,
-                n_kv_heads: kv_heads,
-                head_dim: hd,
-                bias: [false; 4],
-                names: ["q", "k", "v", "o"],
-                qk_norm_eps: None,
-            },
-        )
+        let cfg = AttentionConfig {
+            dim,
+            n_heads: heads,
+            n_kv_heads: kv_heads,
+            head_dim: hd,
+            bias: [false; 4],
+            names: ["q", "k", "v", "o"],
+            qk_norm_eps: None,
+        };
+        if cross {
+            Attention::load_cross(vb, cfg)
+        } else {
+            Attention::load(vb, cfg)
+        }
     }
 
     /// Decoding token by token through the cache equals one causal pass over the sequence,
@@ -566,9 +575,11 @@ mod tests {
     #[test]
     fn shared_cross_source_equals_per_row_attention() -> Result<()> {
         let dev = Device::Cpu;
-        let attn = layer(16, 4, 4, &dev)?;
+        let attn = cross_layer(16, 4, 4, &dev)?;
         let src = random(&[1, 7, 16], 3, &dev)?;
         let kv = attn.cross_kv(&src)?;
+        // A self-attention layer has no cross-attention source.
+        assert!(layer(16, 4, 4, &dev)?.cross_kv(&src).is_err());
         let x = random(&[3, 2, 16], 4, &dev)?;
         let together = attn.forward(&x, KvSource::Cross(&kv), false, None)?;
         for b in 0..3 {
@@ -587,7 +598,7 @@ mod tests {
     #[test]
     fn f16_cross_source_matches_f32() -> Result<()> {
         let dev = Device::Cpu;
-        let attn = layer(16, 4, 4, &dev)?;
+        let attn = cross_layer(16, 4, 4, &dev)?;
         let kv = attn.cross_kv(&random(&[1, 7, 16], 3, &dev)?)?;
         for (dtype, tol) in [(DType::F16, 5e-3), (DType::BF16, 3e-2)] {
             let half = kv.to_dtype(dtype)?;

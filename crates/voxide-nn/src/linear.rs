@@ -499,22 +499,12 @@ impl LinearStack {
 
     /// The stack with its weights stored as `format` (parts that then share it are stacked).
     pub fn to_format(self, format: WeightFormat) -> Result<Self> {
-        match self.layers.len() {
-            1 => Ok(Self {
-                layers: vec![self
-                    .layers
-                    .into_iter()
-                    .next()
-                    .expect("one")
-                    .to_format(format)?],
-            }),
-            _ => Self::new(
-                self.layers
-                    .into_iter()
-                    .map(|l| l.to_format(format))
-                    .collect::<Result<_>>()?,
-            ),
-        }
+        Self::new(
+            self.layers
+                .into_iter()
+                .map(|l| l.to_format(format))
+                .collect::<Result<_>>()?,
+        )
     }
 
     /// The matrices a forward pass multiplies.
