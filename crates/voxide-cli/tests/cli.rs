@@ -488,6 +488,23 @@ fn bench_reports_traces_and_catches_a_planted_regression() {
         stdout.contains("the slowest of those probes read"),
         "{stdout}"
     );
+    // How streamed matrices are read was measured (x86-64 flushes the caches to do it) and is
+    // stated with the rates that decided it.
+    let streaming = &r["machine"]["streaming"];
+    if cfg!(target_arch = "x86_64") {
+        let (nt, keep) = (
+            streaming["nontemporal_gbps"].as_f64().unwrap(),
+            streaming["keep_gbps"].as_f64().unwrap(),
+        );
+        assert!(nt > 0.0 && keep > 0.0, "{streaming}");
+        assert_eq!(
+            streaming["nontemporal"].as_bool().unwrap(),
+            nt >= 0.9 * keep
+        );
+        assert!(stdout.contains("streamed matrices read with"), "{stdout}");
+    } else {
+        assert!(streaming.is_null(), "{streaming}");
+    }
 
     let events: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     let names: Vec<&str> = events

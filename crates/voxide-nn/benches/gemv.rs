@@ -14,7 +14,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use std::time::Instant;
 use voxide_nn::kernels::attention::DecodeAttention;
-use voxide_nn::kernels::bandwidth::ReadProbe;
+use voxide_nn::kernels::bandwidth::{streaming_reads, ReadProbe};
 use voxide_nn::kernels::convert::{quantize_int8, to_f32};
 use voxide_nn::kernels::gemv::{gemv, gemv_on, WeightMatrix};
 use voxide_nn::kernels::machine::Residency;
@@ -528,6 +528,14 @@ fn bench_step(int8: bool) {
         })
         .sum();
     eprintln!("(weights built in {:.1} s)", t.elapsed().as_secs_f64());
+    if let Some(r) = streaming_reads() {
+        eprintln!(
+            "(streamed matrices read with {} prefetches: from memory non-temporal {:.1} GB/s, plain {:.1} GB/s)",
+            if r.nontemporal_pays() { "non-temporal" } else { "plain" },
+            r.nontemporal_gbps,
+            r.keep_gbps
+        );
+    }
     let xs: Vec<Vec<f32>> = mats
         .iter()
         .map(|(_, _, k)| (0..*k).map(value).collect())

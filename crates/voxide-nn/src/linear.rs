@@ -1,5 +1,6 @@
 //! Linear layer `y = x Wᵀ + b` with checkpoint-style `weight` [out, in] and optional `bias` [out].
 
+use crate::kernels::bandwidth::streaming_reads;
 use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
 use crate::kernels::machine::{machine, plan_residency, CycleRead, Residency};
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
@@ -211,6 +212,10 @@ impl Linear {
             })
             .collect();
         let plan = plan_residency(&reads, other_bytes, machine().cache_budget());
+        if plan.contains(&Residency::Streamed) {
+            // Measured here, at load, rather than inside the first decoder step.
+            streaming_reads();
+        }
         for ((layer, _), r) in layers.into_iter().zip(plan) {
             layer.residency = Some(r);
         }

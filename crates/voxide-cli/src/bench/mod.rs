@@ -8,12 +8,14 @@ mod tts;
 use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use report::{compare, FileReport, MachineReport, Report, Run, Stat, Totals, Verdict};
+use report::{
+    compare, FileReport, MachineReport, Report, Run, Stat, StreamingReport, Totals, Verdict,
+};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
-use voxide_nn::kernels::bandwidth::ReadProbe;
+use voxide_nn::kernels::bandwidth::{streaming_reads, ReadProbe};
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
@@ -263,6 +265,11 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             .map(|(v, g)| (v.to_string(), *g))
             .collect(),
         fma_gflops,
+        streaming: streaming_reads().map(|r| StreamingReport {
+            nontemporal_gbps: r.nontemporal_gbps,
+            keep_gbps: r.keep_gbps,
+            nontemporal: r.nontemporal_pays(),
+        }),
     }
 }
 
@@ -308,6 +315,14 @@ fn print_machine(m: &MachineReport, threads: usize) {
     );
     for (v, gbps) in &m.read_variants {
         println!("  {gbps:6.1} GB/s  {v}");
+    }
+    if let Some(s) = &m.streaming {
+        println!(
+            "streamed matrices read with {} prefetches (from memory: non-temporal {:.1} GB/s, plain {:.1} GB/s)",
+            if s.nontemporal { "non-temporal" } else { "plain" },
+            s.nontemporal_gbps,
+            s.keep_gbps
+        );
     }
 }
 

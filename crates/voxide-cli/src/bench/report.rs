@@ -216,6 +216,21 @@ pub struct MachineReport {
     pub read_variants: Vec<(String, f64)>,
     /// f32 FMA peak with the bench's threads, GFLOP/s.
     pub fma_gflops: f64,
+    /// How streamed matrices were read: from memory with non-temporal prefetches against plain
+    /// ones ([`voxide_nn::kernels::bandwidth::StreamingReads`]); `None` where not measured.
+    #[serde(default)]
+    pub streaming: Option<StreamingReport>,
+}
+
+/// The streaming reads measured at start and the prefetch streamed matrices took.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StreamingReport {
+    /// GB/s with non-temporal (NTA) prefetches.
+    pub nontemporal_gbps: f64,
+    /// GB/s with plain (T0) prefetches.
+    pub keep_gbps: f64,
+    /// Whether streamed matrices took the non-temporal prefetches.
+    pub nontemporal: bool,
 }
 
 impl Totals {

@@ -17,6 +17,7 @@
 use super::machine::{advise_pages, machine};
 use super::simd::{isa_entries, Isa, Simd};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Bytes per task of the interleaved layout: small enough to balance threads on a noisy
@@ -233,6 +234,91 @@ impl ReadProbe {
     }
 }
 
+/// Bytes [`StreamingReads::measure`] reads per pass. The buffer is flushed from the caches
+/// before each pass, so this size reads from memory whatever the cache (1–3 ms a pass).
+const STREAMING_PROBE_BYTES: usize = 32 << 20;
+
+/// Bytes per task of a streaming probe pass, as a streamed matrix's GEMV tasks
+/// (`gemv::TASK_BYTES`).
+const STREAMING_TASK_BYTES: usize = 512 << 10;
+
+/// The share of plain prefetches' read rate that non-temporal prefetches must reach to be used
+/// for streamed matrices. What they buy is that the cached rest of a step survives the stream
+/// (at best the cached share of the step's reads: 5–10 % of a Whisper tiny step on a 32 MB L3,
+/// PERFORMANCE.md #10); reading the streamed bytes more slowly than that costs more.
+pub const NONTEMPORAL_MIN_SHARE: f64 = 0.9;
+
+/// How fast this machine reads weights from memory with non-temporal prefetches (NTA) against
+/// plain ones (T0), on the thread pool that decodes. On an Intel Xeon (Sapphire Rapids) NTA
+/// reads 10 GB/s where T0 reads 30 (they skip the L2 streamer); on AMD EPYC both read alike.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StreamingReads {
+    pub nontemporal_gbps: f64,
+    pub keep_gbps: f64,
+}
+
+impl StreamingReads {
+    /// Whether streamed matrices should be read with non-temporal prefetches.
+    pub fn nontemporal_pays(&self) -> bool {
+        self.nontemporal_gbps >= NONTEMPORAL_MIN_SHARE * self.keep_gbps
+    }
+
+    /// Three alternating passes of each prefetch over a buffer flushed from the caches before
+    /// every pass (4 streams side by side per task, as the GEMV reads rows), the fastest of
+    /// each kept. `None` where user code cannot flush the caches (not x86-64).
+    pub fn measure() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let floats = STREAMING_PROBE_BYTES / 4;
+            let mut buf: Vec<f32> = Vec::with_capacity(floats);
+            advise_pages(buf.as_mut_ptr() as *mut u8, floats * 4, true);
+            buf.resize(floats, 1.0);
+            let (isa, task) = (Isa::detect(), STREAMING_TASK_BYTES / 4);
+            let pass = |prefetch: Prefetch| {
+                flush_caches(&buf);
+                let t = Instant::now();
+                let total: f32 = buf
+                    .par_chunks(task)
+                    .map(|c| read_on(isa, c, prefetch, SIDE_BY_SIDE))
+                    .sum();
+                std::hint::black_box(total);
+                (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+            };
+            let (mut nontemporal_gbps, mut keep_gbps) = (0.0f64, 0.0f64);
+            for _ in 0..3 {
+                nontemporal_gbps = nontemporal_gbps.max(pass(Prefetch::Stream));
+                keep_gbps = keep_gbps.max(pass(Prefetch::Keep));
+            }
+            Some(Self {
+                nontemporal_gbps,
+                keep_gbps,
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
+}
+
+/// Evicts `buf` from every cache level (`clflush` per line), in parallel.
+#[cfg(target_arch = "x86_64")]
+fn flush_caches(buf: &[f32]) {
+    use std::arch::x86_64::{_mm_clflush, _mm_mfence};
+    buf.par_chunks(STREAMING_TASK_BYTES / 4).for_each(|c| {
+        for line in c.chunks(16) {
+            // SAFETY: SSE2 is part of x86-64; the pointer is inside `buf`.
+            unsafe { _mm_clflush(line.as_ptr() as *const u8) };
+        }
+    });
+    // SAFETY: as above.
+    unsafe { _mm_mfence() };
+}
+
+/// This machine's [`StreamingReads`], measured on first use (on the calling thread's pool).
+pub fn streaming_reads() -> Option<StreamingReads> {
+    static READS: OnceLock<Option<StreamingReads>> = OnceLock::new();
+    *READS.get_or_init(StreamingReads::measure)
+}
+
 isa_entries! {
     /// Sum of the slice (so that the loads are not optimised away), read as `streams` parts
     /// side by side.
@@ -306,6 +392,17 @@ mod tests {
             assert_eq!(probe.best(), probe.variants()[0].0);
             let gbps = probe.median_gbps(2);
             assert!(gbps.is_finite() && gbps > 0.0, "{threads} threads: {gbps}");
+        }
+    }
+
+    #[test]
+    fn streaming_reads_are_measured_from_memory_where_the_caches_can_be_flushed() {
+        let reads = StreamingReads::measure();
+        assert_eq!(reads.is_some(), cfg!(target_arch = "x86_64"));
+        if let Some(r) = reads {
+            for gbps in [r.nontemporal_gbps, r.keep_gbps] {
+                assert!(gbps.is_finite() && gbps > 0.0, "{r:?}");
+            }
         }
     }
 

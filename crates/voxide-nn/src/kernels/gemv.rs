@@ -10,8 +10,9 @@
 //! One generic body ([`WeightElem`] × [`Simd`]) serves every element type and instruction set
 //! (AVX-512F, AVX2+FMA+F16C, NEON, portable).
 
+use super::bandwidth::Prefetch;
 use super::gemv_int8::{self, QuantizedX};
-use super::machine::{machine, Residency};
+use super::machine::{machine, weight_prefetch, Residency};
 use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -173,13 +174,12 @@ pub fn gemv_on<E: WeightElem>(
     if m == 0 || n == 0 {
         return;
     }
-    // Streamed matrices bypass the caches so that the rest of the step's weights stay cached
-    // between tokens; cached ones larger than a core's L2 come from L3 or DRAM, so their rows
-    // are prefetched ahead of the loads (more reads in flight; harmless when they hit).
-    let prefetch = match w.residency {
-        Residency::Streamed => PREFETCH_STREAM,
-        Residency::Cached if w.bytes() > machine().caches.l2_per_core => PREFETCH_KEEP,
-        Residency::Cached => PREFETCH_NONE,
+    // Streamed matrices bypass the caches (where that keeps pace) so that the rest of the
+    // step's weights stay cached between tokens.
+    let prefetch = match weight_prefetch(w.residency, w.bytes()) {
+        Prefetch::Stream => PREFETCH_STREAM,
+        Prefetch::Keep => PREFETCH_KEEP,
+        Prefetch::None => PREFETCH_NONE,
     };
     let out = OutPtr(y.as_mut_ptr());
     if let Some(data) = E::as_int8(w.data) {

@@ -38,7 +38,7 @@
 
 use super::bandwidth::Prefetch;
 use super::gemv::{runs_parallel, OutPtr, MAX_ROWS};
-use super::machine::{machine, Residency};
+use super::machine::{machine, weight_prefetch, Residency};
 use super::simd::{self, Isa, Simd};
 use super::widen_gemm::{check_product, WidenRows};
 use crate::quant::{dequantize_row, GgmlType};
@@ -211,13 +211,7 @@ fn gemv_path(
     if m == 0 || n == 0 {
         return;
     }
-    // As in the f16 GEMV: streamed matrices bypass the caches; cached ones larger than a core's
-    // L2 come from L3 or DRAM, so their rows are prefetched ahead of the loads.
-    let prefetch = match w.residency {
-        Residency::Streamed => Prefetch::Stream,
-        Residency::Cached if w.bytes() > machine().caches.l2_per_core => Prefetch::Keep,
-        Residency::Cached => Prefetch::None,
-    };
+    let prefetch = weight_prefetch(w.residency, w.bytes());
     let integer = has_integer_path(w.ty);
     let xq = if integer {
         path.run(QuantizeX { x, k: w.cols })
