@@ -469,6 +469,11 @@ def main():
             f"{peak:.0f} GFLOP/s FMA ({machine['sources']['fma_gflops']}), {date}")
     setting = (f"whisper-{args.size}, {args.threads} threads, {args.type} weights, {args.rounds} alternating rounds x "
                f"{args.repeats} repeats, greedy, no fallback, no timestamps, {TOKENS} tokens/window")
+    streaming = machine.get("streaming")
+    if streaming:  # how voxide's decoder read the weights it streamed past the cache (#97)
+        head += (f"\nvoxide streams with {'non-temporal' if streaming['nontemporal'] else 'plain'} prefetches "
+                 f"(from memory: non-temporal {streaming['nontemporal_gbps']:.1f} GB/s, "
+                 f"plain {streaming['keep_gbps']:.1f} GB/s)")
     lines = ["", head, f"command: {command}", setting, "", "peers:"]
     for p in peers:
         bf = p["build_flags"]
