@@ -14,6 +14,7 @@
 //! next to the run it judges: [`ReadProbe`] keeps its buffers so that passes can alternate with
 //! the timed work.
 
+use super::gemv::TASK_BYTES;
 use super::machine::{advise_pages, machine};
 use super::simd::{isa_entries, Isa, Simd};
 use rayon::prelude::*;
@@ -31,8 +32,10 @@ const PREFETCH_BYTES: usize = 4096;
 /// (a 480 MB L3 would otherwise serve part of a 1 GiB pass).
 const MIN_PROBE_BYTES: usize = 1 << 30;
 
-/// Software prefetch ahead of the loads.
+/// Software prefetch ahead of the loads (the discriminants are the GEMV kernels' const
+/// parameter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Prefetch {
     None,
     /// Into every cache level (T0).
@@ -238,10 +241,6 @@ impl ReadProbe {
 /// before each pass, so this size reads from memory whatever the cache (1–3 ms a pass).
 const STREAMING_PROBE_BYTES: usize = 32 << 20;
 
-/// Bytes per task of a streaming probe pass, as a streamed matrix's GEMV tasks
-/// (`gemv::TASK_BYTES`).
-const STREAMING_TASK_BYTES: usize = 512 << 10;
-
 /// The share of plain prefetches' read rate that non-temporal prefetches must reach to be used
 /// for streamed matrices. What they buy is that the cached rest of a step survives the stream
 /// (at best the cached share of the step's reads: 5–10 % of a Whisper tiny step on a 32 MB L3,
@@ -273,7 +272,7 @@ impl StreamingReads {
             let mut buf: Vec<f32> = Vec::with_capacity(floats);
             advise_pages(buf.as_mut_ptr() as *mut u8, floats * 4, true);
             buf.resize(floats, 1.0);
-            let (isa, task) = (Isa::detect(), STREAMING_TASK_BYTES / 4);
+            let (isa, task) = (Isa::detect(), TASK_BYTES / 4);
             let pass = |prefetch: Prefetch| {
                 flush_caches(&buf);
                 let t = Instant::now();
@@ -303,7 +302,7 @@ impl StreamingReads {
 #[cfg(target_arch = "x86_64")]
 fn flush_caches(buf: &[f32]) {
     use std::arch::x86_64::{_mm_clflush, _mm_mfence};
-    buf.par_chunks(STREAMING_TASK_BYTES / 4).for_each(|c| {
+    buf.par_chunks(TASK_BYTES / 4).for_each(|c| {
         for line in c.chunks(16) {
             // SAFETY: SSE2 is part of x86-64; the pointer is inside `buf`.
             unsafe { _mm_clflush(line.as_ptr() as *const u8) };

@@ -41,16 +41,16 @@ pub fn runs_parallel(bytes: usize, l2_per_core: usize) -> bool {
 /// How far ahead of the loads the prefetches run (2 / 4 / 8 KB measured: 4 KB best or equal).
 const PREFETCH_BYTES: usize = 4096;
 
-pub(crate) const PREFETCH_NONE: u8 = 0;
-pub(crate) const PREFETCH_KEEP: u8 = 1;
-pub(crate) const PREFETCH_STREAM: u8 = 2;
+pub(crate) const PREFETCH_NONE: u8 = Prefetch::None as u8;
+pub(crate) const PREFETCH_KEEP: u8 = Prefetch::Keep as u8;
+pub(crate) const PREFETCH_STREAM: u8 = Prefetch::Stream as u8;
 
 /// Weight bytes per parallel task of a streamed matrix. A task reads its rows as R streams side
 /// by side ([`in_row_blocks`]), and from DRAM longer streams amortise each stream's start (the
 /// hardware prefetcher's training, the first misses): in the synthetic Voxtral step, 512 KB
 /// tasks read 2–7 % faster than 64-row tasks (192 KB of int8 at k = 3072, 384 KB of bf16),
 /// 256 KB and 1 MB in between (PERFORMANCE.md #78).
-const TASK_BYTES: usize = 512 << 10;
+pub(crate) const TASK_BYTES: usize = 512 << 10;
 
 /// Output rows per task of a cached matrix: its reads hit the caches, so there is no stream
 /// start to amortise and smaller tasks balance better (Whisper base's cached layers read ~7 %
@@ -176,11 +176,7 @@ pub fn gemv_on<E: WeightElem>(
     }
     // Streamed matrices bypass the caches (where that keeps pace) so that the rest of the
     // step's weights stay cached between tokens.
-    let prefetch = match weight_prefetch(w.residency, w.bytes()) {
-        Prefetch::Stream => PREFETCH_STREAM,
-        Prefetch::Keep => PREFETCH_KEEP,
-        Prefetch::None => PREFETCH_NONE,
-    };
+    let prefetch = weight_prefetch(w.residency, w.bytes()) as u8;
     let out = OutPtr(y.as_mut_ptr());
     if let Some(data) = E::as_int8(w.data) {
         // int8 takes the integer path: x quantized once, to int16 (see `gemv_int8`).
