@@ -216,6 +216,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(bytes) = step_bytes {
         totals.set_floor(bytes, read_gbps);
     }
+    // A peak: probed again after the runs and the larger kept (a neighbour that took a core
+    // during one probe only lowers it).
+    let fma_gflops = fma_gflops.max(measure_fma_gflops(threads, 5));
     let machine = machine_report(&probe, &bandwidth, fma_gflops);
     drop(probe);
     let report = Report {

@@ -186,6 +186,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         });
     }
     let read_gbps = Stat::of(&bandwidth).max;
+    // A peak, as in the STT bench: the larger of the probes before and after the runs.
+    let fma_gflops = fma_gflops.max(measure_fma_gflops(threads, 5));
     let frame_bytes = synthesizer.frame_bytes();
     let floor_ms = frame_bytes as f64 / (read_gbps * 1e9) * 1e3;
     let ms_per_frame = model_ms / all_frames as f64;
