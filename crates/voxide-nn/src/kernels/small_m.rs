@@ -10,13 +10,16 @@ use super::gemv::{check_operands, OutPtr, WeightMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
 
-/// Most rows of x the dispatch in [`crate::Linear`] sends here; beyond, the weight is widened
-/// to f32 for one candle GEMM. On AVX-512 (32 registers) small-M measured faster than widen +
-/// GEMM at every size tried, m = 9…1500 on Voxtral and Whisper shapes, 1 and 2 threads
-/// (PERFORMANCE.md #21–23, and level or faster with the outer-product kernel on an Intel Xeon,
-/// #56; it also allocates no f32 copy of the weight); the cap only keeps untried sizes on the
-/// GEMM.
+/// Most rows of x the dispatch in [`crate::Linear`] sends here on NEON and the portable path;
+/// beyond, the weight is widened to f32 for one candle GEMM. The cap only keeps untried sizes
+/// on the GEMM.
 pub const SMALL_M_MAX_ROWS: usize = 4096;
+
+/// The cap on AVX-512. Against gemm's 256-bit kernels small-M was faster at every size tried,
+/// m = 9…1500 on Voxtral and Whisper shapes (PERFORMANCE.md #21–23, #56). Against its 512-bit
+/// ones (#99) widen + GEMM wins from here on: AMD Zen 5, 2 threads, Whisper f16 shapes, 1.05–1.45×
+/// at m = 768, 1.16–1.52× at m = 1500, mixed at 512, small-M ahead below (PERFORMANCE.md #103).
+const AVX512_MAX_ROWS: usize = 512;
 
 /// The cap on AVX2 (16 registers): measured on AMD EPYC Zen 3, 2 threads, small-M is faster
 /// up to m = 128 (9216 × 3072 bf16: 137 against 56 GFLOP/s for widen + GEMM) and mixed beyond
@@ -27,7 +30,8 @@ const SMALL_BLOCK_MAX_ROWS: usize = 128;
 pub fn small_m_max_rows() -> usize {
     match Isa::detect() {
         Isa::Avx2 => SMALL_BLOCK_MAX_ROWS,
-        Isa::Avx512 | Isa::Neon | Isa::Scalar => SMALL_M_MAX_ROWS,
+        Isa::Avx512 => AVX512_MAX_ROWS,
+        Isa::Neon | Isa::Scalar => SMALL_M_MAX_ROWS,
     }
 }
 
