@@ -137,45 +137,36 @@ pub(crate) fn rows(
     r1: usize,
     prefetch: u8,
 ) {
+    /// Runs the body compiled for `$features` as `$simd` (the caller checked the features).
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! x86_entry {
+        ($features:literal, $simd:ty) => {{
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn entry(
+                x: &QuantizedX,
+                w: WeightMatrix<i8>,
+                bias: Option<&[f32]>,
+                y: OutPtr,
+                m: usize,
+                r0: usize,
+                r1: usize,
+                prefetch: u8,
+            ) {
+                // SAFETY: forwarded from the caller.
+                unsafe { rows_body::<$simd>(x, w, bias, y, m, r0, r1, prefetch) }
+            }
+            // SAFETY: the features are available (checked by the caller); y holds m × n.
+            return unsafe { entry(x, w, bias, y, m, r0, r1, prefetch) };
+        }};
+    }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && avx512_int_dot() {
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn avx512(
-            x: &QuantizedX,
-            w: WeightMatrix<i8>,
-            bias: Option<&[f32]>,
-            y: OutPtr,
-            m: usize,
-            r0: usize,
-            r1: usize,
-            prefetch: u8,
-        ) {
-            // SAFETY: forwarded from the caller.
-            unsafe { rows_body::<Avx512>(x, w, bias, y, m, r0, r1, prefetch) }
-        }
-        // SAFETY: AVX-512F/BW are available (checked above); y holds m × n.
-        return unsafe { avx512(x, w, bias, y, m, r0, r1, prefetch) };
+        x86_entry!("avx2,fma,f16c,avx512f,avx512bw", Avx512);
     }
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.is_available() {
-        #[target_feature(enable = "avx2,fma,f16c")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn avx2(
-            x: &QuantizedX,
-            w: WeightMatrix<i8>,
-            bias: Option<&[f32]>,
-            y: OutPtr,
-            m: usize,
-            r0: usize,
-            r1: usize,
-            prefetch: u8,
-        ) {
-            // SAFETY: forwarded from the caller.
-            unsafe { rows_body::<Avx2>(x, w, bias, y, m, r0, r1, prefetch) }
-        }
-        // SAFETY: AVX2, FMA and F16C are available (checked above); y holds m × n.
-        return unsafe { avx2(x, w, bias, y, m, r0, r1, prefetch) };
+        x86_entry!("avx2,fma,f16c", Avx2);
     }
     #[cfg(target_arch = "aarch64")]
     if isa == Isa::Neon {
