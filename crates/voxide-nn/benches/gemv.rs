@@ -535,6 +535,11 @@ fn bench_step(int8: bool) {
             r.nontemporal_gbps,
             r.keep_gbps
         );
+        let ahead = voxide_nn::kernels::gemv::streamed_read_ahead();
+        eprintln!(
+            "(prefetched {} bytes ahead: {:?})",
+            ahead.bytes, ahead.measured
+        );
     }
     let xs: Vec<Vec<f32>> = mats
         .iter()

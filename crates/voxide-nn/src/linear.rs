@@ -2,6 +2,7 @@
 
 use crate::kernels::bandwidth::streaming_reads;
 use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
+use crate::kernels::gemv::streamed_read_ahead;
 use crate::kernels::machine::{machine, plan_residency, CycleRead, Residency};
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
@@ -215,6 +216,7 @@ impl Linear {
         if plan.contains(&Residency::Streamed) {
             // Measured here, at load, rather than inside the first decoder step.
             streaming_reads();
+            streamed_read_ahead();
         }
         for ((layer, _), r) in layers.into_iter().zip(plan) {
             layer.residency = Some(r);

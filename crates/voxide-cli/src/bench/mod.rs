@@ -17,6 +17,7 @@ use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
 use voxide_nn::kernels::bandwidth::{streaming_reads, ReadProbe};
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
+use voxide_nn::kernels::gemv::streamed_read_ahead;
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
 use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
@@ -272,6 +273,8 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             nontemporal_gbps: r.nontemporal_gbps,
             keep_gbps: r.keep_gbps,
             nontemporal: r.nontemporal_pays(),
+            prefetch_bytes: streamed_read_ahead().bytes,
+            prefetch_gbps: streamed_read_ahead().measured.clone(),
         }),
     }
 }
@@ -325,6 +328,16 @@ fn print_machine(m: &MachineReport, threads: usize) {
             if s.nontemporal { "non-temporal" } else { "plain" },
             s.nontemporal_gbps,
             s.keep_gbps
+        );
+        let tried: Vec<String> = s
+            .prefetch_gbps
+            .iter()
+            .map(|(bytes, gbps)| format!("{} KB {gbps:.1}", bytes / 1024))
+            .collect();
+        println!(
+            "  {} KB ahead of the loads (one core's GEMV from memory, GB/s: {})",
+            s.prefetch_bytes / 1024,
+            tried.join(", ")
         );
     }
 }

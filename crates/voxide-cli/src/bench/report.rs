@@ -231,6 +231,12 @@ pub struct StreamingReport {
     pub keep_gbps: f64,
     /// Whether streamed matrices took the non-temporal prefetches.
     pub nontemporal: bool,
+    /// How far ahead of the loads (bytes) streamed matrices were prefetched, and the GB/s the
+    /// GEMV read at each distance tried (one core, from memory).
+    #[serde(default)]
+    pub prefetch_bytes: usize,
+    #[serde(default)]
+    pub prefetch_gbps: Vec<(usize, f64)>,
 }
 
 impl Totals {

@@ -300,14 +300,16 @@ impl StreamingReads {
 
 /// Evicts `buf` from every cache level (`clflush` per line), in parallel.
 #[cfg(target_arch = "x86_64")]
-fn flush_caches(buf: &[f32]) {
+pub(crate) fn flush_caches<T: Sync>(buf: &[T]) {
     use std::arch::x86_64::{_mm_clflush, _mm_mfence};
-    buf.par_chunks(TASK_BYTES / 4).for_each(|c| {
-        for line in c.chunks(16) {
-            // SAFETY: SSE2 is part of x86-64; the pointer is inside `buf`.
-            unsafe { _mm_clflush(line.as_ptr() as *const u8) };
-        }
-    });
+    let line = (64 / std::mem::size_of::<T>().max(1)).max(1);
+    buf.par_chunks((TASK_BYTES / std::mem::size_of::<T>().max(1)).max(1))
+        .for_each(|c| {
+            for line in c.chunks(line) {
+                // SAFETY: SSE2 is part of x86-64; the pointer is inside `buf`.
+                unsafe { _mm_clflush(line.as_ptr() as *const u8) };
+            }
+        });
     // SAFETY: as above.
     unsafe { _mm_mfence() };
 }

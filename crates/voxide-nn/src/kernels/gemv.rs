@@ -12,10 +12,11 @@
 
 use super::bandwidth::Prefetch;
 use super::gemv_int8::{self, QuantizedX};
-use super::machine::{machine, weight_prefetch, Residency};
+use super::machine::{advise_pages, machine, weight_prefetch, Residency};
 use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
 use std::cell::Cell;
+use std::sync::OnceLock;
 
 /// Most rows (tokens × beams) the kernel takes; larger batches go through
 /// [`super::small_m`] or GEMM.
@@ -38,8 +39,22 @@ pub fn runs_parallel(bytes: usize, l2_per_core: usize) -> bool {
     bytes > min
 }
 
-/// How far ahead of the loads the prefetches run (2 / 4 / 8 KB measured: 4 KB best or equal).
+/// How far ahead of the loads the prefetches of a cached matrix run (from L3; 2 / 4 / 8 KB
+/// measured on Zen 3: 4 KB best or equal). Streamed matrices take the distance measured on
+/// the machine ([`streamed_read_ahead`]); this is also where that measurement starts from.
 const PREFETCH_BYTES: usize = 4096;
+
+/// Distances a streamed matrix's prefetches may run ahead of the loads.
+const STREAMED_PREFETCH_CANDIDATES: [usize; 4] = [1024, 2048, 4096, 8192];
+
+/// How much faster than [`PREFETCH_BYTES`] another distance must read to be chosen (the
+/// measurement's noise is a few per cent; a wrong switch costs more than a missed one).
+const STREAMED_PREFETCH_MIN_GAIN: f64 = 1.03;
+
+/// Bytes of the matrix the distance is measured on (a pass of ~1 ms from memory), and passes
+/// per candidate (the fastest counts).
+const STREAMED_PREFETCH_PROBE_BYTES: usize = 32 << 20;
+const STREAMED_PREFETCH_ROUNDS: usize = 4;
 
 pub(crate) const PREFETCH_NONE: u8 = Prefetch::None as u8;
 pub(crate) const PREFETCH_KEEP: u8 = Prefetch::Keep as u8;
@@ -177,6 +192,13 @@ pub fn gemv_on<E: WeightElem>(
     // Streamed matrices bypass the caches (where that keeps pace) so that the rest of the
     // step's weights stay cached between tokens.
     let prefetch = weight_prefetch(w.residency, w.bytes()) as u8;
+    let ahead = ReadAhead {
+        prefetch,
+        bytes: match w.residency {
+            Residency::Streamed if prefetch != PREFETCH_NONE => streamed_read_ahead().bytes,
+            _ => PREFETCH_BYTES,
+        },
+    };
     let out = OutPtr(y.as_mut_ptr());
     if let Some(data) = E::as_int8(w.data) {
         // int8 takes the integer path: x quantized once, to int16 (see `gemv_int8`).
@@ -189,7 +211,7 @@ pub fn gemv_on<E: WeightElem>(
         };
         let xq = QuantizedX::new(x, m, w.cols);
         for_rows(n, w.bytes(), w.residency, |r0, r1| {
-            gemv_int8::rows(isa, &xq, w, bias, out, m, r0, r1, prefetch)
+            gemv_int8::rows(isa, &xq, w, bias, out, m, r0, r1, ahead)
         });
         xq.recycle();
     } else if isa.splits_pairs::<E>() {
@@ -198,12 +220,12 @@ pub fn gemv_on<E: WeightElem>(
         let mut paired = PAIRED_X.take();
         deinterleave_pairs(&x[..m * w.cols], w.cols, isa.lanes(), &mut paired);
         for_rows(n, w.bytes(), w.residency, |r0, r1| {
-            rows_on(isa, x, &paired, *w, bias, out, m, r0, r1, prefetch)
+            rows_on(isa, x, &paired, *w, bias, out, m, r0, r1, ahead)
         });
         PAIRED_X.set(paired);
     } else {
         for_rows(n, w.bytes(), w.residency, |r0, r1| {
-            rows_on(isa, x, x, *w, bias, out, m, r0, r1, prefetch)
+            rows_on(isa, x, x, *w, bias, out, m, r0, r1, ahead)
         });
     }
 }
@@ -240,6 +262,104 @@ fn rows_per_task(n: usize, bytes: usize, threads: usize) -> usize {
         .max(1)
 }
 
+/// How a GEMV reads its weights ahead of the loads: the software prefetch (a [`Prefetch`] as
+/// the kernels' const parameter) and how many bytes ahead of the loads it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ReadAhead {
+    pub(crate) prefetch: u8,
+    pub(crate) bytes: usize,
+}
+
+/// Output rows r0..r1 of a task, read `ahead` bytes ahead.
+#[derive(Clone, Copy)]
+struct RowRange {
+    r0: usize,
+    r1: usize,
+    ahead: usize,
+}
+
+/// The prefetch distance streamed matrices take on this machine, and what each candidate read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamedReadAhead {
+    pub bytes: usize,
+    /// (distance, fastest GB/s of its passes) per candidate; empty where it was not measured.
+    pub measured: Vec<(usize, f64)>,
+}
+
+/// The distance to take given each candidate's read rate: the fastest, unless the default
+/// ([`PREFETCH_BYTES`]) reads within [`STREAMED_PREFETCH_MIN_GAIN`] of it.
+pub fn choose_read_ahead(measured: &[(usize, f64)]) -> usize {
+    let default = measured
+        .iter()
+        .find(|(bytes, _)| *bytes == PREFETCH_BYTES)
+        .map_or(0.0, |m| m.1);
+    measured
+        .iter()
+        .filter(|(_, gbps)| gbps.is_finite())
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|(_, gbps)| *gbps > default * STREAMED_PREFETCH_MIN_GAIN)
+        .map_or(PREFETCH_BYTES, |(bytes, _)| *bytes)
+}
+
+/// This machine's [`StreamedReadAhead`], measured on first use.
+///
+/// How far ahead the prefetches must run depends on the core, not on the bandwidth alone: on
+/// Zen 5 the bf16 kernel reads a streamed step 8–10 % faster 2 KB ahead than 4 KB ahead (one
+/// core: 35 → 38 GB/s; the probe's plain reader, with less work per byte, is fastest 4 KB
+/// ahead), while 4 KB was best on Zen 3. So the kernel itself is timed, on one thread, on a
+/// bf16 matrix flushed from the caches before each pass, at each candidate distance.
+pub fn streamed_read_ahead() -> &'static StreamedReadAhead {
+    static AHEAD: OnceLock<StreamedReadAhead> = OnceLock::new();
+    AHEAD.get_or_init(measure_streamed_read_ahead)
+}
+
+fn measure_streamed_read_ahead() -> StreamedReadAhead {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::bandwidth::flush_caches;
+        use half::bf16;
+        use std::time::Instant;
+        let k = 4096;
+        let n = STREAMED_PREFETCH_PROBE_BYTES / (2 * k);
+        // On huge pages, as the loaders place weights (`advise_pages`).
+        let mut data: Vec<bf16> = Vec::with_capacity(n * k);
+        advise_pages(data.as_mut_ptr() as *mut u8, n * k * 2, true);
+        data.resize(n * k, bf16::ONE);
+        let w = WeightMatrix::new(&data, n, k).with_residency(Residency::Streamed);
+        // x of equal values reads alike in either order (`Isa::splits_pairs`).
+        let x = vec![1.0f32; k];
+        let mut y = vec![0f32; n];
+        let (isa, out) = (Isa::detect(), OutPtr(y.as_mut_ptr()));
+        let prefetch = weight_prefetch(Residency::Streamed, w.bytes()) as u8;
+        let mut measured: Vec<(usize, f64)> = STREAMED_PREFETCH_CANDIDATES
+            .iter()
+            .map(|&bytes| (bytes, 0.0))
+            .collect();
+        for _ in 0..STREAMED_PREFETCH_ROUNDS {
+            for (bytes, gbps) in &mut measured {
+                flush_caches(&data);
+                let t = Instant::now();
+                let ahead = ReadAhead {
+                    prefetch,
+                    bytes: *bytes,
+                };
+                rows_on(isa, &x, &x, w, None, out, 1, 0, n, ahead);
+                *gbps = gbps.max(w.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
+            }
+        }
+        std::hint::black_box(&y);
+        StreamedReadAhead {
+            bytes: choose_read_ahead(&measured),
+            measured,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    StreamedReadAhead {
+        bytes: PREFETCH_BYTES,
+        measured: Vec::new(),
+    }
+}
+
 isa_entries! {
     /// Rows r0..r1 of the output for all m rows of x (`x_load`: x in the order the vector
     /// loop widens the weights, [`Isa::splits_pairs`]; the tail of each row reads `x`).
@@ -252,7 +372,7 @@ isa_entries! {
         m: usize,
         r0: usize,
         r1: usize,
-        prefetch: u8,
+        ahead: ReadAhead,
     ) => rows_body
 }
 
@@ -270,18 +390,23 @@ unsafe fn rows_body<S: Simd, E: WeightElem>(
     m: usize,
     r0: usize,
     r1: usize,
-    prefetch: u8,
+    ahead: ReadAhead,
 ) {
+    let rows = RowRange {
+        r0,
+        r1,
+        ahead: ahead.bytes,
+    };
     macro_rules! go {
         ($m:literal, $r:literal, $u:literal) => {
-            match prefetch {
+            match ahead.prefetch {
                 PREFETCH_STREAM => {
-                    rows_m::<S, E, $m, $r, $u, PREFETCH_STREAM>(x, x_load, w, bias, y, r0, r1)
+                    rows_m::<S, E, $m, $r, $u, PREFETCH_STREAM>(x, x_load, w, bias, y, rows)
                 }
                 PREFETCH_KEEP => {
-                    rows_m::<S, E, $m, $r, $u, PREFETCH_KEEP>(x, x_load, w, bias, y, r0, r1)
+                    rows_m::<S, E, $m, $r, $u, PREFETCH_KEEP>(x, x_load, w, bias, y, rows)
                 }
-                _ => rows_m::<S, E, $m, $r, $u, PREFETCH_NONE>(x, x_load, w, bias, y, r0, r1),
+                _ => rows_m::<S, E, $m, $r, $u, PREFETCH_NONE>(x, x_load, w, bias, y, rows),
             }
         };
     }
@@ -319,14 +444,13 @@ unsafe fn rows_m<
     w: WeightMatrix<E>,
     bias: Option<&[f32]>,
     y: OutPtr,
-    r0: usize,
-    r1: usize,
+    rows: RowRange,
 ) {
     in_row_blocks::<R>(
-        r0,
-        r1,
-        |r, gap| row_block::<S, E, M, R, U, PF>(x, x_load, w, bias, y, r, gap),
-        |r| row_block::<S, E, M, 1, U, PF>(x, x_load, w, bias, y, r, 0),
+        rows.r0,
+        rows.r1,
+        |r, gap| row_block::<S, E, M, R, U, PF>(x, x_load, w, bias, y, r, gap, rows.ahead),
+        |r| row_block::<S, E, M, 1, U, PF>(x, x_load, w, bias, y, r, 0, rows.ahead),
     );
 }
 
@@ -356,6 +480,7 @@ pub(crate) fn in_row_blocks<const R: usize>(
 /// the load ports (one x load per weight load).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // u and i index the inner dimensions of `sums`
+#[allow(clippy::too_many_arguments)]
 unsafe fn row_block<
     S: Simd,
     E: WeightElem,
@@ -371,6 +496,7 @@ unsafe fn row_block<
     y: OutPtr,
     r: usize,
     gap: usize,
+    ahead: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
     let (xp, xl) = (x.as_ptr(), x_load.as_ptr());
@@ -384,7 +510,7 @@ unsafe fn row_block<
     let pairs = U.div_ceil(2);
     let step = 2 * pairs * S::LANES;
     while j + step <= k {
-        prefetch_rows::<S, E, R, PF>(&wp, j, step);
+        prefetch_rows::<S, E, R, PF>(&wp, j, step, ahead);
         for p in 0..pairs {
             let at = j + 2 * p * S::LANES;
             let xe: [S::V; M] = std::array::from_fn(|i| S::load(xl.add(i * k + at)));
@@ -422,13 +548,14 @@ unsafe fn row_block<
 }
 
 /// Prefetches (mode `PF`) the bytes that rows `wp` (read side by side, each the start of a
-/// contiguous span of rows: [`in_row_blocks`]) will need [`PREFETCH_BYTES`] after the `step`
+/// contiguous span of rows: [`in_row_blocks`]) will need `ahead` bytes after the `step`
 /// elements from column `j`: past a row's end that is the next row of the same span.
 #[inline(always)]
 pub(crate) unsafe fn prefetch_rows<S: Simd, E, const R: usize, const PF: u8>(
     wp: &[*const E; R],
     j: usize,
     step: usize,
+    ahead: usize,
 ) {
     if PF == PREFETCH_NONE {
         return;
@@ -436,7 +563,7 @@ pub(crate) unsafe fn prefetch_rows<S: Simd, E, const R: usize, const PF: u8>(
     let size = std::mem::size_of::<E>();
     for row in wp {
         // wrapping: near the end the hint points past the slice (a prefetch never faults).
-        let p = (*row as *const u8).wrapping_add(j * size + PREFETCH_BYTES);
+        let p = (*row as *const u8).wrapping_add(j * size + ahead);
         let mut off = 0;
         while off < step * size {
             if PF == PREFETCH_STREAM {
@@ -666,6 +793,69 @@ pub(crate) mod tests {
         // Unknown L2: 1 MB.
         assert!(!runs_parallel(1 << 20, 0));
         assert!(runs_parallel((1 << 20) + 1, 0));
+    }
+
+    #[test]
+    fn read_ahead_is_the_fastest_distance_that_clearly_beats_the_default() {
+        // Zen 5's bf16 kernel on one core (GB/s): 2 KB ahead is clearly fastest.
+        let zen5 = [(1024, 36.0), (2048, 40.7), (4096, 37.1), (8192, 35.6)];
+        assert_eq!(choose_read_ahead(&zen5), 2048);
+        // Within the noise of the default: the default stays.
+        let flat = [(1024, 30.0), (2048, 31.2), (4096, 30.6), (8192, 29.0)];
+        assert_eq!(choose_read_ahead(&flat), PREFETCH_BYTES);
+        // Further ahead where that wins (a longer memory latency).
+        assert_eq!(
+            choose_read_ahead(&[(2048, 10.0), (4096, 12.0), (8192, 14.0)]),
+            8192
+        );
+        // Nothing measured, or a pass that failed: the default.
+        assert_eq!(choose_read_ahead(&[]), PREFETCH_BYTES);
+        assert_eq!(
+            choose_read_ahead(&[(2048, f64::NAN), (4096, 20.0)]),
+            PREFETCH_BYTES
+        );
+    }
+
+    #[test]
+    fn the_measured_distance_is_a_candidate() {
+        let ahead = streamed_read_ahead();
+        assert!(STREAMED_PREFETCH_CANDIDATES.contains(&ahead.bytes));
+        if cfg!(target_arch = "x86_64") {
+            let tried: Vec<usize> = ahead.measured.iter().map(|m| m.0).collect();
+            assert_eq!(tried, STREAMED_PREFETCH_CANDIDATES);
+            assert!(ahead.measured.iter().all(|m| m.1 > 0.0), "{ahead:?}");
+        }
+    }
+
+    /// The prefetches are hints: a streamed matrix, read at the measured distance with
+    /// streaming prefetches, gives the same bits as the same matrix read as cached.
+    #[test]
+    fn streamed_and_cached_reads_agree_bit_for_bit() {
+        let (k, n) = (1031, 1100);
+        let tw = weights(n, k, 5);
+        for m in [1usize, 2, 8] {
+            let x = data(m * k, 11);
+            let (mut cached, mut streamed) = (vec![0f32; m * n], vec![0f32; m * n]);
+            for residency in [Residency::Cached, Residency::Streamed] {
+                let y = match residency {
+                    Residency::Cached => &mut cached,
+                    Residency::Streamed => &mut streamed,
+                };
+                let w = WeightMatrix::new(&tw.bf16, n, k).with_residency(residency);
+                gemv(&x, &w, None, y, m);
+            }
+            assert_eq!(cached, streamed, "bf16 m{m}");
+            for residency in [Residency::Cached, Residency::Streamed] {
+                let y = match residency {
+                    Residency::Cached => &mut cached,
+                    Residency::Streamed => &mut streamed,
+                };
+                let w =
+                    WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k).with_residency(residency);
+                gemv(&x, &w, None, y, m);
+            }
+            assert_eq!(cached, streamed, "int8 m{m}");
+        }
     }
 
     #[test]

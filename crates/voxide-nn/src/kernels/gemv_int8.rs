@@ -14,7 +14,7 @@
 //!
 //! NEON (`vmovl_s8` + `vmlal_s16`) and the portable body compute the same block sums.
 
-use super::gemv::{in_row_blocks, prefetch_rows, OutPtr, WeightMatrix};
+use super::gemv::{in_row_blocks, prefetch_rows, OutPtr, ReadAhead, WeightMatrix};
 use super::simd::{Isa, Scalar, Simd};
 use std::cell::Cell;
 
@@ -135,7 +135,7 @@ pub(crate) fn rows(
     m: usize,
     r0: usize,
     r1: usize,
-    prefetch: u8,
+    ahead: ReadAhead,
 ) {
     /// Runs the body compiled for `$features` as `$simd` (the caller checked the features).
     #[cfg(target_arch = "x86_64")]
@@ -151,13 +151,13 @@ pub(crate) fn rows(
                 m: usize,
                 r0: usize,
                 r1: usize,
-                prefetch: u8,
+                ahead: ReadAhead,
             ) {
                 // SAFETY: forwarded from the caller.
-                unsafe { rows_body::<$simd>(x, w, bias, y, m, r0, r1, prefetch) }
+                unsafe { rows_body::<$simd>(x, w, bias, y, m, r0, r1, ahead) }
             }
             // SAFETY: the features are available (checked by the caller); y holds m × n.
-            return unsafe { entry(x, w, bias, y, m, r0, r1, prefetch) };
+            return unsafe { entry(x, w, bias, y, m, r0, r1, ahead) };
         }};
     }
     #[cfg(target_arch = "x86_64")]
@@ -171,11 +171,11 @@ pub(crate) fn rows(
     #[cfg(target_arch = "aarch64")]
     if isa == Isa::Neon {
         // SAFETY: Advanced SIMD is part of AArch64; y holds m × n.
-        return unsafe { rows_body::<Neon>(x, w, bias, y, m, r0, r1, prefetch) };
+        return unsafe { rows_body::<Neon>(x, w, bias, y, m, r0, r1, ahead) };
     }
     let _ = isa;
     // SAFETY: the portable body needs no instruction set; y holds m × n.
-    unsafe { rows_body::<Scalar>(x, w, bias, y, m, r0, r1, prefetch) }
+    unsafe { rows_body::<Scalar>(x, w, bias, y, m, r0, r1, ahead) }
 }
 
 /// Integer products on one instruction set: `PAIRS` int8 weights against as many int16 codes
@@ -313,15 +313,16 @@ unsafe fn rows_body<S: IntDot>(
     m: usize,
     r0: usize,
     r1: usize,
-    prefetch: u8,
+    ahead: ReadAhead,
 ) {
     use super::gemv::{PREFETCH_KEEP, PREFETCH_NONE, PREFETCH_STREAM};
+    let a = ahead.bytes;
     macro_rules! go {
         ($m:literal, $r:literal) => {
-            match prefetch {
-                PREFETCH_STREAM => rows_m::<S, $m, $r, PREFETCH_STREAM>(x, w, bias, y, r0, r1),
-                PREFETCH_KEEP => rows_m::<S, $m, $r, PREFETCH_KEEP>(x, w, bias, y, r0, r1),
-                _ => rows_m::<S, $m, $r, PREFETCH_NONE>(x, w, bias, y, r0, r1),
+            match ahead.prefetch {
+                PREFETCH_STREAM => rows_m::<S, $m, $r, PREFETCH_STREAM>(x, w, bias, y, r0, r1, a),
+                PREFETCH_KEEP => rows_m::<S, $m, $r, PREFETCH_KEEP>(x, w, bias, y, r0, r1, a),
+                _ => rows_m::<S, $m, $r, PREFETCH_NONE>(x, w, bias, y, r0, r1, a),
             }
         };
     }
@@ -347,12 +348,13 @@ unsafe fn rows_m<S: IntDot, const M: usize, const R: usize, const PF: u8>(
     y: OutPtr,
     r0: usize,
     r1: usize,
+    ahead: usize,
 ) {
     in_row_blocks::<R>(
         r0,
         r1,
-        |r, gap| row_block::<S, M, R, PF>(x, w, bias, y, r, gap),
-        |r| row_block::<S, M, 1, PF>(x, w, bias, y, r, 0),
+        |r, gap| row_block::<S, M, R, PF>(x, w, bias, y, r, gap, ahead),
+        |r| row_block::<S, M, 1, PF>(x, w, bias, y, r, 0, ahead),
     );
 }
 
@@ -369,6 +371,7 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
     y: OutPtr,
     r: usize,
     gap: usize,
+    ahead: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
     let per_row = k.div_ceil(X_BLOCK);
@@ -383,7 +386,7 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
         let mut acc = [[S::izero(); M]; R];
         let mut j = j0;
         while j + UNROLL * S::PAIRS <= j1 {
-            prefetch_rows::<S, i8, R, PF>(&wp, j, UNROLL * S::PAIRS);
+            prefetch_rows::<S, i8, R, PF>(&wp, j, UNROLL * S::PAIRS, ahead);
             for u in 0..UNROLL {
                 let xv: [S::X; M] = std::array::from_fn(|i| S::load_x(xp[i].add(j + u * S::PAIRS)));
                 for ri in 0..R {
