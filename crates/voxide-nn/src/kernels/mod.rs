@@ -7,6 +7,7 @@ pub mod conv_gemm;
 pub mod convert;
 pub mod fma_peak;
 pub mod gemv;
+pub mod gemv_bf16;
 pub mod gemv_int8;
 pub mod machine;
 pub mod ops;

@@ -118,6 +118,13 @@ pub trait WeightElem: Copy + Send + Sync + 'static + sealed::Sealed {
         None
     }
 
+    /// The elements as bf16, for the kernels' native bf16 path (bf16 only).
+    #[doc(hidden)]
+    fn as_bf16(data: &[Self]) -> Option<&[half::bf16]> {
+        let _ = data;
+        None
+    }
+
     /// 16 elements at `p` as f32.
     ///
     /// # Safety
@@ -248,6 +255,10 @@ impl WeightElem for f16 {
 
 impl WeightElem for bf16 {
     const NAME: &'static str = "bf16";
+
+    fn as_bf16(data: &[Self]) -> Option<&[bf16]> {
+        Some(data)
+    }
 
     #[inline(always)]
     fn to_f32(self) -> f32 {

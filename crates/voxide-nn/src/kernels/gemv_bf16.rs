@@ -1,0 +1,303 @@
+//! The bf16 GEMV on CPUs with AVX512-BF16: `vdpbf16ps` multiplies 32 bf16 weights by 32 bf16
+//! values of x and adds them in pairs into 16 f32 lanes, one instruction per 64-byte line of
+//! weights where the widening path takes four (a shift and a mask to widen, two FMAs).
+//!
+//! x in bf16 alone would keep 8 bits. Split as x_hi = bf16(x) and x_lo = bf16(x − x_hi) it
+//! keeps ~16 (|x − x_hi − x_lo| ≤ 2⁻¹⁸ |x|, far below the weights' own 2⁻⁹ rounding), at two
+//! instructions per line: y = Σ w · x_hi + Σ w · x_lo. The products of two bf16 values are
+//! exact in f32 and accumulate in f32 as the FMAs do (the instruction flushes subnormal
+//! inputs and outputs to zero: values below 1e-38, which no checkpoint's weights reach).
+//!
+//! Fewer instructions per byte pay where the arithmetic, not the memory, sets the pace: on one
+//! Zen 5 core, cache-resident rows read 127–141 → 163 GB/s. From memory a step reads about as
+//! fast as with the widening kernel (PERFORMANCE.md #105). The split is the "bf16x2" scheme of
+//! Henry, Tang & Heinecke (ARITH 2019).
+
+#[cfg(target_arch = "x86_64")]
+use super::gemv::{in_row_blocks, prefetch_rows};
+use super::gemv::{OutPtr, ReadAhead, WeightMatrix};
+use half::bf16;
+use std::cell::Cell;
+
+#[cfg(not(target_arch = "x86_64"))]
+use super::simd::Isa;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx512, Isa};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Values of x per `vdpbf16ps`.
+#[cfg(target_arch = "x86_64")]
+const LANES: usize = 32;
+
+/// The m rows of x split into high and low bf16 halves (each m × k).
+pub(crate) struct SplitX {
+    hi: Vec<bf16>,
+    lo: Vec<bf16>,
+}
+
+thread_local! {
+    /// The last call's buffers, reused so that a decoder step allocates nothing. Taken, not
+    /// borrowed: a rayon thread that runs another GEMV while waiting finds it empty.
+    static SPARE: Cell<Option<SplitX>> = const { Cell::new(None) };
+}
+
+impl SplitX {
+    /// x split into this thread's spare buffers.
+    pub(crate) fn new(x: &[f32]) -> Self {
+        let mut s = SPARE.take().unwrap_or(SplitX {
+            hi: Vec::new(),
+            lo: Vec::new(),
+        });
+        s.hi.clear();
+        s.lo.clear();
+        s.hi.resize(x.len(), bf16::ZERO);
+        s.lo.resize(x.len(), bf16::ZERO);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the instructions are available; the buffers hold x.len() values.
+        let done = if available() {
+            unsafe { split_avx512(x, &mut s.hi, &mut s.lo) }
+        } else {
+            0
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = 0;
+        for (j, &v) in x.iter().enumerate().skip(done) {
+            let hi = bf16::from_f32(v);
+            s.hi[j] = hi;
+            // x − x_hi is exact in f32; inf and NaN carry over through x_hi alone.
+            s.lo[j] = bf16::from_f32(if v.is_finite() { v - hi.to_f32() } else { 0.0 });
+        }
+        s
+    }
+
+    /// Returns the buffers for the next call on this thread.
+    pub(crate) fn recycle(self) {
+        SPARE.set(Some(self));
+    }
+
+    /// x as the kernel multiplies it (x_hi + x_lo), for tests.
+    #[cfg(test)]
+    pub(crate) fn joined(&self) -> Vec<f32> {
+        self.hi
+            .iter()
+            .zip(&self.lo)
+            .map(|(h, l)| h.to_f32() + l.to_f32())
+            .collect()
+    }
+}
+
+/// Most rows of x the kernel takes: at m = 1 and 2 it reads 9216×3072 faster than the
+/// widening kernel (Zen 5, 2 threads: 58–65 → 69–75 and 43 → 51 GB/s), at m = 4 slower
+/// (25–30 → 19), at m = 8 alike (PERFORMANCE.md #105).
+const MAX_ROWS: usize = 2;
+
+/// Whether a GEMV of m rows of x on `isa` takes this kernel.
+pub(crate) fn runs(isa: Isa, m: usize) -> bool {
+    m <= MAX_ROWS && isa == Isa::Avx512 && available()
+}
+
+/// Whether this CPU runs the kernel (AVX-512F and AVX512-BF16).
+fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::Avx512.is_available() && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Splits the whole blocks of 16 values of x (as [`SplitX::new`]); returns how many it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn split_avx512(x: &[f32], hi: &mut [bf16], lo: &mut [bf16]) -> usize {
+    let mut j = 0;
+    while j + 16 <= x.len() {
+        let v = _mm512_loadu_ps(x.as_ptr().add(j));
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+        let h_f32 = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+        let rest = _mm512_sub_ps(v, h_f32);
+        // NaN where x is not finite: x_hi alone carries it.
+        let finite = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(rest, rest);
+        let l: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(finite, rest)));
+        _mm256_storeu_si256(hi.as_mut_ptr().add(j) as *mut __m256i, h);
+        _mm256_storeu_si256(lo.as_mut_ptr().add(j) as *mut __m256i, l);
+        j += 16;
+    }
+    j
+}
+
+/// Output rows r0..r1 of y (m × n) = x · wᵀ (+ bias) for bf16 `w` (`xs`: x split; `x`: x
+/// itself, for the columns past the last whole block of [`LANES`]).
+///
+/// # Panics
+/// Where it does not run ([`runs`]: more than [`MAX_ROWS`] rows, a CPU without the
+/// instructions).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rows(
+    xs: &SplitX,
+    x: &[f32],
+    w: WeightMatrix<bf16>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    m: usize,
+    r0: usize,
+    r1: usize,
+    ahead: ReadAhead,
+) {
+    assert!(
+        m <= MAX_ROWS && available(),
+        "the bf16 kernel does not run here"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the instructions are available (checked above); y holds m × n.
+    unsafe {
+        rows_avx512(xs, x, w, bias, y, m, r0, r1, ahead)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (xs, x, w, bias, y, m, r0, r1, ahead);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_avx512(
+    xs: &SplitX,
+    x: &[f32],
+    w: WeightMatrix<bf16>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    m: usize,
+    r0: usize,
+    r1: usize,
+    ahead: ReadAhead,
+) {
+    use super::gemv::{PREFETCH_KEEP, PREFETCH_NONE, PREFETCH_STREAM};
+    let a = ahead.bytes;
+    macro_rules! go {
+        ($m:literal, $r:literal) => {
+            match ahead.prefetch {
+                PREFETCH_STREAM => rows_m::<$m, $r, PREFETCH_STREAM>(xs, x, w, bias, y, r0, r1, a),
+                PREFETCH_KEEP => rows_m::<$m, $r, PREFETCH_KEEP>(xs, x, w, bias, y, r0, r1, a),
+                _ => rows_m::<$m, $r, PREFETCH_NONE>(xs, x, w, bias, y, r0, r1, a),
+            }
+        };
+    }
+    // As the widening kernel: each load of x serves R weight rows; R · M · 2 accumulators.
+    match m {
+        1 => go!(1, 4),
+        2 => go!(2, 2),
+        _ => unreachable!("the bf16 kernel takes at most {MAX_ROWS} rows"),
+    }
+}
+
+/// Rows r0..r1, `R` weight rows at a time (the rest one by one).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_m<const M: usize, const R: usize, const PF: u8>(
+    xs: &SplitX,
+    x: &[f32],
+    w: WeightMatrix<bf16>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    r0: usize,
+    r1: usize,
+    ahead: usize,
+) {
+    in_row_blocks::<R>(
+        r0,
+        r1,
+        |r, gap| row_block::<M, R, PF>(xs, x, w, bias, y, r, gap, ahead),
+        |r| row_block::<M, 1, PF>(xs, x, w, bias, y, r, 0, ahead),
+    );
+}
+
+/// Weight rows r + q · gap (q < R) against every row of x: per 64-byte line of each row, one
+/// `vdpbf16ps` with x_hi and one with x_lo, into two accumulators.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn row_block<const M: usize, const R: usize, const PF: u8>(
+    xs: &SplitX,
+    x: &[f32],
+    w: WeightMatrix<bf16>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    r: usize,
+    gap: usize,
+    ahead: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    let row_of: [usize; R] = std::array::from_fn(|ri| r + ri * gap);
+    let wp: [*const bf16; R] = row_of.map(|row| w.data.as_ptr().add(row * k));
+    let (hp, lp) = (xs.hi.as_ptr(), xs.lo.as_ptr());
+    // 32 bf16 values at p as the instruction's operand type.
+    macro_rules! load {
+        ($p:expr) => {
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512($p as *const _))
+        };
+    }
+    let mut hi = [[_mm512_setzero_ps(); M]; R];
+    let mut lo = [[_mm512_setzero_ps(); M]; R];
+    let mut j = 0;
+    while j + LANES <= k {
+        prefetch_rows::<Avx512, bf16, R, PF>(&wp, j, LANES, ahead);
+        let xh: [__m512bh; M] = std::array::from_fn(|i| load!(hp.add(i * k + j)));
+        let xl: [__m512bh; M] = std::array::from_fn(|i| load!(lp.add(i * k + j)));
+        for ri in 0..R {
+            let wv = load!(wp[ri].add(j));
+            for i in 0..M {
+                hi[ri][i] = _mm512_dpbf16_ps(hi[ri][i], xh[i], wv);
+                lo[ri][i] = _mm512_dpbf16_ps(lo[ri][i], xl[i], wv);
+            }
+        }
+        j += LANES;
+    }
+    for ri in 0..R {
+        for i in 0..M {
+            let mut total = _mm512_reduce_add_ps(_mm512_add_ps(hi[ri][i], lo[ri][i]));
+            for jj in j..k {
+                total += x[i * k + jj] * (*wp[ri].add(jj)).to_f32();
+            }
+            if let Some(b) = bias {
+                total += b[row_of[ri]];
+            }
+            *y.0.add(i * n + row_of[ri]) = total;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_halves_keep_x_to_sixteen_bits() {
+        let x: Vec<f32> = (0..1000)
+            .map(|i| (i as f32 * 0.618).sin() * 10f32.powi(i % 7 - 3))
+            .collect();
+        let xs = SplitX::new(&x);
+        for (v, j) in x.iter().zip(xs.joined()) {
+            assert!(
+                (v - j).abs() <= v.abs() * 2f32.powi(-17),
+                "{v} split as {j}"
+            );
+        }
+        xs.recycle();
+    }
+
+    #[test]
+    fn infinite_and_nan_x_pass_through_the_high_half() {
+        let mut x = vec![0.5f32; 40];
+        x[3] = f32::INFINITY;
+        x[20] = f32::NEG_INFINITY;
+        x[37] = f32::NAN;
+        let xs = SplitX::new(&x);
+        let joined = xs.joined();
+        assert_eq!(joined[3], f32::INFINITY);
+        assert_eq!(joined[20], f32::NEG_INFINITY);
+        assert!(joined[37].is_nan());
+        assert_eq!(joined[4], 0.5);
+    }
+}
