@@ -3,7 +3,7 @@
 use crate::kernels::bandwidth::streaming_reads;
 use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
 use crate::kernels::gemv::streamed_read_ahead;
-use crate::kernels::machine::{machine, plan_residency, CycleRead, Residency};
+use crate::kernels::machine::{huge_page_vec, machine, plan_residency, CycleRead, Residency};
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
@@ -77,6 +77,44 @@ pub struct Linear {
     residency: Option<Residency>,
 }
 
+/// Matrices of one dtype concatenated by rows, on the CPU into a buffer on huge pages
+/// ([`huge_page_vec`]: `Tensor::cat`'s own buffer lies on 4 kB pages); elsewhere, and for
+/// dtypes no weight has, `Tensor::cat`.
+fn cat_rows(parts: &[&Tensor]) -> Result<Tensor> {
+    fn typed<T: candle_core::WithDType>(parts: &[&Tensor], shape: Vec<usize>) -> Result<Tensor> {
+        let mut data: Vec<T> = huge_page_vec(shape.iter().product());
+        for part in parts {
+            let part = part.contiguous()?;
+            let (storage, layout) = part.storage_and_layout();
+            let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) else {
+                candle_core::bail!("cat_rows: a part not contiguous on the CPU");
+            };
+            data.extend_from_slice(&cpu.as_slice::<T>()?[a..b]);
+        }
+        Tensor::from_vec(data, shape, &Device::Cpu)
+    }
+    let Some(first) = parts.first() else {
+        candle_core::bail!("cat_rows: no parts");
+    };
+    let same = parts.iter().all(|p| {
+        p.device().is_cpu()
+            && p.dtype() == first.dtype()
+            && p.dims().get(1..) == first.dims().get(1..)
+    });
+    if !same || first.rank() == 0 {
+        return Tensor::cat(parts, 0);
+    }
+    let mut shape = first.dims().to_vec();
+    shape[0] = parts.iter().map(|p| p.dims()[0]).sum();
+    match first.dtype() {
+        DType::F32 => typed::<f32>(parts, shape),
+        DType::F16 => typed::<half::f16>(parts, shape),
+        DType::BF16 => typed::<half::bf16>(parts, shape),
+        DType::U8 => typed::<u8>(parts, shape),
+        _ => Tensor::cat(parts, 0),
+    }
+}
+
 impl Linear {
     /// Loads `weight` [out_dim, in_dim] in `vb`'s dtype and, when `bias` is set, `bias`
     /// [out_dim] in f32. A backend that holds the weight in ggml blocks (it answers
@@ -145,7 +183,7 @@ impl Linear {
             }
             rows.push(out);
         }
-        let weight = Tensor::cat(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>(), 0)?;
+        let weight = cat_rows(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>())?;
         let bias = if parts.iter().any(|p| p.bias.is_some()) {
             let biases = parts
                 .iter()
@@ -566,6 +604,29 @@ mod tests {
 
     /// Every format × every dispatch branch (GEMV, small-M, widen + GEMM) against the f32
     /// layer on the same rounded weights; inputs of rank 3.
+    #[test]
+    fn rows_concatenate_as_tensor_cat_does() -> Result<()> {
+        let a = Tensor::arange(0f32, 12.0, &Device::Cpu)?.reshape((3, 4))?;
+        let b = Tensor::arange(100f32, 108.0, &Device::Cpu)?
+            .reshape((4, 2))?
+            .t()?; // strided
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::U8] {
+            let (a, b) = (a.to_dtype(dtype)?, b.to_dtype(dtype)?);
+            let got = cat_rows(&[&a, &b])?;
+            let want = Tensor::cat(&[&a, &b], 0)?;
+            assert_eq!(got.dims(), &[5, 4]);
+            assert_eq!(
+                got.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+                want.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+                "{dtype:?}"
+            );
+        }
+        // Widths that differ: Tensor::cat's own error.
+        let c = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?;
+        assert!(cat_rows(&[&a, &c]).is_err());
+        Ok(())
+    }
+
     #[test]
     fn formats_and_branches_match_f32() -> Result<()> {
         let dev = Device::Cpu;

@@ -196,9 +196,8 @@ impl SafetensorsFiles {
             device: &Device,
             read: impl Fn(*mut u8, usize) -> Result<()>,
         ) -> Result<Tensor> {
-            let mut data: Vec<T> = Vec::with_capacity(numel);
+            let mut data: Vec<T> = crate::kernels::machine::huge_page_vec(numel);
             let len = numel * std::mem::size_of::<T>();
-            crate::kernels::machine::advise_pages(data.as_mut_ptr() as *mut u8, len, true);
             // The bytes go straight from the file into the final buffer: no zero fill first
             // (a second pass over every page of a 9 GB checkpoint).
             read(data.as_mut_ptr() as *mut u8, len)?;

@@ -176,6 +176,20 @@ pub(crate) fn advise_pages(ptr: *mut u8, len: usize, huge: bool) {
     let _ = (ptr, len, huge);
 }
 
+/// An empty vector with room for `len` values, on transparent huge pages where Linux grants
+/// them: for weights, which the decoder streams (a matrix built at load, by stacking or
+/// quantizing, would otherwise lie on the 4 kB pages of a plain allocation, where the probe's
+/// streaming reads run up to 15–20 % slower on Zen 5).
+pub(crate) fn huge_page_vec<T>(len: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    advise_pages(
+        v.as_mut_ptr() as *mut u8,
+        len * std::mem::size_of::<T>(),
+        true,
+    );
+    v
+}
+
 /// Size strings of sysfs (`32768K`, `1M`, `512`) in bytes.
 fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
