@@ -269,12 +269,15 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             .map(|(v, g)| (v.to_string(), *g))
             .collect(),
         fma_gflops,
-        streaming: streaming_reads().map(|r| StreamingReport {
-            nontemporal_gbps: r.nontemporal_gbps,
-            keep_gbps: r.keep_gbps,
-            nontemporal: r.nontemporal_pays(),
-            prefetch_bytes: streamed_read_ahead().bytes,
-            prefetch_gbps: streamed_read_ahead().measured.clone(),
+        streaming: streaming_reads().map(|r| {
+            let ahead = streamed_read_ahead();
+            StreamingReport {
+                nontemporal_gbps: r.nontemporal_gbps,
+                keep_gbps: r.keep_gbps,
+                nontemporal: r.nontemporal_pays(),
+                prefetch_bytes: ahead.bytes,
+                prefetch_gbps: ahead.measured.clone(),
+            }
         }),
     }
 }

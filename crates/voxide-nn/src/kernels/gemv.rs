@@ -15,7 +15,7 @@
 use super::bandwidth::Prefetch;
 use super::gemv_bf16::{self, SplitX};
 use super::gemv_int8::{self, QuantizedX};
-use super::machine::{advise_pages, machine, weight_prefetch, Residency};
+use super::machine::{huge_page_vec, machine, weight_prefetch, Residency};
 use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -199,8 +199,8 @@ pub fn gemv_on<E: WeightElem>(
     let ahead = ReadAhead {
         prefetch,
         bytes: match w.residency {
-            Residency::Streamed if prefetch != PREFETCH_NONE => streamed_read_ahead().bytes,
-            _ => PREFETCH_BYTES,
+            Residency::Streamed => streamed_read_ahead().bytes,
+            Residency::Cached => PREFETCH_BYTES,
         },
     };
     gemv_ahead(isa, x, w, bias, y, m, ahead)
@@ -302,14 +302,6 @@ pub(crate) struct ReadAhead {
     pub(crate) bytes: usize,
 }
 
-/// Output rows r0..r1 of a task, read `ahead` bytes ahead.
-#[derive(Clone, Copy)]
-struct RowRange {
-    r0: usize,
-    r1: usize,
-    ahead: usize,
-}
-
 /// The prefetch distance streamed matrices take on this machine, and what each candidate read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamedReadAhead {
@@ -353,9 +345,8 @@ fn measure_streamed_read_ahead() -> StreamedReadAhead {
         use std::time::Instant;
         let k = 4096;
         let n = STREAMED_PREFETCH_PROBE_BYTES / (2 * k);
-        // On huge pages, as the loaders place weights (`advise_pages`).
-        let mut data: Vec<bf16> = Vec::with_capacity(n * k);
-        advise_pages(data.as_mut_ptr() as *mut u8, n * k * 2, true);
+        // On huge pages, as the model's weights.
+        let mut data: Vec<bf16> = huge_page_vec(n * k);
         data.resize(n * k, bf16::ONE);
         let w = WeightMatrix::new(&data, n, k).with_residency(Residency::Streamed);
         let x = vec![1.0f32; k];
@@ -428,21 +419,17 @@ unsafe fn rows_body<S: Simd, E: WeightElem>(
     r1: usize,
     ahead: ReadAhead,
 ) {
-    let rows = RowRange {
-        r0,
-        r1,
-        ahead: ahead.bytes,
-    };
+    let a = ahead.bytes;
     macro_rules! go {
         ($m:literal, $r:literal, $u:literal) => {
             match ahead.prefetch {
                 PREFETCH_STREAM => {
-                    rows_m::<S, E, $m, $r, $u, PREFETCH_STREAM>(x, x_load, w, bias, y, rows)
+                    rows_m::<S, E, $m, $r, $u, PREFETCH_STREAM>(x, x_load, w, bias, y, r0, r1, a)
                 }
                 PREFETCH_KEEP => {
-                    rows_m::<S, E, $m, $r, $u, PREFETCH_KEEP>(x, x_load, w, bias, y, rows)
+                    rows_m::<S, E, $m, $r, $u, PREFETCH_KEEP>(x, x_load, w, bias, y, r0, r1, a)
                 }
-                _ => rows_m::<S, E, $m, $r, $u, PREFETCH_NONE>(x, x_load, w, bias, y, rows),
+                _ => rows_m::<S, E, $m, $r, $u, PREFETCH_NONE>(x, x_load, w, bias, y, r0, r1, a),
             }
         };
     }
@@ -467,6 +454,7 @@ unsafe fn rows_body<S: Simd, E: WeightElem>(
 
 /// Rows r0..r1 of the output, `R` weight rows at a time (the rest one by one).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn rows_m<
     S: Simd,
     E: WeightElem,
@@ -480,13 +468,15 @@ unsafe fn rows_m<
     w: WeightMatrix<E>,
     bias: Option<&[f32]>,
     y: OutPtr,
-    rows: RowRange,
+    r0: usize,
+    r1: usize,
+    ahead: usize,
 ) {
     in_row_blocks::<R>(
-        rows.r0,
-        rows.r1,
-        |r, gap| row_block::<S, E, M, R, U, PF>(x, x_load, w, bias, y, r, gap, rows.ahead),
-        |r| row_block::<S, E, M, 1, U, PF>(x, x_load, w, bias, y, r, 0, rows.ahead),
+        r0,
+        r1,
+        |r, gap| row_block::<S, E, M, R, U, PF>(x, x_load, w, bias, y, r, gap, ahead),
+        |r| row_block::<S, E, M, 1, U, PF>(x, x_load, w, bias, y, r, 0, ahead),
     );
 }
 
@@ -572,15 +562,33 @@ unsafe fn row_block<
             for jj in j..k {
                 total += *xp.add(i * k + jj) * (*row.add(jj)).to_f32();
             }
-            if let Some(sc) = w.scales {
-                total *= sc[row_of[ri]];
-            }
-            if let Some(b) = bias {
-                total += b[row_of[ri]];
-            }
-            *y.0.add(i * n + row_of[ri]) = total;
+            store_output(y, n, i, row_of[ri], total, w.scales, bias);
         }
     }
+}
+
+/// Writes output `row` for row `i` of x (y: m × n): the dot product `total`, times the row's
+/// scale (int8), plus its bias.
+///
+/// # Safety
+/// y must hold row `i` of n outputs.
+#[inline(always)]
+pub(crate) unsafe fn store_output(
+    y: OutPtr,
+    n: usize,
+    i: usize,
+    row: usize,
+    mut total: f32,
+    scales: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) {
+    if let Some(sc) = scales {
+        total *= sc[row];
+    }
+    if let Some(b) = bias {
+        total += b[row];
+    }
+    *y.0.add(i * n + row) = total;
 }
 
 /// Prefetches (mode `PF`) the bytes that rows `wp` (read side by side, each the start of a

@@ -14,7 +14,7 @@
 //! Henry, Tang & Heinecke (ARITH 2019).
 
 #[cfg(target_arch = "x86_64")]
-use super::gemv::{in_row_blocks, prefetch_rows};
+use super::gemv::{in_row_blocks, prefetch_rows, store_output};
 use super::gemv::{OutPtr, ReadAhead, WeightMatrix};
 use half::bf16;
 use std::cell::Cell;
@@ -174,12 +174,23 @@ unsafe fn rows_avx512(
 ) {
     use super::gemv::{PREFETCH_KEEP, PREFETCH_NONE, PREFETCH_STREAM};
     let a = ahead.bytes;
+    // R weight rows at a time (the rest one by one), spans as the widening kernel reads them.
+    macro_rules! rows {
+        ($m:literal, $r:literal, $pf:expr) => {
+            in_row_blocks::<$r>(
+                r0,
+                r1,
+                |r, gap| row_block::<$m, $r, { $pf }>(xs, x, w, bias, y, r, gap, a),
+                |r| row_block::<$m, 1, { $pf }>(xs, x, w, bias, y, r, 0, a),
+            )
+        };
+    }
     macro_rules! go {
         ($m:literal, $r:literal) => {
             match ahead.prefetch {
-                PREFETCH_STREAM => rows_m::<$m, $r, PREFETCH_STREAM>(xs, x, w, bias, y, r0, r1, a),
-                PREFETCH_KEEP => rows_m::<$m, $r, PREFETCH_KEEP>(xs, x, w, bias, y, r0, r1, a),
-                _ => rows_m::<$m, $r, PREFETCH_NONE>(xs, x, w, bias, y, r0, r1, a),
+                PREFETCH_STREAM => rows!($m, $r, PREFETCH_STREAM),
+                PREFETCH_KEEP => rows!($m, $r, PREFETCH_KEEP),
+                _ => rows!($m, $r, PREFETCH_NONE),
             }
         };
     }
@@ -189,28 +200,6 @@ unsafe fn rows_avx512(
         2 => go!(2, 2),
         _ => unreachable!("the bf16 kernel takes at most {MAX_ROWS} rows"),
     }
-}
-
-/// Rows r0..r1, `R` weight rows at a time (the rest one by one).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_m<const M: usize, const R: usize, const PF: u8>(
-    xs: &SplitX,
-    x: &[f32],
-    w: WeightMatrix<bf16>,
-    bias: Option<&[f32]>,
-    y: OutPtr,
-    r0: usize,
-    r1: usize,
-    ahead: usize,
-) {
-    in_row_blocks::<R>(
-        r0,
-        r1,
-        |r, gap| row_block::<M, R, PF>(xs, x, w, bias, y, r, gap, ahead),
-        |r| row_block::<M, 1, PF>(xs, x, w, bias, y, r, 0, ahead),
-    );
 }
 
 /// Weight rows r + q · gap (q < R) against every row of x: per 64-byte line of each row, one
@@ -260,10 +249,7 @@ unsafe fn row_block<const M: usize, const R: usize, const PF: u8>(
             for jj in j..k {
                 total += x[i * k + jj] * (*wp[ri].add(jj)).to_f32();
             }
-            if let Some(b) = bias {
-                total += b[row_of[ri]];
-            }
-            *y.0.add(i * n + row_of[ri]) = total;
+            store_output(y, n, i, row_of[ri], total, None, bias);
         }
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! NEON (`vmovl_s8` + `vmlal_s16`) and the portable body compute the same block sums.
 
-use super::gemv::{in_row_blocks, prefetch_rows, OutPtr, ReadAhead, WeightMatrix};
+use super::gemv::{in_row_blocks, prefetch_rows, store_output, OutPtr, ReadAhead, WeightMatrix};
 use super::simd::{Isa, Scalar, Simd};
 use std::cell::Cell;
 
@@ -420,14 +420,8 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
     }
     for ri in 0..R {
         for i in 0..M {
-            let mut total = S::sum(sums[ri][i]) + tails[ri][i];
-            if let Some(sc) = w.scales {
-                total *= sc[row_of[ri]];
-            }
-            if let Some(b) = bias {
-                total += b[row_of[ri]];
-            }
-            *y.0.add(i * n + row_of[ri]) = total;
+            let total = S::sum(sums[ri][i]) + tails[ri][i];
+            store_output(y, n, i, row_of[ri], total, w.scales, bias);
         }
     }
 }
