@@ -770,8 +770,16 @@ pub(crate) mod tests {
             .build()
             .unwrap();
         // (k, n): odd width with a tail; a wide one to run on several threads (≥ 2 MB of f16);
-        // a 16 MB one to stream; tiny ones.
-        let shapes = [(37, 70), (16, 1), (384, 51), (1031, 1100), (2048, 4100)];
+        // a 16 MB one to stream; tiny ones; one whose rows end in whole passes of lines, single
+        // lines and a tail (200 = 128 + 2 · 32 + 8).
+        let shapes = [
+            (37, 70),
+            (16, 1),
+            (200, 33),
+            (384, 51),
+            (1031, 1100),
+            (2048, 4100),
+        ];
         for &(k, n) in &shapes {
             let tw = weights(n, k, 7);
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();

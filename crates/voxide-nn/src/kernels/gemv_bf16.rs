@@ -30,6 +30,14 @@ use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 const LANES: usize = 32;
 
+/// 64-byte lines of each weight row per pass of the loop. From memory, what holds a core back
+/// is how many lines it keeps in flight, and the loop's own instructions (the x loads, the
+/// counter) share the window that the weight loads wait in: a synthetic step on 2 Zen 5 cores
+/// read 66 GB/s at one line per pass and 70 at four, where a plain summing loop read 79
+/// (PERFORMANCE.md #107).
+#[cfg(target_arch = "x86_64")]
+const LINES_PER_PASS: usize = 4;
+
 /// The m rows of x split into high and low bf16 halves (each m × k).
 pub(crate) struct SplitX {
     hi: Vec<bf16>,
@@ -229,18 +237,29 @@ unsafe fn row_block<const M: usize, const R: usize, const PF: u8>(
     }
     let mut hi = [[_mm512_setzero_ps(); M]; R];
     let mut lo = [[_mm512_setzero_ps(); M]; R];
-    let mut j = 0;
-    while j + LANES <= k {
-        prefetch_rows::<Avx512, bf16, R, PF>(&wp, j, LANES, ahead);
-        let xh: [__m512bh; M] = std::array::from_fn(|i| load!(hp.add(i * k + j)));
-        let xl: [__m512bh; M] = std::array::from_fn(|i| load!(lp.add(i * k + j)));
+    // One 64-byte line of each row from column `at`.
+    let mut line = |at: usize| {
+        let xh: [__m512bh; M] = std::array::from_fn(|i| load!(hp.add(i * k + at)));
+        let xl: [__m512bh; M] = std::array::from_fn(|i| load!(lp.add(i * k + at)));
         for ri in 0..R {
-            let wv = load!(wp[ri].add(j));
+            let wv = load!(wp[ri].add(at));
             for i in 0..M {
                 hi[ri][i] = _mm512_dpbf16_ps(hi[ri][i], xh[i], wv);
                 lo[ri][i] = _mm512_dpbf16_ps(lo[ri][i], xl[i], wv);
             }
         }
+    };
+    let mut j = 0;
+    while j + LINES_PER_PASS * LANES <= k {
+        prefetch_rows::<Avx512, bf16, R, PF>(&wp, j, LINES_PER_PASS * LANES, ahead);
+        for c in 0..LINES_PER_PASS {
+            line(j + c * LANES);
+        }
+        j += LINES_PER_PASS * LANES;
+    }
+    while j + LANES <= k {
+        prefetch_rows::<Avx512, bf16, R, PF>(&wp, j, LANES, ahead);
+        line(j);
         j += LANES;
     }
     for ri in 0..R {
