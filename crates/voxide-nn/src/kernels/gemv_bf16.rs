@@ -237,29 +237,33 @@ unsafe fn row_block<const M: usize, const R: usize, const PF: u8>(
     }
     let mut hi = [[_mm512_setzero_ps(); M]; R];
     let mut lo = [[_mm512_setzero_ps(); M]; R];
-    // One 64-byte line of each row from column `at`.
-    let mut line = |at: usize| {
-        let xh: [__m512bh; M] = std::array::from_fn(|i| load!(hp.add(i * k + at)));
-        let xl: [__m512bh; M] = std::array::from_fn(|i| load!(lp.add(i * k + at)));
-        for ri in 0..R {
-            let wv = load!(wp[ri].add(at));
-            for i in 0..M {
-                hi[ri][i] = _mm512_dpbf16_ps(hi[ri][i], xh[i], wv);
-                lo[ri][i] = _mm512_dpbf16_ps(lo[ri][i], xl[i], wv);
+    // One 64-byte line of each row from column `$at` (a macro: a closure is not sure to be
+    // inlined into the instruction set's entry, and its intrinsics would become calls).
+    macro_rules! line {
+        ($at:expr) => {{
+            let at = $at;
+            let xh: [__m512bh; M] = std::array::from_fn(|i| load!(hp.add(i * k + at)));
+            let xl: [__m512bh; M] = std::array::from_fn(|i| load!(lp.add(i * k + at)));
+            for ri in 0..R {
+                let wv = load!(wp[ri].add(at));
+                for i in 0..M {
+                    hi[ri][i] = _mm512_dpbf16_ps(hi[ri][i], xh[i], wv);
+                    lo[ri][i] = _mm512_dpbf16_ps(lo[ri][i], xl[i], wv);
+                }
             }
-        }
-    };
+        }};
+    }
     let mut j = 0;
     while j + LINES_PER_PASS * LANES <= k {
         prefetch_rows::<Avx512, bf16, R, PF>(&wp, j, LINES_PER_PASS * LANES, ahead);
         for c in 0..LINES_PER_PASS {
-            line(j + c * LANES);
+            line!(j + c * LANES);
         }
         j += LINES_PER_PASS * LANES;
     }
     while j + LANES <= k {
         prefetch_rows::<Avx512, bf16, R, PF>(&wp, j, LANES, ahead);
-        line(j);
+        line!(j);
         j += LANES;
     }
     for ri in 0..R {
