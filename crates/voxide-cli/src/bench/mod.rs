@@ -9,7 +9,8 @@ use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use report::{
-    compare, FileReport, MachineReport, Report, Run, Stat, StreamingReport, Totals, Verdict,
+    compare, FileReport, MachineReport, Report, Run, RunFloor, RunVerdict, Stat, StreamingReport,
+    Totals, Verdict, STEADY_PROBE_SHARE,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -161,6 +162,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let fma_gflops = measure_fma_gflops(threads, 5);
     let step_bytes = model.decoder_step_bytes();
     let mut bandwidth = Vec::new();
+    // Each measured run's (ms/step, K/V bytes per step) and the indices of the probes around it.
+    let mut run_probes = Vec::new();
     let mut files = Vec::new();
     for input in &inputs {
         let samples = {
@@ -194,6 +197,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 alignments: t.alignments,
             };
             if i >= args.warmup {
+                if step_bytes.is_some() && run.steps > 0 {
+                    run_probes.push((
+                        run.steps_ms / run.steps as f64,
+                        run.kv_bytes as f64 / run.steps as f64,
+                        bandwidth.len() - 1,
+                    ));
+                }
                 runs.push(run);
                 if step_bytes.is_some() {
                     bandwidth.push(probe.fastest_gbps(3));
@@ -216,6 +226,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut totals = Totals::of(&files);
     if let Some(bytes) = step_bytes {
         totals.set_floor(bytes, read_gbps);
+        if let Some(floor) = &mut totals.floor {
+            floor.runs = run_probes
+                .iter()
+                .map(|&(ms_per_step, kv_bytes, before)| RunFloor {
+                    ms_per_step,
+                    bytes_per_step: bytes as f64 + kv_bytes,
+                    gbps_before: bandwidth[before],
+                    gbps_after: bandwidth[before + 1],
+                })
+                .collect();
+        }
     }
     // A peak: probed again after the runs and the larger kept (a neighbour that took a core
     // during one probe only lowers it).
@@ -345,6 +366,30 @@ fn print_machine(m: &MachineReport, threads: usize) {
     }
 }
 
+/// Each run against the floor of the probes just before and after it (where they agree within
+/// [`STEADY_PROBE_SHARE`]): on a machine whose bandwidth switches regimes, the floor of the
+/// run's own moment.
+fn run_floors_line(runs: &[RunFloor]) -> String {
+    let each: Vec<String> = runs
+        .iter()
+        .map(|r| match r.verdict() {
+            RunVerdict::Ratio(ratio) => format!("{ratio:.2}x"),
+            RunVerdict::Unsteady => format!(
+                "unsteady ({:.1} -> {:.1} GB/s)",
+                r.gbps_before, r.gbps_after
+            ),
+            RunVerdict::BelowFloor => {
+                "FASTER THAN ITS FLOOR (the probes missed the bandwidth of the run's moment, or a measurement error)".into()
+            }
+        })
+        .collect();
+    format!(
+        "each run against the probes just before and after it (steady where they agree within {:.0} %): {}",
+        (1.0 - STEADY_PROBE_SHARE) * 100.0,
+        each.join(", ")
+    )
+}
+
 fn print_table(r: &Report) {
     println!(
         "model {} | {} threads | {} runs after {} warm-up | fixed steps {} | load {:.0} ms",
@@ -429,5 +474,8 @@ fn print_table(r: &Report) {
             "decoder floor: a step reads {:.3} GB{kv}; at {:.1} GB/s -> {:.1} ms; measured {:.1} ms/step = {verdict}",
             f.step_bytes as f64 / 1e9, f.read_gbps, f.floor_ms, t.weighted_ms_per_step
         );
+        if !f.runs.is_empty() {
+            println!("{}", run_floors_line(&f.runs));
+        }
     }
 }

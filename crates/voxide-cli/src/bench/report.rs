@@ -187,6 +187,53 @@ pub struct Floor {
     /// which cannot be: a measurement error (the probe under-reads, or the step's bytes are
     /// wrong), not a figure to report.
     pub ratio: Option<f64>,
+    /// Each measured run's steps against the probes taken just before and after it.
+    #[serde(default)]
+    pub runs: Vec<RunFloor>,
+}
+
+/// The least share of the faster of two probes around a run that the slower must read for the
+/// run to count as steady: on a shared machine whose memory switches between regimes (Zen 5
+/// here: ~50 or ~80 GB/s for minutes at a time), a run between probes that disagree may have
+/// run in either.
+pub const STEADY_PROBE_SHARE: f64 = 0.9;
+
+/// One measured run's decoder steps and the read bandwidth probed just before and after it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunFloor {
+    pub ms_per_step: f64,
+    /// Weights and mean K/V bytes per step.
+    pub bytes_per_step: f64,
+    pub gbps_before: f64,
+    pub gbps_after: f64,
+}
+
+/// How a run compares with the floor of the probes around it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RunVerdict {
+    /// The probes disagree: the memory's bandwidth moved during the run.
+    Unsteady,
+    /// ms/step over the floor at the faster of the two probes (≥ 1).
+    Ratio(f64),
+    /// Faster than that floor: a measurement error, not a figure.
+    BelowFloor,
+}
+
+impl RunFloor {
+    pub fn verdict(&self) -> RunVerdict {
+        let (slow, fast) = (
+            self.gbps_before.min(self.gbps_after),
+            self.gbps_before.max(self.gbps_after),
+        );
+        if !(slow > 0.0 && slow >= fast * STEADY_PROBE_SHARE) {
+            return RunVerdict::Unsteady;
+        }
+        let floor_ms = self.bytes_per_step / (fast * 1e9) * 1e3;
+        match self.ms_per_step / floor_ms {
+            r if r >= 1.0 => RunVerdict::Ratio(r),
+            _ => RunVerdict::BelowFloor,
+        }
+    }
 }
 
 /// The machine a report was measured on, and its limits measured in the same run.
@@ -251,6 +298,7 @@ impl Totals {
             read_gbps,
             floor_ms,
             ratio: Some(self.weighted_ms_per_step / floor_ms).filter(|r| *r >= 1.0),
+            runs: Vec::new(),
         });
     }
 
@@ -444,6 +492,27 @@ mod tests {
         // At a probed 10 GB/s the floor is 300 ms: 150 ms/step is a measurement error.
         t.set_floor(3_000_000_000, 10.0);
         assert_eq!(t.floor.unwrap().ratio, None);
+    }
+
+    #[test]
+    fn a_run_counts_against_its_own_probes_only_where_they_agree() {
+        // 3 GB per step: 100 ms at 30 GB/s.
+        let run = |ms_per_step, gbps_before, gbps_after| RunFloor {
+            ms_per_step,
+            bytes_per_step: 3e9,
+            gbps_before,
+            gbps_after,
+        };
+        // Probes within 10 %: the faster one sets the floor.
+        match run(110.0, 29.0, 30.0).verdict() {
+            RunVerdict::Ratio(r) => assert!((r - 1.1).abs() < 1e-9, "{r}"),
+            v => panic!("{v:?}"),
+        }
+        // The memory switched regimes around the run: no ratio either way.
+        assert_eq!(run(110.0, 50.0, 80.0).verdict(), RunVerdict::Unsteady);
+        assert_eq!(run(110.0, 0.0, 0.0).verdict(), RunVerdict::Unsteady);
+        // Faster than the floor of steady probes: a measurement error, not a ratio below 1.
+        assert_eq!(run(90.0, 30.0, 30.0).verdict(), RunVerdict::BelowFloor);
     }
 
     #[test]
