@@ -9,8 +9,8 @@ use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use report::{
-    compare, FileReport, MachineReport, Report, Run, RunFloor, RunVerdict, Stat, StreamingReport,
-    Totals, Verdict, STEADY_PROBE_SHARE,
+    compare, run_floors_line, FileReport, MachineReport, Report, Run, RunFloor, Stat,
+    StreamingReport, Totals, Verdict,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -364,30 +364,6 @@ fn print_machine(m: &MachineReport, threads: usize) {
             tried.join(", ")
         );
     }
-}
-
-/// Each run against the floor of the probes just before and after it (where they agree within
-/// [`STEADY_PROBE_SHARE`]): on a machine whose bandwidth switches regimes, the floor of the
-/// run's own moment.
-fn run_floors_line(runs: &[RunFloor]) -> String {
-    let each: Vec<String> = runs
-        .iter()
-        .map(|r| match r.verdict() {
-            RunVerdict::Ratio(ratio) => format!("{ratio:.2}x"),
-            RunVerdict::Unsteady => format!(
-                "unsteady ({:.1} -> {:.1} GB/s)",
-                r.gbps_before, r.gbps_after
-            ),
-            RunVerdict::BelowFloor => {
-                "FASTER THAN ITS FLOOR (the probes missed the bandwidth of the run's moment, or a measurement error)".into()
-            }
-        })
-        .collect();
-    format!(
-        "each run against the probes just before and after it (steady where they agree within {:.0} %): {}",
-        (1.0 - STEADY_PROBE_SHARE) * 100.0,
-        each.join(", ")
-    )
 }
 
 fn print_table(r: &Report) {

@@ -201,8 +201,9 @@ pub const STEADY_PROBE_SHARE: f64 = 0.9;
 /// One measured run's decoder steps and the read bandwidth probed just before and after it.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunFloor {
+    /// ms per decoder step (per frame of a TTS run: a talker step and the predictor's steps).
     pub ms_per_step: f64,
-    /// Weights and mean K/V bytes per step.
+    /// What that step reads: weights and mean K/V bytes (a TTS frame's weights).
     pub bytes_per_step: f64,
     pub gbps_before: f64,
     pub gbps_after: f64,
@@ -284,6 +285,30 @@ pub struct StreamingReport {
     pub prefetch_bytes: usize,
     #[serde(default)]
     pub prefetch_gbps: Vec<(usize, f64)>,
+}
+
+/// Each run against the floor of the probes just before and after it (where they agree within
+/// [`STEADY_PROBE_SHARE`]): on a machine whose bandwidth switches regimes, the floor of the
+/// run's own moment.
+pub fn run_floors_line(runs: &[RunFloor]) -> String {
+    let each: Vec<String> = runs
+        .iter()
+        .map(|r| match r.verdict() {
+            RunVerdict::Ratio(ratio) => format!("{ratio:.2}x"),
+            RunVerdict::Unsteady => format!(
+                "unsteady ({:.1} -> {:.1} GB/s)",
+                r.gbps_before, r.gbps_after
+            ),
+            RunVerdict::BelowFloor => {
+                "FASTER THAN ITS FLOOR (the probes missed the bandwidth of the run's moment, or a measurement error)".into()
+            }
+        })
+        .collect();
+    format!(
+        "each run against the probes just before and after it (steady where they agree within {:.0} %): {}",
+        (1.0 - STEADY_PROBE_SHARE) * 100.0,
+        each.join(", ")
+    )
 }
 
 impl Totals {

@@ -5,7 +5,7 @@
 //! A Base checkpoint speaks in the voice of the corpus' jfk.wav (11 s, in context with its
 //! transcript), cloned once before the runs; the cloning time is reported on its own.
 
-use super::report::{MachineReport, Stat};
+use super::report::{run_floors_line, MachineReport, RunFloor, Stat};
 use super::{machine_report, peak_rss_mb, print_machine, reset_peak_rss, BenchArgs};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
@@ -97,6 +97,8 @@ struct TtsReport {
     /// (talker step + predictor ms per frame) over the floor, over all texts (the prompt's pass
     /// is compute, not a frame's reads); `None` below 1.0 (a measurement error, not a figure).
     ratio: Option<f64>,
+    /// Each measured run's ms per frame against the probes just before and after it.
+    runs: Vec<RunFloor>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -120,6 +122,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         _ => (None, None),
     };
     let mut bandwidth = Vec::new();
+    // Each measured run's talker step + predictor ms per frame, and the probe just before it.
+    let mut run_probes = Vec::new();
     let mut rows = Vec::new();
     let (mut model_ms, mut all_frames) = (0.0, 0usize);
     for (name, text, frames, non_streaming_text) in TEXTS {
@@ -147,6 +151,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
             let stats = synthesizer.synthesize(&request, &mut |_| Ok(true))?;
             if i >= args.warmup {
+                let steps = frames.saturating_sub(1).max(1) as f64;
+                let ms_per_frame = stats.talker_ms / steps + stats.predictor_ms / frames as f64;
+                run_probes.push((ms_per_frame, bandwidth.len() - 1));
                 runs.push(stats);
                 bandwidth.push(probe.fastest_gbps(3));
             }
@@ -203,6 +210,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         frame_bytes,
         floor_ms,
         ratio: Some(ms_per_frame / floor_ms).filter(|r| *r >= 1.0),
+        runs: run_probes
+            .iter()
+            .map(|&(ms_per_step, before)| RunFloor {
+                ms_per_step,
+                bytes_per_step: frame_bytes as f64,
+                gbps_before: bandwidth[before],
+                gbps_after: bandwidth[before + 1],
+            })
+            .collect(),
     };
     drop(probe);
     print_report(&report, ms_per_frame);
@@ -298,4 +314,5 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         r.floor_ms,
         ms_per_frame
     );
+    println!("{}", run_floors_line(&r.runs));
 }
