@@ -162,8 +162,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let fma_gflops = measure_fma_gflops(threads, 5);
     let step_bytes = model.decoder_step_bytes();
     let mut bandwidth = Vec::new();
-    // Each measured run's (ms/step, K/V bytes per step) and the indices of the probes around it.
-    let mut run_probes = Vec::new();
+    // Each measured run's steps against the probes around it.
+    let mut run_floors = Vec::new();
     let mut files = Vec::new();
     for input in &inputs {
         let samples = {
@@ -197,17 +197,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 alignments: t.alignments,
             };
             if i >= args.warmup {
-                if step_bytes.is_some() && run.steps > 0 {
-                    run_probes.push((
-                        run.steps_ms / run.steps as f64,
-                        run.kv_bytes as f64 / run.steps as f64,
-                        bandwidth.len() - 1,
-                    ));
+                if let Some(bytes) = step_bytes {
+                    bandwidth.push(probe.fastest_gbps(3));
+                    if run.steps > 0 {
+                        let steps = run.steps as f64;
+                        run_floors.push(RunFloor::between_last_probes(
+                            run.steps_ms / steps,
+                            bytes as f64 + run.kv_bytes as f64 / steps,
+                            &bandwidth,
+                        ));
+                    }
                 }
                 runs.push(run);
-                if step_bytes.is_some() {
-                    bandwidth.push(probe.fastest_gbps(3));
-                }
             }
         }
         // The probe's buffers stay resident through the runs: not the model's memory.
@@ -227,15 +228,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(bytes) = step_bytes {
         totals.set_floor(bytes, read_gbps);
         if let Some(floor) = &mut totals.floor {
-            floor.runs = run_probes
-                .iter()
-                .map(|&(ms_per_step, kv_bytes, before)| RunFloor {
-                    ms_per_step,
-                    bytes_per_step: bytes as f64 + kv_bytes,
-                    gbps_before: bandwidth[before],
-                    gbps_after: bandwidth[before + 1],
-                })
-                .collect();
+            floor.runs = run_floors;
         }
     }
     // A peak: probed again after the runs and the larger kept (a neighbour that took a core

@@ -221,6 +221,21 @@ pub enum RunVerdict {
 }
 
 impl RunFloor {
+    /// A run that read `bytes_per_step` per step at `ms_per_step`, between the last two of
+    /// `probes` (GB/s, in the order taken).
+    pub fn between_last_probes(ms_per_step: f64, bytes_per_step: f64, probes: &[f64]) -> Self {
+        let (before, after) = match probes {
+            [.., before, after] => (*before, *after),
+            _ => (0.0, 0.0),
+        };
+        Self {
+            ms_per_step,
+            bytes_per_step,
+            gbps_before: before,
+            gbps_after: after,
+        }
+    }
+
     pub fn verdict(&self) -> RunVerdict {
         let (slow, fast) = (
             self.gbps_before.min(self.gbps_after),
@@ -536,6 +551,11 @@ mod tests {
         // The memory switched regimes around the run: no ratio either way.
         assert_eq!(run(110.0, 50.0, 80.0).verdict(), RunVerdict::Unsteady);
         assert_eq!(run(110.0, 0.0, 0.0).verdict(), RunVerdict::Unsteady);
+        // Fewer than two probes: nothing to judge the run by.
+        let lone = RunFloor::between_last_probes(110.0, 3e9, &[30.0]);
+        assert_eq!(lone.verdict(), RunVerdict::Unsteady);
+        let last_two = RunFloor::between_last_probes(110.0, 3e9, &[80.0, 29.0, 30.0]);
+        assert_eq!((last_two.gbps_before, last_two.gbps_after), (29.0, 30.0));
         // Faster than the floor of steady probes: a measurement error, not a ratio below 1.
         assert_eq!(run(90.0, 30.0, 30.0).verdict(), RunVerdict::BelowFloor);
     }

@@ -122,8 +122,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         _ => (None, None),
     };
     let mut bandwidth = Vec::new();
-    // Each measured run's talker step + predictor ms per frame, and the probe just before it.
-    let mut run_probes = Vec::new();
+    // Each measured run's talker step + predictor per frame against the probes around it.
+    let mut run_floors = Vec::new();
     let mut rows = Vec::new();
     let (mut model_ms, mut all_frames) = (0.0, 0usize);
     for (name, text, frames, non_streaming_text) in TEXTS {
@@ -151,11 +151,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
             let stats = synthesizer.synthesize(&request, &mut |_| Ok(true))?;
             if i >= args.warmup {
+                bandwidth.push(probe.fastest_gbps(3));
                 let steps = frames.saturating_sub(1).max(1) as f64;
                 let ms_per_frame = stats.talker_ms / steps + stats.predictor_ms / frames as f64;
-                run_probes.push((ms_per_frame, bandwidth.len() - 1));
+                run_floors.push(RunFloor::between_last_probes(
+                    ms_per_frame,
+                    synthesizer.frame_bytes() as f64,
+                    &bandwidth,
+                ));
                 runs.push(stats);
-                bandwidth.push(probe.fastest_gbps(3));
             }
         }
         let n = runs.len() as f64;
@@ -210,15 +214,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         frame_bytes,
         floor_ms,
         ratio: Some(ms_per_frame / floor_ms).filter(|r| *r >= 1.0),
-        runs: run_probes
-            .iter()
-            .map(|&(ms_per_step, before)| RunFloor {
-                ms_per_step,
-                bytes_per_step: frame_bytes as f64,
-                gbps_before: bandwidth[before],
-                gbps_after: bandwidth[before + 1],
-            })
-            .collect(),
+        runs: run_floors,
     };
     drop(probe);
     print_report(&report, ms_per_frame);
