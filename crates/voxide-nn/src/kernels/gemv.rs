@@ -64,6 +64,28 @@ pub(crate) const PREFETCH_NONE: u8 = Prefetch::None as u8;
 pub(crate) const PREFETCH_KEEP: u8 = Prefetch::Keep as u8;
 pub(crate) const PREFETCH_STREAM: u8 = Prefetch::Stream as u8;
 
+/// Evaluates `$body` with `$pf` a const of the prefetch mode `$mode` (a [`ReadAhead`]'s
+/// `prefetch`): how the kernels turn the runtime mode into their const parameter.
+macro_rules! with_prefetch {
+    ($mode:expr, $pf:ident => $body:expr) => {
+        match $mode {
+            $crate::kernels::gemv::PREFETCH_STREAM => {
+                const $pf: u8 = $crate::kernels::gemv::PREFETCH_STREAM;
+                $body
+            }
+            $crate::kernels::gemv::PREFETCH_KEEP => {
+                const $pf: u8 = $crate::kernels::gemv::PREFETCH_KEEP;
+                $body
+            }
+            _ => {
+                const $pf: u8 = $crate::kernels::gemv::PREFETCH_NONE;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_prefetch;
+
 /// Weight bytes per parallel task of a streamed matrix. A task reads its rows as R streams side
 /// by side ([`in_row_blocks`]), and from DRAM longer streams amortise each stream's start (the
 /// hardware prefetcher's training, the first misses): in the synthetic Voxtral step, 512 KB
@@ -422,15 +444,9 @@ unsafe fn rows_body<S: Simd, E: WeightElem>(
     let a = ahead.bytes;
     macro_rules! go {
         ($m:literal, $r:literal, $u:literal) => {
-            match ahead.prefetch {
-                PREFETCH_STREAM => {
-                    rows_m::<S, E, $m, $r, $u, PREFETCH_STREAM>(x, x_load, w, bias, y, r0, r1, a)
-                }
-                PREFETCH_KEEP => {
-                    rows_m::<S, E, $m, $r, $u, PREFETCH_KEEP>(x, x_load, w, bias, y, r0, r1, a)
-                }
-                _ => rows_m::<S, E, $m, $r, $u, PREFETCH_NONE>(x, x_load, w, bias, y, r0, r1, a),
-            }
+            with_prefetch!(ahead.prefetch, PF => {
+                rows_m::<S, E, $m, $r, $u, PF>(x, x_load, w, bias, y, r0, r1, a)
+            })
         };
     }
     // One-byte weights (int8) take twice the vectors per row (U) at half the rows (R): each

@@ -14,7 +14,7 @@
 //! Henry, Tang & Heinecke (ARITH 2019).
 
 #[cfg(target_arch = "x86_64")]
-use super::gemv::{in_row_blocks, prefetch_rows, store_output};
+use super::gemv::{in_row_blocks, prefetch_rows, store_output, with_prefetch};
 use super::gemv::{OutPtr, ReadAhead, WeightMatrix};
 use half::bf16;
 use std::cell::Cell;
@@ -180,26 +180,16 @@ unsafe fn rows_avx512(
     r1: usize,
     ahead: ReadAhead,
 ) {
-    use super::gemv::{PREFETCH_KEEP, PREFETCH_NONE, PREFETCH_STREAM};
     let a = ahead.bytes;
     // R weight rows at a time (the rest one by one), spans as the widening kernel reads them.
-    macro_rules! rows {
-        ($m:literal, $r:literal, $pf:expr) => {
-            in_row_blocks::<$r>(
-                r0,
-                r1,
-                |r, gap| row_block::<$m, $r, { $pf }>(xs, x, w, bias, y, r, gap, a),
-                |r| row_block::<$m, 1, { $pf }>(xs, x, w, bias, y, r, 0, a),
-            )
-        };
-    }
     macro_rules! go {
         ($m:literal, $r:literal) => {
-            match ahead.prefetch {
-                PREFETCH_STREAM => rows!($m, $r, PREFETCH_STREAM),
-                PREFETCH_KEEP => rows!($m, $r, PREFETCH_KEEP),
-                _ => rows!($m, $r, PREFETCH_NONE),
-            }
+            with_prefetch!(ahead.prefetch, PF => in_row_blocks::<$r>(
+                r0,
+                r1,
+                |r, gap| row_block::<$m, $r, PF>(xs, x, w, bias, y, r, gap, a),
+                |r| row_block::<$m, 1, PF>(xs, x, w, bias, y, r, 0, a),
+            ))
         };
     }
     // As the widening kernel: each load of x serves R weight rows; R · M · 2 accumulators.

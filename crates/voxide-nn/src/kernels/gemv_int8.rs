@@ -14,7 +14,9 @@
 //!
 //! NEON (`vmovl_s8` + `vmlal_s16`) and the portable body compute the same block sums.
 
-use super::gemv::{in_row_blocks, prefetch_rows, store_output, OutPtr, ReadAhead, WeightMatrix};
+use super::gemv::{
+    in_row_blocks, prefetch_rows, store_output, with_prefetch, OutPtr, ReadAhead, WeightMatrix,
+};
 use super::simd::{Isa, Scalar, Simd};
 use std::cell::Cell;
 
@@ -315,15 +317,10 @@ unsafe fn rows_body<S: IntDot>(
     r1: usize,
     ahead: ReadAhead,
 ) {
-    use super::gemv::{PREFETCH_KEEP, PREFETCH_NONE, PREFETCH_STREAM};
     let a = ahead.bytes;
     macro_rules! go {
         ($m:literal, $r:literal) => {
-            match ahead.prefetch {
-                PREFETCH_STREAM => rows_m::<S, $m, $r, PREFETCH_STREAM>(x, w, bias, y, r0, r1, a),
-                PREFETCH_KEEP => rows_m::<S, $m, $r, PREFETCH_KEEP>(x, w, bias, y, r0, r1, a),
-                _ => rows_m::<S, $m, $r, PREFETCH_NONE>(x, w, bias, y, r0, r1, a),
-            }
+            with_prefetch!(ahead.prefetch, PF => rows_m::<S, $m, $r, PF>(x, w, bias, y, r0, r1, a))
         };
     }
     match m {
