@@ -14,8 +14,8 @@
 
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use super::softmax::exp_shifted_in_place;
+use super::spin_pool::for_each_chunk_mut;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
-use rayon::prelude::*;
 use std::cell::Cell;
 
 /// At most this many query rows per head take the kernel.
@@ -276,9 +276,7 @@ fn attend<T: WeightElem>(
             .enumerate()
             .for_each(|(bh, o)| head(bh, o));
     } else {
-        out.par_chunks_mut(rows * d)
-            .enumerate()
-            .for_each(|(bh, o)| head(bh, o));
+        for_each_chunk_mut(&mut out, rows * d, &|bh, o| head(bh, o));
     }
     out
 }

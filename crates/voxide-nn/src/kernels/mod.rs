@@ -16,6 +16,7 @@ pub mod quant_matmul;
 pub mod simd;
 pub mod small_m;
 pub mod softmax;
+pub mod spin_pool;
 pub mod widen_gemm;
 pub mod winograd;
 

@@ -40,6 +40,7 @@ use super::bandwidth::Prefetch;
 use super::gemv::{runs_parallel, OutPtr, MAX_ROWS};
 use super::machine::{machine, weight_prefetch, Residency};
 use super::simd::{self, Isa, Simd};
+use super::spin_pool::for_each_task;
 use super::widen_gemm::{check_product, WidenRows};
 use crate::quant::{dequantize_row, GgmlType};
 use rayon::prelude::*;
@@ -237,9 +238,9 @@ fn gemv_path(
     {
         task(0, n);
     } else {
-        (0..n.div_ceil(ROWS_PER_TASK))
-            .into_par_iter()
-            .for_each(|t| task(t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n)));
+        for_each_task(n.div_ceil(ROWS_PER_TASK), &|t| {
+            task(t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n))
+        });
     }
 }
 

@@ -1,0 +1,316 @@
+//! A fork-join for the many short parallel loops of a decoder step, whose helpers stay awake
+//! between them.
+//!
+//! A decoder step runs hundreds of GEMVs of tens of µs each (a Qwen3-TTS 0.6B frame ~330),
+//! with a little single-threaded work between them (norms, attention, sampling). rayon's idle
+//! workers go to sleep within tens of µs, and waking one costs ~20 µs on a VM, about a cached
+//! GEMV's whole time: measured on Zen 5, a 3072×1024 int8 GEMV on 2 threads took 25.6 µs back
+//! to back and 46–48 µs after 30 µs of other work (PERFORMANCE.md, "What waking a sleeping
+//! worker costs"). The helpers here spin for [`SPIN`] after each loop before they park, as
+//! ggml's thread pool polls before it waits (`ggml-cpu.c`, credited in the README).
+//!
+//! The pool serves one caller at a time; a second caller (another request on a server), a
+//! caller inside a rayon pool of another size, or a nested call takes rayon instead.
+
+use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::{Condvar, Mutex, OnceLock, TryLockError};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+/// How long a helper waits for the next loop, spinning, before it parks. Longer than the gaps
+/// inside a step (norms, attention, a sampling: µs to tens of µs), short enough that a
+/// helper's spin takes little from the threads of the work between steps (GEMMs on rayon).
+const SPIN: Duration = Duration::from_micros(300);
+
+/// Spins between two reads of the clock.
+const SPINS_PER_CLOCK_READ: u32 = 64;
+
+/// Runs `task(i)` for every i in 0..tasks, on the calling thread and the pool's helpers (or on
+/// rayon, see the module notes), and returns when all have run.
+pub fn for_each_task(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    let threads = rayon::current_num_threads();
+    if tasks > 1 && threads > 1 {
+        let pool = pool();
+        if pool.helpers + 1 == threads {
+            // A loop that panicked left the pool consistent (closed, no helper inside).
+            let busy = match pool.busy.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(_busy) = busy {
+                pool.shared.run(tasks, task);
+                return;
+            }
+        }
+    }
+    (0..tasks).into_par_iter().for_each(task);
+}
+
+/// Runs `f(i, chunk)` for every `chunk`-long piece of `data` (the last may be shorter), as
+/// [`for_each_task`] runs tasks.
+pub fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    if data.is_empty() {
+        return;
+    }
+    assert!(chunk > 0, "chunks of 0 elements");
+    let (len, base) = (data.len(), SendPtr(data.as_mut_ptr()));
+    for_each_task(len.div_ceil(chunk), &|i| {
+        let start = i * chunk;
+        // SAFETY: each task index runs once, so the chunks handed out are disjoint, and all
+        // lie within `data`, which stays borrowed until every task has run.
+        let piece =
+            unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk.min(len - start)) };
+        f(i, piece)
+    });
+}
+
+/// A pointer tasks may share: they write disjoint parts of what it points to.
+struct SendPtr<T>(*mut T);
+
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SendPtr<T> {}
+
+// SAFETY: see `for_each_chunk_mut`: the parts written are disjoint.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// # Safety
+    /// `offset` must lie within the allocation.
+    unsafe fn at(self, offset: usize) -> *mut T {
+        self.0.add(offset)
+    }
+}
+
+struct Pool {
+    helpers: usize,
+    /// Held by the caller of a loop.
+    busy: Mutex<()>,
+    shared: &'static Shared,
+}
+
+/// The pool of the process, sized to the calling thread's rayon pool on first use (the CLI
+/// sizes rayon's global pool before it loads a model).
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let helpers = rayon::current_num_threads().saturating_sub(1);
+        let shared: &'static Shared = Box::leak(Box::default());
+        for i in 0..helpers {
+            std::thread::Builder::new()
+                .name(format!("voxide-spin-{i}"))
+                .spawn(move || shared.help())
+                .expect("spawning a helper thread");
+        }
+        Pool {
+            helpers,
+            busy: Mutex::new(()),
+            shared,
+        }
+    })
+}
+
+/// The loop being run, as the caller lent it: valid from the epoch's start until the caller
+/// has closed the epoch and seen no helper inside it.
+#[derive(Clone, Copy)]
+struct Job {
+    tasks: usize,
+    task: *const (dyn Fn(usize) + Sync),
+}
+
+/// State shared by the caller and the helpers.
+///
+/// Protocol: the caller writes the job, bumps `epoch`, runs tasks (taken from `next`) until
+/// none is left, stores the epoch in `closed`, then waits for `active` to reach 0. A helper
+/// that sees a new epoch increments `active` and only then checks that the epoch is not yet
+/// closed before it reads the job. Both sides use sequentially consistent operations, so
+/// either the caller sees the helper in `active` and waits for it, or the helper sees the
+/// epoch closed and leaves the job alone.
+#[derive(Default)]
+struct Shared {
+    job: UnsafeCell<Option<Job>>,
+    epoch: AtomicUsize,
+    closed: AtomicUsize,
+    next: AtomicUsize,
+    active: AtomicUsize,
+    panicked: AtomicBool,
+    sleepers: AtomicUsize,
+    park: Mutex<()>,
+    wake: Condvar,
+}
+
+// SAFETY: `job` is written only by the caller holding `Pool::busy` while no helper reads it
+// (see the protocol above); everything else is atomic or locked.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        // SAFETY: no helper reads the job: the last epoch is closed and `active` was 0 when
+        // its caller returned. The lifetime is erased for the helpers; `run` does not return
+        // before they are done with it.
+        unsafe {
+            let task: &'static (dyn Fn(usize) + Sync) = std::mem::transmute(task);
+            *self.job.get() = Some(Job { tasks, task });
+        }
+        self.next.store(0, Relaxed);
+        let epoch = self.epoch.fetch_add(1, SeqCst) + 1;
+        if self.sleepers.load(SeqCst) > 0 {
+            let _parked = self.park.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+        let own = catch_unwind(AssertUnwindSafe(|| self.take_tasks(tasks, task)));
+        self.closed.store(epoch, SeqCst);
+        while self.active.load(SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+        if let Err(panic) = own {
+            resume_unwind(panic);
+        }
+        if self.panicked.swap(false, Relaxed) {
+            panic!("a task panicked on a helper thread");
+        }
+    }
+
+    fn take_tasks(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        loop {
+            let i = self.next.fetch_add(1, Relaxed);
+            if i >= tasks {
+                break;
+            }
+            task(i);
+        }
+    }
+
+    /// A helper's life: wait for an epoch, join it if still open, repeat.
+    fn help(&self) {
+        let mut seen = self.epoch.load(SeqCst);
+        loop {
+            seen = self.next_epoch(seen);
+            self.active.fetch_add(1, SeqCst);
+            if self.closed.load(SeqCst) < seen {
+                // SAFETY: the epoch is open and we are counted in `active`, so the caller
+                // neither returns nor writes the next job until we leave.
+                let job = unsafe { (*self.job.get()).expect("an open epoch has a job") };
+                let task = unsafe { &*job.task };
+                if catch_unwind(AssertUnwindSafe(|| self.take_tasks(job.tasks, task))).is_err() {
+                    self.panicked.store(true, Relaxed);
+                }
+            }
+            self.active.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Waits for an epoch after `seen`: spinning for [`SPIN`], then parked.
+    fn next_epoch(&self, seen: usize) -> usize {
+        let deadline = Instant::now() + SPIN;
+        let mut spins = 0u32;
+        loop {
+            let epoch = self.epoch.load(SeqCst);
+            if epoch != seen {
+                return epoch;
+            }
+            spins += 1;
+            if spins.is_multiple_of(SPINS_PER_CLOCK_READ) && Instant::now() >= deadline {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let mut parked = self.park.lock().unwrap_or_else(|e| e.into_inner());
+        self.sleepers.fetch_add(1, SeqCst);
+        let mut epoch = self.epoch.load(SeqCst);
+        while epoch == seen {
+            parked = self.wake.wait(parked).unwrap_or_else(|e| e.into_inner());
+            epoch = self.epoch.load(SeqCst);
+        }
+        self.sleepers.fetch_sub(1, SeqCst);
+        epoch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    fn sum_of_squares(tasks: usize) -> u64 {
+        let sum = AtomicU64::new(0);
+        for_each_task(tasks, &|i| {
+            sum.fetch_add((i * i) as u64, Relaxed);
+        });
+        sum.into_inner()
+    }
+
+    #[test]
+    fn every_task_runs_once() {
+        for tasks in [0, 1, 2, 3, 17, 1000] {
+            let expected: u64 = (0..tasks as u64).map(|i| i * i).sum();
+            assert_eq!(sum_of_squares(tasks), expected, "{tasks} tasks");
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_slice_once_each() {
+        for (len, chunk) in [(0, 3), (1, 3), (10, 3), (12, 3), (1000, 7)] {
+            let mut data = vec![0usize; len];
+            for_each_chunk_mut(&mut data, chunk, &|i, piece| {
+                for (j, v) in piece.iter_mut().enumerate() {
+                    *v += i * chunk + j + 1;
+                }
+            });
+            assert_eq!(
+                data,
+                (1..=len).collect::<Vec<_>>(),
+                "{len} in chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn loops_after_the_helpers_parked_still_run_every_task() {
+        for _ in 0..3 {
+            assert_eq!(sum_of_squares(100), (0..100u64).map(|i| i * i).sum::<u64>());
+            std::thread::sleep(SPIN * 3);
+        }
+    }
+
+    #[test]
+    fn concurrent_callers_each_run_all_their_tasks() {
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..200).map(|_| sum_of_squares(64)).collect::<Vec<_>>()))
+                .collect();
+            let expected: u64 = (0..64u64).map(|i| i * i).sum();
+            for run in runs {
+                assert!(run.join().unwrap().iter().all(|&s| s == expected));
+            }
+        });
+    }
+
+    #[test]
+    fn a_panicking_task_panics_the_caller_and_leaves_the_pool_usable() {
+        let pool2 = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool2.install(|| {
+            let caught = catch_unwind(|| {
+                for_each_task(64, &|i| assert!(i != 40, "task 40"));
+            });
+            assert!(caught.is_err());
+            assert_eq!(sum_of_squares(10), 285);
+        });
+    }
+}
