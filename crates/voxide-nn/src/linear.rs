@@ -2,7 +2,7 @@
 
 use crate::kernels::bandwidth::streaming_reads;
 use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
-use crate::kernels::gemv::streamed_read_ahead;
+use crate::kernels::gemv::{streamed_read_ahead, MAX_ROWS};
 use crate::kernels::machine::{huge_page_vec, machine, plan_residency, CycleRead, Residency};
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
@@ -55,11 +55,11 @@ impl WeightFormat {
 ///
 /// The weight keeps the dtype of its VarBuilder (f32, f16 or bf16) or is quantized to int8
 /// ([`Linear::quantize_int8`]); the bias and the activations are f32. On CPU, narrow weights
-/// (f16, bf16, int8) times f32 inputs run the crate's kernels: at most
-/// [`MAX_ROWS`](crate::kernels::gemv::MAX_ROWS) rows (a
+/// (f16, bf16, int8) times f32 inputs run the crate's kernels: at most [`MAX_ROWS`] rows (a
 /// decoder step) the streaming GEMV, at most
 /// [`small_m_max_rows`](crate::kernels::small_m::small_m_max_rows) the small-M kernel, larger
-/// inputs a GEMM on blocks of widened weight rows (no f32 copy of the whole matrix).
+/// inputs a GEMM on blocks of widened weight rows (no f32 copy of the whole matrix). f32
+/// weights take the same GEMV for at most [`MAX_ROWS`] rows and candle's GEMM beyond.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// [out, in]: F32, F16, BF16, or U8 holding int8 bytes when `scales` is set; with `blocks`,
@@ -453,6 +453,8 @@ impl Linear {
         let x = x.contiguous()?.reshape((rows, in_dim))?;
         let narrow = self.weight_format() != WeightFormat::F32;
         let cpu_f32 = x.dtype() == DType::F32 && x.device().is_cpu();
+        // f32 weights take the GEMV for a decoder step's few rows, candle's GEMM beyond.
+        let f32_gemv = self.weight.dtype() == DType::F32 && rows <= MAX_ROWS;
         let y = if let (Some(ty), true) = (self.blocks, cpu_f32) {
             let op = QuantMatmul {
                 ty,
@@ -464,7 +466,7 @@ impl Linear {
                 (None, Some(b)) => x.apply_op2_no_bwd(&self.weight, &op)?.broadcast_add(b)?,
                 (None, None) => x.apply_op2_no_bwd(&self.weight, &op)?,
             }
-        } else if narrow && cpu_f32 {
+        } else if (narrow || f32_gemv) && cpu_f32 {
             let fused_bias = self.bias.is_some() && self.bias_fused();
             let op = NarrowMatmul {
                 int8: self.scales.is_some(),
@@ -633,12 +635,24 @@ mod tests {
         let (k, n) = (67, 45);
         let w = Tensor::from_vec(det(n * k, 1), (n, k), &dev)?;
         let b = Tensor::from_vec(det(n, 2), n, &dev)?;
-        for fmt in [WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Int8] {
+        for fmt in [
+            WeightFormat::F32,
+            WeightFormat::F16,
+            WeightFormat::Bf16,
+            WeightFormat::Int8,
+        ] {
             for bias in [None, Some(b.clone())] {
                 let layer = Linear::from_weights(w.clone(), bias.clone()).to_format(fmt)?;
                 assert_eq!(layer.weight_format(), fmt);
-                let reference = Linear::from_weights(layer.widened()?, bias.clone());
-                assert_eq!(reference.weight_format(), WeightFormat::F32);
+                // candle's matmul of the widened weight (f32 layers take the GEMV for few rows).
+                let widened_t = layer.widened()?.t()?;
+                let reference = |x: &Tensor| -> Result<Tensor> {
+                    let y = x.squeeze(0)?.matmul(&widened_t)?.unsqueeze(0)?;
+                    match &bias {
+                        Some(b) => y.broadcast_add(b),
+                        None => Ok(y),
+                    }
+                };
                 for rows in [
                     1,
                     5,
@@ -655,7 +669,7 @@ mod tests {
                 ] {
                     let x = Tensor::from_vec(det(rows * k, rows as u32), (1, rows, k), &dev)?;
                     let got = layer.forward(&x)?;
-                    let want = reference.forward(&x)?;
+                    let want = reference(&x)?;
                     assert_eq!(got.dims(), &[1, rows, n]);
                     let err = max_rel(&got, &want);
                     // Where int8 runs on the GEMV, it multiplies x's int16 codes

@@ -103,6 +103,10 @@ pub const INT8_GEMV_MAX_ROWS: usize = 2 * MAX_ROWS;
 /// [`MAX_ROWS`] (int8: [`INT8_GEMV_MAX_ROWS`]), the small-M kernel up to
 /// [`small_m_max_rows`], beyond a GEMM on blocks of widened weight rows ([`matmul_widened`]).
 /// With a third operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
+/// f32 weights are taken too, for a decoder step's few rows ([`Linear`](crate::Linear) sends
+/// them here only then): the GEMV's planned residency and streamed reads serve them as they
+/// serve narrow ones, where candle's matmul reads an f32 matrix × one vector at ~half the
+/// bandwidth (PERFORMANCE.md #108).
 #[derive(Clone, Copy, Debug)]
 pub struct NarrowMatmul {
     pub int8: bool,
@@ -156,6 +160,11 @@ impl NarrowMatmul {
             }
         }
         let r = self.residency;
+        if let (CpuStorage::F32(v), None) = (w.0, scales) {
+            let w = WeightMatrix::new(contiguous(NAME, v, w.1)?, n, k);
+            product(xs, &w, r, bias, &mut y, m);
+            return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+        }
         match Narrow::new(NAME, w, scales)? {
             Narrow::F16(w) => product(xs, &w, r, bias, &mut y, m),
             Narrow::Bf16(w) => product(xs, &w, r, bias, &mut y, m),
