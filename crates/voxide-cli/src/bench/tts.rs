@@ -99,6 +99,10 @@ struct TtsReport {
     ratio: Option<f64>,
     /// Each measured run's ms per frame against the probes just before and after it.
     runs: Vec<RunFloor>,
+    /// Weights a talker step reads, bytes.
+    talker_step_bytes: usize,
+    /// Each measured run's talker ms per step against the same probes.
+    talker_runs: Vec<RunFloor>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -124,6 +128,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut bandwidth = Vec::new();
     // Each measured run's talker step + predictor per frame against the probes around it.
     let mut run_floors = Vec::new();
+    let mut talker_floors = Vec::new();
     let mut rows = Vec::new();
     let (mut model_ms, mut all_frames) = (0.0, 0usize);
     for (name, text, frames, non_streaming_text) in TEXTS {
@@ -157,6 +162,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 run_floors.push(RunFloor::between_last_probes(
                     ms_per_frame,
                     synthesizer.frame_bytes() as f64,
+                    &bandwidth,
+                ));
+                talker_floors.push(RunFloor::between_last_probes(
+                    stats.talker_ms / steps,
+                    synthesizer.talker_step_bytes() as f64,
                     &bandwidth,
                 ));
                 runs.push(stats);
@@ -215,6 +225,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         floor_ms,
         ratio: Some(ms_per_frame / floor_ms).filter(|r| *r >= 1.0),
         runs: run_floors,
+        talker_step_bytes: synthesizer.talker_step_bytes(),
+        talker_runs: talker_floors,
     };
     drop(probe);
     print_report(&report, ms_per_frame);
@@ -311,4 +323,9 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         ms_per_frame
     );
     println!("{}", run_floors_line(&r.runs));
+    println!(
+        "talker step alone (reads {:.3} GB of weights, its K/V not counted): {}",
+        r.talker_step_bytes as f64 / 1e9,
+        run_floors_line(&r.talker_runs)
+    );
 }

@@ -193,6 +193,11 @@ impl Synthesizer {
         talker.step_bytes() + talker.predictor().frame_bytes()
     }
 
+    /// Bytes of weights a talker step reads (its layers and codec head).
+    pub fn talker_step_bytes(&self) -> usize {
+        self.model.talker().step_bytes()
+    }
+
     pub fn sample_rate(&self) -> u32 {
         self.codec_config.output_sample_rate
     }
