@@ -216,13 +216,18 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 
 /// Caps the threads as [`set_threads`] does, leaving the calling thread out of the pool (the
 /// server runs requests on other threads).
+///
+/// Without `threads` the variable is set to candle's own default, computed once: unset, candle
+/// recomputes it on every matmul, and on Linux that reads and parses /proc/cpuinfo (perf: in
+/// each attention of a Qwen3-TTS code-predictor step that takes candle's matmul).
 pub fn cap_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(n) = threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    let n = match threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => return Ok(()),
+        None => candle_core::utils::get_num_threads(),
+    };
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     Ok(())
 }
 
