@@ -2,7 +2,7 @@
 //! decoder self-attention and cross-attention.
 
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
-use crate::kernels::ops::SoftmaxLastDimInPlace;
+use crate::kernels::ops::{to_dtype_contiguous, SoftmaxLastDimInPlace};
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, LinearStack, WeightFormat};
 use crate::norm::RmsNorm;
@@ -356,8 +356,8 @@ impl Attention {
                 .contiguous()?
                 .reshape((batch, heads, t, hd));
         }
-        let k = k.to_dtype(q.dtype())?;
-        let v = v.to_dtype(q.dtype())?.contiguous()?;
+        let k = to_dtype_contiguous(k, q.dtype())?;
+        let v = to_dtype_contiguous(v, q.dtype())?;
         // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
         // scores never exist for all heads at once.
         let heads_per_chunk = (SCORES_PER_CHUNK / (rows * s).max(1)).clamp(1, kv_heads);
@@ -425,18 +425,13 @@ const SCORES_PER_CHUNK: usize = 1 << 20;
 fn causal_mask(t: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
     let s = past + t;
     let window = window.unwrap_or(usize::MAX);
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            let q = past + i;
-            (0..s).map(move |j| {
-                if j > q || q - j >= window {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
+    // Row i (position q = past + i) sees keys q − window < j ≤ q. Filled by ranges: built per
+    // layer, element by element it was ~6 % of Voxtral Realtime's encoder (perf).
+    let mut mask = vec![f32::NEG_INFINITY; t * s];
+    for (i, row) in mask.chunks_exact_mut(s).enumerate() {
+        let q = past + i;
+        row[(q + 1).saturating_sub(window)..=q].fill(0.0);
+    }
     Tensor::from_vec(mask, (t, s), device)
 }
 

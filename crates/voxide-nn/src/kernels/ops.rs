@@ -18,7 +18,9 @@ use super::softmax::exp_non_positive;
 use super::widen_gemm::{matmul_widened, WidenRows};
 use crate::quant::GgmlType;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 
 type Operand<'a> = (&'a CpuStorage, &'a Layout);
 
@@ -206,6 +208,23 @@ impl CustomOp3 for NarrowMatmul {
     ) -> Result<(CpuStorage, Shape)> {
         self.run((s1, l1), (s2, l2), Some((s3, l3)))
     }
+}
+
+/// `t` as `dtype`, contiguous: f16 and bf16 to f32 on the CPU by the crate's widening kernel
+/// on all threads ([`WidenToF32`]), the rest by candle (which converts one element at a time,
+/// f16 in software unless built with F16C: a K/V window widened per layer was ~3 % of Voxtral
+/// Realtime's encoder).
+pub fn to_dtype_contiguous(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let narrow = matches!(t.dtype(), DType::F16 | DType::BF16);
+    if !(narrow && dtype == DType::F32 && t.device().is_cpu()) {
+        return t.to_dtype(dtype)?.contiguous();
+    }
+    let dims = t.dims().to_vec();
+    let cols = dims.last().copied().unwrap_or(1).max(1);
+    t.contiguous()?
+        .reshape((t.elem_count() / cols, cols))?
+        .apply_op1_no_bwd(&WidenToF32)?
+        .reshape(dims)
 }
 
 /// candle op: a narrow weight (n, k) → f32 (n, k), on all threads; int8 takes its scales (n)
