@@ -507,6 +507,33 @@ mod tests {
 
     /// Decoding token by token through the cache equals one causal pass over the sequence,
     /// with grouped-query heads.
+    /// Row i (position past + i) sees exactly the keys j ≤ past + i within the window.
+    #[test]
+    fn causal_mask_follows_its_rule() -> Result<()> {
+        for (t, past, window) in [
+            (1, 0, None),
+            (4, 0, None),
+            (3, 5, None),
+            (6, 2, Some(3)),
+            (5, 9, Some(1)),
+        ] {
+            let mask = causal_mask(t, past, window, &Device::Cpu)?.to_vec2::<f32>()?;
+            for (i, row) in mask.iter().enumerate() {
+                assert_eq!(row.len(), past + t);
+                for (j, &m) in row.iter().enumerate() {
+                    let q = past + i;
+                    let seen = j <= q && q - j < window.unwrap_or(usize::MAX);
+                    assert_eq!(
+                        m,
+                        if seen { 0.0 } else { f32::NEG_INFINITY },
+                        "{t} {past} {window:?} ({i}, {j})"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn cached_steps_equal_causal_prefill_with_gqa() -> Result<()> {
         let dev = Device::Cpu;
