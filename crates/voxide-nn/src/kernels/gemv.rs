@@ -17,7 +17,7 @@ use super::gemv_bf16::{self, SplitX};
 use super::gemv_int8::{self, QuantizedX};
 use super::machine::{huge_page_vec, machine, weight_prefetch, Residency};
 use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem};
-use super::spin_pool::for_each_task;
+use super::spin_pool::for_each_range;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
@@ -301,9 +301,7 @@ fn for_rows(n: usize, bytes: usize, residency: Residency, task: impl Fn(usize, u
             Residency::Streamed => rows_per_task(n, bytes, threads),
             Residency::Cached => CACHED_ROWS_PER_TASK,
         };
-        for_each_task(n.div_ceil(rows), &|t| {
-            task(t * rows, ((t + 1) * rows).min(n))
-        });
+        for_each_range(n, rows, &task);
     }
 }
 

@@ -40,7 +40,7 @@ use super::bandwidth::Prefetch;
 use super::gemv::{runs_parallel, OutPtr, MAX_ROWS};
 use super::machine::{machine, weight_prefetch, Residency};
 use super::simd::{self, Isa, Simd};
-use super::spin_pool::for_each_task;
+use super::spin_pool::for_each_range;
 use super::widen_gemm::{check_product, WidenRows};
 use crate::quant::{dequantize_row, GgmlType};
 use rayon::prelude::*;
@@ -238,9 +238,7 @@ fn gemv_path(
     {
         task(0, n);
     } else {
-        for_each_task(n.div_ceil(ROWS_PER_TASK), &|t| {
-            task(t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n))
-        });
+        for_each_range(n, ROWS_PER_TASK, &task);
     }
 }
 

@@ -50,6 +50,15 @@ pub fn for_each_task(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
     (0..tasks).into_par_iter().for_each(task);
 }
 
+/// Runs `task(r0, r1)` over 0..n in ranges of `per_task` (the last may be shorter), as
+/// [`for_each_task`] runs tasks.
+pub fn for_each_range(n: usize, per_task: usize, task: &(dyn Fn(usize, usize) + Sync)) {
+    assert!(per_task > 0, "ranges of 0 elements");
+    for_each_task(n.div_ceil(per_task), &|t| {
+        task(t * per_task, ((t + 1) * per_task).min(n))
+    });
+}
+
 /// Runs `f(i, chunk)` for every `chunk`-long piece of `data` (the last may be shorter), as
 /// [`for_each_task`] runs tasks.
 pub fn for_each_chunk_mut<T: Send>(
@@ -258,6 +267,23 @@ mod tests {
         for tasks in [0, 1, 2, 3, 17, 1000] {
             let expected: u64 = (0..tasks as u64).map(|i| i * i).sum();
             assert_eq!(sum_of_squares(tasks), expected, "{tasks} tasks");
+        }
+    }
+
+    #[test]
+    fn ranges_cover_0_to_n_once_each() {
+        for (n, per_task) in [(0, 4), (1, 4), (9, 4), (12, 4), (1000, 7)] {
+            let seen: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            for_each_range(n, per_task, &|r0, r1| {
+                assert!(r0 < r1 && r1 - r0 <= per_task, "{r0}..{r1}");
+                (r0..r1).for_each(|i| {
+                    seen[i].fetch_add(1, Relaxed);
+                })
+            });
+            assert!(
+                seen.iter().all(|s| s.load(Relaxed) == 1),
+                "{n} in ranges of {per_task}"
+            );
         }
     }
 
