@@ -10,6 +10,7 @@
 //! encoder and decoder caches the same way), so the copy happens once every
 //! `capacity - window + 1` positions instead of every step.
 
+use crate::kernels::ops::to_dtype_contiguous;
 use crate::linear::WeightFormat;
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -179,9 +180,9 @@ impl KvCache {
             );
         }
         self.k
-            .slice_set(&k.to_dtype(self.k.dtype())?, 2, self.len)?;
+            .slice_set(&to_dtype_contiguous(k, self.k.dtype())?, 2, self.len)?;
         self.v
-            .slice_set(&v.to_dtype(self.v.dtype())?, 2, self.len)?;
+            .slice_set(&to_dtype_contiguous(v, self.v.dtype())?, 2, self.len)?;
         self.len += t;
         let visible = match self.window {
             Some(window) => self.len.min(window - 1 + t),

@@ -210,13 +210,24 @@ impl CustomOp3 for NarrowMatmul {
     }
 }
 
-/// `t` as `dtype`, contiguous: f16 and bf16 to f32 on the CPU by the crate's widening kernel
-/// on all threads ([`WidenToF32`]), the rest by candle (which converts one element at a time,
-/// f16 in software unless built with F16C: a K/V window widened per layer was ~3 % of Voxtral
-/// Realtime's encoder).
+/// `t` as `dtype`, contiguous. On the CPU, f16 and bf16 to f32 by the crate's widening kernel
+/// on all threads ([`WidenToF32`]), and f32 to f16 by half's slice conversion (F16C where the
+/// CPU has it, detected at run time); the rest by candle, which converts one element at a
+/// time, f16 in software unless built with F16C (a K/V window widened per layer was ~3 % of
+/// Voxtral Realtime's encoder, the new K/V narrowed for the cache ~1.5 %).
 pub fn to_dtype_contiguous(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    use half::slice::HalfFloatSliceExt;
     let narrow = matches!(t.dtype(), DType::F16 | DType::BF16);
-    if !(narrow && dtype == DType::F32 && t.device().is_cpu()) {
+    if !t.device().is_cpu() || t.dtype() == dtype {
+        return t.to_dtype(dtype)?.contiguous();
+    }
+    if t.dtype() == DType::F32 && dtype == DType::F16 {
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        let mut narrowed = vec![half::f16::ZERO; values.len()];
+        narrowed.convert_from_f32_slice(&values);
+        return Tensor::from_vec(narrowed, t.shape(), t.device());
+    }
+    if !(narrow && dtype == DType::F32) {
         return t.to_dtype(dtype)?.contiguous();
     }
     let dims = t.dims().to_vec();
