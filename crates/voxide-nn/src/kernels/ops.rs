@@ -162,15 +162,16 @@ impl NarrowMatmul {
             }
         }
         let r = self.residency;
-        if let (CpuStorage::F32(v), None) = (w.0, scales) {
-            let w = WeightMatrix::new(contiguous(NAME, v, w.1)?, n, k);
-            product(xs, &w, r, bias, &mut y, m);
-            return Ok((CpuStorage::F32(y), Shape::from((m, n))));
-        }
-        match Narrow::new(NAME, w, scales)? {
-            Narrow::F16(w) => product(xs, &w, r, bias, &mut y, m),
-            Narrow::Bf16(w) => product(xs, &w, r, bias, &mut y, m),
-            Narrow::I8(w) => product(xs, &w, r, bias, &mut y, m),
+        match (w.0, scales) {
+            (CpuStorage::F32(v), None) => {
+                let w = WeightMatrix::new(contiguous(NAME, v, w.1)?, n, k);
+                product(xs, &w, r, bias, &mut y, m)
+            }
+            _ => match Narrow::new(NAME, w, scales)? {
+                Narrow::F16(w) => product(xs, &w, r, bias, &mut y, m),
+                Narrow::Bf16(w) => product(xs, &w, r, bias, &mut y, m),
+                Narrow::I8(w) => product(xs, &w, r, bias, &mut y, m),
+            },
         }
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
@@ -217,25 +218,24 @@ impl CustomOp3 for NarrowMatmul {
 /// Voxtral Realtime's encoder, the new K/V narrowed for the cache ~1.5 %).
 pub fn to_dtype_contiguous(t: &Tensor, dtype: DType) -> Result<Tensor> {
     use half::slice::HalfFloatSliceExt;
-    let narrow = matches!(t.dtype(), DType::F16 | DType::BF16);
-    if !t.device().is_cpu() || t.dtype() == dtype {
-        return t.to_dtype(dtype)?.contiguous();
+    match (t.dtype(), dtype) {
+        _ if !t.device().is_cpu() => t.to_dtype(dtype)?.contiguous(),
+        (DType::F32, DType::F16) => {
+            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            let mut narrowed = vec![half::f16::ZERO; values.len()];
+            narrowed.convert_from_f32_slice(&values);
+            Tensor::from_vec(narrowed, t.shape(), t.device())
+        }
+        (DType::F16 | DType::BF16, DType::F32) => {
+            let dims = t.dims().to_vec();
+            let cols = dims.last().copied().unwrap_or(1).max(1);
+            t.contiguous()?
+                .reshape((t.elem_count() / cols, cols))?
+                .apply_op1_no_bwd(&WidenToF32)?
+                .reshape(dims)
+        }
+        _ => t.to_dtype(dtype)?.contiguous(),
     }
-    if t.dtype() == DType::F32 && dtype == DType::F16 {
-        let values = t.flatten_all()?.to_vec1::<f32>()?;
-        let mut narrowed = vec![half::f16::ZERO; values.len()];
-        narrowed.convert_from_f32_slice(&values);
-        return Tensor::from_vec(narrowed, t.shape(), t.device());
-    }
-    if !(narrow && dtype == DType::F32) {
-        return t.to_dtype(dtype)?.contiguous();
-    }
-    let dims = t.dims().to_vec();
-    let cols = dims.last().copied().unwrap_or(1).max(1);
-    t.contiguous()?
-        .reshape((t.elem_count() / cols, cols))?
-        .apply_op1_no_bwd(&WidenToF32)?
-        .reshape(dims)
 }
 
 /// candle op: a narrow weight (n, k) → f32 (n, k), on all threads; int8 takes its scales (n)
