@@ -1,7 +1,7 @@
 //! `voxide speak`: text to speech with Qwen3-TTS. Audio is written as each chunk is decoded,
 //! so `voxide speak … | aplay` (or `| ffplay -`) starts playing before synthesis ends.
 
-use crate::transcribe::{precision, set_threads};
+use crate::transcribe::{kv_precision, precision, set_threads};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::{BufWriter, Read, Write};
@@ -81,6 +81,10 @@ pub struct SpeakArgs {
     /// at load.
     #[arg(long, default_value = "auto", value_parser = crate::transcribe::PRECISIONS)]
     precision: String,
+    /// KV-cache precision of the talker and code predictor: auto (f16 beside quantized
+    /// weights, f32 beside float ones, which keeps qwen-tts' greedy codes), f32, f16 or bf16.
+    #[arg(long, default_value = "auto", value_parser = crate::transcribe::KV_PRECISIONS)]
+    kv_precision: String,
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     threads: Option<usize>,
@@ -182,6 +186,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             repetition_penalty: args.repetition_penalty,
             max_frames: args.max_frames,
             min_frames: GenerationParams::default().min_frames,
+            kv_dtype: kv_precision(&args.kv_precision),
         },
         seed: args.seed,
         non_streaming_text: match args.text_streaming.as_str() {

@@ -124,6 +124,23 @@ fn wav_file_pcm_stream_and_chunking_agree() {
             "chunks of {chunk} frames: {worst:?} steps from the file"
         );
     }
+    // Beside the fixture's bf16 weights the KV caches default to f32: naming it changes
+    // nothing; f16 caches synthesise too.
+    for (kv, same) in [("f32", true), ("f16", false)] {
+        let mut args = vec!["speak", "--model", s(&model), "--output-format", "pcm"];
+        args.extend(GREEDY);
+        args.extend(["--kv-precision", kv, "Hello there."]);
+        let out = voxide(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.len().is_multiple_of(1920 * 2) && !out.stdout.is_empty());
+        if same {
+            assert!(out.stdout == data, "--kv-precision {kv}: other samples");
+        }
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -14,7 +14,7 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::ids;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +98,7 @@ fn greedy(max_frames: usize) -> GenerationParams {
         repetition_penalty: 1.05,
         max_frames,
         min_frames: 2,
+        kv_dtype: None,
     }
 }
 
@@ -134,7 +135,12 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
 
             // The talker over the whole prompt: hidden states and logits.
             let talker = tts.talker();
-            let mut state = talker.new_state(256).unwrap();
+            assert_eq!(
+                talker.default_kv_dtype(),
+                DType::F32,
+                "beside float weights"
+            );
+            let mut state = talker.new_state(256, DType::F32).unwrap();
             let hidden = talker.forward(&prompt.prefill, &mut state).unwrap();
             let d = rel_diff(&hidden.squeeze(0).unwrap(), get("prefill_hidden"));
             assert!(d < 1e-4, "{what}: talker hidden states differ by {d}");
@@ -162,6 +168,65 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
             assert_eq!(frames, streamed, "{what}: streamed frames differ");
             let got: Vec<u32> = frames.concat();
             assert_eq!(got, want, "{what}: greedy codes differ");
+        }
+    }
+}
+
+/// f16 and bf16 KV caches (and f32, the same path): the talker's hidden states over each case's prompt, its last
+/// positions run one at a time (the decode attention over the half-precision cache), stay
+/// within what rounding K and V allows of the reference's. (Greedy codes are not compared:
+/// on these random weights f16 K/V flip a near tie within seven frames.) f16 is the default
+/// beside quantized weights only.
+#[test]
+fn half_precision_kv_caches_track_the_reference() {
+    for model in MODELS {
+        let tts =
+            Qwen3Tts::from_dir(&fixtures().join(model), &Device::Cpu, None).expect("model loads");
+        let r = reference(model);
+        for case in cases() {
+            let get = |k: &str| &r[&format!("{}.{k}", case.name)];
+            let text_ids = ids(get("input_ids"));
+            let instruct_ids = case.instruct.then(|| ids(get("instruct_ids")));
+            let request = PromptRequest {
+                text_ids: &text_ids,
+                instruct_ids: instruct_ids.as_deref(),
+                language: case.language,
+                voice: case.voice.clone(),
+                non_streaming: case.non_streaming,
+                reference: None,
+            };
+            let prompt = Prompt::build(tts.talker(), tts.config(), &request).expect("prompt");
+            let n = prompt.prefill.dim(1).unwrap();
+            let singles = 4.min(n - 1);
+            for (kv_dtype, bound) in [
+                (DType::F32, 1e-4),
+                (DType::F16, 2e-3),
+                (DType::BF16, 1.5e-2),
+            ] {
+                let talker = tts.talker();
+                let mut state = talker.new_state(n, kv_dtype).unwrap();
+                let mut hidden = vec![talker
+                    .forward(
+                        &prompt.prefill.narrow(1, 0, n - singles).unwrap(),
+                        &mut state,
+                    )
+                    .unwrap()];
+                for p in n - singles..n {
+                    let x = prompt.prefill.narrow(1, p, 1).unwrap();
+                    hidden.push(talker.forward(&x, &mut state).unwrap());
+                }
+                let hidden = Tensor::cat(&hidden, 1).unwrap();
+                let d = rel_diff(&hidden.squeeze(0).unwrap(), get("prefill_hidden"));
+                println!(
+                    "{model} {} {kv_dtype:?} K/V: hidden states differ by {d}",
+                    case.name
+                );
+                assert!(
+                    d < bound,
+                    "{model} {} {kv_dtype:?} K/V: hidden states differ by {d}",
+                    case.name
+                );
+            }
         }
     }
 }
@@ -236,7 +301,7 @@ fn voice_clone_prompts_and_greedy_codes_match_qwen_tts() {
 
 /// int8 converted as the talker loads (`from_dir` with a format: loading never holds a whole
 /// stack twice) stores every matrix that converting the loaded talker does, in both fixtures
-/// (the second has the predictor's projection).
+/// (the second has the predictor's projection); its KV caches default to f16.
 #[test]
 fn int8_while_loading_converts_what_int8_after_loading_does() {
     for model in MODELS {
@@ -257,6 +322,8 @@ fn int8_while_loading_converts_what_int8_after_loading_does() {
             "{model}"
         );
         assert!(a.step_bytes() < loaded.talker().step_bytes(), "{model}");
+        assert_eq!(a.default_kv_dtype(), DType::F16, "{model}");
+        assert_eq!(b.default_kv_dtype(), DType::F16, "{model}");
     }
 }
 

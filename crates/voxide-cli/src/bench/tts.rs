@@ -92,14 +92,16 @@ struct TtsReport {
     rows: Vec<TtsRow>,
     /// Weights one frame reads (a talker step + the predictor's steps), bytes.
     frame_bytes: usize,
-    /// frame_bytes at the measured bandwidth, ms.
+    /// Keys and values a talker step's attention reads, bytes, the mean over every step timed.
+    talker_kv_bytes_per_step: f64,
+    /// frame_bytes + talker_kv_bytes_per_step at the measured bandwidth, ms.
     floor_ms: f64,
     /// (talker step + predictor ms per frame) over the floor, over all texts (the prompt's pass
     /// is compute, not a frame's reads); `None` below 1.0 (a measurement error, not a figure).
     ratio: Option<f64>,
     /// Each measured run's ms per frame against the probes just before and after it.
     runs: Vec<RunFloor>,
-    /// Weights a talker step reads, bytes.
+    /// Weights a talker step reads, bytes (its K/V apart, above).
     talker_step_bytes: usize,
     /// Each measured run's talker ms per step against the same probes.
     talker_runs: Vec<RunFloor>,
@@ -131,6 +133,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut talker_floors = Vec::new();
     let mut rows = Vec::new();
     let (mut model_ms, mut all_frames) = (0.0, 0usize);
+    let (mut kv_bytes, mut all_steps) = (0usize, 0usize);
     for (name, text, frames, non_streaming_text) in TEXTS {
         let request = SpeechRequest {
             text: text.into(),
@@ -157,16 +160,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let stats = synthesizer.synthesize(&request, &mut |_| Ok(true))?;
             if i >= args.warmup {
                 bandwidth.push(probe.fastest_gbps(3));
-                let steps = frames.saturating_sub(1).max(1) as f64;
-                let ms_per_frame = stats.talker_ms / steps + stats.predictor_ms / frames as f64;
+                let steps = frames.saturating_sub(1).max(1);
+                kv_bytes += stats.talker_kv_bytes;
+                all_steps += steps;
+                let kv_per_step = stats.talker_kv_bytes as f64 / steps as f64;
+                let ms_per_frame =
+                    stats.talker_ms / steps as f64 + stats.predictor_ms / frames as f64;
                 run_floors.push(RunFloor::between_last_probes(
                     ms_per_frame,
-                    synthesizer.frame_bytes() as f64,
+                    synthesizer.frame_bytes() as f64 + kv_per_step,
                     &bandwidth,
                 ));
                 talker_floors.push(RunFloor::between_last_probes(
-                    stats.talker_ms / steps,
-                    synthesizer.talker_step_bytes() as f64,
+                    stats.talker_ms / steps as f64,
+                    synthesizer.talker_step_bytes() as f64 + kv_per_step,
                     &bandwidth,
                 ));
                 runs.push(stats);
@@ -210,7 +217,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // A peak, as in the STT bench: the larger of the probes before and after the runs.
     let fma_gflops = fma_gflops.max(measure_fma_gflops(threads, 5));
     let frame_bytes = synthesizer.frame_bytes();
-    let floor_ms = frame_bytes as f64 / (read_gbps * 1e9) * 1e3;
+    let talker_kv_bytes_per_step = kv_bytes as f64 / all_steps.max(1) as f64;
+    let floor_ms = (frame_bytes as f64 + talker_kv_bytes_per_step) / (read_gbps * 1e9) * 1e3;
     let ms_per_frame = model_ms / all_frames as f64;
     let report = TtsReport {
         model: args.model.clone(),
@@ -222,6 +230,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         machine: machine_report(&probe, &bandwidth, fma_gflops),
         rows,
         frame_bytes,
+        talker_kv_bytes_per_step,
         floor_ms,
         ratio: Some(ms_per_frame / floor_ms).filter(|r| *r >= 1.0),
         runs: run_floors,
@@ -316,15 +325,16 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         None => "FASTER THAN THE FLOOR: a measurement error, no ratio reported".into(),
     };
     println!(
-        "frame floor: a frame reads {:.3} GB (a talker step + the code predictor's steps); at {:.1} GB/s -> {:.1} ms; measured talker step + predictor {:.1} ms/frame = {verdict}",
+        "frame floor: a frame reads {:.3} GB of weights (a talker step + the code predictor's steps) + {:.3} GB of the talker's K/V; at {:.1} GB/s -> {:.1} ms; measured talker step + predictor {:.1} ms/frame = {verdict}",
         r.frame_bytes as f64 / 1e9,
+        r.talker_kv_bytes_per_step / 1e9,
         r.machine.read_gbps,
         r.floor_ms,
         ms_per_frame
     );
     println!("{}", run_floors_line(&r.runs));
     println!(
-        "talker step alone (reads {:.3} GB of weights, its K/V not counted): {}",
+        "talker step alone (reads {:.3} GB of weights + its K/V): {}",
         r.talker_step_bytes as f64 / 1e9,
         run_floors_line(&r.talker_runs)
     );

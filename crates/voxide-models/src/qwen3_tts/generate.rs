@@ -8,11 +8,12 @@
 use super::prompt::Prompt;
 use super::talker::Talker;
 use crate::error::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use std::time::Instant;
 use voxide_nn::sampling::{apply_repetition_penalty, argmax, Sampler, SamplingParams};
 
-/// How codes are chosen; `None` sampling parameters mean greedy.
+/// How codes are chosen (`None` sampling parameters mean greedy) and how the caches keep
+/// what was generated.
 #[derive(Clone, Copy, Debug)]
 pub struct GenerationParams {
     pub talker: Option<SamplingParams>,
@@ -23,6 +24,9 @@ pub struct GenerationParams {
     pub max_frames: usize,
     /// Frames before EOS is allowed (qwen-tts: 2).
     pub min_frames: usize,
+    /// Precision of the talker's and code predictor's KV caches (`None`:
+    /// [`Talker::default_kv_dtype`]: f16 beside quantized weights, else f32).
+    pub kv_dtype: Option<DType>,
 }
 
 impl Default for GenerationParams {
@@ -39,6 +43,7 @@ impl Default for GenerationParams {
             repetition_penalty: 1.05,
             max_frames: 2048,
             min_frames: 2,
+            kv_dtype: None,
         }
     }
 }
@@ -53,6 +58,8 @@ pub struct Generated {
     pub prompt_ms: f64,
     /// The talker's steps after the prompt (one per frame after the first), with the codec head.
     pub talker_ms: f64,
+    /// Bytes of keys and values those steps' attention read, in all.
+    pub talker_kv_bytes: usize,
     /// Code-predictor passes with their heads.
     pub predictor_ms: f64,
     /// Logit rules and code choice, both models.
@@ -105,13 +112,15 @@ pub fn generate(
         stop: Stop::MaxFrames,
         prompt_ms: 0.0,
         talker_ms: 0.0,
+        talker_kv_bytes: 0,
         predictor_ms: 0.0,
         sampling_ms: 0.0,
     };
     // Started before each talker pass, read once its logits are on the host.
     let mut talker_clock = Instant::now();
-    let mut state = talker.new_state(prefill_len + params.max_frames)?;
-    let mut predictor_state = predictor.new_state(device)?;
+    let kv_dtype = params.kv_dtype.unwrap_or_else(|| talker.default_kv_dtype());
+    let mut state = talker.new_state(prefill_len + params.max_frames, kv_dtype)?;
+    let mut predictor_state = predictor.new_state(kv_dtype, device)?;
     let mut hidden = talker.forward(&prompt.prefill, &mut state)?;
     hidden = hidden.narrow(1, prefill_len - 1, 1)?;
     let mut history: Vec<u32> = Vec::new();
@@ -173,6 +182,7 @@ pub fn generate(
         };
         talker_clock = Instant::now();
         hidden = talker.forward(&(sum + text)?, &mut state)?;
+        out.talker_kv_bytes += state.attended_bytes();
     }
     Ok(out)
 }

@@ -123,6 +123,8 @@ pub struct SpeechStats {
     pub predictor_ms: f64,
     pub sampling_ms: f64,
     pub codec_ms: f64,
+    /// Bytes of keys and values the talker's steps (after the prompt) read, in all.
+    pub talker_kv_bytes: usize,
 }
 
 /// A loaded Qwen3-TTS checkpoint: talker, code predictor, text tokenizer and codec decoder;
@@ -442,6 +444,7 @@ impl Synthesizer {
         stats.finished = generated.stop == Stop::Eos;
         stats.prompt_ms = generated.prompt_ms;
         stats.talker_ms = generated.talker_ms;
+        stats.talker_kv_bytes = generated.talker_kv_bytes;
         stats.predictor_ms = generated.predictor_ms;
         stats.sampling_ms = generated.sampling_ms;
         stats.audio_s = (stats.frames * self.codec.config().samples_per_frame()) as f64

@@ -42,6 +42,11 @@ impl StackState {
         self.caches.iter_mut().for_each(KvCache::reset);
         self.position = 0;
     }
+
+    /// Bytes of keys and values the next step's attention reads, over every layer.
+    pub fn attended_bytes(&self) -> usize {
+        self.caches.iter().map(KvCache::attended_bytes).sum()
+    }
 }
 
 impl Stack {
@@ -73,7 +78,7 @@ impl Stack {
         })
     }
 
-    fn new_state(&self, capacity: usize, device: &Device) -> Result<StackState> {
+    fn new_state(&self, capacity: usize, kv_dtype: DType, device: &Device) -> Result<StackState> {
         let caches = (0..self.layers.len())
             .map(|_| {
                 KvCache::new(
@@ -81,7 +86,7 @@ impl Stack {
                     self.n_kv_heads,
                     capacity,
                     self.head_dim,
-                    DType::F32,
+                    kv_dtype,
                     device,
                 )
             })
@@ -225,9 +230,10 @@ impl CodePredictor {
         self.lm_head.len()
     }
 
-    /// A fresh state for one frame (G + 1 positions at most; the cache is reset each frame).
-    pub fn new_state(&self, device: &Device) -> Result<StackState> {
-        self.stack.new_state(self.groups() + 2, device)
+    /// A fresh state for one frame (G + 1 positions at most; the cache is reset each frame),
+    /// its KV caches in `kv_dtype`.
+    pub fn new_state(&self, kv_dtype: DType, device: &Device) -> Result<StackState> {
+        self.stack.new_state(self.groups() + 2, kv_dtype, device)
     }
 
     /// Embeddings of acoustic codes `codes` of group `group` (1-based, 1..G−1): (1, n, H).
@@ -380,9 +386,21 @@ impl Talker {
         Ok(sum)
     }
 
-    /// A fresh talker state for `capacity` positions (prompt + frames).
-    pub fn new_state(&self, capacity: usize) -> Result<StackState> {
-        self.stack.new_state(capacity, self.device())
+    /// A fresh talker state for `capacity` positions (prompt + frames), its KV caches in
+    /// `kv_dtype`.
+    pub fn new_state(&self, capacity: usize, kv_dtype: DType) -> Result<StackState> {
+        self.stack.new_state(capacity, kv_dtype, self.device())
+    }
+
+    /// The precision of the talker's and code predictor's KV caches when a request names
+    /// none: f16 beside quantized weights, whose rounding moves the logits far more than f16
+    /// keys and values do; f32 beside float weights, which then give qwen-tts' greedy codes
+    /// exactly (on the bf16 fixtures f16 K/V flip a near tie within seven frames).
+    pub fn default_kv_dtype(&self) -> DType {
+        match self.codec_head.weight_format().dtype() {
+            None => DType::F16,
+            Some(_) => DType::F32,
+        }
     }
 
     /// Runs embeddings (1, t, H) and returns the final-norm hidden states (1, t, H).
