@@ -370,7 +370,9 @@ impl Linear {
             (_, Some(ty)) if picked.device().is_cpu() => {
                 picked.apply_op1_no_bwd(&DequantizeToF32 { ty })
             }
-            (Some(s), _) => Self::int8(picked, s.embedding(&ids)?, None)?.dequantized(DType::F32),
+            (Some(s), _) => {
+                Self::int8(picked, s.index_select(&ids, 0)?, None)?.dequantized(DType::F32)
+            }
             (None, Some(_)) => candle_core::bail!("ggml blocks are read on the CPU only"),
             (None, None) => picked.to_dtype(DType::F32),
         }
@@ -603,8 +605,8 @@ impl LinearStack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::ops::INT8_GEMV_MAX_ROWS;
-    use crate::kernels::small_m::{small_m_max_rows, SMALL_M_MAX_ROWS};
+    use crate::kernels::ops::{int8_gemv_max_rows, INT8_GEMV_MAX_ROWS};
+    use crate::kernels::small_m::{integer_int8, small_m_max_rows, SMALL_M_MAX_ROWS};
 
     fn det(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
@@ -688,6 +690,8 @@ mod tests {
                     5,
                     8,
                     9,
+                    int8_gemv_max_rows(),
+                    int8_gemv_max_rows() + 1,
                     INT8_GEMV_MAX_ROWS,
                     INT8_GEMV_MAX_ROWS + 1,
                     39,
@@ -702,9 +706,11 @@ mod tests {
                     let want = reference(&x)?;
                     assert_eq!(got.dims(), &[1, rows, n]);
                     let err = max_rel(&got, &want);
-                    // Where int8 runs on the GEMV, it multiplies x's int16 codes
-                    // (`gemv_int8`): each value within 1.5e-5 of its block's largest.
-                    let tol = if fmt == WeightFormat::Int8 && rows <= INT8_GEMV_MAX_ROWS {
+                    // Where int8 runs on the GEMV, or on the integer small-M kernel (AVX-512
+                    // VNNI), it multiplies x's int16 codes (`gemv_int8`): each value within
+                    // 1.5e-5 of its block's largest.
+                    let integer = rows <= int8_gemv_max_rows() || integer_int8();
+                    let tol = if fmt == WeightFormat::Int8 && integer {
                         1e-4
                     } else {
                         1e-5
@@ -716,6 +722,30 @@ mod tests {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A tied head read as a token table (Whisper's `embed_tokens`) gives the rows of its
+    /// matrix as the kernels see it, in every format (int8 picks each row's scale too).
+    #[test]
+    fn rows_are_the_matrix_rows_in_every_format() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, k) = (45, 64);
+        let w = Tensor::from_vec(det(n * k, 7), (n, k), &dev)?;
+        let ids = Tensor::new(&[[3u32, 0], [44, 3]], &dev)?;
+        for fmt in [
+            WeightFormat::F32,
+            WeightFormat::F16,
+            WeightFormat::Bf16,
+            WeightFormat::Int8,
+            WeightFormat::Ggml(crate::quant::GgmlType::Q8_0),
+        ] {
+            let layer = Linear::from_weights(w.clone(), None).to_format(fmt)?;
+            let got = layer.rows(&ids)?;
+            let want = layer.widened()?.index_select(&ids.flatten_all()?, 0)?;
+            assert_eq!(got.dims(), &[4, k], "{fmt:?}");
+            assert_eq!(got.to_vec2::<f32>()?, want.to_vec2::<f32>()?, "{fmt:?}");
         }
         Ok(())
     }

@@ -74,6 +74,16 @@ impl QuantizedX {
         q
     }
 
+    /// The int16 codes, m × k.
+    pub(crate) fn codes(&self) -> &[i16] {
+        &self.codes
+    }
+
+    /// The scales, m × ⌈k / X_BLOCK⌉.
+    pub(crate) fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
     /// Hands the buffers back to this thread for the next call.
     pub(crate) fn recycle(self) {
         SPARE.set(Some(self));
@@ -426,7 +436,7 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::gemv::tests::{data, reference, weights};
+    use crate::kernels::gemv::tests::{check_quantized_x, data, reference, weights};
     use crate::kernels::gemv::{gemv, gemv_on};
 
     #[test]
@@ -464,7 +474,6 @@ mod tests {
         for m in [1usize, 2, 4, 8] {
             let mut x = data(m * k, 40 + m as u32);
             x[k / 2] = -250.0; // an outlier in row 0's second block
-            let q = QuantizedX::new(&x, m, k);
             let want = reference(&x, &tw.i8_f32, None, m, k);
             for isa in Isa::available() {
                 let mut y = vec![0f32; m * n];
@@ -476,22 +485,7 @@ mod tests {
                     &mut y,
                     m,
                 );
-                for i in 0..m {
-                    for r in 0..n {
-                        let (mut bound, mut mag) = (0f64, 0f64);
-                        for j in 0..k {
-                            let w = tw.i8_f32[r * k + j].abs() as f64;
-                            let step = q.scales[i * k.div_ceil(X_BLOCK) + j / X_BLOCK] as f64;
-                            bound += w * step * 0.5;
-                            mag += w * x[i * k + j].abs() as f64;
-                        }
-                        let err = (y[i * n + r] as f64 - want[i * n + r]).abs();
-                        assert!(
-                            err <= bound * (1.0 + 1e-3) + 2e-6 * (1.0 + mag),
-                            "{isa:?} m{m} [{i},{r}]: error {err}, bound {bound}"
-                        );
-                    }
-                }
+                check_quantized_x(&y, &want, &x, &tw.i8_f32, m, k, &format!("{isa:?} m{m}"));
             }
         }
     }

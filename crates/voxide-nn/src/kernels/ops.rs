@@ -13,7 +13,7 @@ use super::machine::Residency;
 use super::quant_gemm::{has_gemm_kernel, quant_gemm};
 use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
-use super::small_m::{matmul_small, small_m_max_rows};
+use super::small_m::{integer_int8, matmul_small, small_m_max_rows};
 use super::softmax::exp_non_positive;
 use super::widen_gemm::{matmul_widened, WidenRows};
 use crate::quant::GgmlType;
@@ -101,9 +101,25 @@ impl<'a> Narrow<'a> {
 /// m = 16–24, small-M ahead from m = 32 (PERFORMANCE.md #72).
 pub const INT8_GEMV_MAX_ROWS: usize = 2 * MAX_ROWS;
 
+/// The same cap where the small-M kernel multiplies int8 in integers ([`integer_int8`]), from
+/// m = 12 on as fast or faster than the GEMV in chunks: AMD EPYC Zen 5, 2 threads, 9216 × 3072
+/// at m = 12: 1.80–1.90 against 2.27–2.37 ms, at m = 16: 1.89 against 3.11; 1024 × 3072 at
+/// m = 12: 0.26 against 0.28; at m = 9–11 level or behind (PERFORMANCE.md #115).
+const INT8_GEMV_MAX_ROWS_INTEGER_SMALL_M: usize = 11;
+
+/// Most rows of x an int8 product runs through the GEMV on this CPU.
+pub fn int8_gemv_max_rows() -> usize {
+    if integer_int8() {
+        INT8_GEMV_MAX_ROWS_INTEGER_SMALL_M
+    } else {
+        INT8_GEMV_MAX_ROWS
+    }
+}
+
 /// candle op: x (m, k) f32 × w (n, k) narrow → (m, n) f32, any m: the GEMV up to
-/// [`MAX_ROWS`] (int8: [`INT8_GEMV_MAX_ROWS`]), the small-M kernel up to
-/// [`small_m_max_rows`], beyond a GEMM on blocks of widened weight rows ([`matmul_widened`]).
+/// [`MAX_ROWS`] (int8: [`int8_gemv_max_rows`]), the small-M kernel up to
+/// [`small_m_max_rows`] (int8 on the integer kernel: any m), beyond a GEMM on blocks of widened
+/// weight rows ([`matmul_widened`]).
 /// With a third operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
 /// f32 weights are taken too, for a decoder step's few rows ([`Linear`](crate::Linear) sends
 /// them here only then): the GEMV's planned residency and streamed reads serve them as they
@@ -150,12 +166,12 @@ impl NarrowMatmul {
             let w_gemv = residency.map_or(*w, |r| w.with_residency(r));
             if m <= MAX_ROWS {
                 gemv(x, &w_gemv, bias, y, m)
-            } else if m <= INT8_GEMV_MAX_ROWS && E::as_int8(w.data).is_some() {
+            } else if m <= int8_gemv_max_rows() && E::as_int8(w.data).is_some() {
                 let (n, k) = (w.rows, w.cols);
                 for (xc, yc) in x.chunks(MAX_ROWS * k).zip(y.chunks_mut(MAX_ROWS * n)) {
                     gemv(xc, &w_gemv, bias, yc, xc.len() / k)
                 }
-            } else if m <= small_m_max_rows() {
+            } else if m <= small_m_max_rows() || (E::as_int8(w.data).is_some() && integer_int8()) {
                 matmul_small(x, w, bias, y, m)
             } else {
                 matmul_widened(x, w, bias, y, m)

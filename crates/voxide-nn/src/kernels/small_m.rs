@@ -8,6 +8,8 @@
 use super::convert::convert_row;
 use super::gemv::{check_operands, OutPtr, WeightMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
+#[cfg(target_arch = "x86_64")]
+use super::small_m_int8;
 use rayon::prelude::*;
 
 /// Most rows of x the dispatch in [`crate::Linear`] sends here on NEON and the portable path;
@@ -33,6 +35,15 @@ pub fn small_m_max_rows() -> usize {
         Isa::Avx512 => AVX512_MAX_ROWS,
         Isa::Neon | Isa::Scalar => SMALL_M_MAX_ROWS,
     }
+}
+
+/// Whether int8 weights take the integer small-M kernel on this CPU (AVX-512 VNNI,
+/// [`small_m_int8`]): ~1.75× the f32 path's rate, and ahead of widen + GEMM at any size.
+pub fn integer_int8() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return small_m_int8::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Output rows per parallel task (a multiple of [`W_ROWS`]).
@@ -91,6 +102,18 @@ pub fn matmul_small_on<E: WeightElem>(
     check_operands(x, w, bias, y, m);
     if m == 0 || n == 0 {
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(data) = E::as_int8(w.data).filter(|_| isa == Isa::Avx512 && integer_int8()) {
+        // int8 on AVX-512 VNNI: integer products (see `small_m_int8`).
+        let w = WeightMatrix {
+            data,
+            scales: w.scales,
+            rows: n,
+            cols: k,
+            residency: w.residency,
+        };
+        return small_m_int8::matmul(x, &w, bias, y, m);
     }
     let block = if k <= MAX_BLOCK {
         k
@@ -302,7 +325,7 @@ unsafe fn micro<S: Simd, const ROWS: usize, const VECS: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::gemv::tests::{check, data, reference, weights};
+    use crate::kernels::gemv::tests::{check, check_quantized_x, data, reference, weights};
 
     /// Every element type × instruction set × the row counts around the register blocks,
     /// chunks and passes × odd widths, multi-block widths and multithreaded sizes.
@@ -347,7 +370,8 @@ mod tests {
                     );
                     let wi = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
                     pool.install(|| matmul_small_on(isa, &x, &wi, Some(&bias), &mut y, m));
-                    check(&y, &want_i8, &x, &tw.i8_f32, m, k, &format!("int8 {what}"));
+                    // AVX-512 with VNNI takes the integer path, which quantizes x.
+                    check_quantized_x(&y, &want_i8, &x, &tw.i8_f32, m, k, &format!("int8 {what}"));
                 }
             }
         }
