@@ -37,11 +37,11 @@ pub fn small_m_max_rows() -> usize {
     }
 }
 
-/// Whether int8 weights take the integer small-M kernel on this CPU (AVX-512 VNNI,
+/// Whether int8 weights take the integer small-M kernel on this CPU (AVX-512 VNNI or AVX-VNNI,
 /// [`small_m_int8`]): ~1.75× the f32 path's rate, and ahead of widen + GEMM at any size.
 pub fn integer_int8() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return small_m_int8::available();
+    return small_m_int8::available(Isa::detect());
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -104,8 +104,8 @@ pub fn matmul_small_on<E: WeightElem>(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(data) = E::as_int8(w.data).filter(|_| isa == Isa::Avx512 && integer_int8()) {
-        // int8 on AVX-512 VNNI: integer products (see `small_m_int8`).
+    if let Some(data) = E::as_int8(w.data).filter(|_| small_m_int8::available(isa)) {
+        // int8 where VNNI runs: integer products (see `small_m_int8`).
         let w = WeightMatrix {
             data,
             scales: w.scales,
@@ -113,7 +113,7 @@ pub fn matmul_small_on<E: WeightElem>(
             cols: k,
             residency: w.residency,
         };
-        return small_m_int8::matmul(x, &w, bias, y, m);
+        return small_m_int8::matmul(isa, x, &w, bias, y, m);
     }
     let block = if k <= MAX_BLOCK {
         k

@@ -1,22 +1,25 @@
-//! The small-M product for int8 weights on CPUs with AVX-512 VNNI (Zen 4 and 5, Intel from Ice
-//! Lake): x is quantized to int16 per block of [`X_BLOCK`] values, as the int8 GEMV does
+//! The small-M product for int8 weights on CPUs with VNNI, 512-bit (AVX-512 VNNI: Zen 4 and 5,
+//! Intel Xeon from Ice Lake) or 256-bit (AVX-VNNI: Intel cores from Alder Lake, which have no
+//! AVX-512): x is quantized to int16 per block of [`X_BLOCK`] values, as the int8 GEMV does
 //! ([`super::gemv_int8`]: ~15 bits of each block's largest |x|, far finer than the weights'
 //! 8), and each block's products sum exactly in int32 by `vpdpwssd`, 32 multiply-adds per
 //! instruction where the f32 path ([`super::small_m`]) widens the weights and runs 16 per FMA;
 //! once per block the sums meet x's scales in f32:
 //! y[i][r] = scale_r · Σ_b d[i][b] · Σ_{j∈b} q[i][j] · w[r][j].
 //!
-//! The register blocking is [`super::small_m`]'s: panels of 2 × 16 rows of x, now as int16
+//! The register blocking is [`super::small_m`]'s: panels of 2 vectors of rows of x, now as int16
 //! pairs (x[i][2j], x[i][2j + 1]) per 32-bit lane, against strips of 6 weight rows widened to
-//! int16 in L1, one broadcast pair per row: 12 int32 and 12 f32 accumulators.
+//! int16 in L1, one broadcast pair per row: 12 int32 accumulators (AVX2's 16 registers hold
+//! them with the 2 x vectors and the broadcast), added into the f32 tile once per block.
 
 use super::gemv::{OutPtr, WeightMatrix};
 use super::gemv_int8::{QuantizedX, X_BLOCK};
+use super::simd::Isa;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
-/// Rows of x per panel: 2 vectors of 16 int32 lanes.
-const WIDTH: usize = 32;
+/// Vectors of x rows per panel.
+const X_VECS: usize = 2;
 
 /// Output rows per parallel task (a multiple of [`W_ROWS`]).
 const ROWS_PER_TASK: usize = 48;
@@ -37,11 +40,107 @@ const M_CHUNK: usize = 128;
 /// Below this many multiply-adds the product runs on one thread.
 const PARALLEL_MIN_MACS: usize = 1 << 21;
 
-/// Whether this CPU runs the integer small-M product.
-pub fn available() -> bool {
-    super::simd::Isa::Avx512.is_available()
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vnni")
+/// Whether this CPU runs the integer small-M product on `isa`'s vectors.
+pub fn available(isa: Isa) -> bool {
+    match isa {
+        Isa::Avx512 => {
+            isa.is_available()
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vnni")
+        }
+        Isa::Avx2 => isa.is_available() && std::is_x86_feature_detected!("avxvnni"),
+        _ => false,
+    }
+}
+
+/// The vector operations of the kernel on one instruction set.
+trait Vnni {
+    /// int32 lanes per vector.
+    const LANES: usize;
+    type I: Copy;
+    unsafe fn zero() -> Self::I;
+    unsafe fn load(p: *const i32) -> Self::I;
+    unsafe fn splat(v: i32) -> Self::I;
+    /// acc + pairwise products of the int16 halves of a and b.
+    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I;
+    /// `LANES` · 2 int8 values at src widened to int16 at dst.
+    unsafe fn widen(src: *const i8, dst: *mut i16);
+    /// out[l] += sums[l] · d[l] for the LANES lanes.
+    unsafe fn scale_add(out: *mut f32, sums: Self::I, d: *const f32);
+}
+
+struct Avx512Vnni;
+
+impl Vnni for Avx512Vnni {
+    const LANES: usize = 16;
+    type I = __m512i;
+    #[inline(always)]
+    unsafe fn zero() -> Self::I {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const i32) -> Self::I {
+        _mm512_loadu_si512(p as *const _)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> Self::I {
+        _mm512_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I {
+        _mm512_dpwssd_epi32(acc, a, b)
+    }
+    #[inline(always)]
+    unsafe fn widen(src: *const i8, dst: *mut i16) {
+        let v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(src as *const _));
+        _mm512_storeu_si512(dst as *mut _, v);
+    }
+    #[inline(always)]
+    unsafe fn scale_add(out: *mut f32, sums: Self::I, d: *const f32) {
+        let v = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(sums),
+            _mm512_loadu_ps(d),
+            _mm512_loadu_ps(out),
+        );
+        _mm512_storeu_ps(out, v);
+    }
+}
+
+struct AvxVnni;
+
+impl Vnni for AvxVnni {
+    const LANES: usize = 8;
+    type I = __m256i;
+    #[inline(always)]
+    unsafe fn zero() -> Self::I {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const i32) -> Self::I {
+        _mm256_loadu_si256(p as *const _)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> Self::I {
+        _mm256_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I {
+        _mm256_dpwssd_avx_epi32(acc, a, b)
+    }
+    #[inline(always)]
+    unsafe fn widen(src: *const i8, dst: *mut i16) {
+        let v = _mm256_cvtepi8_epi16(_mm_loadu_si128(src as *const _));
+        _mm256_storeu_si256(dst as *mut _, v);
+    }
+    #[inline(always)]
+    unsafe fn scale_add(out: *mut f32, sums: Self::I, d: *const f32) {
+        let v = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(sums),
+            _mm256_loadu_ps(d),
+            _mm256_loadu_ps(out),
+        );
+        _mm256_storeu_ps(out, v);
+    }
 }
 
 /// x quantized and packed for the micro-kernel, `PASS_ROWS` rows at most.
@@ -54,20 +153,21 @@ struct Panels {
 }
 
 impl Panels {
-    fn pack(x: &[f32], m: usize, k: usize) -> Self {
+    /// x (m × k) in panels of `width` rows.
+    fn pack(x: &[f32], m: usize, k: usize, width: usize) -> Self {
         let (pairs, blocks) = (k.div_ceil(2), k.div_ceil(X_BLOCK));
-        let panels = m.div_ceil(WIDTH);
+        let panels = m.div_ceil(width);
         let q = QuantizedX::new(x, m, k);
-        let mut codes = vec![0i16; panels * pairs * WIDTH * 2];
-        let mut scales = vec![0f32; panels * blocks * WIDTH];
+        let mut codes = vec![0i16; panels * pairs * width * 2];
+        let mut scales = vec![0f32; panels * blocks * width];
         for i in 0..m {
-            let (p, l) = (i / WIDTH, i % WIDTH);
+            let (p, l) = (i / width, i % width);
             let row = &q.codes()[i * k..][..k];
             for (j, &c) in row.iter().enumerate() {
-                codes[((p * pairs + j / 2) * WIDTH + l) * 2 + j % 2] = c;
+                codes[((p * pairs + j / 2) * width + l) * 2 + j % 2] = c;
             }
             for b in 0..blocks {
-                scales[(p * blocks + b) * WIDTH + l] = q.scales()[i * blocks + b];
+                scales[(p * blocks + b) * width + l] = q.scales()[i * blocks + b];
             }
         }
         q.recycle();
@@ -75,9 +175,10 @@ impl Panels {
     }
 }
 
-/// y (m × n) = x (m × k) · wᵀ (+ bias) for int8 `w` with its row scales; the caller checked
-/// the operands and [`available`].
+/// y (m × n) = x (m × k) · wᵀ (+ bias) for int8 `w` with its row scales, on `isa`'s vectors;
+/// the caller checked the operands and [`available`].
 pub(crate) fn matmul(
+    isa: Isa,
     x: &[f32],
     w: &WeightMatrix<i8>,
     bias: Option<&[f32]>,
@@ -86,22 +187,35 @@ pub(crate) fn matmul(
 ) {
     let (n, k) = (w.rows, w.cols);
     let block = k.min(MAX_BLOCK);
+    let width = X_VECS
+        * if isa == Isa::Avx512 {
+            Avx512Vnni::LANES
+        } else {
+            AvxVnni::LANES
+        };
     for (xs, ys) in x[..m * k]
         .chunks(PASS_ROWS * k)
         .zip(y.chunks_mut(PASS_ROWS * n))
     {
         let rows = xs.len() / k;
-        let panels = Panels::pack(xs, rows, k);
+        let panels = Panels::pack(xs, rows, k, width);
         let out = OutPtr(ys.as_mut_ptr());
         let tile = |t: usize, scratch: &mut Scratch| {
             let (r0, r1) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
             // SAFETY: `available` was checked by the caller; the buffers fit (asserted in the
             // task).
-            unsafe { task(&panels, *w, bias, out, rows, r0, r1, block, scratch) };
+            unsafe {
+                match isa {
+                    Isa::Avx512 => {
+                        task_avx512(&panels, *w, bias, out, rows, r0, r1, block, scratch)
+                    }
+                    _ => task_avx2(&panels, *w, bias, out, rows, r0, r1, block, scratch),
+                }
+            };
         };
         let scratch = || Scratch {
             strip: vec![0i16; W_ROWS * block.next_multiple_of(2)],
-            tile: vec![0f32; ROWS_PER_TASK * M_CHUNK],
+            tile: vec![0f32; ROWS_PER_TASK * M_CHUNK.next_multiple_of(width)],
         };
         let tiles = n.div_ceil(ROWS_PER_TASK);
         if rows * n * k < PARALLEL_MIN_MACS || rayon::current_num_threads() == 1 {
@@ -119,14 +233,50 @@ pub(crate) fn matmul(
 struct Scratch {
     /// [`W_ROWS`] weight rows of one column block, widened to int16 (an even count per row).
     strip: Vec<i16>,
-    /// The task's output for one chunk of x rows, `[panel][row][WIDTH]`.
+    /// The task's output for one chunk of x rows, `[panel][row][width]`.
     tile: Vec<f32>,
 }
 
-/// Output rows r0..r1 for all m rows of x.
+/// [`task`] on AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn task(
+unsafe fn task_avx512(
+    panels: &Panels,
+    w: WeightMatrix<i8>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    m: usize,
+    r0: usize,
+    r1: usize,
+    block: usize,
+    scratch: &mut Scratch,
+) {
+    // SAFETY: forwarded from the caller; the features are enabled here.
+    unsafe { task::<Avx512Vnni>(panels, w, bias, y, m, r0, r1, block, scratch) }
+}
+
+/// [`task`] on AVX-VNNI.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn task_avx2(
+    panels: &Panels,
+    w: WeightMatrix<i8>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    m: usize,
+    r0: usize,
+    r1: usize,
+    block: usize,
+    scratch: &mut Scratch,
+) {
+    // SAFETY: forwarded from the caller; the features are enabled here.
+    unsafe { task::<AvxVnni>(panels, w, bias, y, m, r0, r1, block, scratch) }
+}
+
+/// Output rows r0..r1 for all m rows of x.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn task<V: Vnni>(
     panels: &Panels,
     w: WeightMatrix<i8>,
     bias: Option<&[f32]>,
@@ -138,22 +288,24 @@ unsafe fn task(
     scratch: &mut Scratch,
 ) {
     let (n, k) = (w.rows, w.cols);
+    let width = X_VECS * V::LANES;
+    let chunk = M_CHUNK.next_multiple_of(width);
     let (pairs, blocks) = (k.div_ceil(2), k.div_ceil(X_BLOCK));
     let row_scales = w.scales.expect("int8 weights carry row scales");
     let rows = r1 - r0;
     let stride = block.next_multiple_of(2);
     assert!(
         scratch.strip.len() >= W_ROWS * stride
-            && scratch.tile.len() >= rows * M_CHUNK
-            && panels.codes.len() >= m.div_ceil(WIDTH) * pairs * WIDTH * 2
-            && panels.scales.len() >= m.div_ceil(WIDTH) * blocks * WIDTH
+            && scratch.tile.len() >= rows * chunk
+            && panels.codes.len() >= m.div_ceil(width) * pairs * width * 2
+            && panels.scales.len() >= m.div_ceil(width) * blocks * width
     );
     let (strip, tile) = (scratch.strip.as_mut_ptr(), scratch.tile.as_mut_ptr());
     let mut m0 = 0;
     while m0 < m {
-        let m1 = (m0 + M_CHUNK).min(m);
-        let panels_here = (m1 - m0).div_ceil(WIDTH);
-        std::ptr::write_bytes(tile, 0, panels_here * rows * WIDTH);
+        let m1 = (m0 + chunk).min(m);
+        let panels_here = (m1 - m0).div_ceil(width);
+        std::ptr::write_bytes(tile, 0, panels_here * rows * width);
         let mut c0 = 0;
         while c0 < k {
             let len = block.min(k - c0);
@@ -164,10 +316,9 @@ unsafe fn task(
                     let src = w.data.as_ptr().add((r0 + rs + t) * k + c0);
                     let dst = strip.add(t * stride);
                     let mut j = 0;
-                    while j + 32 <= len {
-                        let v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(src.add(j) as *const _));
-                        _mm512_storeu_si512(dst.add(j) as *mut _, v);
-                        j += 32;
+                    while j + 2 * V::LANES <= len {
+                        V::widen(src.add(j), dst.add(j));
+                        j += 2 * V::LANES;
                     }
                     for jj in j..stride {
                         *dst.add(jj) = if jj < len { *src.add(jj) as i16 } else { 0 };
@@ -189,24 +340,28 @@ unsafe fn task(
                     }
                 }
                 for p in 0..panels_here {
-                    let panel = (m0 / WIDTH) + p;
+                    let panel = (m0 / width) + p;
                     let xp = panels
                         .codes
                         .as_ptr()
-                        .add(((panel * pairs + c0 / 2) * WIDTH) * 2)
+                        .add(((panel * pairs + c0 / 2) * width) * 2)
                         as *const i32;
                     let sp = panels
                         .scales
                         .as_ptr()
-                        .add((panel * blocks + c0 / X_BLOCK) * WIDTH);
-                    let yp = tile.add((p * rows + rs) * WIDTH);
-                    let vecs = if m1 - (m0 + p * WIDTH) > 16 { 2 } else { 1 };
+                        .add((panel * blocks + c0 / X_BLOCK) * width);
+                    let yp = tile.add((p * rows + rs) * width);
+                    let vecs = if m1 - (m0 + p * width) > V::LANES {
+                        2
+                    } else {
+                        1
+                    };
                     let wp = strip as *const i32;
                     let pair_len = len.div_ceil(2);
                     macro_rules! micro {
                         ($($rows:literal, $vecs:literal);*) => {
                             match (strip_rows, vecs) {
-                                $(($rows, $vecs) => micro::<$rows, $vecs>(xp, sp, wp, stride / 2, pair_len, yp),)*
+                                $(($rows, $vecs) => micro::<V, $rows, $vecs>(xp, sp, wp, stride / 2, pair_len, yp),)*
                                 _ => unreachable!(),
                             }
                         };
@@ -219,10 +374,10 @@ unsafe fn task(
         }
         // The chunk's results, transposed into y once, with the weights' row scales.
         for i in m0..m1 {
-            let (p, l) = ((i - m0) / WIDTH, (i - m0) % WIDTH);
+            let (p, l) = ((i - m0) / width, (i - m0) % width);
             for t in 0..rows {
                 let r = r0 + t;
-                *y.0.add(i * n + r) = *tile.add((p * rows + t) * WIDTH + l) * row_scales[r]
+                *y.0.add(i * n + r) = *tile.add((p * rows + t) * width + l) * row_scales[r]
                     + bias.map_or(0.0, |b| b[r]);
             }
         }
@@ -230,12 +385,12 @@ unsafe fn task(
     }
 }
 
-/// yp[t][i] += Σ_b d[i][b] · Σ_{pairs of b} x[i]·w[t] for the VECS × 16 rows of one panel
-/// (pair column jp at `xp + jp · WIDTH`, block scales at `sp + b · WIDTH`) and ROWS widened
-/// weight rows (pair stride `w_stride`), over `pair_len` pairs starting at an x block's start.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
-#[inline]
-unsafe fn micro<const ROWS: usize, const VECS: usize>(
+/// yp[t][i] += Σ_b d[i][b] · Σ_{pairs of b} x[i]·w[t] for the VECS × LANES rows of one panel
+/// (pair column jp at `xp + jp · width`, block scales at `sp + b · width`) and ROWS widened
+/// weight rows (pair stride `w_stride`), over `pair_len` pairs starting at an x block's start;
+/// yp's rows have stride `width`.
+#[inline(always)]
+unsafe fn micro<V: Vnni, const ROWS: usize, const VECS: usize>(
     xp: *const i32,
     sp: *const f32,
     wp: *const i32,
@@ -243,38 +398,32 @@ unsafe fn micro<const ROWS: usize, const VECS: usize>(
     pair_len: usize,
     yp: *mut f32,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); VECS]; ROWS];
+    let width = X_VECS * V::LANES;
     let mut jp0 = 0;
     let mut b = 0;
     while jp0 < pair_len {
         let jp1 = (jp0 + X_BLOCK / 2).min(pair_len);
-        let mut sums = [[_mm512_setzero_si512(); VECS]; ROWS];
+        let mut sums = [[V::zero(); VECS]; ROWS];
         for jp in jp0..jp1 {
-            let mut xv = [_mm512_setzero_si512(); VECS];
+            let mut xv = [V::zero(); VECS];
             for (v, x) in xv.iter_mut().enumerate() {
-                *x = _mm512_loadu_si512(xp.add(jp * WIDTH + v * 16) as *const _);
+                *x = V::load(xp.add(jp * width + v * V::LANES));
             }
             for (t, s) in sums.iter_mut().enumerate() {
-                let wv = _mm512_set1_epi32(*wp.add(t * w_stride + jp));
+                let wv = V::splat(*wp.add(t * w_stride + jp));
                 for v in 0..VECS {
-                    s[v] = _mm512_dpwssd_epi32(s[v], xv[v], wv);
+                    s[v] = V::dot(s[v], xv[v], wv);
                 }
             }
         }
-        for v in 0..VECS {
-            let d = _mm512_loadu_ps(sp.add(b * WIDTH + v * 16));
-            for t in 0..ROWS {
-                acc[t][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t][v]), d, acc[t][v]);
+        for (t, s) in sums.iter().enumerate() {
+            for (v, &s) in s.iter().enumerate() {
+                let lane0 = v * V::LANES;
+                V::scale_add(yp.add(t * width + lane0), s, sp.add(b * width + lane0));
             }
         }
         jp0 = jp1;
         b += 1;
-    }
-    for (t, a) in acc.iter().enumerate() {
-        for (v, &a) in a.iter().enumerate() {
-            let out = yp.add(t * WIDTH + v * 16);
-            _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), a));
-        }
     }
 }
 
@@ -286,12 +435,20 @@ mod tests {
     /// Against the product of the unquantized x, within what x's rounding allows: odd and
     /// short widths, widths across x blocks and column blocks, rows around the panels, chunks
     /// and passes, tiles around the strips, on 2 threads.
+    /// The instruction sets whose integer path runs on this CPU.
+    fn isas() -> Vec<Isa> {
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|&i| available(i))
+            .collect();
+        if isas.is_empty() {
+            eprintln!("no VNNI: the integer small-M path does not run here");
+        }
+        isas
+    }
+
     #[test]
     fn error_is_bounded_by_the_rounding_of_x() {
-        if !available() {
-            eprintln!("no AVX-512 VNNI: the integer small-M path does not run here");
-            return;
-        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
@@ -312,26 +469,29 @@ mod tests {
                 x[k / 2] = -250.0; // an outlier in one block of row 0
                 let want = reference(&x, &tw.i8_f32, Some(&bias), m, k);
                 let w = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
-                let mut y = vec![0f32; m * n];
-                pool.install(|| matmul(&x, &w, Some(&bias), &mut y, m));
-                check_quantized_x(&y, &want, &x, &tw.i8_f32, m, k, &format!("m{m} k{k} n{n}"));
+                for isa in isas() {
+                    let mut y = vec![0f32; m * n];
+                    pool.install(|| matmul(isa, &x, &w, Some(&bias), &mut y, m));
+                    let what = format!("{isa:?} m{m} k{k} n{n}");
+                    check_quantized_x(&y, &want, &x, &tw.i8_f32, m, k, &what);
+                }
             }
         }
     }
 
     #[test]
     fn a_nan_or_infinite_x_reaches_only_its_row() {
-        if !available() {
-            return;
-        }
         let (m, n, k) = (40, 13, 300);
         let tw = weights(n, k, 2);
         let w = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
-        for bad in [f32::NAN, f32::INFINITY] {
+        for (bad, isa) in [f32::NAN, f32::INFINITY]
+            .into_iter()
+            .flat_map(|b| isas().into_iter().map(move |i| (b, i)))
+        {
             let mut x = data(m * k, 1);
             x[33 * k + 7] = bad;
             let mut y = vec![0f32; m * n];
-            matmul(&x, &w, None, &mut y, m);
+            matmul(isa, &x, &w, None, &mut y, m);
             for (i, row) in y.chunks(n).enumerate() {
                 if i == 33 {
                     assert!(row.iter().all(|v| v.is_nan()), "row 33 has {bad}");
