@@ -91,6 +91,21 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// The prompt of a case from the reference's token ids.
+fn case_prompt<'a>(tts: &Qwen3Tts, case: &Case, get: impl Fn(&str) -> &'a Tensor) -> Prompt {
+    let text_ids = ids(get("input_ids"));
+    let instruct_ids = case.instruct.then(|| ids(get("instruct_ids")));
+    let request = PromptRequest {
+        text_ids: &text_ids,
+        instruct_ids: instruct_ids.as_deref(),
+        language: case.language,
+        voice: case.voice.clone(),
+        non_streaming: case.non_streaming,
+        reference: None,
+    };
+    Prompt::build(tts.talker(), tts.config(), &request).expect("prompt")
+}
+
 fn greedy(max_frames: usize) -> GenerationParams {
     GenerationParams {
         talker: None,
@@ -114,17 +129,7 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
                 r.get(&format!("{}.{k}", case.name))
                     .unwrap_or_else(|| panic!("{what}: reference has no {k}"))
             };
-            let text_ids = ids(get("input_ids"));
-            let instruct_ids = case.instruct.then(|| ids(get("instruct_ids")));
-            let request = PromptRequest {
-                text_ids: &text_ids,
-                instruct_ids: instruct_ids.as_deref(),
-                language: case.language,
-                voice: case.voice.clone(),
-                non_streaming: case.non_streaming,
-                reference: None,
-            };
-            let prompt = Prompt::build(tts.talker(), tts.config(), &request).expect("prompt");
+            let prompt = case_prompt(&tts, &case, get);
             let d = rel_diff(&prompt.prefill.squeeze(0).unwrap(), get("prefill_embeds"));
             assert!(d < 1e-5, "{what}: prefill embeddings differ by {d}");
             let d = rel_diff(
@@ -185,17 +190,7 @@ fn half_precision_kv_caches_track_the_reference() {
         let r = reference(model);
         for case in cases() {
             let get = |k: &str| &r[&format!("{}.{k}", case.name)];
-            let text_ids = ids(get("input_ids"));
-            let instruct_ids = case.instruct.then(|| ids(get("instruct_ids")));
-            let request = PromptRequest {
-                text_ids: &text_ids,
-                instruct_ids: instruct_ids.as_deref(),
-                language: case.language,
-                voice: case.voice.clone(),
-                non_streaming: case.non_streaming,
-                reference: None,
-            };
-            let prompt = Prompt::build(tts.talker(), tts.config(), &request).expect("prompt");
+            let prompt = case_prompt(&tts, &case, get);
             let n = prompt.prefill.dim(1).unwrap();
             let singles = 4.min(n - 1);
             for (kv_dtype, bound) in [

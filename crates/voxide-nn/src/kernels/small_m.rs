@@ -47,25 +47,25 @@ pub fn integer_int8() -> bool {
 }
 
 /// Output rows per parallel task (a multiple of [`W_ROWS`]).
-const ROWS_PER_TASK: usize = 48;
+pub(super) const ROWS_PER_TASK: usize = 48;
 
 /// Widest column block; wider matrices are cut into equal blocks, so that a strip of widened
 /// weights (≤ 6 × 512 f32, 12 KB) stays in L1 and the block's x panels in L2.
-const MAX_BLOCK: usize = 512;
+pub(super) const MAX_BLOCK: usize = 512;
 
 /// Rows of x packed at a time (≤ 256 × k f32).
-const PASS_ROWS: usize = 256;
+pub(super) const PASS_ROWS: usize = 256;
 
 /// Rows of x per chunk: a column block of the chunk's panels (≤ 128 × 512 f32, 256 KB) stays
 /// in L2 while every strip of the task passes over it.
-const M_CHUNK: usize = 128;
+pub(super) const M_CHUNK: usize = 128;
 
 /// Weight rows per micro-kernel call (one broadcast each per column).
-const W_ROWS: usize = 6;
+pub(super) const W_ROWS: usize = 6;
 
 /// Vectors of x rows per micro-kernel call: 2 × 6 accumulators + 2 x vectors + 1 broadcast
 /// fill AVX2's 16 registers.
-const X_VECS: usize = 2;
+pub(super) const X_VECS: usize = 2;
 
 /// Below this many multiply-adds the product runs on one thread.
 const PARALLEL_MIN_MACS: usize = 1 << 21;
@@ -131,22 +131,94 @@ pub fn matmul_small_on<E: WeightElem>(
         let rows = xs.len() / k;
         pack_x(xs, rows, k, width, &mut panels);
         let out = OutPtr(ys.as_mut_ptr());
-        let tile = |t: usize, scratch: &mut Scratch| {
-            let (r0, r1) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
-            task_on(isa, &panels, *w, bias, out, rows, r0, r1, block, scratch);
-        };
-        let scratch = || Scratch {
-            strip: vec![0f32; W_ROWS * block],
-            tile: vec![0f32; ROWS_PER_TASK * M_CHUNK.next_multiple_of(width)],
-        };
-        let tiles = n.div_ceil(ROWS_PER_TASK);
-        if rows * n * k < PARALLEL_MIN_MACS || rayon::current_num_threads() == 1 {
-            let mut s = scratch();
-            (0..tiles).for_each(|t| tile(t, &mut s));
-        } else {
-            (0..tiles)
-                .into_par_iter()
-                .for_each_init(scratch, |s, t| tile(t, s));
+        for_each_task(
+            n,
+            rows * n * k,
+            || Scratch {
+                strip: vec![0f32; W_ROWS * block],
+                tile: vec![0f32; ROWS_PER_TASK * M_CHUNK.next_multiple_of(width)],
+            },
+            |r0, r1, scratch| task_on(isa, &panels, *w, bias, out, rows, r0, r1, block, scratch),
+        );
+    }
+}
+
+/// Runs `task(r0, r1, scratch)` for every [`ROWS_PER_TASK`] output rows of n, on all threads
+/// when the product's `macs` multiply-adds are worth it; each thread reuses one scratch.
+pub(super) fn for_each_task<S>(
+    n: usize,
+    macs: usize,
+    scratch: impl Fn() -> S + Sync + Send,
+    task: impl Fn(usize, usize, &mut S) + Sync + Send,
+) {
+    let run = |t: usize, s: &mut S| task(t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n), s);
+    let tasks = n.div_ceil(ROWS_PER_TASK);
+    if macs < PARALLEL_MIN_MACS || rayon::current_num_threads() == 1 {
+        let mut s = scratch();
+        (0..tasks).for_each(|t| run(t, &mut s));
+    } else {
+        (0..tasks)
+            .into_par_iter()
+            .for_each_init(scratch, |s, t| run(t, s));
+    }
+}
+
+/// Prefetches the strip after the one at rows r0 + rs, columns c0..c0 + len of a task's rows
+/// r0..r1 (the next rows, or the task's first rows in the next column block): short runs of
+/// each row, which the hardware prefetcher would not start on, arrive while this strip
+/// multiplies.
+///
+/// # Safety
+/// `data` holds the weights, `elem` bytes each, rows of k.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn prefetch_next_strip(
+    data: *const u8,
+    elem: usize,
+    k: usize,
+    (r0, rs, r1): (usize, usize, usize),
+    (c0, len, block): (usize, usize, usize),
+    prefetch: impl Fn(*const u8),
+) {
+    let (next_r, next_c0) = if r0 + rs + W_ROWS < r1 {
+        (r0 + rs + W_ROWS, c0)
+    } else {
+        (r0, c0 + len)
+    };
+    if next_c0 < k {
+        let next_len = block.min(k - next_c0) * elem;
+        for r in next_r..(next_r + W_ROWS).min(r1) {
+            let row = data.add((r * k + next_c0) * elem);
+            for b in (0..next_len).step_by(64) {
+                prefetch(row.add(b));
+            }
+        }
+    }
+}
+
+/// A chunk's results (rows m0..m1 of x against a task's output rows r0..r0 + rows), kept as
+/// `[panel][row][width]`, transposed into y (rows of n) once: · `scales[r]` where the weights
+/// carry row scales the kernel did not apply, + bias.
+///
+/// # Safety
+/// The tile holds the chunk; y holds m1 rows of n.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn write_tile(
+    tile: *const f32,
+    y: OutPtr,
+    n: usize,
+    (m0, m1, width): (usize, usize, usize),
+    (r0, rows): (usize, usize),
+    scales: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) {
+    for i in m0..m1 {
+        let (p, l) = ((i - m0) / width, (i - m0) % width);
+        for t in 0..rows {
+            let r = r0 + t;
+            let v = *tile.add((p * rows + t) * width + l);
+            *y.0.add(i * n + r) = scales.map_or(v, |s| v * s[r]) + bias.map_or(0.0, |b| b[r]);
         }
     }
 }
@@ -242,22 +314,14 @@ unsafe fn task_body<S: Simd, E: WeightElem>(
                         strip.add(t * len),
                     );
                 }
-                // The next strip's weights (short runs of each row: the hardware prefetcher
-                // would not start on them) arrive while this strip multiplies.
-                let (next_r, next_c0) = if rs + W_ROWS < rows {
-                    (r0 + rs + W_ROWS, c0)
-                } else {
-                    (r0, c0 + len)
-                };
-                if next_c0 < k {
-                    let next_len = block.min(k - next_c0) * std::mem::size_of::<E>();
-                    for r in next_r..(next_r + W_ROWS).min(r1) {
-                        let row = w.data.as_ptr().add(r * k + next_c0) as *const u8;
-                        for b in (0..next_len).step_by(64) {
-                            S::prefetch_keep(row.add(b));
-                        }
-                    }
-                }
+                prefetch_next_strip(
+                    w.data.as_ptr() as *const u8,
+                    std::mem::size_of::<E>(),
+                    k,
+                    (r0, rs, r1),
+                    (c0, len, block),
+                    |p| S::prefetch_keep(p),
+                );
                 for p in 0..panels_here {
                     let i0 = m0 + p * width;
                     let xp = panels.as_ptr().add(((i0 / width) * k + c0) * width);
@@ -277,15 +341,8 @@ unsafe fn task_body<S: Simd, E: WeightElem>(
             }
             c0 += len;
         }
-        // The chunk's results, transposed into y once.
-        for i in m0..m1 {
-            let (p, l) = ((i - m0) / width, (i - m0) % width);
-            for t in 0..rows {
-                let r = r0 + t;
-                *y.0.add(i * n + r) =
-                    *tile.add((p * rows + t) * width + l) + bias.map_or(0.0, |b| b[r]);
-            }
-        }
+        // The weights were scaled as they were widened.
+        write_tile(tile, y, n, (m0, m1, width), (r0, rows), None, bias);
         m0 = m1;
     }
 }

@@ -15,30 +15,11 @@
 use super::gemv::{OutPtr, WeightMatrix};
 use super::gemv_int8::{QuantizedX, X_BLOCK};
 use super::simd::Isa;
-use rayon::prelude::*;
+use super::small_m::{
+    for_each_task, prefetch_next_strip, write_tile, MAX_BLOCK, M_CHUNK, PASS_ROWS, ROWS_PER_TASK,
+    W_ROWS, X_VECS,
+};
 use std::arch::x86_64::*;
-
-/// Vectors of x rows per panel.
-const X_VECS: usize = 2;
-
-/// Output rows per parallel task (a multiple of [`W_ROWS`]).
-const ROWS_PER_TASK: usize = 48;
-
-/// Weight rows per micro-kernel call.
-const W_ROWS: usize = 6;
-
-/// Widest column block, a multiple of [`X_BLOCK`] (a strip of 6 × 512 int16, 6 KB, in L1).
-const MAX_BLOCK: usize = 512;
-
-/// Rows of x quantized and packed at a time.
-const PASS_ROWS: usize = 256;
-
-/// Rows of x per chunk: a column block of the chunk's panels (128 × 512 int16, 128 KB) stays
-/// in L2 while every strip of the task passes over it.
-const M_CHUNK: usize = 128;
-
-/// Below this many multiply-adds the product runs on one thread.
-const PARALLEL_MIN_MACS: usize = 1 << 21;
 
 /// Whether this CPU runs the integer small-M product on `isa`'s vectors.
 pub fn available(isa: Isa) -> bool {
@@ -200,32 +181,24 @@ pub(crate) fn matmul(
         let rows = xs.len() / k;
         let panels = Panels::pack(xs, rows, k, width);
         let out = OutPtr(ys.as_mut_ptr());
-        let tile = |t: usize, scratch: &mut Scratch| {
-            let (r0, r1) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(n));
+        for_each_task(
+            n,
+            rows * n * k,
+            || Scratch {
+                strip: vec![0i16; W_ROWS * block.next_multiple_of(2)],
+                tile: vec![0f32; ROWS_PER_TASK * M_CHUNK.next_multiple_of(width)],
+            },
             // SAFETY: `available` was checked by the caller; the buffers fit (asserted in the
             // task).
-            unsafe {
+            |r0, r1, scratch| unsafe {
                 match isa {
                     Isa::Avx512 => {
                         task_avx512(&panels, *w, bias, out, rows, r0, r1, block, scratch)
                     }
                     _ => task_avx2(&panels, *w, bias, out, rows, r0, r1, block, scratch),
                 }
-            };
-        };
-        let scratch = || Scratch {
-            strip: vec![0i16; W_ROWS * block.next_multiple_of(2)],
-            tile: vec![0f32; ROWS_PER_TASK * M_CHUNK.next_multiple_of(width)],
-        };
-        let tiles = n.div_ceil(ROWS_PER_TASK);
-        if rows * n * k < PARALLEL_MIN_MACS || rayon::current_num_threads() == 1 {
-            let mut s = scratch();
-            (0..tiles).for_each(|t| tile(t, &mut s));
-        } else {
-            (0..tiles)
-                .into_par_iter()
-                .for_each_init(scratch, |s, t| tile(t, s));
-        }
+            },
+        );
     }
 }
 
@@ -324,21 +297,14 @@ unsafe fn task<V: Vnni>(
                         *dst.add(jj) = if jj < len { *src.add(jj) as i16 } else { 0 };
                     }
                 }
-                // The next strip's weights arrive while this one multiplies (as in small_m).
-                let (next_r, next_c0) = if rs + W_ROWS < rows {
-                    (r0 + rs + W_ROWS, c0)
-                } else {
-                    (r0, c0 + len)
-                };
-                if next_c0 < k {
-                    let next_len = block.min(k - next_c0);
-                    for r in next_r..(next_r + W_ROWS).min(r1) {
-                        let row = w.data.as_ptr().add(r * k + next_c0);
-                        for b in (0..next_len).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(row.add(b));
-                        }
-                    }
-                }
+                prefetch_next_strip(
+                    w.data.as_ptr() as *const u8,
+                    1,
+                    k,
+                    (r0, rs, r1),
+                    (c0, len, block),
+                    |p| _mm_prefetch::<_MM_HINT_T0>(p as *const i8),
+                );
                 for p in 0..panels_here {
                     let panel = (m0 / width) + p;
                     let xp = panels
@@ -372,15 +338,15 @@ unsafe fn task<V: Vnni>(
             }
             c0 += len;
         }
-        // The chunk's results, transposed into y once, with the weights' row scales.
-        for i in m0..m1 {
-            let (p, l) = ((i - m0) / width, (i - m0) % width);
-            for t in 0..rows {
-                let r = r0 + t;
-                *y.0.add(i * n + r) = *tile.add((p * rows + t) * width + l) * row_scales[r]
-                    + bias.map_or(0.0, |b| b[r]);
-            }
-        }
+        write_tile(
+            tile,
+            y,
+            n,
+            (m0, m1, width),
+            (r0, rows),
+            Some(row_scales),
+            bias,
+        );
         m0 = m1;
     }
 }
