@@ -284,16 +284,81 @@ unsafe fn task_body<S: Simd, E: WeightElem>(
     block: usize,
     scratch: &mut Scratch,
 ) {
-    let (n, k) = (w.rows, w.cols);
+    let k = w.cols;
     let width = X_VECS * S::LANES;
-    let chunk = M_CHUNK.next_multiple_of(width);
-    let rows = r1 - r0;
     assert!(
         scratch.strip.len() >= W_ROWS * block
-            && scratch.tile.len() >= rows * chunk
+            && scratch.tile.len() >= (r1 - r0) * M_CHUNK.next_multiple_of(width)
             && panels.len() >= m.div_ceil(width) * k * width
     );
-    let (strip, tile) = (scratch.strip.as_mut_ptr(), scratch.tile.as_mut_ptr());
+    let mut strips = FloatStrips::<S, E> {
+        panels,
+        w,
+        strip: scratch.strip.as_mut_ptr(),
+        _simd: std::marker::PhantomData,
+    };
+    // The weights were scaled as they were widened.
+    run_task(
+        &mut strips,
+        m,
+        (r0, r1),
+        block,
+        scratch.tile.as_mut_ptr(),
+        y,
+        None,
+        bias,
+    );
+}
+
+/// What a small-M kernel does inside the loops of [`run_task`]: widen a strip of weight rows
+/// for a column block, and multiply it against a panel of x.
+pub(super) trait StripKernel {
+    /// Rows of x per vector (a panel holds [`X_VECS`] vectors).
+    const LANES: usize;
+    /// (rows, cols) of the weights.
+    fn dims(&self) -> (usize, usize);
+    /// The weights' bytes and the bytes per weight, for prefetching.
+    fn weight_bytes(&self) -> (*const u8, usize);
+    /// A prefetch that keeps the line in the caches.
+    unsafe fn prefetch(p: *const u8);
+    /// Widens weight row `r`, columns c0..c0 + len, into strip row `t`.
+    unsafe fn widen(&mut self, t: usize, r: usize, c0: usize, len: usize);
+    /// The tile's rows at `yp` (stride: the panel width) += panel `panel` of x (`vecs`
+    /// vectors) times the strip's first `strip_rows` rows, over `columns` (c0, len).
+    unsafe fn multiply(
+        &self,
+        panel: usize,
+        columns: (usize, usize),
+        strip_rows: usize,
+        vecs: usize,
+        yp: *mut f32,
+    );
+}
+
+/// Output rows r0..r1 for all m rows of x: chunks of [`M_CHUNK`] rows of x (their panels stay
+/// in L2), column blocks of `block`, strips of [`W_ROWS`] weight rows (in L1), the next strip
+/// prefetched while one multiplies, each chunk's tile written to y once (· `scales`, + bias).
+///
+/// # Safety
+/// The kernel's buffers fit these sizes; `tile` holds (r1 − r0) × the chunk's rows; y holds
+/// m rows of the weights' n.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn run_task<K: StripKernel>(
+    kernel: &mut K,
+    m: usize,
+    (r0, r1): (usize, usize),
+    block: usize,
+    tile: *mut f32,
+    y: OutPtr,
+    scales: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) {
+    let (n, k) = kernel.dims();
+    let (bytes, elem) = kernel.weight_bytes();
+    let width = X_VECS * K::LANES;
+    let chunk = M_CHUNK.next_multiple_of(width);
+    let rows = r1 - r0;
     let mut m0 = 0;
     while m0 < m {
         let m1 = (m0 + chunk).min(m);
@@ -306,44 +371,98 @@ unsafe fn task_body<S: Simd, E: WeightElem>(
             while rs < rows {
                 let strip_rows = W_ROWS.min(rows - rs);
                 for t in 0..strip_rows {
-                    let r = r0 + rs + t;
-                    convert_row::<S, E>(
-                        w.data.as_ptr().add(r * k + c0),
-                        len,
-                        w.scales.map(|s| s[r]),
-                        strip.add(t * len),
-                    );
+                    kernel.widen(t, r0 + rs + t, c0, len);
                 }
-                prefetch_next_strip(
-                    w.data.as_ptr() as *const u8,
-                    std::mem::size_of::<E>(),
-                    k,
-                    (r0, rs, r1),
-                    (c0, len, block),
-                    |p| S::prefetch_keep(p),
-                );
+                prefetch_next_strip(bytes, elem, k, (r0, rs, r1), (c0, len, block), |p| {
+                    K::prefetch(p)
+                });
                 for p in 0..panels_here {
                     let i0 = m0 + p * width;
-                    let xp = panels.as_ptr().add(((i0 / width) * k + c0) * width);
+                    let vecs = (m1 - i0).div_ceil(K::LANES).min(X_VECS);
                     let yp = tile.add((p * rows + rs) * width);
-                    let vecs = (m1 - i0).div_ceil(S::LANES).min(X_VECS);
-                    macro_rules! micro {
-                        ($($rows:literal, $vecs:literal);*) => {
-                            match (strip_rows, vecs) {
-                                $(($rows, $vecs) => micro::<S, $rows, $vecs>(xp, width, strip, len, yp),)*
-                                _ => unreachable!(),
-                            }
-                        };
-                    }
-                    micro!(1, 1; 2, 1; 3, 1; 4, 1; 5, 1; 6, 1; 1, 2; 2, 2; 3, 2; 4, 2; 5, 2; 6, 2);
+                    kernel.multiply(i0 / width, (c0, len), strip_rows, vecs, yp);
                 }
                 rs += strip_rows;
             }
             c0 += len;
         }
-        // The weights were scaled as they were widened.
-        write_tile(tile, y, n, (m0, m1, width), (r0, rows), None, bias);
+        write_tile(tile, y, n, (m0, m1, width), (r0, rows), scales, bias);
         m0 = m1;
+    }
+}
+
+/// Calls `$f::<$t, ROWS, VECS>($args)` for the register blocking (strip rows 1–6 × vectors
+/// of x 1–2) given at run time.
+macro_rules! with_blocking {
+    ($rows:expr, $vecs:expr, $f:ident::<$t:ty>($($arg:expr),*)) => {
+        match ($rows, $vecs) {
+            (1, 1) => $f::<$t, 1, 1>($($arg),*),
+            (2, 1) => $f::<$t, 2, 1>($($arg),*),
+            (3, 1) => $f::<$t, 3, 1>($($arg),*),
+            (4, 1) => $f::<$t, 4, 1>($($arg),*),
+            (5, 1) => $f::<$t, 5, 1>($($arg),*),
+            (6, 1) => $f::<$t, 6, 1>($($arg),*),
+            (1, 2) => $f::<$t, 1, 2>($($arg),*),
+            (2, 2) => $f::<$t, 2, 2>($($arg),*),
+            (3, 2) => $f::<$t, 3, 2>($($arg),*),
+            (4, 2) => $f::<$t, 4, 2>($($arg),*),
+            (5, 2) => $f::<$t, 5, 2>($($arg),*),
+            (6, 2) => $f::<$t, 6, 2>($($arg),*),
+            _ => unreachable!("blocking beyond 6 × 2"),
+        }
+    };
+}
+pub(super) use with_blocking;
+
+/// The f32 kernel's strips: narrow weights widened to f32 (scaled, for int8).
+struct FloatStrips<'a, S, E> {
+    panels: &'a [f32],
+    w: WeightMatrix<'a, E>,
+    /// [`W_ROWS`] rows of the current column block, `len` apart.
+    strip: *mut f32,
+    _simd: std::marker::PhantomData<S>,
+}
+
+impl<S: Simd, E: WeightElem> StripKernel for FloatStrips<'_, S, E> {
+    const LANES: usize = S::LANES;
+
+    #[inline(always)]
+    fn dims(&self) -> (usize, usize) {
+        (self.w.rows, self.w.cols)
+    }
+
+    #[inline(always)]
+    fn weight_bytes(&self) -> (*const u8, usize) {
+        (self.w.data.as_ptr() as *const u8, std::mem::size_of::<E>())
+    }
+
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        S::prefetch_keep(p)
+    }
+
+    #[inline(always)]
+    unsafe fn widen(&mut self, t: usize, r: usize, c0: usize, len: usize) {
+        convert_row::<S, E>(
+            self.w.data.as_ptr().add(r * self.w.cols + c0),
+            len,
+            self.w.scales.map(|s| s[r]),
+            self.strip.add(t * len),
+        );
+    }
+
+    #[inline(always)]
+    unsafe fn multiply(
+        &self,
+        panel: usize,
+        (c0, len): (usize, usize),
+        strip_rows: usize,
+        vecs: usize,
+        yp: *mut f32,
+    ) {
+        let width = X_VECS * S::LANES;
+        let xp = self.panels.as_ptr().add((panel * self.w.cols + c0) * width);
+        with_blocking!(strip_rows, vecs, micro::<S>(xp, width, self.strip, len, yp));
     }
 }
 

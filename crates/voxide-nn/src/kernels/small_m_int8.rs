@@ -16,8 +16,8 @@ use super::gemv::{OutPtr, WeightMatrix};
 use super::gemv_int8::{QuantizedX, X_BLOCK};
 use super::simd::Isa;
 use super::small_m::{
-    for_each_task, prefetch_next_strip, write_tile, MAX_BLOCK, M_CHUNK, PASS_ROWS, ROWS_PER_TASK,
-    W_ROWS, X_VECS,
+    for_each_task, run_task, with_blocking, StripKernel, MAX_BLOCK, M_CHUNK, PASS_ROWS,
+    ROWS_PER_TASK, W_ROWS, X_VECS,
 };
 use std::arch::x86_64::*;
 
@@ -260,94 +260,96 @@ unsafe fn task<V: Vnni>(
     block: usize,
     scratch: &mut Scratch,
 ) {
-    let (n, k) = (w.rows, w.cols);
+    let k = w.cols;
     let width = X_VECS * V::LANES;
-    let chunk = M_CHUNK.next_multiple_of(width);
     let (pairs, blocks) = (k.div_ceil(2), k.div_ceil(X_BLOCK));
-    let row_scales = w.scales.expect("int8 weights carry row scales");
-    let rows = r1 - r0;
     let stride = block.next_multiple_of(2);
     assert!(
         scratch.strip.len() >= W_ROWS * stride
-            && scratch.tile.len() >= rows * chunk
+            && scratch.tile.len() >= (r1 - r0) * M_CHUNK.next_multiple_of(width)
             && panels.codes.len() >= m.div_ceil(width) * pairs * width * 2
             && panels.scales.len() >= m.div_ceil(width) * blocks * width
     );
-    let (strip, tile) = (scratch.strip.as_mut_ptr(), scratch.tile.as_mut_ptr());
-    let mut m0 = 0;
-    while m0 < m {
-        let m1 = (m0 + chunk).min(m);
-        let panels_here = (m1 - m0).div_ceil(width);
-        std::ptr::write_bytes(tile, 0, panels_here * rows * width);
-        let mut c0 = 0;
-        while c0 < k {
-            let len = block.min(k - c0);
-            let mut rs = 0;
-            while rs < rows {
-                let strip_rows = W_ROWS.min(rows - rs);
-                for t in 0..strip_rows {
-                    let src = w.data.as_ptr().add((r0 + rs + t) * k + c0);
-                    let dst = strip.add(t * stride);
-                    let mut j = 0;
-                    while j + 2 * V::LANES <= len {
-                        V::widen(src.add(j), dst.add(j));
-                        j += 2 * V::LANES;
-                    }
-                    for jj in j..stride {
-                        *dst.add(jj) = if jj < len { *src.add(jj) as i16 } else { 0 };
-                    }
-                }
-                prefetch_next_strip(
-                    w.data.as_ptr() as *const u8,
-                    1,
-                    k,
-                    (r0, rs, r1),
-                    (c0, len, block),
-                    |p| _mm_prefetch::<_MM_HINT_T0>(p as *const i8),
-                );
-                for p in 0..panels_here {
-                    let panel = (m0 / width) + p;
-                    let xp = panels
-                        .codes
-                        .as_ptr()
-                        .add(((panel * pairs + c0 / 2) * width) * 2)
-                        as *const i32;
-                    let sp = panels
-                        .scales
-                        .as_ptr()
-                        .add((panel * blocks + c0 / X_BLOCK) * width);
-                    let yp = tile.add((p * rows + rs) * width);
-                    let vecs = if m1 - (m0 + p * width) > V::LANES {
-                        2
-                    } else {
-                        1
-                    };
-                    let wp = strip as *const i32;
-                    let pair_len = len.div_ceil(2);
-                    macro_rules! micro {
-                        ($($rows:literal, $vecs:literal);*) => {
-                            match (strip_rows, vecs) {
-                                $(($rows, $vecs) => micro::<V, $rows, $vecs>(xp, sp, wp, stride / 2, pair_len, yp),)*
-                                _ => unreachable!(),
-                            }
-                        };
-                    }
-                    micro!(1, 1; 2, 1; 3, 1; 4, 1; 5, 1; 6, 1; 1, 2; 2, 2; 3, 2; 4, 2; 5, 2; 6, 2);
-                }
-                rs += strip_rows;
-            }
-            c0 += len;
+    let scales = w.scales.expect("int8 weights carry row scales");
+    let mut strips = IntStrips::<V> {
+        panels,
+        w,
+        strip: scratch.strip.as_mut_ptr(),
+        stride,
+        _vnni: std::marker::PhantomData,
+    };
+    let tile = scratch.tile.as_mut_ptr();
+    run_task(&mut strips, m, (r0, r1), block, tile, y, Some(scales), bias);
+}
+
+/// The integer kernel's strips: int8 weights widened to int16, unscaled.
+struct IntStrips<'a, V> {
+    panels: &'a Panels,
+    w: WeightMatrix<'a, i8>,
+    /// [`W_ROWS`] rows of the current column block, `stride` apart, zero past its end.
+    strip: *mut i16,
+    stride: usize,
+    _vnni: std::marker::PhantomData<V>,
+}
+
+impl<V: Vnni> StripKernel for IntStrips<'_, V> {
+    const LANES: usize = V::LANES;
+
+    #[inline(always)]
+    fn dims(&self) -> (usize, usize) {
+        (self.w.rows, self.w.cols)
+    }
+
+    #[inline(always)]
+    fn weight_bytes(&self) -> (*const u8, usize) {
+        (self.w.data.as_ptr() as *const u8, 1)
+    }
+
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+
+    #[inline(always)]
+    unsafe fn widen(&mut self, t: usize, r: usize, c0: usize, len: usize) {
+        let src = self.w.data.as_ptr().add(r * self.w.cols + c0);
+        let dst = self.strip.add(t * self.stride);
+        let mut j = 0;
+        while j + 2 * V::LANES <= len {
+            V::widen(src.add(j), dst.add(j));
+            j += 2 * V::LANES;
         }
-        write_tile(
-            tile,
-            y,
-            n,
-            (m0, m1, width),
-            (r0, rows),
-            Some(row_scales),
-            bias,
+        for jj in j..self.stride {
+            *dst.add(jj) = if jj < len { *src.add(jj) as i16 } else { 0 };
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn multiply(
+        &self,
+        panel: usize,
+        (c0, len): (usize, usize),
+        strip_rows: usize,
+        vecs: usize,
+        yp: *mut f32,
+    ) {
+        let k = self.w.cols;
+        let width = X_VECS * V::LANES;
+        let (pairs, blocks) = (k.div_ceil(2), k.div_ceil(X_BLOCK));
+        let codes = self.panels.codes.as_ptr();
+        let xp = codes.add((panel * pairs + c0 / 2) * width * 2) as *const i32;
+        let sp = self
+            .panels
+            .scales
+            .as_ptr()
+            .add((panel * blocks + c0 / X_BLOCK) * width);
+        let wp = self.strip as *const i32;
+        let (w_stride, pair_len) = (self.stride / 2, len.div_ceil(2));
+        with_blocking!(
+            strip_rows,
+            vecs,
+            micro::<V>(xp, sp, wp, w_stride, pair_len, yp)
         );
-        m0 = m1;
     }
 }
 
