@@ -81,8 +81,9 @@ fn scale_narrow(w: &Tensor, factor: f64) -> Result<Option<Tensor>> {
 /// ([`Linear::quantize_int8`]); the bias and the activations are f32. On CPU, narrow weights
 /// (f16, bf16, int8) times f32 inputs run the crate's kernels: at most [`MAX_ROWS`] rows (a
 /// decoder step) the streaming GEMV, at most
-/// [`small_m_max_rows`](crate::kernels::small_m::small_m_max_rows) the small-M kernel, larger
-/// inputs a GEMM on blocks of widened weight rows (no f32 copy of the whole matrix). f32
+/// [`small_m_max_rows`](crate::kernels::small_m::small_m_max_rows) the small-M kernel (int8
+/// where VNNI runs: the integer small-M kernel at any size), larger inputs a GEMM on blocks of
+/// widened weight rows (no f32 copy of the whole matrix). f32
 /// weights take the same GEMV for at most [`MAX_ROWS`] rows and candle's GEMM beyond.
 #[derive(Clone, Debug)]
 pub struct Linear {
