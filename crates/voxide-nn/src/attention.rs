@@ -505,8 +505,6 @@ mod tests {
         }
     }
 
-    /// Decoding token by token through the cache equals one causal pass over the sequence,
-    /// with grouped-query heads.
     /// Row i (position past + i) sees exactly the keys j ≤ past + i within the window.
     #[test]
     fn causal_mask_follows_its_rule() -> Result<()> {
@@ -534,6 +532,8 @@ mod tests {
         Ok(())
     }
 
+    /// Decoding token by token through the cache equals one causal pass over the sequence,
+    /// with grouped-query heads.
     #[test]
     fn cached_steps_equal_causal_prefill_with_gqa() -> Result<()> {
         let dev = Device::Cpu;

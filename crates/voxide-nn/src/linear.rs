@@ -707,9 +707,9 @@ mod tests {
                     let want = reference(&x)?;
                     assert_eq!(got.dims(), &[1, rows, n]);
                     let err = max_rel(&got, &want);
-                    // Where int8 runs on the GEMV, or on the integer small-M kernel (AVX-512
-                    // VNNI), it multiplies x's int16 codes (`gemv_int8`): each value within
-                    // 1.5e-5 of its block's largest.
+                    // Where int8 runs on the GEMV, or on the integer small-M kernel (VNNI), it
+                    // multiplies x's int16 codes (`gemv_int8`): each value within 1.5e-5 of its
+                    // block's largest.
                     let integer = rows <= int8_gemv_max_rows() || integer_int8();
                     let tol = if fmt == WeightFormat::Int8 && integer {
                         1e-4

@@ -47,7 +47,7 @@ pub fn integer_int8() -> bool {
 }
 
 /// Output rows per parallel task (a multiple of [`W_ROWS`]).
-pub(super) const ROWS_PER_TASK: usize = 48;
+const ROWS_PER_TASK: usize = 48;
 
 /// Widest column block; wider matrices are cut into equal blocks, so that a strip of widened
 /// weights (≤ 6 × 512 f32, 12 KB) stays in L1 and the block's x panels in L2.
@@ -134,10 +134,7 @@ pub fn matmul_small_on<E: WeightElem>(
         for_each_task(
             n,
             rows * n * k,
-            || Scratch {
-                strip: vec![0f32; W_ROWS * block],
-                tile: vec![0f32; ROWS_PER_TASK * M_CHUNK.next_multiple_of(width)],
-            },
+            || Scratch::<f32>::new(block, width),
             |r0, r1, scratch| task_on(isa, &panels, *w, bias, out, rows, r0, r1, block, scratch),
         );
     }
@@ -172,7 +169,7 @@ pub(super) fn for_each_task<S>(
 /// `data` holds the weights, `elem` bytes each, rows of k.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn prefetch_next_strip(
+unsafe fn prefetch_next_strip(
     data: *const u8,
     elem: usize,
     k: usize,
@@ -204,7 +201,7 @@ pub(super) unsafe fn prefetch_next_strip(
 /// The tile holds the chunk; y holds m1 rows of n.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn write_tile(
+unsafe fn write_tile(
     tile: *const f32,
     y: OutPtr,
     n: usize,
@@ -224,11 +221,22 @@ pub(super) unsafe fn write_tile(
 }
 
 /// A task's working memory, reused across the tasks a thread runs.
-struct Scratch {
-    /// [`W_ROWS`] weight rows of one column block, widened to f32.
-    strip: Vec<f32>,
+pub(super) struct Scratch<T> {
+    /// [`W_ROWS`] weight rows of one column block, widened (to f32, or int16 for the integer
+    /// kernel).
+    pub(super) strip: Vec<T>,
     /// The task's output for one chunk of x rows, panel by panel: `[panel][row][width]`.
-    tile: Vec<f32>,
+    pub(super) tile: Vec<f32>,
+}
+
+impl<T: Clone + Default> Scratch<T> {
+    /// Room for strips of `block` columns and a task's tile of panels `width` rows wide.
+    pub(super) fn new(block: usize, width: usize) -> Self {
+        Self {
+            strip: vec![T::default(); W_ROWS * block],
+            tile: vec![0f32; ROWS_PER_TASK * M_CHUNK.next_multiple_of(width)],
+        }
+    }
 }
 
 /// x (m × k, row-major) into `panels` as panels of `width` rows, each column-major:
@@ -267,7 +275,7 @@ isa_entries! {
         r0: usize,
         r1: usize,
         block: usize,
-        scratch: &mut Scratch,
+        scratch: &mut Scratch<f32>,
     ) => task_body
 }
 
@@ -282,7 +290,7 @@ unsafe fn task_body<S: Simd, E: WeightElem>(
     r0: usize,
     r1: usize,
     block: usize,
-    scratch: &mut Scratch,
+    scratch: &mut Scratch<f32>,
 ) {
     let k = w.cols;
     let width = X_VECS * S::LANES;

@@ -16,8 +16,8 @@ use super::gemv::{OutPtr, WeightMatrix};
 use super::gemv_int8::{QuantizedX, X_BLOCK};
 use super::simd::Isa;
 use super::small_m::{
-    for_each_task, run_task, with_blocking, StripKernel, MAX_BLOCK, M_CHUNK, PASS_ROWS,
-    ROWS_PER_TASK, W_ROWS, X_VECS,
+    for_each_task, run_task, with_blocking, Scratch, StripKernel, MAX_BLOCK, M_CHUNK, PASS_ROWS,
+    W_ROWS, X_VECS,
 };
 use std::arch::x86_64::*;
 
@@ -184,10 +184,7 @@ pub(crate) fn matmul(
         for_each_task(
             n,
             rows * n * k,
-            || Scratch {
-                strip: vec![0i16; W_ROWS * block.next_multiple_of(2)],
-                tile: vec![0f32; ROWS_PER_TASK * M_CHUNK.next_multiple_of(width)],
-            },
+            || Scratch::<i16>::new(block.next_multiple_of(2), width),
             // SAFETY: `available` was checked by the caller; the buffers fit (asserted in the
             // task).
             |r0, r1, scratch| unsafe {
@@ -202,14 +199,6 @@ pub(crate) fn matmul(
     }
 }
 
-/// A task's working memory, reused across the tasks a thread runs.
-struct Scratch {
-    /// [`W_ROWS`] weight rows of one column block, widened to int16 (an even count per row).
-    strip: Vec<i16>,
-    /// The task's output for one chunk of x rows, `[panel][row][width]`.
-    tile: Vec<f32>,
-}
-
 /// [`task`] on AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
@@ -222,7 +211,7 @@ unsafe fn task_avx512(
     r0: usize,
     r1: usize,
     block: usize,
-    scratch: &mut Scratch,
+    scratch: &mut Scratch<i16>,
 ) {
     // SAFETY: forwarded from the caller; the features are enabled here.
     unsafe { task::<Avx512Vnni>(panels, w, bias, y, m, r0, r1, block, scratch) }
@@ -240,7 +229,7 @@ unsafe fn task_avx2(
     r0: usize,
     r1: usize,
     block: usize,
-    scratch: &mut Scratch,
+    scratch: &mut Scratch<i16>,
 ) {
     // SAFETY: forwarded from the caller; the features are enabled here.
     unsafe { task::<AvxVnni>(panels, w, bias, y, m, r0, r1, block, scratch) }
@@ -258,7 +247,7 @@ unsafe fn task<V: Vnni>(
     r0: usize,
     r1: usize,
     block: usize,
-    scratch: &mut Scratch,
+    scratch: &mut Scratch<i16>,
 ) {
     let k = w.cols;
     let width = X_VECS * V::LANES;

@@ -6,8 +6,9 @@
 //! workers go to sleep within tens of µs, and waking one costs ~20 µs on a VM, about a cached
 //! GEMV's whole time: measured on Zen 5, a 3072×1024 int8 GEMV on 2 threads took 25.6 µs back
 //! to back and 46–48 µs after 30 µs of other work (PERFORMANCE.md, end of "Four lines per
-//! pass"; with this pool 26–31 µs, #109). The helpers here spin for [`SPIN`] after each loop before they park, as
-//! ggml's thread pool polls before it waits (`ggml-cpu.c`, credited in the README).
+//! pass"; with this pool 26–31 µs, #109). The helpers here spin for [`SPIN`] after each loop
+//! before they park, as ggml's thread pool polls before it waits (`ggml-cpu.c`, credited in
+//! the README).
 //!
 //! The pool serves one caller at a time; a second caller (another request on a server), a
 //! caller inside a rayon pool of another size, or a nested call takes rayon instead.
