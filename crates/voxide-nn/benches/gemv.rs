@@ -535,7 +535,11 @@ fn bench_step(int8: bool) {
             r.nontemporal_gbps,
             r.keep_gbps
         );
-        let ahead = voxide_nn::kernels::gemv::streamed_read_ahead();
+        let ahead = if int8 {
+            voxide_nn::kernels::gemv::streamed_read_ahead::<i8>()
+        } else {
+            voxide_nn::kernels::gemv::streamed_read_ahead::<bf16>()
+        };
         eprintln!(
             "(prefetched {} bytes ahead: {:?})",
             ahead.bytes, ahead.measured

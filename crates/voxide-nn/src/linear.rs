@@ -26,6 +26,19 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// Measures how far ahead of its loads the GEMV of this format reads a streamed matrix
+    /// ([`streamed_read_ahead`]; once per format and process). The ggml formats' kernels
+    /// prefetch a fixed distance.
+    pub fn measure_read_ahead(self) {
+        match self {
+            WeightFormat::F32 => _ = streamed_read_ahead::<f32>(),
+            WeightFormat::F16 => _ = streamed_read_ahead::<half::f16>(),
+            WeightFormat::Bf16 => _ = streamed_read_ahead::<half::bf16>(),
+            WeightFormat::Int8 => _ = streamed_read_ahead::<i8>(),
+            WeightFormat::Ggml(_) => {}
+        }
+    }
+
     /// The candle dtype of a plain float format; `None` for the quantized ones.
     pub fn dtype(self) -> Option<DType> {
         match self {
@@ -279,7 +292,11 @@ impl Linear {
         if plan.contains(&Residency::Streamed) {
             // Measured here, at load, rather than inside the first decoder step.
             streaming_reads();
-            streamed_read_ahead();
+            for ((layer, _), r) in layers.iter().zip(&plan) {
+                if *r == Residency::Streamed {
+                    layer.weight_format().measure_read_ahead();
+                }
+            }
         }
         for ((layer, _), r) in layers.into_iter().zip(plan) {
             layer.residency = Some(r);

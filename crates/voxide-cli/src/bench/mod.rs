@@ -9,8 +9,8 @@ use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use report::{
-    compare, run_floors_line, FileReport, MachineReport, Report, Run, RunFloor, Stat,
-    StreamingReport, Totals, Verdict,
+    compare, run_floors_line, FileReport, MachineReport, ReadAheadReport, Report, Run, RunFloor,
+    Stat, StreamingReport, Totals, Verdict,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,7 +18,7 @@ use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
 use voxide_nn::kernels::bandwidth::{streaming_reads, ReadProbe};
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
-use voxide_nn::kernels::gemv::streamed_read_ahead;
+use voxide_nn::kernels::gemv::measured_read_aheads;
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
 use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
@@ -283,15 +283,18 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             .map(|(v, g)| (v.to_string(), *g))
             .collect(),
         fma_gflops,
-        streaming: streaming_reads().map(|r| {
-            let ahead = streamed_read_ahead();
-            StreamingReport {
-                nontemporal_gbps: r.nontemporal_gbps,
-                keep_gbps: r.keep_gbps,
-                nontemporal: r.nontemporal_pays(),
-                prefetch_bytes: ahead.bytes,
-                prefetch_gbps: ahead.measured.clone(),
-            }
+        streaming: streaming_reads().map(|r| StreamingReport {
+            nontemporal_gbps: r.nontemporal_gbps,
+            keep_gbps: r.keep_gbps,
+            nontemporal: r.nontemporal_pays(),
+            read_ahead: measured_read_aheads()
+                .into_iter()
+                .map(|(weights, ahead)| ReadAheadReport {
+                    weights: weights.to_string(),
+                    bytes: ahead.bytes,
+                    gbps: ahead.measured.clone(),
+                })
+                .collect(),
         }),
     }
 }
@@ -346,16 +349,19 @@ fn print_machine(m: &MachineReport, threads: usize) {
             s.nontemporal_gbps,
             s.keep_gbps
         );
-        let tried: Vec<String> = s
-            .prefetch_gbps
-            .iter()
-            .map(|(bytes, gbps)| format!("{} KB {gbps:.1}", bytes / 1024))
-            .collect();
-        println!(
-            "  {} KB ahead of the loads (one core's GEMV from memory, GB/s: {})",
-            s.prefetch_bytes / 1024,
-            tried.join(", ")
-        );
+        for ahead in &s.read_ahead {
+            let tried: Vec<String> = ahead
+                .gbps
+                .iter()
+                .map(|(bytes, gbps)| format!("{} KB {gbps:.1}", bytes / 1024))
+                .collect();
+            println!(
+                "  {}: {} KB ahead of the loads (the GEMV from memory, GB/s: {})",
+                ahead.weights,
+                ahead.bytes / 1024,
+                tried.join(", ")
+            );
+        }
     }
 }
 

@@ -294,12 +294,20 @@ pub struct StreamingReport {
     pub keep_gbps: f64,
     /// Whether streamed matrices took the non-temporal prefetches.
     pub nontemporal: bool,
-    /// How far ahead of the loads (bytes) streamed matrices were prefetched, and the GB/s the
-    /// GEMV read at each distance tried (one core, from memory).
+    /// How far ahead of the loads each weight type's GEMV prefetched streamed matrices.
     #[serde(default)]
-    pub prefetch_bytes: usize,
-    #[serde(default)]
-    pub prefetch_gbps: Vec<(usize, f64)>,
+    pub read_ahead: Vec<ReadAheadReport>,
+}
+
+/// The prefetch distance one weight type's GEMV took for streamed matrices.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReadAheadReport {
+    /// The weight type (`bf16`, `int8`, ...).
+    pub weights: String,
+    /// The distance taken, bytes.
+    pub bytes: usize,
+    /// (distance, GB/s) for each distance tried: the GEMV from memory on all threads.
+    pub gbps: Vec<(usize, f64)>,
 }
 
 /// Each run against the floor of the probes just before and after it (where they agree within

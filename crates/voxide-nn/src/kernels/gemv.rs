@@ -16,7 +16,7 @@ use super::bandwidth::Prefetch;
 use super::gemv_bf16::{self, SplitX};
 use super::gemv_int8::{self, QuantizedX};
 use super::machine::{huge_page_vec, machine, weight_prefetch, Residency};
-use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem};
+use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem, WEIGHT_KINDS};
 use super::spin_pool::for_each_range;
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -44,21 +44,25 @@ pub fn runs_parallel(bytes: usize, l2_per_core: usize) -> bool {
 
 /// How far ahead of the loads the prefetches of a cached matrix run (from L3; 2 / 4 / 8 KB
 /// measured on Zen 3: 4 KB best or equal). Streamed matrices take the distance measured on
-/// the machine ([`streamed_read_ahead`]); this is also where that measurement starts from.
+/// the machine for their kernel ([`streamed_read_ahead`]).
 const PREFETCH_BYTES: usize = 4096;
 
-/// Distances a streamed matrix's prefetches may run ahead of the loads.
+/// Distances a streamed matrix's prefetches may run ahead of the loads, and the one taken
+/// unless another clearly reads faster: on Zen 5 with both cores reading, 2 KB was the
+/// fastest or within 1 % of it for the int8 and bf16 kernels alike.
 const STREAMED_PREFETCH_CANDIDATES: [usize; 4] = [1024, 2048, 4096, 8192];
+const STREAMED_PREFETCH_DEFAULT: usize = 2048;
 
-/// How much faster than [`PREFETCH_BYTES`] another distance must read to be chosen: on Zen 5,
-/// 2 KB read 6–10 % faster in every measurement, while a neighbour's load made one run pick
-/// 1 KB by 4 % (a wrong switch costs more than a missed one).
-const STREAMED_PREFETCH_MIN_GAIN: f64 = 1.05;
+/// How much faster than [`STREAMED_PREFETCH_DEFAULT`] another distance must read to be chosen
+/// (a wrong switch costs more than a missed one: 1 KB ahead reads 10 % slower than 2 KB for
+/// Zen 5's int8 kernel when the memory is fast, while it can win by 5–9 % a pass when slow).
+const STREAMED_PREFETCH_MIN_GAIN: f64 = 1.08;
 
-/// Bytes of the matrix the distance is measured on (a pass of ~1 ms from memory), and passes
-/// per candidate (the fastest counts).
-const STREAMED_PREFETCH_PROBE_BYTES: usize = 32 << 20;
-const STREAMED_PREFETCH_ROUNDS: usize = 4;
+/// Bytes of the matrix the distance is measured on (a pass of ~1–1.5 ms from memory on 2
+/// cores: shorter passes favoured short distances that lose on long reads), and rounds of
+/// passes over the candidates.
+const STREAMED_PREFETCH_PROBE_BYTES: usize = 64 << 20;
+const STREAMED_PREFETCH_ROUNDS: usize = 5;
 
 pub(crate) const PREFETCH_NONE: u8 = Prefetch::None as u8;
 pub(crate) const PREFETCH_KEEP: u8 = Prefetch::Keep as u8;
@@ -221,7 +225,7 @@ pub fn gemv_on<E: WeightElem>(
     let ahead = ReadAhead {
         prefetch,
         bytes: match w.residency {
-            Residency::Streamed => streamed_read_ahead().bytes,
+            Residency::Streamed => streamed_read_ahead::<E>().bytes,
             Residency::Cached => PREFETCH_BYTES,
         },
     };
@@ -326,83 +330,111 @@ pub(crate) struct ReadAhead {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamedReadAhead {
     pub bytes: usize,
-    /// (distance, fastest GB/s of its passes) per candidate; empty where it was not measured.
+    /// (distance, median GB/s of its passes) per candidate; empty where it was not measured.
     pub measured: Vec<(usize, f64)>,
 }
 
-/// The distance to take given each candidate's read rate: the fastest, unless the default
-/// ([`PREFETCH_BYTES`]) reads within [`STREAMED_PREFETCH_MIN_GAIN`] of it.
-pub fn choose_read_ahead(measured: &[(usize, f64)]) -> usize {
-    let default = measured
+/// The distance to take given each candidate's GB/s in each round (rounds in the same order
+/// for all): the one whose median ratio to the default's pass of the same round is highest,
+/// if that beats [`STREAMED_PREFETCH_MIN_GAIN`], else the default. Ratios within a round,
+/// not rates across rounds, because a shared machine's bandwidth moves between rounds
+/// (Zen 5's host switches between ~45 and ~75 GB/s within seconds).
+pub fn choose_read_ahead(passes: &[(usize, Vec<f64>)]) -> usize {
+    let Some((_, default)) = passes
         .iter()
-        .find(|(bytes, _)| *bytes == PREFETCH_BYTES)
-        .map_or(0.0, |m| m.1);
-    measured
+        .find(|(bytes, _)| *bytes == STREAMED_PREFETCH_DEFAULT)
+    else {
+        return STREAMED_PREFETCH_DEFAULT;
+    };
+    passes
         .iter()
-        .filter(|(_, gbps)| gbps.is_finite())
+        .filter_map(|(bytes, gbps)| {
+            let mut ratios: Vec<f64> = gbps.iter().zip(default).map(|(g, d)| g / d).collect();
+            if ratios.is_empty() || ratios.iter().any(|r| !r.is_finite()) {
+                return None;
+            }
+            ratios.sort_by(f64::total_cmp);
+            Some((*bytes, ratios[ratios.len() / 2]))
+        })
         .max_by(|a, b| a.1.total_cmp(&b.1))
-        .filter(|(_, gbps)| *gbps > default * STREAMED_PREFETCH_MIN_GAIN)
-        .map_or(PREFETCH_BYTES, |(bytes, _)| *bytes)
+        .filter(|(_, ratio)| *ratio > STREAMED_PREFETCH_MIN_GAIN)
+        .map_or(STREAMED_PREFETCH_DEFAULT, |(bytes, _)| bytes)
 }
 
-/// This machine's [`StreamedReadAhead`], measured on first use.
+/// The [`StreamedReadAhead`] of `E`'s kernel on this machine, measured on its first use.
 ///
-/// How far ahead the prefetches must run depends on the core, not on the bandwidth alone: on
-/// Zen 5 the bf16 kernel reads a streamed step 8–10 % faster 2 KB ahead than 4 KB ahead (one
-/// core: 35 → 38 GB/s; the probe's plain reader, with less work per byte, is fastest 4 KB
-/// ahead), while 4 KB was best on Zen 3. So the kernel itself is timed, on one thread, on a
-/// bf16 matrix flushed from the caches before each pass, at each candidate distance.
-pub fn streamed_read_ahead() -> &'static StreamedReadAhead {
-    static AHEAD: OnceLock<StreamedReadAhead> = OnceLock::new();
-    AHEAD.get_or_init(measure_streamed_read_ahead)
+/// How far ahead the prefetches must run depends on the core and on the kernel, not on the
+/// bandwidth alone: on Zen 5 with both cores reading, the int8 kernel reads 12 % faster 2 KB
+/// ahead than 4 KB ahead and 10 % slower 1 KB ahead, the bf16 kernel is as fast 1 KB and
+/// 2 KB ahead and 5 % slower at 4 KB (the probe's plain reader is fastest 4 KB ahead), while
+/// 4 KB was best on Zen 3. So each kernel is timed on the thread pool that decodes, on a
+/// matrix flushed from the caches before each pass, at each candidate distance.
+pub fn streamed_read_ahead<E: WeightElem>() -> &'static StreamedReadAhead {
+    &READ_AHEAD[E::KIND]
+        .get_or_init(|| (E::NAME, measure_streamed_read_ahead::<E>()))
+        .1
 }
 
-fn measure_streamed_read_ahead() -> StreamedReadAhead {
+/// Each weight type's [`StreamedReadAhead`], once measured.
+static READ_AHEAD: [OnceLock<(&str, StreamedReadAhead)>; WEIGHT_KINDS] =
+    [const { OnceLock::new() }; WEIGHT_KINDS];
+
+/// The distances measured so far in this process, by weight type name.
+pub fn measured_read_aheads() -> Vec<(&'static str, &'static StreamedReadAhead)> {
+    READ_AHEAD
+        .iter()
+        .filter_map(|m| m.get().map(|(name, ahead)| (*name, ahead)))
+        .collect()
+}
+
+fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
     #[cfg(target_arch = "x86_64")]
     {
         use super::bandwidth::flush_caches;
-        use half::bf16;
         use std::time::Instant;
         let k = 4096;
-        let n = STREAMED_PREFETCH_PROBE_BYTES / (2 * k);
+        let n = STREAMED_PREFETCH_PROBE_BYTES / (std::mem::size_of::<E>() * k);
         // On huge pages, as the model's weights.
-        let mut data: Vec<bf16> = huge_page_vec(n * k);
-        data.resize(n * k, bf16::ONE);
+        let mut data: Vec<E> = huge_page_vec(n * k);
+        data.resize(n * k, E::ZERO);
         let w = WeightMatrix::new(&data, n, k).with_residency(Residency::Streamed);
         let x = vec![1.0f32; k];
         let mut y = vec![0f32; n];
         let isa = Isa::detect();
         let prefetch = weight_prefetch(Residency::Streamed, w.bytes()) as u8;
-        // The kernel that will read bf16 weights on this CPU, on one thread.
-        let one_thread = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .expect("a thread pool of one");
-        let mut measured: Vec<(usize, f64)> = STREAMED_PREFETCH_CANDIDATES
+        let mut passes: Vec<(usize, Vec<f64>)> = STREAMED_PREFETCH_CANDIDATES
             .iter()
-            .map(|&bytes| (bytes, 0.0))
+            .map(|&bytes| (bytes, Vec::new()))
             .collect();
         for _ in 0..STREAMED_PREFETCH_ROUNDS {
-            for (bytes, gbps) in &mut measured {
+            for (bytes, gbps) in &mut passes {
                 flush_caches(&data);
                 let t = Instant::now();
                 let ahead = ReadAhead {
                     prefetch,
                     bytes: *bytes,
                 };
-                one_thread.install(|| gemv_ahead(isa, &x, &w, None, &mut y, 1, ahead));
-                *gbps = gbps.max(w.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
+                gemv_ahead(isa, &x, &w, None, &mut y, 1, ahead);
+                gbps.push(w.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
             }
         }
         std::hint::black_box(&y);
+        let measured = passes
+            .iter()
+            .map(|(bytes, gbps)| {
+                let mut sorted = gbps.clone();
+                sorted.sort_by(f64::total_cmp);
+                (*bytes, sorted[sorted.len() / 2])
+            })
+            .collect();
         StreamedReadAhead {
-            bytes: choose_read_ahead(&measured),
+            bytes: choose_read_ahead(&passes),
             measured,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     StreamedReadAhead {
-        bytes: PREFETCH_BYTES,
+        bytes: STREAMED_PREFETCH_DEFAULT,
         measured: Vec::new(),
     }
 }
@@ -896,35 +928,68 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn read_ahead_is_the_fastest_distance_that_clearly_beats_the_default() {
-        // Zen 5's bf16 kernel on one core (GB/s): 2 KB ahead is clearly fastest.
-        let zen5 = [(1024, 36.0), (2048, 40.7), (4096, 37.1), (8192, 35.6)];
+    fn read_ahead_is_the_distance_that_clearly_beats_the_default_round_by_round() {
+        let one = |rates: &[(usize, f64)]| -> Vec<(usize, Vec<f64>)> {
+            rates.iter().map(|&(b, g)| (b, vec![g])).collect()
+        };
+        // Zen 5's int8 kernel on both cores, fast memory (GB/s): 2 KB, the default, wins.
+        let zen5 = one(&[(1024, 61.3), (2048, 72.3), (4096, 61.8), (8192, 56.9)]);
         assert_eq!(choose_read_ahead(&zen5), 2048);
         // Within the noise of the default: the default stays.
-        let flat = [(1024, 33.7), (2048, 31.6), (4096, 32.3), (8192, 32.8)];
-        assert_eq!(choose_read_ahead(&flat), PREFETCH_BYTES);
+        let flat = one(&[(1024, 33.7), (2048, 32.6), (4096, 32.3), (8192, 32.8)]);
+        assert_eq!(choose_read_ahead(&flat), STREAMED_PREFETCH_DEFAULT);
         // Further ahead where that wins (a longer memory latency).
         assert_eq!(
-            choose_read_ahead(&[(2048, 10.0), (4096, 12.0), (8192, 14.0)]),
+            choose_read_ahead(&one(&[(2048, 10.0), (4096, 12.0), (8192, 14.0)])),
             8192
         );
+        // A faster round does not make its candidate win: 1 KB read 70 GB/s in a round where
+        // the default read 68, and lost the other rounds.
+        let rounds = [
+            (1024, vec![70.0, 40.0, 41.0]),
+            (2048, vec![68.0, 44.0, 45.0]),
+            (4096, vec![60.0, 45.0, 44.5]),
+        ];
+        assert_eq!(choose_read_ahead(&rounds), 2048);
+        // A candidate ahead in most rounds wins, whatever one bad round says.
+        let rounds = [
+            (2048, vec![40.0, 40.0, 70.0]),
+            (4096, vec![44.0, 45.0, 50.0]),
+        ];
+        assert_eq!(choose_read_ahead(&rounds), 4096);
         // Nothing measured, or a pass that failed: the default.
-        assert_eq!(choose_read_ahead(&[]), PREFETCH_BYTES);
+        assert_eq!(choose_read_ahead(&[]), STREAMED_PREFETCH_DEFAULT);
         assert_eq!(
-            choose_read_ahead(&[(2048, f64::NAN), (4096, 20.0)]),
-            PREFETCH_BYTES
+            choose_read_ahead(&[(2048, vec![f64::NAN]), (4096, vec![20.0])]),
+            STREAMED_PREFETCH_DEFAULT
+        );
+        assert_eq!(
+            choose_read_ahead(&[(2048, vec![20.0]), (4096, vec![f64::NAN])]),
+            STREAMED_PREFETCH_DEFAULT
         );
     }
 
     #[test]
-    fn the_measured_distance_is_a_candidate() {
-        let ahead = streamed_read_ahead();
-        assert!(STREAMED_PREFETCH_CANDIDATES.contains(&ahead.bytes));
-        if cfg!(target_arch = "x86_64") {
-            let tried: Vec<usize> = ahead.measured.iter().map(|m| m.0).collect();
-            assert_eq!(tried, STREAMED_PREFETCH_CANDIDATES);
-            assert!(ahead.measured.iter().all(|m| m.1 > 0.0), "{ahead:?}");
+    fn each_kernel_measures_its_distance_among_the_candidates() {
+        fn check<E: WeightElem>() {
+            let ahead = streamed_read_ahead::<E>();
+            assert!(STREAMED_PREFETCH_CANDIDATES.contains(&ahead.bytes));
+            if cfg!(target_arch = "x86_64") {
+                let tried: Vec<usize> = ahead.measured.iter().map(|m| m.0).collect();
+                assert_eq!(tried, STREAMED_PREFETCH_CANDIDATES);
+                assert!(ahead.measured.iter().all(|m| m.1 > 0.0), "{ahead:?}");
+            }
+            let listed = measured_read_aheads();
+            assert!(
+                listed
+                    .iter()
+                    .any(|(name, a)| *name == E::NAME && *a == ahead),
+                "{} listed: {listed:?}",
+                E::NAME
+            );
         }
+        check::<i8>();
+        check::<half::bf16>();
     }
 
     /// The prefetches are hints: a streamed matrix, read at the measured distance with

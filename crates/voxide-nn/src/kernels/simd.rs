@@ -99,6 +99,9 @@ mod sealed {
     impl Sealed for i8 {}
 }
 
+/// How many types implement [`WeightElem`].
+pub const WEIGHT_KINDS: usize = 4;
+
 /// An element type the kernels read: f16, bf16 or i8 weights (int8 weights carry an f32
 /// scale per output row, applied by the kernels), or f32 (a KV cache kept in full precision).
 ///
@@ -107,6 +110,13 @@ mod sealed {
 pub trait WeightElem: Copy + Send + Sync + 'static + sealed::Sealed {
     /// Name for messages.
     const NAME: &'static str;
+
+    /// The type's index among the [`WEIGHT_KINDS`] weight types (per-type tables).
+    #[doc(hidden)]
+    const KIND: usize;
+
+    #[doc(hidden)]
+    const ZERO: Self;
 
     /// The element as f32 (exact).
     fn to_f32(self) -> f32;
@@ -191,6 +201,8 @@ use std::arch::aarch64::*;
 
 impl WeightElem for f32 {
     const NAME: &'static str = "f32";
+    const KIND: usize = 0;
+    const ZERO: Self = 0.0;
 
     #[inline(always)]
     fn to_f32(self) -> f32 {
@@ -218,6 +230,8 @@ impl WeightElem for f32 {
 
 impl WeightElem for f16 {
     const NAME: &'static str = "f16";
+    const KIND: usize = 1;
+    const ZERO: Self = f16::ZERO;
 
     #[inline(always)]
     fn to_f32(self) -> f32 {
@@ -255,6 +269,8 @@ impl WeightElem for f16 {
 
 impl WeightElem for bf16 {
     const NAME: &'static str = "bf16";
+    const KIND: usize = 2;
+    const ZERO: Self = bf16::ZERO;
 
     fn as_bf16(data: &[Self]) -> Option<&[bf16]> {
         Some(data)
@@ -316,6 +332,8 @@ impl WeightElem for bf16 {
 
 impl WeightElem for i8 {
     const NAME: &'static str = "int8";
+    const KIND: usize = 3;
+    const ZERO: Self = 0;
 
     #[inline(always)]
     fn to_f32(self) -> f32 {
