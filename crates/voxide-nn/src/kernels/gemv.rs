@@ -990,6 +990,11 @@ pub(crate) mod tests {
         }
         check::<i8>();
         check::<half::bf16>();
+        // Each weight type has a slot of its own in the per-type table.
+        let mut kinds = [f32::KIND, half::f16::KIND, half::bf16::KIND, i8::KIND];
+        kinds.sort_unstable();
+        assert_eq!(kinds, [0, 1, 2, 3]);
+        assert_eq!(WEIGHT_KINDS, kinds.len());
     }
 
     /// The prefetches are hints: a streamed matrix, read at the measured distance with

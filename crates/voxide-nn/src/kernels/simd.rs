@@ -115,6 +115,7 @@ pub trait WeightElem: Copy + Send + Sync + 'static + sealed::Sealed {
     #[doc(hidden)]
     const KIND: usize;
 
+    /// Zero (the read-distance measurement's matrix).
     #[doc(hidden)]
     const ZERO: Self;
 
