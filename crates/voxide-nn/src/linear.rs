@@ -5,7 +5,6 @@ use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
 use crate::kernels::gemv::{streamed_read_ahead, MAX_ROWS};
 use crate::kernels::machine::{huge_page_vec, machine, plan_residency, CycleRead, Residency};
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
-use crate::kernels::streamed_read;
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor, WithDType};
 use candle_nn::{Init, VarBuilder};
@@ -291,19 +290,6 @@ impl Linear {
             .collect();
         let plan = plan_residency(&reads, other_bytes, machine().cache_budget());
         if plan.contains(&Residency::Streamed) {
-            let cycle_bytes = |keep: &dyn Fn(Residency) -> bool| -> usize {
-                reads
-                    .iter()
-                    .zip(&plan)
-                    .filter(|(_, r)| keep(**r))
-                    .map(|(c, _)| c.bytes * c.reads)
-                    .sum::<usize>()
-                    + other_bytes
-            };
-            streamed_read::note_cycle(
-                cycle_bytes(&|r| r == Residency::Cached),
-                cycle_bytes(&|_| true),
-            );
             // Measured here, at load, rather than inside the first decoder step.
             streaming_reads();
             for ((layer, _), r) in layers.iter().zip(&plan) {

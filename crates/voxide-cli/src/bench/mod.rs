@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use report::{
     compare, run_floors_line, FileReport, MachineReport, ReadAheadReport, Report, Run, RunFloor,
-    Stat, StreamedWayReport, StreamingReport, Totals, Verdict,
+    Stat, StreamingReport, Totals, Verdict,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,7 +21,6 @@ use voxide_nn::kernels::fma_peak::measure_fma_gflops;
 use voxide_nn::kernels::gemv::measured_read_aheads;
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
-use voxide_nn::kernels::streamed_read;
 use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
 
 #[derive(Args, Debug)]
@@ -296,18 +295,6 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
                     gbps: ahead.measured.clone(),
                 })
                 .collect(),
-            ways: streamed_read::totals()
-                .into_iter()
-                .map(|(way, t)| StreamedWayReport {
-                    way: way.name().to_string(),
-                    calls: t.calls,
-                    gbps: if t.seconds > 0.0 {
-                        t.bytes / t.seconds / 1e9
-                    } else {
-                        0.0
-                    },
-                })
-                .collect(),
         }),
     }
 }
@@ -373,15 +360,6 @@ fn print_machine(m: &MachineReport, threads: usize) {
                 ahead.weights,
                 ahead.bytes / 1024,
                 tried.join(", ")
-            );
-        }
-        let calls: usize = s.ways.iter().map(|w| w.calls).sum();
-        for w in s.ways.iter().filter(|w| w.calls > 0) {
-            println!(
-                "  {:4.1} % of streamed GEMVs read {} at {:.1} GB/s",
-                100.0 * w.calls as f64 / calls as f64,
-                w.way,
-                w.gbps
             );
         }
     }

@@ -297,18 +297,6 @@ pub struct StreamingReport {
     /// How far ahead of the loads each weight type's GEMV prefetched streamed matrices.
     #[serde(default)]
     pub read_ahead: Vec<ReadAheadReport>,
-    /// How the streamed GEMVs read, way by way, over the whole command (the way is chosen
-    /// while decoding: `voxide_nn::kernels::streamed_read`).
-    #[serde(default)]
-    pub ways: Vec<StreamedWayReport>,
-}
-
-/// What streamed GEMVs read one way (`StreamedRead`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct StreamedWayReport {
-    pub way: String,
-    pub calls: usize,
-    pub gbps: f64,
 }
 
 /// The prefetch distance one weight type's GEMV took for streamed matrices.

@@ -18,10 +18,8 @@ use super::gemv_int8::{self, QuantizedX};
 use super::machine::{huge_page_vec, machine, weight_prefetch, Residency};
 use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem, WEIGHT_KINDS};
 use super::spin_pool::for_each_range;
-use super::streamed_read::{self, StreamedRead};
 use std::cell::Cell;
 use std::sync::OnceLock;
-use std::time::Instant;
 
 /// Most rows (tokens × beams) the kernel takes; larger batches go through
 /// [`super::small_m`] or GEMM.
@@ -222,33 +220,16 @@ pub fn gemv_on<E: WeightElem>(
         return;
     }
     // Streamed matrices bypass the caches (where that keeps pace) so that the rest of the
-    // step's weights stay cached between tokens, and are read the way that reads them
-    // fastest now (`streamed_read`).
+    // step's weights stay cached between tokens.
     let prefetch = weight_prefetch(w.residency, w.bytes()) as u8;
-    if w.residency == Residency::Cached {
-        let ahead = ReadAhead {
-            prefetch,
-            bytes: PREFETCH_BYTES,
-            spans: false,
-        };
-        return gemv_ahead(isa, x, w, bias, y, m, ahead);
-    }
-    let way = streamed_read::pick();
-    let ahead = match way {
-        StreamedRead::Ahead => ReadAhead {
-            prefetch,
-            bytes: streamed_read_ahead::<E>().bytes,
-            spans: false,
-        },
-        StreamedRead::Spans => ReadAhead {
-            prefetch: PREFETCH_NONE,
-            bytes: 0,
-            spans: true,
+    let ahead = ReadAhead {
+        prefetch,
+        bytes: match w.residency {
+            Residency::Streamed => streamed_read_ahead::<E>().bytes,
+            Residency::Cached => PREFETCH_BYTES,
         },
     };
-    let t = Instant::now();
-    gemv_ahead(isa, x, w, bias, y, m, ahead);
-    streamed_read::record(w.data.as_ptr() as usize, way, w.bytes(), t.elapsed());
+    gemv_ahead(isa, x, w, bias, y, m, ahead)
 }
 
 /// [`gemv_on`] with its weights read `ahead` (operands checked by the caller).
@@ -273,7 +254,7 @@ fn gemv_ahead<E: WeightElem>(
             residency: w.residency,
         };
         let xq = QuantizedX::new(x, m, w.cols);
-        for_rows(n, w.bytes(), w.residency, ahead, |r0, r1| {
+        for_rows(n, w.bytes(), w.residency, |r0, r1| {
             gemv_int8::rows(isa, &xq, w, bias, out, m, r0, r1, ahead)
         });
         xq.recycle();
@@ -287,7 +268,7 @@ fn gemv_ahead<E: WeightElem>(
             residency: w.residency,
         };
         let xs = SplitX::new(&x[..m * w.cols]);
-        for_rows(n, w.bytes(), w.residency, ahead, |r0, r1| {
+        for_rows(n, w.bytes(), w.residency, |r0, r1| {
             gemv_bf16::rows(&xs, x, w, bias, out, m, r0, r1, ahead)
         });
         xs.recycle();
@@ -296,12 +277,12 @@ fn gemv_ahead<E: WeightElem>(
         // thread's spare buffer so that a decoder step allocates nothing.
         let mut paired = PAIRED_X.take();
         deinterleave_pairs(&x[..m * w.cols], w.cols, isa.lanes(), &mut paired);
-        for_rows(n, w.bytes(), w.residency, ahead, |r0, r1| {
+        for_rows(n, w.bytes(), w.residency, |r0, r1| {
             rows_on(isa, x, &paired, *w, bias, out, m, r0, r1, ahead)
         });
         PAIRED_X.set(paired);
     } else {
-        for_rows(n, w.bytes(), w.residency, ahead, |r0, r1| {
+        for_rows(n, w.bytes(), w.residency, |r0, r1| {
             rows_on(isa, x, x, *w, bias, out, m, r0, r1, ahead)
         });
     }
@@ -313,22 +294,14 @@ thread_local! {
     static PAIRED_X: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Runs `task` over output rows 0..n: on all threads when a matrix of `bytes` is worth it
-/// ([`runs_parallel`]), in tasks of [`rows_per_task`] or, where `ahead` reads in spans, one
-/// contiguous span per thread; else at once.
-fn for_rows(
-    n: usize,
-    bytes: usize,
-    residency: Residency,
-    ahead: ReadAhead,
-    task: impl Fn(usize, usize) + Sync,
-) {
+/// Runs `task` over output rows 0..n: in tasks of [`rows_per_task`] on all threads when a
+/// matrix of `bytes` is worth it ([`runs_parallel`]), else at once.
+fn for_rows(n: usize, bytes: usize, residency: Residency, task: impl Fn(usize, usize) + Sync) {
     let threads = rayon::current_num_threads();
     if !runs_parallel(bytes, machine().caches.l2_per_core) || threads == 1 {
         task(0, n);
     } else {
         let rows = match residency {
-            Residency::Streamed if ahead.spans => n.div_ceil(threads),
             Residency::Streamed => rows_per_task(n, bytes, threads),
             Residency::Cached => CACHED_ROWS_PER_TASK,
         };
@@ -346,14 +319,11 @@ fn rows_per_task(n: usize, bytes: usize, threads: usize) -> usize {
 }
 
 /// How a GEMV reads its weights ahead of the loads: the software prefetch (a [`Prefetch`] as
-/// the kernels' const parameter) and how many bytes ahead of the loads it runs; and, for a
-/// streamed matrix, whether each thread reads one contiguous span of rows
-/// ([`StreamedRead::Spans`]) rather than tasks of [`TASK_BYTES`].
+/// the kernels' const parameter) and how many bytes ahead of the loads it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ReadAhead {
     pub(crate) prefetch: u8,
     pub(crate) bytes: usize,
-    pub(crate) spans: bool,
 }
 
 /// The prefetch distance streamed matrices take on this machine, and what each candidate read.
@@ -443,7 +413,6 @@ fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
                 let ahead = ReadAhead {
                     prefetch,
                     bytes: *bytes,
-                    spans: false,
                 };
                 gemv_ahead(isa, &x, &w, None, &mut y, 1, ahead);
                 gbps.push(w.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
@@ -1032,50 +1001,30 @@ pub(crate) mod tests {
     /// streaming prefetches, gives the same bits as the same matrix read as cached.
     #[test]
     fn streamed_and_cached_reads_agree_bit_for_bit() {
-        // Both ways of reading a streamed matrix (`StreamedRead`), and the cached read: the
-        // same rows, the same sums. 2.2 MB of bf16: read on all threads.
         let (k, n) = (1031, 1100);
         let tw = weights(n, k, 5);
-        let reads = [
-            (Residency::Cached, PREFETCH_NONE, PREFETCH_BYTES, false),
-            (Residency::Streamed, PREFETCH_STREAM, 2048, false),
-            (Residency::Streamed, PREFETCH_NONE, 0, true),
-        ];
         for m in [1usize, 2, 8] {
             let x = data(m * k, 11);
-            fn run<E: WeightElem>(
-                w: WeightMatrix<E>,
-                x: &[f32],
-                m: usize,
-                reads: &[(Residency, u8, usize, bool)],
-            ) -> Vec<Vec<f32>> {
-                reads
-                    .iter()
-                    .map(|&(residency, prefetch, bytes, spans)| {
-                        let mut y = vec![0f32; m * w.rows];
-                        let ahead = ReadAhead {
-                            prefetch,
-                            bytes,
-                            spans,
-                        };
-                        let w = w.with_residency(residency);
-                        gemv_ahead(Isa::detect(), x, &w, None, &mut y, m, ahead);
-                        y
-                    })
-                    .collect()
+            let (mut cached, mut streamed) = (vec![0f32; m * n], vec![0f32; m * n]);
+            for residency in [Residency::Cached, Residency::Streamed] {
+                let y = match residency {
+                    Residency::Cached => &mut cached,
+                    Residency::Streamed => &mut streamed,
+                };
+                let w = WeightMatrix::new(&tw.bf16, n, k).with_residency(residency);
+                gemv(&x, &w, None, y, m);
             }
-            let bf16 = run(WeightMatrix::new(&tw.bf16, n, k), &x, m, &reads);
-            let int8 = run(
-                WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k),
-                &x,
-                m,
-                &reads,
-            );
-            for ys in [&bf16, &int8] {
-                assert!(ys[0].iter().any(|v| *v != 0.0));
-                assert_eq!(ys[0], ys[1], "m{m}: cached against streamed ahead");
-                assert_eq!(ys[0], ys[2], "m{m}: cached against streamed in spans");
+            assert_eq!(cached, streamed, "bf16 m{m}");
+            for residency in [Residency::Cached, Residency::Streamed] {
+                let y = match residency {
+                    Residency::Cached => &mut cached,
+                    Residency::Streamed => &mut streamed,
+                };
+                let w =
+                    WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k).with_residency(residency);
+                gemv(&x, &w, None, y, m);
             }
+            assert_eq!(cached, streamed, "int8 m{m}");
         }
     }
 

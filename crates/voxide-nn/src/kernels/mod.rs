@@ -19,7 +19,6 @@ pub mod small_m;
 pub mod small_m_int8;
 pub mod softmax;
 pub mod spin_pool;
-pub mod streamed_read;
 pub mod widen_gemm;
 pub mod winograd;
 
