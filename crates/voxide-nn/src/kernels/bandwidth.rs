@@ -216,11 +216,11 @@ impl ReadProbe {
     }
 
     fn median_of(&self, variant: ReadVariant, passes: usize) -> f64 {
-        let mut r: Vec<f64> = (0..passes.max(1))
-            .map(|_| self.pass_gbps(variant))
-            .collect();
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+        median(
+            (0..passes.max(1))
+                .map(|_| self.pass_gbps(variant))
+                .collect(),
+        )
     }
 
     /// Median GB/s of `passes` passes of the fastest variant.
@@ -235,6 +235,12 @@ impl ReadProbe {
             .map(|_| self.pass_gbps(self.best()))
             .fold(0.0, f64::max)
     }
+}
+
+/// The median of a non-empty set of rates (the upper one of an even count).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// Bytes [`StreamingReads::measure`] reads per pass. The buffer is flushed from the caches

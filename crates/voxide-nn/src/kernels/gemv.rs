@@ -12,7 +12,7 @@
 //! ([`super::gemv_int8`]), and bf16 native dot products where the CPU has AVX512-BF16
 //! ([`super::gemv_bf16`]).
 
-use super::bandwidth::Prefetch;
+use super::bandwidth::{median, Prefetch};
 use super::gemv_bf16::{self, SplitX};
 use super::gemv_int8::{self, QuantizedX};
 use super::machine::{huge_page_vec, machine, weight_prefetch, Residency};
@@ -349,12 +349,11 @@ pub fn choose_read_ahead(passes: &[(usize, Vec<f64>)]) -> usize {
     passes
         .iter()
         .filter_map(|(bytes, gbps)| {
-            let mut ratios: Vec<f64> = gbps.iter().zip(default).map(|(g, d)| g / d).collect();
+            let ratios: Vec<f64> = gbps.iter().zip(default).map(|(g, d)| g / d).collect();
             if ratios.is_empty() || ratios.iter().any(|r| !r.is_finite()) {
                 return None;
             }
-            ratios.sort_by(f64::total_cmp);
-            Some((*bytes, ratios[ratios.len() / 2]))
+            Some((*bytes, median(ratios)))
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .filter(|(_, ratio)| *ratio > STREAMED_PREFETCH_MIN_GAIN)
@@ -421,11 +420,7 @@ fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
         std::hint::black_box(&y);
         let measured = passes
             .iter()
-            .map(|(bytes, gbps)| {
-                let mut sorted = gbps.clone();
-                sorted.sort_by(f64::total_cmp);
-                (*bytes, sorted[sorted.len() / 2])
-            })
+            .map(|(bytes, gbps)| (*bytes, median(gbps.clone())))
             .collect();
         StreamedReadAhead {
             bytes: choose_read_ahead(&passes),
