@@ -27,6 +27,13 @@ const PARALLEL_MIN: usize = 1 << 16;
 /// Keys whose dot products with a query row run side by side.
 const KEYS_PER_PASS: usize = 4;
 
+/// Keys ahead of the q·Kᵀ pass whose K and V rows are prefetched. A step's K/V come from
+/// memory, the step's streamed weights having pushed them out of the caches since the last,
+/// and a head's walk (tens of KB) ends before the hardware prefetcher has ramped up: with the
+/// caches flushed between layers, 16 keys ahead read a Voxtral Realtime layer's K/V
+/// (140 positions, f16) in ~2/3 of the time (PERFORMANCE.md #119).
+const KEYS_AHEAD: usize = 16;
+
 /// Keys per block of the value pass: the block's V rows (64 × 128 f32 = 32 KB) stay in the
 /// near caches while every query row of the head reads them.
 const VALUE_BLOCK: usize = 64;
@@ -154,9 +161,25 @@ unsafe fn head_body<S: Simd, E: WeightElem>(
     let Dims { rows, d, s, .. } = dims;
     let full = d - d % S::LANES;
     let (k, v) = (kv.k.as_ptr(), kv.v.as_ptr());
+    let row_bytes = d * std::mem::size_of::<E>();
+    // The V rows come in beside the K rows: the value pass then reads them from L2.
+    let prefetch = |keys: std::ops::Range<usize>| {
+        for j in keys {
+            let (kr, vr) = (
+                k.add(kv.at.key(j)) as *const u8,
+                v.add(kv.at.value(j)) as *const u8,
+            );
+            for line in (0..row_bytes).step_by(64) {
+                S::prefetch_keep(kr.add(line));
+                S::prefetch_keep(vr.add(line));
+            }
+        }
+    };
+    prefetch(0..KEYS_AHEAD.min(s));
     // q·Kᵀ, KEYS_PER_PASS keys at a time (a last pass of fewer repeats its last key).
     for j in (0..s).step_by(KEYS_PER_PASS) {
         let n = KEYS_PER_PASS.min(s - j);
+        prefetch((j + KEYS_AHEAD).min(s)..(j + KEYS_AHEAD + KEYS_PER_PASS).min(s));
         let keys: [*const E; KEYS_PER_PASS] =
             std::array::from_fn(|i| k.add(kv.at.key(j + i.min(n - 1))));
         for r in 0..rows {
