@@ -91,19 +91,72 @@ pub(crate) fn decode_owned(data: Vec<u8>, name: &str) -> Result<DecodedAudio, Au
             name: name.to_string(),
         });
     }
-    let audio =
-        catch_unwind(AssertUnwindSafe(|| decode_inner(data, name))).unwrap_or_else(|_| {
-            Err(AudioError::Corrupt {
-                name: name.to_string(),
-                detail: "the decoder failed on malformed data".to_string(),
-            })
-        })?;
+    let audio = {
+        let _quiet = QuietPanics::enter();
+        catch_unwind(AssertUnwindSafe(|| decode_inner(data, name)))
+    }
+    .unwrap_or_else(|_| {
+        Err(AudioError::Corrupt {
+            name: name.to_string(),
+            detail: "the decoder failed on malformed data".to_string(),
+        })
+    })?;
     if audio.n_frames() == 0 || audio.n_channels() == 0 {
         return Err(AudioError::Empty {
             name: name.to_string(),
         });
     }
+    let corrupt = |detail: String| AudioError::Corrupt {
+        name: name.to_string(),
+        detail,
+    };
+    if !SAMPLE_RATES.contains(&audio.sample_rate) {
+        return Err(corrupt(format!(
+            "a sample rate of {} Hz (audio files use {} Hz to {} kHz)",
+            audio.sample_rate,
+            SAMPLE_RATES.start(),
+            SAMPLE_RATES.end() / 1000
+        )));
+    }
+    if audio.channels.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(corrupt(
+            "samples that are not numbers (NaN or infinite floats)".to_string(),
+        ));
+    }
     Ok(audio)
+}
+
+/// Sample rates a decoded file may have: outside them a header is damaged (a 0 or 2 GHz rate
+/// would resample a clip to nothing, or to hours of samples).
+pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1000..=768_000;
+
+thread_local! {
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as inside a third-party decoder for as long as the guard lives: a panic
+/// there is caught and reported as corrupt data, and [`inside_decoder`] lets a program's panic
+/// hook keep it off the terminal.
+struct QuietPanics;
+
+impl QuietPanics {
+    fn enter() -> Self {
+        DECODING.set(true);
+        QuietPanics
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        DECODING.set(false);
+    }
+}
+
+/// Whether this thread is decoding audio, where a panic (a third-party decoder's, on hostile
+/// input: symphonia asserts on a WAV rate of 0) becomes an [`AudioError::Corrupt`]. A panic hook
+/// that stays silent then prints nothing for an error that is reported anyway.
+pub fn inside_decoder() -> bool {
+    DECODING.get()
 }
 
 /// What the first bytes say the content is.

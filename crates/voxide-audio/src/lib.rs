@@ -26,7 +26,7 @@ mod pcm_stream;
 pub mod resample;
 mod wav_out;
 
-pub use decode::{decode_bytes, decode_file, decode_stdin, DecodedAudio};
+pub use decode::{decode_bytes, decode_file, decode_stdin, inside_decoder, DecodedAudio};
 pub use error::AudioError;
 pub use load::{load_mono, mono_at_rate, AudioInput};
 pub use mel::{

@@ -45,6 +45,20 @@ impl Encoding {
 
 const CHUNK_BYTES: usize = 8192;
 
+/// The compressed format whose signature `head` starts with: only signatures that raw PCM
+/// is unlikely to begin with (an MP3 without an ID3 tag starts with a frame sync that is also
+/// a plausible sample, and goes through as PCM).
+fn compressed_kind(head: &[u8]) -> Option<&'static str> {
+    [
+        (&b"ID3"[..], "MP3 (an ID3 tag)"),
+        (b"fLaC", "FLAC"),
+        (b"OggS", "Ogg (Opus or Vorbis)"),
+    ]
+    .into_iter()
+    .find(|(magic, _)| head.starts_with(magic))
+    .map(|(_, kind)| kind)
+}
+
 impl<R: Read> PcmStream<R> {
     /// Opens the stream; a WAV header is read (and checked) here. `rate` is the sample rate
     /// the caller needs: a WAV at another rate is an error, not silently wrong text.
@@ -55,6 +69,11 @@ impl<R: Read> PcmStream<R> {
             PcmFormat::Wav => true,
             PcmFormat::Auto => {
                 read_up_to(&mut reader, &mut head, 12)?;
+                if let Some(kind) = compressed_kind(&head) {
+                    return Err(stream_error(&format!(
+                        "input is {kind}; streaming takes {rate} Hz mono s16le or WAV (decode it first, e.g. `ffmpeg -i IN -ar {rate} -ac 1 -f wav -`)"
+                    )));
+                }
                 head.len() == 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WAVE"
             }
         };
@@ -314,5 +333,16 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("truncated header"), "{e}");
+        for (bytes, kind) in [
+            (&b"fLaC\0\0\0\x22\x10\0\x10\0"[..], "FLAC"),
+            (b"ID3\x04\0\0\0\0\x01\x00\0\0", "MP3"),
+        ] {
+            let e = PcmStream::open(bytes, PcmFormat::Auto, 16000)
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains(kind), "{e}");
+            // Named raw PCM is taken as it is.
+            assert!(PcmStream::open(bytes, PcmFormat::S16le, 16000).is_ok());
+        }
     }
 }

@@ -80,11 +80,12 @@ fn read_messages(path: &Path) -> Result<Conversation> {
         let role = match turn["role"].as_str() {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
-            other => {
+            Some(other) => {
                 return Err(bad(format!(
-                    "message {i}: role {other:?} (user or assistant)"
+                    "message {i}: role \"{other}\" (user or assistant)"
                 )))
             }
+            None => return Err(bad(format!("message {i}: no role (user or assistant)"))),
         };
         let content = match &turn["content"] {
             Value::String(text) => vec![Content::Text(text.clone())],
@@ -177,7 +178,8 @@ pub fn run(args: AskArgs) -> Result<()> {
         kv_dtype: kv_precision(&args.kv_precision),
         ..GenerateOptions::default()
     };
-    if !(0.0..=2.0).contains(&options.temperature) || !(0.0..=1.0).contains(&options.top_p) {
+    let top_p_ok = options.top_p > 0.0 && options.top_p <= 1.0;
+    if !(0.0..=2.0).contains(&options.temperature) || !top_p_ok {
         bail!("--temperature must lie in [0, 2] and --top-p in (0, 1]");
     }
     let mut stdout = std::io::stdout().lock();

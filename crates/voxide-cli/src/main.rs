@@ -2,6 +2,7 @@
 
 mod ask;
 mod bench;
+mod output;
 mod quantize;
 mod serve;
 mod speak;
@@ -76,6 +77,14 @@ pub fn reuse_freed_memory() {
 }
 
 fn main() -> ExitCode {
+    // A panic inside an audio decoder (symphonia's, on a damaged header) is caught and reported
+    // as corrupt data in one line; its panic message would only repeat it with a backtrace.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !voxide_audio::inside_decoder() {
+            report_panic(info);
+        }
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),

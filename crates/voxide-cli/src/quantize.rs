@@ -1,12 +1,14 @@
 //! `voxide quantize` and `voxide convert`: Whisper checkpoints (Hugging Face directories or
 //! whisper.cpp files) written as whisper.cpp model files, quantized or float.
 
+use crate::output::OutputFile;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 use voxide_models::ggml::GgmlType;
 use voxide_models::whisper::convert::convert;
+use voxide_models::Error;
 
 /// Block types a whisper.cpp file can hold.
 const BLOCK_TYPES: [&str; 10] = [
@@ -58,23 +60,16 @@ fn write(input: PathBuf, output: PathBuf, ty: &str, allow_fallback: bool) -> Res
         bail!("{} is the input; write to another file", output.display());
     }
     let start = Instant::now();
-    // Written beside the target and renamed at the end: a failed run leaves no partial file
-    // under the name a user would load.
-    let partial = output.with_file_name(format!(
-        "{}.partial",
-        output
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let report = match convert(&input, &partial, ty, allow_fallback) {
-        Ok(report) => report,
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e.into());
+    let out = OutputFile::new(&output)?;
+    let report = convert(&input, out.write_path(), ty, allow_fallback).map_err(|e| match e {
+        // The writer's own errors read as weights that do not load, naming the file written
+        // (perhaps the `.partial` sibling): they are the output's.
+        Error::Weights { path, message } if path == out.write_path() => {
+            out.error(message.strip_prefix("cannot write: ").unwrap_or(&message))
         }
-    };
-    std::fs::rename(&partial, &output)?;
+        e => e.into(),
+    })?;
+    out.commit()?;
     eprintln!(
         "wrote {}: {} tensors ({} matrices as {ty}), {:.1} MB of weights, in {:.1} s",
         output.display(),

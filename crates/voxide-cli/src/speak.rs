@@ -1,15 +1,16 @@
 //! `voxide speak`: text to speech with Qwen3-TTS. Audio is written as each chunk is decoded,
 //! so `voxide speak … | aplay` (or `| ffplay -`) starts playing before synthesis ends.
 
+use crate::output::OutputFile;
 use crate::transcribe::{kv_precision, precision, set_threads};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use voxide_audio::{load_mono, AudioError, AudioInput, PcmOutFormat, PcmWriter};
 use voxide_models::qwen3_tts::{
-    ClonedVoice, GenerationParams, SpeechRequest, Synthesizer, VoiceReference,
+    ClonedVoice, GenerationParams, SpeechRequest, SpeechStats, Synthesizer, VoiceReference,
 };
 use voxide_nn::sampling::SamplingParams;
 use voxide_runtime::resolve_model;
@@ -121,6 +122,11 @@ pub fn load_synthesizer(model: &str, precision_arg: &str) -> Result<Synthesizer>
 
 pub fn run(args: SpeakArgs) -> Result<()> {
     set_threads(args.threads)?;
+    // Checked before the model loads: a path that cannot be written fails at once.
+    let output = match &args.output {
+        Some(path) if !args.list_voices => Some(OutputFile::new(path)?),
+        _ => None,
+    };
     let synthesizer = load_synthesizer(&args.model, &args.precision)?;
     if args.list_voices {
         let list = |v: Vec<String>| {
@@ -130,10 +136,19 @@ pub fn run(args: SpeakArgs) -> Result<()> {
                 v.join(", ")
             }
         };
-        println!("model type: {:?}", synthesizer.model_type());
-        println!("voices: {}", list(synthesizer.voices()));
-        println!("languages: auto, {}", list(synthesizer.languages()));
-        return Ok(());
+        let text = format!(
+            "model type: {:?}\nvoices: {}\nlanguages: auto, {}\n",
+            synthesizer.model_type(),
+            list(synthesizer.voices()),
+            list(synthesizer.languages())
+        );
+        let mut stdout = std::io::stdout().lock();
+        return unless_closed(
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush()),
+        )
+        .map_err(|e| anyhow!("cannot write to stdout: {e}"));
     }
     if !(args.temperature >= 0.0 && args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
@@ -197,20 +212,24 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         chunk_frames: args.chunk_frames,
     };
     let rate = synthesizer.sample_rate();
-    let stats = match &args.output {
-        Some(path) => {
-            // Written beside the target and renamed at the end: a failed run leaves no partial
-            // file (nor clobbers an earlier one).
-            let partial = path.with_extension("wav.partial");
-            let result = write_file(&synthesizer, &request, &partial, rate).and_then(|stats| {
-                std::fs::rename(&partial, path)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                Ok(stats)
+    let stats = match output {
+        Some(output) => {
+            let file = output.open()?;
+            // Only a regular file (or a link to one) can seek back to put the real sizes in the
+            // header; a FIFO or a device keeps the stream's "unknown length" ones.
+            let seekable = file.metadata().is_ok_and(|m| m.is_file());
+            let mut writer = PcmWriter::new(BufWriter::new(file), PcmOutFormat::Wav, rate);
+            let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
+            let written = written.and_then(|()| {
+                if seekable {
+                    writer.finish_seekable().map(drop)
+                } else {
+                    writer.finish().map(drop)
+                }
             });
-            if result.is_err() {
-                let _ = std::fs::remove_file(&partial);
-            }
-            result?
+            unless_closed(written).map_err(|e| output.error(e))?;
+            output.commit()?;
+            stats
         }
         None => {
             let format = match args.output_format.as_str() {
@@ -218,10 +237,9 @@ pub fn run(args: SpeakArgs) -> Result<()> {
                 _ => PcmOutFormat::Wav,
             };
             let mut writer = PcmWriter::new(std::io::stdout().lock(), format, rate);
-            // A closed pipe (the player quit) stops synthesis quietly.
-            let stats =
-                synthesizer.synthesize(&request, &mut |pcm| Ok(writer.write(pcm).is_ok()))?;
-            let _ = writer.finish();
+            let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
+            unless_closed(written.and_then(|()| writer.finish().map(drop)))
+                .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
             stats
         }
     };
@@ -246,27 +264,26 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     Ok(())
 }
 
-/// Synthesises into a WAV file at `path`.
-fn write_file(
+/// Synthesises into `writer`, stopping at the first write error, which comes back beside the
+/// statistics.
+fn synthesize_to<W: Write>(
     synthesizer: &Synthesizer,
     request: &SpeechRequest,
-    path: &std::path::Path,
-    rate: u32,
-) -> Result<voxide_models::qwen3_tts::SpeechStats> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut writer = PcmWriter::new(BufWriter::new(file), PcmOutFormat::Wav, rate);
+    writer: &mut PcmWriter<W>,
+) -> Result<(SpeechStats, std::io::Result<()>)> {
+    let mut written = Ok(());
     let stats = synthesizer.synthesize(request, &mut |pcm| {
-        writer.write(pcm).map_err(io_error)?;
-        Ok(true)
+        written = writer.write(pcm);
+        Ok(written.is_ok())
     })?;
-    writer
-        .finish_seekable()
-        .and_then(|mut w| w.flush())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(stats)
+    Ok((stats, written))
 }
 
-fn io_error(e: std::io::Error) -> voxide_models::Error {
-    voxide_models::Error::InvalidRequest(format!("cannot write the audio: {e}"))
+/// A write's outcome with a closed pipe counted as success: the reader (a player, `| head`)
+/// quitting early ends the audio there, as `voxide ask` ends its answer.
+fn unless_closed(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
 }

@@ -48,6 +48,9 @@ pub struct StreamArgs {
 
 pub fn run(args: StreamArgs) -> Result<()> {
     set_threads(args.threads)?;
+    if args.encoder_frames == 0 {
+        bail!("--encoder-frames must be at least 1");
+    }
     let source = resolve_model(&args.model)?;
     let model = load_streaming(
         &source,
@@ -58,7 +61,7 @@ pub fn run(args: StreamArgs) -> Result<()> {
     let options = StreamOptions {
         delay_ms: args.delay_ms,
         kv_dtype: kv_precision(&args.kv_precision),
-        encoder_min_frames: args.encoder_frames.max(1),
+        encoder_min_frames: args.encoder_frames,
         restart_on_eos: true,
     };
     let mut stream = model.stream(options)?;

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use voxide_audio::{load_mono, AudioInput};
 use voxide_models::silero_vad::{detect_speech, SileroVad, SpeechChunks, VadParams, SAMPLE_RATE};
@@ -221,8 +221,14 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 /// recomputes it on every matmul, and on Linux that reads and parses /proc/cpuinfo (perf: in
 /// each attention of a Qwen3-TTS code-predictor step that takes candle's matmul).
 pub fn cap_threads(threads: Option<usize>) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = match threads {
         Some(0) => bail!("--threads must be at least 1"),
+        // More threads than CPUs only take turns: the kernels' helpers spin between loops, so
+        // 1000 threads on 2 CPUs ran 200× slower.
+        Some(n) if n > cpus => {
+            bail!("--threads {n}: this process can use {cpus} CPUs; ask for at most {cpus}")
+        }
         Some(n) => n,
         None if std::env::var_os("RAYON_NUM_THREADS").is_some() => return Ok(()),
         None => candle_core::utils::get_num_threads(),
@@ -234,6 +240,16 @@ pub fn cap_threads(threads: Option<usize>) -> Result<()> {
 pub fn run(args: TranscribeArgs) -> Result<()> {
     set_threads(args.threads)?;
     if let Some(dir) = &args.output_dir {
+        let mut written = std::collections::HashMap::new();
+        for file in &args.files {
+            let path = output_path(dir, &AudioInput::from_arg(file), args.format.extension());
+            if let Some(other) = written.insert(path.clone(), file) {
+                bail!(
+                    "{other} and {file} would both be written to {}; transcribe them into different directories",
+                    path.display()
+                );
+            }
+        }
         std::fs::create_dir_all(dir).map_err(|e| {
             anyhow::anyhow!("cannot create output directory {}: {e}", dir.display())
         })?;
@@ -321,14 +337,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         let text = render_with(&transcript, args.format, task, &args.subtitles());
         match &args.output_dir {
             Some(dir) => {
-                let stem = match input {
-                    AudioInput::File(path) => path
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "audio".into()),
-                    _ => "stdin".into(),
-                };
-                let path = dir.join(format!("{stem}.{}", args.format.extension()));
+                let path = output_path(dir, input, args.format.extension());
                 std::fs::write(&path, text)
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
             }
@@ -357,6 +366,19 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Where `--output-dir` puts the transcript of `input`: its file name's stem (`stdin` for
+/// standard input) with the format's extension.
+fn output_path(dir: &Path, input: &AudioInput, extension: &str) -> PathBuf {
+    let stem = match input {
+        AudioInput::File(path) => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "audio".into()),
+        _ => "stdin".into(),
+    };
+    dir.join(format!("{stem}.{extension}"))
 }
 
 /// Runs `work` on each input in turn: with one input its error is the command's; with several

@@ -69,6 +69,13 @@ impl VadArgs {
         probability("threshold", self.threshold)?;
         if let Some(v) = self.neg_threshold {
             probability("neg-threshold", v)?;
+            if v > self.threshold {
+                // Speech would end above the level that starts it.
+                bail!(
+                    "--neg-threshold {v} must not exceed --threshold {}",
+                    self.threshold
+                );
+            }
         }
         if let Some(v) = self.max_speech_s {
             if v.is_nan() || v <= 0.0 {

@@ -359,6 +359,15 @@ fn bad_audio_gets_a_one_line_error() {
             "ADPCM",
         ),
         (d.join("missing.wav"), "cannot read"),
+        (
+            // symphonia panics on a rate of 0: caught, and no panic message on the terminal.
+            write(d, "rate-zero.wav", &{
+                let mut b = wav(&[100; 2000]);
+                b[24..28].copy_from_slice(&0u32.to_le_bytes());
+                b
+            }),
+            "corrupt",
+        ),
     ];
     for (path, expect) in &cases {
         let line = fails(&["transcribe", "--model", m, s(path)], "");
@@ -676,4 +685,54 @@ fn vad_skips_silence_and_keeps_the_files_times() {
         ],
         "missing.bin",
     );
+}
+
+#[test]
+fn options_out_of_range_get_a_one_line_error() {
+    let model = tiny();
+    let (m, audio) = (s(&model), jfk());
+    let a = s(&audio);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let too_many = (cpus + 1).to_string();
+    for (option, value, expect) in [
+        ("--threads", too_many.as_str(), "at most"),
+        ("--beam-size", "17", "at most 16"),
+        ("--best-of", "1000", "at most 16"),
+        ("--patience", "0", "--patience"),
+        ("--length-penalty", "NaN", "--length-penalty"),
+        ("--no-speech-threshold", "5", "--no-speech-threshold"),
+        ("--delay-ms", "480", "--delay-ms"),
+    ] {
+        let mut args = vec!["transcribe", "--model", m, option, value, a];
+        if option == "--patience" {
+            args.extend(["--beam-size", "2"]);
+        }
+        fails(&args, expect);
+    }
+}
+
+#[test]
+fn two_inputs_with_one_output_name_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let samples: Vec<i16> = (0..16000).map(|i| ((i % 50) * 300) as i16).collect();
+    let first = write(&a, "talk.wav", &wav(&samples));
+    let second = write(&b, "talk.wav", &wav(&samples));
+    let out_dir = dir.path().join("out");
+    let model = tiny();
+    fails(
+        &[
+            "transcribe",
+            "--model",
+            s(&model),
+            "--output-dir",
+            s(&out_dir),
+            s(&first),
+            s(&second),
+        ],
+        "would both be written to",
+    );
+    assert!(!out_dir.exists(), "nothing was written");
 }

@@ -7,7 +7,7 @@ mod common;
 use candle_core::Device;
 use common::{error_line, root, s, stdout, voxide};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
 
 fn jfk() -> PathBuf {
@@ -78,7 +78,8 @@ fn bad_model_files_are_one_line_errors() {
         err.contains("--allow-fallback") || err.contains("fallback"),
         "{err}"
     );
-    assert!(!k.exists() && !dir.path().join("k.bin.partial").exists());
+    // Neither the file nor its `.partial` sibling.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
     let good = dir.path().join("good.bin");
     let out = voxide(&["convert", s(&model), s(&good)]);
@@ -112,4 +113,173 @@ fn bad_model_files_are_one_line_errors() {
         s(&jfk()),
     ]));
     assert!(err.contains("no tensors"), "{err}");
+}
+
+/// The file's extension picks the container, although it is first written under another name.
+#[test]
+fn gguf_outputs_are_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny.gguf");
+    let model = root().join("tests/fixtures/whisper/tiny-random");
+    let out = voxide(&["convert", s(&model), s(&file)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&std::fs::read(&file).unwrap()[..4], b"GGUF");
+    WhisperPipeline::from_ggml(&file, &Device::Cpu, None).unwrap();
+}
+
+/// Output paths that cannot be written fail before any work, naming the path as given.
+#[cfg(unix)]
+#[test]
+fn unwritable_outputs_fail_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("tests/fixtures/whisper/tiny-random");
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let is_dir = format!("cannot write {}: it is a directory", sub.display());
+    // Checked before the input is read: a missing input would be the error otherwise.
+    let err = error_line(&voxide(&[
+        "quantize",
+        "--type",
+        "q8_0",
+        "/nonexistent/model",
+        s(&sub),
+    ]));
+    assert!(err.contains(&is_dir), "{err}");
+    let err = error_line(&voxide(&["convert", s(&model), s(&sub)]));
+    assert!(err.contains(&is_dir), "{err}");
+
+    let missing = dir.path().join("missing/x.bin");
+    let err = error_line(&voxide(&[
+        "quantize",
+        "--type",
+        "q8_0",
+        s(&model),
+        s(&missing),
+    ]));
+    assert!(
+        err.contains(&format!(
+            "cannot write {}: No such file or directory",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("partial") && !err.contains("load"), "{err}");
+    // No `.partial` file anywhere.
+    assert_eq!(entries(dir.path()), ["sub"]);
+    assert!(entries(&sub).is_empty());
+}
+
+/// What is not a regular file (a FIFO, a symlink, a device) is written into: renaming the
+/// finished `.partial` file over it would replace it with a regular file.
+#[cfg(target_os = "linux")]
+#[test]
+fn non_regular_outputs_are_written_into() {
+    use std::os::unix::fs::{symlink, FileTypeExt};
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("tests/fixtures/whisper/tiny-random");
+    let convert = |to: &Path| {
+        let out = voxide(&["convert", s(&model), s(to)]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            to.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let plain = dir.path().join("plain.bin");
+    convert(&plain);
+    let want = std::fs::read(&plain).unwrap();
+
+    let fifo = dir.path().join("fifo.bin");
+    let received = read_fifo(&fifo);
+    convert(&fifo);
+    let got = received();
+    assert!(
+        got == want,
+        "the FIFO got {} of {} bytes",
+        got.len(),
+        want.len()
+    );
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    let target = dir.path().join("target.bin");
+    std::fs::write(&target, b"older").unwrap();
+    let link = dir.path().join("link.bin");
+    symlink("target.bin", &link).unwrap();
+    convert(&link);
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(std::fs::read(&target).unwrap() == want);
+
+    // A device that takes nothing, behind a link of ours (/dev/full itself is never named).
+    let full = dir.path().join("full.bin");
+    symlink("/dev/full", &full).unwrap();
+    let err = error_line(&voxide(&[
+        "quantize",
+        "--type",
+        "q8_0",
+        s(&model),
+        s(&full),
+    ]));
+    assert!(
+        err.contains(&format!(
+            "cannot write {}: No space left on device",
+            full.display()
+        )),
+        "{err}"
+    );
+    assert!(std::fs::symlink_metadata(&full).unwrap().is_symlink());
+    assert_eq!(
+        entries(dir.path()),
+        [
+            "fifo.bin",
+            "full.bin",
+            "link.bin",
+            "plain.bin",
+            "target.bin"
+        ]
+    );
+}
+
+/// The sorted names in `dir`.
+#[cfg(unix)]
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Makes a FIFO at `path` and reads it on a thread; the returned function, called once the
+/// writer exited, gives what came through.
+#[cfg(target_os = "linux")]
+fn read_fifo(path: &Path) -> impl FnOnce() -> Vec<u8> {
+    use std::io::Read;
+    let made = std::process::Command::new("mkfifo").arg(path).status();
+    assert!(made.unwrap().success(), "mkfifo {}", path.display());
+    // Linux opens a FIFO read-write without waiting. That end lets ours open at once and keeps
+    // the FIFO open until the writer is done, so the read ends even if it never opened it.
+    let keep = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut reader = std::fs::File::open(path).unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    move || {
+        drop(keep);
+        thread.join().unwrap()
+    }
 }

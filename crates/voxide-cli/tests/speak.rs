@@ -4,6 +4,9 @@
 //! stream agree sample for sample, any chunking gives the same audio, and bad requests get a
 //! one-line error.
 
+mod common;
+
+use common::error_line;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -200,7 +203,13 @@ fn bad_requests_get_a_one_line_error() {
         "{stderr}"
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(!wav.exists() && !dir.join("out.wav.partial").exists());
+    // Neither the file nor its `.partial` sibling.
+    let names = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name());
+    assert!(names
+        .into_iter()
+        .all(|n| !n.to_string_lossy().starts_with("out")));
     std::fs::remove_dir_all(dir).ok();
     // Without its codec (the copy takes the top-level files only).
     let dir = fixture_copy("no-codec", false);
@@ -484,5 +493,269 @@ fn bench_tts_clones_a_voice_for_a_base_model() {
         assert!(row["prompt_ms"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["talker_ms_per_step"].as_f64().unwrap() > 0.0, "{row}");
     }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// `voxide ARGS` with standard output on a device that takes nothing (opened, never replaced).
+#[cfg(target_os = "linux")]
+fn voxide_into_full_device(args: &[&str]) -> Output {
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_voxide"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::null())
+        .stdout(full)
+        .output()
+        .expect("voxide runs")
+}
+
+/// A full standard output is a one-line error; a closed one (the player quit, `| head`) ends
+/// the run early and quietly.
+#[cfg(target_os = "linux")]
+#[test]
+fn stdout_write_errors_fail_and_closed_pipes_stop() {
+    let model = fixture();
+    let speak = [&["speak", "--model", s(&model)][..], &GREEDY].concat();
+    let list = ["speak", "--model", s(&model), "--list-voices"];
+    for args in [
+        [&speak[..], &["Hello"]].concat(),
+        [&speak[..], &["--output-format", "pcm", "Hello"]].concat(),
+        list.to_vec(),
+    ] {
+        let err = error_line(&voxide_into_full_device(&args));
+        assert!(
+            err.contains("cannot write to stdout: No space left on device"),
+            "{args:?}: {err}"
+        );
+    }
+    for args in [[&speak[..], &["Hello"]].concat(), list.to_vec()] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
+            .args(&args)
+            .env("HF_HUB_OFFLINE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The only read end closes before anything is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// `-o` paths that cannot be written fail before the model loads, naming the path as given.
+#[cfg(unix)]
+#[test]
+fn unwritable_output_paths_fail_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let missing = dir.path().join("missing/o.wav");
+    for (path, model, expect) in [
+        // Checked first: the missing model would be the error otherwise.
+        (&sub, Path::new("/nonexistent/model"), "it is a directory"),
+        (&sub, &fixture(), "it is a directory"),
+        (&missing, &fixture(), "No such file or directory"),
+    ] {
+        let mut args = vec!["speak", "--model", s(model), "-o", s(path)];
+        args.extend(GREEDY);
+        args.push("Hello");
+        let err = error_line(&voxide(&args));
+        assert!(
+            err.contains(&format!("cannot write {}: {expect}", path.display())),
+            "{err}"
+        );
+        assert!(!err.contains("partial"), "{err}");
+    }
+    assert_eq!(entries(dir.path()), ["sub"]);
+    assert!(entries(&sub).is_empty());
+}
+
+/// What is not a regular file (a FIFO, a symlink, a device) is written into: renaming the
+/// finished `.partial` file over it would replace it with a regular file.
+#[cfg(target_os = "linux")]
+#[test]
+fn non_regular_outputs_are_written_into() {
+    use std::os::unix::fs::{symlink, FileTypeExt};
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture();
+    let speak = |to: &Path| {
+        let mut args = vec!["speak", "--model", s(&model), "-o", s(to)];
+        args.extend(GREEDY);
+        args.push("Hello");
+        voxide(&args)
+    };
+    let succeeds = |out: Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let plain = dir.path().join("plain.wav");
+    succeeds(speak(&plain));
+    let want = std::fs::read(&plain).unwrap();
+    assert!(want.len() > 44);
+
+    let fifo = dir.path().join("fifo.wav");
+    let received = read_fifo(&fifo);
+    succeeds(speak(&fifo));
+    let got = received();
+    // A stream cannot seek back: its header keeps the "unknown length" sizes.
+    assert_eq!(got.len(), want.len(), "bytes through the FIFO");
+    assert_eq!(&got[40..44], &u32::MAX.to_le_bytes());
+    assert!(got[44..] == want[44..], "the FIFO's samples differ");
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    let target = dir.path().join("target.wav");
+    std::fs::write(&target, b"older").unwrap();
+    let link = dir.path().join("link.wav");
+    symlink("target.wav", &link).unwrap();
+    succeeds(speak(&link));
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(std::fs::read(&target).unwrap() == want);
+
+    // A device that takes nothing, behind a link of ours (/dev/full itself is never named).
+    let full = dir.path().join("full.wav");
+    symlink("/dev/full", &full).unwrap();
+    let err = error_line(&speak(&full));
+    assert!(
+        err.contains(&format!(
+            "cannot write {}: No space left on device",
+            full.display()
+        )),
+        "{err}"
+    );
+    assert!(std::fs::symlink_metadata(&full).unwrap().is_symlink());
+    assert_eq!(
+        entries(dir.path()),
+        [
+            "fifo.wav",
+            "full.wav",
+            "link.wav",
+            "plain.wav",
+            "target.wav"
+        ]
+    );
+}
+
+/// The sorted names in `dir`.
+#[cfg(unix)]
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Makes a FIFO at `path` and reads it on a thread; the returned function, called once the
+/// writer exited, gives what came through.
+#[cfg(target_os = "linux")]
+fn read_fifo(path: &Path) -> impl FnOnce() -> Vec<u8> {
+    use std::io::Read;
+    let made = Command::new("mkfifo").arg(path).status();
+    assert!(made.unwrap().success(), "mkfifo {}", path.display());
+    // Linux opens a FIFO read-write without waiting. That end lets ours open at once and keeps
+    // the FIFO open until the writer is done, so the read ends even if it never opened it.
+    let keep = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut reader = std::fs::File::open(path).unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    move || {
+        drop(keep);
+        thread.join().unwrap()
+    }
+}
+
+/// `voxide speak ARGS` with `text` on standard input.
+fn speak_stdin(args: &[&str], text: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
+        .arg("speak")
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("voxide runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let text = text.to_string();
+    // A refused text may not be read to its end: the pipe then closes early.
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut stdin, text.as_bytes());
+    });
+    let out = child.wait_with_output().expect("voxide ends");
+    writer.join().unwrap();
+    out
+}
+
+/// A text whose prompt and frames exceed the talker's positions (32 768 for the fixture, 2048
+/// of them for the frames by default) is refused up front in one line, and leaves no file; it
+/// once aborted trying to allocate 4 TB.
+#[test]
+fn text_too_long_for_the_model_is_refused_and_leaves_no_file() {
+    let dir = std::env::temp_dir().join(format!("voxide-speak-long-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("o.wav");
+    let model = fixture();
+    let args = ["-m", s(&model), "--voice", "tester", "-o", s(&wav)];
+    let out = speak_stdin(&args, &"Hello there. ".repeat(80_000));
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: text too long: 1040025 tokens, this model takes at most 30720 beside 2048 frames of audio (split the text)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "no output and no partial file"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A long text within the limit is spoken, its prompt run through the talker in blocks:
+/// memory grows with the prompt, not with its square (20 000 positions at once took
+/// gigabytes for attention's mask and scores alone).
+#[test]
+fn a_long_text_within_the_limit_is_spoken_in_bounded_memory() {
+    let dir = std::env::temp_dir().join(format!("voxide-speak-longok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("o.wav");
+    let model = fixture();
+    let mut args = vec!["-m", s(&model), "-o", s(&wav), "-v"];
+    args.extend(GREEDY);
+    let out = speak_stdin(&args, &"Hello there. ".repeat(1600));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read(&wav).unwrap().len(), 44 + 5 * 1920 * 2);
+    let peak_mb: f64 = stderr
+        .split("peak RSS ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MB").next())
+        .and_then(|mb| mb.parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {stderr}"));
+    assert!(peak_mb < 1000.0, "peak RSS {peak_mb} MB");
     std::fs::remove_dir_all(dir).ok();
 }

@@ -63,7 +63,16 @@ impl StackConfig {
             self.hidden_dim,
         ];
         if dims.contains(&0) || self.sliding_window == Some(0) {
-            return Err(format!("{what}: a dimension is 0 in {self:?}"));
+            return Err(format!(
+                "{what}: a dimension is 0 (dim {}, layers {}, heads {}, key/value heads {}, head width {}, hidden {}, sliding window {})",
+                self.dim,
+                self.n_layers,
+                self.n_heads,
+                self.n_kv_heads,
+                self.head_dim,
+                self.hidden_dim,
+                self.sliding_window.map_or("none".into(), |w| w.to_string())
+            ));
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) || !self.head_dim.is_multiple_of(2) {
             return Err(format!(

@@ -341,6 +341,16 @@ impl SimpleBackend for SafetensorsFiles {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor> {
+        if let Some(stored) = self.dtype(name) {
+            // Integers cast to a float weight would load and compute nonsense (a tensor written
+            // as int32 or bool by a broken export).
+            if stored.is_int() && dtype.is_float() {
+                candle_core::bail!(
+                    "{name} is stored as {}, where the model needs floating-point weights",
+                    stored.as_str()
+                );
+            }
+        }
         let tensor = self.load(name, dev)?;
         if tensor.shape() != &s {
             return Err(candle_core::Error::UnexpectedShape {
@@ -431,6 +441,14 @@ mod tests {
             .to_string()
             .contains("shape mismatch for w"));
         assert!(vb.get((2, 2), "missing").is_err());
+
+        // An integer tensor where a float weight is read.
+        let int_header = r#"{"w":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]}}"#;
+        write(&path, int_header, &data);
+        let files = SafetensorsFiles::open(std::slice::from_ref(&path)).unwrap();
+        let vb = candle_nn::VarBuilder::from_backend(Box::new(files), DType::F32, Device::Cpu);
+        let err = vb.get((2, 2), "w").unwrap_err().to_string();
+        assert!(err.contains("w is stored as i32"), "{err}");
 
         write(&path, header, &data[..10]);
         let err = SafetensorsFiles::open(std::slice::from_ref(&path))

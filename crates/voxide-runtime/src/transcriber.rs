@@ -217,9 +217,22 @@ impl Transcriber for WhisperPipeline {
                 "--beam-size and --best-of must be at least 1".into(),
             ));
         }
-        if !(0.0..=1.0).contains(&request.temperature) || request.temperature_increment < 0.0 {
+        if request.beam_size.max(request.best_of) > Some(MAX_CANDIDATES) {
+            return Err(Error::InvalidRequest(format!(
+                "--beam-size and --best-of take at most {MAX_CANDIDATES} (each candidate holds its own KV cache)"
+            )));
+        }
+        let increment_ok =
+            request.temperature_increment.is_finite() && request.temperature_increment >= 0.0;
+        if !(0.0..=1.0).contains(&request.temperature) || !increment_ok {
             return Err(Error::InvalidRequest(
                 "temperatures must lie in [0, 1]".into(),
+            ));
+        }
+        check_decoding_numbers(request)?;
+        if request.delay_ms.is_some() || request.kv_dtype.is_some() {
+            return Err(Error::InvalidRequest(
+                "Whisper takes neither --delay-ms nor --kv-precision (Voxtral's options; Whisper's KV caches follow its weights)".into(),
             ));
         }
         let mut opts = TranscribeOptions {
@@ -259,6 +272,45 @@ impl Transcriber for WhisperPipeline {
     }
 }
 
+/// Most beams or sampled candidates a Whisper request may ask for: each holds a KV cache and
+/// decodes beside the others (openai-whisper suggests 5; whisper.cpp takes at most 8).
+pub const MAX_CANDIDATES: usize = 16;
+
+/// The numbers of a Whisper request that openai-whisper reads as given: each must be a finite
+/// value in its range, or a NaN would silently switch a rule off (a NaN threshold never fires).
+fn check_decoding_numbers(request: &TranscribeRequest) -> Result<()> {
+    let bad =
+        |what: &str, range: &str| Err(Error::InvalidRequest(format!("{what} must be {range}")));
+    if request
+        .patience
+        .is_some_and(|p| !(p.is_finite() && p > 0.0))
+    {
+        return bad("--patience", "a number above 0");
+    }
+    if request
+        .length_penalty
+        .is_some_and(|a| !(a.is_finite() && a >= 0.0))
+    {
+        return bad("--length-penalty", "a number of at least 0");
+    }
+    if request
+        .compression_ratio_threshold
+        .is_some_and(|r| !(r.is_finite() && r > 0.0))
+    {
+        return bad("--compression-ratio-threshold", "a number above 0");
+    }
+    if request.logprob_threshold.is_some_and(|l| !l.is_finite()) {
+        return bad("--logprob-threshold", "a finite number");
+    }
+    if request
+        .no_speech_threshold
+        .is_some_and(|p| !(0.0..=1.0).contains(&p))
+    {
+        return bad("--no-speech-threshold", "a probability in [0, 1]");
+    }
+    Ok(())
+}
+
 impl Transcriber for VoxtralRealtime {
     fn sample_rate(&self) -> u32 {
         voxide_models::voxtral_realtime::SAMPLE_RATE
@@ -287,6 +339,8 @@ impl Transcriber for VoxtralRealtime {
         if request.beam_size.is_some() || request.best_of.is_some() || request.temperature > 0.0 {
             return unsupported("beam search or sampling");
         }
+        // Ignored, but a code no model knows is a mistake worth saying.
+        requested_language(request)?;
         let defaults = self.default_options();
         let options = StreamOptions {
             delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
@@ -418,11 +472,21 @@ fn family(dir: &std::path::Path) -> Result<Family> {
         };
     }
     let config = dir.join("config.json");
+    if !config.exists() && dir.join("params.json").is_file() {
+        return Err(Error::Resolve(format!(
+            "{}: params.json without consolidated.safetensors (the weights of Mistral's layout)",
+            dir.display()
+        )));
+    }
     let json = read_json(&config)?;
     match json["model_type"].as_str() {
         Some("whisper") => Ok(Family::Whisper),
         Some("voxtral_realtime") => Ok(Family::VoxtralRealtime),
         Some("voxtral") => Ok(Family::Voxtral),
+        Some("qwen3_tts") => Err(Error::Resolve(format!(
+            "{} is Qwen3-TTS, a text-to-speech model: use `voxide speak`",
+            dir.display()
+        ))),
         Some(other) => Err(Error::Resolve(format!(
             "{}: model_type {other:?} is not supported yet (supported: whisper, voxtral, voxtral_realtime)",
             config.display()
@@ -505,5 +569,66 @@ mod tests {
         };
         assert_eq!(r.temperatures(), vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
         assert_eq!(TranscribeRequest::default().temperatures(), vec![0.0]);
+    }
+
+    #[test]
+    fn decoding_numbers_outside_their_ranges_are_refused() {
+        assert!(check_decoding_numbers(&TranscribeRequest::default()).is_ok());
+        let base = TranscribeRequest::default;
+        let refused = [
+            (
+                "--patience",
+                TranscribeRequest {
+                    patience: Some(0.0),
+                    ..base()
+                },
+            ),
+            (
+                "--patience",
+                TranscribeRequest {
+                    patience: Some(f32::NAN),
+                    ..base()
+                },
+            ),
+            (
+                "--length-penalty",
+                TranscribeRequest {
+                    length_penalty: Some(-0.5),
+                    ..base()
+                },
+            ),
+            (
+                "--compression-ratio-threshold",
+                TranscribeRequest {
+                    compression_ratio_threshold: Some(f32::NAN),
+                    ..base()
+                },
+            ),
+            (
+                "--logprob-threshold",
+                TranscribeRequest {
+                    logprob_threshold: Some(f32::NEG_INFINITY),
+                    ..base()
+                },
+            ),
+            (
+                "--no-speech-threshold",
+                TranscribeRequest {
+                    no_speech_threshold: Some(5.0),
+                    ..base()
+                },
+            ),
+        ];
+        for (option, request) in refused {
+            let e = check_decoding_numbers(&request).unwrap_err().to_string();
+            assert!(e.contains(option), "{e}");
+        }
+        let fine = TranscribeRequest {
+            patience: Some(2.0),
+            length_penalty: Some(0.6),
+            no_speech_threshold: None,
+            ..base()
+        };
+        assert!(check_decoding_numbers(&fine).is_ok());
     }
 }

@@ -77,14 +77,18 @@ impl ApiError {
         )
     }
 
-    /// 413: the upload is larger than `--max-upload-mb`.
-    pub fn too_large(message: impl Into<String>) -> Self {
+    /// 413: the request body is larger than its route takes.
+    pub fn body_too_large(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             message,
         )
-        .with_code("file_too_large")
+    }
+
+    /// 413: the upload is larger than `--max-upload-mb`.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::body_too_large(message).with_code("file_too_large")
     }
 
     /// 429: every slot is busy and the queue is full.

@@ -25,7 +25,7 @@ pub mod speech;
 mod transcriptions;
 mod web;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Result};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{Method, Uri};
@@ -162,11 +162,15 @@ fn router(
             state.clone(),
             transcriptions::refuse_large_uploads,
         ));
+    let speech = Router::new()
+        .route("/v1/audio/speech", post(speech::speech))
+        .layer(DefaultBodyLimit::max(speech::MAX_BODY_BYTES))
+        .route_layer(middleware::from_fn(speech::refuse_large_bodies));
     let v1 = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
-        .route("/v1/audio/speech", post(speech::speech))
         .route("/v1/realtime", get(realtime::realtime))
+        .merge(speech)
         .merge(uploads)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -252,7 +256,7 @@ impl Server {
         }
         let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
             .await
-            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+            .map_err(|e| anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
         let admission = Admission::new(config.limits.max_concurrency, config.limits.max_queue);
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let max_sessions = config.limits.max_realtime_sessions;
@@ -277,7 +281,7 @@ impl Server {
     pub fn local_addr(&self) -> Result<SocketAddr> {
         self.listener
             .local_addr()
-            .context("cannot read the listening address")
+            .map_err(|e| anyhow!("cannot read the listening address: {e}"))
     }
 
     /// The slots and queue its requests go through (to watch, or to hold a slot in tests).
@@ -299,7 +303,7 @@ impl Server {
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("the server failed")?;
+            .map_err(|e| anyhow!("the server failed: {e}"))?;
         // Upgraded connections outlive the HTTP server: give the sessions a moment to send
         // their closing events (a session in the middle of a transcription may not make it).
         let (sessions, all) = self.sessions;
@@ -319,7 +323,7 @@ pub fn serve(config: ServerConfig, models: Registry) -> Result<()> {
         .enable_all()
         .thread_name("voxide-serve")
         .build()
-        .context("cannot start the server's runtime")?;
+        .map_err(|e| anyhow!("cannot start the server's runtime: {e}"))?;
     let result = runtime.block_on(async {
         let server = Server::bind(&config, models).await?;
         eprintln!("listening on http://{}", server.local_addr()?);

@@ -161,8 +161,8 @@ impl Registry {
 
     /// Loads Silero VAD weights (ggml or ONNX) for server VAD in realtime sessions.
     pub fn load_vad(&mut self, path: &Path) -> Result<&SileroVad> {
-        let vad =
-            SileroVad::load(path).with_context(|| format!("--vad-model {}", path.display()))?;
+        let vad = SileroVad::load(path)
+            .map_err(|e| anyhow::anyhow!("--vad-model {}: {e}", path.display()))?;
         Ok(self.vad.insert(Arc::new(vad)))
     }
 
@@ -179,7 +179,7 @@ fn default_id(source: &ModelSource) -> Result<String> {
         ModelSource::Local(dir) => {
             let dir = dir
                 .canonicalize()
-                .with_context(|| format!("cannot read {}", dir.display()))?;
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?;
             // A model file is named without its extension (ggml-base.en.bin → ggml-base.en).
             let name = if dir.is_file() {
                 dir.file_stem()

@@ -9,14 +9,21 @@
 //! frames, default 2048 or what `--max-audio-s` allows). Sampling follows qwen-tts' defaults,
 //! as `voxide speak`.
 //!
+//! `input` takes at most 4096 characters (OpenAI's limit), and the text with its frames must
+//! fit the model's positions; both are refused (400) before synthesis.
+//!
 //! A client that goes away stops synthesis at the next chunk; so does the deadline
 //! (`--request-timeout-s`), after which the stream is cut off (the client sees an incomplete
 //! response, not a short clip).
 
+use crate::transcriptions::declared_length;
 use crate::{sse_event, ApiError, AppState, Engine};
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -40,6 +47,27 @@ pub const DEFAULT_MAX_FRAMES: usize = 2048;
 const FRAME_S: f64 = 0.08;
 /// Chunks of audio buffered between synthesis and a slow client.
 const CHANNEL_CHUNKS: usize = 8;
+/// Longest `input`, in characters: OpenAI's documented limit for this endpoint.
+pub const MAX_INPUT_CHARS: usize = 4096;
+/// Largest request body (axum's default): far more than an `input` of [`MAX_INPUT_CHARS`]
+/// takes, even escaped.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// 413 before reading a body whose declared length is over [`MAX_BODY_BYTES`] (the client
+/// learns at once); bodies without a length are cut off as they arrive.
+pub(crate) async fn refuse_large_bodies(request: Request, next: Next) -> Response {
+    match declared_length(request.headers()) {
+        Some(length) if length > MAX_BODY_BYTES as u64 => too_large().into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::body_too_large(format!(
+        "the request body is larger than this endpoint accepts: {} MB (`input` takes at most {MAX_INPUT_CHARS} characters)",
+        MAX_BODY_BYTES / (1024 * 1024)
+    ))
+}
 
 /// The request body as OpenAI's clients send it, plus voxide's fields.
 #[derive(Deserialize)]
@@ -68,8 +96,12 @@ enum Framing {
 /// `POST /v1/audio/speech`.
 pub(crate) async fn speech(
     State(state): State<AppState>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        _ => ApiError::bad_request(format!("cannot read the body: {}", e.body_text())),
+    })?;
     let body: SpeechBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body is not the JSON expected: {e}")))?;
     let model = state.requested_model(body.model.as_deref())?;
@@ -192,6 +224,15 @@ fn speech_request(
         return Err(ApiError::invalid_param(
             "input",
             "no `input`: give the text to say",
+        ));
+    }
+    let chars = text.chars().count();
+    if chars > MAX_INPUT_CHARS {
+        return Err(ApiError::invalid_param(
+            "input",
+            format!(
+                "`input` is {chars} characters long; this endpoint takes at most {MAX_INPUT_CHARS} (split the text)"
+            ),
         ));
     }
     let voice = match &body.voice {

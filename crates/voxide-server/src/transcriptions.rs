@@ -46,7 +46,7 @@ pub(crate) async fn translations(
 }
 
 /// The body's declared length, if any.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

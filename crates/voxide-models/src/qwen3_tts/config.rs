@@ -76,6 +76,8 @@ pub struct TalkerConfig {
     pub dims: DecoderDims,
     pub text_hidden_size: usize,
     pub text_vocab_size: usize,
+    /// Positions the talker was trained for: a request's prompt plus its frames must fit.
+    pub max_position_embeddings: usize,
     pub codec_eos_token_id: u32,
     pub codec_think_id: u32,
     pub codec_nothink_id: u32,

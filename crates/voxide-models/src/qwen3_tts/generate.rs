@@ -5,6 +5,7 @@
 //! step. The next talker input is the sum of the 16 code embeddings plus the next text-track
 //! embedding.
 
+use super::config::TalkerConfig;
 use super::prompt::Prompt;
 use super::talker::Talker;
 use crate::error::{Error, Result};
@@ -77,6 +78,27 @@ pub enum Stop {
     Cancelled,
 }
 
+/// Checks that a prompt of `prompt_positions` and up to `max_frames` frames fit the talker's
+/// `max_position_embeddings`, before the KV caches for them are allocated.
+pub fn check_positions(
+    config: &TalkerConfig,
+    prompt_positions: usize,
+    max_frames: usize,
+) -> Result<()> {
+    let limit = config.max_position_embeddings;
+    let Some(room) = limit.checked_sub(max_frames).filter(|&room| room > 0) else {
+        return Err(Error::InvalidRequest(format!(
+            "cannot generate {max_frames} frames: this model takes at most {limit} positions, the text's included (ask for fewer frames)"
+        )));
+    };
+    if prompt_positions > room {
+        return Err(Error::InvalidRequest(format!(
+            "text too long: {prompt_positions} tokens, this model takes at most {room} beside {max_frames} frames of audio (split the text)"
+        )));
+    }
+    Ok(())
+}
+
 fn pick(logits: &[f32], params: Option<SamplingParams>, sampler: &mut Sampler) -> u32 {
     match params {
         Some(p) if p.temperature > 0.0 => sampler.sample(logits, p) as u32,
@@ -105,6 +127,7 @@ pub fn generate(
     let suppressed = cfg.dims.vocab_size.saturating_sub(1024)..cfg.dims.vocab_size;
     let prefill_len = prompt.prefill.dim(1)?;
     let trailing = prompt.trailing_text.dim(1)?;
+    check_positions(cfg, prefill_len, params.max_frames)?;
 
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     let mut out = Generated {

@@ -104,37 +104,12 @@ impl Prompt {
                         t.spk_id.keys().cloned().collect::<Vec<_>>().join(", ")
                     ))
                 })?;
-                Some((talker.embed_codec(&[*id])?, Some(key)))
+                Some(talker.embed_codec(&[*id])?)
             }
-            Voice::Embedding(e) => Some((e.reshape((1, 1, t.dims.hidden_size))?, None)),
+            Voice::Embedding(e) => Some(e.reshape((1, 1, t.dims.hidden_size))?),
             Voice::Unspecified => None,
         };
-        let mut language = match request.language {
-            None => None,
-            Some(lang) => {
-                let key = lang.to_lowercase();
-                Some(*t.codec_language_id.get(&key).ok_or_else(|| {
-                    Error::InvalidRequest(format!(
-                        "unknown language {lang:?}; this model has: auto, {}",
-                        languages(config).join(", ")
-                    ))
-                })?)
-            }
-        };
-        // Dialect speakers replace the language when it is Chinese or auto.
-        if let Some((_, Some(key))) = &speaker {
-            let chinese_or_auto = request
-                .language
-                .is_none_or(|l| l.eq_ignore_ascii_case("chinese"));
-            if let (true, Some(Dialect::Language(dialect))) =
-                (chinese_or_auto, t.spk_is_dialect.get(key))
-            {
-                language = Some(*t.codec_language_id.get(dialect).ok_or_else(|| {
-                    Error::InvalidRequest(format!("dialect {dialect:?} has no language id"))
-                })?);
-            }
-        }
-
+        let language = language_id(config, request)?;
         let specials = talker.embed_text(&[
             config.tts_bos_token_id,
             config.tts_eos_token_id,
@@ -159,7 +134,7 @@ impl Prompt {
             ],
         };
         let mut codec = vec![talker.embed_codec(&tags)?];
-        if let Some((embedding, _)) = speaker {
+        if let Some(embedding) = speaker {
             codec.push(embedding);
         }
         codec.push(talker.embed_codec(&[t.codec_pad_id, t.codec_bos_id])?);
@@ -212,6 +187,75 @@ impl Prompt {
             tts_pad,
         })
     }
+}
+
+impl PromptRequest<'_> {
+    /// Talker positions the prompt takes: the prefill and, streaming, the text that rides on
+    /// the frames after it ([`Prompt::build`] makes the same), known before anything is
+    /// embedded.
+    pub fn positions(&self, config: &Config) -> Result<usize> {
+        let tags = 3 + usize::from(language_id(config, self)?.is_some());
+        let speaker = usize::from(!matches!(self.voice, Voice::Unspecified));
+        // Every codec position but codec_bos, which shares the first position of the text.
+        let head = self.instruct_ids.map_or(0, <[u32]>::len) + ROLE_TOKENS + tags + speaker + 1;
+        let text = self
+            .text_ids
+            .len()
+            .saturating_sub(ROLE_TOKENS + TAIL_TOKENS);
+        let body = match &self.reference {
+            Some(reference) => {
+                // Reference transcript, text and tts_eos; codec_bos and the clip's frames.
+                let text_track = reference
+                    .text_ids
+                    .len()
+                    .saturating_sub(ROLE_TOKENS + REFERENCE_TAIL_TOKENS)
+                    + text
+                    + 1;
+                let codec_track = 1 + reference.codes.len();
+                if self.non_streaming {
+                    text_track + codec_track
+                } else {
+                    text_track.max(codec_track)
+                }
+            }
+            // The text and tts_eos over codec_pad, then tts_pad ⊕ codec_bos.
+            None if self.non_streaming => text + 2,
+            // text[0] ⊕ codec_bos, then the rest of the text and tts_eos on the frames.
+            None => text + 1,
+        };
+        Ok(head + body)
+    }
+}
+
+/// The language id of `request`'s codec prompt: the language asked for, or the dialect of its
+/// preset speaker when that is Chinese or auto.
+fn language_id(config: &Config, request: &PromptRequest<'_>) -> Result<Option<u32>> {
+    let t = &config.talker_config;
+    let mut language = match request.language {
+        None => None,
+        Some(lang) => {
+            let key = lang.to_lowercase();
+            Some(*t.codec_language_id.get(&key).ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "unknown language {lang:?}; this model has: auto, {}",
+                    languages(config).join(", ")
+                ))
+            })?)
+        }
+    };
+    if let Voice::Preset(name) = &request.voice {
+        let chinese_or_auto = request
+            .language
+            .is_none_or(|l| l.eq_ignore_ascii_case("chinese"));
+        if let (true, Some(Dialect::Language(dialect))) =
+            (chinese_or_auto, t.spk_is_dialect.get(&name.to_lowercase()))
+        {
+            language = Some(*t.codec_language_id.get(dialect).ok_or_else(|| {
+                Error::InvalidRequest(format!("dialect {dialect:?} has no language id"))
+            })?);
+        }
+    }
+    Ok(language)
 }
 
 /// The in-context positions of a voice-clone prompt and the trailing text track, as
@@ -284,4 +328,75 @@ pub fn languages(config: &Config) -> Vec<String> {
         .filter(|k| !k.contains("dialect"))
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Qwen3Tts;
+    use super::*;
+    use candle_core::Device;
+    use std::path::Path;
+
+    /// `positions` counts what `build` makes: the prefill and, streaming, the text on the
+    /// frames (a trailing tts_pad alone is no text), for every layout of the prompt.
+    #[test]
+    fn positions_are_the_built_prompts() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/qwen3-tts/tiny-random");
+        let tts = Qwen3Tts::from_dir(&dir, &Device::Cpu, None).expect("fixture model");
+        let (talker, config) = (tts.talker(), tts.config());
+        let tokens = |n: usize| (0..n as u32).map(|i| 20 + i % 50).collect::<Vec<_>>();
+        let instruct = tokens(6);
+        let reference_text = tokens(5 + 4);
+        let frame = vec![1u32; talker.predictor().groups() + 1];
+        let hidden = config.talker_config.dims.hidden_size;
+        let voices = [
+            Voice::Unspecified,
+            Voice::Preset("tester".into()),
+            Voice::Preset("dylan".into()),
+            Voice::Embedding(Tensor::zeros(hidden, candle_core::DType::F32, &Device::Cpu).unwrap()),
+        ];
+        for text_len in [9, 10, 30] {
+            let text_ids = tokens(text_len);
+            for (voice, language, instruct_ids, frames, non_streaming) in voices
+                .iter()
+                .flat_map(|v| [(v, None), (v, Some("english")), (v, Some("chinese"))])
+                .flat_map(|(v, l)| [(v, l, None), (v, l, Some(&instruct[..]))])
+                .flat_map(|(v, l, i)| [0, 3, 40].map(|f| (v, l, i, f)))
+                .flat_map(|(v, l, i, f)| [false, true].map(|n| (v, l, i, f, n)))
+            {
+                let codes = vec![frame.clone(); frames];
+                let request = PromptRequest {
+                    text_ids: &text_ids,
+                    instruct_ids,
+                    language,
+                    voice: voice.clone(),
+                    non_streaming,
+                    reference: (frames > 0).then_some(Reference {
+                        text_ids: &reference_text,
+                        codes: &codes,
+                    }),
+                };
+                let prompt = Prompt::build(talker, config, &request).unwrap();
+                let trailing = prompt.trailing_text.dim(1).unwrap();
+                let pad_only = trailing == 1
+                    && (&prompt.trailing_text - &prompt.tts_pad)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        == 0.0;
+                let want = prompt.prefill.dim(1).unwrap() + if pad_only { 0 } else { trailing };
+                assert_eq!(
+                    request.positions(config).unwrap(),
+                    want,
+                    "{voice:?} {language:?} instruct {} frames {frames} non-streaming {non_streaming} text {text_len}",
+                    instruct_ids.is_some()
+                );
+            }
+        }
+    }
 }

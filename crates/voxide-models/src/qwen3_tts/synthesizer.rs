@@ -20,7 +20,7 @@ use super::codec::CodecState;
 use super::codec::{load_codec, CodecConfig, CodecDecoder};
 use super::codec_encoder::{load_codec_encoder, CodecEncoder};
 use super::config::ModelType;
-use super::generate::{generate, GenerationParams, Stop};
+use super::generate::{check_positions, generate, GenerationParams, Stop};
 use super::prompt::{languages, Prompt, PromptRequest, Reference, Voice};
 use super::tokenizer::TextTokenizer;
 use super::Qwen3Tts;
@@ -382,23 +382,26 @@ impl Synthesizer {
             .language
             .as_deref()
             .filter(|l| !l.eq_ignore_ascii_case("auto"));
-        let prompt = Prompt::build(
-            self.model.talker(),
-            self.model.config(),
-            &PromptRequest {
-                text_ids: &text_ids,
-                instruct_ids: instruct_ids.as_deref(),
-                language,
-                voice,
-                reference: in_context.map(|c| Reference {
-                    text_ids: &c.text_ids,
-                    codes: &c.codes,
-                }),
-                non_streaming: request
-                    .non_streaming_text
-                    .unwrap_or(self.model_type() != ModelType::Base),
-            },
+        let prompt_request = PromptRequest {
+            text_ids: &text_ids,
+            instruct_ids: instruct_ids.as_deref(),
+            language,
+            voice,
+            reference: in_context.map(|c| Reference {
+                text_ids: &c.text_ids,
+                codes: &c.codes,
+            }),
+            non_streaming: request
+                .non_streaming_text
+                .unwrap_or(self.model_type() != ModelType::Base),
+        };
+        // Before the text is embedded: a long one would take gigabytes to be refused later.
+        check_positions(
+            &self.model.config().talker_config,
+            prompt_request.positions(self.model.config())?,
+            request.params.max_frames,
         )?;
+        let prompt = Prompt::build(self.model.talker(), self.model.config(), &prompt_request)?;
 
         let device = self.model.talker().device().clone();
         // In context, the reference clip's audio is the left context of this request's.
@@ -451,5 +454,92 @@ impl Synthesizer {
             / self.sample_rate() as f64;
         stats.wall_ms = start.elapsed().as_secs_f64() * 1e3;
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixture (a byte-level tokenizer: a token per ASCII letter) with its talker taking
+    /// `limit` positions, from a copy in a temp dir.
+    fn fixture_with_limit(limit: usize) -> (tempfile::TempDir, Synthesizer) {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/qwen3-tts/tiny-random");
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["", "speech_tokenizer"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            for entry in std::fs::read_dir(fixture.join(sub)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_file() {
+                    let to = dir.path().join(sub).join(path.file_name().unwrap());
+                    std::fs::copy(&path, to).unwrap();
+                }
+            }
+        }
+        let config = dir.path().join("config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        json["talker_config"]["max_position_embeddings"] = limit.into();
+        std::fs::write(&config, json.to_string()).unwrap();
+        let synthesizer = Synthesizer::from_dir(dir.path(), &Device::Cpu, None).unwrap();
+        (dir, synthesizer)
+    }
+
+    fn request(text: String, max_frames: usize) -> SpeechRequest {
+        SpeechRequest {
+            text,
+            voice: Some("tester".into()),
+            instruct: None,
+            cloned_voice: None,
+            language: Some("english".into()),
+            params: GenerationParams {
+                talker: None,
+                predictor: None,
+                max_frames,
+                ..GenerationParams::default()
+            },
+            seed: 0,
+            non_streaming_text: None,
+            chunk_frames: 4,
+        }
+    }
+
+    /// The prompt and the frames must fit the talker's positions: a text that fills them
+    /// exactly is spoken (its prefill spans several blocks), one token more is refused before
+    /// synthesis with the numbers; so are more frames than positions.
+    #[test]
+    fn text_and_frames_must_fit_the_talkers_positions() {
+        let (_dir, synthesizer) = fixture_with_limit(700);
+        // Non-streaming, English, a preset speaker: 27 positions besides the text (the
+        // template's two `assistant` are 9 tokens each for this tokenizer).
+        let fits = "a".repeat(700 - 3 - 27);
+        let mut samples = 0;
+        let stats = synthesizer
+            .synthesize(&request(fits.clone(), 3), &mut |pcm| {
+                samples += pcm.len();
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!((stats.frames, samples), (3, 3 * 1920));
+        let mut called = false;
+        let mut on_audio = |_: &[f32]| {
+            called = true;
+            Ok(true)
+        };
+        let err = synthesizer
+            .synthesize(&request(fits + "a", 3), &mut on_audio)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "text too long: 698 tokens, this model takes at most 697 beside 3 frames of audio (split the text)"
+        );
+        let err = synthesizer
+            .synthesize(&request("Hi.".into(), 700), &mut on_audio)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cannot generate 700 frames"), "{err}");
+        assert!(!called);
     }
 }

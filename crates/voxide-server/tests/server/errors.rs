@@ -227,3 +227,124 @@ fn an_api_key_guards_v1_but_not_health() {
     assert_eq!(ok.status, 400, "past the key check");
     assert_eq!(server.get("/health").status, 200);
 }
+
+/// `input` takes OpenAI's 4096 characters at most, and the text with its frames must fit the
+/// model's positions (32 768 for the fixture): over either, a 400 before any synthesis; a
+/// megabyte of text once took the whole server down.
+#[test]
+fn speech_text_over_the_limits_gets_400() {
+    let server = TestServer::start();
+    let speech = |input: String, max_frames: usize| {
+        server.post_json(
+            "/v1/audio/speech",
+            &json!({"model": "tts-1", "input": input, "voice": "tester", "max_frames": max_frames}),
+        )
+    };
+    let error = fails(
+        speech("a".repeat(1 << 20), 2),
+        400,
+        "`input` is 1048576 characters long; this endpoint takes at most 4096",
+    );
+    assert_eq!(error["param"], "input");
+    // Characters, not bytes.
+    fails(speech("é".repeat(4097), 2), 400, "4097 characters long");
+    let reply = speech("é".repeat(4096), 1);
+    assert_eq!((reply.status, &reply.body[..4]), (200, &b"RIFF"[..]));
+    // 4000 tokens of text and 26 of the template: 30 000 frames leave room for 2768.
+    fails(
+        speech("a".repeat(4000), 30_000),
+        400,
+        "text too long: 4026 tokens, this model takes at most 2768",
+    );
+    fails(
+        speech("Hi.".into(), 40_000),
+        400,
+        "cannot generate 40000 frames",
+    );
+}
+
+/// A speech body over the limit gets the JSON error: at once when its declared length says so,
+/// when cut off otherwise (chunked).
+#[test]
+fn speech_bodies_over_the_limit_get_413() {
+    let server = TestServer::start();
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        &super::head(
+            "POST",
+            "/v1/audio/speech",
+            &[("Content-Type", "application/json")],
+            40_000_000,
+        ),
+    )
+    .unwrap();
+    // Only against a server that waits for the body would this expire.
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut raw).expect("an answer before the body");
+    let error = fails(
+        super::parse(&raw),
+        413,
+        "larger than this endpoint accepts: 2 MB",
+    );
+    assert_eq!(error["param"], serde_json::Value::Null);
+
+    // One chunk declared larger than the limit, sent up to one byte past it: the server reads
+    // all that was sent before it answers.
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let sent = voxide_server::speech::MAX_BODY_BYTES + 1;
+    let head = "POST /v1/audio/speech HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut body = format!("{head}{:x}\r\n", 2 * sent).into_bytes();
+    body.resize(body.len() + sent, b' ');
+    std::io::Write::write_all(&mut stream, &body).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut raw).unwrap();
+    fails(super::parse(&raw), 413, "larger than this endpoint accepts");
+}
+
+/// Failing to listen or to load the VAD says why, in the OS's words.
+#[test]
+fn bind_and_vad_errors_give_their_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bind = |host: &str, port: u16| {
+        let config = ServerConfig {
+            host: host.into(),
+            port,
+            ..ServerConfig::default()
+        };
+        match runtime.block_on(voxide_server::Server::bind(&config, super::models())) {
+            Ok(_) => panic!("{host}:{port} should not bind"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let error = bind("127.0.0.1", port);
+    assert!(
+        error.starts_with(&format!("cannot listen on 127.0.0.1:{port}: ")),
+        "{error}"
+    );
+    assert!(error.contains("in use"), "{error}");
+    let error = bind("999.1.1.1", 0);
+    let reason = error
+        .strip_prefix("cannot listen on 999.1.1.1:0: ")
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(!reason.is_empty() && !error.contains('\n'), "{error}");
+
+    let error = voxide_server::Registry::new()
+        .load_vad(std::path::Path::new("/no/such/vad.bin"))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("--vad-model /no/such/vad.bin: ") && error.contains("No such file"),
+        "{error}"
+    );
+}
