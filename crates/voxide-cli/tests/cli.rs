@@ -441,6 +441,18 @@ fn bad_models_get_a_one_line_error() {
     )
     .unwrap();
     fails(&["transcribe", "--model", s(&m), a], "layers.2");
+    // Fewer layers than the weights hold: refused, not run on part of the model.
+    for field in ["decoder_layers", "encoder_layers"] {
+        std::fs::write(
+            &config_path,
+            config.replace(&format!("\"{field}\": 2"), &format!("\"{field}\": 1")),
+        )
+        .unwrap();
+        fails(
+            &["transcribe", "--model", s(&m), a],
+            "the config says 1 layers, but the checkpoint holds more",
+        );
+    }
     std::fs::write(&config_path, "{ not json").unwrap();
     fails(&["transcribe", "--model", s(&m), a], "config.json");
     std::fs::write(

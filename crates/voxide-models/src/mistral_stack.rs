@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use std::path::PathBuf;
 use voxide_nn::kv_cache::default_kv_dtype;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
+use voxide_nn::transformer::{check_layer_count, LayerConfig, LayerNames, PreNormLayer};
 use voxide_nn::weights::SafetensorsFiles;
 use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
@@ -285,9 +285,15 @@ impl Stack {
         rope: RopeLayout,
         quantize: Option<WeightFormat>,
     ) -> Result<Self> {
+        let layers = vb.pp(names.layers);
+        check_layer_count(
+            &layers,
+            s.n_layers,
+            &format!("{}.weight", names.layer.norms[0]),
+        )?;
         let blocks = (0..s.n_layers)
             .map(|i| {
-                let block = Block::load(vb.pp(names.layers).pp(i), s, names, extras)?;
+                let block = Block::load(layers.pp(i), s, names, extras)?;
                 match quantize {
                     Some(format) => block.into_format(format),
                     None => Ok(block),

@@ -38,6 +38,22 @@ impl LayerNames {
     };
 }
 
+/// Refuses a checkpoint holding a layer `count` under `layers` (layer i's tensors lie under
+/// `i.`, `probe` one of them): a config that says fewer layers than the weights hold would
+/// load, and compute with part of the model.
+pub fn check_layer_count(layers: &VarBuilder, count: usize, probe: &str) -> Result<()> {
+    if layers.contains_tensor(&format!("{count}.{probe}")) {
+        let at = match layers.prefix() {
+            p if p.is_empty() => count.to_string(),
+            p => format!("{p}.{count}"),
+        };
+        candle_core::bail!(
+            "the config says {count} layers, but the checkpoint holds more ({at} is there)"
+        );
+    }
+    Ok(())
+}
+
 /// Shape of one layer.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerConfig {

@@ -12,7 +12,7 @@ use super::config::{CodePredictorConfig, DecoderDims, TalkerConfig};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::transformer::{LayerNames, PreNormLayer};
+use voxide_nn::transformer::{check_layer_count, LayerNames, PreNormLayer};
 use voxide_nn::weights::RowTable;
 use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
@@ -58,9 +58,12 @@ impl Stack {
     /// the whole stack in the stored precision beside its converted copy).
     fn load(vb: VarBuilder, dims: &DecoderDims, format: Option<WeightFormat>) -> Result<Self> {
         let layer = dims.layer();
+        let layers = vb.pp("layers");
+        let norm = format!("{}.weight", LayerNames::HF.norms[0]);
+        check_layer_count(&layers, dims.num_hidden_layers, &norm)?;
         let layers = (0..dims.num_hidden_layers)
             .map(|i| {
-                let l = PreNormLayer::load(vb.pp("layers").pp(i), &layer, &LayerNames::HF)?;
+                let l = PreNormLayer::load(layers.pp(i), &layer, &LayerNames::HF)?;
                 match format {
                     Some(f) => l.into_format(f),
                     None => Ok(l),

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use voxide_nn::attention::KvSource;
 use voxide_nn::conv::ConvStem;
 use voxide_nn::linear::WeightFormat;
+use voxide_nn::transformer::check_layer_count;
 use voxide_nn::weights::SafetensorsFiles;
 use voxide_nn::{Attention, AttentionConfig, CrossKv, GeluMlp, KvCache, LayerNorm, Linear};
 
@@ -186,6 +187,7 @@ impl Encoder {
         } else {
             sinusoids(shape.0, shape.1, vb.device())?
         };
+        check_layer_count(&vb.pp("layers"), cfg.layers, LAYER_PROBE)?;
         Ok(Self {
             stem: ConvStem::load(vb.clone(), cfg.num_mel_bins, cfg.d_model)?,
             embed_positions,
@@ -235,6 +237,9 @@ impl Encoder {
     }
 }
 
+/// A tensor every encoder and decoder block holds (the layer-count check looks for it).
+const LAYER_PROBE: &str = "self_attn_layer_norm.weight";
+
 /// Text decoder: token + learned positional embeddings, blocks, final LayerNorm, tied head.
 #[derive(Clone, Debug)]
 pub struct Decoder {
@@ -247,6 +252,7 @@ pub struct Decoder {
 
 impl Decoder {
     fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        check_layer_count(&vb.pp("layers"), cfg.decoder_layers, LAYER_PROBE)?;
         // The token table is also the output head: it keeps the matrices' format.
         let mut decoder = Self {
             head: Linear::load(vb.pp("embed_tokens"), cfg.d_model, cfg.vocab_size, false)?,
