@@ -424,6 +424,12 @@ fn bad_models_get_a_one_line_error() {
     fails(&["transcribe", "--model", s(&m), a], "cannot load weights");
     std::fs::write(&weights, b"not a safetensors file at all").unwrap();
     fails(&["transcribe", "--model", s(&m), a], "cannot load weights");
+    // Every value NaN (all bits set, in f32 and f16 alike), the header intact.
+    let data_start = 8 + u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    let mut nan = original.clone();
+    nan[data_start..].fill(0xff);
+    std::fs::write(&weights, &nan).unwrap();
+    fails(&["transcribe", "--model", s(&m), a], "NaN");
     std::fs::write(&weights, &original).unwrap();
 
     let config_path = m.join("config.json");

@@ -609,6 +609,12 @@ impl<'a> WindowDecoder<'a> {
             let hidden = model.decode(&input, state, None)?;
             if i == 0 {
                 let at_sot = model.logits(&hidden.i((0, sot_index))?)?.to_vec1::<f32>()?;
+                if at_sot.iter().any(|v| v.is_nan()) {
+                    // Greedy decoding would pick token 0 ('!') forever and call it text.
+                    return Err(Error::InvalidRequest(
+                        "the model's logits are not numbers (NaN): its weights hold NaN or infinite values".into(),
+                    ));
+                }
                 let lse = log_sum_exp(&at_sot);
                 no_speech_prob = (at_sot[s.no_speech as usize] - lse).exp();
             }
