@@ -303,7 +303,12 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             // Nothing but silence: nothing to say.
             Some(speech) if speech.is_empty() => (
                 Transcript {
-                    language: request.language.clone().unwrap_or_default(),
+                    // No speech, no language detected: "auto" is not one.
+                    language: request
+                        .language
+                        .clone()
+                        .filter(|l| l != "auto")
+                        .unwrap_or_default(),
                     ..Transcript::default()
                 },
                 Timings::default(),

@@ -99,10 +99,16 @@ impl Prompt {
             Voice::Preset(name) => {
                 let key = name.to_lowercase();
                 let id = t.spk_id.get(&key).ok_or_else(|| {
-                    Error::InvalidRequest(format!(
-                        "unknown voice {name:?}; this model has: {}",
-                        t.spk_id.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ))
+                    let mut voices: Vec<_> = t.spk_id.keys().cloned().collect();
+                    voices.sort();
+                    Error::InvalidRequest(if voices.is_empty() {
+                        format!("unknown voice {name:?}; this model has no preset voices")
+                    } else {
+                        format!(
+                            "unknown voice {name:?}; this model has: {}",
+                            voices.join(", ")
+                        )
+                    })
                 })?;
                 Some(talker.embed_codec(&[*id])?)
             }
