@@ -299,28 +299,32 @@ fn mpeg_frame(d: &[u8]) -> Option<MpegFrame> {
 /// that symphonia cannot decode (symphonia itself would only say
 /// "unsupported wave format").
 fn wav_format_problem(data: &[u8]) -> Option<String> {
+    let body = wav_fmt(data)?;
+    if body.len() < 2 {
+        return None;
+    }
+    let mut tag = u16::from_le_bytes([body[0], body[1]]);
+    if tag == 0xFFFE && body.len() >= 26 {
+        // WAVE_FORMAT_EXTENSIBLE: the real tag is the first two bytes
+        // of the sub-format GUID.
+        tag = u16::from_le_bytes([body[24], body[25]]);
+    }
+    match tag {
+        1 | 3 | 6 | 7 | 0xFFFE => None,
+        _ => Some(format!(
+            "WAV format code 0x{tag:04X} ({})",
+            wav_tag_name(tag)
+        )),
+    }
+}
+
+/// The body of a WAV file's `fmt ` chunk (its first 40 bytes at most).
+fn wav_fmt(data: &[u8]) -> Option<&[u8]> {
     let mut pos = 12usize;
     while pos + 8 <= data.len() {
-        let id = &data[pos..pos + 4];
         let size = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().ok()?) as usize;
-        if id == b"fmt " {
-            let body = data.get(pos + 8..pos + 8 + size.min(40))?;
-            if body.len() < 2 {
-                return None;
-            }
-            let mut tag = u16::from_le_bytes([body[0], body[1]]);
-            if tag == 0xFFFE && body.len() >= 26 {
-                // WAVE_FORMAT_EXTENSIBLE: the real tag is the first two bytes
-                // of the sub-format GUID.
-                tag = u16::from_le_bytes([body[24], body[25]]);
-            }
-            return match tag {
-                1 | 3 | 6 | 7 | 0xFFFE => None,
-                _ => Some(format!(
-                    "WAV format code 0x{tag:04X} ({})",
-                    wav_tag_name(tag)
-                )),
-            };
+        if &data[pos..pos + 4] == b"fmt " {
+            return data.get(pos + 8..pos + 8 + size.min(40));
         }
         pos = pos.checked_add(8 + size + (size & 1))?;
     }
@@ -366,6 +370,13 @@ fn codec_name(codec: CodecType) -> String {
 fn decode_inner(data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioError> {
     match sniff(&data) {
         Sniffed::OggOpus => opus::decode_ogg_opus(&data, name),
+        // symphonia asserts on a WAV rate of 0 (a panic, caught, with a vaguer message).
+        Sniffed::Symphonia if wav_fmt(&data).is_some_and(|f| f.get(4..8) == Some(&[0; 4])) => {
+            Err(AudioError::Corrupt {
+                name: name.to_string(),
+                detail: "the WAV header's sample rate is 0".to_string(),
+            })
+        }
         Sniffed::Symphonia => decode_symphonia(data, name),
         Sniffed::Unsupported(codec) => Err(AudioError::UnsupportedCodec {
             name: name.to_string(),

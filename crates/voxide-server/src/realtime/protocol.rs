@@ -238,6 +238,15 @@ impl Settings {
             self.model = model;
         }
         if let Some(language) = text("language")? {
+            // Refused here, where the client set it, rather than at every later commit.
+            if let Some(code) = language.as_deref().filter(|&l| l != "auto") {
+                if voxide_models::whisper::tokenizer::language_code(code).is_none() {
+                    return Err(ProtocolError::invalid(
+                        &format!("{param}.language"),
+                        format!("unknown language {code:?}; use a code such as en, de, fr"),
+                    ));
+                }
+            }
             self.language = language;
         }
         if let Some(prompt) = text("prompt")? {
@@ -479,6 +488,10 @@ mod tests {
             (
                 json!({"input_audio_noise_reduction": {"type": "near_field"}}),
                 "session.input_audio_noise_reduction",
+            ),
+            (
+                json!({"input_audio_transcription": {"language": "xx"}}),
+                "session.input_audio_transcription.language",
             ),
         ];
         for (session, param) in cases {
