@@ -62,11 +62,8 @@ fn write(input: PathBuf, output: PathBuf, ty: &str, allow_fallback: bool) -> Res
     let start = Instant::now();
     let out = OutputFile::new(&output)?;
     let report = convert(&input, out.write_path(), ty, allow_fallback).map_err(|e| match e {
-        // The writer's own errors read as weights that do not load, naming the file written
-        // (perhaps the `.partial` sibling): they are the output's.
-        Error::Weights { path, message } if path == out.write_path() => {
-            out.error(message.strip_prefix("cannot write: ").unwrap_or(&message))
-        }
+        // Named by the user's path, not the `.partial` sibling written.
+        Error::Write { path, source } if path == out.write_path() => out.error(source),
         e => e.into(),
     })?;
     out.commit()?;

@@ -5,6 +5,10 @@
 mod common;
 
 use candle_core::Device;
+#[cfg(unix)]
+use common::entries;
+#[cfg(target_os = "linux")]
+use common::read_fifo;
 use common::{error_line, root, s, stdout, voxide};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -245,41 +249,4 @@ fn non_regular_outputs_are_written_into() {
             "target.bin"
         ]
     );
-}
-
-/// The sorted names in `dir`.
-#[cfg(unix)]
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-/// Makes a FIFO at `path` and reads it on a thread; the returned function, called once the
-/// writer exited, gives what came through.
-#[cfg(target_os = "linux")]
-fn read_fifo(path: &Path) -> impl FnOnce() -> Vec<u8> {
-    use std::io::Read;
-    let made = std::process::Command::new("mkfifo").arg(path).status();
-    assert!(made.unwrap().success(), "mkfifo {}", path.display());
-    // Linux opens a FIFO read-write without waiting. That end lets ours open at once and keeps
-    // the FIFO open until the writer is done, so the read ends even if it never opened it.
-    let keep = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut reader = std::fs::File::open(path).unwrap();
-    let thread = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        reader.read_to_end(&mut bytes).unwrap();
-        bytes
-    });
-    move || {
-        drop(keep);
-        thread.join().unwrap()
-    }
 }

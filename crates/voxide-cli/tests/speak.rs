@@ -6,7 +6,11 @@
 
 mod common;
 
+#[cfg(unix)]
+use common::entries;
 use common::error_line;
+#[cfg(target_os = "linux")]
+use common::read_fifo;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -650,63 +654,12 @@ fn non_regular_outputs_are_written_into() {
     );
 }
 
-/// The sorted names in `dir`.
-#[cfg(unix)]
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-/// Makes a FIFO at `path` and reads it on a thread; the returned function, called once the
-/// writer exited, gives what came through.
-#[cfg(target_os = "linux")]
-fn read_fifo(path: &Path) -> impl FnOnce() -> Vec<u8> {
-    use std::io::Read;
-    let made = Command::new("mkfifo").arg(path).status();
-    assert!(made.unwrap().success(), "mkfifo {}", path.display());
-    // Linux opens a FIFO read-write without waiting. That end lets ours open at once and keeps
-    // the FIFO open until the writer is done, so the read ends even if it never opened it.
-    let keep = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut reader = std::fs::File::open(path).unwrap();
-    let thread = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        reader.read_to_end(&mut bytes).unwrap();
-        bytes
-    });
-    move || {
-        drop(keep);
-        thread.join().unwrap()
-    }
-}
-
 /// `voxide speak ARGS` with `text` on standard input.
 fn speak_stdin(args: &[&str], text: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
-        .arg("speak")
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("voxide runs");
-    let mut stdin = child.stdin.take().unwrap();
-    let text = text.to_string();
-    // A refused text may not be read to its end: the pipe then closes early.
-    let writer = std::thread::spawn(move || {
-        let _ = std::io::Write::write_all(&mut stdin, text.as_bytes());
-    });
-    let out = child.wait_with_output().expect("voxide ends");
-    writer.join().unwrap();
-    out
+    let args: Vec<&str> = std::iter::once("speak")
+        .chain(args.iter().copied())
+        .collect();
+    common::voxide_with_stdin(&args, text.as_bytes())
 }
 
 /// A text whose prompt and frames exceed the talker's positions (32 768 for the fixture, 2048

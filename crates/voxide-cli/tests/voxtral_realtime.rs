@@ -3,52 +3,21 @@
 //! stream` prints text while audio is still arriving and ends with the same text, and bad
 //! input (stream format, truncation, broken model files) is a one-line error with exit 1.
 
+mod common;
+
+use common::{error_line, root, s, voxide_with_stdin};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn fixture(layout: &str) -> PathBuf {
     root().join("tests/fixtures/voxtral-realtime").join(layout)
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 fn voxide(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("voxide runs");
-    let mut input = child.stdin.take().expect("stdin");
-    let bytes = stdin.unwrap_or_default().to_vec();
-    let writer = std::thread::spawn(move || {
-        // A process that fails early closes its end: ignore the broken pipe.
-        let _ = input.write_all(&bytes);
-    });
-    let out = child.wait_with_output().expect("voxide finishes");
-    writer.join().expect("writer");
-    out
-}
-
-/// The single stderr line of a run that must fail with exit 1.
-fn error_line(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line expected:\n{stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    stderr
+    voxide_with_stdin(args, stdin.unwrap_or_default())
 }
 
 /// The first 4 s of jfk.wav as 16-bit PCM at `rate` (the samples are not resampled: the

@@ -23,6 +23,14 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A file being written (a converted or quantized model) could not be.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A JSON file does not parse or lacks a field.
     #[error("invalid {path}: {message}")]
     InvalidJson {

@@ -55,24 +55,16 @@ impl StackConfig {
     /// Rejects shapes the layers cannot be built with.
     pub(crate) fn validate(&self, what: &str) -> std::result::Result<(), String> {
         let dims = [
-            self.dim,
-            self.n_layers,
-            self.n_heads,
-            self.n_kv_heads,
-            self.head_dim,
-            self.hidden_dim,
+            ("dim", Some(self.dim)),
+            ("layers", Some(self.n_layers)),
+            ("heads", Some(self.n_heads)),
+            ("key/value heads", Some(self.n_kv_heads)),
+            ("head width", Some(self.head_dim)),
+            ("hidden", Some(self.hidden_dim)),
+            ("sliding window", self.sliding_window),
         ];
-        if dims.contains(&0) || self.sliding_window == Some(0) {
-            return Err(format!(
-                "{what}: a dimension is 0 (dim {}, layers {}, heads {}, key/value heads {}, head width {}, hidden {}, sliding window {})",
-                self.dim,
-                self.n_layers,
-                self.n_heads,
-                self.n_kv_heads,
-                self.head_dim,
-                self.hidden_dim,
-                self.sliding_window.map_or("none".into(), |w| w.to_string())
-            ));
+        if let Some((name, _)) = dims.iter().find(|(_, v)| *v == Some(0)) {
+            return Err(format!("{what}: {name} is 0"));
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) || !self.head_dim.is_multiple_of(2) {
             return Err(format!(

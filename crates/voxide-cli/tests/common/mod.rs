@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -23,6 +23,27 @@ pub fn voxide(args: &[&str]) -> Output {
         .expect("voxide runs")
 }
 
+/// `voxide ARGS`, offline, with `input` on standard input (written on a thread; a process that
+/// fails before reading it all closes the pipe, which is ignored).
+pub fn voxide_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("voxide runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let bytes = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut stdin, &bytes);
+    });
+    let out = child.wait_with_output().expect("voxide ends");
+    writer.join().expect("writer");
+    out
+}
+
 /// The stdout of a run that must succeed.
 pub fn stdout(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -36,5 +57,43 @@ pub fn error_line(out: &Output) -> String {
     assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line expected:\n{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
     stderr
+}
+
+/// The sorted names in `dir`.
+#[cfg(unix)]
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Makes a FIFO at `path` and reads it on a thread; the returned function, called once the
+/// writer exited, gives what came through.
+#[cfg(target_os = "linux")]
+pub fn read_fifo(path: &Path) -> impl FnOnce() -> Vec<u8> {
+    use std::io::Read;
+    let made = std::process::Command::new("mkfifo").arg(path).status();
+    assert!(made.unwrap().success(), "mkfifo {}", path.display());
+    // Linux opens a FIFO read-write without waiting. That end lets ours open at once and keeps
+    // the FIFO open until the writer is done, so the read ends even if it never opened it.
+    let keep = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut reader = std::fs::File::open(path).unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    move || {
+        drop(keep);
+        thread.join().unwrap()
+    }
 }

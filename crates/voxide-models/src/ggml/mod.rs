@@ -287,9 +287,18 @@ pub enum GgmlErrorKind {
 
 impl From<GgmlError> for crate::error::Error {
     fn from(e: GgmlError) -> Self {
-        crate::error::Error::Weights {
-            path: e.path,
-            message: e.kind.to_string(),
+        match e.kind {
+            GgmlErrorKind::Io {
+                action: "write",
+                source,
+            } => crate::error::Error::Write {
+                path: e.path,
+                source,
+            },
+            kind => crate::error::Error::Weights {
+                path: e.path,
+                message: kind.to_string(),
+            },
         }
     }
 }
