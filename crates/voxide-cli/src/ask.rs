@@ -159,7 +159,7 @@ pub fn run(args: AskArgs) -> Result<()> {
     )?;
     crate::release_freed_memory();
     if args.verbose {
-        eprintln!(
+        note!(
             "model: {} loaded in {:.0} ms",
             source.path().display(),
             clock.elapsed().as_secs_f64() * 1e3
@@ -210,7 +210,7 @@ pub fn run(args: AskArgs) -> Result<()> {
     writeln!(stdout).ok();
     if args.verbose {
         let t = &generation.timings;
-        eprintln!(
+        note!(
             "encoder {:.0} ms ({} windows) | prefill {:.0} ms | decoder {:.2} ms/step ({} steps) | first token {:.0} ms",
             t.encoder_ms,
             t.encoder_calls,

@@ -1,5 +1,25 @@
 //! `voxide`: speech-to-text and text-to-speech from the command line.
 
+/// `eprintln!` for status lines and errors, dropping what stderr cannot take: `eprintln!`
+/// panics when the write fails (stderr a pipe whose reader has gone, e.g. `2>&1 | head -1`).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` for report lines: a stdout that cannot take them (a closed pipe, a full disk)
+/// ends the command with the one-line error the streaming commands give, not a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(e)
+        }
+    }};
+}
+
 mod ask;
 mod bench;
 mod output;
@@ -76,6 +96,12 @@ pub fn reuse_freed_memory() {
     }
 }
 
+/// Ends the command after a failed write to stdout (see `say!`).
+fn stdout_failed(e: std::io::Error) -> ! {
+    note!("error: cannot write to stdout: {e}");
+    std::process::exit(1)
+}
+
 fn main() -> ExitCode {
     // A panic inside an audio decoder (symphonia's, on a damaged header) is caught and reported
     // as corrupt data in one line; its panic message would only repeat it with a backtrace.
@@ -101,7 +127,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Every error message is self-contained and names what failed: one line.
-            eprintln!("error: {e}");
+            note!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -67,7 +67,7 @@ fn write(input: PathBuf, output: PathBuf, ty: &str, allow_fallback: bool) -> Res
         e => e.into(),
     })?;
     out.commit()?;
-    eprintln!(
+    note!(
         "wrote {}: {} tensors ({} matrices as {ty}), {:.1} MB of weights, in {:.1} s",
         output.display(),
         report.tensors,
@@ -76,7 +76,7 @@ fn write(input: PathBuf, output: PathBuf, ty: &str, allow_fallback: bool) -> Res
         start.elapsed().as_secs_f64()
     );
     for (name, took) in &report.fallbacks {
-        eprintln!("  {name}: rows are not whole {ty} blocks; stored as {took}");
+        note!("  {name}: rows are not whole {ty} blocks; stored as {took}");
     }
     Ok(())
 }

@@ -85,10 +85,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     match crate::vad::model_path(args.vad_model.as_deref(), "--vad-model") {
         Ok(path) => {
             let vad = models.load_vad(&path)?;
-            eprintln!("server VAD: {} ({})", vad.description(), path.display());
+            note!("server VAD: {} ({})", vad.description(), path.display());
         }
         Err(_) => {
-            eprintln!("no Silero VAD model (--vad-model): realtime sessions run without server VAD")
+            note!("no Silero VAD model (--vad-model): realtime sessions run without server VAD")
         }
     }
     for spec in &specs {
@@ -96,7 +96,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let model = models
             .load(spec, precision(&args.precision))
             .map_err(|e| anyhow::anyhow!("--model {}: {e}", spec.source))?;
-        eprintln!(
+        note!(
             "model {} ({}): {} loaded in {:.0} ms",
             model.id,
             model.engine.kind(),

@@ -177,7 +177,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
                 context_frames: args.ref_context_frames,
             })?;
             if args.verbose {
-                eprintln!(
+                note!(
                     "voice cloned in {:.0} ms: speaker encoder {:.0}, codec encoder {:.0}, codec decoder {:.0} ({} reference frames in context)",
                     cloned.clone_ms(),
                     cloned.speaker_encoder_ms,
@@ -245,7 +245,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     };
     if args.verbose {
         let frames_per_s = stats.frames as f64 / (stats.wall_ms / 1e3).max(1e-9);
-        eprintln!(
+        note!(
             "{} frames, {:.2} s of audio in {:.0} ms: {:.1} frames/s, RTF {:.3}, first audio {:.0} ms, {}, peak RSS {:.0} MB",
             stats.frames,
             stats.audio_s,
@@ -256,7 +256,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             if stats.finished { "ended on end of speech" } else { "stopped at the frame limit" },
             crate::bench::peak_rss_mb(),
         );
-        eprintln!(
+        note!(
             "time by part: talker prompt {:.0} ms, talker steps {:.0} ms, code predictor {:.0} ms, sampling {:.0} ms, codec decoder {:.0} ms",
             stats.prompt_ms, stats.talker_ms, stats.predictor_ms, stats.sampling_ms, stats.codec_ms
         );

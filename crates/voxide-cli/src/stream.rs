@@ -122,7 +122,7 @@ fn report(stream: &RealtimeStream, samples: usize, clock: Instant) {
     let t = stream.timings();
     let audio = samples as f64 / SAMPLE_RATE as f64;
     let wall = clock.elapsed().as_secs_f64();
-    eprintln!(
+    note!(
         "{audio:.2} s audio | mel {:.0} ms | encoder {:.0} ms ({} passes) | prefill {:.0} ms | decoder {:.1} ms/step ({} steps) | first token {:.0} ms | wall {:.0} ms | RTF {:.3}",
         t.mel_ms,
         t.encoder_ms,
@@ -156,7 +156,7 @@ mod mic {
         let channels = config.channels() as usize;
         let rate = config.sample_rate().0;
         let (tx, rx) = mpsc::channel::<Vec<f32>>();
-        let on_error = |e| eprintln!("microphone: {e}");
+        let on_error = |e| note!("microphone: {e}");
         let stream = match config.sample_format() {
             cpal::SampleFormat::F32 => device.build_input_stream(
                 &config.into(),
@@ -178,7 +178,7 @@ mod mic {
         }
         .map_err(|e| anyhow!("microphone: {e}"))?;
         stream.play().map_err(|e| anyhow!("microphone: {e}"))?;
-        eprintln!("listening ({rate} Hz, {channels} channels); Ctrl-C to stop");
+        note!("listening ({rate} Hz, {channels} channels); Ctrl-C to stop");
         let mut resampler = LinearResampler::new(rate, super::SAMPLE_RATE);
         while let Ok(chunk) = rx.recv() {
             push(&resampler.process(&chunk))?;

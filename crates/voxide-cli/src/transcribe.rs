@@ -262,7 +262,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     crate::release_freed_memory();
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     if args.verbose {
-        eprintln!(
+        note!(
             "model: {} loaded in {load_ms:.0} ms",
             source.path().display()
         );
@@ -354,7 +354,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             }
         }
         if args.verbose {
-            eprintln!(
+            note!(
                 "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | mel {:.0} ms | encoder {:.0} ms ({} passes) | prefill {:.0} ms ({}) | decoder {:.2} ms/step ({} steps) | first token {:.0} ms | wall {:.0} ms | RTF {:.3}",
                 input.name(),
                 timings.mel_ms,
@@ -408,7 +408,7 @@ pub fn for_each_input(
             if files.len() == 1 {
                 bail!(message);
             }
-            eprintln!("error: {message}");
+            note!("error: {message}");
             failures += 1;
         }
     }

@@ -112,7 +112,7 @@ pub fn run(args: VadArgs) -> Result<()> {
     let clock = Instant::now();
     let vad = SileroVad::load(&path)?;
     if args.verbose {
-        eprintln!(
+        note!(
             "model: {} ({}) loaded in {:.0} ms",
             vad.description(),
             path.display(),
@@ -135,7 +135,7 @@ pub fn run(args: VadArgs) -> Result<()> {
             .and_then(|_| out.flush())
             .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
         if args.verbose {
-            eprintln!(
+            note!(
                 "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | vad {:.0} ms ({:.0}× real time) | {} segments",
                 input.name(),
                 vad_s * 1e3,

@@ -754,3 +754,54 @@ fn two_inputs_with_one_output_name_are_refused_before_any_work() {
     );
     assert!(!out_dir.exists(), "nothing was written");
 }
+
+/// A stderr or stdout whose reader has gone ends a command with exit 1, never with a panic's
+/// 101: an error line stderr cannot take is dropped; a bench report stdout cannot take stops
+/// the bench with the one-line error.
+#[test]
+fn pipes_closed_by_their_readers_end_commands_without_a_panic() {
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    let run = |args: &[&str], stdout: Stdio, stderr: Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_voxide"))
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(stdout)
+            .stderr(stderr)
+            .output()
+            .expect("voxide runs")
+    };
+    let audio = jfk();
+    let missing = ["transcribe", "--model", "/nonexistent/model", s(&audio)];
+    let out = run(&missing, Stdio::null(), closed().into());
+    assert_eq!(out.status.code(), Some(1), "stderr closed");
+    let model = tiny();
+    let bench = [
+        "bench",
+        "--model",
+        s(&model),
+        "--suite",
+        "jfk",
+        "--corpus",
+        "../../../shared/corpus",
+        "-n",
+        "1",
+        "--warmup",
+        "0",
+        "--fixed-steps",
+        "2",
+    ];
+    let out = run(&bench, closed().into(), Stdio::piped());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stdout closed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("error: cannot write to stdout: Broken pipe (os error 32)"),
+        "{stderr}"
+    );
+}

@@ -33,6 +33,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde_json::{json, Value};
 use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,7 +327,12 @@ pub fn serve(config: ServerConfig, models: Registry) -> Result<()> {
         .map_err(|e| anyhow!("cannot start the server's runtime: {e}"))?;
     let result = runtime.block_on(async {
         let server = Server::bind(&config, models).await?;
-        eprintln!("listening on http://{}", server.local_addr()?);
+        // Status lines go where stderr lets them: a server outlives a closed terminal.
+        let _ = writeln!(
+            std::io::stderr(),
+            "listening on http://{}",
+            server.local_addr()?
+        );
         server.run_until(shutdown_signal()).await
     });
     // Work stops at its next window or chunk once its client is gone; do not wait for it.
@@ -357,5 +363,8 @@ async fn shutdown_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
-    eprintln!("shutting down: finishing the requests in flight");
+    let _ = writeln!(
+        std::io::stderr(),
+        "shutting down: finishing the requests in flight"
+    );
 }

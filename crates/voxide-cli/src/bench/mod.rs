@@ -255,9 +255,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(baseline) = baseline {
         match compare(&report.totals, &baseline.totals) {
             Verdict::Pass => {
-                println!("compare: PASS (no component > 20 % slower, total within 10 %)")
+                say!("compare: PASS (no component > 20 % slower, total within 10 %)")
             }
-            Verdict::Warn(why) => println!("compare: WARN: {}", why.join("; ")),
+            Verdict::Warn(why) => say!("compare: WARN: {}", why.join("; ")),
             Verdict::Fail(why) => bail!("compare: FAIL: {}", why.join("; ")),
         }
     }
@@ -320,7 +320,7 @@ fn start_trace(path: &Path) -> Result<tracing_chrome::FlushGuard> {
 
 /// The machine line and every probe variant.
 fn print_machine(m: &MachineReport, threads: usize) {
-    println!(
+    say!(
         "machine: {} | {} cores | {} | L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s",
         m.cpu_model,
         m.cores,
@@ -335,15 +335,15 @@ fn print_machine(m: &MachineReport, threads: usize) {
         .iter()
         .copied()
         .fold(m.read_gbps, f64::min);
-    println!(
+    say!(
         "read bandwidth, {threads} threads: {:.1} GB/s (fastest probe variant, fastest pass of the probes before and after the runs; the slowest of those probes read {slowest:.1}); variants at start:",
         m.read_gbps
     );
     for (v, gbps) in &m.read_variants {
-        println!("  {gbps:6.1} GB/s  {v}");
+        say!("  {gbps:6.1} GB/s  {v}");
     }
     if let Some(s) = &m.streaming {
-        println!(
+        say!(
             "streamed matrices read with {} prefetches (from memory: non-temporal {:.1} GB/s, plain {:.1} GB/s)",
             if s.nontemporal { "non-temporal" } else { "plain" },
             s.nontemporal_gbps,
@@ -355,7 +355,7 @@ fn print_machine(m: &MachineReport, threads: usize) {
                 .iter()
                 .map(|(bytes, gbps)| format!("{} KB {gbps:.1}", bytes / 1024))
                 .collect();
-            println!(
+            say!(
                 "  {}: {} KB ahead of the loads (the GEMV from memory, GB/s: {})",
                 ahead.weights,
                 ahead.bytes / 1024,
@@ -366,7 +366,7 @@ fn print_machine(m: &MachineReport, threads: usize) {
 }
 
 fn print_table(r: &Report) {
-    println!(
+    say!(
         "model {} | {} threads | {} runs after {} warm-up | fixed steps {} | load {:.0} ms",
         r.model,
         r.threads,
@@ -375,7 +375,7 @@ fn print_table(r: &Report) {
         r.fixed_steps.map_or("no".into(), |n| n.to_string()),
         r.load_ms
     );
-    println!(
+    say!(
         "{:<28} {:>7} {:>9} {:>6} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8}",
         "input",
         "audio s",
@@ -391,13 +391,13 @@ fn print_table(r: &Report) {
         "RSS MB"
     );
     for f in &r.files {
-        println!(
+        say!(
             "{:<28} {:>7.1} {:>9.0} {:>6.3} {:>7.1} {:>8.0} {:>8.1} {:>6.0} {:>8.2} {:>8.0} {:>8.0} {:>8.0}",
             f.name, f.audio_s, f.wall_ms.median, f.rtf.median, f.mel_ms.median, f.encoder_ms.median,
             f.prefill_ms.median, f.steps, f.ms_per_step.median, f.tokens_per_s.median,
             f.first_token_ms.median, f.peak_rss_mb
         );
-        println!(
+        say!(
             "{:<28} {:>7} {:>9} {:>6} {:>7} {:>8} {:>8} {:>6} {:>8}",
             "  (min..max)",
             "",
@@ -412,7 +412,7 @@ fn print_table(r: &Report) {
     }
     for f in r.files.iter().filter(|f| f.alignments > 0.0) {
         let decode_ms = f.prefill_ms.median + f.steps_ms.median;
-        println!(
+        say!(
             "{}: word timestamps add {:.1} ms per window ({:.0} windows): {:.1} % of the windows' decoding (prefill + steps {:.0} ms), {:.1} % with the encoder",
             f.name,
             f.alignment_ms.median / f.alignments,
@@ -424,7 +424,7 @@ fn print_table(r: &Report) {
     }
     let t = &r.totals;
     let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
-    println!(
+    say!(
         "total: audio {:.1} s | wall {:.0} ms | RTF {:.3} | encoder {:.0} ms ({:.0} ms per audio s) | weighted ms/step {:.2} | short-clip ms/step {} | long-clip ms/step {} | peak RSS {:.0} MB",
         t.audio_s, t.wall_ms, t.rtf, t.encoder_ms, t.encoder_ms / t.audio_s.max(1e-9), t.weighted_ms_per_step, opt(t.short_ms_per_step), opt(t.long_ms_per_step), t.peak_rss_mb
     );
@@ -445,12 +445,12 @@ fn print_table(r: &Report) {
         } else {
             String::new()
         };
-        println!(
+        say!(
             "decoder floor: a step reads {:.3} GB{kv}; at {:.1} GB/s -> {:.1} ms; measured {:.1} ms/step = {verdict}",
             f.step_bytes as f64 / 1e9, f.read_gbps, f.floor_ms, t.weighted_ms_per_step
         );
         if !f.runs.is_empty() {
-            println!("{}", run_floors_line(&f.runs));
+            say!("{}", run_floors_line(&f.runs));
         }
     }
 }

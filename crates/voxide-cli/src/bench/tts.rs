@@ -272,17 +272,21 @@ fn clone_corpus_voice(
 }
 
 fn print_report(r: &TtsReport, ms_per_frame: f64) {
-    println!(
+    say!(
         "model {} | {} | {} threads | {} runs | load {:.0} ms",
-        r.model, r.precision, r.threads, r.repeats, r.load_ms
+        r.model,
+        r.precision,
+        r.threads,
+        r.repeats,
+        r.load_ms
     );
     if let Some(c) = &r.cloning {
-        println!(
+        say!(
             "voice cloned from {} ({:.1} s, {} frames in context): speaker encoder {:.0} ms, codec encoder {:.0} ms, codec decoder {:.0} ms",
             c.clip, c.clip_s, c.reference_frames, c.speaker_encoder_ms, c.codec_encoder_ms, c.codec_decoder_ms
         );
     }
-    println!(
+    say!(
         "{:8} {:>6} {:>7} {:>9} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "text",
         "frames",
@@ -299,7 +303,7 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         "RSS MB"
     );
     for row in &r.rows {
-        println!(
+        say!(
             "{:8} {:>6} {:>7.2} {:>9.0} {:>6.3} {:>8.2} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.0} {:>7.0}",
             row.name,
             row.frames,
@@ -316,7 +320,7 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
             row.peak_rss_mb
         );
     }
-    println!(
+    say!(
         "(prompt: the talker's pass over the prompt, through the first frame's logits; talker: ms per later step; predictor … codec: ms per frame; a frame is 80 ms of audio; short ts: the short text streamed alongside the frames, --text-streaming on)"
     );
     print_machine(&r.machine, r.threads);
@@ -324,7 +328,7 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         Some(ratio) => format!("{ratio:.2}x the floor"),
         None => "FASTER THAN THE FLOOR: a measurement error, no ratio reported".into(),
     };
-    println!(
+    say!(
         "frame floor: a frame reads {:.3} GB of weights (a talker step + the code predictor's steps) + {:.3} GB of the talker's K/V; at {:.1} GB/s -> {:.1} ms; measured talker step + predictor {:.1} ms/frame = {verdict}",
         r.frame_bytes as f64 / 1e9,
         r.talker_kv_bytes_per_step / 1e9,
@@ -332,8 +336,8 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         r.floor_ms,
         ms_per_frame
     );
-    println!("{}", run_floors_line(&r.runs));
-    println!(
+    say!("{}", run_floors_line(&r.runs));
+    say!(
         "talker step alone (reads {:.3} GB of weights + its K/V): {}",
         r.talker_step_bytes as f64 / 1e9,
         run_floors_line(&r.talker_runs)
