@@ -85,6 +85,7 @@ pub(crate) async fn realtime(
     Ok(upgrade
         .protocols(["realtime"])
         .max_message_size(max_message)
+        .max_frame_size(max_message)
         .on_upgrade(move |socket| async move {
             connection(socket, state, settings, dialect).await;
             drop(slot);
@@ -116,6 +117,23 @@ fn speech_to_text<'a>(state: &'a AppState, id: &str) -> Result<&'a Engine, Proto
                 engine.kind()
             ),
         )),
+    }
+}
+
+/// The error event for a message larger than the connection takes, if `e` is that.
+fn over_limit(e: axum::Error) -> Option<ProtocolError> {
+    match *e.into_inner().downcast::<tungstenite::Error>().ok()? {
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size,
+            max_size,
+        }) => Some(ProtocolError::new(
+            "message_too_large",
+            format!(
+                "a message of {size} bytes is over this server's limit of {max_size} bytes \
+                 (twice --max-upload-mb): send the audio in smaller appends; closing the session"
+            ),
+        )),
+        _ => None,
     }
 }
 
@@ -299,7 +317,15 @@ async fn connection(socket: WebSocket, state: AppState, settings: Settings, dial
                 );
                 client.out.send_error(&error, None).await;
             }
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Err(e)) => {
+                // The socket is unusable after any error; a message over the limit is the
+                // client's to fix, so it learns why before the close.
+                if let Some(error) = over_limit(e) {
+                    client.out.send_error(&error, None).await;
+                }
+                break;
+            }
+            Some(Ok(Message::Close(_))) | None => break,
             Some(Ok(_)) => {}
         }
     }

@@ -399,6 +399,32 @@ fn bad_events_get_error_events_and_the_session_goes_on() {
     assert_eq!(next(&mut socket)["type"], "input_audio_buffer.cleared");
 }
 
+/// A message over the connection's limit (twice `--max-upload-mb`) gets an error event that
+/// says so before the session closes, not a bare close.
+#[test]
+fn a_message_over_the_limit_is_told_before_the_close() {
+    let server = TestServer::with(ServerConfig::default(), |c| {
+        c.limits.max_upload_bytes = 1 << 19
+    });
+    let mut socket = connect(&server, "?intent=transcription", &[BETA]);
+    next(&mut socket);
+    let audio = base64::engine::general_purpose::STANDARD.encode(vec![0u8; 1 << 20]);
+    send(
+        &mut socket,
+        json!({"type": "input_audio_buffer.append", "audio": audio}),
+    );
+    let error = next(&mut socket);
+    assert_eq!(error["error"]["code"], "message_too_large", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("limit of 1048576 bytes"), "{message}");
+    loop {
+        match socket.read() {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(other) => panic!("the session goes on: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn the_upgrade_checks_intent_key_and_session_slots() {
     let server = TestServer::with(ServerConfig::default(), |config| {
