@@ -93,6 +93,25 @@ fn bad_model_files_are_one_line_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bytes = std::fs::read(&good).unwrap();
+    // Another family's checkpoint is named as such (not as a missing Whisper field).
+    for (other, expect) in [
+        ("tests/fixtures/voxtral/tiny-random-hf", "model_type \"voxtral\""),
+        (
+            "tests/fixtures/voxtral/tiny-random-mistral",
+            "a Mistral checkpoint",
+        ),
+        ("tests/fixtures/qwen3-tts/tiny-random", "model_type \"qwen3_tts\""),
+    ] {
+        let to = dir.path().join("other.bin");
+        let err = error_line(&voxide(&["convert", s(&root().join(other)), s(&to)]));
+        assert!(
+            err.contains(expect) && err.contains("Whisper models only"),
+            "{other}: {err}"
+        );
+    }
+    // A Whisper model given to the VAD.
+    let err = error_line(&voxide(&["vad", "--model", s(&good), s(&jfk())]));
+    assert!(err.contains("not a Silero VAD"), "{err}");
     let cases: [(&str, Vec<u8>, &str); 3] = [
         ("cut.bin", bytes[..bytes.len() / 2].to_vec(), "cut.bin"),
         (

@@ -70,7 +70,13 @@ pub(super) fn read(bytes: &[u8]) -> Result<GgmlFile, String> {
     if bytes.len() < 4 || r.i32("magic")? as u32 != MAGIC {
         return Err("not a ggml file (bad magic)".into());
     }
-    let n = r.size("model type length", 64)?;
+    // whisper.cpp's speech models share the magic; their next int32 is the vocabulary size.
+    let n = r.i32("model type length")?;
+    let Some(n) = usize::try_from(n).ok().filter(|&n| n <= 64) else {
+        return Err("a ggml file, but not a Silero VAD: it has no model type where whisper.cpp's \
+             VAD files have one (a Whisper model? the VAD file is ggml-silero-v*.bin)"
+            .into());
+    };
     let model_type = String::from_utf8_lossy(r.take(n, "model type")?).into_owned();
     if model_type != "silero-16k" {
         return Err(format!(
@@ -150,7 +156,18 @@ fn sign_of(h: u16) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::f16_to_f32;
+    use super::{f16_to_f32, read, MAGIC};
+
+    #[test]
+    fn a_whisper_ggml_model_is_named_as_not_a_vad() {
+        // whisper.cpp's model header: the magic, then n_vocab.
+        let mut header = MAGIC.to_le_bytes().to_vec();
+        header.extend(51865i32.to_le_bytes());
+        let e = read(&header).err().unwrap();
+        assert!(e.contains("not a Silero VAD"), "{e}");
+        let e = read(&MAGIC.to_le_bytes()).err().unwrap();
+        assert!(e.contains("truncated"), "{e}");
+    }
 
     #[test]
     fn half_to_single() {

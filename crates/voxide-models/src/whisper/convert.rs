@@ -53,6 +53,32 @@ struct Planned {
     source_name: String,
 }
 
+/// Refuses a directory holding another family's checkpoint by name, before its config is read
+/// as Whisper's (which would only report a missing Whisper field).
+fn check_whisper_dir(dir: &Path) -> Result<()> {
+    let config = dir.join("config.json");
+    let other = if config.is_file() {
+        // An unreadable or malformed config is left to the Whisper config's own message.
+        std::fs::read_to_string(&config)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|json| json["model_type"].as_str().map(str::to_string))
+            .filter(|ty| ty != "whisper")
+            .map(|ty| format!("model_type {ty:?}"))
+    } else {
+        dir.join("params.json")
+            .is_file()
+            .then(|| "a Mistral checkpoint (params.json)".to_string())
+    };
+    match other {
+        Some(what) => Err(Error::InvalidRequest(format!(
+            "{}: {what}; whisper.cpp files hold Whisper models only",
+            dir.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Writes `source` (a Hugging Face checkpoint directory or a whisper.cpp file) to `out` with
 /// its matrices in `ty`: f32 or f16 (whisper.cpp's converter layout) or a block type
 /// (whisper.cpp's `quantize` layout).
@@ -68,6 +94,7 @@ pub fn convert(
         )));
     }
     let (hparams, mel_filters, vocab, src) = if source.is_dir() {
+        check_whisper_dir(source)?;
         let config = Config::from_file(&crate::error::require(source, "config.json")?)?;
         let tokenizer = Tokenizer::from_dir(source, config.vocab_size)?;
         let files = super::model::weight_files(source)?;
