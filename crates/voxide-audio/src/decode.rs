@@ -318,17 +318,43 @@ fn wav_format_problem(data: &[u8]) -> Option<String> {
     }
 }
 
-/// The body of a WAV file's `fmt ` chunk (its first 40 bytes at most).
-fn wav_fmt(data: &[u8]) -> Option<&[u8]> {
+/// A WAV written before its length was known (a recorder or encoder writing to a pipe) may
+/// leave 0 as its RIFF and `data` sizes. symphonia takes a RIFF size of 0 for no file and a
+/// data size of 0 for no audio; ffmpeg and sox read such a file to its end, and so does this:
+/// a size of 0 with bytes behind it is set to what the file holds.
+fn fill_in_unknown_wav_sizes(data: &mut [u8]) {
+    let set_size = |data: &mut [u8], pos: usize| {
+        let rest = u32::try_from(data.len() - pos - 8).unwrap_or(u32::MAX);
+        data[pos + 4..pos + 8].copy_from_slice(&rest.to_le_bytes());
+    };
+    if data.len() < 12 || &data[8..12] != b"WAVE" {
+        return;
+    }
+    if data[4..8] == [0; 4] {
+        set_size(data, 0);
+    }
+    if let Some((pos, 0)) = wav_chunk(data, b"data") {
+        set_size(data, pos);
+    }
+}
+
+/// Where a WAV file's first chunk with this id starts, and its declared size.
+fn wav_chunk(data: &[u8], id: &[u8; 4]) -> Option<(usize, usize)> {
     let mut pos = 12usize;
     while pos + 8 <= data.len() {
         let size = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().ok()?) as usize;
-        if &data[pos..pos + 4] == b"fmt " {
-            return data.get(pos + 8..pos + 8 + size.min(40));
+        if &data[pos..pos + 4] == id {
+            return Some((pos, size));
         }
         pos = pos.checked_add(8 + size + (size & 1))?;
     }
     None
+}
+
+/// The body of a WAV file's `fmt ` chunk (its first 40 bytes at most).
+fn wav_fmt(data: &[u8]) -> Option<&[u8]> {
+    let (pos, size) = wav_chunk(data, b"fmt ")?;
+    data.get(pos + 8..pos + 8 + size.min(40))
 }
 
 fn wav_tag_name(tag: u16) -> &'static str {
@@ -367,7 +393,10 @@ fn codec_name(codec: CodecType) -> String {
         .map_or_else(|| format!("codec id {codec}"), |(_, n)| n.to_string())
 }
 
-fn decode_inner(data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioError> {
+fn decode_inner(mut data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioError> {
+    if data.starts_with(b"RIFF") {
+        fill_in_unknown_wav_sizes(&mut data);
+    }
     match sniff(&data) {
         Sniffed::OggOpus => opus::decode_ogg_opus(&data, name),
         // symphonia asserts on a WAV rate of 0 (a panic, caught, with a vaguer message).
@@ -544,6 +573,35 @@ mod tests {
     #[test]
     fn sniff_rejects_text() {
         assert_eq!(sniff(b"hello world, this is text\n"), Sniffed::NotAudio);
+    }
+
+    /// A 16-bit mono WAV of `samples` with the given RIFF and data sizes.
+    fn wav_with_sizes(samples: &[i16], riff: u32, data: u32) -> Vec<u8> {
+        let mut d = b"RIFF".to_vec();
+        d.extend(riff.to_le_bytes());
+        d.extend(b"WAVEfmt \x10\0\0\0");
+        d.extend([1, 0, 1, 0, 0x80, 0x3e, 0, 0, 0, 0x7d, 0, 0, 2, 0, 16, 0]);
+        d.extend(b"data");
+        d.extend(data.to_le_bytes());
+        d.extend(samples.iter().flat_map(|v| v.to_le_bytes()));
+        d
+    }
+
+    #[test]
+    fn streamed_wavs_with_unknown_sizes_are_read_to_their_end() {
+        let samples: Vec<i16> = (0..1600).map(|i| (i * 37 % 2000) as i16 - 1000).collect();
+        let bytes = 2 * samples.len() as u32;
+        let want = decode_bytes(&wav_with_sizes(&samples, 36 + bytes, bytes), "a.wav").unwrap();
+        assert_eq!(want.n_frames(), samples.len());
+        for (riff, data) in [(0, 0), (0, bytes), (36 + bytes, 0), (u32::MAX, u32::MAX)] {
+            let got = decode_bytes(&wav_with_sizes(&samples, riff, data), "a.wav")
+                .unwrap_or_else(|e| panic!("RIFF {riff}, data {data}: {e}"));
+            assert_eq!(got.channels, want.channels, "RIFF {riff}, data {data}");
+            assert_eq!(got.sample_rate, 16000);
+        }
+        // A data size of 0 with nothing behind it is still an empty file.
+        let err = decode_bytes(&wav_with_sizes(&[], 0, 0), "e.wav").unwrap_err();
+        assert!(err.to_string().contains("no audio"), "{err}");
     }
 
     #[test]

@@ -95,12 +95,18 @@ fn bad_model_files_are_one_line_errors() {
     let bytes = std::fs::read(&good).unwrap();
     // Another family's checkpoint is named as such (not as a missing Whisper field).
     for (other, expect) in [
-        ("tests/fixtures/voxtral/tiny-random-hf", "model_type \"voxtral\""),
+        (
+            "tests/fixtures/voxtral/tiny-random-hf",
+            "model_type \"voxtral\"",
+        ),
         (
             "tests/fixtures/voxtral/tiny-random-mistral",
             "a Mistral checkpoint",
         ),
-        ("tests/fixtures/qwen3-tts/tiny-random", "model_type \"qwen3_tts\""),
+        (
+            "tests/fixtures/qwen3-tts/tiny-random",
+            "model_type \"qwen3_tts\"",
+        ),
     ] {
         let to = dir.path().join("other.bin");
         let err = error_line(&voxide(&["convert", s(&root().join(other)), s(&to)]));

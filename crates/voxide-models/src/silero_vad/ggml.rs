@@ -73,9 +73,11 @@ pub(super) fn read(bytes: &[u8]) -> Result<GgmlFile, String> {
     // whisper.cpp's speech models share the magic; their next int32 is the vocabulary size.
     let n = r.i32("model type length")?;
     let Some(n) = usize::try_from(n).ok().filter(|&n| n <= 64) else {
-        return Err("a ggml file, but not a Silero VAD: it has no model type where whisper.cpp's \
+        return Err(
+            "a ggml file, but not a Silero VAD: it has no model type where whisper.cpp's \
              VAD files have one (a Whisper model? the VAD file is ggml-silero-v*.bin)"
-            .into());
+                .into(),
+        );
     };
     let model_type = String::from_utf8_lossy(r.take(n, "model type")?).into_owned();
     if model_type != "silero-16k" {
