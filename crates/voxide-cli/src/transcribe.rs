@@ -62,7 +62,8 @@ pub struct TranscribeArgs {
     /// defaults: silences under 2 s kept, 400 ms padding); times stay those of the file.
     #[arg(long)]
     vad: bool,
-    /// Silero VAD weights for --vad (ggml or ONNX; default: ../shared/assets/silero-vad's).
+    /// Silero VAD weights for --vad (ggml or ONNX; default: $VOXIDE_VAD_MODEL, else
+    /// ../shared/assets/silero-vad's where it exists).
     #[arg(long, value_name = "PATH", requires = "vad")]
     vad_model: Option<PathBuf>,
     /// Initial prompt: spelling, vocabulary or style to follow.

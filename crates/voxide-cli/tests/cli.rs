@@ -703,6 +703,28 @@ fn vad_skips_silence_and_keeps_the_files_times() {
         ],
         "missing.bin",
     );
+    // $VOXIDE_VAD_MODEL stands in for --vad-model, and only with --vad.
+    let with_env = |extra: &[&str]| {
+        let mut args = vec!["transcribe", "--model", s(&model), "--max-new-tokens", "2"];
+        args.extend(extra);
+        args.push(s(&file));
+        Command::new(env!("CARGO_BIN_EXE_voxide"))
+            .args(&args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("VOXIDE_VAD_MODEL", &missing)
+            .output()
+            .unwrap()
+    };
+    let out = with_env(&["--vad"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing.bin"), "{stderr}");
+    let out = with_env(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
