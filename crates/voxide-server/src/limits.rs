@@ -3,10 +3,39 @@
 //! waits; a request that finds the queue full is turned away at once (429) rather than
 //! waiting behind work it cannot overtake.
 
+use crate::ApiError;
+use axum::extract::Request;
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The body's declared length, if any.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// The body-size middleware of the upload endpoints: `refusal` (a 413) before reading a body
+/// whose declared length is over `limit`, so that the client learns at once and nothing is
+/// buffered; bodies without a length are cut off as they arrive (axum's `DefaultBodyLimit`).
+pub(crate) async fn refuse_declared_over(
+    limit: usize,
+    refusal: impl FnOnce() -> ApiError,
+    request: Request,
+    next: Next,
+) -> Response {
+    match declared_length(request.headers()) {
+        Some(length) if length > limit as u64 => refusal().into_response(),
+        _ => next.run(request).await,
+    }
+}
 
 /// The limits of `voxide serve`'s flags.
 #[derive(Clone, Debug, PartialEq)]

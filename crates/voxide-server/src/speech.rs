@@ -16,7 +16,7 @@
 //! (`--request-timeout-s`), after which the stream is cut off (the client sees an incomplete
 //! response, not a short clip).
 
-use crate::transcriptions::declared_length;
+use crate::limits::refuse_declared_over;
 use crate::{sse_event, ApiError, AppState, Engine};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -53,13 +53,9 @@ pub const MAX_INPUT_CHARS: usize = 4096;
 /// takes, even escaped.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
-/// 413 before reading a body whose declared length is over [`MAX_BODY_BYTES`] (the client
-/// learns at once); bodies without a length are cut off as they arrive.
+/// 413 before reading a body whose declared length is over [`MAX_BODY_BYTES`].
 pub(crate) async fn refuse_large_bodies(request: Request, next: Next) -> Response {
-    match declared_length(request.headers()) {
-        Some(length) if length > MAX_BODY_BYTES as u64 => too_large().into_response(),
-        _ => next.run(request).await,
-    }
+    refuse_declared_over(MAX_BODY_BYTES, too_large, request, next).await
 }
 
 fn too_large() -> ApiError {

@@ -6,11 +6,12 @@
 //! `transcript.text.delta` events, one per segment as soon as it is decoded, and a
 //! `transcript.text.done`.
 
+use crate::limits::{declared_length, refuse_declared_over};
 use crate::{sse_event, ApiError, AppState, Engine};
 use axum::body::{Body, Bytes};
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -45,29 +46,16 @@ pub(crate) async fn translations(
     handle(state, &headers, form, true).await
 }
 
-/// The body's declared length, if any.
-pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-}
-
-/// 413 before reading a body whose declared length is over the limit (the client learns at
-/// once, and no upload is buffered); bodies without a length are cut off as they arrive.
+/// 413 before reading an upload whose declared length is over `--max-upload-mb` (plus the
+/// form's overhead).
 pub(crate) async fn refuse_large_uploads(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    let declared = declared_length(request.headers());
-    let limit = state.limits.max_upload_bytes + crate::FORM_OVERHEAD_BYTES;
-    match declared {
-        Some(length) if length > limit as u64 => {
-            too_large(state.limits.max_upload_bytes).into_response()
-        }
-        _ => next.run(request).await,
-    }
+    let limit = state.limits.max_upload_bytes;
+    let refusal = || too_large(limit);
+    refuse_declared_over(limit + crate::FORM_OVERHEAD_BYTES, refusal, request, next).await
 }
 
 fn too_large(limit: usize) -> ApiError {
