@@ -109,6 +109,9 @@ async fn handle(
             e.body_text()
         ))
     })?;
+    // The request's time runs from its arrival: a client that stalls inside its body gets
+    // the 504 and frees its upload slot like any other.
+    let deadline = state.deadline();
     // At most as many uploads are held in memory as can run or wait: a request beyond them
     // is turned away before its body is read.
     let upload_slot = state
@@ -120,7 +123,9 @@ async fn handle(
     // would otherwise peak at 16 + 32 MB while its buffer grows).
     let max_upload = state.limits.max_upload_bytes;
     let expected = declared_length(headers).map_or(0, |n| (n as usize).min(max_upload));
-    let mut form = read_form(form, max_upload, expected).await?;
+    let mut form = state
+        .until(deadline, read_form(form, max_upload, expected))
+        .await??;
     let upload = form.file.take().ok_or_else(|| {
         ApiError::invalid_param("file", "no `file` field: upload the audio as `file`")
     })?;
@@ -144,7 +149,6 @@ async fn handle(
     let options = options(&form, translate)?;
     let task = if translate { "translate" } else { "transcribe" };
 
-    let deadline = state.deadline();
     let permit = state.admit(deadline).await?;
     let transcriber = transcriber.clone();
     let max_audio_s = state.limits.max_audio_s;

@@ -80,6 +80,39 @@ fn waiting_past_the_deadline_answers_504() {
     );
 }
 
+/// A client that stalls inside its upload is answered 504 at the deadline, and its upload
+/// slot is free again: stalled uploads cannot lock the endpoint.
+#[test]
+fn an_upload_that_stalls_ends_at_the_deadline() {
+    // One upload slot: a slot to run, no queue.
+    let server = TestServer::with(ServerConfig::default(), |c| {
+        c.limits.max_queue = 0;
+        c.limits.request_timeout = Some(Duration::from_millis(500));
+    });
+    let form = Form::jfk();
+    let body = form.body();
+    let stalled = || {
+        let mut stream = start_post(
+            &server,
+            "/v1/audio/transcriptions",
+            &form.content_type(),
+            &body,
+            body.len() / 2,
+        );
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut raw = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    // The second finds the slot free again (a held slot would answer 429 at once).
+    for _ in 0..2 {
+        let reply = stalled();
+        assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+    }
+}
+
 #[test]
 fn a_stream_past_the_deadline_is_cut_off() {
     let server = TestServer::with(ServerConfig::default(), |c| {
