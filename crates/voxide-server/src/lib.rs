@@ -2,7 +2,7 @@
 //! (and anything speaking their protocol) work against a local server.
 //!
 //! - `GET /health`, `GET /metrics` (Prometheus text, [`metrics`]), `GET /v1/models`,
-//!   `GET /v1/models/{id}`;
+//!   `GET /v1/models/{id}` (ids may hold slashes);
 //! - `POST /v1/audio/transcriptions` and `/v1/audio/translations`:
 //!   a multipart upload in, text, JSON or subtitles out (exactly `voxide transcribe`'s), or
 //!   server-sent text events;
@@ -169,7 +169,8 @@ fn router(
         .route_layer(middleware::from_fn(speech::refuse_large_bodies));
     let v1 = Router::new()
         .route("/v1/models", get(list_models))
-        .route("/v1/models/{id}", get(get_model))
+        // Hub ids (`openai/whisper-tiny`, the default id of a hub model) hold a slash.
+        .route("/v1/models/{*id}", get(get_model))
         .route("/v1/realtime", get(realtime::realtime))
         .merge(speech)
         .merge(uploads)

@@ -378,6 +378,13 @@ fn health_and_models_list() {
         (200, Some("tts-1"))
     );
     server.get("/v1/models/nope").error(404);
+    // A hub id's slash stays in the id.
+    let error = server.get("/v1/models/org/nope").error(404);
+    assert_eq!(error["code"], "model_not_found", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("org/nope"),
+        "{error}"
+    );
     // /metrics counts what came before it, under route patterns, and names the models.
     server.get("/no/such/route").error(404);
     let metrics = server.get("/metrics");
@@ -385,8 +392,8 @@ fn health_and_models_list() {
     let text = String::from_utf8(metrics.body.clone()).unwrap();
     for line in [
         "voxide_requests_total{route=\"/health\",status=\"200\"} 1",
-        "voxide_requests_total{route=\"/v1/models/{id}\",status=\"200\"} 1",
-        "voxide_requests_total{route=\"/v1/models/{id}\",status=\"404\"} 1",
+        "voxide_requests_total{route=\"/v1/models/{*id}\",status=\"200\"} 1",
+        "voxide_requests_total{route=\"/v1/models/{*id}\",status=\"404\"} 2",
         "voxide_requests_total{route=\"other\",status=\"404\"} 1",
         "voxide_request_duration_seconds_count{route=\"/v1/models\"} 1",
         "voxide_queue_depth 0",
