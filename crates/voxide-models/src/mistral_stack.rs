@@ -72,6 +72,12 @@ impl StackConfig {
                 self.n_heads, self.n_kv_heads, self.head_dim
             ));
         }
+        // A rotary base or norm epsilon that is not positive runs, into NaN or garbage.
+        for (name, value) in [("rope_theta", self.rope_theta), ("norm_eps", self.norm_eps)] {
+            if !(value > 0.0 && value.is_finite()) {
+                return Err(format!("{what}: {name} {value} is not a positive number"));
+            }
+        }
         Ok(())
     }
 }

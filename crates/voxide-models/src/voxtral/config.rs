@@ -193,10 +193,28 @@ impl Config {
     fn validate(&self) -> std::result::Result<(), String> {
         self.text.validate("text decoder")?;
         let a = &self.audio;
-        let dims = [a.num_mel_bins, a.d_model, a.layers, a.heads, a.ffn_dim];
-        if dims.contains(&0) || !a.d_model.is_multiple_of(a.heads) {
+        let dims = [
+            ("num_mel_bins", a.num_mel_bins),
+            ("width", a.d_model),
+            ("layers", a.layers),
+            ("heads", a.heads),
+            ("hidden", a.ffn_dim),
+        ];
+        if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("audio encoder: {name} is 0"));
+        }
+        if !a.d_model.is_multiple_of(a.heads) {
             return Err(format!(
-                "audio encoder: {a:?} needs positive sizes and a width divisible by its heads"
+                "audio encoder: width {} is not divisible by its {} heads",
+                a.d_model, a.heads
+            ));
+        }
+        // The encoder takes whole 30 s windows: 3000 mel frames, halved by its second conv.
+        if a.max_source_positions != SOURCE_POSITIONS {
+            return Err(format!(
+                "audio encoder: max_source_positions {} does not cover a 30 s window \
+                 ({SOURCE_POSITIONS} expected)",
+                a.max_source_positions
             ));
         }
         if self.downsample_factor == 0
@@ -284,5 +302,19 @@ mod tests {
         params["multimodal"]["whisper_model_args"]["downsample_args"]["downsample_factor"] =
             7.into();
         assert!(from_params(params).unwrap_err().contains("groups of 7"));
+        let mut params = fixture("tiny-random-mistral", "params.json");
+        params["multimodal"]["whisper_model_args"]["encoder_args"]["max_source_positions"] =
+            0.into();
+        assert!(from_params(params)
+            .unwrap_err()
+            .contains("max_source_positions 0 does not cover a 30 s window"));
+        let mut params = fixture("tiny-random-mistral", "params.json");
+        params["rope_theta"] = (-1.0).into();
+        let e = from_params(params).unwrap_err();
+        assert!(e.contains("rope_theta -1 is not a positive number"), "{e}");
+        let mut hf = fixture("tiny-random-hf", "config.json");
+        hf["audio_config"]["num_attention_heads"] = 0.into();
+        let e = from_hf(hf).unwrap_err();
+        assert_eq!(e, "audio encoder: heads is 0");
     }
 }
