@@ -2,7 +2,7 @@
 //! stdout as it decodes.
 
 use crate::transcribe::{kv_precision, precision, set_threads};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::Value;
 use std::io::Write;
@@ -64,7 +64,7 @@ struct Conversation {
 /// Reads a `--messages` file.
 fn read_messages(path: &Path) -> Result<Conversation> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read --messages {}", path.display()))?;
+        .map_err(|e| anyhow!("cannot read --messages {}: {e}", path.display()))?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| anyhow!("--messages {}: not JSON ({e})", path.display()))?;
     let bad = |what: String| anyhow!("--messages {}: {what}", path.display());
@@ -103,12 +103,20 @@ fn read_messages(path: &Path) -> Result<Conversation> {
                         conversation.clips.push(AudioInput::File(base.join(file)));
                         Ok(Content::Audio { windows: 1 })
                     }
-                    other => Err(bad(format!(
-                        "message {i}: chunk type {other:?} (text or audio)"
+                    Some(other) => Err(bad(format!(
+                        "message {i}: chunk type \"{other}\" (text or audio)"
+                    ))),
+                    None => Err(bad(format!(
+                        "message {i}: a chunk without a \"type\" (text or audio)"
                     ))),
                 })
                 .collect::<Result<_>>()?,
-            _ => return Err(bad(format!("message {i}: no content"))),
+            Value::Null => return Err(bad(format!("message {i}: no content"))),
+            _ => {
+                return Err(bad(format!(
+                    "message {i}: content must be a string or a list of chunks"
+                )))
+            }
         };
         conversation.messages.push(Message { role, content });
     }
@@ -143,6 +151,12 @@ pub fn run(args: AskArgs) -> Result<()> {
         });
     } else if !args.audio.is_empty() {
         bail!("--audio needs a question (or put the audio in --messages)");
+    }
+    if args.audio.iter().filter(|a| *a == "-").count() > 1 {
+        bail!("standard input can be read once: give `--audio -` at most once");
+    }
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
     }
     if conversation.messages.is_empty() {
         bail!("nothing to ask: give a question (with --audio FILE) or --messages FILE");

@@ -150,11 +150,12 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         )
         .map_err(|e| anyhow!("cannot write to stdout: {e}"));
     }
-    if !(args.temperature >= 0.0 && args.top_p > 0.0 && args.top_p <= 1.0) {
-        bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
+    let finite = args.temperature.is_finite();
+    if !(finite && args.temperature >= 0.0 && args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--temperature must be a number ≥ 0 and --top-p in (0, 1]");
     }
-    if args.repetition_penalty <= 0.0 {
-        bail!("--repetition-penalty must be positive");
+    if !(args.repetition_penalty > 0.0 && args.repetition_penalty.is_finite()) {
+        bail!("--repetition-penalty must be a positive number");
     }
     let sampling = (args.temperature > 0.0).then_some(SamplingParams {
         temperature: args.temperature,

@@ -175,6 +175,14 @@ fn bad_requests_get_a_one_line_error() {
         "reference clip x.wav: cannot read",
     );
     fails(&["--voice", "tester", "--top-p", "0", "hi"], "--top-p");
+    fails(
+        &["--voice", "tester", "--temperature", "inf", "hi"],
+        "--temperature must be a number",
+    );
+    fails(
+        &["--voice", "tester", "--repetition-penalty", "NaN", "hi"],
+        "--repetition-penalty must be a positive number",
+    );
     let out = voxide(&["speak", "--model", &model, "--list-voices"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -177,6 +177,36 @@ fn bad_input_is_one_line_and_exit_1() {
         &["--audio", s(&wav), "--max-new-tokens", "200000", "Hi?"],
     ));
     assert!(e.contains("exceed the model's context of 131072"), "{e}");
+    let e = error_line(&ask(
+        &model,
+        &["--audio", s(&wav), "--max-new-tokens", "0", "Hi?"],
+    ));
+    assert!(e.contains("--max-new-tokens must be at least 1"), "{e}");
+    let e = error_line(&ask(&model, &["--audio", "-", "--audio", "-", "Hi?"]));
+    assert!(e.contains("standard input can be read once"), "{e}");
+    // --messages files: each fault named without Rust's debug formatting.
+    let messages = dir.path().join("messages.json");
+    for (json, expect) in [
+        (
+            r#"[{"role": "user", "content": [{"type": "video"}]}]"#,
+            r#"chunk type "video" (text or audio)"#,
+        ),
+        (
+            r#"[{"role": "user", "content": [{"text": "hi"}]}]"#,
+            r#"a chunk without a "type""#,
+        ),
+        (
+            r#"[{"role": "user", "content": 5}]"#,
+            "content must be a string or a list of chunks",
+        ),
+    ] {
+        std::fs::write(&messages, json).unwrap();
+        let e = error_line(&ask(&model, &["--messages", s(&messages)]));
+        assert!(e.contains(expect), "{json}: {e}");
+    }
+    let missing = dir.path().join("missing.json");
+    let e = error_line(&ask(&model, &["--messages", s(&missing)]));
+    assert!(e.contains("No such file or directory"), "{e}");
 
     // Broken checkpoints: a copy of the Mistral layout, damaged one file at a time.
     let broken = dir.path().join("broken");
