@@ -74,7 +74,8 @@ impl<R: Read> PcmStream<R> {
                         "input is {kind}; streaming takes {rate} Hz mono s16le or WAV (decode it first, e.g. `ffmpeg -i IN -ar {rate} -ac 1 -f wav -`)"
                     )));
                 }
-                head.len() == 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WAVE"
+                // A RIFF start shorter than a header is a cut WAV, not four samples.
+                head.starts_with(b"RIFF") && (head.len() < 12 || &head[8..12] == b"WAVE")
             }
         };
         if !wav {
@@ -89,6 +90,11 @@ impl<R: Read> PcmStream<R> {
         }
         let missing = 12 - head.len();
         read_up_to(&mut reader, &mut head, missing)?;
+        if head.len() < 12 && head.starts_with(b"RIFF") {
+            return Err(stream_error(
+                "truncated WAV header: the input ends inside it",
+            ));
+        }
         if head.len() < 12 || &head[..4] != b"RIFF" || &head[8..12] != b"WAVE" {
             return Err(stream_error(
                 "input is not a WAV stream (no RIFF/WAVE header)",
@@ -333,6 +339,10 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("truncated header"), "{e}");
+        for cut in [&b"RIFF"[..], b"RIFF\x24\0\0\0"] {
+            let e = PcmStream::open(cut, PcmFormat::Auto, 16000).err().unwrap();
+            assert!(e.to_string().contains("truncated WAV header"), "{e}");
+        }
         for (bytes, kind) in [
             (&b"fLaC\0\0\0\x22\x10\0\x10\0"[..], "FLAC"),
             (b"ID3\x04\0\0\0\0\x01\x00\0\0", "MP3"),
