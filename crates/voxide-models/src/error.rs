@@ -56,9 +56,16 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// A request the model cannot serve (unknown language, prompt too long, ...).
+    /// A request the model cannot serve (prompt too long, ...).
     #[error("{0}")]
     InvalidRequest(String),
+    /// A request field the model cannot take (`voice`, `language`), named so that an API can
+    /// point at it.
+    #[error("{message}")]
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
     /// The caller stopped the work (its progress callback returned `false`).
     #[error("cancelled")]
     Cancelled,

@@ -181,6 +181,9 @@ impl From<voxide_models::Error> for ApiError {
     fn from(e: voxide_models::Error) -> Self {
         match e {
             voxide_models::Error::InvalidRequest(m) => ApiError::bad_request(m),
+            voxide_models::Error::InvalidField { field, message } => {
+                ApiError::invalid_param(field, message)
+            }
             e => ApiError::internal(e.to_string()),
         }
     }

@@ -80,6 +80,28 @@ struct SpeechBody {
     max_frames: Option<usize>,
 }
 
+/// The body, or a 400 that names the field of the wrong type (serde's own message names the
+/// Rust type instead: "expected usize").
+fn parse_body(body: &[u8]) -> Result<SpeechBody, ApiError> {
+    let json = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let field = e.path().to_string();
+        let expected = match field.as_str() {
+            "model" | "input" | "instructions" | "response_format" | "stream_format"
+            | "language" => "a string",
+            "speed" => "a number",
+            "seed" | "max_frames" => "a whole number ≥ 0",
+            _ if e.inner().is_data() => {
+                return ApiError::bad_request(
+                    "the body must be a JSON object with `model`, `input` and `voice`",
+                )
+            }
+            _ => return ApiError::bad_request(format!("the body is not JSON: {}", e.inner())),
+        };
+        ApiError::invalid_param(&field, format!("`{field}` must be {expected}"))
+    })
+}
+
 /// How the audio bytes travel.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -98,8 +120,7 @@ pub(crate) async fn speech(
         StatusCode::PAYLOAD_TOO_LARGE => too_large(),
         _ => ApiError::bad_request(format!("cannot read the body: {}", e.body_text())),
     })?;
-    let body: SpeechBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not the JSON expected: {e}")))?;
+    let body = parse_body(&body)?;
     let model = state.requested_model(body.model.as_deref())?;
     let Engine::Synthesizer(synthesizer) = &model.engine else {
         return Err(ApiError::invalid_param(
@@ -111,6 +132,16 @@ pub(crate) async fn speech(
             ),
         ));
     };
+    if synthesizer.model_type() == ModelType::Base {
+        return Err(ApiError::invalid_param(
+            "model",
+            format!(
+                "{} is a Base (voice clone) model, and this endpoint takes no reference clip: \
+                 serve a CustomVoice or VoiceDesign model (or clone with `voxide speak --ref-audio`)",
+                model.id
+            ),
+        ));
+    }
     let (format, content_type) = match body.response_format.as_deref() {
         None | Some("wav") => (PcmOutFormat::Wav, "audio/wav"),
         Some("pcm") => (PcmOutFormat::S16le, "audio/pcm"),

@@ -101,14 +101,17 @@ impl Prompt {
                 let id = t.spk_id.get(&key).ok_or_else(|| {
                     let mut voices: Vec<_> = t.spk_id.keys().cloned().collect();
                     voices.sort();
-                    Error::InvalidRequest(if voices.is_empty() {
-                        format!("unknown voice {name:?}; this model has no preset voices")
-                    } else {
-                        format!(
-                            "unknown voice {name:?}; this model has: {}",
-                            voices.join(", ")
-                        )
-                    })
+                    Error::InvalidField {
+                        field: "voice",
+                        message: if voices.is_empty() {
+                            format!("unknown voice {name:?}; this model has no preset voices")
+                        } else {
+                            format!(
+                                "unknown voice {name:?}; this model has: {}",
+                                voices.join(", ")
+                            )
+                        },
+                    }
                 })?;
                 Some(talker.embed_codec(&[*id])?)
             }
@@ -241,12 +244,17 @@ fn language_id(config: &Config, request: &PromptRequest<'_>) -> Result<Option<u3
         None => None,
         Some(lang) => {
             let key = lang.to_lowercase();
-            Some(*t.codec_language_id.get(&key).ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "unknown language {lang:?}; this model has: auto, {}",
-                    languages(config).join(", ")
-                ))
-            })?)
+            Some(
+                *t.codec_language_id
+                    .get(&key)
+                    .ok_or_else(|| Error::InvalidField {
+                        field: "language",
+                        message: format!(
+                            "unknown language {lang:?}; this model has: auto, {}",
+                            languages(config).join(", ")
+                        ),
+                    })?,
+            )
         }
     };
     if let Voice::Preset(name) = &request.voice {

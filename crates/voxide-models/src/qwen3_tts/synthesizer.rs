@@ -241,17 +241,23 @@ impl Synthesizer {
         }
         match (model_type, &request.voice) {
             (ModelType::CustomVoice, Some(name)) => Ok(Voice::Preset(name.clone())),
-            (ModelType::CustomVoice, None) => Err(Error::InvalidRequest(format!(
-                "this CustomVoice model needs a voice: {}",
-                list(self.voices())
-            ))),
-            (ModelType::VoiceDesign, Some(_)) => Err(Error::InvalidRequest(
-                "this VoiceDesign model has no preset voices; describe the voice with an instruction".into(),
-            )),
+            (ModelType::CustomVoice, None) => Err(Error::InvalidField {
+                field: "voice",
+                message: format!(
+                    "this CustomVoice model needs a voice: {}",
+                    list(self.voices())
+                ),
+            }),
+            (ModelType::VoiceDesign, Some(_)) => Err(Error::InvalidField {
+                field: "voice",
+                message: "this VoiceDesign model has no preset voices; describe the voice with an instruction".into(),
+            }),
             (ModelType::VoiceDesign, None) => Ok(Voice::Unspecified),
-            (ModelType::Base, Some(_)) => Err(Error::InvalidRequest(
-                "this Base model has no preset voices; give a reference clip to clone".into(),
-            )),
+            (ModelType::Base, Some(_)) => Err(Error::InvalidField {
+                field: "voice",
+                message: "this Base model has no preset voices; give a reference clip to clone"
+                    .into(),
+            }),
             (ModelType::Base, None) => match &request.cloned_voice {
                 Some(cloned) => Ok(Voice::Embedding(cloned.xvector.clone())),
                 None => Err(Error::InvalidRequest(

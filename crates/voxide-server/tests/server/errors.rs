@@ -118,7 +118,29 @@ fn bad_uploads_and_parameters() {
         400,
         "use audio or sse",
     );
-    fails(speech(with("voice", "nobody".into())), 400, "tester");
+    let error = fails(speech(with("voice", "nobody".into())), 400, "tester");
+    assert_eq!(error["param"], "voice");
+    let error = fails(speech(with("language", "klingon".into())), 400, "klingon");
+    assert_eq!(error["param"], "language");
+    // A field of the wrong type is named, with what it takes (not serde's Rust types).
+    for (field, value, expect) in [
+        (
+            "max_frames",
+            json!(1.5),
+            "`max_frames` must be a whole number ≥ 0",
+        ),
+        ("seed", json!(-1), "`seed` must be a whole number ≥ 0"),
+        ("speed", json!("fast"), "`speed` must be a number"),
+        ("input", json!(5), "`input` must be a string"),
+    ] {
+        let error = fails(speech(with(field, value)), 400, expect);
+        assert_eq!(error["param"], field);
+    }
+    fails(
+        request(server.addr, "POST", "/v1/audio/speech", &[], b"[1]"),
+        400,
+        "the body must be a JSON object",
+    );
     fails(speech(with("input", "  ".into())), 400, "no `input`");
     fails(
         speech(with("model", "whisper-1".into())),
@@ -126,11 +148,17 @@ fn bad_uploads_and_parameters() {
         "speech-to-text model",
     );
     fails(speech(with("model", "tts-9".into())), 404, "tts-9");
+    let error = fails(
+        speech(with("model", "tts-clone".into())),
+        400,
+        "takes no reference clip",
+    );
+    assert_eq!(error["param"], "model");
     fails(speech(with("max_frames", 0.into())), 400, "max_frames");
     fails(
         request(server.addr, "POST", "/v1/audio/speech", &[], b"{not json"),
         400,
-        "not the JSON expected",
+        "the body is not JSON",
     );
 }
 

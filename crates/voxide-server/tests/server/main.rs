@@ -47,6 +47,7 @@ pub fn models() -> Registry {
                 "tts-1=tests/fixtures/qwen3-tts/tiny-random",
                 "voxtral=tests/fixtures/voxtral-realtime/tiny-random-hf",
                 "voxtral-mini=tests/fixtures/voxtral/tiny-random-mistral",
+                "tts-clone=tests/fixtures/qwen3-tts/tiny-random-base",
             ] {
                 let (id, path) = spec.split_once('=').unwrap();
                 let spec = format!("{id}={}", root().join(path).display());
@@ -371,7 +372,10 @@ fn health_and_models_list() {
             m["id"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(ids, ["whisper-1", "tts-1", "voxtral", "voxtral-mini"]);
+    assert_eq!(
+        ids,
+        ["whisper-1", "tts-1", "voxtral", "voxtral-mini", "tts-clone"]
+    );
     let one = server.get("/v1/models/tts-1");
     assert_eq!(
         (one.status, one.json()["id"].as_str()),

@@ -40,7 +40,7 @@ fn the_official_python_client_works() {
     let want = library_transcript();
     assert_eq!(
         got["models"],
-        serde_json::json!(["whisper-1", "tts-1", "voxtral", "voxtral-mini"])
+        serde_json::json!(["whisper-1", "tts-1", "voxtral", "voxtral-mini", "tts-clone"])
     );
     assert_eq!(got["json"], want.text.as_str());
     assert_eq!(
