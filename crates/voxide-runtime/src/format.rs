@@ -132,6 +132,14 @@ pub fn render_with(
     out
 }
 
+/// A segment cue's text without its blank lines: in SRT and WebVTT a blank line ends the cue,
+/// so a segment whose text holds one (Voxtral can emit newlines) would be cut short there.
+/// openai-whisper writes the text as it is; cues laid out from words stay exactly its own.
+fn without_blank_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !py_strip(l).is_empty()).collect();
+    lines.join("\n")
+}
+
 /// The segments with text (openai-whisper also writes empty ones, as empty cues).
 fn spoken(t: &Transcript) -> impl Iterator<Item = &Segment> {
     t.segments.iter().filter(|s| !py_strip(&s.text).is_empty())
@@ -163,7 +171,7 @@ fn cues(t: &Transcript, options: &SubtitleOptions, stamp: impl Fn(f64) -> String
             .map(|s| Cue {
                 start: stamp(s.start),
                 end: stamp(s.end),
-                text: py_strip(&s.text).replace("-->", "->"),
+                text: without_blank_lines(py_strip(&s.text)).replace("-->", "->"),
             })
             .collect();
     }
@@ -344,6 +352,21 @@ mod tests {
             ],
             token_ids: vec![50364, 1, 2, 50439],
         }
+    }
+
+    #[test]
+    fn cue_text_keeps_no_blank_line() {
+        let mut t = transcript();
+        t.segments[0].text = " Hello.\n\n \nagain\nand again".into();
+        assert_eq!(
+            render(&t, OutputFormat::Srt, "transcribe"),
+            "1\n00:00:00,000 --> 00:00:01,500\nHello.\nagain\nand again\n\n2\n01:01:01,250 --> 01:02:05,500\n-> World\n\n"
+        );
+        let vtt = render(&t, OutputFormat::Vtt, "transcribe");
+        assert!(
+            vtt.contains("00:01.500\nHello.\nagain\nand again\n\n01:01"),
+            "{vtt}"
+        );
     }
 
     #[test]
