@@ -129,6 +129,9 @@ impl<R: Read> PcmStream<R> {
                     } else {
                         tag
                     };
+                    if sample_rate == 0 {
+                        return Err(stream_error("WAV stream header gives a sample rate of 0"));
+                    }
                     if sample_rate != rate {
                         return Err(stream_error(&format!(
                             "WAV stream is {sample_rate} Hz; streaming needs {rate} Hz (resample first, e.g. `ffmpeg -i IN -ar {rate} -ac 1 -f wav -`)"
@@ -339,6 +342,10 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("truncated header"), "{e}");
+        let e = PcmStream::open(&wav(0, &[0; 10], None)[..], PcmFormat::Auto, 16000)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("sample rate of 0"), "{e}");
         for cut in [&b"RIFF"[..], b"RIFF\x24\0\0\0"] {
             let e = PcmStream::open(cut, PcmFormat::Auto, 16000).err().unwrap();
             assert!(e.to_string().contains("truncated WAV header"), "{e}");

@@ -320,6 +320,25 @@ fn voice_design_takes_an_instruction_not_a_voice() {
 /// `--ref-audio` clones in context with `--ref-text` and from the x-vector alone without; the
 /// file and the stream agree; what a Base model cannot do, or a clip that is no clip, is a
 /// one-line error.
+/// A 16-bit mono WAV at 24 kHz.
+fn wav_24k(samples: &[i16]) -> Vec<u8> {
+    let data_len = 2 * samples.len() as u32;
+    let mut wav = b"RIFF".to_vec();
+    wav.extend((36 + data_len).to_le_bytes());
+    wav.extend(b"WAVEfmt ");
+    wav.extend(16u32.to_le_bytes());
+    wav.extend(1u16.to_le_bytes()); // PCM
+    wav.extend(1u16.to_le_bytes()); // mono
+    wav.extend(24_000u32.to_le_bytes());
+    wav.extend(48_000u32.to_le_bytes());
+    wav.extend(2u16.to_le_bytes());
+    wav.extend(16u16.to_le_bytes());
+    wav.extend(b"data");
+    wav.extend(data_len.to_le_bytes());
+    wav.extend(samples.iter().flat_map(|v| v.to_le_bytes()));
+    wav
+}
+
 #[test]
 fn voice_clone_from_a_reference_clip() {
     let dir = std::env::temp_dir().join(format!("voxide-speak-clone-{}", std::process::id()));
@@ -414,21 +433,7 @@ fn voice_clone_from_a_reference_clip() {
         "cannot clone",
     );
     let silent = dir.join("silent.wav");
-    let mut header = b"RIFF".to_vec();
-    let data_len = 24_000u32 * 2;
-    header.extend((36 + data_len).to_le_bytes());
-    header.extend(b"WAVEfmt ");
-    header.extend(16u32.to_le_bytes());
-    header.extend(1u16.to_le_bytes()); // PCM
-    header.extend(1u16.to_le_bytes()); // mono
-    header.extend(24_000u32.to_le_bytes());
-    header.extend(48_000u32.to_le_bytes());
-    header.extend(2u16.to_le_bytes());
-    header.extend(16u16.to_le_bytes());
-    header.extend(b"data");
-    header.extend(data_len.to_le_bytes());
-    header.resize(header.len() + data_len as usize, 0);
-    std::fs::write(&silent, header).unwrap();
+    std::fs::write(&silent, wav_24k(&[0; 24_000])).unwrap();
     one_line_error(
         &[
             "speak",
@@ -439,6 +444,16 @@ fn voice_clone_from_a_reference_clip() {
             "Hi.",
         ],
         "silence",
+    );
+    // 61 s of noise: over the limit, refused before any encoding.
+    let long = dir.join("long.wav");
+    let noise: Vec<i16> = (0..61 * 24_000)
+        .map(|i| (i * 7919 % 2001) as i16 - 1000)
+        .collect();
+    std::fs::write(&long, wav_24k(&noise)).unwrap();
+    one_line_error(
+        &["speak", "--model", s(&base), "--ref-audio", s(&long), "Hi."],
+        "the reference clip is 61.0 s long; cloning takes at most 60 s",
     );
     let garbage = dir.join("garbage.wav");
     std::fs::write(&garbage, b"not audio at all").unwrap();

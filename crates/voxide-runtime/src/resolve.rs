@@ -63,6 +63,11 @@ fn looks_like_hub_id(spec: &str) -> bool {
 /// holds when it has no checkpoint; a ggml / GGUF file as is; `owner/name` is looked up in the
 /// Hugging Face cache and downloaded when missing (unless `HF_HUB_OFFLINE=1`).
 pub fn resolve_model(spec: &str) -> Result<ModelSource> {
+    if spec.trim().is_empty() {
+        return Err(Error::Resolve(
+            "--model is empty: give a model directory, a whisper.cpp file or a hub id".into(),
+        ));
+    }
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(ModelSource::Local(
@@ -231,6 +236,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not exist"), "{err}");
+        let err = resolve_model("").unwrap_err().to_string();
+        assert!(err.starts_with("--model is empty"), "{err}");
     }
 
     /// The Hugging Face cache is used offline: a cached snapshot resolves, an uncached id says

@@ -71,6 +71,10 @@ pub struct VoiceReference {
     pub context_frames: Option<usize>,
 }
 
+/// Longest reference clip: qwen-tts takes any length, but its codes and the codec's state grow
+/// with it (a 20-minute clip took 2.3 GB), while a voice is cloned from seconds of speech.
+pub const MAX_REFERENCE_S: f64 = 60.0;
+
 /// A voice cloned from a reference clip, ready for any number of requests.
 #[derive(Debug)]
 pub struct ClonedVoice {
@@ -280,6 +284,13 @@ impl Synthesizer {
                 self.model_type()
             )));
         };
+        let seconds = reference.samples.len() as f64 / self.sample_rate() as f64;
+        if seconds > MAX_REFERENCE_S {
+            return Err(Error::InvalidRequest(format!(
+                "the reference clip is {seconds:.1} s long; cloning takes at most \
+                 {MAX_REFERENCE_S:.0} s (a few seconds of clear speech is what it needs: trim it)"
+            )));
+        }
         let xvector = speaker_encoder.embed(&reference.samples)?;
         let n = xvector.len();
         let device = self.model.talker().device();

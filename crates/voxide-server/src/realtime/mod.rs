@@ -394,9 +394,18 @@ impl Client {
             }
             "input_audio_buffer.append" => {
                 if self.settings.model.is_none() {
+                    // In the words of the client's own dialect.
+                    let how = match self.out.dialect {
+                        Dialect::Beta => {
+                            "transcription_session.update with input_audio_transcription.model"
+                        }
+                        Dialect::Ga => "session.update with audio.input.transcription.model",
+                    };
                     return Err(ProtocolError::new(
                         "session_not_configured",
-                        "no transcription model yet: send transcription_session.update with input_audio_transcription.model (or connect with ?model=ID) before audio",
+                        format!(
+                            "no transcription model yet: send {how} (or connect with ?model=ID) before audio"
+                        ),
                     ));
                 }
                 let audio = value.get("audio").and_then(Value::as_str).ok_or_else(|| {

@@ -399,6 +399,33 @@ fn bad_events_get_error_events_and_the_session_goes_on() {
     assert_eq!(next(&mut socket)["type"], "input_audio_buffer.cleared");
 }
 
+/// Audio before a model is named is refused in the words of the client's dialect.
+#[test]
+fn an_unconfigured_session_is_told_how_in_its_own_dialect() {
+    let server = TestServer::start();
+    for (headers, how) in [
+        (
+            &[BETA][..],
+            "send transcription_session.update with input_audio_transcription.model",
+        ),
+        (
+            &[][..],
+            "send session.update with audio.input.transcription.model",
+        ),
+    ] {
+        let mut socket = connect(&server, "?intent=transcription", headers);
+        next(&mut socket);
+        send(
+            &mut socket,
+            json!({"type": "input_audio_buffer.append", "audio": pcm16(&[0.0; 160])}),
+        );
+        let error = next(&mut socket);
+        assert_eq!(error["error"]["code"], "session_not_configured", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(how), "{message}");
+    }
+}
+
 /// A message over the connection's limit (twice `--max-upload-mb`) gets an error event that
 /// says so before the session closes, not a bare close.
 #[test]
