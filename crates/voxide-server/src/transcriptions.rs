@@ -305,8 +305,18 @@ async fn read_form(
     expected: usize,
 ) -> Result<Form, ApiError> {
     let mut out = Form::default();
+    let mut seen = Vec::new();
     while let Some(field) = form.next_field().await.map_err(form_error)? {
         let name = field.name().unwrap_or_default().to_string();
+        // Which of two values was meant is not ours to guess (list fields aside).
+        let single = !(name.ends_with("[]") || name == "timestamp_granularities");
+        if single && seen.contains(&name) {
+            return Err(ApiError::invalid_param(
+                &name,
+                format!("`{name}` is given twice: send each field once"),
+            ));
+        }
+        seen.push(name.clone());
         match name.as_str() {
             "file" => {
                 let file_name = field

@@ -66,6 +66,12 @@ fn bad_uploads_and_parameters() {
         400,
         "temperature",
     );
+    let error = fails(
+        post(&Form::jfk().field("model", "whisper-1")),
+        400,
+        "`model` is given twice",
+    );
+    assert_eq!(error["param"], "model");
     fails(
         post(
             &Form::jfk()
