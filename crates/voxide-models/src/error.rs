@@ -83,10 +83,27 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) 
         path: path.to_owned(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
+    let json = &mut serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(json).map_err(|e| Error::InvalidJson {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: json_problem(&e),
     })
+}
+
+/// A parse error in a user's words: the field it is in, and "an object" where serde names the
+/// Rust struct it expected ("expected struct CodecConfig with 6 elements").
+fn json_problem(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let mut message = e.inner().to_string();
+    if let Some(at) = message.find("expected struct ") {
+        let end = message[at..]
+            .find(" at line ")
+            .map_or(message.len(), |n| at + n);
+        message.replace_range(at..end, "expected an object");
+    }
+    match e.path().to_string().as_str() {
+        "." => message,
+        field => format!("`{field}`: {message}"),
+    }
 }
 
 /// `dir/file`, or a missing-file error naming the directory.
@@ -100,5 +117,44 @@ pub(crate) fn require(dir: &Path, file: &str) -> Result<std::path::PathBuf> {
             file: file.into(),
             hint: String::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)] // only parsed
+    struct Outer {
+        inner: Inner,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: usize,
+    }
+
+    #[test]
+    fn json_errors_name_the_field_and_no_rust_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let problem = |json: &str| {
+            std::fs::write(&path, json).unwrap();
+            match read_json::<Outer>(&path).unwrap_err() {
+                Error::InvalidJson { message, .. } => message,
+                e => panic!("{e}"),
+            }
+        };
+        assert_eq!(
+            problem(r#"{"inner": 5}"#),
+            "`inner`: invalid type: integer `5`, expected an object at line 1 column 11"
+        );
+        assert!(problem(r#"{"inner": {"n": "x"}}"#).starts_with("`inner.n`: invalid type"));
+        assert_eq!(
+            problem("[]"),
+            "invalid length 0, expected an object at line 1 column 2"
+        );
     }
 }
