@@ -86,7 +86,7 @@ impl AudioFormat {
             ProtocolError::invalid(
                 param,
                 format!(
-                    "unsupported audio format {value}: use \"pcm16\" (24 kHz), {{\"type\": \"audio/pcm\", \"rate\": 16000 or 24000}}, \"g711_ulaw\" or \"g711_alaw\""
+                    "unsupported audio format {value}: use \"pcm16\" (24 kHz), {{\"type\": \"audio/pcm\", \"rate\": 16000 or 24000}}, \"g711_ulaw\" or \"g711_alaw\" (8 kHz)"
                 ),
             )
         };
@@ -105,8 +105,17 @@ impl AudioFormat {
                     }
                     Some(_) => Err(bad()),
                 },
-                Some("audio/pcmu") => Ok(AudioFormat::Ulaw),
-                Some("audio/pcma") => Ok(AudioFormat::Alaw),
+                // G.711 is 8 kHz by definition: another rate is not this format.
+                Some(g711 @ ("audio/pcmu" | "audio/pcma")) => {
+                    match object.get("rate").map(Value::as_u64) {
+                        None | Some(Some(8000)) => Ok(if g711 == "audio/pcmu" {
+                            AudioFormat::Ulaw
+                        } else {
+                            AudioFormat::Alaw
+                        }),
+                        Some(_) => Err(bad()),
+                    }
+                }
                 _ => Err(bad()),
             },
             _ => Err(bad()),
@@ -471,6 +480,10 @@ mod tests {
         let cases = [
             (
                 json!({"input_audio_format": "mp3"}),
+                "session.input_audio_format",
+            ),
+            (
+                json!({"input_audio_format": {"type": "audio/pcmu", "rate": 16000}}),
                 "session.input_audio_format",
             ),
             (
