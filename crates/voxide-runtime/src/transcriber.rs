@@ -163,12 +163,20 @@ impl SpeechStream for RealtimeStream<'_> {
     }
 }
 
+/// A language the model cannot take, named as the request's `language` field.
+fn language_error(message: String) -> Error {
+    Error::Model(voxide_models::Error::InvalidField {
+        field: "language",
+        message,
+    })
+}
+
 /// The request's language as an ISO 639-1 code; `None` (or `auto`) detects it.
 fn requested_language(request: &TranscribeRequest) -> Result<Option<&'static str>> {
     match request.language.as_deref() {
         None | Some("auto") => Ok(None),
         Some(lang) => language_code(lang).map(Some).ok_or_else(|| {
-            Error::InvalidRequest(format!(
+            language_error(format!(
                 "unknown language {lang:?}; use a code such as en, de, fr, or auto"
             ))
         }),
@@ -195,12 +203,12 @@ impl Transcriber for WhisperPipeline {
             None => None,
             Some(code) => {
                 if special.language_token(code).is_none() {
-                    return Err(Error::InvalidRequest(format!(
+                    return Err(language_error(format!(
                         "this model has no language {code:?}"
                     )));
                 }
                 if !special.multilingual && code != "en" {
-                    return Err(Error::InvalidRequest(format!(
+                    return Err(language_error(format!(
                         "this model is English-only; it cannot transcribe {code:?}"
                     )));
                 }

@@ -167,7 +167,8 @@ pub(crate) async fn speech(
     if let Some(speed) = body.speed.filter(|&s| s != 1.0) {
         return Err(ApiError::invalid_param(
             "speed",
-            format!("speed {speed} is not supported; only 1 is"),
+            // `{:?}` writes 1e308 as such, where `{}` writes all 309 digits.
+            format!("speed {speed:?} is not supported; only 1 is"),
         ));
     }
     let request = speech_request(&body, synthesizer, state.limits.max_audio_s)?;

@@ -67,6 +67,12 @@ fn bad_uploads_and_parameters() {
         "temperature",
     );
     let error = fails(
+        post(&Form::jfk().field("language", "klingon")),
+        400,
+        "unknown language \"klingon\"",
+    );
+    assert_eq!(error["param"], "language");
+    let error = fails(
         post(&Form::jfk().field("model", "whisper-1")),
         400,
         "`model` is given twice",
@@ -118,6 +124,11 @@ fn bad_uploads_and_parameters() {
         speech(with("speed", 1.5.into())),
         400,
         "speed 1.5 is not supported",
+    );
+    fails(
+        speech(with("speed", 1e308.into())),
+        400,
+        "speed 1e308 is not supported",
     );
     fails(
         speech(with("stream_format", "ws".into())),
