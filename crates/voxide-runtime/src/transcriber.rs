@@ -117,6 +117,9 @@ impl TranscribeRequest {
 pub trait Transcriber: Send + Sync {
     /// Sample rate the model's input must have.
     fn sample_rate(&self) -> u32;
+    /// Refuses a request this model cannot serve, before any audio: what `transcribe` and
+    /// `stream` would refuse (a server checks a realtime session's settings with it).
+    fn check(&self, request: &TranscribeRequest) -> Result<()>;
     /// Transcribes mono samples at [`Self::sample_rate`]; `progress` hears how far it got.
     fn transcribe(
         &self,
@@ -192,29 +195,20 @@ impl Transcriber for WhisperPipeline {
         Some(self.model().decoder_step_bytes())
     }
 
-    fn transcribe(
-        &self,
-        samples: &[f32],
-        request: &TranscribeRequest,
-        progress: &mut dyn FnMut(Progress<'_>) -> bool,
-    ) -> Result<(Transcript, Timings)> {
+    fn check(&self, request: &TranscribeRequest) -> Result<()> {
         let special = *self.rules().special();
-        let language = match requested_language(request)? {
-            None => None,
-            Some(code) => {
-                if special.language_token(code).is_none() {
-                    return Err(language_error(format!(
-                        "this model has no language {code:?}"
-                    )));
-                }
-                if !special.multilingual && code != "en" {
-                    return Err(language_error(format!(
-                        "this model is English-only; it cannot transcribe {code:?}"
-                    )));
-                }
-                Some(code.to_string())
+        if let Some(code) = requested_language(request)? {
+            if special.language_token(code).is_none() {
+                return Err(language_error(format!(
+                    "this model has no language {code:?}"
+                )));
             }
-        };
+            if !special.multilingual && code != "en" {
+                return Err(language_error(format!(
+                    "this model is English-only; it cannot transcribe {code:?}"
+                )));
+            }
+        }
         if request.translate && !special.multilingual {
             return Err(Error::InvalidRequest(
                 "this model is English-only; it cannot translate".into(),
@@ -243,6 +237,17 @@ impl Transcriber for WhisperPipeline {
                 "Whisper takes neither --delay-ms nor --kv-precision (Voxtral's options; Whisper's KV caches follow its weights)".into(),
             ));
         }
+        Ok(())
+    }
+
+    fn transcribe(
+        &self,
+        samples: &[f32],
+        request: &TranscribeRequest,
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<(Transcript, Timings)> {
+        self.check(request)?;
+        let language = requested_language(request)?.map(str::to_string);
         let mut opts = TranscribeOptions {
             decode: DecodingOptions {
                 task: if request.translate {
@@ -330,6 +335,19 @@ impl Transcriber for VoxtralRealtime {
         request: &TranscribeRequest,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
+        self.check(request)?;
+        let defaults = self.default_options();
+        let options = StreamOptions {
+            delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
+            kv_dtype: request.kv_dtype.or(defaults.kv_dtype),
+            ..defaults
+        };
+        Ok(VoxtralRealtime::transcribe(
+            self, samples, options, progress,
+        )?)
+    }
+
+    fn check(&self, request: &TranscribeRequest) -> Result<()> {
         let unsupported = |what: &str| {
             Err(Error::InvalidRequest(format!(
                 "Voxtral Realtime does not support {what}: it transcribes greedily, in the language spoken (a language hint is ignored)"
@@ -349,15 +367,7 @@ impl Transcriber for VoxtralRealtime {
         }
         // Ignored, but a code no model knows is a mistake worth saying.
         requested_language(request)?;
-        let defaults = self.default_options();
-        let options = StreamOptions {
-            delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
-            kv_dtype: request.kv_dtype.or(defaults.kv_dtype),
-            ..defaults
-        };
-        Ok(VoxtralRealtime::transcribe(
-            self, samples, options, progress,
-        )?)
+        Ok(())
     }
 
     fn decoder_step_bytes(&self) -> Option<usize> {
@@ -366,6 +376,9 @@ impl Transcriber for VoxtralRealtime {
 
     /// As `voxide stream`: greedy, restarting after end-of-stream on the audio that follows.
     fn stream(&self, request: &TranscribeRequest) -> Option<Result<Box<dyn SpeechStream + '_>>> {
+        if let Err(e) = self.check(request) {
+            return Some(Err(e));
+        }
         let defaults = self.default_options();
         let options = StreamOptions {
             delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
@@ -395,6 +408,28 @@ impl Transcriber for Voxtral {
         request: &TranscribeRequest,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
+        self.check(request)?;
+        let language = requested_language(request)?;
+        let seconds = samples.len() as f64 / voxtral::SAMPLE_RATE as f64;
+        let options = GenerateOptions {
+            max_new_tokens: request
+                .max_new_tokens
+                .unwrap_or_else(|| voxtral::default_max_new_tokens(seconds)),
+            temperature: request.temperature,
+            seed: request.seed,
+            ignore_eos: request.ignore_eot,
+            kv_dtype: request.kv_dtype,
+            ..GenerateOptions::default()
+        };
+        let result = if request.translate {
+            Voxtral::translate(self, samples, language.unwrap_or("en"), &options, progress)
+        } else {
+            Voxtral::transcribe(self, samples, language, &options, progress)
+        };
+        Ok(result?)
+    }
+
+    fn check(&self, request: &TranscribeRequest) -> Result<()> {
         let unsupported = |what: &str| {
             Err(Error::InvalidRequest(format!(
                 "Voxtral Mini 3B does not support {what}"
@@ -414,24 +449,8 @@ impl Transcriber for Voxtral {
                 "temperature must lie in [0, 2]".into(),
             ));
         }
-        let language = requested_language(request)?;
-        let seconds = samples.len() as f64 / voxtral::SAMPLE_RATE as f64;
-        let options = GenerateOptions {
-            max_new_tokens: request
-                .max_new_tokens
-                .unwrap_or_else(|| voxtral::default_max_new_tokens(seconds)),
-            temperature: request.temperature,
-            seed: request.seed,
-            ignore_eos: request.ignore_eot,
-            kv_dtype: request.kv_dtype,
-            ..GenerateOptions::default()
-        };
-        let result = if request.translate {
-            Voxtral::translate(self, samples, language.unwrap_or("en"), &options, progress)
-        } else {
-            Voxtral::transcribe(self, samples, language, &options, progress)
-        };
-        Ok(result?)
+        requested_language(request)?;
+        Ok(())
     }
 
     fn decoder_step_bytes(&self) -> Option<usize> {

@@ -442,7 +442,13 @@ impl Client {
     /// server VAD.
     fn check(&self, settings: &Settings) -> Result<(), ProtocolError> {
         if let Some(id) = &settings.model {
-            speech_to_text(&self.state, id)?;
+            if let Engine::Transcriber(model) = speech_to_text(&self.state, id)? {
+                // What the model would refuse at the first item (a prompt Voxtral Realtime
+                // cannot take, …) is refused at the update.
+                model
+                    .check(&settings.request())
+                    .map_err(|e| ProtocolError::new("invalid_value", e.to_string()))?;
+            }
         }
         if settings.turn_detection.is_some() && self.state.models.vad().is_none() {
             return Err(ProtocolError::invalid(

@@ -5,6 +5,7 @@
 
 use serde_json::{json, Map, Value};
 use voxide_models::silero_vad::TurnParams;
+use voxide_runtime::TranscribeRequest;
 
 /// Which names the client speaks: the beta's (`transcription_session.*`, sent when the client
 /// announces `OpenAI-Beta: realtime=v1`) or the GA API's (`session.*`).
@@ -182,6 +183,15 @@ impl Settings {
             language: None,
             prompt: None,
             turn_detection: has_vad.then(TurnParams::default),
+        }
+    }
+
+    /// What an item of this session asks of its model.
+    pub fn request(&self) -> TranscribeRequest {
+        TranscribeRequest {
+            language: Some(self.language.clone().unwrap_or_else(|| "auto".into())),
+            prompt: self.prompt.clone(),
+            ..TranscribeRequest::default()
         }
     }
 

@@ -269,16 +269,7 @@ impl<'a> Session<'a> {
         let Engine::Transcriber(model) = &model.engine else {
             return Err(format!("{id} is not a speech-to-text model"));
         };
-        let request = TranscribeRequest {
-            language: Some(
-                self.settings
-                    .language
-                    .clone()
-                    .unwrap_or_else(|| "auto".into()),
-            ),
-            prompt: self.settings.prompt.clone(),
-            ..TranscribeRequest::default()
-        };
+        let request = self.settings.request();
         Ok(match model.stream(&request) {
             Some(stream) => Work::Stream {
                 stream: stream.map_err(|e| e.to_string())?,

@@ -369,6 +369,16 @@ fn bad_events_get_error_events_and_the_session_goes_on() {
                     "session": {"input_audio_transcription": {"model": "tts-1"}}})),
         "invalid_value",
     );
+    // What the model itself refuses is refused at the update, as over HTTP.
+    send(
+        &mut socket,
+        json!({"type": "transcription_session.update",
+               "session": {"input_audio_transcription": {"model": "voxtral", "prompt": "Names."}}}),
+    );
+    let error = next(&mut socket);
+    assert_eq!(error["error"]["code"], "invalid_value", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("does not support prompts"), "{message}");
     expect_error(
         &mut socket,
         Message::binary(vec![1u8, 2, 3]),
