@@ -8,15 +8,11 @@ mod common;
 
 #[cfg(unix)]
 use common::entries;
-use common::error_line;
 #[cfg(target_os = "linux")]
 use common::read_fifo;
+use common::{error_line, root, s};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The committed random CustomVoice checkpoint: talker, code predictor, byte-level tokenizer
 /// and codec (`speech_tokenizer/`).
@@ -47,6 +43,7 @@ fn fixture_copy(name: &str, with_codec: bool) -> PathBuf {
     dir
 }
 
+/// `voxide ARGS`, offline, with nothing on standard input (`-` reads an empty text).
 fn voxide(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_voxide"))
         .args(args)
@@ -54,10 +51,6 @@ fn voxide(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("voxide runs")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 const GREEDY: [&str; 8] = [
