@@ -440,7 +440,7 @@ fn voice_clone_from_a_reference_clip() {
     );
     // 61 s of noise: over the limit, refused before any encoding.
     let long = dir.join("long.wav");
-    let noise: Vec<i16> = (0..61 * 24_000)
+    let noise: Vec<i16> = (0..61 * 24_000i64)
         .map(|i| (i * 7919 % 2001) as i16 - 1000)
         .collect();
     std::fs::write(&long, wav_24k(&noise)).unwrap();
