@@ -67,6 +67,7 @@ impl Metrics {
         let Gauges {
             running,
             waiting,
+            uploads,
             realtime_sessions,
             models,
         } = gauges;
@@ -148,6 +149,12 @@ impl Metrics {
             vec![format!("voxide_queue_depth {waiting}")],
         );
         family(
+            "voxide_uploads_held",
+            "gauge",
+            "Transcription uploads held in memory: being read, waiting or running.",
+            vec![format!("voxide_uploads_held {uploads}")],
+        );
+        family(
             "voxide_realtime_sessions",
             "gauge",
             "Realtime WebSocket sessions open.",
@@ -170,6 +177,8 @@ impl Metrics {
 struct Gauges {
     running: usize,
     waiting: usize,
+    /// Uploads holding an upload slot, their bodies still arriving included.
+    uploads: usize,
     realtime_sessions: usize,
     /// (id, kind) of each model served.
     models: Vec<(String, &'static str)>,
@@ -200,6 +209,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     let gauges = Gauges {
         running: state.admission.running(),
         waiting: state.admission.waiting(),
+        uploads: state.limits.max_concurrency + state.limits.max_queue
+            - state.uploads.available_permits(),
         realtime_sessions: state.limits.max_realtime_sessions - state.sessions.available_permits(),
         models: state
             .models
@@ -232,6 +243,7 @@ mod tests {
         let text = m.render(&Gauges {
             running: 1,
             waiting: 2,
+            uploads: 4,
             realtime_sessions: 3,
             models: vec![("whisper-1".into(), "speech-to-text")],
         });
@@ -251,6 +263,7 @@ mod tests {
         assert!(text.contains("voxide_requests_running 1"));
         assert!(text.contains("voxide_queue_depth 2"));
         assert!(text.contains("voxide_realtime_sessions 3"));
+        assert!(text.contains("voxide_uploads_held 4"));
         assert!(text.contains("voxide_model_loaded{id=\"whisper-1\",kind=\"speech-to-text\"} 1"));
     }
 }

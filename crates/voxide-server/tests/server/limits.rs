@@ -87,11 +87,16 @@ fn an_upload_that_stalls_ends_at_the_deadline() {
     // One upload slot: a slot to run, no queue.
     let server = TestServer::with(ServerConfig::default(), |c| {
         c.limits.max_queue = 0;
-        c.limits.request_timeout = Some(Duration::from_millis(500));
+        c.limits.request_timeout = Some(Duration::from_secs(2));
     });
     let form = Form::jfk();
     let body = form.body();
-    let stalled = || {
+    let held = |n: usize| {
+        let metrics = server.get("/metrics").text();
+        metrics.contains(&format!("voxide_uploads_held {n}\n"))
+    };
+    // The second finds the slot free again (a held slot would answer 429 at once).
+    for _ in 0..2 {
         let mut stream = start_post(
             &server,
             "/v1/audio/transcriptions",
@@ -102,14 +107,13 @@ fn an_upload_that_stalls_ends_at_the_deadline() {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
+        // /metrics shows the upload while its body is still arriving.
+        wait_until("the upload is not shown", || held(1));
         let mut raw = Vec::new();
         let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
-        String::from_utf8_lossy(&raw).into_owned()
-    };
-    // The second finds the slot free again (a held slot would answer 429 at once).
-    for _ in 0..2 {
-        let reply = stalled();
+        let reply = String::from_utf8_lossy(&raw);
         assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+        wait_until("the slot is given back", || held(0));
     }
 }
 
