@@ -59,6 +59,16 @@ fn compressed_kind(head: &[u8]) -> Option<&'static str> {
     .map(|(_, kind)| kind)
 }
 
+/// Whether the stream's first bytes are all printable ASCII: text piped in by mistake. The
+/// bytes of real s16le audio fall in that range together about once in 10⁵ streams (silence
+/// never: its bytes are 0x00 and 0xFF), and `--input-format s16le` reads them all the same.
+fn looks_like_text(head: &[u8]) -> bool {
+    head.len() >= 4
+        && head
+            .iter()
+            .all(|&b| matches!(b, b'\n' | b'\r' | b'\t' | 0x20..=0x7e))
+}
+
 impl<R: Read> PcmStream<R> {
     /// Opens the stream; a WAV header is read (and checked) here. `rate` is the sample rate
     /// the caller needs: a WAV at another rate is an error, not silently wrong text.
@@ -75,7 +85,14 @@ impl<R: Read> PcmStream<R> {
                     )));
                 }
                 // A RIFF start shorter than a header is a cut WAV, not four samples.
-                head.starts_with(b"RIFF") && (head.len() < 12 || &head[8..12] == b"WAVE")
+                let wav = head.starts_with(b"RIFF") && (head.len() < 12 || &head[8..12] == b"WAVE");
+                if !wav && looks_like_text(&head) {
+                    return Err(stream_error(&format!(
+                        "input looks like text ({:?}…), not audio: streaming takes {rate} Hz mono s16le or WAV (name raw PCM with --input-format s16le)",
+                        String::from_utf8_lossy(&head)
+                    )));
+                }
+                wav
             }
         };
         if !wav {
@@ -346,6 +363,11 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("sample rate of 0"), "{e}");
+        for text in [&b"hello\n"[..], b"Hello, world! This is text."] {
+            let e = PcmStream::open(text, PcmFormat::Auto, 16000).err().unwrap();
+            assert!(e.to_string().contains("looks like text"), "{e}");
+            assert!(PcmStream::open(text, PcmFormat::S16le, 16000).is_ok());
+        }
         for cut in [&b"RIFF"[..], b"RIFF\x24\0\0\0"] {
             let e = PcmStream::open(cut, PcmFormat::Auto, 16000).err().unwrap();
             assert!(e.to_string().contains("truncated WAV header"), "{e}");
