@@ -53,7 +53,12 @@ pub(crate) async fn realtime(
             e.body_text()
         ))
     })?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "the query string takes intent=transcription and model=ID, each at most once: {}",
+            e.body_text()
+        ))
+    })?;
     match query.intent.as_deref() {
         None | Some("transcription") => {}
         Some(other) => {

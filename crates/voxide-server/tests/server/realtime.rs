@@ -488,6 +488,14 @@ fn the_upgrade_checks_intent_key_and_session_slots() {
         )),
         404
     );
+    match try_connect(&server, "?model=a&model=b", &[auth]) {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 400);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("each at most once"), "{body}");
+        }
+        other => panic!("{other:?}"),
+    }
     // A browser's way: the key as a subprotocol.
     let mut first = connect(
         &server,
