@@ -166,12 +166,10 @@ impl SpeechStream for RealtimeStream<'_> {
     }
 }
 
-/// A language the model cannot take, named as the request's `language` field.
-fn language_error(message: String) -> Error {
-    Error::Model(voxide_models::Error::InvalidField {
-        field: "language",
-        message,
-    })
+/// A request field the model cannot take, named as the API's field (`language`, `prompt`,
+/// …) so that a server can point at it.
+fn field_error(field: &'static str, message: String) -> Error {
+    Error::Model(voxide_models::Error::InvalidField { field, message })
 }
 
 /// The request's language as an ISO 639-1 code; `None` (or `auto`) detects it.
@@ -179,9 +177,10 @@ fn requested_language(request: &TranscribeRequest) -> Result<Option<&'static str
     match request.language.as_deref() {
         None | Some("auto") => Ok(None),
         Some(lang) => language_code(lang).map(Some).ok_or_else(|| {
-            language_error(format!(
-                "unknown language {lang:?}; use a code such as en, de, fr, or auto"
-            ))
+            field_error(
+                "language",
+                format!("unknown language {lang:?}; use a code such as en, de, fr, or auto"),
+            )
         }),
     }
 }
@@ -199,14 +198,16 @@ impl Transcriber for WhisperPipeline {
         let special = *self.rules().special();
         if let Some(code) = requested_language(request)? {
             if special.language_token(code).is_none() {
-                return Err(language_error(format!(
-                    "this model has no language {code:?}"
-                )));
+                return Err(field_error(
+                    "language",
+                    format!("this model has no language {code:?}"),
+                ));
             }
             if !special.multilingual && code != "en" {
-                return Err(language_error(format!(
-                    "this model is English-only; it cannot transcribe {code:?}"
-                )));
+                return Err(field_error(
+                    "language",
+                    format!("this model is English-only; it cannot transcribe {code:?}"),
+                ));
             }
         }
         if request.translate && !special.multilingual {
@@ -348,22 +349,27 @@ impl Transcriber for VoxtralRealtime {
     }
 
     fn check(&self, request: &TranscribeRequest) -> Result<()> {
-        let unsupported = |what: &str| {
-            Err(Error::InvalidRequest(format!(
+        let unsupported = |field, what: &str| {
+            Err(field_error(field, format!(
                 "Voxtral Realtime does not support {what}: it transcribes greedily, in the language spoken (a language hint is ignored)"
             )))
         };
         if request.translate {
-            return unsupported("translation");
+            return Err(Error::InvalidRequest(
+                "Voxtral Realtime does not support translation: it transcribes in the language spoken".into(),
+            ));
         }
         if request.word_timestamps {
-            return unsupported("word timestamps (Whisper models do)");
+            return unsupported(
+                "timestamp_granularities",
+                "word timestamps (Whisper models do)",
+            );
         }
         if request.prompt.is_some() {
-            return unsupported("prompts");
+            return unsupported("prompt", "prompts");
         }
         if request.beam_size.is_some() || request.best_of.is_some() || request.temperature > 0.0 {
-            return unsupported("beam search or sampling");
+            return unsupported("temperature", "beam search or sampling");
         }
         // Ignored, but a code no model knows is a mistake worth saying.
         requested_language(request)?;
@@ -430,22 +436,27 @@ impl Transcriber for Voxtral {
     }
 
     fn check(&self, request: &TranscribeRequest) -> Result<()> {
-        let unsupported = |what: &str| {
-            Err(Error::InvalidRequest(format!(
-                "Voxtral Mini 3B does not support {what}"
-            )))
+        let unsupported = |field, what: &str| {
+            Err(field_error(
+                field,
+                format!("Voxtral Mini 3B does not support {what}"),
+            ))
         };
         if request.prompt.is_some() {
-            return unsupported("prompts (ask it questions with `voxide ask`)");
+            return unsupported("prompt", "prompts (ask it questions with `voxide ask`)");
         }
         if request.word_timestamps {
-            return unsupported("word timestamps (Whisper models do)");
+            return unsupported(
+                "timestamp_granularities",
+                "word timestamps (Whisper models do)",
+            );
         }
         if request.beam_size.is_some() || request.best_of.is_some() {
-            return unsupported("beam search or best-of sampling");
+            return unsupported("beam_size", "beam search or best-of sampling");
         }
         if !(0.0..=2.0).contains(&request.temperature) {
-            return Err(Error::InvalidRequest(
+            return Err(field_error(
+                "temperature",
                 "temperature must lie in [0, 2]".into(),
             ));
         }

@@ -66,6 +66,19 @@ fn bad_uploads_and_parameters() {
         400,
         "temperature",
     );
+    // What a model refuses names the form's field.
+    let voxtral = || Form::new("voxtral", "jfk.wav", std::fs::read(super::jfk()).unwrap());
+    for (field, value, expect) in [
+        ("prompt", "Names.", "does not support prompts"),
+        (
+            "temperature",
+            "0.5",
+            "does not support beam search or sampling",
+        ),
+    ] {
+        let error = fails(post(&voxtral().field(field, value)), 400, expect);
+        assert_eq!(error["param"], field);
+    }
     let error = fails(
         post(&Form::jfk().field("language", "klingon")),
         400,
