@@ -8,7 +8,7 @@ use candle_core::Device;
 #[cfg(unix)]
 use common::entries;
 #[cfg(target_os = "linux")]
-use common::read_fifo;
+use common::{check_linked_outputs, read_fifo};
 use common::{error_line, root, s, stdout, voxide};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -207,7 +207,7 @@ fn unwritable_outputs_fail_first() {
 #[cfg(target_os = "linux")]
 #[test]
 fn non_regular_outputs_are_written_into() {
-    use std::os::unix::fs::{symlink, FileTypeExt};
+    use std::os::unix::fs::FileTypeExt;
     let dir = tempfile::tempdir().unwrap();
     let model = root().join("tests/fixtures/whisper/tiny-random");
     let convert = |to: &Path| {
@@ -238,40 +238,10 @@ fn non_regular_outputs_are_written_into() {
         .file_type()
         .is_fifo());
 
-    let target = dir.path().join("target.bin");
-    std::fs::write(&target, b"older").unwrap();
-    let link = dir.path().join("link.bin");
-    symlink("target.bin", &link).unwrap();
-    convert(&link);
-    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
-    assert!(std::fs::read(&target).unwrap() == want);
-
-    // A device that takes nothing, behind a link of ours (/dev/full itself is never named).
-    let full = dir.path().join("full.bin");
-    symlink("/dev/full", &full).unwrap();
-    let err = error_line(&voxide(&[
-        "quantize",
-        "--type",
-        "q8_0",
-        s(&model),
-        s(&full),
-    ]));
-    assert!(
-        err.contains(&format!(
-            "cannot write {}: No space left on device",
-            full.display()
-        )),
-        "{err}"
-    );
-    assert!(std::fs::symlink_metadata(&full).unwrap().is_symlink());
-    assert_eq!(
-        entries(dir.path()),
-        [
-            "fifo.bin",
-            "full.bin",
-            "link.bin",
-            "plain.bin",
-            "target.bin"
-        ]
+    check_linked_outputs(
+        dir.path(),
+        "bin",
+        |to| voxide(&["convert", s(&model), s(to)]),
+        &want,
     );
 }

@@ -9,7 +9,7 @@ mod common;
 #[cfg(unix)]
 use common::entries;
 #[cfg(target_os = "linux")]
-use common::read_fifo;
+use common::{check_linked_outputs, read_fifo};
 use common::{error_line, root, s};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -604,7 +604,7 @@ fn unwritable_output_paths_fail_first() {
 #[cfg(target_os = "linux")]
 #[test]
 fn non_regular_outputs_are_written_into() {
-    use std::os::unix::fs::{symlink, FileTypeExt};
+    use std::os::unix::fs::FileTypeExt;
     let dir = tempfile::tempdir().unwrap();
     let model = fixture();
     let speak = |to: &Path| {
@@ -638,36 +638,7 @@ fn non_regular_outputs_are_written_into() {
         .file_type()
         .is_fifo());
 
-    let target = dir.path().join("target.wav");
-    std::fs::write(&target, b"older").unwrap();
-    let link = dir.path().join("link.wav");
-    symlink("target.wav", &link).unwrap();
-    succeeds(speak(&link));
-    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
-    assert!(std::fs::read(&target).unwrap() == want);
-
-    // A device that takes nothing, behind a link of ours (/dev/full itself is never named).
-    let full = dir.path().join("full.wav");
-    symlink("/dev/full", &full).unwrap();
-    let err = error_line(&speak(&full));
-    assert!(
-        err.contains(&format!(
-            "cannot write {}: No space left on device",
-            full.display()
-        )),
-        "{err}"
-    );
-    assert!(std::fs::symlink_metadata(&full).unwrap().is_symlink());
-    assert_eq!(
-        entries(dir.path()),
-        [
-            "fifo.wav",
-            "full.wav",
-            "link.wav",
-            "plain.wav",
-            "target.wav"
-        ]
-    );
+    check_linked_outputs(dir.path(), "wav", speak, &want);
 }
 
 /// `voxide speak ARGS` with `text` on standard input.

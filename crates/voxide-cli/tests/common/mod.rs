@@ -97,3 +97,36 @@ pub fn read_fifo(path: &Path) -> impl FnOnce() -> Vec<u8> {
         thread.join().unwrap()
     }
 }
+
+/// The linked outputs of the non-regular-output tests: `write(path)` through a symlink to a
+/// file writes `want` into its target, and through a symlink to /dev/full (never named
+/// itself) fails with the OS reason; both links stay links. Then `dir` holds exactly the
+/// files these tests make (`fifo`, `full`, `link`, `plain`, `target`, each `.ext`).
+#[cfg(target_os = "linux")]
+pub fn check_linked_outputs(dir: &Path, ext: &str, write: impl Fn(&Path) -> Output, want: &[u8]) {
+    use std::os::unix::fs::symlink;
+    let target = dir.join(format!("target.{ext}"));
+    std::fs::write(&target, b"older").unwrap();
+    let link = dir.join(format!("link.{ext}"));
+    symlink(format!("target.{ext}"), &link).unwrap();
+    let out = write(&link);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(std::fs::read(&target).unwrap() == want, "the link's target");
+
+    let full = dir.join(format!("full.{ext}"));
+    symlink("/dev/full", &full).unwrap();
+    let err = error_line(&write(&full));
+    let expect = format!("cannot write {}: No space left on device", full.display());
+    assert!(err.contains(&expect), "{err}");
+    assert!(std::fs::symlink_metadata(&full).unwrap().is_symlink());
+    let made: Vec<String> = ["fifo", "full", "link", "plain", "target"]
+        .iter()
+        .map(|name| format!("{name}.{ext}"))
+        .collect();
+    assert_eq!(entries(dir), made);
+}
