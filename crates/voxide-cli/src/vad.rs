@@ -98,11 +98,11 @@ impl VadArgs {
 /// beside the repository.
 pub fn model_path(given: Option<&Path>, flag: &str) -> Result<PathBuf> {
     let from_env = std::env::var_os("VOXIDE_VAD_MODEL").filter(|p| !p.is_empty());
-    match given {
-        Some(path) => Ok(path.to_path_buf()),
-        None if from_env.is_some() => Ok(from_env.unwrap().into()),
-        None if Path::new(DEFAULT_MODEL).is_file() => Ok(PathBuf::from(DEFAULT_MODEL)),
-        None => bail!(
+    match (given, from_env) {
+        (Some(path), _) => Ok(path.to_path_buf()),
+        (None, Some(path)) => Ok(path.into()),
+        (None, None) if Path::new(DEFAULT_MODEL).is_file() => Ok(PathBuf::from(DEFAULT_MODEL)),
+        (None, None) => bail!(
             "no Silero VAD model: pass {flag} PATH or set VOXIDE_VAD_MODEL (whisper.cpp's \
              ggml-silero-v6.2.0.bin or an .onnx file); the default {DEFAULT_MODEL} does not \
              exist"
