@@ -176,89 +176,189 @@ unsafe fn head_body<S: Simd, E: WeightElem>(
         }
     };
     prefetch(0..KEYS_AHEAD.min(s));
-    // q·Kᵀ, KEYS_PER_PASS keys at a time (a last pass of fewer repeats its last key).
+    // q·Kᵀ, KEYS_PER_PASS keys at a time (a last pass of fewer repeats its last key), the
+    // query rows in groups that share each widened key vector.
     for j in (0..s).step_by(KEYS_PER_PASS) {
         let n = KEYS_PER_PASS.min(s - j);
         prefetch((j + KEYS_AHEAD).min(s)..(j + KEYS_AHEAD + KEYS_PER_PASS).min(s));
         let keys: [*const E; KEYS_PER_PASS] =
             std::array::from_fn(|i| k.add(kv.at.key(j + i.min(n - 1))));
-        for r in 0..rows {
-            let qr = q.as_ptr().add(r * d);
-            // Four named accumulators: an array of them was kept in memory, a store and a
-            // reload per FMA.
-            let [k0, k1, k2, k3] = keys;
-            let (mut a0, mut a1, mut a2, mut a3) = (S::zero(), S::zero(), S::zero(), S::zero());
-            let mut c = 0;
-            while c < full {
-                let qv = S::load(qr.add(c));
-                a0 = S::fma(qv, S::load_w(k0.add(c)), a0);
-                a1 = S::fma(qv, S::load_w(k1.add(c)), a1);
-                a2 = S::fma(qv, S::load_w(k2.add(c)), a2);
-                a3 = S::fma(qv, S::load_w(k3.add(c)), a3);
-                c += S::LANES;
-            }
-            let acc = [a0, a1, a2, a3];
-            for (i, (a, key)) in acc.iter().zip(&keys).take(n).enumerate() {
-                let tail: f32 = (full..d).map(|c| *qr.add(c) * (*key.add(c)).to_f32()).sum();
-                scores[r * s + j + i] = S::sum(*a) + tail;
-            }
-        }
+        let pass = KeyPass {
+            q: q.as_ptr(),
+            keys,
+            n,
+            d,
+            full,
+            scores: scores.as_mut_ptr().add(j),
+            s,
+        };
+        in_row_groups::<S>(rows, |r, g| match g {
+            4 => pass.rows::<S, 4>(r),
+            2 => pass.rows::<S, 2>(r),
+            _ => pass.rows::<S, 1>(r),
+        });
     }
     for row in scores.chunks_exact_mut(s) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let inv = (1.0 / exp_shifted_in_place(row, max)) as f32;
         row.iter_mut().for_each(|p| *p *= inv);
     }
-    // Σ_j p_j · V_j, a block of keys at a time, each row's sum in registers along the block.
+    // Σ_j p_j · V_j, a block of keys at a time, each row's sum in registers along the block,
+    // each widened value vector serving a group of rows.
     for j0 in (0..s).step_by(VALUE_BLOCK) {
-        let block = VALUE_BLOCK.min(s - j0);
-        for r in 0..rows {
-            let p = &scores[r * s + j0..][..block];
-            let o = out.as_mut_ptr().add(r * d);
+        let block = ValueBlock {
+            p: scores.as_ptr().add(j0),
+            s,
+            v,
+            at: kv.at,
+            j0,
+            len: VALUE_BLOCK.min(s - j0),
+            out: out.as_mut_ptr(),
+            d,
+        };
+        in_row_groups::<S>(rows, |r, g| {
             let mut c = 0;
-            while c + OUT_VECTORS * S::LANES <= full {
-                accumulate::<S, E, OUT_VECTORS>(p, v, kv.at, j0, c, o);
-                c += OUT_VECTORS * S::LANES;
+            macro_rules! columns {
+                ($g:literal, $n:expr) => {
+                    while c + $n * S::LANES <= full {
+                        block.accumulate::<S, $g, { $n }>(r, c);
+                        c += $n * S::LANES;
+                    }
+                };
             }
-            while c + 4 * S::LANES <= full {
-                accumulate::<S, E, 4>(p, v, kv.at, j0, c, o);
-                c += 4 * S::LANES;
+            match g {
+                4 => columns!(4, 4),
+                2 => columns!(2, 4),
+                _ => {
+                    columns!(1, OUT_VECTORS);
+                    columns!(1, 4);
+                }
             }
-            while c < full {
-                accumulate::<S, E, 1>(p, v, kv.at, j0, c, o);
-                c += S::LANES;
+            match g {
+                4 => columns!(4, 1),
+                2 => columns!(2, 1),
+                _ => columns!(1, 1),
             }
-            for c in full..d {
-                *o.add(c) += p
-                    .iter()
-                    .enumerate()
-                    .map(|(jj, pj)| pj * (*v.add(kv.at.value(j0 + jj) + c)).to_f32())
-                    .sum::<f32>();
+            for row in r..r + g {
+                block.tail(row, full);
+            }
+        });
+    }
+}
+
+/// Calls `f(r, g)` for groups of g query rows from row r: groups of four where the registers
+/// hold their sums (32 vector registers: 16 sums, 4 keys or values, q), else of two, and
+/// single rows for the rest.
+#[inline(always)]
+unsafe fn in_row_groups<S: Simd>(rows: usize, mut f: impl FnMut(usize, usize)) {
+    let widest = if S::LANES >= 16 { 4 } else { 2 };
+    let mut r = 0;
+    for g in [4, 2, 1] {
+        if g > widest {
+            continue;
+        }
+        while r + g <= rows {
+            f(r, g);
+            r += g;
+        }
+    }
+}
+
+/// One pass of the q·Kᵀ walk: up to KEYS_PER_PASS keys against the query rows.
+#[derive(Clone, Copy)]
+struct KeyPass<E> {
+    q: *const f32,
+    keys: [*const E; KEYS_PER_PASS],
+    /// Keys of this pass that count (the others repeat the last).
+    n: usize,
+    d: usize,
+    /// Columns in whole vectors.
+    full: usize,
+    /// The scores of this pass's first key, row 0 (rows s apart).
+    scores: *mut f32,
+    s: usize,
+}
+
+impl<E: WeightElem> KeyPass<E> {
+    /// The scores of query rows r..r + G: each key vector widened once for the G rows, G ·
+    /// KEYS_PER_PASS independent FMA chains.
+    #[inline(always)]
+    unsafe fn rows<S: Simd, const G: usize>(&self, r: usize) {
+        let mut acc = [[S::zero(); KEYS_PER_PASS]; G];
+        let mut c = 0;
+        while c < self.full {
+            let kv: [S::V; KEYS_PER_PASS] = std::array::from_fn(|i| S::load_w(self.keys[i].add(c)));
+            for (g, acc) in acc.iter_mut().enumerate() {
+                let qv = S::load(self.q.add((r + g) * self.d + c));
+                for (a, key) in acc.iter_mut().zip(kv) {
+                    *a = S::fma(qv, key, *a);
+                }
+            }
+            c += S::LANES;
+        }
+        for (g, acc) in acc.iter().enumerate() {
+            let qr = self.q.add((r + g) * self.d);
+            for (i, (a, key)) in acc.iter().zip(&self.keys).take(self.n).enumerate() {
+                let tail: f32 = (self.full..self.d)
+                    .map(|c| *qr.add(c) * (*key.add(c)).to_f32())
+                    .sum();
+                *self.scores.add((r + g) * self.s + i) = S::sum(*a) + tail;
             }
         }
     }
 }
 
-/// o[c .. c + N · LANES] += Σ_jj p[jj] · V[j0 + jj][c ..], the N vectors held in registers.
-#[inline(always)]
-unsafe fn accumulate<S: Simd, E: WeightElem, const N: usize>(
-    p: &[f32],
+/// One block of the value pass: keys j0..j0 + len of a head, their probabilities in the
+/// scores (rows s apart), summed into the output rows (d apart).
+#[derive(Clone, Copy)]
+struct ValueBlock<E> {
+    p: *const f32,
+    s: usize,
     v: *const E,
     at: Walk,
     j0: usize,
-    c: usize,
-    o: *mut f32,
-) {
-    let mut acc: [S::V; N] = std::array::from_fn(|i| S::load(o.add(c + i * S::LANES)));
-    for (jj, &pj) in p.iter().enumerate() {
-        let pv = S::splat(pj);
-        let row = v.add(at.value(j0 + jj) + c);
-        for (i, a) in acc.iter_mut().enumerate() {
-            *a = S::fma(pv, S::load_w(row.add(i * S::LANES)), *a);
+    len: usize,
+    out: *mut f32,
+    d: usize,
+}
+
+impl<E: WeightElem> ValueBlock<E> {
+    /// Output rows r..r + G, columns c..c + N · LANES += Σ_jj p[jj] · V[j0 + jj]: the G × N
+    /// sums held in registers along the block, each value vector widened once for the G rows.
+    #[inline(always)]
+    unsafe fn accumulate<S: Simd, const G: usize, const N: usize>(&self, r: usize, c: usize) {
+        let o = |g: usize| self.out.add((r + g) * self.d + c);
+        let mut acc: [[S::V; N]; G] =
+            std::array::from_fn(|g| std::array::from_fn(|i| S::load(o(g).add(i * S::LANES))));
+        for jj in 0..self.len {
+            let row = self.v.add(self.at.value(self.j0 + jj) + c);
+            let vv: [S::V; N] = std::array::from_fn(|i| S::load_w(row.add(i * S::LANES)));
+            for (g, acc) in acc.iter_mut().enumerate() {
+                let pv = S::splat(*self.p.add((r + g) * self.s + jj));
+                for (a, value) in acc.iter_mut().zip(vv) {
+                    *a = S::fma(pv, value, *a);
+                }
+            }
+        }
+        for (g, acc) in acc.iter().enumerate() {
+            for (i, a) in acc.iter().enumerate() {
+                S::store(o(g).add(i * S::LANES), *a);
+            }
         }
     }
-    for (i, a) in acc.iter().enumerate() {
-        S::store(o.add(c + i * S::LANES), *a);
+
+    /// Output row `row`'s columns past the whole vectors.
+    #[inline(always)]
+    unsafe fn tail(&self, row: usize, full: usize) {
+        for c in full..self.d {
+            let sum: f32 = (0..self.len)
+                .map(|jj| {
+                    *self.p.add(row * self.s + jj)
+                        * (*self.v.add(self.at.value(self.j0 + jj) + c)).to_f32()
+                })
+                .sum();
+            *self.out.add(row * self.d + c) += sum;
+        }
     }
 }
 
