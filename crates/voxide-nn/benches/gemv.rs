@@ -501,6 +501,7 @@ const HEAD: (usize, usize) = (131072, 3072);
 
 /// One synthetic decoder step (GEMVs only, m = 1) over all matrices, against the floor.
 fn bench_step(int8: bool) {
+    use voxide_nn::kernels::machine::{machine, plan_residency, CycleRead};
     let mut shapes: Vec<(usize, usize)> = (0..LAYERS).flat_map(|_| LAYER.iter().copied()).collect();
     shapes.push(HEAD);
     enum M {
@@ -550,17 +551,31 @@ fn bench_step(int8: bool) {
         .map(|(_, _, k)| (0..*k).map(value).collect())
         .collect();
     let mut ys: Vec<Vec<f32>> = mats.iter().map(|(_, n, _)| vec![0f32; *n]).collect();
+    // The residency a model's plan gives each matrix of the step (`Linear::plan_residency`).
+    let reads: Vec<CycleRead> = mats
+        .iter()
+        .map(|(m, n, k)| {
+            CycleRead::once(match m {
+                M::B(_) => n * k * 2,
+                M::Q(..) => n * k + n * 4,
+            })
+        })
+        .collect();
+    let plan = plan_residency(&reads, 0, machine().cache_budget());
     let one = |i: usize, y: &mut [f32], res: Option<Residency>| {
         let (m, n, k) = &mats[i];
-        let with = |r: Residency| res.unwrap_or(r);
+        let r = res.unwrap_or(plan[i]);
         match m {
-            M::B(w) => {
-                let w = WeightMatrix::new(w, *n, *k);
-                gemv(&xs[i], &w.with_residency(with(w.residency)), None, y, 1)
-            }
+            M::B(w) => gemv(
+                &xs[i],
+                &WeightMatrix::new(w, *n, *k).with_residency(r),
+                None,
+                y,
+                1,
+            ),
             M::Q(q, s) => {
                 let w = WeightMatrix::with_scales(q, s, *n, *k);
-                gemv(&xs[i], &w.with_residency(with(w.residency)), None, y, 1)
+                gemv(&xs[i], &w.with_residency(r), None, y, 1)
             }
         }
     };
@@ -596,7 +611,7 @@ fn bench_step(int8: bool) {
     // round also times the step with every matrix streamed and with every matrix cached.
     let probe = ReadProbe::for_machine(rayon::current_num_threads());
     let variants = [
-        ("", None),
+        (", as planned", None),
         (", all streamed", Some(Residency::Streamed)),
         (", all cached", Some(Residency::Cached)),
     ];
