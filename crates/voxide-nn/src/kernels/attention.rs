@@ -246,11 +246,11 @@ unsafe fn head_body<S: Simd, E: WeightElem>(
     }
 }
 
-/// Calls `f(r, g)` for groups of g query rows from row r: groups of four where the registers
-/// hold their sums (32 vector registers: 16 sums, 4 keys or values, q), else of two, and
-/// single rows for the rest.
+/// Calls `f(r, g)` for groups of g query rows from row r: groups of four on 16-lane vectors
+/// (AVX-512's 32 registers hold the 16 sums, 4 keys or values and q), else of two (AVX2's 16
+/// registers), then single rows for the rest.
 #[inline(always)]
-unsafe fn in_row_groups<S: Simd>(rows: usize, mut f: impl FnMut(usize, usize)) {
+fn in_row_groups<S: Simd>(rows: usize, mut f: impl FnMut(usize, usize)) {
     let widest = if S::LANES >= 16 { 4 } else { 2 };
     let mut r = 0;
     for g in [4, 2, 1] {
