@@ -336,13 +336,7 @@ impl Transcriber for VoxtralRealtime {
         request: &TranscribeRequest,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
-        self.check(request)?;
-        let defaults = self.default_options();
-        let options = StreamOptions {
-            delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
-            kv_dtype: request.kv_dtype.or(defaults.kv_dtype),
-            ..defaults
-        };
+        let options = realtime_options(self, request)?;
         Ok(VoxtralRealtime::transcribe(
             self, samples, options, progress,
         )?)
@@ -382,15 +376,12 @@ impl Transcriber for VoxtralRealtime {
 
     /// As `voxide stream`: greedy, restarting after end-of-stream on the audio that follows.
     fn stream(&self, request: &TranscribeRequest) -> Option<Result<Box<dyn SpeechStream + '_>>> {
-        if let Err(e) = self.check(request) {
-            return Some(Err(e));
-        }
-        let defaults = self.default_options();
-        let options = StreamOptions {
-            delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
-            kv_dtype: request.kv_dtype.or(defaults.kv_dtype),
-            restart_on_eos: true,
-            ..defaults
+        let options = match realtime_options(self, request) {
+            Ok(options) => StreamOptions {
+                restart_on_eos: true,
+                ..options
+            },
+            Err(e) => return Some(Err(e)),
         };
         Some(
             VoxtralRealtime::stream(self, options)
@@ -398,6 +389,18 @@ impl Transcriber for VoxtralRealtime {
                 .map_err(Error::from),
         )
     }
+}
+
+/// The model's default stream options with the request's delay and KV precision, once the
+/// model has accepted the request.
+fn realtime_options(model: &VoxtralRealtime, request: &TranscribeRequest) -> Result<StreamOptions> {
+    model.check(request)?;
+    let defaults = model.default_options();
+    Ok(StreamOptions {
+        delay_ms: request.delay_ms.unwrap_or(defaults.delay_ms),
+        kv_dtype: request.kv_dtype.or(defaults.kv_dtype),
+        ..defaults
+    })
 }
 
 /// Voxtral Mini 3B: one prompt for the whole clip (30 s windows encoded separately), greedy
