@@ -16,6 +16,7 @@ use super::bandwidth::{median, Prefetch};
 use super::gemv_bf16::{self, SplitX};
 use super::gemv_int8::{self, QuantizedX};
 use super::machine::{huge_page_vec, machine, weight_prefetch, Residency};
+use super::next_matrix::{read_then_warm_next, warmable};
 use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem, WEIGHT_KINDS};
 use super::spin_pool::for_each_range;
 use std::cell::Cell;
@@ -229,7 +230,20 @@ pub fn gemv_on<E: WeightElem>(
             Residency::Cached => PREFETCH_BYTES,
         },
     };
-    gemv_ahead(isa, x, w, bias, y, m, ahead)
+    let threads = rayon::current_num_threads();
+    let l2 = machine().caches.l2_per_core;
+    if w.residency == Residency::Streamed && threads > 1 && runs_parallel(w.bytes(), l2) {
+        // The helpers will warm the next streamed matrix while the caller runs what lies
+        // between (`next_matrix`): its second task on, per helper as much as its L2 and as
+        // much again spilled to L3 (0.5 to 4 MB read alike on Zen 5's 1 MB L2s).
+        let start = w.data.as_ptr() as usize;
+        let row_bytes = w.cols * std::mem::size_of::<E>();
+        let per_task = rows_per_task(n, w.bytes(), threads);
+        let region = warmable(start, n, row_bytes, per_task, 2 * l2 * (threads - 1));
+        read_then_warm_next(start, region, || gemv_ahead(isa, x, w, bias, y, m, ahead));
+    } else {
+        gemv_ahead(isa, x, w, bias, y, m, ahead)
+    }
 }
 
 /// [`gemv_on`] with its weights read `ahead` (operands checked by the caller).

@@ -10,6 +10,7 @@ pub mod gemv;
 pub mod gemv_bf16;
 pub mod gemv_int8;
 pub mod machine;
+mod next_matrix;
 pub mod ops;
 pub mod quant_gemm;
 pub mod quant_matmul;

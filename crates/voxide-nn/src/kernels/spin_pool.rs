@@ -12,6 +12,10 @@
 //!
 //! The pool serves one caller at a time; a second caller (another request on a server), a
 //! caller inside a rayon pool of another size, or a nested call takes rayon instead.
+//!
+//! While they spin, the helpers can pull a region the caller names into their caches
+//! ([`warm`]): the next weight matrix, read while the caller runs the serial work before it
+//! (see [`super::next_matrix`]).
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -50,6 +54,32 @@ pub fn for_each_task(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
     }
     (0..tasks).into_par_iter().for_each(task);
 }
+
+/// A region of memory the pool's idle helpers prefetch into their caches, each helper its own
+/// share. Only prefetched, never loaded: a prefetch does not fault, so a region that is no
+/// longer mapped costs nothing but the attempt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Warm {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// Asks the pool's helpers, while they wait for the next loop, to prefetch `region`; a new
+/// loop, or a newer region, ends the warming. Nothing happens where the pool has no helpers
+/// or they are parked.
+pub fn warm(region: Warm) {
+    let Some(pool) = POOL.get() else {
+        return;
+    };
+    if pool.helpers == 0 || region.len == 0 {
+        return;
+    }
+    *pool.shared.warm.lock().unwrap_or_else(|e| e.into_inner()) = region;
+    pool.shared.warm_posted.fetch_add(1, SeqCst);
+}
+
+/// Bytes a helper prefetches between two looks at whether a loop has started (64 lines).
+const WARM_CHUNK: usize = 4096;
 
 /// Runs `task(r0, r1)` over 0..n in ranges of `per_task` (the last may be shorter), as
 /// [`for_each_task`] runs tasks.
@@ -112,17 +142,18 @@ struct Pool {
     shared: &'static Shared,
 }
 
+static POOL: OnceLock<Pool> = OnceLock::new();
+
 /// The pool of the process, sized to the calling thread's rayon pool on first use (the CLI
 /// sizes rayon's global pool before it loads a model).
 fn pool() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let helpers = rayon::current_num_threads().saturating_sub(1);
         let shared: &'static Shared = Box::leak(Box::default());
         for i in 0..helpers {
             std::thread::Builder::new()
                 .name(format!("voxide-spin-{i}"))
-                .spawn(move || shared.help())
+                .spawn(move || shared.help(i, helpers))
                 .expect("spawning a helper thread");
         }
         Pool {
@@ -158,6 +189,9 @@ struct Shared {
     active: AtomicUsize,
     panicked: AtomicBool,
     sleepers: AtomicUsize,
+    /// The region to warm ([`warm`]), and how many have been posted.
+    warm: Mutex<Warm>,
+    warm_posted: AtomicUsize,
     park: Mutex<()>,
     wake: Condvar,
 }
@@ -204,11 +238,13 @@ impl Shared {
         }
     }
 
-    /// A helper's life: wait for an epoch, join it if still open, repeat.
-    fn help(&self) {
+    /// A helper's life (helper `index` of `helpers`): wait for an epoch, join it if still
+    /// open, repeat.
+    fn help(&self, index: usize, helpers: usize) {
         let mut seen = self.epoch.load(SeqCst);
+        let mut warmed = self.warm_posted.load(SeqCst);
         loop {
-            seen = self.next_epoch(seen);
+            seen = self.next_epoch(seen, &mut warmed, index, helpers);
             self.active.fetch_add(1, SeqCst);
             if self.closed.load(SeqCst) < seen {
                 // SAFETY: the epoch is open and we are counted in `active`, so the caller
@@ -223,14 +259,22 @@ impl Shared {
         }
     }
 
-    /// Waits for an epoch after `seen`: spinning for [`SPIN`], then parked.
-    fn next_epoch(&self, seen: usize) -> usize {
+    /// Waits for an epoch after `seen`: spinning for [`SPIN`], then parked. While spinning,
+    /// warms its share of each region posted after the `warmed`-th.
+    fn next_epoch(&self, seen: usize, warmed: &mut usize, index: usize, helpers: usize) -> usize {
         let deadline = Instant::now() + SPIN;
         let mut spins = 0u32;
         loop {
             let epoch = self.epoch.load(SeqCst);
             if epoch != seen {
                 return epoch;
+            }
+            let posted = self.warm_posted.load(SeqCst);
+            if posted != *warmed {
+                *warmed = posted;
+                let region = *self.warm.lock().unwrap_or_else(|e| e.into_inner());
+                self.warm_share(region, index, helpers, seen);
+                continue;
             }
             spins += 1;
             if spins.is_multiple_of(SPINS_PER_CLOCK_READ) && Instant::now() >= deadline {
@@ -248,6 +292,35 @@ impl Shared {
         self.sleepers.fetch_sub(1, SeqCst);
         epoch
     }
+
+    /// Prefetches share `index` of `helpers` of `region` in chunks, until done or until an
+    /// epoch after `seen` starts.
+    fn warm_share(&self, region: Warm, index: usize, helpers: usize, seen: usize) {
+        let share = region.len.div_ceil(helpers);
+        let start = region.start + index * share;
+        let end = (start + share).min(region.start + region.len);
+        for chunk in (start..end).step_by(WARM_CHUNK) {
+            for line in (chunk..(chunk + WARM_CHUNK).min(end)).step_by(64) {
+                prefetch(line);
+            }
+            if self.epoch.load(SeqCst) != seen {
+                return;
+            }
+        }
+    }
+}
+
+/// Prefetches the cache line at `addr` into all levels (a hint: it never faults).
+#[inline(always)]
+fn prefetch(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 reads nothing architecturally and does not fault on any address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(addr as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
 }
 
 #[cfg(test)]
@@ -303,6 +376,26 @@ mod tests {
                 "{len} in chunks of {chunk}"
             );
         }
+    }
+
+    #[test]
+    fn loops_run_every_task_while_the_helpers_warm_a_region() {
+        let expected: u64 = (0..100u64).map(|i| i * i).sum();
+        assert_eq!(sum_of_squares(100), expected);
+        let buffer = vec![1u8; 8 << 20];
+        let region = Warm {
+            start: buffer.as_ptr() as usize,
+            len: buffer.len(),
+        };
+        for _ in 0..20 {
+            warm(region);
+            assert_eq!(sum_of_squares(100), expected);
+        }
+        // A region freed since it was posted is prefetched without a fault.
+        drop(buffer);
+        warm(region);
+        std::thread::sleep(Duration::from_millis(1));
+        assert_eq!(sum_of_squares(100), expected);
     }
 
     #[test]
