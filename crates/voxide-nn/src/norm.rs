@@ -1,5 +1,6 @@
 //! Normalisation layers, computed in f32 like the references.
 
+use crate::kernels::ops::RmsNormOp;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -58,7 +59,12 @@ impl RmsNorm {
 
     /// x: (..., dim) -> (..., dim).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            x.contiguous()?
+                .apply_op2_no_bwd(&self.weight, &RmsNormOp { eps: self.eps })
+        } else {
+            candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+        }
     }
 }
 
@@ -107,6 +113,38 @@ mod tests {
         for i in 0..4 {
             let want = row[i] / rms * w.to_vec1::<f32>()?[i];
             assert!((got[0][i] - want).abs() < 1e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rms_norm_of_every_width_and_row_count_matches_f64() -> Result<()> {
+        let dev = Device::Cpu;
+        for (rows, width) in [(1, 1), (3, 17), (16, 128), (1, 1024), (40, 3072), (700, 64)] {
+            let x: Vec<f32> = (0..rows * width)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 97.0)
+                .collect();
+            let alpha: Vec<f32> = (0..width).map(|j| 0.5 + (j % 13) as f32 / 8.0).collect();
+            let norm = RmsNorm {
+                weight: Tensor::new(alpha.as_slice(), &dev)?,
+                eps: 1e-6,
+            };
+            let got = norm
+                .forward(&Tensor::from_vec(x.clone(), (1, rows, width), &dev)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            for (r, row) in x.chunks(width).enumerate() {
+                let mean = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / width as f64;
+                let rms = (mean + 1e-6).sqrt();
+                for (j, &v) in row.iter().enumerate() {
+                    let want = v as f64 / rms * alpha[j] as f64;
+                    let got = got[r * width + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "{rows}×{width} [{r}][{j}]: {got} vs {want}"
+                    );
+                }
+            }
         }
         Ok(())
     }
