@@ -478,6 +478,27 @@ impl candle_core::InplaceOp1 for GeluErfInPlace {
     }
 }
 
+/// Runs `row(y, x)` for each row of `y` (`y_width` values) and the matching row of `x`
+/// (`x_width`), on rayon in tasks of at least 16 K output values, so that a decoder step's
+/// rows run at once on the calling thread.
+fn rows_in_parallel(
+    y: &mut [f32],
+    y_width: usize,
+    x: &[f32],
+    x_width: usize,
+    row: impl Fn(&mut [f32], &[f32]) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    const TASK_VALUES: usize = 1 << 14;
+    if y_width == 0 || x_width == 0 {
+        return;
+    }
+    y.par_chunks_mut(y_width)
+        .zip(x.par_chunks(x_width))
+        .with_min_len(TASK_VALUES / y_width + 1)
+        .for_each(|(y, x)| row(y, x));
+}
+
 /// candle op: the SwiGLU product silu(g) · u of a contiguous f32 (..., 2h) tensor holding
 /// [gate; up] side by side ([`crate::linear::LinearStack`]) → (..., h), in one vectorised pass
 /// with the crate's polynomial eˣ (relative error ~2e-7). candle's SiLU calls libm's expf per
@@ -508,9 +529,6 @@ impl CustomOp1 for SiluMul {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        /// Output elements per parallel task (a decoder step's row runs at once).
-        const CHUNK: usize = 1 << 14;
         let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
             candle_core::bail!("silu-mul: takes a contiguous f32 tensor");
         };
@@ -523,16 +541,11 @@ impl CustomOp1 for SiluMul {
         dims.push(h);
         let x = &v[start..end];
         let mut y = vec![0f32; x.len() / 2];
-        if h > 0 {
-            let isa = Isa::detect();
-            y.par_chunks_mut(h)
-                .zip(x.par_chunks(width))
-                .with_min_len(CHUNK / h + 1)
-                .for_each(|(y, x)| {
-                    let (g, u) = x.split_at(h);
-                    silu_mul_row(isa, g, u, y);
-                });
-        }
+        let isa = Isa::detect();
+        rows_in_parallel(&mut y, h, x, width, |y, x| {
+            let (g, u) = x.split_at(h);
+            silu_mul_row(isa, g, u, y);
+        });
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 }
@@ -586,9 +599,6 @@ impl CustomOp2 for RmsNormOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        /// Elements per parallel task (a decoder step's rows run at once).
-        const CHUNK: usize = 1 << 14;
         let (CpuStorage::F32(x), CpuStorage::F32(alpha)) = (s1, s2) else {
             candle_core::bail!("rms-norm: takes f32 tensors");
         };
@@ -599,13 +609,10 @@ impl CustomOp2 for RmsNormOp {
             candle_core::bail!("rms-norm: {} weights for rows of {width}", alpha.len());
         }
         let mut y = vec![0f32; x.len()];
-        if width > 0 {
-            let isa = Isa::detect();
-            y.par_chunks_mut(width)
-                .zip(x.par_chunks(width))
-                .with_min_len(CHUNK / width + 1)
-                .for_each(|(y, x)| rms_norm_row(isa, x, alpha, self.eps, y));
-        }
+        let isa = Isa::detect();
+        rows_in_parallel(&mut y, width, x, width, |y, x| {
+            rms_norm_row(isa, x, alpha, self.eps, y)
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 }
