@@ -9,8 +9,8 @@
 //! run, the idle helpers prefetch that matrix's rows past the first task
 //! ([`super::spin_pool::warm`]). The caller, which starts the next loop, takes the first task
 //! itself; the helpers take the tasks after it, so the rows they warmed sit in their own
-//! caches (warming the first task as well, for the caller to read from a helper's L2, read
-//! ~1 % slower when the memory is fast). PERFORMANCE.md, "The next matrix warmed".
+//! caches (warming the first task as well, for the caller to read from a helper's L2, lost
+//! the gain when the memory is fast). PERFORMANCE.md, "The next matrix warmed".
 //!
 //! A wrong guess (another model's GEMV in between, a matrix freed since) costs the bandwidth
 //! of one region: the helpers only prefetch, and a prefetch never faults.
