@@ -230,19 +230,19 @@ pub fn gemv_on<E: WeightElem>(
             Residency::Cached => PREFETCH_BYTES,
         },
     };
-    let threads = rayon::current_num_threads();
-    let l2 = machine().caches.l2_per_core;
-    if w.residency == Residency::Streamed && threads > 1 && runs_parallel(w.bytes(), l2) {
-        // The helpers will warm the next streamed matrix while the caller runs what lies
-        // between (`next_matrix`): its second task on, per helper as much as its L2 and as
-        // much again spilled to L3 (0.5 to 4 MB read alike on Zen 5's 1 MB L2s).
-        let start = w.data.as_ptr() as usize;
-        let row_bytes = w.cols * std::mem::size_of::<E>();
-        let per_task = rows_per_task(n, w.bytes(), threads);
-        let region = warmable(start, n, row_bytes, per_task, 2 * l2 * (threads - 1));
-        read_then_warm_next(start, region, || gemv_ahead(isa, x, w, bias, y, m, ahead));
-    } else {
-        gemv_ahead(isa, x, w, bias, y, m, ahead)
+    match parallel_rows(n, w.bytes(), w.residency) {
+        Some(per_task) if w.residency == Residency::Streamed => {
+            // The helpers will warm the next streamed matrix while the caller runs what lies
+            // between (`next_matrix`): its second task on, per helper as much as its L2 and
+            // as much again spilled to L3 (0.5 to 4 MB read alike on Zen 5's 1 MB L2s).
+            let helpers = rayon::current_num_threads() - 1;
+            let start = w.data.as_ptr() as usize;
+            let row_bytes = w.cols * std::mem::size_of::<E>();
+            let cap = 2 * machine().caches.l2_per_core * helpers;
+            let region = warmable(start, n, row_bytes, per_task, cap);
+            read_then_warm_next(start, region, || gemv_ahead(isa, x, w, bias, y, m, ahead));
+        }
+        _ => gemv_ahead(isa, x, w, bias, y, m, ahead),
     }
 }
 
@@ -308,19 +308,26 @@ thread_local! {
     static PAIRED_X: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Runs `task` over output rows 0..n: in tasks of [`rows_per_task`] on all threads when a
-/// matrix of `bytes` is worth it ([`runs_parallel`]), else at once.
+/// Runs `task` over output rows 0..n: in tasks of [`parallel_rows`] on all threads, or at once.
 fn for_rows(n: usize, bytes: usize, residency: Residency, task: impl Fn(usize, usize) + Sync) {
-    let threads = rayon::current_num_threads();
-    if !runs_parallel(bytes, machine().caches.l2_per_core) || threads == 1 {
-        task(0, n);
-    } else {
-        let rows = match residency {
-            Residency::Streamed => rows_per_task(n, bytes, threads),
-            Residency::Cached => CACHED_ROWS_PER_TASK,
-        };
-        for_each_range(n, rows, &task);
+    match parallel_rows(n, bytes, residency) {
+        Some(rows) => for_each_range(n, rows, &task),
+        None => task(0, n),
     }
+}
+
+/// Output rows per parallel task of a matrix of n rows and `bytes` read as `residency`
+/// ([`rows_per_task`] when streamed), or `None` where it is read at once on the calling thread
+/// (one thread, or a matrix not worth the fork: [`runs_parallel`]).
+fn parallel_rows(n: usize, bytes: usize, residency: Residency) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    if threads == 1 || !runs_parallel(bytes, machine().caches.l2_per_core) {
+        return None;
+    }
+    Some(match residency {
+        Residency::Streamed => rows_per_task(n, bytes, threads),
+        Residency::Cached => CACHED_ROWS_PER_TASK,
+    })
 }
 
 /// Output rows per task for a streamed matrix of n rows and `bytes` on `threads` threads:

@@ -16,7 +16,7 @@
 //! of one region: the helpers only prefetch, and a prefetch never faults.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex};
 
 use super::spin_pool::{warm, Warm};
 
@@ -71,15 +71,15 @@ pub(crate) fn warmable(
 /// Runs `gemv`, the product with the streamed matrix at `key` (warmable `region`), then has
 /// the helpers warm the matrix that followed it last time.
 pub(crate) fn read_then_warm_next(key: usize, region: Warm, gemv: impl FnOnce()) {
-    lock().read(key, region);
+    let next = {
+        let mut successors = SUCCESSORS.lock().unwrap_or_else(|e| e.into_inner());
+        successors.read(key, region);
+        successors.after(key)
+    };
     gemv();
-    if let Some(next) = lock().after(key) {
+    if let Some(next) = next {
         warm(next);
     }
-}
-
-fn lock() -> MutexGuard<'static, Successors> {
-    SUCCESSORS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
