@@ -3,6 +3,7 @@
 
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
 use crate::kernels::ops::{to_dtype_contiguous, SoftmaxLastDimInPlace};
+use crate::kernels::step_heads::{QkNorm, StepHeads, WriteHeads, MAX_HEAD_DIM};
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, LinearStack, WeightFormat};
 use crate::norm::RmsNorm;
@@ -243,6 +244,85 @@ impl Attention {
     pub fn forward(
         &self,
         x: &Tensor,
+        mut source: KvSource<'_>,
+        causal: bool,
+        rope: Option<(&RotaryEmbedding, usize)>,
+    ) -> Result<Tensor> {
+        let (batch, t, _) = x.dims3()?;
+        if let (KvSource::Cached(cache), Some((rope, offset))) = (&mut source, rope) {
+            if batch == 1 && t == 1 && self.takes_step_kernel(x) {
+                return self.forward_step(x, cache, rope, offset);
+            }
+        }
+        self.forward_blocks(x, source, causal, rope)
+    }
+
+    /// Whether a decoder step of x runs [`Self::forward_step`]: f32 on the CPU, heads within the
+    /// kernels' limits, q, k and v from x.
+    fn takes_step_kernel(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && matches!(self.input, InputProjections::Own(_))
+            && self.n_heads / self.n_kv_heads <= MAX_QUERY_ROWS
+            && self.head_dim <= MAX_HEAD_DIM
+    }
+
+    /// One position of one sequence, x (1, 1, dim) at `offset`, against `cache`: the step
+    /// kernels ([`StepHeads`], [`WriteHeads`], [`DecodeAttention`]) in place of the general
+    /// path's tensor operations; the same arithmetic.
+    fn forward_step(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        rope: &RotaryEmbedding,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let InputProjections::Own(qkv) = &self.input else {
+            candle_core::bail!("a decoder step projects its own keys and values");
+        };
+        let (q_dim, kv_dim) = (
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
+        let qkv = qkv.forward(x)?.reshape((1, q_dim + 2 * kv_dim))?;
+        let (cos, sin) = rope.tables(offset, 1)?;
+        let heads = StepHeads {
+            heads: self.n_heads,
+            kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            layout: rope.layout(),
+            qk_norm: None,
+        };
+        let step = match &self.qk_norm {
+            Some((q_norm, k_norm)) => q_norm.with_values(|q, eps| {
+                k_norm.with_values(|k, _| {
+                    qkv.apply_op3_no_bwd(&cos, &sin, &heads.with_norm(QkNorm { q, k, eps }))
+                })
+            })?,
+            None => qkv.apply_op3_no_bwd(&cos, &sin, &heads)?,
+        };
+        let view = cache.append_in_place(1, |k, v, at| {
+            k.inplace_op2(&step, &WriteHeads { column: q_dim, at })?;
+            v.inplace_op2(
+                &step,
+                &WriteHeads {
+                    column: q_dim + kv_dim,
+                    at,
+                },
+            )
+        })?;
+        let group = self.n_heads / self.n_kv_heads;
+        let q = step
+            .narrow(1, 0, q_dim)?
+            .reshape((1, self.n_kv_heads, group, self.head_dim))?;
+        let out = q.apply_op3_no_bwd(&view.k, &view.v, &DecodeAttention)?;
+        self.o.forward(&out.reshape((1, 1, q_dim))?)
+    }
+
+    /// [`Self::forward`] on the general path: any batch and block of positions.
+    fn forward_blocks(
+        &self,
+        x: &Tensor,
         source: KvSource<'_>,
         causal: bool,
         rope: Option<(&RotaryEmbedding, usize)>,
@@ -457,12 +537,12 @@ mod tests {
     }
 
     fn layer(dim: usize, heads: usize, kv_heads: usize, dev: &Device) -> Result<Attention> {
-        layer_as(dim, heads, kv_heads, false, dev)
+        layer_as(dim, heads, kv_heads, false, false, dev)
     }
 
     /// A cross-attention layer of the same shapes.
     fn cross_layer(dim: usize, heads: usize, kv_heads: usize, dev: &Device) -> Result<Attention> {
-        layer_as(dim, heads, kv_heads, true, dev)
+        layer_as(dim, heads, kv_heads, true, false, dev)
     }
 
     fn layer_as(
@@ -470,6 +550,7 @@ mod tests {
         heads: usize,
         kv_heads: usize,
         cross: bool,
+        qk_norm: bool,
         dev: &Device,
     ) -> Result<Attention> {
         let hd = dim / heads;
@@ -488,6 +569,12 @@ mod tests {
             );
         }
         ts.insert("o.weight".into(), random(&[dim, heads * hd], 9, dev)?);
+        if qk_norm {
+            for (i, name) in ["q_norm", "k_norm"].into_iter().enumerate() {
+                let w = (random(&[hd], 20 + i as u64, dev)? + 1.0)?;
+                ts.insert(format!("{name}.weight"), w);
+            }
+        }
         let vb = VarBuilder::from_tensors(ts, DType::F32, dev);
         let cfg = AttentionConfig {
             dim,
@@ -496,7 +583,7 @@ mod tests {
             head_dim: hd,
             bias: [false; 4],
             names: ["q", "k", "v", "o"],
-            qk_norm_eps: None,
+            qk_norm_eps: qk_norm.then_some(1e-6),
         };
         if cross {
             Attention::load_cross(vb, cfg)
@@ -630,6 +717,64 @@ mod tests {
                 let got = attn.forward(&x, KvSource::Cross(&half), false, None)?;
                 let diff = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(diff < tol, "{dtype:?} t={t}: {diff}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A decoder step through the step kernels gives the general path's bits, and leaves the
+    /// same keys and values in the cache: with and without Qwen3's q/k norms, both RoPE
+    /// layouts, f32 / f16 / bf16 caches, full and sliding, positions inside the RoPE table and
+    /// past it.
+    #[test]
+    fn step_kernels_equal_the_general_path() -> Result<()> {
+        use crate::rope::RopeLayout;
+        let dev = Device::Cpu;
+        for qk_norm in [false, true] {
+            let attn = layer_as(32, 4, 2, false, qk_norm, &dev)?;
+            assert!(attn.takes_step_kernel(&random(&[1, 1, 32], 0, &dev)?));
+            for layout in [RopeLayout::Interleaved, RopeLayout::RotateHalf] {
+                let rope = RotaryEmbedding::new(8, 9, 10000.0, layout, &dev)?;
+                for dtype in [DType::F32, DType::F16, DType::BF16] {
+                    for window in [None, Some(4)] {
+                        let cache = || match window {
+                            None => KvCache::new(1, 2, 16, 8, dtype, &dev),
+                            Some(w) => KvCache::sliding(2, w, 3, 8, dtype, &dev),
+                        };
+                        let (mut fused, mut general) = (cache()?, cache()?);
+                        let x = random(&[1, 14, 32], 11, &dev)?;
+                        let prompt = x.narrow(1, 0, 3)?;
+                        for c in [&mut fused, &mut general] {
+                            attn.forward(&prompt, KvSource::Cached(c), true, Some((&rope, 0)))?;
+                        }
+                        for at in 3..14 {
+                            let case = format!("{qk_norm} {layout:?} {dtype:?} {window:?} {at}");
+                            let xi = x.narrow(1, at, 1)?;
+                            let rope = Some((&rope, at));
+                            let got =
+                                attn.forward(&xi, KvSource::Cached(&mut fused), true, rope)?;
+                            let want = attn.forward_blocks(
+                                &xi,
+                                KvSource::Cached(&mut general),
+                                true,
+                                rope,
+                            )?;
+                            let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                                let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                                Ok(v.iter().map(|v| v.to_bits()).collect())
+                            };
+                            assert_eq!(bits(&got)?, bits(&want)?, "{case}");
+                            // What the cache holds: the view of one more (zero) position,
+                            // appended to a copy.
+                            let cached = |c: &KvCache| -> Result<(Vec<u32>, Vec<u32>)> {
+                                let zero = Tensor::zeros((1, 2, 1, 8), DType::F32, &dev)?;
+                                let view = c.fork()?.append(&zero, &zero)?;
+                                Ok((bits(&view.k)?, bits(&view.v)?))
+                            };
+                            assert_eq!(cached(&fused)?, cached(&general)?, "cache: {case}");
+                        }
+                    }
+                }
             }
         }
         Ok(())

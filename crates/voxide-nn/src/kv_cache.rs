@@ -159,7 +159,20 @@ impl KvCache {
     /// the new block attends to: all cached positions, or with a sliding window the last
     /// `window - 1` older ones plus the block.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<KvView> {
-        let t = k.dim(2)?;
+        self.append_in_place(k.dim(2)?, |k_buf, v_buf, at| {
+            k_buf.slice_set(&to_dtype_contiguous(k, k_buf.dtype())?, 2, at)?;
+            v_buf.slice_set(&to_dtype_contiguous(v, v_buf.dtype())?, 2, at)
+        })
+    }
+
+    /// [`Self::append`] for `t` positions that `write(k_buffer, v_buffer, at)` writes into the
+    /// buffers (batch, kv_heads, capacity, head_dim) itself, at positions at..at + t (a
+    /// decoder step's kernel writes its key and value there directly).
+    pub fn append_in_place(
+        &mut self,
+        t: usize,
+        write: impl FnOnce(&Tensor, &Tensor, usize) -> Result<()>,
+    ) -> Result<KvView> {
         if self.len + t > self.capacity() && self.capacity() < self.max_capacity {
             self.grow(
                 (self.len + t)
@@ -179,10 +192,7 @@ impl KvCache {
                 self.capacity()
             );
         }
-        self.k
-            .slice_set(&to_dtype_contiguous(k, self.k.dtype())?, 2, self.len)?;
-        self.v
-            .slice_set(&to_dtype_contiguous(v, self.v.dtype())?, 2, self.len)?;
+        write(&self.k, &self.v, self.len)?;
         self.len += t;
         let visible = match self.window {
             Some(window) => self.len.min(window - 1 + t),

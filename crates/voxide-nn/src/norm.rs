@@ -1,7 +1,7 @@
 //! Normalisation layers, computed in f32 like the references.
 
 use crate::kernels::ops::RmsNormOp;
-use candle_core::{DType, Result, Tensor};
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// Norm parameters are vectors: always f32, whatever the dtype of the matrices.
@@ -55,6 +55,16 @@ impl RmsNorm {
             weight: (self.weight * factor)?,
             ..self
         })
+    }
+
+    /// Runs `f` on the weights as plain values (CPU), with epsilon, for a kernel that norms
+    /// inside a larger pass.
+    pub fn with_values<R>(&self, f: impl FnOnce(&[f32], f32) -> Result<R>) -> Result<R> {
+        let (storage, layout) = self.weight.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(w)), Some((a, b))) => f(&w[a..b], self.eps),
+            _ => candle_core::bail!("RmsNorm::with_values: the weights are not f32 on the CPU"),
+        }
     }
 
     /// x: (..., dim) -> (..., dim).

@@ -48,25 +48,34 @@ impl RotaryEmbedding {
         })
     }
 
-    /// Rotates x: (batch, heads, t, head_dim) for positions offset..offset+t.
-    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let t = x.dim(2)?;
-        let (cos, sin) = if offset + t <= self.cos.dim(0)? {
-            (
+    /// How the rotated pairs lie in a head.
+    pub fn layout(&self) -> RopeLayout {
+        self.layout
+    }
+
+    /// cos and sin of positions offset..offset+t: (t, head_dim / 2) each, f32.
+    pub fn tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        if offset + t <= self.cos.dim(0)? {
+            return Ok((
                 self.cos.narrow(0, offset, t)?,
                 self.sin.narrow(0, offset, t)?,
-            )
-        } else {
-            // Same f32 arithmetic as the table: angle = position · inv_freq.
-            let angles: Vec<f32> = (offset..offset + t)
-                .flat_map(|p| self.inv_freq.iter().map(move |f| p as f32 * f))
-                .collect();
-            let shape = (t, self.inv_freq.len());
-            (
-                Tensor::from_vec(angles.iter().map(|a| a.cos()).collect(), shape, x.device())?,
-                Tensor::from_vec(angles.iter().map(|a| a.sin()).collect(), shape, x.device())?,
-            )
-        };
+            ));
+        }
+        // Same f32 arithmetic as the table: angle = position · inv_freq.
+        let angles: Vec<f32> = (offset..offset + t)
+            .flat_map(|p| self.inv_freq.iter().map(move |f| p as f32 * f))
+            .collect();
+        let shape = (t, self.inv_freq.len());
+        let device = self.cos.device();
+        Ok((
+            Tensor::from_vec(angles.iter().map(|a| a.cos()).collect(), shape, device)?,
+            Tensor::from_vec(angles.iter().map(|a| a.sin()).collect(), shape, device)?,
+        ))
+    }
+
+    /// Rotates x: (batch, heads, t, head_dim) for positions offset..offset+t.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (cos, sin) = self.tables(offset, x.dim(2)?)?;
         let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         let x = x.contiguous()?;
         match self.layout {

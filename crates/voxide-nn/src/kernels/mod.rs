@@ -20,6 +20,7 @@ pub mod small_m;
 pub mod small_m_int8;
 pub mod softmax;
 pub mod spin_pool;
+pub mod step_heads;
 pub mod widen_gemm;
 pub mod winograd;
 

@@ -564,7 +564,7 @@ const RMS_LANES: usize = 16;
 
 isa_entries! {
     /// One row: y = x / √(mean(x²) + ε) · α.
-    fn rms_norm_row<>(x: &[f32], alpha: &[f32], eps: f32, y: &mut [f32]) => rms_norm_body
+    pub(crate) fn rms_norm_row<>(x: &[f32], alpha: &[f32], eps: f32, y: &mut [f32]) => rms_norm_body
 }
 
 #[inline(always)]
