@@ -161,6 +161,7 @@ pub fn run(args: AskArgs) -> Result<()> {
     if conversation.messages.is_empty() {
         bail!("nothing to ask: give a question (with --audio FILE) or --messages FILE");
     }
+    voxtral::prompt::check_conversation(&conversation.messages)?;
     if conversation.clips.is_empty() {
         bail!("Voxtral answers questions about audio: give at least one --audio FILE");
     }

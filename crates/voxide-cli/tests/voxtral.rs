@@ -199,6 +199,15 @@ fn bad_input_is_one_line_and_exit_1() {
             r#"[{"role": "user", "content": 5}]"#,
             "content must be a string or a list of chunks",
         ),
+        // The conversation's shape is checked before its audio is asked for.
+        (
+            r#"[{"role": "assistant", "content": "Hello."}]"#,
+            "the last message must be the user's",
+        ),
+        (
+            r#"[{"role": "user", "content": []}]"#,
+            "a user message has no content",
+        ),
     ] {
         std::fs::write(&messages, json).unwrap();
         let e = error_line(&ask(&model, &["--messages", s(&messages)]));

@@ -86,21 +86,11 @@ pub fn transcription(
 /// answers next).
 pub fn chat(tekken: &Tekken, messages: &[Message], tokens_per_window: usize) -> Result<Vec<u32>> {
     let c = Controls::of(tekken)?;
-    let invalid = |m: &str| Err(Error::InvalidRequest(m.into()));
-    match messages.last() {
-        None => return invalid("a conversation needs at least one message"),
-        Some(m) if m.role != Role::User => {
-            return invalid("the last message must be the user's: the model answers it")
-        }
-        _ => {}
-    }
+    check_conversation(messages)?;
     let mut ids = vec![c.bos];
     for message in messages {
         match message.role {
             Role::User => {
-                if message.content.is_empty() {
-                    return invalid("a user message has no content");
-                }
                 ids.push(c.inst);
                 for content in &message.content {
                     match content {
@@ -114,11 +104,8 @@ pub fn chat(tekken: &Tekken, messages: &[Message], tokens_per_window: usize) -> 
             }
             Role::Assistant => {
                 for content in &message.content {
-                    match content {
-                        Content::Text(text) => ids.extend(tekken.encode(text)?),
-                        Content::Audio { .. } => {
-                            return invalid("an assistant message cannot hold audio")
-                        }
+                    if let Content::Text(text) = content {
+                        ids.extend(tekken.encode(text)?);
                     }
                 }
                 ids.push(c.eos);
@@ -126,6 +113,34 @@ pub fn chat(tekken: &Tekken, messages: &[Message], tokens_per_window: usize) -> 
         }
     }
     Ok(ids)
+}
+
+/// Refuses a conversation that [`chat`] cannot prompt: none, one that does not end with the
+/// user's turn (the model answers it), an empty user turn, audio in an assistant turn. Needs
+/// no model, so a front end can check a request before it loads one.
+pub fn check_conversation(messages: &[Message]) -> Result<()> {
+    let invalid = |m: &str| Err(Error::InvalidRequest(m.into()));
+    match messages.last() {
+        None => return invalid("a conversation needs at least one message"),
+        Some(m) if m.role != Role::User => {
+            return invalid("the last message must be the user's: the model answers it")
+        }
+        _ => {}
+    }
+    for message in messages {
+        let audio = message
+            .content
+            .iter()
+            .any(|c| matches!(c, Content::Audio { .. }));
+        match message.role {
+            Role::User if message.content.is_empty() => {
+                return invalid("a user message has no content")
+            }
+            Role::Assistant if audio => return invalid("an assistant message cannot hold audio"),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The instruction `--task translate --language xx` sends after the audio: "Translate this
