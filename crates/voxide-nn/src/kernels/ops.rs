@@ -24,7 +24,7 @@ use candle_core::{
 
 type Operand<'a> = (&'a CpuStorage, &'a Layout);
 
-fn contiguous<'a, T>(name: &str, v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T>(name: &str, v: &'a [T], l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{name}: needs contiguous inputs"),

@@ -1,6 +1,6 @@
 //! A decoder step's queries, keys and values, taken from the stacked q/k/v projection of one
-//! position: Qwen3's per-head q/k RMSNorm and RoPE in one pass over the row
-//! ([`StepHeads`]), and the new key and value written straight into the KV cache's buffers in
+//! position: the per-head q/k RMSNorm where the model has one (Qwen3) and RoPE, in one pass
+//! over the row ([`StepHeads`]), and the new key and value written straight into the KV cache's buffers in
 //! the cache's dtype ([`WriteHeads`]).
 //!
 //! The general path of [`crate::Attention`] takes about fifteen candle operations for this per
@@ -9,7 +9,7 @@
 //! each with its own allocation. The arithmetic here is the same, in the same order (candle's
 //! rotation formulas, [`super::ops::RmsNormOp`]'s row), so both paths give the same bits.
 
-use super::ops::rms_norm_row;
+use super::ops::{contiguous, rms_norm_row};
 use super::simd::Isa;
 use crate::rope::RopeLayout;
 use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape};
@@ -36,10 +36,13 @@ pub struct StepHeads<'a> {
     pub qk_norm: Option<QkNorm<'a>>,
 }
 
+/// Widest head the step kernels take (Voxtral's and Qwen3's are 128 wide).
+pub const MAX_HEAD_DIM: usize = 256;
+
 fn contiguous_f32<'a>(name: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{name}: takes contiguous f32 tensors"),
+    match s {
+        CpuStorage::F32(v) => contiguous(name, v, l),
+        _ => candle_core::bail!("{name}: takes f32 tensors"),
     }
 }
 
@@ -75,9 +78,6 @@ impl StepHeads<'_> {
         }
     }
 }
-
-/// Widest head the step kernel takes (Whisper, Voxtral and Qwen3 heads are 64 or 128 wide).
-pub const MAX_HEAD_DIM: usize = 256;
 
 impl CustomOp3 for StepHeads<'_> {
     fn name(&self) -> &'static str {
