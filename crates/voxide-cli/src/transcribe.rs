@@ -240,6 +240,9 @@ pub fn cap_threads(threads: Option<usize>) -> Result<()> {
 
 pub fn run(args: TranscribeArgs) -> Result<()> {
     set_threads(args.threads)?;
+    if args.max_new_tokens == Some(0) {
+        bail!("--max-new-tokens must be at least 1");
+    }
     if let Some(dir) = &args.output_dir {
         let mut written = std::collections::HashMap::new();
         for file in &args.files {

@@ -732,6 +732,11 @@ fn options_out_of_range_get_a_one_line_error() {
         ("--length-penalty", "NaN", "--length-penalty"),
         ("--no-speech-threshold", "5", "--no-speech-threshold"),
         ("--delay-ms", "480", "--delay-ms"),
+        (
+            "--max-new-tokens",
+            "0",
+            "--max-new-tokens must be at least 1",
+        ),
     ] {
         let mut args = vec!["transcribe", "--model", m, option, value, a];
         if option == "--patience" {
@@ -739,6 +744,10 @@ fn options_out_of_range_get_a_one_line_error() {
         }
         fails(&args, expect);
     }
+    fails(
+        &quick_bench(&model, "0"),
+        "--fixed-steps must be at least 1",
+    );
 }
 
 #[test]

@@ -105,8 +105,8 @@ pub(crate) fn reset_peak_rss() {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     set_threads(args.threads)?;
-    if args.repeats == 0 {
-        bail!("--repeats must be at least 1");
+    if args.repeats == 0 || args.fixed_steps == Some(0) {
+        bail!("--repeats and --fixed-steps must be at least 1");
     }
     let _trace = match &args.trace {
         Some(path) => Some(start_trace(path)?),
