@@ -68,10 +68,12 @@ pub struct SpeakArgs {
     /// chunks double up to this (longer chunks decode faster).
     #[arg(long, default_value_t = 16)]
     chunk_frames: usize,
-    /// Output file (WAV); without it, audio goes to standard output.
-    #[arg(short, long, value_name = "FILE.wav")]
+    /// Output file (WAV, or raw PCM with `--output-format pcm`); without it, audio goes to
+    /// standard output.
+    #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Standard output's encoding: a WAV stream or raw 16-bit little-endian PCM.
+    /// The audio's encoding, in the file or on standard output: WAV or raw 16-bit
+    /// little-endian PCM.
     #[arg(long, default_value = "wav", value_parser = ["wav", "pcm"])]
     output_format: String,
     /// Print the checkpoint's voices and languages and exit.
@@ -213,13 +215,17 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         chunk_frames: args.chunk_frames,
     };
     let rate = synthesizer.sample_rate();
+    let format = match args.output_format.as_str() {
+        "pcm" => PcmOutFormat::S16le,
+        _ => PcmOutFormat::Wav,
+    };
     let stats = match output {
         Some(output) => {
             let file = output.open()?;
             // Only a regular file (or a link to one) can seek back to put the real sizes in the
             // header; a FIFO or a device keeps the stream's "unknown length" ones.
             let seekable = file.metadata().is_ok_and(|m| m.is_file());
-            let mut writer = PcmWriter::new(BufWriter::new(file), PcmOutFormat::Wav, rate);
+            let mut writer = PcmWriter::new(BufWriter::new(file), format, rate);
             let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
             let written = written.and_then(|()| {
                 if seekable {
@@ -233,10 +239,6 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             stats
         }
         None => {
-            let format = match args.output_format.as_str() {
-                "pcm" => PcmOutFormat::S16le,
-                _ => PcmOutFormat::Wav,
-            };
             let mut writer = PcmWriter::new(std::io::stdout().lock(), format, rate);
             let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
             unless_closed(written.and_then(|()| writer.finish().map(drop)))

@@ -99,6 +99,14 @@ fn wav_file_pcm_stream_and_chunking_agree() {
     assert!(!data.is_empty() && data.len().is_multiple_of(1920 * 2) && data.len() <= 5 * 1920 * 2);
     assert!(data.iter().any(|&b| b != 0));
 
+    // Raw PCM into a file: the WAV's samples without the header.
+    let raw = dir.join("out.pcm");
+    let mut args = vec!["speak", "--model", s(&model), "-o", s(&raw)];
+    args.extend(GREEDY);
+    args.extend(["--output-format", "pcm", "Hello there."]);
+    assert!(voxide(&args).status.success());
+    assert_eq!(std::fs::read(&raw).unwrap(), data);
+
     for chunk in ["1", "3"] {
         let mut args = vec!["speak", "--model", s(&model), "--output-format", "pcm"];
         args.extend(GREEDY);
