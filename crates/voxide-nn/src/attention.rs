@@ -284,7 +284,8 @@ impl Attention {
             self.n_heads * self.head_dim,
             self.n_kv_heads * self.head_dim,
         );
-        let qkv = qkv.forward(x)?.reshape((1, q_dim + 2 * kv_dim))?;
+        // The product's row, [q; k; v], prepared in place.
+        let row = qkv.forward(x)?.reshape((1, q_dim + 2 * kv_dim))?;
         let (cos, sin) = rope.tables(offset, 1)?;
         let heads = StepHeads {
             heads: self.n_heads,
@@ -293,18 +294,18 @@ impl Attention {
             layout: rope.layout(),
             qk_norm: None,
         };
-        let step = match &self.qk_norm {
+        match &self.qk_norm {
             Some((q_norm, k_norm)) => q_norm.with_values(|q, eps| {
                 k_norm.with_values(|k, _| {
-                    qkv.apply_op3_no_bwd(&cos, &sin, &heads.with_norm(QkNorm { q, k, eps }))
+                    row.inplace_op3(&cos, &sin, &heads.with_norm(QkNorm { q, k, eps }))
                 })
             })?,
-            None => qkv.apply_op3_no_bwd(&cos, &sin, &heads)?,
-        };
+            None => row.inplace_op3(&cos, &sin, &heads)?,
+        }
         let view = cache.append_in_place(1, |k, v, at| {
-            k.inplace_op2(&step, &WriteHeads { column: q_dim, at })?;
+            k.inplace_op2(&row, &WriteHeads { column: q_dim, at })?;
             v.inplace_op2(
-                &step,
+                &row,
                 &WriteHeads {
                     column: q_dim + kv_dim,
                     at,
@@ -312,7 +313,7 @@ impl Attention {
             )
         })?;
         let group = self.n_heads / self.n_kv_heads;
-        let q = step
+        let q = row
             .narrow(1, 0, q_dim)?
             .reshape((1, self.n_kv_heads, group, self.head_dim))?;
         let out = q.apply_op3_no_bwd(&view.k, &view.v, &DecodeAttention)?;

@@ -1,18 +1,18 @@
 //! A decoder step's queries, keys and values, taken from the stacked q/k/v projection of one
 //! position: the per-head q/k RMSNorm where the model has one (Qwen3) and RoPE, in one pass
-//! over the row ([`StepHeads`]), and the new key and value written straight into the KV cache's buffers in
-//! the cache's dtype ([`WriteHeads`]).
+//! over the row, in place ([`StepHeads`]), and the new key and value written straight into
+//! the KV cache's buffers in the cache's dtype ([`WriteHeads`]).
 //!
 //! The general path of [`crate::Attention`] takes about fifteen candle operations for this per
 //! layer and step (three narrows and head transposes, two norms, two rotations, each with its
 //! cos/sin narrows and a rayon loop over the heads, two conversions and two slice copies),
-//! each with its own allocation. The arithmetic here is the same, in the same order (candle's
+//! each with its own allocation; these take none. The arithmetic here is the same, in the same order (candle's
 //! rotation formulas, [`super::ops::RmsNormOp`]'s row), so both paths give the same bits.
 
 use super::ops::{contiguous, rms_norm_row};
 use super::simd::Isa;
 use crate::rope::RopeLayout;
-use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
 use half::slice::HalfFloatSliceExt;
 
 /// Qwen3's per-head norms of queries and keys: their weights ([head_dim] each, the query's
@@ -24,9 +24,9 @@ pub struct QkNorm<'a> {
     pub eps: f32,
 }
 
-/// candle op: the stacked projection of one position, qkv (1, [q; k; v]) f32, with the cos and
-/// sin of its position (1, head_dim / 2) each → (1, [q; k; v]) f32: every query and key head
-/// normed (with `qk_norm`) and rotated, the values copied.
+/// candle in-place op on the stacked projection of one position, qkv (1, [q; k; v]) f32 (a
+/// fresh product, owned by the step), with the cos and sin of its position (1, head_dim / 2)
+/// each: every query and key head normed (with `qk_norm`) and rotated, the values left.
 #[derive(Clone, Copy, Debug)]
 pub struct StepHeads<'a> {
     pub heads: usize,
@@ -79,24 +79,27 @@ impl StepHeads<'_> {
     }
 }
 
-impl CustomOp3 for StepHeads<'_> {
+impl InplaceOp3 for StepHeads<'_> {
     fn name(&self) -> &'static str {
         "step-heads"
     }
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
+        s1: &mut CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
         s3: &CpuStorage,
         l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    ) -> Result<()> {
         const NAME: &str = "step-heads";
         let d = self.head_dim;
         let (q_dim, kv_dim) = (self.heads * d, self.kv_heads * d);
-        let qkv = contiguous_f32(NAME, s1, l1)?;
+        let (CpuStorage::F32(all), Some((start, end))) = (s1, l1.contiguous_offsets()) else {
+            candle_core::bail!("{NAME}: takes a contiguous f32 row");
+        };
+        let qkv = &mut all[start..end];
         let (cos, sin) = (contiguous_f32(NAME, s2, l2)?, contiguous_f32(NAME, s3, l3)?);
         if qkv.len() != q_dim + 2 * kv_dim
             || cos.len() != d / 2
@@ -117,21 +120,20 @@ impl CustomOp3 for StepHeads<'_> {
             );
         }
         let isa = Isa::detect();
-        let mut out = qkv.to_vec();
-        let (q, kv) = out.split_at_mut(q_dim);
+        let (q, kv) = qkv.split_at_mut(q_dim);
         for head in q.chunks_exact_mut(d) {
             self.head(isa, head, self.qk_norm.map(|n| (n.q, n.eps)), cos, sin);
         }
         for head in kv[..kv_dim].chunks_exact_mut(d) {
             self.head(isa, head, self.qk_norm.map(|n| (n.k, n.eps)), cos, sin);
         }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok(())
     }
 }
 
 /// candle in-place op on a KV cache buffer (1, kv_heads, capacity, head_dim), f32, f16 or bf16
 /// with unit stride along the head: writes the heads of one position, found in a
-/// [`StepHeads`] output row from value `column` on, at position `at`.
+/// row prepared by [`StepHeads`] from value `column` on, at position `at`.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteHeads {
     pub column: usize,
