@@ -23,6 +23,7 @@ use voxide_nn::kernels::quant_gemm::{has_gemm_kernel, quant_gemm};
 use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, QuantMatrix};
 use voxide_nn::kernels::simd::{Isa, WeightElem};
 use voxide_nn::kernels::small_m::{matmul_small, matmul_small_on};
+use voxide_nn::kernels::spin_pool::for_each_task;
 use voxide_nn::kernels::widen_gemm::matmul_widened;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::quant::{quantize_row, GgmlType};
@@ -1100,6 +1101,10 @@ fn bench_attention() -> candle_core::Result<()> {
                 let mut t = 0.0;
                 for (k, v) in &caches {
                     std::hint::black_box(flush.par_chunks(1 << 16).map(line_sum).sum::<f32>());
+                    // The flush runs on rayon for ms, long enough for the pool's helpers to
+                    // park; in a step they spin between loops. An empty loop wakes them
+                    // (untimed), so the figure is the walk's, not a wake-up's.
+                    for_each_task(2, &|_| {});
                     let start = Instant::now();
                     q.apply_op3_no_bwd(k, v, &DecodeAttention)
                         .expect("attention");
