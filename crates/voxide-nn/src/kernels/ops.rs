@@ -420,8 +420,20 @@ impl CustomOp1 for DequantizeToF32 {
     }
 }
 
+/// The elements of a contiguous f32 tensor.
+pub(crate) fn contiguous_f32<'a>(name: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(v) => contiguous(name, v, l),
+        _ => candle_core::bail!("{name}: takes f32, got {:?}", s.dtype()),
+    }
+}
+
 /// The elements of a contiguous f32 tensor, for an in-place op.
-fn contiguous_f32_mut<'a>(name: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+pub(crate) fn contiguous_f32_mut<'a>(
+    name: &str,
+    s: &'a mut CpuStorage,
+    l: &Layout,
+) -> Result<&'a mut [f32]> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("{name}: needs a contiguous tensor");
     };
@@ -529,9 +541,7 @@ impl CustomOp1 for SiluMul {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
-            candle_core::bail!("silu-mul: takes a contiguous f32 tensor");
-        };
+        let x = contiguous_f32("silu-mul", s, l)?;
         let mut dims = l.dims().to_vec();
         let width = dims.pop().unwrap_or(0);
         if !width.is_multiple_of(2) {
@@ -539,7 +549,6 @@ impl CustomOp1 for SiluMul {
         }
         let h = width / 2;
         dims.push(h);
-        let x = &v[start..end];
         let mut y = vec![0f32; x.len() / 2];
         let isa = Isa::detect();
         rows_in_parallel(&mut y, h, x, width, |y, x| {
@@ -599,11 +608,8 @@ impl CustomOp2 for RmsNormOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(alpha)) = (s1, s2) else {
-            candle_core::bail!("rms-norm: takes f32 tensors");
-        };
-        let x = contiguous("rms-norm", x, l1)?;
-        let alpha = contiguous("rms-norm", alpha, l2)?;
+        let x = contiguous_f32("rms-norm", s1, l1)?;
+        let alpha = contiguous_f32("rms-norm", s2, l2)?;
         let width = l1.dims().last().copied().unwrap_or(0);
         if alpha.len() != width {
             candle_core::bail!("rms-norm: {} weights for rows of {width}", alpha.len());

@@ -9,7 +9,7 @@
 //! each with its own allocation; these take none. The arithmetic here is the same, in the same order (candle's
 //! rotation formulas, [`super::ops::RmsNormOp`]'s row), so both paths give the same bits.
 
-use super::ops::{contiguous, rms_norm_row};
+use super::ops::{contiguous_f32, contiguous_f32_mut, rms_norm_row};
 use super::simd::Isa;
 use crate::rope::RopeLayout;
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
@@ -38,13 +38,6 @@ pub struct StepHeads<'a> {
 
 /// Widest head the step kernels take (Voxtral's and Qwen3's are 128 wide).
 pub const MAX_HEAD_DIM: usize = 256;
-
-fn contiguous_f32<'a>(name: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match s {
-        CpuStorage::F32(v) => contiguous(name, v, l),
-        _ => candle_core::bail!("{name}: takes f32 tensors"),
-    }
-}
 
 impl StepHeads<'_> {
     /// The same heads, normed by `qk_norm`.
@@ -96,10 +89,7 @@ impl InplaceOp3 for StepHeads<'_> {
         const NAME: &str = "step-heads";
         let d = self.head_dim;
         let (q_dim, kv_dim) = (self.heads * d, self.kv_heads * d);
-        let (CpuStorage::F32(all), Some((start, end))) = (s1, l1.contiguous_offsets()) else {
-            candle_core::bail!("{NAME}: takes a contiguous f32 row");
-        };
-        let qkv = &mut all[start..end];
+        let qkv = contiguous_f32_mut(NAME, s1, l1)?;
         let (cos, sin) = (contiguous_f32(NAME, s2, l2)?, contiguous_f32(NAME, s3, l3)?);
         if qkv.len() != q_dim + 2 * kv_dim
             || cos.len() != d / 2
