@@ -249,33 +249,43 @@ impl Attention {
         rope: Option<(&RotaryEmbedding, usize)>,
     ) -> Result<Tensor> {
         let (batch, t, _) = x.dims3()?;
-        if let (KvSource::Cached(cache), Some((rope, offset))) = (&mut source, rope) {
-            if batch == 1 && t == 1 && self.takes_step_kernel(x) {
-                return self.forward_step(x, cache, rope, offset);
+        if batch == 1 && t == 1 && self.takes_step_kernel(x, &source, rope.is_some()) {
+            match &mut source {
+                KvSource::Cached(cache) => return self.forward_step(x, cache, rope),
+                KvSource::Cross(kv) => return self.forward_cross_step(x, kv),
+                KvSource::Own => {}
             }
         }
         self.forward_blocks(x, source, causal, rope)
     }
 
-    /// Whether a decoder step of x runs [`Self::forward_step`]: f32 on the CPU, heads within the
-    /// kernels' limits, q, k and v from x.
-    fn takes_step_kernel(&self, x: &Tensor) -> bool {
+    /// Whether a decoder step of x (one position of one sequence) runs the step kernels: f32
+    /// on the CPU, heads within the kernels' limits, and either a self-attention layer with its
+    /// cache (rotated or not; Qwen3's q/k norms only come with RoPE) or a cross-attention
+    /// layer over one source.
+    fn takes_step_kernel(&self, x: &Tensor, source: &KvSource<'_>, rope: bool) -> bool {
         x.device().is_cpu()
             && x.dtype() == DType::F32
-            && matches!(self.input, InputProjections::Own(_))
             && self.n_heads / self.n_kv_heads <= MAX_QUERY_ROWS
             && self.head_dim <= MAX_HEAD_DIM
+            && match (&self.input, source) {
+                (InputProjections::Own(_), KvSource::Cached(_)) => rope || self.qk_norm.is_none(),
+                (InputProjections::Cross { .. }, KvSource::Cross(kv)) => {
+                    kv.k.dim(0).is_ok_and(|b| b == 1)
+                }
+                _ => false,
+            }
     }
 
-    /// One position of one sequence, x (1, 1, dim) at `offset`, against `cache`: the step
-    /// kernels ([`StepHeads`], [`WriteHeads`], [`DecodeAttention`]) in place of the general
-    /// path's tensor operations; the same arithmetic.
+    /// One position of one sequence, x (1, 1, dim) at the cache's next position, against
+    /// `cache`: the step kernels ([`StepHeads`] where there is a rotation, [`WriteHeads`],
+    /// [`DecodeAttention`]) in place of the general path's tensor operations; the same
+    /// arithmetic.
     fn forward_step(
         &self,
         x: &Tensor,
         cache: &mut KvCache,
-        rope: &RotaryEmbedding,
-        offset: usize,
+        rope: Option<(&RotaryEmbedding, usize)>,
     ) -> Result<Tensor> {
         let InputProjections::Own(qkv) = &self.input else {
             candle_core::bail!("a decoder step projects its own keys and values");
@@ -286,21 +296,23 @@ impl Attention {
         );
         // The product's row, [q; k; v], prepared in place.
         let row = qkv.forward(x)?.reshape((1, q_dim + 2 * kv_dim))?;
-        let (cos, sin) = rope.tables(offset, 1)?;
-        let heads = StepHeads {
-            heads: self.n_heads,
-            kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
-            layout: rope.layout(),
-            qk_norm: None,
-        };
-        match &self.qk_norm {
-            Some((q_norm, k_norm)) => q_norm.with_values(|q, eps| {
-                k_norm.with_values(|k, _| {
-                    row.inplace_op3(&cos, &sin, &heads.with_norm(QkNorm { q, k, eps }))
-                })
-            })?,
-            None => row.inplace_op3(&cos, &sin, &heads)?,
+        if let Some((rope, offset)) = rope {
+            let (cos, sin) = rope.tables(offset, 1)?;
+            let heads = StepHeads {
+                heads: self.n_heads,
+                kv_heads: self.n_kv_heads,
+                head_dim: self.head_dim,
+                layout: rope.layout(),
+                qk_norm: None,
+            };
+            match &self.qk_norm {
+                Some((q_norm, k_norm)) => q_norm.with_values(|q, eps| {
+                    k_norm.with_values(|k, _| {
+                        row.inplace_op3(&cos, &sin, &heads.with_norm(QkNorm { q, k, eps }))
+                    })
+                })?,
+                None => row.inplace_op3(&cos, &sin, &heads)?,
+            }
         }
         let view = cache.append_in_place(1, |k, v, at| {
             k.inplace_op2(&row, &WriteHeads { column: q_dim, at })?;
@@ -312,12 +324,28 @@ impl Attention {
                 },
             )
         })?;
+        self.attend_step(&row.narrow(1, 0, q_dim)?, &view.k, &view.v)
+    }
+
+    /// Cross-attention for one position of one sequence, x (1, 1, dim), over a source of
+    /// batch 1: the query row straight into [`DecodeAttention`], without the general path's
+    /// head transposes.
+    fn forward_cross_step(&self, x: &Tensor, kv: &CrossKv) -> Result<Tensor> {
+        let q = self.cross_projections()?.0.forward(x)?;
+        let q = q.reshape((1, self.n_heads * self.head_dim))?;
+        self.attend_step(&q, &kv.k, &kv.v)
+    }
+
+    /// The attention of one query row (1, heads · head_dim) over k, v (1, kv_heads, s,
+    /// head_dim), through the output projection: (1, 1, dim). Query heads are in order, so the
+    /// heads sharing a key/value head (the GQA group) are adjacent: the row is already the
+    /// kernel's (1, kv_heads, group, head_dim).
+    fn attend_step(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let group = self.n_heads / self.n_kv_heads;
-        let q = row
-            .narrow(1, 0, q_dim)?
-            .reshape((1, self.n_kv_heads, group, self.head_dim))?;
-        let out = q.apply_op3_no_bwd(&view.k, &view.v, &DecodeAttention)?;
-        self.o.forward(&out.reshape((1, 1, q_dim))?)
+        let q = q.reshape((1, self.n_kv_heads, group, self.head_dim))?;
+        let out = q.apply_op3_no_bwd(k, v, &DecodeAttention)?;
+        self.o
+            .forward(&out.reshape((1, 1, self.n_heads * self.head_dim))?)
     }
 
     /// [`Self::forward`] on the general path: any batch and block of positions.
@@ -723,19 +751,39 @@ mod tests {
         Ok(())
     }
 
+    /// Bits of a tensor, as f32.
+    fn bits(t: &Tensor) -> Result<Vec<u32>> {
+        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(v.iter().map(|v| v.to_bits()).collect())
+    }
+
     /// A decoder step through the step kernels gives the general path's bits, and leaves the
     /// same keys and values in the cache: with and without Qwen3's q/k norms, both RoPE
-    /// layouts, f32 / f16 / bf16 caches, full and sliding, positions inside the RoPE table and
-    /// past it.
+    /// layouts and none (Whisper), f32 / f16 / bf16 caches, full and sliding, positions inside
+    /// the RoPE table and past it.
     #[test]
     fn step_kernels_equal_the_general_path() -> Result<()> {
         use crate::rope::RopeLayout;
         let dev = Device::Cpu;
+        let x = random(&[1, 14, 32], 11, &dev)?;
         for qk_norm in [false, true] {
             let attn = layer_as(32, 4, 2, false, qk_norm, &dev)?;
-            assert!(attn.takes_step_kernel(&random(&[1, 1, 32], 0, &dev)?));
-            for layout in [RopeLayout::Interleaved, RopeLayout::RotateHalf] {
-                let rope = RotaryEmbedding::new(8, 9, 10000.0, layout, &dev)?;
+            let mut probe = KvCache::new(1, 2, 16, 8, DType::F32, &dev)?;
+            let layouts = [
+                Some(RopeLayout::Interleaved),
+                Some(RopeLayout::RotateHalf),
+                None,
+            ];
+            for layout in layouts {
+                // Qwen3's norms come only with a rotation; without one the general path runs.
+                let unrotated = layout.is_none();
+                let rope = layout
+                    .map(|l| RotaryEmbedding::new(8, 9, 10000.0, l, &dev))
+                    .transpose()?;
+                let probe_x = x.narrow(1, 0, 1)?;
+                let takes =
+                    attn.takes_step_kernel(&probe_x, &KvSource::Cached(&mut probe), rope.is_some());
+                assert_eq!(takes, !(unrotated && qk_norm), "{qk_norm} {layout:?}");
                 for dtype in [DType::F32, DType::F16, DType::BF16] {
                     for window in [None, Some(4)] {
                         let cache = || match window {
@@ -743,15 +791,15 @@ mod tests {
                             Some(w) => KvCache::sliding(2, w, 3, 8, dtype, &dev),
                         };
                         let (mut fused, mut general) = (cache()?, cache()?);
-                        let x = random(&[1, 14, 32], 11, &dev)?;
                         let prompt = x.narrow(1, 0, 3)?;
+                        let at_0 = rope.as_ref().map(|r| (r, 0));
                         for c in [&mut fused, &mut general] {
-                            attn.forward(&prompt, KvSource::Cached(c), true, Some((&rope, 0)))?;
+                            attn.forward(&prompt, KvSource::Cached(c), true, at_0)?;
                         }
                         for at in 3..14 {
                             let case = format!("{qk_norm} {layout:?} {dtype:?} {window:?} {at}");
                             let xi = x.narrow(1, at, 1)?;
-                            let rope = Some((&rope, at));
+                            let rope = rope.as_ref().map(|r| (r, at));
                             let got =
                                 attn.forward(&xi, KvSource::Cached(&mut fused), true, rope)?;
                             let want = attn.forward_blocks(
@@ -760,10 +808,6 @@ mod tests {
                                 true,
                                 rope,
                             )?;
-                            let bits = |t: &Tensor| -> Result<Vec<u32>> {
-                                let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                                Ok(v.iter().map(|v| v.to_bits()).collect())
-                            };
                             assert_eq!(bits(&got)?, bits(&want)?, "{case}");
                             // What the cache holds: the view of one more (zero) position,
                             // appended to a copy.
@@ -776,6 +820,27 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A cross-attention step over a source of batch 1 takes the step path and gives the
+    /// general path's bits, for f32 and f16 keys and values.
+    #[test]
+    fn cross_step_equals_the_general_path() -> Result<()> {
+        let dev = Device::Cpu;
+        let attn = cross_layer(32, 4, 2, &dev)?;
+        let source = random(&[1, 7, 32], 5, &dev)?;
+        let x = random(&[1, 3, 32], 6, &dev)?;
+        for dtype in [DType::F32, DType::F16] {
+            let kv = attn.cross_kv(&source)?.to_dtype(dtype)?;
+            for at in 0..3 {
+                let xi = x.narrow(1, at, 1)?;
+                assert!(attn.takes_step_kernel(&xi, &KvSource::Cross(&kv), false));
+                let got = attn.forward(&xi, KvSource::Cross(&kv), false, None)?;
+                let want = attn.forward_blocks(&xi, KvSource::Cross(&kv), false, None)?;
+                assert_eq!(bits(&got)?, bits(&want)?, "{dtype:?} {at}");
             }
         }
         Ok(())

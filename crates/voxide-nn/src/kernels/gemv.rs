@@ -26,21 +26,20 @@ use std::sync::OnceLock;
 /// [`super::small_m`] or GEMM.
 pub const MAX_ROWS: usize = 8;
 
-/// Where the L2 size is unknown, matrices from this many bytes run on all threads.
-const PARALLEL_MIN_BYTES_UNKNOWN_L2: usize = 1 << 20;
+/// Smallest matrix read on all threads: below it one thread reads it before the pool's
+/// helpers would have joined (a 64 KB matrix takes ~2 µs from L3 on one core).
+const PARALLEL_MIN_BYTES: usize = 64 << 10;
 
-/// Whether a matrix of `bytes` is read on all threads: when it does not fit a core's L2. A
-/// matrix that fits is read from L2 at tens of GB/s (f16 384×384 in 8 µs on one thread, 18 µs
-/// on two: rayon's fork-join costs more than it saves); a larger one comes from L3 or DRAM,
-/// where a second core's loads add bandwidth (on a 512 KB-L2 Zen 3, whisper-small's
-/// 768×768 layers from DRAM: 19–23 ms per step's layers on one thread, 12–14 ms on two).
-pub fn runs_parallel(bytes: usize, l2_per_core: usize) -> bool {
-    let min = if l2_per_core == 0 {
-        PARALLEL_MIN_BYTES_UNKNOWN_L2
-    } else {
-        l2_per_core
-    };
-    bytes > min
+/// Whether a matrix of `bytes` is read on all threads: every matrix worth a hand-off to the
+/// spin pool's helpers, whatever the caches. A decoder reads each matrix once per step, after
+/// the rest of the step's matrices and K/V, far more than a core's L2, so even one that
+/// would fit an L2 comes from L3 or DRAM, where a second core's loads add bandwidth: Zen 4
+/// (1 MB L2), Whisper tiny's 24 layer matrices of 288 KB to 1.2 MB as a step reads them
+/// from L3, 0.28–0.30 ms on one thread each, 0.23 ms on two (PERFORMANCE.md #124). Was:
+/// only matrices larger than a core's L2 (#39), measured with rayon's fork-join, which cost
+/// more than the second core saved on an f16 384×384 (8 µs on one thread, 18 µs on two).
+pub fn runs_parallel(bytes: usize) -> bool {
+    bytes >= PARALLEL_MIN_BYTES
 }
 
 /// How far ahead of the loads the prefetches of a cached matrix run (from L3; 2 / 4 / 8 KB
@@ -321,7 +320,7 @@ fn for_rows(n: usize, bytes: usize, residency: Residency, task: impl Fn(usize, u
 /// (one thread, or a matrix not worth the fork: [`runs_parallel`]).
 fn parallel_rows(n: usize, bytes: usize, residency: Residency) -> Option<usize> {
     let threads = rayon::current_num_threads();
-    if threads == 1 || !runs_parallel(bytes, machine().caches.l2_per_core) {
+    if threads == 1 || !runs_parallel(bytes) {
         return None;
     }
     Some(match residency {
@@ -931,16 +930,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn matrices_larger_than_a_core_l2_run_parallel() {
-        const KB: usize = 1 << 10;
-        // Whisper tiny's 384×384 f16 (288 KB) fits a 512 KB L2; its 384×1536 (1.1 MB) does not.
-        assert!(!runs_parallel(384 * 384 * 2, 512 * KB));
-        assert!(runs_parallel(384 * 1536 * 2, 512 * KB));
-        // On a 2 MB L2 both stay on one thread.
-        assert!(!runs_parallel(384 * 1536 * 2, 2048 * KB));
-        // Unknown L2: 1 MB.
-        assert!(!runs_parallel(1 << 20, 0));
-        assert!(runs_parallel((1 << 20) + 1, 0));
+    fn matrices_worth_a_hand_off_run_parallel() {
+        // Whisper tiny's smallest matrix, 384×384 f16 (288 KB), fits any core's L2 and still
+        // runs on all threads: a decoder step reads it from L3.
+        assert!(runs_parallel(384 * 384 * 2));
+        assert!(runs_parallel(PARALLEL_MIN_BYTES));
+        assert!(!runs_parallel(PARALLEL_MIN_BYTES - 1));
+        assert!(!runs_parallel(64 * 64 * 2));
     }
 
     #[test]

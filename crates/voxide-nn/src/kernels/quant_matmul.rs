@@ -234,8 +234,7 @@ fn gemv_path(
         };
         rows_of_type(path, t)
     };
-    if !runs_parallel(w.bytes(), machine().caches.l2_per_core) || rayon::current_num_threads() == 1
-    {
+    if !runs_parallel(w.bytes()) || rayon::current_num_threads() == 1 {
         task(0, n);
     } else {
         for_each_range(n, ROWS_PER_TASK, &task);
@@ -1705,7 +1704,7 @@ pub(crate) mod tests {
                 let (q, wf) = quantized(ty, n, k, 7);
                 let mut w = QuantMatrix::new(&q, ty, n, k).unwrap();
                 if n > 1000 {
-                    assert!(runs_parallel(w.bytes(), 512 << 10), "{ty} {n}x{k}");
+                    assert!(runs_parallel(w.bytes()), "{ty} {n}x{k}");
                     w = w.with_residency(Residency::Streamed);
                 }
                 let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
