@@ -34,8 +34,8 @@ const PARALLEL_MIN_BYTES: usize = 64 << 10;
 /// spin pool's helpers, whatever the caches. A decoder reads each matrix once per step, after
 /// the rest of the step's matrices and K/V, far more than a core's L2, so even one that
 /// would fit an L2 comes from L3 or DRAM, where a second core's loads add bandwidth: Zen 4
-/// (1 MB L2), Whisper tiny's 24 layer matrices of 288 KB to 1.2 MB as a step reads them
-/// from L3, 0.28–0.30 ms on one thread each, 0.23 ms on two (PERFORMANCE.md #124). Was:
+/// (1 MB L2), Whisper tiny's 24 layer matrices (288 KB to 1.2 MB, from L3) took 0.28–0.30 ms
+/// a step read one thread each, 0.23 ms on both (PERFORMANCE.md #124). Was:
 /// only matrices larger than a core's L2 (#39), measured with rayon's fork-join, which cost
 /// more than the second core saved on an f16 384×384 (8 µs on one thread, 18 µs on two).
 pub fn runs_parallel(bytes: usize) -> bool {
