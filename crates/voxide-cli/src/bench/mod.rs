@@ -353,15 +353,26 @@ fn print_machine(m: &MachineReport, threads: usize) {
             let tried: Vec<String> = ahead
                 .gbps
                 .iter()
-                .map(|(bytes, gbps)| format!("{} KB {gbps:.1}", bytes / 1024))
+                .map(|(bytes, gbps)| format!("{} {gbps:.1}", read_ahead_name(*bytes)))
                 .collect();
             say!(
-                "  {}: {} KB ahead of the loads (the GEMV from memory, GB/s: {})",
+                "  {}: {} (the GEMV from memory, GB/s: {})",
                 ahead.weights,
-                ahead.bytes / 1024,
+                match ahead.bytes {
+                    0 => "no software prefetch".to_string(),
+                    b => format!("{} ahead of the loads", read_ahead_name(b)),
+                },
                 tried.join(", ")
             );
         }
+    }
+}
+
+/// A streamed read distance as the bench prints it (0: no software prefetch).
+fn read_ahead_name(bytes: usize) -> String {
+    match bytes {
+        0 => "none".to_string(),
+        b => format!("{} KB", b / 1024),
     }
 }
 

@@ -49,8 +49,10 @@ const PREFETCH_BYTES: usize = 4096;
 
 /// Distances a streamed matrix's prefetches may run ahead of the loads, and the one taken
 /// unless another clearly reads faster: on Zen 5 with both cores reading, 2 KB was the
-/// fastest or within 1 % of it for the int8 and bf16 kernels alike.
-const STREAMED_PREFETCH_CANDIDATES: [usize; 4] = [1024, 2048, 4096, 8192];
+/// fastest or within 1 % of it for the int8 and bf16 kernels alike. 0 is no software
+/// prefetch at all, the hardware's prefetchers alone (ggml's GEMV has none): on Zen 4 the
+/// f16 kernel read 5–7.5 % faster so than 2 KB ahead with NTA hints (PERFORMANCE.md #126).
+const STREAMED_PREFETCH_CANDIDATES: [usize; 5] = [0, 1024, 2048, 4096, 8192];
 const STREAMED_PREFETCH_DEFAULT: usize = 2048;
 
 /// How much faster than [`STREAMED_PREFETCH_DEFAULT`] another distance must read to be chosen
@@ -221,12 +223,12 @@ pub fn gemv_on<E: WeightElem>(
     }
     // Streamed matrices bypass the caches (where that keeps pace) so that the rest of the
     // step's weights stay cached between tokens.
-    let prefetch = weight_prefetch(w.residency, w.bytes()) as u8;
-    let ahead = ReadAhead {
-        prefetch,
-        bytes: match w.residency {
-            Residency::Streamed => streamed_read_ahead::<E>().bytes,
-            Residency::Cached => PREFETCH_BYTES,
+    let prefetch = weight_prefetch(w.residency, w.bytes());
+    let ahead = match w.residency {
+        Residency::Streamed => ReadAhead::streamed(prefetch, streamed_read_ahead::<E>().bytes),
+        Residency::Cached => ReadAhead {
+            prefetch: prefetch as u8,
+            bytes: PREFETCH_BYTES,
         },
     };
     match parallel_rows(n, w.bytes(), w.residency) {
@@ -346,6 +348,18 @@ pub(crate) struct ReadAhead {
     pub(crate) bytes: usize,
 }
 
+impl ReadAhead {
+    /// A streamed matrix's reads: `prefetch` hints `bytes` ahead, or none at all for a
+    /// distance of 0 (see [`STREAMED_PREFETCH_CANDIDATES`]).
+    fn streamed(prefetch: Prefetch, bytes: usize) -> Self {
+        let prefetch = if bytes == 0 { Prefetch::None } else { prefetch };
+        Self {
+            prefetch: prefetch as u8,
+            bytes,
+        }
+    }
+}
+
 /// The prefetch distance streamed matrices take on this machine, and what each candidate read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamedReadAhead {
@@ -420,7 +434,7 @@ fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
         let x = vec![1.0f32; k];
         let mut y = vec![0f32; n];
         let isa = Isa::detect();
-        let prefetch = weight_prefetch(Residency::Streamed, w.bytes()) as u8;
+        let prefetch = weight_prefetch(Residency::Streamed, w.bytes());
         let mut passes: Vec<(usize, Vec<f64>)> = STREAMED_PREFETCH_CANDIDATES
             .iter()
             .map(|&bytes| (bytes, Vec::new()))
@@ -429,10 +443,7 @@ fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
             for (bytes, gbps) in &mut passes {
                 flush_caches(&data);
                 let t = Instant::now();
-                let ahead = ReadAhead {
-                    prefetch,
-                    bytes: *bytes,
-                };
+                let ahead = ReadAhead::streamed(prefetch, *bytes);
                 gemv_ahead(isa, &x, &w, None, &mut y, 1, ahead);
                 gbps.push(w.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
             }
@@ -947,6 +958,23 @@ pub(crate) mod tests {
         // Zen 5's int8 kernel on both cores, fast memory (GB/s): 2 KB, the default, wins.
         let zen5 = one(&[(1024, 61.3), (2048, 72.3), (4096, 61.8), (8192, 56.9)]);
         assert_eq!(choose_read_ahead(&zen5), 2048);
+        // Zen 4's f16 kernel, slow memory: no software prefetch clearly reads fastest (one
+        // start-up's medians); at 1.05 over the default it would not switch.
+        let zen4 = one(&[
+            (0, 40.0),
+            (1024, 38.3),
+            (2048, 35.8),
+            (4096, 36.1),
+            (8192, 35.0),
+        ]);
+        assert_eq!(choose_read_ahead(&zen4), 0);
+        let near = one(&[(0, 40.0), (1024, 39.3), (2048, 38.1), (4096, 36.9)]);
+        assert_eq!(choose_read_ahead(&near), STREAMED_PREFETCH_DEFAULT);
+        // A distance of 0 reads without prefetch hints, whatever hint streaming takes.
+        for hint in [Prefetch::Stream, Prefetch::Keep] {
+            assert_eq!(ReadAhead::streamed(hint, 0).prefetch, PREFETCH_NONE);
+            assert_eq!(ReadAhead::streamed(hint, 2048).prefetch, hint as u8);
+        }
         // Within the noise of the default: the default stays.
         let flat = one(&[(1024, 33.7), (2048, 32.6), (4096, 32.3), (8192, 32.8)]);
         assert_eq!(choose_read_ahead(&flat), STREAMED_PREFETCH_DEFAULT);
