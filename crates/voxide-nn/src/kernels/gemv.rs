@@ -35,9 +35,9 @@ const PARALLEL_MIN_BYTES: usize = 64 << 10;
 /// the rest of the step's matrices and K/V, far more than a core's L2, so even one that
 /// would fit an L2 comes from L3 or DRAM, where a second core's loads add bandwidth: Zen 4
 /// (1 MB L2), Whisper tiny's 24 layer matrices (288 KB to 1.2 MB, from L3) took 0.28–0.30 ms
-/// a step read one thread each, 0.23 ms on both (PERFORMANCE.md #124). Was:
-/// only matrices larger than a core's L2 (#39), measured with rayon's fork-join, which cost
-/// more than the second core saved on an f16 384×384 (8 µs on one thread, 18 µs on two).
+/// a step with each read by one thread, 0.23 ms with each read by both (PERFORMANCE.md #124).
+/// Was: only matrices larger than a core's L2 (#39), measured with rayon's fork-join, which
+/// cost more than the second core saved on an f16 384×384 (8 µs on one thread, 18 µs on two).
 pub fn runs_parallel(bytes: usize) -> bool {
     bytes >= PARALLEL_MIN_BYTES
 }
@@ -51,7 +51,8 @@ const PREFETCH_BYTES: usize = 4096;
 /// unless another clearly reads faster: on Zen 5 with both cores reading, 2 KB was the
 /// fastest or within 1 % of it for the int8 and bf16 kernels alike. 0 is no software
 /// prefetch at all, the hardware's prefetchers alone (ggml's GEMV has none): on Zen 4 the
-/// f16 kernel read 5–7.5 % faster so than 2 KB ahead with NTA hints (PERFORMANCE.md #126).
+/// f16 kernel read 5–7.5 % faster without hints than with NTA hints 2 KB ahead
+/// (PERFORMANCE.md #126).
 const STREAMED_PREFETCH_CANDIDATES: [usize; 5] = [0, 1024, 2048, 4096, 8192];
 const STREAMED_PREFETCH_DEFAULT: usize = 2048;
 
