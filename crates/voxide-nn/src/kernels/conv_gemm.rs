@@ -9,7 +9,7 @@
 //! millions of such output samples per second of audio. candle runs a depthwise convolution
 //! as one convolution per group: ~80 ms for Qwen3-TTS's 1024-channel ConvNeXt on one frame.
 
-use super::ops::snake_row;
+use super::ops::{add_scalar_row, snake_row};
 use super::simd::Isa;
 use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
@@ -368,9 +368,7 @@ impl CustomOp2 for SnakePointwiseResidual<'_> {
                     for (row, &bias) in self.bias.iter().enumerate() {
                         let res = &residual[y0 + row * t..][..n];
                         let yr = std::slice::from_raw_parts_mut(dst.add(row * t), n);
-                        for (y, &v) in yr.iter_mut().zip(res) {
-                            *y = v + bias;
-                        }
+                        add_scalar_row(isa, res, bias, yr);
                     }
                     gemm_f32(
                         (o, n, c),

@@ -664,6 +664,18 @@ unsafe fn snake_row_body<S: Simd>(x: &[f32], a: f32, b: f32, y: &mut [f32]) {
     }
 }
 
+isa_entries! {
+    /// y[j] = x[j] + b: a convolution's output row started from its residual and bias.
+    pub(crate) fn add_scalar_row<>(x: &[f32], b: f32, y: &mut [f32]) => add_scalar_row_body
+}
+
+#[inline(always)]
+unsafe fn add_scalar_row_body<S: Simd>(x: &[f32], b: f32, y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = x + b;
+    }
+}
+
 /// candle op: SnakeBeta, `x + sin²(x · a[c]) · b[c]` per channel of a contiguous f32
 /// (batch, channels, time) tensor, in one pass into a new tensor (the input stays: it is the
 /// residual). `a` and `b` are the activation's eᵅ and 1 / (eᵝ + ε).
