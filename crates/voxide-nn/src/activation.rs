@@ -1,7 +1,7 @@
 //! Activations: SnakeBeta (learned parameters) and the ELU of SEANet encoders, each one fused
 //! CPU pass.
 
-use crate::kernels::ops::SnakeBetaOp;
+use crate::kernels::ops::{contiguous_f32, SnakeBetaOp};
 use crate::kernels::softmax::exp_non_positive;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
@@ -78,13 +78,10 @@ impl CustomOp1 for EluPadded {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
-            candle_core::bail!("elu-padded: takes a contiguous f32 tensor");
-        };
+        let x = contiguous_f32("elu-padded", s, l)?;
         let mut dims = l.dims().to_vec();
         let time = dims.pop().unwrap_or(1);
         let width = self.left + time + self.right;
-        let x = &v[start..end];
         let mut y = vec![0f32; x.len() / time.max(1) * width];
         if time > 0 {
             y.par_chunks_mut(width)

@@ -9,7 +9,7 @@
 //! millions of such output samples per second of audio. candle runs a depthwise convolution
 //! as one convolution per group: ~80 ms for Qwen3-TTS's 1024-channel ConvNeXt on one frame.
 
-use super::ops::{add_scalar_row, snake_row};
+use super::ops::{add_scalar_row, contiguous_f32, snake_row};
 use super::simd::Isa;
 use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
@@ -58,9 +58,7 @@ impl CustomOp1 for ConvTaps<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
-            candle_core::bail!("conv1d-taps: takes a contiguous f32 tensor");
-        };
+        let v = contiguous_f32("conv1d-taps", s, l)?;
         let (batch, c, unpadded) = l.shape().dims3()?;
         let (o, k, d, stride, pad) = (
             self.out_channels,
@@ -87,10 +85,10 @@ impl CustomOp1 for ConvTaps<'_> {
         // Padding: one zero-bordered copy of the input (not a K-fold im2col matrix).
         let padded;
         let x = if pad == 0 {
-            &v[start..end]
+            v
         } else {
             let mut p = vec![0f32; batch * c * len];
-            for (dst, src) in p.chunks_mut(len).zip(v[start..end].chunks(unpadded)) {
+            for (dst, src) in p.chunks_mut(len).zip(v.chunks(unpadded)) {
                 dst[pad..pad + unpadded].copy_from_slice(src);
             }
             padded = p;

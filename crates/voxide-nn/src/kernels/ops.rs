@@ -692,9 +692,7 @@ impl candle_core::CustomOp1 for SnakeBetaOp<'_> {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
-            candle_core::bail!("snake-beta: takes a contiguous f32 tensor");
-        };
+        let x = contiguous_f32("snake-beta", s, l)?;
         let (_, channels, time) = l.shape().dims3()?;
         if channels != self.a.len() || channels != self.b.len() {
             candle_core::bail!(
@@ -702,7 +700,6 @@ impl candle_core::CustomOp1 for SnakeBetaOp<'_> {
                 self.a.len()
             );
         }
-        let x = &v[start..end];
         let mut y = vec![0f32; x.len()];
         if time > 0 {
             let isa = Isa::detect();

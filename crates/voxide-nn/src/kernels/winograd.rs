@@ -17,6 +17,7 @@
 //! outputs' RMS (F(2, 7): ~1.4e-5, for 1.75× instead of 2.8× fewer multiply-adds). Through
 //! the full-size Qwen3-TTS codec decoder the waveform moves by ≤ 2.3e-7 (peak 0.03).
 
+use super::ops::contiguous_f32;
 use super::simd::{isa_entries, Isa, Simd};
 use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
@@ -458,9 +459,7 @@ impl CustomOp1 for WinogradConv {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (Some((start, end)), CpuStorage::F32(v)) = (l.contiguous_offsets(), s) else {
-            candle_core::bail!("conv1d-winograd: takes a contiguous f32 tensor");
-        };
+        let v = contiguous_f32("conv1d-winograd", s, l)?;
         let (batch, c, len) = l.shape().dims3()?;
         if c != self.in_channels {
             candle_core::bail!(
@@ -472,7 +471,7 @@ impl CustomOp1 for WinogradConv {
         let o = self.out_channels;
         let mut y = vec![0f32; batch * o * t];
         if t > 0 {
-            for (yb, xb) in y.chunks_mut(o * t).zip(v[start..end].chunks(c * len)) {
+            for (yb, xb) in y.chunks_mut(o * t).zip(v.chunks(c * len)) {
                 self.forward(xb, len, yb);
             }
         }
