@@ -479,6 +479,11 @@ def main():
         head += (f"\nvoxide streams with {'non-temporal' if streaming['nontemporal'] else 'plain'} prefetches "
                  f"(from memory: non-temporal {streaming['nontemporal_gbps']:.1f} GB/s, "
                  f"plain {streaming['keep_gbps']:.1f} GB/s)")
+        kept = streaming.get("retention")
+        if kept:  # whether the plan's cached weights survived the streamed ones (#128)
+            head += (f"\ncached weights {'survive' if kept['holds'] else 'do not survive'} the streamed ones "
+                     f"({kept['kept_gbps']:.1f} GB/s after {kept['streamed_bytes'] / 1e6:.0f} MB streamed, "
+                     f"{kept['cold_gbps']:.1f} from memory)" + ("" if kept['holds'] else ": every matrix streamed"))
     lines = ["", head, f"command: {command}", setting, "", "peers:"]
     for p in peers:
         bf = p["build_flags"]

@@ -1,9 +1,12 @@
 //! Linear layer `y = x Wᵀ + b` with checkpoint-style `weight` [out, in] and optional `bias` [out].
 
+use crate::kernels::bandwidth::retention;
 use crate::kernels::bandwidth::streaming_reads;
 use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
 use crate::kernels::gemv::{streamed_read_ahead, MAX_ROWS};
-use crate::kernels::machine::{huge_page_vec, machine, plan_residency, CycleRead, Residency};
+use crate::kernels::machine::{
+    huge_page_vec, machine, plan_residency_retained, CycleRead, Residency,
+};
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor, WithDType};
@@ -273,7 +276,7 @@ impl Linear {
     }
 
     /// Plans how a decoder step reads `layers` (every matrix it multiplies once per token) when
-    /// it must also keep `other_bytes` cached (K/V): [`plan_residency`] against this machine's
+    /// it must also keep `other_bytes` cached (K/V): [`plan_residency_retained`] against this machine's
     /// cache budget. Call it once the layers have their final format.
     pub fn plan_residency(layers: Vec<&mut Linear>, other_bytes: usize) {
         Self::plan_cycle_residency(layers.into_iter().map(|l| (l, 1)).collect(), other_bytes);
@@ -288,7 +291,9 @@ impl Linear {
                 reads: *reads,
             })
             .collect();
-        let plan = plan_residency(&reads, other_bytes, machine().cache_budget());
+        let plan = plan_residency_retained(&reads, other_bytes, machine().cache_budget(), || {
+            retention().is_none_or(|r| r.holds())
+        });
         if plan.contains(&Residency::Streamed) {
             // Measured here, at load, rather than inside the first decoder step.
             streaming_reads();

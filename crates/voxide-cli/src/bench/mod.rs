@@ -9,14 +9,14 @@ use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use report::{
-    compare, run_floors_line, FileReport, MachineReport, ReadAheadReport, Report, Run, RunFloor,
-    Stat, StreamingReport, Totals, Verdict,
+    compare, run_floors_line, FileReport, MachineReport, ReadAheadReport, Report, RetentionReport,
+    Run, RunFloor, Stat, StreamingReport, Totals, Verdict,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
-use voxide_nn::kernels::bandwidth::{streaming_reads, ReadProbe};
+use voxide_nn::kernels::bandwidth::{measured_retention, streaming_reads, ReadProbe};
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
 use voxide_nn::kernels::gemv::measured_read_aheads;
 use voxide_nn::kernels::machine::machine;
@@ -295,6 +295,14 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
                     gbps: ahead.measured.clone(),
                 })
                 .collect(),
+            retention: measured_retention().map(|r| RetentionReport {
+                kept_bytes: r.kept_bytes,
+                streamed_bytes: r.streamed_bytes,
+                kept_gbps: r.kept_gbps,
+                cold_gbps: r.cold_gbps,
+                gain: r.gain,
+                holds: r.holds(),
+            }),
         }),
     }
 }
@@ -363,6 +371,18 @@ fn print_machine(m: &MachineReport, threads: usize) {
                     b => format!("{} ahead of the loads", read_ahead_name(b)),
                 },
                 tried.join(", ")
+            );
+        }
+        if let Some(r) = &s.retention {
+            say!(
+                "cached weights {} the streamed ones: a {:.0} MB set re-read at {:.1} GB/s after {:.0} MB streamed past it, {:.1} GB/s from memory ({:.2}x){}",
+                if r.holds { "survive" } else { "do not survive" },
+                r.kept_bytes as f64 / 1e6,
+                r.kept_gbps,
+                r.streamed_bytes as f64 / 1e6,
+                r.cold_gbps,
+                r.gain,
+                if r.holds { "" } else { ": every matrix streamed" }
             );
         }
     }

@@ -297,6 +297,23 @@ pub struct StreamingReport {
     /// How far ahead of the loads each weight type's GEMV prefetched streamed matrices.
     #[serde(default)]
     pub read_ahead: Vec<ReadAheadReport>,
+    /// Whether cached weights survived the streamed ones ([`voxide_nn::kernels::bandwidth::Retention`]);
+    /// `None` where no plan asked (nothing both kept and streamed) or it cannot be measured.
+    #[serde(default)]
+    pub retention: Option<RetentionReport>,
+}
+
+/// The cached set re-read after a stream went past it, against the same set from memory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RetentionReport {
+    pub kept_bytes: usize,
+    pub streamed_bytes: usize,
+    pub kept_gbps: f64,
+    pub cold_gbps: f64,
+    /// Median per-round kept / cold.
+    pub gain: f64,
+    /// Whether plans kept matrices cached.
+    pub holds: bool,
 }
 
 /// The prefetch distance one weight type's GEMV took for streamed matrices.

@@ -15,7 +15,7 @@
 //! the timed work.
 
 use super::gemv::TASK_BYTES;
-use super::machine::{advise_pages, machine};
+use super::machine::{advise_pages, machine, weight_prefetch, Residency};
 use super::simd::{isa_entries, Isa, Simd};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -304,6 +304,119 @@ impl StreamingReads {
     }
 }
 
+/// How much faster than from memory a step's cached weights must read after the step's
+/// streamed ones went past them for the residency plan to keep any cached. From L3, a 16 MB
+/// set reads 2× as fast as from memory on Zen 4 (55–60 against 28 GB/s, one thread).
+pub const RETENTION_MIN_GAIN: f64 = 1.25;
+
+/// Most bytes [`Retention::measure`] streams past the kept set: twice a 32 MB L3 with room to
+/// spare, without allocating a gigabyte for a 480 MB one.
+const RETENTION_MAX_STREAM_BYTES: usize = 256 << 20;
+
+/// Whether weights read through the caches are still there after a decoder step has streamed
+/// its other weights past them: what a residency plan that keeps some matrices cached assumes.
+///
+/// It does not hold everywhere. On a shared virtual machine (AMD EPYC Zen 4, 32 MB L3 shared
+/// with the neighbours' cores) a 16 MB set re-read after 64 MB streamed with non-temporal
+/// prefetches read at 29–32 GB/s, as from memory (28), against 55–60 when nothing came between
+/// (PERFORMANCE.md #128): the L2 streamer pulls the streamed lines in beside the prefetches and
+/// they evict the set on their way through the victim L3. There a plan that keeps matrices
+/// "cached" only reads them with the cached reads' prefetches, from memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Retention {
+    /// The set kept cached (the machine's step cache budget) and the bytes streamed past it.
+    pub kept_bytes: usize,
+    pub streamed_bytes: usize,
+    /// Medians over the rounds: the set re-read after the stream, and read from memory.
+    pub kept_gbps: f64,
+    pub cold_gbps: f64,
+    /// Median over the rounds of kept / cold within each round (the bandwidth moves between
+    /// rounds on a shared machine).
+    pub gain: f64,
+}
+
+impl Retention {
+    /// Whether a plan may keep matrices cached.
+    pub fn holds(&self) -> bool {
+        self.gain >= RETENTION_MIN_GAIN
+    }
+
+    /// Three rounds on the calling thread's pool of: the kept set read twice (cached), the
+    /// stream read as streamed weights are (`prefetch`), the kept set timed, then flushed and
+    /// timed from memory. `None` where user code cannot flush the caches (not x86-64) or
+    /// there is nothing to keep.
+    pub fn measure(kept_bytes: usize, streamed_bytes: usize, prefetch: Prefetch) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if kept_bytes == 0 {
+                return None;
+            }
+            let buffer = |bytes: usize| {
+                let floats = (bytes / 4).max(16);
+                let mut buf: Vec<f32> = Vec::with_capacity(floats);
+                advise_pages(buf.as_mut_ptr() as *mut u8, floats * 4, true);
+                buf.resize(floats, 1.0);
+                buf
+            };
+            let (kept, stream) = (buffer(kept_bytes), buffer(streamed_bytes));
+            let (isa, task) = (Isa::detect(), TASK_BYTES / 4);
+            let read = |buf: &[f32], prefetch: Prefetch| {
+                let t = Instant::now();
+                let total: f32 = buf
+                    .par_chunks(task)
+                    .map(|c| read_on(isa, c, prefetch, SIDE_BY_SIDE))
+                    .sum();
+                std::hint::black_box(total);
+                (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+            };
+            let (mut kept_gbps, mut cold_gbps, mut gain) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..3 {
+                read(&kept, Prefetch::Keep);
+                read(&kept, Prefetch::Keep);
+                read(&stream, prefetch);
+                let after = read(&kept, Prefetch::Keep);
+                flush_caches(&kept);
+                let cold = read(&kept, Prefetch::Keep);
+                kept_gbps.push(after);
+                cold_gbps.push(cold);
+                gain.push(after / cold);
+            }
+            Some(Self {
+                kept_bytes: kept.len() * 4,
+                streamed_bytes: stream.len() * 4,
+                kept_gbps: median(kept_gbps),
+                cold_gbps: median(cold_gbps),
+                gain: median(gain),
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (kept_bytes, streamed_bytes, prefetch);
+            None
+        }
+    }
+}
+
+/// This machine's [`Retention`] of its step cache budget past twice its caches (L3 and L2s;
+/// at most [`RETENTION_MAX_STREAM_BYTES`]) streamed as weights are, measured on first use;
+/// `None` where it cannot be measured (a plan is then trusted).
+pub fn retention() -> Option<Retention> {
+    *RETENTION.get_or_init(|| {
+        let m = machine();
+        let caches = m.caches.l3 + m.caches.l2_per_core * m.cores;
+        let streamed = (2 * caches).min(RETENTION_MAX_STREAM_BYTES);
+        let prefetch = weight_prefetch(Residency::Streamed, streamed);
+        Retention::measure(m.cache_budget(), streamed, prefetch)
+    })
+}
+
+/// The [`Retention`] measured so far in this process, if any (for reports).
+pub fn measured_retention() -> Option<Retention> {
+    RETENTION.get().copied().flatten()
+}
+
+static RETENTION: OnceLock<Option<Retention>> = OnceLock::new();
+
 /// Evicts `buf` from every cache level (`clflush` per line), in parallel.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn flush_caches<T: Sync>(buf: &[T]) {
@@ -411,6 +524,19 @@ mod tests {
                 assert!(gbps.is_finite() && gbps > 0.0, "{r:?}");
             }
         }
+    }
+
+    #[test]
+    fn retention_is_measured_where_the_caches_can_be_flushed() {
+        let r = Retention::measure(1 << 20, 4 << 20, Prefetch::Stream);
+        assert_eq!(r.is_some(), cfg!(target_arch = "x86_64"));
+        if let Some(r) = r {
+            assert_eq!((r.kept_bytes, r.streamed_bytes), (1 << 20, 4 << 20));
+            for gbps in [r.kept_gbps, r.cold_gbps, r.gain] {
+                assert!(gbps.is_finite() && gbps > 0.0, "{r:?}");
+            }
+        }
+        assert_eq!(Retention::measure(0, 4 << 20, Prefetch::Stream), None);
     }
 
     #[test]
