@@ -305,9 +305,13 @@ impl StreamingReads {
 }
 
 /// How much faster than from memory a step's cached weights must read after the step's
-/// streamed ones went past them for the residency plan to keep any cached. From L3, a 16 MB
-/// set reads 2× as fast as from memory on Zen 4 (55–60 against 28 GB/s, one thread).
-pub const RETENTION_MIN_GAIN: f64 = 1.25;
+/// streamed ones went past them for the residency plan to keep any cached. Kept whole, a set
+/// reads ~2× as fast as from memory (Zen 4: 55–60 against 28 GB/s from L3, one thread); kept
+/// in part, not enough to pay for the cached reads' prefetch and tasks, which read memory more
+/// slowly than the streamed path (a 0.6B TTS frame's GEMVs ~5 % slower with a quarter of its
+/// bytes planned cached and not retained; PERFORMANCE.md #128). On that host the measure
+/// varied between processes from 0.97× to 1.37×.
+pub const RETENTION_MIN_GAIN: f64 = 1.5;
 
 /// Most bytes [`Retention::measure`] streams past the kept set: twice a 32 MB L3 with room to
 /// spare, without allocating a gigabyte for a 480 MB one.
