@@ -1062,6 +1062,15 @@ fn bench_attention() -> candle_core::Result<()> {
             1500,
             DType::F16,
         ),
+        (
+            "whisper-turbo cross 4 L, 1500, f16",
+            4,
+            20,
+            1,
+            64,
+            1500,
+            DType::F16,
+        ),
     ];
     let flush: Vec<f32> = (0..FLUSH_BYTES / 4).map(|i| i as f32).collect();
     for (name, layers, heads, rows, d, s, dtype) in cases {

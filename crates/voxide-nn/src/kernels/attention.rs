@@ -297,12 +297,15 @@ impl<E: WeightElem> KeyPass<E> {
             c += S::LANES;
         }
         for (g, acc) in acc.iter().enumerate() {
+            // Every key's sum first, by constant index: read only up to the pass's `n`, the
+            // sums would stay in memory, and the loop above stored them on every iteration.
+            let sums: [f32; KEYS_PER_PASS] = std::array::from_fn(|i| S::sum(acc[i]));
             let qr = self.q.add((r + g) * self.d);
-            for (i, (a, key)) in acc.iter().zip(&self.keys).take(self.n).enumerate() {
+            for (i, (sum, key)) in sums.iter().zip(&self.keys).take(self.n).enumerate() {
                 let tail: f32 = (self.full..self.d)
                     .map(|c| *qr.add(c) * (*key.add(c)).to_f32())
                     .sum();
-                *self.scores.add((r + g) * self.s + i) = S::sum(*a) + tail;
+                *self.scores.add((r + g) * self.s + i) = sum + tail;
             }
         }
     }
