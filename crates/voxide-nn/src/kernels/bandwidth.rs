@@ -274,20 +274,10 @@ impl StreamingReads {
     pub fn measure() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         {
-            let floats = STREAMING_PROBE_BYTES / 4;
-            let mut buf: Vec<f32> = Vec::with_capacity(floats);
-            advise_pages(buf.as_mut_ptr() as *mut u8, floats * 4, true);
-            buf.resize(floats, 1.0);
-            let (isa, task) = (Isa::detect(), TASK_BYTES / 4);
+            let buf = huge_page_buffer(STREAMING_PROBE_BYTES);
             let pass = |prefetch: Prefetch| {
                 flush_caches(&buf);
-                let t = Instant::now();
-                let total: f32 = buf
-                    .par_chunks(task)
-                    .map(|c| read_on(isa, c, prefetch, SIDE_BY_SIDE))
-                    .sum();
-                std::hint::black_box(total);
-                (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+                timed_read(&buf, prefetch)
             };
             let (mut nontemporal_gbps, mut keep_gbps) = (0.0f64, 0.0f64);
             for _ in 0..3 {
@@ -355,24 +345,11 @@ impl Retention {
             if kept_bytes == 0 {
                 return None;
             }
-            let buffer = |bytes: usize| {
-                let floats = (bytes / 4).max(16);
-                let mut buf: Vec<f32> = Vec::with_capacity(floats);
-                advise_pages(buf.as_mut_ptr() as *mut u8, floats * 4, true);
-                buf.resize(floats, 1.0);
-                buf
-            };
-            let (kept, stream) = (buffer(kept_bytes), buffer(streamed_bytes));
-            let (isa, task) = (Isa::detect(), TASK_BYTES / 4);
-            let read = |buf: &[f32], prefetch: Prefetch| {
-                let t = Instant::now();
-                let total: f32 = buf
-                    .par_chunks(task)
-                    .map(|c| read_on(isa, c, prefetch, SIDE_BY_SIDE))
-                    .sum();
-                std::hint::black_box(total);
-                (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
-            };
+            let (kept, stream) = (
+                huge_page_buffer(kept_bytes),
+                huge_page_buffer(streamed_bytes),
+            );
+            let read = timed_read;
             let (mut kept_gbps, mut cold_gbps, mut gain) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
                 read(&kept, Prefetch::Keep);
@@ -420,6 +397,31 @@ pub fn measured_retention() -> Option<Retention> {
 }
 
 static RETENTION: OnceLock<Option<Retention>> = OnceLock::new();
+
+/// A buffer of `bytes` (at least 64) of ones, on huge pages where Linux grants them, as the
+/// model's weights lie.
+#[cfg(target_arch = "x86_64")]
+fn huge_page_buffer(bytes: usize) -> Vec<f32> {
+    let floats = (bytes / 4).max(16);
+    let mut buf: Vec<f32> = Vec::with_capacity(floats);
+    advise_pages(buf.as_mut_ptr() as *mut u8, floats * 4, true);
+    buf.resize(floats, 1.0);
+    buf
+}
+
+/// GB/s of one pass over `buf` on the calling thread's pool, in the GEMV's tasks, 4 streams
+/// side by side per task.
+#[cfg(target_arch = "x86_64")]
+fn timed_read(buf: &[f32], prefetch: Prefetch) -> f64 {
+    let isa = Isa::detect();
+    let t = Instant::now();
+    let total: f32 = buf
+        .par_chunks(TASK_BYTES / 4)
+        .map(|c| read_on(isa, c, prefetch, SIDE_BY_SIDE))
+        .sum();
+    std::hint::black_box(total);
+    (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
 
 /// Evicts `buf` from every cache level (`clflush` per line), in parallel.
 #[cfg(target_arch = "x86_64")]
