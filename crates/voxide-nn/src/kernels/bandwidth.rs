@@ -349,15 +349,14 @@ impl Retention {
                 huge_page_buffer(kept_bytes),
                 huge_page_buffer(streamed_bytes),
             );
-            let read = timed_read;
             let (mut kept_gbps, mut cold_gbps, mut gain) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
-                read(&kept, Prefetch::Keep);
-                read(&kept, Prefetch::Keep);
-                read(&stream, prefetch);
-                let after = read(&kept, Prefetch::Keep);
+                timed_read(&kept, Prefetch::Keep);
+                timed_read(&kept, Prefetch::Keep);
+                timed_read(&stream, prefetch);
+                let after = timed_read(&kept, Prefetch::Keep);
                 flush_caches(&kept);
-                let cold = read(&kept, Prefetch::Keep);
+                let cold = timed_read(&kept, Prefetch::Keep);
                 kept_gbps.push(after);
                 cold_gbps.push(cold);
                 gain.push(after / cold);
