@@ -1,7 +1,6 @@
 //! Linear layer `y = x Wᵀ + b` with checkpoint-style `weight` [out, in] and optional `bias` [out].
 
-use crate::kernels::bandwidth::retention;
-use crate::kernels::bandwidth::streaming_reads;
+use crate::kernels::bandwidth::{retention, streaming_reads};
 use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
 use crate::kernels::gemv::{streamed_read_ahead, MAX_ROWS};
 use crate::kernels::machine::{
@@ -276,8 +275,9 @@ impl Linear {
     }
 
     /// Plans how a decoder step reads `layers` (every matrix it multiplies once per token) when
-    /// it must also keep `other_bytes` cached (K/V): [`plan_residency_retained`] against this machine's
-    /// cache budget. Call it once the layers have their final format.
+    /// it must also keep `other_bytes` cached (K/V): [`plan_residency_retained`] against this
+    /// machine's cache budget and what its caches keep. Call it once the layers have their
+    /// final format.
     pub fn plan_residency(layers: Vec<&mut Linear>, other_bytes: usize) {
         Self::plan_cycle_residency(layers.into_iter().map(|l| (l, 1)).collect(), other_bytes);
     }

@@ -297,8 +297,8 @@ impl<E: WeightElem> KeyPass<E> {
             c += S::LANES;
         }
         for (g, acc) in acc.iter().enumerate() {
-            // Every key's sum first, by constant index: read only up to the pass's `n`, the
-            // sums would stay in memory, and the loop above stored them on every iteration.
+            // Every key's accumulator summed by constant index: read only up to the pass's
+            // run-time `n`, they lived on the stack and the loop above stored them each time.
             let sums: [f32; KEYS_PER_PASS] = std::array::from_fn(|i| S::sum(acc[i]));
             let qr = self.q.add((r + g) * self.d);
             for (i, (sum, key)) in sums.iter().zip(&self.keys).take(self.n).enumerate() {
