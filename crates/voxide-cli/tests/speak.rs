@@ -473,12 +473,14 @@ fn voice_clone_from_a_reference_clip() {
 }
 
 /// `voxide bench --tts` on the Base fixture: the corpus clip is cloned once (its frames in
-/// context), every text runs its fixed frame count, and the JSON report says so.
+/// context), every text runs its fixed frame count, and the JSON report says so; the Chrome
+/// trace holds every stage of cloning and synthesis.
 #[test]
 fn bench_tts_clones_a_voice_for_a_base_model() {
     let dir = std::env::temp_dir().join(format!("voxide-bench-tts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("tts.json");
+    let trace = dir.join("trace.json");
     let base = root().join("tests/fixtures/qwen3-tts/tiny-random-base");
     let corpus = root().join("../shared/corpus");
     let out = voxide(&[
@@ -494,6 +496,8 @@ fn bench_tts_clones_a_voice_for_a_base_model() {
         "0",
         "--json",
         s(&json),
+        "--trace",
+        s(&trace),
     ]);
     assert!(
         out.status.success(),
@@ -502,6 +506,28 @@ fn bench_tts_clones_a_voice_for_a_base_model() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("voice cloned from"), "{stdout}");
+    let events: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for span in [
+        "load",
+        "speaker_encoder",
+        "codec_encoder",
+        "synthesize",
+        "prompt_build",
+        "talker_prompt",
+        "talker_step",
+        "code_predictor",
+        "codec_decode",
+        "codec_stage",
+    ] {
+        assert!(names.contains(&span), "trace lacks {span}: {names:?}");
+    }
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     // jfk.wav: 11.0 s → ⌈176 000 · 1.5 / 1920⌉ = 138 frames of codes.

@@ -112,7 +112,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--tts times its own texts: give no audio files or --suite");
     }
     let clock = Instant::now();
-    let synthesizer = crate::speak::load_synthesizer(&args.model, &args.precision)?;
+    let synthesizer = {
+        let _span = tracing::info_span!("load").entered();
+        crate::speak::load_synthesizer(&args.model, &args.precision)?
+    };
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     let threads = args
         .threads
@@ -157,7 +160,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             if i == args.warmup {
                 bandwidth.push(probe.fastest_gbps(3));
             }
-            let stats = synthesizer.synthesize(&request, &mut |_| Ok(true))?;
+            let stats = {
+                let _span = tracing::info_span!("synthesize", text = name, run = i).entered();
+                synthesizer.synthesize(&request, &mut |_| Ok(true))?
+            };
             if i >= args.warmup {
                 bandwidth.push(probe.fastest_gbps(3));
                 let steps = frames.saturating_sub(1).max(1);

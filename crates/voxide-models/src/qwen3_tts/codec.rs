@@ -503,6 +503,8 @@ impl CodecDecoder {
             .t()?
             .contiguous()?;
         let frames = frames.len();
+        let stage = |name: &'static str| tracing::trace_span!("codec_stage", name).entered();
+        let span = stage("rvq_pre_conv");
         // (T, codebook_dim) → (1, codebook_dim, T)
         let q = (self.rvq_first.decode(&codes.narrow(0, 0, 1)?)?
             + self.rvq_rest.decode(&codes.narrow(0, 1, groups - 1)?)?)?;
@@ -513,6 +515,8 @@ impl CodecDecoder {
             .push_causal(state.slots.take(), &q)?
             .transpose(1, 2)?;
         let mut h = self.input_proj.forward(&h.contiguous()?)?;
+        drop(span);
+        let span = stage("pre_transformer");
         let mut outs = Vec::new();
         for start in (0..frames).step_by(FRAME_BLOCK) {
             let n = FRAME_BLOCK.min(frames - start);
@@ -526,14 +530,19 @@ impl CodecDecoder {
         h = Tensor::cat(&outs, 1)?;
         let h = self.output_proj.forward(&self.norm.forward(&h)?)?;
         let mut h = h.transpose(1, 2)?.contiguous()?;
+        drop(span);
+        let span = stage("upsample");
         for (conv, convnext) in &self.upsample {
             h = conv.push(state.slots.take(), &h)?;
             h = convnext.push(&mut state.slots, &h)?;
         }
         h = self.first_conv.push_causal(state.slots.take(), &h)?;
+        drop(span);
         for block in &self.blocks {
+            let _span = stage("decoder_block");
             h = block.push(&mut state.slots, &h)?;
         }
+        let _span = stage("final_conv");
         let h = self.final_act.forward(&h)?;
         let wav = self.final_conv.push_causal(state.slots.take(), &h)?;
         Ok(wav.clamp(-1f32, 1f32)?.flatten_all()?.to_vec1::<f32>()?)

@@ -144,12 +144,16 @@ pub fn generate(
     let kv_dtype = params.kv_dtype.unwrap_or_else(|| talker.default_kv_dtype());
     let mut state = talker.new_state(prefill_len + params.max_frames, kv_dtype)?;
     let mut predictor_state = predictor.new_state(kv_dtype, device)?;
+    // The talker pass under way, up to its logits on the host.
+    let mut talker_span =
+        Some(tracing::trace_span!("talker_prompt", positions = prefill_len).entered());
     let mut hidden = talker.forward(&prompt.prefill, &mut state)?;
     hidden = hidden.narrow(1, prefill_len - 1, 1)?;
     let mut history: Vec<u32> = Vec::new();
     let mut frame = vec![0u32; predictor.groups() + 1];
     for index in 0..params.max_frames {
         let mut logits = talker.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
+        drop(talker_span.take());
         if index == 0 {
             out.prompt_ms = ms(talker_clock);
         } else {
@@ -173,6 +177,7 @@ pub fn generate(
         frame[0] = code0;
 
         // Codes 1..G−1: prefill [hidden, embed(code 0)], then one step per group.
+        let predictor_span = tracing::trace_span!("code_predictor", frame = index).entered();
         predictor_state.reset();
         let code0_embedding = talker.embed_codec(&[code0])?;
         let mut input = Tensor::cat(&[&hidden, &code0_embedding], 1)?;
@@ -190,6 +195,7 @@ pub fn generate(
             input = predictor.embed(group, &[code])?;
             sum = (sum + &input)?;
         }
+        drop(predictor_span);
         out.frames.push(frame.clone());
         if !on_frame(&frame)? {
             out.stop = Stop::Cancelled;
@@ -204,6 +210,7 @@ pub fn generate(
             prompt.tts_pad.clone()
         };
         talker_clock = Instant::now();
+        talker_span = Some(tracing::trace_span!("talker_step", frame = index + 1).entered());
         hidden = talker.forward(&(sum + text)?, &mut state)?;
         out.talker_kv_bytes += state.attended_bytes();
     }

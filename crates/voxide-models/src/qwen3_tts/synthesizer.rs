@@ -291,7 +291,10 @@ impl Synthesizer {
                  {MAX_REFERENCE_S:.0} s (a few seconds of clear speech is what it needs: trim it)"
             )));
         }
-        let xvector = speaker_encoder.embed(&reference.samples)?;
+        let xvector = {
+            let _span = tracing::trace_span!("speaker_encoder").entered();
+            speaker_encoder.embed(&reference.samples)?
+        };
         let n = xvector.len();
         let device = self.model.talker().device();
         let xvector = Tensor::from_vec(xvector, n, device)?;
@@ -304,14 +307,21 @@ impl Synthesizer {
                     .encode(&format!("<|im_start|>assistant\n{text}<|im_end|>\n"))?;
                 self.check_text_ids(&text_ids)?;
                 let clock = Instant::now();
-                let codes = codec_encoder.encode(&reference.samples)?;
+                let codes = {
+                    let _span = tracing::trace_span!("codec_encoder").entered();
+                    codec_encoder.encode(&reference.samples)?
+                };
                 codec_encoder_ms = ms(clock);
                 let clock = Instant::now();
                 let mut codec_state = self.codec.new_state(device)?;
                 let skip = reference
                     .context_frames
                     .map_or(0, |n| codes.len().saturating_sub(n));
-                self.codec.push(&mut codec_state, &codes[skip..])?;
+                {
+                    let _span =
+                        tracing::trace_span!("codec_decode", frames = codes.len() - skip).entered();
+                    self.codec.push(&mut codec_state, &codes[skip..])?;
+                }
                 codec_decoder_ms = ms(clock);
                 Some(InContext {
                     text_ids,
@@ -418,7 +428,11 @@ impl Synthesizer {
             prompt_request.positions(self.model.config())?,
             request.params.max_frames,
         )?;
-        let prompt = Prompt::build(self.model.talker(), self.model.config(), &prompt_request)?;
+        let prompt = {
+            let _span =
+                tracing::trace_span!("prompt_build", text_tokens = text_ids.len()).entered();
+            Prompt::build(self.model.talker(), self.model.config(), &prompt_request)?
+        };
 
         let device = self.model.talker().device().clone();
         // In context, the reference clip's audio is the left context of this request's.
@@ -432,7 +446,10 @@ impl Synthesizer {
         let mut cancelled = false;
         let mut emit = |frames: &[Vec<u32>], stats: &mut SpeechStats| -> Result<bool> {
             let clock = Instant::now();
-            let pcm = self.codec.push(&mut codec_state, frames)?;
+            let pcm = {
+                let _span = tracing::trace_span!("codec_decode", frames = frames.len()).entered();
+                self.codec.push(&mut codec_state, frames)?
+            };
             stats.codec_ms += clock.elapsed().as_secs_f64() * 1e3;
             stats
                 .first_audio_ms
