@@ -6,7 +6,7 @@
 //! `RAYON_NUM_THREADS=2 cargo bench -p voxide-nn --bench gemv [-- SECTION...]`
 //! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`,
 //! `whisper-step`, `rows`, `row-bytes`, `attention`, `step`,
-//! `step-int8`, `quant`, `quant-l2`
+//! `step-int8`, `tts-frame`, `thin`, `quant`, `quant-encoder`, `quant-l2`
 //! (all by default; `quant` and `quant-l2` take extra words: ggml type names to run, e.g. `quant q4_0 q4_K`). Figures: median [min–max] of the timed repetitions after a warm-up.
 
 use candle_core::{DType, Device, Tensor};
@@ -985,6 +985,9 @@ fn main() -> candle_core::Result<()> {
     if on("quant-encoder") {
         bench_quant_encoder(&types);
     }
+    if on("thin") {
+        bench_thin();
+    }
     if on("quant-l2") {
         bench_quant_l2(&types);
     }
@@ -1135,4 +1138,67 @@ fn bench_attention() -> candle_core::Result<()> {
 /// One value of each 64-byte line of `c` (a pass that brings every line in).
 fn line_sum(c: &[f32]) -> f32 {
     c.iter().step_by(16).sum()
+}
+
+/// Thin f32 products (a streaming codec's short chunks: a few columns), weights from memory
+/// (cycling through 100 MB of matrices): the `gemm` crate as it is, on columns padded to 16,
+/// and the GEMV (≤ 8 columns), as `kernels::gemm_f32` chooses between them.
+fn bench_thin() {
+    for (o, c) in [(768usize, 768usize), (1536, 1024)] {
+        let mats = 100_000_000 / (o * c * 4);
+        let w: Vec<f32> = (0..o * c * mats).map(|i| value(i) * 0.01).collect();
+        let mut next = 0;
+        let mut matrix = || {
+            next = (next + 1) % mats;
+            &w[next * o * c..(next + 1) * o * c]
+        };
+        for n in [1usize, 2, 4, 8, 9, 12, 16, 24, 32, 40] {
+            let gemm = |w: &[f32], n: usize| {
+                let x: Vec<f32> = (0..c * n).map(|i| value(i + 3)).collect();
+                let mut y = vec![0f32; o * n];
+                // SAFETY: w is o × c, x is c × n and y o × n, all row-major.
+                unsafe {
+                    gemm::gemm(
+                        o,
+                        n,
+                        c,
+                        y.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        w.as_ptr(),
+                        1,
+                        c as isize,
+                        x.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                    );
+                }
+            };
+            let plain = time(2, 48, || gemm(matrix(), n));
+            let padded = time(2, 48, || gemm(matrix(), n.next_multiple_of(16)));
+            let x: Vec<f32> = (0..n * c).map(|i| value(i + 3)).collect();
+            let mut y = vec![0f32; n * o];
+            let line = format!(
+                "thin {o}x{c} f32 by {n:2}: gemm {:.3} ms, padded to {:2} {:.3} ms",
+                plain.0 * 1e3,
+                n.next_multiple_of(16),
+                padded.0 * 1e3
+            );
+            if n <= 8 {
+                let t = time(2, 48, || {
+                    gemv(&x, &WeightMatrix::new(matrix(), o, c), None, &mut y, n)
+                });
+                println!("{line}, GEMV {:.3} ms", t.0 * 1e3);
+            } else {
+                println!("{line}");
+            }
+        }
+    }
 }
