@@ -147,30 +147,60 @@ where
     if cols == 0 {
         return (q, scales);
     }
+    let isa = Isa::detect();
     q.par_chunks_mut(cols)
         .zip(scales.par_iter_mut())
         .enumerate()
         .for_each_init(Vec::new, |buf: &mut Vec<f32>, (r, (qr, s))| {
             buf.resize(cols, 0.0);
             fill(r, buf);
-            let max = buf.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let max = abs_max(isa, buf);
             if max == 0.0 || !max.is_finite() {
                 *s = if max.is_finite() { 0.0 } else { f32::NAN };
                 return;
             }
             *s = max / 127.0;
-            let inv = 127.0 / max;
-            for (qv, v) in qr.iter_mut().zip(buf.iter()) {
-                // Round to nearest even via the 1.5·2²³ trick (vectorises without SSE4.1).
-                // A NaN weight becomes 0, as a saturating `as` would make it.
-                let t = (v * inv).clamp(-127.0, 127.0);
-                let t = if t.is_nan() { 0.0 } else { t };
-                // SAFETY: t rounds to a whole number in [-127, 127], so the unchecked
-                // conversion is exact; `as`'s saturating one does not vectorise.
-                *qv = unsafe { ((t + 12582912.0) - 12582912.0).to_int_unchecked::<i32>() } as i8;
-            }
+            round_row(isa, buf, 127.0 / max, qr);
         });
     (q, scales)
+}
+
+isa_entries! {
+    /// The largest |v[j]|, NaNs skipped (as `f32::max` skips them), 0 for none.
+    fn abs_max<>(v: &[f32]) -> f32 => abs_max_body
+}
+
+#[inline(always)]
+unsafe fn abs_max_body<S: Simd>(v: &[f32]) -> f32 {
+    // Lane-wise maxima, so that the loop vectorises (one running maximum is a serial chain).
+    let mut lanes = [0f32; 16];
+    let mut chunks = v.chunks_exact(lanes.len());
+    for chunk in &mut chunks {
+        for (m, x) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(x.abs());
+        }
+    }
+    let tail = chunks.remainder().iter().fold(0f32, |a, x| a.max(x.abs()));
+    lanes.iter().fold(tail, |a, &m| a.max(m))
+}
+
+isa_entries! {
+    /// q[j] = round(v[j] · inv) clamped to ±127, to nearest even; a NaN becomes 0, as a
+    /// saturating `as` would make it. Compiled per instruction set: the crate's baseline ran it
+    /// on 4-lane SSE2, ~8 % of a 0.6B TTS model's int8 load.
+    fn round_row<>(v: &[f32], inv: f32, q: &mut [i8]) => round_row_body
+}
+
+#[inline(always)]
+unsafe fn round_row_body<S: Simd>(v: &[f32], inv: f32, q: &mut [i8]) {
+    for (qv, v) in q.iter_mut().zip(v) {
+        // Round to nearest even via the 1.5·2²³ trick (vectorises without SSE4.1).
+        let t = (v * inv).clamp(-127.0, 127.0);
+        let t = if t.is_nan() { 0.0 } else { t };
+        // SAFETY: t rounds to a whole number in [-127, 127], so the unchecked conversion is
+        // exact; `as`'s saturating one does not vectorise.
+        *qv = unsafe { ((t + 12582912.0) - 12582912.0).to_int_unchecked::<i32>() } as i8;
+    }
 }
 
 #[cfg(test)]
