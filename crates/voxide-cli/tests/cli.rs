@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{root, s, voxide};
+use common::{assert_trace_has, root, s, voxide};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -551,24 +551,18 @@ fn bench_reports_traces_and_catches_a_planted_regression() {
         assert!(streaming.is_null(), "{streaming}");
     }
 
-    let events: Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
-    let names: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["name"].as_str())
-        .collect();
-    for span in [
-        "load",
-        "decode_audio",
-        "mel",
-        "encoder",
-        "prefill",
-        "decoder_step",
-        "sampling",
-    ] {
-        assert!(names.contains(&span), "trace lacks {span}: {names:?}");
-    }
+    assert_trace_has(
+        &trace,
+        &[
+            "load",
+            "decode_audio",
+            "mel",
+            "encoder",
+            "prefill",
+            "decoder_step",
+            "sampling",
+        ],
+    );
 
     // A baseline ten times as fast: every component regressed by 900 % (a margin that no
     // neighbour's load on the machine can hide; 2× was seen to miss the encoder once).

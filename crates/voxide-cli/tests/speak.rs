@@ -8,9 +8,9 @@ mod common;
 
 #[cfg(unix)]
 use common::entries;
+use common::{assert_trace_has, error_line, root, s};
 #[cfg(target_os = "linux")]
 use common::{check_linked_outputs, read_fifo};
-use common::{error_line, root, s};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -506,28 +506,21 @@ fn bench_tts_clones_a_voice_for_a_base_model() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("voice cloned from"), "{stdout}");
-    let events: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
-    let names: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["name"].as_str())
-        .collect();
-    for span in [
-        "load",
-        "speaker_encoder",
-        "codec_encoder",
-        "synthesize",
-        "prompt_build",
-        "talker_prompt",
-        "talker_step",
-        "code_predictor",
-        "codec_decode",
-        "codec_stage",
-    ] {
-        assert!(names.contains(&span), "trace lacks {span}: {names:?}");
-    }
+    assert_trace_has(
+        &trace,
+        &[
+            "load",
+            "speaker_encoder",
+            "codec_encoder",
+            "synthesize",
+            "prompt_build",
+            "talker_prompt",
+            "talker_step",
+            "code_predictor",
+            "codec_decode",
+            "codec_stage",
+        ],
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     // jfk.wav: 11.0 s → ⌈176 000 · 1.5 / 1920⌉ = 138 frames of codes.

@@ -130,3 +130,18 @@ pub fn check_linked_outputs(dir: &Path, ext: &str, write: impl Fn(&Path) -> Outp
         .collect();
     assert_eq!(entries(dir), made);
 }
+
+/// Panics unless the Chrome trace at `path` holds a span of each of `names`.
+pub fn assert_trace_has(path: &Path, names: &[&str]) {
+    let events: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let found: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for name in names {
+        assert!(found.contains(name), "trace lacks {name}: {found:?}");
+    }
+}

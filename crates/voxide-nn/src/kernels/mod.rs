@@ -91,9 +91,10 @@ pub(crate) unsafe fn gemm_f32(
                     .copy_from_slice(unsafe { std::slice::from_raw_parts(dst.add(i * dst_rs), n) });
             }
         }
-        // SAFETY: c (m × padded) and b (k × padded) are row-major buffers of that size.
+        // SAFETY: c (m × padded) and b (k × padded) are row-major buffers of that size (and
+        // `padded`, a multiple of the quantum, takes the `gemm` crate below).
         unsafe {
-            gemm_crate(
+            gemm_f32(
                 (m, padded, k),
                 c.as_mut_ptr(),
                 padded,
@@ -114,15 +115,25 @@ pub(crate) unsafe fn gemm_f32(
     }
     // SAFETY: forwarded from the caller.
     unsafe {
-        gemm_crate(
-            (m, n, k),
+        gemm::gemm(
+            m,
+            n,
+            k,
             dst,
-            dst_rs,
+            1,
+            dst_rs as isize,
             accumulate,
             lhs,
-            lhs_rs,
+            1,
+            lhs_rs as isize,
             rhs,
-            (rhs_rs, rhs_cs),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
             parallelism,
         )
     }
@@ -160,48 +171,6 @@ unsafe fn gemv_product(
             let p = y[j * m + i];
             *v = if accumulate { *v + p } else { p };
         }
-    }
-}
-
-/// The `gemm` crate's product, as [`gemm_f32`] states it.
-///
-/// # Safety
-/// As [`gemm_f32`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_crate(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_rs: usize,
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    parallelism: gemm::Parallelism,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            1,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
     }
 }
 
