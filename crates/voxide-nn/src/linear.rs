@@ -729,14 +729,13 @@ mod tests {
                     let want = reference(&x)?;
                     assert_eq!(got.dims(), &[1, rows, n]);
                     let err = max_rel(&got, &want);
-                    // Where int8 runs on the GEMV, or on the integer small-M kernel (VNNI), it
-                    // multiplies x's int16 codes (`gemv_int8`): each value within 1.5e-5 of its
-                    // block's largest.
-                    let integer = rows <= int8_gemv_max_rows() || integer_int8();
-                    let tol = if fmt == WeightFormat::Int8 && integer {
-                        1e-4
-                    } else {
-                        1e-5
+                    // Where int8 runs on the GEMV, it multiplies x's int16 codes (`gemv_int8`):
+                    // each value within 1.5e-5 of its block's largest; on the integer small-M
+                    // kernel (VNNI), x's 8-bit codes: within 1 / 254 of its block's largest.
+                    let tol = match fmt {
+                        WeightFormat::Int8 if rows <= int8_gemv_max_rows() => 1e-4,
+                        WeightFormat::Int8 if integer_int8() => 1e-2,
+                        _ => 1e-5,
                     };
                     assert!(
                         err < tol,

@@ -758,6 +758,42 @@ pub(crate) mod tests {
     /// [`check`] for the integer int8 paths, which quantize x per block (`gemv_int8`): within
     /// what x's rounding allows, Σ_j |w_j| · step_b / 2, of the product of the unquantized x,
     /// plus f32 accumulation.
+    /// Panics unless each y[i][r] is within what rounding x to `levels` steps of each block's
+    /// largest |x| (blocks of `block` values of a row) allows: Σ_j |w[r][j]| · step / 2, plus
+    /// f32 rounding.
+    pub(crate) fn check_rounded_x(
+        got: &[f32],
+        want: &[f64],
+        x: &[f32],
+        wf: &[f32],
+        m: usize,
+        (block, levels): (usize, f64),
+        what: &str,
+    ) {
+        let k = x.len() / m;
+        let n = wf.len() / k;
+        for i in 0..m {
+            let row = &x[i * k..][..k];
+            let steps: Vec<f64> = row
+                .chunks(block)
+                .map(|b| b.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / levels)
+                .collect();
+            for r in 0..n {
+                let (mut bound, mut mag) = (0f64, 0f64);
+                for (j, &v) in row.iter().enumerate() {
+                    let w = wf[r * k + j].abs() as f64;
+                    bound += w * steps[j / block] * 0.5;
+                    mag += w * v.abs() as f64;
+                }
+                let err = (got[i * n + r] as f64 - want[i * n + r]).abs();
+                assert!(
+                    err <= bound * (1.0 + 1e-3) + 2e-6 * (1.0 + mag),
+                    "{what} [{i},{r}]: error {err}, bound {bound}"
+                );
+            }
+        }
+    }
+
     pub(crate) fn check_quantized_x(
         got: &[f32],
         want: &[f64],

@@ -74,12 +74,8 @@ impl QuantizedX {
         q
     }
 
-    /// The int16 codes, m × k.
-    pub(crate) fn codes(&self) -> &[i16] {
-        &self.codes
-    }
-
     /// The scales, m × ⌈k / X_BLOCK⌉.
+    #[cfg(test)]
     pub(crate) fn scales(&self) -> &[f32] {
         &self.scales
     }

@@ -1,19 +1,21 @@
 //! The small-M product for int8 weights on CPUs with VNNI, 512-bit (AVX-512 VNNI: Zen 4 and 5,
 //! Intel Xeon from Ice Lake) or 256-bit (AVX-VNNI: Intel cores from Alder Lake, which have no
-//! AVX-512): x is quantized to int16 per block of [`X_BLOCK`] values, as the int8 GEMV does
-//! ([`super::gemv_int8`]: ~15 bits of each block's largest |x|, far finer than the weights'
-//! 8), and each block's products sum exactly in int32 by `vpdpwssd`, 32 multiply-adds per
-//! instruction where the f32 path ([`super::small_m`]) widens the weights and runs 16 per FMA;
-//! once per block the sums meet x's scales in f32:
-//! y[i][r] = scale_r · Σ_b d[i][b] · Σ_{j∈b} q[i][j] · w[r][j].
+//! AVX-512): x is quantized to 8 bits per block of [`X8_BLOCK`] values of a row (as llama.cpp
+//! quantizes activations for its Q8_0 products, and vLLM's W8A8 per token), stored as
+//! q + 128 in a byte, and each block's products sum exactly in int32 by `vpdpbusd`, 64
+//! multiply-adds per instruction (4× the f32 path's FMA, [`super::small_m`]; 2× the int16
+//! pairs of `vpdpwssd` this kernel used before); once per block the sums, less 128 · Σ w of
+//! the block, meet x's scales in f32:
+//! y[i][r] = scale_r · Σ_b d[i][b] · (Σ_{j∈b} (q[i][j] + 128) · w[r][j] − 128 · Σ_{j∈b} w[r][j]).
+//! The decoder steps' GEMV keeps ~15 bits of x ([`super::gemv_int8`]); 8 bits per block of 128
+//! add a rounding of the order of the weights' own.
 //!
-//! The register blocking is [`super::small_m`]'s: panels of 2 vectors of rows of x, now as int16
-//! pairs (x[i][2j], x[i][2j + 1]) per 32-bit lane, against strips of 6 weight rows widened to
-//! int16 in L1, one broadcast pair per row: 12 int32 accumulators (AVX2's 16 registers hold
-//! them with the 2 x vectors and the broadcast), added into the f32 tile once per block.
+//! The register blocking is [`super::small_m`]'s: panels of 2 vectors of rows of x, as 4 bytes
+//! (x[i][4j..4j + 4]) per 32-bit lane, against strips of 6 weight rows copied to L1 with their
+//! block sums, one broadcast of 4 weights per row: 12 int32 accumulators (AVX2's 16 registers
+//! hold them with the 2 x vectors and the broadcast), added into the f32 tile once per block.
 
 use super::gemv::{OutPtr, WeightMatrix};
-use super::gemv_int8::{QuantizedX, X_BLOCK};
 use super::simd::Isa;
 use super::small_m::{
     for_each_task, run_task, with_blocking, Scratch, StripKernel, MAX_BLOCK, M_CHUNK, PASS_ROWS,
@@ -42,12 +44,10 @@ trait Vnni {
     unsafe fn zero() -> Self::I;
     unsafe fn load(p: *const i32) -> Self::I;
     unsafe fn splat(v: i32) -> Self::I;
-    /// acc + pairwise products of the int16 halves of a and b.
+    /// acc + the sums of 4 products of the unsigned bytes of a and the signed bytes of b.
     unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I;
-    /// `LANES` · 2 int8 values at src widened to int16 at dst.
-    unsafe fn widen(src: *const i8, dst: *mut i16);
-    /// out[l] += sums[l] · d[l] for the LANES lanes.
-    unsafe fn scale_add(out: *mut f32, sums: Self::I, d: *const f32);
+    /// out[l] += (sums[l] − c) · d[l] for the LANES lanes.
+    unsafe fn scale_add(out: *mut f32, sums: Self::I, c: i32, d: *const f32);
 }
 
 struct Avx512Vnni;
@@ -69,15 +69,11 @@ impl Vnni for Avx512Vnni {
     }
     #[inline(always)]
     unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I {
-        _mm512_dpwssd_epi32(acc, a, b)
+        _mm512_dpbusd_epi32(acc, a, b)
     }
     #[inline(always)]
-    unsafe fn widen(src: *const i8, dst: *mut i16) {
-        let v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(src as *const _));
-        _mm512_storeu_si512(dst as *mut _, v);
-    }
-    #[inline(always)]
-    unsafe fn scale_add(out: *mut f32, sums: Self::I, d: *const f32) {
+    unsafe fn scale_add(out: *mut f32, sums: Self::I, c: i32, d: *const f32) {
+        let sums = _mm512_sub_epi32(sums, _mm512_set1_epi32(c));
         let v = _mm512_fmadd_ps(
             _mm512_cvtepi32_ps(sums),
             _mm512_loadu_ps(d),
@@ -106,15 +102,11 @@ impl Vnni for AvxVnni {
     }
     #[inline(always)]
     unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I {
-        _mm256_dpwssd_avx_epi32(acc, a, b)
+        _mm256_dpbusd_avx_epi32(acc, a, b)
     }
     #[inline(always)]
-    unsafe fn widen(src: *const i8, dst: *mut i16) {
-        let v = _mm256_cvtepi8_epi16(_mm_loadu_si128(src as *const _));
-        _mm256_storeu_si256(dst as *mut _, v);
-    }
-    #[inline(always)]
-    unsafe fn scale_add(out: *mut f32, sums: Self::I, d: *const f32) {
+    unsafe fn scale_add(out: *mut f32, sums: Self::I, c: i32, d: *const f32) {
+        let sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(c));
         let v = _mm256_fmadd_ps(
             _mm256_cvtepi32_ps(sums),
             _mm256_loadu_ps(d),
@@ -124,34 +116,52 @@ impl Vnni for AvxVnni {
     }
 }
 
+/// Values of a row of x per 8-bit scale: a multiple of 4 (the bytes of a lane) dividing
+/// [`MAX_BLOCK`], so that no block straddles a column block. 128 · 255 · 127 stays far below
+/// 2³¹ in a lane's sum.
+pub(crate) const X8_BLOCK: usize = 128;
+
 /// x quantized and packed for the micro-kernel, `PASS_ROWS` rows at most.
 struct Panels {
-    /// `[panel][pair][lane]`: two int16 codes of x per 32-bit lane, zero past the last row
-    /// and (k odd) in the last pair's upper half.
-    codes: Vec<i16>,
-    /// `[panel][block][lane]`: the scale of each row's block, zero past the last row.
+    /// `[panel][quad][lane]`: four codes q + 128 of x per 32-bit lane (q = 0 past the last row
+    /// and past k).
+    codes: Vec<u32>,
+    /// `[panel][block][lane]`: the scale of each row's block (its largest |x| / 127), zero past
+    /// the last row, NaN where the block holds a NaN or infinite value.
     scales: Vec<f32>,
 }
 
 impl Panels {
     /// x (m × k) in panels of `width` rows.
     fn pack(x: &[f32], m: usize, k: usize, width: usize) -> Self {
-        let (pairs, blocks) = (k.div_ceil(2), k.div_ceil(X_BLOCK));
+        let (quads, blocks) = (k.div_ceil(4), k.div_ceil(X8_BLOCK));
         let panels = m.div_ceil(width);
-        let q = QuantizedX::new(x, m, k);
-        let mut codes = vec![0i16; panels * pairs * width * 2];
+        let mut codes = vec![0x8080_8080u32; panels * quads * width];
         let mut scales = vec![0f32; panels * blocks * width];
+        let mut row_codes = vec![128u8; quads * 4];
         for i in 0..m {
             let (p, l) = (i / width, i % width);
-            let row = &q.codes()[i * k..][..k];
-            for (j, &c) in row.iter().enumerate() {
-                codes[((p * pairs + j / 2) * width + l) * 2 + j % 2] = c;
+            let row = &x[i * k..][..k];
+            for (b, part) in row.chunks(X8_BLOCK).enumerate() {
+                let finite = part.iter().all(|v| v.is_finite());
+                let max = part.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let scale = if finite { max / 127.0 } else { f32::NAN };
+                let inv = if finite && max > 0.0 {
+                    127.0 / max
+                } else {
+                    0.0
+                };
+                for (c, &v) in row_codes[b * X8_BLOCK..].iter_mut().zip(part) {
+                    // |v · inv| ≤ 127: the rounding stays in 1..=255.
+                    *c = ((v * inv).round() as i32 + 128) as u8;
+                }
+                scales[(p * blocks + b) * width + l] = scale;
             }
-            for b in 0..blocks {
-                scales[(p * blocks + b) * width + l] = q.scales()[i * blocks + b];
+            for (j, quad) in row_codes.chunks(4).enumerate() {
+                codes[(p * quads + j) * width + l] =
+                    u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
             }
         }
-        q.recycle();
         Self { codes, scales }
     }
 }
@@ -184,7 +194,7 @@ pub(crate) fn matmul(
         for_each_task(
             n,
             rows * n * k,
-            || Scratch::<i16>::new(block.next_multiple_of(2), width),
+            || Scratch::<i8>::new(block.next_multiple_of(4), width),
             // SAFETY: `available` was checked by the caller; the buffers fit (asserted in the
             // task).
             |r0, r1, scratch| unsafe {
@@ -211,7 +221,7 @@ unsafe fn task_avx512(
     r0: usize,
     r1: usize,
     block: usize,
-    scratch: &mut Scratch<i16>,
+    scratch: &mut Scratch<i8>,
 ) {
     // SAFETY: forwarded from the caller; the features are enabled here.
     unsafe { task::<Avx512Vnni>(panels, w, bias, y, m, r0, r1, block, scratch) }
@@ -229,7 +239,7 @@ unsafe fn task_avx2(
     r0: usize,
     r1: usize,
     block: usize,
-    scratch: &mut Scratch<i16>,
+    scratch: &mut Scratch<i8>,
 ) {
     // SAFETY: forwarded from the caller; the features are enabled here.
     unsafe { task::<AvxVnni>(panels, w, bias, y, m, r0, r1, block, scratch) }
@@ -247,17 +257,18 @@ unsafe fn task<V: Vnni>(
     r0: usize,
     r1: usize,
     block: usize,
-    scratch: &mut Scratch<i16>,
+    scratch: &mut Scratch<i8>,
 ) {
     let k = w.cols;
     let width = X_VECS * V::LANES;
-    let (pairs, blocks) = (k.div_ceil(2), k.div_ceil(X_BLOCK));
-    let stride = block.next_multiple_of(2);
+    let (quads, blocks) = (k.div_ceil(4), k.div_ceil(X8_BLOCK));
+    let stride = block.next_multiple_of(4);
     assert!(
         scratch.strip.len() >= W_ROWS * stride
             && scratch.tile.len() >= (r1 - r0) * M_CHUNK.next_multiple_of(width)
-            && panels.codes.len() >= m.div_ceil(width) * pairs * width * 2
+            && panels.codes.len() >= m.div_ceil(width) * quads * width
             && panels.scales.len() >= m.div_ceil(width) * blocks * width
+            && block.is_multiple_of(X8_BLOCK) | (block == k)
     );
     let scales = w.scales.expect("int8 weights carry row scales");
     let mut strips = IntStrips::<V> {
@@ -265,19 +276,23 @@ unsafe fn task<V: Vnni>(
         w,
         strip: scratch.strip.as_mut_ptr(),
         stride,
+        sums: [[0; MAX_BLOCK / X8_BLOCK]; W_ROWS],
         _vnni: std::marker::PhantomData,
     };
     let tile = scratch.tile.as_mut_ptr();
     run_task(&mut strips, m, (r0, r1), block, tile, y, Some(scales), bias);
 }
 
-/// The integer kernel's strips: int8 weights widened to int16, unscaled.
+/// The integer kernel's strips: int8 weights copied to L1, unscaled, with 128 · the sum of
+/// each x block's weights (the codes' offset, taken off once per block).
 struct IntStrips<'a, V> {
     panels: &'a Panels,
     w: WeightMatrix<'a, i8>,
     /// [`W_ROWS`] rows of the current column block, `stride` apart, zero past its end.
-    strip: *mut i16,
+    strip: *mut i8,
     stride: usize,
+    /// `sums[t][b]` = 128 · Σ of strip row t over the column block's x block b.
+    sums: [[i32; MAX_BLOCK / X8_BLOCK]; W_ROWS],
     _vnni: std::marker::PhantomData<V>,
 }
 
@@ -301,15 +316,12 @@ impl<V: Vnni> StripKernel for IntStrips<'_, V> {
 
     #[inline(always)]
     unsafe fn widen(&mut self, t: usize, r: usize, c0: usize, len: usize) {
-        let src = self.w.data.as_ptr().add(r * self.w.cols + c0);
-        let dst = self.strip.add(t * self.stride);
-        let mut j = 0;
-        while j + 2 * V::LANES <= len {
-            V::widen(src.add(j), dst.add(j));
-            j += 2 * V::LANES;
-        }
-        for jj in j..self.stride {
-            *dst.add(jj) = if jj < len { *src.add(jj) as i16 } else { 0 };
+        let src = std::slice::from_raw_parts(self.w.data.as_ptr().add(r * self.w.cols + c0), len);
+        let dst = std::slice::from_raw_parts_mut(self.strip.add(t * self.stride), self.stride);
+        dst[..len].copy_from_slice(src);
+        dst[len..].fill(0);
+        for (sum, part) in self.sums[t].iter_mut().zip(src.chunks(X8_BLOCK)) {
+            *sum = 128 * part.iter().map(|&v| v as i32).sum::<i32>();
         }
     }
 
@@ -324,27 +336,31 @@ impl<V: Vnni> StripKernel for IntStrips<'_, V> {
     ) {
         let k = self.w.cols;
         let width = X_VECS * V::LANES;
-        let (pairs, blocks) = (k.div_ceil(2), k.div_ceil(X_BLOCK));
-        let codes = self.panels.codes.as_ptr();
-        let xp = codes.add((panel * pairs + c0 / 2) * width * 2) as *const i32;
+        let (quads, blocks) = (k.div_ceil(4), k.div_ceil(X8_BLOCK));
+        let xp = self
+            .panels
+            .codes
+            .as_ptr()
+            .add((panel * quads + c0 / 4) * width) as *const i32;
         let sp = self
             .panels
             .scales
             .as_ptr()
-            .add((panel * blocks + c0 / X_BLOCK) * width);
+            .add((panel * blocks + c0 / X8_BLOCK) * width);
         let wp = self.strip as *const i32;
-        let (w_stride, pair_len) = (self.stride / 2, len.div_ceil(2));
+        let (w_stride, quad_len) = (self.stride / 4, len.div_ceil(4));
+        let sums = &self.sums;
         with_blocking!(
             strip_rows,
             vecs,
-            micro::<V>(xp, sp, wp, w_stride, pair_len, yp)
+            micro::<V>(xp, sp, wp, w_stride, quad_len, sums, yp)
         );
     }
 }
 
-/// yp[t][i] += Σ_b d[i][b] · Σ_{pairs of b} x[i]·w[t] for the VECS × LANES rows of one panel
-/// (pair column jp at `xp + jp · width`, block scales at `sp + b · width`) and ROWS widened
-/// weight rows (pair stride `w_stride`), over `pair_len` pairs starting at an x block's start;
+/// yp[t][i] += Σ_b d[i][b] · (Σ_{quads of b} x[i]·w[t] − sums[t][b]) for the VECS × LANES rows of
+/// one panel (quad column jq at `xp + jq · width`, block scales at `sp + b · width`) and ROWS
+/// weight rows (quad stride `w_stride`), over `quad_len` quads starting at an x block's start;
 /// yp's rows have stride `width`.
 #[inline(always)]
 unsafe fn micro<V: Vnni, const ROWS: usize, const VECS: usize>(
@@ -352,22 +368,23 @@ unsafe fn micro<V: Vnni, const ROWS: usize, const VECS: usize>(
     sp: *const f32,
     wp: *const i32,
     w_stride: usize,
-    pair_len: usize,
+    quad_len: usize,
+    offsets: &[[i32; MAX_BLOCK / X8_BLOCK]; W_ROWS],
     yp: *mut f32,
 ) {
     let width = X_VECS * V::LANES;
-    let mut jp0 = 0;
+    let mut jq0 = 0;
     let mut b = 0;
-    while jp0 < pair_len {
-        let jp1 = (jp0 + X_BLOCK / 2).min(pair_len);
+    while jq0 < quad_len {
+        let jq1 = (jq0 + X8_BLOCK / 4).min(quad_len);
         let mut sums = [[V::zero(); VECS]; ROWS];
-        for jp in jp0..jp1 {
+        for jq in jq0..jq1 {
             let mut xv = [V::zero(); VECS];
             for (v, x) in xv.iter_mut().enumerate() {
-                *x = V::load(xp.add(jp * width + v * V::LANES));
+                *x = V::load(xp.add(jq * width + v * V::LANES));
             }
             for (t, s) in sums.iter_mut().enumerate() {
-                let wv = V::splat(*wp.add(t * w_stride + jp));
+                let wv = V::splat(*wp.add(t * w_stride + jq));
                 for v in 0..VECS {
                     s[v] = V::dot(s[v], xv[v], wv);
                 }
@@ -376,10 +393,15 @@ unsafe fn micro<V: Vnni, const ROWS: usize, const VECS: usize>(
         for (t, s) in sums.iter().enumerate() {
             for (v, &s) in s.iter().enumerate() {
                 let lane0 = v * V::LANES;
-                V::scale_add(yp.add(t * width + lane0), s, sp.add(b * width + lane0));
+                V::scale_add(
+                    yp.add(t * width + lane0),
+                    s,
+                    offsets[t][b],
+                    sp.add(b * width + lane0),
+                );
             }
         }
-        jp0 = jp1;
+        jq0 = jq1;
         b += 1;
     }
 }
@@ -387,11 +409,8 @@ unsafe fn micro<V: Vnni, const ROWS: usize, const VECS: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::gemv::tests::{check_quantized_x, data, reference, weights};
+    use crate::kernels::gemv::tests::{check_rounded_x, data, reference, weights};
 
-    /// Against the product of the unquantized x, within what x's rounding allows: odd and
-    /// short widths, widths across x blocks and column blocks, rows around the panels, chunks
-    /// and passes, tiles around the strips, on 2 threads.
     /// The instruction sets whose integer path runs on this CPU.
     fn isas() -> Vec<Isa> {
         let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
@@ -404,8 +423,11 @@ mod tests {
         isas
     }
 
+    /// Against the product of the unquantized x, within what rounding x to 8 bits allows: odd
+    /// and short widths, widths across x blocks and column blocks, rows around the panels,
+    /// chunks and passes, tiles around the strips, on 2 threads.
     #[test]
-    fn error_is_bounded_by_the_rounding_of_x() {
+    fn error_is_bounded_by_the_8_bit_rounding_of_x() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
@@ -416,7 +438,8 @@ mod tests {
             (1031, 20, &[9, 130, 300]),
             (5000, 131, &[17, 39, 64]),
             (1031, 517, &[9, 39, 64]),
-            (X_BLOCK, 49, &[32, 129]),
+            (X8_BLOCK, 49, &[32, 129]),
+            (3 * X8_BLOCK + 2, 7, &[33]),
         ];
         for &(k, n, ms) in &shapes {
             let tw = weights(n, k, 11);
@@ -430,7 +453,7 @@ mod tests {
                     let mut y = vec![0f32; m * n];
                     pool.install(|| matmul(isa, &x, &w, Some(&bias), &mut y, m));
                     let what = format!("{isa:?} m{m} k{k} n{n}");
-                    check_quantized_x(&y, &want, &x, &tw.i8_f32, m, k, &what);
+                    check_rounded_x(&y, &want, &x, &tw.i8_f32, m, (X8_BLOCK, 127.0), &what);
                 }
             }
         }
