@@ -14,6 +14,7 @@
 //! next to the run it judges: [`ReadProbe`] keeps its buffers so that passes can alternate with
 //! the timed work.
 
+#[cfg(target_arch = "x86_64")]
 use super::gemv::TASK_BYTES;
 use super::machine::{advise_pages, machine, weight_prefetch, Residency};
 use super::simd::{isa_entries, Isa, Simd};
@@ -245,6 +246,7 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
 
 /// Bytes [`StreamingReads::measure`] reads per pass. The buffer is flushed from the caches
 /// before each pass, so this size reads from memory whatever the cache (1–3 ms a pass).
+#[cfg(target_arch = "x86_64")]
 const STREAMING_PROBE_BYTES: usize = 32 << 20;
 
 /// The share of plain prefetches' read rate that non-temporal prefetches must reach to be used

@@ -15,7 +15,9 @@
 use super::bandwidth::{median, Prefetch};
 use super::gemv_bf16::{self, SplitX};
 use super::gemv_int8::{self, QuantizedX};
-use super::machine::{huge_page_vec, machine, weight_prefetch, Residency};
+#[cfg(target_arch = "x86_64")]
+use super::machine::huge_page_vec;
+use super::machine::{machine, weight_prefetch, Residency};
 use super::next_matrix::{read_then_warm_next, warmable};
 use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem, WEIGHT_KINDS};
 use super::spin_pool::for_each_range;
@@ -53,6 +55,8 @@ const PREFETCH_BYTES: usize = 4096;
 /// prefetch at all, the hardware's prefetchers alone (ggml's GEMV has none): on Zen 4 the
 /// f16 kernel read 5–7.5 % faster without hints than with NTA hints 2 KB ahead
 /// (PERFORMANCE.md #126).
+// Measured on x86-64; elsewhere only the tests read the list.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const STREAMED_PREFETCH_CANDIDATES: [usize; 5] = [0, 1024, 2048, 4096, 8192];
 const STREAMED_PREFETCH_DEFAULT: usize = 2048;
 
@@ -64,7 +68,9 @@ const STREAMED_PREFETCH_MIN_GAIN: f64 = 1.08;
 /// Bytes of the matrix the distance is measured on (a pass of ~1–1.5 ms from memory on 2
 /// cores: shorter passes favoured short distances that lose on long reads), and rounds of
 /// passes over the candidates.
+#[cfg(target_arch = "x86_64")]
 const STREAMED_PREFETCH_PROBE_BYTES: usize = 64 << 20;
+#[cfg(target_arch = "x86_64")]
 const STREAMED_PREFETCH_ROUNDS: usize = 5;
 
 pub(crate) const PREFETCH_NONE: u8 = Prefetch::None as u8;
@@ -761,6 +767,7 @@ pub(crate) mod tests {
     /// Panics unless each y[i][r] is within what rounding x to `levels` steps of each block's
     /// largest |x| (blocks of `block` values of a row) allows: Σ_j |w[r][j]| · step / 2, plus
     /// f32 rounding.
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn check_rounded_x(
         got: &[f32],
         want: &[f64],

@@ -421,6 +421,7 @@ macro_rules! with_blocking {
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
 pub(super) use with_blocking;
 
 /// The f32 kernel's strips: narrow weights widened to f32 (scaled, for int8).
