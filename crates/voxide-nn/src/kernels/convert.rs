@@ -167,7 +167,7 @@ where
 
 isa_entries! {
     /// The largest |v[j]|, NaNs skipped (as `f32::max` skips them), 0 for none.
-    fn abs_max<>(v: &[f32]) -> f32 => abs_max_body
+    pub(crate) fn abs_max<>(v: &[f32]) -> f32 => abs_max_body
 }
 
 #[inline(always)]
@@ -188,7 +188,7 @@ isa_entries! {
     /// q[j] = round(v[j] · inv) clamped to ±127, to nearest even; a NaN becomes 0, as a
     /// saturating `as` would make it. Compiled per instruction set: the crate's baseline ran it
     /// on 4-lane SSE2, ~8 % of a 0.6B TTS model's int8 load.
-    fn round_row<>(v: &[f32], inv: f32, q: &mut [i8]) => round_row_body
+    pub(crate) fn round_row<>(v: &[f32], inv: f32, q: &mut [i8]) => round_row_body
 }
 
 #[inline(always)]

@@ -15,6 +15,7 @@
 //! block sums, one broadcast of 4 weights per row: 12 int32 accumulators (AVX2's 16 registers
 //! hold them with the 2 x vectors and the broadcast), added into the f32 tile once per block.
 
+use super::convert::{abs_max, round_row};
 use super::gemv::{OutPtr, WeightMatrix};
 use super::simd::Isa;
 use super::small_m::{
@@ -138,28 +139,27 @@ impl Panels {
         let panels = m.div_ceil(width);
         let mut codes = vec![0x8080_8080u32; panels * quads * width];
         let mut scales = vec![0f32; panels * blocks * width];
-        let mut row_codes = vec![128u8; quads * 4];
+        let isa = Isa::detect();
+        // One row's codes q (0 past k), rounded as the weights are at load.
+        let mut row_codes = vec![0i8; quads * 4];
         for i in 0..m {
             let (p, l) = (i / width, i % width);
             let row = &x[i * k..][..k];
             for (b, part) in row.chunks(X8_BLOCK).enumerate() {
                 let finite = part.iter().all(|v| v.is_finite());
-                let max = part.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let scale = if finite { max / 127.0 } else { f32::NAN };
-                let inv = if finite && max > 0.0 {
-                    127.0 / max
+                let max = abs_max(isa, part);
+                let dst = &mut row_codes[b * X8_BLOCK..][..part.len()];
+                if finite && max > 0.0 {
+                    round_row(isa, part, 127.0 / max, dst);
                 } else {
-                    0.0
-                };
-                for (c, &v) in row_codes[b * X8_BLOCK..].iter_mut().zip(part) {
-                    // |v · inv| ≤ 127: the rounding stays in 1..=255.
-                    *c = ((v * inv).round() as i32 + 128) as u8;
+                    dst.fill(0);
                 }
-                scales[(p * blocks + b) * width + l] = scale;
+                scales[(p * blocks + b) * width + l] = if finite { max / 127.0 } else { f32::NAN };
             }
             for (j, quad) in row_codes.chunks(4).enumerate() {
+                // q + 128 as a byte is q's two's complement with its top bit flipped.
                 codes[(p * quads + j) * width + l] =
-                    u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+                    u32::from_le_bytes([0, 1, 2, 3].map(|b| quad[b] as u8)) ^ 0x8080_8080;
             }
         }
         Self { codes, scales }
@@ -268,7 +268,7 @@ unsafe fn task<V: Vnni>(
             && scratch.tile.len() >= (r1 - r0) * M_CHUNK.next_multiple_of(width)
             && panels.codes.len() >= m.div_ceil(width) * quads * width
             && panels.scales.len() >= m.div_ceil(width) * blocks * width
-            && block.is_multiple_of(X8_BLOCK) | (block == k)
+            && (block.is_multiple_of(X8_BLOCK) || block == k)
     );
     let scales = w.scales.expect("int8 weights carry row scales");
     let mut strips = IntStrips::<V> {
