@@ -12,11 +12,14 @@
 //! ```
 //!
 //! A dilated convolution is d interleaved undilated ones (outputs j ≡ p mod d read inputs
-//! ≡ p mod d), tiled per phase; the tiles of all phases share the GEMMs. f32 rounding grows
+//! ≡ p mod d), tiled per phase; the tiles of all phases share the GEMMs. Where U stays cached
+//! (few channels: the codec's last blocks), each thread takes whole blocks of tiles through
+//! all three stages; otherwise each stage runs across the threads ([`Schedule`]). f32 rounding grows
 //! with the points' range: over 384 channels the largest error of F(4, 7) is ~7e-5 of the
 //! outputs' RMS (F(2, 7): ~1.4e-5, for 1.75× instead of 2.8× fewer multiply-adds). Through
 //! the full-size Qwen3-TTS codec decoder the waveform moves by ≤ 2.3e-7 (peak 0.03).
 
+use super::machine::{machine, CacheSizes};
 use super::ops::contiguous_f32;
 use super::simd::{isa_entries, Isa, Simd};
 use super::{gemm_f32, gemm_parallelism};
@@ -51,6 +54,9 @@ const MAX_LANES: usize = 16;
 /// memory serves many columns.
 const PASS_BYTES: usize = 4 << 20;
 const MIN_COLUMNS: usize = 256;
+
+/// The L2 assumed where the machine does not say (the smallest seen on our kinds).
+const UNKNOWN_L2: usize = 512 << 10;
 
 /// The largest filter the points cover in tiles of [`TILE`].
 pub const MAX_TAPS: usize = POINTS.len() + 2 - TILE;
@@ -117,6 +123,81 @@ fn inverse(a: &[f64], n: usize) -> Vec<f64> {
     inv
 }
 
+/// How one call's tiles are spread over the threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Schedule {
+    /// Passes of `columns` tiles (phase after phase), each stage of a pass on all threads: the
+    /// input transform and the output transform split by channel, each Uf product by `gemm`.
+    /// U is read once per pass, shared: right where it is too large to stay cached.
+    Passes { columns: usize },
+    /// Blocks of `per_phase` consecutive tiles of every phase, each block transformed,
+    /// multiplied and written back by one thread: no fork-join per stage or per Uf product,
+    /// the block's scratch in that core's L2, and the tiles of all phases together read one
+    /// contiguous span of the input (a phase alone reads every (4·d)-th sample: at d = 9 each
+    /// sample's cache line came from memory 9 times). Every block reads all of U, so U must
+    /// stay cached. Measured on Zen 4, 2 threads, a 16-frame codec chunk's k7 convolutions:
+    /// 96 channels 21 → 12 ms (d = 1), 34 → 14 ms (d = 9); 192 channels 20 → 13, 28 → 14 ms.
+    Blocks { per_phase: usize },
+}
+
+impl Schedule {
+    /// `u_bytes` of transformed weights, `column_bytes` of scratch per tile (its α inputs and
+    /// α products over all channels), `tiles` in the first (largest) phase, on `threads`
+    /// threads of a machine with these caches.
+    fn choose(
+        u_bytes: usize,
+        column_bytes: usize,
+        tiles: usize,
+        dilation: usize,
+        threads: usize,
+        caches: &CacheSizes,
+    ) -> Self {
+        let passes = Self::Passes {
+            columns: (PASS_BYTES / column_bytes).max(MIN_COLUMNS),
+        };
+        let l2 = if caches.l2_per_core > 0 {
+            caches.l2_per_core
+        } else {
+            UNKNOWN_L2
+        };
+        // Each thread re-reads U for every block it takes: U has to stay in this thread's
+        // share of the caches beside the activations (a quarter of it, at most).
+        let cached = (caches.l3 / threads.max(1)).max(l2);
+        if u_bytes > cached / 4 {
+            return passes;
+        }
+        // Half of L2 for the block's scratch, in whole vectors of tiles per phase.
+        let columns = (l2 / 2 / column_bytes).max(1);
+        let per_phase = (columns / dilation / MAX_LANES * MAX_LANES).max(MAX_LANES);
+        // At least two blocks a thread, so that the last blocks even out.
+        if tiles.div_ceil(per_phase) < 2 * threads.max(1) {
+            return passes;
+        }
+        Self::Blocks { per_phase }
+    }
+}
+
+/// y's rows, written at disjoint positions by the threads of a [`Schedule::Blocks`] call.
+#[derive(Clone, Copy)]
+struct Rows(*mut f32);
+
+// SAFETY: only used to write disjoint elements (each tile's own outputs) from many threads.
+unsafe impl Send for Rows {}
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    /// # Safety
+    /// `offset` is inside the rows' buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// A run of tiles of one phase inside a block of columns: (phase, first tile, tiles, first
+/// column).
+type Segment = (usize, usize, usize, usize);
+
 thread_local! {
     /// The last call's transformed inputs and products. Taken, not borrowed: a rayon thread
     /// that runs another convolution while waiting finds them empty.
@@ -181,6 +262,27 @@ impl WinogradConv {
 
     /// x (C × len, row-major) → y (O × t), t = len − (r − 1) · d ≥ 1.
     pub fn forward(&self, x: &[f32], len: usize, y: &mut [f32]) {
+        let column_bytes = self.alpha * (self.in_channels + self.out_channels) * 4;
+        self.forward_with(x, len, y, |tiles| {
+            Schedule::choose(
+                self.u.len() * 4,
+                column_bytes,
+                tiles,
+                self.dilation,
+                rayon::current_num_threads(),
+                &machine().caches,
+            )
+        });
+    }
+
+    /// [`Self::forward`] on the schedule that `schedule` picks for the first phase's tiles.
+    fn forward_with(
+        &self,
+        x: &[f32],
+        len: usize,
+        y: &mut [f32],
+        schedule: impl FnOnce(usize) -> Schedule,
+    ) {
         let (o, c, d, alpha) = (
             self.out_channels,
             self.in_channels,
@@ -198,91 +300,156 @@ impl WinogradConv {
             o * t,
             "winograd: y must be {o} rows of {t} outputs"
         );
-        // Phase p (< d) has the outputs p + d·n, n < outputs[p], in tiles of TILE; the tiles
-        // of all phases are the columns, phase by phase.
+        // Phase p (< d) has the outputs p + d·n, n < outputs[p], in tiles of TILE.
         let outputs: Vec<usize> = (0..d.min(t)).map(|p| (t - p).div_ceil(d)).collect();
-        let mut first_column = vec![0usize];
-        for n in &outputs {
-            first_column.push(first_column.last().unwrap() + n.div_ceil(TILE));
+        let tiles: Vec<usize> = outputs.iter().map(|n| n.div_ceil(TILE)).collect();
+        let (outputs, tiles) = (&outputs[..], &tiles[..]);
+        let rows = Rows(y.as_mut_ptr());
+        match schedule(tiles[0]) {
+            Schedule::Blocks { per_phase } => {
+                (0..tiles[0].div_ceil(per_phase))
+                    .into_par_iter()
+                    .for_each(|block| {
+                        let first = block * per_phase;
+                        let mut segments = Vec::with_capacity(tiles.len());
+                        let mut n = 0;
+                        for (p, &phase_tiles) in tiles.iter().enumerate() {
+                            if phase_tiles > first {
+                                let count = per_phase.min(phase_tiles - first);
+                                segments.push((p, first, count, n));
+                                n += count;
+                            }
+                        }
+                        let (mut v, mut products) = SCRATCH.take();
+                        v.resize(c * alpha * n, 0f32);
+                        products.resize(o * alpha * n, 0f32);
+                        let mut staging = Vec::new();
+                        for (vc, xc) in v.chunks_mut(alpha * n).zip(x.chunks(len)) {
+                            self.transform_inputs(xc, len, &segments, n, vc, &mut staging);
+                        }
+                        self.multiply(&v, n, &mut products, gemm::Parallelism::None);
+                        for (oo, (po, &bias)) in
+                            products.chunks(alpha * n).zip(&self.bias).enumerate()
+                        {
+                            // SAFETY: row oo of y; this block's tiles own their outputs.
+                            unsafe {
+                                self.transform_outputs(
+                                    po,
+                                    bias,
+                                    &segments,
+                                    outputs,
+                                    n,
+                                    rows.at(oo * t),
+                                    &mut staging,
+                                )
+                            };
+                        }
+                        SCRATCH.set((v, products));
+                    });
+            }
+            Schedule::Passes { columns: per_pass } => {
+                // The tiles of all phases are the columns, phase by phase.
+                let mut first_column = vec![0usize];
+                for n in tiles {
+                    first_column.push(first_column.last().unwrap() + n);
+                }
+                let columns = *first_column.last().unwrap();
+                // This thread's scratch from the last call: fresh 4 MB buffers cost a page
+                // fault per 4 kB and a zero fill on every call (the codec runs 13 of these
+                // convolutions per chunk).
+                let (mut v, mut products) = SCRATCH.take();
+                for start in (0..columns).step_by(per_pass) {
+                    let n = per_pass.min(columns - start);
+                    let segments: Vec<Segment> = (0..tiles.len())
+                        .filter_map(|p| {
+                            let lo = first_column[p].max(start);
+                            let hi = first_column[p + 1].min(start + n);
+                            (lo < hi).then(|| (p, lo - first_column[p], hi - lo, lo - start))
+                        })
+                        .collect();
+                    v.resize(c * alpha * n, 0f32);
+                    products.resize(o * alpha * n, 0f32);
+                    v.par_chunks_mut(alpha * n)
+                        .zip(x.par_chunks(len))
+                        .with_min_len(4)
+                        .for_each_init(Vec::new, |staging, (vc, xc)| {
+                            self.transform_inputs(xc, len, &segments, n, vc, staging)
+                        });
+                    self.multiply(&v, n, &mut products, gemm_parallelism(o * c * n));
+                    products
+                        .par_chunks(alpha * n)
+                        .zip(&self.bias)
+                        .enumerate()
+                        .with_min_len(4)
+                        .for_each_init(Vec::new, |staging, (oo, (po, &bias))| {
+                            // SAFETY: row oo of y, written by this task alone.
+                            unsafe {
+                                self.transform_outputs(
+                                    po,
+                                    bias,
+                                    &segments,
+                                    outputs,
+                                    n,
+                                    rows.at(oo * t),
+                                    staging,
+                                )
+                            }
+                        });
+                }
+                SCRATCH.set((v, products));
+            }
         }
-        let columns = *first_column.last().unwrap();
-        let per_pass = (PASS_BYTES / (alpha * (c + o) * 4)).max(MIN_COLUMNS);
-        // This thread's scratch from the last call: fresh 4 MB buffers cost a page fault per
-        // 4 kB and a zero fill on every call (the codec runs 13 of these convolutions per chunk).
-        let (mut v, mut products) = SCRATCH.take();
-        for start in (0..columns).step_by(per_pass) {
-            let n = per_pass.min(columns - start);
-            // The phases' tile ranges inside columns start..start + n: (phase, first tile,
-            // tiles, column in this pass).
-            let segments: Vec<(usize, usize, usize, usize)> = (0..outputs.len())
-                .filter_map(|p| {
-                    let lo = first_column[p].max(start);
-                    let hi = first_column[p + 1].min(start + n);
-                    (lo < hi).then(|| (p, lo - first_column[p], hi - lo, lo - start))
-                })
-                .collect();
-            v.resize(c * alpha * n, 0f32);
-            products.resize(o * alpha * n, 0f32);
-            self.transform_inputs(x, len, &segments, n, &mut v);
-            self.multiply(&v, n, &mut products);
-            self.transform_outputs(&products, &segments, &outputs, n, t, y);
-        }
-        SCRATCH.set((v, products));
     }
 
-    /// v[c][f][col] = Σₖ Bᵀ[f][k] · x[c][p + d·(tile·m + k)] (0 past the input).
+    /// One input channel's segments: vc[f][col] = Σₖ Bᵀ[f][k] · xc[p + d·(tile·m + k)] (0
+    /// past the input), `residues` a scratch.
     fn transform_inputs(
         &self,
-        x: &[f32],
+        xc: &[f32],
         len: usize,
-        segments: &[(usize, usize, usize, usize)],
+        segments: &[Segment],
         n: usize,
-        v: &mut [f32],
+        vc: &mut [f32],
+        residues: &mut Vec<f32>,
     ) {
         let (alpha, d) = (self.alpha, self.dilation);
         let isa = Isa::detect();
-        v.par_chunks_mut(alpha * n)
-            .zip(x.par_chunks(len))
-            .with_min_len(4)
-            .for_each_init(Vec::new, |residues, (vc, xc)| {
-                for &(p, tile0, tiles, col) in segments {
-                    // residues[ρ][i] = x[p + d·((tile0 + i)·m + ρ)]: input k of tile tile0 + i
-                    // is residues[k mod m][i + k / m], so every input row is contiguous (rows
-                    // padded with zeros for whole vectors).
-                    let span = tiles.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE;
-                    residues.resize(TILE * span, 0f32);
-                    let first = p + d * tile0 * TILE;
-                    // One strided copy per residue (index arithmetic hoisted out of the
-                    // element loop), zeros past the input.
-                    for (rho, row) in residues.chunks_mut(span).enumerate() {
-                        let start = first + d * rho;
-                        let inside = len.saturating_sub(start).div_ceil(TILE * d).min(span);
-                        if inside > 0 {
-                            let src = xc[start..].iter().step_by(TILE * d);
-                            for (r, &value) in row[..inside].iter_mut().zip(src) {
-                                *r = value;
-                            }
-                        }
-                        row[inside..].fill(0.0);
+        for &(p, tile0, tiles, col) in segments {
+            // residues[ρ][i] = x[p + d·((tile0 + i)·m + ρ)]: input k of tile tile0 + i is
+            // residues[k mod m][i + k / m], so every input row is contiguous (rows padded with
+            // zeros for whole vectors).
+            let span = tiles.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE;
+            residues.resize(TILE * span, 0f32);
+            let first = p + d * tile0 * TILE;
+            // One strided copy per residue (index arithmetic hoisted out of the element
+            // loop), zeros past the input.
+            for (rho, row) in residues.chunks_mut(span).enumerate() {
+                let start = first + d * rho;
+                let inside = len.saturating_sub(start).div_ceil(TILE * d).min(span);
+                if inside > 0 {
+                    let src = xc[start..].iter().step_by(TILE * d);
+                    for (r, &value) in row[..inside].iter_mut().zip(src) {
+                        *r = value;
                     }
-                    input_tiles(
-                        isa,
-                        &self.bt,
-                        alpha,
-                        residues,
-                        span,
-                        tiles,
-                        &mut vc[col..],
-                        n,
-                    );
                 }
-            });
+                row[inside..].fill(0.0);
+            }
+            input_tiles(
+                isa,
+                &self.bt,
+                alpha,
+                residues,
+                span,
+                tiles,
+                &mut vc[col..],
+                n,
+            );
+        }
     }
 
     /// products[o][f][col] = Σ_c U_f[o][c] · v[c][f][col], one GEMM per f.
-    fn multiply(&self, v: &[f32], n: usize, products: &mut [f32]) {
+    fn multiply(&self, v: &[f32], n: usize, products: &mut [f32], parallelism: gemm::Parallelism) {
         let (o, c, alpha) = (self.out_channels, self.in_channels, self.alpha);
-        let parallelism = gemm_parallelism(o * c * n);
         for f in 0..alpha {
             // SAFETY: dst is column block f of products (o rows of stride α·n, n columns);
             // lhs is U_f (o × c, row stride c); rhs is column block f of v (c rows of stride
@@ -303,41 +470,41 @@ impl WinogradConv {
         }
     }
 
-    /// y[o][p + d·(tile·m + i)] = bias[o] + Σ_f Aᵀ[i][f] · products[o][f][col], for outputs
-    /// that exist.
-    fn transform_outputs(
+    /// One output channel's segments: yo[p + d·(tile·m + i)] = bias + Σ_f Aᵀ[i][f] ·
+    /// po[f][col], for outputs that exist; `rows` a scratch.
+    ///
+    /// # Safety
+    /// `yo` is a row of t outputs, and no other thread writes these segments' outputs.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn transform_outputs(
         &self,
-        products: &[f32],
-        segments: &[(usize, usize, usize, usize)],
+        po: &[f32],
+        bias: f32,
+        segments: &[Segment],
         outputs: &[usize],
         n: usize,
-        t: usize,
-        y: &mut [f32],
+        yo: *mut f32,
+        rows: &mut Vec<f32>,
     ) {
         let (alpha, d) = (self.alpha, self.dilation);
         let isa = Isa::detect();
-        y.par_chunks_mut(t)
-            .zip(products.par_chunks(alpha * n))
-            .zip(&self.bias)
-            .with_min_len(4)
-            .for_each_init(Vec::new, |rows, ((yo, po), &b)| {
-                for &(p, tile0, tiles, col) in segments {
-                    // rows[i][u]: output i of tile tile0 + u.
-                    let span = tiles.div_ceil(MAX_LANES) * MAX_LANES;
-                    rows.clear();
-                    rows.resize(TILE * span, 0f32);
-                    output_tiles(isa, &self.at, alpha, &po[col..], n, tiles, b, rows, span);
-                    let first = tile0 * TILE;
-                    let count = (outputs[p] - first).min(tiles * TILE);
-                    // Output i of each tile is every (TILE·d)-th sample from its first.
-                    for (i, row) in rows.chunks(span).enumerate().take(count) {
-                        let dst = yo[p + d * (first + i)..].iter_mut().step_by(TILE * d);
-                        for (y, &value) in dst.zip(&row[..(count - i).div_ceil(TILE)]) {
-                            *y = value;
-                        }
-                    }
+        for &(p, tile0, tiles, col) in segments {
+            // rows[i][u]: output i of tile tile0 + u.
+            let span = tiles.div_ceil(MAX_LANES) * MAX_LANES;
+            rows.clear();
+            rows.resize(TILE * span, 0f32);
+            output_tiles(isa, &self.at, alpha, &po[col..], n, tiles, bias, rows, span);
+            let first = tile0 * TILE;
+            let count = (outputs[p] - first).min(tiles * TILE);
+            // Output i of each tile is every (TILE·d)-th sample from its first.
+            for (i, row) in rows.chunks(span).enumerate().take(count) {
+                let from = p + d * (first + i);
+                for (u, &value) in row[..(count - i).div_ceil(TILE)].iter().enumerate() {
+                    // SAFETY: output `from + u·TILE·d` < t exists (the count above).
+                    unsafe { *yo.add(from + u * TILE * d) = value };
                 }
-            });
+            }
+        }
     }
 }
 
@@ -484,8 +651,10 @@ mod tests {
     use super::*;
 
     /// Against the definition in f64: kernels of 1 to MAX_TAPS taps, dilations, output
-    /// lengths that do and do not fill the last tile of each phase, passes split over many
-    /// columns.
+    /// lengths that do and do not fill the last tile of each phase, on the schedule the
+    /// machine picks and on both schedules forced: passes split over many columns and across
+    /// phases, blocks that end inside a phase (phases of unequal length) and a last block
+    /// that only the first phases reach.
     #[test]
     fn equals_the_direct_convolution() {
         let val = |i: usize| ((i * 7919 % 211) as f32 / 105.0) - 1.0;
@@ -505,22 +674,35 @@ mod tests {
             let w: Vec<f32> = (0..k * o * c).map(|i| val(i + 77) * 0.3).collect();
             let bias: Vec<f32> = (0..o).map(|i| val(i + 5)).collect();
             let conv = WinogradConv::new(&w, &bias, o, c, k, d).expect("supported");
-            let mut y = vec![f32::NAN; o * t];
-            conv.forward(&x, len, &mut y);
-            for oo in 0..o {
-                for j in 0..t {
-                    let mut want = bias[oo] as f64;
-                    for kk in 0..k {
-                        for cc in 0..c {
-                            want +=
-                                w[(kk * o + oo) * c + cc] as f64 * x[cc * len + j + kk * d] as f64;
+            let forced = [
+                Some(Schedule::Passes { columns: 3 }),
+                Some(Schedule::Passes { columns: 1000 }),
+                Some(Schedule::Blocks { per_phase: 1 }),
+                Some(Schedule::Blocks { per_phase: 3 }),
+                Some(Schedule::Blocks { per_phase: 16 }),
+            ];
+            for schedule in std::iter::once(None).chain(forced) {
+                let mut y = vec![f32::NAN; o * t];
+                match schedule {
+                    None => conv.forward(&x, len, &mut y),
+                    Some(s) => conv.forward_with(&x, len, &mut y, |_| s),
+                }
+                for oo in 0..o {
+                    for j in 0..t {
+                        let mut want = bias[oo] as f64;
+                        for kk in 0..k {
+                            for cc in 0..c {
+                                want += w[(kk * o + oo) * c + cc] as f64
+                                    * x[cc * len + j + kk * d] as f64;
+                            }
                         }
+                        let got = y[oo * t + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "({c}, {o}, k{k}, d{d}, t{t}, {schedule:?}) y[{oo}][{j}] = {got}, \
+                             want {want}"
+                        );
                     }
-                    let got = y[oo * t + j] as f64;
-                    assert!(
-                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                        "({c}, {o}, k{k}, d{d}, t{t}) y[{oo}][{j}] = {got}, want {want}"
-                    );
                 }
             }
         }
@@ -559,5 +741,64 @@ mod tests {
         }
         let rms = (power / (o * t) as f64).sqrt();
         assert!(worst < 1.5e-4 * rms, "largest error {worst}, RMS {rms}");
+    }
+
+    /// The schedule from the machine's caches: blocks per thread where U stays cached and
+    /// there are enough blocks to share, passes otherwise; blocks sized to half of L2.
+    #[test]
+    fn schedule_follows_the_caches() {
+        let zen4 = CacheSizes {
+            l2_per_core: 1 << 20,
+            l3: 32 << 20,
+        };
+        let xeon = CacheSizes {
+            l2_per_core: 2 << 20,
+            l3: 480 << 20,
+        };
+        // A k7 convolution over C = O channels: α = 10.
+        let u = |c: usize| 10 * c * c * 4;
+        let column = |c: usize| 10 * 2 * c * 4;
+        // The codec's last block (96 channels, 7680 tiles a chunk): blocks of 64 tiles, of
+        // 16 per phase at d = 9; 192 channels, blocks of 32.
+        assert_eq!(
+            Schedule::choose(u(96), column(96), 7680, 1, 2, &zen4),
+            Schedule::Blocks { per_phase: 64 }
+        );
+        assert_eq!(
+            Schedule::choose(u(96), column(96), 854, 9, 2, &zen4),
+            Schedule::Blocks { per_phase: 16 }
+        );
+        assert_eq!(
+            Schedule::choose(u(192), column(192), 2560, 1, 2, &zen4),
+            Schedule::Blocks { per_phase: 32 }
+        );
+        // 768 channels: U (23.6 MB) would be re-read from memory by every block on a 32 MB
+        // L3, not on a 480 MB one.
+        assert_eq!(
+            Schedule::choose(u(768), column(768), 128, 1, 2, &zen4),
+            Schedule::Passes { columns: 256 }
+        );
+        assert!(matches!(
+            Schedule::choose(u(768), column(768), 1024, 1, 2, &xeon),
+            Schedule::Blocks { .. }
+        ));
+        // Too few tiles for two blocks a thread (a 1-frame chunk at 192 channels, d = 9).
+        assert_eq!(
+            Schedule::choose(u(192), column(192), 18, 9, 2, &zen4),
+            Schedule::Passes { columns: 273 }
+        );
+        // Unknown caches: blocks only for what fits the assumed 512 KB L2.
+        let unknown = CacheSizes {
+            l2_per_core: 0,
+            l3: 0,
+        };
+        assert_eq!(
+            Schedule::choose(u(32), column(32), 7680, 1, 2, &unknown),
+            Schedule::Blocks { per_phase: 96 }
+        );
+        assert_eq!(
+            Schedule::choose(u(96), column(96), 7680, 1, 2, &unknown),
+            Schedule::Passes { columns: 546 }
+        );
     }
 }
