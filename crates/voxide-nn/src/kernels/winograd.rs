@@ -123,32 +123,29 @@ fn inverse(a: &[f64], n: usize) -> Vec<f64> {
     inv
 }
 
-/// How one call's tiles are spread over the threads.
+/// How one call's columns (tiles) are spread over the threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Schedule {
-    /// Passes of `columns` tiles (phase after phase), each stage of a pass on all threads: the
-    /// input transform and the output transform split by channel, each Uf product by `gemm`.
-    /// U is read once per pass, shared: right where it is too large to stay cached.
+    /// Passes of `columns`, each stage of a pass on all threads: the input transform and the
+    /// output transform split by channel, each Uf product by `gemm`. U is read once per pass,
+    /// shared: right where it is too large to stay cached.
     Passes { columns: usize },
-    /// Blocks of `per_phase` consecutive tiles of every phase, each block transformed,
-    /// multiplied and written back by one thread: no fork-join per stage or per Uf product,
-    /// the block's scratch in that core's L2, and the tiles of all phases together read one
-    /// contiguous span of the input (a phase alone reads every (4·d)-th sample: at d = 9 each
-    /// sample's cache line came from memory 9 times). Every block reads all of U, so U must
-    /// stay cached. Measured on Zen 4, 2 threads, a 16-frame codec chunk's k7 convolutions:
-    /// 96 channels 21 → 12 ms (d = 1), 34 → 14 ms (d = 9); 192 channels 20 → 13, 28 → 14 ms.
-    Blocks { per_phase: usize },
+    /// Blocks of `columns`, each block transformed, multiplied and written back by one thread:
+    /// no fork-join per stage or per Uf product, and the block's scratch in that core's L2.
+    /// Every block reads all of U, so U must stay cached. Measured on Zen 4, 2 threads, a
+    /// 16-frame codec chunk's k7 convolutions: 96 channels 21 → 12 ms (d = 1), 34 → 14 ms
+    /// (d = 9); 192 channels 20 → 13, 28 → 14 ms.
+    Blocks { columns: usize },
 }
 
 impl Schedule {
-    /// `u_bytes` of transformed weights, `column_bytes` of scratch per tile (its α inputs and
-    /// α products over all channels), `tiles` in the first (largest) phase, on `threads`
-    /// threads of a machine with these caches.
+    /// `u_bytes` of transformed weights, `column_bytes` of scratch per column (its α inputs
+    /// and α products over all channels), `columns` in all, on `threads` threads of a machine
+    /// with these caches.
     fn choose(
         u_bytes: usize,
         column_bytes: usize,
-        tiles: usize,
-        dilation: usize,
+        columns: usize,
         threads: usize,
         caches: &CacheSizes,
     ) -> Self {
@@ -166,14 +163,13 @@ impl Schedule {
         if u_bytes > cached / 4 {
             return passes;
         }
-        // Half of L2 for the block's scratch, in whole vectors of tiles per phase.
-        let columns = (l2 / 2 / column_bytes).max(1);
-        let per_phase = (columns / dilation / MAX_LANES * MAX_LANES).max(MAX_LANES);
+        // Half of L2 for the block's scratch, in whole vectors of columns.
+        let per_block = (l2 / 2 / column_bytes / MAX_LANES * MAX_LANES).max(MAX_LANES);
         // At least two blocks a thread, so that the last blocks even out.
-        if tiles.div_ceil(per_phase) < 2 * threads.max(1) {
+        if columns.div_ceil(per_block) < 2 * threads.max(1) {
             return passes;
         }
-        Self::Blocks { per_phase }
+        Self::Blocks { columns: per_block }
     }
 }
 
@@ -193,10 +189,6 @@ impl Rows {
         unsafe { self.0.add(offset) }
     }
 }
-
-/// A run of tiles of one phase inside a block of columns: (phase, first tile, tiles, first
-/// column).
-type Segment = (usize, usize, usize, usize);
 
 thread_local! {
     /// The last call's transformed inputs and products. Taken, not borrowed: a rayon thread
@@ -263,19 +255,18 @@ impl WinogradConv {
     /// x (C × len, row-major) → y (O × t), t = len − (r − 1) · d ≥ 1.
     pub fn forward(&self, x: &[f32], len: usize, y: &mut [f32]) {
         let column_bytes = self.alpha * (self.in_channels + self.out_channels) * 4;
-        self.forward_with(x, len, y, |tiles| {
+        self.forward_with(x, len, y, |columns| {
             Schedule::choose(
                 self.u.len() * 4,
                 column_bytes,
-                tiles,
-                self.dilation,
+                columns,
                 rayon::current_num_threads(),
                 &machine().caches,
             )
         });
     }
 
-    /// [`Self::forward`] on the schedule that `schedule` picks for the first phase's tiles.
+    /// [`Self::forward`] on the schedule that `schedule` picks for the number of columns.
     fn forward_with(
         &self,
         x: &[f32],
@@ -300,45 +291,40 @@ impl WinogradConv {
             o * t,
             "winograd: y must be {o} rows of {t} outputs"
         );
-        // Phase p (< d) has the outputs p + d·n, n < outputs[p], in tiles of TILE.
-        let outputs: Vec<usize> = (0..d.min(t)).map(|p| (t - p).div_ceil(d)).collect();
-        let tiles: Vec<usize> = outputs.iter().map(|n| n.div_ceil(TILE)).collect();
-        let (outputs, tiles) = (&outputs[..], &tiles[..]);
+        // Column ℓ is tile ⌊ℓ / d⌋ of phase ℓ mod d (the phases interleaved tile by tile, each
+        // as long as the first): its outputs are s(ℓ) + d·i for i < m, s(ℓ) = m·d·⌊ℓ / d⌋ +
+        // ℓ mod d, and d columns on is the same phase's next tile. A block of consecutive
+        // columns thus reads and writes runs of d consecutive samples (one phase's tiles
+        // alone would read every (m·d)-th sample: at d = 9 each sample's cache line came from
+        // memory 9 times), and a few tiles of each phase fill whole vectors together.
+        let columns = (t.div_ceil(d).div_ceil(TILE) * d).max(1);
         let rows = Rows(y.as_mut_ptr());
-        match schedule(tiles[0]) {
-            Schedule::Blocks { per_phase } => {
-                (0..tiles[0].div_ceil(per_phase))
+        match schedule(columns) {
+            Schedule::Blocks { columns: per_block } => {
+                (0..columns.div_ceil(per_block))
                     .into_par_iter()
                     .for_each(|block| {
-                        let first = block * per_phase;
-                        let mut segments = Vec::with_capacity(tiles.len());
-                        let mut n = 0;
-                        for (p, &phase_tiles) in tiles.iter().enumerate() {
-                            if phase_tiles > first {
-                                let count = per_phase.min(phase_tiles - first);
-                                segments.push((p, first, count, n));
-                                n += count;
-                            }
-                        }
+                        let start = block * per_block;
+                        let n = per_block.min(columns - start);
                         let (mut v, mut products) = SCRATCH.take();
                         v.resize(c * alpha * n, 0f32);
                         products.resize(o * alpha * n, 0f32);
                         let mut staging = Vec::new();
                         for (vc, xc) in v.chunks_mut(alpha * n).zip(x.chunks(len)) {
-                            self.transform_inputs(xc, len, &segments, n, vc, &mut staging);
+                            self.transform_inputs(xc, len, start, n, vc, &mut staging);
                         }
                         self.multiply(&v, n, &mut products, gemm::Parallelism::None);
                         for (oo, (po, &bias)) in
                             products.chunks(alpha * n).zip(&self.bias).enumerate()
                         {
-                            // SAFETY: row oo of y; this block's tiles own their outputs.
+                            // SAFETY: row oo of y; this block's columns own their outputs.
                             unsafe {
                                 self.transform_outputs(
                                     po,
                                     bias,
-                                    &segments,
-                                    outputs,
+                                    start,
                                     n,
+                                    t,
                                     rows.at(oo * t),
                                     &mut staging,
                                 )
@@ -348,32 +334,19 @@ impl WinogradConv {
                     });
             }
             Schedule::Passes { columns: per_pass } => {
-                // The tiles of all phases are the columns, phase by phase.
-                let mut first_column = vec![0usize];
-                for n in tiles {
-                    first_column.push(first_column.last().unwrap() + n);
-                }
-                let columns = *first_column.last().unwrap();
                 // This thread's scratch from the last call: fresh 4 MB buffers cost a page
                 // fault per 4 kB and a zero fill on every call (the codec runs 13 of these
                 // convolutions per chunk).
                 let (mut v, mut products) = SCRATCH.take();
                 for start in (0..columns).step_by(per_pass) {
                     let n = per_pass.min(columns - start);
-                    let segments: Vec<Segment> = (0..tiles.len())
-                        .filter_map(|p| {
-                            let lo = first_column[p].max(start);
-                            let hi = first_column[p + 1].min(start + n);
-                            (lo < hi).then(|| (p, lo - first_column[p], hi - lo, lo - start))
-                        })
-                        .collect();
                     v.resize(c * alpha * n, 0f32);
                     products.resize(o * alpha * n, 0f32);
                     v.par_chunks_mut(alpha * n)
                         .zip(x.par_chunks(len))
                         .with_min_len(4)
                         .for_each_init(Vec::new, |staging, (vc, xc)| {
-                            self.transform_inputs(xc, len, &segments, n, vc, staging)
+                            self.transform_inputs(xc, len, start, n, vc, staging)
                         });
                     self.multiply(&v, n, &mut products, gemm_parallelism(o * c * n));
                     products
@@ -387,9 +360,9 @@ impl WinogradConv {
                                 self.transform_outputs(
                                     po,
                                     bias,
-                                    &segments,
-                                    outputs,
+                                    start,
                                     n,
+                                    t,
                                     rows.at(oo * t),
                                     staging,
                                 )
@@ -401,50 +374,69 @@ impl WinogradConv {
         }
     }
 
-    /// One input channel's segments: vc[f][col] = Σₖ Bᵀ[f][k] · xc[p + d·(tile·m + k)] (0
-    /// past the input), `residues` a scratch.
+    /// Calls `run(entry, sample, count)` over entries 0..count of a row of columns from
+    /// `column`: entry e stands for sample s(column + e) + `offset`, s(ℓ) = m·d·⌊ℓ / d⌋ +
+    /// ℓ mod d the first output of column ℓ; the d columns of a tile have consecutive samples,
+    /// so each call is one contiguous run.
+    fn runs(
+        &self,
+        column: usize,
+        count: usize,
+        offset: usize,
+        mut run: impl FnMut(usize, usize, usize),
+    ) {
+        let d = self.dilation;
+        let (mut entry, mut tile, mut phase) = (0, column / d, column % d);
+        while entry < count {
+            let len = (d - phase).min(count - entry);
+            run(entry, TILE * d * tile + phase + offset, len);
+            entry += len;
+            (tile, phase) = (tile + 1, 0);
+        }
+    }
+
+    /// Columns start..start + n of one input channel: vc[f][u] = Σₖ Bᵀ[f][k] · xc[s + d·k]
+    /// for s = s(start + u) (0 past the input), `residues` a scratch.
     fn transform_inputs(
         &self,
         xc: &[f32],
         len: usize,
-        segments: &[Segment],
+        start: usize,
         n: usize,
         vc: &mut [f32],
         residues: &mut Vec<f32>,
     ) {
         let (alpha, d) = (self.alpha, self.dilation);
-        let isa = Isa::detect();
-        for &(p, tile0, tiles, col) in segments {
-            // residues[ρ][i] = x[p + d·((tile0 + i)·m + ρ)]: input k of tile tile0 + i is
-            // residues[k mod m][i + k / m], so every input row is contiguous (rows padded with
-            // zeros for whole vectors).
-            let span = tiles.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE;
-            residues.resize(TILE * span, 0f32);
-            let first = p + d * tile0 * TILE;
-            // One strided copy per residue (index arithmetic hoisted out of the element
-            // loop), zeros past the input.
-            for (rho, row) in residues.chunks_mut(span).enumerate() {
-                let start = first + d * rho;
-                let inside = len.saturating_sub(start).div_ceil(TILE * d).min(span);
+        // residues[ρ][u] = x[s(start + u) + d·ρ]: input k of column start + u is
+        // residues[k mod m][u + d·(k / m)] (d columns on is the same phase's next tile), so
+        // every input row is contiguous (rows padded with zeros for whole vectors).
+        let width = n + (alpha - 1) / TILE * d;
+        let span = n.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE * d;
+        residues.resize(TILE * span, 0f32);
+        for (rho, row) in residues.chunks_mut(span).enumerate() {
+            if d == 1 {
+                // Runs of one sample: a strided copy, the index arithmetic out of the loop.
+                let first = TILE * start + rho;
+                let inside = len.saturating_sub(first).div_ceil(TILE).min(width);
                 if inside > 0 {
-                    let src = xc[start..].iter().step_by(TILE * d);
+                    let src = xc[first..].iter().step_by(TILE);
                     for (r, &value) in row[..inside].iter_mut().zip(src) {
                         *r = value;
                     }
                 }
                 row[inside..].fill(0.0);
+            } else {
+                self.runs(start, width, d * rho, |entry, sample, count| {
+                    let inside = len.saturating_sub(sample).min(count);
+                    if inside > 0 {
+                        row[entry..entry + inside].copy_from_slice(&xc[sample..sample + inside]);
+                    }
+                    row[entry + inside..entry + count].fill(0.0);
+                });
+                row[width..].fill(0.0);
             }
-            input_tiles(
-                isa,
-                &self.bt,
-                alpha,
-                residues,
-                span,
-                tiles,
-                &mut vc[col..],
-                n,
-            );
         }
+        input_tiles(Isa::detect(), &self.bt, alpha, residues, span, d, n, vc);
     }
 
     /// products[o][f][col] = Σ_c U_f[o][c] · v[c][f][col], one GEMM per f.
@@ -470,39 +462,52 @@ impl WinogradConv {
         }
     }
 
-    /// One output channel's segments: yo[p + d·(tile·m + i)] = bias + Σ_f Aᵀ[i][f] ·
-    /// po[f][col], for outputs that exist; `rows` a scratch.
+    /// Columns start..start + n of one output channel: yo[s(start + u) + d·i] =
+    /// bias + Σ_f Aᵀ[i][f] · po[f][u], for outputs below t; `rows` a scratch.
     ///
     /// # Safety
-    /// `yo` is a row of t outputs, and no other thread writes these segments' outputs.
+    /// `yo` is a row of t outputs, and no other thread writes these columns' outputs.
     #[allow(clippy::too_many_arguments)]
     unsafe fn transform_outputs(
         &self,
         po: &[f32],
         bias: f32,
-        segments: &[Segment],
-        outputs: &[usize],
+        start: usize,
         n: usize,
+        t: usize,
         yo: *mut f32,
         rows: &mut Vec<f32>,
     ) {
         let (alpha, d) = (self.alpha, self.dilation);
-        let isa = Isa::detect();
-        for &(p, tile0, tiles, col) in segments {
-            // rows[i][u]: output i of tile tile0 + u.
-            let span = tiles.div_ceil(MAX_LANES) * MAX_LANES;
-            rows.clear();
-            rows.resize(TILE * span, 0f32);
-            output_tiles(isa, &self.at, alpha, &po[col..], n, tiles, bias, rows, span);
-            let first = tile0 * TILE;
-            let count = (outputs[p] - first).min(tiles * TILE);
-            // Output i of each tile is every (TILE·d)-th sample from its first.
-            for (i, row) in rows.chunks(span).enumerate().take(count) {
-                let from = p + d * (first + i);
-                for (u, &value) in row[..(count - i).div_ceil(TILE)].iter().enumerate() {
-                    // SAFETY: output `from + u·TILE·d` < t exists (the count above).
-                    unsafe { *yo.add(from + u * TILE * d) = value };
+        // rows[i][u]: output i of column start + u.
+        let span = n.div_ceil(MAX_LANES) * MAX_LANES;
+        rows.resize(TILE * span, 0f32);
+        output_tiles(Isa::detect(), &self.at, alpha, po, n, bias, rows, span);
+        for (i, row) in rows.chunks(span).enumerate() {
+            if d == 1 {
+                // Output i of each tile is every TILE-th sample from its first.
+                let first = TILE * start + i;
+                for (u, &value) in row[..t.saturating_sub(first).div_ceil(TILE).min(n)]
+                    .iter()
+                    .enumerate()
+                {
+                    // SAFETY: output first + TILE·u < t exists.
+                    unsafe { *yo.add(first + TILE * u) = value };
                 }
+            } else {
+                self.runs(start, n, d * i, |entry, sample, count| {
+                    let inside = t.saturating_sub(sample).min(count);
+                    if inside > 0 {
+                        // SAFETY: outputs sample..sample + inside < t exist.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                row[entry..].as_ptr(),
+                                yo.add(sample),
+                                inside,
+                            )
+                        };
+                    }
+                });
             }
         }
     }
@@ -516,9 +521,9 @@ isa_entries! {
         alpha: usize,
         residues: &[f32],
         span: usize,
-        tiles: usize,
-        out: &mut [f32],
+        step: usize,
         n: usize,
+        out: &mut [f32],
     ) => input_body
 }
 
@@ -528,41 +533,40 @@ unsafe fn input_body<S: Simd>(
     alpha: usize,
     residues: &[f32],
     span: usize,
-    tiles: usize,
-    out: &mut [f32],
+    step: usize,
     n: usize,
+    out: &mut [f32],
 ) {
-    // Every row read below ends within a row of `span` ≥ tiles rounded up to MAX_LANES plus
-    // the reach (α − 1) / m, and every store within out's α blocks of n ≥ tiles.
+    // Every row read below ends within a row of `span` ≥ n rounded up to MAX_LANES plus the
+    // reach ((α − 1) / m) · step, and every store within out's α blocks of n.
     assert!(
         residues.len() >= TILE * span
-            && span >= tiles.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE
+            && span >= n.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE * step
     );
-    assert!(out.len() >= (alpha - 1) * n + tiles);
+    assert!(out.len() >= alpha * n);
     let (rows, out) = (residues.as_ptr(), out.as_mut_ptr());
-    for u0 in (0..tiles).step_by(S::LANES) {
+    for u0 in (0..n).step_by(S::LANES) {
         for (f, bt) in bt.chunks(alpha).enumerate() {
             let mut acc = S::zero();
             for (k, &b) in bt.iter().enumerate() {
                 if b != 0.0 {
-                    let input = S::load(rows.add((k % TILE) * span + u0 + k / TILE));
+                    let input = S::load(rows.add((k % TILE) * span + u0 + k / TILE * step));
                     acc = S::fma(S::splat(b), input, acc);
                 }
             }
-            store_lanes::<S>(out.add(f * n + u0), acc, tiles - u0);
+            store_lanes::<S>(out.add(f * n + u0), acc, n - u0);
         }
     }
 }
 
 isa_entries! {
-    /// One segment of one output channel's transform: rows[i][u] = bias + Σ_f Aᵀ[i][f] ·
-    /// products[f·n + u] for u < tiles.
+    /// One output channel's transform: rows[i][u] = bias + Σ_f Aᵀ[i][f] · products[f·n + u]
+    /// for u < n.
     fn output_tiles<>(
         at: &[f32],
         alpha: usize,
         products: &[f32],
         n: usize,
-        tiles: usize,
         bias: f32,
         rows: &mut [f32],
         span: usize,
@@ -576,16 +580,15 @@ unsafe fn output_body<S: Simd>(
     alpha: usize,
     products: &[f32],
     n: usize,
-    tiles: usize,
     bias: f32,
     rows: &mut [f32],
     span: usize,
 ) {
-    assert!(products.len() >= (alpha - 1) * n + tiles);
-    assert!(rows.len() >= TILE * span && span >= tiles.div_ceil(MAX_LANES) * MAX_LANES);
+    assert!(products.len() >= alpha * n);
+    assert!(rows.len() >= TILE * span && span >= n.div_ceil(MAX_LANES) * MAX_LANES);
     let mut tail = [0f32; MAX_LANES];
-    for u0 in (0..tiles).step_by(S::LANES) {
-        let whole = tiles - u0 >= S::LANES;
+    for u0 in (0..n).step_by(S::LANES) {
+        let whole = n - u0 >= S::LANES;
         for (i, at) in at.chunks(alpha).enumerate() {
             let mut acc = S::splat(bias);
             for (f, &a) in at.iter().enumerate() {
@@ -595,7 +598,7 @@ unsafe fn output_body<S: Simd>(
                         S::load(from.as_ptr())
                     } else {
                         // The last, partial vector: copied, not read past the slice.
-                        let lanes = tiles - u0;
+                        let lanes = n - u0;
                         tail[..lanes].copy_from_slice(&from[..lanes]);
                         S::load(tail.as_ptr())
                     };
@@ -651,10 +654,9 @@ mod tests {
     use super::*;
 
     /// Against the definition in f64: kernels of 1 to MAX_TAPS taps, dilations, output
-    /// lengths that do and do not fill the last tile of each phase, on the schedule the
-    /// machine picks and on both schedules forced: passes split over many columns and across
-    /// phases, blocks that end inside a phase (phases of unequal length) and a last block
-    /// that only the first phases reach.
+    /// lengths that do and do not fill the last tile of each phase (phases of unequal length),
+    /// on the schedule the machine picks and on both schedules forced, with passes and blocks
+    /// that end inside a tile's phases.
     #[test]
     fn equals_the_direct_convolution() {
         let val = |i: usize| ((i * 7919 % 211) as f32 / 105.0) - 1.0;
@@ -677,9 +679,9 @@ mod tests {
             let forced = [
                 Some(Schedule::Passes { columns: 3 }),
                 Some(Schedule::Passes { columns: 1000 }),
-                Some(Schedule::Blocks { per_phase: 1 }),
-                Some(Schedule::Blocks { per_phase: 3 }),
-                Some(Schedule::Blocks { per_phase: 16 }),
+                Some(Schedule::Blocks { columns: 1 }),
+                Some(Schedule::Blocks { columns: 5 }),
+                Some(Schedule::Blocks { columns: 16 }),
             ];
             for schedule in std::iter::once(None).chain(forced) {
                 let mut y = vec![f32::NAN; o * t];
@@ -758,33 +760,29 @@ mod tests {
         // A k7 convolution over C = O channels: α = 10.
         let u = |c: usize| 10 * c * c * 4;
         let column = |c: usize| 10 * 2 * c * 4;
-        // The codec's last block (96 channels, 7680 tiles a chunk): blocks of 64 tiles, of
-        // 16 per phase at d = 9; 192 channels, blocks of 32.
+        // The codec's last blocks in a 16-frame chunk (96 channels, 7680 columns; 192, 2560):
+        // blocks of 64 and 32 columns.
         assert_eq!(
-            Schedule::choose(u(96), column(96), 7680, 1, 2, &zen4),
-            Schedule::Blocks { per_phase: 64 }
+            Schedule::choose(u(96), column(96), 7680, 2, &zen4),
+            Schedule::Blocks { columns: 64 }
         );
         assert_eq!(
-            Schedule::choose(u(96), column(96), 854, 9, 2, &zen4),
-            Schedule::Blocks { per_phase: 16 }
-        );
-        assert_eq!(
-            Schedule::choose(u(192), column(192), 2560, 1, 2, &zen4),
-            Schedule::Blocks { per_phase: 32 }
+            Schedule::choose(u(192), column(192), 2560, 2, &zen4),
+            Schedule::Blocks { columns: 32 }
         );
         // 768 channels: U (23.6 MB) would be re-read from memory by every block on a 32 MB
         // L3, not on a 480 MB one.
         assert_eq!(
-            Schedule::choose(u(768), column(768), 128, 1, 2, &zen4),
+            Schedule::choose(u(768), column(768), 128, 2, &zen4),
             Schedule::Passes { columns: 256 }
         );
         assert!(matches!(
-            Schedule::choose(u(768), column(768), 1024, 1, 2, &xeon),
+            Schedule::choose(u(768), column(768), 1024, 2, &xeon),
             Schedule::Blocks { .. }
         ));
-        // Too few tiles for two blocks a thread (a 1-frame chunk at 192 channels, d = 9).
+        // Too few columns for two blocks a thread (a 1-frame chunk at 192 channels).
         assert_eq!(
-            Schedule::choose(u(192), column(192), 18, 9, 2, &zen4),
+            Schedule::choose(u(192), column(192), 96, 2, &zen4),
             Schedule::Passes { columns: 273 }
         );
         // Unknown caches: blocks only for what fits the assumed 512 KB L2.
@@ -793,11 +791,11 @@ mod tests {
             l3: 0,
         };
         assert_eq!(
-            Schedule::choose(u(32), column(32), 7680, 1, 2, &unknown),
-            Schedule::Blocks { per_phase: 96 }
+            Schedule::choose(u(32), column(32), 7680, 2, &unknown),
+            Schedule::Blocks { columns: 96 }
         );
         assert_eq!(
-            Schedule::choose(u(96), column(96), 7680, 1, 2, &unknown),
+            Schedule::choose(u(96), column(96), 7680, 2, &unknown),
             Schedule::Passes { columns: 546 }
         );
     }
