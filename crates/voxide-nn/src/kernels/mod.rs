@@ -24,12 +24,13 @@ pub mod step_heads;
 pub mod widen_gemm;
 pub mod winograd;
 
-/// Most columns for which a parallel product reads its left operand as the GEMV's weights:
-/// the `gemm` crate runs such thin products at a fraction of its rate (`cargo bench -p
-/// voxide-nn --bench gemv -- thin`, weights from memory, AMD Zen 4, 2 threads: 768 × 768 by
-/// 2–4 columns 0.29–0.31 ms against the GEMV's 0.10–0.13, 1536 × 1024 0.52–0.54 against
-/// 0.23–0.31; at 8 columns neither wins on both shapes).
-const GEMV_COLUMNS: usize = 4;
+/// Most columns for which a parallel product reads its left operand as the GEMV's weights
+/// (all the rows of x the GEMV takes): the `gemm` crate runs such thin products at a fraction
+/// of its rate (`cargo bench -p voxide-nn --bench gemv -- thin`, weights from memory, AMD Zen
+/// 4, 2 threads: 768 × 768 by 2–4 columns 0.29–0.31 ms against the GEMV's 0.10–0.13, 1536 ×
+/// 1024 0.52–0.54 against 0.23–0.31; by 8 columns, padded to 16, 0.21–0.23 against 0.14–0.15
+/// and 0.42–0.47 against 0.37–0.41).
+const GEMV_COLUMNS: usize = gemv::MAX_ROWS;
 
 /// Below this many columns, `gemm` runs a product whose columns are not a multiple of
 /// [`COLUMN_QUANTUM`] slower than the same product padded to one (the same bench: 768 × 768
@@ -197,7 +198,7 @@ mod tests {
         let lhs: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7 % 23) as f32 - 11.0) / 8.0)
             .collect();
-        for n in [1, 3, 4, 5, 9, 16, 17, 31, 32, 40] {
+        for n in [1, 3, 4, 5, 8, 9, 16, 17, 31, 32, 40] {
             // rhs (k × n) stored transposed: element (i, j) at j·k + i.
             let rhs: Vec<f32> = (0..k * n)
                 .map(|i| ((i * 5 % 19) as f32 - 9.0) / 4.0)
