@@ -134,7 +134,8 @@ enum Schedule {
     /// no fork-join per stage or per Uf product, and the block's scratch in that core's L2.
     /// Every block reads all of U, so U must stay cached. Measured on Zen 4, 2 threads, a
     /// 16-frame codec chunk's k7 convolutions: 96 channels 21 → 12 ms (d = 1), 34 → 14 ms
-    /// (d = 9); 192 channels 20 → 13, 28 → 14 ms.
+    /// (d = 9); 192 channels 20 → 13, 28 → 14 ms (phase by phase, before the columns were
+    /// interleaved).
     Blocks { columns: usize },
 }
 
@@ -158,9 +159,12 @@ impl Schedule {
             UNKNOWN_L2
         };
         // Each thread re-reads U for every block it takes: U has to stay in this thread's
-        // share of the caches beside the activations (a quarter of it, at most).
+        // share of the caches beside the activations (half of it, at most: on Zen 4, with 16
+        // MB a thread, the codec's 384-channel convolutions (U 5.9 MB) gain from blocks, its
+        // 768-channel ones (23.6 MB) lose: chunks of 16 frames 21.0–21.7 ms a frame against
+        // 23.0–25.5 with passes at 384 channels, 24.1–26.5 with blocks at 768 too).
         let cached = (caches.l3 / threads.max(1)).max(l2);
-        if u_bytes > cached / 4 {
+        if u_bytes > cached / 2 {
             return passes;
         }
         // Half of L2 for the block's scratch, in whole vectors of columns.
@@ -770,6 +774,10 @@ mod tests {
             Schedule::choose(u(192), column(192), 2560, 2, &zen4),
             Schedule::Blocks { columns: 32 }
         );
+        assert_eq!(
+            Schedule::choose(u(384), column(384), 640, 2, &zen4),
+            Schedule::Blocks { columns: 16 }
+        );
         // 768 channels: U (23.6 MB) would be re-read from memory by every block on a 32 MB
         // L3, not on a 480 MB one.
         assert_eq!(
@@ -785,7 +793,7 @@ mod tests {
             Schedule::choose(u(192), column(192), 96, 2, &zen4),
             Schedule::Passes { columns: 273 }
         );
-        // Unknown caches: blocks only for what fits the assumed 512 KB L2.
+        // Unknown caches: blocks only where U fits half of the assumed 512 KB L2.
         let unknown = CacheSizes {
             l2_per_core: 0,
             l3: 0,
