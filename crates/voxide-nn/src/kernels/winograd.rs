@@ -181,7 +181,7 @@ impl Schedule {
 #[derive(Clone, Copy)]
 struct Rows(*mut f32);
 
-// SAFETY: only used to write disjoint elements (each tile's own outputs) from many threads.
+// SAFETY: only used to write disjoint elements (each column's own outputs) from many threads.
 unsafe impl Send for Rows {}
 unsafe impl Sync for Rows {}
 
@@ -307,15 +307,14 @@ impl WinogradConv {
             Schedule::Blocks { columns: per_block } => {
                 (0..columns.div_ceil(per_block))
                     .into_par_iter()
-                    .for_each(|block| {
+                    .for_each_init(Vec::new, |staging, block| {
                         let start = block * per_block;
                         let n = per_block.min(columns - start);
                         let (mut v, mut products) = SCRATCH.take();
                         v.resize(c * alpha * n, 0f32);
                         products.resize(o * alpha * n, 0f32);
-                        let mut staging = Vec::new();
                         for (vc, xc) in v.chunks_mut(alpha * n).zip(x.chunks(len)) {
-                            self.transform_inputs(xc, len, start, n, vc, &mut staging);
+                            self.transform_inputs(xc, len, start, n, vc, staging);
                         }
                         self.multiply(&v, n, &mut products, gemm::Parallelism::None);
                         for (oo, (po, &bias)) in
@@ -330,7 +329,7 @@ impl WinogradConv {
                                     n,
                                     t,
                                     rows.at(oo * t),
-                                    &mut staging,
+                                    staging,
                                 )
                             };
                         }
