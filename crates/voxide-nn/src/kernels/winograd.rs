@@ -278,12 +278,7 @@ impl WinogradConv {
         y: &mut [f32],
         schedule: impl FnOnce(usize) -> Schedule,
     ) {
-        let (o, c, d, alpha) = (
-            self.out_channels,
-            self.in_channels,
-            self.dilation,
-            self.alpha,
-        );
+        let (o, c, d) = (self.out_channels, self.in_channels, self.dilation);
         let field = (self.taps - 1) * d + 1;
         assert!(
             len >= field && x.len() == c * len,
@@ -304,77 +299,64 @@ impl WinogradConv {
         let columns = (t.div_ceil(d).div_ceil(TILE) * d).max(1);
         let rows = Rows(y.as_mut_ptr());
         match schedule(columns) {
-            Schedule::Blocks { columns: per_block } => {
-                (0..columns.div_ceil(per_block))
-                    .into_par_iter()
-                    .for_each_init(Vec::new, |staging, block| {
-                        let start = block * per_block;
-                        let n = per_block.min(columns - start);
-                        let (mut v, mut products) = SCRATCH.take();
-                        v.resize(c * alpha * n, 0f32);
-                        products.resize(o * alpha * n, 0f32);
-                        for (vc, xc) in v.chunks_mut(alpha * n).zip(x.chunks(len)) {
-                            self.transform_inputs(xc, len, start, n, vc, staging);
-                        }
-                        self.multiply(&v, n, &mut products, gemm::Parallelism::None);
-                        for (oo, (po, &bias)) in
-                            products.chunks(alpha * n).zip(&self.bias).enumerate()
-                        {
-                            // SAFETY: row oo of y; this block's columns own their outputs.
-                            unsafe {
-                                self.transform_outputs(
-                                    po,
-                                    bias,
-                                    start,
-                                    n,
-                                    t,
-                                    rows.at(oo * t),
-                                    staging,
-                                )
-                            };
-                        }
-                        SCRATCH.set((v, products));
-                    });
-            }
+            Schedule::Blocks { columns: per_block } => (0..columns.div_ceil(per_block))
+                .into_par_iter()
+                .for_each(|block| {
+                    let start = block * per_block;
+                    let n = per_block.min(columns - start);
+                    self.columns(x, len, start, n, (rows, t), false);
+                }),
             Schedule::Passes { columns: per_pass } => {
-                // This thread's scratch from the last call: fresh 4 MB buffers cost a page
-                // fault per 4 kB and a zero fill on every call (the codec runs 13 of these
-                // convolutions per chunk).
-                let (mut v, mut products) = SCRATCH.take();
                 for start in (0..columns).step_by(per_pass) {
                     let n = per_pass.min(columns - start);
-                    v.resize(c * alpha * n, 0f32);
-                    products.resize(o * alpha * n, 0f32);
-                    v.par_chunks_mut(alpha * n)
-                        .zip(x.par_chunks(len))
-                        .with_min_len(4)
-                        .for_each_init(Vec::new, |staging, (vc, xc)| {
-                            self.transform_inputs(xc, len, start, n, vc, staging)
-                        });
-                    self.multiply(&v, n, &mut products, gemm_parallelism(o * c * n));
-                    products
-                        .par_chunks(alpha * n)
-                        .zip(&self.bias)
-                        .enumerate()
-                        .with_min_len(4)
-                        .for_each_init(Vec::new, |staging, (oo, (po, &bias))| {
-                            // SAFETY: row oo of y, written by this task alone.
-                            unsafe {
-                                self.transform_outputs(
-                                    po,
-                                    bias,
-                                    start,
-                                    n,
-                                    t,
-                                    rows.at(oo * t),
-                                    staging,
-                                )
-                            }
-                        });
+                    self.columns(x, len, start, n, (rows, t), true);
                 }
-                SCRATCH.set((v, products));
             }
         }
+    }
+
+    /// Columns start..start + n through the three stages, into y's rows of t outputs; with
+    /// `split`, each stage across the threads, else all on this one.
+    fn columns(
+        &self,
+        x: &[f32],
+        len: usize,
+        start: usize,
+        n: usize,
+        (rows, t): (Rows, usize),
+        split: bool,
+    ) {
+        let (o, c, alpha) = (self.out_channels, self.in_channels, self.alpha);
+        // A parallel iterator never split runs inline, on the calling thread.
+        let min_len = if split { 4 } else { usize::MAX };
+        // This thread's scratch from the last call: fresh 4 MB buffers cost a page fault per
+        // 4 kB and a zero fill on every call (the codec runs 13 of these convolutions per chunk).
+        let (mut v, mut products) = SCRATCH.take();
+        v.resize(c * alpha * n, 0f32);
+        products.resize(o * alpha * n, 0f32);
+        v.par_chunks_mut(alpha * n)
+            .zip(x.par_chunks(len))
+            .with_min_len(min_len)
+            .for_each_init(Vec::new, |staging, (vc, xc)| {
+                self.transform_inputs(xc, len, start, n, vc, staging)
+            });
+        let parallelism = if split {
+            gemm_parallelism(o * c * n)
+        } else {
+            gemm::Parallelism::None
+        };
+        self.multiply(&v, n, &mut products, parallelism);
+        products
+            .par_chunks(alpha * n)
+            .zip(&self.bias)
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each_init(Vec::new, |staging, (oo, (po, &bias))| {
+                // SAFETY: row oo of y; these columns' outputs are written by this call
+                // alone, each row's by one task.
+                unsafe { self.transform_outputs(po, bias, start, n, t, rows.at(oo * t), staging) }
+            });
+        SCRATCH.set((v, products));
     }
 
     /// Calls `run(entry, sample, count)` over entries 0..count of a row of columns from
@@ -760,50 +742,34 @@ mod tests {
             l2_per_core: 2 << 20,
             l3: 480 << 20,
         };
-        // A k7 convolution over C = O channels: α = 10.
-        let u = |c: usize| 10 * c * c * 4;
-        let column = |c: usize| 10 * 2 * c * 4;
-        // The codec's last blocks in a 16-frame chunk (96 channels, 7680 columns; 192, 2560):
-        // blocks of 64 and 32 columns.
-        assert_eq!(
-            Schedule::choose(u(96), column(96), 7680, 2, &zen4),
-            Schedule::Blocks { columns: 64 }
-        );
-        assert_eq!(
-            Schedule::choose(u(192), column(192), 2560, 2, &zen4),
-            Schedule::Blocks { columns: 32 }
-        );
-        assert_eq!(
-            Schedule::choose(u(384), column(384), 640, 2, &zen4),
-            Schedule::Blocks { columns: 16 }
-        );
-        // 768 channels: U (23.6 MB) would be re-read from memory by every block on a 32 MB
-        // L3, not on a 480 MB one.
-        assert_eq!(
-            Schedule::choose(u(768), column(768), 128, 2, &zen4),
-            Schedule::Passes { columns: 256 }
-        );
-        assert!(matches!(
-            Schedule::choose(u(768), column(768), 1024, 2, &xeon),
-            Schedule::Blocks { .. }
-        ));
-        // Too few columns for two blocks a thread (a 1-frame chunk at 192 channels).
-        assert_eq!(
-            Schedule::choose(u(192), column(192), 96, 2, &zen4),
-            Schedule::Passes { columns: 273 }
-        );
-        // Unknown caches: blocks only where U fits half of the assumed 512 KB L2.
         let unknown = CacheSizes {
             l2_per_core: 0,
             l3: 0,
         };
-        assert_eq!(
-            Schedule::choose(u(32), column(32), 7680, 2, &unknown),
-            Schedule::Blocks { columns: 96 }
-        );
-        assert_eq!(
-            Schedule::choose(u(96), column(96), 7680, 2, &unknown),
-            Schedule::Passes { columns: 546 }
-        );
+        use Schedule::{Blocks, Passes};
+        // (channels C = O of a k7 convolution (α = 10), columns, caches, schedule)
+        for (channels, columns, caches, want) in [
+            // The codec's blocks in a 16-frame chunk: 96 channels, 7680 columns; 192, 2560;
+            // 384, 640 (a 1-frame chunk's 192 channels: too few columns for two blocks a
+            // thread).
+            (96, 7680, &zen4, Blocks { columns: 64 }),
+            (192, 2560, &zen4, Blocks { columns: 32 }),
+            (384, 640, &zen4, Blocks { columns: 16 }),
+            (192, 96, &zen4, Passes { columns: 273 }),
+            // 768 channels: U (23.6 MB) would be re-read from memory by every block on a
+            // 32 MB L3, not on a 480 MB one.
+            (768, 128, &zen4, Passes { columns: 256 }),
+            (768, 1024, &xeon, Blocks { columns: 16 }),
+            // Unknown caches: blocks only where U fits half of the assumed 512 KB L2.
+            (32, 7680, &unknown, Blocks { columns: 96 }),
+            (96, 7680, &unknown, Passes { columns: 546 }),
+        ] {
+            let (u, column) = (10 * channels * channels * 4, 10 * 2 * channels * 4);
+            assert_eq!(
+                Schedule::choose(u, column, columns, 2, caches),
+                want,
+                "{channels} channels, {columns} columns, {caches:?}"
+            );
+        }
     }
 }
