@@ -6,7 +6,7 @@
 //! `RAYON_NUM_THREADS=2 cargo bench -p voxide-nn --bench gemv [-- SECTION...]`
 //! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`,
 //! `whisper-step`, `rows`, `row-bytes`, `attention`, `step`,
-//! `step-int8`, `tts-frame`, `thin`, `quant`, `quant-encoder`, `quant-l2`
+//! `step-int8`, `tts-frame`, `thin`, `winograd`, `quant`, `quant-encoder`, `quant-l2`
 //! (all by default; `quant` and `quant-l2` take extra words: ggml type names to run, e.g. `quant q4_0 q4_K`). Figures: median [min–max] of the timed repetitions after a warm-up.
 
 use candle_core::{DType, Device, Tensor};
@@ -988,6 +988,9 @@ fn main() -> candle_core::Result<()> {
     if on("thin") {
         bench_thin();
     }
+    if on("winograd") {
+        bench_winograd();
+    }
     if on("quant-l2") {
         bench_quant_l2(&types);
     }
@@ -1143,6 +1146,39 @@ fn line_sum(c: &[f32]) -> f32 {
 /// Thin f32 products (a streaming codec's short chunks: a few columns), weights from memory
 /// (cycling through 100 MB of matrices): the `gemm` crate as it is, on columns padded to 16,
 /// and the GEMV (≤ 8 columns), as `kernels::gemm_f32` chooses between them.
+/// The Qwen3-TTS 0.6B codec decoder's k7 convolutions (C = O channels, dilations 1, 3, 9) as a
+/// chunk of 16 frames and of 1 frame feeds them, in GFLOP/s counted as Winograd's products
+/// (10 per 4 outputs).
+fn bench_winograd() {
+    use voxide_nn::kernels::winograd::WinogradConv;
+    for (c, frames_16, frame_1) in [
+        (768, 512, 32),
+        (384, 2560, 160),
+        (192, 10240, 640),
+        (96, 30720, 1920),
+    ] {
+        let taps: Vec<f32> = (0..7 * c * c).map(|i| value(i) * 0.02).collect();
+        for t in [frames_16, frame_1] {
+            for d in [1, 3, 9] {
+                let conv =
+                    WinogradConv::new(&taps, &vec![0.1; c], c, c, 7, d).expect("k7 is Winograd");
+                let len = t + 6 * d;
+                let x: Vec<f32> = (0..c * len).map(|i| value(i + 5)).collect();
+                let mut y = vec![0f32; c * t];
+                let (med, min, max) = time(2, 15, || conv.forward(&x, len, &mut y));
+                let flop = 2.0 * (c * c) as f64 * 2.5 * t as f64;
+                println!(
+                    "winograd k7 {c:3} channels x {t:5} d {d}: {:8.3} ms [{:.3}–{:.3}] {:6.1} GFLOP/s",
+                    med * 1e3,
+                    min * 1e3,
+                    max * 1e3,
+                    flop / med / 1e9
+                );
+            }
+        }
+    }
+}
+
 fn bench_thin() {
     for (o, c) in [(768usize, 768usize), (1536, 1024)] {
         let mats = 100_000_000 / (o * c * 4);
