@@ -446,10 +446,23 @@ fn a_message_over_the_limit_is_told_before_the_close() {
     let mut socket = connect(&server, "?intent=transcription", &[BETA]);
     next(&mut socket);
     let audio = base64::engine::general_purpose::STANDARD.encode(vec![0u8; 1 << 20]);
-    send(
-        &mut socket,
-        json!({"type": "input_audio_buffer.append", "audio": audio}),
-    );
+    // The server answers from the frame's header and closes while the 1.4 MB payload may still
+    // be going out: a client that only read after its write had finished met a reset in that
+    // write now and then. So the frame goes out from another thread while this one reads.
+    let payload = json!({"type": "input_audio_buffer.append", "audio": audio}).to_string();
+    let MaybeTlsStream::Plain(stream) = socket.get_ref() else {
+        panic!("a plain TCP connection")
+    };
+    let mut stream = stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        // One text frame, masked as a client's must be (with a key of zeros: the payload as
+        // it is); the write may meet the server's close.
+        let mut frame = vec![0x81, 0x80 | 127];
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(payload.as_bytes());
+        let _ = std::io::Write::write_all(&mut stream, &frame);
+    });
     let error = next(&mut socket);
     assert_eq!(error["error"]["code"], "message_too_large", "{error}");
     let message = error["error"]["message"].as_str().unwrap();
@@ -458,6 +471,7 @@ fn a_message_over_the_limit_is_told_before_the_close() {
         Ok(Message::Close(_)) | Err(_) => {}
         Ok(other) => panic!("the session goes on: {other:?}"),
     }
+    writer.join().unwrap();
 }
 
 #[test]
