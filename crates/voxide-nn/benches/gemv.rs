@@ -1143,9 +1143,6 @@ fn line_sum(c: &[f32]) -> f32 {
     c.iter().step_by(16).sum()
 }
 
-/// Thin f32 products (a streaming codec's short chunks: a few columns), weights from memory
-/// (cycling through 100 MB of matrices): the `gemm` crate as it is, on columns padded to 16,
-/// and the GEMV (≤ 8 columns), as `kernels::gemm_f32` chooses between them.
 /// The Qwen3-TTS 0.6B codec decoder's k7 convolutions (C = O channels, dilations 1, 3, 9) as a
 /// chunk of 16 frames and of 1 frame feeds them, in GFLOP/s counted as Winograd's products
 /// (10 per 4 outputs).
@@ -1179,6 +1176,9 @@ fn bench_winograd() {
     }
 }
 
+/// Thin f32 products (a streaming codec's short chunks: a few columns), weights from memory
+/// (cycling through 100 MB of matrices): the `gemm` crate as it is, on columns padded to 16,
+/// and the GEMV (≤ 8 columns), as `kernels::gemm_f32` chooses between them.
 fn bench_thin() {
     for (o, c) in [(768usize, 768usize), (1536, 1024)] {
         let mats = 100_000_000 / (o * c * 4);

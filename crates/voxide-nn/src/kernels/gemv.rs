@@ -761,13 +761,10 @@ pub(crate) mod tests {
         }
     }
 
-    /// [`check`] for the integer int8 paths, which quantize x per block (`gemv_int8`): within
-    /// what x's rounding allows, Σ_j |w_j| · step_b / 2, of the product of the unquantized x,
-    /// plus f32 accumulation.
     /// Panics unless each y[i][r] is within what rounding x to `levels` steps of each block's
     /// largest |x| (blocks of `block` values of a row) allows: Σ_j |w[r][j]| · step / 2, plus
-    /// f32 rounding.
-    #[cfg(target_arch = "x86_64")]
+    /// f32 rounding. The integer int8 paths quantize x so (`gemv_int8`: 32767 steps per
+    /// block of 256; `small_m_int8`: 127 per block of 128).
     pub(crate) fn check_rounded_x(
         got: &[f32],
         want: &[f64],
@@ -799,37 +796,6 @@ pub(crate) mod tests {
                 );
             }
         }
-    }
-
-    pub(crate) fn check_quantized_x(
-        got: &[f32],
-        want: &[f64],
-        x: &[f32],
-        wf: &[f32],
-        m: usize,
-        k: usize,
-        what: &str,
-    ) {
-        use crate::kernels::gemv_int8::{QuantizedX, X_BLOCK};
-        let n = wf.len() / k;
-        let q = QuantizedX::new(x, m, k);
-        let blocks = k.div_ceil(X_BLOCK);
-        for i in 0..m {
-            for r in 0..n {
-                let (mut bound, mut mag) = (0f64, 0f64);
-                for j in 0..k {
-                    let w = wf[r * k + j].abs() as f64;
-                    bound += w * q.scales()[i * blocks + j / X_BLOCK] as f64 * 0.5;
-                    mag += w * x[i * k + j].abs() as f64;
-                }
-                let err = (got[i * n + r] as f64 - want[i * n + r]).abs();
-                assert!(
-                    err <= bound * (1.0 + 1e-3) + 2e-6 * (1.0 + mag),
-                    "{what} [{i},{r}]: error {err}, bound {bound}"
-                );
-            }
-        }
-        q.recycle();
     }
 
     /// Weight rows as the three element types, plus their f32 values (what the kernels see).
