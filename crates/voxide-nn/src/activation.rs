@@ -46,10 +46,35 @@ impl SnakeBeta {
             return x.apply_op1_no_bwd(&SnakeBetaOp {
                 a: &self.a,
                 b: &self.b,
+                prefix: None,
             });
         }
         let s = x.broadcast_mul(&self.a_t)?.sin()?.sqr()?;
         x + s.broadcast_mul(&self.b_t)?
+    }
+
+    /// `cat([prefix, self(x)], 2)`: prefix (batch, channels, p) as it is, then the activated x
+    /// (batch, channels, time). On the CPU in one pass, for a streaming convolution's input
+    /// buffer (its pending frames, then the new ones).
+    pub fn forward_after(&self, prefix: &Tensor, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && prefix.dtype() == DType::F32 {
+            let (batch, channels, _) = x.dims3()?;
+            let (pb, pc, _) = prefix.dims3()?;
+            if (pb, pc) != (batch, channels) {
+                candle_core::bail!(
+                    "snake-beta: a prefix of shape {:?} before x of shape {:?}",
+                    prefix.dims(),
+                    x.dims()
+                );
+            }
+            let prefix = prefix.flatten_all()?.to_vec1::<f32>()?;
+            return x.contiguous()?.apply_op1_no_bwd(&SnakeBetaOp {
+                a: &self.a,
+                b: &self.b,
+                prefix: Some(&prefix),
+            });
+        }
+        Tensor::cat(&[prefix, &self.forward(x)?], 2)
     }
 }
 

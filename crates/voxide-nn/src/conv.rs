@@ -209,6 +209,18 @@ impl Conv1d {
     /// window is complete and keeps in `pending` the inputs later outputs still need. Any split
     /// of the input into chunks gives the outputs of one pass.
     pub fn push_causal(&self, pending: &mut Option<Tensor>, x: &Tensor) -> Result<Tensor> {
+        self.push_causal_after(pending, x, None)
+    }
+
+    /// [`Self::push_causal`] of `act(x)`: the activated frames are written once, straight
+    /// after the pending ones in the buffer the convolution reads (`pending` holds activated
+    /// frames).
+    pub fn push_causal_after(
+        &self,
+        pending: &mut Option<Tensor>,
+        x: &Tensor,
+        act: Option<&SnakeBeta>,
+    ) -> Result<Tensor> {
         let (field, stride) = (self.spec.receptive_field(), self.spec.stride);
         let (batch, channels, frames) = x.dims3()?;
         let nothing_pending = pending
@@ -217,17 +229,18 @@ impl Conv1d {
         if field == stride && frames.is_multiple_of(stride) && nothing_pending {
             // Windows of one stride (a 1×1 convolution) never reach back: no copy of x.
             *pending = None;
-            return self.forward(x);
+            return match act {
+                Some(act) => self.forward(&act.forward(x)?),
+                None => self.forward(x),
+            };
         }
-        let buffered = match pending.take() {
-            Some(p) => Tensor::cat(&[&p, x], 2)?,
-            None => Tensor::cat(
-                &[
-                    &Tensor::zeros((batch, channels, field - stride), x.dtype(), x.device())?,
-                    x,
-                ],
-                2,
-            )?,
+        let before = match pending.take() {
+            Some(p) => p,
+            None => Tensor::zeros((batch, channels, field - stride), x.dtype(), x.device())?,
+        };
+        let buffered = match act {
+            Some(act) => act.forward_after(&before, x)?,
+            None => Tensor::cat(&[&before, x], 2)?,
         };
         let len = buffered.dim(2)?;
         let outputs = if len >= field {
@@ -408,7 +421,15 @@ impl CausalConvTranspose1d {
                     Some(prev) => prev.flatten_all()?.to_vec1::<f32>()?,
                     None => vec![0f32; batch * out * overlap],
                 };
-                let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                // x's values read where they lie (f32 and contiguous, as the codec's are).
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let (storage, layout) = x.storage_and_layout();
+                let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+                    (&*storage, layout.contiguous_offsets())
+                else {
+                    candle_core::bail!("a transposed convolution with CPU weights needs CPU input");
+                };
+                let x = &cpu.as_slice::<f32>()?[start..end];
                 let mut y = vec![0f32; batch * out * t * s];
                 let per_item = out * overlap;
                 for (b, (xb, yb)) in x
@@ -637,6 +658,57 @@ mod tests {
             }
             let d = diff(&Tensor::cat(&parts, 2)?)?;
             assert!(d < 1e-4, "{what}, streamed: {d}");
+        }
+        Ok(())
+    }
+
+    /// A causal convolution of SnakeBeta(x), streamed with the activation written into its
+    /// input buffer, gives the bits of the activation then the plain streamed convolution,
+    /// chunk by chunk from a fresh stream (empty chunks too): a long dilated filter, a short
+    /// one, and a 1×1 one (its no-copy path).
+    #[test]
+    fn causal_push_after_an_activation_equals_the_two_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let val = |i: usize| ((i * 7919 % 101) as f32 / 50.0) - 1.0;
+        let (cin, cout) = (24, 20);
+        let mut params = HashMap::new();
+        let alpha: Vec<f32> = (0..cin).map(|i| val(i + 1) * 0.5).collect();
+        let beta: Vec<f32> = (0..cin).map(|i| val(i + 2) * 0.5).collect();
+        params.insert("alpha".into(), Tensor::from_vec(alpha, cin, &dev)?);
+        params.insert("beta".into(), Tensor::from_vec(beta, cin, &dev)?);
+        let act = SnakeBeta::load(VarBuilder::from_tensors(params, DType::F32, &dev), cin)?;
+        for (kernel, dilation) in [(7, 3), (3, 1), (1, 1)] {
+            let mut ts = HashMap::new();
+            let w: Vec<f32> = (0..cout * cin * kernel).map(|i| val(i) * 0.2).collect();
+            ts.insert(
+                "weight".into(),
+                Tensor::from_vec(w, (cout, cin, kernel), &dev)?,
+            );
+            let b: Vec<f32> = (0..cout).map(|i| val(i + 7)).collect();
+            ts.insert("bias".into(), Tensor::from_vec(b, cout, &dev)?);
+            let spec = Conv1dSpec {
+                dilation,
+                ..Conv1dSpec::new(cin, cout, kernel)
+            };
+            let conv = Conv1d::load(VarBuilder::from_tensors(ts, DType::F32, &dev), spec)?;
+            let frames = 50;
+            let x: Vec<f32> = (0..2 * cin * frames).map(|i| val(i + 3) * 3.0).collect();
+            let x = Tensor::from_vec(x, (2, cin, frames), &dev)?;
+            let (mut fused, mut plain) = (None, None);
+            let mut start = 0;
+            for n in [4, 0, 1, 13, 32] {
+                let chunk = x.narrow(2, start, n)?;
+                start += n;
+                let got = conv.push_causal_after(&mut fused, &chunk, Some(&act))?;
+                let want = conv.push_causal(&mut plain, &act.forward(&chunk)?)?;
+                assert_eq!(got.dims(), want.dims(), "k{kernel} d{dilation}");
+                let (got, want) = (got.flatten_all()?, want.flatten_all()?);
+                assert_eq!(
+                    got.to_vec1::<f32>()?,
+                    want.to_vec1::<f32>()?,
+                    "k{kernel} d{dilation}, chunk of {n}"
+                );
+            }
         }
         Ok(())
     }

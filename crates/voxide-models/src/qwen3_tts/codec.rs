@@ -209,7 +209,7 @@ impl ResidualUnit {
     fn push(&self, slots: &mut Slots, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self
             .conv1
-            .push_causal(slots.take(), &self.act1.forward(x)?)?;
+            .push_causal_after(slots.take(), x, Some(&self.act1))?;
         // conv2 is 1×1: it keeps no stream state.
         self.conv2.forward_snake_residual(&self.act2, &h, x)
     }
@@ -543,8 +543,9 @@ impl CodecDecoder {
             h = block.push(&mut state.slots, &h)?;
         }
         let _span = stage("final_conv");
-        let h = self.final_act.forward(&h)?;
-        let wav = self.final_conv.push_causal(state.slots.take(), &h)?;
+        let wav =
+            self.final_conv
+                .push_causal_after(state.slots.take(), &h, Some(&self.final_act))?;
         Ok(wav.clamp(-1f32, 1f32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 

@@ -678,11 +678,15 @@ unsafe fn add_scalar_row_body<S: Simd>(x: &[f32], b: f32, y: &mut [f32]) {
 
 /// candle op: SnakeBeta, `x + sin²(x · a[c]) · b[c]` per channel of a contiguous f32
 /// (batch, channels, time) tensor, in one pass into a new tensor (the input stays: it is the
-/// residual). `a` and `b` are the activation's eᵅ and 1 / (eᵝ + ε).
+/// residual). `a` and `b` are the activation's eᵅ and 1 / (eᵝ + ε). With a `prefix` (batch,
+/// channels, p), each output row starts with the prefix's row, unchanged: (batch, channels, p
+/// + time), a streaming convolution's pending inputs and the new ones in the buffer it reads,
+/// without a second copy of the activations.
 #[derive(Clone, Debug)]
 pub struct SnakeBetaOp<'a> {
     pub a: &'a [f32],
     pub b: &'a [f32],
+    pub prefix: Option<&'a [f32]>,
 }
 
 impl candle_core::CustomOp1 for SnakeBetaOp<'_> {
@@ -693,27 +697,39 @@ impl candle_core::CustomOp1 for SnakeBetaOp<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let x = contiguous_f32("snake-beta", s, l)?;
-        let (_, channels, time) = l.shape().dims3()?;
+        let (batch, channels, time) = l.shape().dims3()?;
         if channels != self.a.len() || channels != self.b.len() {
             candle_core::bail!(
                 "snake-beta: {channels} channels but {} parameters",
                 self.a.len()
             );
         }
-        let mut y = vec![0f32; x.len()];
-        if time > 0 {
+        let rows = batch * channels;
+        let prefix = self.prefix.unwrap_or(&[]);
+        let p = prefix.len().checked_div(rows).unwrap_or(0);
+        if p * rows != prefix.len() {
+            candle_core::bail!(
+                "snake-beta: a prefix of {} values for {rows} rows",
+                prefix.len()
+            );
+        }
+        let width = p + time;
+        let mut y = vec![0f32; rows * width];
+        if width > 0 {
             let isa = Isa::detect();
             // Rows of one channel; enough of them per task to pay for the fork.
-            y.par_chunks_mut(time)
-                .zip(x.par_chunks(time))
+            y.par_chunks_mut(width)
                 .enumerate()
-                .with_min_len((1 << 14) / time)
-                .for_each(|(row, (y, x))| {
+                .with_min_len((1 << 14) / width)
+                .for_each(|(row, y)| {
                     let ch = row % channels;
-                    snake_row(isa, x, self.a[ch], self.b[ch], y);
+                    let (head, tail) = y.split_at_mut(p);
+                    head.copy_from_slice(&prefix[row * p..(row + 1) * p]);
+                    let x = &x[row * time..(row + 1) * time];
+                    snake_row(isa, x, self.a[ch], self.b[ch], tail);
                 });
         }
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((CpuStorage::F32(y), Shape::from((batch, channels, width))))
     }
 }
 
