@@ -679,8 +679,8 @@ unsafe fn add_scalar_row_body<S: Simd>(x: &[f32], b: f32, y: &mut [f32]) {
 /// candle op: SnakeBeta, `x + sin²(x · a[c]) · b[c]` per channel of a contiguous f32
 /// (batch, channels, time) tensor, in one pass into a new tensor (the input stays: it is the
 /// residual). `a` and `b` are the activation's eᵅ and 1 / (eᵝ + ε). With a `prefix` (batch,
-/// channels, p), each output row starts with the prefix's row, unchanged: (batch, channels, p
-/// + time), a streaming convolution's pending inputs and the new ones in the buffer it reads,
+/// channels, p), each output row starts with the prefix's row, unchanged, then the activated
+/// row: a streaming convolution's pending inputs and the new ones in the buffer it reads,
 /// without a second copy of the activations.
 #[derive(Clone, Debug)]
 pub struct SnakeBetaOp<'a> {
