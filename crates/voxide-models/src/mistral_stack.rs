@@ -8,6 +8,7 @@ use crate::error::Error;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::path::PathBuf;
+use voxide_nn::activation::gelu_erf;
 use voxide_nn::kv_cache::default_kv_dtype;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::{check_layer_count, LayerConfig, LayerNames, PreNormLayer};
@@ -180,7 +181,7 @@ struct AdaNorm {
 
 impl AdaNorm {
     fn gain(&self, t_cond: &Tensor) -> Result<Tensor> {
-        self.up.forward(&self.down.forward(t_cond)?.gelu_erf()?)? + 1.0
+        self.up.forward(&gelu_erf(&self.down.forward(t_cond)?)?)? + 1.0
     }
 }
 

@@ -1,7 +1,7 @@
 //! 1-D convolutions (plain, causal and streaming, reflect-padded "same", transposed) and the
 //! two-convolution audio stem shared by Whisper-style encoders.
 
-use crate::activation::SnakeBeta;
+use crate::activation::{gelu_erf, SnakeBeta};
 use crate::kernels::conv_gemm::{ConvTaps, SnakePointwiseResidual, TransposedConvTaps};
 use crate::kernels::winograd::{self, WinogradConv};
 use candle_core::{DType, Result, Tensor};
@@ -541,8 +541,8 @@ impl ConvStem {
         if self.causal {
             return self.push(&mut ConvStemState::default(), mel);
         }
-        let a1 = self.conv1.forward(mel)?.gelu_erf()?;
-        let a2 = self.conv2.forward(&a1)?.gelu_erf()?;
+        let a1 = gelu_erf(&self.conv1.forward(mel)?)?;
+        let a2 = gelu_erf(&self.conv2.forward(&a1)?)?;
         Ok([a1, a2])
     }
 
@@ -565,7 +565,7 @@ impl ConvStem {
 
 /// One causal convolution over `pending ++ x`, then GELU.
 fn causal_step(conv: &Conv1d, pending: &mut Option<Tensor>, x: &Tensor) -> Result<Tensor> {
-    conv.push_causal(pending, x)?.gelu_erf()
+    gelu_erf(&conv.push_causal(pending, x)?)
 }
 
 #[cfg(test)]
@@ -834,9 +834,9 @@ mod tests {
         assert_eq!(a2.dims(), &[1, dim, frames / 2]);
         // Definition: a1 from left-padded mel, a2 from left-padded a1 with stride 2.
         let padded = Tensor::cat(&[&Tensor::zeros((1, mels, 2), DType::F32, &dev)?, &mel], 2)?;
-        let want1 = stem.conv1.forward(&padded)?.gelu_erf()?;
+        let want1 = gelu_erf(&stem.conv1.forward(&padded)?)?;
         let padded1 = Tensor::cat(&[&Tensor::zeros((1, dim, 1), DType::F32, &dev)?, &want1], 2)?;
-        let want2 = stem.conv2.forward(&padded1)?.gelu_erf()?;
+        let want2 = gelu_erf(&stem.conv2.forward(&padded1)?)?;
         let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
             (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
         };

@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
-use voxide_nn::activation::SnakeBeta;
+use voxide_nn::activation::{gelu_erf, SnakeBeta};
 use voxide_nn::conv::{CausalConvTranspose1d, Conv1d, Conv1dSpec};
 use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
 use voxide_nn::weights::SafetensorsFiles;
@@ -175,7 +175,7 @@ impl ConvNeXt {
 
     fn push(&self, slots: &mut Slots, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.dwconv.push_causal(slots.take(), x)?.transpose(1, 2)?;
-        let h = self.pwconv1.forward(&self.norm.forward(&h)?)?.gelu_erf()?;
+        let h = gelu_erf(&self.pwconv1.forward(&self.norm.forward(&h)?)?)?;
         let h = self.pwconv2.forward(&h)?.broadcast_mul(&self.gamma)?;
         x + h.transpose(1, 2)?
     }

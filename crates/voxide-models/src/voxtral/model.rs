@@ -13,6 +13,7 @@ use crate::mistral_stack::{
 use crate::whisper::model::{Encoder, EncoderTrace};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use voxide_nn::activation::gelu_erf;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::LayerNames;
 use voxide_nn::{Linear, RopeLayout};
@@ -213,7 +214,7 @@ impl VoxtralModel {
         let (k, t, d) = frames.dims3()?;
         let factor = self.config.downsample_factor;
         let stacked = frames.reshape((k * t / factor, d * factor))?;
-        self.projector[1].forward(&self.projector[0].forward(&stacked)?.gelu_erf()?)
+        self.projector[1].forward(&gelu_erf(&self.projector[0].forward(&stacked)?)?)
     }
 
     /// The decoder input for `ids`: token embeddings (1, T, dim) in f32 whose `[AUDIO]` rows

@@ -12,6 +12,7 @@ use crate::mistral_stack::{
 };
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use voxide_nn::activation::gelu_erf;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::LayerNames;
 use voxide_nn::{ConvStem, ConvStemState, Linear, RopeLayout};
@@ -320,7 +321,7 @@ impl VoxtralRealtimeModel {
             t / self.config.downsample_factor,
             d * self.config.downsample_factor,
         ))?;
-        self.adapter[1].forward(&self.adapter[0].forward(&stacked)?.gelu_erf()?)
+        self.adapter[1].forward(&gelu_erf(&self.adapter[0].forward(&stacked)?)?)
     }
 
     /// Token embeddings (1, t, dec_dim) in f32.

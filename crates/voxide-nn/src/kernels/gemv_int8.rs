@@ -117,7 +117,10 @@ fn quantize(x: &[f32], k: usize, codes: &mut [i16], scales: &mut Vec<f32>) {
             // A subnormal d (all |x| below ~1e-34) would overflow 1/d: such x count as 0.
             let inv = if d.is_normal() { 1.0 / d } else { 0.0 };
             for (o, v) in out.iter_mut().zip(block) {
-                *o = (v * inv + 0.5f32.copysign(*v)) as i32 as i16;
+                // SAFETY: |v · inv| ≤ 32767 (v is finite, at most the block's largest), so
+                // the rounded value fits i32. The unchecked conversion vectorises; `as`, which
+                // saturates and maps NaN to 0, compiled to a scalar conversion per value.
+                *o = unsafe { (v * inv + 0.5f32.copysign(*v)).to_int_unchecked::<i32>() } as i16;
             }
             scales.push(d);
         }

@@ -1088,7 +1088,11 @@ impl Lanes for Portable {
         let mut sum = 0;
         for (j, &x) in v.iter().enumerate() {
             // Round to nearest even via the 1.5 · 2²³ trick (vectorises without SSE4.1).
-            let q = (((x * inv).clamp(-127.0, 127.0) + 12582912.0) - 12582912.0) as i8;
+            let t = (x * inv).clamp(-127.0, 127.0);
+            let t = if t.is_nan() { 0.0 } else { t };
+            // SAFETY: t rounds to a whole number in [-127, 127]; `as`'s saturating conversion
+            // compiles lane by lane.
+            let q = ((t + 12582912.0) - 12582912.0).to_int_unchecked::<i32>() as i8;
             *if j < 16 { lo.add(j) } else { hi.add(j - 16) } = q;
             sum += q as i32;
         }

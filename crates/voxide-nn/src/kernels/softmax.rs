@@ -83,11 +83,19 @@ pub(crate) fn exp_non_positive(x: f32) -> f32 {
     // Round to nearest by adding and removing 1.5 · 2²³ (`round` is a libm call).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 0.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = (x - n * LN2_A) - n * LN2_B;
     let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| p * r + c);
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // n (−126…0) is the difference of the shifted value's bits from ROUND's, in integers:
+    // `n as i32` saturates and maps NaN to 0, which LLVM compiles lane by lane (a scalar
+    // conversion and two conditional moves per value).
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    e * f32::from_bits(biased << 23)
 }
 
 #[cfg(target_arch = "x86_64")]
