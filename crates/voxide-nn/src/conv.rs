@@ -662,6 +662,18 @@ mod tests {
         Ok(())
     }
 
+    /// A SnakeBeta over `channels` with varied α and β.
+    fn test_snake(channels: usize) -> Result<SnakeBeta> {
+        let dev = Device::Cpu;
+        let val = |i: usize| ((i * 7919 % 101) as f32 / 50.0) - 1.0;
+        let mut params = HashMap::new();
+        let alpha: Vec<f32> = (0..channels).map(|i| val(i + 1) * 0.5).collect();
+        let beta: Vec<f32> = (0..channels).map(|i| val(i + 2) * 0.5).collect();
+        params.insert("alpha".into(), Tensor::from_vec(alpha, channels, &dev)?);
+        params.insert("beta".into(), Tensor::from_vec(beta, channels, &dev)?);
+        SnakeBeta::load(VarBuilder::from_tensors(params, DType::F32, &dev), channels)
+    }
+
     /// A causal convolution of SnakeBeta(x), streamed with the activation written into its
     /// input buffer, gives the bits of the activation then the plain streamed convolution,
     /// chunk by chunk from a fresh stream (empty chunks too): a long dilated filter, a short
@@ -671,12 +683,7 @@ mod tests {
         let dev = Device::Cpu;
         let val = |i: usize| ((i * 7919 % 101) as f32 / 50.0) - 1.0;
         let (cin, cout) = (24, 20);
-        let mut params = HashMap::new();
-        let alpha: Vec<f32> = (0..cin).map(|i| val(i + 1) * 0.5).collect();
-        let beta: Vec<f32> = (0..cin).map(|i| val(i + 2) * 0.5).collect();
-        params.insert("alpha".into(), Tensor::from_vec(alpha, cin, &dev)?);
-        params.insert("beta".into(), Tensor::from_vec(beta, cin, &dev)?);
-        let act = SnakeBeta::load(VarBuilder::from_tensors(params, DType::F32, &dev), cin)?;
+        let act = test_snake(cin)?;
         for (kernel, dilation) in [(7, 3), (3, 1), (1, 1)] {
             let mut ts = HashMap::new();
             let w: Vec<f32> = (0..cout * cin * kernel).map(|i| val(i) * 0.2).collect();
@@ -728,12 +735,7 @@ mod tests {
         ts.insert("bias".into(), Tensor::from_vec(b, cout, &dev)?);
         let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
         let conv = Conv1d::load(vb, Conv1dSpec::new(cin, cout, 1))?;
-        let mut params = HashMap::new();
-        let alpha: Vec<f32> = (0..cin).map(|i| val(i + 1) * 0.5).collect();
-        let beta: Vec<f32> = (0..cin).map(|i| val(i + 2) * 0.5).collect();
-        params.insert("alpha".into(), Tensor::from_vec(alpha, cin, &dev)?);
-        params.insert("beta".into(), Tensor::from_vec(beta, cin, &dev)?);
-        let act = SnakeBeta::load(VarBuilder::from_tensors(params, DType::F32, &dev), cin)?;
+        let act = test_snake(cin)?;
         for frames in [1, 17, 341, 700] {
             let x: Vec<f32> = (0..2 * cin * frames).map(|i| val(i + 3) * 3.0).collect();
             let x = Tensor::from_vec(x, (2, cin, frames), &dev)?;

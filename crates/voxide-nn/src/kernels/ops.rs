@@ -517,7 +517,7 @@ impl CustomOp1 for GeluErf {
 /// no branch and no call, so loops over it vectorise; libm's `erff` (candle's `gelu_erf`)
 /// branches by magnitude and took 8–9 ns a value on two Zen 4 cores where |x| > 0.84.
 #[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
+fn erf(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         1.061_405_4,

@@ -138,7 +138,8 @@ enum Schedule {
     /// shared: right where it is too large to stay cached.
     Passes { columns: usize },
     /// Blocks of `columns`, each block transformed, multiplied and written back by one thread:
-    /// no fork-join per stage or per Uf product, and the block's scratch in that core's L2.
+    /// no fork-join per stage or per Uf product, and the block's scratch in that core's L2
+    /// (half of it, or up to twice it for blocks of [`WIDE_BLOCK`] columns).
     /// Every block reads all of U, so U must stay cached. Measured on Zen 4, 2 threads, a
     /// 16-frame codec chunk's k7 convolutions: 96 channels 21 → 12 ms (d = 1), 34 → 14 ms
     /// (d = 9); 192 channels 20 → 13, 28 → 14 ms (phase by phase, before the columns were
@@ -744,7 +745,8 @@ mod tests {
     }
 
     /// The schedule from the machine's caches: blocks per thread where U stays cached and
-    /// there are enough blocks to share, passes otherwise; blocks sized to half of L2.
+    /// there are enough blocks to share, passes otherwise; blocks of at least 64 columns
+    /// where their scratch fits twice L2, else sized to half of L2.
     #[test]
     fn schedule_follows_the_caches() {
         let zen4 = CacheSizes {
@@ -767,8 +769,7 @@ mod tests {
         // (channels C = O of a k7 convolution (α = 10), columns, caches, schedule)
         for (channels, columns, caches, want) in [
             // The codec's blocks in a 16-frame chunk: 96 channels, 7680 columns; 192, 2560;
-            // 384, 640 (a 1-frame chunk's 192 channels: too few columns for two blocks a
-            // thread).
+            // 384, 640.
             (96, 7680, &zen4, Blocks { columns: 64 }),
             (192, 2560, &zen4, Blocks { columns: 64 }),
             (384, 640, &zen4, Blocks { columns: 64 }),
