@@ -30,8 +30,8 @@ pub use decode::{decode_bytes, decode_file, decode_stdin, inside_decoder, Decode
 pub use error::AudioError;
 pub use load::{load_mono, mono_at_rate, AudioInput};
 pub use mel::{
-    mel_filters, slaney_mel_filters, LogMagnitudeMel, LogMel, MelGeometry, MelStream, WhisperMel,
-    HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE,
+    mel_filters, slaney_mel_filters, LogMagnitudeMel, LogMel, MelGeometry, MelStream, MelWindows,
+    WhisperMel, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE,
 };
 pub use pcm_stream::{PcmFormat, PcmStream};
 pub use resample::{downmix_mono, resample, resampled_len, StreamResampler};

@@ -240,32 +240,15 @@ impl WhisperMel {
 
     /// `log10(max(mel, 1e-10))` of every frame, and the largest value.
     fn log10_mel(&self, samples: &[f32], padding_samples: usize) -> (LogMel, f64) {
-        let total = samples.len() + padding_samples;
-        let n_frames = total / HOP_LENGTH;
+        let frames = FrameSource::new(samples, padding_samples);
         let n_mels = self.n_mels;
-        // Centred frames over samples ++ zeros(padding), reflect-padded by N_FFT/2 on both
-        // sides; read in place (a padded copy of a long input would be tens of MB).
-        let half = N_FFT / 2;
-        let at = |i: usize| {
-            let j = reflect(i as i64 - half as i64, total);
-            samples.get(j).copied().unwrap_or(0.0)
-        };
+        let n_frames = frames.n_frames;
         let mut out = vec![0f32; n_mels * n_frames];
-        let mut frame = vec![0f32; N_FFT];
         let mut scratch = FrameScratch::new(self);
         let mut column = vec![0f32; n_mels];
         let mut max = f64::NEG_INFINITY;
         for t in 0..n_frames {
-            let first = t * HOP_LENGTH;
-            let src = if first >= half && first - half + N_FFT <= samples.len() {
-                &samples[first - half..first - half + N_FFT]
-            } else {
-                for (i, d) in frame.iter_mut().enumerate() {
-                    *d = at(first + i);
-                }
-                &frame[..]
-            };
-            max = max.max(self.frame_log10(src, &mut scratch, &mut column));
+            max = max.max(frames.log10(self, t, &mut scratch, &mut column));
             for (m, &v) in column.iter().enumerate() {
                 out[m * n_frames + t] = v;
             }
@@ -276,6 +259,28 @@ impl WhisperMel {
             data: out,
         };
         (mel, max)
+    }
+
+    /// [`Self::log_mel`] window by window: one pass over the frames finds the maximum, and
+    /// [`MelWindows::write`] computes the frames a window asks for when it asks (the same
+    /// values). A long input never holds its whole spectrogram (151 s: 5.8 MB at 80 bins),
+    /// for a second FFT of the frames the windows read.
+    pub fn log_mel_windows<'a>(
+        &'a self,
+        samples: &'a [f32],
+        padding_samples: usize,
+    ) -> MelWindows<'a> {
+        let frames = FrameSource::new(samples, padding_samples);
+        let mut scratch = FrameScratch::new(self);
+        let mut column = vec![0f32; self.n_mels];
+        let max = (0..frames.n_frames)
+            .map(|t| frames.log10(self, t, &mut scratch, &mut column))
+            .fold(f64::NEG_INFINITY, f64::max);
+        MelWindows {
+            mel: self,
+            frames,
+            floor: max - 8.0,
+        }
     }
 
     /// `log10(max(mel, 1e-10))` of one frame of N_FFT samples into `out` (n_mels values);
@@ -328,6 +333,86 @@ impl FrameScratch {
             spec: mel.fft.make_output_vec(),
             fft: mel.fft.make_scratch_vec(),
             power: vec![0f64; N_FREQS],
+        }
+    }
+}
+
+/// Centred frames over samples ++ zeros(padding), reflect-padded by N_FFT/2 on both sides;
+/// read in place (a padded copy of a long input would be tens of MB).
+#[derive(Clone, Copy, Debug)]
+struct FrameSource<'a> {
+    samples: &'a [f32],
+    /// Samples with the padding.
+    total: usize,
+    /// `total / HOP_LENGTH`: Whisper drops the centred STFT's last frame.
+    n_frames: usize,
+}
+
+impl<'a> FrameSource<'a> {
+    fn new(samples: &'a [f32], padding_samples: usize) -> Self {
+        let total = samples.len() + padding_samples;
+        Self {
+            samples,
+            total,
+            n_frames: total / HOP_LENGTH,
+        }
+    }
+
+    /// Frame t's `log10(max(mel, 1e-10))` into `column`; returns its maximum.
+    fn log10(
+        &self,
+        mel: &WhisperMel,
+        t: usize,
+        scratch: &mut FrameScratch,
+        column: &mut [f32],
+    ) -> f64 {
+        let half = N_FFT / 2;
+        let first = t * HOP_LENGTH;
+        if first >= half && first - half + N_FFT <= self.samples.len() {
+            let src = &self.samples[first - half..first - half + N_FFT];
+            return mel.frame_log10(src, scratch, column);
+        }
+        let mut frame = [0f32; N_FFT];
+        for (i, d) in frame.iter_mut().enumerate() {
+            let j = reflect((first + i) as i64 - half as i64, self.total);
+            *d = self.samples.get(j).copied().unwrap_or(0.0);
+        }
+        mel.frame_log10(&frame, scratch, column)
+    }
+}
+
+/// Whisper's log-mel of one input, computed a window at a time ([`WhisperMel::log_mel_windows`]).
+#[derive(Debug)]
+pub struct MelWindows<'a> {
+    mel: &'a WhisperMel,
+    frames: FrameSource<'a>,
+    /// The input's largest log10 value − 8.
+    floor: f64,
+}
+
+impl MelWindows<'_> {
+    /// Frames of the input with its padding.
+    pub fn n_frames(&self) -> usize {
+        self.frames.n_frames
+    }
+
+    /// Frames start..start + count (those before [`Self::n_frames`]) of [`WhisperMel::log_mel`]
+    /// into `out`, row m at `m · stride`; the rest of `out` is left as it is.
+    pub fn write(&self, start: usize, count: usize, out: &mut [f32], stride: usize) {
+        let n_mels = self.mel.n_mels;
+        let end = start.saturating_add(count).min(self.frames.n_frames);
+        assert!(
+            end <= start || (count <= stride && out.len() >= (n_mels - 1) * stride + count),
+            "mel windows: {n_mels} rows of {count} frames do not fit a stride of {stride}"
+        );
+        let mut scratch = FrameScratch::new(self.mel);
+        let mut column = vec![0f32; n_mels];
+        for t in start..end {
+            self.frames.log10(self.mel, t, &mut scratch, &mut column);
+            normalise(&mut column, self.floor);
+            for (m, &v) in column.iter().enumerate() {
+                out[m * stride + t - start] = v;
+            }
         }
     }
 }
@@ -598,6 +683,48 @@ mod tests {
         assert_eq!(w.get(0, 99), lm.get(0, 3099));
         assert_eq!(w.get(5, 100), 0.0);
         assert!(mel.log_mel(&[0.0; 10], 0).data.is_empty());
+    }
+
+    /// Windows computed on demand equal the whole input's log-mel cut into windows, bit for
+    /// bit: inside, across the padding, past the end, empty, and for inputs shorter than one
+    /// FFT (reflected) or with no padding.
+    #[test]
+    fn mel_windows_equal_the_whole_log_mel() {
+        let mel = WhisperMel::new(80);
+        let signal: Vec<f32> = (0..50_000)
+            .map(|i| ((i as f32 * 0.013).sin() + (i as f32 * 0.0007).cos()) * 0.3)
+            .collect();
+        for (samples, padding) in [
+            (&signal[..], N_SAMPLES),
+            (&signal[..], 0),
+            (&signal[..150], 1000),
+        ] {
+            let whole = mel.log_mel(samples, padding);
+            let windows = mel.log_mel_windows(samples, padding);
+            assert_eq!(windows.n_frames(), whole.n_frames);
+            for (start, count) in [
+                (0, 100),
+                (17, 250),
+                (whole.n_frames.saturating_sub(40), 100),
+                (whole.n_frames + 5, 10),
+                (3, 0),
+            ] {
+                let stride = count + 3;
+                let mut got = vec![-9.0f32; 80 * stride];
+                windows.write(start, count, &mut got, stride);
+                let want = whole.window(start, count);
+                for m in 0..80 {
+                    for j in 0..stride {
+                        let g = got[m * stride + j];
+                        if j < count && start + j < whole.n_frames {
+                            assert_eq!(g, want.get(m, j), "bin {m}, frame {}", start + j);
+                        } else {
+                            assert_eq!(g, -9.0, "bin {m}: column {j} past the frames written");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Streaming frames equal the offline fixed-max frames bit for bit, for any chunking,

@@ -15,7 +15,7 @@ use crate::transcript::{Progress, Segment, Timings, Transcript};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 use std::time::Instant;
-use voxide_audio::{LogMel, WhisperMel};
+use voxide_audio::{MelWindows, WhisperMel};
 use voxide_nn::linear::WeightFormat;
 
 /// Options of a whole transcription (openai-whisper `transcribe` keyword arguments).
@@ -172,15 +172,13 @@ impl WhisperPipeline {
     /// The encoder input for `frames` mel frames from `start`, zero-padded (in the normalised
     /// domain, as openai-whisper's `pad_or_trim`) to a 30 s window: (1, n_mels, 3000), built
     /// in one buffer that the tensor takes over.
-    pub fn window_tensor(&self, mel: &LogMel, start: usize, frames: usize) -> Result<Tensor> {
-        let mut data = vec![0f32; mel.n_mels * N_FRAMES];
-        let take = frames.min(N_FRAMES).min(mel.n_frames.saturating_sub(start));
-        for (m, row) in data.chunks_mut(N_FRAMES).enumerate() {
-            row[..take].copy_from_slice(&mel.data[m * mel.n_frames + start..][..take]);
-        }
+    pub fn window_tensor(&self, mel: &MelWindows, start: usize, frames: usize) -> Result<Tensor> {
+        let n_mels = self.mel.n_mels();
+        let mut data = vec![0f32; n_mels * N_FRAMES];
+        mel.write(start, frames.min(N_FRAMES), &mut data, N_FRAMES);
         Ok(Tensor::from_vec(
             data,
-            (1, mel.n_mels, N_FRAMES),
+            (1, n_mels, N_FRAMES),
             self.model.device(),
         )?)
     }
@@ -196,19 +194,25 @@ impl WhisperPipeline {
         let start = Instant::now();
         let mel = {
             let _span = tracing::trace_span!("mel", samples = samples.len()).entered();
-            self.mel.log_mel(samples, N_SAMPLES)
+            self.mel.log_mel_windows(samples, N_SAMPLES)
         };
         timings.mel_ms = ms(start);
-        let content_frames = mel.n_frames - N_FRAMES;
+        let content_frames = mel.n_frames() - N_FRAMES;
         let special = *self.rules.special();
         let mut decoder = self.window_decoder(opts.decode.seed);
 
         let encode = |start: usize, frames: usize, timings: &mut Timings| -> Result<Tensor> {
+            // The window's frames are computed here (the first pass only found the maximum):
+            // their time counts as the mel's.
+            let clock = Instant::now();
+            let window = {
+                let _span = tracing::trace_span!("mel_window").entered();
+                self.window_tensor(&mel, start, frames)?
+            };
+            timings.mel_ms += ms(clock);
             let clock = Instant::now();
             let _span = tracing::trace_span!("encoder").entered();
-            let features = self
-                .model
-                .encode(&self.window_tensor(&mel, start, frames)?)?;
+            let features = self.model.encode(&window)?;
             timings.encoder_ms += ms(clock);
             timings.encoder_calls += 1;
             Ok(features)
