@@ -221,8 +221,9 @@ impl WhisperMel {
     ///
     /// Returns `(len + padding) / 160` frames (the centred STFT yields one
     /// more; Whisper drops it). The clamp to `max - 8` uses the maximum over
-    /// all returned frames. `transcribe` calls it with
-    /// `padding_samples = N_SAMPLES` and then cuts [`LogMel::window`]s.
+    /// all returned frames. openai-whisper's `transcribe` takes it with
+    /// `padding_samples = N_SAMPLES` and cuts [`LogMel::window`]s; Whisper's pipeline here
+    /// computes the same windows on demand ([`Self::log_mel_windows`]).
     pub fn log_mel(&self, samples: &[f32], padding_samples: usize) -> LogMel {
         let (mut mel, max) = self.log10_mel(samples, padding_samples);
         normalise(&mut mel.data, max - 8.0);
