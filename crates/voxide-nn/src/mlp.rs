@@ -149,10 +149,11 @@ mod tests {
     use candle_core::{DType, Device};
     use std::collections::HashMap;
 
-    /// The in-place GELU (its vectorised erf) against the definition in f64 over −7…7, on
-    /// every instruction set's path (the tensor op takes the widest): within 1e-6 of |x| + 1e-7.
+    /// The GELU ops, in place and out of place (their vectorised erf), against the definition
+    /// in f64 over −7…7, and the row kernel on every instruction set's path (the tensor ops
+    /// take the widest): within 1e-6 of |x| + 1e-7.
     #[test]
-    fn in_place_gelu_equals_the_definition() -> Result<()> {
+    fn gelu_ops_equal_the_definition() -> Result<()> {
         let dev = Device::Cpu;
         let v: Vec<f32> = (0..70_007).map(|i| (i as f32 - 35_000.0) * 2e-4).collect();
         let want: Vec<f64> = v
@@ -171,9 +172,14 @@ mod tests {
                 );
             }
         };
-        let y = Tensor::from_vec(v.clone(), (7, 10_001), &dev)?;
-        y.inplace_op1(&GeluErfInPlace)?;
-        check(&y.flatten_all()?.to_vec1::<f32>()?, "tensor op");
+        let x = Tensor::from_vec(v.clone(), (7, 10_001), &dev)?;
+        let out_of_place = crate::activation::gelu_erf(&x)?;
+        check(
+            &out_of_place.flatten_all()?.to_vec1::<f32>()?,
+            "out of place",
+        );
+        x.inplace_op1(&GeluErfInPlace)?;
+        check(&x.flatten_all()?.to_vec1::<f32>()?, "in place");
         for isa in crate::kernels::simd::Isa::available() {
             let mut row = v.clone();
             crate::kernels::ops::gelu_erf_row(isa, &mut row);

@@ -498,15 +498,9 @@ impl CustomOp1 for GeluErf {
         /// Elements per parallel task.
         const CHUNK: usize = 1 << 14;
         use rayon::prelude::*;
-        let x = contiguous_f32(self.name(), s, l)?;
+        let mut y = contiguous_f32(self.name(), s, l)?.to_vec();
         let isa = Isa::detect();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                y.copy_from_slice(x);
-                gelu_erf_row(isa, y);
-            });
+        y.par_chunks_mut(CHUNK).for_each(|c| gelu_erf_row(isa, c));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 }
