@@ -99,12 +99,21 @@ macro_rules! with_prefetch {
 }
 pub(crate) use with_prefetch;
 
-/// Weight bytes per parallel task of a streamed matrix. A task reads its rows as R streams side
-/// by side ([`in_row_blocks`]), and from DRAM longer streams amortise each stream's start (the
+/// Weight bytes per parallel task of a streamed matrix (which still gets
+/// [`MIN_TASKS_PER_THREAD`] tasks per thread). A task reads its rows as R streams side by side
+/// ([`in_row_blocks`]), and from DRAM longer streams amortise each stream's start (the
 /// hardware prefetcher's training, the first misses): in the synthetic Voxtral step, 512 KB
-/// tasks read 2–7 % faster than 64-row tasks (192 KB of int8 at k = 3072, 384 KB of bf16),
-/// 256 KB and 1 MB in between (PERFORMANCE.md #78).
+/// tasks read 2–7 % faster than 64-row tasks, 256 KB and 1 MB in between (PERFORMANCE.md #78).
 pub(crate) const TASK_BYTES: usize = 512 << 10;
+
+/// Streamed matrices of at least [`LONG_TASKS_FROM`] bytes take tasks of up to this many:
+/// Voxtral Realtime's bf16 step (25–113 MB matrices) read 5–15 % faster in them when two cores
+/// could read faster than they do, and level otherwise, while the Qwen3-TTS steps' 6 MB
+/// matrices read 5–8 % slower in fewer, longer tasks (PERFORMANCE.md #141).
+const LONG_TASK_BYTES: usize = 8 << 20;
+
+/// See [`LONG_TASK_BYTES`].
+const LONG_TASKS_FROM: usize = 16 << 20;
 
 /// Output rows per task of a cached matrix: its reads hit the caches, so there is no stream
 /// start to amortise and smaller tasks balance better (Whisper base's cached layers read ~7 %
@@ -339,10 +348,16 @@ fn parallel_rows(n: usize, bytes: usize, residency: Residency) -> Option<usize> 
 }
 
 /// Output rows per task for a streamed matrix of n rows and `bytes` on `threads` threads:
-/// about [`TASK_BYTES`] of weights, but at least [`MIN_TASKS_PER_THREAD`] tasks per thread.
+/// about [`TASK_BYTES`] of weights ([`LONG_TASK_BYTES`] from [`LONG_TASKS_FROM`]), but at least
+/// [`MIN_TASKS_PER_THREAD`] tasks per thread.
 fn rows_per_task(n: usize, bytes: usize, threads: usize) -> usize {
     let row_bytes = (bytes / n.max(1)).max(1);
-    (TASK_BYTES / row_bytes)
+    let task_bytes = if bytes >= LONG_TASKS_FROM {
+        LONG_TASK_BYTES
+    } else {
+        TASK_BYTES
+    };
+    (task_bytes / row_bytes)
         .min(n.div_ceil(threads * MIN_TASKS_PER_THREAD))
         .max(1)
 }
@@ -836,9 +851,16 @@ pub(crate) mod tests {
 
     #[test]
     fn tasks_hold_a_fixed_share_of_bytes_and_split_every_matrix() {
-        // Voxtral's w1 in int8 (3 KB rows) and bf16 (6 KB rows): ~512 KB per task.
-        assert_eq!(rows_per_task(9216, 9216 * 3072, 2), 170);
-        assert_eq!(rows_per_task(9216, 9216 * 3072 * 2, 2), 85);
+        // Voxtral's head in int8 (3 KB rows) and bf16 (6 KB rows): ~8 MB per task.
+        assert_eq!(rows_per_task(131072, 131072 * 3072, 2), 2730);
+        assert_eq!(rows_per_task(131072, 131072 * 3072 * 2, 2), 1365);
+        // Its w1 (28 / 57 MB): four tasks per thread, under 8 MB each.
+        assert_eq!(rows_per_task(9216, 9216 * 3072, 2), 1152);
+        assert_eq!(rows_per_task(9216, 9216 * 3072 * 2, 2), 1152);
+        // Under 16 MB (a Qwen3-TTS gate/up, 6 MB of int8): ~512 KB per task.
+        assert_eq!(rows_per_task(6144, 6144 * 1024, 2), 512);
+        assert_eq!(rows_per_task(8191, 8191 * 2048, 2), 256);
+        assert_eq!(rows_per_task(8192, 8192 * 2048, 2), 1024);
         // A 3 MB matrix still gives every thread four tasks.
         assert_eq!(rows_per_task(1024, 1024 * 3072, 2), 128);
         assert_eq!(rows_per_task(1024, 1024 * 3072, 16), 16);
