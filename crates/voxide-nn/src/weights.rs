@@ -173,50 +173,127 @@ impl SafetensorsFiles {
         self.entries.get(name).map(|e| e.dtype)
     }
 
-    /// Reads one tensor in its stored dtype.
-    pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let entry = self.entries.get(name).ok_or_else(|| {
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries.get(name).ok_or_else(|| {
             candle_core::Error::CannotFindTensor {
                 path: name.to_string(),
             }
             .bt()
-        })?;
+        })
+    }
+
+    /// The stored values of `entry` (T of its stored dtype's size), read straight from the
+    /// file into their buffer: no zero fill first (a second pass over every page of a 9 GB
+    /// checkpoint).
+    fn read_vec<T: Copy>(&self, name: &str, entry: &Entry) -> Result<Vec<T>> {
         let numel: usize = entry.shape.iter().product();
-        let file = &self.files[entry.file];
-        let path = &self.paths[entry.file];
-        let read = |dst: *mut u8, len: usize| -> Result<()> {
-            let file = file.lock().expect("a reader panicked");
-            read_at(&file, dst, len, entry.offset).map_err(|e| {
-                candle_core::Error::Msg(format!("{}: reading {name}: {e}", path.display()))
-            })
-        };
-        fn typed<T: candle_core::WithDType + Default + Copy>(
-            numel: usize,
-            shape: &[usize],
+        let mut data: Vec<T> = crate::kernels::machine::huge_page_vec(numel);
+        let len = numel * std::mem::size_of::<T>();
+        let file = self.files[entry.file].lock().expect("a reader panicked");
+        read_at(&file, data.as_mut_ptr() as *mut u8, len, entry.offset).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "{}: reading {name}: {e}",
+                self.paths[entry.file].display()
+            ))
+        })?;
+        // SAFETY: `read_at` initialised all `len` bytes; the callers' types are plain numbers
+        // with no invalid bit patterns, stored little-endian as this target reads them.
+        unsafe { data.set_len(numel) };
+        Ok(data)
+    }
+
+    /// Reads one tensor in its stored dtype.
+    pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let entry = self.entry(name)?;
+        fn typed<T: candle_core::WithDType>(
+            files: &SafetensorsFiles,
+            name: &str,
+            entry: &Entry,
             device: &Device,
-            read: impl Fn(*mut u8, usize) -> Result<()>,
         ) -> Result<Tensor> {
-            let mut data: Vec<T> = crate::kernels::machine::huge_page_vec(numel);
-            let len = numel * std::mem::size_of::<T>();
-            // The bytes go straight from the file into the final buffer: no zero fill first
-            // (a second pass over every page of a 9 GB checkpoint).
-            read(data.as_mut_ptr() as *mut u8, len)?;
-            // SAFETY: `read` initialised all `len` bytes; the types are plain numbers with no
-            // invalid bit patterns, stored little-endian as this target reads them.
-            unsafe { data.set_len(numel) };
-            Tensor::from_vec(data, shape, device)
+            Tensor::from_vec(
+                files.read_vec::<T>(name, entry)?,
+                entry.shape.as_slice(),
+                device,
+            )
         }
         match entry.dtype {
-            DType::F32 => typed::<f32>(numel, &entry.shape, device, read),
-            DType::F16 => typed::<half::f16>(numel, &entry.shape, device, read),
-            DType::BF16 => typed::<half::bf16>(numel, &entry.shape, device, read),
-            DType::F64 => typed::<f64>(numel, &entry.shape, device, read),
-            DType::I64 => typed::<i64>(numel, &entry.shape, device, read),
-            DType::I32 => typed::<i32>(numel, &entry.shape, device, read),
-            DType::I16 => typed::<i16>(numel, &entry.shape, device, read),
-            DType::U32 => typed::<u32>(numel, &entry.shape, device, read),
-            _ => typed::<u8>(numel, &entry.shape, device, read),
+            DType::F32 => typed::<f32>(self, name, entry, device),
+            DType::F16 => typed::<half::f16>(self, name, entry, device),
+            DType::BF16 => typed::<half::bf16>(self, name, entry, device),
+            DType::F64 => typed::<f64>(self, name, entry, device),
+            DType::I64 => typed::<i64>(self, name, entry, device),
+            DType::I32 => typed::<i32>(self, name, entry, device),
+            DType::I16 => typed::<i16>(self, name, entry, device),
+            DType::U32 => typed::<u32>(self, name, entry, device),
+            _ => typed::<u8>(self, name, entry, device),
         }
+    }
+
+    /// Reads one tensor as `dtype`. Conversions between f32 and f16 / bf16 on the CPU run in
+    /// parallel chunks through `half`'s slice conversions (F16C where the CPU has it), the same
+    /// values as candle's `to_dtype`, which converts one value at a time on one core (~1.5 ns
+    /// a value: 0.35 s of Whisper small's load in f16, PERFORMANCE.md #142).
+    pub fn load_as(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        use half::slice::HalfFloatSliceExt;
+        use half::{bf16, f16};
+        let entry = self.entry(name)?;
+        if !device.is_cpu() {
+            return self.load(name, device)?.to_dtype(dtype);
+        }
+        match (entry.dtype, dtype) {
+            (DType::F32, DType::F16) => self.converted(name, entry, device, |s, d: &mut [f16]| {
+                d.convert_from_f32_slice(s)
+            }),
+            (DType::F32, DType::BF16) => {
+                self.converted(name, entry, device, |s, d: &mut [bf16]| {
+                    d.convert_from_f32_slice(s)
+                })
+            }
+            (DType::F16, DType::F32) => self.converted(name, entry, device, |s: &[f16], d| {
+                s.convert_to_f32_slice(d)
+            }),
+            (DType::BF16, DType::F32) => self.converted(name, entry, device, |s: &[bf16], d| {
+                s.convert_to_f32_slice(d)
+            }),
+            _ => self.load(name, device)?.to_dtype(dtype),
+        }
+    }
+
+    /// `entry` read as S and converted to D by `convert` (equal-length slices), in parallel
+    /// chunks, each through a small buffer in L1 into the uninitialised output.
+    fn converted<S, D>(
+        &self,
+        name: &str,
+        entry: &Entry,
+        device: &Device,
+        convert: impl Fn(&[S], &mut [D]) + Sync,
+    ) -> Result<Tensor>
+    where
+        S: Copy + Sync,
+        D: candle_core::WithDType + Default,
+    {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        const BUFFER: usize = 1024;
+        let src: Vec<S> = self.read_vec(name, entry)?;
+        let mut dst: Vec<D> = crate::kernels::machine::huge_page_vec(src.len());
+        dst.spare_capacity_mut()[..src.len()]
+            .par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(dst, src)| {
+                let mut buf = [D::default(); BUFFER];
+                for (dst, src) in dst.chunks_mut(BUFFER).zip(src.chunks(BUFFER)) {
+                    let buf = &mut buf[..src.len()];
+                    convert(src, buf);
+                    for (out, v) in dst.iter_mut().zip(buf.iter()) {
+                        out.write(*v);
+                    }
+                }
+            });
+        // SAFETY: the chunks above cover the first src.len() elements, each written once.
+        unsafe { dst.set_len(src.len()) };
+        Tensor::from_vec(dst, entry.shape.as_slice(), device)
     }
 }
 
@@ -351,20 +428,20 @@ impl SimpleBackend for SafetensorsFiles {
                 );
             }
         }
-        let tensor = self.load(name, dev)?;
-        if tensor.shape() != &s {
+        let stored = self.shape(name).map(Shape::from);
+        if stored.as_ref().is_some_and(|stored| stored != &s) {
             return Err(candle_core::Error::UnexpectedShape {
                 msg: format!("shape mismatch for {name}"),
                 expected: s,
-                got: tensor.shape().clone(),
+                got: stored.expect("checked above"),
             }
             .bt());
         }
-        tensor.to_dtype(dtype)
+        self.load_as(name, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        self.load(name, dev)?.to_dtype(dtype)
+        self.load_as(name, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
@@ -412,6 +489,93 @@ mod tests {
         assert!(table.lookup(&[4], &Device::Cpu).is_err());
         assert!(files.row_table("e", (3, 4)).is_err());
         assert!(files.row_table("missing", (4, 3)).is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn float_conversions_at_load_equal_candles() {
+        use half::{bf16, f16};
+        let dir = std::env::temp_dir().join(format!("voxide-cv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.safetensors");
+        // Over one parallel chunk (65 536) and not a multiple of the buffer: rounding ties,
+        // subnormals of either narrow type, values past f16's range, infinities and NaN.
+        let n = 70_001;
+        let special = [
+            0.0,
+            -0.0,
+            1.0 + f32::EPSILON * 1024.0,
+            6.0e-8,
+            1.0e-40,
+            65_520.0,
+            -1.0e6,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+        ];
+        let values: Vec<f32> = (0..n)
+            .map(|i| match special.get(i) {
+                Some(&v) => v,
+                None => (i as f32 * 0.618_034).sin() * 10f32.powi(i as i32 % 13 - 6),
+            })
+            .collect();
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16_bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect();
+        let bf16_bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let (a, b) = (f32_bytes.len(), f32_bytes.len() + f16_bytes.len());
+        let header = format!(
+            r#"{{"a":{{"dtype":"F32","shape":[{n}],"data_offsets":[0,{a}]}},"h":{{"dtype":"F16","shape":[{n}],"data_offsets":[{a},{b}]}},"b":{{"dtype":"BF16","shape":[{n}],"data_offsets":[{b},{}]}}}}"#,
+            b + bf16_bytes.len()
+        );
+        write(&path, &header, &[f32_bytes, f16_bytes, bf16_bytes].concat());
+        let files = SafetensorsFiles::open(std::slice::from_ref(&path)).unwrap();
+        let dev = Device::Cpu;
+        let bits = |t: &Tensor| -> Vec<u32> {
+            match t.dtype() {
+                DType::F32 => t
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+                DType::F16 => t
+                    .to_vec1::<f16>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits() as u32)
+                    .collect(),
+                DType::BF16 => t
+                    .to_vec1::<bf16>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits() as u32)
+                    .collect(),
+                other => panic!("{other:?}"),
+            }
+        };
+        for (name, dtype) in [
+            ("a", DType::F16),
+            ("a", DType::BF16),
+            ("h", DType::F32),
+            ("b", DType::F32),
+            ("a", DType::F32),
+        ] {
+            let got = files.load_as(name, dtype, &dev).unwrap();
+            let want = files.load(name, &dev).unwrap().to_dtype(dtype).unwrap();
+            assert_eq!(
+                (got.dtype(), got.dims()),
+                (dtype, want.dims()),
+                "{name} as {dtype:?}"
+            );
+            assert_eq!(bits(&got), bits(&want), "{name} as {dtype:?}");
+        }
         std::fs::remove_dir_all(dir).ok();
     }
 
