@@ -537,28 +537,14 @@ mod tests {
         write(&path, &header, &[f32_bytes, f16_bytes, bf16_bytes].concat());
         let files = SafetensorsFiles::open(std::slice::from_ref(&path)).unwrap();
         let dev = Device::Cpu;
-        let bits = |t: &Tensor| -> Vec<u32> {
-            match t.dtype() {
-                DType::F32 => t
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect(),
-                DType::F16 => t
-                    .to_vec1::<f16>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits() as u32)
-                    .collect(),
-                DType::BF16 => t
-                    .to_vec1::<bf16>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits() as u32)
-                    .collect(),
-                other => panic!("{other:?}"),
-            }
+        fn raw<T: candle_core::WithDType>(t: &Tensor, bits: fn(T) -> u32) -> Vec<u32> {
+            t.to_vec1::<T>().unwrap().into_iter().map(bits).collect()
+        }
+        let bits = |t: &Tensor| match t.dtype() {
+            DType::F32 => raw(t, f32::to_bits),
+            DType::F16 => raw(t, |v: f16| v.to_bits().into()),
+            DType::BF16 => raw(t, |v: bf16| v.to_bits().into()),
+            other => panic!("{other:?}"),
         };
         for (name, dtype) in [
             ("a", DType::F16),
