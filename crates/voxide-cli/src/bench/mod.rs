@@ -18,7 +18,7 @@ use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
 use voxide_nn::kernels::bandwidth::{measured_retention, streaming_reads, ReadProbe};
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
-use voxide_nn::kernels::gemv::measured_read_aheads;
+use voxide_nn::kernels::gemv::{measured_read_aheads, FEWER_ROWS_PER_PASS, ROWS_PER_PASS};
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
 use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
@@ -272,6 +272,7 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
         cpu_model: m.cpu_model.clone(),
         cores: m.cores,
         isa: format!("{:?}", Isa::detect()),
+        l1d_bytes: m.caches.l1d_per_core,
         l2_bytes: m.caches.l2_per_core,
         l3_bytes: m.caches.l3,
         cache_budget_bytes: m.cache_budget(),
@@ -289,10 +290,22 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             nontemporal: r.nontemporal_pays(),
             read_ahead: measured_read_aheads()
                 .into_iter()
-                .map(|(weights, ahead)| ReadAheadReport {
-                    weights: weights.to_string(),
-                    bytes: ahead.bytes,
-                    gbps: ahead.measured.clone(),
+                .map(|(weights, ahead)| {
+                    let at = |rows| {
+                        ahead
+                            .measured
+                            .iter()
+                            .filter(|m| m.1 == rows)
+                            .map(|m| (m.0, m.2))
+                            .collect()
+                    };
+                    ReadAheadReport {
+                        weights: weights.to_string(),
+                        bytes: ahead.bytes,
+                        rows_per_pass: ahead.rows_per_pass,
+                        gbps: at(ROWS_PER_PASS),
+                        gbps_fewer_rows: at(FEWER_ROWS_PER_PASS),
+                    }
                 })
                 .collect(),
             retention: measured_retention().map(|r| RetentionReport {
@@ -329,10 +342,11 @@ fn start_trace(path: &Path) -> Result<tracing_chrome::FlushGuard> {
 /// The machine line and every probe variant.
 fn print_machine(m: &MachineReport, threads: usize) {
     say!(
-        "machine: {} | {} cores | {} | L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s",
+        "machine: {} | {} cores | {} | L1d {} KB, L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s",
         m.cpu_model,
         m.cores,
         m.isa,
+        m.l1d_bytes >> 10,
         m.l2_bytes >> 10,
         m.l3_bytes >> 20,
         m.cache_budget_bytes >> 20,
@@ -358,19 +372,27 @@ fn print_machine(m: &MachineReport, threads: usize) {
             s.keep_gbps
         );
         for ahead in &s.read_ahead {
-            let tried: Vec<String> = ahead
-                .gbps
-                .iter()
-                .map(|(bytes, gbps)| format!("{} {gbps:.1}", read_ahead_name(*bytes)))
-                .collect();
+            let tried = |gbps: &[(usize, f64)]| {
+                gbps.iter()
+                    .map(|(bytes, gbps)| format!("{} {gbps:.1}", read_ahead_name(*bytes)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut tried_all = tried(&ahead.gbps);
+            if !ahead.gbps_fewer_rows.is_empty() {
+                tried_all = format!(
+                    "{ROWS_PER_PASS} rows a pass: {tried_all}; {FEWER_ROWS_PER_PASS} rows: {}",
+                    tried(&ahead.gbps_fewer_rows)
+                );
+            }
             say!(
-                "  {}: {} (the GEMV from memory, GB/s: {})",
+                "  {}: {}, {} rows a pass (the GEMV from memory, GB/s: {tried_all})",
                 ahead.weights,
                 match ahead.bytes {
                     0 => "no software prefetch".to_string(),
                     b => format!("{} ahead of the loads", read_ahead_name(b)),
                 },
-                tried.join(", ")
+                ahead.rows_per_pass,
             );
         }
         if let Some(r) = &s.retention {

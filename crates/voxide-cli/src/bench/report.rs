@@ -261,6 +261,9 @@ pub struct MachineReport {
     pub cores: usize,
     /// Instruction set of the kernels.
     pub isa: String,
+    /// Private L1 data cache per core, bytes.
+    #[serde(default)]
+    pub l1d_bytes: usize,
     /// Private L2 per core, bytes.
     pub l2_bytes: usize,
     /// Last-level cache of the usable cores, bytes.
@@ -316,15 +319,22 @@ pub struct RetentionReport {
     pub holds: bool,
 }
 
-/// The prefetch distance one weight type's GEMV took for streamed matrices.
+/// How one weight type's GEMV reads streamed matrices: its prefetch distance and rows per pass.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReadAheadReport {
     /// The weight type (`bf16`, `int8`, ...).
     pub weights: String,
     /// The distance taken, bytes.
     pub bytes: usize,
-    /// (distance, GB/s) for each distance tried: the GEMV from memory on all threads.
+    /// Weight rows a pass reads side by side (m = 1).
+    #[serde(default)]
+    pub rows_per_pass: usize,
+    /// (distance, GB/s) for each distance tried: the GEMV from memory on all threads, at the
+    /// kernel's own rows per pass.
     pub gbps: Vec<(usize, f64)>,
+    /// The same at fewer rows per pass, where the kernel takes that choice (else empty).
+    #[serde(default)]
+    pub gbps_fewer_rows: Vec<(usize, f64)>,
 }
 
 /// Each run against the floor of the probes just before and after it (where they agree within

@@ -73,6 +73,17 @@ const STREAMED_PREFETCH_PROBE_BYTES: usize = 64 << 20;
 #[cfg(target_arch = "x86_64")]
 const STREAMED_PREFETCH_ROUNDS: usize = 5;
 
+/// Weight rows a pass of a streamed m = 1 GEMV reads side by side: the kernels' own count,
+/// and the fewer rows the bf16 kernel may read instead, as measured with the distance
+/// ([`streamed_read_ahead`]). Each of those rows is a stream from DRAM, and each load of x
+/// serves them all. On the Zen 4 kind, a synthetic Voxtral Realtime bf16 step read 10 %
+/// faster in passes of 2 rows (where x fits: `gemv_bf16::x_fits_l1`) with no prefetch hints
+/// than in passes of 4 with NTA hints 2 KB ahead, in both of the host's bandwidth regimes;
+/// on the Intel kind, passes of 2 rows read 4 % slower, and 15 % slower without hints
+/// (PERFORMANCE.md #143).
+pub const ROWS_PER_PASS: usize = 4;
+pub const FEWER_ROWS_PER_PASS: usize = 2;
+
 pub(crate) const PREFETCH_NONE: u8 = Prefetch::None as u8;
 pub(crate) const PREFETCH_KEEP: u8 = Prefetch::Keep as u8;
 pub(crate) const PREFETCH_STREAM: u8 = Prefetch::Stream as u8;
@@ -241,10 +252,14 @@ pub fn gemv_on<E: WeightElem>(
     // step's weights stay cached between tokens.
     let prefetch = weight_prefetch(w.residency, w.bytes());
     let ahead = match w.residency {
-        Residency::Streamed => ReadAhead::streamed(prefetch, streamed_read_ahead::<E>().bytes),
+        Residency::Streamed => {
+            let measured = streamed_read_ahead::<E>();
+            ReadAhead::streamed(prefetch, measured.bytes, measured.rows_per_pass)
+        }
         Residency::Cached => ReadAhead {
             prefetch: prefetch as u8,
             bytes: PREFETCH_BYTES,
+            rows_per_pass: ROWS_PER_PASS,
         },
     };
     match parallel_rows(n, w.bytes(), w.residency) {
@@ -363,57 +378,65 @@ fn rows_per_task(n: usize, bytes: usize, threads: usize) -> usize {
 }
 
 /// How a GEMV reads its weights ahead of the loads: the software prefetch (a [`Prefetch`] as
-/// the kernels' const parameter) and how many bytes ahead of the loads it runs.
+/// the kernels' const parameter), how many bytes ahead of the loads it runs, and the weight
+/// rows an m = 1 pass reads side by side where the kernel takes the choice
+/// ([`ROWS_PER_PASS`] or [`FEWER_ROWS_PER_PASS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ReadAhead {
     pub(crate) prefetch: u8,
     pub(crate) bytes: usize,
+    pub(crate) rows_per_pass: usize,
 }
 
 impl ReadAhead {
     /// A streamed matrix's reads: `prefetch` hints `bytes` ahead, or none at all for a
     /// distance of 0 (see [`STREAMED_PREFETCH_CANDIDATES`]).
-    fn streamed(prefetch: Prefetch, bytes: usize) -> Self {
+    fn streamed(prefetch: Prefetch, bytes: usize, rows_per_pass: usize) -> Self {
         let prefetch = if bytes == 0 { Prefetch::None } else { prefetch };
         Self {
             prefetch: prefetch as u8,
             bytes,
+            rows_per_pass,
         }
     }
 }
 
-/// The prefetch distance streamed matrices take on this machine, and what each candidate read.
+/// How streamed matrices of one weight type are read on this machine, and what each
+/// candidate read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamedReadAhead {
+    /// The prefetch distance (0: no software prefetch).
     pub bytes: usize,
-    /// (distance, median GB/s of its passes) per candidate; empty where it was not measured.
-    pub measured: Vec<(usize, f64)>,
+    /// Weight rows an m = 1 pass reads side by side ([`ROWS_PER_PASS`] or
+    /// [`FEWER_ROWS_PER_PASS`]).
+    pub rows_per_pass: usize,
+    /// (distance, rows per pass, median GB/s of its passes) per candidate; empty where it
+    /// was not measured.
+    pub measured: Vec<(usize, usize, f64)>,
 }
 
-/// The distance to take given each candidate's GB/s in each round (rounds in the same order
-/// for all): the one whose median ratio to the default's pass of the same round is highest,
-/// if that beats [`STREAMED_PREFETCH_MIN_GAIN`], else the default. Ratios within a round,
-/// not rates across rounds, because a shared machine's bandwidth moves between rounds
-/// (Zen 5's host switches between ~45 and ~75 GB/s within seconds).
-pub fn choose_read_ahead(passes: &[(usize, Vec<f64>)]) -> usize {
-    let Some((_, default)) = passes
-        .iter()
-        .find(|(bytes, _)| *bytes == STREAMED_PREFETCH_DEFAULT)
-    else {
-        return STREAMED_PREFETCH_DEFAULT;
+/// The candidate (a distance, or a distance and rows per pass) to take given each
+/// candidate's GB/s in each round (rounds in the same order for all): the one whose median
+/// ratio to `default`'s pass of the same round is highest, if that beats
+/// [`STREAMED_PREFETCH_MIN_GAIN`], else the default. Ratios within a round, not rates across
+/// rounds, because a shared machine's bandwidth moves between rounds (Zen 5's host switches
+/// between ~45 and ~75 GB/s within seconds).
+pub fn choose_read_ahead<K: Copy + PartialEq>(passes: &[(K, Vec<f64>)], default: K) -> K {
+    let Some((_, default_gbps)) = passes.iter().find(|(key, _)| *key == default) else {
+        return default;
     };
     passes
         .iter()
-        .filter_map(|(bytes, gbps)| {
-            let ratios: Vec<f64> = gbps.iter().zip(default).map(|(g, d)| g / d).collect();
+        .filter_map(|(key, gbps)| {
+            let ratios: Vec<f64> = gbps.iter().zip(default_gbps).map(|(g, d)| g / d).collect();
             if ratios.is_empty() || ratios.iter().any(|r| !r.is_finite()) {
                 return None;
             }
-            Some((*bytes, median(ratios)))
+            Some((*key, median(ratios)))
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .filter(|(_, ratio)| *ratio > STREAMED_PREFETCH_MIN_GAIN)
-        .map_or(STREAMED_PREFETCH_DEFAULT, |(bytes, _)| bytes)
+        .map_or(default, |(key, _)| key)
 }
 
 /// The [`StreamedReadAhead`] of `E`'s kernel on this machine, measured on its first use.
@@ -423,7 +446,9 @@ pub fn choose_read_ahead(passes: &[(usize, Vec<f64>)]) -> usize {
 /// ahead than 4 KB ahead and 10 % slower 1 KB ahead, the bf16 kernel is as fast 1 KB and
 /// 2 KB ahead and 5 % slower at 4 KB (the probe's plain reader is fastest 4 KB ahead), while
 /// 4 KB was best on Zen 3. So each kernel is timed on the thread pool that decodes, on a
-/// matrix flushed from the caches before each pass, at each candidate distance.
+/// matrix flushed from the caches before each pass, at each candidate distance, and where the
+/// kernel takes the choice (bf16 on AVX512-BF16), at each distance with
+/// [`FEWER_ROWS_PER_PASS`] rows per pass too.
 pub fn streamed_read_ahead<E: WeightElem>() -> &'static StreamedReadAhead {
     &READ_AHEAD[E::KIND]
         .get_or_init(|| (E::NAME, measure_streamed_read_ahead::<E>()))
@@ -447,7 +472,9 @@ fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
     {
         use super::bandwidth::flush_caches;
         use std::time::Instant;
-        let k = 4096;
+        // Voxtral's model width: its x (12 KB split in bf16 halves) fits the L1 share that
+        // passes of fewer rows need on a 32 KB L1 (`gemv_bf16::x_fits_l1`).
+        let k = 3072;
         let n = STREAMED_PREFETCH_PROBE_BYTES / (std::mem::size_of::<E>() * k);
         // On huge pages, as the model's weights.
         let mut data: Vec<E> = huge_page_vec(n * k);
@@ -457,15 +484,20 @@ fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
         let mut y = vec![0f32; n];
         let isa = Isa::detect();
         let prefetch = weight_prefetch(Residency::Streamed, w.bytes());
-        let mut passes: Vec<(usize, Vec<f64>)> = STREAMED_PREFETCH_CANDIDATES
+        let rows: &[usize] = if E::as_bf16(&data).is_some() && gemv_bf16::runs(isa, 1) {
+            &[ROWS_PER_PASS, FEWER_ROWS_PER_PASS]
+        } else {
+            &[ROWS_PER_PASS]
+        };
+        let mut passes: Vec<((usize, usize), Vec<f64>)> = rows
             .iter()
-            .map(|&bytes| (bytes, Vec::new()))
+            .flat_map(|&r| STREAMED_PREFETCH_CANDIDATES.map(|bytes| ((bytes, r), Vec::new())))
             .collect();
         for _ in 0..STREAMED_PREFETCH_ROUNDS {
-            for (bytes, gbps) in &mut passes {
+            for ((bytes, rows), gbps) in &mut passes {
                 flush_caches(&data);
                 let t = Instant::now();
-                let ahead = ReadAhead::streamed(prefetch, *bytes);
+                let ahead = ReadAhead::streamed(prefetch, *bytes, *rows);
                 gemv_ahead(isa, &x, &w, None, &mut y, 1, ahead);
                 gbps.push(w.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
             }
@@ -473,16 +505,20 @@ fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
         std::hint::black_box(&y);
         let measured = passes
             .iter()
-            .map(|(bytes, gbps)| (*bytes, median(gbps.clone())))
+            .map(|((bytes, rows), gbps)| (*bytes, *rows, median(gbps.clone())))
             .collect();
+        let (bytes, rows_per_pass) =
+            choose_read_ahead(&passes, (STREAMED_PREFETCH_DEFAULT, ROWS_PER_PASS));
         StreamedReadAhead {
-            bytes: choose_read_ahead(&passes),
+            bytes,
+            rows_per_pass,
             measured,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     StreamedReadAhead {
         bytes: STREAMED_PREFETCH_DEFAULT,
+        rows_per_pass: ROWS_PER_PASS,
         measured: Vec::new(),
     }
 }
@@ -984,12 +1020,14 @@ pub(crate) mod tests {
 
     #[test]
     fn read_ahead_is_the_distance_that_clearly_beats_the_default_round_by_round() {
+        let choose =
+            |passes: &[(usize, Vec<f64>)]| choose_read_ahead(passes, STREAMED_PREFETCH_DEFAULT);
         let one = |rates: &[(usize, f64)]| -> Vec<(usize, Vec<f64>)> {
             rates.iter().map(|&(b, g)| (b, vec![g])).collect()
         };
         // Zen 5's int8 kernel on both cores, fast memory (GB/s): 2 KB, the default, wins.
         let zen5 = one(&[(1024, 61.3), (2048, 72.3), (4096, 61.8), (8192, 56.9)]);
-        assert_eq!(choose_read_ahead(&zen5), 2048);
+        assert_eq!(choose(&zen5), 2048);
         // Zen 4's f16 kernel, slow memory: no software prefetch clearly reads fastest (one
         // start-up's medians); at 1.05 over the default it would not switch.
         let zen4 = one(&[
@@ -999,20 +1037,26 @@ pub(crate) mod tests {
             (4096, 36.1),
             (8192, 35.0),
         ]);
-        assert_eq!(choose_read_ahead(&zen4), 0);
+        assert_eq!(choose(&zen4), 0);
         let near = one(&[(0, 40.0), (1024, 39.3), (2048, 38.1), (4096, 36.9)]);
-        assert_eq!(choose_read_ahead(&near), STREAMED_PREFETCH_DEFAULT);
+        assert_eq!(choose(&near), STREAMED_PREFETCH_DEFAULT);
         // A distance of 0 reads without prefetch hints, whatever hint streaming takes.
         for hint in [Prefetch::Stream, Prefetch::Keep] {
-            assert_eq!(ReadAhead::streamed(hint, 0).prefetch, PREFETCH_NONE);
-            assert_eq!(ReadAhead::streamed(hint, 2048).prefetch, hint as u8);
+            assert_eq!(
+                ReadAhead::streamed(hint, 0, ROWS_PER_PASS).prefetch,
+                PREFETCH_NONE
+            );
+            assert_eq!(
+                ReadAhead::streamed(hint, 2048, ROWS_PER_PASS).prefetch,
+                hint as u8
+            );
         }
         // Within the noise of the default: the default stays.
         let flat = one(&[(1024, 33.7), (2048, 32.6), (4096, 32.3), (8192, 32.8)]);
-        assert_eq!(choose_read_ahead(&flat), STREAMED_PREFETCH_DEFAULT);
+        assert_eq!(choose(&flat), STREAMED_PREFETCH_DEFAULT);
         // Further ahead where that wins (a longer memory latency).
         assert_eq!(
-            choose_read_ahead(&one(&[(2048, 10.0), (4096, 12.0), (8192, 14.0)])),
+            choose(&one(&[(2048, 10.0), (4096, 12.0), (8192, 14.0)])),
             8192
         );
         // A faster round does not make its candidate win: 1 KB read 70 GB/s in a round where
@@ -1022,23 +1066,54 @@ pub(crate) mod tests {
             (2048, vec![68.0, 44.0, 45.0]),
             (4096, vec![60.0, 45.0, 44.5]),
         ];
-        assert_eq!(choose_read_ahead(&rounds), 2048);
+        assert_eq!(choose(&rounds), 2048);
         // A candidate ahead in most rounds wins, whatever one bad round says.
         let rounds = [
             (2048, vec![40.0, 40.0, 70.0]),
             (4096, vec![44.0, 45.0, 50.0]),
         ];
-        assert_eq!(choose_read_ahead(&rounds), 4096);
+        assert_eq!(choose(&rounds), 4096);
         // Nothing measured, or a pass that failed: the default.
-        assert_eq!(choose_read_ahead(&[]), STREAMED_PREFETCH_DEFAULT);
+        assert_eq!(choose(&[]), STREAMED_PREFETCH_DEFAULT);
         assert_eq!(
-            choose_read_ahead(&[(2048, vec![f64::NAN]), (4096, vec![20.0])]),
+            choose(&[(2048, vec![f64::NAN]), (4096, vec![20.0])]),
             STREAMED_PREFETCH_DEFAULT
         );
         assert_eq!(
-            choose_read_ahead(&[(2048, vec![20.0]), (4096, vec![f64::NAN])]),
+            choose(&[(2048, vec![20.0]), (4096, vec![f64::NAN])]),
             STREAMED_PREFETCH_DEFAULT
         );
+    }
+
+    #[test]
+    fn rows_per_pass_are_chosen_with_the_distance() {
+        let default = (STREAMED_PREFETCH_DEFAULT, ROWS_PER_PASS);
+        let rounds = |rates: &[((usize, usize), [f64; 3])]| -> Vec<((usize, usize), Vec<f64>)> {
+            rates.iter().map(|(key, g)| (*key, g.to_vec())).collect()
+        };
+        // Zen 4's bf16 kernel (GB/s, three rounds, the second in the host's slow regime): two
+        // rows with no software prefetch win every round.
+        let zen4 = rounds(&[
+            ((0, ROWS_PER_PASS), [49.0, 34.7, 50.1]),
+            ((2048, ROWS_PER_PASS), [44.3, 33.6, 45.0]),
+            ((0, FEWER_ROWS_PER_PASS), [53.1, 35.4, 54.0]),
+            ((2048, FEWER_ROWS_PER_PASS), [45.4, 34.4, 46.0]),
+        ]);
+        assert_eq!(choose_read_ahead(&zen4, default), (0, FEWER_ROWS_PER_PASS));
+        // The Intel kind: four rows 4 KB ahead; fewer rows and no hints lose.
+        let intel = rounds(&[
+            ((2048, ROWS_PER_PASS), [27.0, 26.5, 27.5]),
+            ((4096, ROWS_PER_PASS), [30.1, 29.8, 30.5]),
+            ((0, FEWER_ROWS_PER_PASS), [21.0, 20.5, 21.2]),
+            ((4096, FEWER_ROWS_PER_PASS), [28.8, 28.5, 29.0]),
+        ]);
+        assert_eq!(choose_read_ahead(&intel, default), (4096, ROWS_PER_PASS));
+        // Fewer rows within the noise of the default: the default stays.
+        let level = rounds(&[
+            ((2048, ROWS_PER_PASS), [40.0, 41.0, 39.0]),
+            ((2048, FEWER_ROWS_PER_PASS), [41.0, 42.0, 40.5]),
+        ]);
+        assert_eq!(choose_read_ahead(&level, default), default);
     }
 
     #[test]
@@ -1046,10 +1121,27 @@ pub(crate) mod tests {
         fn check<E: WeightElem>() {
             let ahead = streamed_read_ahead::<E>();
             assert!(STREAMED_PREFETCH_CANDIDATES.contains(&ahead.bytes));
+            assert!([ROWS_PER_PASS, FEWER_ROWS_PER_PASS].contains(&ahead.rows_per_pass));
             if cfg!(target_arch = "x86_64") {
-                let tried: Vec<usize> = ahead.measured.iter().map(|m| m.0).collect();
-                assert_eq!(tried, STREAMED_PREFETCH_CANDIDATES);
-                assert!(ahead.measured.iter().all(|m| m.1 > 0.0), "{ahead:?}");
+                // Every distance at the kernel's own rows per pass, then, where the kernel
+                // takes fewer (bf16 on AVX512-BF16), every distance at those.
+                let fewer = E::as_bf16(&[]).is_some() && gemv_bf16::runs(Isa::detect(), 1);
+                let rows: &[usize] = if fewer {
+                    &[ROWS_PER_PASS, FEWER_ROWS_PER_PASS]
+                } else {
+                    &[ROWS_PER_PASS]
+                };
+                let tried: Vec<(usize, usize)> =
+                    ahead.measured.iter().map(|m| (m.0, m.1)).collect();
+                let expected: Vec<(usize, usize)> = rows
+                    .iter()
+                    .flat_map(|&r| STREAMED_PREFETCH_CANDIDATES.map(|b| (b, r)))
+                    .collect();
+                assert_eq!(tried, expected);
+                assert!(ahead.measured.iter().all(|m| m.2 > 0.0), "{ahead:?}");
+                if !fewer {
+                    assert_eq!(ahead.rows_per_pass, ROWS_PER_PASS);
+                }
             }
             let listed = measured_read_aheads();
             assert!(
@@ -1097,6 +1189,36 @@ pub(crate) mod tests {
                 gemv(&x, &w, None, y, m);
             }
             assert_eq!(cached, streamed, "int8 m{m}");
+        }
+    }
+
+    /// Rows per pass change which rows a pass reads together, never a row's sum: passes of 2
+    /// and 4 rows give the same bits, for an x that fits half of L1 and one that does not.
+    #[test]
+    fn fewer_rows_per_pass_give_the_same_bits() {
+        let n = 1100;
+        let l1_cols = machine().caches.l1d_per_core / 8;
+        for k in [1031, l1_cols + 97] {
+            let tw = weights(n, k, 7);
+            let x = data(k, 13);
+            let w = WeightMatrix::new(&tw.bf16, n, k).with_residency(Residency::Streamed);
+            let read = |rows| {
+                let mut y = vec![0f32; n];
+                let ahead = ReadAhead::streamed(Prefetch::None, 0, rows);
+                gemv_ahead(Isa::detect(), &x, &w, None, &mut y, 1, ahead);
+                y
+            };
+            let fewer = read(FEWER_ROWS_PER_PASS);
+            assert_eq!(fewer, read(ROWS_PER_PASS), "k = {k}");
+            check(
+                &fewer,
+                &reference(&x, &tw.bf16_f32, None, 1, k),
+                &x,
+                &tw.bf16_f32,
+                1,
+                k,
+                "bf16",
+            );
         }
     }
 

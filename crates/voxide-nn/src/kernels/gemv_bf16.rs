@@ -14,8 +14,10 @@
 //! Henry, Tang & Heinecke (ARITH 2019).
 
 #[cfg(target_arch = "x86_64")]
-use super::gemv::{in_row_blocks, prefetch_rows, store_output, with_prefetch};
+use super::gemv::{in_row_blocks, prefetch_rows, store_output, with_prefetch, FEWER_ROWS_PER_PASS};
 use super::gemv::{OutPtr, ReadAhead, WeightMatrix};
+#[cfg(target_arch = "x86_64")]
+use super::machine::machine;
 use half::bf16;
 use std::cell::Cell;
 
@@ -194,10 +196,29 @@ unsafe fn rows_avx512(
     }
     // As the widening kernel: each load of x serves R weight rows; R · M · 2 accumulators.
     match m {
+        1 if ahead.rows_per_pass == FEWER_ROWS_PER_PASS && x_fits_l1(w.cols) => go!(1, 2),
         1 => go!(1, 4),
         2 => go!(2, 2),
         _ => unreachable!("the bf16 kernel takes at most {MAX_ROWS} rows"),
     }
+}
+
+/// Whether one row of x, split ([`SplitX`]: 4 bytes per column), fills at most 3/8 of a
+/// core's L1 data cache. Passes of [`FEWER_ROWS_PER_PASS`] rows load x twice as often per
+/// weight byte as passes of 4: from L1 that costs nothing, while an x that spills to L2 takes
+/// L1 misses from the weight streams. On Zen 4 (32 KB L1), in the host's fast bandwidth
+/// regime, passes of 2 rows without prefetch hints read 12 % faster than passes of 4 at k =
+/// 3072 (x: 12 KB), 10 % slower at k = 4096 (16 KB) and ~25 % slower at 9216 (36 KB)
+/// (PERFORMANCE.md #143).
+#[cfg(target_arch = "x86_64")]
+fn x_fits_l1(k: usize) -> bool {
+    x_fits(k, machine().caches.l1d_per_core)
+}
+
+/// [`x_fits_l1`] for an L1 data cache of `l1d` bytes (0: unknown, nothing fits).
+#[cfg(target_arch = "x86_64")]
+fn x_fits(k: usize, l1d: usize) -> bool {
+    4 * k <= l1d / 8 * 3
 }
 
 /// Weight rows r + q · gap (q < R) against every row of x: per 64-byte line of each row, one
@@ -284,6 +305,21 @@ mod tests {
             );
         }
         xs.recycle();
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fewer_rows_per_pass_only_where_x_leaves_most_of_l1_to_the_weights() {
+        const KB: usize = 1 << 10;
+        // Zen 4's 32 KB: Voxtral's 3072 columns fit, its 4096 (o) and 9216 (down) do not.
+        assert!(x_fits(3072, 32 * KB));
+        assert!(!x_fits(4096, 32 * KB));
+        assert!(!x_fits(9216, 32 * KB));
+        // Intel's 48 KB L1 takes 4096 columns.
+        assert!(x_fits(4096, 48 * KB));
+        assert!(!x_fits(6144, 48 * KB));
+        // An L1 of unknown size holds nothing.
+        assert!(!x_fits(16, 0));
     }
 
     #[test]

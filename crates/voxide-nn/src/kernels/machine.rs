@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 /// Cache sizes in bytes, for the cores this process may run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheSizes {
+    /// Private L1 data cache of one core (0 if unknown).
+    pub l1d_per_core: usize,
     /// Private L2 of one core (0 if unknown).
     pub l2_per_core: usize,
     /// Last-level cache reachable by this process's cores: the sum over the distinct L3
@@ -47,6 +49,7 @@ impl Machine {
         let caches = sysfs_caches(cores)
             .or_else(cpuid_caches)
             .unwrap_or(CacheSizes {
+                l1d_per_core: 0,
                 l2_per_core: 0,
                 l3: 0,
             });
@@ -265,21 +268,27 @@ fn sysfs_caches(cores: usize) -> Option<CacheSizes> {
     sizes_of(caches)
 }
 
-/// Per-core L2 and the total of distinct L3 instances.
+/// Per-core L1 data and L2 caches and the total of distinct L3 instances.
 fn sizes_of(mut caches: Vec<SysfsCache>) -> Option<CacheSizes> {
     if caches.is_empty() {
         return None;
     }
     caches.sort_by(|a, b| (a.level, &a.shared).cmp(&(b.level, &b.shared)));
     caches.dedup_by(|a, b| a.level == b.level && a.shared == b.shared);
-    let l2_per_core = caches
-        .iter()
-        .filter(|c| c.level == 2)
-        .map(|c| c.size)
-        .min()
-        .unwrap_or(0);
+    let per_core = |level| {
+        caches
+            .iter()
+            .filter(|c| c.level == level)
+            .map(|c| c.size)
+            .min()
+            .unwrap_or(0)
+    };
     let l3 = caches.iter().filter(|c| c.level >= 3).map(|c| c.size).sum();
-    Some(CacheSizes { l2_per_core, l3 })
+    Some(CacheSizes {
+        l1d_per_core: per_core(1),
+        l2_per_core: per_core(2),
+        l3,
+    })
 }
 
 /// CPUs in this process's affinity mask.
@@ -314,6 +323,7 @@ fn cpuid_caches() -> Option<CacheSizes> {
         let amd = vendor.ebx == u32::from_le_bytes(*b"Auth");
         let leaf = if amd { 0x8000_001D } else { 4 };
         let mut sizes = CacheSizes {
+            l1d_per_core: 0,
             l2_per_core: 0,
             l3: 0,
         };
@@ -334,6 +344,7 @@ fn cpuid_caches() -> Option<CacheSizes> {
             let sets = r.ecx as usize + 1;
             let size = ways * partitions * line * sets;
             match level {
+                1 => sizes.l1d_per_core = size,
                 2 => sizes.l2_per_core = size,
                 3 => sizes.l3 = size,
                 _ => {}
@@ -360,6 +371,7 @@ mod tests {
     use Residency::{Cached, Streamed};
 
     const MB: usize = 1 << 20;
+    const KB: usize = 1 << 10;
 
     /// Whisper tiny's decoder step in f16: the 51865×384 head (38 MB), 4 layers of 4 self- and
     /// 2 cross-attention projections (288 KB each) and fc1/fc2 (1.1 MB each), 9 MB of K/V.
@@ -380,6 +392,7 @@ mod tests {
     fn a_step_that_fits_the_cache_is_never_streamed() {
         // Intel Xeon kind: 480 MB L3, 2 MB L2 per core, 2 cores.
         let xeon = CacheSizes {
+            l1d_per_core: 48 * KB,
             l2_per_core: 2 * MB,
             l3: 480 * MB,
         };
@@ -393,6 +406,7 @@ mod tests {
         // AMD EPYC kind: 32 MB L3 per CCD, 1 MB L2 (Zen 4) or 512 KB (Zen 3).
         for l2 in [MB, MB / 2] {
             let epyc = CacheSizes {
+                l1d_per_core: 32 * KB,
                 l2_per_core: l2,
                 l3: 32 * MB,
             };
@@ -512,6 +526,7 @@ mod tests {
         m.extend(once(&[2 * MB; 15]));
         let budget = cache_budget(
             &CacheSizes {
+                l1d_per_core: 32 * KB,
                 l2_per_core: MB / 2,
                 l3: 32 * MB,
             },
@@ -533,6 +548,7 @@ mod tests {
         // its 6 MB gate/up projections included, and read-once matrices fill the rest.
         let xeon = cache_budget(
             &CacheSizes {
+                l1d_per_core: 48 * KB,
                 l2_per_core: 2 * MB,
                 l3: 300 * MB,
             },
@@ -549,11 +565,13 @@ mod tests {
     #[test]
     fn budget_counts_l3_and_the_l2s() {
         let c = CacheSizes {
+            l1d_per_core: 32 * KB,
             l2_per_core: MB,
             l3: 32 * MB,
         };
         assert_eq!(cache_budget(&c, 2), 34 * MB / 4 * 3);
         let none = CacheSizes {
+            l1d_per_core: 0,
             l2_per_core: 0,
             l3: 0,
         };
@@ -573,6 +591,8 @@ mod tests {
         };
         // Two cores on one L3 instance (listed once per core) and their own L2s.
         let one_ccd = vec![
+            c(1, 48 * KB, "0"),
+            c(1, 32 * KB, "1"),
             c(2, MB, "0"),
             c(2, MB, "1"),
             c(3, 32 * MB, "0-7"),
@@ -581,6 +601,7 @@ mod tests {
         assert_eq!(
             sizes_of(one_ccd),
             Some(CacheSizes {
+                l1d_per_core: 32 * KB,
                 l2_per_core: MB,
                 l3: 32 * MB
             })

@@ -750,18 +750,22 @@ mod tests {
     #[test]
     fn schedule_follows_the_caches() {
         let zen4 = CacheSizes {
+            l1d_per_core: 32 << 10,
             l2_per_core: 1 << 20,
             l3: 32 << 20,
         };
         let xeon = CacheSizes {
+            l1d_per_core: 48 << 10,
             l2_per_core: 2 << 20,
             l3: 480 << 20,
         };
         let unknown = CacheSizes {
+            l1d_per_core: 0,
             l2_per_core: 0,
             l3: 0,
         };
         let small_l2 = CacheSizes {
+            l1d_per_core: 32 << 10,
             l2_per_core: 256 << 10,
             l3: 64 << 20,
         };
