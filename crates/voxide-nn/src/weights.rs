@@ -5,6 +5,7 @@
 //! Here each tensor is read with one positioned read straight into its own buffer: the peak
 //! is the model plus the largest tensor being converted.
 
+use crate::kernels::ops::to_dtype_contiguous;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use std::collections::HashMap;
@@ -230,70 +231,11 @@ impl SafetensorsFiles {
         }
     }
 
-    /// Reads one tensor as `dtype`. Conversions between f32 and f16 / bf16 on the CPU run in
-    /// parallel chunks through `half`'s slice conversions (F16C where the CPU has it), the same
-    /// values as candle's `to_dtype`, which converts one value at a time on one core (~1.5 ns
-    /// a value: 0.35 s of Whisper small's load in f16, PERFORMANCE.md #142).
+    /// Reads one tensor as `dtype`, converted by [`to_dtype_contiguous`]: f32 to and from f16
+    /// / bf16 on all threads, the same values as candle's `to_dtype`, which converts one value
+    /// at a time on one core (PERFORMANCE.md #142).
     pub fn load_as(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
-        use half::slice::HalfFloatSliceExt;
-        use half::{bf16, f16};
-        let entry = self.entry(name)?;
-        if !device.is_cpu() {
-            return self.load(name, device)?.to_dtype(dtype);
-        }
-        match (entry.dtype, dtype) {
-            (DType::F32, DType::F16) => self.converted(name, entry, device, |s, d: &mut [f16]| {
-                d.convert_from_f32_slice(s)
-            }),
-            (DType::F32, DType::BF16) => {
-                self.converted(name, entry, device, |s, d: &mut [bf16]| {
-                    d.convert_from_f32_slice(s)
-                })
-            }
-            (DType::F16, DType::F32) => self.converted(name, entry, device, |s: &[f16], d| {
-                s.convert_to_f32_slice(d)
-            }),
-            (DType::BF16, DType::F32) => self.converted(name, entry, device, |s: &[bf16], d| {
-                s.convert_to_f32_slice(d)
-            }),
-            _ => self.load(name, device)?.to_dtype(dtype),
-        }
-    }
-
-    /// `entry` read as S and converted to D by `convert` (equal-length slices), in parallel
-    /// chunks, each through a small buffer in L1 into the uninitialised output.
-    fn converted<S, D>(
-        &self,
-        name: &str,
-        entry: &Entry,
-        device: &Device,
-        convert: impl Fn(&[S], &mut [D]) + Sync,
-    ) -> Result<Tensor>
-    where
-        S: Copy + Sync,
-        D: candle_core::WithDType + Default,
-    {
-        use rayon::prelude::*;
-        const CHUNK: usize = 1 << 16;
-        const BUFFER: usize = 1024;
-        let src: Vec<S> = self.read_vec(name, entry)?;
-        let mut dst: Vec<D> = crate::kernels::machine::huge_page_vec(src.len());
-        dst.spare_capacity_mut()[..src.len()]
-            .par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(dst, src)| {
-                let mut buf = [D::default(); BUFFER];
-                for (dst, src) in dst.chunks_mut(BUFFER).zip(src.chunks(BUFFER)) {
-                    let buf = &mut buf[..src.len()];
-                    convert(src, buf);
-                    for (out, v) in dst.iter_mut().zip(buf.iter()) {
-                        out.write(*v);
-                    }
-                }
-            });
-        // SAFETY: the chunks above cover the first src.len() elements, each written once.
-        unsafe { dst.set_len(src.len()) };
-        Tensor::from_vec(dst, entry.shape.as_slice(), device)
+        to_dtype_contiguous(&self.load(name, device)?, dtype)
     }
 }
 

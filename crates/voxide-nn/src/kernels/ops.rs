@@ -59,7 +59,9 @@ fn epilogue<'a>(name: &str, e: Option<Operand<'a>>, parts: usize, n: usize) -> R
 
 /// The whole of w as an f32 (n, k) tensor.
 fn widened(w: &impl WidenRows) -> (CpuStorage, Shape) {
-    let mut out = vec![0f32; w.rows() * w.cols()];
+    // On huge pages where large: weights widened at load are streamed by the decoder.
+    let mut out: Vec<f32> = super::machine::huge_page_vec(w.rows() * w.cols());
+    out.resize(w.rows() * w.cols(), 0.0);
     w.widen(0, w.rows(), &mut out);
     (CpuStorage::F32(out), Shape::from((w.rows(), w.cols())))
 }
@@ -230,19 +232,21 @@ impl CustomOp3 for NarrowMatmul {
 }
 
 /// `t` as `dtype`, contiguous. On the CPU, f16 and bf16 to f32 by the crate's widening kernel
-/// on all threads ([`WidenToF32`]), and f32 to f16 by half's slice conversion (F16C where the
-/// CPU has it, detected at run time); the rest by candle, which converts one element at a
-/// time, f16 in software unless built with F16C (a K/V window widened per layer was ~3 % of
-/// Voxtral Realtime's encoder, the new K/V narrowed for the cache ~1.5 %).
+/// on all threads ([`WidenToF32`]), and f32 to f16 or bf16 by half's slice conversions (F16C
+/// where the CPU has it, detected at run time; [`narrowed`]); the rest by candle, which
+/// converts one element at a time, f16 in software unless built with F16C (a K/V window
+/// widened per layer was ~3 % of Voxtral Realtime's encoder, the new K/V narrowed for the
+/// cache ~1.5 %; at load, Whisper small's f16 from its f32 checkpoint took 0.35 s,
+/// PERFORMANCE.md #142).
 pub fn to_dtype_contiguous(t: &Tensor, dtype: DType) -> Result<Tensor> {
     use half::slice::HalfFloatSliceExt;
     match (t.dtype(), dtype) {
         _ if !t.device().is_cpu() => t.to_dtype(dtype)?.contiguous(),
         (DType::F32, DType::F16) => {
-            let values = t.flatten_all()?.to_vec1::<f32>()?;
-            let mut narrowed = vec![half::f16::ZERO; values.len()];
-            narrowed.convert_from_f32_slice(&values);
-            Tensor::from_vec(narrowed, t.shape(), t.device())
+            narrowed(t, |s, d: &mut [half::f16]| d.convert_from_f32_slice(s))
+        }
+        (DType::F32, DType::BF16) => {
+            narrowed(t, |s, d: &mut [half::bf16]| d.convert_from_f32_slice(s))
         }
         (DType::F16 | DType::BF16, DType::F32) => {
             let dims = t.dims().to_vec();
@@ -255,6 +259,49 @@ pub fn to_dtype_contiguous(t: &Tensor, dtype: DType) -> Result<Tensor> {
         _ => t.to_dtype(dtype)?.contiguous(),
     }
 }
+
+/// The f32 tensor `t` narrowed to D by `convert` (equal-length slices) into a contiguous
+/// tensor: in parallel chunks of [`NARROW_CHUNK`] values where there is more than one (a
+/// checkpoint's matrices at load), each through a small buffer in L1 into the uninitialised
+/// output, on huge pages where it is large; a K/V step's few values on the calling thread.
+fn narrowed<D>(t: &Tensor, convert: impl Fn(&[f32], &mut [D]) + Sync) -> Result<Tensor>
+where
+    D: candle_core::WithDType + Default,
+{
+    use rayon::prelude::*;
+    const BUFFER: usize = 1024;
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("narrowed: a CPU tensor expected");
+    };
+    let src = contiguous_f32("narrowed", cpu, layout)?;
+    let mut dst: Vec<D> = super::machine::huge_page_vec(src.len());
+    let fill = |dst: &mut [std::mem::MaybeUninit<D>], src: &[f32]| {
+        let mut buf = [D::default(); BUFFER];
+        for (dst, src) in dst.chunks_mut(BUFFER).zip(src.chunks(BUFFER)) {
+            let buf = &mut buf[..src.len()];
+            convert(src, buf);
+            for (out, v) in dst.iter_mut().zip(buf.iter()) {
+                out.write(*v);
+            }
+        }
+    };
+    let out = &mut dst.spare_capacity_mut()[..src.len()];
+    if src.len() > NARROW_CHUNK {
+        out.par_chunks_mut(NARROW_CHUNK)
+            .zip(src.par_chunks(NARROW_CHUNK))
+            .for_each(|(dst, src)| fill(dst, src));
+    } else {
+        fill(out, src);
+    }
+    // SAFETY: `fill` wrote each of the first src.len() elements once.
+    unsafe { dst.set_len(src.len()) };
+    Tensor::from_vec(dst, t.shape(), t.device())
+}
+
+/// Values per parallel task of [`narrowed`].
+const NARROW_CHUNK: usize = 1 << 16;
 
 /// candle op: a narrow weight (n, k) → f32 (n, k), on all threads; int8 takes its scales (n)
 /// as the second operand.
