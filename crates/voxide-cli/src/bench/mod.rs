@@ -386,7 +386,7 @@ fn print_machine(m: &MachineReport, threads: usize) {
                 );
             }
             say!(
-                "  {}: {}, {} rows a pass (the GEMV from memory, GB/s: {tried_all})",
+                "  {}: {}, {} rows a pass (the GEMV from memory on one core, GB/s: {tried_all})",
                 ahead.weights,
                 match ahead.bytes {
                     0 => "no software prefetch".to_string(),

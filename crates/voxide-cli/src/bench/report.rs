@@ -329,7 +329,7 @@ pub struct ReadAheadReport {
     /// Weight rows a pass reads side by side (m = 1).
     #[serde(default)]
     pub rows_per_pass: usize,
-    /// (distance, GB/s) for each distance tried: the GEMV from memory on all threads, at the
+    /// (distance, GB/s) for each distance tried: the GEMV from memory on one core, at the
     /// kernel's own rows per pass.
     pub gbps: Vec<(usize, f64)>,
     /// The same at fewer rows per pass, where the kernel takes that choice (else empty).

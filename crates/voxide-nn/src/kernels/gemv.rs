@@ -60,10 +60,12 @@ const PREFETCH_BYTES: usize = 4096;
 const STREAMED_PREFETCH_CANDIDATES: [usize; 5] = [0, 1024, 2048, 4096, 8192];
 const STREAMED_PREFETCH_DEFAULT: usize = 2048;
 
-/// How much faster than [`STREAMED_PREFETCH_DEFAULT`] another distance must read to be chosen
-/// (a wrong switch costs more than a missed one: 1 KB ahead reads 10 % slower than 2 KB for
-/// Zen 5's int8 kernel when the memory is fast, while it can win by 5–9 % a pass when slow).
-const STREAMED_PREFETCH_MIN_GAIN: f64 = 1.08;
+/// How much faster than [`STREAMED_PREFETCH_DEFAULT`] another distance must read to be chosen:
+/// above the noise of a one-core measurement (a candidate's passes move by 2–3 % from round to
+/// round on Zen 4). Was 8 % while the measurement ran on both cores, where a slow memory
+/// regime let candidates win by 5–9 % that lost by 10 % once it was fast (Zen 5's int8
+/// kernel 1 KB ahead).
+const STREAMED_PREFETCH_MIN_GAIN: f64 = 1.04;
 
 /// Bytes of the matrix the distance is measured on (a pass of ~1–1.5 ms from memory on 2
 /// cores: shorter passes favoured short distances that lose on long reads), and rounds of
@@ -74,13 +76,16 @@ const STREAMED_PREFETCH_PROBE_BYTES: usize = 64 << 20;
 const STREAMED_PREFETCH_ROUNDS: usize = 5;
 
 /// Weight rows a pass of a streamed m = 1 GEMV reads side by side: the kernels' own count,
-/// and the fewer rows the bf16 kernel may read instead, as measured with the distance
-/// ([`streamed_read_ahead`]). Each of those rows is a stream from DRAM, and each load of x
-/// serves them all. On the Zen 4 kind, a synthetic Voxtral Realtime bf16 step read 10 %
-/// faster in passes of 2 rows (where x fits: `gemv_bf16::x_fits_l1`) with no prefetch hints
-/// than in passes of 4 with NTA hints 2 KB ahead, in both of the host's bandwidth regimes;
-/// on the Intel kind, passes of 2 rows read 4 % slower, and 15 % slower without hints
-/// (PERFORMANCE.md #143).
+/// and the fewer rows the bf16 kernel reads where it runs without software prefetch (where x
+/// fits: `gemv_bf16::x_fits_l1`). Each of those rows is a stream from DRAM, and each load of x
+/// serves them all. The core's own prefetchers keep fewer streams fed: on the Zen 4 kind a C
+/// loop of the kernel's shape without hints read 1.00 of the plain reader in passes of 2 rows
+/// and 0.79 in passes of 4 when the memory was fast, and a synthetic Voxtral Realtime bf16
+/// step read 10 % faster with 2 rows and no hints than with 4 rows and NTA hints 2 KB ahead.
+/// Software prefetches feed four streams, and four rows share each load of x: on the Intel
+/// kind, 4 rows with T0 hints 4 KB ahead read 1.05 of the probe, 2 rows with hints 1.00,
+/// 2 rows without 0.76–0.79 (PERFORMANCE.md #143, #144). So the rows follow the measured
+/// distance ([`read_ahead_candidates`]).
 pub const ROWS_PER_PASS: usize = 4;
 pub const FEWER_ROWS_PER_PASS: usize = 2;
 
@@ -445,10 +450,18 @@ pub fn choose_read_ahead<K: Copy + PartialEq>(passes: &[(K, Vec<f64>)], default:
 /// bandwidth alone: on Zen 5 with both cores reading, the int8 kernel reads 12 % faster 2 KB
 /// ahead than 4 KB ahead and 10 % slower 1 KB ahead, the bf16 kernel is as fast 1 KB and
 /// 2 KB ahead and 5 % slower at 4 KB (the probe's plain reader is fastest 4 KB ahead), while
-/// 4 KB was best on Zen 3. So each kernel is timed on the thread pool that decodes, on a
-/// matrix flushed from the caches before each pass, at each candidate distance, and where the
-/// kernel takes the choice (bf16 on AVX512-BF16), at each distance with
-/// [`FEWER_ROWS_PER_PASS`] rows per pass too.
+/// 4 KB was best on Zen 3. So each kernel is timed on a matrix flushed from the caches before
+/// each pass, at each candidate distance, and where the kernel takes the choice (bf16 on
+/// AVX512-BF16), at each distance with [`FEWER_ROWS_PER_PASS`] rows per pass too.
+///
+/// On one core, not on the pool that decodes: a shared host's memory switches between a slow
+/// regime, where the threads together saturate it and every candidate reads within a few
+/// percent (the choice then followed the noise: on Zen 4, 2 of 13 measurements on both cores
+/// took 2 rows), and a fast one, where each core is at its own limit of lines in flight and
+/// the candidates part by 10–25 %. One core is at that limit in both regimes, so the
+/// candidates part alike whatever the neighbours do (on Zen 4, 10 of 10 one-core
+/// measurements took 2 rows without hints, 15–24 % ahead of the default; PERFORMANCE.md
+/// #144).
 pub fn streamed_read_ahead<E: WeightElem>() -> &'static StreamedReadAhead {
     &READ_AHEAD[E::KIND]
         .get_or_init(|| (E::NAME, measure_streamed_read_ahead::<E>()))
@@ -465,6 +478,21 @@ pub fn measured_read_aheads() -> Vec<(&'static str, &'static StreamedReadAhead)>
         .iter()
         .filter_map(|m| m.get().map(|(name, ahead)| (*name, ahead)))
         .collect()
+}
+
+/// The (distance, rows per pass) pairs a kernel's streamed reads are measured at: every
+/// distance at [`ROWS_PER_PASS`], but no prefetch at [`FEWER_ROWS_PER_PASS`] where the kernel
+/// takes fewer rows (`fewer`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn read_ahead_candidates(fewer: bool) -> impl Iterator<Item = (usize, usize)> {
+    STREAMED_PREFETCH_CANDIDATES.into_iter().map(move |bytes| {
+        let rows = if fewer && bytes == 0 {
+            FEWER_ROWS_PER_PASS
+        } else {
+            ROWS_PER_PASS
+        };
+        (bytes, rows)
+    })
 }
 
 fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
@@ -484,23 +512,25 @@ fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
         let mut y = vec![0f32; n];
         let isa = Isa::detect();
         let prefetch = weight_prefetch(Residency::Streamed, w.bytes());
-        let rows: &[usize] = if E::as_bf16(&data).is_some() && gemv_bf16::runs(isa, 1) {
-            &[ROWS_PER_PASS, FEWER_ROWS_PER_PASS]
-        } else {
-            &[ROWS_PER_PASS]
-        };
-        let mut passes: Vec<((usize, usize), Vec<f64>)> = rows
-            .iter()
-            .flat_map(|&r| STREAMED_PREFETCH_CANDIDATES.map(|bytes| ((bytes, r), Vec::new())))
+        let fewer = E::as_bf16(&data).is_some() && gemv_bf16::runs(isa, 1);
+        let mut passes: Vec<((usize, usize), Vec<f64>)> = read_ahead_candidates(fewer)
+            .map(|candidate| (candidate, Vec::new()))
             .collect();
-        for _ in 0..STREAMED_PREFETCH_ROUNDS {
-            for ((bytes, rows), gbps) in &mut passes {
-                flush_caches(&data);
-                let t = Instant::now();
-                let ahead = ReadAhead::streamed(prefetch, *bytes, *rows);
-                gemv_ahead(isa, &x, &w, None, &mut y, 1, ahead);
-                gbps.push(w.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let mut time_passes = || {
+            for _ in 0..STREAMED_PREFETCH_ROUNDS {
+                for ((bytes, rows), gbps) in &mut passes {
+                    flush_caches(&data);
+                    let t = Instant::now();
+                    let ahead = ReadAhead::streamed(prefetch, *bytes, *rows);
+                    gemv_ahead(isa, &x, &w, None, &mut y, 1, ahead);
+                    gbps.push(w.bytes() as f64 / t.elapsed().as_secs_f64() / 1e9);
+                }
             }
+        };
+        // On a pool of one thread, where `for_rows` reads the whole matrix on the caller.
+        match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+            Ok(one_core) => one_core.install(time_passes),
+            Err(_) => time_passes(),
         }
         std::hint::black_box(&y);
         let measured = passes
@@ -1029,7 +1059,7 @@ pub(crate) mod tests {
         let zen5 = one(&[(1024, 61.3), (2048, 72.3), (4096, 61.8), (8192, 56.9)]);
         assert_eq!(choose(&zen5), 2048);
         // Zen 4's f16 kernel, slow memory: no software prefetch clearly reads fastest (one
-        // start-up's medians); at 1.05 over the default it would not switch.
+        // start-up's medians); at 1.037 over the default it would not switch.
         let zen4 = one(&[
             (0, 40.0),
             (1024, 38.3),
@@ -1038,7 +1068,7 @@ pub(crate) mod tests {
             (8192, 35.0),
         ]);
         assert_eq!(choose(&zen4), 0);
-        let near = one(&[(0, 40.0), (1024, 39.3), (2048, 38.1), (4096, 36.9)]);
+        let near = one(&[(0, 39.5), (1024, 39.3), (2048, 38.1), (4096, 36.9)]);
         assert_eq!(choose(&near), STREAMED_PREFETCH_DEFAULT);
         // A distance of 0 reads without prefetch hints, whatever hint streaming takes.
         for hint in [Prefetch::Stream, Prefetch::Keep] {
@@ -1086,32 +1116,46 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn rows_per_pass_are_chosen_with_the_distance() {
+    fn rows_per_pass_follow_the_distance() {
         let default = (STREAMED_PREFETCH_DEFAULT, ROWS_PER_PASS);
         let rounds = |rates: &[((usize, usize), [f64; 3])]| -> Vec<((usize, usize), Vec<f64>)> {
             rates.iter().map(|(key, g)| (*key, g.to_vec())).collect()
         };
-        // Zen 4's bf16 kernel (GB/s, three rounds, the second in the host's slow regime): two
-        // rows with no software prefetch win every round.
+        // The candidates: no prefetch in passes of fewer rows where the kernel takes them,
+        // every distance in passes of the kernel's own rows.
+        let with_fewer: Vec<_> = read_ahead_candidates(true).collect();
+        assert_eq!(
+            with_fewer,
+            [
+                (0, FEWER_ROWS_PER_PASS),
+                (1024, ROWS_PER_PASS),
+                (2048, ROWS_PER_PASS),
+                (4096, ROWS_PER_PASS),
+                (8192, ROWS_PER_PASS)
+            ]
+        );
+        assert!(read_ahead_candidates(false).all(|(_, r)| r == ROWS_PER_PASS));
+        assert!(with_fewer.contains(&default));
+        // Zen 4's bf16 kernel on one core (GB/s, three rounds of one start-up): two rows
+        // with no software prefetch win every round.
         let zen4 = rounds(&[
-            ((0, ROWS_PER_PASS), [49.0, 34.7, 50.1]),
-            ((2048, ROWS_PER_PASS), [44.3, 33.6, 45.0]),
-            ((0, FEWER_ROWS_PER_PASS), [53.1, 35.4, 54.0]),
-            ((2048, FEWER_ROWS_PER_PASS), [45.4, 34.4, 46.0]),
+            ((0, FEWER_ROWS_PER_PASS), [32.2, 31.8, 30.1]),
+            ((1024, ROWS_PER_PASS), [28.8, 29.7, 30.4]),
+            ((2048, ROWS_PER_PASS), [27.8, 27.7, 28.4]),
+            ((4096, ROWS_PER_PASS), [24.8, 24.6, 24.6]),
         ]);
         assert_eq!(choose_read_ahead(&zen4, default), (0, FEWER_ROWS_PER_PASS));
-        // The Intel kind: four rows 4 KB ahead; fewer rows and no hints lose.
+        // The Intel kind: four rows 4 KB ahead; fewer rows without hints lose.
         let intel = rounds(&[
+            ((0, FEWER_ROWS_PER_PASS), [21.0, 20.5, 21.2]),
             ((2048, ROWS_PER_PASS), [27.0, 26.5, 27.5]),
             ((4096, ROWS_PER_PASS), [30.1, 29.8, 30.5]),
-            ((0, FEWER_ROWS_PER_PASS), [21.0, 20.5, 21.2]),
-            ((4096, FEWER_ROWS_PER_PASS), [28.8, 28.5, 29.0]),
         ]);
         assert_eq!(choose_read_ahead(&intel, default), (4096, ROWS_PER_PASS));
         // Fewer rows within the noise of the default: the default stays.
         let level = rounds(&[
+            ((0, FEWER_ROWS_PER_PASS), [41.0, 42.0, 40.0]),
             ((2048, ROWS_PER_PASS), [40.0, 41.0, 39.0]),
-            ((2048, FEWER_ROWS_PER_PASS), [41.0, 42.0, 40.5]),
         ]);
         assert_eq!(choose_read_ahead(&level, default), default);
     }
@@ -1123,21 +1167,13 @@ pub(crate) mod tests {
             assert!(STREAMED_PREFETCH_CANDIDATES.contains(&ahead.bytes));
             assert!([ROWS_PER_PASS, FEWER_ROWS_PER_PASS].contains(&ahead.rows_per_pass));
             if cfg!(target_arch = "x86_64") {
-                // Every distance at the kernel's own rows per pass, then, where the kernel
-                // takes fewer (bf16 on AVX512-BF16), every distance at those.
+                // Fewer rows a pass where the kernel takes them (bf16 on AVX512-BF16).
                 let fewer = E::as_bf16(&[]).is_some() && gemv_bf16::runs(Isa::detect(), 1);
-                let rows: &[usize] = if fewer {
-                    &[ROWS_PER_PASS, FEWER_ROWS_PER_PASS]
-                } else {
-                    &[ROWS_PER_PASS]
-                };
                 let tried: Vec<(usize, usize)> =
                     ahead.measured.iter().map(|m| (m.0, m.1)).collect();
-                let expected: Vec<(usize, usize)> = rows
-                    .iter()
-                    .flat_map(|&r| STREAMED_PREFETCH_CANDIDATES.map(|b| (b, r)))
-                    .collect();
+                let expected: Vec<(usize, usize)> = read_ahead_candidates(fewer).collect();
                 assert_eq!(tried, expected);
+                assert!(expected.contains(&(ahead.bytes, ahead.rows_per_pass)));
                 assert!(ahead.measured.iter().all(|m| m.2 > 0.0), "{ahead:?}");
                 if !fewer {
                     assert_eq!(ahead.rows_per_pass, ROWS_PER_PASS);
