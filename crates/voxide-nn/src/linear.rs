@@ -3,6 +3,7 @@
 use crate::kernels::bandwidth::{retention, streaming_reads};
 use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
 use crate::kernels::gemv::{streamed_read_ahead, MAX_ROWS};
+use crate::kernels::gemv_bf16::column_panels;
 use crate::kernels::machine::{
     huge_page_vec, machine, plan_residency_retained, CycleRead, Residency,
 };
@@ -115,6 +116,11 @@ pub struct Linear {
     epilogue: Option<Tensor>,
     /// How a decoder step reads the weight, when a model planned it ([`Linear::plan_residency`]).
     residency: Option<Residency>,
+    /// Column panels the weight's memory holds, one after another, each [out, in / panels]
+    /// with its rows contiguous (1: rows whole). A streamed bf16 matrix too wide for x to fit
+    /// L1 is stored so where the plan reads it in passes of fewer rows
+    /// ([`column_panels`](crate::kernels::gemv_bf16::column_panels)).
+    panels: usize,
 }
 
 /// Matrices of one dtype concatenated by rows, on the CPU into a buffer on huge pages
@@ -153,6 +159,29 @@ fn cat_rows(parts: &[&Tensor]) -> Result<Tensor> {
         DType::U8 => typed::<u8>(parts, shape),
         _ => Tensor::cat(parts, 0),
     }
+}
+
+/// A row-major [n, k] matrix rearranged into `panels` column panels, one after another, each
+/// [n, k / panels] with its rows contiguous (`panels` divides k).
+fn in_column_panels<T: Copy + Default + Send + Sync>(
+    w: &[T],
+    n: usize,
+    k: usize,
+    panels: usize,
+) -> Vec<T> {
+    let width = k / panels;
+    let mut out: Vec<T> = huge_page_vec(n * k);
+    out.resize(n * k, T::default());
+    if width > 0 {
+        // Piece i is row i % n of panel i / n.
+        out.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(i, piece)| {
+                let (panel, row) = (i / n, i % n);
+                piece.copy_from_slice(&w[row * k + panel * width..][..width]);
+            });
+    }
+    out
 }
 
 impl Linear {
@@ -204,6 +233,7 @@ impl Linear {
             bias,
             epilogue,
             residency: None,
+            panels: 1,
         }
     }
 
@@ -223,7 +253,11 @@ impl Linear {
             }
             rows.push(out);
         }
-        let weight = cat_rows(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>())?;
+        let weights = parts
+            .iter()
+            .map(Linear::row_major_weight)
+            .collect::<Result<Vec<_>>>()?;
+        let weight = cat_rows(&weights.iter().collect::<Vec<_>>())?;
         let bias = if parts.iter().any(|p| p.bias.is_some()) {
             let biases = parts
                 .iter()
@@ -263,6 +297,7 @@ impl Linear {
             bias,
             epilogue: Some(epilogue),
             residency: None,
+            panels: 1,
         })
     }
 
@@ -305,7 +340,75 @@ impl Linear {
         }
         for ((layer, _), r) in layers.into_iter().zip(plan) {
             layer.residency = Some(r);
+            if r == Residency::Streamed {
+                layer.store_in_column_panels();
+            }
         }
+    }
+
+    /// Stores a streamed bf16 weight in the column panels this machine reads it in
+    /// ([`column_panels`]), where that is more than one; the layout is a speed matter only, so
+    /// a weight that cannot be laid out again keeps its rows whole.
+    fn store_in_column_panels(&mut self) {
+        let Ok((n, k)) = self.weight_dims() else {
+            return;
+        };
+        let panels = match self.weight_format() {
+            WeightFormat::Bf16 if self.weight.device().is_cpu() && self.panels == 1 => {
+                column_panels(k)
+            }
+            _ => 1,
+        };
+        if panels == 1 {
+            return;
+        }
+        let laid_out = self.weight.contiguous().and_then(|w| {
+            let (storage, layout) = w.storage_and_layout();
+            let (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) =
+                (&*storage, layout.contiguous_offsets())
+            else {
+                candle_core::bail!("column panels: a contiguous bf16 CPU weight expected");
+            };
+            let data = in_column_panels(&v[a..b], n, k, panels);
+            Tensor::from_vec(data, (n, k), w.device())
+        });
+        if let Ok(weight) = laid_out {
+            self.weight = weight;
+            self.panels = panels;
+        }
+    }
+
+    /// The weight with its rows whole (a copy where it is stored in column panels).
+    fn row_major_weight(&self) -> Result<Tensor> {
+        if self.panels == 1 {
+            return Ok(self.weight.clone());
+        }
+        Tensor::cat(&self.panel_weights()?, 1)
+    }
+
+    /// The same layer with its weight's rows whole.
+    fn row_major(self) -> Result<Self> {
+        if self.panels == 1 {
+            return Ok(self);
+        }
+        Ok(Self {
+            weight: self.row_major_weight()?,
+            panels: 1,
+            ..self
+        })
+    }
+
+    /// Each column panel's weight, [out, in / panels] (views, no copies).
+    fn panel_weights(&self) -> Result<Vec<Tensor>> {
+        let (n, k) = self.weight_dims()?;
+        let width = k / self.panels;
+        let flat = self.weight.flatten_all()?;
+        (0..self.panels)
+            .map(|p| {
+                flat.narrow(0, p * n * width, n * width)?
+                    .reshape((n, width))
+            })
+            .collect()
     }
 
     /// How the weight is stored.
@@ -335,6 +438,9 @@ impl Linear {
     pub fn to_format(self, format: WeightFormat) -> Result<Self> {
         if format == self.weight_format() {
             return Ok(self);
+        }
+        if self.panels > 1 {
+            return self.row_major()?.to_format(format);
         }
         let dtype = match format {
             // Float weights are quantized as stored (no f32 copy of the matrix first).
@@ -388,7 +494,7 @@ impl Linear {
     /// head read as the token table, without a second copy of it.
     pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         let ids = ids.flatten_all()?;
-        let picked = self.weight.embedding(&ids)?;
+        let picked = self.row_major_weight()?.embedding(&ids)?;
         match (&self.scales, self.blocks) {
             (_, Some(ty)) if picked.device().is_cpu() => {
                 picked.apply_op1_no_bwd(&DequantizeToF32 { ty })
@@ -407,6 +513,9 @@ impl Linear {
     pub fn quantize_int8(self) -> Result<Self> {
         if self.scales.is_some() {
             return Ok(self);
+        }
+        if self.panels > 1 {
+            return self.row_major()?.quantize_int8();
         }
         let device = self.weight.device().clone();
         let (n, k) = self.weight.dims2()?;
@@ -440,6 +549,9 @@ impl Linear {
     /// Multiplies weight and bias by `factor` (folding a constant scale into the layer). Int8
     /// layers scale their per-row scales (exact up to one f32 rounding).
     pub fn scaled(self, factor: f64) -> Result<Self> {
+        if self.panels > 1 {
+            return self.row_major()?.scaled(factor);
+        }
         let bias = self.bias.as_ref().map(|b| b * factor).transpose()?;
         if let Some(ty) = self.blocks {
             // Exact through the block scales for powers of two (Whisper's 1/√64); otherwise
@@ -474,13 +586,14 @@ impl Linear {
                 .apply_op1_no_bwd(&DequantizeToF32 { ty })?
                 .to_device(self.weight.device());
         }
-        match (&self.scales, self.weight.device().is_cpu()) {
-            (Some(s), true) => self.weight.apply_op2_no_bwd(s, &WidenToF32),
-            (None, true) if matches!(self.weight.dtype(), DType::F16 | DType::BF16) => {
-                self.weight.apply_op1_no_bwd(&WidenToF32)
+        let weight = self.row_major_weight()?;
+        match (&self.scales, weight.device().is_cpu()) {
+            (Some(s), true) => weight.apply_op2_no_bwd(s, &WidenToF32),
+            (None, true) if matches!(weight.dtype(), DType::F16 | DType::BF16) => {
+                weight.apply_op1_no_bwd(&WidenToF32)
             }
             (Some(_), false) => self.dequantized(DType::F32),
-            (None, _) => self.weight.to_dtype(DType::F32),
+            (None, _) => weight.to_dtype(DType::F32),
         }
     }
 
@@ -528,9 +641,13 @@ impl Linear {
                 bias: fused_bias,
                 residency: self.residency,
             };
-            let y = match &self.epilogue {
-                Some(e) => x.apply_op3_no_bwd(&self.weight, e, &op)?,
-                None => x.apply_op2_no_bwd(&self.weight, &op)?,
+            let y = if self.panels > 1 {
+                self.panel_products(&x, op)?
+            } else {
+                match &self.epilogue {
+                    Some(e) => x.apply_op3_no_bwd(&self.weight, e, &op)?,
+                    None => x.apply_op2_no_bwd(&self.weight, &op)?,
+                }
             };
             match &self.bias {
                 Some(b) if !fused_bias => y.broadcast_add(b)?,
@@ -539,14 +656,35 @@ impl Linear {
         } else {
             let w = match self.weight_format() {
                 WeightFormat::Int8 | WeightFormat::Ggml(_) => self.dequantized(x.dtype())?,
-                _ if self.weight.dtype() == x.dtype() => self.weight.clone(),
-                _ => self.weight.to_dtype(x.dtype())?,
+                _ => self.row_major_weight()?.to_dtype(x.dtype())?,
             };
             self.add_bias(x.matmul(&w.t()?)?)?
         };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(out_dims)
+    }
+
+    /// x (rows, in) times a weight stored in column panels: each panel's product with its
+    /// columns of x, summed (the first panel's adds the fused bias). Only bf16 weights are
+    /// stored so, whose epilogue is the bias alone.
+    fn panel_products(&self, x: &Tensor, op: NarrowMatmul) -> Result<Tensor> {
+        let mut y: Option<Tensor> = None;
+        let mut start = 0;
+        for w in self.panel_weights()? {
+            let width = w.dim(1)?;
+            let xp = x.narrow(1, start, width)?.contiguous()?;
+            let product = match (&self.epilogue, &y) {
+                (Some(e), None) => xp.apply_op3_no_bwd(&w, e, &op)?,
+                _ => xp.apply_op2_no_bwd(&w, &NarrowMatmul { bias: false, ..op })?,
+            };
+            y = Some(match y {
+                Some(y) => (y + product)?,
+                None => product,
+            });
+            start += width;
+        }
+        y.ok_or_else(|| candle_core::Error::Msg("a weight of no column panels".into()))
     }
 
     /// Whether the CPU kernels add the bias (f32 bias in the epilogue).
@@ -744,6 +882,75 @@ mod tests {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn column_panels_lie_one_after_another() {
+        // 2 × 6 in 3 panels of 2 columns: panel 0 (both rows), panel 1, panel 2.
+        let w: Vec<u32> = (0..12).collect();
+        assert_eq!(
+            in_column_panels(&w, 2, 6, 3),
+            [0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11]
+        );
+        assert_eq!(in_column_panels(&w, 2, 6, 1), w);
+    }
+
+    /// A bf16 weight stored in column panels gives the products, rows, conversions and stacks
+    /// of the same weight with its rows whole, through every dispatch branch.
+    #[test]
+    fn a_weight_in_column_panels_computes_as_its_whole_rows() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, k, panels) = (37, 4 * 96, 4);
+        let w = Tensor::from_vec(det(n * k, 11), (n, k), &dev)?.to_dtype(DType::BF16)?;
+        let b = Tensor::from_vec(det(n, 12), n, &dev)?;
+        for bias in [None, Some(b)] {
+            let whole = Linear::from_weights(w.clone(), bias.clone());
+            let values = w.flatten_all()?.to_vec1::<bf16>()?;
+            let mut paneled = whole.clone();
+            paneled.weight =
+                Tensor::from_vec(in_column_panels(&values, n, k, panels), (n, k), &dev)?;
+            paneled.panels = panels;
+            let what = format!("bias {}", bias.is_some());
+            for rows in [1, 2, 8, 9, 39, small_m_max_rows() + 1] {
+                let x = Tensor::from_vec(det(rows * k, rows as u32), (1, rows, k), &dev)?;
+                let (got, want) = (paneled.forward(&x)?, whole.forward(&x)?);
+                assert_eq!(got.dims(), &[1, rows, n]);
+                let err = max_rel(&got, &want);
+                assert!(err < 1e-5, "{what} rows {rows}: {err}");
+            }
+            let ids = Tensor::new(&[5u32, 0, 36], &dev)?;
+            assert_eq!(
+                paneled.rows(&ids)?.to_vec2::<f32>()?,
+                whole.rows(&ids)?.to_vec2::<f32>()?
+            );
+            assert_eq!(
+                paneled.row_major_weight()?.to_vec2::<bf16>()?,
+                w.to_vec2::<bf16>()?
+            );
+            for fmt in [WeightFormat::F32, WeightFormat::Int8] {
+                let (a, b) = (
+                    paneled.clone().to_format(fmt)?,
+                    whole.clone().to_format(fmt)?,
+                );
+                assert_eq!(a.panels, 1);
+                assert_eq!(
+                    a.widened()?.to_vec2::<f32>()?,
+                    b.widened()?.to_vec2::<f32>()?,
+                    "{what} {fmt:?}"
+                );
+            }
+            let (a, b) = (paneled.clone().scaled(0.5)?, whole.clone().scaled(0.5)?);
+            assert_eq!(
+                a.widened()?.to_vec2::<f32>()?,
+                b.widened()?.to_vec2::<f32>()?
+            );
+            let stack = LinearStack::new(vec![paneled.clone(), whole.clone()])?;
+            let x = Tensor::from_vec(det(k, 3), (1, 1, k), &dev)?;
+            let got = stack.forward(&x)?;
+            let want = Tensor::cat(&[whole.forward(&x)?, whole.forward(&x)?], 2)?;
+            assert!(max_rel(&got, &want) < 1e-6, "{what}: stacked");
         }
         Ok(())
     }

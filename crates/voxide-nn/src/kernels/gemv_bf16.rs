@@ -221,6 +221,41 @@ fn x_fits(k: usize, l1d: usize) -> bool {
     4 * k <= l1d / 8 * 3
 }
 
+/// Most column panels a matrix is stored in ([`column_panels`]).
+#[cfg(target_arch = "x86_64")]
+const MAX_COLUMN_PANELS: usize = 8;
+
+/// How many column panels a streamed bf16 matrix of `cols` columns is stored in, each panel's
+/// rows contiguous (1: rows whole). Where this machine reads streamed bf16 matrices in passes
+/// of [`FEWER_ROWS_PER_PASS`] rows, a matrix whose x does not fit L1 ([`x_fits_l1`]) would be
+/// read in passes of 4 instead; as panels narrow enough for x to fit, each read in passes of 2
+/// and their products summed, it keeps the fewer streams. Synthetic Voxtral Realtime bf16
+/// step on Zen 4 (o: 4096 columns in 2 panels, down: 9216 in 3), fast memory regime: 0.842 →
+/// 0.883 of the probe, slow regime level (PERFORMANCE.md #145). Panels cut from the matrix in
+/// place were slower (0.42–0.57, #143): each row's piece is a short stream of its own.
+pub fn column_panels(cols: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if runs(Isa::detect(), 1)
+        && super::gemv::streamed_read_ahead::<bf16>().rows_per_pass == FEWER_ROWS_PER_PASS
+    {
+        return panels_for(cols, machine().caches.l1d_per_core);
+    }
+    let _ = cols;
+    1
+}
+
+/// [`column_panels`] for an L1 data cache of `l1d` bytes: the fewest panels of equal width, a
+/// multiple of 32 columns (whole vectors of bf16 pairs), for which x fits.
+#[cfg(target_arch = "x86_64")]
+fn panels_for(cols: usize, l1d: usize) -> usize {
+    if x_fits(cols, l1d) {
+        return 1;
+    }
+    (2..=MAX_COLUMN_PANELS)
+        .find(|&p| cols.is_multiple_of(p) && (cols / p).is_multiple_of(32) && x_fits(cols / p, l1d))
+        .unwrap_or(1)
+}
+
 /// Weight rows r + q · gap (q < R) against every row of x: per 64-byte line of each row, one
 /// `vdpbf16ps` with x_hi and one with x_lo, into two accumulators.
 #[cfg(target_arch = "x86_64")]
@@ -320,6 +355,29 @@ mod tests {
         assert!(!x_fits(6144, 48 * KB));
         // An L1 of unknown size holds nothing.
         assert!(!x_fits(16, 0));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn columns_split_into_the_fewest_panels_whose_x_fits_l1() {
+        const KB: usize = 1 << 10;
+        // Zen 4's 32 KB: Voxtral's o (4096 columns) in 2 panels, its down projection (9216)
+        // in 3, Voxtral Mini 3B's (8192) in 4, Qwen3-TTS 1.7B's (6144) in 2; 3072 stays whole.
+        assert_eq!(panels_for(3072, 32 * KB), 1);
+        assert_eq!(panels_for(4096, 32 * KB), 2);
+        assert_eq!(panels_for(9216, 32 * KB), 3);
+        assert_eq!(panels_for(8192, 32 * KB), 4);
+        assert_eq!(panels_for(6144, 32 * KB), 2);
+        // Intel's 48 KB: 4096 columns whole, 9216 in 2.
+        assert_eq!(panels_for(4096, 48 * KB), 1);
+        assert_eq!(panels_for(9216, 48 * KB), 2);
+        // No equal split into whole vectors: the matrix stays whole.
+        assert_eq!(panels_for(9217, 32 * KB), 1);
+        assert_eq!(panels_for(3104 * 2, 32 * KB), 1);
+        // Too wide for 8 panels.
+        assert_eq!(panels_for(64 * 1024, 32 * KB), 1);
+        // An L1 of unknown size: x never fits, the matrix stays whole.
+        assert_eq!(panels_for(4096, 0), 1);
     }
 
     #[test]
