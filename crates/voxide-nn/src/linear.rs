@@ -350,7 +350,7 @@ impl Linear {
     /// ([`column_panels`]), where that is more than one; the layout is a speed matter only, so
     /// a weight that cannot be laid out again keeps its rows whole.
     fn store_in_column_panels(&mut self) {
-        let Ok((n, k)) = self.weight_dims() else {
+        let Ok((_, k)) = self.weight_dims() else {
             return;
         };
         let panels = match self.weight_format() {
@@ -359,7 +359,18 @@ impl Linear {
             }
             _ => 1,
         };
-        if panels == 1 {
+        if panels > 1 {
+            self.store_in_panels(panels);
+        }
+    }
+
+    /// Stores a bf16 CPU weight with its rows whole in `panels` column panels (unchanged if
+    /// it is not one).
+    fn store_in_panels(&mut self, panels: usize) {
+        let Ok((n, k)) = self.weight_dims() else {
+            return;
+        };
+        if self.panels != 1 || panels <= 1 || k % panels != 0 {
             return;
         }
         let laid_out = self.weight.contiguous().and_then(|w| {
@@ -398,8 +409,12 @@ impl Linear {
         })
     }
 
-    /// Each column panel's weight, [out, in / panels] (views, no copies).
+    /// Each column panel's weight, [out, in / panels] (views, no copies; the weight itself
+    /// where its rows are whole).
     fn panel_weights(&self) -> Result<Vec<Tensor>> {
+        if self.panels == 1 {
+            return Ok(vec![self.weight.clone()]);
+        }
         let (n, k) = self.weight_dims()?;
         let width = k / self.panels;
         let flat = self.weight.flatten_all()?;
@@ -494,7 +509,13 @@ impl Linear {
     /// head read as the token table, without a second copy of it.
     pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         let ids = ids.flatten_all()?;
-        let picked = self.row_major_weight()?.embedding(&ids)?;
+        // From each column panel its pieces of the rows: no copy of the whole matrix.
+        let picked = self
+            .panel_weights()?
+            .iter()
+            .map(|w| w.embedding(&ids))
+            .collect::<Result<Vec<_>>>()?;
+        let picked = Tensor::cat(&picked, 1)?;
         match (&self.scales, self.blocks) {
             (_, Some(ty)) if picked.device().is_cpu() => {
                 picked.apply_op1_no_bwd(&DequantizeToF32 { ty })
@@ -907,11 +928,9 @@ mod tests {
         let b = Tensor::from_vec(det(n, 12), n, &dev)?;
         for bias in [None, Some(b)] {
             let whole = Linear::from_weights(w.clone(), bias.clone());
-            let values = w.flatten_all()?.to_vec1::<bf16>()?;
             let mut paneled = whole.clone();
-            paneled.weight =
-                Tensor::from_vec(in_column_panels(&values, n, k, panels), (n, k), &dev)?;
-            paneled.panels = panels;
+            paneled.store_in_panels(panels);
+            assert_eq!(paneled.panels, panels);
             let what = format!("bias {}", bias.is_some());
             for rows in [1, 2, 8, 9, 39, small_m_max_rows() + 1] {
                 let x = Tensor::from_vec(det(rows * k, rows as u32), (1, rows, k), &dev)?;
