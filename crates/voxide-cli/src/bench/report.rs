@@ -332,7 +332,8 @@ pub struct ReadAheadReport {
     /// (distance, GB/s) for each distance tried: the GEMV from memory on one core, at the
     /// kernel's own rows per pass.
     pub gbps: Vec<(usize, f64)>,
-    /// The same at fewer rows per pass, where the kernel takes that choice (else empty).
+    /// The same at fewer rows per pass, where the kernel takes that choice (since #144 only
+    /// without software prefetch; else empty).
     #[serde(default)]
     pub gbps_fewer_rows: Vec<(usize, f64)>,
 }

@@ -434,7 +434,9 @@ pub struct StreamedReadAhead {
 /// rounds, because a shared machine's bandwidth moves between rounds (Zen 5's host switches
 /// between ~45 and ~75 GB/s within seconds).
 pub fn choose_read_ahead<K: Copy + PartialEq>(passes: &[(K, Vec<f64>)], default: K) -> K {
-    best_against_default(passes, default)
+    ratios_to_default(passes, default)
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
         .filter(|(_, ratio)| *ratio > STREAMED_PREFETCH_MIN_GAIN)
         .map_or(default, |(key, _)| key)
 }
@@ -444,37 +446,31 @@ pub fn choose_read_ahead<K: Copy + PartialEq>(passes: &[(K, Vec<f64>)], default:
 /// that went the other way would have decided it.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn read_ahead_is_close<K: Copy + PartialEq>(passes: &[(K, Vec<f64>)], default: K) -> bool {
-    let Some((_, default_gbps)) = passes.iter().find(|(key, _)| *key == default) else {
-        return false;
-    };
     let gain = STREAMED_PREFETCH_MIN_GAIN;
-    passes
-        .iter()
+    ratios_to_default(passes, default)
+        .into_iter()
         .filter(|(key, _)| *key != default)
-        .filter_map(|(_, gbps)| ratio_to(gbps, default_gbps))
+        .map(|(_, ratio)| ratio)
         .max_by(f64::total_cmp)
         .is_some_and(|r| (1.0 / gain..=gain).contains(&r))
 }
 
-/// The median over rounds of `gbps` / `default_gbps` (None where a pass failed).
-fn ratio_to(gbps: &[f64], default_gbps: &[f64]) -> Option<f64> {
-    let ratios: Vec<f64> = gbps.iter().zip(default_gbps).map(|(g, d)| g / d).collect();
-    if ratios.is_empty() || ratios.iter().any(|r| !r.is_finite()) {
-        return None;
-    }
-    Some(median(ratios))
-}
-
-/// The candidate with the highest [`ratio_to`] the default (the default itself at 1).
-fn best_against_default<K: Copy + PartialEq>(
-    passes: &[(K, Vec<f64>)],
-    default: K,
-) -> Option<(K, f64)> {
-    let (_, default_gbps) = passes.iter().find(|(key, _)| *key == default)?;
+/// Each candidate's median over rounds of its rate over the default's in the same round (the
+/// default itself at 1); candidates with a failed pass left out, none without a default.
+fn ratios_to_default<K: Copy + PartialEq>(passes: &[(K, Vec<f64>)], default: K) -> Vec<(K, f64)> {
+    let Some((_, default_gbps)) = passes.iter().find(|(key, _)| *key == default) else {
+        return Vec::new();
+    };
     passes
         .iter()
-        .filter_map(|(key, gbps)| ratio_to(gbps, default_gbps).map(|r| (*key, r)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .filter_map(|(key, gbps)| {
+            let ratios: Vec<f64> = gbps.iter().zip(default_gbps).map(|(g, d)| g / d).collect();
+            if ratios.is_empty() || ratios.iter().any(|r| !r.is_finite()) {
+                return None;
+            }
+            Some((*key, median(ratios)))
+        })
+        .collect()
 }
 
 /// The [`StreamedReadAhead`] of `E`'s kernel on this machine, measured on its first use.
@@ -484,13 +480,14 @@ fn best_against_default<K: Copy + PartialEq>(
 /// ahead than 4 KB ahead and 10 % slower 1 KB ahead, the bf16 kernel is as fast 1 KB and
 /// 2 KB ahead and 5 % slower at 4 KB (the probe's plain reader is fastest 4 KB ahead), while
 /// 4 KB was best on Zen 3. So each kernel is timed on a matrix flushed from the caches before
-/// each pass, at each candidate distance, and where the kernel takes the choice (bf16 on
-/// AVX512-BF16), at each distance with [`FEWER_ROWS_PER_PASS`] rows per pass too.
+/// each pass, at each candidate of [`read_ahead_candidates`] (no prefetch in passes of
+/// [`FEWER_ROWS_PER_PASS`] rows where the kernel takes them: bf16 on AVX512-BF16), for 5
+/// rounds, or up to 15 while the choice is close ([`read_ahead_is_close`]).
 ///
 /// On one core, not on the pool that decodes: a shared host's memory switches between a slow
 /// regime, where the threads together saturate it and every candidate reads within a few
-/// percent (the choice then followed the noise: on Zen 4, 2 of 13 measurements on both cores
-/// took 2 rows), and a fast one, where each core is at its own limit of lines in flight and
+/// percent (the choice then followed the noise: on Zen 4, 9 of 13 measurements on both cores
+/// kept the default, the other 4 took four different candidates), and a fast one, where each core is at its own limit of lines in flight and
 /// the candidates part by 10–25 %. One core is at that limit in both regimes, so the
 /// candidates part alike whatever the neighbours do (on Zen 4, 10 of 10 one-core
 /// measurements took 2 rows without hints, 15–24 % ahead of the default; PERFORMANCE.md
