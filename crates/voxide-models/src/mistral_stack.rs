@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::path::PathBuf;
 use voxide_nn::activation::gelu_erf;
+use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::kv_cache::default_kv_dtype;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::{check_layer_count, LayerConfig, LayerNames, PreNormLayer};
@@ -377,9 +378,9 @@ impl Stack {
         self.blocks.iter_mut().flat_map(|b| b.layer.linears_mut())
     }
 
-    /// Bytes of the layers' matrices.
-    pub(crate) fn weight_bytes(&self) -> usize {
-        self.blocks.iter().map(|b| b.layer.weight_bytes()).sum()
+    /// What a pass over the layers' matrices reads, by residency.
+    pub(crate) fn read_bytes(&self) -> CycleBytes {
+        self.blocks.iter().map(|b| b.layer.read_bytes()).sum()
     }
 }
 
@@ -462,9 +463,9 @@ impl TextDecoder {
         default_kv_dtype(self.head.weight_format())
     }
 
-    /// Bytes of weights one step reads: every layer's matrices and the head.
-    pub(crate) fn step_bytes(&self) -> usize {
-        self.stack.weight_bytes() + self.head.weight_bytes()
+    /// Bytes of weights one step reads, by residency: every layer's matrices and the head.
+    pub(crate) fn step_bytes(&self) -> CycleBytes {
+        self.stack.read_bytes() + self.head.read_bytes()
     }
 
     /// Token embeddings (1, t, dim) in f32.

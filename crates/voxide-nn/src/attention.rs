@@ -2,6 +2,7 @@
 //! decoder self-attention and cross-attention.
 
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
+use crate::kernels::machine::CycleBytes;
 use crate::kernels::ops::{to_dtype_contiguous, SoftmaxLastDimInPlace};
 use crate::kernels::step_heads::{QkNorm, StepHeads, WriteHeads, MAX_HEAD_DIM};
 use crate::kv_cache::KvCache;
@@ -184,13 +185,13 @@ impl Attention {
         }
     }
 
-    /// Bytes of all projection matrices.
-    pub fn weight_bytes(&self) -> usize {
+    /// What a pass over all projection matrices reads, by residency.
+    pub fn read_bytes(&self) -> CycleBytes {
         self.input
             .linears()
             .into_iter()
             .chain([&self.o])
-            .map(|l| l.weight_bytes())
+            .map(Linear::read_bytes)
             .sum()
     }
 

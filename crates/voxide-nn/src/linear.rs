@@ -5,7 +5,7 @@ use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
 use crate::kernels::gemv::{streamed_read_ahead, MAX_ROWS};
 use crate::kernels::gemv_bf16::column_panels;
 use crate::kernels::machine::{
-    huge_page_vec, machine, plan_residency_retained, CycleRead, Residency,
+    huge_page_vec, machine, plan_residency_retained, CycleBytes, CycleRead, Residency,
 };
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
@@ -446,6 +446,17 @@ impl Linear {
         w + self.scales.as_ref().map_or(0, |s| s.elem_count() * 4)
     }
 
+    /// What one forward pass reads of the weight ([`Self::weight_bytes`]), by how the plan reads
+    /// it (a layer no model planned: by its size, as the kernels read it).
+    pub fn read_bytes(&self) -> CycleBytes {
+        let bytes = self.weight_bytes();
+        CycleBytes::read(
+            bytes,
+            self.residency
+                .unwrap_or_else(|| Residency::unplanned(bytes)),
+        )
+    }
+
     /// The layer with its weight stored as `format` (int8: quantized per output row; a ggml
     /// type: with ggml's reference quantizer; from a quantized format: dequantized first). The
     /// bias is unchanged. A matrix whose rows are not whole blocks of the ggml type keeps its
@@ -778,9 +789,9 @@ impl LinearStack {
         &mut self.layers
     }
 
-    /// Bytes of the matrices.
-    pub fn weight_bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.weight_bytes()).sum()
+    /// What a pass over the matrices reads, by residency.
+    pub fn read_bytes(&self) -> CycleBytes {
+        self.layers.iter().map(Linear::read_bytes).sum()
     }
 }
 
@@ -1045,6 +1056,39 @@ mod tests {
             assert_eq!(as_int8.linears().len(), 1);
             assert_eq!(as_int8.linears()[0].weight_format(), WeightFormat::Int8);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn what_a_layer_reads_follows_its_plan() -> Result<()> {
+        let dev = Device::Cpu;
+        let layer = |n: usize, format| -> Result<Linear> {
+            Linear::from_weights(Tensor::from_vec(det(n * 40, 7), (n, 40), &dev)?, None)
+                .to_format(format)
+        };
+        // 24 × 40 f32; 8 × 40 int8 and its 8 scales.
+        let (mut a, mut b) = (layer(24, WeightFormat::F32)?, layer(8, WeightFormat::Int8)?);
+        assert_eq!((a.weight_bytes(), b.weight_bytes()), (3840, 352));
+        // Unplanned, a matrix this small is read as cached, as the kernels would read it.
+        assert_eq!(a.read_bytes(), CycleBytes::read(3840, Residency::Cached));
+        a.residency = Some(Residency::Streamed);
+        b.residency = Some(Residency::Cached);
+        assert_eq!(a.read_bytes(), CycleBytes::read(3840, Residency::Streamed));
+        let apart = LinearStack::new(vec![a, b])?;
+        assert_eq!(apart.linears().len(), 2);
+        let want = CycleBytes {
+            streamed: 3840,
+            cached: 352,
+        };
+        assert_eq!(apart.read_bytes(), want);
+        assert_eq!(
+            [want, want * 14].into_iter().sum::<CycleBytes>(),
+            CycleBytes {
+                streamed: 15 * 3840,
+                cached: 15 * 352
+            }
+        );
+        assert_eq!((want * 15).total(), 15 * 4192);
         Ok(())
     }
 

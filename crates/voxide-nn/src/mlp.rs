@@ -1,6 +1,7 @@
 //! Feed-forward blocks: the GELU MLP of Whisper-style encoders/decoders and the SwiGLU of
 //! Llama-style decoders.
 
+use crate::kernels::machine::CycleBytes;
 use crate::kernels::ops::{GeluErfInPlace, SiluMul};
 use crate::linear::{Linear, LinearStack, WeightFormat};
 use candle_core::{DType, Result, Tensor, D};
@@ -44,9 +45,9 @@ impl GeluMlp {
         [&mut self.fc1, &mut self.fc2]
     }
 
-    /// Bytes of the two matrices (what one step reads).
-    pub fn weight_bytes(&self) -> usize {
-        self.fc1.weight_bytes() + self.fc2.weight_bytes()
+    /// What one step reads of the two matrices, by residency.
+    pub fn read_bytes(&self) -> CycleBytes {
+        self.fc1.read_bytes() + self.fc2.read_bytes()
     }
 
     /// x: (..., d) -> (..., d). GELU is the exact erf form, as in the references; on CPU it
@@ -125,9 +126,9 @@ impl SwiGlu {
             .chain([&mut self.down])
     }
 
-    /// Bytes of the matrices (what one step reads).
-    pub fn weight_bytes(&self) -> usize {
-        self.gate_up.weight_bytes() + self.down.weight_bytes()
+    /// What one step reads of the matrices, by residency.
+    pub fn read_bytes(&self) -> CycleBytes {
+        self.gate_up.read_bytes() + self.down.read_bytes()
     }
 
     /// x: (..., d) -> (..., d).

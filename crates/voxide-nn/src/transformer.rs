@@ -6,6 +6,7 @@
 //! cache (full or sliding window) and RoPE.
 
 use crate::attention::{Attention, AttentionConfig, KvSource};
+use crate::kernels::machine::CycleBytes;
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, WeightFormat};
 use crate::mlp::{GeluMlp, SwiGlu};
@@ -215,12 +216,12 @@ impl PreNormLayer {
         self.attention.step_projections_mut().into_iter().chain(mlp)
     }
 
-    /// Bytes of the layer's matrices.
-    pub fn weight_bytes(&self) -> usize {
-        self.attention.weight_bytes()
+    /// What a pass over the layer's matrices reads, by residency.
+    pub fn read_bytes(&self) -> CycleBytes {
+        self.attention.read_bytes()
             + match &self.mlp {
-                Ffn::SwiGlu(m) => m.weight_bytes(),
-                Ffn::Gelu(m) => m.weight_bytes(),
+                Ffn::SwiGlu(m) => m.read_bytes(),
+                Ffn::Gelu(m) => m.read_bytes(),
             }
     }
 

@@ -10,6 +10,7 @@ use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::tokenizer::language_code;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
 use voxide_models::{Progress, Timings, Transcript};
+use voxide_nn::kernels::machine::CycleBytes;
 pub use voxide_nn::linear::WeightFormat;
 
 /// A transcription request, independent of the model family.
@@ -128,9 +129,10 @@ pub trait Transcriber: Send + Sync {
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)>;
 
-    /// Bytes of weights one decoder step reads, where the model knows it (the bandwidth
-    /// floor of a step is this over the memory's read bandwidth).
-    fn decoder_step_bytes(&self) -> Option<usize> {
+    /// Bytes of weights one decoder step reads, by residency, where the model knows it (the
+    /// bandwidth floor of a step: the streamed bytes over the memory's read bandwidth, the
+    /// cached ones over the caches').
+    fn decoder_step_bytes(&self) -> Option<CycleBytes> {
         None
     }
 
@@ -190,7 +192,7 @@ impl Transcriber for WhisperPipeline {
         voxide_models::whisper::SAMPLE_RATE
     }
 
-    fn decoder_step_bytes(&self) -> Option<usize> {
+    fn decoder_step_bytes(&self) -> Option<CycleBytes> {
         Some(self.model().decoder_step_bytes())
     }
 
@@ -370,7 +372,7 @@ impl Transcriber for VoxtralRealtime {
         Ok(())
     }
 
-    fn decoder_step_bytes(&self) -> Option<usize> {
+    fn decoder_step_bytes(&self) -> Option<CycleBytes> {
         Some(self.network().decoder_step_bytes())
     }
 
@@ -467,7 +469,7 @@ impl Transcriber for Voxtral {
         Ok(())
     }
 
-    fn decoder_step_bytes(&self) -> Option<usize> {
+    fn decoder_step_bytes(&self) -> Option<CycleBytes> {
         Some(self.network().decoder_step_bytes())
     }
 }

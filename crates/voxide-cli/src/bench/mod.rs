@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use report::{
     compare, run_floors_line, FileReport, MachineReport, ReadAheadReport, Report, RetentionReport,
-    Run, RunFloor, Stat, StreamingReport, Totals, Verdict,
+    Run, RunFloor, Stat, StepReads, StreamingReport, Totals, Verdict,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -203,7 +203,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         let steps = run.steps as f64;
                         run_floors.push(RunFloor::between_last_probes(
                             run.steps_ms / steps,
-                            bytes as f64 + run.kv_bytes as f64 / steps,
+                            StepReads::new(bytes, run.kv_bytes as f64 / steps, cache_gbps()),
                             &bandwidth,
                         ));
                     }
@@ -226,7 +226,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let read_gbps = Stat::of(&bandwidth).max;
     let mut totals = Totals::of(&files);
     if let Some(bytes) = step_bytes {
-        totals.set_floor(bytes, read_gbps);
+        totals.set_floor(bytes, read_gbps, cache_gbps());
         if let Some(floor) = &mut totals.floor {
             floor.runs = run_floors;
         }
@@ -320,6 +320,15 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
     }
 }
 
+/// The rate weights that a plan keeps cached are read at: the cached set re-read at load after
+/// a stream went past it, where a plan kept any (`None`: not measured, or the machine did not
+/// keep them and the plans stream every matrix).
+pub(crate) fn cache_gbps() -> Option<f64> {
+    measured_retention()
+        .filter(|r| r.holds())
+        .map(|r| r.kept_gbps)
+}
+
 fn read_report(path: &Path) -> Result<Report> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read baseline {}: {e}", path.display()))?;
@@ -340,6 +349,18 @@ fn start_trace(path: &Path) -> Result<tracing_chrome::FlushGuard> {
 }
 
 /// The machine line and every probe variant.
+/// How a floor counts the weights a plan keeps cached, for its line ("" where none count so).
+fn cached_part(cached_bytes: usize, cache_gbps: f64) -> String {
+    if cached_bytes == 0 {
+        return String::new();
+    }
+    format!(
+        ", the {:.3} GB kept cached at {:.1} GB/s (their re-read at load; the memory's rate where faster)",
+        cached_bytes as f64 / 1e9,
+        cache_gbps
+    )
+}
+
 fn print_machine(m: &MachineReport, threads: usize) {
     say!(
         "machine: {} | {} cores | {} | L1d {} KB, L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s",
@@ -498,8 +519,9 @@ fn print_table(r: &Report) {
         } else {
             String::new()
         };
+        let cached = cached_part(f.cached_bytes, f.cache_gbps);
         say!(
-            "decoder floor: a step reads {:.3} GB{kv}; at {:.1} GB/s -> {:.1} ms; measured {:.1} ms/step = {verdict}",
+            "decoder floor: a step reads {:.3} GB{kv}; at {:.1} GB/s{cached} -> {:.1} ms; measured {:.1} ms/step = {verdict}",
             f.step_bytes as f64 / 1e9, f.read_gbps, f.floor_ms, t.weighted_ms_per_step
         );
         if !f.runs.is_empty() {

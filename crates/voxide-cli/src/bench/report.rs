@@ -2,6 +2,7 @@
 //! protocol of antirez/voxtral.c's benchmark, and the comparison with a saved baseline.
 
 use serde::{Deserialize, Serialize};
+use voxide_nn::kernels::machine::CycleBytes;
 
 /// Median, min and max of one metric over the repeats.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -170,6 +171,39 @@ pub struct Totals {
     pub floor: Option<Floor>,
 }
 
+/// What a decoder step (a TTS frame) reads: `bytes` in all (weights and K/V), of which
+/// `cached_bytes` are weights its plan keeps in the caches, read there at `cache_gbps`: the
+/// rate the plan's cached set was re-read at after a stream went past it
+/// ([`RetentionReport::kept_gbps`], measured at load). Everything else comes from memory.
+/// A floor is the least time, so the cached bytes count at the faster of the two rates (on a
+/// host whose memory switches to a fast regime, the caches' rate measured at load can be the
+/// slower).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepReads {
+    pub bytes: f64,
+    pub cached_bytes: f64,
+    pub cache_gbps: f64,
+}
+
+impl StepReads {
+    /// The weights of a step, by residency, and `other_bytes` (K/V) read from memory. Cached
+    /// weights count at `cache_gbps` where it was measured, else at the memory's rate.
+    pub fn new(weights: CycleBytes, other_bytes: f64, cache_gbps: Option<f64>) -> Self {
+        let cache_gbps = cache_gbps.filter(|g| *g > 0.0);
+        Self {
+            bytes: weights.total() as f64 + other_bytes,
+            cached_bytes: cache_gbps.map_or(0.0, |_| weights.cached as f64),
+            cache_gbps: cache_gbps.unwrap_or(0.0),
+        }
+    }
+
+    /// The least time, ms, to read them with the memory reading `gbps`.
+    pub fn floor_ms(&self, gbps: f64) -> f64 {
+        let cached_s = self.cached_bytes / (self.cache_gbps.max(gbps) * 1e9);
+        ((self.bytes - self.cached_bytes) / (gbps * 1e9) + cached_s) * 1e3
+    }
+}
+
 /// A decoder step against the memory-bandwidth limit.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Floor {
@@ -179,9 +213,16 @@ pub struct Floor {
     /// sequence: they are part of what a step must read).
     #[serde(default)]
     pub kv_bytes: usize,
+    /// Of the weights, bytes the plan keeps cached, read at `cache_gbps` (0: none, or the
+    /// caches' rate was not measured and every byte counts at the memory's).
+    #[serde(default)]
+    pub cached_bytes: usize,
+    #[serde(default)]
+    pub cache_gbps: f64,
     /// Measured read bandwidth, GB/s.
     pub read_gbps: f64,
-    /// (step_bytes + kv_bytes) / bandwidth, ms.
+    /// The least time to read the step: (step_bytes + kv_bytes − cached_bytes) / read_gbps +
+    /// cached_bytes / max(cache_gbps, read_gbps), ms ([`StepReads`]).
     pub floor_ms: f64,
     /// Weighted ms/step over the floor; `None` when the step measured faster than its floor,
     /// which cannot be: a measurement error (the probe under-reads, or the step's bytes are
@@ -205,6 +246,11 @@ pub struct RunFloor {
     pub ms_per_step: f64,
     /// What that step reads: weights and mean K/V bytes (a TTS frame's weights).
     pub bytes_per_step: f64,
+    /// Of those, weights read from the caches at `cache_gbps` ([`StepReads`]).
+    #[serde(default)]
+    pub cached_bytes_per_step: f64,
+    #[serde(default)]
+    pub cache_gbps: f64,
     pub gbps_before: f64,
     pub gbps_after: f64,
 }
@@ -221,16 +267,18 @@ pub enum RunVerdict {
 }
 
 impl RunFloor {
-    /// A run that read `bytes_per_step` per step at `ms_per_step`, between the last two of
-    /// `probes` (GB/s, in the order taken).
-    pub fn between_last_probes(ms_per_step: f64, bytes_per_step: f64, probes: &[f64]) -> Self {
+    /// A run that read `reads` per step at `ms_per_step`, between the last two of `probes`
+    /// (GB/s, in the order taken).
+    pub fn between_last_probes(ms_per_step: f64, reads: StepReads, probes: &[f64]) -> Self {
         let (before, after) = match probes {
             [.., before, after] => (*before, *after),
             _ => (0.0, 0.0),
         };
         Self {
             ms_per_step,
-            bytes_per_step,
+            bytes_per_step: reads.bytes,
+            cached_bytes_per_step: reads.cached_bytes,
+            cache_gbps: reads.cache_gbps,
             gbps_before: before,
             gbps_after: after,
         }
@@ -244,8 +292,12 @@ impl RunFloor {
         if !(slow > 0.0 && slow >= fast * STEADY_PROBE_SHARE) {
             return RunVerdict::Unsteady;
         }
-        let floor_ms = self.bytes_per_step / (fast * 1e9) * 1e3;
-        match self.ms_per_step / floor_ms {
+        let reads = StepReads {
+            bytes: self.bytes_per_step,
+            cached_bytes: self.cached_bytes_per_step,
+            cache_gbps: self.cache_gbps,
+        };
+        match self.ms_per_step / reads.floor_ms(fast) {
             r if r >= 1.0 => RunVerdict::Ratio(r),
             _ => RunVerdict::BelowFloor,
         }
@@ -363,14 +415,17 @@ pub fn run_floors_line(runs: &[RunFloor]) -> String {
 }
 
 impl Totals {
-    /// Adds the bandwidth floor of a step reading `step_bytes` of weights and its mean K/V
-    /// bytes at `read_gbps`.
-    pub fn set_floor(&mut self, step_bytes: usize, read_gbps: f64) {
+    /// Adds the bandwidth floor of a step reading `weights` and its mean K/V bytes, with the
+    /// memory at `read_gbps` and the cached weights at `cache_gbps` where measured.
+    pub fn set_floor(&mut self, weights: CycleBytes, read_gbps: f64, cache_gbps: Option<f64>) {
         let kv_bytes = self.kv_bytes_per_step.round() as usize;
-        let floor_ms = (step_bytes + kv_bytes) as f64 / (read_gbps * 1e9) * 1e3;
+        let reads = StepReads::new(weights, kv_bytes as f64, cache_gbps);
+        let floor_ms = reads.floor_ms(read_gbps);
         self.floor = Some(Floor {
-            step_bytes,
+            step_bytes: weights.total(),
             kv_bytes,
+            cached_bytes: reads.cached_bytes as usize,
+            cache_gbps: reads.cache_gbps,
             read_gbps,
             floor_ms,
             ratio: Some(self.weighted_ms_per_step / floor_ms).filter(|r| *r >= 1.0),
@@ -561,12 +616,12 @@ mod tests {
             ..Default::default()
         };
         // 3 GB at 20 GB/s: 150 ms.
-        t.set_floor(3_000_000_000, 20.0);
+        t.set_floor(streamed(3_000_000_000), 20.0, None);
         let f = t.floor.clone().unwrap();
         assert!((f.floor_ms - 150.0).abs() < 1e-9);
         assert_eq!(f.ratio, Some(1.0));
         // At a probed 10 GB/s the floor is 300 ms: 150 ms/step is a measurement error.
-        t.set_floor(3_000_000_000, 10.0);
+        t.set_floor(streamed(3_000_000_000), 10.0, None);
         assert_eq!(t.floor.unwrap().ratio, None);
     }
 
@@ -576,6 +631,8 @@ mod tests {
         let run = |ms_per_step, gbps_before, gbps_after| RunFloor {
             ms_per_step,
             bytes_per_step: 3e9,
+            cached_bytes_per_step: 0.0,
+            cache_gbps: 0.0,
             gbps_before,
             gbps_after,
         };
@@ -588,12 +645,59 @@ mod tests {
         assert_eq!(run(110.0, 50.0, 80.0).verdict(), RunVerdict::Unsteady);
         assert_eq!(run(110.0, 0.0, 0.0).verdict(), RunVerdict::Unsteady);
         // Fewer than two probes: nothing to judge the run by.
-        let lone = RunFloor::between_last_probes(110.0, 3e9, &[30.0]);
+        let three_gb = StepReads::new(streamed(3_000_000_000), 0.0, None);
+        let lone = RunFloor::between_last_probes(110.0, three_gb, &[30.0]);
         assert_eq!(lone.verdict(), RunVerdict::Unsteady);
-        let last_two = RunFloor::between_last_probes(110.0, 3e9, &[80.0, 29.0, 30.0]);
+        let last_two = RunFloor::between_last_probes(110.0, three_gb, &[80.0, 29.0, 30.0]);
         assert_eq!((last_two.gbps_before, last_two.gbps_after), (29.0, 30.0));
         // Faster than the floor of steady probes: a measurement error, not a ratio below 1.
         assert_eq!(run(90.0, 30.0, 30.0).verdict(), RunVerdict::BelowFloor);
+    }
+
+    fn streamed(bytes: usize) -> CycleBytes {
+        CycleBytes {
+            streamed: bytes,
+            cached: 0,
+        }
+    }
+
+    #[test]
+    fn cached_weights_count_at_the_rate_the_caches_gave_them() {
+        // 2 GB streamed + 1 GB kept cached + 0.1 GB of K/V; memory at 20 GB/s, caches at 100.
+        let weights = CycleBytes {
+            streamed: 2_000_000_000,
+            cached: 1_000_000_000,
+        };
+        let reads = StepReads::new(weights, 1e8, Some(100.0));
+        // 2.1 GB / 20 + 1 GB / 100: 105 + 10 ms.
+        assert!((reads.floor_ms(20.0) - 115.0).abs() < 1e-9);
+        // Where the caches' rate was not measured, every byte counts at the memory's.
+        let unmeasured = StepReads::new(weights, 1e8, None);
+        assert!((unmeasured.floor_ms(20.0) - 155.0).abs() < 1e-9);
+        // Memory faster than the caches' rate: the cached bytes count at the memory's.
+        assert!((reads.floor_ms(200.0) - 3.1e9 / 200e9 * 1e3).abs() < 1e-9);
+        // A run of 130 ms/step: faster than reading it all from memory, slower than the floor
+        // with the cached part at the caches' rate.
+        let run = |reads| RunFloor::between_last_probes(130.0, reads, &[20.0, 20.0]);
+        match run(reads).verdict() {
+            RunVerdict::Ratio(r) => assert!((r - 130.0 / 115.0).abs() < 1e-9, "{r}"),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(run(unmeasured).verdict(), RunVerdict::BelowFloor);
+        // The totals' floor as well.
+        let mut t = Totals {
+            weighted_ms_per_step: 130.0,
+            kv_bytes_per_step: 1e8,
+            ..Default::default()
+        };
+        t.set_floor(weights, 20.0, Some(100.0));
+        let f = t.floor.unwrap();
+        assert_eq!(
+            (f.step_bytes, f.cached_bytes),
+            (3_000_000_000, 1_000_000_000)
+        );
+        assert!((f.floor_ms - 115.0).abs() < 1e-9, "{}", f.floor_ms);
+        assert!((f.ratio.unwrap() - 130.0 / 115.0).abs() < 1e-9);
     }
 
     #[test]
@@ -612,7 +716,7 @@ mod tests {
         let mut t = Totals::of(&files);
         assert_eq!(t.kv_bytes_per_step, 38_000_000.0);
         // (3 GB + 38 MB) at 20 GB/s: 151.9 ms.
-        t.set_floor(3_000_000_000, 20.0);
+        t.set_floor(streamed(3_000_000_000), 20.0, None);
         let f = t.floor.unwrap();
         assert_eq!(f.kv_bytes, 38_000_000);
         assert!((f.floor_ms - 151.9).abs() < 1e-9, "{}", f.floor_ms);

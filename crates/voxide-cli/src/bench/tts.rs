@@ -5,8 +5,10 @@
 //! A Base checkpoint speaks in the voice of the corpus' jfk.wav (11 s, in context with its
 //! transcript), cloned once before the runs; the cloning time is reported on its own.
 
-use super::report::{run_floors_line, MachineReport, RunFloor, Stat};
-use super::{machine_report, peak_rss_mb, print_machine, reset_peak_rss, BenchArgs};
+use super::report::{run_floors_line, MachineReport, RunFloor, Stat, StepReads};
+use super::{
+    cache_gbps, cached_part, machine_report, peak_rss_mb, print_machine, reset_peak_rss, BenchArgs,
+};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::sync::Arc;
@@ -92,9 +94,14 @@ struct TtsReport {
     rows: Vec<TtsRow>,
     /// Weights one frame reads (a talker step + the predictor's steps), bytes.
     frame_bytes: usize,
+    /// Of those, bytes the plan keeps cached, counted at `cache_gbps` (0: none, or the caches'
+    /// rate was not measured and every byte counts at the memory's).
+    frame_cached_bytes: usize,
+    cache_gbps: f64,
     /// Keys and values a talker step's attention reads, bytes, the mean over every step timed.
     talker_kv_bytes_per_step: f64,
-    /// frame_bytes + talker_kv_bytes_per_step at the measured bandwidth, ms.
+    /// The least time to read a frame: its cached bytes at `cache_gbps`, the rest and
+    /// talker_kv_bytes_per_step at the measured bandwidth, ms.
     floor_ms: f64,
     /// (talker step + predictor ms per frame) over the floor, over all texts (the prompt's pass
     /// is compute, not a frame's reads); `None` below 1.0 (a measurement error, not a figure).
@@ -174,12 +181,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     stats.talker_ms / steps as f64 + stats.predictor_ms / frames as f64;
                 run_floors.push(RunFloor::between_last_probes(
                     ms_per_frame,
-                    synthesizer.frame_bytes() as f64 + kv_per_step,
+                    StepReads::new(synthesizer.frame_bytes(), kv_per_step, cache_gbps()),
                     &bandwidth,
                 ));
                 talker_floors.push(RunFloor::between_last_probes(
                     stats.talker_ms / steps as f64,
-                    synthesizer.talker_step_bytes() as f64 + kv_per_step,
+                    StepReads::new(synthesizer.talker_step_bytes(), kv_per_step, cache_gbps()),
                     &bandwidth,
                 ));
                 runs.push(stats);
@@ -222,9 +229,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let read_gbps = Stat::of(&bandwidth).max;
     // A peak, as in the STT bench: the larger of the probes before and after the runs.
     let fma_gflops = fma_gflops.max(measure_fma_gflops(threads, 5));
-    let frame_bytes = synthesizer.frame_bytes();
     let talker_kv_bytes_per_step = kv_bytes as f64 / all_steps.max(1) as f64;
-    let floor_ms = (frame_bytes as f64 + talker_kv_bytes_per_step) / (read_gbps * 1e9) * 1e3;
+    let frame = StepReads::new(
+        synthesizer.frame_bytes(),
+        talker_kv_bytes_per_step,
+        cache_gbps(),
+    );
+    let floor_ms = frame.floor_ms(read_gbps);
     let ms_per_frame = model_ms / all_frames as f64;
     let report = TtsReport {
         model: args.model.clone(),
@@ -235,12 +246,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cloning,
         machine: machine_report(&probe, &bandwidth, fma_gflops),
         rows,
-        frame_bytes,
+        frame_bytes: synthesizer.frame_bytes().total(),
+        frame_cached_bytes: frame.cached_bytes as usize,
+        cache_gbps: frame.cache_gbps,
         talker_kv_bytes_per_step,
         floor_ms,
         ratio: Some(ms_per_frame / floor_ms).filter(|r| *r >= 1.0),
         runs: run_floors,
-        talker_step_bytes: synthesizer.talker_step_bytes(),
+        talker_step_bytes: synthesizer.talker_step_bytes().total(),
         talker_runs: talker_floors,
     };
     drop(probe);
@@ -335,10 +348,11 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         None => "FASTER THAN THE FLOOR: a measurement error, no ratio reported".into(),
     };
     say!(
-        "frame floor: a frame reads {:.3} GB of weights (a talker step + the code predictor's steps) + {:.3} GB of the talker's K/V; at {:.1} GB/s -> {:.1} ms; measured talker step + predictor {:.1} ms/frame = {verdict}",
+        "frame floor: a frame reads {:.3} GB of weights (a talker step + the code predictor's steps) + {:.3} GB of the talker's K/V; at {:.1} GB/s{} -> {:.1} ms; measured talker step + predictor {:.1} ms/frame = {verdict}",
         r.frame_bytes as f64 / 1e9,
         r.talker_kv_bytes_per_step / 1e9,
         r.machine.read_gbps,
+        cached_part(r.frame_cached_bytes, r.cache_gbps),
         r.floor_ms,
         ms_per_frame
     );

@@ -29,6 +29,7 @@ use candle_core::{Device, Tensor};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::sampling::Sampler;
 
@@ -194,14 +195,15 @@ impl Synthesizer {
         Ok(())
     }
 
-    /// Bytes of weights one frame reads: a talker step and the code predictor's steps.
-    pub fn frame_bytes(&self) -> usize {
+    /// Bytes of weights one frame reads, by residency: a talker step and the code predictor's
+    /// steps.
+    pub fn frame_bytes(&self) -> CycleBytes {
         let talker = self.model.talker();
         talker.step_bytes() + talker.predictor().frame_bytes()
     }
 
-    /// Bytes of weights a talker step reads (its layers and codec head).
-    pub fn talker_step_bytes(&self) -> usize {
+    /// Bytes of weights a talker step reads, by residency (its layers and codec head).
+    pub fn talker_step_bytes(&self) -> CycleBytes {
         self.model.talker().step_bytes()
     }
 

@@ -11,6 +11,7 @@
 use super::config::{CodePredictorConfig, DecoderDims, TalkerConfig};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::{check_layer_count, LayerNames, PreNormLayer};
 use voxide_nn::weights::RowTable;
@@ -134,8 +135,8 @@ impl Stack {
         self.layers.iter_mut().flat_map(PreNormLayer::linears_mut)
     }
 
-    fn weight_bytes(&self) -> usize {
-        self.layers.iter().map(PreNormLayer::weight_bytes).sum()
+    fn read_bytes(&self) -> CycleBytes {
+        self.layers.iter().map(PreNormLayer::read_bytes).sum()
     }
 
     fn into_format(self, format: WeightFormat) -> Result<Self> {
@@ -240,12 +241,16 @@ impl CodePredictor {
         })
     }
 
-    /// Bytes of weights the acoustic steps of one frame read (each step reads the whole
-    /// stack, and its own head).
-    pub fn frame_bytes(&self) -> usize {
-        let heads: usize = self.lm_head.iter().map(Linear::weight_bytes).sum();
-        let projection = self.projection.as_ref().map_or(0, Linear::weight_bytes);
-        self.groups() * (self.stack.weight_bytes() + projection) + heads
+    /// Bytes of weights the acoustic steps of one frame read, by residency (each step reads
+    /// the whole stack, and its own head).
+    pub fn frame_bytes(&self) -> CycleBytes {
+        let heads: CycleBytes = self.lm_head.iter().map(Linear::read_bytes).sum();
+        let projection = self
+            .projection
+            .iter()
+            .map(Linear::read_bytes)
+            .sum::<CycleBytes>();
+        (self.stack.read_bytes() + projection) * self.groups() + heads
     }
 
     /// Acoustic groups predicted per frame (G − 1 = 15).
@@ -351,9 +356,9 @@ impl Talker {
         Ok(talker)
     }
 
-    /// Bytes of weights a talker step reads (layers and codec head).
-    pub fn step_bytes(&self) -> usize {
-        self.stack.weight_bytes() + self.codec_head.weight_bytes()
+    /// Bytes of weights a talker step reads, by residency (layers and codec head).
+    pub fn step_bytes(&self) -> CycleBytes {
+        self.stack.read_bytes() + self.codec_head.read_bytes()
     }
 
     /// Which matrices of a frame stay cached: the predictor's stack (and projection), read

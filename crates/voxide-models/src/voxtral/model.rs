@@ -14,6 +14,7 @@ use crate::whisper::model::{Encoder, EncoderTrace};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::activation::gelu_erf;
+use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::LayerNames;
 use voxide_nn::{Linear, RopeLayout};
@@ -189,8 +190,9 @@ impl VoxtralModel {
         })
     }
 
-    /// Bytes of weights one decoder step reads: every layer's matrices and the output head.
-    pub fn decoder_step_bytes(&self) -> usize {
+    /// Bytes of weights one decoder step reads, by residency: every layer's matrices and the
+    /// output head.
+    pub fn decoder_step_bytes(&self) -> CycleBytes {
         self.decoder.step_bytes()
     }
 

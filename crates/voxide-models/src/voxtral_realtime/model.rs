@@ -13,6 +13,7 @@ use crate::mistral_stack::{
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::activation::gelu_erf;
+use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::LayerNames;
 use voxide_nn::{ConvStem, ConvStemState, Linear, RopeLayout};
@@ -227,8 +228,9 @@ impl VoxtralRealtimeModel {
         })
     }
 
-    /// Bytes of weights one decoder step reads: every layer's matrices and the output head.
-    pub fn decoder_step_bytes(&self) -> usize {
+    /// Bytes of weights one decoder step reads, by residency: every layer's matrices and the
+    /// output head.
+    pub fn decoder_step_bytes(&self) -> CycleBytes {
         self.decoder.step_bytes()
     }
 

@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
 use voxide_nn::attention::KvSource;
 use voxide_nn::conv::ConvStem;
+use voxide_nn::kernels::machine::{CycleBytes, Residency};
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::check_layer_count;
 use voxide_nn::weights::SafetensorsFiles;
@@ -639,26 +640,25 @@ impl Whisper {
         Ok((out, scores))
     }
 
-    /// Bytes one decoder step reads: the head, each layer's self-attention projections,
-    /// cross-attention q and out projections and MLP, and the window's cross-attention K/V.
-    pub fn decoder_step_bytes(&self) -> usize {
+    /// Bytes one decoder step reads, by residency: the head, each layer's self-attention
+    /// projections, cross-attention q and out projections and MLP, and the window's
+    /// cross-attention K/V (counted as streamed: no plan decides where they are read from).
+    pub fn decoder_step_bytes(&self) -> CycleBytes {
         let d = &self.decoder;
-        let layers: usize = d
+        let layers: CycleBytes = d
             .layers
             .iter()
             .map(|b| {
-                let cross = b.cross.as_ref().map_or(0, |(attn, _)| {
-                    attn.step_projections()
-                        .iter()
-                        .map(|l| l.weight_bytes())
-                        .sum()
+                let cross = b.cross.as_ref().map_or(CycleBytes::default(), |(attn, _)| {
+                    attn.step_projections().iter().map(|l| l.read_bytes()).sum()
                 });
-                b.self_attn.weight_bytes() + cross + b.mlp.weight_bytes()
+                b.self_attn.read_bytes() + cross + b.mlp.read_bytes()
             })
             .sum();
         let cfg = &self.config;
         let cross_kv = d.layers.len() * 2 * cfg.max_source_positions * cfg.d_model;
-        d.head.weight_bytes() + layers + cross_kv * self.dtype.size_in_bytes()
+        let cross_kv = CycleBytes::read(cross_kv * self.dtype.size_in_bytes(), Residency::Streamed);
+        d.head.read_bytes() + layers + cross_kv
     }
 
     /// hidden (..., d) -> logits (..., vocab) through the tied token embedding.

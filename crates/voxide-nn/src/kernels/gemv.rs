@@ -170,11 +170,7 @@ impl<'a, E: WeightElem> WeightMatrix<'a, E> {
             scales: None,
             rows,
             cols,
-            residency: if bytes > machine().cache_budget() {
-                Residency::Streamed
-            } else {
-                Residency::Cached
-            },
+            residency: Residency::unplanned(bytes),
         }
     }
 

@@ -83,6 +83,18 @@ pub enum Residency {
     Streamed,
 }
 
+impl Residency {
+    /// How a matrix no model planned is read: streamed only when it alone exceeds this
+    /// machine's cache budget.
+    pub fn unplanned(bytes: usize) -> Self {
+        if bytes > machine().cache_budget() {
+            Residency::Streamed
+        } else {
+            Residency::Cached
+        }
+    }
+}
+
 /// The software prefetch a GEMV reads a matrix of `bytes` with. A streamed matrix takes
 /// non-temporal prefetches where they keep pace with plain ones (`nontemporal_pays`,
 /// [`streaming_reads`]); elsewhere it is read like a large cached matrix, at the memory's pace,
@@ -123,6 +135,61 @@ impl CycleRead {
     /// A matrix read once per cycle (every matrix of a plain decoder step).
     pub fn once(bytes: usize) -> Self {
         Self { bytes, reads: 1 }
+    }
+}
+
+/// Bytes of weights a decoding cycle reads, by how its plan reads them: the floor of a cycle
+/// takes the streamed bytes at the memory's rate and the cached ones at the caches'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CycleBytes {
+    pub streamed: usize,
+    pub cached: usize,
+}
+
+impl CycleBytes {
+    /// `bytes` read as `residency`.
+    pub fn read(bytes: usize, residency: Residency) -> Self {
+        match residency {
+            Residency::Streamed => Self {
+                streamed: bytes,
+                cached: 0,
+            },
+            Residency::Cached => Self {
+                streamed: 0,
+                cached: bytes,
+            },
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.streamed + self.cached
+    }
+}
+
+impl std::ops::Add for CycleBytes {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        Self {
+            streamed: self.streamed + other.streamed,
+            cached: self.cached + other.cached,
+        }
+    }
+}
+
+impl std::ops::Mul<usize> for CycleBytes {
+    type Output = Self;
+    /// The bytes of `reads` passes.
+    fn mul(self, reads: usize) -> Self {
+        Self {
+            streamed: self.streamed * reads,
+            cached: self.cached * reads,
+        }
+    }
+}
+
+impl std::iter::Sum for CycleBytes {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |a, b| a + b)
     }
 }
 

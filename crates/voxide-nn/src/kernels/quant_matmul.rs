@@ -38,7 +38,7 @@
 
 use super::bandwidth::Prefetch;
 use super::gemv::{runs_parallel, OutPtr, MAX_ROWS};
-use super::machine::{machine, weight_prefetch, Residency};
+use super::machine::{weight_prefetch, Residency};
 use super::simd::{self, Isa, Simd};
 use super::spin_pool::for_each_range;
 use super::widen_gemm::{check_product, WidenRows};
@@ -99,11 +99,7 @@ impl<'a> QuantMatrix<'a> {
             ty,
             rows,
             cols,
-            residency: if data.len() > machine().cache_budget() {
-                Residency::Streamed
-            } else {
-                Residency::Cached
-            },
+            residency: Residency::unplanned(data.len()),
         })
     }
 
