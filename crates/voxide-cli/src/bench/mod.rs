@@ -348,7 +348,6 @@ fn start_trace(path: &Path) -> Result<tracing_chrome::FlushGuard> {
     Ok(guard)
 }
 
-/// The machine line and every probe variant.
 /// How a floor counts the weights a plan keeps cached, for its line ("" where none count so).
 fn cached_part(cached_bytes: usize, cache_gbps: f64) -> String {
     if cached_bytes == 0 {
@@ -361,6 +360,7 @@ fn cached_part(cached_bytes: usize, cache_gbps: f64) -> String {
     )
 }
 
+/// The machine line and every probe variant.
 fn print_machine(m: &MachineReport, threads: usize) {
     say!(
         "machine: {} | {} cores | {} | L1d {} KB, L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s",

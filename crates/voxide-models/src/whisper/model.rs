@@ -642,7 +642,8 @@ impl Whisper {
 
     /// Bytes one decoder step reads, by residency: the head, each layer's self-attention
     /// projections, cross-attention q and out projections and MLP, and the window's
-    /// cross-attention K/V (counted as streamed: no plan decides where they are read from).
+    /// cross-attention K/V (counted as streamed, at the memory's rate: the plan leaves them room
+    /// in the cache budget, but it plans weights, not activations).
     pub fn decoder_step_bytes(&self) -> CycleBytes {
         let d = &self.decoder;
         let layers: CycleBytes = d
