@@ -478,7 +478,8 @@ fn ratios_to_default<K: Copy + PartialEq>(passes: &[(K, Vec<f64>)], default: K) 
 /// 4 KB was best on Zen 3. So each kernel is timed on a matrix flushed from the caches before
 /// each pass, at each candidate of [`read_ahead_candidates`] (no prefetch in passes of
 /// [`FEWER_ROWS_PER_PASS`] rows where the kernel takes them: bf16 on AVX512-BF16), for 5
-/// rounds, or up to 15 while the choice is close ([`read_ahead_is_close`]).
+/// rounds, or up to 15 while the choice is close ([`read_ahead_is_close`]), after one untimed
+/// pass and in an order that rotates round by round ([`round_order`]).
 ///
 /// On one core, not on the pool that decodes: a shared host's memory switches between a slow
 /// regime, where the threads together saturate it and every candidate reads within a few
@@ -521,6 +522,15 @@ fn read_ahead_candidates(fewer: bool) -> impl Iterator<Item = (usize, usize)> {
     })
 }
 
+/// The order in which `round` times `count` candidates: each round starts one candidate
+/// later, so that over `count` rounds each candidate takes each place once, and whatever
+/// slows one place of a round (the pass after another's, the first after a pause) falls on
+/// all of them alike.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn round_order(round: usize, count: usize) -> impl Iterator<Item = usize> {
+    (0..count).map(move |i| (round + i) % count)
+}
+
 fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
     #[cfg(target_arch = "x86_64")]
     {
@@ -544,11 +554,26 @@ fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
             .collect();
         let default = (STREAMED_PREFETCH_DEFAULT, ROWS_PER_PASS);
         let mut time_passes = || {
+            // One untimed pass first: the first timed pass read 2–24 % below its candidate's
+            // median in four start-ups of the int8 measurement on Zen 4, always the same
+            // candidate's (PERFORMANCE.md #148).
+            flush_caches(&data);
+            let (bytes, rows) = default;
+            gemv_ahead(
+                isa,
+                &x,
+                &w,
+                None,
+                &mut y,
+                1,
+                ReadAhead::streamed(prefetch, bytes, rows),
+            );
             for round in 0..STREAMED_PREFETCH_MAX_ROUNDS {
                 if round >= STREAMED_PREFETCH_ROUNDS && !read_ahead_is_close(&passes, default) {
                     break;
                 }
-                for ((bytes, rows), gbps) in &mut passes {
+                for i in round_order(round, passes.len()) {
+                    let ((bytes, rows), gbps) = &mut passes[i];
                     flush_caches(&data);
                     let t = Instant::now();
                     let ahead = ReadAhead::streamed(prefetch, *bytes, *rows);
@@ -1165,6 +1190,20 @@ pub(crate) mod tests {
         // Over rounds, the median of the per-round ratios.
         let rounds = [(0, vec![40.0, 45.0, 45.0]), (2048, vec![39.0, 39.0, 39.0])];
         assert!(!read_ahead_is_close(&rounds, 2048));
+    }
+
+    #[test]
+    fn each_candidate_takes_each_place_of_a_round_in_turn() {
+        let orders: Vec<Vec<usize>> = (0..7).map(|r| round_order(r, 5).collect()).collect();
+        assert_eq!(orders[0], [0, 1, 2, 3, 4]);
+        assert_eq!(orders[1], [1, 2, 3, 4, 0]);
+        assert_eq!(orders[5], orders[0]);
+        for place in 0..5 {
+            let mut at_place: Vec<usize> = orders[..5].iter().map(|o| o[place]).collect();
+            at_place.sort_unstable();
+            assert_eq!(at_place, [0, 1, 2, 3, 4], "place {place}");
+        }
+        assert_eq!(round_order(3, 1).collect::<Vec<_>>(), [0]);
     }
 
     #[test]
