@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use voxide_models::qwen3_tts::{
     generate, GenerationParams, Prompt, PromptRequest, Qwen3Tts, Reference, Voice,
 };
+use voxide_nn::kernels::machine::machine;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::sampling::Sampler;
 
@@ -320,10 +321,13 @@ fn int8_while_loading_converts_what_int8_after_loading_does() {
             a.step_bytes().total() < loaded.talker().step_bytes().total(),
             "{model}"
         );
-        // A model this small fits the cache budget: its plan keeps every matrix cached.
-        let frame = a.predictor().frame_bytes();
-        assert_eq!((frame.streamed, a.step_bytes().streamed), (0, 0), "{model}");
-        assert!(frame.cached > 0, "{model}");
+        // Where the frame's matrices fit the cache budget (a model this small does on any
+        // machine whose caches are known), its plan keeps every one cached.
+        let (frame, step) = (a.predictor().frame_bytes(), a.step_bytes());
+        if frame.total() + step.total() <= machine().cache_budget() {
+            assert_eq!((frame.streamed, step.streamed), (0, 0), "{model}");
+            assert_eq!(frame.cached, frame.total(), "{model}");
+        }
         assert_eq!(a.default_kv_dtype(), DType::F16, "{model}");
         assert_eq!(b.default_kv_dtype(), DType::F16, "{model}");
     }

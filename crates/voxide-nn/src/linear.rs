@@ -353,14 +353,8 @@ impl Linear {
         let Ok((_, k)) = self.weight_dims() else {
             return;
         };
-        let panels = match self.weight_format() {
-            WeightFormat::Bf16 if self.weight.device().is_cpu() && self.panels == 1 => {
-                column_panels(k)
-            }
-            _ => 1,
-        };
-        if panels > 1 {
-            self.store_in_panels(panels);
+        if self.weight_format() == WeightFormat::Bf16 && self.weight.device().is_cpu() {
+            self.store_in_panels(column_panels(k));
         }
     }
 
