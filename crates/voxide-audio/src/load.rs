@@ -38,6 +38,24 @@ impl AudioInput {
         }
     }
 
+    /// Whether the input can be read, checked without reading it: a file must open and be
+    /// no directory (the error [`AudioInput::decode`] would give); standard input and bytes
+    /// pass. A front end calls it before loading a model of several GB, so that a mistyped
+    /// path fails at once.
+    pub fn check_readable(&self) -> Result<(), AudioError> {
+        let AudioInput::File(path) = self else {
+            return Ok(());
+        };
+        let unreadable = |source| AudioError::Unreadable {
+            name: self.name(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(unreadable)?;
+        // Opening a directory succeeds on Unix; reading from it fails as `decode` would.
+        std::io::Read::read(&mut file, &mut [0u8; 1]).map_err(unreadable)?;
+        Ok(())
+    }
+
     /// Decode to planar PCM at the input's own rate.
     pub fn decode(&self) -> Result<DecodedAudio, AudioError> {
         match self {

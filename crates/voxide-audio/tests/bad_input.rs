@@ -33,6 +33,23 @@ fn missing_file_is_unreadable() {
     assert_message(&e, "does-not-exist.wav");
 }
 
+/// `check_readable` refuses what `decode` could not read, with the same message, and passes
+/// what it could (what a readable file holds is for `decode` to judge).
+#[test]
+fn check_readable_fails_as_decode_would() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    for path in [dir.join("voxide-audio-not-there.wav"), dir] {
+        let e = AudioInput::File(path.clone()).check_readable().unwrap_err();
+        assert!(matches!(e, AudioError::Unreadable { .. }), "{e:?}");
+        assert_eq!(e.to_string(), decode_file(&path).unwrap_err().to_string());
+    }
+    AudioInput::File(tmp("readable-empty.wav", b""))
+        .check_readable()
+        .unwrap();
+    AudioInput::Stdin.check_readable().unwrap();
+    AudioInput::Bytes(Vec::new()).check_readable().unwrap();
+}
+
 #[test]
 fn zero_length_file_is_empty() {
     let p = tmp("empty.wav", b"");

@@ -165,6 +165,17 @@ pub fn run(args: AskArgs) -> Result<()> {
     if conversation.clips.is_empty() {
         bail!("Voxtral answers questions about audio: give at least one --audio FILE");
     }
+    let top_p_ok = args.top_p > 0.0 && args.top_p <= 1.0;
+    if !(0.0..=2.0).contains(&args.temperature) || !top_p_ok {
+        bail!("--temperature must lie in [0, 2] and --top-p in (0, 1]");
+    }
+    // The clips are decoded before the model loads: a path that cannot be read or a file
+    // that is not audio fails at once.
+    let clips = conversation
+        .clips
+        .iter()
+        .map(|input| Ok(load_mono(input, voxtral::SAMPLE_RATE)?))
+        .collect::<Result<Vec<_>>>()?;
     let clock = Instant::now();
     let source = resolve_model(&args.model)?;
     let model = load_voxtral(
@@ -180,11 +191,6 @@ pub fn run(args: AskArgs) -> Result<()> {
             clock.elapsed().as_secs_f64() * 1e3
         );
     }
-    let clips = conversation
-        .clips
-        .iter()
-        .map(|input| Ok(load_mono(input, voxtral::SAMPLE_RATE)?))
-        .collect::<Result<Vec<_>>>()?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -193,10 +199,6 @@ pub fn run(args: AskArgs) -> Result<()> {
         kv_dtype: kv_precision(&args.kv_precision),
         ..GenerateOptions::default()
     };
-    let top_p_ok = options.top_p > 0.0 && options.top_p <= 1.0;
-    if !(0.0..=2.0).contains(&options.temperature) || !top_p_ok {
-        bail!("--temperature must lie in [0, 2] and --top-p in (0, 1]");
-    }
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
     let result = model.ask(

@@ -124,11 +124,24 @@ pub fn load_synthesizer(model: &str, precision_arg: &str) -> Result<Synthesizer>
 
 pub fn run(args: SpeakArgs) -> Result<()> {
     set_threads(args.threads)?;
-    // Checked before the model loads: a path that cannot be written fails at once.
+    // Checked before the model loads: a path that cannot be written, a reference clip that
+    // cannot be read or a sampling setting out of range fails at once.
     let output = match &args.output {
         Some(path) if !args.list_voices => Some(OutputFile::new(path)?),
         _ => None,
     };
+    if let Some(path) = &args.ref_audio {
+        AudioInput::File(path.clone())
+            .check_readable()
+            .map_err(|e| anyhow!("reference clip {e}"))?;
+    }
+    let finite = args.temperature.is_finite();
+    if !(finite && args.temperature >= 0.0 && args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--temperature must be a number ≥ 0 and --top-p in (0, 1]");
+    }
+    if !(args.repetition_penalty > 0.0 && args.repetition_penalty.is_finite()) {
+        bail!("--repetition-penalty must be a positive number");
+    }
     let synthesizer = load_synthesizer(&args.model, &args.precision)?;
     if args.list_voices {
         let list = |v: Vec<String>| {
@@ -151,13 +164,6 @@ pub fn run(args: SpeakArgs) -> Result<()> {
                 .and_then(|()| stdout.flush()),
         )
         .map_err(|e| anyhow!("cannot write to stdout: {e}"));
-    }
-    let finite = args.temperature.is_finite();
-    if !(finite && args.temperature >= 0.0 && args.top_p > 0.0 && args.top_p <= 1.0) {
-        bail!("--temperature must be a number ≥ 0 and --top-p in (0, 1]");
-    }
-    if !(args.repetition_penalty > 0.0 && args.repetition_penalty.is_finite()) {
-        bail!("--repetition-penalty must be a positive number");
     }
     let sampling = (args.temperature > 0.0).then_some(SamplingParams {
         temperature: args.temperature,

@@ -243,6 +243,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     if args.max_new_tokens == Some(0) {
         bail!("--max-new-tokens must be at least 1");
     }
+    check_some_input_opens(&args.files)?;
     if let Some(dir) = &args.output_dir {
         let mut written = std::collections::HashMap::new();
         for file in &args.files {
@@ -393,6 +394,17 @@ fn output_path(dir: &Path, input: &AudioInput, extension: &str) -> PathBuf {
 /// Runs `work` on each input in turn: with one input its error is the command's; with several
 /// each failure is printed (naming its input) and the others still run, then the command
 /// fails if any did.
+/// Fails before the model loads when not one of `files` can be read: a mistyped path should
+/// not wait for a load of several GB. Where some can, the others are reported in turn after
+/// it, as [`for_each_input`] reports any input that fails.
+fn check_some_input_opens(files: &[String]) -> Result<()> {
+    let readable = |file: &String| AudioInput::from_arg(file).check_readable().is_ok();
+    if files.iter().any(readable) {
+        return Ok(());
+    }
+    for_each_input(files, |input| Ok(input.check_readable()?))
+}
+
 pub fn for_each_input(
     files: &[String],
     mut work: impl FnMut(&AudioInput) -> Result<()>,

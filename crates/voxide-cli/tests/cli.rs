@@ -378,6 +378,32 @@ fn bad_audio_gets_a_one_line_error() {
     }
 }
 
+/// Inputs are checked before the model loads: the missing model would be the error otherwise.
+#[test]
+fn unreadable_inputs_fail_before_the_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.wav");
+    let (m, nowhere) = (s(&missing), "/no/such/model");
+    fails(
+        &["transcribe", "--model", nowhere, m],
+        "missing.wav: cannot read",
+    );
+    fails(
+        &["transcribe", "--model", nowhere, s(dir.path())],
+        "Is a directory",
+    );
+    fails(
+        &["bench", "--model", nowhere, m],
+        "missing.wav: cannot read",
+    );
+    // Where one input can be read, the model loads first and the others fail after it.
+    let jfk = jfk();
+    fails(
+        &["transcribe", "--model", nowhere, m, s(&jfk)],
+        "does not exist",
+    );
+}
+
 /// A copy of the tiny model whose files can be altered: big unaltered files are linked.
 fn model_copy(dir: &Path) -> PathBuf {
     let copy = dir.join("model");

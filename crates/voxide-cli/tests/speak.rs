@@ -626,6 +626,30 @@ fn unwritable_output_paths_fail_first() {
     assert!(entries(&sub).is_empty());
 }
 
+/// A reference clip that cannot be read and sampling settings out of range fail before the
+/// model loads: the missing model would be the error otherwise.
+#[test]
+fn bad_settings_fail_before_the_model_loads() {
+    for (extra, expect) in [
+        (
+            &["--ref-audio", "x.wav"][..],
+            "reference clip x.wav: cannot read",
+        ),
+        (&["--top-p", "0"], "--top-p"),
+        (&["--temperature", "inf"], "--temperature must be a number"),
+        (
+            &["--repetition-penalty", "NaN"],
+            "--repetition-penalty must be a positive number",
+        ),
+    ] {
+        let mut args = vec!["speak", "--model", "/nonexistent/model"];
+        args.extend(extra);
+        args.push("hi");
+        let err = error_line(&voxide(&args));
+        assert!(err.contains(expect), "{extra:?}: {err}");
+    }
+}
+
 /// What is not a regular file (a FIFO, a symlink, a device) is written into: renaming the
 /// finished `.partial` file over it would replace it with a regular file.
 #[cfg(target_os = "linux")]

@@ -184,6 +184,16 @@ fn bad_input_is_one_line_and_exit_1() {
     assert!(e.contains("--max-new-tokens must be at least 1"), "{e}");
     let e = error_line(&ask(&model, &["--audio", "-", "--audio", "-", "Hi?"]));
     assert!(e.contains("standard input can be read once"), "{e}");
+    // Checked before the model loads: the missing model would be the error otherwise.
+    let nowhere = Path::new("/no/such/model");
+    let missing = dir.path().join("missing.wav");
+    let e = error_line(&ask(nowhere, &["--audio", s(&missing), "Hi?"]));
+    assert!(e.contains("missing.wav: cannot read"), "{e}");
+    let e = error_line(&ask(
+        nowhere,
+        &["--audio", s(&wav), "--temperature", "3", "Hi?"],
+    ));
+    assert!(e.contains("--temperature must lie in [0, 2]"), "{e}");
     // --messages files: each fault named without Rust's debug formatting.
     let messages = dir.path().join("messages.json");
     for (json, expect) in [

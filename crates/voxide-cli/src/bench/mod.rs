@@ -125,6 +125,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             SUITES.join(", ")
         );
     }
+    // Every input is needed: checked before the model loads.
+    for input in &inputs {
+        AudioInput::File(input.path.clone()).check_readable()?;
+    }
     let baseline = match &args.compare {
         Some(path) => Some(read_report(path)?),
         None => None,
