@@ -396,6 +396,11 @@ fn unreadable_inputs_fail_before_the_model_loads() {
         &["bench", "--model", nowhere, m],
         "missing.wav: cannot read",
     );
+    // Nothing is made for it either: not the output directory.
+    let out = dir.path().join("out");
+    let args = ["transcribe", "--model", nowhere, "--output-dir", s(&out), m];
+    fails(&args, "missing.wav: cannot read");
+    assert!(!out.exists());
     // Where one input can be read, the model loads first and the others fail after it.
     let jfk = jfk();
     fails(
