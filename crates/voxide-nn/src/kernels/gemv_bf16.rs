@@ -231,9 +231,10 @@ const MAX_COLUMN_PANELS: usize = 8;
 /// read in passes of 4 instead; as panels narrow enough for x to fit, each read in passes of 2
 /// and their products summed, it keeps the fewer streams. Synthetic Voxtral Realtime bf16
 /// step on Zen 4 (o: 4096 columns in 2 panels, down: 9216 in 3), fast memory regime: 0.842 →
-/// 0.883 of the probe, slow regime level (PERFORMANCE.md #145); Voxtral Mini 3B's o and down
-/// (8192 columns in 4 panels) alone, slow regime: 5 % faster than whole rows. Panels cut from the matrix in
-/// place were slower (0.42–0.57, #143): each row's piece is a short stream of its own.
+/// 0.883 of the probe, slow regime level (PERFORMANCE.md #145); Voxtral Mini 3B's o (4096
+/// columns in 2 panels) and down (8192 in 4) alone, slow regime: 5 % faster than whole rows.
+/// Panels cut from the matrix in place were slower (0.42–0.57, #143): each row's piece is a
+/// short stream of its own.
 pub fn column_panels(cols: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     if runs(Isa::detect(), 1)
