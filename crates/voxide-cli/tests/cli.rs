@@ -564,6 +564,25 @@ fn bench_reports_traces_and_catches_a_planted_regression() {
         stdout.contains("the slowest of those probes read"),
         "{stdout}"
     );
+    // A run shorter than a window probes nothing while it decodes: its steps make one window
+    // between the probes around it, which counted all 5 (a window over 5 steps of the run).
+    let windows = r["totals"]["floor"]["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 1, "{windows:?}");
+    assert_eq!(windows[0]["gbps_before"].as_f64().unwrap(), probes[0]);
+    assert_eq!(windows[0]["gbps_after"].as_f64().unwrap(), probes[1]);
+    let run_ms = r["totals"]["floor"]["runs"][0]["ms_per_step"]
+        .as_f64()
+        .unwrap();
+    let window_ms = windows[0]["ms_per_step"].as_f64().unwrap();
+    // The span holds the step's clock: never shorter, and longer only by the span's upkeep.
+    assert!(
+        window_ms >= run_ms && window_ms <= 1.5 * run_ms,
+        "{window_ms} against {run_ms}"
+    );
+    assert!(
+        stdout.contains("windows of the runs between probes"),
+        "{stdout}"
+    );
     // How streamed matrices are read was measured (x86-64 flushes the caches to do it) and is
     // stated with the rates that decided it.
     let streaming = &r["machine"]["streaming"];

@@ -540,6 +540,19 @@ fn bench_tts_clones_a_voice_for_a_base_model() {
         assert!(row["prompt_ms"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["talker_ms_per_step"].as_f64().unwrap() > 0.0, "{row}");
     }
+    // Each run's frames in windows between probes (one per run where a run is shorter than
+    // a window), a frame's and the talker step's ms alike.
+    let windows = report["windows"].as_array().unwrap();
+    let talker = report["talker_windows"].as_array().unwrap();
+    assert!(windows.len() >= frames.len(), "{windows:?}");
+    assert_eq!(windows.len(), talker.len());
+    for (frame, talker) in windows.iter().zip(talker) {
+        let (frame_ms, talker_ms) = (
+            frame["ms_per_step"].as_f64().unwrap(),
+            talker["ms_per_step"].as_f64().unwrap(),
+        );
+        assert!(talker_ms > 0.0 && frame_ms > talker_ms, "{frame} {talker}");
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 

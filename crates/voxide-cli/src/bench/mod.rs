@@ -4,15 +4,17 @@
 mod report;
 mod suite;
 mod tts;
+mod windows;
 
 use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use report::{
-    compare, run_floors_line, FileReport, MachineReport, ReadAheadReport, Report, RetentionReport,
-    Run, RunFloor, Stat, StepReads, StreamingReport, Totals, Verdict,
+    compare, run_floors_line, windows_line, FileReport, MachineReport, ReadAheadReport, Report,
+    RetentionReport, Run, RunFloor, Stat, StepReads, StreamingReport, Totals, Verdict,
 };
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
@@ -22,6 +24,7 @@ use voxide_nn::kernels::gemv::{measured_read_aheads, FEWER_ROWS_PER_PASS, ROWS_P
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
 use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
+use windows::{StepWindows, STT_PARTS, TTS_PARTS, WINDOW};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -108,12 +111,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.repeats == 0 || args.fixed_steps == Some(0) {
         bail!("--repeats and --fixed-steps must be at least 1");
     }
-    let _trace = match &args.trace {
-        Some(path) => Some(start_trace(path)?),
-        None => None,
-    };
+    // The bandwidth probe, made once the model has loaded, shared with the layer that probes
+    // between decoding steps.
+    let shared_probe = SharedProbe::default();
+    let (layer, windows) =
+        StepWindows::new(if args.tts { TTS_PARTS } else { STT_PARTS }, WINDOW, {
+            let shared = shared_probe.clone();
+            move || shared.fastest_gbps()
+        });
+    let _trace = install_subscriber(args.trace.as_deref(), layer)?;
     if args.tts {
-        return tts::run(&args);
+        return tts::run(&args, &shared_probe, &windows);
     }
     let mut inputs: Vec<BenchInput> = args.files.iter().map(|f| BenchInput::file(f)).collect();
     if let Some(name) = &args.suite {
@@ -162,12 +170,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // The machine's limits, measured with the bench's threads: read bandwidth (the floor of a
     // decoder step: its bytes over the bandwidth, probed again around the runs, since a shared
     // machine's bandwidth moves with its neighbours) and the FMA peak.
-    let probe = ReadProbe::for_machine(threads);
+    let probe = shared_probe.make(threads);
     let fma_gflops = measure_fma_gflops(threads, 5);
     let step_bytes = model.decoder_step_bytes();
     let mut bandwidth = Vec::new();
-    // Each measured run's steps against the probes around it.
+    // Each measured run's steps against the probes around it, and its windows against the
+    // probes taken while it decoded.
     let mut run_floors = Vec::new();
+    let mut window_floors = Vec::new();
     let mut files = Vec::new();
     for input in &inputs {
         let samples = {
@@ -186,10 +196,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 bandwidth.push(probe.fastest_gbps(3));
             }
             let _span = tracing::info_span!("transcribe", file = %input.name, run = i).entered();
+            if let (true, Some(&before)) = (i >= args.warmup, bandwidth.last()) {
+                windows.start_run(before);
+            }
             let clock = Instant::now();
             let (_, t) = model.transcribe(&samples, &request, &mut |_| true)?;
-            let run = Run {
-                wall_ms: clock.elapsed().as_secs_f64() * 1e3,
+            let wall_ms = clock.elapsed().as_secs_f64() * 1e3;
+            let mut run = Run {
+                wall_ms,
                 mel_ms: t.mel_ms,
                 encoder_ms: t.encoder_ms,
                 prefill_ms: t.prefill_ms,
@@ -202,14 +216,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
             };
             if i >= args.warmup {
                 if let Some(bytes) = step_bytes {
-                    bandwidth.push(probe.fastest_gbps(3));
+                    let after = probe.fastest_gbps(3);
+                    bandwidth.push(after);
+                    let in_run = windows.finish_run(after);
+                    run.wall_ms -= in_run.probe_ms;
                     if run.steps > 0 {
                         let steps = run.steps as f64;
+                        // A window's K/V: the run's mean per step.
+                        let reads =
+                            StepReads::new(bytes, run.kv_bytes as f64 / steps, cache_gbps());
                         run_floors.push(RunFloor::between_last_probes(
                             run.steps_ms / steps,
-                            StepReads::new(bytes, run.kv_bytes as f64 / steps, cache_gbps()),
+                            reads,
                             &bandwidth,
                         ));
+                        window_floors.extend(
+                            in_run
+                                .windows
+                                .iter()
+                                .filter_map(|w| Some(w.floor(w.ms_per_step(0)?, reads))),
+                        );
                     }
                 }
                 runs.push(run);
@@ -233,6 +259,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         totals.set_floor(bytes, read_gbps, cache_gbps());
         if let Some(floor) = &mut totals.floor {
             floor.runs = run_floors;
+            floor.windows = window_floors;
         }
     }
     // A peak: probed again after the runs and the larger kept (a neighbour that took a core
@@ -240,6 +267,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let fma_gflops = fma_gflops.max(measure_fma_gflops(threads, 5));
     let machine = machine_report(&probe, &bandwidth, fma_gflops);
     drop(probe);
+    shared_probe.release();
     let report = Report {
         model: args.model.clone(),
         threads,
@@ -340,16 +368,66 @@ fn read_report(path: &Path) -> Result<Report> {
         .map_err(|e| anyhow!("{} is not a voxide bench report: {e}", path.display()))
 }
 
-/// Installs a Chrome-trace subscriber; the returned guard writes the file when dropped.
-fn start_trace(path: &Path) -> Result<tracing_chrome::FlushGuard> {
-    use tracing_subscriber::layer::SubscriberExt;
-    let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
-        .file(path)
-        .include_args(true)
-        .build();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
-        .map_err(|e| anyhow!("cannot install the trace writer: {e}"))?;
+/// Installs the subscriber of a bench: the layer that probes between decoding steps (on the
+/// spans it times only) and, for `--trace`, a Chrome-trace writer, whose guard writes the file
+/// when dropped. Without `--trace`, a subscriber installed before (a second bench in one
+/// process) leaves the runs without windows.
+fn install_subscriber(
+    trace: Option<&Path>,
+    windows: StepWindows,
+) -> Result<Option<tracing_chrome::FlushGuard>> {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    let names = windows.names();
+    let windows = windows.with_filter(filter_fn(move |meta| {
+        StepWindows::tracks(names, meta.name())
+    }));
+    let (chrome, guard) = match trace {
+        Some(path) => {
+            let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
+                .file(path)
+                .include_args(true)
+                .build();
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    let installed = tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(windows).with(chrome),
+    );
+    if let (Err(e), Some(_)) = (installed, trace) {
+        bail!("cannot install the trace writer: {e}");
+    }
     Ok(guard)
+}
+
+/// The bench's bandwidth probe, made after the model loads, and shared with the
+/// [`StepWindows`] layer, which reads 0 GB/s (no window's verdict) while there is none.
+#[derive(Clone, Default)]
+struct SharedProbe(Arc<Mutex<Option<Arc<ReadProbe>>>>);
+
+impl SharedProbe {
+    /// Makes the probe with `threads` threads ([`ReadProbe::for_machine`]).
+    fn make(&self, threads: usize) -> Arc<ReadProbe> {
+        let probe = Arc::new(ReadProbe::for_machine(threads));
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(probe.clone());
+        probe
+    }
+
+    /// The fastest of three passes, as around the runs.
+    fn fastest_gbps(&self) -> f64 {
+        let probe = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        probe.map_or(0.0, |p| p.fastest_gbps(3))
+    }
+
+    /// Drops the layer's reference, so that the probe's buffers are freed with the bench's.
+    fn release(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
 }
 
 /// How a floor counts the weights a plan keeps cached, for its line ("" where none count so).
@@ -530,6 +608,9 @@ fn print_table(r: &Report) {
         );
         if !f.runs.is_empty() {
             say!("{}", run_floors_line(&f.runs));
+        }
+        if let Some(line) = windows_line(&f.windows) {
+            say!("{line}");
         }
     }
 }

@@ -231,6 +231,10 @@ pub struct Floor {
     /// Each measured run's steps against the probes taken just before and after it.
     #[serde(default)]
     pub runs: Vec<RunFloor>,
+    /// The runs' windows between probes taken while decoding (`bench::windows`), each
+    /// against the probes at its ends.
+    #[serde(default)]
+    pub windows: Vec<RunFloor>,
 }
 
 /// The least share of the faster of two probes around a run that the slower must read for the
@@ -414,6 +418,41 @@ pub fn run_floors_line(runs: &[RunFloor]) -> String {
     )
 }
 
+/// The windows between probes taken while decoding (`bench::windows`): how many were steady,
+/// and the median and range of their ratios to the floor. `None` where there were none.
+pub fn windows_line(windows: &[RunFloor]) -> Option<String> {
+    if windows.is_empty() {
+        return None;
+    }
+    let (mut ratios, mut below) = (Vec::new(), 0);
+    for w in windows {
+        match w.verdict() {
+            RunVerdict::Ratio(r) => ratios.push(r),
+            RunVerdict::BelowFloor => below += 1,
+            RunVerdict::Unsteady => {}
+        }
+    }
+    let steady = ratios.len() + below;
+    let mut line = format!(
+        "windows of the runs between probes taken while decoding (each >= {} s, the step after a probe left out): {steady} of {} steady",
+        super::windows::WINDOW.as_secs(),
+        windows.len()
+    );
+    if !ratios.is_empty() {
+        let s = Stat::of(&ratios);
+        line += &format!(
+            ", ratio to the floor median {:.2}x ({:.2}x-{:.2}x)",
+            s.median, s.min, s.max
+        );
+    }
+    if below > 0 {
+        line += &format!(
+            ", {below} FASTER THAN THEIR FLOOR (the probes missed the bandwidth of the window's moment, or a measurement error)"
+        );
+    }
+    Some(line)
+}
+
 impl Totals {
     /// Adds the bandwidth floor of a step reading `weights` and its mean K/V bytes, with the
     /// memory at `read_gbps` and the cached weights at `cache_gbps` where measured.
@@ -430,6 +469,7 @@ impl Totals {
             floor_ms,
             ratio: Some(self.weighted_ms_per_step / floor_ms).filter(|r| *r >= 1.0),
             runs: Vec::new(),
+            windows: Vec::new(),
         });
     }
 
@@ -652,6 +692,22 @@ mod tests {
         assert_eq!((last_two.gbps_before, last_two.gbps_after), (29.0, 30.0));
         // Faster than the floor of steady probes: a measurement error, not a ratio below 1.
         assert_eq!(run(90.0, 30.0, 30.0).verdict(), RunVerdict::BelowFloor);
+
+        // Windows: the steady ones counted, their ratios' median and range, errors named.
+        assert_eq!(windows_line(&[]), None);
+        let line = windows_line(&[
+            run(110.0, 29.0, 30.0),
+            run(130.0, 30.0, 30.0),
+            run(120.0, 30.0, 29.5),
+            run(110.0, 50.0, 80.0),
+            run(90.0, 30.0, 30.0),
+        ])
+        .unwrap();
+        assert!(line.contains("4 of 5 steady"), "{line}");
+        assert!(line.contains("median 1.20x (1.10x-1.30x)"), "{line}");
+        assert!(line.contains("1 FASTER THAN THEIR FLOOR"), "{line}");
+        let unsteady = windows_line(&[run(110.0, 50.0, 80.0)]).unwrap();
+        assert!(unsteady.contains("0 of 1 steady") && !unsteady.contains("median"));
     }
 
     fn streamed(bytes: usize) -> CycleBytes {

@@ -5,7 +5,9 @@
 //! A Base checkpoint speaks in the voice of the corpus' jfk.wav (11 s, in context with its
 //! transcript), cloned once before the runs; the cloning time is reported on its own.
 
-use super::report::{run_floors_line, MachineReport, RunFloor, Stat, StepReads};
+use super::report::{run_floors_line, windows_line, MachineReport, RunFloor, Stat, StepReads};
+use super::windows::WindowsHandle;
+use super::SharedProbe;
 use super::{
     cache_gbps, cached_part, machine_report, peak_rss_mb, print_machine, reset_peak_rss, BenchArgs,
 };
@@ -17,7 +19,6 @@ use voxide_audio::{load_mono, AudioInput};
 use voxide_models::qwen3_tts::{
     ClonedVoice, GenerationParams, ModelType, SpeechRequest, Synthesizer, VoiceReference,
 };
-use voxide_nn::kernels::bandwidth::ReadProbe;
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
 
 /// (name, text, frames, `non_streaming_text`): 1.3 s, 3.8 s and 7.7 s of audio with the
@@ -112,9 +113,14 @@ struct TtsReport {
     talker_step_bytes: usize,
     /// Each measured run's talker ms per step against the same probes.
     talker_runs: Vec<RunFloor>,
+    /// The runs' windows between probes taken while generating (`bench::windows`): ms per
+    /// frame (the predictor's span holds its sampling too, ~1 % of a frame) and talker ms per
+    /// step, each against the probes at the window's ends.
+    windows: Vec<RunFloor>,
+    talker_windows: Vec<RunFloor>,
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle) -> Result<()> {
     if !args.files.is_empty() || args.suite.is_some() {
         bail!("--tts times its own texts: give no audio files or --suite");
     }
@@ -127,7 +133,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let probe = ReadProbe::for_machine(threads);
+    let probe = shared_probe.make(threads);
     let fma_gflops = measure_fma_gflops(threads, 5);
     let voice = synthesizer.voices().into_iter().next();
     let (cloned_voice, cloning) = match synthesizer.model_type() {
@@ -141,6 +147,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // Each measured run's talker step + predictor per frame against the probes around it.
     let mut run_floors = Vec::new();
     let mut talker_floors = Vec::new();
+    let (mut window_floors, mut talker_window_floors) = (Vec::new(), Vec::new());
     let mut rows = Vec::new();
     let (mut model_ms, mut all_frames) = (0.0, 0usize);
     let (mut kv_bytes, mut all_steps) = (0usize, 0usize);
@@ -167,28 +174,45 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             if i == args.warmup {
                 bandwidth.push(probe.fastest_gbps(3));
             }
-            let stats = {
+            if let (true, Some(&before)) = (i >= args.warmup, bandwidth.last()) {
+                windows.start_run(before);
+            }
+            let mut stats = {
                 let _span = tracing::info_span!("synthesize", text = name, run = i).entered();
                 synthesizer.synthesize(&request, &mut |_| Ok(true))?
             };
             if i >= args.warmup {
-                bandwidth.push(probe.fastest_gbps(3));
+                let after = probe.fastest_gbps(3);
+                bandwidth.push(after);
+                let in_run = windows.finish_run(after);
+                stats.wall_ms -= in_run.probe_ms;
                 let steps = frames.saturating_sub(1).max(1);
                 kv_bytes += stats.talker_kv_bytes;
                 all_steps += steps;
                 let kv_per_step = stats.talker_kv_bytes as f64 / steps as f64;
                 let ms_per_frame =
                     stats.talker_ms / steps as f64 + stats.predictor_ms / frames as f64;
+                let frame = StepReads::new(synthesizer.frame_bytes(), kv_per_step, cache_gbps());
+                let talker =
+                    StepReads::new(synthesizer.talker_step_bytes(), kv_per_step, cache_gbps());
                 run_floors.push(RunFloor::between_last_probes(
                     ms_per_frame,
-                    StepReads::new(synthesizer.frame_bytes(), kv_per_step, cache_gbps()),
+                    frame,
                     &bandwidth,
                 ));
                 talker_floors.push(RunFloor::between_last_probes(
                     stats.talker_ms / steps as f64,
-                    StepReads::new(synthesizer.talker_step_bytes(), kv_per_step, cache_gbps()),
+                    talker,
                     &bandwidth,
                 ));
+                for w in &in_run.windows {
+                    if let (Some(talker_ms), Some(predictor_ms)) =
+                        (w.ms_per_step(0), w.ms_per_step(1))
+                    {
+                        window_floors.push(w.floor(talker_ms + predictor_ms, frame));
+                        talker_window_floors.push(w.floor(talker_ms, talker));
+                    }
+                }
                 runs.push(stats);
             }
         }
@@ -255,8 +279,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         runs: run_floors,
         talker_step_bytes: synthesizer.talker_step_bytes().total(),
         talker_runs: talker_floors,
+        windows: window_floors,
+        talker_windows: talker_window_floors,
     };
     drop(probe);
+    shared_probe.release();
     print_report(&report, ms_per_frame);
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)? + "\n";
@@ -357,9 +384,15 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         ms_per_frame
     );
     say!("{}", run_floors_line(&r.runs));
+    if let Some(line) = windows_line(&r.windows) {
+        say!("{line}");
+    }
     say!(
         "talker step alone (reads {:.3} GB of weights + its K/V): {}",
         r.talker_step_bytes as f64 / 1e9,
         run_floors_line(&r.talker_runs)
     );
+    if let Some(line) = windows_line(&r.talker_windows) {
+        say!("talker step alone: {line}");
+    }
 }

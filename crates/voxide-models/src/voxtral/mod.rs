@@ -244,6 +244,8 @@ impl Voxtral {
         let eos = self.tokenizer.eos();
         let mut ids = Vec::new();
         while ids.len() < options.max_new_tokens {
+            // Around the timed part, as Whisper's steps (`whisper::decoding`).
+            let _span = tracing::trace_span!("decoder_step", step = ids.len()).entered();
             let t0 = Instant::now();
             let logits = network.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
             let id = match sampling {

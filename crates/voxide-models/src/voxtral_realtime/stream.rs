@@ -291,6 +291,13 @@ impl<'m> RealtimeStream<'m> {
             let Some(audio) = self.take_vectors(n)? else {
                 break;
             };
+            // Around the timed part, as Whisper's steps (`whisper::decoding`).
+            let span = if prefill {
+                tracing::trace_span!("prefill", tokens = n)
+            } else {
+                tracing::trace_span!("decoder_step", step = position)
+            }
+            .entered();
             let t0 = Instant::now();
             let ids: Vec<u32> = if prefill {
                 self.prompt.clone()
@@ -312,6 +319,7 @@ impl<'m> RealtimeStream<'m> {
                 self.timings.steps += 1;
                 self.timings.steps_kv_bytes += self.net.decoder.attended_bytes();
             }
+            drop(span);
             let produced_at = vector + n - 1;
             self.tokens.push(StreamToken {
                 id,
