@@ -239,17 +239,23 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tracing_subscriber::layer::SubscriberExt;
 
-    /// A layer whose probes read 10, 20, 30, … GB/s, and how many it took.
-    fn counting(
+    /// Runs `body` under a layer whose probes take 1 ms and read 10, 20, 30, … GB/s, with the layer's
+    /// handle and the count of probes taken so far.
+    fn measured(
         names: &'static [&'static str],
         window: Duration,
-    ) -> (StepWindows, WindowsHandle, Arc<AtomicUsize>) {
+        body: impl FnOnce(&WindowsHandle, &dyn Fn() -> usize),
+    ) {
         let probes = Arc::new(AtomicUsize::new(0));
         let count = probes.clone();
         let (layer, handle) = StepWindows::new(names, window, move || {
+            std::thread::sleep(Duration::from_millis(1));
             10.0 * (count.fetch_add(1, Ordering::SeqCst) + 1) as f64
         });
-        (layer, handle, probes)
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            body(&handle, &|| probes.load(Ordering::SeqCst))
+        });
     }
 
     fn step(name: &'static str) {
@@ -264,9 +270,7 @@ mod tests {
     #[test]
     fn each_step_opens_a_window_and_the_step_after_a_probe_is_left_out() {
         // A window of zero length: every tracked step probes first.
-        let (layer, handle, probes) = counting(STT_PARTS, Duration::ZERO);
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        measured(STT_PARTS, Duration::ZERO, |handle, probes| {
             step("decoder_step"); // a warm-up run: not measured, no probe
             handle.start_run(5.0);
             step("prefill"); // not tracked
@@ -274,25 +278,24 @@ mod tests {
                 step("decoder_step");
             }
             let run = handle.finish_run(99.0);
-            assert_eq!(probes.load(Ordering::SeqCst), 3);
+            assert_eq!(probes(), 3);
             // Each step followed a probe, so none was counted: no window.
             assert!(run.windows.is_empty());
-            assert!(run.probe_ms >= 0.0);
+            // The probes' time, to be taken out of the run's wall time.
+            assert!(run.probe_ms >= 3.0, "{}", run.probe_ms);
         });
     }
 
     #[test]
     fn windows_count_the_steps_between_probes() {
-        let (layer, handle, probes) = counting(STT_PARTS, Duration::from_secs(3600));
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        measured(STT_PARTS, Duration::from_secs(3600), |handle, probes| {
             handle.start_run(5.0);
             for _ in 0..4 {
                 step("decoder_step");
             }
             let run = handle.finish_run(42.0);
             // No probe inside the run: one window of four steps, between the run's probes.
-            assert_eq!(probes.load(Ordering::SeqCst), 0);
+            assert_eq!(probes(), 0);
             assert_eq!(run.probe_ms, 0.0);
             assert_eq!(run.windows.len(), 1);
             let w = &run.windows[0];
@@ -308,9 +311,7 @@ mod tests {
 
     #[test]
     fn a_window_closes_at_the_first_step_past_its_length() {
-        let (layer, handle, probes) = counting(STT_PARTS, Duration::from_millis(300));
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        measured(STT_PARTS, Duration::from_millis(300), |handle, probes| {
             handle.start_run(5.0);
             step("decoder_step");
             std::thread::sleep(Duration::from_millis(350)); // an encoder pass, say
@@ -320,7 +321,7 @@ mod tests {
             let run = handle.finish_run(42.0);
             // The sleep took the window past its length, so the second step probed (10 GB/s)
             // and was left out; the first window held one step, the second two.
-            assert_eq!(probes.load(Ordering::SeqCst), 1);
+            assert_eq!(probes(), 1);
             assert_eq!(run.windows[0].parts[0].0, 1);
             assert_eq!(
                 (run.windows[0].gbps_before, run.windows[0].gbps_after),
@@ -333,9 +334,7 @@ mod tests {
 
     #[test]
     fn a_tts_probe_leaves_out_one_whole_frame() {
-        let (layer, handle, probes) = counting(TTS_PARTS, Duration::from_millis(300));
-        let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        measured(TTS_PARTS, Duration::from_millis(300), |handle, probes| {
             handle.start_run(5.0);
             step("code_predictor"); // frame 0's predictor
             std::thread::sleep(Duration::from_millis(350));
@@ -344,7 +343,7 @@ mod tests {
                 step("code_predictor");
             }
             let run = handle.finish_run(7.0);
-            assert_eq!(probes.load(Ordering::SeqCst), 1);
+            assert_eq!(probes(), 1);
             assert_eq!(run.windows.len(), 2);
             assert_eq!(
                 (run.windows[0].parts[0].0, run.windows[0].parts[1].0),
