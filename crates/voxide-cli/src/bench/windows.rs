@@ -208,8 +208,9 @@ pub struct RunWindows {
 impl WindowsHandle {
     /// A measured run begins, just after a probe that read `gbps`: its first window opens.
     /// The first probe inside the run comes [`WINDOW`] later, at a step: after a TTS run's
-    /// first audio, and at the first decoder step of a transcription whose encoder took
-    /// longer (that window, with no step, is dropped).
+    /// first audio where that comes sooner (so the time to first audio holds no probe),
+    /// and at the first decoder step of a transcription whose encoder took longer (that
+    /// window, with no step, is dropped).
     pub fn start_run(&self, gbps: f64) {
         let mut state = lock(&self.state);
         state.active = true;
