@@ -391,9 +391,6 @@ fn output_path(dir: &Path, input: &AudioInput, extension: &str) -> PathBuf {
     dir.join(format!("{stem}.{extension}"))
 }
 
-/// Runs `work` on each input in turn: with one input its error is the command's; with several
-/// each failure is printed (naming its input) and the others still run, then the command
-/// fails if any did.
 /// Fails before the model loads when not one of `files` can be read: a mistyped path should
 /// not wait for a load of several GB. Where some can, the others are reported in turn after
 /// it, as [`for_each_input`] reports any input that fails.
@@ -405,6 +402,9 @@ fn check_some_input_opens(files: &[String]) -> Result<()> {
     for_each_input(files, |input| Ok(input.check_readable()?))
 }
 
+/// Runs `work` on each input in turn: with one input its error is the command's; with several
+/// each failure is printed (naming its input) and the others still run, then the command
+/// fails if any did.
 pub fn for_each_input(
     files: &[String],
     mut work: impl FnMut(&AudioInput) -> Result<()>,

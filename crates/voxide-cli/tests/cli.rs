@@ -565,7 +565,7 @@ fn bench_reports_traces_and_catches_a_planted_regression() {
         "{stdout}"
     );
     // A run shorter than a window probes nothing while it decodes: its steps make one window
-    // between the probes around it, which counted all 5 (a window over 5 steps of the run).
+    // between the probes around it.
     let windows = r["totals"]["floor"]["windows"].as_array().unwrap();
     assert_eq!(windows.len(), 1, "{windows:?}");
     assert_eq!(windows[0]["gbps_before"].as_f64().unwrap(), probes[0]);

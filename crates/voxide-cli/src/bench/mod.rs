@@ -201,9 +201,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             let clock = Instant::now();
             let (_, t) = model.transcribe(&samples, &request, &mut |_| true)?;
-            let wall_ms = clock.elapsed().as_secs_f64() * 1e3;
             let mut run = Run {
-                wall_ms,
+                wall_ms: clock.elapsed().as_secs_f64() * 1e3,
                 mel_ms: t.mel_ms,
                 encoder_ms: t.encoder_ms,
                 prefill_ms: t.prefill_ms,

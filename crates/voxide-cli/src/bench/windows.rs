@@ -153,26 +153,25 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for StepWindows {
         let Some(part) = self.part(id, &ctx) else {
             return;
         };
-        let due = {
-            let state = lock(&self.state);
-            if !state.active {
-                return;
-            }
-            state
-                .opened
-                .is_some_and(|(at, _)| at.elapsed() >= self.window)
-        };
-        if due {
+        let mut state = lock(&self.state);
+        if !state.active {
+            return;
+        }
+        if state
+            .opened
+            .is_some_and(|(at, _)| at.elapsed() >= self.window)
+        {
             // Probed without the lock: the probe's own work may be traced too.
+            drop(state);
             let clock = Instant::now();
             let gbps = (self.probe)();
-            let mut state = lock(&self.state);
+            state = lock(&self.state);
             state.probe_ms += clock.elapsed().as_secs_f64() * 1e3;
             state.close(gbps);
             state.opened = Some((Instant::now(), gbps));
             state.skip = self.names.len();
         }
-        lock(&self.state).entered = Some((part, Instant::now()));
+        state.entered = Some((part, Instant::now()));
     }
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
