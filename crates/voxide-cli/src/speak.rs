@@ -266,8 +266,8 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             crate::bench::peak_rss_mb(),
         );
         note!(
-            "time by part: talker prompt {:.0} ms, talker steps {:.0} ms, code predictor {:.0} ms, sampling {:.0} ms, codec decoder {:.0} ms",
-            stats.prompt_ms, stats.talker_ms, stats.predictor_ms, stats.sampling_ms, stats.codec_ms
+            "time by part: talker prompt {:.0} ms ({} positions), talker steps {:.0} ms, code predictor {:.0} ms, sampling {:.0} ms, codec decoder {:.0} ms",
+            stats.prompt_ms, stats.prompt_positions, stats.talker_ms, stats.predictor_ms, stats.sampling_ms, stats.codec_ms
         );
     }
     Ok(())

@@ -531,10 +531,23 @@ fn bench_tts_clones_a_voice_for_a_base_model() {
         .iter()
         .map(|r| r["frames"].as_u64().unwrap())
         .collect();
-    assert_eq!(frames, [16, 48, 96, 16]);
-    // The last row repeats the short text with the text streamed alongside the frames.
+    assert_eq!(frames, [16, 48, 96, 16, 16]);
+    // The fourth row repeats the short text with the text streamed alongside the frames.
     assert_eq!(report["rows"][3]["text_streaming"], true);
     assert_eq!(report["rows"][0]["text_streaming"], serde_json::Value::Null);
+    // Every row from an empty prefix cache but the last, whose voice positions were cached.
+    let rows = report["rows"].as_array().unwrap();
+    for row in &rows[..4] {
+        assert_eq!(row["cached_positions"], 0, "{row}");
+    }
+    let cached = &rows[4];
+    assert_eq!(cached["voice_cached"], true);
+    let (positions, from_cache) = (
+        cached["prompt_positions"].as_u64().unwrap(),
+        cached["cached_positions"].as_u64().unwrap(),
+    );
+    assert!(from_cache > 0 && from_cache < positions, "{cached}");
+    assert_eq!(positions, rows[0]["prompt_positions"].as_u64().unwrap());
     // The talker's pass over the prompt is reported apart from its later steps.
     for row in report["rows"].as_array().unwrap() {
         assert!(row["prompt_ms"].as_f64().unwrap() > 0.0, "{row}");

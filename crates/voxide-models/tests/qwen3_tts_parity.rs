@@ -18,8 +18,9 @@ use candle_core::{DType, Device, Tensor};
 use common::ids;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use voxide_models::qwen3_tts::prefix_cache::DEFAULT_BUDGET;
 use voxide_models::qwen3_tts::{
-    generate, GenerationParams, Prompt, PromptRequest, Qwen3Tts, Reference, Voice,
+    generate, GenerationParams, PrefixCache, Prompt, PromptRequest, Qwen3Tts, Reference, Voice,
 };
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::linear::WeightFormat;
@@ -159,10 +160,12 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
             let want_frames = want.dim(0).unwrap();
             let want = ids(want);
             let mut streamed = Vec::new();
+            let prefixes = PrefixCache::new(DEFAULT_BUDGET);
             let frames = generate(
                 talker,
                 &prompt,
                 &greedy(want_frames),
+                Some(&prefixes),
                 &mut Sampler::new(0),
                 &mut |f| {
                     streamed.push(f.to_vec());
@@ -172,6 +175,22 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
             .expect("generation")
             .frames;
             assert_eq!(frames, streamed, "{what}: streamed frames differ");
+            // Again from the voice positions' cached state: the same frames.
+            let again = generate(
+                talker,
+                &prompt,
+                &greedy(want_frames),
+                Some(&prefixes),
+                &mut Sampler::new(0),
+                &mut |_| Ok(true),
+            )
+            .expect("generation from the cached prefix");
+            assert!(prompt.voice_positions > 0, "{what}: no voice positions");
+            assert_eq!(again.cached_positions, prompt.voice_positions, "{what}");
+            assert_eq!(
+                again.frames, frames,
+                "{what}: frames after a cached prefix differ"
+            );
             let got: Vec<u32> = frames.concat();
             assert_eq!(got, want, "{what}: greedy codes differ");
         }
@@ -238,6 +257,7 @@ fn assert_greedy_codes(
         talker,
         prompt,
         &greedy(want.dim(0).unwrap()),
+        None,
         &mut Sampler::new(0),
         &mut |_| Ok(true),
     )

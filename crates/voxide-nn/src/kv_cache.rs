@@ -150,6 +150,18 @@ impl KvCache {
         })
     }
 
+    /// Copies of the cached keys and values, (batch, kv_heads, len, head_dim) each: a prompt
+    /// prefix that later requests seed their caches with ([`Self::append`]). Sliding caches
+    /// may have dropped their oldest positions, so they have no such prefix.
+    pub fn snapshot(&self) -> Result<(Tensor, Tensor)> {
+        if self.window.is_some() {
+            candle_core::bail!("a sliding KV cache holds no prefix to copy");
+        }
+        // Always copied: the buffers are written in place.
+        let copy = |t: &Tensor| t.narrow(2, 0, self.len)?.force_contiguous();
+        Ok((copy(&self.k)?, copy(&self.v)?))
+    }
+
     /// Forgets every cached position (the buffers are kept).
     pub fn reset(&mut self) {
         self.len = 0;
@@ -261,6 +273,37 @@ mod tests {
         ] {
             assert_eq!(default_kv_dtype(w), DType::F16, "{w:?}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_is_the_cached_prefix_and_outlives_later_writes() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::new(1, 2, 3, 4, DType::F16, &dev)?;
+        let k = Tensor::arange(0f32, 16., &dev)?.reshape((1, 2, 2, 4))?;
+        let v = (&k + 100.)?;
+        cache.append(&k, &v)?;
+        // Full, so that a view of the buffers would share them.
+        cache.append(&k.narrow(2, 0, 1)?, &v.narrow(2, 0, 1)?)?;
+        let (sk, sv) = cache.snapshot()?;
+        cache.reset();
+        cache.append(&v, &k)?;
+        cache.append(&v.narrow(2, 0, 1)?, &k.narrow(2, 0, 1)?)?;
+        let first_two = |t: &Tensor| -> Result<Vec<f32>> {
+            t.narrow(2, 0, 2)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
+        assert_eq!(sk.dims(), &[1, 2, 3, 4]);
+        assert_eq!(first_two(&sk)?, k.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(first_two(&sv)?, v.flatten_all()?.to_vec1::<f32>()?);
+        // Seeding another cache gives the same positions.
+        let mut seeded = KvCache::new(1, 2, 5, 4, DType::F16, &dev)?;
+        seeded.append(&sk, &sv)?;
+        assert_eq!(seeded.len(), 3);
+        let sliding = KvCache::sliding(2, 4, 1, 4, DType::F16, &dev)?;
+        assert!(sliding.snapshot().is_err());
+        Ok(())
     }
 
     #[test]

@@ -21,17 +21,21 @@ use voxide_models::qwen3_tts::{
 };
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
 
-/// (name, text, frames, `non_streaming_text`): 1.3 s, 3.8 s and 7.7 s of audio with the
-/// variant's default prompt (qwen-tts': the whole text in the prompt for CustomVoice and
-/// VoiceDesign), then the short text again with the text streamed alongside the frames
-/// (`--text-streaming on`), the prompt for the earliest audio.
-const TEXTS: [(&str, &str, usize, Option<bool>); 4] = [
-    ("short", SHORT_TEXT, 16, None),
+/// (name, text, frames, `non_streaming_text`, `voice_cached`): 1.3 s, 3.8 s and 7.7 s of
+/// audio with the variant's default prompt (qwen-tts': the whole text in the prompt for
+/// CustomVoice and VoiceDesign), then the short text again with the text streamed alongside
+/// the frames (`--text-streaming on`), the prompt for the earliest audio; each from a cold
+/// start, the prefix cache emptied before every run, as a first request. Last, the short text
+/// as a server's later requests in the same voice take it: its voice positions from the
+/// prefix cache.
+const TEXTS: [(&str, &str, usize, Option<bool>, bool); 5] = [
+    ("short", SHORT_TEXT, 16, None, false),
     (
         "medium",
         "The quick brown fox jumps over the lazy dog, then runs home before the rain starts.",
         48,
         None,
+        false,
     ),
     (
         "long",
@@ -40,8 +44,10 @@ const TEXTS: [(&str, &str, usize, Option<bool>); 4] = [
          back into a waveform, one eighty-millisecond frame at a time.",
         96,
         None,
+        false,
     ),
-    ("short ts", SHORT_TEXT, 16, Some(false)),
+    ("short ts", SHORT_TEXT, 16, Some(false), false),
+    ("cached", SHORT_TEXT, 16, None, true),
 ];
 
 const SHORT_TEXT: &str = "Hello world.";
@@ -67,6 +73,11 @@ struct TtsRow {
     name: String,
     /// `--text-streaming` as requested; `None`: the variant's default.
     text_streaming: Option<bool>,
+    /// The prompt's voice positions came from the prefix cache (else it was emptied first).
+    voice_cached: bool,
+    /// The prompt's positions and, of those, the ones the prefix cache gave.
+    prompt_positions: usize,
+    cached_positions: usize,
     frames: usize,
     audio_s: f64,
     wall_ms: Stat,
@@ -151,7 +162,7 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
     let mut rows = Vec::new();
     let (mut model_ms, mut all_frames) = (0.0, 0usize);
     let (mut kv_bytes, mut all_steps) = (0usize, 0usize);
-    for (name, text, frames, non_streaming_text) in TEXTS {
+    for (name, text, frames, non_streaming_text, voice_cached) in TEXTS {
         let request = SpeechRequest {
             text: text.into(),
             voice: voice.clone(),
@@ -173,6 +184,9 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
             // Probed just before the first measured run and after each, as for transcriptions.
             if i == args.warmup {
                 bandwidth.push(probe.fastest_gbps(3));
+            }
+            if !voice_cached {
+                synthesizer.prefix_cache().clear();
             }
             if let (true, Some(&before)) = (i >= args.warmup, bandwidth.last()) {
                 windows.start_run(before);
@@ -230,6 +244,9 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
         rows.push(TtsRow {
             name: name.into(),
             text_streaming: non_streaming_text.map(|whole| !whole),
+            voice_cached,
+            prompt_positions: runs[0].prompt_positions,
+            cached_positions: runs[0].cached_positions,
             frames,
             audio_s,
             rtf: wall.median / 1e3 / audio_s,
@@ -333,13 +350,14 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         );
     }
     say!(
-        "{:8} {:>6} {:>7} {:>9} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "{:8} {:>6} {:>7} {:>9} {:>6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "text",
         "frames",
         "audio s",
         "wall ms",
         "RTF",
         "frames/s",
+        "prompt pos",
         "prompt ms",
         "talker",
         "predictor",
@@ -350,13 +368,17 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
     );
     for row in &r.rows {
         say!(
-            "{:8} {:>6} {:>7.2} {:>9.0} {:>6.3} {:>8.2} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.0} {:>7.0}",
+            "{:8} {:>6} {:>7.2} {:>9.0} {:>6.3} {:>8.2} {:>10} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.0} {:>7.0}",
             row.name,
             row.frames,
             row.audio_s,
             row.wall_ms.median,
             row.rtf,
             row.frames_per_s,
+            match row.cached_positions {
+                0 => row.prompt_positions.to_string(),
+                c => format!("{c}+{}", row.prompt_positions - c),
+            },
             row.prompt_ms,
             row.talker_ms_per_step,
             row.predictor_ms_per_frame,
@@ -367,7 +389,7 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         );
     }
     say!(
-        "(prompt: the talker's pass over the prompt, through the first frame's logits; talker: ms per later step; predictor … codec: ms per frame; a frame is 80 ms of audio; short ts: the short text streamed alongside the frames, --text-streaming on)"
+        "(prompt pos: its positions, cached + computed where the prefix cache gave some; prompt ms: the talker's pass over the prompt, through the first frame's logits; talker: ms per later step; predictor … codec: ms per frame; a frame is 80 ms of audio; short ts: the short text streamed alongside the frames, --text-streaming on; each from an empty prefix cache but cached: the short text with its voice positions cached, as a server's later requests in one voice)"
     );
     print_machine(&r.machine, r.threads);
     let verdict = match r.ratio {

@@ -6,6 +6,7 @@
 //! embedding.
 
 use super::config::TalkerConfig;
+use super::prefix_cache::PrefixCache;
 use super::prompt::Prompt;
 use super::talker::Talker;
 use crate::error::{Error, Result};
@@ -57,6 +58,8 @@ pub struct Generated {
     pub stop: Stop,
     /// The talker's pass over the prompt, with the first frame's codec head.
     pub prompt_ms: f64,
+    /// Prompt positions whose state came from the prefix cache instead of the talker.
+    pub cached_positions: usize,
     /// The talker's steps after the prompt (one per frame after the first), with the codec head.
     pub talker_ms: f64,
     /// Bytes of keys and values those steps' attention read, in all.
@@ -107,11 +110,13 @@ fn pick(logits: &[f32], params: Option<SamplingParams>, sampler: &mut Sampler) -
 }
 
 /// Generates frames of `num_code_groups` codes for `prompt`, handing each to `on_frame` as
-/// soon as it exists (return `false` to stop; its own time is not counted).
+/// soon as it exists (return `false` to stop; its own time is not counted). The prompt's
+/// voice positions come from `prefixes` where it holds them, and go there where it does not.
 pub fn generate(
     talker: &Talker,
     prompt: &Prompt,
     params: &GenerationParams,
+    prefixes: Option<&PrefixCache>,
     sampler: &mut Sampler,
     on_frame: &mut dyn FnMut(&[u32]) -> Result<bool>,
 ) -> Result<Generated> {
@@ -134,6 +139,7 @@ pub fn generate(
         frames: Vec::new(),
         stop: Stop::MaxFrames,
         prompt_ms: 0.0,
+        cached_positions: 0,
         talker_ms: 0.0,
         talker_kv_bytes: 0,
         predictor_ms: 0.0,
@@ -147,8 +153,32 @@ pub fn generate(
     // The talker pass under way, up to its logits on the host.
     let mut talker_span =
         Some(tracing::trace_span!("talker_prompt", positions = prefill_len).entered());
-    let mut hidden = talker.forward(&prompt.prefill, &mut state)?;
-    hidden = hidden.narrow(1, prefill_len - 1, 1)?;
+    // The voice positions run as a pass of their own, cached or not, so that a request's
+    // numbers never depend on the requests before it (one pass over all positions would
+    // take other kernels, and so other roundings, than two).
+    let shared = prompt.voice_positions.min(prefill_len - 1);
+    if shared > 0 {
+        let rows = prompt.prefill.narrow(1, 0, shared)?;
+        match prefixes
+            .map(|c| c.get(&rows, kv_dtype))
+            .transpose()?
+            .flatten()
+        {
+            Some(prefix) => {
+                state.restore(&prefix)?;
+                out.cached_positions = shared;
+            }
+            None => {
+                talker.forward(&rows, &mut state)?;
+                if let Some(cache) = prefixes {
+                    cache.insert(&rows, kv_dtype, state.snapshot()?)?;
+                }
+            }
+        }
+    }
+    let rest = prompt.prefill.narrow(1, shared, prefill_len - shared)?;
+    let mut hidden = talker.forward(&rest, &mut state)?;
+    hidden = hidden.narrow(1, prefill_len - shared - 1, 1)?;
     let mut history: Vec<u32> = Vec::new();
     let mut frame = vec![0u32; predictor.groups() + 1];
     for index in 0..params.max_frames {

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod codec_encoder;
 pub mod config;
 pub mod generate;
+pub mod prefix_cache;
 pub mod prompt;
 pub mod speaker_encoder;
 pub mod synthesizer;
@@ -25,6 +26,7 @@ pub mod tokenizer;
 
 pub use config::{Config, ModelType};
 pub use generate::{generate, Generated, GenerationParams, Stop};
+pub use prefix_cache::PrefixCache;
 pub use prompt::{Prompt, PromptRequest, Reference, Voice};
 pub use speaker_encoder::SpeakerEncoder;
 pub use synthesizer::{ClonedVoice, SpeechRequest, SpeechStats, Synthesizer, VoiceReference};

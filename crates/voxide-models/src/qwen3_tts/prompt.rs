@@ -75,6 +75,9 @@ pub struct Prompt {
     pub trailing_text: Tensor,
     /// (1, 1, H)
     pub tts_pad: Tensor,
+    /// The prefill's first positions, which depend on the voice, language and instruction
+    /// but not on the text or a reference clip: what requests in one voice share.
+    pub voice_positions: usize,
 }
 
 /// Tokens of the template around the text: `<|im_start|> assistant \n` before it,
@@ -158,6 +161,10 @@ impl Prompt {
         }
         parts.push(talker.embed_text(&ids[..ROLE_TOKENS])?);
         parts.push((text_track + codec.narrow(1, 0, n - 1)?)?);
+        let voice_positions = parts
+            .iter()
+            .map(|p| p.dim(1))
+            .sum::<candle_core::Result<usize>>()?;
         let codec_bos = codec.narrow(1, n - 1, 1)?;
         let text = &ids[ROLE_TOKENS..ids.len() - TAIL_TOKENS];
         let trailing_text = match &request.reference {
@@ -194,6 +201,7 @@ impl Prompt {
             prefill: Tensor::cat(&parts, 1)?,
             trailing_text,
             tts_pad,
+            voice_positions,
         })
     }
 }

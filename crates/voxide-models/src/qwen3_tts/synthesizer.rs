@@ -21,6 +21,7 @@ use super::codec::{load_codec, CodecConfig, CodecDecoder};
 use super::codec_encoder::{load_codec_encoder, CodecEncoder};
 use super::config::ModelType;
 use super::generate::{check_positions, generate, GenerationParams, Stop};
+use super::prefix_cache::{self, PrefixCache};
 use super::prompt::{languages, Prompt, PromptRequest, Reference, Voice};
 use super::tokenizer::TextTokenizer;
 use super::Qwen3Tts;
@@ -131,6 +132,10 @@ pub struct SpeechStats {
     pub codec_ms: f64,
     /// Bytes of keys and values the talker's steps (after the prompt) read, in all.
     pub talker_kv_bytes: usize,
+    /// The prompt's positions, and how many of them the prefix cache gave
+    /// ([`Synthesizer::prefix_cache`]).
+    pub prompt_positions: usize,
+    pub cached_positions: usize,
 }
 
 /// A loaded Qwen3-TTS checkpoint: talker, code predictor, text tokenizer and codec decoder;
@@ -142,6 +147,8 @@ pub struct Synthesizer {
     codec_config: CodecConfig,
     codec: CodecDecoder,
     codec_encoder: Option<CodecEncoder>,
+    /// The talker's state after the voice positions of earlier requests.
+    prefixes: PrefixCache,
 }
 
 impl Synthesizer {
@@ -170,6 +177,7 @@ impl Synthesizer {
             codec_config,
             codec,
             codec_encoder,
+            prefixes: PrefixCache::new(prefix_cache::DEFAULT_BUDGET),
         };
         synthesizer.check_tokenizer()?;
         Ok(synthesizer)
@@ -193,6 +201,12 @@ impl Synthesizer {
             }
         }
         Ok(())
+    }
+
+    /// The talker's states after the voice positions (instruction, role, codec tags, speaker)
+    /// of earlier requests, which later requests in the same voice start from.
+    pub fn prefix_cache(&self) -> &PrefixCache {
+        &self.prefixes
     }
 
     /// Bytes of weights one frame reads, by residency: a talker step and the code predictor's
@@ -465,6 +479,7 @@ impl Synthesizer {
             self.model.talker(),
             &prompt,
             &request.params,
+            Some(&self.prefixes),
             &mut sampler,
             &mut |frame| {
                 pending.push(frame.to_vec());
@@ -483,6 +498,8 @@ impl Synthesizer {
         }
         stats.finished = generated.stop == Stop::Eos;
         stats.prompt_ms = generated.prompt_ms;
+        stats.prompt_positions = prompt.prefill.dim(1)?;
+        stats.cached_positions = generated.cached_positions;
         stats.talker_ms = generated.talker_ms;
         stats.talker_kv_bytes = generated.talker_kv_bytes;
         stats.predictor_ms = generated.predictor_ms;
@@ -540,6 +557,48 @@ mod tests {
             non_streaming_text: None,
             chunk_frames: 4,
         }
+    }
+
+    /// Requests in one voice start from the state the first left after its voice positions,
+    /// and speak as they would have alone, sample for sample (sampled codes included); another
+    /// voice or language is computed and kept beside it.
+    #[test]
+    fn requests_in_one_voice_share_the_voice_positions_exactly() {
+        let (_dir, synthesizer) = fixture_with_limit(700);
+        let speak = |text: &str, language: &str, non_streaming: bool| {
+            let mut r = request(text.into(), 4);
+            r.language = Some(language.into());
+            r.non_streaming_text = Some(non_streaming);
+            r.params.talker = GenerationParams::default().talker;
+            r.seed = 7;
+            let mut pcm = Vec::new();
+            let stats = synthesizer
+                .synthesize(&r, &mut |chunk| {
+                    pcm.extend_from_slice(chunk);
+                    Ok(true)
+                })
+                .unwrap();
+            (pcm, stats)
+        };
+        let (alone, stats) = speak("Good morning.", "english", true);
+        assert_eq!(stats.cached_positions, 0);
+        assert_eq!(synthesizer.prefix_cache().len(), 1);
+        let (other_text, stats) = speak("Hello there.", "english", false);
+        let voice_positions = stats.cached_positions;
+        assert!(voice_positions > 0 && voice_positions < stats.prompt_positions);
+        let (again, stats) = speak("Good morning.", "english", true);
+        assert_eq!(stats.cached_positions, voice_positions);
+        assert_eq!(again, alone, "the cached prefix changed the audio");
+        let (_, stats) = speak("Good morning.", "auto", true);
+        assert_eq!(
+            stats.cached_positions, 0,
+            "another language, other positions"
+        );
+        assert_eq!(synthesizer.prefix_cache().len(), 2);
+        synthesizer.prefix_cache().clear();
+        let (fresh, stats) = speak("Hello there.", "english", false);
+        assert_eq!(stats.cached_positions, 0);
+        assert_eq!(fresh, other_text);
     }
 
     /// The prompt and the frames must fit the talker's positions: a text that fills them

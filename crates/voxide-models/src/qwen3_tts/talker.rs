@@ -52,6 +52,59 @@ impl StackState {
     pub fn attended_bytes(&self) -> usize {
         self.caches.iter().map(KvCache::attended_bytes).sum()
     }
+
+    /// A copy of what the caches hold: the state after a prompt prefix, for requests that
+    /// start with the same positions.
+    pub fn snapshot(&self) -> Result<StackPrefix> {
+        Ok(StackPrefix {
+            layers: self
+                .caches
+                .iter()
+                .map(KvCache::snapshot)
+                .collect::<Result<_>>()?,
+            positions: self.position,
+        })
+    }
+
+    /// Replaces what the caches hold by `prefix`; the next position is the one after it.
+    pub fn restore(&mut self, prefix: &StackPrefix) -> Result<()> {
+        if prefix.layers.len() != self.caches.len() {
+            candle_core::bail!(
+                "a prefix of {} layers for a stack of {}",
+                prefix.layers.len(),
+                self.caches.len()
+            );
+        }
+        self.reset();
+        for (cache, (k, v)) in self.caches.iter_mut().zip(&prefix.layers) {
+            cache.append(k, v)?;
+        }
+        self.position = prefix.positions;
+        Ok(())
+    }
+}
+
+/// The keys and values of a stack's first positions, every layer's, copied out of a request's
+/// state ([`StackState::snapshot`]).
+#[derive(Clone, Debug)]
+pub struct StackPrefix {
+    /// (1, kv_heads, positions, head_dim) keys and values per layer.
+    pub(super) layers: Vec<(Tensor, Tensor)>,
+    pub(super) positions: usize,
+}
+
+impl StackPrefix {
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// Bytes of the copied keys and values.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
 }
 
 impl Stack {
