@@ -74,9 +74,11 @@ fn cloned_speech_equals_qwen_tts() {
     let cloned = Arc::new(synthesizer.clone_voice(&clip(&r)).expect("voice clones"));
     assert_eq!(cloned.reference_frames(), r["ref_codes"].dim(0).unwrap());
     let want = samples(&r["e2e.wav"]);
-    for chunk_frames in [1, 2, 5, 16] {
+    // The first request computes the voice's positions (speaker, reference transcript beside
+    // the clip's first frames); the later ones start from the prefix cache.
+    for (i, chunk_frames) in [1, 2, 5, 16].into_iter().enumerate() {
         let mut got = Vec::new();
-        synthesizer
+        let stats = synthesizer
             .synthesize(
                 &request(&r, Some(cloned.clone()), chunk_frames),
                 &mut |pcm| {
@@ -85,6 +87,7 @@ fn cloned_speech_equals_qwen_tts() {
                 },
             )
             .expect("synthesis");
+        assert_eq!(stats.cached_positions > 0, i > 0, "request {i}");
         assert_eq!(got.len(), want.len(), "chunks of {chunk_frames}: length");
         let worst = got
             .iter()

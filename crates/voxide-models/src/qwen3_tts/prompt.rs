@@ -161,7 +161,7 @@ impl Prompt {
         }
         parts.push(talker.embed_text(&ids[..ROLE_TOKENS])?);
         parts.push((text_track + codec.narrow(1, 0, n - 1)?)?);
-        let voice_positions = parts
+        let mut voice_positions = parts
             .iter()
             .map(|p| p.dim(1))
             .sum::<candle_core::Result<usize>>()?;
@@ -169,7 +169,7 @@ impl Prompt {
         let text = &ids[ROLE_TOKENS..ids.len() - TAIL_TOKENS];
         let trailing_text = match &request.reference {
             Some(reference) => {
-                let (part, trailing) = in_context(
+                let (part, trailing, reference_positions) = in_context(
                     talker,
                     reference,
                     text,
@@ -179,6 +179,7 @@ impl Prompt {
                     request.non_streaming,
                 )?;
                 parts.push(part);
+                voice_positions += reference_positions;
                 trailing
             }
             None if request.non_streaming => {
@@ -280,8 +281,9 @@ fn language_id(config: &Config, request: &PromptRequest<'_>) -> Result<Option<u3
     Ok(language)
 }
 
-/// The in-context positions of a voice-clone prompt and the trailing text track, as
-/// qwen-tts `generate_icl_prompt`.
+/// The in-context positions of a voice-clone prompt, the trailing text track, and how many
+/// of those positions come before the text (the reference transcript's, which lead the text
+/// track), as qwen-tts `generate_icl_prompt`.
 fn in_context(
     talker: &Talker,
     reference: &Reference<'_>,
@@ -290,7 +292,7 @@ fn in_context(
     tts_eos: &Tensor,
     tts_pad: &Tensor,
     non_streaming: bool,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, usize)> {
     let ref_ids = reference.text_ids;
     if ref_ids.len() <= ROLE_TOKENS + REFERENCE_TAIL_TOKENS {
         return Err(Error::InvalidRequest(
@@ -320,24 +322,27 @@ fn in_context(
         1,
     )?;
     let (text_len, codec_len) = (text_track.dim(1)?, codec_track.dim(1)?);
+    let reference_len = ids.len() - text.len();
     if non_streaming {
         let pads = talker.embed_codec(&vec![talker.config().codec_pad_id; text_len])?;
         let part = Tensor::cat(
             &[(text_track + pads)?, codec_track.broadcast_add(tts_pad)?],
             1,
         )?;
-        return Ok((part, tts_pad.clone()));
+        return Ok((part, tts_pad.clone(), reference_len));
     }
+    // Zipped position by position: the transcript's beside the clip's first frames.
+    let shared = reference_len.min(codec_len);
     if text_len > codec_len {
         let part = (text_track.narrow(1, 0, codec_len)? + codec_track)?;
         let trailing = text_track.narrow(1, codec_len, text_len - codec_len)?;
-        Ok((part, trailing))
+        Ok((part, trailing, shared))
     } else {
         let padded = Tensor::cat(
             &[text_track, tts_pad.repeat((1, codec_len - text_len, 1))?],
             1,
         )?;
-        Ok(((padded + codec_track)?, tts_pad.clone()))
+        Ok(((padded + codec_track)?, tts_pad.clone(), shared))
     }
 }
 
@@ -360,7 +365,8 @@ mod tests {
     use std::path::Path;
 
     /// `positions` counts what `build` makes: the prefill and, streaming, the text on the
-    /// frames (a trailing tts_pad alone is no text), for every layout of the prompt.
+    /// frames (a trailing tts_pad alone is no text), for every layout of the prompt; and the
+    /// voice positions are exactly the prefill's rows that do not depend on the text.
     #[test]
     fn positions_are_the_built_prompts() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -400,6 +406,51 @@ mod tests {
                     }),
                 };
                 let prompt = Prompt::build(talker, config, &request).unwrap();
+                let what = format!(
+                    "{voice:?} {language:?} instruct {} frames {frames} non-streaming {non_streaming} text {text_len}",
+                    instruct_ids.is_some()
+                );
+                // The voice positions are the same whatever the text; the next one is not.
+                let mut other_ids = text_ids.clone();
+                let text_part = ROLE_TOKENS..text_ids.len() - TAIL_TOKENS;
+                other_ids[text_part].iter_mut().for_each(|id| *id += 1);
+                let other = Prompt::build(
+                    talker,
+                    config,
+                    &PromptRequest {
+                        text_ids: &other_ids,
+                        voice: voice.clone(),
+                        ..request.clone()
+                    },
+                )
+                .unwrap();
+                let row_diff = |at: usize| {
+                    (prompt.prefill.narrow(1, 0, at + 1).unwrap()
+                        - other.prefill.narrow(1, 0, at + 1).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_keepdim(2)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                };
+                let shared = prompt.voice_positions;
+                let last = prompt.prefill.dim(1).unwrap() - 1;
+                let diffs = row_diff(shared.min(last));
+                assert!(shared > 0, "{what}");
+                assert!(
+                    diffs[..shared].iter().all(|&d| d == 0.0),
+                    "{what}: {diffs:?}"
+                );
+                if shared <= last {
+                    assert!(
+                        diffs[shared] > 0.0,
+                        "{what}: position {shared} is the text's"
+                    );
+                }
                 let trailing = prompt.trailing_text.dim(1).unwrap();
                 let pad_only = trailing == 1
                     && (&prompt.trailing_text - &prompt.tts_pad)
@@ -412,12 +463,7 @@ mod tests {
                         .unwrap()
                         == 0.0;
                 let want = prompt.prefill.dim(1).unwrap() + if pad_only { 0 } else { trailing };
-                assert_eq!(
-                    request.positions(config).unwrap(),
-                    want,
-                    "{voice:?} {language:?} instruct {} frames {frames} non-streaming {non_streaming} text {text_len}",
-                    instruct_ids.is_some()
-                );
+                assert_eq!(request.positions(config).unwrap(), want, "{what}");
             }
         }
     }
