@@ -1,8 +1,8 @@
 //! `GET /metrics`: Prometheus text exposition of what the server did and is doing — requests
 //! by route and status, their latency (to the response's head: a streamed reply's first
 //! bytes), seconds of audio transcribed and synthesised and the model time they took (their
-//! ratio is the real-time factor), requests running and waiting, realtime sessions open, and
-//! the models served.
+//! ratio is the real-time factor), speech prompt positions and those the prefix cache gave,
+//! requests running and waiting, realtime sessions open, and the models served.
 
 use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
@@ -32,6 +32,9 @@ struct Counters {
     latency: BTreeMap<String, Histogram>,
     /// work ("transcription", "speech") → (seconds of audio, seconds of model time).
     audio: BTreeMap<&'static str, (f64, f64)>,
+    /// Speech prompts' positions, and those of them the prefix cache gave.
+    prompt_positions: u64,
+    cached_positions: u64,
 }
 
 #[derive(Default)]
@@ -60,6 +63,13 @@ impl Metrics {
         let totals = c.audio.entry(work).or_default();
         totals.0 += audio_s;
         totals.1 += wall_s;
+    }
+
+    /// One speech prompt of `positions` positions, `cached` of them from the prefix cache.
+    pub(crate) fn add_speech_prompt(&self, positions: usize, cached: usize) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.prompt_positions += positions as u64;
+        c.cached_positions += cached as u64;
     }
 
     /// The exposition text: counters, histograms and the gauges passed in.
@@ -135,6 +145,24 @@ impl Metrics {
                     format!("voxide_model_seconds_total{{work=\"{work}\"}} {wall_s}")
                 })
                 .collect(),
+        );
+        family(
+            "voxide_prefix_cache_queries_total",
+            "counter",
+            "Speech prompt positions looked up in the talker's prefix cache.",
+            vec![format!(
+                "voxide_prefix_cache_queries_total {}",
+                c.prompt_positions
+            )],
+        );
+        family(
+            "voxide_prefix_cache_hits_total",
+            "counter",
+            "Speech prompt positions the prefix cache gave (over the queries: the hit rate).",
+            vec![format!(
+                "voxide_prefix_cache_hits_total {}",
+                c.cached_positions
+            )],
         );
         family(
             "voxide_requests_running",
@@ -240,6 +268,8 @@ mod tests {
         m.record("/v1/audio/speech", 404, 0.001);
         m.add_audio("transcription", 11.0, 0.5);
         m.add_audio("transcription", 4.0, 0.25);
+        m.add_speech_prompt(13, 0);
+        m.add_speech_prompt(13, 8);
         let text = m.render(&Gauges {
             running: 1,
             waiting: 2,
@@ -260,6 +290,8 @@ mod tests {
         assert!(text.contains("voxide_request_duration_seconds_count{route=\"/v1/models\"} 2"));
         assert!(text.contains("voxide_audio_seconds_total{work=\"transcription\"} 15"));
         assert!(text.contains("voxide_model_seconds_total{work=\"transcription\"} 0.75"));
+        assert!(text.contains("voxide_prefix_cache_queries_total 26"));
+        assert!(text.contains("voxide_prefix_cache_hits_total 8"));
         assert!(text.contains("voxide_requests_running 1"));
         assert!(text.contains("voxide_queue_depth 2"));
         assert!(text.contains("voxide_realtime_sessions 3"));

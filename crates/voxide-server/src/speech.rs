@@ -196,6 +196,9 @@ pub(crate) async fn speech(
                 shared
                     .metrics
                     .add_audio("speech", stats.audio_s, stats.wall_ms / 1e3);
+                shared
+                    .metrics
+                    .add_speech_prompt(stats.prompt_positions, stats.cached_positions);
             }
         });
     }

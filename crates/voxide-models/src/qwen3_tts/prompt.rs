@@ -75,8 +75,9 @@ pub struct Prompt {
     pub trailing_text: Tensor,
     /// (1, 1, H)
     pub tts_pad: Tensor,
-    /// The prefill's first positions, which depend on the voice, language and instruction
-    /// but not on the text or a reference clip: what requests in one voice share.
+    /// The prefill's first positions, which depend on the voice (a speaker, or a cloned
+    /// reference's x-vector and transcript), the language and the instruction but not on the
+    /// text: what requests in one voice share.
     pub voice_positions: usize,
 }
 

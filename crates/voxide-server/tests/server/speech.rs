@@ -117,6 +117,19 @@ fn wav_pcm_and_events_equal_the_offline_synthesis() {
         &json!({"model": "tts-1", "input": "Hi.", "voice": "dylan", "max_frames": 3, "speed": 1.0}),
     );
     assert_eq!((plain.status, &plain.body[..4]), (200, &b"RIFF"[..]));
+
+    // The requests in tester's voice after the first started from its cached voice positions.
+    let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+    let counter = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    let (queries, hits) = (
+        counter("voxide_prefix_cache_queries_total"),
+        counter("voxide_prefix_cache_hits_total"),
+    );
+    assert!(hits > 0 && queries > hits, "{queries} queried, {hits} hit");
 }
 
 #[test]
