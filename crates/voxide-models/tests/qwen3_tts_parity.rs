@@ -161,30 +161,26 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
             let want = ids(want);
             let mut streamed = Vec::new();
             let prefixes = PrefixCache::new(DEFAULT_BUDGET);
-            let frames = generate(
-                talker,
-                &prompt,
-                &greedy(want_frames),
-                Some(&prefixes),
-                &mut Sampler::new(0),
-                &mut |f| {
-                    streamed.push(f.to_vec());
-                    Ok(true)
-                },
-            )
-            .expect("generation")
+            let run = |on_frame: &mut dyn FnMut(&[u32]) -> voxide_models::Result<bool>| {
+                let params = greedy(want_frames);
+                generate(
+                    talker,
+                    &prompt,
+                    &params,
+                    Some(&prefixes),
+                    &mut Sampler::new(0),
+                    on_frame,
+                )
+                .expect("generation")
+            };
+            let frames = run(&mut |f| {
+                streamed.push(f.to_vec());
+                Ok(true)
+            })
             .frames;
             assert_eq!(frames, streamed, "{what}: streamed frames differ");
             // Again from the voice positions' cached state: the same frames.
-            let again = generate(
-                talker,
-                &prompt,
-                &greedy(want_frames),
-                Some(&prefixes),
-                &mut Sampler::new(0),
-                &mut |_| Ok(true),
-            )
-            .expect("generation from the cached prefix");
+            let again = run(&mut |_| Ok(true));
             assert!(prompt.voice_positions > 0, "{what}: no voice positions");
             assert_eq!(again.cached_positions, prompt.voice_positions, "{what}");
             assert_eq!(

@@ -6,7 +6,7 @@
 //! embedding.
 
 use super::config::TalkerConfig;
-use super::prefix_cache::PrefixCache;
+use super::prefix_cache::{PrefixCache, PrefixKey};
 use super::prompt::Prompt;
 use super::talker::Talker;
 use crate::error::{Error, Result};
@@ -159,19 +159,19 @@ pub fn generate(
     let shared = prompt.voice_positions.min(prefill_len - 1);
     if shared > 0 {
         let rows = prompt.prefill.narrow(1, 0, shared)?;
-        match prefixes
-            .map(|c| c.get(&rows, kv_dtype))
-            .transpose()?
-            .flatten()
-        {
+        let cached = match prefixes {
+            Some(cache) => Some((cache, PrefixKey::new(&rows, kv_dtype)?)),
+            None => None,
+        };
+        match cached.as_ref().and_then(|(cache, key)| cache.get(key)) {
             Some(prefix) => {
                 state.restore(&prefix)?;
                 out.cached_positions = shared;
             }
             None => {
                 talker.forward(&rows, &mut state)?;
-                if let Some(cache) = prefixes {
-                    cache.insert(&rows, kv_dtype, state.snapshot()?)?;
+                if let Some((cache, key)) = cached {
+                    cache.insert(key, state.snapshot()?);
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The talker's state after prompt prefixes that requests share, as vLLM's automatic prefix
-//! caching keeps them: a prompt's positions before the text (instruction, role, codec tags,
-//! speaker; [`super::Prompt::voice_positions`]) depend only on the voice, language and
-//! instruction, so a server that speaks many texts in one voice runs them once.
+//! caching keeps them: a prompt's positions before the text ([`super::Prompt::voice_positions`]:
+//! instruction, role, codec tags, speaker, a cloned reference's transcript) depend only on the
+//! voice, language and instruction, so a server that speaks many texts in one voice runs them
+//! once.
 //!
 //! An entry is keyed by the prefix's embeddings bit for bit and by the caches' dtype, so a hit
 //! is exactly the state the request would have computed ([`super::generate`] always runs the
@@ -30,25 +31,35 @@ struct Entries {
     clock: u64,
 }
 
+/// What identifies a prefix: its embeddings bit for bit and the precision of the caches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixKey {
+    /// The prefix's embeddings (1, positions, H) as f32 bits.
+    bits: Vec<u32>,
+    kv_dtype: DType,
+}
+
+impl PrefixKey {
+    /// The key of the positions whose embeddings are `rows` (1, positions, H), with caches in
+    /// `kv_dtype`.
+    pub fn new(rows: &Tensor, kv_dtype: DType) -> Result<Self> {
+        let bits = rows
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f32::to_bits)
+            .collect();
+        Ok(Self { bits, kv_dtype })
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
-    /// The prefix's embeddings (1, positions, H) as f32 bits.
-    key: Vec<u32>,
-    kv_dtype: DType,
+    key: PrefixKey,
     prefix: StackPrefix,
     bytes: usize,
     last_used: u64,
-}
-
-/// `rows` (1, positions, H) as the bits of its f32 values.
-fn key_of(rows: &Tensor) -> Result<Vec<u32>> {
-    Ok(rows
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .into_iter()
-        .map(f32::to_bits)
-        .collect())
 }
 
 impl PrefixCache {
@@ -65,36 +76,28 @@ impl PrefixCache {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The state after the prefix whose embeddings are `rows`, with caches in `kv_dtype`.
-    pub fn get(&self, rows: &Tensor, kv_dtype: DType) -> Result<Option<StackPrefix>> {
-        let key = key_of(rows)?;
+    /// The state after the prefix `key`.
+    pub fn get(&self, key: &PrefixKey) -> Option<StackPrefix> {
         let mut entries = self.entries();
         entries.clock += 1;
         let now = entries.clock;
-        Ok(entries
-            .list
-            .iter_mut()
-            .find(|e| e.kv_dtype == kv_dtype && e.key == key)
-            .map(|e| {
-                e.last_used = now;
-                e.prefix.clone()
-            }))
+        entries.list.iter_mut().find(|e| e.key == *key).map(|e| {
+            e.last_used = now;
+            e.prefix.clone()
+        })
     }
 
-    /// Keeps `prefix`, the state after the positions `rows`, evicting the least recently used
+    /// Keeps `prefix`, the state after the prefix `key`, evicting the least recently used
     /// entries past the budget (a prefix larger than the budget is not kept).
-    pub fn insert(&self, rows: &Tensor, kv_dtype: DType, prefix: StackPrefix) -> Result<()> {
-        let key = key_of(rows)?;
-        let bytes = prefix.bytes() + 4 * key.len();
+    pub fn insert(&self, key: PrefixKey, prefix: StackPrefix) {
+        let bytes = prefix.bytes() + 4 * key.bits.len();
         if bytes > self.budget {
-            return Ok(());
+            return;
         }
         let mut entries = self.entries();
         entries.clock += 1;
         let now = entries.clock;
-        entries
-            .list
-            .retain(|e| !(e.kv_dtype == kv_dtype && e.key == key));
+        entries.list.retain(|e| e.key != key);
         while entries.list.iter().map(|e| e.bytes).sum::<usize>() + bytes > self.budget {
             let oldest = (0..entries.list.len())
                 .min_by_key(|&i| entries.list[i].last_used)
@@ -103,12 +106,10 @@ impl PrefixCache {
         }
         entries.list.push(Entry {
             key,
-            kv_dtype,
             prefix,
             bytes,
             last_used: now,
         });
-        Ok(())
     }
 
     /// Number of prefixes held.
@@ -140,51 +141,59 @@ mod tests {
         }
     }
 
-    /// Embeddings of `positions` rows of width 2 whose values start at `first`.
-    fn rows(positions: usize, first: f32) -> Tensor {
-        let values: Vec<f32> = (0..2 * positions).map(|i| first + i as f32).collect();
-        Tensor::from_vec(values, (1, positions, 2), &Device::Cpu).unwrap()
+    /// The F16-cache key of `positions` rows of width 2 whose values start at `first`.
+    fn key(positions: usize, first: f32) -> PrefixKey {
+        key_of(
+            (0..2 * positions).map(|i| first + i as f32).collect(),
+            DType::F16,
+        )
+    }
+
+    fn key_of(values: Vec<f32>, kv_dtype: DType) -> PrefixKey {
+        let positions = values.len() / 2;
+        let rows = Tensor::from_vec(values, (1, positions, 2), &Device::Cpu).unwrap();
+        PrefixKey::new(&rows, kv_dtype).unwrap()
     }
 
     #[test]
-    fn a_prefix_is_found_by_its_embeddings_and_kv_dtype() -> Result<()> {
+    fn a_prefix_is_found_by_its_embeddings_and_kv_dtype() {
         let cache = PrefixCache::new(1 << 20);
-        cache.insert(&rows(3, 0.0), DType::F16, prefix(3))?;
-        let hit = cache.get(&rows(3, 0.0), DType::F16)?.expect("a hit");
+        cache.insert(key(3, 0.0), prefix(3));
+        let hit = cache.get(&key(3, 0.0)).expect("a hit");
         assert_eq!(hit.positions(), 3);
-        assert!(cache.get(&rows(3, 0.0), DType::F32)?.is_none());
-        assert!(cache.get(&rows(3, 1.0), DType::F16)?.is_none());
-        assert!(cache.get(&rows(2, 0.0), DType::F16)?.is_none());
-        // -0.0 and 0.0 are other bits: other embeddings.
-        let negative_zero = (rows(3, 0.0) * -1.0)?.abs()?.neg()?;
-        assert!(cache.get(&negative_zero, DType::F16)?.is_none());
+        let values: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        assert!(cache.get(&key_of(values.clone(), DType::F32)).is_none());
+        assert!(cache.get(&key(3, 1.0)).is_none());
+        assert!(cache.get(&key(2, 0.0)).is_none());
+        // The same values but a -0.0 for the 0.0: other bits, another prefix.
+        let mut negative_zero = values;
+        negative_zero[0] = -0.0;
+        assert!(cache.get(&key_of(negative_zero, DType::F16)).is_none());
         // Inserted again: replaced, not duplicated.
-        cache.insert(&rows(3, 0.0), DType::F16, prefix(3))?;
+        cache.insert(key(3, 0.0), prefix(3));
         assert_eq!(cache.len(), 1);
         cache.clear();
         assert!(cache.is_empty());
-        Ok(())
     }
 
     #[test]
-    fn the_least_recently_used_go_first_past_the_budget() -> Result<()> {
+    fn the_least_recently_used_go_first_past_the_budget() {
         // Each entry: 2 · 4 positions · 4 values · 2 bytes + 4 · 8 values of key = 96 bytes.
         let cache = PrefixCache::new(3 * 96);
         for first in [0.0, 100.0, 200.0] {
-            cache.insert(&rows(4, first), DType::F16, prefix(4))?;
+            cache.insert(key(4, first), prefix(4));
         }
         assert_eq!(cache.len(), 3);
         // The first is used again, so the second is the oldest when a fourth comes.
-        assert!(cache.get(&rows(4, 0.0), DType::F16)?.is_some());
-        cache.insert(&rows(4, 300.0), DType::F16, prefix(4))?;
+        assert!(cache.get(&key(4, 0.0)).is_some());
+        cache.insert(key(4, 300.0), prefix(4));
         assert_eq!(cache.len(), 3);
-        assert!(cache.get(&rows(4, 100.0), DType::F16)?.is_none());
+        assert!(cache.get(&key(4, 100.0)).is_none());
         for first in [0.0, 200.0, 300.0] {
-            assert!(cache.get(&rows(4, first), DType::F16)?.is_some(), "{first}");
+            assert!(cache.get(&key(4, first)).is_some(), "{first}");
         }
         // Larger than the whole budget: not kept, nothing evicted.
-        cache.insert(&rows(40, 0.0), DType::F16, prefix(40))?;
+        cache.insert(key(40, 0.0), prefix(40));
         assert_eq!(cache.len(), 3);
-        Ok(())
     }
 }

@@ -203,8 +203,8 @@ impl Synthesizer {
         Ok(())
     }
 
-    /// The talker's states after the voice positions (instruction, role, codec tags, speaker)
-    /// of earlier requests, which later requests in the same voice start from.
+    /// The talker's states after the voice positions ([`Prompt::voice_positions`]) of earlier
+    /// requests, which later requests in the same voice start from.
     pub fn prefix_cache(&self) -> &PrefixCache {
         &self.prefixes
     }
