@@ -17,22 +17,22 @@ use rayon::prelude::*;
 /// on the GEMM.
 pub const SMALL_M_MAX_ROWS: usize = 4096;
 
-/// The cap on AVX-512. Against gemm's 256-bit kernels small-M was faster at every size tried,
-/// m = 9…1500 on Voxtral and Whisper shapes (PERFORMANCE.md #21–23, #56). Against its 512-bit
-/// ones (#99) widen + GEMM wins from here on: AMD Zen 5, 2 threads, Whisper f16 shapes, 1.05–1.45×
-/// at m = 768, 1.16–1.52× at m = 1500, mixed at 512, small-M ahead below (PERFORMANCE.md #103).
-const AVX512_MAX_ROWS: usize = 512;
-
-/// The cap on AVX2 (16 registers): measured on AMD EPYC Zen 3, 2 threads, small-M is faster
-/// up to m = 128 (9216 × 3072 bf16: 137 against 56 GFLOP/s for widen + GEMM) and mixed beyond
-/// (Whisper shapes at m = 1500: 107–160 against 157–180 GFLOP/s; PERFORMANCE.md #38, #56).
-const SMALL_BLOCK_MAX_ROWS: usize = 128;
+/// The cap on x86 (AVX2 and AVX-512): beyond it widen + GEMM (the `gemm` crate) is as fast or
+/// faster on the shapes tried.
+/// - AVX-512: against gemm's 256-bit kernels small-M was faster at every size tried, m = 9…1500
+///   on Voxtral and Whisper shapes (PERFORMANCE.md #21–23, #56); against its 512-bit ones (#99)
+///   widen + GEMM wins from here on: AMD Zen 5, 2 threads, Whisper f16 shapes, 1.05–1.45× at
+///   m = 768, 1.16–1.52× at m = 1500, mixed at 512, small-M ahead below (PERFORMANCE.md #103).
+/// - AVX2 (16 registers): AMD EPYC Zen 3, 2 threads, small-M ahead at m = 256–512 on every
+///   Voxtral shape (bf16 and int8, 1.10–1.58×) and the Whisper shapes of 768 columns and more
+///   (f16, 1.02–1.42×), level or behind only on Whisper tiny's 384 × 384 and 384 × 1536 (0.89–
+///   0.96); at m = 1500 mixed, 0.71–1.66× (PERFORMANCE.md #151; the cap was 128 from #38, #56).
+const X86_MAX_ROWS: usize = 512;
 
 /// Most rows of x the small-M kernel takes on this CPU (see [`SMALL_M_MAX_ROWS`]).
 pub fn small_m_max_rows() -> usize {
     match Isa::detect() {
-        Isa::Avx2 => SMALL_BLOCK_MAX_ROWS,
-        Isa::Avx512 => AVX512_MAX_ROWS,
+        Isa::Avx2 | Isa::Avx512 => X86_MAX_ROWS,
         Isa::Neon | Isa::Scalar => SMALL_M_MAX_ROWS,
     }
 }
