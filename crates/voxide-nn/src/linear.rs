@@ -98,7 +98,7 @@ fn scale_narrow(w: &Tensor, factor: f64) -> Result<Option<Tensor>> {
 /// (f16, bf16, int8) times f32 inputs run the crate's kernels: at most [`MAX_ROWS`] rows (a
 /// decoder step) the streaming GEMV, at most
 /// [`small_m_max_rows`](crate::kernels::small_m::small_m_max_rows) the small-M kernel (int8
-/// where VNNI runs: the integer small-M kernel at any size), larger inputs a GEMM on blocks of
+/// on x86: the integer small-M kernel at any size), larger inputs a GEMM on blocks of
 /// widened weight rows (no f32 copy of the whole matrix). f32
 /// weights take the same GEMV for at most [`MAX_ROWS`] rows and candle's GEMM beyond.
 #[derive(Clone, Debug)]
@@ -895,7 +895,7 @@ mod tests {
                     let err = max_rel(&got, &want);
                     // Where int8 runs on the GEMV, it multiplies x's int16 codes (`gemv_int8`):
                     // each value within 1.5e-5 of its block's largest; on the integer small-M
-                    // kernel (VNNI), x's 8-bit codes: within 1 / 254 of its block's largest.
+                    // kernel (x86), x's 8-bit codes: within 1 / 254 of its block's largest.
                     let tol = match fmt {
                         WeightFormat::Int8 if rows <= int8_gemv_max_rows() => 1e-4,
                         WeightFormat::Int8 if integer_int8() => 1e-2,

@@ -100,7 +100,9 @@ impl<'a> Narrow<'a> {
 /// small-M kernel's with its panels of 2 vectors of rows (16 on AVX2, 32 on AVX-512), so a
 /// prompt of 9–16 positions is mostly padding there: AMD EPYC Zen 3, 2 threads, int8 9216 ×
 /// 3072 at m = 9: 3.8 ms in chunks against 7.0 ms (3072 × 1024: 0.45 against 0.72), level at
-/// m = 16–24, small-M ahead from m = 32 (PERFORMANCE.md #72).
+/// m = 16–24, small-M ahead from m = 32 (PERFORMANCE.md #72). With the integer small-M kernel
+/// on AVX2 (#152) the crossover stays here: on the same kind, Qwen3-TTS and Voxtral shapes, the
+/// GEMV in chunks ahead at m = 9–13, level at 14–15, the integer kernel 1.0–1.4× ahead at 16.
 pub const INT8_GEMV_MAX_ROWS: usize = 2 * MAX_ROWS;
 
 /// The same cap where the small-M kernel multiplies int8 in integers on 512-bit vectors

@@ -37,12 +37,13 @@ pub fn small_m_max_rows() -> usize {
     }
 }
 
-/// Whether int8 weights take the integer small-M kernel on this CPU (AVX-512 VNNI or AVX-VNNI,
-/// [`small_m_int8`]): x in 8 bits, ~2.9× the f32 path's rate (m = 39, 9216 × 3072, Zen 4),
-/// and ahead of widen + GEMM at any size.
+/// Whether int8 weights take the integer small-M kernel on this CPU (x86 with AVX2,
+/// [`small_m_int8`]): x in 8 bits; with VNNI ~2.9× the f32 path's rate (m = 39, 9216 × 3072,
+/// Zen 4), on AVX2 alone 1.2–1.4× (Zen 3, PERFORMANCE.md #152); ahead of widen + GEMM at any
+/// size.
 pub fn integer_int8() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return small_m_int8::available(Isa::detect());
+    return small_m_int8::Kernel::for_isa(Isa::detect()).is_some();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -105,8 +106,8 @@ pub fn matmul_small_on<E: WeightElem>(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(data) = E::as_int8(w.data).filter(|_| small_m_int8::available(isa)) {
-        // int8 where VNNI runs: integer products (see `small_m_int8`).
+    if let (Some(data), Some(kernel)) = (E::as_int8(w.data), small_m_int8::Kernel::for_isa(isa)) {
+        // int8 in integers (see `small_m_int8`).
         let w = WeightMatrix {
             data,
             scales: w.scales,
@@ -114,7 +115,7 @@ pub fn matmul_small_on<E: WeightElem>(
             cols: k,
             residency: w.residency,
         };
-        return small_m_int8::matmul(isa, x, &w, bias, y, m);
+        return small_m_int8::matmul(kernel, x, &w, bias, y, m);
     }
     let block = if k <= MAX_BLOCK {
         k
@@ -558,10 +559,10 @@ mod tests {
                     );
                     let wi = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
                     pool.install(|| matmul_small_on(isa, &x, &wi, Some(&bias), &mut y, m));
-                    // Where VNNI runs, the integer path rounds x to 8 bits per block.
+                    // Where the integer path runs, it rounds x to 8 bits per block.
                     let what = format!("int8 {what}");
                     #[cfg(target_arch = "x86_64")]
-                    if small_m_int8::available(isa) {
+                    if small_m_int8::Kernel::for_isa(isa).is_some() {
                         let rounding = (small_m_int8::X8_BLOCK, 127.0);
                         check_rounded_x(&y, &want_i8, &x, &tw.i8_f32, m, rounding, &what);
                         continue;

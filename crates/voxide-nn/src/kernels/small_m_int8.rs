@@ -1,12 +1,23 @@
-//! The small-M product for int8 weights on CPUs with VNNI, 512-bit (AVX-512 VNNI: Zen 4 and 5,
-//! Intel Xeon from Ice Lake) or 256-bit (AVX-VNNI: Intel cores from Alder Lake, which have no
-//! AVX-512): x is quantized to 8 bits per block of [`X8_BLOCK`] values of a row (as llama.cpp
-//! quantizes activations for its Q8_0 products, and vLLM's W8A8 per token), stored as
-//! q + 128 in a byte, and each block's products sum exactly in int32 by `vpdpbusd`, 64
-//! multiply-adds per instruction (4× the f32 path's FMA, [`super::small_m`]; 2× the int16
-//! pairs of `vpdpwssd` this kernel used before); once per block the sums, less 128 · Σ w of
-//! the block, meet x's scales in f32:
-//! y[i][r] = scale_r · Σ_b d[i][b] · (Σ_{j∈b} (q[i][j] + 128) · w[r][j] − 128 · Σ_{j∈b} w[r][j]).
+//! The small-M product for int8 weights in integers on x86: x is quantized to 8 bits per block
+//! of [`X8_BLOCK`] values of a row (as llama.cpp quantizes activations for its Q8_0 products,
+//! and vLLM's W8A8 per token), and each block's products sum exactly in int32, four bytes per
+//! 32-bit lane; once per block the sums meet x's scales in f32. Three kernels ([`Kernel`]):
+//! - VNNI, 512-bit (AVX-512 VNNI: Zen 4 and 5, Intel Xeon from Ice Lake) or 256-bit (AVX-VNNI:
+//!   Intel cores from Alder Lake, which have no AVX-512): `vpdpbusd`, 64 multiply-adds per
+//!   instruction (4× the f32 path's FMA, [`super::small_m`]; 2× the int16 pairs of `vpdpwssd`
+//!   this kernel used before). Its first operand is unsigned, so x is stored as q + 128 and
+//!   each block's sums lose 128 · Σ w of the block:
+//!   y[i][r] = scale_r · Σ_b d[i][b] · (Σ_{j∈b} (q[i][j] + 128) · w[r][j] − 128 · Σ_{j∈b} w[r][j]).
+//! - AVX2 without VNNI: `vpmaddubsw` on |w| and x with w's sign (`vpsignb`), then `vpmaddwd`
+//!   by ones into int32, as llama.cpp's AVX2 `mul_sum_i8_pairs` does. With x and w in
+//!   [-127, 127] (w = -128 too) a pair of products is at most 2 · 128 · 127 < 2¹⁵, so the
+//!   int16 sums never saturate, and the block sums equal VNNI's exactly. Four instructions per
+//!   32 multiply-adds (and an absolute value per 2 × 32) against four FMAs for the f32 path:
+//!   on AMD Zen 3, which issues ~3 of these integer instructions a cycle against 2 FMAs,
+//!   1.3–1.4× the f32 rate in registers and in the kernel (PERFORMANCE.md #152). x in 7 bits
+//!   (q + 64, unsigned) would drop the sign and the absolute value, ~1.5× more, at twice the
+//!   rounding of x: not taken.
+//!
 //! The decoder steps' GEMV keeps ~15 bits of x ([`super::gemv_int8`]); 8 bits per block of 128
 //! add a rounding of the order of the weights' own.
 //!
@@ -24,28 +35,76 @@ use super::small_m::{
 };
 use std::arch::x86_64::*;
 
-/// Whether this CPU runs the integer small-M product on `isa`'s vectors.
-pub fn available(isa: Isa) -> bool {
-    match isa {
-        Isa::Avx512 => {
-            isa.is_available()
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vnni")
+/// An integer small-M kernel, by its instructions and vector width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// `vpdpbusd` on 512-bit vectors.
+    Avx512Vnni,
+    /// `vpdpbusd` on 256-bit vectors.
+    AvxVnni,
+    /// `vpsignb` + `vpmaddubsw` + `vpmaddwd` on 256-bit vectors.
+    Avx2,
+}
+
+impl Kernel {
+    /// Whether this CPU runs the kernel.
+    pub fn runs(self) -> bool {
+        match self {
+            Kernel::Avx512Vnni => {
+                Isa::Avx512.is_available()
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
+            Kernel::AvxVnni => Isa::Avx2.is_available() && std::is_x86_feature_detected!("avxvnni"),
+            Kernel::Avx2 => Isa::Avx2.is_available(),
         }
-        Isa::Avx2 => isa.is_available() && std::is_x86_feature_detected!("avxvnni"),
-        _ => false,
+    }
+
+    /// The fastest kernel on vectors no wider than `isa`'s, if this CPU runs one.
+    pub fn for_isa(isa: Isa) -> Option<Kernel> {
+        let candidates: &[Kernel] = match isa {
+            Isa::Avx512 => &[Kernel::Avx512Vnni, Kernel::AvxVnni, Kernel::Avx2],
+            Isa::Avx2 => &[Kernel::AvxVnni, Kernel::Avx2],
+            _ => &[],
+        };
+        candidates.iter().copied().find(|k| k.runs())
+    }
+
+    /// x's rows per panel: 2 vectors of them.
+    fn width(self) -> usize {
+        X_VECS
+            * match self {
+                Kernel::Avx512Vnni => Avx512Vnni::LANES,
+                Kernel::AvxVnni => AvxVnni::LANES,
+                Kernel::Avx2 => Avx2Sign::LANES,
+            }
+    }
+
+    /// What x's codes are stored as: q + `offset` in a byte.
+    fn offset(self) -> i32 {
+        match self {
+            Kernel::Avx512Vnni => Avx512Vnni::OFFSET,
+            Kernel::AvxVnni => AvxVnni::OFFSET,
+            Kernel::Avx2 => Avx2Sign::OFFSET,
+        }
     }
 }
 
-/// The vector operations of the kernel on one instruction set.
-trait Vnni {
+/// The vector operations of a kernel.
+trait ByteDot {
     /// int32 lanes per vector.
     const LANES: usize;
+    /// x's codes are stored as q + OFFSET (0 or 128) in a byte.
+    const OFFSET: i32;
+    /// Weight rows per pass of the micro-kernel: the accumulators of [`W_ROWS`] rows where a
+    /// product needs no registers of its own.
+    const ROWS_PER_PASS: usize;
     type I: Copy;
     unsafe fn zero() -> Self::I;
     unsafe fn load(p: *const i32) -> Self::I;
     unsafe fn splat(v: i32) -> Self::I;
-    /// acc + the sums of 4 products of the unsigned bytes of a and the signed bytes of b.
+    /// acc + the sums of 4 products of the bytes of a (x's codes: q + OFFSET) and the signed
+    /// bytes of b (weights).
     unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I;
     /// out[l] += (sums[l] − c) · d[l] for the LANES lanes.
     unsafe fn scale_add(out: *mut f32, sums: Self::I, c: i32, d: *const f32);
@@ -53,8 +112,10 @@ trait Vnni {
 
 struct Avx512Vnni;
 
-impl Vnni for Avx512Vnni {
+impl ByteDot for Avx512Vnni {
     const LANES: usize = 16;
+    const OFFSET: i32 = 128;
+    const ROWS_PER_PASS: usize = W_ROWS;
     type I = __m512i;
     #[inline(always)]
     unsafe fn zero() -> Self::I {
@@ -86,8 +147,10 @@ impl Vnni for Avx512Vnni {
 
 struct AvxVnni;
 
-impl Vnni for AvxVnni {
+impl ByteDot for AvxVnni {
     const LANES: usize = 8;
+    const OFFSET: i32 = 128;
+    const ROWS_PER_PASS: usize = W_ROWS;
     type I = __m256i;
     #[inline(always)]
     unsafe fn zero() -> Self::I {
@@ -117,15 +180,50 @@ impl Vnni for AvxVnni {
     }
 }
 
+struct Avx2Sign;
+
+impl ByteDot for Avx2Sign {
+    const LANES: usize = 8;
+    const OFFSET: i32 = 0;
+    /// A product takes three registers besides the accumulators (|w|, x with w's sign, the
+    /// pair sums): with 12 accumulators AVX2's 16 registers spilled them to the stack in the
+    /// loop, so the rows go in two passes of ≤ 3 over the same x (from L1).
+    const ROWS_PER_PASS: usize = 3;
+    type I = __m256i;
+    #[inline(always)]
+    unsafe fn zero() -> Self::I {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const i32) -> Self::I {
+        _mm256_loadu_si256(p as *const _)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> Self::I {
+        _mm256_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I {
+        // |w| · (x with w's sign) = w · x; the same |w| for both x vectors of a micro-kernel
+        // step is computed once after inlining.
+        let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(b), _mm256_sign_epi8(a, b));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+    #[inline(always)]
+    unsafe fn scale_add(out: *mut f32, sums: Self::I, c: i32, d: *const f32) {
+        AvxVnni::scale_add(out, sums, c, d)
+    }
+}
+
 /// Values of a row of x per 8-bit scale: a multiple of 4 (the bytes of a lane) dividing
-/// [`MAX_BLOCK`], so that no block straddles a column block. 128 · 255 · 127 stays far below
+/// [`MAX_BLOCK`], so that no block straddles a column block. 128 · 255 · 128 stays far below
 /// 2³¹ in a lane's sum.
 pub(crate) const X8_BLOCK: usize = 128;
 
 /// x quantized and packed for the micro-kernel, `PASS_ROWS` rows at most.
 struct Panels {
-    /// `[panel][quad][lane]`: four codes q + 128 of x per 32-bit lane (q = 0 past the last row
-    /// and past k).
+    /// `[panel][quad][lane]`: four codes q + the kernel's offset of x per 32-bit lane (q = 0
+    /// past the last row and past k).
     codes: Vec<u32>,
     /// `[panel][block][lane]`: the scale of each row's block (its largest |x| / 127), zero past
     /// the last row, NaN where the block holds a NaN or infinite value.
@@ -133,11 +231,18 @@ struct Panels {
 }
 
 impl Panels {
-    /// x (m × k) in panels of `width` rows.
-    fn pack(x: &[f32], m: usize, k: usize, width: usize) -> Self {
+    /// x (m × k) in panels of `kernel`'s width.
+    fn pack(x: &[f32], m: usize, k: usize, kernel: Kernel) -> Self {
         let (quads, blocks) = (k.div_ceil(4), k.div_ceil(X8_BLOCK));
+        let width = kernel.width();
         let panels = m.div_ceil(width);
-        let mut codes = vec![0x8080_8080u32; panels * quads * width];
+        // q + 128 as a byte is q's two's complement with its top bit flipped.
+        let flip = if kernel.offset() == 128 {
+            0x8080_8080
+        } else {
+            0
+        };
+        let mut codes = vec![flip; panels * quads * width];
         let mut scales = vec![0f32; panels * blocks * width];
         let isa = Isa::detect();
         // One row's codes q (0 past k), rounded as the weights are at load.
@@ -157,19 +262,18 @@ impl Panels {
                 scales[(p * blocks + b) * width + l] = if finite { max / 127.0 } else { f32::NAN };
             }
             for (j, quad) in row_codes.chunks(4).enumerate() {
-                // q + 128 as a byte is q's two's complement with its top bit flipped.
                 codes[(p * quads + j) * width + l] =
-                    u32::from_le_bytes([0, 1, 2, 3].map(|b| quad[b] as u8)) ^ 0x8080_8080;
+                    u32::from_le_bytes([0, 1, 2, 3].map(|b| quad[b] as u8)) ^ flip;
             }
         }
         Self { codes, scales }
     }
 }
 
-/// y (m × n) = x (m × k) · wᵀ (+ bias) for int8 `w` with its row scales, on `isa`'s vectors;
-/// the caller checked the operands and [`available`].
+/// y (m × n) = x (m × k) · wᵀ (+ bias) for int8 `w` with its row scales, by `kernel`; the
+/// caller checked the operands and that the kernel [runs](Kernel::runs).
 pub(crate) fn matmul(
-    isa: Isa,
+    kernel: Kernel,
     x: &[f32],
     w: &WeightMatrix<i8>,
     bias: Option<&[f32]>,
@@ -178,32 +282,27 @@ pub(crate) fn matmul(
 ) {
     let (n, k) = (w.rows, w.cols);
     let block = k.min(MAX_BLOCK);
-    let width = X_VECS
-        * if isa == Isa::Avx512 {
-            Avx512Vnni::LANES
-        } else {
-            AvxVnni::LANES
-        };
+    let width = kernel.width();
     for (xs, ys) in x[..m * k]
         .chunks(PASS_ROWS * k)
         .zip(y.chunks_mut(PASS_ROWS * n))
     {
         let rows = xs.len() / k;
-        let panels = Panels::pack(xs, rows, k, width);
+        let panels = Panels::pack(xs, rows, k, kernel);
         let out = OutPtr(ys.as_mut_ptr());
         for_each_task(
             n,
             rows * n * k,
             || Scratch::<i8>::new(block.next_multiple_of(4), width),
-            // SAFETY: `available` was checked by the caller; the buffers fit (asserted in the
+            // SAFETY: the caller checked that the kernel runs; the buffers fit (asserted in the
             // task).
             |r0, r1, scratch| unsafe {
-                match isa {
-                    Isa::Avx512 => {
-                        task_avx512(&panels, *w, bias, out, rows, r0, r1, block, scratch)
-                    }
-                    _ => task_avx2(&panels, *w, bias, out, rows, r0, r1, block, scratch),
-                }
+                let task = match kernel {
+                    Kernel::Avx512Vnni => task_avx512_vnni,
+                    Kernel::AvxVnni => task_avx_vnni,
+                    Kernel::Avx2 => task_avx2,
+                };
+                task(&panels, *w, bias, out, rows, r0, r1, block, scratch)
             },
         );
     }
@@ -212,7 +311,7 @@ pub(crate) fn matmul(
 /// [`task`] on AVX-512 VNNI.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn task_avx512(
+unsafe fn task_avx512_vnni(
     panels: &Panels,
     w: WeightMatrix<i8>,
     bias: Option<&[f32]>,
@@ -230,7 +329,7 @@ unsafe fn task_avx512(
 /// [`task`] on AVX-VNNI.
 #[target_feature(enable = "avx2,fma,avxvnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn task_avx2(
+unsafe fn task_avx_vnni(
     panels: &Panels,
     w: WeightMatrix<i8>,
     bias: Option<&[f32]>,
@@ -245,10 +344,28 @@ unsafe fn task_avx2(
     unsafe { task::<AvxVnni>(panels, w, bias, y, m, r0, r1, block, scratch) }
 }
 
+/// [`task`] on AVX2.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn task_avx2(
+    panels: &Panels,
+    w: WeightMatrix<i8>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    m: usize,
+    r0: usize,
+    r1: usize,
+    block: usize,
+    scratch: &mut Scratch<i8>,
+) {
+    // SAFETY: forwarded from the caller; the features are enabled here.
+    unsafe { task::<Avx2Sign>(panels, w, bias, y, m, r0, r1, block, scratch) }
+}
+
 /// Output rows r0..r1 for all m rows of x.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn task<V: Vnni>(
+unsafe fn task<V: ByteDot>(
     panels: &Panels,
     w: WeightMatrix<i8>,
     bias: Option<&[f32]>,
@@ -277,26 +394,26 @@ unsafe fn task<V: Vnni>(
         strip: scratch.strip.as_mut_ptr(),
         stride,
         sums: [[0; MAX_BLOCK / X8_BLOCK]; W_ROWS],
-        _vnni: std::marker::PhantomData,
+        _kernel: std::marker::PhantomData,
     };
     let tile = scratch.tile.as_mut_ptr();
     run_task(&mut strips, m, (r0, r1), block, tile, y, Some(scales), bias);
 }
 
-/// The integer kernel's strips: int8 weights copied to L1, unscaled, with 128 · the sum of
-/// each x block's weights (the codes' offset, taken off once per block).
+/// The integer kernel's strips: int8 weights copied to L1, unscaled, with the codes' offset ·
+/// the sum of each x block's weights (taken off once per block).
 struct IntStrips<'a, V> {
     panels: &'a Panels,
     w: WeightMatrix<'a, i8>,
     /// [`W_ROWS`] rows of the current column block, `stride` apart, zero past its end.
     strip: *mut i8,
     stride: usize,
-    /// `sums[t][b]` = 128 · Σ of strip row t over the column block's x block b.
+    /// `sums[t][b]` = OFFSET · Σ of strip row t over the column block's x block b.
     sums: [[i32; MAX_BLOCK / X8_BLOCK]; W_ROWS],
-    _vnni: std::marker::PhantomData<V>,
+    _kernel: std::marker::PhantomData<V>,
 }
 
-impl<V: Vnni> StripKernel for IntStrips<'_, V> {
+impl<V: ByteDot> StripKernel for IntStrips<'_, V> {
     const LANES: usize = V::LANES;
 
     #[inline(always)]
@@ -321,7 +438,7 @@ impl<V: Vnni> StripKernel for IntStrips<'_, V> {
         dst[..len].copy_from_slice(src);
         dst[len..].fill(0);
         for (sum, part) in self.sums[t].iter_mut().zip(src.chunks(X8_BLOCK)) {
-            *sum = 128 * part.iter().map(|&v| v as i32).sum::<i32>();
+            *sum = V::OFFSET * part.iter().map(|&v| v as i32).sum::<i32>();
         }
     }
 
@@ -349,12 +466,17 @@ impl<V: Vnni> StripKernel for IntStrips<'_, V> {
             .add((panel * blocks + c0 / X8_BLOCK) * width);
         let wp = self.strip as *const i32;
         let (w_stride, quad_len) = (self.stride / 4, len.div_ceil(4));
-        let sums = &self.sums;
-        with_blocking!(
-            strip_rows,
-            vecs,
-            micro::<V>(xp, sp, wp, w_stride, quad_len, sums, yp)
-        );
+        let mut t0 = 0;
+        while t0 < strip_rows {
+            let rows = (strip_rows - t0).min(V::ROWS_PER_PASS);
+            let (wp, sums, yp) = (wp.add(t0 * w_stride), &self.sums[t0..], yp.add(t0 * width));
+            with_blocking!(
+                rows,
+                vecs,
+                micro::<V>(xp, sp, wp, w_stride, quad_len, sums, yp)
+            );
+            t0 += rows;
+        }
     }
 }
 
@@ -363,13 +485,13 @@ impl<V: Vnni> StripKernel for IntStrips<'_, V> {
 /// weight rows (quad stride `w_stride`), over `quad_len` quads starting at an x block's start;
 /// yp's rows have stride `width`.
 #[inline(always)]
-unsafe fn micro<V: Vnni, const ROWS: usize, const VECS: usize>(
+unsafe fn micro<V: ByteDot, const ROWS: usize, const VECS: usize>(
     xp: *const i32,
     sp: *const f32,
     wp: *const i32,
     w_stride: usize,
     quad_len: usize,
-    offsets: &[[i32; MAX_BLOCK / X8_BLOCK]; W_ROWS],
+    offsets: &[[i32; MAX_BLOCK / X8_BLOCK]],
     yp: *mut f32,
 ) {
     let width = X_VECS * V::LANES;
@@ -411,16 +533,67 @@ mod tests {
     use super::*;
     use crate::kernels::gemv::tests::{check_rounded_x, data, reference, weights};
 
-    /// The instruction sets whose integer path runs on this CPU.
-    fn isas() -> Vec<Isa> {
-        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+    /// The kernels this CPU runs.
+    fn kernels() -> Vec<Kernel> {
+        let kernels: Vec<Kernel> = [Kernel::Avx512Vnni, Kernel::AvxVnni, Kernel::Avx2]
             .into_iter()
-            .filter(|&i| available(i))
+            .filter(|k| k.runs())
             .collect();
-        if isas.is_empty() {
-            eprintln!("no VNNI: the integer small-M path does not run here");
+        if kernels.is_empty() {
+            eprintln!("no AVX2: the integer small-M path does not run here");
         }
-        isas
+        kernels
+    }
+
+    #[test]
+    fn the_fastest_kernel_that_runs_is_chosen() {
+        assert_eq!(Kernel::for_isa(Isa::Scalar), None);
+        assert_eq!(Kernel::for_isa(Isa::Neon), None);
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            let chosen = Kernel::for_isa(isa);
+            if !isa.is_available() {
+                continue;
+            }
+            let fastest = match isa {
+                Isa::Avx512 if Kernel::Avx512Vnni.runs() => Kernel::Avx512Vnni,
+                _ if Kernel::AvxVnni.runs() => Kernel::AvxVnni,
+                _ => Kernel::Avx2,
+            };
+            assert_eq!(chosen, Some(fastest), "{isa:?}");
+        }
+    }
+
+    /// Codes at the ends of their range (x at ±127 and weights at -128 and ±127, whose pairs of
+    /// products come closest to int16's limit in `vpmaddubsw`) sum exactly on every kernel: x
+    /// whose blocks reach 127 and weights of scale 1 make the product an exact integer.
+    #[test]
+    fn extreme_codes_sum_exactly() {
+        let (m, n, k) = (19, 7, 2 * X8_BLOCK + 4);
+        let x: Vec<f32> = (0..m * k)
+            .map(|e| match (e % k % X8_BLOCK == 0, e % 5) {
+                (true, _) | (_, 0 | 2) => 127.0,
+                (_, 1 | 3) => -127.0,
+                _ => (e % 255) as f32 - 127.0,
+            })
+            .collect();
+        let w: Vec<i8> = (0..n * k)
+            .map(|e| [-128, 127, -127, -128, 1, 0, 127][e % 7])
+            .collect();
+        let scales = vec![1f32; n];
+        let want: Vec<f32> = (0..m * n)
+            .map(|e| {
+                let (i, r) = (e / n, e % n);
+                (0..k)
+                    .map(|j| x[i * k + j] as i64 * w[r * k + j] as i64)
+                    .sum::<i64>() as f32
+            })
+            .collect();
+        let wm = WeightMatrix::with_scales(&w, &scales, n, k);
+        for kernel in kernels() {
+            let mut y = vec![0f32; m * n];
+            matmul(kernel, &x, &wm, None, &mut y, m);
+            assert_eq!(y, want, "{kernel:?}");
+        }
     }
 
     /// Against the product of the unquantized x, within what rounding x to 8 bits allows: odd
@@ -449,11 +622,17 @@ mod tests {
                 x[k / 2] = -250.0; // an outlier in one block of row 0
                 let want = reference(&x, &tw.i8_f32, Some(&bias), m, k);
                 let w = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
-                for isa in isas() {
+                let mut first: Option<(Kernel, Vec<f32>)> = None;
+                for kernel in kernels() {
                     let mut y = vec![0f32; m * n];
-                    pool.install(|| matmul(isa, &x, &w, Some(&bias), &mut y, m));
-                    let what = format!("{isa:?} m{m} k{k} n{n}");
+                    pool.install(|| matmul(kernel, &x, &w, Some(&bias), &mut y, m));
+                    let what = format!("{kernel:?} m{m} k{k} n{n}");
                     check_rounded_x(&y, &want, &x, &tw.i8_f32, m, (X8_BLOCK, 127.0), &what);
+                    // The kernels' block sums are the same integers, summed in the same order.
+                    match &first {
+                        Some((k0, y0)) => assert_eq!(&y, y0, "{what} against {k0:?}"),
+                        None => first = Some((kernel, y)),
+                    }
                 }
             }
         }
@@ -464,14 +643,14 @@ mod tests {
         let (m, n, k) = (40, 13, 300);
         let tw = weights(n, k, 2);
         let w = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
-        for (bad, isa) in [f32::NAN, f32::INFINITY]
+        for (bad, kernel) in [f32::NAN, f32::INFINITY]
             .into_iter()
-            .flat_map(|b| isas().into_iter().map(move |i| (b, i)))
+            .flat_map(|b| kernels().into_iter().map(move |k| (b, k)))
         {
             let mut x = data(m * k, 1);
             x[33 * k + 7] = bad;
             let mut y = vec![0f32; m * n];
-            matmul(isa, &x, &w, None, &mut y, m);
+            matmul(kernel, &x, &w, None, &mut y, m);
             for (i, row) in y.chunks(n).enumerate() {
                 if i == 33 {
                     assert!(row.iter().all(|v| v.is_nan()), "row 33 has {bad}");
