@@ -95,8 +95,9 @@ impl Voxtral {
     /// Loads a checkpoint directory in either layout: `consolidated.safetensors` +
     /// `params.json` + `tekken.json` (Mistral) or `model.safetensors` (or shards) +
     /// `config.json` + `tekken.json` (HF). Matrices stay in the checkpoint's precision unless
-    /// `weights` says otherwise (int8: the decoder's matrices and head, quantized per row at
-    /// load); norms, biases, convolutions and positions are f32.
+    /// `weights` says otherwise (int8: the decoder's and the encoder's matrices and the head,
+    /// quantized per row at load; a ggml block format: the decoder's); norms, biases,
+    /// convolutions and positions are f32.
     pub fn from_dir(dir: &Path, device: &Device, weights: Option<WeightFormat>) -> Result<Self> {
         let config = Config::from_dir(dir)?;
         let files = match config.layout {

@@ -132,7 +132,10 @@ impl VoxtralModel {
 
     /// [`Self::load`] with the decoder's matrices and output head stored as `decoder_format`
     /// (int8 halves what a step reads), each layer converted as it is read: loading holds one
-    /// layer in the stored precision, not the whole decoder beside its quantized copy.
+    /// layer in the stored precision, not the whole decoder beside its quantized copy. int8
+    /// quantizes the encoder's matrices too: its window products run in integers (VNNI, or
+    /// AVX2's `vpmaddubsw`), and it holds half the bytes (PERFORMANCE.md #153); the ggml block
+    /// formats, whose kernels serve decoder steps, leave it in the checkpoint's precision.
     pub fn load_in_format(
         vb: VarBuilder,
         config: Config,
@@ -157,6 +160,10 @@ impl VoxtralModel {
             Layout::Mistral => vb.clone().rename_f(mistral_encoder_name).pp(names.encoder),
         };
         let encoder = Encoder::load(encoder_vb, &config.audio)?;
+        let encoder = match decoder_format {
+            Some(WeightFormat::Int8) => encoder.into_format(WeightFormat::Int8)?,
+            _ => encoder,
+        };
         let stacked = config.audio.d_model * config.downsample_factor;
         let dim = config.text.dim;
         let projector = [
@@ -182,7 +189,7 @@ impl VoxtralModel {
     }
 
     /// The model with the decoder's matrices and output head stored as `format` (int8 halves
-    /// what a step reads; the encoder and projector, compute-bound, keep their precision).
+    /// what a step reads); the encoder and projector keep their precision.
     pub fn with_decoder_format(self, format: WeightFormat) -> Result<Self> {
         Ok(Self {
             decoder: self.decoder.into_format(format)?,
