@@ -13,7 +13,7 @@ use super::machine::Residency;
 use super::quant_gemm::{has_gemm_kernel, quant_gemm};
 use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
-use super::small_m::{integer_int8, matmul_small, small_m_max_rows};
+use super::small_m::{integer_int8, integer_int8_on_512_bits, matmul_small, small_m_max_rows};
 use super::softmax::exp_non_positive;
 use super::widen_gemm::{matmul_widened, WidenRows};
 use crate::quant::GgmlType;
@@ -106,7 +106,7 @@ impl<'a> Narrow<'a> {
 pub const INT8_GEMV_MAX_ROWS: usize = 2 * MAX_ROWS;
 
 /// The same cap where the small-M kernel multiplies int8 in integers on 512-bit vectors
-/// ([`integer_int8`]), from m = 12 on as fast or faster than the GEMV in chunks: AMD EPYC Zen 5,
+/// ([`integer_int8_on_512_bits`]), from m = 12 on as fast or faster than the GEMV in chunks: AMD EPYC Zen 5,
 /// 2 threads, 9216 × 3072 at m = 12: 1.80–1.90 against 2.27–2.37 ms, at m = 16: 1.89 against
 /// 3.11; 1024 × 3072 at m = 12: 0.26 against 0.28; at m = 9–11 level or behind. On 256-bit
 /// AVX-VNNI the crossover stays at ~16 rows (the same machine on its AVX2 paths: m = 12 2.90
@@ -115,7 +115,7 @@ const INT8_GEMV_MAX_ROWS_INTEGER_SMALL_M: usize = 11;
 
 /// Most rows of x an int8 product runs through the GEMV on this CPU.
 pub fn int8_gemv_max_rows() -> usize {
-    if Isa::detect() == Isa::Avx512 && integer_int8() {
+    if integer_int8_on_512_bits() {
         INT8_GEMV_MAX_ROWS_INTEGER_SMALL_M
     } else {
         INT8_GEMV_MAX_ROWS

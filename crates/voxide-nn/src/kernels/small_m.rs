@@ -48,6 +48,15 @@ pub fn integer_int8() -> bool {
     false
 }
 
+/// Whether that integer kernel is AVX-512 VNNI's, which overtakes the GEMV at fewer rows than
+/// the 256-bit ones ([`super::ops::int8_gemv_max_rows`]).
+pub fn integer_int8_on_512_bits() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return small_m_int8::Kernel::for_isa(Isa::detect()) == Some(small_m_int8::Kernel::Avx512Vnni);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Output rows per parallel task (a multiple of [`W_ROWS`]).
 const ROWS_PER_TASK: usize = 48;
 
