@@ -145,12 +145,21 @@ impl ByteDot for Avx512Vnni {
     }
 }
 
-struct AvxVnni;
+/// 256-bit vectors: `vpdpbusd` (AVX-VNNI) where `VNNI`, else AVX2's sign trick.
+struct Avx256<const VNNI: bool>;
 
-impl ByteDot for AvxVnni {
+/// The AVX-VNNI kernel.
+type AvxVnni = Avx256<true>;
+/// The AVX2 kernel.
+type Avx2Sign = Avx256<false>;
+
+impl<const VNNI: bool> ByteDot for Avx256<VNNI> {
     const LANES: usize = 8;
-    const OFFSET: i32 = 128;
-    const ROWS_PER_PASS: usize = W_ROWS;
+    const OFFSET: i32 = if VNNI { 128 } else { 0 };
+    /// Without VNNI a product takes three registers besides the accumulators (|w|, x with w's
+    /// sign, the pair sums): with 12 accumulators AVX2's 16 registers spilled them to the stack
+    /// in the loop, so the rows go in two passes of ≤ 3 over the same x (from L1).
+    const ROWS_PER_PASS: usize = if VNNI { W_ROWS } else { 3 };
     type I = __m256i;
     #[inline(always)]
     unsafe fn zero() -> Self::I {
@@ -166,7 +175,13 @@ impl ByteDot for AvxVnni {
     }
     #[inline(always)]
     unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I {
-        _mm256_dpbusd_avx_epi32(acc, a, b)
+        if VNNI {
+            return _mm256_dpbusd_avx_epi32(acc, a, b);
+        }
+        // |w| · (x with w's sign) = w · x; the same |w| for both x vectors of a micro-kernel
+        // step is computed once after inlining.
+        let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(b), _mm256_sign_epi8(a, b));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
     #[inline(always)]
     unsafe fn scale_add(out: *mut f32, sums: Self::I, c: i32, d: *const f32) {
@@ -177,41 +192,6 @@ impl ByteDot for AvxVnni {
             _mm256_loadu_ps(out),
         );
         _mm256_storeu_ps(out, v);
-    }
-}
-
-struct Avx2Sign;
-
-impl ByteDot for Avx2Sign {
-    const LANES: usize = 8;
-    const OFFSET: i32 = 0;
-    /// A product takes three registers besides the accumulators (|w|, x with w's sign, the
-    /// pair sums): with 12 accumulators AVX2's 16 registers spilled them to the stack in the
-    /// loop, so the rows go in two passes of ≤ 3 over the same x (from L1).
-    const ROWS_PER_PASS: usize = 3;
-    type I = __m256i;
-    #[inline(always)]
-    unsafe fn zero() -> Self::I {
-        _mm256_setzero_si256()
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const i32) -> Self::I {
-        _mm256_loadu_si256(p as *const _)
-    }
-    #[inline(always)]
-    unsafe fn splat(v: i32) -> Self::I {
-        _mm256_set1_epi32(v)
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I {
-        // |w| · (x with w's sign) = w · x; the same |w| for both x vectors of a micro-kernel
-        // step is computed once after inlining.
-        let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(b), _mm256_sign_epi8(a, b));
-        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-    }
-    #[inline(always)]
-    unsafe fn scale_add(out: *mut f32, sums: Self::I, c: i32, d: *const f32) {
-        AvxVnni::scale_add(out, sums, c, d)
     }
 }
 
