@@ -130,8 +130,8 @@ impl VoxtralModel {
         Self::load_in_format(vb, config, None)
     }
 
-    /// [`Self::load`] with the decoder's matrices and output head stored as `decoder_format`
-    /// (int8 halves what a step reads), each layer converted as it is read: loading holds one
+    /// [`Self::load`] with the decoder's matrices and output head stored as `format` (int8
+    /// halves what a step reads), each layer converted as it is read: loading holds one
     /// layer in the stored precision, not the whole decoder beside its quantized copy. int8
     /// quantizes the encoder's matrices too: its window products run in integers (VNNI, or
     /// AVX2's `vpmaddubsw`), and it holds half the bytes (PERFORMANCE.md #153); the ggml block
@@ -139,20 +139,20 @@ impl VoxtralModel {
     pub fn load_in_format(
         vb: VarBuilder,
         config: Config,
-        decoder_format: Option<WeightFormat>,
+        format: Option<WeightFormat>,
     ) -> Result<Self> {
         let rope = config.layout.voxtral_names().rope;
-        Self::load_with_rope(vb, config, rope, decoder_format)
+        Self::load_with_rope(vb, config, rope, format)
     }
 
     /// [`Self::load`] with an explicit RoPE pairing for the decoder (a checkpoint whose q/k
-    /// rows do not match its names gives wrong attention and no error), and `decoder_format` as
+    /// rows do not match its names gives wrong attention and no error), and `format` as
     /// in [`Self::load_in_format`].
     pub fn load_with_rope(
         vb: VarBuilder,
         config: Config,
         rope: RopeLayout,
-        decoder_format: Option<WeightFormat>,
+        format: Option<WeightFormat>,
     ) -> Result<Self> {
         let names = config.layout.voxtral_names();
         let encoder_vb = match config.layout {
@@ -160,7 +160,7 @@ impl VoxtralModel {
             Layout::Mistral => vb.clone().rename_f(mistral_encoder_name).pp(names.encoder),
         };
         let encoder = Encoder::load(encoder_vb, &config.audio)?;
-        let encoder = match decoder_format {
+        let encoder = match format {
             Some(WeightFormat::Int8) => encoder.into_format(WeightFormat::Int8)?,
             _ => encoder,
         };
@@ -177,7 +177,7 @@ impl VoxtralModel {
             &names.decoder,
             Extras::None,
             rope,
-            decoder_format,
+            format,
         )?;
         Ok(Self {
             device: vb.device().clone(),
@@ -185,15 +185,6 @@ impl VoxtralModel {
             encoder,
             projector,
             decoder,
-        })
-    }
-
-    /// The model with the decoder's matrices and output head stored as `format` (int8 halves
-    /// what a step reads); the encoder and projector keep their precision.
-    pub fn with_decoder_format(self, format: WeightFormat) -> Result<Self> {
-        Ok(Self {
-            decoder: self.decoder.into_format(format)?,
-            ..self
         })
     }
 
