@@ -68,6 +68,29 @@ const WIDE_BLOCK: usize = 4 * MAX_LANES;
 /// The largest filter the points cover in tiles of [`TILE`].
 pub const MAX_TAPS: usize = POINTS.len() + 2 - TILE;
 
+/// Calls `$f::<$s, A>($args)` with α as the constant `A`, so that the transforms' loops over
+/// α unroll and their sums stay in registers (α = m + r − 1 for r = 1…[`MAX_TAPS`]).
+macro_rules! with_alpha {
+    ($alpha:expr, $f:ident::<$s:ty>($($arg:expr),*)) => {
+        match $alpha {
+            4 => $f::<$s, 4>($($arg),*),
+            5 => $f::<$s, 5>($($arg),*),
+            6 => $f::<$s, 6>($($arg),*),
+            7 => $f::<$s, 7>($($arg),*),
+            8 => $f::<$s, 8>($($arg),*),
+            9 => $f::<$s, 9>($($arg),*),
+            10 => $f::<$s, 10>($($arg),*),
+            11 => $f::<$s, 11>($($arg),*),
+            12 => $f::<$s, 12>($($arg),*),
+            other => unreachable!("no Winograd transform of {other} points"),
+        }
+    };
+}
+const _: () = assert!(
+    TILE == 4 && TILE + MAX_TAPS - 1 == 12,
+    "with_alpha covers α = 4…12"
+);
+
 /// A stride-1, one-group convolution with r taps and dilation d, weights transformed.
 #[derive(Clone, Debug)]
 pub struct WinogradConv {
@@ -542,17 +565,35 @@ unsafe fn input_body<S: Simd>(
         residues.len() >= TILE * span
             && span >= n.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE * step
     );
-    assert!(out.len() >= alpha * n);
-    let (rows, out) = (residues.as_ptr(), out.as_mut_ptr());
+    assert!(bt.len() == alpha * alpha && out.len() >= alpha * n);
+    with_alpha!(
+        alpha,
+        input_vectors::<S>(bt, residues.as_ptr(), span, step, n, out.as_mut_ptr())
+    )
+}
+
+/// [`input_body`] for α = `A`: each input vector is loaded once and feeds the α sums, which
+/// are independent, so their FMAs overlap (one sum at a time, a chain of α dependent FMAs
+/// behind a branch per zero coefficient, ran the codec's 96-channel transforms at ~1/8 of the
+/// FMA rate). The zeros of Bᵀ are multiplied, not skipped: for finite inputs the same values.
+#[inline(always)]
+unsafe fn input_vectors<S: Simd, const A: usize>(
+    bt: &[f32],
+    rows: *const f32,
+    span: usize,
+    step: usize,
+    n: usize,
+    out: *mut f32,
+) {
     for u0 in (0..n).step_by(S::LANES) {
-        for (f, bt) in bt.chunks(alpha).enumerate() {
-            let mut acc = S::zero();
-            for (k, &b) in bt.iter().enumerate() {
-                if b != 0.0 {
-                    let input = S::load(rows.add((k % TILE) * span + u0 + k / TILE * step));
-                    acc = S::fma(S::splat(b), input, acc);
-                }
+        let mut acc = [S::zero(); A];
+        for k in 0..A {
+            let input = S::load(rows.add((k % TILE) * span + u0 + k / TILE * step));
+            for (f, acc) in acc.iter_mut().enumerate() {
+                *acc = S::fma(S::splat(bt[f * A + k]), input, *acc);
             }
+        }
+        for (f, &acc) in acc.iter().enumerate() {
             store_lanes::<S>(out.add(f * n + u0), acc, n - u0);
         }
     }
@@ -583,27 +624,44 @@ unsafe fn output_body<S: Simd>(
     rows: &mut [f32],
     span: usize,
 ) {
-    assert!(products.len() >= alpha * n);
+    assert!(at.len() == TILE * alpha && products.len() >= alpha * n);
     assert!(rows.len() >= TILE * span && span >= n.div_ceil(MAX_LANES) * MAX_LANES);
+    with_alpha!(
+        alpha,
+        output_vectors::<S>(at, products, n, bias, rows, span)
+    )
+}
+
+/// [`output_body`] for α = `A`: each product vector is loaded once and feeds the tile's
+/// [`TILE`] independent sums (as [`input_vectors`] does).
+#[inline(always)]
+unsafe fn output_vectors<S: Simd, const A: usize>(
+    at: &[f32],
+    products: &[f32],
+    n: usize,
+    bias: f32,
+    rows: &mut [f32],
+    span: usize,
+) {
     let mut tail = [0f32; MAX_LANES];
     for u0 in (0..n).step_by(S::LANES) {
         let whole = n - u0 >= S::LANES;
-        for (i, at) in at.chunks(alpha).enumerate() {
-            let mut acc = S::splat(bias);
-            for (f, &a) in at.iter().enumerate() {
-                if a != 0.0 {
-                    let from = &products[f * n + u0..];
-                    let m = if whole {
-                        S::load(from.as_ptr())
-                    } else {
-                        // The last, partial vector: copied, not read past the slice.
-                        let lanes = n - u0;
-                        tail[..lanes].copy_from_slice(&from[..lanes]);
-                        S::load(tail.as_ptr())
-                    };
-                    acc = S::fma(S::splat(a), m, acc);
-                }
+        let mut acc = [S::splat(bias); TILE];
+        for f in 0..A {
+            let from = &products[f * n + u0..];
+            let m = if whole {
+                S::load(from.as_ptr())
+            } else {
+                // The last, partial vector: copied, not read past the slice.
+                let lanes = n - u0;
+                tail[..lanes].copy_from_slice(&from[..lanes]);
+                S::load(tail.as_ptr())
+            };
+            for (i, acc) in acc.iter_mut().enumerate() {
+                *acc = S::fma(S::splat(at[i * A + f]), m, *acc);
             }
+        }
+        for (i, &acc) in acc.iter().enumerate() {
             S::store(rows.as_mut_ptr().add(i * span + u0), acc);
         }
     }
