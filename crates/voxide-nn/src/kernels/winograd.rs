@@ -727,6 +727,11 @@ mod tests {
             (2, 2, 1, 1, 6),
             (64, 32, 7, 1, 5000),
             (3, 2, MAX_TAPS, 2, 21),
+            // The other filter lengths, so that every α the transforms take has run.
+            (3, 4, 2, 1, 11),
+            (4, 3, 4, 3, 17),
+            (5, 2, 6, 1, 9),
+            (2, 3, 8, 2, 14),
         ] {
             let len = t + (k - 1) * d;
             let x: Vec<f32> = (0..c * len).map(val).collect();
