@@ -109,9 +109,8 @@ pub const INT8_GEMV_MAX_ROWS: usize = 2 * MAX_ROWS;
 /// ([`integer_int8_on_512_bits`]), from m = 12 on as fast or faster than the GEMV in chunks:
 /// AMD EPYC Zen 5, 2 threads, 9216 × 3072 at m = 12: 1.80–1.90 against 2.27–2.37 ms, at
 /// m = 16: 1.89 against 3.11; 1024 × 3072 at m = 12: 0.26 against 0.28; at m = 9–11 level or
-/// behind. On 256-bit
-/// AVX-VNNI the crossover stays at ~16 rows (the same machine on its AVX2 paths: m = 12 2.90
-/// against 2.53 ms, m = 16 2.96 against 3.23; PERFORMANCE.md #115, #117).
+/// behind. On 256-bit AVX-VNNI the crossover stays at ~16 rows (the same machine on its AVX2
+/// paths: m = 12 2.90 against 2.53 ms, m = 16 2.96 against 3.23; PERFORMANCE.md #115, #117).
 const INT8_GEMV_MAX_ROWS_INTEGER_SMALL_M: usize = 11;
 
 /// Most rows of x an int8 product runs through the GEMV on this CPU.
