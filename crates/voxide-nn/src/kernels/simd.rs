@@ -669,16 +669,30 @@ impl Simd for Neon {
 }
 
 /// Instantiates `$body::<S, ...>($args)` for the instruction set `$isa` inside a function
-/// compiled for it. `$body` must be `#[inline(always)]` so that the intrinsics inline.
+/// compiled for it. `$body` must be `#[inline(always)]` so that the intrinsics inline. An
+/// `unsafe fn` entry passes its caller's obligations on to `$body`.
 macro_rules! isa_entries {
     (
+        $(#[$meta:meta])*
+        $vis:vis unsafe fn $($rest:tt)*
+    ) => {
+        $crate::kernels::simd::isa_entries!(@entry [unsafe] $(#[$meta])* $vis fn $($rest)*);
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $($rest:tt)*
+    ) => {
+        $crate::kernels::simd::isa_entries!(@entry [] $(#[$meta])* $vis fn $($rest)*);
+    };
+    (
+        @entry [$($unsafety:tt)?]
         $(#[$meta:meta])*
         $vis:vis fn $name:ident<$($g:ident : $b:path),*>($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?
         => $body:ident
     ) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
-        $vis fn $name<$($g: $b),*>(isa: $crate::kernels::simd::Isa, $($arg: $ty),*) $(-> $ret)? {
+        $vis $($unsafety)? fn $name<$($g: $b),*>(isa: $crate::kernels::simd::Isa, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f")]
             #[allow(clippy::too_many_arguments)]

@@ -22,10 +22,10 @@
 use super::machine::{machine, CacheSizes};
 use super::ops::contiguous_f32;
 use super::simd::{isa_entries, Isa, Simd};
-use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::Cell;
+use std::ops::Range;
 
 /// Interpolation points after 0: magnitudes close to 1 keep the transforms' entries, and the
 /// rounding they amplify, small (this order measured best for F(4, 7)).
@@ -46,7 +46,7 @@ const POINTS: [f64; 11] = [
 /// Outputs per tile.
 pub const TILE: usize = 4;
 
-/// The widest vector of f32 a path has (AVX-512): the scratch rows are padded to it.
+/// The widest vector of f32 a path has (AVX-512): blocks hold whole vectors of it.
 const MAX_LANES: usize = 16;
 
 /// Scratch of one pass (transformed inputs and products), in bytes: a few MB, so that a pass
@@ -64,6 +64,10 @@ const UNKNOWN_L2: usize = 512 << 10;
 /// (16-column blocks by half of L2) took 11.9–12.6 ms a convolution against 10.8–12.1 in
 /// blocks of 64 (scratch 2 MB), at 192 channels (32) 12.3–14.3 against 12.2–13.7.
 const WIDE_BLOCK: usize = 4 * MAX_LANES;
+
+/// Output channels of a panel of U: the product kernel's accumulators are PANEL rows of two
+/// vectors (12 of AVX2's 16 registers, two for the inputs, one for the broadcast weight).
+const PANEL: usize = 6;
 
 /// The largest filter the points cover in tiles of [`TILE`].
 pub const MAX_TAPS: usize = POINTS.len() + 2 - TILE;
@@ -94,7 +98,8 @@ const _: () = assert!(
 /// A stride-1, one-group convolution with r taps and dilation d, weights transformed.
 #[derive(Clone, Debug)]
 pub struct WinogradConv {
-    /// [α][O][C]: Uf = Σₖ G[f][k] Wₖ.
+    /// [α][⌈O / PANEL⌉][C][PANEL]: Uf = Σₖ G[f][k] Wₖ in panels of [`PANEL`] output channels
+    /// (zero past O), a column of a panel contiguous: the product kernel broadcasts it.
     u: Vec<f32>,
     bias: Vec<f32>,
     /// Aᵀ (m × α) and Bᵀ (α × α), row-major.
@@ -214,7 +219,12 @@ impl Schedule {
     }
 }
 
-/// y's rows, written at disjoint positions by the threads of a [`Schedule::Blocks`] call.
+/// n columns rounded up to whole vectors of this CPU's kernels: the scratch rows' length.
+fn whole_vectors(n: usize) -> usize {
+    n.next_multiple_of(Isa::detect().lanes())
+}
+
+/// Rows of y or of the products, written at disjoint positions by many threads.
 #[derive(Clone, Copy)]
 struct Rows(*mut f32);
 
@@ -265,8 +275,9 @@ impl WinogradConv {
             .map(|idx| inv[(idx % alpha) * alpha + idx / alpha] as f32)
             .collect();
         let oc = out_channels * in_channels;
-        let mut u = vec![0f32; alpha * oc];
-        for (f, uf) in u.chunks_mut(oc).enumerate() {
+        let panels = out_channels.div_ceil(PANEL);
+        let mut u = vec![0f32; alpha * panels * PANEL * in_channels];
+        for (f, uf) in u.chunks_mut(panels * PANEL * in_channels).enumerate() {
             let mut acc = vec![0f64; oc];
             for k in 0..r {
                 let gk = g[f * r + k];
@@ -276,8 +287,11 @@ impl WinogradConv {
                     }
                 }
             }
-            for (v, a) in uf.iter_mut().zip(acc) {
-                *v = a as f32;
+            for (oo, row) in acc.chunks(in_channels).enumerate() {
+                let panel = &mut uf[oo / PANEL * PANEL * in_channels..];
+                for (cc, &a) in row.iter().enumerate() {
+                    panel[cc * PANEL + oo % PANEL] = a as f32;
+                }
             }
         }
         Some(Self {
@@ -366,25 +380,23 @@ impl WinogradConv {
         let (o, c, alpha) = (self.out_channels, self.in_channels, self.alpha);
         // A parallel iterator never split runs inline, on the calling thread.
         let min_len = if split { 4 } else { usize::MAX };
+        // The scratch rows hold whole vectors: the columns past n are transformed and
+        // multiplied (finite: the inputs past the block are real or zero) but never written.
+        let np = whole_vectors(n);
         // This thread's scratch from the last call: fresh 4 MB buffers cost a page fault per
         // 4 kB and a zero fill on every call (the codec runs 13 of these convolutions per chunk).
         let (mut v, mut products) = SCRATCH.take();
-        v.resize(c * alpha * n, 0f32);
-        products.resize(o * alpha * n, 0f32);
-        v.par_chunks_mut(alpha * n)
+        v.resize(c * alpha * np, 0f32);
+        products.resize(o * alpha * np, 0f32);
+        v.par_chunks_mut(alpha * np)
             .zip(x.par_chunks(len))
             .with_min_len(min_len)
             .for_each_init(Vec::new, |staging, (vc, xc)| {
                 self.transform_inputs(xc, len, start, n, vc, staging)
             });
-        let parallelism = if split {
-            gemm_parallelism(o * c * n)
-        } else {
-            gemm::Parallelism::None
-        };
-        self.multiply(&v, n, &mut products, parallelism);
+        self.multiply(&v, np, &mut products, split);
         products
-            .par_chunks(alpha * n)
+            .par_chunks(alpha * np)
             .zip(&self.bias)
             .enumerate()
             .with_min_len(min_len)
@@ -418,7 +430,8 @@ impl WinogradConv {
     }
 
     /// Columns start..start + n of one input channel: vc[f][u] = Σₖ Bᵀ[f][k] · xc[s + d·k]
-    /// for s = s(start + u) (0 past the input), `residues` a scratch.
+    /// for s = s(start + u) (0 past the input), u < [`whole_vectors`]`(n)` (vc's rows),
+    /// `residues` a scratch.
     fn transform_inputs(
         &self,
         xc: &[f32],
@@ -433,7 +446,8 @@ impl WinogradConv {
         // residues[k mod m][u + d·(k / m)] (d columns on is the same phase's next tile), so
         // every input row is contiguous (rows padded with zeros for whole vectors).
         let width = n + (alpha - 1) / TILE * d;
-        let span = n.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE * d;
+        let np = whole_vectors(n);
+        let span = np + (alpha - 1) / TILE * d;
         residues.resize(TILE * span, 0f32);
         for (rho, row) in residues.chunks_mut(span).enumerate() {
             if d == 1 {
@@ -458,34 +472,36 @@ impl WinogradConv {
                 row[width..].fill(0.0);
             }
         }
-        input_tiles(Isa::detect(), &self.bt, alpha, residues, span, d, n, vc);
+        input_tiles(Isa::detect(), &self.bt, alpha, residues, span, d, np, vc);
     }
 
-    /// products[o][f][col] = Σ_c U_f[o][c] · v[c][f][col], one GEMM per f.
-    fn multiply(&self, v: &[f32], n: usize, products: &mut [f32], parallelism: gemm::Parallelism) {
+    /// products[o][f][col] = Σ_c U_f[o][c] · v[c][f][col] for col < n (a multiple of
+    /// the vector; v's and products' rows hold α · n values), one (f, panel of U) pair after
+    /// another, those of one f together so that its block of v stays cached; with `split`,
+    /// the pairs across the threads.
+    fn multiply(&self, v: &[f32], n: usize, products: &mut [f32], split: bool) {
         let (o, c, alpha) = (self.out_channels, self.in_channels, self.alpha);
-        for f in 0..alpha {
-            // SAFETY: dst is column block f of products (o rows of stride α·n, n columns);
-            // lhs is U_f (o × c, row stride c); rhs is column block f of v (c rows of stride
-            // α·n, n columns); all in bounds.
-            unsafe {
-                gemm_f32(
-                    (o, n, c),
-                    products.as_mut_ptr().add(f * n),
-                    alpha * n,
-                    false,
-                    self.u.as_ptr().add(f * o * c),
-                    c,
-                    v.as_ptr().add(f * n),
-                    (alpha * n, 1),
-                    parallelism,
-                );
-            }
+        assert!(v.len() >= c * alpha * n && products.len() >= o * alpha * n);
+        let pairs = alpha * o.div_ceil(PANEL);
+        let out = Rows(products.as_mut_ptr());
+        // SAFETY: products holds o rows of α · n values (asserted), and each pair writes its
+        // own rows' block f.
+        let run = |range| unsafe {
+            panel_products(Isa::detect(), &self.u, v, out, alpha, o, c, n, range)
+        };
+        if split {
+            let per_task = pairs.div_ceil(4 * rayon::current_num_threads()).max(1);
+            (0..pairs.div_ceil(per_task))
+                .into_par_iter()
+                .for_each(|task| run(task * per_task..pairs.min((task + 1) * per_task)));
+        } else {
+            run(0..pairs);
         }
     }
 
     /// Columns start..start + n of one output channel: yo[s(start + u) + d·i] =
-    /// bias + Σ_f Aᵀ[i][f] · po[f][u], for outputs below t; `rows` a scratch.
+    /// bias + Σ_f Aᵀ[i][f] · po[f][u], for outputs below t (po's rows: [`whole_vectors`]`(n)`);
+    /// `rows` a scratch.
     ///
     /// # Safety
     /// `yo` is a row of t outputs, and no other thread writes these columns' outputs.
@@ -502,9 +518,9 @@ impl WinogradConv {
     ) {
         let (alpha, d) = (self.alpha, self.dilation);
         // rows[i][u]: output i of column start + u.
-        let span = n.div_ceil(MAX_LANES) * MAX_LANES;
+        let span = whole_vectors(n);
         rows.resize(TILE * span, 0f32);
-        output_tiles(Isa::detect(), &self.at, alpha, po, n, bias, rows, span);
+        output_tiles(Isa::detect(), &self.at, alpha, po, span, bias, rows);
         for (i, row) in rows.chunks(span).enumerate() {
             if d == 1 {
                 // Output i of each tile is every TILE-th sample from its first.
@@ -537,7 +553,7 @@ impl WinogradConv {
 
 isa_entries! {
     /// One segment of one channel's input transform: out[f·n + i] = Σₖ Bᵀ[f][k] ·
-    /// residues[k mod m][i + k / m] for i < tiles.
+    /// residues[k mod m][i + k / m] for i < n, a multiple of the vector.
     fn input_tiles<>(
         bt: &[f32],
         alpha: usize,
@@ -559,12 +575,10 @@ unsafe fn input_body<S: Simd>(
     n: usize,
     out: &mut [f32],
 ) {
-    // Every row read below ends within a row of `span` ≥ n rounded up to MAX_LANES plus the
-    // reach ((α − 1) / m) · step, and every store within out's α blocks of n.
-    assert!(
-        residues.len() >= TILE * span
-            && span >= n.div_ceil(MAX_LANES) * MAX_LANES + (alpha - 1) / TILE * step
-    );
+    // Every row read below ends within a row of `span` ≥ n plus the reach ((α − 1) / m) ·
+    // step, and every store within out's α blocks of n, in whole vectors.
+    assert!(n.is_multiple_of(S::LANES));
+    assert!(residues.len() >= TILE * span && span >= n + (alpha - 1) / TILE * step);
     assert!(bt.len() == alpha * alpha && out.len() >= alpha * n);
     with_alpha!(
         alpha,
@@ -594,14 +608,155 @@ unsafe fn input_vectors<S: Simd, const A: usize>(
             }
         }
         for (f, &acc) in acc.iter().enumerate() {
-            store_lanes::<S>(out.add(f * n + u0), acc, n - u0);
+            S::store(out.add(f * n + u0), acc);
+        }
+    }
+}
+
+isa_entries! {
+    /// Pairs g of (f, panel) = (g / panels, g mod panels), panels = ⌈o / [`PANEL`]⌉:
+    /// products[r][f·n + j] = Σ_c U_f[r][c] · v[c][f·n + j] for the panel's channels r < o
+    /// and j < n (whole vectors of the instruction set), rows of α · n values; u packed as
+    /// [`WinogradConv`]'s.
+    ///
+    /// # Safety
+    /// `products` holds o rows of α · n values, and no other thread writes these pairs'.
+    unsafe fn panel_products<>(
+        u: &[f32],
+        v: &[f32],
+        products: Rows,
+        alpha: usize,
+        o: usize,
+        c: usize,
+        n: usize,
+        pairs: Range<usize>,
+    ) => panel_body
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_body<S: Simd>(
+    u: &[f32],
+    v: &[f32],
+    products: Rows,
+    alpha: usize,
+    o: usize,
+    c: usize,
+    n: usize,
+    pairs: Range<usize>,
+) {
+    let panels = o.div_ceil(PANEL);
+    assert!(n.is_multiple_of(S::LANES) && pairs.end <= alpha * panels);
+    assert!(u.len() == alpha * panels * PANEL * c && v.len() >= c * alpha * n);
+    let stride = alpha * n;
+    // One strip of v's columns, copied out: its rows lie α · n apart in v, a stride that maps
+    // them onto a few sets of L1 (at 96 channels and 64 columns, 8 of its 64: they evicted
+    // each other, and the products ran slower than `gemm`'s, which copies them likewise).
+    let mut strip = vec![S::zero(); 2 * c];
+    let mut g = pairs.start;
+    while g < pairs.end {
+        let f = g / panels;
+        let f_pairs = g..pairs.end.min((f + 1) * panels);
+        let vf = v.as_ptr().add(f * n);
+        let mut j = 0;
+        while j < n {
+            let strip_pass = StripPass {
+                u: u.as_ptr(),
+                v: vf.add(j),
+                out: products.at(f * n + j),
+                stride,
+                o,
+                c,
+            };
+            if n - j >= 2 * S::LANES {
+                strip_pass.run::<S, 2>(&mut strip, f_pairs.clone());
+                j += 2 * S::LANES;
+            } else {
+                strip_pass.run::<S, 1>(&mut strip, f_pairs.clone());
+                j += S::LANES;
+            }
+        }
+        g = f_pairs.end;
+    }
+}
+
+/// One strip of columns of block f of v through pairs of that f (see [`panel_products`]).
+#[derive(Clone, Copy)]
+struct StripPass {
+    u: *const f32,
+    /// The strip's first column in row 0 of v.
+    v: *const f32,
+    /// The strip's first column in row 0 of the products.
+    out: *mut f32,
+    stride: usize,
+    o: usize,
+    c: usize,
+}
+
+impl StripPass {
+    /// NV vectors of columns, copied out once into `strip` and multiplied by each panel.
+    #[inline(always)]
+    unsafe fn run<S: Simd, const NV: usize>(&self, strip: &mut [S::V], pairs: Range<usize>) {
+        let Self {
+            u,
+            v,
+            out,
+            stride,
+            o,
+            c,
+        } = *self;
+        for (k, row) in strip.chunks_exact_mut(NV).take(c).enumerate() {
+            for (i, x) in row.iter_mut().enumerate() {
+                *x = S::load(v.add(k * stride + i * S::LANES));
+            }
+        }
+        let panels = o.div_ceil(PANEL);
+        for g in pairs {
+            let p = g % panels;
+            panel_strip::<S, NV>(
+                u.add(g * PANEL * c),
+                c,
+                strip,
+                out.add(p * PANEL * stride),
+                stride,
+                PANEL.min(o - p * PANEL),
+            );
+        }
+    }
+}
+
+/// NV vectors of columns of one panel's product: out[r·stride + ℓ] = Σ_k panel[k·PANEL + r]
+/// · strip[k·NV + ℓ / LANES][ℓ mod LANES] for r < rows; [`PANEL`] × NV sums in registers,
+/// each weight broadcast once per k.
+#[inline(always)]
+unsafe fn panel_strip<S: Simd, const NV: usize>(
+    panel: *const f32,
+    c: usize,
+    strip: &[S::V],
+    out: *mut f32,
+    stride: usize,
+    rows: usize,
+) {
+    let mut acc = [[S::zero(); NV]; PANEL];
+    for (k, x) in strip.chunks_exact(NV).take(c).enumerate() {
+        let w = panel.add(k * PANEL);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let w = S::splat(*w.add(r));
+            for (a, &x) in acc.iter_mut().zip(x) {
+                *a = S::fma(w, x, *a);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate().take(rows) {
+        for (i, &a) in acc.iter().enumerate() {
+            S::store(out.add(r * stride + i * S::LANES), a);
         }
     }
 }
 
 isa_entries! {
     /// One output channel's transform: rows[i][u] = bias + Σ_f Aᵀ[i][f] · products[f·n + u]
-    /// for u < n.
+    /// for u < n, a multiple of the vector (rows of n).
     fn output_tiles<>(
         at: &[f32],
         alpha: usize,
@@ -609,12 +764,10 @@ isa_entries! {
         n: usize,
         bias: f32,
         rows: &mut [f32],
-        span: usize,
     ) => output_body
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn output_body<S: Simd>(
     at: &[f32],
     alpha: usize,
@@ -622,14 +775,10 @@ unsafe fn output_body<S: Simd>(
     n: usize,
     bias: f32,
     rows: &mut [f32],
-    span: usize,
 ) {
-    assert!(at.len() == TILE * alpha && products.len() >= alpha * n);
-    assert!(rows.len() >= TILE * span && span >= n.div_ceil(MAX_LANES) * MAX_LANES);
-    with_alpha!(
-        alpha,
-        output_vectors::<S>(at, products, n, bias, rows, span)
-    )
+    assert!(n.is_multiple_of(S::LANES));
+    assert!(at.len() == TILE * alpha && products.len() >= alpha * n && rows.len() >= TILE * n);
+    with_alpha!(alpha, output_vectors::<S>(at, products, n, bias, rows))
 }
 
 /// [`output_body`] for α = `A`: each product vector is loaded once and feeds the tile's
@@ -641,41 +790,18 @@ unsafe fn output_vectors<S: Simd, const A: usize>(
     n: usize,
     bias: f32,
     rows: &mut [f32],
-    span: usize,
 ) {
-    let mut tail = [0f32; MAX_LANES];
     for u0 in (0..n).step_by(S::LANES) {
-        let whole = n - u0 >= S::LANES;
         let mut acc = [S::splat(bias); TILE];
         for f in 0..A {
-            let from = &products[f * n + u0..];
-            let m = if whole {
-                S::load(from.as_ptr())
-            } else {
-                // The last, partial vector: copied, not read past the slice.
-                let lanes = n - u0;
-                tail[..lanes].copy_from_slice(&from[..lanes]);
-                S::load(tail.as_ptr())
-            };
+            let m = S::load(products.as_ptr().add(f * n + u0));
             for (i, acc) in acc.iter_mut().enumerate() {
                 *acc = S::fma(S::splat(at[i * A + f]), m, *acc);
             }
         }
         for (i, &acc) in acc.iter().enumerate() {
-            S::store(rows.as_mut_ptr().add(i * span + u0), acc);
+            S::store(rows.as_mut_ptr().add(i * n + u0), acc);
         }
-    }
-}
-
-/// The first `lanes` of v at p (all of them when `lanes` ≥ the vector).
-#[inline(always)]
-unsafe fn store_lanes<S: Simd>(p: *mut f32, v: S::V, lanes: usize) {
-    if lanes >= S::LANES {
-        S::store(p, v);
-    } else {
-        let mut tmp = [0f32; MAX_LANES];
-        S::store(tmp.as_mut_ptr(), v);
-        std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, lanes);
     }
 }
 
@@ -771,6 +897,47 @@ mod tests {
             }
         }
         assert!(WinogradConv::new(&[0.0; 20], &[0.0], 1, 1, MAX_TAPS + 1, 1).is_none());
+    }
+
+    /// The product kernel on every instruction set this CPU runs, against the definition:
+    /// panels cut short by o, strips of two vectors and of one, pair ranges that start and
+    /// end inside an f.
+    #[test]
+    fn panel_products_equal_the_definition() {
+        let val = |i: usize| ((i * 7919 % 211) as f32 / 105.0) - 1.0;
+        let (alpha, o, c): (usize, usize, usize) = (3, 8, 5);
+        let panels = o.div_ceil(PANEL);
+        let u: Vec<f32> = (0..alpha * panels * PANEL * c).map(val).collect();
+        for isa in Isa::available() {
+            let n = 3 * isa.lanes();
+            let v: Vec<f32> = (0..c * alpha * n).map(|i| val(i + 3)).collect();
+            for cuts in [vec![0, alpha * panels], vec![0, 3, 4, alpha * panels]] {
+                let mut products = vec![f32::NAN; o * alpha * n];
+                for range in cuts.windows(2) {
+                    let out = Rows(products.as_mut_ptr());
+                    // SAFETY: products holds o rows of α · n values; one thread.
+                    unsafe { panel_products(isa, &u, &v, out, alpha, o, c, n, range[0]..range[1]) };
+                }
+                for oo in 0..o {
+                    for f in 0..alpha {
+                        for j in 0..n {
+                            let g = f * panels + oo / PANEL;
+                            let want: f32 = (0..c)
+                                .map(|k| {
+                                    u[(g * c + k) * PANEL + oo % PANEL]
+                                        * v[k * alpha * n + f * n + j]
+                                })
+                                .sum();
+                            let got = products[oo * alpha * n + f * n + j];
+                            assert!(
+                                (got - want).abs() < 1e-5,
+                                "{isa:?} {cuts:?}: products[{oo}][{f}][{j}] = {got}, want {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The rounding stated above, at a codec's width: over 384 channels of random weights and
