@@ -65,9 +65,18 @@ const UNKNOWN_L2: usize = 512 << 10;
 /// blocks of 64 (scratch 2 MB), at 192 channels (32) 12.3–14.3 against 12.2–13.7.
 const WIDE_BLOCK: usize = 4 * MAX_LANES;
 
-/// Output channels of a panel of U: the product kernel's accumulators are PANEL rows of two
-/// vectors (12 of AVX2's 16 registers, two for the inputs, one for the broadcast weight).
-const PANEL: usize = 6;
+/// Output channels of a panel of U on a CPU with this instruction set: the product kernel
+/// holds a panel's rows × two vectors of sums in registers, beside two input vectors and a
+/// broadcast weight. 6 rows fill 15 of AVX2's 16 registers; AVX-512 has 32, and 12 rows (27)
+/// measured ahead of 6 and 8 on an Intel Xeon (Emerald Rapids), the codec's k7 convolutions
+/// at 96–768 channels 0.48–1.13× `gemm`'s time against 0.53–1.46× with 6 rows (PERFORMANCE.md).
+/// NEON (32 registers) keeps 6: not measured.
+fn panel_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 12,
+        _ => 6,
+    }
+}
 
 /// The largest filter the points cover in tiles of [`TILE`].
 pub const MAX_TAPS: usize = POINTS.len() + 2 - TILE;
@@ -98,9 +107,11 @@ const _: () = assert!(
 /// A stride-1, one-group convolution with r taps and dilation d, weights transformed.
 #[derive(Clone, Debug)]
 pub struct WinogradConv {
-    /// [α][⌈O / PANEL⌉][C][PANEL]: Uf = Σₖ G[f][k] Wₖ in panels of [`PANEL`] output channels
-    /// (zero past O), a column of a panel contiguous: the product kernel broadcasts it.
+    /// [α][⌈O / P⌉][C][P]: Uf = Σₖ G[f][k] Wₖ in panels of P = `panel` output channels
+    /// ([`panel_rows`]; zero past O), a column of a panel contiguous: the product kernel
+    /// broadcasts it.
     u: Vec<f32>,
+    panel: usize,
     bias: Vec<f32>,
     /// Aᵀ (m × α) and Bᵀ (α × α), row-major.
     at: Vec<f32>,
@@ -275,9 +286,10 @@ impl WinogradConv {
             .map(|idx| inv[(idx % alpha) * alpha + idx / alpha] as f32)
             .collect();
         let oc = out_channels * in_channels;
-        let panels = out_channels.div_ceil(PANEL);
-        let mut u = vec![0f32; alpha * panels * PANEL * in_channels];
-        for (f, uf) in u.chunks_mut(panels * PANEL * in_channels).enumerate() {
+        let panel = panel_rows(Isa::detect());
+        let panels = out_channels.div_ceil(panel);
+        let mut u = vec![0f32; alpha * panels * panel * in_channels];
+        for (f, uf) in u.chunks_mut(panels * panel * in_channels).enumerate() {
             let mut acc = vec![0f64; oc];
             for k in 0..r {
                 let gk = g[f * r + k];
@@ -288,14 +300,15 @@ impl WinogradConv {
                 }
             }
             for (oo, row) in acc.chunks(in_channels).enumerate() {
-                let panel = &mut uf[oo / PANEL * PANEL * in_channels..];
+                let rows = &mut uf[oo / panel * panel * in_channels..];
                 for (cc, &a) in row.iter().enumerate() {
-                    panel[cc * PANEL + oo % PANEL] = a as f32;
+                    rows[cc * panel + oo % panel] = a as f32;
                 }
             }
         }
         Some(Self {
             u,
+            panel,
             bias: bias.to_vec(),
             at,
             bt,
@@ -482,12 +495,13 @@ impl WinogradConv {
     fn multiply(&self, v: &[f32], n: usize, products: &mut [f32], split: bool) {
         let (o, c, alpha) = (self.out_channels, self.in_channels, self.alpha);
         assert!(v.len() >= c * alpha * n && products.len() >= o * alpha * n);
-        let pairs = alpha * o.div_ceil(PANEL);
+        let pairs = alpha * o.div_ceil(self.panel);
+        let panel = self.panel;
         let out = Rows(products.as_mut_ptr());
         // SAFETY: products holds o rows of α · n values (asserted), and each pair writes its
         // own rows' block f.
         let run = |range| unsafe {
-            panel_products(Isa::detect(), &self.u, v, out, alpha, o, c, n, range)
+            panel_products(Isa::detect(), &self.u, panel, v, out, alpha, o, c, n, range)
         };
         if split {
             let per_task = pairs.div_ceil(4 * rayon::current_num_threads()).max(1);
@@ -614,7 +628,7 @@ unsafe fn input_vectors<S: Simd, const A: usize>(
 }
 
 isa_entries! {
-    /// Pairs g of (f, panel) = (g / panels, g mod panels), panels = ⌈o / [`PANEL`]⌉:
+    /// Pairs g of (f, panel) = (g / panels, g mod panels), panels = ⌈o / `panel`⌉ (6 or 12):
     /// products[r][f·n + j] = Σ_c U_f[r][c] · v[c][f·n + j] for the panel's channels r < o
     /// and j < n (whole vectors of the instruction set), rows of α · n values; u packed as
     /// [`WinogradConv`]'s.
@@ -623,6 +637,7 @@ isa_entries! {
     /// `products` holds o rows of α · n values, and no other thread writes these pairs'.
     unsafe fn panel_products<>(
         u: &[f32],
+        panel: usize,
         v: &[f32],
         products: Rows,
         alpha: usize,
@@ -637,6 +652,7 @@ isa_entries! {
 #[allow(clippy::too_many_arguments)]
 unsafe fn panel_body<S: Simd>(
     u: &[f32],
+    panel: usize,
     v: &[f32],
     products: Rows,
     alpha: usize,
@@ -645,9 +661,28 @@ unsafe fn panel_body<S: Simd>(
     n: usize,
     pairs: Range<usize>,
 ) {
-    let panels = o.div_ceil(PANEL);
+    match panel {
+        6 => panels_of::<S, 6>(u, v, products, alpha, o, c, n, pairs),
+        12 => panels_of::<S, 12>(u, v, products, alpha, o, c, n, pairs),
+        other => unreachable!("no product kernel for panels of {other}"),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panels_of<S: Simd, const P: usize>(
+    u: &[f32],
+    v: &[f32],
+    products: Rows,
+    alpha: usize,
+    o: usize,
+    c: usize,
+    n: usize,
+    pairs: Range<usize>,
+) {
+    let panels = o.div_ceil(P);
     assert!(n.is_multiple_of(S::LANES) && pairs.end <= alpha * panels);
-    assert!(u.len() == alpha * panels * PANEL * c && v.len() >= c * alpha * n);
+    assert!(u.len() == alpha * panels * P * c && v.len() >= c * alpha * n);
     let stride = alpha * n;
     // One strip of v's columns, copied out: its rows lie α · n apart in v, a stride that maps
     // them onto a few sets of L1 (at 96 channels and 64 columns, 8 of its 64: they evicted
@@ -669,10 +704,10 @@ unsafe fn panel_body<S: Simd>(
                 c,
             };
             if n - j >= 2 * S::LANES {
-                strip_pass.run::<S, 2>(&mut strip, f_pairs.clone());
+                strip_pass.run::<S, P, 2>(&mut strip, f_pairs.clone());
                 j += 2 * S::LANES;
             } else {
-                strip_pass.run::<S, 1>(&mut strip, f_pairs.clone());
+                strip_pass.run::<S, P, 1>(&mut strip, f_pairs.clone());
                 j += S::LANES;
             }
         }
@@ -696,7 +731,11 @@ struct StripPass {
 impl StripPass {
     /// NV vectors of columns, copied out once into `strip` and multiplied by each panel.
     #[inline(always)]
-    unsafe fn run<S: Simd, const NV: usize>(&self, strip: &mut [S::V], pairs: Range<usize>) {
+    unsafe fn run<S: Simd, const P: usize, const NV: usize>(
+        &self,
+        strip: &mut [S::V],
+        pairs: Range<usize>,
+    ) {
         let Self {
             u,
             v,
@@ -710,26 +749,26 @@ impl StripPass {
                 *x = S::load(v.add(k * stride + i * S::LANES));
             }
         }
-        let panels = o.div_ceil(PANEL);
+        let panels = o.div_ceil(P);
         for g in pairs {
             let p = g % panels;
-            panel_strip::<S, NV>(
-                u.add(g * PANEL * c),
+            panel_strip::<S, P, NV>(
+                u.add(g * P * c),
                 c,
                 strip,
-                out.add(p * PANEL * stride),
+                out.add(p * P * stride),
                 stride,
-                PANEL.min(o - p * PANEL),
+                P.min(o - p * P),
             );
         }
     }
 }
 
-/// NV vectors of columns of one panel's product: out[r·stride + ℓ] = Σ_k panel[k·PANEL + r]
-/// · strip[k·NV + ℓ / LANES][ℓ mod LANES] for r < rows; [`PANEL`] × NV sums in registers,
+/// NV vectors of columns of one panel's product: out[r·stride + ℓ] = Σ_k panel[k·P + r]
+/// · strip[k·NV + ℓ / LANES][ℓ mod LANES] for r < rows; P × NV sums in registers,
 /// each weight broadcast once per k.
 #[inline(always)]
-unsafe fn panel_strip<S: Simd, const NV: usize>(
+unsafe fn panel_strip<S: Simd, const P: usize, const NV: usize>(
     panel: *const f32,
     c: usize,
     strip: &[S::V],
@@ -737,9 +776,9 @@ unsafe fn panel_strip<S: Simd, const NV: usize>(
     stride: usize,
     rows: usize,
 ) {
-    let mut acc = [[S::zero(); NV]; PANEL];
+    let mut acc = [[S::zero(); NV]; P];
     for (k, x) in strip.chunks_exact(NV).take(c).enumerate() {
-        let w = panel.add(k * PANEL);
+        let w = panel.add(k * P);
         for (r, acc) in acc.iter_mut().enumerate() {
             let w = S::splat(*w.add(r));
             for (a, &x) in acc.iter_mut().zip(x) {
@@ -905,10 +944,10 @@ mod tests {
     #[test]
     fn panel_products_equal_the_definition() {
         let val = |i: usize| ((i * 7919 % 211) as f32 / 105.0) - 1.0;
-        let (alpha, o, c): (usize, usize, usize) = (3, 8, 5);
-        let panels = o.div_ceil(PANEL);
-        let u: Vec<f32> = (0..alpha * panels * PANEL * c).map(val).collect();
-        for isa in Isa::available() {
+        let (alpha, o, c): (usize, usize, usize) = (3, 14, 5);
+        for (isa, panel) in Isa::available().into_iter().flat_map(|i| [(i, 6), (i, 12)]) {
+            let panels = o.div_ceil(panel);
+            let u: Vec<f32> = (0..alpha * panels * panel * c).map(val).collect();
             let n = 3 * isa.lanes();
             let v: Vec<f32> = (0..c * alpha * n).map(|i| val(i + 3)).collect();
             for cuts in [vec![0, alpha * panels], vec![0, 3, 4, alpha * panels]] {
@@ -916,22 +955,25 @@ mod tests {
                 for range in cuts.windows(2) {
                     let out = Rows(products.as_mut_ptr());
                     // SAFETY: products holds o rows of α · n values; one thread.
-                    unsafe { panel_products(isa, &u, &v, out, alpha, o, c, n, range[0]..range[1]) };
+                    unsafe {
+                        panel_products(isa, &u, panel, &v, out, alpha, o, c, n, range[0]..range[1])
+                    };
                 }
                 for oo in 0..o {
                     for f in 0..alpha {
                         for j in 0..n {
-                            let g = f * panels + oo / PANEL;
+                            let g = f * panels + oo / panel;
                             let want: f32 = (0..c)
                                 .map(|k| {
-                                    u[(g * c + k) * PANEL + oo % PANEL]
+                                    u[(g * c + k) * panel + oo % panel]
                                         * v[k * alpha * n + f * n + j]
                                 })
                                 .sum();
                             let got = products[oo * alpha * n + f * n + j];
                             assert!(
                                 (got - want).abs() < 1e-5,
-                                "{isa:?} {cuts:?}: products[{oo}][{f}][{j}] = {got}, want {want}"
+                                "{isa:?}, panels of {panel}, {cuts:?}: products[{oo}][{f}][{j}] = \
+                                 {got}, want {want}"
                             );
                         }
                     }
