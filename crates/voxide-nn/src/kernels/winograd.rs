@@ -3,7 +3,9 @@
 //! construction of their `wincnn`): m outputs of an r-tap filter from α = m + r − 1 products
 //! instead of m · r. Over C input and O output channels every product is an O × C GEMM column,
 //! so a k7 convolution in tiles of 4 outputs does 10 / 28 of the multiply-adds of one GEMM per
-//! tap; the transforms are O(α²) per tile and channel, vectorised across tiles.
+//! tap; the transforms are O(α²) per tile and channel, vectorised across tiles. The products
+//! run on a kernel of our own (`panel_products`: U packed at load in panels of output
+//! channels, each strip of V copied out once), ahead of the `gemm` crate's on these shapes.
 //!
 //! ```text
 //! per tile:  V = Bᵀ d   (α × C, d: the tile's α input frames)
@@ -58,11 +60,11 @@ const MIN_COLUMNS: usize = 256;
 /// The L2 assumed where the machine does not say (the smallest seen on our kinds).
 const UNKNOWN_L2: usize = 512 << 10;
 
-/// Columns a block takes at least where its scratch fits twice L2: four vectors, the height
-/// of `gemm`'s f32 micro-kernel on AVX-512. Narrower blocks run each product through its
-/// narrower edge kernels: on Zen 4 (1 MB L2) the codec's 16-frame chunk at 384 channels
-/// (16-column blocks by half of L2) took 11.9–12.6 ms a convolution against 10.8–12.1 in
-/// blocks of 64 (scratch 2 MB), at 192 channels (32) 12.3–14.3 against 12.2–13.7.
+/// Columns a block takes at least where its scratch fits twice L2: four vectors, two strips
+/// of the product kernel on AVX-512. Measured when `gemm` ran the products (its micro-kernel
+/// as wide): on Zen 4 (1 MB L2) the codec's 16-frame chunk at 384 channels (16-column blocks
+/// by half of L2) took 11.9–12.6 ms a convolution against 10.8–12.1 in blocks of 64 (scratch
+/// 2 MB), at 192 channels (32) 12.3–14.3 against 12.2–13.7.
 const WIDE_BLOCK: usize = 4 * MAX_LANES;
 
 /// Output channels of a panel of U on a CPU with this instruction set: the product kernel
@@ -173,8 +175,8 @@ fn inverse(a: &[f64], n: usize) -> Vec<f64> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Schedule {
     /// Passes of `columns`, each stage of a pass on all threads: the input transform and the
-    /// output transform split by channel, each Uf product by `gemm`. U is read once per pass,
-    /// shared: right where it is too large to stay cached.
+    /// output transform split by channel, the products by (f, panel of U) pairs. U is read
+    /// once per pass, shared: right where it is too large to stay cached.
     Passes { columns: usize },
     /// Blocks of `columns`, each block transformed, multiplied and written back by one thread:
     /// no fork-join per stage or per Uf product, and the block's scratch in that core's L2
