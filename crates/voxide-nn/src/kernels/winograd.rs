@@ -498,13 +498,19 @@ impl WinogradConv {
         let (o, c, alpha) = (self.out_channels, self.in_channels, self.alpha);
         assert!(v.len() >= c * alpha * n && products.len() >= o * alpha * n);
         let pairs = alpha * o.div_ceil(self.panel);
-        let panel = self.panel;
-        let out = Rows(products.as_mut_ptr());
+        let job = PanelProducts {
+            u: &self.u,
+            panel: self.panel,
+            v,
+            products: Rows(products.as_mut_ptr()),
+            alpha,
+            o,
+            c,
+            n,
+        };
         // SAFETY: products holds o rows of α · n values (asserted), and each pair writes its
         // own rows' block f.
-        let run = |range| unsafe {
-            panel_products(Isa::detect(), &self.u, panel, v, out, alpha, o, c, n, range)
-        };
+        let run = |range| unsafe { panel_products(Isa::detect(), job, range) };
         if split {
             let per_task = pairs.div_ceil(4 * rayon::current_num_threads()).max(1);
             (0..pairs.div_ceil(per_task))
@@ -629,136 +635,95 @@ unsafe fn input_vectors<S: Simd, const A: usize>(
     }
 }
 
-isa_entries! {
-    /// Pairs g of (f, panel) = (g / panels, g mod panels), panels = ⌈o / `panel`⌉ (6 or 12):
-    /// products[r][f·n + j] = Σ_c U_f[r][c] · v[c][f·n + j] for the panel's channels r < o
-    /// and j < n (whole vectors of the instruction set), rows of α · n values; u packed as
-    /// [`WinogradConv`]'s.
-    ///
-    /// # Safety
-    /// `products` holds o rows of α · n values, and no other thread writes these pairs'.
-    unsafe fn panel_products<>(
-        u: &[f32],
-        panel: usize,
-        v: &[f32],
-        products: Rows,
-        alpha: usize,
-        o: usize,
-        c: usize,
-        n: usize,
-        pairs: Range<usize>,
-    ) => panel_body
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn panel_body<S: Simd>(
-    u: &[f32],
+/// The operands of the Winograd products: U packed as [`WinogradConv`]'s in panels of
+/// `panel` output channels (6 or 12), v's and the products' rows of α · n values, n whole
+/// vectors of the instruction set.
+#[derive(Clone, Copy)]
+struct PanelProducts<'a> {
+    u: &'a [f32],
     panel: usize,
-    v: &[f32],
+    v: &'a [f32],
     products: Rows,
     alpha: usize,
     o: usize,
     c: usize,
     n: usize,
-    pairs: Range<usize>,
-) {
-    match panel {
-        6 => panels_of::<S, 6>(u, v, products, alpha, o, c, n, pairs),
-        12 => panels_of::<S, 12>(u, v, products, alpha, o, c, n, pairs),
+}
+
+isa_entries! {
+    /// Pairs g of (f, panel) = (g / panels, g mod panels), panels = ⌈o / `panel`⌉:
+    /// products[r][f·n + j] = Σ_c U_f[r][c] · v[c][f·n + j] for the panel's channels r < o
+    /// and j < n.
+    ///
+    /// # Safety
+    /// `products` holds o rows of α · n values, and no other thread writes these pairs'.
+    unsafe fn panel_products<>(job: PanelProducts, pairs: Range<usize>) => panel_body
+}
+
+#[inline(always)]
+unsafe fn panel_body<S: Simd>(job: PanelProducts, pairs: Range<usize>) {
+    match job.panel {
+        6 => job.pairs::<S, 6>(pairs),
+        12 => job.pairs::<S, 12>(pairs),
         other => unreachable!("no product kernel for panels of {other}"),
     }
 }
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn panels_of<S: Simd, const P: usize>(
-    u: &[f32],
-    v: &[f32],
-    products: Rows,
-    alpha: usize,
-    o: usize,
-    c: usize,
-    n: usize,
-    pairs: Range<usize>,
-) {
-    let panels = o.div_ceil(P);
-    assert!(n.is_multiple_of(S::LANES) && pairs.end <= alpha * panels);
-    assert!(u.len() == alpha * panels * P * c && v.len() >= c * alpha * n);
-    let stride = alpha * n;
-    // One strip of v's columns, copied out: its rows lie α · n apart in v, a stride that maps
-    // them onto a few sets of L1 (at 96 channels and 64 columns, 8 of its 64: they evicted
-    // each other, and the products ran slower than `gemm`'s, which copies them likewise).
-    let mut strip = vec![S::zero(); 2 * c];
-    let mut g = pairs.start;
-    while g < pairs.end {
-        let f = g / panels;
-        let f_pairs = g..pairs.end.min((f + 1) * panels);
-        let vf = v.as_ptr().add(f * n);
-        let mut j = 0;
-        while j < n {
-            let strip_pass = StripPass {
-                u: u.as_ptr(),
-                v: vf.add(j),
-                out: products.at(f * n + j),
-                stride,
-                o,
-                c,
-            };
-            if n - j >= 2 * S::LANES {
-                strip_pass.run::<S, P, 2>(&mut strip, f_pairs.clone());
-                j += 2 * S::LANES;
-            } else {
-                strip_pass.run::<S, P, 1>(&mut strip, f_pairs.clone());
-                j += S::LANES;
-            }
-        }
-        g = f_pairs.end;
-    }
-}
-
-/// One strip of columns of block f of v through pairs of that f (see [`panel_products`]).
-#[derive(Clone, Copy)]
-struct StripPass {
-    u: *const f32,
-    /// The strip's first column in row 0 of v.
-    v: *const f32,
-    /// The strip's first column in row 0 of the products.
-    out: *mut f32,
-    stride: usize,
-    o: usize,
-    c: usize,
-}
-
-impl StripPass {
-    /// NV vectors of columns, copied out once into `strip` and multiplied by each panel.
+impl PanelProducts<'_> {
+    /// [`panel_products`] with panels of P.
     #[inline(always)]
-    unsafe fn run<S: Simd, const P: usize, const NV: usize>(
+    unsafe fn pairs<S: Simd, const P: usize>(&self, pairs: Range<usize>) {
+        let (alpha, c, n) = (self.alpha, self.c, self.n);
+        let panels = self.o.div_ceil(P);
+        assert!(n.is_multiple_of(S::LANES) && pairs.end <= alpha * panels);
+        assert!(self.u.len() == alpha * panels * P * c && self.v.len() >= c * alpha * n);
+        // One strip of v's columns, copied out: its rows lie α · n apart in v, a stride that
+        // maps them onto a few sets of L1 (at 96 channels and 64 columns, 8 of its 64: they
+        // evicted each other, and the products ran slower than `gemm`'s, which copies them
+        // likewise).
+        let mut strip = vec![S::zero(); 2 * c];
+        let mut g = pairs.start;
+        while g < pairs.end {
+            let f_pairs = g..pairs.end.min((g / panels + 1) * panels);
+            let mut j = 0;
+            while j < n {
+                if n - j >= 2 * S::LANES {
+                    self.strip::<S, P, 2>(&mut strip, f_pairs.clone(), j);
+                    j += 2 * S::LANES;
+                } else {
+                    self.strip::<S, P, 1>(&mut strip, f_pairs.clone(), j);
+                    j += S::LANES;
+                }
+            }
+            g = f_pairs.end;
+        }
+    }
+
+    /// Columns j..j + NV vectors of pairs of one f: copied out once into `strip`, then
+    /// multiplied by each panel.
+    #[inline(always)]
+    unsafe fn strip<S: Simd, const P: usize, const NV: usize>(
         &self,
         strip: &mut [S::V],
         pairs: Range<usize>,
+        j: usize,
     ) {
-        let Self {
-            u,
-            v,
-            out,
-            stride,
-            o,
-            c,
-        } = *self;
+        let (o, c, stride) = (self.o, self.c, self.alpha * self.n);
+        let panels = o.div_ceil(P);
+        let column = pairs.start / panels * self.n + j;
+        let v = self.v.as_ptr().add(column);
         for (k, row) in strip.chunks_exact_mut(NV).take(c).enumerate() {
             for (i, x) in row.iter_mut().enumerate() {
                 *x = S::load(v.add(k * stride + i * S::LANES));
             }
         }
-        let panels = o.div_ceil(P);
         for g in pairs {
             let p = g % panels;
             panel_strip::<S, P, NV>(
-                u.add(g * P * c),
+                self.u.as_ptr().add(g * P * c),
                 c,
                 strip,
-                out.add(p * P * stride),
+                self.products.at(p * P * stride + column),
                 stride,
                 P.min(o - p * P),
             );
@@ -955,11 +920,18 @@ mod tests {
             for cuts in [vec![0, alpha * panels], vec![0, 3, 4, alpha * panels]] {
                 let mut products = vec![f32::NAN; o * alpha * n];
                 for range in cuts.windows(2) {
-                    let out = Rows(products.as_mut_ptr());
-                    // SAFETY: products holds o rows of α · n values; one thread.
-                    unsafe {
-                        panel_products(isa, &u, panel, &v, out, alpha, o, c, n, range[0]..range[1])
+                    let job = PanelProducts {
+                        u: &u,
+                        panel,
+                        v: &v,
+                        products: Rows(products.as_mut_ptr()),
+                        alpha,
+                        o,
+                        c,
+                        n,
                     };
+                    // SAFETY: products holds o rows of α · n values; one thread.
+                    unsafe { panel_products(isa, job, range[0]..range[1]) };
                 }
                 for oo in 0..o {
                     for f in 0..alpha {
