@@ -6,7 +6,8 @@
 //! `RAYON_NUM_THREADS=2 cargo bench -p voxide-nn --bench gemv [-- SECTION...]`
 //! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`,
 //! `whisper-step`, `rows`, `row-bytes`, `attention`, `step`,
-//! `step-int8`, `tts-frame`, `thin`, `winograd`, `quant`, `quant-encoder`, `quant-l2`
+//! `step-int8`, `tts-frame`, `thin`, `winograd`, `codec-convs`, `quant`, `quant-encoder`,
+//! `quant-l2`
 //! (all by default; `quant` and `quant-l2` take extra words: ggml type names to run, e.g. `quant q4_0 q4_K`). Figures: median [min–max] of the timed repetitions after a warm-up.
 
 use candle_core::{DType, Device, Tensor};
@@ -991,6 +992,9 @@ fn main() -> candle_core::Result<()> {
     if on("winograd") {
         bench_winograd();
     }
+    if on("codec-convs") {
+        bench_codec_convs()?;
+    }
     if on("quant-l2") {
         bench_quant_l2(&types);
     }
@@ -1174,6 +1178,89 @@ fn bench_winograd() {
             }
         }
     }
+}
+
+/// The Qwen3-TTS codec's other convolutions at a 16-frame and a 1-frame chunk: its transposed
+/// (upsampling) ones, streamed, and its residual units' SnakeBeta + 1×1 + residual.
+fn bench_codec_convs() -> candle_core::Result<()> {
+    use std::collections::HashMap;
+    use voxide_nn::activation::SnakeBeta;
+    use voxide_nn::conv::CausalConvTranspose1d;
+    use voxide_nn::{Conv1d, Conv1dSpec};
+    let dev = Device::Cpu;
+    let tensor = |n: usize, shape: &[usize], scale: f32| {
+        Tensor::from_vec(filled(n, |v| v * scale), shape, &dev)
+    };
+    // (in, out, kernel, stride, input frames of a 16-frame chunk, of a 1-frame chunk)
+    for (cin, cout, kernel, stride, frames_16, frame_1) in [
+        (1024, 1024, 2, 2, 32, 2),
+        (1536, 768, 16, 8, 64, 4),
+        (768, 384, 10, 5, 512, 32),
+        (384, 192, 8, 4, 2560, 160),
+        (192, 96, 6, 3, 10240, 640),
+    ] {
+        let mut ts = HashMap::new();
+        ts.insert(
+            "weight".to_string(),
+            tensor(cin * cout * kernel, &[cin, cout, kernel], 0.02)?,
+        );
+        ts.insert("bias".to_string(), tensor(cout, &[cout], 0.1)?);
+        let vb = candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev);
+        let conv = CausalConvTranspose1d::load(vb, cin, cout, kernel, stride)?;
+        for t in [frames_16, frame_1] {
+            let x = tensor(cin * t, &[1, cin, t], 1.0)?;
+            let mut tail = None;
+            let (med, min, max) = time(2, 15, || {
+                conv.push(&mut tail, &x).expect("transposed convolution");
+            });
+            let flop = 2.0 * (cin * cout * kernel * t) as f64;
+            println!(
+                "transposed {cin:4} -> {cout:4} k{kernel:2} s{stride} x {t:5}: {:8.3} ms [{:.3}–{:.3}] {:6.1} GFLOP/s",
+                med * 1e3,
+                min * 1e3,
+                max * 1e3,
+                flop / med / 1e9
+            );
+        }
+    }
+    for (c, frames_16, frame_1) in [
+        (768, 512, 32),
+        (384, 2560, 160),
+        (192, 10240, 640),
+        (96, 30720, 1920),
+    ] {
+        let mut ts = HashMap::new();
+        ts.insert("weight".to_string(), tensor(c * c, &[c, c, 1], 0.02)?);
+        ts.insert("bias".to_string(), tensor(c, &[c], 0.1)?);
+        let conv = Conv1d::load(
+            candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+            Conv1dSpec::new(c, c, 1),
+        )?;
+        let mut params = HashMap::new();
+        params.insert("alpha".to_string(), tensor(c, &[c], 0.5)?);
+        params.insert("beta".to_string(), tensor(c, &[c], 0.5)?);
+        let act = SnakeBeta::load(
+            candle_nn::VarBuilder::from_tensors(params, DType::F32, &dev),
+            c,
+        )?;
+        for t in [frames_16, frame_1] {
+            let x = tensor(c * t, &[1, c, t], 1.0)?;
+            let residual = tensor(c * t, &[1, c, t], 1.0)?;
+            let (med, min, max) = time(2, 15, || {
+                conv.forward_snake_residual(&act, &x, &residual)
+                    .expect("1x1 convolution");
+            });
+            let flop = 2.0 * (c * c * t) as f64;
+            println!(
+                "snake 1x1 residual {c:4} x {t:5}: {:8.3} ms [{:.3}–{:.3}] {:6.1} GFLOP/s",
+                med * 1e3,
+                min * 1e3,
+                max * 1e3,
+                flop / med / 1e9
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Thin f32 products (a streaming codec's short chunks: a few columns), weights from memory

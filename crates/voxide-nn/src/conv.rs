@@ -2,7 +2,8 @@
 //! two-convolution audio stem shared by Whisper-style encoders.
 
 use crate::activation::{gelu_erf, SnakeBeta};
-use crate::kernels::conv_gemm::{ConvTaps, SnakePointwiseResidual, TransposedConvTaps};
+use crate::kernels::conv_gemm::{ConvTaps, Pointwise, TransposedConvTaps};
+use crate::kernels::panels::Panels;
 use crate::kernels::winograd::{self, WinogradConv};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -54,13 +55,14 @@ pub struct Conv1d {
 }
 
 /// A convolution's weights, kept once: tap-major for [`ConvTaps`] (one group or depthwise, on
-/// the CPU: one GEMM per tap, no im2col copy; one multiply-add per tap and channel),
-/// Winograd-transformed for long filters over many channels (see [`Conv1d::load`]), else as
-/// stored for candle's convolution. Keeping both doubled a codec's f32 convolutions (Qwen3-TTS:
-/// 59 M weights, 234 MB).
+/// the CPU: one GEMM per tap, no im2col copy; one multiply-add per tap and channel), packed in
+/// panels for 1×1 ones ([`Pointwise`]), Winograd-transformed for long filters over many
+/// channels (see [`Conv1d::load`]), else as stored for candle's convolution. Keeping both
+/// doubled a codec's f32 convolutions (Qwen3-TTS: 59 M weights, 234 MB).
 #[derive(Clone, Debug)]
 enum ConvKernel {
     Taps { taps: Vec<f32>, bias: Vec<f32> },
+    Pointwise { weight: Panels, bias: Vec<f32> },
     Winograd(Box<WinogradConv>),
     Candle { weight: Tensor, bias: Tensor },
 }
@@ -111,6 +113,15 @@ impl Conv1d {
                 spec.kernel,
             );
             let bias = bias.to_vec1::<f32>()?;
+            let pointwise =
+                spec.kernel == 1 && spec.groups == 1 && spec.stride == 1 && spec.padding == 0;
+            if pointwise {
+                let weight = Panels::pack(&taps, 1, spec.out_channels, spec.in_channels);
+                return Ok(Self {
+                    kernel: ConvKernel::Pointwise { weight, bias },
+                    spec,
+                });
+            }
             match winograd
                 .then(|| {
                     WinogradConv::new(
@@ -155,6 +166,17 @@ impl Conv1d {
                     .apply_op1_no_bwd(&op)?
                     .to_dtype(x.dtype())
             }
+            ConvKernel::Pointwise { weight, bias } => {
+                let op = Pointwise {
+                    weight,
+                    bias,
+                    snake: None,
+                };
+                x.to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op1_no_bwd(&op)?
+                    .to_dtype(x.dtype())
+            }
             ConvKernel::Winograd(conv) => x
                 .to_dtype(DType::F32)?
                 .contiguous()?
@@ -168,7 +190,7 @@ impl Conv1d {
     }
 
     /// `residual + self(act(x))` for a 1×1 convolution (no streaming state): a codec residual
-    /// unit's second half, on the CPU in one pass ([`SnakePointwiseResidual`]).
+    /// unit's second half, on the CPU in one pass (`kernels::conv_gemm::Pointwise`).
     pub fn forward_snake_residual(
         &self,
         act: &SnakeBeta,
@@ -180,15 +202,13 @@ impl Conv1d {
             candle_core::bail!("forward_snake_residual takes a 1x1 convolution");
         }
         match &self.kernel {
-            ConvKernel::Taps { taps, bias }
+            ConvKernel::Pointwise { weight, bias }
                 if x.dtype() == DType::F32 && residual.dtype() == DType::F32 =>
             {
-                let (alpha, inv_beta) = act.params();
-                let op = SnakePointwiseResidual {
-                    weight: taps,
+                let op = Pointwise {
+                    weight,
                     bias,
-                    alpha,
-                    inv_beta,
+                    snake: Some(act.params()),
                 };
                 x.contiguous()?
                     .apply_op2_no_bwd(&residual.contiguous()?, &op)
@@ -199,7 +219,9 @@ impl Conv1d {
 
     pub fn device(&self) -> &candle_core::Device {
         match &self.kernel {
-            ConvKernel::Taps { .. } | ConvKernel::Winograd(_) => &CPU,
+            ConvKernel::Taps { .. } | ConvKernel::Pointwise { .. } | ConvKernel::Winograd(_) => {
+                &CPU
+            }
             ConvKernel::Candle { weight, .. } => weight.device(),
         }
     }
@@ -326,7 +348,8 @@ fn pad_reflect(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
 /// Transposed convolution with `weight` [in, out, kernel] and `bias` [out], made causal by
 /// dropping the last `kernel − stride` outputs: t inputs give exactly t · stride outputs.
 ///
-/// On the CPU one GEMM per output phase ([`TransposedConvTaps`]);
+/// On the CPU one product per output phase, all phases in one call of the panel kernel
+/// (`kernels::conv_gemm::TransposedConvTaps`);
 /// elsewhere one GEMM and shifted adds (candle's CPU `conv_transpose1d` is a direct loop, ~40
 /// ms for a 1024 → 1024 k2 layer on one frame): with the kernel zero-padded to
 /// `blocks · stride` taps, z = x · W (t × taps·out) holds every tap's contribution, and tap
@@ -343,8 +366,8 @@ pub struct CausalConvTranspose1d {
 /// A transposed convolution's weights, kept once (as [`ConvKernel`]).
 #[derive(Clone, Debug)]
 enum TransposedKernel {
-    /// Phase-major [stride, blocks, out, in] for [`TransposedConvTaps`].
-    Taps { taps: Vec<f32>, bias: Vec<f32> },
+    /// Phase matrices [blocks · out, in], packed, for [`TransposedConvTaps`].
+    Taps { taps: Panels, bias: Vec<f32> },
     /// (in, blocks · stride · out): column (q · stride + r) · out + o is weight[:, o, q · stride + r].
     Candle { taps: Tensor, bias: Tensor },
 }
@@ -369,7 +392,7 @@ impl CausalConvTranspose1d {
         let bias = vb.get_with_hints_dtype(out_channels, "bias", init, f32)?;
         let kernel_weights = if weight.device().is_cpu() {
             TransposedKernel::Taps {
-                taps: TransposedConvTaps::taps_of(
+                taps: TransposedConvTaps::pack(
                     &weight.flatten_all()?.to_vec1()?,
                     in_channels,
                     out_channels,

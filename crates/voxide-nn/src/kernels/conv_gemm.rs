@@ -1,7 +1,8 @@
 //! 1-D convolution (one group) as one GEMM per kernel tap, accumulated in place:
 //! y (O × T) = bias + Σₖ Wₖ (O × C) · x[:, k·d + s·t] (C × T, a strided view of the input);
-//! depthwise (one group per channel) as one multiply-add per tap and channel row; transposed
-//! (causal, streaming) as one GEMM per output phase.
+//! depthwise (one group per channel) as one multiply-add per tap and channel row; 1×1 and
+//! transposed (causal, streaming: one product per output phase) on the panel kernel, their
+//! weights packed at load.
 //!
 //! candle's CPU convolution copies the input into an im2col matrix K times its size, multiplies,
 //! and transposes the product back to channels-first; here each tap reads a strided window of
@@ -10,9 +11,11 @@
 //! as one convolution per group: ~80 ms for Qwen3-TTS's 1024-channel ConvNeXt on one frame.
 
 use super::ops::{add_scalar_row, contiguous_f32, snake_row};
+use super::panels::{Panels, Product, Rows};
 use super::simd::Isa;
 use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
+use std::cell::Cell;
 
 /// candle op over a contiguous f32 (batch, C, L) input.
 #[derive(Clone, Copy, Debug)]
@@ -154,17 +157,19 @@ impl CustomOp1 for ConvTaps<'_> {
 
 /// One step of a causal transposed convolution (stride s, weight [C, O, K]) over a stream.
 ///
-/// Tap k = q·s + r sends input frame j to output (j + q)·s + r. Per phase r, one GEMM of the
-/// phase's taps stacked (blocks·O × C, blocks = ⌈K / s⌉) by x (C × t) gives every
-/// contribution to the outputs ≡ r mod s in a contiguous scratch, and one pass adds them into
-/// y (was: one GEMM into a (t, taps · O) buffer, then a shuffle, pad and add per block of taps;
-/// then one GEMM per tap written through a strided view of y, which ran at half the GEMM rate).
-/// Outputs past t·s go to the tail, which the next step adds to its first outputs.
+/// Tap k = q·s + r sends input frame j to output (j + q)·s + r. Per phase r, one product of
+/// the phase's taps stacked (blocks·O × C, blocks = ⌈K / s⌉, packed at load) by x (C × t)
+/// gives every contribution to the outputs ≡ r mod s, all phases in one call of the panel
+/// kernel ([`super::panels`]), then one pass adds them into y (was: one GEMM per phase by the
+/// `gemm` crate, which packed the taps again on every call; before that one GEMM into a
+/// (t, taps · O) buffer, then a shuffle, pad and add per block of taps; then one GEMM per tap
+/// written through a strided view of y, which ran at half the GEMM rate). Outputs past t·s
+/// go to the tail, which the next step adds to its first outputs.
 #[derive(Clone, Copy, Debug)]
-pub struct TransposedConvTaps<'a> {
-    /// Kernel taps, phase-major: `taps[r][q][o][c]` = weight[c][o][q·s + r] (zero past the
-    /// kernel), see [`Self::taps_of`].
-    pub taps: &'a [f32],
+pub(crate) struct TransposedConvTaps<'a> {
+    /// Kernel taps as s matrices of (blocks · O) × C: row q·O + o of phase r is
+    /// weight[·][o][q·s + r] (zero past the kernel), see [`Self::pack`].
+    pub taps: &'a Panels,
     pub bias: &'a [f32],
     pub out_channels: usize,
     pub in_channels: usize,
@@ -172,15 +177,21 @@ pub struct TransposedConvTaps<'a> {
     pub stride: usize,
 }
 
+thread_local! {
+    /// The last call's phase products, reused: a fresh buffer of a few MB costs a page fault
+    /// per 4 kB on every chunk.
+    static PHASES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
 impl TransposedConvTaps<'_> {
-    /// weight [C, O, K] (row-major) → phase-major [s, ⌈K / s⌉, O, C], zero-padded.
-    pub fn taps_of(
+    /// weight [C, O, K] (row-major) → s phase matrices [⌈K / s⌉ · O, C], zero-padded, packed.
+    pub fn pack(
         weight: &[f32],
         in_channels: usize,
         out_channels: usize,
         kernel: usize,
         stride: usize,
-    ) -> Vec<f32> {
+    ) -> Panels {
         let blocks = kernel.div_ceil(stride);
         let mut taps = vec![0f32; stride * blocks * out_channels * in_channels];
         for c in 0..in_channels {
@@ -192,7 +203,7 @@ impl TransposedConvTaps<'_> {
                 }
             }
         }
-        taps
+        Panels::pack(&taps, stride, blocks * out_channels, in_channels)
     }
 
     fn blocks(&self) -> usize {
@@ -217,7 +228,8 @@ impl TransposedConvTaps<'_> {
         );
         let (len, overlap) = (t * s, self.overlap());
         assert!(x.len() == c * t && y.len() == o * len && tail.len() == o * overlap);
-        assert_eq!(self.taps.len(), s * blocks * o * c);
+        assert!(self.taps.rows() == blocks * o && self.taps.cols() == c);
+        assert_eq!(self.taps.pairs() % s, 0);
         if len == 0 {
             return;
         }
@@ -235,29 +247,28 @@ impl TransposedConvTaps<'_> {
                 tr[overlap - n..].fill(0.0);
             }
         }
-        let parallelism = gemm_parallelism(blocks * o * c * t);
-        let mut z = vec![0f32; blocks * o * t];
-        for r in 0..s {
-            let w = &self.taps[r * blocks * o * c..(r + 1) * blocks * o * c];
-            // SAFETY: dst is z (blocks·o × t, row stride t); lhs is the phase's taps
-            // (blocks·o × c, row stride c); rhs is x (c × t, row stride t).
-            unsafe {
-                gemm_f32(
-                    (blocks * o, t, c),
-                    z.as_mut_ptr(),
-                    t,
-                    false,
-                    w.as_ptr(),
-                    c,
-                    x.as_ptr(),
-                    (t, 1),
-                    parallelism,
-                );
-            }
-            // z[q][o][j] lands at output (j + q)·s + r: in y, or past it in the tail.
-            let add = |(channel, (yr, tr)): (usize, (&mut [f32], &mut [f32]))| {
+        // z[r][q][o][j]: every element is written by the product.
+        let mut z = PHASES.take();
+        z.resize(s * blocks * o * t, 0.0);
+        let product = Product {
+            w: self.taps,
+            b: x,
+            b_stride: t,
+            b_step: 0,
+            n: t,
+            out: Rows(z.as_mut_ptr()),
+            out_stride: t,
+            out_step: blocks * o * t,
+            accumulate: false,
+        };
+        // SAFETY: z holds s matrices of blocks·o rows of t values; the pairs write disjoint rows.
+        unsafe { product.run_split() };
+        // z[r][q][o][j] lands at output (j + q)·s + r: in y, or past it in the tail; per
+        // output, the phases' blocks in order q (as one phase at a time added them).
+        let add = |(channel, (yr, tr)): (usize, (&mut [f32], &mut [f32]))| {
+            for r in 0..s {
                 for q in 0..blocks {
-                    let zr = &z[(q * o + channel) * t..(q * o + channel + 1) * t];
+                    let zr = &z[((r * blocks + q) * o + channel) * t..][..t];
                     let inside = t.saturating_sub(q);
                     if inside > 0 {
                         let outputs = yr[q * s + r..].iter_mut().step_by(s);
@@ -269,47 +280,157 @@ impl TransposedConvTaps<'_> {
                         tr[(j + q) * s + r - len] += zv;
                     }
                 }
-            };
-            if overlap == 0 {
-                y.par_chunks_mut(len)
-                    .enumerate()
-                    .with_min_len(8)
-                    .for_each(|(ch, yr)| add((ch, (yr, &mut []))));
-            } else {
-                y.par_chunks_mut(len)
-                    .zip(tail.par_chunks_mut(overlap))
-                    .enumerate()
-                    .with_min_len(8)
-                    .for_each(add);
             }
+        };
+        if overlap == 0 {
+            y.par_chunks_mut(len)
+                .enumerate()
+                .with_min_len(8)
+                .for_each(|(ch, yr)| add((ch, (yr, &mut []))));
+        } else {
+            y.par_chunks_mut(len)
+                .zip(tail.par_chunks_mut(overlap))
+                .enumerate()
+                .with_min_len(8)
+                .for_each(add);
         }
+        PHASES.set(z);
     }
 }
 
-/// Bytes of activated input per block of [`SnakePointwiseResidual`], so that the block and
-/// its slice of y stay in a core's L2; blocks keep at least [`POINTWISE_MIN_BLOCK`] samples
-/// (narrower GEMMs run below their rate: 768 channels take 768 KB blocks).
+/// Bytes of a block of [`Pointwise`]'s input columns, so that the block (activated and
+/// packed into strips) and its slice of y stay in a core's L2.
 const POINTWISE_BLOCK_BYTES: usize = 128 << 10;
-const POINTWISE_MIN_BLOCK: usize = 256;
 
-/// y = residual + bias + W · SnakeBeta(x) for a 1×1 convolution (W: O × C): the second half of
-/// a codec residual unit in one pass over time blocks that stay in L2. Run as three ops
-/// (activation, convolution, add) it made five passes over tensors of many MB, each freshly
-/// allocated (the Qwen3-TTS codec's last block: 96 channels × 1920 samples per frame), and
-/// ran at a third of the GEMM rate.
+/// y = [residual +] bias + W · act(x) for a 1×1 convolution (W: O × C, packed at load; act:
+/// SnakeBeta or none), in one pass over blocks of columns that stay in L2: with SnakeBeta and
+/// the residual, the second half of a codec residual unit. Run as three ops (activation,
+/// convolution, add) it made five passes over tensors of many MB, each freshly allocated (the
+/// Qwen3-TTS codec's last block: 96 channels × 1920 samples per frame), and ran at a third of
+/// the GEMM rate. Each task starts its rows of y from the residual and bias, then the panel
+/// kernel adds the product.
 #[derive(Clone, Copy, Debug)]
-pub struct SnakePointwiseResidual<'a> {
-    /// W, row-major O × C.
-    pub weight: &'a [f32],
+pub(crate) struct Pointwise<'a> {
+    pub weight: &'a Panels,
     pub bias: &'a [f32],
-    /// SnakeBeta's eᵅ and 1 / (eᵝ + ε) per input channel.
-    pub alpha: &'a [f32],
-    pub inv_beta: &'a [f32],
+    /// SnakeBeta's eᵅ and 1 / (eᵝ + ε) per input channel, applied to x first.
+    pub snake: Option<(&'a [f32], &'a [f32])>,
 }
 
-impl CustomOp2 for SnakePointwiseResidual<'_> {
+impl Pointwise<'_> {
+    /// x (batch, C, t) [and the residual (batch, O, t)], contiguous → y (batch, O, t).
+    fn run(
+        &self,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        (batch, c, t): (usize, usize, usize),
+    ) -> Vec<f32> {
+        use rayon::prelude::*;
+        let o = self.weight.rows();
+        let mut y = vec![0f32; batch * o * t];
+        if y.is_empty() {
+            return y;
+        }
+        let block = (POINTWISE_BLOCK_BYTES / 4 / c.max(1)).max(16);
+        let blocks = t.div_ceil(block);
+        // Few blocks (a short chunk): each block's panels shared out too, so that every
+        // thread has work.
+        let pairs = self.weight.pairs();
+        let threads = rayon::current_num_threads();
+        let shares = (2 * threads)
+            .div_ceil(batch * blocks)
+            .clamp(1, pairs.max(1));
+        let per_share = pairs.div_ceil(shares);
+        let out = Rows(y.as_mut_ptr());
+        let isa = Isa::detect();
+        (0..batch * blocks * shares).into_par_iter().for_each_init(
+            Vec::new,
+            |act: &mut Vec<f32>, task| {
+                let (item, share) = (task / shares, task % shares);
+                let (b, t0) = (item / blocks, item % blocks * block);
+                let n = block.min(t - t0);
+                let x0 = b * c * t + t0;
+                let (columns, stride) = match self.snake {
+                    Some((alpha, inv_beta)) => {
+                        act.resize(c * n, 0.0);
+                        for (ch, dst) in act.chunks_mut(n).enumerate() {
+                            snake_row(isa, &x[x0 + ch * t..][..n], alpha[ch], inv_beta[ch], dst);
+                        }
+                        (&act[..], n)
+                    }
+                    None => (&x[x0..], t),
+                };
+                let y0 = b * o * t + t0;
+                let rows = share * per_share..pairs.min((share + 1) * per_share);
+                // This task's rows of y started from the residual and bias, row by row (read
+                // by the kernel only as it stores its sums, they stalled it), then the product
+                // added.
+                let first_row = rows.start * self.weight.panel();
+                let last_row = o.min(rows.end * self.weight.panel());
+                for row in first_row..last_row {
+                    // SAFETY: as below; row < o.
+                    let yr = unsafe { std::slice::from_raw_parts_mut(out.at(y0 + row * t), n) };
+                    match residual {
+                        Some(r) => add_scalar_row(isa, &r[y0 + row * t..][..n], self.bias[row], yr),
+                        None => yr.fill(self.bias[row]),
+                    }
+                }
+                let product = Product {
+                    w: self.weight,
+                    b: columns,
+                    b_stride: stride,
+                    b_step: 0,
+                    n,
+                    // SAFETY: y0 lies inside y.
+                    out: Rows(unsafe { out.at(y0) }),
+                    out_stride: t,
+                    out_step: 0,
+                    accumulate: true,
+                };
+                // SAFETY: this task alone writes columns t0..t0 + n of its share of batch b's
+                // rows of y (o rows of stride t), all inside y.
+                unsafe { product.run(rows) };
+            },
+        );
+        y
+    }
+
+    fn check(&self, c: usize) -> Result<()> {
+        let (o, snake_ok) = (
+            self.weight.rows(),
+            self.snake.is_none_or(|(a, b)| a.len() == c && b.len() == c),
+        );
+        if self.weight.cols() != c || self.bias.len() != o || !snake_ok {
+            candle_core::bail!(
+                "pointwise conv: {c} input channels do not fit a {o} x {} filter",
+                self.weight.cols()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp1 for Pointwise<'_> {
     fn name(&self) -> &'static str {
-        "snake-pointwise-residual"
+        "pointwise-conv"
+    }
+
+    /// x (batch, C, T), contiguous f32 → (batch, O, T).
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32("pointwise-conv", s, l)?;
+        let (batch, c, t) = l.shape().dims3()?;
+        self.check(c)?;
+        let y = self.run(x, None, (batch, c, t));
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((batch, self.weight.rows(), t)),
+        ))
+    }
+}
+
+impl CustomOp2 for Pointwise<'_> {
+    fn name(&self) -> &'static str {
+        "pointwise-conv-residual"
     }
 
     /// x (batch, C, T) and residual (batch, O, T), both contiguous f32 → (batch, O, T).
@@ -320,67 +441,19 @@ impl CustomOp2 for SnakePointwiseResidual<'_> {
         rs: &CpuStorage,
         rl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        let (Some((x0, x1)), CpuStorage::F32(x), Some((r0, r1)), CpuStorage::F32(r)) =
-            (xl.contiguous_offsets(), xs, rl.contiguous_offsets(), rs)
-        else {
-            candle_core::bail!("snake-pointwise-residual: takes contiguous f32 tensors");
-        };
+        let x = contiguous_f32("pointwise-conv-residual", xs, xl)?;
+        let residual = contiguous_f32("pointwise-conv-residual", rs, rl)?;
         let (batch, c, t) = xl.shape().dims3()?;
-        let o = self.bias.len();
-        if rl.shape().dims3()? != (batch, o, t)
-            || self.weight.len() != o * c
-            || self.alpha.len() != c
-            || self.inv_beta.len() != c
-        {
+        self.check(c)?;
+        let o = self.weight.rows();
+        if rl.shape().dims3()? != (batch, o, t) {
             candle_core::bail!(
-                "snake-pointwise-residual: x {:?} and residual {:?} do not fit a {o} x {c} \
-                 filter",
+                "pointwise-conv-residual: x {:?} and residual {:?} do not fit a {o} x {c} filter",
                 xl.dims(),
                 rl.dims()
             );
         }
-        let (x, residual) = (&x[x0..x1], &r[r0..r1]);
-        let mut y = vec![0f32; batch * o * t];
-        let block = (POINTWISE_BLOCK_BYTES / 4 / c.max(1))
-            .clamp(POINTWISE_MIN_BLOCK, t.max(POINTWISE_MIN_BLOCK));
-        let blocks = t.div_ceil(block);
-        let out = super::gemv::OutPtr(y.as_mut_ptr());
-        let isa = Isa::detect();
-        (0..batch * blocks)
-            .into_par_iter()
-            .for_each_init(Vec::new, |act: &mut Vec<f32>, task| {
-                let (b, t0) = (task / blocks, task % blocks * block);
-                let n = block.min(t - t0);
-                act.resize(c * n, 0.0);
-                for (ch, dst) in act.chunks_mut(n).enumerate() {
-                    let row = &x[(b * c + ch) * t + t0..][..n];
-                    snake_row(isa, row, self.alpha[ch], self.inv_beta[ch], dst);
-                }
-                let y0 = b * o * t + t0;
-                // SAFETY: this task alone writes columns t0..t0 + n of batch b's rows of y
-                // (o rows of stride t), all inside y; lhs is W (o × c) and rhs the activated
-                // block (c × n, row stride n).
-                unsafe {
-                    let dst = out.add(y0).0;
-                    for (row, &bias) in self.bias.iter().enumerate() {
-                        let res = &residual[y0 + row * t..][..n];
-                        let yr = std::slice::from_raw_parts_mut(dst.add(row * t), n);
-                        add_scalar_row(isa, res, bias, yr);
-                    }
-                    gemm_f32(
-                        (o, n, c),
-                        dst,
-                        t,
-                        true,
-                        self.weight.as_ptr(),
-                        c,
-                        act.as_ptr(),
-                        (n, 1),
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
+        let y = self.run(x, Some(residual), (batch, c, t));
         Ok((CpuStorage::F32(y), Shape::from((batch, o, t))))
     }
 }

@@ -12,6 +12,7 @@ pub mod gemv_int8;
 pub mod machine;
 mod next_matrix;
 pub mod ops;
+pub(crate) mod panels;
 pub mod quant_gemm;
 pub mod quant_matmul;
 pub mod simd;

@@ -4,8 +4,9 @@
 //! instead of m · r. Over C input and O output channels every product is an O × C GEMM column,
 //! so a k7 convolution in tiles of 4 outputs does 10 / 28 of the multiply-adds of one GEMM per
 //! tap; the transforms are O(α²) per tile and channel, vectorised across tiles. The products
-//! run on a kernel of our own (`panel_products`: U packed at load in panels of output
-//! channels, each strip of V copied out once), ahead of the `gemm` crate's on these shapes.
+//! run on the panel kernel (`kernels::panels`: U packed at load in panels of output
+//! channels, each block of V packed into strips once), ahead of the `gemm` crate's on these
+//! shapes.
 //!
 //! ```text
 //! per tile:  V = Bᵀ d   (α × C, d: the tile's α input frames)
@@ -23,11 +24,11 @@
 
 use super::machine::{machine, CacheSizes};
 use super::ops::contiguous_f32;
+use super::panels::{Panels, Product, Rows, UNKNOWN_L2};
 use super::simd::{isa_entries, Isa, Simd};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::cell::Cell;
-use std::ops::Range;
 
 /// Interpolation points after 0: magnitudes close to 1 keep the transforms' entries, and the
 /// rounding they amplify, small (this order measured best for F(4, 7)).
@@ -57,28 +58,12 @@ const MAX_LANES: usize = 16;
 const PASS_BYTES: usize = 4 << 20;
 const MIN_COLUMNS: usize = 256;
 
-/// The L2 assumed where the machine does not say (the smallest seen on our kinds).
-const UNKNOWN_L2: usize = 512 << 10;
-
 /// Columns a block takes at least where its scratch fits twice L2: four vectors, two strips
 /// of the product kernel on AVX-512. Measured when `gemm` ran the products (its micro-kernel
 /// as wide): on Zen 4 (1 MB L2) the codec's 16-frame chunk at 384 channels (16-column blocks
 /// by half of L2) took 11.9–12.6 ms a convolution against 10.8–12.1 in blocks of 64 (scratch
 /// 2 MB), at 192 channels (32) 12.3–14.3 against 12.2–13.7.
 const WIDE_BLOCK: usize = 4 * MAX_LANES;
-
-/// Output channels of a panel of U on a CPU with this instruction set: the product kernel
-/// holds a panel's rows × two vectors of sums in registers, beside two input vectors and a
-/// broadcast weight. 6 rows fill 15 of AVX2's 16 registers; AVX-512 has 32, and 12 rows (27)
-/// measured ahead of 6 and 8 on an Intel Xeon (Emerald Rapids), the codec's k7 convolutions
-/// at 96–768 channels 0.48–1.13× `gemm`'s time against 0.53–1.46× with 6 rows (PERFORMANCE.md).
-/// NEON (32 registers) keeps 6: not measured.
-fn panel_rows(isa: Isa) -> usize {
-    match isa {
-        Isa::Avx512 => 12,
-        _ => 6,
-    }
-}
 
 /// The largest filter the points cover in tiles of [`TILE`].
 pub const MAX_TAPS: usize = POINTS.len() + 2 - TILE;
@@ -109,11 +94,8 @@ const _: () = assert!(
 /// A stride-1, one-group convolution with r taps and dilation d, weights transformed.
 #[derive(Clone, Debug)]
 pub struct WinogradConv {
-    /// [α][⌈O / P⌉][C][P]: Uf = Σₖ G[f][k] Wₖ in panels of P = `panel` output channels
-    /// ([`panel_rows`]; zero past O), a column of a panel contiguous: the product kernel
-    /// broadcasts it.
-    u: Vec<f32>,
-    panel: usize,
+    /// The α matrices Uf = Σₖ G[f][k] Wₖ (O × C), packed in panels of output channels.
+    u: Panels,
     bias: Vec<f32>,
     /// Aᵀ (m × α) and Bᵀ (α × α), row-major.
     at: Vec<f32>,
@@ -237,23 +219,6 @@ fn whole_vectors(n: usize) -> usize {
     n.next_multiple_of(Isa::detect().lanes())
 }
 
-/// Rows of y or of the products, written at disjoint positions by many threads.
-#[derive(Clone, Copy)]
-struct Rows(*mut f32);
-
-// SAFETY: only used to write disjoint elements (each column's own outputs) from many threads.
-unsafe impl Send for Rows {}
-unsafe impl Sync for Rows {}
-
-impl Rows {
-    /// # Safety
-    /// `offset` is inside the rows' buffer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 thread_local! {
     /// The last call's transformed inputs and products. Taken, not borrowed: a rayon thread
     /// that runs another convolution while waiting finds them empty.
@@ -288,10 +253,8 @@ impl WinogradConv {
             .map(|idx| inv[(idx % alpha) * alpha + idx / alpha] as f32)
             .collect();
         let oc = out_channels * in_channels;
-        let panel = panel_rows(Isa::detect());
-        let panels = out_channels.div_ceil(panel);
-        let mut u = vec![0f32; alpha * panels * panel * in_channels];
-        for (f, uf) in u.chunks_mut(panels * panel * in_channels).enumerate() {
+        let mut u = vec![0f32; alpha * oc];
+        for (f, uf) in u.chunks_mut(oc).enumerate() {
             let mut acc = vec![0f64; oc];
             for k in 0..r {
                 let gk = g[f * r + k];
@@ -301,16 +264,12 @@ impl WinogradConv {
                     }
                 }
             }
-            for (oo, row) in acc.chunks(in_channels).enumerate() {
-                let rows = &mut uf[oo / panel * panel * in_channels..];
-                for (cc, &a) in row.iter().enumerate() {
-                    rows[cc * panel + oo % panel] = a as f32;
-                }
+            for (u, a) in uf.iter_mut().zip(acc) {
+                *u = a as f32;
             }
         }
         Some(Self {
-            u,
-            panel,
+            u: Panels::pack(&u, alpha, out_channels, in_channels),
             bias: bias.to_vec(),
             at,
             bt,
@@ -327,7 +286,7 @@ impl WinogradConv {
         let column_bytes = self.alpha * (self.in_channels + self.out_channels) * 4;
         self.forward_with(x, len, y, |columns| {
             Schedule::choose(
-                self.u.len() * 4,
+                self.u.bytes(),
                 column_bytes,
                 columns,
                 rayon::current_num_threads(),
@@ -492,32 +451,30 @@ impl WinogradConv {
 
     /// products[o][f][col] = Σ_c U_f[o][c] · v[c][f][col] for col < n (a multiple of
     /// the vector; v's and products' rows hold α · n values), one (f, panel of U) pair after
-    /// another, those of one f together so that its block of v stays cached; with `split`,
+    /// another, those of one f together so that its block of v is packed once; with `split`,
     /// the pairs across the threads.
     fn multiply(&self, v: &[f32], n: usize, products: &mut [f32], split: bool) {
         let (o, c, alpha) = (self.out_channels, self.in_channels, self.alpha);
         assert!(v.len() >= c * alpha * n && products.len() >= o * alpha * n);
-        let pairs = alpha * o.div_ceil(self.panel);
-        let job = PanelProducts {
-            u: &self.u,
-            panel: self.panel,
-            v,
-            products: Rows(products.as_mut_ptr()),
-            alpha,
-            o,
-            c,
+        let job = Product {
+            w: &self.u,
+            b: v,
+            b_stride: alpha * n,
+            b_step: n,
             n,
+            out: Rows(products.as_mut_ptr()),
+            out_stride: alpha * n,
+            out_step: n,
+            accumulate: false,
         };
         // SAFETY: products holds o rows of α · n values (asserted), and each pair writes its
         // own rows' block f.
-        let run = |range| unsafe { panel_products(Isa::detect(), job, range) };
-        if split {
-            let per_task = pairs.div_ceil(4 * rayon::current_num_threads()).max(1);
-            (0..pairs.div_ceil(per_task))
-                .into_par_iter()
-                .for_each(|task| run(task * per_task..pairs.min((task + 1) * per_task)));
-        } else {
-            run(0..pairs);
+        unsafe {
+            if split {
+                job.run_split();
+            } else {
+                job.run(0..self.u.pairs());
+            }
         }
     }
 
@@ -631,131 +588,6 @@ unsafe fn input_vectors<S: Simd, const A: usize>(
         }
         for (f, &acc) in acc.iter().enumerate() {
             S::store(out.add(f * n + u0), acc);
-        }
-    }
-}
-
-/// The operands of the Winograd products: U packed as [`WinogradConv`]'s in panels of
-/// `panel` output channels (6 or 12), v's and the products' rows of α · n values, n whole
-/// vectors of the instruction set.
-#[derive(Clone, Copy)]
-struct PanelProducts<'a> {
-    u: &'a [f32],
-    panel: usize,
-    v: &'a [f32],
-    products: Rows,
-    alpha: usize,
-    o: usize,
-    c: usize,
-    n: usize,
-}
-
-isa_entries! {
-    /// Pairs g of (f, panel) = (g / panels, g mod panels), panels = ⌈o / `panel`⌉:
-    /// products[r][f·n + j] = Σ_c U_f[r][c] · v[c][f·n + j] for the panel's channels r < o
-    /// and j < n.
-    ///
-    /// # Safety
-    /// `products` holds o rows of α · n values, and no other thread writes these pairs'.
-    unsafe fn panel_products<>(job: PanelProducts, pairs: Range<usize>) => panel_body
-}
-
-#[inline(always)]
-unsafe fn panel_body<S: Simd>(job: PanelProducts, pairs: Range<usize>) {
-    match job.panel {
-        6 => job.pairs::<S, 6>(pairs),
-        12 => job.pairs::<S, 12>(pairs),
-        other => unreachable!("no product kernel for panels of {other}"),
-    }
-}
-
-impl PanelProducts<'_> {
-    /// [`panel_products`] with panels of P.
-    #[inline(always)]
-    unsafe fn pairs<S: Simd, const P: usize>(&self, pairs: Range<usize>) {
-        let (alpha, c, n) = (self.alpha, self.c, self.n);
-        let panels = self.o.div_ceil(P);
-        assert!(n.is_multiple_of(S::LANES) && pairs.end <= alpha * panels);
-        assert!(self.u.len() == alpha * panels * P * c && self.v.len() >= c * alpha * n);
-        // One strip of v's columns, copied out: its rows lie α · n apart in v, a stride that
-        // maps them onto a few sets of L1 (at 96 channels and 64 columns, 8 of its 64: they
-        // evicted each other, and the products ran slower than `gemm`'s, which copies them
-        // likewise).
-        let mut strip = vec![S::zero(); 2 * c];
-        let mut g = pairs.start;
-        while g < pairs.end {
-            let f_pairs = g..pairs.end.min((g / panels + 1) * panels);
-            let mut j = 0;
-            while j < n {
-                if n - j >= 2 * S::LANES {
-                    self.strip::<S, P, 2>(&mut strip, f_pairs.clone(), j);
-                    j += 2 * S::LANES;
-                } else {
-                    self.strip::<S, P, 1>(&mut strip, f_pairs.clone(), j);
-                    j += S::LANES;
-                }
-            }
-            g = f_pairs.end;
-        }
-    }
-
-    /// Columns j..j + NV vectors of pairs of one f: copied out once into `strip`, then
-    /// multiplied by each panel.
-    #[inline(always)]
-    unsafe fn strip<S: Simd, const P: usize, const NV: usize>(
-        &self,
-        strip: &mut [S::V],
-        pairs: Range<usize>,
-        j: usize,
-    ) {
-        let (o, c, stride) = (self.o, self.c, self.alpha * self.n);
-        let panels = o.div_ceil(P);
-        let column = pairs.start / panels * self.n + j;
-        let v = self.v.as_ptr().add(column);
-        for (k, row) in strip.chunks_exact_mut(NV).take(c).enumerate() {
-            for (i, x) in row.iter_mut().enumerate() {
-                *x = S::load(v.add(k * stride + i * S::LANES));
-            }
-        }
-        for g in pairs {
-            let p = g % panels;
-            panel_strip::<S, P, NV>(
-                self.u.as_ptr().add(g * P * c),
-                c,
-                strip,
-                self.products.at(p * P * stride + column),
-                stride,
-                P.min(o - p * P),
-            );
-        }
-    }
-}
-
-/// NV vectors of columns of one panel's product: out[r·stride + ℓ] = Σ_k panel[k·P + r]
-/// · strip[k·NV + ℓ / LANES][ℓ mod LANES] for r < rows; P × NV sums in registers,
-/// each weight broadcast once per k.
-#[inline(always)]
-unsafe fn panel_strip<S: Simd, const P: usize, const NV: usize>(
-    panel: *const f32,
-    c: usize,
-    strip: &[S::V],
-    out: *mut f32,
-    stride: usize,
-    rows: usize,
-) {
-    let mut acc = [[S::zero(); NV]; P];
-    for (k, x) in strip.chunks_exact(NV).take(c).enumerate() {
-        let w = panel.add(k * P);
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let w = S::splat(*w.add(r));
-            for (a, &x) in acc.iter_mut().zip(x) {
-                *a = S::fma(w, x, *a);
-            }
-        }
-    }
-    for (r, acc) in acc.iter().enumerate().take(rows) {
-        for (i, &a) in acc.iter().enumerate() {
-            S::store(out.add(r * stride + i * S::LANES), a);
         }
     }
 }
@@ -903,57 +735,6 @@ mod tests {
             }
         }
         assert!(WinogradConv::new(&[0.0; 20], &[0.0], 1, 1, MAX_TAPS + 1, 1).is_none());
-    }
-
-    /// The product kernel on every instruction set this CPU runs, against the definition:
-    /// panels cut short by o, strips of two vectors and of one, pair ranges that start and
-    /// end inside an f.
-    #[test]
-    fn panel_products_equal_the_definition() {
-        let val = |i: usize| ((i * 7919 % 211) as f32 / 105.0) - 1.0;
-        let (alpha, o, c): (usize, usize, usize) = (3, 14, 5);
-        for (isa, panel) in Isa::available().into_iter().flat_map(|i| [(i, 6), (i, 12)]) {
-            let panels = o.div_ceil(panel);
-            let u: Vec<f32> = (0..alpha * panels * panel * c).map(val).collect();
-            let n = 3 * isa.lanes();
-            let v: Vec<f32> = (0..c * alpha * n).map(|i| val(i + 3)).collect();
-            for cuts in [vec![0, alpha * panels], vec![0, 3, 4, alpha * panels]] {
-                let mut products = vec![f32::NAN; o * alpha * n];
-                for range in cuts.windows(2) {
-                    let job = PanelProducts {
-                        u: &u,
-                        panel,
-                        v: &v,
-                        products: Rows(products.as_mut_ptr()),
-                        alpha,
-                        o,
-                        c,
-                        n,
-                    };
-                    // SAFETY: products holds o rows of α · n values; one thread.
-                    unsafe { panel_products(isa, job, range[0]..range[1]) };
-                }
-                for oo in 0..o {
-                    for f in 0..alpha {
-                        for j in 0..n {
-                            let g = f * panels + oo / panel;
-                            let want: f32 = (0..c)
-                                .map(|k| {
-                                    u[(g * c + k) * panel + oo % panel]
-                                        * v[k * alpha * n + f * n + j]
-                                })
-                                .sum();
-                            let got = products[oo * alpha * n + f * n + j];
-                            assert!(
-                                (got - want).abs() < 1e-5,
-                                "{isa:?}, panels of {panel}, {cuts:?}: products[{oo}][{f}][{j}] = \
-                                 {got}, want {want}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// The rounding stated above, at a codec's width: over 384 channels of random weights and
