@@ -744,8 +744,8 @@ mod tests {
     }
 
     /// residual + conv(SnakeBeta(x)) in one pass equals the three ops, for lengths below,
-    /// at and across time blocks (96 channels: blocks of 341 samples) and a batch of two; a
-    /// filter wider than 1×1 is refused.
+    /// at and across time blocks (96 channels: blocks of 352 samples; a short input's panels
+    /// shared out across tasks) and a batch of two; a filter wider than 1×1 is refused.
     #[test]
     fn snake_pointwise_residual_equals_the_three_ops() -> Result<()> {
         let dev = Device::Cpu;
@@ -759,7 +759,7 @@ mod tests {
         let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
         let conv = Conv1d::load(vb, Conv1dSpec::new(cin, cout, 1))?;
         let act = test_snake(cin)?;
-        for frames in [1, 17, 341, 700] {
+        for frames in [1, 17, 352, 700] {
             let x: Vec<f32> = (0..2 * cin * frames).map(|i| val(i + 3) * 3.0).collect();
             let x = Tensor::from_vec(x, (2, cin, frames), &dev)?;
             let r: Vec<f32> = (0..2 * cout * frames).map(|i| val(i + 5)).collect();

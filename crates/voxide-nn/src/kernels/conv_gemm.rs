@@ -331,11 +331,15 @@ impl Pointwise<'_> {
         if y.is_empty() {
             return y;
         }
-        let block = (POINTWISE_BLOCK_BYTES / 4 / c.max(1)).max(16);
+        // Whole strips of the panel kernel (16 columns: two AVX2 vectors, one AVX-512), so
+        // that only the last block ends inside one; rounded up, as W is read once a block.
+        let block = (POINTWISE_BLOCK_BYTES / 4 / c.max(1)).next_multiple_of(16);
         let blocks = t.div_ceil(block);
+        // One matrix: pair p is panel p, rows p·P.. of y.
+        let pairs = self.weight.pairs();
+        debug_assert_eq!(pairs, o.div_ceil(self.weight.panel()));
         // Few blocks (a short chunk): each block's panels shared out too, so that every
         // thread has work.
-        let pairs = self.weight.pairs();
         let threads = rayon::current_num_threads();
         let shares = (2 * threads)
             .div_ceil(batch * blocks)
@@ -361,12 +365,12 @@ impl Pointwise<'_> {
                     None => (&x[x0..], t),
                 };
                 let y0 = b * o * t + t0;
-                let rows = share * per_share..pairs.min((share + 1) * per_share);
+                let panels = share * per_share..pairs.min((share + 1) * per_share);
                 // This task's rows of y started from the residual and bias, row by row (read
                 // by the kernel only as it stores its sums, they stalled it), then the product
                 // added.
-                let first_row = rows.start * self.weight.panel();
-                let last_row = o.min(rows.end * self.weight.panel());
+                let first_row = panels.start * self.weight.panel();
+                let last_row = o.min(panels.end * self.weight.panel());
                 for row in first_row..last_row {
                     // SAFETY: as below; row < o.
                     let yr = unsafe { std::slice::from_raw_parts_mut(out.at(y0 + row * t), n) };
@@ -389,7 +393,7 @@ impl Pointwise<'_> {
                 };
                 // SAFETY: this task alone writes columns t0..t0 + n of its share of batch b's
                 // rows of y (o rows of stride t), all inside y.
-                unsafe { product.run(rows) };
+                unsafe { product.run(panels) };
             },
         );
         y
