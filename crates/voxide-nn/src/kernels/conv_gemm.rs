@@ -10,8 +10,9 @@
 //! millions of such output samples per second of audio. candle runs a depthwise convolution
 //! as one convolution per group: ~80 ms for Qwen3-TTS's 1024-channel ConvNeXt on one frame.
 
+use super::gemv::OutPtr;
 use super::ops::{add_scalar_row, contiguous_f32, snake_row};
-use super::panels::{Panels, Product, Rows};
+use super::panels::{Panels, Product};
 use super::simd::Isa;
 use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
@@ -256,7 +257,7 @@ impl TransposedConvTaps<'_> {
             b_stride: t,
             b_step: 0,
             n: t,
-            out: Rows(z.as_mut_ptr()),
+            out: OutPtr(z.as_mut_ptr()),
             out_stride: t,
             out_step: blocks * o * t,
             accumulate: false,
@@ -345,7 +346,7 @@ impl Pointwise<'_> {
             .div_ceil(batch * blocks)
             .clamp(1, pairs.max(1));
         let per_share = pairs.div_ceil(shares);
-        let out = Rows(y.as_mut_ptr());
+        let out = OutPtr(y.as_mut_ptr());
         let isa = Isa::detect();
         (0..batch * blocks * shares).into_par_iter().for_each_init(
             Vec::new,
@@ -373,7 +374,7 @@ impl Pointwise<'_> {
                 let last_row = o.min(panels.end * self.weight.panel());
                 for row in first_row..last_row {
                     // SAFETY: as below; row < o.
-                    let yr = unsafe { std::slice::from_raw_parts_mut(out.at(y0 + row * t), n) };
+                    let yr = unsafe { std::slice::from_raw_parts_mut(out.add(y0 + row * t).0, n) };
                     match residual {
                         Some(r) => add_scalar_row(isa, &r[y0 + row * t..][..n], self.bias[row], yr),
                         None => yr.fill(self.bias[row]),
@@ -386,7 +387,7 @@ impl Pointwise<'_> {
                     b_step: 0,
                     n,
                     // SAFETY: y0 lies inside y.
-                    out: Rows(unsafe { out.at(y0) }),
+                    out: unsafe { out.add(y0) },
                     out_stride: t,
                     out_step: 0,
                     accumulate: true,

@@ -11,6 +11,7 @@
 //! out[batch][r][j] = [out[batch][r][j] +] Σ_k W[batch][r][k] · B[batch][k][j]
 //! ```
 
+use super::gemv::OutPtr;
 use super::machine::machine;
 use super::simd::{isa_entries, Isa, Simd};
 use std::cell::Cell;
@@ -60,12 +61,10 @@ impl Panels {
         );
         let panels = rows.div_ceil(panel);
         let mut data = vec![0f32; batches * panels * panel * cols];
-        for (batch, (packed, matrix)) in data
+        for (packed, matrix) in data
             .chunks_mut(panels * panel * cols)
             .zip(w.chunks(rows * cols))
-            .enumerate()
         {
-            debug_assert!(batch < batches);
             for (r, row) in matrix.chunks(cols).enumerate() {
                 let dst = &mut packed[r / panel * panel * cols..];
                 for (k, &value) in row.iter().enumerate() {
@@ -110,23 +109,6 @@ impl Panels {
     }
 }
 
-/// Rows of an output, written at disjoint positions by many threads.
-#[derive(Clone, Copy)]
-pub(crate) struct Rows(pub(crate) *mut f32);
-
-// SAFETY: only used to write disjoint elements (each column's own outputs) from many threads.
-unsafe impl Send for Rows {}
-unsafe impl Sync for Rows {}
-
-impl Rows {
-    /// # Safety
-    /// `offset` is inside the rows' buffer.
-    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 /// One call's operands: `out[g][r][j]` (at g·`out_step` + r·`out_stride` + j) =
 /// [out[g][r][j] +] Σ_k W_g[r][k] · b[g·`b_step` + k·`b_stride` + j], for j < n.
 #[derive(Clone, Copy)]
@@ -136,7 +118,7 @@ pub(crate) struct Product<'a> {
     pub b_stride: usize,
     pub b_step: usize,
     pub n: usize,
-    pub out: Rows,
+    pub out: OutPtr,
     pub out_stride: usize,
     pub out_step: usize,
     /// Whether the product is added to what `out` holds (a residual and bias written there
@@ -326,7 +308,7 @@ impl Product<'_> {
         let valid = (NV * S::LANES).min(self.n - j);
         for (row, acc) in (first_row..last_row).zip(&acc) {
             let at = batch * self.out_step + row * self.out_stride + j;
-            let out = self.out.at(at);
+            let out = self.out.add(at).0;
             if valid == NV * S::LANES {
                 for (i, &a) in acc.iter().enumerate() {
                     let o = out.add(i * S::LANES);
@@ -418,7 +400,7 @@ mod tests {
                                 b_stride,
                                 b_step,
                                 n,
-                                out: Rows(out.as_mut_ptr()),
+                                out: OutPtr(out.as_mut_ptr()),
                                 out_stride,
                                 out_step,
                                 accumulate,

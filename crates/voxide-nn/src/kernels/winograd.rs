@@ -22,9 +22,10 @@
 //! outputs' RMS (F(2, 7): ~1.4e-5, for 1.75× instead of 2.8× fewer multiply-adds). Through
 //! the full-size Qwen3-TTS codec decoder the waveform moves by ≤ 2.3e-7 (peak 0.03).
 
+use super::gemv::OutPtr;
 use super::machine::{machine, CacheSizes};
 use super::ops::contiguous_f32;
-use super::panels::{Panels, Product, Rows, UNKNOWN_L2};
+use super::panels::{Panels, Product, UNKNOWN_L2};
 use super::simd::{isa_entries, Isa, Simd};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
@@ -322,7 +323,7 @@ impl WinogradConv {
         // alone would read every (m·d)-th sample: at d = 9 each sample's cache line came from
         // memory 9 times), and a few tiles of each phase fill whole vectors together.
         let columns = (t.div_ceil(d).div_ceil(TILE) * d).max(1);
-        let rows = Rows(y.as_mut_ptr());
+        let rows = OutPtr(y.as_mut_ptr());
         match schedule(columns) {
             Schedule::Blocks { columns: per_block } => (0..columns.div_ceil(per_block))
                 .into_par_iter()
@@ -348,7 +349,7 @@ impl WinogradConv {
         len: usize,
         start: usize,
         n: usize,
-        (rows, t): (Rows, usize),
+        (rows, t): (OutPtr, usize),
         split: bool,
     ) {
         let (o, c, alpha) = (self.out_channels, self.in_channels, self.alpha);
@@ -377,7 +378,9 @@ impl WinogradConv {
             .for_each_init(Vec::new, |staging, (oo, (po, &bias))| {
                 // SAFETY: row oo of y; these columns' outputs are written by this call
                 // alone, each row's by one task.
-                unsafe { self.transform_outputs(po, bias, start, n, t, rows.at(oo * t), staging) }
+                unsafe {
+                    self.transform_outputs(po, bias, start, n, t, rows.add(oo * t).0, staging)
+                }
             });
         SCRATCH.set((v, products));
     }
@@ -462,7 +465,7 @@ impl WinogradConv {
             b_stride: alpha * n,
             b_step: n,
             n,
-            out: Rows(products.as_mut_ptr()),
+            out: OutPtr(products.as_mut_ptr()),
             out_stride: alpha * n,
             out_step: n,
             accumulate: false,
