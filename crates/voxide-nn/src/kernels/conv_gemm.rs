@@ -188,10 +188,11 @@ thread_local! {
 
 /// Columns of x a transposed convolution's phase products take at once, for `values` of them
 /// per column and taps of `tap_bytes`: as many as fill an eighth of the last-level cache (half
-/// of L2 where there is none), in whole strips of the panel kernel (32 columns) and at least
-/// 64; all `t` where the taps do not fit that budget themselves, since each block reads them
-/// again. All at once, the products of a 16-frame codec chunk's 192 → 96 upsampling (24 MB)
-/// went through memory between the product and the adds.
+/// of L2 where there is none), in whole strips of the panel kernel on any instruction set (32
+/// columns: two AVX-512 vectors, four AVX2 ones) and at least two strips; all `t` where the
+/// taps do not fit that budget themselves, since each block reads them again. All at once,
+/// the products of a 16-frame codec chunk's 192 → 96 upsampling (24 MB) went through memory
+/// between the product and the adds.
 fn phase_block_columns(values: usize, tap_bytes: usize, t: usize, caches: &CacheSizes) -> usize {
     const STRIP: usize = 32;
     let budget = match (caches.l3, caches.l2_per_core) {
@@ -202,7 +203,8 @@ fn phase_block_columns(values: usize, tap_bytes: usize, t: usize, caches: &Cache
     if tap_bytes > budget {
         return t.max(1);
     }
-    let columns = (budget / (4 * values.max(1))) / STRIP * STRIP;
+    let column_bytes = values.max(1) * std::mem::size_of::<f32>();
+    let columns = budget / column_bytes / STRIP * STRIP;
     columns.max(2 * STRIP).min(t.max(1))
 }
 
