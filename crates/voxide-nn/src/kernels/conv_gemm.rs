@@ -192,7 +192,7 @@ thread_local! {
 /// columns: two AVX-512 vectors, four AVX2 ones) and at least two strips; all `t` where the
 /// taps do not fit that budget themselves, since each block reads them again. All at once,
 /// the products of a 16-frame codec chunk's 192 → 96 upsampling (24 MB) went through memory
-/// between the product and the adds.
+/// between the product and the adds (PERFORMANCE.md #158).
 fn phase_block_columns(values: usize, tap_bytes: usize, t: usize, caches: &CacheSizes) -> usize {
     const STRIP: usize = 32;
     let budget = match (caches.l3, caches.l2_per_core) {
