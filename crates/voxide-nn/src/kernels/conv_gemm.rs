@@ -13,7 +13,7 @@
 use super::gemv::OutPtr;
 use super::machine::{machine, CacheSizes};
 use super::ops::{add_scalar_row, contiguous_f32, snake_row};
-use super::panels::{Panels, Product, UNKNOWN_L2};
+use super::panels::{Panels, Product, STRIP_COLUMNS, UNKNOWN_L2};
 use super::simd::Isa;
 use super::{gemm_f32, gemm_parallelism};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
@@ -188,13 +188,12 @@ thread_local! {
 
 /// Columns of x a transposed convolution's phase products take at once, for `values` of them
 /// per column and taps of `tap_bytes`: as many as fill an eighth of the last-level cache (half
-/// of L2 where there is none), in whole strips of the panel kernel on any instruction set (32
-/// columns: two AVX-512 vectors, four AVX2 ones) and at least two strips; all `t` where the
-/// taps do not fit that budget themselves, since each block reads them again. All at once,
-/// the products of a 16-frame codec chunk's 192 → 96 upsampling (24 MB) went through memory
-/// between the product and the adds (PERFORMANCE.md #158).
+/// of L2 where there is none), in whole strips of the panel kernel ([`STRIP_COLUMNS`]) and at
+/// least two of them; all `t` where the taps do not fit that budget themselves, since each
+/// block reads them again. All at once, the products of a 16-frame codec chunk's 192 → 96
+/// upsampling (24 MB) went through memory between the product and the adds (PERFORMANCE.md
+/// #158).
 fn phase_block_columns(values: usize, tap_bytes: usize, t: usize, caches: &CacheSizes) -> usize {
-    const STRIP: usize = 32;
     let budget = match (caches.l3, caches.l2_per_core) {
         (0, 0) => UNKNOWN_L2 / 2,
         (0, l2) => l2 / 2,
@@ -204,8 +203,8 @@ fn phase_block_columns(values: usize, tap_bytes: usize, t: usize, caches: &Cache
         return t.max(1);
     }
     let column_bytes = values.max(1) * std::mem::size_of::<f32>();
-    let columns = budget / column_bytes / STRIP * STRIP;
-    columns.max(2 * STRIP).min(t.max(1))
+    let columns = budget / column_bytes / STRIP_COLUMNS * STRIP_COLUMNS;
+    columns.max(2 * STRIP_COLUMNS).min(t.max(1))
 }
 
 impl TransposedConvTaps<'_> {
@@ -370,9 +369,9 @@ impl Pointwise<'_> {
         if y.is_empty() {
             return y;
         }
-        // Whole strips of the panel kernel (16 columns: two AVX2 vectors, one AVX-512), so
-        // that only the last block ends inside one; rounded up, as W is read once a block.
-        let block = (POINTWISE_BLOCK_BYTES / 4 / c.max(1)).next_multiple_of(16);
+        // Whole strips of the panel kernel, so that only the last block ends inside one;
+        // rounded up, as W is read once a block.
+        let block = (POINTWISE_BLOCK_BYTES / 4 / c.max(1)).next_multiple_of(STRIP_COLUMNS);
         let blocks = t.div_ceil(block);
         // One matrix: pair p is panel p, rows p·P.. of y.
         let pairs = self.weight.pairs();
@@ -561,8 +560,6 @@ mod tests {
         Ok(())
     }
 
-    /// Depthwise (groups = channels) against candle's grouped convolution: batches, dilation,
-    /// stride, padding, sizes that run in parallel.
     /// A transposed convolution's phase products in column blocks give what one block gives,
     /// y and the tail handed on (the adds of an output only change order), for kernels that
     /// are and are not a multiple of the stride and blocks that do not divide the columns.
@@ -625,6 +622,8 @@ mod tests {
         assert_eq!(phase_block_columns(1 << 20, 0, 10, &zen4), 10);
     }
 
+    /// Depthwise (groups = channels) against candle's grouped convolution: batches, dilation,
+    /// stride, padding, sizes that run in parallel.
     #[test]
     fn depthwise_equals_candles_grouped_convolution() -> Result<()> {
         let dev = Device::Cpu;

@@ -23,6 +23,11 @@ const LINE_FLOATS: usize = 16;
 /// The L2 assumed where the machine does not say (the smallest seen on our kinds).
 pub(crate) const UNKNOWN_L2: usize = 512 << 10;
 
+/// Columns that make whole strips of two vectors on every instruction set (one strip of
+/// AVX-512's 16 lanes, two of AVX2's 8): a caller that cuts B into blocks of a multiple of
+/// this leaves a short strip only at the end.
+pub(crate) const STRIP_COLUMNS: usize = 32;
+
 /// Rows of a panel on a CPU with this instruction set: the kernel holds a panel's rows × two
 /// vectors of sums in registers, beside two input vectors and a broadcast weight. 6 rows fill
 /// 15 of AVX2's 16 registers; AVX-512 has 32, and 12 rows (27) measured ahead of 6 and 8 on an
