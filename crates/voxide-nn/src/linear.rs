@@ -5,7 +5,8 @@ use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
 use crate::kernels::gemv::{streamed_read_ahead, MAX_ROWS};
 use crate::kernels::gemv_bf16::column_panels;
 use crate::kernels::machine::{
-    huge_page_vec, machine, plan_residency_retained, CycleBytes, CycleRead, Residency,
+    huge_page_vec, huge_page_vec_filled, machine, plan_residency_retained, CycleBytes, CycleRead,
+    Residency,
 };
 use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
@@ -135,7 +136,8 @@ fn cat_rows(parts: &[&Tensor]) -> Result<Tensor> {
             let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) else {
                 candle_core::bail!("cat_rows: a part not contiguous on the CPU");
             };
-            data.extend_from_slice(&cpu.as_slice::<T>()?[a..b]);
+            // On all threads, as the pages are first written (`huge_page_vec_filled`).
+            data.par_extend(cpu.as_slice::<T>()?[a..b].par_iter().copied());
         }
         Tensor::from_vec(data, shape, &Device::Cpu)
     }
@@ -170,8 +172,7 @@ fn in_column_panels<T: Copy + Default + Send + Sync>(
     panels: usize,
 ) -> Vec<T> {
     let width = k / panels;
-    let mut out: Vec<T> = huge_page_vec(n * k);
-    out.resize(n * k, T::default());
+    let mut out = huge_page_vec_filled(n * k, T::default());
     if width > 0 {
         // Piece i is row i % n of panel i / n.
         out.par_chunks_mut(width)

@@ -5,7 +5,7 @@
 //! same SIMD loads as the GEMV kernels, on all threads.
 
 use super::gemv::{OutPtr, WeightMatrix};
-use super::machine::huge_page_vec;
+use super::machine::huge_page_vec_filled;
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use rayon::prelude::*;
 
@@ -141,8 +141,7 @@ fn quantize_rows<F>(rows: usize, cols: usize, fill: F) -> (Vec<i8>, Vec<f32>)
 where
     F: Fn(usize, &mut [f32]) + Sync,
 {
-    let mut q = huge_page_vec(rows * cols);
-    q.resize(rows * cols, 0i8);
+    let mut q = huge_page_vec_filled(rows * cols, 0i8);
     let mut scales = vec![0f32; rows];
     if cols == 0 {
         return (q, scales);

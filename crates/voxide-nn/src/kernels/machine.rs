@@ -277,6 +277,16 @@ pub(crate) fn huge_page_vec<T>(len: usize) -> Vec<T> {
     v
 }
 
+/// `len` copies of `value` on huge pages ([`huge_page_vec`]), written on all threads: the kernel
+/// faults in and zeroes a fresh page at its first write, which one thread's fill takes page
+/// after page (PERFORMANCE.md #159: on a VM, 0.6–4 GB/s on one thread, 3.7–19 on two).
+pub(crate) fn huge_page_vec_filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut v = huge_page_vec(len);
+    v.par_extend(rayon::iter::repeat_n(value, len));
+    v
+}
+
 /// Size strings of sysfs (`32768K`, `1M`, `512`) in bytes.
 fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();

@@ -60,8 +60,7 @@ fn epilogue<'a>(name: &str, e: Option<Operand<'a>>, parts: usize, n: usize) -> R
 /// The whole of w as an f32 (n, k) tensor.
 fn widened(w: &impl WidenRows) -> (CpuStorage, Shape) {
     // On huge pages where large: weights widened at load are streamed by the decoder.
-    let mut out: Vec<f32> = super::machine::huge_page_vec(w.rows() * w.cols());
-    out.resize(w.rows() * w.cols(), 0.0);
+    let mut out = super::machine::huge_page_vec_filled(w.rows() * w.cols(), 0f32);
     w.widen(0, w.rows(), &mut out);
     (CpuStorage::F32(out), Shape::from((w.rows(), w.cols())))
 }
