@@ -297,8 +297,10 @@ impl RowTable {
 #[cfg(unix)]
 fn read_at(file: &File, dst: *mut u8, len: usize, offset: u64) -> std::io::Result<()> {
     use rayon::prelude::*;
-    /// Bytes per parallel part.
-    const PART: usize = 32 << 20;
+    /// Bytes per parallel part: a layer's smaller matrices (a 6 MB key projection, a 25 MB
+    /// query projection) are split too (PERFORMANCE.md #160; 32 MB parts read them on one
+    /// thread).
+    const PART: usize = 4 << 20;
     if len <= PART {
         return read_part(file, dst, len, offset);
     }
