@@ -291,16 +291,18 @@ impl RowTable {
     }
 }
 
+/// Bytes per parallel part of [`read_at`]: a layer's smaller matrices (a 6 MB key projection, a
+/// 25 MB query projection) are split too (PERFORMANCE.md #160; 32 MB parts read them on one
+/// thread).
+#[cfg(unix)]
+const PART: usize = 4 << 20;
+
 /// Reads `len` bytes at `offset` into `dst` (uninitialised memory: no reference to it is
 /// formed). Large tensors are read in parallel parts: copying from the page cache and
 /// faulting in the destination pages both scale with threads.
 #[cfg(unix)]
 fn read_at(file: &File, dst: *mut u8, len: usize, offset: u64) -> std::io::Result<()> {
     use rayon::prelude::*;
-    /// Bytes per parallel part: a layer's smaller matrices (a 6 MB key projection, a 25 MB
-    /// query projection) are split too (PERFORMANCE.md #160; 32 MB parts read them on one
-    /// thread).
-    const PART: usize = 4 << 20;
     if len <= PART {
         return read_part(file, dst, len, offset);
     }
@@ -506,6 +508,27 @@ mod tests {
             );
             assert_eq!(bits(&got), bits(&want), "{name} as {dtype:?}");
         }
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A tensor of several parts, the last one short, after another tensor (an offset that is
+    /// no multiple of anything): every byte where the file has it.
+    #[cfg(unix)]
+    #[test]
+    fn large_tensors_are_read_in_parts_in_place() {
+        let dir = std::env::temp_dir().join(format!("voxide-parts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.safetensors");
+        let n = 2 * PART + PART / 2 + 13;
+        let data: Vec<u8> = (0..n + 3).map(|i| (i * 7 + i / 4099) as u8).collect();
+        let header = format!(
+            r#"{{"a":{{"dtype":"U8","shape":[3],"data_offsets":[0,3]}},"big":{{"dtype":"U8","shape":[{n}],"data_offsets":[3,{}]}}}}"#,
+            n + 3
+        );
+        write(&path, &header, &data);
+        let files = SafetensorsFiles::open(std::slice::from_ref(&path)).unwrap();
+        let big = files.load("big", &Device::Cpu).unwrap();
+        assert!(big.to_vec1::<u8>().unwrap() == data[3..]);
         std::fs::remove_dir_all(dir).ok();
     }
 
