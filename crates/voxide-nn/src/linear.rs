@@ -136,7 +136,7 @@ fn cat_rows(parts: &[&Tensor]) -> Result<Tensor> {
             let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) else {
                 candle_core::bail!("cat_rows: a part not contiguous on the CPU");
             };
-            // On all threads, as the pages are first written (`huge_page_vec_filled`).
+            // Copied on all threads: each fresh page faults in at its first write (#159).
             data.par_extend(cpu.as_slice::<T>()?[a..b].par_iter().copied());
         }
         Tensor::from_vec(data, shape, &Device::Cpu)
