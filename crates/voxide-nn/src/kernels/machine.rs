@@ -277,13 +277,22 @@ pub(crate) fn huge_page_vec<T>(len: usize) -> Vec<T> {
     v
 }
 
-/// `len` copies of `value` on huge pages ([`huge_page_vec`]), written on all threads: the kernel
-/// faults in and zeroes a fresh page at its first write, which one thread's fill takes page
-/// after page (PERFORMANCE.md #159: on a VM, 0.6–4 GB/s on one thread, 3.7–19 on two).
+/// Below this many bytes [`huge_page_vec_filled`] fills on the calling thread: a few pages
+/// fault in faster than rayon hands out a loop (a decoder's row lookups come here per token).
+const PARALLEL_FILL_BYTES: usize = 2 << 20;
+
+/// `len` copies of `value` on huge pages ([`huge_page_vec`]), written on all threads where
+/// large: the kernel faults in and zeroes a fresh page at its first write, which one thread's
+/// fill takes page after page (PERFORMANCE.md #159: on a VM, 0.6–4 GB/s on one thread, 3.7–19
+/// on two).
 pub(crate) fn huge_page_vec_filled<T: Copy + Send + Sync>(len: usize, value: T) -> Vec<T> {
     use rayon::prelude::*;
     let mut v = huge_page_vec(len);
-    v.par_extend(rayon::iter::repeat_n(value, len));
+    if len * std::mem::size_of::<T>() < PARALLEL_FILL_BYTES {
+        v.resize(len, value);
+    } else {
+        v.par_extend(rayon::iter::repeat_n(value, len));
+    }
     v
 }
 
@@ -449,6 +458,21 @@ mod tests {
 
     const MB: usize = 1 << 20;
     const KB: usize = 1 << 10;
+
+    /// Small (one thread) and large (all threads) fills: every value in place, no more.
+    #[test]
+    fn filled_huge_page_vectors_hold_len_copies() {
+        for len in [
+            0,
+            5,
+            PARALLEL_FILL_BYTES / 4 - 1,
+            PARALLEL_FILL_BYTES / 4 + 3,
+        ] {
+            let v = huge_page_vec_filled(len, 1.5f32);
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|&x| x == 1.5), "{len}");
+        }
+    }
 
     /// Whisper tiny's decoder step in f16: the 51865×384 head (38 MB), 4 layers of 4 self- and
     /// 2 cross-attention projections (288 KB each) and fc1/fc2 (1.1 MB each), 9 MB of K/V.
