@@ -283,12 +283,32 @@ fn bench_small(ms: &[usize]) -> candle_core::Result<()> {
 
 /// Small-M kernel against widen + GEMM at Whisper encoder shapes (f16, k = 384 / 1536).
 fn bench_whisper() -> candle_core::Result<()> {
+    let shapes = [(384, 384), (1536, 384), (384, 1536), (2048, 512)];
+    bench_encoder_shapes("f16", &shapes, &[64, 256, 1500], f16::from_f32)
+}
+
+/// The products of a Voxtral encoder (Whisper large-v3's widths: d = 1280, an MLP of 5120;
+/// Voxtral Realtime runs blocks of 256 positions, Voxtral Mini 3B windows of 1500) in bf16,
+/// the checkpoints' type: small-M (bf16 dot products where the CPU has them) against
+/// widen + GEMM.
+fn bench_voxtral_encoder() -> candle_core::Result<()> {
+    let shapes = [(3840, 1280), (1280, 1280), (10240, 1280), (1280, 5120)];
+    bench_encoder_shapes("bf16", &shapes, &[256, 1500], bf16::from_f32)
+}
+
+/// Small-M against widen + GEMM on `shapes` (n, k) at each m of `ms`.
+fn bench_encoder_shapes<E: WeightElem + Copy + Send + Sync + candle_core::WithDType>(
+    name: &str,
+    shapes: &[(usize, usize)],
+    ms: &[usize],
+    to: impl Fn(f32) -> E + Sync,
+) -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    for &(n, k) in &[(384usize, 384usize), (1536, 384), (384, 1536), (2048, 512)] {
-        let w: Vec<f16> = filled(n * k, f16::from_f32);
+    for &(n, k) in shapes {
+        let w: Vec<E> = filled(n * k, &to);
         let wm = WeightMatrix::new(&w, n, k);
         let tw = Tensor::from_slice(&w, (n, k), &dev)?;
-        for m in [64usize, 256, 1500] {
+        for &m in ms {
             let x: Vec<f32> = (0..m * k).map(value).collect();
             let mut y = vec![0f32; m * n];
             let flops = 2.0 * (m * n * k) as f64;
@@ -300,7 +320,7 @@ fn bench_whisper() -> candle_core::Result<()> {
                 xt.matmul(&wt.t().unwrap()).unwrap();
             });
             println!(
-                "f16 {n:5}x{k:<5} m={m:5}: small-M {:8.3} ms ({:5.1} GFLOP/s), widen+GEMM {:8.3} ms ({:5.1} GFLOP/s)",
+                "{name} {n:5}x{k:<5} m={m:5}: small-M {:8.3} ms ({:5.1} GFLOP/s), widen+GEMM {:8.3} ms ({:5.1} GFLOP/s)",
                 t.0 * 1e3,
                 flops / t.0 / 1e9,
                 g.0 * 1e3,
@@ -955,6 +975,9 @@ fn main() -> candle_core::Result<()> {
     }
     if on("whisper") {
         bench_whisper()?;
+    }
+    if on("voxtral-encoder") {
+        bench_voxtral_encoder()?;
     }
     if on("whisper-step") {
         bench_whisper_step();

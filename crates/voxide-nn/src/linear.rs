@@ -99,8 +99,9 @@ fn scale_narrow(w: &Tensor, factor: f64) -> Result<Option<Tensor>> {
 /// (f16, bf16, int8) times f32 inputs run the crate's kernels: at most [`MAX_ROWS`] rows (a
 /// decoder step) the streaming GEMV, at most
 /// [`small_m_max_rows`](crate::kernels::small_m::small_m_max_rows) the small-M kernel (int8
-/// on x86: the integer small-M kernel at any size), larger inputs a GEMM on blocks of
-/// widened weight rows (no f32 copy of the whole matrix). f32
+/// on x86: the integer small-M kernel at any size; bf16 on AVX512-BF16: bf16 dot products at
+/// any size, x rounded to bf16), larger inputs a GEMM on blocks of widened weight rows (no
+/// f32 copy of the whole matrix). f32
 /// weights take the same GEMV for at most [`MAX_ROWS`] rows and candle's GEMM beyond.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -794,7 +795,7 @@ impl LinearStack {
 mod tests {
     use super::*;
     use crate::kernels::ops::{int8_gemv_max_rows, INT8_GEMV_MAX_ROWS};
-    use crate::kernels::small_m::{integer_int8, small_m_max_rows, SMALL_M_MAX_ROWS};
+    use crate::kernels::small_m::{integer_int8, native_bf16, small_m_max_rows, SMALL_M_MAX_ROWS};
 
     fn det(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
@@ -897,9 +898,12 @@ mod tests {
                     // Where int8 runs on the GEMV, it multiplies x's int16 codes (`gemv_int8`):
                     // each value within 1.5e-5 of its block's largest; on the integer small-M
                     // kernel (x86), x's 8-bit codes: within 1 / 254 of its block's largest.
+                    // bf16 beyond the GEMV's rows on AVX512-BF16: x rounded to bf16 (8
+                    // significant bits).
                     let tol = match fmt {
                         WeightFormat::Int8 if rows <= int8_gemv_max_rows() => 1e-4,
                         WeightFormat::Int8 if integer_int8() => 1e-2,
+                        WeightFormat::Bf16 if rows > MAX_ROWS && native_bf16() => 1e-2,
                         _ => 1e-5,
                     };
                     assert!(

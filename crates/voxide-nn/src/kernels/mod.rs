@@ -18,6 +18,8 @@ pub mod quant_matmul;
 pub mod simd;
 pub mod small_m;
 #[cfg(target_arch = "x86_64")]
+pub mod small_m_bf16;
+#[cfg(target_arch = "x86_64")]
 pub mod small_m_int8;
 pub mod softmax;
 pub mod spin_pool;

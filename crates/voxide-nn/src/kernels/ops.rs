@@ -13,7 +13,9 @@ use super::machine::Residency;
 use super::quant_gemm::{has_gemm_kernel, quant_gemm};
 use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
-use super::small_m::{integer_int8, integer_int8_on_512_bits, matmul_small, small_m_max_rows};
+use super::small_m::{
+    integer_int8, integer_int8_on_512_bits, matmul_small, native_bf16, small_m_max_rows,
+};
 use super::softmax::exp_non_positive;
 use super::widen_gemm::{matmul_widened, WidenRows};
 use crate::quant::GgmlType;
@@ -123,8 +125,8 @@ pub fn int8_gemv_max_rows() -> usize {
 
 /// candle op: x (m, k) f32 × w (n, k) narrow → (m, n) f32, any m: the GEMV up to
 /// [`MAX_ROWS`] (int8: [`int8_gemv_max_rows`]), the small-M kernel up to
-/// [`small_m_max_rows`] (int8 on the integer kernel: any m), beyond a GEMM on blocks of widened
-/// weight rows ([`matmul_widened`]).
+/// [`small_m_max_rows`] (int8 on the integer kernel, bf16 on bf16 dot products: any m), beyond
+/// a GEMM on blocks of widened weight rows ([`matmul_widened`]).
 /// With a third operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
 /// f32 weights are taken too, for a decoder step's few rows ([`Linear`](crate::Linear) sends
 /// them here only then): the GEMV's planned residency and streamed reads serve them as they
@@ -176,7 +178,10 @@ impl NarrowMatmul {
                 for (xc, yc) in x.chunks(MAX_ROWS * k).zip(y.chunks_mut(MAX_ROWS * n)) {
                     gemv(xc, &w_gemv, bias, yc, xc.len() / k)
                 }
-            } else if m <= small_m_max_rows() || (E::as_int8(w.data).is_some() && integer_int8()) {
+            } else if m <= small_m_max_rows()
+                || (E::as_int8(w.data).is_some() && integer_int8())
+                || (E::as_bf16(w.data).is_some() && native_bf16())
+            {
                 matmul_small(x, w, bias, y, m)
             } else {
                 matmul_widened(x, w, bias, y, m)

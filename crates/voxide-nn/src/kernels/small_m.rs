@@ -9,7 +9,7 @@ use super::convert::convert_row;
 use super::gemv::{check_operands, OutPtr, WeightMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 #[cfg(target_arch = "x86_64")]
-use super::small_m_int8;
+use super::{small_m_bf16, small_m_int8};
 use rayon::prelude::*;
 
 /// Most rows of x the dispatch in [`crate::Linear`] sends here on NEON and the portable path;
@@ -44,6 +44,16 @@ pub fn small_m_max_rows() -> usize {
 pub fn integer_int8() -> bool {
     #[cfg(target_arch = "x86_64")]
     return small_m_int8::Kernel::for_isa(Isa::detect()).is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether bf16 weights take the bf16 dot-product kernel on this CPU (AVX512-BF16,
+/// [`small_m_bf16`]): x rounded to bf16, twice the f32 path's multiply-adds per instruction;
+/// ahead of widen + GEMM at any size.
+pub fn native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return small_m_bf16::runs();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -125,6 +135,18 @@ pub fn matmul_small_on<E: WeightElem>(
             residency: w.residency,
         };
         return small_m_int8::matmul(kernel, x, &w, bias, y, m);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(data) = E::as_bf16(w.data).filter(|_| isa == Isa::Avx512 && small_m_bf16::runs()) {
+        // bf16 dot products, x rounded to bf16 (see `small_m_bf16`).
+        let w = WeightMatrix {
+            data,
+            scales: None,
+            rows: n,
+            cols: k,
+            residency: w.residency,
+        };
+        return small_m_bf16::matmul(x, &w, bias, y, m);
     }
     let block = if k <= MAX_BLOCK {
         k
@@ -410,23 +432,23 @@ pub(super) unsafe fn run_task<K: StripKernel>(
     }
 }
 
-/// Calls `$f::<$t, ROWS, VECS>($args)` for the register blocking (strip rows 1–6 × vectors
+/// Calls `$f::<$t…, ROWS, VECS>($args)` for the register blocking (strip rows 1–6 × vectors
 /// of x 1–2) given at run time.
 macro_rules! with_blocking {
-    ($rows:expr, $vecs:expr, $f:ident::<$t:ty>($($arg:expr),*)) => {
+    ($rows:expr, $vecs:expr, $f:ident$(::<$($t:ty),*>)?($($arg:expr),*)) => {
         match ($rows, $vecs) {
-            (1, 1) => $f::<$t, 1, 1>($($arg),*),
-            (2, 1) => $f::<$t, 2, 1>($($arg),*),
-            (3, 1) => $f::<$t, 3, 1>($($arg),*),
-            (4, 1) => $f::<$t, 4, 1>($($arg),*),
-            (5, 1) => $f::<$t, 5, 1>($($arg),*),
-            (6, 1) => $f::<$t, 6, 1>($($arg),*),
-            (1, 2) => $f::<$t, 1, 2>($($arg),*),
-            (2, 2) => $f::<$t, 2, 2>($($arg),*),
-            (3, 2) => $f::<$t, 3, 2>($($arg),*),
-            (4, 2) => $f::<$t, 4, 2>($($arg),*),
-            (5, 2) => $f::<$t, 5, 2>($($arg),*),
-            (6, 2) => $f::<$t, 6, 2>($($arg),*),
+            (1, 1) => $f::<$($($t,)*)? 1, 1>($($arg),*),
+            (2, 1) => $f::<$($($t,)*)? 2, 1>($($arg),*),
+            (3, 1) => $f::<$($($t,)*)? 3, 1>($($arg),*),
+            (4, 1) => $f::<$($($t,)*)? 4, 1>($($arg),*),
+            (5, 1) => $f::<$($($t,)*)? 5, 1>($($arg),*),
+            (6, 1) => $f::<$($($t,)*)? 6, 1>($($arg),*),
+            (1, 2) => $f::<$($($t,)*)? 1, 2>($($arg),*),
+            (2, 2) => $f::<$($($t,)*)? 2, 2>($($arg),*),
+            (3, 2) => $f::<$($($t,)*)? 3, 2>($($arg),*),
+            (4, 2) => $f::<$($($t,)*)? 4, 2>($($arg),*),
+            (5, 2) => $f::<$($($t,)*)? 5, 2>($($arg),*),
+            (6, 2) => $f::<$($($t,)*)? 6, 2>($($arg),*),
             _ => unreachable!("blocking beyond 6 × 2"),
         }
     };
@@ -557,10 +579,18 @@ mod tests {
                     check(&y, &want_f16, &x, &tw.f16_f32, m, k, &format!("f16 {what}"));
                     let wb = WeightMatrix::new(&tw.bf16, n, k);
                     pool.install(|| matmul_small_on(isa, &x, &wb, Some(&bias), &mut y, m));
+                    // Where the bf16 dot products run, they multiply x rounded to bf16.
+                    let (xb, want_bf16) = match bf16_rounded(isa, &x) {
+                        Some(xr) => {
+                            let want = reference(&xr, &tw.bf16_f32, Some(&bias), m, k);
+                            (xr, want)
+                        }
+                        None => (x.clone(), want_bf16.clone()),
+                    };
                     check(
                         &y,
                         &want_bf16,
-                        &x,
+                        &xb,
                         &tw.bf16_f32,
                         m,
                         k,
@@ -589,7 +619,17 @@ mod tests {
         let x = data(m * k, 1);
         let mut y = vec![0f32; m * n];
         matmul_small(&x, &WeightMatrix::new(&tw.bf16, n, k), None, &mut y, m);
+        let x = bf16_rounded(Isa::detect(), &x).unwrap_or(x);
         let want = reference(&x, &tw.bf16_f32, None, m, k);
         check(&y, &want, &x, &tw.bf16_f32, m, k, "bf16 no bias");
+    }
+
+    /// x as the bf16 dot products on `isa` see it (each value rounded to bf16), where they run.
+    fn bf16_rounded(isa: Isa, x: &[f32]) -> Option<Vec<f32>> {
+        (isa == Isa::Avx512 && native_bf16()).then(|| {
+            x.iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect()
+        })
     }
 }
