@@ -261,6 +261,27 @@ fn offline_step_logits_match_transformers() {
     }
 }
 
+/// The ids of `audio` pushed in chunks of `sizes` (cycled), the encoder run on every new frame.
+fn streamed_ids(model: &VoxtralRealtime, audio: &[f32], sizes: &[usize]) -> Vec<u32> {
+    let mut stream = model
+        .stream(StreamOptions {
+            encoder_min_frames: 1,
+            ..StreamOptions::default()
+        })
+        .unwrap();
+    let mut at = 0;
+    for &size in sizes.iter().cycle() {
+        if at >= audio.len() {
+            break;
+        }
+        let end = (at + size).min(audio.len());
+        stream.push(&audio[at..end]).unwrap();
+        at = end;
+    }
+    stream.finish().unwrap();
+    stream.tokens().iter().map(|t| t.id).collect()
+}
+
 /// Streaming in chunks of 40, 1280 and 3000 samples and of random sizes gives exactly the
 /// offline ids, in both layouts.
 #[test]
@@ -274,34 +295,47 @@ fn streaming_chunks_give_the_offline_ids() {
             ("speech_audio", 64000, "speech_generated_ids"),
         ] {
             let audio = samples(&r[audio]);
-            let audio = &audio[..n];
             let want = ids(&r[want]);
             let random: Vec<usize> = (0..400).map(|_| rng.random_range(1..5000)).collect();
             for sizes in [vec![40], vec![1280], vec![3000], random] {
-                let mut stream = model
-                    .stream(StreamOptions {
-                        encoder_min_frames: 1,
-                        ..StreamOptions::default()
-                    })
-                    .unwrap();
-                let mut at = 0;
-                for &size in sizes.iter().cycle() {
-                    if at >= audio.len() {
-                        break;
-                    }
-                    let end = (at + size).min(audio.len());
-                    stream.push(&audio[at..end]).unwrap();
-                    at = end;
-                }
-                stream.finish().unwrap();
-                let got: Vec<u32> = stream.tokens().iter().map(|t| t.id).collect();
                 assert_eq!(
-                    got,
+                    streamed_ids(&model, &audio[..n], &sizes),
                     want,
                     "{layout}, chunks {:?}…",
                     &sizes[..sizes.len().min(3)]
                 );
             }
+        }
+    }
+}
+
+/// bf16 weights, the checkpoints' own: streamed in chunks of 40 samples and of random sizes,
+/// the audio gives the ids of the offline pass over the same weights. The encoder's products
+/// compute a position alike in blocks of any size (on AVX512-BF16 the path of many rows rounds
+/// x to bf16, which a few rows' GEMV would not).
+#[test]
+fn bf16_streaming_gives_the_bf16_offline_ids() {
+    let r = reference();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let model = VoxtralRealtime::from_dir(
+        &fixtures().join("tiny-random-mistral"),
+        &Device::Cpu,
+        Some(WeightFormat::Bf16),
+    )
+    .unwrap();
+    for (name, n) in [("audio", 48000), ("speech_audio", 64000)] {
+        let audio = &samples(&r[name])[..n];
+        let (offline, _) = model
+            .transcribe(audio, StreamOptions::default(), &mut |_| true)
+            .unwrap();
+        let random: Vec<usize> = (0..400).map(|_| rng.random_range(1..5000)).collect();
+        for sizes in [vec![40], vec![1280], random] {
+            assert_eq!(
+                streamed_ids(&model, audio, &sizes),
+                offline.token_ids,
+                "{name}, chunks {:?}…",
+                &sizes[..sizes.len().min(3)]
+            );
         }
     }
 }

@@ -99,9 +99,10 @@ fn scale_narrow(w: &Tensor, factor: f64) -> Result<Option<Tensor>> {
 /// (f16, bf16, int8) times f32 inputs run the crate's kernels: at most [`MAX_ROWS`] rows (a
 /// decoder step) the streaming GEMV, at most
 /// [`small_m_max_rows`](crate::kernels::small_m::small_m_max_rows) the small-M kernel (int8
-/// on x86: the integer small-M kernel at any size; bf16 on AVX512-BF16: bf16 dot products at
-/// any size, x rounded to bf16), larger inputs a GEMM on blocks of widened weight rows (no
-/// f32 copy of the whole matrix). f32
+/// on x86: the integer small-M kernel at any size), larger inputs a GEMM on blocks of widened
+/// weight rows (no f32 copy of the whole matrix); a chunk-invariant layer's every product on
+/// the kernels of many rows ([`Linear::set_chunk_invariant`]: bf16 on AVX512-BF16's dot
+/// products, x rounded to bf16). f32
 /// weights take the same GEMV for at most [`MAX_ROWS`] rows and candle's GEMM beyond.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -123,6 +124,8 @@ pub struct Linear {
     /// L1 is stored so where the plan reads it in passes of fewer rows
     /// ([`column_panels`](crate::kernels::gemv_bf16::column_panels)).
     panels: usize,
+    /// Every product takes the path of many rows ([`Linear::set_chunk_invariant`]).
+    chunk_invariant: bool,
 }
 
 /// Matrices of one dtype concatenated by rows, on the CPU into a buffer on huge pages
@@ -236,6 +239,7 @@ impl Linear {
             epilogue,
             residency: None,
             panels: 1,
+            chunk_invariant: false,
         }
     }
 
@@ -300,6 +304,7 @@ impl Linear {
             epilogue: Some(epilogue),
             residency: None,
             panels: 1,
+            chunk_invariant: false,
         })
     }
 
@@ -437,6 +442,19 @@ impl Linear {
 
     /// Bytes of weights a forward pass reads: the weight matrix and, for int8, its scales (not
     /// the bias).
+    /// Makes every product of the layer take the kernels of many rows, so that a row's result
+    /// does not depend on how many rows came with it: for a weight that only blocks of
+    /// positions multiply (an encoder's), whose size a stream's chunking sets. There bf16
+    /// weights take bf16 dot products where the CPU has them (AVX512-BF16: x rounded to bf16,
+    /// ~1.8× the f32 rate, PERFORMANCE.md #161) and int8 the integer kernel (x in 8 bits), at
+    /// any row count, so a streamed block of a few positions computes what the same positions
+    /// do inside an offline pass's larger block. Other layers keep x whole for bf16 (a decoder's
+    /// steps and prompts, whose references compute in f32: Qwen3-TTS's parity is on bf16
+    /// weights). Call it once the layer has its final format (as residency planning).
+    pub fn set_chunk_invariant(&mut self) {
+        self.chunk_invariant = true;
+    }
+
     pub fn weight_bytes(&self) -> usize {
         let w = self.weight.elem_count() * self.weight.dtype().size_in_bytes();
         w + self.scales.as_ref().map_or(0, |s| s.elem_count() * 4)
@@ -668,6 +686,7 @@ impl Linear {
                 int8: self.scales.is_some(),
                 bias: fused_bias,
                 residency: self.residency,
+                chunk_invariant: self.chunk_invariant,
             };
             let y = if self.panels > 1 {
                 self.panel_products(&x, op)?
@@ -898,12 +917,9 @@ mod tests {
                     // Where int8 runs on the GEMV, it multiplies x's int16 codes (`gemv_int8`):
                     // each value within 1.5e-5 of its block's largest; on the integer small-M
                     // kernel (x86), x's 8-bit codes: within 1 / 254 of its block's largest.
-                    // bf16 beyond the GEMV's rows on AVX512-BF16: x rounded to bf16 (8
-                    // significant bits).
                     let tol = match fmt {
                         WeightFormat::Int8 if rows <= int8_gemv_max_rows() => 1e-4,
                         WeightFormat::Int8 if integer_int8() => 1e-2,
-                        WeightFormat::Bf16 if rows > MAX_ROWS && native_bf16() => 1e-2,
                         _ => 1e-5,
                     };
                     assert!(
@@ -912,6 +928,61 @@ mod tests {
                         bias.is_some()
                     );
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A chunk-invariant layer computes each row alike whatever block it comes in: bf16 and
+    /// int8 weights, whose kernels of many rows round x otherwise than the GEMV does for a few
+    /// (bit for bit where those kernels run, else within f32's summation order); the bf16 dot
+    /// products multiply bf16(x) (a plain layer's few rows do not: the control).
+    #[test]
+    fn chunk_invariant_rows_come_out_alike_in_any_block() -> Result<()> {
+        let dev = Device::Cpu;
+        let (k, n, m) = (67, 45, 40);
+        let w = Tensor::from_vec(det(n * k, 1), (n, k), &dev)?;
+        let b = Tensor::from_vec(det(n, 2), n, &dev)?;
+        let x = Tensor::from_vec(det(m * k, 3), (1, m, k), &dev)?;
+        for (fmt, rounds_x) in [
+            (WeightFormat::Bf16, native_bf16()),
+            (WeightFormat::Int8, integer_int8()),
+        ] {
+            let plain = Linear::from_weights(w.clone(), Some(b.clone())).to_format(fmt)?;
+            let mut layer = plain.clone();
+            layer.set_chunk_invariant();
+            let whole = layer.forward(&x)?;
+            for block in [1, 2, 5, 8, 9, 13] {
+                let parts = (0..m)
+                    .step_by(block)
+                    .map(|start| layer.forward(&x.narrow(1, start, block.min(m - start))?))
+                    .collect::<Result<Vec<_>>>()?;
+                let blocked = Tensor::cat(&parts, 1)?;
+                let what = format!("{fmt:?} blocks of {block}");
+                if rounds_x {
+                    assert_eq!(
+                        blocked.flatten_all()?.to_vec1::<f32>()?,
+                        whole.flatten_all()?.to_vec1::<f32>()?,
+                        "{what}"
+                    );
+                } else {
+                    assert!(max_rel(&blocked, &whole) < 1e-5, "{what}");
+                }
+            }
+            if fmt == WeightFormat::Bf16 && rounds_x {
+                let rounded = x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+                let want = rounded
+                    .squeeze(0)?
+                    .matmul(&plain.widened()?.t()?)?
+                    .broadcast_add(&b)?
+                    .unsqueeze(0)?;
+                assert!(max_rel(&whole, &want) < 1e-5, "bf16(x)");
+                let one_row = x.narrow(1, 0, 1)?;
+                let (plain_row, row) = (plain.forward(&one_row)?, layer.forward(&one_row)?);
+                assert!(
+                    max_rel(&plain_row, &row) > 1e-5,
+                    "a plain layer's row keeps x whole"
+                );
             }
         }
         Ok(())

@@ -160,16 +160,20 @@ impl VoxtralModel {
             Layout::Mistral => vb.clone().rename_f(mistral_encoder_name).pp(names.encoder),
         };
         let encoder = Encoder::load(encoder_vb, &config.audio)?;
-        let encoder = match format {
+        let mut encoder = match format {
             Some(WeightFormat::Int8) => encoder.into_format(WeightFormat::Int8)?,
             _ => encoder,
         };
         let stacked = config.audio.d_model * config.downsample_factor;
         let dim = config.text.dim;
-        let projector = [
+        let mut projector = [
             Linear::load(vb.pp(names.projector[0]), stacked, dim, false)?,
             Linear::load(vb.pp(names.projector[1]), dim, dim, false)?,
         ];
+        // The audio tower multiplies whole windows: bf16 on bf16 dot products where the CPU
+        // has them (PERFORMANCE.md #161).
+        encoder.set_chunk_invariant();
+        projector.iter_mut().for_each(Linear::set_chunk_invariant);
         let decoder = TextDecoder::load(
             vb.clone(),
             &config.text,

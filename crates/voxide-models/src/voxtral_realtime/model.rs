@@ -177,7 +177,7 @@ impl VoxtralRealtimeModel {
             config.num_mel_bins,
             config.encoder.dim,
         )?;
-        let encoder = Stack::load(
+        let mut encoder = Stack::load(
             enc,
             &config.encoder,
             &names.encoder_stack,
@@ -186,7 +186,7 @@ impl VoxtralRealtimeModel {
             None,
         )?;
         let stacked = config.encoder.dim * config.downsample_factor;
-        let adapter = [
+        let mut adapter = [
             Linear::load(vb.pp(names.adapter[0]), stacked, config.decoder.dim, false)?,
             Linear::load(
                 vb.pp(names.adapter[1]),
@@ -195,6 +195,11 @@ impl VoxtralRealtimeModel {
                 false,
             )?,
         ];
+        // A stream's chunks set how many positions each encoder pass takes: its products
+        // compute a position alike in any block, so streaming keeps the offline ids.
+        for layer in encoder.linears_mut().chain(&mut adapter) {
+            layer.set_chunk_invariant();
+        }
         let conditioning = Extras::DelayConditioning {
             names: names.ada,
             t_cond_dim: config.t_cond_dim,

@@ -202,6 +202,19 @@ impl Encoder {
         })
     }
 
+    /// Every block matrix multiplies on the kernels of many rows at any size
+    /// ([`Linear::set_chunk_invariant`]): for Voxtral Mini 3B's bf16 tower, whose windows then
+    /// take bf16 dot products where the CPU has them. Call it once the matrices have their
+    /// final format.
+    pub fn set_chunk_invariant(&mut self) {
+        for block in &mut self.layers {
+            let attention = block.self_attn.step_projections_mut();
+            for layer in attention.into_iter().chain(block.mlp.linears_mut()) {
+                layer.set_chunk_invariant();
+            }
+        }
+    }
+
     /// The encoder with its block matrices stored as `format`.
     pub fn into_format(self, format: WeightFormat) -> candle_core::Result<Self> {
         Ok(Self {

@@ -14,7 +14,8 @@ use super::quant_gemm::{has_gemm_kernel, quant_gemm};
 use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use super::small_m::{
-    integer_int8, integer_int8_on_512_bits, matmul_small, native_bf16, small_m_max_rows,
+    integer_int8, integer_int8_on_512_bits, matmul_rows_alike, matmul_small, native_bf16,
+    small_m_max_rows,
 };
 use super::softmax::exp_non_positive;
 use super::widen_gemm::{matmul_widened, WidenRows};
@@ -125,8 +126,9 @@ pub fn int8_gemv_max_rows() -> usize {
 
 /// candle op: x (m, k) f32 × w (n, k) narrow → (m, n) f32, any m: the GEMV up to
 /// [`MAX_ROWS`] (int8: [`int8_gemv_max_rows`]), the small-M kernel up to
-/// [`small_m_max_rows`] (int8 on the integer kernel, bf16 on bf16 dot products: any m), beyond
-/// a GEMM on blocks of widened weight rows ([`matmul_widened`]).
+/// [`small_m_max_rows`] (int8 on the integer kernel: any m), beyond a GEMM on blocks of widened
+/// weight rows ([`matmul_widened`]); rows that must come out alike in blocks of any size
+/// (`chunk_invariant`) on [`matmul_rows_alike`].
 /// With a third operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
 /// f32 weights are taken too, for a decoder step's few rows ([`Linear`](crate::Linear) sends
 /// them here only then): the GEMV's planned residency and streamed reads serve them as they
@@ -138,9 +140,42 @@ pub struct NarrowMatmul {
     pub bias: bool,
     /// How the GEMV reads the weight (None: the matrix's own default).
     pub residency: Option<Residency>,
+    /// Rows of x take the path of many rows even where they are few, where that path rounds x
+    /// otherwise than the GEMV ([`Linear::set_chunk_invariant`](crate::Linear::set_chunk_invariant)).
+    pub chunk_invariant: bool,
 }
 
 impl NarrowMatmul {
+    /// y = x · wᵀ (+ bias) on the kernel for m rows of x (see the type's documentation).
+    fn product<E: WeightElem>(
+        &self,
+        x: &[f32],
+        w: &WeightMatrix<E>,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        m: usize,
+    ) {
+        // Rows alike in a block of any size: the kernels of many rows that round x otherwise
+        // than the GEMV (int8 on the integer kernel, bf16 on bf16 dot products) take any m.
+        let int8 = E::as_int8(w.data).is_some();
+        let rounds_x = (int8 && integer_int8()) || (E::as_bf16(w.data).is_some() && native_bf16());
+        let w_gemv = self.residency.map_or(*w, |r| w.with_residency(r));
+        if self.chunk_invariant && rounds_x {
+            matmul_rows_alike(x, w, bias, y, m)
+        } else if m <= MAX_ROWS {
+            gemv(x, &w_gemv, bias, y, m)
+        } else if m <= int8_gemv_max_rows() && int8 {
+            let (n, k) = (w.rows, w.cols);
+            for (xc, yc) in x.chunks(MAX_ROWS * k).zip(y.chunks_mut(MAX_ROWS * n)) {
+                gemv(xc, &w_gemv, bias, yc, xc.len() / k)
+            }
+        } else if m <= small_m_max_rows() || (int8 && integer_int8()) {
+            matmul_small(x, w, bias, y, m)
+        } else {
+            matmul_widened(x, w, bias, y, m)
+        }
+    }
+
     fn run(
         &self,
         x: Operand,
@@ -162,41 +197,15 @@ impl NarrowMatmul {
         let scales = self.int8.then(|| &epi[..n]);
         let bias = self.bias.then(|| &epi[epi.len() - n..]);
         let mut y = vec![0f32; m * n];
-        fn product<E: WeightElem>(
-            x: &[f32],
-            w: &WeightMatrix<E>,
-            residency: Option<Residency>,
-            bias: Option<&[f32]>,
-            y: &mut [f32],
-            m: usize,
-        ) {
-            let w_gemv = residency.map_or(*w, |r| w.with_residency(r));
-            if m <= MAX_ROWS {
-                gemv(x, &w_gemv, bias, y, m)
-            } else if m <= int8_gemv_max_rows() && E::as_int8(w.data).is_some() {
-                let (n, k) = (w.rows, w.cols);
-                for (xc, yc) in x.chunks(MAX_ROWS * k).zip(y.chunks_mut(MAX_ROWS * n)) {
-                    gemv(xc, &w_gemv, bias, yc, xc.len() / k)
-                }
-            } else if m <= small_m_max_rows()
-                || (E::as_int8(w.data).is_some() && integer_int8())
-                || (E::as_bf16(w.data).is_some() && native_bf16())
-            {
-                matmul_small(x, w, bias, y, m)
-            } else {
-                matmul_widened(x, w, bias, y, m)
-            }
-        }
-        let r = self.residency;
         match (w.0, scales) {
             (CpuStorage::F32(v), None) => {
                 let w = WeightMatrix::new(contiguous(NAME, v, w.1)?, n, k);
-                product(xs, &w, r, bias, &mut y, m)
+                self.product(xs, &w, bias, &mut y, m)
             }
             _ => match Narrow::new(NAME, w, scales)? {
-                Narrow::F16(w) => product(xs, &w, r, bias, &mut y, m),
-                Narrow::Bf16(w) => product(xs, &w, r, bias, &mut y, m),
-                Narrow::I8(w) => product(xs, &w, r, bias, &mut y, m),
+                Narrow::F16(w) => self.product(xs, &w, bias, &mut y, m),
+                Narrow::Bf16(w) => self.product(xs, &w, bias, &mut y, m),
+                Narrow::I8(w) => self.product(xs, &w, bias, &mut y, m),
             },
         }
         Ok((CpuStorage::F32(y), Shape::from((m, n))))

@@ -48,14 +48,40 @@ pub fn integer_int8() -> bool {
     false
 }
 
-/// Whether bf16 weights take the bf16 dot-product kernel on this CPU (AVX512-BF16,
-/// [`small_m_bf16`]): x rounded to bf16, twice the f32 path's multiply-adds per instruction;
-/// ahead of widen + GEMM at any size.
+/// Whether this CPU has the bf16 dot-product kernel (AVX512-BF16, [`small_m_bf16`]): x
+/// rounded to bf16, twice the f32 path's multiply-adds per instruction; ahead of widen + GEMM
+/// at any size. [`matmul_rows_alike`] takes it.
 pub fn native_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     return small_m_bf16::runs();
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// [`matmul_small`] for products whose rows must come out alike in a block of any size (an
+/// encoder's, [`Linear::set_chunk_invariant`](crate::Linear::set_chunk_invariant)), any m: bf16
+/// weights on bf16 dot products where the CPU has them (x rounded to bf16), the rest as
+/// [`matmul_small`] does.
+pub fn matmul_rows_alike<E: WeightElem>(
+    x: &[f32],
+    w: &WeightMatrix<E>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(data) = E::as_bf16(w.data).filter(|_| small_m_bf16::runs()) {
+        check_operands(x, w, bias, y, m);
+        let w = WeightMatrix {
+            data,
+            scales: None,
+            rows: w.rows,
+            cols: w.cols,
+            residency: w.residency,
+        };
+        return small_m_bf16::matmul(x, &w, bias, y, m);
+    }
+    matmul_small(x, w, bias, y, m)
 }
 
 /// Whether that integer kernel is AVX-512 VNNI's, which overtakes the GEMV at fewer rows than
@@ -135,18 +161,6 @@ pub fn matmul_small_on<E: WeightElem>(
             residency: w.residency,
         };
         return small_m_int8::matmul(kernel, x, &w, bias, y, m);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if let Some(data) = E::as_bf16(w.data).filter(|_| isa == Isa::Avx512 && small_m_bf16::runs()) {
-        // bf16 dot products, x rounded to bf16 (see `small_m_bf16`).
-        let w = WeightMatrix {
-            data,
-            scales: None,
-            rows: n,
-            cols: k,
-            residency: w.residency,
-        };
-        return small_m_bf16::matmul(x, &w, bias, y, m);
     }
     let block = if k <= MAX_BLOCK {
         k
@@ -579,18 +593,10 @@ mod tests {
                     check(&y, &want_f16, &x, &tw.f16_f32, m, k, &format!("f16 {what}"));
                     let wb = WeightMatrix::new(&tw.bf16, n, k);
                     pool.install(|| matmul_small_on(isa, &x, &wb, Some(&bias), &mut y, m));
-                    // Where the bf16 dot products run, they multiply x rounded to bf16.
-                    let (xb, want_bf16) = match bf16_rounded(isa, &x) {
-                        Some(xr) => {
-                            let want = reference(&xr, &tw.bf16_f32, Some(&bias), m, k);
-                            (xr, want)
-                        }
-                        None => (x.clone(), want_bf16.clone()),
-                    };
                     check(
                         &y,
                         &want_bf16,
-                        &xb,
+                        &x,
                         &tw.bf16_f32,
                         m,
                         k,
@@ -619,17 +625,7 @@ mod tests {
         let x = data(m * k, 1);
         let mut y = vec![0f32; m * n];
         matmul_small(&x, &WeightMatrix::new(&tw.bf16, n, k), None, &mut y, m);
-        let x = bf16_rounded(Isa::detect(), &x).unwrap_or(x);
         let want = reference(&x, &tw.bf16_f32, None, m, k);
         check(&y, &want, &x, &tw.bf16_f32, m, k, "bf16 no bias");
-    }
-
-    /// x as the bf16 dot products on `isa` see it (each value rounded to bf16), where they run.
-    fn bf16_rounded(isa: Isa, x: &[f32]) -> Option<Vec<f32>> {
-        (isa == Isa::Avx512 && native_bf16()).then(|| {
-            x.iter()
-                .map(|&v| half::bf16::from_f32(v).to_f32())
-                .collect()
-        })
     }
 }
