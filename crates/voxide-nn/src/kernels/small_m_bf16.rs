@@ -5,9 +5,10 @@
 //! x is rounded to bf16 once (to nearest even; |x − bf16(x)| ≤ 2⁻⁹ |x|), as every bf16 runtime
 //! rounds activations before its products (PyTorch's bf16 matmul in transformers, vLLM). The
 //! products of two bf16 values are exact in f32 and sum in f32, and y stays f32: one rounding
-//! of x per product, where a checkpoint run in its own bf16 also rounds every output. The
-//! decoder steps (m ≤ 2, memory-bound) keep ~16 bits of x ([`super::gemv_bf16`]); `--precision
-//! f32` keeps all of them everywhere.
+//! of x per product, where a checkpoint run in its own bf16 also rounds every output. Only
+//! chunk-invariant layers (the Voxtral encoders) take it, at any row count
+//! ([`super::small_m::matmul_rows_alike`]); decoders keep x whole (their steps' GEMV:
+//! [`super::gemv_bf16`]), and `--precision f32` keeps it everywhere.
 //!
 //! The register blocking is [`super::small_m`]'s: panels of 2 vectors of rows of x, as bf16
 //! pairs (x[i][2j], x[i][2j + 1]) per 32-bit lane, against strips of 6 weight rows copied to L1,
@@ -149,7 +150,7 @@ unsafe fn task(
         scratch.strip.len() >= W_ROWS * stride
             && scratch.tile.len() >= (r1 - r0) * M_CHUNK.next_multiple_of(WIDTH)
             && panels.0.len() >= m.div_ceil(WIDTH) * w.cols.div_ceil(2) * WIDTH
-            && block.is_multiple_of(2) | (block == w.cols)
+            && (block.is_multiple_of(2) || block == w.cols)
     );
     let mut strips = PairStrips {
         panels,
