@@ -2,7 +2,7 @@
 //! from Cooper Lake): `vdpbf16ps` multiplies 32 bf16 pairs into 16 f32 lanes per instruction,
 //! twice the multiply-adds of an f32 FMA, and the weights need no widening.
 //!
-//! x is rounded to bf16 once (to nearest even; |x − bf16(x)| ≤ 2⁻⁹ |x|), as every bf16 runtime
+//! x is rounded to bf16 once (to nearest even; |x − bf16(x)| ≤ 2⁻⁸ |x|), as every bf16 runtime
 //! rounds activations before its products (PyTorch's bf16 matmul in transformers, vLLM). The
 //! products of two bf16 values are exact in f32 and sum in f32, and y stays f32: one rounding
 //! of x per product, where a checkpoint run in its own bf16 also rounds every output. Only
