@@ -38,7 +38,12 @@ fn reference() -> HashMap<String, Tensor> {
 }
 
 fn load(layout: &str) -> VoxtralRealtime {
-    VoxtralRealtime::from_dir(&fixtures().join(layout), &Device::Cpu, None).expect("model loads")
+    load_as(layout, None)
+}
+
+/// The fixture of `layout` with its matrices stored as `format`.
+fn load_as(layout: &str, format: Option<WeightFormat>) -> VoxtralRealtime {
+    VoxtralRealtime::from_dir(&fixtures().join(layout), &Device::Cpu, format).expect("model loads")
 }
 
 /// Stream mel frames (time-major) -> (1, n_mels, t).
@@ -318,12 +323,7 @@ fn narrow_streaming_gives_the_narrow_offline_ids() {
     let r = reference();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for format in [WeightFormat::Bf16, WeightFormat::Int8] {
-        let model = VoxtralRealtime::from_dir(
-            &fixtures().join("tiny-random-mistral"),
-            &Device::Cpu,
-            Some(format),
-        )
-        .unwrap();
+        let model = load_as("tiny-random-mistral", Some(format));
         for (name, n) in [("audio", 48000), ("speech_audio", 64000)] {
             let audio = &samples(&r[name])[..n];
             let (offline, _) = model
@@ -403,12 +403,7 @@ fn half_precision_kv_caches_keep_the_ids() {
 fn narrow_weight_drift_is_bounded() {
     let r = reference();
     for (format, max_drift) in [(WeightFormat::Bf16, 0.02), (WeightFormat::Int8, 0.05)] {
-        let model = VoxtralRealtime::from_dir(
-            &fixtures().join("tiny-random-mistral"),
-            &Device::Cpu,
-            Some(format),
-        )
-        .unwrap();
+        let model = load_as("tiny-random-mistral", Some(format));
         let audio = samples(&r["speech_audio"]);
         let want = ids(&r["speech_generated_ids"]);
         let (transcript, _) = model

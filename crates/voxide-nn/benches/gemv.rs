@@ -23,7 +23,7 @@ use voxide_nn::kernels::ops::WidenToF32;
 use voxide_nn::kernels::quant_gemm::{has_gemm_kernel, quant_gemm};
 use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, QuantMatrix};
 use voxide_nn::kernels::simd::{Isa, WeightElem};
-use voxide_nn::kernels::small_m::{matmul_small, matmul_small_on};
+use voxide_nn::kernels::small_m::{matmul_rows_alike, matmul_small, matmul_small_on};
 use voxide_nn::kernels::spin_pool::for_each_task;
 use voxide_nn::kernels::widen_gemm::matmul_widened;
 use voxide_nn::linear::WeightFormat;
@@ -219,6 +219,12 @@ fn bench_small(ms: &[usize]) -> candle_core::Result<()> {
             n * k * 2,
             time(2, 10, || matmul_small(&x, &wb, None, &mut y, m)),
         );
+        // An encoder's (chunk-invariant) layers: bf16 dot products where the CPU has them.
+        show(
+            &format!("rows alike m={m} bf16 9216x3072"),
+            n * k * 2,
+            time(2, 10, || matmul_rows_alike(&x, &wb, None, &mut y, m)),
+        );
         let wi = WeightMatrix::with_scales(&f.q, &f.scales, n, k);
         show(
             &format!("small-M m={m} int8 9216x3072"),
@@ -289,14 +295,15 @@ fn bench_whisper() -> candle_core::Result<()> {
 
 /// The products of a Voxtral encoder (Whisper large-v3's widths: d = 1280, an MLP of 5120;
 /// Voxtral Realtime runs blocks of 256 positions, Voxtral Mini 3B windows of 1500) in bf16,
-/// the checkpoints' type: small-M (bf16 dot products where the CPU has them) against
-/// widen + GEMM.
+/// the checkpoints' type: its chunk-invariant layers' kernel (bf16 dot products where the CPU
+/// has them) against widen + GEMM.
 fn bench_voxtral_encoder() -> candle_core::Result<()> {
     let shapes = [(3840, 1280), (1280, 1280), (10240, 1280), (1280, 5120)];
     bench_encoder_shapes("bf16", &shapes, &[256, 1500], bf16::from_f32)
 }
 
-/// Small-M against widen + GEMM on `shapes` (n, k) at each m of `ms`.
+/// The small-M kernel an encoder's layers take ([`matmul_rows_alike`]: for f16, small-M
+/// itself) against widen + GEMM on `shapes` (n, k) at each m of `ms`.
 fn bench_encoder_shapes<E: WeightElem + Copy + Send + Sync + candle_core::WithDType>(
     name: &str,
     shapes: &[(usize, usize)],
@@ -313,7 +320,7 @@ fn bench_encoder_shapes<E: WeightElem + Copy + Send + Sync + candle_core::WithDT
             let mut y = vec![0f32; m * n];
             let flops = 2.0 * (m * n * k) as f64;
             let reps = (2e10 / flops).clamp(5.0, 200.0) as usize;
-            let t = time(2, reps, || matmul_small(&x, &wm, None, &mut y, m));
+            let t = time(2, reps, || matmul_rows_alike(&x, &wm, None, &mut y, m));
             let xt = Tensor::from_vec(x.clone(), (m, k), &dev)?;
             let g = time(2, reps, || {
                 let wt = tw.apply_op1_no_bwd(&WidenToF32).unwrap();

@@ -192,6 +192,18 @@ impl<'a, E: WeightElem> WeightMatrix<'a, E> {
     pub fn bytes(&self) -> usize {
         std::mem::size_of_val(self.data)
     }
+
+    /// The same matrix over `data`, its elements as another type sees them (the int8 or bf16
+    /// view a kernel's specialised path takes, [`WeightElem::as_int8`], [`WeightElem::as_bf16`]).
+    pub fn as_elements<F>(&self, data: &'a [F]) -> WeightMatrix<'a, F> {
+        WeightMatrix {
+            data,
+            scales: self.scales,
+            rows: self.rows,
+            cols: self.cols,
+            residency: self.residency,
+        }
+    }
 }
 
 /// Panics unless x is m × k, y is m × n and the bias (if any) has n values for w (n × k): the
@@ -300,13 +312,7 @@ fn gemv_ahead<E: WeightElem>(
     let out = OutPtr(y.as_mut_ptr());
     if let Some(data) = E::as_int8(w.data) {
         // int8 takes the integer path: x quantized once, to int16 (see `gemv_int8`).
-        let w = WeightMatrix {
-            data,
-            scales: w.scales,
-            rows: w.rows,
-            cols: w.cols,
-            residency: w.residency,
-        };
+        let w = w.as_elements(data);
         let xq = QuantizedX::new(x, m, w.cols);
         for_rows(n, w.bytes(), w.residency, |r0, r1| {
             gemv_int8::rows(isa, &xq, w, bias, out, m, r0, r1, ahead)
@@ -314,13 +320,7 @@ fn gemv_ahead<E: WeightElem>(
         xq.recycle();
     } else if let Some(data) = E::as_bf16(w.data).filter(|_| gemv_bf16::runs(isa, m)) {
         // bf16 on AVX512-BF16: native dot products with x split in two (see `gemv_bf16`).
-        let w = WeightMatrix {
-            data,
-            scales: None,
-            rows: w.rows,
-            cols: w.cols,
-            residency: w.residency,
-        };
+        let w = w.as_elements(data);
         let xs = SplitX::new(&x[..m * w.cols]);
         for_rows(n, w.bytes(), w.residency, |r0, r1| {
             gemv_bf16::rows(&xs, x, w, bias, out, m, r0, r1, ahead)

@@ -157,10 +157,12 @@ impl NarrowMatmul {
     ) {
         // Rows alike in a block of any size: the kernels of many rows that round x otherwise
         // than the GEMV (int8 on the integer kernel, bf16 on bf16 dot products) take any m.
+        // (Checked only for such layers: a decoder step's products skip it.)
         let int8 = E::as_int8(w.data).is_some();
-        let rounds_x = (int8 && integer_int8()) || (E::as_bf16(w.data).is_some() && native_bf16());
+        let rounds_x =
+            || (int8 && integer_int8()) || (E::as_bf16(w.data).is_some() && native_bf16());
         let w_gemv = self.residency.map_or(*w, |r| w.with_residency(r));
-        if self.chunk_invariant && rounds_x {
+        if self.chunk_invariant && rounds_x() {
             matmul_rows_alike(x, w, bias, y, m)
         } else if m <= MAX_ROWS {
             gemv(x, &w_gemv, bias, y, m)

@@ -72,14 +72,7 @@ pub fn matmul_rows_alike<E: WeightElem>(
     #[cfg(target_arch = "x86_64")]
     if let Some(data) = E::as_bf16(w.data).filter(|_| small_m_bf16::runs()) {
         check_operands(x, w, bias, y, m);
-        let w = WeightMatrix {
-            data,
-            scales: None,
-            rows: w.rows,
-            cols: w.cols,
-            residency: w.residency,
-        };
-        return small_m_bf16::matmul(x, &w, bias, y, m);
+        return small_m_bf16::matmul(x, &w.as_elements(data), bias, y, m);
     }
     matmul_small(x, w, bias, y, m)
 }
@@ -153,14 +146,7 @@ pub fn matmul_small_on<E: WeightElem>(
     #[cfg(target_arch = "x86_64")]
     if let (Some(data), Some(kernel)) = (E::as_int8(w.data), small_m_int8::Kernel::for_isa(isa)) {
         // int8 in integers (see `small_m_int8`).
-        let w = WeightMatrix {
-            data,
-            scales: w.scales,
-            rows: n,
-            cols: k,
-            residency: w.residency,
-        };
-        return small_m_int8::matmul(kernel, x, &w, bias, y, m);
+        return small_m_int8::matmul(kernel, x, &w.as_elements(data), bias, y, m);
     }
     let block = if k <= MAX_BLOCK {
         k
@@ -238,6 +224,26 @@ unsafe fn prefetch_next_strip(
             }
         }
     }
+}
+
+/// Copies weight row `r`, columns c0..c0 + len, to the start of `dst` as stored and zeroes
+/// the rest (a strip row of the kernels that multiply the weights without widening them);
+/// returns the row's part.
+///
+/// # Safety
+/// Row r holds columns c0..c0 + len; `dst` holds at least len elements.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn copy_strip_row<'a, E: Copy + Default>(
+    w: &WeightMatrix<'a, E>,
+    r: usize,
+    (c0, len): (usize, usize),
+    dst: &mut [E],
+) -> &'a [E] {
+    let src = w.data.get_unchecked(r * w.cols + c0..r * w.cols + c0 + len);
+    dst[..len].copy_from_slice(src);
+    dst[len..].fill(E::default());
+    src
 }
 
 /// A chunk's results (rows m0..m1 of x against a task's output rows r0..r0 + rows), kept as
@@ -370,10 +376,25 @@ unsafe fn task_body<S: Simd, E: WeightElem>(
 pub(super) trait StripKernel {
     /// Rows of x per vector (a panel holds [`X_VECS`] vectors).
     const LANES: usize;
+    /// The weights' element type.
+    type Elem;
+    /// The weights.
+    fn weights(&self) -> WeightMatrix<'_, Self::Elem>;
     /// (rows, cols) of the weights.
-    fn dims(&self) -> (usize, usize);
+    #[inline(always)]
+    fn dims(&self) -> (usize, usize) {
+        let w = self.weights();
+        (w.rows, w.cols)
+    }
     /// The weights' bytes and the bytes per weight, for prefetching.
-    fn weight_bytes(&self) -> (*const u8, usize);
+    #[inline(always)]
+    fn weight_bytes(&self) -> (*const u8, usize) {
+        let w = self.weights();
+        (
+            w.data.as_ptr() as *const u8,
+            std::mem::size_of::<Self::Elem>(),
+        )
+    }
     /// A prefetch that keeps the line in the caches.
     unsafe fn prefetch(p: *const u8);
     /// Widens weight row `r`, columns c0..c0 + len, into strip row `t`.
@@ -481,15 +502,11 @@ struct FloatStrips<'a, S, E> {
 
 impl<S: Simd, E: WeightElem> StripKernel for FloatStrips<'_, S, E> {
     const LANES: usize = S::LANES;
+    type Elem = E;
 
     #[inline(always)]
-    fn dims(&self) -> (usize, usize) {
-        (self.w.rows, self.w.cols)
-    }
-
-    #[inline(always)]
-    fn weight_bytes(&self) -> (*const u8, usize) {
-        (self.w.data.as_ptr() as *const u8, std::mem::size_of::<E>())
+    fn weights(&self) -> WeightMatrix<'_, E> {
+        self.w
     }
 
     #[inline(always)]

@@ -17,8 +17,8 @@
 use super::gemv::{OutPtr, WeightMatrix};
 use super::simd::Isa;
 use super::small_m::{
-    for_each_task, run_task, with_blocking, Scratch, StripKernel, MAX_BLOCK, M_CHUNK, PASS_ROWS,
-    W_ROWS, X_VECS,
+    copy_strip_row, for_each_task, run_task, with_blocking, Scratch, StripKernel, MAX_BLOCK,
+    M_CHUNK, PASS_ROWS, W_ROWS, X_VECS,
 };
 use half::bf16;
 use rayon::prelude::*;
@@ -173,15 +173,11 @@ struct PairStrips<'a> {
 
 impl StripKernel for PairStrips<'_> {
     const LANES: usize = LANES;
+    type Elem = bf16;
 
     #[inline(always)]
-    fn dims(&self) -> (usize, usize) {
-        (self.w.rows, self.w.cols)
-    }
-
-    #[inline(always)]
-    fn weight_bytes(&self) -> (*const u8, usize) {
-        (self.w.data.as_ptr() as *const u8, 2)
+    fn weights(&self) -> WeightMatrix<'_, bf16> {
+        self.w
     }
 
     #[inline(always)]
@@ -191,10 +187,8 @@ impl StripKernel for PairStrips<'_> {
 
     #[inline(always)]
     unsafe fn widen(&mut self, t: usize, r: usize, c0: usize, len: usize) {
-        let src = std::slice::from_raw_parts(self.w.data.as_ptr().add(r * self.w.cols + c0), len);
         let dst = std::slice::from_raw_parts_mut(self.strip.add(t * self.stride), self.stride);
-        dst[..len].copy_from_slice(src);
-        dst[len..].fill(bf16::ZERO);
+        copy_strip_row(&self.w, r, (c0, len), dst);
     }
 
     #[inline(always)]

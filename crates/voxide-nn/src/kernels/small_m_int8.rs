@@ -30,8 +30,8 @@ use super::convert::{abs_max, round_row};
 use super::gemv::{OutPtr, WeightMatrix};
 use super::simd::Isa;
 use super::small_m::{
-    for_each_task, run_task, with_blocking, Scratch, StripKernel, MAX_BLOCK, M_CHUNK, PASS_ROWS,
-    W_ROWS, X_VECS,
+    copy_strip_row, for_each_task, run_task, with_blocking, Scratch, StripKernel, MAX_BLOCK,
+    M_CHUNK, PASS_ROWS, W_ROWS, X_VECS,
 };
 use std::arch::x86_64::*;
 
@@ -395,15 +395,11 @@ struct IntStrips<'a, V> {
 
 impl<V: ByteDot> StripKernel for IntStrips<'_, V> {
     const LANES: usize = V::LANES;
+    type Elem = i8;
 
     #[inline(always)]
-    fn dims(&self) -> (usize, usize) {
-        (self.w.rows, self.w.cols)
-    }
-
-    #[inline(always)]
-    fn weight_bytes(&self) -> (*const u8, usize) {
-        (self.w.data.as_ptr() as *const u8, 1)
+    fn weights(&self) -> WeightMatrix<'_, i8> {
+        self.w
     }
 
     #[inline(always)]
@@ -413,10 +409,8 @@ impl<V: ByteDot> StripKernel for IntStrips<'_, V> {
 
     #[inline(always)]
     unsafe fn widen(&mut self, t: usize, r: usize, c0: usize, len: usize) {
-        let src = std::slice::from_raw_parts(self.w.data.as_ptr().add(r * self.w.cols + c0), len);
         let dst = std::slice::from_raw_parts_mut(self.strip.add(t * self.stride), self.stride);
-        dst[..len].copy_from_slice(src);
-        dst[len..].fill(0);
+        let src = copy_strip_row(&self.w, r, (c0, len), dst);
         for (sum, part) in self.sums[t].iter_mut().zip(src.chunks(X8_BLOCK)) {
             *sum = V::OFFSET * part.iter().map(|&v| v as i32).sum::<i32>();
         }
