@@ -434,7 +434,8 @@ impl TextDecoder {
             head,
             stack,
         }
-        .with_planned_residency())
+        .with_planned_residency()
+        .with_bf16_prompts())
     }
 
     /// Decides which matrices a step streams past the cache and which stay cached between
@@ -455,7 +456,18 @@ impl TextDecoder {
             head: self.head.to_format(format)?,
             ..self
         }
-        .with_planned_residency())
+        .with_planned_residency()
+        .with_bf16_prompts())
+    }
+
+    /// A prompt's products on bf16 dot products where the CPU has them, x rounded to bf16 as
+    /// in the references' bf16 matmuls (Mistral's checkpoints are bf16): Voxtral Mini 3B's
+    /// 375 audio positions a window prefill in ~0.6× the time (PERFORMANCE.md #162). Steps
+    /// keep x whole ([`Linear::set_bf16_prompts`]).
+    fn with_bf16_prompts(mut self) -> Self {
+        self.head.set_bf16_prompts();
+        self.stack.linears_mut().for_each(Linear::set_bf16_prompts);
+        self
     }
 
     /// The precision of the KV caches when a request names none ([`default_kv_dtype`]).

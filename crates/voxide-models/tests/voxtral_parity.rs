@@ -12,7 +12,10 @@ use candle_core::{DType, Device, Tensor, D};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use voxide_models::voxtral::{prompt, Content, GenerateOptions, Message, Role, Voxtral};
+use voxide_models::voxtral::{
+    prompt, Content, GenerateOptions, Message, Role, Voxtral, VoxtralModel,
+};
+use voxide_nn::kernels::small_m::native_bf16;
 use voxide_nn::linear::WeightFormat;
 
 fn fixtures() -> PathBuf {
@@ -191,33 +194,114 @@ fn greedy_ids_and_cached_steps_match() {
             assert_eq!(got.ids, want, "{layout} {case} greedy ids");
             assert_eq!(streamed, want, "{layout} {case} streamed ids");
 
-            let x = net.merge(&prompt, &audio).unwrap();
-            let mut state = net
-                .new_state(prompt.len() + want.len(), DType::F32)
-                .unwrap();
-            let mut h = net.decode(&mut state, &x, None).unwrap();
-            let mut steps = Vec::new();
-            for &id in &want {
-                let last = h.narrow(1, h.dim(1).unwrap() - 1, 1).unwrap();
-                steps.push(
-                    net.logits(&last)
-                        .unwrap()
-                        .flatten_to(D::Minus1)
-                        .unwrap()
-                        .squeeze(0)
-                        .unwrap(),
-                );
-                h = net
-                    .decode(&mut state, &net.embed(&[id]).unwrap(), None)
-                    .unwrap();
-            }
-            let steps = Tensor::stack(&steps, 0).unwrap();
             assert_close(
                 &format!("{layout} {case} step logits"),
-                &steps,
+                &teacher_forced_logits(net, &prompt, &audio, &want),
                 &r[&format!("{case}.greedy_scores")],
                 5e-5,
             );
+        }
+    }
+}
+
+/// The logits before each of `want` (len(want), vocab): the prompt in one pass, then one
+/// cached step per id of `want`.
+fn teacher_forced_logits(
+    net: &VoxtralModel,
+    prompt: &[u32],
+    audio: &Tensor,
+    want: &[u32],
+) -> Tensor {
+    let x = net.merge(prompt, audio).unwrap();
+    let mut state = net
+        .new_state(prompt.len() + want.len(), DType::F32)
+        .unwrap();
+    let mut h = net.decode(&mut state, &x, None).unwrap();
+    let mut steps = Vec::new();
+    for &id in want {
+        let last = h.narrow(1, h.dim(1).unwrap() - 1, 1).unwrap();
+        steps.push(
+            net.logits(&last)
+                .unwrap()
+                .flatten_to(D::Minus1)
+                .unwrap()
+                .squeeze(0)
+                .unwrap(),
+        );
+        h = net
+            .decode(&mut state, &net.embed(&[id]).unwrap(), None)
+            .unwrap();
+    }
+    Tensor::stack(&steps, 0).unwrap()
+}
+
+/// bf16 decoder weights: the teacher-forced logits drift by a bounded amount relative to their
+/// range (reported for PERFORMANCE.md #162: 1.2–4.3 % from the weights' rounding alone on this
+/// tiny random model, 1.6–5.2 % with the prompt's x rounded too). Where the CPU has bf16 dot
+/// products the prompt's pass multiplies bf16(x): its last position's logits then differ from
+/// those of the same positions decoded one step at a time, x whole (measured 5e-3–1e-2 of
+/// their range), elsewhere only by f32's summation order (≤ 2e-5).
+#[test]
+fn bf16_weights_drift_within_their_rounding() {
+    let r = reference();
+    for layout in LAYOUTS {
+        let dir = fixtures().join(layout);
+        let model = Voxtral::from_dir(&dir, &Device::Cpu, Some(WeightFormat::Bf16)).unwrap();
+        let net = model.network();
+        for case in ["short.transcribe", "long.transcribe", "short.chat"] {
+            let clip = case.split('.').next().unwrap();
+            let frames = net
+                .encode(&r[&format!("{clip}.input_features")], false)
+                .unwrap()
+                .hidden_states
+                .pop()
+                .unwrap();
+            let audio = net.project(&frames).unwrap();
+            let prompt = ids(&r[&format!("{case}.input_ids")]);
+            let want = ids(&r[&format!("{case}.greedy_ids")]);
+            let logits = teacher_forced_logits(net, &prompt, &audio, &want);
+            let reference = &r[&format!("{case}.greedy_scores")];
+            let drift = max_abs_diff(&logits, reference) / max_abs(reference);
+            let argmax = ids(&logits
+                .argmax(D::Minus1)
+                .unwrap()
+                .to_dtype(DType::I64)
+                .unwrap());
+            let agree = argmax.iter().zip(&want).filter(|(a, b)| a == b).count();
+            println!(
+                "{layout} {case}: bf16 logits drift {:.2} % of their range; argmax agrees on {agree} of {}",
+                drift * 100.0,
+                want.len()
+            );
+            assert!(drift < 0.07, "{layout} {case}: drift {drift}");
+            assert!(agree * 10 >= want.len() * 8, "{layout} {case}: {agree}");
+
+            let x = net.merge(&prompt, &audio).unwrap();
+            let last = |h: Tensor| {
+                let h = h.narrow(1, h.dim(1).unwrap() - 1, 1).unwrap();
+                net.logits(&h).unwrap().flatten_all().unwrap()
+            };
+            let mut state = net.new_state(prompt.len(), DType::F32).unwrap();
+            let one_pass = last(net.decode(&mut state, &x, None).unwrap());
+            let mut state = net.new_state(prompt.len(), DType::F32).unwrap();
+            let mut h = None;
+            for t in 0..prompt.len() {
+                h = Some(
+                    net.decode(&mut state, &x.narrow(1, t, 1).unwrap(), None)
+                        .unwrap(),
+                );
+            }
+            let stepped = last(h.unwrap());
+            let moved = max_abs_diff(&one_pass, &stepped) / max_abs(&stepped);
+            println!("{layout} {case}: prompt pass against steps {moved:.2e} of the range");
+            if native_bf16() {
+                assert!(
+                    moved > 1e-3,
+                    "{layout} {case}: the prompt kept x whole ({moved})"
+                );
+            } else {
+                assert!(moved < 1e-4, "{layout} {case}: {moved}");
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::kernels::machine::{
     huge_page_vec, huge_page_vec_filled, machine, plan_residency_retained, CycleBytes, CycleRead,
     Residency,
 };
-use crate::kernels::ops::{DequantizeToF32, NarrowMatmul, QuantMatmul, WidenToF32};
+use crate::kernels::ops::{DequantizeToF32, ManyRows, NarrowMatmul, QuantMatmul, WidenToF32};
 use crate::quant::{quantize_row, scale_blocks_exactly, GgmlType, BLOCKS_SUFFIX};
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor, WithDType};
 use candle_nn::{Init, VarBuilder};
@@ -102,7 +102,8 @@ fn scale_narrow(w: &Tensor, factor: f64) -> Result<Option<Tensor>> {
 /// on x86: the integer small-M kernel at any size), larger inputs a GEMM on blocks of widened
 /// weight rows (no f32 copy of the whole matrix); a chunk-invariant layer's every product on
 /// the kernels of many rows ([`Linear::set_chunk_invariant`]: bf16 on AVX512-BF16's dot
-/// products, x rounded to bf16). f32
+/// products, x rounded to bf16), a bf16 decoder's prompts too where the model asks
+/// ([`Linear::set_bf16_prompts`]). f32
 /// weights take the same GEMV for at most [`MAX_ROWS`] rows and candle's GEMM beyond.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -124,8 +125,9 @@ pub struct Linear {
     /// L1 is stored so where the plan reads it in passes of fewer rows
     /// ([`column_panels`](crate::kernels::gemv_bf16::column_panels)).
     panels: usize,
-    /// Every product takes the path of many rows ([`Linear::set_chunk_invariant`]).
-    chunk_invariant: bool,
+    /// Which kernels products of several rows may take ([`Linear::set_chunk_invariant`],
+    /// [`Linear::set_bf16_prompts`]).
+    rows: ManyRows,
 }
 
 /// Matrices of one dtype concatenated by rows, on the CPU into a buffer on huge pages
@@ -239,7 +241,7 @@ impl Linear {
             epilogue,
             residency: None,
             panels: 1,
-            chunk_invariant: false,
+            rows: ManyRows::KeepX,
         }
     }
 
@@ -304,7 +306,7 @@ impl Linear {
             epilogue: Some(epilogue),
             residency: None,
             panels: 1,
-            chunk_invariant: false,
+            rows: ManyRows::KeepX,
         })
     }
 
@@ -449,10 +451,19 @@ impl Linear {
     /// ~1.8× the f32 rate, PERFORMANCE.md #161) and int8 the integer kernel (x in 8 bits), at
     /// any row count, so a streamed block of a few positions computes what the same positions
     /// do inside an offline pass's larger block. Other layers keep x whole for bf16 (a decoder's
-    /// steps and prompts, whose references compute in f32: Qwen3-TTS's parity is on bf16
-    /// weights). Call it once the layer has its final format (as residency planning).
+    /// steps; prompts unless [`Linear::set_bf16_prompts`]). Call it once the layer has its
+    /// final format (as residency planning).
     pub fn set_chunk_invariant(&mut self) {
-        self.chunk_invariant = true;
+        self.rows = ManyRows::Alike;
+    }
+
+    /// Makes a bf16 decoder layer's products of more rows than a step's (a prompt) take bf16
+    /// dot products where the CPU has them (x rounded to bf16, as the matmuls of a bf16
+    /// reference — transformers, vLLM — do), its steps the GEMV with x whole: for models whose
+    /// checkpoints are bf16 and whose references compute in bf16 (the Voxtrals), not for
+    /// those proven against f32 arithmetic on bf16 weights (Qwen3-TTS).
+    pub fn set_bf16_prompts(&mut self) {
+        self.rows = ManyRows::Bf16Prompts;
     }
 
     pub fn weight_bytes(&self) -> usize {
@@ -686,7 +697,7 @@ impl Linear {
                 int8: self.scales.is_some(),
                 bias: fused_bias,
                 residency: self.residency,
-                chunk_invariant: self.chunk_invariant,
+                rows: self.rows,
             };
             let y = if self.panels > 1 {
                 self.panel_products(&x, op)?
@@ -983,6 +994,44 @@ mod tests {
                     max_rel(&plain_row, &row) > 1e-5,
                     "a plain layer's row keeps x whole"
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// A layer with bf16 prompts: more rows than a step's multiply bf16(x) where the CPU has
+    /// bf16 dot products (x whole elsewhere); a step's rows, and every row of f32 and int8
+    /// weights, compute as a plain layer's, bit for bit.
+    #[test]
+    fn bf16_prompts_round_x_and_steps_keep_it_whole() -> Result<()> {
+        let dev = Device::Cpu;
+        let (k, n) = (67, 45);
+        let w = Tensor::from_vec(det(n * k, 4), (n, k), &dev)?;
+        let b = Tensor::from_vec(det(n, 5), n, &dev)?;
+        for fmt in [WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::F32] {
+            let plain = Linear::from_weights(w.clone(), Some(b.clone())).to_format(fmt)?;
+            let mut layer = plain.clone();
+            layer.set_bf16_prompts();
+            for m in [1, MAX_ROWS, MAX_ROWS + 1, 40] {
+                let x = Tensor::from_vec(det(m * k, 6), (1, m, k), &dev)?;
+                let (got, kept) = (layer.forward(&x)?, plain.forward(&x)?);
+                let what = format!("{fmt:?}, {m} rows");
+                if fmt == WeightFormat::Bf16 && m > MAX_ROWS && native_bf16() {
+                    let rounded = x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+                    let want = rounded
+                        .squeeze(0)?
+                        .matmul(&plain.widened()?.t()?)?
+                        .broadcast_add(&b)?
+                        .unsqueeze(0)?;
+                    assert!(max_rel(&got, &want) < 1e-5, "{what}: bf16(x)");
+                    assert!(max_rel(&got, &kept) > 1e-5, "{what}: x rounded");
+                } else {
+                    assert_eq!(
+                        got.flatten_all()?.to_vec1::<f32>()?,
+                        kept.flatten_all()?.to_vec1::<f32>()?,
+                        "{what}"
+                    );
+                }
             }
         }
         Ok(())

@@ -127,8 +127,8 @@ pub fn int8_gemv_max_rows() -> usize {
 /// candle op: x (m, k) f32 × w (n, k) narrow → (m, n) f32, any m: the GEMV up to
 /// [`MAX_ROWS`] (int8: [`int8_gemv_max_rows`]), the small-M kernel up to
 /// [`small_m_max_rows`] (int8 on the integer kernel: any m), beyond a GEMM on blocks of widened
-/// weight rows ([`matmul_widened`]); rows that must come out alike in blocks of any size
-/// (`chunk_invariant`) on [`matmul_rows_alike`].
+/// weight rows ([`matmul_widened`]); where the layer's [`ManyRows`] lets them, on
+/// [`matmul_rows_alike`] (bf16 dot products).
 /// With a third operand, an F32 epilogue tensor: `[scales (n) if int8][bias (n) if biased]`.
 /// f32 weights are taken too, for a decoder step's few rows ([`Linear`](crate::Linear) sends
 /// them here only then): the GEMV's planned residency and streamed reads serve them as they
@@ -140,9 +140,26 @@ pub struct NarrowMatmul {
     pub bias: bool,
     /// How the GEMV reads the weight (None: the matrix's own default).
     pub residency: Option<Residency>,
-    /// Rows of x take the path of many rows even where they are few, where that path rounds x
-    /// otherwise than the GEMV ([`Linear::set_chunk_invariant`](crate::Linear::set_chunk_invariant)).
-    pub chunk_invariant: bool,
+    /// Which kernels products of several rows may take.
+    pub rows: ManyRows,
+}
+
+/// How a layer's products of several rows may round x: set by the model, from what its
+/// reference computes and how its inputs come ([`Linear`](crate::Linear)'s setters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ManyRows {
+    /// bf16 weights multiply x whole at any row count (Qwen3-TTS, whose reference computes
+    /// in f32 and whose parity is on bf16 weights).
+    #[default]
+    KeepX,
+    /// Products of more rows than a decoder step's (a prompt) take bf16 dot products where the
+    /// CPU has them (x rounded to bf16, as the bf16 reference's matmuls do; ~1.8× the f32
+    /// rate, PERFORMANCE.md #162); a step's rows keep x whole on the GEMV, which memory bounds.
+    Bf16Prompts,
+    /// Every product on the kernels of many rows, at any row count, so that a row's result
+    /// does not depend on the block it came in (an encoder's, whose blocks a stream's chunking
+    /// sets): bf16 dot products, int8's integer kernel.
+    Alike,
 }
 
 impl NarrowMatmul {
@@ -156,13 +173,18 @@ impl NarrowMatmul {
         m: usize,
     ) {
         // Rows alike in a block of any size: the kernels of many rows that round x otherwise
-        // than the GEMV (int8 on the integer kernel, bf16 on bf16 dot products) take any m.
-        // (Checked only for such layers: a decoder step's products skip it.)
+        // than the GEMV (int8 on the integer kernel, bf16 on bf16 dot products) take any m;
+        // a prompt's rows, bf16 dot products. (Checked only for such layers: a plain decoder
+        // step's products skip it.)
         let int8 = E::as_int8(w.data).is_some();
-        let rounds_x =
-            || (int8 && integer_int8()) || (E::as_bf16(w.data).is_some() && native_bf16());
+        let bf16_dot = || E::as_bf16(w.data).is_some() && native_bf16();
+        let rows_alike = match self.rows {
+            ManyRows::KeepX => false,
+            ManyRows::Bf16Prompts => m > MAX_ROWS && bf16_dot(),
+            ManyRows::Alike => (int8 && integer_int8()) || bf16_dot(),
+        };
         let w_gemv = self.residency.map_or(*w, |r| w.with_residency(r));
-        if self.chunk_invariant && rounds_x() {
+        if rows_alike {
             matmul_rows_alike(x, w, bias, y, m)
         } else if m <= MAX_ROWS {
             gemv(x, &w_gemv, bias, y, m)

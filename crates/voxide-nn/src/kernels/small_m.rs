@@ -59,8 +59,9 @@ pub fn native_bf16() -> bool {
 }
 
 /// [`matmul_small`] for products whose rows must come out alike in a block of any size (an
-/// encoder's, [`Linear::set_chunk_invariant`](crate::Linear::set_chunk_invariant)), any m: bf16
-/// weights on bf16 dot products where the CPU has them (x rounded to bf16), the rest as
+/// encoder's, [`Linear::set_chunk_invariant`](crate::Linear::set_chunk_invariant)), any m, and
+/// for a bf16 decoder's prompts ([`Linear::set_bf16_prompts`](crate::Linear::set_bf16_prompts)):
+/// bf16 weights on bf16 dot products where the CPU has them (x rounded to bf16), the rest as
 /// [`matmul_small`] does.
 pub fn matmul_rows_alike<E: WeightElem>(
     x: &[f32],

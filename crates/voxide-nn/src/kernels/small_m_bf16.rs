@@ -5,10 +5,12 @@
 //! x is rounded to bf16 once (to nearest even; |x − bf16(x)| ≤ 2⁻⁸ |x|), as every bf16 runtime
 //! rounds activations before its products (PyTorch's bf16 matmul in transformers, vLLM). The
 //! products of two bf16 values are exact in f32 and sum in f32, and y stays f32: one rounding
-//! of x per product, where a checkpoint run in its own bf16 also rounds every output. Only
-//! chunk-invariant layers (the Voxtral encoders) take it, at any row count
-//! ([`super::small_m::matmul_rows_alike`]); decoders keep x whole (their steps' GEMV:
-//! [`super::gemv_bf16`]), and `--precision f32` keeps it everywhere.
+//! of x per product, where a checkpoint run in its own bf16 also rounds every output.
+//! Chunk-invariant layers (the Voxtral encoders) take it at any row count, the Voxtral
+//! decoders for their prompts ([`super::ops::ManyRows`], through
+//! [`super::small_m::matmul_rows_alike`]); decoder steps keep x whole (the GEMV:
+//! [`super::gemv_bf16`]), as does Qwen3-TTS everywhere, and `--precision f32` keeps it
+//! everywhere.
 //!
 //! The register blocking is [`super::small_m`]'s: panels of 2 vectors of rows of x, as bf16
 //! pairs (x[i][2j], x[i][2j + 1]) per 32-bit lane, against strips of 6 weight rows copied to L1,
