@@ -396,9 +396,9 @@ fn half_precision_kv_caches_keep_the_ids() {
     }
 }
 
-/// Narrow weights: bf16 (on AVX512-BF16 the encoder and the decoder's prompt round x to bf16) and int8
-/// decoder weights (per-row scales). The logits of the offline schedule drift by a bounded
-/// amount relative to their range (reported for PERFORMANCE.md).
+/// Narrow weights: bf16 (on AVX512-BF16 the encoder and the decoder's prompt round x to
+/// bf16) and int8 decoder weights (per-row scales). The logits of the offline schedule drift
+/// by a bounded amount relative to their range (reported for PERFORMANCE.md).
 #[test]
 fn narrow_weight_drift_is_bounded() {
     let r = reference();
