@@ -302,6 +302,14 @@ fn bench_voxtral_encoder() -> candle_core::Result<()> {
     bench_encoder_shapes("bf16", &shapes, &[256, 1500], bf16::from_f32)
 }
 
+/// A Voxtral Mini 3B prompt's products (d = 3072: q/k/v stacked, o, gate/up stacked, down)
+/// in bf16 at a 30 s window's 390 positions and at 1 and 3 windows' worth: matrices of 25–100
+/// MB, read from memory (a 27 MB matrix of `crossover` stays in a 32 MB L3 between runs).
+fn bench_voxtral_prefill() -> candle_core::Result<()> {
+    let shapes = [(6144, 3072), (3072, 4096), (16384, 3072), (3072, 8192)];
+    bench_encoder_shapes("bf16", &shapes, &[390, 1140], bf16::from_f32)
+}
+
 /// The small-M kernel an encoder's layers take ([`matmul_rows_alike`]: for f16, small-M
 /// itself) against widen + GEMM on `shapes` (n, k) at each m of `ms`.
 fn bench_encoder_shapes<E: WeightElem + Copy + Send + Sync + candle_core::WithDType>(
@@ -985,6 +993,9 @@ fn main() -> candle_core::Result<()> {
     }
     if on("voxtral-encoder") {
         bench_voxtral_encoder()?;
+    }
+    if on("voxtral-prefill") {
+        bench_voxtral_prefill()?;
     }
     if on("whisper-step") {
         bench_whisper_step();

@@ -3,7 +3,7 @@
 //! weights where the widening path takes four (a shift and a mask to widen, two FMAs).
 //!
 //! x in bf16 alone would keep 8 bits. Split as x_hi = bf16(x) and x_lo = bf16(x − x_hi) it
-//! keeps ~16 (|x − x_hi − x_lo| ≤ 2⁻¹⁸ |x|, far below the weights' own 2⁻⁹ rounding), at two
+//! keeps ~16 (|x − x_hi − x_lo| ≤ 2⁻¹⁶ |x|, far below the weights' own 2⁻⁸ rounding), at two
 //! instructions per line: y = Σ w · x_hi + Σ w · x_lo. The products of two bf16 values are
 //! exact in f32 and accumulate in f32 as the FMAs do (the instruction flushes subnormal
 //! inputs and outputs to zero: values below 1e-38, which no checkpoint's weights reach).
