@@ -39,7 +39,12 @@ fn facts() -> Value {
 }
 
 fn load(layout: &str) -> Voxtral {
-    Voxtral::from_dir(&fixtures().join(layout), &Device::Cpu, None).expect("model loads")
+    load_as(layout, None)
+}
+
+/// The fixture with its matrices stored as `format`.
+fn load_as(layout: &str, format: Option<WeightFormat>) -> Voxtral {
+    Voxtral::from_dir(&fixtures().join(layout), &Device::Cpu, format).expect("model loads")
 }
 
 /// A prompt stored as pieces: literal id lists and `{"audio": n}` runs of `[AUDIO]` (24).
@@ -170,14 +175,7 @@ fn greedy_ids_and_cached_steps_match() {
         let net = model.network();
         for case in ["short.transcribe", "long.transcribe", "short.chat"] {
             let clip = case.split('.').next().unwrap();
-            let features = &r[&format!("{clip}.input_features")];
-            let frames = net
-                .encode(features, false)
-                .unwrap()
-                .hidden_states
-                .pop()
-                .unwrap();
-            let audio = net.project(&frames).unwrap();
+            let audio = audio_embeds(net, &r[&format!("{clip}.input_features")]);
             let prompt = ids(&r[&format!("{case}.input_ids")]);
             let want = ids(&r[&format!("{case}.greedy_ids")]);
             let options = GenerateOptions {
@@ -202,6 +200,17 @@ fn greedy_ids_and_cached_steps_match() {
             );
         }
     }
+}
+
+/// The projected audio embeddings of a clip's features: the encoder's last layer, projected.
+fn audio_embeds(net: &VoxtralModel, features: &Tensor) -> Tensor {
+    let frames = net
+        .encode(features, false)
+        .unwrap()
+        .hidden_states
+        .pop()
+        .unwrap();
+    net.project(&frames).unwrap()
 }
 
 /// The logits before each of `want` (len(want), vocab): the prompt in one pass, then one
@@ -245,18 +254,11 @@ fn teacher_forced_logits(
 fn bf16_weights_drift_within_their_rounding() {
     let r = reference();
     for layout in LAYOUTS {
-        let dir = fixtures().join(layout);
-        let model = Voxtral::from_dir(&dir, &Device::Cpu, Some(WeightFormat::Bf16)).unwrap();
+        let model = load_as(layout, Some(WeightFormat::Bf16));
         let net = model.network();
         for case in ["short.transcribe", "long.transcribe", "short.chat"] {
             let clip = case.split('.').next().unwrap();
-            let frames = net
-                .encode(&r[&format!("{clip}.input_features")], false)
-                .unwrap()
-                .hidden_states
-                .pop()
-                .unwrap();
-            let audio = net.project(&frames).unwrap();
+            let audio = audio_embeds(net, &r[&format!("{clip}.input_features")]);
             let prompt = ids(&r[&format!("{case}.input_ids")]);
             let want = ids(&r[&format!("{case}.greedy_ids")]);
             let logits = teacher_forced_logits(net, &prompt, &audio, &want);
@@ -465,10 +467,9 @@ fn bad_requests_are_errors() {
 /// fixture, f16 beside int8 ones.
 #[test]
 fn kv_cache_defaults_to_f16_beside_narrow_weights() {
-    let dir = fixtures().join(LAYOUTS[0]);
-    let f32_model = Voxtral::from_dir(&dir, &Device::Cpu, None).unwrap();
+    let f32_model = load(LAYOUTS[0]);
     assert_eq!(f32_model.network().default_kv_dtype(), DType::F32);
-    let int8 = Voxtral::from_dir(&dir, &Device::Cpu, Some(WeightFormat::Int8)).unwrap();
+    let int8 = load_as(LAYOUTS[0], Some(WeightFormat::Int8));
     assert_eq!(int8.network().default_kv_dtype(), DType::F16);
 }
 
@@ -481,11 +482,9 @@ fn kv_cache_defaults_to_f16_beside_narrow_weights() {
 fn int8_quantizes_the_encoder_within_its_rounding() {
     let r = reference();
     for layout in LAYOUTS {
-        let dir = fixtures().join(layout);
-        let model = Voxtral::from_dir(&dir, &Device::Cpu, Some(WeightFormat::Int8)).unwrap();
+        let model = load_as(layout, Some(WeightFormat::Int8));
         let net = model.network();
-        let trace = net.encode(&r["short.input_features"], false).unwrap();
-        let audio = net.project(trace.hidden_states.last().unwrap()).unwrap();
+        let audio = audio_embeds(net, &r["short.input_features"]);
         let want = &r["short.audio_embeds"];
         let what = format!("{layout} int8 audio embeds");
         assert_close(&what, &audio, want, 4e-2);

@@ -944,6 +944,16 @@ mod tests {
         Ok(())
     }
 
+    /// bf16(x) (1, m, k) times the layer's weight, in f32, plus b: what bf16 dot products give.
+    fn bf16_x_product(x: &Tensor, layer: &Linear, b: &Tensor) -> Result<Tensor> {
+        x.to_dtype(DType::BF16)?
+            .to_dtype(DType::F32)?
+            .squeeze(0)?
+            .matmul(&layer.widened()?.t()?)?
+            .broadcast_add(b)?
+            .unsqueeze(0)
+    }
+
     /// A chunk-invariant layer computes each row alike whatever block it comes in: bf16 and
     /// int8 weights, whose kernels of many rows round x otherwise than the GEMV does for a few
     /// (bit for bit where those kernels run, else within f32's summation order); the bf16 dot
@@ -981,12 +991,7 @@ mod tests {
                 }
             }
             if fmt == WeightFormat::Bf16 && rounds_x {
-                let rounded = x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
-                let want = rounded
-                    .squeeze(0)?
-                    .matmul(&plain.widened()?.t()?)?
-                    .broadcast_add(&b)?
-                    .unsqueeze(0)?;
+                let want = bf16_x_product(&x, &plain, &b)?;
                 assert!(max_rel(&whole, &want) < 1e-5, "bf16(x)");
                 let one_row = x.narrow(1, 0, 1)?;
                 let (plain_row, row) = (plain.forward(&one_row)?, layer.forward(&one_row)?);
@@ -1017,12 +1022,7 @@ mod tests {
                 let (got, kept) = (layer.forward(&x)?, plain.forward(&x)?);
                 let what = format!("{fmt:?}, {m} rows");
                 if fmt == WeightFormat::Bf16 && m > MAX_ROWS && native_bf16() {
-                    let rounded = x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
-                    let want = rounded
-                        .squeeze(0)?
-                        .matmul(&plain.widened()?.t()?)?
-                        .broadcast_add(&b)?
-                        .unsqueeze(0)?;
+                    let want = bf16_x_product(&x, &plain, &b)?;
                     assert!(max_rel(&got, &want) < 1e-5, "{what}: bf16(x)");
                     assert!(max_rel(&got, &kept) > 1e-5, "{what}: x rounded");
                 } else {
