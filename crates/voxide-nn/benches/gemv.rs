@@ -310,6 +310,18 @@ fn bench_voxtral_prefill() -> candle_core::Result<()> {
     bench_encoder_shapes("bf16", &shapes, &[390, 1140], bf16::from_f32)
 }
 
+/// An encoder window's attention products per head (Whisper large-v3 / Voxtral Mini 3B: 1500
+/// positions, head dim 64) as the bf16 kernel would take them: q·Kᵀ (n = 1500 keys, k = 64)
+/// and P·V (n = 64, k = 1500), at one chunk of scores' rows (699) and a whole window's.
+fn bench_attention_shapes() -> candle_core::Result<()> {
+    bench_encoder_shapes(
+        "bf16",
+        &[(1500, 64), (64, 1500)],
+        &[699, 1500],
+        bf16::from_f32,
+    )
+}
+
 /// The small-M kernel an encoder's layers take ([`matmul_rows_alike`]: for f16, small-M
 /// itself) against widen + GEMM on `shapes` (n, k) at each m of `ms`.
 fn bench_encoder_shapes<E: WeightElem + Copy + Send + Sync + candle_core::WithDType>(
@@ -996,6 +1008,9 @@ fn main() -> candle_core::Result<()> {
     }
     if on("voxtral-prefill") {
         bench_voxtral_prefill()?;
+    }
+    if on("attention-shapes") {
+        bench_attention_shapes()?;
     }
     if on("whisper-step") {
         bench_whisper_step();
