@@ -39,11 +39,7 @@ fn load(name: &'static str) -> Fixture {
     let dir = fixtures();
     let pipeline =
         WhisperPipeline::from_dir(&dir.join(name), &Device::Cpu, None).expect("model loads");
-    let tensors = candle_core::safetensors::load(
-        dir.join(format!("{name}.reference.safetensors")),
-        &Device::Cpu,
-    )
-    .expect("reference tensors");
+    let tensors = reference_tensors(name);
     let json: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join(format!("{name}.reference.json")))
             .expect("reference json"),
@@ -55,6 +51,15 @@ fn load(name: &'static str) -> Fixture {
         tensors,
         json,
     }
+}
+
+/// The reference tensors of fixture `name`.
+fn reference_tensors(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixtures().join(format!("{name}.reference.safetensors")),
+        &Device::Cpu,
+    )
+    .expect("reference tensors")
 }
 
 /// Logits of `tokens` (1, t) fed one at a time through a fresh cache: (1, t, vocab).
@@ -428,9 +433,7 @@ fn long_form_transcription_matches_openai_whisper() {
 #[test]
 fn f16_and_int8_decoder_weights_stay_close_to_the_reference() {
     let dir = fixtures().join("tiny-random");
-    let tensors =
-        candle_core::safetensors::load(dir.with_extension("reference.safetensors"), &Device::Cpu)
-            .unwrap();
+    let tensors = reference_tensors("tiny-random");
     for (format, drift, steps) in [
         (WeightFormat::F16, 2e-3, 1e-5),
         (WeightFormat::Int8, 2e-2, 1e-5),
@@ -476,9 +479,7 @@ fn f16_and_int8_decoder_weights_stay_close_to_the_reference() {
 #[test]
 fn bf16_encoder_multiplies_on_bf16_dot_products() {
     let dir = fixtures().join("tiny-random");
-    let tensors =
-        candle_core::safetensors::load(dir.with_extension("reference.safetensors"), &Device::Cpu)
-            .unwrap();
+    let tensors = reference_tensors("tiny-random");
     let features = &tensors["input_features"];
     let pipeline = WhisperPipeline::from_dir(&dir, &Device::Cpu, Some(WeightFormat::Bf16)).unwrap();
     let got = pipeline.model().encode(features).unwrap();
