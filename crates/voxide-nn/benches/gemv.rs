@@ -19,7 +19,7 @@ use voxide_nn::kernels::bandwidth::{streaming_reads, ReadProbe};
 use voxide_nn::kernels::convert::{quantize_int8, to_f32};
 use voxide_nn::kernels::gemv::{gemv, gemv_on, WeightMatrix};
 use voxide_nn::kernels::machine::Residency;
-use voxide_nn::kernels::ops::WidenToF32;
+use voxide_nn::kernels::ops::{SoftmaxLastDimInPlace, WidenToF32};
 use voxide_nn::kernels::quant_gemm::{has_gemm_kernel, quant_gemm};
 use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, QuantMatrix};
 use voxide_nn::kernels::simd::{Isa, WeightElem};
@@ -310,16 +310,57 @@ fn bench_voxtral_prefill() -> candle_core::Result<()> {
     bench_encoder_shapes("bf16", &shapes, &[390, 1140], bf16::from_f32)
 }
 
-/// An encoder window's attention products per head (Whisper large-v3 / Voxtral Mini 3B: 1500
-/// positions, head dim 64) as the bf16 kernel would take them: q·Kᵀ (n = 1500 keys, k = 64)
-/// and P·V (n = 64, k = 1500), at one chunk of scores' rows (699) and a whole window's.
+/// An encoder window's attention (Whisper large-v3 / Voxtral Mini 3B: 20 heads, 1500
+/// positions, head dim 64) for one layer: the f32 path (q·Kᵀ and P·V on candle's GEMM, in
+/// chunks of 1 M scores as `Attention` runs them) against the bf16 kernel where the CPU has it.
 fn bench_attention_shapes() -> candle_core::Result<()> {
-    bench_encoder_shapes(
-        "bf16",
-        &[(1500, 64), (64, 1500)],
-        &[699, 1500],
-        bf16::from_f32,
-    )
+    use voxide_nn::kernels::attention_bf16::{takes, ManyRowsBf16Attention};
+    let (heads, s, d) = (20, 1500, 64);
+    let dev = Device::Cpu;
+    let filled = |seed: usize, scale: f32| -> candle_core::Result<Tensor> {
+        let x: Vec<f32> = (0..heads * s * d)
+            .map(|i| value(i + seed) * scale)
+            .collect();
+        Tensor::from_vec(x, (1, heads, s, d), &dev)
+    };
+    let (q, k, v) = (filled(1, 0.125)?, filled(2, 1.0)?, filled(3, 1.0)?);
+    let flops = 4.0 * (heads * s * s * d) as f64;
+    let heads_per_chunk = ((1 << 20) / (s * s)).max(1);
+    let rows_per_chunk = (1 << 20) / s;
+    let f32_path = time(1, 5, || {
+        for h0 in (0..heads).step_by(heads_per_chunk) {
+            let (k, v) = (k.narrow(1, h0, 1).unwrap(), v.narrow(1, h0, 1).unwrap());
+            let kt = k.transpose(2, 3).unwrap();
+            for r0 in (0..s).step_by(rows_per_chunk) {
+                let q = q
+                    .narrow(1, h0, 1)
+                    .unwrap()
+                    .narrow(2, r0, rows_per_chunk.min(s - r0))
+                    .unwrap();
+                let p = q.matmul(&kt).unwrap();
+                p.inplace_op1(&SoftmaxLastDimInPlace).unwrap();
+                std::hint::black_box(p.matmul(&v).unwrap());
+            }
+        }
+    });
+    report_flops("attention, one encoder layer: f32 GEMMs", flops, f32_path);
+    if takes(d) {
+        let kernel = time(1, 5, || {
+            std::hint::black_box(q.apply_op3_no_bwd(&k, &v, &ManyRowsBf16Attention).unwrap());
+        });
+        report_flops("attention, one encoder layer: bf16 kernel", flops, kernel);
+    }
+    Ok(())
+}
+
+fn report_flops(name: &str, flops: f64, (med, min, max): (f64, f64, f64)) {
+    println!(
+        "{name:48} {:8.3} ms [{:.3}–{:.3}] {:6.1} GFLOP/s",
+        med * 1e3,
+        min * 1e3,
+        max * 1e3,
+        flops / med / 1e9
+    );
 }
 
 /// The small-M kernel an encoder's layers take ([`matmul_rows_alike`]: for f16, small-M

@@ -2,6 +2,8 @@
 //! decoder self-attention and cross-attention.
 
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::attention_bf16::{takes as takes_many_rows_bf16, ManyRowsBf16Attention};
 use crate::kernels::machine::CycleBytes;
 use crate::kernels::ops::{to_dtype_contiguous, SoftmaxLastDimInPlace};
 use crate::kernels::step_heads::{QkNorm, StepHeads, WriteHeads, MAX_HEAD_DIM};
@@ -70,6 +72,11 @@ pub struct Attention {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    /// Products of many query rows without a mask (an encoder's window) on bf16 dot products
+    /// where the CPU has them ([`Attention::set_chunk_invariant`] on bf16 weights; the kernel
+    /// is x86-64's).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    bf16_products: bool,
 }
 
 /// The q, k and v projections, stacked ([`LinearStack`]) as the layer's inputs are used:
@@ -152,7 +159,21 @@ impl Attention {
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
             head_dim: cfg.head_dim,
+            bf16_products: false,
         })
+    }
+
+    /// Makes every product of the layer compute a row alike in a block of any size (an
+    /// encoder's: [`Linear::set_chunk_invariant`] for the projections), and a layer with bf16
+    /// weights also run its attention of many rows on bf16 dot products where the CPU has
+    /// them (`kernels::attention_bf16`: q, K, V and the probabilities rounded to bf16, as the
+    /// checkpoint's own bf16 runtime rounds them). Call it once the matrices have their final
+    /// format.
+    pub fn set_chunk_invariant(&mut self) {
+        for layer in self.step_projections_mut() {
+            layer.set_chunk_invariant();
+        }
+        self.bf16_products = self.o.weight_format() == WeightFormat::Bf16;
     }
 
     /// The layer with its four projections stored as `format` (e.g. int8 for a decoder whose
@@ -468,6 +489,21 @@ impl Attention {
         }
         let k = to_dtype_contiguous(k, q.dtype())?;
         let v = to_dtype_contiguous(v, q.dtype())?;
+        #[cfg(target_arch = "x86_64")]
+        if self.bf16_products
+            && mask.is_none()
+            && q.device().is_cpu()
+            && q.dtype() == DType::F32
+            && takes_many_rows_bf16(hd)
+        {
+            // An encoder's window: both products on bf16 dot products, row by row.
+            let out = q.apply_op3_no_bwd(&k, &v, &ManyRowsBf16Attention)?;
+            return out
+                .reshape((batch_kv, kv_heads, beams, rep * t * hd))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((batch, heads, t, hd));
+        }
         // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
         // scores never exist for all heads at once.
         let heads_per_chunk = (SCORES_PER_CHUNK / (rows * s).max(1)).clamp(1, kv_heads);
@@ -620,6 +656,35 @@ mod tests {
         } else {
             Attention::load(vb, cfg)
         }
+    }
+
+    /// A chunk-invariant layer of bf16 weights attends over an encoder's window (no mask) on
+    /// bf16 dot products where the CPU has them: within bf16's rounding of the same layer's
+    /// f32 attention and moved from it, GQA heads included; elsewhere, and for f32 weights,
+    /// the f32 attention.
+    #[test]
+    fn chunk_invariant_bf16_layers_attend_on_bf16_products() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = random(&[2, 40, 64], 7, &dev)?;
+        let mut bf16_layer = layer(64, 4, 2, &dev)?.to_format(WeightFormat::Bf16)?;
+        bf16_layer.set_chunk_invariant();
+        assert!(bf16_layer.bf16_products);
+        let got = bf16_layer.forward(&x, KvSource::Own, false, None)?;
+        let mut f32_attention = bf16_layer.clone();
+        f32_attention.bf16_products = false;
+        let want = f32_attention.forward(&x, KvSource::Own, false, None)?;
+        let range = want.abs()?.max_all()?.to_scalar::<f32>()?;
+        let moved = ((&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()? / range) as f64;
+        println!("bf16 attention against f32 attention: {moved:.3e} of the range");
+        if crate::kernels::small_m::native_bf16() {
+            assert!(moved > 1e-4 && moved < 2e-2, "{moved}");
+        } else {
+            assert_eq!(moved, 0.0);
+        }
+        let mut f32_layer = layer(64, 4, 2, &dev)?;
+        f32_layer.set_chunk_invariant();
+        assert!(!f32_layer.bf16_products);
+        Ok(())
     }
 
     /// Row i (position past + i) sees exactly the keys j ≤ past + i within the window.

@@ -204,12 +204,13 @@ impl Encoder {
 
     /// Every block matrix multiplies on the kernels of many rows at any size
     /// ([`Linear::set_chunk_invariant`]): bf16 matrices (Voxtral Mini 3B's tower, Whisper with
-    /// `--precision bf16`) then take bf16 dot products where the CPU has them. Call it once the
+    /// `--precision bf16`) then take bf16 dot products where the CPU has them, and so does the
+    /// window's attention of such blocks ([`Attention::set_chunk_invariant`]). Call it once the
     /// matrices have their final format.
     pub fn set_chunk_invariant(&mut self) {
         for block in &mut self.layers {
-            let attention = block.self_attn.step_projections_mut();
-            for layer in attention.into_iter().chain(block.mlp.linears_mut()) {
+            block.self_attn.set_chunk_invariant();
+            for layer in block.mlp.linears_mut() {
                 layer.set_chunk_invariant();
             }
         }

@@ -2,6 +2,8 @@
 //! dispatch and a portable fallback.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub mod attention_bf16;
 pub mod bandwidth;
 pub mod conv_gemm;
 pub mod convert;

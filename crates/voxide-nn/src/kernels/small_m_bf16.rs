@@ -76,7 +76,7 @@ impl Panels {
 /// # Safety
 /// The CPU has AVX512-BF16; `pairs` holds row.len().div_ceil(2) values.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn round_pairs(row: &[f32], pairs: &mut [u32]) {
+pub(crate) unsafe fn round_pairs(row: &[f32], pairs: &mut [u32]) {
     let mut j = 0;
     while j + 32 <= row.len() {
         // vcvtne2ps2bf16 puts its second operand's 16 values in the low half.

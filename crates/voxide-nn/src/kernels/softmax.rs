@@ -104,7 +104,7 @@ fn has_avx2_fma() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     /// e^x for x ≤ 0, 8 lanes: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial
@@ -132,6 +132,32 @@ mod x86 {
             _mm256_set1_epi32(127),
         )));
         _mm256_andnot_ps(tiny, _mm256_mul_ps(p, scale))
+    }
+
+    /// [`exp_neg`] in 16 lanes (AVX-512F): the same steps and constants.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn exp_neg_16(x: __m512) -> __m512 {
+        let kept = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-87.0));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm512_set1_ps(super::EXP_POLY[0]);
+        for &c in &super::EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let p = _mm512_fmadd_ps(
+            _mm512_mul_ps(p, r),
+            r,
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(n),
+            _mm512_set1_epi32(127),
+        )));
+        _mm512_maskz_mul_ps(kept, p, scale)
     }
 
     /// e^(x − max) for the `len` elements at `x`, written back when `write` (then `x` must be
@@ -184,6 +210,33 @@ mod tests {
             );
         }
         assert!(exp_non_positive(-200.0) < 1e-37);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sixteen_lane_exp_matches_f64() {
+        use std::arch::x86_64::*;
+        if !std::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let mut lanes = [0f32; 16];
+        for i in (0..=880_000).step_by(16) {
+            let x: [f32; 16] = std::array::from_fn(|l| -((i + l) as f32) * 1e-4);
+            // SAFETY: AVX-512F was detected; both arrays hold 16 values.
+            unsafe {
+                let e = x86::exp_neg_16(_mm512_loadu_ps(x.as_ptr()));
+                _mm512_storeu_ps(lanes.as_mut_ptr(), e);
+            }
+            for (x, got) in x.iter().zip(lanes) {
+                let want = (*x as f64).exp();
+                let tolerance = if *x < -87.0 { 1e-37 } else { 2.5e-7 * want };
+                assert!(
+                    (got as f64 - want).abs() <= tolerance,
+                    "e^{x} = {got}, want {want}"
+                );
+            }
+        }
     }
 
     fn want(row: &[f32]) -> Vec<f64> {
