@@ -72,8 +72,11 @@ pub struct Attention {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    /// Loaded from bf16 weights: the checkpoint's own runtime, or the precision asked for,
+    /// computes in bf16 (whatever format the matrices take afterwards, int8 included).
+    bf16_checkpoint: bool,
     /// Products of many query rows without a mask (an encoder's window) on bf16 dot products
-    /// where the CPU has them ([`Attention::set_chunk_invariant`] on bf16 weights; the kernel
+    /// where the CPU has them ([`Attention::set_chunk_invariant`] on a bf16 layer; the kernel
     /// is x86-64's).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     bf16_products: bool,
@@ -159,21 +162,22 @@ impl Attention {
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
             head_dim: cfg.head_dim,
+            bf16_checkpoint: vb.dtype() == DType::BF16,
             bf16_products: false,
         })
     }
 
     /// Makes every product of the layer compute a row alike in a block of any size (an
-    /// encoder's: [`Linear::set_chunk_invariant`] for the projections), and a layer with bf16
-    /// weights also run its attention of many rows on bf16 dot products where the CPU has
-    /// them (`kernels::attention_bf16`: q, K, V and the probabilities rounded to bf16, as the
-    /// checkpoint's own bf16 runtime rounds them). Call it once the matrices have their final
-    /// format.
+    /// encoder's: [`Linear::set_chunk_invariant`] for the projections), and a bf16 layer (loaded
+    /// from bf16 weights, or holding them) also run its attention of many rows on bf16 dot
+    /// products where the CPU has them (`kernels::attention_bf16`: q, K, V and the
+    /// probabilities rounded to bf16, as a bf16 runtime rounds them). Call it once the matrices
+    /// have their final format.
     pub fn set_chunk_invariant(&mut self) {
         for layer in self.step_projections_mut() {
             layer.set_chunk_invariant();
         }
-        self.bf16_products = self.o.weight_format() == WeightFormat::Bf16;
+        self.bf16_products = self.bf16_checkpoint || self.o.weight_format() == WeightFormat::Bf16;
     }
 
     /// The layer with its four projections stored as `format` (e.g. int8 for a decoder whose
@@ -603,12 +607,12 @@ mod tests {
     }
 
     fn layer(dim: usize, heads: usize, kv_heads: usize, dev: &Device) -> Result<Attention> {
-        layer_as(dim, heads, kv_heads, false, false, dev)
+        layer_as(dim, heads, kv_heads, false, false, DType::F32, dev)
     }
 
     /// A cross-attention layer of the same shapes.
     fn cross_layer(dim: usize, heads: usize, kv_heads: usize, dev: &Device) -> Result<Attention> {
-        layer_as(dim, heads, kv_heads, true, false, dev)
+        layer_as(dim, heads, kv_heads, true, false, DType::F32, dev)
     }
 
     fn layer_as(
@@ -617,6 +621,7 @@ mod tests {
         kv_heads: usize,
         cross: bool,
         qk_norm: bool,
+        dtype: DType,
         dev: &Device,
     ) -> Result<Attention> {
         let hd = dim / heads;
@@ -641,7 +646,7 @@ mod tests {
                 ts.insert(format!("{name}.weight"), w);
             }
         }
-        let vb = VarBuilder::from_tensors(ts, DType::F32, dev);
+        let vb = VarBuilder::from_tensors(ts, dtype, dev);
         let cfg = AttentionConfig {
             dim,
             n_heads: heads,
@@ -660,8 +665,8 @@ mod tests {
 
     /// A chunk-invariant layer of bf16 weights attends over an encoder's window (no mask) on
     /// bf16 dot products where the CPU has them: within bf16's rounding of the same layer's
-    /// f32 attention and moved from it, GQA heads included; elsewhere, and for f32 weights,
-    /// the f32 attention.
+    /// f32 attention and moved from it, GQA heads included; elsewhere the f32 attention. A
+    /// bf16 checkpoint's int8 layer takes them too, an f32 layer or f32 checkpoint's does not.
     #[test]
     fn chunk_invariant_bf16_layers_attend_on_bf16_products() -> Result<()> {
         let dev = Device::Cpu;
@@ -680,6 +685,13 @@ mod tests {
             assert!(moved > 1e-4 && moved < 2e-2, "{moved}");
         } else {
             assert_eq!(moved, 0.0);
+        }
+        // Int8 matrices of a bf16 checkpoint attend in bf16, of an f32 one in f32.
+        for (dtype, bf16) in [(DType::BF16, true), (DType::F32, false)] {
+            let mut int8 =
+                layer_as(64, 4, 2, false, false, dtype, &dev)?.to_format(WeightFormat::Int8)?;
+            int8.set_chunk_invariant();
+            assert_eq!(int8.bf16_products, bf16, "{dtype:?}");
         }
         let mut f32_layer = layer(64, 4, 2, &dev)?;
         f32_layer.set_chunk_invariant();
@@ -833,7 +845,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = random(&[1, 14, 32], 11, &dev)?;
         for qk_norm in [false, true] {
-            let attn = layer_as(32, 4, 2, false, qk_norm, &dev)?;
+            let attn = layer_as(32, 4, 2, false, qk_norm, DType::F32, &dev)?;
             let mut probe = KvCache::new(1, 2, 16, 8, DType::F32, &dev)?;
             let layouts = [
                 Some(RopeLayout::Interleaved),
