@@ -227,18 +227,19 @@ unsafe fn rows_of_head(heads: Heads, head: &PackedHead, queries: &[&[f32]], out:
         for (query, qp) in tile.iter().zip(q_pairs.chunks_exact_mut(pairs)) {
             round_pairs(query, qp);
         }
-        let q = q_pairs.as_ptr();
-        match tile.len() {
-            TILE_ROWS => score_rows::<TILE_ROWS>(heads, q, &head.keys, &mut scores),
-            n => (0..n).for_each(|r| {
-                score_rows::<1>(
-                    heads,
-                    q.add(r * pairs),
-                    &head.keys,
-                    &mut scores[r * scores_width..],
-                )
-            }),
-        }
+        // Scores: q's pairs against blocks of 16 keys; rows scores_width apart.
+        let (q_at, scores_at) = (q_pairs.as_ptr(), scores.as_mut_ptr());
+        let scores_of = |row: usize| PairProduct {
+            rows: q_at.add(row * pairs),
+            steps: pairs,
+            vectors: head.keys.as_ptr(),
+            vector_stride: pairs * LANES,
+            step_stride: LANES,
+            outputs: heads.key_blocks(),
+            out: scores_at.add(row * scores_width),
+            out_stride: scores_width,
+        };
+        each_row_of(tile.len(), scores_of);
         for (row, pp) in scores
             .chunks_exact_mut(scores_width)
             .zip(p_pairs.chunks_exact_mut(key_pairs))
@@ -246,13 +247,31 @@ unsafe fn rows_of_head(heads: Heads, head: &PackedHead, queries: &[&[f32]], out:
         {
             probabilities(&mut row[..s], pp);
         }
-        let p = p_pairs.as_ptr();
-        match tile.len() {
-            TILE_ROWS => value_rows::<TILE_ROWS>(heads, p, &head.values, out),
-            n => (0..n).for_each(|r| {
-                value_rows::<1>(heads, p.add(r * key_pairs), &head.values, &mut out[r * d..])
-            }),
-        }
+        // Outputs: P's pairs of keys against vectors of 16 dims; rows d apart.
+        let (p_at, out_at) = (p_pairs.as_ptr(), out.as_mut_ptr());
+        let outputs_of = |row: usize| PairProduct {
+            rows: p_at.add(row * key_pairs),
+            steps: key_pairs,
+            vectors: head.values.as_ptr(),
+            vector_stride: LANES,
+            step_stride: d,
+            outputs: d / LANES,
+            out: out_at.add(row * d),
+            out_stride: d,
+        };
+        each_row_of(tile.len(), outputs_of);
+    }
+}
+
+/// Runs `product(r)` (the product from row r of a tile of `rows`) for every row: a whole tile
+/// at once, a partial one row by row.
+///
+/// # Safety
+/// The CPU has AVX512-BF16; the products' pointers are valid for the tile's rows.
+unsafe fn each_row_of(rows: usize, product: impl Fn(usize) -> PairProduct) {
+    match rows {
+        TILE_ROWS => product(0).rows::<TILE_ROWS>(),
+        n => (0..n).for_each(|r| product(r).rows::<1>()),
     }
 }
 
@@ -300,126 +319,62 @@ fn lanes_of(n: usize) -> __mmask16 {
     ((1u32 << n.min(LANES)) - 1) as __mmask16
 }
 
-/// The scores of R query rows (bf16 pairs, `pairs` apart from `q`) against every key, into
-/// `scores` (rows key_blocks · 16 apart): tiles of [`TILE_VECS`] blocks of 16 keys, then
-/// single blocks.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn score_rows<const R: usize>(
-    heads: Heads,
-    q: *const u32,
-    keys: &[u32],
-    scores: &mut [f32],
-) {
-    let (pairs, blocks) = (heads.pairs(), heads.key_blocks());
-    let width = blocks * LANES;
-    let mut block = 0;
-    while block + TILE_VECS <= blocks {
-        score_tile::<R, TILE_VECS>(
-            q,
-            pairs,
-            keys.as_ptr().add(block * pairs * LANES),
-            scores.as_mut_ptr().add(block * LANES),
-            width,
-        );
-        block += TILE_VECS;
-    }
-    while block < blocks {
-        score_tile::<R, 1>(
-            q,
-            pairs,
-            keys.as_ptr().add(block * pairs * LANES),
-            scores.as_mut_ptr().add(block * LANES),
-            width,
-        );
-        block += 1;
-    }
-}
-
-/// R rows × N blocks of 16 keys: acc[r][n] += q[r] pair · the blocks' pair, over every pair.
-#[inline(always)]
-unsafe fn score_tile<const R: usize, const N: usize>(
-    q: *const u32,
-    pairs: usize,
-    keys: *const u32,
-    scores: *mut f32,
-    width: usize,
-) {
-    let mut acc = [[_mm512_setzero_ps(); N]; R];
-    for p in 0..pairs {
-        let k: [__m512bh; N] = std::array::from_fn(|n| {
-            bh(_mm512_loadu_si512(
-                keys.add((n * pairs + p) * LANES) as *const _
-            ))
-        });
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let qv = bh(_mm512_set1_epi32(*q.add(r * pairs + p) as i32));
-            for (a, k) in acc.iter_mut().zip(k) {
-                *a = _mm512_dpbf16_ps(*a, qv, k);
-            }
-        }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        for (n, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(scores.add(r * width + n * LANES), *a);
-        }
-    }
-}
-
-/// The outputs of R rows of probabilities (bf16 pairs of keys, key_pairs apart from `p`)
-/// against the values, into `out` (rows d apart): tiles of [`TILE_VECS`] vectors of dims, then
-/// single vectors.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn value_rows<const R: usize>(heads: Heads, p: *const u32, values: &[u32], out: &mut [f32]) {
-    let (d, key_pairs) = (heads.d, heads.key_pairs());
-    let mut c = 0;
-    while c + TILE_VECS * LANES <= d {
-        value_tile::<R, TILE_VECS>(
-            p,
-            key_pairs,
-            values.as_ptr().add(c),
-            d,
-            out.as_mut_ptr().add(c),
-        );
-        c += TILE_VECS * LANES;
-    }
-    while c < d {
-        value_tile::<R, 1>(
-            p,
-            key_pairs,
-            values.as_ptr().add(c),
-            d,
-            out.as_mut_ptr().add(c),
-        );
-        c += LANES;
-    }
-}
-
-/// R rows × N vectors of dims: acc[r][n] += p[r] pair · the values' pair, over every key pair.
-#[inline(always)]
-unsafe fn value_tile<const R: usize, const N: usize>(
-    p: *const u32,
-    key_pairs: usize,
-    values: *const u32,
-    d: usize,
+/// One of the two products as a tile sees it: rows of bf16 pairs (q's dims, P's keys), each
+/// pair broadcast against vectors of 16 pairs of the other operand (16 keys, 16 dims), summed
+/// over the rows' pairs into vectors of 16 f32 outputs.
+#[derive(Clone, Copy)]
+struct PairProduct {
+    /// Row r's i-th pair at `rows[r · steps + i]`.
+    rows: *const u32,
+    /// Pairs per row: the length of each sum.
+    steps: usize,
+    /// Output vector n's i-th pair vector at `vectors[n · vector_stride + i · step_stride]`.
+    vectors: *const u32,
+    vector_stride: usize,
+    step_stride: usize,
+    /// Output vectors per row.
+    outputs: usize,
+    /// Row r's output vector n at `out[r · out_stride + 16 n]`.
     out: *mut f32,
-) {
-    let mut acc = [[_mm512_setzero_ps(); N]; R];
-    for jp in 0..key_pairs {
-        let v: [__m512bh; N] = std::array::from_fn(|n| {
-            bh(_mm512_loadu_si512(
-                values.add(jp * d + n * LANES) as *const _
-            ))
-        });
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let pv = bh(_mm512_set1_epi32(*p.add(r * key_pairs + jp) as i32));
-            for (a, v) in acc.iter_mut().zip(v) {
-                *a = _mm512_dpbf16_ps(*a, pv, v);
-            }
+    out_stride: usize,
+}
+
+impl PairProduct {
+    /// Every output of R rows: tiles of [`TILE_VECS`] vectors, then single vectors.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn rows<const R: usize>(self) {
+        let mut n = 0;
+        while n + TILE_VECS <= self.outputs {
+            self.tile::<R, TILE_VECS>(n);
+            n += TILE_VECS;
+        }
+        while n < self.outputs {
+            self.tile::<R, 1>(n);
+            n += 1;
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        for (n, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(r * d + n * LANES), *a);
+
+    /// R rows × N output vectors from vector n0: R · N accumulators along the sums.
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const N: usize>(self, n0: usize) {
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        for i in 0..self.steps {
+            let b: [__m512bh; N] = std::array::from_fn(|n| {
+                let at = (n0 + n) * self.vector_stride + i * self.step_stride;
+                bh(_mm512_loadu_si512(self.vectors.add(at) as *const _))
+            });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = bh(_mm512_set1_epi32(*self.rows.add(r * self.steps + i) as i32));
+                for (sum, b) in acc.iter_mut().zip(b) {
+                    *sum = _mm512_dpbf16_ps(*sum, a, b);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (n, sum) in acc.iter().enumerate() {
+                let at = r * self.out_stride + (n0 + n) * LANES;
+                _mm512_storeu_ps(self.out.add(at), *sum);
+            }
         }
     }
 }

@@ -107,17 +107,24 @@ fn has_avx2_fma() -> bool {
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
+    /// ln 2 in two parts for the vector forms' range reduction (r = x − n·HI − n·LO).
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+
+    /// Below this the vector forms give 0 (e⁻⁸⁷ ≈ 1.6e-38).
+    const EXP_MIN: f32 = -87.0;
+
     /// e^x for x ≤ 0, 8 lanes: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial
     /// (relative error ~2e-7, as Cephes' expf), 2^n through the exponent bits; below −87 → 0.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp_neg(x: __m256) -> __m256 {
-        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.0));
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_MIN));
+        let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN));
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
         let mut p = _mm256_set1_ps(super::EXP_POLY[0]);
         for &c in &super::EXP_POLY[1..] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
@@ -137,13 +144,13 @@ pub(crate) mod x86 {
     /// [`exp_neg`] in 16 lanes (AVX-512F): the same steps and constants.
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn exp_neg_16(x: __m512) -> __m512 {
-        let kept = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-87.0));
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+        let kept = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(EXP_MIN));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
         let mut p = _mm512_set1_ps(super::EXP_POLY[0]);
         for &c in &super::EXP_POLY[1..] {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
