@@ -474,8 +474,9 @@ fn f16_and_int8_decoder_weights_stay_close_to_the_reference() {
 
 /// bf16 matrices (`--precision bf16`): the encoder's output drifts from the f32 reference by
 /// bf16's rounding (measured 3.8e-4 of its range); where the CPU has bf16 dot products its
-/// products multiply bf16(x), so it differs from an encoder of the same bf16 weights that keeps
-/// x whole (measured 2.2e-4), which it equals elsewhere.
+/// products multiply bf16(x) and its attention bf16 q, K, V and probabilities, so it differs
+/// from an encoder of the same bf16 weights that keeps x and the attention's operands whole
+/// (measured 2.2e-4), which it equals elsewhere.
 #[test]
 fn bf16_encoder_multiplies_on_bf16_dot_products() {
     let dir = fixtures().join("tiny-random");
