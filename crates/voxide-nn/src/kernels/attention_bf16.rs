@@ -5,8 +5,9 @@
 //! with f32 sums; the softmax runs in f32 on the scores and its probabilities are rounded to
 //! bf16 for P·V: the roundings of PyTorch's CPU flash attention on bf16 tensors (its q·Kᵀ and
 //! P·V GEMMs take bf16 operands and accumulate in f32), which is how the bf16 checkpoints'
-//! own runtime computes their encoders. Was (and is, for f32, f16 and int8 layers): candle's
-//! f32 GEMM for q·Kᵀ, the softmax, a second GEMM for P·V, in chunks of heads and rows.
+//! own runtime computes their encoders. Was (and is, for f16 and f32 layers, int8 ones of an
+//! f32 checkpoint, and masked windows): candle's f32 GEMM for q·Kᵀ, the softmax, a second GEMM
+//! for P·V, in chunks of heads and rows.
 //!
 //! Each query row is computed alone — its scores in one pass over the keys, its softmax, its
 //! output in one pass over the values, in an order that does not depend on the rows around
