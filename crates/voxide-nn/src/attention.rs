@@ -478,18 +478,20 @@ impl Attention {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch_kv, kv_heads, rows, hd))?;
+        // The folded rows back to (batch, heads, t, hd).
+        let unfold = |out: Tensor| {
+            out.reshape((batch_kv, kv_heads, beams, rep * t * hd))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((batch, heads, t, hd))
+        };
         if mask.is_none()
             && rows <= MAX_QUERY_ROWS
             && q.device().is_cpu()
             && q.dtype() == DType::F32
         {
             // Decoder steps: a matrix-vector walk per head, no GEMM set-up.
-            let out = q.apply_op3_no_bwd(k, v, &DecodeAttention)?;
-            return out
-                .reshape((batch_kv, kv_heads, beams, rep * t * hd))?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((batch, heads, t, hd));
+            return unfold(q.apply_op3_no_bwd(k, v, &DecodeAttention)?);
         }
         let k = to_dtype_contiguous(k, q.dtype())?;
         let v = to_dtype_contiguous(v, q.dtype())?;
@@ -501,12 +503,7 @@ impl Attention {
             && takes_many_rows_bf16(hd)
         {
             // An encoder's window: both products on bf16 dot products, row by row.
-            let out = q.apply_op3_no_bwd(&k, &v, &ManyRowsBf16Attention)?;
-            return out
-                .reshape((batch_kv, kv_heads, beams, rep * t * hd))?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((batch, heads, t, hd));
+            return unfold(q.apply_op3_no_bwd(&k, &v, &ManyRowsBf16Attention)?);
         }
         // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
         // scores never exist for all heads at once.
@@ -548,10 +545,7 @@ impl Attention {
         } else {
             Tensor::cat(&chunks, 1)?
         };
-        out.reshape((batch_kv, kv_heads, beams, rep * t * hd))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((batch, heads, t, hd))
+        unfold(out)
     }
 }
 
