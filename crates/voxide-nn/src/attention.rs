@@ -3,7 +3,8 @@
 
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::attention_bf16::{takes as takes_many_rows_bf16, ManyRowsBf16Attention};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::attention_many_rows::{takes as takes_many_rows, ManyRowsAttention, Products};
 use crate::kernels::machine::CycleBytes;
 use crate::kernels::ops::{to_dtype_contiguous, SoftmaxLastDimInPlace};
 use crate::kernels::step_heads::{QkNorm, StepHeads, WriteHeads, MAX_HEAD_DIM};
@@ -170,7 +171,7 @@ impl Attention {
     /// Makes every product of the layer compute a row alike in a block of any size (an
     /// encoder's: [`Linear::set_chunk_invariant`] for the projections), and a bf16 layer (loaded
     /// from bf16 weights, or holding them) also run its attention of many rows on bf16 dot
-    /// products where the CPU has them (`kernels::attention_bf16`: q, K, V and the
+    /// products where the CPU has them (`kernels::attention_many_rows`: q, K, V and the
     /// probabilities rounded to bf16, as a bf16 runtime rounds them). Call it once the matrices
     /// have their final format.
     pub fn set_chunk_invariant(&mut self) {
@@ -178,6 +179,18 @@ impl Attention {
             layer.set_chunk_invariant();
         }
         self.bf16_products = self.bf16_checkpoint || self.o.weight_format() == WeightFormat::Bf16;
+    }
+
+    /// The products an attention of many rows without a mask takes in the kernel of such
+    /// windows (`kernels::attention_many_rows`): bf16 dot products where the layer computes in
+    /// bf16 and the CPU has them, else f32 where the CPU has AVX-512; none (candle's f32 GEMMs)
+    /// elsewhere.
+    #[cfg(target_arch = "x86_64")]
+    fn many_rows_products(&self, head_dim: usize) -> Option<Products> {
+        let bf16 = self.bf16_products.then_some(Products::Bf16);
+        bf16.into_iter()
+            .chain([Products::F32])
+            .find(|&products| takes_many_rows(products, head_dim))
     }
 
     /// The layer with its four projections stored as `format` (e.g. int8 for a decoder whose
@@ -496,14 +509,11 @@ impl Attention {
         let k = to_dtype_contiguous(k, q.dtype())?;
         let v = to_dtype_contiguous(v, q.dtype())?;
         #[cfg(target_arch = "x86_64")]
-        if self.bf16_products
-            && mask.is_none()
-            && q.device().is_cpu()
-            && q.dtype() == DType::F32
-            && takes_many_rows_bf16(hd)
-        {
-            // An encoder's window: both products on bf16 dot products, row by row.
-            return unfold(q.apply_op3_no_bwd(&k, &v, &ManyRowsBf16Attention)?);
+        if mask.is_none() && q.device().is_cpu() && q.dtype() == DType::F32 {
+            if let Some(products) = self.many_rows_products(hd) {
+                // An encoder's window: both products in the kernel, row by row.
+                return unfold(q.apply_op3_no_bwd(&k, &v, &ManyRowsAttention(products))?);
+            }
         }
         // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
         // scores never exist for all heads at once.
@@ -690,6 +700,44 @@ mod tests {
         let mut f32_layer = layer(64, 4, 2, &dev)?;
         f32_layer.set_chunk_invariant();
         assert!(!f32_layer.bf16_products);
+        Ok(())
+    }
+
+    /// A window's attention (many rows, no mask) runs in the kernel the CPU takes — bf16 dot
+    /// products for a chunk-invariant bf16 layer where the CPU has them, else f32 where it has
+    /// AVX-512, else candle's GEMMs — and an f32 layer's equals the GEMM path's (an all-zero
+    /// mask) within f32's sums, GQA heads included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn windows_attend_in_the_kernel_the_cpu_takes() -> Result<()> {
+        use crate::kernels::small_m_bf16::runs as has_bf16;
+        let dev = Device::Cpu;
+        let avx512 = crate::kernels::simd::Isa::Avx512.is_available();
+        let f32_layer = layer(64, 4, 2, &dev)?;
+        let f32_kernel = avx512.then_some(Products::F32);
+        assert_eq!(f32_layer.many_rows_products(16), f32_kernel);
+        let mut bf16_layer = layer(64, 4, 2, &dev)?.to_format(WeightFormat::Bf16)?;
+        assert_eq!(bf16_layer.many_rows_products(16), f32_kernel);
+        bf16_layer.set_chunk_invariant();
+        let bf16_kernel = if has_bf16() {
+            Some(Products::Bf16)
+        } else {
+            f32_kernel
+        };
+        assert_eq!(bf16_layer.many_rows_products(16), bf16_kernel);
+        // Heads that are not whole vectors of 16 keep the GEMMs.
+        assert_eq!(f32_layer.many_rows_products(24), None);
+        let (t, s) = (40, 30);
+        let q = random(&[1, 4, t, 16], 1, &dev)?;
+        let (k, v) = (
+            random(&[1, 2, s, 16], 2, &dev)?,
+            random(&[1, 2, s, 16], 3, &dev)?,
+        );
+        let window = f32_layer.attend(&q, &k, &v, None)?;
+        let gemms =
+            f32_layer.attend(&q, &k, &v, Some(&Tensor::zeros((t, s), DType::F32, &dev)?))?;
+        let diff = (window - gemms)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
-pub mod attention_bf16;
+pub mod attention_many_rows;
 pub mod bandwidth;
 pub mod conv_gemm;
 pub mod convert;

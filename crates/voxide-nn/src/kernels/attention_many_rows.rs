@@ -1,0 +1,709 @@
+//! Attention of many query rows without a mask (an encoder's window: 1500 × 1500 per head) on
+//! AVX-512, in one of two kinds of [`Products`]: f32 FMAs on any AVX-512 CPU, or bf16 dot
+//! products where the CPU has AVX512-BF16 (AMD Zen 4 and 5, Intel from Cooper Lake).
+//!
+//! In bf16, q, K and V are rounded to bf16 (to nearest even) and both products run on
+//! `vdpbf16ps` with f32 sums; the softmax runs in f32 on the scores and its probabilities are
+//! rounded to bf16 for P·V: the roundings of PyTorch's CPU flash attention on bf16 tensors
+//! (its q·Kᵀ and P·V GEMMs take bf16 operands and accumulate in f32), which is how the bf16
+//! checkpoints' own runtime computes their encoders. In f32 nothing is rounded. Was (and is,
+//! for masked windows, and without AVX-512): candle's f32 GEMM for q·Kᵀ, the softmax, a second
+//! GEMM for P·V, in chunks of heads and rows (~125 GFLOP/s on these shapes, AMD Zen 4).
+//!
+//! Each query row is computed alone — its scores in one pass over the keys, its softmax, its
+//! output in one pass over the values, in an order that does not depend on the rows around
+//! it — so a row's result is the same whatever block of rows it comes in (chunk-invariant,
+//! as the encoders' products, [`crate::Linear::set_chunk_invariant`]).
+//!
+//! Layout: both products broadcast one 32-bit lane of the row (q's dims, P's keys) against a
+//! vector of 16 lanes of the other operand, giving 16 outputs (keys, dims). A lane holds one
+//! f32 value, or one bf16 pair: the pair (k[2p], k[2p + 1]) of one key along the head, and
+//! (v[2j][d], v[2j + 1][d]) of two keys for P·V. Per (batch, head) the keys are packed in
+//! blocks of 16, `[block][lane][key]`, and the values `[lane of keys][dim]`. A register tile is
+//! [`TILE_ROWS`] rows × [`TILE_VECS`] vectors: 24 accumulators.
+
+use super::simd::Isa;
+use super::small_m_bf16::{round_pairs, runs as runs_bf16};
+use super::softmax::x86::exp_neg_16;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+
+/// f32 lanes per vector.
+const LANES: usize = 16;
+
+/// Query rows per register tile.
+const TILE_ROWS: usize = 6;
+
+/// Vectors of 16 outputs (keys in the score pass, dims in the value pass) per register tile.
+const TILE_VECS: usize = 4;
+
+/// Query rows per parallel task: 8 tiles (a 1500-row window: 32 tasks per head).
+const TASK_ROWS: usize = 8 * TILE_ROWS;
+
+/// Most bytes of packed keys and values at once (at least one head's): an encoder window's
+/// heads are attended a few at a time, as the GEMM path bounds its scores.
+const PACKED_BYTES: usize = 4 << 20;
+
+/// Widest head the kernel takes.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// What the two products multiply: f32 values, or bf16 pairs with f32 sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Products {
+    F32,
+    Bf16,
+}
+
+/// Whether the kernel takes heads of `head_dim` in `products`: the CPU has AVX-512 (and
+/// AVX512-BF16 for bf16) and the head is whole vectors of 16 wide, at most [`MAX_HEAD_DIM`].
+pub fn takes(products: Products, head_dim: usize) -> bool {
+    head_dim > 0
+        && head_dim.is_multiple_of(LANES)
+        && head_dim <= MAX_HEAD_DIM
+        && match products {
+            Products::F32 => Isa::Avx512.is_available(),
+            Products::Bf16 => runs_bf16(),
+        }
+}
+
+/// candle op: q (b, h, rows, d), k, v (b, h, s, d), all f32 with unit stride along d, q
+/// pre-scaled → softmax(q·Kᵀ)·V (b, h, rows, d) f32 in the given products. The caller checked
+/// that the kernel [`takes`] d in them.
+pub struct ManyRowsAttention(pub Products);
+
+impl CustomOp3 for ManyRowsAttention {
+    fn name(&self) -> &'static str {
+        "many-rows-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h, rows, d) = ql.shape().dims4()?;
+        let (kb, kh, s, kd) = kl.shape().dims4()?;
+        if (kb, kh, kd) != (b, h, d) || vl.shape() != kl.shape() || !takes(self.0, d) {
+            candle_core::bail!(
+                "many-rows-attention ({:?}): q {:?}, k {:?}, v {:?}",
+                self.0,
+                ql.shape(),
+                kl.shape(),
+                vl.shape()
+            );
+        }
+        if [ql, kl, vl].iter().any(|l| l.stride()[3] != 1) {
+            candle_core::bail!("many-rows-attention needs unit stride along the head");
+        }
+        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (qs, ks, vs) else {
+            candle_core::bail!("many-rows-attention takes f32 queries, keys and values");
+        };
+        let heads = Heads { b, h, rows, d, s };
+        let (q, k, v) = ((q.as_slice(), ql), (k.as_slice(), kl), (v.as_slice(), vl));
+        let out = match self.0 {
+            Products::F32 => attend::<F32>(heads, q, k, v),
+            Products::Bf16 => attend::<Bf16>(heads, q, k, v),
+        };
+        Ok((CpuStorage::F32(out), Shape::from((b, h, rows, d))))
+    }
+}
+
+/// What the kernel does differently per kind of [`Products`]; the rest is generic over it.
+trait Operands {
+    /// Values per 32-bit lane along a sum (q's dims, P's keys): 1 or 2.
+    const PER_LANE: usize;
+
+    /// `row` (a multiple of 16 values) into `row.len() / PER_LANE` lanes.
+    ///
+    /// # Safety
+    /// The kernel [`takes`] these products.
+    unsafe fn pack(row: &[f32], lanes: &mut [u32]);
+
+    /// The value rows of one lane's keys into d lanes, one per dim: `first`, and for bf16
+    /// pairs `second` (absent past the last key: zero).
+    ///
+    /// # Safety
+    /// As [`Operands::pack`]; the rows and `lanes` hold the same multiple of 16 values.
+    unsafe fn pack_values(first: &[f32], second: Option<&[f32]>, lanes: &mut [u32]);
+
+    /// `x[j] · inv` for j < len (zero past it) into the lanes (`PER_LANE` values each).
+    ///
+    /// # Safety
+    /// As [`Operands::pack`]; x holds len values, `lanes` len / PER_LANE rounded up.
+    unsafe fn pack_probabilities(x: *const f32, len: usize, inv: __m512, lanes: &mut [u32]);
+
+    /// acc + the lane `a` (broadcast) times the 16 lanes of b, per output lane.
+    ///
+    /// # Safety
+    /// As [`Operands::pack`].
+    unsafe fn product(acc: __m512, a: u32, b: __m512i) -> __m512;
+
+    /// [`rows_of_head`] compiled for these products' instructions.
+    ///
+    /// # Safety
+    /// As [`rows_of_head`].
+    unsafe fn rows_of_head(
+        heads: Heads,
+        head: &PackedHead<'_>,
+        queries: &[&[f32]],
+        out: &mut [f32],
+    );
+}
+
+/// f32 lanes and FMAs.
+struct F32;
+
+impl Operands for F32 {
+    const PER_LANE: usize = 1;
+
+    unsafe fn pack(row: &[f32], lanes: &mut [u32]) {
+        for (lane, x) in lanes.iter_mut().zip(row) {
+            *lane = x.to_bits();
+        }
+    }
+
+    unsafe fn pack_values(first: &[f32], _: Option<&[f32]>, lanes: &mut [u32]) {
+        Self::pack(first, lanes)
+    }
+
+    #[inline(always)]
+    unsafe fn pack_probabilities(x: *const f32, len: usize, inv: __m512, lanes: &mut [u32]) {
+        for j in (0..len).step_by(LANES) {
+            let p = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes_of(len - j), x.add(j)), inv);
+            _mm512_mask_storeu_ps(lanes.as_mut_ptr().add(j) as *mut f32, lanes_of(len - j), p);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn product(acc: __m512, a: u32, b: __m512i) -> __m512 {
+        _mm512_fmadd_ps(
+            _mm512_set1_ps(f32::from_bits(a)),
+            _mm512_castsi512_ps(b),
+            acc,
+        )
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_of_head(
+        heads: Heads,
+        head: &PackedHead<'_>,
+        queries: &[&[f32]],
+        out: &mut [f32],
+    ) {
+        rows_of_head::<Self>(heads, head, queries, out)
+    }
+}
+
+/// bf16 pairs and `vdpbf16ps`.
+struct Bf16;
+
+impl Operands for Bf16 {
+    const PER_LANE: usize = 2;
+
+    unsafe fn pack(row: &[f32], lanes: &mut [u32]) {
+        round_pairs(row, lanes)
+    }
+
+    unsafe fn pack_values(first: &[f32], second: Option<&[f32]>, lanes: &mut [u32]) {
+        interleave_rows(first, second, lanes)
+    }
+
+    #[inline(always)]
+    unsafe fn pack_probabilities(x: *const f32, len: usize, inv: __m512, lanes: &mut [u32]) {
+        for (jp, pair) in lanes.chunks_mut(LANES).enumerate() {
+            let j = 2 * jp * LANES;
+            let half = |j: usize| {
+                if j < len {
+                    _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes_of(len - j), x.add(j)), inv)
+                } else {
+                    _mm512_setzero_ps()
+                }
+            };
+            let packed = _mm512_cvtne2ps_pbh(half(j + LANES), half(j));
+            let packed = std::mem::transmute::<__m512bh, __m512i>(packed);
+            _mm512_mask_storeu_epi32(pair.as_mut_ptr() as *mut _, lanes_of(pair.len()), packed);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn product(acc: __m512, a: u32, b: __m512i) -> __m512 {
+        _mm512_dpbf16_ps(acc, bh(_mm512_set1_epi32(a as i32)), bh(b))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn rows_of_head(
+        heads: Heads,
+        head: &PackedHead<'_>,
+        queries: &[&[f32]],
+        out: &mut [f32],
+    ) {
+        rows_of_head::<Self>(heads, head, queries, out)
+    }
+}
+
+/// The shapes of one call.
+#[derive(Clone, Copy)]
+struct Heads {
+    b: usize,
+    h: usize,
+    rows: usize,
+    d: usize,
+    s: usize,
+}
+
+impl Heads {
+    /// Blocks of 16 keys.
+    fn key_blocks(&self) -> usize {
+        self.s.div_ceil(LANES)
+    }
+}
+
+/// Row j of head `bh` (b · h + head) of a 4-D layout: its first element.
+fn row_at(l: &Layout, heads: Heads, bh: usize, j: usize) -> usize {
+    let st = l.stride();
+    l.start_offset() + (bh / heads.h) * st[0] + (bh % heads.h) * st[1] + j * st[2]
+}
+
+/// One head's keys and values in the kernel's layouts (see the module notes), in lanes of
+/// the operands of a kind of products.
+struct PackedHead<'a> {
+    keys: &'a [u32],
+    values: &'a [u32],
+}
+
+impl<'a> PackedHead<'a> {
+    /// Lanes of one head's keys and values in U's operands.
+    fn lanes<U: Operands>(heads: Heads) -> (usize, usize) {
+        let (d, s) = (heads.d, heads.s);
+        (
+            heads.key_blocks() * LANES * d / U::PER_LANE,
+            s.div_ceil(U::PER_LANE) * d,
+        )
+    }
+
+    /// Packs head `bh` (b · h + head) into `lanes` (of [`PackedHead::lanes`]: keys, then
+    /// values; the keys' lanes past the last key left as they are).
+    ///
+    /// # Safety
+    /// The kernel [`takes`] U's products.
+    unsafe fn pack<U: Operands>(
+        heads: Heads,
+        bh: usize,
+        (k, kl): (&[f32], &Layout),
+        (v, vl): (&[f32], &Layout),
+        lanes: &'a mut [u32],
+    ) -> Self {
+        let (d, s) = (heads.d, heads.s);
+        let per_row = d / U::PER_LANE;
+        let (keys, values) = lanes.split_at_mut(Self::lanes::<U>(heads).0);
+        let mut row = vec![0u32; per_row];
+        for j in 0..s {
+            let at = row_at(kl, heads, bh, j);
+            U::pack(&k[at..at + d], &mut row);
+            let block = &mut keys[(j / LANES) * per_row * LANES..];
+            for (i, &lane) in row.iter().enumerate() {
+                block[i * LANES + j % LANES] = lane;
+            }
+        }
+        let value = |j: usize| &v[row_at(vl, heads, bh, j)..][..d];
+        for (jl, out) in values.chunks_exact_mut(d).enumerate() {
+            // A pair's second key is missing past the last key.
+            let j = jl * U::PER_LANE;
+            let second = (U::PER_LANE == 2 && j + 1 < s).then(|| value(j + 1));
+            U::pack_values(value(j), second, out);
+        }
+        Self { keys, values }
+    }
+}
+
+/// `out[c]` = bf16(a[c]) | bf16(b[c]) << 16 (b absent: 0), rounded to nearest even.
+///
+/// # Safety
+/// The CPU has AVX512-BF16; a, b and out hold the same multiple of 16 values.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn interleave_rows(a: &[f32], b: Option<&[f32]>, out: &mut [u32]) {
+    let half = |row: &[f32], c: usize| {
+        let h: __m256bh = _mm512_cvtneps_pbh(_mm512_loadu_ps(row.as_ptr().add(c)));
+        _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h))
+    };
+    for c in (0..out.len()).step_by(LANES) {
+        let lo = half(a, c);
+        let pair = match b {
+            Some(b) => _mm512_or_si512(lo, _mm512_slli_epi32::<16>(half(b, c))),
+            None => lo,
+        };
+        _mm512_storeu_si512(out.as_mut_ptr().add(c) as *mut _, pair);
+    }
+}
+
+/// softmax(q·Kᵀ)·V for every head in U's products, in tasks of [`TASK_ROWS`] query rows, a
+/// group of heads at a time (their packed keys and values within [`PACKED_BYTES`]).
+fn attend<U: Operands>(
+    heads: Heads,
+    (q, ql): (&[f32], &Layout),
+    k: (&[f32], &Layout),
+    v: (&[f32], &Layout),
+) -> Vec<f32> {
+    let Heads { b, h, rows, d, s } = heads;
+    let mut out = vec![0f32; b * h * rows * d];
+    if out.is_empty() {
+        return out;
+    }
+    // One buffer for a group's packed heads, reused group after group (fresh buffers per
+    // head, taken from every worker's malloc arena, raised the peak RSS).
+    let (key_lanes, value_lanes) = PackedHead::lanes::<U>(heads);
+    let per_head = key_lanes + value_lanes;
+    let group = (PACKED_BYTES / (4 * per_head)).clamp(1, b * h);
+    let mut lanes = vec![0u32; group * per_head];
+    for (g, out) in out.chunks_mut(group * rows * d).enumerate() {
+        let first = g * group;
+        let packed: Vec<PackedHead> = lanes
+            .par_chunks_mut(per_head)
+            .zip(first..first + out.len() / (rows * d))
+            // SAFETY: the caller checked that the kernel takes U's products.
+            .map(|(lanes, bh)| unsafe { PackedHead::pack::<U>(heads, bh, k, v, lanes) })
+            .collect();
+        out.par_chunks_mut(rows * d)
+            .zip(&packed)
+            .enumerate()
+            .flat_map(|(i, (head, packed))| {
+                head.par_chunks_mut(TASK_ROWS * d)
+                    .enumerate()
+                    .map(move |(t, o)| (first + i, packed, t * TASK_ROWS, o))
+            })
+            .for_each(|(bh, packed, r0, out)| {
+                let queries: Vec<&[f32]> = (r0..r0 + out.len() / d)
+                    .map(|r| &q[row_at(ql, heads, bh, r)..][..d])
+                    .collect();
+                // SAFETY: as above; `out` holds the task's rows.
+                unsafe { U::rows_of_head(heads, packed, &queries, out) };
+            });
+    }
+    out
+}
+
+/// The output rows (d apart in `out`) of `queries` against one packed head, a tile of rows
+/// at a time.
+///
+/// # Safety
+/// The kernel takes U's products, and the caller was compiled for their instructions;
+/// `out` holds queries.len() · d values.
+#[inline(always)]
+unsafe fn rows_of_head<U: Operands>(
+    heads: Heads,
+    head: &PackedHead<'_>,
+    queries: &[&[f32]],
+    out: &mut [f32],
+) {
+    let (d, s) = (heads.d, heads.s);
+    let (per_row, scores_width) = (d / U::PER_LANE, heads.key_blocks() * LANES);
+    let key_lanes = s.div_ceil(U::PER_LANE);
+    let mut q_lanes = vec![0u32; TILE_ROWS * per_row];
+    let mut scores = vec![0f32; TILE_ROWS * scores_width];
+    let mut p_lanes = vec![0u32; TILE_ROWS * key_lanes];
+    for (tile, out) in queries.chunks(TILE_ROWS).zip(out.chunks_mut(TILE_ROWS * d)) {
+        for (query, ql) in tile.iter().zip(q_lanes.chunks_exact_mut(per_row)) {
+            U::pack(query, ql);
+        }
+        // Scores: q's lanes against blocks of 16 keys; rows scores_width apart.
+        let (q_at, scores_at) = (q_lanes.as_ptr(), scores.as_mut_ptr());
+        let scores_of = |row: usize| LaneProduct {
+            rows: q_at.add(row * per_row),
+            steps: per_row,
+            vectors: head.keys.as_ptr(),
+            vector_stride: per_row * LANES,
+            step_stride: LANES,
+            outputs: heads.key_blocks(),
+            out: scores_at.add(row * scores_width),
+            out_stride: scores_width,
+        };
+        each_row_of::<U>(tile.len(), scores_of);
+        for (row, pl) in scores
+            .chunks_exact_mut(scores_width)
+            .zip(p_lanes.chunks_exact_mut(key_lanes))
+            .take(tile.len())
+        {
+            probabilities::<U>(&mut row[..s], pl);
+        }
+        // Outputs: P's lanes of keys against vectors of 16 dims; rows d apart.
+        let (p_at, out_at) = (p_lanes.as_ptr(), out.as_mut_ptr());
+        let outputs_of = |row: usize| LaneProduct {
+            rows: p_at.add(row * key_lanes),
+            steps: key_lanes,
+            vectors: head.values.as_ptr(),
+            vector_stride: LANES,
+            step_stride: d,
+            outputs: d / LANES,
+            out: out_at.add(row * d),
+            out_stride: d,
+        };
+        each_row_of::<U>(tile.len(), outputs_of);
+    }
+}
+
+/// Runs `product(r)` (the product from row r of a tile of `rows`) for every row: a whole tile
+/// at once, a partial one row by row.
+///
+/// # Safety
+/// As [`rows_of_head`]; the products' pointers are valid for the tile's rows.
+#[inline(always)]
+unsafe fn each_row_of<U: Operands>(rows: usize, product: impl Fn(usize) -> LaneProduct) {
+    match rows {
+        TILE_ROWS => product(0).rows::<U, TILE_ROWS>(),
+        n => (0..n).for_each(|r| product(r).rows::<U, 1>()),
+    }
+}
+
+/// softmax(row) into U's lanes (zero past the row's end), in f32 (the sum of the
+/// exponentials too: bf16 probabilities keep 8 bits); `row` is left holding e^(x − max). A
+/// NaN score makes the row's probabilities NaN.
+///
+/// # Safety
+/// As [`rows_of_head`].
+#[inline(always)]
+unsafe fn probabilities<U: Operands>(row: &mut [f32], lanes: &mut [u32]) {
+    let len = row.len();
+    let x = row.as_mut_ptr();
+    // Lanes of the vector at j that lie in the row.
+    let lanes_at = |j: usize| lanes_of(len - j);
+    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+    for j in (0..len).step_by(LANES) {
+        let v = _mm512_mask_loadu_ps(max, lanes_at(j), x.add(j));
+        max = _mm512_max_ps(max, v);
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mut sum = _mm512_setzero_ps();
+    for j in (0..len).step_by(LANES) {
+        let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes_at(j), x.add(j)), max);
+        let e = exp_neg_16(d);
+        let e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(d, d), d);
+        _mm512_mask_storeu_ps(x.add(j), lanes_at(j), e);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(lanes_at(j), e));
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+    U::pack_probabilities(x, len, inv, lanes);
+}
+
+/// A mask of the first `n` (≤ 16) lanes.
+fn lanes_of(n: usize) -> __mmask16 {
+    ((1u32 << n.min(LANES)) - 1) as __mmask16
+}
+
+/// One of the two products as a tile sees it: rows of lanes (q's dims, P's keys), each lane
+/// broadcast against vectors of 16 lanes of the other operand (16 keys, 16 dims), summed over
+/// the rows' lanes into vectors of 16 f32 outputs.
+#[derive(Clone, Copy)]
+struct LaneProduct {
+    /// Row r's i-th lane at `rows[r · steps + i]`.
+    rows: *const u32,
+    /// Lanes per row: the length of each sum.
+    steps: usize,
+    /// Output vector n's i-th vector of lanes at `vectors[n · vector_stride + i · step_stride]`.
+    vectors: *const u32,
+    vector_stride: usize,
+    step_stride: usize,
+    /// Output vectors per row.
+    outputs: usize,
+    /// Row r's output vector n at `out[r · out_stride + 16 n]`.
+    out: *mut f32,
+    out_stride: usize,
+}
+
+impl LaneProduct {
+    /// Every output of R rows: tiles of [`TILE_VECS`] vectors, then single vectors.
+    #[inline(always)]
+    unsafe fn rows<U: Operands, const R: usize>(self) {
+        let mut n = 0;
+        while n + TILE_VECS <= self.outputs {
+            self.tile::<U, R, TILE_VECS>(n);
+            n += TILE_VECS;
+        }
+        while n < self.outputs {
+            self.tile::<U, R, 1>(n);
+            n += 1;
+        }
+    }
+
+    /// R rows × N output vectors from vector n0: R · N accumulators along the sums.
+    #[inline(always)]
+    unsafe fn tile<U: Operands, const R: usize, const N: usize>(self, n0: usize) {
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        for i in 0..self.steps {
+            let b: [__m512i; N] = std::array::from_fn(|n| {
+                let at = (n0 + n) * self.vector_stride + i * self.step_stride;
+                _mm512_loadu_si512(self.vectors.add(at) as *const _)
+            });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = *self.rows.add(r * self.steps + i);
+                for (sum, b) in acc.iter_mut().zip(b) {
+                    *sum = U::product(*sum, a, b);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (n, sum) in acc.iter().enumerate() {
+                let at = r * self.out_stride + (n0 + n) * LANES;
+                _mm512_storeu_ps(self.out.add(at), *sum);
+            }
+        }
+    }
+}
+
+/// A vector of 32 bf16 values as the dot-product instruction takes it.
+#[inline(always)]
+fn bh(v: __m512i) -> __m512bh {
+    // SAFETY: both are 512 bits of plain data.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemv::tests::data;
+    use candle_core::{Device, Tensor};
+    use half::bf16;
+
+    /// The products the kernel takes on this CPU (none without AVX-512).
+    fn products_here() -> Vec<Products> {
+        [Products::F32, Products::Bf16]
+            .into_iter()
+            .filter(|&p| takes(p, 64))
+            .collect()
+    }
+
+    /// x as the products see it: rounded to bf16 (to nearest even, as the kernel rounds) or
+    /// whole.
+    fn operand(products: Products, x: f32) -> f64 {
+        match products {
+            Products::F32 => x as f64,
+            Products::Bf16 => bf16::from_f32(x).to_f64(),
+        }
+    }
+
+    /// softmax(q·Kᵀ)·V in f64 for one head on the products' operands (the probabilities
+    /// not rounded).
+    fn reference(products: Products, q: &[f32], k: &[&[f32]], v: &[&[f32]]) -> Vec<f64> {
+        let x = |x: &f32| operand(products, *x);
+        let scores: Vec<f64> = k
+            .iter()
+            .map(|k| q.iter().zip(*k).map(|(a, b)| x(a) * x(b)).sum())
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        (0..q.len())
+            .map(|c| e.iter().zip(v).map(|(p, v)| p / sum * x(&v[c])).sum())
+            .collect()
+    }
+
+    /// (b, h, n, d) f32 of seeded values, as a view into a longer buffer (row stride ≠ d where
+    /// `wide`, start offset ≠ 0).
+    fn tensor(b: usize, h: usize, n: usize, d: usize, seed: u32, wide: bool) -> Result<Tensor> {
+        let cols = if wide { d + 16 } else { d };
+        let t = Tensor::from_vec(
+            data(b * h * n * cols + 5, seed),
+            b * h * n * cols + 5,
+            &Device::Cpu,
+        )?;
+        t.narrow(0, 5, b * h * n * cols)?
+            .reshape((b, h, n, cols))?
+            .narrow(3, 0, d)
+    }
+
+    /// The rows of head `bh` (b · h + head).
+    fn rows_of(t: &Tensor, bh: usize) -> Result<Vec<Vec<f32>>> {
+        let (_, h, _, _) = t.dims4()?;
+        t.get(bh / h)?.get(bh % h)?.to_vec2()
+    }
+
+    /// Head widths of one, several and a partial tile of vectors, key counts of partial
+    /// blocks and an odd count (a padded key pair in bf16), row counts of partial tiles and
+    /// tasks, the widest heads (f32 with 1500 keys: one head per group of packed heads), in
+    /// both products: within 2⁻¹⁸ (f32: its sums and exponential) or 2⁻⁸ (bf16:
+    /// the rounded probabilities) of the largest |v| of the reference.
+    #[test]
+    fn matches_the_reference_in_every_shape() -> Result<()> {
+        if products_here().is_empty() {
+            eprintln!("skipped: no AVX-512 on this CPU");
+        }
+        for products in products_here() {
+            let tolerance = match products {
+                Products::F32 => 2f64.powi(-18),
+                Products::Bf16 => 2f64.powi(-8),
+            };
+            for d in [16, 64, 80, 128, MAX_HEAD_DIM] {
+                for (rows, s) in [(1, 1), (5, 3), (6, 17), (13, 64), (50, 131), (7, 1500)] {
+                    let q = (tensor(1, 2, rows, d, 1, true)? * 0.3)?;
+                    let (k, v) = (tensor(1, 2, s, d, 2, false)?, tensor(1, 2, s, d, 3, true)?);
+                    let out = q.apply_op3_no_bwd(&k, &v, &ManyRowsAttention(products))?;
+                    for bh in 0..2 {
+                        let (qs, ks, vs, os) = (
+                            rows_of(&q, bh)?,
+                            rows_of(&k, bh)?,
+                            rows_of(&v, bh)?,
+                            rows_of(&out, bh)?,
+                        );
+                        let (ks, vs): (Vec<&[f32]>, Vec<&[f32]>) = (
+                            ks.iter().map(Vec::as_slice).collect(),
+                            vs.iter().map(Vec::as_slice).collect(),
+                        );
+                        let bound = tolerance
+                            * vs.iter()
+                                .flat_map(|v| v.iter())
+                                .fold(0f64, |m, x| m.max(x.abs() as f64))
+                            + 1e-7;
+                        for (r, (q, o)) in qs.iter().zip(&os).enumerate() {
+                            let want = reference(products, q, &ks, &vs);
+                            for (c, (got, want)) in o.iter().zip(want).enumerate() {
+                                assert!(
+                                    (*got as f64 - want).abs() <= bound,
+                                    "{products:?} d {d} rows {rows} s {s} head {bh} row {r} \
+                                     [{c}]: {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A row's output is the same bits whatever block of rows it comes in, in both products.
+    #[test]
+    fn every_row_comes_out_alike_in_any_block() -> Result<()> {
+        if products_here().is_empty() {
+            eprintln!("skipped: no AVX-512 on this CPU");
+        }
+        let (rows, s, d) = (61, 150, 64);
+        let q = tensor(1, 3, rows, d, 4, false)?;
+        let (k, v) = (tensor(1, 3, s, d, 5, false)?, tensor(1, 3, s, d, 6, false)?);
+        for products in products_here() {
+            let op = ManyRowsAttention(products);
+            let whole = q
+                .apply_op3_no_bwd(&k, &v, &op)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            for block in [1, 2, 5, 7, 13, 48] {
+                let mut parts = Vec::new();
+                for r0 in (0..rows).step_by(block) {
+                    let part = q.narrow(2, r0, block.min(rows - r0))?;
+                    parts.push(part.apply_op3_no_bwd(&k, &v, &op)?);
+                }
+                let blocks = Tensor::cat(&parts, 2)?.flatten_all()?.to_vec1::<f32>()?;
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&blocks),
+                    bits(&whole),
+                    "{products:?}, blocks of {block}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
