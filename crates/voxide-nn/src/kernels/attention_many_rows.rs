@@ -349,7 +349,7 @@ fn attend<U: Operands>(
     k: (&[f32], &Layout),
     v: (&[f32], &Layout),
 ) -> Vec<f32> {
-    let Heads { b, h, rows, d, s } = heads;
+    let Heads { b, h, rows, d, .. } = heads;
     let mut out = vec![0f32; b * h * rows * d];
     if out.is_empty() {
         return out;
