@@ -312,10 +312,10 @@ fn bench_voxtral_prefill() -> candle_core::Result<()> {
 
 /// An encoder window's attention (Whisper large-v3 / Voxtral Mini 3B: 20 heads, 1500
 /// positions, head dim 64) for one layer: the f32 path (q·Kᵀ and P·V on candle's GEMM, in
-/// chunks of 1 M scores as `Attention` runs them) against the kernel of many rows in the
-/// products the CPU takes (f32 with AVX-512, bf16 with AVX512-BF16).
+/// chunks of 1 M scores as `Attention` runs them) against every form of the kernel of many
+/// rows the CPU runs (f32 with AVX-512 or AVX2, bf16 with AVX512-BF16).
 fn bench_attention_shapes() -> candle_core::Result<()> {
-    use voxide_nn::kernels::attention_many_rows::{takes, ManyRowsAttention, Products};
+    use voxide_nn::kernels::attention_many_rows::{ManyRowsAttention, Products};
     let (heads, s, d) = (20, 1500, 64);
     let dev = Device::Cpu;
     let filled = |seed: usize, scale: f32| -> candle_core::Result<Tensor> {
@@ -344,15 +344,17 @@ fn bench_attention_shapes() -> candle_core::Result<()> {
             }
         }
     });
-    report_flops("attention, one encoder layer: f32 GEMMs", flops, f32_path);
+    report_flops("encoder attention: f32 GEMMs", flops, f32_path);
     for products in [Products::F32, Products::Bf16] {
-        if takes(products, d) {
-            let op = ManyRowsAttention(products);
+        for op in ManyRowsAttention::every_form(products, d) {
             let kernel = time(1, 5, || {
                 std::hint::black_box(q.apply_op3_no_bwd(&k, &v, &op).unwrap());
             });
-            let name = format!("attention, one encoder layer: {products:?} kernel");
-            report_flops(&name, flops, kernel);
+            report_flops(
+                &format!("attention, one encoder layer: {op:?}"),
+                flops,
+                kernel,
+            );
         }
     }
     Ok(())

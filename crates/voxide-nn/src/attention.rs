@@ -4,7 +4,7 @@
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
 #[cfg(target_arch = "x86_64")]
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::attention_many_rows::{takes as takes_many_rows, ManyRowsAttention, Products};
+use crate::kernels::attention_many_rows::{ManyRowsAttention, Products};
 use crate::kernels::machine::CycleBytes;
 use crate::kernels::ops::{to_dtype_contiguous, SoftmaxLastDimInPlace};
 use crate::kernels::step_heads::{QkNorm, StepHeads, WriteHeads, MAX_HEAD_DIM};
@@ -181,16 +181,16 @@ impl Attention {
         self.bf16_products = self.bf16_checkpoint || self.o.weight_format() == WeightFormat::Bf16;
     }
 
-    /// The products an attention of many rows without a mask takes in the kernel of such
-    /// windows (`kernels::attention_many_rows`): bf16 dot products where the layer computes in
-    /// bf16 and the CPU has them, else f32 where the CPU has AVX-512; none (candle's f32 GEMMs)
-    /// elsewhere.
+    /// The kernel an attention of many rows without a mask takes
+    /// (`kernels::attention_many_rows`): bf16 dot products where the layer computes in bf16
+    /// and the CPU has them, else f32 where the CPU has AVX-512 or AVX2; none (candle's f32
+    /// GEMMs) elsewhere.
     #[cfg(target_arch = "x86_64")]
-    fn many_rows_products(&self, head_dim: usize) -> Option<Products> {
+    fn many_rows_kernel(&self, head_dim: usize) -> Option<ManyRowsAttention> {
         let bf16 = self.bf16_products.then_some(Products::Bf16);
         bf16.into_iter()
             .chain([Products::F32])
-            .find(|&products| takes_many_rows(products, head_dim))
+            .find_map(|products| ManyRowsAttention::new(products, head_dim))
     }
 
     /// The layer with its four projections stored as `format` (e.g. int8 for a decoder whose
@@ -510,9 +510,9 @@ impl Attention {
         let v = to_dtype_contiguous(v, q.dtype())?;
         #[cfg(target_arch = "x86_64")]
         if mask.is_none() && q.device().is_cpu() && q.dtype() == DType::F32 {
-            if let Some(products) = self.many_rows_products(hd) {
+            if let Some(kernel) = self.many_rows_kernel(hd) {
                 // An encoder's window: both products in the kernel, row by row.
-                return unfold(q.apply_op3_no_bwd(&k, &v, &ManyRowsAttention(products))?);
+                return unfold(q.apply_op3_no_bwd(&k, &v, &kernel)?);
             }
         }
         // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
@@ -705,28 +705,30 @@ mod tests {
 
     /// A window's attention (many rows, no mask) runs in the kernel the CPU takes — bf16 dot
     /// products for a chunk-invariant bf16 layer where the CPU has them, else f32 where it has
-    /// AVX-512, else candle's GEMMs — and an f32 layer's equals the GEMM path's (an all-zero
+    /// AVX-512 or AVX2, else candle's GEMMs — and an f32 layer's equals the GEMM path's (an all-zero
     /// mask) within f32's sums, GQA heads included.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn windows_attend_in_the_kernel_the_cpu_takes() -> Result<()> {
+        use crate::kernels::simd::Isa;
         use crate::kernels::small_m_bf16::runs as has_bf16;
         let dev = Device::Cpu;
-        let avx512 = crate::kernels::simd::Isa::Avx512.is_available();
+        let products = |layer: &Attention, hd| layer.many_rows_kernel(hd).map(|k| k.products());
         let f32_layer = layer(64, 4, 2, &dev)?;
-        let f32_kernel = avx512.then_some(Products::F32);
-        assert_eq!(f32_layer.many_rows_products(16), f32_kernel);
+        let vectors = Isa::Avx512.is_available() || Isa::Avx2.is_available();
+        let f32_kernel = vectors.then_some(Products::F32);
+        assert_eq!(products(&f32_layer, 16), f32_kernel);
         let mut bf16_layer = layer(64, 4, 2, &dev)?.to_format(WeightFormat::Bf16)?;
-        assert_eq!(bf16_layer.many_rows_products(16), f32_kernel);
+        assert_eq!(products(&bf16_layer, 16), f32_kernel);
         bf16_layer.set_chunk_invariant();
         let bf16_kernel = if has_bf16() {
             Some(Products::Bf16)
         } else {
             f32_kernel
         };
-        assert_eq!(bf16_layer.many_rows_products(16), bf16_kernel);
+        assert_eq!(products(&bf16_layer, 16), bf16_kernel);
         // Heads that are not whole vectors of 16 keep the GEMMs.
-        assert_eq!(f32_layer.many_rows_products(24), None);
+        assert_eq!(products(&f32_layer, 24), None);
         let (t, s) = (40, 30);
         let q = random(&[1, 4, t, 16], 1, &dev)?;
         let (k, v) = (

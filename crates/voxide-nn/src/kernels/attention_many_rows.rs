@@ -1,13 +1,13 @@
-//! Attention of many query rows without a mask (an encoder's window: 1500 × 1500 per head) on
-//! AVX-512, in one of two kinds of [`Products`]: f32 FMAs on any AVX-512 CPU, or bf16 dot
-//! products where the CPU has AVX512-BF16 (AMD Zen 4 and 5, Intel from Cooper Lake).
+//! Attention of many query rows without a mask (an encoder's window: 1500 × 1500 per head) in
+//! one of two kinds of [`Products`]: f32 FMAs (AVX-512, or AVX2 + FMA), or bf16 dot products
+//! where the CPU has AVX512-BF16 (AMD Zen 4 and 5, Intel from Cooper Lake).
 //!
 //! In bf16, q, K and V are rounded to bf16 (to nearest even) and both products run on
 //! `vdpbf16ps` with f32 sums; the softmax runs in f32 on the scores and its probabilities are
 //! rounded to bf16 for P·V: the roundings of PyTorch's CPU flash attention on bf16 tensors
 //! (its q·Kᵀ and P·V GEMMs take bf16 operands and accumulate in f32), which is how the bf16
 //! checkpoints' own runtime computes their encoders. In f32 nothing is rounded. Was (and is,
-//! for masked windows, and without AVX-512): candle's f32 GEMM for q·Kᵀ, the softmax, a second
+//! for masked windows, and on other CPUs): candle's f32 GEMM for q·Kᵀ, the softmax, a second
 //! GEMM for P·V, in chunks of heads and rows (~125 GFLOP/s on these shapes, AMD Zen 4).
 //!
 //! Each query row is computed alone — its scores in one pass over the keys, its softmax, its
@@ -16,30 +16,22 @@
 //! as the encoders' products, [`crate::Linear::set_chunk_invariant`]).
 //!
 //! Layout: both products broadcast one 32-bit lane of the row (q's dims, P's keys) against a
-//! vector of 16 lanes of the other operand, giving 16 outputs (keys, dims). A lane holds one
-//! f32 value, or one bf16 pair: the pair (k[2p], k[2p + 1]) of one key along the head, and
+//! vector of lanes of the other operand, giving a vector of outputs (keys, dims). A lane holds
+//! one f32 value, or one bf16 pair: the pair (k[2p], k[2p + 1]) of one key along the head, and
 //! (v[2j][d], v[2j + 1][d]) of two keys for P·V. Per (batch, head) the keys are packed in
-//! blocks of 16, `[block][lane][key]`, and the values `[lane of keys][dim]`. A register tile is
-//! [`TILE_ROWS`] rows × [`TILE_VECS`] vectors: 24 accumulators.
+//! blocks of a vector's width, `[block][lane][key]`, and the values `[lane of keys][dim]`. A
+//! register tile is rows × vectors of accumulators: 6 × 4 with AVX-512's 32 registers, 4 × 3
+//! with AVX2's 16.
 
 use super::simd::Isa;
 use super::small_m_bf16::{round_pairs, runs as runs_bf16};
-use super::softmax::x86::exp_neg_16;
+use super::softmax::x86::{exp_neg_16, exp_shifted};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
-/// f32 lanes per vector.
-const LANES: usize = 16;
-
-/// Query rows per register tile.
-const TILE_ROWS: usize = 6;
-
-/// Vectors of 16 outputs (keys in the score pass, dims in the value pass) per register tile.
-const TILE_VECS: usize = 4;
-
-/// Query rows per parallel task: 8 tiles (a 1500-row window: 32 tasks per head).
-const TASK_ROWS: usize = 8 * TILE_ROWS;
+/// Register tiles per parallel task (a 1500-row window: 32 tasks per head with AVX-512).
+const TASK_TILES: usize = 8;
 
 /// Most bytes of packed keys and values at once (at least one head's): an encoder window's
 /// heads are attended a few at a time, as the GEMM path bounds its scores.
@@ -55,22 +47,64 @@ pub enum Products {
     Bf16,
 }
 
-/// Whether the kernel takes heads of `head_dim` in `products`: the CPU has AVX-512 (and
-/// AVX512-BF16 for bf16) and the head is whole vectors of 16 wide, at most [`MAX_HEAD_DIM`].
-pub fn takes(products: Products, head_dim: usize) -> bool {
-    head_dim > 0
-        && head_dim.is_multiple_of(LANES)
-        && head_dim <= MAX_HEAD_DIM
-        && match products {
-            Products::F32 => Isa::Avx512.is_available(),
-            Products::Bf16 => runs_bf16(),
-        }
+/// candle op: q (b, h, rows, d), k, v (b, h, s, d), all f32 with unit stride along d, q
+/// pre-scaled → softmax(q·Kᵀ)·V (b, h, rows, d) f32. Made by [`ManyRowsAttention::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManyRowsAttention(Kernel);
+
+/// The kernel's forms: its products on one instruction set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    F32Avx512,
+    F32Avx2,
+    Bf16Avx512,
 }
 
-/// candle op: q (b, h, rows, d), k, v (b, h, s, d), all f32 with unit stride along d, q
-/// pre-scaled → softmax(q·Kᵀ)·V (b, h, rows, d) f32 in the given products. The caller checked
-/// that the kernel [`takes`] d in them.
-pub struct ManyRowsAttention(pub Products);
+impl Kernel {
+    fn products(self) -> Products {
+        match self {
+            Kernel::F32Avx512 | Kernel::F32Avx2 => Products::F32,
+            Kernel::Bf16Avx512 => Products::Bf16,
+        }
+    }
+
+    fn runs(self) -> bool {
+        match self {
+            Kernel::F32Avx512 => Isa::Avx512.is_available(),
+            Kernel::F32Avx2 => Isa::Avx2.is_available(),
+            Kernel::Bf16Avx512 => runs_bf16(),
+        }
+    }
+}
+
+impl ManyRowsAttention {
+    /// The kernel for heads of `head_dim` in `products`, where the CPU runs it (f32: AVX-512,
+    /// else AVX2 + FMA; bf16: AVX512-BF16) and the head is whole vectors of 16 wide, at most
+    /// [`MAX_HEAD_DIM`]; `None` elsewhere.
+    pub fn new(products: Products, head_dim: usize) -> Option<Self> {
+        Self::every_form(products, head_dim).first().copied()
+    }
+
+    /// Every form of the kernel the CPU runs for these heads, fastest first (benchmarks
+    /// compare them).
+    pub fn every_form(products: Products, head_dim: usize) -> Vec<Self> {
+        let forms: &[Kernel] = match products {
+            Products::F32 => &[Kernel::F32Avx512, Kernel::F32Avx2],
+            Products::Bf16 => &[Kernel::Bf16Avx512],
+        };
+        let head = head_dim > 0 && head_dim.is_multiple_of(16) && head_dim <= MAX_HEAD_DIM;
+        forms
+            .iter()
+            .filter(|k| head && k.runs())
+            .map(|&k| Self(k))
+            .collect()
+    }
+
+    /// What its products multiply.
+    pub fn products(self) -> Products {
+        self.0.products()
+    }
+}
 
 impl CustomOp3 for ManyRowsAttention {
     fn name(&self) -> &'static str {
@@ -88,7 +122,10 @@ impl CustomOp3 for ManyRowsAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, h, rows, d) = ql.shape().dims4()?;
         let (kb, kh, s, kd) = kl.shape().dims4()?;
-        if (kb, kh, kd) != (b, h, d) || vl.shape() != kl.shape() || !takes(self.0, d) {
+        if (kb, kh, kd) != (b, h, d)
+            || vl.shape() != kl.shape()
+            || !Self::every_form(self.products(), d).contains(self)
+        {
             candle_core::bail!(
                 "many-rows-attention ({:?}): q {:?}, k {:?}, v {:?}",
                 self.0,
@@ -106,47 +143,51 @@ impl CustomOp3 for ManyRowsAttention {
         let heads = Heads { b, h, rows, d, s };
         let (q, k, v) = ((q.as_slice(), ql), (k.as_slice(), kl), (v.as_slice(), vl));
         let out = match self.0 {
-            Products::F32 => attend::<F32>(heads, q, k, v),
-            Products::Bf16 => attend::<Bf16>(heads, q, k, v),
+            Kernel::F32Avx512 => attend::<F32x16>(heads, q, k, v),
+            Kernel::F32Avx2 => attend::<F32x8>(heads, q, k, v),
+            Kernel::Bf16Avx512 => attend::<Bf16x16>(heads, q, k, v),
         };
         Ok((CpuStorage::F32(out), Shape::from((b, h, rows, d))))
     }
 }
 
-/// What the kernel does differently per kind of [`Products`]; the rest is generic over it.
+/// What the kernel does differently per form (its products and vectors); the rest is generic
+/// over it. Every function's safety condition: the CPU runs the form.
 trait Operands {
+    /// A vector of f32 sums, and one of lanes of the broadcast product's other operand.
+    type Sums: Copy;
+    type Lanes: Copy;
+    /// f32 lanes per vector: keys per block, and dims per output vector.
+    const LANES: usize;
     /// Values per 32-bit lane along a sum (q's dims, P's keys): 1 or 2.
     const PER_LANE: usize;
+    /// Query rows per register tile.
+    const TILE_ROWS: usize;
+
+    unsafe fn zero() -> Self::Sums;
+    unsafe fn load(p: *const u32) -> Self::Lanes;
+    unsafe fn store(p: *mut f32, sums: Self::Sums);
+    /// sums + the lane `a` (broadcast) times `b`, lane by lane.
+    unsafe fn product(sums: Self::Sums, a: u32, b: Self::Lanes) -> Self::Sums;
+
+    /// `product` for a whole tile of rows ([`Operands::TILE_ROWS`]), or for one row.
+    unsafe fn tile(product: LaneProduct);
+    unsafe fn row(product: LaneProduct);
 
     /// `row` (a multiple of 16 values) into `row.len() / PER_LANE` lanes.
-    ///
-    /// # Safety
-    /// The kernel [`takes`] these products.
     unsafe fn pack(row: &[f32], lanes: &mut [u32]);
 
     /// The value rows of one lane's keys into d lanes, one per dim: `first`, and for bf16
-    /// pairs `second` (absent past the last key: zero).
-    ///
-    /// # Safety
-    /// As [`Operands::pack`]; the rows and `lanes` hold the same multiple of 16 values.
+    /// pairs `second` (absent past the last key: zero). The rows and `lanes` hold the same
+    /// multiple of 16 values.
     unsafe fn pack_values(first: &[f32], second: Option<&[f32]>, lanes: &mut [u32]);
 
-    /// `x[j] · inv` for j < len (zero past it) into the lanes (`PER_LANE` values each).
-    ///
-    /// # Safety
-    /// As [`Operands::pack`]; x holds len values, `lanes` len / PER_LANE rounded up.
-    unsafe fn pack_probabilities(x: *const f32, len: usize, inv: __m512, lanes: &mut [u32]);
+    /// softmax(row) into the lanes (zero past the row's end), in f32 (the sum of the
+    /// exponentials too); `row` may be left changed. A NaN score makes the row's
+    /// probabilities NaN.
+    unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]);
 
-    /// acc + the lane `a` (broadcast) times the 16 lanes of b, per output lane.
-    ///
-    /// # Safety
-    /// As [`Operands::pack`].
-    unsafe fn product(acc: __m512, a: u32, b: __m512i) -> __m512;
-
-    /// [`rows_of_head`] compiled for these products' instructions.
-    ///
-    /// # Safety
-    /// As [`rows_of_head`].
+    /// [`rows_of_head`] compiled for the form's instructions.
     unsafe fn rows_of_head(
         heads: Heads,
         head: &PackedHead<'_>,
@@ -155,37 +196,63 @@ trait Operands {
     );
 }
 
-/// f32 lanes and FMAs.
-struct F32;
+/// f32 in 16 lanes (AVX-512F).
+struct F32x16;
 
-impl Operands for F32 {
+impl Operands for F32x16 {
+    type Sums = __m512;
+    type Lanes = __m512;
+    const LANES: usize = 16;
     const PER_LANE: usize = 1;
+    const TILE_ROWS: usize = 6;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const u32) -> __m512 {
+        _mm512_loadu_ps(p as *const f32)
+    }
+
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, sums: __m512) {
+        _mm512_storeu_ps(p, sums)
+    }
+
+    #[inline(always)]
+    unsafe fn product(sums: __m512, a: u32, b: __m512) -> __m512 {
+        _mm512_fmadd_ps(_mm512_set1_ps(f32::from_bits(a)), b, sums)
+    }
+
+    #[inline(always)]
+    unsafe fn tile(product: LaneProduct) {
+        product.rows::<Self, 6, 4>()
+    }
+
+    #[inline(always)]
+    unsafe fn row(product: LaneProduct) {
+        product.rows::<Self, 1, 4>()
+    }
 
     unsafe fn pack(row: &[f32], lanes: &mut [u32]) {
-        for (lane, x) in lanes.iter_mut().zip(row) {
-            *lane = x.to_bits();
-        }
+        copy_bits(row, lanes)
     }
 
     unsafe fn pack_values(first: &[f32], _: Option<&[f32]>, lanes: &mut [u32]) {
-        Self::pack(first, lanes)
+        copy_bits(first, lanes)
     }
 
     #[inline(always)]
-    unsafe fn pack_probabilities(x: *const f32, len: usize, inv: __m512, lanes: &mut [u32]) {
-        for j in (0..len).step_by(LANES) {
-            let p = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes_of(len - j), x.add(j)), inv);
-            _mm512_mask_storeu_ps(lanes.as_mut_ptr().add(j) as *mut f32, lanes_of(len - j), p);
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn product(acc: __m512, a: u32, b: __m512i) -> __m512 {
-        _mm512_fmadd_ps(
-            _mm512_set1_ps(f32::from_bits(a)),
-            _mm512_castsi512_ps(b),
-            acc,
-        )
+    unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]) {
+        softmax_16(row, |x, len, inv| {
+            for j in (0..len).step_by(16) {
+                let p = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes_of(len - j), x.add(j)), inv);
+                let at = lanes.as_mut_ptr().add(j) as *mut f32;
+                _mm512_mask_storeu_ps(at, lanes_of(len - j), p);
+            }
+        })
     }
 
     #[target_feature(enable = "avx512f")]
@@ -199,11 +266,125 @@ impl Operands for F32 {
     }
 }
 
-/// bf16 pairs and `vdpbf16ps`.
-struct Bf16;
+/// f32 in 8 lanes (AVX2 + FMA).
+struct F32x8;
 
-impl Operands for Bf16 {
+impl Operands for F32x8 {
+    type Sums = __m256;
+    type Lanes = __m256;
+    const LANES: usize = 8;
+    const PER_LANE: usize = 1;
+    const TILE_ROWS: usize = 6;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const u32) -> __m256 {
+        _mm256_loadu_ps(p as *const f32)
+    }
+
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, sums: __m256) {
+        _mm256_storeu_ps(p, sums)
+    }
+
+    #[inline(always)]
+    unsafe fn product(sums: __m256, a: u32, b: __m256) -> __m256 {
+        _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(a)), b, sums)
+    }
+
+    #[inline(always)]
+    unsafe fn tile(product: LaneProduct) {
+        product.rows::<Self, 6, 2>()
+    }
+
+    #[inline(always)]
+    unsafe fn row(product: LaneProduct) {
+        product.rows::<Self, 1, 2>()
+    }
+
+    unsafe fn pack(row: &[f32], lanes: &mut [u32]) {
+        copy_bits(row, lanes)
+    }
+
+    unsafe fn pack_values(first: &[f32], _: Option<&[f32]>, lanes: &mut [u32]) {
+        copy_bits(first, lanes)
+    }
+
+    /// The GEMM path's softmax steps (its 8-lane exponential), the probabilities into the lanes.
+    #[inline(always)]
+    unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]) {
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(c.as_ptr()));
+        }
+        let mut lanes8 = [0f32; 8];
+        _mm256_storeu_ps(lanes8.as_mut_ptr(), vmax);
+        let max = lanes8
+            .iter()
+            .chain(chunks.remainder())
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let inv = (1.0 / exp_shifted(row.as_mut_ptr(), row.len(), max, true)) as f32;
+        for (lane, e) in lanes.iter_mut().zip(row.iter()) {
+            *lane = (e * inv).to_bits();
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_of_head(
+        heads: Heads,
+        head: &PackedHead<'_>,
+        queries: &[&[f32]],
+        out: &mut [f32],
+    ) {
+        rows_of_head::<Self>(heads, head, queries, out)
+    }
+}
+
+/// bf16 pairs in 16 lanes and `vdpbf16ps` (AVX512-BF16).
+struct Bf16x16;
+
+impl Operands for Bf16x16 {
+    type Sums = __m512;
+    type Lanes = __m512bh;
+    const LANES: usize = 16;
     const PER_LANE: usize = 2;
+    const TILE_ROWS: usize = 6;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const u32) -> __m512bh {
+        bh(_mm512_loadu_si512(p as *const _))
+    }
+
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, sums: __m512) {
+        _mm512_storeu_ps(p, sums)
+    }
+
+    #[inline(always)]
+    unsafe fn product(sums: __m512, a: u32, b: __m512bh) -> __m512 {
+        _mm512_dpbf16_ps(sums, bh(_mm512_set1_epi32(a as i32)), b)
+    }
+
+    #[inline(always)]
+    unsafe fn tile(product: LaneProduct) {
+        product.rows::<Self, 6, 4>()
+    }
+
+    #[inline(always)]
+    unsafe fn row(product: LaneProduct) {
+        product.rows::<Self, 1, 4>()
+    }
 
     unsafe fn pack(row: &[f32], lanes: &mut [u32]) {
         round_pairs(row, lanes)
@@ -213,26 +394,25 @@ impl Operands for Bf16 {
         interleave_rows(first, second, lanes)
     }
 
+    /// The probabilities rounded to bf16 pairs (they keep 8 bits).
     #[inline(always)]
-    unsafe fn pack_probabilities(x: *const f32, len: usize, inv: __m512, lanes: &mut [u32]) {
-        for (jp, pair) in lanes.chunks_mut(LANES).enumerate() {
-            let j = 2 * jp * LANES;
-            let half = |j: usize| {
-                if j < len {
-                    _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes_of(len - j), x.add(j)), inv)
-                } else {
-                    _mm512_setzero_ps()
-                }
-            };
-            let packed = _mm512_cvtne2ps_pbh(half(j + LANES), half(j));
-            let packed = std::mem::transmute::<__m512bh, __m512i>(packed);
-            _mm512_mask_storeu_epi32(pair.as_mut_ptr() as *mut _, lanes_of(pair.len()), packed);
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn product(acc: __m512, a: u32, b: __m512i) -> __m512 {
-        _mm512_dpbf16_ps(acc, bh(_mm512_set1_epi32(a as i32)), bh(b))
+    unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]) {
+        softmax_16(row, |x, len, inv| {
+            for (jp, pair) in lanes.chunks_mut(16).enumerate() {
+                let j = 32 * jp;
+                let half = |j: usize| {
+                    if j < len {
+                        _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes_of(len - j), x.add(j)), inv)
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                };
+                let packed = _mm512_cvtne2ps_pbh(half(j + 16), half(j));
+                let packed = std::mem::transmute::<__m512bh, __m512i>(packed);
+                let at = pair.as_mut_ptr() as *mut _;
+                _mm512_mask_storeu_epi32(at, lanes_of(pair.len()), packed);
+            }
+        })
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -243,6 +423,13 @@ impl Operands for Bf16 {
         out: &mut [f32],
     ) {
         rows_of_head::<Self>(heads, head, queries, out)
+    }
+}
+
+/// f32 values as lanes: their bits.
+fn copy_bits(values: &[f32], lanes: &mut [u32]) {
+    for (lane, x) in lanes.iter_mut().zip(values) {
+        *lane = x.to_bits();
     }
 }
 
@@ -257,9 +444,9 @@ struct Heads {
 }
 
 impl Heads {
-    /// Blocks of 16 keys.
-    fn key_blocks(&self) -> usize {
-        self.s.div_ceil(LANES)
+    /// Blocks of keys, a vector's lanes each.
+    fn key_blocks<U: Operands>(&self) -> usize {
+        self.s.div_ceil(U::LANES)
     }
 }
 
@@ -270,7 +457,7 @@ fn row_at(l: &Layout, heads: Heads, bh: usize, j: usize) -> usize {
 }
 
 /// One head's keys and values in the kernel's layouts (see the module notes), in lanes of
-/// the operands of a kind of products.
+/// one form's operands.
 struct PackedHead<'a> {
     keys: &'a [u32],
     values: &'a [u32],
@@ -280,17 +467,15 @@ impl<'a> PackedHead<'a> {
     /// Lanes of one head's keys and values in U's operands.
     fn lanes<U: Operands>(heads: Heads) -> (usize, usize) {
         let (d, s) = (heads.d, heads.s);
-        (
-            heads.key_blocks() * LANES * d / U::PER_LANE,
-            s.div_ceil(U::PER_LANE) * d,
-        )
+        let keys = heads.key_blocks::<U>() * U::LANES * d / U::PER_LANE;
+        (keys, s.div_ceil(U::PER_LANE) * d)
     }
 
     /// Packs head `bh` (b · h + head) into `lanes` (of [`PackedHead::lanes`]: keys, then
     /// values; the keys' lanes past the last key left as they are).
     ///
     /// # Safety
-    /// The kernel [`takes`] U's products.
+    /// The CPU runs U's form.
     unsafe fn pack<U: Operands>(
         heads: Heads,
         bh: usize,
@@ -298,16 +483,16 @@ impl<'a> PackedHead<'a> {
         (v, vl): (&[f32], &Layout),
         lanes: &'a mut [u32],
     ) -> Self {
-        let (d, s) = (heads.d, heads.s);
+        let (d, s, width) = (heads.d, heads.s, U::LANES);
         let per_row = d / U::PER_LANE;
         let (keys, values) = lanes.split_at_mut(Self::lanes::<U>(heads).0);
         let mut row = vec![0u32; per_row];
         for j in 0..s {
             let at = row_at(kl, heads, bh, j);
             U::pack(&k[at..at + d], &mut row);
-            let block = &mut keys[(j / LANES) * per_row * LANES..];
+            let block = &mut keys[(j / width) * per_row * width..];
             for (i, &lane) in row.iter().enumerate() {
-                block[i * LANES + j % LANES] = lane;
+                block[i * width + j % width] = lane;
             }
         }
         let value = |j: usize| &v[row_at(vl, heads, bh, j)..][..d];
@@ -331,7 +516,7 @@ unsafe fn interleave_rows(a: &[f32], b: Option<&[f32]>, out: &mut [u32]) {
         let h: __m256bh = _mm512_cvtneps_pbh(_mm512_loadu_ps(row.as_ptr().add(c)));
         _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h))
     };
-    for c in (0..out.len()).step_by(LANES) {
+    for c in (0..out.len()).step_by(16) {
         let lo = half(a, c);
         let pair = match b {
             Some(b) => _mm512_or_si512(lo, _mm512_slli_epi32::<16>(half(b, c))),
@@ -341,8 +526,8 @@ unsafe fn interleave_rows(a: &[f32], b: Option<&[f32]>, out: &mut [u32]) {
     }
 }
 
-/// softmax(q·Kᵀ)·V for every head in U's products, in tasks of [`TASK_ROWS`] query rows, a
-/// group of heads at a time (their packed keys and values within [`PACKED_BYTES`]).
+/// softmax(q·Kᵀ)·V for every head in U's form, in tasks of [`TASK_TILES`] tiles of query
+/// rows, a group of heads at a time (their packed keys and values within [`PACKED_BYTES`]).
 fn attend<U: Operands>(
     heads: Heads,
     (q, ql): (&[f32], &Layout),
@@ -360,21 +545,22 @@ fn attend<U: Operands>(
     let per_head = key_lanes + value_lanes;
     let group = (PACKED_BYTES / (4 * per_head)).clamp(1, b * h);
     let mut lanes = vec![0u32; group * per_head];
+    let task_rows = TASK_TILES * U::TILE_ROWS;
     for (g, out) in out.chunks_mut(group * rows * d).enumerate() {
         let first = g * group;
         let packed: Vec<PackedHead> = lanes
             .par_chunks_mut(per_head)
             .zip(first..first + out.len() / (rows * d))
-            // SAFETY: the caller checked that the kernel takes U's products.
+            // SAFETY: the caller checked that the CPU runs U's form.
             .map(|(lanes, bh)| unsafe { PackedHead::pack::<U>(heads, bh, k, v, lanes) })
             .collect();
         out.par_chunks_mut(rows * d)
             .zip(&packed)
             .enumerate()
             .flat_map(|(i, (head, packed))| {
-                head.par_chunks_mut(TASK_ROWS * d)
+                head.par_chunks_mut(task_rows * d)
                     .enumerate()
-                    .map(move |(t, o)| (first + i, packed, t * TASK_ROWS, o))
+                    .map(move |(t, o)| (first + i, packed, t * task_rows, o))
             })
             .for_each(|(bh, packed, r0, out)| {
                 let queries: Vec<&[f32]> = (r0..r0 + out.len() / d)
@@ -391,8 +577,8 @@ fn attend<U: Operands>(
 /// at a time.
 ///
 /// # Safety
-/// The kernel takes U's products, and the caller was compiled for their instructions;
-/// `out` holds queries.len() · d values.
+/// The CPU runs U's form, and the caller was compiled for its instructions; `out` holds
+/// queries.len() · d values.
 #[inline(always)]
 unsafe fn rows_of_head<U: Operands>(
     heads: Heads,
@@ -400,25 +586,25 @@ unsafe fn rows_of_head<U: Operands>(
     queries: &[&[f32]],
     out: &mut [f32],
 ) {
-    let (d, s) = (heads.d, heads.s);
-    let (per_row, scores_width) = (d / U::PER_LANE, heads.key_blocks() * LANES);
+    let (d, s, tile_rows) = (heads.d, heads.s, U::TILE_ROWS);
+    let (per_row, scores_width) = (d / U::PER_LANE, heads.key_blocks::<U>() * U::LANES);
     let key_lanes = s.div_ceil(U::PER_LANE);
-    let mut q_lanes = vec![0u32; TILE_ROWS * per_row];
-    let mut scores = vec![0f32; TILE_ROWS * scores_width];
-    let mut p_lanes = vec![0u32; TILE_ROWS * key_lanes];
-    for (tile, out) in queries.chunks(TILE_ROWS).zip(out.chunks_mut(TILE_ROWS * d)) {
+    let mut q_lanes = vec![0u32; tile_rows * per_row];
+    let mut scores = vec![0f32; tile_rows * scores_width];
+    let mut p_lanes = vec![0u32; tile_rows * key_lanes];
+    for (tile, out) in queries.chunks(tile_rows).zip(out.chunks_mut(tile_rows * d)) {
         for (query, ql) in tile.iter().zip(q_lanes.chunks_exact_mut(per_row)) {
             U::pack(query, ql);
         }
-        // Scores: q's lanes against blocks of 16 keys; rows scores_width apart.
+        // Scores: q's lanes against blocks of keys; rows scores_width apart.
         let (q_at, scores_at) = (q_lanes.as_ptr(), scores.as_mut_ptr());
         let scores_of = |row: usize| LaneProduct {
             rows: q_at.add(row * per_row),
             steps: per_row,
             vectors: head.keys.as_ptr(),
-            vector_stride: per_row * LANES,
-            step_stride: LANES,
-            outputs: heads.key_blocks(),
+            vector_stride: per_row * U::LANES,
+            step_stride: U::LANES,
+            outputs: heads.key_blocks::<U>(),
             out: scores_at.add(row * scores_width),
             out_stride: scores_width,
         };
@@ -428,17 +614,17 @@ unsafe fn rows_of_head<U: Operands>(
             .zip(p_lanes.chunks_exact_mut(key_lanes))
             .take(tile.len())
         {
-            probabilities::<U>(&mut row[..s], pl);
+            U::probabilities(&mut row[..s], pl);
         }
-        // Outputs: P's lanes of keys against vectors of 16 dims; rows d apart.
+        // Outputs: P's lanes of keys against vectors of dims; rows d apart.
         let (p_at, out_at) = (p_lanes.as_ptr(), out.as_mut_ptr());
         let outputs_of = |row: usize| LaneProduct {
             rows: p_at.add(row * key_lanes),
             steps: key_lanes,
             vectors: head.values.as_ptr(),
-            vector_stride: LANES,
+            vector_stride: U::LANES,
             step_stride: d,
-            outputs: d / LANES,
+            outputs: d / U::LANES,
             out: out_at.add(row * d),
             out_stride: d,
         };
@@ -453,50 +639,49 @@ unsafe fn rows_of_head<U: Operands>(
 /// As [`rows_of_head`]; the products' pointers are valid for the tile's rows.
 #[inline(always)]
 unsafe fn each_row_of<U: Operands>(rows: usize, product: impl Fn(usize) -> LaneProduct) {
-    match rows {
-        TILE_ROWS => product(0).rows::<U, TILE_ROWS>(),
-        n => (0..n).for_each(|r| product(r).rows::<U, 1>()),
+    if rows == U::TILE_ROWS {
+        U::tile(product(0))
+    } else {
+        (0..rows).for_each(|r| U::row(product(r)))
     }
 }
 
-/// softmax(row) into U's lanes (zero past the row's end), in f32 (the sum of the
-/// exponentials too: bf16 probabilities keep 8 bits); `row` is left holding e^(x − max). A
-/// NaN score makes the row's probabilities NaN.
+/// softmax(row) in 16 lanes (AVX-512F): max, e^(x − max) in place and its sum in f32, then
+/// `pack(x, len, 1 / sum)` writes the probabilities out.
 ///
 /// # Safety
-/// As [`rows_of_head`].
+/// The CPU has AVX-512F, and the caller was compiled for it.
 #[inline(always)]
-unsafe fn probabilities<U: Operands>(row: &mut [f32], lanes: &mut [u32]) {
+unsafe fn softmax_16(row: &mut [f32], pack: impl FnOnce(*const f32, usize, __m512)) {
     let len = row.len();
     let x = row.as_mut_ptr();
     // Lanes of the vector at j that lie in the row.
     let lanes_at = |j: usize| lanes_of(len - j);
     let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
-    for j in (0..len).step_by(LANES) {
+    for j in (0..len).step_by(16) {
         let v = _mm512_mask_loadu_ps(max, lanes_at(j), x.add(j));
         max = _mm512_max_ps(max, v);
     }
     let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
     let mut sum = _mm512_setzero_ps();
-    for j in (0..len).step_by(LANES) {
+    for j in (0..len).step_by(16) {
         let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes_at(j), x.add(j)), max);
         let e = exp_neg_16(d);
         let e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(d, d), d);
         _mm512_mask_storeu_ps(x.add(j), lanes_at(j), e);
         sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(lanes_at(j), e));
     }
-    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
-    U::pack_probabilities(x, len, inv, lanes);
+    pack(x, len, _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum)));
 }
 
 /// A mask of the first `n` (≤ 16) lanes.
 fn lanes_of(n: usize) -> __mmask16 {
-    ((1u32 << n.min(LANES)) - 1) as __mmask16
+    ((1u32 << n.min(16)) - 1) as __mmask16
 }
 
 /// One of the two products as a tile sees it: rows of lanes (q's dims, P's keys), each lane
-/// broadcast against vectors of 16 lanes of the other operand (16 keys, 16 dims), summed over
-/// the rows' lanes into vectors of 16 f32 outputs.
+/// broadcast against vectors of lanes of the other operand (keys, dims), summed over the
+/// rows' lanes into vectors of f32 outputs.
 #[derive(Clone, Copy)]
 struct LaneProduct {
     /// Row r's i-th lane at `rows[r · steps + i]`.
@@ -509,19 +694,19 @@ struct LaneProduct {
     step_stride: usize,
     /// Output vectors per row.
     outputs: usize,
-    /// Row r's output vector n at `out[r · out_stride + 16 n]`.
+    /// Row r's output vector n at `out[r · out_stride + n · LANES]`.
     out: *mut f32,
     out_stride: usize,
 }
 
 impl LaneProduct {
-    /// Every output of R rows: tiles of [`TILE_VECS`] vectors, then single vectors.
+    /// Every output of R rows: tiles of N vectors, then single vectors.
     #[inline(always)]
-    unsafe fn rows<U: Operands, const R: usize>(self) {
+    unsafe fn rows<U: Operands, const R: usize, const N: usize>(self) {
         let mut n = 0;
-        while n + TILE_VECS <= self.outputs {
-            self.tile::<U, R, TILE_VECS>(n);
-            n += TILE_VECS;
+        while n + N <= self.outputs {
+            self.tile::<U, R, N>(n);
+            n += N;
         }
         while n < self.outputs {
             self.tile::<U, R, 1>(n);
@@ -532,11 +717,13 @@ impl LaneProduct {
     /// R rows × N output vectors from vector n0: R · N accumulators along the sums.
     #[inline(always)]
     unsafe fn tile<U: Operands, const R: usize, const N: usize>(self, n0: usize) {
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        let mut acc = [[U::zero(); N]; R];
         for i in 0..self.steps {
-            let b: [__m512i; N] = std::array::from_fn(|n| {
-                let at = (n0 + n) * self.vector_stride + i * self.step_stride;
-                _mm512_loadu_si512(self.vectors.add(at) as *const _)
+            let b: [U::Lanes; N] = std::array::from_fn(|n| {
+                U::load(
+                    self.vectors
+                        .add((n0 + n) * self.vector_stride + i * self.step_stride),
+                )
             });
             for (r, acc) in acc.iter_mut().enumerate() {
                 let a = *self.rows.add(r * self.steps + i);
@@ -547,8 +734,10 @@ impl LaneProduct {
         }
         for (r, acc) in acc.iter().enumerate() {
             for (n, sum) in acc.iter().enumerate() {
-                let at = r * self.out_stride + (n0 + n) * LANES;
-                _mm512_storeu_ps(self.out.add(at), *sum);
+                U::store(
+                    self.out.add(r * self.out_stride + (n0 + n) * U::LANES),
+                    *sum,
+                );
             }
         }
     }
@@ -568,12 +757,10 @@ mod tests {
     use candle_core::{Device, Tensor};
     use half::bf16;
 
-    /// The products the kernel takes on this CPU (none without AVX-512).
-    fn products_here() -> Vec<Products> {
-        [Products::F32, Products::Bf16]
-            .into_iter()
-            .filter(|&p| takes(p, 64))
-            .collect()
+    /// Every form of the kernel this CPU runs.
+    fn kernels_here() -> Vec<ManyRowsAttention> {
+        let forms = |products| ManyRowsAttention::every_form(products, 64);
+        [forms(Products::F32), forms(Products::Bf16)].concat()
     }
 
     /// x as the products see it: rounded to bf16 (to nearest even, as the kernel rounds) or
@@ -624,14 +811,12 @@ mod tests {
     /// Head widths of one, several and a partial tile of vectors, key counts of partial
     /// blocks and an odd count (a padded key pair in bf16), row counts of partial tiles and
     /// tasks, the widest heads (f32 with 1500 keys: one head per group of packed heads), in
-    /// both products: within 2⁻¹⁸ (f32: its sums and exponential) or 2⁻⁸ (bf16:
+    /// every form the CPU runs: within 2⁻¹⁸ (f32: its sums and exponential) or 2⁻⁸ (bf16:
     /// the rounded probabilities) of the largest |v| of the reference.
     #[test]
     fn matches_the_reference_in_every_shape() -> Result<()> {
-        if products_here().is_empty() {
-            eprintln!("skipped: no AVX-512 on this CPU");
-        }
-        for products in products_here() {
+        for kernel in kernels_here() {
+            let products = kernel.products();
             let tolerance = match products {
                 Products::F32 => 2f64.powi(-18),
                 Products::Bf16 => 2f64.powi(-8),
@@ -640,7 +825,7 @@ mod tests {
                 for (rows, s) in [(1, 1), (5, 3), (6, 17), (13, 64), (50, 131), (7, 1500)] {
                     let q = (tensor(1, 2, rows, d, 1, true)? * 0.3)?;
                     let (k, v) = (tensor(1, 2, s, d, 2, false)?, tensor(1, 2, s, d, 3, true)?);
-                    let out = q.apply_op3_no_bwd(&k, &v, &ManyRowsAttention(products))?;
+                    let out = q.apply_op3_no_bwd(&k, &v, &kernel)?;
                     for bh in 0..2 {
                         let (qs, ks, vs, os) = (
                             rows_of(&q, bh)?,
@@ -662,7 +847,7 @@ mod tests {
                             for (c, (got, want)) in o.iter().zip(want).enumerate() {
                                 assert!(
                                     (*got as f64 - want).abs() <= bound,
-                                    "{products:?} d {d} rows {rows} s {s} head {bh} row {r} \
+                                    "{kernel:?} d {d} rows {rows} s {s} head {bh} row {r} \
                                      [{c}]: {got} vs {want}"
                                 );
                             }
@@ -674,17 +859,13 @@ mod tests {
         Ok(())
     }
 
-    /// A row's output is the same bits whatever block of rows it comes in, in both products.
+    /// A row's output is the same bits whatever block of rows it comes in, in every form.
     #[test]
     fn every_row_comes_out_alike_in_any_block() -> Result<()> {
-        if products_here().is_empty() {
-            eprintln!("skipped: no AVX-512 on this CPU");
-        }
         let (rows, s, d) = (61, 150, 64);
         let q = tensor(1, 3, rows, d, 4, false)?;
         let (k, v) = (tensor(1, 3, s, d, 5, false)?, tensor(1, 3, s, d, 6, false)?);
-        for products in products_here() {
-            let op = ManyRowsAttention(products);
+        for op in kernels_here() {
             let whole = q
                 .apply_op3_no_bwd(&k, &v, &op)?
                 .flatten_all()?
@@ -697,11 +878,7 @@ mod tests {
                 }
                 let blocks = Tensor::cat(&parts, 2)?.flatten_all()?.to_vec1::<f32>()?;
                 let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&blocks),
-                    bits(&whole),
-                    "{products:?}, blocks of {block}"
-                );
+                assert_eq!(bits(&blocks), bits(&whole), "{op:?}, blocks of {block}");
             }
         }
         Ok(())
