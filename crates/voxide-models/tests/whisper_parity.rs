@@ -429,14 +429,16 @@ fn long_form_transcription_matches_openai_whisper() {
 /// kernel): logits drift by the weights' rounding only (measured 2.5e-4 of the logit range),
 /// and cached steps agree with the teacher-forced pass. int8 (`--precision int8`: per-row
 /// scales, the tied head read back as the token table) likewise, within its coarser rounding
-/// (measured 8.5e-3).
+/// (measured 8.5e-3). The prompt's attention (the many-rows kernel where the CPU runs it) and
+/// a step's (the decode kernel) sum in different orders (1.7e-7 apart with f16 weights), and
+/// int8's quantized x can turn that into a quantization step (3.3e-5 on AVX-512).
 #[test]
 fn f16_and_int8_decoder_weights_stay_close_to_the_reference() {
     let dir = fixtures().join("tiny-random");
     let tensors = reference_tensors("tiny-random");
     for (format, drift, steps) in [
         (WeightFormat::F16, 2e-3, 1e-5),
-        (WeightFormat::Int8, 2e-2, 1e-5),
+        (WeightFormat::Int8, 2e-2, 1e-4),
     ] {
         let pipeline = WhisperPipeline::from_dir(&dir, &Device::Cpu, Some(format)).unwrap();
         let model = pipeline.model();

@@ -426,12 +426,8 @@ impl Attention {
                 }
             }
         };
-        let mask = if causal && t > 1 {
-            Some(causal_mask(t, past, window, x.device())?.to_dtype(x.dtype())?)
-        } else {
-            None
-        };
-        let out = self.attend(&q, &k, &v, mask.as_ref())?;
+        let causal = (causal && t > 1).then_some(Causal { past, window });
+        let out = self.attend(&q, &k, &v, causal)?;
         // (batch, heads, t, head_dim) -> (batch, t, heads * head_dim)
         let out = out
             .transpose(1, 2)?
@@ -477,12 +473,14 @@ impl Attention {
     /// Scaled dot-product attention.
     ///
     /// q: (batch, heads, t, hd); k, v: (batch_kv, kv_heads, s, hd) with batch_kv = batch or 1;
-    /// mask: (t, s) additive. The query rows that share a key/value head (GQA groups, and beams
-    /// sharing one cross-attention source) are folded into one matrix so each kv head is read
-    /// once: q -> (batch_kv, kv_heads, group · t, hd).
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `causal`: the rows are positions past … past + t − 1 of s = past + t keys, each seeing
+    /// those up to it (within the window), else every row sees every key. The query rows that
+    /// share a key/value head (GQA groups, and beams sharing one cross-attention source) are
+    /// folded into one matrix so each kv head is read once: q -> (batch_kv, kv_heads, group ·
+    /// t, hd).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<Causal>) -> Result<Tensor> {
         let (batch, heads, t, hd) = q.dims4()?;
-        let (batch_kv, kv_heads, s, _) = k.dims4()?;
+        let (batch_kv, kv_heads, _, _) = k.dims4()?;
         let beams = batch / batch_kv;
         let rep = heads / kv_heads;
         let rows = beams * rep * t;
@@ -498,64 +496,101 @@ impl Attention {
                 .contiguous()?
                 .reshape((batch, heads, t, hd))
         };
-        if mask.is_none()
-            && rows <= MAX_QUERY_ROWS
-            && q.device().is_cpu()
-            && q.dtype() == DType::F32
-        {
+        let cpu_f32 = q.device().is_cpu() && q.dtype() == DType::F32;
+        if causal.is_none() && rows <= MAX_QUERY_ROWS && cpu_f32 {
             // Decoder steps: a matrix-vector walk per head, no GEMM set-up.
             return unfold(q.apply_op3_no_bwd(k, v, &DecodeAttention)?);
         }
         let k = to_dtype_contiguous(k, q.dtype())?;
         let v = to_dtype_contiguous(v, q.dtype())?;
         #[cfg(target_arch = "x86_64")]
-        if mask.is_none() && q.device().is_cpu() && q.dtype() == DType::F32 {
-            if let Some(kernel) = self.many_rows_kernel(hd) {
-                // An encoder's window: both products in the kernel, row by row.
+        if cpu_f32 {
+            let kernel = self.many_rows_kernel(hd).and_then(|kernel| match causal {
+                None => Some(kernel),
+                Some(Causal { past, window: None }) => Some(kernel.causal(past, t)),
+                // A sliding window's rows keep the GEMMs.
+                Some(_) => None,
+            });
+            if let Some(kernel) = kernel {
+                // An encoder's window or a prompt: both products in the kernel, row by row.
                 return unfold(q.apply_op3_no_bwd(&k, &v, &kernel)?);
             }
         }
-        // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
-        // scores never exist for all heads at once.
-        let heads_per_chunk = (SCORES_PER_CHUNK / (rows * s).max(1)).clamp(1, kv_heads);
-        // Without a mask, one head's rows can also be split (an encoder window's 1500 × 1500).
-        let rows_per_chunk = match mask {
-            None => (SCORES_PER_CHUNK / s.max(1)).clamp(1, rows),
-            Some(_) => rows,
-        };
-        let mut chunks = Vec::new();
-        for h0 in (0..kv_heads).step_by(heads_per_chunk) {
-            let n = heads_per_chunk.min(kv_heads - h0);
-            let (k, v) = (k.narrow(1, h0, n)?, v.narrow(1, h0, n)?);
-            let kt = k.transpose(2, 3)?;
-            let mut blocks = Vec::new();
-            for r0 in (0..rows).step_by(rows_per_chunk) {
-                let q = q
-                    .narrow(1, h0, n)?
-                    .narrow(2, r0, rows_per_chunk.min(rows - r0))?;
-                let scores = q.matmul(&kt)?;
-                let scores = match mask {
-                    Some(mask) => scores
-                        .reshape((batch_kv, n, beams * rep, t, s))?
-                        .broadcast_add(mask)?
-                        .reshape((batch_kv, n, rows, s))?,
-                    None => scores,
-                };
-                let probs = softmax_last_dim(scores)?;
-                blocks.push(probs.matmul(&v)?); // (batch_kv, n, block rows, hd)
+        let mask = match causal {
+            Some(Causal { past, window }) => {
+                Some(causal_mask(t, past, window, q.device())?.to_dtype(q.dtype())?)
             }
-            chunks.push(if blocks.len() == 1 {
-                blocks.pop().expect("one block")
-            } else {
-                Tensor::cat(&blocks, 2)?
-            });
-        }
-        let out = if chunks.len() == 1 {
-            chunks.pop().expect("one chunk")
-        } else {
-            Tensor::cat(&chunks, 1)?
+            None => None,
         };
-        unfold(out)
+        unfold(attend_on_gemms(
+            &q,
+            &k,
+            &v,
+            (beams * rep, t),
+            mask.as_ref(),
+        )?)
+    }
+}
+
+/// Which keys the rows of a causal block see: positions past … past + t − 1 after `past`
+/// cached ones, each the keys up to it within `window`.
+#[derive(Clone, Copy, Debug)]
+struct Causal {
+    past: usize,
+    window: Option<usize>,
+}
+
+/// softmax(q·Kᵀ + mask)·V on candle's GEMMs, in chunks of heads (and of rows without a mask):
+/// q (batch_kv, kv_heads, rows, hd) with its rows `folded` = (group, t) runs of t positions;
+/// k, v (batch_kv, kv_heads, s, hd) in q's dtype; mask (t, s) additive.
+fn attend_on_gemms(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (group, t): (usize, usize),
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (batch_kv, kv_heads, rows, _) = q.dims4()?;
+    let s = k.dim(2)?;
+    // Long sequences (encoders: 1500 × 1500 per head) take a few heads at a time, so the
+    // scores never exist for all heads at once.
+    let heads_per_chunk = (SCORES_PER_CHUNK / (rows * s).max(1)).clamp(1, kv_heads);
+    // Without a mask, one head's rows can also be split (an encoder window's 1500 × 1500).
+    let rows_per_chunk = match mask {
+        None => (SCORES_PER_CHUNK / s.max(1)).clamp(1, rows),
+        Some(_) => rows,
+    };
+    let mut chunks = Vec::new();
+    for h0 in (0..kv_heads).step_by(heads_per_chunk) {
+        let n = heads_per_chunk.min(kv_heads - h0);
+        let (k, v) = (k.narrow(1, h0, n)?, v.narrow(1, h0, n)?);
+        let kt = k.transpose(2, 3)?;
+        let mut blocks = Vec::new();
+        for r0 in (0..rows).step_by(rows_per_chunk) {
+            let q = q
+                .narrow(1, h0, n)?
+                .narrow(2, r0, rows_per_chunk.min(rows - r0))?;
+            let scores = q.matmul(&kt)?;
+            let scores = match mask {
+                Some(mask) => scores
+                    .reshape((batch_kv, n, group, t, s))?
+                    .broadcast_add(mask)?
+                    .reshape((batch_kv, n, rows, s))?,
+                None => scores,
+            };
+            let probs = softmax_last_dim(scores)?;
+            blocks.push(probs.matmul(&v)?); // (batch_kv, n, block rows, hd)
+        }
+        chunks.push(if blocks.len() == 1 {
+            blocks.pop().expect("one block")
+        } else {
+            Tensor::cat(&blocks, 2)?
+        });
+    }
+    if chunks.len() == 1 {
+        Ok(chunks.pop().expect("one chunk"))
+    } else {
+        Tensor::cat(&chunks, 1)
     }
 }
 
@@ -705,8 +740,8 @@ mod tests {
 
     /// A window's attention (many rows, no mask) runs in the kernel the CPU takes — bf16 dot
     /// products for a chunk-invariant bf16 layer where the CPU has them, else f32 where it has
-    /// AVX-512 or AVX2, else candle's GEMMs — and an f32 layer's equals the GEMM path's (an all-zero
-    /// mask) within f32's sums, GQA heads included.
+    /// AVX-512 or AVX2, else candle's GEMMs — and an f32 layer's equals the GEMM path's
+    /// within f32's sums, GQA heads included, whole and causal.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn windows_attend_in_the_kernel_the_cpu_takes() -> Result<()> {
@@ -729,17 +764,40 @@ mod tests {
         assert_eq!(products(&bf16_layer, 16), bf16_kernel);
         // Heads that are not whole vectors of 16 keep the GEMMs.
         assert_eq!(products(&f32_layer, 24), None);
-        let (t, s) = (40, 30);
-        let q = random(&[1, 4, t, 16], 1, &dev)?;
+        // Whole windows and causal blocks (a prompt, and one after 20 cached positions).
         let (k, v) = (
-            random(&[1, 2, s, 16], 2, &dev)?,
-            random(&[1, 2, s, 16], 3, &dev)?,
+            random(&[1, 2, 50, 16], 2, &dev)?,
+            random(&[1, 2, 50, 16], 3, &dev)?,
         );
-        let window = f32_layer.attend(&q, &k, &v, None)?;
-        let gemms =
-            f32_layer.attend(&q, &k, &v, Some(&Tensor::zeros((t, s), DType::F32, &dev)?))?;
-        let diff = (window - gemms)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-6, "{diff}");
+        for (t, causal) in [
+            (40, None),
+            (
+                50,
+                Some(Causal {
+                    past: 0,
+                    window: None,
+                }),
+            ),
+            (
+                30,
+                Some(Causal {
+                    past: 20,
+                    window: None,
+                }),
+            ),
+        ] {
+            let q = random(&[1, 4, t, 16], 1, &dev)?;
+            let kernel = f32_layer.attend(&q, &k, &v, causal)?;
+            let mask = match causal {
+                Some(c) => Some(causal_mask(t, c.past, None, &dev)?),
+                None => None,
+            };
+            let rows = q.reshape((1, 2, 2 * t, 16))?;
+            let gemms =
+                attend_on_gemms(&rows, &k, &v, (2, t), mask.as_ref())?.reshape((1, 4, t, 16))?;
+            let diff = (kernel - gemms)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "t {t} {causal:?}: {diff}");
+        }
         Ok(())
     }
 

@@ -48,9 +48,23 @@ pub enum Products {
 }
 
 /// candle op: q (b, h, rows, d), k, v (b, h, s, d), all f32 with unit stride along d, q
-/// pre-scaled → softmax(q·Kᵀ)·V (b, h, rows, d) f32. Made by [`ManyRowsAttention::new`].
+/// pre-scaled → softmax(q·Kᵀ)·V (b, h, rows, d) f32, every row seeing every key or, made
+/// [`ManyRowsAttention::causal`], the keys up to its position. Made by
+/// [`ManyRowsAttention::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ManyRowsAttention(Kernel);
+pub struct ManyRowsAttention {
+    kernel: Kernel,
+    causal: Option<Causal>,
+}
+
+/// A causal prompt's rows: row r of a head stands at position past + r mod t (a head's rows
+/// are runs of the same t positions: query heads and beams folded onto their key head) and
+/// sees the keys up to it, of s = past + t.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Causal {
+    past: usize,
+    t: usize,
+}
 
 /// The kernel's forms: its products on one instruction set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,13 +110,36 @@ impl ManyRowsAttention {
         forms
             .iter()
             .filter(|k| head && k.runs())
-            .map(|&k| Self(k))
+            .map(|&kernel| Self {
+                kernel,
+                causal: None,
+            })
             .collect()
+    }
+
+    /// The same kernel for a causal prompt of t positions after `past` cached ones: query row
+    /// r of a head (runs of t rows: query heads and beams folded onto their key head) stands
+    /// at position past + r mod t and sees the keys up to it, of past + t. The score and value
+    /// passes of a tile of rows stop at its last row's keys: a prompt of its own (past 0)
+    /// costs half the products of a full square.
+    pub fn causal(self, past: usize, t: usize) -> Self {
+        Self {
+            causal: Some(Causal { past, t }),
+            ..self
+        }
     }
 
     /// What its products multiply.
     pub fn products(self) -> Products {
-        self.0.products()
+        self.kernel.products()
+    }
+
+    /// Keys row r of a head sees, of s.
+    fn keys_seen(&self, r: usize, s: usize) -> usize {
+        match self.causal {
+            Some(Causal { past, t }) => past + r % t + 1,
+            None => s,
+        }
     }
 }
 
@@ -122,13 +159,19 @@ impl CustomOp3 for ManyRowsAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, h, rows, d) = ql.shape().dims4()?;
         let (kb, kh, s, kd) = kl.shape().dims4()?;
+        let form = Self {
+            causal: None,
+            ..*self
+        };
+        let causal_keys = self.causal.is_none_or(|c| c.t > 0 && c.past + c.t == s);
         if (kb, kh, kd) != (b, h, d)
             || vl.shape() != kl.shape()
-            || !Self::every_form(self.products(), d).contains(self)
+            || !Self::every_form(self.products(), d).contains(&form)
+            || !causal_keys
         {
             candle_core::bail!(
                 "many-rows-attention ({:?}): q {:?}, k {:?}, v {:?}",
-                self.0,
+                self,
                 ql.shape(),
                 kl.shape(),
                 vl.shape()
@@ -142,10 +185,10 @@ impl CustomOp3 for ManyRowsAttention {
         };
         let heads = Heads { b, h, rows, d, s };
         let (q, k, v) = ((q.as_slice(), ql), (k.as_slice(), kl), (v.as_slice(), vl));
-        let out = match self.0 {
-            Kernel::F32Avx512 => attend::<F32x16>(heads, q, k, v),
-            Kernel::F32Avx2 => attend::<F32x8>(heads, q, k, v),
-            Kernel::Bf16Avx512 => attend::<Bf16x16>(heads, q, k, v),
+        let out = match self.kernel {
+            Kernel::F32Avx512 => attend::<F32x16>(self, heads, q, k, v),
+            Kernel::F32Avx2 => attend::<F32x8>(self, heads, q, k, v),
+            Kernel::Bf16Avx512 => attend::<Bf16x16>(self, heads, q, k, v),
         };
         Ok((CpuStorage::F32(out), Shape::from((b, h, rows, d))))
     }
@@ -182,8 +225,8 @@ trait Operands {
     /// multiple of 16 values.
     unsafe fn pack_values(first: &[f32], second: Option<&[f32]>, lanes: &mut [u32]);
 
-    /// softmax(row) into the lanes (zero past the row's end), in f32 (the sum of the
-    /// exponentials too); `row` may be left changed. A NaN score makes the row's
+    /// softmax(row) into the lanes (all of them: zero past the row's end), in f32 (the sum of
+    /// the exponentials too); `row` may be left changed. A NaN score makes the row's
     /// probabilities NaN.
     unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]);
 
@@ -191,7 +234,7 @@ trait Operands {
     unsafe fn rows_of_head(
         heads: Heads,
         head: &PackedHead<'_>,
-        queries: &[&[f32]],
+        queries: &[Query<'_>],
         out: &mut [f32],
     );
 }
@@ -247,10 +290,13 @@ impl Operands for F32x16 {
     #[inline(always)]
     unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]) {
         softmax_16(row, |x, len, inv| {
-            for j in (0..len).step_by(16) {
-                let p = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes_of(len - j), x.add(j)), inv);
+            for j in (0..lanes.len()).step_by(16) {
+                let p = match len.checked_sub(j) {
+                    Some(n) => _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes_of(n), x.add(j)), inv),
+                    None => _mm512_setzero_ps(),
+                };
                 let at = lanes.as_mut_ptr().add(j) as *mut f32;
-                _mm512_mask_storeu_ps(at, lanes_of(len - j), p);
+                _mm512_mask_storeu_ps(at, lanes_of(lanes.len() - j), p);
             }
         })
     }
@@ -259,7 +305,7 @@ impl Operands for F32x16 {
     unsafe fn rows_of_head(
         heads: Heads,
         head: &PackedHead<'_>,
-        queries: &[&[f32]],
+        queries: &[Query<'_>],
         out: &mut [f32],
     ) {
         rows_of_head::<Self>(heads, head, queries, out)
@@ -330,16 +376,18 @@ impl Operands for F32x8 {
             .copied()
             .fold(f32::NEG_INFINITY, f32::max);
         let inv = (1.0 / exp_shifted(row.as_mut_ptr(), row.len(), max, true)) as f32;
-        for (lane, e) in lanes.iter_mut().zip(row.iter()) {
+        let (seen, rest) = lanes.split_at_mut(row.len());
+        for (lane, e) in seen.iter_mut().zip(row.iter()) {
             *lane = (e * inv).to_bits();
         }
+        rest.fill(0);
     }
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn rows_of_head(
         heads: Heads,
         head: &PackedHead<'_>,
-        queries: &[&[f32]],
+        queries: &[Query<'_>],
         out: &mut [f32],
     ) {
         rows_of_head::<Self>(heads, head, queries, out)
@@ -419,7 +467,7 @@ impl Operands for Bf16x16 {
     unsafe fn rows_of_head(
         heads: Heads,
         head: &PackedHead<'_>,
-        queries: &[&[f32]],
+        queries: &[Query<'_>],
         out: &mut [f32],
     ) {
         rows_of_head::<Self>(heads, head, queries, out)
@@ -529,12 +577,13 @@ unsafe fn interleave_rows(a: &[f32], b: Option<&[f32]>, out: &mut [u32]) {
 /// softmax(q·Kᵀ)·V for every head in U's form, in tasks of [`TASK_TILES`] tiles of query
 /// rows, a group of heads at a time (their packed keys and values within [`PACKED_BYTES`]).
 fn attend<U: Operands>(
+    op: &ManyRowsAttention,
     heads: Heads,
     (q, ql): (&[f32], &Layout),
     k: (&[f32], &Layout),
     v: (&[f32], &Layout),
 ) -> Vec<f32> {
-    let Heads { b, h, rows, d, .. } = heads;
+    let Heads { b, h, rows, d, s } = heads;
     let mut out = vec![0f32; b * h * rows * d];
     if out.is_empty() {
         return out;
@@ -563,8 +612,11 @@ fn attend<U: Operands>(
                     .map(move |(t, o)| (first + i, packed, t * task_rows, o))
             })
             .for_each(|(bh, packed, r0, out)| {
-                let queries: Vec<&[f32]> = (r0..r0 + out.len() / d)
-                    .map(|r| &q[row_at(ql, heads, bh, r)..][..d])
+                let queries: Vec<Query> = (r0..r0 + out.len() / d)
+                    .map(|r| Query {
+                        row: &q[row_at(ql, heads, bh, r)..][..d],
+                        keys: op.keys_seen(r, s),
+                    })
                     .collect();
                 // SAFETY: as above; `out` holds the task's rows.
                 unsafe { U::rows_of_head(heads, packed, &queries, out) };
@@ -573,17 +625,23 @@ fn attend<U: Operands>(
     out
 }
 
+/// A query row and the keys it sees (the first `keys` of the head's).
+struct Query<'a> {
+    row: &'a [f32],
+    keys: usize,
+}
+
 /// The output rows (d apart in `out`) of `queries` against one packed head, a tile of rows
-/// at a time.
+/// at a time; the tile's products stop at the keys its rows see.
 ///
 /// # Safety
 /// The CPU runs U's form, and the caller was compiled for its instructions; `out` holds
-/// queries.len() · d values.
+/// queries.len() · d values; every query sees 1 to s keys.
 #[inline(always)]
 unsafe fn rows_of_head<U: Operands>(
     heads: Heads,
     head: &PackedHead<'_>,
-    queries: &[&[f32]],
+    queries: &[Query<'_>],
     out: &mut [f32],
 ) {
     let (d, s, tile_rows) = (heads.d, heads.s, U::TILE_ROWS);
@@ -594,33 +652,37 @@ unsafe fn rows_of_head<U: Operands>(
     let mut p_lanes = vec![0u32; tile_rows * key_lanes];
     for (tile, out) in queries.chunks(tile_rows).zip(out.chunks_mut(tile_rows * d)) {
         for (query, ql) in tile.iter().zip(q_lanes.chunks_exact_mut(per_row)) {
-            U::pack(query, ql);
+            U::pack(query.row, ql);
         }
-        // Scores: q's lanes against blocks of keys; rows scores_width apart.
+        let seen = tile.iter().map(|query| query.keys).max().unwrap_or(0);
+        let seen_lanes = seen.div_ceil(U::PER_LANE);
+        // Scores: q's lanes against the blocks of keys the tile sees; rows scores_width apart.
         let (q_at, scores_at) = (q_lanes.as_ptr(), scores.as_mut_ptr());
         let scores_of = |row: usize| LaneProduct {
             rows: q_at.add(row * per_row),
+            row_stride: per_row,
             steps: per_row,
             vectors: head.keys.as_ptr(),
             vector_stride: per_row * U::LANES,
             step_stride: U::LANES,
-            outputs: heads.key_blocks::<U>(),
+            outputs: seen.div_ceil(U::LANES),
             out: scores_at.add(row * scores_width),
             out_stride: scores_width,
         };
         each_row_of::<U>(tile.len(), scores_of);
-        for (row, pl) in scores
+        for ((row, pl), query) in scores
             .chunks_exact_mut(scores_width)
             .zip(p_lanes.chunks_exact_mut(key_lanes))
-            .take(tile.len())
+            .zip(tile)
         {
-            U::probabilities(&mut row[..s], pl);
+            U::probabilities(&mut row[..query.keys], &mut pl[..seen_lanes]);
         }
-        // Outputs: P's lanes of keys against vectors of dims; rows d apart.
+        // Outputs: P's lanes of the keys the tile sees against vectors of dims; rows d apart.
         let (p_at, out_at) = (p_lanes.as_ptr(), out.as_mut_ptr());
         let outputs_of = |row: usize| LaneProduct {
             rows: p_at.add(row * key_lanes),
-            steps: key_lanes,
+            row_stride: key_lanes,
+            steps: seen_lanes,
             vectors: head.values.as_ptr(),
             vector_stride: U::LANES,
             step_stride: d,
@@ -684,8 +746,9 @@ fn lanes_of(n: usize) -> __mmask16 {
 /// rows' lanes into vectors of f32 outputs.
 #[derive(Clone, Copy)]
 struct LaneProduct {
-    /// Row r's i-th lane at `rows[r · steps + i]`.
+    /// Row r's i-th lane at `rows[r · row_stride + i]`.
     rows: *const u32,
+    row_stride: usize,
     /// Lanes per row: the length of each sum.
     steps: usize,
     /// Output vector n's i-th vector of lanes at `vectors[n · vector_stride + i · step_stride]`.
@@ -726,7 +789,7 @@ impl LaneProduct {
                 )
             });
             for (r, acc) in acc.iter_mut().enumerate() {
-                let a = *self.rows.add(r * self.steps + i);
+                let a = *self.rows.add(r * self.row_stride + i);
                 for (sum, b) in acc.iter_mut().zip(b) {
                     *sum = U::product(*sum, a, b);
                 }
@@ -811,8 +874,10 @@ mod tests {
     /// Head widths of one, several and a partial tile of vectors, key counts of partial
     /// blocks and an odd count (a padded key pair in bf16), row counts of partial tiles and
     /// tasks, the widest heads (f32 with 1500 keys: one head per group of packed heads), in
-    /// every form the CPU runs: within 2⁻¹⁸ (f32: its sums and exponential) or 2⁻⁸ (bf16:
-    /// the rounded probabilities) of the largest |v| of the reference.
+    /// every form the CPU runs, every row seeing every key and causal (after cached positions,
+    /// and with rows folded as runs of t positions): within 2⁻¹⁸ (f32: its sums and
+    /// exponential) or 2⁻⁸ (bf16: the rounded probabilities) of the largest |v| of the
+    /// reference over the keys the row sees.
     #[test]
     fn matches_the_reference_in_every_shape() -> Result<()> {
         for kernel in kernels_here() {
@@ -825,31 +890,46 @@ mod tests {
                 for (rows, s) in [(1, 1), (5, 3), (6, 17), (13, 64), (50, 131), (7, 1500)] {
                     let q = (tensor(1, 2, rows, d, 1, true)? * 0.3)?;
                     let (k, v) = (tensor(1, 2, s, d, 2, false)?, tensor(1, 2, s, d, 3, true)?);
-                    let out = q.apply_op3_no_bwd(&k, &v, &kernel)?;
-                    for bh in 0..2 {
-                        let (qs, ks, vs, os) = (
-                            rows_of(&q, bh)?,
-                            rows_of(&k, bh)?,
-                            rows_of(&v, bh)?,
-                            rows_of(&out, bh)?,
-                        );
-                        let (ks, vs): (Vec<&[f32]>, Vec<&[f32]>) = (
-                            ks.iter().map(Vec::as_slice).collect(),
-                            vs.iter().map(Vec::as_slice).collect(),
-                        );
-                        let bound = tolerance
-                            * vs.iter()
-                                .flat_map(|v| v.iter())
-                                .fold(0f64, |m, x| m.max(x.abs() as f64))
-                            + 1e-7;
-                        for (r, (q, o)) in qs.iter().zip(&os).enumerate() {
-                            let want = reference(products, q, &ks, &vs);
-                            for (c, (got, want)) in o.iter().zip(want).enumerate() {
-                                assert!(
-                                    (*got as f64 - want).abs() <= bound,
-                                    "{kernel:?} d {d} rows {rows} s {s} head {bh} row {r} \
-                                     [{c}]: {got} vs {want}"
-                                );
+                    // (past, t): a causal block after `past` positions, rows in runs of t.
+                    let mut causal = vec![None];
+                    if s >= rows {
+                        causal.push(Some((s - rows, rows)));
+                    }
+                    if rows % 2 == 0 && s >= rows / 2 {
+                        causal.push(Some((s - rows / 2, rows / 2)));
+                    }
+                    for causal in causal {
+                        let op = match causal {
+                            Some((past, t)) => kernel.causal(past, t),
+                            None => kernel,
+                        };
+                        let out = q.apply_op3_no_bwd(&k, &v, &op)?;
+                        for bh in 0..2 {
+                            let (qs, ks, vs, os) = (
+                                rows_of(&q, bh)?,
+                                rows_of(&k, bh)?,
+                                rows_of(&v, bh)?,
+                                rows_of(&out, bh)?,
+                            );
+                            let (ks, vs): (Vec<&[f32]>, Vec<&[f32]>) = (
+                                ks.iter().map(Vec::as_slice).collect(),
+                                vs.iter().map(Vec::as_slice).collect(),
+                            );
+                            let bound = tolerance
+                                * vs.iter()
+                                    .flat_map(|v| v.iter())
+                                    .fold(0f64, |m, x| m.max(x.abs() as f64))
+                                + 1e-7;
+                            for (r, (q, o)) in qs.iter().zip(&os).enumerate() {
+                                let seen = causal.map_or(s, |(past, t)| past + r % t + 1);
+                                let want = reference(products, q, &ks[..seen], &vs[..seen]);
+                                for (c, (got, want)) in o.iter().zip(want).enumerate() {
+                                    assert!(
+                                        (*got as f64 - want).abs() <= bound,
+                                        "{op:?} d {d} rows {rows} s {s} head {bh} row {r} \
+                                         [{c}]: {got} vs {want}"
+                                    );
+                                }
                             }
                         }
                     }
