@@ -350,7 +350,7 @@ fn bench_attention_shapes() -> candle_core::Result<()> {
             let kernel = time(1, 5, || {
                 std::hint::black_box(q.apply_op3_no_bwd(&k, &v, &op).unwrap());
             });
-            report_flops(&format!("encoder attention: {op:?}"), flops, kernel);
+            report_flops(&format!("encoder attention: {op}"), flops, kernel);
         }
     }
     Ok(())

@@ -3,7 +3,6 @@
 
 use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
 #[cfg(target_arch = "x86_64")]
-#[cfg(target_arch = "x86_64")]
 use crate::kernels::attention_many_rows::{ManyRowsAttention, Products};
 use crate::kernels::machine::CycleBytes;
 use crate::kernels::ops::{to_dtype_contiguous, SoftmaxLastDimInPlace};
@@ -181,7 +180,7 @@ impl Attention {
         self.bf16_products = self.bf16_checkpoint || self.o.weight_format() == WeightFormat::Bf16;
     }
 
-    /// The kernel an attention of many rows without a mask takes
+    /// The kernel an attention of many rows (a window, a causal prompt) takes
     /// (`kernels::attention_many_rows`): bf16 dot products where the layer computes in bf16
     /// and the CPU has them, else f32 where the CPU has AVX-512 or AVX2; none (candle's f32
     /// GEMMs) elsewhere.
@@ -738,10 +737,10 @@ mod tests {
         Ok(())
     }
 
-    /// A window's attention (many rows, no mask) runs in the kernel the CPU takes — bf16 dot
-    /// products for a chunk-invariant bf16 layer where the CPU has them, else f32 where it has
-    /// AVX-512 or AVX2, else candle's GEMMs — and an f32 layer's equals the GEMM path's
-    /// within f32's sums, GQA heads included, whole and causal.
+    /// An attention of many rows (a window, a causal block) runs in the kernel the CPU takes:
+    /// bf16 dot products for a chunk-invariant bf16 layer where the CPU has them, else f32
+    /// where it has AVX-512 or AVX2, else candle's GEMMs; an f32 layer's equals the GEMM
+    /// path's within f32's sums, GQA heads included, whole and causal.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn windows_attend_in_the_kernel_the_cpu_takes() -> Result<()> {

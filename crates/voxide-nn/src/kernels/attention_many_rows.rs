@@ -1,5 +1,5 @@
-//! Attention of many query rows without a mask (an encoder's window: 1500 × 1500 per head) in
-//! one of two kinds of [`Products`]: f32 FMAs (AVX-512, or AVX2 + FMA), or bf16 dot products
+//! Attention of many query rows (an encoder's window: 1500 × 1500 per head; a prompt's causal
+//! block, [`ManyRowsAttention::causal`]) in one of two kinds of [`Products`]: f32 FMAs (AVX-512, or AVX2 + FMA), or bf16 dot products
 //! where the CPU has AVX512-BF16 (AMD Zen 4 and 5, Intel from Cooper Lake).
 //!
 //! In bf16, q, K and V are rounded to bf16 (to nearest even) and both products run on
@@ -13,22 +13,24 @@
 //! Each query row is computed alone — its scores in one pass over the keys, its softmax, its
 //! output in one pass over the values, in an order that does not depend on the rows around
 //! it — so a row's result is the same whatever block of rows it comes in (chunk-invariant,
-//! as the encoders' products, [`crate::Linear::set_chunk_invariant`]).
+//! as the encoders' products, [`crate::Linear::set_chunk_invariant`]; a causal row's sums run
+//! on over its tile's later keys with exact zeros).
 //!
 //! Layout: both products broadcast one 32-bit lane of the row (q's dims, P's keys) against a
 //! vector of lanes of the other operand, giving a vector of outputs (keys, dims). A lane holds
 //! one f32 value, or one bf16 pair: the pair (k[2p], k[2p + 1]) of one key along the head, and
 //! (v[2j][d], v[2j + 1][d]) of two keys for P·V. Per (batch, head) the keys are packed in
 //! blocks of a vector's width, `[block][lane][key]`, and the values `[lane of keys][dim]`. A
-//! register tile is rows × vectors of accumulators: 6 × 4 with AVX-512's 32 registers, 4 × 3
-//! with AVX2's 16.
+//! register tile is rows × vectors of accumulators: 6 × 4 with AVX-512's 32 registers, 6 × 2
+//! with AVX2's 16 (4 × 3 spilled one; 4 × 2 leaves the FMAs' latency no slack).
 
-use super::simd::Isa;
+use super::simd::{Avx2, Avx512, Isa, Simd};
 use super::small_m_bf16::{round_pairs, runs as runs_bf16};
 use super::softmax::x86::{exp_neg_16, exp_shifted};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
+use std::marker::PhantomData;
 
 /// Register tiles per parallel task (a 1500-row window: 32 tasks per head with AVX-512).
 const TASK_TILES: usize = 8;
@@ -143,6 +145,23 @@ impl ManyRowsAttention {
     }
 }
 
+/// The form, e.g. "f32 on AVX2", and "causal" where it is.
+impl std::fmt::Display for ManyRowsAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let form = match self.kernel {
+            Kernel::F32Avx512 => "f32 on AVX-512",
+            Kernel::F32Avx2 => "f32 on AVX2",
+            Kernel::Bf16Avx512 => "bf16 on AVX512-BF16",
+        };
+        let causal = if self.causal.is_some() {
+            ", causal"
+        } else {
+            ""
+        };
+        write!(f, "{form}{causal}")
+    }
+}
+
 impl CustomOp3 for ManyRowsAttention {
     fn name(&self) -> &'static str {
         "many-rows-attention"
@@ -170,8 +189,8 @@ impl CustomOp3 for ManyRowsAttention {
             || !causal_keys
         {
             candle_core::bail!(
-                "many-rows-attention ({:?}): q {:?}, k {:?}, v {:?}",
-                self,
+                "many-rows-attention ({self}, {:?}): q {:?}, k {:?}, v {:?}",
+                self.causal,
                 ql.shape(),
                 kl.shape(),
                 vl.shape()
@@ -186,8 +205,8 @@ impl CustomOp3 for ManyRowsAttention {
         let heads = Heads { b, h, rows, d, s };
         let (q, k, v) = ((q.as_slice(), ql), (k.as_slice(), kl), (v.as_slice(), vl));
         let out = match self.kernel {
-            Kernel::F32Avx512 => attend::<F32x16>(self, heads, q, k, v),
-            Kernel::F32Avx2 => attend::<F32x8>(self, heads, q, k, v),
+            Kernel::F32Avx512 => attend::<F32<Avx512>>(self, heads, q, k, v),
+            Kernel::F32Avx2 => attend::<F32<Avx2>>(self, heads, q, k, v),
             Kernel::Bf16Avx512 => attend::<Bf16x16>(self, heads, q, k, v),
         };
         Ok((CpuStorage::F32(out), Shape::from((b, h, rows, d))))
@@ -217,13 +236,20 @@ trait Operands {
     unsafe fn tile(product: LaneProduct);
     unsafe fn row(product: LaneProduct);
 
-    /// `row` (a multiple of 16 values) into `row.len() / PER_LANE` lanes.
-    unsafe fn pack(row: &[f32], lanes: &mut [u32]);
+    /// `row` (a multiple of 16 values) into `row.len() / PER_LANE` lanes: f32 values as
+    /// their bits.
+    unsafe fn pack(row: &[f32], lanes: &mut [u32]) {
+        for (lane, x) in lanes.iter_mut().zip(row) {
+            *lane = x.to_bits();
+        }
+    }
 
     /// The value rows of one lane's keys into d lanes, one per dim: `first`, and for bf16
     /// pairs `second` (absent past the last key: zero). The rows and `lanes` hold the same
     /// multiple of 16 values.
-    unsafe fn pack_values(first: &[f32], second: Option<&[f32]>, lanes: &mut [u32]);
+    unsafe fn pack_values(first: &[f32], _second: Option<&[f32]>, lanes: &mut [u32]) {
+        Self::pack(first, lanes)
+    }
 
     /// softmax(row) into the lanes (all of them: zero past the row's end), in f32 (the sum of
     /// the exponentials too); `row` may be left changed. A NaN score makes the row's
@@ -239,52 +265,88 @@ trait Operands {
     );
 }
 
-/// f32 in 16 lanes (AVX-512F).
-struct F32x16;
+/// f32 lanes and FMAs on one of the crate's vector paths ([`Simd`]: AVX-512 or AVX2 + FMA).
+struct F32<S>(PhantomData<S>);
 
-impl Operands for F32x16 {
-    type Sums = __m512;
-    type Lanes = __m512;
-    const LANES: usize = 16;
+/// What an f32 form adds to its path's vector operations: its register tile, its softmax and
+/// its entry compiled for the path's instructions.
+trait F32Form: Simd {
+    const TILE_ROWS: usize;
+    unsafe fn tile(product: LaneProduct);
+    unsafe fn row(product: LaneProduct);
+    unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]);
+    unsafe fn rows_of_head(
+        heads: Heads,
+        head: &PackedHead<'_>,
+        queries: &[Query<'_>],
+        out: &mut [f32],
+    );
+}
+
+impl<S: F32Form> Operands for F32<S> {
+    type Sums = S::V;
+    type Lanes = S::V;
+    const LANES: usize = S::LANES;
     const PER_LANE: usize = 1;
-    const TILE_ROWS: usize = 6;
+    const TILE_ROWS: usize = S::TILE_ROWS;
 
     #[inline(always)]
-    unsafe fn zero() -> __m512 {
-        _mm512_setzero_ps()
+    unsafe fn zero() -> S::V {
+        S::zero()
     }
 
     #[inline(always)]
-    unsafe fn load(p: *const u32) -> __m512 {
-        _mm512_loadu_ps(p as *const f32)
+    unsafe fn load(p: *const u32) -> S::V {
+        S::load(p as *const f32)
     }
 
     #[inline(always)]
-    unsafe fn store(p: *mut f32, sums: __m512) {
-        _mm512_storeu_ps(p, sums)
+    unsafe fn store(p: *mut f32, sums: S::V) {
+        S::store(p, sums)
     }
 
     #[inline(always)]
-    unsafe fn product(sums: __m512, a: u32, b: __m512) -> __m512 {
-        _mm512_fmadd_ps(_mm512_set1_ps(f32::from_bits(a)), b, sums)
+    unsafe fn product(sums: S::V, a: u32, b: S::V) -> S::V {
+        S::fma(S::splat(f32::from_bits(a)), b, sums)
     }
 
     #[inline(always)]
     unsafe fn tile(product: LaneProduct) {
-        product.rows::<Self, 6, 4>()
+        S::tile(product)
     }
 
     #[inline(always)]
     unsafe fn row(product: LaneProduct) {
-        product.rows::<Self, 1, 4>()
+        S::row(product)
     }
 
-    unsafe fn pack(row: &[f32], lanes: &mut [u32]) {
-        copy_bits(row, lanes)
+    #[inline(always)]
+    unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]) {
+        S::probabilities(row, lanes)
     }
 
-    unsafe fn pack_values(first: &[f32], _: Option<&[f32]>, lanes: &mut [u32]) {
-        copy_bits(first, lanes)
+    unsafe fn rows_of_head(
+        heads: Heads,
+        head: &PackedHead<'_>,
+        queries: &[Query<'_>],
+        out: &mut [f32],
+    ) {
+        S::rows_of_head(heads, head, queries, out)
+    }
+}
+
+/// 16 lanes, 6 × 4 tiles, the fused 16-lane softmax.
+impl F32Form for Avx512 {
+    const TILE_ROWS: usize = 6;
+
+    #[inline(always)]
+    unsafe fn tile(product: LaneProduct) {
+        product.rows::<F32<Self>, 6, 4>()
+    }
+
+    #[inline(always)]
+    unsafe fn row(product: LaneProduct) {
+        product.rows::<F32<Self>, 1, 4>()
     }
 
     #[inline(always)]
@@ -308,59 +370,24 @@ impl Operands for F32x16 {
         queries: &[Query<'_>],
         out: &mut [f32],
     ) {
-        rows_of_head::<Self>(heads, head, queries, out)
+        rows_of_head::<F32<Self>>(heads, head, queries, out)
     }
 }
 
-/// f32 in 8 lanes (AVX2 + FMA).
-struct F32x8;
-
-impl Operands for F32x8 {
-    type Sums = __m256;
-    type Lanes = __m256;
-    const LANES: usize = 8;
-    const PER_LANE: usize = 1;
+/// 8 lanes, 6 × 2 tiles, the GEMM path's softmax steps with a vector max.
+impl F32Form for Avx2 {
     const TILE_ROWS: usize = 6;
 
     #[inline(always)]
-    unsafe fn zero() -> __m256 {
-        _mm256_setzero_ps()
-    }
-
-    #[inline(always)]
-    unsafe fn load(p: *const u32) -> __m256 {
-        _mm256_loadu_ps(p as *const f32)
-    }
-
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, sums: __m256) {
-        _mm256_storeu_ps(p, sums)
-    }
-
-    #[inline(always)]
-    unsafe fn product(sums: __m256, a: u32, b: __m256) -> __m256 {
-        _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(a)), b, sums)
-    }
-
-    #[inline(always)]
     unsafe fn tile(product: LaneProduct) {
-        product.rows::<Self, 6, 2>()
+        product.rows::<F32<Self>, 6, 2>()
     }
 
     #[inline(always)]
     unsafe fn row(product: LaneProduct) {
-        product.rows::<Self, 1, 2>()
+        product.rows::<F32<Self>, 1, 2>()
     }
 
-    unsafe fn pack(row: &[f32], lanes: &mut [u32]) {
-        copy_bits(row, lanes)
-    }
-
-    unsafe fn pack_values(first: &[f32], _: Option<&[f32]>, lanes: &mut [u32]) {
-        copy_bits(first, lanes)
-    }
-
-    /// The GEMM path's softmax steps (its 8-lane exponential), the probabilities into the lanes.
     #[inline(always)]
     unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]) {
         let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -390,7 +417,7 @@ impl Operands for F32x8 {
         queries: &[Query<'_>],
         out: &mut [f32],
     ) {
-        rows_of_head::<Self>(heads, head, queries, out)
+        rows_of_head::<F32<Self>>(heads, head, queries, out)
     }
 }
 
@@ -471,13 +498,6 @@ impl Operands for Bf16x16 {
         out: &mut [f32],
     ) {
         rows_of_head::<Self>(heads, head, queries, out)
-    }
-}
-
-/// f32 values as lanes: their bits.
-fn copy_bits(values: &[f32], lanes: &mut [u32]) {
-    for (lane, x) in lanes.iter_mut().zip(values) {
-        *lane = x.to_bits();
     }
 }
 
