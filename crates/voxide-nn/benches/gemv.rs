@@ -315,7 +315,6 @@ fn bench_voxtral_prefill() -> candle_core::Result<()> {
 /// chunks of 1 M scores as `Attention` runs them) against every form of the kernel of many
 /// rows the CPU runs (f32 with AVX-512 or AVX2, bf16 with AVX512-BF16).
 fn bench_attention_shapes() -> candle_core::Result<()> {
-    use voxide_nn::kernels::attention_many_rows::{ManyRowsAttention, Products};
     let (heads, s, d) = (20, 1500, 64);
     let dev = Device::Cpu;
     let filled = |seed: usize, scale: f32| -> candle_core::Result<Tensor> {
@@ -345,12 +344,17 @@ fn bench_attention_shapes() -> candle_core::Result<()> {
         }
     });
     report_flops("encoder attention: f32 GEMMs", flops, f32_path);
-    for products in [Products::F32, Products::Bf16] {
-        for op in ManyRowsAttention::every_form(products, d) {
-            let kernel = time(1, 5, || {
-                std::hint::black_box(q.apply_op3_no_bwd(&k, &v, &op).unwrap());
-            });
-            report_flops(&format!("encoder attention: {op}"), flops, kernel);
+    // The kernel's forms are x86-64's.
+    #[cfg(target_arch = "x86_64")]
+    {
+        use voxide_nn::kernels::attention_many_rows::{ManyRowsAttention, Products};
+        for products in [Products::F32, Products::Bf16] {
+            for op in ManyRowsAttention::every_form(products, d) {
+                let kernel = time(1, 5, || {
+                    std::hint::black_box(q.apply_op3_no_bwd(&k, &v, &op).unwrap());
+                });
+                report_flops(&format!("encoder attention: {op}"), flops, kernel);
+            }
         }
     }
     Ok(())

@@ -531,6 +531,11 @@ fn round_order(round: usize, count: usize) -> impl Iterator<Item = usize> {
     (0..count).map(move |i| (round + i) % count)
 }
 
+// E picks the measured weights' format; elsewhere the defaults stand, whatever the format.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(clippy::extra_unused_type_parameters)
+)]
 fn measure_streamed_read_ahead<E: WeightElem>() -> StreamedReadAhead {
     #[cfg(target_arch = "x86_64")]
     {
