@@ -26,7 +26,7 @@
 
 use super::simd::{Avx2, Avx512, Isa, Simd};
 use super::small_m_bf16::{round_pairs, runs as runs_bf16};
-use super::softmax::x86::{exp_neg_16, exp_shifted};
+use super::softmax::x86::{exp_neg_16, exp_shifted, max as max_8};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -374,7 +374,7 @@ impl F32Form for Avx512 {
     }
 }
 
-/// 8 lanes, 6 × 2 tiles, the GEMM path's softmax steps with a vector max.
+/// 8 lanes, 6 × 2 tiles, the GEMM path's softmax steps.
 impl F32Form for Avx2 {
     const TILE_ROWS: usize = 6;
 
@@ -390,18 +390,7 @@ impl F32Form for Avx2 {
 
     #[inline(always)]
     unsafe fn probabilities(row: &mut [f32], lanes: &mut [u32]) {
-        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
-        let mut chunks = row.chunks_exact(8);
-        for c in &mut chunks {
-            vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(c.as_ptr()));
-        }
-        let mut lanes8 = [0f32; 8];
-        _mm256_storeu_ps(lanes8.as_mut_ptr(), vmax);
-        let max = lanes8
-            .iter()
-            .chain(chunks.remainder())
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
+        let max = max_8(row);
         let inv = (1.0 / exp_shifted(row.as_mut_ptr(), row.len(), max, true)) as f32;
         let (seen, rest) = lanes.split_at_mut(row.len());
         for (lane, e) in seen.iter_mut().zip(row.iter()) {

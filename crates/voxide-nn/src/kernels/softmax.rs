@@ -31,10 +31,20 @@ pub fn softmax_rows(x: &mut [f32], cols: usize) {
 }
 
 fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(row);
     let sum = exp_shifted_in_place(row, max);
     let inv = (1.0 / sum) as f32;
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// The largest element of x, NaN ignored as `f32::max` ignores it (−∞ for an empty x).
+pub(crate) fn row_max(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the features were detected at run time.
+        return unsafe { x86::max(x) };
+    }
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// x ← e^(x − max) for every element (max ≥ every element), returning Σ in f64.
@@ -165,6 +175,23 @@ pub(crate) mod x86 {
             _mm512_set1_epi32(127),
         )));
         _mm512_maskz_mul_ps(kept, p, scale)
+    }
+
+    /// [`super::row_max`] 8 lanes at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn max(x: &[f32]) -> f32 {
+        let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            max = _mm256_max_ps(max, _mm256_loadu_ps(c.as_ptr()));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), max);
+        lanes
+            .iter()
+            .chain(chunks.remainder())
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max)
     }
 
     /// e^(x − max) for the `len` elements at `x`, written back when `write` (then `x` must be
