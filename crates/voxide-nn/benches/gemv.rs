@@ -1006,6 +1006,15 @@ fn main() -> candle_core::Result<()> {
             let gflops = voxide_nn::kernels::fma_peak::measure_fma_gflops(t, 5);
             println!("f32 FMA peak, {t} threads: {gflops:.1} GFLOP/s");
         }
+        if let Some(d) = voxide_nn::kernels::fma_peak::Bf16Dots::measure() {
+            println!(
+                "bf16 dot products, 1 thread: {:.1} GFLOP/s against f32 FMAs' {:.1} ({:.2}x, taken: {})",
+                d.bf16_gflops,
+                d.f32_gflops,
+                d.bf16_gflops / d.f32_gflops,
+                d.pay()
+            );
+        }
     }
     if on("gemv") {
         bench_gemv(None, SHAPES);

@@ -6,6 +6,8 @@ use crate::kernels::attention::{DecodeAttention, MAX_QUERY_ROWS};
 use crate::kernels::attention_many_rows::{ManyRowsAttention, Products};
 use crate::kernels::machine::CycleBytes;
 use crate::kernels::ops::{to_dtype_contiguous, SoftmaxLastDimInPlace};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::small_m::native_bf16;
 use crate::kernels::step_heads::{QkNorm, StepHeads, WriteHeads, MAX_HEAD_DIM};
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, LinearStack, WeightFormat};
@@ -182,11 +184,11 @@ impl Attention {
 
     /// The kernel an attention of many rows (a window, a causal prompt) takes
     /// (`kernels::attention_many_rows`): bf16 dot products where the layer computes in bf16
-    /// and the CPU has them, else f32 where the CPU has AVX-512 or AVX2; none (candle's f32
-    /// GEMMs) elsewhere.
+    /// and the CPU takes them (`native_bf16`), else f32 where the CPU has AVX-512 or AVX2;
+    /// none (candle's f32 GEMMs) elsewhere.
     #[cfg(target_arch = "x86_64")]
     fn many_rows_kernel(&self, head_dim: usize) -> Option<ManyRowsAttention> {
-        let bf16 = self.bf16_products.then_some(Products::Bf16);
+        let bf16 = (self.bf16_products && native_bf16()).then_some(Products::Bf16);
         bf16.into_iter()
             .chain([Products::F32])
             .find_map(|products| ManyRowsAttention::new(products, head_dim))
@@ -745,7 +747,7 @@ mod tests {
     #[test]
     fn windows_attend_in_the_kernel_the_cpu_takes() -> Result<()> {
         use crate::kernels::simd::Isa;
-        use crate::kernels::small_m_bf16::runs as has_bf16;
+        use crate::kernels::small_m::native_bf16 as has_bf16;
         let dev = Device::Cpu;
         let products = |layer: &Attention, hd| layer.many_rows_kernel(hd).map(|k| k.products());
         let f32_layer = layer(64, 4, 2, &dev)?;

@@ -10,8 +10,9 @@ use crate::transcribe::{precision, set_threads};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use report::{
-    compare, run_floors_line, windows_line, FileReport, MachineReport, ReadAheadReport, Report,
-    RetentionReport, Run, RunFloor, Stat, StepReads, StreamingReport, Totals, Verdict,
+    compare, run_floors_line, windows_line, Bf16DotsReport, FileReport, MachineReport,
+    ReadAheadReport, Report, RetentionReport, Run, RunFloor, Stat, StepReads, StreamingReport,
+    Totals, Verdict,
 };
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,7 +20,7 @@ use std::time::Instant;
 use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
 use voxide_nn::kernels::bandwidth::{measured_retention, streaming_reads, ReadProbe};
-use voxide_nn::kernels::fma_peak::measure_fma_gflops;
+use voxide_nn::kernels::fma_peak::{bf16_dots, measure_fma_gflops};
 use voxide_nn::kernels::gemv::{measured_read_aheads, FEWER_ROWS_PER_PASS, ROWS_PER_PASS};
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
@@ -315,6 +316,11 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             .map(|(v, g)| (v.to_string(), *g))
             .collect(),
         fma_gflops,
+        bf16_dots: bf16_dots().map(|d| Bf16DotsReport {
+            f32_gflops: d.f32_gflops,
+            bf16_gflops: d.bf16_gflops,
+            taken: d.pay(),
+        }),
         streaming: streaming_reads().map(|r| StreamingReport {
             nontemporal_gbps: r.nontemporal_gbps,
             keep_gbps: r.keep_gbps,
@@ -454,6 +460,19 @@ fn print_machine(m: &MachineReport, threads: usize) {
         m.cache_budget_bytes >> 20,
         m.fma_gflops
     );
+    if let Some(d) = &m.bf16_dots {
+        say!(
+            "bf16 dot products on one core: {:.0} GFLOP/s against f32 FMAs' {:.0} ({:.2}x): {}",
+            d.bf16_gflops,
+            d.f32_gflops,
+            d.bf16_gflops / d.f32_gflops,
+            if d.taken {
+                "taken for bf16 products of many rows"
+            } else {
+                "not taken (f32 products instead)"
+            }
+        );
+    }
     let slowest = m
         .read_probes_gbps
         .iter()

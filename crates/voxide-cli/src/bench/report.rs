@@ -338,10 +338,25 @@ pub struct MachineReport {
     pub read_variants: Vec<(String, f64)>,
     /// f32 FMA peak with the bench's threads, GFLOP/s.
     pub fma_gflops: f64,
+    /// One core's bf16 dot products against its f32 FMAs and whether the bf16 kernels were
+    /// taken ([`voxide_nn::kernels::fma_peak::bf16_dots`]); `None` where the CPU has none.
+    #[serde(default)]
+    pub bf16_dots: Option<Bf16DotsReport>,
     /// How streamed matrices were read: from memory with non-temporal prefetches against plain
     /// ones ([`voxide_nn::kernels::bandwidth::StreamingReads`]); `None` where not measured.
     #[serde(default)]
     pub streaming: Option<StreamingReport>,
+}
+
+/// One core's rate of bf16 dot products against its f32 FMAs, and the choice it made.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Bf16DotsReport {
+    /// f32 FMAs on one core, GFLOP/s.
+    pub f32_gflops: f64,
+    /// bf16 dot products on one core, GFLOP/s (a multiply-add is 2 FLOPs in both).
+    pub bf16_gflops: f64,
+    /// Whether the bf16 kernels were taken (bf16 ≥ `BF16_DOTS_MIN_GAIN` × f32).
+    pub taken: bool,
 }
 
 /// The streaming reads measured at start and the prefetch streamed matrices took.

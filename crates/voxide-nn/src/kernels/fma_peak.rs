@@ -1,7 +1,10 @@
 //! The machine's f32 FMA rate, the floor of compute-bound work (an encoder window's FLOPs /
-//! peak), measured like the bandwidth: a floor is stated for the machine that ran.
+//! peak), measured like the bandwidth: a floor is stated for the machine that ran. And the
+//! rate of its bf16 dot products against it, which decides whether the kernels built on them
+//! pay on this CPU ([`bf16_dots`]).
 
 use super::simd::{isa_entries, Isa, Simd};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Independent accumulator chains per thread: enough to cover the FMA latency on both ports of
@@ -57,9 +60,127 @@ pub fn measure_fma_gflops(threads: usize, passes: usize) -> f64 {
     (0..passes.max(1)).map(|_| pass()).fold(0.0, f64::max)
 }
 
+/// How much faster than f32 FMAs bf16 dot products must multiply-add for the kernels built on
+/// them (`small_m_bf16`, the bf16 form of `attention_many_rows`) to be taken. Those kernels
+/// round and pack x into bf16 pairs besides, so at the same rate they lose: on Intel Xeon
+/// (Emerald Rapids) `vdpbf16ps` runs at about the f32 FMAs' rate and the bf16 kernels read
+/// 0.55–0.75× the f32 ones' (PERFORMANCE.md #167), where Zen 4's run at ~2× (its FMAs are
+/// 256 bits wide, its dot products are not).
+pub const BF16_DOTS_MIN_GAIN: f64 = 1.5;
+
+/// One core's rate of bf16 dot products (`vdpbf16ps`) against its f32 FMAs, in GFLOP/s (a
+/// multiply-add is 2 FLOPs in both).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bf16Dots {
+    pub f32_gflops: f64,
+    pub bf16_gflops: f64,
+}
+
+impl Bf16Dots {
+    /// Whether bf16 dot products are fast enough here to take ([`BF16_DOTS_MIN_GAIN`]).
+    pub fn pay(&self) -> bool {
+        self.bf16_gflops >= BF16_DOTS_MIN_GAIN * self.f32_gflops
+    }
+
+    /// Both rates on the calling thread (best of a few alternating passes after a warm-up of
+    /// each: ~10 ms); `None` where the CPU has no bf16 dot products (AVX512-BF16).
+    pub fn measure() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if super::small_m_bf16::runs() {
+            const PASS_ITERS: usize = 1 << 16;
+            const PASSES: usize = 4;
+            let isa = Isa::Avx512;
+            let rate = |flops: f64, run: &dyn Fn() -> f32| {
+                let t = Instant::now();
+                std::hint::black_box(run());
+                flops / t.elapsed().as_secs_f64() / 1e9
+            };
+            // Per instruction 16 lanes' multiply-adds as FMAs, twice that as dot products.
+            let f32_flops = (2 * isa.lanes() * CHAINS * PASS_ITERS) as f64;
+            let f32_pass = || rate(f32_flops, &|| fma_loop(isa, 1.0, PASS_ITERS));
+            // SAFETY: the CPU runs AVX-512F and AVX512-BF16 (`small_m_bf16::runs`).
+            let bf16_pass = || {
+                rate(2.0 * f32_flops, &|| unsafe {
+                    bf16_dot_loop(1.0, PASS_ITERS)
+                })
+            };
+            let (mut f32_gflops, mut bf16_gflops) = (0f64, 0f64);
+            for pass in 0..=PASSES {
+                let (f, b) = (f32_pass(), bf16_pass());
+                if pass > 0 {
+                    (f32_gflops, bf16_gflops) = (f32_gflops.max(f), bf16_gflops.max(b));
+                }
+            }
+            return Some(Self {
+                f32_gflops,
+                bf16_gflops,
+            });
+        }
+        None
+    }
+}
+
+/// This machine's [`Bf16Dots`], measured on first use; `None` where it has no bf16 dot
+/// products.
+pub fn bf16_dots() -> Option<Bf16Dots> {
+    static DOTS: OnceLock<Option<Bf16Dots>> = OnceLock::new();
+    *DOTS.get_or_init(Bf16Dots::measure)
+}
+
+/// [`fma_loop`]'s chains as bf16 dot products: each `vdpbf16ps` adds 16 lanes' products of
+/// two bf16 pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_dot_loop(seed: f32, iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    // Pairs of bf16 0.5 and 1e-7-ish: the sums grow slowly and stay finite.
+    let a = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f00_3f00));
+    let b = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x33d6_33d6));
+    let mut acc = [_mm512_set1_ps(seed); CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_dpbf16_ps(*v, a, b);
+        }
+    }
+    let mut s = acc[0];
+    for v in &acc[1..] {
+        s = _mm512_add_ps(s, *v);
+    }
+    _mm512_reduce_add_ps(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_dots_pay_from_the_gain_up() {
+        let dots = |bf16_gflops| Bf16Dots {
+            f32_gflops: 100.0,
+            bf16_gflops,
+        };
+        // Zen 4 (256-bit FMAs, ~2×) takes them; Emerald Rapids (~1×) does not.
+        assert!(dots(200.0).pay());
+        assert!(dots(150.0).pay());
+        assert!(!dots(149.0).pay());
+        assert!(!dots(100.0).pay());
+    }
+
+    #[test]
+    fn bf16_dots_are_measured_where_the_cpu_has_them() {
+        let dots = Bf16Dots::measure();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(dots.is_some(), crate::kernels::small_m_bf16::runs());
+        #[cfg(not(target_arch = "x86_64"))]
+        assert!(dots.is_none());
+        if let Some(d) = dots {
+            assert!(d.f32_gflops > 0.0 && d.bf16_gflops > 0.0, "{d:?}");
+            assert!(
+                d.bf16_gflops.is_finite() && d.f32_gflops.is_finite(),
+                "{d:?}"
+            );
+        }
+    }
 
     #[test]
     fn measures_a_positive_finite_rate() {

@@ -6,6 +6,7 @@
 //! register blocking.
 
 use super::convert::convert_row;
+use super::fma_peak;
 use super::gemv::{check_operands, OutPtr, WeightMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 #[cfg(target_arch = "x86_64")]
@@ -48,21 +49,20 @@ pub fn integer_int8() -> bool {
     false
 }
 
-/// Whether this CPU has the bf16 dot-product kernel (AVX512-BF16, [`small_m_bf16`]): x
-/// rounded to bf16, twice the f32 path's multiply-adds per instruction; ahead of widen + GEMM
-/// at any size. [`matmul_rows_alike`] takes it.
+/// Whether this CPU takes the bf16 dot-product kernels ([`small_m_bf16`], and the bf16 form
+/// of the attention of many rows): it has them (AVX512-BF16) and they multiply-add fast enough
+/// against its f32 FMAs to pay for rounding and packing x ([`fma_peak::bf16_dots`], measured
+/// once per process: Zen 4 ~2× the f32 rate, ahead of widen + GEMM at any size; Intel
+/// Emerald Rapids ~1×, behind it). [`matmul_rows_alike`] takes it.
 pub fn native_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return small_m_bf16::runs();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    fma_peak::bf16_dots().is_some_and(|d| d.pay())
 }
 
 /// [`matmul_small`] for products whose rows must come out alike in a block of any size (an
 /// encoder's, [`Linear::set_chunk_invariant`](crate::Linear::set_chunk_invariant)), any m, and
 /// for a bf16 decoder's prompts ([`Linear::set_bf16_prompts`](crate::Linear::set_bf16_prompts)):
-/// bf16 weights on bf16 dot products where the CPU has them (x rounded to bf16), the rest as
-/// [`matmul_small`] does.
+/// bf16 weights on bf16 dot products where the CPU takes them ([`native_bf16`]: x rounded to
+/// bf16), the rest as [`matmul_small`] does.
 pub fn matmul_rows_alike<E: WeightElem>(
     x: &[f32],
     w: &WeightMatrix<E>,
@@ -71,7 +71,7 @@ pub fn matmul_rows_alike<E: WeightElem>(
     m: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(data) = E::as_bf16(w.data).filter(|_| small_m_bf16::runs()) {
+    if let Some(data) = E::as_bf16(w.data).filter(|_| native_bf16()) {
         check_operands(x, w, bias, y, m);
         return small_m_bf16::matmul(x, &w.as_elements(data), bias, y, m);
     }
