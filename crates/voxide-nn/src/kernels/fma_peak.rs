@@ -62,10 +62,11 @@ pub fn measure_fma_gflops(threads: usize, passes: usize) -> f64 {
 
 /// How much faster than f32 FMAs bf16 dot products must multiply-add for the kernels built on
 /// them (`small_m_bf16`, the bf16 form of `attention_many_rows`) to be taken. Those kernels
-/// round and pack x into bf16 pairs besides, so at the same rate they lose: on Intel Xeon
-/// (Emerald Rapids) `vdpbf16ps` runs at about the f32 FMAs' rate and the bf16 kernels read
-/// 0.55–0.75× the f32 ones' (PERFORMANCE.md #167), where Zen 4's run at ~2× (its FMAs are
-/// 256 bits wide, its dot products are not).
+/// round and pack x into bf16 pairs besides, so at the same rate they lose. Measured on one
+/// core: Zen 4 2.0× (one 512-bit instruction of either kind a cycle, a dot product doing twice
+/// the multiply-adds), Intel Xeon Emerald Rapids 0.49× (one dot product every other cycle
+/// against two FMAs a cycle), where the bf16 kernels ran at 0.55–0.75× the f32 ones
+/// (PERFORMANCE.md #167).
 pub const BF16_DOTS_MIN_GAIN: f64 = 1.5;
 
 /// One core's rate of bf16 dot products (`vdpbf16ps`) against its f32 FMAs, in GFLOP/s (a
@@ -83,7 +84,7 @@ impl Bf16Dots {
     }
 
     /// Both rates on the calling thread (best of a few alternating passes after a warm-up of
-    /// each: ~10 ms); `None` where the CPU has no bf16 dot products (AVX512-BF16).
+    /// each: a few ms); `None` where the CPU has no bf16 dot products (AVX512-BF16).
     pub fn measure() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         if super::small_m_bf16::runs() {
