@@ -740,14 +740,13 @@ mod tests {
     }
 
     /// An attention of many rows (a window, a causal block) runs in the kernel the CPU takes:
-    /// bf16 dot products for a chunk-invariant bf16 layer where the CPU has them, else f32
+    /// bf16 dot products for a chunk-invariant bf16 layer where the CPU takes them, else f32
     /// where it has AVX-512 or AVX2, else candle's GEMMs; an f32 layer's equals the GEMM
     /// path's within f32's sums, GQA heads included, whole and causal.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn windows_attend_in_the_kernel_the_cpu_takes() -> Result<()> {
         use crate::kernels::simd::Isa;
-        use crate::kernels::small_m::native_bf16 as has_bf16;
         let dev = Device::Cpu;
         let products = |layer: &Attention, hd| layer.many_rows_kernel(hd).map(|k| k.products());
         let f32_layer = layer(64, 4, 2, &dev)?;
@@ -757,7 +756,7 @@ mod tests {
         let mut bf16_layer = layer(64, 4, 2, &dev)?.to_format(WeightFormat::Bf16)?;
         assert_eq!(products(&bf16_layer, 16), f32_kernel);
         bf16_layer.set_chunk_invariant();
-        let bf16_kernel = if has_bf16() {
+        let bf16_kernel = if native_bf16() {
             Some(Products::Bf16)
         } else {
             f32_kernel

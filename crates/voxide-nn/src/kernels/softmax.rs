@@ -183,7 +183,8 @@ pub(crate) mod x86 {
         let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
         let mut chunks = x.chunks_exact(8);
         for c in &mut chunks {
-            max = _mm256_max_ps(max, _mm256_loadu_ps(c.as_ptr()));
+            // `maxps` returns its second operand where either is NaN: the running max.
+            max = _mm256_max_ps(_mm256_loadu_ps(c.as_ptr()), max);
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), max);
@@ -311,6 +312,25 @@ mod tests {
         softmax_rows(&mut all_masked, 9);
         assert!(all_masked.iter().all(|v| v.is_nan()));
         softmax_rows(&mut [], 0);
+    }
+
+    #[test]
+    fn row_max_is_the_largest_with_nan_ignored() {
+        // Falling and rising rows: the largest element first or last, so that a NaN in the
+        // same lane after it (or before it) would lose it if the vector max kept NaN.
+        for len in [0usize, 1, 7, 8, 9, 16, 21] {
+            for sign in [-1.0f32, 1.0] {
+                let x: Vec<f32> = (0..len).map(|i| sign * i as f32).collect();
+                let want = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(row_max(&x), want, "{len}");
+                for at in 0..len {
+                    let mut y = x.clone();
+                    y[at] = f32::NAN;
+                    let want = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    assert_eq!(row_max(&y), want, "{len} × {sign}, NaN at {at}");
+                }
+            }
+        }
     }
 
     #[test]
