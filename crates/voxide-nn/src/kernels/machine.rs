@@ -443,11 +443,28 @@ fn cpuid_caches() -> Option<CacheSizes> {
 }
 
 fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    info.lines()
-        .find(|l| l.starts_with("model name") || l.starts_with("Model"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
+    cpu_model_in(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
+}
+
+/// The first CPU's model name in a `/proc/cpuinfo` text, with its x86 family and model numbers
+/// where given: a VM's name alone can hide the generation ("AMD EPYC" has been Zen 3, Zen 4
+/// and Zen 5 here), which decides what the kernels can do.
+fn cpu_model_in(info: &str) -> Option<String> {
+    let field = |text: &str, key: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    };
+    // aarch64 boards name the machine in a block of its own, after the CPUs'.
+    let name = field(info, "model name").or_else(|| field(info, "Model"))?;
+    let first_cpu = info.split("\n\n").next().unwrap_or(info);
+    Some(
+        match (field(first_cpu, "cpu family"), field(first_cpu, "model")) {
+            (Some(family), Some(model)) => format!("{name} (family {family} model {model})"),
+            _ => name,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -458,6 +475,23 @@ mod tests {
 
     const MB: usize = 1 << 20;
     const KB: usize = 1 << 10;
+
+    /// The name with the x86 family and model of the first CPU; other architectures' names
+    /// as they are; none without a name.
+    #[test]
+    fn cpu_model_names_the_x86_family_and_model() {
+        let x86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n\
+                   model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 25\n\
+                   model\t\t: 17\nmodel name\t: other\n";
+        assert_eq!(
+            cpu_model_in(x86).as_deref(),
+            Some("AMD EPYC (family 26 model 2)")
+        );
+        let arm =
+            "processor\t: 0\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\nModel\t\t: Raspberry Pi 4\n";
+        assert_eq!(cpu_model_in(arm).as_deref(), Some("Raspberry Pi 4"));
+        assert_eq!(cpu_model_in("processor\t: 0\n"), None);
+    }
 
     /// Small (one thread) and large (all threads) fills: every value in place, no more.
     #[test]
