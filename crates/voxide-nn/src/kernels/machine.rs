@@ -29,7 +29,8 @@ pub struct CacheSizes {
 /// The machine as the kernels see it.
 #[derive(Clone, Debug)]
 pub struct Machine {
-    /// CPU model name (`/proc/cpuinfo`), or the architecture when unknown.
+    /// CPU model name (`/proc/cpuinfo`) with its x86 family and model numbers, or the
+    /// architecture when unknown.
     pub cpu_model: String,
     pub caches: CacheSizes,
     /// Cores this process may use (affinity mask and cgroup CPU quota).
@@ -446,9 +447,9 @@ fn cpu_model() -> Option<String> {
     cpu_model_in(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
 }
 
-/// The first CPU's model name in a `/proc/cpuinfo` text, with its x86 family and model numbers
-/// where given: a VM's name alone can hide the generation ("AMD EPYC" has been Zen 3, Zen 4
-/// and Zen 5 here), which decides what the kernels can do.
+/// The model name a `/proc/cpuinfo` text gives first, with the first CPU's x86 family and
+/// model numbers where given: a VM's name alone can hide the generation ("AMD EPYC" has been
+/// Zen 3, Zen 4 and Zen 5 here), which decides what the kernels can do.
 fn cpu_model_in(info: &str) -> Option<String> {
     let field = |text: &str, key: &str| {
         text.lines().find_map(|l| {
