@@ -459,7 +459,7 @@ fn cpu_model_in(info: &str) -> Option<String> {
     };
     // aarch64 boards name the machine in a block of its own, after the CPUs'.
     let name = field(info, "model name").or_else(|| field(info, "Model"))?;
-    let first_cpu = info.split("\n\n").next().unwrap_or(info);
+    let first_cpu = info.split_once("\n\n").map_or(info, |(first, _)| first);
     Some(
         match (field(first_cpu, "cpu family"), field(first_cpu, "model")) {
             (Some(family), Some(model)) => format!("{name} (family {family} model {model})"),

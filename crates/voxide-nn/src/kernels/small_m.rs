@@ -52,8 +52,8 @@ pub fn integer_int8() -> bool {
 /// Whether this CPU takes the bf16 dot-product kernels ([`small_m_bf16`], and the bf16 form
 /// of the attention of many rows): it has them (AVX512-BF16) and they multiply-add fast enough
 /// against its f32 FMAs to pay for rounding and packing x ([`fma_peak::bf16_dots`], measured
-/// once per process: Zen 4 2× the f32 rate, ahead of widen + GEMM at any size; Intel
-/// Emerald Rapids 0.49×, behind it). [`matmul_rows_alike`] takes it.
+/// once per process; the rates of the CPUs measured so far are at
+/// [`fma_peak::BF16_DOTS_MIN_GAIN`]). [`matmul_rows_alike`] takes it.
 pub fn native_bf16() -> bool {
     fma_peak::bf16_dots().is_some_and(|d| d.pay())
 }
