@@ -112,8 +112,8 @@ fn read_text(arg: Option<String>) -> Result<String> {
 /// Resolves `--model` and loads the checkpoint on the CPU at `--precision`.
 pub fn load_synthesizer(model: &str, precision_arg: &str) -> Result<Synthesizer> {
     let source = resolve_model(model)?;
-    let synthesizer = Synthesizer::from_dir(
-        source.path(),
+    let synthesizer = voxide_runtime::load_synthesizer(
+        &source,
         &candle_core::Device::Cpu,
         precision(precision_arg),
     )?;

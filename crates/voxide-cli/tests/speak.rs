@@ -233,6 +233,17 @@ fn bad_requests_get_a_one_line_error() {
         "{stderr}"
     );
     std::fs::remove_dir_all(dir).ok();
+    // A speech-to-text checkpoint: what it is and which command it takes.
+    let whisper = root().join("tests/fixtures/whisper/tiny-random");
+    let out = voxide(&["speak", "--model", s(&whisper), "--voice", "tester", "hi"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr
+                .contains("is a Whisper model, a speech-to-text model: use `voxide transcribe`"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
 /// The issue's own command, sampled with the checkpoint's defaults: a valid 24 kHz mono WAV,

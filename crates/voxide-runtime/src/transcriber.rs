@@ -1,9 +1,7 @@
-//! The speech-to-text interface shared by model families, and loading a model by its
-//! checkpoint's `model_type`.
+//! The speech-to-text interface shared by model families.
 
 use crate::error::{Error, Result};
-use crate::resolve::ModelSource;
-use candle_core::{DType, Device};
+use candle_core::DType;
 use voxide_models::voxtral::{self, GenerateOptions, Voxtral};
 use voxide_models::voxtral_realtime::{RealtimeStream, StreamOptions, VoxtralRealtime};
 use voxide_models::whisper::decoding::{DecodingOptions, Task};
@@ -471,132 +469,6 @@ impl Transcriber for Voxtral {
 
     fn decoder_step_bytes(&self) -> Option<CycleBytes> {
         Some(self.network().decoder_step_bytes())
-    }
-}
-
-/// What kind of checkpoint a directory holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    Whisper,
-    /// A whisper.cpp model file (legacy ggml or GGUF).
-    WhisperGgml,
-    VoxtralRealtime,
-    Voxtral,
-}
-
-impl Family {
-    fn name(self) -> &'static str {
-        match self {
-            Family::Whisper | Family::WhisperGgml => "a Whisper model",
-            Family::VoxtralRealtime => "Voxtral Mini 4B Realtime",
-            Family::Voxtral => "Voxtral Mini 3B",
-        }
-    }
-}
-
-fn family(dir: &std::path::Path) -> Result<Family> {
-    // resolve_model passes files only when they carry the ggml or GGUF magic.
-    if dir.is_file() {
-        return Ok(Family::WhisperGgml);
-    }
-    // Mistral's native layout: consolidated.safetensors + params.json.
-    if dir.join("consolidated.safetensors").is_file() {
-        let params = dir.join("params.json");
-        let json = read_json(&params)?;
-        return if json["ada_rms_norm_t_cond"].as_bool() == Some(true) {
-            Ok(Family::VoxtralRealtime)
-        } else if json["multimodal"]["whisper_model_args"].is_object() {
-            Ok(Family::Voxtral)
-        } else {
-            Err(Error::Resolve(format!(
-                "{}: this Mistral checkpoint is not supported (supported: Voxtral Mini 3B, Voxtral Mini 4B Realtime)",
-                params.display()
-            )))
-        };
-    }
-    let config = dir.join("config.json");
-    if !config.exists() && dir.join("params.json").is_file() {
-        return Err(Error::Resolve(format!(
-            "{}: params.json without consolidated.safetensors (the weights of Mistral's layout)",
-            dir.display()
-        )));
-    }
-    let json = read_json(&config)?;
-    match json["model_type"].as_str() {
-        Some("whisper") => Ok(Family::Whisper),
-        Some("voxtral_realtime") => Ok(Family::VoxtralRealtime),
-        Some("voxtral") => Ok(Family::Voxtral),
-        Some("qwen3_tts") => Err(Error::Resolve(format!(
-            "{} is Qwen3-TTS, a text-to-speech model: use `voxide speak`",
-            dir.display()
-        ))),
-        Some(other) => Err(Error::Resolve(format!(
-            "{}: model_type {other:?} is not supported yet (supported: whisper, voxtral, voxtral_realtime)",
-            config.display()
-        ))),
-        None => Err(Error::Resolve(format!(
-            "{}: no model_type field",
-            config.display()
-        ))),
-    }
-}
-
-fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Resolve(format!("{} is not readable: {e}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::Resolve(format!("invalid {}: {e}", path.display())))
-}
-
-/// Loads the model in `source` by its checkpoint's kind (`model_type` of config.json, or
-/// Mistral's params.json). `weights` sets how the weight matrices are stored (default: the
-/// checkpoint's precision).
-pub fn load_transcriber(
-    source: &ModelSource,
-    device: &Device,
-    weights: Option<WeightFormat>,
-) -> Result<Box<dyn Transcriber>> {
-    let dir = source.path();
-    Ok(match family(dir)? {
-        Family::Whisper => Box::new(WhisperPipeline::from_dir(dir, device, weights)?),
-        Family::WhisperGgml => Box::new(WhisperPipeline::from_ggml(dir, device, weights)?),
-        Family::VoxtralRealtime => Box::new(VoxtralRealtime::from_dir(dir, device, weights)?),
-        Family::Voxtral => Box::new(Voxtral::from_dir(dir, device, weights)?),
-    })
-}
-
-/// Loads a model that answers questions about audio (Voxtral Mini 3B); other kinds are an
-/// error.
-pub fn load_voxtral(
-    source: &ModelSource,
-    device: &Device,
-    weights: Option<WeightFormat>,
-) -> Result<Voxtral> {
-    let dir = source.path();
-    match family(dir)? {
-        Family::Voxtral => Ok(Voxtral::from_dir(dir, device, weights)?),
-        other => Err(Error::Resolve(format!(
-            "{} is {}, which only transcribes; `voxide ask` needs Voxtral Mini 3B (mistralai/Voxtral-Mini-3B-2507)",
-            dir.display(),
-            other.name()
-        ))),
-    }
-}
-
-/// Loads a streaming model (Voxtral Realtime); other kinds are an error.
-pub fn load_streaming(
-    source: &ModelSource,
-    device: &Device,
-    weights: Option<WeightFormat>,
-) -> Result<VoxtralRealtime> {
-    let dir = source.path();
-    match family(dir)? {
-        Family::VoxtralRealtime => Ok(VoxtralRealtime::from_dir(dir, device, weights)?),
-        other => Err(Error::Resolve(format!(
-            "{} is {}, which does not stream; use `voxide transcribe`, or a Voxtral Realtime model",
-            dir.display(),
-            other.name()
-        ))),
     }
 }
 

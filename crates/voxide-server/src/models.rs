@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use voxide_models::qwen3_tts::Synthesizer;
 use voxide_models::silero_vad::SileroVad;
-use voxide_runtime::{load_transcriber, resolve_model, ModelSource, Transcriber, WeightFormat};
+use voxide_runtime::{load_model, resolve_model, Model, ModelSource, Transcriber, WeightFormat};
 
 /// One `--model` argument: `PATH`, `HUB_ID`, or `ID=PATH` / `ID=HUB_ID` to choose the id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,10 +118,9 @@ impl Registry {
         }
         let dir = source.path();
         let device = candle_core::Device::Cpu;
-        let engine = if is_speech_synthesis(dir) {
-            Engine::Synthesizer(Arc::new(Synthesizer::from_dir(dir, &device, precision)?))
-        } else {
-            Engine::Transcriber(Arc::from(load_transcriber(&source, &device, precision)?))
+        let engine = match load_model(&source, &device, precision)? {
+            Model::Synthesizer(synthesizer) => Engine::Synthesizer(synthesizer),
+            Model::Transcriber(transcriber) => Engine::Transcriber(transcriber),
         };
         self.add(id, dir, engine);
         Ok(self.models.last().expect("just added"))
@@ -202,13 +201,6 @@ fn default_id(source: &ModelSource) -> Result<String> {
 
 /// Qwen3-TTS checkpoints say `"model_type": "qwen3_tts"` in config.json; anything else is
 /// left to the speech-to-text loader (which names what it does not support).
-fn is_speech_synthesis(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .is_some_and(|config| config["model_type"] == "qwen3_tts")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
