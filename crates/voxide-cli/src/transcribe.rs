@@ -111,7 +111,8 @@ pub struct TranscribeArgs {
     /// Output format: txt, json, verbose_json, srt, vtt.
     #[arg(short, long, default_value = "txt")]
     format: OutputFormat,
-    /// Write FILE.<ext> here instead of printing to stdout.
+    /// Write each transcript here (the audio file's name with the format's extension)
+    /// instead of printing to stdout.
     #[arg(short, long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
     /// CPU threads (default: all cores).

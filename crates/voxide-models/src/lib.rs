@@ -2,7 +2,7 @@
 //!
 //! Each family lives in its own module (`config`, `model`, `tokenizer`, decoding) and is built
 //! from the shared blocks in `voxide-nn`. Voxtral is composed from parts that already exist:
-//! Whisper's audio encoder, and the Mistral stack ([`mistral_stack`]) that Voxtral Realtime's
+//! Whisper's audio encoder, and the Mistral stack (`mistral_stack`) that Voxtral Realtime's
 //! encoder and decoder also run on.
 
 pub mod error;

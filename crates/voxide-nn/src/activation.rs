@@ -20,7 +20,7 @@ pub struct SnakeBeta {
 }
 
 impl SnakeBeta {
-    /// Loads `alpha` and `beta` [channels].
+    /// Loads `alpha` and `beta` `[channels]`.
     pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
         let get =
             |name| vb.get_with_hints_dtype(channels, name, candle_nn::Init::Const(0.), DType::F32);

@@ -31,7 +31,7 @@ pub struct AttentionConfig {
     pub bias: [bool; 4],
     /// Checkpoint names of the q, k, v and output projections.
     pub names: [&'static str; 4],
-    /// Qwen3's per-head RMSNorm of queries and keys (`q_norm`, `k_norm`, [head_dim]) before
+    /// Qwen3's per-head RMSNorm of queries and keys (`q_norm`, `k_norm`, `[head_dim]`) before
     /// RoPE, with this epsilon; `None` for Whisper, Llama, Mistral.
     pub qk_norm_eps: Option<f64>,
 }

@@ -47,7 +47,7 @@ impl Conv1dSpec {
     }
 }
 
-/// Conv1d with `weight` [out, in, kernel] and `bias` [out].
+/// Conv1d with `weight` `[out, in, kernel]` and `bias` `[out]`.
 #[derive(Clone, Debug)]
 pub struct Conv1d {
     kernel: ConvKernel,
@@ -291,7 +291,7 @@ pub struct ReflectSameConv1d {
 }
 
 impl ReflectSameConv1d {
-    /// Loads `weight` [out, in, kernel] and `bias` [out] from `vb`.
+    /// Loads `weight` `[out, in, kernel]` and `bias` `[out]` from `vb`.
     pub fn load(
         vb: VarBuilder,
         in_channels: usize,
@@ -345,7 +345,7 @@ fn pad_reflect(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
     x.index_select(&index, 2)
 }
 
-/// Transposed convolution with `weight` [in, out, kernel] and `bias` [out], made causal by
+/// Transposed convolution with `weight` `[in, out, kernel]` and `bias` `[out]`, made causal by
 /// dropping the last `kernel − stride` outputs: t inputs give exactly t · stride outputs.
 ///
 /// On the CPU one product per output phase, all phases in one call of the panel kernel

@@ -1,4 +1,5 @@
-//! Linear layer `y = x Wᵀ + b` with checkpoint-style `weight` [out, in] and optional `bias` [out].
+//! Linear layer `y = x Wᵀ + b` with checkpoint-style `weight` `[out, in]` and optional
+//! `bias` `[out]`.
 
 use crate::kernels::bandwidth::{retention, streaming_reads};
 use crate::kernels::convert::{quantize_int8, quantize_int8_rows};
@@ -192,8 +193,8 @@ fn in_column_panels<T: Copy + Default + Send + Sync>(
 }
 
 impl Linear {
-    /// Loads `weight` [out_dim, in_dim] in `vb`'s dtype and, when `bias` is set, `bias`
-    /// [out_dim] in f32. A backend that holds the weight in ggml blocks (it answers
+    /// Loads `weight` `[out_dim, in_dim]` in `vb`'s dtype and, when `bias` is set, `bias`
+    /// `[out_dim]` in f32. A backend that holds the weight in ggml blocks (it answers
     /// `weight` + [`BLOCKS_SUFFIX`]) hands them over as they are.
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let bias = if bias {

@@ -52,7 +52,7 @@ impl GeluMlp {
 
     /// x: (..., d) -> (..., d). GELU is the exact erf form, as in the references; on CPU it
     /// runs in place on fc1's fresh output (no second copy of the widest activation). More than
-    /// [`ROWS_PER_PASS`] rows run in passes, so that fc1's output, the widest activation of a
+    /// `ROWS_PER_PASS` rows run in passes, so that fc1's output, the widest activation of a
     /// layer (an encoder window's: 1500 × ffn), is never whole.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let d = x.dim(D::Minus1)?;

@@ -9,7 +9,7 @@ fn vector(vb: &VarBuilder, dim: usize, name: &str) -> Result<Tensor> {
     vb.get_with_hints_dtype(dim, name, Init::Const(1.), DType::F32)
 }
 
-/// LayerNorm with `weight` and `bias` [dim] (Whisper: eps 1e-5).
+/// LayerNorm with `weight` and `bias` `[dim]` (Whisper: eps 1e-5).
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -18,7 +18,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// Loads `weight` and `bias` of shape [dim].
+    /// Loads `weight` and `bias` of shape `[dim]`.
     pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: vector(&vb, dim, "weight")?,
@@ -33,7 +33,7 @@ impl LayerNorm {
     }
 }
 
-/// RMSNorm with a learned scale `weight` [dim] (Llama-style decoders).
+/// RMSNorm with a learned scale `weight` `[dim]` (Llama-style decoders).
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
     weight: Tensor,
@@ -41,7 +41,7 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Loads `weight` of shape [dim].
+    /// Loads `weight` of shape `[dim]`.
     pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: vector(&vb, dim, "weight")?,

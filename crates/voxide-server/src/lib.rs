@@ -1,7 +1,7 @@
 //! `voxide serve`: the loaded models behind OpenAI's audio API, so that the official clients
 //! (and anything speaking their protocol) work against a local server.
 //!
-//! - `GET /health`, `GET /metrics` (Prometheus text, [`metrics`]), `GET /v1/models`,
+//! - `GET /health`, `GET /metrics` (Prometheus text, `metrics`), `GET /v1/models`,
 //!   `GET /v1/models/{id}` (ids may hold slashes);
 //! - `POST /v1/audio/transcriptions` and `/v1/audio/translations`:
 //!   a multipart upload in, text, JSON or subtitles out (exactly `voxide transcribe`'s), or

@@ -5,7 +5,7 @@
 //! once.
 //!
 //! An entry is keyed by the prefix's embeddings bit for bit and by the caches' dtype, so a hit
-//! is exactly the state the request would have computed ([`super::generate`] always runs the
+//! is exactly the state the request would have computed ([`super::generate()`] always runs the
 //! prefix as a pass of its own, cached or not). Past the byte budget the least recently used
 //! entries go first.
 

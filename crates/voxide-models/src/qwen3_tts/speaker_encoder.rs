@@ -314,7 +314,7 @@ impl AttentivePooling {
 /// the reference's modules.
 #[derive(Clone, Debug)]
 pub struct SpeakerStages {
-    /// `blocks.i` outputs, (1, enc_channels[i], T) for i < n − 1.
+    /// `blocks.i` outputs, `(1, enc_channels[i], T)` for i < n − 1.
     pub blocks: Vec<Tensor>,
     /// Multi-layer feature aggregation, (1, A, T).
     pub mfa: Tensor,

@@ -34,7 +34,7 @@ struct Stack {
     head_dim: usize,
 }
 
-/// Per-request KV caches of one [`Stack`] and its next position.
+/// Per-request KV caches of one `Stack` and its next position.
 #[derive(Clone, Debug)]
 pub struct StackState {
     caches: Vec<KvCache>,

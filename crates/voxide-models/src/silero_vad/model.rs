@@ -15,7 +15,7 @@
 //!    conv 128 → 1 (`decoder.conv1d`), sigmoid: the speech probability.
 //!
 //! Every detail was read off the ONNX graph (`silero_vad_v6.onnx`: `Pad` mode reflect, pads
-//! [0, 128, 0, 128]; `Conv` stride 128; `Slice` [1:] on time; `LSTM` over the window axis,
+//! [0, 128, 0, 128]; `Conv` stride 128; `Slice` `[1:]` on time; `LSTM` over the window axis,
 //! gates i, o, f, c); the ggml layout and the PyTorch names follow whisper.cpp
 //! (`whisper_vad_build_graph`, `models/convert-silero-vad-to-ggml.py`).
 //!

@@ -111,7 +111,7 @@ fn mistral_encoder_name(name: &str) -> String {
     format!("{MISTRAL_ENCODER}.{renamed}")
 }
 
-/// Weights of Voxtral Mini 3B (immutable; each request keeps its own [`StackState`]).
+/// Weights of Voxtral Mini 3B (immutable; each request keeps its own `StackState`).
 #[derive(Clone, Debug)]
 pub struct VoxtralModel {
     config: Config,

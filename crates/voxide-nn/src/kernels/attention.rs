@@ -7,9 +7,9 @@
 //!
 //! The walk has to keep up with the memory that feeds it (a Voxtral Mini 3B step reads 60–120
 //! MB of K/V at its ~475-position prompt). A dot product per key is one chain of dependent
-//! FMAs, latency-bound at a quarter of the FMA rate: here [`KEYS_PER_PASS`] keys run side by
+//! FMAs, latency-bound at a quarter of the FMA rate: here `KEYS_PER_PASS` keys run side by
 //! side (independent chains; their rows are re-read from L1 by the other query rows of the
-//! head), and each output row keeps [`OUT_VECTORS`] vectors of its sum in registers over a
+//! head), and each output row keeps `OUT_VECTORS` vectors of its sum in registers over a
 //! block of values instead of a load, an FMA and a store per value and vector.
 
 use super::simd::{isa_entries, Isa, Simd, WeightElem};

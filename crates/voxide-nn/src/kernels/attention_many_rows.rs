@@ -18,8 +18,8 @@
 //!
 //! Layout: both products broadcast one 32-bit lane of the row (q's dims, P's keys) against a
 //! vector of lanes of the other operand, giving a vector of outputs (keys, dims). A lane holds
-//! one f32 value, or one bf16 pair: the pair (k[2p], k[2p + 1]) of one key along the head, and
-//! (v[2j][d], v[2j + 1][d]) of two keys for P·V. Per (batch, head) the keys are packed in
+//! one f32 value, or one bf16 pair: the pair `(k[2p], k[2p + 1])` of one key along the head, and
+//! `(v[2j][d], v[2j + 1][d])` of two keys for P·V. Per (batch, head) the keys are packed in
 //! blocks of a vector's width, `[block][lane][key]`, and the values `[lane of keys][dim]`. A
 //! register tile is rows × vectors of accumulators: 6 × 4 with AVX-512's 32 registers, 6 × 2
 //! with AVX2's 16 (4 × 3 spilled one; 4 × 2 leaves the FMAs' latency no slack).

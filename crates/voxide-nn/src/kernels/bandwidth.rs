@@ -48,7 +48,7 @@ pub enum Prefetch {
 /// How the threads split the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Split {
-    /// Chunks of [`CHUNK_BYTES`] handed out by the thread pool (as the GEMV's row tasks).
+    /// Chunks of `CHUNK_BYTES` handed out by the thread pool (as the GEMV's row tasks).
     Chunks,
     /// One contiguous part per thread (OpenMP's static schedule).
     Contiguous,
@@ -380,7 +380,7 @@ impl Retention {
 }
 
 /// This machine's [`Retention`] of its step cache budget past twice its caches (L3 and L2s;
-/// at most [`RETENTION_MAX_STREAM_BYTES`]) streamed as weights are, measured on first use;
+/// at most `RETENTION_MAX_STREAM_BYTES`) streamed as weights are, measured on first use;
 /// `None` where it cannot be measured (a plan is then trusted).
 pub fn retention() -> Option<Retention> {
     *RETENTION.get_or_init(|| {

@@ -22,7 +22,7 @@ use std::cell::Cell;
 /// candle op over a contiguous f32 (batch, C, L) input.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvTaps<'a> {
-    /// Kernel taps, tap-major: `taps[k][o][c]` = weight[o][c][k].
+    /// Kernel taps, tap-major: `taps[k][o][c]` = `weight[o][c][k]`.
     pub taps: &'a [f32],
     pub bias: &'a [f32],
     pub out_channels: usize,

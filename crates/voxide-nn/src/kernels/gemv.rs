@@ -1,5 +1,5 @@
-//! Matrix × few-vectors products with narrow weights: y[m][n] = Σ_k x[m][k] · w[n][k] (+ bias),
-//! with w in f16, bf16 or int8 (per-row scale) in the checkpoint's [n][k] layout, x and y in
+//! Matrix × few-vectors products with narrow weights: `y[m][n] = Σ_k x[m][k] · w[n][k]` (+ bias),
+//! with w in f16, bf16 or int8 (per-row scale) in the checkpoint's `[n][k]` layout, x and y in
 //! f32, m ≤ [`MAX_ROWS`].
 //!
 //! A decoder step is bandwidth-bound: each weight is read once per token, so the kernel
@@ -7,7 +7,7 @@
 //! with FMA, on all threads for large matrices. candle converts narrow weights to f32 on every
 //! call instead (f16 ~25 GB/s, bf16 ~0.9 GB/s against ~33 GB/s of read bandwidth here).
 //!
-//! One generic body ([`WeightElem`] × [`Simd`]) serves every element type and instruction set
+//! One generic body ([`WeightElem`] × `Simd`) serves every element type and instruction set
 //! (AVX-512F, AVX2+FMA+F16C, NEON, portable); int8 takes an integer path
 //! ([`super::gemv_int8`]), and bf16 native dot products where the CPU has AVX512-BF16
 //! ([`super::gemv_bf16`]).
@@ -92,7 +92,7 @@ const STREAMED_PREFETCH_MAX_ROUNDS: usize = 15;
 /// Software prefetches feed four streams, and four rows share each load of x: on the Intel
 /// kind, 4 rows with T0 hints 4 KB ahead read 1.05 of the probe, 2 rows with hints 1.00,
 /// 2 rows without 0.76–0.79 (PERFORMANCE.md #143, #144). So the rows follow the measured
-/// distance ([`read_ahead_candidates`]).
+/// distance (`read_ahead_candidates`).
 pub const ROWS_PER_PASS: usize = 4;
 pub const FEWER_ROWS_PER_PASS: usize = 2;
 
@@ -148,7 +148,7 @@ const CACHED_ROWS_PER_TASK: usize = 64;
 const MIN_TASKS_PER_THREAD: usize = 4;
 
 /// A weight matrix as the kernels read it: `rows` × `cols` elements, row-major (the
-/// checkpoint's [out][in] layout), and for int8 one f32 scale per row (w = q · scale).
+/// checkpoint's `[out][in]` layout), and for int8 one f32 scale per row (w = q · scale).
 #[derive(Clone, Copy, Debug)]
 pub struct WeightMatrix<'a, E> {
     pub data: &'a [E],
@@ -426,7 +426,7 @@ pub struct StreamedReadAhead {
 /// The candidate (a distance, or a distance and rows per pass) to take given each
 /// candidate's GB/s in each round (rounds in the same order for all): the one whose median
 /// ratio to `default`'s pass of the same round is highest, if that beats
-/// [`STREAMED_PREFETCH_MIN_GAIN`], else the default. Ratios within a round, not rates across
+/// `STREAMED_PREFETCH_MIN_GAIN`, else the default. Ratios within a round, not rates across
 /// rounds, because a shared machine's bandwidth moves between rounds (Zen 5's host switches
 /// between ~45 and ~75 GB/s within seconds).
 pub fn choose_read_ahead<K: Copy + PartialEq>(passes: &[(K, Vec<f64>)], default: K) -> K {
@@ -476,10 +476,10 @@ fn ratios_to_default<K: Copy + PartialEq>(passes: &[(K, Vec<f64>)], default: K) 
 /// ahead than 4 KB ahead and 10 % slower 1 KB ahead, the bf16 kernel is as fast 1 KB and
 /// 2 KB ahead and 5 % slower at 4 KB (the probe's plain reader is fastest 4 KB ahead), while
 /// 4 KB was best on Zen 3. So each kernel is timed on a matrix flushed from the caches before
-/// each pass, at each candidate of [`read_ahead_candidates`] (no prefetch in passes of
+/// each pass, at each candidate of `read_ahead_candidates` (no prefetch in passes of
 /// [`FEWER_ROWS_PER_PASS`] rows where the kernel takes them: bf16 on AVX512-BF16), for 5
-/// rounds, or up to 15 while the choice is close ([`read_ahead_is_close`]), after one untimed
-/// pass and in an order that rotates round by round ([`round_order`]).
+/// rounds, or up to 15 while the choice is close (`read_ahead_is_close`), after one untimed
+/// pass and in an order that rotates round by round (`round_order`).
 ///
 /// On one core, not on the pool that decodes: a shared host's memory switches between a slow
 /// regime, where the threads together saturate it and every candidate reads within a few

@@ -227,7 +227,7 @@ const MAX_COLUMN_PANELS: usize = 8;
 
 /// How many column panels a streamed bf16 matrix of `cols` columns is stored in, each panel's
 /// rows contiguous (1: rows whole). Where this machine reads streamed bf16 matrices in passes
-/// of [`FEWER_ROWS_PER_PASS`] rows, a matrix whose x does not fit L1 ([`x_fits_l1`]) would be
+/// of [`FEWER_ROWS_PER_PASS`] rows, a matrix whose x does not fit L1 (`x_fits_l1`) would be
 /// read in passes of 4 instead; as panels narrow enough for x to fit, each read in passes of 2
 /// and their products summed, it keeps the fewer streams. Synthetic Voxtral Realtime bf16
 /// step on Zen 4 (o: 4096 columns in 2 panels, down: 9216 in 3), fast memory regime: 0.842 →

@@ -272,7 +272,7 @@ impl CustomOp3 for NarrowMatmul {
 
 /// `t` as `dtype`, contiguous. On the CPU, f16 and bf16 to f32 by the crate's widening kernel
 /// on all threads ([`WidenToF32`]), and f32 to f16 or bf16 by half's slice conversions (F16C
-/// where the CPU has it, detected at run time; [`narrowed`]); the rest by candle, which
+/// where the CPU has it, detected at run time; `narrowed`); the rest by candle, which
 /// converts one element at a time, f16 in software unless built with F16C (a K/V window
 /// widened per layer was ~3 % of Voxtral Realtime's encoder, the new K/V narrowed for the
 /// cache ~1.5 %; at load, Whisper small's f16 from its f32 checkpoint took 0.35 s,
@@ -549,7 +549,7 @@ impl candle_core::InplaceOp1 for SoftmaxLastDimInPlace {
 /// candle op: exact (erf) GELU of a contiguous f32 tensor, in place (an encoder MLP's hidden
 /// activations are the largest tensor of its pass: 1500 × 1536 f32 for Whisper tiny; a second
 /// copy for the GELU output was the pass's peak memory), on all threads with a branch-free erf
-/// that vectorises ([`gelu_erf_row`]).
+/// that vectorises (`gelu_erf_row`).
 #[derive(Clone, Copy, Debug)]
 pub struct GeluErfInPlace;
 
@@ -571,7 +571,7 @@ impl candle_core::InplaceOp1 for GeluErfInPlace {
 }
 
 /// candle op: exact (erf) GELU of a contiguous f32 tensor into a new one, on all threads with
-/// the vectorised erf ([`gelu_erf_row`]).
+/// the vectorised erf (`gelu_erf_row`).
 #[derive(Clone, Copy, Debug)]
 pub struct GeluErf;
 

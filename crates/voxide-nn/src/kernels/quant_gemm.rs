@@ -6,14 +6,14 @@
 //! The technique is ggml's "repacked" GEMM (credit to its authors: `ggml_gemm_q4_0_8x8_q8_0`
 //! and its siblings in `ggml-cpu/repack.cpp` and `ggml-cpu/arch/x86/repack.cpp`). The GEMV
 //! reads one weight row at a time and so ends each output with a horizontal sum; here the
-//! weight is repacked, once per call, into panels of [`NR`] = 8 rows (output columns)
+//! weight is repacked, once per call, into panels of `NR` = 8 rows (output columns)
 //! interleaved so that each 32-bit lane of a vector belongs to one column:
 //!
 //! - per panel and 32-block, 8 groups of 4 consecutive k values; per group one 32-byte
 //!   vector holding the 8 columns' 4 codes side by side (`codes`), then the 8 columns' f32
 //!   scales d and minimums (`scales`);
 //! - how the codes meet x's in `vpmaddubsw` (unsigned × signed bytes) is the format's
-//!   [`Mode`]. Offset formats (Q4_0: w = d · (q − 8), Q5_0: q − 16) store the signed codes
+//!   `Mode`. Offset formats (Q4_0: w = d · (q − 8), Q5_0: q − 16) store the signed codes
 //!   q − 8 / q − 16 and meet x's codes + 128 (unsigned); the resulting 128 · Σ codes, a
 //!   constant of the column and block, is subtracted from the i32 sum (`sums`), so the offset
 //!   costs one integer subtraction per block, row and 8 columns (the GEMV's `Corr::Offset`
@@ -21,19 +21,19 @@
 //!   signed x, and add m · d_x · Σq_x per block as the GEMV does.
 //!
 //! x is quantized once per call as in the GEMV (8-bit codes per 32-block, d_x = max|x| / 127,
-//! and d_x · Σq_x), row-major, its rows padded to a multiple of [`MR`] with zeros.
+//! and d_x · Σq_x), row-major, its rows padded to a multiple of `MR` with zeros.
 //!
-//! The AVX2 microkernel computes a tile of [`MR`] = 4 rows of x × 8 columns in registers. Per
+//! The AVX2 microkernel computes a tile of `MR` = 4 rows of x × 8 columns in registers. Per
 //! group it loads the weights' vector once and, for each row, broadcasts x's 4 codes
 //! (`vpbroadcastd`) into a `vpmaddubsw`; the i16 pair sums of a block's groups add up in i16
-//! as far as they cannot overflow ([`Format::SUM_GROUPS`]: all 8 groups for Q4_0 and Q4_1, 4
+//! as far as they cannot overflow (`Format::SUM_GROUPS`: all 8 groups for Q4_0 and Q4_1, 4
 //! for the 5-bit formats), then `vpmaddwd` with ones gives an i32 per column, and
 //! one conversion and FMA (scale d_w · d_x) per block and row add it to the f32 accumulators;
 //! no horizontal sums. About 2.5 vector instructions per 32 multiply-adds against 1 FMA per 8
 //! in an f32 GEMM: on Zen 3 (AVX2) the Q4_0 encoder products run 1.5–2× the widened f32
 //! GEMM's rate.
 //!
-//! Work: tasks of a chunk of rows of x ([`X_CHUNK_BYTES`] of codes, cache-resident while its
+//! Work: tasks of a chunk of rows of x (`X_CHUNK_BYTES` of codes, cache-resident while its
 //! tiles meet every panel of the task) × a range of panels, on rayon.
 //!
 //! Precision: the contract of the GEMV. Integer products are exact; the only approximation is
@@ -92,7 +92,7 @@ const X_CHUNK_BYTES: usize = 128 << 10;
 const TASKS_PER_THREAD: usize = 4;
 
 /// Whether `ty` has a GEMM kernel here that is fast on this CPU: a 32-value block format
-/// ([`Format`]) and a SIMD microkernel (AVX2). Elsewhere [`super::widen_gemm::matmul_widened`]
+/// (`Format`) and a SIMD microkernel (AVX2). Elsewhere [`super::widen_gemm::matmul_widened`]
 /// is faster.
 pub fn has_gemm_kernel(ty: GgmlType) -> bool {
     has_format(ty) && Kernel::best() != Kernel::Portable
@@ -106,7 +106,7 @@ fn has_format(ty: GgmlType) -> bool {
 }
 
 /// y (m × n) = x (m × k) · wᵀ (+ bias) for any m, on the best kernel of this CPU (panics for
-/// a type without a [`Format`]; see [`has_gemm_kernel`]).
+/// a type without a `Format`; see [`has_gemm_kernel`]).
 pub fn quant_gemm(x: &[f32], w: &QuantMatrix, bias: Option<&[f32]>, y: &mut [f32], m: usize) {
     gemm_on(Kernel::best(), x, w, bias, y, m)
 }

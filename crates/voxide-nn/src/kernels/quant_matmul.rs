@@ -1,5 +1,5 @@
 //! Matrix × few-vectors products with ggml block-quantized weights (the decoder step of a
-//! quantized Whisper or Voxtral): y[m][n] = Σ_k x[m][k] · w[n][k] (+ bias), w in a
+//! quantized Whisper or Voxtral): `y[m][n] = Σ_k x[m][k] · w[n][k]` (+ bias), w in a
 //! [`GgmlType`] block format row by row as ggml stores it, x and y in f32, m ≤ [`MAX_ROWS`].
 //!
 //! A Q4_0 block is 18 bytes for 32 weights. Widening each weight to f32 for an FMA, as
@@ -14,7 +14,7 @@
 //! summed to i16) then `vpmaddwd` (to i32); AVX-512 VNNI `vpdpbusd` (both in one, on 256-bit
 //! vectors); NEON `sdot` where the CPU has it, else `smull` + `sadalp`; a portable path.
 //! Blocks go two at a time, with x laid out so that each 128-bit lane (NEON register) holds
-//! one block ([`XPair`]): one `vpaddw` + `vpmaddwd` + conversion + FMA then serve both, and
+//! one block (`XPair`): one `vpaddw` + `vpmaddwd` + conversion + FMA then serve both, and
 //! the loop runs at ~12 instructions per Q4_0 block on AVX2.
 //!
 //! Weights stored with an offset (Q4_0: w = d · (q − 8), Q5_0: q − 16) enter the products as

@@ -1,5 +1,5 @@
 //! The vocabulary the matrix kernels are written in once: an instruction set ([`Isa`]), its
-//! f32 vector operations ([`Simd`]), and how each weight element type is widened to f32 on
+//! f32 vector operations (`Simd`), and how each weight element type is widened to f32 on
 //! it ([`WeightElem`]).
 //!
 //! A kernel is an `#[inline(always)]` body generic over `S: Simd` and `E: WeightElem`, and a
@@ -383,7 +383,7 @@ pub(crate) fn deinterleave_pairs(x: &[f32], k: usize, lanes: usize, out: &mut Ve
     }
 }
 
-/// Σ a[i] · b[i] with eight independent accumulators, which the compiler keeps in one vector
+/// `Σ a[i] · b[i]` with eight independent accumulators, which the compiler keeps in one vector
 /// register at any baseline (a single running sum would serialise every add): for short dot
 /// products where a dispatched kernel would not pay (small recurrent cells, block sums).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

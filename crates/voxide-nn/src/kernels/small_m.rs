@@ -1,5 +1,5 @@
 //! Narrow-weight products for more rows of x than the GEMV takes (a streaming encoder chunk, a
-//! decoder prefill, a whole encoder window): y[m][n] = Σ_k x[m][k] · w[n][k] (+ bias), w in
+//! decoder prefill, a whole encoder window): `y[m][n] = Σ_k x[m][k] · w[n][k]` (+ bias), w in
 //! f16, bf16 or int8, without converting the whole matrix to f32 first.
 //!
 //! Tasks own tiles of 48 output rows (on one thread too); see [`matmul_small_on`] for the
@@ -127,7 +127,7 @@ pub fn matmul_small<E: WeightElem>(
 ///
 /// An outer-product kernel, as BLIS-style GEMMs are built: x is repacked once per call into
 /// column-major panels of `X_VECS × LANES` rows, each task widens its weights a strip of
-/// [`W_ROWS`] rows at a time (L1), and the micro-kernel multiplies one panel column (vectors
+/// `W_ROWS` rows at a time (L1), and the micro-kernel multiplies one panel column (vectors
 /// of x rows, from L2) by one broadcast weight per strip row. Each 12 FMAs need 2 vector loads
 /// from L2 and 6 broadcasts from L1, and no horizontal sums (the earlier dot-product kernel
 /// needed 4 loads of x from L2 per 8 FMAs and ran at ~45 % of the FMA peak; PERFORMANCE.md #56).

@@ -13,7 +13,7 @@
 //! everywhere.
 //!
 //! The register blocking is [`super::small_m`]'s: panels of 2 vectors of rows of x, as bf16
-//! pairs (x[i][2j], x[i][2j + 1]) per 32-bit lane, against strips of 6 weight rows copied to L1,
+//! pairs `(x[i][2j], x[i][2j + 1])` per 32-bit lane, against strips of 6 weight rows copied to L1,
 //! one broadcast of a weight pair per row: 12 f32 accumulators.
 
 use super::gemv::{OutPtr, WeightMatrix};

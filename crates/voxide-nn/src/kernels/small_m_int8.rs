@@ -1,5 +1,5 @@
 //! The small-M product for int8 weights in integers on x86: x is quantized to 8 bits per block
-//! of [`X8_BLOCK`] values of a row (as llama.cpp quantizes activations for its Q8_0 products,
+//! of `X8_BLOCK` values of a row (as llama.cpp quantizes activations for its Q8_0 products,
 //! and vLLM's W8A8 per token), and each block's products sum exactly in int32, four bytes per
 //! 32-bit lane; once per block the sums meet x's scales in f32. Three kernels ([`Kernel`]):
 //! - VNNI, 512-bit (AVX-512 VNNI: Zen 4 and 5, Intel Xeon from Ice Lake) or 256-bit (AVX-VNNI:
@@ -7,7 +7,8 @@
 //!   instruction (4× the f32 path's FMA, [`super::small_m`]; 2× the int16 pairs of `vpdpwssd`
 //!   this kernel used before). Its first operand is unsigned, so x is stored as q + 128 and
 //!   each block's sums lose 128 · Σ w of the block:
-//!   y[i][r] = scale_r · Σ_b d[i][b] · (Σ_{j∈b} (q[i][j] + 128) · w[r][j] − 128 · Σ_{j∈b} w[r][j]).
+//!   `y[i][r] = scale_r · Σ_b d[i][b] · (Σ_{j∈b} (q[i][j] + 128) · w[r][j]
+//!   − 128 · Σ_{j∈b} w[r][j])`.
 //! - AVX2 without VNNI: `vpmaddubsw` on |w| and x with w's sign (`vpsignb`), then `vpmaddwd`
 //!   by ones into int32, as llama.cpp's AVX2 `mul_sum_i8_pairs` does. With x and w in
 //!   [-127, 127] (w = -128 too) a pair of products is at most 2 · 128 · 127 < 2¹⁵, so the

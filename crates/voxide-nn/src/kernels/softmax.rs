@@ -4,7 +4,7 @@
 //! An encoder window's attention takes exp of heads × 1500 × 1500 scores per layer (54 M for
 //! Whisper tiny): libm's scalar `expf` made that ~15 % of the encoder. Here e^x is computed 8
 //! lanes at a time (AVX2 + FMA) with a Cephes-style polynomial, relative error ~2e-7 (as
-//! `expf`), elsewhere with `f32::exp`; [`exp_non_positive`] is the same polynomial in scalar
+//! `expf`), elsewhere with `f32::exp`; `exp_non_positive` is the same polynomial in scalar
 //! code that loops vectorise (the SEANet ELU).
 
 use rayon::prelude::*;

@@ -6,7 +6,7 @@
 //! workers go to sleep within tens of µs, and waking one costs ~20 µs on a VM, about a cached
 //! GEMV's whole time: measured on Zen 5, a 3072×1024 int8 GEMV on 2 threads took 25.6 µs back
 //! to back and 46–48 µs after 30 µs of other work (PERFORMANCE.md, end of "Four lines per
-//! pass"; with this pool 26–31 µs, #109). The helpers here spin for [`SPIN`] after each loop
+//! pass"; with this pool 26–31 µs, #109). The helpers here spin for `SPIN` after each loop
 //! before they park, as ggml's thread pool polls before it waits (`ggml-cpu.c`, credited in
 //! the README).
 //!
@@ -15,7 +15,7 @@
 //!
 //! While they spin, the helpers can pull a region the caller names into their caches
 //! ([`warm`]): the next weight matrix, read while the caller runs the serial work before it
-//! (see [`super::next_matrix`]).
+//! (see `super::next_matrix`).
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};

@@ -15,7 +15,7 @@ use crate::rope::RopeLayout;
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
 use half::slice::HalfFloatSliceExt;
 
-/// Qwen3's per-head norms of queries and keys: their weights ([head_dim] each, the query's
+/// Qwen3's per-head norms of queries and keys: their weights (`[head_dim]` each, the query's
 /// carrying the softmax scale) and epsilon.
 #[derive(Clone, Copy, Debug)]
 pub struct QkNorm<'a> {

@@ -1,6 +1,6 @@
 //! Weight products for many rows of x where a GEMM beats the small-M kernel: the weight
 //! (narrow, [`WeightMatrix`], or block-quantized, [`super::quant_matmul::QuantMatrix`]) is
-//! widened to f32 a block of rows at a time (≤ [`BLOCK_BYTES`]) and each block's product is
+//! widened to f32 a block of rows at a time (≤ `BLOCK_BYTES`) and each block's product is
 //! written by the `gemm` crate (candle's CPU GEMM) straight into its columns of y.
 //!
 //! Widening the whole matrix first (what candle's `to_dtype` + matmul does) holds a second,
@@ -11,7 +11,7 @@ use super::convert::to_f32;
 use super::gemv::WeightMatrix;
 use super::simd::WeightElem;
 
-/// A weight matrix (n × k, the checkpoint's [out][in] layout) that can be widened to f32 a
+/// A weight matrix (n × k, the checkpoint's `[out][in]` layout) that can be widened to f32 a
 /// range of rows at a time: what [`matmul_widened`] needs of a weight format.
 pub trait WidenRows: Sync {
     /// Output features (n).

@@ -17,7 +17,7 @@
 //! A dilated convolution is d interleaved undilated ones (outputs j ≡ p mod d read inputs
 //! ≡ p mod d), tiled per phase; the tiles of all phases share the GEMMs. Where U stays cached
 //! (few channels: the codec's last blocks), each thread takes whole blocks of tiles through
-//! all three stages; otherwise each stage runs across the threads ([`Schedule`]). f32 rounding grows
+//! all three stages; otherwise each stage runs across the threads (`Schedule`). f32 rounding grows
 //! with the points' range: over 384 channels the largest error of F(4, 7) is ~7e-5 of the
 //! outputs' RMS (F(2, 7): ~1.4e-5, for 1.75× instead of 2.8× fewer multiply-adds). Through
 //! the full-size Qwen3-TTS codec decoder the waveform moves by ≤ 2.3e-7 (peak 0.03).
