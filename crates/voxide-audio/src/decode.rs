@@ -6,6 +6,7 @@
 //! libsndfile's float conversion (integer PCM divided by 2^(bits-1)), so WAV
 //! and FLAC decode bit-exactly like python-soundfile.
 
+mod mp4;
 mod opus;
 
 use std::io::{Cursor, Read};
@@ -201,7 +202,7 @@ fn sniff(data: &[u8]) -> Sniffed {
         return Sniffed::Unsupported("AIFF".into());
     }
     if data.len() >= 12 && &data[4..8] == b"ftyp" {
-        return Sniffed::Unsupported("MP4/M4A container (AAC/ALAC)".into());
+        return Sniffed::Symphonia;
     }
     if data.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]) {
         return Sniffed::Unsupported("Matroska/WebM container".into());
@@ -223,8 +224,7 @@ fn sniff(data: &[u8]) -> Sniffed {
         }
     }
     match data.get(pos..).and_then(mpeg_frame) {
-        Some(MpegFrame::Layer3) => Sniffed::Symphonia,
-        Some(MpegFrame::Aac) => Sniffed::Unsupported("AAC (ADTS)".into()),
+        Some(MpegFrame::Layer3 | MpegFrame::Aac) => Sniffed::Symphonia,
         Some(MpegFrame::Layer12(l)) => Sniffed::Unsupported(format!("MPEG audio layer {l}")),
         None if pos > 0 => Sniffed::Unsupported("ID3-tagged data without an MP3 frame".into()),
         None => Sniffed::NotAudio,
@@ -278,8 +278,13 @@ fn mpeg_frame(d: &[u8]) -> Option<MpegFrame> {
         };
         Some((layer_no, len))
     };
-    // ADTS AAC: sync 0xFFF, layer bits 00.
-    if d.len() >= 7 && d[0] == 0xFF && d[1] & 0xF6 == 0xF0 {
+    // ADTS AAC: sync 0xFFF, layer bits 00, a 13-bit frame length; chained as below.
+    let adts = |d: &[u8]| d.len() >= 7 && d[0] == 0xFF && d[1] & 0xF6 == 0xF0;
+    if adts(d) {
+        let len = ((d[3] as usize & 3) << 11) | (d[4] as usize) << 3 | (d[5] as usize) >> 5;
+        if len < 7 || (d.len() >= len + 7 && !adts(&d[len..])) {
+            return None;
+        }
         return Some(MpegFrame::Aac);
     }
     let (layer, len) = hdr(d)?;
@@ -438,6 +443,10 @@ fn sym_err(e: SymError, name: &str, context: &str) -> AudioError {
 }
 
 fn decode_symphonia(data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioError> {
+    let edit = data
+        .get(4..8)
+        .filter(|kind| kind == b"ftyp")
+        .and_then(|_| mp4::audio_edit(&data));
     let mss = MediaSourceStream::new(
         Box::new(Cursor::new(data)),
         MediaSourceStreamOptions::default(),
@@ -560,6 +569,14 @@ fn decode_symphonia(data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioErro
             detail: "sample rate is 0".to_string(),
         });
     }
+    if let Some(edit) = edit {
+        edit.trim(&mut channels, sample_rate);
+        if channels[0].is_empty() {
+            return Err(AudioError::Empty {
+                name: name.to_string(),
+            });
+        }
+    }
     Ok(DecodedAudio {
         sample_rate,
         channels,
@@ -569,6 +586,21 @@ fn decode_symphonia(data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adts_is_recognised_by_two_chained_headers() {
+        // A header of a 9-byte frame (frame length 9: bits 30..43), then the next header.
+        let header = [0xFF, 0xF1, 0x50, 0x80, 0x01, 0x20, 0x00];
+        let mut two = header.to_vec();
+        two.extend_from_slice(&[0; 2]);
+        two.extend_from_slice(&header);
+        two.extend_from_slice(&[0; 2]);
+        assert_eq!(sniff(&two), Sniffed::Symphonia);
+        // The same first header followed by anything else is not audio.
+        let mut one = header.to_vec();
+        one.extend_from_slice(&[0x55; 16]);
+        assert_eq!(sniff(&one), Sniffed::NotAudio);
+    }
 
     #[test]
     fn sniff_rejects_text() {

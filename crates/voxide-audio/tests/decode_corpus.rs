@@ -4,7 +4,9 @@
 //! MP3 and Opus within a measured SNR of libsndfile's decode.
 //!
 //! Reference: `tests/fixtures/audio/decode.{json,safetensors}` written by
-//! `tools/reference/audio_fixtures.py`.
+//! `tools/reference/audio_fixtures.py`. MP4/M4A (which libsndfile does not
+//! read) and raw AAC against FFmpeg: `mp4_aac.{json,safetensors}` from
+//! `tools/reference/mp4_aac_fixtures.py`.
 
 mod common;
 
@@ -123,6 +125,64 @@ fn corpus_decodes_like_soundfile() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// AAC, in MP4 and in ADTS (symphonia vs FFmpeg's decoder): measured minimum 115.5 dB over
+/// the excerpts. ALAC is lossless: identical samples.
+const AAC_MIN_SNR_DB: f64 = 90.0;
+
+/// M4A files decode like FFmpeg: the samples the edit list names (the AAC
+/// encoder's 1024 samples of priming dropped, its padding cut off), AAC within
+/// an SNR of FFmpeg's decode, ALAC identical; raw AAC (ADTS) too, all of it.
+#[test]
+fn mp4_and_raw_aac_decode_like_ffmpeg() {
+    let meta = json("mp4_aac.json");
+    let refs = tensors("mp4_aac.safetensors");
+    let files = meta["files"].as_array().unwrap();
+    let codecs: Vec<_> = files.iter().map(|f| f["codec"].as_str().unwrap()).collect();
+    assert_eq!(codecs, ["aac", "alac", "aac"]);
+    let mut min_aac = f64::INFINITY;
+    for f in files {
+        let name = f["path"].as_str().unwrap();
+        let audio = voxide_audio::decode_file(fixtures_dir().join(name)).unwrap();
+        let rate = f["sample_rate"].as_u64().unwrap() as u32;
+        let chans = f["channels"].as_u64().unwrap() as usize;
+        let frames = f["frames"].as_u64().unwrap() as usize;
+        assert_eq!(
+            (audio.sample_rate, audio.n_channels(), audio.n_frames()),
+            (rate, chans, frames),
+            "{name}"
+        );
+        for (c, want) in f["sum_squares"].as_array().unwrap().iter().enumerate() {
+            let want = want.as_f64().unwrap();
+            let got: f64 = audio.channels[c].iter().map(|&v| (v as f64).powi(2)).sum();
+            assert!(
+                (got - want).abs() <= 1e-4 * want,
+                "{name} ch{c}: {got} vs {want}"
+            );
+        }
+        for part in ["start", "mid", "end"] {
+            let off = f["excerpts"][part].as_u64().unwrap() as usize;
+            let r = &refs[&format!("{name}/{part}")];
+            let n = r.shape[1];
+            for c in 0..chans {
+                let want = &r.data[c * n..(c + 1) * n];
+                let got = &audio.channels[c][off..off + n];
+                if f["codec"] == "alac" {
+                    let d = max_abs_diff(got, want);
+                    assert!(d <= PCM_MAX_ABS, "{name} {part} ch{c}: max |diff| {d:e}");
+                } else {
+                    let snr = snr_db(got, want);
+                    min_aac = min_aac.min(snr);
+                    assert!(
+                        snr >= AAC_MIN_SNR_DB,
+                        "{name} {part} ch{c}: SNR {snr:.1} dB"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("min excerpt SNR vs FFmpeg: AAC {min_aac:.1} dB");
 }
 
 /// Bytes and files decode identically (the probe looks at content only):
