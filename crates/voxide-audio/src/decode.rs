@@ -1,8 +1,10 @@
 //! Decoding: file / bytes / stdin -> planar f32 PCM at the file's own rate.
 //!
 //! The format is found from the content, never from the file name. WAV,
-//! FLAC, MP3 and Ogg Vorbis go through symphonia; Ogg Opus goes through the
-//! `ogg` demuxer and `unsafe-libopus` (see the `opus` submodule). Sample values follow
+//! FLAC, MP3, Ogg Vorbis, AIFF, CAF, M4A (AAC, ALAC; its edit list applied by
+//! the `mp4` submodule), raw AAC and Matroska/WebM go through symphonia; Opus
+//! goes through `unsafe-libopus`, demuxed by the `ogg` crate or, in WebM, by
+//! symphonia (see the `opus` submodule). Sample values follow
 //! libsndfile's float conversion (integer PCM divided by 2^(bits-1)), so WAV
 //! and FLAC decode bit-exactly like python-soundfile.
 
@@ -195,20 +197,15 @@ fn sniff(data: &[u8]) -> Sniffed {
         }
         return Sniffed::Symphonia;
     }
-    if data.len() >= 12
+    let aiff = data.len() >= 12
         && &data[..4] == b"FORM"
-        && (&data[8..12] == b"AIFF" || &data[8..12] == b"AIFC")
-    {
-        return Sniffed::Unsupported("AIFF".into());
-    }
-    if data.len() >= 12 && &data[4..8] == b"ftyp" {
+        && (&data[8..12] == b"AIFF" || &data[8..12] == b"AIFC");
+    // MP4/M4A, Matroska/WebM, Core Audio Format.
+    let container = (data.len() >= 12 && &data[4..8] == b"ftyp")
+        || data.starts_with(&[0x1A, 0x45, 0xDF, 0xA3])
+        || data.starts_with(b"caff");
+    if aiff || container {
         return Sniffed::Symphonia;
-    }
-    if data.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]) {
-        return Sniffed::Unsupported("Matroska/WebM container".into());
-    }
-    if data.starts_with(b"caff") {
-        return Sniffed::Unsupported("Core Audio Format (CAF)".into());
     }
     // MP3: optional ID3v2 tag, then a valid MPEG audio frame header.
     let mut pos = 0;
@@ -477,6 +474,10 @@ fn decode_symphonia(data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioErro
         })?;
     let track_id = track.id;
     let params = track.codec_params.clone();
+    if params.codec == codecs::CODEC_TYPE_OPUS {
+        let head = params.extra_data.as_deref().unwrap_or_default();
+        return opus::decode_opus_packets(format.as_mut(), track_id, head, name);
+    }
     let mut decoder = symphonia::default::get_codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|e| match e {

@@ -1,6 +1,7 @@
-//! Ogg Opus: `ogg` crate demuxer + `unsafe-libopus` (libopus 1.3.1 in Rust).
+//! Opus: `ogg` crate demuxer (or symphonia's Matroska/WebM demuxer) + `unsafe-libopus`
+//! (libopus 1.3.1 in Rust).
 //!
-//! symphonia 0.5 has no Opus decoder, so this path reproduces what
+//! symphonia 0.5 has no Opus decoder, so the Ogg path reproduces what
 //! libsndfile's `ogg_opus.c` does (python-soundfile is the reference):
 //!
 //! * decode rate: the lowest Opus rate >= the OpusHead input sample rate
@@ -19,7 +20,10 @@ use unsafe_libopus::{
     OPUS_SET_GAIN_REQUEST,
 };
 
-use super::DecodedAudio;
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::FormatReader;
+
+use super::{sym_err, DecodedAudio};
 use crate::AudioError;
 
 /// Largest Opus packet duration: 120 ms at 48 kHz.
@@ -148,6 +152,99 @@ fn opus_error(code: i32) -> &'static str {
     opus_strerror(code)
 }
 
+/// A libopus decoder for one stream at one rate, with the OpusHead's gain applied.
+struct OpusDecoder {
+    dec: MsDecoder,
+    channels: usize,
+    /// The last packet's samples, interleaved.
+    pcm: Vec<f32>,
+    max_frame: usize,
+    name: String,
+}
+
+impl OpusDecoder {
+    fn new(head: &OpusHead, rate: u32, name: &str) -> Result<Self, AudioError> {
+        let corrupt = |detail: String| AudioError::Corrupt {
+            name: name.to_string(),
+            detail,
+        };
+        let channels = head.channels as usize;
+        let mut err = 0i32;
+        // SAFETY: FFI-style constructor; arguments validated by parse_opus_head,
+        // the mapping slice has `channels` entries.
+        let dec = unsafe {
+            opus_multistream_decoder_create(
+                rate as i32,
+                channels as i32,
+                head.nb_streams as i32,
+                head.nb_coupled as i32,
+                head.mapping.as_ptr(),
+                &mut err,
+            )
+        };
+        if dec.is_null() || err != OPUS_OK {
+            return Err(corrupt(format!(
+                "cannot create Opus decoder: {}",
+                opus_error(err)
+            )));
+        }
+        let dec = MsDecoder(dec);
+        // SAFETY: valid decoder; OPUS_SET_GAIN takes one i32 (Q7.8 dB).
+        let ret = unsafe {
+            opus_multistream_decoder_ctl_impl(
+                dec.0,
+                OPUS_SET_GAIN_REQUEST,
+                varargs!(head.output_gain as i32),
+            )
+        };
+        if ret != OPUS_OK {
+            return Err(corrupt(format!(
+                "invalid OpusHead output gain {}: {}",
+                head.output_gain,
+                opus_error(ret)
+            )));
+        }
+        let max_frame = MAX_PACKET_SAMPLES_48K * rate as usize / 48000;
+        Ok(Self {
+            dec,
+            channels,
+            pcm: vec![0.0; max_frame * channels],
+            max_frame,
+            name: name.to_string(),
+        })
+    }
+
+    /// Decodes one packet: its samples, interleaved.
+    fn decode(&mut self, packet: &[u8]) -> Result<&[f32], AudioError> {
+        let corrupt = |detail: String| AudioError::Corrupt {
+            name: self.name.clone(),
+            detail,
+        };
+        if packet.is_empty() || packet.len() > i32::MAX as usize {
+            return Err(corrupt("empty Opus packet".into()));
+        }
+        // SAFETY: `pcm` holds max_frame * channels floats, the largest packet libopus may
+        // return at this rate.
+        let n = unsafe {
+            opus_multistream_decode_float(
+                self.dec.0,
+                packet.as_ptr(),
+                packet.len() as i32,
+                self.pcm.as_mut_ptr(),
+                self.max_frame as i32,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(corrupt(format!(
+                "Opus packet decode failed: {}",
+                opus_error(n)
+            )));
+        }
+        Ok(&self.pcm[..n as usize * self.channels])
+    }
+}
+
 /// Demux the first Opus logical stream into pages of complete packets.
 /// Returns (OpusHead packet, data pages). A stream cut short mid-page ends
 /// at the last complete page, as libsndfile does.
@@ -273,44 +370,7 @@ pub(super) fn decode_ogg_opus(data: &[u8], name: &str) -> Result<DecodedAudio, A
         Some(gp_end.saturating_sub(gp_start + head.pre_skip as u64) / factor as u64)
     };
 
-    let mut err = 0i32;
-    // SAFETY: FFI-style constructor; arguments validated by parse_opus_head,
-    // the mapping slice has `channels` entries.
-    let dec = unsafe {
-        opus_multistream_decoder_create(
-            rate as i32,
-            channels as i32,
-            head.nb_streams as i32,
-            head.nb_coupled as i32,
-            head.mapping.as_ptr(),
-            &mut err,
-        )
-    };
-    if dec.is_null() || err != OPUS_OK {
-        return Err(corrupt(format!(
-            "cannot create Opus decoder: {}",
-            opus_error(err)
-        )));
-    }
-    let dec = MsDecoder(dec);
-    // SAFETY: valid decoder; OPUS_SET_GAIN takes one i32 (Q7.8 dB).
-    let ret = unsafe {
-        opus_multistream_decoder_ctl_impl(
-            dec.0,
-            OPUS_SET_GAIN_REQUEST,
-            varargs!(head.output_gain as i32),
-        )
-    };
-    if ret != OPUS_OK {
-        return Err(corrupt(format!(
-            "invalid OpusHead output gain {}: {}",
-            head.output_gain,
-            opus_error(ret)
-        )));
-    }
-
-    let max_frame = MAX_PACKET_SAMPLES_48K / factor as usize;
-    let mut pcm = vec![0f32; max_frame * channels];
+    let mut decoder = OpusDecoder::new(&head, rate, name)?;
     let cap = frames_total.unwrap_or(0).min(1 << 26) as usize;
     let mut planar: Vec<Vec<f32>> = (0..channels).map(|_| Vec::with_capacity(cap)).collect();
     let pre_skip = head.pre_skip as u64;
@@ -324,28 +384,8 @@ pub(super) fn decode_ogg_opus(data: &[u8], name: &str) -> Result<DecodedAudio, A
         }
         let pg_pos = page.granule;
         for pkt in &page.packets {
-            if pkt.is_empty() || pkt.len() > i32::MAX as usize {
-                return Err(corrupt("empty Opus packet".into()));
-            }
-            // SAFETY: `pcm` holds max_frame * channels floats, the largest
-            // packet libopus may return at this rate.
-            let nsamp = unsafe {
-                opus_multistream_decode_float(
-                    dec.0,
-                    pkt.as_ptr(),
-                    pkt.len() as i32,
-                    pcm.as_mut_ptr(),
-                    max_frame as i32,
-                    0,
-                )
-            };
-            if nsamp < 0 {
-                return Err(corrupt(format!(
-                    "Opus packet decode failed: {}",
-                    opus_error(nsamp)
-                )));
-            }
-            let nsamp = nsamp as u64;
+            let pcm = decoder.decode(pkt)?;
+            let nsamp = (pcm.len() / channels) as u64;
             let pkt_granule = pkt_pos.saturating_add(nsamp * f);
             let len = if pkt_granule <= pg_pos {
                 nsamp
@@ -362,14 +402,10 @@ pub(super) fn decode_ogg_opus(data: &[u8], name: &str) -> Result<DecodedAudio, A
             } else {
                 0
             };
-            for (c, out) in planar.iter_mut().enumerate() {
-                out.extend(
-                    pcm[loc as usize * channels..len as usize * channels]
-                        .iter()
-                        .skip(c)
-                        .step_by(channels),
-                );
-            }
+            push_planar(
+                &mut planar,
+                &pcm[loc as usize * channels..len as usize * channels],
+            );
             pkt_pos = pkt_granule;
         }
     }
@@ -379,6 +415,59 @@ pub(super) fn decode_ogg_opus(data: &[u8], name: &str) -> Result<DecodedAudio, A
         for ch in &mut planar {
             ch.truncate(n as usize);
         }
+    }
+    Ok(DecodedAudio {
+        sample_rate: rate,
+        channels: planar,
+    })
+}
+
+/// Appends interleaved samples to their channels.
+fn push_planar(planar: &mut [Vec<f32>], interleaved: &[f32]) {
+    let channels = planar.len();
+    for (c, out) in planar.iter_mut().enumerate() {
+        out.extend(interleaved.iter().skip(c).step_by(channels));
+    }
+}
+
+/// Decodes the Opus packets of another container's track (Matroska/WebM, demuxed by
+/// symphonia), whose codec private data is the OpusHead: at the rate the Ogg path takes, its
+/// pre-skip dropped. Matroska marks the end padding with DiscardPadding, which symphonia's
+/// demuxer does not pass on, so up to one packet of the encoder's padding stays at the end
+/// (FFmpeg drops it).
+pub(super) fn decode_opus_packets(
+    format: &mut dyn FormatReader,
+    track_id: u32,
+    head: &[u8],
+    name: &str,
+) -> Result<DecodedAudio, AudioError> {
+    let head = parse_opus_head(head, name)?;
+    let factor = sr_factor(head.input_sample_rate);
+    let rate = 48000 / factor;
+    let mut decoder = OpusDecoder::new(&head, rate, name)?;
+    let channels = head.channels as usize;
+    let mut planar = vec![Vec::new(); channels];
+    let mut skip = (head.pre_skip as u32 / factor) as usize;
+    loop {
+        let packet = match format.next_packet() {
+            Ok(p) => p,
+            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) if planar[0].is_empty() => return Err(sym_err(e, name, "reading packets")),
+            // Damage after valid audio: keep what decoded, as for the other containers.
+            Err(_) => break,
+        };
+        if packet.track_id() != track_id {
+            continue;
+        }
+        let pcm = decoder.decode(&packet.data)?;
+        let dropped = skip.min(pcm.len() / channels);
+        skip -= dropped;
+        push_planar(&mut planar, &pcm[dropped * channels..]);
+    }
+    if planar[0].is_empty() {
+        return Err(AudioError::Empty {
+            name: name.to_string(),
+        });
     }
     Ok(DecodedAudio {
         sample_rate: rate,
