@@ -110,6 +110,20 @@ pub fn load_transcriber(
     })
 }
 
+/// Checks that `dir` holds a `wanted` checkpoint; another kind is refused in a line naming
+/// it: `which` says what that kind does not do and what to use instead.
+fn require(dir: &Path, wanted: Family, which: &str) -> Result<()> {
+    match family(dir)? {
+        found if found == wanted => Ok(()),
+        Family::Qwen3Tts => Err(speaks_only(dir)),
+        other => Err(Error::Resolve(format!(
+            "{} is {}, {which}",
+            dir.display(),
+            other.name()
+        ))),
+    }
+}
+
 /// Loads a model that answers questions about audio (Voxtral Mini 3B); other kinds are an
 /// error.
 pub fn load_voxtral(
@@ -118,15 +132,12 @@ pub fn load_voxtral(
     weights: Option<WeightFormat>,
 ) -> Result<Voxtral> {
     let dir = source.path();
-    match family(dir)? {
-        Family::Voxtral => Ok(Voxtral::from_dir(dir, device, weights)?),
-        Family::Qwen3Tts => Err(speaks_only(dir)),
-        other => Err(Error::Resolve(format!(
-            "{} is {}, which only transcribes; `voxide ask` needs Voxtral Mini 3B (mistralai/Voxtral-Mini-3B-2507)",
-            dir.display(),
-            other.name()
-        ))),
-    }
+    require(
+        dir,
+        Family::Voxtral,
+        "which only transcribes; `voxide ask` needs Voxtral Mini 3B (mistralai/Voxtral-Mini-3B-2507)",
+    )?;
+    Ok(Voxtral::from_dir(dir, device, weights)?)
 }
 
 /// Loads a streaming model (Voxtral Realtime); other kinds are an error.
@@ -136,15 +147,12 @@ pub fn load_streaming(
     weights: Option<WeightFormat>,
 ) -> Result<VoxtralRealtime> {
     let dir = source.path();
-    match family(dir)? {
-        Family::VoxtralRealtime => Ok(VoxtralRealtime::from_dir(dir, device, weights)?),
-        Family::Qwen3Tts => Err(speaks_only(dir)),
-        other => Err(Error::Resolve(format!(
-            "{} is {}, which does not stream; use `voxide transcribe`, or a Voxtral Realtime model",
-            dir.display(),
-            other.name()
-        ))),
-    }
+    require(
+        dir,
+        Family::VoxtralRealtime,
+        "which does not stream; use `voxide transcribe`, or a Voxtral Realtime model",
+    )?;
+    Ok(VoxtralRealtime::from_dir(dir, device, weights)?)
 }
 
 /// Loads a text-to-speech model (Qwen3-TTS); a speech-to-text checkpoint is an error.
@@ -154,14 +162,12 @@ pub fn load_synthesizer(
     weights: Option<WeightFormat>,
 ) -> Result<Synthesizer> {
     let dir = source.path();
-    match family(dir)? {
-        Family::Qwen3Tts => Ok(Synthesizer::from_dir(dir, device, weights)?),
-        other => Err(Error::Resolve(format!(
-            "{} is {}, a speech-to-text model: use `voxide transcribe`; `voxide speak` needs Qwen3-TTS (e.g. Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice)",
-            dir.display(),
-            other.name()
-        ))),
-    }
+    require(
+        dir,
+        Family::Qwen3Tts,
+        "a speech-to-text model: use `voxide transcribe`; `voxide speak` needs Qwen3-TTS (e.g. Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice)",
+    )?;
+    Ok(Synthesizer::from_dir(dir, device, weights)?)
 }
 
 /// A loaded checkpoint of either direction, shared by the requests it serves.
