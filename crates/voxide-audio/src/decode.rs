@@ -8,6 +8,7 @@
 //! libsndfile's float conversion (integer PCM divided by 2^(bits-1)), so WAV
 //! and FLAC decode bit-exactly like python-soundfile.
 
+mod matroska;
 mod mp4;
 mod opus;
 
@@ -399,6 +400,7 @@ fn decode_inner(mut data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioErro
     if data.starts_with(b"RIFF") {
         fill_in_unknown_wav_sizes(&mut data);
     }
+    matroska::void_seek_heads_past_the_end(&mut data);
     match sniff(&data) {
         Sniffed::OggOpus => opus::decode_ogg_opus(&data, name),
         // symphonia asserts on a WAV rate of 0 (a panic, caught, with a vaguer message).

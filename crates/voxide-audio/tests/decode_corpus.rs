@@ -216,6 +216,24 @@ fn other_containers_decode_like_ffmpeg() {
     eprintln!("min excerpt SNR vs FFmpeg: {min_snr:.1?}");
 }
 
+/// A WebM recording cut short (an upload stopped at a limit) decodes up to the
+/// cut, like the whole file's start; cut inside its headers it is an error.
+#[test]
+fn webm_cut_short_decodes_up_to_the_cut() {
+    let data = std::fs::read(fixtures_dir().join("synth_opus_48k_stereo.webm")).unwrap();
+    let whole = voxide_audio::decode_bytes(&data, "whole.webm").unwrap();
+    for cut in [data.len() / 2, data.len() * 3 / 4] {
+        let part = voxide_audio::decode_bytes(&data[..cut], "cut.webm").unwrap();
+        let n = part.n_frames();
+        assert!(n > 0 && n < whole.n_frames(), "{cut}: {n} frames");
+        for c in 0..2 {
+            assert_eq!(part.channels[c][..], whole.channels[c][..n], "{cut}");
+        }
+    }
+    let e = voxide_audio::decode_bytes(&data[..100], "head.webm").unwrap_err();
+    assert!(e.to_string().contains("head.webm"), "{e}");
+}
+
 /// Bytes and files decode identically (the probe looks at content only):
 /// an Opus clip passed as bytes with a misleading name still decodes.
 #[test]
