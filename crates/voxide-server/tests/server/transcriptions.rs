@@ -92,6 +92,33 @@ fn every_format_equals_the_cli_output() {
     assert_eq!(verbose["duration"], 11.0);
 }
 
+/// A browser's recording (MediaRecorder's WebM/Opus, uploaded as a nameless blob) and a
+/// phone's voice memo (M4A/AAC) are transcribed as the library transcribes the same files.
+#[test]
+fn browser_and_phone_recordings_are_transcribed() {
+    let models = models();
+    let Engine::Transcriber(model) = &models.get("whisper-1").unwrap().engine else {
+        panic!("whisper-1 is a transcriber");
+    };
+    let server = TestServer::start();
+    for name in ["synth_opus_48k_stereo.webm", "synth_aac_44k_stereo.m4a"] {
+        let path = root().join("tests/fixtures/audio").join(name);
+        let samples = load_mono(&AudioInput::File(path.clone()), model.sample_rate()).unwrap();
+        let want = model
+            .transcribe(&samples, &cli_request(), &mut |_| true)
+            .unwrap()
+            .0;
+        let form = Form::new("whisper-1", "blob", std::fs::read(&path).unwrap());
+        let reply = server.post_form("/v1/audio/transcriptions", &form);
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+        assert_eq!(
+            reply.json(),
+            serde_json::json!({ "text": want.text }),
+            "{name}"
+        );
+    }
+}
+
 /// `timestamp_granularities[]=word` returns the words of `--word-timestamps`, per segment and
 /// in OpenAI's top-level `words`.
 #[test]
