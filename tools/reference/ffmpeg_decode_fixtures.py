@@ -4,7 +4,7 @@
     python tools/reference/ffmpeg_decode_fixtures.py      (needs av, numpy, safetensors)
 
 libsndfile (the reference of `audio_fixtures.py`) reads neither MP4, raw AAC
-nor Matroska, and the corpus has no AIFF or CAF, so the reference here is
+nor Matroska, and the corpus has no AIFF, CAF or MP2, so the reference here is
 FFmpeg, through PyAV: small clips of the seeded test signal of
 `audio_fixtures.py` (two tones, a chirp, noise), written by FFmpeg's own muxers
 and encoders into `tests/fixtures/audio/`:
@@ -24,6 +24,8 @@ and encoders into `tests/fixtures/audio/`:
 * `synth_flac_16k_mono.mkv`: FLAC in Matroska, 16 kHz mono, 0.5 s.
 * `synth_pcm_44k_stereo.aiff`: 16-bit big-endian PCM in AIFF, 0.5 s.
 * `synth_pcm_16k_mono.caf`: 16-bit PCM in Core Audio Format, 0.5 s.
+* `synth_mp2_32k_stereo.mp2`: MPEG-1 audio layer II, 32 kHz stereo, 1 s,
+  128 kbit/s (broadcast's format; libsndfile reads it only through mpg123).
 
 `ffmpeg_decode.json` + `ffmpeg_decode.safetensors`: per clip the container,
 codec, rate, channel count, frame count (in M4A the samples the edit list
@@ -59,6 +61,7 @@ CLIPS = [
     ("synth_flac_16k_mono.mkv", "matroska", "flac", 16000, 1, 0.5, "s16", None),
     ("synth_pcm_44k_stereo.aiff", "aiff", "pcm_s16be", 44100, 2, 0.5, "s16", None),
     ("synth_pcm_16k_mono.caf", "caf", "pcm_s16le", 16000, 1, 0.5, "s16", None),
+    ("synth_mp2_32k_stereo.mp2", "mp2", "mp2", 32000, 2, 1.0, "s16", 128000),
 ]
 
 
@@ -98,7 +101,7 @@ def write(name, muxer, codec, sr, channels, seconds, sample_fmt, bit_rate) -> in
     stream.format = sample_fmt
     if bit_rate:
         stream.bit_rate = bit_rate
-    step = 960 if codec == "libopus" else 1024
+    step = {"libopus": 960, "mp2": 1152}.get(codec, 1024)
     for i in range(0, x.shape[1], step):
         for packet in stream.encode(as_frame(x[:, i : i + step], sample_fmt, layout, sr, i)):
             out.mux(packet)
@@ -109,10 +112,17 @@ def write(name, muxer, codec, sr, channels, seconds, sample_fmt, bit_rate) -> in
     return x.shape[1]
 
 
-def decode(name: str) -> tuple[np.ndarray, int]:
-    """FFmpeg's decode as float64 [channels, frames]."""
+def decode(name: str, codec: str) -> tuple[np.ndarray, int]:
+    """FFmpeg's decode as float64 [channels, frames]. Layer II through FFmpeg's float
+    decoder (`mp2float`; its default `mp2` is fixed-point, ~85 dB from any float one)."""
     with av.open(str(OUT / name)) as f:
-        frames = [fr for fr in f.decode(audio=0)]
+        stream = f.streams.audio[0]
+        if codec == "mp2":
+            ctx = av.CodecContext.create("mp2float", "r")
+            # demux() ends with an empty packet, which flushes the decoder.
+            frames = [fr for p in f.demux(stream) for fr in ctx.decode(p)]
+        else:
+            frames = [fr for fr in f.decode(stream)]
     fmt = frames[0].format.name
     scale = {"flt": 1.0, "fltp": 1.0, "s16": 1 / 32768, "s16p": 1 / 32768, "s32p": 1 / 2**31}[fmt]
     channels = len(frames[0].layout.channels)
@@ -127,7 +137,7 @@ def main() -> None:
     entries, tensors = [], {}
     for name, muxer, codec, sr, channels, seconds, fmt, rate in CLIPS:
         frames_in = write(name, muxer, codec, sr, channels, seconds, fmt, rate)
-        x, got_sr = decode(name)
+        x, got_sr = decode(name, codec)
         assert got_sr == sr and x.shape[0] == channels, (name, got_sr, x.shape)
         if muxer == "ipod":
             # PyAV drops the priming the edit list names but not the end padding.

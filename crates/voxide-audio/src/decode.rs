@@ -221,25 +221,22 @@ fn sniff(data: &[u8]) -> Sniffed {
             pos += 1;
         }
     }
-    match data.get(pos..).and_then(mpeg_frame) {
-        Some(MpegFrame::Layer3 | MpegFrame::Aac) => Sniffed::Symphonia,
-        Some(MpegFrame::Layer12(l)) => Sniffed::Unsupported(format!("MPEG audio layer {l}")),
-        None if pos > 0 => Sniffed::Unsupported("ID3-tagged data without an MP3 frame".into()),
-        None => Sniffed::NotAudio,
+    match data.get(pos..).is_some_and(mpeg_frames) {
+        true => Sniffed::Symphonia,
+        false if pos > 0 => {
+            Sniffed::Unsupported("ID3-tagged data without an MPEG audio frame".into())
+        }
+        false => Sniffed::NotAudio,
     }
 }
 
-enum MpegFrame {
-    Layer3,
-    Layer12(u8),
-    Aac,
-}
-
-/// Checks for an MPEG audio frame header at the start of `d` and, when the
-/// data is long enough, a second one where the first frame ends: one valid
-/// header in random bytes is plausible, two chained ones are not.
-fn mpeg_frame(d: &[u8]) -> Option<MpegFrame> {
-    let hdr = |d: &[u8]| -> Option<(u8, usize)> {
+/// Checks for an MPEG audio frame header (layer I, II or III, or AAC in ADTS)
+/// at the start of `d` and, when the data is long enough, a second one where
+/// the first frame ends: one valid header in random bytes is plausible, two
+/// chained ones are not.
+fn mpeg_frames(d: &[u8]) -> bool {
+    // The frame's length in bytes.
+    let hdr = |d: &[u8]| -> Option<usize> {
         if d.len() < 4 || d[0] != 0xFF || d[1] & 0xE0 != 0xE0 {
             return None;
         }
@@ -259,43 +256,46 @@ fn mpeg_frame(d: &[u8]) -> Option<MpegFrame> {
             2 => base / 2,
             _ => base / 4,
         };
-        // Bit rate tables (kbit/s) for layer III; layers I/II only need a
-        // plausible length for the chain check.
+        // Bit rate tables (kbit/s) by version and layer (ISO/IEC 11172-3, 13818-3).
+        const V1_L1: [usize; 15] = [
+            0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448,
+        ];
+        const V1_L2: [usize; 15] = [
+            0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
+        ];
         const V1_L3: [usize; 15] = [
             0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
         ];
-        const V2_L3: [usize; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
-        let len = if layer_no == 3 {
-            if version == 3 {
-                144 * V1_L3[br_idx] * 1000 / sr + padding
-            } else {
-                72 * V2_L3[br_idx] * 1000 / sr + padding
-            }
-        } else {
-            0
+        const V2_L1: [usize; 15] = [
+            0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256,
+        ];
+        const V2_L23: [usize; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+        let kbps = match (version == 3, layer_no) {
+            (true, 1) => V1_L1,
+            (true, 2) => V1_L2,
+            (true, _) => V1_L3,
+            (false, 1) => V2_L1,
+            (false, _) => V2_L23,
+        }[br_idx];
+        // Bytes per frame: 384 samples in 4-byte slots (layer I), 1152 (II; III in MPEG-1)
+        // or 576 (III in MPEG-2/2.5).
+        let len = match layer_no {
+            1 => (12 * kbps * 1000 / sr + padding) * 4,
+            3 if version != 3 => 72 * kbps * 1000 / sr + padding,
+            _ => 144 * kbps * 1000 / sr + padding,
         };
-        Some((layer_no, len))
+        Some(len)
     };
     // ADTS AAC: sync 0xFFF, layer bits 00, a 13-bit frame length; chained as below.
     let adts = |d: &[u8]| d.len() >= 7 && d[0] == 0xFF && d[1] & 0xF6 == 0xF0;
     if adts(d) {
         let len = ((d[3] as usize & 3) << 11) | (d[4] as usize) << 3 | (d[5] as usize) >> 5;
-        if len < 7 || (d.len() >= len + 7 && !adts(&d[len..])) {
-            return None;
-        }
-        return Some(MpegFrame::Aac);
+        return len >= 7 && (d.len() < len + 7 || adts(&d[len..]));
     }
-    let (layer, len) = hdr(d)?;
-    if layer != 3 {
-        return Some(MpegFrame::Layer12(layer));
-    }
-    if len < 4 {
-        return None;
-    }
-    if d.len() >= len + 4 && hdr(&d[len..]).is_none() {
-        return None;
-    }
-    Some(MpegFrame::Layer3)
+    let Some(len) = hdr(d) else {
+        return false;
+    };
+    len >= 4 && (d.len() < len + 4 || hdr(&d[len..]).is_some())
 }
 
 /// Returns the name of the codec if a RIFF/WAVE file declares a format tag
@@ -603,6 +603,26 @@ mod tests {
         let mut one = header.to_vec();
         one.extend_from_slice(&[0x55; 16]);
         assert_eq!(sniff(&one), Sniffed::NotAudio);
+    }
+
+    #[test]
+    fn mpeg_audio_of_every_layer_is_recognised_by_two_chained_frames() {
+        // MPEG-1 at 32 kHz: layer I at 32 kbit/s (48 bytes a frame), layer II at 32 kbit/s
+        // (144 bytes), layer III at 32 kbit/s (144 bytes).
+        for (layer_bits, len) in [(0b11, 48), (0b10, 144), (0b01, 144)] {
+            let header = [0xFF, 0xF8 | layer_bits << 1 | 1, 0x18, 0xC4];
+            let mut two = header.to_vec();
+            two.resize(len, 0);
+            two.extend_from_slice(&header);
+            two.resize(2 * len, 0);
+            assert_eq!(sniff(&two), Sniffed::Symphonia, "layer bits {layer_bits:b}");
+            // The second header one byte off: not a chain.
+            let mut off = header.to_vec();
+            off.resize(len + 1, 0);
+            off.extend_from_slice(&header);
+            off.resize(2 * len + 1, 0);
+            assert_eq!(sniff(&off), Sniffed::NotAudio, "layer bits {layer_bits:b}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!
 //! Reference: `tests/fixtures/audio/decode.{json,safetensors}` written by
 //! `tools/reference/audio_fixtures.py`. MP4/M4A (which libsndfile does not
-//! read), raw AAC, Matroska/WebM, AIFF and CAF against FFmpeg:
+//! read), raw AAC, Matroska/WebM, AIFF, CAF and MP2 against FFmpeg:
 //! `ffmpeg_decode.{json,safetensors}` from
 //! `tools/reference/ffmpeg_decode_fixtures.py`.
 
@@ -131,11 +131,11 @@ fn corpus_decodes_like_soundfile() {
 /// AAC, in MP4 and in ADTS (symphonia vs FFmpeg's decoder): measured minimum
 /// 115.5 dB over the excerpts. Opus in WebM (unsafe-libopus vs FFmpeg's
 /// libopus): measured minimum 137.3 dB. Vorbis in WebM (symphonia vs FFmpeg):
-/// 137.9 dB.
+/// 137.9 dB. MPEG layer II (symphonia vs FFmpeg's float decoder): 121.8 dB.
 const FFMPEG_LOSSY_MIN_SNR_DB: f64 = 90.0;
 
 /// Formats libsndfile does not read (M4A, raw AAC, Matroska/WebM) or the corpus
-/// lacks (AIFF, CAF) decode like FFmpeg: in M4A the samples the edit list names
+/// lacks (AIFF, CAF, MP2) decode like FFmpeg: in M4A the samples the edit list names
 /// (the AAC encoder's 1024 samples of priming dropped, its padding cut off),
 /// raw AAC whole; Opus in WebM with its pre-skip dropped; in Matroska at most
 /// one packet of the end padding kept (FFmpeg trims it by DiscardPadding and
@@ -152,7 +152,7 @@ fn other_containers_decode_like_ffmpeg() {
         .collect();
     assert_eq!(
         containers,
-        ["ipod", "ipod", "adts", "webm", "webm", "matroska", "aiff", "caf"]
+        ["ipod", "ipod", "adts", "webm", "webm", "matroska", "aiff", "caf", "mp2"]
     );
     let mut min_snr = std::collections::BTreeMap::new();
     for f in files {
