@@ -81,8 +81,9 @@ fn family(dir: &Path) -> Result<Family> {
 /// The error for a text-to-speech checkpoint given where speech is to be transcribed.
 fn speaks_only(dir: &Path) -> Error {
     Error::Resolve(format!(
-        "{} is Qwen3-TTS, a text-to-speech model: use `voxide speak`",
-        dir.display()
+        "{} is {}, a text-to-speech model: use `voxide speak`",
+        dir.display(),
+        Family::Qwen3Tts.name()
     ))
 }
 
@@ -101,7 +102,17 @@ pub fn load_transcriber(
     weights: Option<WeightFormat>,
 ) -> Result<Box<dyn Transcriber>> {
     let dir = source.path();
-    Ok(match family(dir)? {
+    transcriber_of(family(dir)?, dir, device, weights)
+}
+
+/// The speech-to-text model of `family` in `dir`.
+fn transcriber_of(
+    family: Family,
+    dir: &Path,
+    device: &Device,
+    weights: Option<WeightFormat>,
+) -> Result<Box<dyn Transcriber>> {
+    Ok(match family {
         Family::Whisper => Box::new(WhisperPipeline::from_dir(dir, device, weights)?),
         Family::WhisperGgml => Box::new(WhisperPipeline::from_ggml(dir, device, weights)?),
         Family::VoxtralRealtime => Box::new(VoxtralRealtime::from_dir(dir, device, weights)?),
@@ -182,10 +193,12 @@ pub fn load_model(
     device: &Device,
     weights: Option<WeightFormat>,
 ) -> Result<Model> {
-    Ok(match family(source.path())? {
+    // The kind read once, then loaded as that kind.
+    let dir = source.path();
+    Ok(match family(dir)? {
         Family::Qwen3Tts => {
-            Model::Synthesizer(Arc::new(load_synthesizer(source, device, weights)?))
+            Model::Synthesizer(Arc::new(Synthesizer::from_dir(dir, device, weights)?))
         }
-        _ => Model::Transcriber(Arc::from(load_transcriber(source, device, weights)?)),
+        stt => Model::Transcriber(Arc::from(transcriber_of(stt, dir, device, weights)?)),
     })
 }
