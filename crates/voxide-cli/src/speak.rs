@@ -8,7 +8,7 @@ use clap::Args;
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use voxide_audio::{load_mono, AudioError, AudioInput, PcmOutFormat, PcmWriter};
+use voxide_audio::{load_mono, AudioError, AudioInput, AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{
     ClonedVoice, GenerationParams, SpeechRequest, SpeechStats, Synthesizer, VoiceReference,
 };
@@ -68,14 +68,16 @@ pub struct SpeakArgs {
     /// chunks double up to this (longer chunks decode faster).
     #[arg(long, default_value_t = 16)]
     chunk_frames: usize,
-    /// Output file (WAV, or raw PCM with `--output-format pcm`); without it, audio goes to
-    /// standard output.
+    /// Output file, encoded as its extension says (.wav, .flac, .opus or .ogg for Ogg Opus,
+    /// .pcm or .raw for raw PCM; others: WAV) unless `--output-format` says otherwise; without
+    /// it, audio goes to standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// The audio's encoding, in the file or on standard output: WAV or raw 16-bit
-    /// little-endian PCM.
-    #[arg(long, default_value = "wav", value_parser = ["wav", "pcm"])]
-    output_format: String,
+    /// The audio's encoding, in the file or on standard output: wav (16-bit), pcm (raw 16-bit
+    /// little endian), flac, or opus (Ogg Opus, 32 kbit/s). Default: the output file's
+    /// extension, else wav.
+    #[arg(long, value_parser = AudioOutFormat::NAMES)]
+    output_format: Option<String>,
     /// Print the checkpoint's voices and languages and exit.
     #[arg(long)]
     list_voices: bool,
@@ -126,6 +128,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     set_threads(args.threads)?;
     // Checked before the model loads: a path that cannot be written, a reference clip that
     // cannot be read or a sampling setting out of range fails at once.
+    let format = output_format(args.output_format.as_deref(), args.output.as_deref())?;
     let output = match &args.output {
         Some(path) if !args.list_voices => Some(OutputFile::new(path)?),
         _ => None,
@@ -221,17 +224,13 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         chunk_frames: args.chunk_frames,
     };
     let rate = synthesizer.sample_rate();
-    let format = match args.output_format.as_str() {
-        "pcm" => PcmOutFormat::S16le,
-        _ => PcmOutFormat::Wav,
-    };
     let stats = match output {
         Some(output) => {
             let file = output.open()?;
             // Only a regular file (or a link to one) can seek back to put the real sizes in the
             // header; a FIFO or a device keeps the stream's "unknown length" ones.
             let seekable = file.metadata().is_ok_and(|m| m.is_file());
-            let mut writer = PcmWriter::new(BufWriter::new(file), format, rate);
+            let mut writer = AudioWriter::new(BufWriter::new(file), format, rate)?;
             let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
             let written = written.and_then(|()| {
                 if seekable {
@@ -245,7 +244,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             stats
         }
         None => {
-            let mut writer = PcmWriter::new(std::io::stdout().lock(), format, rate);
+            let mut writer = AudioWriter::new(std::io::stdout().lock(), format, rate)?;
             let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
             unless_closed(written.and_then(|()| writer.finish().map(drop)))
                 .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
@@ -273,12 +272,37 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     Ok(())
 }
 
+/// The output's encoding: `--output-format`, else the output file's extension, else WAV. An
+/// extension naming a format voxide does not write (`speech.mp3`) is refused rather than
+/// filled with WAV bytes.
+fn output_format(flag: Option<&str>, output: Option<&std::path::Path>) -> Result<AudioOutFormat> {
+    if let Some(name) = flag {
+        return AudioOutFormat::from_name(name)
+            .ok_or_else(|| anyhow!("unknown --output-format {name}"));
+    }
+    let extension = output
+        .and_then(|path| path.extension())
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
+    if let Some(format) = AudioOutFormat::from_extension(extension) {
+        return Ok(format);
+    }
+    const NOT_WRITTEN: [&str; 7] = ["mp3", "m4a", "mp4", "aac", "webm", "aiff", "wma"];
+    if NOT_WRITTEN.contains(&extension.to_ascii_lowercase().as_str()) {
+        bail!(
+            "cannot write {}: voxide writes WAV, FLAC, Ogg Opus and raw PCM, not {extension} (name the file .wav, .flac, .opus or .pcm, or set --output-format)",
+            output.map(|p| p.display().to_string()).unwrap_or_default()
+        );
+    }
+    Ok(AudioOutFormat::Wav)
+}
+
 /// Synthesises into `writer`, stopping at the first write error, which comes back beside the
 /// statistics.
 fn synthesize_to<W: Write>(
     synthesizer: &Synthesizer,
     request: &SpeechRequest,
-    writer: &mut PcmWriter<W>,
+    writer: &mut AudioWriter<W>,
 ) -> Result<(SpeechStats, std::io::Result<()>)> {
     let mut written = Ok(());
     let stats = synthesizer.synthesize(request, &mut |pcm| {

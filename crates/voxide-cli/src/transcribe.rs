@@ -19,7 +19,8 @@ const PROGRESS_MIN_SECONDS: f64 = 30.0;
 
 #[derive(Args, Debug)]
 pub struct TranscribeArgs {
-    /// Audio files (WAV, FLAC, MP3, Ogg Vorbis, Ogg Opus); `-` reads standard input.
+    /// Audio files (WAV, FLAC, MP3, Ogg Vorbis or Opus, M4A/AAC/ALAC, WebM, MP2, AIFF, CAF);
+    /// `-` reads standard input.
     #[arg(required = true)]
     files: Vec<String>,
     /// Model: a local Hugging Face checkpoint directory, or a hub id such as openai/whisper-tiny.

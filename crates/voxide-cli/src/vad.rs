@@ -23,7 +23,8 @@ enum Format {
 
 #[derive(Args, Debug)]
 pub struct VadArgs {
-    /// Audio files (WAV, FLAC, MP3, Ogg Vorbis, Ogg Opus); `-` reads standard input.
+    /// Audio files (WAV, FLAC, MP3, Ogg Vorbis or Opus, M4A/AAC/ALAC, WebM, MP2, AIFF, CAF);
+    /// `-` reads standard input.
     #[arg(required = true)]
     files: Vec<String>,
     /// Silero VAD weights: whisper.cpp's ggml file (ggml-silero-v6.2.0.bin) or an ONNX file

@@ -107,6 +107,45 @@ fn wav_file_pcm_stream_and_chunking_agree() {
     assert!(voxide(&args).status.success());
     assert_eq!(std::fs::read(&raw).unwrap(), data);
 
+    // FLAC and Ogg Opus, named by the file's extension or by --output-format on standard output.
+    let decode = |b: &[u8], name: &str| voxide_audio::decode_bytes(b, name).unwrap().channels;
+    let wav_samples = decode(&bytes, "out.wav");
+    for format in ["flac", "opus"] {
+        let file = dir.join(format!("out.{format}"));
+        let mut args = vec!["speak", "--model", s(&model), "-o", s(&file)];
+        args.extend(GREEDY);
+        args.push("Hello there.");
+        let out = voxide(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let written = std::fs::read(&file).unwrap();
+        let mut args = vec!["speak", "--model", s(&model), "--output-format", format];
+        args.extend(GREEDY);
+        args.push("Hello there.");
+        let streamed = voxide(&args).stdout;
+        let name = format!("out.{format}");
+        assert_eq!(
+            decode(&streamed, &name),
+            decode(&written, &name),
+            "{format}"
+        );
+        let samples = decode(&written, &name);
+        if format == "flac" {
+            // Lossless: the WAV's samples; the file's header has its length and MD5.
+            assert_eq!(samples, wav_samples);
+            assert!(written[26..42] != [0; 16] && streamed[26..42] == [0; 16]);
+        } else {
+            assert_eq!(samples[0].len(), wav_samples[0].len());
+            assert!(
+                written == streamed,
+                "an Ogg Opus stream is the same bytes as its file"
+            );
+        }
+    }
+
     for chunk in ["1", "3"] {
         let mut args = vec!["speak", "--model", s(&model), "--output-format", "pcm"];
         args.extend(GREEDY);
@@ -677,6 +716,10 @@ fn bad_settings_fail_before_the_model_loads() {
         (
             &["--repetition-penalty", "NaN"],
             "--repetition-penalty must be a positive number",
+        ),
+        (
+            &["-o", "/nonexistent/speech.mp3"],
+            "cannot write /nonexistent/speech.mp3: voxide writes WAV, FLAC, Ogg Opus and raw PCM, not mp3",
         ),
     ] {
         let mut args = vec!["speak", "--model", "/nonexistent/model"];

@@ -1,8 +1,11 @@
 //! `POST /v1/audio/speech`: OpenAI's JSON request (`model`, `input`, `voice`, `instructions`,
-//! `response_format` wav or pcm, `speed` 1, `stream_format` audio or sse) in; 16-bit mono
-//! 24 kHz audio out as it is synthesised: a WAV header with unknown sizes then PCM, or raw
-//! PCM, in chunked transfer (the first sound arrives after one frame, not the whole clip); or
-//! `speech.audio.delta` events carrying the same bytes in base64, then `speech.audio.done`.
+//! `response_format` wav, pcm, flac or opus, `speed` 1, `stream_format` audio or sse) in;
+//! 24 kHz mono audio out as it is synthesised, in chunked transfer (the first sound arrives
+//! after one frame, not the whole clip): 16-bit WAV with unknown sizes in its header, raw
+//! 16-bit PCM, FLAC, or Ogg Opus at 32 kbit/s (a page per chunk); or `speech.audio.delta`
+//! events carrying the same bytes in base64, then `speech.audio.done`. Without
+//! `response_format`, WAV (OpenAI's default, MP3, is not written: neither it nor AAC has an
+//! encoder at hand in Rust).
 //!
 //! voxide's own fields: `seed` (sampling seed, default 0: the same request gives the same
 //! audio), `language` (one of the checkpoint's, default auto) and `max_frames` (most 80 ms
@@ -33,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use voxide_audio::{PcmOutFormat, PcmWriter};
+use voxide_audio::{AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{
     GenerationParams, ModelType, SpeechRequest, SpeechStats, Synthesizer,
 };
@@ -142,17 +145,16 @@ pub(crate) async fn speech(
             ),
         ));
     }
-    let (format, content_type) = match body.response_format.as_deref() {
-        None | Some("wav") => (PcmOutFormat::Wav, "audio/wav"),
-        Some("pcm") => (PcmOutFormat::S16le, "audio/pcm"),
-        Some(other) => {
-            return Err(ApiError::invalid_param(
+    let format = match body.response_format.as_deref() {
+        None => AudioOutFormat::Wav,
+        Some(name) => AudioOutFormat::from_name(name).ok_or_else(|| {
+            ApiError::invalid_param(
                 "response_format",
                 format!(
-                "response_format {other:?} is not supported; use wav or pcm (16-bit mono, 24 kHz)"
-            ),
-            ))
-        }
+                    "response_format {name:?} is not supported; use wav, pcm (16-bit mono, 24 kHz), flac or opus"
+                ),
+            )
+        })?,
     };
     let framing = match body.stream_format.as_deref() {
         None | Some("audio") => Framing::Audio,
@@ -184,6 +186,8 @@ pub(crate) async fn speech(
         deadline,
         runtime: tokio::runtime::Handle::current(),
     };
+    let writer = AudioWriter::new(sink, format, synthesizer.sample_rate())
+        .map_err(|e| ApiError::invalid_param("response_format", e.to_string()))?;
     {
         let synthesizer = synthesizer.clone();
         let completed = completed.clone();
@@ -191,7 +195,7 @@ pub(crate) async fn speech(
         let shared = state.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = permit;
-            let stats = synthesize(&synthesizer, &request, format, sink, &completed, timeout);
+            let stats = synthesize(&synthesizer, &request, writer, &completed, timeout);
             if let Some(stats) = stats {
                 shared
                     .metrics
@@ -234,7 +238,7 @@ pub(crate) async fn speech(
     let stream =
         futures_util::StreamExt::chain(futures_util::stream::once(async { Ok(first) }), rest);
     let content_type = match framing {
-        Framing::Audio => content_type,
+        Framing::Audio => format.content_type(),
         Framing::Sse => "text/event-stream",
     };
     Ok((
@@ -329,20 +333,17 @@ enum Stop {
     Deadline,
 }
 
-/// Runs one synthesis on a blocking thread, sending its audio through `sink`; marks
+/// Runs one synthesis on a blocking thread, its audio encoded and sent by `writer`; marks
 /// `completed` when all of it went out. Returns what it took when it ran to its end.
 fn synthesize(
     synthesizer: &Synthesizer,
     request: &SpeechRequest,
-    format: PcmOutFormat,
-    sink: Sink,
+    mut writer: AudioWriter<Sink>,
     completed: &AtomicBool,
     timeout: std::time::Duration,
 ) -> Option<SpeechStats> {
-    let framing = sink.framing;
-    let tx = sink.tx.clone();
-    let deadline = sink.deadline;
-    let mut writer = PcmWriter::new(sink, format, synthesizer.sample_rate());
+    let sink = writer.get_ref();
+    let (framing, tx, deadline) = (sink.framing, sink.tx.clone(), sink.deadline);
     let mut stop = None;
     let result = synthesizer.synthesize(request, &mut |pcm| {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -389,7 +390,7 @@ fn synthesize(
     None
 }
 
-/// The audio's way to the response: what [`PcmWriter`] writes between two flushes (one chunk)
+/// The audio's way to the response: what [`AudioWriter`] writes between two flushes (one chunk)
 /// becomes one message, raw or as a `speech.audio.delta` event.
 struct Sink {
     tx: mpsc::Sender<Result<Bytes, ApiError>>,

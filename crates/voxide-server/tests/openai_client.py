@@ -4,8 +4,8 @@ Usage: python openai_client.py BASE_URL API_KEY AUDIO OUT_DIR
 
 BASE_URL is the server's `http://HOST:PORT/v1`; it must serve a speech-to-text model as
 `whisper-1` and the Qwen3-TTS CustomVoice fixture (voice `tester`) as `tts-1`. Prints one
-JSON object with what the client got; writes the speech it received to OUT_DIR/speech.wav and
-OUT_DIR/speech.pcm. Exits non-zero (with a traceback) when the client fails or raises the
+JSON object with what the client got; writes the speech it received to OUT_DIR/speech.wav,
+speech.pcm, speech.flac and speech.opus. Exits non-zero (with a traceback) when the client fails or raises the
 wrong error.
 """
 
@@ -64,6 +64,12 @@ def main() -> None:
         model="tts-1", voice="tester", input="Hello there.", response_format="pcm", extra_body=seeded
     ) as response:
         response.stream_to_file(out / "speech.pcm")
+    for fmt in ("flac", "opus"):
+        speech = client.audio.speech.create(
+            model="tts-1", voice="tester", input="Hello there.", response_format=fmt, extra_body=seeded
+        )
+        result[f"{fmt}_content_type"] = speech.response.headers.get("content-type")
+        speech.write_to_file(out / f"speech.{fmt}")
 
     errors = {}
     try:

@@ -130,7 +130,7 @@ fn bad_uploads_and_parameters() {
     let error = fails(
         speech(with("response_format", "mp3".into())),
         400,
-        "use wav or pcm",
+        "use wav, pcm (16-bit mono, 24 kHz), flac or opus",
     );
     assert_eq!(error["param"], "response_format");
     fails(

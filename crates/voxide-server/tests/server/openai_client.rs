@@ -2,12 +2,13 @@
 //! Runs when `VOXIDE_OPENAI_PYTHON` names a Python that has the `openai` package, e.g.
 //! `VOXIDE_OPENAI_PYTHON=/work/venv/openai/bin/python cargo test -p voxide-server openai`.
 
-use super::speech::library_wav;
+use super::speech::library_audio;
 use super::transcriptions::library_transcript;
 use super::{jfk, TestServer};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
+use voxide_audio::AudioOutFormat;
 use voxide_runtime::{render, OutputFormat};
 use voxide_server::ServerConfig;
 
@@ -67,12 +68,18 @@ fn the_official_python_client_works() {
     assert_eq!(got["speech_content_type"], "audio/wav");
     let wav = std::fs::read(out.path().join("speech.wav")).unwrap();
     let pcm = std::fs::read(out.path().join("speech.pcm")).unwrap();
-    let offline = library_wav(3, 6);
+    let offline = library_audio(AudioOutFormat::Wav, 3, 6);
     assert!(
         wav == offline,
         "the client's WAV differs from the offline synthesis"
     );
     assert!(pcm == offline[44..], "the client's PCM differs");
+    for (format, content_type) in [("flac", "audio/flac"), ("opus", "audio/ogg")] {
+        assert_eq!(got[format!("{format}_content_type")], content_type);
+        let file = std::fs::read(out.path().join(format!("speech.{format}"))).unwrap();
+        let offline = library_audio(AudioOutFormat::from_name(format).unwrap(), 3, 6);
+        assert!(file == offline, "the client's {format} differs");
+    }
     let errors = &got["errors"];
     assert_eq!(errors["mp3"][0], 400);
     assert_eq!(

@@ -1,5 +1,6 @@
-//! Speech: the streamed WAV, PCM and server-sent events carry exactly the library's offline
-//! synthesis for the same text, voice and seed; a client that hangs up frees its slot.
+//! Speech: the streamed WAV, PCM, FLAC, Ogg Opus and server-sent events carry exactly the
+//! library's offline synthesis for the same text, voice and seed; a client that hangs up frees
+//! its slot.
 
 use super::{head, models, TestServer};
 use base64::Engine as _;
@@ -7,7 +8,7 @@ use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use voxide_audio::{PcmOutFormat, PcmWriter};
+use voxide_audio::{AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest};
 use voxide_server::speech::CHUNK_FRAMES;
 use voxide_server::Engine;
@@ -16,9 +17,9 @@ const TEXT: &str = "Hello there.";
 const SEED: u64 = 7;
 const FRAMES: usize = 6;
 
-/// The library's synthesis of TEXT by `tester` with the server's settings (qwen-tts' sampling defaults, chunks of
-/// up to CHUNK_FRAMES frames), as a WAV stream.
-pub fn library_wav(seed: u64, frames: usize) -> Vec<u8> {
+/// The library's synthesis of TEXT by `tester` with the server's settings (qwen-tts' sampling
+/// defaults, chunks of up to CHUNK_FRAMES frames), as a stream in `format`.
+pub fn library_audio(format: AudioOutFormat, seed: u64, frames: usize) -> Vec<u8> {
     let models = models();
     let Engine::Synthesizer(synthesizer) = &models.get("tts-1").unwrap().engine else {
         panic!("tts-1 is a synthesizer");
@@ -37,7 +38,7 @@ pub fn library_wav(seed: u64, frames: usize) -> Vec<u8> {
         non_streaming_text: None,
         chunk_frames: CHUNK_FRAMES,
     };
-    let mut writer = PcmWriter::new(Vec::new(), PcmOutFormat::Wav, synthesizer.sample_rate());
+    let mut writer = AudioWriter::new(Vec::new(), format, synthesizer.sample_rate()).unwrap();
     synthesizer
         .synthesize(&request, &mut |pcm| {
             writer.write(pcm).unwrap();
@@ -60,7 +61,7 @@ fn body(format: &str) -> serde_json::Value {
 
 #[test]
 fn wav_pcm_and_events_equal_the_offline_synthesis() {
-    let want = library_wav(SEED, FRAMES);
+    let want = library_audio(AudioOutFormat::Wav, SEED, FRAMES);
     assert!(want.len() > 44 && want[44..].iter().any(|&b| b != 0));
     let server = TestServer::start();
 
@@ -90,6 +91,23 @@ fn wav_pcm_and_events_equal_the_offline_synthesis() {
         pcm.body == want[44..],
         "the PCM differs from the offline synthesis"
     );
+
+    // FLAC and Ogg Opus: the library's encoding of the same chunks, byte for byte; FLAC's
+    // samples are the WAV's.
+    for (format, content_type) in [("flac", "audio/flac"), ("opus", "audio/ogg")] {
+        let got = server.post_json("/v1/audio/speech", &body(format));
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        assert_eq!(got.header("content-type"), Some(content_type));
+        let encoded = library_audio(AudioOutFormat::from_name(format).unwrap(), SEED, FRAMES);
+        assert!(
+            got.body == encoded,
+            "the {format} differs from the offline synthesis"
+        );
+    }
+    let flac =
+        voxide_audio::decode_bytes(&library_audio(AudioOutFormat::Flac, SEED, FRAMES), "a.flac");
+    let wav = voxide_audio::decode_bytes(&want, "a.wav");
+    assert_eq!(flac.unwrap().channels, wav.unwrap().channels);
 
     let mut sse = body("pcm");
     sse["stream_format"] = "sse".into();
