@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Subtitle layout references for voxide: openai-whisper's WriteSRT / WriteVTT.
+"""Subtitle layout references for voxide: openai-whisper's WriteSRT / WriteVTT (and WriteTSV).
 
 Writes `tests/fixtures/subtitles/openai_writers.json`: a few hand-made `transcribe()` results
 (segments with per-word timings, as `word_timestamps=True` returns them, and one without
 words) and, for each result and each option set of the writers' keyword arguments
 (`max_line_width`, `max_line_count`, `max_words_per_line`, `highlight_words`), the exact text
-that `writer.write_result(result, file=io.StringIO(), **options)` prints.
+that `writer.write_result(result, file=io.StringIO(), **options)` prints; and for each result
+what WriteTSV prints (it takes no options).
 
 The results exercise: several segments; a pause of more than 3 s (a subtitle break when both
 `max_line_width` and `max_line_count` are given; openai-whisper measures it from the previous
@@ -13,7 +14,8 @@ word's start: 4.0 - 0.48 s here, while the gap after that word's end is under 3 
 longer than the line width; attached punctuation and a literal `-->` (kept: the word path does
 not replace it); multi-byte words
 (widths count code points); a segment with an empty `words` list (first and in the middle);
-times past one hour; a time of exactly half a millisecond (Python's `round` ties to even);
+times past one hour; times of exactly half a millisecond (Python's `round` ties to even), in
+a word and in a segment; a tab in a segment's text (WriteTSV writes a space);
 overlapping and touching words (the gap cues of `highlight_words` compare formatted times);
 and, in `edge`, words that only a careful port gets right: a whitespace-only word, a word with
 U+001F (Python's `str.strip` removes it, Rust's `trim` does not), a word with an inner newline
@@ -79,6 +81,7 @@ RESULTS = {
     ],
     "plain": [
         {"start": 0.0, "end": 1.5, "text": " Hello."},
+        {"start": 2.0625, "end": 2.5, "text": " Tie\tbreak."},
         {"start": 3661.25, "end": 3725.5, "text": " --> World"},
     ],
 }
@@ -110,13 +113,19 @@ def main():
                 writer.write_result(result, file=out, **options)
                 case[key] = out.getvalue()
             cases.append(case)
+    tsv = {}
+    for result_name, segments in RESULTS.items():
+        out = io.StringIO()
+        utils.WriteTSV(".").write_result({"segments": segments}, file=out)
+        tsv[result_name] = out.getvalue()
     fixture = {
         "generator": f"{GENERATOR}: openai-whisper's WriteSRT / WriteVTT "
-                     "write_result(result, file, **options) on hand-made results",
+                     "write_result(result, file, **options) on hand-made results, and WriteTSV's",
         "openai_whisper": importlib.metadata.version("openai-whisper"),
         "results": RESULTS,
         "options": OPTIONS,
         "cases": cases,
+        "tsv": tsv,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(fixture, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

@@ -109,9 +109,11 @@ pub struct TranscribeArgs {
     /// Seed for sampling at temperature > 0.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output format: txt, json, verbose_json, srt, vtt.
+    /// Output format: txt, json, verbose_json, srt, vtt, tsv (openai-whisper's: start and end
+    /// in milliseconds, text), or all (openai-whisper's set: txt, vtt, srt, tsv and json, the
+    /// verbose object; into --output-dir, default the current directory).
     #[arg(short, long, default_value = "txt")]
-    format: OutputFormat,
+    format: Formats,
     /// Write each transcript here (the audio file's name with the format's extension)
     /// instead of printing to stdout.
     #[arg(short, long, value_name = "DIR")]
@@ -137,7 +139,50 @@ pub struct TranscribeArgs {
     verbose: bool,
 }
 
+/// `--format`: one format, or every one openai-whisper's `--output_format all` writes.
+#[derive(Clone, Copy, Debug)]
+enum Formats {
+    One(OutputFormat),
+    All,
+}
+
+impl std::str::FromStr for Formats {
+    type Err = voxide_runtime::Error;
+    fn from_str(s: &str) -> voxide_runtime::Result<Self> {
+        match s {
+            "all" => Ok(Formats::All),
+            one => one.parse().map(Formats::One),
+        }
+    }
+}
+
+impl Formats {
+    fn list(self) -> Vec<OutputFormat> {
+        match self {
+            Formats::One(format) => vec![format],
+            // openai-whisper's writers, in its order; its json is the whole result.
+            Formats::All => vec![
+                OutputFormat::Txt,
+                OutputFormat::Vtt,
+                OutputFormat::Srt,
+                OutputFormat::Tsv,
+                OutputFormat::VerboseJson,
+            ],
+        }
+    }
+}
+
 impl TranscribeArgs {
+    /// Where transcripts are written: `--output-dir`, or for `--format all` (several files a
+    /// file) the current directory, as openai-whisper's; `None`: standard output.
+    fn output_dir(&self) -> Option<PathBuf> {
+        match (&self.output_dir, self.format) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Formats::All) => Some(PathBuf::from(".")),
+            (None, Formats::One(_)) => None,
+        }
+    }
+
     fn request(&self) -> TranscribeRequest {
         TranscribeRequest {
             language: Some(self.language.clone()),
@@ -246,11 +291,13 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         bail!("--max-new-tokens must be at least 1");
     }
     check_some_input_opens(&args.files)?;
-    if let Some(dir) = &args.output_dir {
+    let output_dir = args.output_dir();
+    if let Some(dir) = &output_dir {
         let mut written = std::collections::HashMap::new();
         for file in &args.files {
-            let path = output_path(dir, &AudioInput::from_arg(file), args.format.extension());
-            if let Some(other) = written.insert(path.clone(), file) {
+            let input = AudioInput::from_arg(file);
+            if let Some(other) = written.insert(output_stem(&input), file) {
+                let path = output_path(dir, &input, args.format.list()[0].extension());
                 bail!(
                     "{other} and {file} would both be written to {}; transcribe them into different directories",
                     path.display()
@@ -346,18 +393,20 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        let text = render_with(&transcript, args.format, task, &args.subtitles());
-        match &args.output_dir {
-            Some(dir) => {
-                let path = output_path(dir, input, args.format.extension());
-                std::fs::write(&path, text)
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-            }
-            None => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(text.as_bytes())
-                    .and_then(|_| out.flush())
-                    .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
+        for format in args.format.list() {
+            let text = render_with(&transcript, format, task, &args.subtitles());
+            match &output_dir {
+                Some(dir) => {
+                    let path = output_path(dir, input, format.extension());
+                    std::fs::write(&path, text)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(text.as_bytes())
+                        .and_then(|_| out.flush())
+                        .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
+                }
             }
         }
         if args.verbose {
@@ -380,17 +429,22 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     })
 }
 
-/// Where `--output-dir` puts the transcript of `input`: its file name's stem (`stdin` for
-/// standard input) with the format's extension.
+/// Where `--output-dir` puts the transcript of `input`: its [`output_stem`] with the format's
+/// extension.
 fn output_path(dir: &Path, input: &AudioInput, extension: &str) -> PathBuf {
-    let stem = match input {
+    dir.join(format!("{}.{extension}", output_stem(input)))
+}
+
+/// The name of `input`'s transcripts before their extension: the file name's stem, `stdin`
+/// for standard input.
+fn output_stem(input: &AudioInput) -> String {
+    match input {
         AudioInput::File(path) => path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "audio".into()),
         _ => "stdin".into(),
-    };
-    dir.join(format!("{stem}.{extension}"))
+    }
 }
 
 /// Fails before the model loads when not one of `files` can be read: a mistyped path should

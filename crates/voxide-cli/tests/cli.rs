@@ -200,22 +200,30 @@ fn word_timestamps_equal_the_reference() {
 #[test]
 fn every_format_is_written_to_the_output_dir() {
     let dir = tempfile::tempdir().unwrap();
-    for format in ["txt", "json", "srt", "vtt", "verbose_json"] {
-        let sub = dir.path().join(format);
-        let out = voxide(&[
+    let (model, audio) = (tiny(), jfk());
+    let transcribe = |format: &str, out_dir: Option<&Path>, cwd: &Path| {
+        let mut args = vec![
             "transcribe",
             "--model",
-            s(&tiny()),
-            s(&jfk()),
+            s(&model),
+            s(&audio),
             "--format",
             format,
-            "--output-dir",
-            s(&sub),
-            "--max-new-tokens",
-            "24",
-            "--language",
-            "en",
-        ]);
+        ];
+        if let Some(out_dir) = out_dir {
+            args.extend(["--output-dir", s(out_dir)]);
+        }
+        args.extend(["--max-new-tokens", "24", "--language", "en"]);
+        Command::new(env!("CARGO_BIN_EXE_voxide"))
+            .args(args)
+            .current_dir(cwd)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    for format in ["txt", "json", "srt", "vtt", "verbose_json", "tsv"] {
+        let sub = dir.path().join(format);
+        let out = transcribe(format, Some(&sub), dir.path());
         assert!(
             out.status.success(),
             "{format}: {}",
@@ -241,8 +249,48 @@ fn every_format_is_written_to_the_output_dir() {
             }
             "srt" => assert!(text.starts_with("1\n00:00:"), "{text}"),
             "vtt" => assert!(text.starts_with("WEBVTT\n\n00:"), "{text}"),
+            "tsv" => {
+                let mut lines = text.lines();
+                assert_eq!(lines.next(), Some("start\tend\ttext"));
+                let first: Vec<&str> = lines.next().unwrap().splitn(3, '\t').collect();
+                assert!(
+                    first[0].parse::<u64>().unwrap() < first[1].parse().unwrap(),
+                    "{text}"
+                );
+            }
             _ => assert!(!text.is_empty()),
         }
+    }
+    // openai-whisper's `all`: its five writers' files, each what its own format wrote; into
+    // the current directory without --output-dir.
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let out = transcribe("all", None, &cwd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let mut written: Vec<String> = std::fs::read_dir(&cwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        ["jfk.json", "jfk.srt", "jfk.tsv", "jfk.txt", "jfk.vtt"]
+    );
+    for (ext, format) in [
+        ("txt", "txt"),
+        ("vtt", "vtt"),
+        ("srt", "srt"),
+        ("tsv", "tsv"),
+        ("json", "verbose_json"),
+    ] {
+        let all = std::fs::read(cwd.join(format!("jfk.{ext}"))).unwrap();
+        let one = std::fs::read(dir.path().join(format).join(format!("jfk.{ext}"))).unwrap();
+        assert!(all == one, "{ext} differs from --format {format}'s");
     }
 }
 

@@ -21,6 +21,8 @@ pub enum OutputFormat {
     Srt,
     /// WebVTT subtitles.
     Vtt,
+    /// Tab-separated `start`, `end` (integer milliseconds) and `text`, openai-whisper's `tsv`.
+    Tsv,
 }
 
 impl OutputFormat {
@@ -31,6 +33,7 @@ impl OutputFormat {
             OutputFormat::Json | OutputFormat::VerboseJson => "json",
             OutputFormat::Srt => "srt",
             OutputFormat::Vtt => "vtt",
+            OutputFormat::Tsv => "tsv",
         }
     }
 }
@@ -44,9 +47,10 @@ impl FromStr for OutputFormat {
             "verbose_json" => OutputFormat::VerboseJson,
             "srt" => OutputFormat::Srt,
             "vtt" => OutputFormat::Vtt,
+            "tsv" => OutputFormat::Tsv,
             other => {
                 return Err(Error::InvalidRequest(format!(
-                    "unknown output format {other:?} (txt, json, verbose_json, srt, vtt)"
+                    "unknown output format {other:?} (txt, json, verbose_json, srt, vtt, tsv)"
                 )))
             }
         })
@@ -126,6 +130,16 @@ pub fn render_with(
             out.push_str("WEBVTT\n\n");
             for Cue { start, end, text } in cues(t, subtitles, |s| timestamp(s, false, '.')) {
                 let _ = write!(out, "{start} --> {end}\n{text}\n\n");
+            }
+        }
+        OutputFormat::Tsv => {
+            // openai-whisper's `WriteTSV`, every segment: Python's `round` (half to even) of
+            // the milliseconds.
+            out.push_str("start\tend\ttext\n");
+            for s in &t.segments {
+                let ms = |seconds: f64| (1000.0 * seconds).round_ties_even() as i64;
+                let text = py_strip(&s.text).replace('\t', " ");
+                let _ = writeln!(out, "{}\t{}\t{text}", ms(s.start), ms(s.end));
             }
         }
     }
@@ -436,7 +450,7 @@ mod tests {
         }
     }
 
-    /// Byte for byte as openai-whisper's WriteSRT / WriteVTT print them
+    /// Byte for byte as openai-whisper's WriteSRT / WriteVTT / WriteTSV print them
     /// (tools/reference/subtitle_fixtures.py), for every result and option set of the fixture.
     #[test]
     fn word_subtitles_match_openai_whisper_writers() {
@@ -465,6 +479,14 @@ mod tests {
                     "{result} with {option_set}, {key}"
                 );
             }
+        }
+        // WriteTSV takes no options.
+        let tsv = fixture["tsv"].as_object().unwrap();
+        assert_eq!(tsv.len(), results.as_object().unwrap().len());
+        for (result, want) in tsv {
+            let t = fixture_transcript(&results[result]);
+            let got = render(&t, OutputFormat::Tsv, "transcribe");
+            assert_eq!(got, want.as_str().unwrap(), "{result}, tsv");
         }
     }
 
