@@ -110,22 +110,28 @@ fn wav_file_pcm_stream_and_chunking_agree() {
     // FLAC and Ogg Opus, named by the file's extension or by --output-format on standard output.
     let decode = |b: &[u8], name: &str| voxide_audio::decode_bytes(b, name).unwrap().channels;
     let wav_samples = decode(&bytes, "out.wav");
-    for format in ["flac", "opus"] {
-        let file = dir.join(format!("out.{format}"));
-        let mut args = vec!["speak", "--model", s(&model), "-o", s(&file)];
-        args.extend(GREEDY);
-        args.push("Hello there.");
-        let out = voxide(&args);
+    let greedy = |output: &[&str]| {
+        let out = voxide(
+            &[
+                &["speak", "--model", s(&model)],
+                output,
+                &GREEDY,
+                &["Hello there."],
+            ]
+            .concat(),
+        );
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        out.stdout
+    };
+    for format in ["flac", "opus"] {
+        let file = dir.join(format!("out.{format}"));
+        greedy(&["-o", s(&file)]);
         let written = std::fs::read(&file).unwrap();
-        let mut args = vec!["speak", "--model", s(&model), "--output-format", format];
-        args.extend(GREEDY);
-        args.push("Hello there.");
-        let streamed = voxide(&args).stdout;
+        let streamed = greedy(&["--output-format", format]);
         let name = format!("out.{format}");
         assert_eq!(
             decode(&streamed, &name),
