@@ -140,8 +140,14 @@ impl<W: Write> AudioWriter<W> {
             }
             Encoder::Opus(opus) => {
                 self.clamped.clear();
-                self.clamped
-                    .extend(samples.iter().map(|s| s.clamp(-1.0, 1.0)));
+                // NaN (which `clamp` keeps) as silence, as the 16-bit formats write it.
+                self.clamped.extend(samples.iter().map(|&s| {
+                    if s.is_nan() {
+                        0.0
+                    } else {
+                        s.clamp(-1.0, 1.0)
+                    }
+                }));
                 opus.encode(&self.clamped, &mut self.bytes)?;
             }
         }
@@ -403,5 +409,33 @@ mod tests {
             Some(AudioOutFormat::S16le)
         );
         assert_eq!(AudioOutFormat::from_extension("mp3"), None);
+    }
+
+    #[test]
+    fn non_finite_samples_are_written_as_silence_or_full_scale() {
+        let mut signal = voice_like(4800, 24_000.0);
+        signal[100] = f32::NAN;
+        signal[200] = f32::INFINITY;
+        signal[300] = f32::NEG_INFINITY;
+        for format in [
+            AudioOutFormat::Wav,
+            AudioOutFormat::Flac,
+            AudioOutFormat::Opus,
+        ] {
+            let bytes = encode(format, &[&signal], true);
+            let decoded = crate::decode_bytes(&bytes, "out")
+                .unwrap()
+                .channels
+                .remove(0);
+            assert_eq!(decoded.len(), signal.len(), "{format:?}");
+            assert!(decoded.iter().all(|x| x.is_finite()), "{format:?}");
+            if format != AudioOutFormat::Opus {
+                let scale = 32767.0 / 32768.0;
+                assert_eq!(
+                    [decoded[100], decoded[200], decoded[300]],
+                    [0.0, scale, -scale]
+                );
+            }
+        }
     }
 }
