@@ -7,6 +7,7 @@ mod flac;
 mod ogg_opus;
 mod wav;
 
+use crate::stretch::TimeStretch;
 use std::io::{Seek, SeekFrom, Write};
 
 /// How samples are encoded.
@@ -68,7 +69,8 @@ enum Encoder {
     Opus(Box<ogg_opus::OggOpusEncoder>),
 }
 
-/// Writes mono f32 samples in [−1, 1] in an [`AudioOutFormat`], chunk by chunk: each
+/// Writes mono f32 samples in [−1, 1] in an [`AudioOutFormat`] (optionally faster or slower:
+/// [`Self::with_speed`]), chunk by chunk: each
 /// [`Self::write`] encodes its chunk (Opus keeps back less than one 20 ms packet), writes it
 /// and flushes, so a player downstream starts at once.
 pub struct AudioWriter<W: Write> {
@@ -80,6 +82,9 @@ pub struct AudioWriter<W: Write> {
     bytes: Vec<u8>,
     pcm: Vec<i16>,
     clamped: Vec<f32>,
+    /// With [`Self::with_speed`]: the time-stretcher and its output.
+    stretch: Option<TimeStretch>,
+    stretched: Vec<f32>,
 }
 
 impl<W: Write> AudioWriter<W> {
@@ -103,7 +108,16 @@ impl<W: Write> AudioWriter<W> {
             bytes: Vec::new(),
             pcm: Vec::new(),
             clamped: Vec::new(),
+            stretch: None,
+            stretched: Vec::new(),
         })
+    }
+
+    /// Plays the audio `speed` times as fast, at the same pitch ([`TimeStretch`]); 1 leaves it
+    /// as it is.
+    pub fn with_speed(mut self, speed: f32) -> Self {
+        self.stretch = (speed != 1.0).then(|| TimeStretch::new(self.sample_rate, speed));
+        self
     }
 
     /// The underlying writer.
@@ -111,8 +125,21 @@ impl<W: Write> AudioWriter<W> {
         &self.out
     }
 
-    /// Encodes and writes one chunk, then flushes.
+    /// Encodes and writes one chunk (what of it the time-stretcher completes), then flushes.
     pub fn write(&mut self, samples: &[f32]) -> std::io::Result<()> {
+        let Some(stretch) = &mut self.stretch else {
+            return self.encode(samples);
+        };
+        let mut stretched = std::mem::take(&mut self.stretched);
+        stretched.clear();
+        stretch.push(samples, &mut stretched);
+        let written = self.encode(&stretched);
+        self.stretched = stretched;
+        written
+    }
+
+    /// Encodes and writes `samples`, then flushes.
+    fn encode(&mut self, samples: &[f32]) -> std::io::Result<()> {
         self.bytes.clear();
         if !self.started {
             match &mut self.encoder {
@@ -159,8 +186,13 @@ impl<W: Write> AudioWriter<W> {
     /// Writes what the encoder still holds and the stream's end (an empty stream still gets
     /// its header).
     fn end(&mut self) -> std::io::Result<()> {
+        if let Some(mut stretch) = self.stretch.take() {
+            let mut rest = Vec::new();
+            stretch.finish(&mut rest);
+            self.encode(&rest)?;
+        }
         if !self.started {
-            self.write(&[])?;
+            self.encode(&[])?;
         }
         self.bytes.clear();
         match &mut self.encoder {
@@ -437,5 +469,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_writer_at_another_speed_writes_the_stretched_samples() {
+        let signal = voice_like(24_000, 24_000.0);
+        let mut stretch = TimeStretch::new(24_000, 1.5);
+        let mut want = Vec::new();
+        for chunk in signal.chunks(1920) {
+            stretch.push(chunk, &mut want);
+        }
+        stretch.finish(&mut want);
+        let mut w = AudioWriter::new(Vec::new(), AudioOutFormat::S16le, 24_000)
+            .unwrap()
+            .with_speed(1.5);
+        for chunk in signal.chunks(1920) {
+            w.write(chunk).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        assert_eq!(want.len(), 16_000);
+        let want: Vec<u8> = want.iter().flat_map(|&s| to_i16(s).to_le_bytes()).collect();
+        assert!(bytes == want);
     }
 }

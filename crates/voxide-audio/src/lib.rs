@@ -8,6 +8,7 @@
 //! * [`mod@resample`]: mono downmix and band-limited, delay-compensated
 //!   resampling, whole or streamed ([`StreamResampler`]);
 //! * [`g711`]: μ-law and A-law telephone samples to linear;
+//! * [`stretch`]: speech faster or slower at the same pitch (WSOLA), streamed;
 //! * [`load_mono`]: the runtime's one-call entry point;
 //! * [`mel`]: openai-whisper's `log_mel_spectrogram`, Voxtral's fixed-max, streaming one, and
 //!   qwen-tts' log-magnitude mel (the Qwen3-TTS speaker encoder's input);
@@ -26,6 +27,7 @@ mod load;
 pub mod mel;
 mod pcm_stream;
 pub mod resample;
+pub mod stretch;
 
 pub use decode::{decode_bytes, decode_file, decode_stdin, inside_decoder, DecodedAudio};
 pub use encode::{AudioOutFormat, AudioWriter};

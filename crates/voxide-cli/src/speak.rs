@@ -8,6 +8,7 @@ use clap::Args;
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use voxide_audio::stretch::SPEED_RANGE;
 use voxide_audio::{load_mono, AudioError, AudioInput, AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{
     ClonedVoice, GenerationParams, SpeechRequest, SpeechStats, Synthesizer, VoiceReference,
@@ -64,6 +65,10 @@ pub struct SpeakArgs {
     /// per variant (off for CustomVoice and VoiceDesign, on for voice clone).
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     text_streaming: String,
+    /// Play the speech this many times as fast, at the same pitch (0.25 to 4; time-stretched
+    /// with WSOLA after synthesis, as OpenAI's `speed`).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f32,
     /// Most frames decoded to audio at a time (80 ms each): the first chunk is one frame, then
     /// chunks double up to this (longer chunks decode faster).
     #[arg(long, default_value_t = 16)]
@@ -144,6 +149,9 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     }
     if !(args.repetition_penalty > 0.0 && args.repetition_penalty.is_finite()) {
         bail!("--repetition-penalty must be a positive number");
+    }
+    if !SPEED_RANGE.contains(&args.speed) {
+        bail!("--speed must be between 0.25 and 4");
     }
     let synthesizer = load_synthesizer(&args.model, &args.precision)?;
     if args.list_voices {
@@ -230,7 +238,8 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             // Only a regular file (or a link to one) can seek back to put the real sizes in the
             // header; a FIFO or a device keeps the stream's "unknown length" ones.
             let seekable = file.metadata().is_ok_and(|m| m.is_file());
-            let mut writer = AudioWriter::new(BufWriter::new(file), format, rate)?;
+            let mut writer =
+                AudioWriter::new(BufWriter::new(file), format, rate)?.with_speed(args.speed);
             let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
             let written = written.and_then(|()| {
                 if seekable {
@@ -244,7 +253,8 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             stats
         }
         None => {
-            let mut writer = AudioWriter::new(std::io::stdout().lock(), format, rate)?;
+            let mut writer =
+                AudioWriter::new(std::io::stdout().lock(), format, rate)?.with_speed(args.speed);
             let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
             unless_closed(written.and_then(|()| writer.finish().map(drop)))
                 .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;

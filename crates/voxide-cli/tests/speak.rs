@@ -127,6 +127,9 @@ fn wav_file_pcm_stream_and_chunking_agree() {
         );
         out.stdout
     };
+    // --speed 2: half the samples, the pitch kept (the library's time-stretch, tested there).
+    let fast = greedy(&["--output-format", "pcm", "--speed", "2"]);
+    assert_eq!(fast.len(), data.len() / 2);
     for format in ["flac", "opus"] {
         let file = dir.join(format!("out.{format}"));
         greedy(&["-o", s(&file)]);
@@ -723,6 +726,7 @@ fn bad_settings_fail_before_the_model_loads() {
             &["--repetition-penalty", "NaN"],
             "--repetition-penalty must be a positive number",
         ),
+        (&["--speed", "4.5"], "--speed must be between 0.25 and 4"),
         (
             &["-o", "/nonexistent/speech.mp3"],
             "cannot write /nonexistent/speech.mp3: voxide writes WAV, FLAC, Ogg Opus and raw PCM, not mp3",

@@ -1,5 +1,5 @@
 //! `POST /v1/audio/speech`: OpenAI's JSON request (`model`, `input`, `voice`, `instructions`,
-//! `response_format` wav, pcm, flac or opus, `speed` 1, `stream_format` audio or sse) in;
+//! `response_format` wav, pcm, flac or opus, `speed` 0.25–4, `stream_format` audio or sse) in;
 //! 24 kHz mono audio out as it is synthesised, in chunked transfer (the first sound arrives
 //! after one frame, not the whole clip): 16-bit WAV with unknown sizes in its header, raw
 //! 16-bit PCM, FLAC, or Ogg Opus at 32 kbit/s (a page per chunk); or `speech.audio.delta`
@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use voxide_audio::stretch::SPEED_RANGE;
 use voxide_audio::{AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{
     GenerationParams, ModelType, SpeechRequest, SpeechStats, Synthesizer,
@@ -166,14 +167,16 @@ pub(crate) async fn speech(
             ))
         }
     };
-    if let Some(speed) = body.speed.filter(|&s| s != 1.0) {
+    let speed = body.speed.unwrap_or(1.0);
+    if !SPEED_RANGE.contains(&(speed as f32)) {
         return Err(ApiError::invalid_param(
             "speed",
             // `{:?}` writes 1e308 as such, where `{}` writes all 309 digits.
-            format!("speed {speed:?} is not supported; only 1 is"),
+            format!("speed {speed:?} is out of range: 0.25 to 4"),
         ));
     }
-    let request = speech_request(&body, synthesizer, state.limits.max_audio_s)?;
+    // Slower speech is longer: the frames are capped by the audio they become.
+    let request = speech_request(&body, synthesizer, state.limits.max_audio_s * speed)?;
 
     let deadline = state.deadline();
     let permit = state.admit(deadline).await?;
@@ -187,7 +190,8 @@ pub(crate) async fn speech(
         runtime: tokio::runtime::Handle::current(),
     };
     let writer = AudioWriter::new(sink, format, synthesizer.sample_rate())
-        .map_err(|e| ApiError::invalid_param("response_format", e.to_string()))?;
+        .map_err(|e| ApiError::invalid_param("response_format", e.to_string()))?
+        .with_speed(speed as f32);
     {
         let synthesizer = synthesizer.clone();
         let completed = completed.clone();

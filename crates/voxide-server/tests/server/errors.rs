@@ -133,16 +133,15 @@ fn bad_uploads_and_parameters() {
         "use wav, pcm (16-bit mono, 24 kHz), flac or opus",
     );
     assert_eq!(error["param"], "response_format");
-    fails(
-        speech(with("speed", 1.5.into())),
-        400,
-        "speed 1.5 is not supported",
-    );
-    fails(
-        speech(with("speed", 1e308.into())),
-        400,
-        "speed 1e308 is not supported",
-    );
+    for (speed, message) in [
+        (4.5, "speed 4.5 is out of range: 0.25 to 4"),
+        (0.2, "speed 0.2 is out of range"),
+        (-1.0, "speed -1.0 is out of range"),
+        (1e308, "speed 1e308 is out of range"),
+    ] {
+        let error = fails(speech(with("speed", speed.into())), 400, message);
+        assert_eq!(error["param"], "speed");
+    }
     fails(
         speech(with("stream_format", "ws".into())),
         400,

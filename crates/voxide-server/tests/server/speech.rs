@@ -20,6 +20,11 @@ const FRAMES: usize = 6;
 /// The library's synthesis of TEXT by `tester` with the server's settings (qwen-tts' sampling
 /// defaults, chunks of up to CHUNK_FRAMES frames), as a stream in `format`.
 pub fn library_audio(format: AudioOutFormat, seed: u64, frames: usize) -> Vec<u8> {
+    library_audio_at(format, seed, frames, 1.0)
+}
+
+/// [`library_audio`] played `speed` times as fast.
+fn library_audio_at(format: AudioOutFormat, seed: u64, frames: usize, speed: f32) -> Vec<u8> {
     let models = models();
     let Engine::Synthesizer(synthesizer) = &models.get("tts-1").unwrap().engine else {
         panic!("tts-1 is a synthesizer");
@@ -38,7 +43,9 @@ pub fn library_audio(format: AudioOutFormat, seed: u64, frames: usize) -> Vec<u8
         non_streaming_text: None,
         chunk_frames: CHUNK_FRAMES,
     };
-    let mut writer = AudioWriter::new(Vec::new(), format, synthesizer.sample_rate()).unwrap();
+    let mut writer = AudioWriter::new(Vec::new(), format, synthesizer.sample_rate())
+        .unwrap()
+        .with_speed(speed);
     synthesizer
         .synthesize(&request, &mut |pcm| {
             writer.write(pcm).unwrap();
@@ -104,6 +111,17 @@ fn wav_pcm_and_events_equal_the_offline_synthesis() {
             "the {format} differs from the offline synthesis"
         );
     }
+    // OpenAI's `speed`: the same speech, time-stretched as the library does it.
+    let mut fast = body("pcm");
+    fast["speed"] = 2.0.into();
+    let got = server.post_json("/v1/audio/speech", &fast);
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let stretched = library_audio_at(AudioOutFormat::S16le, SEED, FRAMES, 2.0);
+    assert!(
+        got.body == stretched,
+        "the speech at speed 2 differs from the library's"
+    );
+    assert_eq!(stretched.len(), (want.len() - 44) / 2);
     let flac =
         voxide_audio::decode_bytes(&library_audio(AudioOutFormat::Flac, SEED, FRAMES), "a.flac");
     let wav = voxide_audio::decode_bytes(&want, "a.wav");
