@@ -12,6 +12,7 @@ use voxide_audio::stretch::SPEED_RANGE;
 use voxide_audio::{load_mono, AudioError, AudioInput, AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{
     ClonedVoice, GenerationParams, SpeechRequest, SpeechStats, Synthesizer, VoiceReference,
+    DEFAULT_PART_CHARS,
 };
 use voxide_nn::sampling::SamplingParams;
 use voxide_runtime::resolve_model;
@@ -58,13 +59,18 @@ pub struct SpeakArgs {
     /// Penalty on first codes already generated (1: none).
     #[arg(long, default_value_t = 1.05)]
     repetition_penalty: f32,
-    /// Most frames (80 ms each) to generate.
+    /// Most frames (80 ms each) to generate, for each part (`--part-chars`).
     #[arg(long, default_value_t = 2048)]
     max_frames: usize,
     /// Feed the text alongside the frames (on) or all in the prompt (off); auto: as qwen-tts
     /// per variant (off for CustomVoice and VoiceDesign, on for voice clone).
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     text_streaming: String,
+    /// Speak a longer text in parts of at most N characters, cut after sentences (else
+    /// clauses, else spaces), one after another in the same voice: qwen-tts stops at 2048
+    /// frames (164 s), and one long generation drifts. 0: the whole text at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PART_CHARS)]
+    part_chars: usize,
     /// Play the speech this many times as fast, at the same pitch (0.25 to 4; time-stretched
     /// with WSOLA after synthesis, as OpenAI's `speed`).
     #[arg(long, default_value_t = 1.0)]
@@ -240,7 +246,8 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             let seekable = file.metadata().is_ok_and(|m| m.is_file());
             let mut writer =
                 AudioWriter::new(BufWriter::new(file), format, rate)?.with_speed(args.speed);
-            let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
+            let (stats, written) =
+                synthesize_to(&synthesizer, &request, args.part_chars, &mut writer)?;
             let written = written.and_then(|()| {
                 if seekable {
                     writer.finish_seekable().map(drop)
@@ -255,7 +262,8 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         None => {
             let mut writer =
                 AudioWriter::new(std::io::stdout().lock(), format, rate)?.with_speed(args.speed);
-            let (stats, written) = synthesize_to(&synthesizer, &request, &mut writer)?;
+            let (stats, written) =
+                synthesize_to(&synthesizer, &request, args.part_chars, &mut writer)?;
             unless_closed(written.and_then(|()| writer.finish().map(drop)))
                 .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
             stats
@@ -312,10 +320,11 @@ fn output_format(flag: Option<&str>, output: Option<&std::path::Path>) -> Result
 fn synthesize_to<W: Write>(
     synthesizer: &Synthesizer,
     request: &SpeechRequest,
+    part_chars: usize,
     writer: &mut AudioWriter<W>,
 ) -> Result<(SpeechStats, std::io::Result<()>)> {
     let mut written = Ok(());
-    let stats = synthesizer.synthesize(request, &mut |pcm| {
+    let stats = synthesizer.synthesize_in_parts(request, part_chars, None, &mut |pcm| {
         written = writer.write(pcm);
         Ok(written.is_ok())
     })?;

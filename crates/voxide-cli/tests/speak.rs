@@ -799,7 +799,17 @@ fn text_too_long_for_the_model_is_refused_and_leaves_no_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let wav = dir.join("o.wav");
     let model = fixture();
-    let args = ["-m", s(&model), "--voice", "tester", "-o", s(&wav)];
+    // In one part (by default it would be spoken in 2080 parts).
+    let args = [
+        "-m",
+        s(&model),
+        "--voice",
+        "tester",
+        "-o",
+        s(&wav),
+        "--part-chars",
+        "0",
+    ];
     let out = speak_stdin(&args, &"Hello there. ".repeat(80_000));
     let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -825,12 +835,25 @@ fn a_long_text_within_the_limit_is_spoken_in_bounded_memory() {
     std::fs::create_dir_all(&dir).unwrap();
     let wav = dir.join("o.wav");
     let model = fixture();
-    let mut args = vec!["-m", s(&model), "-o", s(&wav), "-v"];
+    let mut args = vec!["-m", s(&model), "-o", s(&wav), "-v", "--part-chars", "0"];
     args.extend(GREEDY);
     let out = speak_stdin(&args, &"Hello there. ".repeat(1600));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(std::fs::read(&wav).unwrap().len(), 44 + 5 * 1920 * 2);
+    // By default in parts of at most 500 characters (38 sentences each), 5 frames each.
+    args.truncate(args.len() - GREEDY.len() - 2);
+    args.extend(GREEDY);
+    let text = "Hello there. ".repeat(1600);
+    let out = speak_stdin(&args, &text);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parts = voxide_models::qwen3_tts::text_parts(&text, 500);
+    assert_eq!((parts.len(), parts[0].len()), (43, 38 * 13 - 1));
+    assert_eq!(std::fs::read(&wav).unwrap().len(), 44 + 43 * 5 * 1920 * 2);
     let peak_mb: f64 = stderr
         .split("peak RSS ")
         .nth(1)

@@ -9,11 +9,12 @@
 //!
 //! voxide's own fields: `seed` (sampling seed, default 0: the same request gives the same
 //! audio), `language` (one of the checkpoint's, default auto) and `max_frames` (most 80 ms
-//! frames, default 2048 or what `--max-audio-s` allows). Sampling follows qwen-tts' defaults,
-//! as `voxide speak`.
+//! frames of each part, default 2048; `--max-audio-s` bounds them all). Sampling follows
+//! qwen-tts' defaults, as `voxide speak`.
 //!
-//! `input` takes at most 4096 characters (OpenAI's limit), and the text with its frames must
-//! fit the model's positions; both are refused (400) before synthesis.
+//! `input` takes at most 4096 characters (OpenAI's limit), spoken in parts of at most
+//! [`DEFAULT_PART_CHARS`] cut at sentence ends ([`Synthesizer::synthesize_in_parts`]), as
+//! `voxide speak` does; each part with its frames must fit the model's positions.
 //!
 //! A client that goes away stops synthesis at the next chunk; so does the deadline
 //! (`--request-timeout-s`), after which the stream is cut off (the client sees an incomplete
@@ -39,7 +40,7 @@ use tokio::time::Instant;
 use voxide_audio::stretch::SPEED_RANGE;
 use voxide_audio::{AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{
-    GenerationParams, ModelType, SpeechRequest, SpeechStats, Synthesizer,
+    GenerationParams, ModelType, SpeechRequest, SpeechStats, Synthesizer, DEFAULT_PART_CHARS,
 };
 
 /// Most frames decoded to audio at a time (as `voxide speak`'s default): the first chunk is
@@ -176,7 +177,8 @@ pub(crate) async fn speech(
         ));
     }
     // Slower speech is longer: the frames are capped by the audio they become.
-    let request = speech_request(&body, synthesizer, state.limits.max_audio_s * speed)?;
+    let frame_cap = ((state.limits.max_audio_s * speed / FRAME_S).floor() as usize).max(1);
+    let request = speech_request(&body, synthesizer, frame_cap)?;
 
     let deadline = state.deadline();
     let permit = state.admit(deadline).await?;
@@ -199,7 +201,14 @@ pub(crate) async fn speech(
         let shared = state.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = permit;
-            let stats = synthesize(&synthesizer, &request, writer, &completed, timeout);
+            let stats = synthesize(
+                &synthesizer,
+                &request,
+                frame_cap,
+                writer,
+                &completed,
+                timeout,
+            );
             if let Some(stats) = stats {
                 shared
                     .metrics
@@ -256,7 +265,7 @@ pub(crate) async fn speech(
 fn speech_request(
     body: &SpeechBody,
     synthesizer: &Synthesizer,
-    max_audio_s: f64,
+    frame_cap: usize,
 ) -> Result<SpeechRequest, ApiError> {
     let text = body.input.as_deref().unwrap_or_default();
     if text.trim().is_empty() {
@@ -295,7 +304,6 @@ fn speech_request(
     };
     // A VoiceDesign model's voice is its instruction; OpenAI's clients always send a name.
     let voice = voice.filter(|_| synthesizer.model_type() != ModelType::VoiceDesign);
-    let frame_cap = ((max_audio_s / FRAME_S).floor() as usize).max(1);
     let max_frames = match body.max_frames {
         None => DEFAULT_MAX_FRAMES.min(frame_cap),
         Some(0) => {
@@ -342,6 +350,7 @@ enum Stop {
 fn synthesize(
     synthesizer: &Synthesizer,
     request: &SpeechRequest,
+    frame_cap: usize,
     mut writer: AudioWriter<Sink>,
     completed: &AtomicBool,
     timeout: std::time::Duration,
@@ -349,23 +358,24 @@ fn synthesize(
     let sink = writer.get_ref();
     let (framing, tx, deadline) = (sink.framing, sink.tx.clone(), sink.deadline);
     let mut stop = None;
-    let result = synthesizer.synthesize(request, &mut |pcm| {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            stop = Some(Stop::Deadline);
-            return Ok(false);
-        }
-        match writer.write(pcm) {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                stop = Some(if e.kind() == std::io::ErrorKind::TimedOut {
-                    Stop::Deadline
-                } else {
-                    Stop::ClientGone
-                });
-                Ok(false)
+    let result =
+        synthesizer.synthesize_in_parts(request, DEFAULT_PART_CHARS, Some(frame_cap), &mut |pcm| {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                stop = Some(Stop::Deadline);
+                return Ok(false);
             }
-        }
-    });
+            match writer.write(pcm) {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    stop = Some(if e.kind() == std::io::ErrorKind::TimedOut {
+                        Stop::Deadline
+                    } else {
+                        Stop::ClientGone
+                    });
+                    Ok(false)
+                }
+            }
+        });
     let failure = match (result, stop) {
         (Err(e), _) => ApiError::from(e),
         (Ok(_), Some(Stop::ClientGone)) => return None,

@@ -22,6 +22,7 @@ pub mod prompt;
 pub mod speaker_encoder;
 pub mod synthesizer;
 pub mod talker;
+pub mod text_parts;
 pub mod tokenizer;
 
 pub use config::{Config, ModelType};
@@ -31,6 +32,7 @@ pub use prompt::{Prompt, PromptRequest, Reference, Voice};
 pub use speaker_encoder::SpeakerEncoder;
 pub use synthesizer::{ClonedVoice, SpeechRequest, SpeechStats, Synthesizer, VoiceReference};
 pub use talker::Talker;
+pub use text_parts::{text_parts, DEFAULT_PART_CHARS};
 
 use crate::error::{require, Error, Result};
 use candle_core::{DType, Device};

@@ -23,6 +23,7 @@ use super::config::ModelType;
 use super::generate::{check_positions, generate, GenerationParams, Stop};
 use super::prefix_cache::{self, PrefixCache};
 use super::prompt::{languages, Prompt, PromptRequest, Reference, Voice};
+use super::text_parts::text_parts;
 use super::tokenizer::TextTokenizer;
 use super::Qwen3Tts;
 use crate::error::{Error, Result};
@@ -509,6 +510,72 @@ impl Synthesizer {
         stats.wall_ms = start.elapsed().as_secs_f64() * 1e3;
         Ok(stats)
     }
+
+    /// [`Self::synthesize`] for a text of any length: cut into parts of at most `max_chars`
+    /// characters ([`text_parts`]; `0`: one part) spoken one after another in the same voice,
+    /// their audio handed on as one stream. `max_frames` bounds each part; `max_total_frames`,
+    /// if given, all of them together.
+    pub fn synthesize_in_parts(
+        &self,
+        request: &SpeechRequest,
+        max_chars: usize,
+        max_total_frames: Option<usize>,
+        on_audio: &mut dyn FnMut(&[f32]) -> Result<bool>,
+    ) -> Result<SpeechStats> {
+        let start = Instant::now();
+        let parts = text_parts(&request.text, max_chars);
+        if parts.is_empty() {
+            // The empty text's own error.
+            return self.synthesize(request, on_audio);
+        }
+        let mut total = SpeechStats {
+            finished: true,
+            ..SpeechStats::default()
+        };
+        for part in parts {
+            let budget =
+                max_total_frames.map_or(usize::MAX, |cap| cap.saturating_sub(total.frames));
+            if budget == 0 {
+                total.finished = false;
+                break;
+            }
+            let mut part_request = request.clone();
+            part_request.text = part.to_string();
+            part_request.params.max_frames = request.params.max_frames.min(budget);
+            let part_start_ms = start.elapsed().as_secs_f64() * 1e3;
+            let mut go_on = true;
+            let stats = self.synthesize(&part_request, &mut |pcm| {
+                go_on = on_audio(pcm)?;
+                Ok(go_on)
+            })?;
+            if total.first_audio_ms.is_none() {
+                total.first_audio_ms = stats.first_audio_ms.map(|ms| part_start_ms + ms);
+            }
+            total.add(&stats);
+            if !go_on {
+                break;
+            }
+        }
+        total.wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok(total)
+    }
+}
+
+impl SpeechStats {
+    /// Adds a later part's counts and times (not its wall time or first audio).
+    fn add(&mut self, part: &SpeechStats) {
+        self.frames += part.frames;
+        self.audio_s += part.audio_s;
+        self.finished &= part.finished;
+        self.prompt_ms += part.prompt_ms;
+        self.talker_ms += part.talker_ms;
+        self.predictor_ms += part.predictor_ms;
+        self.sampling_ms += part.sampling_ms;
+        self.codec_ms += part.codec_ms;
+        self.talker_kv_bytes += part.talker_kv_bytes;
+        self.prompt_positions += part.prompt_positions;
+        self.cached_positions += part.cached_positions;
+    }
 }
 
 #[cfg(test)]
@@ -637,5 +704,79 @@ mod tests {
             .to_string();
         assert!(err.starts_with("cannot generate 700 frames"), "{err}");
         assert!(!called);
+    }
+
+    /// A text in parts is its parts spoken one after another, sample for sample; a total frame
+    /// budget stops it where it runs out; a text too long for the positions in one part is
+    /// spoken in several.
+    #[test]
+    fn a_long_text_is_spoken_in_parts() {
+        let (_dir, synthesizer) = fixture_with_limit(700);
+        /// The audio a synthesis call hands out, and its statistics.
+        fn collect(run: impl FnOnce(OnAudio) -> SpeechStats) -> (Vec<f32>, SpeechStats) {
+            let mut pcm = Vec::new();
+            let stats = run(&mut |chunk| {
+                pcm.extend_from_slice(chunk);
+                Ok(true)
+            });
+            (pcm, stats)
+        }
+        type OnAudio<'a> = &'a mut dyn FnMut(&[f32]) -> Result<bool>;
+        let text = "Hello there. How are you? Fine.";
+        let whole = request(text.into(), 3);
+        let (parted, stats) = collect(|on| {
+            synthesizer
+                .synthesize_in_parts(&whole, 13, None, on)
+                .unwrap()
+        });
+        let mut want = Vec::new();
+        for part in ["Hello there.", "How are you?", "Fine."] {
+            let (pcm, _) = collect(|on| {
+                synthesizer
+                    .synthesize(&request(part.into(), 3), on)
+                    .unwrap()
+            });
+            want.extend(pcm);
+        }
+        assert!(parted == want, "the parts differ from their own synthesis");
+        assert_eq!((stats.frames, stats.audio_s), (9, 9.0 * 0.08));
+        assert!(stats.first_audio_ms.is_some() && !stats.finished);
+        // Within the limit: one part, exactly `synthesize`.
+        let (one, _) = collect(|on| {
+            synthesizer
+                .synthesize_in_parts(&whole, 500, None, on)
+                .unwrap()
+        });
+        let (direct, _) = collect(|on| synthesizer.synthesize(&whole, on).unwrap());
+        assert!(one == direct);
+        // A budget of 5 frames: 3, then 2.
+        let (capped, stats) = collect(|on| {
+            synthesizer
+                .synthesize_in_parts(&whole, 13, Some(5), on)
+                .unwrap()
+        });
+        assert_eq!((stats.frames, capped.len()), (5, 5 * 1920));
+        // The same codes; the codec's chunks differ (the last two frames one by one), which
+        // moves its Winograd tiles: within the 2.7e-7 of any chunking.
+        let worst = capped
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-6, "{worst}");
+        // 1000 letters do not fit 700 positions in one prompt; in parts of 300 they do.
+        let long = ["a"; 100].join(" ").repeat(5);
+        let err = synthesizer.synthesize(&request(long.clone(), 2), &mut |_| Ok(true));
+        assert!(err.unwrap_err().to_string().starts_with("text too long"));
+        let (_, stats) = collect(|on| {
+            synthesizer
+                .synthesize_in_parts(&request(long.clone(), 2), 300, None, on)
+                .unwrap()
+        });
+        assert_eq!(stats.frames, 2 * text_parts(&long, 300).len());
+        // No text: the same error as `synthesize`'s.
+        let err =
+            synthesizer.synthesize_in_parts(&request(" ".into(), 2), 13, None, &mut |_| Ok(true));
+        assert!(err.unwrap_err().to_string().contains("the text is empty"));
     }
 }

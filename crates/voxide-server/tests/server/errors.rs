@@ -307,11 +307,12 @@ fn speech_text_over_the_limits_gets_400() {
     fails(speech("é".repeat(4097), 2), 400, "4097 characters long");
     let reply = speech("é".repeat(4096), 1);
     assert_eq!((reply.status, &reply.body[..4]), (200, &b"RIFF"[..]));
-    // 4000 tokens of text and 26 of the template: 30 000 frames leave room for 2768.
+    // The text is spoken in parts of 500 characters, each checked: 500 tokens of text and 26
+    // of the template, where 32 300 frames leave room for 468.
     fails(
-        speech("a".repeat(4000), 30_000),
+        speech("a".repeat(4000), 32_300),
         400,
-        "text too long: 4026 tokens, this model takes at most 2768",
+        "text too long: 526 tokens, this model takes at most 468",
     );
     fails(
         speech("Hi.".into(), 40_000),

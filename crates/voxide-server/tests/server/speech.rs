@@ -111,6 +111,16 @@ fn wav_pcm_and_events_equal_the_offline_synthesis() {
             "the {format} differs from the offline synthesis"
         );
     }
+    // A long input in parts of at most 500 characters, each up to `max_frames`.
+    let long = "Hello there. ".repeat(100);
+    let parts = voxide_models::qwen3_tts::text_parts(&long, 500).len();
+    let got = server.post_json(
+        "/v1/audio/speech",
+        &json!({"model": "tts-1", "input": long, "voice": "tester", "response_format": "pcm", "max_frames": 2}),
+    );
+    assert_eq!((got.status, parts), (200, 3));
+    assert_eq!(got.body.len(), parts * 2 * 1920 * 2);
+
     // OpenAI's `speed`: the same speech, time-stretched as the library does it.
     let mut fast = body("pcm");
     fast["speed"] = 2.0.into();
