@@ -19,7 +19,7 @@ pub enum AudioOutFormat {
     S16le,
     /// FLAC, 16-bit mono: lossless, about half the size of WAV for speech.
     Flac,
-    /// Opus in Ogg at 32 kbit/s: a twentieth of WAV's size, lossy.
+    /// Opus in Ogg at 32 kbit/s: a twelfth of WAV's size at 24 kHz, lossy.
     Opus,
 }
 
@@ -89,11 +89,18 @@ pub struct AudioWriter<W: Write> {
 
 impl<W: Write> AudioWriter<W> {
     /// A writer of `format` at `sample_rate`; the stream's header goes out with the first chunk.
-    /// Fails only for Opus at a rate it does not take (8, 12, 16, 24 and 48 kHz only).
+    /// Fails only for a rate the format does not take: Opus takes 8, 12, 16, 24 and 48 kHz,
+    /// FLAC 1 Hz to 1 048 575 Hz.
     pub fn new(out: W, format: AudioOutFormat, sample_rate: u32) -> std::io::Result<Self> {
         let encoder = match format {
             AudioOutFormat::Wav => Encoder::Wav,
             AudioOutFormat::S16le => Encoder::S16le,
+            AudioOutFormat::Flac if sample_rate == 0 || sample_rate >= 1 << 20 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("FLAC stores rates of 1 to 1048575 Hz, not {sample_rate} Hz"),
+                ))
+            }
             AudioOutFormat::Flac => Encoder::Flac(Box::new(flac::FlacEncoder::new(sample_rate))),
             AudioOutFormat::Opus => {
                 Encoder::Opus(Box::new(ogg_opus::OggOpusEncoder::new(sample_rate)?))
@@ -419,6 +426,16 @@ mod tests {
             .err()
             .unwrap();
         assert!(refused.to_string().contains("22050 Hz"), "{refused}");
+        // FLAC's header has 20 bits for a rate.
+        for rate in [0, 1 << 20] {
+            let refused = AudioWriter::new(Vec::new(), AudioOutFormat::Flac, rate)
+                .err()
+                .unwrap();
+            assert!(
+                refused.to_string().contains(&format!("not {rate} Hz")),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
