@@ -6,7 +6,8 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use voxide_server::{Limits, ModelSpec, Registry, ServerConfig};
+use voxide_audio::AudioInput;
+use voxide_server::{Limits, ModelSpec, Registry, ServerConfig, VoiceSpec};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -49,6 +50,15 @@ pub struct ServeArgs {
     /// without one, realtime clients commit their audio themselves).
     #[arg(long, value_name = "PATH", env = "VOXIDE_VAD_MODEL")]
     vad_model: Option<PathBuf>,
+    /// A voice for the Base (voice clone) Qwen3-TTS models: cloned from the clip (any format
+    /// voxide reads; a few seconds of clear speech) at start-up, then spoken by speech requests
+    /// that name it as their `voice`. Repeat for more voices.
+    #[arg(long = "voice", value_name = "NAME=CLIP")]
+    voices: Vec<String>,
+    /// What a `--voice` clip says, `NAME=TRANSCRIPT`: the voice is then cloned in context (the
+    /// clip's codes join every prompt), as `voxide speak --ref-text`.
+    #[arg(long = "voice-text", value_name = "NAME=TEXT")]
+    voice_texts: Vec<String>,
     /// Weight precision of every model: auto (the checkpoint's), f32, f16, bf16, or int8
     /// (Voxtral Realtime's decoder and Qwen3-TTS' talker and code predictor).
     #[arg(long, default_value = "auto", value_parser = crate::transcribe::PRECISIONS)]
@@ -81,6 +91,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .iter()
         .map(|m| m.parse::<ModelSpec>())
         .collect::<Result<Vec<_>>>()?;
+    let mut voices = args
+        .voices
+        .iter()
+        .map(|v| v.parse::<VoiceSpec>())
+        .collect::<Result<Vec<_>>>()?;
+    for entry in &args.voice_texts {
+        let (name, text) = entry.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("--voice-text {entry}: use --voice-text NAME=TRANSCRIPT")
+        })?;
+        let voice = voices.iter_mut().find(|v| v.name == name).ok_or_else(|| {
+            anyhow::anyhow!("--voice-text {name}=…: no --voice {name}=CLIP to go with it")
+        })?;
+        voice.text = Some(text.to_string());
+    }
+    for voice in &voices {
+        AudioInput::File(voice.clip.clone())
+            .check_readable()
+            .map_err(|e| anyhow::anyhow!("--voice {}: {e}", voice.name))?;
+    }
     let mut models = Registry::new();
     match crate::vad::model_path(args.vad_model.as_deref(), "--vad-model") {
         Ok(path) => {
@@ -104,6 +133,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
             clock.elapsed().as_secs_f64() * 1e3
         );
         crate::release_freed_memory();
+    }
+    for voice in &voices {
+        let clock = Instant::now();
+        let ids = models.clone_voice(voice)?;
+        note!(
+            "voice {} cloned from {} for {} in {:.0} ms",
+            voice.name,
+            voice.clip.display(),
+            ids.join(", "),
+            clock.elapsed().as_secs_f64() * 1e3
+        );
     }
     voxide_server::serve(config, models)
 }

@@ -282,6 +282,13 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             if stats.finished { "ended on end of speech" } else { "stopped at the frame limit" },
             crate::bench::peak_rss_mb(),
         );
+        if args.speed != 1.0 {
+            note!(
+                "at speed {}: {:.2} s of audio written",
+                args.speed,
+                stats.audio_s / f64::from(args.speed)
+            );
+        }
         note!(
             "time by part: talker prompt {:.0} ms ({} positions), talker steps {:.0} ms, code predictor {:.0} ms, sampling {:.0} ms, codec decoder {:.0} ms",
             stats.prompt_ms, stats.prompt_positions, stats.talker_ms, stats.predictor_ms, stats.sampling_ms, stats.codec_ms

@@ -294,4 +294,26 @@ fn bad_flags_get_a_one_line_error() {
         &["--model", s(&whisper()), "--vad-model", "./no/such/vad.bin"],
         "--vad-model ./no/such/vad.bin",
     );
+    // Voices: checked before the models load, then cloned by a Base model only.
+    fails(
+        &["--model", s(&tts()), "--voice", "alice"],
+        "--voice NAME=CLIP",
+    );
+    fails(
+        &["--model", s(&tts()), "--voice", "alice=./no/such.wav"],
+        "--voice alice: ./no/such.wav",
+    );
+    fails(
+        &["--model", s(&tts()), "--voice-text", "bob=Hello."],
+        "no --voice bob=CLIP to go with it",
+    );
+    fails(
+        &[
+            "--model",
+            s(&tts()),
+            "--voice",
+            &format!("alice={}", s(&jfk())),
+        ],
+        "--voice alice: no Base (voice clone) Qwen3-TTS model is served",
+    );
 }

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 pub use error::ApiError;
 pub use limits::{Admission, Limits};
-pub use models::{Engine, LoadedModel, ModelSpec, Registry};
+pub use models::{Engine, LoadedModel, ModelSpec, Registry, VoiceSpec};
 
 /// Where to listen and what to accept.
 #[derive(Clone, Debug)]

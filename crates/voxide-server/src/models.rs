@@ -3,11 +3,13 @@
 //! id that requests name in their `model` field.
 
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use voxide_models::qwen3_tts::Synthesizer;
+use voxide_audio::{load_mono, AudioInput};
+use voxide_models::qwen3_tts::{ClonedVoice, ModelType, Synthesizer, VoiceReference};
 use voxide_models::silero_vad::SileroVad;
 use voxide_runtime::{load_model, resolve_model, Model, ModelSource, Transcriber, WeightFormat};
 
@@ -42,6 +44,34 @@ impl FromStr for ModelSpec {
                 source: s.to_string(),
             }),
         }
+    }
+}
+
+/// One `--voice` argument, `NAME=CLIP`: a voice cloned from the clip, which speech requests
+/// to a Base (voice clone) model name as their `voice`; with a transcript of the clip it is
+/// cloned in context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoiceSpec {
+    pub name: String,
+    pub clip: PathBuf,
+    pub text: Option<String>,
+}
+
+impl FromStr for VoiceSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let Some((name, clip)) = s.split_once('=').filter(|(_, clip)| !clip.is_empty()) else {
+            bail!("--voice {s}: give a name and a clip of the voice, --voice NAME=CLIP");
+        };
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("--voice {s}: the name {name:?} must be a non-empty word without spaces");
+        }
+        Ok(Self {
+            name: name.to_string(),
+            clip: PathBuf::from(clip),
+            text: None,
+        })
     }
 }
 
@@ -82,6 +112,8 @@ pub struct LoadedModel {
     pub dir: std::path::PathBuf,
     /// The loaded model.
     pub engine: Engine,
+    /// Base (voice clone) models: the voices cloned for it (`--voice`), by name.
+    pub voices: BTreeMap<String, Arc<ClonedVoice>>,
 }
 
 /// The models of one server, in `--model` order, and the voice activity detector of its
@@ -135,7 +167,46 @@ impl Registry {
             created,
             dir: dir.to_owned(),
             engine,
+            voices: BTreeMap::new(),
         }));
+    }
+
+    /// Clones `voice` for every Base (voice clone) model served so far, from its clip mixed
+    /// to mono at the model's rate; returns their ids. Before serving: the models are not
+    /// shared yet.
+    pub fn clone_voice(&mut self, voice: &VoiceSpec) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for model in &mut self.models {
+            let Engine::Synthesizer(synthesizer) = &model.engine else {
+                continue;
+            };
+            if synthesizer.model_type() != ModelType::Base {
+                continue;
+            }
+            let input = AudioInput::File(voice.clip.clone());
+            let samples = load_mono(&input, synthesizer.sample_rate())
+                .map_err(|e| anyhow::anyhow!("--voice {}: {e}", voice.name))?;
+            let cloned = synthesizer
+                .clone_voice(&VoiceReference {
+                    samples,
+                    text: voice.text.clone(),
+                    context_frames: None,
+                })
+                .map_err(|e| anyhow::anyhow!("--voice {}: {e}", voice.name))?;
+            let model = Arc::get_mut(model).context("voices are cloned before serving")?;
+            if model.voices.contains_key(&voice.name) {
+                bail!("--voice {}: two voices of that name", voice.name);
+            }
+            model.voices.insert(voice.name.clone(), Arc::new(cloned));
+            ids.push(model.id.clone());
+        }
+        if ids.is_empty() {
+            bail!(
+                "--voice {}: no Base (voice clone) Qwen3-TTS model is served to clone it with (e.g. Qwen/Qwen3-TTS-12Hz-0.6B-Base)",
+                voice.name
+            );
+        }
+        Ok(ids)
     }
 
     /// The model served as `id`.

@@ -137,12 +137,13 @@ pub(crate) async fn speech(
             ),
         ));
     };
-    if synthesizer.model_type() == ModelType::Base {
+    if synthesizer.model_type() == ModelType::Base && model.voices.is_empty() {
         return Err(ApiError::invalid_param(
             "model",
             format!(
-                "{} is a Base (voice clone) model, and this endpoint takes no reference clip: \
-                 serve a CustomVoice or VoiceDesign model (or clone with `voxide speak --ref-audio`)",
+                "{} is a Base (voice clone) model with no voices cloned, and this endpoint takes no \
+                 reference clip: start the server with --voice NAME=CLIP, or serve a CustomVoice \
+                 or VoiceDesign model",
                 model.id
             ),
         ));
@@ -178,7 +179,23 @@ pub(crate) async fn speech(
     }
     // Slower speech is longer: the frames are capped by the audio they become.
     let frame_cap = ((state.limits.max_audio_s * speed / FRAME_S).floor() as usize).max(1);
-    let request = speech_request(&body, synthesizer, frame_cap)?;
+    let mut request = speech_request(&body, synthesizer, frame_cap)?;
+    if synthesizer.model_type() == ModelType::Base {
+        // A Base model speaks in the voices cloned for it at start-up, by name.
+        let name = request.voice.take().unwrap_or_default();
+        let cloned = model.voices.get(&name).ok_or_else(|| {
+            let names: Vec<&str> = model.voices.keys().map(String::as_str).collect();
+            ApiError::invalid_param(
+                "voice",
+                format!(
+                    "voice {name:?} is not one cloned for {}: {}",
+                    model.id,
+                    names.join(", ")
+                ),
+            )
+        })?;
+        request.cloned_voice = Some(cloned.clone());
+    }
 
     let deadline = state.deadline();
     let permit = state.admit(deadline).await?;

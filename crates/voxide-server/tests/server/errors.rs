@@ -180,9 +180,9 @@ fn bad_uploads_and_parameters() {
     let error = fails(
         speech(with("model", "tts-clone".into())),
         400,
-        "takes no reference clip",
+        "voice \"tester\" is not one cloned for tts-clone: alice",
     );
-    assert_eq!(error["param"], "model");
+    assert_eq!(error["param"], "voice");
     fails(speech(with("max_frames", 0.into())), 400, "max_frames");
     fails(
         request(server.addr, "POST", "/v1/audio/speech", &[], b"{not json"),

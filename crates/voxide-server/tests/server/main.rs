@@ -35,8 +35,8 @@ pub fn vad_model() -> PathBuf {
     root().join("../shared/assets/silero-vad/for-tests-silero-v6.2.0-ggml.bin")
 }
 
-/// The fixtures, loaded once for every test: `whisper-1`, `tts-1`, `voxtral`, `voxtral-mini`
-/// and the VAD.
+/// The fixtures, loaded once for every test: `whisper-1`, `tts-1`, `voxtral`, `voxtral-mini`,
+/// `tts-clone` with the voice `alice`, and the VAD.
 pub fn models() -> Registry {
     static MODELS: OnceLock<Registry> = OnceLock::new();
     MODELS
@@ -53,6 +53,10 @@ pub fn models() -> Registry {
                 let spec = format!("{id}={}", root().join(path).display());
                 models.load(&spec.parse().unwrap(), None).unwrap();
             }
+            // A voice for the Base model, from a LibriSpeech clip.
+            let clip = root().join("../shared/corpus/librispeech/1089-134686-0000.flac");
+            let voice = format!("alice={}", clip.display()).parse().unwrap();
+            assert_eq!(models.clone_voice(&voice).unwrap(), ["tts-clone"]);
             models.load_vad(&vad_model()).unwrap();
             models
         })

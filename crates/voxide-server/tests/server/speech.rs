@@ -178,6 +178,52 @@ fn wav_pcm_and_events_equal_the_offline_synthesis() {
     assert!(hits > 0 && queries > hits, "{queries} queried, {hits} hit");
 }
 
+/// A Base model speaks in the voices cloned for it at start-up (`--voice`), named as the
+/// request's `voice`: what the library says with the same cloned voice.
+#[test]
+fn cloned_voices_are_spoken_by_name() {
+    let models = models();
+    let model = models.get("tts-clone").unwrap();
+    let Engine::Synthesizer(synthesizer) = &model.engine else {
+        panic!("tts-clone is a synthesizer");
+    };
+    let request = SpeechRequest {
+        text: TEXT.into(),
+        voice: None,
+        instruct: None,
+        cloned_voice: Some(model.voices["alice"].clone()),
+        language: Some("auto".into()),
+        params: GenerationParams {
+            max_frames: 4,
+            ..GenerationParams::default()
+        },
+        seed: SEED,
+        non_streaming_text: None,
+        chunk_frames: CHUNK_FRAMES,
+    };
+    let mut want = Vec::new();
+    synthesizer
+        .synthesize(&request, &mut |pcm| {
+            want.extend(
+                pcm.iter()
+                    .flat_map(|&s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()),
+            );
+            Ok(true)
+        })
+        .unwrap();
+    let server = TestServer::start();
+    let got = server.post_json(
+        "/v1/audio/speech",
+        &json!({"model": "tts-clone", "input": TEXT, "voice": "alice", "response_format": "pcm",
+                "seed": SEED, "max_frames": 4}),
+    );
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    assert!(
+        !want.is_empty() && got.body == want,
+        "the cloned voice's speech differs"
+    );
+}
+
 #[test]
 fn a_client_that_hangs_up_frees_its_slot() {
     let server = TestServer::with(Default::default(), |c| c.limits.max_queue = 0);
