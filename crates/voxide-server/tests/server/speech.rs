@@ -17,23 +17,33 @@ const TEXT: &str = "Hello there.";
 const SEED: u64 = 7;
 const FRAMES: usize = 6;
 
-/// The library's synthesis of TEXT by `tester` with the server's settings (qwen-tts' sampling
-/// defaults, chunks of up to CHUNK_FRAMES frames), as a stream in `format`.
+/// The library's synthesis of TEXT by `tester` of `tts-1` with the server's settings
+/// (qwen-tts' sampling defaults, chunks of up to CHUNK_FRAMES frames), as a stream in `format`.
 pub fn library_audio(format: AudioOutFormat, seed: u64, frames: usize) -> Vec<u8> {
-    library_audio_at(format, seed, frames, 1.0)
+    library_speech("tts-1", "tester", format, seed, frames, 1.0)
 }
 
-/// [`library_audio`] played `speed` times as fast.
-fn library_audio_at(format: AudioOutFormat, seed: u64, frames: usize, speed: f32) -> Vec<u8> {
+/// [`library_audio`] by `voice` of model `id` (a preset speaker, or a voice cloned for a Base
+/// model), played `speed` times as fast.
+fn library_speech(
+    id: &str,
+    voice: &str,
+    format: AudioOutFormat,
+    seed: u64,
+    frames: usize,
+    speed: f32,
+) -> Vec<u8> {
     let models = models();
-    let Engine::Synthesizer(synthesizer) = &models.get("tts-1").unwrap().engine else {
-        panic!("tts-1 is a synthesizer");
+    let model = models.get(id).unwrap();
+    let Engine::Synthesizer(synthesizer) = &model.engine else {
+        panic!("{id} is a synthesizer");
     };
+    let cloned_voice = model.voices.get(voice).cloned();
     let request = SpeechRequest {
         text: TEXT.into(),
-        voice: Some("tester".into()),
+        voice: cloned_voice.is_none().then(|| voice.into()),
         instruct: None,
-        cloned_voice: None,
+        cloned_voice,
         language: Some("auto".into()),
         params: GenerationParams {
             max_frames: frames,
@@ -126,7 +136,7 @@ fn wav_pcm_and_events_equal_the_offline_synthesis() {
     fast["speed"] = 2.0.into();
     let got = server.post_json("/v1/audio/speech", &fast);
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
-    let stretched = library_audio_at(AudioOutFormat::S16le, SEED, FRAMES, 2.0);
+    let stretched = library_speech("tts-1", "tester", AudioOutFormat::S16le, SEED, FRAMES, 2.0);
     assert!(
         got.body == stretched,
         "the speech at speed 2 differs from the library's"
@@ -182,35 +192,7 @@ fn wav_pcm_and_events_equal_the_offline_synthesis() {
 /// request's `voice`: what the library says with the same cloned voice.
 #[test]
 fn cloned_voices_are_spoken_by_name() {
-    let models = models();
-    let model = models.get("tts-clone").unwrap();
-    let Engine::Synthesizer(synthesizer) = &model.engine else {
-        panic!("tts-clone is a synthesizer");
-    };
-    let request = SpeechRequest {
-        text: TEXT.into(),
-        voice: None,
-        instruct: None,
-        cloned_voice: Some(model.voices["alice"].clone()),
-        language: Some("auto".into()),
-        params: GenerationParams {
-            max_frames: 4,
-            ..GenerationParams::default()
-        },
-        seed: SEED,
-        non_streaming_text: None,
-        chunk_frames: CHUNK_FRAMES,
-    };
-    let mut want = Vec::new();
-    synthesizer
-        .synthesize(&request, &mut |pcm| {
-            want.extend(
-                pcm.iter()
-                    .flat_map(|&s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()),
-            );
-            Ok(true)
-        })
-        .unwrap();
+    let want = library_speech("tts-clone", "alice", AudioOutFormat::S16le, SEED, 4, 1.0);
     let server = TestServer::start();
     let got = server.post_json(
         "/v1/audio/speech",
