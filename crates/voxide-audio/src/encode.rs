@@ -1,9 +1,10 @@
 //! Audio output for synthesised speech, written chunk by chunk as it is produced: 16-bit WAV
 //! (to a file, its sizes patched at the end; to a pipe, with the "unknown length" sizes players
-//! accept), raw s16le, FLAC and Ogg Opus. These are the formats of OpenAI's speech API except
-//! MP3 and AAC, whose encoders are not at hand in Rust.
+//! accept), raw s16le, FLAC, Ogg Opus and MP3. These are the formats of OpenAI's speech API
+//! except AAC, whose encoder is not at hand in Rust.
 
 mod flac;
+mod mp3;
 mod ogg_opus;
 mod wav;
 
@@ -21,11 +22,13 @@ pub enum AudioOutFormat {
     Flac,
     /// Opus in Ogg at 32 kbit/s: a twelfth of WAV's size at 24 kHz, lossy.
     Opus,
+    /// MP3 (MPEG Layer III) at 64 kbit/s, lossy; what every player plays.
+    Mp3,
 }
 
 impl AudioOutFormat {
     /// Every format, by the name [`Self::from_name`] takes (OpenAI's `response_format` values).
-    pub const NAMES: [&'static str; 4] = ["wav", "pcm", "flac", "opus"];
+    pub const NAMES: [&'static str; 5] = ["mp3", "opus", "flac", "wav", "pcm"];
 
     /// The format called `name` in [`Self::NAMES`].
     pub fn from_name(name: &str) -> Option<Self> {
@@ -34,18 +37,20 @@ impl AudioOutFormat {
             "pcm" => Some(Self::S16le),
             "flac" => Some(Self::Flac),
             "opus" => Some(Self::Opus),
+            "mp3" => Some(Self::Mp3),
             _ => None,
         }
     }
 
     /// The format a file name's extension calls for (`.wav`, `.pcm` or `.raw`, `.flac`, `.opus`
-    /// or `.ogg`), ignoring case.
+    /// or `.ogg`, `.mp3`), ignoring case.
     pub fn from_extension(extension: &str) -> Option<Self> {
         match extension.to_ascii_lowercase().as_str() {
             "wav" | "wave" => Some(Self::Wav),
             "pcm" | "raw" => Some(Self::S16le),
             "flac" => Some(Self::Flac),
             "opus" | "ogg" | "oga" => Some(Self::Opus),
+            "mp3" => Some(Self::Mp3),
             _ => None,
         }
     }
@@ -57,6 +62,7 @@ impl AudioOutFormat {
             Self::S16le => "audio/pcm",
             Self::Flac => "audio/flac",
             Self::Opus => "audio/ogg",
+            Self::Mp3 => "audio/mpeg",
         }
     }
 }
@@ -67,6 +73,7 @@ enum Encoder {
     S16le,
     Flac(Box<flac::FlacEncoder>),
     Opus(Box<ogg_opus::OggOpusEncoder>),
+    Mp3(Box<mp3::Mp3Writer>),
 }
 
 /// Writes mono f32 samples in [−1, 1] in an [`AudioOutFormat`] (optionally faster or slower:
@@ -90,7 +97,7 @@ pub struct AudioWriter<W: Write> {
 impl<W: Write> AudioWriter<W> {
     /// A writer of `format` at `sample_rate`; the stream's header goes out with the first chunk.
     /// Fails only for a rate the format does not take: Opus takes 8, 12, 16, 24 and 48 kHz,
-    /// FLAC 1 Hz to 1 048 575 Hz.
+    /// MP3 those and 11.025, 22.05, 32 and 44.1 kHz, FLAC 1 Hz to 1 048 575 Hz.
     pub fn new(out: W, format: AudioOutFormat, sample_rate: u32) -> std::io::Result<Self> {
         let encoder = match format {
             AudioOutFormat::Wav => Encoder::Wav,
@@ -105,6 +112,7 @@ impl<W: Write> AudioWriter<W> {
             AudioOutFormat::Opus => {
                 Encoder::Opus(Box::new(ogg_opus::OggOpusEncoder::new(sample_rate)?))
             }
+            AudioOutFormat::Mp3 => Encoder::Mp3(Box::new(mp3::Mp3Writer::new(sample_rate)?)),
         };
         Ok(Self {
             out,
@@ -118,6 +126,15 @@ impl<W: Write> AudioWriter<W> {
             stretch: None,
             stretched: Vec::new(),
         })
+    }
+
+    /// Marks the output as a file that [`AudioWriter::finish_seekable`] will complete: MP3 then
+    /// starts with a LAME tag frame to be filled in there (a stream has none).
+    pub fn for_file(mut self) -> Self {
+        if let Encoder::Mp3(mp3) = &mut self.encoder {
+            mp3.keep_tag();
+        }
+        self
     }
 
     /// Plays the audio `speed` times as fast, at the same pitch ([`TimeStretch`]); 1 leaves it
@@ -153,7 +170,7 @@ impl<W: Write> AudioWriter<W> {
                 Encoder::Wav => self
                     .bytes
                     .extend_from_slice(&wav::header(self.sample_rate, wav::UNKNOWN)),
-                Encoder::S16le => {}
+                Encoder::S16le | Encoder::Mp3(_) => {}
                 Encoder::Flac(flac) => self
                     .bytes
                     .extend_from_slice(&flac.stream_header(samples.len())),
@@ -173,16 +190,12 @@ impl<W: Write> AudioWriter<W> {
                 flac.encode(&self.pcm, false, &mut self.bytes);
             }
             Encoder::Opus(opus) => {
-                self.clamped.clear();
-                // NaN (which `clamp` keeps) as silence, as the 16-bit formats write it.
-                self.clamped.extend(samples.iter().map(|&s| {
-                    if s.is_nan() {
-                        0.0
-                    } else {
-                        s.clamp(-1.0, 1.0)
-                    }
-                }));
+                clamp_into(samples, &mut self.clamped);
                 opus.encode(&self.clamped, &mut self.bytes)?;
+            }
+            Encoder::Mp3(mp3) => {
+                clamp_into(samples, &mut self.clamped);
+                mp3.encode(&self.clamped, &mut self.bytes)?;
             }
         }
         self.out.write_all(&self.bytes)?;
@@ -206,6 +219,7 @@ impl<W: Write> AudioWriter<W> {
             Encoder::Wav | Encoder::S16le => {}
             Encoder::Flac(flac) => flac.encode(&[], true, &mut self.bytes),
             Encoder::Opus(opus) => opus.finish(&mut self.bytes)?,
+            Encoder::Mp3(mp3) => mp3.finish(&mut self.bytes),
         }
         self.out.write_all(&self.bytes)?;
         self.out.flush()
@@ -220,7 +234,8 @@ impl<W: Write> AudioWriter<W> {
 
 impl<W: Write + Seek> AudioWriter<W> {
     /// Ends a seekable stream and puts what only its end knows into its header: the WAV
-    /// sizes; FLAC's sample count, block and frame sizes and MD5.
+    /// sizes; FLAC's sample count, block and frame sizes and MD5; MP3's LAME tag (the encoder's
+    /// delay and padding, so that players trim them: the samples written, gapless).
     pub fn finish_seekable(mut self) -> std::io::Result<W> {
         self.end()?;
         let header = match &self.encoder {
@@ -229,6 +244,10 @@ impl<W: Write + Seek> AudioWriter<W> {
                 wav::header(self.sample_rate, data).to_vec()
             }
             Encoder::Flac(flac) => flac.stream_info().to_vec(),
+            Encoder::Mp3(mp3) => match mp3.lame_tag() {
+                Some(tag) => tag.to_vec(),
+                None => return Ok(self.out),
+            },
             Encoder::S16le | Encoder::Opus(_) => return Ok(self.out),
         };
         self.out.seek(SeekFrom::Start(0))?;
@@ -237,6 +256,17 @@ impl<W: Write + Seek> AudioWriter<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+/// `samples` clipped to [−1, 1] into `out`, NaN (which `clamp` keeps) as silence, as the
+/// 16-bit formats write them: what the float encoders take.
+fn clamp_into(samples: &[f32], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(
+        samples
+            .iter()
+            .map(|&s| if s.is_nan() { 0.0 } else { s.clamp(-1.0, 1.0) }),
+    );
 }
 
 /// As soundfile / libsndfile write float → PCM_16: scale by 32767, round, clip.
@@ -310,6 +340,9 @@ mod tests {
 
     fn encode(format: AudioOutFormat, chunks: &[&[f32]], seekable: bool) -> Vec<u8> {
         let mut w = AudioWriter::new(Cursor::new(Vec::new()), format, 24_000).unwrap();
+        if seekable {
+            w = w.for_file();
+        }
         for chunk in chunks {
             w.write(chunk).unwrap();
         }
@@ -444,7 +477,8 @@ mod tests {
             let format = AudioOutFormat::from_name(name).unwrap();
             assert!(format.content_type().starts_with("audio/"));
         }
-        assert_eq!(AudioOutFormat::from_name("mp3"), None);
+        assert_eq!(AudioOutFormat::from_name("aac"), None);
+        assert_eq!(AudioOutFormat::from_name("mp3"), Some(AudioOutFormat::Mp3));
         assert_eq!(
             AudioOutFormat::from_extension("FLAC"),
             Some(AudioOutFormat::Flac)
@@ -457,7 +491,11 @@ mod tests {
             AudioOutFormat::from_extension("raw"),
             Some(AudioOutFormat::S16le)
         );
-        assert_eq!(AudioOutFormat::from_extension("mp3"), None);
+        assert_eq!(
+            AudioOutFormat::from_extension("MP3"),
+            Some(AudioOutFormat::Mp3)
+        );
+        assert_eq!(AudioOutFormat::from_extension("m4a"), None);
     }
 
     #[test]
@@ -470,6 +508,7 @@ mod tests {
             AudioOutFormat::Wav,
             AudioOutFormat::Flac,
             AudioOutFormat::Opus,
+            AudioOutFormat::Mp3,
         ] {
             let bytes = encode(format, &[&signal], true);
             let decoded = crate::decode_bytes(&bytes, "out")
@@ -478,7 +517,7 @@ mod tests {
                 .remove(0);
             assert_eq!(decoded.len(), signal.len(), "{format:?}");
             assert!(decoded.iter().all(|x| x.is_finite()), "{format:?}");
-            if format != AudioOutFormat::Opus {
+            if matches!(format, AudioOutFormat::Wav | AudioOutFormat::Flac) {
                 let scale = 32767.0 / 32768.0;
                 assert_eq!(
                     [decoded[100], decoded[200], decoded[300]],

@@ -79,14 +79,14 @@ pub struct SpeakArgs {
     /// chunks double up to this (longer chunks decode faster).
     #[arg(long, default_value_t = 16)]
     chunk_frames: usize,
-    /// Output file, encoded as its extension says (.wav, .flac, .opus or .ogg for Ogg Opus,
-    /// .pcm or .raw for raw PCM; others: WAV) unless `--output-format` says otherwise; without
-    /// it, audio goes to standard output.
+    /// Output file, encoded as its extension says (.wav, .mp3, .flac, .opus or .ogg for Ogg
+    /// Opus, .pcm or .raw for raw PCM; others: WAV) unless `--output-format` says otherwise;
+    /// without it, audio goes to standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// The audio's encoding, in the file or on standard output: wav (16-bit), pcm (raw 16-bit
-    /// little endian), flac, or opus (Ogg Opus, 32 kbit/s). Default: the output file's
-    /// extension, else wav.
+    /// little endian), mp3 (64 kbit/s), flac, or opus (Ogg Opus, 32 kbit/s). Default: the
+    /// output file's extension, else wav.
     #[arg(long, value_parser = AudioOutFormat::NAMES)]
     output_format: Option<String>,
     /// Print the checkpoint's voices and languages and exit.
@@ -246,6 +246,9 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             let seekable = file.metadata().is_ok_and(|m| m.is_file());
             let mut writer =
                 AudioWriter::new(BufWriter::new(file), format, rate)?.with_speed(args.speed);
+            if seekable {
+                writer = writer.for_file();
+            }
             let (stats, written) =
                 synthesize_to(&synthesizer, &request, args.part_chars, &mut writer)?;
             let written = written.and_then(|()| {
@@ -298,7 +301,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
 }
 
 /// The output's encoding: `--output-format`, else the output file's extension, else WAV. An
-/// extension naming a format voxide does not write (`speech.mp3`) is refused rather than
+/// extension naming a format voxide does not write (`speech.m4a`) is refused rather than
 /// filled with WAV bytes.
 fn output_format(flag: Option<&str>, output: Option<&std::path::Path>) -> Result<AudioOutFormat> {
     if let Some(name) = flag {
@@ -312,10 +315,10 @@ fn output_format(flag: Option<&str>, output: Option<&std::path::Path>) -> Result
     if let Some(format) = AudioOutFormat::from_extension(extension) {
         return Ok(format);
     }
-    const NOT_WRITTEN: [&str; 7] = ["mp3", "m4a", "mp4", "aac", "webm", "aiff", "wma"];
+    const NOT_WRITTEN: [&str; 6] = ["m4a", "mp4", "aac", "webm", "aiff", "wma"];
     if NOT_WRITTEN.contains(&extension.to_ascii_lowercase().as_str()) {
         bail!(
-            "cannot write {}: voxide writes WAV, FLAC, Ogg Opus and raw PCM, not {extension} (name the file .wav, .flac, .opus or .pcm, or set --output-format)",
+            "cannot write {}: voxide writes WAV, MP3, FLAC, Ogg Opus and raw PCM, not {extension} (name the file .wav, .mp3, .flac, .opus or .pcm, or set --output-format)",
             output.map(|p| p.display().to_string()).unwrap_or_default()
         );
     }

@@ -233,6 +233,8 @@ fn serves_what_the_cli_prints_and_stops_on_sigterm() {
         "3",
         "--max-frames",
         "6",
+        "--output-format",
+        "mp3",
         "Hello there.",
     ]);
     assert!(
@@ -251,7 +253,7 @@ fn serves_what_the_cli_prints_and_stops_on_sigterm() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&served));
     assert!(
         served == cli.stdout,
-        "the server's WAV differs from `voxide speak`'s"
+        "the server's MP3 (OpenAI's default format) differs from `voxide speak`'s"
     );
 
     let (status, stderr) = server.terminate();

@@ -1,11 +1,10 @@
 //! `POST /v1/audio/speech`: OpenAI's JSON request (`model`, `input`, `voice`, `instructions`,
-//! `response_format` wav, pcm, flac or opus, `speed` 0.25–4, `stream_format` audio or sse) in;
-//! 24 kHz mono audio out as it is synthesised, in chunked transfer (the first sound arrives
-//! after one frame, not the whole clip): 16-bit WAV with unknown sizes in its header, raw
-//! 16-bit PCM, FLAC, or Ogg Opus at 32 kbit/s (a page per chunk); or `speech.audio.delta`
-//! events carrying the same bytes in base64, then `speech.audio.done`. Without
-//! `response_format`, WAV (OpenAI's default, MP3, is not written: neither it nor AAC has an
-//! encoder at hand in Rust).
+//! `response_format` mp3, opus, flac, wav or pcm, `speed` 0.25–4, `stream_format` audio or sse)
+//! in; 24 kHz mono audio out as it is synthesised, in chunked transfer (the first sound arrives
+//! after one frame, not the whole clip): MP3 at 64 kbit/s (OpenAI's default), Ogg Opus at
+//! 32 kbit/s (a page per chunk), FLAC, 16-bit WAV with unknown sizes in its header, or raw
+//! 16-bit PCM; or `speech.audio.delta` events carrying the same bytes in base64, then
+//! `speech.audio.done`. `aac` is refused: no encoder for it is at hand in Rust.
 //!
 //! voxide's own fields: `seed` (sampling seed, default 0: the same request gives the same
 //! audio), `language` (one of the checkpoint's, default auto) and `max_frames` (most 80 ms
@@ -149,12 +148,13 @@ pub(crate) async fn speech(
         ));
     }
     let format = match body.response_format.as_deref() {
-        None => AudioOutFormat::Wav,
+        // OpenAI's default.
+        None => AudioOutFormat::Mp3,
         Some(name) => AudioOutFormat::from_name(name).ok_or_else(|| {
             ApiError::invalid_param(
                 "response_format",
                 format!(
-                    "response_format {name:?} is not supported; use wav, pcm (16-bit mono, 24 kHz), flac or opus"
+                    "response_format {name:?} is not supported; use mp3, opus, flac, wav or pcm (16-bit mono, 24 kHz)"
                 ),
             )
         })?,

@@ -5,7 +5,7 @@ Usage: python openai_client.py BASE_URL API_KEY AUDIO OUT_DIR
 BASE_URL is the server's `http://HOST:PORT/v1`; it must serve a speech-to-text model as
 `whisper-1` and the Qwen3-TTS CustomVoice fixture (voice `tester`) as `tts-1`. Prints one
 JSON object with what the client got; writes the speech it received to OUT_DIR/speech.wav,
-speech.pcm, speech.flac and speech.opus. Exits non-zero (with a traceback) when the client fails or raises the
+speech.pcm, speech.flac, speech.opus and speech.mp3. Exits non-zero (with a traceback) when the client fails or raises the
 wrong error.
 """
 
@@ -64,7 +64,7 @@ def main() -> None:
         model="tts-1", voice="tester", input="Hello there.", response_format="pcm", extra_body=seeded
     ) as response:
         response.stream_to_file(out / "speech.pcm")
-    for fmt in ("flac", "opus"):
+    for fmt in ("flac", "opus", "mp3"):
         speech = client.audio.speech.create(
             model="tts-1", voice="tester", input="Hello there.", response_format=fmt, extra_body=seeded
         )
@@ -73,9 +73,9 @@ def main() -> None:
 
     errors = {}
     try:
-        client.audio.speech.create(model="tts-1", voice="tester", input="Hi.", response_format="mp3")
+        client.audio.speech.create(model="tts-1", voice="tester", input="Hi.", response_format="aac")
     except openai.BadRequestError as e:
-        errors["mp3"] = [e.status_code, e.body.get("message") if isinstance(e.body, dict) else str(e.body)]
+        errors["aac"] = [e.status_code, e.body.get("message") if isinstance(e.body, dict) else str(e.body)]
     try:
         with open(audio, "rb") as f:
             client.audio.transcriptions.create(model="whisper-9", file=f)
