@@ -41,9 +41,14 @@ pub struct TimeStretch {
 }
 
 impl TimeStretch {
-    /// A stretcher for audio at `sample_rate` played `speed` times as fast (in
-    /// [`SPEED_RANGE`]: 2 halves the duration).
+    /// A stretcher for audio at `sample_rate` played `speed` times as fast (2 halves the
+    /// duration), `speed` brought into [`SPEED_RANGE`] (NaN: 1): at 0 no frame would advance.
     pub fn new(sample_rate: u32, speed: f32) -> Self {
+        let speed = if speed.is_nan() {
+            1.0
+        } else {
+            speed.clamp(*SPEED_RANGE.start(), *SPEED_RANGE.end())
+        };
         let frame = ((sample_rate as usize * 25 / 1000) / 2 * 2).max(4);
         let hop = frame / 2;
         // Periodic Hann: windows a hop apart sum to exactly 1.
@@ -228,6 +233,19 @@ mod tests {
                 let want = (n as f64 / f64::from(speed)).round() as usize;
                 assert_eq!(out.len(), want, "speed {speed}, {n} samples");
             }
+        }
+    }
+
+    #[test]
+    fn speeds_out_of_range_are_brought_into_it() {
+        let input = tone(200.0, 4000);
+        for (speed, len) in [
+            (0.0, 16_000),
+            (100.0, 1000),
+            (f32::NAN, 4000),
+            (-1.0, 16_000),
+        ] {
+            assert_eq!(stretch(&input, speed, &[1920]).len(), len, "{speed}");
         }
     }
 
