@@ -9,7 +9,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use voxide_audio::stretch::SPEED_RANGE;
-use voxide_audio::{load_mono, AudioError, AudioInput, AudioOutFormat, AudioWriter};
+use voxide_audio::{AudioInput, AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{
     ClonedVoice, GenerationParams, SpeechRequest, SpeechStats, Synthesizer, VoiceReference,
     DEFAULT_PART_CHARS,
@@ -191,17 +191,10 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         .ref_audio
         .map(|path| -> Result<Arc<ClonedVoice>> {
             let input = AudioInput::File(path);
-            let samples = load_mono(&input, synthesizer.sample_rate()).map_err(|e| match e {
-                AudioError::DigitalSilence { name } => anyhow::anyhow!(
-                    "reference clip {name}: only digital silence, no voice to clone"
-                ),
-                e => anyhow::anyhow!("reference clip {e}"),
-            })?;
-            let cloned = synthesizer.clone_voice(&VoiceReference {
-                samples,
-                text: args.ref_text,
-                context_frames: args.ref_context_frames,
-            })?;
+            let mut reference =
+                VoiceReference::from_clip(&input, synthesizer.sample_rate(), args.ref_text)?;
+            reference.context_frames = args.ref_context_frames;
+            let cloned = synthesizer.clone_voice(&reference)?;
             if args.verbose {
                 note!(
                     "voice cloned in {:.0} ms: speaker encoder {:.0}, codec encoder {:.0}, codec decoder {:.0} ({} reference frames in context)",

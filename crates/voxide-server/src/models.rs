@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use voxide_audio::{load_mono, AudioInput};
+use voxide_audio::AudioInput;
 use voxide_models::qwen3_tts::{ClonedVoice, ModelType, Synthesizer, VoiceReference};
 use voxide_models::silero_vad::SileroVad;
 use voxide_runtime::{load_model, resolve_model, Model, ModelSource, Transcriber, WeightFormat};
@@ -184,15 +184,10 @@ impl Registry {
                 continue;
             }
             let input = AudioInput::File(voice.clip.clone());
-            let samples = load_mono(&input, synthesizer.sample_rate())
-                .map_err(|e| anyhow::anyhow!("--voice {}: {e}", voice.name))?;
-            let cloned = synthesizer
-                .clone_voice(&VoiceReference {
-                    samples,
-                    text: voice.text.clone(),
-                    context_frames: None,
-                })
-                .map_err(|e| anyhow::anyhow!("--voice {}: {e}", voice.name))?;
+            let cloned =
+                VoiceReference::from_clip(&input, synthesizer.sample_rate(), voice.text.clone())
+                    .and_then(|reference| synthesizer.clone_voice(&reference))
+                    .map_err(|e| anyhow::anyhow!("--voice {}: {e}", voice.name))?;
             let model = Arc::get_mut(model).context("voices are cloned before serving")?;
             if model.voices.contains_key(&voice.name) {
                 bail!("--voice {}: two voices of that name", voice.name);

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
-use voxide_audio::{load_mono, AudioInput};
+use voxide_audio::AudioInput;
 use voxide_models::qwen3_tts::{
     ClonedVoice, GenerationParams, ModelType, SpeechRequest, Synthesizer, VoiceReference,
 };
@@ -321,14 +321,10 @@ fn clone_corpus_voice(
     args: &BenchArgs,
 ) -> Result<(Arc<ClonedVoice>, Cloning)> {
     let input = AudioInput::File(args.corpus.join(CLONE_CLIP));
-    let samples = load_mono(&input, synthesizer.sample_rate())
-        .map_err(|e| anyhow!("the Base model's reference clip: {e}"))?;
-    let clip_s = samples.len() as f64 / synthesizer.sample_rate() as f64;
-    let cloned = synthesizer.clone_voice(&VoiceReference {
-        samples,
-        text: Some(CLONE_TEXT.into()),
-        context_frames: None,
-    })?;
+    let reference =
+        VoiceReference::from_clip(&input, synthesizer.sample_rate(), Some(CLONE_TEXT.into()))?;
+    let clip_s = reference.samples.len() as f64 / synthesizer.sample_rate() as f64;
+    let cloned = synthesizer.clone_voice(&reference)?;
     let cloning = Cloning {
         clip: input.name(),
         clip_s,

@@ -31,6 +31,7 @@ use candle_core::{Device, Tensor};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use voxide_audio::{load_mono, AudioError, AudioInput};
 use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::sampling::Sampler;
@@ -73,6 +74,27 @@ pub struct VoiceReference {
     /// qwen-tts' whole-clip decode); fewer is faster to clone (qwen-tts' own chunked decode
     /// keeps 25 frames of left context between chunks).
     pub context_frames: Option<usize>,
+}
+
+impl VoiceReference {
+    /// The clip `input` mixed to mono at `sample_rate` ([`Synthesizer::sample_rate`]), with
+    /// its transcript if given, all of it in context. A clip that cannot be read, or holds
+    /// only digital silence, is refused in a line naming it.
+    pub fn from_clip(input: &AudioInput, sample_rate: u32, text: Option<String>) -> Result<Self> {
+        let samples = load_mono(input, sample_rate).map_err(|e| {
+            Error::InvalidRequest(match e {
+                AudioError::DigitalSilence { name } => {
+                    format!("reference clip {name}: only digital silence, no voice to clone")
+                }
+                e => format!("reference clip {e}"),
+            })
+        })?;
+        Ok(Self {
+            samples,
+            text,
+            context_frames: None,
+        })
+    }
 }
 
 /// Longest reference clip: qwen-tts takes any length, but its codes and the codec's state grow
