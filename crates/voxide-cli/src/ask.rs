@@ -80,6 +80,7 @@ fn read_messages(path: &Path) -> Result<Conversation> {
         let role = match turn["role"].as_str() {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
+            Some("system") => Role::System,
             Some(other) => {
                 return Err(bad(format!(
                     "message {i}: role \"{other}\" (user or assistant)"

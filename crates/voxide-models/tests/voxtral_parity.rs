@@ -386,30 +386,7 @@ fn prompts_equal_mistral_common() {
         "two windows"
     );
     for (name, case) in prompts["chat"].as_object().unwrap() {
-        let messages: Vec<Message> = case["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                let role = match m["role"].as_str().unwrap() {
-                    "user" => Role::User,
-                    _ => Role::Assistant,
-                };
-                let content = match &m["content"] {
-                    Value::String(text) => vec![Content::Text(text.clone())],
-                    Value::Array(chunks) => chunks
-                        .iter()
-                        .map(|c| match c["type"].as_str().unwrap() {
-                            "input_audio" => Content::Audio { windows: 1 },
-                            _ => Content::Text(c["text"].as_str().unwrap().into()),
-                        })
-                        .collect(),
-                    other => panic!("content {other}"),
-                };
-                Message { role, content }
-            })
-            .collect();
-        let got = prompt::chat(tekken, &messages, per_window).unwrap();
+        let got = prompt::chat(tekken, &messages_of(&case["messages"]), per_window).unwrap();
         assert_eq!(got, expand(&case["pieces"]), "chat {name}");
     }
     let translate = &prompts["chat"]["d_translate_fr"]["messages"][0]["content"][1]["text"];
@@ -417,6 +394,66 @@ fn prompts_equal_mistral_common() {
         prompt::translation_instruction("fr").unwrap(),
         translate.as_str().unwrap()
     );
+}
+
+/// A fixture's conversation in OpenAI's shape: audio chunks (`input_audio`) of `windows` 30 s
+/// windows (1 where unsaid), text chunks, or a turn's text as a string.
+fn messages_of(json: &Value) -> Vec<Message> {
+    let messages = json.as_array().unwrap().iter().map(|m| {
+        let role = match m["role"].as_str().unwrap() {
+            "system" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => panic!("role {other}"),
+        };
+        let content = match &m["content"] {
+            Value::String(text) => vec![Content::Text(text.clone())],
+            Value::Array(chunks) => chunks
+                .iter()
+                .map(|c| match c["type"].as_str().unwrap() {
+                    "input_audio" => Content::Audio {
+                        windows: c["windows"].as_u64().unwrap_or(1) as usize,
+                    },
+                    _ => Content::Text(c["text"].as_str().unwrap().into()),
+                })
+                .collect(),
+            other => panic!("content {other}"),
+        };
+        Message { role, content }
+    });
+    messages.collect()
+}
+
+/// Conversations that mistral-common's request normaliser reshapes (consecutive turns of
+/// one role, adjacent and empty text chunks, answers' trailing spaces, clips of two windows)
+/// prompt as it does; the ones it refuses (a system message beside audio, an empty answer)
+/// are refused.
+#[test]
+fn chat_prompts_follow_mistral_commons_normalisation() {
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("chat_prompts.json")).unwrap(),
+    )
+    .unwrap();
+    let model = load(LAYOUTS[0]);
+    let (tekken, per_window) = (model.tokenizer(), model.tokens_per_window());
+    let cases = json["cases"].as_object().unwrap();
+    assert!(cases.len() >= 10);
+    for (name, case) in cases {
+        let got = prompt::chat(tekken, &messages_of(&case["messages"]), per_window).unwrap();
+        assert_eq!(got, expand(&case["pieces"]), "{name}");
+    }
+    for (name, case) in json["errors"].as_object().unwrap() {
+        let messages = messages_of(&case["messages"]);
+        assert!(
+            prompt::check_conversation(&messages).is_err(),
+            "{name}: mistral-common refuses it ({})",
+            case["mistral_common"]
+        );
+        assert!(
+            prompt::chat(tekken, &messages, per_window).is_err(),
+            "{name}"
+        );
+    }
 }
 
 /// Bad requests fail with a message, not a panic.
@@ -436,7 +473,10 @@ fn bad_requests_are_errors() {
     let e = model
         .ask(&question, &[], &options, &mut |_| true)
         .unwrap_err();
-    assert!(err(e).contains("--audio"), "question without audio");
+    assert!(
+        err(e).contains("at least one clip"),
+        "question without audio"
+    );
     let long = GenerateOptions {
         max_new_tokens: 200_000,
         ..Default::default()

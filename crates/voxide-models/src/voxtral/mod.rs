@@ -76,11 +76,26 @@ impl Default for GenerateOptions {
     }
 }
 
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stop {
+    /// The model said end-of-sequence.
+    #[default]
+    Eos,
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The token callback asked to stop.
+    Cancelled,
+}
+
 /// What [`Voxtral::generate`] produced.
 #[derive(Clone, Debug, Default)]
 pub struct Generation {
     /// Generated ids, the prompt excluded (end-of-sequence excluded too).
     pub ids: Vec<u32>,
+    /// Positions of the prompt, its audio tokens included.
+    pub prompt_tokens: usize,
+    pub stop: Stop,
     pub timings: Timings,
 }
 
@@ -199,7 +214,8 @@ impl Voxtral {
 
     /// Generates after `prompt`, whose `[AUDIO]` placeholders take the rows of `audio`
     /// (375·k, dim) in order. The prompt is prefilled in blocks of [`PREFILL_BLOCK`]; each
-    /// generated id goes to `on_token` as soon as it exists (return `false` to stop).
+    /// generated id goes to `on_token` as soon as it exists (return `false` to stop there:
+    /// [`Stop::Cancelled`], that id kept).
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -244,6 +260,7 @@ impl Voxtral {
         let mut sampler = Sampler::new(options.seed);
         let eos = self.tokenizer.eos();
         let mut ids = Vec::new();
+        let mut stop = Stop::MaxTokens;
         while ids.len() < options.max_new_tokens {
             // Around the timed part, as Whisper's steps (`whisper::decoding`).
             let _span = tracing::trace_span!("decoder_step", step = ids.len()).entered();
@@ -257,11 +274,13 @@ impl Voxtral {
                 timings.first_token_ms = Some(ms(started));
             }
             if id == eos && !options.ignore_eos {
+                stop = Stop::Eos;
                 break;
             }
             ids.push(id);
             if !on_token(id) {
-                return Err(Error::Cancelled);
+                stop = Stop::Cancelled;
+                break;
             }
             if ids.len() == options.max_new_tokens {
                 break;
@@ -271,7 +290,12 @@ impl Voxtral {
             timings.steps += 1;
             timings.steps_kv_bytes += state.attended_bytes();
         }
-        Ok(Generation { ids, timings })
+        Ok(Generation {
+            ids,
+            prompt_tokens: prompt.len(),
+            stop,
+            timings,
+        })
     }
 
     /// Transcribes 16 kHz `samples` in `language` (ISO 639-1) or the language spoken (`None`).
@@ -337,6 +361,9 @@ impl Voxtral {
                 segments: &[],
             })
         })?;
+        if generation.stop == Stop::Cancelled {
+            return Err(Error::Cancelled);
+        }
         let timings = with_audio_timings(generation.timings, &timings);
         let duration = samples.len() as f64 / SAMPLE_RATE as f64;
         let text = self.tokenizer.decode(&generation.ids).trim().to_string();
@@ -370,7 +397,8 @@ impl Voxtral {
     }
 
     /// Answers the conversation `messages`, whose audio chunks take `clips` (16 kHz samples)
-    /// in order; the answer's text goes to `on_text` piece by piece as it decodes.
+    /// in order; the answer's text goes to `on_text` piece by piece as it decodes (return
+    /// `false` to stop there: [`Stop::Cancelled`], the answer so far returned).
     pub fn ask(
         &self,
         messages: &[Message],
@@ -400,7 +428,8 @@ impl Voxtral {
         }
         if audio.is_empty() {
             return Err(Error::InvalidRequest(
-                "Voxtral answers questions about audio: give at least one --audio FILE".into(),
+                "Voxtral answers questions about audio: the conversation needs at least one clip"
+                    .into(),
             ));
         }
         let audio = Tensor::cat(&audio, 0)?;
@@ -411,7 +440,7 @@ impl Voxtral {
             piece.is_empty() || on_text(&piece)
         })?;
         let rest = decoder.finish();
-        if !rest.is_empty() {
+        if !rest.is_empty() && generation.stop != Stop::Cancelled {
             on_text(&rest);
         }
         generation.timings = with_audio_timings(generation.timings, &timings);

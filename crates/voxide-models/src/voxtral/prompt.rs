@@ -5,6 +5,10 @@
 //!   (`lang:xx` left out when the language is detected);
 //! * chat: `<s>`, then per user turn `[INST]`, its chunks in order (audio: `[BEGIN_AUDIO]` +
 //!   `[AUDIO]`×375·k; text: its tokens) and `[/INST]`; per assistant turn its tokens and `</s>`.
+//!   Before that the conversation is normalised as mistral-common's request normaliser does
+//!   (`InstructRequestNormalizerV7`): consecutive turns of one role become one turn, adjacent
+//!   pieces of text (in a turn or across the turns joined) become one, joined by a blank line,
+//!   empty text is dropped, and an answer loses its trailing spaces.
 
 use crate::tekken::Tekken;
 use crate::{Error, Result};
@@ -12,6 +16,9 @@ use crate::{Error, Result};
 /// Who speaks a turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
+    /// Instructions before the conversation: mistral-common takes none beside audio for
+    /// Voxtral's tokenizer, so [`check_conversation`] refuses them.
+    System,
     User,
     Assistant,
 }
@@ -82,42 +89,72 @@ pub fn transcription(
     Ok(ids)
 }
 
+/// What joins two pieces of text that meet when turns or chunks are merged
+/// (mistral-common's `_DEFAULT_JOIN_STR`).
+const TEXT_JOIN: &str = "\n\n";
+
+/// `messages` as mistral-common's V7 normaliser leaves them: each run of turns of one role
+/// merged into one turn, whose adjacent pieces of text are joined by [`TEXT_JOIN`] (empty
+/// pieces dropped); an answer's trailing spaces removed.
+fn normalize(messages: &[Message]) -> Vec<Message> {
+    let mut turns: Vec<Message> = Vec::new();
+    for message in messages {
+        if turns.last().is_none_or(|t| t.role != message.role) {
+            turns.push(Message {
+                role: message.role,
+                content: Vec::new(),
+            });
+        }
+        let turn = turns.last_mut().expect("pushed above");
+        for content in &message.content {
+            match (content, turn.content.last_mut()) {
+                (Content::Text(text), _) if text.is_empty() => {}
+                (Content::Text(text), Some(Content::Text(before))) => {
+                    before.push_str(TEXT_JOIN);
+                    before.push_str(text);
+                }
+                _ => turn.content.push(content.clone()),
+            }
+        }
+    }
+    for turn in turns.iter_mut().filter(|t| t.role == Role::Assistant) {
+        if let Some(Content::Text(text)) = turn.content.last_mut() {
+            text.truncate(text.trim_end_matches(' ').len());
+        }
+    }
+    turns
+}
+
 /// The chat prompt of `messages`, ending with the last user turn's `[/INST]` (the model
 /// answers next).
 pub fn chat(tekken: &Tekken, messages: &[Message], tokens_per_window: usize) -> Result<Vec<u32>> {
     let c = Controls::of(tekken)?;
     check_conversation(messages)?;
     let mut ids = vec![c.bos];
-    for message in messages {
-        match message.role {
-            Role::User => {
-                ids.push(c.inst);
-                for content in &message.content {
-                    match content {
-                        Content::Audio { windows } => {
-                            c.push_audio(&mut ids, windows * tokens_per_window)
-                        }
-                        Content::Text(text) => ids.extend(tekken.encode(text)?),
-                    }
-                }
-                ids.push(c.inst_end);
-            }
-            Role::Assistant => {
-                for content in &message.content {
-                    if let Content::Text(text) = content {
-                        ids.extend(tekken.encode(text)?);
-                    }
-                }
-                ids.push(c.eos);
+    for turn in normalize(messages) {
+        if turn.role == Role::User {
+            ids.push(c.inst);
+        }
+        for content in &turn.content {
+            match content {
+                Content::Audio { windows } => c.push_audio(&mut ids, windows * tokens_per_window),
+                Content::Text(text) => ids.extend(tekken.encode(text)?),
             }
         }
+        ids.push(if turn.role == Role::User {
+            c.inst_end
+        } else {
+            c.eos
+        });
     }
     Ok(ids)
 }
 
 /// Refuses a conversation that [`chat`] cannot prompt: none, one that does not end with the
-/// user's turn (the model answers it), an empty user turn, audio in an assistant turn. Needs
-/// no model, so a front end can check a request before it loads one.
+/// user's turn (the model answers it), an empty user turn, an answer without text, audio in
+/// an answer, a system message (mistral-common refuses one beside audio before its v13
+/// tokenizers; Voxtral's is v7). Needs no model, so a front end can check a request before it
+/// loads one.
 pub fn check_conversation(messages: &[Message]) -> Result<()> {
     let invalid = |m: &str| Err(Error::InvalidRequest(m.into()));
     match messages.last() {
@@ -133,12 +170,24 @@ pub fn check_conversation(messages: &[Message]) -> Result<()> {
             .iter()
             .any(|c| matches!(c, Content::Audio { .. }));
         match message.role {
+            Role::System => {
+                return invalid(
+                    "Voxtral takes no system message beside audio (mistral-common refuses one for \
+                     its tokenizer): put the instruction in the user's message",
+                )
+            }
             Role::User if message.content.is_empty() => {
                 return invalid("a user message has no content")
             }
             Role::Assistant if audio => return invalid("an assistant message cannot hold audio"),
             _ => {}
         }
+    }
+    if normalize(messages)
+        .iter()
+        .any(|t| t.role == Role::Assistant && t.content.is_empty())
+    {
+        return invalid("an assistant message has no text");
     }
     Ok(())
 }
