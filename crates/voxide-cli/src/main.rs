@@ -58,7 +58,7 @@ enum Command {
     Speak(speak::SpeakArgs),
     /// Find the speech in audio files (Silero VAD): segments as text or JSON.
     Vad(vad::VadArgs),
-    /// Serve the models over HTTP: OpenAI's audio API and realtime transcription.
+    /// Serve the models over HTTP: OpenAI's audio API, realtime transcription and chat about audio.
     Serve(serve::ServeArgs),
     /// Write a Whisper model as a quantized whisper.cpp file (q8_0, q5_1, q4_K, ...).
     Quantize(quantize::QuantizeArgs),

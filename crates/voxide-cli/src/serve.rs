@@ -13,8 +13,8 @@ use voxide_server::{Limits, ModelSpec, Registry, ServerConfig, VoiceSpec};
 pub struct ServeArgs {
     /// A model to serve: a checkpoint directory or a hub id, served under the directory's name
     /// (a hub model under its id); `ID=MODEL` serves it as ID (e.g. whisper-1=openai/whisper-tiny).
-    /// Repeat for more models: speech-to-text (Whisper, Voxtral Realtime) and text-to-speech
-    /// (Qwen3-TTS) alike.
+    /// Repeat for more models: speech-to-text (Whisper, Voxtral Realtime, Voxtral Mini 3B, which
+    /// also answers chat completions about audio) and text-to-speech (Qwen3-TTS) alike.
     #[arg(short, long = "model", value_name = "[ID=]MODEL", required = true)]
     models: Vec<String>,
     /// Address to listen on.

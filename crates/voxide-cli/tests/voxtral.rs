@@ -218,6 +218,14 @@ fn bad_input_is_one_line_and_exit_1() {
             r#"[{"role": "user", "content": []}]"#,
             "a user message has no content",
         ),
+        (
+            r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]"#,
+            "Voxtral takes no system message beside audio",
+        ),
+        (
+            r#"[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "Hi?"}]"#,
+            "an assistant message has no text",
+        ),
     ] {
         std::fs::write(&messages, json).unwrap();
         let e = error_line(&ask(&model, &["--messages", s(&messages)]));

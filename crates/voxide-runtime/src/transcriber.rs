@@ -139,6 +139,12 @@ pub trait Transcriber: Send + Sync {
     fn stream(&self, _request: &TranscribeRequest) -> Option<Result<Box<dyn SpeechStream + '_>>> {
         None
     }
+
+    /// The model that also answers questions about audio (Voxtral Mini 3B: `voxide ask`, a
+    /// server's chat completions); `None` for models that only transcribe.
+    fn chat(&self) -> Option<&Voxtral> {
+        None
+    }
 }
 
 /// Live transcription of one stretch of audio (see [`Transcriber::stream`]).
@@ -409,6 +415,10 @@ fn realtime_options(model: &VoxtralRealtime, request: &TranscribeRequest) -> Res
 impl Transcriber for Voxtral {
     fn sample_rate(&self) -> u32 {
         voxtral::SAMPLE_RATE
+    }
+
+    fn chat(&self) -> Option<&Voxtral> {
+        Some(self)
     }
 
     fn transcribe(

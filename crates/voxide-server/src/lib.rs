@@ -8,6 +8,8 @@
 //!   server-sent text events;
 //! - `POST /v1/audio/speech` ([`speech`]): JSON in, WAV or PCM streamed out as it is
 //!   synthesised, or server-sent audio events;
+//! - `POST /v1/chat/completions` (`chat`): questions about audio (Voxtral Mini 3B) in OpenAI's
+//!   Chat Completions shape, the answer whole or streamed as chunks;
 //! - `GET /v1/realtime?intent=transcription` (`realtime`): OpenAI's Realtime transcription
 //!   sessions over a WebSocket, with server VAD (Silero) or client commits;
 //! - `GET /`: a page to try it all from a browser.
@@ -16,6 +18,7 @@
 //! OpenAI's error objects ([`error`]).
 
 mod auth;
+mod chat;
 pub mod error;
 pub mod limits;
 mod metrics;
@@ -167,12 +170,22 @@ fn router(
         .route("/v1/audio/speech", post(speech::speech))
         .layer(DefaultBodyLimit::max(speech::MAX_BODY_BYTES))
         .route_layer(middleware::from_fn(speech::refuse_large_bodies));
+    let chat = Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .layer(DefaultBodyLimit::max(chat::body_limit(
+            config.limits.max_upload_bytes,
+        )))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            chat::refuse_large_bodies,
+        ));
     let v1 = Router::new()
         .route("/v1/models", get(list_models))
         // Hub ids (`openai/whisper-tiny`, the default id of a hub model) hold a slash.
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/realtime", get(realtime::realtime))
         .merge(speech)
+        .merge(chat)
         .merge(uploads)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -231,6 +244,16 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
 /// One server-sent event carrying `value` as its data.
 pub(crate) fn sse_event(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// Sets its flag when dropped: a handler's future dropped with its connection tells the
+/// model's thread that nobody waits for the answer.
+pub(crate) struct SetOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How long a shutdown waits for realtime sessions to close.

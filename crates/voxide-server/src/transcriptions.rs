@@ -160,7 +160,7 @@ async fn handle(
     // A client that goes away stops the decoding at its next window: a streamed reply's
     // receiver is dropped with the body, a plain one's handler future with this guard.
     let client_gone = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = SetOnDrop(client_gone.clone());
+    let _cancel_on_drop = crate::SetOnDrop(client_gone.clone());
     tokio::task::spawn_blocking(move || {
         let _slots = (permit, upload_slot);
         let clock = std::time::Instant::now();
@@ -221,15 +221,6 @@ async fn handle(
         }
         first => events(first, rx, deadline, state.limits.request_timeout),
     })
-}
-
-/// Sets its flag when dropped.
-struct SetOnDrop(Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Pieces waiting for a streamed reply.

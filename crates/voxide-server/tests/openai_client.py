@@ -3,7 +3,8 @@
 Usage: python openai_client.py BASE_URL API_KEY AUDIO OUT_DIR
 
 BASE_URL is the server's `http://HOST:PORT/v1`; it must serve a speech-to-text model as
-`whisper-1` and the Qwen3-TTS CustomVoice fixture (voice `tester`) as `tts-1`. Prints one
+`whisper-1`, the Qwen3-TTS CustomVoice fixture (voice `tester`) as `tts-1` and the Voxtral
+Mini 3B fixture as `voxtral-mini`. Prints one
 JSON object with what the client got; writes the speech it received to OUT_DIR/speech.wav,
 speech.pcm, speech.flac, speech.opus and speech.mp3. Exits non-zero (with a traceback) when the client fails or raises the
 wrong error.
@@ -71,6 +72,8 @@ def main() -> None:
         result[f"{fmt}_content_type"] = speech.response.headers.get("content-type")
         speech.write_to_file(out / f"speech.{fmt}")
 
+    result["chat"] = chat(client, audio)
+
     errors = {}
     try:
         client.audio.speech.create(model="tts-1", voice="tester", input="Hi.", response_format="aac")
@@ -90,6 +93,34 @@ def main() -> None:
     result["realtime"] = realtime(client, audio)
 
     print(json.dumps(result))
+
+
+def chat(client: openai.OpenAI, audio: str) -> dict:
+    """A question about the clip to `voxtral-mini` (Voxtral Mini 3B), whole and streamed."""
+    with open(audio, "rb") as f:
+        data = base64.b64encode(f.read()).decode()
+    messages = [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+        {"type": "text", "text": "What is said in this recording?"},
+    ]}]
+    whole = client.chat.completions.create(
+        model="voxtral-mini", messages=messages, temperature=0, max_tokens=12
+    )
+    stream = client.chat.completions.create(
+        model="voxtral-mini", messages=messages, temperature=0, max_tokens=12, stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, usage = [], None
+    for chunk in stream:
+        pieces.extend(c.delta.content or "" for c in chunk.choices)
+        usage = chunk.usage or usage
+    return {
+        "content": whole.choices[0].message.content,
+        "finish_reason": whole.choices[0].finish_reason,
+        "usage": whole.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}),
+        "streamed": "".join(pieces),
+        "streamed_usage": usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}),
+    }
 
 
 def realtime(client: openai.OpenAI, audio: str) -> dict:

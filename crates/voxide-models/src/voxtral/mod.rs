@@ -229,7 +229,7 @@ impl Voxtral {
         if positions > limit {
             return Err(Error::InvalidRequest(format!(
                 "the prompt ({} tokens, {} of them audio at 12.5 per second) plus {} new tokens \
-                 exceed the model's context of {limit} positions; shorten the audio or --max-new-tokens",
+                 exceed the model's context of {limit} positions; shorten the audio or ask for fewer new tokens",
                 prompt.len(),
                 audio.dim(0)?,
                 options.max_new_tokens

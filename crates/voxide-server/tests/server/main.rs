@@ -6,6 +6,7 @@
 //! plain HTTP/1.1 (or a WebSocket) to it.
 
 mod browser;
+mod chat;
 mod errors;
 mod limits;
 mod openai_client;

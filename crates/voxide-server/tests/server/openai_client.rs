@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use voxide_audio::AudioOutFormat;
+use voxide_models::voxtral::GenerateOptions;
 use voxide_runtime::{render, OutputFormat};
 use voxide_server::ServerConfig;
 
@@ -84,6 +85,17 @@ fn the_official_python_client_works() {
         let offline = library_audio(AudioOutFormat::from_name(format).unwrap(), 3, 6);
         assert!(file == offline, "the client's {format} differs");
     }
+    // Chat completions: the library's greedy answer, whole and streamed, with its usage.
+    let chat = &got["chat"];
+    let (answer, generation) = super::chat::library_answer(&GenerateOptions {
+        max_new_tokens: 12,
+        ..GenerateOptions::default()
+    });
+    assert_eq!(chat["content"], answer.as_str(), "{chat}");
+    assert_eq!(chat["streamed"], answer.as_str(), "{chat}");
+    assert_eq!(chat["usage"]["prompt_tokens"], generation.prompt_tokens);
+    assert_eq!(chat["usage"], chat["streamed_usage"]);
+    assert!(chat["finish_reason"] == "length" || chat["finish_reason"] == "stop");
     let errors = &got["errors"];
     assert_eq!(errors["aac"][0], 400);
     assert_eq!(

@@ -1,0 +1,329 @@
+//! `POST /v1/chat/completions` on the Voxtral Mini 3B fixture (`voxtral-mini`).
+
+use super::{jfk, models, Reply, TestServer};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use voxide_audio::{load_mono, AudioInput};
+use voxide_models::voxtral::{Content, GenerateOptions, Generation, Message, Role, Stop};
+use voxide_server::Engine;
+
+const QUESTION: &str = "What is said in this recording?";
+
+fn jfk_base64() -> String {
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(jfk()).unwrap())
+}
+
+/// The library's answer to jfk.wav and [`QUESTION`].
+pub fn library_answer(options: &GenerateOptions) -> (String, Generation) {
+    let models = models();
+    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
+        panic!("voxtral-mini is a transcriber");
+    };
+    let model = model.chat().expect("Voxtral Mini 3B answers questions");
+    let samples = load_mono(&AudioInput::File(jfk()), 16_000).unwrap();
+    let messages = [Message {
+        role: Role::User,
+        content: vec![
+            Content::Audio { windows: 1 },
+            Content::Text(QUESTION.into()),
+        ],
+    }];
+    model
+        .ask(&messages, &[samples], options, &mut |_| true)
+        .unwrap()
+}
+
+/// A request about jfk.wav with `audio` as its audio part and `extra` fields.
+fn request(audio: Value, extra: Value) -> Value {
+    let mut body = json!({
+        "model": "voxtral-mini",
+        "messages": [{ "role": "user", "content": [audio, { "type": "text", "text": QUESTION }] }],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+fn input_audio() -> Value {
+    json!({ "type": "input_audio", "input_audio": { "data": jfk_base64(), "format": "wav" } })
+}
+
+/// The data lines of a chat stream: chunks as JSON, ending with `[DONE]`.
+fn chunks_of(reply: &Reply) -> Vec<Value> {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    let text = reply.text();
+    let data: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("a data line"))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// The streamed answer's text.
+fn streamed_text(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+/// A greedy answer equals the library's, in each of the three ways of sending the audio;
+/// the usage counts the prompt (audio tokens included) and the answer.
+#[test]
+fn answers_equal_the_librarys() {
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        ..GenerateOptions::default()
+    };
+    let (want, generation) = library_answer(&options);
+    assert!(!want.is_empty());
+    let server = TestServer::start();
+    let data_url = format!("data:audio/wav;base64,{}", jfk_base64());
+    for audio in [
+        input_audio(),
+        // Mistral's API: the base64 itself.
+        json!({ "type": "input_audio", "input_audio": jfk_base64() }),
+        // vLLM's: a data URL.
+        json!({ "type": "audio_url", "audio_url": { "url": data_url } }),
+    ] {
+        let reply = server.post_json(
+            "/v1/chat/completions",
+            &request(audio, json!({ "temperature": 0, "max_tokens": 12 })),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let got = reply.json();
+        assert_eq!(got["object"], "chat.completion");
+        assert!(got["id"].as_str().unwrap().starts_with("chatcmpl-"));
+        assert_eq!(got["model"], "voxtral-mini");
+        let choice = &got["choices"][0];
+        assert_eq!(choice["message"]["role"], "assistant");
+        assert_eq!(choice["message"]["content"], want.as_str());
+        let finish = if generation.stop == Stop::Eos {
+            "stop"
+        } else {
+            "length"
+        };
+        assert_eq!(choice["finish_reason"], finish);
+        let completion = generation.ids.len() + usize::from(generation.stop == Stop::Eos);
+        assert_eq!(
+            got["usage"],
+            json!({
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": generation.prompt_tokens + completion,
+            })
+        );
+        assert!(generation.prompt_tokens > 375, "the audio's tokens count");
+    }
+}
+
+/// Sampling follows `temperature`, `top_p` and `seed` as the library does: the same seed
+/// gives the same answer.
+#[test]
+fn sampled_answers_follow_the_seed() {
+    let options = GenerateOptions {
+        max_new_tokens: 10,
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: 7,
+        ..GenerateOptions::default()
+    };
+    let (want, _) = library_answer(&options);
+    let server = TestServer::start();
+    let body = request(
+        input_audio(),
+        json!({ "temperature": 0.9, "top_p": 0.95, "seed": 7, "max_completion_tokens": 10 }),
+    );
+    for _ in 0..2 {
+        let got = server.post_json("/v1/chat/completions", &body).json();
+        assert_eq!(got["choices"][0]["message"]["content"], want.as_str());
+    }
+}
+
+/// `stream: true` sends the role, the answer piece by piece (the same text as the whole
+/// answer), the finish reason, the usage when asked, and `[DONE]`; a `stop` string cuts the
+/// answer before it, streamed or not.
+#[test]
+fn streams_and_stop_strings() {
+    let (want, generation) = library_answer(&GenerateOptions {
+        max_new_tokens: 24,
+        ..GenerateOptions::default()
+    });
+    let server = TestServer::start();
+    let greedy = json!({ "temperature": 0, "max_tokens": 24 });
+    let body = request(
+        input_audio(),
+        json!({ "temperature": 0, "max_tokens": 24, "stream": true,
+                "stream_options": { "include_usage": true } }),
+    );
+    let chunks = chunks_of(&server.post_json("/v1/chat/completions", &body));
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks.len() > 4, "the answer comes in pieces");
+    assert_eq!(streamed_text(&chunks), want);
+    let ids: Vec<&Value> = chunks.iter().map(|c| &c["id"]).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "one id for the stream");
+    let (last, finish) = (&chunks[chunks.len() - 1], &chunks[chunks.len() - 2]);
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(
+        last["usage"]["completion_tokens"],
+        generation.ids.len() + usize::from(generation.stop == Stop::Eos)
+    );
+    assert!(finish["choices"][0]["finish_reason"].is_string());
+    assert!(chunks[..chunks.len() - 1]
+        .iter()
+        .all(|c| c["usage"].is_null()));
+    // Without include_usage no chunk has a `usage` field.
+    let mut plain = body.clone();
+    plain.as_object_mut().unwrap().remove("stream_options");
+    let chunks = chunks_of(&server.post_json("/v1/chat/completions", &plain));
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+    assert_eq!(streamed_text(&chunks), want);
+
+    // A stop string from the middle of the answer (two characters, so that some piece
+    // boundary may split it): the answer ends before its first occurrence.
+    let chars: Vec<char> = want.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let cut = &want[..want.find(&stop).unwrap()];
+    for stream in [false, true] {
+        let mut body = request(input_audio(), greedy.clone());
+        body["stop"] = json!(["never appears", stop]);
+        body["stream"] = json!(stream);
+        let reply = server.post_json("/v1/chat/completions", &body);
+        let (text, finish) = if stream {
+            let chunks = chunks_of(&reply);
+            let finish = chunks.last().unwrap()["choices"][0]["finish_reason"].clone();
+            (streamed_text(&chunks), finish)
+        } else {
+            let got = reply.json();
+            let choice = &got["choices"][0];
+            (
+                choice["message"]["content"].as_str().unwrap().to_string(),
+                choice["finish_reason"].clone(),
+            )
+        };
+        assert_eq!(text, cut, "stream {stream}");
+        assert_eq!(finish, "stop", "stream {stream}");
+    }
+}
+
+/// Every bad request is a 400 naming its field.
+#[test]
+fn bad_requests_name_the_field() {
+    let server = TestServer::start();
+    let post = |body: &Value| server.post_json("/v1/chat/completions", body);
+    let question = |content: Value| json!({ "model": "voxtral-mini", "messages": [{ "role": "user", "content": content }] });
+    let text = json!({ "type": "text", "text": "Hi?" });
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({ "model": "whisper-1", "messages": [] }),
+            "model",
+            "answers no questions",
+        ),
+        (
+            json!({ "model": "tts-1", "messages": [] }),
+            "model",
+            "text-to-speech",
+        ),
+        (
+            json!({ "model": "voxtral-mini" }),
+            "messages",
+            "no `messages`",
+        ),
+        (
+            question(json!("Hi?")),
+            "messages",
+            "at least one input_audio",
+        ),
+        (
+            json!({ "model": "voxtral-mini", "messages": [
+                { "role": "system", "content": "Be brief." },
+                { "role": "user", "content": [input_audio(), text.clone()] }] }),
+            "messages",
+            "no system message",
+        ),
+        (
+            json!({ "model": "voxtral-mini", "messages": [
+                { "role": "user", "content": [input_audio(), text.clone()] },
+                { "role": "assistant", "content": "Yes." }] }),
+            "messages",
+            "the last message must be the user's",
+        ),
+        (
+            question(json!([{ "type": "image_url", "image_url": { "url": "x" } }])),
+            "messages",
+            "part type \"image_url\"",
+        ),
+        (
+            question(
+                json!([{ "type": "audio_url", "audio_url": { "url": "https://example.com/a.wav" } }]),
+            ),
+            "messages",
+            "only data: URLs",
+        ),
+        (
+            question(json!([{ "type": "input_audio", "input_audio": { "data": "not base64!" } }])),
+            "messages",
+            "not valid base64",
+        ),
+        (
+            question(
+                json!([{ "type": "input_audio", "input_audio": { "data": "AAAA" } }, text.clone()]),
+            ),
+            "messages",
+            "messages[0].content[0]",
+        ),
+        (
+            request(input_audio(), json!({ "n": 2 })),
+            "n",
+            "not supported",
+        ),
+        (
+            request(input_audio(), json!({ "logprobs": true })),
+            "logprobs",
+            "not supported",
+        ),
+        (
+            request(input_audio(), json!({ "temperature": 3 })),
+            "temperature",
+            "[0, 2]",
+        ),
+        (
+            request(input_audio(), json!({ "temperature": "hot" })),
+            "temperature",
+            "must be a number",
+        ),
+        (
+            request(input_audio(), json!({ "max_tokens": 0 })),
+            "max_tokens",
+            "at least 1",
+        ),
+        (
+            request(input_audio(), json!({ "stop": ["a", "b", "c", "d", "e"] })),
+            "stop",
+            "at most 4",
+        ),
+    ];
+    for (body, param, message) in cases {
+        let error = post(&body).error(400);
+        assert_eq!(error["param"], param, "{error}");
+        let got = error["message"].as_str().unwrap();
+        assert!(got.contains(message), "{message:?} not in {got:?}");
+    }
+    // Past the model's context: the limit in the message.
+    let error = post(&request(input_audio(), json!({ "max_tokens": 200_000 }))).error(400);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("context of 131072"),
+        "{error}"
+    );
+}
