@@ -256,3 +256,83 @@ fn bad_input_is_one_line_and_exit_1() {
     let e = error_line(&transcribe());
     assert!(e.contains("tekken.json"), "{e}");
 }
+
+/// Stretches transcribed alone: each a segment at its times in the clip, with the text and
+/// ids of the model's transcription of exactly those samples.
+#[test]
+fn stretches_are_transcribed_alone_at_their_times() {
+    use voxide_runtime::{transcribe_stretches, TranscribeRequest, Transcriber};
+    let model = Voxtral::from_dir(&fixture(LAYOUTS[1]), &Device::Cpu, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, clip) = short_clip(dir.path());
+    let samples: Vec<f32> = [&clip[..], &[0.0; 8000][..], &clip[..]].concat();
+    let stretches = [0..20_000, 24_000..40_000, 50_000..samples.len()];
+    let request = TranscribeRequest {
+        language: Some("en".into()),
+        max_new_tokens: Some(6),
+        ..TranscribeRequest::default()
+    };
+    let (got, timings) =
+        transcribe_stretches(&model, &samples, &stretches, &request, &mut |_| true).unwrap();
+    assert!(!model.times_segments());
+    assert_eq!(got.segments.len(), 3);
+    assert_eq!(got.duration, samples.len() as f64 / 16_000.0);
+    let mut ids = Vec::new();
+    for (segment, range) in got.segments.iter().zip(&stretches) {
+        let part = &samples[range.clone()];
+        let (alone, _) = Transcriber::transcribe(&model, part, &request, &mut |_| true).unwrap();
+        assert_eq!(segment.tokens, alone.token_ids);
+        assert_eq!(segment.text, alone.text);
+        assert_eq!(segment.start, range.start as f64 / 16_000.0);
+        assert_eq!(segment.end, range.end as f64 / 16_000.0);
+        ids.extend(alone.token_ids);
+    }
+    assert_eq!(got.token_ids, ids);
+    let texts: Vec<&str> = got.segments.iter().map(|s| s.text.as_str()).collect();
+    assert_eq!(got.text, texts.join(" "));
+    assert_eq!(timings.encoder_calls, 3);
+}
+
+/// `--vad` gives Voxtral Mini 3B, which has no times of its own, a segment per stretch of
+/// speech of at most 30 s, in order, inside the file.
+#[test]
+fn vad_gives_a_segment_per_stretch_of_speech() {
+    let vad = root().join("../shared/assets/silero-vad/for-tests-silero-v6.2.0-ggml.bin");
+    let file = root().join("../shared/corpus/longform/en_concat_jfk_librispeech_fleurs.wav");
+    let model = fixture(LAYOUTS[1]);
+    let out = stdout(&voxide(&[
+        "transcribe",
+        "-m",
+        s(&model),
+        "--vad",
+        "--vad-model",
+        s(&vad),
+        "--max-new-tokens",
+        "4",
+        "--format",
+        "verbose_json",
+        s(&file),
+    ]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let duration = v["duration"].as_f64().unwrap();
+    assert!(duration > 150.0, "{duration}");
+    let segments = v["segments"].as_array().unwrap();
+    // Speech with pauses in it over 2.5 minutes: several stretches, none past 30 s.
+    assert!(segments.len() >= 5, "{v}");
+    let mut previous_end = 0.0;
+    let mut ids = Vec::new();
+    for segment in segments {
+        let (start, end) = (
+            segment["start"].as_f64().unwrap(),
+            segment["end"].as_f64().unwrap(),
+        );
+        assert!(
+            previous_end <= start && start < end && end <= duration,
+            "{segment}"
+        );
+        assert!(end - start <= 30.0, "{segment}");
+        previous_end = end;
+        ids.extend(segment["tokens"].as_array().unwrap().clone());
+    }
+    assert_eq!(v["token_ids"], Value::Array(ids));
+}

@@ -100,6 +100,23 @@ pub struct Timings {
 }
 
 impl Timings {
+    /// Adds the times and counts of a later transcription of the same request (the first
+    /// token stays the first's).
+    pub fn add(&mut self, later: &Timings) {
+        self.mel_ms += later.mel_ms;
+        self.encoder_ms += later.encoder_ms;
+        self.encoder_calls += later.encoder_calls;
+        self.language_ms += later.language_ms;
+        self.prefill_ms += later.prefill_ms;
+        self.prefills += later.prefills;
+        self.steps_ms += later.steps_ms;
+        self.steps += later.steps;
+        self.steps_kv_bytes += later.steps_kv_bytes;
+        self.alignment_ms += later.alignment_ms;
+        self.alignments += later.alignments;
+        self.first_token_ms = self.first_token_ms.or(later.first_token_ms);
+    }
+
     /// Mean time of one decoder step, ms (0 without steps).
     pub fn ms_per_step(&self) -> f64 {
         if self.steps == 0 {

@@ -15,5 +15,7 @@ pub use load::{
     load_model, load_streaming, load_synthesizer, load_transcriber, load_voxtral, Model,
 };
 pub use resolve::{resolve_model, ModelSource};
-pub use transcriber::{SpeechStream, TranscribeRequest, Transcriber, WeightFormat};
+pub use transcriber::{
+    transcribe_stretches, SpeechStream, TranscribeRequest, Transcriber, WeightFormat,
+};
 pub use voxide_models::{Progress, Segment, Timings, Transcript};

@@ -82,6 +82,23 @@ impl SpeechChunks {
     }
 }
 
+/// `segments` merged into stretches of at most `max_len` samples for models that transcribe
+/// each stretch on its own: a segment joins the stretch before it (with the silence between
+/// them) while the stretch, from its first start to that segment's end, stays within
+/// `max_len`; a segment longer than `max_len` is a stretch alone. WhisperX's `merge_chunks`
+/// (as faster-whisper's batched pipeline), which cuts the audio into 30 s stretches for
+/// models that give no times of their own.
+pub fn merge_into_stretches(segments: &[SpeechSegment], max_len: usize) -> Vec<SpeechSegment> {
+    let mut stretches: Vec<SpeechSegment> = Vec::new();
+    for s in segments {
+        match stretches.last_mut() {
+            Some(last) if s.end.saturating_sub(last.start) <= max_len => last.end = s.end,
+            _ => stretches.push(*s),
+        }
+    }
+    stretches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +130,30 @@ mod tests {
         assert_eq!(chunks.original_time(2.5, true), 5.5);
         // Past the end: the last chunk's offset.
         assert_eq!(chunks.original_time(3.2, true), 6.2);
+    }
+
+    /// Stretches of at most 30 s: segments join while the stretch stays within it, one
+    /// longer than it stands alone, nothing is dropped or reordered.
+    #[test]
+    fn segments_merge_into_stretches_of_at_most_the_limit() {
+        let at = |s: f64| (s * SAMPLE_RATE as f64) as usize;
+        let stretches = merge_into_stretches(
+            &[
+                seg(1.0, 3.0),
+                seg(5.0, 20.0),
+                seg(22.0, 31.0),
+                seg(31.5, 40.0),
+                seg(45.0, 90.0),
+                seg(91.0, 92.0),
+            ],
+            at(30.0),
+        );
+        let got: Vec<(f64, f64)> = stretches.iter().map(|s| (s.start_s(), s.end_s())).collect();
+        assert_eq!(got, [(1.0, 31.0), (31.5, 40.0), (45.0, 90.0), (91.0, 92.0)]);
+        assert!(merge_into_stretches(&[], at(30.0)).is_empty());
+        // Exactly the limit still joins.
+        let exact = merge_into_stretches(&[seg(0.0, 10.0), seg(20.0, 30.0)], at(30.0));
+        assert_eq!(exact.len(), 1);
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod onnx;
 pub mod segments;
 pub mod turns;
 
-pub use chunks::SpeechChunks;
+pub use chunks::{merge_into_stretches, SpeechChunks};
 pub use model::{SileroVad, VadState};
 pub use segments::{speech_segments, SpeechSegment, VadParams};
 pub use turns::{TurnDetector, TurnEvent, TurnParams};
