@@ -7,21 +7,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use voxide_audio::{load_mono, AudioInput};
-use voxide_models::silero_vad::{
-    detect_speech, merge_into_stretches, SileroVad, SpeechChunks, VadParams, SAMPLE_RATE,
-};
-use voxide_models::{Progress, Timings, Transcript};
+use voxide_models::silero_vad::{SileroVad, SAMPLE_RATE};
+use voxide_models::Progress;
 use voxide_runtime::{
-    load_transcriber, render_with, resolve_model, transcribe_stretches, OutputFormat,
+    load_transcriber, render_with, resolve_model, transcribe_speech, vad_params, OutputFormat,
     SubtitleOptions, TranscribeRequest, WeightFormat,
 };
 
 /// Inputs longer than this get a progress bar.
 const PROGRESS_MIN_SECONDS: f64 = 30.0;
-
-/// Longest stretch of speech, in seconds, that `--vad` gives a model without times of its
-/// own to transcribe at once (one 30 s window of Voxtral Mini 3B's encoder).
-const STRETCH_S: usize = 30;
 
 #[derive(Args, Debug)]
 pub struct TranscribeArgs {
@@ -340,17 +334,6 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     } else {
         None
     };
-    // Stretches for a model without times are split, padding included, to fit one window
-    // (faster-whisper's batched pipeline splits its speech at the window's length too).
-    let vad_params = if model.times_segments() {
-        VadParams::faster_whisper()
-    } else {
-        let params = VadParams::faster_whisper();
-        VadParams {
-            max_speech_duration_s: STRETCH_S as f64 - 2.0 * params.speech_pad_ms as f64 / 1e3,
-            ..params
-        }
-    };
     let task = if request.translate {
         "translate"
     } else {
@@ -363,68 +346,26 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         let duration = samples.len() as f64 / model.sample_rate() as f64;
         let bar = progress_bar(duration);
         let clock = Instant::now();
-        let speech_segments = match &vad {
-            Some(vad) => Some(detect_speech(vad, &samples, &vad_params)?),
-            None => None,
-        };
-        // A model without times of its own transcribes each stretch of speech alone, a
-        // segment each; one with them hears the speech joined, as faster-whisper's filter.
-        let stretches = speech_segments
-            .as_ref()
-            .filter(|_| !model.times_segments())
-            .map(|segments| merge_into_stretches(segments, STRETCH_S * SAMPLE_RATE as usize));
-        let chunks = speech_segments
-            .filter(|_| stretches.is_none())
-            .map(|segments| SpeechChunks::new(&segments));
-        let speech = chunks.as_ref().map(|c| c.collect(&samples));
         let mut on_progress = |done: Progress<'_>| {
             if let Some(bar) = &bar {
                 bar.set_position((done.fraction * 1000.0) as u64);
             }
             true
         };
-        let (mut transcript, timings) = match &speech {
-            // Nothing but silence: nothing to say.
-            Some(speech) if speech.is_empty() => (
-                Transcript {
-                    language: no_speech_language(&request),
-                    ..Transcript::default()
-                },
-                Timings::default(),
-            ),
-            _ => match &stretches {
-                Some(stretches) => {
-                    let ranges: Vec<_> = stretches.iter().map(|s| s.start..s.end).collect();
-                    let mut transcript = transcribe_stretches(
-                        model.as_ref(),
-                        &samples,
-                        &ranges,
-                        &request,
-                        &mut on_progress,
-                    )?;
-                    if stretches.is_empty() {
-                        transcript.0.language = no_speech_language(&request);
-                    }
-                    transcript
-                }
-                None => model.transcribe(
-                    speech.as_deref().unwrap_or(&samples),
+        let (transcript, timings) = match &vad {
+            Some(vad) => {
+                let params = vad_params(model.as_ref());
+                transcribe_speech(
+                    model.as_ref(),
+                    vad,
+                    &params,
+                    &samples,
                     &request,
                     &mut on_progress,
-                )?,
-            },
-        };
-        if let Some(chunks) = &chunks {
-            for segment in &mut transcript.segments {
-                segment.start = chunks.original_time(segment.start, false);
-                segment.end = chunks.original_time(segment.end, true);
-                for word in segment.words.iter_mut().flatten() {
-                    word.start = chunks.original_time(word.start, false);
-                    word.end = chunks.original_time(word.end, true);
-                }
+                )?
             }
-            transcript.duration = duration;
-        }
+            None => model.transcribe(&samples, &request, &mut on_progress)?,
+        };
         let wall = clock.elapsed().as_secs_f64();
         if let Some(bar) = bar {
             bar.finish_and_clear();
@@ -467,15 +408,6 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
 
 /// Where `--output-dir` puts the transcript of `input`: its [`output_stem`] with the format's
 /// extension.
-/// The language of a transcript without speech: the one asked for, none when detecting.
-fn no_speech_language(request: &TranscribeRequest) -> String {
-    request
-        .language
-        .clone()
-        .filter(|l| l != "auto")
-        .unwrap_or_default()
-}
-
 fn output_path(dir: &Path, input: &AudioInput, extension: &str) -> PathBuf {
     dir.join(format!("{}.{extension}", output_stem(input)))
 }

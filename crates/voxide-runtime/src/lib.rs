@@ -8,6 +8,7 @@ pub mod format;
 pub mod load;
 pub mod resolve;
 pub mod transcriber;
+pub mod vad;
 
 pub use error::{Error, Result};
 pub use format::{render, render_with, OutputFormat, SubtitleOptions};
@@ -15,7 +16,6 @@ pub use load::{
     load_model, load_streaming, load_synthesizer, load_transcriber, load_voxtral, Model,
 };
 pub use resolve::{resolve_model, ModelSource};
-pub use transcriber::{
-    transcribe_stretches, SpeechStream, TranscribeRequest, Transcriber, WeightFormat,
-};
+pub use transcriber::{SpeechStream, TranscribeRequest, Transcriber, WeightFormat};
+pub use vad::{transcribe_speech, transcribe_stretches, vad_params};
 pub use voxide_models::{Progress, Segment, Timings, Transcript};

@@ -153,52 +153,6 @@ pub trait Transcriber: Send + Sync {
     }
 }
 
-/// Transcribes each stretch of `samples` (`stretches`: in order, without overlaps, in samples
-/// at the model's rate) on its own, as one transcript whose segments are the stretches'
-/// segments at their times in `samples`. For models whose segments carry no times
-/// ([`Transcriber::times_segments`]), stretches of speech found by a VAD give a segment each
-/// (WhisperX's and faster-whisper's batched transcription of 30 s stretches).
-pub fn transcribe_stretches(
-    model: &dyn Transcriber,
-    samples: &[f32],
-    stretches: &[std::ops::Range<usize>],
-    request: &TranscribeRequest,
-    progress: &mut dyn FnMut(Progress<'_>) -> bool,
-) -> Result<(Transcript, Timings)> {
-    let rate = model.sample_rate() as f64;
-    let mut transcript = Transcript {
-        duration: samples.len() as f64 / rate,
-        ..Transcript::default()
-    };
-    let mut timings = Timings::default();
-    for (i, stretch) in stretches.iter().enumerate() {
-        let part = &samples[stretch.start.min(samples.len())..stretch.end.min(samples.len())];
-        let (mut said, t) = model.transcribe(part, request, &mut |p| {
-            progress(Progress {
-                fraction: (i as f64 + p.fraction) / stretches.len() as f64,
-                segments: &[],
-            })
-        })?;
-        timings.add(&t);
-        let offset = stretch.start as f64 / rate;
-        for mut segment in said.segments.drain(..) {
-            segment.id = transcript.segments.len();
-            // In 10 ms frames, as a window's position.
-            segment.seek = (offset * 100.0).round() as usize;
-            segment.start += offset;
-            segment.end += offset;
-            transcript.segments.push(segment);
-        }
-        if transcript.language.is_empty() {
-            transcript.language = said.language;
-        }
-        transcript.token_ids.extend(said.token_ids);
-    }
-    let texts: Vec<&str> = transcript.segments.iter().map(|s| s.text.trim()).collect();
-    transcript.text = texts.join(" ");
-    Ok((transcript, timings))
-}
-
 /// Live transcription of one stretch of audio (see [`Transcriber::stream`]).
 pub trait SpeechStream: Send {
     /// Appends mono samples at the model's rate; returns the text decoded because of them
