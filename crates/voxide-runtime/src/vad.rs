@@ -104,10 +104,12 @@ pub fn transcribe_stretches(
     let mut timings = Timings::default();
     for (i, stretch) in stretches.iter().enumerate() {
         let part = &samples[stretch.start.min(samples.len())..stretch.end.min(samples.len())];
+        // The segments of the stretches done so far go with the progress (a server streams them).
+        let done = &transcript.segments;
         let (mut said, t) = model.transcribe(part, request, &mut |p| {
             progress(Progress {
                 fraction: (i as f64 + p.fraction) / stretches.len() as f64,
-                segments: &[],
+                segments: done,
             })
         })?;
         timings.add(&t);

@@ -1,10 +1,11 @@
 //! `POST /v1/audio/transcriptions` and `/v1/audio/translations`: OpenAI's multipart form
 //! (`file`, `model`, `language`, `prompt`, `response_format`, `temperature`,
-//! `timestamp_granularities[]`, `stream`) in; the transcript out, rendered exactly as
-//! `voxide transcribe --format …` writes it (same decoding settings: greedy at the given
-//! temperature without fallback, segment timestamps), or as server-sent
-//! `transcript.text.delta` events, one per segment as soon as it is decoded, and a
-//! `transcript.text.done`.
+//! `timestamp_granularities[]`, `stream`, `chunking_strategy`) in; the transcript out,
+//! rendered exactly as `voxide transcribe --format …` writes it (same decoding settings:
+//! greedy at the given temperature without fallback, segment timestamps; with
+//! `chunking_strategy`, only the speech the server's VAD finds, as `--vad`), or as
+//! server-sent `transcript.text.delta` events, one per segment as soon as it is decoded, and
+//! a `transcript.text.done`.
 
 use crate::limits::{declared_length, refuse_declared_over};
 use crate::{sse_event, ApiError, AppState, Engine};
@@ -21,8 +22,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use voxide_audio::{decode_bytes, mono_at_rate};
+use voxide_models::silero_vad::{SileroVad, VadParams};
 use voxide_runtime::{
-    render, OutputFormat, Progress, Segment, TranscribeRequest, Transcriber, Transcript,
+    render, transcribe_speech, vad_params, OutputFormat, Progress, Segment, TranscribeRequest,
+    Transcriber, Transcript,
 };
 
 /// The name audio errors use when the upload has no file name.
@@ -88,6 +91,9 @@ struct Form {
     temperature: Option<String>,
     timestamp_granularities: Vec<String>,
     stream: Option<String>,
+    chunking_strategy: Option<String>,
+    /// `chunking_strategy[KEY]` fields, as the Python client sends an object.
+    chunking_fields: Vec<(String, String)>,
 }
 
 /// A request, checked.
@@ -95,6 +101,112 @@ struct Options {
     request: TranscribeRequest,
     format: OutputFormat,
     stream: bool,
+    chunking: Option<Chunking>,
+}
+
+/// `chunking_strategy`: transcribe only the speech that the server's VAD finds, as `voxide
+/// transcribe --vad` (its defaults for `auto`); a `server_vad` object sets OpenAI's three
+/// knobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Chunking {
+    threshold: Option<f64>,
+    prefix_padding_ms: Option<u32>,
+    silence_duration_ms: Option<u32>,
+}
+
+impl Chunking {
+    /// The VAD's parameters for `model`: `voxide transcribe --vad`'s, with the request's knobs
+    /// (`prefix_padding_ms` pads each stretch of speech, `silence_duration_ms` is the shortest
+    /// silence that ends one).
+    fn params(&self, model: &dyn Transcriber) -> VadParams {
+        let defaults = vad_params(model);
+        VadParams {
+            threshold: self.threshold.unwrap_or(defaults.threshold),
+            speech_pad_ms: self.prefix_padding_ms.unwrap_or(defaults.speech_pad_ms),
+            min_silence_duration_ms: self
+                .silence_duration_ms
+                .unwrap_or(defaults.min_silence_duration_ms),
+            ..defaults
+        }
+    }
+
+    /// `chunking_strategy` as sent: `auto`, a JSON object, or bracketed fields.
+    fn from_form(form: &Form) -> Result<Option<Self>, ApiError> {
+        let invalid = |m: String| ApiError::invalid_param("chunking_strategy", m);
+        let mut fields = form.chunking_fields.clone();
+        match form.chunking_strategy.as_deref().map(str::trim) {
+            None | Some("") if fields.is_empty() => return Ok(None),
+            None | Some("") => {}
+            Some("auto") if fields.is_empty() => return Ok(Some(Self::default())),
+            Some(json) => {
+                let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+                    .map_err(|_| {
+                        invalid(format!(
+                            "chunking_strategy {json:?} must be \"auto\" or a server_vad object"
+                        ))
+                    })?;
+                for (key, value) in object {
+                    let value = match value {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    fields.push((key, value));
+                }
+            }
+        }
+        let mut chunking = Self::default();
+        let mut kind = None;
+        for (key, value) in &fields {
+            let number = || {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "chunking_strategy.{key} {value:?} must be a number"
+                        ))
+                    })
+            };
+            let ms = || {
+                number()
+                    .ok()
+                    .filter(|v| (0.0..=10_000.0).contains(v))
+                    .map(|v| v as u32)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "chunking_strategy.{key} {value:?} must be milliseconds from 0 to 10000"
+                        ))
+                    })
+            };
+            match key.as_str() {
+                "type" => kind = Some(value.as_str()),
+                "threshold" => {
+                    let t = number()?;
+                    if !(t > 0.0 && t < 1.0) {
+                        return Err(invalid(format!(
+                            "chunking_strategy.threshold {t} must lie between 0 and 1"
+                        )));
+                    }
+                    chunking.threshold = Some(t);
+                }
+                "prefix_padding_ms" => chunking.prefix_padding_ms = Some(ms()?),
+                "silence_duration_ms" => chunking.silence_duration_ms = Some(ms()?),
+                other => {
+                    return Err(invalid(format!(
+                        "chunking_strategy has no field {other:?} (type, threshold, prefix_padding_ms, silence_duration_ms)"
+                    )))
+                }
+            }
+        }
+        match kind {
+            Some("server_vad") => Ok(Some(chunking)),
+            other => Err(invalid(format!(
+                "chunking_strategy type {:?} is not supported; use \"auto\" or type server_vad",
+                other.unwrap_or("")
+            ))),
+        }
+    }
 }
 
 async fn handle(
@@ -147,12 +259,19 @@ async fn handle(
         ));
     };
     let options = options(&form, translate)?;
+    if options.chunking.is_some() && state.models.vad().is_none() {
+        return Err(ApiError::invalid_param(
+            "chunking_strategy",
+            "this server has no voice activity detector: start it with --vad-model",
+        ));
+    }
     let task = if translate { "translate" } else { "transcribe" };
 
     let permit = state.admit(deadline).await?;
     let transcriber = transcriber.clone();
     let max_audio_s = state.limits.max_audio_s;
     let request = options.request;
+    let chunking = options.chunking;
     let shared = state.clone();
     // Segments go out as they are decoded when streaming; the transcript comes at the end.
     let (tx, mut rx) = mpsc::channel::<Result<Piece, ApiError>>(PIECES);
@@ -180,10 +299,15 @@ async fn handle(
             sent = sent.max(segments.len());
             true
         };
+        let vad = chunking.and_then(|c| {
+            let params = c.params(transcriber.as_ref());
+            shared.models.vad().map(|vad| (vad, params))
+        });
         let result = transcribe(
             transcriber.as_ref(),
             &upload,
             &request,
+            vad,
             max_audio_s,
             &mut |p| send_new(p.segments),
         );
@@ -329,7 +453,12 @@ async fn read_form(
                 out.timestamp_granularities.push(text(field).await?)
             }
             "stream" => out.stream = Some(text(field).await?),
-            // Fields of other models (`chunking_strategy`, `include[]`, …) do not apply.
+            "chunking_strategy" => out.chunking_strategy = Some(text(field).await?),
+            _ if name.starts_with("chunking_strategy[") && name.ends_with(']') => {
+                let key = name["chunking_strategy[".len()..name.len() - 1].to_string();
+                out.chunking_fields.push((key, text(field).await?));
+            }
+            // Fields of other models (`include[]`, …) do not apply.
             _ => {}
         }
     }
@@ -449,14 +578,17 @@ fn options(form: &Form, translate: bool) -> Result<Options, ApiError> {
         request,
         format,
         stream,
+        chunking: Chunking::from_form(form)?,
     })
 }
 
-/// Decodes the upload and transcribes it (on a blocking thread).
+/// Decodes the upload and transcribes it (on a blocking thread); with `vad`, only the speech
+/// it finds.
 fn transcribe(
     model: &dyn Transcriber,
     upload: &Upload,
     request: &TranscribeRequest,
+    vad: Option<(&SileroVad, VadParams)>,
     max_audio_s: f64,
     progress: &mut dyn FnMut(Progress<'_>) -> bool,
 ) -> Result<Transcript, ApiError> {
@@ -472,6 +604,9 @@ fn transcribe(
         ));
     }
     let samples = mono_at_rate(audio, model.sample_rate(), &upload.name)?;
-    let (transcript, _) = model.transcribe(&samples, request, progress)?;
+    let (transcript, _) = match vad {
+        Some((vad, params)) => transcribe_speech(model, vad, &params, &samples, request, progress)?,
+        None => model.transcribe(&samples, request, progress)?,
+    };
     Ok(transcript)
 }

@@ -50,6 +50,11 @@ def main() -> None:
         result["verbose_segments"] = len(verbose.segments or [])
         result["verbose_duration"] = verbose.duration
     with open(audio, "rb") as f:
+        result["chunked"] = client.audio.transcriptions.create(
+            model="voxtral-mini", file=f, response_format="verbose_json",
+            chunking_strategy={"type": "server_vad", "silence_duration_ms": 500},
+        ).model_dump(include={"text", "duration"})
+    with open(audio, "rb") as f:
         events = client.audio.transcriptions.create(model="whisper-1", file=f, stream=True)
         result["stream"] = [(e.type, getattr(e, "delta", None) or getattr(e, "text", None)) for e in events]
 

@@ -9,8 +9,11 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use voxide_audio::AudioOutFormat;
+use voxide_audio::{load_mono, AudioInput};
+use voxide_models::silero_vad::VadParams;
 use voxide_models::voxtral::GenerateOptions;
-use voxide_runtime::{render, OutputFormat};
+use voxide_runtime::{render, transcribe_speech, vad_params, OutputFormat, TranscribeRequest};
+use voxide_server::Engine;
 use voxide_server::ServerConfig;
 
 #[test]
@@ -85,6 +88,36 @@ fn the_official_python_client_works() {
         let offline = library_audio(AudioOutFormat::from_name(format).unwrap(), 3, 6);
         assert!(file == offline, "the client's {format} differs");
     }
+    // chunking_strategy as the client sends an object (bracketed form fields).
+    let models = super::models();
+    let Engine::Transcriber(voxtral) = &models.get("voxtral-mini").unwrap().engine else {
+        panic!("voxtral-mini is a transcriber");
+    };
+    let samples = load_mono(&AudioInput::File(jfk()), 16_000).unwrap();
+    let params = VadParams {
+        min_silence_duration_ms: 500,
+        ..vad_params(voxtral.as_ref())
+    };
+    let vad = models.vad().unwrap();
+    let request = TranscribeRequest {
+        language: Some("auto".into()),
+        ..TranscribeRequest::default()
+    };
+    let (chunked, _) = transcribe_speech(
+        voxtral.as_ref(),
+        vad,
+        &params,
+        &samples,
+        &request,
+        &mut |_| true,
+    )
+    .unwrap();
+    assert_eq!(
+        got["chunked"]["text"],
+        chunked.text.as_str(),
+        "{}",
+        got["chunked"]
+    );
     // Chat completions: the library's greedy answer, whole and streamed, with its usage.
     let chat = &got["chat"];
     let (answer, generation) = super::chat::library_answer(&GenerateOptions {

@@ -237,3 +237,110 @@ fn translations_take_the_same_form() {
     );
     assert!(seconds("voxide_model_seconds_total") > 0.0, "{metrics}");
 }
+
+/// `chunking_strategy` transcribes only the speech the server's VAD finds, as `voxide
+/// transcribe --vad`: `auto` with its defaults (Voxtral Mini 3B: a segment per stretch of
+/// speech; Whisper: the speech joined, times mapped back), a `server_vad` object (as JSON or
+/// as the Python client's bracketed fields) with OpenAI's knobs.
+#[test]
+fn chunking_strategy_transcribes_the_speech_the_vad_finds() {
+    use voxide_models::silero_vad::VadParams;
+    use voxide_runtime::{transcribe_speech, vad_params};
+    let models = models();
+    let vad = models.vad().expect("the test server has its VAD");
+    let file = root().join("../shared/corpus/longform/en_concat_jfk_librispeech_fleurs.wav");
+    let bytes = std::fs::read(&file).unwrap();
+    let server = TestServer::start();
+    let request = cli_request();
+    for id in ["voxtral-mini", "whisper-1"] {
+        let Engine::Transcriber(model) = &models.get(id).unwrap().engine else {
+            panic!("{id} is a transcriber");
+        };
+        let samples = load_mono(&AudioInput::File(file.clone()), model.sample_rate()).unwrap();
+        let knobs = VadParams {
+            threshold: 0.6,
+            speech_pad_ms: 300,
+            min_silence_duration_ms: 500,
+            ..vad_params(model.as_ref())
+        };
+        for (params, fields) in [
+            (
+                vad_params(model.as_ref()),
+                vec![("chunking_strategy", "auto")],
+            ),
+            (
+                knobs,
+                vec![(
+                    "chunking_strategy",
+                    r#"{"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 300, "silence_duration_ms": 500}"#,
+                )],
+            ),
+            (
+                knobs,
+                vec![
+                    ("chunking_strategy[type]", "server_vad"),
+                    ("chunking_strategy[threshold]", "0.6"),
+                    ("chunking_strategy[prefix_padding_ms]", "300"),
+                    ("chunking_strategy[silence_duration_ms]", "500"),
+                ],
+            ),
+        ] {
+            let (want, _) = transcribe_speech(
+                model.as_ref(),
+                vad,
+                &params,
+                &samples,
+                &request,
+                &mut |_| true,
+            )
+            .unwrap();
+            let mut form =
+                Form::new(id, "long.wav", bytes.clone()).field("response_format", "verbose_json");
+            for (name, value) in &fields {
+                form = form.field(name, value);
+            }
+            let reply = server.post_form("/v1/audio/transcriptions", &form);
+            assert_eq!(reply.status, 200, "{id}: {}", reply.text());
+            let got = reply.json();
+            assert_eq!(
+                got,
+                serde_json::from_str::<Value>(&render(
+                    &want,
+                    OutputFormat::VerboseJson,
+                    "transcribe"
+                ))
+                .unwrap(),
+                "{id} {fields:?}"
+            );
+            if id == "voxtral-mini" {
+                assert!(want.segments.len() >= 5, "a segment per stretch");
+            }
+        }
+    }
+    for (value, message) in [
+        ("manual", "must be \"auto\" or a server_vad object"),
+        (r#"{"type": "semantic_vad"}"#, "not supported"),
+        (
+            r#"{"type": "server_vad", "threshold": 2}"#,
+            "between 0 and 1",
+        ),
+        (
+            r#"{"type": "server_vad", "eagerness": "low"}"#,
+            "no field \"eagerness\"",
+        ),
+        (
+            r#"{"type": "server_vad", "silence_duration_ms": -5}"#,
+            "milliseconds from 0 to 10000",
+        ),
+    ] {
+        let form = Form::jfk().field("chunking_strategy", value);
+        let error = server
+            .post_form("/v1/audio/transcriptions", &form)
+            .error(400);
+        assert_eq!(error["param"], "chunking_strategy");
+        assert!(
+            error["message"].as_str().unwrap().contains(message),
+            "{error}"
+        );
+    }
+}
