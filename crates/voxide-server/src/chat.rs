@@ -18,11 +18,10 @@
 //! refused by name rather than ignored.
 
 use crate::limits::refuse_declared_over;
-use crate::{sse_event, ApiError, AppState, Engine};
-use axum::body::{Body, Bytes};
+use crate::{event_stream, sse_event, ApiError, AppState, Engine};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -673,7 +672,6 @@ fn events(
     deadline: Option<tokio::time::Instant>,
     timeout: Option<std::time::Duration>,
 ) -> Response {
-    let head = Arc::new(head);
     let mut opening = head
         .delta(
             json!({ "role": "assistant", "content": "" }),
@@ -683,41 +681,22 @@ fn events(
         .to_vec();
     opening.extend_from_slice(&head.events(&first, include_usage));
     let done = matches!(first, Piece::Done(_));
-    let first =
-        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(opening)) });
-    let rest = futures_util::stream::unfold((rx, done), move |(mut rx, done)| {
-        let head = head.clone();
-        async move {
-            if done {
-                return None;
-            }
-            let next = match deadline {
-                Some(at) => tokio::time::timeout_at(at, rx.recv())
-                    .await
-                    .unwrap_or_else(|_| Some(Err(ApiError::timeout(timeout.unwrap_or_default())))),
-                None => rx.recv().await,
-            };
-            match next? {
-                Ok(piece) => {
-                    let done = matches!(piece, Piece::Done(_));
-                    Some((Ok(head.events(&piece, include_usage)), (rx, done)))
-                }
-                Err(e) => {
-                    let mut out = sse_event(&e.body()).to_vec();
-                    out.extend_from_slice(DONE);
-                    Some((Ok(Bytes::from(out)), (rx, true)))
-                }
-            }
-        }
-    });
-    (
-        [
-            (CONTENT_TYPE, "text/event-stream"),
-            (CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(futures_util::StreamExt::chain(first, rest)),
+    event_stream(
+        Bytes::from(opening),
+        done,
+        rx,
+        deadline,
+        timeout,
+        move |piece| {
+            let done = matches!(piece, Piece::Done(_));
+            (head.events(piece, include_usage), done)
+        },
+        |e| {
+            let mut out = sse_event(&e.body()).to_vec();
+            out.extend_from_slice(DONE);
+            Bytes::from(out)
+        },
     )
-        .into_response()
 }
 
 /// A new completion's id: `chatcmpl-` and a number unique to this server's run.

@@ -246,6 +246,53 @@ pub(crate) fn sse_event(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
 }
 
+/// A stream of server-sent events: `first` (its message `done` when it was the last), then
+/// each message of `rx` as `event` renders it (with whether it was the last) until the last
+/// or the channel's end; an error, or the deadline, is rendered by `error` and ends it.
+pub(crate) fn event_stream<T: Send + 'static>(
+    first: Bytes,
+    done: bool,
+    rx: tokio::sync::mpsc::Receiver<Result<T, ApiError>>,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    event: impl Fn(&T) -> (Bytes, bool) + Send + Sync + 'static,
+    error: impl Fn(ApiError) -> Bytes + Send + Sync + 'static,
+) -> axum::response::Response {
+    use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let render = Arc::new((event, error));
+    let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) });
+    let rest = futures_util::stream::unfold((rx, done), move |(mut rx, done)| {
+        let render = render.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let next = match deadline {
+                Some(at) => tokio::time::timeout_at(at, rx.recv())
+                    .await
+                    .unwrap_or_else(|_| Some(Err(ApiError::timeout(timeout.unwrap_or_default())))),
+                None => rx.recv().await,
+            };
+            Some(match next? {
+                Ok(message) => {
+                    let (bytes, done) = (render.0)(&message);
+                    (Ok(bytes), (rx, done))
+                }
+                Err(e) => (Ok((render.1)(e)), (rx, true)),
+            })
+        }
+    });
+    (
+        [
+            (CONTENT_TYPE, "text/event-stream"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(first, rest)),
+    )
+        .into_response()
+}
+
 /// Sets its flag when dropped: a handler's future dropped with its connection tells the
 /// model's thread that nobody waits for the answer.
 pub(crate) struct SetOnDrop(pub Arc<std::sync::atomic::AtomicBool>);

@@ -8,11 +8,11 @@
 //! a `transcript.text.done`.
 
 use crate::limits::{declared_length, refuse_declared_over};
-use crate::{sse_event, ApiError, AppState, Engine};
-use axum::body::{Body, Bytes};
+use crate::{event_stream, sse_event, ApiError, AppState, Engine};
+use axum::body::Bytes;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -379,37 +379,19 @@ fn events(
     timeout: Option<std::time::Duration>,
 ) -> Response {
     let done = matches!(first, Piece::Done(_));
-    let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first.event()) });
-    let rest = futures_util::stream::unfold((rx, done), move |(mut rx, done)| async move {
-        if done {
-            return None;
-        }
-        let next = match deadline {
-            Some(at) => tokio::time::timeout_at(at, rx.recv())
-                .await
-                .unwrap_or_else(|_| Some(Err(ApiError::timeout(timeout.unwrap_or_default())))),
-            None => rx.recv().await,
-        };
-        match next? {
-            Ok(piece) => {
-                let done = matches!(piece, Piece::Done(_));
-                Some((Ok(piece.event()), (rx, done)))
-            }
-            Err(e) => {
-                let mut event = e.body();
-                event["type"] = "error".into();
-                Some((Ok(sse_event(&event)), (rx, true)))
-            }
-        }
-    });
-    (
-        [
-            (CONTENT_TYPE, "text/event-stream"),
-            (CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(futures_util::StreamExt::chain(first, rest)),
+    event_stream(
+        first.event(),
+        done,
+        rx,
+        deadline,
+        timeout,
+        |piece| (piece.event(), matches!(piece, Piece::Done(_))),
+        |e| {
+            let mut event = e.body();
+            event["type"] = "error".into();
+            sse_event(&event)
+        },
     )
-        .into_response()
 }
 
 /// Reads every field; the file is cut off at `max_upload` bytes (413); `expected`: the room
