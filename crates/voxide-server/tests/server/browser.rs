@@ -1,6 +1,6 @@
-//! The web page at `/` in a real headless Chromium, driven over the DevTools protocol: Speak
-//! plays the synthesised WAV, and hold-to-talk, with Chromium's fake microphone playing
-//! jfk.wav, shows a transcript. Skipped, with a message, where no Chromium is installed.
+//! The web page at `/` in a real headless Chromium, driven over the DevTools protocol: Ask
+//! streams the answer about a chosen file, Speak plays the synthesised WAV, and hold-to-talk,
+//! with Chromium's fake microphone playing jfk.wav, shows a transcript. Skipped, with a message, where no Chromium is installed.
 
 use super::{jfk, root, TestServer};
 use base64::Engine as _;
@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
+use voxide_models::voxtral::GenerateOptions;
 use voxide_server::ServerConfig;
 
 /// The longest any single DevTools command may take to answer.
@@ -287,19 +288,43 @@ fn page_speaks_and_transcribes_in_chromium() {
         );
         return;
     };
-    // The random-weight TTS fixture rarely ends a sentence; 8 s of audio caps its babble.
-    let server = TestServer::with(ServerConfig::default(), |c| c.limits.max_audio_s = 8.0);
+    // The random-weight TTS fixture rarely ends a sentence; 12 s of audio caps its babble
+    // (and leaves room for jfk.wav's 11 s in a question).
+    let server = TestServer::with(ServerConfig::default(), |c| c.limits.max_audio_s = 12.0);
     // Declared after the server, so dropped (killed) before the server shuts down.
     let chromium = Chromium::launch(&binary);
     let mut page = Page::open(&chromium);
     let url = format!("http://{}/?model=whisper-1&speech_model=tts-1", server.addr);
     page.call("Page.navigate", json!({ "url": url }));
+    // The chat model's default is guessed from its id.
     page.wait_for(
         "document.readyState === 'complete' && \
          document.getElementById('stt-model').value === 'whisper-1' && \
-         document.getElementById('tts-model').value === 'tts-1'",
+         document.getElementById('tts-model').value === 'tts-1' && \
+         document.getElementById('chat-model').value === 'voxtral-mini'",
         Duration::from_secs(20),
     );
+
+    // Ask about jfk.wav, chosen in the file input: the library's greedy answer, streamed in.
+    let (want, _) = super::chat::library_answer(&GenerateOptions::default());
+    let document = page.call("DOM.getDocument", json!({}));
+    let input = page.call(
+        "DOM.querySelector",
+        json!({ "nodeId": document["root"]["nodeId"], "selector": "#chat-audio" }),
+    );
+    page.call(
+        "DOM.setFileInputFiles",
+        json!({ "nodeId": input["nodeId"], "files": [jfk().canonicalize().unwrap()] }),
+    );
+    page.eval("document.getElementById('ask').click()");
+    let answer = page.poll(
+        "(a => /done|error/.test(a.className) && { class: a.className, text: a.textContent })\
+         (document.getElementById('answer'))",
+        Duration::from_secs(60),
+    );
+    let answer = answer.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer["class"], "done", "{answer}");
+    assert_eq!(answer["text"], want.as_str());
 
     // Speak: the fixture's voices are `tester` and `dylan`, not the page's default.
     page.eval(
