@@ -117,7 +117,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             note!("server VAD: {} ({})", vad.description(), path.display());
         }
         Err(_) => {
-            note!("no Silero VAD model (--vad-model): realtime sessions run without server VAD")
+            note!(
+                "no Silero VAD model (--vad-model): realtime sessions run without server VAD, and transcriptions refuse chunking_strategy"
+            )
         }
     }
     for spec in &specs {

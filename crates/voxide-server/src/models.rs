@@ -85,7 +85,8 @@ fn check_id(id: &str) -> Result<()> {
 /// What a loaded model does.
 #[derive(Clone)]
 pub enum Engine {
-    /// Speech to text (`/v1/audio/transcriptions`, `/v1/audio/translations`).
+    /// Speech to text (`/v1/audio/transcriptions`, `/v1/audio/translations`); Voxtral Mini
+    /// 3B also chat (`/v1/chat/completions`).
     Transcriber(Arc<dyn Transcriber>),
     /// Text to speech (`/v1/audio/speech`).
     Synthesizer(Arc<Synthesizer>),
@@ -95,6 +96,7 @@ impl Engine {
     /// In words, for messages.
     pub fn kind(&self) -> &'static str {
         match self {
+            Engine::Transcriber(t) if t.chat().is_some() => "speech-to-text and chat",
             Engine::Transcriber(_) => "speech-to-text",
             Engine::Synthesizer(_) => "text-to-speech",
         }
