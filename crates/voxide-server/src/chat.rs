@@ -43,9 +43,9 @@ const MAX_STOPS: usize = 4;
 /// Pieces of an answer buffered between decoding and a slow client.
 const PIECES: usize = 64;
 
-/// Largest body: the audio of the largest upload (`--max-upload-mb`) in base64, and the
-/// conversation's text around it.
-fn max_body_bytes(max_upload_bytes: usize) -> usize {
+/// Largest body (axum's limit, and the declared length refused before reading): the audio
+/// of the largest upload (`--max-upload-mb`) in base64, and the conversation's text around it.
+pub(crate) fn max_body_bytes(max_upload_bytes: usize) -> usize {
     max_upload_bytes.div_ceil(3) * 4 + crate::FORM_OVERHEAD_BYTES
 }
 
@@ -57,11 +57,6 @@ pub(crate) async fn refuse_large_bodies(
 ) -> Response {
     let limit = max_body_bytes(state.limits.max_upload_bytes);
     refuse_declared_over(limit, || too_large(limit), request, next).await
-}
-
-/// The route's body limit (axum's, for bodies without a declared length).
-pub(crate) fn body_limit(max_upload_bytes: usize) -> usize {
-    max_body_bytes(max_upload_bytes)
 }
 
 fn too_large(limit: usize) -> ApiError {

@@ -172,7 +172,7 @@ fn router(
         .route_layer(middleware::from_fn(speech::refuse_large_bodies));
     let chat = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
-        .layer(DefaultBodyLimit::max(chat::body_limit(
+        .layer(DefaultBodyLimit::max(chat::max_body_bytes(
             config.limits.max_upload_bytes,
         )))
         .route_layer(middleware::from_fn_with_state(

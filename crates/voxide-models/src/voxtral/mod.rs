@@ -225,7 +225,8 @@ impl Voxtral {
     ) -> Result<Generation> {
         let started = Instant::now();
         let limit = self.network.config().max_positions;
-        let positions = prompt.len() + options.max_new_tokens;
+        // Saturating: a budget near usize::MAX (from a request) must fail the check, not wrap.
+        let positions = prompt.len().saturating_add(options.max_new_tokens);
         if positions > limit {
             return Err(Error::InvalidRequest(format!(
                 "the prompt ({} tokens, {} of them audio at 12.5 per second) plus {} new tokens \

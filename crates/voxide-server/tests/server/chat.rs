@@ -317,13 +317,11 @@ fn bad_requests_name_the_field() {
         let got = error["message"].as_str().unwrap();
         assert!(got.contains(message), "{message:?} not in {got:?}");
     }
-    // Past the model's context: the limit in the message.
-    let error = post(&request(input_audio(), json!({ "max_tokens": 200_000 }))).error(400);
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("context of 131072"),
-        "{error}"
-    );
+    // Past the model's context: the limit in the message (the largest budget too, which must
+    // not wrap around when added to the prompt).
+    for max_tokens in [200_000, u64::MAX] {
+        let error = post(&request(input_audio(), json!({ "max_tokens": max_tokens }))).error(400);
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("context of 131072"), "{error}");
+    }
 }
