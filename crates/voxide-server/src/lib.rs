@@ -209,12 +209,15 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// OpenAI's model object, and what the model serves (`capabilities`: voxide's field, which
+/// OpenAI's clients keep as an extra).
 fn model_object(model: &LoadedModel) -> Value {
     json!({
         "id": model.id,
         "object": "model",
         "created": model.created,
         "owned_by": "voxide",
+        "capabilities": model.engine.capabilities(),
     })
 }
 

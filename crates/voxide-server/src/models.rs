@@ -11,7 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use voxide_audio::AudioInput;
 use voxide_models::qwen3_tts::{ClonedVoice, ModelType, Synthesizer, VoiceReference};
 use voxide_models::silero_vad::SileroVad;
-use voxide_runtime::{load_model, resolve_model, Model, ModelSource, Transcriber, WeightFormat};
+use voxide_runtime::{
+    load_model, resolve_model, Model, ModelSource, TranscribeRequest, Transcriber, WeightFormat,
+};
 
 /// One `--model` argument: `PATH`, `HUB_ID`, or `ID=PATH` / `ID=HUB_ID` to choose the id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +95,30 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// What it serves, by route: `transcription` (and `realtime` sessions), `translation`
+    /// where the model translates, `chat` (Voxtral Mini 3B), `speech`. `/v1/models` lists
+    /// them, so that a client (the web page) need not guess from an id.
+    pub fn capabilities(&self) -> Vec<&'static str> {
+        match self {
+            Engine::Transcriber(t) => {
+                let translate = TranscribeRequest {
+                    translate: true,
+                    ..TranscribeRequest::default()
+                };
+                let mut served = vec!["transcription"];
+                if t.check(&translate).is_ok() {
+                    served.push("translation");
+                }
+                if t.chat().is_some() {
+                    served.push("chat");
+                }
+                served.push("realtime");
+                served
+            }
+            Engine::Synthesizer(_) => vec!["speech"],
+        }
+    }
+
     /// In words, for messages.
     pub fn kind(&self) -> &'static str {
         match self {

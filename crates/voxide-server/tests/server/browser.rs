@@ -296,13 +296,25 @@ fn page_speaks_and_transcribes_in_chromium() {
     let mut page = Page::open(&chromium);
     let url = format!("http://{}/?model=whisper-1&speech_model=tts-1", server.addr);
     page.call("Page.navigate", json!({ "url": url }));
-    // The chat model's default is guessed from its id.
+    // The pickers hold the models that serve each panel (`capabilities`): one chats.
     page.wait_for(
         "document.readyState === 'complete' && \
          document.getElementById('stt-model').value === 'whisper-1' && \
          document.getElementById('tts-model').value === 'tts-1' && \
          document.getElementById('chat-model').value === 'voxtral-mini'",
         Duration::from_secs(20),
+    );
+    let pickers = page.eval(
+        "['stt-model', 'tts-model', 'chat-model'].map(id => \
+         [...document.getElementById(id).options].map(o => o.value))",
+    );
+    assert_eq!(
+        pickers,
+        json!([
+            ["whisper-1", "voxtral", "voxtral-mini"],
+            ["tts-1", "tts-clone"],
+            ["voxtral-mini"]
+        ])
     );
 
     // Ask about jfk.wav, chosen in the file input: the library's greedy answer, streamed in.

@@ -381,6 +381,23 @@ fn health_and_models_list() {
         ids,
         ["whisper-1", "tts-1", "voxtral", "voxtral-mini", "tts-clone"]
     );
+    // What each serves: Voxtral Realtime does not translate; only Voxtral Mini 3B chats.
+    let capabilities: Vec<Value> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["capabilities"].clone())
+        .collect();
+    assert_eq!(
+        capabilities,
+        [
+            serde_json::json!(["transcription", "translation", "realtime"]),
+            serde_json::json!(["speech"]),
+            serde_json::json!(["transcription", "realtime"]),
+            serde_json::json!(["transcription", "translation", "chat", "realtime"]),
+            serde_json::json!(["speech"]),
+        ]
+    );
     let one = server.get("/v1/models/tts-1");
     assert_eq!(
         (one.status, one.json()["id"].as_str()),
