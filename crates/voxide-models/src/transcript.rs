@@ -2,14 +2,17 @@
 
 use serde::Serialize;
 
-/// How far a transcription has got: the fraction of the audio done, and the segments found
-/// so far (each call sees the earlier ones again; models that segment only at the end pass
-/// none until then). The callback that receives it returns whether to go on: `false` stops
-/// the transcription at that point with [`crate::Error::Cancelled`] (a client that went away).
+/// How far a transcription has got: the fraction of the audio done, the segments found so
+/// far (each call sees the earlier ones again; models that segment only at the end pass none
+/// until then), and the text decoded past the last of them (`pending`: what such models have
+/// said so far, without leading whitespace; it only grows until it becomes a segment). The
+/// callback that receives it returns whether to go on: `false` stops the transcription at
+/// that point with [`crate::Error::Cancelled`] (a client that went away).
 #[derive(Clone, Copy, Debug)]
 pub struct Progress<'a> {
     pub fraction: f64,
     pub segments: &'a [Segment],
+    pub pending: &'a str,
 }
 
 /// One timed stretch of text.

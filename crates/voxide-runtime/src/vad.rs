@@ -110,6 +110,7 @@ pub fn transcribe_stretches(
             progress(Progress {
                 fraction: (i as f64 + p.fraction) / stretches.len() as f64,
                 segments: done,
+                pending: p.pending,
             })
         })?;
         timings.add(&t);

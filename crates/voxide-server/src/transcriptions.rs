@@ -283,21 +283,15 @@ async fn handle(
     tokio::task::spawn_blocking(move || {
         let _slots = (permit, upload_slot);
         let clock = std::time::Instant::now();
-        let mut sent = 0;
-        let mut send_new = |segments: &[Segment]| {
+        let mut deltas = Deltas::default();
+        let mut send_new = |segments: &[Segment], pending: &str| {
             if !stream {
                 return !client_gone.load(Ordering::Relaxed);
             }
-            for segment in segments.get(sent..).unwrap_or_default() {
-                if tx
-                    .blocking_send(Ok(Piece::Segment(segment.text.clone())))
-                    .is_err()
-                {
-                    return false;
-                }
-            }
-            sent = sent.max(segments.len());
-            true
+            deltas
+                .next(segments, pending)
+                .into_iter()
+                .all(|delta| tx.blocking_send(Ok(Piece::Delta(delta))).is_ok())
         };
         let vad = chunking.and_then(|c| {
             let params = c.params(transcriber.as_ref());
@@ -309,11 +303,11 @@ async fn handle(
             &request,
             vad,
             max_audio_s,
-            &mut |p| send_new(p.segments),
+            &mut |p| send_new(p.segments, p.pending),
         );
         let piece = result.map(|transcript| {
             if stream {
-                send_new(&transcript.segments);
+                send_new(&transcript.segments, "");
             }
             let wall_s = clock.elapsed().as_secs_f64();
             shared
@@ -347,13 +341,50 @@ async fn handle(
     })
 }
 
+/// The text deltas of a streamed transcription: each new segment's text, and the text of
+/// models that segment only at the end (`Progress::pending`) as it grows — without its
+/// trailing whitespace, which the finished segment may trim — so that a segment that
+/// completes streamed text sends only what it adds.
+#[derive(Default)]
+struct Deltas {
+    /// Segments sent.
+    segments: usize,
+    /// Pending text sent since the last segment.
+    streamed: String,
+}
+
+impl Deltas {
+    fn next(&mut self, segments: &[Segment], pending: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for segment in segments.get(self.segments..).unwrap_or_default() {
+            let streamed = std::mem::take(&mut self.streamed);
+            let rest = match segment.text.trim_start().strip_prefix(streamed.as_str()) {
+                Some(rest) if !streamed.is_empty() => rest,
+                _ => &segment.text,
+            };
+            if !rest.is_empty() {
+                out.push(rest.to_string());
+            }
+        }
+        self.segments = self.segments.max(segments.len());
+        let pending = pending.trim_end();
+        if let Some(new) = pending.strip_prefix(self.streamed.as_str()) {
+            if !new.is_empty() {
+                out.push(new.to_string());
+                self.streamed = pending.to_string();
+            }
+        }
+        out
+    }
+}
+
 /// Pieces waiting for a streamed reply.
 const PIECES: usize = 64;
 
 /// What the decoding thread hands the reply.
 enum Piece {
-    /// A segment's text (streaming).
-    Segment(String),
+    /// New text (streaming).
+    Delta(String),
     /// The whole transcript.
     Done(Transcript),
 }
@@ -362,7 +393,7 @@ impl Piece {
     /// The server-sent event of OpenAI's transcription stream.
     fn event(&self) -> Bytes {
         sse_event(&match self {
-            Piece::Segment(text) => json!({ "type": "transcript.text.delta", "delta": text }),
+            Piece::Delta(text) => json!({ "type": "transcript.text.delta", "delta": text }),
             Piece::Done(transcript) => {
                 json!({ "type": "transcript.text.done", "text": transcript.text })
             }
@@ -591,4 +622,51 @@ fn transcribe(
         None => model.transcribe(&samples, request, progress)?,
     };
     Ok(transcript)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(text: &str) -> Segment {
+        Segment {
+            id: 0,
+            seek: 0,
+            start: 0.0,
+            end: 1.0,
+            text: text.into(),
+            tokens: Vec::new(),
+            temperature: 0.0,
+            avg_logprob: 0.0,
+            compression_ratio: 0.0,
+            no_speech_prob: 0.0,
+            words: None,
+        }
+    }
+
+    /// Segments whole (Whisper), pending text as it grows then its segment's rest (Voxtral),
+    /// and both in turn (stretches): the deltas add up to the segments' text.
+    #[test]
+    fn deltas_add_up_to_the_text() {
+        let mut d = Deltas::default();
+        let both = [segment(" Hello."), segment(" World.")];
+        assert_eq!(d.next(&[], ""), Vec::<String>::new());
+        assert_eq!(d.next(&both[..1], ""), [" Hello."]);
+        assert_eq!(d.next(&both, ""), [" World."]);
+        assert!(d.next(&both, "").is_empty(), "nothing twice");
+
+        let mut d = Deltas::default();
+        let mut out = Vec::new();
+        for pending in ["", "The", "The cat ", "The cat sat", "The cat sat\n"] {
+            out.extend(d.next(&[], pending));
+        }
+        assert_eq!(out, ["The", " cat", " sat"]);
+        let done = [segment("The cat sat."), segment("Then")];
+        assert_eq!(d.next(&done[..1], "Th"), [".", "Th"]);
+        assert_eq!(d.next(&done, ""), ["en"]);
+        // Text the segment does not continue is sent whole rather than lost.
+        let mut d = Deltas::default();
+        d.next(&[], "abc");
+        assert_eq!(d.next(&[segment("xyz")], ""), ["xyz"]);
+    }
 }

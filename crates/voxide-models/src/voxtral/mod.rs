@@ -355,11 +355,15 @@ impl Voxtral {
         let audio = self.audio_embeddings(samples, &mut timings)?;
         // The answer's length is unknown until `</s>`: progress counts against the budget.
         let mut generated = 0;
-        let generation = self.generate(prompt, &audio, options, &mut |_| {
+        let mut decoder = TekkenDecoder::new(&self.tokenizer);
+        let mut said = String::new();
+        let generation = self.generate(prompt, &audio, options, &mut |id| {
             generated += 1;
+            said.push_str(&decoder.push(id));
             progress(Progress {
                 fraction: generated as f64 / options.max_new_tokens.max(1) as f64,
                 segments: &[],
+                pending: said.trim_start(),
             })
         })?;
         if generation.stop == Stop::Cancelled {

@@ -152,13 +152,15 @@ impl VoxtralRealtime {
         let mut stream = self.stream(options)?;
         // 30 s chunks keep the conv stem's activations small on long inputs.
         const CHUNK: usize = 30 * SAMPLE_RATE as usize;
+        let mut said = String::new();
         for (i, chunk) in samples.chunks(CHUNK).enumerate() {
-            stream.push(chunk)?;
+            said.push_str(&stream.push(chunk)?);
             let fraction =
                 ((i + 1) * CHUNK).min(samples.len()) as f64 / samples.len().max(1) as f64;
             if !progress(Progress {
                 fraction,
                 segments: &[],
+                pending: said.trim_start(),
             }) {
                 return Err(Error::Cancelled);
             }

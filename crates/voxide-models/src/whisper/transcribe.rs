@@ -288,6 +288,7 @@ impl WhisperPipeline {
                     if !progress(Progress {
                         fraction: seek.min(content_frames) as f64 / content_frames as f64,
                         segments: &segments,
+                        pending: "",
                     }) {
                         return Err(Error::Cancelled);
                     }
@@ -420,6 +421,7 @@ impl WhisperPipeline {
             if !progress(Progress {
                 fraction: seek.min(content_frames) as f64 / content_frames as f64,
                 segments: &segments,
+                pending: "",
             }) {
                 return Err(Error::Cancelled);
             }

@@ -344,3 +344,24 @@ fn chunking_strategy_transcribes_the_speech_the_vad_finds() {
         );
     }
 }
+
+/// A model that segments only at the end (Voxtral Mini 3B) streams its text as it decodes:
+/// many deltas, which add up to the final text.
+#[test]
+fn voxtral_mini_streams_its_text_as_it_decodes() {
+    let server = TestServer::start();
+    let form =
+        Form::new("voxtral-mini", "jfk.wav", std::fs::read(jfk()).unwrap()).field("stream", "true");
+    let events = server.post_form("/v1/audio/transcriptions", &form).events();
+    let (done, deltas) = events.split_last().unwrap();
+    assert_eq!(done["type"], "transcript.text.done");
+    assert!(deltas.len() > 3, "{events:?}");
+    let text: String = deltas
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "transcript.text.delta");
+            e["delta"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(text, done["text"].as_str().unwrap());
+}
