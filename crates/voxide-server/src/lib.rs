@@ -296,6 +296,47 @@ pub(crate) fn event_stream<T: Send + 'static>(
         .into_response()
 }
 
+/// The text deltas of a streamed transcription: each new segment's text, and the text of
+/// models that segment only at the end (`Progress::pending`) as it grows — without its
+/// trailing whitespace, which the finished segment may trim — so that a segment that
+/// completes streamed text sends only what it adds.
+#[derive(Default)]
+pub(crate) struct Deltas {
+    /// Segments sent.
+    segments: usize,
+    /// Pending text sent since the last segment.
+    streamed: String,
+}
+
+impl Deltas {
+    pub(crate) fn next(
+        &mut self,
+        segments: &[voxide_runtime::Segment],
+        pending: &str,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for segment in segments.get(self.segments..).unwrap_or_default() {
+            let streamed = std::mem::take(&mut self.streamed);
+            let rest = match segment.text.trim_start().strip_prefix(streamed.as_str()) {
+                Some(rest) if !streamed.is_empty() => rest,
+                _ => &segment.text,
+            };
+            if !rest.is_empty() {
+                out.push(rest.to_string());
+            }
+        }
+        self.segments = self.segments.max(segments.len());
+        let pending = pending.trim_end();
+        if let Some(new) = pending.strip_prefix(self.streamed.as_str()) {
+            if !new.is_empty() {
+                out.push(new.to_string());
+                self.streamed = pending.to_string();
+            }
+        }
+        out
+    }
+}
+
 /// Sets its flag when dropped: a handler's future dropped with its connection tells the
 /// model's thread that nobody waits for the answer.
 pub(crate) struct SetOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
@@ -441,4 +482,52 @@ async fn shutdown_signal() {
         std::io::stderr(),
         "shutting down: finishing the requests in flight"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voxide_runtime::Segment;
+
+    fn segment(text: &str) -> Segment {
+        Segment {
+            id: 0,
+            seek: 0,
+            start: 0.0,
+            end: 1.0,
+            text: text.into(),
+            tokens: Vec::new(),
+            temperature: 0.0,
+            avg_logprob: 0.0,
+            compression_ratio: 0.0,
+            no_speech_prob: 0.0,
+            words: None,
+        }
+    }
+
+    /// Segments whole (Whisper), pending text as it grows then its segment's rest (Voxtral),
+    /// and both in turn (stretches): the deltas add up to the segments' text.
+    #[test]
+    fn deltas_add_up_to_the_text() {
+        let mut d = Deltas::default();
+        let both = [segment(" Hello."), segment(" World.")];
+        assert_eq!(d.next(&[], ""), Vec::<String>::new());
+        assert_eq!(d.next(&both[..1], ""), [" Hello."]);
+        assert_eq!(d.next(&both, ""), [" World."]);
+        assert!(d.next(&both, "").is_empty(), "nothing twice");
+
+        let mut d = Deltas::default();
+        let mut out = Vec::new();
+        for pending in ["", "The", "The cat ", "The cat sat", "The cat sat\n"] {
+            out.extend(d.next(&[], pending));
+        }
+        assert_eq!(out, ["The", " cat", " sat"]);
+        let done = [segment("The cat sat."), segment("Then")];
+        assert_eq!(d.next(&done[..1], "Th"), [".", "Th"]);
+        assert_eq!(d.next(&done, ""), ["en"]);
+        // Text the segment does not continue is sent whole rather than lost.
+        let mut d = Deltas::default();
+        d.next(&[], "abc");
+        assert_eq!(d.next(&[segment("xyz")], ""), ["xyz"]);
+    }
 }

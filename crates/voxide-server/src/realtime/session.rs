@@ -7,7 +7,7 @@
 
 use super::protocol::{ProtocolError, Settings};
 use super::Outbox;
-use crate::{AppState, Engine};
+use crate::{AppState, Deltas, Engine};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +15,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use voxide_audio::StreamResampler;
 use voxide_models::silero_vad::{TurnDetector, TurnEvent, VadState, SAMPLE_RATE, WINDOW};
+use voxide_runtime::Segment;
 use voxide_runtime::{SpeechStream, TranscribeRequest, Transcriber};
 
 /// What the connection hands the session, in the client's order.
@@ -447,9 +448,23 @@ impl Clip {
             return self.out.failed(&self.item_id, message);
         };
         let clock = Instant::now();
-        let transcribed = self
-            .model
-            .transcribe(&self.audio, &self.request, &mut |_| !self.out.is_closed());
+        // Text goes out as it decodes (a window's segments; Voxtral Mini 3B's pieces), the
+        // first without its leading space, so that the deltas add up to the transcript.
+        let mut deltas = Deltas::default();
+        let mut said = false;
+        let mut send = |segments: &[Segment], pending: &str| {
+            for delta in deltas.next(segments, pending) {
+                let delta = if said { &delta } else { delta.trim_start() };
+                if !delta.is_empty() {
+                    self.out.delta(&self.item_id, delta, self.end_ms);
+                    said = true;
+                }
+            }
+        };
+        let transcribed = self.model.transcribe(&self.audio, &self.request, &mut |p| {
+            send(p.segments, p.pending);
+            !self.out.is_closed()
+        });
         let transcript = match transcribed {
             Ok((transcript, _)) => transcript,
             Err(e) => {
@@ -461,7 +476,7 @@ impl Clip {
         shared
             .metrics
             .add_audio("realtime", seconds, clock.elapsed().as_secs_f64());
-        self.out.delta(&self.item_id, &transcript.text, self.end_ms);
+        send(&transcript.segments, "");
         self.out.completed(&self.item_id, &transcript.text, seconds);
     }
 }

@@ -203,16 +203,23 @@ fn server_vad_turns_on_whisper_equal_the_vad_and_the_model_on_the_same_audio() {
             .filter(|e| e["item_id"] == item || e["item"]["id"] == item)
             .collect();
         let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let delta = "conversation.item.input_audio_transcription.delta";
+        // A delta per segment, as each window is decoded.
+        let deltas = kinds.len() - 5;
+        assert!(deltas >= 1, "{kinds:?}");
         assert_eq!(
-            kinds,
+            [&kinds[..4], &kinds[4 + deltas..]].concat(),
             [
                 "input_audio_buffer.speech_started",
                 "input_audio_buffer.speech_stopped",
                 "input_audio_buffer.committed",
                 "conversation.item.created",
-                "conversation.item.input_audio_transcription.delta",
                 "conversation.item.input_audio_transcription.completed",
             ]
+        );
+        assert!(
+            kinds[4..4 + deltas].iter().all(|k| *k == delta),
+            "{kinds:?}"
         );
         assert_eq!(events[0]["audio_start_ms"], start / 16);
         assert_eq!(events[1]["audio_end_ms"], end / 16);
@@ -220,9 +227,15 @@ fn server_vad_turns_on_whisper_equal_the_vad_and_the_model_on_the_same_audio() {
         let (text, _) = whisper
             .transcribe(&heard[start..end], &request, &mut |_| true)
             .unwrap();
-        let completed = events[5];
+        let completed = events[4 + deltas];
         assert_eq!(completed["transcript"], text.text.trim());
-        assert_eq!(events[4]["delta"], text.text);
+        // The deltas add up to the segments' text, the first without its leading space.
+        let streamed: String = events[4..4 + deltas]
+            .iter()
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        let segments: String = text.segments.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(streamed, segments.trim_start());
         assert_eq!(
             completed["usage"]["seconds"].as_f64().unwrap(),
             (end - start) as f64 / 16000.0
@@ -328,6 +341,43 @@ fn twenty_four_khz_pcm16_is_resampled_as_a_whole_file_would_be() {
     };
     let (text, _) = transcriber("whisper-1")
         .transcribe(heard, &request, &mut |_| true)
+        .unwrap();
+    assert_eq!(completed["transcript"], text.text.trim());
+}
+
+/// A committed item on Voxtral Mini 3B (no stream of its own) gets its text as it decodes:
+/// many deltas, adding up to the transcript, which equals the model's on the same audio.
+#[test]
+fn voxtral_mini_items_get_their_text_as_it_decodes() {
+    let server = TestServer::start();
+    let mut socket = connect(&server, "?intent=transcription", &[BETA]);
+    next(&mut socket);
+    configure(
+        &mut socket,
+        json!({"input_audio_transcription": {"model": "voxtral-mini", "language": "en"},
+               "turn_detection": null, "input_audio_format": {"type": "audio/pcm", "rate": 16000}}),
+    );
+    let clip = quantized(&jfk_16k()[..4 * 16000]);
+    append_all(&mut socket, &clip, 1600);
+    send(&mut socket, json!({"type": "input_audio_buffer.commit"}));
+    let events = until(
+        &mut socket,
+        "conversation.item.input_audio_transcription.completed",
+    );
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "conversation.item.input_audio_transcription.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert!(deltas.len() > 3, "{events:?}");
+    let completed = events.last().unwrap();
+    assert_eq!(completed["transcript"].as_str().unwrap(), deltas.concat());
+    let request = TranscribeRequest {
+        language: Some("en".into()),
+        ..TranscribeRequest::default()
+    };
+    let (text, _) = transcriber("voxtral-mini")
+        .transcribe(&clip, &request, &mut |_| true)
         .unwrap();
     assert_eq!(completed["transcript"], text.text.trim());
 }
