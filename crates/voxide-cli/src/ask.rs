@@ -78,14 +78,8 @@ fn read_messages(path: &Path) -> Result<Conversation> {
         .ok_or_else(|| bad("expected a list of messages".into()))?;
     for (i, turn) in turns.iter().enumerate() {
         let role = match turn["role"].as_str() {
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some("system") => Role::System,
-            Some(other) => {
-                return Err(bad(format!(
-                    "message {i}: role \"{other}\" (user or assistant)"
-                )))
-            }
+            Some(name) => Role::from_name(name)
+                .ok_or_else(|| bad(format!("message {i}: role \"{name}\" (user or assistant)")))?,
             None => return Err(bad(format!("message {i}: no role (user or assistant)"))),
         };
         let content = match &turn["content"] {

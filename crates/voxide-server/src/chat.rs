@@ -18,7 +18,7 @@
 //! refused by name rather than ignored.
 
 use crate::limits::refuse_declared_over;
-use crate::{event_stream, sse_event, ApiError, AppState, Engine};
+use crate::{event_stream, json_body, sse_event, ApiError, AppState, Engine};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -96,26 +96,21 @@ struct StreamOptions {
 
 /// The body, or a 400 that names the field of the wrong type.
 fn parse_body(body: &[u8]) -> Result<ChatBody, ApiError> {
-    let json = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(json).map_err(|e| {
-        let field = e.path().to_string();
-        let expected = match field.as_str() {
-            "model" => "a string",
-            "messages" => "a list of messages",
-            "temperature" | "top_p" | "frequency_penalty" | "presence_penalty" => "a number",
-            "seed" => "a whole number",
-            "max_tokens" | "max_completion_tokens" | "n" | "top_logprobs" => "a whole number ≥ 0",
-            "stream" | "logprobs" | "stream_options.include_usage" => "true or false",
-            "tools" | "modalities" => "a list",
-            _ if e.inner().is_data() => {
-                return ApiError::bad_request(
-                    "the body must be a JSON object with `model` and `messages`",
-                )
-            }
-            _ => return ApiError::bad_request(format!("the body is not JSON: {}", e.inner())),
-        };
-        ApiError::invalid_param(&field, format!("`{field}` must be {expected}"))
-    })
+    let expected = |field: &str| match field {
+        "model" => Some("a string"),
+        "messages" => Some("a list of messages"),
+        "temperature" | "top_p" | "frequency_penalty" | "presence_penalty" => Some("a number"),
+        "seed" => Some("a whole number"),
+        "max_tokens" | "max_completion_tokens" | "n" | "top_logprobs" => Some("a whole number ≥ 0"),
+        "stream" | "logprobs" | "stream_options.include_usage" => Some("true or false"),
+        "tools" | "modalities" => Some("a list"),
+        _ => None,
+    };
+    json_body(
+        body,
+        expected,
+        "the body must be a JSON object with `model` and `messages`",
+    )
 }
 
 /// A request, checked: the conversation with its clips still encoded, and how to answer.
@@ -332,14 +327,11 @@ fn conversation(json: &[Value]) -> Result<(Vec<Message>, Vec<Clip>), ApiError> {
     let mut clips = Vec::new();
     for (i, message) in json.iter().enumerate() {
         let role = match message["role"].as_str() {
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some("system" | "developer") => Role::System,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "messages[{i}]: role {other:?} is not supported (user, assistant)"
-                )))
-            }
+            Some(name) => Role::from_name(name).ok_or_else(|| {
+                invalid(format!(
+                    "messages[{i}]: role {name:?} is not supported (user, assistant)"
+                ))
+            })?,
             None => return Err(invalid(format!("messages[{i}] has no `role`"))),
         };
         let content = match &message["content"] {

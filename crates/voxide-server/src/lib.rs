@@ -337,6 +337,25 @@ impl Deltas {
     }
 }
 
+/// A JSON request body as `T`, or a 400: a field of the wrong type is named with what it must
+/// be (`expected` maps a field's path to that; serde's own message names the Rust type:
+/// "expected usize"), a body of the wrong shape gets `shape`.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: impl Fn(&str) -> Option<&'static str>,
+    shape: &str,
+) -> Result<T, ApiError> {
+    let json = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let field = e.path().to_string();
+        match expected(&field) {
+            Some(what) => ApiError::invalid_param(&field, format!("`{field}` must be {what}")),
+            None if e.inner().is_data() => ApiError::bad_request(shape),
+            None => ApiError::bad_request(format!("the body is not JSON: {}", e.inner())),
+        }
+    })
+}
+
 /// Sets its flag when dropped: a handler's future dropped with its connection tells the
 /// model's thread that nobody waits for the answer.
 pub(crate) struct SetOnDrop(pub Arc<std::sync::atomic::AtomicBool>);

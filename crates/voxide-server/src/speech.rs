@@ -20,7 +20,7 @@
 //! response, not a short clip).
 
 use crate::limits::refuse_declared_over;
-use crate::{sse_event, ApiError, AppState, Engine};
+use crate::{json_body, sse_event, ApiError, AppState, Engine};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -84,26 +84,21 @@ struct SpeechBody {
     max_frames: Option<usize>,
 }
 
-/// The body, or a 400 that names the field of the wrong type (serde's own message names the
-/// Rust type instead: "expected usize").
+/// The body, or a 400 that names the field of the wrong type.
 fn parse_body(body: &[u8]) -> Result<SpeechBody, ApiError> {
-    let json = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(json).map_err(|e| {
-        let field = e.path().to_string();
-        let expected = match field.as_str() {
-            "model" | "input" | "instructions" | "response_format" | "stream_format"
-            | "language" => "a string",
-            "speed" => "a number",
-            "seed" | "max_frames" => "a whole number ≥ 0",
-            _ if e.inner().is_data() => {
-                return ApiError::bad_request(
-                    "the body must be a JSON object with `model`, `input` and `voice`",
-                )
-            }
-            _ => return ApiError::bad_request(format!("the body is not JSON: {}", e.inner())),
-        };
-        ApiError::invalid_param(&field, format!("`{field}` must be {expected}"))
-    })
+    let expected = |field: &str| match field {
+        "model" | "input" | "instructions" | "response_format" | "stream_format" | "language" => {
+            Some("a string")
+        }
+        "speed" => Some("a number"),
+        "seed" | "max_frames" => Some("a whole number ≥ 0"),
+        _ => None,
+    };
+    json_body(
+        body,
+        expected,
+        "the body must be a JSON object with `model`, `input` and `voice`",
+    )
 }
 
 /// How the audio bytes travel.

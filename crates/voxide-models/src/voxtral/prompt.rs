@@ -23,6 +23,19 @@ pub enum Role {
     Assistant,
 }
 
+impl Role {
+    /// The role of a chat message's `role` field: `user`, `assistant`, `system` (or OpenAI's
+    /// newer `developer`, which stands for it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            "system" | "developer" => Some(Role::System),
+            _ => None,
+        }
+    }
+}
+
 /// One piece of a user turn.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Content {
