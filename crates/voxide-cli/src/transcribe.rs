@@ -10,8 +10,8 @@ use voxide_audio::{load_mono, AudioInput};
 use voxide_models::silero_vad::{SileroVad, SAMPLE_RATE};
 use voxide_models::Progress;
 use voxide_runtime::{
-    load_transcriber, render_with, resolve_model, transcribe_speech, vad_params, OutputFormat,
-    SubtitleOptions, TranscribeRequest, WeightFormat,
+    load_transcriber, render_with, resolve_model, transcribe_speech, txt_lines, vad_params,
+    OutputFormat, Segment, SubtitleOptions, TranscribeRequest, WeightFormat,
 };
 
 /// Inputs longer than this get a progress bar.
@@ -334,6 +334,9 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     } else {
         None
     };
+    // Text to stdout goes out as each window is decoded, as whisper.cpp and openai-whisper's
+    // verbose mode print it: the same lines the txt format writes at the end.
+    let live_text = output_dir.is_none() && args.format.list() == [OutputFormat::Txt];
     let task = if request.translate {
         "translate"
     } else {
@@ -346,13 +349,17 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         let duration = samples.len() as f64 / model.sample_rate() as f64;
         let bar = progress_bar(duration);
         let clock = Instant::now();
+        let mut live = live_text.then(LiveText::default);
         let mut on_progress = |done: Progress<'_>| {
             if let Some(bar) = &bar {
                 bar.set_position((done.fraction * 1000.0) as u64);
             }
-            true
+            match &mut live {
+                Some(live) => live.print(done.segments, bar.as_ref()),
+                None => true,
+            }
         };
-        let (transcript, timings) = match &vad {
+        let transcribed = match &vad {
             Some(vad) => {
                 let params = vad_params(model.as_ref());
                 transcribe_speech(
@@ -362,15 +369,24 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
                     &samples,
                     &request,
                     &mut on_progress,
-                )?
+                )
             }
-            None => model.transcribe(&samples, &request, &mut on_progress)?,
+            None => model.transcribe(&samples, &request, &mut on_progress),
         };
+        // A closed stdout stopped the transcription: that, not the stop, is the error.
+        if let Some(live) = &mut live {
+            live.result()?;
+        }
+        let (transcript, timings) = transcribed?;
+        if let Some(live) = &mut live {
+            live.print(&transcript.segments, bar.as_ref());
+            live.result()?;
+        }
         let wall = clock.elapsed().as_secs_f64();
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        for format in args.format.list() {
+        for format in args.format.list().into_iter().filter(|_| live.is_none()) {
             let text = render_with(&transcript, format, task, &args.subtitles());
             match &output_dir {
                 Some(dir) => {
@@ -408,6 +424,49 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
 
 /// Where `--output-dir` puts the transcript of `input`: its [`output_stem`] with the format's
 /// extension.
+/// Prints a transcript's txt lines to stdout as its segments are found.
+#[derive(Default)]
+struct LiveText {
+    /// Segments printed.
+    printed: usize,
+    /// Why stdout stopped taking the text.
+    failed: Option<std::io::Error>,
+}
+
+impl LiveText {
+    /// Prints the lines of the segments past those printed (above the progress bar); false
+    /// once stdout fails (a closed pipe), which stops the transcription.
+    fn print(&mut self, segments: &[Segment], bar: Option<&ProgressBar>) -> bool {
+        let new = segments.get(self.printed..).unwrap_or_default();
+        self.printed = self.printed.max(segments.len());
+        let mut text = String::new();
+        for line in txt_lines(new) {
+            text.push_str(line);
+            text.push('\n');
+        }
+        if !text.is_empty() && self.failed.is_none() {
+            let write = || {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes()).and_then(|_| out.flush())
+            };
+            let written = match bar {
+                Some(bar) => bar.suspend(write),
+                None => write(),
+            };
+            self.failed = written.err();
+        }
+        self.failed.is_none()
+    }
+
+    /// The write error that stopped the text, if one did.
+    fn result(&mut self) -> Result<()> {
+        match self.failed.take() {
+            Some(e) => bail!("cannot write to stdout: {e}"),
+            None => Ok(()),
+        }
+    }
+}
+
 fn output_path(dir: &Path, input: &AudioInput, extension: &str) -> PathBuf {
     dir.join(format!("{}.{extension}", output_stem(input)))
 }

@@ -904,3 +904,35 @@ fn pipes_closed_by_their_readers_end_commands_without_a_panic() {
         "{stderr}"
     );
 }
+
+/// Text to stdout is printed as each window is decoded: over several windows (and VAD
+/// stretches), the lines equal the txt file written at the end.
+#[test]
+fn txt_printed_as_it_decodes_equals_the_txt_file() {
+    let long = root().join("../shared/corpus/longform/en_concat_jfk_librispeech_fleurs.wav");
+    let vad = root().join("../shared/assets/silero-vad/for-tests-silero-v6.2.0-ggml.bin");
+    let voxtral = root().join("tests/fixtures/voxtral/tiny-random-mistral");
+    let dir = tempfile::tempdir().unwrap();
+    for (model, extra) in [
+        (tiny(), vec![]),
+        (voxtral, vec!["--vad", "--vad-model", s(&vad)]),
+    ] {
+        let mut args = vec!["transcribe", "--model", s(&model), "--max-new-tokens", "8"];
+        args.extend(extra);
+        args.push(s(&long));
+        let printed = voxide(&args);
+        assert!(
+            printed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&printed.stderr)
+        );
+        args.extend(["--output-dir", s(dir.path())]);
+        let written = voxide(&args);
+        assert!(written.status.success());
+        assert!(written.stdout.is_empty());
+        let file = std::fs::read(dir.path().join("en_concat_jfk_librispeech_fleurs.txt")).unwrap();
+        let lines = file.iter().filter(|&&b| b == b'\n').count();
+        assert!(lines >= 5, "several windows' lines: {lines}");
+        assert!(printed.stdout == file, "{}", model.display());
+    }
+}

@@ -95,8 +95,8 @@ pub fn render_with(
     let mut out = String::new();
     match format {
         OutputFormat::Txt => {
-            for s in spoken(t) {
-                let _ = writeln!(out, "{}", py_strip(&s.text));
+            for line in txt_lines(&t.segments) {
+                let _ = writeln!(out, "{line}");
             }
         }
         OutputFormat::Json => out = json!({ "text": t.text }).to_string() + "\n",
@@ -155,6 +155,16 @@ fn without_blank_lines(text: &str) -> String {
 }
 
 /// The segments with text (openai-whisper also writes empty ones, as empty cues).
+/// The lines of the `txt` format for `segments`: each spoken one's text, stripped as Python
+/// strips. Segments found so far give the first lines of the whole transcript's (a front end
+/// prints them as they come).
+pub fn txt_lines(segments: &[Segment]) -> impl Iterator<Item = &str> {
+    segments
+        .iter()
+        .map(|s| py_strip(&s.text))
+        .filter(|line| !line.is_empty())
+}
+
 fn spoken(t: &Transcript) -> impl Iterator<Item = &Segment> {
     t.segments.iter().filter(|s| !py_strip(&s.text).is_empty())
 }

@@ -11,7 +11,7 @@ pub mod transcriber;
 pub mod vad;
 
 pub use error::{Error, Result};
-pub use format::{render, render_with, OutputFormat, SubtitleOptions};
+pub use format::{render, render_with, txt_lines, OutputFormat, SubtitleOptions};
 pub use load::{
     load_model, load_streaming, load_synthesizer, load_transcriber, load_voxtral, Model,
 };
