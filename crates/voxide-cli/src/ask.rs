@@ -36,6 +36,13 @@ pub struct AskArgs {
     /// Seed for sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// OpenAI's frequency penalty, −2 to 2: each answer token's logit loses this per time it
+    /// was already said.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    frequency_penalty: f32,
+    /// OpenAI's presence penalty, −2 to 2: each token already said loses this once.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    presence_penalty: f32,
     /// At most N tokens in the answer.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_new_tokens: usize,
@@ -164,6 +171,14 @@ pub fn run(args: AskArgs) -> Result<()> {
     if !(0.0..=2.0).contains(&args.temperature) || !top_p_ok {
         bail!("--temperature must lie in [0, 2] and --top-p in (0, 1]");
     }
+    for (flag, value) in [
+        ("--frequency-penalty", args.frequency_penalty),
+        ("--presence-penalty", args.presence_penalty),
+    ] {
+        if !(-2.0..=2.0).contains(&value) {
+            bail!("{flag} must lie in [-2, 2]");
+        }
+    }
     // The clips are decoded before the model loads: a path that cannot be read or a file
     // that is not audio fails at once.
     let clips = conversation
@@ -190,6 +205,8 @@ pub fn run(args: AskArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
         top_p: args.top_p,
+        frequency_penalty: args.frequency_penalty,
+        presence_penalty: args.presence_penalty,
         seed: args.seed,
         kv_dtype: kv_precision(&args.kv_precision),
         ..GenerateOptions::default()

@@ -124,6 +124,19 @@ fn ask_prints_the_library_answer() {
     let args = ["ask", "-m", s(&model), "--max-new-tokens", "24"];
     let out = voxide(&[&args[..], &["--audio", s(&wav), question]].concat());
     assert_eq!(stdout(&out), format!("{want}\n"));
+    // OpenAI's penalties reach the library.
+    let penalised = GenerateOptions {
+        frequency_penalty: 1.5,
+        presence_penalty: -0.5,
+        ..options
+    };
+    let (want_penalised, _) = library
+        .ask(&one, &[samples.clone()], &penalised, &mut |_| true)
+        .unwrap();
+    assert_ne!(want_penalised, want);
+    let flags = ["--frequency-penalty", "1.5", "--presence-penalty", "-0.5"];
+    let out = voxide(&[&args[..], &flags[..], &["--audio", s(&wav), question]].concat());
+    assert_eq!(stdout(&out), format!("{want_penalised}\n"));
 
     let conversation = json!([
         {"role": "user", "content": [{"type": "audio", "path": "short.wav"}, {"type": "text", "text": question}]},
@@ -194,6 +207,11 @@ fn bad_input_is_one_line_and_exit_1() {
         &["--audio", s(&wav), "--temperature", "3", "Hi?"],
     ));
     assert!(e.contains("--temperature must lie in [0, 2]"), "{e}");
+    let e = error_line(&ask(
+        nowhere,
+        &["--audio", s(&wav), "--presence-penalty", "-3", "Hi?"],
+    ));
+    assert!(e.contains("--presence-penalty must lie in [-2, 2]"), "{e}");
     // --messages files: each fault named without Rust's debug formatting.
     let messages = dir.path().join("messages.json");
     for (json, expect) in [

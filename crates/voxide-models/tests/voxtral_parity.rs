@@ -532,3 +532,40 @@ fn int8_quantizes_the_encoder_within_its_rounding() {
         assert!(moved > 1e-4, "{what}: {moved} of the scale: not quantized");
     }
 }
+
+/// OpenAI's penalties act on the generated ids: a large presence penalty keeps a greedy answer
+/// from repeating any id, where the same answer without it repeats.
+#[test]
+fn presence_penalty_keeps_generated_ids_from_repeating() {
+    let r = reference();
+    let model = load(LAYOUTS[0]);
+    let audio = samples(&r["short.audio"]);
+    let generate = |presence_penalty: f32| {
+        let options = GenerateOptions {
+            max_new_tokens: 32,
+            ignore_eos: true,
+            presence_penalty,
+            ..Default::default()
+        };
+        let (transcript, _) = model
+            .transcribe(&audio, Some("en"), &options, &mut |_| true)
+            .unwrap();
+        transcript.token_ids
+    };
+    let distinct = |ids: &[u32]| {
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        sorted.len()
+    };
+    let plain = generate(0.0);
+    assert!(
+        distinct(&plain) < plain.len(),
+        "the plain answer repeats: {plain:?}"
+    );
+    let penalised = generate(100.0);
+    assert_eq!(penalised.len(), 32);
+    assert_eq!(distinct(&penalised), penalised.len(), "{penalised:?}");
+    // The first id has nothing before it to penalise.
+    assert_eq!(penalised[0], plain[0]);
+}

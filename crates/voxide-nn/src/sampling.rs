@@ -57,6 +57,27 @@ pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f3
     }
 }
 
+/// OpenAI's frequency and presence penalties (as vLLM applies them, over the generated ids):
+/// every id generated so far, `count` times, loses `count · frequency + presence` from its
+/// logit. Both 0 change nothing.
+pub fn apply_frequency_presence_penalties(
+    logits: &mut [f32],
+    generated: &[u32],
+    frequency: f32,
+    presence: f32,
+) {
+    if frequency == 0.0 && presence == 0.0 {
+        return;
+    }
+    let mut counts: Vec<u32> = generated.to_vec();
+    counts.sort_unstable();
+    for run in counts.chunk_by(|a, b| a == b) {
+        if let Some(v) = logits.get_mut(run[0] as usize) {
+            *v -= run.len() as f32 * frequency + presence;
+        }
+    }
+}
+
 /// Parameters of stochastic sampling.
 #[derive(Clone, Copy, Debug)]
 pub struct SamplingParams {
@@ -153,6 +174,19 @@ mod tests {
         assert_eq!(logits, [1.0, -4.0, 3.0, 0.5]);
         apply_repetition_penalty(&mut logits, &[2], 1.0);
         assert_eq!(logits[2], 3.0);
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_count_each_generated_id() {
+        let mut logits = [2.0f32, -2.0, 3.0, 0.5];
+        // id 0 twice, id 1 once, id 9 out of range.
+        apply_frequency_presence_penalties(&mut logits, &[0, 1, 0, 9], 0.5, 1.0);
+        assert_eq!(logits, [0.0, -3.5, 3.0, 0.5]);
+        apply_frequency_presence_penalties(&mut logits, &[2], 0.0, 0.0);
+        assert_eq!(logits[2], 3.0);
+        // Negative penalties favour repeats.
+        apply_frequency_presence_penalties(&mut logits, &[3], -1.0, 0.0);
+        assert_eq!(logits[3], 1.5);
     }
 
     #[test]

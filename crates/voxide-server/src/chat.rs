@@ -12,10 +12,11 @@
 //! Sampling: `temperature` (0–2, OpenAI's default 1; 0 is greedy), `top_p`, `seed` (default
 //! 0: the same request gives the same answer, as `/v1/audio/speech`), `max_completion_tokens`
 //! or `max_tokens` (default 1024, as `voxide ask`), `stop` (up to 4 strings, cut from the
-//! answer, as OpenAI). `stream: true` sends `chat.completion.chunk` events as the answer
+//! answer, as OpenAI), `frequency_penalty` and `presence_penalty` (−2–2, over the generated
+//! tokens, as vLLM applies them). `stream: true` sends `chat.completion.chunk` events as the answer
 //! decodes, then `data: [DONE]`; `stream_options.include_usage` adds the usage chunk. What
-//! the model cannot do (`n` > 1, log-probabilities, tools, audio or JSON output, penalties) is
-//! refused by name rather than ignored.
+//! the model cannot do (`n` > 1, log-probabilities, tools, audio or JSON output) is refused by
+//! name rather than ignored.
 
 use crate::limits::refuse_declared_over;
 use crate::{event_stream, json_body, sse_event, ApiError, AppState, Engine};
@@ -221,8 +222,11 @@ fn checked(body: ChatBody) -> Result<Chat, ApiError> {
         ("frequency_penalty", body.frequency_penalty),
         ("presence_penalty", body.presence_penalty),
     ] {
-        if value.is_some_and(|v| v != 0.0) {
-            return Err(refuse(field, &format!("`{field}` other than 0")));
+        if value.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+            return Err(ApiError::invalid_param(
+                field,
+                format!("{field} must lie in [-2, 2]"),
+            ));
         }
     }
     if body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -275,6 +279,8 @@ fn checked(body: ChatBody) -> Result<Chat, ApiError> {
             max_new_tokens: max_tokens,
             temperature,
             top_p,
+            frequency_penalty: body.frequency_penalty.unwrap_or(0.0),
+            presence_penalty: body.presence_penalty.unwrap_or(0.0),
             // OpenAI's seeds are signed; any value picks a sequence.
             seed: body.seed.unwrap_or(0) as u64,
             ..GenerateOptions::default()

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Instant;
 use voxide_audio::WhisperMel;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::sampling::{argmax, Sampler, SamplingParams};
+use voxide_nn::sampling::{apply_frequency_presence_penalties, argmax, Sampler, SamplingParams};
 
 /// Input sample rate.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -56,6 +56,9 @@ pub struct GenerateOptions {
     pub temperature: f32,
     /// Nucleus sampling (1.0 = off).
     pub top_p: f32,
+    /// OpenAI's penalties over the generated ids (0 = off; greedy decoding takes them too).
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
     pub seed: u64,
     /// Keep going past end-of-sequence (benchmarks on random weights).
     pub ignore_eos: bool,
@@ -69,6 +72,8 @@ impl Default for GenerateOptions {
             max_new_tokens: 1024,
             temperature: 0.0,
             top_p: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0,
             ignore_eos: false,
             kv_dtype: None,
@@ -266,7 +271,13 @@ impl Voxtral {
             // Around the timed part, as Whisper's steps (`whisper::decoding`).
             let _span = tracing::trace_span!("decoder_step", step = ids.len()).entered();
             let t0 = Instant::now();
-            let logits = network.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut logits = network.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
+            apply_frequency_presence_penalties(
+                &mut logits,
+                &ids,
+                options.frequency_penalty,
+                options.presence_penalty,
+            );
             let id = match sampling {
                 Some(p) => sampler.sample(&logits, p) as u32,
                 None => argmax(&logits) as u32,

@@ -124,8 +124,8 @@ fn answers_equal_the_librarys() {
     }
 }
 
-/// Sampling follows `temperature`, `top_p` and `seed` as the library does: the same seed
-/// gives the same answer.
+/// Sampling follows `temperature`, `top_p` and `seed` as the library does (the same seed
+/// gives the same answer), and the penalties too.
 #[test]
 fn sampled_answers_follow_the_seed() {
     let options = GenerateOptions {
@@ -145,6 +145,26 @@ fn sampled_answers_follow_the_seed() {
         let got = server.post_json("/v1/chat/completions", &body).json();
         assert_eq!(got["choices"][0]["message"]["content"], want.as_str());
     }
+    // OpenAI's penalties, greedy: the library's answer with the same penalties, which differs
+    // from the plain one.
+    let penalised = GenerateOptions {
+        max_new_tokens: 24,
+        frequency_penalty: 1.5,
+        presence_penalty: 0.5,
+        ..GenerateOptions::default()
+    };
+    let (want, _) = library_answer(&penalised);
+    let (plain, _) = library_answer(&GenerateOptions {
+        max_new_tokens: 24,
+        ..GenerateOptions::default()
+    });
+    assert_ne!(want, plain);
+    let body = request(
+        input_audio(),
+        json!({ "temperature": 0, "max_tokens": 24, "frequency_penalty": 1.5, "presence_penalty": 0.5 }),
+    );
+    let got = server.post_json("/v1/chat/completions", &body).json();
+    assert_eq!(got["choices"][0]["message"]["content"], want.as_str());
 }
 
 /// `stream: true` sends the role, the answer piece by piece (the same text as the whole
@@ -289,6 +309,11 @@ fn bad_requests_name_the_field() {
             request(input_audio(), json!({ "logprobs": true })),
             "logprobs",
             "not supported",
+        ),
+        (
+            request(input_audio(), json!({ "presence_penalty": 2.5 })),
+            "presence_penalty",
+            "[-2, 2]",
         ),
         (
             request(input_audio(), json!({ "temperature": 3 })),
