@@ -131,7 +131,12 @@ fn ask_prints_the_library_answer() {
         ..options
     };
     let (want_penalised, _) = library
-        .ask(&one, &[samples.clone()], &penalised, &mut |_| true)
+        .ask(
+            &one,
+            std::slice::from_ref(&samples),
+            &penalised,
+            &mut |_| true,
+        )
         .unwrap();
     assert_ne!(want_penalised, want);
     let flags = ["--frequency-penalty", "1.5", "--presence-penalty", "-0.5"];
