@@ -316,15 +316,23 @@ impl Deltas {
     ) -> Vec<String> {
         let mut out = Vec::new();
         for segment in segments.get(self.segments..).unwrap_or_default() {
-            let streamed = std::mem::take(&mut self.streamed);
-            let rest = match segment.text.trim_start().strip_prefix(streamed.as_str()) {
-                Some(rest) if !streamed.is_empty() => rest,
-                _ => &segment.text,
-            };
-            if !rest.is_empty() {
+            let text = segment.text.trim_start();
+            if self.streamed.is_empty() {
+                out.push(segment.text.clone());
+            } else if let Some(rest) = text.strip_prefix(self.streamed.as_str()) {
+                // The segment completes the streamed text.
                 out.push(rest.to_string());
+                self.streamed.clear();
+            } else if let Some(later) = self.streamed.strip_prefix(text) {
+                // The streamed text covers the segment and goes on into the next ones.
+                self.streamed = later.trim_start().to_string();
+            } else {
+                // Text the segment does not continue: the segment whole, rather than lost.
+                out.push(segment.text.clone());
+                self.streamed.clear();
             }
         }
+        out.retain(|delta| !delta.is_empty());
         self.segments = self.segments.max(segments.len());
         let pending = pending.trim_end();
         if let Some(new) = pending.strip_prefix(self.streamed.as_str()) {
@@ -548,5 +556,11 @@ mod tests {
         let mut d = Deltas::default();
         d.next(&[], "abc");
         assert_eq!(d.next(&[segment("xyz")], ""), ["xyz"]);
+        // Streamed text that spans several segments (Voxtral Realtime's sentences): nothing
+        // twice, the rest of the last one.
+        let mut d = Deltas::default();
+        assert_eq!(d.next(&[], "One. Two th"), ["One. Two th"]);
+        let sentences = [segment(" One."), segment(" Two three."), segment(" Four.")];
+        assert_eq!(d.next(&sentences, ""), ["ree.", " Four."]);
     }
 }
