@@ -59,21 +59,41 @@ pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f3
 
 /// OpenAI's frequency and presence penalties (as vLLM applies them, over the generated ids):
 /// every id generated so far, `count` times, loses `count · frequency + presence` from its
-/// logit. Both 0 change nothing.
-pub fn apply_frequency_presence_penalties(
-    logits: &mut [f32],
-    generated: &[u32],
+/// logit. The counts grow with each id ([`Self::push`]), so a step does not go over the
+/// answer again. Both 0 change nothing and count nothing.
+#[derive(Clone, Debug, Default)]
+pub struct FrequencyPresencePenalties {
     frequency: f32,
     presence: f32,
-) {
-    if frequency == 0.0 && presence == 0.0 {
-        return;
+    counts: std::collections::HashMap<u32, u32>,
+}
+
+impl FrequencyPresencePenalties {
+    pub fn new(frequency: f32, presence: f32) -> Self {
+        Self {
+            frequency,
+            presence,
+            counts: Default::default(),
+        }
     }
-    let mut counts: Vec<u32> = generated.to_vec();
-    counts.sort_unstable();
-    for run in counts.chunk_by(|a, b| a == b) {
-        if let Some(v) = logits.get_mut(run[0] as usize) {
-            *v -= run.len() as f32 * frequency + presence;
+
+    fn active(&self) -> bool {
+        self.frequency != 0.0 || self.presence != 0.0
+    }
+
+    /// Counts a generated id.
+    pub fn push(&mut self, id: u32) {
+        if self.active() {
+            *self.counts.entry(id).or_default() += 1;
+        }
+    }
+
+    /// Takes the penalties of the ids counted so far off `logits`.
+    pub fn apply(&self, logits: &mut [f32]) {
+        for (&id, &count) in &self.counts {
+            if let Some(v) = logits.get_mut(id as usize) {
+                *v -= count as f32 * self.frequency + self.presence;
+            }
         }
     }
 }
@@ -178,14 +198,19 @@ mod tests {
 
     #[test]
     fn frequency_and_presence_penalties_count_each_generated_id() {
+        let penalised = |ids: &[u32], frequency: f32, presence: f32, logits: &mut [f32]| {
+            let mut p = FrequencyPresencePenalties::new(frequency, presence);
+            ids.iter().for_each(|&id| p.push(id));
+            p.apply(logits);
+        };
         let mut logits = [2.0f32, -2.0, 3.0, 0.5];
         // id 0 twice, id 1 once, id 9 out of range.
-        apply_frequency_presence_penalties(&mut logits, &[0, 1, 0, 9], 0.5, 1.0);
+        penalised(&[0, 1, 0, 9], 0.5, 1.0, &mut logits);
         assert_eq!(logits, [0.0, -3.5, 3.0, 0.5]);
-        apply_frequency_presence_penalties(&mut logits, &[2], 0.0, 0.0);
+        penalised(&[2], 0.0, 0.0, &mut logits);
         assert_eq!(logits[2], 3.0);
         // Negative penalties favour repeats.
-        apply_frequency_presence_penalties(&mut logits, &[3], -1.0, 0.0);
+        penalised(&[3], -1.0, 0.0, &mut logits);
         assert_eq!(logits[3], 1.5);
     }
 

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Instant;
 use voxide_audio::WhisperMel;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::sampling::{apply_frequency_presence_penalties, argmax, Sampler, SamplingParams};
+use voxide_nn::sampling::{argmax, FrequencyPresencePenalties, Sampler, SamplingParams};
 
 /// Input sample rate.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -266,18 +266,15 @@ impl Voxtral {
         let mut sampler = Sampler::new(options.seed);
         let eos = self.tokenizer.eos();
         let mut ids = Vec::new();
+        let mut penalties =
+            FrequencyPresencePenalties::new(options.frequency_penalty, options.presence_penalty);
         let mut stop = Stop::MaxTokens;
         while ids.len() < options.max_new_tokens {
             // Around the timed part, as Whisper's steps (`whisper::decoding`).
             let _span = tracing::trace_span!("decoder_step", step = ids.len()).entered();
             let t0 = Instant::now();
             let mut logits = network.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
-            apply_frequency_presence_penalties(
-                &mut logits,
-                &ids,
-                options.frequency_penalty,
-                options.presence_penalty,
-            );
+            penalties.apply(&mut logits);
             let id = match sampling {
                 Some(p) => sampler.sample(&logits, p) as u32,
                 None => argmax(&logits) as u32,
@@ -290,6 +287,7 @@ impl Voxtral {
                 break;
             }
             ids.push(id);
+            penalties.push(id);
             if !on_token(id) {
                 stop = Stop::Cancelled;
                 break;
