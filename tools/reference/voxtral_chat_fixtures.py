@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Chat prompts of Voxtral Mini 3B as mistral-common builds them, for conversations that its
 request normaliser reshapes (InstructRequestNormalizerV7): consecutive turns of one role,
-adjacent text chunks, empty chunks, answers with trailing spaces, clips of several windows, a
-system message. Needs only mistral-common (1.13.1, with soundfile), no torch.
+adjacent text chunks, empty chunks, answers with trailing spaces, clips of several windows;
+conversations of text alone, with system messages where they stand; and the ones it refuses (a
+system message beside audio or after an answer, an empty answer). Needs only mistral-common
+(1.13.1, with soundfile), no torch.
 
 Reads the committed synthetic v7 tekken.json (tests/fixtures/voxtral/tiny-random-mistral/) and
 writes tests/fixtures/voxtral/chat_prompts.json:
@@ -49,6 +51,13 @@ def text(t):
 
 def user(*content):
     return {"role": "user", "content": list(content)}
+
+
+def system(*content):
+    """A system message: its text as a string, or text parts."""
+    if len(content) == 1 and isinstance(content[0], str):
+        return {"role": "system", "content": content[0]}
+    return {"role": "system", "content": list(content)}
 
 
 def wav_b64(seconds):
@@ -110,11 +119,24 @@ CASES = {
     "empty_text_chunks": [user(text(""), audio(1), text(""), text(Q))],
     "spaces_kept_in_user_text": [user(audio(1), text("  spaced  \n"))],
     "two_windows_and_unicode": [user(audio(31), text("Qu'est-ce qu'on entend ? 日本語"))],
+    "text_alone": [user(text("Say hello."))],
+    "system_then_text": [system("Be brief."), {"role": "user", "content": "Say hello."}],
+    "system_parts_and_two_systems": [system(text("Be brief."), text(""), text("Be kind.")),
+                                     system("Answer in French."), user(text("Say hello."))],
+    "system_between_user_turns": [user(text("Hi.")), system("Be brief."), user(text("Again?"))],
+    "system_spaces_kept": [system("  Be brief.  \n"), user(text("Hi  "))],
+    "empty_system": [system(""), user(text("Hi."))],
+    "text_conversation": [system("Be brief."), user(text("Hi.")),
+                          {"role": "assistant", "content": "Hello! "}, user(text("Bye."))],
 }
 ERRORS = {
     "system_beside_audio": [{"role": "system", "content": "Be brief."}, user(audio(1), text(Q))],
     "empty_answer": [user(audio(1), text(Q)), {"role": "assistant", "content": ""},
                      user(text("Again?"))],
+    "system_before_later_audio": [system("Be brief."), user(text("Hi.")),
+                                  {"role": "assistant", "content": "Hello."}, user(audio(1), text(Q))],
+    "system_after_answer": [user(text("Hi.")), {"role": "assistant", "content": "Hello."},
+                            system("Be brief."), user(text("Again?"))],
 }
 
 

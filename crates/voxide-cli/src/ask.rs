@@ -1,5 +1,5 @@
-//! `voxide ask`: questions about audio (Voxtral Mini 3B's chat mode), the answer streamed to
-//! stdout as it decodes.
+//! `voxide ask`: questions about audio, or text alone (Voxtral Mini 3B's chat mode), the
+//! answer streamed to stdout as it decodes.
 
 use crate::transcribe::{kv_precision, precision, set_threads};
 use anyhow::{anyhow, bail, Result};
@@ -20,8 +20,13 @@ pub struct AskArgs {
     #[arg(short, long, env = "VOXIDE_MODEL")]
     model: String,
     /// Audio the question is about (repeat for several clips, in order); `-` reads stdin.
+    /// Without audio the model answers the text alone.
     #[arg(short, long, value_name = "FILE")]
     audio: Vec<String>,
+    /// Instructions before the conversation (`[SYSTEM_PROMPT]`); only without audio, as
+    /// mistral-common refuses a system prompt beside audio for Voxtral's tokenizer.
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
     /// A conversation as JSON: [{"role": "user", "content": [{"type": "audio", "path": "a.wav"},
     /// {"type": "text", "text": "…"}]}, {"role": "assistant", "content": "…"}, …]; audio
     /// paths are relative to the file.
@@ -85,9 +90,16 @@ fn read_messages(path: &Path) -> Result<Conversation> {
         .ok_or_else(|| bad("expected a list of messages".into()))?;
     for (i, turn) in turns.iter().enumerate() {
         let role = match turn["role"].as_str() {
-            Some(name) => Role::from_name(name)
-                .ok_or_else(|| bad(format!("message {i}: role \"{name}\" (user or assistant)")))?,
-            None => return Err(bad(format!("message {i}: no role (user or assistant)"))),
+            Some(name) => Role::from_name(name).ok_or_else(|| {
+                bad(format!(
+                    "message {i}: role \"{name}\" (user, assistant or system)"
+                ))
+            })?,
+            None => {
+                return Err(bad(format!(
+                    "message {i}: no role (user, assistant or system)"
+                )))
+            }
         };
         let content = match &turn["content"] {
             Value::String(text) => vec![Content::Text(text.clone())],
@@ -127,13 +139,21 @@ fn read_messages(path: &Path) -> Result<Conversation> {
 
 pub fn run(args: AskArgs) -> Result<()> {
     set_threads(args.threads)?;
-    let mut conversation = match &args.messages {
-        Some(path) => read_messages(path)?,
-        None => Conversation {
-            messages: Vec::new(),
-            clips: Vec::new(),
-        },
+    let mut conversation = Conversation {
+        messages: Vec::new(),
+        clips: Vec::new(),
     };
+    if let Some(system) = &args.system {
+        conversation.messages.push(Message {
+            role: Role::System,
+            content: vec![Content::Text(system.clone())],
+        });
+    }
+    if let Some(path) = &args.messages {
+        let read = read_messages(path)?;
+        conversation.messages.extend(read.messages);
+        conversation.clips = read.clips;
+    }
     if let Some(question) = &args.question {
         if question.trim().is_empty() {
             bail!("the question is empty");
@@ -164,9 +184,6 @@ pub fn run(args: AskArgs) -> Result<()> {
         bail!("nothing to ask: give a question (with --audio FILE) or --messages FILE");
     }
     voxtral::prompt::check_conversation(&conversation.messages)?;
-    if conversation.clips.is_empty() {
-        bail!("Voxtral answers questions about audio: give at least one --audio FILE");
-    }
     let top_p_ok = args.top_p > 0.0 && args.top_p <= 1.0;
     if !(0.0..=2.0).contains(&args.temperature) || !top_p_ok {
         bail!("--temperature must lie in [0, 2] and --top-p in (0, 1]");

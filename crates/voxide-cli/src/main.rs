@@ -48,7 +48,8 @@ struct Cli {
 enum Command {
     /// Transcribe (or translate) audio files.
     Transcribe(transcribe::TranscribeArgs),
-    /// Ask questions about audio (Voxtral Mini 3B), the answer streamed as it decodes.
+    /// Ask questions about audio, or text alone (Voxtral Mini 3B), the answer streamed as it
+    /// decodes.
     Ask(ask::AskArgs),
     /// Transcribe live audio from standard input as it arrives (streaming models).
     Stream(stream::StreamArgs),

@@ -168,6 +168,29 @@ fn ask_prints_the_library_answer() {
         .concat(),
     );
     assert_eq!(stdout(&out), format!("{}\n", answer(&turns, 1)));
+
+    // Without audio the model answers the text alone, after a system prompt if given.
+    let hello = "Say hello.";
+    let text_only = |system: Option<&str>| {
+        let mut messages: Vec<Message> = system
+            .map(|text| Message {
+                role: Role::System,
+                content: vec![Content::Text(text.into())],
+            })
+            .into_iter()
+            .collect();
+        messages.push(Message {
+            role: Role::User,
+            content: vec![Content::Text(hello.into())],
+        });
+        answer(&messages, 0)
+    };
+    let (plain, briefed) = (text_only(None), text_only(Some("Be brief.")));
+    assert_ne!(plain, briefed, "the system prompt reaches the model");
+    let out = voxide(&[&args[..], &[hello]].concat());
+    assert_eq!(stdout(&out), format!("{plain}\n"));
+    let out = voxide(&[&args[..], &["--system", "Be brief.", hello]].concat());
+    assert_eq!(stdout(&out), format!("{briefed}\n"));
 }
 
 #[test]
@@ -177,8 +200,15 @@ fn bad_input_is_one_line_and_exit_1() {
     let model = fixture(LAYOUTS[0]);
     let ask =
         |model: &Path, extra: &[&str]| voxide(&[&["ask", "-m", s(model)][..], extra].concat());
-    let e = error_line(&ask(&model, &["Is anyone there?"]));
-    assert!(e.contains("at least one --audio"), "{e}");
+    let e = error_line(&ask(
+        &model,
+        &["--system", "Be brief.", "--audio", s(&wav), "Hi?"],
+    ));
+    assert!(e.contains("no system message beside audio"), "{e}");
+    let e = error_line(&ask(&model, &["--system", "Be brief."]));
+    assert!(e.contains("the last message must be the user's"), "{e}");
+    let e = error_line(&ask(&model, &[]));
+    assert!(e.contains("nothing to ask"), "{e}");
     let e = error_line(&ask(&model, &["--audio", s(&wav)]));
     assert!(e.contains("needs a question"), "{e}");
     let realtime = root().join("tests/fixtures/voxtral-realtime/tiny-random-mistral");
@@ -242,8 +272,12 @@ fn bad_input_is_one_line_and_exit_1() {
             "a user message has no content",
         ),
         (
-            r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]"#,
+            r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "audio", "path": "a.wav"}]}]"#,
             "Voxtral takes no system message beside audio",
+        ),
+        (
+            r#"[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}, {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]"#,
+            "a system message cannot follow an answer",
         ),
         (
             r#"[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "Hi?"}]"#,

@@ -1,13 +1,14 @@
-//! `POST /v1/chat/completions`: questions about audio, for models that answer them (Voxtral
-//! Mini 3B), in OpenAI's Chat Completions shape as vLLM serves Voxtral — so that the official
-//! clients' `chat.completions.create` works against a local server.
+//! `POST /v1/chat/completions`: questions about audio, or text alone, for models that answer
+//! them (Voxtral Mini 3B), in OpenAI's Chat Completions shape as vLLM serves Voxtral — so that
+//! the official clients' `chat.completions.create` works against a local server.
 //!
 //! A message's `content` is a string or a list of parts: `text`, `input_audio` (OpenAI's
 //! `{"data": base64, "format": …}`, or Mistral's bare base64 string) and `audio_url` (vLLM's;
 //! `data:` URLs only: the server fetches nothing). Audio in any format voxide reads, at most
 //! `--max-audio-s` in all; the conversation is prompted as mistral-common builds it
-//! (`voxtral::prompt::chat`). Roles `user` and `assistant`; `system` and `developer` are
-//! refused as mistral-common refuses a system prompt beside audio for Voxtral's tokenizer.
+//! (`voxtral::prompt::chat`). Roles `user`, `assistant`, `system` (and `developer`, OpenAI's
+//! name for it); a system message is refused beside audio, as mistral-common refuses one for
+//! Voxtral's tokenizer.
 //!
 //! Sampling: `temperature` (0–2, OpenAI's default 1; 0 is greedy), `top_p`, `seed` (default
 //! 0: the same request gives the same answer, as `/v1/audio/speech`), `max_completion_tokens`
@@ -335,7 +336,7 @@ fn conversation(json: &[Value]) -> Result<(Vec<Message>, Vec<Clip>), ApiError> {
         let role = match message["role"].as_str() {
             Some(name) => Role::from_name(name).ok_or_else(|| {
                 invalid(format!(
-                    "messages[{i}]: role {name:?} is not supported (user, assistant)"
+                    "messages[{i}]: role {name:?} is not supported (user, assistant, system, developer)"
                 ))
             })?,
             None => return Err(invalid(format!("messages[{i}] has no `role`"))),
@@ -386,12 +387,6 @@ fn conversation(json: &[Value]) -> Result<(Vec<Message>, Vec<Clip>), ApiError> {
         voxide_models::Error::InvalidRequest(m) => invalid(m),
         e => ApiError::from(e),
     })?;
-    if clips.is_empty() {
-        return Err(invalid(
-            "Voxtral answers questions about audio: put at least one input_audio part in a user message"
-                .into(),
-        ));
-    }
     Ok((messages, clips))
 }
 

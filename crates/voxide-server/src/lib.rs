@@ -8,8 +8,8 @@
 //!   server-sent text events;
 //! - `POST /v1/audio/speech` ([`speech`]): JSON in, WAV or PCM streamed out as it is
 //!   synthesised, or server-sent audio events;
-//! - `POST /v1/chat/completions` (`chat`): questions about audio (Voxtral Mini 3B) in OpenAI's
-//!   Chat Completions shape, the answer whole or streamed as chunks;
+//! - `POST /v1/chat/completions` (`chat`): questions about audio or text (Voxtral Mini 3B)
+//!   in OpenAI's Chat Completions shape, the answer whole or streamed as chunks;
 //! - `GET /v1/realtime?intent=transcription` (`realtime`): OpenAI's Realtime transcription
 //!   sessions over a WebSocket, with server VAD (Silero) or client commits;
 //! - `GET /`: a page to try it all from a browser.

@@ -411,8 +411,9 @@ impl Voxtral {
     }
 
     /// Answers the conversation `messages`, whose audio chunks take `clips` (16 kHz samples)
-    /// in order; the answer's text goes to `on_text` piece by piece as it decodes (return
-    /// `false` to stop there: [`Stop::Cancelled`], the answer so far returned).
+    /// in order (none: a conversation of text alone); the answer's text goes to `on_text`
+    /// piece by piece as it decodes (return `false` to stop there: [`Stop::Cancelled`], the
+    /// answer so far returned).
     pub fn ask(
         &self,
         messages: &[Message],
@@ -440,14 +441,12 @@ impl Voxtral {
                 "more clips than audio chunks in the conversation".into(),
             ));
         }
-        if audio.is_empty() {
-            return Err(Error::InvalidRequest(
-                "Voxtral answers questions about audio: the conversation needs at least one clip"
-                    .into(),
-            ));
-        }
-        let audio = Tensor::cat(&audio, 0)?;
         let prompt = prompt::chat(&self.tokenizer, &messages, self.tokens_per_window())?;
+        // Without audio the prompt is text alone: Voxtral answers as its language model.
+        let audio = match audio.is_empty() {
+            true => Tensor::zeros((0, 1), DType::F32, self.network.device())?,
+            false => Tensor::cat(&audio, 0)?,
+        };
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
         let mut generation = self.generate(&prompt, &audio, options, &mut |id| {
             let piece = decoder.push(id);

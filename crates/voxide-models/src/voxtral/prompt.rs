@@ -4,11 +4,14 @@
 //! * transcription: `<s> [INST] [BEGIN_AUDIO] [AUDIO]×375·k [/INST] lang:xx [TRANSCRIBE]`
 //!   (`lang:xx` left out when the language is detected);
 //! * chat: `<s>`, then per user turn `[INST]`, its chunks in order (audio: `[BEGIN_AUDIO]` +
-//!   `[AUDIO]`×375·k; text: its tokens) and `[/INST]`; per assistant turn its tokens and `</s>`.
+//!   `[AUDIO]`×375·k; text: its tokens) and `[/INST]`; per assistant turn its tokens and `</s>`;
+//!   per system message `[SYSTEM_PROMPT]`, its text and `[/SYSTEM_PROMPT]`, where it stands.
 //!   Before that the conversation is normalised as mistral-common's request normaliser does
-//!   (`InstructRequestNormalizerV7`): consecutive turns of one role become one turn, adjacent
-//!   pieces of text (in a turn or across the turns joined) become one, joined by a blank line,
-//!   empty text is dropped, and an answer loses its trailing spaces.
+//!   (`InstructRequestNormalizerV7`): consecutive user or assistant turns become one turn
+//!   (system messages stay one each), adjacent pieces of text (in a message or across the
+//!   turns joined) become one, joined by a blank line, empty text is dropped, and an answer
+//!   loses its trailing spaces. A conversation may hold no audio: Voxtral answers text as the
+//!   language model it is built on (as vLLM serves it).
 
 use crate::tekken::Tekken;
 use crate::{Error, Result};
@@ -16,8 +19,8 @@ use crate::{Error, Result};
 /// Who speaks a turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Instructions before the conversation: mistral-common takes none beside audio for
-    /// Voxtral's tokenizer, so [`check_conversation`] refuses them.
+    /// Instructions (`[SYSTEM_PROMPT]`): mistral-common takes none beside audio for Voxtral's
+    /// tokenizer, so [`check_conversation`] refuses them in a conversation with audio.
     System,
     User,
     Assistant,
@@ -106,13 +109,15 @@ pub fn transcription(
 /// (mistral-common's `_DEFAULT_JOIN_STR`).
 const TEXT_JOIN: &str = "\n\n";
 
-/// `messages` as mistral-common's V7 normaliser leaves them: each run of turns of one role
-/// merged into one turn, whose adjacent pieces of text are joined by [`TEXT_JOIN`] (empty
-/// pieces dropped); an answer's trailing spaces removed.
+/// `messages` as mistral-common's V7 normaliser leaves them: each run of user or assistant
+/// turns merged into one turn (each system message kept apart), whose adjacent pieces of text
+/// are joined by [`TEXT_JOIN`] (empty pieces dropped); an answer's trailing spaces removed.
 fn normalize(messages: &[Message]) -> Vec<Message> {
     let mut turns: Vec<Message> = Vec::new();
     for message in messages {
-        if turns.last().is_none_or(|t| t.role != message.role) {
+        let joins =
+            message.role != Role::System && turns.last().is_some_and(|t| t.role == message.role);
+        if !joins {
             turns.push(Message {
                 role: message.role,
                 content: Vec::new(),
@@ -145,29 +150,32 @@ pub fn chat(tekken: &Tekken, messages: &[Message], tokens_per_window: usize) -> 
     check_conversation(messages)?;
     let mut ids = vec![c.bos];
     for turn in normalize(messages) {
-        if turn.role == Role::User {
-            ids.push(c.inst);
-        }
+        let [open, close] = match turn.role {
+            Role::User => [Some(c.inst), Some(c.inst_end)],
+            Role::Assistant => [None, Some(c.eos)],
+            // Looked up only when used: a tokenizer without them still transcribes.
+            Role::System => [
+                Some(tekken.require_special("[SYSTEM_PROMPT]")?),
+                Some(tekken.require_special("[/SYSTEM_PROMPT]")?),
+            ],
+        };
+        ids.extend(open);
         for content in &turn.content {
             match content {
                 Content::Audio { windows } => c.push_audio(&mut ids, windows * tokens_per_window),
                 Content::Text(text) => ids.extend(tekken.encode(text)?),
             }
         }
-        ids.push(if turn.role == Role::User {
-            c.inst_end
-        } else {
-            c.eos
-        });
+        ids.extend(close);
     }
     Ok(ids)
 }
 
 /// Refuses a conversation that [`chat`] cannot prompt: none, one that does not end with the
 /// user's turn (the model answers it), an empty user turn, an answer without text, audio in
-/// an answer, a system message (mistral-common refuses one beside audio before its v13
-/// tokenizers; Voxtral's is v7). Needs no model, so a front end can check a request before it
-/// loads one.
+/// an answer, a system message beside audio (mistral-common refuses one before its v13
+/// tokenizers; Voxtral's is v7) or after an answer (its message order). Needs no model, so a
+/// front end can check a request before it loads one.
 pub fn check_conversation(messages: &[Message]) -> Result<()> {
     let invalid = |m: &str| Err(Error::InvalidRequest(m.into()));
     match messages.last() {
@@ -177,16 +185,20 @@ pub fn check_conversation(messages: &[Message]) -> Result<()> {
         }
         _ => {}
     }
-    for message in messages {
-        let audio = message
-            .content
-            .iter()
-            .any(|c| matches!(c, Content::Audio { .. }));
+    let has_audio = |m: &Message| m.content.iter().any(|c| matches!(c, Content::Audio { .. }));
+    let any_audio = messages.iter().any(has_audio);
+    for (i, message) in messages.iter().enumerate() {
+        let audio = has_audio(message);
         match message.role {
-            Role::System => {
+            Role::System if any_audio => {
                 return invalid(
                     "Voxtral takes no system message beside audio (mistral-common refuses one for \
                      its tokenizer): put the instruction in the user's message",
+                )
+            }
+            Role::System if i > 0 && messages[i - 1].role == Role::Assistant => {
+                return invalid(
+                    "a system message cannot follow an answer (mistral-common's message order)",
                 )
             }
             Role::User if message.content.is_empty() => {

@@ -33,6 +33,16 @@ pub fn library_answer(options: &GenerateOptions) -> (String, Generation) {
         .unwrap()
 }
 
+/// The library's answer to `messages` without audio.
+fn library_text_answer(messages: &[Message], options: &GenerateOptions) -> (String, Generation) {
+    let models = models();
+    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
+        panic!("voxtral-mini is a transcriber");
+    };
+    let model = model.chat().expect("Voxtral Mini 3B answers questions");
+    model.ask(messages, &[], options, &mut |_| true).unwrap()
+}
+
 /// A request about jfk.wav with `audio` as its audio part and `extra` fields.
 fn request(audio: Value, extra: Value) -> Value {
     let mut body = json!({
@@ -121,6 +131,51 @@ fn answers_equal_the_librarys() {
             })
         );
         assert!(generation.prompt_tokens > 375, "the audio's tokens count");
+    }
+}
+
+/// A conversation of text alone is answered as the library answers it, after a `system` (or
+/// `developer`) message where one is given; the usage counts the text prompt.
+#[test]
+fn text_alone_is_answered_as_the_library_does() {
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        ..GenerateOptions::default()
+    };
+    let user = |text: &str| Message {
+        role: Role::User,
+        content: vec![Content::Text(text.into())],
+    };
+    let system = Message {
+        role: Role::System,
+        content: vec![Content::Text("Be brief.".into())],
+    };
+    let (plain, plain_generation) = library_text_answer(&[user("Say hello.")], &options);
+    let (briefed, _) = library_text_answer(&[system, user("Say hello.")], &options);
+    assert_ne!(plain, briefed, "the system prompt reaches the model");
+    let server = TestServer::start();
+    let ask = |messages: Value| {
+        let body = json!({ "model": "voxtral-mini", "messages": messages, "temperature": 0, "max_tokens": 12 });
+        let reply = server.post_json("/v1/chat/completions", &body);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()
+    };
+    let got = ask(json!([{ "role": "user", "content": "Say hello." }]));
+    assert_eq!(got["choices"][0]["message"]["content"], plain.as_str());
+    assert_eq!(
+        got["usage"]["prompt_tokens"],
+        plain_generation.prompt_tokens
+    );
+    for role in ["system", "developer"] {
+        let got = ask(json!([
+            { "role": role, "content": "Be brief." },
+            { "role": "user", "content": [{ "type": "text", "text": "Say hello." }] },
+        ]));
+        assert_eq!(
+            got["choices"][0]["message"]["content"],
+            briefed.as_str(),
+            "{role}"
+        );
     }
 }
 
@@ -258,16 +313,25 @@ fn bad_requests_name_the_field() {
             "no `messages`",
         ),
         (
-            question(json!("Hi?")),
-            "messages",
-            "at least one input_audio",
-        ),
-        (
             json!({ "model": "voxtral-mini", "messages": [
                 { "role": "system", "content": "Be brief." },
                 { "role": "user", "content": [input_audio(), text.clone()] }] }),
             "messages",
             "no system message",
+        ),
+        (
+            json!({ "model": "voxtral-mini", "messages": [
+                { "role": "user", "content": "Hi?" },
+                { "role": "assistant", "content": "Yes." },
+                { "role": "developer", "content": "Be brief." },
+                { "role": "user", "content": "Hi?" }] }),
+            "messages",
+            "cannot follow an answer",
+        ),
+        (
+            json!({ "model": "voxtral-mini", "messages": [{ "role": "tool", "content": "1" }] }),
+            "messages",
+            "role \"tool\" is not supported",
         ),
         (
             json!({ "model": "voxtral-mini", "messages": [
