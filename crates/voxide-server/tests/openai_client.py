@@ -101,7 +101,8 @@ def main() -> None:
 
 
 def chat(client: openai.OpenAI, audio: str) -> dict:
-    """A question about the clip to `voxtral-mini` (Voxtral Mini 3B), whole and streamed."""
+    """A question about the clip to `voxtral-mini` (Voxtral Mini 3B), whole and streamed; and
+    one of text alone after a system message."""
     with open(audio, "rb") as f:
         data = base64.b64encode(f.read()).decode()
     messages = [{"role": "user", "content": [
@@ -119,8 +120,13 @@ def chat(client: openai.OpenAI, audio: str) -> dict:
     for chunk in stream:
         pieces.extend(c.delta.content or "" for c in chunk.choices)
         usage = chunk.usage or usage
+    text_alone = client.chat.completions.create(
+        model="voxtral-mini", temperature=0, max_tokens=12,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}],
+    )
     return {
         "content": whole.choices[0].message.content,
+        "text_alone": text_alone.choices[0].message.content,
         "finish_reason": whole.choices[0].finish_reason,
         "usage": whole.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}),
         "streamed": "".join(pieces),

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
-use voxide_models::voxtral::GenerateOptions;
+use voxide_models::voxtral::{self, Content, GenerateOptions, Role};
 use voxide_server::ServerConfig;
 
 /// The longest any single DevTools command may take to answer.
@@ -316,6 +316,26 @@ fn page_speaks_and_transcribes_in_chromium() {
             ["voxtral-mini"]
         ])
     );
+
+    // Ask without audio: the library's greedy answer to the text alone, streamed in.
+    let hello = voxtral::Message {
+        role: Role::User,
+        content: vec![Content::Text("Say hello.".into())],
+    };
+    let (want, _) = super::chat::library_text_answer(&[hello], &GenerateOptions::default());
+    page.eval(
+        "document.getElementById('question').value = 'Say hello.';\
+         document.getElementById('ask').click()",
+    );
+    let answer = page.poll(
+        "(a => /done|error/.test(a.className) && { class: a.className, text: a.textContent })\
+         (document.getElementById('answer'))",
+        Duration::from_secs(60),
+    );
+    let answer = answer.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer["class"], "done", "{answer}");
+    assert_eq!(answer["text"], want.as_str());
+    page.eval("document.getElementById('question').value = 'What is said in this recording?'");
 
     // Ask about jfk.wav, chosen in the file input: the library's greedy answer, streamed in.
     let (want, _) = super::chat::library_answer(&GenerateOptions::default());

@@ -34,7 +34,10 @@ pub fn library_answer(options: &GenerateOptions) -> (String, Generation) {
 }
 
 /// The library's answer to `messages` without audio.
-fn library_text_answer(messages: &[Message], options: &GenerateOptions) -> (String, Generation) {
+pub fn library_text_answer(
+    messages: &[Message],
+    options: &GenerateOptions,
+) -> (String, Generation) {
     let models = models();
     let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
         panic!("voxtral-mini is a transcriber");

@@ -11,7 +11,7 @@ use std::process::Command;
 use voxide_audio::AudioOutFormat;
 use voxide_audio::{load_mono, AudioInput};
 use voxide_models::silero_vad::VadParams;
-use voxide_models::voxtral::GenerateOptions;
+use voxide_models::voxtral::{Content, GenerateOptions, Message, Role};
 use voxide_runtime::{render, transcribe_speech, vad_params, OutputFormat, TranscribeRequest};
 use voxide_server::Engine;
 use voxide_server::ServerConfig;
@@ -129,6 +129,23 @@ fn the_official_python_client_works() {
     assert_eq!(chat["usage"]["prompt_tokens"], generation.prompt_tokens);
     assert_eq!(chat["usage"], chat["streamed_usage"]);
     assert!(chat["finish_reason"] == "length" || chat["finish_reason"] == "stop");
+    let (briefed, _) = super::chat::library_text_answer(
+        &[
+            Message {
+                role: Role::System,
+                content: vec![Content::Text("Be brief.".into())],
+            },
+            Message {
+                role: Role::User,
+                content: vec![Content::Text("Say hello.".into())],
+            },
+        ],
+        &GenerateOptions {
+            max_new_tokens: 12,
+            ..GenerateOptions::default()
+        },
+    );
+    assert_eq!(chat["text_alone"], briefed.as_str(), "{chat}");
     let errors = &got["errors"];
     assert_eq!(errors["aac"][0], 400);
     assert_eq!(
