@@ -200,6 +200,21 @@ impl Page {
 
     /// Evaluates `expression` until it is truthy, then returns it; after `limit`, an error
     /// that tells the page's status and transcript.
+    /// The Ask panel's answer, once it is done (a failure panics with what the page shows).
+    fn answer(&mut self) -> String {
+        let answer = self.poll(
+            "(a => /done|error/.test(a.className) && { class: a.className, text: a.textContent })\
+             (document.getElementById('answer'))",
+            Duration::from_secs(60),
+        );
+        let answer = answer.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer["class"], "done", "{answer}");
+        answer["text"]
+            .as_str()
+            .expect("the answer's text")
+            .to_string()
+    }
+
     fn poll(&mut self, expression: &str, limit: Duration) -> Result<Value, String> {
         let deadline = Instant::now() + limit;
         loop {
@@ -327,14 +342,7 @@ fn page_speaks_and_transcribes_in_chromium() {
         "document.getElementById('question').value = 'Say hello.';\
          document.getElementById('ask').click()",
     );
-    let answer = page.poll(
-        "(a => /done|error/.test(a.className) && { class: a.className, text: a.textContent })\
-         (document.getElementById('answer'))",
-        Duration::from_secs(60),
-    );
-    let answer = answer.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(answer["class"], "done", "{answer}");
-    assert_eq!(answer["text"], want.as_str());
+    assert_eq!(page.answer(), want);
     page.eval("document.getElementById('question').value = 'What is said in this recording?'");
 
     // Ask about jfk.wav, chosen in the file input: the library's greedy answer, streamed in.
@@ -349,14 +357,7 @@ fn page_speaks_and_transcribes_in_chromium() {
         json!({ "nodeId": input["nodeId"], "files": [jfk().canonicalize().unwrap()] }),
     );
     page.eval("document.getElementById('ask').click()");
-    let answer = page.poll(
-        "(a => /done|error/.test(a.className) && { class: a.className, text: a.textContent })\
-         (document.getElementById('answer'))",
-        Duration::from_secs(60),
-    );
-    let answer = answer.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(answer["class"], "done", "{answer}");
-    assert_eq!(answer["text"], want.as_str());
+    assert_eq!(page.answer(), want);
 
     // Speak: the fixture's voices are `tester` and `dylan`, not the page's default.
     page.eval(

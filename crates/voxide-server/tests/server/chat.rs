@@ -13,13 +13,22 @@ fn jfk_base64() -> String {
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(jfk()).unwrap())
 }
 
-/// The library's answer to jfk.wav and [`QUESTION`].
-pub fn library_answer(options: &GenerateOptions) -> (String, Generation) {
+/// The library's answer to `messages` with `clips`, from the model the test server serves.
+fn library_ask(
+    messages: &[Message],
+    clips: &[Vec<f32>],
+    options: &GenerateOptions,
+) -> (String, Generation) {
     let models = models();
     let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
         panic!("voxtral-mini is a transcriber");
     };
     let model = model.chat().expect("Voxtral Mini 3B answers questions");
+    model.ask(messages, clips, options, &mut |_| true).unwrap()
+}
+
+/// The library's answer to jfk.wav and [`QUESTION`].
+pub fn library_answer(options: &GenerateOptions) -> (String, Generation) {
     let samples = load_mono(&AudioInput::File(jfk()), 16_000).unwrap();
     let messages = [Message {
         role: Role::User,
@@ -28,9 +37,7 @@ pub fn library_answer(options: &GenerateOptions) -> (String, Generation) {
             Content::Text(QUESTION.into()),
         ],
     }];
-    model
-        .ask(&messages, &[samples], options, &mut |_| true)
-        .unwrap()
+    library_ask(&messages, &[samples], options)
 }
 
 /// The library's answer to `messages` without audio.
@@ -38,12 +45,7 @@ pub fn library_text_answer(
     messages: &[Message],
     options: &GenerateOptions,
 ) -> (String, Generation) {
-    let models = models();
-    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
-        panic!("voxtral-mini is a transcriber");
-    };
-    let model = model.chat().expect("Voxtral Mini 3B answers questions");
-    model.ask(messages, &[], options, &mut |_| true).unwrap()
+    library_ask(messages, &[], options)
 }
 
 /// A request about jfk.wav with `audio` as its audio part and `extra` fields.
