@@ -363,6 +363,45 @@ fn ask_streams_the_reference_answer() {
     assert_eq!(generation.ids, want);
     assert_eq!(streamed, text);
     assert_eq!(text, model.tokenizer().decode(&want));
+    assert!(generation.logprobs.is_empty(), "computed only when asked");
+
+    // Log-probabilities: the log-softmax of transformers' step logits (`greedy_scores`) at
+    // each greedy id, and its five most likely ids.
+    let scores = r["short.chat.greedy_scores"].to_dtype(DType::F32).unwrap();
+    let scores = candle_nn::ops::log_softmax(&scores, D::Minus1).unwrap();
+    let scores: Vec<Vec<f32>> = scores.to_vec2().unwrap();
+    let with_logprobs = GenerateOptions {
+        logprobs: Some(5),
+        ..options
+    };
+    let (_, generation) = model
+        .ask(
+            &messages,
+            &[samples(&r["short.audio"])],
+            &with_logprobs,
+            &mut |_| true,
+        )
+        .unwrap();
+    assert_eq!(generation.ids, want);
+    assert_eq!(generation.logprobs.len(), want.len());
+    for (step, (entry, row)) in generation.logprobs.iter().zip(&scores).enumerate() {
+        assert_eq!(entry.id, want[step]);
+        let close = |got: f32, want: f32| (got - want).abs() < 1e-3 * want.abs().max(1.0);
+        assert!(
+            close(entry.logprob, row[want[step] as usize]),
+            "step {step}"
+        );
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        assert_eq!(entry.top.len(), 5);
+        // The k-th entry holds the k-th largest value (an id of equal value may stand in).
+        for (&(id, logprob), &kth) in entry.top.iter().zip(&order) {
+            assert!(close(logprob, row[kth]), "step {step}");
+            assert!(close(row[id as usize], row[kth]), "step {step}");
+        }
+        // Greedy, no penalties: the chosen id is the most likely one.
+        assert_eq!(entry.top[0].0, entry.id);
+    }
 }
 
 /// Conversations of text alone (a question, one after a system prompt, a multi-turn one)

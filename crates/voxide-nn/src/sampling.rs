@@ -40,6 +40,38 @@ pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
     }
 }
 
+/// A chosen token's log-probability under a step's logits, and the `top` most likely ids with
+/// theirs, most likely first (the lower id first on ties): OpenAI's `logprobs` and
+/// `top_logprobs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    /// `id`'s entry under `logits` (one step's row), with its `top` alternatives.
+    pub fn of(logits: &[f32], id: u32, top: usize) -> Self {
+        let lse = log_sum_exp(logits);
+        // The `top` largest so far, in order: one pass, most values fail the first compare.
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        for (i, &v) in logits.iter().enumerate() {
+            if top == 0 || v.is_nan() || (best.len() == top && v <= best[top - 1].1) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, b)| b >= v);
+            best.insert(at, (i as u32, v));
+            best.truncate(top);
+        }
+        Self {
+            id,
+            logprob: logits[id as usize] - lse,
+            top: best.into_iter().map(|(i, v)| (i, v - lse)).collect(),
+        }
+    }
+}
+
 /// transformers' `RepetitionPenaltyLogitsProcessor`: every id that occurs in `history` has its
 /// logit divided by `penalty` when positive, multiplied when negative (once per id, however
 /// often it occurs). `penalty` 1.0 changes nothing.
@@ -288,5 +320,28 @@ mod tests {
             top_p: 0.5,
         };
         assert!((0..50).all(|_| a.sample(&logits, both) == 1));
+    }
+
+    #[test]
+    fn token_logprobs_are_log_softmax_and_its_largest() {
+        let logits: Vec<f32> = (0..50)
+            .map(|i| ((i * 37) % 23) as f32 * 0.3 - 2.0)
+            .collect();
+        let mut all = vec![0.0; logits.len()];
+        log_softmax(&logits, &mut all);
+        let entry = TokenLogprobs::of(&logits, 7, 5);
+        assert_eq!(entry.id, 7);
+        assert!((entry.logprob - all[7]).abs() < 1e-6);
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        // Most likely first, the lower id first on ties (a stable sort keeps index order).
+        order.sort_by(|&a, &b| all[b as usize].total_cmp(&all[a as usize]));
+        let want: Vec<(u32, f32)> = order[..5].iter().map(|&i| (i, all[i as usize])).collect();
+        assert_eq!(entry.top.len(), 5);
+        for ((id, lp), (want_id, want_lp)) in entry.top.iter().zip(&want) {
+            assert_eq!(id, want_id);
+            assert!((lp - want_lp).abs() < 1e-6);
+        }
+        assert!(TokenLogprobs::of(&logits, 0, 0).top.is_empty());
+        assert_eq!(TokenLogprobs::of(&logits[..3], 1, 20).top.len(), 3);
     }
 }

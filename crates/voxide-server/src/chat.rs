@@ -16,8 +16,9 @@
 //! answer, as OpenAI), `frequency_penalty` and `presence_penalty` (−2–2, over the generated
 //! tokens, as vLLM applies them). `stream: true` sends `chat.completion.chunk` events as the answer
 //! decodes, then `data: [DONE]`; `stream_options.include_usage` adds the usage chunk. What
-//! the model cannot do (`n` > 1, log-probabilities, tools, audio or JSON output) is refused by
-//! name rather than ignored.
+//! the model cannot do (`n` > 1, streamed log-probabilities, tools, audio or JSON output) is
+//! refused by name rather than ignored. `logprobs` (with `top_logprobs` up to 20) gives each
+//! answer token's log-probability under the model's raw logits, as vLLM's default.
 
 use crate::limits::refuse_declared_over;
 use crate::{event_stream, json_body, sse_event, ApiError, AppState, Engine};
@@ -36,12 +37,15 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use voxide_audio::{decode_bytes, mono_at_rate};
-use voxide_models::voxtral::{self, Content, GenerateOptions, Message, Role, Stop};
+use voxide_models::tekken::Tekken;
+use voxide_models::voxtral::{self, Content, GenerateOptions, Message, Role, Stop, TokenLogprobs};
 
 /// Answer tokens when the request does not say (as `voxide ask`).
 pub const DEFAULT_MAX_TOKENS: usize = 1024;
 /// Most `stop` strings (OpenAI's limit).
 const MAX_STOPS: usize = 4;
+/// Most alternatives per token in `top_logprobs` (OpenAI's limit).
+const MAX_TOP_LOGPROBS: usize = 20;
 /// Pieces of an answer buffered between decoding and a slow client.
 const PIECES: usize = 64;
 
@@ -216,8 +220,23 @@ fn checked(body: ChatBody) -> Result<Chat, ApiError> {
     if body.n.is_some_and(|n| n != 1) {
         return Err(refuse("n", "more than one choice (`n` > 1)"));
     }
-    if body.logprobs == Some(true) || body.top_logprobs.is_some_and(|n| n > 0) {
-        return Err(refuse("logprobs", "log-probabilities"));
+    let logprobs = body.logprobs.unwrap_or(false);
+    if let Some(top) = body.top_logprobs {
+        if !logprobs {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            ));
+        }
+        if top > MAX_TOP_LOGPROBS {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                format!("top_logprobs {top} must lie in [0, {MAX_TOP_LOGPROBS}]"),
+            ));
+        }
+    }
+    if logprobs && body.stream == Some(true) {
+        return Err(refuse("logprobs", "streaming log-probabilities"));
     }
     for (field, value) in [
         ("frequency_penalty", body.frequency_penalty),
@@ -284,6 +303,7 @@ fn checked(body: ChatBody) -> Result<Chat, ApiError> {
             presence_penalty: body.presence_penalty.unwrap_or(0.0),
             // OpenAI's seeds are signed; any value picks a sequence.
             seed: body.seed.unwrap_or(0) as u64,
+            logprobs: logprobs.then_some(body.top_logprobs.unwrap_or(0)),
             ..GenerateOptions::default()
         },
         stops,
@@ -441,6 +461,8 @@ struct Answer {
     prompt_tokens: usize,
     completion_tokens: usize,
     audio_s: f64,
+    /// OpenAI's `logprobs` object where they were asked for.
+    logprobs: Option<Value>,
 }
 
 /// What the decoding thread hands the reply.
@@ -489,6 +511,12 @@ fn answer(
         Stop::MaxTokens if !stops.stopped => "length",
         _ => "stop",
     };
+    // Where a stop string cut the answer, the tokens after the cut are left out too.
+    let kept = stops.stopped.then_some(reply.said.len());
+    let logprobs = chat
+        .options
+        .logprobs
+        .map(|_| logprobs_object(model.tokenizer(), &generation.logprobs, kept));
     Ok(Answer {
         text: reply.said,
         finish_reason,
@@ -496,7 +524,40 @@ fn answer(
         // The end-of-sequence token counts, as vLLM counts it.
         completion_tokens: generation.ids.len() + usize::from(generation.stop == Stop::Eos),
         audio_s,
+        logprobs,
     })
+}
+
+/// OpenAI's `logprobs` of a choice: an entry per token, each with its `top_logprobs`; with
+/// `kept`, only the tokens whose text starts before that many bytes of the answer (its text as
+/// it was decoded, piece by piece).
+fn logprobs_object(tekken: &Tekken, tokens: &[TokenLogprobs], kept: Option<usize>) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        // A special token (an alternative may be one) shows its name.
+        let token = tekken.piece(id);
+        let bytes = match tekken.is_text(id) {
+            true => tekken.token_bytes(id).to_vec(),
+            false => token.as_bytes().to_vec(),
+        };
+        json!({ "token": token, "logprob": logprob, "bytes": bytes })
+    };
+    let mut decoder = tekken.stream_decoder();
+    let mut said = 0;
+    let content: Vec<Value> = tokens
+        .iter()
+        .take_while(|t| {
+            let starts = said;
+            said += decoder.push(t.id).len();
+            kept.is_none_or(|kept| starts < kept)
+        })
+        .map(|t| {
+            let mut e = entry(t.id, t.logprob);
+            let top: Vec<Value> = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+            e["top_logprobs"] = Value::Array(top);
+            e
+        })
+        .collect();
+    json!({ "content": content, "refusal": null })
 }
 
 /// The answer as it goes out: all of it so far, and whether anyone still listens.
@@ -600,7 +661,7 @@ impl Head {
             "choices": [{
                 "index": 0,
                 "message": { "role": "assistant", "content": answer.text },
-                "logprobs": null,
+                "logprobs": answer.logprobs,
                 "finish_reason": answer.finish_reason,
             }],
             "usage": Self::usage(answer),

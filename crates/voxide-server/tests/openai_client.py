@@ -102,7 +102,7 @@ def main() -> None:
 
 def chat(client: openai.OpenAI, audio: str) -> dict:
     """A question about the clip to `voxtral-mini` (Voxtral Mini 3B), whole and streamed; and
-    one of text alone after a system message."""
+    one of text alone after a system message, with log-probabilities."""
     with open(audio, "rb") as f:
         data = base64.b64encode(f.read()).decode()
     messages = [{"role": "user", "content": [
@@ -123,10 +123,12 @@ def chat(client: openai.OpenAI, audio: str) -> dict:
     text_alone = client.chat.completions.create(
         model="voxtral-mini", temperature=0, max_tokens=12,
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}],
+        logprobs=True, top_logprobs=2,
     )
     return {
         "content": whole.choices[0].message.content,
         "text_alone": text_alone.choices[0].message.content,
+        "text_alone_logprobs": [[t.logprob, len(t.top_logprobs)] for t in text_alone.choices[0].logprobs.content],
         "finish_reason": whole.choices[0].finish_reason,
         "usage": whole.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}),
         "streamed": "".join(pieces),

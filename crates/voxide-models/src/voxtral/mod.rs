@@ -15,6 +15,7 @@ pub mod prompt;
 pub use config::{Config, Layout};
 pub use model::VoxtralModel;
 pub use prompt::{Content, Message, Role};
+pub use voxide_nn::sampling::TokenLogprobs;
 
 use crate::error::{require, Error};
 use crate::mistral_stack::load_network;
@@ -64,6 +65,9 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// Precision of the KV cache (`None`: the model's, [`VoxtralModel::default_kv_dtype`]).
     pub kv_dtype: Option<DType>,
+    /// Each generated token's log-probability with this many most likely alternatives
+    /// ([`Generation::logprobs`]); `None` computes none.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -77,6 +81,7 @@ impl Default for GenerateOptions {
             seed: 0,
             ignore_eos: false,
             kv_dtype: None,
+            logprobs: None,
         }
     }
 }
@@ -102,6 +107,9 @@ pub struct Generation {
     pub prompt_tokens: usize,
     pub stop: Stop,
     pub timings: Timings,
+    /// With [`GenerateOptions::logprobs`]: one entry per id of `ids`, from the model's raw
+    /// logits (before temperature and penalties, as vLLM's default `raw_logprobs`).
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// A loaded Voxtral Mini 3B.
@@ -269,11 +277,14 @@ impl Voxtral {
         let mut penalties =
             FrequencyPresencePenalties::new(options.frequency_penalty, options.presence_penalty);
         let mut stop = Stop::MaxTokens;
+        let mut logprobs = Vec::new();
         while ids.len() < options.max_new_tokens {
             // Around the timed part, as Whisper's steps (`whisper::decoding`).
             let _span = tracing::trace_span!("decoder_step", step = ids.len()).entered();
             let t0 = Instant::now();
             let mut logits = network.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
+            // The raw row, before the penalties change it (only when asked: 512 KB a step).
+            let raw = options.logprobs.map(|top| (logits.clone(), top));
             penalties.apply(&mut logits);
             let id = match sampling {
                 Some(p) => sampler.sample(&logits, p) as u32,
@@ -288,6 +299,9 @@ impl Voxtral {
             }
             ids.push(id);
             penalties.push(id);
+            if let Some((raw, top)) = &raw {
+                logprobs.push(TokenLogprobs::of(raw, id, *top));
+            }
             if !on_token(id) {
                 stop = Stop::Cancelled;
                 break;
@@ -305,6 +319,7 @@ impl Voxtral {
             prompt_tokens: prompt.len(),
             stop,
             timings,
+            logprobs,
         })
     }
 

@@ -27,6 +27,15 @@ fn library_ask(
     model.ask(messages, clips, options, &mut |_| true).unwrap()
 }
 
+/// The tokenizer of the model the test server serves.
+fn library_tokenizer() -> voxide_models::tekken::Tekken {
+    let models = models();
+    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
+        panic!("voxtral-mini is a transcriber");
+    };
+    model.chat().expect("Voxtral Mini 3B").tokenizer().clone()
+}
+
 /// The library's answer to jfk.wav and [`QUESTION`].
 pub fn library_answer(options: &GenerateOptions) -> (String, Generation) {
     let samples = load_mono(&AudioInput::File(jfk()), 16_000).unwrap();
@@ -294,6 +303,70 @@ fn streams_and_stop_strings() {
     }
 }
 
+/// `logprobs`: an entry per answer token with the library's log-probability, its bytes
+/// adding up to the answer, and `top_logprobs` alternatives (the greedy token first); a
+/// `stop` string cuts the entries with the text; none without `logprobs`.
+#[test]
+fn logprobs_follow_the_librarys() {
+    let options = GenerateOptions {
+        max_new_tokens: 16,
+        logprobs: Some(3),
+        ..GenerateOptions::default()
+    };
+    let (want, generation) = library_answer(&options);
+    let server = TestServer::start();
+    let ask = |extra: Value| {
+        let reply = server.post_json("/v1/chat/completions", &request(input_audio(), extra));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["choices"][0].clone()
+    };
+    let choice =
+        ask(json!({ "temperature": 0, "max_tokens": 16, "logprobs": true, "top_logprobs": 3 }));
+    assert_eq!(choice["message"]["content"], want.as_str());
+    let content = choice["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), generation.ids.len());
+    let tekken = library_tokenizer();
+    for (entry, library) in content.iter().zip(&generation.logprobs) {
+        assert_eq!(entry["logprob"].as_f64().unwrap() as f32, library.logprob);
+        // A text token's own bytes; a special token (a random model emits them) by its name.
+        assert_eq!(entry["token"], tekken.piece(library.id));
+        let bytes = match tekken.is_text(library.id) {
+            true => tekken.token_bytes(library.id).to_vec(),
+            false => tekken.piece(library.id).into_bytes(),
+        };
+        assert_eq!(entry["bytes"], json!(bytes));
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(
+            top[0]["token"], entry["token"],
+            "greedy: the most likely token"
+        );
+        assert!(top
+            .windows(2)
+            .all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+    }
+
+    let choice = ask(json!({ "temperature": 0, "max_tokens": 16, "logprobs": true }));
+    let content = choice["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), generation.ids.len());
+    assert!(content.iter().all(|e| e["top_logprobs"] == json!([])));
+
+    // A stop string from the middle: the entries end with the kept text.
+    let chars: Vec<char> = want.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let cut = &want[..want.find(&stop).unwrap()];
+    let choice = ask(json!({ "temperature": 0, "max_tokens": 16, "logprobs": true, "stop": stop }));
+    assert_eq!(choice["message"]["content"], cut);
+    // As many tokens as the kept text takes: the text of one fewer falls short of it.
+    let n = choice["logprobs"]["content"].as_array().unwrap().len();
+    assert!(n < generation.ids.len());
+    assert!(tekken.decode(&generation.ids[..n]).starts_with(cut));
+    assert!(tekken.decode(&generation.ids[..n - 1]).len() < cut.len());
+
+    let choice = ask(json!({ "temperature": 0, "max_tokens": 4 }));
+    assert!(choice["logprobs"].is_null());
+}
+
 /// Every bad request is a 400 naming its field.
 #[test]
 fn bad_requests_name_the_field() {
@@ -334,6 +407,21 @@ fn bad_requests_name_the_field() {
             "cannot follow an answer",
         ),
         (
+            json!({ "model": "voxtral-mini", "messages": [], "top_logprobs": 2 }),
+            "top_logprobs",
+            "needs logprobs: true",
+        ),
+        (
+            json!({ "model": "voxtral-mini", "messages": [], "logprobs": true, "top_logprobs": 21 }),
+            "top_logprobs",
+            "must lie in [0, 20]",
+        ),
+        (
+            json!({ "model": "voxtral-mini", "messages": [], "logprobs": true, "stream": true }),
+            "logprobs",
+            "streaming log-probabilities",
+        ),
+        (
             json!({ "model": "voxtral-mini", "messages": [{ "role": "tool", "content": "1" }] }),
             "messages",
             "role \"tool\" is not supported",
@@ -372,11 +460,6 @@ fn bad_requests_name_the_field() {
         (
             request(input_audio(), json!({ "n": 2 })),
             "n",
-            "not supported",
-        ),
-        (
-            request(input_audio(), json!({ "logprobs": true })),
-            "logprobs",
             "not supported",
         ),
         (

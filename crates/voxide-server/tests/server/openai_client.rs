@@ -129,7 +129,7 @@ fn the_official_python_client_works() {
     assert_eq!(chat["usage"]["prompt_tokens"], generation.prompt_tokens);
     assert_eq!(chat["usage"], chat["streamed_usage"]);
     assert!(chat["finish_reason"] == "length" || chat["finish_reason"] == "stop");
-    let (briefed, _) = super::chat::library_text_answer(
+    let (briefed, briefed_generation) = super::chat::library_text_answer(
         &[
             Message {
                 role: Role::System,
@@ -142,10 +142,23 @@ fn the_official_python_client_works() {
         ],
         &GenerateOptions {
             max_new_tokens: 12,
+            logprobs: Some(2),
             ..GenerateOptions::default()
         },
     );
+    let generation_logprobs = briefed_generation.logprobs;
     assert_eq!(chat["text_alone"], briefed.as_str(), "{chat}");
+    // Each token's log-probability (as f32: Python re-prints the JSON number) and its two
+    // alternatives.
+    let got_logprobs: Vec<(f32, u64)> = chat["text_alone_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t[0].as_f64().unwrap() as f32, t[1].as_u64().unwrap()))
+        .collect();
+    let want_logprobs: Vec<(f32, u64)> =
+        generation_logprobs.iter().map(|t| (t.logprob, 2)).collect();
+    assert_eq!(got_logprobs, want_logprobs);
     let errors = &got["errors"];
     assert_eq!(errors["aac"][0], 400);
     assert_eq!(
