@@ -230,21 +230,15 @@ pub fn run(args: AskArgs) -> Result<()> {
     };
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
-    let result = model.ask(
-        &conversation.messages,
-        &clips,
-        &options,
-        &mut |piece| match stdout
-            .write_all(piece.as_bytes())
-            .and_then(|_| stdout.flush())
-        {
-            Ok(()) => true,
-            Err(e) => {
-                write_error = Some(e);
-                false
-            }
-        },
-    );
+    let result = model.ask(&conversation.messages, &clips, &options, &mut |piece, _| {
+        let written = match piece.is_empty() {
+            true => Ok(()),
+            false => stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush()),
+        };
+        written.map_err(|e| write_error = Some(e)).is_ok()
+    });
     if let Some(e) = write_error {
         // A closed pipe (`| head`) ends the answer early; that is not a failure of ours.
         if e.kind() == std::io::ErrorKind::BrokenPipe {

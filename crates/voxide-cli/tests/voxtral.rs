@@ -102,7 +102,7 @@ fn ask_prints_the_library_answer() {
     let answer = |messages: &[Message], clips: usize| {
         let clips = vec![samples.clone(); clips];
         let (text, _) = library
-            .ask(messages, &clips, &options, &mut |_| true)
+            .ask(messages, &clips, &options, &mut |_, _| true)
             .unwrap();
         text
     };
@@ -135,7 +135,7 @@ fn ask_prints_the_library_answer() {
             &one,
             std::slice::from_ref(&samples),
             &penalised,
-            &mut |_| true,
+            &mut |_, _| true,
         )
         .unwrap();
     assert_ne!(want_penalised, want);

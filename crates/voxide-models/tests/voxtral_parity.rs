@@ -184,7 +184,7 @@ fn greedy_ids_and_cached_steps_match() {
             };
             let mut streamed = Vec::new();
             let got = model
-                .generate(&prompt, &audio, &options, &mut |id| {
+                .generate(&prompt, &audio, &options, &mut |id, _| {
                     streamed.push(id);
                     true
                 })
@@ -354,7 +354,7 @@ fn ask_streams_the_reference_answer() {
             &messages,
             &[samples(&r["short.audio"])],
             &options,
-            &mut |piece| {
+            &mut |piece, _| {
                 streamed.push_str(piece);
                 true
             },
@@ -379,7 +379,7 @@ fn ask_streams_the_reference_answer() {
             &messages,
             &[samples(&r["short.audio"])],
             &with_logprobs,
-            &mut |_| true,
+            &mut |_, _| true,
         )
         .unwrap();
     assert_eq!(generation.ids, want);
@@ -433,7 +433,9 @@ fn text_alone_is_answered_as_transformers_does() {
                 max_new_tokens,
                 ..Default::default()
             };
-            let (_, generation) = model.ask(&messages, &[], &options, &mut |_| true).unwrap();
+            let (_, generation) = model
+                .ask(&messages, &[], &options, &mut |_, _| true)
+                .unwrap();
             // The reference keeps the end-of-sequence token where the model emits it.
             let mut want = as_ids(&case["greedy_ids"]);
             if want.last() == Some(&model.tokenizer().eos()) {
@@ -555,7 +557,7 @@ fn bad_requests_are_errors() {
         content: vec![Content::Text("Hello?".into())],
     }];
     let e = model
-        .ask(&question, &[vec![0.1; 16_000]], &options, &mut |_| true)
+        .ask(&question, &[vec![0.1; 16_000]], &options, &mut |_, _| true)
         .unwrap_err();
     let e = err(e);
     assert!(e.contains("more clips than audio chunks"), "{e}");

@@ -16,9 +16,9 @@
 //! answer, as OpenAI), `frequency_penalty` and `presence_penalty` (−2–2, over the generated
 //! tokens, as vLLM applies them). `stream: true` sends `chat.completion.chunk` events as the answer
 //! decodes, then `data: [DONE]`; `stream_options.include_usage` adds the usage chunk. What
-//! the model cannot do (`n` > 1, streamed log-probabilities, tools, audio or JSON output) is
-//! refused by name rather than ignored. `logprobs` (with `top_logprobs` up to 20) gives each
-//! answer token's log-probability under the model's raw logits, as vLLM's default.
+//! the model cannot do (`n` > 1, tools, audio or JSON output) is refused by name rather than
+//! ignored. `logprobs` (with `top_logprobs` up to 20) gives each answer token's
+//! log-probability under the model's raw logits, as vLLM's default, whole or streamed.
 
 use crate::limits::refuse_declared_over;
 use crate::{event_stream, json_body, sse_event, ApiError, AppState, Engine};
@@ -234,9 +234,6 @@ fn checked(body: ChatBody) -> Result<Chat, ApiError> {
                 format!("top_logprobs {top} must lie in [0, {MAX_TOP_LOGPROBS}]"),
             ));
         }
-    }
-    if logprobs && body.stream == Some(true) {
-        return Err(refuse("logprobs", "streaming log-probabilities"));
     }
     for (field, value) in [
         ("frequency_penalty", body.frequency_penalty),
@@ -467,18 +464,25 @@ struct Answer {
 
 /// What the decoding thread hands the reply.
 enum Piece {
-    /// Text of the answer (streaming), `stop` strings already cut.
-    Text(String),
+    /// A piece of the answer (streaming).
+    Text(Said),
     Done(Answer),
 }
 
-/// Decodes the clips and answers (on a blocking thread); `send` takes the answer's text as it
-/// decodes (false: nobody listens, stop).
+/// A piece of the answer as it goes out: its text (`stop` strings already cut) and, where
+/// they were asked for, the `logprobs` entries of the tokens whose text starts in it.
+struct Said {
+    text: String,
+    logprobs: Option<Vec<Value>>,
+}
+
+/// Decodes the clips and answers (on a blocking thread); `send` takes each piece of the
+/// answer as it decodes (false: nobody listens, stop).
 fn answer(
     model: &voxtral::Voxtral,
     chat: Chat,
     max_audio_s: f64,
-    send: &mut dyn FnMut(String) -> bool,
+    send: &mut dyn FnMut(Said) -> bool,
 ) -> Result<Answer, ApiError> {
     let mut clips = Vec::with_capacity(chat.clips.len());
     let mut audio_s = 0.0;
@@ -498,25 +502,45 @@ fn answer(
     let mut stops = StopMatcher::new(chat.stops);
     let mut reply = Reply {
         said: String::new(),
+        logprobs: chat.options.logprobs.map(|_| Vec::new()),
         listening: true,
         send,
     };
-    let (_, generation) = model.ask(&chat.messages, &clips, &chat.options, &mut |piece| {
-        let (text, stopped) = stops.push(piece);
-        reply.say(text);
-        reply.listening && !stopped
-    })?;
-    reply.say(stops.finish());
+    // Each token's entry waits, with where its text starts in the decoded answer, until the
+    // text it starts is said (text that may begin a stop string is held back).
+    let mut tokens = std::collections::VecDeque::new();
+    let mut decoded = 0;
+    let tekken = model.tokenizer();
+    let (_, generation) = model.ask(
+        &chat.messages,
+        &clips,
+        &chat.options,
+        &mut |piece, logprobs| {
+            if let Some(token) = logprobs {
+                tokens.push_back((decoded, logprobs_entry(tekken, token)));
+            }
+            decoded += piece.len();
+            let (text, stopped) = stops.push(piece);
+            let said = reply.said.len() + text.len();
+            let entries = take_started(&mut tokens, said);
+            reply.say(text, entries);
+            reply.listening && !stopped
+        },
+    )?;
+    let rest = stops.finish();
+    // Where a stop string cut the answer, the tokens after the cut are left out with it.
+    let entries = match stops.stopped {
+        true => take_started(&mut tokens, reply.said.len() + rest.len()),
+        false => tokens.drain(..).map(|(_, entry)| entry).collect(),
+    };
+    reply.say(rest, entries);
     let finish_reason = match generation.stop {
         Stop::MaxTokens if !stops.stopped => "length",
         _ => "stop",
     };
-    // Where a stop string cut the answer, the tokens after the cut are left out too.
-    let kept = stops.stopped.then_some(reply.said.len());
-    let logprobs = chat
-        .options
+    let logprobs = reply
         .logprobs
-        .map(|_| logprobs_object(model.tokenizer(), &generation.logprobs, kept));
+        .map(|content| json!({ "content": content, "refusal": null }));
     Ok(Answer {
         text: reply.said,
         finish_reason,
@@ -528,52 +552,52 @@ fn answer(
     })
 }
 
-/// OpenAI's `logprobs` of a choice: an entry per token, each with its `top_logprobs`; with
-/// `kept`, only the tokens whose text starts before that many bytes of the answer (its text as
-/// it was decoded, piece by piece).
-fn logprobs_object(tekken: &Tekken, tokens: &[TokenLogprobs], kept: Option<usize>) -> Value {
+/// One token's entry in OpenAI's `logprobs.content`, with its `top_logprobs`.
+fn logprobs_entry(tekken: &Tekken, token: &TokenLogprobs) -> Value {
     let entry = |id: u32, logprob: f32| {
         // A special token (an alternative may be one) shows its name.
-        let token = tekken.piece(id);
+        let piece = tekken.piece(id);
         let bytes = match tekken.is_text(id) {
             true => tekken.token_bytes(id).to_vec(),
-            false => token.as_bytes().to_vec(),
+            false => piece.as_bytes().to_vec(),
         };
-        json!({ "token": token, "logprob": logprob, "bytes": bytes })
+        json!({ "token": piece, "logprob": logprob, "bytes": bytes })
     };
-    let mut decoder = tekken.stream_decoder();
-    let mut said = 0;
-    let content: Vec<Value> = tokens
-        .iter()
-        .take_while(|t| {
-            let starts = said;
-            said += decoder.push(t.id).len();
-            kept.is_none_or(|kept| starts < kept)
-        })
-        .map(|t| {
-            let mut e = entry(t.id, t.logprob);
-            let top: Vec<Value> = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
-            e["top_logprobs"] = Value::Array(top);
-            e
-        })
-        .collect();
-    json!({ "content": content, "refusal": null })
+    let mut e = entry(token.id, token.logprob);
+    let top = token.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+    e["top_logprobs"] = Value::Array(top);
+    e
 }
 
-/// The answer as it goes out: all of it so far, and whether anyone still listens.
+/// The waiting entries whose text starts before byte `said` of the answer.
+fn take_started(
+    tokens: &mut std::collections::VecDeque<(usize, Value)>,
+    said: usize,
+) -> Vec<Value> {
+    let started = tokens.iter().take_while(|(start, _)| *start < said).count();
+    tokens.drain(..started).map(|(_, entry)| entry).collect()
+}
+
+/// The answer as it goes out: all of it so far (with its tokens' `logprobs` entries where
+/// they were asked for), and whether anyone still listens.
 struct Reply<'a> {
     said: String,
+    logprobs: Option<Vec<Value>>,
     listening: bool,
-    send: &'a mut dyn FnMut(String) -> bool,
+    send: &'a mut dyn FnMut(Said) -> bool,
 }
 
 impl Reply<'_> {
-    fn say(&mut self, text: String) {
-        if text.is_empty() || !self.listening {
+    fn say(&mut self, text: String, entries: Vec<Value>) {
+        if (text.is_empty() && entries.is_empty()) || !self.listening {
             return;
         }
         self.said.push_str(&text);
-        self.listening = (self.send)(text);
+        let logprobs = self.logprobs.as_mut().map(|all| {
+            all.extend(entries.iter().cloned());
+            entries
+        });
+        self.listening = (self.send)(Said { text, logprobs });
     }
 }
 
@@ -684,18 +708,30 @@ impl Head {
         sse_event(&chunk)
     }
 
-    fn delta(&self, delta: Value, finish_reason: Option<&str>, include_usage: bool) -> Bytes {
-        let choice = json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }]);
+    fn delta(
+        &self,
+        delta: Value,
+        logprobs: Option<&[Value]>,
+        finish_reason: Option<&str>,
+        include_usage: bool,
+    ) -> Bytes {
+        let logprobs = logprobs.map(|content| json!({ "content": content, "refusal": null }));
+        let choice = json!([{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason }]);
         self.chunk(choice, None, include_usage)
     }
 
     /// The events of one piece: its text, or the end (finish reason, usage, `[DONE]`).
     fn events(&self, piece: &Piece, include_usage: bool) -> Bytes {
         match piece {
-            Piece::Text(text) => self.delta(json!({ "content": text }), None, include_usage),
+            Piece::Text(said) => self.delta(
+                json!({ "content": said.text }),
+                said.logprobs.as_deref(),
+                None,
+                include_usage,
+            ),
             Piece::Done(answer) => {
                 let mut out = self
-                    .delta(json!({}), Some(answer.finish_reason), include_usage)
+                    .delta(json!({}), None, Some(answer.finish_reason), include_usage)
                     .to_vec();
                 if include_usage {
                     out.extend_from_slice(&self.chunk(json!([]), Some(Self::usage(answer)), true));
@@ -724,6 +760,7 @@ fn events(
     let mut opening = head
         .delta(
             json!({ "role": "assistant", "content": "" }),
+            None,
             None,
             include_usage,
         )

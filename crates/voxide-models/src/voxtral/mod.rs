@@ -227,14 +227,15 @@ impl Voxtral {
 
     /// Generates after `prompt`, whose `[AUDIO]` placeholders take the rows of `audio`
     /// (375·k, dim) in order. The prompt is prefilled in blocks of [`PREFILL_BLOCK`]; each
-    /// generated id goes to `on_token` as soon as it exists (return `false` to stop there:
+    /// generated id goes to `on_token` as soon as it exists, with its log-probabilities where
+    /// [`GenerateOptions::logprobs`] asks for them (return `false` to stop there:
     /// [`Stop::Cancelled`], that id kept).
     pub fn generate(
         &self,
         prompt: &[u32],
         audio: &Tensor,
         options: &GenerateOptions,
-        on_token: &mut dyn FnMut(u32) -> bool,
+        on_token: &mut dyn FnMut(u32, Option<&TokenLogprobs>) -> bool,
     ) -> Result<Generation> {
         let started = Instant::now();
         let limit = self.network.config().max_positions;
@@ -299,10 +300,10 @@ impl Voxtral {
             }
             ids.push(id);
             penalties.push(id);
-            if let Some((raw, top)) = &raw {
-                logprobs.push(TokenLogprobs::of(raw, id, *top));
-            }
-            if !on_token(id) {
+            let entry = raw.map(|(raw, top)| TokenLogprobs::of(&raw, id, top));
+            let go_on = on_token(id, entry.as_ref());
+            logprobs.extend(entry);
+            if !go_on {
                 stop = Stop::Cancelled;
                 break;
             }
@@ -381,7 +382,7 @@ impl Voxtral {
         let mut generated = 0;
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
         let mut said = String::new();
-        let generation = self.generate(prompt, &audio, options, &mut |id| {
+        let generation = self.generate(prompt, &audio, options, &mut |id, _| {
             generated += 1;
             said.push_str(&decoder.push(id));
             progress(Progress {
@@ -426,15 +427,17 @@ impl Voxtral {
     }
 
     /// Answers the conversation `messages`, whose audio chunks take `clips` (16 kHz samples)
-    /// in order (none: a conversation of text alone); the answer's text goes to `on_text`
-    /// piece by piece as it decodes (return `false` to stop there: [`Stop::Cancelled`], the
-    /// answer so far returned).
+    /// in order (none: a conversation of text alone). The answer goes to `on_text` as it
+    /// decodes: per generated token the text it completes (empty while a character's bytes
+    /// are incomplete, or for a token without text) with the token's log-probabilities where
+    /// [`GenerateOptions::logprobs`] asks for them, then any bytes held at the end (return
+    /// `false` to stop there: [`Stop::Cancelled`], the answer so far returned).
     pub fn ask(
         &self,
         messages: &[Message],
         clips: &[Vec<f32>],
         options: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
+        on_text: &mut dyn FnMut(&str, Option<&TokenLogprobs>) -> bool,
     ) -> Result<(String, Generation)> {
         let mut timings = Timings::default();
         let mut audio = Vec::new();
@@ -463,13 +466,12 @@ impl Voxtral {
             false => Tensor::cat(&audio, 0)?,
         };
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
-        let mut generation = self.generate(&prompt, &audio, options, &mut |id| {
-            let piece = decoder.push(id);
-            piece.is_empty() || on_text(&piece)
+        let mut generation = self.generate(&prompt, &audio, options, &mut |id, logprobs| {
+            on_text(&decoder.push(id), logprobs)
         })?;
         let rest = decoder.finish();
         if !rest.is_empty() && generation.stop != Stop::Cancelled {
-            on_text(&rest);
+            on_text(&rest, None);
         }
         generation.timings = with_audio_timings(generation.timings, &timings);
         Ok((self.tokenizer.decode(&generation.ids), generation))

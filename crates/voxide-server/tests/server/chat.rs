@@ -24,7 +24,9 @@ fn library_ask(
         panic!("voxtral-mini is a transcriber");
     };
     let model = model.chat().expect("Voxtral Mini 3B answers questions");
-    model.ask(messages, clips, options, &mut |_| true).unwrap()
+    model
+        .ask(messages, clips, options, &mut |_, _| true)
+        .unwrap()
 }
 
 /// The tokenizer of the model the test server serves.
@@ -303,9 +305,9 @@ fn streams_and_stop_strings() {
     }
 }
 
-/// `logprobs`: an entry per answer token with the library's log-probability, its bytes
-/// adding up to the answer, and `top_logprobs` alternatives (the greedy token first); a
-/// `stop` string cuts the entries with the text; none without `logprobs`.
+/// `logprobs`: an entry per answer token with the library's log-probability, its token and
+/// bytes, and `top_logprobs` alternatives (the greedy token first); a `stop` string cuts the
+/// entries with the text; streamed, the same entries chunk by chunk; none without `logprobs`.
 #[test]
 fn logprobs_follow_the_librarys() {
     let options = GenerateOptions {
@@ -365,6 +367,53 @@ fn logprobs_follow_the_librarys() {
 
     let choice = ask(json!({ "temperature": 0, "max_tokens": 4 }));
     assert!(choice["logprobs"].is_null());
+
+    // Streamed: each chunk carries the entries of the tokens whose text starts in it; all
+    // together, the whole answer's (cut at the stop string too).
+    for stop in [None, Some(stop.as_str())] {
+        let mut body = request(
+            input_audio(),
+            json!({ "temperature": 0, "max_tokens": 16, "logprobs": true, "top_logprobs": 3 }),
+        );
+        if let Some(stop) = stop {
+            body["stop"] = json!(stop);
+        }
+        let whole = server.post_json("/v1/chat/completions", &body).json();
+        body["stream"] = json!(true);
+        let chunks = chunks_of(&server.post_json("/v1/chat/completions", &body));
+        let streamed: Vec<Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+            .flatten()
+            .cloned()
+            .collect();
+        assert_eq!(
+            Value::Array(streamed),
+            whole["choices"][0]["logprobs"]["content"],
+            "stop {stop:?}"
+        );
+        let with_text = chunks.iter().filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        });
+        assert!(with_text.clone().count() > 1);
+        assert!(with_text
+            .into_iter()
+            .all(|c| c["choices"][0]["logprobs"].is_object()));
+    }
+    let chunks = chunks_of(&server.post_json(
+        "/v1/chat/completions",
+        &request(
+            input_audio(),
+            json!({ "temperature": 0, "max_tokens": 4, "stream": true }),
+        ),
+    ));
+    assert!(chunks.iter().all(|c| c["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|choice| choice["logprobs"].is_null())));
 }
 
 /// Every bad request is a 400 naming its field.
@@ -415,11 +464,6 @@ fn bad_requests_name_the_field() {
             json!({ "model": "voxtral-mini", "messages": [], "logprobs": true, "top_logprobs": 21 }),
             "top_logprobs",
             "must lie in [0, 20]",
-        ),
-        (
-            json!({ "model": "voxtral-mini", "messages": [], "logprobs": true, "stream": true }),
-            "logprobs",
-            "streaming log-probabilities",
         ),
         (
             json!({ "model": "voxtral-mini", "messages": [{ "role": "tool", "content": "1" }] }),
