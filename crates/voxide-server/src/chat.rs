@@ -32,6 +32,7 @@ use axum::Json;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -508,7 +509,7 @@ fn answer(
     };
     // Each token's entry waits, with where its text starts in the decoded answer, until the
     // text it starts is said (text that may begin a stop string is held back).
-    let mut tokens = std::collections::VecDeque::new();
+    let mut tokens = VecDeque::new();
     let mut decoded = 0;
     let tekken = model.tokenizer();
     let (_, generation) = model.ask(
@@ -570,10 +571,7 @@ fn logprobs_entry(tekken: &Tekken, token: &TokenLogprobs) -> Value {
 }
 
 /// The waiting entries whose text starts before byte `said` of the answer.
-fn take_started(
-    tokens: &mut std::collections::VecDeque<(usize, Value)>,
-    said: usize,
-) -> Vec<Value> {
+fn take_started(tokens: &mut VecDeque<(usize, Value)>, said: usize) -> Vec<Value> {
     let started = tokens.iter().take_while(|(start, _)| *start < said).count();
     tokens.drain(..started).map(|(_, entry)| entry).collect()
 }
