@@ -413,24 +413,19 @@ fn conversation(json: &[Value]) -> Result<(Vec<Message>, Vec<Clip>), ApiError> {
 /// the URL itself).
 fn audio_bytes(kind: &str, value: &Value, at: &str) -> Result<Vec<u8>, ApiError> {
     let invalid = |m: String| ApiError::invalid_param("messages", format!("{at}: {m}"));
+    // The part's value: the string itself, or the string in its object's `field`.
+    let text_of = |field: &str, what: &str| match value {
+        Value::String(text) => Ok(text.as_str()),
+        Value::Object(audio) => audio
+            .get(field)
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(format!("{kind} needs {what}"))),
+        _ => Err(invalid(format!("{kind} must hold {what}"))),
+    };
     let base64_text = if kind == "input_audio" {
-        match value {
-            Value::String(data) => data.as_str(),
-            Value::Object(audio) => audio
-                .get("data")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("input_audio needs its base64 `data`".into()))?,
-            _ => return Err(invalid("input_audio must hold base64 `data`".into())),
-        }
+        text_of("data", "its base64 `data`")?
     } else {
-        let url = match value {
-            Value::String(url) => url.as_str(),
-            Value::Object(audio) => audio
-                .get("url")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("audio_url needs a `url`".into()))?,
-            _ => return Err(invalid("audio_url must hold a `url`".into())),
-        };
+        let url = text_of("url", "a `url`")?;
         let Some(data) = url.strip_prefix("data:") else {
             return Err(invalid(
                 "only data: URLs are taken (this server fetches nothing): send the audio inline, base64 in a data: URL or an input_audio part"
