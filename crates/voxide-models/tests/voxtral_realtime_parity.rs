@@ -190,6 +190,40 @@ fn wrong_rope_pairing_is_detected() {
     assert!(diff > 0.1, "the RoPE pairing made no difference: {diff}");
 }
 
+/// The mel clamp's `global_log_mel_max` of an HF checkpoint comes from its processor files:
+/// `processor_config.json` as transformers 5 saves it (under `feature_extractor`, as in the
+/// committed fixture), or a flat `preprocessor_config.json`, which wins where both name it.
+#[test]
+fn hf_processor_files_give_the_mel_clamp() {
+    let hf = fixtures().join("tiny-random-hf");
+    assert_eq!(Config::from_dir(&hf).unwrap().global_log_mel_max, 1.5);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(hf.join("config.json"), dir.path().join("config.json")).unwrap();
+    let max = || Config::from_dir(dir.path()).unwrap().global_log_mel_max;
+    assert_eq!(max(), 1.5, "the default without processor files");
+    std::fs::write(
+        dir.path().join("processor_config.json"),
+        r#"{"feature_extractor": {"global_log_mel_max": 2.5, "feature_size": 128}}"#,
+    )
+    .unwrap();
+    assert_eq!(max(), 2.5, "processor_config.json's feature_extractor");
+    std::fs::write(
+        dir.path().join("preprocessor_config.json"),
+        r#"{"global_log_mel_max": 3.25}"#,
+    )
+    .unwrap();
+    assert_eq!(max(), 3.25, "preprocessor_config.json first");
+    std::fs::write(dir.path().join("preprocessor_config.json"), "{}").unwrap();
+    assert_eq!(
+        max(),
+        2.5,
+        "a preprocessor file without it defers to the processor's"
+    );
+    std::fs::write(dir.path().join("processor_config.json"), "{not json").unwrap();
+    let err = Config::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("processor_config.json"), "{err}");
+}
+
 /// Greedy ids of the offline schedule equal transformers' `generate`, both layouts, on the
 /// 3 s synthetic input and on 4 s of real speech; the logits of every step match too.
 #[test]

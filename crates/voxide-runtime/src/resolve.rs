@@ -41,6 +41,7 @@ const MISTRAL: &[&str] = &["params.json", "consolidated.safetensors", "tekken.js
 const OPTIONAL: &[&str] = &[
     "generation_config.json",
     "preprocessor_config.json",
+    "processor_config.json",
     "merges.txt",
     // Qwen3-TTS: the text tokenizer's added tokens and the codec.
     "tokenizer_config.json",

@@ -111,10 +111,37 @@ fn default_downsample() -> usize {
     4
 }
 
+/// The feature extractor's settings: `preprocessor_config.json` holds them at its top level,
+/// `processor_config.json` (what transformers 5 saves) under `feature_extractor`.
 #[derive(Deserialize)]
 struct HfPreprocessor {
     #[serde(default)]
     global_log_mel_max: Option<f32>,
+    #[serde(default)]
+    feature_extractor: Option<Box<HfPreprocessor>>,
+}
+
+impl HfPreprocessor {
+    fn global_log_mel_max(&self) -> Option<f32> {
+        self.global_log_mel_max.or_else(|| {
+            self.feature_extractor
+                .as_ref()
+                .and_then(|f| f.global_log_mel_max())
+        })
+    }
+}
+
+/// The checkpoint's `global_log_mel_max` from the first of its processor files that names it.
+fn hf_global_log_mel_max(dir: &Path) -> Result<Option<f32>> {
+    for name in ["preprocessor_config.json", "processor_config.json"] {
+        let path = dir.join(name);
+        if path.exists() {
+            if let Some(max) = read_json::<HfPreprocessor>(&path)?.global_log_mel_max() {
+                return Ok(Some(max));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// transformers hard-codes the ada-norm bottleneck at 32.
@@ -130,13 +157,7 @@ impl Config {
             (path, config)
         } else {
             let path = require(dir, "config.json")?;
-            let pre = dir.join("preprocessor_config.json");
-            let max = if pre.exists() {
-                read_json::<HfPreprocessor>(&pre)?.global_log_mel_max
-            } else {
-                None
-            };
-            let config = Self::from_hf(read_json(&path)?, max);
+            let config = Self::from_hf(read_json(&path)?, hf_global_log_mel_max(dir)?);
             (path, config)
         };
         let invalid = |message: String| Error::InvalidJson {
