@@ -16,9 +16,10 @@ pub struct StreamArgs {
     /// Streaming model directory (Voxtral Realtime, either layout) or hub id.
     #[arg(short, long, env = "VOXIDE_MODEL")]
     model: String,
-    /// Transcription delay, ms: 80 to 2400 in steps of 80. Longer is more accurate.
-    #[arg(long, default_value_t = 480)]
-    delay_ms: u32,
+    /// Transcription delay, ms: 80 to 2400 in steps of 80 (default: the model's, from its
+    /// tekken.json; 480 where it names none). Longer is more accurate.
+    #[arg(long)]
+    delay_ms: Option<u32>,
     /// Standard input's encoding: auto (WAV if it has a RIFF header, else raw), wav, s16le.
     #[arg(long, default_value = "auto", value_parser = ["auto", "wav", "s16le"])]
     input_format: String,
@@ -58,8 +59,9 @@ pub fn run(args: StreamArgs) -> Result<()> {
         precision(&args.precision),
     )?;
     crate::release_freed_memory();
+    let defaults = model.default_options();
     let options = StreamOptions {
-        delay_ms: args.delay_ms,
+        delay_ms: args.delay_ms.unwrap_or(defaults.delay_ms),
         kv_dtype: kv_precision(&args.kv_precision),
         encoder_min_frames: args.encoder_frames,
         restart_on_eos: true,

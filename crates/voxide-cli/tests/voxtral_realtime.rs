@@ -187,6 +187,40 @@ fn stream_prints_text_while_audio_arrives() {
     );
 }
 
+/// Without `--delay-ms`, `stream` takes the delay the model's tekken.json names, as
+/// `transcribe` does: a model trained for 800 ms streams what it transcribes.
+#[test]
+fn stream_takes_the_models_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = copy("tiny-random-mistral", dir.path());
+    let tekken = model.join("tekken.json");
+    let mut t: Value = serde_json::from_slice(&std::fs::read(&tekken).unwrap()).unwrap();
+    t["audio"]["transcription_delay_ms"] = 800.into();
+    std::fs::write(&tekken, serde_json::to_vec(&t).unwrap()).unwrap();
+    let wav = dir.path().join("speech.wav");
+    std::fs::write(&wav, speech_wav(16000, None)).unwrap();
+    let bytes = speech_wav(16000, None);
+    let text = |out: Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let offline = text(voxide(&["transcribe", "--model", s(&model), s(&wav)], None));
+    let streamed = text(voxide(&["stream", "--model", s(&model)], Some(&bytes)));
+    assert_eq!(streamed, offline);
+    let at_480 = text(voxide(
+        &["stream", "--model", s(&model), "--delay-ms", "480"],
+        Some(&bytes),
+    ));
+    assert_ne!(
+        at_480, offline,
+        "the delay made no difference: the test proves nothing"
+    );
+}
+
 #[test]
 fn bad_streams_are_one_line_errors() {
     let model = fixture("tiny-random-hf");
