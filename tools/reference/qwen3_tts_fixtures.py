@@ -446,8 +446,9 @@ def make_fixture(name, spec, out_root):
     n_perturbed = perturb_constants(model)
     # Stored in bf16, as the real checkpoints are (half the fixture's size): every weight is
     # rounded to a bf16 value first, so the f32 reference runs on exactly the stored weights.
-    for p in model.parameters():
-        p.copy_(p.to(torch.bfloat16).float())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
     impl = attn_impls(model)
     assert set(impl.values()) == {ATTN}, impl
     n_params = sum(p.numel() for p in model.parameters())

@@ -68,7 +68,22 @@ pub struct DecoderDims {
     #[serde(default)]
     pub attention_bias: bool,
     pub num_code_groups: usize,
+    /// Sliding-window attention (qwen-tts: every talker layer; the code predictor's layers from
+    /// `max_window_layers` on). No Qwen3-TTS checkpoint uses it; a config that does is refused.
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    #[serde(default = "default_max_window_layers")]
+    pub max_window_layers: usize,
 }
+
+/// qwen-tts' `Qwen3TTSTalkerCodePredictorConfig` default.
+fn default_max_window_layers() -> usize {
+    28
+}
+
+/// The code predictor's head width where its config names none: qwen-tts'
+/// `Qwen3TTSTalkerCodePredictorConfig` default (the talker's is hidden / heads).
+const CODE_PREDICTOR_HEAD_DIM: usize = 128;
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct TalkerConfig {
@@ -126,7 +141,9 @@ impl DecoderDims {
 impl Config {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let config: Config = read_json(path)?;
+        let mut config: Config = read_json(path)?;
+        let predictor = &mut config.talker_config.code_predictor_config.dims;
+        predictor.head_dim.get_or_insert(CODE_PREDICTOR_HEAD_DIM);
         config.validate().map_err(|message| Error::InvalidJson {
             path: path.to_owned(),
             message,
@@ -162,6 +179,27 @@ impl Config {
             if heads == 0 || kv == 0 || heads % kv != 0 || hidden == 0 {
                 return bad(format!(
                     "{what}: {heads} heads over {kv} key/value heads, hidden {hidden}"
+                ));
+            }
+        }
+        for (what, dims, sliding) in [
+            ("talker", td, td.use_sliding_window),
+            (
+                "code predictor",
+                p,
+                p.use_sliding_window && p.max_window_layers < p.num_hidden_layers,
+            ),
+        ] {
+            // qwen-tts applies `hidden_act` in every decoder MLP; voxide's are SwiGLU.
+            if dims.hidden_act != candle_nn::Activation::Silu {
+                return bad(format!(
+                    "{what}: hidden_act {:?} is not supported (Qwen3-TTS decoders use silu)",
+                    dims.hidden_act
+                ));
+            }
+            if sliding {
+                return bad(format!(
+                    "{what}: sliding-window attention (use_sliding_window) is not supported"
                 ));
             }
         }
@@ -219,5 +257,79 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// The committed CustomVoice fixture's config.json with `edit` applied, read as voxide
+    /// reads a checkpoint's.
+    fn read_edited(edit: impl FnOnce(&mut Value)) -> Result<Config> {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/qwen3-tts/tiny-random/config.json");
+        let mut v: Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+        edit(&mut v);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        Config::from_file(&path)
+    }
+
+    /// Head widths as qwen-tts takes them: the config's, else hidden / heads for the talker
+    /// and 128 for the code predictor (its config class's default).
+    #[test]
+    fn head_widths_default_as_qwen_tts_does() {
+        let config = read_edited(|_| {}).unwrap();
+        let t = &config.talker_config;
+        assert_eq!(t.dims.head_dim(), 16);
+        assert_eq!(t.code_predictor_config.dims.head_dim(), 16);
+        let config = read_edited(|v| {
+            let talker = &mut v["talker_config"];
+            talker.as_object_mut().unwrap().remove("head_dim");
+            let predictor = talker["code_predictor_config"].as_object_mut().unwrap();
+            predictor.remove("head_dim");
+        })
+        .unwrap();
+        let t = &config.talker_config;
+        assert_eq!(
+            t.dims.head_dim(),
+            t.dims.hidden_size / t.dims.num_attention_heads
+        );
+        assert_eq!(t.code_predictor_config.dims.head_dim(), 128);
+    }
+
+    /// What voxide's decoders do not implement is refused by name instead of run otherwise:
+    /// another MLP activation, sliding-window attention.
+    #[test]
+    fn unsupported_decoder_settings_are_refused() {
+        let refused = |edit: &dyn Fn(&mut Value), what: &str| {
+            let err = read_edited(edit).unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        };
+        refused(
+            &|v| v["talker_config"]["hidden_act"] = json!("gelu"),
+            "talker: hidden_act",
+        );
+        refused(
+            &|v| v["talker_config"]["code_predictor_config"]["hidden_act"] = json!("relu"),
+            "code predictor: hidden_act",
+        );
+        refused(
+            &|v| v["talker_config"]["use_sliding_window"] = json!(true),
+            "talker: sliding-window",
+        );
+        let predictor_window = |layers: usize| {
+            move |v: &mut Value| {
+                let p = &mut v["talker_config"]["code_predictor_config"];
+                p["use_sliding_window"] = json!(true);
+                p["max_window_layers"] = json!(layers);
+            }
+        };
+        refused(&predictor_window(1), "code predictor: sliding-window");
+        // From layer 28 on, as qwen-tts' default: no layer of a 2-layer predictor slides.
+        read_edited(|v| predictor_window(28)(v)).unwrap();
     }
 }
