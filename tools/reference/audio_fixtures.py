@@ -13,8 +13,9 @@ It reads `../shared` (corpus and Whisper assets) and writes small files to
   rate, channels, frame count, per-channel sum of squares (float64), and three
   2048-frame excerpts per channel (start, middle, end) as float32 tensors
   named `<path>/<start|mid|end>` with shape [channels, 2048].
-  Three small synthetic clips (`synth_*.ogg`, written here by libsndfile:
-  Ogg Vorbis 44.1 kHz stereo, Opus 48 kHz stereo, Opus 8 kHz mono) are
+  Five small synthetic clips (`synth_*`, written here by libsndfile:
+  Ogg Vorbis 44.1 kHz stereo, Opus 48 kHz stereo, Opus 8 kHz mono, IMA ADPCM
+  WAV 16 kHz mono, Microsoft ADPCM WAV 22.05 kHz stereo) are
   decoded the same way; their fixture paths are `fixtures:<file name>`.
 * `mel_filters.safetensors`: `mel_80` [80, 201] and `mel_128` [128, 201] from
   `assets/whisper/mel_filters.npz`.
@@ -76,7 +77,7 @@ def versions() -> dict[str, str]:
 
 def synth_files() -> list[str]:
     """Small encoded files for formats/layouts the corpus lacks: Ogg Vorbis,
-    stereo 48 kHz Opus, 8 kHz Opus. Written by libsndfile itself from a
+    stereo 48 kHz Opus, 8 kHz Opus, IMA and Microsoft ADPCM in WAV. Written by libsndfile itself from a
     seeded test signal (two tones + a chirp + noise); returns their names."""
     rng = np.random.default_rng(0)
     made = []
@@ -84,6 +85,8 @@ def synth_files() -> list[str]:
         ("synth_vorbis_44k_stereo.ogg", 44100, 2, "OGG", "VORBIS"),
         ("synth_opus_48k_stereo.ogg", 48000, 2, "OGG", "OPUS"),
         ("synth_opus_8k_mono.ogg", 8000, 1, "OGG", "OPUS"),
+        ("synth_ima_adpcm_16k_mono.wav", 16000, 1, "WAV", "IMA_ADPCM"),
+        ("synth_ms_adpcm_22k_stereo.wav", 22050, 2, "WAV", "MS_ADPCM"),
     ):
         t = np.arange(int(1.5 * sr)) / sr
         chans = []

@@ -313,7 +313,8 @@ fn wav_format_problem(data: &[u8]) -> Option<String> {
         tag = u16::from_le_bytes([body[24], body[25]]);
     }
     match tag {
-        1 | 3 | 6 | 7 | 0xFFFE => None,
+        // PCM, Microsoft ADPCM, IEEE float, A-law, µ-law, IMA ADPCM.
+        1 | 2 | 3 | 6 | 7 | 0x11 | 0xFFFE => None,
         _ => Some(format!(
             "WAV format code 0x{tag:04X} ({})",
             wav_tag_name(tag)
@@ -362,8 +363,6 @@ fn wav_fmt(data: &[u8]) -> Option<&[u8]> {
 
 fn wav_tag_name(tag: u16) -> &'static str {
     match tag {
-        0x0002 => "Microsoft ADPCM",
-        0x0011 => "IMA ADPCM",
         0x0031 => "GSM 6.10",
         0x0050 => "MPEG audio",
         0x0055 => "MPEG Layer III",
@@ -662,9 +661,9 @@ mod tests {
     #[test]
     fn wav_unknown_tag_is_named() {
         let mut d = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0".to_vec();
-        d.extend_from_slice(&[0x02, 0x00, 1, 0, 0x40, 0x1f, 0, 0, 0, 0, 0, 0, 2, 0, 16, 0]);
+        d.extend_from_slice(&[0x31, 0x00, 1, 0, 0x40, 0x1f, 0, 0, 0, 0, 0, 0, 2, 0, 16, 0]);
         match sniff(&d) {
-            Sniffed::Unsupported(s) => assert!(s.contains("ADPCM"), "{s}"),
+            Sniffed::Unsupported(s) => assert!(s.contains("GSM 6.10"), "{s}"),
             other => panic!("{other:?}"),
         }
     }

@@ -98,8 +98,8 @@ fn truncated_wav_header_is_corrupt() {
 
 #[test]
 fn unsupported_wav_format_code_is_named() {
-    // 0x0002 = Microsoft ADPCM, 0x1234 = unassigned.
-    for (tag, expect) in [(0x0002u16, "0x0002"), (0x1234, "0x1234")] {
+    // 0x0031 = GSM 6.10, 0x1234 = unassigned.
+    for (tag, expect) in [(0x0031u16, "0x0031 (GSM 6.10)"), (0x1234, "0x1234")] {
         let p = tmp(
             &format!("tag{tag:04x}.wav"),
             &wav(tag, 1, 16000, 4, &[1, 2, 3, 4], false),

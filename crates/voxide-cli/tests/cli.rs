@@ -386,12 +386,12 @@ fn bad_audio_gets_a_one_line_error() {
         (write(d, "silent.wav", &wav(&[0; 16000])), "digital silence"),
         (write(d, "header-only.wav", &wav(&[])), "no audio"),
         (
-            write(d, "adpcm.wav", &{
+            write(d, "gsm.wav", &{
                 let mut b = wav(&[100; 2000]);
-                b[20] = 2; // format code 0x0002: Microsoft ADPCM
+                b[20] = 0x31; // format code 0x0031: GSM 6.10
                 b
             }),
-            "ADPCM",
+            "GSM 6.10",
         ),
         (d.join("missing.wav"), "cannot read"),
         (
