@@ -281,6 +281,41 @@ fn bad_requests_get_a_one_line_error() {
         .into_iter()
         .all(|n| !n.to_string_lossy().starts_with("out")));
     std::fs::remove_dir_all(dir).ok();
+    // Codec configs voxide would decode otherwise than qwen-tts: refused, naming the field.
+    for (what, from, to, message) in [
+        (
+            "act",
+            "\"hidden_act\": \"silu\"",
+            "\"hidden_act\": \"gelu\"",
+            "decoder hidden_act",
+        ),
+        (
+            "hop",
+            "\"decode_upsample_rate\": 1920",
+            "\"decode_upsample_rate\": 960",
+            "decode_upsample_rate 960",
+        ),
+        (
+            "quantizers",
+            "\"num_quantizers\": 16",
+            "\"num_quantizers\": 8",
+            "the talker writes 16",
+        ),
+    ] {
+        let dir = fixture_copy(&format!("codec-{what}"), true);
+        let path = dir.join("speech_tokenizer/config.json");
+        let config = std::fs::read_to_string(&path).unwrap();
+        assert!(config.contains(from), "{from}");
+        std::fs::write(&path, config.replacen(from, to, 1)).unwrap();
+        let out = voxide(&["speak", "--model", s(&dir), "--voice", "tester", "hi"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(message),
+            "{what}: {stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        std::fs::remove_dir_all(dir).ok();
+    }
     // Without its codec (the copy takes the top-level files only).
     let dir = fixture_copy("no-codec", false);
     let out = voxide(&["speak", "--model", s(&dir), "--voice", "tester", "hi"]);

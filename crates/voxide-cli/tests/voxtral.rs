@@ -309,6 +309,13 @@ fn bad_input_is_one_line_and_exit_1() {
     let e = error_line(&transcribe());
     assert!(e.contains("layers.2."), "names the missing tensor: {e}");
     std::fs::write(broken.join("params.json"), &params).unwrap();
+    // A tokenizer whose frame rate prompts other than the network's 375 tokens a window.
+    let tekken = std::fs::read_to_string(broken.join("tekken.json")).unwrap();
+    let mut wrong: Value = serde_json::from_str(&tekken).unwrap();
+    wrong["audio"]["frame_rate"] = json!(25.0);
+    std::fs::write(broken.join("tekken.json"), wrong.to_string()).unwrap();
+    let e = error_line(&transcribe());
+    assert!(e.contains("750 tokens per 30 s window"), "{e}");
     std::fs::remove_file(broken.join("tekken.json")).unwrap();
     let e = error_line(&transcribe());
     assert!(e.contains("tekken.json"), "{e}");

@@ -50,6 +50,13 @@ pub struct CodecDecoderConfig {
     pub upsample_rates: Vec<usize>,
     pub upsampling_ratios: Vec<usize>,
     pub decoder_dim: usize,
+    /// The transformer MLPs' activation; voxide's are SwiGLU, so only qwen-tts' default.
+    #[serde(default = "default_decoder_act")]
+    pub hidden_act: String,
+}
+
+fn default_decoder_act() -> String {
+    "silu".into()
 }
 
 /// The speech tokenizer's `config.json` (`Qwen3TTSTokenizerV2Config`; the encoder fields
@@ -70,6 +77,24 @@ pub struct CodecConfig {
     /// Input samples per code frame (the encoder's output is cut to ceil(samples / rate)).
     #[serde(default = "default_hop")]
     pub encode_downsample_rate: usize,
+    /// Output samples per code frame, as qwen-tts cuts a decoded clip: the decoder's
+    /// upsampling must give exactly this many.
+    #[serde(default)]
+    pub decode_upsample_rate: Option<usize>,
+}
+
+impl CodecConfig {
+    /// What the decoder relies on; the message says what is wrong.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.decoder_config.validate()?;
+        let samples = self.decoder_config.samples_per_frame();
+        match self.decode_upsample_rate {
+            Some(rate) if rate != samples => Err(format!(
+                "decode_upsample_rate {rate} disagrees with the decoder's upsampling ({samples} samples a frame)"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn default_rate() -> u32 {
@@ -117,6 +142,12 @@ impl CodecDecoderConfig {
             return Err(format!(
                 "{} heads over {} key/value heads",
                 heads.0, heads.1
+            ));
+        }
+        if self.hidden_act != "silu" {
+            return Err(format!(
+                "decoder hidden_act {:?} is not supported (takes \"silu\")",
+                self.hidden_act
             ));
         }
         Ok(())
@@ -565,13 +596,10 @@ impl CodecDecoder {
 pub fn load_codec(dir: &Path, device: &Device) -> Result<(CodecConfig, CodecDecoder)> {
     let config_path = require(dir, "config.json")?;
     let config: CodecConfig = read_json(&config_path)?;
-    config
-        .decoder_config
-        .validate()
-        .map_err(|message| Error::InvalidJson {
-            path: config_path.clone(),
-            message,
-        })?;
+    config.validate().map_err(|message| Error::InvalidJson {
+        path: config_path.clone(),
+        message,
+    })?;
     let weights = require(dir, "model.safetensors")?;
     let weights_error = |e: candle_core::Error| Error::Weights {
         path: weights.clone(),

@@ -190,6 +190,18 @@ impl Synthesizer {
             });
         }
         let (codec_config, codec) = load_codec(&speech, device)?;
+        let (groups, quantizers) = (
+            model.config().talker_config.dims.num_code_groups,
+            codec_config.decoder_config.num_quantizers,
+        );
+        if groups != quantizers {
+            return Err(Error::InvalidJson {
+                path: speech.join("config.json"),
+                message: format!(
+                    "the codec decodes {quantizers} codebooks a frame, the talker writes {groups}"
+                ),
+            });
+        }
         let codec_encoder = match model.config().tts_model_type {
             ModelType::Base => Some(load_codec_encoder(&speech, device)?),
             _ => None,

@@ -160,6 +160,21 @@ impl Voxtral {
         for name in ["[INST]", "[/INST]", "[BEGIN_AUDIO]", "[TRANSCRIBE]"] {
             tokenizer.require_special(name)?;
         }
+        // mistral-common prompts `frame_rate · chunk_length_s` audio tokens per window; the
+        // network makes `max_source_positions / downsample_factor` (transformers refuses a
+        // mismatch when it merges them).
+        if let Some(a) = tokenizer.audio() {
+            let window_s = a.chunk_length_s.unwrap_or(30.0);
+            let tokens = a.frame_rate * window_s;
+            let made = network.config().tokens_per_window();
+            if a.sampling_rate != SAMPLE_RATE || tokens != made as f64 {
+                return Err(invalid(format!(
+                    "audio at {} Hz and {} tokens a second make {tokens} tokens per {window_s} s \
+                     window; the network makes {made} from 16000 Hz",
+                    a.sampling_rate, a.frame_rate
+                )));
+            }
+        }
         let mel = WhisperMel::new(network.config().audio.num_mel_bins);
         Ok(Self {
             network,

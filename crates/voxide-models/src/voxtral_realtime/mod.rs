@@ -99,23 +99,14 @@ impl VoxtralRealtime {
             .clone();
         // The checkpoint's config already says this is the realtime model; the tokenizer's
         // `transcription_format` is not required (third-party copies differ).
-        if audio.sampling_rate != SAMPLE_RATE {
-            return Err(invalid(format!(
-                "audio section is for {} Hz; Voxtral Realtime needs 16000 Hz",
-                audio.sampling_rate
-            )));
+        if let Some(problem) = audio_geometry_problem(&audio, network.config().downsample_factor) {
+            return Err(invalid(problem));
         }
         let schedule = Schedule {
             left_pad_tokens: audio.streaming_n_left_pad_tokens.unwrap_or(32) as usize,
             samples_per_token: audio.samples_per_token() as usize,
             default_delay_ms: audio.transcription_delay_ms.map_or(480, |ms| ms as u32),
         };
-        if schedule.samples_per_token != 1280 {
-            return Err(invalid(format!(
-                "{} samples per token; the model takes 1280 (80 ms)",
-                schedule.samples_per_token
-            )));
-        }
         let mel = WhisperMel::new(network.config().num_mel_bins);
         Ok(Self {
             network,
@@ -273,4 +264,80 @@ impl VoxtralRealtime {
 /// Seconds rounded to whole milliseconds (token times are multiples of 80 ms).
 fn round_ms(seconds: f64) -> f64 {
     (seconds * 1e3).round() / 1e3
+}
+
+/// What in the tokenizer's audio section the network cannot follow: another sample rate,
+/// a token of other than 80 ms, a mel front end other than Whisper's (hop 160, window 400),
+/// or a frame rate the network's stacking does not make (the stem halves the mel frames,
+/// the adapter stacks `downsample_factor` of its outputs into one token).
+fn audio_geometry_problem(audio: &AudioSection, downsample_factor: usize) -> Option<String> {
+    let enc = &audio.audio_encoding_config;
+    let (hop, window) = (voxide_audio::mel::HOP_LENGTH, voxide_audio::mel::N_FFT);
+    if audio.sampling_rate != SAMPLE_RATE {
+        Some(format!(
+            "audio section is for {} Hz; Voxtral Realtime needs 16000 Hz",
+            audio.sampling_rate
+        ))
+    } else if audio.samples_per_token() != 1280 {
+        Some(format!(
+            "{} samples per token; the model takes 1280 (80 ms)",
+            audio.samples_per_token()
+        ))
+    } else if (enc.hop_length as usize, enc.window_size as usize) != (hop, window) {
+        Some(format!(
+            "mel hop_length {} and window_size {}; the model's mel takes {hop} and {window}",
+            enc.hop_length, enc.window_size
+        ))
+    } else if audio.frames_per_token() as usize != 2 * downsample_factor {
+        Some(format!(
+            "a token is {} mel frames at frame_rate {}, but the network makes one of every {} \
+             (downsample_factor {downsample_factor})",
+            audio.frames_per_token(),
+            audio.frame_rate,
+            2 * downsample_factor
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real model's audio section, as its tekken.json has it.
+    fn audio() -> AudioSection {
+        serde_json::from_value(serde_json::json!({
+            "sampling_rate": 16000,
+            "frame_rate": 12.5,
+            "audio_encoding_config": {"num_mel_bins": 128, "hop_length": 160, "window_size": 400},
+            "transcription_delay_ms": 480,
+            "transcription_format": "streaming"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_tokenizers_audio_geometry_must_be_the_networks() {
+        assert_eq!(audio_geometry_problem(&audio(), 4), None);
+        let problem = |edit: &dyn Fn(&mut AudioSection), downsample: usize| {
+            let mut a = audio();
+            edit(&mut a);
+            audio_geometry_problem(&a, downsample).expect("refused")
+        };
+        assert!(problem(&|a| a.sampling_rate = 24000, 4).contains("24000 Hz"));
+        assert!(problem(&|a| a.frame_rate = 25.0, 4).contains("640 samples per token"));
+        let p = problem(&|a| a.audio_encoding_config.hop_length = 320, 4);
+        assert!(p.contains("hop_length 320"), "{p}");
+        let p = problem(&|a| a.audio_encoding_config.window_size = 512, 4);
+        assert!(p.contains("window_size 512"), "{p}");
+        // A network that stacks 8 or 2 stem frames into a token, at 12.5 tokens a second.
+        for downsample in [8, 2] {
+            let p = problem(&|_| {}, downsample);
+            assert!(
+                p.contains(&format!("downsample_factor {downsample}")),
+                "{p}"
+            );
+        }
+    }
 }
