@@ -185,7 +185,12 @@ fn sniff(data: &[u8]) -> Sniffed {
         };
     }
     if data.len() >= 12 && (&data[..4] == b"RF64" || &data[..4] == b"BW64") {
-        return Sniffed::Unsupported("RF64/BW64 WAV container".into());
+        // Left as RF64 by `rf64_as_riff`: no ds64 chunk to read the sizes from.
+        return Sniffed::Unsupported("RF64/BW64 WAV without a ds64 chunk".into());
+    }
+    // Sony Wave64: RIFF's layout with GUIDs for chunk ids ("riff" then its GUID tail).
+    if data.starts_with(b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00") {
+        return Sniffed::Unsupported("Sony Wave64 (W64) container".into());
     }
     if data.starts_with(b"fLaC") {
         return Sniffed::Symphonia;
@@ -342,6 +347,37 @@ fn fill_in_unknown_wav_sizes(data: &mut [u8]) {
     }
 }
 
+/// RF64 and BW64 (EBU Tech 3306, ITU-R BS.2088: the WAV of recorders and broadcast tools,
+/// and of ffmpeg past 4 GB) keep the RIFF and `data` sizes in a `ds64` chunk and write
+/// 0xFFFFFFFF in their place. Where the data fits a RIFF size, the header is rewritten in place
+/// as the RIFF it then is (the ds64 chunk becomes a `JUNK` chunk that readers skip), so that
+/// symphonia reads it. Returns the data's size where it does not fit (over 4 GiB); a file
+/// without a ds64 chunk stays as it is.
+fn rf64_as_riff(data: &mut [u8]) -> Option<u64> {
+    let is_rf64 = data.len() >= 44
+        && (&data[..4] == b"RF64" || &data[..4] == b"BW64")
+        && &data[8..12] == b"WAVE"
+        && &data[12..16] == b"ds64";
+    if !is_rf64 || u32::from_le_bytes(data[16..20].try_into().ok()?) < 24 {
+        return None;
+    }
+    let data_size = u64::from_le_bytes(data[28..36].try_into().ok()?);
+    data[..4].copy_from_slice(b"RIFF");
+    data[12..16].copy_from_slice(b"JUNK");
+    let riff = u32::try_from(data.len() - 8).unwrap_or(u32::MAX);
+    data[4..8].copy_from_slice(&riff.to_le_bytes());
+    let (pos, _) = wav_chunk(data, b"data")?;
+    // What the file holds of the declared data (a cut recording holds less).
+    let size = data_size.min((data.len() - pos - 8) as u64);
+    match u32::try_from(size) {
+        Ok(size) if size < u32::MAX => {
+            data[pos + 4..pos + 8].copy_from_slice(&size.to_le_bytes());
+            None
+        }
+        _ => Some(size),
+    }
+}
+
 /// Where a WAV file's first chunk with this id starts, and its declared size.
 fn wav_chunk(data: &[u8], id: &[u8; 4]) -> Option<(usize, usize)> {
     let mut pos = 12usize;
@@ -396,6 +432,15 @@ fn codec_name(codec: CodecType) -> String {
 }
 
 fn decode_inner(mut data: Vec<u8>, name: &str) -> Result<DecodedAudio, AudioError> {
+    if let Some(size) = rf64_as_riff(&mut data) {
+        return Err(AudioError::UnsupportedCodec {
+            name: name.to_string(),
+            codec: format!(
+                "RF64 WAV with {:.1} GiB of audio data (WAV is read up to 4 GiB; convert it, e.g. to FLAC)",
+                size as f64 / (1u64 << 30) as f64
+            ),
+        });
+    }
     if data.starts_with(b"RIFF") {
         fill_in_unknown_wav_sizes(&mut data);
     }
@@ -656,6 +701,51 @@ mod tests {
         // A data size of 0 with nothing behind it is still an empty file.
         let err = decode_bytes(&wav_with_sizes(&[], 0, 0), "e.wav").unwrap_err();
         assert!(err.to_string().contains("no audio"), "{err}");
+    }
+
+    /// `samples` as an RF64 (or BW64) file: sizes in a ds64 chunk, 0xFFFFFFFF in the RIFF and
+    /// `data` size fields; `declared` the ds64's data size.
+    fn rf64(magic: &[u8; 4], samples: &[i16], declared: u64) -> Vec<u8> {
+        let riff = wav_with_sizes(samples, u32::MAX, u32::MAX);
+        let mut d = magic.to_vec();
+        d.extend(u32::MAX.to_le_bytes());
+        d.extend(b"WAVEds64");
+        d.extend(28u32.to_le_bytes());
+        d.extend((riff.len() as u64 + 36 - 8).to_le_bytes());
+        d.extend(declared.to_le_bytes());
+        d.extend((samples.len() as u64).to_le_bytes());
+        d.extend(0u32.to_le_bytes());
+        d.extend(&riff[12..]);
+        d
+    }
+
+    #[test]
+    fn rf64_and_bw64_read_as_the_riff_they_hold() {
+        let samples: Vec<i16> = (0..1600).map(|i| (i * 53 % 3000) as i16 - 1500).collect();
+        let bytes = 2 * samples.len() as u64;
+        let want = decode_bytes(
+            &wav_with_sizes(&samples, 36 + bytes as u32, bytes as u32),
+            "a.wav",
+        )
+        .unwrap();
+        for magic in [b"RF64", b"BW64"] {
+            let got = decode_bytes(&rf64(magic, &samples, bytes), "a.wav").unwrap();
+            assert_eq!(got.channels, want.channels);
+            assert_eq!(got.sample_rate, 16000);
+        }
+        // A cut recording: the ds64 declares more than the file holds; what it holds is read.
+        let cut = decode_bytes(&rf64(b"RF64", &samples, 4 * bytes), "a.wav").unwrap();
+        assert_eq!(cut.channels, want.channels);
+        // Without a ds64 chunk there are no sizes to read.
+        let mut no_ds64 = rf64(b"RF64", &samples, bytes);
+        no_ds64[12..16].copy_from_slice(b"JUNK");
+        let err = decode_bytes(&no_ds64, "a.wav").unwrap_err().to_string();
+        assert!(err.contains("without a ds64 chunk"), "{err}");
+        // Wave64 is named, not taken for something that is not audio.
+        let mut w64 = b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00".to_vec();
+        w64.extend([0u8; 64]);
+        let err = decode_bytes(&w64, "a.w64").unwrap_err().to_string();
+        assert!(err.contains("Wave64"), "{err}");
     }
 
     #[test]
