@@ -827,6 +827,11 @@ fn options_out_of_range_get_a_one_line_error() {
             "0",
             "--max-new-tokens must be at least 1",
         ),
+        (
+            "--temperature-increment",
+            "1e-30",
+            "fallback temperatures; at most 100",
+        ),
     ] {
         let mut args = vec!["transcribe", "--model", m, option, value, a];
         if option == "--patience" {
@@ -834,6 +839,32 @@ fn options_out_of_range_get_a_one_line_error() {
         }
         fails(&args, expect);
     }
+    // Options of one model family given to another: refused, not ignored.
+    let fixtures = root().join("tests/fixtures");
+    let realtime = fixtures.join("voxtral-realtime/tiny-random-mistral");
+    let mini = fixtures.join("voxtral/tiny-random-mistral");
+    for (model, option, value, expect) in [
+        (&realtime, "--max-new-tokens", "3", "no token limit"),
+        (
+            &realtime,
+            "--temperature-increment",
+            "0.2",
+            "no temperature fallback",
+        ),
+        (
+            &mini,
+            "--temperature-increment",
+            "0.2",
+            "no temperature fallback",
+        ),
+        (&mini, "--delay-ms", "480", "--delay-ms"),
+    ] {
+        fails(
+            &["transcribe", "--model", s(model), option, value, a],
+            expect,
+        );
+    }
+    fails(&quick_bench(&realtime, "2"), "no token limit");
     fails(
         &quick_bench(&model, "0"),
         "--fixed-steps must be at least 1",

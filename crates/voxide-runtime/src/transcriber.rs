@@ -92,22 +92,54 @@ impl Default for TranscribeRequest {
     }
 }
 
+/// Most fallback temperatures a schedule may hold (openai-whisper's default increment of 0.2
+/// makes 5): an increment of 1e-30 would make 10^30, and one below f32's resolution at the
+/// temperature none that reach 1.0.
+pub const MAX_FALLBACK_TEMPERATURES: usize = 100;
+
 impl TranscribeRequest {
-    /// The temperature schedule: `temperature` then steps of `temperature_increment` up to 1.0.
+    /// The temperature schedule: `temperature` then steps of `temperature_increment` up to 1.0
+    /// (at most [`MAX_FALLBACK_TEMPERATURES`] steps; `check` refuses increments that need more).
     pub fn temperatures(&self) -> Vec<f32> {
         let mut out = vec![self.temperature];
         if self.temperature_increment > 0.0 {
-            let mut i = 1;
-            loop {
+            for i in 1..=MAX_FALLBACK_TEMPERATURES {
                 let t = self.temperature + i as f32 * self.temperature_increment;
                 if t > 1.0 + 1e-6 {
                     break;
                 }
                 out.push((t * 1e4).round() / 1e4);
-                i += 1;
             }
         }
         out
+    }
+
+    /// The fallback temperatures `temperature_increment` asks for, refused above
+    /// [`MAX_FALLBACK_TEMPERATURES`].
+    fn check_fallbacks(&self) -> Result<()> {
+        let steps = if self.temperature_increment > 0.0 {
+            ((1.0 + 1e-6 - self.temperature) / self.temperature_increment).floor()
+        } else {
+            0.0
+        };
+        if steps > MAX_FALLBACK_TEMPERATURES as f32 {
+            return Err(Error::InvalidRequest(format!(
+                "--temperature-increment {} makes {steps:.0} fallback temperatures; at most \
+                 {MAX_FALLBACK_TEMPERATURES} (0.2, openai-whisper's default, makes 5)",
+                self.temperature_increment
+            )));
+        }
+        Ok(())
+    }
+
+    /// Options only Whisper's decoding takes, refused by name for `model`.
+    fn refuse_fallbacks(&self, model: &str) -> Result<()> {
+        if self.temperature_increment > 0.0 {
+            return Err(Error::InvalidRequest(format!(
+                "{model} has no temperature fallback (--temperature-increment: Whisper's)"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -185,6 +217,22 @@ fn field_error(field: &'static str, message: String) -> Error {
 }
 
 /// The request's language as an ISO 639-1 code; `None` (or `auto`) detects it.
+/// Voxtral Mini 3B's `lang:xx`: an ISO 639-1 code, as mistral-common validates it (Whisper's
+/// language names taken too).
+fn voxtral_language(request: &TranscribeRequest) -> Result<Option<&'static str>> {
+    match request.language.as_deref() {
+        None | Some("auto") => Ok(None),
+        Some(lang) => voxtral::prompt::transcription_language(lang, language_code(lang))
+            .map(Some)
+            .ok_or_else(|| {
+                field_error(
+                    "language",
+                    format!("unknown language {lang:?}; use an ISO 639-1 code such as en, de, fr, or auto"),
+                )
+            }),
+    }
+}
+
 fn requested_language(request: &TranscribeRequest) -> Result<Option<&'static str>> {
     match request.language.as_deref() {
         None | Some("auto") => Ok(None),
@@ -244,6 +292,7 @@ impl Transcriber for WhisperPipeline {
                 "temperatures must lie in [0, 1]".into(),
             ));
         }
+        request.check_fallbacks()?;
         check_decoding_numbers(request)?;
         if request.delay_ms.is_some() || request.kv_dtype.is_some() {
             return Err(Error::InvalidRequest(
@@ -377,6 +426,12 @@ impl Transcriber for VoxtralRealtime {
         if request.beam_size.is_some() || request.best_of.is_some() || request.temperature > 0.0 {
             return unsupported("temperature", "beam search or sampling");
         }
+        if request.max_new_tokens.is_some() || request.ignore_eot {
+            return Err(Error::InvalidRequest(
+                "Voxtral Realtime takes no token limit (--max-new-tokens, bench's --fixed-steps): it transcribes the whole stream".into(),
+            ));
+        }
+        request.refuse_fallbacks("Voxtral Realtime")?;
         // Ignored, but a code no model knows is a mistake worth saying.
         requested_language(request)?;
         Ok(())
@@ -438,7 +493,7 @@ impl Transcriber for Voxtral {
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         self.check(request)?;
-        let language = requested_language(request)?;
+        let language = voxtral_language(request)?;
         let seconds = samples.len() as f64 / voxtral::SAMPLE_RATE as f64;
         let options = GenerateOptions {
             max_new_tokens: request
@@ -483,7 +538,14 @@ impl Transcriber for Voxtral {
                 "temperature must lie in [0, 2]".into(),
             ));
         }
-        requested_language(request)?;
+        if request.delay_ms.is_some() {
+            return unsupported(
+                "delay_ms",
+                "a transcription delay (--delay-ms: Voxtral Realtime's)",
+            );
+        }
+        request.refuse_fallbacks("Voxtral Mini 3B")?;
+        voxtral_language(request)?;
         Ok(())
     }
 
@@ -504,6 +566,25 @@ mod tests {
         };
         assert_eq!(r.temperatures(), vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
         assert_eq!(TranscribeRequest::default().temperatures(), vec![0.0]);
+        assert!(r.check_fallbacks().is_ok());
+    }
+
+    /// An increment too small to reach 1.0 in [`MAX_FALLBACK_TEMPERATURES`] steps is refused
+    /// (1e-30 once looped until memory ran out; 1e-9 above 0.5 never moved the temperature).
+    #[test]
+    fn tiny_temperature_increments_are_refused() {
+        let with = |temperature, temperature_increment| TranscribeRequest {
+            temperature,
+            temperature_increment,
+            ..Default::default()
+        };
+        assert!(with(0.0, 0.01).check_fallbacks().is_ok());
+        assert_eq!(with(0.0, 0.01).temperatures().len(), 101);
+        for (t, inc) in [(0.0, 0.0099), (0.0, 1e-30), (0.5, 1e-9)] {
+            let err = with(t, inc).check_fallbacks().unwrap_err().to_string();
+            assert!(err.contains("fallback temperatures; at most 100"), "{err}");
+            assert!(with(t, inc).temperatures().len() <= MAX_FALLBACK_TEMPERATURES + 1);
+        }
     }
 
     #[test]

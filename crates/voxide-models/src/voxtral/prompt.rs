@@ -217,6 +217,32 @@ pub fn check_conversation(messages: &[Message]) -> Result<()> {
     Ok(())
 }
 
+/// The ISO 639-1 codes (pycountry's 184, as mistral-common's `LanguageAlpha2` validates a
+/// transcription request's language).
+const ISO_639_1: [&str; 184] = [
+    "aa", "ab", "ae", "af", "ak", "am", "an", "ar", "as", "av", "ay", "az", "ba", "be", "bg", "bi",
+    "bm", "bn", "bo", "br", "bs", "ca", "ce", "ch", "co", "cr", "cs", "cu", "cv", "cy", "da", "de",
+    "dv", "dz", "ee", "el", "en", "eo", "es", "et", "eu", "fa", "ff", "fi", "fj", "fo", "fr", "fy",
+    "ga", "gd", "gl", "gn", "gu", "gv", "ha", "he", "hi", "ho", "hr", "ht", "hu", "hy", "hz", "ia",
+    "id", "ie", "ig", "ii", "ik", "io", "is", "it", "iu", "ja", "jv", "ka", "kg", "ki", "kj", "kk",
+    "kl", "km", "kn", "ko", "kr", "ks", "ku", "kv", "kw", "ky", "la", "lb", "lg", "li", "ln", "lo",
+    "lt", "lu", "lv", "mg", "mh", "mi", "mk", "ml", "mn", "mr", "ms", "mt", "my", "na", "nb", "nd",
+    "ne", "ng", "nl", "nn", "no", "nr", "nv", "ny", "oc", "oj", "om", "or", "os", "pa", "pi", "pl",
+    "ps", "pt", "qu", "rm", "rn", "ro", "ru", "rw", "sa", "sc", "sd", "se", "sg", "sh", "si", "sk",
+    "sl", "sm", "sn", "so", "sq", "sr", "ss", "st", "su", "sv", "sw", "ta", "te", "tg", "th", "ti",
+    "tk", "tl", "tn", "to", "tr", "ts", "tt", "tw", "ty", "ug", "uk", "ur", "uz", "ve", "vi", "vo",
+    "wa", "wo", "xh", "yi", "yo", "za", "zh", "zu",
+];
+
+/// A transcription request's language as the prompt's `lang:xx` takes it: an ISO 639-1 code
+/// in any case (mistral-common lowercases it), or a code this accepts beside it (`whisper`:
+/// Whisper's names, e.g. "French", mapped to their codes) where that code is ISO 639-1.
+/// `None` for what mistral-common refuses (Whisper's `haw`, `jw`, `yue`, unknown names).
+pub fn transcription_language(language: &str, whisper: Option<&str>) -> Option<&'static str> {
+    let iso = |code: &str| ISO_639_1.iter().find(|&&c| c == code).copied();
+    iso(&language.to_ascii_lowercase()).or_else(|| whisper.and_then(iso))
+}
+
 /// The instruction `--task translate --language xx` sends after the audio: "Translate this
 /// audio into French." (English language names, as mistral-common's validation uses).
 pub fn translation_instruction(language: &str) -> Result<String> {
