@@ -493,7 +493,8 @@ impl Synthesizer {
             None => self.codec.new_state(&device)?,
         };
         let mut stats = SpeechStats::default();
-        let mut pending: Vec<Vec<u32>> = Vec::with_capacity(request.chunk_frames);
+        // Grown as frames come: `chunk_frames` is a cap, and may be far above any clip.
+        let mut pending: Vec<Vec<u32>> = Vec::new();
         let mut chunk = 1;
         let mut cancelled = false;
         let mut emit = |frames: &[Vec<u32>], stats: &mut SpeechStats| -> Result<bool> {
