@@ -292,6 +292,17 @@ fn bad_flags_get_a_one_line_error() {
         &["--model", s(&whisper()), "--max-realtime-sessions", "0"],
         "--max-realtime-sessions must be at least 1",
     );
+    // Counts no semaphore holds (they once panicked after the models had loaded).
+    for flag in [
+        "--max-concurrency",
+        "--max-queue",
+        "--max-realtime-sessions",
+    ] {
+        fails(
+            &["--model", s(&whisper()), flag, "18446744073709551615"],
+            &format!("{flag} takes at most 1048576"),
+        );
+    }
     fails(
         &["--model", s(&whisper()), "--vad-model", "./no/such/vad.bin"],
         "--vad-model ./no/such/vad.bin",

@@ -90,7 +90,10 @@ pub(crate) type AppState = Arc<Shared>;
 impl Shared {
     /// When a request starting now must end.
     pub fn deadline(&self) -> Option<Instant> {
-        self.limits.request_timeout.map(|t| Instant::now() + t)
+        // A timeout past what the clock can hold is none.
+        self.limits
+            .request_timeout
+            .and_then(|t| Instant::now().checked_add(t))
     }
 
     /// Runs `work` until `deadline` (504 after it).

@@ -70,6 +70,10 @@ impl Default for Limits {
     }
 }
 
+/// The most slots, queue places or sessions a flag may ask for: far beyond what a machine
+/// runs, and within what a semaphore counts (their sum too).
+const MAX_SLOTS: usize = 1 << 20;
+
 impl Limits {
     /// Checks that the limits can serve anything at all.
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -78,6 +82,15 @@ impl Limits {
         }
         if self.max_realtime_sessions == 0 {
             anyhow::bail!("--max-realtime-sessions must be at least 1");
+        }
+        for (flag, value) in [
+            ("--max-concurrency", self.max_concurrency),
+            ("--max-queue", self.max_queue),
+            ("--max-realtime-sessions", self.max_realtime_sessions),
+        ] {
+            if value > MAX_SLOTS {
+                anyhow::bail!("{flag} takes at most {MAX_SLOTS}");
+            }
         }
         if self.max_upload_bytes == 0 {
             anyhow::bail!("--max-upload-mb must be positive");

@@ -256,3 +256,13 @@ fn uploads_beyond_those_running_and_waiting_are_refused_before_their_body() {
     drop((running, waiting));
     wait_until("the slots stay taken", || server.admission.available() == 1);
 }
+
+/// A timeout past what the clock holds (`--request-timeout-s 18446744073709551615`) is no
+/// deadline: requests are served (its addition to the clock once panicked each request).
+#[test]
+fn a_timeout_beyond_the_clock_is_none() {
+    let server = TestServer::with(ServerConfig::default(), |c| {
+        c.limits.request_timeout = Some(Duration::from_secs(u64::MAX));
+    });
+    assert_eq!(server.post_json("/v1/audio/speech", &speech()).status, 200);
+}
