@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_trace_has, root, s, voxide};
+use common::{assert_trace_has, error_line, root, s, voxide};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -701,6 +701,43 @@ fn bench_reports_traces_and_catches_a_planted_regression() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("compare: PASS"));
+
+    // A baseline of other work is refused before the run, not judged.
+    for (key, value, expect) in [
+        (
+            "model",
+            serde_json::json!("elsewhere/whisper"),
+            "the baseline ran model elsewhere/whisper",
+        ),
+        ("fixed_steps", serde_json::json!(12), "fixed steps Some(12)"),
+    ] {
+        let mut other = r.clone();
+        other[key] = value;
+        std::fs::write(&baseline, other.to_string()).unwrap();
+        let err = error_line(&voxide(&args));
+        assert!(err.contains(expect), "{key}: {err}");
+    }
+    let mut other = r.clone();
+    other["files"][0]["name"] = serde_json::json!("other.wav");
+    std::fs::write(&baseline, other.to_string()).unwrap();
+    let err = error_line(&voxide(&args));
+    assert!(
+        err.contains("the baseline ran other.wav, this bench jfk.wav"),
+        "{err}"
+    );
+    // Outputs that cannot be written fail before the run; --tts keeps no baselines.
+    for flag in ["--trace", "--json", "--save-baseline"] {
+        let mut args = common.to_vec();
+        args.extend([flag, "/nonexistent/dir/x.json"]);
+        let err = error_line(&voxide(&args));
+        assert!(
+            err.contains("cannot write /nonexistent/dir/x.json"),
+            "{flag}: {err}"
+        );
+    }
+    let mut args = common.to_vec();
+    args.extend(["--tts", "--compare", s(&baseline)]);
+    assert!(error_line(&voxide(&args)).contains("not --tts"));
 }
 
 /// `--vad`: 3 s of silence around jfk.wav are not transcribed, and the times stay those of the

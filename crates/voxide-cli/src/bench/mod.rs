@@ -112,6 +112,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.repeats == 0 || args.fixed_steps == Some(0) {
         bail!("--repeats and --fixed-steps must be at least 1");
     }
+    if args.tts && (args.compare.is_some() || args.save_baseline.is_some()) {
+        bail!("--compare and --save-baseline are for speech-to-text benches, not --tts");
+    }
+    // Where the results go: writable before the run, not after it.
+    for path in [&args.json, &args.save_baseline, &args.trace]
+        .into_iter()
+        .flatten()
+    {
+        check_writable(path)?;
+    }
     // The bandwidth probe, made once the model has loaded, shared with the layer that probes
     // between decoding steps.
     let shared_probe = SharedProbe::default();
@@ -139,7 +149,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         AudioInput::File(input.path.clone()).check_readable()?;
     }
     let baseline = match &args.compare {
-        Some(path) => Some(read_report(path)?),
+        Some(path) => {
+            let baseline = read_report(path)?;
+            check_comparable(&baseline, &args, &inputs)
+                .map_err(|why| anyhow!("--compare {}: {why}", path.display()))?;
+            Some(baseline)
+        }
         None => None,
     };
 
@@ -371,6 +386,52 @@ fn read_report(path: &Path) -> Result<Report> {
         .map_err(|e| anyhow!("cannot read baseline {}: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| anyhow!("{} is not a voxide bench report: {e}", path.display()))
+}
+
+/// That a file can be written at `path` (the directory exists, the path is no directory), found
+/// by opening it for writing; a file made by the check is removed again.
+fn check_writable(path: &Path) -> Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// A baseline is compared only with a bench of the same model, inputs and fixed steps: a
+/// verdict across them would compare different work.
+fn check_comparable(
+    baseline: &Report,
+    args: &BenchArgs,
+    inputs: &[BenchInput],
+) -> std::result::Result<(), String> {
+    if baseline.model != args.model {
+        return Err(format!(
+            "the baseline ran model {}, this bench {}",
+            baseline.model, args.model
+        ));
+    }
+    let names = |v: Vec<&str>| v.join(", ");
+    let (was, now) = (
+        names(baseline.files.iter().map(|f| f.name.as_str()).collect()),
+        names(inputs.iter().map(|i| i.name.as_str()).collect()),
+    );
+    if was != now {
+        return Err(format!("the baseline ran {was}, this bench {now}"));
+    }
+    if baseline.fixed_steps != args.fixed_steps {
+        return Err(format!(
+            "the baseline ran with fixed steps {:?}, this bench {:?}",
+            baseline.fixed_steps, args.fixed_steps
+        ));
+    }
+    Ok(())
 }
 
 /// Installs the subscriber of a bench: the layer that probes between decoding steps (on the
