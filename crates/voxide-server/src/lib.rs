@@ -357,14 +357,18 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     shape: &str,
 ) -> Result<T, ApiError> {
     let json = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(json).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *json).map_err(|e| {
         let field = e.path().to_string();
         match expected(&field) {
             Some(what) => ApiError::invalid_param(&field, format!("`{field}` must be {what}")),
             None if e.inner().is_data() => ApiError::bad_request(shape),
             None => ApiError::bad_request(format!("the body is not JSON: {}", e.inner())),
         }
-    })
+    })?;
+    // One JSON value and nothing after it (whitespace aside).
+    json.end()
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    Ok(value)
 }
 
 /// Sets its flag when dropped: a handler's future dropped with its connection tells the

@@ -388,6 +388,10 @@ fn events(
     )
 }
 
+/// Most fields a transcription form may have: OpenAI's has a dozen; tens of thousands of tiny
+/// fields in an upload's bytes would only cost time.
+const MAX_FORM_FIELDS: usize = 256;
+
 /// Reads every field; the file is cut off at `max_upload` bytes (413); `expected`: the room
 /// to make for it.
 async fn read_form(
@@ -396,18 +400,24 @@ async fn read_form(
     expected: usize,
 ) -> Result<Form, ApiError> {
     let mut out = Form::default();
-    let mut seen = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut fields = 0usize;
     while let Some(field) = form.next_field().await.map_err(form_error)? {
+        fields += 1;
+        if fields > MAX_FORM_FIELDS {
+            return Err(ApiError::bad_request(format!(
+                "the form has more than {MAX_FORM_FIELDS} fields"
+            )));
+        }
         let name = field.name().unwrap_or_default().to_string();
         // Which of two values was meant is not ours to guess (list fields aside).
         let single = !(name.ends_with("[]") || name == "timestamp_granularities");
-        if single && seen.contains(&name) {
+        if !seen.insert(name.clone()) && single {
             return Err(ApiError::invalid_param(
                 &name,
                 format!("`{name}` is given twice: send each field once"),
             ));
         }
-        seen.push(name.clone());
         match name.as_str() {
             "file" => {
                 let file_name = field

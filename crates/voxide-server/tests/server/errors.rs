@@ -189,6 +189,29 @@ fn bad_uploads_and_parameters() {
         400,
         "the body is not JSON",
     );
+    // A whole request followed by more is not one JSON body.
+    let trailing = format!(
+        "{} xyz",
+        json!({"model": "tts-1", "input": "Hi.", "voice": "tester"})
+    );
+    fails(
+        request(
+            server.addr,
+            "POST",
+            "/v1/audio/speech",
+            &[],
+            trailing.as_bytes(),
+        ),
+        400,
+        "the body is not JSON: trailing characters",
+    );
+    // A form of thousands of fields is refused (each once cost a look through all before it).
+    let many = (0..300).fold(Form::jfk(), |form, i| form.field(&format!("f{i}"), "x"));
+    fails(
+        server.post_form("/v1/audio/transcriptions", &many),
+        400,
+        "more than 256 fields",
+    );
 }
 
 #[test]
