@@ -130,10 +130,14 @@ impl<'a> Session<'a> {
                 Ok(samples) => self.audio(&samples),
                 Err(e) => self.error(ProtocolError::new("invalid_audio", e.to_string()), None),
             },
-            Command::Commit(client_event) => self.commit(client_event),
+            Command::Commit(client_event) => {
+                self.flush_resampler();
+                self.commit(client_event)
+            }
             Command::Clear => {
                 self.item = None;
                 self.pending.clear();
+                self.resampler = resampler(&self.settings);
                 if let Some(turns) = &mut self.turns {
                     turns.end_turn();
                 }
@@ -143,8 +147,20 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Takes the audio the resampler still holds (its filter's lag: ~7 ms at 24 kHz) into the
+    /// buffer, and starts a fresh one: the audio appended so far is all there is.
+    fn flush_resampler(&mut self) {
+        match self.resampler.finish() {
+            Ok(tail) => self.audio(&tail),
+            Err(e) => self.error(ProtocolError::new("invalid_audio", e.to_string()), None),
+        }
+        self.resampler = resampler(&self.settings);
+    }
+
     fn configure(&mut self, settings: Settings) {
         if settings.format.rate() != self.settings.format.rate() {
+            // The audio appended at the old rate ends with it.
+            self.flush_resampler();
             self.resampler = resampler(&settings);
         }
         if settings.turn_detection != self.settings.turn_detection {
@@ -337,14 +353,18 @@ impl<'a> Session<'a> {
         }
         let samples = self.item.as_ref().map_or(0, |item| item.samples);
         if samples < MIN_COMMIT_SAMPLES {
-            self.error(
-                ProtocolError::new(
-                    "input_audio_buffer_commit_empty",
-                    format!(
-                        "buffer too small: expected at least 100 ms of audio, but the buffer has {:.2} ms",
-                        samples as f64 / 16.0
-                    ),
+            let message = match (&self.item, &self.turns) {
+                // Under server VAD the buffer holds the speech heard, not all that came.
+                (None, Some(_)) => {
+                    "nothing to commit: server VAD has heard no speech since the last item".into()
+                }
+                _ => format!(
+                    "buffer too small: expected at least 100 ms of audio, but the buffer has {:.2} ms",
+                    samples as f64 / 16.0
                 ),
+            };
+            self.error(
+                ProtocolError::new("input_audio_buffer_commit_empty", message),
                 client_event.as_deref(),
             );
             return;

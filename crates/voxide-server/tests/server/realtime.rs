@@ -330,19 +330,28 @@ fn twenty_four_khz_pcm16_is_resampled_as_a_whole_file_would_be() {
         "conversation.item.input_audio_transcription.completed",
     );
     let completed = events.last().unwrap();
-    let seconds = completed["usage"]["seconds"].as_f64().unwrap();
-    // All but the resampler's look-ahead (160 input samples and a 20 ms block) reaches the item.
-    assert!((2.95..=3.0).contains(&seconds), "{seconds}");
-    let resampled = voxide_audio::resample(&at_24k, 24000, 16000).unwrap();
-    let heard = &resampled[..(seconds * 16000.0).round() as usize];
+    // The commit takes what the resampler still holds (its look-ahead): all 3 s.
+    assert_eq!(completed["usage"]["seconds"].as_f64(), Some(3.0));
+    let heard = voxide_audio::resample(&at_24k, 24000, 16000).unwrap();
     let request = TranscribeRequest {
         language: Some("en".into()),
         ..TranscribeRequest::default()
     };
     let (text, _) = transcriber("whisper-1")
-        .transcribe(heard, &request, &mut |_| true)
+        .transcribe(&heard, &request, &mut |_| true)
         .unwrap();
     assert_eq!(completed["transcript"], text.text.trim());
+    // Each item holds exactly its own audio: 100 ms (the least a commit takes), then 300 ms.
+    for ms in [100, 300] {
+        append_all(&mut socket, &at_24k[..24 * ms], 2400);
+        send(&mut socket, json!({"type": "input_audio_buffer.commit"}));
+        let events = until(
+            &mut socket,
+            "conversation.item.input_audio_transcription.completed",
+        );
+        let seconds = events.last().unwrap()["usage"]["seconds"].as_f64();
+        assert_eq!(seconds, Some(ms as f64 / 1000.0), "{ms} ms");
+    }
 }
 
 /// A committed item on Voxtral Mini 3B (no stream of its own) gets its text as it decodes:
@@ -457,6 +466,25 @@ fn bad_events_get_error_events_and_the_session_goes_on() {
     // Still serving: a clear is acknowledged.
     send(&mut socket, json!({"type": "input_audio_buffer.clear"}));
     assert_eq!(next(&mut socket)["type"], "input_audio_buffer.cleared");
+    // Under server VAD, a commit with no speech heard says so (not "0 ms" of 300 sent).
+    configure(
+        &mut socket,
+        json!({"input_audio_format": {"type": "audio/pcm", "rate": 16000},
+               "input_audio_transcription": {"model": "whisper-1"},
+               "turn_detection": {"type": "server_vad"}}),
+    );
+    append_all(&mut socket, &[0.0; 4800], 1600);
+    send(&mut socket, json!({"type": "input_audio_buffer.commit"}));
+    let error = next(&mut socket);
+    assert_eq!(
+        error["error"]["code"], "input_audio_buffer_commit_empty",
+        "{error}"
+    );
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("server VAD has heard no speech"),
+        "{message}"
+    );
 }
 
 /// Audio before a model is named is refused in the words of the client's dialect.
