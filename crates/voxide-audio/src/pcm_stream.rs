@@ -49,15 +49,28 @@ const CHUNK_BYTES: usize = 8192;
 /// is unlikely to begin with (an MP3 without an ID3 tag starts with a frame sync that is also
 /// a plausible sample, and goes through as PCM).
 fn compressed_kind(head: &[u8]) -> Option<&'static str> {
+    let at = |from: usize, magic: &[u8]| head.get(from..from + magic.len()) == Some(magic);
     [
-        (&b"ID3"[..], "MP3 (an ID3 tag)"),
-        (b"fLaC", "FLAC"),
-        (b"OggS", "Ogg (Opus or Vorbis)"),
+        (0, &b"ID3"[..], "MP3 (an ID3 tag)"),
+        (0, b"fLaC", "FLAC"),
+        (0, b"OggS", "Ogg (Opus or Vorbis)"),
+        (0, b"RF64", "RF64 WAV"),
+        (0, b"BW64", "BW64 WAV"),
+        (0, b"riff\x2e\x91\xcf\x11", "Sony Wave64"),
+        (8, b"AIFF", "AIFF"),
+        (8, b"AIFC", "AIFF"),
+        (0, b"caff", "CAF"),
+        (4, b"ftyp", "MP4/M4A"),
+        (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"),
     ]
     .into_iter()
-    .find(|(magic, _)| head.starts_with(magic))
-    .map(|(_, kind)| kind)
+    .find(|(from, magic, _)| at(*from, magic))
+    .map(|(_, _, kind)| kind)
 }
+
+/// The longest `fmt ` chunk a WAV stream may have: 16 bytes of PCM, 18 or 40 of the extended
+/// forms; a size beyond any of them is a damaged header, not a chunk to read.
+const MAX_FMT_BYTES: u32 = 1024;
 
 /// Whether the stream's first bytes are all printable ASCII: text piped in by mistake. The
 /// bytes of real s16le audio fall in that range together about once in 10⁵ streams (silence
@@ -131,6 +144,11 @@ impl<R: Read> PcmStream<R> {
             let size = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
             match &chunk[..4] {
                 b"fmt " => {
+                    if size > MAX_FMT_BYTES {
+                        return Err(stream_error(&format!(
+                            "WAV fmt chunk of {size} bytes: a damaged header"
+                        )));
+                    }
                     let mut fmt = Vec::new();
                     read_up_to(&mut reader, &mut fmt, size as usize + (size as usize & 1))?;
                     if fmt.len() < 16 {
@@ -181,9 +199,11 @@ impl<R: Read> PcmStream<R> {
                     });
                 }
                 _ => {
-                    // Skip LIST, fact, … chunks.
-                    let mut skip = Vec::new();
-                    read_up_to(&mut reader, &mut skip, size as usize + (size as usize & 1))?;
+                    // Skip LIST, fact, … chunks, without holding them (a damaged size may say
+                    // 4 GB); an input that ends inside one ends before the data chunk.
+                    let skip = u64::from(size) + u64::from(size & 1);
+                    std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
+                        .map_err(|e| stream_error(&format!("cannot read the stream: {e}")))?;
                 }
             }
         }
@@ -238,6 +258,12 @@ impl<R: Read> PcmStream<R> {
                 continue;
             }
             let samples = self.convert(&self.pending[..whole]);
+            if samples.iter().any(|v| !v.is_finite()) {
+                self.done = true;
+                return Err(stream_error(
+                    "samples that are not numbers (NaN or infinite floats)",
+                ));
+            }
             self.consumed += whole as u64;
             self.pending.drain(..whole);
             return Ok(Some(samples));
@@ -375,6 +401,14 @@ mod tests {
         for (bytes, kind) in [
             (&b"fLaC\0\0\0\x22\x10\0\x10\0"[..], "FLAC"),
             (b"ID3\x04\0\0\0\0\x01\x00\0\0", "MP3"),
+            (b"RF64\xff\xff\xff\xffWAVE", "RF64"),
+            (b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb", "Wave64"),
+            (b"FORM\0\0\x10\0AIFF", "AIFF"),
+            (b"\0\0\0\x20ftypM4A ", "MP4"),
+            (
+                b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\xf7\x81",
+                "Matroska",
+            ),
         ] {
             let e = PcmStream::open(bytes, PcmFormat::Auto, 16000)
                 .err()
@@ -383,5 +417,35 @@ mod tests {
             // Named raw PCM is taken as it is.
             assert!(PcmStream::open(bytes, PcmFormat::S16le, 16000).is_ok());
         }
+        // Chunk sizes no header has: a fmt chunk is refused, another chunk is skipped
+        // without being held (the stream then ends before its data chunk).
+        let header = |id: &[u8; 4], size: u32| {
+            let mut b = b"RIFF\0\0\0\0WAVE".to_vec();
+            b.extend(id);
+            b.extend(size.to_le_bytes());
+            b.extend([0u8; 64]);
+            b
+        };
+        let e = PcmStream::open(&header(b"fmt ", 0x7fff_ffff)[..], PcmFormat::Auto, 16000)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("damaged header"), "{e}");
+        let e = PcmStream::open(&header(b"LIST", 0xffff_fff0)[..], PcmFormat::Auto, 16000)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("before its data chunk"), "{e}");
+        // Float samples that are not numbers end the stream with an error.
+        let mut float = b"RIFF\0\0\0\0WAVEfmt ".to_vec();
+        float.extend(16u32.to_le_bytes());
+        float.extend([3, 0, 1, 0]);
+        float.extend(16000u32.to_le_bytes());
+        float.extend(64000u32.to_le_bytes());
+        float.extend([4, 0, 32, 0]);
+        float.extend(b"data");
+        float.extend(8u32.to_le_bytes());
+        float.extend(0.5f32.to_le_bytes());
+        float.extend(f32::NAN.to_le_bytes());
+        let e = read_all(PcmStream::open(&float[..], PcmFormat::Auto, 16000).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("not numbers"), "{e}");
     }
 }
