@@ -292,6 +292,9 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     if args.max_new_tokens == Some(0) {
         bail!("--max-new-tokens must be at least 1");
     }
+    if args.files.iter().filter(|f| *f == "-").count() > 1 {
+        bail!("standard input can be read once: give `-` at most once");
+    }
     check_some_input_opens(&args.files)?;
     let output_dir = args.output_dir();
     if let Some(dir) = &output_dir {

@@ -906,6 +906,10 @@ fn options_out_of_range_get_a_one_line_error() {
         &quick_bench(&model, "0"),
         "--fixed-steps must be at least 1",
     );
+    fails(
+        &["transcribe", "--model", m, "-", "-"],
+        "standard input can be read once",
+    );
 }
 
 #[test]
