@@ -84,8 +84,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_realtime_sessions: args.max_realtime_sessions,
         },
     };
-    // Flags first: a typo should not wait for the models to load.
-    config.limits.validate()?;
+    // Flags and the address first: a typo or a port in use should not wait for the models.
+    let listener = voxide_server::listen(&config)?;
     let specs = args
         .models
         .iter()
@@ -147,5 +147,5 @@ pub fn run(args: ServeArgs) -> Result<()> {
             clock.elapsed().as_secs_f64() * 1e3
         );
     }
-    voxide_server::serve(config, models)
+    voxide_server::serve(listener, config, models)
 }

@@ -292,6 +292,16 @@ fn bad_flags_get_a_one_line_error() {
         &["--model", s(&whisper()), "--max-realtime-sessions", "0"],
         "--max-realtime-sessions must be at least 1",
     );
+    // A port in use fails before any model loads (a real one takes minutes).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = voxide(&["serve", "--port", &port, "--model", "./no/such/model"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
     // Counts no semaphore holds (they once panicked after the models had loaded).
     for flag in [
         "--max-concurrency",

@@ -394,18 +394,37 @@ pub struct Server {
     sessions: (Arc<tokio::sync::Semaphore>, usize),
 }
 
+/// Checks `config` and listens on its address: what a front end does before it loads models
+/// for minutes, so that a port in use or a bad flag fails at once.
+pub fn listen(config: &ServerConfig) -> Result<std::net::TcpListener> {
+    config.limits.validate()?;
+    if config.api_key.as_deref().is_some_and(str::is_empty) {
+        anyhow::bail!("--api-key must not be empty");
+    }
+    let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))
+        .map_err(|e| anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    Ok(listener)
+}
+
 impl Server {
     /// Listens on `config`'s address, serving `models`.
     pub async fn bind(config: &ServerConfig, models: Registry) -> Result<Self> {
-        config.limits.validate()?;
+        Self::on(listen(config)?, config, models)
+    }
+
+    /// Serves `models` on a `listener` from [`listen`].
+    pub fn on(
+        listener: std::net::TcpListener,
+        config: &ServerConfig,
+        models: Registry,
+    ) -> Result<Self> {
         if models.is_empty() {
             anyhow::bail!("no model to serve; pass --model DIR (or a hub id) at least once");
         }
-        if config.api_key.as_deref().is_some_and(str::is_empty) {
-            anyhow::bail!("--api-key must not be empty");
-        }
-        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
-            .await
+        let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
         let admission = Admission::new(config.limits.max_concurrency, config.limits.max_queue);
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
@@ -466,16 +485,20 @@ impl Server {
     }
 }
 
-/// Runs a server on its own runtime until SIGINT or SIGTERM, printing
-/// `listening on http://ADDR` to stderr once bound.
-pub fn serve(config: ServerConfig, models: Registry) -> Result<()> {
+/// Runs a server on `listener` (from [`listen`]) on its own runtime until SIGINT or SIGTERM,
+/// printing `listening on http://ADDR` to stderr.
+pub fn serve(
+    listener: std::net::TcpListener,
+    config: ServerConfig,
+    models: Registry,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("voxide-serve")
         .build()
         .map_err(|e| anyhow!("cannot start the server's runtime: {e}"))?;
     let result = runtime.block_on(async {
-        let server = Server::bind(&config, models).await?;
+        let server = Server::on(listener, &config, models)?;
         // Status lines go where stderr lets them: a server outlives a closed terminal.
         let _ = writeln!(
             std::io::stderr(),
