@@ -17,8 +17,8 @@ const BLOCK_TYPES: [&str; 10] = [
 
 #[derive(Args)]
 pub struct QuantizeArgs {
-    /// A Whisper checkpoint directory (config.json + model.safetensors) or a whisper.cpp
-    /// model file (ggml .bin or GGUF).
+    /// A Whisper checkpoint directory (config.json + model.safetensors), a whisper.cpp
+    /// model file (ggml .bin or GGUF), or a hub id (openai/whisper-tiny).
     input: PathBuf,
     /// The file to write: whisper.cpp's ggml format, or GGUF when it ends in .gguf.
     output: PathBuf,
@@ -34,8 +34,8 @@ pub struct QuantizeArgs {
 
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// A Whisper checkpoint directory (config.json + model.safetensors) or a whisper.cpp
-    /// model file (ggml .bin or GGUF).
+    /// A Whisper checkpoint directory (config.json + model.safetensors), a whisper.cpp
+    /// model file (ggml .bin or GGUF), or a hub id (openai/whisper-tiny).
     input: PathBuf,
     /// The file to write: whisper.cpp's ggml format, or GGUF when it ends in .gguf.
     output: PathBuf,
@@ -56,6 +56,10 @@ fn write(input: PathBuf, output: PathBuf, ty: &str, allow_fallback: bool) -> Res
     let Some(ty) = GgmlType::from_name(ty) else {
         bail!("unknown type {ty}");
     };
+    // A local checkpoint or file, or a hub id (fetched as `transcribe --model` fetches it).
+    let input = voxide_runtime::resolve_model(&input.to_string_lossy())?
+        .path()
+        .to_owned();
     if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {
         bail!("{} is the input; write to another file", output.display());
     }

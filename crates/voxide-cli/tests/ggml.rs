@@ -115,6 +115,10 @@ fn bad_model_files_are_one_line_errors() {
             "{other}: {err}"
         );
     }
+    // A hub id is resolved as `--model` resolves it: offline, not fetched, and said so.
+    let to = dir.path().join("hub.bin");
+    let err = error_line(&voxide(&["convert", "voxide-tests/no-such-model", s(&to)]));
+    assert!(err.contains("not in the Hugging Face cache"), "{err}");
     // A Whisper model given to the VAD.
     let err = error_line(&voxide(&["vad", "--model", s(&good), s(&jfk())]));
     assert!(err.contains("not a Silero VAD"), "{err}");
