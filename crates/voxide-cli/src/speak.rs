@@ -180,6 +180,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
                 .write_all(text.as_bytes())
                 .and_then(|()| stdout.flush()),
         )
+        .map(drop)
         .map_err(|e| anyhow!("cannot write to stdout: {e}"));
     }
     let sampling = (args.temperature > 0.0).then_some(SamplingParams {
@@ -231,7 +232,7 @@ pub fn run(args: SpeakArgs) -> Result<()> {
         chunk_frames: args.chunk_frames,
     };
     let rate = synthesizer.sample_rate();
-    let stats = match output {
+    let (stats, closed) = match output {
         Some(output) => {
             let file = output.open()?;
             // Only a regular file (or a link to one) can seek back to put the real sizes in the
@@ -251,18 +252,18 @@ pub fn run(args: SpeakArgs) -> Result<()> {
                     writer.finish().map(drop)
                 }
             });
-            unless_closed(written).map_err(|e| output.error(e))?;
+            let closed = unless_closed(written).map_err(|e| output.error(e))?;
             output.commit()?;
-            stats
+            (stats, closed)
         }
         None => {
             let mut writer =
                 AudioWriter::new(std::io::stdout().lock(), format, rate)?.with_speed(args.speed);
             let (stats, written) =
                 synthesize_to(&synthesizer, &request, args.part_chars, &mut writer)?;
-            unless_closed(written.and_then(|()| writer.finish().map(drop)))
+            let closed = unless_closed(written.and_then(|()| writer.finish().map(drop)))
                 .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
-            stats
+            (stats, closed)
         }
     };
     if args.verbose {
@@ -275,7 +276,11 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             frames_per_s,
             stats.wall_ms / 1e3 / stats.audio_s.max(1e-9),
             stats.first_audio_ms.unwrap_or(0.0),
-            if stats.finished { "ended on end of speech" } else { "stopped at the frame limit" },
+            match (stats.finished, closed) {
+                (true, _) => "ended on end of speech",
+                (false, true) => "stopped: the output was closed",
+                (false, false) => "stopped at the frame limit",
+            },
             crate::bench::peak_rss_mb(),
         );
         if args.speed != 1.0 {
@@ -334,11 +339,12 @@ fn synthesize_to<W: Write>(
     Ok((stats, written))
 }
 
-/// A write's outcome with a closed pipe counted as success: the reader (a player, `| head`)
-/// quitting early ends the audio there, as `voxide ask` ends its answer.
-fn unless_closed(written: std::io::Result<()>) -> std::io::Result<()> {
+/// A write's outcome with a closed pipe counted as success (`true`: it was closed): the
+/// reader (a player, `| head`) quitting early ends the audio there, as `voxide ask` ends its
+/// answer.
+fn unless_closed(written: std::io::Result<()>) -> std::io::Result<bool> {
     match written {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        written => written,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        written => written.map(|()| false),
     }
 }

@@ -726,6 +726,22 @@ fn stdout_write_errors_fail_and_closed_pipes_stop() {
             "{args:?}: {stderr}"
         );
     }
+    // `-v` says why the audio stopped.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
+        .args([&speak[..], &["-v", "Hello"]].concat())
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("stopped: the output was closed"),
+        "{stderr}"
+    );
 }
 
 /// `-o` paths that cannot be written fail before the model loads, naming the path as given.
