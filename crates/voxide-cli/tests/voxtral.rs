@@ -128,7 +128,7 @@ fn ask_prints_the_library_answer() {
     let penalised = GenerateOptions {
         frequency_penalty: 1.5,
         presence_penalty: -0.5,
-        ..options
+        ..options.clone()
     };
     let (want_penalised, _) = library
         .ask(

@@ -160,12 +160,15 @@ pub(crate) async fn completions(
             ))
         }
     };
-    let chat = checked(body)?;
+    let mut chat = checked(body)?;
     let deadline = state.deadline();
     let permit = state.admit(deadline).await?;
     let (tx, mut rx) = mpsc::channel::<Result<Piece, ApiError>>(PIECES);
     let client_gone = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = crate::SetOnDrop(client_gone.clone());
+    let cancel_on_drop = crate::SetOnDrop(client_gone.clone());
+    // A client gone (or a request past its deadline) stops the work where it stands, a long
+    // prompt's prefill included.
+    chat.options.cancel = Some(client_gone.clone());
     let max_audio_s = state.limits.max_audio_s;
     let shared = state.clone();
     let (stream, include_usage) = (chat.stream, chat.include_usage);
@@ -209,6 +212,7 @@ pub(crate) async fn completions(
             include_usage,
             deadline,
             state.limits.request_timeout,
+            cancel_on_drop,
         ),
     })
 }
@@ -749,6 +753,7 @@ fn events(
     include_usage: bool,
     deadline: Option<tokio::time::Instant>,
     timeout: Option<std::time::Duration>,
+    cancel_on_drop: crate::SetOnDrop,
 ) -> Response {
     let mut opening = head
         .delta(
@@ -767,6 +772,8 @@ fn events(
         deadline,
         timeout,
         move |piece| {
+            // Held by the stream: the work stops when the stream is dropped, not before.
+            let _ = &cancel_on_drop;
             let done = matches!(piece, Piece::Done(_));
             (head.events(piece, include_usage), done)
         },

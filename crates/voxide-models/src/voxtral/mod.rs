@@ -24,6 +24,8 @@ use crate::whisper::model::weight_files;
 use crate::{Progress, Result, Segment, Timings, Transcript};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use voxide_audio::WhisperMel;
 use voxide_nn::linear::WeightFormat;
@@ -49,7 +51,7 @@ pub fn default_max_new_tokens(seconds: f64) -> usize {
 }
 
 /// How tokens are chosen.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GenerateOptions {
     /// Tokens generated at most (the prompt excluded).
     pub max_new_tokens: usize,
@@ -68,6 +70,18 @@ pub struct GenerateOptions {
     /// Each generated token's log-probability with this many most likely alternatives
     /// ([`Generation::logprobs`]); `None` computes none.
     pub logprobs: Option<usize>,
+    /// Set from another thread to stop the work where it stands (a server's client gone):
+    /// checked before each clip's encoder, between prefill blocks and at each token
+    /// ([`Stop::Cancelled`]). A long prompt's prefill runs for minutes otherwise.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl GenerateOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 impl Default for GenerateOptions {
@@ -82,6 +96,7 @@ impl Default for GenerateOptions {
             ignore_eos: false,
             kv_dtype: None,
             logprobs: None,
+            cancel: None,
         }
     }
 }
@@ -275,6 +290,13 @@ impl Voxtral {
         let t0 = Instant::now();
         let mut last = None;
         for start in (0..prompt.len()).step_by(PREFILL_BLOCK) {
+            if options.cancelled() {
+                return Ok(Generation {
+                    prompt_tokens: prompt.len(),
+                    stop: Stop::Cancelled,
+                    ..Generation::default()
+                });
+            }
             let block = embeds.narrow(1, start, PREFILL_BLOCK.min(prompt.len() - start))?;
             last = Some(network.decode(&mut state, &block, None)?);
         }
@@ -316,7 +338,7 @@ impl Voxtral {
             ids.push(id);
             penalties.push(id);
             let entry = raw.map(|(raw, top)| TokenLogprobs::of(&raw, id, top));
-            let go_on = on_token(id, entry.as_ref());
+            let go_on = on_token(id, entry.as_ref()) && !options.cancelled();
             logprobs.extend(entry);
             if !go_on {
                 stop = Stop::Cancelled;
@@ -460,6 +482,9 @@ impl Voxtral {
         let mut clip = clips.iter();
         for content in messages.iter_mut().flat_map(|m| m.content.iter_mut()) {
             if let Content::Audio { windows } = content {
+                if options.cancelled() {
+                    return Err(Error::Cancelled);
+                }
                 let samples = clip.next().ok_or_else(|| {
                     Error::InvalidRequest(
                         "the conversation has more audio chunks than clips".into(),

@@ -546,3 +546,77 @@ fn bad_requests_name_the_field() {
         assert!(message.contains("context of 131072"), "{error}");
     }
 }
+
+/// A cancel flag set before the work stops it where it stands: before the clip's encoder (an
+/// error), or before the prompt's first block (no ids).
+#[test]
+fn a_cancelled_answer_stops_before_its_work() {
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let options = GenerateOptions {
+        cancel: Some(cancel),
+        ..GenerateOptions::default()
+    };
+    let models = models();
+    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
+        panic!("voxtral-mini is a transcriber");
+    };
+    let model = model.chat().expect("Voxtral Mini 3B answers questions");
+    let samples = load_mono(&AudioInput::File(jfk()), 16_000).unwrap();
+    let with_audio = [Message {
+        role: Role::User,
+        content: vec![
+            Content::Audio { windows: 1 },
+            Content::Text(QUESTION.into()),
+        ],
+    }];
+    let err = model
+        .ask(&with_audio, &[samples], &options, &mut |_, _| true)
+        .unwrap_err();
+    assert!(matches!(err, voxide_models::Error::Cancelled), "{err}");
+    let text = [Message {
+        role: Role::User,
+        content: vec![Content::Text(QUESTION.into())],
+    }];
+    let (answer, generation) = library_text_answer(&text, &options);
+    assert_eq!((answer.as_str(), generation.stop), ("", Stop::Cancelled));
+    assert!(generation.ids.is_empty());
+}
+
+/// A client that leaves during a long prompt's prefill frees its slot at once: the prefill
+/// stops at its next block (a ~110 000-token prompt takes tens of seconds on this model).
+#[test]
+fn a_client_gone_during_the_prefill_frees_its_slot() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let server = TestServer::with(Default::default(), |c| c.limits.max_queue = 0);
+    let question = "x ".repeat(55_000);
+    let body = json!({"model": "voxtral-mini", "max_tokens": 1,
+        "messages": [{"role": "user", "content": question}]})
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(&super::head(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            body.len(),
+        ))
+        .unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let clock = Instant::now();
+    while server.admission.available() != 0 {
+        assert!(clock.elapsed() < Duration::from_secs(30), "never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    let clock = Instant::now();
+    while server.admission.available() == 0 {
+        assert!(
+            clock.elapsed() < Duration::from_secs(10),
+            "the prefill went on after the client left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("slot freed {:?} after the hang-up", clock.elapsed());
+}
