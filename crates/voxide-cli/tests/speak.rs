@@ -708,38 +708,29 @@ fn stdout_write_errors_fail_and_closed_pipes_stop() {
             "{args:?}: {err}"
         );
     }
-    for args in [[&speak[..], &["Hello"]].concat(), list.to_vec()] {
+    // The only read end closes before anything is written.
+    let with_stdout_closed = |args: &[&str]| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
-            .args(&args)
+            .args(args)
             .env("HF_HUB_OFFLINE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // The only read end closes before anything is written.
         drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stderr.is_empty(),
-            "{args:?}: {stderr}"
-        );
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    for args in [[&speak[..], &["Hello"]].concat(), list.to_vec()] {
+        let stderr = with_stdout_closed(&args);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
     // `-v` says why the audio stopped.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_voxide"))
-        .args([&speak[..], &["-v", "Hello"]].concat())
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = with_stdout_closed(&[&speak[..], &["-v", "Hello"]].concat());
     assert!(
-        out.status.success() && stderr.contains("stopped: the output was closed"),
+        stderr.contains("stopped: the output was closed"),
         "{stderr}"
     );
 }

@@ -4,7 +4,7 @@ use super::{jfk, models, Reply, TestServer};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use voxide_audio::{load_mono, AudioInput};
-use voxide_models::voxtral::{Content, GenerateOptions, Generation, Message, Role, Stop};
+use voxide_models::voxtral::{Content, GenerateOptions, Generation, Message, Role, Stop, Voxtral};
 use voxide_server::Engine;
 
 const QUESTION: &str = "What is said in this recording?";
@@ -13,41 +13,49 @@ fn jfk_base64() -> String {
     base64::engine::general_purpose::STANDARD.encode(std::fs::read(jfk()).unwrap())
 }
 
+/// `f` on the Voxtral Mini 3B the test server serves.
+fn with_library<T>(f: impl FnOnce(&Voxtral) -> T) -> T {
+    let models = models();
+    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
+        panic!("voxtral-mini is a transcriber");
+    };
+    f(model.chat().expect("Voxtral Mini 3B answers questions"))
+}
+
 /// The library's answer to `messages` with `clips`, from the model the test server serves.
 fn library_ask(
     messages: &[Message],
     clips: &[Vec<f32>],
     options: &GenerateOptions,
 ) -> (String, Generation) {
-    let models = models();
-    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
-        panic!("voxtral-mini is a transcriber");
-    };
-    let model = model.chat().expect("Voxtral Mini 3B answers questions");
-    model
-        .ask(messages, clips, options, &mut |_, _| true)
-        .unwrap()
+    with_library(|model| {
+        model
+            .ask(messages, clips, options, &mut |_, _| true)
+            .unwrap()
+    })
 }
 
 /// The tokenizer of the model the test server serves.
 fn library_tokenizer() -> voxide_models::tekken::Tekken {
-    let models = models();
-    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
-        panic!("voxtral-mini is a transcriber");
-    };
-    model.chat().expect("Voxtral Mini 3B").tokenizer().clone()
+    with_library(|model| model.tokenizer().clone())
 }
 
-/// The library's answer to jfk.wav and [`QUESTION`].
-pub fn library_answer(options: &GenerateOptions) -> (String, Generation) {
+/// A question about jfk.wav: the conversation and its clip.
+fn jfk_question() -> (Vec<Message>, Vec<f32>) {
     let samples = load_mono(&AudioInput::File(jfk()), 16_000).unwrap();
-    let messages = [Message {
+    let messages = vec![Message {
         role: Role::User,
         content: vec![
             Content::Audio { windows: 1 },
             Content::Text(QUESTION.into()),
         ],
     }];
+    (messages, samples)
+}
+
+/// The library's answer to jfk.wav and [`QUESTION`].
+pub fn library_answer(options: &GenerateOptions) -> (String, Generation) {
+    let (messages, samples) = jfk_question();
     library_ask(&messages, &[samples], options)
 }
 
@@ -556,22 +564,12 @@ fn a_cancelled_answer_stops_before_its_work() {
         cancel: Some(cancel),
         ..GenerateOptions::default()
     };
-    let models = models();
-    let Engine::Transcriber(model) = &models.get("voxtral-mini").unwrap().engine else {
-        panic!("voxtral-mini is a transcriber");
-    };
-    let model = model.chat().expect("Voxtral Mini 3B answers questions");
-    let samples = load_mono(&AudioInput::File(jfk()), 16_000).unwrap();
-    let with_audio = [Message {
-        role: Role::User,
-        content: vec![
-            Content::Audio { windows: 1 },
-            Content::Text(QUESTION.into()),
-        ],
-    }];
-    let err = model
-        .ask(&with_audio, &[samples], &options, &mut |_, _| true)
-        .unwrap_err();
+    let (with_audio, samples) = jfk_question();
+    let err = with_library(|model| {
+        model
+            .ask(&with_audio, &[samples], &options, &mut |_, _| true)
+            .unwrap_err()
+    });
     assert!(matches!(err, voxide_models::Error::Cancelled), "{err}");
     let text = [Message {
         role: Role::User,
@@ -586,37 +584,26 @@ fn a_cancelled_answer_stops_before_its_work() {
 /// stops at its next block (a ~110 000-token prompt takes tens of seconds on this model).
 #[test]
 fn a_client_gone_during_the_prefill_frees_its_slot() {
-    use std::io::Write;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let server = TestServer::with(Default::default(), |c| c.limits.max_queue = 0);
     let question = "x ".repeat(55_000);
     let body = json!({"model": "voxtral-mini", "max_tokens": 1,
         "messages": [{"role": "user", "content": question}]})
     .to_string();
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    stream
-        .write_all(&super::head(
-            "POST",
-            "/v1/chat/completions",
-            &[("Content-Type", "application/json")],
-            body.len(),
-        ))
-        .unwrap();
-    stream.write_all(body.as_bytes()).unwrap();
-    let clock = Instant::now();
-    while server.admission.available() != 0 {
-        assert!(clock.elapsed() < Duration::from_secs(30), "never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let stream = super::start_post(
+        &server,
+        "/v1/chat/completions",
+        "application/json",
+        body.as_bytes(),
+        body.len(),
+    );
+    super::wait_until("never started", || server.admission.available() == 0);
     std::thread::sleep(Duration::from_millis(300));
     drop(stream);
-    let clock = Instant::now();
-    while server.admission.available() == 0 {
-        assert!(
-            clock.elapsed() < Duration::from_secs(10),
-            "the prefill went on after the client left"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("slot freed {:?} after the hang-up", clock.elapsed());
+    let freed = super::wait_within(
+        Duration::from_secs(10),
+        "the prefill went on after the client left",
+        || server.admission.available() != 0,
+    );
+    eprintln!("slot freed {freed:?} after the hang-up");
 }

@@ -3,7 +3,7 @@
 //! stream still going at the deadline is cut off. The tests hold the slot themselves (as a
 //! long request would), so the overlap is deterministic.
 
-use super::{Form, TestServer};
+use super::{start_post, wait_until, Form, TestServer};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use voxide_server::ServerConfig;
@@ -172,22 +172,6 @@ fn long_wav(seconds: usize) -> Vec<u8> {
     wav
 }
 
-/// Sends a POST's head (declaring all of `body`) and the first `sent` bytes of `body`; returns
-/// the connection without reading the answer.
-fn start_post(
-    server: &TestServer,
-    path: &str,
-    content_type: &str,
-    body: &[u8],
-    sent: usize,
-) -> std::net::TcpStream {
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    let head = super::head("POST", path, &[("Content-Type", content_type)], body.len());
-    std::io::Write::write_all(&mut stream, &head).unwrap();
-    std::io::Write::write_all(&mut stream, &body[..sent]).unwrap();
-    stream
-}
-
 /// Sends a whole transcription request without reading the answer.
 fn start_transcription(server: &TestServer, form: &Form) -> std::net::TcpStream {
     let body = form.body();
@@ -198,15 +182,6 @@ fn start_transcription(server: &TestServer, form: &Form) -> std::net::TcpStream 
         &body,
         body.len(),
     )
-}
-
-/// Waits (at most 30 s) until `done` holds.
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let clock = Instant::now();
-    while !done() {
-        assert!(clock.elapsed() < Duration::from_secs(30), "{what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]

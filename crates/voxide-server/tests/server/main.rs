@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use voxide_server::limits::Permit;
 use voxide_server::{Admission, Registry, Server, ServerConfig};
 
@@ -158,6 +158,37 @@ impl Drop for TestServer {
             let _ = thread.join();
         }
     }
+}
+
+/// Sends a POST's head (declaring all of `body`) and the first `sent` bytes of `body`; returns
+/// the connection without reading the answer.
+pub fn start_post(
+    server: &TestServer,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    sent: usize,
+) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let head = head("POST", path, &[("Content-Type", content_type)], body.len());
+    std::io::Write::write_all(&mut stream, &head).unwrap();
+    std::io::Write::write_all(&mut stream, &body[..sent]).unwrap();
+    stream
+}
+
+/// Waits until `done` holds, failing with `what` after `limit`; returns how long it took.
+pub fn wait_within(limit: Duration, what: &str, done: impl Fn() -> bool) -> Duration {
+    let clock = Instant::now();
+    while !done() {
+        assert!(clock.elapsed() < limit, "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    clock.elapsed()
+}
+
+/// [`wait_within`] 30 s.
+pub fn wait_until(what: &str, done: impl Fn() -> bool) {
+    wait_within(Duration::from_secs(30), what, done);
 }
 
 /// An HTTP response, its body de-chunked.

@@ -2,12 +2,12 @@
 //! library's offline synthesis for the same text, voice and seed; a client that hangs up frees
 //! its slot.
 
-use super::{head, models, TestServer};
+use super::{head, models, wait_within, TestServer};
 use base64::Engine as _;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use voxide_audio::{AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{GenerationParams, SpeechRequest};
 use voxide_server::speech::CHUNK_FRAMES;
@@ -235,15 +235,12 @@ fn a_client_that_hangs_up_frees_its_slot() {
     drop(stream);
     // The random model never ends on its own: all 20 000 frames would take minutes (about
     // 100 frames/s); the next chunk after the hang-up stops it.
-    let clock = Instant::now();
-    while server.admission.available() == 0 {
-        assert!(
-            clock.elapsed() < Duration::from_secs(30),
-            "synthesis went on after the client left"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("slot freed {:?} after the hang-up", clock.elapsed());
+    let freed = wait_within(
+        Duration::from_secs(30),
+        "synthesis went on after the client left",
+        || server.admission.available() != 0,
+    );
+    eprintln!("slot freed {freed:?} after the hang-up");
     let reply = server.post_json(
         "/v1/audio/speech",
         &json!({"model": "tts-1", "input": "Hi.", "voice": "tester", "max_frames": 2}),
