@@ -281,3 +281,31 @@ pub fn language_name(code: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The languages mistral-common's `LanguageAlpha2` takes (pycountry's ISO 639-1 codes, in
+    /// any case), and Whisper's names of them; not Whisper's codes outside ISO 639-1.
+    #[test]
+    fn transcription_languages_are_iso_639_1() {
+        assert!(
+            ISO_639_1.windows(2).all(|w| w[0] < w[1]),
+            "sorted, once each"
+        );
+        for (given, whisper, want) in [
+            ("fr", Some("fr"), Some("fr")),
+            ("FR", None, Some("fr")),
+            ("ab", None, Some("ab")),
+            ("Ga", None, Some("ga")),
+            ("French", Some("fr"), Some("fr")),
+            ("haw", Some("haw"), None),
+            ("jw", Some("jw"), None),
+            ("xx", None, None),
+            ("", None, None),
+        ] {
+            assert_eq!(transcription_language(given, whisper), want, "{given}");
+        }
+    }
+}
