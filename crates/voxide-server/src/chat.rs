@@ -222,6 +222,9 @@ fn checked(body: ChatBody) -> Result<Chat, ApiError> {
     let refuse = |field: &str, what: &str| {
         ApiError::invalid_param(field, format!("{what} is not supported by this server"))
     };
+    if body.n == Some(0) {
+        return Err(ApiError::invalid_param("n", "n must be 1 (one choice)"));
+    }
     if body.n.is_some_and(|n| n != 1) {
         return Err(refuse("n", "more than one choice (`n` > 1)"));
     }

@@ -238,7 +238,7 @@ async fn get_model(
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!(
-        "unknown endpoint {method} {}; this server has /health, /metrics, /v1/models, /v1/audio/transcriptions, /v1/audio/translations, /v1/audio/speech and /v1/realtime (WebSocket)",
+        "unknown endpoint {method} {}; this server has / (its web page), /health, /metrics, /v1/models, /v1/audio/transcriptions, /v1/audio/translations, /v1/audio/speech, /v1/chat/completions and /v1/realtime (WebSocket)",
         uri.path()
     ))
 }
@@ -361,6 +361,12 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
         let field = e.path().to_string();
         match expected(&field) {
             Some(what) => ApiError::invalid_param(&field, format!("`{field}` must be {what}")),
+            // A key given twice is named, not taken for a wrong shape.
+            None if e.inner().to_string().starts_with("duplicate field") => {
+                let what = e.inner().to_string();
+                let key = what.split('`').nth(1).unwrap_or_default().to_string();
+                ApiError::invalid_param(&key, format!("`{key}` is given twice: send each key once"))
+            }
             None if e.inner().is_data() => ApiError::bad_request(shape),
             None => ApiError::bad_request(format!("the body is not JSON: {}", e.inner())),
         }

@@ -254,6 +254,12 @@ impl Settings {
             }
         };
         if let Some(model) = text("model")? {
+            if model.is_none() && object.get("model").is_some_and(|m| m == "") {
+                return Err(ProtocolError::invalid(
+                    &format!("{param}.model"),
+                    "`model` is empty: name a model of /v1/models",
+                ));
+            }
             self.model = model;
         }
         if let Some(language) = text("language")? {
@@ -506,6 +512,10 @@ mod tests {
             ),
             (
                 json!({"input_audio_transcription": {"model": 3}}),
+                "session.input_audio_transcription.model",
+            ),
+            (
+                json!({"input_audio_transcription": {"model": ""}}),
                 "session.input_audio_transcription.model",
             ),
             (

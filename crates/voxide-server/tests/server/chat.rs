@@ -515,6 +515,11 @@ fn bad_requests_name_the_field() {
             "not supported",
         ),
         (
+            request(input_audio(), json!({ "n": 0 })),
+            "n",
+            "n must be 1",
+        ),
+        (
             request(input_audio(), json!({ "presence_penalty": 2.5 })),
             "presence_penalty",
             "[-2, 2]",

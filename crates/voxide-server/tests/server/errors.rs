@@ -113,10 +113,17 @@ fn bad_uploads_and_parameters() {
         b"{}",
     );
     fails(not_a_form, 400, "multipart/form-data");
-    fails(
+    let error = fails(
         server.get("/v1/nothing"),
         404,
         "unknown endpoint GET /v1/nothing",
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/chat/completions"),
+        "{error}"
     );
     fails(server.get("/v1/audio/speech"), 405, "does not take GET");
 
@@ -189,6 +196,14 @@ fn bad_uploads_and_parameters() {
         400,
         "the body is not JSON",
     );
+    // A key given twice is named.
+    let twice = br#"{"model": "tts-1", "model": "tts-1", "input": "Hi.", "voice": "tester"}"#;
+    let error = fails(
+        request(server.addr, "POST", "/v1/audio/speech", &[], twice),
+        400,
+        "`model` is given twice",
+    );
+    assert_eq!(error["param"], "model");
     // A whole request followed by more is not one JSON body.
     let trailing = format!(
         "{} xyz",
