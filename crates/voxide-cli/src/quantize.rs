@@ -56,6 +56,8 @@ fn write(input: PathBuf, output: PathBuf, ty: &str, allow_fallback: bool) -> Res
     let Some(ty) = GgmlType::from_name(ty) else {
         bail!("unknown type {ty}");
     };
+    // The output first: an unwritable path fails before any input is read or fetched.
+    let out = OutputFile::new(&output)?;
     // A local checkpoint or file, or a hub id (fetched as `transcribe --model` fetches it).
     let input = voxide_runtime::resolve_model(&input.to_string_lossy())?
         .path()
@@ -64,7 +66,6 @@ fn write(input: PathBuf, output: PathBuf, ty: &str, allow_fallback: bool) -> Res
         bail!("{} is the input; write to another file", output.display());
     }
     let start = Instant::now();
-    let out = OutputFile::new(&output)?;
     let report = convert(&input, out.write_path(), ty, allow_fallback).map_err(|e| match e {
         // Named by the user's path, not the `.partial` sibling written.
         Error::Write { path, source } if path == out.write_path() => out.error(source),
