@@ -314,6 +314,8 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         })?;
     }
     let request = args.request();
+    // What no model would take fails before one loads (once, not once per file).
+    request.check_numbers()?;
     let clock = Instant::now();
     let source = resolve_model(&args.model)?;
     let device = candle_core::Device::Cpu;

@@ -910,6 +910,33 @@ fn options_out_of_range_get_a_one_line_error() {
         &["transcribe", "--model", m, "-", "-"],
         "standard input can be read once",
     );
+    // What no model takes fails before any loads, once for all inputs.
+    for (option, value, expect) in [
+        (
+            "--beam-size",
+            "0",
+            "--beam-size and --best-of must be at least 1",
+        ),
+        (
+            "--temperature-increment",
+            "NaN",
+            "--temperature-increment must be a number",
+        ),
+        ("--no-speech-threshold", "5", "--no-speech-threshold"),
+    ] {
+        fails(
+            &[
+                "transcribe",
+                "--model",
+                "/nonexistent/model",
+                option,
+                value,
+                a,
+                a,
+            ],
+            expect,
+        );
+    }
 }
 
 #[test]

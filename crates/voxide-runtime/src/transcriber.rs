@@ -114,6 +114,29 @@ impl TranscribeRequest {
         out
     }
 
+    /// The numbers any model would refuse, checked without one (a front end's flags before a
+    /// model of several GB loads): candidates, the fallback's increment and steps, and the
+    /// decoding thresholds. Each model's `check` adds its own rules.
+    pub fn check_numbers(&self) -> Result<()> {
+        if self.beam_size == Some(0) || self.best_of == Some(0) {
+            return Err(Error::InvalidRequest(
+                "--beam-size and --best-of must be at least 1".into(),
+            ));
+        }
+        if self.beam_size.max(self.best_of) > Some(MAX_CANDIDATES) {
+            return Err(Error::InvalidRequest(format!(
+                "--beam-size and --best-of take at most {MAX_CANDIDATES} (each candidate holds its own KV cache)"
+            )));
+        }
+        if !(self.temperature_increment.is_finite() && self.temperature_increment >= 0.0) {
+            return Err(Error::InvalidRequest(
+                "--temperature-increment must be a number ≥ 0".into(),
+            ));
+        }
+        self.check_fallbacks()?;
+        check_decoding_numbers(self)
+    }
+
     /// The fallback temperatures `temperature_increment` asks for, refused above
     /// [`MAX_FALLBACK_TEMPERATURES`].
     fn check_fallbacks(&self) -> Result<()> {
@@ -275,25 +298,12 @@ impl Transcriber for WhisperPipeline {
                 "this model is English-only; it cannot translate".into(),
             ));
         }
-        if request.beam_size == Some(0) || request.best_of == Some(0) {
-            return Err(Error::InvalidRequest(
-                "--beam-size and --best-of must be at least 1".into(),
-            ));
-        }
-        if request.beam_size.max(request.best_of) > Some(MAX_CANDIDATES) {
-            return Err(Error::InvalidRequest(format!(
-                "--beam-size and --best-of take at most {MAX_CANDIDATES} (each candidate holds its own KV cache)"
-            )));
-        }
-        let increment_ok =
-            request.temperature_increment.is_finite() && request.temperature_increment >= 0.0;
-        if !(0.0..=1.0).contains(&request.temperature) || !increment_ok {
+        request.check_numbers()?;
+        if !(0.0..=1.0).contains(&request.temperature) {
             return Err(Error::InvalidRequest(
                 "temperatures must lie in [0, 1]".into(),
             ));
         }
-        request.check_fallbacks()?;
-        check_decoding_numbers(request)?;
         if request.delay_ms.is_some() || request.kv_dtype.is_some() {
             return Err(Error::InvalidRequest(
                 "Whisper takes neither --delay-ms nor --kv-precision (Voxtral's options; Whisper's KV caches follow its weights)".into(),
