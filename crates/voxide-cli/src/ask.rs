@@ -144,10 +144,9 @@ pub fn run(args: AskArgs) -> Result<()> {
         clips: Vec::new(),
     };
     if let Some(system) = &args.system {
-        conversation.messages.push(Message {
-            role: Role::System,
-            content: vec![Content::Text(system.clone())],
-        });
+        conversation
+            .messages
+            .push(Message::text(Role::System, system.clone()));
     }
     if let Some(path) = &args.messages {
         let read = read_messages(path)?;

@@ -151,14 +151,8 @@ fn ask_prints_the_library_answer() {
     std::fs::write(&file, conversation.to_string()).unwrap();
     let turns = [
         one[0].clone(),
-        Message {
-            role: Role::Assistant,
-            content: vec![Content::Text("A tone and a rising chirp.".into())],
-        },
-        Message {
-            role: Role::User,
-            content: vec![Content::Text("Describe it in one word.".into())],
-        },
+        Message::text(Role::Assistant, "A tone and a rising chirp."),
+        Message::text(Role::User, "Describe it in one word."),
     ];
     let out = voxide(
         &[
@@ -173,16 +167,10 @@ fn ask_prints_the_library_answer() {
     let hello = "Say hello.";
     let text_only = |system: Option<&str>| {
         let mut messages: Vec<Message> = system
-            .map(|text| Message {
-                role: Role::System,
-                content: vec![Content::Text(text.into())],
-            })
+            .map(|text| Message::text(Role::System, text))
             .into_iter()
             .collect();
-        messages.push(Message {
-            role: Role::User,
-            content: vec![Content::Text(hello.into())],
-        });
+        messages.push(Message::text(Role::User, hello));
         answer(&messages, 0)
     };
     let (plain, briefed) = (text_only(None), text_only(Some("Be brief.")));

@@ -552,10 +552,7 @@ fn bad_requests_are_errors() {
         .transcribe(&[], None, &options, &mut |_| true)
         .unwrap_err();
     assert!(err(e).contains("empty"));
-    let question = [Message {
-        role: Role::User,
-        content: vec![Content::Text("Hello?".into())],
-    }];
+    let question = [Message::text(Role::User, "Hello?")];
     let e = model
         .ask(&question, &[vec![0.1; 16_000]], &options, &mut |_, _| true)
         .unwrap_err();

@@ -56,6 +56,16 @@ pub struct Message {
     pub content: Vec<Content>,
 }
 
+impl Message {
+    /// A turn of text alone (mistral-common's messages with a string `content`).
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: vec![Content::Text(text.into())],
+        }
+    }
+}
+
 /// The control tokens a prompt uses, looked up by name in tekken.json.
 struct Controls {
     bos: u32,

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
-use voxide_models::voxtral::{self, Content, GenerateOptions, Role};
+use voxide_models::voxtral::{self, GenerateOptions, Role};
 use voxide_server::ServerConfig;
 
 /// The longest any single DevTools command may take to answer.
@@ -333,10 +333,7 @@ fn page_speaks_and_transcribes_in_chromium() {
     );
 
     // Ask without audio: the library's greedy answer to the text alone, streamed in.
-    let hello = voxtral::Message {
-        role: Role::User,
-        content: vec![Content::Text("Say hello.".into())],
-    };
+    let hello = voxtral::Message::text(Role::User, "Say hello.");
     let (want, _) = super::chat::library_text_answer(&[hello], &GenerateOptions::default());
     page.eval(
         "document.getElementById('question').value = 'Say hello.';\

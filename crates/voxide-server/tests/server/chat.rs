@@ -166,14 +166,8 @@ fn text_alone_is_answered_as_the_library_does() {
         max_new_tokens: 12,
         ..GenerateOptions::default()
     };
-    let user = |text: &str| Message {
-        role: Role::User,
-        content: vec![Content::Text(text.into())],
-    };
-    let system = Message {
-        role: Role::System,
-        content: vec![Content::Text("Be brief.".into())],
-    };
+    let user = |text: &str| Message::text(Role::User, text);
+    let system = Message::text(Role::System, "Be brief.");
     let (plain, plain_generation) = library_text_answer(&[user("Say hello.")], &options);
     let (briefed, _) = library_text_answer(&[system, user("Say hello.")], &options);
     assert_ne!(plain, briefed, "the system prompt reaches the model");
@@ -576,10 +570,7 @@ fn a_cancelled_answer_stops_before_its_work() {
             .unwrap_err()
     });
     assert!(matches!(err, voxide_models::Error::Cancelled), "{err}");
-    let text = [Message {
-        role: Role::User,
-        content: vec![Content::Text(QUESTION.into())],
-    }];
+    let text = [Message::text(Role::User, QUESTION)];
     let (answer, generation) = library_text_answer(&text, &options);
     assert_eq!((answer.as_str(), generation.stop), ("", Stop::Cancelled));
     assert!(generation.ids.is_empty());

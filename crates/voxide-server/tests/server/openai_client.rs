@@ -11,7 +11,7 @@ use std::process::Command;
 use voxide_audio::AudioOutFormat;
 use voxide_audio::{load_mono, AudioInput};
 use voxide_models::silero_vad::VadParams;
-use voxide_models::voxtral::{Content, GenerateOptions, Message, Role};
+use voxide_models::voxtral::{GenerateOptions, Message, Role};
 use voxide_runtime::{render, transcribe_speech, vad_params, OutputFormat, TranscribeRequest};
 use voxide_server::Engine;
 use voxide_server::ServerConfig;
@@ -131,14 +131,8 @@ fn the_official_python_client_works() {
     assert!(chat["finish_reason"] == "length" || chat["finish_reason"] == "stop");
     let (briefed, briefed_generation) = super::chat::library_text_answer(
         &[
-            Message {
-                role: Role::System,
-                content: vec![Content::Text("Be brief.".into())],
-            },
-            Message {
-                role: Role::User,
-                content: vec![Content::Text("Say hello.".into())],
-            },
+            Message::text(Role::System, "Be brief."),
+            Message::text(Role::User, "Say hello."),
         ],
         &GenerateOptions {
             max_new_tokens: 12,
