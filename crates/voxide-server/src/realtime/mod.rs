@@ -12,7 +12,7 @@ mod protocol;
 mod session;
 
 use crate::{ApiError, AppState, Engine};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use session::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// Server events waiting for the socket.
@@ -234,18 +234,34 @@ static SESSIONS: AtomicU64 = AtomicU64::new(0);
 async fn connection(socket: WebSocket, state: AppState, settings: Settings, dialect: Dialect) {
     let (mut sink, mut source) = socket.split();
     let (events, mut outgoing) = mpsc::channel::<Value>(OUTBOX_EVENTS);
-    let writer = tokio::spawn(async move {
-        while let Some(event) = outgoing.recv().await {
-            if sink
-                .send(Message::Text(event.to_string().into()))
-                .await
-                .is_err()
-            {
-                break;
+    // Why the server ends the connection, for the close frame after the last event (a client
+    // that closes gets its own frame echoed).
+    let closing: Arc<Mutex<Option<CloseFrame>>> = Arc::default();
+    let writer = {
+        let closing = closing.clone();
+        tokio::spawn(async move {
+            while let Some(event) = outgoing.recv().await {
+                if sink
+                    .send(Message::Text(event.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
-        }
-        let _ = sink.close().await;
-    });
+            let frame = closing.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(frame) = frame {
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
+            let _ = sink.close().await;
+        })
+    };
+    let close_with = |code: u16, reason: &'static str| {
+        *closing.lock().unwrap_or_else(|e| e.into_inner()) = Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        });
+    };
     let out = Outbox {
         events,
         next_id: Arc::new(AtomicU64::new(0)),
@@ -294,6 +310,8 @@ async fn connection(socket: WebSocket, state: AppState, settings: Settings, dial
                     );
                     let error = ProtocolError::new("session_idle_timeout", message);
                     client.out.send_error(&error, None).await;
+                    // As gateways close idle sockets ("going away").
+                    close_with(close_code::AWAY, "idle timeout");
                     break;
                 }
             },
@@ -306,12 +324,14 @@ async fn connection(socket: WebSocket, state: AppState, settings: Settings, dial
                     "the server is shutting down: closing the session",
                 );
                 client.out.send_error(&error, None).await;
+                close_with(close_code::AWAY, "server shutting down");
                 break;
             }
         };
         match next {
             Some(Ok(Message::Text(text))) => {
                 if !client.handle(text.as_str()).await {
+                    close_with(close_code::ERROR, "the session ended");
                     break;
                 }
             }
@@ -327,6 +347,7 @@ async fn connection(socket: WebSocket, state: AppState, settings: Settings, dial
                 // client's to fix, so it learns why before the close.
                 if let Some(error) = over_limit(e) {
                     client.out.send_error(&error, None).await;
+                    close_with(close_code::SIZE, "message too big");
                 }
                 break;
             }
