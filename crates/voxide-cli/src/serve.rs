@@ -91,6 +91,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .iter()
         .map(|m| m.parse::<ModelSpec>())
         .collect::<Result<Vec<_>>>()?;
+    ModelSpec::check_ids(&specs)?;
     let mut voices = args
         .voices
         .iter()

@@ -287,6 +287,19 @@ fn bad_flags_get_a_one_line_error() {
         &["--model", s(&whisper()), "--model", s(&tts())],
         "two models would be served as \"tiny-random\"",
     );
+    // Before either loads (a real model takes minutes); a hub id names itself.
+    let out = voxide(&[
+        "serve",
+        "--port",
+        "0",
+        "--model",
+        s(&whisper()),
+        "--model",
+        "tiny-random=org/model",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("two models would be served"), "{stderr}");
+    assert!(!stderr.contains("loaded in"), "{stderr}");
     fails(&["--model", "=x"], "model id \"\"");
     fails(
         &["--model", s(&whisper()), "--max-realtime-sessions", "0"],

@@ -49,6 +49,34 @@ impl FromStr for ModelSpec {
     }
 }
 
+impl ModelSpec {
+    /// The id requests will use: the one given, else a local model's name (as resolving it
+    /// names it), else the hub id — known without loading or downloading anything.
+    pub fn served_id(&self) -> Result<String> {
+        match &self.id {
+            Some(id) => Ok(id.clone()),
+            None if Path::new(&self.source).exists() => default_id(&resolve_model(&self.source)?),
+            None => Ok(self.source.clone()),
+        }
+    }
+
+    /// Refuses specs that two models would be served under the same id, before any loads
+    /// (a real model takes minutes).
+    pub fn check_ids(specs: &[ModelSpec]) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for spec in specs {
+            let id = spec.served_id()?;
+            if !seen.insert(id.clone()) {
+                bail!(
+                    "two models would be served as {id:?}; name one with --model ID={}",
+                    spec.source
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One `--voice` argument, `NAME=CLIP`: a voice cloned from the clip, which speech requests
 /// to a Base (voice clone) model name as their `voice`; with a transcript of the clip it is
 /// cloned in context.
@@ -165,17 +193,14 @@ impl Registry {
         spec: &ModelSpec,
         precision: Option<WeightFormat>,
     ) -> Result<&LoadedModel> {
-        let source = resolve_model(&spec.source)?;
-        let id = match &spec.id {
-            Some(id) => id.clone(),
-            None => default_id(&source)?,
-        };
+        let id = spec.served_id()?;
         if self.get(&id).is_some() {
             bail!(
                 "two models would be served as {id:?}; name one with --model ID={}",
                 spec.source
             );
         }
+        let source = resolve_model(&spec.source)?;
         let dir = source.path();
         let device = candle_core::Device::Cpu;
         let engine = match load_model(&source, &device, precision)? {
