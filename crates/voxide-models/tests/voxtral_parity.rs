@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use voxide_models::voxtral::{
-    prompt, Content, GenerateOptions, Message, Role, Voxtral, VoxtralModel,
+    prompt, Content, Decoding, GenerateOptions, Message, Role, Voxtral, VoxtralModel,
 };
 use voxide_nn::kernels::small_m::native_bf16;
 use voxide_nn::linear::WeightFormat;
@@ -184,8 +184,10 @@ fn greedy_ids_and_cached_steps_match() {
             };
             let mut streamed = Vec::new();
             let got = model
-                .generate(&prompt, &audio, &options, &mut |id, _| {
-                    streamed.push(id);
+                .generate(&prompt, &audio, &options, &mut |event| {
+                    if let Decoding::Token(id, _) = event {
+                        streamed.push(id);
+                    }
                     true
                 })
                 .unwrap();
@@ -571,17 +573,23 @@ fn bad_requests_are_errors() {
     assert!(tekken.require_vocab_size(2048).is_ok());
     let e = tekken.require_vocab_size(131_072).unwrap_err().to_string();
     assert!(e.contains("2048 tokens, but the model has 131072"), "{e}");
-    // A caller that stops listening (a closed connection) stops the decoding at once.
-    let mut calls = 0;
-    let e = model
-        .transcribe(&[0.1; 16_000], None, &options, &mut |p| {
-            calls += 1;
-            assert!(p.fraction > 0.0 && p.fraction <= 1.0);
-            false
-        })
-        .unwrap_err();
-    assert!(matches!(e, voxide_models::Error::Cancelled), "{e}");
-    assert_eq!(calls, 1);
+    // A caller that stops listening (a closed connection) stops the work where it stands:
+    // before a window's encoder, between prefill blocks, at a token. Progress stays at 0 until
+    // the first token. Two windows, a prompt of 750 audio positions and more (two blocks).
+    for stop_at in 1..=4 {
+        let mut heard = Vec::new();
+        let e = model
+            .transcribe(&[0.1; 16_000 * 45], None, &options, &mut |p| {
+                heard.push(p.fraction);
+                assert!((0.0..=1.0).contains(&p.fraction));
+                heard.len() < stop_at
+            })
+            .unwrap_err();
+        assert!(matches!(e, voxide_models::Error::Cancelled), "{e}");
+        assert_eq!(heard.len(), stop_at, "stopped at once");
+        let before_tokens = heard.iter().filter(|&&f| f == 0.0).count();
+        assert_eq!(before_tokens, stop_at.min(3), "{heard:?}");
+    }
 }
 
 /// Without a request's precision the KV cache follows the weights: f32 beside the f32

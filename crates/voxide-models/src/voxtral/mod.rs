@@ -71,7 +71,8 @@ pub struct GenerateOptions {
     /// ([`Generation::logprobs`]); `None` computes none.
     pub logprobs: Option<usize>,
     /// Set from another thread to stop the work where it stands (a server's client gone):
-    /// checked before each clip's encoder, between prefill blocks and at each token
+    /// checked before each 30 s window of a clip's encoder, between prefill blocks and at each
+    /// token
     /// ([`Stop::Cancelled`]). A long prompt's prefill runs for minutes otherwise.
     pub cancel: Option<Arc<AtomicBool>>,
 }
@@ -99,6 +100,15 @@ impl Default for GenerateOptions {
             cancel: None,
         }
     }
+}
+
+/// What [`Voxtral::generate`] reports as it goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Decoding<'a> {
+    /// `done` of the prompt's `total` positions are prefilled (after each block but the last).
+    Prefilled { done: usize, total: usize },
+    /// A generated id, with its log-probabilities where [`GenerateOptions::logprobs`] asks.
+    Token(u32, Option<&'a TokenLogprobs>),
 }
 
 /// Why generation ended.
@@ -238,34 +248,47 @@ impl Voxtral {
         )?)
     }
 
-    /// Audio embeddings (375·k, dim) of 16 kHz `samples`: features, encoder, projector.
-    pub fn audio_embeddings(&self, samples: &[f32], timings: &mut Timings) -> Result<Tensor> {
+    /// Audio embeddings (375·k, dim) of 16 kHz `samples`: features, encoder, projector, a
+    /// 30 s window at a time; `go_on` is asked before each ([`Error::Cancelled`] if it says
+    /// no: a long clip's encoder runs for minutes at full size).
+    pub fn audio_embeddings(
+        &self,
+        samples: &[f32],
+        timings: &mut Timings,
+        go_on: &mut dyn FnMut() -> bool,
+    ) -> Result<Tensor> {
         let t0 = Instant::now();
         let features = self.features(samples)?;
         timings.mel_ms += ms(t0);
-        let t0 = Instant::now();
-        let mut trace = self.network.encode(&features, false)?;
-        let frames = trace
-            .hidden_states
-            .pop()
-            .expect("the encoder yields its output");
-        let embeds = self.network.project(&frames)?;
-        timings.encoder_ms += ms(t0);
-        timings.encoder_calls += features.dim(0)?;
-        Ok(embeds)
+        let mut embeds = Vec::with_capacity(features.dim(0)?);
+        for w in 0..features.dim(0)? {
+            if !go_on() {
+                return Err(Error::Cancelled);
+            }
+            let t0 = Instant::now();
+            let mut trace = self.network.encode(&features.narrow(0, w, 1)?, false)?;
+            let frames = trace
+                .hidden_states
+                .pop()
+                .expect("the encoder yields its output");
+            embeds.push(self.network.project(&frames)?);
+            timings.encoder_ms += ms(t0);
+            timings.encoder_calls += 1;
+        }
+        Ok(Tensor::cat(&embeds, 0)?)
     }
 
     /// Generates after `prompt`, whose `[AUDIO]` placeholders take the rows of `audio`
-    /// (375·k, dim) in order. The prompt is prefilled in blocks of [`PREFILL_BLOCK`]; each
-    /// generated id goes to `on_token` as soon as it exists, with its log-probabilities where
-    /// [`GenerateOptions::logprobs`] asks for them (return `false` to stop there:
-    /// [`Stop::Cancelled`], that id kept).
+    /// (375·k, dim) in order. The prompt is prefilled in blocks of [`PREFILL_BLOCK`], each
+    /// reported to `on_event` ([`Decoding::Prefilled`]); each generated id goes to it as soon
+    /// as it exists ([`Decoding::Token`]). `on_event` returns `false` to stop there:
+    /// [`Stop::Cancelled`], with the ids so far.
     pub fn generate(
         &self,
         prompt: &[u32],
         audio: &Tensor,
         options: &GenerateOptions,
-        on_token: &mut dyn FnMut(u32, Option<&TokenLogprobs>) -> bool,
+        on_event: &mut dyn FnMut(Decoding<'_>) -> bool,
     ) -> Result<Generation> {
         let started = Instant::now();
         let limit = self.network.config().max_positions;
@@ -297,8 +320,21 @@ impl Voxtral {
                     ..Generation::default()
                 });
             }
-            let block = embeds.narrow(1, start, PREFILL_BLOCK.min(prompt.len() - start))?;
-            last = Some(network.decode(&mut state, &block, None)?);
+            let len = PREFILL_BLOCK.min(prompt.len() - start);
+            last = Some(network.decode(&mut state, &embeds.narrow(1, start, len)?, None)?);
+            let done = start + len;
+            if done < prompt.len()
+                && !on_event(Decoding::Prefilled {
+                    done,
+                    total: prompt.len(),
+                })
+            {
+                return Ok(Generation {
+                    prompt_tokens: prompt.len(),
+                    stop: Stop::Cancelled,
+                    ..Generation::default()
+                });
+            }
         }
         let last = last.ok_or_else(|| Error::InvalidRequest("the prompt is empty".into()))?;
         let mut hidden = last.narrow(1, last.dim(1)? - 1, 1)?;
@@ -338,7 +374,7 @@ impl Voxtral {
             ids.push(id);
             penalties.push(id);
             let entry = raw.map(|(raw, top)| TokenLogprobs::of(&raw, id, top));
-            let go_on = on_token(id, entry.as_ref()) && !options.cancelled();
+            let go_on = on_event(Decoding::Token(id, entry.as_ref())) && !options.cancelled();
             logprobs.extend(entry);
             if !go_on {
                 stop = Stop::Cancelled;
@@ -414,19 +450,35 @@ impl Voxtral {
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         let mut timings = Timings::default();
-        let audio = self.audio_embeddings(samples, &mut timings)?;
+        // Before the first token, `progress` hears of each window and prefill block (at 0),
+        // so that a caller gone stops the work there.
+        let mut nothing_yet = || {
+            progress(Progress {
+                fraction: 0.0,
+                segments: &[],
+                pending: "",
+            })
+        };
+        let audio = self.audio_embeddings(samples, &mut timings, &mut nothing_yet)?;
         // The answer's length is unknown until `</s>`: progress counts against the budget.
         let mut generated = 0;
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
         let mut said = String::new();
-        let generation = self.generate(prompt, &audio, options, &mut |id, _| {
-            generated += 1;
-            said.push_str(&decoder.push(id));
-            progress(Progress {
-                fraction: generated as f64 / options.max_new_tokens.max(1) as f64,
+        let generation = self.generate(prompt, &audio, options, &mut |event| match event {
+            Decoding::Prefilled { .. } => progress(Progress {
+                fraction: 0.0,
                 segments: &[],
-                pending: said.trim_start(),
-            })
+                pending: "",
+            }),
+            Decoding::Token(id, _) => {
+                generated += 1;
+                said.push_str(&decoder.push(id));
+                progress(Progress {
+                    fraction: generated as f64 / options.max_new_tokens.max(1) as f64,
+                    segments: &[],
+                    pending: said.trim_start(),
+                })
+            }
         })?;
         if generation.stop == Stop::Cancelled {
             return Err(Error::Cancelled);
@@ -482,16 +534,15 @@ impl Voxtral {
         let mut clip = clips.iter();
         for content in messages.iter_mut().flat_map(|m| m.content.iter_mut()) {
             if let Content::Audio { windows } = content {
-                if options.cancelled() {
-                    return Err(Error::Cancelled);
-                }
                 let samples = clip.next().ok_or_else(|| {
                     Error::InvalidRequest(
                         "the conversation has more audio chunks than clips".into(),
                     )
                 })?;
                 *windows = Self::windows(samples.len());
-                audio.push(self.audio_embeddings(samples, &mut timings)?);
+                audio.push(
+                    self.audio_embeddings(samples, &mut timings, &mut || !options.cancelled())?,
+                );
             }
         }
         if clip.next().is_some() {
@@ -506,8 +557,9 @@ impl Voxtral {
             false => Tensor::cat(&audio, 0)?,
         };
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
-        let mut generation = self.generate(&prompt, &audio, options, &mut |id, logprobs| {
-            on_text(&decoder.push(id), logprobs)
+        let mut generation = self.generate(&prompt, &audio, options, &mut |event| match event {
+            Decoding::Prefilled { .. } => true,
+            Decoding::Token(id, logprobs) => on_text(&decoder.push(id), logprobs),
         })?;
         let rest = decoder.finish();
         if !rest.is_empty() && generation.stop != Stop::Cancelled {
