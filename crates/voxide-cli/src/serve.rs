@@ -111,6 +111,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .check_readable()
             .map_err(|e| anyhow::anyhow!("--voice {}: {e}", voice.name))?;
     }
+    VoiceSpec::check_before_loading(&voices, &specs)?;
     let mut models = Registry::new();
     match crate::vad::model_path(args.vad_model.as_deref(), "--vad-model") {
         Ok(path) => {

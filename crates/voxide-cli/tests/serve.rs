@@ -352,4 +352,27 @@ fn bad_flags_get_a_one_line_error() {
         ],
         "--voice alice: no Base (voice clone) Qwen3-TTS model is served",
     );
+    // Both before any model loads (a real one takes minutes).
+    let alice = format!("alice={}", s(&jfk()));
+    let tts = tts();
+    for extra in [&[][..], &["--voice", &alice][..]] {
+        let mut args = vec![
+            "serve",
+            "--port",
+            "0",
+            "--model",
+            s(&tts),
+            "--voice",
+            &alice,
+        ];
+        args.extend(extra);
+        let out = voxide(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("loaded in"), "{stderr}");
+    }
+    fails(
+        &["--model", s(&tts), "--voice", &alice, "--voice", &alice],
+        "--voice alice: two voices of that name",
+    );
 }

@@ -13,7 +13,8 @@ pub mod vad;
 pub use error::{Error, Result};
 pub use format::{render, render_with, txt_lines, OutputFormat, SubtitleOptions};
 pub use load::{
-    load_model, load_streaming, load_synthesizer, load_transcriber, load_voxtral, Model,
+    clones_voices, load_model, load_streaming, load_synthesizer, load_transcriber, load_voxtral,
+    Model,
 };
 pub use resolve::{resolve_model, ModelSource};
 pub use transcriber::{SpeechStream, TranscribeRequest, Transcriber, WeightFormat};

@@ -78,6 +78,15 @@ fn family(dir: &Path) -> Result<Family> {
     }
 }
 
+/// Whether the checkpoint at `source` clones voices (a Base Qwen3-TTS model), read from its
+/// config alone: a server checks its `--voice` flags before loading anything.
+pub fn clones_voices(source: &ModelSource) -> Result<bool> {
+    let dir = source.path();
+    Ok(family(dir)? == Family::Qwen3Tts
+        && voxide_models::qwen3_tts::Config::from_file(&dir.join("config.json"))?.tts_model_type
+            == voxide_models::qwen3_tts::ModelType::Base)
+}
+
 /// The error for a text-to-speech checkpoint given where speech is to be transcribed.
 fn speaks_only(dir: &Path) -> Error {
     Error::Resolve(format!(

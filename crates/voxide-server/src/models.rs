@@ -12,7 +12,8 @@ use voxide_audio::AudioInput;
 use voxide_models::qwen3_tts::{ClonedVoice, ModelType, Synthesizer, VoiceReference};
 use voxide_models::silero_vad::SileroVad;
 use voxide_runtime::{
-    load_model, resolve_model, Model, ModelSource, TranscribeRequest, Transcriber, WeightFormat,
+    clones_voices, load_model, resolve_model, Model, ModelSource, TranscribeRequest, Transcriber,
+    WeightFormat,
 };
 
 /// One `--model` argument: `PATH`, `HUB_ID`, or `ID=PATH` / `ID=HUB_ID` to choose the id.
@@ -103,6 +104,39 @@ impl FromStr for VoiceSpec {
             text: None,
         })
     }
+}
+
+impl VoiceSpec {
+    /// Refuses, before any model loads, two voices of one name and voices that no model
+    /// would clone: where every model is a local checkpoint, their configs say whether one
+    /// is a Base model (a hub model is known once resolved: [`Registry::clone_voice`]).
+    pub fn check_before_loading(voices: &[VoiceSpec], models: &[ModelSpec]) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for voice in voices {
+            if !names.insert(voice.name.as_str()) {
+                bail!("--voice {}: two voices of that name", voice.name);
+            }
+        }
+        let Some(voice) = voices.first() else {
+            return Ok(());
+        };
+        if !models.iter().all(|m| Path::new(&m.source).exists()) {
+            return Ok(());
+        }
+        for model in models {
+            if clones_voices(&resolve_model(&model.source)?)? {
+                return Ok(());
+            }
+        }
+        Err(no_base_model(&voice.name))
+    }
+}
+
+/// The error for a `--voice` that no served model clones.
+fn no_base_model(voice: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "--voice {voice}: no Base (voice clone) Qwen3-TTS model is served to clone it with (e.g. Qwen/Qwen3-TTS-12Hz-0.6B-Base)"
+    )
 }
 
 fn check_id(id: &str) -> Result<()> {
@@ -249,10 +283,7 @@ impl Registry {
             ids.push(model.id.clone());
         }
         if ids.is_empty() {
-            bail!(
-                "--voice {}: no Base (voice clone) Qwen3-TTS model is served to clone it with (e.g. Qwen/Qwen3-TTS-12Hz-0.6B-Base)",
-                voice.name
-            );
+            return Err(no_base_model(&voice.name));
         }
         Ok(ids)
     }
