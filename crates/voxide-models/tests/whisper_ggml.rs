@@ -297,4 +297,29 @@ fn bad_files_are_clear_errors() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("not whole q4_K blocks"), "{err}");
+    // A config that contradicts its weights converts tensor by tensor, but the file would not
+    // load: refused, and nothing is left behind.
+    for (field, value) in [
+        ("decoder_layers", 1),
+        ("max_target_positions", 300),
+        ("vocab_size", 51866),
+    ] {
+        let checkpoint = dir.path().join(format!("contradicted-{field}"));
+        std::fs::create_dir(&checkpoint).unwrap();
+        for entry in std::fs::read_dir(tiny_random()).unwrap() {
+            let entry = entry.unwrap().path();
+            std::fs::copy(&entry, checkpoint.join(entry.file_name().unwrap())).unwrap();
+        }
+        let config = checkpoint.join("config.json");
+        let mut json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        json[field] = value.into();
+        std::fs::write(&config, json.to_string()).unwrap();
+        let out = dir.path().join(format!("contradicted-{field}.bin"));
+        let err = convert(&checkpoint, &out, GgmlType::F16, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not load"), "{field}: {err}");
+        assert!(!out.exists(), "{field}: the file is left");
+    }
 }

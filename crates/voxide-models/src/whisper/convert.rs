@@ -15,6 +15,7 @@
 
 use super::config::Config;
 use super::ggml::{gguf_metadata, openai_name, ModelFile, MEL_FILTERS_TENSOR};
+use super::model::Whisper;
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::ggml::legacy::{ftype_of, QNT_VERSION};
@@ -184,6 +185,19 @@ pub fn convert(
             w.write_tensor(MEL_FILTERS_TENSOR, &mel)?;
             w.finish()?;
         }
+    }
+    // What was written must load: a config that contradicts its weights (more layers in the
+    // weights, another vocabulary or context) converts tensor by tensor, and the file would
+    // fail only when used. Checked where the output is a file of its own (not a pipe, a
+    // device or a link, whose target is not ours to remove).
+    let written = std::fs::symlink_metadata(out).is_ok_and(|m| m.is_file());
+    let loads = || ModelFile::open(out).and_then(|f| Whisper::from_ggml(&f, &Device::Cpu, None));
+    if let Some(e) = written.then(loads).and_then(Result::err) {
+        let _ = std::fs::remove_file(out);
+        return Err(Error::InvalidRequest(format!(
+            "{}: the converted model does not load, so nothing was written ({e}); does the config match the weights?",
+            source.display()
+        )));
     }
     Ok(report)
 }
