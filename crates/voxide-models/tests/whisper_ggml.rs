@@ -297,8 +297,8 @@ fn bad_files_are_clear_errors() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("not whole q4_K blocks"), "{err}");
-    // A config that contradicts its weights converts tensor by tensor, but the file would not
-    // load: refused, and nothing is left behind.
+    // A config that contradicts its weights would convert tensor by tensor into a file that
+    // does not load: refused before anything is written.
     for (field, value) in [
         ("decoder_layers", 1),
         ("max_target_positions", 300),
@@ -319,7 +319,10 @@ fn bad_files_are_clear_errors() {
         let err = convert(&checkpoint, &out, GgmlType::F16, false)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("does not load"), "{field}: {err}");
+        assert!(
+            err.contains("would carry the config's numbers"),
+            "{field}: {err}"
+        );
         assert!(!out.exists(), "{field}: the file is left");
     }
 }

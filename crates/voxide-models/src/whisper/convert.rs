@@ -15,7 +15,6 @@
 
 use super::config::Config;
 use super::ggml::{gguf_metadata, openai_name, ModelFile, MEL_FILTERS_TENSOR};
-use super::model::Whisper;
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::ggml::legacy::{ftype_of, QNT_VERSION};
@@ -131,6 +130,12 @@ pub fn convert(
     };
     let mut report = ConvertReport::default();
     let plan = plan(&src, ty, &mut report)?;
+    check_shapes(&hparams, &plan).map_err(|e| {
+        Error::InvalidRequest(format!(
+            "{}: {e}; the file would carry the config's numbers and not load",
+            source.display()
+        ))
+    })?;
     if let (false, Some((name, took))) = (allow_fallback, report.fallbacks.first()) {
         return Err(Error::InvalidRequest(format!(
             "{name} has rows that are not whole {ty} blocks of {} values (so have {} more); \
@@ -185,19 +190,6 @@ pub fn convert(
             w.write_tensor(MEL_FILTERS_TENSOR, &mel)?;
             w.finish()?;
         }
-    }
-    // What was written must load: a config that contradicts its weights (more layers in the
-    // weights, another vocabulary or context) converts tensor by tensor, and the file would
-    // fail only when used. Checked where the output is a file of its own (not a pipe, a
-    // device or a link, whose target is not ours to remove).
-    let written = std::fs::symlink_metadata(out).is_ok_and(|m| m.is_file());
-    let loads = || ModelFile::open(out).and_then(|f| Whisper::from_ggml(&f, &Device::Cpu, None));
-    if let Some(e) = written.then(loads).and_then(Result::err) {
-        let _ = std::fs::remove_file(out);
-        return Err(Error::InvalidRequest(format!(
-            "{}: the converted model does not load, so nothing was written ({e}); does the config match the weights?",
-            source.display()
-        )));
     }
     Ok(report)
 }
@@ -312,6 +304,66 @@ fn plan(src: &Source, ty: GgmlType, report: &mut ConvertReport) -> Result<Vec<Pl
         ));
     }
     Ok(plan)
+}
+
+/// What a config that contradicts its weights would write: the numbers a loader takes
+/// from the header (layers, vocabulary, contexts, width, mel bins) against the tensors.
+fn check_shapes(h: &Hparams, plan: &[Planned]) -> std::result::Result<(), String> {
+    let dims = |name: &str| {
+        plan.iter()
+            .find(|p| p.spec.name == name)
+            .map(|p| &p.spec.dims)
+    };
+    // ggml order: the row length first.
+    let expected = [
+        (
+            "decoder.token_embedding.weight",
+            vec![h.n_text_state, h.n_vocab],
+        ),
+        (
+            "decoder.positional_embedding",
+            vec![h.n_text_state, h.n_text_ctx],
+        ),
+        (
+            "encoder.positional_embedding",
+            vec![h.n_audio_state, h.n_audio_ctx],
+        ),
+        ("encoder.conv1.weight", vec![3, h.n_mels, h.n_audio_state]),
+    ];
+    for (name, want) in expected {
+        match dims(name) {
+            Some(got) if *got == want => {}
+            Some(got) => {
+                return Err(format!(
+                    "{name} is {got:?} (ggml order), the config makes it {want:?}"
+                ))
+            }
+            None => return Err(format!("no {name}")),
+        }
+    }
+    for (part, layers) in [("encoder", h.n_audio_layer), ("decoder", h.n_text_layer)] {
+        let prefix = format!("{part}.blocks.");
+        let held = plan
+            .iter()
+            .filter_map(|p| {
+                p.spec
+                    .name
+                    .strip_prefix(&prefix)?
+                    .split('.')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .map(|i: usize| i + 1)
+            .max()
+            .unwrap_or(0);
+        if held != layers {
+            return Err(format!(
+                "the config says {layers} {part} layers, the weights hold {held}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A tensor's values as f32, row-major.
