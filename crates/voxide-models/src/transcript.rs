@@ -15,6 +15,15 @@ pub struct Progress<'a> {
     pub pending: &'a str,
 }
 
+impl Progress<'static> {
+    /// Nothing done yet (a model's work before its first text: encoder windows, a prefill).
+    pub const NOTHING_YET: Self = Progress {
+        fraction: 0.0,
+        segments: &[],
+        pending: "",
+    };
+}
+
 /// One timed stretch of text.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Segment {

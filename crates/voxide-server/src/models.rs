@@ -68,14 +68,19 @@ impl ModelSpec {
         for spec in specs {
             let id = spec.served_id()?;
             if !seen.insert(id.clone()) {
-                bail!(
-                    "two models would be served as {id:?}; name one with --model ID={}",
-                    spec.source
-                );
+                return Err(duplicate_id(&id, spec));
             }
         }
         Ok(())
     }
+}
+
+/// The error for a second model of an id.
+fn duplicate_id(id: &str, spec: &ModelSpec) -> anyhow::Error {
+    anyhow::anyhow!(
+        "two models would be served as {id:?}; name one with --model ID={}",
+        spec.source
+    )
 }
 
 /// One `--voice` argument, `NAME=CLIP`: a voice cloned from the clip, which speech requests
@@ -124,7 +129,10 @@ impl VoiceSpec {
             return Ok(());
         }
         for model in models {
-            if clones_voices(&resolve_model(&model.source)?)? {
+            let clones = resolve_model(&model.source)
+                .and_then(|source| clones_voices(&source))
+                .map_err(|e| anyhow::anyhow!("--model {}: {e}", model.source))?;
+            if clones {
                 return Ok(());
             }
         }
@@ -229,10 +237,7 @@ impl Registry {
     ) -> Result<&LoadedModel> {
         let id = spec.served_id()?;
         if self.get(&id).is_some() {
-            bail!(
-                "two models would be served as {id:?}; name one with --model ID={}",
-                spec.source
-            );
+            return Err(duplicate_id(&id, spec));
         }
         let source = resolve_model(&spec.source)?;
         let dir = source.path();

@@ -72,8 +72,7 @@ pub struct GenerateOptions {
     pub logprobs: Option<usize>,
     /// Set from another thread to stop the work where it stands (a server's client gone):
     /// checked before each 30 s window of a clip's encoder, between prefill blocks and at each
-    /// token
-    /// ([`Stop::Cancelled`]). A long prompt's prefill runs for minutes otherwise.
+    /// token ([`Stop::Cancelled`]). A long prompt's prefill runs for minutes otherwise.
     pub cancel: Option<Arc<AtomicBool>>,
 }
 
@@ -450,26 +449,17 @@ impl Voxtral {
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         let mut timings = Timings::default();
-        // Before the first token, `progress` hears of each window and prefill block (at 0),
-        // so that a caller gone stops the work there.
-        let mut nothing_yet = || {
-            progress(Progress {
-                fraction: 0.0,
-                segments: &[],
-                pending: "",
-            })
-        };
-        let audio = self.audio_embeddings(samples, &mut timings, &mut nothing_yet)?;
+        // Before the first token, `progress` hears of each window and prefill block, so that
+        // a caller gone stops the work there.
+        let audio = self.audio_embeddings(samples, &mut timings, &mut || {
+            progress(Progress::NOTHING_YET)
+        })?;
         // The answer's length is unknown until `</s>`: progress counts against the budget.
         let mut generated = 0;
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
         let mut said = String::new();
         let generation = self.generate(prompt, &audio, options, &mut |event| match event {
-            Decoding::Prefilled { .. } => progress(Progress {
-                fraction: 0.0,
-                segments: &[],
-                pending: "",
-            }),
+            Decoding::Prefilled { .. } => progress(Progress::NOTHING_YET),
             Decoding::Token(id, _) => {
                 generated += 1;
                 said.push_str(&decoder.push(id));
