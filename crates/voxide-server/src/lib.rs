@@ -475,6 +475,10 @@ impl Server {
             shutdown.await;
             stopping.send_replace(true);
         };
+        // HTTP/1 half-close stays off (hyper's default): a client's EOF reads the same whether
+        // it shut only its write side after the request (`nc -N`) or left, and a client that
+        // left must stop its request's model work (tried with half-close on: the requests of
+        // departed clients ran to the end, holding their slots).
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
