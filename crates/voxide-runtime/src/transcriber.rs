@@ -239,9 +239,8 @@ fn field_error(field: &'static str, message: String) -> Error {
     Error::Model(voxide_models::Error::InvalidField { field, message })
 }
 
-/// The request's language as an ISO 639-1 code; `None` (or `auto`) detects it.
 /// Voxtral Mini 3B's `lang:xx`: an ISO 639-1 code, as mistral-common validates it (Whisper's
-/// language names taken too).
+/// language names taken too); `None` (or `auto`) leaves the language to the model.
 fn voxtral_language(request: &TranscribeRequest) -> Result<Option<&'static str>> {
     match request.language.as_deref() {
         None | Some("auto") => Ok(None),
@@ -256,6 +255,7 @@ fn voxtral_language(request: &TranscribeRequest) -> Result<Option<&'static str>>
     }
 }
 
+/// The request's language as an ISO 639-1 code; `None` (or `auto`) detects it.
 fn requested_language(request: &TranscribeRequest) -> Result<Option<&'static str>> {
     match request.language.as_deref() {
         None | Some("auto") => Ok(None),

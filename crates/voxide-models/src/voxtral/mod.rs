@@ -104,8 +104,8 @@ impl Default for GenerateOptions {
 /// What [`Voxtral::generate`] reports as it goes.
 #[derive(Clone, Copy, Debug)]
 pub enum Decoding<'a> {
-    /// `done` of the prompt's `total` positions are prefilled (after each block but the last).
-    Prefilled { done: usize, total: usize },
+    /// A block of the prompt is prefilled (each block but the last).
+    Prefilled,
     /// A generated id, with its log-probabilities where [`GenerateOptions::logprobs`] asks.
     Token(u32, Option<&'a TokenLogprobs>),
 }
@@ -321,13 +321,7 @@ impl Voxtral {
             }
             let len = PREFILL_BLOCK.min(prompt.len() - start);
             last = Some(network.decode(&mut state, &embeds.narrow(1, start, len)?, None)?);
-            let done = start + len;
-            if done < prompt.len()
-                && !on_event(Decoding::Prefilled {
-                    done,
-                    total: prompt.len(),
-                })
-            {
+            if start + len < prompt.len() && !on_event(Decoding::Prefilled) {
                 return Ok(Generation {
                     prompt_tokens: prompt.len(),
                     stop: Stop::Cancelled,
@@ -459,7 +453,7 @@ impl Voxtral {
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
         let mut said = String::new();
         let generation = self.generate(prompt, &audio, options, &mut |event| match event {
-            Decoding::Prefilled { .. } => progress(Progress::NOTHING_YET),
+            Decoding::Prefilled => progress(Progress::NOTHING_YET),
             Decoding::Token(id, _) => {
                 generated += 1;
                 said.push_str(&decoder.push(id));
@@ -548,7 +542,7 @@ impl Voxtral {
         };
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
         let mut generation = self.generate(&prompt, &audio, options, &mut |event| match event {
-            Decoding::Prefilled { .. } => true,
+            Decoding::Prefilled => true,
             Decoding::Token(id, logprobs) => on_text(&decoder.push(id), logprobs),
         })?;
         let rest = decoder.finish();
