@@ -312,7 +312,8 @@ impl Voxtral {
         let t0 = Instant::now();
         let mut last = None;
         for start in (0..prompt.len()).step_by(PREFILL_BLOCK) {
-            if options.cancelled() {
+            // The blocks done so far reported before the next one.
+            if options.cancelled() || (start > 0 && !on_event(Decoding::Prefilled)) {
                 return Ok(Generation {
                     prompt_tokens: prompt.len(),
                     stop: Stop::Cancelled,
@@ -321,13 +322,6 @@ impl Voxtral {
             }
             let len = PREFILL_BLOCK.min(prompt.len() - start);
             last = Some(network.decode(&mut state, &embeds.narrow(1, start, len)?, None)?);
-            if start + len < prompt.len() && !on_event(Decoding::Prefilled) {
-                return Ok(Generation {
-                    prompt_tokens: prompt.len(),
-                    stop: Stop::Cancelled,
-                    ..Generation::default()
-                });
-            }
         }
         let last = last.ok_or_else(|| Error::InvalidRequest("the prompt is empty".into()))?;
         let mut hidden = last.narrow(1, last.dim(1)? - 1, 1)?;
