@@ -12,9 +12,17 @@ with, per case, every window's tokens and every segment with its words, as
 transcribe(word_timestamps=True, temperature=0) returns them:
 
     tiny-random  jfk (greedy), jfk (beam search 5), the long-form FLEURS file (greedy, and
-                 without timestamps: one segment per window, every window's text aligned)
+                 without timestamps: one segment per window, every window's text aligned);
+                 openai-whisper's long-form options on the same files: clip_timestamps (with
+                 and without words), carry_initial_prompt (a short prompt, and one longer
+                 than half the text context), hallucination_silence_threshold (jfk, and the
+                 long-form file from 70 s on; thresholds that reach the end of the file and
+                 the end of a window)
     v3-random    jfk; its generation_config names alignment heads of its own
     en-random    jfk; its generation_config names none
+
+Cases are transcribed with word_timestamps=True unless they say otherwise. --cases
+recomputes only the named cases, keeping the rest of an existing file.
 
 Run with the pinned environment of requirements.txt (see README.md).
 """
@@ -35,11 +43,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whisper_fixtures import JFK, LONGFORM, REPO, hf_to_openai_name, run_transcribe  # noqa: E402
 
 GENERATOR = "tools/reference/whisper_word_fixtures.py"
+# Three stretches, the last open to the end; their bounds fall inside windows, not on them.
+CLIPS = "5,20.5,31.25,52,80"
+PROMPT = "Vocabulary: Voxide, Whisper, FLEURS."
 CASES = {
     "tiny-random": [("jfk", JFK, {}), ("jfk_beam5", JFK, dict(beam_size=5)),
                     ("longform", LONGFORM, dict(language="en")),
                     ("longform_notimestamps", LONGFORM,
-                     dict(language="en", without_timestamps=True))],
+                     dict(language="en", without_timestamps=True)),
+                    ("longform_clips", LONGFORM, dict(language="en", clip_timestamps=CLIPS)),
+                    ("longform_clips_nowords", LONGFORM,
+                     dict(language="en", clip_timestamps=CLIPS, word_timestamps=False)),
+                    ("longform_carry_prompt", LONGFORM,
+                     dict(language="en", initial_prompt=PROMPT, carry_initial_prompt=True,
+                          word_timestamps=False)),
+                    ("longform_carry_long_prompt", LONGFORM,
+                     dict(language="en", initial_prompt=" ".join([PROMPT] * 40),
+                          carry_initial_prompt=True, word_timestamps=False)),
+                    ("jfk_hallucination", JFK, dict(hallucination_silence_threshold=0.5)),
+                    ("jfk_hallucination_8s", JFK, dict(hallucination_silence_threshold=8.0)),
+                    ("longform_hallucination_25s", LONGFORM,
+                     dict(language="en", clip_timestamps="70",
+                          hallucination_silence_threshold=25.0)),
+                    ("longform_hallucination", LONGFORM,
+                     dict(language="en", clip_timestamps="70",
+                          hallucination_silence_threshold=3.0))],
     "v3-random": [("jfk", JFK, {})],
     "en-random": [("jfk", JFK, {})],
 }
@@ -79,6 +107,7 @@ def main():
     ap.add_argument("--dir", default=os.path.join(REPO, "tests", "fixtures", "whisper"))
     ap.add_argument("--only", nargs="*", help="subset of model names")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cases", nargs="*", help="recompute only these cases")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     audio = {}
@@ -90,17 +119,22 @@ def main():
         if args.only and name not in args.only:
             continue
         om, configured, used = load_openai(os.path.join(args.dir, name))
+        out = os.path.join(args.dir, f"{name}.words.json")
         doc = dict(name=name, generator=GENERATOR, alignment_heads_configured=configured,
                    alignment_heads_used=used)
+        if args.cases:
+            with open(out, encoding="utf-8") as f:
+                doc = json.load(f)
         for key, path, kw in cases:
-            r = run_transcribe(om, audio[path], word_timestamps=True, **kw)
+            if args.cases and key not in args.cases:
+                continue
+            r = run_transcribe(om, audio[path], **{"word_timestamps": True, **kw})
             r["audio"] = os.path.relpath(path, os.path.join(REPO, "..", "shared"))
             doc[key] = r
-            words = sum(len(s["words"]) for s in r["segments"])
+            words = sum(len(s.get("words", [])) for s in r["segments"])
             print(f"{name} {key}: {r['n_windows']} windows, seeks "
                   f"{[w['seek'] for w in r['windows']]}, {len(r['segments'])} segments, "
                   f"{words} words", flush=True)
-        out = os.path.join(args.dir, f"{name}.words.json")
         with open(out, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, ensure_ascii=False)
             f.write("\n")

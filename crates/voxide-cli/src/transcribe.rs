@@ -72,6 +72,20 @@ pub struct TranscribeArgs {
     /// Initial prompt: spelling, vocabulary or style to follow.
     #[arg(long)]
     prompt: Option<String>,
+    /// Whisper: put --prompt at the head of every 30 s window's prompt, not only the first's
+    /// (openai-whisper's `--carry_initial_prompt`).
+    #[arg(long, requires = "prompt")]
+    carry_initial_prompt: bool,
+    /// Whisper: transcribe only these stretches, in seconds: start,end,start,end,… (the last
+    /// stretch of an odd count runs to the end: `60` is from the first minute on; openai-whisper's
+    /// `--clip_timestamps`). Times stay those of the file.
+    #[arg(long, value_name = "S,S,…", conflicts_with = "vad")]
+    clip_timestamps: Option<ClipTimestamps>,
+    /// Whisper, with --word-timestamps: skip silences longer than S seconds before and after
+    /// segments that look like hallucinations (openai-whisper's
+    /// `--hallucination_silence_threshold`).
+    #[arg(long, value_name = "S", requires = "word_timestamps")]
+    hallucination_silence_threshold: Option<f64>,
     /// Beam search with N beams at temperature 0 (default: greedy).
     #[arg(long, value_name = "N")]
     beam_size: Option<usize>,
@@ -158,6 +172,25 @@ impl std::str::FromStr for Formats {
     }
 }
 
+/// `--clip-timestamps`: comma-separated seconds, as openai-whisper's `--clip_timestamps`.
+#[derive(Clone, Debug)]
+struct ClipTimestamps(Vec<f64>);
+
+impl std::str::FromStr for ClipTimestamps {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .filter(|_| !s.is_empty())
+            .map(|t| {
+                t.trim()
+                    .parse()
+                    .map_err(|_| format!("`{t}` is not a number of seconds"))
+            })
+            .collect::<Result<_, _>>()
+            .map(ClipTimestamps)
+    }
+}
+
 impl Formats {
     fn list(self) -> Vec<OutputFormat> {
         match self {
@@ -194,6 +227,12 @@ impl TranscribeArgs {
             prepend_punctuations: self.prepend_punctuations.clone(),
             append_punctuations: self.append_punctuations.clone(),
             prompt: self.prompt.clone(),
+            carry_initial_prompt: self.carry_initial_prompt,
+            clip_timestamps: self
+                .clip_timestamps
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.0.clone()),
+            hallucination_silence_threshold: self.hallucination_silence_threshold,
             beam_size: self.beam_size,
             best_of: self.best_of,
             patience: self.patience,

@@ -197,6 +197,78 @@ fn word_timestamps_equal_the_reference() {
     assert!(String::from_utf8_lossy(&usage.stderr).contains("--word-timestamps"));
 }
 
+/// openai-whisper's long-form options through the command line: the ids of every window and
+/// the segments' windows equal the reference's (tools/reference/whisper_word_fixtures.py).
+#[test]
+fn clips_carried_prompts_and_hallucination_skips_equal_the_reference() {
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.words.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let longform = root().join("../shared/corpus/longform/fleurs_en_concat.wav");
+    let (model, longform, jfk) = (tiny(), s(&longform).to_string(), jfk());
+    for (case, options) in [
+        (
+            "longform_clips_nowords",
+            vec!["-l", "en", "--clip-timestamps", "5,20.5,31.25,52,80"],
+        ),
+        (
+            "longform_carry_prompt",
+            vec![
+                "-l",
+                "en",
+                "--prompt",
+                "Vocabulary: Voxide, Whisper, FLEURS.",
+                "--carry-initial-prompt",
+            ],
+        ),
+        (
+            "jfk_hallucination",
+            vec![
+                "--word-timestamps",
+                "--hallucination-silence-threshold",
+                "0.5",
+            ],
+        ),
+    ] {
+        let want = &reference[case];
+        let audio = if want["audio"].as_str().unwrap().contains("jfk") {
+            s(&jfk)
+        } else {
+            &longform
+        };
+        let mut args = vec!["transcribe", "--model", s(&model), "-f", "verbose_json"];
+        args.extend(options);
+        args.push(audio);
+        let out = voxide(&args);
+        assert!(
+            out.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+        let want_ids: Vec<&Value> = want["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|w| w["tokens"].as_array().unwrap())
+            .collect();
+        let got_ids: Vec<&Value> = got["token_ids"].as_array().unwrap().iter().collect();
+        assert_eq!(got_ids, want_ids, "{case}: ids of the windows");
+        let seeks = |v: &Value| -> Vec<Value> {
+            v["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["seek"].clone())
+                .collect()
+        };
+        assert_eq!(seeks(&got), seeks(want), "{case}: the segments' windows");
+        assert_eq!(got["text"], want["text"], "{case}: text");
+    }
+}
+
 #[test]
 fn every_format_is_written_to_the_output_dir() {
     let dir = tempfile::tempdir().unwrap();
@@ -869,10 +941,23 @@ fn options_out_of_range_get_a_one_line_error() {
             "1e-30",
             "fallback temperatures; at most 100",
         ),
+        (
+            "--clip-timestamps",
+            "0,10,30,20",
+            "clip 2 ends (20 s) before it starts (30 s)",
+        ),
+        (
+            "--hallucination-silence-threshold",
+            "0",
+            "the hallucination silence threshold is seconds > 0",
+        ),
     ] {
         let mut args = vec!["transcribe", "--model", m, option, value, a];
         if option == "--patience" {
             args.extend(["--beam-size", "2"]);
+        }
+        if option == "--hallucination-silence-threshold" {
+            args.push("--word-timestamps");
         }
         fails(&args, expect);
     }
@@ -895,6 +980,8 @@ fn options_out_of_range_get_a_one_line_error() {
             "no temperature fallback",
         ),
         (&mini, "--delay-ms", "480", "--delay-ms"),
+        (&realtime, "--clip-timestamps", "3", "no clips"),
+        (&mini, "--clip-timestamps", "3,9", "no clips"),
     ] {
         fails(
             &["transcribe", "--model", s(model), option, value, a],
@@ -923,6 +1010,11 @@ fn options_out_of_range_get_a_one_line_error() {
             "--temperature-increment must be a number",
         ),
         ("--no-speech-threshold", "5", "--no-speech-threshold"),
+        (
+            "--clip-timestamps",
+            "8,4",
+            "clip 1 ends (4 s) before it starts (8 s)",
+        ),
     ] {
         fails(
             &[

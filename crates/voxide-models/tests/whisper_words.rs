@@ -1,6 +1,8 @@
 //! Word-level timestamps against openai-whisper's `transcribe(word_timestamps=True)` on the
 //! random-weight fixtures (tools/reference/whisper_word_fixtures.py): identical ids per window,
-//! identical segments and words, word times within 0.01 s.
+//! identical segments and words, word times within 0.01 s. The same for openai-whisper's
+//! long-form options: `clip_timestamps`, `carry_initial_prompt`,
+//! `hallucination_silence_threshold`.
 
 mod common;
 
@@ -37,17 +39,49 @@ fn words_match(name: &str, key: &str) {
 
     let audio = shared().join(want["audio"].as_str().unwrap());
     let samples = voxide_audio::load_mono(&voxide_audio::AudioInput::File(audio), 16_000).unwrap();
+    let options = &want["options"];
     let mut opts = TranscribeOptions {
-        word_timestamps: true,
+        word_timestamps: options["word_timestamps"].as_bool().unwrap(),
+        initial_prompt: options["initial_prompt"].as_str().map(String::from),
+        carry_initial_prompt: options["carry_initial_prompt"].as_bool() == Some(true),
+        clip_timestamps: options["clip_timestamps"]
+            .as_str()
+            .map(|c| c.split(',').map(|t| t.parse().unwrap()).collect())
+            .unwrap_or_default(),
+        hallucination_silence_threshold: options["hallucination_silence_threshold"].as_f64(),
         ..TranscribeOptions::default()
     };
-    let options = &want["options"];
     opts.decode.language = options["language"].as_str().map(String::from);
     opts.decode.beam_size = options["beam_size"].as_u64().map(|b| b as usize);
     opts.decode.without_timestamps = options["without_timestamps"].as_bool() == Some(true);
-    let (got, _) = pipeline.transcribe(&samples, &opts, &mut |_| true).unwrap();
+    // Progress is told after each window, at the window's end of the seek.
+    let mut fractions = Vec::new();
+    let (got, _) = pipeline
+        .transcribe(&samples, &opts, &mut |p| {
+            fractions.push(p.fraction);
+            true
+        })
+        .unwrap();
 
     let windows = want["windows"].as_array().unwrap();
+    let want_seeks: Vec<u64> = windows
+        .iter()
+        .map(|w| w["seek"].as_u64().unwrap())
+        .collect();
+    if opts.clip_timestamps.len() <= 1 {
+        // One stretch: each window starts where the last one's seek ended, which the segments
+        // do not show where none were kept (hallucinations skipped).
+        let content_frames = (samples.len() / 160) as f64;
+        let seeks: Vec<u64> = fractions
+            .iter()
+            .map(|f| (f * content_frames).round() as u64)
+            .collect();
+        assert_eq!(
+            seeks[..seeks.len() - 1],
+            want_seeks[1..],
+            "{name} {key}: window starts"
+        );
+    }
     let want_ids: Vec<u32> = windows.iter().flat_map(|w| ids(&w["tokens"])).collect();
     assert_eq!(got.token_ids, want_ids, "{name} {key}: ids of the windows");
     let segments = want["segments"].as_array().unwrap();
@@ -74,7 +108,10 @@ fn words_match(name: &str, key: &str) {
             );
             worst_time = worst_time.max(diff);
         }
-        let words = g.words.as_ref().expect("words asked for");
+        let Some(words) = g.words.as_ref() else {
+            assert!(!opts.word_timestamps && w.get("words").is_none());
+            continue;
+        };
         let want_words = w["words"].as_array().unwrap();
         let text = |ws: &mut dyn Iterator<Item = String>| ws.collect::<Vec<_>>();
         assert_eq!(
@@ -108,7 +145,7 @@ fn words_match(name: &str, key: &str) {
         "{name} {key}: text"
     );
     println!(
-        "{name:12} {key:10} {} windows, {} segments, {n_words} words; max |time diff| \
+        "{name:12} {key:10} {} windows (seeks {want_seeks:?}), {} segments, {n_words} words; max |time diff| \
          {worst_time:.3} s, max |probability diff| {worst_prob:.1e}",
         windows.len(),
         segments.len()
@@ -133,6 +170,28 @@ fn words_of_a_long_form_file_match_openai_whisper() {
 #[test]
 fn words_of_whole_windows_without_timestamps_match_openai_whisper() {
     words_match("tiny-random", "longform_notimestamps");
+}
+
+#[test]
+fn clips_of_a_long_form_file_match_openai_whisper() {
+    words_match("tiny-random", "longform_clips");
+    words_match("tiny-random", "longform_clips_nowords");
+}
+
+#[test]
+fn a_carried_initial_prompt_matches_openai_whisper() {
+    words_match("tiny-random", "longform_carry_prompt");
+    // Longer than half the text context: openai-whisper's slicing keeps the prompt's tail.
+    words_match("tiny-random", "longform_carry_long_prompt");
+}
+
+#[test]
+fn silences_around_hallucinations_are_skipped_as_openai_whisper_does() {
+    words_match("tiny-random", "jfk_hallucination");
+    words_match("tiny-random", "longform_hallucination");
+    // Thresholds that reach the end of the input, and the end of a window.
+    words_match("tiny-random", "jfk_hallucination_8s");
+    words_match("tiny-random", "longform_hallucination_25s");
 }
 
 #[test]

@@ -29,6 +29,15 @@ pub struct TranscribeRequest {
     pub append_punctuations: Option<String>,
     /// Initial prompt (vocabulary, spelling, style).
     pub prompt: Option<String>,
+    /// Whisper: the prompt at the head of every window's, not only the first's
+    /// (openai-whisper's `carry_initial_prompt`).
+    pub carry_initial_prompt: bool,
+    /// Whisper: the stretches to transcribe, in seconds: start, end, start, end, … (the last
+    /// stretch of an odd count runs to the end; openai-whisper's `clip_timestamps`).
+    pub clip_timestamps: Vec<f64>,
+    /// Whisper, with word timestamps: skip silences longer than this (s) around segments that
+    /// look like hallucinations (openai-whisper's `hallucination_silence_threshold`).
+    pub hallucination_silence_threshold: Option<f64>,
     /// Beam search width at temperature 0 (`None` = greedy).
     pub beam_size: Option<usize>,
     /// Candidates sampled at temperature > 0.
@@ -73,6 +82,9 @@ impl Default for TranscribeRequest {
             prepend_punctuations: None,
             append_punctuations: None,
             prompt: None,
+            carry_initial_prompt: false,
+            clip_timestamps: Vec::new(),
+            hallucination_silence_threshold: None,
             beam_size: None,
             best_of: None,
             patience: None,
@@ -134,6 +146,11 @@ impl TranscribeRequest {
             ));
         }
         self.check_fallbacks()?;
+        voxide_models::whisper::transcribe::check_long_form_options(
+            &self.clip_timestamps,
+            self.hallucination_silence_threshold,
+            self.word_timestamps,
+        )?;
         check_decoding_numbers(self)
     }
 
@@ -156,13 +173,21 @@ impl TranscribeRequest {
     }
 
     /// Options only Whisper's decoding takes, refused by name for `model`.
-    fn refuse_fallbacks(&self, model: &str) -> Result<()> {
-        if self.temperature_increment > 0.0 {
-            return Err(Error::InvalidRequest(format!(
-                "{model} has no temperature fallback (--temperature-increment: Whisper's)"
-            )));
-        }
-        Ok(())
+    fn refuse_whisper_options(&self, model: &str) -> Result<()> {
+        let refused = if self.temperature_increment > 0.0 {
+            "no temperature fallback (--temperature-increment"
+        } else if !self.clip_timestamps.is_empty() {
+            "no clips (--clip-timestamps"
+        } else if self.carry_initial_prompt {
+            "no carried prompt (--carry-initial-prompt"
+        } else if self.hallucination_silence_threshold.is_some() {
+            "no hallucination skipping (--hallucination-silence-threshold"
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidRequest(format!(
+            "{model} has {refused}: Whisper's)"
+        )))
     }
 }
 
@@ -344,7 +369,10 @@ impl Transcriber for WhisperPipeline {
             no_speech_threshold: request.no_speech_threshold,
             condition_on_previous_text: request.condition_on_previous_text,
             initial_prompt: request.prompt.clone(),
+            carry_initial_prompt: request.carry_initial_prompt,
             word_timestamps: request.word_timestamps,
+            clip_timestamps: request.clip_timestamps.clone(),
+            hallucination_silence_threshold: request.hallucination_silence_threshold,
             ..TranscribeOptions::default()
         };
         if let Some(p) = &request.prepend_punctuations {
@@ -441,7 +469,7 @@ impl Transcriber for VoxtralRealtime {
                 "Voxtral Realtime takes no token limit (--max-new-tokens, bench's --fixed-steps): it transcribes the whole stream".into(),
             ));
         }
-        request.refuse_fallbacks("Voxtral Realtime")?;
+        request.refuse_whisper_options("Voxtral Realtime")?;
         // Ignored, but a code no model knows is a mistake worth saying.
         requested_language(request)?;
         Ok(())
@@ -554,7 +582,7 @@ impl Transcriber for Voxtral {
                 "a transcription delay (--delay-ms: Voxtral Realtime's)",
             );
         }
-        request.refuse_fallbacks("Voxtral Mini 3B")?;
+        request.refuse_whisper_options("Voxtral Mini 3B")?;
         voxtral_language(request)?;
         Ok(())
     }

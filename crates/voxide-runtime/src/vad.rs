@@ -45,6 +45,12 @@ pub fn transcribe_speech(
             "voice activity detection needs a 16 kHz model".into(),
         ));
     }
+    if !request.clip_timestamps.is_empty() {
+        // Clips are times of the input; the model hears the speech joined.
+        return Err(Error::InvalidRequest(
+            "clip timestamps and voice activity detection do not combine: choose one".into(),
+        ));
+    }
     let duration = samples.len() as f64 / SAMPLE_RATE as f64;
     let segments = detect_speech(vad, samples, params)?;
     if segments.is_empty() {

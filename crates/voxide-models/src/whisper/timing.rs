@@ -353,6 +353,49 @@ pub fn add_word_timestamps(
     }
 }
 
+/// Punctuation that a word of this text alone does not count as a word when judging a
+/// segment (openai-whisper's `punctuation` in `transcribe`; tested as a substring, as there).
+const HALLUCINATION_PUNCTUATION: &str = "\"'“¿([{-\"'.。,，!！?？:：”)]}、";
+
+/// How unlikely a word looks as speech (openai-whisper's `word_anomaly_score`): improbable
+/// (p < 0.15), very short (< 133 ms) or very long (> 2 s) words score.
+pub fn word_anomaly_score(word: &Word) -> f64 {
+    let duration = word.end - word.start;
+    let mut score = 0.0;
+    if word.probability < 0.15 {
+        score += 1.0;
+    }
+    if duration < 0.133 {
+        score += (0.133 - duration) * 15.0;
+    }
+    if duration > 2.0 {
+        score += duration - 2.0;
+    }
+    score
+}
+
+/// Whether a segment looks like a hallucination (openai-whisper's `is_segment_anomaly`): its
+/// first eight words that are not punctuation score 3 or more, or nearly one each. A segment
+/// without words is not one.
+pub fn is_segment_anomaly(segment: Option<&TimedSegment>) -> bool {
+    let Some(segment) = segment.filter(|s| !s.words.is_empty()) else {
+        return false;
+    };
+    let words: Vec<&Word> = segment
+        .words
+        .iter()
+        .filter(|w| !HALLUCINATION_PUNCTUATION.contains(w.word.as_str()))
+        .take(8)
+        .collect();
+    let score: f64 = words.iter().map(|w| word_anomaly_score(w)).sum();
+    score >= 3.0 || score + 0.01 >= words.len() as f64
+}
+
+/// The first of `segments` that has words (openai-whisper's `next_words_segment`).
+pub fn next_words_segment(segments: &[TimedSegment]) -> Option<&TimedSegment> {
+    segments.iter().find(|s| !s.words.is_empty())
+}
+
 /// The end of the last word of `segments`, else the last segment's end (openai-whisper's
 /// `get_end`).
 pub fn last_end(segments: &[TimedSegment]) -> Option<f64> {
@@ -417,6 +460,57 @@ mod tests {
             end,
             probability: 0.5,
         }
+    }
+
+    fn timed_word(word: &str, duration: f64, probability: f64) -> Word {
+        Word {
+            word: word.into(),
+            start: 1.0,
+            end: 1.0 + duration,
+            probability,
+        }
+    }
+
+    #[test]
+    fn improbable_short_and_long_words_score_as_openai_whisper_scores_them() {
+        assert_eq!(word_anomaly_score(&timed_word(" a", 0.5, 0.5)), 0.0);
+        assert_eq!(word_anomaly_score(&timed_word(" a", 0.5, 0.1)), 1.0);
+        let short = word_anomaly_score(&timed_word(" a", 0.1, 0.1));
+        assert!((short - (1.0 + 0.033 * 15.0)).abs() < 1e-9, "{short}");
+        let long = word_anomaly_score(&timed_word(" a", 2.5, 0.5));
+        assert!((long - 0.5).abs() < 1e-9, "{long}");
+    }
+
+    #[test]
+    fn a_segment_is_judged_by_its_first_eight_words_that_are_not_punctuation() {
+        let segment = |words: Vec<Word>| TimedSegment {
+            start: 0.0,
+            end: 1.0,
+            text_tokens: vec![1; words.len()],
+            words,
+        };
+        let good = || timed_word(" a", 0.5, 0.9);
+        let bad = || timed_word(" a", 0.5, 0.01);
+        assert!(!is_segment_anomaly(None));
+        assert!(!is_segment_anomaly(Some(&segment(vec![]))));
+        assert!(is_segment_anomaly(Some(&segment(vec![bad()]))));
+        assert!(!is_segment_anomaly(Some(&segment(vec![good(), bad()]))));
+        // Punctuation does not count (a substring test, as openai-whisper's `in`)...
+        let dot = timed_word(".", 0.01, 0.01);
+        assert!(!is_segment_anomaly(Some(&segment(vec![
+            good(),
+            dot.clone()
+        ]))));
+        // ...so punctuation alone is an anomaly (a score of 0 for no words).
+        assert!(is_segment_anomaly(Some(&segment(vec![dot]))));
+        // Three improbable words among the first eight: 3 points.
+        let mut words = vec![bad(), bad(), bad()];
+        words.extend((0..7).map(|_| good()));
+        assert!(is_segment_anomaly(Some(&segment(words))));
+        // ...but not after them.
+        let mut words: Vec<Word> = (0..8).map(|_| good()).collect();
+        words.extend((0..3).map(|_| bad()));
+        assert!(!is_segment_anomaly(Some(&segment(words))));
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub struct TranscribeOptions {
     pub prepend_punctuations: String,
     /// With word timestamps: punctuation merged into the preceding word.
     pub append_punctuations: String,
+    /// The stretches to transcribe, in seconds: start, end, start, end, … (openai-whisper's
+    /// `clip_timestamps`); the last stretch of an odd count runs to the end. Empty: all of it.
+    pub clip_timestamps: Vec<f64>,
+    /// Put `initial_prompt` at the head of every window's prompt, not only the first's
+    /// (openai-whisper's `carry_initial_prompt`).
+    pub carry_initial_prompt: bool,
+    /// With word timestamps: skip silences longer than this (s) before and after segments
+    /// that look like hallucinations (openai-whisper's `hallucination_silence_threshold`).
+    pub hallucination_silence_threshold: Option<f64>,
 }
 
 impl Default for TranscribeOptions {
@@ -57,8 +66,89 @@ impl Default for TranscribeOptions {
             word_timestamps: false,
             prepend_punctuations: PREPEND_PUNCTUATIONS.into(),
             append_punctuations: APPEND_PUNCTUATIONS.into(),
+            clip_timestamps: Vec::new(),
+            carry_initial_prompt: false,
+            hallucination_silence_threshold: None,
         }
     }
+}
+
+/// Refuses the long-form options openai-whisper would misread: clip times that are not
+/// seconds ≥ 0 or a stretch that ends before it starts (openai-whisper transcribes nothing of
+/// it), and a hallucination silence threshold that is not > 0 s or comes without word
+/// timestamps (openai-whisper ignores it then).
+pub fn check_long_form_options(
+    clip_timestamps: &[f64],
+    hallucination_silence_threshold: Option<f64>,
+    word_timestamps: bool,
+) -> Result<()> {
+    if let Some(t) = clip_timestamps
+        .iter()
+        .find(|t| !(t.is_finite() && **t >= 0.0))
+    {
+        return Err(Error::InvalidRequest(format!(
+            "clip timestamps are seconds ≥ 0; got {t}"
+        )));
+    }
+    for (i, pair) in clip_timestamps.chunks_exact(2).enumerate() {
+        if pair[1] <= pair[0] {
+            return Err(Error::InvalidRequest(format!(
+                "clip {} ends ({} s) before it starts ({} s)",
+                i + 1,
+                pair[1],
+                pair[0]
+            )));
+        }
+    }
+    if let Some(threshold) = hallucination_silence_threshold {
+        if !(threshold.is_finite() && threshold > 0.0) {
+            return Err(Error::InvalidRequest(format!(
+                "the hallucination silence threshold is seconds > 0; got {threshold}"
+            )));
+        }
+        if !word_timestamps {
+            return Err(Error::InvalidRequest(
+                "the hallucination silence threshold needs word timestamps (it judges \
+                 segments by their words)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// openai-whisper's `seek_clips`: `clip_timestamps` as (start, end) mel frames, the last
+/// stretch of an odd count ending with the content; the whole content without any. Frames
+/// past the content are clamped to it, so a stretch beyond the end is empty.
+fn seek_clips(clip_timestamps: &[f64], content_frames: usize) -> Vec<(usize, usize)> {
+    let mut points: Vec<usize> = clip_timestamps
+        .iter()
+        .map(|&t| seconds_to_frames(t).min(content_frames))
+        .collect();
+    if points.is_empty() {
+        points.push(0);
+    }
+    if points.len() % 2 == 1 {
+        points.push(content_frames);
+    }
+    points.chunks_exact(2).map(|p| (p[0], p[1])).collect()
+}
+
+/// Python's `round(seconds * FRAMES_PER_SECOND)` (halves to even), for seconds ≥ 0.
+fn seconds_to_frames(seconds: f64) -> usize {
+    (seconds * FRAMES_PER_SECOND).round_ties_even() as usize
+}
+
+/// Python's `s[-n:]`: the last `n` for n > 0, and the n ≤ 0 cases that openai-whisper's
+/// carried prompt reaches when the initial prompt fills half the context or more: all of `s`
+/// for n = 0, all but the first −n for n < 0.
+fn python_tail(s: &[u32], n: isize) -> &[u32] {
+    let from = if n > 0 {
+        s.len().saturating_sub(n.unsigned_abs())
+    } else {
+        n.unsigned_abs().min(s.len())
+    };
+    &s[from..]
 }
 
 /// A loaded Whisper checkpoint ready to transcribe: model, tokenizer, feature extractor and
@@ -190,6 +280,11 @@ impl WhisperPipeline {
         opts: &TranscribeOptions,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
+        check_long_form_options(
+            &opts.clip_timestamps,
+            opts.hallucination_silence_threshold,
+            opts.word_timestamps,
+        )?;
         let mut timings = Timings::default();
         let start = Instant::now();
         let mel = {
@@ -247,21 +342,54 @@ impl WhisperPipeline {
         let mut token_ids = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
         let mut prompt_reset_since = 0;
-        let mut seek = 0usize;
+        // What a carried prompt keeps of the text before it (negative where the initial prompt
+        // fills half the context: see `python_tail`).
+        let remaining_prompt_length = (self.model.config().max_target_positions / 2) as isize
+            - 1
+            - initial_prompt.len() as isize;
+        let clips = seek_clips(&opts.clip_timestamps, content_frames);
+        let mut clip_index = 0;
+        let mut seek = clips[0].0;
         let mut last_speech_timestamp = 0.0;
         let input_stride = N_FRAMES / self.model.config().max_source_positions;
         let time_precision = (input_stride * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+        let seconds = |frames: usize| (frames * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
 
-        while seek < content_frames {
-            let window_seek = seek;
-            let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
-            let segment_size = N_FRAMES.min(content_frames - seek);
-            let segment_duration = (segment_size * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+        // openai-whisper's loop over the clips' windows, flattened as there: a window starts
+        // where the last one's text ended, or at the next clip.
+        while let Some(&(clip_start, clip_end)) = clips.get(clip_index) {
+            seek = seek.max(clip_start);
+            if seek >= clip_end {
+                clip_index += 1;
+                if let Some(&(next_start, _)) = clips.get(clip_index) {
+                    seek = next_start;
+                }
+                continue;
+            }
+            let segment_size = N_FRAMES.min(content_frames - seek).min(clip_end - seek);
+            let window = WindowSpan {
+                seek,
+                size: segment_size,
+                time_offset: seconds(seek),
+                end_time: seconds(seek + N_FRAMES),
+                duration: seconds(segment_size),
+            };
+            let (window_seek, time_offset, segment_duration) =
+                (window.seek, window.time_offset, window.duration);
             decoder.clear_audio();
             decoder.set_audio(encode(seek, segment_size, &mut timings)?)?;
 
             let mut window_opts = opts.decode.clone();
-            window_opts.prompt = all_tokens[prompt_reset_since..].to_vec();
+            window_opts.prompt = if opts.carry_initial_prompt {
+                let carried = initial_prompt.len().max(prompt_reset_since);
+                [
+                    initial_prompt.as_slice(),
+                    python_tail(&all_tokens[carried..], remaining_prompt_length),
+                ]
+                .concat()
+            } else {
+                all_tokens[prompt_reset_since..].to_vec()
+            };
             let result = self.decode_with_fallback(
                 &mut decoder,
                 &mut window_opts,
@@ -285,13 +413,7 @@ impl WhisperPipeline {
                 }
                 if skip {
                     seek += segment_size;
-                    if !progress(Progress {
-                        fraction: seek.min(content_frames) as f64 / content_frames as f64,
-                        segments: &segments,
-                        pending: "",
-                    }) {
-                        return Err(Error::Cancelled);
-                    }
+                    report(progress, seek, content_frames, &segments)?;
                     continue;
                 }
             }
@@ -341,7 +463,7 @@ impl WhisperPipeline {
                 spans.push((time_offset, time_offset + duration, tokens));
                 seek += segment_size;
             }
-            let (mut current, parts): (Vec<TimedSegment>, Vec<&[u32]>) = spans
+            let (mut current, mut parts): (Vec<TimedSegment>, Vec<&[u32]>) = spans
                 .into_iter()
                 .map(|(start, end, part)| {
                     let text_tokens = part.iter().copied().filter(|&t| t < special.eot).collect();
@@ -377,18 +499,34 @@ impl WhisperPipeline {
                     &opts.prepend_punctuations,
                     &opts.append_punctuations,
                 );
-                let last_word_end = timing::last_end(&current);
-                if let Some(end) = last_word_end.filter(|_| !single_timestamp_ending) {
-                    if end > time_offset {
-                        // Python's round(): halves to even.
-                        seek = (end * FRAMES_PER_SECOND).round_ties_even() as usize;
-                    }
-                }
-                if let Some(end) = last_word_end {
-                    last_speech_timestamp = end;
-                }
                 timings.alignment_ms += ms(clock);
                 timings.alignments += 1;
+                if let Some(end) = timing::last_end(&current).filter(|_| !single_timestamp_ending) {
+                    if end > time_offset {
+                        seek = seconds_to_frames(end);
+                    }
+                }
+                if let Some(threshold) = opts.hallucination_silence_threshold {
+                    let (next_seek, keep) = skip_hallucinations(
+                        &current,
+                        &window,
+                        threshold,
+                        last_speech_timestamp,
+                        single_timestamp_ending,
+                        content_frames,
+                        seek,
+                    );
+                    seek = next_seek;
+                    let Some(keep) = keep else {
+                        report(progress, seek, content_frames, &segments)?;
+                        continue;
+                    };
+                    current.truncate(keep);
+                    parts.truncate(keep);
+                }
+                if let Some(end) = timing::last_end(&current) {
+                    last_speech_timestamp = end;
+                }
             }
 
             for (segment, part) in current.into_iter().zip(parts) {
@@ -418,13 +556,7 @@ impl WhisperPipeline {
             if !opts.condition_on_previous_text || result.temperature > 0.5 {
                 prompt_reset_since = all_tokens.len();
             }
-            if !progress(Progress {
-                fraction: seek.min(content_frames) as f64 / content_frames as f64,
-                segments: &segments,
-                pending: "",
-            }) {
-                return Err(Error::Cancelled);
-            }
+            report(progress, seek, content_frames, &segments)?;
         }
 
         let text = self
@@ -485,9 +617,274 @@ impl WhisperPipeline {
     }
 }
 
+/// Tells `progress` how far the windows got; `Err(Cancelled)` where it says stop.
+fn report(
+    progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    seek: usize,
+    content_frames: usize,
+    segments: &[Segment],
+) -> Result<()> {
+    let fraction = seek.min(content_frames) as f64 / content_frames as f64;
+    if progress(Progress {
+        fraction,
+        segments,
+        pending: "",
+    }) {
+        Ok(())
+    } else {
+        Err(Error::Cancelled)
+    }
+}
+
+/// A window's place in the input.
+struct WindowSpan {
+    /// First mel frame.
+    seek: usize,
+    /// Mel frames decoded (at most 3000; fewer at the end of the input or of a clip).
+    size: usize,
+    /// Start and end of a full 30 s window from `seek`, and the decoded frames' length (s).
+    time_offset: f64,
+    end_time: f64,
+    duration: f64,
+}
+
+/// openai-whisper's `hallucination_silence_threshold` on a window whose words are timed:
+/// where to seek next (`seek`: where the word-timestamp rule would) and how many of the
+/// window's segments to keep. A segment that looks like a hallucination
+/// ([`timing::is_segment_anomaly`]) with silence (or more hallucination) on both sides is
+/// dropped with all after it, and the next window starts at it (or a second into this one);
+/// `None`: the window's first segment is one after a long silence, so nothing is kept and the
+/// next window starts past that silence.
+fn skip_hallucinations(
+    segments: &[TimedSegment],
+    window: &WindowSpan,
+    threshold: f64,
+    last_speech_timestamp: f64,
+    single_timestamp_ending: bool,
+    content_frames: usize,
+    mut seek: usize,
+) -> (usize, Option<usize>) {
+    if !single_timestamp_ending {
+        if let Some(end) = timing::last_end(segments).filter(|&e| e > window.time_offset) {
+            seek = if window.end_time - end > threshold {
+                seconds_to_frames(end)
+            } else {
+                window.seek + window.size
+            };
+        }
+    }
+    let first = timing::next_words_segment(segments);
+    if let Some(first) = first.filter(|s| timing::is_segment_anomaly(Some(s))) {
+        let gap = first.start - window.time_offset;
+        if gap > threshold {
+            // At least a frame on: a gap under half of one (float noise under a tiny
+            // threshold) would decode this window again and again.
+            return (window.seek + seconds_to_frames(gap).max(1), None);
+        }
+    }
+    let content_duration = (content_frames * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+    let mut last_end = last_speech_timestamp;
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.words.is_empty() {
+            continue;
+        }
+        if timing::is_segment_anomaly(Some(segment)) {
+            let next = timing::next_words_segment(&segments[i + 1..]);
+            let next_start =
+                next.map_or(window.time_offset + window.duration, |s| s.words[0].start);
+            let silence_before = segment.start - last_end > threshold
+                || segment.start < threshold
+                || segment.start - window.time_offset < 2.0;
+            let silence_after = next_start - segment.end > threshold
+                || timing::is_segment_anomaly(next)
+                || window.end_time - segment.end < 2.0;
+            if silence_before && silence_after {
+                let seek = if content_duration - segment.end < threshold {
+                    content_frames
+                } else {
+                    seconds_to_frames((window.time_offset + 1.0).max(segment.start))
+                };
+                return (seek, Some(i));
+            }
+        }
+        last_end = segment.end;
+    }
+    (seek, Some(segments.len()))
+}
+
 /// Mel frames per second (openai-whisper's `FRAMES_PER_SECOND`).
 const FRAMES_PER_SECOND: f64 = (SAMPLE_RATE as usize / HOP_LENGTH) as f64;
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transcript::Word;
+
+    #[test]
+    fn clips_become_stretches_of_frames_as_openai_whisper_pairs_them() {
+        assert_eq!(seek_clips(&[], 9998), [(0, 9998)]);
+        assert_eq!(seek_clips(&[60.0], 9998), [(6000, 9998)]);
+        assert_eq!(
+            seek_clips(&[5.0, 20.5, 31.255], 9998),
+            [(500, 2050), (3126, 9998)]
+        );
+        // Past the end: an empty stretch.
+        assert_eq!(seek_clips(&[200.0], 9998), [(9998, 9998)]);
+        // Python's round(): 0.125 s is 12.5 frames, rounded to 12.
+        assert_eq!(seconds_to_frames(0.125), 12);
+    }
+
+    #[test]
+    fn a_carried_prompt_keeps_what_python_slicing_keeps() {
+        let s = [1, 2, 3, 4, 5];
+        assert_eq!(python_tail(&s, 2), [4, 5]);
+        assert_eq!(python_tail(&s, 9), s);
+        assert_eq!(python_tail(&s, 0), s);
+        assert_eq!(python_tail(&s, -2), [3, 4, 5]);
+        assert_eq!(python_tail(&s, -9), [] as [u32; 0]);
+    }
+
+    #[test]
+    fn long_form_options_openai_whisper_would_misread_are_refused() {
+        let error = |clips: &[f64], threshold, words| {
+            check_long_form_options(clips, threshold, words)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(check_long_form_options(&[0.0, 10.0, 20.0], Some(2.0), true).is_ok());
+        assert!(error(&[-1.0], None, false).contains("seconds ≥ 0; got -1"));
+        assert!(error(&[f64::NAN], None, false).contains("got NaN"));
+        let e = error(&[0.0, 10.0, 30.0, 20.0], None, false);
+        assert!(
+            e.contains("clip 2 ends (20 s) before it starts (30 s)"),
+            "{e}"
+        );
+        assert!(error(&[], Some(0.0), true).contains("seconds > 0; got 0"));
+        assert!(error(&[], Some(2.0), false).contains("needs word timestamps"));
+    }
+
+    /// A word of 0.5 s: probable (not an anomaly) or not (an anomaly on its own).
+    fn word(start: f64, probable: bool) -> Word {
+        Word {
+            word: " w".into(),
+            start,
+            end: start + 0.5,
+            probability: if probable { 0.9 } else { 0.01 },
+        }
+    }
+
+    /// A segment of words starting at `starts`.
+    fn segment(starts: &[f64], probable: bool) -> TimedSegment {
+        let words: Vec<Word> = starts.iter().map(|&s| word(s, probable)).collect();
+        TimedSegment {
+            start: words[0].start,
+            end: words.last().unwrap().end,
+            text_tokens: vec![1; words.len()],
+            words,
+        }
+    }
+
+    /// The window at 10 s of an input of `content_s` seconds.
+    fn window(content_s: f64) -> (WindowSpan, usize) {
+        let content_frames = (content_s * 100.0) as usize;
+        let size = N_FRAMES.min(content_frames - 1000);
+        let span = WindowSpan {
+            seek: 1000,
+            size,
+            time_offset: 10.0,
+            end_time: 40.0,
+            duration: size as f64 / 100.0,
+        };
+        (span, content_frames)
+    }
+
+    /// `skip_hallucinations` on the window at 10 s of a 100 s input, after speech that
+    /// ended at 10 s, with the word rule's seek at the last word's end.
+    fn skip(segments: &[TimedSegment], threshold: f64) -> (usize, Option<usize>) {
+        let (span, content_frames) = window(100.0);
+        let seek = seconds_to_frames(timing::last_end(segments).unwrap());
+        skip_hallucinations(
+            segments,
+            &span,
+            threshold,
+            10.0,
+            false,
+            content_frames,
+            seek,
+        )
+    }
+
+    #[test]
+    fn after_speech_the_next_window_starts_at_its_end_or_at_the_window_end() {
+        let speech = [segment(&[10.0, 12.0, 14.5], true)];
+        // 25 s of the window left after the last word: longer than the threshold.
+        assert_eq!(skip(&speech, 2.0), (1500, Some(1)));
+        // Not longer: the window's end.
+        assert_eq!(skip(&speech, 30.0), (4000, Some(1)));
+        // A window whose text ended with a single timestamp keeps its seek (the window's end).
+        let (span, frames) = window(100.0);
+        assert_eq!(
+            skip_hallucinations(&speech, &span, 2.0, 10.0, true, frames, 4000),
+            (4000, Some(1))
+        );
+    }
+
+    #[test]
+    fn a_hallucination_after_a_long_silence_skips_the_silence_and_the_window() {
+        let late = [segment(&[13.0], false), segment(&[15.0], true)];
+        assert_eq!(skip(&late, 2.0), (1300, None));
+        // Within the threshold of the window's start it is judged with its neighbours: 3 s
+        // after speech is no silence at a threshold of 5 s, so it stays.
+        assert_eq!(skip(&late, 5.0), (1550, Some(2)));
+    }
+
+    #[test]
+    fn a_hallucination_between_silences_is_dropped_with_what_follows() {
+        // Before: within 2 s of the window's start (its only silence); after: nothing else
+        // in the window. Dropped, and the next window starts a second into this one or at it.
+        assert_eq!(skip(&[segment(&[11.5], false)], 2.0), (1150, Some(0)));
+        // Before: 2.5 s after speech; after: 2.5 s before speech.
+        let between = [
+            segment(&[10.0, 11.5], true),
+            segment(&[14.5], false),
+            segment(&[17.5], true),
+        ];
+        assert_eq!(skip(&between, 2.0), (1450, Some(1)));
+        // Speech 1 s after it: kept.
+        let followed = [
+            segment(&[10.0, 11.5], true),
+            segment(&[14.5], false),
+            segment(&[16.0], true),
+        ];
+        assert_eq!(skip(&followed, 2.0), (1650, Some(3)));
+        // Before: 0.5 s after the speech just before it (not the speech before the window):
+        // kept.
+        let close = [segment(&[10.0, 19.5], true), segment(&[20.5], false)];
+        assert_eq!(skip(&close, 2.0), (2100, Some(2)));
+        // After: under 2 s before the window's end.
+        let at_end = [segment(&[10.0, 35.5], true), segment(&[38.5], false)];
+        assert_eq!(skip(&at_end, 2.0), (3850, Some(1)));
+        // After: another hallucination.
+        let two = [
+            segment(&[10.0, 11.5], true),
+            segment(&[14.5], false),
+            segment(&[15.5], false),
+        ];
+        assert_eq!(skip(&two, 2.0), (1450, Some(1)));
+    }
+
+    #[test]
+    fn a_hallucination_near_the_end_of_the_input_ends_the_transcription() {
+        // The last window of a 39.5 s input; the hallucination ends 1 s before the input.
+        let (span, content_frames) = window(39.5);
+        let segments = [segment(&[10.0, 30.0], true), segment(&[38.0], false)];
+        assert_eq!(
+            skip_hallucinations(&segments, &span, 2.0, 10.0, false, content_frames, 3850),
+            (3950, Some(1))
+        );
+    }
 }

@@ -263,6 +263,17 @@ fn chunking_strategy_transcribes_the_speech_the_vad_finds() {
             min_silence_duration_ms: 500,
             ..vad_params(model.as_ref())
         };
+        // Clips are times of the input, which the VAD's joined speech no longer has.
+        let clipped = TranscribeRequest {
+            clip_timestamps: vec![1.0],
+            ..request.clone()
+        };
+        let refused =
+            transcribe_speech(model.as_ref(), vad, &knobs, &samples, &clipped, &mut |_| {
+                true
+            })
+            .unwrap_err();
+        assert!(refused.to_string().contains("do not combine"), "{refused}");
         for (params, fields) in [
             (
                 vad_params(model.as_ref()),
