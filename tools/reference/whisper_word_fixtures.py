@@ -17,7 +17,8 @@ transcribe(word_timestamps=True, temperature=0) returns them:
                  and without words), carry_initial_prompt (a short prompt, and one longer
                  than half the text context), hallucination_silence_threshold (jfk, and the
                  long-form file from 70 s on; thresholds that reach the end of the file and
-                 the end of a window)
+                 the end of a window); suppress_tokens on jfk: none, the default set and two
+                 ids, two ids alone
     v3-random    jfk; its generation_config names alignment heads of its own
     en-random    jfk; its generation_config names none
 
@@ -60,6 +61,10 @@ CASES = {
                     ("longform_carry_long_prompt", LONGFORM,
                      dict(language="en", initial_prompt=" ".join([PROMPT] * 40),
                           carry_initial_prompt=True, word_timestamps=False)),
+                    ("jfk_suppress_none", JFK, dict(suppress_tokens="", word_timestamps=False)),
+                    ("jfk_suppress_more", JFK,
+                     dict(suppress_tokens="-1,561,38168", word_timestamps=False)),
+                    ("jfk_suppress_only", JFK, dict(suppress_tokens="561", word_timestamps=False)),
                     ("jfk_hallucination", JFK, dict(hallucination_silence_threshold=0.5)),
                     ("jfk_hallucination_8s", JFK, dict(hallucination_silence_threshold=8.0)),
                     ("longform_hallucination_25s", LONGFORM,

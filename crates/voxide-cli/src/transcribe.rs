@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use voxide_audio::{load_mono, AudioInput};
 use voxide_models::silero_vad::{SileroVad, SAMPLE_RATE};
+use voxide_models::whisper::Suppress;
 use voxide_models::Progress;
 use voxide_runtime::{
     load_transcriber, render_with, resolve_model, transcribe_speech, txt_lines, vad_params,
@@ -86,6 +87,16 @@ pub struct TranscribeArgs {
     /// `--hallucination_silence_threshold`).
     #[arg(long, value_name = "S", requires = "word_timestamps")]
     hallucination_silence_threshold: Option<f64>,
+    /// Whisper: token ids never sampled, comma-separated: -1 is the non-speech symbol set (the
+    /// default), an empty list forbids none, not even the special tokens (openai-whisper's
+    /// `--suppress_tokens`).
+    #[arg(
+        long,
+        value_name = "IDS",
+        default_value = "-1",
+        allow_hyphen_values = true
+    )]
+    suppress_tokens: SuppressTokens,
     /// Beam search with N beams at temperature 0 (default: greedy).
     #[arg(long, value_name = "N")]
     beam_size: Option<usize>,
@@ -191,6 +202,17 @@ impl std::str::FromStr for ClipTimestamps {
     }
 }
 
+/// `--suppress-tokens`: openai-whisper's `--suppress_tokens` list.
+#[derive(Clone, Debug)]
+struct SuppressTokens(Option<Suppress>);
+
+impl std::str::FromStr for SuppressTokens {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Suppress::parse(s).map(SuppressTokens)
+    }
+}
+
 impl Formats {
     fn list(self) -> Vec<OutputFormat> {
         match self {
@@ -233,6 +255,7 @@ impl TranscribeArgs {
                 .as_ref()
                 .map_or_else(Vec::new, |c| c.0.clone()),
             hallucination_silence_threshold: self.hallucination_silence_threshold,
+            suppress_tokens: self.suppress_tokens.0.clone(),
             beam_size: self.beam_size,
             best_of: self.best_of,
             patience: self.patience,

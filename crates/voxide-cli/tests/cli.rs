@@ -951,6 +951,11 @@ fn options_out_of_range_get_a_one_line_error() {
             "0",
             "the hallucination silence threshold is seconds > 0",
         ),
+        (
+            "--suppress-tokens",
+            "-1,99999999",
+            "suppress token 99999999 is outside the vocabulary (51865 tokens)",
+        ),
     ] {
         let mut args = vec!["transcribe", "--model", m, option, value, a];
         if option == "--patience" {
@@ -982,6 +987,12 @@ fn options_out_of_range_get_a_one_line_error() {
         (&mini, "--delay-ms", "480", "--delay-ms"),
         (&realtime, "--clip-timestamps", "3", "no clips"),
         (&mini, "--clip-timestamps", "3,9", "no clips"),
+        (
+            &mini,
+            "--suppress-tokens",
+            "",
+            "no list of suppressed tokens",
+        ),
     ] {
         fails(
             &["transcribe", "--model", s(model), option, value, a],

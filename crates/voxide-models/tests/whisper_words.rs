@@ -2,13 +2,13 @@
 //! random-weight fixtures (tools/reference/whisper_word_fixtures.py): identical ids per window,
 //! identical segments and words, word times within 0.01 s. The same for openai-whisper's
 //! long-form options: `clip_timestamps`, `carry_initial_prompt`,
-//! `hallucination_silence_threshold`.
+//! `hallucination_silence_threshold`, and for `suppress_tokens`.
 
 mod common;
 
 use common::{json_ids as ids, root, shared};
 use serde_json::Value;
-use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
+use voxide_models::whisper::{Suppress, TranscribeOptions, WhisperPipeline};
 
 fn fixture(name: &str) -> (WhisperPipeline, Value) {
     let dir = root().join("tests/fixtures/whisper");
@@ -52,6 +52,9 @@ fn words_match(name: &str, key: &str) {
         ..TranscribeOptions::default()
     };
     opts.decode.language = options["language"].as_str().map(String::from);
+    if let Some(list) = options["suppress_tokens"].as_str() {
+        opts.decode.suppress_tokens = Suppress::parse(list).unwrap();
+    }
     opts.decode.beam_size = options["beam_size"].as_u64().map(|b| b as usize);
     opts.decode.without_timestamps = options["without_timestamps"].as_bool() == Some(true);
     // Progress is told after each window, at the window's end of the seek.
@@ -195,6 +198,17 @@ fn silences_around_hallucinations_are_skipped_as_openai_whisper_does() {
 }
 
 #[test]
+fn suppressed_tokens_match_openai_whisper() {
+    for case in [
+        "jfk_suppress_none",
+        "jfk_suppress_more",
+        "jfk_suppress_only",
+    ] {
+        words_match("tiny-random", case);
+    }
+}
+
+#[test]
 fn configured_alignment_heads_are_used() {
     words_match("v3-random", "jfk");
 }
@@ -224,4 +238,58 @@ fn alignment_heads_outside_the_decoder_are_a_clear_error() {
         error.contains("alignment head [2, 1] is outside the decoder (2 layers of 2 heads)"),
         "{error}"
     );
+}
+
+#[test]
+fn suppress_lists_are_openai_whispers() {
+    let (pipeline, _) = fixture("tiny-random");
+    let rules = pipeline.rules();
+    let s = *rules.special();
+    let n_vocab = pipeline.model().config().vocab_size as u32;
+    let specials: Vec<u32> = [
+        s.transcribe,
+        s.translate,
+        s.sot,
+        s.sot_prev,
+        s.sot_lm,
+        s.no_speech,
+    ]
+    .into_iter()
+    .filter(|&t| t < n_vocab)
+    .collect();
+    let sorted = |mut v: Vec<u32>| {
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    // "-1": the non-speech set and the special tokens.
+    let default = rules.suppressed(Some(&Suppress::default())).unwrap();
+    let mut non_speech = pipeline.tokenizer().non_speech_tokens().unwrap();
+    non_speech.extend(&specials);
+    assert_eq!(default.as_ref(), sorted(non_speech.clone()));
+    // "": nothing, not even the special tokens.
+    assert!(rules.suppressed(None).unwrap().is_empty());
+    // Ids without -1: those and the special tokens, not the non-speech set.
+    let only = Suppress::parse("561, 7").unwrap();
+    let mut want = vec![561, 7];
+    want.extend(&specials);
+    assert_eq!(
+        rules.suppressed(only.as_ref()).unwrap().as_ref(),
+        sorted(want)
+    );
+    // Ids with -1: added to the default.
+    let more = Suppress::parse("-1,561").unwrap();
+    non_speech.push(561);
+    assert_eq!(
+        rules.suppressed(more.as_ref()).unwrap().as_ref(),
+        sorted(non_speech)
+    );
+    let outside = Suppress::parse(&format!("-1,{n_vocab}")).unwrap();
+    let error = rules.suppressed(outside.as_ref()).unwrap_err().to_string();
+    assert!(error.contains("outside the vocabulary"), "{error}");
+    assert_eq!(Suppress::parse(" "), Ok(None));
+    assert_eq!(Suppress::parse("-1"), Ok(Some(Suppress::default())));
+    for bad in ["-2", "x", "1,,2", "4294967296"] {
+        assert!(Suppress::parse(bad).is_err(), "{bad}");
+    }
 }

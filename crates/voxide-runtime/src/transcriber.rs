@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use candle_core::DType;
 use voxide_models::voxtral::{self, GenerateOptions, Voxtral};
 use voxide_models::voxtral_realtime::{RealtimeStream, StreamOptions, VoxtralRealtime};
-use voxide_models::whisper::decoding::{DecodingOptions, Task};
+use voxide_models::whisper::decoding::{DecodingOptions, Suppress, Task};
 use voxide_models::whisper::tokenizer::language_code;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
 use voxide_models::{Progress, Timings, Transcript};
@@ -38,6 +38,9 @@ pub struct TranscribeRequest {
     /// Whisper, with word timestamps: skip silences longer than this (s) around segments that
     /// look like hallucinations (openai-whisper's `hallucination_silence_threshold`).
     pub hallucination_silence_threshold: Option<f64>,
+    /// Whisper: tokens never sampled (openai-whisper's `suppress_tokens`; default its `"-1"`,
+    /// `None` its `""`).
+    pub suppress_tokens: Option<Suppress>,
     /// Beam search width at temperature 0 (`None` = greedy).
     pub beam_size: Option<usize>,
     /// Candidates sampled at temperature > 0.
@@ -85,6 +88,7 @@ impl Default for TranscribeRequest {
             carry_initial_prompt: false,
             clip_timestamps: Vec::new(),
             hallucination_silence_threshold: None,
+            suppress_tokens: Some(Suppress::default()),
             beam_size: None,
             best_of: None,
             patience: None,
@@ -182,6 +186,8 @@ impl TranscribeRequest {
             "no carried prompt (--carry-initial-prompt"
         } else if self.hallucination_silence_threshold.is_some() {
             "no hallucination skipping (--hallucination-silence-threshold"
+        } else if self.suppress_tokens != Some(Suppress::default()) {
+            "no list of suppressed tokens (--suppress-tokens"
         } else {
             return Ok(());
         };
@@ -359,6 +365,7 @@ impl Transcriber for WhisperPipeline {
                 patience: request.patience,
                 length_penalty: request.length_penalty,
                 without_timestamps: !request.timestamps,
+                suppress_tokens: request.suppress_tokens.clone(),
                 seed: request.seed,
                 ignore_eot: request.ignore_eot,
                 ..Default::default()

@@ -7,6 +7,7 @@ use super::timing::{self, Matrix, WordTiming, MEDIAN_FILTER_WIDTH};
 use super::tokenizer::{SpecialTokens, Tokenizer};
 use crate::error::{Error, Result};
 use candle_core::{IndexOp, Tensor};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::Instant;
@@ -47,8 +48,9 @@ pub struct DecodingOptions {
     pub prefix: Vec<u32>,
     /// Forbid a blank or end-of-text as the first sampled token.
     pub suppress_blank: bool,
-    /// Forbid the non-speech symbol set (openai-whisper's `suppress_tokens="-1"`).
-    pub suppress_tokens: bool,
+    /// Tokens never sampled (openai-whisper's `suppress_tokens`, default `"-1"`); `None`
+    /// forbids none, not even the special tokens (its `""`).
+    pub suppress_tokens: Option<Suppress>,
     /// Decode text only (`<|notimestamps|>`).
     pub without_timestamps: bool,
     /// Latest first timestamp, seconds.
@@ -73,11 +75,72 @@ impl Default for DecodingOptions {
             prompt: Vec::new(),
             prefix: Vec::new(),
             suppress_blank: true,
-            suppress_tokens: true,
+            suppress_tokens: Some(Suppress::default()),
             without_timestamps: false,
             max_initial_timestamp: Some(1.0),
             seed: 0,
             ignore_eot: false,
+        }
+    }
+}
+
+/// `list` with the special tokens every suppression forbids (openai-whisper's
+/// `_get_suppress_tokens`), sorted, without repeats and without ids outside the vocabulary
+/// (a special token a vocabulary of `n_vocab` lacks).
+fn with_specials(mut list: Vec<u32>, s: &SpecialTokens, n_vocab: usize) -> Vec<u32> {
+    list.extend([
+        s.transcribe,
+        s.translate,
+        s.sot,
+        s.sot_prev,
+        s.sot_lm,
+        s.no_speech,
+    ]);
+    list.retain(|&t| (t as usize) < n_vocab);
+    list.sort_unstable();
+    list.dedup();
+    list
+}
+
+/// Tokens a decode forbids besides the task, SOT, prompt and no-speech tokens, which are
+/// always forbidden with them (openai-whisper's `suppress_tokens` as a list).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Suppress {
+    /// The non-speech symbol set (openai-whisper's `-1`; with the checkpoint's
+    /// `suppress_tokens`).
+    pub non_speech: bool,
+    /// More token ids.
+    pub ids: Vec<u32>,
+}
+
+impl Suppress {
+    /// openai-whisper's string form: comma-separated ids, `-1` for the non-speech set; an
+    /// empty string is `None`, nothing suppressed.
+    pub fn parse(list: &str) -> std::result::Result<Option<Self>, String> {
+        if list.trim().is_empty() {
+            return Ok(None);
+        }
+        let mut suppress = Suppress {
+            non_speech: false,
+            ids: Vec::new(),
+        };
+        for t in list.split(',') {
+            match t.trim().parse::<i64>() {
+                Ok(-1) => suppress.non_speech = true,
+                Ok(id) if (0..=u32::MAX as i64).contains(&id) => suppress.ids.push(id as u32),
+                _ => return Err(format!("`{t}` is not a token id (-1: the non-speech set)")),
+            }
+        }
+        Ok(Some(suppress))
+    }
+}
+
+impl Default for Suppress {
+    /// openai-whisper's default, `"-1"`.
+    fn default() -> Self {
+        Self {
+            non_speech: true,
+            ids: Vec::new(),
         }
     }
 }
@@ -124,11 +187,14 @@ pub fn compression_ratio(text: &str) -> f32 {
 #[derive(Clone, Debug)]
 pub struct LogitRules {
     special: SpecialTokens,
-    /// Always suppressed: the non-speech set and the task/SOT/prompt tokens.
+    /// The non-speech set (with the checkpoint's list).
+    non_speech: Vec<u32>,
+    /// Suppressed by default: the non-speech set and the task/SOT/prompt/no-speech tokens.
     suppress: Vec<u32>,
     /// Suppressed at the first sampled position: " " and end-of-text.
     begin_suppress: Vec<u32>,
     n_text_ctx: usize,
+    n_vocab: usize,
 }
 
 impl LogitRules {
@@ -143,19 +209,12 @@ impl LogitRules {
     ) -> Result<Self> {
         let s = *tokenizer.special();
         let n_vocab = model.config().vocab_size;
-        let mut suppress = tokenizer.non_speech_tokens()?;
-        suppress.extend_from_slice(checkpoint_suppress);
-        suppress.extend([
-            s.transcribe,
-            s.translate,
-            s.sot,
-            s.sot_prev,
-            s.sot_lm,
-            s.no_speech,
-        ]);
-        suppress.retain(|&t| (t as usize) < n_vocab);
-        suppress.sort_unstable();
-        suppress.dedup();
+        let mut non_speech = tokenizer.non_speech_tokens()?;
+        non_speech.extend_from_slice(checkpoint_suppress);
+        non_speech.retain(|&t| (t as usize) < n_vocab);
+        non_speech.sort_unstable();
+        non_speech.dedup();
+        let suppress = with_specials(non_speech.clone(), &s, n_vocab);
         let begin_suppress = match begin_suppress {
             Some(list) => list.to_vec(),
             None => {
@@ -166,9 +225,11 @@ impl LogitRules {
         };
         Ok(Self {
             special: s,
+            non_speech,
             suppress,
             begin_suppress,
             n_text_ctx: model.config().max_target_positions,
+            n_vocab,
         })
     }
 
@@ -177,8 +238,32 @@ impl LogitRules {
         &self.special
     }
 
-    /// Applies the filters to one row of logits; `sampled` are the tokens after the initial ones.
-    fn apply(&self, logits: &mut [f32], sampled: &[u32], opts: &DecodingOptions) {
+    /// The tokens `suppress` forbids, sorted; refuses ids outside the vocabulary.
+    pub fn suppressed(&self, suppress: Option<&Suppress>) -> Result<Cow<'_, [u32]>> {
+        let Some(suppress) = suppress else {
+            return Ok(Cow::Borrowed(&[]));
+        };
+        if suppress.non_speech && suppress.ids.is_empty() {
+            return Ok(Cow::Borrowed(&self.suppress));
+        }
+        let n_vocab = self.n_vocab;
+        if let Some(bad) = suppress.ids.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(Error::InvalidRequest(format!(
+                "suppress token {bad} is outside the vocabulary ({n_vocab} tokens)"
+            )));
+        }
+        let mut list = if suppress.non_speech {
+            self.non_speech.clone()
+        } else {
+            Vec::new()
+        };
+        list.extend_from_slice(&suppress.ids);
+        Ok(Cow::Owned(with_specials(list, &self.special, n_vocab)))
+    }
+
+    /// Applies the filters to one row of logits; `sampled` are the tokens after the initial
+    /// ones, `suppress` the tokens never sampled.
+    fn apply(&self, logits: &mut [f32], sampled: &[u32], opts: &DecodingOptions, suppress: &[u32]) {
         let s = &self.special;
         let first = sampled.is_empty();
         if opts.suppress_blank && first {
@@ -186,10 +271,8 @@ impl LogitRules {
                 logits[t as usize] = f32::NEG_INFINITY;
             }
         }
-        if opts.suppress_tokens {
-            for &t in &self.suppress {
-                logits[t as usize] = f32::NEG_INFINITY;
-            }
+        for &t in suppress {
+            logits[t as usize] = f32::NEG_INFINITY;
         }
         if opts.without_timestamps {
             return;
@@ -583,6 +666,7 @@ impl<'a> WindowDecoder<'a> {
         });
         let model = self.model;
         let rules = self.rules;
+        let suppress = rules.suppressed(opts.suppress_tokens.as_ref())?;
         let mut rows: Vec<Vec<u32>> = vec![initial.clone(); n_group];
         let mut sum_logprobs = vec![0f32; n_group];
         let mut no_speech_prob = f32::NAN;
@@ -627,7 +711,7 @@ impl<'a> WindowDecoder<'a> {
                 if opts.ignore_eot {
                     l[s.eot as usize] = f32::NEG_INFINITY;
                 }
-                rules.apply(l, &row[sample_begin..], opts);
+                rules.apply(l, &row[sample_begin..], opts, &suppress);
             }
             let completed = match beam.as_mut() {
                 None => {

@@ -15,7 +15,7 @@ pub mod tokenizer;
 pub mod transcribe;
 
 pub use config::{Config, GenerationConfig};
-pub use decoding::{DecodingOptions, DecodingResult, Task};
+pub use decoding::{DecodingOptions, DecodingResult, Suppress, Task};
 pub use model::{DecoderState, Whisper};
 pub use tokenizer::{SpecialTokens, Tokenizer};
 pub use transcribe::{TranscribeOptions, WhisperPipeline};
