@@ -2,6 +2,28 @@
 //! shared [`Transcriber`] or [`Synthesizer`](voxide_models::qwen3_tts::Synthesizer), and
 //! formatting results. The CLI and the server are thin layers on
 //! top of this crate.
+//!
+//! ```no_run
+//! use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let source = resolve_model("openai/whisper-tiny")?;
+//! let model = load_transcriber(&source, &candle_core::Device::Cpu, None)?;
+//! let input = voxide_audio::AudioInput::from_arg("talk.wav");
+//! let samples = voxide_audio::load_mono(&input, model.sample_rate())?;
+//! // The closure hears of each window decoded; `false` cancels.
+//! let (transcript, timings) =
+//!     model.transcribe(&samples, &TranscribeRequest::default(), &mut |_progress| true)?;
+//! // openai-whisper's long-form options: the first minute and 2:00–2:30, the prompt kept.
+//! let request = TranscribeRequest {
+//!     prompt: Some("Voxide, Whisper".into()),
+//!     carry_initial_prompt: true,
+//!     clip_timestamps: vec![0.0, 60.0, 120.0, 150.0],
+//!     ..TranscribeRequest::default()
+//! };
+//! let (clipped, _) = model.transcribe(&samples, &request, &mut |_| true)?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod error;
 pub mod format;
