@@ -211,9 +211,6 @@ impl LogitRules {
         let n_vocab = model.config().vocab_size;
         let mut non_speech = tokenizer.non_speech_tokens()?;
         non_speech.extend_from_slice(checkpoint_suppress);
-        non_speech.retain(|&t| (t as usize) < n_vocab);
-        non_speech.sort_unstable();
-        non_speech.dedup();
         let suppress = with_specials(non_speech.clone(), &s, n_vocab);
         let begin_suppress = match begin_suppress {
             Some(list) => list.to_vec(),

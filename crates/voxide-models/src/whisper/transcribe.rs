@@ -134,6 +134,11 @@ fn seek_clips(clip_timestamps: &[f64], content_frames: usize) -> Vec<(usize, usi
     points.chunks_exact(2).map(|p| (p[0], p[1])).collect()
 }
 
+/// openai-whisper's `frames * HOP_LENGTH / SAMPLE_RATE`.
+fn frames_to_seconds(frames: usize) -> f64 {
+    (frames * HOP_LENGTH) as f64 / SAMPLE_RATE as f64
+}
+
 /// Python's `round(seconds * FRAMES_PER_SECOND)` (halves to even), for seconds ≥ 0.
 fn seconds_to_frames(seconds: f64) -> usize {
     (seconds * FRAMES_PER_SECOND).round_ties_even() as usize
@@ -352,8 +357,7 @@ impl WhisperPipeline {
         let mut seek = clips[0].0;
         let mut last_speech_timestamp = 0.0;
         let input_stride = N_FRAMES / self.model.config().max_source_positions;
-        let time_precision = (input_stride * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
-        let seconds = |frames: usize| (frames * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+        let time_precision = frames_to_seconds(input_stride);
 
         // openai-whisper's loop over the clips' windows, flattened as there: a window starts
         // where the last one's text ended, or at the next clip.
@@ -370,9 +374,9 @@ impl WhisperPipeline {
             let window = WindowSpan {
                 seek,
                 size: segment_size,
-                time_offset: seconds(seek),
-                end_time: seconds(seek + N_FRAMES),
-                duration: seconds(segment_size),
+                time_offset: frames_to_seconds(seek),
+                end_time: frames_to_seconds(seek + N_FRAMES),
+                duration: frames_to_seconds(segment_size),
             };
             let (window_seek, time_offset, segment_duration) =
                 (window.seek, window.time_offset, window.duration);
@@ -682,7 +686,7 @@ fn skip_hallucinations(
             return (window.seek + seconds_to_frames(gap).max(1), None);
         }
     }
-    let content_duration = (content_frames * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+    let content_duration = frames_to_seconds(content_frames);
     let mut last_end = last_speech_timestamp;
     for (i, segment) in segments.iter().enumerate() {
         if segment.words.is_empty() {
