@@ -137,7 +137,7 @@ pub struct TranscribeArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output format: txt, json, verbose_json, srt, vtt, tsv (openai-whisper's: start and end
-    /// in milliseconds, text), or all (openai-whisper's set: txt, vtt, srt, tsv and json, the
+    /// in milliseconds, text), lrc and csv (whisper.cpp's `-olrc`, `-ocsv`), or all (openai-whisper's set: txt, vtt, srt, tsv and json, the
     /// verbose object; into --output-dir, default the current directory).
     #[arg(short, long, default_value = "txt")]
     format: Formats,

@@ -293,7 +293,16 @@ fn every_format_is_written_to_the_output_dir() {
             .output()
             .unwrap()
     };
-    for format in ["txt", "json", "srt", "vtt", "verbose_json", "tsv"] {
+    for format in [
+        "txt",
+        "json",
+        "srt",
+        "vtt",
+        "verbose_json",
+        "tsv",
+        "lrc",
+        "csv",
+    ] {
         let sub = dir.path().join(format);
         let out = transcribe(format, Some(&sub), dir.path());
         assert!(
@@ -327,6 +336,28 @@ fn every_format_is_written_to_the_output_dir() {
                 let first: Vec<&str> = lines.next().unwrap().splitn(3, '\t').collect();
                 assert!(
                     first[0].parse::<u64>().unwrap() < first[1].parse().unwrap(),
+                    "{text}"
+                );
+            }
+            "lrc" => {
+                let mut lines = text.lines();
+                assert_eq!(lines.next(), Some("[by:voxide]"));
+                let first = lines.next().unwrap();
+                assert!(
+                    first.starts_with("[00:") && first.as_bytes()[9] == b']',
+                    "{text}"
+                );
+            }
+            "csv" => {
+                let mut lines = text.lines();
+                assert_eq!(lines.next(), Some("start,end,text"));
+                let first: Vec<&str> = lines.next().unwrap().splitn(3, ',').collect();
+                assert!(
+                    first[0].parse::<u64>().unwrap() < first[1].parse().unwrap(),
+                    "{text}"
+                );
+                assert!(
+                    first[2].starts_with('"') && first[2].ends_with('"'),
                     "{text}"
                 );
             }

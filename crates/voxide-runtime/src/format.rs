@@ -23,6 +23,10 @@ pub enum OutputFormat {
     Vtt,
     /// Tab-separated `start`, `end` (integer milliseconds) and `text`, openai-whisper's `tsv`.
     Tsv,
+    /// LRC lyrics, `[mm:ss.cc]text` a segment (whisper.cpp's `-olrc`).
+    Lrc,
+    /// `start,end,text` (milliseconds; the text quoted), whisper.cpp's `-ocsv`.
+    Csv,
 }
 
 impl OutputFormat {
@@ -34,6 +38,8 @@ impl OutputFormat {
             OutputFormat::Srt => "srt",
             OutputFormat::Vtt => "vtt",
             OutputFormat::Tsv => "tsv",
+            OutputFormat::Lrc => "lrc",
+            OutputFormat::Csv => "csv",
         }
     }
 }
@@ -48,9 +54,11 @@ impl FromStr for OutputFormat {
             "srt" => OutputFormat::Srt,
             "vtt" => OutputFormat::Vtt,
             "tsv" => OutputFormat::Tsv,
+            "lrc" => OutputFormat::Lrc,
+            "csv" => OutputFormat::Csv,
             other => {
                 return Err(Error::InvalidRequest(format!(
-                    "unknown output format {other:?} (txt, json, verbose_json, srt, vtt, tsv)"
+                    "unknown output format {other:?} (txt, json, verbose_json, srt, vtt, tsv, lrc, csv)"
                 )))
             }
         })
@@ -142,8 +150,30 @@ pub fn render_with(
                 let _ = writeln!(out, "{}\t{}\t{text}", ms(s.start), ms(s.end));
             }
         }
+        // whisper.cpp's writers (`output_lrc`, `output_csv`) on its 10 ms time units; the
+        // segments with text, as `txt`.
+        OutputFormat::Lrc => {
+            out.push_str("[by:voxide]\n");
+            for s in spoken(t) {
+                let cs = centiseconds(s.start);
+                let (min, sec, cs) = (cs / 6000, cs / 100 % 60, cs % 100);
+                let _ = writeln!(out, "[{min:02}:{sec:02}.{cs:02}]{}", s.text);
+            }
+        }
+        OutputFormat::Csv => {
+            out.push_str("start,end,text\n");
+            for s in spoken(t) {
+                let (start, end) = (10 * centiseconds(s.start), 10 * centiseconds(s.end));
+                let _ = writeln!(out, "{start},{end},\"{}\"", s.text.replace('"', "\"\""));
+            }
+        }
     }
     out
+}
+
+/// Seconds as whisper.cpp's times: whole 10 ms units.
+fn centiseconds(seconds: f64) -> u64 {
+    (seconds.max(0.0) * 100.0).round() as u64
 }
 
 /// A segment cue's text without its blank lines: in SRT and WebVTT a blank line ends the cue,
@@ -376,6 +406,23 @@ mod tests {
             ],
             token_ids: vec![50364, 1, 2, 50439],
         }
+    }
+
+    #[test]
+    fn lrc_and_csv_follow_whisper_cpp_writers() {
+        let mut t = transcript();
+        t.segments[0].text = " Hello, \"world\".".into();
+        // 3661.25 s: 61 minutes (not wrapped into hours, as whisper.cpp's %02d), 1.25 s.
+        assert_eq!(
+            render(&t, OutputFormat::Lrc, "transcribe"),
+            "[by:voxide]\n[00:00.00] Hello, \"world\".\n[61:01.25] --> World\n"
+        );
+        assert_eq!(
+            render(&t, OutputFormat::Csv, "transcribe"),
+            "start,end,text\n0,1500,\" Hello, \"\"world\"\".\"\n3661250,3725500,\" --> World\"\n"
+        );
+        assert_eq!("lrc".parse::<OutputFormat>().unwrap().extension(), "lrc");
+        assert_eq!("csv".parse::<OutputFormat>().unwrap().extension(), "csv");
     }
 
     #[test]

@@ -327,9 +327,7 @@ async fn handle(
         Piece::Done(transcript) if !stream => {
             let content_type = match options.format {
                 OutputFormat::Json | OutputFormat::VerboseJson => "application/json",
-                OutputFormat::Txt | OutputFormat::Srt | OutputFormat::Vtt | OutputFormat::Tsv => {
-                    "text/plain; charset=utf-8"
-                }
+                _ => "text/plain; charset=utf-8",
             };
             (
                 [(CONTENT_TYPE, content_type)],
