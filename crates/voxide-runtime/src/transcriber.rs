@@ -178,22 +178,39 @@ impl TranscribeRequest {
 
     /// Options only Whisper's decoding takes, refused by name for `model`.
     fn refuse_whisper_options(&self, model: &str) -> Result<()> {
-        let refused = if self.temperature_increment > 0.0 {
-            "no temperature fallback (--temperature-increment"
-        } else if !self.clip_timestamps.is_empty() {
-            "no clips (--clip-timestamps"
-        } else if self.carry_initial_prompt {
-            "no carried prompt (--carry-initial-prompt"
-        } else if self.hallucination_silence_threshold.is_some() {
-            "no hallucination skipping (--hallucination-silence-threshold"
-        } else if self.suppress_tokens != Some(Suppress::default()) {
-            "no list of suppressed tokens (--suppress-tokens"
-        } else {
-            return Ok(());
-        };
-        Err(Error::InvalidRequest(format!(
-            "{model} has {refused}: Whisper's)"
-        )))
+        let asked = [
+            (
+                self.temperature_increment > 0.0,
+                "no temperature fallback",
+                "--temperature-increment",
+            ),
+            (
+                !self.clip_timestamps.is_empty(),
+                "no clips",
+                "--clip-timestamps",
+            ),
+            (
+                self.carry_initial_prompt,
+                "no carried prompt",
+                "--carry-initial-prompt",
+            ),
+            (
+                self.hallucination_silence_threshold.is_some(),
+                "no hallucination skipping",
+                "--hallucination-silence-threshold",
+            ),
+            (
+                self.suppress_tokens != Some(Suppress::default()),
+                "no list of suppressed tokens",
+                "--suppress-tokens",
+            ),
+        ];
+        match asked.into_iter().find(|(asked, ..)| *asked) {
+            Some((_, what, flag)) => Err(Error::InvalidRequest(format!(
+                "{model} has {what} ({flag}: Whisper's)"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
