@@ -57,7 +57,7 @@ fn words_match(name: &str, key: &str) {
     }
     opts.decode.beam_size = options["beam_size"].as_u64().map(|b| b as usize);
     opts.decode.without_timestamps = options["without_timestamps"].as_bool() == Some(true);
-    // Progress is told after each window, at the window's end of the seek.
+    // Progress is told after each window, with where the next one starts.
     let mut fractions = Vec::new();
     let (got, _) = pipeline
         .transcribe(&samples, &opts, &mut |p| {
