@@ -77,9 +77,10 @@ pub struct TranscribeArgs {
     /// (openai-whisper's `--carry_initial_prompt`).
     #[arg(long, requires = "prompt")]
     carry_initial_prompt: bool,
-    /// Whisper: transcribe only these stretches, in seconds: start,end,start,end,… (the last
-    /// stretch of an odd count runs to the end: `60` is from the first minute on; openai-whisper's
-    /// `--clip_timestamps`). Times stay those of the file.
+    /// Transcribe only these stretches, in seconds: start,end,start,end,… (the last stretch of
+    /// an odd count runs to the end: `60` is from the first minute on; openai-whisper's
+    /// `--clip_timestamps`). Times stay those of the file. Whisper carries its text from one
+    /// stretch into the next; Voxtral transcribes each alone.
     #[arg(long, value_name = "S,S,…", conflicts_with = "vad")]
     clip_timestamps: Option<ClipTimestamps>,
     /// Whisper, with --word-timestamps: skip silences longer than S seconds before and after

@@ -269,6 +269,59 @@ fn clips_carried_prompts_and_hallucination_skips_equal_the_reference() {
     }
 }
 
+/// Both Voxtrals transcribe each clip alone: `--clip-timestamps` gives what the clips, cut out
+/// and transcribed one by one, give, at the file's times.
+#[test]
+fn voxtral_transcribes_each_clip_alone_at_the_files_times() {
+    let bytes = std::fs::read(jfk()).unwrap();
+    let data = bytes.windows(4).position(|w| w == b"data").unwrap() + 8;
+    let samples: Vec<i16> = bytes[data..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let pieces = [(1.0, &samples[16_000..64_000]), (6.0, &samples[96_000..])];
+    let fixtures = root().join("tests/fixtures");
+    for model in ["voxtral-realtime", "voxtral"] {
+        let model = fixtures.join(model).join("tiny-random-mistral");
+        let transcribe = |audio: &str, clips: &[&str]| -> Value {
+            let mut args = vec!["transcribe", "--model", s(&model), "-f", "verbose_json"];
+            args.extend(clips);
+            args.push(audio);
+            let out = voxide(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        let clipped = transcribe(s(&jfk()), &["--clip-timestamps", "1,4,6"]);
+        let (mut ids, mut segments) = (Vec::new(), Vec::new());
+        for (i, (offset, piece)) in pieces.iter().enumerate() {
+            let path = write(dir.path(), &format!("piece{i}.wav"), &wav(piece));
+            let alone = transcribe(s(&path), &[]);
+            ids.extend(alone["token_ids"].as_array().unwrap().clone());
+            for segment in alone["segments"].as_array().unwrap() {
+                let start = segment["start"].as_f64().unwrap() + offset;
+                segments.push((start, segment["text"].clone()));
+            }
+        }
+        assert_eq!(clipped["token_ids"].as_array().unwrap(), &ids, "{model:?}");
+        let got: Vec<(f64, Value)> = clipped["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["start"].as_f64().unwrap(), s["text"].clone()))
+            .collect();
+        assert_eq!(got.len(), segments.len(), "{model:?}");
+        for ((a, text_a), (b, text_b)) in got.iter().zip(&segments) {
+            assert!((a - b).abs() < 1e-9, "{model:?}: {a} vs {b}");
+            assert_eq!(text_a, text_b, "{model:?}");
+        }
+    }
+}
+
 #[test]
 fn every_format_is_written_to_the_output_dir() {
     let dir = tempfile::tempdir().unwrap();
@@ -1014,8 +1067,12 @@ fn options_out_of_range_get_a_one_line_error() {
             "no temperature fallback",
         ),
         (&mini, "--delay-ms", "480", "--delay-ms"),
-        (&realtime, "--clip-timestamps", "3", "no clips"),
-        (&mini, "--clip-timestamps", "3,9", "no clips"),
+        (
+            &realtime,
+            "--clip-timestamps",
+            "1,4,3",
+            "clips are transcribed in order: clip 2 starts (3 s) before clip 1 ends (4 s)",
+        ),
         (
             &mini,
             "--suppress-tokens",

@@ -32,8 +32,9 @@ pub struct TranscribeRequest {
     /// Whisper: the prompt at the head of every window's, not only the first's
     /// (openai-whisper's `carry_initial_prompt`).
     pub carry_initial_prompt: bool,
-    /// Whisper: the stretches to transcribe, in seconds: start, end, start, end, … (the last
-    /// stretch of an odd count runs to the end; openai-whisper's `clip_timestamps`).
+    /// The stretches to transcribe, in seconds: start, end, start, end, … (the last stretch of
+    /// an odd count runs to the end; openai-whisper's `clip_timestamps`). Whisper carries its
+    /// text from one into the next; Voxtral transcribes each alone, in order.
     pub clip_timestamps: Vec<f64>,
     /// Whisper, with word timestamps: skip silences longer than this (s) around segments that
     /// look like hallucinations (openai-whisper's `hallucination_silence_threshold`).
@@ -183,11 +184,6 @@ impl TranscribeRequest {
                 self.temperature_increment > 0.0,
                 "no temperature fallback",
                 "--temperature-increment",
-            ),
-            (
-                !self.clip_timestamps.is_empty(),
-                "no clips",
-                "--clip-timestamps",
             ),
             (
                 self.carry_initial_prompt,
@@ -459,6 +455,9 @@ impl Transcriber for VoxtralRealtime {
         request: &TranscribeRequest,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
+        if !request.clip_timestamps.is_empty() {
+            return transcribe_clips(self, samples, request, progress);
+        }
         let options = realtime_options(self, request)?;
         Ok(VoxtralRealtime::transcribe(
             self, samples, options, progress,
@@ -522,6 +521,49 @@ impl Transcriber for VoxtralRealtime {
 
 /// The model's default stream options with the request's delay and KV precision, once the
 /// model has accepted the request.
+/// `request.clip_timestamps` for a model that transcribes each stretch alone (both Voxtrals):
+/// the stretches of `samples` they name, in order, each transcribed on its own with its times
+/// those of `samples` ([`crate::transcribe_stretches`]). Whisper's windows instead carry their
+/// text from one clip into the next, as openai-whisper's.
+fn transcribe_clips(
+    model: &dyn Transcriber,
+    samples: &[f32],
+    request: &TranscribeRequest,
+    progress: &mut dyn FnMut(Progress<'_>) -> bool,
+) -> Result<(Transcript, Timings)> {
+    let clips = &request.clip_timestamps;
+    // Each clip's start against the end before it.
+    for (i, pair) in clips.windows(2).enumerate().skip(1).step_by(2) {
+        if pair[1] < pair[0] {
+            return Err(Error::InvalidRequest(format!(
+                "clips are transcribed in order: clip {} starts ({} s) before clip {} ends ({} s)",
+                i / 2 + 2,
+                pair[1],
+                i / 2 + 1,
+                pair[0]
+            )));
+        }
+    }
+    let rate = model.sample_rate() as f64;
+    let mut points: Vec<usize> = clips
+        .iter()
+        .map(|&t| ((t * rate).round() as usize).min(samples.len()))
+        .collect();
+    if points.len() % 2 == 1 {
+        points.push(samples.len());
+    }
+    let stretches: Vec<_> = points
+        .chunks_exact(2)
+        .map(|p| p[0]..p[1])
+        .filter(|stretch| !stretch.is_empty())
+        .collect();
+    let whole = TranscribeRequest {
+        clip_timestamps: Vec::new(),
+        ..request.clone()
+    };
+    crate::transcribe_stretches(model, samples, &stretches, &whole, progress)
+}
+
 fn realtime_options(model: &VoxtralRealtime, request: &TranscribeRequest) -> Result<StreamOptions> {
     model.check(request)?;
     let defaults = model.default_options();
@@ -554,6 +596,9 @@ impl Transcriber for Voxtral {
         request: &TranscribeRequest,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
+        if !request.clip_timestamps.is_empty() {
+            return transcribe_clips(self, samples, request, progress);
+        }
         self.check(request)?;
         let language = voxtral_language(request)?;
         let seconds = samples.len() as f64 / voxtral::SAMPLE_RATE as f64;
