@@ -37,6 +37,11 @@ pub struct TranscribeArgs {
     /// Decode text only, without segment timestamps.
     #[arg(long)]
     without_timestamps: bool,
+    /// Whisper: only detect the spoken language, from the first 30 s (whisper.cpp's
+    /// `--detect-language`): each file's language code and probability; `-f json` gives every
+    /// language's, the most likely first.
+    #[arg(long, conflicts_with_all = ["output_dir", "vad", "clip_timestamps"])]
+    detect_language: bool,
     /// Whisper: time every word (openai-whisper's `--word_timestamps`): verbose_json gets
     /// `words`, subtitles can break lines and highlight words; windows seek to the last word.
     #[arg(long)]
@@ -358,6 +363,17 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     if args.files.iter().filter(|f| *f == "-").count() > 1 {
         bail!("standard input can be read once: give `-` at most once");
     }
+    if args.detect_language {
+        if args.language != "auto" {
+            bail!("--detect-language detects the language: leave out --language");
+        }
+        if !matches!(
+            args.format,
+            Formats::One(OutputFormat::Txt | OutputFormat::Json)
+        ) {
+            bail!("--detect-language prints txt or json");
+        }
+    }
     check_some_input_opens(&args.files)?;
     let output_dir = args.output_dir();
     if let Some(dir) = &output_dir {
@@ -413,6 +429,13 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     for_each_input(&args.files, |input| {
         let clock = Instant::now();
         let samples = load_mono(input, model.sample_rate())?;
+        if args.detect_language {
+            let probs = model.detect_language(&samples).ok_or_else(|| {
+                anyhow::anyhow!("this model does not detect a language (Whisper models do)")
+            })??;
+            let json = matches!(args.format, Formats::One(OutputFormat::Json));
+            return print_languages(&probs, json);
+        }
         let decode_ms = clock.elapsed().as_secs_f64() * 1e3;
         let duration = samples.len() as f64 / model.sample_rate() as f64;
         let bar = progress_bar(duration);
@@ -565,6 +588,26 @@ fn check_some_input_opens(files: &[String]) -> Result<()> {
 /// Runs `work` on each input in turn: with one input its error is the command's; with several
 /// each failure is printed (naming its input) and the others still run, then the command
 /// fails if any did.
+/// `--detect-language`'s answer: the most likely language and its probability, as a line or
+/// as JSON with every language's.
+fn print_languages(probs: &[(&str, f32)], json: bool) -> Result<()> {
+    let (language, probability) = probs[0];
+    let text = if json {
+        let all: Vec<_> = probs
+            .iter()
+            .map(|(l, p)| serde_json::json!({ "language": l, "probability": p }))
+            .collect();
+        serde_json::json!({ "language": language, "probability": probability, "probabilities": all })
+            .to_string()
+    } else {
+        format!("{language} {probability:.4}")
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|_| out.flush())
+        .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))
+}
+
 pub fn for_each_input(
     files: &[String],
     mut work: impl FnMut(&AudioInput) -> Result<()>,

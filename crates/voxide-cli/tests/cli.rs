@@ -322,6 +322,81 @@ fn voxtral_transcribes_each_clip_alone_at_the_files_times() {
     }
 }
 
+/// `--detect-language`: openai-whisper's language probabilities of the first 30 s
+/// (tiny-random.reference.json), the most likely first; refused where there is nothing to
+/// detect or print.
+#[test]
+fn detect_language_prints_openai_whispers_probabilities() {
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let want = &reference["detect_language"];
+    let (model, audio) = (tiny(), jfk());
+    let run = |format: &str| {
+        let out = voxide(&[
+            "transcribe",
+            "--model",
+            s(&model),
+            "--detect-language",
+            "-f",
+            format,
+            s(&audio),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let got: Value = serde_json::from_str(&run("json")).unwrap();
+    assert_eq!(got["language"], want["language"]);
+    let all = got["probabilities"].as_array().unwrap();
+    assert_eq!(all.len(), want["probs"].as_object().unwrap().len());
+    let mut last = f64::INFINITY;
+    for entry in all {
+        let p = entry["probability"].as_f64().unwrap();
+        let code = entry["language"].as_str().unwrap();
+        let diff = (p - want["probs"][code].as_f64().unwrap()).abs();
+        assert!(diff < 1e-5, "{code}: {p} differs by {diff}");
+        assert!(p <= last, "most likely first");
+        last = p;
+    }
+    let line = run("txt");
+    let best = all[0]["probability"].as_f64().unwrap();
+    assert_eq!(
+        line,
+        format!("{} {best:.4}\n", want["language"].as_str().unwrap())
+    );
+    let (m, a) = (s(&model), s(&audio));
+    let en = root().join("tests/fixtures/whisper/en-random");
+    let mini = root().join("tests/fixtures/voxtral/tiny-random-mistral");
+    for (args, expect) in [
+        (
+            vec!["--detect-language", "-l", "en", "-m", m, a],
+            "leave out --language",
+        ),
+        (
+            vec!["--detect-language", "-f", "srt", "-m", m, a],
+            "prints txt or json",
+        ),
+        (
+            vec!["--detect-language", "-m", s(&en), a],
+            "this one is English-only",
+        ),
+        (
+            vec!["--detect-language", "-m", s(&mini), a],
+            "does not detect a language",
+        ),
+    ] {
+        let mut full = vec!["transcribe"];
+        full.extend(args);
+        fails(&full, expect);
+    }
+}
+
 #[test]
 fn every_format_is_written_to_the_output_dir() {
     let dir = tempfile::tempdir().unwrap();

@@ -245,6 +245,13 @@ pub trait Transcriber: Send + Sync {
         None
     }
 
+    /// Every language's probability, the most likely first, from the first 30 s of mono samples
+    /// at [`Self::sample_rate`] (Whisper's language detection); `None` for models that do not
+    /// detect a language.
+    fn detect_language(&self, _samples: &[f32]) -> Option<Result<Vec<(&'static str, f32)>>> {
+        None
+    }
+
     /// Whether its segments carry times of their own within the audio (Whisper's timestamp
     /// tokens, Voxtral Realtime's steps); Voxtral Mini 3B's one segment spans the clip.
     fn times_segments(&self) -> bool {
@@ -319,6 +326,10 @@ impl Transcriber for WhisperPipeline {
 
     fn decoder_step_bytes(&self) -> Option<CycleBytes> {
         Some(self.model().decoder_step_bytes())
+    }
+
+    fn detect_language(&self, samples: &[f32]) -> Option<Result<Vec<(&'static str, f32)>>> {
+        Some(WhisperPipeline::detect_language(self, samples).map_err(Error::from))
     }
 
     fn check(&self, request: &TranscribeRequest) -> Result<()> {

@@ -278,6 +278,20 @@ impl WhisperPipeline {
         )?)
     }
 
+    /// The spoken language of 16 kHz mono samples, as [`Self::transcribe`] detects it: every
+    /// language's probability from the first 30 s (openai-whisper's `detect_language`), the
+    /// most likely first (the lower token id first among equals).
+    pub fn detect_language(&self, samples: &[f32]) -> Result<Vec<(&'static str, f32)>> {
+        let mel = self.mel.log_mel_windows(samples, N_SAMPLES);
+        let mut decoder = self.window_decoder(0);
+        let window = self.window_tensor(&mel, 0, N_FRAMES)?;
+        decoder.set_audio(self.model.encode(&window)?)?;
+        let mut probs = decoder.detect_language()?;
+        // Stable: equal probabilities keep the token order `most_likely` picks by.
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(probs)
+    }
+
     /// Transcribes 16 kHz mono samples. `progress` hears of each window decoded.
     pub fn transcribe(
         &self,
@@ -328,14 +342,7 @@ impl WhisperPipeline {
                 let clock = Instant::now();
                 let probs = decoder.detect_language()?;
                 timings.language_ms += ms(clock);
-                let best = probs
-                    .iter()
-                    .fold(None::<(&str, f32)>, |b, &(c, p)| match b {
-                        Some((_, bp)) if bp >= p => b,
-                        _ => Some((c, p)),
-                    })
-                    .expect("at least one language");
-                best.0.to_string()
+                most_likely(&probs).0.to_string()
             }
         };
 
@@ -619,6 +626,17 @@ impl WhisperPipeline {
         }
         Ok(result.expect("at least one temperature"))
     }
+}
+
+/// The language of highest probability (the first of equals, as Python's `max`).
+fn most_likely<'a>(probs: &[(&'a str, f32)]) -> (&'a str, f32) {
+    probs
+        .iter()
+        .fold(None::<(&str, f32)>, |b, &(c, p)| match b {
+            Some((_, bp)) if bp >= p => b,
+            _ => Some((c, p)),
+        })
+        .expect("at least one language")
 }
 
 /// Tells `progress` how far the windows got; `Err(Cancelled)` where it says stop.
