@@ -530,8 +530,6 @@ impl Transcriber for VoxtralRealtime {
     }
 }
 
-/// The model's default stream options with the request's delay and KV precision, once the
-/// model has accepted the request.
 /// `request.clip_timestamps` for a model that transcribes each stretch alone (both Voxtrals):
 /// the stretches of `samples` they name, in order, each transcribed on its own with its times
 /// those of `samples` ([`crate::transcribe_stretches`]). Whisper's windows instead carry their
@@ -575,6 +573,8 @@ fn transcribe_clips(
     crate::transcribe_stretches(model, samples, &stretches, &whole, progress)
 }
 
+/// The model's default stream options with the request's delay and KV precision, once the
+/// model has accepted the request.
 fn realtime_options(model: &VoxtralRealtime, request: &TranscribeRequest) -> Result<StreamOptions> {
     model.check(request)?;
     let defaults = model.default_options();
