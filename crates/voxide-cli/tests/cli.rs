@@ -197,6 +197,20 @@ fn word_timestamps_equal_the_reference() {
     assert!(String::from_utf8_lossy(&usage.stderr).contains("--word-timestamps"));
 }
 
+/// `voxide transcribe -f verbose_json` of `audio` with `model` and `options`, which must succeed.
+fn verbose_json(model: &Path, options: &[&str], audio: &str) -> Value {
+    let mut args = vec!["transcribe", "--model", s(model), "-f", "verbose_json"];
+    args.extend(options);
+    args.push(audio);
+    let out = voxide(&args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
 /// openai-whisper's long-form options through the command line: the ids of every window and
 /// the segments' windows equal the reference's (tools/reference/whisper_word_fixtures.py).
 #[test]
@@ -238,16 +252,7 @@ fn clips_carried_prompts_and_hallucination_skips_equal_the_reference() {
         } else {
             &longform
         };
-        let mut args = vec!["transcribe", "--model", s(&model), "-f", "verbose_json"];
-        args.extend(options);
-        args.push(audio);
-        let out = voxide(&args);
-        assert!(
-            out.status.success(),
-            "{case}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+        let got = verbose_json(&model, &options, audio);
         let want_ids: Vec<&Value> = want["windows"]
             .as_array()
             .unwrap()
@@ -284,23 +289,11 @@ fn voxtral_transcribes_each_clip_alone_at_the_files_times() {
     let fixtures = root().join("tests/fixtures");
     for model in ["voxtral-realtime", "voxtral"] {
         let model = fixtures.join(model).join("tiny-random-mistral");
-        let transcribe = |audio: &str, clips: &[&str]| -> Value {
-            let mut args = vec!["transcribe", "--model", s(&model), "-f", "verbose_json"];
-            args.extend(clips);
-            args.push(audio);
-            let out = voxide(&args);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            serde_json::from_slice(&out.stdout).unwrap()
-        };
-        let clipped = transcribe(s(&jfk()), &["--clip-timestamps", "1,4,6"]);
+        let clipped = verbose_json(&model, &["--clip-timestamps", "1,4,6"], s(&jfk()));
         let (mut ids, mut segments) = (Vec::new(), Vec::new());
         for (i, (offset, piece)) in pieces.iter().enumerate() {
             let path = write(dir.path(), &format!("piece{i}.wav"), &wav(piece));
-            let alone = transcribe(s(&path), &[]);
+            let alone = verbose_json(&model, &[], s(&path));
             ids.extend(alone["token_ids"].as_array().unwrap().clone());
             for segment in alone["segments"].as_array().unwrap() {
                 let start = segment["start"].as_f64().unwrap() + offset;
