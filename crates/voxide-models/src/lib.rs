@@ -17,4 +17,4 @@ pub mod voxtral_realtime;
 pub mod whisper;
 
 pub use error::{Error, Result};
-pub use transcript::{Progress, Segment, Timings, Transcript, Word};
+pub use transcript::{clip_stretches, Progress, Segment, Timings, Transcript, Word};

@@ -1,6 +1,25 @@
 //! A transcription result common to every speech-to-text family; the front ends format it.
 
 use serde::Serialize;
+use std::ops::Range;
+
+/// openai-whisper's `clip_timestamps` (seconds: start, end, start, end, …) as stretches of an
+/// input of `len` units at `per_second` units a second (mel frames, samples): the last stretch
+/// of an odd count ends with the input, none means all of it; times are rounded as Python's
+/// `round` (halves to even) and clamped to the input, so a stretch past its end is empty.
+pub fn clip_stretches(clip_timestamps: &[f64], per_second: f64, len: usize) -> Vec<Range<usize>> {
+    let mut points: Vec<usize> = clip_timestamps
+        .iter()
+        .map(|&t| ((t * per_second).round_ties_even() as usize).min(len))
+        .collect();
+    if points.is_empty() {
+        points.push(0);
+    }
+    if points.len() % 2 == 1 {
+        points.push(len);
+    }
+    points.chunks_exact(2).map(|p| p[0]..p[1]).collect()
+}
 
 /// How far a transcription has got: the fraction of the audio done, the segments found so
 /// far (each call sees the earlier ones again; models that segment only at the end pass none
@@ -136,5 +155,34 @@ impl Timings {
         } else {
             self.steps_ms / self.steps as f64
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clips_become_stretches_as_openai_whisper_pairs_them() {
+        let bounds = |clips: &[f64], per_second: f64, len: usize| -> Vec<(usize, usize)> {
+            clip_stretches(clips, per_second, len)
+                .into_iter()
+                .map(|r| (r.start, r.end))
+                .collect()
+        };
+        // In mel frames (100 a second) of 9998.
+        let frames = |clips: &[f64]| bounds(clips, 100.0, 9998);
+        assert_eq!(frames(&[]), [(0, 9998)]);
+        assert_eq!(frames(&[60.0]), [(6000, 9998)]);
+        assert_eq!(frames(&[5.0, 20.5, 31.255]), [(500, 2050), (3126, 9998)]);
+        // Past the end: an empty stretch.
+        assert_eq!(frames(&[200.0]), [(9998, 9998)]);
+        // Python's round(): 12.5 units round to 12.
+        assert_eq!(frames(&[0.125, 1.0]), [(12, 100)]);
+        // In samples (16 000 a second).
+        assert_eq!(
+            bounds(&[1.0, 4.0, 6.0], 16_000.0, 176_000),
+            [(16_000, 64_000), (96_000, 176_000)]
+        );
     }
 }

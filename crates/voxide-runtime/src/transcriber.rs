@@ -7,7 +7,7 @@ use voxide_models::voxtral_realtime::{RealtimeStream, StreamOptions, VoxtralReal
 use voxide_models::whisper::decoding::{DecodingOptions, Suppress, Task};
 use voxide_models::whisper::tokenizer::language_code;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
-use voxide_models::{Progress, Timings, Transcript};
+use voxide_models::{clip_stretches, Progress, Timings, Transcript};
 use voxide_nn::kernels::machine::CycleBytes;
 pub use voxide_nn::linear::WeightFormat;
 
@@ -554,16 +554,8 @@ fn transcribe_clips(
         }
     }
     let rate = model.sample_rate() as f64;
-    let mut points: Vec<usize> = clips
-        .iter()
-        .map(|&t| ((t * rate).round() as usize).min(samples.len()))
-        .collect();
-    if points.len() % 2 == 1 {
-        points.push(samples.len());
-    }
-    let stretches: Vec<_> = points
-        .chunks_exact(2)
-        .map(|p| p[0]..p[1])
+    let stretches: Vec<_> = clip_stretches(clips, rate, samples.len())
+        .into_iter()
         .filter(|stretch| !stretch.is_empty())
         .collect();
     let whole = TranscribeRequest {

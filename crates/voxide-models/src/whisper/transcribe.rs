@@ -11,7 +11,7 @@ use super::timing::{self, TimedSegment, APPEND_PUNCTUATIONS, PREPEND_PUNCTUATION
 use super::tokenizer::Tokenizer;
 use super::{HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
 use crate::error::{Error, Result};
-use crate::transcript::{Progress, Segment, Timings, Transcript};
+use crate::transcript::{clip_stretches, Progress, Segment, Timings, Transcript};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 use std::time::Instant;
@@ -115,23 +115,6 @@ pub fn check_long_form_options(
         }
     }
     Ok(())
-}
-
-/// openai-whisper's `seek_clips`: `clip_timestamps` as (start, end) mel frames, the last
-/// stretch of an odd count ending with the content; the whole content without any. Frames
-/// past the content are clamped to it, so a stretch beyond the end is empty.
-fn seek_clips(clip_timestamps: &[f64], content_frames: usize) -> Vec<(usize, usize)> {
-    let mut points: Vec<usize> = clip_timestamps
-        .iter()
-        .map(|&t| seconds_to_frames(t).min(content_frames))
-        .collect();
-    if points.is_empty() {
-        points.push(0);
-    }
-    if points.len() % 2 == 1 {
-        points.push(content_frames);
-    }
-    points.chunks_exact(2).map(|p| (p[0], p[1])).collect()
 }
 
 /// openai-whisper's `frames * HOP_LENGTH / SAMPLE_RATE`.
@@ -286,10 +269,7 @@ impl WhisperPipeline {
         let mut decoder = self.window_decoder(0);
         let window = self.window_tensor(&mel, 0, N_FRAMES)?;
         decoder.set_audio(self.model.encode(&window)?)?;
-        let mut probs = decoder.detect_language()?;
-        // Stable: equal probabilities keep the token order `most_likely` picks by.
-        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(probs)
+        Ok(most_likely_first(decoder.detect_language()?))
     }
 
     /// Transcribes 16 kHz mono samples. `progress` hears of each window decoded.
@@ -340,9 +320,9 @@ impl WhisperPipeline {
                 // zero-padded segment.
                 decoder.set_audio(encode(0, N_FRAMES, &mut timings)?)?;
                 let clock = Instant::now();
-                let probs = decoder.detect_language()?;
+                let probs = most_likely_first(decoder.detect_language()?);
                 timings.language_ms += ms(clock);
-                most_likely(&probs).0.to_string()
+                probs[0].0.to_string()
             }
         };
 
@@ -359,25 +339,26 @@ impl WhisperPipeline {
         let remaining_prompt_length = (self.model.config().max_target_positions / 2) as isize
             - 1
             - initial_prompt.len() as isize;
-        let clips = seek_clips(&opts.clip_timestamps, content_frames);
+        // openai-whisper's `seek_clips`.
+        let clips = clip_stretches(&opts.clip_timestamps, FRAMES_PER_SECOND, content_frames);
         let mut clip_index = 0;
-        let mut seek = clips[0].0;
+        let mut seek = clips[0].start;
         let mut last_speech_timestamp = 0.0;
         let input_stride = N_FRAMES / self.model.config().max_source_positions;
         let time_precision = frames_to_seconds(input_stride);
 
         // openai-whisper's loop over the clips' windows, flattened as there: a window starts
         // where the last one's text ended, or at the next clip.
-        while let Some(&(clip_start, clip_end)) = clips.get(clip_index) {
-            seek = seek.max(clip_start);
-            if seek >= clip_end {
+        while let Some(clip) = clips.get(clip_index) {
+            seek = seek.max(clip.start);
+            if seek >= clip.end {
                 clip_index += 1;
-                if let Some(&(next_start, _)) = clips.get(clip_index) {
-                    seek = next_start;
+                if let Some(next) = clips.get(clip_index) {
+                    seek = next.start;
                 }
                 continue;
             }
-            let segment_size = N_FRAMES.min(content_frames - seek).min(clip_end - seek);
+            let segment_size = N_FRAMES.min(content_frames - seek).min(clip.end - seek);
             let window = WindowSpan {
                 seek,
                 size: segment_size,
@@ -628,15 +609,11 @@ impl WhisperPipeline {
     }
 }
 
-/// The language of highest probability (the first of equals, as Python's `max`).
-fn most_likely<'a>(probs: &[(&'a str, f32)]) -> (&'a str, f32) {
+/// Language probabilities (in token order) most likely first; a stable sort, so equals keep
+/// token order and the first is the one Python's `max` picks.
+fn most_likely_first(mut probs: Vec<(&'static str, f32)>) -> Vec<(&'static str, f32)> {
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
     probs
-        .iter()
-        .fold(None::<(&str, f32)>, |b, &(c, p)| match b {
-            Some((_, bp)) if bp >= p => b,
-            _ => Some((c, p)),
-        })
-        .expect("at least one language")
 }
 
 /// Tells `progress` how far the windows got; `Err(Cancelled)` where it says stop.
@@ -747,16 +724,8 @@ mod tests {
     use crate::transcript::Word;
 
     #[test]
-    fn clips_become_stretches_of_frames_as_openai_whisper_pairs_them() {
-        assert_eq!(seek_clips(&[], 9998), [(0, 9998)]);
-        assert_eq!(seek_clips(&[60.0], 9998), [(6000, 9998)]);
-        assert_eq!(
-            seek_clips(&[5.0, 20.5, 31.255], 9998),
-            [(500, 2050), (3126, 9998)]
-        );
-        // Past the end: an empty stretch.
-        assert_eq!(seek_clips(&[200.0], 9998), [(9998, 9998)]);
-        // Python's round(): 0.125 s is 12.5 frames, rounded to 12.
+    fn seconds_round_to_frames_as_python_rounds() {
+        // 0.125 s is 12.5 frames, rounded to 12.
         assert_eq!(seconds_to_frames(0.125), 12);
     }
 
