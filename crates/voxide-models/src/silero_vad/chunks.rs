@@ -18,6 +18,20 @@ impl VadParams {
     }
 }
 
+impl VadParams {
+    /// faster-whisper's batched pipeline's options (its `BatchedInferencePipeline.transcribe`):
+    /// [`Self::faster_whisper`] with speech split at 30 s and silences of 160 ms ending it,
+    /// split by its port's rule (at the last silence, not the longest).
+    pub fn faster_whisper_batched() -> Self {
+        Self {
+            max_speech_duration_s: 30.0,
+            min_silence_duration_ms: 160,
+            use_max_poss_sil_at_max_speech: false,
+            ..Self::faster_whisper()
+        }
+    }
+}
+
 /// The speech segments of a clip, joined: [`Self::collect`] builds the joined audio and
 /// [`Self::original_time`] maps a time in it back to the clip.
 #[derive(Clone, Debug, Default)]
@@ -55,6 +69,24 @@ impl SpeechChunks {
             .flat_map(|s| &samples[s.start.min(samples.len())..s.end.min(samples.len())])
             .copied()
             .collect()
+    }
+
+    /// The joined audio cut at segment boundaries into chunks of at most `max_len` samples,
+    /// as ranges of it (faster-whisper's `collect_chunks` with `max_duration`): each segment
+    /// joins the chunk before it while their lengths add up to at most `max_len`; a segment
+    /// longer than that is a chunk alone (where faster-whisper also emits an empty chunk
+    /// before a first segment that long).
+    pub fn chunks(&self, max_len: usize) -> Vec<std::ops::Range<usize>> {
+        let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut start = 0;
+        for &end in &self.joined_end {
+            match chunks.last_mut() {
+                Some(last) if end - last.start <= max_len => last.end = end,
+                _ => chunks.push(start..end),
+            }
+            start = end;
+        }
+        chunks
     }
 
     /// Seconds of speech kept.
@@ -109,6 +141,35 @@ mod tests {
             start: at(start_s),
             end: at(end_s),
         }
+    }
+
+    /// faster-whisper's `collect_chunks`: segments packed while their lengths fit, a new
+    /// chunk where the next would overflow, an overlong segment alone.
+    #[test]
+    fn joined_speech_cut_into_chunks() {
+        // Joined lengths 10, 15, 6, 40, 3 s.
+        let segments = [
+            seg(0.0, 10.0),
+            seg(12.0, 27.0),
+            seg(27.0, 33.0),
+            seg(40.0, 80.0),
+            seg(81.0, 84.0),
+        ];
+        let at = |s: f64| (s * SAMPLE_RATE as f64) as usize;
+        let chunks = SpeechChunks::new(&segments).chunks(at(30.0));
+        assert_eq!(
+            chunks,
+            vec![
+                at(0.0)..at(25.0),
+                at(25.0)..at(31.0),
+                at(31.0)..at(71.0),
+                at(71.0)..at(74.0)
+            ]
+        );
+        // Exactly full: 10 + 20 s is one chunk of 30 s.
+        let full = SpeechChunks::new(&[seg(0.0, 10.0), seg(11.0, 31.0)]).chunks(at(30.0));
+        assert_eq!(full, vec![at(0.0)..at(30.0)]);
+        assert!(SpeechChunks::new(&[]).chunks(at(30.0)).is_empty());
     }
 
     /// Speech at 1–3 s and 5–6 s of a 7 s clip: 2 s of joined audio, then 1 s.

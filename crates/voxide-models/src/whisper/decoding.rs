@@ -424,22 +424,29 @@ impl BeamSearch {
     }
 }
 
-/// The decoder state for `batch` rows over `audio`, created on first use, with no tokens.
+/// The decoder state for `rows` rows over `audio` (whose windows the rows divide into equal
+/// groups), created on first use, with no tokens. A new state replaces the others of more than
+/// one row: each holds its rows' caches for the whole context.
 fn state_for<'s>(
     states: &'s mut HashMap<usize, DecoderState>,
     model: &Whisper,
     audio: Option<&Tensor>,
-    batch: usize,
+    rows: usize,
 ) -> Result<&'s mut DecoderState> {
     let audio = audio.ok_or_else(|| Error::InvalidRequest("no audio set".into()))?;
-    let state = match states.entry(batch) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => {
-            let mut state = model.new_state(batch)?;
-            model.set_audio(&mut state, audio)?;
-            e.insert(state)
-        }
-    };
+    let windows = audio.dim(0)?;
+    if !rows.is_multiple_of(windows) {
+        return Err(Error::InvalidRequest(format!(
+            "{rows} decoder rows do not divide among {windows} windows of audio"
+        )));
+    }
+    if !states.contains_key(&rows) {
+        states.retain(|&r, _| r == 1);
+        let mut state = model.new_state(rows)?;
+        model.set_audio(&mut state, audio)?;
+        states.insert(rows, state);
+    }
+    let state = states.get_mut(&rows).expect("inserted above");
     state.reset_tokens();
     Ok(state)
 }
@@ -494,7 +501,8 @@ impl<'a> WindowDecoder<'a> {
         self.states.values_mut().for_each(DecoderState::clear_audio);
     }
 
-    /// Sets the encoder output (1, 1500, d) of the window to decode.
+    /// Sets the encoder output (windows, 1500, d) of the window (or the windows of a batch,
+    /// [`Self::decode_batch`]) to decode.
     pub fn set_audio(&mut self, audio_features: Tensor) -> Result<()> {
         // The caches are kept; only the cross-attention K/V change.
         for state in self.states.values_mut() {
@@ -631,10 +639,41 @@ impl<'a> WindowDecoder<'a> {
 
     /// Decodes the current window with `opts`; `language` must be resolved.
     pub fn decode(&mut self, opts: &DecodingOptions, language: &str) -> Result<DecodingResult> {
+        let mut results = self.decode_batch(opts, &[language])?;
+        Ok(results.pop().expect("one window, one result"))
+    }
+
+    /// Decodes the current windows — the audio set holds one per entry of `languages`, each
+    /// window's language resolved — with the same `opts`, in one batch: every decoder step
+    /// runs all windows' candidates at once (the weights read once for all), and each window
+    /// gets what [`Self::decode`] gives it alone (greedy and beam search: the same tokens;
+    /// sampling draws from one generator for all). The windows' initial tokens must be
+    /// equally long (they differ only in their language token). The batch's timings go with
+    /// the first result; the others carry none.
+    pub fn decode_batch(
+        &mut self,
+        opts: &DecodingOptions,
+        languages: &[&str],
+    ) -> Result<Vec<DecodingResult>> {
         let s = *self.rules.special();
-        let initial = self.initial_tokens(opts, language)?;
-        let sample_begin = initial.len();
-        let sot_index = initial
+        let initial: Vec<Vec<u32>> = languages
+            .iter()
+            .map(|language| self.initial_tokens(opts, language))
+            .collect::<Result<_>>()?;
+        let sample_begin = initial[0].len();
+        if initial.iter().any(|tokens| tokens.len() != sample_begin) {
+            return Err(Error::InvalidRequest(
+                "the windows of a batch need initial tokens of one length".into(),
+            ));
+        }
+        let windows = self.audio.as_ref().map_or(0, |a| a.dim(0).unwrap_or(0));
+        if windows != languages.len() {
+            return Err(Error::InvalidRequest(format!(
+                "{} languages for {windows} windows of audio",
+                languages.len()
+            )));
+        }
+        let sot_index = initial[0]
             .iter()
             .position(|&t| t == s.sot)
             .expect("sot is always present");
@@ -655,107 +694,150 @@ impl<'a> WindowDecoder<'a> {
         } else {
             None
         };
+        // Candidates per window; the rows of window w are w·n_group … (w + 1)·n_group − 1.
         let n_group = beam_size.or(best_of).unwrap_or(1).max(1);
-        let mut beam = beam_size.map(|b| BeamSearch {
-            beam_size: b,
-            max_candidates: (b as f32 * opts.patience.unwrap_or(1.0)).round() as usize,
-            finished: Vec::new(),
-        });
+        let mut groups: Vec<Candidates> = initial
+            .into_iter()
+            .map(|tokens| Candidates {
+                rows: vec![tokens; n_group],
+                sum_logprobs: vec![0f32; n_group],
+                beam: beam_size.map(|b| BeamSearch {
+                    beam_size: b,
+                    max_candidates: (b as f32 * opts.patience.unwrap_or(1.0)).round() as usize,
+                    finished: Vec::new(),
+                }),
+                no_speech_prob: f32::NAN,
+                done: false,
+            })
+            .collect();
         let model = self.model;
         let rules = self.rules;
         let suppress = rules.suppressed(opts.suppress_tokens.as_ref())?;
-        let mut rows: Vec<Vec<u32>> = vec![initial.clone(); n_group];
-        let mut sum_logprobs = vec![0f32; n_group];
-        let mut no_speech_prob = f32::NAN;
+        let n_rows = groups.len() * n_group;
         let (mut prefill_ms, mut steps_ms, mut steps) = (0.0, 0.0, 0);
         let mut first_token_at = None;
         let device = model.device().clone();
         let sampler = &mut self.sampler;
-        let state = state_for(&mut self.states, model, self.audio.as_ref(), n_group)?;
+        let state = state_for(&mut self.states, model, self.audio.as_ref(), n_rows)?;
         for i in 0..sample_len {
             // Entered before the clock starts and left after it is read: what a subscriber
             // does on entering (the bench's bandwidth probes) stays out of the step's time.
             let _span = if i == 0 {
-                tracing::trace_span!("prefill", tokens = sample_begin * n_group)
+                tracing::trace_span!("prefill", tokens = sample_begin * n_rows)
             } else {
                 tracing::trace_span!("decoder_step", step = i)
             }
             .entered();
             let clock = Instant::now();
+            // A settled window's rows keep running (end-of-text where a beam search left
+            // fewer) so that the batch keeps its shape; what they compute is not read.
             let input: Vec<u32> = if i == 0 {
-                rows.iter().flatten().copied().collect()
+                groups
+                    .iter()
+                    .flat_map(|g| g.rows.iter().flatten())
+                    .copied()
+                    .collect()
             } else {
-                rows.iter().map(|r| *r.last().expect("non-empty")).collect()
+                groups
+                    .iter()
+                    .flat_map(|g| {
+                        let last = g.rows.iter().map(|r| *r.last().expect("non-empty"));
+                        last.chain(std::iter::repeat(s.eot)).take(n_group)
+                    })
+                    .collect()
             };
             let t = if i == 0 { sample_begin } else { 1 };
-            let input = Tensor::from_vec(input, (n_group, t), &device)?;
+            let input = Tensor::from_vec(input, (n_rows, t), &device)?;
             let hidden = model.decode(&input, state, None)?;
             if i == 0 {
-                let at_sot = model.logits(&hidden.i((0, sot_index))?)?.to_vec1::<f32>()?;
-                if at_sot.iter().any(|v| v.is_nan()) {
-                    // Greedy decoding would pick token 0 ('!') forever and call it text.
-                    return Err(Error::InvalidRequest(
-                        "the model's logits are not numbers (NaN): its weights hold NaN or infinite values".into(),
-                    ));
+                for (w, group) in groups.iter_mut().enumerate() {
+                    let at_sot = model
+                        .logits(&hidden.i((w * n_group, sot_index))?)?
+                        .to_vec1::<f32>()?;
+                    if at_sot.iter().any(|v| v.is_nan()) {
+                        // Greedy decoding would pick token 0 ('!') forever and call it text.
+                        return Err(Error::InvalidRequest(
+                            "the model's logits are not numbers (NaN): its weights hold NaN or infinite values".into(),
+                        ));
+                    }
+                    let lse = log_sum_exp(&at_sot);
+                    group.no_speech_prob = (at_sot[s.no_speech as usize] - lse).exp();
                 }
-                let lse = log_sum_exp(&at_sot);
-                no_speech_prob = (at_sot[s.no_speech as usize] - lse).exp();
             }
             let last = hidden.narrow(1, t - 1, 1)?;
             let mut logits = model.logits(&last)?.squeeze(1)?.to_vec2::<f32>()?;
             let _sampling = tracing::trace_span!("sampling").entered();
-            for (row, l) in rows.iter().zip(logits.iter_mut()) {
-                if opts.ignore_eot {
-                    l[s.eot as usize] = f32::NEG_INFINITY;
+            let mut sources: Vec<u32> = (0..n_rows as u32).collect();
+            let mut reorder = false;
+            for (w, (group, logits)) in groups
+                .iter_mut()
+                .zip(logits.chunks_mut(n_group))
+                .enumerate()
+            {
+                if group.done {
+                    continue;
                 }
-                rules.apply(l, &row[sample_begin..], opts, &suppress);
-            }
-            let completed = match beam.as_mut() {
-                None => {
-                    for (k, l) in logits.iter().enumerate() {
-                        let prev = *rows[k].last().expect("non-empty");
-                        let next = if prev == s.eot {
-                            s.eot
-                        } else if opts.temperature == 0.0 {
-                            argmax(l) as u32
-                        } else {
-                            sampler.sample(
-                                l,
-                                SamplingParams {
-                                    temperature: opts.temperature,
-                                    top_k: 0,
-                                    top_p: 1.0,
-                                },
-                            ) as u32
-                        };
-                        if prev != s.eot {
-                            sum_logprobs[k] += l[next as usize] - log_sum_exp(l);
+                for (row, l) in group.rows.iter().zip(logits.iter_mut()) {
+                    if opts.ignore_eot {
+                        l[s.eot as usize] = f32::NEG_INFINITY;
+                    }
+                    rules.apply(l, &row[sample_begin..], opts, &suppress);
+                }
+                match group.beam.as_mut() {
+                    None => {
+                        for (k, l) in logits.iter().enumerate() {
+                            let prev = *group.rows[k].last().expect("non-empty");
+                            let next = if prev == s.eot {
+                                s.eot
+                            } else if opts.temperature == 0.0 {
+                                argmax(l) as u32
+                            } else {
+                                sampler.sample(
+                                    l,
+                                    SamplingParams {
+                                        temperature: opts.temperature,
+                                        top_k: 0,
+                                        top_p: 1.0,
+                                    },
+                                ) as u32
+                            };
+                            if prev != s.eot {
+                                group.sum_logprobs[k] += l[next as usize] - log_sum_exp(l);
+                            }
+                            group.rows[k].push(next);
                         }
-                        rows[k].push(next);
+                        group.done = group
+                            .rows
+                            .iter()
+                            .all(|r| *r.last().expect("non-empty") == s.eot);
                     }
-                    rows.iter().all(|r| *r.last().expect("non-empty") == s.eot)
-                }
-                Some(search) => {
-                    let logprobs: Vec<Vec<f32>> = logits
-                        .iter()
-                        .map(|l| {
-                            let mut lp = vec![0f32; l.len()];
-                            log_softmax(l, &mut lp);
-                            lp
-                        })
-                        .collect();
-                    let (next, sources, done) =
-                        search.update(&rows, &logprobs, &mut sum_logprobs, s.eot);
-                    if next.len() < n_group {
-                        // Every candidate ended: nothing left to extend.
-                        rows = next;
-                        break;
+                    Some(search) => {
+                        let logprobs: Vec<Vec<f32>> = logits
+                            .iter()
+                            .map(|l| {
+                                let mut lp = vec![0f32; l.len()];
+                                log_softmax(l, &mut lp);
+                                lp
+                            })
+                            .collect();
+                        let (next, from, done) =
+                            search.update(&group.rows, &logprobs, &mut group.sum_logprobs, s.eot);
+                        // Every candidate ended: nothing left to extend (the rows, fewer
+                        // than the window's, are kept for the ranking).
+                        group.done = done || next.len() < n_group;
+                        if next.len() == n_group {
+                            for (k, src) in from.into_iter().enumerate() {
+                                sources[w * n_group + k] = (w * n_group) as u32 + src;
+                            }
+                            reorder = true;
+                        }
+                        group.rows = next;
                     }
-                    rows = next;
-                    state.reorder(&sources)?;
-                    done
                 }
-            };
+            }
+            if reorder {
+                state.reorder(&sources)?;
+            }
             let elapsed = clock.elapsed().as_secs_f64() * 1e3;
             if i == 0 {
                 prefill_ms = elapsed;
@@ -764,22 +846,45 @@ impl<'a> WindowDecoder<'a> {
                 steps_ms += elapsed;
                 steps += 1;
             }
-            if completed || rows[0].len() > rules.n_text_ctx {
+            // Every row grows by one token a step until its window is done.
+            if groups.iter().all(|g| g.done) || sample_begin + i + 1 > rules.n_text_ctx {
                 break;
             }
         }
-        // Candidates: each sequence cut at its first end-of-text.
-        let candidates: Vec<(Vec<u32>, f32, bool)> = match beam {
-            None => rows
+        let mut results = Vec::with_capacity(groups.len());
+        for (group, language) in groups.into_iter().zip(languages) {
+            let mut result = self.best_candidate(group, sample_begin, opts, language)?;
+            if results.is_empty() {
+                (result.prefill_ms, result.first_token_at) = (prefill_ms, first_token_at);
+                (result.steps, result.steps_ms) = (steps, steps_ms);
+            }
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// A window's result: its candidates, each cut at its first end-of-text, ranked by sum
+    /// log-probability over the length penalty.
+    fn best_candidate(
+        &self,
+        group: Candidates,
+        sample_begin: usize,
+        opts: &DecodingOptions,
+        language: &str,
+    ) -> Result<DecodingResult> {
+        let eot = self.rules.special().eot;
+        let candidates: Vec<(Vec<u32>, f32, bool)> = match group.beam {
+            None => group
+                .rows
                 .into_iter()
-                .zip(sum_logprobs)
+                .zip(group.sum_logprobs)
                 .map(|(seq, lp)| (seq, lp, true))
                 .collect(),
-            Some(search) => search.finalize(&rows, &sum_logprobs, s.eot),
+            Some(search) => search.finalize(&group.rows, &group.sum_logprobs, eot),
         };
         let cut = |seq: &[u32], sampled_eot: bool| -> (Vec<u32>, bool) {
             let sampled = &seq[sample_begin.min(seq.len())..];
-            match sampled.iter().position(|&t| t == s.eot) {
+            match sampled.iter().position(|&t| t == eot) {
                 Some(p) => (sampled[..p].to_vec(), sampled_eot),
                 None => (sampled.to_vec(), false),
             }
@@ -809,12 +914,23 @@ impl<'a> WindowDecoder<'a> {
             text,
             tokens,
             ended_with_eot,
-            no_speech_prob,
+            no_speech_prob: group.no_speech_prob,
             temperature: opts.temperature,
-            prefill_ms,
-            first_token_at,
-            steps,
-            steps_ms,
+            prefill_ms: 0.0,
+            first_token_at: None,
+            steps: 0,
+            steps_ms: 0.0,
         })
     }
+}
+
+/// One window's candidates in a batched decode: its rows (the beams, or the samples), their
+/// sum log-probabilities, its beam search.
+struct Candidates {
+    rows: Vec<Vec<u32>>,
+    sum_logprobs: Vec<f32>,
+    beam: Option<BeamSearch>,
+    no_speech_prob: f32,
+    /// Settled: every row ended, or the beam search has its candidates.
+    done: bool,
 }

@@ -344,8 +344,6 @@ impl WhisperPipeline {
         let mut clip_index = 0;
         let mut seek = clips[0].start;
         let mut last_speech_timestamp = 0.0;
-        let input_stride = N_FRAMES / self.model.config().max_source_positions;
-        let time_precision = frames_to_seconds(input_stride);
 
         // openai-whisper's loop over the clips' windows, flattened as there: a window starts
         // where the last one's text ended, or at the next clip.
@@ -366,8 +364,7 @@ impl WhisperPipeline {
                 end_time: frames_to_seconds(seek + N_FRAMES),
                 duration: frames_to_seconds(segment_size),
             };
-            let (window_seek, time_offset, segment_duration) =
-                (window.seek, window.time_offset, window.duration);
+            let window_seek = window.seek;
             decoder.clear_audio();
             decoder.set_audio(encode(seek, segment_size, &mut timings)?)?;
 
@@ -395,106 +392,36 @@ impl WhisperPipeline {
                     .map(|t| t.duration_since(start).as_secs_f64() * 1e3);
             }
 
-            if let Some(threshold) = opts.no_speech_threshold {
-                let mut skip = result.no_speech_prob > threshold;
-                if opts
-                    .logprob_threshold
-                    .is_some_and(|lp| result.avg_logprob > lp)
-                {
-                    skip = false;
-                }
-                if skip {
-                    seek += segment_size;
-                    report(progress, seek, content_frames, &segments)?;
-                    continue;
-                }
+            if is_silence(&result, opts) {
+                seek += segment_size;
+                report(progress, seek, content_frames, &segments)?;
+                continue;
             }
 
             token_ids.extend_from_slice(&result.tokens);
             if result.ended_with_eot {
                 token_ids.push(special.eot);
             }
-            let tokens = &result.tokens;
-            let is_ts: Vec<bool> = tokens
-                .iter()
-                .map(|&t| t >= special.timestamp_begin)
-                .collect();
-            let n = tokens.len();
-            let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1];
-            let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
-            let ts_pos = |t: u32| (t - special.timestamp_begin) as f64;
-            // Each segment's span and all its tokens (timestamps included).
-            let mut spans: Vec<(f64, f64, &[u32])> = Vec::new();
-            if !consecutive.is_empty() {
-                let mut slices = consecutive.clone();
-                if single_timestamp_ending {
-                    slices.push(n);
-                }
-                let mut last_slice = 0;
-                for &slice in &slices {
-                    let part = &tokens[last_slice..slice];
-                    let start = time_offset + ts_pos(part[0]) * time_precision;
-                    let end =
-                        time_offset + ts_pos(*part.last().expect("non-empty")) * time_precision;
-                    spans.push((start, end, part));
-                    last_slice = slice;
-                }
-                if single_timestamp_ending {
-                    seek += segment_size;
-                } else {
-                    let last_timestamp_pos = tokens[last_slice - 1] - special.timestamp_begin;
-                    seek += last_timestamp_pos as usize * input_stride;
-                }
-            } else {
-                let mut duration = segment_duration;
-                if let Some(&last) = tokens.iter().rev().find(|&&t| t >= special.timestamp_begin) {
-                    if last != special.timestamp_begin {
-                        duration = ts_pos(last) * time_precision;
-                    }
-                }
-                spans.push((time_offset, time_offset + duration, tokens));
-                seek += segment_size;
-            }
-            let (mut current, mut parts): (Vec<TimedSegment>, Vec<&[u32]>) = spans
-                .into_iter()
-                .map(|(start, end, part)| {
-                    let text_tokens = part.iter().copied().filter(|&t| t < special.eot).collect();
-                    let segment = TimedSegment {
-                        start,
-                        end,
-                        text_tokens,
-                        words: Vec::new(),
-                    };
-                    (segment, part)
-                })
-                .unzip();
+            let Split {
+                segments: mut current,
+                mut parts,
+                single_timestamp_ending,
+                consumed,
+            } = self.split_at_timestamps(&result.tokens, &window);
+            seek += consumed;
 
             if opts.word_timestamps {
-                let clock = Instant::now();
-                let _span = tracing::trace_span!("alignment").entered();
-                let text_tokens: Vec<u32> = current
-                    .iter()
-                    .flat_map(|s| s.text_tokens.iter().copied())
-                    .collect();
-                let alignment = decoder.align(
-                    &text_tokens,
-                    &language,
-                    opts.decode.task,
-                    segment_size,
-                    &self.alignment_heads,
-                )?;
-                timing::add_word_timestamps(
+                self.time_words(
+                    &mut decoder,
                     &mut current,
-                    alignment,
-                    time_offset,
+                    &language,
+                    &window,
                     last_speech_timestamp,
-                    &opts.prepend_punctuations,
-                    &opts.append_punctuations,
-                );
-                timings.alignment_ms += ms(clock);
-                timings.alignments += 1;
+                    opts,
+                    &mut timings,
+                )?;
                 if let Some(end) = timing::last_end(&current).filter(|_| !single_timestamp_ending) {
-                    if end > time_offset {
+                    if end > window.time_offset {
                         seek = seconds_to_frames(end);
                     }
                 }
@@ -521,30 +448,15 @@ impl WhisperPipeline {
                 }
             }
 
-            for (segment, part) in current.into_iter().zip(parts) {
-                let mut text = self.tokenizer.decode(part)?;
-                let mut part = part.to_vec();
-                let mut words = opts.word_timestamps.then_some(segment.words);
-                if segment.start == segment.end || text.trim().is_empty() {
-                    text.clear();
-                    part.clear();
-                    words = words.map(|_| Vec::new());
-                }
-                all_tokens.extend_from_slice(&part);
-                segments.push(Segment {
-                    id: segments.len(),
-                    seek: window_seek,
-                    start: segment.start,
-                    end: segment.end,
-                    text,
-                    tokens: part,
-                    temperature: result.temperature,
-                    avg_logprob: result.avg_logprob,
-                    compression_ratio: result.compression_ratio,
-                    no_speech_prob: result.no_speech_prob,
-                    words,
-                });
-            }
+            self.push_segments(
+                current,
+                parts,
+                &result,
+                window_seek,
+                opts.word_timestamps,
+                &mut segments,
+                &mut all_tokens,
+            )?;
             if !opts.condition_on_previous_text || result.temperature > 0.5 {
                 prompt_reset_since = all_tokens.len();
             }
@@ -554,6 +466,241 @@ impl WhisperPipeline {
         let text = self
             .tokenizer
             .decode_with_specials(&all_tokens[initial_prompt.len()..])?;
+        Ok((
+            Transcript {
+                language,
+                duration: samples.len() as f64 / SAMPLE_RATE as f64,
+                text,
+                segments,
+                token_ids,
+            },
+            timings,
+        ))
+    }
+
+    /// Transcribes each of `chunks` (ranges of 16 kHz mono `samples`, at most 30 s heard of
+    /// each) on its own, `batch_size` at a time, as faster-whisper's
+    /// `BatchedInferencePipeline` does with the chunks its VAD cut: each chunk's log-mel
+    /// alone (padded by 160 samples, its last frame dropped), one window per chunk, every
+    /// decoder step running the batch's windows together ([`WindowDecoder::decode_batch`]),
+    /// the segments split at their timestamps (an unfinished one at the end dropped) at the
+    /// chunk's times in `samples`. No previous text: each chunk's prompt is the initial prompt
+    /// alone. The language, where not given, is detected on the first 30 s of the chunks'
+    /// features joined. Unlike faster-whisper, which decodes a batch at its first temperature
+    /// only and keeps every chunk, each chunk falls back through the temperatures and is
+    /// skipped as silence as openai-whisper's windows are (the thresholds of `opts`).
+    pub fn transcribe_chunks(
+        &self,
+        samples: &[f32],
+        chunks: &[std::ops::Range<usize>],
+        opts: &TranscribeOptions,
+        batch_size: usize,
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<(Transcript, Timings)> {
+        if batch_size == 0 {
+            return Err(Error::InvalidRequest("the batch size is at least 1".into()));
+        }
+        if !opts.clip_timestamps.is_empty() || opts.hallucination_silence_threshold.is_some() {
+            return Err(Error::InvalidRequest(
+                "chunks transcribed in batches take neither clip timestamps nor a hallucination \
+                 silence threshold (both follow one window after another)"
+                    .into(),
+            ));
+        }
+        if opts.temperatures.is_empty() {
+            return Err(Error::InvalidRequest(
+                "no decoding temperature given".into(),
+            ));
+        }
+        if let Some(bad) = chunks
+            .iter()
+            .find(|c| c.start >= c.end || c.end > samples.len())
+        {
+            return Err(Error::InvalidRequest(format!(
+                "chunk {}..{} is not a stretch of the {} samples",
+                bad.start,
+                bad.end,
+                samples.len()
+            )));
+        }
+        let mut timings = Timings::default();
+        let start = Instant::now();
+        let n_mels = self.mel.n_mels();
+        // Each chunk's encoder input: its own log-mel (faster-whisper's feature extractor,
+        // openai-whisper's with 160 samples of padding), the last frame dropped, then padded
+        // or cut to a window.
+        let features: Vec<(Vec<f32>, usize)> = {
+            let _span = tracing::trace_span!("mel", chunks = chunks.len()).entered();
+            chunks
+                .iter()
+                .map(|c| {
+                    let mel = self.mel.log_mel_windows(&samples[c.clone()], HOP_LENGTH);
+                    let frames = mel.n_frames().saturating_sub(1);
+                    let mut window = vec![0f32; n_mels * N_FRAMES];
+                    mel.write(0, frames.min(N_FRAMES), &mut window, N_FRAMES);
+                    (window, frames)
+                })
+                .collect()
+        };
+        timings.mel_ms = ms(start);
+        let device = self.model.device();
+        let special = *self.rules.special();
+        let mut decoder = self.window_decoder(opts.decode.seed);
+        let language = match &opts.decode.language {
+            Some(code) => code.clone(),
+            None if !special.multilingual => "en".to_string(),
+            None => {
+                // faster-whisper's: the chunks' features joined, with one frame of −1.5 after
+                // them (for an input without any), its first 30 s.
+                let clock = Instant::now();
+                let mut joined = vec![0f32; n_mels * N_FRAMES];
+                let mut at = 0;
+                for (window, frames) in &features {
+                    let take = (*frames).min(N_FRAMES - at);
+                    for m in 0..n_mels {
+                        joined[m * N_FRAMES + at..][..take]
+                            .copy_from_slice(&window[m * N_FRAMES..][..take]);
+                    }
+                    at += take;
+                    if at == N_FRAMES {
+                        break;
+                    }
+                }
+                if at < N_FRAMES {
+                    (0..n_mels).for_each(|m| joined[m * N_FRAMES + at] = -1.5);
+                }
+                timings.mel_ms += ms(clock);
+                let clock = Instant::now();
+                let window = Tensor::from_vec(joined, (1, n_mels, N_FRAMES), device)?;
+                decoder.set_audio(self.model.encode(&window)?)?;
+                timings.encoder_ms += ms(clock);
+                timings.encoder_calls += 1;
+                let clock = Instant::now();
+                let probs = most_likely_first(decoder.detect_language()?);
+                timings.language_ms += ms(clock);
+                probs[0].0.to_string()
+            }
+        };
+        let initial_prompt = match &opts.initial_prompt {
+            Some(text) => self.tokenizer.encode(&format!(" {}", text.trim()))?,
+            None => Vec::new(),
+        };
+        let mut base = opts.decode.clone();
+        base.prompt = initial_prompt;
+
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut token_ids = Vec::new();
+        let mut all_tokens = Vec::new();
+        let mut last_speech_timestamp = 0.0;
+        let indices: Vec<usize> = (0..chunks.len()).collect();
+        for batch in indices.chunks(batch_size) {
+            decoder.clear_audio();
+            let clock = Instant::now();
+            let encoded = {
+                let _span = tracing::trace_span!("encoder", windows = batch.len()).entered();
+                batch
+                    .iter()
+                    .map(|&i| {
+                        let window =
+                            Tensor::from_slice(&features[i].0, (1, n_mels, N_FRAMES), device)?;
+                        self.model.encode(&window)
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+            timings.encoder_ms += ms(clock);
+            timings.encoder_calls += batch.len();
+            // Each chunk through the temperatures until its decode passes (or they run out).
+            let mut results: Vec<Option<DecodingResult>> = vec![None; batch.len()];
+            let mut pending: Vec<usize> = (0..batch.len()).collect();
+            for &temperature in &opts.temperatures {
+                if pending.is_empty() {
+                    break;
+                }
+                let audio: Vec<Tensor> = pending.iter().map(|&p| encoded[p].clone()).collect();
+                decoder.clear_audio();
+                decoder.set_audio(Tensor::cat(&audio, 0)?)?;
+                let mut window_opts = base.clone();
+                window_opts.temperature = temperature;
+                let languages = vec![language.as_str(); pending.len()];
+                let decoded = decoder.decode_batch(&window_opts, &languages)?;
+                if timings.first_token_ms.is_none() {
+                    timings.first_token_ms = decoded[0]
+                        .first_token_at
+                        .map(|t| t.duration_since(start).as_secs_f64() * 1e3);
+                }
+                timings.prefills += 1;
+                timings.prefill_ms += decoded[0].prefill_ms;
+                timings.steps += decoded[0].steps;
+                timings.steps_ms += decoded[0].steps_ms;
+                let mut retry = Vec::new();
+                for (p, r) in pending.into_iter().zip(decoded) {
+                    if needs_fallback(&r, opts) {
+                        retry.push(p);
+                    }
+                    results[p] = Some(r);
+                }
+                pending = retry;
+            }
+            for ((&i, result), audio) in batch.iter().zip(results).zip(encoded) {
+                let result = result.expect("every chunk decoded at least once");
+                let chunk = &chunks[i];
+                let time_offset = chunk.start as f64 / SAMPLE_RATE as f64;
+                let window = WindowSpan {
+                    // faster-whisper's `int(offset * frames_per_second)`.
+                    seek: (time_offset * FRAMES_PER_SECOND) as usize,
+                    size: features[i].1.min(N_FRAMES),
+                    time_offset,
+                    end_time: time_offset + frames_to_seconds(N_FRAMES),
+                    duration: chunk.len() as f64 / SAMPLE_RATE as f64,
+                };
+                if is_silence(&result, opts) {
+                    continue;
+                }
+                token_ids.extend_from_slice(&result.tokens);
+                if result.ended_with_eot {
+                    token_ids.push(special.eot);
+                }
+                let Split {
+                    segments: mut timed,
+                    parts,
+                    ..
+                } = self.split_at_timestamps(&result.tokens, &window);
+                if opts.word_timestamps {
+                    decoder.clear_audio();
+                    decoder.set_audio(audio)?;
+                    self.time_words(
+                        &mut decoder,
+                        &mut timed,
+                        &language,
+                        &window,
+                        last_speech_timestamp,
+                        opts,
+                        &mut timings,
+                    )?;
+                    if let Some(end) = timing::last_end(&timed) {
+                        last_speech_timestamp = end;
+                    }
+                }
+                self.push_segments(
+                    timed,
+                    parts,
+                    &result,
+                    window.seek,
+                    opts.word_timestamps,
+                    &mut segments,
+                    &mut all_tokens,
+                )?;
+            }
+            let done = batch.last().map_or(0, |&i| i + 1);
+            if !progress(Progress {
+                fraction: done as f64 / chunks.len() as f64,
+                segments: &segments,
+                pending: "",
+            }) {
+                return Err(Error::Cancelled);
+            }
+        }
+        let text = self.tokenizer.decode_with_specials(&all_tokens)?;
         Ok((
             Transcript {
                 language,
@@ -589,23 +736,169 @@ impl WhisperPipeline {
             timings.prefill_ms += r.prefill_ms;
             timings.steps += r.steps;
             timings.steps_ms += r.steps_ms;
-            let mut needs_fallback = opts
-                .compression_ratio_threshold
-                .is_some_and(|c| r.compression_ratio > c)
-                || opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp);
-            if opts
-                .no_speech_threshold
-                .is_some_and(|ns| r.no_speech_prob > ns)
-                && opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp)
-            {
-                needs_fallback = false;
-            }
+            let retry = needs_fallback(&r, opts);
             result = Some(r);
-            if !needs_fallback {
+            if !retry {
                 break;
             }
         }
         Ok(result.expect("at least one temperature"))
+    }
+
+    /// Mel frames per decoder (cross-attention) position: 2.
+    fn input_stride(&self) -> usize {
+        N_FRAMES / self.model.config().max_source_positions
+    }
+
+    /// `tokens` of the window `window` cut into segments at their timestamps (openai-whisper's
+    /// split, which faster-whisper's `_split_segments_by_timestamps` repeats): at each pair of
+    /// consecutive timestamps, and at the end after a lone one; tokens after the last
+    /// complete segment are dropped. Without such a pair, one segment for the whole window
+    /// (to its last timestamp, if one is past zero).
+    fn split_at_timestamps<'t>(&self, tokens: &'t [u32], window: &WindowSpan) -> Split<'t> {
+        let special = self.rules.special();
+        let input_stride = self.input_stride();
+        let time_precision = frames_to_seconds(input_stride);
+        let is_ts: Vec<bool> = tokens
+            .iter()
+            .map(|&t| t >= special.timestamp_begin)
+            .collect();
+        let n = tokens.len();
+        let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1];
+        let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
+        let ts_pos = |t: u32| (t - special.timestamp_begin) as f64;
+        // Each segment's span and all its tokens (timestamps included).
+        let mut spans: Vec<(f64, f64, &[u32])> = Vec::new();
+        let consumed = if !consecutive.is_empty() {
+            let mut slices = consecutive.clone();
+            if single_timestamp_ending {
+                slices.push(n);
+            }
+            let mut last_slice = 0;
+            for &slice in &slices {
+                let part = &tokens[last_slice..slice];
+                let start = window.time_offset + ts_pos(part[0]) * time_precision;
+                let end =
+                    window.time_offset + ts_pos(*part.last().expect("non-empty")) * time_precision;
+                spans.push((start, end, part));
+                last_slice = slice;
+            }
+            if single_timestamp_ending {
+                window.size
+            } else {
+                let last_timestamp_pos = tokens[last_slice - 1] - special.timestamp_begin;
+                last_timestamp_pos as usize * input_stride
+            }
+        } else {
+            let mut duration = window.duration;
+            if let Some(&last) = tokens.iter().rev().find(|&&t| t >= special.timestamp_begin) {
+                if last != special.timestamp_begin {
+                    duration = ts_pos(last) * time_precision;
+                }
+            }
+            spans.push((window.time_offset, window.time_offset + duration, tokens));
+            window.size
+        };
+        let (segments, parts) = spans
+            .into_iter()
+            .map(|(start, end, part)| {
+                let text_tokens = part.iter().copied().filter(|&t| t < special.eot).collect();
+                let segment = TimedSegment {
+                    start,
+                    end,
+                    text_tokens,
+                    words: Vec::new(),
+                };
+                (segment, part)
+            })
+            .unzip();
+        Split {
+            segments,
+            parts,
+            single_timestamp_ending,
+            consumed,
+        }
+    }
+
+    /// Times the words of `segments`, the current window's (`window`) text, from the decoder's
+    /// cross-attention over its audio ([`WindowDecoder::align`], [`timing::add_word_timestamps`]).
+    #[allow(clippy::too_many_arguments)]
+    fn time_words(
+        &self,
+        decoder: &mut WindowDecoder<'_>,
+        segments: &mut [TimedSegment],
+        language: &str,
+        window: &WindowSpan,
+        last_speech_timestamp: f64,
+        opts: &TranscribeOptions,
+        timings: &mut Timings,
+    ) -> Result<()> {
+        let clock = Instant::now();
+        let _span = tracing::trace_span!("alignment").entered();
+        let text_tokens: Vec<u32> = segments
+            .iter()
+            .flat_map(|s| s.text_tokens.iter().copied())
+            .collect();
+        let alignment = decoder.align(
+            &text_tokens,
+            language,
+            opts.decode.task,
+            window.size,
+            &self.alignment_heads,
+        )?;
+        timing::add_word_timestamps(
+            segments,
+            alignment,
+            window.time_offset,
+            last_speech_timestamp,
+            &opts.prepend_punctuations,
+            &opts.append_punctuations,
+        );
+        timings.alignment_ms += ms(clock);
+        timings.alignments += 1;
+        Ok(())
+    }
+
+    /// Appends a window's segments (`timed`, with their tokens `parts`) decoded as `result`
+    /// from the window at `seek` to `segments`, and their tokens to `all_tokens`; a segment
+    /// without length or text keeps its place with neither text nor tokens (nor words), as
+    /// openai-whisper clears it.
+    #[allow(clippy::too_many_arguments)]
+    fn push_segments(
+        &self,
+        timed: Vec<TimedSegment>,
+        parts: Vec<&[u32]>,
+        result: &DecodingResult,
+        seek: usize,
+        word_timestamps: bool,
+        segments: &mut Vec<Segment>,
+        all_tokens: &mut Vec<u32>,
+    ) -> Result<()> {
+        for (segment, part) in timed.into_iter().zip(parts) {
+            let mut text = self.tokenizer.decode(part)?;
+            let mut part = part.to_vec();
+            let mut words = word_timestamps.then_some(segment.words);
+            if segment.start == segment.end || text.trim().is_empty() {
+                text.clear();
+                part.clear();
+                words = words.map(|_| Vec::new());
+            }
+            all_tokens.extend_from_slice(&part);
+            segments.push(Segment {
+                id: segments.len(),
+                seek,
+                start: segment.start,
+                end: segment.end,
+                text,
+                tokens: part,
+                temperature: result.temperature,
+                avg_logprob: result.avg_logprob,
+                compression_ratio: result.compression_ratio,
+                no_speech_prob: result.no_speech_prob,
+                words,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -633,6 +926,41 @@ fn report(
     } else {
         Err(Error::Cancelled)
     }
+}
+
+/// Whether openai-whisper's `decode_with_fallback` tries the next temperature after `r`: too
+/// repetitive or too improbable, unless it looks like silence.
+fn needs_fallback(r: &DecodingResult, opts: &TranscribeOptions) -> bool {
+    let failed = opts
+        .compression_ratio_threshold
+        .is_some_and(|c| r.compression_ratio > c)
+        || opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp);
+    let silence = opts
+        .no_speech_threshold
+        .is_some_and(|ns| r.no_speech_prob > ns)
+        && opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp);
+    failed && !silence
+}
+
+/// Whether openai-whisper skips a window decoded as `r` as silence: `<|nospeech|>` likelier
+/// than the threshold, and the text no likelier than the log-probability threshold.
+fn is_silence(r: &DecodingResult, opts: &TranscribeOptions) -> bool {
+    opts.no_speech_threshold
+        .is_some_and(|ns| r.no_speech_prob > ns)
+        && !opts.logprob_threshold.is_some_and(|lp| r.avg_logprob > lp)
+}
+
+/// A window's decoded tokens cut into segments ([`WhisperPipeline::split_at_timestamps`]).
+struct Split<'t> {
+    /// The segments' spans, their words not yet timed.
+    segments: Vec<TimedSegment>,
+    /// Each segment's tokens, timestamps included.
+    parts: Vec<&'t [u32]>,
+    /// The window ended on a lone timestamp: nothing is said after its last segment.
+    single_timestamp_ending: bool,
+    /// Frames of the window its segments account for: all, or up to the last timestamp
+    /// where an unfinished segment after it was dropped (where the next window starts).
+    consumed: usize,
 }
 
 /// A window's place in the input.
