@@ -9,7 +9,9 @@ layout) to CTranslate2 (float32, in a temporary directory), runs faster-whisper'
 
 with the speech segments its VAD found (`get_speech_timestamps` with the batched pipeline's
 options: chunks of at most 30 s, silences of 160 ms), the chunks it cut from the joined
-speech (`collect_chunks`: offset and duration), and per case every segment it returned
+speech (`collect_chunks`: offset and duration), each chunk's encoder input (its frame count
+and the sum of each mel bin over the 3000 padded frames: the random model hears little of
+its audio, so the tokens alone would not show a feature that differs), and per case every segment it returned
 (seek, start, end, tokens, text, avg_logprob, no_speech_prob) and the language.
 
 Cases (greedy: beam_size=1, temperature 0; random weights never end a text, so every chunk
@@ -37,7 +39,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import ctranslate2  # noqa: E402
 import faster_whisper  # noqa: E402
 from ctranslate2.converters import TransformersConverter  # noqa: E402
+import numpy as np  # noqa: E402
 from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio  # noqa: E402
+from faster_whisper.audio import pad_or_trim  # noqa: E402
 from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -68,7 +72,11 @@ def main():
         # The batched pipeline's VAD options (its `transcribe` builds the same).
         vad = VadOptions(max_speech_duration_s=30, min_silence_duration_ms=160)
         speech = get_speech_timestamps(audio, vad)
-        _, chunks = collect_chunks(audio, speech, max_duration=30)
+        audio_chunks, chunks = collect_chunks(audio, speech, max_duration=30)
+        # Each chunk's encoder input as the pipeline builds it: its own log-mel, the last
+        # frame dropped, padded to 3000 frames; kept as its frame count and per-bin sums.
+        features = [model.feature_extractor(c)[..., :-1] for c in audio_chunks]
+        padded = [pad_or_trim(f) for f in features]
         out = {
             "generator": "tools/reference/whisper_batched_fixtures.py",
             "versions": {"faster_whisper": faster_whisper.__version__,
@@ -77,6 +85,8 @@ def main():
             "batch_size": BATCH_SIZE,
             "speech": [[s["start"], s["end"]] for s in speech],
             "chunks": [[c["offset"], c["duration"]] for c in chunks],
+            "features": [dict(frames=f.shape[-1], bin_sums=p.astype(np.float64).sum(-1).tolist())
+                         for f, p in zip(features, padded)],
             "cases": {},
         }
         for name, options in CASES.items():

@@ -1266,3 +1266,105 @@ fn txt_printed_as_it_decodes_equals_the_txt_file() {
         assert!(printed.stdout == file, "{}", model.display());
     }
 }
+
+/// `--vad --batch-size 4` with Silero's ONNX weights (faster-whisper's own file) is
+/// faster-whisper's `BatchedInferencePipeline` end to end: its VAD's speech, its chunks, and
+/// each case's segments at the file's times (tools/reference/whisper_batched_fixtures.py),
+/// greedy, neither fallback nor the silence skip (it has neither).
+#[test]
+fn batch_size_transcribes_as_faster_whispers_batched_pipeline() {
+    let vad = root().join("../shared/assets/silero-vad/silero_vad_v6.onnx");
+    let fixture = whisper_fixture("tiny-random.batched.json");
+    let audio = root()
+        .join("..")
+        .join("shared")
+        .join(fixture["audio"].as_str().unwrap());
+    let batch = fixture["batch_size"].to_string();
+    for (name, case) in fixture["cases"].as_object().unwrap() {
+        let options = &case["options"];
+        let mut args = vec![
+            "--vad",
+            "--vad-model",
+            s(&vad),
+            "--batch-size",
+            &batch,
+            "--logprob-threshold",
+            "-1e9",
+            "--no-speech-threshold",
+            "1",
+        ];
+        let language = options["language"].as_str().unwrap_or("auto");
+        args.extend(["--language", language]);
+        if options.get("without_timestamps") != Some(&Value::Bool(false)) {
+            args.push("--without-timestamps");
+        }
+        if let Some(prompt) = options["initial_prompt"].as_str() {
+            args.extend(["--prompt", prompt]);
+        }
+        // (The detected language shows in the tokens; verbose_json names it in words.)
+        let v = verbose_json(&tiny(), &args, s(&audio));
+        let want = case["segments"].as_array().unwrap();
+        let got = v["segments"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            for key in ["seek", "tokens", "text"] {
+                assert_eq!(g[key], w[key], "{name}, segment {i}: {key}");
+            }
+            for key in ["start", "end"] {
+                let (g, w) = (g[key].as_f64().unwrap(), w[key].as_f64().unwrap());
+                assert!(
+                    (g - w).abs() < 1e-6,
+                    "{name}, segment {i}: {key} {g} against {w}"
+                );
+            }
+        }
+    }
+    // The batch size is Whisper's, with --vad, 1 to 64, without the window-by-window options.
+    let voxtral = root().join("tests/fixtures/voxtral/tiny-random-mistral");
+    let vad_args = ["--vad", "--vad-model", s(&vad)];
+    fails(
+        &[
+            &["transcribe", "--model", s(&voxtral)][..],
+            &vad_args,
+            &["--batch-size", "2", s(&jfk())],
+        ]
+        .concat(),
+        "no batched transcription (--batch-size: Whisper's)",
+    );
+    for (batch, extra, expect) in [
+        ("0", &[][..], "--batch-size takes 1 to 64"),
+        ("65", &[], "--batch-size takes 1 to 64"),
+        (
+            "2",
+            &[
+                "--word-timestamps",
+                "--hallucination-silence-threshold",
+                "2",
+            ],
+            "--batch-size takes neither",
+        ),
+    ] {
+        fails(
+            &[
+                &["transcribe", "--model", s(&tiny())][..],
+                &vad_args,
+                &["--batch-size", batch],
+                extra,
+                &[s(&jfk())],
+            ]
+            .concat(),
+            expect,
+        );
+    }
+    // Without --vad there are no chunks to batch.
+    let out = voxide(&[
+        "transcribe",
+        "--model",
+        s(&tiny()),
+        "--batch-size",
+        "2",
+        s(&jfk()),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--vad"));
+}

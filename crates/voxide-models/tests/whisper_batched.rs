@@ -195,6 +195,35 @@ fn joined_speech_is_cut_into_faster_whispers_chunks() {
     assert_eq!(got, want);
 }
 
+/// Each chunk's encoder input is faster-whisper's: its frames, and every mel bin's sum over
+/// the padded window (within f32 rounding of 3000 values).
+#[test]
+fn chunks_are_heard_as_faster_whisper_hears_them() {
+    let p = pipeline();
+    let fixture = fixture();
+    let audio = load(fixture["audio"].as_str().unwrap());
+    let speech = speech(&fixture);
+    let joined = speech.collect(&audio);
+    let chunks = speech.chunks(30 * RATE);
+    let want = fixture["features"].as_array().unwrap();
+    assert_eq!(chunks.len(), want.len());
+    for (i, (chunk, want)) in chunks.iter().zip(want).enumerate() {
+        let (window, frames) = p.chunk_features(&joined[chunk.clone()]);
+        assert_eq!(frames as u64, want["frames"].as_u64().unwrap(), "chunk {i}");
+        for (m, want) in want["bin_sums"].as_array().unwrap().iter().enumerate() {
+            let got: f64 = window[m * N_FRAMES..][..N_FRAMES]
+                .iter()
+                .map(|&v| v as f64)
+                .sum();
+            let want = want.as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 2e-3,
+                "chunk {i}, bin {m}: {got} against {want}"
+            );
+        }
+    }
+}
+
 /// Each case of the fixture: our chunks of faster-whisper's speech, transcribed 4 at a time
 /// (greedy, no fallback, no silence skip: faster-whisper's batched pipeline has neither),
 /// their times mapped back to the file; every segment's window, times, tokens and text are

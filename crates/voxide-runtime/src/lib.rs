@@ -40,5 +40,5 @@ pub use load::{
 };
 pub use resolve::{resolve_model, ModelSource};
 pub use transcriber::{SpeechStream, TranscribeRequest, Transcriber, WeightFormat};
-pub use vad::{transcribe_speech, transcribe_stretches, vad_params};
+pub use vad::{request_vad_params, transcribe_speech, transcribe_stretches, vad_params};
 pub use voxide_models::{Progress, Segment, Timings, Transcript};

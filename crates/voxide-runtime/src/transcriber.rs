@@ -74,6 +74,10 @@ pub struct TranscribeRequest {
     /// Voxtral models: precision of the KV caches (default: the model's, f16 beside narrow or
     /// quantized weights, f32 beside f32 ones).
     pub kv_dtype: Option<DType>,
+    /// Whisper, with voice activity detection: transcribe the speech in chunks of up to 30 s,
+    /// each on its own, this many at a time (faster-whisper's `BatchedInferencePipeline`,
+    /// [`crate::transcribe_speech`]); `None` hears the speech joined, window after window.
+    pub batch_size: Option<usize>,
 }
 
 impl Default for TranscribeRequest {
@@ -105,9 +109,14 @@ impl Default for TranscribeRequest {
             ignore_eot: false,
             delay_ms: None,
             kv_dtype: None,
+            batch_size: None,
         }
     }
 }
+
+/// Most chunks a batched transcription decodes at once: each holds its window's
+/// cross-attention keys and values and its candidates' caches (large-v3: ~250 MB a chunk).
+pub const MAX_BATCH_SIZE: usize = 64;
 
 /// Most fallback temperatures a schedule may hold (openai-whisper's default increment of 0.2
 /// makes 5): an increment of 1e-30 would make 10^30, and one below f32's resolution at the
@@ -144,6 +153,21 @@ impl TranscribeRequest {
             return Err(Error::InvalidRequest(format!(
                 "--beam-size and --best-of take at most {MAX_CANDIDATES} (each candidate holds its own KV cache)"
             )));
+        }
+        if let Some(batch) = self.batch_size {
+            if !(1..=MAX_BATCH_SIZE).contains(&batch) {
+                return Err(Error::InvalidRequest(format!(
+                    "--batch-size takes 1 to {MAX_BATCH_SIZE} chunks (each holds its own audio's \
+                     keys and values)"
+                )));
+            }
+            if !self.clip_timestamps.is_empty() || self.hallucination_silence_threshold.is_some() {
+                return Err(Error::InvalidRequest(
+                    "--batch-size takes neither --clip-timestamps nor \
+                     --hallucination-silence-threshold (both follow one window after another)"
+                        .into(),
+                ));
+            }
         }
         if !(self.temperature_increment.is_finite() && self.temperature_increment >= 0.0) {
             return Err(Error::InvalidRequest(
@@ -200,6 +224,11 @@ impl TranscribeRequest {
                 "no list of suppressed tokens",
                 "--suppress-tokens",
             ),
+            (
+                self.batch_size.is_some(),
+                "no batched transcription",
+                "--batch-size",
+            ),
         ];
         match asked.into_iter().find(|(asked, ..)| *asked) {
             Some((_, what, flag)) => Err(Error::InvalidRequest(format!(
@@ -250,6 +279,21 @@ pub trait Transcriber: Send + Sync {
     /// detect a language.
     fn detect_language(&self, _samples: &[f32]) -> Option<Result<Vec<(&'static str, f32)>>> {
         None
+    }
+
+    /// Transcribes each of `chunks` (ranges of `samples`, at most 30 s heard of each) on its
+    /// own, `request.batch_size` of them at a time, one transcript at the times of `samples`
+    /// (Whisper: faster-whisper's batched pipeline); refused by models that do not batch.
+    fn transcribe_chunks(
+        &self,
+        _samples: &[f32],
+        _chunks: &[std::ops::Range<usize>],
+        _request: &TranscribeRequest,
+        _progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<(Transcript, Timings)> {
+        Err(Error::InvalidRequest(
+            "this model does not transcribe in batches (--batch-size: Whisper's)".into(),
+        ))
     }
 
     /// Whether its segments carry times of their own within the audio (Whisper's timestamp
@@ -374,46 +418,74 @@ impl Transcriber for WhisperPipeline {
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         self.check(request)?;
-        let language = requested_language(request)?.map(str::to_string);
-        let mut opts = TranscribeOptions {
-            decode: DecodingOptions {
-                task: if request.translate {
-                    Task::Translate
-                } else {
-                    Task::Transcribe
-                },
-                language,
-                sample_len: request.max_new_tokens,
-                beam_size: request.beam_size,
-                best_of: request.best_of,
-                patience: request.patience,
-                length_penalty: request.length_penalty,
-                without_timestamps: !request.timestamps,
-                suppress_tokens: request.suppress_tokens.clone(),
-                seed: request.seed,
-                ignore_eot: request.ignore_eot,
-                ..Default::default()
-            },
-            temperatures: request.temperatures(),
-            compression_ratio_threshold: request.compression_ratio_threshold,
-            logprob_threshold: request.logprob_threshold,
-            no_speech_threshold: request.no_speech_threshold,
-            condition_on_previous_text: request.condition_on_previous_text,
-            initial_prompt: request.prompt.clone(),
-            carry_initial_prompt: request.carry_initial_prompt,
-            word_timestamps: request.word_timestamps,
-            clip_timestamps: request.clip_timestamps.clone(),
-            hallucination_silence_threshold: request.hallucination_silence_threshold,
-            ..TranscribeOptions::default()
-        };
-        if let Some(p) = &request.prepend_punctuations {
-            opts.prepend_punctuations = p.clone();
+        if request.batch_size.is_some() {
+            return Err(Error::InvalidRequest(
+                "--batch-size transcribes the chunks of speech that voice activity detection \
+                 finds: add --vad"
+                    .into(),
+            ));
         }
-        if let Some(p) = &request.append_punctuations {
-            opts.append_punctuations = p.clone();
-        }
+        let opts = whisper_options(request)?;
         Ok(WhisperPipeline::transcribe(self, samples, &opts, progress)?)
     }
+
+    fn transcribe_chunks(
+        &self,
+        samples: &[f32],
+        chunks: &[std::ops::Range<usize>],
+        request: &TranscribeRequest,
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<(Transcript, Timings)> {
+        self.check(request)?;
+        let opts = whisper_options(request)?;
+        let batch = request.batch_size.unwrap_or(1);
+        Ok(WhisperPipeline::transcribe_chunks(
+            self, samples, chunks, &opts, batch, progress,
+        )?)
+    }
+}
+
+/// A Whisper request as openai-whisper's `transcribe` options.
+fn whisper_options(request: &TranscribeRequest) -> Result<TranscribeOptions> {
+    let language = requested_language(request)?.map(str::to_string);
+    let mut opts = TranscribeOptions {
+        decode: DecodingOptions {
+            task: if request.translate {
+                Task::Translate
+            } else {
+                Task::Transcribe
+            },
+            language,
+            sample_len: request.max_new_tokens,
+            beam_size: request.beam_size,
+            best_of: request.best_of,
+            patience: request.patience,
+            length_penalty: request.length_penalty,
+            without_timestamps: !request.timestamps,
+            suppress_tokens: request.suppress_tokens.clone(),
+            seed: request.seed,
+            ignore_eot: request.ignore_eot,
+            ..Default::default()
+        },
+        temperatures: request.temperatures(),
+        compression_ratio_threshold: request.compression_ratio_threshold,
+        logprob_threshold: request.logprob_threshold,
+        no_speech_threshold: request.no_speech_threshold,
+        condition_on_previous_text: request.condition_on_previous_text,
+        initial_prompt: request.prompt.clone(),
+        carry_initial_prompt: request.carry_initial_prompt,
+        word_timestamps: request.word_timestamps,
+        clip_timestamps: request.clip_timestamps.clone(),
+        hallucination_silence_threshold: request.hallucination_silence_threshold,
+        ..TranscribeOptions::default()
+    };
+    if let Some(p) = &request.prepend_punctuations {
+        opts.prepend_punctuations = p.clone();
+    }
+    if let Some(p) = &request.append_punctuations {
+        opts.append_punctuations = p.clone();
+    }
+    Ok(opts)
 }
 
 /// Most beams or sampled candidates a Whisper request may ask for: each holds a KV cache and

@@ -28,10 +28,22 @@ pub fn vad_params(model: &dyn Transcriber) -> VadParams {
     }
 }
 
+/// The VAD options of a request: faster-whisper's batched pipeline's
+/// ([`VadParams::faster_whisper_batched`]) where it asks for batches, else [`vad_params`].
+pub fn request_vad_params(model: &dyn Transcriber, request: &TranscribeRequest) -> VadParams {
+    match request.batch_size {
+        Some(_) => VadParams::faster_whisper_batched(),
+        None => vad_params(model),
+    }
+}
+
 /// Transcribes the speech of 16 kHz `samples` that `vad` finds with `params`, the times those
 /// of `samples`. A model with times of its own hears the speech joined, its times mapped back
-/// (faster-whisper's `vad_filter`); one without transcribes each stretch of speech of up to
-/// [`STRETCH_S`] alone, a segment each ([`transcribe_stretches`]). No speech: no segments.
+/// (faster-whisper's `vad_filter`), or with a batch size the joined speech cut into chunks of
+/// up to 30 s that it transcribes each alone, in batches (faster-whisper's
+/// `BatchedInferencePipeline`: [`Transcriber::transcribe_chunks`]); one without times
+/// transcribes each stretch of speech of up to [`STRETCH_S`] alone, a segment each
+/// ([`transcribe_stretches`]). No speech: no segments.
 pub fn transcribe_speech(
     model: &dyn Transcriber,
     vad: &SileroVad,
@@ -76,8 +88,14 @@ pub fn transcribe_speech(
         return transcribe_stretches(model, samples, &stretches, request, progress);
     }
     let chunks = SpeechChunks::new(&segments);
-    let (mut transcript, timings) =
-        model.transcribe(&chunks.collect(samples), request, progress)?;
+    let joined = chunks.collect(samples);
+    let (mut transcript, timings) = match request.batch_size {
+        Some(_) => {
+            let parts = chunks.chunks(STRETCH_S * SAMPLE_RATE as usize);
+            model.transcribe_chunks(&joined, &parts, request, progress)?
+        }
+        None => model.transcribe(&joined, request, progress)?,
+    };
     for segment in &mut transcript.segments {
         segment.start = chunks.original_time(segment.start, false);
         segment.end = chunks.original_time(segment.end, true);

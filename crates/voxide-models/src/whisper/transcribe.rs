@@ -261,6 +261,18 @@ impl WhisperPipeline {
         )?)
     }
 
+    /// A chunk's encoder input in a batched transcription ([`Self::transcribe_chunks`]), as
+    /// faster-whisper's batched pipeline builds it: the chunk's own log-mel (its feature
+    /// extractor is openai-whisper's with 160 samples of padding), the last frame dropped,
+    /// zero-padded or cut to a 30 s window: `[n_mels][3000]` values and the chunk's frames.
+    pub fn chunk_features(&self, chunk: &[f32]) -> (Vec<f32>, usize) {
+        let mel = self.mel.log_mel_windows(chunk, HOP_LENGTH);
+        let frames = mel.n_frames().saturating_sub(1);
+        let mut window = vec![0f32; self.mel.n_mels() * N_FRAMES];
+        mel.write(0, frames.min(N_FRAMES), &mut window, N_FRAMES);
+        (window, frames)
+    }
+
     /// The spoken language of 16 kHz mono samples, as [`Self::transcribe`] detects it: every
     /// language's probability from the first 30 s (openai-whisper's `detect_language`), the
     /// most likely first (the lower token id first among equals).
@@ -526,20 +538,11 @@ impl WhisperPipeline {
         let mut timings = Timings::default();
         let start = Instant::now();
         let n_mels = self.mel.n_mels();
-        // Each chunk's encoder input: its own log-mel (faster-whisper's feature extractor,
-        // openai-whisper's with 160 samples of padding), the last frame dropped, then padded
-        // or cut to a window.
         let features: Vec<(Vec<f32>, usize)> = {
             let _span = tracing::trace_span!("mel", chunks = chunks.len()).entered();
             chunks
                 .iter()
-                .map(|c| {
-                    let mel = self.mel.log_mel_windows(&samples[c.clone()], HOP_LENGTH);
-                    let frames = mel.n_frames().saturating_sub(1);
-                    let mut window = vec![0f32; n_mels * N_FRAMES];
-                    mel.write(0, frames.min(N_FRAMES), &mut window, N_FRAMES);
-                    (window, frames)
-                })
+                .map(|c| self.chunk_features(&samples[c.clone()]))
                 .collect()
         };
         timings.mel_ms = ms(start);
