@@ -21,6 +21,21 @@
 //!     ..TranscribeRequest::default()
 //! };
 //! let (clipped, _) = model.transcribe(&samples, &request, &mut |_| true)?;
+//! // faster-whisper's batched pipeline: the speech Silero finds, in 30 s chunks, 8 at a time.
+//! let vad = voxide_models::silero_vad::SileroVad::load("silero_vad_v6.onnx".as_ref())?;
+//! let batched = TranscribeRequest {
+//!     batch_size: Some(8),
+//!     ..TranscribeRequest::default()
+//! };
+//! let params = voxide_runtime::request_vad_params(model.as_ref(), &batched);
+//! let (fast, _) = voxide_runtime::transcribe_speech(
+//!     model.as_ref(),
+//!     &vad,
+//!     &params,
+//!     &samples,
+//!     &batched,
+//!     &mut |_| true,
+//! )?;
 //! # Ok(())
 //! # }
 //! ```
