@@ -11,7 +11,8 @@ chunks of up to 30 s, BATCH at a time, on the same random weights at real shapes
 greedy, timestamps on, language en, no temperature fallback (random weights never end a
 text, so every chunk runs its 224 tokens in both). Configurations:
 
-  voxide          `voxide transcribe --vad --batch-size B` at the checkpoint's precision (f32)
+  voxide          `voxide transcribe --vad --batch-size B` at the checkpoint's precision (f32;
+                  large-v3-turbo's f16)
   voxide-int8     the same with --precision int8
   voxide-joined   `voxide transcribe --vad` without batches (the speech joined, window after
                   window: faster-whisper's `vad_filter`), for the batches' gain

