@@ -24,6 +24,7 @@ a rule of its own, so the cases leave it unset):
     detect            no language: detected on the chunks' features joined
     prompt            an initial_prompt before every chunk's tokens (one that starts with a
                       space: see PROMPT)
+    clips             clip_timestamps instead of the VAD: three stretches, each a chunk
 
 Run with faster-whisper 1.2.1, ctranslate2 4.8.5 and the transformers of requirements.txt
 (the converter), e.g. /work/venv/ref/bin/pip install faster-whisper==1.2.1 ctranslate2==4.8.5.
@@ -59,6 +60,10 @@ CASES = {
     "notimestamps": dict(language="en"),
     "detect": dict(language=None, without_timestamps=False),
     "prompt": dict(language="en", initial_prompt=PROMPT, without_timestamps=False),
+    # Stretches given instead of the VAD's: each a chunk at its own times (VAD not run).
+    "clips": dict(language="en", without_timestamps=False,
+                  clip_timestamps=[dict(start=5.0, end=20.5), dict(start=31.25, end=52.0),
+                                   dict(start=80.0, end=95.0)]),
 }
 
 

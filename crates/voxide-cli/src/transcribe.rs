@@ -74,8 +74,9 @@ pub struct TranscribeArgs {
     /// Whisper, with --vad: cut the speech into chunks of up to 30 s and transcribe each on
     /// its own, N chunks at a time, every decoder step running them together
     /// (faster-whisper's `BatchedInferencePipeline` and its VAD options: 30 s chunks, 160 ms
-    /// silences). Faster on long files; no text is carried from one chunk into the next.
-    #[arg(long, value_name = "N", requires = "vad")]
+    /// silences); with --clip-timestamps, each stretch a chunk (the first 30 s of it heard).
+    /// Faster on long files; no text is carried from one chunk into the next.
+    #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
     /// Silero VAD weights for --vad (ggml or ONNX; default: $VOXIDE_VAD_MODEL, else
     /// ../shared/assets/silero-vad's where it exists).

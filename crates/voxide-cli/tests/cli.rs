@@ -1282,10 +1282,15 @@ fn batch_size_transcribes_as_faster_whispers_batched_pipeline() {
     let batch = fixture["batch_size"].to_string();
     for (name, case) in fixture["cases"].as_object().unwrap() {
         let options = &case["options"];
+        // The clips given, or the speech the VAD finds.
+        let clips: Vec<String> = options["clip_timestamps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| [c["start"].to_string(), c["end"].to_string()])
+            .collect();
+        let clips = clips.join(",");
         let mut args = vec![
-            "--vad",
-            "--vad-model",
-            s(&vad),
             "--batch-size",
             &batch,
             "--logprob-threshold",
@@ -1293,6 +1298,10 @@ fn batch_size_transcribes_as_faster_whispers_batched_pipeline() {
             "--no-speech-threshold",
             "1",
         ];
+        match clips.is_empty() {
+            true => args.extend(["--vad", "--vad-model", s(&vad)]),
+            false => args.extend(["--clip-timestamps", clips.as_str()]),
+        }
         let language = options["language"].as_str().unwrap_or("auto");
         args.extend(["--language", language]);
         if options.get("without_timestamps") != Some(&Value::Bool(false)) {
@@ -1319,7 +1328,8 @@ fn batch_size_transcribes_as_faster_whispers_batched_pipeline() {
             }
         }
     }
-    // The batch size is Whisper's, with --vad, 1 to 64, without the window-by-window options.
+    // The batch size is Whisper's, with --vad or clips, 1 to 64, without the hallucination
+    // threshold (it follows one window after another).
     let voxtral = root().join("tests/fixtures/voxtral/tiny-random-mistral");
     let vad_args = ["--vad", "--vad-model", s(&vad)];
     fails(
@@ -1341,7 +1351,7 @@ fn batch_size_transcribes_as_faster_whispers_batched_pipeline() {
                 "--hallucination-silence-threshold",
                 "2",
             ],
-            "--batch-size takes neither",
+            "--batch-size does not take --hallucination-silence-threshold",
         ),
     ] {
         fails(
@@ -1356,15 +1366,16 @@ fn batch_size_transcribes_as_faster_whispers_batched_pipeline() {
             expect,
         );
     }
-    // Without --vad there are no chunks to batch.
-    let out = voxide(&[
-        "transcribe",
-        "--model",
-        s(&tiny()),
-        "--batch-size",
-        "2",
-        s(&jfk()),
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--vad"));
+    // Without --vad or clips there are no chunks to batch.
+    fails(
+        &[
+            "transcribe",
+            "--model",
+            s(&tiny()),
+            "--batch-size",
+            "2",
+            s(&jfk()),
+        ],
+        "--batch-size transcribes chunks",
+    );
 }

@@ -234,10 +234,24 @@ fn chunks_transcribed_in_batches_match_faster_whisper() {
     let audio = load(fixture["audio"].as_str().unwrap());
     let speech = speech(&fixture);
     let joined = speech.collect(&audio);
-    let chunks = speech.chunks(30 * RATE);
     let batch = fixture["batch_size"].as_u64().unwrap() as usize;
     for (name, case) in fixture["cases"].as_object().unwrap() {
         let options = &case["options"];
+        // The VAD's chunks of the joined speech, or the clips given, each a chunk of the file
+        // at its own times.
+        let clips: Vec<std::ops::Range<usize>> = options["clip_timestamps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let at = |key: &str| (c[key].as_f64().unwrap() * RATE as f64) as usize;
+                at("start")..at("end")
+            })
+            .collect();
+        let (input, chunks, map) = match clips.is_empty() {
+            true => (&joined, speech.chunks(30 * RATE), Some(&speech)),
+            false => (&audio, clips, None),
+        };
         let mut opts = TranscribeOptions::default();
         opts.decode.language = options["language"].as_str().map(str::to_string);
         opts.decode.without_timestamps = options
@@ -249,10 +263,10 @@ fn chunks_transcribed_in_batches_match_faster_whisper() {
         opts.logprob_threshold = None;
         opts.no_speech_threshold = None;
         let (transcript, timings) = p
-            .transcribe_chunks(&joined, &chunks, &opts, batch, &mut |_| true)
+            .transcribe_chunks(input, &chunks, &opts, batch, &mut |_| true)
             .unwrap();
         assert_eq!(transcript.language, case["language"], "{name}");
-        // Two batches of 4 and 1 chunks: one prefill each.
+        // Batches of 4 chunks and what is left: one prefill each.
         assert_eq!(timings.prefills, chunks.len().div_ceil(batch), "{name}");
         let want = case["segments"].as_array().unwrap();
         assert_eq!(transcript.segments.len(), want.len(), "{name}");
@@ -261,9 +275,18 @@ fn chunks_transcribed_in_batches_match_faster_whisper() {
             assert_eq!(got.seek as u64, want["seek"].as_u64().unwrap(), "{at}");
             assert_eq!(got.tokens, json_ids(&want["tokens"]), "{at}");
             assert_eq!(got.text, want["text"].as_str().unwrap(), "{at}");
-            // restore_speech_timestamps, and its rounding to 3 decimals.
-            let start = speech.original_time(got.start, false);
-            let end = speech.original_time(got.end, true);
+            // restore_speech_timestamps where the VAD chose the chunks, and the rounding to
+            // 3 decimals.
+            let (start, end) = match map {
+                Some(speech) => (
+                    speech.original_time(got.start, false),
+                    speech.original_time(got.end, true),
+                ),
+                None => (
+                    (got.start * 1e3).round() / 1e3,
+                    (got.end * 1e3).round() / 1e3,
+                ),
+            };
             assert!(
                 (start - want["start"].as_f64().unwrap()).abs() < 1e-6,
                 "{at}: start {start}"

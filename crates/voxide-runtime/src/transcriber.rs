@@ -161,10 +161,10 @@ impl TranscribeRequest {
                      keys and values)"
                 )));
             }
-            if !self.clip_timestamps.is_empty() || self.hallucination_silence_threshold.is_some() {
+            if self.hallucination_silence_threshold.is_some() {
                 return Err(Error::InvalidRequest(
-                    "--batch-size takes neither --clip-timestamps nor \
-                     --hallucination-silence-threshold (both follow one window after another)"
+                    "--batch-size does not take --hallucination-silence-threshold (it follows \
+                     one window after another)"
                         .into(),
                 ));
             }
@@ -419,11 +419,24 @@ impl Transcriber for WhisperPipeline {
     ) -> Result<(Transcript, Timings)> {
         self.check(request)?;
         if request.batch_size.is_some() {
-            return Err(Error::InvalidRequest(
-                "--batch-size transcribes the chunks of speech that voice activity detection \
-                 finds: add --vad"
-                    .into(),
-            ));
+            // faster-whisper's batched pipeline with clip timestamps: each clip a chunk.
+            if request.clip_timestamps.is_empty() {
+                return Err(Error::InvalidRequest(
+                    "--batch-size transcribes chunks: the speech that --vad finds, or the \
+                     stretches of --clip-timestamps"
+                        .into(),
+                ));
+            }
+            let rate = voxide_models::whisper::SAMPLE_RATE as f64;
+            let chunks: Vec<_> = clip_stretches(&request.clip_timestamps, rate, samples.len())
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .collect();
+            let clipless = TranscribeRequest {
+                clip_timestamps: Vec::new(),
+                ..request.clone()
+            };
+            return Transcriber::transcribe_chunks(self, samples, &chunks, &clipless, progress);
         }
         let opts = whisper_options(request)?;
         Ok(WhisperPipeline::transcribe(self, samples, &opts, progress)?)
