@@ -75,7 +75,8 @@ pub struct TranscribeArgs {
     /// its own, N chunks at a time, every decoder step running them together
     /// (faster-whisper's `BatchedInferencePipeline` and its VAD options: 30 s chunks, 160 ms
     /// silences); with --clip-timestamps, each stretch a chunk (the first 30 s of it heard).
-    /// Faster on long files; no text is carried from one chunk into the next.
+    /// Faster on long files; no text is carried from one chunk into the next. Voxtral Mini 3B
+    /// decodes its stretches (of --vad or --clip-timestamps) N at a time, each as alone.
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
     /// Silero VAD weights for --vad (ggml or ONNX; default: $VOXIDE_VAD_MODEL, else

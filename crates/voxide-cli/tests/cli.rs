@@ -1328,19 +1328,9 @@ fn batch_size_transcribes_as_faster_whispers_batched_pipeline() {
             }
         }
     }
-    // The batch size is Whisper's, with --vad or clips, 1 to 64, without the hallucination
-    // threshold (it follows one window after another).
-    let voxtral = root().join("tests/fixtures/voxtral/tiny-random-mistral");
+    // The batch size takes --vad or clips, 1 to 64, without the hallucination threshold (it
+    // follows one window after another).
     let vad_args = ["--vad", "--vad-model", s(&vad)];
-    fails(
-        &[
-            &["transcribe", "--model", s(&voxtral)][..],
-            &vad_args,
-            &["--batch-size", "2", s(&jfk())],
-        ]
-        .concat(),
-        "no batched transcription (--batch-size: Whisper's)",
-    );
     for (batch, extra, expect) in [
         ("0", &[][..], "--batch-size takes 1 to 64"),
         ("65", &[], "--batch-size takes 1 to 64"),
@@ -1377,5 +1367,40 @@ fn batch_size_transcribes_as_faster_whispers_batched_pipeline() {
             s(&jfk()),
         ],
         "--batch-size transcribes chunks",
+    );
+}
+
+/// Voxtral Mini 3B's stretches (of `--vad`, or `--clip-timestamps`) decoded side by side with
+/// `--batch-size` give the segments each stretch gives alone; Voxtral Realtime has no batches.
+#[test]
+fn voxtral_stretches_in_batches_equal_the_stretches_alone() {
+    let long = root().join("../shared/corpus/longform/en_concat_jfk_librispeech_fleurs.wav");
+    let vad = root().join("../shared/assets/silero-vad/for-tests-silero-v6.2.0-ggml.bin");
+    let voxtral = root().join("tests/fixtures/voxtral/tiny-random-mistral");
+    let vad_args = ["--vad", "--vad-model", s(&vad)];
+    let clip_args = ["--clip-timestamps", "1,12.5,20,44,50,58"];
+    for stretches in [&vad_args[..], &clip_args[..]] {
+        let args = [&["--max-new-tokens", "6"][..], stretches].concat();
+        let alone = verbose_json(&voxtral, &args, s(&long));
+        let batched = verbose_json(
+            &voxtral,
+            &[&args[..], &["--batch-size", "3"]].concat(),
+            s(&long),
+        );
+        let segments = alone["segments"].as_array().unwrap();
+        assert!(segments.len() >= 3, "{stretches:?}: {}", segments.len());
+        assert!(segments.iter().any(|s| s["text"] != segments[0]["text"]));
+        assert_eq!(batched["segments"], alone["segments"], "{stretches:?}");
+        assert_eq!(batched["text"], alone["text"]);
+    }
+    let realtime = root().join("tests/fixtures/voxtral-realtime/tiny-random-mistral");
+    fails(
+        &[
+            &["transcribe", "--model", s(&realtime)][..],
+            &clip_args,
+            &["--batch-size", "2", s(&jfk())],
+        ]
+        .concat(),
+        "Voxtral Realtime has no batched transcription",
     );
 }

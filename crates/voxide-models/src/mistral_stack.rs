@@ -308,21 +308,26 @@ impl Stack {
         })
     }
 
-    /// Fresh state. A sliding-window stack takes blocks of up to `block` positions at once;
-    /// a full-attention one holds up to `block` positions in all (its caches grow to that).
+    /// Fresh state for `batch` sequences decoded side by side. A sliding-window stack (one
+    /// sequence) takes blocks of up to `block` positions at once; a full-attention one holds
+    /// up to `block` positions in all (its caches grow to that).
     pub(crate) fn new_state(
         &self,
+        batch: usize,
         block: usize,
         kv_dtype: DType,
         device: &Device,
     ) -> Result<StackState> {
         let s = &self.config;
+        if s.sliding_window.is_some() && batch != 1 {
+            candle_core::bail!("a sliding-window stack decodes one sequence at a time");
+        }
         let caches = (0..s.n_layers)
             .map(|_| match s.sliding_window {
                 Some(window) => {
                     KvCache::sliding(s.n_kv_heads, window, block, s.head_dim, kv_dtype, device)
                 }
-                None => KvCache::growable(s.n_kv_heads, block, s.head_dim, kv_dtype, device),
+                None => KvCache::growable(batch, s.n_kv_heads, block, s.head_dim, kv_dtype, device),
             })
             .collect::<Result<_>>()?;
         Ok(StackState {

@@ -115,7 +115,7 @@ fn every_stage_matches_transformers() {
             let key = |what: &str| format!("{clip}.transcribe.{what}");
             assert_close(&tag("inputs embeds"), &x, &r[&key("inputs_embeds")], 2e-5);
 
-            let mut state = net.new_state(prompt.len(), DType::F32).unwrap();
+            let mut state = net.new_state(1, prompt.len(), DType::F32).unwrap();
             let mut hidden = Vec::new();
             let mut outs = Vec::new();
             for start in (0..prompt.len()).step_by(voxide_models::voxtral::PREFILL_BLOCK) {
@@ -225,7 +225,7 @@ fn teacher_forced_logits(
 ) -> Tensor {
     let x = net.merge(prompt, audio).unwrap();
     let mut state = net
-        .new_state(prompt.len() + want.len(), DType::F32)
+        .new_state(1, prompt.len() + want.len(), DType::F32)
         .unwrap();
     let mut h = net.decode(&mut state, &x, None).unwrap();
     let mut steps = Vec::new();
@@ -285,9 +285,9 @@ fn bf16_weights_drift_within_their_rounding() {
                 let h = h.narrow(1, h.dim(1).unwrap() - 1, 1).unwrap();
                 net.logits(&h).unwrap().flatten_all().unwrap()
             };
-            let mut state = net.new_state(prompt.len(), DType::F32).unwrap();
+            let mut state = net.new_state(1, prompt.len(), DType::F32).unwrap();
             let one_pass = last(net.decode(&mut state, &x, None).unwrap());
-            let mut state = net.new_state(prompt.len(), DType::F32).unwrap();
+            let mut state = net.new_state(1, prompt.len(), DType::F32).unwrap();
             let mut h = None;
             for t in 0..prompt.len() {
                 h = Some(
@@ -331,6 +331,62 @@ fn transcribe_from_samples_gives_the_reference_ids() {
             assert_eq!(timings.encoder_calls, Voxtral::windows(audio.len()));
         }
     }
+}
+
+/// Clips transcribed (or translated) side by side give what each gives alone — ids, text,
+/// language — each within its own token budget; clips of other window counts are refused.
+#[test]
+fn clips_side_by_side_give_what_each_gives_alone() {
+    let r = reference();
+    let model = load("tiny-random-mistral");
+    let short = samples(&r["short.audio"]);
+    let long = samples(&r["long.audio"]);
+    let third = short.len() / 3;
+    let clips: [&[f32]; 3] = [&short[..third], &short[third..], &long[..2 * third]];
+    let budgets = [6, 12, 9];
+    for (language, target) in [(Some("en"), None), (None, None), (None, Some("fr"))] {
+        let options = GenerateOptions::default();
+        let alone: Vec<_> = clips
+            .iter()
+            .zip(budgets)
+            .map(|(clip, budget)| {
+                let options = GenerateOptions {
+                    max_new_tokens: budget,
+                    ..options.clone()
+                };
+                match target {
+                    None => model.transcribe(clip, language, &options, &mut |_| true),
+                    Some(t) => model.translate(clip, t, &options, &mut |_| true),
+                }
+                .unwrap()
+                .0
+            })
+            .collect();
+        // The case is only a test where the clips say different things.
+        assert!(alone.iter().any(|a| a.token_ids != alone[0].token_ids));
+        let together = model
+            .transcribe_batch(&clips, language, target, &budgets, &options, &mut |_| true)
+            .unwrap();
+        for (i, (a, (t, timings))) in alone.iter().zip(&together).enumerate() {
+            assert_eq!(t, a, "clip {i}, {language:?} {target:?}");
+            // The batch's timings go with the first clip.
+            assert_eq!(timings.encoder_calls, if i == 0 { 3 } else { 0 });
+        }
+    }
+    let err = model
+        .transcribe_batch(
+            &[&short, &long],
+            None,
+            None,
+            &[4, 4],
+            &GenerateOptions::default(),
+            &mut |_| true,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("one number of 30 s windows"),
+        "{err}"
+    );
 }
 
 /// `ask` streams the text it returns, and answers the reference chat request.

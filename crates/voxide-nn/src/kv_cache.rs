@@ -97,9 +97,10 @@ impl KvCache {
         Ok(cache)
     }
 
-    /// A full-attention cache for a single sequence whose length is known only as it goes
-    /// (a long prompt of audio tokens): it starts small and doubles up to `max_capacity`.
+    /// A full-attention cache for `batch` sequences whose length is known only as it goes (a
+    /// long prompt of audio tokens): it starts small and doubles up to `max_capacity`.
     pub fn growable(
+        batch: usize,
         kv_heads: usize,
         max_capacity: usize,
         head_dim: usize,
@@ -107,7 +108,7 @@ impl KvCache {
         device: &Device,
     ) -> Result<Self> {
         let mut cache = Self::new(
-            1,
+            batch,
             kv_heads,
             max_capacity.min(INITIAL_CAPACITY),
             head_dim,
@@ -367,7 +368,7 @@ mod tests {
     #[test]
     fn growable_cache_keeps_everything_up_to_its_limit() -> Result<()> {
         let dev = Device::Cpu;
-        let mut cache = KvCache::growable(1, 1200, 1, DType::F32, &dev)?;
+        let mut cache = KvCache::growable(1, 1, 1200, 1, DType::F32, &dev)?;
         assert_eq!(cache.capacity(), INITIAL_CAPACITY);
         let mut next = 0;
         for n in [300, 300, 1, 599] {

@@ -154,6 +154,24 @@ impl TranscribeRequest {
                 "--beam-size and --best-of take at most {MAX_CANDIDATES} (each candidate holds its own KV cache)"
             )));
         }
+        self.check_batch()?;
+        if !(self.temperature_increment.is_finite() && self.temperature_increment >= 0.0) {
+            return Err(Error::InvalidRequest(
+                "--temperature-increment must be a number ≥ 0".into(),
+            ));
+        }
+        self.check_fallbacks()?;
+        voxide_models::whisper::transcribe::check_long_form_options(
+            &self.clip_timestamps,
+            self.hallucination_silence_threshold,
+            self.word_timestamps,
+        )?;
+        check_decoding_numbers(self)
+    }
+
+    /// A batch size of 1 to [`MAX_BATCH_SIZE`], without the options that follow one window
+    /// after another.
+    fn check_batch(&self) -> Result<()> {
         if let Some(batch) = self.batch_size {
             if !(1..=MAX_BATCH_SIZE).contains(&batch) {
                 return Err(Error::InvalidRequest(format!(
@@ -169,18 +187,7 @@ impl TranscribeRequest {
                 ));
             }
         }
-        if !(self.temperature_increment.is_finite() && self.temperature_increment >= 0.0) {
-            return Err(Error::InvalidRequest(
-                "--temperature-increment must be a number ≥ 0".into(),
-            ));
-        }
-        self.check_fallbacks()?;
-        voxide_models::whisper::transcribe::check_long_form_options(
-            &self.clip_timestamps,
-            self.hallucination_silence_threshold,
-            self.word_timestamps,
-        )?;
-        check_decoding_numbers(self)
+        Ok(())
     }
 
     /// The fallback temperatures `temperature_increment` asks for, refused above
@@ -223,11 +230,6 @@ impl TranscribeRequest {
                 self.suppress_tokens != Some(Suppress::default()),
                 "no list of suppressed tokens",
                 "--suppress-tokens",
-            ),
-            (
-                self.batch_size.is_some(),
-                "no batched transcription",
-                "--batch-size",
             ),
         ];
         match asked.into_iter().find(|(asked, ..)| *asked) {
@@ -292,7 +294,9 @@ pub trait Transcriber: Send + Sync {
         _progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         Err(Error::InvalidRequest(
-            "this model does not transcribe in batches (--batch-size: Whisper's)".into(),
+            "this model does not transcribe in batches (--batch-size: Whisper's and Voxtral \
+             Mini 3B's)"
+                .into(),
         ))
     }
 
@@ -420,23 +424,7 @@ impl Transcriber for WhisperPipeline {
         self.check(request)?;
         if request.batch_size.is_some() {
             // faster-whisper's batched pipeline with clip timestamps: each clip a chunk.
-            if request.clip_timestamps.is_empty() {
-                return Err(Error::InvalidRequest(
-                    "--batch-size transcribes chunks: the speech that --vad finds, or the \
-                     stretches of --clip-timestamps"
-                        .into(),
-                ));
-            }
-            let rate = voxide_models::whisper::SAMPLE_RATE as f64;
-            let chunks: Vec<_> = clip_stretches(&request.clip_timestamps, rate, samples.len())
-                .into_iter()
-                .filter(|c| !c.is_empty())
-                .collect();
-            let clipless = TranscribeRequest {
-                clip_timestamps: Vec::new(),
-                ..request.clone()
-            };
-            return Transcriber::transcribe_chunks(self, samples, &chunks, &clipless, progress);
+            return transcribe_clips(self, samples, request, progress);
         }
         let opts = whisper_options(request)?;
         Ok(WhisperPipeline::transcribe(self, samples, &opts, progress)?)
@@ -499,6 +487,26 @@ fn whisper_options(request: &TranscribeRequest) -> Result<TranscribeOptions> {
         opts.append_punctuations = p.clone();
     }
     Ok(opts)
+}
+
+/// Voxtral Mini 3B's decoding options for a request, the token budget aside.
+fn voxtral_options(request: &TranscribeRequest) -> GenerateOptions {
+    GenerateOptions {
+        temperature: request.temperature,
+        seed: request.seed,
+        ignore_eos: request.ignore_eot,
+        kv_dtype: request.kv_dtype,
+        ..GenerateOptions::default()
+    }
+}
+
+/// Voxtral Mini 3B's budget of new tokens for a clip of `samples`: the request's, else the
+/// clip's default.
+fn voxtral_budget(request: &TranscribeRequest, samples: usize) -> usize {
+    let seconds = samples as f64 / voxtral::SAMPLE_RATE as f64;
+    request
+        .max_new_tokens
+        .unwrap_or_else(|| voxtral::default_max_new_tokens(seconds))
 }
 
 /// Most beams or sampled candidates a Whisper request may ask for: each holds a KV cache and
@@ -589,6 +597,13 @@ impl Transcriber for VoxtralRealtime {
             ));
         }
         request.refuse_whisper_options("Voxtral Realtime")?;
+        if request.batch_size.is_some() {
+            return Err(Error::InvalidRequest(
+                "Voxtral Realtime has no batched transcription (--batch-size: Whisper's and \
+                 Voxtral Mini 3B's)"
+                    .into(),
+            ));
+        }
         // Ignored, but a code no model knows is a mistake worth saying.
         requested_language(request)?;
         Ok(())
@@ -615,17 +630,26 @@ impl Transcriber for VoxtralRealtime {
     }
 }
 
-/// `request.clip_timestamps` for a model that transcribes each stretch alone (both Voxtrals):
-/// the stretches of `samples` they name, in order, each transcribed on its own with its times
-/// those of `samples` ([`crate::transcribe_stretches`]). Whisper's windows instead carry their
-/// text from one clip into the next, as openai-whisper's.
+/// `request.clip_timestamps` for a model that transcribes each stretch alone (both Voxtrals,
+/// and any model with a batch size): the stretches of `samples` they name, in order, each
+/// transcribed on its own with its times those of `samples` ([`crate::transcribe_stretches`],
+/// or [`Transcriber::transcribe_chunks`] in batches). Whisper's windows without a batch size
+/// instead carry their text from one clip into the next, as openai-whisper's.
 fn transcribe_clips(
     model: &dyn Transcriber,
     samples: &[f32],
     request: &TranscribeRequest,
     progress: &mut dyn FnMut(Progress<'_>) -> bool,
 ) -> Result<(Transcript, Timings)> {
+    model.check(request)?;
     let clips = &request.clip_timestamps;
+    if clips.is_empty() {
+        return Err(Error::InvalidRequest(
+            "--batch-size transcribes chunks: the speech that --vad finds, or the stretches of \
+             --clip-timestamps"
+                .into(),
+        ));
+    }
     // Each clip's start against the end before it.
     for (i, pair) in clips.windows(2).enumerate().skip(1).step_by(2) {
         if pair[1] < pair[0] {
@@ -647,7 +671,10 @@ fn transcribe_clips(
         clip_timestamps: Vec::new(),
         ..request.clone()
     };
-    crate::transcribe_stretches(model, samples, &stretches, &whole, progress)
+    match request.batch_size {
+        Some(_) => model.transcribe_chunks(samples, &stretches, &whole, progress),
+        None => crate::transcribe_stretches(model, samples, &stretches, &whole, progress),
+    }
 }
 
 /// The model's default stream options with the request's delay and KV precision, once the
@@ -684,21 +711,14 @@ impl Transcriber for Voxtral {
         request: &TranscribeRequest,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
-        if !request.clip_timestamps.is_empty() {
+        if !request.clip_timestamps.is_empty() || request.batch_size.is_some() {
             return transcribe_clips(self, samples, request, progress);
         }
         self.check(request)?;
         let language = voxtral_language(request)?;
-        let seconds = samples.len() as f64 / voxtral::SAMPLE_RATE as f64;
         let options = GenerateOptions {
-            max_new_tokens: request
-                .max_new_tokens
-                .unwrap_or_else(|| voxtral::default_max_new_tokens(seconds)),
-            temperature: request.temperature,
-            seed: request.seed,
-            ignore_eos: request.ignore_eot,
-            kv_dtype: request.kv_dtype,
-            ..GenerateOptions::default()
+            max_new_tokens: voxtral_budget(request, samples.len()),
+            ..voxtral_options(request)
         };
         let result = if request.translate {
             Voxtral::translate(self, samples, language.unwrap_or("en"), &options, progress)
@@ -706,6 +726,68 @@ impl Transcriber for Voxtral {
             Voxtral::transcribe(self, samples, language, &options, progress)
         };
         Ok(result?)
+    }
+
+    /// Runs of consecutive chunks of one window count, `request.batch_size` at most, each
+    /// run's chunks transcribed side by side ([`Voxtral::transcribe_batch`]).
+    fn transcribe_chunks(
+        &self,
+        samples: &[f32],
+        chunks: &[std::ops::Range<usize>],
+        request: &TranscribeRequest,
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<(Transcript, Timings)> {
+        self.check(request)?;
+        let language = voxtral_language(request)?;
+        let target = request.translate.then(|| language.unwrap_or("en"));
+        let options = voxtral_options(request);
+        let batch = request.batch_size.unwrap_or(1);
+        let mut transcript = Transcript {
+            duration: samples.len() as f64 / voxtral::SAMPLE_RATE as f64,
+            ..Transcript::default()
+        };
+        let mut timings = Timings::default();
+        let mut done = 0;
+        while done < chunks.len() {
+            let windows = Voxtral::windows(chunks[done].len());
+            let run = chunks[done..]
+                .iter()
+                .take(batch)
+                .take_while(|c| Voxtral::windows(c.len()) == windows)
+                .count();
+            let part = &chunks[done..done + run];
+            let clips: Vec<&[f32]> = part.iter().map(|c| &samples[c.clone()]).collect();
+            let budgets: Vec<usize> = part
+                .iter()
+                .map(|c| voxtral_budget(request, c.len()))
+                .collect();
+            let said = {
+                let so_far = &transcript.segments;
+                let fraction = done as f64 / chunks.len() as f64;
+                self.transcribe_batch(&clips, language, target, &budgets, &options, &mut |_| {
+                    progress(Progress {
+                        fraction,
+                        segments: so_far,
+                        pending: "",
+                    })
+                })?
+            };
+            for (stretch, (said, t)) in part.iter().zip(said) {
+                timings.add(&t);
+                crate::vad::append_stretch(&mut transcript, said, stretch, self.sample_rate());
+            }
+            done += run;
+            let go_on = progress(Progress {
+                fraction: done as f64 / chunks.len() as f64,
+                segments: &transcript.segments,
+                pending: "",
+            });
+            if !go_on {
+                return Err(Error::Model(voxide_models::Error::Cancelled));
+            }
+        }
+        crate::vad::join_texts(&mut transcript);
+        Ok((transcript, timings))
     }
 
     fn check(&self, request: &TranscribeRequest) -> Result<()> {
@@ -740,6 +822,7 @@ impl Transcriber for Voxtral {
             );
         }
         request.refuse_whisper_options("Voxtral Mini 3B")?;
+        request.check_batch()?;
         voxtral_language(request)?;
         Ok(())
     }

@@ -29,11 +29,13 @@ pub fn vad_params(model: &dyn Transcriber) -> VadParams {
 }
 
 /// The VAD options of a request: faster-whisper's batched pipeline's
-/// ([`VadParams::faster_whisper_batched`]) where it asks for batches, else [`vad_params`].
+/// ([`VadParams::faster_whisper_batched`]) where it asks a model with times of its own
+/// (Whisper) for batches, else [`vad_params`] (a model without transcribes the same stretches
+/// in batches or not).
 pub fn request_vad_params(model: &dyn Transcriber, request: &TranscribeRequest) -> VadParams {
     match request.batch_size {
-        Some(_) => VadParams::faster_whisper_batched(),
-        None => vad_params(model),
+        Some(_) if model.times_segments() => VadParams::faster_whisper_batched(),
+        _ => vad_params(model),
     }
 }
 
@@ -43,7 +45,7 @@ pub fn request_vad_params(model: &dyn Transcriber, request: &TranscribeRequest) 
 /// up to 30 s that it transcribes each alone, in batches (faster-whisper's
 /// `BatchedInferencePipeline`: [`Transcriber::transcribe_chunks`]); one without times
 /// transcribes each stretch of speech of up to [`STRETCH_S`] alone, a segment each
-/// ([`transcribe_stretches`]). No speech: no segments.
+/// ([`transcribe_stretches`], or side by side with a batch size). No speech: no segments.
 pub fn transcribe_speech(
     model: &dyn Transcriber,
     vad: &SileroVad,
@@ -85,7 +87,10 @@ pub fn transcribe_speech(
             .iter()
             .map(|s| s.start..s.end)
             .collect();
-        return transcribe_stretches(model, samples, &stretches, request, progress);
+        return match request.batch_size {
+            Some(_) => model.transcribe_chunks(samples, &stretches, request, progress),
+            None => transcribe_stretches(model, samples, &stretches, request, progress),
+        };
     }
     let chunks = SpeechChunks::new(&segments);
     let joined = chunks.collect(samples);
@@ -130,7 +135,7 @@ pub fn transcribe_stretches(
         let part = &samples[stretch.start.min(samples.len())..stretch.end.min(samples.len())];
         // The segments of the stretches done so far go with the progress (a server streams them).
         let done = &transcript.segments;
-        let (mut said, t) = model.transcribe(part, request, &mut |p| {
+        let (said, t) = model.transcribe(part, request, &mut |p| {
             progress(Progress {
                 fraction: (i as f64 + p.fraction) / stretches.len() as f64,
                 segments: done,
@@ -138,21 +143,37 @@ pub fn transcribe_stretches(
             })
         })?;
         timings.add(&t);
-        let offset = stretch.start as f64 / rate;
-        for mut segment in said.segments.drain(..) {
-            segment.id = transcript.segments.len();
-            // In 10 ms frames, as a window's position.
-            segment.seek = (offset * 100.0).round() as usize;
-            segment.start += offset;
-            segment.end += offset;
-            transcript.segments.push(segment);
-        }
-        if transcript.language.is_empty() {
-            transcript.language = said.language;
-        }
-        transcript.token_ids.extend(said.token_ids);
+        append_stretch(&mut transcript, said, stretch, model.sample_rate());
     }
+    join_texts(&mut transcript);
+    Ok((transcript, timings))
+}
+
+/// Appends `said`, the transcript of the stretch `stretch` (in samples at `rate`) of the
+/// transcribed input, to `transcript`: its segments at their times in the input.
+pub(crate) fn append_stretch(
+    transcript: &mut Transcript,
+    mut said: Transcript,
+    stretch: &std::ops::Range<usize>,
+    rate: u32,
+) {
+    let offset = stretch.start as f64 / rate as f64;
+    for mut segment in said.segments.drain(..) {
+        segment.id = transcript.segments.len();
+        // In 10 ms frames, as a window's position.
+        segment.seek = (offset * 100.0).round() as usize;
+        segment.start += offset;
+        segment.end += offset;
+        transcript.segments.push(segment);
+    }
+    if transcript.language.is_empty() {
+        transcript.language = said.language;
+    }
+    transcript.token_ids.extend(said.token_ids);
+}
+
+/// A transcript of stretches: its text, the segments' texts joined by spaces.
+pub(crate) fn join_texts(transcript: &mut Transcript) {
     let texts: Vec<&str> = transcript.segments.iter().map(|s| s.text.trim()).collect();
     transcript.text = texts.join(" ");
-    Ok((transcript, timings))
 }

@@ -136,6 +136,16 @@ pub struct Generation {
     pub logprobs: Vec<TokenLogprobs>,
 }
 
+/// One sequence of a batched generation ([`Voxtral::generate_batch`]).
+struct Sequence {
+    generation: Generation,
+    penalties: FrequencyPresencePenalties,
+    /// New tokens at most.
+    budget: usize,
+    /// Neither ended, cancelled nor at its budget.
+    going: bool,
+}
+
 /// A loaded Voxtral Mini 3B.
 pub struct Voxtral {
     network: VoxtralModel,
@@ -289,36 +299,74 @@ impl Voxtral {
         options: &GenerateOptions,
         on_event: &mut dyn FnMut(Decoding<'_>) -> bool,
     ) -> Result<Generation> {
+        let mut generations = self.generate_batch(
+            prompt,
+            std::slice::from_ref(audio),
+            &[options.max_new_tokens],
+            options,
+            &mut |_, event| on_event(event),
+        )?;
+        Ok(generations.pop().expect("one audio, one generation"))
+    }
+
+    /// [`Self::generate`] for several audios after one `prompt`, side by side, each with its
+    /// own budget of new tokens (`budgets`, in place of `options.max_new_tokens`): one decoder
+    /// step runs every sequence still going (the weights read once for all), and each gets the
+    /// ids it gets alone (greedy; sampling draws from one generator for all). `on_event` hears
+    /// each sequence's tokens with its index, and the prefill's blocks as sequence 0's; a
+    /// sequence whose token it refuses stops there ([`Stop::Cancelled`]), a refused block stops
+    /// them all. The batch's timings go with the first generation.
+    pub fn generate_batch(
+        &self,
+        prompt: &[u32],
+        audios: &[Tensor],
+        budgets: &[usize],
+        options: &GenerateOptions,
+        on_event: &mut dyn FnMut(usize, Decoding<'_>) -> bool,
+    ) -> Result<Vec<Generation>> {
         let started = Instant::now();
+        if audios.is_empty() || budgets.len() != audios.len() {
+            return Err(Error::InvalidRequest(format!(
+                "{} token budgets for {} audios",
+                budgets.len(),
+                audios.len()
+            )));
+        }
         let limit = self.network.config().max_positions;
+        let budget = budgets.iter().copied().max().unwrap_or(0);
         // Saturating: a budget near usize::MAX (from a request) must fail the check, not wrap.
-        let positions = prompt.len().saturating_add(options.max_new_tokens);
+        let positions = prompt.len().saturating_add(budget);
         if positions > limit {
             return Err(Error::InvalidRequest(format!(
-                "the prompt ({} tokens, {} of them audio at 12.5 per second) plus {} new tokens \
-                 exceed the model's context of {limit} positions; shorten the audio or ask for fewer new tokens",
+                "the prompt ({} tokens, {} of them audio at 12.5 per second) plus {budget} new \
+                 tokens exceed the model's context of {limit} positions; shorten the audio or ask for fewer new tokens",
                 prompt.len(),
-                audio.dim(0)?,
-                options.max_new_tokens
+                audios[0].dim(0)?,
             )));
         }
         let network = &self.network;
-        let embeds = network.merge(prompt, audio)?;
+        let batch = audios.len();
+        let embeds = audios
+            .iter()
+            .map(|audio| network.merge(prompt, audio))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let embeds = Tensor::cat(&embeds, 0)?;
         let kv_dtype = options
             .kv_dtype
             .unwrap_or_else(|| network.default_kv_dtype());
-        let mut state = network.new_state(positions, kv_dtype)?;
+        let mut state = network.new_state(batch, positions, kv_dtype)?;
         let mut timings = Timings::default();
         let t0 = Instant::now();
         let mut last = None;
         for start in (0..prompt.len()).step_by(PREFILL_BLOCK) {
             // The blocks done so far reported before the next one.
-            if options.cancelled() || (start > 0 && !on_event(Decoding::Prefilled)) {
-                return Ok(Generation {
+            if options.cancelled() || (start > 0 && !on_event(0, Decoding::Prefilled)) {
+                let cancelled = Generation {
                     prompt_tokens: prompt.len(),
                     stop: Stop::Cancelled,
                     ..Generation::default()
-                });
+                };
+                return Ok(vec![cancelled; batch]);
             }
             let len = PREFILL_BLOCK.min(prompt.len() - start);
             last = Some(network.decode(&mut state, &embeds.narrow(1, start, len)?, None)?);
@@ -334,54 +382,78 @@ impl Voxtral {
         });
         let mut sampler = Sampler::new(options.seed);
         let eos = self.tokenizer.eos();
-        let mut ids = Vec::new();
-        let mut penalties =
-            FrequencyPresencePenalties::new(options.frequency_penalty, options.presence_penalty);
-        let mut stop = Stop::MaxTokens;
-        let mut logprobs = Vec::new();
-        while ids.len() < options.max_new_tokens {
+        let mut sequences: Vec<Sequence> = budgets
+            .iter()
+            .map(|&budget| Sequence {
+                generation: Generation {
+                    prompt_tokens: prompt.len(),
+                    stop: Stop::MaxTokens,
+                    ..Generation::default()
+                },
+                penalties: FrequencyPresencePenalties::new(
+                    options.frequency_penalty,
+                    options.presence_penalty,
+                ),
+                budget,
+                going: budget > 0,
+            })
+            .collect();
+        while sequences.iter().any(|s| s.going) {
             // Around the timed part, as Whisper's steps (`whisper::decoding`).
-            let _span = tracing::trace_span!("decoder_step", step = ids.len()).entered();
+            let step = sequences[0].generation.ids.len();
+            let _span = tracing::trace_span!("decoder_step", step).entered();
             let t0 = Instant::now();
-            let mut logits = network.logits(&hidden)?.flatten_all()?.to_vec1::<f32>()?;
-            // The raw row, before the penalties change it (only when asked: 512 KB a step).
-            let raw = options.logprobs.map(|top| (logits.clone(), top));
-            penalties.apply(&mut logits);
-            let id = match sampling {
-                Some(p) => sampler.sample(&logits, p) as u32,
-                None => argmax(&logits) as u32,
-            };
-            if timings.first_token_ms.is_none() {
-                timings.first_token_ms = Some(ms(started));
+            let logits = network.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?;
+            let mut next = Vec::with_capacity(batch);
+            for (b, (sequence, mut logits)) in sequences.iter_mut().zip(logits).enumerate() {
+                if !sequence.going {
+                    // A finished sequence keeps its row (its output is not read).
+                    next.push(eos);
+                    continue;
+                }
+                // The raw row, before the penalties change it (only when asked: 512 KB a step).
+                let raw = options.logprobs.map(|top| (logits.clone(), top));
+                sequence.penalties.apply(&mut logits);
+                let id = match sampling {
+                    Some(p) => sampler.sample(&logits, p) as u32,
+                    None => argmax(&logits) as u32,
+                };
+                if timings.first_token_ms.is_none() {
+                    timings.first_token_ms = Some(ms(started));
+                }
+                next.push(id);
+                let generation = &mut sequence.generation;
+                if id == eos && !options.ignore_eos {
+                    generation.stop = Stop::Eos;
+                    sequence.going = false;
+                    continue;
+                }
+                generation.ids.push(id);
+                sequence.penalties.push(id);
+                let entry = raw.map(|(raw, top)| TokenLogprobs::of(&raw, id, top));
+                let go_on =
+                    on_event(b, Decoding::Token(id, entry.as_ref())) && !options.cancelled();
+                generation.logprobs.extend(entry);
+                if !go_on {
+                    generation.stop = Stop::Cancelled;
+                    sequence.going = false;
+                } else if generation.ids.len() == sequence.budget {
+                    sequence.going = false;
+                }
             }
-            if id == eos && !options.ignore_eos {
-                stop = Stop::Eos;
+            if !sequences.iter().any(|s| s.going) {
                 break;
             }
-            ids.push(id);
-            penalties.push(id);
-            let entry = raw.map(|(raw, top)| TokenLogprobs::of(&raw, id, top));
-            let go_on = on_event(Decoding::Token(id, entry.as_ref())) && !options.cancelled();
-            logprobs.extend(entry);
-            if !go_on {
-                stop = Stop::Cancelled;
-                break;
-            }
-            if ids.len() == options.max_new_tokens {
-                break;
-            }
-            hidden = network.decode(&mut state, &network.embed(&[id])?, None)?;
+            let x = network.embed(&next)?.reshape((batch, 1, ()))?;
+            hidden = network.decode(&mut state, &x, None)?;
             timings.steps_ms += ms(t0);
             timings.steps += 1;
             timings.steps_kv_bytes += state.attended_bytes();
         }
-        Ok(Generation {
-            ids,
-            prompt_tokens: prompt.len(),
-            stop,
-            timings,
-            logprobs,
-        })
+        let mut generations: Vec<Generation> =
+            sequences.into_iter().map(|s| s.generation).collect();
+        generations[0].timings = timings;
+        Ok(generations)
     }
 
     /// Transcribes 16 kHz `samples` in `language` (ISO 639-1) or the language spoken (`None`).
@@ -414,17 +486,116 @@ impl Voxtral {
         options: &GenerateOptions,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
+        let prompt = self.translation_prompt(Self::windows(samples.len()), target)?;
+        self.transcript(samples, &prompt, target, options, progress)
+    }
+
+    /// Transcribes each of `clips` (16 kHz samples, all of one number of 30 s windows) on its
+    /// own — in `language` or the one spoken, or translated into `target` — all side by side
+    /// ([`Self::generate_batch`]), each with its budget of new tokens (`budgets`): what
+    /// [`Self::transcribe`] (or [`Self::translate`]) gives each alone, greedy. `progress`
+    /// hears of each window and prefill block and each token (with no text: the clips' texts
+    /// come at the end); the batch's timings go with the first transcript.
+    pub fn transcribe_batch(
+        &self,
+        clips: &[&[f32]],
+        language: Option<&str>,
+        target: Option<&str>,
+        budgets: &[usize],
+        options: &GenerateOptions,
+        progress: &mut dyn FnMut(Progress<'_>) -> bool,
+    ) -> Result<Vec<(Transcript, Timings)>> {
+        let windows = Self::windows(clips.first().map_or(0, |c| c.len()));
+        if clips.iter().any(|c| Self::windows(c.len()) != windows) {
+            return Err(Error::InvalidRequest(
+                "the clips of a batch need one number of 30 s windows (one prompt)".into(),
+            ));
+        }
+        let prompt = match target {
+            None => {
+                prompt::transcription(&self.tokenizer, windows, self.tokens_per_window(), language)?
+            }
+            Some(target) => self.translation_prompt(windows, target)?,
+        };
+        let mut timings = Timings::default();
+        let audios = clips
+            .iter()
+            .map(|clip| {
+                self.audio_embeddings(clip, &mut timings, &mut || progress(Progress::NOTHING_YET))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let generations =
+            self.generate_batch(&prompt, &audios, budgets, options, &mut |_, _| {
+                progress(Progress::NOTHING_YET)
+            })?;
+        if generations.iter().any(|g| g.stop == Stop::Cancelled) {
+            return Err(Error::Cancelled);
+        }
+        let said = target.or(language).unwrap_or_default();
+        Ok(clips
+            .iter()
+            .zip(generations)
+            .enumerate()
+            .map(|(i, (clip, generation))| {
+                let timings = match i {
+                    0 => with_audio_timings(generation.timings.clone(), &timings),
+                    _ => Timings::default(),
+                };
+                (
+                    self.as_transcript(clip.len(), generation.ids, said, options),
+                    timings,
+                )
+            })
+            .collect())
+    }
+
+    /// The chat prompt that translates `windows` of audio into `target`.
+    fn translation_prompt(&self, windows: usize, target: &str) -> Result<Vec<u32>> {
         let messages = [Message {
             role: Role::User,
             content: vec![
-                Content::Audio {
-                    windows: Self::windows(samples.len()),
-                },
+                Content::Audio { windows },
                 Content::Text(prompt::translation_instruction(target)?),
             ],
         }];
-        let prompt = prompt::chat(&self.tokenizer, &messages, self.tokens_per_window())?;
-        self.transcript(samples, &prompt, target, options, progress)
+        prompt::chat(&self.tokenizer, &messages, self.tokens_per_window())
+    }
+
+    /// Generated `ids` for a clip of `samples` samples as a transcript: one segment spanning
+    /// the clip (none without text).
+    fn as_transcript(
+        &self,
+        samples: usize,
+        ids: Vec<u32>,
+        language: &str,
+        options: &GenerateOptions,
+    ) -> Transcript {
+        let duration = samples as f64 / SAMPLE_RATE as f64;
+        let text = self.tokenizer.decode(&ids).trim().to_string();
+        let segments = if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![Segment {
+                id: 0,
+                seek: 0,
+                start: 0.0,
+                end: duration,
+                text: text.clone(),
+                tokens: ids.clone(),
+                temperature: options.temperature,
+                avg_logprob: 0.0,
+                compression_ratio: 0.0,
+                no_speech_prob: 0.0,
+                words: None,
+            }]
+        };
+        Transcript {
+            language: language.to_string(),
+            duration,
+            text,
+            segments,
+            token_ids: ids,
+        }
     }
 
     /// Runs `prompt` over the clip's audio and wraps the answer as a transcript.
@@ -462,35 +633,8 @@ impl Voxtral {
             return Err(Error::Cancelled);
         }
         let timings = with_audio_timings(generation.timings, &timings);
-        let duration = samples.len() as f64 / SAMPLE_RATE as f64;
-        let text = self.tokenizer.decode(&generation.ids).trim().to_string();
-        let segments = if text.is_empty() {
-            Vec::new()
-        } else {
-            vec![Segment {
-                id: 0,
-                seek: 0,
-                start: 0.0,
-                end: duration,
-                text: text.clone(),
-                tokens: generation.ids.clone(),
-                temperature: options.temperature,
-                avg_logprob: 0.0,
-                compression_ratio: 0.0,
-                no_speech_prob: 0.0,
-                words: None,
-            }]
-        };
-        Ok((
-            Transcript {
-                language: language.to_string(),
-                duration,
-                text,
-                segments,
-                token_ids: generation.ids,
-            },
-            timings,
-        ))
+        let transcript = self.as_transcript(samples.len(), generation.ids, language, options);
+        Ok((transcript, timings))
     }
 
     /// Answers the conversation `messages`, whose audio chunks take `clips` (16 kHz samples)

@@ -268,12 +268,12 @@ impl VoxtralModel {
         self.decoder.default_kv_dtype()
     }
 
-    /// A fresh decoder state for up to `positions` positions (prompt and generated tokens),
-    /// caches in `kv_dtype`; they grow as the sequence does.
-    pub fn new_state(&self, positions: usize, kv_dtype: DType) -> Result<StackState> {
+    /// A fresh decoder state for `batch` sequences of up to `positions` positions each (prompt
+    /// and generated tokens), caches in `kv_dtype`; they grow as the sequences do.
+    pub fn new_state(&self, batch: usize, positions: usize, kv_dtype: DType) -> Result<StackState> {
         self.decoder
             .stack
-            .new_state(positions, kv_dtype, &self.device)
+            .new_state(batch, positions, kv_dtype, &self.device)
     }
 
     /// Decoder on embeddings (1, t, dim) at the state's position → final-norm hidden states;

@@ -262,11 +262,11 @@ impl VoxtralRealtimeModel {
             stem: ConvStemState::default(),
             encoder: self
                 .encoder
-                .new_state(ENCODER_BLOCK, kv_dtype, &self.device)?,
+                .new_state(1, ENCODER_BLOCK, kv_dtype, &self.device)?,
             decoder: self
                 .decoder
                 .stack
-                .new_state(DECODER_BLOCK, kv_dtype, &self.device)?,
+                .new_state(1, DECODER_BLOCK, kv_dtype, &self.device)?,
             gains,
         })
     }
