@@ -358,7 +358,10 @@ impl Voxtral {
         let mut timings = Timings::default();
         let t0 = Instant::now();
         let mut last = None;
-        for start in (0..prompt.len()).step_by(PREFILL_BLOCK) {
+        // Blocks of the positions that hold, over the batch, the rows one sequence's blocks
+        // hold: the prompt's products stay on the kernels of a few hundred rows.
+        let block = (PREFILL_BLOCK / batch).max(1);
+        for start in (0..prompt.len()).step_by(block) {
             // The blocks done so far reported before the next one.
             if options.cancelled() || (start > 0 && !on_event(0, Decoding::Prefilled)) {
                 let cancelled = Generation {
@@ -368,7 +371,7 @@ impl Voxtral {
                 };
                 return Ok(vec![cancelled; batch]);
             }
-            let len = PREFILL_BLOCK.min(prompt.len() - start);
+            let len = block.min(prompt.len() - start);
             last = Some(network.decode(&mut state, &embeds.narrow(1, start, len)?, None)?);
         }
         let last = last.ok_or_else(|| Error::InvalidRequest("the prompt is empty".into()))?;
