@@ -283,9 +283,10 @@ pub trait Transcriber: Send + Sync {
         None
     }
 
-    /// Transcribes each of `chunks` (ranges of `samples`, at most 30 s heard of each) on its
-    /// own, `request.batch_size` of them at a time, one transcript at the times of `samples`
-    /// (Whisper: faster-whisper's batched pipeline); refused by models that do not batch.
+    /// Transcribes each of `chunks` (ranges of `samples`) on its own, `request.batch_size` of
+    /// them at a time, one transcript at the times of `samples` (Whisper: faster-whisper's
+    /// batched pipeline, at most 30 s heard of each; Voxtral Mini 3B: each chunk's prompt, side
+    /// by side); refused by models that do not batch.
     fn transcribe_chunks(
         &self,
         _samples: &[f32],
