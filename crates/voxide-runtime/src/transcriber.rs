@@ -74,9 +74,12 @@ pub struct TranscribeRequest {
     /// Voxtral models: precision of the KV caches (default: the model's, f16 beside narrow or
     /// quantized weights, f32 beside f32 ones).
     pub kv_dtype: Option<DType>,
-    /// Whisper, with voice activity detection: transcribe the speech in chunks of up to 30 s,
-    /// each on its own, this many at a time (faster-whisper's `BatchedInferencePipeline`,
-    /// [`crate::transcribe_speech`]); `None` hears the speech joined, window after window.
+    /// Transcribe chunks each on its own, this many at a time, side by side
+    /// ([`Transcriber::transcribe_chunks`]): with voice activity detection
+    /// ([`crate::transcribe_speech`]) Whisper's chunks of up to 30 s of the speech joined
+    /// (faster-whisper's `BatchedInferencePipeline`) and Voxtral Mini 3B's stretches, or the
+    /// stretches of `clip_timestamps`. `None`: Whisper hears the speech (or the clips) window
+    /// after window, Voxtral Mini 3B one stretch after another.
     pub batch_size: Option<usize>,
 }
 

@@ -656,6 +656,16 @@ impl<'a> WindowDecoder<'a> {
         languages: &[&str],
     ) -> Result<Vec<DecodingResult>> {
         let s = *self.rules.special();
+        let Some(audio) = &self.audio else {
+            return Err(Error::InvalidRequest("no audio set".into()));
+        };
+        let windows = audio.dim(0)?;
+        if windows != languages.len() {
+            return Err(Error::InvalidRequest(format!(
+                "{} languages for {windows} windows of audio",
+                languages.len()
+            )));
+        }
         let initial: Vec<Vec<u32>> = languages
             .iter()
             .map(|language| self.initial_tokens(opts, language))
@@ -665,13 +675,6 @@ impl<'a> WindowDecoder<'a> {
             return Err(Error::InvalidRequest(
                 "the windows of a batch need initial tokens of one length".into(),
             ));
-        }
-        let windows = self.audio.as_ref().map_or(0, |a| a.dim(0).unwrap_or(0));
-        if windows != languages.len() {
-            return Err(Error::InvalidRequest(format!(
-                "{} languages for {windows} windows of audio",
-                languages.len()
-            )));
         }
         let sot_index = initial[0]
             .iter()

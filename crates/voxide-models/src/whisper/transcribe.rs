@@ -672,13 +672,7 @@ impl WhisperPipeline {
                 )?;
             }
             let done = batch.last().map_or(0, |&i| i + 1);
-            if !progress(Progress {
-                fraction: done as f64 / chunks.len() as f64,
-                segments: &segments,
-                pending: "",
-            }) {
-                return Err(Error::Cancelled);
-            }
+            report(progress, done, chunks.len(), &segments)?;
         }
         let text = self.tokenizer.decode_with_specials(&all_tokens)?;
         Ok((
@@ -919,14 +913,15 @@ fn most_likely_first(mut probs: Vec<(&'static str, f32)>) -> Vec<(&'static str, 
     probs
 }
 
-/// Tells `progress` how far the windows got; `Err(Cancelled)` where it says stop.
+/// Tells `progress` how far the windows got (`done` of `total`: mel frames, or chunks);
+/// `Err(Cancelled)` where it says stop.
 fn report(
     progress: &mut dyn FnMut(Progress<'_>) -> bool,
-    seek: usize,
-    content_frames: usize,
+    done: usize,
+    total: usize,
     segments: &[Segment],
 ) -> Result<()> {
-    let fraction = seek.min(content_frames) as f64 / content_frames as f64;
+    let fraction = done.min(total) as f64 / total as f64;
     if progress(Progress {
         fraction,
         segments,
