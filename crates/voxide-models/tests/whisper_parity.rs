@@ -431,17 +431,22 @@ fn long_form_transcription_matches_openai_whisper() {
 /// scales, the tied head read back as the token table) likewise, within its coarser rounding
 /// (measured 8.5e-3). The prompt's attention (the many-rows kernel where the CPU runs it) and
 /// a step's (the decode kernel) sum in different orders (1.7e-7 apart with f16 weights), and
-/// int8's quantized x can turn that into a quantization step (3.3e-5 on AVX-512).
+/// int8's quantized x can turn that into a quantization step (3.3e-5 on AVX-512). Both keep
+/// the cross-attention keys and values in f16 (int8 from this f32 checkpoint too, as
+/// whisper.cpp does), the f32 checkpoint itself in f32.
 #[test]
 fn f16_and_int8_decoder_weights_stay_close_to_the_reference() {
     let dir = fixtures().join("tiny-random");
     let tensors = reference_tensors("tiny-random");
+    let f32_model = WhisperPipeline::from_dir(&dir, &Device::Cpu, None).unwrap();
+    assert_eq!(f32_model.model().kv_dtype(), DType::F32);
     for (format, drift, steps) in [
         (WeightFormat::F16, 2e-3, 1e-5),
         (WeightFormat::Int8, 2e-2, 1e-4),
     ] {
         let pipeline = WhisperPipeline::from_dir(&dir, &Device::Cpu, Some(format)).unwrap();
         let model = pipeline.model();
+        assert_eq!(model.kv_dtype(), DType::F16, "{format:?}");
         let prompt = tensors["decoder_input_ids"].to_dtype(DType::U32).unwrap();
         let want = &tensors["decoder_logits_prompt"];
         let mut state = model.new_state(1).unwrap();

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use voxide_nn::attention::KvSource;
 use voxide_nn::conv::ConvStem;
 use voxide_nn::kernels::machine::{CycleBytes, Residency};
+use voxide_nn::kv_cache::default_kv_dtype;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::transformer::check_layer_count;
 use voxide_nn::weights::SafetensorsFiles;
@@ -375,7 +376,8 @@ impl DecoderState {
 #[derive(Clone, Debug)]
 pub struct Whisper {
     config: Config,
-    /// Dtype of the weight matrices and of the cross-attention keys/values.
+    /// Dtype of the float weight matrices and of the cross-attention keys/values (f16 beside
+    /// quantized matrices from an f32 checkpoint: [`Self::into_format`]).
     dtype: DType,
     encoder: Encoder,
     decoder: Decoder,
@@ -510,14 +512,26 @@ impl Whisper {
         }
     }
 
-    /// The model with its encoder and decoder matrices stored as `format`.
+    /// The model with its encoder and decoder matrices stored as `format`; quantized matrices
+    /// from an f32 checkpoint keep their cross-attention K/V in f16 (whisper.cpp's layout),
+    /// half of what a decoder step reads of them.
     pub fn into_format(self, format: WeightFormat) -> candle_core::Result<Self> {
+        let dtype = match format.dtype() {
+            None if self.dtype == DType::F32 => default_kv_dtype(format),
+            _ => self.dtype,
+        };
         Ok(Self {
             encoder: self.encoder.into_format(format)?,
-            decoder: self.decoder.into_format(format, &self.config, self.dtype)?,
+            decoder: self.decoder.into_format(format, &self.config, dtype)?,
+            dtype,
             ..self
         }
         .with_bf16_encoder())
+    }
+
+    /// The dtype the cross-attention keys and values are kept in.
+    pub fn kv_dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The checkpoint's configuration.
