@@ -425,11 +425,12 @@ impl Transcriber for WhisperPipeline {
         request: &TranscribeRequest,
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
-        self.check(request)?;
         if request.batch_size.is_some() {
-            // faster-whisper's batched pipeline with clip timestamps: each clip a chunk.
+            // faster-whisper's batched pipeline with clip timestamps: each clip a chunk (the
+            // request checked there).
             return transcribe_clips(self, samples, request, progress);
         }
+        self.check(request)?;
         let opts = whisper_options(request)?;
         Ok(WhisperPipeline::transcribe(self, samples, &opts, progress)?)
     }

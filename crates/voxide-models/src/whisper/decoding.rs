@@ -770,8 +770,8 @@ impl<'a> WindowDecoder<'a> {
             let last = hidden.narrow(1, t - 1, 1)?;
             let mut logits = model.logits(&last)?.squeeze(1)?.to_vec2::<f32>()?;
             let _sampling = tracing::trace_span!("sampling").entered();
-            let mut sources: Vec<u32> = (0..n_rows as u32).collect();
-            let mut reorder = false;
+            // Where each row's cache comes from after a beam search's step (none: in place).
+            let mut sources: Option<Vec<u32>> = None;
             for (w, (group, logits)) in groups
                 .iter_mut()
                 .zip(logits.chunks_mut(n_group))
@@ -829,16 +829,17 @@ impl<'a> WindowDecoder<'a> {
                         // than the window's, are kept for the ranking).
                         group.done = done || next.len() < n_group;
                         if next.len() == n_group {
+                            let sources =
+                                sources.get_or_insert_with(|| (0..n_rows as u32).collect());
                             for (k, src) in from.into_iter().enumerate() {
                                 sources[w * n_group + k] = (w * n_group) as u32 + src;
                             }
-                            reorder = true;
                         }
                         group.rows = next;
                     }
                 }
             }
-            if reorder {
+            if let Some(sources) = sources {
                 state.reorder(&sources)?;
             }
             let elapsed = clock.elapsed().as_secs_f64() * 1e3;
