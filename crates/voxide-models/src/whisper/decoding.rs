@@ -24,7 +24,7 @@ pub enum Task {
 }
 
 /// Options of one window's decode (openai-whisper `DecodingOptions`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DecodingOptions {
     /// Transcribe or translate.
     pub task: Task,
@@ -59,6 +59,22 @@ pub struct DecodingOptions {
     pub seed: u64,
     /// Never sample end-of-text, so every decode runs `sample_len` steps (benchmarks).
     pub ignore_eot: bool,
+}
+
+impl DecodingOptions {
+    /// Whether windows decoded with `self` and `other` can share a batch
+    /// ([`WindowDecoder::decode_batch`]): the same options but for their prompts (each window's
+    /// previous text), their `language` field (each window's language is given apart) and
+    /// their seed (the decoder's sampler is seeded once).
+    pub fn batches_with(&self, other: &Self) -> bool {
+        let key = |o: &Self| Self {
+            prompt: Vec::new(),
+            language: None,
+            seed: 0,
+            ..o.clone()
+        };
+        key(self) == key(other)
+    }
 }
 
 impl Default for DecodingOptions {
@@ -425,7 +441,8 @@ impl BeamSearch {
 }
 
 /// The decoder state for `rows` rows over `audio` (whose windows the rows divide into equal
-/// groups), created on first use, with no tokens. A new state replaces the others of more than
+/// groups), created on first use, with no tokens; its cross-attention K/V computed where the
+/// audio changed since it last decoded. A new state replaces the others of more than
 /// one row: each holds its rows' caches for the whole context.
 fn state_for<'s>(
     states: &'s mut HashMap<usize, DecoderState>,
@@ -442,12 +459,14 @@ fn state_for<'s>(
     }
     if !states.contains_key(&rows) {
         states.retain(|&r, _| r == 1);
-        let mut state = model.new_state(rows)?;
-        model.set_audio(&mut state, audio)?;
-        states.insert(rows, state);
+        states.insert(rows, model.new_state(rows)?);
     }
     let state = states.get_mut(&rows).expect("inserted above");
-    state.reset_tokens();
+    if state.has_audio() {
+        state.reset_tokens();
+    } else {
+        model.set_audio(state, audio)?;
+    }
     Ok(state)
 }
 
@@ -504,10 +523,11 @@ impl<'a> WindowDecoder<'a> {
     /// Sets the encoder output (windows, 1500, d) of the window (or the windows of a batch,
     /// [`Self::decode_batch`]) to decode.
     pub fn set_audio(&mut self, audio_features: Tensor) -> Result<()> {
-        // The caches are kept; only the cross-attention K/V change.
-        for state in self.states.values_mut() {
-            self.model.set_audio(state, &audio_features)?;
-        }
+        // (windows, positions, d): refused here, not at the next decode.
+        audio_features.dims3()?;
+        // The caches are kept; each state's cross-attention K/V are computed when it next
+        // decodes (a window decoded in a batch elsewhere needs none here).
+        self.states.values_mut().for_each(DecoderState::clear_audio);
         self.audio = Some(audio_features);
         Ok(())
     }
@@ -639,36 +659,41 @@ impl<'a> WindowDecoder<'a> {
 
     /// Decodes the current window with `opts`; `language` must be resolved.
     pub fn decode(&mut self, opts: &DecodingOptions, language: &str) -> Result<DecodingResult> {
-        let mut results = self.decode_batch(opts, &[language])?;
+        let mut results = self.decode_batch(&[(opts, language)])?;
         Ok(results.pop().expect("one window, one result"))
     }
 
-    /// Decodes the current windows — the audio set holds one per entry of `languages`, each
-    /// window's language resolved — with the same `opts`, in one batch: every decoder step
-    /// runs all windows' candidates at once (the weights read once for all), and each window
-    /// gets what [`Self::decode`] gives it alone (greedy and beam search: the same tokens;
-    /// sampling draws from one generator for all). The windows' initial tokens must be
-    /// equally long (they differ only in their language token). The batch's timings go with
-    /// the first result; the others carry none.
+    /// Decodes the current windows — the audio set holds one per entry of `windows`, each
+    /// with its options and its resolved language — in one batch: every decoder step runs all
+    /// windows' candidates at once (the weights read once for all), and each window gets what
+    /// [`Self::decode`] gives it alone (greedy and beam search: the same tokens; sampling
+    /// draws from one generator for all). The windows' options must agree but for their
+    /// prompts ([`DecodingOptions::batches_with`]), and their initial tokens must be equally
+    /// long. The batch's timings go with the first result; the others carry none.
     pub fn decode_batch(
         &mut self,
-        opts: &DecodingOptions,
-        languages: &[&str],
+        windows: &[(&DecodingOptions, &str)],
     ) -> Result<Vec<DecodingResult>> {
         let s = *self.rules.special();
         let Some(audio) = &self.audio else {
             return Err(Error::InvalidRequest("no audio set".into()));
         };
-        let windows = audio.dim(0)?;
-        if windows != languages.len() {
+        let n_windows = audio.dim(0)?;
+        let Some(&(opts, _)) = windows.first().filter(|_| windows.len() == n_windows) else {
             return Err(Error::InvalidRequest(format!(
-                "{} languages for {windows} windows of audio",
-                languages.len()
+                "{} windows' options for {n_windows} windows of audio",
+                windows.len()
             )));
+        };
+        if windows.iter().any(|(o, _)| !o.batches_with(opts)) {
+            return Err(Error::InvalidRequest(
+                "the windows of a batch need the same decoding options but for their prompts"
+                    .into(),
+            ));
         }
-        let initial: Vec<Vec<u32>> = languages
+        let initial: Vec<Vec<u32>> = windows
             .iter()
-            .map(|language| self.initial_tokens(opts, language))
+            .map(|(o, language)| self.initial_tokens(o, language))
             .collect::<Result<_>>()?;
         let sample_begin = initial[0].len();
         if initial.iter().any(|tokens| tokens.len() != sample_begin) {
@@ -856,7 +881,7 @@ impl<'a> WindowDecoder<'a> {
             }
         }
         let mut results = Vec::with_capacity(groups.len());
-        for (group, language) in groups.into_iter().zip(languages) {
+        for (group, (_, language)) in groups.into_iter().zip(windows) {
             let mut result = self.best_candidate(group, sample_begin, opts, language)?;
             if results.is_empty() {
                 (result.prefill_ms, result.first_token_at) = (prefill_ms, first_token_at);

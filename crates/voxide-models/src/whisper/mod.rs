@@ -5,6 +5,7 @@
 //! logit rules, greedy and beam search) → [`transcribe`] (30 s windows, seek on timestamps,
 //! temperature fallback) → [`tokenizer`]; [`timing`] aligns words to the audio.
 
+pub mod batcher;
 pub mod config;
 pub mod convert;
 pub mod decoding;
@@ -14,6 +15,7 @@ pub mod timing;
 pub mod tokenizer;
 pub mod transcribe;
 
+pub use batcher::{BatchStats, WindowBatcher};
 pub use config::{Config, GenerationConfig};
 pub use decoding::{DecodingOptions, DecodingResult, Suppress, Task};
 pub use model::{DecoderState, Whisper};

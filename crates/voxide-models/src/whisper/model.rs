@@ -366,6 +366,11 @@ impl DecoderState {
         self.cross = Vec::new();
     }
 
+    /// Whether the cross-attention K/V of a window are set ([`Whisper::set_audio`]).
+    pub fn has_audio(&self) -> bool {
+        !self.cross.is_empty()
+    }
+
     /// Forgets every decoded token; the audio stays.
     pub fn reset_tokens(&mut self) {
         self.caches.iter_mut().for_each(KvCache::reset);

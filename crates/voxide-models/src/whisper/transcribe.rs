@@ -3,6 +3,7 @@
 //! the decoded timestamps, temperature fallback on repetitive or improbable output, the
 //! no-speech skip, and previous-text conditioning.
 
+use super::batcher::{BatchStats, Member, WindowBatcher};
 use super::config::GenerationConfig;
 use super::decoding::{DecodingOptions, DecodingResult, LogitRules, WindowDecoder};
 use super::ggml::ModelFile;
@@ -148,6 +149,9 @@ pub struct WhisperPipeline {
     mel: WhisperMel,
     /// [layer, head] pairs whose cross-attention follows the audio (word timestamps).
     alignment_heads: Vec<[usize; 2]>,
+    /// Where concurrent transcriptions decode their windows together
+    /// ([`Self::batch_concurrent_windows`]).
+    batcher: Option<WindowBatcher>,
 }
 
 impl WhisperPipeline {
@@ -219,7 +223,20 @@ impl WhisperPipeline {
             rules,
             mel,
             alignment_heads,
+            batcher: None,
         })
+    }
+
+    /// Decodes the windows of concurrent [`Self::transcribe`] calls together, up to
+    /// `max_windows` a batch ([`super::batcher`]): a server's throughput under load, each
+    /// transcript the same as alone. 1 (or 0) turns it off.
+    pub fn batch_concurrent_windows(&mut self, max_windows: usize) {
+        self.batcher = (max_windows > 1).then(|| WindowBatcher::new(max_windows));
+    }
+
+    /// What concurrent transcriptions have decoded together, where they do.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batcher.as_ref().map(WindowBatcher::stats)
     }
 
     /// The model.
@@ -296,6 +313,13 @@ impl WhisperPipeline {
             opts.hallucination_silence_threshold,
             opts.word_timestamps,
         )?;
+        let member = self.batcher.as_ref().map(WindowBatcher::join);
+        // The caller's callback may block (a slow client): no batch waits for it.
+        let mut told = |p: Progress<'_>| match &member {
+            Some(m) => m.away(|| progress(p)),
+            None => progress(p),
+        };
+        let progress: &mut dyn FnMut(Progress<'_>) -> bool = &mut told;
         let mut timings = Timings::default();
         let start = Instant::now();
         let mel = {
@@ -366,7 +390,8 @@ impl WhisperPipeline {
             };
             let window_seek = window.seek;
             decoder.clear_audio();
-            decoder.set_audio(encode(seek, segment_size, &mut timings)?)?;
+            let audio = encode(seek, segment_size, &mut timings)?;
+            decoder.set_audio(audio.clone())?;
 
             let mut window_opts = opts.decode.clone();
             window_opts.prompt = if opts.carry_initial_prompt {
@@ -381,6 +406,7 @@ impl WhisperPipeline {
             };
             let result = self.decode_with_fallback(
                 &mut decoder,
+                member.as_ref().map(|m| (m, &audio)),
                 &mut window_opts,
                 opts,
                 &language,
@@ -601,8 +627,8 @@ impl WhisperPipeline {
                 decoder.set_audio(Tensor::cat(&audio, 0)?)?;
                 let mut window_opts = base.clone();
                 window_opts.temperature = temperature;
-                let languages = vec![language.as_str(); pending.len()];
-                let decoded = decoder.decode_batch(&window_opts, &languages)?;
+                let windows = vec![(&window_opts, language.as_str()); pending.len()];
+                let decoded = decoder.decode_batch(&windows)?;
                 if timings.first_token_ms.is_none() {
                     timings.first_token_ms = decoded[0]
                         .first_token_at
@@ -688,10 +714,13 @@ impl WhisperPipeline {
     }
 
     /// Decodes the current window at each temperature in turn until the result is neither too
-    /// repetitive nor too improbable (or looks like silence).
+    /// repetitive nor too improbable (or looks like silence); at temperature 0 in a batch with
+    /// other transcriptions' windows where `batch` names this one's membership and encoder
+    /// output.
     fn decode_with_fallback(
         &self,
         decoder: &mut WindowDecoder<'_>,
+        batch: Option<(&Member<'_>, &Tensor)>,
         window_opts: &mut DecodingOptions,
         opts: &TranscribeOptions,
         language: &str,
@@ -705,7 +734,12 @@ impl WhisperPipeline {
         let mut result = None;
         for &t in &opts.temperatures {
             window_opts.temperature = t;
-            let r = decoder.decode(window_opts, language)?;
+            let r = match batch {
+                Some((member, audio)) if t == 0.0 => {
+                    member.decode(self, audio, window_opts, language)?
+                }
+                _ => decoder.decode(window_opts, language)?,
+            };
             timings.prefills += 1;
             timings.prefill_ms += r.prefill_ms;
             timings.steps += r.steps;
