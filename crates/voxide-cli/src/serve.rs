@@ -7,6 +7,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use voxide_audio::AudioInput;
+use voxide_runtime::transcriber::MAX_BATCH_SIZE;
 use voxide_server::{Limits, ModelSpec, Registry, ServerConfig, VoiceSpec};
 
 #[derive(Args, Debug)]
@@ -26,9 +27,16 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1 requests (OpenAI clients send their api_key).
     #[arg(long, env = "VOXIDE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Requests running a model at once (each already uses every core).
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_concurrency)]
-    max_concurrency: usize,
+    /// Requests running a model at once (each already uses every core; default 1, or
+    /// --max-batch-size).
+    #[arg(long, value_name = "N")]
+    max_concurrency: Option<usize>,
+    /// Decode the 30 s windows of up to N concurrent requests together (Whisper models): each
+    /// decoder step reads the weights once for all of them, for more throughput under load
+    /// and each transcript the same as alone. Lets N requests run at once unless
+    /// --max-concurrency says otherwise (at least N).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    max_batch_size: usize,
     /// Requests waiting for a slot; more are answered 429 at once.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_queue)]
     max_queue: usize,
@@ -70,12 +78,13 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     cap_threads(args.threads)?;
+    let max_concurrency = concurrency(args.max_concurrency, args.max_batch_size)?;
     let config = ServerConfig {
         host: args.host,
         port: args.port,
         api_key: args.api_key,
         limits: Limits {
-            max_concurrency: args.max_concurrency,
+            max_concurrency,
             max_queue: args.max_queue,
             max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
             max_audio_s: args.max_audio_s,
@@ -138,6 +147,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
         );
         crate::release_freed_memory();
     }
+    if args.max_batch_size > 1 {
+        let ids = models.batch_concurrent_windows(args.max_batch_size)?;
+        if ids.is_empty() {
+            note!(
+                "--max-batch-size: no model here batches (Whisper's do); requests run side by side"
+            );
+        } else {
+            note!(
+                "{}: the windows of up to {} concurrent requests decoded together",
+                ids.join(", "),
+                args.max_batch_size
+            );
+        }
+    }
     for voice in &voices {
         let clock = Instant::now();
         let ids = models.clone_voice(voice)?;
@@ -150,4 +173,41 @@ pub fn run(args: ServeArgs) -> Result<()> {
         );
     }
     voxide_server::serve(listener, config, models)
+}
+
+/// Requests that may run at once: `--max-concurrency`, else one per window of a batch
+/// (`--max-batch-size`, which takes 1 to [`MAX_BATCH_SIZE`] and needs that many).
+fn concurrency(max_concurrency: Option<usize>, max_batch_size: usize) -> Result<usize> {
+    if !(1..=MAX_BATCH_SIZE).contains(&max_batch_size) {
+        anyhow::bail!("--max-batch-size takes 1 to {MAX_BATCH_SIZE}");
+    }
+    match max_concurrency {
+        Some(n) if n < max_batch_size => anyhow::bail!(
+            "--max-batch-size {max_batch_size} needs --max-concurrency of at least {max_batch_size} \
+             (a batch holds the windows of requests running at once)"
+        ),
+        Some(n) => Ok(n),
+        None => Ok(max_batch_size.max(Limits::default().max_concurrency)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_size_lets_as_many_requests_run() {
+        assert_eq!(concurrency(None, 1).unwrap(), 1);
+        assert_eq!(concurrency(None, 8).unwrap(), 8);
+        assert_eq!(concurrency(Some(12), 8).unwrap(), 12);
+        assert_eq!(concurrency(Some(3), 1).unwrap(), 3);
+        for (given, batch, refusal) in [
+            (Some(4), 8, "needs --max-concurrency of at least 8"),
+            (None, 0, "takes 1 to"),
+            (None, MAX_BATCH_SIZE + 1, "takes 1 to"),
+        ] {
+            let err = concurrency(given, batch).unwrap_err().to_string();
+            assert!(err.contains(refusal), "{err}");
+        }
+    }
 }

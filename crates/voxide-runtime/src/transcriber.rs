@@ -6,7 +6,7 @@ use voxide_models::voxtral::{self, GenerateOptions, Voxtral};
 use voxide_models::voxtral_realtime::{RealtimeStream, StreamOptions, VoxtralRealtime};
 use voxide_models::whisper::decoding::{DecodingOptions, Suppress, Task};
 use voxide_models::whisper::tokenizer::language_code;
-use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
+use voxide_models::whisper::{BatchStats, TranscribeOptions, WhisperPipeline};
 use voxide_models::{clip_stretches, Progress, Timings, Transcript};
 use voxide_nn::kernels::machine::CycleBytes;
 pub use voxide_nn::linear::WeightFormat;
@@ -309,6 +309,20 @@ pub trait Transcriber: Send + Sync {
     fn times_segments(&self) -> bool {
         true
     }
+
+    /// Decodes the windows of concurrent [`Self::transcribe`] calls together, up to
+    /// `max_windows` a batch (a server's throughput under load; each transcript the same as
+    /// alone): returns whether the model does (Whisper). The others transcribe concurrent
+    /// calls side by side.
+    fn batch_concurrent_windows(&mut self, _max_windows: usize) -> bool {
+        false
+    }
+
+    /// What concurrent calls have decoded together, where [`Self::batch_concurrent_windows`]
+    /// is on.
+    fn batch_stats(&self) -> Option<BatchStats> {
+        None
+    }
 }
 
 /// Live transcription of one stretch of audio (see [`Transcriber::stream`]).
@@ -374,6 +388,15 @@ fn requested_language(request: &TranscribeRequest) -> Result<Option<&'static str
 impl Transcriber for WhisperPipeline {
     fn sample_rate(&self) -> u32 {
         voxide_models::whisper::SAMPLE_RATE
+    }
+
+    fn batch_concurrent_windows(&mut self, max_windows: usize) -> bool {
+        WhisperPipeline::batch_concurrent_windows(self, max_windows);
+        true
+    }
+
+    fn batch_stats(&self) -> Option<BatchStats> {
+        WhisperPipeline::batch_stats(self)
     }
 
     fn decoder_step_bytes(&self) -> Option<CycleBytes> {

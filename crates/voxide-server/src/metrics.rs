@@ -4,6 +4,7 @@
 //! ratio is the real-time factor), speech prompt positions and those the prefix cache gave,
 //! requests running and waiting, realtime sessions open, and the models served.
 
+use crate::models::Engine;
 use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Instant;
+use voxide_models::whisper::BatchStats;
 
 /// Upper bounds of the latency buckets, seconds.
 const BUCKETS: [f64; 12] = [
@@ -80,6 +82,7 @@ impl Metrics {
             uploads,
             realtime_sessions,
             models,
+            batches,
         } = gauges;
         let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
@@ -189,6 +192,24 @@ impl Metrics {
             vec![format!("voxide_realtime_sessions {realtime_sessions}")],
         );
         family(
+            "voxide_batched_windows_total",
+            "counter",
+            "Windows of concurrent transcriptions decoded in batches (serve --max-batch-size), by model.",
+            batches
+                .iter()
+                .map(|(id, s)| format!("voxide_batched_windows_total{{id=\"{id}\"}} {}", s.windows))
+                .collect(),
+        );
+        family(
+            "voxide_window_batches_total",
+            "counter",
+            "Batches those windows were decoded in (windows over batches: the mean batch), by model.",
+            batches
+                .iter()
+                .map(|(id, s)| format!("voxide_window_batches_total{{id=\"{id}\"}} {}", s.batches))
+                .collect(),
+        );
+        family(
             "voxide_model_loaded",
             "gauge",
             "The models served (1 each), by id and kind.",
@@ -210,6 +231,8 @@ struct Gauges {
     realtime_sessions: usize,
     /// (id, kind) of each model served.
     models: Vec<(String, &'static str)>,
+    /// What each model that batches concurrent requests' windows has batched.
+    batches: Vec<(String, BatchStats)>,
 }
 
 /// Middleware: counts every request under its route pattern (unknown paths as "other", so
@@ -245,6 +268,14 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             .iter()
             .map(|m| (m.id.clone(), m.engine.kind()))
             .collect(),
+        batches: state
+            .models
+            .iter()
+            .filter_map(|m| match &m.engine {
+                Engine::Transcriber(t) => t.batch_stats().map(|s| (m.id.clone(), s)),
+                Engine::Synthesizer(_) => None,
+            })
+            .collect(),
     };
     let text = state.metrics.render(&gauges);
     (
@@ -276,7 +307,20 @@ mod tests {
             uploads: 4,
             realtime_sessions: 3,
             models: vec![("whisper-1".into(), "speech-to-text")],
+            batches: vec![(
+                "whisper-1".into(),
+                BatchStats {
+                    windows: 7,
+                    batches: 3,
+                    largest: 4,
+                },
+            )],
         });
+        assert!(
+            text.contains("voxide_batched_windows_total{id=\"whisper-1\"} 7")
+                && text.contains("voxide_window_batches_total{id=\"whisper-1\"} 3"),
+            "{text}"
+        );
         assert!(
             text.contains("voxide_requests_total{route=\"/v1/models\",status=\"200\"} 2"),
             "{text}"

@@ -79,7 +79,16 @@ impl TestServer {
     }
 
     /// The fixtures on a free port, with `config` as `adjust` leaves it.
-    pub fn with(mut config: ServerConfig, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+    pub fn with(config: ServerConfig, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::serving(models(), config, adjust)
+    }
+
+    /// `models` on a free port, with `config` as `adjust` leaves it.
+    pub fn serving(
+        models: Registry,
+        mut config: ServerConfig,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         config.host = "127.0.0.1".into();
         config.port = 0;
         adjust(&mut config);
@@ -92,7 +101,7 @@ impl TestServer {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let server = Server::bind(&config, models()).await.unwrap();
+                let server = Server::bind(&config, models).await.unwrap();
                 ready_tx
                     .send((server.local_addr().unwrap(), server.admission().clone()))
                     .unwrap();
