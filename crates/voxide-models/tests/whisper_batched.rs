@@ -12,6 +12,7 @@ use voxide_audio::{AudioInput, WhisperMel};
 use voxide_models::silero_vad::{SpeechChunks, SpeechSegment};
 use voxide_models::whisper::decoding::DecodingOptions;
 use voxide_models::whisper::{TranscribeOptions, WhisperPipeline, N_FRAMES, N_SAMPLES};
+use voxide_nn::sampling::Sampler;
 
 const RATE: usize = 16_000;
 
@@ -89,9 +90,9 @@ fn a_batch_of_windows_attends_to_each_rows_own_audio() {
 }
 
 /// Three windows of two files, in three languages, decoded together (greedy, beam search
-/// with patience, sampling's candidates at T = 0 left out: they draw from one generator)
-/// give each window's tokens, log-probability and no-speech probability alone — with one
-/// prompt for all, or each window's previous text of its own (equally long).
+/// with patience, best of 3 sampled with each window's own sampler) give each window's
+/// tokens, log-probability and no-speech probability alone — with one prompt for all, or
+/// each window's previous text of its own (equally long).
 #[test]
 fn windows_decoded_together_give_what_each_gives_alone() {
     let p = pipeline();
@@ -115,6 +116,12 @@ fn windows_decoded_together_give_what_each_gives_alone() {
             without_timestamps: true,
             ..DecodingOptions::default()
         },
+        DecodingOptions {
+            sample_len: Some(30),
+            temperature: 0.8,
+            best_of: Some(3),
+            ..DecodingOptions::default()
+        },
     ];
     for (opts, prompted) in cases.iter().flat_map(|o| [(o, false), (o, true)]) {
         let per_window: Vec<DecodingOptions> = (0..3)
@@ -123,16 +130,19 @@ fn windows_decoded_together_give_what_each_gives_alone() {
                 ..opts.clone()
             })
             .collect();
-        let mut decoder = p.window_decoder(0);
+        // Each window alone with a decoder of its own seed.
         let alone: Vec<_> = windows
             .iter()
             .zip(languages)
             .zip(&per_window)
-            .map(|((w, lang), o)| {
+            .enumerate()
+            .map(|(seed, ((w, lang), o))| {
+                let mut decoder = p.window_decoder(seed as u64);
                 decoder.set_audio(w.clone()).unwrap();
                 decoder.decode(o, lang).unwrap()
             })
             .collect();
+        let mut decoder = p.window_decoder(0);
         // The case is only a test where the windows decode differently: in tokens, or (the
         // random model says much the same after a long prompt) in log-probability beyond
         // the tolerance below.
@@ -145,7 +155,8 @@ fn windows_decoded_together_give_what_each_gives_alone() {
             .set_audio(Tensor::cat(&windows, 0).unwrap())
             .unwrap();
         let batch: Vec<(&DecodingOptions, &str)> = per_window.iter().zip(languages).collect();
-        let together = decoder.decode_batch(&batch).unwrap();
+        let mut samplers: Vec<Sampler> = (0..3).map(Sampler::new).collect();
+        let together = decoder.decode_batch(&batch, Some(&mut samplers)).unwrap();
         assert_eq!(together.len(), 3);
         for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
             assert_eq!(
@@ -188,7 +199,7 @@ fn windows_decoded_together_give_what_each_gives_alone() {
             "initial tokens of one length",
         ),
     ] {
-        let err = decoder.decode_batch(&batch).unwrap_err();
+        let err = decoder.decode_batch(&batch, None).unwrap_err();
         assert!(err.to_string().contains(refusal), "{err}");
     }
 }
@@ -400,8 +411,8 @@ const PROMPTS: [&str; 2] = ["Notes from the call.", "A talk about trees."];
 
 /// Concurrent transcriptions whose windows the pipeline decodes together (a server's
 /// batching) each give the transcript they give alone: long-form windows with their own
-/// previous text, a language detected, word timings, sampled fallbacks (which stay with
-/// their transcription's seeded sampler) — and the windows did share batches.
+/// previous text, a language detected, word timings, sampled fallbacks (each from its
+/// transcription's seeded sampler) — and the windows did share batches.
 #[test]
 fn concurrent_transcriptions_batched_give_what_each_gives_alone() {
     let longform = load("corpus/longform/fleurs_en_concat.wav");
@@ -413,9 +424,9 @@ fn concurrent_transcriptions_batched_give_what_each_gives_alone() {
             o.decode.sample_len = Some(120);
             o.decode.seed = i;
             // The first and last carry an initial prompt of their own (equally long) into every
-            // window instead of their previous text, greedy without fallback: their windows
-            // share batches with different prompts.
-            o.temperatures = if i == 1 { vec![0.0, 0.6] } else { vec![0.0] };
+            // window instead of their previous text: their windows share batches with
+            // different prompts, and so do their fallbacks.
+            o.temperatures = vec![0.0, 0.6];
             if i != 1 {
                 o.initial_prompt = Some(PROMPTS[i as usize / 2].to_string());
                 o.carry_initial_prompt = true;

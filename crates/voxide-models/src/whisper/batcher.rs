@@ -1,13 +1,14 @@
 //! The windows of concurrent transcriptions decoded together: a server's dynamic batching
 //! (vLLM batches the steps of concurrent requests; here the unit is a 30 s window). Each
 //! transcription runs its own window loop ([`WhisperPipeline::transcribe`]) and hands every
-//! decode at temperature 0 to the model's [`WindowBatcher`]. Once every transcription at work
-//! on the model waits on one, the last to arrive decodes them all: the windows whose options
-//! agree (all but their prompts, [`DecodingOptions::batches_with`]) and whose prompts are
-//! equally long share each decoder step ([`WindowDecoder::decode_batch`]), and each window
-//! gets the tokens it would have decoded alone. Sampled decodes (temperature > 0) stay with
-//! their transcription, whose seeded sampler they draw from, so that a transcription's
-//! result never depends on what else ran beside it.
+//! decode to the model's [`WindowBatcher`]. Once every transcription at work on the model
+//! waits on one, the last to arrive decodes them all: the windows whose options agree (all
+//! but their prompts, [`DecodingOptions::batches_with`]; a fallback's temperature among
+//! them) and whose prompts are equally long share each decoder step
+//! ([`WindowDecoder::decode_batch`]), each sampling from its own transcription's seeded
+//! sampler, so that each window gets what it would have decoded alone and a transcription's
+//! result never depends on what else ran beside it. The transcriptions' encoders run one at
+//! a time (each takes every core already): their activations do not pile up.
 
 use super::decoding::{DecodingOptions, DecodingResult, WindowDecoder};
 use super::transcribe::WhisperPipeline;
@@ -16,6 +17,7 @@ use candle_core::Tensor;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use voxide_nn::sampling::Sampler;
 
 /// Windows of concurrent transcriptions of one model, decoded in batches of at most
 /// `max_windows`.
@@ -24,6 +26,8 @@ pub struct WindowBatcher {
     max_windows: usize,
     queue: Mutex<Queue>,
     changed: Condvar,
+    /// Held by the transcription whose encoder runs.
+    encoder: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -32,7 +36,8 @@ struct Queue {
     /// ([`Member::away`]).
     working: usize,
     pending: Vec<Job>,
-    done: HashMap<u64, Result<DecodingResult>>,
+    /// Each decoded window's result, and its transcription's sampler back.
+    done: HashMap<u64, (Result<DecodingResult>, Sampler)>,
     next_id: u64,
     stats: BatchStats,
 }
@@ -45,6 +50,8 @@ struct Job {
     audio: Tensor,
     opts: DecodingOptions,
     language: String,
+    /// Its transcription's sampler, lent for the decode.
+    sampler: Sampler,
 }
 
 /// What a [`WindowBatcher`] has decoded.
@@ -65,6 +72,7 @@ impl WindowBatcher {
             max_windows: max_windows.max(1),
             queue: Mutex::default(),
             changed: Condvar::new(),
+            encoder: Mutex::new(()),
         }
     }
 
@@ -113,28 +121,42 @@ impl WindowBatcher {
             }
         }
         for (_, group) in groups {
-            let ids: Vec<u64> = group.iter().map(|j| j.id).collect();
-            let decoded = catch_unwind(AssertUnwindSafe(|| decode_group(&mut decoder, &group)))
-                .unwrap_or_else(|_| {
-                    Err(Error::InvalidRequest(
-                        "a batch of windows failed to decode (a panic)".into(),
-                    ))
-                });
+            let (jobs, mut samplers): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .map(|j| {
+                    let Job {
+                        id,
+                        audio,
+                        opts,
+                        language,
+                        sampler,
+                    } = j;
+                    ((id, audio, opts, language), sampler)
+                })
+                .unzip();
+            let decoded = catch_unwind(AssertUnwindSafe(|| {
+                decode_group(&mut decoder, &jobs, &mut samplers)
+            }))
+            .unwrap_or_else(|_| {
+                Err(Error::InvalidRequest(
+                    "a batch of windows failed to decode (a panic)".into(),
+                ))
+            });
             let mut queue = self.lock();
-            queue.stats.windows += ids.len();
+            queue.stats.windows += jobs.len();
             queue.stats.batches += 1;
-            queue.stats.largest = queue.stats.largest.max(ids.len());
-            match decoded {
-                Ok(results) => queue
-                    .done
-                    .extend(ids.into_iter().zip(results.into_iter().map(Ok))),
+            queue.stats.largest = queue.stats.largest.max(jobs.len());
+            let results: Vec<Result<DecodingResult>> = match decoded {
+                Ok(results) => results.into_iter().map(Ok).collect(),
                 Err(e) => {
                     let message = e.to_string();
-                    for id in ids {
-                        let e = Error::InvalidRequest(message.clone());
-                        queue.done.insert(id, Err(e));
-                    }
+                    jobs.iter()
+                        .map(|_| Err(Error::InvalidRequest(message.clone())))
+                        .collect()
                 }
+            };
+            for ((job, result), sampler) in jobs.iter().zip(results).zip(samplers) {
+                queue.done.insert(job.0, (result, sampler));
             }
             drop(queue);
             self.changed.notify_all();
@@ -142,17 +164,22 @@ impl WindowBatcher {
     }
 }
 
-/// One batch's windows decoded together; every result carries the batch's timings (each of
-/// its transcriptions waited for all of its steps).
-fn decode_group(decoder: &mut WindowDecoder<'_>, group: &[Job]) -> Result<Vec<DecodingResult>> {
-    let audio: Vec<Tensor> = group.iter().map(|j| j.audio.clone()).collect();
+/// A window of a batch: its id, encoder output, options and language.
+type Window = (u64, Tensor, DecodingOptions, String);
+
+/// One batch's windows decoded together, each drawing from its sampler; every result carries
+/// the batch's timings (each of its transcriptions waited for all of its steps).
+fn decode_group(
+    decoder: &mut WindowDecoder<'_>,
+    group: &[Window],
+    samplers: &mut [Sampler],
+) -> Result<Vec<DecodingResult>> {
+    let audio: Vec<Tensor> = group.iter().map(|w| w.1.clone()).collect();
     decoder.clear_audio();
     decoder.set_audio(Tensor::cat(&audio, 0)?)?;
-    let windows: Vec<(&DecodingOptions, &str)> = group
-        .iter()
-        .map(|j| (&j.opts, j.language.as_str()))
-        .collect();
-    let mut results = decoder.decode_batch(&windows)?;
+    let windows: Vec<(&DecodingOptions, &str)> =
+        group.iter().map(|w| (&w.2, w.3.as_str())).collect();
+    let mut results = decoder.decode_batch(&windows, Some(samplers))?;
     let first = &results[0];
     let timings = (
         first.prefill_ms,
@@ -183,15 +210,27 @@ impl Member<'_> {
         out
     }
 
-    /// Decodes the window whose encoder output is `audio` (1, positions, d) with `opts` (at
-    /// temperature 0) in `language`, in a batch with the windows of the other members that
-    /// wait meanwhile; this member's thread decodes the batch where it is the last to arrive.
+    /// Runs `encode` (a window's encoder) when no other member's encoder runs.
+    pub fn encode<T>(&self, encode: impl FnOnce() -> T) -> T {
+        let _alone = self
+            .batcher
+            .encoder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        encode()
+    }
+
+    /// Decodes the window whose encoder output is `audio` (1, positions, d) with `opts` in
+    /// `language`, drawing from `sampler` at temperature > 0, in a batch with the windows of
+    /// the other members that wait meanwhile; this member's thread decodes the batch where it
+    /// is the last to arrive.
     pub fn decode(
         &self,
         pipeline: &WhisperPipeline,
         audio: &Tensor,
         opts: &DecodingOptions,
         language: &str,
+        sampler: &mut Sampler,
     ) -> Result<DecodingResult> {
         let batcher = self.batcher;
         let mut queue = batcher.lock();
@@ -202,11 +241,13 @@ impl Member<'_> {
             audio: audio.clone(),
             opts: opts.clone(),
             language: language.to_string(),
+            sampler: std::mem::replace(sampler, Sampler::new(0)),
         });
         queue.working -= 1;
         loop {
-            if let Some(result) = queue.done.remove(&id) {
+            if let Some((result, lent)) = queue.done.remove(&id) {
                 queue.working += 1;
+                *sampler = lent;
                 return result;
             }
             if queue.working == 0 && !queue.pending.is_empty() {

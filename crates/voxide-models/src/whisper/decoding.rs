@@ -659,20 +659,28 @@ impl<'a> WindowDecoder<'a> {
 
     /// Decodes the current window with `opts`; `language` must be resolved.
     pub fn decode(&mut self, opts: &DecodingOptions, language: &str) -> Result<DecodingResult> {
-        let mut results = self.decode_batch(&[(opts, language)])?;
+        let mut results = self.decode_batch(&[(opts, language)], None)?;
         Ok(results.pop().expect("one window, one result"))
+    }
+
+    /// The sampler decodes at temperature > 0 draw from (seeded at [`Self::new`]); a batch
+    /// decoded elsewhere may draw from it in this decoder's stead.
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        &mut self.sampler
     }
 
     /// Decodes the current windows — the audio set holds one per entry of `windows`, each
     /// with its options and its resolved language — in one batch: every decoder step runs all
     /// windows' candidates at once (the weights read once for all), and each window gets what
     /// [`Self::decode`] gives it alone (greedy and beam search: the same tokens; sampling
-    /// draws from one generator for all). The windows' options must agree but for their
-    /// prompts ([`DecodingOptions::batches_with`]), and their initial tokens must be equally
-    /// long. The batch's timings go with the first result; the others carry none.
+    /// too where `samplers` gives each window the sampler it would draw from alone, else all
+    /// draw from this decoder's). The windows' options must agree but for their prompts
+    /// ([`DecodingOptions::batches_with`]), and their initial tokens must be equally long.
+    /// The batch's timings go with the first result; the others carry none.
     pub fn decode_batch(
         &mut self,
         windows: &[(&DecodingOptions, &str)],
+        mut samplers: Option<&mut [Sampler]>,
     ) -> Result<Vec<DecodingResult>> {
         let s = *self.rules.special();
         let Some(audio) = &self.audio else {
@@ -685,6 +693,11 @@ impl<'a> WindowDecoder<'a> {
                 windows.len()
             )));
         };
+        if samplers.as_ref().is_some_and(|s| s.len() != windows.len()) {
+            return Err(Error::InvalidRequest(
+                "a batch needs one sampler a window".into(),
+            ));
+        }
         if windows.iter().any(|(o, _)| !o.batches_with(opts)) {
             return Err(Error::InvalidRequest(
                 "the windows of a batch need the same decoding options but for their prompts"
@@ -745,7 +758,7 @@ impl<'a> WindowDecoder<'a> {
         let (mut prefill_ms, mut steps_ms, mut steps) = (0.0, 0.0, 0);
         let mut first_token_at = None;
         let device = model.device().clone();
-        let sampler = &mut self.sampler;
+        let shared_sampler = &mut self.sampler;
         let state = state_for(&mut self.states, model, self.audio.as_ref(), n_rows)?;
         for i in 0..sample_len {
             // Entered before the clock starts and left after it is read: what a subscriber
@@ -813,6 +826,10 @@ impl<'a> WindowDecoder<'a> {
                 }
                 match group.beam.as_mut() {
                     None => {
+                        let sampler = match samplers.as_deref_mut() {
+                            Some(own) => &mut own[w],
+                            None => &mut *shared_sampler,
+                        };
                         for (k, l) in logits.iter().enumerate() {
                             let prev = *group.rows[k].last().expect("non-empty");
                             let next = if prev == s.eot {

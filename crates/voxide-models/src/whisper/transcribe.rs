@@ -340,10 +340,18 @@ impl WhisperPipeline {
                 self.window_tensor(&mel, start, frames)?
             };
             timings.mel_ms += ms(clock);
-            let clock = Instant::now();
             let _span = tracing::trace_span!("encoder").entered();
-            let features = self.model.encode(&window)?;
-            timings.encoder_ms += ms(clock);
+            let timed = || {
+                let clock = Instant::now();
+                (self.model.encode(&window), ms(clock))
+            };
+            // Where encoders take turns, timed once this one's turn has come.
+            let (features, encoder_ms) = match &member {
+                Some(m) => m.encode(timed),
+                None => timed(),
+            };
+            let features = features?;
+            timings.encoder_ms += encoder_ms;
             timings.encoder_calls += 1;
             Ok(features)
         };
@@ -628,7 +636,7 @@ impl WhisperPipeline {
                 let mut window_opts = base.clone();
                 window_opts.temperature = temperature;
                 let windows = vec![(&window_opts, language.as_str()); pending.len()];
-                let decoded = decoder.decode_batch(&windows)?;
+                let decoded = decoder.decode_batch(&windows, None)?;
                 if timings.first_token_ms.is_none() {
                     timings.first_token_ms = decoded[0]
                         .first_token_at
@@ -714,9 +722,8 @@ impl WhisperPipeline {
     }
 
     /// Decodes the current window at each temperature in turn until the result is neither too
-    /// repetitive nor too improbable (or looks like silence); at temperature 0 in a batch with
-    /// other transcriptions' windows where `batch` names this one's membership and encoder
-    /// output.
+    /// repetitive nor too improbable (or looks like silence); in a batch with other
+    /// transcriptions' windows where `batch` names this one's membership and encoder output.
     fn decode_with_fallback(
         &self,
         decoder: &mut WindowDecoder<'_>,
@@ -735,10 +742,10 @@ impl WhisperPipeline {
         for &t in &opts.temperatures {
             window_opts.temperature = t;
             let r = match batch {
-                Some((member, audio)) if t == 0.0 => {
-                    member.decode(self, audio, window_opts, language)?
+                Some((member, audio)) => {
+                    member.decode(self, audio, window_opts, language, decoder.sampler_mut())?
                 }
-                _ => decoder.decode(window_opts, language)?,
+                None => decoder.decode(window_opts, language)?,
             };
             timings.prefills += 1;
             timings.prefill_ms += r.prefill_ms;
