@@ -97,6 +97,19 @@ pub fn reuse_freed_memory() {
     }
 }
 
+/// Caps glibc at two heaps (arenas) for a server whose concurrent requests run on many
+/// threads: each thread's heap otherwise keeps what that thread's encoder freed, for no other
+/// thread to reuse. Eight concurrent whisper-tiny requests decoded in a batch (`serve
+/// --max-batch-size 8`): peak RSS 760 → 551 MB, wall time level (3.77 / 3.74 s). Set before
+/// the server's threads start.
+pub fn share_heaps() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes how glibc places later allocations.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Ends the command after a failed write to stdout (see `say!`).
 fn stdout_failed(e: std::io::Error) -> ! {
     note!("error: cannot write to stdout: {e}");

@@ -79,6 +79,9 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<()> {
     cap_threads(args.threads)?;
     let max_concurrency = concurrency(args.max_concurrency, args.max_batch_size)?;
+    if args.max_batch_size > 1 {
+        crate::share_heaps();
+    }
     let config = ServerConfig {
         host: args.host,
         port: args.port,
