@@ -5,6 +5,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 use voxide_audio::{load_mono, AudioInput};
 use voxide_models::silero_vad::{SileroVad, SAMPLE_RATE};
@@ -12,7 +13,8 @@ use voxide_models::whisper::Suppress;
 use voxide_models::Progress;
 use voxide_runtime::{
     load_transcriber, render_with, request_vad_params, resolve_model, transcribe_speech, txt_lines,
-    OutputFormat, Segment, SubtitleOptions, TranscribeRequest, WeightFormat,
+    OutputFormat, Segment, SubtitleOptions, Timings, TranscribeRequest, Transcriber, Transcript,
+    WeightFormat,
 };
 
 /// Inputs longer than this get a progress bar.
@@ -77,6 +79,8 @@ pub struct TranscribeArgs {
     /// silences); with --clip-timestamps, each stretch a chunk (the first 30 s of it heard).
     /// Faster on long files; no text is carried from one chunk into the next. Voxtral Mini 3B
     /// decodes its stretches (of --vad or --clip-timestamps) N at a time, each as alone.
+    /// Whisper over several files without either: N files at a time, their windows decoded
+    /// together, each transcript the same as alone (printed in the files' order).
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
     /// Silero VAD weights for --vad (ggml or ONNX; default: $VOXIDE_VAD_MODEL, else
@@ -365,7 +369,15 @@ pub fn cap_threads(threads: Option<usize>) -> Result<()> {
 }
 
 pub fn run(args: TranscribeArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    // Several files N at a time: each on a thread of its own, the model's kernels on the pool
+    // (a thread of the pool that waited for a file's turn would leave its core idle).
+    let files_at_once = args
+        .batch_size
+        .filter(|_| !args.vad && args.clip_timestamps.is_none() && args.files.len() > 1);
+    match files_at_once {
+        Some(_) => cap_threads(args.threads)?,
+        None => set_threads(args.threads)?,
+    }
     if args.max_new_tokens == Some(0) {
         bail!("--max-new-tokens must be at least 1");
     }
@@ -407,8 +419,34 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     let clock = Instant::now();
     let source = resolve_model(&args.model)?;
     let device = candle_core::Device::Cpu;
-    let model = load_transcriber(&source, &device, precision(&args.precision))?;
+    let mut model = load_transcriber(&source, &device, precision(&args.precision))?;
     crate::release_freed_memory();
+    if let Some(n) = files_at_once.filter(|_| !args.detect_language) {
+        if !model.batch_concurrent_windows(n) {
+            bail!(
+                "--batch-size over several files (without --vad or --clip-timestamps) decodes                  their windows together: Whisper models do, this one does not"
+            );
+        }
+        let request = TranscribeRequest {
+            batch_size: None,
+            ..request
+        };
+        let written =
+            transcribe_files_at_once(model.as_ref(), &args.files, &request, n, |input, file| {
+                write_transcript(&args, output_dir.as_deref(), input, &file, false)
+            });
+        if args.verbose {
+            if let Some(stats) = model.batch_stats() {
+                note!(
+                    "windows decoded together: {} in {} batches (at most {} a batch)",
+                    stats.windows,
+                    stats.batches,
+                    stats.largest
+                );
+            }
+        }
+        return written;
+    }
     let load_ms = clock.elapsed().as_secs_f64() * 1e3;
     if args.verbose {
         note!(
@@ -430,11 +468,6 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     // Text to stdout goes out as each window is decoded, as whisper.cpp and openai-whisper's
     // verbose mode print it: the same lines the txt format writes at the end.
     let live_text = output_dir.is_none() && args.format.list() == [OutputFormat::Txt];
-    let task = if request.translate {
-        "translate"
-    } else {
-        "transcribe"
-    };
     for_each_input(&args.files, |input| {
         let clock = Instant::now();
         let samples = load_mono(input, model.sample_rate())?;
@@ -482,41 +515,150 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             live.print(&transcript.segments, bar.as_ref());
             live.result()?;
         }
-        let wall = clock.elapsed().as_secs_f64();
+        let wall_s = clock.elapsed().as_secs_f64();
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        for format in args.format.list().into_iter().filter(|_| live.is_none()) {
-            let text = render_with(&transcript, format, task, &args.subtitles());
-            match &output_dir {
-                Some(dir) => {
-                    let path = output_path(dir, input, format.extension());
-                    std::fs::write(&path, text)
-                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        let file = Transcribed {
+            transcript,
+            timings,
+            duration,
+            decode_ms,
+            wall_s,
+        };
+        write_transcript(&args, output_dir.as_deref(), input, &file, live.is_some())
+    })
+}
+
+/// A file's transcript and what it took.
+struct Transcribed {
+    transcript: Transcript,
+    timings: Timings,
+    /// Seconds of audio.
+    duration: f64,
+    /// Reading and resampling the file.
+    decode_ms: f64,
+    /// Transcribing it.
+    wall_s: f64,
+}
+
+/// Writes a file's transcript in each format — into `output_dir`, else to stdout where its
+/// text was not printed live already — and, with `-v`, what it took.
+fn write_transcript(
+    args: &TranscribeArgs,
+    output_dir: Option<&Path>,
+    input: &AudioInput,
+    file: &Transcribed,
+    printed_live: bool,
+) -> Result<()> {
+    let Transcribed {
+        transcript,
+        timings,
+        duration,
+        decode_ms,
+        wall_s,
+    } = file;
+    let task = if args.task == "translate" {
+        "translate"
+    } else {
+        "transcribe"
+    };
+    for format in args.format.list().into_iter().filter(|_| !printed_live) {
+        let text = render_with(transcript, format, task, &args.subtitles());
+        match output_dir {
+            Some(dir) => {
+                let path = output_path(dir, input, format.extension());
+                std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes())
+                    .and_then(|_| out.flush())
+                    .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
+            }
+        }
+    }
+    if args.verbose {
+        note!(
+            "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | mel {:.0} ms | encoder {:.0} ms ({} passes) | prefill {:.0} ms ({}) | decoder {:.2} ms/step ({} steps) | first token {:.0} ms | wall {:.0} ms | RTF {:.3}",
+            input.name(),
+            timings.mel_ms,
+            timings.encoder_ms,
+            timings.encoder_calls,
+            timings.prefill_ms,
+            timings.prefills,
+            timings.ms_per_step(),
+            timings.steps,
+            timings.first_token_ms.unwrap_or(0.0),
+            wall_s * 1e3,
+            wall_s / duration.max(1e-9),
+        );
+    }
+    Ok(())
+}
+
+/// Transcribes `files` `workers` at a time, each on a thread of its own (the model decodes
+/// their windows together where it batches concurrent calls), and hands each file's
+/// transcript to `write` in the files' order as soon as it and those before it are done.
+/// Failures, of a file or of its `write`, are reported as [`for_each_input`] reports them.
+fn transcribe_files_at_once(
+    model: &dyn Transcriber,
+    files: &[String],
+    request: &TranscribeRequest,
+    workers: usize,
+    mut write: impl FnMut(&AudioInput, Transcribed) -> Result<()>,
+) -> Result<()> {
+    let inputs: Vec<AudioInput> = files.iter().map(|f| AudioInput::from_arg(f)).collect();
+    let next = AtomicUsize::new(0);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(inputs.len()) {
+            let (next, done, inputs) = (&next, done.clone(), &inputs);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(input) = inputs.get(i) else {
+                    break;
+                };
+                let transcribe = || -> Result<Transcribed> {
+                    let clock = Instant::now();
+                    let samples = load_mono(input, model.sample_rate())?;
+                    let decode_ms = clock.elapsed().as_secs_f64() * 1e3;
+                    let clock = Instant::now();
+                    let (transcript, timings) =
+                        model.transcribe(&samples, request, &mut |_| true)?;
+                    Ok(Transcribed {
+                        transcript,
+                        timings,
+                        duration: samples.len() as f64 / model.sample_rate() as f64,
+                        decode_ms,
+                        wall_s: clock.elapsed().as_secs_f64(),
+                    })
+                };
+                if done.send((i, transcribe())).is_err() {
+                    break;
                 }
-                None => {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(text.as_bytes())
-                        .and_then(|_| out.flush())
-                        .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?;
+            });
+        }
+        drop(done);
+        // Each file in order, once it and those before it are done.
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut written = 0;
+        let mut index = 0;
+        for (i, result) in finished {
+            waiting.insert(i, result);
+            while let Some(result) = waiting.remove(&index) {
+                let input = &inputs[index];
+                index += 1;
+                match result.and_then(|file| write(input, file)) {
+                    Ok(()) => written += 1,
+                    Err(e) => note!("error: {}", named(input, &e)),
                 }
             }
         }
-        if args.verbose {
-            note!(
-                "{}: {duration:.2} s audio | decode {decode_ms:.0} ms | mel {:.0} ms | encoder {:.0} ms ({} passes) | prefill {:.0} ms ({}) | decoder {:.2} ms/step ({} steps) | first token {:.0} ms | wall {:.0} ms | RTF {:.3}",
-                input.name(),
-                timings.mel_ms,
-                timings.encoder_ms,
-                timings.encoder_calls,
-                timings.prefill_ms,
-                timings.prefills,
-                timings.ms_per_step(),
-                timings.steps,
-                timings.first_token_ms.unwrap_or(0.0),
-                wall * 1e3,
-                wall / duration.max(1e-9),
-            );
+        let failures = index - written;
+        if failures > 0 {
+            bail!("{failures} of {} inputs failed", inputs.len());
         }
         Ok(())
     })
@@ -625,14 +767,7 @@ pub fn for_each_input(
     for file in files {
         let input = AudioInput::from_arg(file);
         if let Err(e) = work(&input) {
-            // Audio errors name their input; others get it prefixed.
-            let name = input.name();
-            let message = e.to_string();
-            let message = if message.contains(&name) {
-                message
-            } else {
-                format!("{name}: {message}")
-            };
+            let message = named(&input, &e);
             if files.len() == 1 {
                 bail!(message);
             }
@@ -644,6 +779,18 @@ pub fn for_each_input(
         bail!("{failures} of {} inputs failed", files.len());
     }
     Ok(())
+}
+
+/// An error of `input` as one line that names it: audio errors name their input already,
+/// others get it prefixed.
+fn named(input: &AudioInput, e: &anyhow::Error) -> String {
+    let name = input.name();
+    let message = e.to_string();
+    if message.contains(&name) {
+        message
+    } else {
+        format!("{name}: {message}")
+    }
 }
 
 fn progress_bar(duration: f64) -> Option<ProgressBar> {

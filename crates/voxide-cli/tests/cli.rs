@@ -1404,3 +1404,78 @@ fn voxtral_stretches_in_batches_equal_the_stretches_alone() {
         "Voxtral Realtime has no batched transcription",
     );
 }
+
+/// `--batch-size N` over several files (no --vad, no clips): the files are transcribed N at a
+/// time with their windows decoded together, and print what they print one after another, in
+/// the files' order; a file that fails is reported and the others still print; a model that
+/// does not batch says so.
+#[test]
+fn files_in_a_batch_print_what_they_print_one_after_another() {
+    let long = root().join("../shared/corpus/longform/fleurs_en_concat.wav");
+    let clip = root().join("../shared/corpus/librispeech/1089-134686-0000.flac");
+    let missing = root().join("no-such-file.wav");
+    let (jfk, tiny) = (jfk(), tiny());
+    let files = [s(&long), s(&jfk), s(&missing), s(&clip)];
+    let run = |batch: &[&str]| {
+        let args = [
+            &[
+                "transcribe",
+                "--model",
+                s(&tiny),
+                "-f",
+                "verbose_json",
+                "-v",
+            ][..],
+            batch,
+            &files,
+        ]
+        .concat();
+        let out = voxide(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: the missing file fails"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(stderr.contains("1 of 4 inputs failed"), "{stderr}");
+        assert!(stderr.contains("no-such-file.wav"), "{stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+    let (alone, _) = run(&[]);
+    let (together, stderr) = run(&["--batch-size", "3"]);
+    // Three transcripts, the files' order.
+    let transcripts: Vec<Value> = serde_json::Deserializer::from_str(&alone)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(transcripts.len(), 3);
+    assert!(transcripts[0]["duration"].as_f64().unwrap() > 60.0);
+    assert_eq!(together, alone);
+    // "windows decoded together: W in B batches (at most L a batch)"
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("windows decoded together"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [windows, batches, largest] = numbers[..] else {
+        panic!("{line}")
+    };
+    assert!(batches < windows && largest >= 2, "{line}");
+
+    let voxtral = root().join("tests/fixtures/voxtral-realtime/tiny-random-mistral");
+    fails(
+        &[
+            "transcribe",
+            "--model",
+            s(&voxtral),
+            "--batch-size",
+            "2",
+            s(&jfk),
+            s(&clip),
+        ],
+        "Whisper models do, this one does not",
+    );
+}

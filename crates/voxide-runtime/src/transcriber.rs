@@ -673,8 +673,8 @@ fn transcribe_clips(
     let clips = &request.clip_timestamps;
     if clips.is_empty() {
         return Err(Error::InvalidRequest(
-            "--batch-size transcribes chunks: the speech that --vad finds, or the stretches of \
-             --clip-timestamps"
+            "--batch-size transcribes chunks (the speech that --vad finds, or the stretches of \
+             --clip-timestamps) or several files at once"
                 .into(),
         ));
     }

@@ -35,7 +35,8 @@ struct Queue {
     /// Transcriptions at work on the model: neither waiting for a decode nor away
     /// ([`Member::away`]).
     working: usize,
-    pending: Vec<Job>,
+    /// Windows waiting, each with its transcription's sampler, lent for the decode.
+    pending: Vec<(Job, Sampler)>,
     /// Each decoded window's result, and its transcription's sampler back.
     done: HashMap<u64, (Result<DecodingResult>, Sampler)>,
     next_id: u64,
@@ -50,8 +51,6 @@ struct Job {
     audio: Tensor,
     opts: DecodingOptions,
     language: String,
-    /// Its transcription's sampler, lent for the decode.
-    sampler: Sampler,
 }
 
 /// What a [`WindowBatcher`] has decoded.
@@ -76,11 +75,6 @@ impl WindowBatcher {
         }
     }
 
-    /// Most windows a batch holds.
-    pub fn max_windows(&self) -> usize {
-        self.max_windows
-    }
-
     /// What it has decoded so far.
     pub fn stats(&self) -> BatchStats {
         self.lock().stats
@@ -101,7 +95,7 @@ impl WindowBatcher {
 
     /// Decodes `jobs` in batches of windows that can share one, handing each batch's results
     /// out as it ends.
-    fn run(&self, pipeline: &WhisperPipeline, jobs: Vec<Job>) {
+    fn run(&self, pipeline: &WhisperPipeline, jobs: Vec<(Job, Sampler)>) {
         let mut decoder = pipeline.window_decoder(0);
         // Windows whose initial tokens cannot be built share a batch only with each other,
         // which fails as each would alone.
@@ -110,30 +104,18 @@ impl WindowBatcher {
                 .initial_tokens(&job.opts, &job.language)
                 .map_or(0, |t| t.len())
         };
-        let mut groups: Vec<(usize, Vec<Job>)> = Vec::new();
-        for job in jobs {
+        let mut groups: Vec<(usize, Vec<(Job, Sampler)>)> = Vec::new();
+        for (job, sampler) in jobs {
             let n = length(&job);
             match groups.iter_mut().find(|(len, g)| {
-                *len == n && g.len() < self.max_windows && g[0].opts.batches_with(&job.opts)
+                *len == n && g.len() < self.max_windows && g[0].0.opts.batches_with(&job.opts)
             }) {
-                Some((_, group)) => group.push(job),
-                None => groups.push((n, vec![job])),
+                Some((_, group)) => group.push((job, sampler)),
+                None => groups.push((n, vec![(job, sampler)])),
             }
         }
         for (_, group) in groups {
-            let (jobs, mut samplers): (Vec<_>, Vec<_>) = group
-                .into_iter()
-                .map(|j| {
-                    let Job {
-                        id,
-                        audio,
-                        opts,
-                        language,
-                        sampler,
-                    } = j;
-                    ((id, audio, opts, language), sampler)
-                })
-                .unzip();
+            let (jobs, mut samplers): (Vec<Job>, Vec<Sampler>) = group.into_iter().unzip();
             let decoded = catch_unwind(AssertUnwindSafe(|| {
                 decode_group(&mut decoder, &jobs, &mut samplers)
             }))
@@ -156,7 +138,7 @@ impl WindowBatcher {
                 }
             };
             for ((job, result), sampler) in jobs.iter().zip(results).zip(samplers) {
-                queue.done.insert(job.0, (result, sampler));
+                queue.done.insert(job.id, (result, sampler));
             }
             drop(queue);
             self.changed.notify_all();
@@ -164,21 +146,20 @@ impl WindowBatcher {
     }
 }
 
-/// A window of a batch: its id, encoder output, options and language.
-type Window = (u64, Tensor, DecodingOptions, String);
-
 /// One batch's windows decoded together, each drawing from its sampler; every result carries
 /// the batch's timings (each of its transcriptions waited for all of its steps).
 fn decode_group(
     decoder: &mut WindowDecoder<'_>,
-    group: &[Window],
+    group: &[Job],
     samplers: &mut [Sampler],
 ) -> Result<Vec<DecodingResult>> {
-    let audio: Vec<Tensor> = group.iter().map(|w| w.1.clone()).collect();
+    let audio: Vec<Tensor> = group.iter().map(|j| j.audio.clone()).collect();
     decoder.clear_audio();
     decoder.set_audio(Tensor::cat(&audio, 0)?)?;
-    let windows: Vec<(&DecodingOptions, &str)> =
-        group.iter().map(|w| (&w.2, w.3.as_str())).collect();
+    let windows: Vec<(&DecodingOptions, &str)> = group
+        .iter()
+        .map(|j| (&j.opts, j.language.as_str()))
+        .collect();
     let mut results = decoder.decode_batch(&windows, Some(samplers))?;
     let first = &results[0];
     let timings = (
@@ -236,13 +217,15 @@ impl Member<'_> {
         let mut queue = batcher.lock();
         let id = queue.next_id;
         queue.next_id += 1;
-        queue.pending.push(Job {
+        let job = Job {
             id,
             audio: audio.clone(),
             opts: opts.clone(),
             language: language.to_string(),
-            sampler: std::mem::replace(sampler, Sampler::new(0)),
-        });
+        };
+        queue
+            .pending
+            .push((job, std::mem::replace(sampler, Sampler::new(0))));
         queue.working -= 1;
         loop {
             if let Some((result, lent)) = queue.done.remove(&id) {
