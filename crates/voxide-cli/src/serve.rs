@@ -185,7 +185,8 @@ fn concurrency(max_concurrency: Option<usize>, max_batch_size: usize) -> Result<
         anyhow::bail!("--max-batch-size takes 1 to {MAX_BATCH_SIZE}");
     }
     match max_concurrency {
-        Some(n) if n < max_batch_size => anyhow::bail!(
+        // (0 is refused with the other limits.)
+        Some(n) if max_batch_size > 1 && n < max_batch_size => anyhow::bail!(
             "--max-batch-size {max_batch_size} needs --max-concurrency of at least {max_batch_size} \
              (a batch holds the windows of requests running at once)"
         ),
@@ -204,6 +205,7 @@ mod tests {
         assert_eq!(concurrency(None, 8).unwrap(), 8);
         assert_eq!(concurrency(Some(12), 8).unwrap(), 12);
         assert_eq!(concurrency(Some(3), 1).unwrap(), 3);
+        assert_eq!(concurrency(Some(0), 1).unwrap(), 0);
         for (given, batch, refusal) in [
             (Some(4), 8, "needs --max-concurrency of at least 8"),
             (None, 0, "takes 1 to"),
