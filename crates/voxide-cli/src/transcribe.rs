@@ -421,10 +421,18 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     let device = candle_core::Device::Cpu;
     let mut model = load_transcriber(&source, &device, precision(&args.precision))?;
     crate::release_freed_memory();
+    let load_ms = clock.elapsed().as_secs_f64() * 1e3;
+    if args.verbose {
+        note!(
+            "model: {} loaded in {load_ms:.0} ms",
+            source.path().display()
+        );
+    }
     if let Some(n) = files_at_once.filter(|_| !args.detect_language) {
         if !model.batch_concurrent_windows(n) {
             bail!(
-                "--batch-size over several files (without --vad or --clip-timestamps) decodes                  their windows together: Whisper models do, this one does not"
+                "--batch-size over several files (without --vad or --clip-timestamps) decodes their \
+                 windows together: Whisper models do, this one does not"
             );
         }
         let request = TranscribeRequest {
@@ -446,13 +454,6 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             }
         }
         return written;
-    }
-    let load_ms = clock.elapsed().as_secs_f64() * 1e3;
-    if args.verbose {
-        note!(
-            "model: {} loaded in {load_ms:.0} ms",
-            source.path().display()
-        );
     }
     let vad = if args.vad {
         if model.sample_rate() != SAMPLE_RATE {
@@ -664,8 +665,6 @@ fn transcribe_files_at_once(
     })
 }
 
-/// Where `--output-dir` puts the transcript of `input`: its [`output_stem`] with the format's
-/// extension.
 /// Prints a transcript's txt lines to stdout as its segments are found.
 #[derive(Default)]
 struct LiveText {
@@ -709,6 +708,8 @@ impl LiveText {
     }
 }
 
+/// Where `--output-dir` puts the transcript of `input`: its [`output_stem`] with the format's
+/// extension.
 fn output_path(dir: &Path, input: &AudioInput, extension: &str) -> PathBuf {
     dir.join(format!("{}.{extension}", output_stem(input)))
 }
@@ -736,9 +737,6 @@ fn check_some_input_opens(files: &[String]) -> Result<()> {
     for_each_input(files, |input| Ok(input.check_readable()?))
 }
 
-/// Runs `work` on each input in turn: with one input its error is the command's; with several
-/// each failure is printed (naming its input) and the others still run, then the command
-/// fails if any did.
 /// `--detect-language`'s answer: the most likely language and its probability, as a line or
 /// as JSON with every language's.
 fn print_languages(probs: &[(&str, f32)], json: bool) -> Result<()> {
@@ -759,6 +757,9 @@ fn print_languages(probs: &[(&str, f32)], json: bool) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))
 }
 
+/// Runs `work` on each input in turn: with one input its error is the command's; with several
+/// each failure is printed (naming its input) and the others still run, then the command
+/// fails if any did.
 pub fn for_each_input(
     files: &[String],
     mut work: impl FnMut(&AudioInput) -> Result<()>,

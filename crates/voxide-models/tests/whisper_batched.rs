@@ -202,6 +202,13 @@ fn windows_decoded_together_give_what_each_gives_alone() {
         let err = decoder.decode_batch(&batch, None).unwrap_err();
         assert!(err.to_string().contains(refusal), "{err}");
     }
+    // Samplers of their own, one short.
+    let batch = [(&plain, "en"), (&plain, "de"), (&plain, "fr")];
+    let mut samplers = [Sampler::new(0), Sampler::new(1)];
+    let err = decoder
+        .decode_batch(&batch, Some(&mut samplers))
+        .unwrap_err();
+    assert!(err.to_string().contains("one sampler a window"), "{err}");
 }
 
 fn fixture() -> Value {
