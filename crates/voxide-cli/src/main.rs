@@ -97,9 +97,9 @@ pub fn reuse_freed_memory() {
     }
 }
 
-/// Caps glibc at two heaps (arenas) for a server whose concurrent requests run on many
-/// threads: each thread's heap otherwise keeps what that thread's encoder freed, for no other
-/// thread to reuse. Eight concurrent whisper-tiny requests decoded in a batch (`serve
+/// Caps glibc at two heaps (arenas) where concurrent transcriptions run on many threads (a
+/// batching server, files transcribed at once): each thread's heap otherwise keeps what that
+/// thread's encoder freed, for no other thread to reuse. Eight concurrent whisper-tiny requests decoded in a batch (`serve
 /// --max-batch-size 8`): peak RSS 760 → 551 MB, wall time level (3.77 / 3.74 s). Set before
 /// the server's threads start.
 pub fn share_heaps() {

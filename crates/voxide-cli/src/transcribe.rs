@@ -375,7 +375,10 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         .batch_size
         .filter(|_| !args.vad && args.clip_timestamps.is_none() && args.files.len() > 1);
     match files_at_once {
-        Some(_) => cap_threads(args.threads)?,
+        Some(_) => {
+            cap_threads(args.threads)?;
+            crate::share_heaps();
+        }
         None => set_threads(args.threads)?,
     }
     if args.max_new_tokens == Some(0) {
