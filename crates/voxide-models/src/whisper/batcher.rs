@@ -184,11 +184,18 @@ impl Member<'_> {
     /// Runs `f` away from the model (a caller's progress callback, which may block): no batch
     /// waits for this transcription meanwhile.
     pub fn away<T>(&self, f: impl FnOnce() -> T) -> T {
+        /// Counts the member back in, however `f` ends (a panic too: the member's drop then
+        /// counts it out once).
+        struct Back<'b>(&'b WindowBatcher);
+        impl Drop for Back<'_> {
+            fn drop(&mut self) {
+                self.0.lock().working += 1;
+            }
+        }
         self.batcher.lock().working -= 1;
         self.batcher.changed.notify_all();
-        let out = f();
-        self.batcher.lock().working += 1;
-        out
+        let _back = Back(self.batcher);
+        f()
     }
 
     /// Runs `encode` (a window's encoder) when no other member's encoder runs.
