@@ -312,8 +312,8 @@ pub trait Transcriber: Send + Sync {
 
     /// Decodes the windows of concurrent [`Self::transcribe`] calls together, up to
     /// `max_windows` a batch (a server's throughput under load; each transcript the same as
-    /// alone): returns whether the model does (Whisper). The others transcribe concurrent
-    /// calls side by side.
+    /// alone; 1 turns it off): returns whether the model can (Whisper). The others transcribe
+    /// concurrent calls side by side.
     fn batch_concurrent_windows(&mut self, _max_windows: usize) -> bool {
         false
     }
