@@ -151,14 +151,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         crate::release_freed_memory();
     }
     if args.max_batch_size > 1 {
-        let ids = models.batch_concurrent_windows(args.max_batch_size)?;
+        let ids = models.batch_concurrent_decodes(args.max_batch_size)?;
         if ids.is_empty() {
             note!(
-                "--max-batch-size: no model here batches (Whisper's do); requests run side by side"
+                "--max-batch-size: no model here batches (Whisper's and Voxtral Realtime's do); requests run side by side"
             );
         } else {
             note!(
-                "{}: the windows of up to {} concurrent requests decoded together",
+                "{}: the windows or decoder steps of up to {} concurrent requests decoded together",
                 ids.join(", "),
                 args.max_batch_size
             );

@@ -432,10 +432,10 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         );
     }
     if let Some(n) = files_at_once.filter(|_| !args.detect_language) {
-        if !model.batch_concurrent_windows(n) {
+        if !model.batch_concurrent_decodes(n) {
             bail!(
-                "--batch-size over several files (without --vad or --clip-timestamps) decodes their \
-                 windows together: Whisper models do, this one does not"
+                "--batch-size over several files (without --vad or --clip-timestamps) decodes them \
+                 together: Whisper and Voxtral Realtime models do, this one does not"
             );
         }
         let request = TranscribeRequest {
@@ -449,8 +449,8 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         if args.verbose {
             if let Some(stats) = model.batch_stats() {
                 note!(
-                    "windows decoded together: {} in {} batches (at most {} a batch)",
-                    stats.windows,
+                    "decoded together: {} windows or steps in {} batches (at most {} a batch)",
+                    stats.decodes,
                     stats.batches,
                     stats.largest
                 );

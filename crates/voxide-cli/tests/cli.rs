@@ -1407,7 +1407,8 @@ fn voxtral_stretches_in_batches_equal_the_stretches_alone() {
 
 /// `--batch-size N` over several files (no --vad, no clips): the files are transcribed N at a
 /// time with their windows decoded together, and print what they print one after another, in
-/// the files' order; a file that fails is reported and the others still print; a model that
+/// the files' order; a file that fails is reported and the others still print; Voxtral
+/// Realtime's files (their decoder steps together) print what they print alone; a model that
 /// does not batch says so.
 #[test]
 fn files_in_a_batch_print_what_they_print_one_after_another() {
@@ -1451,10 +1452,10 @@ fn files_in_a_batch_print_what_they_print_one_after_another() {
     assert_eq!(transcripts.len(), 3);
     assert!(transcripts[0]["duration"].as_f64().unwrap() > 60.0);
     assert_eq!(together, alone);
-    // "windows decoded together: W in B batches (at most L a batch)"
+    // "decoded together: D windows or steps in B batches (at most L a batch)"
     let line = stderr
         .lines()
-        .find(|l| l.contains("windows decoded together"))
+        .find(|l| l.contains("decoded together"))
         .unwrap_or_else(|| panic!("{stderr}"));
     let numbers: Vec<usize> = line
         .split(|c: char| !c.is_ascii_digit())
@@ -1465,7 +1466,25 @@ fn files_in_a_batch_print_what_they_print_one_after_another() {
     };
     assert!(batches < windows && largest >= 2, "{line}");
 
-    let voxtral = root().join("tests/fixtures/voxtral-realtime/tiny-random-mistral");
+    // Voxtral Realtime takes the files' decoder steps together: the same transcripts.
+    let realtime = root().join("tests/fixtures/voxtral-realtime/tiny-random-mistral");
+    let realtime_files = |batch: &[&str]| {
+        let args = [
+            &["transcribe", "--model", s(&realtime), "-f", "json", "-v"][..],
+            batch,
+            &[s(&jfk), s(&clip)],
+        ]
+        .concat();
+        let out = voxide(&args);
+        assert!(out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+    let (alone, _) = realtime_files(&[]);
+    let (together, stderr) = realtime_files(&["--batch-size", "2"]);
+    assert_eq!(together, alone);
+    assert!(stderr.contains("decoded together"), "{stderr}");
+    let voxtral = root().join("tests/fixtures/voxtral/tiny-random-mistral");
     fails(
         &[
             "transcribe",
@@ -1476,6 +1495,6 @@ fn files_in_a_batch_print_what_they_print_one_after_another() {
             s(&jfk),
             s(&clip),
         ],
-        "Whisper models do, this one does not",
+        "Whisper and Voxtral Realtime models do, this one does not",
     );
 }

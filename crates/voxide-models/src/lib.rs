@@ -5,6 +5,7 @@
 //! Whisper's audio encoder, and the Mistral stack (`mistral_stack`) that Voxtral Realtime's
 //! encoder and decoder also run on.
 
+pub mod batching;
 pub mod error;
 pub mod ggml;
 mod mistral_stack;

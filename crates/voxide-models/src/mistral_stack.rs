@@ -243,8 +243,9 @@ pub(crate) struct Stack {
     config: StackConfig,
 }
 
-/// Per-sequence state of a [`Stack`]: one KV cache per layer and the next position.
-#[derive(Clone, Debug)]
+/// Per-sequence state of a [`Stack`]: one KV cache per layer and the next position (the
+/// default: none, a placeholder while the state is lent).
+#[derive(Clone, Debug, Default)]
 pub struct StackState {
     caches: Vec<KvCache>,
     position: usize,
@@ -365,6 +366,34 @@ impl Stack {
             }
         }
         state.position += x.dim(1)?;
+        self.norm.forward(&x)
+    }
+
+    /// One position of each of several sequences, x (rows, 1, dim), row i continuing
+    /// `states[i]` (the steps of concurrent streams: each matrix read once for all rows) →
+    /// final-norm output (rows, 1, dim); `gains` per layer (rows, 1, dim), each row's own.
+    pub(crate) fn forward_rows(
+        &self,
+        x: &Tensor,
+        states: &mut [&mut StackState],
+        gains: Option<&[Tensor]>,
+    ) -> Result<Tensor> {
+        let offsets: Vec<usize> = states.iter().map(|s| s.position).collect();
+        let mut x = x.clone();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut caches: Vec<&mut KvCache> =
+                states.iter_mut().map(|s| &mut s.caches[i]).collect();
+            x = block.layer.forward_rows(
+                &x,
+                &mut caches,
+                &self.rope,
+                &offsets,
+                gains.map(|g| &g[i]),
+            )?;
+        }
+        for state in states {
+            state.position += 1;
+        }
         self.norm.forward(&x)
     }
 

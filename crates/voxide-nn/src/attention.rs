@@ -317,6 +317,57 @@ impl Attention {
             }
     }
 
+    /// One position of each of several sequences, x (rows, 1, dim), row i at position
+    /// `offsets[i]` of its own cache `caches[i]` (the steps of concurrent streams decoded
+    /// together): the projections read their weights once for all rows, each row's attention
+    /// is its own. A row gets what [`Self::forward`] gives it alone, up to the projections'
+    /// summation order for rows beyond the first.
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        caches: &mut [&mut KvCache],
+        rope: Option<&RotaryEmbedding>,
+        offsets: &[usize],
+    ) -> Result<Tensor> {
+        let (rows, t, _) = x.dims3()?;
+        if t != 1 || rows != caches.len() || rows != offsets.len() {
+            candle_core::bail!(
+                "attention over rows: x {:?} for {} caches and {} offsets",
+                x.shape(),
+                caches.len(),
+                offsets.len()
+            );
+        }
+        let with_rope = |i: usize| rope.map(|r| (r, offsets[i]));
+        let probe = x.narrow(0, 0, 1)?;
+        if rows == 1
+            || !self.takes_step_kernel(&probe, &KvSource::Cached(&mut *caches[0]), rope.is_some())
+        {
+            // The general path, one sequence at a time.
+            let outs = caches
+                .iter_mut()
+                .enumerate()
+                .map(|(i, cache)| {
+                    self.forward(
+                        &x.narrow(0, i, 1)?,
+                        KvSource::Cached(cache),
+                        true,
+                        with_rope(i),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Tensor::cat(&outs, 0);
+        }
+        let projected = self.project_steps(x)?;
+        let outs = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, cache)| self.attend_row(&projected.narrow(0, i, 1)?, cache, with_rope(i)))
+            .collect::<Result<Vec<_>>>()?;
+        self.o
+            .forward(&Tensor::cat(&outs, 0)?.reshape((rows, 1, self.n_heads * self.head_dim))?)
+    }
+
     /// One position of one sequence, x (1, 1, dim) at the cache's next position, against
     /// `cache`: the step kernels ([`StepHeads`] where there is a rotation, [`WriteHeads`],
     /// [`DecodeAttention`]) in place of the general path's tensor operations; the same
@@ -327,15 +378,33 @@ impl Attention {
         cache: &mut KvCache,
         rope: Option<(&RotaryEmbedding, usize)>,
     ) -> Result<Tensor> {
+        let out = self.attend_row(&self.project_steps(x)?, cache, rope)?;
+        self.o
+            .forward(&out.reshape((1, 1, self.n_heads * self.head_dim))?)
+    }
+
+    /// x (rows, 1, dim) → each row's [q; k; v] (rows, q_dim + 2 · kv_dim), in one product.
+    fn project_steps(&self, x: &Tensor) -> Result<Tensor> {
         let InputProjections::Own(qkv) = &self.input else {
             candle_core::bail!("a decoder step projects its own keys and values");
         };
+        let width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim;
+        qkv.forward(x)?.reshape((x.dim(0)?, width))
+    }
+
+    /// One sequence's step from its projected row [q; k; v] (1, q_dim + 2 · kv_dim), prepared
+    /// in place (rotated, normed) and its k, v appended to `cache`: the attention's output
+    /// (1, heads · head_dim), before the output projection.
+    fn attend_row(
+        &self,
+        row: &Tensor,
+        cache: &mut KvCache,
+        rope: Option<(&RotaryEmbedding, usize)>,
+    ) -> Result<Tensor> {
         let (q_dim, kv_dim) = (
             self.n_heads * self.head_dim,
             self.n_kv_heads * self.head_dim,
         );
-        // The product's row, [q; k; v], prepared in place.
-        let row = qkv.forward(x)?.reshape((1, q_dim + 2 * kv_dim))?;
         if let Some((rope, offset)) = rope {
             let (cos, sin) = rope.tables(offset, 1)?;
             let heads = StepHeads {
@@ -355,16 +424,16 @@ impl Attention {
             }
         }
         let view = cache.append_in_place(1, |k, v, at| {
-            k.inplace_op2(&row, &WriteHeads { column: q_dim, at })?;
+            k.inplace_op2(row, &WriteHeads { column: q_dim, at })?;
             v.inplace_op2(
-                &row,
+                row,
                 &WriteHeads {
                     column: q_dim + kv_dim,
                     at,
                 },
             )
         })?;
-        self.attend_step(&row.narrow(1, 0, q_dim)?, &view.k, &view.v)
+        self.attention_of_row(&row.narrow(1, 0, q_dim)?, &view.k, &view.v)
     }
 
     /// Cross-attention for one position of one sequence, x (1, 1, dim), over a source of
@@ -373,19 +442,20 @@ impl Attention {
     fn forward_cross_step(&self, x: &Tensor, kv: &CrossKv) -> Result<Tensor> {
         let q = self.cross_projections()?.0.forward(x)?;
         let q = q.reshape((1, self.n_heads * self.head_dim))?;
-        self.attend_step(&q, &kv.k, &kv.v)
+        let out = self.attention_of_row(&q, &kv.k, &kv.v)?;
+        self.o
+            .forward(&out.reshape((1, 1, self.n_heads * self.head_dim))?)
     }
 
     /// The attention of one query row (1, heads · head_dim) over k, v (1, kv_heads, s,
-    /// head_dim), through the output projection: (1, 1, dim). Query heads are in order, so the
-    /// heads sharing a key/value head (the GQA group) are adjacent: the row is already the
-    /// kernel's (1, kv_heads, group, head_dim).
-    fn attend_step(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    /// head_dim): (1, heads · head_dim), before the output projection. Query heads are in
+    /// order, so the heads sharing a key/value head (the GQA group) are adjacent: the row is
+    /// already the kernel's (1, kv_heads, group, head_dim).
+    fn attention_of_row(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let group = self.n_heads / self.n_kv_heads;
         let q = q.reshape((1, self.n_kv_heads, group, self.head_dim))?;
-        let out = q.apply_op3_no_bwd(k, v, &DecodeAttention)?;
-        self.o
-            .forward(&out.reshape((1, 1, self.n_heads * self.head_dim))?)
+        q.apply_op3_no_bwd(k, v, &DecodeAttention)?
+            .reshape((1, self.n_heads * self.head_dim))
     }
 
     /// [`Self::forward`] on the general path: any batch and block of positions.
@@ -885,6 +955,79 @@ mod tests {
         )?;
         let diff = (plain - full)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff > 1e-3, "window had no effect");
+        Ok(())
+    }
+
+    /// Steps of several sequences taken together, each at its own position of its own cache
+    /// (bf16 and int8 weights, Qwen3's q/k norms, an f16 cache among them), give each what its
+    /// step alone gives: the products read the weights once, the attentions stay apart.
+    #[test]
+    fn steps_of_several_sequences_equal_each_alone() -> Result<()> {
+        let dev = Device::Cpu;
+        for (dtype, qk_norm, int8) in [
+            (DType::F32, false, false),
+            (DType::BF16, true, false),
+            (DType::BF16, false, true),
+        ] {
+            let mut attn = layer_as(32, 4, 2, false, qk_norm, dtype, &dev)?;
+            if int8 {
+                attn = attn.to_format(WeightFormat::Int8)?;
+            }
+            let rope =
+                RotaryEmbedding::new(8, 64, 10000.0, crate::rope::RopeLayout::Interleaved, &dev)?;
+            // Three sequences with 5, 0 and 9 positions cached; one cache in f16.
+            let mut caches = Vec::new();
+            for (i, (past, kv_dtype)) in [(5, DType::F32), (0, DType::F16), (9, DType::F32)]
+                .into_iter()
+                .enumerate()
+            {
+                let mut cache = KvCache::growable(1, 2, 16, 8, kv_dtype, &dev)?;
+                if past > 0 {
+                    let x = random(&[1, past, 32], 30 + i as u64, &dev)?;
+                    attn.forward(&x, KvSource::Cached(&mut cache), true, Some((&rope, 0)))?;
+                }
+                caches.push(cache);
+            }
+            let offsets = [5, 0, 9];
+            let mut alone = Vec::new();
+            for (i, cache) in caches.iter().enumerate() {
+                let mut cache = cache.fork()?;
+                let x = random(&[1, 1, 32], 40 + i as u64, &dev)?;
+                let out = attn.forward(
+                    &x,
+                    KvSource::Cached(&mut cache),
+                    true,
+                    Some((&rope, offsets[i])),
+                )?;
+                alone.push((out, cache));
+            }
+            let x = Tensor::cat(
+                &(0..3)
+                    .map(|i| random(&[1, 1, 32], 40 + i, &dev))
+                    .collect::<Result<Vec<_>>>()?,
+                0,
+            )?;
+            let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+            let together = attn.forward_rows(&x, &mut refs, Some(&rope), &offsets)?;
+            for (i, (out, cache)) in alone.iter().enumerate() {
+                let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+                    (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+                        .abs()?
+                        .max_all()?
+                        .to_scalar::<f32>()
+                };
+                let diff = max_diff(&together.narrow(0, i, 1)?, out)?;
+                assert!(diff < 1e-5, "{dtype:?} int8 {int8}, row {i}: {diff}");
+                assert_eq!(caches[i].len(), offsets[i] + 1);
+                let ((k, v), (k_alone, v_alone)) = (caches[i].snapshot()?, cache.snapshot()?);
+                assert!(max_diff(&k, &k_alone)? < 1e-5 && max_diff(&v, &v_alone)? < 1e-5);
+            }
+            // A row short of a cache is refused.
+            let mut two: Vec<&mut KvCache> = caches.iter_mut().take(2).collect();
+            assert!(attn
+                .forward_rows(&x, &mut two, Some(&rope), &offsets[..2])
+                .is_err());
+        }
         Ok(())
     }
 

@@ -235,12 +235,37 @@ impl PreNormLayer {
         offset: usize,
         ffn_gain: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let mut a = self.attention.forward(
-            &self.attention_norm.forward(x)?,
-            KvSource::Cached(cache),
-            true,
-            Some((rope, offset)),
-        )?;
+        self.forward_with(x, ffn_gain, |normed| {
+            self.attention
+                .forward(normed, KvSource::Cached(cache), true, Some((rope, offset)))
+        })
+    }
+
+    /// One position of each of several sequences, x (rows, 1, dim), row i at position
+    /// `offsets[i]` of its own cache `caches[i]` ([`Attention::forward_rows`]: the matrices
+    /// read once for all rows) → (rows, 1, dim); `ffn_gain` (rows, 1, dim), each row's own.
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        caches: &mut [&mut KvCache],
+        rope: &RotaryEmbedding,
+        offsets: &[usize],
+        ffn_gain: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.forward_with(x, ffn_gain, |normed| {
+            self.attention
+                .forward_rows(normed, caches, Some(rope), offsets)
+        })
+    }
+
+    /// The layer around `attend`, which maps the normed x to the attention's output.
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        ffn_gain: Option<&Tensor>,
+        attend: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let mut a = attend(&self.attention_norm.forward(x)?)?;
         if let Some([scale, _]) = &self.scales {
             a = a.broadcast_mul(scale)?;
         }

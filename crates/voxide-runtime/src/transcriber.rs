@@ -2,11 +2,12 @@
 
 use crate::error::{Error, Result};
 use candle_core::DType;
+use voxide_models::batching::BatchStats;
 use voxide_models::voxtral::{self, GenerateOptions, Voxtral};
 use voxide_models::voxtral_realtime::{RealtimeStream, StreamOptions, VoxtralRealtime};
 use voxide_models::whisper::decoding::{DecodingOptions, Suppress, Task};
 use voxide_models::whisper::tokenizer::language_code;
-use voxide_models::whisper::{BatchStats, TranscribeOptions, WhisperPipeline};
+use voxide_models::whisper::{TranscribeOptions, WhisperPipeline};
 use voxide_models::{clip_stretches, Progress, Timings, Transcript};
 use voxide_nn::kernels::machine::CycleBytes;
 pub use voxide_nn::linear::WeightFormat;
@@ -310,15 +311,15 @@ pub trait Transcriber: Send + Sync {
         true
     }
 
-    /// Decodes the windows of concurrent [`Self::transcribe`] calls together, up to
-    /// `max_windows` a batch (a server's throughput under load; each transcript the same as
-    /// alone; 1 turns it off): returns whether the model can (Whisper). The others transcribe
-    /// concurrent calls side by side.
-    fn batch_concurrent_windows(&mut self, _max_windows: usize) -> bool {
+    /// Decodes concurrent [`Self::transcribe`] calls and streams together, up to `max` a batch
+    /// (a server's throughput under load; each transcript the same as alone; 1 turns it off):
+    /// Whisper their windows, Voxtral Realtime their decoder steps (at most 8 a batch).
+    /// Returns whether the model can; the others transcribe concurrent calls side by side.
+    fn batch_concurrent_decodes(&mut self, _max: usize) -> bool {
         false
     }
 
-    /// What concurrent calls have decoded together, where [`Self::batch_concurrent_windows`]
+    /// What concurrent calls have decoded together, where [`Self::batch_concurrent_decodes`]
     /// is on.
     fn batch_stats(&self) -> Option<BatchStats> {
         None
@@ -390,7 +391,7 @@ impl Transcriber for WhisperPipeline {
         voxide_models::whisper::SAMPLE_RATE
     }
 
-    fn batch_concurrent_windows(&mut self, max_windows: usize) -> bool {
+    fn batch_concurrent_decodes(&mut self, max_windows: usize) -> bool {
         WhisperPipeline::batch_concurrent_windows(self, max_windows);
         true
     }
@@ -639,6 +640,15 @@ impl Transcriber for VoxtralRealtime {
 
     fn decoder_step_bytes(&self) -> Option<CycleBytes> {
         Some(self.network().decoder_step_bytes())
+    }
+
+    fn batch_concurrent_decodes(&mut self, max_rows: usize) -> bool {
+        VoxtralRealtime::batch_concurrent_steps(self, max_rows);
+        true
+    }
+
+    fn batch_stats(&self) -> Option<BatchStats> {
+        VoxtralRealtime::batch_stats(self)
     }
 
     /// As `voxide stream`: greedy, restarting after end-of-stream on the audio that follows.

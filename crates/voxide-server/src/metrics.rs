@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Instant;
-use voxide_models::whisper::BatchStats;
+use voxide_models::batching::BatchStats;
 
 /// Upper bounds of the latency buckets, seconds.
 const BUCKETS: [f64; 12] = [
@@ -192,21 +192,21 @@ impl Metrics {
             vec![format!("voxide_realtime_sessions {realtime_sessions}")],
         );
         family(
-            "voxide_batched_windows_total",
+            "voxide_batched_decodes_total",
             "counter",
-            "Windows of concurrent transcriptions decoded in batches (serve --max-batch-size), by model.",
+            "Windows (Whisper) or decoder steps (Voxtral Realtime) of concurrent transcriptions decoded in batches (serve --max-batch-size), by model.",
             batches
                 .iter()
-                .map(|(id, s)| format!("voxide_batched_windows_total{{id=\"{id}\"}} {}", s.windows))
+                .map(|(id, s)| format!("voxide_batched_decodes_total{{id=\"{id}\"}} {}", s.decodes))
                 .collect(),
         );
         family(
-            "voxide_window_batches_total",
+            "voxide_decode_batches_total",
             "counter",
-            "Batches those windows were decoded in (windows over batches: the mean batch), by model.",
+            "Batches those were decoded in (decodes over batches: the mean batch), by model.",
             batches
                 .iter()
-                .map(|(id, s)| format!("voxide_window_batches_total{{id=\"{id}\"}} {}", s.batches))
+                .map(|(id, s)| format!("voxide_decode_batches_total{{id=\"{id}\"}} {}", s.batches))
                 .collect(),
         );
         family(
@@ -310,15 +310,15 @@ mod tests {
             batches: vec![(
                 "whisper-1".into(),
                 BatchStats {
-                    windows: 7,
+                    decodes: 7,
                     batches: 3,
                     largest: 4,
                 },
             )],
         });
         assert!(
-            text.contains("voxide_batched_windows_total{id=\"whisper-1\"} 7")
-                && text.contains("voxide_window_batches_total{id=\"whisper-1\"} 3"),
+            text.contains("voxide_batched_decodes_total{id=\"whisper-1\"} 7")
+                && text.contains("voxide_decode_batches_total{id=\"whisper-1\"} 3"),
             "{text}"
         );
         assert!(

@@ -293,17 +293,17 @@ impl Registry {
         Ok(ids)
     }
 
-    /// Decodes the windows of concurrent requests together, up to `max_windows` a batch, in
-    /// every model that can (Whisper); returns their ids. Before serving: the models are not
-    /// shared yet.
-    pub fn batch_concurrent_windows(&mut self, max_windows: usize) -> Result<Vec<String>> {
+    /// Decodes concurrent requests together, up to `max` a batch, in every model that can
+    /// (Whisper: their windows; Voxtral Realtime: their decoder steps, realtime sessions'
+    /// included); returns their ids. Before serving: the models are not shared yet.
+    pub fn batch_concurrent_decodes(&mut self, max: usize) -> Result<Vec<String>> {
         let mut ids = Vec::new();
         for model in &mut self.models {
             let model = Arc::get_mut(model).context("batching is set before serving")?;
             if let Engine::Transcriber(transcriber) = &mut model.engine {
                 let transcriber =
                     Arc::get_mut(transcriber).context("batching is set before serving")?;
-                if transcriber.batch_concurrent_windows(max_windows) {
+                if transcriber.batch_concurrent_decodes(max) {
                     ids.push(model.id.clone());
                 }
             }

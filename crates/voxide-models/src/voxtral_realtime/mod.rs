@@ -11,14 +11,17 @@
 //! number of streams, each with its own [`RealtimeStream`] state (whisper.cpp's split of
 //! `whisper_context` and `whisper_state`).
 
+pub mod batcher;
 pub mod config;
 pub mod model;
 pub mod stream;
 
+pub use batcher::StepBatcher;
 pub use config::{Config, Layout};
 pub use model::VoxtralRealtimeModel;
 pub use stream::{RealtimeStream, StreamOptions, StreamToken};
 
+use crate::batching::BatchStats;
 use crate::error::require;
 use crate::error::Error;
 use crate::mistral_stack::load_network;
@@ -55,6 +58,9 @@ pub struct VoxtralRealtime {
     schedule: Schedule,
     /// tekken.json's audio section (mistral-common's token arithmetic).
     audio: AudioSection,
+    /// Where concurrent streams' decoder steps are taken together
+    /// ([`Self::batch_concurrent_steps`]).
+    batcher: Option<StepBatcher>,
 }
 
 impl VoxtralRealtime {
@@ -115,6 +121,7 @@ impl VoxtralRealtime {
             mel,
             schedule,
             audio,
+            batcher: None,
         })
     }
 
@@ -238,6 +245,22 @@ impl VoxtralRealtime {
     pub fn token_end_time(&self, position: usize, delay_tokens: usize) -> f64 {
         (position + 1) as f64 * SECONDS_PER_TOKEN
             - (self.schedule.left_pad_tokens + delay_tokens) as f64 * SECONDS_PER_TOKEN
+    }
+
+    /// Takes the decoder steps of concurrent streams (and [`Self::transcribe`] calls) together,
+    /// up to `max_rows` a batch ([`batcher`]: each matrix read once for all; each stream's ids
+    /// the same as alone); 1 turns it off. Set before the model is shared.
+    pub fn batch_concurrent_steps(&mut self, max_rows: usize) {
+        self.batcher = (max_rows > 1).then(|| StepBatcher::new(max_rows));
+    }
+
+    /// What concurrent streams have decoded together, when batching is on.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batcher.as_ref().map(StepBatcher::stats)
+    }
+
+    pub(crate) fn batcher(&self) -> Option<&StepBatcher> {
+        self.batcher.as_ref()
     }
 
     pub fn network(&self) -> &VoxtralRealtimeModel {

@@ -110,8 +110,8 @@ pub struct VoxtralRealtimeModel {
 }
 
 /// Per-stream network state: conv stem, encoder and decoder caches, and the decoder's FFN
-/// gains for this stream's delay.
-#[derive(Clone, Debug)]
+/// gains for this stream's delay (the default: none, a placeholder while the state is lent).
+#[derive(Clone, Debug, Default)]
 pub struct NetworkState {
     pub(crate) stem: ConvStemState,
     pub(crate) encoder: StackState,
@@ -346,6 +346,25 @@ impl VoxtralRealtimeModel {
         self.decoder
             .stack
             .forward(x, &mut state.decoder, Some(&state.gains), hidden)
+    }
+
+    /// One decoder step of each of several streams, x (rows, 1, dec_dim) (summed audio +
+    /// token embeddings), row i continuing `states[i]`, each with its own delay: the decoder's
+    /// matrices read once for all rows → final-norm hidden states (rows, 1, dec_dim).
+    pub fn decode_rows(&self, states: &mut [&mut NetworkState], x: &Tensor) -> Result<Tensor> {
+        let rows = states.len();
+        let layers = states.first().map_or(0, |s| s.gains.len());
+        let gains = (0..layers)
+            .map(|i| {
+                let each: Vec<&Tensor> = states.iter().map(|s| &s.gains[i]).collect();
+                Tensor::cat(&each, 0)?.reshape((rows, 1, self.config.decoder.dim))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut decoders: Vec<&mut StackState> =
+            states.iter_mut().map(|s| &mut s.decoder).collect();
+        self.decoder
+            .stack
+            .forward_rows(x, &mut decoders, (layers > 0).then_some(&gains[..]))
     }
 
     /// Logits (…, vocab) of final-norm hidden states (…, dec_dim).

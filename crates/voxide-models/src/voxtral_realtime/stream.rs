@@ -11,6 +11,7 @@
 //! adds `delay + 1 + 10` tokens of silence; the last position is never fed (transformers'
 //! `max_length` is the number of audio positions). Chunking never changes the result.
 
+use super::batcher::Member;
 use super::model::NetworkState;
 use super::VoxtralRealtime;
 use crate::tekken::TekkenDecoder;
@@ -182,6 +183,9 @@ impl<'m> RealtimeStream<'m> {
             // After end-of-stream nothing more is decoded; the audio is dropped.
             return Ok(String::new());
         }
+        // At work on the model until this call returns, where its steps batch with other
+        // streams' ([`super::batcher`]).
+        let member = self.model.batcher().map(|b| b.join());
         let model = self.model.network();
         let n_mels = model.config().num_mel_bins;
         let t0 = Instant::now();
@@ -197,7 +201,7 @@ impl<'m> RealtimeStream<'m> {
                 .t()?
                 .unsqueeze(0)?;
             let t0 = Instant::now();
-            let [_, conv] = model.stem(&mut self.net, &mel)?;
+            let [_, conv] = alone(member.as_ref(), || model.stem(&mut self.net, &mel))?;
             let n = conv.dim(2)?;
             if n > 0 {
                 self.conv_pending.push(conv.transpose(1, 2)?.contiguous()?);
@@ -214,9 +218,9 @@ impl<'m> RealtimeStream<'m> {
                 .saturating_sub(self.buffered_encoder_frames())
         };
         if self.conv_pending_frames > 0 && (last || self.conv_pending_frames >= needed.max(1)) {
-            self.run_encoder()?;
+            alone(member.as_ref(), || self.run_encoder())?;
         }
-        self.run_decoder()
+        self.run_decoder(member.as_ref())
     }
 
     /// Encoder frames already computed but not yet consumed by the decoder (leftovers and
@@ -276,7 +280,9 @@ impl<'m> RealtimeStream<'m> {
         Ok(Some(all.narrow(1, 0, n)?))
     }
 
-    fn run_decoder(&mut self) -> Result<String> {
+    /// Decodes every position whose audio vector is there; with `member`, the prefill runs
+    /// alone and each step in a batch with other streams' ([`super::batcher`]).
+    fn run_decoder(&mut self, member: Option<&Member<'_>>) -> Result<String> {
         let model = self.model.network();
         let mut text = String::new();
         while !self.stopped {
@@ -305,10 +311,15 @@ impl<'m> RealtimeStream<'m> {
                 vec![self.tokens.last().expect("a token follows the prefill").id]
             };
             let x = (model.embed(&ids)? + audio)?;
-            let hidden = model.decode(&mut self.net, &x, None)?;
-            let last = hidden.narrow(1, n - 1, 1)?;
-            let logits = model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?;
-            let id = argmax(&logits) as u32;
+            let id = match (member, self.model.batcher()) {
+                (Some(member), Some(batcher)) if !prefill => {
+                    let stepped = batcher.step(member, model, &mut self.net, &x);
+                    // A failed batch may keep the stream's state: it decodes no more.
+                    self.stopped |= stepped.is_err();
+                    stepped?
+                }
+                _ => alone(member, || self.next_id(&x, n))?,
+            };
             let elapsed = ms(t0);
             if prefill {
                 self.timings.prefill_ms += elapsed;
@@ -337,6 +348,25 @@ impl<'m> RealtimeStream<'m> {
             text.push_str(&self.text.push(id));
         }
         Ok(text)
+    }
+}
+
+impl RealtimeStream<'_> {
+    /// The greedy id after the last of x's n positions (1, n, dim), decoded on this thread.
+    fn next_id(&mut self, x: &Tensor, n: usize) -> Result<u32> {
+        let model = self.model.network();
+        let hidden = model.decode(&mut self.net, x, None)?;
+        let last = hidden.narrow(1, n - 1, 1)?;
+        let logits = model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(argmax(&logits) as u32)
+    }
+}
+
+/// Runs `f` where no other stream's unbatched work runs, if the stream batches.
+fn alone<T>(member: Option<&Member<'_>>, f: impl FnOnce() -> T) -> T {
+    match member {
+        Some(m) => m.alone(f),
+        None => f(),
     }
 }
 

@@ -12,11 +12,10 @@
 
 use super::decoding::{DecodingOptions, DecodingResult, WindowDecoder};
 use super::transcribe::WhisperPipeline;
+use crate::batching::{BatchStats, Deliver, Rendezvous};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use voxide_nn::sampling::Sampler;
 
 /// Windows of concurrent transcriptions of one model, decoded in batches of at most
@@ -24,78 +23,83 @@ use voxide_nn::sampling::Sampler;
 #[derive(Debug)]
 pub struct WindowBatcher {
     max_windows: usize,
-    queue: Mutex<Queue>,
-    changed: Condvar,
-    /// Held by the transcription whose encoder runs.
-    encoder: Mutex<()>,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    /// Transcriptions at work on the model: neither waiting for a decode nor away
-    /// ([`Member::away`]).
-    working: usize,
-    /// Windows waiting, each with its transcription's sampler, lent for the decode.
-    pending: Vec<(Job, Sampler)>,
-    /// Each decoded window's result, and its transcription's sampler back.
-    done: HashMap<u64, (Result<DecodingResult>, Sampler)>,
-    next_id: u64,
-    stats: BatchStats,
+    /// Each window with its transcription's sampler, lent for the decode; each result with the
+    /// sampler back.
+    rendezvous: Rendezvous<(Job, Sampler), (Result<DecodingResult>, Sampler)>,
 }
 
 /// A window waiting to be decoded.
 #[derive(Debug)]
-struct Job {
-    id: u64,
+pub(crate) struct Job {
     /// Its encoder output, (1, positions, d).
     audio: Tensor,
     opts: DecodingOptions,
     language: String,
 }
 
-/// What a [`WindowBatcher`] has decoded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BatchStats {
-    /// Windows decoded.
-    pub windows: usize,
-    /// Batches run (each one decoder pass over its windows).
-    pub batches: usize,
-    /// Windows of the largest batch.
-    pub largest: usize,
-}
+/// A transcription counted in by [`WindowBatcher::join`].
+pub(crate) type Member<'b> =
+    crate::batching::Member<'b, (Job, Sampler), (Result<DecodingResult>, Sampler)>;
 
 impl WindowBatcher {
     /// A batcher of at most `max_windows` (≥ 1) windows a batch.
     pub fn new(max_windows: usize) -> Self {
         Self {
             max_windows: max_windows.max(1),
-            queue: Mutex::default(),
-            changed: Condvar::new(),
-            encoder: Mutex::new(()),
+            rendezvous: Rendezvous::default(),
         }
     }
 
     /// What it has decoded so far.
     pub fn stats(&self) -> BatchStats {
-        self.lock().stats
+        self.rendezvous.stats()
     }
 
     /// Counts a transcription in until the member is dropped: batches wait for its windows
-    /// while it works on the model.
-    pub fn join(&self) -> Member<'_> {
-        self.lock().working += 1;
-        Member { batcher: self }
+    /// while it works on the model. Its encoders run [`alone`](Member::alone).
+    pub(crate) fn join(&self) -> Member<'_> {
+        self.rendezvous.join()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A panic while the lock is held leaves the queue consistent: each step below
-        // completes before anything that could panic runs.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Decodes the window whose encoder output is `audio` (1, positions, d) with `opts` in
+    /// `language`, drawing from `sampler` at temperature > 0, in a batch with the windows of
+    /// the other members that wait meanwhile; `member`'s thread decodes the batch where it is
+    /// the last to arrive.
+    pub(crate) fn decode(
+        &self,
+        member: &Member<'_>,
+        pipeline: &WhisperPipeline,
+        audio: &Tensor,
+        opts: &DecodingOptions,
+        language: &str,
+        sampler: &mut Sampler,
+    ) -> Result<DecodingResult> {
+        let job = Job {
+            audio: audio.clone(),
+            opts: opts.clone(),
+            language: language.to_string(),
+        };
+        let lent = std::mem::replace(sampler, Sampler::new(0));
+        let run = |jobs, deliver: Deliver<'_, _>| self.run(pipeline, jobs, deliver);
+        match member.submit((job, lent), run) {
+            Some((result, lent)) => {
+                *sampler = lent;
+                result
+            }
+            None => Err(Error::InvalidRequest(
+                "a batch of windows failed to decode (a panic)".into(),
+            )),
+        }
     }
 
     /// Decodes `jobs` in batches of windows that can share one, handing each batch's results
     /// out as it ends.
-    fn run(&self, pipeline: &WhisperPipeline, jobs: Vec<(Job, Sampler)>) {
+    fn run(
+        &self,
+        pipeline: &WhisperPipeline,
+        jobs: Vec<(u64, (Job, Sampler))>,
+        deliver: Deliver<'_, (Result<DecodingResult>, Sampler)>,
+    ) {
         let mut decoder = pipeline.window_decoder(0);
         // Windows whose initial tokens cannot be built share a batch only with each other,
         // which fails as each would alone.
@@ -104,18 +108,26 @@ impl WindowBatcher {
                 .initial_tokens(&job.opts, &job.language)
                 .map_or(0, |t| t.len())
         };
-        let mut groups: Vec<(usize, Vec<(Job, Sampler)>)> = Vec::new();
-        for (job, sampler) in jobs {
+        type Group = (usize, Vec<(u64, Job, Sampler)>);
+        let mut groups: Vec<Group> = Vec::new();
+        for (id, (job, sampler)) in jobs {
             let n = length(&job);
             match groups.iter_mut().find(|(len, g)| {
-                *len == n && g.len() < self.max_windows && g[0].0.opts.batches_with(&job.opts)
+                *len == n && g.len() < self.max_windows && g[0].1.opts.batches_with(&job.opts)
             }) {
-                Some((_, group)) => group.push((job, sampler)),
-                None => groups.push((n, vec![(job, sampler)])),
+                Some((_, group)) => group.push((id, job, sampler)),
+                None => groups.push((n, vec![(id, job, sampler)])),
             }
         }
         for (_, group) in groups {
-            let (jobs, mut samplers): (Vec<Job>, Vec<Sampler>) = group.into_iter().unzip();
+            let mut ids = Vec::with_capacity(group.len());
+            let mut jobs = Vec::with_capacity(group.len());
+            let mut samplers = Vec::with_capacity(group.len());
+            for (id, job, sampler) in group {
+                ids.push(id);
+                jobs.push(job);
+                samplers.push(sampler);
+            }
             let decoded = catch_unwind(AssertUnwindSafe(|| {
                 decode_group(&mut decoder, &jobs, &mut samplers)
             }))
@@ -124,10 +136,6 @@ impl WindowBatcher {
                     "a batch of windows failed to decode (a panic)".into(),
                 ))
             });
-            let mut queue = self.lock();
-            queue.stats.windows += jobs.len();
-            queue.stats.batches += 1;
-            queue.stats.largest = queue.stats.largest.max(jobs.len());
             let results: Vec<Result<DecodingResult>> = match decoded {
                 Ok(results) => results.into_iter().map(Ok).collect(),
                 Err(e) => {
@@ -137,11 +145,11 @@ impl WindowBatcher {
                         .collect()
                 }
             };
-            for ((job, result), sampler) in jobs.iter().zip(results).zip(samplers) {
-                queue.done.insert(job.id, (result, sampler));
-            }
-            drop(queue);
-            self.changed.notify_all();
+            deliver(
+                ids.into_iter()
+                    .zip(results.into_iter().zip(samplers))
+                    .collect(),
+            );
         }
     }
 }
@@ -172,97 +180,4 @@ fn decode_group(
         (r.prefill_ms, r.first_token_at, r.steps, r.steps_ms) = timings;
     }
     Ok(results)
-}
-
-/// A transcription counted in by [`WindowBatcher::join`]; counted out when dropped.
-#[derive(Debug)]
-pub struct Member<'b> {
-    batcher: &'b WindowBatcher,
-}
-
-impl Member<'_> {
-    /// Runs `f` away from the model (a caller's progress callback, which may block): no batch
-    /// waits for this transcription meanwhile.
-    pub fn away<T>(&self, f: impl FnOnce() -> T) -> T {
-        /// Counts the member back in, however `f` ends (a panic too: the member's drop then
-        /// counts it out once).
-        struct Back<'b>(&'b WindowBatcher);
-        impl Drop for Back<'_> {
-            fn drop(&mut self) {
-                self.0.lock().working += 1;
-            }
-        }
-        self.batcher.lock().working -= 1;
-        self.batcher.changed.notify_all();
-        let _back = Back(self.batcher);
-        f()
-    }
-
-    /// Runs `encode` (a window's encoder) when no other member's encoder runs.
-    pub fn encode<T>(&self, encode: impl FnOnce() -> T) -> T {
-        let _alone = self
-            .batcher
-            .encoder
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        encode()
-    }
-
-    /// Decodes the window whose encoder output is `audio` (1, positions, d) with `opts` in
-    /// `language`, drawing from `sampler` at temperature > 0, in a batch with the windows of
-    /// the other members that wait meanwhile; this member's thread decodes the batch where it
-    /// is the last to arrive.
-    pub fn decode(
-        &self,
-        pipeline: &WhisperPipeline,
-        audio: &Tensor,
-        opts: &DecodingOptions,
-        language: &str,
-        sampler: &mut Sampler,
-    ) -> Result<DecodingResult> {
-        let batcher = self.batcher;
-        let mut queue = batcher.lock();
-        let id = queue.next_id;
-        queue.next_id += 1;
-        let job = Job {
-            id,
-            audio: audio.clone(),
-            opts: opts.clone(),
-            language: language.to_string(),
-        };
-        queue
-            .pending
-            .push((job, std::mem::replace(sampler, Sampler::new(0))));
-        queue.working -= 1;
-        loop {
-            if let Some((result, lent)) = queue.done.remove(&id) {
-                queue.working += 1;
-                *sampler = lent;
-                return result;
-            }
-            if queue.working == 0 && !queue.pending.is_empty() {
-                // Everyone at work waits: decode what they wait for (this one's window
-                // among them), as one of those at work meanwhile.
-                let jobs = std::mem::take(&mut queue.pending);
-                queue.working += 1;
-                drop(queue);
-                batcher.run(pipeline, jobs);
-                queue = batcher.lock();
-                queue.working -= 1;
-                continue;
-            }
-            queue = batcher
-                .changed
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-impl Drop for Member<'_> {
-    fn drop(&mut self) {
-        self.batcher.lock().working -= 1;
-        // The others may now be all that is left at work.
-        self.batcher.changed.notify_all();
-    }
 }

@@ -15,7 +15,7 @@ pub mod timing;
 pub mod tokenizer;
 pub mod transcribe;
 
-pub use batcher::{BatchStats, WindowBatcher};
+pub use batcher::WindowBatcher;
 pub use config::{Config, GenerationConfig};
 pub use decoding::{DecodingOptions, DecodingResult, Suppress, Task};
 pub use model::{DecoderState, Whisper};

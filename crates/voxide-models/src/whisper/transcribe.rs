@@ -3,7 +3,7 @@
 //! the decoded timestamps, temperature fallback on repetitive or improbable output, the
 //! no-speech skip, and previous-text conditioning.
 
-use super::batcher::{BatchStats, Member, WindowBatcher};
+use super::batcher::{Member, WindowBatcher};
 use super::config::GenerationConfig;
 use super::decoding::{DecodingOptions, DecodingResult, LogitRules, WindowDecoder};
 use super::ggml::ModelFile;
@@ -11,6 +11,7 @@ use super::model::Whisper;
 use super::timing::{self, TimedSegment, APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS};
 use super::tokenizer::Tokenizer;
 use super::{HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
+use crate::batching::BatchStats;
 use crate::error::{Error, Result};
 use crate::transcript::{clip_stretches, Progress, Segment, Timings, Transcript};
 use candle_core::{Device, Tensor};
@@ -347,7 +348,7 @@ impl WhisperPipeline {
             };
             // Where encoders take turns, timed once this one's turn has come.
             let (features, encoder_ms) = match &member {
-                Some(m) => m.encode(timed),
+                Some(m) => m.alone(timed),
                 None => timed(),
             };
             let features = features?;
@@ -414,7 +415,10 @@ impl WhisperPipeline {
             };
             let result = self.decode_with_fallback(
                 &mut decoder,
-                member.as_ref().map(|m| (m, &audio)),
+                self.batcher
+                    .as_ref()
+                    .zip(member.as_ref())
+                    .map(|(b, m)| (b, m, &audio)),
                 &mut window_opts,
                 opts,
                 &language,
@@ -723,11 +727,12 @@ impl WhisperPipeline {
 
     /// Decodes the current window at each temperature in turn until the result is neither too
     /// repetitive nor too improbable (or looks like silence); in a batch with other
-    /// transcriptions' windows where `batch` names this one's membership and encoder output.
+    /// transcriptions' windows where `batch` names the batcher, this one's membership and its
+    /// encoder output.
     fn decode_with_fallback(
         &self,
         decoder: &mut WindowDecoder<'_>,
-        batch: Option<(&Member<'_>, &Tensor)>,
+        batch: Option<(&WindowBatcher, &Member<'_>, &Tensor)>,
         window_opts: &mut DecodingOptions,
         opts: &TranscribeOptions,
         language: &str,
@@ -742,9 +747,14 @@ impl WhisperPipeline {
         for &t in &opts.temperatures {
             window_opts.temperature = t;
             let r = match batch {
-                Some((member, audio)) => {
-                    member.decode(self, audio, window_opts, language, decoder.sampler_mut())?
-                }
+                Some((batcher, member, audio)) => batcher.decode(
+                    member,
+                    self,
+                    audio,
+                    window_opts,
+                    language,
+                    decoder.sampler_mut(),
+                )?,
                 None => decoder.decode(window_opts, language)?,
             };
             timings.prefills += 1;

@@ -389,7 +389,7 @@ fn concurrent_requests_are_decoded_in_batches_and_answer_as_alone() {
         root().join("tests/fixtures/whisper/tiny-random").display()
     );
     models.load(&spec.parse().unwrap(), None).unwrap();
-    assert_eq!(models.batch_concurrent_windows(4).unwrap(), ["whisper-1"]);
+    assert_eq!(models.batch_concurrent_decodes(4).unwrap(), ["whisper-1"]);
     let server = TestServer::serving(models, voxide_server::ServerConfig::default(), |c| {
         c.limits.max_concurrency = 4;
     });
@@ -422,8 +422,8 @@ fn concurrent_requests_are_decoded_in_batches_and_answer_as_alone() {
                 .unwrap()
         };
         (
-            counter("voxide_batched_windows_total"),
-            counter("voxide_window_batches_total"),
+            counter("voxide_batched_decodes_total"),
+            counter("voxide_decode_batches_total"),
         )
     };
     let alone: Vec<Value> = forms.iter().map(post).collect();

@@ -1,0 +1,237 @@
+//! The work of concurrent calls on one model, run in batches: a server's dynamic batching
+//! (vLLM batches the steps of concurrent requests). Each call joins the model's
+//! [`Rendezvous`] and hands it every unit of work that batches (a Whisper window, a Voxtral
+//! Realtime decoder step); once every call at work on the model waits on one, the last to
+//! arrive runs all that wait, in as many batches as the model makes of them, and hands each
+//! result back. A call away from the model (waiting for audio, or in a caller's callback) holds
+//! no batch up; the calls' unbatched work (encoders) runs one call at a time
+//! ([`Member::alone`]), each of which takes every core already.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+/// Units of work of concurrent calls, `J` in and `R` out, run together.
+#[derive(Debug)]
+pub struct Rendezvous<J, R> {
+    queue: Mutex<Queue<J, R>>,
+    changed: Condvar,
+    /// Held by the call whose unbatched work runs.
+    alone: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Queue<J, R> {
+    /// Calls at work on the model: neither waiting for a result nor away.
+    working: usize,
+    pending: Vec<(u64, J)>,
+    /// Each result, or `None` where its batch was lost (a panic).
+    done: HashMap<u64, Option<R>>,
+    next_id: u64,
+    stats: BatchStats,
+}
+
+/// What a rendezvous has run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Units of work run (windows, decoder steps).
+    pub decodes: usize,
+    /// Batches run.
+    pub batches: usize,
+    /// Units of the largest batch.
+    pub largest: usize,
+}
+
+/// Hands the results of one batch out, as the batch ends ([`Member::submit`]'s runner).
+pub type Deliver<'a, R> = &'a mut dyn FnMut(Vec<(u64, R)>);
+
+impl<J, R> Default for Rendezvous<J, R> {
+    fn default() -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                working: 0,
+                pending: Vec::new(),
+                done: HashMap::new(),
+                next_id: 0,
+                stats: BatchStats::default(),
+            }),
+            changed: Condvar::new(),
+            alone: Mutex::new(()),
+        }
+    }
+}
+
+impl<J, R> Rendezvous<J, R> {
+    /// What it has run so far.
+    pub fn stats(&self) -> BatchStats {
+        self.lock().stats
+    }
+
+    /// Counts a call in until the member is dropped: batches wait for its work while it is at
+    /// work on the model.
+    pub fn join(&self) -> Member<'_, J, R> {
+        self.lock().working += 1;
+        Member { rendezvous: self }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue<J, R>> {
+        // A panic while the lock is held leaves the queue consistent: each step below
+        // completes before anything that could panic runs.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `jobs` through `run`, handing out each batch's results as `run` delivers them;
+    /// a job `run` gave no result (it panicked) is answered `None`.
+    fn run(&self, jobs: Vec<(u64, J)>, run: impl FnOnce(Vec<(u64, J)>, Deliver<'_, R>)) {
+        let ids: Vec<u64> = jobs.iter().map(|(id, _)| *id).collect();
+        let mut deliver = |results: Vec<(u64, R)>| {
+            let mut queue = self.lock();
+            queue.stats.decodes += results.len();
+            queue.stats.batches += 1;
+            queue.stats.largest = queue.stats.largest.max(results.len());
+            for (id, result) in results {
+                queue.done.insert(id, Some(result));
+            }
+            drop(queue);
+            self.changed.notify_all();
+        };
+        // What a panic leaves unanswered is answered below.
+        let _ = catch_unwind(AssertUnwindSafe(|| run(jobs, &mut deliver)));
+        let mut queue = self.lock();
+        for id in ids {
+            queue.done.entry(id).or_insert(None);
+        }
+        drop(queue);
+        self.changed.notify_all();
+    }
+}
+
+/// A call counted in by [`Rendezvous::join`]; counted out when dropped.
+#[derive(Debug)]
+pub struct Member<'r, J, R> {
+    rendezvous: &'r Rendezvous<J, R>,
+}
+
+impl<J, R> Member<'_, J, R> {
+    /// Runs `f` away from the model (a caller's progress callback, which may block): no batch
+    /// waits for this call meanwhile.
+    pub fn away<T>(&self, f: impl FnOnce() -> T) -> T {
+        /// Counts the member back in, however `f` ends (a panic too: the member's drop then
+        /// counts it out once).
+        struct Back<'a, J, R>(&'a Rendezvous<J, R>);
+        impl<J, R> Drop for Back<'_, J, R> {
+            fn drop(&mut self) {
+                self.0.lock().working += 1;
+            }
+        }
+        self.rendezvous.lock().working -= 1;
+        self.rendezvous.changed.notify_all();
+        let _back = Back(self.rendezvous);
+        f()
+    }
+
+    /// Runs `f` (work that does not batch: an encoder) when no other member's runs.
+    pub fn alone<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _alone = self
+            .rendezvous
+            .alone
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f()
+    }
+
+    /// Hands `job` in and returns its result once run, with the jobs the other members hand
+    /// in meanwhile: where this member is the last at work to arrive, `run` runs on its thread
+    /// with every job waiting (each with its id), and gives each job's result to its
+    /// [`Deliver`], one call a batch. `None`: the job's batch was lost (a panic in `run`).
+    pub fn submit(&self, job: J, run: impl FnOnce(Vec<(u64, J)>, Deliver<'_, R>)) -> Option<R> {
+        let rendezvous = self.rendezvous;
+        let mut queue = rendezvous.lock();
+        let id = queue.next_id;
+        queue.next_id += 1;
+        queue.pending.push((id, job));
+        queue.working -= 1;
+        let mut run = Some(run);
+        loop {
+            if let Some(result) = queue.done.remove(&id) {
+                queue.working += 1;
+                return result;
+            }
+            if queue.working == 0 && !queue.pending.is_empty() {
+                // Everyone at work waits: run what they wait for (this member's job among
+                // them, which this `run` therefore has not run before), as one of those at work
+                // meanwhile.
+                let jobs = std::mem::take(&mut queue.pending);
+                queue.working += 1;
+                drop(queue);
+                let run = run
+                    .take()
+                    .expect("a member's job is run in its first batch");
+                rendezvous.run(jobs, run);
+                queue = rendezvous.lock();
+                queue.working -= 1;
+                continue;
+            }
+            queue = rendezvous
+                .changed
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl<J, R> Drop for Member<'_, J, R> {
+    fn drop(&mut self) {
+        self.rendezvous.lock().working -= 1;
+        // The others may now be all that is left at work.
+        self.rendezvous.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    /// Jobs of calls that wait together run in one batch, each answered with its own result;
+    /// a call away holds nothing up; a runner's panic answers its jobs `None`.
+    #[test]
+    fn waiting_calls_run_together_and_each_gets_its_own_result() {
+        let rendezvous: Rendezvous<u32, u32> = Rendezvous::default();
+        let doubled = |jobs: Vec<(u64, u32)>, deliver: Deliver<'_, u32>| {
+            deliver(jobs.into_iter().map(|(id, x)| (id, 2 * x)).collect())
+        };
+        let joined = Barrier::new(3);
+        std::thread::scope(|s| {
+            let calls: Vec<_> = (0..3u32)
+                .map(|i| {
+                    let (rendezvous, joined) = (&rendezvous, &joined);
+                    s.spawn(move || {
+                        let member = rendezvous.join();
+                        joined.wait();
+                        member.submit(10 + i, doubled)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+            assert_eq!(results, [Some(20), Some(22), Some(24)]);
+        });
+        assert_eq!(
+            rendezvous.stats(),
+            BatchStats {
+                decodes: 3,
+                batches: 1,
+                largest: 3
+            }
+        );
+        // A member away does not hold up the other's job.
+        let away = rendezvous.join();
+        let got = away.away(|| rendezvous.join().submit(1, doubled));
+        assert_eq!(got, Some(2));
+        drop(away);
+        // A runner that panics leaves its job answered, and the rendezvous usable.
+        let member = rendezvous.join();
+        assert_eq!(member.submit(5, |_, _| panic!("lost")), None);
+        assert_eq!(member.submit(5, doubled), Some(10));
+    }
+}
