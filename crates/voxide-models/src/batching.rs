@@ -4,8 +4,8 @@
 //! Realtime decoder step); once every call at work on the model waits on one, the last to
 //! arrive runs all that wait, in as many batches as the model makes of them, and hands each
 //! result back. A call away from the model (waiting for audio, or in a caller's callback) holds
-//! no batch up; the calls' unbatched work (encoders) runs one call at a time
-//! ([`Member::alone`]), each of which takes every core already.
+//! no batch up; the calls' unbatched work (encoders) runs one call at a time, and not beside
+//! a batch ([`Member::alone`]): each takes every core already.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -95,8 +95,12 @@ impl<J, R> Rendezvous<J, R> {
             drop(queue);
             self.changed.notify_all();
         };
+        // One computation at a time: a member's unbatched work waits for the batch (each
+        // takes every core; side by side, their thread pools would share them).
+        let alone = self.alone.lock().unwrap_or_else(PoisonError::into_inner);
         // What a panic leaves unanswered is answered below.
         let _ = catch_unwind(AssertUnwindSafe(|| run(jobs, &mut deliver)));
+        drop(alone);
         let mut queue = self.lock();
         for id in ids {
             queue.done.entry(id).or_insert(None);
@@ -130,7 +134,8 @@ impl<J, R> Member<'_, J, R> {
         f()
     }
 
-    /// Runs `f` (work that does not batch: an encoder) when no other member's runs.
+    /// Runs `f` (work that does not batch: an encoder) when no other member's runs and no
+    /// batch does.
     pub fn alone<T>(&self, f: impl FnOnce() -> T) -> T {
         let _alone = self
             .rendezvous

@@ -167,6 +167,10 @@ pub(crate) fn rows(
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && avx512_int_dot() {
+        // One row of x is bound by the weights' bytes either way.
+        if m > 1 && std::is_x86_feature_detected!("avx512vnni") {
+            x86_entry!("avx2,fma,f16c,avx512f,avx512bw,avx512vnni", Avx512Vnni);
+        }
         x86_entry!("avx2,fma,f16c,avx512f,avx512bw", Avx512);
     }
     #[cfg(target_arch = "x86_64")]
@@ -184,25 +188,30 @@ pub(crate) fn rows(
 }
 
 /// Integer products on one instruction set: `PAIRS` int8 weights against as many int16 codes
-/// of x per multiply, summed in pairs into int32 lanes.
-trait IntDot: Simd {
+/// of x per multiply, summed in pairs into int32 lanes; f32 on `S`.
+trait IntDot {
+    type S: Simd;
     /// int32 sums, one per f32 lane of [`Simd::V`].
     type I: Copy;
     /// `PAIRS` codes of x.
     type X: Copy;
     /// Weights per multiply (two per int32 lane).
     const PAIRS: usize;
+    /// Vector registers of the instruction set.
+    const REGISTERS: usize;
     unsafe fn izero() -> Self::I;
     unsafe fn load_x(p: *const i16) -> Self::X;
     /// acc + pairwise sums of w[..PAIRS] · x.
     unsafe fn madd(acc: Self::I, w: *const i8, x: Self::X) -> Self::I;
-    unsafe fn to_f32(v: Self::I) -> Self::V;
+    unsafe fn to_f32(v: Self::I) -> <Self::S as Simd>::V;
 }
 
 impl IntDot for Scalar {
+    type S = Scalar;
     type I = [i32; 8];
     type X = [i16; 16];
     const PAIRS: usize = 16;
+    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
         [0; 8]
@@ -221,16 +230,18 @@ impl IntDot for Scalar {
         })
     }
     #[inline(always)]
-    unsafe fn to_f32(v: Self::I) -> Self::V {
+    unsafe fn to_f32(v: Self::I) -> <Self::S as Simd>::V {
         v.map(|s| s as f32)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl IntDot for Avx2 {
+    type S = Avx2;
     type I = __m256i;
     type X = __m256i;
     const PAIRS: usize = 16;
+    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
         _mm256_setzero_si256()
@@ -245,7 +256,7 @@ impl IntDot for Avx2 {
         _mm256_add_epi32(acc, _mm256_madd_epi16(w16, x))
     }
     #[inline(always)]
-    unsafe fn to_f32(v: Self::I) -> Self::V {
+    unsafe fn to_f32(v: Self::I) -> <Self::S as Simd>::V {
         _mm256_cvtepi32_ps(v)
     }
 }
@@ -260,9 +271,11 @@ fn avx512_int_dot() -> bool {
 /// full-width 512-bit units (Zen 5, Intel) is what kept cached int8 rows at ~30 GB/s a core.
 #[cfg(target_arch = "x86_64")]
 impl IntDot for Avx512 {
+    type S = Avx512;
     type I = __m512i;
     type X = __m512i;
     const PAIRS: usize = 32;
+    const REGISTERS: usize = 32;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
         _mm512_setzero_si512()
@@ -277,16 +290,53 @@ impl IntDot for Avx512 {
         _mm512_add_epi32(acc, _mm512_madd_epi16(w16, x))
     }
     #[inline(always)]
-    unsafe fn to_f32(v: Self::I) -> Self::V {
+    unsafe fn to_f32(v: Self::I) -> <Self::S as Simd>::V {
+        _mm512_cvtepi32_ps(v)
+    }
+}
+
+/// AVX-512 VNNI: `vpdpwssd` multiplies, sums in pairs and accumulates in one instruction, where
+/// `vpmaddwd` + `vpaddd` take two — the same int32 sums exactly (no pair sum of |w| ≤ 128
+/// products wraps, and integer adds do not round). Half the arithmetic per row of x: a step's
+/// GEMV of several rows (concurrent streams' steps taken together) stays bound by the weights'
+/// bytes where the two-instruction form is bound by its multiplies from m ≈ 3 on (9216 × 3072
+/// from L3 on Zen 5, 2 threads, m = 4: PERFORMANCE.md #179).
+#[cfg(target_arch = "x86_64")]
+struct Avx512Vnni;
+
+#[cfg(target_arch = "x86_64")]
+impl IntDot for Avx512Vnni {
+    type S = Avx512;
+    type I = __m512i;
+    type X = __m512i;
+    const PAIRS: usize = 32;
+    const REGISTERS: usize = 32;
+    #[inline(always)]
+    unsafe fn izero() -> Self::I {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn load_x(p: *const i16) -> Self::X {
+        _mm512_loadu_si512(p as *const __m512i)
+    }
+    #[inline(always)]
+    unsafe fn madd(acc: Self::I, w: *const i8, x: Self::X) -> Self::I {
+        let w16 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(w as *const __m256i));
+        _mm512_dpwssd_epi32(acc, w16, x)
+    }
+    #[inline(always)]
+    unsafe fn to_f32(v: Self::I) -> <Self::S as Simd>::V {
         _mm512_cvtepi32_ps(v)
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 impl IntDot for Neon {
+    type S = Neon;
     type I = int32x4_t;
     type X = int16x8_t;
     const PAIRS: usize = 8;
+    const REGISTERS: usize = 32;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
         vdupq_n_s32(0)
@@ -301,7 +351,7 @@ impl IntDot for Neon {
         vmlal_high_s16(vmlal_s16(acc, vget_low_s16(w16), vget_low_s16(x)), w16, x)
     }
     #[inline(always)]
-    unsafe fn to_f32(v: Self::I) -> Self::V {
+    unsafe fn to_f32(v: Self::I) -> <Self::S as Simd>::V {
         vcvtq_f32_s32(v)
     }
 }
@@ -326,15 +376,25 @@ unsafe fn rows_body<S: IntDot>(
             with_prefetch!(ahead.prefetch, PF => rows_m::<S, $m, $r, PF>(x, w, bias, y, r0, r1, a))
         };
     }
-    match m {
-        1 => go!(1, 4),
-        2 => go!(2, 2),
-        3 => go!(3, 1),
-        4 => go!(4, 1),
-        5 => go!(5, 1),
-        6 => go!(6, 1),
-        7 => go!(7, 1),
-        8 => go!(8, 1),
+    // Two weight rows a pass for every row count where 2 · m sums, m codes of x and the
+    // weights fit 32 vector registers: each load of x serves both (9216 × 3072 int8 from L3,
+    // Zen 5, 2 threads, m = 4: 0.84 → 0.60 ms; PERFORMANCE.md #179); one with 16.
+    let two = S::REGISTERS >= 32;
+    match (m, two) {
+        (1, _) => go!(1, 4),
+        (2, _) => go!(2, 2),
+        (3, true) => go!(3, 2),
+        (4, true) => go!(4, 2),
+        (5, true) => go!(5, 2),
+        (6, true) => go!(6, 2),
+        (7, true) => go!(7, 2),
+        (8, true) => go!(8, 2),
+        (3, false) => go!(3, 1),
+        (4, false) => go!(4, 1),
+        (5, false) => go!(5, 1),
+        (6, false) => go!(6, 1),
+        (7, false) => go!(7, 1),
+        (8, false) => go!(8, 1),
         _ => unreachable!("gemv takes at most 8 rows"),
     }
 }
@@ -378,7 +438,7 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
     let row_of: [usize; R] = std::array::from_fn(|ri| r + ri * gap);
     let wp: [*const i8; R] = row_of.map(|row| w.data.as_ptr().add(row * k));
     let xp: [*const i16; M] = std::array::from_fn(|i| x.codes.as_ptr().add(i * k));
-    let mut sums = [[S::zero(); M]; R];
+    let mut sums = [[S::S::zero(); M]; R];
     let mut tails = [[0f32; M]; R];
     for b in 0..per_row {
         let (j0, j1) = (b * X_BLOCK, ((b + 1) * X_BLOCK).min(k));
@@ -386,7 +446,7 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
         let mut acc = [[S::izero(); M]; R];
         let mut j = j0;
         while j + UNROLL * S::PAIRS <= j1 {
-            prefetch_rows::<S, i8, R, PF>(&wp, j, UNROLL * S::PAIRS, ahead);
+            prefetch_rows::<S::S, i8, R, PF>(&wp, j, UNROLL * S::PAIRS, ahead);
             for u in 0..UNROLL {
                 let xv: [S::X; M] = std::array::from_fn(|i| S::load_x(xp[i].add(j + u * S::PAIRS)));
                 for ri in 0..R {
@@ -408,7 +468,7 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
         }
         for ri in 0..R {
             for i in 0..M {
-                sums[ri][i] = S::fma(S::to_f32(acc[ri][i]), S::splat(d[i]), sums[ri][i]);
+                sums[ri][i] = S::S::fma(S::to_f32(acc[ri][i]), S::S::splat(d[i]), sums[ri][i]);
                 if j < j1 {
                     let tail: i32 = (j..j1)
                         .map(|jj| *wp[ri].add(jj) as i32 * *xp[i].add(jj) as i32)
@@ -420,7 +480,7 @@ unsafe fn row_block<S: IntDot, const M: usize, const R: usize, const PF: u8>(
     }
     for ri in 0..R {
         for i in 0..M {
-            let total = S::sum(sums[ri][i]) + tails[ri][i];
+            let total = S::S::sum(sums[ri][i]) + tails[ri][i];
             store_output(y, n, i, row_of[ri], total, w.scales, bias);
         }
     }
@@ -480,6 +540,32 @@ mod tests {
                 );
                 let what = format!("{isa:?} m{m}");
                 check_rounded_x(&y, &want, &x, &tw.i8_f32, m, (X_BLOCK, 32767.0), &what);
+            }
+        }
+    }
+
+    /// Each row of x in a product of several (the steps of concurrent streams) gets bit for
+    /// bit what it gets alone, on every path: the VNNI form's sums equal the two-instruction
+    /// form's, and two weight rows a pass keep each output's order.
+    #[test]
+    fn rows_of_x_together_equal_each_alone() {
+        let (n, k) = (13, 2 * X_BLOCK + 70);
+        let tw = weights(n, k, 21);
+        let w = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
+        for isa in Isa::available() {
+            for m in 2..=8 {
+                let x = data(m * k, 60 + m as u32);
+                let mut together = vec![0f32; m * n];
+                gemv_on(isa, &x, &w, None, &mut together, m);
+                for i in 0..m {
+                    let mut alone = vec![0f32; n];
+                    gemv_on(isa, &x[i * k..(i + 1) * k], &w, None, &mut alone, 1);
+                    assert_eq!(
+                        &together[i * n..(i + 1) * n],
+                        &alone[..],
+                        "{isa:?} m{m} row {i}"
+                    );
+                }
             }
         }
     }
