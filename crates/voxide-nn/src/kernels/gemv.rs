@@ -655,18 +655,28 @@ unsafe fn rows_body<S: Simd, E: WeightElem>(
     // One-byte weights (int8) take twice the vectors per row (U) at half the rows (R): each
     // pass then reads as many bytes of every row as a 2-byte type's, and the prefetches and
     // loads of x per byte halve (one thread from DRAM, 9216 × 3072: 8.5 → 12.4 GB/s).
+    // From 3 rows of x on, two weight rows a pass where 32 registers hold R · M · U sums:
+    // each load of x serves both (bf16 9216 × 3072, Zen 5, 2 threads, m = 4: 3.2 → 2.0 ms,
+    // m = 8: 4.4 → 2.3; PERFORMANCE.md #179); one with 16.
     let one_byte = std::mem::size_of::<E>() == 1;
-    match m {
-        1 if one_byte => go!(1, 2, 4),
-        2 if one_byte => go!(2, 1, 4),
-        1 => go!(1, 4, 2),
-        2 => go!(2, 2, 2),
-        3 => go!(3, 1, 2),
-        4 => go!(4, 1, 2),
-        5 => go!(5, 1, 1),
-        6 => go!(6, 1, 1),
-        7 => go!(7, 1, 1),
-        8 => go!(8, 1, 1),
+    let two = S::REGISTERS >= 32;
+    match (m, two) {
+        (1, _) if one_byte => go!(1, 2, 4),
+        (2, _) if one_byte => go!(2, 1, 4),
+        (1, _) => go!(1, 4, 2),
+        (2, _) => go!(2, 2, 2),
+        (3, true) => go!(3, 2, 2),
+        (4, true) => go!(4, 2, 2),
+        (5, true) => go!(5, 2, 1),
+        (6, true) => go!(6, 2, 1),
+        (7, true) => go!(7, 2, 1),
+        (8, true) => go!(8, 2, 1),
+        (3, false) => go!(3, 1, 2),
+        (4, false) => go!(4, 1, 2),
+        (5, false) => go!(5, 1, 1),
+        (6, false) => go!(6, 1, 1),
+        (7, false) => go!(7, 1, 1),
+        (8, false) => go!(8, 1, 1),
         _ => unreachable!("gemv takes at most {MAX_ROWS} rows"),
     }
 }
@@ -1046,7 +1056,7 @@ pub(crate) mod tests {
         for &(k, n) in &shapes {
             let tw = weights(n, k, 7);
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
-            for &m in &[1usize, 2, 3, 5, 8] {
+            for &m in &[1usize, 2, 3, 4, 5, 8] {
                 if k * n > 1 << 21 && !matches!(m, 1 | 8) {
                     continue;
                 }

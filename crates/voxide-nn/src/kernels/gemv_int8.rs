@@ -197,8 +197,6 @@ trait IntDot {
     type X: Copy;
     /// Weights per multiply (two per int32 lane).
     const PAIRS: usize;
-    /// Vector registers of the instruction set.
-    const REGISTERS: usize;
     unsafe fn izero() -> Self::I;
     unsafe fn load_x(p: *const i16) -> Self::X;
     /// acc + pairwise sums of w[..PAIRS] · x.
@@ -211,7 +209,6 @@ impl IntDot for Scalar {
     type I = [i32; 8];
     type X = [i16; 16];
     const PAIRS: usize = 16;
-    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
         [0; 8]
@@ -241,7 +238,6 @@ impl IntDot for Avx2 {
     type I = __m256i;
     type X = __m256i;
     const PAIRS: usize = 16;
-    const REGISTERS: usize = 16;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
         _mm256_setzero_si256()
@@ -275,7 +271,6 @@ impl IntDot for Avx512 {
     type I = __m512i;
     type X = __m512i;
     const PAIRS: usize = 32;
-    const REGISTERS: usize = 32;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
         _mm512_setzero_si512()
@@ -310,7 +305,6 @@ impl IntDot for Avx512Vnni {
     type I = __m512i;
     type X = __m512i;
     const PAIRS: usize = 32;
-    const REGISTERS: usize = 32;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
         _mm512_setzero_si512()
@@ -336,7 +330,6 @@ impl IntDot for Neon {
     type I = int32x4_t;
     type X = int16x8_t;
     const PAIRS: usize = 8;
-    const REGISTERS: usize = 32;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
         vdupq_n_s32(0)
@@ -379,7 +372,7 @@ unsafe fn rows_body<S: IntDot>(
     // Two weight rows a pass for every row count where 2 · m sums, m codes of x and the
     // weights fit 32 vector registers: each load of x serves both (9216 × 3072 int8 from L3,
     // Zen 5, 2 threads, m = 4: 0.84 → 0.60 ms; PERFORMANCE.md #179); one with 16.
-    let two = S::REGISTERS >= 32;
+    let two = S::S::REGISTERS >= 32;
     match (m, two) {
         (1, _) => go!(1, 4),
         (2, _) => go!(2, 2),

@@ -408,6 +408,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) trait Simd: Copy {
     type V: Copy;
     const LANES: usize;
+    /// Vector registers: how many accumulators a kernel may keep.
+    const REGISTERS: usize;
 
     unsafe fn zero() -> Self::V;
     unsafe fn splat(v: f32) -> Self::V;
@@ -441,6 +443,7 @@ pub(crate) struct Scalar;
 impl Simd for Scalar {
     type V = [f32; 8];
     const LANES: usize = 8;
+    const REGISTERS: usize = 16;
 
     #[inline(always)]
     unsafe fn zero() -> Self::V {
@@ -492,6 +495,7 @@ pub(crate) struct Avx2;
 impl Simd for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
+    const REGISTERS: usize = 16;
 
     #[inline(always)]
     unsafe fn zero() -> Self::V {
@@ -554,6 +558,7 @@ pub(crate) struct Avx512;
 impl Simd for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
+    const REGISTERS: usize = 32;
 
     #[inline(always)]
     unsafe fn zero() -> Self::V {
@@ -613,6 +618,7 @@ pub(crate) struct Neon;
 impl Simd for Neon {
     type V = float32x4_t;
     const LANES: usize = 4;
+    const REGISTERS: usize = 32;
 
     #[inline(always)]
     unsafe fn zero() -> Self::V {
