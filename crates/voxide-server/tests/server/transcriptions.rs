@@ -379,80 +379,104 @@ fn voxtral_models_stream_their_text_as_it_decodes() {
     }
 }
 
-/// `voxide serve --max-batch-size 4`: requests that run at once have their windows decoded
-/// together, each answer the same as the request alone, and /metrics counts the batches.
+/// `voxide serve --max-batch-size 4`: requests that run at once have their windows (Whisper)
+/// or decoder steps (Voxtral Realtime) decoded together, each answer the same as the request
+/// alone, and /metrics counts the batches.
 #[test]
 fn concurrent_requests_are_decoded_in_batches_and_answer_as_alone() {
     let mut models = voxide_server::Registry::new();
-    let spec = format!(
-        "whisper-1={}",
-        root().join("tests/fixtures/whisper/tiny-random").display()
+    for (id, fixture) in [
+        ("whisper-1", "tests/fixtures/whisper/tiny-random"),
+        (
+            "realtime",
+            "tests/fixtures/voxtral-realtime/tiny-random-mistral",
+        ),
+    ] {
+        let spec = format!("{id}={}", root().join(fixture).display());
+        models.load(&spec.parse().unwrap(), None).unwrap();
+    }
+    assert_eq!(
+        models.batch_concurrent_decodes(4).unwrap(),
+        ["whisper-1", "realtime"]
     );
-    models.load(&spec.parse().unwrap(), None).unwrap();
-    assert_eq!(models.batch_concurrent_decodes(4).unwrap(), ["whisper-1"]);
     let server = TestServer::serving(models, voxide_server::ServerConfig::default(), |c| {
         c.limits.max_concurrency = 4;
     });
-    let forms: Vec<Form> = [
+    let clips = [
         jfk(),
         root().join("../shared/corpus/longform/fleurs_en_concat.wav"),
         root().join("../shared/corpus/longform/en_concat_jfk_librispeech_fleurs.wav"),
     ]
-    .iter()
-    .map(|path| {
-        Form::new("whisper-1", "clip.wav", std::fs::read(path).unwrap())
-            .field("response_format", "verbose_json")
-            .field("language", "en")
-    })
-    .collect();
-    let post = |form: &Form| {
-        let reply = server.post_form("/v1/audio/transcriptions", form);
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        reply.json()
-    };
-    let batched_windows = || {
-        let metrics = server.get("/metrics").text();
-        let counter = |name: &str| -> usize {
-            let line = format!("{name}{{id=\"whisper-1\"}} ");
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(line.as_str()))
-                .unwrap_or_else(|| panic!("{name} in {metrics}"))
-                .parse()
-                .unwrap()
-        };
-        (
-            counter("voxide_batched_decodes_total"),
-            counter("voxide_decode_batches_total"),
-        )
-    };
-    let alone: Vec<Value> = forms.iter().map(post).collect();
-    let (windows, batches) = batched_windows();
-    // One at a time, each window is a batch of its own.
-    assert!(
-        windows > forms.len() && batches == windows,
-        "{windows} {batches}"
-    );
-
-    let start = std::sync::Barrier::new(forms.len());
-    let together: Vec<Value> = std::thread::scope(|s| {
-        let runs: Vec<_> = forms
+    .map(|path| std::fs::read(path).unwrap());
+    for model in ["whisper-1", "realtime"] {
+        let forms: Vec<Form> = clips
             .iter()
-            .map(|form| {
-                let (start, post) = (&start, &post);
-                s.spawn(move || {
-                    start.wait();
-                    post(form)
-                })
+            .map(|clip| {
+                let form = Form::new(model, "clip.wav", clip.clone())
+                    .field("response_format", "verbose_json");
+                match model {
+                    "whisper-1" => form.field("language", "en"),
+                    _ => form,
+                }
             })
             .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).collect()
-    });
-    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-        assert!(a["segments"].as_array().unwrap().len() > 1, "clip {i}");
-        assert_eq!(t, a, "clip {i}");
+        let post = |form: &Form| {
+            let reply = server.post_form("/v1/audio/transcriptions", form);
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            reply.json()
+        };
+        let batched = || {
+            let metrics = server.get("/metrics").text();
+            let counter = |name: &str| -> usize {
+                let line = format!("{name}{{id=\"{model}\"}} ");
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(line.as_str()))
+                    .unwrap_or_else(|| panic!("{name} in {metrics}"))
+                    .parse()
+                    .unwrap()
+            };
+            (
+                counter("voxide_batched_decodes_total"),
+                counter("voxide_decode_batches_total"),
+            )
+        };
+        let alone: Vec<Value> = forms.iter().map(post).collect();
+        let (decodes, batches) = batched();
+        // One at a time, each decode is a batch of its own.
+        assert!(
+            decodes > forms.len() && batches == decodes,
+            "{model}: {decodes} {batches}"
+        );
+
+        let start = std::sync::Barrier::new(forms.len());
+        let together: Vec<Value> = std::thread::scope(|s| {
+            let runs: Vec<_> = forms
+                .iter()
+                .map(|form| {
+                    let (start, post) = (&start, &post);
+                    s.spawn(move || {
+                        start.wait();
+                        post(form)
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+            // Whisper's windows carry timestamps; the fixture's Realtime ids, some text.
+            let segments = a["segments"].as_array().unwrap().len();
+            assert!(
+                segments > 1 || (model == "realtime" && segments > 0),
+                "{model}: clip {i}: {a}"
+            );
+            assert_eq!(t, a, "{model}: clip {i}");
+        }
+        let (all_decodes, all_batches) = batched();
+        let (decodes, batches) = (all_decodes - decodes, all_batches - batches);
+        assert!(
+            batches < decodes,
+            "{model}: {decodes} decodes in {batches} batches"
+        );
     }
-    let (all_windows, all_batches) = batched_windows();
-    let (windows, batches) = (all_windows - windows, all_batches - batches);
-    assert!(batches < windows, "{windows} windows in {batches} batches");
 }
