@@ -154,7 +154,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let ids = models.batch_concurrent_decodes(args.max_batch_size)?;
         if ids.is_empty() {
             note!(
-                "--max-batch-size: no model here batches (Whisper's and Voxtral Realtime's do); requests run side by side"
+                "--max-batch-size: no transcription model here (speech synthesis requests run side by side)"
             );
         } else {
             note!(

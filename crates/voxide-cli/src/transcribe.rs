@@ -432,12 +432,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         );
     }
     if let Some(n) = files_at_once.filter(|_| !args.detect_language) {
-        if !model.batch_concurrent_decodes(n) {
-            bail!(
-                "--batch-size over several files (without --vad or --clip-timestamps) decodes them \
-                 together: Whisper and Voxtral Realtime models do, this one does not"
-            );
-        }
+        model.batch_concurrent_decodes(n);
         let request = TranscribeRequest {
             batch_size: None,
             ..request

@@ -1408,8 +1408,7 @@ fn voxtral_stretches_in_batches_equal_the_stretches_alone() {
 /// `--batch-size N` over several files (no --vad, no clips): the files are transcribed N at a
 /// time with their windows decoded together, and print what they print one after another, in
 /// the files' order; a file that fails is reported and the others still print; Voxtral
-/// Realtime's files (their decoder steps together) print what they print alone; a model that
-/// does not batch says so.
+/// Realtime's files (their decoder steps together) print what they print alone.
 #[test]
 fn files_in_a_batch_print_what_they_print_one_after_another() {
     let long = root().join("../shared/corpus/longform/fleurs_en_concat.wav");
@@ -1484,17 +1483,4 @@ fn files_in_a_batch_print_what_they_print_one_after_another() {
     let (together, stderr) = realtime_files(&["--batch-size", "2"]);
     assert_eq!(together, alone);
     assert!(stderr.contains("decoded together"), "{stderr}");
-    let voxtral = root().join("tests/fixtures/voxtral/tiny-random-mistral");
-    fails(
-        &[
-            "transcribe",
-            "--model",
-            s(&voxtral),
-            "--batch-size",
-            "2",
-            s(&jfk),
-            s(&clip),
-        ],
-        "Whisper and Voxtral Realtime models do, this one does not",
-    );
 }

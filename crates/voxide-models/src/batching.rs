@@ -7,9 +7,12 @@
 //! no batch up; the calls' unbatched work (encoders) runs one call at a time, and not beside
 //! a batch ([`Member::alone`]): each takes every core already.
 
+use crate::error::{Error, Result};
+use candle_core::Tensor;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use voxide_nn::kernels::gemv::MAX_ROWS;
 
 /// Units of work of concurrent calls, `J` in and `R` out, run together.
 #[derive(Debug)]
@@ -72,6 +75,13 @@ impl<J, R> Rendezvous<J, R> {
     pub fn join(&self) -> Member<'_, J, R> {
         self.lock().working += 1;
         Member { rendezvous: self }
+    }
+
+    /// Runs `f` (work that does not batch: an encoder) when no member's such work runs and no
+    /// batch does; a caller need not be a member.
+    pub fn alone<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _alone = self.alone.lock().unwrap_or_else(PoisonError::into_inner);
+        f()
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue<J, R>> {
@@ -137,12 +147,7 @@ impl<J, R> Member<'_, J, R> {
     /// Runs `f` (work that does not batch: an encoder) when no other member's runs and no
     /// batch does.
     pub fn alone<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _alone = self
-            .rendezvous
-            .alone
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        f()
+        self.rendezvous.alone(f)
     }
 
     /// Hands `job` in and returns its result once run, with the jobs the other members hand
@@ -191,6 +196,141 @@ impl<J, R> Drop for Member<'_, J, R> {
         // The others may now be all that is left at work.
         self.rendezvous.changed.notify_all();
     }
+}
+
+/// A decoder whose steps of several sequences run as one: each matrix read once for all rows,
+/// each sequence's attention over its own caches at its own position (the Voxtrals'
+/// `Stack::forward_rows`).
+pub trait RowDecoder {
+    /// A sequence's state (caches, position); the default, a placeholder while it is lent.
+    type State: Default;
+    /// One step of each sequence, x (rows, 1, dim), row i continuing `states[i]` → logits
+    /// (rows, 1, vocab).
+    fn step_rows(&self, states: &mut [&mut Self::State], x: &Tensor)
+        -> candle_core::Result<Tensor>;
+}
+
+/// A step's result: the logits of the next position, and the sequence's state back.
+type Stepped<S> = (Result<Vec<f32>>, S);
+
+/// The decoder steps of concurrent sequences (streams, requests) of one model, taken in
+/// batches of at most `max_rows` (Kyutai's streaming server batches its streams' steps
+/// likewise). Rows stay within the GEMV's ([`MAX_ROWS`]), which keeps x whole, so that each
+/// sequence gets the logits it gets alone (int8: bit for bit; bf16 and f32: up to the
+/// accumulators a row count takes). A sequence joins for its steps ([`StepBatcher::join`]);
+/// its prompt runs [`alone`](Rendezvous::alone).
+#[derive(Debug)]
+pub struct StepBatcher<S> {
+    max_rows: usize,
+    rendezvous: Rendezvous<Step<S>, Stepped<S>>,
+}
+
+/// A sequence's step waiting: its decoder input and its state, lent for the step.
+#[derive(Debug)]
+pub struct Step<S> {
+    /// (1, 1, dim).
+    x: Tensor,
+    state: S,
+}
+
+/// A sequence at work, counted in by [`StepBatcher::join`].
+pub type StepMember<'b, S> = Member<'b, Step<S>, Stepped<S>>;
+
+impl<S: Default> StepBatcher<S> {
+    /// A batcher of at most `max_rows` steps a batch (1 to [`MAX_ROWS`]).
+    pub fn new(max_rows: usize) -> Self {
+        Self {
+            max_rows: max_rows.clamp(1, MAX_ROWS),
+            rendezvous: Rendezvous::default(),
+        }
+    }
+
+    /// What it has decoded so far.
+    pub fn stats(&self) -> BatchStats {
+        self.rendezvous.stats()
+    }
+
+    /// Counts a sequence in until the member is dropped: batches wait for its steps meanwhile.
+    pub fn join(&self) -> StepMember<'_, S> {
+        self.rendezvous.join()
+    }
+
+    /// Runs `f` (a prompt, an encoder) when no batch and no other such work runs.
+    pub fn alone<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.rendezvous.alone(f)
+    }
+
+    /// One decoder step of the sequence whose state is `state`, on x (1, 1, dim), with the
+    /// steps of the other members that wait meanwhile: the next position's logits. After an
+    /// error the state is not to be used again.
+    pub fn step<D: RowDecoder<State = S>>(
+        &self,
+        member: &StepMember<'_, S>,
+        decoder: &D,
+        state: &mut S,
+        x: &Tensor,
+    ) -> Result<Vec<f32>> {
+        let step = Step {
+            x: x.clone(),
+            state: std::mem::take(state),
+        };
+        let run = |steps, deliver: Deliver<'_, Stepped<S>>| self.run(decoder, steps, deliver);
+        match member.submit(step, run) {
+            Some((logits, back)) => {
+                *state = back;
+                logits
+            }
+            None => Err(lost()),
+        }
+    }
+
+    /// Takes `steps` in batches of at most `max_rows`, handing each batch's logits out as it
+    /// ends.
+    fn run<D: RowDecoder<State = S>>(
+        &self,
+        decoder: &D,
+        mut steps: Vec<(u64, Step<S>)>,
+        deliver: Deliver<'_, Stepped<S>>,
+    ) {
+        while !steps.is_empty() {
+            let rest = steps.split_off(self.max_rows.min(steps.len()));
+            let (ids, mut batch): (Vec<u64>, Vec<Step<S>>) = steps.into_iter().unzip();
+            let stepped = catch_unwind(AssertUnwindSafe(|| step_rows(decoder, &mut batch)))
+                .unwrap_or_else(|_| Err(lost()));
+            let results: Vec<Result<Vec<f32>>> = match stepped {
+                Ok(logits) => logits.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    let message = e.to_string();
+                    batch
+                        .iter()
+                        .map(|_| Err(Error::InvalidRequest(message.clone())))
+                        .collect()
+                }
+            };
+            let states = batch.into_iter().map(|s| s.state);
+            deliver(
+                ids.into_iter()
+                    .zip(results.into_iter().zip(states))
+                    .collect(),
+            );
+            steps = rest;
+        }
+    }
+}
+
+/// One step of each of `batch`'s sequences: their logits rows.
+fn step_rows<D: RowDecoder>(decoder: &D, batch: &mut [Step<D::State>]) -> Result<Vec<Vec<f32>>> {
+    let xs: Vec<&Tensor> = batch.iter().map(|s| &s.x).collect();
+    let x = Tensor::cat(&xs, 0)?;
+    let mut states: Vec<&mut D::State> = batch.iter_mut().map(|s| &mut s.state).collect();
+    Ok(decoder
+        .step_rows(&mut states, &x)?
+        .squeeze(1)?
+        .to_vec2::<f32>()?)
+}
+
+fn lost() -> Error {
+    Error::InvalidRequest("a batch of decoder steps failed (a panic)".into())
 }
 
 #[cfg(test)]

@@ -313,17 +313,13 @@ pub trait Transcriber: Send + Sync {
 
     /// Decodes concurrent [`Self::transcribe`] calls and streams together, up to `max` a batch
     /// (a server's throughput under load; each transcript the same as alone; 1 turns it off):
-    /// Whisper their windows, Voxtral Realtime their decoder steps (at most 8 a batch).
-    /// Returns whether the model can; the others transcribe concurrent calls side by side.
-    fn batch_concurrent_decodes(&mut self, _max: usize) -> bool {
-        false
-    }
+    /// Whisper their windows, the Voxtrals their decoder steps (at most 8 a batch; Voxtral Mini
+    /// 3B's chat requests too).
+    fn batch_concurrent_decodes(&mut self, max: usize);
 
     /// What concurrent calls have decoded together, where [`Self::batch_concurrent_decodes`]
     /// is on.
-    fn batch_stats(&self) -> Option<BatchStats> {
-        None
-    }
+    fn batch_stats(&self) -> Option<BatchStats>;
 }
 
 /// Live transcription of one stretch of audio (see [`Transcriber::stream`]).
@@ -391,9 +387,8 @@ impl Transcriber for WhisperPipeline {
         voxide_models::whisper::SAMPLE_RATE
     }
 
-    fn batch_concurrent_decodes(&mut self, max_windows: usize) -> bool {
+    fn batch_concurrent_decodes(&mut self, max_windows: usize) {
         WhisperPipeline::batch_concurrent_windows(self, max_windows);
-        true
     }
 
     fn batch_stats(&self) -> Option<BatchStats> {
@@ -642,9 +637,8 @@ impl Transcriber for VoxtralRealtime {
         Some(self.network().decoder_step_bytes())
     }
 
-    fn batch_concurrent_decodes(&mut self, max_rows: usize) -> bool {
+    fn batch_concurrent_decodes(&mut self, max_rows: usize) {
         VoxtralRealtime::batch_concurrent_steps(self, max_rows);
-        true
     }
 
     fn batch_stats(&self) -> Option<BatchStats> {
@@ -867,6 +861,14 @@ impl Transcriber for Voxtral {
 
     fn decoder_step_bytes(&self) -> Option<CycleBytes> {
         Some(self.network().decoder_step_bytes())
+    }
+
+    fn batch_concurrent_decodes(&mut self, max_rows: usize) {
+        Voxtral::batch_concurrent_steps(self, max_rows);
+    }
+
+    fn batch_stats(&self) -> Option<BatchStats> {
+        Voxtral::batch_stats(self)
     }
 }
 

@@ -293,9 +293,9 @@ impl Registry {
         Ok(ids)
     }
 
-    /// Decodes concurrent requests together, up to `max` a batch, in every model that can
-    /// (Whisper: their windows; Voxtral Realtime: their decoder steps, realtime sessions'
-    /// included); returns their ids. Before serving: the models are not shared yet.
+    /// Decodes concurrent requests together, up to `max` a batch, in every transcription model
+    /// (Whisper: their windows; the Voxtrals: their decoder steps, realtime sessions' and chat
+    /// requests' included); returns their ids. Before serving: the models are not shared yet.
     pub fn batch_concurrent_decodes(&mut self, max: usize) -> Result<Vec<String>> {
         let mut ids = Vec::new();
         for model in &mut self.models {
@@ -303,9 +303,8 @@ impl Registry {
             if let Engine::Transcriber(transcriber) = &mut model.engine {
                 let transcriber =
                     Arc::get_mut(transcriber).context("batching is set before serving")?;
-                if transcriber.batch_concurrent_decodes(max) {
-                    ids.push(model.id.clone());
-                }
+                transcriber.batch_concurrent_decodes(max);
+                ids.push(model.id.clone());
             }
         }
         Ok(ids)

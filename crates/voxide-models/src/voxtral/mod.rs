@@ -17,8 +17,10 @@ pub use model::VoxtralModel;
 pub use prompt::{Content, Message, Role};
 pub use voxide_nn::sampling::TokenLogprobs;
 
+use crate::batching::{BatchStats, StepBatcher};
 use crate::error::{require, Error};
 use crate::mistral_stack::load_network;
+use crate::mistral_stack::StackState;
 use crate::tekken::{Tekken, TekkenDecoder};
 use crate::whisper::model::weight_files;
 use crate::{Progress, Result, Segment, Timings, Transcript};
@@ -151,6 +153,9 @@ pub struct Voxtral {
     network: VoxtralModel,
     tokenizer: Tekken,
     mel: WhisperMel,
+    /// Where concurrent requests' decoder steps are taken together
+    /// ([`Self::batch_concurrent_steps`]).
+    batcher: Option<StepBatcher<StackState>>,
 }
 
 impl Voxtral {
@@ -214,7 +219,29 @@ impl Voxtral {
             network,
             tokenizer,
             mel,
+            batcher: None,
         })
+    }
+
+    /// Takes the decoder steps of concurrent requests (one audio each) together, up to
+    /// `max_rows` a batch ([`StepBatcher`]: each matrix read once for all, each request at its
+    /// own position with its own prompt, each generating what it generates alone); their
+    /// encoders and prompts run one at a time. 1 turns it off. Set before the model is shared.
+    pub fn batch_concurrent_steps(&mut self, max_rows: usize) {
+        self.batcher = (max_rows > 1).then(|| StepBatcher::new(max_rows));
+    }
+
+    /// What concurrent requests have decoded together, when batching is on.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batcher.as_ref().map(StepBatcher::stats)
+    }
+
+    /// Runs `f` where no batch of steps runs, if requests batch.
+    fn alone<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.batcher {
+            Some(batcher) => batcher.alone(f),
+            None => f(),
+        }
     }
 
     pub fn network(&self) -> &VoxtralModel {
@@ -275,12 +302,16 @@ impl Voxtral {
                 return Err(Error::Cancelled);
             }
             let t0 = Instant::now();
-            let mut trace = self.network.encode(&features.narrow(0, w, 1)?, false)?;
-            let frames = trace
-                .hidden_states
-                .pop()
-                .expect("the encoder yields its output");
-            embeds.push(self.network.project(&frames)?);
+            let window = features.narrow(0, w, 1)?;
+            let projected = self.alone(|| -> Result<Tensor> {
+                let mut trace = self.network.encode(&window, false)?;
+                let frames = trace
+                    .hidden_states
+                    .pop()
+                    .expect("the encoder yields its output");
+                Ok(self.network.project(&frames)?)
+            })?;
+            embeds.push(projected);
             timings.encoder_ms += ms(t0);
             timings.encoder_calls += 1;
         }
@@ -372,11 +403,23 @@ impl Voxtral {
                 return Ok(vec![cancelled; batch]);
             }
             let len = block.min(prompt.len() - start);
-            last = Some(network.decode(&mut state, &embeds.narrow(1, start, len)?, None)?);
+            let block = embeds.narrow(1, start, len)?;
+            last = Some(self.alone(|| network.decode(&mut state, &block, None))?);
         }
         let last = last.ok_or_else(|| Error::InvalidRequest("the prompt is empty".into()))?;
-        let mut hidden = last.narrow(1, last.dim(1)? - 1, 1)?;
+        let hidden = last.narrow(1, last.dim(1)? - 1, 1)?;
+        let mut logits = network.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?;
         timings.prefill_ms = ms(t0);
+        // A request of one audio, where requests batch, takes its steps with the others'
+        // (its events heard away from the model: a slow client holds no batch up).
+        let member = match &self.batcher {
+            Some(batcher) if batch == 1 => Some((batcher, batcher.join())),
+            _ => None,
+        };
+        let mut on_event = |b: usize, event: Decoding<'_>| match &member {
+            Some((_, m)) => m.away(|| on_event(b, event)),
+            None => on_event(b, event),
+        };
         timings.prefills = 1;
         let sampling = (options.temperature > 0.0).then_some(SamplingParams {
             temperature: options.temperature,
@@ -406,9 +449,9 @@ impl Voxtral {
             let step = sequences[0].generation.ids.len();
             let _span = tracing::trace_span!("decoder_step", step).entered();
             let t0 = Instant::now();
-            let logits = network.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?;
             let mut next = Vec::with_capacity(batch);
-            for (b, (sequence, mut logits)) in sequences.iter_mut().zip(logits).enumerate() {
+            let rows = std::mem::take(&mut logits);
+            for (b, (sequence, mut logits)) in sequences.iter_mut().zip(rows).enumerate() {
                 if !sequence.going {
                     // A finished sequence keeps its row (its output is not read).
                     next.push(eos);
@@ -448,7 +491,13 @@ impl Voxtral {
                 break;
             }
             let x = network.embed(&next)?.reshape((batch, 1, ()))?;
-            hidden = network.decode(&mut state, &x, None)?;
+            logits = match &member {
+                Some((batcher, member)) => vec![batcher.step(member, network, &mut state, &x)?],
+                None => {
+                    let hidden = network.decode(&mut state, &x, None)?;
+                    network.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?
+                }
+            };
             timings.steps_ms += ms(t0);
             timings.steps += 1;
             timings.steps_kv_bytes += state.attended_bytes();

@@ -7,6 +7,7 @@
 //! prompt's token embeddings (1, T, 3072) → decoder (1, T, 3072) → head (131 072).
 
 use super::config::{Config, Layout};
+use crate::batching::RowDecoder;
 use crate::mistral_stack::{
     DecoderNames, Extras, StackNames, StackState, TextDecoder, MISTRAL_LAYER,
 };
@@ -290,6 +291,16 @@ impl VoxtralModel {
     /// Logits (…, vocab) of final-norm hidden states (…, dim).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.decoder.logits(hidden)
+    }
+}
+
+impl RowDecoder for VoxtralModel {
+    type State = StackState;
+
+    /// One step of each of several requests, x (rows, 1, dim), row i continuing `states[i]`
+    /// (each of batch 1, at its own position) → logits (rows, 1, vocab).
+    fn step_rows(&self, states: &mut [&mut StackState], x: &Tensor) -> Result<Tensor> {
+        self.logits(&self.decoder.stack.forward_rows(x, states, None)?)
     }
 }
 

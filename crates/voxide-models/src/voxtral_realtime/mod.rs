@@ -11,23 +11,22 @@
 //! number of streams, each with its own [`RealtimeStream`] state (whisper.cpp's split of
 //! `whisper_context` and `whisper_state`).
 
-pub mod batcher;
 pub mod config;
 pub mod model;
 pub mod stream;
 
-pub use batcher::StepBatcher;
 pub use config::{Config, Layout};
 pub use model::VoxtralRealtimeModel;
 pub use stream::{RealtimeStream, StreamOptions, StreamToken};
 
-use crate::batching::BatchStats;
+use crate::batching::{BatchStats, StepBatcher};
 use crate::error::require;
 use crate::error::Error;
 use crate::mistral_stack::load_network;
 use crate::tekken::{AudioSection, Tekken};
 use crate::{Progress, Result, Segment, Timings, Transcript};
 use candle_core::Device;
+use model::NetworkState;
 use std::path::Path;
 use voxide_audio::WhisperMel;
 use voxide_nn::linear::WeightFormat;
@@ -60,7 +59,7 @@ pub struct VoxtralRealtime {
     audio: AudioSection,
     /// Where concurrent streams' decoder steps are taken together
     /// ([`Self::batch_concurrent_steps`]).
-    batcher: Option<StepBatcher>,
+    batcher: Option<StepBatcher<NetworkState>>,
 }
 
 impl VoxtralRealtime {
@@ -248,7 +247,7 @@ impl VoxtralRealtime {
     }
 
     /// Takes the decoder steps of concurrent streams (and [`Self::transcribe`] calls) together,
-    /// up to `max_rows` a batch ([`batcher`]: each matrix read once for all; each stream's ids
+    /// up to `max_rows` a batch ([`StepBatcher`]: each matrix read once for all; each stream's ids
     /// the same as alone); 1 turns it off. Set before the model is shared.
     pub fn batch_concurrent_steps(&mut self, max_rows: usize) {
         self.batcher = (max_rows > 1).then(|| StepBatcher::new(max_rows));
@@ -259,7 +258,7 @@ impl VoxtralRealtime {
         self.batcher.as_ref().map(StepBatcher::stats)
     }
 
-    pub(crate) fn batcher(&self) -> Option<&StepBatcher> {
+    pub(crate) fn batcher(&self) -> Option<&StepBatcher<NetworkState>> {
         self.batcher.as_ref()
     }
 

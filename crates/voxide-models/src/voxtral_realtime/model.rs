@@ -7,6 +7,7 @@
 //! decoder (1, N, 3072) → tied head (131 072).
 
 use super::config::{Config, Layout};
+use crate::batching::RowDecoder;
 use crate::mistral_stack::{
     DecoderNames, Extras, Stack, StackNames, StackState, TextDecoder, MISTRAL_LAYER,
 };
@@ -375,5 +376,13 @@ impl VoxtralRealtimeModel {
     /// The decoder's FFN gains of a stream (1 + scale per layer), for tests.
     pub fn gains<'a>(&self, state: &'a NetworkState) -> &'a [Tensor] {
         &state.gains
+    }
+}
+
+impl RowDecoder for VoxtralRealtimeModel {
+    type State = NetworkState;
+
+    fn step_rows(&self, states: &mut [&mut NetworkState], x: &Tensor) -> Result<Tensor> {
+        self.logits(&self.decode_rows(states, x)?)
     }
 }

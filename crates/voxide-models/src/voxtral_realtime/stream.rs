@@ -11,9 +11,9 @@
 //! adds `delay + 1 + 10` tokens of silence; the last position is never fed (transformers'
 //! `max_length` is the number of audio positions). Chunking never changes the result.
 
-use super::batcher::Member;
 use super::model::NetworkState;
 use super::VoxtralRealtime;
+use crate::batching::StepMember;
 use crate::tekken::TekkenDecoder;
 use crate::{Result, Timings};
 use candle_core::{DType, Tensor};
@@ -184,7 +184,7 @@ impl<'m> RealtimeStream<'m> {
             return Ok(String::new());
         }
         // At work on the model until this call returns, where its steps batch with other
-        // streams' ([`super::batcher`]).
+        // streams' ([`crate::batching::StepBatcher`]).
         let member = self.model.batcher().map(|b| b.join());
         let model = self.model.network();
         let n_mels = model.config().num_mel_bins;
@@ -281,8 +281,8 @@ impl<'m> RealtimeStream<'m> {
     }
 
     /// Decodes every position whose audio vector is there; with `member`, the prefill runs
-    /// alone and each step in a batch with other streams' ([`super::batcher`]).
-    fn run_decoder(&mut self, member: Option<&Member<'_>>) -> Result<String> {
+    /// alone and each step in a batch with other streams'.
+    fn run_decoder(&mut self, member: Option<&StepMember<'_, NetworkState>>) -> Result<String> {
         let model = self.model.network();
         let mut text = String::new();
         while !self.stopped {
@@ -316,7 +316,7 @@ impl<'m> RealtimeStream<'m> {
                     let stepped = batcher.step(member, model, &mut self.net, &x);
                     // A failed batch may keep the stream's state: it decodes no more.
                     self.stopped |= stepped.is_err();
-                    stepped?
+                    argmax(&stepped?) as u32
                 }
                 _ => alone(member, || self.next_id(&x, n))?,
             };
@@ -363,7 +363,7 @@ impl RealtimeStream<'_> {
 }
 
 /// Runs `f` where no other stream's unbatched work runs, if the stream batches.
-fn alone<T>(member: Option<&Member<'_>>, f: impl FnOnce() -> T) -> T {
+fn alone<T>(member: Option<&StepMember<'_, NetworkState>>, f: impl FnOnce() -> T) -> T {
     match member {
         Some(m) => m.alone(f),
         None => f(),
