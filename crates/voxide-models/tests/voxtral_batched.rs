@@ -10,7 +10,6 @@ use common::{ids, samples};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
 use voxide_models::voxtral::{Content, GenerateOptions, Message, Role, Voxtral};
 use voxide_nn::linear::WeightFormat;
 
@@ -110,20 +109,7 @@ fn concurrent_requests_batched_generate_what_each_generates_alone() {
         assert!(alone.iter().skip(1).all(|a| a.0 != alone[0].0), "{what}");
         assert_eq!(model.batch_stats(), None);
         model.batch_concurrent_steps(4);
-        let start = Barrier::new(requests.len());
-        let together: Vec<_> = std::thread::scope(|s| {
-            let runs: Vec<_> = requests
-                .iter()
-                .map(|request| {
-                    let (model, start) = (&model, &start);
-                    s.spawn(move || {
-                        start.wait();
-                        answer(model, request)
-                    })
-                })
-                .collect();
-            runs.into_iter().map(|r| r.join().unwrap()).collect()
-        });
+        let together = common::at_once(&requests, |request| answer(&model, request));
         for (i, (got, want)) in together.iter().zip(&alone).enumerate() {
             assert_eq!(got, want, "{what}: request {i}");
         }

@@ -10,7 +10,6 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
 use voxide_models::voxtral_realtime::{StreamOptions, VoxtralRealtime};
 use voxide_nn::linear::WeightFormat;
 
@@ -112,20 +111,7 @@ fn concurrent_streams_batched_decode_what_each_decodes_alone() {
         assert!(alone[0] != alone[3] && alone[1] != alone[2], "{what}");
         assert_eq!(model.batch_stats(), None);
         model.batch_concurrent_steps(4);
-        let start = Barrier::new(inputs.len());
-        let together: Vec<Vec<u32>> = std::thread::scope(|s| {
-            let streams: Vec<_> = inputs
-                .iter()
-                .map(|input| {
-                    let (model, start) = (&model, &start);
-                    s.spawn(move || {
-                        start.wait();
-                        decode(model, input)
-                    })
-                })
-                .collect();
-            streams.into_iter().map(|s| s.join().unwrap()).collect()
-        });
+        let together = common::at_once(&inputs, |input| decode(&model, input));
         for (i, (got, want)) in together.iter().zip(&alone).enumerate() {
             assert_eq!(got, want, "{what}: stream {i}");
         }

@@ -462,20 +462,9 @@ fn concurrent_transcriptions_batched_give_what_each_gives_alone() {
 
     let mut batched = pipeline();
     batched.batch_concurrent_windows(4);
-    let start = std::sync::Barrier::new(clips.len());
-    let together: Vec<_> = std::thread::scope(|s| {
-        let runs: Vec<_> = clips
-            .iter()
-            .zip(&opts)
-            .map(|(c, o)| {
-                let (p, start) = (&batched, &start);
-                s.spawn(move || {
-                    start.wait();
-                    p.transcribe(c, o, &mut |_| true).unwrap().0
-                })
-            })
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    let calls: Vec<_> = clips.iter().zip(&opts).collect();
+    let together = common::at_once(&calls, |(c, o)| {
+        batched.transcribe(c, o, &mut |_| true).unwrap().0
     });
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         assert!(a.segments.len() > 1, "clip {i}");

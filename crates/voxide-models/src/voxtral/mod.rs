@@ -17,7 +17,7 @@ pub use model::VoxtralModel;
 pub use prompt::{Content, Message, Role};
 pub use voxide_nn::sampling::TokenLogprobs;
 
-use crate::batching::{BatchStats, StepBatcher};
+use crate::batching::{BatchStats, StepBatcher, StepMember};
 use crate::error::{require, Error};
 use crate::mistral_stack::load_network;
 use crate::mistral_stack::StackState;
@@ -330,7 +330,20 @@ impl Voxtral {
         options: &GenerateOptions,
         on_event: &mut dyn FnMut(Decoding<'_>) -> bool,
     ) -> Result<Generation> {
-        let mut generations = self.generate_batch(
+        self.generate_as(self.join().as_ref(), prompt, audio, options, on_event)
+    }
+
+    /// [`Self::generate`] as `member` of the requests whose steps batch.
+    fn generate_as(
+        &self,
+        member: Option<&StepMember<'_, StackState>>,
+        prompt: &[u32],
+        audio: &Tensor,
+        options: &GenerateOptions,
+        on_event: &mut dyn FnMut(Decoding<'_>) -> bool,
+    ) -> Result<Generation> {
+        let mut generations = self.generate_sequences(
+            member,
             prompt,
             std::slice::from_ref(audio),
             &[options.max_new_tokens],
@@ -338,6 +351,12 @@ impl Voxtral {
             &mut |_, event| on_event(event),
         )?;
         Ok(generations.pop().expect("one audio, one generation"))
+    }
+
+    /// Counts a request of one audio in where requests batch, for the whole of it (encoders,
+    /// prompt, steps): batches wait for its steps while it is at work.
+    fn join(&self) -> Option<StepMember<'_, StackState>> {
+        self.batcher.as_ref().map(StepBatcher::join)
     }
 
     /// [`Self::generate`] for several audios after one `prompt`, side by side, each with its
@@ -349,6 +368,20 @@ impl Voxtral {
     /// them all. The batch's timings go with the first generation.
     pub fn generate_batch(
         &self,
+        prompt: &[u32],
+        audios: &[Tensor],
+        budgets: &[usize],
+        options: &GenerateOptions,
+        on_event: &mut dyn FnMut(usize, Decoding<'_>) -> bool,
+    ) -> Result<Vec<Generation>> {
+        self.generate_sequences(None, prompt, audios, budgets, options, on_event)
+    }
+
+    /// [`Self::generate_batch`]; a batch of one audio takes its steps with other requests'
+    /// as `member`.
+    fn generate_sequences(
+        &self,
+        member: Option<&StepMember<'_, StackState>>,
         prompt: &[u32],
         audios: &[Tensor],
         budgets: &[usize],
@@ -412,14 +445,9 @@ impl Voxtral {
         timings.prefill_ms = ms(t0);
         // A request of one audio, where requests batch, takes its steps with the others'
         // (its events heard away from the model: a slow client holds no batch up).
-        let member = match &self.batcher {
-            Some(batcher) if batch == 1 => Some((batcher, batcher.join())),
-            _ => None,
-        };
-        let mut on_event = |b: usize, event: Decoding<'_>| match &member {
-            Some((_, m)) => m.away(|| on_event(b, event)),
-            None => on_event(b, event),
-        };
+        let member = self.batcher.as_ref().zip(member.filter(|_| batch == 1));
+        let mut on_event =
+            |b: usize, event: Decoding<'_>| away(member.map(|m| m.1), || on_event(b, event));
         timings.prefills = 1;
         let sampling = (options.temperature > 0.0).then_some(SamplingParams {
             temperature: options.temperature,
@@ -660,27 +688,34 @@ impl Voxtral {
         progress: &mut dyn FnMut(Progress<'_>) -> bool,
     ) -> Result<(Transcript, Timings)> {
         let mut timings = Timings::default();
+        let member = self.join();
         // Before the first token, `progress` hears of each window and prefill block, so that
         // a caller gone stops the work there.
         let audio = self.audio_embeddings(samples, &mut timings, &mut || {
-            progress(Progress::NOTHING_YET)
+            away(member.as_ref(), || progress(Progress::NOTHING_YET))
         })?;
         // The answer's length is unknown until `</s>`: progress counts against the budget.
         let mut generated = 0;
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
         let mut said = String::new();
-        let generation = self.generate(prompt, &audio, options, &mut |event| match event {
-            Decoding::Prefilled => progress(Progress::NOTHING_YET),
-            Decoding::Token(id, _) => {
-                generated += 1;
-                said.push_str(&decoder.push(id));
-                progress(Progress {
-                    fraction: generated as f64 / options.max_new_tokens.max(1) as f64,
-                    segments: &[],
-                    pending: said.trim_start(),
-                })
-            }
-        })?;
+        let generation = self.generate_as(
+            member.as_ref(),
+            prompt,
+            &audio,
+            options,
+            &mut |event| match event {
+                Decoding::Prefilled => progress(Progress::NOTHING_YET),
+                Decoding::Token(id, _) => {
+                    generated += 1;
+                    said.push_str(&decoder.push(id));
+                    progress(Progress {
+                        fraction: generated as f64 / options.max_new_tokens.max(1) as f64,
+                        segments: &[],
+                        pending: said.trim_start(),
+                    })
+                }
+            },
+        )?;
         if generation.stop == Stop::Cancelled {
             return Err(Error::Cancelled);
         }
@@ -703,6 +738,7 @@ impl Voxtral {
         on_text: &mut dyn FnMut(&str, Option<&TokenLogprobs>) -> bool,
     ) -> Result<(String, Generation)> {
         let mut timings = Timings::default();
+        let member = self.join();
         let mut audio = Vec::new();
         let mut messages = messages.to_vec();
         let mut clip = clips.iter();
@@ -731,16 +767,30 @@ impl Voxtral {
             false => Tensor::cat(&audio, 0)?,
         };
         let mut decoder = TekkenDecoder::new(&self.tokenizer);
-        let mut generation = self.generate(&prompt, &audio, options, &mut |event| match event {
-            Decoding::Prefilled => true,
-            Decoding::Token(id, logprobs) => on_text(&decoder.push(id), logprobs),
-        })?;
+        let mut generation = self.generate_as(
+            member.as_ref(),
+            &prompt,
+            &audio,
+            options,
+            &mut |event| match event {
+                Decoding::Prefilled => true,
+                Decoding::Token(id, logprobs) => on_text(&decoder.push(id), logprobs),
+            },
+        )?;
         let rest = decoder.finish();
         if !rest.is_empty() && generation.stop != Stop::Cancelled {
             on_text(&rest, None);
         }
         generation.timings = with_audio_timings(generation.timings, &timings);
         Ok((self.tokenizer.decode(&generation.ids), generation))
+    }
+}
+
+/// Runs `f` away from the model where `member` batches (a caller's callback, which may block).
+fn away<T>(member: Option<&StepMember<'_, StackState>>, f: impl FnOnce() -> T) -> T {
+    match member {
+        Some(m) => m.away(f),
+        None => f(),
     }
 }
 

@@ -72,3 +72,22 @@ pub fn ids(t: &Tensor) -> Vec<u32> {
 pub fn samples(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
+
+/// `f` of each item, each on a thread of its own, all started at once (concurrent calls on one
+/// model): the results in the items' order.
+pub fn at_once<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let start = std::sync::Barrier::new(items.len());
+    std::thread::scope(|s| {
+        let runs: Vec<_> = items
+            .iter()
+            .map(|item| {
+                let (start, f) = (&start, &f);
+                s.spawn(move || {
+                    start.wait();
+                    f(item)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    })
+}
