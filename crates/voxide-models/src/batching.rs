@@ -1,7 +1,7 @@
 //! The work of concurrent calls on one model, run in batches: a server's dynamic batching
 //! (vLLM batches the steps of concurrent requests). Each call joins the model's
 //! [`Rendezvous`] and hands it every unit of work that batches (a Whisper window, a Voxtral
-//! Realtime decoder step); once every call at work on the model waits on one, the last to
+//! decoder step: [`StepBatcher`]); once every call at work on the model waits on one, the last to
 //! arrive runs all that wait, in as many batches as the model makes of them, and hands each
 //! result back. A call away from the model (waiting for audio, or in a caller's callback) holds
 //! no batch up; the calls' unbatched work (encoders) runs one call at a time, and not beside

@@ -410,6 +410,11 @@ impl Voxtral {
         }
         let network = &self.network;
         let batch = audios.len();
+        // A request of one audio, where requests batch, takes its steps with the others'
+        // (its events heard away from the model: a slow client holds no batch up).
+        let member = self.batcher.as_ref().zip(member.filter(|_| batch == 1));
+        let mut on_event =
+            |b: usize, event: Decoding<'_>| away(member.map(|m| m.1), || on_event(b, event));
         let embeds = audios
             .iter()
             .map(|audio| network.merge(prompt, audio))
@@ -443,11 +448,6 @@ impl Voxtral {
         let hidden = last.narrow(1, last.dim(1)? - 1, 1)?;
         let mut logits = network.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?;
         timings.prefill_ms = ms(t0);
-        // A request of one audio, where requests batch, takes its steps with the others'
-        // (its events heard away from the model: a slow client holds no batch up).
-        let member = self.batcher.as_ref().zip(member.filter(|_| batch == 1));
-        let mut on_event =
-            |b: usize, event: Decoding<'_>| away(member.map(|m| m.1), || on_event(b, event));
         timings.prefills = 1;
         let sampling = (options.temperature > 0.0).then_some(SamplingParams {
             temperature: options.temperature,
