@@ -670,3 +670,84 @@ fn an_idle_session_is_told_before_it_is_closed() {
     assert!(message.contains("--request-timeout-s"), "{message}");
     assert_eq!(close_code(&mut socket), 1001, "going away");
 }
+
+/// `--max-batch-size 3`: three live Voxtral Realtime sessions at once, their steps taken
+/// together, each send the deltas and transcript of the model's own stream alone.
+#[test]
+fn concurrent_voxtral_sessions_batched_stream_what_each_streams_alone() {
+    let mut models = voxide_server::Registry::new();
+    let spec = format!(
+        "voxtral={}",
+        crate::root()
+            .join("tests/fixtures/voxtral-realtime/tiny-random-hf")
+            .display()
+    );
+    models.load(&spec.parse().unwrap(), None).unwrap();
+    assert_eq!(models.batch_concurrent_decodes(3).unwrap(), ["voxtral"]);
+    let server = TestServer::serving(models, ServerConfig::default(), |c| {
+        c.limits.max_concurrency = 3;
+    });
+    let jfk = jfk_16k();
+    let clips: Vec<Vec<f32>> = [(0, 4), (3, 7), (6, 9)]
+        .iter()
+        .map(|&(from, to)| quantized(&jfk[from * 16000..to * 16000]))
+        .collect();
+    // Each clip alone, through the unbatched fixture's own stream.
+    let voxtral = transcriber("voxtral");
+    let alone: Vec<String> = clips
+        .iter()
+        .map(|clip| {
+            let mut stream = voxtral
+                .stream(&TranscribeRequest::default())
+                .unwrap()
+                .unwrap();
+            let mut text: String = clip.chunks(512).map(|w| stream.push(w).unwrap()).collect();
+            text.push_str(&stream.finish().unwrap());
+            text
+        })
+        .collect();
+    assert!(alone[0] != alone[1] && alone[1] != alone[2]);
+    let session = |clip: &Vec<f32>| -> String {
+        let mut socket = connect(&server, "?intent=transcription&model=voxtral", &[]);
+        assert_eq!(next(&mut socket)["type"], "session.created");
+        send(
+            &mut socket,
+            json!({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": null}}}}),
+        );
+        assert_eq!(next(&mut socket)["type"], "session.updated");
+        append_all(&mut socket, clip, 1280);
+        send(&mut socket, json!({"type": "input_audio_buffer.commit"}));
+        until(
+            &mut socket,
+            "conversation.item.input_audio_transcription.completed",
+        )
+        .iter()
+        .filter(|e| e["type"] == "conversation.item.input_audio_transcription.delta")
+        .map(|e| e["delta"].as_str().unwrap().to_string())
+        .collect()
+    };
+    let start = std::sync::Barrier::new(clips.len());
+    let together: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = clips
+            .iter()
+            .map(|clip| {
+                let (start, session) = (&start, &session);
+                s.spawn(move || {
+                    start.wait();
+                    session(clip)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+    let metrics = server.get("/metrics").text();
+    let steps: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("voxide_batched_decodes_total{id=\"voxtral\"} "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(steps > 3 * 40, "{metrics}");
+}
