@@ -36,6 +36,25 @@ pub fn vad_model() -> PathBuf {
     root().join("../shared/assets/silero-vad/for-tests-silero-v6.2.0-ggml.bin")
 }
 
+/// `f` of each item, each on a thread of its own, all started at once (concurrent clients):
+/// the results in the items' order.
+pub fn at_once<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let start = std::sync::Barrier::new(items.len());
+    std::thread::scope(|s| {
+        let runs: Vec<_> = items
+            .iter()
+            .map(|item| {
+                let (start, f) = (&start, &f);
+                s.spawn(move || {
+                    start.wait();
+                    f(item)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    })
+}
+
 /// The fixtures, loaded once for every test: `whisper-1`, `tts-1`, `voxtral`, `voxtral-mini`,
 /// `tts-clone` with the voice `alice`, and the VAD.
 pub fn models() -> Registry {

@@ -727,20 +727,7 @@ fn concurrent_voxtral_sessions_batched_stream_what_each_streams_alone() {
         .map(|e| e["delta"].as_str().unwrap().to_string())
         .collect()
     };
-    let start = std::sync::Barrier::new(clips.len());
-    let together: Vec<String> = std::thread::scope(|s| {
-        let runs: Vec<_> = clips
-            .iter()
-            .map(|clip| {
-                let (start, session) = (&start, &session);
-                s.spawn(move || {
-                    start.wait();
-                    session(clip)
-                })
-            })
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).collect()
-    });
+    let together = crate::at_once(&clips, session);
     assert_eq!(together, alone);
     let metrics = server.get("/metrics").text();
     let steps: usize = metrics

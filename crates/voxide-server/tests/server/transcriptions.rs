@@ -449,20 +449,7 @@ fn concurrent_requests_are_decoded_in_batches_and_answer_as_alone() {
             "{model}: {decodes} {batches}"
         );
 
-        let start = std::sync::Barrier::new(forms.len());
-        let together: Vec<Value> = std::thread::scope(|s| {
-            let runs: Vec<_> = forms
-                .iter()
-                .map(|form| {
-                    let (start, post) = (&start, &post);
-                    s.spawn(move || {
-                        start.wait();
-                        post(form)
-                    })
-                })
-                .collect();
-            runs.into_iter().map(|r| r.join().unwrap()).collect()
-        });
+        let together = crate::at_once(&forms, post);
         for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
             // Whisper's windows carry timestamps; the fixture's Realtime ids, some text.
             let segments = a["segments"].as_array().unwrap().len();
