@@ -31,10 +31,11 @@ pub struct ServeArgs {
     /// --max-batch-size).
     #[arg(long, value_name = "N")]
     max_concurrency: Option<usize>,
-    /// Decode the 30 s windows of up to N concurrent requests together (Whisper models): each
-    /// decoder step reads the weights once for all of them, for more throughput under load
-    /// and each transcript the same as alone. Lets N requests run at once unless
-    /// --max-concurrency says otherwise (at least N).
+    /// Decode up to N concurrent requests together (Whisper: their 30 s windows; the Voxtrals:
+    /// their decoder steps, realtime sessions' too, at most 8 a step): each decoder step reads
+    /// the weights once for all of them, for more throughput under load and each transcript
+    /// the same as alone. Lets N requests run at once unless --max-concurrency says otherwise
+    /// (at least N).
     #[arg(long, value_name = "N", default_value_t = 1)]
     max_batch_size: usize,
     /// Requests waiting for a slot; more are answered 429 at once.

@@ -79,8 +79,9 @@ pub struct TranscribeArgs {
     /// silences); with --clip-timestamps, each stretch a chunk (the first 30 s of it heard).
     /// Faster on long files; no text is carried from one chunk into the next. Voxtral Mini 3B
     /// decodes its stretches (of --vad or --clip-timestamps) N at a time, each as alone.
-    /// Whisper over several files without either: N files at a time, their windows decoded
-    /// together, each transcript the same as alone (printed in the files' order).
+    /// Several files without either: N files at a time, their windows (Whisper) or decoder
+    /// steps (the Voxtrals, at most 8 a step) decoded together, each transcript the same as
+    /// alone (printed in the files' order).
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
     /// Silero VAD weights for --vad (ggml or ONNX; default: $VOXIDE_VAD_MODEL, else

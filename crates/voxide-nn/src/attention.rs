@@ -364,8 +364,7 @@ impl Attention {
             .enumerate()
             .map(|(i, cache)| self.attend_row(&projected.narrow(0, i, 1)?, cache, with_rope(i)))
             .collect::<Result<Vec<_>>>()?;
-        self.o
-            .forward(&Tensor::cat(&outs, 0)?.reshape((rows, 1, self.n_heads * self.head_dim))?)
+        self.output(&Tensor::cat(&outs, 0)?)
     }
 
     /// One position of one sequence, x (1, 1, dim) at the cache's next position, against
@@ -378,9 +377,13 @@ impl Attention {
         cache: &mut KvCache,
         rope: Option<(&RotaryEmbedding, usize)>,
     ) -> Result<Tensor> {
-        let out = self.attend_row(&self.project_steps(x)?, cache, rope)?;
+        self.output(&self.attend_row(&self.project_steps(x)?, cache, rope)?)
+    }
+
+    /// The output projection of attention rows (rows, heads · head_dim): (rows, 1, dim).
+    fn output(&self, rows: &Tensor) -> Result<Tensor> {
         self.o
-            .forward(&out.reshape((1, 1, self.n_heads * self.head_dim))?)
+            .forward(&rows.reshape((rows.dim(0)?, 1, self.n_heads * self.head_dim))?)
     }
 
     /// x (rows, 1, dim) → each row's [q; k; v] (rows, q_dim + 2 · kv_dim), in one product.
@@ -442,9 +445,7 @@ impl Attention {
     fn forward_cross_step(&self, x: &Tensor, kv: &CrossKv) -> Result<Tensor> {
         let q = self.cross_projections()?.0.forward(x)?;
         let q = q.reshape((1, self.n_heads * self.head_dim))?;
-        let out = self.attention_of_row(&q, &kv.k, &kv.v)?;
-        self.o
-            .forward(&out.reshape((1, 1, self.n_heads * self.head_dim))?)
+        self.output(&self.attention_of_row(&q, &kv.k, &kv.v)?)
     }
 
     /// The attention of one query row (1, heads · head_dim) over k, v (1, kv_heads, s,

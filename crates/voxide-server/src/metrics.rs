@@ -194,7 +194,7 @@ impl Metrics {
         family(
             "voxide_batched_decodes_total",
             "counter",
-            "Windows (Whisper) or decoder steps (Voxtral Realtime) of concurrent transcriptions decoded in batches (serve --max-batch-size), by model.",
+            "Windows (Whisper) or decoder steps (the Voxtrals) of concurrent transcriptions decoded in batches (serve --max-batch-size), by model.",
             batches
                 .iter()
                 .map(|(id, s)| format!("voxide_batched_decodes_total{{id=\"{id}\"}} {}", s.decodes))
