@@ -190,6 +190,22 @@ impl<J, R> Member<'_, J, R> {
     }
 }
 
+/// [`Member::away`] where the call is a member, else `f` as it is.
+pub fn away<T, J, R>(member: Option<&Member<'_, J, R>>, f: impl FnOnce() -> T) -> T {
+    match member {
+        Some(m) => m.away(f),
+        None => f(),
+    }
+}
+
+/// [`Member::alone`] where the call is a member, else `f` as it is.
+pub fn alone<T, J, R>(member: Option<&Member<'_, J, R>>, f: impl FnOnce() -> T) -> T {
+    match member {
+        Some(m) => m.alone(f),
+        None => f(),
+    }
+}
+
 impl<J, R> Drop for Member<'_, J, R> {
     fn drop(&mut self) {
         self.rendezvous.lock().working -= 1;

@@ -17,7 +17,7 @@ pub use model::VoxtralModel;
 pub use prompt::{Content, Message, Role};
 pub use voxide_nn::sampling::TokenLogprobs;
 
-use crate::batching::{BatchStats, StepBatcher, StepMember};
+use crate::batching::{away, BatchStats, StepBatcher, StepMember};
 use crate::error::{require, Error};
 use crate::mistral_stack::load_network;
 use crate::mistral_stack::StackState;
@@ -783,14 +783,6 @@ impl Voxtral {
         }
         generation.timings = with_audio_timings(generation.timings, &timings);
         Ok((self.tokenizer.decode(&generation.ids), generation))
-    }
-}
-
-/// Runs `f` away from the model where `member` batches (a caller's callback, which may block).
-fn away<T>(member: Option<&StepMember<'_, StackState>>, f: impl FnOnce() -> T) -> T {
-    match member {
-        Some(m) => m.away(f),
-        None => f(),
     }
 }
 

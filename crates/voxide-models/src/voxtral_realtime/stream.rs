@@ -13,7 +13,7 @@
 
 use super::model::NetworkState;
 use super::VoxtralRealtime;
-use crate::batching::StepMember;
+use crate::batching::{alone, StepMember};
 use crate::tekken::TekkenDecoder;
 use crate::{Result, Timings};
 use candle_core::{DType, Tensor};
@@ -359,14 +359,6 @@ impl RealtimeStream<'_> {
         let last = hidden.narrow(1, n - 1, 1)?;
         let logits = model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(argmax(&logits) as u32)
-    }
-}
-
-/// Runs `f` where no other stream's unbatched work runs, if the stream batches.
-fn alone<T>(member: Option<&StepMember<'_, NetworkState>>, f: impl FnOnce() -> T) -> T {
-    match member {
-        Some(m) => m.alone(f),
-        None => f(),
     }
 }
 

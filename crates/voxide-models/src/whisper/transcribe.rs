@@ -11,7 +11,7 @@ use super::model::Whisper;
 use super::timing::{self, TimedSegment, APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS};
 use super::tokenizer::Tokenizer;
 use super::{HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
-use crate::batching::BatchStats;
+use crate::batching::{alone, away, BatchStats};
 use crate::error::{Error, Result};
 use crate::transcript::{clip_stretches, Progress, Segment, Timings, Transcript};
 use candle_core::{Device, Tensor};
@@ -316,10 +316,7 @@ impl WhisperPipeline {
         )?;
         let member = self.batcher.as_ref().map(WindowBatcher::join);
         // The caller's callback may block (a slow client): no batch waits for it.
-        let mut told = |p: Progress<'_>| match &member {
-            Some(m) => m.away(|| progress(p)),
-            None => progress(p),
-        };
+        let mut told = |p: Progress<'_>| away(member.as_ref(), || progress(p));
         let progress: &mut dyn FnMut(Progress<'_>) -> bool = &mut told;
         let mut timings = Timings::default();
         let start = Instant::now();
@@ -347,10 +344,7 @@ impl WhisperPipeline {
                 (self.model.encode(&window), ms(clock))
             };
             // Where encoders take turns, timed once this one's turn has come.
-            let (features, encoder_ms) = match &member {
-                Some(m) => m.alone(timed),
-                None => timed(),
-            };
+            let (features, encoder_ms) = alone(member.as_ref(), timed);
             let features = features?;
             timings.encoder_ms += encoder_ms;
             timings.encoder_calls += 1;

@@ -307,11 +307,11 @@ impl IntDot for Avx512Vnni {
     const PAIRS: usize = 32;
     #[inline(always)]
     unsafe fn izero() -> Self::I {
-        _mm512_setzero_si512()
+        Avx512::izero()
     }
     #[inline(always)]
     unsafe fn load_x(p: *const i16) -> Self::X {
-        _mm512_loadu_si512(p as *const __m512i)
+        Avx512::load_x(p)
     }
     #[inline(always)]
     unsafe fn madd(acc: Self::I, w: *const i8, x: Self::X) -> Self::I {
@@ -320,7 +320,7 @@ impl IntDot for Avx512Vnni {
     }
     #[inline(always)]
     unsafe fn to_f32(v: Self::I) -> <Self::S as Simd>::V {
-        _mm512_cvtepi32_ps(v)
+        Avx512::to_f32(v)
     }
 }
 
