@@ -7,7 +7,7 @@ use crate::kernels::attention_many_rows::{ManyRowsAttention, Products};
 use crate::kernels::machine::CycleBytes;
 use crate::kernels::ops::{to_dtype_contiguous, SoftmaxLastDimInPlace};
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::small_m::native_bf16;
+use crate::kernels::small_m::bf16_dots_pay;
 use crate::kernels::step_heads::{QkNorm, StepHeads, WriteHeads, MAX_HEAD_DIM};
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, LinearStack, WeightFormat};
@@ -184,11 +184,11 @@ impl Attention {
 
     /// The kernel an attention of many rows (a window, a causal prompt) takes
     /// (`kernels::attention_many_rows`): bf16 dot products where the layer computes in bf16
-    /// and the CPU takes them (`native_bf16`), else f32 where the CPU has AVX-512 or AVX2;
+    /// and the CPU takes them (`bf16_dots_pay`: not AMX's tiles), else f32 where the CPU has AVX-512 or AVX2;
     /// none (candle's f32 GEMMs) elsewhere.
     #[cfg(target_arch = "x86_64")]
     fn many_rows_kernel(&self, head_dim: usize) -> Option<ManyRowsAttention> {
-        let bf16 = (self.bf16_products && native_bf16()).then_some(Products::Bf16);
+        let bf16 = (self.bf16_products && bf16_dots_pay()).then_some(Products::Bf16);
         bf16.into_iter()
             .chain([Products::F32])
             .find_map(|products| ManyRowsAttention::new(products, head_dim))
@@ -792,7 +792,7 @@ mod tests {
         let range = want.abs()?.max_all()?.to_scalar::<f32>()?;
         let moved = ((&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()? / range) as f64;
         println!("bf16 attention against f32 attention: {moved:.3e} of the range");
-        if crate::kernels::small_m::native_bf16() {
+        if crate::kernels::small_m::bf16_dots_pay() {
             assert!(moved > 1e-4 && moved < 2e-2, "{moved}");
         } else {
             assert_eq!(moved, 0.0);
@@ -827,7 +827,7 @@ mod tests {
         let mut bf16_layer = layer(64, 4, 2, &dev)?.to_format(WeightFormat::Bf16)?;
         assert_eq!(products(&bf16_layer, 16), f32_kernel);
         bf16_layer.set_chunk_invariant();
-        let bf16_kernel = if native_bf16() {
+        let bf16_kernel = if bf16_dots_pay() {
             Some(Products::Bf16)
         } else {
             f32_kernel

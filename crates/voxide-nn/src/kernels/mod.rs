@@ -3,6 +3,8 @@
 
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
+pub mod amx_bf16;
+#[cfg(target_arch = "x86_64")]
 pub mod attention_many_rows;
 pub mod bandwidth;
 pub mod conv_gemm;

@@ -10,7 +10,7 @@ use super::fma_peak;
 use super::gemv::{check_operands, OutPtr, WeightMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 #[cfg(target_arch = "x86_64")]
-use super::{small_m_bf16, small_m_int8};
+use super::{amx_bf16, small_m_bf16, small_m_int8};
 use rayon::prelude::*;
 
 /// Most rows of x the dispatch in [`crate::Linear`] sends here on NEON and the portable path;
@@ -55,6 +55,17 @@ pub fn integer_int8() -> bool {
 /// once per process; the rates of the CPUs measured so far are at
 /// [`fma_peak::BF16_DOTS_MIN_GAIN`]). [`matmul_rows_alike`] takes it.
 pub fn native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if amx_bf16::runs() && small_m_bf16::runs() {
+        return true;
+    }
+    bf16_dots_pay()
+}
+
+/// Whether bf16 dot products (`vdpbf16ps`) multiply-add fast enough against this CPU's f32 FMAs
+/// to pay for rounding and packing x ([`fma_peak::bf16_dots`]): the bf16 form of the attention
+/// of many rows takes them only then, AMX or not.
+pub fn bf16_dots_pay() -> bool {
     fma_peak::bf16_dots().is_some_and(|d| d.pay())
 }
 
@@ -73,7 +84,11 @@ pub fn matmul_rows_alike<E: WeightElem>(
     #[cfg(target_arch = "x86_64")]
     if let Some(data) = E::as_bf16(w.data).filter(|_| native_bf16()) {
         check_operands(x, w, bias, y, m);
-        return small_m_bf16::matmul(x, &w.as_elements(data), bias, y, m);
+        let w = w.as_elements(data);
+        if amx_bf16::runs() && amx_bf16::fits(w.cols) {
+            return amx_bf16::matmul(x, &w, bias, y, m);
+        }
+        return small_m_bf16::matmul(x, &w, bias, y, m);
     }
     matmul_small(x, w, bias, y, m)
 }
