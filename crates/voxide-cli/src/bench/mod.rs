@@ -24,6 +24,7 @@ use voxide_nn::kernels::fma_peak::{bf16_dots, measure_fma_gflops};
 use voxide_nn::kernels::gemv::{measured_read_aheads, FEWER_ROWS_PER_PASS, ROWS_PER_PASS};
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
+use voxide_nn::kernels::small_m::amx_bf16_tiles;
 use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
 use windows::{StepWindows, STT_PARTS, TTS_PARTS, WINDOW};
 
@@ -336,6 +337,7 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             bf16_gflops: d.bf16_gflops,
             taken: d.pay(),
         }),
+        amx_bf16: amx_bf16_tiles(),
         streaming: streaming_reads().map(|r| StreamingReport {
             nontemporal_gbps: r.nontemporal_gbps,
             keep_gbps: r.keep_gbps,
@@ -527,12 +529,15 @@ fn print_machine(m: &MachineReport, threads: usize) {
             d.bf16_gflops,
             d.f32_gflops,
             d.bf16_gflops / d.f32_gflops,
-            if d.taken {
-                "taken for bf16 products of many rows"
-            } else {
-                "not taken (f32 products instead)"
+            match (d.taken, m.amx_bf16) {
+                (true, _) => "taken for bf16 products of many rows",
+                (false, true) => "not taken (the attention of many rows in f32)",
+                (false, false) => "not taken (f32 products instead)",
             }
         );
+    }
+    if m.amx_bf16 {
+        say!("AMX tiles: bf16 products of many rows (encoders, prompts) on tdpbf16ps");
     }
     let slowest = m
         .read_probes_gbps

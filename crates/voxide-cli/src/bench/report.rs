@@ -342,6 +342,10 @@ pub struct MachineReport {
     /// taken ([`voxide_nn::kernels::fma_peak::bf16_dots`]); `None` where the CPU has none.
     #[serde(default)]
     pub bf16_dots: Option<Bf16DotsReport>,
+    /// Whether bf16 products of many rows (encoders, prompts) ran on AMX tiles
+    /// ([`voxide_nn::kernels::small_m::amx_bf16_tiles`]).
+    #[serde(default)]
+    pub amx_bf16: bool,
     /// How streamed matrices were read: from memory with non-temporal prefetches against plain
     /// ones ([`voxide_nn::kernels::bandwidth::StreamingReads`]); `None` where not measured.
     #[serde(default)]

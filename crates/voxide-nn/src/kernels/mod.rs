@@ -1,9 +1,9 @@
 //! Hand-written CPU kernels for the hot paths candle serves poorly, with runtime CPU-feature
 //! dispatch and a portable fallback.
 
-pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod amx_bf16;
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod attention_many_rows;
 pub mod bandwidth;

@@ -49,17 +49,21 @@ pub fn integer_int8() -> bool {
     false
 }
 
-/// Whether this CPU takes the bf16 dot-product kernels ([`small_m_bf16`], and the bf16 form
-/// of the attention of many rows): it has them (AVX512-BF16) and they multiply-add fast enough
-/// against its f32 FMAs to pay for rounding and packing x ([`fma_peak::bf16_dots`], measured
-/// once per process; the rates of the CPUs measured so far are at
-/// [`fma_peak::BF16_DOTS_MIN_GAIN`]). [`matmul_rows_alike`] takes it.
+/// Whether this CPU multiplies bf16 weights in bf16 ([`matmul_rows_alike`] takes it): on AMX
+/// tiles where it has them ([`amx_bf16_tiles`]), else on the bf16 dot-product kernel
+/// ([`small_m_bf16`]) where it has AVX512-BF16 and the dot products multiply-add fast enough
+/// against its f32 FMAs to pay for rounding and packing x ([`bf16_dots_pay`]).
 pub fn native_bf16() -> bool {
+    amx_bf16_tiles() || bf16_dots_pay()
+}
+
+/// Whether bf16 products of many rows run on AMX tiles ([`amx_bf16`]; Intel Xeon from Sapphire
+/// Rapids), with the AVX-512 BF16 kernel for shapes the tiles do not fit.
+pub fn amx_bf16_tiles() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if amx_bf16::runs() && small_m_bf16::runs() {
-        return true;
-    }
-    bf16_dots_pay()
+    return amx_bf16::runs() && small_m_bf16::runs();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether bf16 dot products (`vdpbf16ps`) multiply-add fast enough against this CPU's f32 FMAs

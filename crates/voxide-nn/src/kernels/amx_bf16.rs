@@ -1,0 +1,348 @@
+//! bf16 products on Intel's AMX tiles (Sapphire Rapids and later): `tdpbf16ps` multiplies a
+//! 16 × 32 tile of bf16 x by a 32 × 16 tile of bf16 weights into 16 × 16 f32 sums, 16 384
+//! multiply-adds per instruction — where AVX-512 BF16's `vdpbf16ps` on the same cores issues at
+//! half the f32 FMA rate (PERFORMANCE.md #167), so that bf16 weights were widened to f32 there.
+//!
+//! x is rounded to bf16 once (to nearest even, as [`super::small_m_bf16`] does), products are
+//! exact and sum in f32. Each output element sums its k products in the same order whatever the
+//! number of rows (tiles of 32 columns in order, zero rows padding a partial tile), so rows come
+//! out alike in a block of any size, as chunk-invariant layers need.
+//!
+//! Layout, per output block of 32 rows of x × 32 weight rows (four C tiles, tmm0–3):
+//! A tiles (tmm4, tmm5) are 16 rows of x × 32 bf16 (64 bytes) straight from x rounded row-major
+//! (rows k · 2 bytes apart); B tiles (tmm6, tmm7) are 16 pairs of k × 16 weight rows, the
+//! pair (w[n][2p], w[n][2p + 1]) in one 32-bit element ("VNNI" layout), packed once per call and
+//! task from the row-major weights. C stores straight into y where the block is whole.
+//!
+//! Linux hands out the tiles' 8 KB of state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+//! XFEATURE_XTILEDATA)`, once per process); [`runs`] asks.
+
+use super::gemv::{OutPtr, WeightMatrix};
+use half::bf16;
+use rayon::prelude::*;
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// bf16 values along k per tile row (64 bytes).
+pub const TILE_K: usize = 32;
+
+/// Rows (of x, or weight rows) per tile.
+const TILE_ROWS: usize = 16;
+
+/// Rows of x and weight rows per output block (two tiles each way).
+const BLOCK: usize = 2 * TILE_ROWS;
+
+/// Bytes of x (rounded) per chunk of rows that stays in L2 while a task's weights pass over it.
+const X_CHUNK_BYTES: usize = 1 << 20;
+
+/// Weight rows per task at most (packed: 128 × k bf16, 320 KB at k = 1280, in L2 beside x).
+const MAX_TASK_ROWS: usize = 4 * BLOCK;
+
+/// Whether this CPU and OS run the tiles: CPUID's AMX-TILE and AMX-BF16, and the kernel granted
+/// this process the tile data state; `VOXIDE_AMX=0` in the environment turns them off (the
+/// products then take the kernels of CPUs without them).
+pub fn runs() -> bool {
+    static RUNS: OnceLock<bool> = OnceLock::new();
+    *RUNS.get_or_init(|| {
+        if std::env::var_os("VOXIDE_AMX").is_some_and(|v| v == "0") {
+            return false;
+        }
+        let leaf7 = __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 22) & 0b101 == 0b101;
+        leaf7 && request_tile_state()
+    })
+}
+
+/// Asks Linux for the tile data state (XFEATURE 18); other systems are not asked and do not run
+/// the tiles.
+fn request_tile_state() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with this request only changes the process's permitted state.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// Whether a product of k columns fits the tiles (whole tile rows along k; the rest take the
+/// other kernels).
+pub fn fits(k: usize) -> bool {
+    k > 0 && k.is_multiple_of(TILE_K)
+}
+
+/// The tile configuration: palette 1, all eight tiles 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+const CONFIG: TileConfig = {
+    let mut bytes_per_row = [0u16; 16];
+    let mut rows = [0u8; 16];
+    let mut t = 0;
+    while t < 8 {
+        bytes_per_row[t] = 64;
+        rows[t] = TILE_ROWS as u8;
+        t += 1;
+    }
+    TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        bytes_per_row,
+        rows,
+    }
+};
+
+/// y (m × n) = x (m × k) · wᵀ (+ bias) for bf16 `w`, x rounded to bf16; the caller checked the
+/// operands, that the tiles [run] and that k [fits].
+///
+/// [run]: runs
+pub(crate) fn matmul(
+    x: &[f32],
+    w: &WeightMatrix<bf16>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    debug_assert!(runs() && fits(k) && super::small_m_bf16::runs());
+    // x rounded, row-major, zero rows up to a whole block.
+    let pairs = k / 2;
+    let mut xb = vec![0u32; m.next_multiple_of(BLOCK) * pairs];
+    xb.par_chunks_mut(pairs)
+        .zip(x[..m * k].par_chunks(k))
+        // SAFETY: AMX CPUs have AVX512-BF16 (asserted above); each row holds k / 2 pairs.
+        .for_each(|(out, row)| unsafe { super::small_m_bf16::round_pairs(row, out) });
+    let chunk_rows = (X_CHUNK_BYTES / (2 * k) / BLOCK * BLOCK).clamp(BLOCK, 16 * BLOCK);
+    let threads = rayon::current_num_threads();
+    let task_rows = (n.div_ceil(2 * threads).next_multiple_of(BLOCK)).clamp(BLOCK, MAX_TASK_ROWS);
+    let out = OutPtr(y.as_mut_ptr());
+    let xb = &xb;
+    (0..n.div_ceil(task_rows)).into_par_iter().for_each_init(
+        || vec![0u32; MAX_TASK_ROWS * pairs],
+        |packed, t| {
+            let (r0, r1) = (t * task_rows, ((t + 1) * task_rows).min(n));
+            // SAFETY: the tiles run (the caller's check); x holds whole blocks of rows; the
+            // packed buffer holds the task's rows; tasks write disjoint columns of y.
+            unsafe { task(xb, w, bias, out, m, r0, r1, chunk_rows, packed) }
+        },
+    );
+}
+
+/// Output columns r0..r1 (weight rows) for all m rows of x.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn task(
+    xb: &[u32],
+    w: &WeightMatrix<bf16>,
+    bias: Option<&[f32]>,
+    y: OutPtr,
+    m: usize,
+    r0: usize,
+    r1: usize,
+    chunk_rows: usize,
+    packed: &mut [u32],
+) {
+    let (n, k) = (w.rows, w.cols);
+    let pairs = k / 2;
+    let blocks = (r1 - r0).div_ceil(BLOCK);
+    pack_weights(w, r0, r1, &mut packed[..blocks * BLOCK * pairs]);
+    asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
+    let mut edge = [0f32; BLOCK * BLOCK];
+    for c0 in (0..m).step_by(chunk_rows) {
+        for b in 0..blocks {
+            let n0 = r0 + b * BLOCK;
+            // B tiles: the block's weight rows n0..n0 + 16 and n0 + 16..n0 + 32, [pair][row].
+            let wb = packed.as_ptr().add(b * BLOCK * pairs);
+            for m0 in (c0..(c0 + chunk_rows).min(m)).step_by(BLOCK) {
+                let xa = xb.as_ptr().add(m0 * pairs);
+                block(xa, wb, pairs);
+                let whole = m0 + BLOCK <= m && n0 + BLOCK <= n;
+                let (dst, stride) = if whole {
+                    (y.0.add(m0 * n + n0), n)
+                } else {
+                    (edge.as_mut_ptr(), BLOCK)
+                };
+                store(dst, stride);
+                if !whole {
+                    for i in 0..BLOCK.min(m - m0) {
+                        let cols = BLOCK.min(n - n0);
+                        std::ptr::copy_nonoverlapping(
+                            edge.as_ptr().add(i * BLOCK),
+                            y.0.add((m0 + i) * n + n0),
+                            cols,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    asm!("tilerelease", options(nostack, nomem));
+    if let Some(bias) = bias {
+        for i in 0..m {
+            let row = std::slice::from_raw_parts_mut(y.0.add(i * n + r0), r1 - r0);
+            for (v, b) in row.iter_mut().zip(&bias[r0..r1]) {
+                *v += b;
+            }
+        }
+    }
+}
+
+/// The sums of one 32 × 32 block over all k into tmm0–3: rows of x at `xa` (k / 2 pairs
+/// apart), weights at `wb` (two B tiles' columns, `pairs` × 16 each).
+#[inline(always)]
+unsafe fn block(xa: *const u32, wb: *const u32, pairs: usize) {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+    let x_stride = pairs * 4;
+    let mut p = 0;
+    while p < pairs {
+        let a0 = xa.add(p);
+        let a1 = xa.add(TILE_ROWS * pairs + p);
+        let b0 = wb.add(p * TILE_ROWS);
+        let b1 = wb.add((pairs + p) * TILE_ROWS);
+        asm!(
+            "tileloadd tmm4, [{a0} + {xs} * 1]",
+            "tileloadd tmm5, [{a1} + {xs} * 1]",
+            "tileloadd tmm6, [{b0} + {ws} * 1]",
+            "tileloadd tmm7, [{b1} + {ws} * 1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a0,
+            a1 = in(reg) a1,
+            b0 = in(reg) b0,
+            b1 = in(reg) b1,
+            xs = in(reg) x_stride,
+            ws = in(reg) 64usize,
+            options(nostack, readonly)
+        );
+        p += TILE_K / 2;
+    }
+}
+
+/// Stores tmm0–3 as the 32 × 32 block at `dst` (rows `stride` floats apart).
+#[inline(always)]
+unsafe fn store(dst: *mut f32, stride: usize) {
+    let (bytes, half) = (stride * 4, TILE_ROWS);
+    asm!(
+        "tilestored [{c00} + {s} * 1], tmm0",
+        "tilestored [{c01} + {s} * 1], tmm1",
+        "tilestored [{c10} + {s} * 1], tmm2",
+        "tilestored [{c11} + {s} * 1], tmm3",
+        c00 = in(reg) dst,
+        c01 = in(reg) dst.add(half),
+        c10 = in(reg) dst.add(half * stride),
+        c11 = in(reg) dst.add(half * stride + half),
+        s = in(reg) bytes,
+        options(nostack)
+    );
+}
+
+/// Weight rows r0..r1 as B tiles: per block of 32 rows, its two halves of 16, each `[pair][row]`
+/// (the pair (w[n][2p], w[n][2p + 1]) as one u32), zero rows past r1.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_weights(w: &WeightMatrix<bf16>, r0: usize, r1: usize, packed: &mut [u32]) {
+    let pairs = w.cols / 2;
+    let src = w.data.as_ptr() as *const i32;
+    let lanes = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(pairs as i32),
+    );
+    for (h, tile) in packed.chunks_exact_mut(TILE_ROWS * pairs).enumerate() {
+        let n0 = r0 + h * TILE_ROWS;
+        let rows = r1.saturating_sub(n0).min(TILE_ROWS);
+        if rows == TILE_ROWS {
+            // One gather per pair: element i from weight row n0 + i.
+            let base = src.add(n0 * pairs);
+            for (p, out) in tile.chunks_exact_mut(TILE_ROWS).enumerate() {
+                let v = _mm512_i32gather_epi32::<4>(lanes, base.add(p));
+                _mm512_storeu_si512(out.as_mut_ptr() as *mut _, v);
+            }
+        } else {
+            tile.fill(0);
+            for i in 0..rows {
+                for p in 0..pairs {
+                    tile[p * TILE_ROWS + i] = *src.add((n0 + i) * pairs + p) as u32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let h = (i as u32 ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
+                ((h >> 8) as f32 / (1u32 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Every shape edge (rows of x and weight rows short of a block, one tile along k, k longer
+    /// than a chunk's share), with and without bias: each output within f32 summation of the
+    /// f64 product of bf16(x) and the weights, and each row of x bit for bit what it gets alone.
+    #[test]
+    fn tiles_multiply_bf16_x_and_rows_come_out_alike() {
+        if !(runs() && super::super::small_m_bf16::runs()) {
+            println!("no AMX tiles on this CPU: nothing to check");
+            return;
+        }
+        for (m, n, k) in [
+            (1, 16, 32),
+            (33, 45, 64),
+            (100, 96, 1280),
+            (7, 200, 4096),
+            (64, 32, 96),
+        ] {
+            let w: Vec<bf16> = det(n * k, 1).into_iter().map(bf16::from_f32).collect();
+            let wm = WeightMatrix::new(&w, n, k);
+            let x = det(m * k, 2);
+            let bias = det(n, 3);
+            for bias in [None, Some(&bias[..])] {
+                let mut y = vec![f32::NAN; m * n];
+                matmul(&x, &wm, bias, &mut y, m);
+                for i in 0..m {
+                    for r in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|j| bf16::from_f32(x[i * k + j]).to_f64() * w[r * k + j].to_f64())
+                            .sum::<f64>()
+                            + bias.map_or(0.0, |b| b[r] as f64);
+                        let got = y[i * n + r] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5 * (k as f64).sqrt(),
+                            "{m}×{n}×{k}: y[{i}][{r}] {got} {want}"
+                        );
+                    }
+                    let mut alone = vec![0f32; n];
+                    matmul(&x[i * k..(i + 1) * k], &wm, bias, &mut alone, 1);
+                    assert_eq!(alone, y[i * n..(i + 1) * n], "{m}×{n}×{k}: row {i} alone");
+                }
+            }
+        }
+    }
+}
