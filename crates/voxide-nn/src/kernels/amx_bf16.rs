@@ -11,7 +11,7 @@
 //! Layout, per output block of 32 rows of x × 32 weight rows (four C tiles, tmm0–3):
 //! A tiles (tmm4, tmm5) are 16 rows of x × 32 bf16 (64 bytes) straight from x rounded row-major
 //! (rows k · 2 bytes apart); B tiles (tmm6, tmm7) are 16 pairs of k × 16 weight rows, the
-//! pair (w[n][2p], w[n][2p + 1]) in one 32-bit element ("VNNI" layout), packed once per call and
+//! pair `(w[n][2p], w[n][2p + 1])` in one 32-bit element ("VNNI" layout), packed once per call and
 //! task from the row-major weights. C stores straight into y where the block is whole.
 //!
 //! Linux hands out the tiles' 8 KB of state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM,
@@ -260,7 +260,7 @@ unsafe fn store(dst: *mut f32, stride: usize) {
 }
 
 /// Weight rows r0..r1 as B tiles: per block of 32 rows, its two halves of 16, each `[pair][row]`
-/// (the pair (w[n][2p], w[n][2p + 1]) as one u32), zero rows past r1.
+/// (the pair `(w[n][2p], w[n][2p + 1])` as one u32), zero rows past r1.
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_weights(w: &WeightMatrix<bf16>, r0: usize, r1: usize, packed: &mut [u32]) {
     let pairs = w.cols / 2;
