@@ -294,12 +294,13 @@ fn bench_whisper() -> candle_core::Result<()> {
 }
 
 /// The products of a Voxtral encoder (Whisper large-v3's widths: d = 1280, an MLP of 5120;
-/// Voxtral Realtime runs blocks of 256 positions, Voxtral Mini 3B windows of 1500) in bf16,
+/// Voxtral Realtime runs blocks of 256 positions, 48 in a live stream, Voxtral Mini 3B windows
+/// of 1500) in bf16,
 /// the checkpoints' type: its chunk-invariant layers' kernel (bf16 dot products where the CPU
 /// has them) against widen + GEMM.
 fn bench_voxtral_encoder() -> candle_core::Result<()> {
     let shapes = [(3840, 1280), (1280, 1280), (10240, 1280), (1280, 5120)];
-    bench_encoder_shapes("bf16", &shapes, &[256, 1500], bf16::from_f32)
+    bench_encoder_shapes("bf16", &shapes, &[48, 256, 1500], bf16::from_f32)
 }
 
 /// A Voxtral Mini 3B prompt's products (d = 3072: q/k/v stacked, o, gate/up stacked, down)

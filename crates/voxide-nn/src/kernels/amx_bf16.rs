@@ -22,6 +22,7 @@ use half::bf16;
 use rayon::prelude::*;
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// bf16 values along k per tile row (64 bytes).
@@ -35,6 +36,9 @@ const BLOCK: usize = 2 * TILE_ROWS;
 
 /// Bytes of x (rounded) per chunk of rows that stays in L2 while a task's weights pass over it.
 const X_CHUNK_BYTES: usize = 1 << 20;
+
+/// k steps (of [`TILE_K`]) that the tiles' lines are prefetched ahead.
+const PREFETCH_STEPS: usize = 2;
 
 /// Weight rows per task at most (packed: 128 × k bf16, 320 KB at k = 1280, in L2 beside x).
 const MAX_TASK_ROWS: usize = 4 * BLOCK;
@@ -122,7 +126,9 @@ pub(crate) fn matmul(
     debug_assert!(runs() && fits(k) && super::small_m_bf16::runs());
     // x rounded, row-major, zero rows up to a whole block.
     let pairs = k / 2;
-    let mut xb = vec![0u32; m.next_multiple_of(BLOCK) * pairs];
+    let mut xb = ROUNDED.take();
+    xb.clear();
+    xb.resize(m.next_multiple_of(BLOCK) * pairs, 0);
     xb.par_chunks_mut(pairs)
         .zip(x[..m * k].par_chunks(k))
         // SAFETY: AMX CPUs have AVX512-BF16 (asserted above); each row holds k / 2 pairs.
@@ -131,16 +137,26 @@ pub(crate) fn matmul(
     let threads = rayon::current_num_threads();
     let task_rows = (n.div_ceil(2 * threads).next_multiple_of(BLOCK)).clamp(BLOCK, MAX_TASK_ROWS);
     let out = OutPtr(y.as_mut_ptr());
-    let xb = &xb;
-    (0..n.div_ceil(task_rows)).into_par_iter().for_each_init(
-        || vec![0u32; MAX_TASK_ROWS * pairs],
-        |packed, t| {
-            let (r0, r1) = (t * task_rows, ((t + 1) * task_rows).min(n));
-            // SAFETY: the tiles run (the caller's check); x holds whole blocks of rows; the
-            // packed buffer holds the task's rows; tasks write disjoint columns of y.
-            unsafe { task(xb, w, bias, out, m, r0, r1, chunk_rows, packed) }
-        },
-    );
+    let rounded = &xb;
+    (0..n.div_ceil(task_rows)).into_par_iter().for_each(|t| {
+        let (r0, r1) = (t * task_rows, ((t + 1) * task_rows).min(n));
+        let mut packed = PACKED.take();
+        if packed.len() < task_rows * pairs {
+            packed.resize(task_rows * pairs, 0);
+        }
+        // SAFETY: the tiles run (the caller's check); x holds whole blocks of rows; the packed
+        // buffer holds the task's rows; tasks write disjoint columns of y.
+        unsafe { task(rounded, w, bias, out, m, r0, r1, chunk_rows, &mut packed) };
+        PACKED.set(packed);
+    });
+    ROUNDED.set(xb);
+}
+
+thread_local! {
+    /// The last call's rounded x and each thread's packed weights, reused so that a call
+    /// faults in no fresh pages. Taken, not borrowed, as [`super::gemv_int8`]'s buffers.
+    static ROUNDED: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    static PACKED: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Output columns r0..r1 (weight rows) for all m rows of x.
@@ -220,6 +236,17 @@ unsafe fn block(xa: *const u32, wb: *const u32, pairs: usize) {
         let a1 = xa.add(TILE_ROWS * pairs + p);
         let b0 = wb.add(p * TILE_ROWS);
         let b1 = wb.add((pairs + p) * TILE_ROWS);
+        // The next step's 64 lines into L1 while these multiply: a tile load waits on each of
+        // its 16 lines that misses L1.
+        let ahead = PREFETCH_STEPS * TILE_K / 2;
+        if p + ahead < pairs {
+            for r in 0..TILE_ROWS {
+                _mm_prefetch::<_MM_HINT_T0>(a0.add(r * pairs + ahead) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(a1.add(r * pairs + ahead) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b0.add((ahead + r) * TILE_ROWS) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b1.add((ahead + r) * TILE_ROWS) as *const i8);
+            }
+        }
         asm!(
             "tileloadd tmm4, [{a0} + {xs} * 1]",
             "tileloadd tmm5, [{a1} + {xs} * 1]",
