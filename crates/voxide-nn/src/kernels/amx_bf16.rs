@@ -187,7 +187,7 @@ unsafe fn task(
             for m0 in (c0..(c0 + chunk_rows).min(m)).step_by(BLOCK) {
                 let xa = xb.as_ptr().add(m0 * pairs);
                 block(xa, wb, pairs);
-                let whole = m0 + BLOCK <= m && n0 + BLOCK <= n;
+                let whole = m0 + BLOCK <= m && n0 + BLOCK <= r1;
                 let (dst, stride) = if whole {
                     (y.0.add(m0 * n + n0), n)
                 } else {
@@ -196,7 +196,7 @@ unsafe fn task(
                 store(dst, stride);
                 if !whole {
                     for i in 0..BLOCK.min(m - m0) {
-                        let cols = BLOCK.min(n - n0);
+                        let cols = BLOCK.min(r1 - n0);
                         std::ptr::copy_nonoverlapping(
                             edge.as_ptr().add(i * BLOCK),
                             y.0.add((m0 + i) * n + n0),
@@ -320,15 +320,7 @@ unsafe fn pack_weights(w: &WeightMatrix<bf16>, r0: usize, r1: usize, packed: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn det(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let h = (i as u32 ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x85eb_ca6b);
-                ((h >> 8) as f32 / (1u32 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::kernels::gemv::tests::{check, data, reference};
 
     /// Every shape edge (rows of x and weight rows short of a block, one tile along k, k longer
     /// than a chunk's share), with and without bias: each output within f32 summation of the
@@ -346,28 +338,22 @@ mod tests {
             (7, 200, 4096),
             (64, 32, 96),
         ] {
-            let w: Vec<bf16> = det(n * k, 1).into_iter().map(bf16::from_f32).collect();
+            let w: Vec<bf16> = data(n * k, 1).into_iter().map(bf16::from_f32).collect();
+            let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
             let wm = WeightMatrix::new(&w, n, k);
-            let x = det(m * k, 2);
-            let bias = det(n, 3);
+            let x = data(m * k, 2);
+            let rounded: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+            let bias = data(n, 3);
             for bias in [None, Some(&bias[..])] {
+                let what = format!("{m}×{n}×{k}, bias {}", bias.is_some());
                 let mut y = vec![f32::NAN; m * n];
                 matmul(&x, &wm, bias, &mut y, m);
+                let want = reference(&rounded, &wf, bias, m, k);
+                check(&y, &want, &rounded, &wf, m, k, &what);
                 for i in 0..m {
-                    for r in 0..n {
-                        let want: f64 = (0..k)
-                            .map(|j| bf16::from_f32(x[i * k + j]).to_f64() * w[r * k + j].to_f64())
-                            .sum::<f64>()
-                            + bias.map_or(0.0, |b| b[r] as f64);
-                        let got = y[i * n + r] as f64;
-                        assert!(
-                            (got - want).abs() < 1e-5 * (k as f64).sqrt(),
-                            "{m}×{n}×{k}: y[{i}][{r}] {got} {want}"
-                        );
-                    }
                     let mut alone = vec![0f32; n];
                     matmul(&x[i * k..(i + 1) * k], &wm, bias, &mut alone, 1);
-                    assert_eq!(alone, y[i * n..(i + 1) * n], "{m}×{n}×{k}: row {i} alone");
+                    assert_eq!(alone, y[i * n..(i + 1) * n], "{what}: row {i} alone");
                 }
             }
         }
