@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use voxide_models::whisper::decoding::{DecodingOptions, Task};
 use voxide_models::whisper::model::Encoder;
 use voxide_models::whisper::{Config, TranscribeOptions, Whisper, WhisperPipeline};
-use voxide_nn::kernels::small_m::native_bf16;
+use voxide_nn::kernels::small_m::{f16_tiles, native_bf16};
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::weights::SafetensorsFiles;
 use voxide_nn::VarBuilder;
@@ -520,4 +520,65 @@ fn bf16_encoder_multiplies_on_bf16_dot_products() {
     } else {
         assert!(moved < 1e-6, "{moved}");
     }
+}
+
+/// f16 matrices (`--precision f16`, whisper.cpp's files): the encoder's output drifts from the
+/// f32 reference by f16's rounding of the weights (measured 2.8e-5 of the range); where the
+/// CPU has AMX tiles, its products of a window's rows run on them in bf16 parts with x to 16
+/// significand bits, so it differs from an encoder of the same f16 values held in f32 (x
+/// whole, candle's GEMM) by that rounding of x (measured 6.6e-7 of the range on an Emerald
+/// Rapids; 2.3e-7, the sums' order, without the tiles).
+#[test]
+fn f16_encoder_on_tiles_keeps_x_to_16_bits() {
+    let dir = fixtures().join("tiny-random");
+    let tensors = reference_tensors("tiny-random");
+    let features = &tensors["input_features"];
+    let pipeline = WhisperPipeline::from_dir(&dir, &Device::Cpu, Some(WeightFormat::F16)).unwrap();
+    let got = pipeline.model().encode(features).unwrap();
+    let want = &tensors["encoder_last_hidden_state"];
+    let range = max_abs(want);
+    check(
+        "tiny-random",
+        "f16 encoder vs f32 reference",
+        max_abs_diff(&got, want) / range,
+        2e-4,
+    );
+
+    // The layers' matrices (what `--precision f16` stores in f16) at the same f16 values as
+    // f32 weights: every product on f32 x.
+    let rounded: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| {
+                let matrix = name.contains(".layers.") && t.rank() == 2;
+                let t = if matrix {
+                    t.to_dtype(DType::F16)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                } else {
+                    t
+                };
+                (name, t)
+            })
+            .collect();
+    let vb = VarBuilder::from_tensors(rounded, DType::F32, &Device::Cpu);
+    let config = Config::from_file(&dir.join("config.json")).unwrap();
+    let x_whole = Encoder::load(vb.pp("model.encoder"), &config.encoder())
+        .unwrap()
+        .forward(features, false)
+        .unwrap()
+        .hidden_states
+        .pop()
+        .unwrap();
+    let moved = max_abs_diff(&got, &x_whole) / range;
+    println!("tiny-random  f16 encoder against x whole: {moved:.3e} of the range");
+    let tiles = f16_tiles(config.max_source_positions, config.d_model);
+    println!("tiny-random  f16 products of a window on AMX tiles: {tiles}");
+    // A weight's part or x's left out would move it by ~2⁻⁹ of the range.
+    assert!(
+        moved < 4e-6,
+        "the f16 encoder moved from x whole by {moved}"
+    );
 }

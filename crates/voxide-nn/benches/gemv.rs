@@ -23,7 +23,9 @@ use voxide_nn::kernels::ops::{SoftmaxLastDimInPlace, WidenToF32};
 use voxide_nn::kernels::quant_gemm::{has_gemm_kernel, quant_gemm};
 use voxide_nn::kernels::quant_matmul::{quant_gemv, quant_gemv_on, QuantMatrix};
 use voxide_nn::kernels::simd::{Isa, WeightElem};
-use voxide_nn::kernels::small_m::{matmul_rows_alike, matmul_small, matmul_small_on};
+use voxide_nn::kernels::small_m::{
+    f16_tiles, matmul_f16_tiles, matmul_rows_alike, matmul_small, matmul_small_on,
+};
 use voxide_nn::kernels::spin_pool::for_each_task;
 use voxide_nn::kernels::widen_gemm::matmul_widened;
 use voxide_nn::linear::WeightFormat;
@@ -287,9 +289,18 @@ fn bench_small(ms: &[usize]) -> candle_core::Result<()> {
     Ok(())
 }
 
-/// Small-M kernel against widen + GEMM at Whisper encoder shapes (f16, k = 384 / 1536).
+/// Small-M kernel against widen + GEMM at Whisper encoder shapes (f16: tiny, base and
+/// large-v3-turbo's widths), and the AMX tiles in bf16 parts where the CPU has them.
 fn bench_whisper() -> candle_core::Result<()> {
-    let shapes = [(384, 384), (1536, 384), (384, 1536), (2048, 512)];
+    let shapes = [
+        (384, 384),
+        (1536, 384),
+        (384, 1536),
+        (2048, 512),
+        (1280, 1280),
+        (5120, 1280),
+        (1280, 5120),
+    ];
     bench_encoder_shapes("f16", &shapes, &[64, 256, 1500], f16::from_f32)
 }
 
@@ -390,6 +401,17 @@ fn bench_encoder_shapes<E: WeightElem + Copy + Send + Sync + candle_core::WithDT
             let flops = 2.0 * (m * n * k) as f64;
             let reps = (2e10 / flops).clamp(5.0, 200.0) as usize;
             let t = time(2, reps, || matmul_rows_alike(&x, &wm, None, &mut y, m));
+            // f16 on AMX tiles in bf16 parts, where the CPU has them.
+            if let Some(data) = E::as_f16(&w).filter(|_| f16_tiles(m, k)) {
+                let tiles = time(2, reps, || {
+                    matmul_f16_tiles(&x, &wm.as_elements(data), None, &mut y, m)
+                });
+                println!(
+                    "{name} {n:5}x{k:<5} m={m:5}: tiles in parts {:8.3} ms ({:5.1} GFLOP/s)",
+                    tiles.0 * 1e3,
+                    flops / tiles.0 / 1e9
+                );
+            }
             let xt = Tensor::from_vec(x.clone(), (m, k), &dev)?;
             let g = time(2, reps, || {
                 let wt = tw.apply_op1_no_bwd(&WidenToF32).unwrap();

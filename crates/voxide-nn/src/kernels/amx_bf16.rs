@@ -3,22 +3,34 @@
 //! multiply-adds per instruction — where AVX-512 BF16's `vdpbf16ps` on the same cores issues at
 //! half the f32 FMA rate (PERFORMANCE.md #167), so that bf16 weights were widened to f32 there.
 //!
-//! x is rounded to bf16 once (to nearest even, as [`super::small_m_bf16`] does), products are
-//! exact and sum in f32. Each output element sums its k products in the same order whatever the
-//! number of rows (tiles of 32 columns in order, zero rows padding a partial tile), so rows come
-//! out alike in a block of any size, as chunk-invariant layers need.
+//! For bf16 weights x is rounded to bf16 once (to nearest even, as [`super::small_m_bf16`]
+//! does), products are exact and sum in f32. Each output element sums its k products in the
+//! same order whatever the number of rows (tiles of 32 columns in order, zero rows padding a
+//! partial tile), so rows come out alike in a block of any size, as chunk-invariant layers need.
+//!
+//! f16 weights (Whisper's) have three more significand bits than bf16 and no tile of their own
+//! before AMX-FP16, so each splits exactly into two bf16 parts, w = w_hi + w_lo, and x into
+//! x_hi + x_lo (x to 16 significand bits, where whisper.cpp rounds x to f16's 11): every tile of
+//! k runs three products, x_hi·w_hi + x_lo·w_hi + x_hi·w_lo, leaving out x_lo·w_lo (≤ 2⁻¹⁸ of
+//! |x·w|). Three times the tiles' work still ran 0.95–2.4× the better f32 kernel's rate on
+//! the same cores, Whisper large-v3-turbo's encoder 1.3–1.5× faster (PERFORMANCE.md #184).
+//! This is the split of "bf16x3" GEMMs (Henry, Tang and Heinecke, "Leveraging the bfloat16
+//! artificial intelligence datatype for higher-precision computations", ARITH 2019), with the
+//! weights' split exact.
 //!
 //! Layout, per output block of 32 rows of x × 32 weight rows (four C tiles, tmm0–3):
-//! A tiles (tmm4, tmm5) are 16 rows of x × 32 bf16 (64 bytes) straight from x rounded row-major
-//! (rows k · 2 bytes apart); B tiles (tmm6, tmm7) are 16 pairs of k × 16 weight rows, the
-//! pair `(w[n][2p], w[n][2p + 1])` in one 32-bit element ("VNNI" layout), packed once per call and
-//! task from the row-major weights. C stores straight into y where the block is whole.
+//! A tiles (tmm4, tmm5) are 16 rows of x × 32 bf16 (64 bytes) straight from x rounded row-major;
+//! B tiles (tmm6, tmm7) are 16 pairs of k × 16 weight rows, the pair `(w[n][2p], w[n][2p + 1])`
+//! in one 32-bit element ("VNNI" layout), packed once per call and task from the row-major
+//! weights. With parts (f16), each 32 columns of k become [`TileWeights::PARTS`] tiles' depth
+//! in both, x's parts against the weights' in the order above. C stores straight into y where
+//! the block is whole and y's rows start on cache lines.
 //!
 //! Linux hands out the tiles' 8 KB of state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM,
 //! XFEATURE_XTILEDATA)`, once per process); [`runs`] asks.
 
 use super::gemv::{OutPtr, WeightMatrix};
-use half::bf16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -42,6 +54,10 @@ const PREFETCH_STEPS: usize = 2;
 
 /// Weight rows per task at most (packed: 128 × k bf16, 320 KB at k = 1280, in L2 beside x).
 const MAX_TASK_ROWS: usize = 4 * BLOCK;
+
+/// Bytes of a task's packed weights at most (f16's three parts take fewer rows than
+/// [`MAX_TASK_ROWS`]; a block's at least).
+const MAX_TASK_BYTES: usize = 512 << 10;
 
 /// Whether this CPU and OS run the tiles: CPUID's AMX-TILE and AMX-BF16, and the kernel granted
 /// this process the tile data state; `VOXIDE_AMX=0` in the environment turns them off (the
@@ -111,46 +127,157 @@ const CONFIG: TileConfig = {
     }
 };
 
-/// y (m × n) = x (m × k) · wᵀ (+ bias) for bf16 `w`, x rounded to bf16; the caller checked the
-/// operands, that the tiles [run] and that k [fits].
+/// Weights the tiles multiply: bf16 as they are, f16 in two exact bf16 parts (see the module).
+pub(crate) trait TileWeights: Copy + Send + Sync {
+    /// Tiles' depth per 32 columns of k: the products of x's parts and the weights' parts.
+    const PARTS: usize;
+
+    /// A row of x as the A tiles' pairs, per 32 columns the parts' 16 pairs each.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16; `row.len()` is a multiple of 32; `out` holds PARTS · len / 2.
+    unsafe fn round_x(row: &[f32], out: &mut [u32]);
+
+    /// The parts of 16 weight pairs (a lane's two weights in one u32) as bf16 pairs.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16.
+    unsafe fn parts(pairs: __m512i) -> [__m512i; 3];
+
+    /// [`Self::parts`] of one pair, for rows short of a tile.
+    fn parts_of(pair: u32) -> [u32; 3];
+}
+
+impl TileWeights for bf16 {
+    const PARTS: usize = 1;
+
+    #[inline(always)]
+    unsafe fn round_x(row: &[f32], out: &mut [u32]) {
+        super::small_m_bf16::round_pairs(row, out)
+    }
+
+    #[inline(always)]
+    unsafe fn parts(pairs: __m512i) -> [__m512i; 3] {
+        [pairs; 3]
+    }
+
+    fn parts_of(pair: u32) -> [u32; 3] {
+        [pair; 3]
+    }
+}
+
+impl TileWeights for f16 {
+    const PARTS: usize = 3;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn round_x(row: &[f32], out: &mut [u32]) {
+        for (j, out) in out.chunks_exact_mut(3 * TILE_K / 2).enumerate() {
+            let lo = _mm512_loadu_ps(row.as_ptr().add(j * TILE_K));
+            let hi = _mm512_loadu_ps(row.as_ptr().add(j * TILE_K + TILE_K / 2));
+            let [x_hi, x_lo] = split(lo, hi);
+            for (part, v) in [x_hi, x_lo, x_hi].into_iter().enumerate() {
+                _mm512_storeu_si512(out.as_mut_ptr().add(part * TILE_K / 2) as *mut _, v);
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn parts(pairs: __m512i) -> [__m512i; 3] {
+        let lo = _mm512_cvtph_ps(_mm512_castsi512_si256(pairs));
+        let hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(pairs));
+        let [w_hi, w_lo] = split(lo, hi);
+        [w_hi, w_hi, w_lo]
+    }
+
+    fn parts_of(pair: u32) -> [u32; 3] {
+        let part = |v: f32| {
+            let hi = bf16::from_f32(v);
+            (
+                hi.to_bits() as u32,
+                bf16::from_f32(v - hi.to_f32()).to_bits() as u32,
+            )
+        };
+        let (a_hi, a_lo) = part(f16::from_bits(pair as u16).to_f32());
+        let (b_hi, b_lo) = part(f16::from_bits((pair >> 16) as u16).to_f32());
+        let (hi, lo) = (a_hi | b_hi << 16, a_lo | b_lo << 16);
+        [hi, hi, lo]
+    }
+}
+
+/// 32 values (the first 16 in `lo`) as bf16 pairs of their high parts (rounded to nearest
+/// even) and of what those leave (x − hi is exact in f32; rounded again).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn split(lo: __m512, hi: __m512) -> [__m512i; 2] {
+    let high = _mm512_cvtne2ps_pbh(hi, lo);
+    let bits = std::mem::transmute::<__m512bh, __m512i>(high);
+    // A bf16 is the upper half of its f32.
+    let widen =
+        |half: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)));
+    let rest = _mm512_cvtne2ps_pbh(
+        _mm512_sub_ps(hi, widen(_mm512_extracti64x4_epi64::<1>(bits))),
+        _mm512_sub_ps(lo, widen(_mm512_castsi512_si256(bits))),
+    );
+    [bits, std::mem::transmute::<__m512bh, __m512i>(rest)]
+}
+
+/// y (m × n) = x (m × k) · wᵀ (+ bias) for bf16 or f16 `w` ([`TileWeights`]); the caller
+/// checked the operands, that the tiles [run] and that k [fits].
 ///
 /// [run]: runs
-pub(crate) fn matmul(
+pub(crate) fn matmul<W: TileWeights>(
     x: &[f32],
-    w: &WeightMatrix<bf16>,
+    w: &WeightMatrix<W>,
     bias: Option<&[f32]>,
     y: &mut [f32],
     m: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
     debug_assert!(runs() && fits(k) && super::small_m_bf16::runs());
-    // x rounded, row-major, zero rows up to a whole block.
-    let pairs = k / 2;
-    let mut xb = ROUNDED.take();
-    xb.clear();
-    xb.resize(m.next_multiple_of(BLOCK) * pairs, 0);
+    // x rounded (in parts), row-major, zero rows up to a whole block.
+    let pairs = W::PARTS * k / 2;
+    let mut rounded_buf = ROUNDED.take();
+    let xb = lines(&mut rounded_buf, m.next_multiple_of(BLOCK) * pairs);
+    xb[m * pairs..].fill(0);
     xb.par_chunks_mut(pairs)
         .zip(x[..m * k].par_chunks(k))
-        // SAFETY: AMX CPUs have AVX512-BF16 (asserted above); each row holds k / 2 pairs.
-        .for_each(|(out, row)| unsafe { super::small_m_bf16::round_pairs(row, out) });
-    let chunk_rows = (X_CHUNK_BYTES / (2 * k) / BLOCK * BLOCK).clamp(BLOCK, 16 * BLOCK);
+        // SAFETY: AMX CPUs have AVX512-BF16 (asserted above); k is a multiple of 32 and each
+        // row holds its pairs.
+        .for_each(|(out, row)| unsafe { W::round_x(row, out) });
+    let chunk_rows = (X_CHUNK_BYTES / (4 * pairs) / BLOCK * BLOCK).clamp(BLOCK, 16 * BLOCK);
     let threads = rayon::current_num_threads();
-    let task_rows = (n.div_ceil(2 * threads).next_multiple_of(BLOCK)).clamp(BLOCK, MAX_TASK_ROWS);
+    let most_rows = (MAX_TASK_BYTES / (4 * pairs) / BLOCK * BLOCK).clamp(BLOCK, MAX_TASK_ROWS);
+    let task_rows = (n.div_ceil(2 * threads).next_multiple_of(BLOCK)).clamp(BLOCK, most_rows);
     let out = OutPtr(y.as_mut_ptr());
-    let rounded = &xb;
+    let rounded = &*xb;
     (0..n.div_ceil(task_rows)).into_par_iter().for_each(|t| {
         let (r0, r1) = (t * task_rows, ((t + 1) * task_rows).min(n));
-        let mut packed = PACKED.take();
-        if packed.len() < task_rows * pairs {
-            packed.resize(task_rows * pairs, 0);
-        }
+        let mut packed_buf = PACKED.take();
+        let packed = lines(&mut packed_buf, task_rows * pairs);
         // SAFETY: the tiles run (the caller's check); x holds whole blocks of rows; the packed
         // buffer holds the task's rows; tasks write disjoint columns of y.
-        unsafe { task(rounded, w, bias, out, m, r0, r1, chunk_rows, &mut packed) };
-        PACKED.set(packed);
+        unsafe { task(rounded, w, bias, out, m, r0, r1, chunk_rows, packed) };
+        PACKED.set(packed_buf);
     });
-    ROUNDED.set(xb);
+    ROUNDED.set(rounded_buf);
 }
+
+/// `len` elements of `buf` from a cache line's start: a tile row that straddles two lines
+/// loads ~6× slower (3.3 → 21 ns a tile from L1 on Emerald Rapids, 16 bytes off a line as
+/// large `malloc` blocks are), so every tile's rows start on a line.
+fn lines(buf: &mut Vec<u32>, len: usize) -> &mut [u32] {
+    const LINE: usize = 64 / 4;
+    if buf.len() < len + LINE {
+        buf.resize(len + LINE, 0);
+    }
+    let start = buf.as_ptr().align_offset(64);
+    &mut buf[start..start + len]
+}
+
+/// A block's sums where y's rows do not start on a cache line (stored, then copied).
+#[repr(C, align(64))]
+struct Edge([f32; BLOCK * BLOCK]);
 
 thread_local! {
     /// The last call's rounded x and each thread's packed weights, reused so that a call
@@ -162,9 +289,9 @@ thread_local! {
 /// Output columns r0..r1 (weight rows) for all m rows of x.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn task(
+unsafe fn task<W: TileWeights>(
     xb: &[u32],
-    w: &WeightMatrix<bf16>,
+    w: &WeightMatrix<W>,
     bias: Option<&[f32]>,
     y: OutPtr,
     m: usize,
@@ -173,12 +300,14 @@ unsafe fn task(
     chunk_rows: usize,
     packed: &mut [u32],
 ) {
-    let (n, k) = (w.rows, w.cols);
-    let pairs = k / 2;
+    let n = w.rows;
+    let pairs = W::PARTS * w.cols / 2;
     let blocks = (r1 - r0).div_ceil(BLOCK);
     pack_weights(w, r0, r1, &mut packed[..blocks * BLOCK * pairs]);
     asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
-    let mut edge = [0f32; BLOCK * BLOCK];
+    let mut edge = Edge([0f32; BLOCK * BLOCK]);
+    // Tile rows straight into y only where each starts on a cache line (see `lines`).
+    let y_lines = (y.0 as usize).is_multiple_of(64) && n.is_multiple_of(16);
     for c0 in (0..m).step_by(chunk_rows) {
         for b in 0..blocks {
             let n0 = r0 + b * BLOCK;
@@ -187,18 +316,18 @@ unsafe fn task(
             for m0 in (c0..(c0 + chunk_rows).min(m)).step_by(BLOCK) {
                 let xa = xb.as_ptr().add(m0 * pairs);
                 block(xa, wb, pairs);
-                let whole = m0 + BLOCK <= m && n0 + BLOCK <= r1;
-                let (dst, stride) = if whole {
+                let direct = y_lines && m0 + BLOCK <= m && n0 + BLOCK <= r1;
+                let (dst, stride) = if direct {
                     (y.0.add(m0 * n + n0), n)
                 } else {
-                    (edge.as_mut_ptr(), BLOCK)
+                    (edge.0.as_mut_ptr(), BLOCK)
                 };
                 store(dst, stride);
-                if !whole {
+                if !direct {
                     for i in 0..BLOCK.min(m - m0) {
                         let cols = BLOCK.min(r1 - n0);
                         std::ptr::copy_nonoverlapping(
-                            edge.as_ptr().add(i * BLOCK),
+                            edge.0.as_ptr().add(i * BLOCK),
                             y.0.add((m0 + i) * n + n0),
                             cols,
                         );
@@ -287,30 +416,49 @@ unsafe fn store(dst: *mut f32, stride: usize) {
 }
 
 /// Weight rows r0..r1 as B tiles: per block of 32 rows, its two halves of 16, each `[pair][row]`
-/// (the pair `(w[n][2p], w[n][2p + 1])` as one u32), zero rows past r1.
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_weights(w: &WeightMatrix<bf16>, r0: usize, r1: usize, packed: &mut [u32]) {
+/// (the pair `(w[n][2p], w[n][2p + 1])` as one u32; with parts, per 32 columns the parts' 16
+/// pairs each), zero rows past r1.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_weights<W: TileWeights>(
+    w: &WeightMatrix<W>,
+    r0: usize,
+    r1: usize,
+    packed: &mut [u32],
+) {
     let pairs = w.cols / 2;
     let src = w.data.as_ptr() as *const i32;
     let lanes = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(pairs as i32),
     );
-    for (h, tile) in packed.chunks_exact_mut(TILE_ROWS * pairs).enumerate() {
+    // Pair p's part q in a tile's packed order.
+    let at = |p: usize, q: usize| {
+        let per = TILE_K / 2;
+        ((p / per * W::PARTS + q) * per + p % per) * TILE_ROWS
+    };
+    for (h, tile) in packed
+        .chunks_exact_mut(TILE_ROWS * pairs * W::PARTS)
+        .enumerate()
+    {
         let n0 = r0 + h * TILE_ROWS;
         let rows = r1.saturating_sub(n0).min(TILE_ROWS);
         if rows == TILE_ROWS {
             // One gather per pair: element i from weight row n0 + i.
             let base = src.add(n0 * pairs);
-            for (p, out) in tile.chunks_exact_mut(TILE_ROWS).enumerate() {
-                let v = _mm512_i32gather_epi32::<4>(lanes, base.add(p));
-                _mm512_storeu_si512(out.as_mut_ptr() as *mut _, v);
+            for p in 0..pairs {
+                let parts = W::parts(_mm512_i32gather_epi32::<4>(lanes, base.add(p)));
+                for (q, v) in parts.into_iter().take(W::PARTS).enumerate() {
+                    _mm512_storeu_si512(tile.as_mut_ptr().add(at(p, q)) as *mut _, v);
+                }
             }
         } else {
             tile.fill(0);
             for i in 0..rows {
                 for p in 0..pairs {
-                    tile[p * TILE_ROWS + i] = *src.add((n0 + i) * pairs + p) as u32;
+                    let parts = W::parts_of(*src.add((n0 + i) * pairs + p) as u32);
+                    for (q, v) in parts.into_iter().take(W::PARTS).enumerate() {
+                        tile[at(p, q) + i] = v;
+                    }
                 }
             }
         }
@@ -350,11 +498,108 @@ mod tests {
                 matmul(&x, &wm, bias, &mut y, m);
                 let want = reference(&rounded, &wf, bias, m, k);
                 check(&y, &want, &rounded, &wf, m, k, &what);
-                for i in 0..m {
-                    let mut alone = vec![0f32; n];
-                    matmul(&x[i * k..(i + 1) * k], &wm, bias, &mut alone, 1);
-                    assert_eq!(alone, y[i * n..(i + 1) * n], "{what}: row {i} alone");
+                rows_alone(&x, &wm, bias, &y, m, &what);
+            }
+        }
+    }
+
+    /// Each row of x through the tiles alone: the same bits as in the block.
+    fn rows_alone<W: TileWeights>(
+        x: &[f32],
+        w: &WeightMatrix<W>,
+        bias: Option<&[f32]>,
+        y: &[f32],
+        m: usize,
+        what: &str,
+    ) {
+        let (n, k) = (w.rows, w.cols);
+        for i in 0..m {
+            let mut alone = vec![0f32; n];
+            matmul(&x[i * k..(i + 1) * k], w, bias, &mut alone, 1);
+            assert_eq!(alone, y[i * n..(i + 1) * n], "{what}: row {i} alone");
+        }
+    }
+
+    /// f16 weights in parts: each output within f32 summation of the f64 sum of the three
+    /// products of parts (x_hi·w_hi + x_lo·w_hi + x_hi·w_lo), within 2⁻¹⁶ of Σ|x·w| of the
+    /// exact product of x and the f16 weights, and each row alike alone; the parts are exact
+    /// (w_hi + w_lo = w) and x_hi + x_lo is x to 2⁻¹⁷.
+    #[test]
+    fn f16_weights_multiply_in_bf16_parts_to_16_bits_of_x() {
+        if !(runs() && super::super::small_m_bf16::runs()) {
+            println!("no AMX tiles on this CPU: nothing to check");
+            return;
+        }
+        let part = |v: f32| {
+            let hi = bf16::from_f32(v).to_f32();
+            (hi, bf16::from_f32(v - hi).to_f32())
+        };
+        for (m, n, k) in [(1, 16, 32), (33, 45, 64), (100, 96, 1280), (40, 70, 384)] {
+            // Weights over f16's range of exponents, so that the parts are not just bf16's.
+            let w: Vec<f16> = data(n * k, 1)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| f16::from_f32(v * (1 << (i % 7)) as f32 / 8.0))
+                .collect();
+            let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            let wm = WeightMatrix::new(&w, n, k);
+            let x = data(m * k, 2);
+            // The parts laid out as the kernel multiplies them: per 32 columns x_hi, x_lo,
+            // x_hi against w_hi, w_hi, w_lo.
+            let in_parts = |v: &[f32], rows: usize, order: [bool; 3]| -> Vec<f32> {
+                let mut out = Vec::with_capacity(3 * v.len());
+                for r in 0..rows {
+                    for block in v[r * k..(r + 1) * k].chunks(TILE_K) {
+                        for high in order {
+                            out.extend(block.iter().map(|&e| {
+                                let (hi, lo) = part(e);
+                                if high {
+                                    hi
+                                } else {
+                                    lo
+                                }
+                            }));
+                        }
+                    }
                 }
+                out
+            };
+            let (x3, w3) = (
+                in_parts(&x, m, [true, false, true]),
+                in_parts(&wf, n, [true, true, false]),
+            );
+            for (&v, &f) in w.iter().zip(&wf) {
+                let (hi, lo) = part(f);
+                assert_eq!(hi + lo, v.to_f32(), "the weight's parts are exact");
+            }
+            let bias = data(n, 3);
+            for bias in [None, Some(&bias[..])] {
+                let what = format!("f16 {m}×{n}×{k}, bias {}", bias.is_some());
+                let mut y = vec![f32::NAN; m * n];
+                matmul(&x, &wm, bias, &mut y, m);
+                check(
+                    &y,
+                    &reference(&x3, &w3, bias, m, 3 * k),
+                    &x3,
+                    &w3,
+                    m,
+                    3 * k,
+                    &what,
+                );
+                let exact = reference(&x, &wf, bias, m, k);
+                for i in 0..m {
+                    for r in 0..n {
+                        let mag: f64 = (0..k)
+                            .map(|j| (x[i * k + j] as f64 * wf[r * k + j] as f64).abs())
+                            .sum();
+                        let err = (y[i * n + r] as f64 - exact[i * n + r]).abs();
+                        assert!(
+                            err <= (1.0 + mag) / 65536.0,
+                            "{what} [{i},{r}]: {err} off the exact product (|x·w| sum {mag})"
+                        );
+                    }
+                }
+                rows_alone(&x, &wm, bias, &y, m, &what);
             }
         }
     }

@@ -14,8 +14,8 @@ use super::quant_gemm::{has_gemm_kernel, quant_gemm};
 use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use super::small_m::{
-    integer_int8, integer_int8_on_512_bits, matmul_rows_alike, matmul_small, native_bf16,
-    small_m_max_rows,
+    f16_tiles, integer_int8, integer_int8_on_512_bits, matmul_f16_tiles, matmul_rows_alike,
+    matmul_small, native_bf16, small_m_max_rows,
 };
 use super::softmax::exp_non_positive;
 use super::widen_gemm::{matmul_widened, WidenRows};
@@ -193,6 +193,8 @@ impl NarrowMatmul {
             for (xc, yc) in x.chunks(MAX_ROWS * k).zip(y.chunks_mut(MAX_ROWS * n)) {
                 gemv(xc, &w_gemv, bias, yc, xc.len() / k)
             }
+        } else if let Some(data) = E::as_f16(w.data).filter(|_| f16_tiles(m, w.cols)) {
+            matmul_f16_tiles(x, &w.as_elements(data), bias, y, m)
         } else if m <= small_m_max_rows() || (int8 && integer_int8()) {
             matmul_small(x, w, bias, y, m)
         } else {

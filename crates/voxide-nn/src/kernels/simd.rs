@@ -136,6 +136,13 @@ pub trait WeightElem: Copy + Send + Sync + 'static + sealed::Sealed {
         None
     }
 
+    /// The elements as f16, for the tiles' path (f16 only).
+    #[doc(hidden)]
+    fn as_f16(data: &[Self]) -> Option<&[half::f16]> {
+        let _ = data;
+        None
+    }
+
     /// 16 elements at `p` as f32.
     ///
     /// # Safety
@@ -237,6 +244,10 @@ impl WeightElem for f16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+
+    fn as_f16(data: &[Self]) -> Option<&[f16]> {
+        Some(data)
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -66,6 +66,44 @@ pub fn amx_bf16_tiles() -> bool {
     false
 }
 
+/// Fewest rows of x an f16 product takes the tiles for ([`f16_tiles`]): at 64 rows they ran
+/// 1.1–3.3× the small-M kernel on Whisper's shapes (Emerald Rapids, 2 threads; PERFORMANCE.md
+/// #184); fewer rows were not measured, and the weights' parts are packed per call.
+pub const F16_TILES_MIN_ROWS: usize = 64;
+
+/// Whether f16 weights times m rows of x run on AMX tiles, each weight split exactly into two
+/// bf16 parts and x into two (16 significand bits: whisper.cpp rounds x to f16's 11); see
+/// [`amx_bf16`]. Only where the CPU has the tiles, k fits them and m ≥ [`F16_TILES_MIN_ROWS`].
+pub fn f16_tiles(m: usize, k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return m >= F16_TILES_MIN_ROWS && amx_bf16_tiles() && amx_bf16::fits(k);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, k);
+        false
+    }
+}
+
+/// y (m × n) = x (m × k) · wᵀ (+ bias) on the tiles, for products where [`f16_tiles`] holds.
+///
+/// # Panics
+/// Where it does not, or if the operands do not fit.
+pub fn matmul_f16_tiles(
+    x: &[f32],
+    w: &WeightMatrix<half::f16>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+) {
+    check_operands(x, w, bias, y, m);
+    assert!(
+        f16_tiles(m, w.cols),
+        "f16 products of {m} rows do not run on tiles here"
+    );
+    #[cfg(target_arch = "x86_64")]
+    amx_bf16::matmul(x, w, bias, y, m)
+}
+
 /// Whether bf16 dot products (`vdpbf16ps`) multiply-add fast enough against this CPU's f32 FMAs
 /// to pay for rounding and packing x ([`fma_peak::bf16_dots`]): the bf16 form of the attention
 /// of many rows takes them only then, AMX or not.
