@@ -22,7 +22,7 @@
 //! A tiles (tmm4, tmm5) are 16 rows of x × 32 bf16 (64 bytes) straight from x rounded row-major;
 //! B tiles (tmm6, tmm7) are 16 pairs of k × 16 weight rows, the pair `(w[n][2p], w[n][2p + 1])`
 //! in one 32-bit element ("VNNI" layout), packed once per call and task from the row-major
-//! weights. With parts (f16), each 32 columns of k become [`TileWeights::PARTS`] tiles' depth
+//! weights. With parts (f16), each 32 columns of k become `TileWeights::PARTS` tiles' depth
 //! in both, x's parts against the weights' in the order above. C stores straight into y where
 //! the block is whole and y's rows start on cache lines.
 //!
