@@ -479,6 +479,35 @@ fn f16_and_int8_decoder_weights_stay_close_to_the_reference() {
     }
 }
 
+/// The tiny fixture's encoder output with its matrices stored as `format`, checked within
+/// `tolerance` of the range of the f32 reference's; with the input features and that range.
+fn encoder_as(format: WeightFormat, tolerance: f32) -> (Tensor, Tensor, f32) {
+    let dir = fixtures().join("tiny-random");
+    let tensors = reference_tensors("tiny-random");
+    let features = &tensors["input_features"];
+    let pipeline = WhisperPipeline::from_dir(&dir, &Device::Cpu, Some(format)).unwrap();
+    let got = pipeline.model().encode(features).unwrap();
+    let want = &tensors["encoder_last_hidden_state"];
+    let range = max_abs(want);
+    check(
+        "tiny-random",
+        &format!("{format:?} encoder vs f32 reference"),
+        max_abs_diff(&got, want) / range,
+        tolerance,
+    );
+    (got, features.clone(), range)
+}
+
+/// The last hidden state of an encoder loaded from `vb` (at the checkpoint's `model.encoder`).
+fn encode_with(vb: VarBuilder, config: &Config, features: &Tensor) -> Tensor {
+    let mut states = Encoder::load(vb, &config.encoder())
+        .unwrap()
+        .forward(features, false)
+        .unwrap()
+        .hidden_states;
+    states.pop().unwrap()
+}
+
 /// bf16 matrices (`--precision bf16`): the encoder's output drifts from the f32 reference by
 /// bf16's rounding (measured 3.8e-4 of its range); where the CPU has bf16 dot products its
 /// products multiply bf16(x) and its attention bf16 q, K, V and probabilities, so it differs
@@ -487,32 +516,17 @@ fn f16_and_int8_decoder_weights_stay_close_to_the_reference() {
 #[test]
 fn bf16_encoder_multiplies_on_bf16_dot_products() {
     let dir = fixtures().join("tiny-random");
-    let tensors = reference_tensors("tiny-random");
-    let features = &tensors["input_features"];
-    let pipeline = WhisperPipeline::from_dir(&dir, &Device::Cpu, Some(WeightFormat::Bf16)).unwrap();
-    let got = pipeline.model().encode(features).unwrap();
-    let want = &tensors["encoder_last_hidden_state"];
-    let range = max_abs(want);
-    check(
-        "tiny-random",
-        "bf16 encoder vs f32 reference",
-        max_abs_diff(&got, want) / range,
-        1e-2,
-    );
+    let (got, features, range) = encoder_as(WeightFormat::Bf16, 1e-2);
+    let features = &features;
 
     let files = SafetensorsFiles::open(&[dir.join("model.safetensors")]).unwrap();
     let vb = VarBuilder::from_backend(Box::new(files), DType::F32, Device::Cpu);
     let config = Config::from_file(&dir.join("config.json")).unwrap();
-    let x_whole = Encoder::load(
+    let x_whole = encode_with(
         vb.pp("model.encoder").set_dtype(DType::BF16),
-        &config.encoder(),
-    )
-    .unwrap()
-    .forward(features, false)
-    .unwrap()
-    .hidden_states
-    .pop()
-    .unwrap();
+        &config,
+        features,
+    );
     let moved = max_abs_diff(&got, &x_whole) / range;
     println!("tiny-random  bf16 encoder against x whole: {moved:.3e} of the range");
     if native_bf16() {
@@ -531,18 +545,8 @@ fn bf16_encoder_multiplies_on_bf16_dot_products() {
 #[test]
 fn f16_encoder_on_tiles_keeps_x_to_16_bits() {
     let dir = fixtures().join("tiny-random");
-    let tensors = reference_tensors("tiny-random");
-    let features = &tensors["input_features"];
-    let pipeline = WhisperPipeline::from_dir(&dir, &Device::Cpu, Some(WeightFormat::F16)).unwrap();
-    let got = pipeline.model().encode(features).unwrap();
-    let want = &tensors["encoder_last_hidden_state"];
-    let range = max_abs(want);
-    check(
-        "tiny-random",
-        "f16 encoder vs f32 reference",
-        max_abs_diff(&got, want) / range,
-        2e-4,
-    );
+    let (got, features, range) = encoder_as(WeightFormat::F16, 2e-4);
+    let features = &features;
 
     // The layers' matrices (what `--precision f16` stores in f16) at the same f16 values as
     // f32 weights: every product on f32 x.
@@ -565,13 +569,7 @@ fn f16_encoder_on_tiles_keeps_x_to_16_bits() {
             .collect();
     let vb = VarBuilder::from_tensors(rounded, DType::F32, &Device::Cpu);
     let config = Config::from_file(&dir.join("config.json")).unwrap();
-    let x_whole = Encoder::load(vb.pp("model.encoder"), &config.encoder())
-        .unwrap()
-        .forward(features, false)
-        .unwrap()
-        .hidden_states
-        .pop()
-        .unwrap();
+    let x_whole = encode_with(vb.pp("model.encoder"), &config, features);
     let moved = max_abs_diff(&got, &x_whole) / range;
     println!("tiny-random  f16 encoder against x whole: {moved:.3e} of the range");
     let tiles = f16_tiles(config.max_source_positions, config.d_model);
