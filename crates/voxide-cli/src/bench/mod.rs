@@ -537,7 +537,10 @@ fn print_machine(m: &MachineReport, threads: usize) {
         );
     }
     if m.amx_bf16 {
-        say!("AMX tiles: bf16 products of many rows (encoders, prompts) on tdpbf16ps");
+        say!(
+            "AMX tiles: bf16 products of many rows (encoders, prompts) on tdpbf16ps; f16 ones \
+             (Whisper's windows) in exact bf16 parts, x to 16 bits"
+        );
     }
     let slowest = m
         .read_probes_gbps
