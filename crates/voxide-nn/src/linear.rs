@@ -826,7 +826,9 @@ impl LinearStack {
 mod tests {
     use super::*;
     use crate::kernels::ops::{int8_gemv_max_rows, INT8_GEMV_MAX_ROWS};
-    use crate::kernels::small_m::{integer_int8, native_bf16, small_m_max_rows, SMALL_M_MAX_ROWS};
+    use crate::kernels::small_m::{
+        f16_tiles_fit, integer_int8, native_bf16, small_m_max_rows, SMALL_M_MAX_ROWS,
+    };
 
     fn det(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
@@ -955,21 +957,24 @@ mod tests {
             .unsqueeze(0)
     }
 
-    /// A chunk-invariant layer computes each row alike whatever block it comes in: bf16 and
-    /// int8 weights, whose kernels of many rows round x otherwise than the GEMV does for a few
+    /// A chunk-invariant layer computes each row alike whatever block it comes in: bf16, int8
+    /// and f16 weights, whose kernels of many rows round x otherwise than the GEMV does for a few
     /// (bit for bit where those kernels run, else within f32's summation order); the bf16 dot
     /// products multiply bf16(x) (a plain layer's few rows do not: the control).
     #[test]
     fn chunk_invariant_rows_come_out_alike_in_any_block() -> Result<()> {
         let dev = Device::Cpu;
-        let (k, n, m) = (67, 45, 40);
-        let w = Tensor::from_vec(det(n * k, 1), (n, k), &dev)?;
+        let (n, m) = (45, 70);
         let b = Tensor::from_vec(det(n, 2), n, &dev)?;
-        let x = Tensor::from_vec(det(m * k, 3), (1, m, k), &dev)?;
-        for (fmt, rounds_x) in [
-            (WeightFormat::Bf16, native_bf16()),
-            (WeightFormat::Int8, integer_int8()),
+        // f16 on AMX tiles (k a multiple of 32) at any row count, though a plain layer takes
+        // them from 64 rows on.
+        for (fmt, k, rounds_x) in [
+            (WeightFormat::Bf16, 67, native_bf16()),
+            (WeightFormat::Int8, 67, integer_int8()),
+            (WeightFormat::F16, 64, f16_tiles_fit(64)),
         ] {
+            let w = Tensor::from_vec(det(n * k, 1), (n, k), &dev)?;
+            let x = Tensor::from_vec(det(m * k, 3), (1, m, k), &dev)?;
             let plain = Linear::from_weights(w.clone(), Some(b.clone())).to_format(fmt)?;
             let mut layer = plain.clone();
             layer.set_chunk_invariant();

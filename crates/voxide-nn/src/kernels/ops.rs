@@ -14,8 +14,8 @@ use super::quant_gemm::{has_gemm_kernel, quant_gemm};
 use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use super::small_m::{
-    f16_tiles, integer_int8, integer_int8_on_512_bits, matmul_f16_tiles, matmul_rows_alike,
-    matmul_small, native_bf16, small_m_max_rows,
+    f16_tiles, f16_tiles_fit, integer_int8, integer_int8_on_512_bits, matmul_f16_tiles,
+    matmul_rows_alike, matmul_small, native_bf16, small_m_max_rows,
 };
 use super::softmax::exp_non_positive;
 use super::widen_gemm::{matmul_widened, WidenRows};
@@ -181,7 +181,11 @@ impl NarrowMatmul {
         let rows_alike = match self.rows {
             ManyRows::KeepX => false,
             ManyRows::Bf16Prompts => m > MAX_ROWS && bf16_dot(),
-            ManyRows::Alike => (int8 && integer_int8()) || bf16_dot(),
+            ManyRows::Alike => {
+                (int8 && integer_int8())
+                    || bf16_dot()
+                    || (E::as_f16(w.data).is_some() && f16_tiles_fit(w.cols))
+            }
         };
         let w_gemv = self.residency.map_or(*w, |r| w.with_residency(r));
         if rows_alike {

@@ -75,11 +75,17 @@ pub const F16_TILES_MIN_ROWS: usize = 64;
 /// bf16 parts and x into two (16 significand bits: whisper.cpp rounds x to f16's 11); see
 /// [`amx_bf16`]. Only where the CPU has the tiles, k fits them and m ≥ [`F16_TILES_MIN_ROWS`].
 pub fn f16_tiles(m: usize, k: usize) -> bool {
+    m >= F16_TILES_MIN_ROWS && f16_tiles_fit(k)
+}
+
+/// Whether the tiles take f16 products of k columns at all: a chunk-invariant layer's at any
+/// row count ([`matmul_rows_alike`]), so that a row's result does not depend on its block.
+pub fn f16_tiles_fit(k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return m >= F16_TILES_MIN_ROWS && amx_bf16_tiles() && amx_bf16::fits(k);
+    return amx_bf16_tiles() && amx_bf16::fits(k);
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (m, k);
+        let _ = k;
         false
     }
 }
@@ -115,7 +121,8 @@ pub fn bf16_dots_pay() -> bool {
 /// encoder's, [`Linear::set_chunk_invariant`](crate::Linear::set_chunk_invariant)), any m, and
 /// for a bf16 decoder's prompts ([`Linear::set_bf16_prompts`](crate::Linear::set_bf16_prompts)):
 /// bf16 weights on bf16 dot products where the CPU takes them ([`native_bf16`]: x rounded to
-/// bf16), the rest as [`matmul_small`] does.
+/// bf16), f16 weights on AMX tiles in parts where they fit ([`f16_tiles_fit`]), the rest as
+/// [`matmul_small`] does.
 pub fn matmul_rows_alike<E: WeightElem>(
     x: &[f32],
     w: &WeightMatrix<E>,
@@ -131,6 +138,11 @@ pub fn matmul_rows_alike<E: WeightElem>(
             return amx_bf16::matmul(x, &w, bias, y, m);
         }
         return small_m_bf16::matmul(x, &w, bias, y, m);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(data) = E::as_f16(w.data).filter(|_| f16_tiles_fit(w.cols)) {
+        check_operands(x, w, bias, y, m);
+        return amx_bf16::matmul(x, &w.as_elements(data), bias, y, m);
     }
     matmul_small(x, w, bias, y, m)
 }
