@@ -5,7 +5,7 @@
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench -p voxide-nn --bench gemv [-- SECTION...]`
 //! Sections: `bandwidth`, `gemv`, `isa`, `l2`, `candle`, `small`, `crossover`, `whisper`,
-//! `whisper-step`, `rows`, `row-bytes`, `attention`, `step`,
+//! `whisper-step`, `rows`, `row-bytes`, `int8-chunks`, `int8-prompt`, `attention`, `step`,
 //! `step-int8`, `tts-frame`, `thin`, `winograd`, `codec-convs`, `quant`, `quant-encoder`,
 //! `quant-l2`
 //! (all by default; `quant` and `quant-l2` take extra words: ggml type names to run, e.g. `quant q4_0 q4_K`). Figures: median [min–max] of the timed repetitions after a warm-up.
@@ -531,6 +531,48 @@ fn bench_int8_chunks() {
                 "int8 {n}x{k} m={m}: small-M {:.3} ms, gemv×8 {:.3} ms",
                 a.0 * 1e3,
                 b.0 * 1e3
+            );
+        }
+    }
+}
+
+/// int8 prompts and encoder windows: the integer small-M kernel on AMX tiles against AVX-512
+/// VNNI (the same bits), at Voxtral Mini 3B's decoder and encoder shapes and Qwen3-TTS 0.6B's
+/// talker shapes, from a chunk's rows to a window's.
+fn bench_int8_prompt() {
+    use voxide_nn::kernels::small_m_int8::{matmul, Kernel};
+    if !Kernel::Amx.runs() {
+        println!("no AMX-INT8 here: nothing to compare");
+        return;
+    }
+    let shapes = [
+        ("3B decoder", 6144usize, 3072usize, &[24usize, 390][..]),
+        ("3B decoder", 16384, 3072, &[24, 390]),
+        ("3B decoder", 3072, 8192, &[24, 390]),
+        ("3B encoder", 3840, 1280, &[1500]),
+        ("3B encoder", 5120, 1280, &[1500]),
+        ("3B encoder", 1280, 5120, &[1500]),
+        ("TTS talker", 4096, 1024, &[12, 48, 253]),
+        ("TTS talker", 6144, 1024, &[12, 48, 253]),
+        ("TTS talker", 1024, 3072, &[12, 48, 253]),
+    ];
+    for (name, n, k, ms) in shapes {
+        let (q, sc) = quantize_int8(n, k, value);
+        let wq = WeightMatrix::with_scales(&q, &sc, n, k);
+        for &m in ms {
+            let x: Vec<f32> = (0..m * k).map(value).collect();
+            let mut y = vec![0f32; m * n];
+            let flops = 2.0 * (m * n * k) as f64;
+            let reps = (2e10 / flops).clamp(5.0, 100.0) as usize;
+            let [tiles, vnni] = [Kernel::Amx, Kernel::Avx512Vnni]
+                .map(|kernel| time(2, reps, || matmul(kernel, &x, &wq, None, &mut y, m)));
+            println!(
+                "int8 {name} {n:5}x{k:<5} m={m:5}: tiles {:8.3} ms ({:6.1} GFLOP/s), VNNI {:8.3} ms ({:6.1} GFLOP/s), {:.2}x",
+                tiles.0 * 1e3,
+                flops / tiles.0 / 1e9,
+                vnni.0 * 1e3,
+                flops / vnni.0 / 1e9,
+                vnni.0 / tiles.0
             );
         }
     }
@@ -1118,6 +1160,9 @@ fn main() -> candle_core::Result<()> {
     }
     if on("row-bytes") {
         bench_row_bytes();
+    }
+    if on("int8-prompt") {
+        bench_int8_prompt();
     }
     if on("int8-chunks") {
         bench_int8_chunks();

@@ -24,7 +24,7 @@ use voxide_nn::kernels::fma_peak::{bf16_dots, measure_fma_gflops};
 use voxide_nn::kernels::gemv::{measured_read_aheads, FEWER_ROWS_PER_PASS, ROWS_PER_PASS};
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
-use voxide_nn::kernels::small_m::amx_bf16_tiles;
+use voxide_nn::kernels::small_m::{amx_bf16_tiles, amx_int8_tiles};
 use voxide_runtime::{load_transcriber, resolve_model, TranscribeRequest};
 use windows::{StepWindows, STT_PARTS, TTS_PARTS, WINDOW};
 
@@ -338,6 +338,7 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             taken: d.pay(),
         }),
         amx_bf16: amx_bf16_tiles(),
+        amx_int8: amx_int8_tiles(),
         streaming: streaming_reads().map(|r| StreamingReport {
             nontemporal_gbps: r.nontemporal_gbps,
             keep_gbps: r.keep_gbps,
@@ -539,7 +540,12 @@ fn print_machine(m: &MachineReport, threads: usize) {
     if m.amx_bf16 {
         say!(
             "AMX tiles: bf16 products of many rows (encoders, prompts) on tdpbf16ps; f16 ones \
-             (Whisper's windows) in exact bf16 parts, x to 16 bits"
+             (Whisper's windows) in exact bf16 parts, x to 16 bits{}",
+            if m.amx_int8 {
+                "; int8 ones on tdpbssd, the VNNI kernel's bits"
+            } else {
+                ""
+            }
         );
     }
     let slowest = m

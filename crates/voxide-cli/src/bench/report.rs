@@ -346,6 +346,10 @@ pub struct MachineReport {
     /// ([`voxide_nn::kernels::small_m::amx_bf16_tiles`]).
     #[serde(default)]
     pub amx_bf16: bool,
+    /// Whether int8 products of many rows ran on AMX tiles
+    /// ([`voxide_nn::kernels::small_m::amx_int8_tiles`]).
+    #[serde(default)]
+    pub amx_int8: bool,
     /// How streamed matrices were read: from memory with non-temporal prefetches against plain
     /// ones ([`voxide_nn::kernels::bandwidth::StreamingReads`]); `None` where not measured.
     #[serde(default)]

@@ -18,79 +18,25 @@
 //! artificial intelligence datatype for higher-precision computations", ARITH 2019), with the
 //! weights' split exact.
 //!
-//! Layout, per output block of 32 rows of x × 32 weight rows (four C tiles, tmm0–3):
-//! A tiles (tmm4, tmm5) are 16 rows of x × 32 bf16 (64 bytes) straight from x rounded row-major;
-//! B tiles (tmm6, tmm7) are 16 pairs of k × 16 weight rows, the pair `(w[n][2p], w[n][2p + 1])`
-//! in one 32-bit element ("VNNI" layout), packed once per call and task from the row-major
-//! weights. With parts (f16), each 32 columns of k become `TileWeights::PARTS` tiles' depth
-//! in both, x's parts against the weights' in the order above. C stores straight into y where
-//! the block is whole and y's rows start on cache lines.
-//!
-//! Linux hands out the tiles' 8 KB of state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM,
-//! XFEATURE_XTILEDATA)`, once per process); [`runs`] asks.
+//! Layout as [`super::amx`] lays out the tiles; with parts (f16), each 32 columns of k become
+//! `TileWeights::PARTS` tiles' depth in both operands, x's parts against the weights' in the
+//! order above. C stores straight into y where the block is whole and y's rows start on cache
+//! lines.
 
+use super::amx::{self, Plan, TileOps, TileWords, BLOCK, TILE_WORDS};
 use super::gemv::{OutPtr, WeightMatrix};
 use half::{bf16, f16};
 use rayon::prelude::*;
-use std::arch::asm;
 use std::arch::x86_64::*;
-use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// bf16 values along k per tile row (64 bytes).
-pub const TILE_K: usize = 32;
+pub const TILE_K: usize = 2 * TILE_WORDS;
 
-/// Rows (of x, or weight rows) per tile.
-const TILE_ROWS: usize = 16;
-
-/// Rows of x and weight rows per output block (two tiles each way).
-const BLOCK: usize = 2 * TILE_ROWS;
-
-/// Bytes of x (rounded) per chunk of rows that stays in L2 while a task's weights pass over it.
-const X_CHUNK_BYTES: usize = 1 << 20;
-
-/// k steps (of [`TILE_K`]) that the tiles' lines are prefetched ahead.
-const PREFETCH_STEPS: usize = 2;
-
-/// Weight rows per task at most (packed: 128 × k bf16, 320 KB at k = 1280, in L2 beside x).
-const MAX_TASK_ROWS: usize = 4 * BLOCK;
-
-/// Bytes of a task's packed weights at most (f16's three parts take fewer rows than
-/// [`MAX_TASK_ROWS`]; a block's at least).
-const MAX_TASK_BYTES: usize = 512 << 10;
-
-/// Whether this CPU and OS run the tiles: CPUID's AMX-TILE and AMX-BF16, and the kernel granted
-/// this process the tile data state; `VOXIDE_AMX=0` in the environment turns them off (the
-/// products then take the kernels of CPUs without them).
+/// Whether this CPU and OS run the tiles' bf16 products (AMX-BF16, see [`amx::has`]).
 pub fn runs() -> bool {
     static RUNS: OnceLock<bool> = OnceLock::new();
-    *RUNS.get_or_init(|| {
-        if std::env::var_os("VOXIDE_AMX").is_some_and(|v| v == "0") {
-            return false;
-        }
-        let leaf7 = __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 22) & 0b101 == 0b101;
-        leaf7 && request_tile_state()
-    })
-}
-
-/// Asks Linux for the tile data state (XFEATURE 18); other systems are not asked and do not run
-/// the tiles.
-fn request_tile_state() -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-        const XFEATURE_XTILEDATA: libc::c_long = 18;
-        // SAFETY: arch_prctl with this request only changes the process's permitted state.
-        unsafe {
-            libc::syscall(
-                libc::SYS_arch_prctl,
-                ARCH_REQ_XCOMP_PERM,
-                XFEATURE_XTILEDATA,
-            ) == 0
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    false
+    *RUNS.get_or_init(|| amx::has(TileOps::Bf16))
 }
 
 /// Whether a product of k columns fits the tiles (whole tile rows along k; the rest take the
@@ -99,87 +45,40 @@ pub fn fits(k: usize) -> bool {
     k > 0 && k.is_multiple_of(TILE_K)
 }
 
-/// The tile configuration: palette 1, all eight tiles 16 rows of 64 bytes.
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    bytes_per_row: [u16; 16],
-    rows: [u8; 16],
-}
-
-const CONFIG: TileConfig = {
-    let mut bytes_per_row = [0u16; 16];
-    let mut rows = [0u8; 16];
-    let mut t = 0;
-    while t < 8 {
-        bytes_per_row[t] = 64;
-        rows[t] = TILE_ROWS as u8;
-        t += 1;
-    }
-    TileConfig {
-        palette: 1,
-        start_row: 0,
-        reserved: [0; 14],
-        bytes_per_row,
-        rows,
-    }
-};
-
-/// Weights the tiles multiply: bf16 as they are, f16 in two exact bf16 parts (see the module).
-pub(crate) trait TileWeights: Copy + Send + Sync {
-    /// Tiles' depth per 32 columns of k: the products of x's parts and the weights' parts.
-    const PARTS: usize;
-
+/// Weights the tiles multiply in f32 sums: bf16 as they are, f16 in two exact bf16 parts (see
+/// the module), with x rounded to match.
+pub(crate) trait TileWeights: TileWords {
     /// A row of x as the A tiles' pairs, per 32 columns the parts' 16 pairs each.
     ///
     /// # Safety
     /// The CPU has AVX512-BF16; `row.len()` is a multiple of 32; `out` holds PARTS · len / 2.
     unsafe fn round_x(row: &[f32], out: &mut [u32]);
-
-    /// The parts of 16 weight pairs (a lane's two weights in one u32) as bf16 pairs.
-    ///
-    /// # Safety
-    /// The CPU has AVX512-BF16.
-    unsafe fn parts(pairs: __m512i) -> [__m512i; 3];
-
-    /// [`Self::parts`] of one pair, for rows short of a tile.
-    fn parts_of(pair: u32) -> [u32; 3];
 }
 
 impl TileWeights for bf16 {
-    const PARTS: usize = 1;
-
     #[inline(always)]
     unsafe fn round_x(row: &[f32], out: &mut [u32]) {
         super::small_m_bf16::round_pairs(row, out)
     }
-
-    #[inline(always)]
-    unsafe fn parts(pairs: __m512i) -> [__m512i; 3] {
-        [pairs; 3]
-    }
-
-    fn parts_of(pair: u32) -> [u32; 3] {
-        [pair; 3]
-    }
 }
 
 impl TileWeights for f16 {
-    const PARTS: usize = 3;
-
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn round_x(row: &[f32], out: &mut [u32]) {
-        for (j, out) in out.chunks_exact_mut(3 * TILE_K / 2).enumerate() {
+        for (j, out) in out.chunks_exact_mut(3 * TILE_WORDS).enumerate() {
             let lo = _mm512_loadu_ps(row.as_ptr().add(j * TILE_K));
             let hi = _mm512_loadu_ps(row.as_ptr().add(j * TILE_K + TILE_K / 2));
             let [x_hi, x_lo] = split(lo, hi);
             for (part, v) in [x_hi, x_lo, x_hi].into_iter().enumerate() {
-                _mm512_storeu_si512(out.as_mut_ptr().add(part * TILE_K / 2) as *mut _, v);
+                _mm512_storeu_si512(out.as_mut_ptr().add(part * TILE_WORDS) as *mut _, v);
             }
         }
     }
+}
+
+/// f16 weight pairs as their bf16 parts w_hi, w_hi, w_lo (against x_hi, x_lo, x_hi).
+impl TileWords for f16 {
+    const PARTS: usize = 3;
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -237,57 +136,29 @@ pub(crate) fn matmul<W: TileWeights>(
     debug_assert!(runs() && fits(k) && super::small_m_bf16::runs());
     // x rounded (in parts), row-major, zero rows up to a whole block.
     let pairs = W::PARTS * k / 2;
-    let mut rounded_buf = ROUNDED.take();
-    let xb = lines(&mut rounded_buf, m.next_multiple_of(BLOCK) * pairs);
-    xb[m * pairs..].fill(0);
-    xb.par_chunks_mut(pairs)
-        .zip(x[..m * k].par_chunks(k))
-        // SAFETY: AMX CPUs have AVX512-BF16 (asserted above); k is a multiple of 32 and each
-        // row holds its pairs.
-        .for_each(|(out, row)| unsafe { W::round_x(row, out) });
-    let chunk_rows = (X_CHUNK_BYTES / (4 * pairs) / BLOCK * BLOCK).clamp(BLOCK, 16 * BLOCK);
-    let threads = rayon::current_num_threads();
-    let most_rows = (MAX_TASK_BYTES / (4 * pairs) / BLOCK * BLOCK).clamp(BLOCK, MAX_TASK_ROWS);
-    let task_rows = (n.div_ceil(2 * threads).next_multiple_of(BLOCK)).clamp(BLOCK, most_rows);
-    let out = OutPtr(y.as_mut_ptr());
-    let rounded = &*xb;
-    (0..n.div_ceil(task_rows)).into_par_iter().for_each(|t| {
-        let (r0, r1) = (t * task_rows, ((t + 1) * task_rows).min(n));
-        let mut packed_buf = PACKED.take();
-        let packed = lines(&mut packed_buf, task_rows * pairs);
-        // SAFETY: the tiles run (the caller's check); x holds whole blocks of rows; the packed
-        // buffer holds the task's rows; tasks write disjoint columns of y.
-        unsafe { task(rounded, w, bias, out, m, r0, r1, chunk_rows, packed) };
-        PACKED.set(packed_buf);
+    amx::with_x_tiles(m, pairs, |xb| {
+        xb.par_chunks_mut(pairs)
+            .zip(x[..m * k].par_chunks(k))
+            // SAFETY: AMX CPUs have AVX512-BF16 (asserted above); k is a multiple of 32 and
+            // each row holds its pairs.
+            .for_each(|(out, row)| unsafe { W::round_x(row, out) });
+        let plan = Plan::new(n, pairs);
+        let out = OutPtr(y.as_mut_ptr());
+        let rounded = &*xb;
+        plan.for_each_task(n, pairs, |r0, r1, packed| {
+            // SAFETY: the tiles run (the caller's check); x holds whole blocks of rows; the
+            // packed buffer holds the task's rows; tasks write disjoint columns of y.
+            unsafe { task(rounded, w, bias, out, m, (r0, r1), plan.chunk_rows, packed) };
+        });
     });
-    ROUNDED.set(rounded_buf);
-}
-
-/// `len` elements of `buf` from a cache line's start: a tile row that straddles two lines
-/// loads ~6× slower (3.3 → 21 ns a tile from L1 on Emerald Rapids, 16 bytes off a line as
-/// large `malloc` blocks are), so every tile's rows start on a line.
-fn lines(buf: &mut Vec<u32>, len: usize) -> &mut [u32] {
-    const LINE: usize = 64 / 4;
-    if buf.len() < len + LINE {
-        buf.resize(len + LINE, 0);
-    }
-    let start = buf.as_ptr().align_offset(64);
-    &mut buf[start..start + len]
 }
 
 /// A block's sums where y's rows do not start on a cache line (stored, then copied).
 #[repr(C, align(64))]
 struct Edge([f32; BLOCK * BLOCK]);
 
-thread_local! {
-    /// The last call's rounded x and each thread's packed weights, reused so that a call
-    /// faults in no fresh pages. Taken, not borrowed, as [`super::gemv_int8`]'s buffers.
-    static ROUNDED: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
-    static PACKED: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
-}
-
 /// Output columns r0..r1 (weight rows) for all m rows of x.
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn task<W: TileWeights>(
     xb: &[u32],
@@ -295,18 +166,17 @@ unsafe fn task<W: TileWeights>(
     bias: Option<&[f32]>,
     y: OutPtr,
     m: usize,
-    r0: usize,
-    r1: usize,
+    (r0, r1): (usize, usize),
     chunk_rows: usize,
     packed: &mut [u32],
 ) {
     let n = w.rows;
     let pairs = W::PARTS * w.cols / 2;
     let blocks = (r1 - r0).div_ceil(BLOCK);
-    pack_weights(w, r0, r1, &mut packed[..blocks * BLOCK * pairs]);
-    asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
+    amx::pack_weights(w, r0, r1, &mut packed[..blocks * BLOCK * pairs]);
+    amx::configure();
     let mut edge = Edge([0f32; BLOCK * BLOCK]);
-    // Tile rows straight into y only where each starts on a cache line (see `lines`).
+    // Tile rows straight into y only where each starts on a cache line (see `amx::lines`).
     let y_lines = (y.0 as usize).is_multiple_of(64) && n.is_multiple_of(16);
     for c0 in (0..m).step_by(chunk_rows) {
         for b in 0..blocks {
@@ -314,15 +184,15 @@ unsafe fn task<W: TileWeights>(
             // B tiles: the block's weight rows n0..n0 + 16 and n0 + 16..n0 + 32, [pair][row].
             let wb = packed.as_ptr().add(b * BLOCK * pairs);
             for m0 in (c0..(c0 + chunk_rows).min(m)).step_by(BLOCK) {
-                let xa = xb.as_ptr().add(m0 * pairs);
-                block(xa, wb, pairs);
+                amx::zero_sums();
+                amx::multiply::<false>(xb.as_ptr().add(m0 * pairs), wb, pairs, (0, pairs));
                 let direct = y_lines && m0 + BLOCK <= m && n0 + BLOCK <= r1;
                 let (dst, stride) = if direct {
                     (y.0.add(m0 * n + n0), n)
                 } else {
                     (edge.0.as_mut_ptr(), BLOCK)
                 };
-                store(dst, stride);
+                amx::store_sums(dst, stride);
                 if !direct {
                     for i in 0..BLOCK.min(m - m0) {
                         let cols = BLOCK.min(r1 - n0);
@@ -336,130 +206,12 @@ unsafe fn task<W: TileWeights>(
             }
         }
     }
-    asm!("tilerelease", options(nostack, nomem));
+    amx::release();
     if let Some(bias) = bias {
         for i in 0..m {
             let row = std::slice::from_raw_parts_mut(y.0.add(i * n + r0), r1 - r0);
             for (v, b) in row.iter_mut().zip(&bias[r0..r1]) {
                 *v += b;
-            }
-        }
-    }
-}
-
-/// The sums of one 32 × 32 block over all k into tmm0–3: rows of x at `xa` (k / 2 pairs
-/// apart), weights at `wb` (two B tiles' columns, `pairs` × 16 each).
-#[inline(always)]
-unsafe fn block(xa: *const u32, wb: *const u32, pairs: usize) {
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
-    let x_stride = pairs * 4;
-    let mut p = 0;
-    while p < pairs {
-        let a0 = xa.add(p);
-        let a1 = xa.add(TILE_ROWS * pairs + p);
-        let b0 = wb.add(p * TILE_ROWS);
-        let b1 = wb.add((pairs + p) * TILE_ROWS);
-        // The next step's 64 lines into L1 while these multiply: a tile load waits on each of
-        // its 16 lines that misses L1.
-        let ahead = PREFETCH_STEPS * TILE_K / 2;
-        if p + ahead < pairs {
-            for r in 0..TILE_ROWS {
-                _mm_prefetch::<_MM_HINT_T0>(a0.add(r * pairs + ahead) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(a1.add(r * pairs + ahead) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(b0.add((ahead + r) * TILE_ROWS) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(b1.add((ahead + r) * TILE_ROWS) as *const i8);
-            }
-        }
-        asm!(
-            "tileloadd tmm4, [{a0} + {xs} * 1]",
-            "tileloadd tmm5, [{a1} + {xs} * 1]",
-            "tileloadd tmm6, [{b0} + {ws} * 1]",
-            "tileloadd tmm7, [{b1} + {ws} * 1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            a0 = in(reg) a0,
-            a1 = in(reg) a1,
-            b0 = in(reg) b0,
-            b1 = in(reg) b1,
-            xs = in(reg) x_stride,
-            ws = in(reg) 64usize,
-            options(nostack, readonly)
-        );
-        p += TILE_K / 2;
-    }
-}
-
-/// Stores tmm0–3 as the 32 × 32 block at `dst` (rows `stride` floats apart).
-#[inline(always)]
-unsafe fn store(dst: *mut f32, stride: usize) {
-    let (bytes, half) = (stride * 4, TILE_ROWS);
-    asm!(
-        "tilestored [{c00} + {s} * 1], tmm0",
-        "tilestored [{c01} + {s} * 1], tmm1",
-        "tilestored [{c10} + {s} * 1], tmm2",
-        "tilestored [{c11} + {s} * 1], tmm3",
-        c00 = in(reg) dst,
-        c01 = in(reg) dst.add(half),
-        c10 = in(reg) dst.add(half * stride),
-        c11 = in(reg) dst.add(half * stride + half),
-        s = in(reg) bytes,
-        options(nostack)
-    );
-}
-
-/// Weight rows r0..r1 as B tiles: per block of 32 rows, its two halves of 16, each `[pair][row]`
-/// (the pair `(w[n][2p], w[n][2p + 1])` as one u32; with parts, per 32 columns the parts' 16
-/// pairs each), zero rows past r1.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_weights<W: TileWeights>(
-    w: &WeightMatrix<W>,
-    r0: usize,
-    r1: usize,
-    packed: &mut [u32],
-) {
-    let pairs = w.cols / 2;
-    let src = w.data.as_ptr() as *const i32;
-    let lanes = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(pairs as i32),
-    );
-    // Pair p's part q in a tile's packed order.
-    let at = |p: usize, q: usize| {
-        let per = TILE_K / 2;
-        ((p / per * W::PARTS + q) * per + p % per) * TILE_ROWS
-    };
-    for (h, tile) in packed
-        .chunks_exact_mut(TILE_ROWS * pairs * W::PARTS)
-        .enumerate()
-    {
-        let n0 = r0 + h * TILE_ROWS;
-        let rows = r1.saturating_sub(n0).min(TILE_ROWS);
-        if rows == TILE_ROWS {
-            // One gather per pair: element i from weight row n0 + i.
-            let base = src.add(n0 * pairs);
-            for p in 0..pairs {
-                let parts = W::parts(_mm512_i32gather_epi32::<4>(lanes, base.add(p)));
-                for (q, v) in parts.into_iter().take(W::PARTS).enumerate() {
-                    _mm512_storeu_si512(tile.as_mut_ptr().add(at(p, q)) as *mut _, v);
-                }
-            }
-        } else {
-            tile.fill(0);
-            for i in 0..rows {
-                for p in 0..pairs {
-                    let parts = W::parts_of(*src.add((n0 + i) * pairs + p) as u32);
-                    for (q, v) in parts.into_iter().take(W::PARTS).enumerate() {
-                        tile[at(p, q) + i] = v;
-                    }
-                }
             }
         }
     }

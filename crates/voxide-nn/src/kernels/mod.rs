@@ -2,7 +2,11 @@
 //! dispatch and a portable fallback.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 pub mod amx_bf16;
+#[cfg(target_arch = "x86_64")]
+pub mod amx_int8;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod attention_many_rows;

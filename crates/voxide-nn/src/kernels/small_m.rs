@@ -147,11 +147,23 @@ pub fn matmul_rows_alike<E: WeightElem>(
     matmul_small(x, w, bias, y, m)
 }
 
+/// Whether int8 products of many rows run on AMX tiles ([`super::amx_int8`]: the integer
+/// kernel's bits, 1.1–3.5× its rate with AVX-512 VNNI on Emerald Rapids, PERFORMANCE.md #185).
+pub fn amx_int8_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return small_m_int8::Kernel::for_isa(Isa::detect()) == Some(small_m_int8::Kernel::Amx);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Whether that integer kernel is AVX-512 VNNI's, which overtakes the GEMV at fewer rows than
 /// the 256-bit ones ([`super::ops::int8_gemv_max_rows`]).
 pub fn integer_int8_on_512_bits() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return small_m_int8::Kernel::for_isa(Isa::detect()) == Some(small_m_int8::Kernel::Avx512Vnni);
+    return matches!(
+        small_m_int8::Kernel::for_isa(Isa::detect()),
+        Some(small_m_int8::Kernel::Amx | small_m_int8::Kernel::Avx512Vnni)
+    );
     #[cfg(not(target_arch = "x86_64"))]
     false
 }

@@ -27,6 +27,7 @@
 //! block sums, one broadcast of 4 weights per row: 12 int32 accumulators (AVX2's 16 registers
 //! hold them with the 2 x vectors and the broadcast), added into the f32 tile once per block.
 
+use super::amx_int8;
 use super::convert::{abs_max, round_row};
 use super::gemv::{OutPtr, WeightMatrix};
 use super::simd::Isa;
@@ -39,6 +40,9 @@ use std::arch::x86_64::*;
 /// An integer small-M kernel, by its instructions and vector width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
+    /// `tdpbssd` on AMX tiles ([`super::amx_int8`]: the same block sums, in the same order),
+    /// for k a multiple of 64; other shapes as [`Kernel::Avx512Vnni`].
+    Amx,
     /// `vpdpbusd` on 512-bit vectors.
     Avx512Vnni,
     /// `vpdpbusd` on 256-bit vectors.
@@ -51,6 +55,7 @@ impl Kernel {
     /// Whether this CPU runs the kernel.
     pub fn runs(self) -> bool {
         match self {
+            Kernel::Amx => Kernel::Avx512Vnni.runs() && amx_int8::runs(),
             Kernel::Avx512Vnni => {
                 Isa::Avx512.is_available()
                     && std::is_x86_feature_detected!("avx512bw")
@@ -64,7 +69,12 @@ impl Kernel {
     /// The fastest kernel on vectors no wider than `isa`'s, if this CPU runs one.
     pub fn for_isa(isa: Isa) -> Option<Kernel> {
         let candidates: &[Kernel] = match isa {
-            Isa::Avx512 => &[Kernel::Avx512Vnni, Kernel::AvxVnni, Kernel::Avx2],
+            Isa::Avx512 => &[
+                Kernel::Amx,
+                Kernel::Avx512Vnni,
+                Kernel::AvxVnni,
+                Kernel::Avx2,
+            ],
             Isa::Avx2 => &[Kernel::AvxVnni, Kernel::Avx2],
             _ => &[],
         };
@@ -75,7 +85,7 @@ impl Kernel {
     fn width(self) -> usize {
         X_VECS
             * match self {
-                Kernel::Avx512Vnni => Avx512Vnni::LANES,
+                Kernel::Amx | Kernel::Avx512Vnni => Avx512Vnni::LANES,
                 Kernel::AvxVnni => AvxVnni::LANES,
                 Kernel::Avx2 => Avx2Sign::LANES,
             }
@@ -84,7 +94,7 @@ impl Kernel {
     /// What x's codes are stored as: q + `offset` in a byte.
     fn offset(self) -> i32 {
         match self {
-            Kernel::Avx512Vnni => Avx512Vnni::OFFSET,
+            Kernel::Amx | Kernel::Avx512Vnni => Avx512Vnni::OFFSET,
             Kernel::AvxVnni => AvxVnni::OFFSET,
             Kernel::Avx2 => Avx2Sign::OFFSET,
         }
@@ -226,21 +236,14 @@ impl Panels {
         let mut codes = vec![flip; panels * quads * width];
         let mut scales = vec![0f32; panels * blocks * width];
         let isa = Isa::detect();
-        // One row's codes q (0 past k), rounded as the weights are at load.
+        // One row's codes q (0 past k) and block scales.
         let mut row_codes = vec![0i8; quads * 4];
+        let mut row_scales = vec![0f32; blocks];
         for i in 0..m {
             let (p, l) = (i / width, i % width);
-            let row = &x[i * k..][..k];
-            for (b, part) in row.chunks(X8_BLOCK).enumerate() {
-                let finite = part.iter().all(|v| v.is_finite());
-                let max = abs_max(isa, part);
-                let dst = &mut row_codes[b * X8_BLOCK..][..part.len()];
-                if finite && max > 0.0 {
-                    round_row(isa, part, 127.0 / max, dst);
-                } else {
-                    dst.fill(0);
-                }
-                scales[(p * blocks + b) * width + l] = if finite { max / 127.0 } else { f32::NAN };
+            quantize_x_row(isa, &x[i * k..][..k], &mut row_codes, &mut row_scales);
+            for (b, &d) in row_scales.iter().enumerate() {
+                scales[(p * blocks + b) * width + l] = d;
             }
             for (j, quad) in row_codes.chunks(4).enumerate() {
                 codes[(p * quads + j) * width + l] =
@@ -251,9 +254,31 @@ impl Panels {
     }
 }
 
+/// A row of x in 8 bits: per block of [`X8_BLOCK`] values its codes q in `codes` (rounded as
+/// the weights are at load) and its scale d (the largest |x| / 127) in `scales`, so that
+/// x ≈ d · q; a block of zeros has d = 0, one holding a NaN or infinite value d = NaN (and
+/// codes 0), which carries to its row's outputs.
+pub(crate) fn quantize_x_row(isa: Isa, row: &[f32], codes: &mut [i8], scales: &mut [f32]) {
+    for ((part, dst), d) in row
+        .chunks(X8_BLOCK)
+        .zip(codes.chunks_mut(X8_BLOCK))
+        .zip(scales.iter_mut())
+    {
+        let finite = part.iter().all(|v| v.is_finite());
+        let max = abs_max(isa, part);
+        let dst = &mut dst[..part.len()];
+        if finite && max > 0.0 {
+            round_row(isa, part, 127.0 / max, dst);
+        } else {
+            dst.fill(0);
+        }
+        *d = if finite { max / 127.0 } else { f32::NAN };
+    }
+}
+
 /// y (m × n) = x (m × k) · wᵀ (+ bias) for int8 `w` with its row scales, by `kernel`; the
 /// caller checked the operands and that the kernel [runs](Kernel::runs).
-pub(crate) fn matmul(
+pub fn matmul(
     kernel: Kernel,
     x: &[f32],
     w: &WeightMatrix<i8>,
@@ -262,6 +287,9 @@ pub(crate) fn matmul(
     m: usize,
 ) {
     let (n, k) = (w.rows, w.cols);
+    if kernel == Kernel::Amx && amx_int8::fits(k) {
+        return amx_int8::matmul(x, w, bias, y, m);
+    }
     let block = k.min(MAX_BLOCK);
     let width = kernel.width();
     for (xs, ys) in x[..m * k]
@@ -279,7 +307,7 @@ pub(crate) fn matmul(
             // task).
             |r0, r1, scratch| unsafe {
                 let task = match kernel {
-                    Kernel::Avx512Vnni => task_avx512_vnni,
+                    Kernel::Amx | Kernel::Avx512Vnni => task_avx512_vnni,
                     Kernel::AvxVnni => task_avx_vnni,
                     Kernel::Avx2 => task_avx2,
                 };
@@ -510,10 +538,15 @@ mod tests {
 
     /// The kernels this CPU runs.
     fn kernels() -> Vec<Kernel> {
-        let kernels: Vec<Kernel> = [Kernel::Avx512Vnni, Kernel::AvxVnni, Kernel::Avx2]
-            .into_iter()
-            .filter(|k| k.runs())
-            .collect();
+        let kernels: Vec<Kernel> = [
+            Kernel::Amx,
+            Kernel::Avx512Vnni,
+            Kernel::AvxVnni,
+            Kernel::Avx2,
+        ]
+        .into_iter()
+        .filter(|k| k.runs())
+        .collect();
         if kernels.is_empty() {
             eprintln!("no AVX2: the integer small-M path does not run here");
         }
@@ -530,6 +563,7 @@ mod tests {
                 continue;
             }
             let fastest = match isa {
+                Isa::Avx512 if Kernel::Amx.runs() => Kernel::Amx,
                 Isa::Avx512 if Kernel::Avx512Vnni.runs() => Kernel::Avx512Vnni,
                 _ if Kernel::AvxVnni.runs() => Kernel::AvxVnni,
                 _ => Kernel::Avx2,
