@@ -245,10 +245,6 @@ pub(super) unsafe fn pack_weights<W: TileWords>(
 ) {
     let words = w.cols * std::mem::size_of::<W>() / 4;
     let src = w.data.as_ptr() as *const i32;
-    let lanes = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(words as i32),
-    );
     // Word p's part q in a tile's packed order.
     let at = |p: usize, q: usize| {
         ((p / TILE_WORDS * W::PARTS + q) * TILE_WORDS + p % TILE_WORDS) * TILE_ROWS
@@ -260,12 +256,18 @@ pub(super) unsafe fn pack_weights<W: TileWords>(
         let n0 = r0 + h * TILE_ROWS;
         let rows = r1.saturating_sub(n0).min(TILE_ROWS);
         if rows == TILE_ROWS {
-            // One gather per word: element i from weight row n0 + i.
+            // 16 × 16 words at a time: 16 rows' 64 bytes loaded, transposed in registers
+            // (gathering each word's 16 rows took twice as long).
             let base = src.add(n0 * words);
-            for p in 0..words {
-                let parts = W::parts(_mm512_i32gather_epi32::<4>(lanes, base.add(p)));
-                for (q, v) in parts.into_iter().take(W::PARTS).enumerate() {
-                    _mm512_storeu_si512(tile.as_mut_ptr().add(at(p, q)) as *mut _, v);
+            for p0 in (0..words).step_by(TILE_WORDS) {
+                let rows: [__m512i; TILE_ROWS] = std::array::from_fn(|i| {
+                    _mm512_loadu_si512(base.add(i * words + p0) as *const _)
+                });
+                for (j, column) in transpose(rows).into_iter().enumerate() {
+                    let parts = W::parts(column);
+                    for (q, v) in parts.into_iter().take(W::PARTS).enumerate() {
+                        _mm512_storeu_si512(tile.as_mut_ptr().add(at(p0 + j, q)) as *mut _, v);
+                    }
                 }
             }
         } else {
@@ -280,6 +282,50 @@ pub(super) unsafe fn pack_weights<W: TileWords>(
             }
         }
     }
+}
+
+/// The 16 × 16 words of `rows` transposed: word j of every row in the j-th vector. 32-bit,
+/// then 64-bit interleaves give each 128-bit lane four rows' words; two rounds of lane shuffles
+/// gather the lanes.
+#[inline(always)]
+unsafe fn transpose(rows: [__m512i; 16]) -> [__m512i; 16] {
+    // pairs[2g + h]: rows 2g, 2g + 1 interleaved, words 0–1 (h = 0) or 2–3 (h = 1) of each lane.
+    let pairs: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (rows[i & !1], rows[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    // quads[4g + c]: in lane L, word 4L + c of rows 4g..4g + 4.
+    let quads: [__m512i; 16] = std::array::from_fn(|i| {
+        let (g, c) = (i / 4, i % 4);
+        let (a, b) = (pairs[4 * g + c / 2], pairs[4 * g + 2 + c / 2]);
+        if c % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let [b0, b1, b2, b3] = [0, 1, 2, 3].map(|g| quads[4 * g + c]);
+        let (u0, u1) = (
+            _mm512_shuffle_i32x4::<0x44>(b0, b1),
+            _mm512_shuffle_i32x4::<0xEE>(b0, b1),
+        );
+        let (u2, u3) = (
+            _mm512_shuffle_i32x4::<0x44>(b2, b3),
+            _mm512_shuffle_i32x4::<0xEE>(b2, b3),
+        );
+        // Word 4L + c of all 16 rows: lane L of b0..b3.
+        out[c] = _mm512_shuffle_i32x4::<0x88>(u0, u2);
+        out[4 + c] = _mm512_shuffle_i32x4::<0xDD>(u0, u2);
+        out[8 + c] = _mm512_shuffle_i32x4::<0x88>(u1, u3);
+        out[12 + c] = _mm512_shuffle_i32x4::<0xDD>(u1, u3);
+    }
+    out
 }
 
 /// Zeroes the block's sums (tmm0–3).
