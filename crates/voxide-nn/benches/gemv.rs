@@ -512,13 +512,13 @@ fn bench_whisper_step() {
     }
 }
 
-/// int8 products of 9–128 rows: the small-M kernel against the GEMV in chunks of 8 rows (the
-/// dispatch's `INT8_GEMV_MAX_ROWS`).
+/// int8 products of 2–128 rows: the small-M kernel (on AMX tiles where the CPU has them)
+/// against the GEMV in chunks of 8 rows (the dispatch's `int8_gemv_max_rows`).
 fn bench_int8_chunks() {
     for (n, k) in [(9216usize, 3072usize), (3072, 1024), (1024, 3072)] {
         let (q, sc) = quantize_int8(n, k, value);
         let wq = WeightMatrix::with_scales(&q, &sc, n, k);
-        for m in [9usize, 16, 24, 32, 40, 48, 64, 96, 128] {
+        for m in [2usize, 4, 6, 8, 9, 12, 16, 24, 32, 48, 64, 128] {
             let x: Vec<f32> = (0..m * k).map(value).collect();
             let mut y = vec![0f32; m * n];
             let a = time(3, 20, || matmul_small(&x, &wq, None, &mut y, m));

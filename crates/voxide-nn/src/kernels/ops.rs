@@ -14,8 +14,8 @@ use super::quant_gemm::{has_gemm_kernel, quant_gemm};
 use super::quant_matmul::{quant_gemv, QuantMatrix};
 use super::simd::{isa_entries, Isa, Simd, WeightElem};
 use super::small_m::{
-    f16_tiles, f16_tiles_fit, integer_int8, integer_int8_on_512_bits, matmul_f16_tiles,
-    matmul_rows_alike, matmul_small, native_bf16, small_m_max_rows,
+    amx_int8_tiles, f16_tiles, f16_tiles_fit, integer_int8, integer_int8_on_512_bits,
+    matmul_f16_tiles, matmul_rows_alike, matmul_small, native_bf16, small_m_max_rows,
 };
 use super::softmax::exp_non_positive;
 use super::widen_gemm::{matmul_widened, WidenRows};
@@ -115,9 +115,15 @@ pub const INT8_GEMV_MAX_ROWS: usize = 2 * MAX_ROWS;
 /// paths: m = 12 2.90 against 2.53 ms, m = 16 2.96 against 3.23; PERFORMANCE.md #115, #117).
 const INT8_GEMV_MAX_ROWS_INTEGER_SMALL_M: usize = 11;
 
-/// Most rows of x an int8 product runs through the GEMV on this CPU.
+/// Most rows of x an int8 product runs through the GEMV on this CPU. On AMX tiles
+/// ([`amx_int8_tiles`]) the integer product overtakes the GEMV in chunks at fewer rows still:
+/// Emerald Rapids, 2 threads, 9216 × 3072 at m = 9: 1.46–1.59 ms against 2.95–3.59, 3072 ×
+/// 1024 0.17–0.27 against 0.34–0.91 (PERFORMANCE.md #185), so there the GEMV keeps only the
+/// rows it reads in one pass ([`MAX_ROWS`]), which a decoder's steps need (x to ~15 bits).
 pub fn int8_gemv_max_rows() -> usize {
-    if integer_int8_on_512_bits() {
+    if amx_int8_tiles() {
+        MAX_ROWS
+    } else if integer_int8_on_512_bits() {
         INT8_GEMV_MAX_ROWS_INTEGER_SMALL_M
     } else {
         INT8_GEMV_MAX_ROWS
