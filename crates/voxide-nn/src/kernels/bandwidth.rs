@@ -424,19 +424,37 @@ fn timed_read(buf: &[f32], prefetch: Prefetch) -> f64 {
     (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
-/// Evicts `buf` from every cache level (`clflush` per line), in parallel.
+/// Evicts `buf` from every cache level (a flush per line), in parallel: `clflushopt` where the
+/// CPU has it, else `clflush`, whose flushes are ordered among themselves — on an Emerald
+/// Rapids guest 64 MB took 150–167 ms with `clflush` and 3–5 ms with `clflushopt`, and the
+/// start-up measurements that flush ([`StreamingReads`], [`Retention`], the GEMV's read-ahead)
+/// took seconds of every model load there (PERFORMANCE.md #188).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn flush_caches<T: Sync>(buf: &[T]) {
     use std::arch::x86_64::{_mm_clflush, _mm_mfence};
+    static OPT: OnceLock<bool> = OnceLock::new();
+    // CPUID leaf 7, EBX bit 23: CLFLUSHOPT.
+    let opt = *OPT.get_or_init(|| {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).ebx >> 23) & 1 == 1
+    });
     let line = (64 / std::mem::size_of::<T>().max(1)).max(1);
     buf.par_chunks((TASK_BYTES / std::mem::size_of::<T>().max(1)).max(1))
         .for_each(|c| {
             for line in c.chunks(line) {
-                // SAFETY: SSE2 is part of x86-64; the pointer is inside `buf`.
-                unsafe { _mm_clflush(line.as_ptr() as *const u8) };
+                let p = line.as_ptr() as *const u8;
+                // SAFETY: the pointer is inside `buf`; `clflushopt` only where the CPU has it,
+                // `clflush` is part of SSE2 and so of x86-64.
+                unsafe {
+                    if opt {
+                        std::arch::asm!("clflushopt [{}]", in(reg) p, options(nostack, preserves_flags));
+                    } else {
+                        _mm_clflush(p);
+                    }
+                }
             }
         });
-    // SAFETY: as above.
+    // SAFETY: as above; the fence orders the flushes (either kind) before what follows.
     unsafe { _mm_mfence() };
 }
 

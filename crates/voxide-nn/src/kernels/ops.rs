@@ -118,7 +118,7 @@ const INT8_GEMV_MAX_ROWS_INTEGER_SMALL_M: usize = 11;
 /// Most rows of x an int8 product runs through the GEMV on this CPU. On AMX tiles
 /// ([`amx_int8_tiles`]) the integer product overtakes the GEMV in chunks at fewer rows still:
 /// Emerald Rapids, 2 threads, 9216 × 3072 at m = 9: 1.46–1.59 ms against 2.95–3.59, 3072 ×
-/// 1024 0.17–0.27 against 0.34–0.91 (PERFORMANCE.md #185), so there the GEMV keeps only the
+/// 1024 0.17–0.27 against 0.34–0.91 (PERFORMANCE.md #187), so there the GEMV keeps only the
 /// rows it reads in one pass ([`MAX_ROWS`]), which a decoder's steps need (x to ~15 bits).
 pub fn int8_gemv_max_rows() -> usize {
     if amx_int8_tiles() {
