@@ -29,7 +29,7 @@
 
 use super::amx_int8;
 use super::convert::{abs_max, round_row};
-use super::gemv::{OutPtr, WeightMatrix};
+use super::gemv::{check_operands, OutPtr, WeightMatrix};
 use super::simd::Isa;
 use super::small_m::{
     copy_strip_row, for_each_task, run_task, with_blocking, Scratch, StripKernel, MAX_BLOCK,
@@ -276,8 +276,10 @@ pub(crate) fn quantize_x_row(isa: Isa, row: &[f32], codes: &mut [i8], scales: &m
     }
 }
 
-/// y (m × n) = x (m × k) · wᵀ (+ bias) for int8 `w` with its row scales, by `kernel`; the
-/// caller checked the operands and that the kernel [runs](Kernel::runs).
+/// y (m × n) = x (m × k) · wᵀ (+ bias) for int8 `w` with its row scales, by `kernel`.
+///
+/// # Panics
+/// If the operands do not fit, or the kernel does not [run](Kernel::runs) here.
 pub fn matmul(
     kernel: Kernel,
     x: &[f32],
@@ -286,6 +288,8 @@ pub fn matmul(
     y: &mut [f32],
     m: usize,
 ) {
+    check_operands(x, w, bias, y, m);
+    assert!(kernel.runs(), "the {kernel:?} kernel does not run here");
     let (n, k) = (w.rows, w.cols);
     if kernel == Kernel::Amx && amx_int8::fits(k) {
         return amx_int8::matmul(x, w, bias, y, m);
@@ -574,10 +578,16 @@ mod tests {
 
     /// Codes at the ends of their range (x at ±127 and weights at -128 and ±127, whose pairs of
     /// products come closest to int16's limit in `vpmaddubsw`) sum exactly on every kernel: x
-    /// whose blocks reach 127 and weights of scale 1 make the product an exact integer.
+    /// whose blocks reach 127 and weights of scale 1 make the product an exact integer. k of
+    /// whole tiles too, for the AMX kernel.
     #[test]
     fn extreme_codes_sum_exactly() {
-        let (m, n, k) = (19, 7, 2 * X8_BLOCK + 4);
+        for k in [2 * X8_BLOCK + 4, 3 * X8_BLOCK + 64] {
+            extreme_codes_sum_exactly_at(19, 7, k);
+        }
+    }
+
+    fn extreme_codes_sum_exactly_at(m: usize, n: usize, k: usize) {
         let x: Vec<f32> = (0..m * k)
             .map(|e| match (e % k % X8_BLOCK == 0, e % 5) {
                 (true, _) | (_, 0 | 2) => 127.0,
