@@ -18,7 +18,7 @@
 //! artificial intelligence datatype for higher-precision computations", ARITH 2019), with the
 //! weights' split exact.
 //!
-//! Layout as [`super::amx`] lays out the tiles; with parts (f16), each 32 columns of k become
+//! Layout as `kernels::amx` lays out the tiles; with parts (f16), each 32 columns of k become
 //! `TileWeights::PARTS` tiles' depth in both operands, x's parts against the weights' in the
 //! order above. C stores straight into y where the block is whole and y's rows start on cache
 //! lines.
@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 /// bf16 values along k per tile row (64 bytes).
 pub const TILE_K: usize = 2 * TILE_WORDS;
 
-/// Whether this CPU and OS run the tiles' bf16 products (AMX-BF16, see [`amx::has`]).
+/// Whether this CPU and OS run the tiles' bf16 products (AMX-BF16, see `amx::has`).
 pub fn runs() -> bool {
     static RUNS: OnceLock<bool> = OnceLock::new();
     *RUNS.get_or_init(|| amx::has(TileOps::Bf16))

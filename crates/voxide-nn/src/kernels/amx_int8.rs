@@ -3,14 +3,14 @@
 //! multiply-adds per instruction, where AVX-512 VNNI's `vpdpbusd` does 64.
 //!
 //! The arithmetic is [`super::small_m_int8`]'s, to the bit: x quantized to 8 bits per block of
-//! [`X8_BLOCK`] values of a row (the same rounding, [`quantize_x_row`]), each block's products
+//! `X8_BLOCK` values of a row (the same rounding, `quantize_x_row`), each block's products
 //! summed exactly in int32 (here two tile steps of 64 columns), and once per block the sum
 //! meets x's block scale in one f32 multiply-add, blocks in order along k; then · the weight
 //! row's scale, + bias. Only the instructions differ, so that a product gives the same bits on
 //! either kernel, and rows come out alike in a block of any size.
 //!
 //! Per output block of 32 × 32 and block of k, the four C tiles are stored (4 KB of int32) and
-//! added into the block's f32 sums, which stay in L1 (see [`super::amx`] for the tiles'
+//! added into the block's f32 sums, which stay in L1 (see `kernels::amx` for the tiles'
 //! layout); x's codes take the A tiles as they are (signed, where `vpdpbusd` needs them
 //! offset by 128).
 
@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 /// int8 values along k per tile row (64 bytes).
 const TILE_K: usize = 64;
 
-/// Whether this CPU and OS run the tiles' int8 products (AMX-INT8, see [`amx::has`]).
+/// Whether this CPU and OS run the tiles' int8 products (AMX-INT8, see `amx::has`).
 pub fn runs() -> bool {
     static RUNS: OnceLock<bool> = OnceLock::new();
     *RUNS.get_or_init(|| amx::has(TileOps::Int8))

@@ -589,7 +589,7 @@ mod tests {
 
     fn extreme_codes_sum_exactly_at(m: usize, n: usize, k: usize) {
         let x: Vec<f32> = (0..m * k)
-            .map(|e| match (e % k % X8_BLOCK == 0, e % 5) {
+            .map(|e| match ((e % k).is_multiple_of(X8_BLOCK), e % 5) {
                 (true, _) | (_, 0 | 2) => 127.0,
                 (_, 1 | 3) => -127.0,
                 _ => (e % 255) as f32 - 127.0,
