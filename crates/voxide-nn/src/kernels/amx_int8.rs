@@ -25,10 +25,15 @@ use std::sync::OnceLock;
 /// int8 values along k per tile row (64 bytes).
 const TILE_K: usize = 64;
 
-/// Whether this CPU and OS run the tiles' int8 products (AMX-INT8, see `amx::has`).
+/// Whether this CPU and OS run the tiles' int8 products (AMX-INT8, see `amx::has`), with the
+/// AVX-512 BF16 that the shared weight packing is compiled for (every AMX CPU has it).
 pub fn runs() -> bool {
     static RUNS: OnceLock<bool> = OnceLock::new();
-    *RUNS.get_or_init(|| amx::has(TileOps::Int8))
+    *RUNS.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512bf16")
+            && std::is_x86_feature_detected!("avx512bw")
+            && amx::has(TileOps::Int8)
+    })
 }
 
 /// Whether a product of k columns fits the tiles (whole tile rows along k).
