@@ -1393,6 +1393,15 @@ fn bench_codec_convs() -> candle_core::Result<()> {
     let tensor = |n: usize, shape: &[usize], scale: f32| {
         Tensor::from_vec(filled(n, |v| v * scale), shape, &dev)
     };
+    // Weights as the checkpoints store them: bf16 values (the tiles' products take them in
+    // one part, see `kernels::amx_f32`).
+    let weights = |n: usize, shape: &[usize]| {
+        Tensor::from_vec(
+            filled(n, |v| half::bf16::from_f32(v * 0.02).to_f32()),
+            shape,
+            &dev,
+        )
+    };
     // (in, out, kernel, stride, input frames of a 16-frame chunk, of a 1-frame chunk)
     for (cin, cout, kernel, stride, frames_16, frame_1) in [
         (1024, 1024, 2, 2, 32, 2),
@@ -1404,7 +1413,7 @@ fn bench_codec_convs() -> candle_core::Result<()> {
         let mut ts = HashMap::new();
         ts.insert(
             "weight".to_string(),
-            tensor(cin * cout * kernel, &[cin, cout, kernel], 0.02)?,
+            weights(cin * cout * kernel, &[cin, cout, kernel])?,
         );
         ts.insert("bias".to_string(), tensor(cout, &[cout], 0.1)?);
         let vb = candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev);
@@ -1432,7 +1441,7 @@ fn bench_codec_convs() -> candle_core::Result<()> {
         (96, 30720, 1920),
     ] {
         let mut ts = HashMap::new();
-        ts.insert("weight".to_string(), tensor(c * c, &[c, c, 1], 0.02)?);
+        ts.insert("weight".to_string(), weights(c * c, &[c, c, 1])?);
         ts.insert("bias".to_string(), tensor(c, &[c], 0.1)?);
         let conv = Conv1d::load(
             candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),

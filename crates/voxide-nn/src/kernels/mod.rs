@@ -6,6 +6,8 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 pub mod amx_bf16;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod amx_f32;
+#[cfg(target_arch = "x86_64")]
 pub mod amx_int8;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]

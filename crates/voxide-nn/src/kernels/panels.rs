@@ -41,21 +41,50 @@ pub(crate) fn panel_rows(isa: Isa) -> usize {
     }
 }
 
-/// `batches` matrices of `rows` × `cols`, packed in panels of [`panel_rows`] rows:
-/// `[batch][⌈rows / P⌉][cols][P]`, the rows past `rows` zero.
+/// `batches` matrices of `rows` × `cols`, packed at load for this CPU: in panels of
+/// [`panel_rows`] rows for the registers' kernel, `[batch][⌈rows / P⌉][cols][P]` (the rows past
+/// `rows` zero), or, where AMX tiles run and every weight is a bf16 value, as bf16 A tiles in
+/// row blocks of 32 ([`super::amx_f32`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Panels {
-    data: Vec<f32>,
-    panel: usize,
+    form: Form,
     batches: usize,
     rows: usize,
     cols: usize,
 }
 
+#[derive(Clone, Debug)]
+enum Form {
+    Registers {
+        data: Vec<f32>,
+        panel: usize,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Tiles(super::amx_f32::TilePanels),
+}
+
 impl Panels {
     /// From row-major matrices `w[batch][row][col]`, for this CPU's kernel.
     pub(crate) fn pack(w: &[f32], batches: usize, rows: usize, cols: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if super::amx_f32::runs() {
+            if let Some(tiles) = super::amx_f32::TilePanels::pack(w, batches, rows, cols) {
+                return Self::tiles(tiles);
+            }
+        }
         Self::pack_for(panel_rows(Isa::detect()), w, batches, rows, cols)
+    }
+
+    /// The tiles' form of the same matrices.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn tiles(tiles: super::amx_f32::TilePanels) -> Self {
+        let (batches, rows, cols) = tiles.shape();
+        Self {
+            form: Form::Tiles(tiles),
+            batches,
+            rows,
+            cols,
+        }
     }
 
     fn pack_for(panel: usize, w: &[f32], batches: usize, rows: usize, cols: usize) -> Self {
@@ -78,8 +107,7 @@ impl Panels {
             }
         }
         Self {
-            data,
-            panel,
+            form: Form::Registers { data, panel },
             batches,
             rows,
             cols,
@@ -88,7 +116,7 @@ impl Panels {
 
     /// Panels of one matrix.
     fn panels(&self) -> usize {
-        self.rows.div_ceil(self.panel)
+        self.rows.div_ceil(self.panel())
     }
 
     /// (batch, panel) pairs: the units [`products`] takes, ⌈rows / P⌉ per batch in order.
@@ -96,9 +124,22 @@ impl Panels {
         self.batches * self.panels()
     }
 
-    /// Rows of a panel.
+    /// Rows of a panel (of a tiles' row block).
     pub(crate) fn panel(&self) -> usize {
-        self.panel
+        match &self.form {
+            Form::Registers { panel, .. } => *panel,
+            #[cfg(target_arch = "x86_64")]
+            Form::Tiles(_) => super::amx::BLOCK,
+        }
+    }
+
+    /// The registers' kernel's panels.
+    fn registers(&self) -> &[f32] {
+        match &self.form {
+            Form::Registers { data, .. } => data,
+            #[cfg(target_arch = "x86_64")]
+            Form::Tiles(_) => unreachable!("the registers' kernel on the tiles' form"),
+        }
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -110,7 +151,11 @@ impl Panels {
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        self.data.len() * 4
+        match &self.form {
+            Form::Registers { data, .. } => data.len() * 4,
+            #[cfg(target_arch = "x86_64")]
+            Form::Tiles(tiles) => tiles.bytes(),
+        }
     }
 }
 
@@ -155,10 +200,17 @@ impl Product<'_> {
             0 => UNKNOWN_L2,
             l2 => l2,
         } / 2;
-        let mut strips = STRIPS.take();
-        // SAFETY: forwarded from the caller; b's extent checked above.
-        unsafe { products(Isa::detect(), *self, pairs, budget, &mut strips) };
-        STRIPS.set(strips);
+        match &w.form {
+            Form::Registers { .. } => {
+                let mut strips = STRIPS.take();
+                // SAFETY: forwarded from the caller; b's extent checked above.
+                unsafe { products(Isa::detect(), *self, pairs, budget, &mut strips) };
+                STRIPS.set(strips);
+            }
+            // SAFETY: as above; the tiles' form is packed only where they run.
+            #[cfg(target_arch = "x86_64")]
+            Form::Tiles(tiles) => unsafe { tiles.products(self, pairs, budget) },
+        }
     }
 
     /// All pairs, shared out across the threads (four tasks a thread, so that they even out).
@@ -199,7 +251,7 @@ unsafe fn products_body<S: Simd>(
     budget: usize,
     strips: &mut Vec<f32>,
 ) {
-    match job.w.panel {
+    match job.w.panel() {
         6 => job.pairs::<S, 6>(pairs, budget, strips),
         12 => job.pairs::<S, 12>(pairs, budget, strips),
         other => unreachable!("no product kernel for panels of {other}"),
@@ -309,7 +361,7 @@ impl Product<'_> {
         let (batch, p) = (pair / panels, pair % panels);
         let j = v * S::LANES;
         let (first_row, last_row) = (p * P, rows.min(p * P + P));
-        let acc = sums::<S, P, NV>(self.w.data.as_ptr().add(pair * P * c), strip, c);
+        let acc = sums::<S, P, NV>(self.w.registers().as_ptr().add(pair * P * c), strip, c);
         let valid = (NV * S::LANES).min(self.n - j);
         for (row, acc) in (first_row..last_row).zip(&acc) {
             let at = batch * self.out_step + row * self.out_stride + j;
