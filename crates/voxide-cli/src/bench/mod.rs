@@ -540,7 +540,8 @@ fn print_machine(m: &MachineReport, threads: usize) {
     if m.amx_bf16 {
         say!(
             "AMX tiles: bf16 products of many rows (encoders, prompts) on tdpbf16ps; f16 ones \
-             (Whisper's windows) in exact bf16 parts, x to 16 bits{}",
+             (Whisper's windows) in exact bf16 parts, x to 16 bits; the codec's convolutions by \
+             bf16 weights at f32 precision, x in three bf16 parts{}",
             if m.amx_int8 {
                 "; int8 ones on tdpbssd, the VNNI kernel's bits"
             } else {

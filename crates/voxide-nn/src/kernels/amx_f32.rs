@@ -28,16 +28,9 @@ use half::bf16;
 use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::ops::Range;
-use std::sync::OnceLock;
 
 /// Values of k per tile step (32 bf16 a tile row).
 const STEP_K: usize = 2 * TILE_WORDS;
-
-/// Whether this CPU and OS run the tiles' bf16 products, and AVX512-BF16 splits B into parts.
-pub(crate) fn runs() -> bool {
-    static RUNS: OnceLock<bool> = OnceLock::new();
-    *RUNS.get_or_init(|| super::amx_bf16::runs() && super::small_m_bf16::runs())
-}
 
 /// A cache line of packed words: tile rows start on lines (see `amx::lines`), and a clone
 /// keeps them there.
@@ -115,7 +108,7 @@ impl TilePanels {
     /// (as the panels' kernel cuts them).
     ///
     /// # Safety
-    /// The tiles run ([`runs`]); `job.w` is these panels; `out` holds every element the pairs
+    /// The tiles run (`small_m::amx_bf16_tiles`); `job.w` is these panels; `out` holds every element the pairs
     /// write and no other thread writes those; b holds its extent.
     pub(crate) unsafe fn products(&self, job: &Product, pairs: Range<usize>, budget: usize) {
         let mut strips = STRIPS.take();
@@ -345,7 +338,7 @@ mod tests {
     /// all bf16 values are not packed. Leaving out x's third part fails it.
     #[test]
     fn tiles_multiply_at_f32_precision() {
-        if !runs() {
+        if !crate::kernels::small_m::amx_bf16_tiles() {
             println!("no AMX tiles on this CPU: nothing to check");
             return;
         }

@@ -67,7 +67,7 @@ impl Panels {
     /// From row-major matrices `w[batch][row][col]`, for this CPU's kernel.
     pub(crate) fn pack(w: &[f32], batches: usize, rows: usize, cols: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if super::amx_f32::runs() {
+        if super::small_m::amx_bf16_tiles() {
             if let Some(tiles) = super::amx_f32::TilePanels::pack(w, batches, rows, cols) {
                 return Self::tiles(tiles);
             }
