@@ -329,92 +329,32 @@ unsafe fn split(x: __m512) -> [__m512i; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::gemv::OutPtr;
+    use crate::kernels::panels::tests::{check_products, val, Case};
+    use crate::kernels::panels::Panels;
 
-    /// The tiles against the f64 product, within f32's rounding of the sums: k short of a tile
-    /// step and across several, rows short of a block, columns ending inside a tile, strided B
-    /// and outputs in batches, stored and added sums, pair ranges cut inside a batch, and
-    /// blocks and groups forced to one. Columns past n are never written. Weights that are not
-    /// all bf16 values are not packed. Leaving out x's third part fails it.
+    /// The tiles against the f64 product within f32's rounding (`panels::tests::check_products`):
+    /// k short of a tile step and across several, rows short of a block,
+    /// columns ending inside a tile. Weights that are not all bf16 values are not packed.
+    /// Leaving out x's third part fails it.
     #[test]
     fn tiles_multiply_at_f32_precision() {
         if !crate::kernels::small_m::amx_bf16_tiles() {
             println!("no AMX tiles on this CPU: nothing to check");
             return;
         }
-        let val = |i: usize| ((i * 7919 % 211) as f32 / 105.0 - 1.0) * (1.0 + i as f32 * 1e-3);
         assert!(TilePanels::pack(&[0.5, 1.0 + 1.0 / 256.0], 1, 1, 2).is_none());
         for (batches, rows, cols) in [(3, 14, 5), (2, 40, 33), (1, 70, 96), (1, 100, 200)] {
             let w: Vec<f32> = (0..batches * rows * cols)
                 .map(|i| bf16::from_f32(val(i + 5)).to_f32())
                 .collect();
-            let packed = TilePanels::pack(&w, batches, rows, cols).expect("bf16 weights");
-            let pairs = batches * packed.blocks();
-            for n in [1, 16, 31, 32, 33, 70, 100] {
-                let (b_stride, b_step) = (batches * n + 3, n);
-                let (out_stride, out_step) = (n + 2, rows * (n + 2));
-                let b: Vec<f32> = (0..cols * b_stride).map(|i| val(i + 3) * 3.7).collect();
-                let before: Vec<f32> = (0..batches * out_step).map(|i| val(i + 11)).collect();
-                for accumulate in [false, true] {
-                    for (cuts, budget) in [(vec![0, pairs], 1 << 20), (vec![0, 1, pairs], 1)] {
-                        let mut out: Vec<f32> = before
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &v)| if i % out_stride < n { v } else { f32::NAN })
-                            .collect();
-                        let panels = super::super::panels::Panels::tiles(packed.clone());
-                        for range in cuts.windows(2).filter(|r| r[0] < r[1]) {
-                            let job = Product {
-                                w: &panels,
-                                b: &b,
-                                b_stride,
-                                b_step,
-                                n,
-                                out: OutPtr(out.as_mut_ptr()),
-                                out_stride,
-                                out_step,
-                                accumulate,
-                            };
-                            // SAFETY: the tiles run; out holds every pair's rows and columns;
-                            // one thread.
-                            unsafe { packed.products(&job, range[0]..range[1], budget) };
-                        }
-                        for g in 0..batches {
-                            for r in 0..rows {
-                                for j in 0..out_stride {
-                                    let at = g * out_step + r * out_stride + j;
-                                    let got = out[at];
-                                    if j >= n {
-                                        assert!(got.is_nan(), "column {j} ≥ n = {n} written");
-                                        continue;
-                                    }
-                                    let terms = (0..cols).map(|k| {
-                                        w[(g * rows + r) * cols + k] as f64
-                                            * b[g * b_step + k * b_stride + j] as f64
-                                    });
-                                    let (mut want, mut size) = (0f64, 0f64);
-                                    for t in terms {
-                                        want += t;
-                                        size += t.abs();
-                                    }
-                                    if accumulate {
-                                        want += before[at] as f64;
-                                        size += (before[at] as f64).abs();
-                                    }
-                                    // f32 rounding of a sum of `cols` terms, with room.
-                                    let tol = 4.0 * (cols as f64).sqrt() * size * 2f64.powi(-24);
-                                    assert!(
-                                        (got as f64 - want).abs() <= tol,
-                                        "{batches} × {rows} × {cols}, n {n}, \
-                                         {cuts:?}, accumulate {accumulate}: out[{g}][{r}][{j}] \
-                                         = {got}, want {want} (±{tol:e})"
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let tiles = TilePanels::pack(&w, batches, rows, cols).expect("bf16 weights");
+            check_products(Case {
+                w: &w,
+                packed: &Panels::tiles(tiles.clone()),
+                ns: &[1, 16, 31, 32, 33, 70, 100],
+                // SAFETY: the tiles run; out holds every pair's rows and columns; one thread.
+                run: &|job, range, budget| unsafe { tiles.products(job, range, budget) },
+            });
         }
     }
 }

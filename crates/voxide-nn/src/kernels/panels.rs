@@ -419,83 +419,116 @@ unsafe fn sums<S: Simd, const P: usize, const NV: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// The kernel on every instruction set this CPU runs, both panel heights, against the
-    /// definition: panels cut short by the rows, strips of two vectors and of one, columns that
-    /// end inside a vector, strided rows and batches, the sums stored or added, pair
-    /// ranges that start and end inside a batch, and panel groups and column blocks forced
-    /// small (one panel, two vectors).
-    #[test]
-    fn products_equal_the_definition() {
-        let val = |i: usize| ((i * 7919 % 211) as f32 / 105.0) - 1.0;
-        let (batches, rows, cols) = (3, 14, 5);
-        let w: Vec<f32> = (0..batches * rows * cols).map(val).collect();
-        for (isa, panel) in Isa::available().into_iter().flat_map(|i| [(i, 6), (i, 12)]) {
-            let packed = Panels::pack_for(panel, &w, batches, rows, cols);
-            let pairs = packed.pairs();
-            let lanes = isa.lanes();
-            for n in [3 * lanes, 3 * lanes - 3, 5 * lanes - 2, 2 * lanes + 1, 1] {
-                let (b_stride, b_step) = (batches * n + 1, n);
-                let (out_stride, out_step) = (n + 2, rows * (n + 2));
-                let b: Vec<f32> = (0..cols * b_stride).map(|i| val(i + 3)).collect();
-                let before: Vec<f32> = (0..batches * out_step).map(|i| val(i + 11)).collect();
-                for accumulate in [false, true] {
-                    // One group and block, or groups of one panel and blocks of two vectors.
-                    for (cuts, budget) in [(vec![0, pairs], 1 << 20), (vec![0, 1, 4, pairs], 1)] {
-                        // Columns past n hold NaN: never read, never written.
-                        let mut out: Vec<f32> = before
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &v)| if i % out_stride < n { v } else { f32::NAN })
-                            .collect();
-                        for range in cuts.windows(2) {
-                            let job = Product {
-                                w: &packed,
-                                b: &b,
-                                b_stride,
-                                b_step,
-                                n,
-                                out: OutPtr(out.as_mut_ptr()),
-                                out_stride,
-                                out_step,
-                                accumulate,
-                            };
-                            let mut strips = Vec::new();
-                            // SAFETY: out holds every pair's rows and columns; one thread.
-                            unsafe { products(isa, job, range[0]..range[1], budget, &mut strips) };
-                        }
-                        for g in 0..batches {
-                            for r in 0..rows {
-                                for j in 0..out_stride {
-                                    let at = g * out_step + r * out_stride + j;
-                                    let got = out[at];
-                                    if j >= n {
-                                        assert!(got.is_nan(), "column {j} ≥ n = {n} written");
-                                        continue;
-                                    }
-                                    let mut want: f32 = (0..cols)
-                                        .map(|k| {
-                                            w[(g * rows + r) * cols + k]
-                                                * b[g * b_step + k * b_stride + j]
-                                        })
-                                        .sum();
-                                    if accumulate {
-                                        want += before[at];
-                                    }
-                                    assert!(
-                                        (got - want).abs() < 1e-5,
-                                        "{isa:?}, panels of {panel}, n {n}, {cuts:?}, \
-                                         accumulate {accumulate}: out[{g}][{r}][{j}] = {got}, \
-                                         want {want}"
-                                    );
+    /// A product's shape, its columns' counts and how it runs, for [`check_products`].
+    pub(in crate::kernels) struct Case<'a> {
+        pub w: &'a [f32],
+        pub packed: &'a Panels,
+        pub ns: &'a [usize],
+        /// The pairs `range` of `job` with groups and blocks of at most `budget` bytes.
+        pub run: &'a dyn Fn(&Product, Range<usize>, usize),
+    }
+
+    pub(in crate::kernels) fn val(i: usize) -> f32 {
+        ((i * 7919 % 211) as f32 / 105.0 - 1.0) * (1.0 + i as f32 * 1e-3)
+    }
+
+    /// `case` against the f64 product, within f32's rounding of a sum of k terms (with room):
+    /// strided rows and batches of B and of the output, the
+    /// sums stored or added, pair ranges that start and end inside a batch, and panel groups
+    /// and column blocks forced small (one panel, two vectors); columns past n never written.
+    pub(in crate::kernels) fn check_products(case: Case) {
+        let (w, packed) = (case.w, case.packed);
+        let (batches, rows, cols) = (packed.batches, packed.rows, packed.cols);
+        let pairs = packed.pairs();
+        for &n in case.ns {
+            let (b_stride, b_step) = (batches * n + 1, n);
+            let (out_stride, out_step) = (n + 2, rows * (n + 2));
+            let b: Vec<f32> = (0..cols * b_stride).map(|i| val(i + 3) * 3.7).collect();
+            let before: Vec<f32> = (0..batches * out_step).map(|i| val(i + 11)).collect();
+            for accumulate in [false, true] {
+                // One group and block, or groups of one panel and blocks of two vectors.
+                for (cuts, budget) in [
+                    (vec![0, pairs], 1 << 20),
+                    (vec![0, 1, 4.min(pairs), pairs], 1),
+                ] {
+                    // Columns past n hold NaN: never read, never written.
+                    let mut out: Vec<f32> = before
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| if i % out_stride < n { v } else { f32::NAN })
+                        .collect();
+                    for range in cuts.windows(2).filter(|r| r[0] < r[1]) {
+                        let job = Product {
+                            w: packed,
+                            b: &b,
+                            b_stride,
+                            b_step,
+                            n,
+                            out: OutPtr(out.as_mut_ptr()),
+                            out_stride,
+                            out_step,
+                            accumulate,
+                        };
+                        (case.run)(&job, range[0]..range[1], budget);
+                    }
+                    for g in 0..batches {
+                        for r in 0..rows {
+                            for j in 0..out_stride {
+                                let at = g * out_step + r * out_stride + j;
+                                let got = out[at];
+                                if j >= n {
+                                    assert!(got.is_nan(), "column {j} ≥ n = {n} written");
+                                    continue;
                                 }
+                                let (mut want, mut size) = (0f64, 0f64);
+                                for k in 0..cols {
+                                    let t = w[(g * rows + r) * cols + k] as f64
+                                        * b[g * b_step + k * b_stride + j] as f64;
+                                    want += t;
+                                    size += t.abs();
+                                }
+                                if accumulate {
+                                    want += before[at] as f64;
+                                    size += (before[at] as f64).abs();
+                                }
+                                let tol = 4.0 * (cols as f64).sqrt() * size * 2f64.powi(-24);
+                                assert!(
+                                    (got as f64 - want).abs() <= tol,
+                                    "{batches} × {rows} × {cols}, n {n}, {cuts:?}, accumulate \
+                                     {accumulate}: out[{g}][{r}][{j}] = {got}, want {want} \
+                                     (±{tol:e})"
+                                );
                             }
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// The registers' kernel on every instruction set this CPU runs, both panel heights:
+    /// panels cut short by the rows, strips of two vectors and of one, columns that end inside
+    /// a vector.
+    #[test]
+    fn products_equal_the_definition() {
+        let (batches, rows, cols) = (3, 14, 5);
+        let w: Vec<f32> = (0..batches * rows * cols).map(val).collect();
+        for (isa, panel) in Isa::available().into_iter().flat_map(|i| [(i, 6), (i, 12)]) {
+            let packed = Panels::pack_for(panel, &w, batches, rows, cols);
+            let lanes = isa.lanes();
+            check_products(Case {
+                w: &w,
+                packed: &packed,
+                ns: &[3 * lanes, 3 * lanes - 3, 5 * lanes - 2, 2 * lanes + 1, 1],
+                run: &|job, range, budget| {
+                    let mut strips = Vec::new();
+                    // SAFETY: out holds every pair's rows and columns; one thread.
+                    unsafe { products(isa, *job, range, budget, &mut strips) };
+                },
+            });
         }
     }
 }
