@@ -36,7 +36,7 @@ const STEP_K: usize = 2 * TILE_WORDS;
 /// keeps them there.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(64))]
-pub(crate) struct Line([u32; TILE_WORDS]);
+struct Line([u32; TILE_WORDS]);
 
 /// Parts of each value of B.
 const PARTS: usize = 3;
@@ -108,8 +108,8 @@ impl TilePanels {
     /// (as the panels' kernel cuts them).
     ///
     /// # Safety
-    /// The tiles run (`small_m::amx_bf16_tiles`); `job.w` is these panels; `out` holds every element the pairs
-    /// write and no other thread writes those; b holds its extent.
+    /// The tiles run (`small_m::amx_bf16_tiles`); `job.w` is these panels; `out` holds every
+    /// element the pairs write and no other thread writes those; b holds its extent.
     pub(crate) unsafe fn products(&self, job: &Product, pairs: Range<usize>, budget: usize) {
         let mut strips = STRIPS.take();
         amx::configure();
