@@ -3,7 +3,10 @@
 //! Functionality", 2015): a panel's P rows × two vectors of columns of sums in registers, each
 //! weight broadcast once per column strip. The codec's convolutions (Winograd's products, the
 //! 1×1 and the transposed ones) multiply by the same few weight matrices on every chunk, so
-//! they are packed once, where the `gemm` crate packs its operand again on every call.
+//! they are packed once, where the `gemm` crate packs its operand again on every call. Where
+//! Intel's AMX tiles run, matrices whose every weight is a bf16 value (the 1×1 and transposed
+//! convolutions' taps) are packed for the tiles instead and multiplied there at f32 precision
+//! ([`super::amx_f32`]); callers cut the work by [`Panels::pairs`] alike.
 //!
 //! ```text
 //! W: batches × rows × cols, packed [batch][⌈rows / P⌉][cols][P]   (a panel's column contiguous)
