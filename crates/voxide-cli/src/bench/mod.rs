@@ -20,7 +20,7 @@ use std::time::Instant;
 use suite::{suite, BenchInput, SUITES};
 use voxide_audio::{load_mono, AudioInput};
 use voxide_nn::kernels::bandwidth::{measured_retention, streaming_reads, ReadProbe};
-use voxide_nn::kernels::fma_peak::{bf16_dots, measure_fma_gflops};
+use voxide_nn::kernels::fma_peak::{amx_bf16_gflops, bf16_dots, measure_fma_gflops};
 use voxide_nn::kernels::gemv::{measured_read_aheads, FEWER_ROWS_PER_PASS, ROWS_PER_PASS};
 use voxide_nn::kernels::machine::machine;
 use voxide_nn::kernels::simd::Isa;
@@ -338,6 +338,7 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             taken: d.pay(),
         }),
         amx_bf16: amx_bf16_tiles(),
+        amx_bf16_gflops: amx_bf16_gflops(),
         amx_int8: amx_int8_tiles(),
         streaming: streaming_reads().map(|r| StreamingReport {
             nontemporal_gbps: r.nontemporal_gbps,
@@ -539,9 +540,12 @@ fn print_machine(m: &MachineReport, threads: usize) {
     }
     if m.amx_bf16 {
         say!(
-            "AMX tiles: bf16 products of many rows (encoders, prompts) on tdpbf16ps; f16 ones \
+            "AMX tiles{}: bf16 products of many rows (encoders, prompts) on tdpbf16ps; f16 ones \
              (Whisper's windows) in exact bf16 parts, x to 16 bits; the codec's convolutions by \
              bf16 weights at f32 precision, x in three bf16 parts{}",
+            m.amx_bf16_gflops
+                .map(|g| format!(" (tdpbf16ps {g:.0} GFLOP/s on one core)"))
+                .unwrap_or_default(),
             if m.amx_int8 {
                 "; int8 ones on tdpbssd, the VNNI kernel's bits"
             } else {

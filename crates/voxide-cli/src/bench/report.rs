@@ -346,6 +346,11 @@ pub struct MachineReport {
     /// ([`voxide_nn::kernels::small_m::amx_bf16_tiles`]).
     #[serde(default)]
     pub amx_bf16: bool,
+    /// One core's rate of the tiles' bf16 products, GFLOP/s
+    /// ([`voxide_nn::kernels::fma_peak::amx_bf16_gflops`]): the ceiling of the products built
+    /// on them; `None` where they do not run.
+    #[serde(default)]
+    pub amx_bf16_gflops: Option<f64>,
     /// Whether int8 products of many rows ran on AMX tiles
     /// ([`voxide_nn::kernels::small_m::amx_int8_tiles`]).
     #[serde(default)]

@@ -39,6 +39,54 @@ pub fn runs() -> bool {
     *RUNS.get_or_init(|| amx::has(TileOps::Bf16))
 }
 
+/// GFLOP/s of this core's `tdpbf16ps` with its operands in L1 (32 × 32 blocks over four tile
+/// steps, the products' own loop), the best of `passes` timed passes after a warm-up: the
+/// ceiling of every product built on the tiles on this machine. On a 2-vCPU KVM guest of an
+/// Emerald Rapids it read 557–616, ~3.5× a core's f32 FMAs, where one instruction per 16
+/// cycles would give ~2 TFLOP/s (PERFORMANCE.md, stop 81). `None` where the tiles do not run.
+pub fn measure_peak_gflops(passes: usize) -> Option<f64> {
+    use std::time::Instant;
+    if !runs() {
+        return None;
+    }
+    const WORDS: usize = 4 * TILE_WORDS;
+    const CALLS: usize = 20_000;
+    // bf16 pairs of 1.0: the sums grow by 128 a call and stay exact.
+    const ONES: u32 = 0x3f80_3f80;
+    let (mut a_buf, mut b_buf) = (Vec::new(), Vec::new());
+    let a: &[u32] = {
+        let a = amx::lines(&mut a_buf, BLOCK * WORDS);
+        a.fill(ONES);
+        a
+    };
+    let b: &[u32] = {
+        let b = amx::lines(&mut b_buf, BLOCK * WORDS);
+        b.fill(ONES);
+        b
+    };
+    let mut sums = Edge([0f32; BLOCK * BLOCK]);
+    // Four tiles' products a step, 16 × 16 × 32 multiply-adds each.
+    let flops = (CALLS * WORDS / TILE_WORDS * 4 * 16 * 16 * 32 * 2) as f64;
+    let mut pass = || {
+        let t = Instant::now();
+        // SAFETY: the tiles run (checked above); both operands hold 32 rows of WORDS words on
+        // cache lines; the sums' block holds 32 × 32.
+        unsafe {
+            amx::configure();
+            amx::zero_sums();
+            for _ in 0..CALLS {
+                amx::multiply::<false>(a.as_ptr(), b.as_ptr(), WORDS, (0, WORDS));
+            }
+            amx::store_sums(sums.0.as_mut_ptr(), BLOCK);
+            amx::release();
+        }
+        std::hint::black_box(&sums);
+        flops / t.elapsed().as_secs_f64() / 1e9
+    };
+    pass();
+    Some((0..passes.max(1)).map(|_| pass()).fold(0.0, f64::max))
+}
+
 /// Whether a product of k columns fits the tiles (whole tile rows along k; the rest take the
 /// other kernels).
 pub fn fits(k: usize) -> bool {
@@ -221,6 +269,22 @@ unsafe fn task<W: TileWeights>(
 mod tests {
     use super::*;
     use crate::kernels::gemv::tests::{check, data, reference};
+
+    /// Where the tiles run their rate is measured, and it is above a core's f32 FMAs (3.5× on
+    /// the slowest guest seen); elsewhere there is none.
+    #[test]
+    fn the_tiles_peak_is_measured_where_they_run() {
+        match measure_peak_gflops(3) {
+            Some(tiles) => {
+                let fma = crate::kernels::fma_peak::measure_fma_gflops(1, 3);
+                assert!(
+                    tiles.is_finite() && tiles > fma,
+                    "tiles {tiles}, FMAs {fma}"
+                );
+            }
+            None => assert!(!runs()),
+        }
+    }
 
     /// Every shape edge (rows of x and weight rows short of a block, one tile along k, k longer
     /// than a chunk's share), with and without bias: each output within f32 summation of the

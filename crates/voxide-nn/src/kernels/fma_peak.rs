@@ -1,7 +1,8 @@
 //! The machine's f32 FMA rate, the floor of compute-bound work (an encoder window's FLOPs /
 //! peak), measured like the bandwidth: a floor is stated for the machine that ran. And the
 //! rate of its bf16 dot products against it, which decides whether the kernels built on them
-//! pay on this CPU ([`bf16_dots`]).
+//! pay on this CPU ([`bf16_dots`]), and the rate of its AMX tiles ([`amx_bf16_gflops`]), the
+//! ceiling of the products built on them.
 
 use super::simd::{isa_entries, Isa, Simd};
 use std::sync::OnceLock;
@@ -126,6 +127,16 @@ impl Bf16Dots {
 pub fn bf16_dots() -> Option<Bf16Dots> {
     static DOTS: OnceLock<Option<Bf16Dots>> = OnceLock::new();
     *DOTS.get_or_init(Bf16Dots::measure)
+}
+
+/// One core's rate of AMX tiles' bf16 products (`tdpbf16ps`) in GFLOP/s, measured on first
+/// use (`amx_bf16::measure_peak_gflops`); `None` where the tiles do not run.
+pub fn amx_bf16_gflops() -> Option<f64> {
+    static TILES: OnceLock<Option<f64>> = OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    return *TILES.get_or_init(|| super::amx_bf16::measure_peak_gflops(3));
+    #[cfg(not(target_arch = "x86_64"))]
+    *TILES.get_or_init(|| None)
 }
 
 /// [`fma_loop`]'s chains as bf16 dot products: each `vdpbf16ps` adds 16 lanes' products of
