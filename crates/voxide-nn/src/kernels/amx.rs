@@ -35,7 +35,7 @@ pub(super) const BLOCK: usize = 2 * TILE_ROWS;
 const X_CHUNK_BYTES: usize = 1 << 20;
 
 /// Tile steps (of [`TILE_WORDS`]) that the tiles' lines are prefetched ahead.
-const PREFETCH_STEPS: usize = 2;
+pub(super) const PREFETCH_STEPS: usize = 2;
 
 /// Weight rows per task at most (packed bf16: 128 × k, 320 KB at k = 1280, in L2 beside x).
 const MAX_TASK_ROWS: usize = 4 * BLOCK;

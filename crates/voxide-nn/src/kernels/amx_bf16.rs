@@ -42,8 +42,9 @@ pub fn runs() -> bool {
 /// GFLOP/s of this core's `tdpbf16ps` with its operands in L1 (32 × 32 blocks over four tile
 /// steps, the products' own loop), the best of `passes` timed passes after a warm-up: the
 /// ceiling of every product built on the tiles on this machine. On a 2-vCPU KVM guest of an
-/// Emerald Rapids it read 557–616, ~3.5× a core's f32 FMAs, where one instruction per 16
-/// cycles would give ~2 TFLOP/s (PERFORMANCE.md, stop 81). `None` where the tiles do not run.
+/// Emerald Rapids it read 507–590 in four start-ups (~3.5× a core's f32 FMAs) and 2096 — one
+/// instruction per 16 cycles — in a fifth: the tile unit is the physical core's, shared with
+/// whatever runs beside (PERFORMANCE.md #190). `None` where the tiles do not run.
 pub fn measure_peak_gflops(passes: usize) -> Option<f64> {
     use std::time::Instant;
     if !runs() {

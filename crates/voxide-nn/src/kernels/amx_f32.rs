@@ -22,7 +22,7 @@
 //! equals its offline decode). Infinite inputs give NaN where f32 gives ±inf (their parts'
 //! remainders are inf − inf): a codec whose activations overflowed has no waveform either way.
 
-use super::amx::{self, BLOCK, TILE_ROWS, TILE_WORDS};
+use super::amx::{self, BLOCK, PREFETCH_STEPS, TILE_ROWS, TILE_WORDS};
 use super::panels::Product;
 use half::bf16;
 use std::arch::x86_64::*;
@@ -40,9 +40,6 @@ struct Line([u32; TILE_WORDS]);
 
 /// Parts of each value of B.
 const PARTS: usize = 3;
-
-/// Tile steps that the next lines are prefetched ahead (as `amx::multiply`).
-const PREFETCH_STEPS: usize = 2;
 
 /// `batches` matrices of `rows` × `cols` bf16 values as A tiles (see the module).
 #[derive(Clone, Debug)]
@@ -152,8 +149,8 @@ impl TilePanels {
                             amx::zero_sums();
                             multiply(a, b, self.steps);
                             amx::store_sums(edge.0.as_mut_ptr(), BLOCK);
-                            let rows = (pair - batch * blocks) * BLOCK;
-                            self.write(job, &edge, batch, rows, (first + cb) * BLOCK);
+                            let row0 = (pair - batch * blocks) * BLOCK;
+                            self.write(job, &edge, batch, row0, (first + cb) * BLOCK);
                         }
                     }
                 }
@@ -201,16 +198,16 @@ impl TilePanels {
     /// A 32 × 32 block of sums into rows `rows`.. and columns j0.. of batch `batch`'s output
     /// (stored or added, as the job asks; rows past the matrix's and columns past n left).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn write(&self, job: &Product, edge: &Edge, batch: usize, rows: usize, j0: usize) {
+    unsafe fn write(&self, job: &Product, edge: &Edge, batch: usize, row0: usize, j0: usize) {
         let valid = job.n.saturating_sub(j0).min(BLOCK);
         let masks = [0, TILE_ROWS].map(|h| {
             let v = valid.saturating_sub(h).min(TILE_ROWS);
             ((1u32 << v) - 1) as u16
         });
-        for i in 0..BLOCK.min(self.rows - rows) {
+        for i in 0..BLOCK.min(self.rows - row0) {
             let out = job
                 .out
-                .add(batch * job.out_step + (rows + i) * job.out_stride + j0)
+                .add(batch * job.out_step + (row0 + i) * job.out_stride + j0)
                 .0;
             for (h, &mask) in masks.iter().enumerate() {
                 let sums = _mm512_load_ps(edge.0.as_ptr().add(i * BLOCK + h * TILE_ROWS));
@@ -262,7 +259,7 @@ unsafe fn multiply(a: *const Line, b: *const Line, steps: usize) {
         let (a0, a1) = (a.add(s), a.add(TILE_ROWS * steps + s));
         let b0 = b.add(s * PARTS * TILE_ROWS);
         if s + PREFETCH_STEPS < steps {
-            // The step two ahead into L1 while these multiply (see `amx::multiply`).
+            // The steps ahead into L1 while these multiply, as `amx::multiply` does.
             let ahead = PREFETCH_STEPS;
             for r in 0..TILE_ROWS {
                 _mm_prefetch::<_MM_HINT_T0>(a0.add(r * steps + ahead) as *const i8);
