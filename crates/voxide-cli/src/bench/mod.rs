@@ -532,9 +532,11 @@ fn print_machine(m: &MachineReport, threads: usize) {
             d.f32_gflops,
             d.bf16_gflops / d.f32_gflops,
             match (d.taken, m.amx_bf16) {
-                (true, _) => "taken for bf16 products of many rows",
-                (false, true) => "not taken (the attention of many rows in f32)",
-                (false, false) => "not taken (f32 products instead)",
+                (true, _) => "taken for bf16 products of many rows and the decoders' GEMVs",
+                (false, true) => {
+                    "not taken (the attention of many rows in f32, GEMVs widen bf16 to f32)"
+                }
+                (false, false) => "not taken (f32 products instead, GEMVs widen bf16 to f32)",
             }
         );
     }

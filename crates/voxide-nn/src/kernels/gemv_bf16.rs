@@ -12,12 +12,16 @@
 //! Zen 5 core, cache-resident rows read 127–141 → 163 GB/s. From memory a step reads about as
 //! fast as with the widening kernel (PERFORMANCE.md #105). The split is the "bf16x2" scheme of
 //! Henry, Tang & Heinecke (ARITH 2019).
+//!
+//! Taken only where the dot products pay ([`runs`]): a CPU that issues them at half its FMAs'
+//! rate reads a step's bf16 weights faster through the widening kernel.
 
 #[cfg(target_arch = "x86_64")]
 use super::gemv::{in_row_blocks, prefetch_rows, store_output, with_prefetch, FEWER_ROWS_PER_PASS};
 use super::gemv::{OutPtr, ReadAhead, WeightMatrix};
 #[cfg(target_arch = "x86_64")]
 use super::machine::machine;
+use super::small_m::bf16_dots_pay;
 use half::bf16;
 use std::cell::Cell;
 
@@ -102,8 +106,18 @@ impl SplitX {
 /// (25–30 → 19), at m = 8 alike (PERFORMANCE.md #105).
 const MAX_ROWS: usize = 2;
 
-/// Whether a GEMV of m rows of x on `isa` takes this kernel.
+/// Whether a GEMV of m rows of x on `isa` takes this kernel: where it can run
+/// ([`can_run`]) and the CPU's bf16 dot products multiply-add fast enough against its f32
+/// FMAs ([`bf16_dots_pay`]). Elsewhere the widening kernel reads bf16 weights faster: on
+/// Intel Xeon Emerald Rapids, which issues one `vdpbf16ps` every other cycle against two FMAs
+/// a cycle, the synthetic Voxtral Realtime bf16 step took 0.93–0.95× the time with the
+/// widening kernel, 55 rounds alternated with this one (PERFORMANCE.md #191).
 pub(crate) fn runs(isa: Isa, m: usize) -> bool {
+    can_run(isa, m) && bf16_dots_pay()
+}
+
+/// Whether this CPU can run the kernel for m rows of x on `isa`, paying or not.
+pub(crate) fn can_run(isa: Isa, m: usize) -> bool {
     m <= MAX_ROWS && isa == Isa::Avx512 && available()
 }
 
@@ -141,7 +155,7 @@ unsafe fn split_avx512(x: &[f32], hi: &mut [bf16], lo: &mut [bf16]) -> usize {
 /// itself, for the columns past the last whole block of [`LANES`]).
 ///
 /// # Panics
-/// Where it does not run ([`runs`]: more than [`MAX_ROWS`] rows, a CPU without the
+/// Where it cannot run ([`can_run`]: more than [`MAX_ROWS`] rows, a CPU without the
 /// instructions).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rows(
