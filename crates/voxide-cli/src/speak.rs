@@ -11,11 +11,11 @@ use std::sync::Arc;
 use voxide_audio::stretch::SPEED_RANGE;
 use voxide_audio::{AudioInput, AudioOutFormat, AudioWriter};
 use voxide_models::qwen3_tts::{
-    ClonedVoice, GenerationParams, SpeechRequest, SpeechStats, Synthesizer, VoiceReference,
+    ClonedVoice, Config, GenerationParams, SpeechRequest, SpeechStats, Synthesizer, VoiceReference,
     DEFAULT_PART_CHARS,
 };
 use voxide_nn::sampling::SamplingParams;
-use voxide_runtime::resolve_model;
+use voxide_runtime::{resolve_model, ModelSource};
 
 #[derive(Args, Debug)]
 pub struct SpeakArgs {
@@ -124,15 +124,31 @@ fn read_text(arg: Option<String>) -> Result<String> {
 
 /// Resolves `--model` and loads the checkpoint on the CPU at `--precision`.
 pub fn load_synthesizer(model: &str, precision_arg: &str) -> Result<Synthesizer> {
-    let source = resolve_model(model)?;
+    load_resolved(&resolve_model(model)?, precision_arg)
+}
+
+/// Loads the resolved checkpoint on the CPU at `--precision`.
+fn load_resolved(source: &ModelSource, precision_arg: &str) -> Result<Synthesizer> {
     let synthesizer = voxide_runtime::load_synthesizer(
-        &source,
+        source,
         &candle_core::Device::Cpu,
         precision(precision_arg),
     )?;
     crate::release_freed_memory();
     crate::reuse_freed_memory();
     Ok(synthesizer)
+}
+
+/// Refuses from the checkpoint's config.json alone, before its weights load, a voice or
+/// language it does not have, or a reference clip it cannot clone from. A directory that is
+/// not a Qwen3-TTS checkpoint passes: loading it says what it is.
+fn check_voice_before_load(source: &ModelSource, args: &SpeakArgs) -> Result<()> {
+    let Ok(config) = Config::from_file(&source.path().join("config.json")) else {
+        return Ok(());
+    };
+    config.check_voice(args.voice.as_deref(), args.ref_audio.is_some())?;
+    config.language_id(Some(&args.language))?;
+    Ok(())
 }
 
 pub fn run(args: SpeakArgs) -> Result<()> {
@@ -159,7 +175,11 @@ pub fn run(args: SpeakArgs) -> Result<()> {
     if !SPEED_RANGE.contains(&args.speed) {
         bail!("--speed must be between 0.25 and 4");
     }
-    let synthesizer = load_synthesizer(&args.model, &args.precision)?;
+    let source = resolve_model(&args.model)?;
+    if !args.list_voices {
+        check_voice_before_load(&source, &args)?;
+    }
+    let synthesizer = load_resolved(&source, &args.precision)?;
     if args.list_voices {
         let list = |v: Vec<String>| {
             if v.is_empty() {

@@ -248,6 +248,40 @@ fn bad_requests_get_a_one_line_error() {
         stdout.contains("voices: dylan, tester") && stdout.contains("english"),
         "{stdout}"
     );
+    // What the variant cannot serve is refused from config.json, before the weights load:
+    // broken weights stay unread until the request is one the checkpoint can serve.
+    let dir = fixture_copy("unread", false);
+    std::fs::write(dir.join("model.safetensors"), b"not safetensors").unwrap();
+    let broken = s(&dir).to_string();
+    let config = s(&dir.join("config.json")).to_string();
+    for (extra, expect) in [
+        (
+            &["--voice", "nobody"][..],
+            "unknown voice \"nobody\"; this model has: dylan, tester",
+        ),
+        (
+            &["--voice", "tester", "--language", "klingon"],
+            "unknown language",
+        ),
+        (
+            &["--voice", "tester", "--ref-audio", &config],
+            "cannot clone a voice",
+        ),
+        (&[], "needs a voice"),
+        (
+            &["--voice", "Tester", "--language", "English"],
+            "model.safetensors",
+        ),
+    ] {
+        let mut args = vec!["speak", "--model", &broken];
+        args.extend(extra);
+        args.push("hi");
+        let out = voxide(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} should fail");
+        assert!(stderr.contains(expect), "{extra:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(dir).ok();
     // A config that does not match the weights: the error names the tensor; no file is left.
     let dir = fixture_copy("mismatch", true);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();

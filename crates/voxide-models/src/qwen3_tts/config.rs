@@ -258,6 +258,97 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Checks what a request asks of this checkpoint's variant: a preset voice (CustomVoice
+    /// needs one of `spk_id`), a reference clip to clone (Base needs one; the others take
+    /// none), or neither (VoiceDesign describes the voice in its instruction). From
+    /// config.json alone, so that a front end refuses a request before the weights load.
+    pub fn check_voice(&self, voice: Option<&str>, reference_clip: bool) -> Result<()> {
+        let model_type = self.tts_model_type;
+        let voices = || list(self.talker_config.spk_id.keys().cloned().collect());
+        if reference_clip && model_type != ModelType::Base {
+            return Err(Error::InvalidRequest(format!(
+                "this {model_type:?} model cannot clone a voice from a reference clip (a Base model can); its voices: {}",
+                voices()
+            )));
+        }
+        let message = match (model_type, voice) {
+            (ModelType::CustomVoice, Some(name)) => return self.speaker_id(name).map(drop),
+            (ModelType::VoiceDesign, None) => return Ok(()),
+            (ModelType::Base, None) if reference_clip => return Ok(()),
+            (ModelType::Base, None) => {
+                return Err(Error::InvalidRequest(
+                    "this Base (voice clone) model needs a reference clip of the voice".into(),
+                ))
+            }
+            (ModelType::CustomVoice, None) => {
+                format!("this CustomVoice model needs a voice: {}", voices())
+            }
+            (ModelType::VoiceDesign, Some(_)) => "this VoiceDesign model has no preset voices; \
+                 describe the voice with an instruction"
+                .into(),
+            (ModelType::Base, Some(_)) => {
+                "this Base model has no preset voices; give a reference clip to clone".into()
+            }
+        };
+        Err(Error::InvalidField {
+            field: "voice",
+            message,
+        })
+    }
+
+    /// The codec id of the preset speaker `name` (any case).
+    pub fn speaker_id(&self, name: &str) -> Result<u32> {
+        let ids = &self.talker_config.spk_id;
+        ids.get(&name.to_lowercase())
+            .copied()
+            .ok_or_else(|| Error::InvalidField {
+                field: "voice",
+                message: if ids.is_empty() {
+                    format!("unknown voice {name:?}; this model has no preset voices")
+                } else {
+                    let voices = list(ids.keys().cloned().collect());
+                    format!("unknown voice {name:?}; this model has: {voices}")
+                },
+            })
+    }
+
+    /// The codec id of `language` (a key of `codec_language_id`, any case); `None` for auto
+    /// (no language, or "auto").
+    pub fn language_id(&self, language: Option<&str>) -> Result<Option<u32>> {
+        let Some(lang) = language.filter(|l| !l.eq_ignore_ascii_case("auto")) else {
+            return Ok(None);
+        };
+        let id = self
+            .talker_config
+            .codec_language_id
+            .get(&lang.to_lowercase());
+        id.copied().map(Some).ok_or_else(|| Error::InvalidField {
+            field: "language",
+            message: format!(
+                "unknown language {lang:?}; this model has: auto, {}",
+                self.languages().join(", ")
+            ),
+        })
+    }
+
+    /// Languages besides auto, sorted (dialects are spoken through their preset speakers).
+    pub fn languages(&self) -> Vec<String> {
+        let ids = &self.talker_config.codec_language_id;
+        ids.keys()
+            .filter(|k| !k.contains("dialect"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Names for a message: "none", or the names joined.
+fn list(names: Vec<String>) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +367,40 @@ mod tests {
         let path = dir.path().join("config.json");
         std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
         Config::from_file(&path)
+    }
+
+    /// Each variant takes the voice its conditioning was trained for and refuses the others;
+    /// names and languages in any case, "auto" as no language.
+    #[test]
+    fn each_variant_takes_its_own_kind_of_voice() {
+        let mut config = read_edited(|_| {}).unwrap();
+        let voice = |config: &Config, voice: Option<&str>, clip: bool| {
+            config
+                .check_voice(voice, clip)
+                .map_err(|e| e.to_string())
+                .err()
+                .unwrap_or_default()
+        };
+        assert_eq!(config.tts_model_type, ModelType::CustomVoice);
+        assert_eq!(voice(&config, Some("Tester"), false), "");
+        assert!(voice(&config, Some("nobody"), false).contains("has: dylan, tester"));
+        assert!(voice(&config, None, false).contains("needs a voice: dylan, tester"));
+        assert!(voice(&config, Some("tester"), true).contains("cannot clone"));
+        config.tts_model_type = ModelType::VoiceDesign;
+        assert_eq!(voice(&config, None, false), "");
+        assert!(voice(&config, Some("tester"), false).contains("describe the voice"));
+        assert!(voice(&config, None, true).contains("cannot clone"));
+        config.tts_model_type = ModelType::Base;
+        assert_eq!(voice(&config, None, true), "");
+        assert!(voice(&config, None, false).contains("needs a reference clip"));
+        assert!(voice(&config, Some("tester"), true).contains("give a reference clip"));
+
+        let english = config.talker_config.codec_language_id["english"];
+        assert_eq!(config.language_id(Some("English")).unwrap(), Some(english));
+        assert_eq!(config.language_id(Some("AUTO")).unwrap(), None);
+        assert_eq!(config.language_id(None).unwrap(), None);
+        let err = config.language_id(Some("klingon")).unwrap_err().to_string();
+        assert!(err.contains("this model has: auto, "), "{err}");
     }
 
     /// Head widths as qwen-tts takes them: the config's, else hidden / heads for the talker

@@ -48,7 +48,7 @@ pub struct PromptRequest<'a> {
     pub text_ids: &'a [u32],
     /// `<|im_start|>user\n{instruction}<|im_end|>\n`, tokenised.
     pub instruct_ids: Option<&'a [u32]>,
-    /// A key of `codec_language_id` (lowercase), or `None` for auto.
+    /// A key of `codec_language_id` (any case), or `None` or "auto" for auto.
     pub language: Option<&'a str>,
     pub voice: Voice,
     /// Whole text in the prompt instead of streamed alongside the frames.
@@ -100,25 +100,7 @@ impl Prompt {
             ));
         }
         let speaker = match &request.voice {
-            Voice::Preset(name) => {
-                let key = name.to_lowercase();
-                let id = t.spk_id.get(&key).ok_or_else(|| {
-                    let mut voices: Vec<_> = t.spk_id.keys().cloned().collect();
-                    voices.sort();
-                    Error::InvalidField {
-                        field: "voice",
-                        message: if voices.is_empty() {
-                            format!("unknown voice {name:?}; this model has no preset voices")
-                        } else {
-                            format!(
-                                "unknown voice {name:?}; this model has: {}",
-                                voices.join(", ")
-                            )
-                        },
-                    }
-                })?;
-                Some(talker.embed_codec(&[*id])?)
-            }
+            Voice::Preset(name) => Some(talker.embed_codec(&[config.speaker_id(name)?])?),
             Voice::Embedding(e) => Some(e.reshape((1, 1, t.dims.hidden_size))?),
             Voice::Unspecified => None,
         };
@@ -250,27 +232,12 @@ impl PromptRequest<'_> {
 /// preset speaker when that is Chinese or auto.
 fn language_id(config: &Config, request: &PromptRequest<'_>) -> Result<Option<u32>> {
     let t = &config.talker_config;
-    let mut language = match request.language {
-        None => None,
-        Some(lang) => {
-            let key = lang.to_lowercase();
-            Some(
-                *t.codec_language_id
-                    .get(&key)
-                    .ok_or_else(|| Error::InvalidField {
-                        field: "language",
-                        message: format!(
-                            "unknown language {lang:?}; this model has: auto, {}",
-                            languages(config).join(", ")
-                        ),
-                    })?,
-            )
-        }
-    };
+    let mut language = config.language_id(request.language)?;
     if let Voice::Preset(name) = &request.voice {
-        let chinese_or_auto = request
-            .language
-            .is_none_or(|l| l.eq_ignore_ascii_case("chinese"));
+        let chinese_or_auto = language.is_none()
+            || request
+                .language
+                .is_some_and(|l| l.eq_ignore_ascii_case("chinese"));
         if let (true, Some(Dialect::Language(dialect))) =
             (chinese_or_auto, t.spk_is_dialect.get(&name.to_lowercase()))
         {
@@ -345,17 +312,6 @@ fn in_context(
         )?;
         Ok(((padded + codec_track)?, tts_pad.clone(), shared))
     }
-}
-
-/// The languages a checkpoint offers (dialect entries are reached through their speakers).
-pub fn languages(config: &Config) -> Vec<String> {
-    config
-        .talker_config
-        .codec_language_id
-        .keys()
-        .filter(|k| !k.contains("dialect"))
-        .cloned()
-        .collect()
 }
 
 #[cfg(test)]

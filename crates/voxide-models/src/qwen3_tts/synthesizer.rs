@@ -22,7 +22,7 @@ use super::codec_encoder::{load_codec_encoder, CodecEncoder};
 use super::config::ModelType;
 use super::generate::{check_positions, generate, GenerationParams, Stop};
 use super::prefix_cache::{self, PrefixCache};
-use super::prompt::{languages, Prompt, PromptRequest, Reference, Voice};
+use super::prompt::{Prompt, PromptRequest, Reference, Voice};
 use super::text_parts::text_parts;
 use super::tokenizer::TextTokenizer;
 use super::Qwen3Tts;
@@ -277,50 +277,17 @@ impl Synthesizer {
 
     /// Languages besides auto, sorted.
     pub fn languages(&self) -> Vec<String> {
-        languages(self.model.config())
+        self.model.config().languages()
     }
 
     fn voice(&self, request: &SpeechRequest) -> Result<Voice> {
-        let list = |v: Vec<String>| {
-            if v.is_empty() {
-                "none".into()
-            } else {
-                v.join(", ")
-            }
-        };
-        let model_type = self.model_type();
-        if request.cloned_voice.is_some() && model_type != ModelType::Base {
-            return Err(Error::InvalidRequest(format!(
-                "this {model_type:?} model cannot clone a voice from a reference clip (a Base model can); its voices: {}",
-                list(self.voices())
-            )));
-        }
-        match (model_type, &request.voice) {
-            (ModelType::CustomVoice, Some(name)) => Ok(Voice::Preset(name.clone())),
-            (ModelType::CustomVoice, None) => Err(Error::InvalidField {
-                field: "voice",
-                message: format!(
-                    "this CustomVoice model needs a voice: {}",
-                    list(self.voices())
-                ),
-            }),
-            (ModelType::VoiceDesign, Some(_)) => Err(Error::InvalidField {
-                field: "voice",
-                message: "this VoiceDesign model has no preset voices; describe the voice with an instruction".into(),
-            }),
-            (ModelType::VoiceDesign, None) => Ok(Voice::Unspecified),
-            (ModelType::Base, Some(_)) => Err(Error::InvalidField {
-                field: "voice",
-                message: "this Base model has no preset voices; give a reference clip to clone"
-                    .into(),
-            }),
-            (ModelType::Base, None) => match &request.cloned_voice {
-                Some(cloned) => Ok(Voice::Embedding(cloned.xvector.clone())),
-                None => Err(Error::InvalidRequest(
-                    "this Base (voice clone) model needs a reference clip of the voice".into(),
-                )),
-            },
-        }
+        let config = self.model.config();
+        config.check_voice(request.voice.as_deref(), request.cloned_voice.is_some())?;
+        Ok(match (&request.voice, &request.cloned_voice) {
+            (Some(name), _) => Voice::Preset(name.clone()),
+            (None, Some(cloned)) => Voice::Embedding(cloned.xvector.clone()),
+            (None, None) => Voice::Unspecified,
+        })
     }
 
     /// Clones the voice of `reference` (Base checkpoints): its x-vector and, when its
@@ -457,14 +424,10 @@ impl Synthesizer {
             .transpose()?;
         self.check_text_ids(&text_ids)?;
         self.check_text_ids(instruct_ids.as_deref().unwrap_or_default())?;
-        let language = request
-            .language
-            .as_deref()
-            .filter(|l| !l.eq_ignore_ascii_case("auto"));
         let prompt_request = PromptRequest {
             text_ids: &text_ids,
             instruct_ids: instruct_ids.as_deref(),
-            language,
+            language: request.language.as_deref(),
             voice,
             reference: in_context.map(|c| Reference {
                 text_ids: &c.text_ids,

@@ -13,7 +13,7 @@
 //! fast as with the widening kernel (PERFORMANCE.md #105). The split is the "bf16x2" scheme of
 //! Henry, Tang & Heinecke (ARITH 2019).
 //!
-//! Taken only where the dot products pay ([`runs`]): a CPU that issues them at half its FMAs'
+//! Taken only where the dot products pay (`runs`): a CPU that issues them at half its FMAs'
 //! rate reads a step's bf16 weights faster through the widening kernel.
 
 #[cfg(target_arch = "x86_64")]
