@@ -64,11 +64,11 @@ pub fn measure_fma_gflops(threads: usize, passes: usize) -> f64 {
 /// How much faster than f32 FMAs bf16 dot products must multiply-add for the kernels built on
 /// them (`small_m_bf16`, the bf16 form of `attention_many_rows`, the GEMV's `gemv_bf16`) to
 /// be taken. Those kernels round and pack x into bf16 pairs besides, so at the same rate they
-/// lose. Measured on one
-/// core: Zen 4 2.0× (one 512-bit instruction of either kind a cycle, a dot product doing twice
-/// the multiply-adds), Zen 5 1.85–1.87× (two of either kind a cycle), Intel Xeon Emerald
-/// Rapids 0.49× (one dot product every other cycle against two FMAs a cycle), where the bf16
-/// kernels ran at 0.55–0.75× the f32 ones (PERFORMANCE.md #167).
+/// lose. Measured on one core: Zen 4 2.0× (one 512-bit instruction of either kind a cycle, a
+/// dot product doing twice the multiply-adds), Zen 5 1.85–1.87× (two of either kind a
+/// cycle), Intel Xeon Emerald Rapids 0.49× (one dot product every other cycle against two
+/// FMAs a cycle), where the bf16 kernels ran at 0.55–0.75× the f32 ones (PERFORMANCE.md #167)
+/// and the bf16 GEMV's dot kernel read a step at 1.06–1.08× the widening one's time (#191).
 pub const BF16_DOTS_MIN_GAIN: f64 = 1.5;
 
 /// One core's rate of bf16 dot products (`vdpbf16ps`) against its f32 FMAs, in GFLOP/s (a

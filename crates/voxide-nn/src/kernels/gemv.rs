@@ -1101,10 +1101,11 @@ pub(crate) mod tests {
                     check(&y, want, xk, &tw.bf16_f32, m, k, &format!("bf16 {what}"));
                     // The dot-product kernel wherever it can run, taken here or not
                     // (`gemv_bf16::runs`), in both of its passes.
-                    for rows in [ROWS_PER_PASS, FEWER_ROWS_PER_PASS] {
-                        if !gemv_bf16::can_run(isa, m) {
-                            break;
-                        }
+                    let dots = gemv_bf16::can_run(isa, m);
+                    for rows in [ROWS_PER_PASS, FEWER_ROWS_PER_PASS]
+                        .into_iter()
+                        .filter(|_| dots)
+                    {
                         y.fill(f32::NAN);
                         let split = SplitX::new(&x);
                         let w = WeightMatrix::new(&tw.bf16, n, k);
