@@ -12,11 +12,12 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A checkpoint-like directory: the shared vocabulary and merges next to the fixture's config.
-fn tokenizer_dir() -> PathBuf {
+/// A checkpoint-like directory: the shared vocabulary and merges next to the fixture's config
+/// (one per test, `name`: the tests run at once in one process).
+fn tokenizer_dir(name: &str) -> PathBuf {
     let fixture = root().join("tests/fixtures/qwen3-tts/qwen2-tokenizer");
     let shared = root().join("../shared/assets/whisper/hf-vocab/multilingual");
-    let dir = std::env::temp_dir().join(format!("voxide-qwen2-tokenizer-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("voxide-qwen2-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for (from, name) in [
         (shared.join("vocab.json"), "vocab.json"),
@@ -40,7 +41,7 @@ fn ids_and_decoding_equal_transformers() {
         .unwrap(),
     )
     .unwrap();
-    let dir = tokenizer_dir();
+    let dir = tokenizer_dir("ids");
     let tok = TextTokenizer::from_dir(&dir).expect("tokenizer loads");
     for (name, id) in reference["special"].as_object().unwrap() {
         assert_eq!(
@@ -80,4 +81,19 @@ fn missing_files_are_named() {
         "{err}"
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// Only a vocabulary of the 256 bytes (the tiny fixture's, as `tools/random_weights.py` writes
+/// without Qwen's ranks) counts as bytes-only; a real BPE vocabulary with its merges does not.
+#[test]
+fn a_vocabulary_of_bytes_alone_is_told_apart() {
+    let fixture = root().join("tests/fixtures/qwen3-tts/tiny-random");
+    let bytes = TextTokenizer::from_dir(&fixture).expect("fixture tokenizer loads");
+    assert!(bytes.bytes_only());
+    assert_eq!(bytes.encode("the").unwrap().len(), 3);
+    let dir = tokenizer_dir("bytes-only");
+    let real = TextTokenizer::from_dir(&dir).expect("tokenizer loads");
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(!real.bytes_only());
+    assert_eq!(real.encode("the").unwrap().len(), 1);
 }

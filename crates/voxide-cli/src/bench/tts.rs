@@ -102,6 +102,9 @@ struct TtsReport {
     repeats: usize,
     load_ms: f64,
     cloning: Option<Cloning>,
+    /// The checkpoint's text tokenizer is the 256 bytes alone (a random-weight checkpoint's
+    /// without Qwen's ranks): prompts hold ~4 times the real model's positions.
+    text_tokenizer_bytes_only: bool,
     machine: MachineReport,
     rows: Vec<TtsRow>,
     /// Weights one frame reads (a talker step + the predictor's steps), bytes.
@@ -291,6 +294,7 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
         repeats: args.repeats,
         load_ms,
         cloning,
+        text_tokenizer_bytes_only: synthesizer.tokenizer().bytes_only(),
         machine: machine_report(&probe, &bandwidth, fma_gflops),
         rows,
         frame_bytes: synthesizer.frame_bytes().total(),
@@ -393,6 +397,11 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
     say!(
         "(prompt pos: its positions, cached + computed where the prefix cache gave some; prompt ms: the talker's pass over the prompt, through the first frame's logits; talker: ms per later step; predictor … codec: ms per frame; a frame is 80 ms of audio; short ts: the short text streamed alongside the frames, --text-streaming on; each from an empty prefix cache but cached: the short text with its voice positions cached, as a server's later requests in one voice)"
     );
+    if r.text_tokenizer_bytes_only {
+        say!(
+            "text tokenizer: the 256 bytes alone, as a random-weight checkpoint written without Qwen's ranks: every byte of a text is a prompt position, ~4x the real model's, so the prompt ms and first audio of the medium and long texts overstate the real checkpoint's (`tools/random_weights.py qwen3-tts --size S --out DIR --qwen-tiktoken qwen.tiktoken --tokenizer-only` writes the real vocabulary)"
+        );
+    }
     print_machine(&r.machine, r.threads);
     let verdict = match r.ratio {
         Some(ratio) => format!("{ratio:.2}x the floor"),

@@ -260,6 +260,10 @@ impl Synthesizer {
         self.codec_config.output_sample_rate
     }
 
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
     pub fn model_type(&self) -> ModelType {
         self.model.config().tts_model_type
     }

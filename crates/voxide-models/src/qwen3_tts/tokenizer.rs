@@ -90,6 +90,15 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Whether the vocabulary is the 256 bytes alone (besides the added tokens): the
+    /// byte-level tokenizer of the random-weight checkpoints that `tools/random_weights.py`
+    /// writes without Qwen's ranks, where every UTF-8 byte is a token, so that a text takes
+    /// ~4 times the real model's positions.
+    pub fn bytes_only(&self) -> bool {
+        let added = self.inner.get_added_tokens_decoder().len();
+        self.inner.get_vocab_size(false).saturating_sub(added) <= 256
+    }
+
     fn error(&self, message: String) -> Error {
         Error::Tokenizer {
             path: self.path.clone(),

@@ -20,7 +20,7 @@ use super::machine::huge_page_vec;
 use super::machine::{machine, weight_prefetch, Residency};
 use super::next_matrix::{read_then_warm_next, warmable};
 use super::simd::{deinterleave_pairs, isa_entries, Isa, Simd, WeightElem, WEIGHT_KINDS};
-use super::spin_pool::for_each_range;
+use super::spin_pool::{for_each_range, for_each_range_tail_halved};
 use std::cell::Cell;
 use std::sync::OnceLock;
 
@@ -349,10 +349,12 @@ thread_local! {
 }
 
 /// Runs `task` over output rows 0..n: in tasks of [`parallel_rows`] on all threads, or at once.
+/// A streamed matrix's last tasks are halves ([`for_each_range_tail_halved`]).
 fn for_rows(n: usize, bytes: usize, residency: Residency, task: impl Fn(usize, usize) + Sync) {
-    match parallel_rows(n, bytes, residency) {
-        Some(rows) => for_each_range(n, rows, &task),
-        None => task(0, n),
+    match (parallel_rows(n, bytes, residency), residency) {
+        (Some(rows), Residency::Streamed) => for_each_range_tail_halved(n, rows, &task),
+        (Some(rows), Residency::Cached) => for_each_range(n, rows, &task),
+        (None, _) => task(0, n),
     }
 }
 

@@ -90,6 +90,45 @@ pub fn for_each_range(n: usize, per_task: usize, task: &(dyn Fn(usize, usize) + 
     });
 }
 
+/// The ranges of [`for_each_range_tail_halved`] over 0..n on `threads` threads: `per_task`
+/// long, but for the rows of the last `threads` of them (the last may be shorter), which go
+/// in ranges of half as many. Returns how many there are and range `t`.
+fn tail_halved(
+    n: usize,
+    per_task: usize,
+    threads: usize,
+) -> (usize, impl Fn(usize) -> (usize, usize)) {
+    let tail = (threads * per_task).min(n);
+    let body = n - tail;
+    let body_ranges = body.div_ceil(per_task);
+    let half = per_task.div_ceil(2);
+    let range = move |t: usize| {
+        if t < body_ranges {
+            (t * per_task, ((t + 1) * per_task).min(body))
+        } else {
+            let i = t - body_ranges;
+            (body + i * half, (body + (i + 1) * half).min(n))
+        }
+    };
+    (body_ranges + tail.div_ceil(half), range)
+}
+
+/// Runs `task(r0, r1)` over 0..n as [`for_each_range`], but with the rows of the last ranges
+/// (one per thread) in ranges of half as many: the tail of OpenMP's guided schedule, so that
+/// the threads, taking ranges as they finish the ones before, end within half a range of each
+/// other instead of a whole one. A streamed GEMV's ranges are long (≥ 512 KB of weights, to
+/// amortise each stream's start), and the wait for the last was the pool's: a Qwen3-TTS 0.6B
+/// int8 frame's GEMVs read 2–6 % faster on 2 cores of an Emerald Rapids, a Voxtral Realtime
+/// bf16 step's 2 % (PERFORMANCE.md #192).
+pub fn for_each_range_tail_halved(n: usize, per_task: usize, task: &(dyn Fn(usize, usize) + Sync)) {
+    assert!(per_task > 0, "ranges of 0 elements");
+    let (ranges, range) = tail_halved(n, per_task, rayon::current_num_threads());
+    for_each_task(ranges, &|t| {
+        let (r0, r1) = range(t);
+        task(r0, r1)
+    });
+}
+
 /// Runs `f(i, chunk)` for every `chunk`-long piece of `data` (the last may be shorter), as
 /// [`for_each_task`] runs tasks.
 pub fn for_each_chunk_mut<T: Send>(
@@ -327,6 +366,53 @@ fn prefetch(addr: usize) {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
+
+    /// The ranges cover 0..n once, in order; those of the last `threads` ranges' rows are
+    /// halves, the rest whole (but for a short last one).
+    #[test]
+    fn tails_are_halved_ranges_that_cover_the_rows_once() {
+        for (n, per_task, threads) in [
+            (4096, 512, 2),
+            (1000, 64, 2),
+            (1000, 64, 3),
+            (130, 64, 2),
+            (7, 4, 2),
+            (100, 1, 2),
+            (9, 10, 2),
+        ] {
+            let (count, range) = tail_halved(n, per_task, threads);
+            let ranges: Vec<(usize, usize)> = (0..count).map(&range).collect();
+            let mut next = 0;
+            for &(r0, r1) in &ranges {
+                assert_eq!(r0, next, "{n} {per_task} {threads}: {ranges:?}");
+                assert!(r1 > r0 && r1 - r0 <= per_task, "{ranges:?}");
+                next = r1;
+            }
+            assert_eq!(next, n, "{ranges:?}");
+            let tail = (threads * per_task).min(n);
+            for &(r0, r1) in &ranges {
+                let limit = if r0 >= n - tail {
+                    per_task.div_ceil(2)
+                } else {
+                    per_task
+                };
+                assert!(r1 - r0 <= limit, "{n} {per_task} {threads}: {ranges:?}");
+            }
+        }
+        // 4096 rows in tasks of 512 on 2 threads: 6 whole, then 4 halves.
+        let (count, range) = tail_halved(4096, 512, 2);
+        assert_eq!(count, 10);
+        assert_eq!(range(5), (2560, 3072));
+        assert_eq!(range(6), (3072, 3328));
+        assert_eq!(range(9), (3840, 4096));
+        let seen = std::sync::Mutex::new(Vec::new());
+        for_each_range_tail_halved(1000, 64, &|r0, r1| seen.lock().unwrap().push((r0, r1)));
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen.first().map(|r| r.0), Some(0));
+        assert!(seen.windows(2).all(|w| w[0].1 == w[1].0));
+        assert_eq!(seen.last().map(|r| r.1), Some(1000));
+    }
 
     fn sum_of_squares(tasks: usize) -> u64 {
         let sum = AtomicU64::new(0);
