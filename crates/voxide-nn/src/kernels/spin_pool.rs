@@ -90,9 +90,9 @@ pub fn for_each_range(n: usize, per_task: usize, task: &(dyn Fn(usize, usize) + 
     });
 }
 
-/// The ranges of [`for_each_range_tail_halved`] over 0..n on `threads` threads: `per_task`
-/// long, but for the rows of the last `threads` of them (the last may be shorter), which go
-/// in ranges of half as many. Returns how many there are and range `t`.
+/// The ranges of [`for_each_range_tail_halved`] over 0..n on `threads` threads: ranges of
+/// `per_task` up to the last `threads · per_task` rows, which go in ranges of half as many
+/// (each range's end capped at its part's). Returns how many ranges there are and range `t`.
 fn tail_halved(
     n: usize,
     per_task: usize,
@@ -114,12 +114,12 @@ fn tail_halved(
 }
 
 /// Runs `task(r0, r1)` over 0..n as [`for_each_range`], but with the rows of the last ranges
-/// (one per thread) in ranges of half as many: the tail of OpenMP's guided schedule, so that
-/// the threads, taking ranges as they finish the ones before, end within half a range of each
-/// other instead of a whole one. A streamed GEMV's ranges are long (≥ 512 KB of weights, to
-/// amortise each stream's start), and the wait for the last was the pool's: a Qwen3-TTS 0.6B
-/// int8 frame's GEMVs read 2–6 % faster on 2 cores of an Emerald Rapids, a Voxtral Realtime
-/// bf16 step's 2 % (PERFORMANCE.md #192).
+/// (one per thread) in ranges of half as many: the shrinking tail of OpenMP's guided schedule.
+/// The threads take ranges as they finish the ones before, so they end within half a range of
+/// each other instead of a whole one. A streamed GEMV's ranges are long (≥ 512 KB of weights,
+/// to amortise each stream's start), and at each matrix's end one thread waited for the
+/// other's last: a Qwen3-TTS 0.6B int8 frame's GEMVs read 1–6 % faster (median 4 %) on 2
+/// cores of an Emerald Rapids, a Voxtral Realtime bf16 step's 2 % (PERFORMANCE.md #192).
 pub fn for_each_range_tail_halved(n: usize, per_task: usize, task: &(dyn Fn(usize, usize) + Sync)) {
     assert!(per_task > 0, "ranges of 0 elements");
     let (ranges, range) = tail_halved(n, per_task, rayon::current_num_threads());
