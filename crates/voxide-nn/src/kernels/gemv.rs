@@ -1103,20 +1103,18 @@ pub(crate) mod tests {
                     check(&y, want, xk, &tw.bf16_f32, m, k, &format!("bf16 {what}"));
                     // The dot-product kernel wherever it can run, taken here or not
                     // (`gemv_bf16::runs`), in both of its passes.
-                    let dots = gemv_bf16::can_run(isa, m);
-                    for rows in [ROWS_PER_PASS, FEWER_ROWS_PER_PASS]
-                        .into_iter()
-                        .filter(|_| dots)
-                    {
-                        y.fill(f32::NAN);
-                        let split = SplitX::new(&x);
-                        let w = WeightMatrix::new(&tw.bf16, n, k);
-                        let ahead = ReadAhead::streamed(Prefetch::Keep, PREFETCH_BYTES, rows);
-                        let out = OutPtr(y.as_mut_ptr());
-                        gemv_bf16::rows(&split, &x, w, Some(&bias), out, m, 0, n, ahead);
-                        split.recycle();
-                        let what = format!("bf16 dots, {rows} rows a pass, {what}");
-                        check(&y, &want_bf16_split, &xs, &tw.bf16_f32, m, k, &what);
+                    if gemv_bf16::can_run(isa, m) {
+                        for rows in [ROWS_PER_PASS, FEWER_ROWS_PER_PASS] {
+                            y.fill(f32::NAN);
+                            let split = SplitX::new(&x);
+                            let w = WeightMatrix::new(&tw.bf16, n, k);
+                            let ahead = ReadAhead::streamed(Prefetch::Keep, PREFETCH_BYTES, rows);
+                            let out = OutPtr(y.as_mut_ptr());
+                            gemv_bf16::rows(&split, &x, w, Some(&bias), out, m, 0, n, ahead);
+                            split.recycle();
+                            let what = format!("bf16 dots, {rows} rows a pass, {what}");
+                            check(&y, &want_bf16_split, &xs, &tw.bf16_f32, m, k, &what);
+                        }
                     }
                     let wi = WeightMatrix::with_scales(&tw.i8, &tw.scales, n, k);
                     pool.install(|| gemv_on(isa, &x, &wi, Some(&bias), &mut y, m));
