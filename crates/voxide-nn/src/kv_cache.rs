@@ -13,6 +13,8 @@
 use crate::kernels::ops::to_dtype_contiguous;
 use crate::linear::WeightFormat;
 use candle_core::{DType, Device, Result, Tensor};
+use half::vec::HalfBitsVecExt;
+use half::{bf16, f16};
 
 /// Positions a growing cache allocates before it first grows.
 const INITIAL_CAPACITY: usize = 512;
@@ -24,6 +26,24 @@ pub fn default_kv_dtype(weights: WeightFormat) -> DType {
     match weights {
         WeightFormat::F32 => DType::F32,
         _ => DType::F16,
+    }
+}
+
+/// A zeroed buffer of `shape` that costs nothing until it is written: allocated as zeroed
+/// memory (calloc), which the OS maps to its zero page and commits a page at a time as
+/// positions are written. candle's `Tensor::zeros` writes every f16/bf16 element (`vec![f16::ZERO;
+/// n]`), which for a Qwen3-TTS talker sized for 2048 frames is 236 MB written before the first
+/// position, ~70-100 ms of a request's first audio; f32 zeros were already calloc'd.
+fn zeroed(shape: (usize, usize, usize, usize), dtype: DType, device: &Device) -> Result<Tensor> {
+    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    match (device, dtype) {
+        (Device::Cpu, DType::F16) => {
+            Tensor::from_vec(vec![0u16; n].reinterpret_into::<f16>(), shape, device)
+        }
+        (Device::Cpu, DType::BF16) => {
+            Tensor::from_vec(vec![0u16; n].reinterpret_into::<bf16>(), shape, device)
+        }
+        _ => Tensor::zeros(shape, dtype, device),
     }
 }
 
@@ -50,7 +70,8 @@ pub struct KvView {
 }
 
 impl KvCache {
-    /// Allocates a zeroed cache of shape (batch, kv_heads, capacity, head_dim).
+    /// Allocates a zeroed cache of shape (batch, kv_heads, capacity, head_dim). On the CPU its
+    /// pages are the OS's zero pages until a position is first written (see [`zeroed`]).
     pub fn new(
         batch: usize,
         kv_heads: usize,
@@ -61,8 +82,8 @@ impl KvCache {
     ) -> Result<Self> {
         let shape = (batch, kv_heads, capacity, head_dim);
         Ok(Self {
-            k: Tensor::zeros(shape, dtype, device)?,
-            v: Tensor::zeros(shape, dtype, device)?,
+            k: zeroed(shape, dtype, device)?,
+            v: zeroed(shape, dtype, device)?,
             len: 0,
             window: None,
             max_capacity: capacity,
@@ -224,7 +245,7 @@ impl KvCache {
     fn grow(&mut self, capacity: usize) -> Result<()> {
         let (b, h, _, d) = self.k.dims4()?;
         for buf in [&mut self.k, &mut self.v] {
-            let bigger = Tensor::zeros((b, h, capacity, d), buf.dtype(), buf.device())?;
+            let bigger = zeroed((b, h, capacity, d), buf.dtype(), buf.device())?;
             bigger.slice_set(&buf.narrow(2, 0, self.len)?.force_contiguous()?, 2, 0)?;
             *buf = bigger;
         }
@@ -361,6 +382,33 @@ mod tests {
             next += n;
         }
         assert!(cache.append(&block(0, 4)?, &block(0, 4)?).is_err());
+        Ok(())
+    }
+
+    /// Fresh and grown buffers hold zeros in the cache's own dtype, whatever memory they
+    /// were allocated from, and growing keeps the cached positions.
+    #[test]
+    fn fresh_and_grown_buffers_are_zeros_of_their_dtype() -> Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [DType::F16, DType::BF16, DType::F32] {
+            let mut cache = KvCache::growable(1, 2, 1200, 3, dtype, &dev)?;
+            let values = |t: &Tensor| -> Result<Vec<f32>> {
+                assert_eq!(t.dtype(), dtype);
+                t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+            };
+            assert_eq!(cache.k.dims(), &[1, 2, INITIAL_CAPACITY, 3]);
+            for buf in [&cache.k, &cache.v] {
+                assert!(values(buf)?.iter().all(|&x| x == 0.0), "{dtype:?}");
+            }
+            let ones = Tensor::ones((1, 2, 600, 3), dtype, &dev)?;
+            cache.append(&ones, &ones)?;
+            assert_eq!(cache.capacity(), 1024);
+            for buf in [&cache.k, &cache.v] {
+                let got = values(&buf.narrow(1, 1, 1)?)?;
+                assert!(got[..600 * 3].iter().all(|&x| x == 1.0), "{dtype:?}");
+                assert!(got[600 * 3..].iter().all(|&x| x == 0.0), "{dtype:?}");
+            }
+        }
         Ok(())
     }
 
