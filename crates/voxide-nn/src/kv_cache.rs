@@ -29,11 +29,13 @@ pub fn default_kv_dtype(weights: WeightFormat) -> DType {
     }
 }
 
-/// A zeroed buffer of `shape` that costs nothing until it is written: allocated as zeroed
-/// memory (calloc), which the OS maps to its zero page and commits a page at a time as
-/// positions are written. candle's `Tensor::zeros` writes every f16/bf16 element (`vec![f16::ZERO;
-/// n]`), which for a Qwen3-TTS talker sized for 2048 frames is 236 MB written before the first
-/// position, ~70-100 ms of a request's first audio; f32 zeros were already calloc'd.
+/// A zeroed buffer of `shape` that costs nothing until it is written: allocated zeroed
+/// (calloc), a large block comes fresh from the OS, whose pages stay its shared zero page
+/// until a position is first written, so a cache sized for its limit commits only what a
+/// request writes. candle's `Tensor::zeros` writes every f16 and bf16 element
+/// (`vec![f16::ZERO; n]`): a Qwen3-TTS talker sized for 2048 frames wrote 236 MB before its
+/// first position, 70–150 ms of a request's first audio (PERFORMANCE.md #193). Its f32 zeros
+/// are already allocated zeroed.
 fn zeroed(shape: (usize, usize, usize, usize), dtype: DType, device: &Device) -> Result<Tensor> {
     let n = shape.0 * shape.1 * shape.2 * shape.3;
     match (device, dtype) {
@@ -70,8 +72,9 @@ pub struct KvView {
 }
 
 impl KvCache {
-    /// Allocates a zeroed cache of shape (batch, kv_heads, capacity, head_dim). On the CPU its
-    /// pages are the OS's zero pages until a position is first written (see [`zeroed`]).
+    /// Allocates a zeroed cache of shape (batch, kv_heads, capacity, head_dim). On the CPU it is
+    /// allocated zeroed, not written: where the allocator takes it fresh from the OS, a page is
+    /// committed only when a position in it is first written.
     pub fn new(
         batch: usize,
         kv_heads: usize,
@@ -385,8 +388,8 @@ mod tests {
         Ok(())
     }
 
-    /// Fresh and grown buffers hold zeros in the cache's own dtype, whatever memory they
-    /// were allocated from, and growing keeps the cached positions.
+    /// Fresh and grown buffers hold zeros of the cache's own dtype (f16 and bf16 ones are
+    /// integer zeros reinterpreted), and growing keeps the cached positions.
     #[test]
     fn fresh_and_grown_buffers_are_zeros_of_their_dtype() -> Result<()> {
         let dev = Device::Cpu;
