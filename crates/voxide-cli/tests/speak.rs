@@ -704,6 +704,34 @@ fn bench_tts_clones_a_voice_for_a_base_model() {
         );
         assert!(talker_ms > 0.0 && frame_ms > talker_ms, "{frame} {talker}");
     }
+    // The code predictor's ms per frame in the same windows: the frame's but the talker's.
+    let predictor = report["predictor_windows"].as_array().unwrap();
+    assert_eq!(predictor.len(), windows.len());
+    for ((frame, talker), predictor) in windows.iter().zip(talker).zip(predictor) {
+        let ms = |w: &serde_json::Value| w["ms_per_step"].as_f64().unwrap();
+        assert!(
+            (ms(talker) + ms(predictor) - ms(frame)).abs() < 1e-6 * ms(frame),
+            "{frame} {talker} {predictor}"
+        );
+    }
+    // This small model's predictor stack fits any known cache: its passes after a frame's
+    // first count at the rate a set that size is re-read at (measured on x86-64).
+    let rereads = report["frame_reread_bytes"].as_u64().unwrap();
+    if cfg!(target_arch = "x86_64") {
+        let pass = report["predictor_pass_bytes"].as_u64().unwrap();
+        assert!(
+            pass > 0 && rereads.is_multiple_of(pass) && rereads >= pass,
+            "{rereads} {pass}"
+        );
+        assert!(rereads < report["predictor_frame_bytes"].as_u64().unwrap());
+        assert!(report["reread_gbps"].as_f64().unwrap() > 0.0);
+        assert!(
+            report["predictor_windows"][0]["reread_bytes_per_step"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 

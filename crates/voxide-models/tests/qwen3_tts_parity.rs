@@ -337,6 +337,12 @@ fn int8_while_loading_converts_what_int8_after_loading_does() {
             a.step_bytes().total() < loaded.talker().step_bytes().total(),
             "{model}"
         );
+        // A frame reads the predictor's stack once per acoustic group, and each group's head
+        // (all of one size) once.
+        let (pass, groups) = (a.predictor().pass_bytes(), a.predictor().groups());
+        let heads = a.predictor().frame_bytes().total() - pass.total() * groups;
+        assert!(pass.total() > 0 && heads > 0, "{model}");
+        assert!(heads.is_multiple_of(groups), "{model}");
         // Where the frame's matrices fit the cache budget (a model this small does on any
         // machine whose caches are known), its plan keeps every one cached.
         let (frame, step) = (a.predictor().frame_bytes(), a.step_bytes());

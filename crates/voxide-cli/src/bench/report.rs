@@ -175,14 +175,19 @@ pub struct Totals {
 /// `cached_bytes` are weights its plan keeps in the caches, read there at `cache_gbps`: the
 /// rate the plan's cached set was re-read at after a stream went past it
 /// ([`RetentionReport::kept_gbps`], measured at load). Everything else comes from memory.
+/// `reread_bytes` are weights the cycle reads again before anything else has gone through the
+/// caches (a TTS frame's code predictor passes after the first), read at `reread_gbps`
+/// ([`voxide_nn::kernels::bandwidth::reread_gbps`]), whatever their plan.
 /// A floor is the least time, so the cached bytes count at the faster of the two rates (on a
 /// host whose memory switches to a fast regime, the caches' rate measured at load can be the
-/// slower).
+/// slower), and so do the re-read ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepReads {
     pub bytes: f64,
     pub cached_bytes: f64,
     pub cache_gbps: f64,
+    pub reread_bytes: f64,
+    pub reread_gbps: f64,
 }
 
 impl StepReads {
@@ -194,13 +199,35 @@ impl StepReads {
             bytes: weights.total() as f64 + other_bytes,
             cached_bytes: cache_gbps.map_or(0.0, |_| weights.cached as f64),
             cache_gbps: cache_gbps.unwrap_or(0.0),
+            ..Self::default()
+        }
+    }
+
+    /// These reads with `rereads` (a part of the weights, by residency) counted at
+    /// `reread_gbps` where it was measured, instead of the rate their residency gave them.
+    pub fn with_rereads(self, rereads: CycleBytes, reread_gbps: Option<f64>) -> Self {
+        let Some(reread_gbps) = reread_gbps.filter(|g| *g > 0.0) else {
+            return self;
+        };
+        let counted_cached = if self.cache_gbps > 0.0 {
+            rereads.cached as f64
+        } else {
+            0.0
+        };
+        Self {
+            cached_bytes: self.cached_bytes - counted_cached,
+            reread_bytes: rereads.total() as f64,
+            reread_gbps,
+            ..self
         }
     }
 
     /// The least time, ms, to read them with the memory reading `gbps`.
     pub fn floor_ms(&self, gbps: f64) -> f64 {
         let cached_s = self.cached_bytes / (self.cache_gbps.max(gbps) * 1e9);
-        ((self.bytes - self.cached_bytes) / (gbps * 1e9) + cached_s) * 1e3
+        let reread_s = self.reread_bytes / (self.reread_gbps.max(gbps) * 1e9);
+        let from_memory = self.bytes - self.cached_bytes - self.reread_bytes;
+        (from_memory / (gbps * 1e9) + cached_s + reread_s) * 1e3
     }
 }
 
@@ -255,6 +282,11 @@ pub struct RunFloor {
     pub cached_bytes_per_step: f64,
     #[serde(default)]
     pub cache_gbps: f64,
+    /// Of those, weights read again within the step at `reread_gbps` ([`StepReads`]).
+    #[serde(default)]
+    pub reread_bytes_per_step: f64,
+    #[serde(default)]
+    pub reread_gbps: f64,
     pub gbps_before: f64,
     pub gbps_after: f64,
 }
@@ -283,6 +315,8 @@ impl RunFloor {
             bytes_per_step: reads.bytes,
             cached_bytes_per_step: reads.cached_bytes,
             cache_gbps: reads.cache_gbps,
+            reread_bytes_per_step: reads.reread_bytes,
+            reread_gbps: reads.reread_gbps,
             gbps_before: before,
             gbps_after: after,
         }
@@ -300,6 +334,8 @@ impl RunFloor {
             bytes: self.bytes_per_step,
             cached_bytes: self.cached_bytes_per_step,
             cache_gbps: self.cache_gbps,
+            reread_bytes: self.reread_bytes_per_step,
+            reread_gbps: self.reread_gbps,
         };
         match self.ms_per_step / reads.floor_ms(fast) {
             r if r >= 1.0 => RunVerdict::Ratio(r),
@@ -701,6 +737,8 @@ mod tests {
             bytes_per_step: 3e9,
             cached_bytes_per_step: 0.0,
             cache_gbps: 0.0,
+            reread_bytes_per_step: 0.0,
+            reread_gbps: 0.0,
             gbps_before,
             gbps_after,
         };
@@ -782,6 +820,40 @@ mod tests {
         );
         assert!((f.floor_ms - 115.0).abs() < 1e-9, "{}", f.floor_ms);
         assert!((f.ratio.unwrap() - 130.0 / 115.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rereads_count_at_the_rate_a_set_read_again_comes_back() {
+        // A frame of 3 GB streamed, 1 GB of it read again (planned streamed): memory at 20
+        // GB/s, the re-reads at 50.
+        let reads = StepReads::new(streamed(3_000_000_000), 0.0, None)
+            .with_rereads(streamed(1_000_000_000), Some(50.0));
+        // 2 GB / 20 + 1 GB / 50: 100 + 20 ms.
+        assert!((reads.floor_ms(20.0) - 120.0).abs() < 1e-9);
+        // Memory faster than the re-reads: they count at the memory's rate.
+        assert!((reads.floor_ms(100.0) - 30.0).abs() < 1e-9);
+        // Not measured: as before.
+        let plain = StepReads::new(streamed(3_000_000_000), 0.0, None);
+        assert_eq!(plain.with_rereads(streamed(1_000_000_000), None), plain);
+        // Re-reads the plan keeps cached leave the cached share, which keeps the rest.
+        let weights = CycleBytes {
+            streamed: 2_000_000_000,
+            cached: 1_500_000_000,
+        };
+        let rereads = CycleBytes {
+            streamed: 0,
+            cached: 1_000_000_000,
+        };
+        let reads = StepReads::new(weights, 0.0, Some(25.0)).with_rereads(rereads, Some(50.0));
+        assert_eq!((reads.cached_bytes, reads.reread_bytes), (5e8, 1e9));
+        // 2 GB / 20 + 0.5 GB / 25 + 1 GB / 50: 100 + 20 + 20 ms.
+        assert!((reads.floor_ms(20.0) - 140.0).abs() < 1e-9);
+        // A run judged by it: 168 ms against 140.
+        let run = RunFloor::between_last_probes(168.0, reads, &[20.0, 20.0]);
+        match run.verdict() {
+            RunVerdict::Ratio(r) => assert!((r - 1.2).abs() < 1e-9, "{r}"),
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]

@@ -19,7 +19,9 @@ use voxide_audio::AudioInput;
 use voxide_models::qwen3_tts::{
     ClonedVoice, GenerationParams, ModelType, SpeechRequest, Synthesizer, VoiceReference,
 };
+use voxide_nn::kernels::bandwidth::reread_gbps;
 use voxide_nn::kernels::fma_peak::measure_fma_gflops;
+use voxide_nn::kernels::machine::{machine, CycleBytes};
 
 /// (name, text, frames, `non_streaming_text`, `voice_cached`): 1.3 s, 3.8 s and 7.7 s of
 /// audio with the variant's default prompt (qwen-tts': the whole text in the prompt for
@@ -113,6 +115,13 @@ struct TtsReport {
     /// rate was not measured and every byte counts at the memory's).
     frame_cached_bytes: usize,
     cache_gbps: f64,
+    /// Of those, the code predictor's passes after each frame's first: its stack (and
+    /// projection, `predictor_pass_bytes`) read again with only a head in between, counted at
+    /// `reread_gbps` where that set fits the caches (0: it does not, or the rate was not
+    /// measured).
+    frame_reread_bytes: usize,
+    predictor_pass_bytes: usize,
+    reread_gbps: f64,
     /// Keys and values a talker step's attention reads, bytes, the mean over every step timed.
     talker_kv_bytes_per_step: f64,
     /// The least time to read a frame: its cached bytes at `cache_gbps`, the rest and
@@ -132,6 +141,12 @@ struct TtsReport {
     /// step, each against the probes at the window's ends.
     windows: Vec<RunFloor>,
     talker_windows: Vec<RunFloor>,
+    /// Weights the code predictor's steps of a frame read, bytes, and its ms per frame against
+    /// their floor (its passes after the first at `reread_gbps`), per run and window: whether
+    /// the predictor reads at the caches' speed where its stack fits them.
+    predictor_frame_bytes: usize,
+    predictor_runs: Vec<RunFloor>,
+    predictor_windows: Vec<RunFloor>,
 }
 
 pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle) -> Result<()> {
@@ -157,11 +172,29 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
         }
         _ => (None, None),
     };
+    // Each acoustic step after a frame's first reads the predictor's stack again, only a head
+    // read in between: where the stack fits the caches, those passes come from them.
+    let (pass, again) = synthesizer.predictor_rereads();
+    let rereads = if again > 0 && pass.total() <= machine().cache_budget() {
+        pass * again
+    } else {
+        CycleBytes::default()
+    };
+    let rereads_gbps = (rereads.total() > 0)
+        .then(|| reread_gbps(pass.total()))
+        .flatten();
+    let frame_reads = |kv_bytes| {
+        StepReads::new(synthesizer.frame_bytes(), kv_bytes, cache_gbps())
+            .with_rereads(rereads, rereads_gbps)
+    };
+    let predictor_reads = StepReads::new(synthesizer.predictor_frame_bytes(), 0.0, cache_gbps())
+        .with_rereads(rereads, rereads_gbps);
     let mut bandwidth = Vec::new();
     // Each measured run's talker step + predictor per frame against the probes around it.
     let mut run_floors = Vec::new();
-    let mut talker_floors = Vec::new();
+    let (mut talker_floors, mut predictor_floors) = (Vec::new(), Vec::new());
     let (mut window_floors, mut talker_window_floors) = (Vec::new(), Vec::new());
+    let mut predictor_window_floors = Vec::new();
     let mut rows = Vec::new();
     let (mut model_ms, mut all_frames) = (0.0, 0usize);
     let (mut kv_bytes, mut all_steps) = (0usize, 0usize);
@@ -215,7 +248,7 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
                 let kv_per_step = stats.talker_kv_bytes as f64 / steps as f64;
                 let ms_per_frame =
                     stats.talker_ms / steps as f64 + stats.predictor_ms / frames as f64;
-                let frame = StepReads::new(synthesizer.frame_bytes(), kv_per_step, cache_gbps());
+                let frame = frame_reads(kv_per_step);
                 let talker =
                     StepReads::new(synthesizer.talker_step_bytes(), kv_per_step, cache_gbps());
                 run_floors.push(RunFloor::between_last_probes(
@@ -228,12 +261,18 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
                     talker,
                     &bandwidth,
                 ));
+                predictor_floors.push(RunFloor::between_last_probes(
+                    stats.predictor_ms / frames as f64,
+                    predictor_reads,
+                    &bandwidth,
+                ));
                 for w in &in_run.windows {
                     if let (Some(talker_ms), Some(predictor_ms)) =
                         (w.ms_per_step(0), w.ms_per_step(1))
                     {
                         window_floors.push(w.floor(talker_ms + predictor_ms, frame));
                         talker_window_floors.push(w.floor(talker_ms, talker));
+                        predictor_window_floors.push(w.floor(predictor_ms, predictor_reads));
                     }
                 }
                 runs.push(stats);
@@ -280,11 +319,7 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
     // A peak, as in the STT bench: the larger of the probes before and after the runs.
     let fma_gflops = fma_gflops.max(measure_fma_gflops(threads, 5));
     let talker_kv_bytes_per_step = kv_bytes as f64 / all_steps.max(1) as f64;
-    let frame = StepReads::new(
-        synthesizer.frame_bytes(),
-        talker_kv_bytes_per_step,
-        cache_gbps(),
-    );
+    let frame = frame_reads(talker_kv_bytes_per_step);
     let floor_ms = frame.floor_ms(read_gbps);
     let ms_per_frame = model_ms / all_frames as f64;
     let report = TtsReport {
@@ -300,6 +335,9 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
         frame_bytes: synthesizer.frame_bytes().total(),
         frame_cached_bytes: frame.cached_bytes as usize,
         cache_gbps: frame.cache_gbps,
+        frame_reread_bytes: frame.reread_bytes as usize,
+        predictor_pass_bytes: pass.total(),
+        reread_gbps: frame.reread_gbps,
         talker_kv_bytes_per_step,
         floor_ms,
         ratio: Some(ms_per_frame / floor_ms).filter(|r| *r >= 1.0),
@@ -308,6 +346,9 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
         talker_runs: talker_floors,
         windows: window_floors,
         talker_windows: talker_window_floors,
+        predictor_frame_bytes: synthesizer.predictor_frame_bytes().total(),
+        predictor_runs: predictor_floors,
+        predictor_windows: predictor_window_floors,
     };
     drop(probe);
     shared_probe.release();
@@ -407,8 +448,9 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
         Some(ratio) => format!("{ratio:.2}x the floor"),
         None => "FASTER THAN THE FLOOR: a measurement error, no ratio reported".into(),
     };
+    let rereads = reread_part(r);
     say!(
-        "frame floor: a frame reads {:.3} GB of weights (a talker step + the code predictor's steps) + {:.3} GB of the talker's K/V; at {:.1} GB/s{} -> {:.1} ms; measured talker step + predictor {:.1} ms/frame = {verdict}",
+        "frame floor: a frame reads {:.3} GB of weights (a talker step + the code predictor's steps) + {:.3} GB of the talker's K/V; at {:.1} GB/s{}{rereads} -> {:.1} ms; measured talker step + predictor {:.1} ms/frame = {verdict}",
         r.frame_bytes as f64 / 1e9,
         r.talker_kv_bytes_per_step / 1e9,
         r.machine.read_gbps,
@@ -428,4 +470,26 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
     if let Some(line) = windows_line(&r.talker_windows) {
         say!("talker step alone: {line}");
     }
+    say!(
+        "code predictor alone (reads {:.3} GB of weights a frame{rereads}): {}",
+        r.predictor_frame_bytes as f64 / 1e9,
+        run_floors_line(&r.predictor_runs)
+    );
+    if let Some(line) = windows_line(&r.predictor_windows) {
+        say!("code predictor alone: {line}");
+    }
+}
+
+/// How a frame's floor counts the code predictor's passes after the first ("" where it counts
+/// them from memory).
+fn reread_part(r: &TtsReport) -> String {
+    if r.frame_reread_bytes == 0 {
+        return String::new();
+    }
+    format!(
+        ", the {:.3} GB of the predictor's passes after each frame's first (its {:.0} MB stack read again) at {:.1} GB/s (a set that size re-read at load; the memory's rate where faster)",
+        r.frame_reread_bytes as f64 / 1e9,
+        r.predictor_pass_bytes as f64 / 1e6,
+        r.reread_gbps
+    )
 }

@@ -256,6 +256,18 @@ impl Synthesizer {
         self.model.talker().step_bytes()
     }
 
+    /// Bytes of weights the code predictor's steps of one frame read, by residency.
+    pub fn predictor_frame_bytes(&self) -> CycleBytes {
+        self.model.talker().predictor().frame_bytes()
+    }
+
+    /// What the code predictor reads again within a frame: the weights each of its steps
+    /// reads besides its head (by residency), and how many steps after the first read them.
+    pub fn predictor_rereads(&self) -> (CycleBytes, usize) {
+        let predictor = self.model.talker().predictor();
+        (predictor.pass_bytes(), predictor.groups().saturating_sub(1))
+    }
+
     pub fn sample_rate(&self) -> u32 {
         self.codec_config.output_sample_rate
     }

@@ -298,12 +298,18 @@ impl CodePredictor {
     /// the whole stack, and its own head).
     pub fn frame_bytes(&self) -> CycleBytes {
         let heads: CycleBytes = self.lm_head.iter().map(Linear::read_bytes).sum();
+        self.pass_bytes() * self.groups() + heads
+    }
+
+    /// Bytes of weights every acoustic step reads, by residency: the stack and the projection,
+    /// read again by each of a frame's steps with only a head read in between.
+    pub fn pass_bytes(&self) -> CycleBytes {
         let projection = self
             .projection
             .iter()
             .map(Linear::read_bytes)
             .sum::<CycleBytes>();
-        (self.stack.read_bytes() + projection) * self.groups() + heads
+        self.stack.read_bytes() + projection
     }
 
     /// Acoustic groups predicted per frame (G − 1 = 15).
