@@ -462,21 +462,31 @@ fn print_report(r: &TtsReport, ms_per_frame: f64) {
     if let Some(line) = windows_line(&r.windows) {
         say!("{line}");
     }
-    say!(
-        "talker step alone (reads {:.3} GB of weights + its K/V): {}",
-        r.talker_step_bytes as f64 / 1e9,
-        run_floors_line(&r.talker_runs)
+    print_part_alone(
+        "talker step",
+        &format!(
+            "reads {:.3} GB of weights + its K/V",
+            r.talker_step_bytes as f64 / 1e9
+        ),
+        &r.talker_runs,
+        &r.talker_windows,
     );
-    if let Some(line) = windows_line(&r.talker_windows) {
-        say!("talker step alone: {line}");
-    }
-    say!(
-        "code predictor alone (reads {:.3} GB of weights a frame{rereads}): {}",
-        r.predictor_frame_bytes as f64 / 1e9,
-        run_floors_line(&r.predictor_runs)
+    print_part_alone(
+        "code predictor",
+        &format!(
+            "reads {:.3} GB of weights a frame{rereads}",
+            r.predictor_frame_bytes as f64 / 1e9
+        ),
+        &r.predictor_runs,
+        &r.predictor_windows,
     );
-    if let Some(line) = windows_line(&r.predictor_windows) {
-        say!("code predictor alone: {line}");
+}
+
+/// A part of the frame against its own floor (what it `reads`): its runs, then its windows.
+fn print_part_alone(part: &str, reads: &str, runs: &[RunFloor], windows: &[RunFloor]) {
+    say!("{part} alone ({reads}): {}", run_floors_line(runs));
+    if let Some(line) = windows_line(windows) {
+        say!("{part} alone: {line}");
     }
 }
 
@@ -487,7 +497,7 @@ fn reread_part(r: &TtsReport) -> String {
         return String::new();
     }
     format!(
-        ", the {:.3} GB of the predictor's passes after each frame's first (its {:.0} MB stack read again) at {:.1} GB/s (a set that size re-read at load; the memory's rate where faster)",
+        ", the {:.3} GB of the predictor's passes after each frame's first (its {:.1} MB stack read again) at {:.1} GB/s (a set that size re-read at load; the memory's rate where faster)",
         r.frame_reread_bytes as f64 / 1e9,
         r.predictor_pass_bytes as f64 / 1e6,
         r.reread_gbps
