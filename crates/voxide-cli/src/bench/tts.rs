@@ -497,7 +497,7 @@ fn reread_part(r: &TtsReport) -> String {
         return String::new();
     }
     format!(
-        ", the {:.3} GB of the predictor's passes after each frame's first (its {:.1} MB stack read again) at {:.1} GB/s (a set that size re-read at load; the memory's rate where faster)",
+        ", the {:.3} GB of the predictor's passes after each frame's first (its {:.1} MB stack read again) at {:.1} GB/s (a set that size re-read before the runs; the memory's rate where faster)",
         r.frame_reread_bytes as f64 / 1e9,
         r.predictor_pass_bytes as f64 / 1e6,
         r.reread_gbps
