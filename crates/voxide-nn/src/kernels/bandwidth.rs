@@ -115,13 +115,13 @@ pub struct ReadProbe {
     huge: Vec<f32>,
     small: Vec<f32>,
     isa: Isa,
-    /// Every variant's median GB/s at construction, fastest first.
+    /// Every variant's GB/s at construction ([`rank_variants`]), fastest first.
     variants: Vec<(ReadVariant, f64)>,
 }
 
 impl ReadProbe {
     /// `threads` threads over two buffers of `bytes` each (touched by those threads); tries
-    /// every variant (a warm-up pass and three timed passes each) and keeps the fastest.
+    /// every variant (in rounds over all of them, forward then backward) and keeps the fastest.
     pub fn new(threads: usize, bytes: usize) -> Self {
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -148,15 +148,14 @@ impl ReadProbe {
             isa: Isa::detect(),
             variants: Vec::new(),
         };
-        let mut variants: Vec<(ReadVariant, f64)> = ReadVariant::all()
-            .into_iter()
-            .map(|v| {
-                probe.pass_gbps(v);
-                (v, probe.median_of(v, 3))
-            })
-            .collect();
-        variants.sort_by(|a, b| b.1.total_cmp(&a.1));
-        probe.variants = variants;
+        // A warm-up pass over each buffer (its page tables), then the timed rounds.
+        for huge_pages in [true, false] {
+            probe.pass_gbps(ReadVariant {
+                huge_pages,
+                ..ReadVariant::all()[0]
+            });
+        }
+        probe.variants = rank_variants(&ReadVariant::all(), RANKING_ROUNDS, |v| probe.pass_gbps(v));
         probe
     }
 
@@ -176,7 +175,8 @@ impl ReadProbe {
         self.threads
     }
 
-    /// Every variant's median GB/s when the probe was made, fastest first.
+    /// Every variant's GB/s when the probe was made (the mean of its middle passes of four, taken
+    /// in rounds over all the variants), fastest first.
     pub fn variants(&self) -> &[(ReadVariant, f64)] {
         &self.variants
     }
@@ -236,6 +236,49 @@ impl ReadProbe {
             .map(|_| self.pass_gbps(self.best()))
             .fold(0.0, f64::max)
     }
+}
+
+/// Timed passes of each variant when a probe ranks them: rounds in pairs, one forward over the
+/// variants and one backward.
+const RANKING_ROUNDS: usize = 4;
+
+/// Every variant's GB/s by `pass`, fastest first. The passes go round the variants, forward
+/// then backward (ABBA), not one variant after another: on a shared machine the memory's rate
+/// drifts by 1.5× within the seconds a scan takes, and a scan in order ranked the variants by
+/// when they ran — one command on an AMD EPYC Zen 3 ranked a single stream per thread first,
+/// then 8 of its 12 windows read faster than the probes of that variant (PERFORMANCE.md #195).
+/// A variant's rate is the mean of its middle two passes of four, in which a drift linear in
+/// time cancels and one outlier pass at either end is dropped.
+fn rank_variants(
+    variants: &[ReadVariant],
+    rounds: usize,
+    mut pass: impl FnMut(ReadVariant) -> f64,
+) -> Vec<(ReadVariant, f64)> {
+    let mut samples = vec![Vec::with_capacity(rounds); variants.len()];
+    for round in 0..rounds {
+        for k in 0..variants.len() {
+            let i = if round % 2 == 0 {
+                k
+            } else {
+                variants.len() - 1 - k
+            };
+            samples[i].push(pass(variants[i]));
+        }
+    }
+    let mut ranked: Vec<(ReadVariant, f64)> = variants
+        .iter()
+        .copied()
+        .zip(samples.into_iter().map(middle_mean))
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked
+}
+
+/// The mean of the middle one or two of a non-empty set of rates.
+fn middle_mean(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    (values[(n - 1) / 2] + values[n / 2]) / 2.0
 }
 
 /// The median of a non-empty set of rates (the upper one of an even count).
@@ -570,6 +613,42 @@ mod tests {
             let gbps = probe.median_gbps(2);
             assert!(gbps.is_finite() && gbps > 0.0, "{threads} threads: {gbps}");
         }
+    }
+
+    #[test]
+    fn variants_are_ranked_by_their_rate_not_by_when_they_ran() {
+        // Four variants 4 GB/s apart, fastest first, under a drift of +3 GB/s per pass: a scan
+        // one variant after another (3 passes each, median) ranked them slowest first.
+        let variants: Vec<ReadVariant> = ReadVariant::all().into_iter().take(4).collect();
+        let base =
+            |v: ReadVariant| 100.0 - 4.0 * variants.iter().position(|&w| w == v).unwrap() as f64;
+        let mut passes = 0;
+        let ranked = rank_variants(&variants, RANKING_ROUNDS, |v| {
+            passes += 1;
+            base(v) + 3.0 * passes as f64
+        });
+        assert_eq!(passes, RANKING_ROUNDS * variants.len());
+        assert_eq!(
+            ranked.iter().map(|r| r.0).collect::<Vec<_>>(),
+            variants,
+            "{ranked:?}"
+        );
+        // The drift cancels: each rate is its base plus the same offset.
+        let offset = ranked[0].1 - base(ranked[0].0);
+        for (v, g) in &ranked {
+            assert!((g - base(*v) - offset).abs() < 1e-9, "{ranked:?}");
+        }
+        // One outlier pass leaves a variant's rate where its other passes put it.
+        let mut calls = 0;
+        let ranked = rank_variants(&variants[..1], RANKING_ROUNDS, |_| {
+            calls += 1;
+            if calls == 2 {
+                1000.0
+            } else {
+                50.0
+            }
+        });
+        assert_eq!(ranked[0].1, 50.0);
     }
 
     #[test]
