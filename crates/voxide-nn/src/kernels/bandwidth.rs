@@ -248,7 +248,8 @@ const RANKING_ROUNDS: usize = 4;
 /// when they ran — one command on an AMD EPYC Zen 3 ranked a single stream per thread first,
 /// then 8 of its 12 windows read faster than the probes of that variant (PERFORMANCE.md #195).
 /// A variant's rate is the mean of its middle two passes of four, in which a drift linear in
-/// time cancels and one outlier pass at either end is dropped.
+/// the passes' order cancels (in time where the passes take alike) and one outlier pass at
+/// either end is dropped.
 fn rank_variants(
     variants: &[ReadVariant],
     rounds: usize,
