@@ -13,11 +13,12 @@
 //!   by ones into int32, as llama.cpp's AVX2 `mul_sum_i8_pairs` does. With x and w in
 //!   [-127, 127] (w = -128 too) a pair of products is at most 2 · 128 · 127 < 2¹⁵, so the
 //!   int16 sums never saturate, and the block sums equal VNNI's exactly. Four instructions per
-//!   32 multiply-adds (and an absolute value per 2 × 32) against four FMAs for the f32 path:
-//!   on AMD Zen 3, which issues ~3 of these integer instructions a cycle against 2 FMAs,
-//!   1.3–1.4× the f32 rate in registers and in the kernel (PERFORMANCE.md #152). x in 7 bits
-//!   (q + 64, unsigned) would drop the sign and the absolute value, ~1.5× more, at twice the
-//!   rounding of x: not taken.
+//!   32 multiply-adds against four FMAs for the f32 path: on AMD Zen 3, which issues ~3 of
+//!   these integer instructions a cycle against 2 FMAs, 1.3–1.4× the f32 rate in registers
+//!   and in the kernel (PERFORMANCE.md #152). |w| is stored beside each strip row when the
+//!   row is copied to L1, and broadcast like w, instead of an absolute value per weight
+//!   broadcast and panel of x (#196: ~6 % on Zen 3). x in 7 bits (q + 64, unsigned) would
+//!   drop the sign too, at twice the rounding of x: not taken.
 //!
 //! The decoder steps' GEMV keeps ~15 bits of x ([`super::gemv_int8`]); 8 bits per block of 128
 //! add a rounding of the order of the weights' own.
@@ -114,9 +115,12 @@ trait ByteDot {
     unsafe fn zero() -> Self::I;
     unsafe fn load(p: *const i32) -> Self::I;
     unsafe fn splat(v: i32) -> Self::I;
+    /// Whether a product takes |w| as well as w: then each strip row's |w| is stored once
+    /// beside the strip ([`IntStrips::widen`]) instead of computed for every panel of x.
+    const ABS_WEIGHTS: bool;
     /// acc + the sums of 4 products of the bytes of a (x's codes: q + OFFSET) and the signed
-    /// bytes of b (weights).
-    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I;
+    /// bytes of b (weights), whose magnitudes are b_abs where [`Self::ABS_WEIGHTS`].
+    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I, b_abs: Self::I) -> Self::I;
     /// out[l] += (sums[l] − c) · d[l] for the LANES lanes.
     unsafe fn scale_add(out: *mut f32, sums: Self::I, c: i32, d: *const f32);
 }
@@ -140,8 +144,9 @@ impl ByteDot for Avx512Vnni {
     unsafe fn splat(v: i32) -> Self::I {
         _mm512_set1_epi32(v)
     }
+    const ABS_WEIGHTS: bool = false;
     #[inline(always)]
-    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I {
+    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I, _: Self::I) -> Self::I {
         _mm512_dpbusd_epi32(acc, a, b)
     }
     #[inline(always)]
@@ -184,14 +189,14 @@ impl<const VNNI: bool> ByteDot for Avx256<VNNI> {
     unsafe fn splat(v: i32) -> Self::I {
         _mm256_set1_epi32(v)
     }
+    const ABS_WEIGHTS: bool = !VNNI;
     #[inline(always)]
-    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I) -> Self::I {
+    unsafe fn dot(acc: Self::I, a: Self::I, b: Self::I, b_abs: Self::I) -> Self::I {
         if VNNI {
             return _mm256_dpbusd_avx_epi32(acc, a, b);
         }
-        // |w| · (x with w's sign) = w · x; the same |w| for both x vectors of a micro-kernel
-        // step is computed once after inlining.
-        let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(b), _mm256_sign_epi8(a, b));
+        // |w| · (x with w's sign) = w · x.
+        let pairs = _mm256_maddubs_epi16(b_abs, _mm256_sign_epi8(a, b));
         _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
     #[inline(always)]
@@ -306,7 +311,8 @@ pub fn matmul(
         for_each_task(
             n,
             rows * n * k,
-            || Scratch::<i8>::new(block.next_multiple_of(4), width),
+            // Room for a strip and its magnitudes (`IntStrips::strip`).
+            || Scratch::<i8>::new(2 * block.next_multiple_of(4), width),
             // SAFETY: the caller checked that the kernel runs; the buffers fit (asserted in the
             // task).
             |r0, r1, scratch| unsafe {
@@ -394,7 +400,7 @@ unsafe fn task<V: ByteDot>(
     let (quads, blocks) = (k.div_ceil(4), k.div_ceil(X8_BLOCK));
     let stride = block.next_multiple_of(4);
     assert!(
-        scratch.strip.len() >= W_ROWS * stride
+        scratch.strip.len() >= 2 * W_ROWS * stride
             && scratch.tile.len() >= (r1 - r0) * M_CHUNK.next_multiple_of(width)
             && panels.codes.len() >= m.div_ceil(width) * quads * width
             && panels.scales.len() >= m.div_ceil(width) * blocks * width
@@ -418,7 +424,9 @@ unsafe fn task<V: ByteDot>(
 struct IntStrips<'a, V> {
     panels: &'a Panels,
     w: WeightMatrix<'a, i8>,
-    /// [`W_ROWS`] rows of the current column block, `stride` apart, zero past its end.
+    /// [`W_ROWS`] rows of the current column block, `stride` apart, zero past its end; then,
+    /// where the kernel takes |w| ([`ByteDot::ABS_WEIGHTS`]), their magnitudes as bytes
+    /// (|−128| = 128 unsigned) in as many rows.
     strip: *mut i8,
     stride: usize,
     /// `sums[t][b]` = OFFSET · Σ of strip row t over the column block's x block b.
@@ -444,6 +452,15 @@ impl<V: ByteDot> StripKernel for IntStrips<'_, V> {
     unsafe fn widen(&mut self, t: usize, r: usize, c0: usize, len: usize) {
         let dst = std::slice::from_raw_parts_mut(self.strip.add(t * self.stride), self.stride);
         let src = copy_strip_row(&self.w, r, (c0, len), dst);
+        if V::ABS_WEIGHTS {
+            let abs = std::slice::from_raw_parts_mut(
+                self.strip.add((W_ROWS + t) * self.stride),
+                self.stride,
+            );
+            for (a, &v) in abs.iter_mut().zip(dst.iter()) {
+                *a = v.wrapping_abs();
+            }
+        }
         for (sum, part) in self.sums[t].iter_mut().zip(src.chunks(X8_BLOCK)) {
             *sum = V::OFFSET * part.iter().map(|&v| v as i32).sum::<i32>();
         }
@@ -514,8 +531,13 @@ unsafe fn micro<V: ByteDot, const ROWS: usize, const VECS: usize>(
             }
             for (t, s) in sums.iter_mut().enumerate() {
                 let wv = V::splat(*wp.add(t * w_stride + jq));
+                let wa = if V::ABS_WEIGHTS {
+                    V::splat(*wp.add((W_ROWS + t) * w_stride + jq))
+                } else {
+                    wv
+                };
                 for v in 0..VECS {
-                    s[v] = V::dot(s[v], xv[v], wv);
+                    s[v] = V::dot(s[v], xv[v], wv, wa);
                 }
             }
         }
