@@ -541,15 +541,7 @@ fn bench_int8_chunks() {
 /// shapes and Qwen3-TTS 0.6B's talker shapes, from a chunk's rows to a window's, in GFLOP/s.
 fn bench_int8_prompt() {
     use voxide_nn::kernels::small_m_int8::{matmul, Kernel};
-    let kernels: Vec<Kernel> = [
-        Kernel::Amx,
-        Kernel::Avx512Vnni,
-        Kernel::AvxVnni,
-        Kernel::Avx2,
-    ]
-    .into_iter()
-    .filter(|k| k.runs())
-    .collect();
+    let kernels = Kernel::on_this_cpu();
     if kernels.is_empty() {
         println!("no integer small-M kernel runs here");
         return;

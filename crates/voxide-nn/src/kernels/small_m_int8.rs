@@ -53,6 +53,19 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Amx,
+        Kernel::Avx512Vnni,
+        Kernel::AvxVnni,
+        Kernel::Avx2,
+    ];
+
+    /// The kernels this CPU runs, fastest first.
+    pub fn on_this_cpu() -> Vec<Kernel> {
+        Self::ALL.into_iter().filter(|k| k.runs()).collect()
+    }
+
     /// Whether this CPU runs the kernel.
     pub fn runs(self) -> bool {
         match self {
@@ -70,12 +83,7 @@ impl Kernel {
     /// The fastest kernel on vectors no wider than `isa`'s, if this CPU runs one.
     pub fn for_isa(isa: Isa) -> Option<Kernel> {
         let candidates: &[Kernel] = match isa {
-            Isa::Avx512 => &[
-                Kernel::Amx,
-                Kernel::Avx512Vnni,
-                Kernel::AvxVnni,
-                Kernel::Avx2,
-            ],
+            Isa::Avx512 => &Self::ALL,
             Isa::Avx2 => &[Kernel::AvxVnni, Kernel::Avx2],
             _ => &[],
         };
@@ -564,15 +572,7 @@ mod tests {
 
     /// The kernels this CPU runs.
     fn kernels() -> Vec<Kernel> {
-        let kernels: Vec<Kernel> = [
-            Kernel::Amx,
-            Kernel::Avx512Vnni,
-            Kernel::AvxVnni,
-            Kernel::Avx2,
-        ]
-        .into_iter()
-        .filter(|k| k.runs())
-        .collect();
+        let kernels = Kernel::on_this_cpu();
         if kernels.is_empty() {
             eprintln!("no AVX2: the integer small-M path does not run here");
         }
