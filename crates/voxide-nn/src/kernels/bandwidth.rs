@@ -216,17 +216,13 @@ impl ReadProbe {
         (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
     }
 
-    fn median_of(&self, variant: ReadVariant, passes: usize) -> f64 {
-        median(
-            (0..passes.max(1))
-                .map(|_| self.pass_gbps(variant))
-                .collect(),
-        )
-    }
-
     /// Median GB/s of `passes` passes of the fastest variant.
     pub fn median_gbps(&self, passes: usize) -> f64 {
-        self.median_of(self.best(), passes)
+        median(
+            (0..passes.max(1))
+                .map(|_| self.pass_gbps(self.best()))
+                .collect(),
+        )
     }
 
     /// Fastest of `passes` passes of the fastest variant: what a bandwidth floor divides by,
