@@ -183,10 +183,10 @@ pub fn run(args: AskArgs) -> Result<()> {
         bail!("nothing to ask: give a question (with --audio FILE) or --messages FILE");
     }
     voxtral::prompt::check_conversation(&conversation.messages)?;
-    let top_p_ok = args.top_p > 0.0 && args.top_p <= 1.0;
-    if !(0.0..=2.0).contains(&args.temperature) || !top_p_ok {
-        bail!("--temperature must lie in [0, 2] and --top-p in (0, 1]");
+    if !(0.0..=2.0).contains(&args.temperature) {
+        bail!("--temperature {} must lie in [0, 2]", args.temperature);
     }
+    crate::check_top_p(args.top_p)?;
     for (flag, value) in [
         ("--frequency-penalty", args.frequency_penalty),
         ("--presence-penalty", args.presence_penalty),

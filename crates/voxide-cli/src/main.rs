@@ -110,6 +110,15 @@ pub fn share_heaps() {
     }
 }
 
+/// `--top-p` of the sampling commands (`speak`, `ask`): the nucleus keeps a share of the
+/// probability, so 0 or past 1 is an error naming the value.
+pub fn check_top_p(top_p: f32) -> anyhow::Result<()> {
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        anyhow::bail!("--top-p {top_p} must lie in (0, 1]");
+    }
+    Ok(())
+}
+
 /// Ends the command after a failed write to stdout (see `say!`).
 fn stdout_failed(e: std::io::Error) -> ! {
     note!("error: cannot write to stdout: {e}");

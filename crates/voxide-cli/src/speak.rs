@@ -165,10 +165,10 @@ pub fn run(args: SpeakArgs) -> Result<()> {
             .check_readable()
             .map_err(|e| anyhow!("reference clip {e}"))?;
     }
-    let finite = args.temperature.is_finite();
-    if !(finite && args.temperature >= 0.0 && args.top_p > 0.0 && args.top_p <= 1.0) {
-        bail!("--temperature must be a number ≥ 0 and --top-p in (0, 1]");
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        bail!("--temperature {} must be a number ≥ 0", args.temperature);
     }
+    crate::check_top_p(args.top_p)?;
     if !(args.repetition_penalty > 0.0 && args.repetition_penalty.is_finite()) {
         bail!("--repetition-penalty must be a positive number");
     }

@@ -233,10 +233,13 @@ fn bad_requests_get_a_one_line_error() {
         &["--voice", "tester", "--ref-audio", "x.wav", "hi"],
         "reference clip x.wav: cannot read",
     );
-    fails(&["--voice", "tester", "--top-p", "0", "hi"], "--top-p");
+    fails(
+        &["--voice", "tester", "--top-p", "0", "hi"],
+        "--top-p 0 must lie in (0, 1]",
+    );
     fails(
         &["--voice", "tester", "--temperature", "inf", "hi"],
-        "--temperature must be a number",
+        "--temperature inf must be a number ≥ 0",
     );
     fails(
         &["--voice", "tester", "--repetition-penalty", "NaN", "hi"],
@@ -834,8 +837,9 @@ fn bad_settings_fail_before_the_model_loads() {
             &["--ref-audio", "x.wav"][..],
             "reference clip x.wav: cannot read",
         ),
-        (&["--top-p", "0"], "--top-p"),
-        (&["--temperature", "inf"], "--temperature must be a number"),
+        (&["--top-p", "0"], "error: --top-p 0 must lie in (0, 1]"),
+        (&["--top-p", "1.5"], "error: --top-p 1.5 must lie in (0, 1]"),
+        (&["--temperature", "inf"], "error: --temperature inf must be a number ≥ 0"),
         (
             &["--repetition-penalty", "NaN"],
             "--repetition-penalty must be a positive number",

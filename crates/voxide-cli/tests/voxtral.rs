@@ -229,7 +229,9 @@ fn bad_input_is_one_line_and_exit_1() {
         nowhere,
         &["--audio", s(&wav), "--temperature", "3", "Hi?"],
     ));
-    assert!(e.contains("--temperature must lie in [0, 2]"), "{e}");
+    assert!(e.ends_with("--temperature 3 must lie in [0, 2]"), "{e}");
+    let e = error_line(&ask(nowhere, &["--audio", s(&wav), "--top-p", "0", "Hi?"]));
+    assert!(e.ends_with("--top-p 0 must lie in (0, 1]"), "{e}");
     let e = error_line(&ask(
         nowhere,
         &["--audio", s(&wav), "--presence-penalty", "-3", "Hi?"],
