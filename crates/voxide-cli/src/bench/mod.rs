@@ -188,7 +188,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // decoder step: its bytes over the bandwidth, probed again around the runs, since a shared
     // machine's bandwidth moves with its neighbours) and the FMA peak.
     let probe = shared_probe.make(threads);
-    let fma_gflops = measure_fma_gflops(threads, 5);
+    let fma = FmaRates::measure(threads);
     let step_bytes = model.decoder_step_bytes();
     let mut bandwidth = Vec::new();
     // Each measured run's steps against the probes around it, and its windows against the
@@ -278,10 +278,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             floor.windows = window_floors;
         }
     }
-    // A peak: probed again after the runs and the larger kept (a neighbour that took a core
-    // during one probe only lowers it).
-    let fma_gflops = fma_gflops.max(measure_fma_gflops(threads, 5));
-    let machine = machine_report(&probe, &bandwidth, fma_gflops);
+    let machine = machine_report(&probe, &bandwidth, fma.max(FmaRates::measure(threads)));
     drop(probe);
     shared_probe.release();
     let report = Report {
@@ -312,9 +309,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// f32 FMA peaks in GFLOP/s, best of 5 passes: with the bench's threads (the floor of
+/// compute-bound work) and on one thread (what each core should add).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FmaRates {
+    threads: f64,
+    one_core: f64,
+}
+
+impl FmaRates {
+    pub(crate) fn measure(threads: usize) -> Self {
+        Self {
+            threads: measure_fma_gflops(threads, 5),
+            one_core: measure_fma_gflops(1, 5),
+        }
+    }
+
+    /// Peaks: probed again after the runs and the larger kept (a neighbour that took a core
+    /// during one probe only lowers it).
+    pub(crate) fn max(self, other: Self) -> Self {
+        Self {
+            threads: self.threads.max(other.threads),
+            one_core: self.one_core.max(other.one_core),
+        }
+    }
+}
+
 /// The machine and its limits measured with the bench's threads; `bandwidth`: the fastest pass
 /// of each probe during the command (the floor uses the fastest).
-fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> MachineReport {
+fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma: FmaRates) -> MachineReport {
     let m = machine();
     MachineReport {
         cpu_model: m.cpu_model.clone(),
@@ -331,7 +354,9 @@ fn machine_report(probe: &ReadProbe, bandwidth: &[f64], fma_gflops: f64) -> Mach
             .iter()
             .map(|(v, g)| (v.to_string(), *g))
             .collect(),
-        fma_gflops,
+        fma_gflops: fma.threads,
+        fma_one_core_gflops: fma.one_core,
+        physical_cores: m.physical_cores,
         bf16_dots: bf16_dots().map(|d| Bf16DotsReport {
             f32_gflops: d.f32_gflops,
             bf16_gflops: d.bf16_gflops,
@@ -515,7 +540,7 @@ fn cached_part(cached_bytes: usize, cache_gbps: f64) -> String {
 /// The machine line and every probe variant.
 fn print_machine(m: &MachineReport, threads: usize) {
     say!(
-        "machine: {} | {} cores | {} | L1d {} KB, L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s",
+        "machine: {} | {} cores | {} | L1d {} KB, L2 {} KB per core, L3 {} MB (step cache budget {} MB) | f32 FMA peak {:.0} GFLOP/s (one core {:.0})",
         m.cpu_model,
         m.cores,
         m.isa,
@@ -523,8 +548,18 @@ fn print_machine(m: &MachineReport, threads: usize) {
         m.l2_bytes >> 10,
         m.l3_bytes >> 20,
         m.cache_budget_bytes >> 20,
-        m.fma_gflops
+        m.fma_gflops,
+        m.fma_one_core_gflops
     );
+    if let Some(scaling) = m.cores_held(threads) {
+        say!(
+            "warning: the {threads} threads multiplied at {:.2}x one core's FMA rate per core \
+             ({} physical cores): another process held cores while this command measured, so \
+             its figures are not this machine's own",
+            scaling,
+            m.physical_cores
+        );
+    }
     if let Some(d) = &m.bf16_dots {
         say!(
             "bf16 dot products on one core: {:.0} GFLOP/s against f32 FMAs' {:.0} ({:.2}x): {}",

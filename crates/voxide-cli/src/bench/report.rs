@@ -374,6 +374,12 @@ pub struct MachineReport {
     pub read_variants: Vec<(String, f64)>,
     /// f32 FMA peak with the bench's threads, GFLOP/s.
     pub fma_gflops: f64,
+    /// f32 FMA peak of one thread alone, GFLOP/s ([`MachineReport::cores_held`]).
+    #[serde(default)]
+    pub fma_one_core_gflops: f64,
+    /// Physical cores among the usable ones (SMT siblings once).
+    #[serde(default)]
+    pub physical_cores: usize,
     /// One core's bf16 dot products against its f32 FMAs and whether the bf16 kernels were
     /// taken ([`voxide_nn::kernels::fma_peak::bf16_dots`]); `None` where the CPU has none.
     #[serde(default)]
@@ -585,6 +591,28 @@ impl Totals {
     }
 }
 
+/// Below this share of one core's FMA rate per physical core in use, the bench's threads did
+/// not have their cores. All-core clocks stay above it (the Zen 3 VM ran 2 cores at 1.0× one
+/// core's rate each; laptops' all-core turbo is ~0.75× their one-core clock); a core held by
+/// another process halves it (PERFORMANCE.md, stop 88: 0.51× in a whole command, 0.58× beside
+/// a busy loop on the other core).
+pub const FMA_SCALING_MIN: f64 = 0.6;
+
+impl MachineReport {
+    /// The bench's threads' FMA rate against one core's times the physical cores they ran on,
+    /// where it fell below [`FMA_SCALING_MIN`]: another process held cores while the command
+    /// measured, and its figures are not the machine's own. `None` when the threads scaled, or
+    /// where a rate was not measured.
+    pub fn cores_held(&self, threads: usize) -> Option<f64> {
+        let cores = threads.min(self.physical_cores).max(1);
+        if self.fma_one_core_gflops <= 0.0 || self.fma_gflops <= 0.0 {
+            return None;
+        }
+        let scaling = self.fma_gflops / (cores as f64 * self.fma_one_core_gflops);
+        (scaling < FMA_SCALING_MIN).then_some(scaling)
+    }
+}
+
 /// A whole benchmark: what ran, per input and in total.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -683,6 +711,27 @@ mod tests {
             }
         );
         assert_eq!(Stat::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+
+    /// Two threads at twice one core's rate scaled; at one core's rate (a core held: the
+    /// Zen 3 command of stop 88, 103 against 101 GFLOP/s a core) they did not. Threads past
+    /// the physical cores (SMT siblings share a core's FMAs) expect no more than those cores;
+    /// a rate not measured (a baseline written before the field) says nothing.
+    #[test]
+    fn a_held_core_shows_in_the_fma_rates() {
+        let report = |all, one, physical_cores| MachineReport {
+            fma_gflops: all,
+            fma_one_core_gflops: one,
+            physical_cores,
+            ..Default::default()
+        };
+        assert_eq!(report(201.6, 101.0, 2).cores_held(2), None);
+        let held = report(103.0, 101.0, 2).cores_held(2).unwrap();
+        assert!((held - 0.51).abs() < 0.01, "{held}");
+        assert_eq!(report(103.0, 101.0, 2).cores_held(1), None);
+        assert_eq!(report(400.0, 110.0, 4).cores_held(8), None);
+        assert!(report(200.0, 110.0, 4).cores_held(8).is_some());
+        assert_eq!(report(103.0, 0.0, 2).cores_held(2), None);
     }
 
     fn file(name: &str, audio_s: f64, wall: f64, steps: f64, steps_ms: f64) -> FileReport {

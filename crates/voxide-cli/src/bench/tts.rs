@@ -10,6 +10,7 @@ use super::windows::WindowsHandle;
 use super::SharedProbe;
 use super::{
     cache_gbps, cached_part, machine_report, peak_rss_mb, print_machine, reset_peak_rss, BenchArgs,
+    FmaRates,
 };
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
@@ -20,7 +21,6 @@ use voxide_models::qwen3_tts::{
     ClonedVoice, GenerationParams, ModelType, SpeechRequest, Synthesizer, VoiceReference,
 };
 use voxide_nn::kernels::bandwidth::reread_gbps;
-use voxide_nn::kernels::fma_peak::measure_fma_gflops;
 use voxide_nn::kernels::machine::{machine, CycleBytes};
 
 /// (name, text, frames, `non_streaming_text`, `voice_cached`): 1.3 s, 3.8 s and 7.7 s of
@@ -163,7 +163,7 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let probe = shared_probe.make(threads);
-    let fma_gflops = measure_fma_gflops(threads, 5);
+    let fma = FmaRates::measure(threads);
     let voice = synthesizer.voices().into_iter().next();
     let (cloned_voice, cloning) = match synthesizer.model_type() {
         ModelType::Base => {
@@ -316,8 +316,7 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
         });
     }
     let read_gbps = Stat::of(&bandwidth).max;
-    // A peak, as in the STT bench: the larger of the probes before and after the runs.
-    let fma_gflops = fma_gflops.max(measure_fma_gflops(threads, 5));
+    let fma = fma.max(FmaRates::measure(threads));
     let talker_kv_bytes_per_step = kv_bytes as f64 / all_steps.max(1) as f64;
     let frame = frame_reads(talker_kv_bytes_per_step);
     let floor_ms = frame.floor_ms(read_gbps);
@@ -330,7 +329,7 @@ pub fn run(args: &BenchArgs, shared_probe: &SharedProbe, windows: &WindowsHandle
         load_ms,
         cloning,
         text_tokenizer_bytes_only: synthesizer.tokenizer().bytes_only(),
-        machine: machine_report(&probe, &bandwidth, fma_gflops),
+        machine: machine_report(&probe, &bandwidth, fma),
         rows,
         frame_bytes: synthesizer.frame_bytes().total(),
         frame_cached_bytes: frame.cached_bytes as usize,

@@ -35,6 +35,9 @@ pub struct Machine {
     pub caches: CacheSizes,
     /// Cores this process may use (affinity mask and cgroup CPU quota).
     pub cores: usize,
+    /// Physical cores under the CPUs of its affinity mask: each set of SMT siblings counts
+    /// once (as many as `cores` where the topology is unknown).
+    pub physical_cores: usize,
 }
 
 /// The machine this process runs on, detected on first use.
@@ -54,10 +57,12 @@ impl Machine {
                 l2_per_core: 0,
                 l3: 0,
             });
+        let physical_cores = physical_cores().map_or(cores, |p| p.min(cores));
         Self {
             cpu_model: cpu_model().unwrap_or_else(|| std::env::consts::ARCH.to_string()),
             caches,
             cores,
+            physical_cores,
         }
     }
 
@@ -399,6 +404,25 @@ fn allowed_cpus() -> Option<Vec<usize>> {
     None
 }
 
+/// Physical cores under the CPUs this process may run on: the distinct sets of SMT siblings
+/// of sysfs' `topology/thread_siblings_list`.
+fn physical_cores() -> Option<usize> {
+    let siblings: Vec<String> = allowed_cpus()?
+        .into_iter()
+        .filter_map(|cpu| {
+            let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list");
+            std::fs::read_to_string(path).ok()
+        })
+        .collect();
+    distinct_sibling_sets(&siblings)
+}
+
+/// How many distinct sets of siblings the CPUs' lists name (`None` for no lists).
+fn distinct_sibling_sets(lists: &[String]) -> Option<usize> {
+    let sets: std::collections::HashSet<&str> = lists.iter().map(|l| l.trim()).collect();
+    (!sets.is_empty()).then_some(sets.len())
+}
+
 /// Cache sizes from `cpuid` (Intel leaf 4, AMD leaf 0x8000001D) where sysfs is missing. The
 /// L3 reported is the instance of the calling core.
 fn cpuid_caches() -> Option<CacheSizes> {
@@ -492,6 +516,22 @@ mod tests {
             "processor\t: 0\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\nModel\t\t: Raspberry Pi 4\n";
         assert_eq!(cpu_model_in(arm).as_deref(), Some("Raspberry Pi 4"));
         assert_eq!(cpu_model_in("processor\t: 0\n"), None);
+    }
+
+    /// SMT siblings count once: 4 CPUs on 2 cores with 2 threads each, 2 VM CPUs of a core
+    /// each; no topology, no count.
+    #[test]
+    fn sibling_sets_count_physical_cores() {
+        let lists = |l: &[&str]| l.iter().map(|s| format!("{s}\n")).collect::<Vec<_>>();
+        assert_eq!(
+            distinct_sibling_sets(&lists(&["0,2", "1,3", "0,2", "1,3"])),
+            Some(2)
+        );
+        assert_eq!(distinct_sibling_sets(&lists(&["0-1", "0-1"])), Some(1));
+        assert_eq!(distinct_sibling_sets(&lists(&["0", "1"])), Some(2));
+        assert_eq!(distinct_sibling_sets(&[]), None);
+        let here = machine();
+        assert!((1..=here.cores).contains(&here.physical_cores), "{here:?}");
     }
 
     /// Small (one thread) and large (all threads) fills: every value in place, no more.
