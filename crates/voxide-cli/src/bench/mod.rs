@@ -553,11 +553,11 @@ fn print_machine(m: &MachineReport, threads: usize) {
     );
     if let Some(scaling) = m.cores_held(threads) {
         say!(
-            "warning: the {threads} threads multiplied at {:.2}x one core's FMA rate per core \
-             ({} physical cores): another process held cores while this command measured, so \
-             its figures are not this machine's own",
-            scaling,
-            m.physical_cores
+            "warning: the {threads} threads on {} physical cores multiplied at {:.2}x one \
+             core's FMA rate per core: another process held cores while this command measured, \
+             so its figures are not this machine's own",
+            m.fma_cores(threads),
+            scaling
         );
     }
     if let Some(d) = &m.bf16_dots {

@@ -599,16 +599,21 @@ impl Totals {
 pub const FMA_SCALING_MIN: f64 = 0.6;
 
 impl MachineReport {
-    /// The bench's threads' FMA rate against one core's times the physical cores they ran on,
-    /// where it fell below [`FMA_SCALING_MIN`]: another process held cores while the command
-    /// measured, and its figures are not the machine's own. `None` when the threads scaled, or
-    /// where a rate was not measured.
+    /// The physical cores `threads` threads run on: SMT siblings share a core's FMAs.
+    pub fn fma_cores(&self, threads: usize) -> usize {
+        threads.min(self.physical_cores).max(1)
+    }
+
+    /// The bench's threads' FMA rate against one core's times [`Self::fma_cores`], where it
+    /// fell below [`FMA_SCALING_MIN`]: another process held cores while the command measured,
+    /// and its figures are not the machine's own. `None` when the threads scaled, or where a
+    /// rate was not measured.
     pub fn cores_held(&self, threads: usize) -> Option<f64> {
-        let cores = threads.min(self.physical_cores).max(1);
         if self.fma_one_core_gflops <= 0.0 || self.fma_gflops <= 0.0 {
             return None;
         }
-        let scaling = self.fma_gflops / (cores as f64 * self.fma_one_core_gflops);
+        let expected = self.fma_cores(threads) as f64 * self.fma_one_core_gflops;
+        let scaling = self.fma_gflops / expected;
         (scaling < FMA_SCALING_MIN).then_some(scaling)
     }
 }
@@ -731,6 +736,7 @@ mod tests {
         assert_eq!(report(103.0, 101.0, 2).cores_held(1), None);
         assert_eq!(report(400.0, 110.0, 4).cores_held(8), None);
         assert!(report(200.0, 110.0, 4).cores_held(8).is_some());
+        assert_eq!(report(200.0, 110.0, 4).fma_cores(2), 2);
         assert_eq!(report(103.0, 0.0, 2).cores_held(2), None);
     }
 
