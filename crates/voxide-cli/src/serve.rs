@@ -32,9 +32,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     max_concurrency: Option<usize>,
     /// Decode up to N concurrent requests together (Whisper: their 30 s windows; the Voxtrals:
-    /// their decoder steps, realtime sessions' too, at most 8 a step): each decoder step reads
-    /// the weights once for all of them, for more throughput under load and each transcript
-    /// the same as alone. Lets N requests run at once unless --max-concurrency says otherwise
+    /// their decoder steps, realtime sessions' too; Qwen3-TTS: their frames; at most 8 a
+    /// step): each decoder step reads the weights once for all of them, for more throughput
+    /// under load and each transcript or voice the same as alone. Lets N requests run at once unless --max-concurrency says otherwise
     /// (at least N).
     #[arg(long, value_name = "N", default_value_t = 1)]
     max_batch_size: usize,
@@ -153,17 +153,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     if args.max_batch_size > 1 {
         let ids = models.batch_concurrent_decodes(args.max_batch_size)?;
-        if ids.is_empty() {
-            note!(
-                "--max-batch-size: no transcription model here (speech synthesis requests run side by side)"
-            );
-        } else {
-            note!(
-                "{}: the windows or decoder steps of up to {} concurrent requests decoded together",
-                ids.join(", "),
-                args.max_batch_size
-            );
-        }
+        note!(
+            "{}: the windows, decoder steps or speech frames of up to {} concurrent requests decoded together",
+            ids.join(", "),
+            args.max_batch_size
+        );
     }
     for voice in &voices {
         let clock = Instant::now();

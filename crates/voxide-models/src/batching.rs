@@ -226,8 +226,46 @@ pub trait RowDecoder {
         -> candle_core::Result<Tensor>;
 }
 
-/// A step's result: the logits of the next position, and the sequence's state back.
-type Stepped<S> = (Result<Vec<f32>>, S);
+/// What [`StepBatcher`] runs: one step of each of several sequences at once. A
+/// [`RowDecoder`] is one (its input a token's embedding, its output the logits); a model
+/// whose step is more than a decoder pass (Qwen3-TTS: a talker step, sampling, the code
+/// predictor's passes) implements it directly.
+pub trait RowStep {
+    /// A sequence's state; the default, a placeholder while it is lent.
+    type State: Default;
+    /// What a sequence's step takes besides its state.
+    type Input;
+    /// What it gives.
+    type Output;
+    /// One step of each sequence, row i continuing `states[i]` on `inputs[i]`: each row's
+    /// output, in order.
+    fn step_rows(
+        &self,
+        states: &mut [&mut Self::State],
+        inputs: Vec<Self::Input>,
+    ) -> Result<Vec<Self::Output>>;
+}
+
+impl<D: RowDecoder> RowStep for D {
+    type State = D::State;
+    /// (1, 1, dim).
+    type Input = Tensor;
+    /// The next position's logits.
+    type Output = Vec<f32>;
+    fn step_rows(
+        &self,
+        states: &mut [&mut D::State],
+        inputs: Vec<Tensor>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let x = Tensor::cat(&inputs, 0)?;
+        Ok(RowDecoder::step_rows(self, states, &x)?
+            .squeeze(1)?
+            .to_vec2::<f32>()?)
+    }
+}
+
+/// A step's result, and the sequence's state back.
+type Stepped<S, O> = (Result<O>, S);
 
 /// The decoder steps of concurrent sequences (streams, requests) of one model, taken in
 /// batches of at most `max_rows` (Kyutai's streaming server batches its streams' steps
@@ -236,23 +274,22 @@ type Stepped<S> = (Result<Vec<f32>>, S);
 /// accumulators a row count takes). A sequence joins for its steps ([`StepBatcher::join`]);
 /// its prompt runs [`alone`](Rendezvous::alone).
 #[derive(Debug)]
-pub struct StepBatcher<S> {
+pub struct StepBatcher<S, I = Tensor, O = Vec<f32>> {
     max_rows: usize,
-    rendezvous: Rendezvous<Step<S>, Stepped<S>>,
+    rendezvous: Rendezvous<Step<S, I>, Stepped<S, O>>,
 }
 
-/// A sequence's step waiting: its decoder input and its state, lent for the step.
+/// A sequence's step waiting: its input and its state, lent for the step.
 #[derive(Debug)]
-pub struct Step<S> {
-    /// (1, 1, dim).
-    x: Tensor,
+pub struct Step<S, I> {
+    input: I,
     state: S,
 }
 
 /// A sequence at work, counted in by [`StepBatcher::join`].
-pub type StepMember<'b, S> = Member<'b, Step<S>, Stepped<S>>;
+pub type StepMember<'b, S, I = Tensor, O = Vec<f32>> = Member<'b, Step<S, I>, Stepped<S, O>>;
 
-impl<S: Default> StepBatcher<S> {
+impl<S: Default, I, O> StepBatcher<S, I, O> {
     /// A batcher of at most `max_rows` steps a batch (1 to [`MAX_ROWS`]).
     pub fn new(max_rows: usize) -> Self {
         Self {
@@ -267,7 +304,7 @@ impl<S: Default> StepBatcher<S> {
     }
 
     /// Counts a sequence in until the member is dropped: batches wait for its steps meanwhile.
-    pub fn join(&self) -> StepMember<'_, S> {
+    pub fn join(&self) -> StepMember<'_, S, I, O> {
         self.rendezvous.join()
     }
 
@@ -276,54 +313,59 @@ impl<S: Default> StepBatcher<S> {
         self.rendezvous.alone(f)
     }
 
-    /// One decoder step of the sequence whose state is `state`, on x (1, 1, dim), with the
-    /// steps of the other members that wait meanwhile: the next position's logits. After an
-    /// error the state is not to be used again.
-    pub fn step<D: RowDecoder<State = S>>(
+    /// One step of the sequence whose state is `state`, on `input` (a decoder's: x (1, 1,
+    /// dim)), with the steps of the other members that wait meanwhile: its output (a
+    /// decoder's: the next position's logits). After an error the state is not to be used
+    /// again.
+    pub fn step<D: RowStep<State = S, Input = I, Output = O>>(
         &self,
-        member: &StepMember<'_, S>,
+        member: &StepMember<'_, S, I, O>,
         decoder: &D,
         state: &mut S,
-        x: &Tensor,
-    ) -> Result<Vec<f32>> {
+        input: I,
+    ) -> Result<O> {
         let step = Step {
-            x: x.clone(),
+            input,
             state: std::mem::take(state),
         };
-        let run = |steps, deliver: Deliver<'_, Stepped<S>>| self.run(decoder, steps, deliver);
+        let run = |steps, deliver: Deliver<'_, Stepped<S, O>>| self.run(decoder, steps, deliver);
         match member.submit(step, run) {
-            Some((logits, back)) => {
+            Some((output, back)) => {
                 *state = back;
-                logits
+                output
             }
             None => Err(lost()),
         }
     }
 
-    /// Takes `steps` in batches of at most `max_rows`, handing each batch's logits out as it
+    /// Takes `steps` in batches of at most `max_rows`, handing each batch's outputs out as it
     /// ends.
-    fn run<D: RowDecoder<State = S>>(
+    fn run<D: RowStep<State = S, Input = I, Output = O>>(
         &self,
         decoder: &D,
-        mut steps: Vec<(u64, Step<S>)>,
-        deliver: Deliver<'_, Stepped<S>>,
+        mut steps: Vec<(u64, Step<S, I>)>,
+        deliver: Deliver<'_, Stepped<S, O>>,
     ) {
         while !steps.is_empty() {
             let rest = steps.split_off(self.max_rows.min(steps.len()));
-            let (ids, mut batch): (Vec<u64>, Vec<Step<S>>) = steps.into_iter().unzip();
-            let stepped = catch_unwind(AssertUnwindSafe(|| step_rows(decoder, &mut batch)))
-                .unwrap_or_else(|_| Err(lost()));
-            let results: Vec<Result<Vec<f32>>> = match stepped {
-                Ok(logits) => logits.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    let message = e.to_string();
-                    batch
-                        .iter()
-                        .map(|_| Err(Error::InvalidRequest(message.clone())))
-                        .collect()
+            let (ids, batch): (Vec<u64>, Vec<Step<S, I>>) = steps.into_iter().unzip();
+            let (inputs, mut states): (Vec<I>, Vec<S>) =
+                batch.into_iter().map(|s| (s.input, s.state)).unzip();
+            let stepped = catch_unwind(AssertUnwindSafe(|| {
+                let mut lent: Vec<&mut S> = states.iter_mut().collect();
+                decoder.step_rows(&mut lent, inputs)
+            }))
+            .unwrap_or_else(|_| Err(lost()));
+            let results: Vec<Result<O>> = match stepped {
+                Ok(outputs) if outputs.len() == states.len() => {
+                    outputs.into_iter().map(Ok).collect()
                 }
+                Ok(outputs) => failed(
+                    states.len(),
+                    &format!("{} outputs for a batch of {}", outputs.len(), states.len()),
+                ),
+                Err(e) => failed(states.len(), &e.to_string()),
             };
-            let states = batch.into_iter().map(|s| s.state);
             deliver(
                 ids.into_iter()
                     .zip(results.into_iter().zip(states))
@@ -334,15 +376,11 @@ impl<S: Default> StepBatcher<S> {
     }
 }
 
-/// One step of each of `batch`'s sequences: their logits rows.
-fn step_rows<D: RowDecoder>(decoder: &D, batch: &mut [Step<D::State>]) -> Result<Vec<Vec<f32>>> {
-    let xs: Vec<&Tensor> = batch.iter().map(|s| &s.x).collect();
-    let x = Tensor::cat(&xs, 0)?;
-    let mut states: Vec<&mut D::State> = batch.iter_mut().map(|s| &mut s.state).collect();
-    Ok(decoder
-        .step_rows(&mut states, &x)?
-        .squeeze(1)?
-        .to_vec2::<f32>()?)
+/// The error each of a failed batch's `rows` gets.
+fn failed<O>(rows: usize, message: &str) -> Vec<Result<O>> {
+    (0..rows)
+        .map(|_| Err(Error::InvalidRequest(message.to_string())))
+        .collect()
 }
 
 fn lost() -> Error {

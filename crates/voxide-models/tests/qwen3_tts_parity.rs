@@ -168,7 +168,8 @@ fn prompt_logits_and_greedy_codes_match_qwen_tts() {
                     &prompt,
                     &params,
                     Some(&prefixes),
-                    &mut Sampler::new(0),
+                    Sampler::new(0),
+                    None,
                     on_frame,
                 )
                 .expect("generation")
@@ -254,7 +255,8 @@ fn assert_greedy_codes(
         prompt,
         &greedy(want.dim(0).unwrap()),
         None,
-        &mut Sampler::new(0),
+        Sampler::new(0),
+        None,
         &mut |_| Ok(true),
     )
     .expect("generation")

@@ -585,44 +585,48 @@ fn bench_int8_prompt() {
 /// GEMV against the small-M kernel at the GEMV's row counts (bf16 9216×3072), and the int8
 /// GEMV at them (the steps of concurrent streams taken together).
 fn bench_rows() {
-    let (n, k) = (9216, 3072);
-    let w: Vec<bf16> = filled(n * k, bf16::from_f32);
-    let wb = WeightMatrix::new(&w, n, k);
-    let (q, sc) = quantize_int8(n, k, value);
-    let wq = WeightMatrix::with_scales(&q, &sc, n, k);
-    let dram: Vec<Vec<i8>> = (0..10).map(|_| q.clone()).collect();
-    for m in [1usize, 2, 4, 8, 9] {
-        let x: Vec<f32> = (0..m * k).map(value).collect();
-        let mut y = vec![0f32; m * n];
-        if m <= 8 {
+    // A Voxtral decoder's MLP matrix, and a Qwen3-TTS 0.6B layer's gate and up projections
+    // (what a batch of concurrent speech requests multiplies).
+    for (n, k) in [(9216, 3072), (6144, 1024)] {
+        let shape = format!("{n}x{k}");
+        let w: Vec<bf16> = filled(n * k, bf16::from_f32);
+        let wb = WeightMatrix::new(&w, n, k);
+        let (q, sc) = quantize_int8(n, k, value);
+        let wq = WeightMatrix::with_scales(&q, &sc, n, k);
+        // Copies that together exceed the L3.
+        let copies = (280usize << 20).div_ceil(n * k);
+        let dram: Vec<Vec<i8>> = (0..copies).map(|_| q.clone()).collect();
+        for m in [1usize, 2, 3, 4, 8, 9] {
+            let x: Vec<f32> = (0..m * k).map(value).collect();
+            let mut y = vec![0f32; m * n];
+            if m <= 8 {
+                report(
+                    &format!("gemv    m={m} bf16 {shape}"),
+                    n * k * 2,
+                    time(3, 30, || gemv(&x, &wb, None, &mut y, m)),
+                );
+                report(
+                    &format!("gemv    m={m} int8 {shape}"),
+                    n * k + n * 4,
+                    time(3, 30, || gemv(&x, &wq, None, &mut y, m)),
+                );
+                let mut c = 0;
+                report(
+                    &format!("gemv    m={m} int8 {shape} ×{copies}, from DRAM"),
+                    n * k + n * 4,
+                    time(copies, 60, || {
+                        let w = WeightMatrix::with_scales(&dram[c % copies], &sc, n, k);
+                        gemv(&x, &w, None, &mut y, m);
+                        c += 1;
+                    }),
+                );
+            }
             report(
-                &format!("gemv    m={m} bf16 9216x3072"),
+                &format!("small-M m={m} bf16 {shape}"),
                 n * k * 2,
-                time(3, 30, || gemv(&x, &wb, None, &mut y, m)),
-            );
-            report(
-                &format!("gemv    m={m} int8 9216x3072"),
-                n * k + n * 4,
-                time(3, 30, || gemv(&x, &wq, None, &mut y, m)),
-            );
-            // The same from DRAM: calls rotate over copies that together exceed the L3.
-            let copies = 10;
-            let mut c = 0;
-            report(
-                &format!("gemv    m={m} int8 9216x3072 ×{copies}, from DRAM"),
-                n * k + n * 4,
-                time(copies, 60, || {
-                    let w = WeightMatrix::with_scales(&dram[c % copies], &sc, n, k);
-                    gemv(&x, &w, None, &mut y, m);
-                    c += 1;
-                }),
+                time(3, 30, || matmul_small(&x, &wb, None, &mut y, m)),
             );
         }
-        report(
-            &format!("small-M m={m} bf16 9216x3072"),
-            n * k * 2,
-            time(3, 30, || matmul_small(&x, &wb, None, &mut y, m)),
-        );
     }
 }
 

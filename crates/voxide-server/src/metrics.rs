@@ -194,7 +194,7 @@ impl Metrics {
         family(
             "voxide_batched_decodes_total",
             "counter",
-            "Windows (Whisper) or decoder steps (the Voxtrals) of concurrent transcriptions decoded in batches (serve --max-batch-size), by model.",
+            "Windows (Whisper), decoder steps (the Voxtrals) or speech frames (Qwen3-TTS) of concurrent requests decoded in batches (serve --max-batch-size), by model.",
             batches
                 .iter()
                 .map(|(id, s)| format!("voxide_batched_decodes_total{{id=\"{id}\"}} {}", s.decodes))
@@ -231,7 +231,7 @@ struct Gauges {
     realtime_sessions: usize,
     /// (id, kind) of each model served.
     models: Vec<(String, &'static str)>,
-    /// What each model that batches concurrent requests' windows has batched.
+    /// What each model that batches concurrent requests' windows, steps or frames has batched.
     batches: Vec<(String, BatchStats)>,
 }
 
@@ -273,7 +273,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             .iter()
             .filter_map(|m| match &m.engine {
                 Engine::Transcriber(t) => t.batch_stats().map(|s| (m.id.clone(), s)),
-                Engine::Synthesizer(_) => None,
+                Engine::Synthesizer(s) => s.batch_stats().map(|s| (m.id.clone(), s)),
             })
             .collect(),
     };

@@ -293,19 +293,28 @@ impl Registry {
         Ok(ids)
     }
 
-    /// Decodes concurrent requests together, up to `max` a batch, in every transcription model
-    /// (Whisper: their windows; the Voxtrals: their decoder steps, realtime sessions' and chat
-    /// requests' included); returns their ids. Before serving: the models are not shared yet.
+    /// Decodes concurrent requests together, up to `max` a batch, in every model (Whisper:
+    /// their windows; the Voxtrals: their decoder steps, realtime sessions' and chat requests'
+    /// included; Qwen3-TTS: their frames); returns their ids. Before serving: the models are
+    /// not shared yet.
     pub fn batch_concurrent_decodes(&mut self, max: usize) -> Result<Vec<String>> {
+        const UNSHARED: &str = "batching is set before serving";
         let mut ids = Vec::new();
         for model in &mut self.models {
-            let model = Arc::get_mut(model).context("batching is set before serving")?;
-            if let Engine::Transcriber(transcriber) = &mut model.engine {
-                let transcriber =
-                    Arc::get_mut(transcriber).context("batching is set before serving")?;
-                transcriber.batch_concurrent_decodes(max);
-                ids.push(model.id.clone());
+            let model = Arc::get_mut(model).context(UNSHARED)?;
+            match &mut model.engine {
+                Engine::Transcriber(transcriber) => {
+                    Arc::get_mut(transcriber)
+                        .context(UNSHARED)?
+                        .batch_concurrent_decodes(max);
+                }
+                Engine::Synthesizer(synthesizer) => {
+                    Arc::get_mut(synthesizer)
+                        .context(UNSHARED)?
+                        .batch_concurrent_frames(max);
+                }
             }
+            ids.push(model.id.clone());
         }
         Ok(ids)
     }

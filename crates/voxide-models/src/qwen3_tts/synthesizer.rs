@@ -20,12 +20,13 @@ use super::codec::CodecState;
 use super::codec::{load_codec, CodecConfig, CodecDecoder};
 use super::codec_encoder::{load_codec_encoder, CodecEncoder};
 use super::config::ModelType;
-use super::generate::{check_positions, generate, GenerationParams, Stop};
+use super::generate::{check_positions, generate, FrameBatcher, GenerationParams, Stop};
 use super::prefix_cache::{self, PrefixCache};
 use super::prompt::{Prompt, PromptRequest, Reference, Voice};
 use super::text_parts::text_parts;
 use super::tokenizer::TextTokenizer;
 use super::Qwen3Tts;
+use crate::batching::{alone, away, BatchStats};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -172,6 +173,8 @@ pub struct Synthesizer {
     codec_encoder: Option<CodecEncoder>,
     /// The talker's state after the voice positions of earlier requests.
     prefixes: PrefixCache,
+    /// Where concurrent requests' frames are taken together.
+    batcher: Option<FrameBatcher>,
 }
 
 impl Synthesizer {
@@ -213,6 +216,7 @@ impl Synthesizer {
             codec,
             codec_encoder,
             prefixes: PrefixCache::new(prefix_cache::DEFAULT_BUDGET),
+            batcher: None,
         };
         synthesizer.check_tokenizer()?;
         Ok(synthesizer)
@@ -236,6 +240,21 @@ impl Synthesizer {
             }
         }
         Ok(())
+    }
+
+    /// Takes the frames of concurrent requests together, up to `max_rows` a batch
+    /// ([`FrameBatcher`]: the talker's and the code predictor's matrices read once for all,
+    /// each request with its own caches, sampler and prompt, generating what it generates
+    /// alone); their prompts and codec decoding run one at a time. 1 turns it off. Set
+    /// before the synthesizer is shared.
+    pub fn batch_concurrent_frames(&mut self, max_rows: usize) {
+        self.batcher = (max_rows > 1).then(|| FrameBatcher::new(max_rows));
+    }
+
+    /// What concurrent requests have generated together, when batching is on (`decodes`:
+    /// frames).
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batcher.as_ref().map(FrameBatcher::stats)
     }
 
     /// The talker's states after the voice positions ([`Prompt::voice_positions`]) of earlier
@@ -476,27 +495,31 @@ impl Synthesizer {
         let mut pending: Vec<Vec<u32>> = Vec::new();
         let mut chunk = 1;
         let mut cancelled = false;
+        // Where requests batch, this one is at work on the model throughout but while its
+        // audio goes out (a slow listener holds no batch up); its codec runs alone.
+        let batch = self.batcher.as_ref().map(|b| (b, b.join()));
+        let member = batch.as_ref().map(|(_, m)| m);
         let mut emit = |frames: &[Vec<u32>], stats: &mut SpeechStats| -> Result<bool> {
             let clock = Instant::now();
-            let pcm = {
+            let pcm = alone(member, || {
                 let _span = tracing::trace_span!("codec_decode", frames = frames.len()).entered();
-                self.codec.push(&mut codec_state, frames)?
-            };
+                self.codec.push(&mut codec_state, frames)
+            })?;
             stats.codec_ms += clock.elapsed().as_secs_f64() * 1e3;
             stats
                 .first_audio_ms
                 .get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
             stats.frames += frames.len();
-            on_audio(&pcm)
+            away(member, || on_audio(&pcm))
         };
-        let mut sampler = Sampler::new(request.seed);
         let generated = generate(
             self.model.talker(),
             &prompt,
             &request.params,
             Some(&self.prefixes),
-            &mut sampler,
-            &mut |frame| {
+            Sampler::new(request.seed),
+            batch.as_ref().map(|(b, m)| (*b, m)),
+            &mut |frame: &[u32]| {
                 pending.push(frame.to_vec());
                 if pending.len() == chunk {
                     let go_on = emit(&pending, &mut stats)?;

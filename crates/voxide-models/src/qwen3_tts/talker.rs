@@ -184,6 +184,27 @@ impl Stack {
         Tensor::cat(&outs, 1)
     }
 
+    /// One position of each of several requests, x (rows, 1, dim), row i continuing
+    /// `states[i]` (each matrix read once for all rows; each row's attention over its own
+    /// caches at its own position) → final-norm hidden states (rows, 1, dim). One row runs
+    /// [`Self::forward`], so a request alone computes what it always did.
+    fn forward_rows(&self, x: &Tensor, states: &mut [&mut StackState]) -> Result<Tensor> {
+        if let [state] = states {
+            return self.forward(x, state);
+        }
+        let offsets: Vec<usize> = states.iter().map(|s| s.position).collect();
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut caches: Vec<&mut KvCache> =
+                states.iter_mut().map(|s| &mut s.caches[i]).collect();
+            h = layer.forward_rows(&h, &mut caches, &self.rope, &offsets, None)?;
+        }
+        for state in states {
+            state.position += 1;
+        }
+        self.norm.forward(&h)
+    }
+
     fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
         self.layers.iter_mut().flat_map(PreNormLayer::linears_mut)
     }
@@ -339,6 +360,22 @@ impl CodePredictor {
         let last = h.narrow(1, h.dim(1)? - 1, 1)?;
         self.lm_head[group - 1].forward(&last)?.flatten_all()
     }
+
+    /// [`Self::step`] for one position of each of several requests, x (rows, 1, H), row i
+    /// continuing `states[i]`: the logits of group `group`, a row each (rows, vocab).
+    pub fn step_rows(
+        &self,
+        x: &Tensor,
+        states: &mut [&mut StackState],
+        group: usize,
+    ) -> Result<Tensor> {
+        let x = match &self.projection {
+            Some(p) => p.forward(x)?,
+            None => x.clone(),
+        };
+        let h = self.stack.forward_rows(&x, states)?;
+        self.lm_head[group - 1].forward(&h)?.squeeze(1)
+    }
 }
 
 /// The talker with its code predictor (`talker.*` of the checkpoint).
@@ -493,6 +530,12 @@ impl Talker {
     /// Runs embeddings (1, t, H) and returns the final-norm hidden states (1, t, H).
     pub fn forward(&self, x: &Tensor, state: &mut StackState) -> Result<Tensor> {
         self.stack.forward(x, state)
+    }
+
+    /// One position of each of several requests, x (rows, 1, H), row i continuing
+    /// `states[i]` → final-norm hidden states (rows, 1, H).
+    pub fn forward_rows(&self, x: &Tensor, states: &mut [&mut StackState]) -> Result<Tensor> {
+        self.stack.forward_rows(x, states)
     }
 
     /// codec_head over hidden states (…, H) → (…, vocab).

@@ -520,7 +520,7 @@ impl Voxtral {
             }
             let x = network.embed(&next)?.reshape((batch, 1, ()))?;
             logits = match &member {
-                Some((batcher, member)) => vec![batcher.step(member, network, &mut state, &x)?],
+                Some((batcher, member)) => vec![batcher.step(member, network, &mut state, x)?],
                 None => {
                     let hidden = network.decode(&mut state, &x, None)?;
                     network.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?

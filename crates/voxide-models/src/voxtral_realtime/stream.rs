@@ -313,7 +313,7 @@ impl<'m> RealtimeStream<'m> {
             let x = (model.embed(&ids)? + audio)?;
             let id = match (member, self.model.batcher()) {
                 (Some(member), Some(batcher)) if !prefill => {
-                    let stepped = batcher.step(member, model, &mut self.net, &x);
+                    let stepped = batcher.step(member, model, &mut self.net, x);
                     // A failed batch may keep the stream's state: it decodes no more.
                     self.stopped |= stepped.is_err();
                     argmax(&stepped?) as u32

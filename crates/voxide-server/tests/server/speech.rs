@@ -2,7 +2,7 @@
 //! library's offline synthesis for the same text, voice and seed; a client that hangs up frees
 //! its slot.
 
-use super::{head, models, wait_within, TestServer};
+use super::{head, models, root, wait_within, TestServer};
 use base64::Engine as _;
 use serde_json::json;
 use std::io::{Read, Write};
@@ -246,4 +246,74 @@ fn a_client_that_hangs_up_frees_its_slot() {
         &json!({"model": "tts-1", "input": "Hi.", "voice": "tester", "max_frames": 2}),
     );
     assert_eq!(reply.status, 200);
+}
+
+/// `voxide serve --max-batch-size 3`: speech requests that run at once have their frames
+/// generated together, each streaming the bytes it streams alone, and /metrics counts the
+/// batches.
+#[test]
+fn concurrent_speech_is_generated_in_batches_and_sounds_as_alone() {
+    let mut models = voxide_server::Registry::new();
+    let spec = format!(
+        "tts-1={}",
+        root()
+            .join("tests/fixtures/qwen3-tts/tiny-random")
+            .display()
+    );
+    models.load(&spec.parse().unwrap(), None).unwrap();
+    assert_eq!(models.batch_concurrent_decodes(3).unwrap(), ["tts-1"]);
+    let server = TestServer::serving(models, voxide_server::ServerConfig::default(), |c| {
+        c.limits.max_concurrency = 3;
+    });
+    let bodies = [
+        body("pcm"),
+        json!({"model": "tts-1", "input": "Good morning.", "voice": "dylan",
+               "response_format": "wav", "seed": 3, "max_frames": 9}),
+        json!({"model": "tts-1", "input": "Speech, three at a time.", "voice": "tester",
+               "response_format": "pcm", "seed": 11, "max_frames": 7}),
+    ];
+    let post = |body: &serde_json::Value| {
+        let reply = server.post_json("/v1/audio/speech", body);
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.body
+    };
+    let batched = || {
+        let metrics = server.get("/metrics").text();
+        let counter = |name: &str| -> usize {
+            let line = format!("{name}{{id=\"tts-1\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .unwrap_or_else(|| panic!("{name} in {metrics}"))
+                .parse()
+                .unwrap()
+        };
+        (
+            counter("voxide_batched_decodes_total"),
+            counter("voxide_decode_batches_total"),
+        )
+    };
+    let alone: Vec<Vec<u8>> = bodies.iter().map(post).collect();
+    let (frames, batches) = batched();
+    // One at a time, each frame is a batch of its own.
+    assert!(
+        frames > bodies.len() && batches == frames,
+        "{frames} {batches}"
+    );
+    for (i, a) in alone.iter().enumerate() {
+        assert!(alone[..i].iter().all(|b| b != a), "request {i}");
+    }
+
+    let together = crate::at_once(&bodies, post);
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert!(t == a, "request {i}: {} bytes, {} alone", t.len(), a.len());
+    }
+    let (all_frames, all_batches) = batched();
+    let (frames, batches) = (all_frames - frames, all_batches - batches);
+    assert!(batches < frames, "{frames} frames in {batches} batches");
 }
