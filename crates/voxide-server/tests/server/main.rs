@@ -92,6 +92,24 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// What /metrics says model `id` has batched: (units decoded in batches, batches).
+    pub fn batch_counters(&self, id: &str) -> (usize, usize) {
+        let metrics = self.get("/metrics").text();
+        let counter = |name: &str| -> usize {
+            let line = format!("{name}{{id=\"{id}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .unwrap_or_else(|| panic!("{name} in {metrics}"))
+                .parse()
+                .unwrap()
+        };
+        (
+            counter("voxide_batched_decodes_total"),
+            counter("voxide_decode_batches_total"),
+        )
+    }
+
     /// The fixtures with default limits, no key.
     pub fn start() -> Self {
         Self::with(ServerConfig::default(), |_| {})

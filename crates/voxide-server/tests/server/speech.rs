@@ -282,22 +282,7 @@ fn concurrent_speech_is_generated_in_batches_and_sounds_as_alone() {
         );
         reply.body
     };
-    let batched = || {
-        let metrics = server.get("/metrics").text();
-        let counter = |name: &str| -> usize {
-            let line = format!("{name}{{id=\"tts-1\"}} ");
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(line.as_str()))
-                .unwrap_or_else(|| panic!("{name} in {metrics}"))
-                .parse()
-                .unwrap()
-        };
-        (
-            counter("voxide_batched_decodes_total"),
-            counter("voxide_decode_batches_total"),
-        )
-    };
+    let batched = || server.batch_counters("tts-1");
     let alone: Vec<Vec<u8>> = bodies.iter().map(post).collect();
     let (frames, batches) = batched();
     // One at a time, each frame is a batch of its own.

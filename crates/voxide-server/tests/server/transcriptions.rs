@@ -425,22 +425,7 @@ fn concurrent_requests_are_decoded_in_batches_and_answer_as_alone() {
             assert_eq!(reply.status, 200, "{}", reply.text());
             reply.json()
         };
-        let batched = || {
-            let metrics = server.get("/metrics").text();
-            let counter = |name: &str| -> usize {
-                let line = format!("{name}{{id=\"{model}\"}} ");
-                metrics
-                    .lines()
-                    .find_map(|l| l.strip_prefix(line.as_str()))
-                    .unwrap_or_else(|| panic!("{name} in {metrics}"))
-                    .parse()
-                    .unwrap()
-            };
-            (
-                counter("voxide_batched_decodes_total"),
-                counter("voxide_decode_batches_total"),
-            )
-        };
+        let batched = || server.batch_counters(model);
         let alone: Vec<Value> = forms.iter().map(post).collect();
         let (decodes, batches) = batched();
         // One at a time, each decode is a batch of its own.
