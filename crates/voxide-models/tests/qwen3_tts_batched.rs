@@ -1,7 +1,7 @@
 //! Concurrent Qwen3-TTS requests with their frames taken together
 //! (`Synthesizer::batch_concurrent_frames`): each request — its own text, voice, language,
 //! text layout, frame budget, greedy or sampled — speaks what it speaks alone, sample for
-//! sample, on the seeded random-weight CustomVoice fixture (its own weights and int8); one
+//! sample, on the seeded random-weight CustomVoice fixture (its bf16 weights and int8); one
 //! that stops listening mid-way stops there without holding the others up.
 
 mod common;

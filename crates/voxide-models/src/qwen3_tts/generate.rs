@@ -8,8 +8,7 @@
 use super::config::TalkerConfig;
 use super::prefix_cache::{PrefixCache, PrefixKey};
 use super::prompt::Prompt;
-use super::talker::StackState;
-use super::talker::Talker;
+use super::talker::{StackState, Talker};
 use crate::batching::{RowStep, StepBatcher, StepMember};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
