@@ -12,7 +12,9 @@ use voxide_nn::activation::gelu_erf;
 use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::kv_cache::default_kv_dtype;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::transformer::{check_layer_count, LayerConfig, LayerNames, PreNormLayer};
+use voxide_nn::transformer::{
+    check_layer_count, LayerConfig, LayerNames, PreNormLayer, StackState,
+};
 use voxide_nn::weights::SafetensorsFiles;
 use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
@@ -243,37 +245,6 @@ pub(crate) struct Stack {
     config: StackConfig,
 }
 
-/// Per-sequence state of a [`Stack`]: one KV cache per layer and the next position (the
-/// default: none, a placeholder while the state is lent).
-#[derive(Clone, Debug, Default)]
-pub struct StackState {
-    caches: Vec<KvCache>,
-    position: usize,
-}
-
-impl StackState {
-    /// Positions consumed so far.
-    pub fn position(&self) -> usize {
-        self.position
-    }
-
-    /// Forgets every position (the buffers are kept).
-    pub fn reset(&mut self) {
-        self.caches.iter_mut().for_each(KvCache::reset);
-        self.position = 0;
-    }
-
-    /// Bytes of keys and values the newest position's attention read, over every layer.
-    pub fn attended_bytes(&self) -> usize {
-        self.caches.iter().map(KvCache::attended_bytes).sum()
-    }
-
-    /// Positions held by the largest cache.
-    pub fn cached_positions(&self) -> usize {
-        self.caches.iter().map(KvCache::capacity).max().unwrap_or(0)
-    }
-}
-
 impl Stack {
     /// Loads the stack under `vb` (the checkpoint root, or the encoder's prefix); with
     /// `quantize`, each layer's matrices are converted as soon as the layer is read, so that
@@ -331,10 +302,7 @@ impl Stack {
                 None => KvCache::growable(batch, s.n_kv_heads, block, s.head_dim, kv_dtype, device),
             })
             .collect::<Result<_>>()?;
-        Ok(StackState {
-            caches,
-            position: 0,
-        })
+        Ok(StackState::new(caches))
     }
 
     /// The FFN gains of each layer for the delay embedding `t_cond` (1, dim); empty when the
@@ -354,18 +322,10 @@ impl Stack {
         x: &Tensor,
         state: &mut StackState,
         gains: Option<&[Tensor]>,
-        mut hidden: Option<&mut Vec<Tensor>>,
+        hidden: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
-        let mut x = x.clone();
-        for (i, (block, cache)) in self.blocks.iter().zip(&mut state.caches).enumerate() {
-            x = block
-                .layer
-                .forward(&x, cache, &self.rope, state.position, gains.map(|g| &g[i]))?;
-            if let Some(h) = hidden.as_deref_mut() {
-                h.push(x.clone());
-            }
-        }
-        state.position += x.dim(1)?;
+        let layers = self.blocks.iter().map(|b| &b.layer);
+        let x = state.forward(layers, x, &self.rope, gains, hidden)?;
         self.norm.forward(&x)
     }
 
@@ -378,22 +338,8 @@ impl Stack {
         states: &mut [&mut StackState],
         gains: Option<&[Tensor]>,
     ) -> Result<Tensor> {
-        let offsets: Vec<usize> = states.iter().map(|s| s.position).collect();
-        let mut x = x.clone();
-        for (i, block) in self.blocks.iter().enumerate() {
-            let mut caches: Vec<&mut KvCache> =
-                states.iter_mut().map(|s| &mut s.caches[i]).collect();
-            x = block.layer.forward_rows(
-                &x,
-                &mut caches,
-                &self.rope,
-                &offsets,
-                gains.map(|g| &g[i]),
-            )?;
-        }
-        for state in states {
-            state.position += 1;
-        }
+        let layers = self.blocks.iter().map(|b| &b.layer);
+        let x = StackState::forward_rows(states, layers, x, &self.rope, gains)?;
         self.norm.forward(&x)
     }
 

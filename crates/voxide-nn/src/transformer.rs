@@ -281,3 +281,210 @@ impl PreNormLayer {
         h + m
     }
 }
+
+/// Per-sequence state of a stack of [`PreNormLayer`]s: one KV cache per layer and the next
+/// position (the default: none, a placeholder while the state is lent).
+#[derive(Clone, Debug, Default)]
+pub struct StackState {
+    caches: Vec<KvCache>,
+    position: usize,
+}
+
+impl StackState {
+    /// A state at position 0 over `caches`, one per layer.
+    pub fn new(caches: Vec<KvCache>) -> Self {
+        Self {
+            caches,
+            position: 0,
+        }
+    }
+
+    /// Positions consumed so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Forgets every position (the buffers are kept).
+    pub fn reset(&mut self) {
+        self.caches.iter_mut().for_each(KvCache::reset);
+        self.position = 0;
+    }
+
+    /// Bytes of keys and values the newest position's attention read, over every layer.
+    pub fn attended_bytes(&self) -> usize {
+        self.caches.iter().map(KvCache::attended_bytes).sum()
+    }
+
+    /// Positions held by the largest cache.
+    pub fn cached_positions(&self) -> usize {
+        self.caches.iter().map(KvCache::capacity).max().unwrap_or(0)
+    }
+
+    /// An independent copy that continues from here ([`KvCache::fork`]).
+    pub fn fork(&self) -> Result<Self> {
+        Ok(Self {
+            caches: self
+                .caches
+                .iter()
+                .map(KvCache::fork)
+                .collect::<Result<_>>()?,
+            position: self.position,
+        })
+    }
+
+    /// A copy of what the caches hold: the state after a prompt prefix, for sequences that
+    /// start with the same positions.
+    pub fn snapshot(&self) -> Result<StackPrefix> {
+        Ok(StackPrefix {
+            layers: self
+                .caches
+                .iter()
+                .map(KvCache::snapshot)
+                .collect::<Result<_>>()?,
+            positions: self.position,
+        })
+    }
+
+    /// Replaces what the caches hold by `prefix`; the next position is the one after it.
+    pub fn restore(&mut self, prefix: &StackPrefix) -> Result<()> {
+        if prefix.layers.len() != self.caches.len() {
+            candle_core::bail!(
+                "a prefix of {} layers for a stack of {}",
+                prefix.layers.len(),
+                self.caches.len()
+            );
+        }
+        self.reset();
+        for (cache, (k, v)) in self.caches.iter_mut().zip(&prefix.layers) {
+            cache.append(k, v)?;
+        }
+        self.position = prefix.positions;
+        Ok(())
+    }
+
+    /// x: (batch, t, dim) through `layers` at positions `position..position + t` → the last
+    /// layer's output (batch, t, dim), before any final norm; `gains` per layer multiply the
+    /// FFN norms' outputs ([`PreNormLayer::forward`]), and every layer's output is pushed to
+    /// `hidden` when given.
+    pub fn forward<'a>(
+        &mut self,
+        layers: impl IntoIterator<Item = &'a PreNormLayer>,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        gains: Option<&[Tensor]>,
+        mut hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, (layer, cache)) in layers.into_iter().zip(&mut self.caches).enumerate() {
+            x = layer.forward(&x, cache, rope, self.position, gains.map(|g| &g[i]))?;
+            if let Some(h) = hidden.as_deref_mut() {
+                h.push(x.clone());
+            }
+        }
+        self.position += x.dim(1)?;
+        Ok(x)
+    }
+
+    /// One position of each of several sequences through `layers`, x (rows, 1, dim), row i
+    /// continuing `states[i]` (each matrix read once for all rows; each row attends over its
+    /// own caches at its own position) → the last layer's output (rows, 1, dim); `gains` per
+    /// layer (rows, 1, dim), each row's own.
+    pub fn forward_rows<'a>(
+        states: &mut [&mut StackState],
+        layers: impl IntoIterator<Item = &'a PreNormLayer>,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        gains: Option<&[Tensor]>,
+    ) -> Result<Tensor> {
+        let offsets: Vec<usize> = states.iter().map(|s| s.position).collect();
+        let mut x = x.clone();
+        for (i, layer) in layers.into_iter().enumerate() {
+            let mut caches: Vec<&mut KvCache> =
+                states.iter_mut().map(|s| &mut s.caches[i]).collect();
+            x = layer.forward_rows(&x, &mut caches, rope, &offsets, gains.map(|g| &g[i]))?;
+        }
+        for state in states {
+            state.position += 1;
+        }
+        Ok(x)
+    }
+}
+
+/// The keys and values of a stack's first positions, every layer's, copied out of a
+/// sequence's state ([`StackState::snapshot`]).
+#[derive(Clone, Debug)]
+pub struct StackPrefix {
+    /// (1, kv_heads, positions, head_dim) keys and values per layer.
+    layers: Vec<(Tensor, Tensor)>,
+    positions: usize,
+}
+
+impl StackPrefix {
+    /// A prefix of `positions` positions from each layer's keys and values (1, kv_heads,
+    /// positions, head_dim).
+    pub fn new(layers: Vec<(Tensor, Tensor)>, positions: usize) -> Result<Self> {
+        for (k, v) in &layers {
+            if k.dim(2)? != positions || v.dim(2)? != positions {
+                candle_core::bail!(
+                    "a prefix of {positions} positions given keys of {} and values of {}",
+                    k.dim(2)?,
+                    v.dim(2)?
+                );
+            }
+        }
+        Ok(Self { layers, positions })
+    }
+
+    /// Positions the prefix holds.
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// Bytes of the copied keys and values.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Keys or values of `positions` positions of 2 heads × 4, counting from `first`.
+    fn kv(positions: usize, first: f32) -> Result<Tensor> {
+        Tensor::arange(first, first + (8 * positions) as f32, &Device::Cpu)?
+            .reshape((1, 2, positions, 4))?
+            .contiguous()
+    }
+
+    #[test]
+    fn a_restored_prefix_is_the_snapshot_state() -> Result<()> {
+        let cache = || KvCache::growable(1, 2, 16, 4, DType::F32, &Device::Cpu);
+        let prefix = StackPrefix::new(vec![(kv(3, 0.0)?, kv(3, 100.0)?); 2], 3)?;
+        assert_eq!(prefix.bytes(), 2 * 2 * 3 * 8 * 4);
+        let mut state = StackState::new(vec![cache()?, cache()?]);
+        state.restore(&prefix)?;
+        assert_eq!(state.position(), 3);
+        let again = state.snapshot()?;
+        assert_eq!(again.positions(), 3);
+        for ((k, v), (k0, v0)) in again.layers.iter().zip(&prefix.layers) {
+            let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+            assert_eq!(values(k)?, values(k0)?);
+            assert_eq!(values(v)?, values(v0)?);
+        }
+        // A fork continues apart: resetting the original leaves it whole.
+        let fork = state.fork()?;
+        state.reset();
+        assert_eq!((state.position(), fork.position()), (0, 3));
+        assert_eq!(fork.snapshot()?.bytes(), prefix.bytes());
+        // A prefix of another depth, or whose tensors hold other positions, is refused.
+        let shallow = StackPrefix::new(vec![(kv(3, 0.0)?, kv(3, 0.0)?)], 3)?;
+        assert!(state.restore(&shallow).is_err());
+        assert!(StackPrefix::new(vec![(kv(3, 0.0)?, kv(2, 0.0)?)], 3).is_err());
+        Ok(())
+    }
+}

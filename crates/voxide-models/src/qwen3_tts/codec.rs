@@ -24,7 +24,7 @@ use serde::Deserialize;
 use std::path::Path;
 use voxide_nn::activation::{gelu_erf, SnakeBeta};
 use voxide_nn::conv::{CausalConvTranspose1d, Conv1d, Conv1dSpec};
-use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer};
+use voxide_nn::transformer::{LayerConfig, LayerNames, PreNormLayer, StackState};
 use voxide_nn::weights::SafetensorsFiles;
 use voxide_nn::{KvCache, LayerNorm, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
@@ -375,8 +375,7 @@ pub struct CodecDecoder {
 #[derive(Debug)]
 pub struct CodecState {
     slots: Slots,
-    caches: Vec<KvCache>,
-    position: usize,
+    transformer: StackState,
 }
 
 impl CodecState {
@@ -385,12 +384,7 @@ impl CodecState {
     pub fn fork(&self) -> candle_core::Result<Self> {
         Ok(Self {
             slots: self.slots.clone(),
-            caches: self
-                .caches
-                .iter()
-                .map(KvCache::fork)
-                .collect::<candle_core::Result<_>>()?,
-            position: self.position,
+            transformer: self.transformer.fork()?,
         })
     }
 }
@@ -497,8 +491,7 @@ impl CodecDecoder {
             .collect::<candle_core::Result<_>>()?;
         Ok(CodecState {
             slots: Slots::default(),
-            caches,
-            position: 0,
+            transformer: StackState::new(caches),
         })
     }
 
@@ -551,12 +544,12 @@ impl CodecDecoder {
         let mut outs = Vec::new();
         for start in (0..frames).step_by(FRAME_BLOCK) {
             let n = FRAME_BLOCK.min(frames - start);
-            let mut x = h.narrow(1, start, n)?;
-            for (layer, cache) in self.layers.iter().zip(&mut state.caches) {
-                x = layer.forward(&x, cache, &self.rope, state.position, None)?;
-            }
-            state.position += n;
-            outs.push(x);
+            let x = h.narrow(1, start, n)?;
+            outs.push(
+                state
+                    .transformer
+                    .forward(&self.layers, &x, &self.rope, None, None)?,
+            );
         }
         h = Tensor::cat(&outs, 1)?;
         let h = self.output_proj.forward(&self.norm.forward(&h)?)?;

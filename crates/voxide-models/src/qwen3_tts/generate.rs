@@ -8,12 +8,13 @@
 use super::config::TalkerConfig;
 use super::prefix_cache::{PrefixCache, PrefixKey};
 use super::prompt::Prompt;
-use super::talker::{StackState, Talker};
+use super::talker::Talker;
 use crate::batching::{RowStep, StepBatcher, StepMember};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use std::time::Instant;
 use voxide_nn::sampling::{apply_repetition_penalty, argmax, Sampler, SamplingParams};
+use voxide_nn::transformer::StackState;
 
 /// How codes are chosen (`None` sampling parameters mean greedy) and how the caches keep
 /// what was generated.
@@ -299,15 +300,17 @@ pub fn next_frames(talker: &Talker, loops: &mut [&mut FrameLoop]) -> Result<Vec<
     let eos = talker.config().codec_eos_token_id;
     let sampling = ms(clock);
     let mut going: Vec<&mut FrameLoop> = Vec::with_capacity(loops.len());
+    let mut going_codes0 = Vec::with_capacity(loops.len());
     for (l, &code0) in loops.iter_mut().zip(&codes0) {
         l.out.sampling_ms += sampling;
         if code0 == eos {
             l.out.stop = Stop::Eos;
         } else {
             going.push(&mut **l);
+            going_codes0.push(code0);
         }
     }
-    let frames = predict_codes(talker, &mut going, &codes0)?;
+    let frames = predict_codes(talker, &mut going, &going_codes0)?;
     let mut frames = frames.into_iter();
     Ok(codes0
         .iter()
@@ -315,7 +318,7 @@ pub fn next_frames(talker: &Talker, loops: &mut [&mut FrameLoop]) -> Result<Vec<
         .collect())
 }
 
-/// The code predictor's codes 1..G−1 after each row's code 0 (`codes0`, EOS rows skipped),
+/// The code predictor's codes 1..G−1 after each row's code 0 (`codes0`, none of them EOS),
 /// the rows' frames recorded in their loops and given back, and each loop's next talker
 /// input made.
 fn predict_codes(
@@ -326,8 +329,6 @@ fn predict_codes(
     if loops.is_empty() {
         return Ok(Vec::new());
     }
-    let eos = talker.config().codec_eos_token_id;
-    let codes0: Vec<u32> = codes0.iter().copied().filter(|&c| c != eos).collect();
     let predictor = talker.predictor();
     let frame_index = loops[0].out.frames.len();
     let _span = tracing::trace_span!("code_predictor", frame = frame_index).entered();
@@ -337,7 +338,7 @@ fn predict_codes(
     let (mut predicting, mut sampling) = (0.0, 0.0);
     // Group 1 over each row's two positions [hidden, embed(code 0)], a row at a time (the
     // prompt of each frame's fresh cache), then one pass per group over all rows.
-    for ((l, &code0), frame) in loops.iter_mut().zip(&codes0).zip(&mut frames) {
+    for ((l, &code0), frame) in loops.iter_mut().zip(codes0).zip(&mut frames) {
         let clock = Instant::now();
         l.predictor.reset();
         let code0_embedding = talker.embed_codec(&[code0])?;

@@ -9,9 +9,9 @@
 //! prefix as a pass of its own, cached or not). Past the byte budget the least recently used
 //! entries go first.
 
-use super::talker::StackPrefix;
 use candle_core::{DType, Result, Tensor};
 use std::sync::{Mutex, PoisonError};
+use voxide_nn::transformer::StackPrefix;
 
 /// What a server keeps by default: a 0.6B talker's prefix of ~10 positions is ~1 MB in f16,
 /// a VoiceDesign instruction of 60 tokens ~8 MB.
@@ -135,10 +135,7 @@ mod tests {
     /// A prefix of `positions` positions in one layer of 1 head × 4, f16 (16 bytes each).
     fn prefix(positions: usize) -> StackPrefix {
         let kv = Tensor::zeros((1, 1, positions, 4), DType::F16, &Device::Cpu).unwrap();
-        StackPrefix {
-            layers: vec![(kv.clone(), kv)],
-            positions,
-        }
+        StackPrefix::new(vec![(kv.clone(), kv)], positions).unwrap()
     }
 
     /// The F16-cache key of `positions` rows of width 2 whose values start at `first`.

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::transformer::{check_layer_count, LayerNames, PreNormLayer};
+use voxide_nn::transformer::{check_layer_count, LayerNames, PreNormLayer, StackState};
 use voxide_nn::weights::RowTable;
 use voxide_nn::{KvCache, Linear, RmsNorm, RopeLayout, RotaryEmbedding};
 
@@ -32,79 +32,6 @@ struct Stack {
     rope: RotaryEmbedding,
     n_kv_heads: usize,
     head_dim: usize,
-}
-
-/// Per-request KV caches of one `Stack` and its next position.
-#[derive(Clone, Debug)]
-pub struct StackState {
-    caches: Vec<KvCache>,
-    position: usize,
-}
-
-impl StackState {
-    /// Forgets every position (the caches keep their memory).
-    pub fn reset(&mut self) {
-        self.caches.iter_mut().for_each(KvCache::reset);
-        self.position = 0;
-    }
-
-    /// Bytes of keys and values the next step's attention reads, over every layer.
-    pub fn attended_bytes(&self) -> usize {
-        self.caches.iter().map(KvCache::attended_bytes).sum()
-    }
-
-    /// A copy of what the caches hold: the state after a prompt prefix, for requests that
-    /// start with the same positions.
-    pub fn snapshot(&self) -> Result<StackPrefix> {
-        Ok(StackPrefix {
-            layers: self
-                .caches
-                .iter()
-                .map(KvCache::snapshot)
-                .collect::<Result<_>>()?,
-            positions: self.position,
-        })
-    }
-
-    /// Replaces what the caches hold by `prefix`; the next position is the one after it.
-    pub fn restore(&mut self, prefix: &StackPrefix) -> Result<()> {
-        if prefix.layers.len() != self.caches.len() {
-            candle_core::bail!(
-                "a prefix of {} layers for a stack of {}",
-                prefix.layers.len(),
-                self.caches.len()
-            );
-        }
-        self.reset();
-        for (cache, (k, v)) in self.caches.iter_mut().zip(&prefix.layers) {
-            cache.append(k, v)?;
-        }
-        self.position = prefix.positions;
-        Ok(())
-    }
-}
-
-/// The keys and values of a stack's first positions, every layer's, copied out of a request's
-/// state ([`StackState::snapshot`]).
-#[derive(Clone, Debug)]
-pub struct StackPrefix {
-    /// (1, kv_heads, positions, head_dim) keys and values per layer.
-    pub(super) layers: Vec<(Tensor, Tensor)>,
-    pub(super) positions: usize,
-}
-
-impl StackPrefix {
-    pub fn positions(&self) -> usize {
-        self.positions
-    }
-
-    /// Bytes of the copied keys and values.
-    pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
-    }
 }
 
 impl Stack {
@@ -152,10 +79,7 @@ impl Stack {
                 )
             })
             .collect::<Result<_>>()?;
-        Ok(StackState {
-            caches,
-            position: 0,
-        })
+        Ok(StackState::new(caches))
     }
 
     /// x: (1, t, dim) at the state's position → final-norm hidden states (1, t, dim).
@@ -174,11 +98,8 @@ impl Stack {
         let t = x.dim(1)?;
         let mut outs = Vec::with_capacity(t.div_ceil(block));
         for start in (0..t).step_by(block) {
-            let mut h = x.narrow(1, start, block.min(t - start))?;
-            for (layer, cache) in self.layers.iter().zip(&mut state.caches) {
-                h = layer.forward(&h, cache, &self.rope, state.position, None)?;
-            }
-            state.position += h.dim(1)?;
+            let x = x.narrow(1, start, block.min(t - start))?;
+            let h = state.forward(&self.layers, &x, &self.rope, None, None)?;
             outs.push(self.norm.forward(&h)?);
         }
         Tensor::cat(&outs, 1)
@@ -192,16 +113,7 @@ impl Stack {
         if let [state] = states {
             return self.forward(x, state);
         }
-        let offsets: Vec<usize> = states.iter().map(|s| s.position).collect();
-        let mut h = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let mut caches: Vec<&mut KvCache> =
-                states.iter_mut().map(|s| &mut s.caches[i]).collect();
-            h = layer.forward_rows(&h, &mut caches, &self.rope, &offsets, None)?;
-        }
-        for state in states {
-            state.position += 1;
-        }
+        let h = StackState::forward_rows(states, &self.layers, x, &self.rope, None)?;
         self.norm.forward(&h)
     }
 
@@ -564,7 +476,7 @@ mod tests {
         let run = |block: usize| -> Result<(Tensor, Tensor)> {
             let mut state = talker.new_state(62, DType::F32)?;
             let prefill = talker.stack.forward_in_blocks(&x, &mut state, block)?;
-            assert_eq!(state.position, 61);
+            assert_eq!(state.position(), 61);
             Ok((prefill, talker.forward(&step, &mut state)?))
         };
         let (one, next) = run(61)?;

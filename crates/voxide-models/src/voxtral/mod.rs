@@ -20,7 +20,6 @@ pub use voxide_nn::sampling::TokenLogprobs;
 use crate::batching::{away, BatchStats, StepBatcher, StepMember};
 use crate::error::{require, Error};
 use crate::mistral_stack::load_network;
-use crate::mistral_stack::StackState;
 use crate::tekken::{Tekken, TekkenDecoder};
 use crate::whisper::model::weight_files;
 use crate::{Progress, Result, Segment, Timings, Transcript};
@@ -32,6 +31,7 @@ use std::time::Instant;
 use voxide_audio::WhisperMel;
 use voxide_nn::linear::WeightFormat;
 use voxide_nn::sampling::{argmax, FrequencyPresencePenalties, Sampler, SamplingParams};
+use voxide_nn::transformer::StackState;
 
 /// Input sample rate.
 pub const SAMPLE_RATE: u32 = 16_000;

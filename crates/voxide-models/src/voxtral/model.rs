@@ -8,16 +8,14 @@
 
 use super::config::{Config, Layout};
 use crate::batching::RowDecoder;
-use crate::mistral_stack::{
-    DecoderNames, Extras, StackNames, StackState, TextDecoder, MISTRAL_LAYER,
-};
+use crate::mistral_stack::{DecoderNames, Extras, StackNames, TextDecoder, MISTRAL_LAYER};
 use crate::whisper::model::{Encoder, EncoderTrace};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::activation::gelu_erf;
 use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::transformer::LayerNames;
+use voxide_nn::transformer::{LayerNames, StackState};
 use voxide_nn::{Linear, RopeLayout};
 
 /// Tensor names of one checkpoint layout (spec §8).

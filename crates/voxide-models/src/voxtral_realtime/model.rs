@@ -8,15 +8,13 @@
 
 use super::config::{Config, Layout};
 use crate::batching::RowDecoder;
-use crate::mistral_stack::{
-    DecoderNames, Extras, Stack, StackNames, StackState, TextDecoder, MISTRAL_LAYER,
-};
+use crate::mistral_stack::{DecoderNames, Extras, Stack, StackNames, TextDecoder, MISTRAL_LAYER};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use voxide_nn::activation::gelu_erf;
 use voxide_nn::kernels::machine::CycleBytes;
 use voxide_nn::linear::WeightFormat;
-use voxide_nn::transformer::LayerNames;
+use voxide_nn::transformer::{LayerNames, StackState};
 use voxide_nn::{ConvStem, ConvStemState, Linear, RopeLayout};
 
 /// Encoder frames processed at once (bounds the attention scores and the KV-cache headroom:
