@@ -370,20 +370,20 @@ unsafe fn rows_body<S: IntDot>(
         };
     }
     // Two weight rows a pass for every row count where 2 · m sums, m codes of x and the
-    // weights fit 32 vector registers: each load of x serves both (9216 × 3072 int8 from L3,
-    // Zen 5, 2 threads, m = 4: 0.84 → 0.60 ms; PERFORMANCE.md #179); one with 16.
+    // weights fit the vector registers: each load of x serves both (9216 × 3072 int8 from L3,
+    // Zen 5, 2 threads, m = 4: 0.84 → 0.60 ms; PERFORMANCE.md #179). With 16 registers up to
+    // m = 4 (Zen 3, from DRAM, paired with one row a pass: m = 3 0.80–0.87×, m = 4 0.90–0.95×;
+    // #200), one row a pass beyond.
     let two = S::S::REGISTERS >= 32;
     match (m, two) {
         (1, _) => go!(1, 4),
         (2, _) => go!(2, 2),
-        (3, true) => go!(3, 2),
-        (4, true) => go!(4, 2),
+        (3, _) => go!(3, 2),
+        (4, _) => go!(4, 2),
         (5, true) => go!(5, 2),
         (6, true) => go!(6, 2),
         (7, true) => go!(7, 2),
         (8, true) => go!(8, 2),
-        (3, false) => go!(3, 1),
-        (4, false) => go!(4, 1),
         (5, false) => go!(5, 1),
         (6, false) => go!(6, 1),
         (7, false) => go!(7, 1),
