@@ -320,6 +320,17 @@ impl StackState {
         self.caches.iter().map(KvCache::capacity).max().unwrap_or(0)
     }
 
+    /// A cache per layer of a stack of `layers` (a placeholder state has none).
+    fn check_layers(&self, layers: usize) -> Result<()> {
+        if self.caches.len() != layers {
+            candle_core::bail!(
+                "a state of {} layers' caches for a stack of {layers} layers",
+                self.caches.len()
+            );
+        }
+        Ok(())
+    }
+
     /// An independent copy that continues from here ([`KvCache::fork`]).
     pub fn fork(&self) -> Result<Self> {
         Ok(Self {
@@ -366,16 +377,22 @@ impl StackState {
     /// layer's output (batch, t, dim), before any final norm; `gains` per layer multiply the
     /// FFN norms' outputs ([`PreNormLayer::forward`]), and every layer's output is pushed to
     /// `hidden` when given.
-    pub fn forward<'a>(
+    pub fn forward<'a, L>(
         &mut self,
-        layers: impl IntoIterator<Item = &'a PreNormLayer>,
+        layers: L,
         x: &Tensor,
         rope: &RotaryEmbedding,
         gains: Option<&[Tensor]>,
         mut hidden: Option<&mut Vec<Tensor>>,
-    ) -> Result<Tensor> {
+    ) -> Result<Tensor>
+    where
+        L: IntoIterator<Item = &'a PreNormLayer>,
+        L::IntoIter: ExactSizeIterator,
+    {
+        let layers = layers.into_iter();
+        self.check_layers(layers.len())?;
         let mut x = x.clone();
-        for (i, (layer, cache)) in layers.into_iter().zip(&mut self.caches).enumerate() {
+        for (i, (layer, cache)) in layers.zip(&mut self.caches).enumerate() {
             x = layer.forward(&x, cache, rope, self.position, gains.map(|g| &g[i]))?;
             if let Some(h) = hidden.as_deref_mut() {
                 h.push(x.clone());
@@ -389,16 +406,24 @@ impl StackState {
     /// continuing `states[i]` (each matrix read once for all rows; each row attends over its
     /// own caches at its own position) → the last layer's output (rows, 1, dim); `gains` per
     /// layer (rows, 1, dim), each row's own.
-    pub fn forward_rows<'a>(
+    pub fn forward_rows<'a, L>(
         states: &mut [&mut StackState],
-        layers: impl IntoIterator<Item = &'a PreNormLayer>,
+        layers: L,
         x: &Tensor,
         rope: &RotaryEmbedding,
         gains: Option<&[Tensor]>,
-    ) -> Result<Tensor> {
+    ) -> Result<Tensor>
+    where
+        L: IntoIterator<Item = &'a PreNormLayer>,
+        L::IntoIter: ExactSizeIterator,
+    {
+        let layers = layers.into_iter();
+        for state in states.iter() {
+            state.check_layers(layers.len())?;
+        }
         let offsets: Vec<usize> = states.iter().map(|s| s.position).collect();
         let mut x = x.clone();
-        for (i, layer) in layers.into_iter().enumerate() {
+        for (i, layer) in layers.enumerate() {
             let mut caches: Vec<&mut KvCache> =
                 states.iter_mut().map(|s| &mut s.caches[i]).collect();
             x = layer.forward_rows(&x, &mut caches, rope, &offsets, gains.map(|g| &g[i]))?;
@@ -452,6 +477,7 @@ impl StackPrefix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rope::RopeLayout;
     use candle_core::{DType, Device};
 
     /// Keys or values of `positions` positions of 2 heads × 4, counting from `first`.
@@ -485,6 +511,16 @@ mod tests {
         let shallow = StackPrefix::new(vec![(kv(3, 0.0)?, kv(3, 0.0)?)], 3)?;
         assert!(state.restore(&shallow).is_err());
         assert!(StackPrefix::new(vec![(kv(3, 0.0)?, kv(2, 0.0)?)], 3).is_err());
+        // A state run through a stack of another depth (a placeholder, say) is refused, not
+        // run through fewer layers.
+        let rope = RotaryEmbedding::new(4, 8, 10_000.0, RopeLayout::RotateHalf, &Device::Cpu)?;
+        let x = Tensor::zeros((1, 1, 8), DType::F32, &Device::Cpu)?;
+        let no_layers: &[PreNormLayer] = &[];
+        let placeholder = StackState::default().forward(no_layers, &x, &rope, None, None);
+        assert!(placeholder.is_ok(), "no layers, no caches");
+        assert!(state.forward(no_layers, &x, &rope, None, None).is_err());
+        let rows = StackState::forward_rows(&mut [&mut state], no_layers, &x, &rope, None);
+        assert!(rows.is_err());
         Ok(())
     }
 }
